@@ -1,0 +1,154 @@
+#include "core/thread_pool.h"
+
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace tierlm {
+
+namespace {
+thread_local bool t_in_pool_job = false;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+}  // namespace
+
+int hardware_threads() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+  unsigned n = std::thread::hardware_concurrency();
+  return n > 0 ? static_cast<int>(n) : 1;
+}
+
+struct ThreadPool::State {
+  std::mutex job_mutex;  // one job at a time
+  std::mutex mu;
+  std::condition_variable wake;
+  std::vector<std::thread> workers;
+  const std::function<void(int, int)>* job = nullptr;
+  std::atomic<uint64_t> generation{0};
+  std::atomic<int> pending{0};
+  int nthreads = 1;
+  bool stopping = false;
+
+  void worker_loop(int index) {
+    uint64_t seen = 0;
+    for (;;) {
+      // Spin briefly before sleeping: decode issues many short kernels back to back, and a
+      // condition-variable wake-up costs tens of microseconds.
+      uint64_t gen = generation.load(std::memory_order_acquire);
+      for (int spin = 0; gen == seen && spin < 2000; spin++) {
+        cpu_relax();
+        gen = generation.load(std::memory_order_acquire);
+      }
+      if (gen == seen) {
+        std::unique_lock<std::mutex> lock(mu);
+        wake.wait(lock, [&] { return stopping || generation.load(std::memory_order_acquire) != seen; });
+        if (stopping) return;
+        gen = generation.load(std::memory_order_acquire);
+      }
+      seen = gen;
+      t_in_pool_job = true;
+      (*job)(index, nthreads);
+      t_in_pool_job = false;
+      pending.fetch_sub(1, std::memory_order_acq_rel);
+    }
+  }
+
+  void start(int n) {
+    nthreads = std::max(1, n);
+    stopping = false;
+    for (int i = 1; i < nthreads; i++) workers.emplace_back([this, i] { worker_loop(i); });
+  }
+
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stopping = true;
+    }
+    wake.notify_all();
+    for (auto& t : workers) t.join();
+    workers.clear();
+  }
+};
+
+ThreadPool& ThreadPool::instance() {
+  static ThreadPool pool;
+  return pool;
+}
+
+ThreadPool::ThreadPool() : s_(new State) {
+  int n = hardware_threads();
+  if (const char* env = std::getenv("TIERLM_THREADS")) {
+    int v = std::atoi(env);
+    if (v > 0) n = v;
+  }
+  s_->start(n);
+}
+
+ThreadPool::~ThreadPool() {
+  s_->stop();
+  delete s_;
+}
+
+int ThreadPool::size() const { return s_->nthreads; }
+
+void ThreadPool::resize(int n) {
+  std::lock_guard<std::mutex> job_lock(s_->job_mutex);
+  s_->stop();
+  s_->start(n);
+}
+
+void ThreadPool::run(const std::function<void(int, int)>& fn) {
+  if (t_in_pool_job || s_->nthreads == 1) {
+    fn(0, 1);
+    return;
+  }
+  std::lock_guard<std::mutex> job_lock(s_->job_mutex);
+  s_->job = &fn;
+  s_->pending.store(s_->nthreads - 1, std::memory_order_release);
+  {
+    std::lock_guard<std::mutex> lock(s_->mu);
+    s_->generation.fetch_add(1, std::memory_order_acq_rel);
+  }
+  s_->wake.notify_all();
+  t_in_pool_job = true;
+  fn(0, s_->nthreads);
+  t_in_pool_job = false;
+  while (s_->pending.load(std::memory_order_acquire) != 0) cpu_relax();
+  s_->job = nullptr;
+}
+
+void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(1, grain);
+  if (n <= grain || t_in_pool_job || s_->nthreads == 1) {
+    fn(0, n);
+    return;
+  }
+  // Chunks: several per thread so uneven work balances, none smaller than grain.
+  int64_t chunk = std::max<int64_t>(grain, n / (static_cast<int64_t>(s_->nthreads) * 4));
+  std::atomic<int64_t> next{0};
+  run([&](int, int) {
+    for (;;) {
+      int64_t begin = next.fetch_add(chunk, std::memory_order_relaxed);
+      if (begin >= n) break;
+      fn(begin, std::min(n, begin + chunk));
+    }
+  });
+}
+
+}  // namespace tierlm

@@ -1,0 +1,40 @@
+// A persistent pool of compute threads, created once and reused by every kernel call.
+//
+// One job runs at a time (jobs from the main thread and the async dispatcher take turns); the
+// calling thread works as thread 0, so a pool of n threads starts n - 1 workers. A kernel called
+// from inside a pool job runs inline on the calling thread, so nesting never deadlocks.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace tierlm {
+
+class ThreadPool {
+ public:
+  static ThreadPool& instance();
+
+  // Total threads, the caller included. Defaults to the machine's cores.
+  int size() const;
+  // Stops the workers and starts n - 1 new ones; waits for a running job first.
+  void resize(int n);
+
+  // Calls fn(thread, nthreads) once on each of the pool's threads and returns when all are done.
+  void run(const std::function<void(int thread, int nthreads)>& fn);
+
+  // Splits [0, n) into chunks of at least `grain` and calls fn(begin, end) for each, on all
+  // threads, chunks handed out dynamically. Small ranges run inline.
+  void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t begin, int64_t end)>& fn);
+
+  ~ThreadPool();
+
+ private:
+  ThreadPool();
+  struct State;
+  State* s_;
+};
+
+// Cores available to this process (sched_getaffinity), at least 1.
+int hardware_threads();
+
+}  // namespace tierlm

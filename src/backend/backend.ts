@@ -1,0 +1,344 @@
+// The validated face of a compute backend. Every op checks dtypes, shapes and lengths here and
+// throws a TypeError or RangeError naming the argument at fault, so nothing malformed reaches a
+// kernel. Ops take an optional `out`; when it is omitted a new tensor is returned.
+
+import { type FloatDType, isFloatDType } from '../tensor/dtype.js';
+import { Tensor, shapeString } from '../tensor/tensor.js';
+import type { CacheDType, ComputeMode, Kernels, WeightFormat } from './kernels.js';
+
+/** A weight matrix W[n,k] packed once, at load time, into its backend's GEMM layout. */
+export class PackedWeight {
+  constructor(
+    readonly backend: string,
+    readonly format: WeightFormat,
+    readonly mode: ComputeMode,
+    /** Output features: rows of W. */
+    readonly n: number,
+    /** Input features: columns of W. */
+    readonly k: number,
+    readonly data: Uint8Array,
+    readonly name = 'weight',
+  ) {}
+}
+
+/** The format a weight of `dtype` is packed into for `mode`. */
+export function weightFormatFor(dtype: FloatDType, mode: ComputeMode): WeightFormat {
+  return mode === 'bf16' ? 'bf16' : dtype;
+}
+
+type F32 = Tensor<'f32'>;
+
+function fail(op: string, msg: string): never {
+  throw new RangeError(`${op}: ${msg}`);
+}
+
+function expectF32(op: string, name: string, t: Tensor): asserts t is F32 {
+  if (!(t instanceof Tensor)) throw new TypeError(`${op}: ${name} must be a Tensor`);
+  if (t.dtype !== 'f32') throw new TypeError(`${op}: ${name} must be f32, got ${t.dtype}`);
+}
+
+function expectShape(op: string, name: string, t: Tensor, shape: readonly number[]): void {
+  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+    fail(op, `${name} has shape ${shapeString(t.shape)}, expected ${shapeString(shape)}`);
+  }
+}
+
+function expectRank(op: string, name: string, t: Tensor, rank: number): void {
+  if (t.rank !== rank) fail(op, `${name} must have rank ${rank}, got shape ${shapeString(t.shape)}`);
+}
+
+function expectInt(op: string, name: string, v: number, min: number): void {
+  if (!Number.isInteger(v) || v < min) fail(op, `${name} must be an integer >= ${min}, got ${v}`);
+}
+
+function expectFinite(op: string, name: string, v: number): void {
+  if (typeof v !== 'number' || !Number.isFinite(v)) fail(op, `${name} must be a finite number, got ${v}`);
+}
+
+function outOr(op: string, out: F32 | undefined, shape: readonly number[]): F32 {
+  if (!out) return Tensor.zeros('f32', shape);
+  expectF32(op, 'out', out);
+  expectShape(op, 'out', out, shape);
+  return out;
+}
+
+/** rows × cols view of a tensor whose last dimension is cols. */
+function rowsCols(t: Tensor): [number, number] {
+  const cols = t.shape[t.rank - 1] ?? 1;
+  return [cols === 0 ? 0 : t.size / cols, cols];
+}
+
+export class Backend {
+  constructor(readonly kernels: Kernels) {}
+
+  get name(): string {
+    return this.kernels.name;
+  }
+
+  // ---- GEMM ---------------------------------------------------------------------------------
+
+  packWeight(w: Tensor, mode: ComputeMode, name = 'weight'): PackedWeight {
+    const op = `packWeight(${name})`;
+    if (!(w instanceof Tensor) || !isFloatDType(w.dtype)) throw new TypeError(`${op}: weight must be an f32, f16 or bf16 Tensor`);
+    expectRank(op, 'weight', w, 2);
+    if (mode !== 'fp32' && mode !== 'bf16') throw new TypeError(`${op}: mode must be 'fp32' or 'bf16', got ${String(mode)}`);
+    const [n, k] = w.shape as [number, number];
+    if (n === 0 || k === 0) fail(op, `weight has an empty shape ${shapeString(w.shape)}`);
+    const format = weightFormatFor(w.dtype, mode);
+    const dst = new Uint8Array(this.kernels.packedByteLength(format, n, k));
+    this.kernels.packWeight(w.data as Float32Array | Uint16Array, w.dtype, n, k, format, dst);
+    return new PackedWeight(this.name, format, mode, n, k, dst, name);
+  }
+
+  /** Wraps bytes packed earlier (for example read back from disk) as a PackedWeight. */
+  packedWeight(format: WeightFormat, mode: ComputeMode, n: number, k: number, data: Uint8Array, name = 'weight'): PackedWeight {
+    const want = this.kernels.packedByteLength(format, n, k);
+    if (data.byteLength !== want) fail(`packedWeight(${name})`, `holds ${data.byteLength} bytes, expected ${want}`);
+    return new PackedWeight(this.name, format, mode, n, k, data, name);
+  }
+
+  private checkMatmul(x: F32, w: PackedWeight, bias: F32 | null, out: F32 | undefined): [number, F32] {
+    const op = `matmul(${w?.name ?? 'weight'})`;
+    expectF32(op, 'x', x);
+    if (!(w instanceof PackedWeight)) throw new TypeError(`${op}: w must be a PackedWeight`);
+    if (w.backend !== this.name) fail(op, `weight was packed by backend '${w.backend}', not '${this.name}'`);
+    const [m, k] = rowsCols(x);
+    if (k !== w.k) fail(op, `x has ${k} features per row, weight expects ${w.k}`);
+    if (bias) {
+      expectF32(op, 'bias', bias);
+      if (bias.size !== w.n) fail(op, `bias has ${bias.size} elements, expected ${w.n}`);
+    }
+    return [m, outOr(op, out, [...x.shape.slice(0, -1), w.n])];
+  }
+
+  /** y = x · Wᵀ + bias, over the last dimension of x. */
+  matmul(x: F32, w: PackedWeight, bias: F32 | null = null, out?: F32): F32 {
+    const [m, y] = this.checkMatmul(x, w, bias, out);
+    this.kernels.matmul(x.data, m, w.k, w.data, w.format, w.n, bias?.data ?? null, y.data, w.mode);
+    return y;
+  }
+
+  async matmulAsync(x: F32, w: PackedWeight, bias: F32 | null = null, out?: F32): Promise<F32> {
+    const [m, y] = this.checkMatmul(x, w, bias, out);
+    await this.kernels.matmulAsync(x.data, m, w.k, w.data, w.format, w.n, bias?.data ?? null, y.data, w.mode);
+    return y;
+  }
+
+  private checkIds(op: string, ids: Tensor, limit: number): void {
+    if (!(ids instanceof Tensor) || ids.dtype !== 'i32') throw new TypeError(`${op}: ids must be an i32 Tensor`);
+    for (let i = 0; i < ids.size; i++) {
+      const id = ids.data[i]!;
+      if (id < 0 || id >= limit) fail(op, `ids[${i}] = ${id} is outside [0, ${limit})`);
+    }
+  }
+
+  /** Rows of a packed weight, widened to f32: the lookup of a tied embedding. */
+  gatherRows(w: PackedWeight, ids: Tensor<'i32'>, out?: F32): F32 {
+    const op = `gatherRows(${w?.name ?? 'weight'})`;
+    if (!(w instanceof PackedWeight) || w.backend !== this.name) throw new TypeError(`${op}: w must be a PackedWeight of backend ${this.name}`);
+    this.checkIds(op, ids, w.n);
+    const y = outOr(op, out, [ids.size, w.k]);
+    this.kernels.gatherRows(w.data, w.format, w.n, w.k, ids.data, y.data);
+    return y;
+  }
+
+  // ---- row-wise -----------------------------------------------------------------------------
+
+  embedding(table: Tensor, ids: Tensor<'i32'>, out?: F32): F32 {
+    const op = 'embedding';
+    if (!(table instanceof Tensor) || !isFloatDType(table.dtype)) throw new TypeError(`${op}: table must be a float Tensor`);
+    expectRank(op, 'table', table, 2);
+    const [vocab, dim] = table.shape as [number, number];
+    this.checkIds(op, ids, vocab);
+    const y = outOr(op, out, [ids.size, dim]);
+    this.kernels.embedding(table.data as Float32Array | Uint16Array, table.dtype, vocab, dim, ids.data, y.data);
+    return y;
+  }
+
+  private checkVector(op: string, name: string, v: Tensor, cols: number): void {
+    expectF32(op, name, v);
+    if (v.size !== cols) fail(op, `${name} has ${v.size} elements, expected ${cols}`);
+  }
+
+  layerNorm(x: F32, gamma: F32, beta: F32 | null, eps: number, out?: F32): F32 {
+    const op = 'layerNorm';
+    expectF32(op, 'x', x);
+    const [rows, cols] = rowsCols(x);
+    this.checkVector(op, 'gamma', gamma, cols);
+    if (beta) this.checkVector(op, 'beta', beta, cols);
+    expectFinite(op, 'eps', eps);
+    const y = outOr(op, out, x.shape);
+    this.kernels.layerNorm(x.data, rows, cols, gamma.data, beta?.data ?? null, eps, y.data);
+    return y;
+  }
+
+  rmsNorm(x: F32, gamma: F32, eps: number, out?: F32): F32 {
+    const op = 'rmsNorm';
+    expectF32(op, 'x', x);
+    const [rows, cols] = rowsCols(x);
+    this.checkVector(op, 'gamma', gamma, cols);
+    expectFinite(op, 'eps', eps);
+    const y = outOr(op, out, x.shape);
+    this.kernels.rmsNorm(x.data, rows, cols, gamma.data, eps, y.data);
+    return y;
+  }
+
+  private unary(op: string, x: F32, out: F32 | undefined): F32 {
+    expectF32(op, 'x', x);
+    return outOr(op, out, x.shape);
+  }
+
+  relu(x: F32, out?: F32): F32 {
+    const y = this.unary('relu', x, out);
+    this.kernels.relu(x.data, y.data);
+    return y;
+  }
+
+  gelu(x: F32, approximate = false, out?: F32): F32 {
+    const y = this.unary('gelu', x, out);
+    this.kernels.gelu(x.data, y.data, approximate);
+    return y;
+  }
+
+  private binary(op: string, a: F32, b: F32, out: F32 | undefined): F32 {
+    expectF32(op, 'a', a);
+    expectF32(op, 'b', b);
+    expectShape(op, 'b', b, a.shape);
+    return outOr(op, out, a.shape);
+  }
+
+  siluMul(gate: F32, up: F32, out?: F32): F32 {
+    const y = this.binary('siluMul', gate, up, out);
+    this.kernels.siluMul(gate.data, up.data, y.data);
+    return y;
+  }
+
+  add(a: F32, b: F32, out?: F32): F32 {
+    const y = this.binary('add', a, b, out);
+    this.kernels.add(a.data, b.data, y.data);
+    return y;
+  }
+
+  softmax(x: F32, out?: F32): F32 {
+    const y = this.unary('softmax', x, out);
+    const [rows, cols] = rowsCols(x);
+    this.kernels.softmax(x.data, rows, cols, y.data);
+    return y;
+  }
+
+  logSoftmax(x: F32, out?: F32): F32 {
+    const y = this.unary('logSoftmax', x, out);
+    const [rows, cols] = rowsCols(x);
+    this.kernels.logSoftmax(x.data, rows, cols, y.data);
+    return y;
+  }
+
+  /** In place on x[t, heads, d]. */
+  rope(x: F32, positions: Tensor<'i32'>, theta: number, rotaryDim?: number): F32 {
+    const op = 'rope';
+    expectF32(op, 'x', x);
+    expectRank(op, 'x', x, 3);
+    const [t, heads, d] = x.shape as [number, number, number];
+    const rot = rotaryDim ?? d;
+    if (!Number.isInteger(rot) || rot < 2 || rot > d || rot % 2 !== 0) fail(op, `rotaryDim must be an even integer in [2, ${d}], got ${rot}`);
+    if (!(positions instanceof Tensor) || positions.dtype !== 'i32') throw new TypeError(`${op}: positions must be an i32 Tensor`);
+    if (positions.size !== t) fail(op, `positions has ${positions.size} entries for ${t} tokens`);
+    if (!(theta > 0) || !Number.isFinite(theta)) fail(op, `theta must be a positive number, got ${theta}`);
+    for (let i = 0; i < t; i++) if (positions.data[i]! < 0) fail(op, `positions[${i}] is negative`);
+    this.kernels.rope(x.data, t, heads, d, positions.data, theta, rot);
+    return x;
+  }
+
+  // ---- attention ------------------------------------------------------------------------------
+
+  private checkPrefill(q: F32, k: F32, v: F32, seqStarts: Tensor<'i32'>, out: F32 | undefined): [number, number, number, number, F32] {
+    const op = 'attentionPrefill';
+    for (const [name, t] of [['q', q], ['k', k], ['v', v]] as const) {
+      expectF32(op, name, t);
+      expectRank(op, name, t, 3);
+    }
+    const [t, hq, d] = q.shape as [number, number, number];
+    const hkv = k.shape[1]!;
+    expectShape(op, 'k', k, [t, hkv, d]);
+    expectShape(op, 'v', v, [t, hkv, d]);
+    if (hkv < 1 || hq % hkv !== 0) fail(op, `${hq} query heads cannot be grouped over ${hkv} key/value heads`);
+    if (!(seqStarts instanceof Tensor) || seqStarts.dtype !== 'i32') throw new TypeError(`${op}: seqStarts must be an i32 Tensor`);
+    const s = seqStarts.data;
+    if (s.length < 2 || s[0] !== 0 || s[s.length - 1] !== t) fail(op, `seqStarts must run from 0 to ${t}`);
+    for (let i = 1; i < s.length; i++) if (s[i]! < s[i - 1]!) fail(op, `seqStarts must not decrease (at ${i})`);
+    return [t, hq, hkv, d, outOr(op, out, [t, hq, d])];
+  }
+
+  /** Causal attention within each sequence of a ragged batch; see Kernels.attentionPrefill. */
+  attentionPrefill(q: F32, k: F32, v: F32, seqStarts: Tensor<'i32'>, scale: number, out?: F32): F32 {
+    const [t, hq, hkv, d, y] = this.checkPrefill(q, k, v, seqStarts, out);
+    expectFinite('attentionPrefill', 'scale', scale);
+    this.kernels.attentionPrefill(q.data, k.data, v.data, t, hq, hkv, d, seqStarts.data, scale, y.data);
+    return y;
+  }
+
+  async attentionPrefillAsync(q: F32, k: F32, v: F32, seqStarts: Tensor<'i32'>, scale: number, out?: F32): Promise<F32> {
+    const [t, hq, hkv, d, y] = this.checkPrefill(q, k, v, seqStarts, out);
+    expectFinite('attentionPrefill', 'scale', scale);
+    await this.kernels.attentionPrefillAsync(q.data, k.data, v.data, t, hq, hkv, d, seqStarts.data, scale, y.data);
+    return y;
+  }
+
+  private checkCache(op: string, name: string, c: Tensor): CacheDType {
+    if (!(c instanceof Tensor) || (c.dtype !== 'f32' && c.dtype !== 'f16')) throw new TypeError(`${op}: ${name} must be an f32 or f16 Tensor`);
+    expectRank(op, name, c, 4);
+    return c.dtype;
+  }
+
+  private checkDecode(q: F32, kCache: Tensor, vCache: Tensor, lens: Tensor<'i32'>, out: F32 | undefined) {
+    const op = 'attentionDecode';
+    expectF32(op, 'q', q);
+    expectRank(op, 'q', q, 3);
+    const dtype = this.checkCache(op, 'kCache', kCache);
+    if (this.checkCache(op, 'vCache', vCache) !== dtype) fail(op, 'kCache and vCache must share a dtype');
+    const [b, hq, d] = q.shape as [number, number, number];
+    const [cb, hkv, cap, cd] = kCache.shape as [number, number, number, number];
+    if (cb !== b || cd !== d) fail(op, `kCache has shape ${shapeString(kCache.shape)}, expected [${b}, hkv, cap, ${d}]`);
+    expectShape(op, 'vCache', vCache, kCache.shape);
+    if (hkv < 1 || hq % hkv !== 0) fail(op, `${hq} query heads cannot be grouped over ${hkv} key/value heads`);
+    if (!(lens instanceof Tensor) || lens.dtype !== 'i32' || lens.size !== b) throw new TypeError(`${op}: lens must be an i32 Tensor of ${b} entries`);
+    for (let i = 0; i < b; i++) {
+      const n = lens.data[i]!;
+      if (n < 1 || n > cap) fail(op, `lens[${i}] = ${n} is outside [1, ${cap}]`);
+    }
+    return { dtype, b, hq, hkv, d, cap, y: outOr(op, out, [b, hq, d]) };
+  }
+
+  /** One new token per sequence against its KV cache; see Kernels.attentionDecode. */
+  attentionDecode(q: F32, kCache: Tensor, vCache: Tensor, lens: Tensor<'i32'>, scale: number, out?: F32): F32 {
+    const c = this.checkDecode(q, kCache, vCache, lens, out);
+    expectFinite('attentionDecode', 'scale', scale);
+    this.kernels.attentionDecode(q.data, kCache.data as Float32Array | Uint16Array, vCache.data as Float32Array | Uint16Array,
+      c.dtype, c.b, c.hq, c.hkv, c.d, c.cap, lens.data, scale, c.y.data);
+    return c.y;
+  }
+
+  async attentionDecodeAsync(q: F32, kCache: Tensor, vCache: Tensor, lens: Tensor<'i32'>, scale: number, out?: F32): Promise<F32> {
+    const c = this.checkDecode(q, kCache, vCache, lens, out);
+    expectFinite('attentionDecode', 'scale', scale);
+    await this.kernels.attentionDecodeAsync(q.data, kCache.data as Float32Array | Uint16Array, vCache.data as Float32Array | Uint16Array,
+      c.dtype, c.b, c.hq, c.hkv, c.d, c.cap, lens.data, scale, c.y.data);
+    return c.y;
+  }
+
+  /** Writes src[t,hkv,d] into cache[b,hkv,cap,d] at batch row `row`, positions pos..pos+t-1. */
+  cacheWrite(cache: Tensor, src: F32, row: number, pos: number): void {
+    const op = 'cacheWrite';
+    const dtype = this.checkCache(op, 'cache', cache);
+    const [b, hkv, cap, d] = cache.shape as [number, number, number, number];
+    expectF32(op, 'src', src);
+    expectRank(op, 'src', src, 3);
+    const t = src.shape[0]!;
+    expectShape(op, 'src', src, [t, hkv, d]);
+    expectInt(op, 'row', row, 0);
+    expectInt(op, 'pos', pos, 0);
+    if (row >= b) fail(op, `row ${row} is outside the cache's ${b} rows`);
+    if (pos + t > cap) fail(op, `positions ${pos}..${pos + t - 1} overrun the cache capacity ${cap}`);
+    this.kernels.cacheWrite(cache.data as Float32Array | Uint16Array, dtype, b, hkv, cap, d, src.data, t, row, pos);
+  }
+}

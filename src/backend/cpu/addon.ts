@@ -1,0 +1,45 @@
+// Loads the native addon (built from native/ by `npm install`). The same relative path works from
+// src/ under tsx and from dist/ after tsc.
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+export interface IsaInfo {
+  active: string;
+  detected: string;
+  features: Record<string, boolean>;
+  hardwareThreads: number;
+}
+
+/** Raw exports of the addon; every call goes through a validated wrapper in this folder. */
+export interface Addon {
+  getThreads(): number;
+  setThreads(n: number): void;
+  getIsa(): IsaInfo;
+  setIsa(isa: string): boolean;
+  alignedBuffer(bytes: number, alignment?: number): ArrayBuffer;
+  trackedBytes(): number;
+  // Kernel exports (gemm, rowwise, attention) are typed where they are wrapped.
+  [name: string]: unknown;
+}
+
+let loaded: Addon | undefined;
+
+export function addon(): Addon {
+  if (loaded) return loaded;
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const file = path.resolve(here, '../../../build/Release/tierlm.node');
+  try {
+    loaded = createRequire(import.meta.url)(file) as Addon;
+  } catch (e) {
+    throw new Error(`tierlm: cannot load the native addon at ${file} (run \`npm install\` to build it): ${(e as Error).message}`);
+  }
+  return loaded;
+}
+
+/** A native function of the addon, typed by the caller. */
+export function nativeFn<F>(name: string): F {
+  const f = addon()[name];
+  if (typeof f !== 'function') throw new Error(`tierlm: the native addon has no export '${name}' (rebuild with \`npm run build:native\`)`);
+  return f as F;
+}

@@ -1,0 +1,49 @@
+// Compute backends and process-wide compute settings.
+import { Backend } from './backend.js';
+import { addon, type IsaInfo } from './cpu/addon.js';
+import { cpuKernels } from './cpu/index.js';
+import { referenceKernels } from './reference/index.js';
+
+export { Backend, PackedWeight, weightFormatFor } from './backend.js';
+export type { CacheDType, ComputeMode, Kernels, WeightFormat } from './kernels.js';
+
+let cpu: Backend | undefined;
+let reference: Backend | undefined;
+
+/** The native CPU backend (loads the addon on first use). */
+export function cpuBackend(): Backend {
+  addon();
+  return (cpu ??= new Backend(cpuKernels));
+}
+
+/** The plain TypeScript reference backend. */
+export function referenceBackend(): Backend {
+  return (reference ??= new Backend(referenceKernels));
+}
+
+/** Threads the native kernels use (the persistent pool's size, the caller included). */
+export function getThreads(): number {
+  return addon().getThreads();
+}
+
+export function setThreads(n: number): void {
+  if (!Number.isInteger(n) || n < 1) throw new RangeError(`threads must be a positive integer, got ${n}`);
+  addon().setThreads(n);
+}
+
+export type Isa = 'scalar' | 'avx2' | 'avx512' | 'avx512bf16';
+
+/** The instruction set native kernels use, and what the CPU supports. */
+export function isaInfo(): IsaInfo {
+  return addon().getIsa();
+}
+
+/** Lowers (or restores) the instruction set native kernels use; false when the CPU lacks it. */
+export function setIsa(isa: Isa): boolean {
+  return addon().setIsa(isa);
+}
+
+/** Memory held by native aligned buffers, in bytes. */
+export function nativeBytes(): number {
+  return addon().trackedBytes();
+}

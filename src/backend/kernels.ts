@@ -1,0 +1,66 @@
+// The raw kernel interface that every compute backend implements: plain typed arrays and sizes,
+// no validation (src/backend/backend.ts validates every call before it reaches a kernel).
+// Layouts are row-major. Shapes in comments use these names:
+//   m rows of activations, k input features, n output features,
+//   t tokens, hq query heads, hkv key/value heads, d head size, cap cache capacity (positions).
+
+import type { FloatDType } from '../tensor/dtype.js';
+
+/** fp32: activations in float32, weights widened exactly. bf16: activations rounded to bf16. */
+export type ComputeMode = 'fp32' | 'bf16';
+/** Element format of a packed weight. In bf16 mode every weight is packed as bf16. */
+export type WeightFormat = 'f32' | 'f16' | 'bf16';
+export type CacheDType = 'f32' | 'f16';
+
+export interface Kernels {
+  readonly name: string;
+
+  // ---- GEMM ---------------------------------------------------------------------------------
+  /** Bytes a packed weight of n×k elements in `format` takes (including any padding). */
+  packedByteLength(format: WeightFormat, n: number, k: number): number;
+  /** Packs W[n,k] (row-major elements of srcDtype) into dst, converting to `format`. Done once
+   *  when a weight is loaded; the packed bytes can be written to disk and read back as they are. */
+  packWeight(src: Float32Array | Uint16Array, srcDtype: FloatDType, n: number, k: number, format: WeightFormat, dst: Uint8Array): void;
+  /** y[m,n] = x[m,k] · W[n,k]ᵀ (+ bias[n]). */
+  matmul(x: Float32Array, m: number, k: number, w: Uint8Array, format: WeightFormat, n: number,
+    bias: Float32Array | null, y: Float32Array, mode: ComputeMode): void;
+  matmulAsync(x: Float32Array, m: number, k: number, w: Uint8Array, format: WeightFormat, n: number,
+    bias: Float32Array | null, y: Float32Array, mode: ComputeMode): Promise<void>;
+  /** out[i,:] = W[ids[i],:] widened to float32, read from a packed weight (tied embeddings). */
+  gatherRows(w: Uint8Array, format: WeightFormat, n: number, k: number, ids: Int32Array, out: Float32Array): void;
+
+  // ---- row-wise ops (out may be the same array as an input) -----------------------------------
+  /** out[i,:] = table[ids[i],:] widened to float32; table[vocab,dim] unpacked. */
+  embedding(table: Float32Array | Uint16Array, dtype: FloatDType, vocab: number, dim: number, ids: Int32Array, out: Float32Array): void;
+  layerNorm(x: Float32Array, rows: number, cols: number, gamma: Float32Array, beta: Float32Array | null, eps: number, out: Float32Array): void;
+  rmsNorm(x: Float32Array, rows: number, cols: number, gamma: Float32Array, eps: number, out: Float32Array): void;
+  relu(x: Float32Array, out: Float32Array): void;
+  /** approximate: the tanh form ("gelu_new"); otherwise the exact erf form. */
+  gelu(x: Float32Array, out: Float32Array, approximate: boolean): void;
+  /** out = silu(gate) · up (SwiGLU). */
+  siluMul(gate: Float32Array, up: Float32Array, out: Float32Array): void;
+  add(a: Float32Array, b: Float32Array, out: Float32Array): void;
+  softmax(x: Float32Array, rows: number, cols: number, out: Float32Array): void;
+  logSoftmax(x: Float32Array, rows: number, cols: number, out: Float32Array): void;
+  /** In place on x[t, heads, d]: rotate-half rotary embedding of the first rotaryDim features of
+   *  each head, token i at position positions[i], frequencies theta^(-2j/rotaryDim). */
+  rope(x: Float32Array, t: number, heads: number, d: number, positions: Int32Array, theta: number, rotaryDim: number): void;
+
+  // ---- attention ------------------------------------------------------------------------------
+  /** Causal self-attention over a ragged batch of prompts: q[t,hq,d], k/v[t,hkv,d], sequence s
+   *  holds tokens seqStarts[s]..seqStarts[s+1]-1 and attends only within itself.
+   *  Query head h reads key/value head floor(h / (hq/hkv)). out[t,hq,d]. */
+  attentionPrefill(q: Float32Array, k: Float32Array, v: Float32Array, t: number, hq: number, hkv: number, d: number,
+    seqStarts: Int32Array, scale: number, out: Float32Array): void;
+  attentionPrefillAsync(q: Float32Array, k: Float32Array, v: Float32Array, t: number, hq: number, hkv: number, d: number,
+    seqStarts: Int32Array, scale: number, out: Float32Array): Promise<void>;
+  /** One new token per sequence against its cache: q[b,hq,d]; caches [b,hkv,cap,d] in cacheDtype
+   *  hold lens[i] valid positions for sequence i (the new token's key/value included). out[b,hq,d]. */
+  attentionDecode(q: Float32Array, kCache: Float32Array | Uint16Array, vCache: Float32Array | Uint16Array, cacheDtype: CacheDType,
+    b: number, hq: number, hkv: number, d: number, cap: number, lens: Int32Array, scale: number, out: Float32Array): void;
+  attentionDecodeAsync(q: Float32Array, kCache: Float32Array | Uint16Array, vCache: Float32Array | Uint16Array, cacheDtype: CacheDType,
+    b: number, hq: number, hkv: number, d: number, cap: number, lens: Int32Array, scale: number, out: Float32Array): Promise<void>;
+  /** Writes src[t,hkv,d] into cache[b,hkv,cap,d] at batch row `row`, positions pos..pos+t-1. */
+  cacheWrite(cache: Float32Array | Uint16Array, cacheDtype: CacheDType, b: number, hkv: number, cap: number, d: number,
+    src: Float32Array, t: number, row: number, pos: number): void;
+}

@@ -1,0 +1,9 @@
+// The reference backend: every op written as plainly as possible in TypeScript, with float64
+// accumulation. It is the yardstick the native kernels are tested against, not a fast path.
+import type { Kernels } from '../kernels.js';
+import { attentionReference } from './attention.js';
+import { gemmReference } from './gemm.js';
+import { rowwiseReference } from './rowwise.js';
+import { completeKernels } from '../complete.js';
+
+export const referenceKernels: Kernels = completeKernels('reference', { ...gemmReference, ...rowwiseReference, ...attentionReference });
