@@ -1,0 +1,58 @@
+// Generation requests and results, and how a request's prompt becomes token ids.
+
+import type { ChatMessage, TextTokenizer } from '../formats/tokenizer.js';
+
+export interface GenerationRequest {
+  id: string;
+  /** Text, encoded with the model's tokenizer. */
+  prompt?: string;
+  /** Token ids, used as they are. */
+  promptTokenIds?: number[];
+  /** A conversation, rendered with the model's chat template. */
+  messages?: ChatMessage[];
+}
+
+export type FinishReason = 'length' | 'stop';
+
+export interface GenerationResult {
+  id: string;
+  /** Generated tokens only. */
+  tokenIds: number[];
+  /** Decoded text of the generated tokens, when the model has a tokenizer. */
+  text?: string;
+  /** Each generated token's log-probability under the model's unmodified softmax. */
+  logprobs?: number[];
+  finishReason: FinishReason;
+}
+
+export interface RequestError {
+  id: string;
+  error: string;
+}
+
+/** Token ids of a request's prompt, or an error message that names what is wrong with it. */
+export function promptIds(req: GenerationRequest, tokenizer: TextTokenizer | null, vocabSize: number): number[] | string {
+  const given = [req.prompt !== undefined, req.promptTokenIds !== undefined, req.messages !== undefined].filter(Boolean).length;
+  if (given !== 1) return 'give exactly one of "prompt", "prompt_token_ids" or "messages"';
+  let ids: number[];
+  if (req.promptTokenIds !== undefined) {
+    ids = req.promptTokenIds;
+    if (!Array.isArray(ids)) return '"prompt_token_ids" must be an array of token ids';
+    const bad = ids.findIndex((t) => !Number.isSafeInteger(t) || t < 0 || t >= vocabSize);
+    if (bad >= 0) return `prompt_token_ids[${bad}] = ${JSON.stringify(ids[bad])} is not a token id in [0, ${vocabSize})`;
+  } else if (req.prompt !== undefined) {
+    if (typeof req.prompt !== 'string') return '"prompt" must be a string';
+    if (!tokenizer) return 'the model has no tokenizer.json: give "prompt_token_ids" instead of "prompt"';
+    ids = tokenizer.encode(req.prompt);
+  } else {
+    if (!tokenizer) return 'the model has no tokenizer.json, so "messages" cannot be used';
+    const msgs = req.messages!;
+    if (!Array.isArray(msgs) || !msgs.every((m) => m && typeof m.role === 'string' && typeof m.content === 'string')) {
+      return '"messages" must be an array of {"role", "content"} strings';
+    }
+    if (!tokenizer.hasChatTemplate) return 'the model has no chat template, so "messages" cannot be used';
+    ids = tokenizer.encode(tokenizer.applyChatTemplate(msgs), false);
+  }
+  if (ids.length === 0) return 'the prompt is empty';
+  return ids;
+}

@@ -1,0 +1,82 @@
+// Text ↔ token ids with @huggingface/tokenizers from tokenizer.json, and chat templates with
+// @huggingface/jinja when tokenizer_config.json has one.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { Tokenizer } from '@huggingface/tokenizers';
+import { Template } from '@huggingface/jinja';
+import { ModelFileError, UserError } from '../util/errors.js';
+
+export interface ChatMessage {
+  role: string;
+  content: string;
+}
+
+export class TextTokenizer {
+  private readonly template: Template | null;
+
+  private constructor(
+    private readonly tokenizer: Tokenizer,
+    private readonly config: Record<string, unknown>,
+    private readonly file: string,
+  ) {
+    const t = config.chat_template;
+    const source = typeof t === 'string' ? t : Array.isArray(t) ? (t.find((x) => x?.name === 'default')?.template as string | undefined) : undefined;
+    try {
+      this.template = source ? new Template(source) : null;
+    } catch (e) {
+      throw new ModelFileError(path.join(path.dirname(file), 'tokenizer_config.json'), `chat_template does not parse: ${(e as Error).message}`);
+    }
+  }
+
+  /** The tokenizer of a model directory, or null when it has no tokenizer.json. */
+  static load(dir: string): TextTokenizer | null {
+    const file = path.join(dir, 'tokenizer.json');
+    if (!fs.existsSync(file)) return null;
+    const configFile = path.join(dir, 'tokenizer_config.json');
+    const json = readJson(file);
+    const config = fs.existsSync(configFile) ? readJson(configFile) : {};
+    try {
+      return new TextTokenizer(new Tokenizer(json, config), config, file);
+    } catch (e) {
+      throw new ModelFileError(file, `cannot build the tokenizer: ${(e as Error).message}`);
+    }
+  }
+
+  /** Special tokens (BOS) are added as the tokenizer's post-processor says, unless the text
+   *  came from a chat template, which writes them itself. */
+  encode(text: string, addSpecialTokens = true): number[] {
+    return this.tokenizer.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+  }
+
+  decode(ids: number[]): string {
+    return this.tokenizer.decode(ids, { skip_special_tokens: true });
+  }
+
+  get hasChatTemplate(): boolean {
+    return this.template !== null;
+  }
+
+  /** Renders a conversation with the model's chat template, ready for the assistant's turn. */
+  applyChatTemplate(messages: ChatMessage[]): string {
+    if (!this.template) throw new UserError(`${this.file}: the model has no chat_template, so "messages" cannot be used`);
+    const special = (name: string) => {
+      const v = this.config[name];
+      return typeof v === 'string' ? v : (v as { content?: string } | undefined)?.content ?? '';
+    };
+    return this.template.render({
+      messages,
+      add_generation_prompt: true,
+      bos_token: special('bos_token'),
+      eos_token: special('eos_token'),
+    });
+  }
+}
+
+function readJson(file: string): Record<string, unknown> {
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new ModelFileError(file, `cannot read JSON: ${(e as Error).message}`);
+  }
+}

@@ -1,0 +1,116 @@
+// The architecture-neutral description of a decoder-only transformer that the forward pass runs.
+// Each architecture file turns its Hugging Face config.json into one of these.
+
+import { ModelFileError } from '../util/errors.js';
+
+export type NormKind = 'layernorm' | 'rmsnorm';
+export type Activation = 'relu' | 'gelu' | 'gelu_new' | 'silu';
+
+export interface ModelConfig {
+  /** Hugging Face model_type. */
+  modelType: string;
+  vocabSize: number;
+  /** Width of the residual stream. */
+  hidden: number;
+  layers: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  /** Width of the MLP's hidden layer. */
+  ffn: number;
+  maxPositions: number;
+  norm: NormKind;
+  normEps: number;
+  /** Norm before each block (pre-LN) or after each residual add (OPT-350m's post-LN). */
+  preNorm: boolean;
+  /** Whether the stack ends with a final norm. */
+  finalNorm: boolean;
+  activation: Activation;
+  /** SwiGLU-style MLP: down(act(gate(x)) · up(x)). */
+  gatedMlp: boolean;
+  /** Learned absolute positions (OPT, with its offset of 2) or rotary. */
+  positions: { kind: 'learned'; offset: number } | { kind: 'rope'; theta: number; rotaryDim: number };
+  qkvBias: boolean;
+  outBias: boolean;
+  mlpBias: boolean;
+  tiedEmbeddings: boolean;
+  /** Embedding width when it differs from hidden (OPT project_in / project_out). */
+  embedDim: number;
+  bosTokenId: number | null;
+  eosTokenIds: number[];
+}
+
+/** Typed access to config.json fields with errors that name the file and field. */
+export class ConfigReader {
+  constructor(
+    readonly file: string,
+    private readonly json: Record<string, unknown>,
+  ) {}
+
+  has(field: string): boolean {
+    return this.json[field] !== undefined && this.json[field] !== null;
+  }
+
+  int(field: string, fallback?: number): number {
+    const v = this.json[field] ?? fallback;
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
+      throw new ModelFileError(this.file, `field "${field}" must be a non-negative integer, got ${JSON.stringify(this.json[field])}`);
+    }
+    return v;
+  }
+
+  positiveInt(field: string, fallback?: number): number {
+    const v = this.int(field, fallback);
+    if (v === 0) throw new ModelFileError(this.file, `field "${field}" must be positive`);
+    return v;
+  }
+
+  num(field: string, fallback?: number): number {
+    const v = this.json[field] ?? fallback;
+    if (typeof v !== 'number' || !Number.isFinite(v)) {
+      throw new ModelFileError(this.file, `field "${field}" must be a number, got ${JSON.stringify(this.json[field])}`);
+    }
+    return v;
+  }
+
+  bool(field: string, fallback: boolean): boolean {
+    const v = this.json[field] ?? fallback;
+    if (typeof v !== 'boolean') throw new ModelFileError(this.file, `field "${field}" must be true or false, got ${JSON.stringify(v)}`);
+    return v;
+  }
+
+  str(field: string, fallback?: string): string {
+    const v = this.json[field] ?? fallback;
+    if (typeof v !== 'string') throw new ModelFileError(this.file, `field "${field}" must be a string, got ${JSON.stringify(v)}`);
+    return v;
+  }
+
+  /** A token id or list of ids (eos_token_id may be either); null when absent. */
+  ids(field: string): number[] {
+    const v = this.json[field];
+    if (v === undefined || v === null) return [];
+    const list = Array.isArray(v) ? v : [v];
+    if (!list.every((x) => Number.isSafeInteger(x) && x >= 0)) {
+      throw new ModelFileError(this.file, `field "${field}" must be a token id or a list of them`);
+    }
+    return list as number[];
+  }
+
+  activation(field: string, fallback: string): Activation {
+    const v = this.str(field, fallback);
+    const known: Record<string, Activation> = { relu: 'relu', gelu: 'gelu', gelu_new: 'gelu_new', gelu_pytorch_tanh: 'gelu_new', silu: 'silu', swish: 'silu' };
+    const a = known[v];
+    if (!a) throw new ModelFileError(this.file, `field "${field}": unsupported activation "${v}" (supported: ${Object.keys(known).join(', ')})`);
+    return a;
+  }
+}
+
+/** Checks the relations between fields that the forward pass depends on. */
+export function checkConfig(file: string, c: ModelConfig): ModelConfig {
+  if (c.heads % c.kvHeads !== 0) throw new ModelFileError(file, `num_attention_heads (${c.heads}) is not a multiple of the key/value heads (${c.kvHeads})`);
+  if (c.positions.kind === 'rope' && (c.positions.rotaryDim % 2 !== 0 || c.positions.rotaryDim > c.headDim)) {
+    throw new ModelFileError(file, `rotary dimension ${c.positions.rotaryDim} must be even and at most head_dim ${c.headDim}`);
+  }
+  if (c.eosTokenIds.some((id) => id >= c.vocabSize)) throw new ModelFileError(file, `eos_token_id outside the vocabulary of ${c.vocabSize}`);
+  return c;
+}

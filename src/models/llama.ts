@@ -1,0 +1,76 @@
+// Llama (and the family that shares its layout): RMSNorm before each block, rotary positions
+// (rotate-half) with rope_theta, grouped-query attention, SwiGLU MLP, optional explicit head_dim.
+// Mistral and Qwen2 reuse this layout with their own config defaults.
+
+import type { Architecture, NameTable } from './architecture.js';
+import { type ConfigReader, type ModelConfig, checkConfig } from './config.js';
+
+export interface LlamaFamilyDefaults {
+  modelType: string;
+  ropeTheta: number;
+  /** q/k/v projections carry biases regardless of config (Qwen2). */
+  qkvBias?: boolean;
+  tied: boolean;
+}
+
+export function parseLlamaFamily(r: ConfigReader, d: LlamaFamilyDefaults): ModelConfig {
+  const hidden = r.positiveInt('hidden_size');
+  const heads = r.positiveInt('num_attention_heads');
+  const headDim = r.has('head_dim') ? r.positiveInt('head_dim') : hidden / heads;
+  if (!Number.isInteger(headDim)) throw new Error(`${r.file}: hidden_size ${hidden} is not divisible by num_attention_heads ${heads}`);
+  const attentionBias = r.bool('attention_bias', false);
+  const partial = r.has('partial_rotary_factor') ? r.num('partial_rotary_factor') : 1;
+  return checkConfig(r.file, {
+    modelType: d.modelType,
+    vocabSize: r.positiveInt('vocab_size'),
+    hidden,
+    layers: r.positiveInt('num_hidden_layers'),
+    heads,
+    kvHeads: r.positiveInt('num_key_value_heads', heads),
+    headDim,
+    ffn: r.positiveInt('intermediate_size'),
+    maxPositions: r.positiveInt('max_position_embeddings'),
+    norm: 'rmsnorm',
+    normEps: r.num('rms_norm_eps', 1e-6),
+    preNorm: true,
+    finalNorm: true,
+    activation: r.activation('hidden_act', 'silu'),
+    gatedMlp: true,
+    positions: { kind: 'rope', theta: r.num('rope_theta', d.ropeTheta), rotaryDim: Math.round(headDim * partial) },
+    qkvBias: d.qkvBias ?? attentionBias,
+    outBias: d.qkvBias ? false : attentionBias,
+    mlpBias: r.bool('mlp_bias', false),
+    tiedEmbeddings: r.bool('tie_word_embeddings', d.tied),
+    embedDim: hidden,
+    bosTokenId: r.has('bos_token_id') ? r.int('bos_token_id') : null,
+    eosTokenIds: r.ids('eos_token_id'),
+  });
+}
+
+export function llamaFamilyNames(c: ModelConfig, has: (name: string) => boolean): NameTable {
+  const l = 'model.layers.{L}.';
+  return {
+    global: {
+      embed: 'model.embed_tokens',
+      final_norm: 'model.norm',
+      lm_head: has('lm_head.weight') ? 'lm_head' : c.tiedEmbeddings ? 'model.embed_tokens' : 'lm_head',
+    },
+    layer: {
+      attn_norm: `${l}input_layernorm`,
+      q: `${l}self_attn.q_proj`,
+      k: `${l}self_attn.k_proj`,
+      v: `${l}self_attn.v_proj`,
+      o: `${l}self_attn.o_proj`,
+      mlp_norm: `${l}post_attention_layernorm`,
+      gate: `${l}mlp.gate_proj`,
+      up: `${l}mlp.up_proj`,
+      down: `${l}mlp.down_proj`,
+    },
+  };
+}
+
+export const llama: Architecture = {
+  modelTypes: ['llama'],
+  parseConfig: (r) => parseLlamaFamily(r, { modelType: 'llama', ropeTheta: 10000, tied: false }),
+  names: llamaFamilyNames,
+};

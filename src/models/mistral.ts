@@ -1,0 +1,12 @@
+// Mistral: the Llama layout with grouped-query attention and rope_theta 10000 by default.
+// (Sliding-window attention only matters past `sliding_window` positions, 4096 for Mistral-7B;
+// longer requests are refused by the engine's position limit check, see transformer.ts.)
+
+import type { Architecture } from './architecture.js';
+import { llamaFamilyNames, parseLlamaFamily } from './llama.js';
+
+export const mistral: Architecture = {
+  modelTypes: ['mistral'],
+  parseConfig: (r) => parseLlamaFamily(r, { modelType: 'mistral', ropeTheta: 10000, tied: false }),
+  names: llamaFamilyNames,
+};

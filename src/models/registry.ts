@@ -1,0 +1,40 @@
+// model_type → architecture.
+import fs from 'node:fs';
+import path from 'node:path';
+import { ModelFileError } from '../util/errors.js';
+import type { Architecture } from './architecture.js';
+import { ConfigReader, type ModelConfig } from './config.js';
+import { llama } from './llama.js';
+import { mistral } from './mistral.js';
+import { opt } from './opt.js';
+import { qwen2 } from './qwen2.js';
+
+const ARCHITECTURES: Architecture[] = [opt, llama, mistral, qwen2];
+
+export function supportedModelTypes(): string[] {
+  return ARCHITECTURES.flatMap((a) => a.modelTypes);
+}
+
+export function architectureFor(modelType: string, file: string): Architecture {
+  const arch = ARCHITECTURES.find((a) => a.modelTypes.includes(modelType));
+  if (!arch) {
+    throw new ModelFileError(file, `unsupported model_type "${modelType}" (supported: ${supportedModelTypes().join(', ')})`);
+  }
+  return arch;
+}
+
+/** Reads and checks DIR/config.json. */
+export function readConfig(dir: string): { arch: Architecture; config: ModelConfig; raw: Record<string, unknown> } {
+  const file = path.join(dir, 'config.json');
+  let raw: Record<string, unknown>;
+  try {
+    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    throw new ModelFileError(file, err.code === 'ENOENT' ? 'not found (is this a model directory?)' : `cannot read: ${err.message}`);
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ModelFileError(file, 'not a JSON object');
+  const reader = new ConfigReader(file, raw);
+  const arch = architectureFor(reader.str('model_type'), file);
+  return { arch, config: arch.parseConfig(reader), raw };
+}

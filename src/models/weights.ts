@@ -1,0 +1,130 @@
+// Loads a checkpoint's tensors into the backend: GEMM weights packed once, norms and biases as
+// float32 vectors. Every tensor's shape is checked against config.json first.
+
+import type { Backend, ComputeMode, PackedWeight } from '../backend/index.js';
+import type { TensorStore } from '../formats/safetensors.js';
+import { toFloat32 } from '../tensor/dtype.js';
+import { Tensor } from '../tensor/tensor.js';
+import { ModelFileError } from '../util/errors.js';
+import { type GlobalSlot, type LayerSlot, type NameTable, expectedShape } from './architecture.js';
+import type { ModelConfig } from './config.js';
+
+export interface Linear {
+  w: PackedWeight; // [out, in]
+  b: Tensor<'f32'> | null; // [out]
+}
+
+export interface Norm {
+  w: Tensor<'f32'>; // [hidden]
+  b: Tensor<'f32'> | null; // [hidden] (LayerNorm only)
+}
+
+export interface LayerWeights {
+  attnNorm: Norm;
+  q: Linear; // [heads·headDim, hidden]
+  k: Linear; // [kvHeads·headDim, hidden]
+  v: Linear; // [kvHeads·headDim, hidden]
+  o: Linear; // [hidden, heads·headDim]
+  mlpNorm: Norm;
+  gate: Linear | null; // [ffn, hidden] (gated MLPs)
+  up: Linear; // [ffn, hidden] (OPT fc1)
+  down: Linear; // [hidden, ffn] (OPT fc2)
+}
+
+export interface GlobalWeights {
+  /** Token embedding [vocab, embedDim]: a packed weight (shared with a tied head) or a raw table. */
+  embed: { packed: PackedWeight } | { table: Tensor };
+  posEmbed: Tensor | null; // [maxPositions + offset, hidden] (OPT)
+  projectIn: Linear | null; // [hidden, embedDim]
+  projectOut: Linear | null; // [embedDim, hidden]
+  finalNorm: Norm | null;
+  lmHead: PackedWeight; // [vocab, embedDim]
+}
+
+export class WeightLoader {
+  constructor(
+    private readonly store: TensorStore,
+    private readonly config: ModelConfig,
+    private readonly names: NameTable,
+    private readonly backend: Backend,
+    private readonly mode: ComputeMode,
+  ) {}
+
+  private layerName(slot: LayerSlot, layer: number): string {
+    const n = this.names.layer[slot];
+    if (!n) throw new Error(`architecture has no name for ${slot}`);
+    return n.replace('{L}', String(layer));
+  }
+
+  /** Reads a tensor after checking its shape; null when optional and absent. */
+  private read(name: string, shape: number[], optional = false): Tensor | null {
+    if (!this.store.has(name)) {
+      if (optional) return null;
+      throw new ModelFileError(this.store.fileName(name), 'missing tensor', name);
+    }
+    const info = this.store.info(name);
+    if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
+      throw new ModelFileError(info.file, `shape [${info.shape.join(', ')}] disagrees with config.json (expected [${shape.join(', ')}])`, name);
+    }
+    return this.store.read(name);
+  }
+
+  private vector(name: string, shape: number[], optional: boolean): Tensor<'f32'> | null {
+    const t = this.read(name, shape, optional);
+    if (!t) return null;
+    return new Tensor('f32', t.shape, toFloat32(t.dtype as 'f32' | 'f16' | 'bf16', t.data as Float32Array | Uint16Array, false));
+  }
+
+  private linear(base: string, slot: LayerSlot | GlobalSlot, bias: boolean): Linear {
+    const w = this.read(`${base}.weight`, expectedShape(this.config, slot, 'weight'))!;
+    return {
+      w: this.backend.packWeight(w, this.mode, `${base}.weight`),
+      b: bias ? this.vector(`${base}.bias`, expectedShape(this.config, slot, 'bias'), false) : null,
+    };
+  }
+
+  private norm(base: string, slot: LayerSlot | GlobalSlot): Norm {
+    const withBias = this.config.norm === 'layernorm';
+    return {
+      w: this.vector(`${base}.weight`, expectedShape(this.config, slot, 'weight'), false)!,
+      b: withBias ? this.vector(`${base}.bias`, expectedShape(this.config, slot, 'bias'), false) : null,
+    };
+  }
+
+  layer(j: number): LayerWeights {
+    const c = this.config;
+    const n = (s: LayerSlot) => this.layerName(s, j);
+    return {
+      attnNorm: this.norm(n('attn_norm'), 'attn_norm'),
+      q: this.linear(n('q'), 'q', c.qkvBias),
+      k: this.linear(n('k'), 'k', c.qkvBias),
+      v: this.linear(n('v'), 'v', c.qkvBias),
+      o: this.linear(n('o'), 'o', c.outBias),
+      mlpNorm: this.norm(n('mlp_norm'), 'mlp_norm'),
+      gate: c.gatedMlp ? this.linear(n('gate'), 'gate', c.mlpBias) : null,
+      up: this.linear(n('up'), 'up', c.mlpBias),
+      down: this.linear(n('down'), 'down', c.mlpBias),
+    };
+  }
+
+  globals(): GlobalWeights {
+    const c = this.config;
+    const g = this.names.global;
+    const embedName = `${g.embed}.weight`;
+    const headName = `${g.lm_head}.weight`;
+    const tied = headName === embedName;
+    const lmHeadRaw = this.read(headName, expectedShape(c, 'lm_head', 'weight'))!;
+    const lmHead = this.backend.packWeight(lmHeadRaw, this.mode, headName);
+    // A tied embedding is looked up in the packed head, unless packing rounded it (bf16 mode).
+    const exactPacked = lmHead.format === lmHeadRaw.dtype;
+    const embed = tied && exactPacked ? { packed: lmHead } : { table: tied ? lmHeadRaw : this.read(embedName, expectedShape(c, 'embed', 'weight'))! };
+    return {
+      embed,
+      posEmbed: g.pos_embed ? this.read(`${g.pos_embed}.weight`, expectedShape(c, 'pos_embed', 'weight')) : null,
+      projectIn: g.project_in ? this.linear(g.project_in, 'project_in', false) : null,
+      projectOut: g.project_out ? this.linear(g.project_out, 'project_out', false) : null,
+      finalNorm: g.final_norm ? this.norm(g.final_norm, 'final_norm') : null,
+      lmHead,
+    };
+  }
+}
