@@ -44,8 +44,9 @@ struct ThreadPool::State {
   int nthreads = 1;
   bool stopping = false;
 
-  void worker_loop(int index) {
-    uint64_t seen = 0;
+  // `seen` starts at the generation current when the worker was created, so a worker started by
+  // resize() does not rerun the last (finished) job.
+  void worker_loop(int index, uint64_t seen) {
     for (;;) {
       // Spin briefly before sleeping: decode issues many short kernels back to back, and a
       // condition-variable wake-up costs tens of microseconds.
@@ -71,7 +72,8 @@ struct ThreadPool::State {
   void start(int n) {
     nthreads = std::max(1, n);
     stopping = false;
-    for (int i = 1; i < nthreads; i++) workers.emplace_back([this, i] { worker_loop(i); });
+    const uint64_t gen = generation.load(std::memory_order_acquire);
+    for (int i = 1; i < nthreads; i++) workers.emplace_back([this, i, gen] { worker_loop(i, gen); });
   }
 
   void stop() {
