@@ -1,4 +1,40 @@
-// Native gemm kernels (native/kernels, native/napi/gemm.cpp). Placeholder until implemented.
-import type { Kernels } from '../kernels.js';
+// Native GEMM kernels (native/kernels/gemm*.cpp, exported by native/napi/gemm.cpp). Weights are
+// packed into 32-row panels with k outermost (bf16 as pairs along k); see native/kernels/gemm.h.
+import type { FloatDType } from '../../tensor/dtype.js';
+import type { ComputeMode, Kernels, WeightFormat } from '../kernels.js';
+import { nativeFn } from './addon.js';
 
-export const gemmKernels: Partial<Kernels> = {};
+type PackedByteLengthFn = (format: WeightFormat, n: number, k: number) => number;
+type PackWeightFn = (src: Float32Array | Uint16Array, srcDtype: FloatDType, n: number, k: number, format: WeightFormat, dst: Uint8Array) => void;
+type MatmulFn = (x: Float32Array, m: number, k: number, w: Uint8Array, format: WeightFormat, n: number,
+  bias: Float32Array | null, y: Float32Array, mode: ComputeMode, async: boolean) => Promise<void> | undefined;
+type GatherRowsFn = (w: Uint8Array, format: WeightFormat, n: number, k: number, ids: Int32Array, out: Float32Array) => void;
+
+let fns: { len: PackedByteLengthFn; pack: PackWeightFn; matmul: MatmulFn; gather: GatherRowsFn } | undefined;
+
+function native() {
+  return (fns ??= {
+    len: nativeFn<PackedByteLengthFn>('gemmPackedByteLength'),
+    pack: nativeFn<PackWeightFn>('gemmPackWeight'),
+    matmul: nativeFn<MatmulFn>('gemmMatmul'),
+    gather: nativeFn<GatherRowsFn>('gemmGatherRows'),
+  });
+}
+
+export const gemmKernels: Partial<Kernels> = {
+  packedByteLength(format, n, k) {
+    return native().len(format, n, k);
+  },
+  packWeight(src, srcDtype, n, k, format, dst) {
+    native().pack(src, srcDtype, n, k, format, dst);
+  },
+  matmul(x, m, k, w, format, n, bias, y, mode) {
+    native().matmul(x, m, k, w, format, n, bias, y, mode, false);
+  },
+  matmulAsync(x, m, k, w, format, n, bias, y, mode) {
+    return native().matmul(x, m, k, w, format, n, bias, y, mode, true) as Promise<void>;
+  },
+  gatherRows(w, format, n, k, ids, out) {
+    native().gather(w, format, n, k, ids, out);
+  },
+};

@@ -1,4 +1,77 @@
-// Reference gemm ops in plain TypeScript. Placeholder until implemented.
-import type { Kernels } from '../kernels.js';
+// Reference GEMM in plain TypeScript with float64 accumulation. Its "packed" layout is simply the
+// row-major weight converted to the packed format (f32, or 16-bit words for f16/bf16).
+import { type FloatDType, bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, toFloat32 } from '../../tensor/dtype.js';
+import type { ComputeMode, Kernels, WeightFormat } from '../kernels.js';
 
-export const gemmReference: Partial<Kernels> = {};
+/** Bytes of the reference backend's packed weight: n*k elements of the format, row-major. */
+export function referencePackedByteLength(format: WeightFormat, n: number, k: number): number {
+  return n * k * (format === 'f32' ? 4 : 2);
+}
+
+/** Row-major W widened to float32 from the reference packed bytes. */
+function unpack(w: Uint8Array, format: WeightFormat, n: number, k: number): Float32Array {
+  const len = n * k;
+  if (format === 'f32') return new Float32Array(w.buffer, w.byteOffset, len);
+  return toFloat32(format, new Uint16Array(w.buffer, w.byteOffset, len));
+}
+
+const roundBf16 = (v: number) => bf16ToF32(f32ToBf16(v));
+
+function matmul(x: Float32Array, m: number, k: number, w: Uint8Array, format: WeightFormat, n: number,
+  bias: Float32Array | null, y: Float32Array, mode: ComputeMode): void {
+  let wf = unpack(w, format, n, k);
+  let xf = x;
+  if (mode === 'bf16') {
+    xf = Float32Array.from(x.subarray(0, m * k), roundBf16);
+    if (format !== 'bf16') wf = Float32Array.from(wf, roundBf16);
+  }
+  for (let i = 0; i < m; i++) {
+    const xo = i * k;
+    for (let j = 0; j < n; j++) {
+      const wo = j * k;
+      let s = 0;
+      for (let t = 0; t < k; t++) s += xf[xo + t]! * wf[wo + t]!;
+      if (bias) s += bias[j]!;
+      y[i * n + j] = s;
+    }
+  }
+}
+
+export const gemmReference: Partial<Kernels> = {
+  packedByteLength: referencePackedByteLength,
+
+  packWeight(src: Float32Array | Uint16Array, srcDtype: FloatDType, n: number, k: number, format: WeightFormat, dst: Uint8Array): void {
+    const len = n * k;
+    if (format === 'f32') {
+      new Float32Array(dst.buffer, dst.byteOffset, len).set(toFloat32(srcDtype, src.subarray(0, len), false));
+      return;
+    }
+    const out = new Uint16Array(dst.buffer, dst.byteOffset, len);
+    if (srcDtype === format) {
+      out.set((src as Uint16Array).subarray(0, len));
+      return;
+    }
+    const f = toFloat32(srcDtype, src.subarray(0, len), false);
+    const conv = format === 'bf16' ? f32ToBf16 : f32ToF16;
+    for (let i = 0; i < len; i++) out[i] = conv(f[i]!);
+  },
+
+  matmul,
+
+  async matmulAsync(x, m, k, w, format, n, bias, y, mode) {
+    matmul(x, m, k, w, format, n, bias, y, mode);
+  },
+
+  gatherRows(w, format, n, k, ids, out) {
+    for (let i = 0; i < ids.length; i++) {
+      const r = ids[i]!;
+      if (format === 'f32') {
+        out.set(new Float32Array(w.buffer, w.byteOffset + r * k * 4, k), i * k);
+      } else {
+        const s = new Uint16Array(w.buffer, w.byteOffset + r * k * 2, k);
+        const conv = format === 'bf16' ? bf16ToF32 : f16ToF32;
+        for (let t = 0; t < k; t++) out[i * k + t] = conv(s[t]!);
+      }
+    }
+  },
+};

@@ -1,0 +1,72 @@
+// GEMM kernels: y[m,n] = x[m,k] · W[n,k]ᵀ (+ bias[n]) with W pre-packed.
+//
+// Packed layout (the same for every instruction set, position-independent):
+//   W is cut into panels of kNR = 32 output rows (n padded with zero rows to a multiple of 32).
+//   Panel p holds rows 32p..32p+31 with k outermost:
+//     f32 / f16: [k][32] elements                           (panel bytes: k * 32 * es)
+//     bf16:      [kp/2][32][2] (pairs along k, kp = k rounded up to even, zero padded)
+//   so element (row r, col kk) of panel p sits at index kk*32 + (r%32) for f32/f16 and at
+//   (kk/2)*64 + (r%32)*2 + (kk&1) for bf16; the byte offset of k-step k0 (even for bf16) inside
+//   a panel is k0 * 32 * es in both cases.
+//
+// Numerics: every output element is one FMA chain over k in increasing order (kc blocks are
+// stored to y and reloaded, which is exact), the bias is added last; so a row's result does not
+// depend on m or on how rows are blocked (batched == unbatched, bit for bit).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace tierlm {
+namespace gemm {
+
+enum class Fmt : int { F32 = 0, F16 = 1, Bf16 = 2 };
+enum class Mode : int { Fp32 = 0, Bf16 = 1 };
+
+constexpr int kNR = 32;
+
+inline int elem_bytes(Fmt f) { return f == Fmt::F32 ? 4 : 2; }
+// k as stored in a panel (bf16 pads to even).
+inline int64_t stored_k(Fmt f, int64_t k) { return f == Fmt::Bf16 ? (k + 1) & ~int64_t(1) : k; }
+inline int64_t panels(int64_t n) { return (n + kNR - 1) / kNR; }
+inline int64_t panel_bytes(Fmt f, int64_t k) { return stored_k(f, k) * kNR * elem_bytes(f); }
+inline int64_t packed_bytes(Fmt f, int64_t n, int64_t k) { return panels(n) * panel_bytes(f, k); }
+
+// src: n*k elements of src_fmt (float or uint16 bits), row-major. dst: packed_bytes(fmt, n, k).
+void pack_weight(const void* src, Fmt src_fmt, int64_t n, int64_t k, Fmt fmt, uint8_t* dst);
+// out[i, :] = row ids[i] of the packed W, widened to float. ids must be in [0, n).
+void gather_rows(const uint8_t* w, Fmt fmt, int64_t n, int64_t k, const int32_t* ids, int64_t count, float* out);
+// Runs on the thread pool; dispatches on active_isa().
+void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, Fmt fmt, int64_t n, const float* bias, float* y,
+            Mode mode);
+
+// ---- micro-kernels (one per instruction set) ------------------------------------------------
+// How x is packed for a kernel: per row block of `rows` rows, k-major.
+enum class XPack : int {
+  F32 = 0,       // [k][rows] float
+  Bf16F32 = 1,   // [k][rows] float, each rounded to bf16 (bf16 mode emulated)
+  Bf16Pair = 2,  // [k/2][rows] uint32: bf16(x[k]) | bf16(x[k+1]) << 16
+};
+
+enum : int { kFirst = 1, kLast = 2 };
+
+// Computes a rows × 32 tile: y[i, c] (+)= sum over kc steps of x[i, .] * W[c, .], c < ncols.
+// xp: the row block's packed x at the current k offset; wp: the panel at the current k offset.
+// flags & kFirst: start from zero (else accumulate onto y); flags & kLast: add bias (if not null).
+using KernelFn = void (*)(int rows, const void* xp, const uint8_t* wp, int kc, float* y, int64_t ldy, int ncols,
+                          int flags, const float* bias);
+
+struct Kernel {
+  KernelFn fn = nullptr;
+  int max_rows = 1;  // rows per call at most
+  int kc = 256;      // k block (even)
+  XPack xpack = XPack::F32;
+};
+
+// Fill *out and return true when the instruction set has a kernel for this combination.
+bool kernel_avx512(Fmt fmt, bool bf16_pairs, Kernel* out);  // bf16_pairs: vdpbf16ps (fmt == Bf16)
+bool kernel_avx2(Fmt fmt, Kernel* out);
+void kernel_scalar(Fmt fmt, Kernel* out);
+
+}  // namespace gemm
+}  // namespace tierlm

@@ -1,0 +1,188 @@
+// GEMM micro-kernels for AVX-512 (fp32 FMA on f32/f16/bf16 weights) and AVX512_BF16 (vdpbf16ps).
+// Helpers are internal (anonymous namespace) so nothing compiled with these flags is shared with
+// baseline code.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 false positive in _mm512_slli_epi32
+#include <immintrin.h>
+
+#include "kernels/gemm.h"
+
+namespace tierlm {
+namespace gemm {
+namespace {
+
+constexpr int kRows = 14;  // 28 accumulators + 2 weight registers + 1 broadcast
+
+inline __mmask16 mask_lo(int ncols) { return ncols >= 16 ? 0xffff : static_cast<__mmask16>((1u << ncols) - 1); }
+inline __mmask16 mask_hi(int ncols) {
+  return ncols >= 32 ? 0xffff : ncols <= 16 ? 0 : static_cast<__mmask16>((1u << (ncols - 16)) - 1);
+}
+
+template <int R>
+inline void load_acc(__m512* c0, __m512* c1, float* y, int64_t ldy, int ncols, int flags) {
+  if (flags & kFirst) {
+#pragma GCC unroll 16
+    for (int i = 0; i < R; i++) c0[i] = c1[i] = _mm512_setzero_ps();
+  } else {
+    const __mmask16 m0 = mask_lo(ncols), m1 = mask_hi(ncols);
+#pragma GCC unroll 16
+    for (int i = 0; i < R; i++) {
+      c0[i] = _mm512_maskz_loadu_ps(m0, y + i * ldy);
+      c1[i] = _mm512_maskz_loadu_ps(m1, y + i * ldy + 16);
+    }
+  }
+}
+
+template <int R>
+inline void store_acc(__m512* c0, __m512* c1, float* y, int64_t ldy, int ncols, int flags, const float* bias) {
+  const __mmask16 m0 = mask_lo(ncols), m1 = mask_hi(ncols);
+  if ((flags & kLast) && bias) {
+    const __m512 b0 = _mm512_maskz_loadu_ps(m0, bias), b1 = _mm512_maskz_loadu_ps(m1, bias + 16);
+#pragma GCC unroll 16
+    for (int i = 0; i < R; i++) {
+      c0[i] = _mm512_add_ps(c0[i], b0);
+      c1[i] = _mm512_add_ps(c1[i], b1);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < R; i++) {
+    _mm512_mask_storeu_ps(y + i * ldy, m0, c0[i]);
+    _mm512_mask_storeu_ps(y + i * ldy + 16, m1, c1[i]);
+  }
+}
+
+// fp32 FMA, x packed [kc][R] floats, W of format F.
+template <int R, int F>
+void tile_fp32(const float* xp, const uint8_t* wp, int kc, float* y, int64_t ldy, int ncols, int flags,
+               const float* bias) {
+  __m512 c0[R], c1[R];
+  load_acc<R>(c0, c1, y, ldy, ncols, flags);
+  if (F == static_cast<int>(Fmt::F32)) {
+    const float* w = reinterpret_cast<const float*>(wp);
+    for (int kk = 0; kk < kc; kk++) {
+      const __m512 b0 = _mm512_loadu_ps(w), b1 = _mm512_loadu_ps(w + 16);
+#pragma GCC unroll 16
+      for (int i = 0; i < R; i++) {
+        const __m512 a = _mm512_set1_ps(xp[i]);
+        c0[i] = _mm512_fmadd_ps(a, b0, c0[i]);
+        c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
+      }
+      w += 32;
+      xp += R;
+    }
+  } else if (F == static_cast<int>(Fmt::F16)) {
+    const uint16_t* w = reinterpret_cast<const uint16_t*>(wp);
+    for (int kk = 0; kk < kc; kk++) {
+      const __m512 b0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+      const __m512 b1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 16)));
+#pragma GCC unroll 16
+      for (int i = 0; i < R; i++) {
+        const __m512 a = _mm512_set1_ps(xp[i]);
+        c0[i] = _mm512_fmadd_ps(a, b0, c0[i]);
+        c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
+      }
+      w += 32;
+      xp += R;
+    }
+  } else {
+    // bf16 pairs: a 32-bit lane holds (W[c][k], W[c][k+1]); kc is even.
+    const uint16_t* w = reinterpret_cast<const uint16_t*>(wp);
+    const __m512i hi_mask = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+    for (int kk = 0; kk < kc; kk += 2) {
+      {
+        const __m512 b0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_loadu_si512(w), 16));
+        const __m512 b1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_loadu_si512(w + 32), 16));
+#pragma GCC unroll 16
+        for (int i = 0; i < R; i++) {
+          const __m512 a = _mm512_set1_ps(xp[i]);
+          c0[i] = _mm512_fmadd_ps(a, b0, c0[i]);
+          c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
+        }
+      }
+      {
+        const __m512 b0 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_loadu_si512(w), hi_mask));
+        const __m512 b1 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_loadu_si512(w + 32), hi_mask));
+#pragma GCC unroll 16
+        for (int i = 0; i < R; i++) {
+          const __m512 a = _mm512_set1_ps(xp[R + i]);
+          c0[i] = _mm512_fmadd_ps(a, b0, c0[i]);
+          c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
+        }
+      }
+      w += 64;
+      xp += 2 * R;
+    }
+  }
+  store_acc<R>(c0, c1, y, ldy, ncols, flags, bias);
+}
+
+// vdpbf16ps: x packed [kc/2][R] uint32 bf16 pairs, W bf16 pairs.
+template <int R>
+void tile_bf16(const uint32_t* xp, const uint8_t* wp, int kc, float* y, int64_t ldy, int ncols, int flags,
+               const float* bias) {
+  __m512 c0[R], c1[R];
+  load_acc<R>(c0, c1, y, ldy, ncols, flags);
+  const uint16_t* w = reinterpret_cast<const uint16_t*>(wp);
+  for (int kk = 0; kk < kc; kk += 2) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(w);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(w + 32);
+#pragma GCC unroll 16
+    for (int i = 0; i < R; i++) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[i]));
+      c0[i] = _mm512_dpbf16_ps(c0[i], a, b0);
+      c1[i] = _mm512_dpbf16_ps(c1[i], a, b1);
+    }
+    w += 64;
+    xp += R;
+  }
+  store_acc<R>(c0, c1, y, ldy, ncols, flags, bias);
+}
+
+template <int F>
+void kernel_fp32(int rows, const void* xpv, const uint8_t* wp, int kc, float* y, int64_t ldy, int ncols, int flags,
+                 const float* bias) {
+  const float* xp = static_cast<const float*>(xpv);
+  switch (rows) {
+#define TIERLM_CASE(R) \
+  case R: return tile_fp32<R, F>(xp, wp, kc, y, ldy, ncols, flags, bias);
+    TIERLM_CASE(1) TIERLM_CASE(2) TIERLM_CASE(3) TIERLM_CASE(4) TIERLM_CASE(5) TIERLM_CASE(6) TIERLM_CASE(7)
+    TIERLM_CASE(8) TIERLM_CASE(9) TIERLM_CASE(10) TIERLM_CASE(11) TIERLM_CASE(12) TIERLM_CASE(13) TIERLM_CASE(14)
+#undef TIERLM_CASE
+    default: break;
+  }
+}
+
+void kernel_bf16(int rows, const void* xpv, const uint8_t* wp, int kc, float* y, int64_t ldy, int ncols, int flags,
+                 const float* bias) {
+  const uint32_t* xp = static_cast<const uint32_t*>(xpv);
+  switch (rows) {
+#define TIERLM_CASE(R) \
+  case R: return tile_bf16<R>(xp, wp, kc, y, ldy, ncols, flags, bias);
+    TIERLM_CASE(1) TIERLM_CASE(2) TIERLM_CASE(3) TIERLM_CASE(4) TIERLM_CASE(5) TIERLM_CASE(6) TIERLM_CASE(7)
+    TIERLM_CASE(8) TIERLM_CASE(9) TIERLM_CASE(10) TIERLM_CASE(11) TIERLM_CASE(12) TIERLM_CASE(13) TIERLM_CASE(14)
+#undef TIERLM_CASE
+    default: break;
+  }
+}
+
+}  // namespace
+
+bool kernel_avx512(Fmt fmt, bool bf16_pairs, Kernel* out) {
+  out->max_rows = kRows;
+  if (bf16_pairs) {
+    out->fn = kernel_bf16;
+    out->kc = 512;
+    out->xpack = XPack::Bf16Pair;
+    return true;
+  }
+  out->xpack = XPack::F32;
+  out->kc = 256;
+  switch (fmt) {
+    case Fmt::F32: out->fn = kernel_fp32<0>; break;
+    case Fmt::F16: out->fn = kernel_fp32<1>; break;
+    default: out->fn = kernel_fp32<2>; break;
+  }
+  return true;
+}
+
+}  // namespace gemm
+}  // namespace tierlm

@@ -1,0 +1,297 @@
+// GEMM: weight packing, row gathering, the scalar micro-kernel and the threaded driver that
+// dispatches to the micro-kernel of the active instruction set (baseline flags).
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "core/cpu.h"
+#include "core/thread_pool.h"
+#include "kernels/gemm.h"
+
+namespace tierlm {
+namespace gemm {
+namespace {
+
+inline float bits_to_f32(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint32_t f32_to_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+inline float bf16_to_f32(uint16_t h) { return bits_to_f32(static_cast<uint32_t>(h) << 16); }
+
+// Round to nearest even; NaN stays NaN (quiet).
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t b = f32_to_bits(f);
+  if ((b & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((b >> 16) | 0x40);
+  return static_cast<uint16_t>((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
+
+inline float f16_to_f32(uint16_t h) {
+  uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+  if (exp == 0) {
+    float v = static_cast<float>(mant) * (1.0f / 16777216.0f);  // 2^-24
+    return (h & 0x8000) ? -v : v;
+  }
+  if (exp == 31) return bits_to_f32(sign | 0x7f800000u | (mant << 13));
+  return bits_to_f32(sign | ((exp + 112) << 23) | (mant << 13));
+}
+
+// Round to nearest even; overflow gives infinity.
+inline uint16_t f32_to_f16(float f) {
+  uint32_t b = f32_to_bits(f);
+  uint32_t sign = (b >> 16) & 0x8000;
+  int32_t exp = (b >> 23) & 0xff;
+  uint32_t mant = b & 0x7fffff;
+  if (exp == 0xff) return static_cast<uint16_t>(sign | 0x7c00 | (mant ? 0x200 : 0));
+  int32_t e = exp - 127 + 15;
+  if (e >= 31) return static_cast<uint16_t>(sign | 0x7c00);
+  if (e <= 0) {
+    if (e < -10) return static_cast<uint16_t>(sign);
+    mant |= 0x800000;
+    int shift = 14 - e;
+    uint32_t h = mant >> shift;
+    uint32_t rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (h & 1))) h++;
+    return static_cast<uint16_t>(sign | h);
+  }
+  uint32_t h = (static_cast<uint32_t>(e) << 10) | (mant >> 13);
+  uint32_t rem = mant & 0x1fff;
+  if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++;
+  return static_cast<uint16_t>(sign | h);
+}
+
+inline float load_elem(const void* src, Fmt f, int64_t i) {
+  switch (f) {
+    case Fmt::F32: return static_cast<const float*>(src)[i];
+    case Fmt::F16: return f16_to_f32(static_cast<const uint16_t*>(src)[i]);
+    default: return bf16_to_f32(static_cast<const uint16_t*>(src)[i]);
+  }
+}
+
+inline float bf16_round(float f) { return bf16_to_f32(f32_to_bf16(f)); }
+
+// ---- scalar micro-kernel ----------------------------------------------------------------------
+
+constexpr int kScalarRows = 4;
+
+template <Fmt F>
+inline float wget(const uint8_t* wp, int kk, int c) {
+  if (F == Fmt::F32) return reinterpret_cast<const float*>(wp)[kk * kNR + c];
+  if (F == Fmt::F16) return f16_to_f32(reinterpret_cast<const uint16_t*>(wp)[kk * kNR + c]);
+  return bf16_to_f32(reinterpret_cast<const uint16_t*>(wp)[(kk >> 1) * 2 * kNR + c * 2 + (kk & 1)]);
+}
+
+template <Fmt F>
+void scalar_kernel(int rows, const void* xpv, const uint8_t* wp, int kc, float* y, int64_t ldy, int ncols, int flags,
+                   const float* bias) {
+  const float* xp = static_cast<const float*>(xpv);
+  for (int i0 = 0; i0 < rows; i0 += kScalarRows) {
+    int r = rows - i0 < kScalarRows ? rows - i0 : kScalarRows;
+    float acc[kScalarRows][kNR];
+    for (int i = 0; i < r; i++)
+      for (int c = 0; c < kNR; c++) acc[i][c] = (flags & kFirst) || c >= ncols ? 0.0f : y[(i0 + i) * ldy + c];
+    float wrow[kNR];
+    for (int kk = 0; kk < kc; kk++) {
+      for (int c = 0; c < kNR; c++) wrow[c] = wget<F>(wp, kk, c);
+      for (int i = 0; i < r; i++) {
+        float a = xp[kk * rows + i0 + i];
+        for (int c = 0; c < kNR; c++) acc[i][c] = std::fma(a, wrow[c], acc[i][c]);
+      }
+    }
+    for (int i = 0; i < r; i++)
+      for (int c = 0; c < ncols; c++) {
+        float v = acc[i][c];
+        if ((flags & kLast) && bias) v += bias[c];
+        y[(i0 + i) * ldy + c] = v;
+      }
+  }
+}
+
+// ---- per-thread scratch ---------------------------------------------------------------------
+
+struct Scratch {
+  void* p = nullptr;
+  size_t bytes = 0;
+  ~Scratch() { std::free(p); }
+  void* get(size_t want) {
+    if (want > bytes) {
+      std::free(p);
+      bytes = (want + 4095) & ~size_t(4095);
+      p = std::aligned_alloc(64, bytes);
+      if (!p) {
+        bytes = 0;
+        throw std::bad_alloc();
+      }
+    }
+    return p;
+  }
+};
+
+thread_local Scratch tls_xpack;
+
+Kernel select_kernel(Fmt fmt, Mode mode) {
+  Kernel k;
+  Isa isa = active_isa();
+  bool bf16 = mode == Mode::Bf16;
+  if (isa >= Isa::Avx512 && kernel_avx512(fmt, bf16 && isa >= Isa::Avx512Bf16 && fmt == Fmt::Bf16, &k)) {
+  } else if (isa >= Isa::Avx2 && kernel_avx2(fmt, &k)) {
+  } else {
+    kernel_scalar(fmt, &k);
+  }
+  if (bf16 && k.xpack == XPack::F32) k.xpack = XPack::Bf16F32;
+  return k;
+}
+
+// Packs rows [r0, r0+rows) of x, k steps [0, ks) (zero beyond k), for the kernel's x layout.
+void pack_x_block(const float* x, int64_t k, int64_t ks, int64_t r0, int rows, XPack xp, void* dst) {
+  if (xp == XPack::Bf16Pair) {
+    uint32_t* d = static_cast<uint32_t*>(dst);
+    for (int i = 0; i < rows; i++) {
+      const float* xr = x + (r0 + i) * k;
+      for (int64_t kk = 0; kk < ks; kk += 2) {
+        uint32_t lo = f32_to_bf16(xr[kk]);
+        uint32_t hi = kk + 1 < k ? f32_to_bf16(xr[kk + 1]) : 0;
+        d[(kk >> 1) * rows + i] = lo | (hi << 16);
+      }
+    }
+    return;
+  }
+  float* d = static_cast<float*>(dst);
+  bool round = xp == XPack::Bf16F32;
+  for (int i = 0; i < rows; i++) {
+    const float* xr = x + (r0 + i) * k;
+    for (int64_t kk = 0; kk < k; kk++) d[kk * rows + i] = round ? bf16_round(xr[kk]) : xr[kk];
+    for (int64_t kk = k; kk < ks; kk++) d[kk * rows + i] = 0.0f;
+  }
+}
+
+}  // namespace
+
+void kernel_scalar(Fmt fmt, Kernel* out) {
+  out->fn = fmt == Fmt::F32 ? scalar_kernel<Fmt::F32> : fmt == Fmt::F16 ? scalar_kernel<Fmt::F16> : scalar_kernel<Fmt::Bf16>;
+  out->max_rows = 16;
+  out->kc = 256;
+  out->xpack = XPack::F32;
+}
+
+void pack_weight(const void* src, Fmt src_fmt, int64_t n, int64_t k, Fmt fmt, uint8_t* dst) {
+  const int64_t ks = stored_k(fmt, k), np = panels(n), pb = panel_bytes(fmt, k);
+  std::memset(dst, 0, static_cast<size_t>(np * pb));
+  ThreadPool::instance().parallel_for(np, 1, [&](int64_t b, int64_t e) {
+    for (int64_t p = b; p < e; p++) {
+      uint8_t* panel = dst + p * pb;
+      for (int c = 0; c < kNR; c++) {
+        int64_t r = p * kNR + c;
+        if (r >= n) break;
+        const int64_t base = r * k;
+        if (fmt == Fmt::F32) {
+          float* d = reinterpret_cast<float*>(panel);
+          for (int64_t kk = 0; kk < k; kk++) d[kk * kNR + c] = load_elem(src, src_fmt, base + kk);
+        } else if (fmt == Fmt::F16) {
+          uint16_t* d = reinterpret_cast<uint16_t*>(panel);
+          for (int64_t kk = 0; kk < k; kk++) {
+            d[kk * kNR + c] = src_fmt == Fmt::F16 ? static_cast<const uint16_t*>(src)[base + kk]
+                                                   : f32_to_f16(load_elem(src, src_fmt, base + kk));
+          }
+        } else {
+          uint16_t* d = reinterpret_cast<uint16_t*>(panel);
+          for (int64_t kk = 0; kk < k; kk++) {
+            d[(kk >> 1) * 2 * kNR + c * 2 + (kk & 1)] = src_fmt == Fmt::Bf16 ? static_cast<const uint16_t*>(src)[base + kk]
+                                                                             : f32_to_bf16(load_elem(src, src_fmt, base + kk));
+          }
+        }
+      }
+    }
+  });
+  (void)ks;
+}
+
+void gather_rows(const uint8_t* w, Fmt fmt, int64_t n, int64_t k, const int32_t* ids, int64_t count, float* out) {
+  const int64_t pb = panel_bytes(fmt, k);
+  for (int64_t i = 0; i < count; i++) {
+    int64_t r = ids[i];
+    if (r < 0 || r >= n) r = 0;  // callers validate; never read out of bounds
+    const uint8_t* panel = w + (r / kNR) * pb;
+    int c = static_cast<int>(r % kNR);
+    float* o = out + i * k;
+    if (fmt == Fmt::F32) {
+      const float* s = reinterpret_cast<const float*>(panel);
+      for (int64_t kk = 0; kk < k; kk++) o[kk] = s[kk * kNR + c];
+    } else if (fmt == Fmt::F16) {
+      const uint16_t* s = reinterpret_cast<const uint16_t*>(panel);
+      for (int64_t kk = 0; kk < k; kk++) o[kk] = f16_to_f32(s[kk * kNR + c]);
+    } else {
+      const uint16_t* s = reinterpret_cast<const uint16_t*>(panel);
+      for (int64_t kk = 0; kk < k; kk++) o[kk] = bf16_to_f32(s[(kk >> 1) * 2 * kNR + c * 2 + (kk & 1)]);
+    }
+  }
+}
+
+void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, Fmt fmt, int64_t n, const float* bias, float* y,
+            Mode mode) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) {
+    for (int64_t i = 0; i < m; i++)
+      for (int64_t j = 0; j < n; j++) y[i * n + j] = bias ? bias[j] : 0.0f;
+    return;
+  }
+  const Kernel kern = select_kernel(fmt, mode);
+  const int64_t ks = stored_k(fmt, k), np = panels(n), pb = panel_bytes(fmt, k);
+  const int es = elem_bytes(fmt);
+  const int xes = kern.xpack == XPack::Bf16Pair ? 2 : 4;  // bytes of packed x per (row, k step)
+
+  // Row blocks of near-equal size, at most max_rows each.
+  const int64_t nblocks = (m + kern.max_rows - 1) / kern.max_rows;
+  const int64_t base_rows = m / nblocks, extra = m % nblocks;  // first `extra` blocks get one more row
+  auto block_start = [&](int64_t b) { return b * base_rows + (b < extra ? b : extra); };
+
+  // Pack x once (all rows, all of k) on the calling thread's scratch, in parallel.
+  uint8_t* xpack = static_cast<uint8_t*>(tls_xpack.get(static_cast<size_t>(m * ks * xes) + 64));
+  ThreadPool& pool = ThreadPool::instance();
+  pool.parallel_for(nblocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; b++) {
+      int64_t r0 = block_start(b);
+      int rows = static_cast<int>(block_start(b + 1) - r0);
+      pack_x_block(x, k, ks, r0, rows, kern.xpack, xpack + r0 * ks * xes);
+    }
+  });
+
+  const int64_t kc_block = nblocks == 1 ? ks : kern.kc;
+  pool.run([&](int t, int nt) {
+    int64_t p0 = 0, p1 = np, b0 = 0, b1 = nblocks;
+    if (np >= nt || nblocks < nt) {
+      p0 = np * t / nt;
+      p1 = np * (t + 1) / nt;
+    } else {
+      b0 = nblocks * t / nt;
+      b1 = nblocks * (t + 1) / nt;
+    }
+    if (p0 >= p1 || b0 >= b1) return;
+    for (int64_t k0 = 0; k0 < ks; k0 += kc_block) {
+      const int kc = static_cast<int>(ks - k0 < kc_block ? ks - k0 : kc_block);
+      const int flags = (k0 == 0 ? kFirst : 0) | (k0 + kc >= ks ? kLast : 0);
+      for (int64_t p = p0; p < p1; p++) {
+        const uint8_t* wp = w + p * pb + k0 * kNR * es;
+        const int ncols = static_cast<int>(n - p * kNR < kNR ? n - p * kNR : kNR);
+        const float* bp = bias ? bias + p * kNR : nullptr;
+        for (int64_t b = b0; b < b1; b++) {
+          const int64_t r0 = block_start(b);
+          const int rows = static_cast<int>(block_start(b + 1) - r0);
+          const uint8_t* xp = xpack + r0 * ks * xes + k0 * rows * xes;
+          kern.fn(rows, xp, wp, kc, y + r0 * n + p * kNR, n, ncols, flags, bp);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace gemm
+}  // namespace tierlm
