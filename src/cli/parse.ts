@@ -1,0 +1,29 @@
+// Option parsers that turn bad values into clear errors.
+import { InvalidArgumentError } from 'commander';
+
+export function int(name: string, min = 0) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}, got "${v}"`);
+    return n;
+  };
+}
+
+export function float(name: string, min = -Infinity, max = Infinity) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (v.trim() === '' || !Number.isFinite(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be a number in [${min}, ${max}], got "${v}"`);
+    return n;
+  };
+}
+
+export function oneOf<T extends string>(name: string, values: readonly T[]) {
+  return (v: string): T => {
+    if (!values.includes(v as T)) throw new InvalidArgumentError(`${name} must be one of ${values.join(', ')}, got "${v}"`);
+    return v as T;
+  };
+}
+
+export function intList(name: string) {
+  return (v: string): number[] => v.split(',').filter((s) => s.trim() !== '').map((s) => int(name)(s.trim()));
+}

@@ -1,0 +1,52 @@
+// Streams a safetensors file: the header is laid out first from every tensor's dtype and shape,
+// then each tensor's bytes are written in chunks as a producer makes them, so a file of any size
+// is written with a few MB of memory.
+
+import fs from 'node:fs';
+import { type FloatDType, DTYPE_BYTES } from '../tensor/dtype.js';
+
+export interface TensorEntry {
+  name: string;
+  dtype: FloatDType;
+  shape: number[];
+}
+
+const ST_DTYPE: Record<FloatDType, string> = { f32: 'F32', f16: 'F16', bf16: 'BF16' };
+const CHUNK_BYTES = 8 << 20;
+
+/** Writes `entries` to `file`; fill(entry, dst, elementOffset) fills dst with the next bytes. */
+export function writeSafetensors(file: string, entries: TensorEntry[], fill: (entry: TensorEntry, dst: Uint8Array, elementOffset: number) => void,
+  metadata: Record<string, string> = { format: 'pt' }): number {
+  const header: Record<string, unknown> = { __metadata__: metadata };
+  let offset = 0;
+  for (const e of entries) {
+    const bytes = e.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[e.dtype];
+    header[e.name] = { dtype: ST_DTYPE[e.dtype], shape: e.shape, data_offsets: [offset, offset + bytes] };
+    offset += bytes;
+  }
+  let json = JSON.stringify(header);
+  // Pad so the data starts 8-byte aligned, as the reference writer does.
+  json += ' '.repeat((8 - ((8 + Buffer.byteLength(json)) % 8)) % 8);
+  const head = Buffer.alloc(8 + Buffer.byteLength(json));
+  head.writeBigUInt64LE(BigInt(Buffer.byteLength(json)), 0);
+  head.write(json, 8, 'utf8');
+  const fd = fs.openSync(file, 'w');
+  try {
+    fs.writeSync(fd, head);
+    const chunk = new Uint8Array(CHUNK_BYTES);
+    for (const e of entries) {
+      const elem = DTYPE_BYTES[e.dtype];
+      const total = e.shape.reduce((a, b) => a * b, 1);
+      const perChunk = Math.floor(CHUNK_BYTES / elem);
+      for (let done = 0; done < total; done += perChunk) {
+        const n = Math.min(perChunk, total - done);
+        const dst = chunk.subarray(0, n * elem);
+        fill(e, dst, done);
+        fs.writeSync(fd, dst);
+      }
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return head.byteLength + offset;
+}

@@ -1,0 +1,46 @@
+// Locating the reference fixtures: the shared ones beside the checkout and our own in test/fixtures.
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const repoRoot = path.resolve(here, '../..');
+export const sharedFixtures = path.resolve(repoRoot, '../shared/fixtures');
+export const localFixtures = path.resolve(repoRoot, 'test/fixtures');
+
+export interface Reference {
+  id: string;
+  token_ids: number[];
+  logprobs: number[];
+  gaps: number[];
+}
+
+export interface Prompt {
+  id: string;
+  prompt_token_ids: number[];
+}
+
+export function readJsonl<T>(file: string): T[] {
+  return fs.readFileSync(file, 'utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l) as T);
+}
+
+/** Every fixture model directory: [name, dir]. */
+export function fixtureModels(): [string, string][] {
+  const out: [string, string][] = [];
+  for (const root of [sharedFixtures, localFixtures]) {
+    if (!fs.existsSync(root)) continue;
+    for (const name of fs.readdirSync(root).sort()) {
+      const dir = path.join(root, name);
+      if (fs.existsSync(path.join(dir, 'config.json')) && fs.existsSync(path.join(dir, 'reference.jsonl'))) out.push([name, dir]);
+    }
+  }
+  return out;
+}
+
+export function fixturePrompts(): Prompt[] {
+  return readJsonl<Prompt>(path.join(sharedFixtures, 'prompts.jsonl'));
+}
+
+export function tmpDir(prefix: string): string {
+  return fs.mkdtempSync(path.join(fs.realpathSync(process.env.TMPDIR ?? '/tmp'), `tierlm-${prefix}-`));
+}

@@ -1,0 +1,161 @@
+// Bad model directories get a clear error naming the file and tensor, never a crash.
+import fs from 'node:fs';
+import path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { loadModel } from '../src/index.js';
+import { SafetensorsFile } from '../src/formats/safetensors.js';
+import { ModelFileError } from '../src/util/errors.js';
+import { sharedFixtures, tmpDir } from './helpers/fixtures.js';
+
+const opt = path.join(sharedFixtures, 'opt-tiny');
+
+/** A copy of opt-tiny whose safetensors file is rewritten by `edit`. */
+function brokenCopy(edit: (header: Record<string, any>, data: Buffer) => { header?: Record<string, any>; data?: Buffer; raw?: Buffer }): string {
+  const dir = tmpDir('broken');
+  fs.copyFileSync(path.join(opt, 'config.json'), path.join(dir, 'config.json'));
+  const buf = fs.readFileSync(path.join(opt, 'model.safetensors'));
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString());
+  const data = buf.subarray(8 + n);
+  const r = edit(header, data);
+  let out: Buffer;
+  if (r.raw) out = r.raw;
+  else {
+    const json = Buffer.from(JSON.stringify(r.header ?? header));
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(json.length));
+    out = Buffer.concat([len, json, r.data ?? data]);
+  }
+  fs.writeFileSync(path.join(dir, 'model.safetensors'), out);
+  return dir;
+}
+
+async function loadError(dir: string): Promise<Error> {
+  try {
+    await loadModel(dir);
+  } catch (e) {
+    return e as Error;
+  }
+  throw new Error('expected loading to fail');
+}
+
+describe('bad model files', () => {
+  beforeAll(() => expect(fs.existsSync(opt)).toBe(true));
+
+  it('a truncated file names the file and the tensor whose data is cut', async () => {
+    const dir = brokenCopy((h, d) => ({ data: d.subarray(0, d.length - 100) }));
+    const e = await loadError(dir);
+    expect(e).toBeInstanceOf(ModelFileError);
+    expect(e.message).toMatch(/model\.safetensors/);
+    expect(e.message).toMatch(/overrun|truncated/);
+  });
+
+  it('a file shorter than its header length is refused before allocating the header', () => {
+    const dir = brokenCopy(() => {
+      const b = Buffer.alloc(16);
+      b.writeBigUInt64LE(BigInt(1) << BigInt(50));
+      return { raw: b };
+    });
+    expect(() => SafetensorsFile.open(path.join(dir, 'model.safetensors'))).toThrow(/header length \d+ exceeds/);
+  });
+
+  it('a file of a few bytes', () => {
+    const dir = brokenCopy(() => ({ raw: Buffer.from([1, 2, 3]) }));
+    expect(() => SafetensorsFile.open(path.join(dir, 'model.safetensors'))).toThrow(/too short/);
+  });
+
+  it('offsets that overrun the file', async () => {
+    const name = 'model.decoder.layers.1.fc1.weight';
+    const dir = brokenCopy((h, d) => {
+      h[name].data_offsets = [d.length - 10, d.length + h[name].data_offsets[1] - h[name].data_offsets[0] - 10];
+      return { header: h };
+    });
+    const e = await loadError(dir);
+    expect(e.message).toContain(name);
+    expect(e.message).toMatch(/overrun/);
+  });
+
+  it('overlapping tensors', async () => {
+    const a = 'model.decoder.layers.0.fc1.bias';
+    const b = 'model.decoder.layers.0.fc2.bias';
+    const dir = brokenCopy((h) => {
+      const [s] = h[a].data_offsets;
+      const len = h[b].data_offsets[1] - h[b].data_offsets[0];
+      h[b].data_offsets = [s, s + len];
+      return { header: h };
+    });
+    const e = await loadError(dir);
+    expect(e.message).toMatch(/overlaps/);
+  });
+
+  it('a span that disagrees with the shape', async () => {
+    const name = 'model.decoder.final_layer_norm.weight';
+    const dir = brokenCopy((h) => {
+      h[name].shape = [65];
+      return { header: h };
+    });
+    const e = await loadError(dir);
+    expect(e.message).toContain(name);
+  });
+
+  it('a missing tensor', async () => {
+    const name = 'model.decoder.layers.2.fc2.weight';
+    const dir = brokenCopy((h) => {
+      delete h[name];
+      return { header: h };
+    });
+    const e = await loadError(dir);
+    expect(e.message).toContain(name);
+    expect(e.message).toMatch(/missing tensor/);
+  });
+
+  it('a shape that disagrees with config.json', async () => {
+    const dir = brokenCopy((h) => ({ header: h }));
+    const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
+    cfg.ffn_dim = 128;
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(cfg));
+    const e = await loadError(dir);
+    expect(e.message).toMatch(/fc1\.weight.*disagrees with config\.json/);
+  });
+
+  it('an unsupported model_type lists the supported ones', async () => {
+    const dir = brokenCopy((h) => ({ header: h }));
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ model_type: 'gpt_neox' }));
+    const e = await loadError(dir);
+    expect(e.message).toMatch(/unsupported model_type "gpt_neox" \(supported: opt, llama, mistral, qwen2\)/);
+  });
+
+  it('a config field of the wrong type names the field', async () => {
+    const dir = brokenCopy((h) => ({ header: h }));
+    const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
+    cfg.hidden_size = 'big';
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(cfg));
+    const e = await loadError(dir);
+    expect(e.message).toMatch(/config\.json.*"hidden_size"/);
+  });
+
+  it('a shard index naming a file outside the model directory is refused', async () => {
+    const dir = brokenCopy((h) => ({ header: h }));
+    const outside = tmpDir('outside');
+    fs.renameSync(path.join(dir, 'model.safetensors'), path.join(outside, 'model.safetensors'));
+    const file = fs.readFileSync(path.join(outside, 'model.safetensors'));
+    const names = Object.keys(JSON.parse(file.subarray(8, 8 + Number(file.readBigUInt64LE(0))).toString())).filter((k) => k !== '__metadata__');
+    for (const target of [path.join('..', path.basename(outside), 'model.safetensors'), path.join(outside, 'model.safetensors')]) {
+      fs.writeFileSync(path.join(dir, 'model.safetensors.index.json'), JSON.stringify({ weight_map: Object.fromEntries(names.map((n) => [n, target])) }));
+      const e = await loadError(dir);
+      expect(e).toBeInstanceOf(ModelFileError);
+      expect(e.message).toMatch(/model\.safetensors\.index\.json.*(outside the model directory|not a file name inside)/);
+    }
+    // A link inside the directory that points outside is refused too.
+    fs.symlinkSync(path.join(outside, 'model.safetensors'), path.join(dir, 'linked.safetensors'));
+    fs.writeFileSync(path.join(dir, 'model.safetensors.index.json'), JSON.stringify({ weight_map: Object.fromEntries(names.map((n) => [n, 'linked.safetensors'])) }));
+    const e = await loadError(dir);
+    expect(e.message).toMatch(/outside the model directory \(through a link\)/);
+  });
+
+  it('a missing directory or config.json', async () => {
+    expect((await loadError('/nonexistent/model')).message).toMatch(/does not exist/);
+    const dir = tmpDir('empty');
+    expect((await loadError(dir)).message).toMatch(/config\.json: not found/);
+  });
+});
