@@ -1,7 +1,97 @@
+// N-API exports of the attention kernels (native/kernels/attention.h). src/backend/cpu/attention.ts
+// wraps them; the checks here only keep a raw call inside its buffers.
 #include <napi.h>
 
+#include <string>
+#include <vector>
+
+#include "kernels/attention.h"
+#include "napi/args.h"
+#include "napi/async.h"
 #include "napi/register.h"
 
 namespace tierlm {
-void register_attention(Napi::Env, Napi::Object) {}
+namespace {
+
+bool cache_dtype_arg(const Napi::CallbackInfo& info, size_t i) {
+  if (i < info.Length() && info[i].IsString()) {
+    std::string s = info[i].As<Napi::String>();
+    if (s == "f32") return false;
+    if (s == "f16") return true;
+  }
+  throw Napi::TypeError::New(info.Env(), "cacheDtype must be 'f32' or 'f16'");
+}
+
+void check_heads(const Napi::CallbackInfo& info, int64_t hq, int64_t hkv) {
+  if (hkv < 1 || hq % hkv != 0)
+    throw Napi::RangeError::New(info.Env(), std::to_string(hq) + " query heads cannot be grouped over " + std::to_string(hkv) + " key/value heads");
+}
+
+// attentionPrefill(q, k, v, t, hq, hkv, d, seqStarts, scale, out, async)
+Napi::Value Prefill(const Napi::CallbackInfo& info) {
+  int64_t t = int_arg(info, 3, "t"), hq = int_arg(info, 4, "hq"), hkv = int_arg(info, 5, "hkv"), d = int_arg(info, 6, "d");
+  check_heads(info, hq, hkv);
+  const float* q = checked_ptr<float>(info[0], "q", (size_t)(t * hq * d));
+  const float* k = checked_ptr<float>(info[1], "k", (size_t)(t * hkv * d));
+  const float* v = checked_ptr<float>(info[2], "v", (size_t)(t * hkv * d));
+  Bytes sb = typed_bytes(info[7], "seqStarts");
+  int64_t ns = (int64_t)(sb.length / 4);
+  std::vector<int32_t> starts(reinterpret_cast<const int32_t*>(sb.data), reinterpret_cast<const int32_t*>(sb.data) + ns);
+  if (ns < 2 || starts[0] != 0 || starts[ns - 1] != t)
+    throw Napi::RangeError::New(info.Env(), "seqStarts must run from 0 to " + std::to_string(t));
+  for (int64_t i = 1; i < ns; i++)
+    if (starts[i] < starts[i - 1]) throw Napi::RangeError::New(info.Env(), "seqStarts must not decrease");
+  float scale = (float)num_arg(info, 8, "scale");
+  float* out = checked_ptr<float>(info[9], "out", (size_t)(t * hq * d));
+  auto work = [=, starts = std::move(starts)]() { attn_prefill(q, k, v, t, hq, hkv, d, starts.data(), ns, scale, out); };
+  if (is_async(info, 10)) return run_async(info.Env(), work, {info[0], info[1], info[2], info[9]});
+  work();
+  return info.Env().Undefined();
+}
+
+// attentionDecode(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out, async)
+Napi::Value Decode(const Napi::CallbackInfo& info) {
+  bool f16 = cache_dtype_arg(info, 3);
+  int64_t b = int_arg(info, 4, "b"), hq = int_arg(info, 5, "hq"), hkv = int_arg(info, 6, "hkv"), d = int_arg(info, 7, "d"),
+          cap = int_arg(info, 8, "cap");
+  check_heads(info, hq, hkv);
+  size_t es = f16 ? 2 : 4;
+  size_t cache_bytes = (size_t)(b * hkv * cap * d) * es;
+  const float* q = checked_ptr<float>(info[0], "q", (size_t)(b * hq * d));
+  const void* kc = checked_bytes(info[1], "kCache", cache_bytes).data;
+  const void* vc = checked_bytes(info[2], "vCache", cache_bytes).data;
+  const int32_t* lp = checked_ptr<int32_t>(info[9], "lens", (size_t)b);
+  std::vector<int32_t> lens(lp, lp + b);
+  for (int64_t i = 0; i < b; i++)
+    if (lens[i] < 1 || lens[i] > cap)
+      throw Napi::RangeError::New(info.Env(), "lens[" + std::to_string(i) + "] = " + std::to_string(lens[i]) + " is outside [1, " + std::to_string(cap) + "]");
+  float scale = (float)num_arg(info, 10, "scale");
+  float* out = checked_ptr<float>(info[11], "out", (size_t)(b * hq * d));
+  auto work = [=, lens = std::move(lens)]() { attn_decode(q, kc, vc, f16, b, hq, hkv, d, cap, lens.data(), scale, out); };
+  if (is_async(info, 12)) return run_async(info.Env(), work, {info[0], info[1], info[2], info[11]});
+  work();
+  return info.Env().Undefined();
+}
+
+// cacheWrite(cache, cacheDtype, b, hkv, cap, d, src, t, row, pos)
+Napi::Value CacheWrite(const Napi::CallbackInfo& info) {
+  bool f16 = cache_dtype_arg(info, 1);
+  int64_t b = int_arg(info, 2, "b"), hkv = int_arg(info, 3, "hkv"), cap = int_arg(info, 4, "cap"), d = int_arg(info, 5, "d");
+  int64_t t = int_arg(info, 7, "t"), row = int_arg(info, 8, "row"), pos = int_arg(info, 9, "pos");
+  if (t > 0 && row >= b) throw Napi::RangeError::New(info.Env(), "row " + std::to_string(row) + " is outside the cache's " + std::to_string(b) + " rows");
+  if (pos + t > cap) throw Napi::RangeError::New(info.Env(), "positions overrun the cache capacity " + std::to_string(cap));
+  void* cache = checked_bytes(info[0], "cache", (size_t)(b * hkv * cap * d) * (f16 ? 2 : 4)).data;
+  const float* src = checked_ptr<float>(info[6], "src", (size_t)(t * hkv * d));
+  attn_cache_write(cache, f16, b, hkv, cap, d, src, t, row, pos);
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+void register_attention(Napi::Env env, Napi::Object exports) {
+  exports.Set("attentionPrefill", Napi::Function::New(env, Prefill));
+  exports.Set("attentionDecode", Napi::Function::New(env, Decode));
+  exports.Set("cacheWrite", Napi::Function::New(env, CacheWrite));
+}
+
 }  // namespace tierlm

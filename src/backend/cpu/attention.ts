@@ -1,4 +1,29 @@
-// Native attention kernels (native/kernels, native/napi/attention.cpp). Placeholder until implemented.
+// Native attention kernels (native/kernels/attention*, native/napi/attention.cpp).
 import type { Kernels } from '../kernels.js';
+import { nativeFn } from './addon.js';
 
-export const attentionKernels: Partial<Kernels> = {};
+type Fn = (...args: unknown[]) => unknown;
+const fns = new Map<string, Fn>();
+function fn(name: string): Fn {
+  let f = fns.get(name);
+  if (!f) fns.set(name, (f = nativeFn<Fn>(name)));
+  return f;
+}
+
+export const attentionKernels: Partial<Kernels> = {
+  attentionPrefill(q, k, v, t, hq, hkv, d, seqStarts, scale, out) {
+    fn('attentionPrefill')(q, k, v, t, hq, hkv, d, seqStarts, scale, out, false);
+  },
+  async attentionPrefillAsync(q, k, v, t, hq, hkv, d, seqStarts, scale, out) {
+    await (fn('attentionPrefill')(q, k, v, t, hq, hkv, d, seqStarts, scale, out, true) as Promise<void>);
+  },
+  attentionDecode(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out) {
+    fn('attentionDecode')(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out, false);
+  },
+  async attentionDecodeAsync(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out) {
+    await (fn('attentionDecode')(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out, true) as Promise<void>);
+  },
+  cacheWrite(cache, cacheDtype, b, hkv, cap, d, src, t, row, pos) {
+    fn('cacheWrite')(cache, cacheDtype, b, hkv, cap, d, src, t, row, pos);
+  },
+};

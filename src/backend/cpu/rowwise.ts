@@ -1,4 +1,45 @@
-// Native rowwise kernels (native/kernels, native/napi/rowwise.cpp). Placeholder until implemented.
+// Native row-wise kernels (native/kernels/rowwise*, native/napi/rowwise.cpp).
+import type { FloatDType } from '../../tensor/dtype.js';
 import type { Kernels } from '../kernels.js';
+import { nativeFn } from './addon.js';
 
-export const rowwiseKernels: Partial<Kernels> = {};
+type Fn = (...args: unknown[]) => void;
+const fns = new Map<string, Fn>();
+function fn(name: string): Fn {
+  let f = fns.get(name);
+  if (!f) fns.set(name, (f = nativeFn<Fn>(name)));
+  return f;
+}
+
+export const rowwiseKernels: Partial<Kernels> = {
+  embedding(table: Float32Array | Uint16Array, dtype: FloatDType, vocab: number, dim: number, ids: Int32Array, out: Float32Array) {
+    fn('embedding')(table, dtype, vocab, dim, ids, out);
+  },
+  layerNorm(x, rows, cols, gamma, beta, eps, out) {
+    fn('layerNorm')(x, rows, cols, gamma, beta, eps, out);
+  },
+  rmsNorm(x, rows, cols, gamma, eps, out) {
+    fn('rmsNorm')(x, rows, cols, gamma, eps, out);
+  },
+  relu(x, out) {
+    fn('relu')(x, out);
+  },
+  gelu(x, out, approximate) {
+    fn('gelu')(x, out, approximate);
+  },
+  siluMul(gate, up, out) {
+    fn('siluMul')(gate, up, out);
+  },
+  add(a, b, out) {
+    fn('add')(a, b, out);
+  },
+  softmax(x, rows, cols, out) {
+    fn('softmax')(x, rows, cols, out);
+  },
+  logSoftmax(x, rows, cols, out) {
+    fn('logSoftmax')(x, rows, cols, out);
+  },
+  rope(x, t, heads, d, positions, theta, rotaryDim) {
+    fn('rope')(x, t, heads, d, positions, theta, rotaryDim);
+  },
+};

@@ -1,0 +1,158 @@
+// Attention core, AVX2 + FMA + F16C. Compiled with AVX2 flags: internal helpers and intrinsics only.
+#include <immintrin.h>
+#include <math.h>
+
+#include "kernels/attention.h"
+
+namespace tierlm {
+namespace isa2 {
+namespace {
+
+template <bool F16>
+inline __m256 load8(const void* base, int64_t idx) {
+  if (F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(static_cast<const uint16_t*>(base) + idx)));
+  return _mm256_loadu_ps(static_cast<const float*>(base) + idx);
+}
+template <bool F16>
+inline float load1(const void* base, int64_t idx) {
+  if (F16) return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<const uint16_t*>(base)[idx])));
+  return static_cast<const float*>(base)[idx];
+}
+
+inline float hsum(__m256 v) {
+  __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+  a = _mm_add_ss(a, _mm_shuffle_ps(a, a, 1));
+  return _mm_cvtss_f32(a);
+}
+
+inline __m256 exp256(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33f)), _mm256_set1_ps(88.7f));
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500E-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507E-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073E-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894E-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  __m256i ni = _mm256_cvtps_epi32(n);
+  __m256i n1 = _mm256_srai_epi32(ni, 1);
+  __m256i n2 = _mm256_sub_epi32(ni, n1);
+  __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, _mm256_set1_epi32(127)), 23));
+  __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, _mm256_set1_epi32(127)), 23));
+  return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+}
+
+template <bool F16>
+void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, int64_t stride, int64_t n,
+          float* scratch, float* m, float* l, float* acc) {
+  const int64_t B = kAttnBlock;
+  float* s = scratch;
+  float* alpha = s + B * g;
+  for (int64_t h = 0; h < g; h++) {
+    m[h] = -INFINITY;
+    l[h] = 0.f;
+  }
+  for (int64_t i = 0; i < g * d; i++) acc[i] = 0.f;
+  const int64_t d8 = d & ~(int64_t)7;
+  for (int64_t p0 = 0; p0 < n; p0 += B) {
+    const int64_t nb = n - p0 < B ? n - p0 : B;
+    const int64_t npairs = nb * g;
+    for (int64_t pr = 0; pr < npairs; pr += 4) {
+      const int np = npairs - pr < 4 ? (int)(npairs - pr) : 4;
+      const float* qp[4];
+      int64_t ko[4];
+      for (int u = 0; u < 4; u++) {
+        int64_t idx = pr + (u < np ? u : 0);
+        qp[u] = q + (idx % g) * d;
+        ko[u] = (p0 + idx / g) * stride;
+      }
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+      for (int64_t c = 0; c < d8; c += 8) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp[0] + c), load8<F16>(k, ko[0] + c), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qp[1] + c), load8<F16>(k, ko[1] + c), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(qp[2] + c), load8<F16>(k, ko[2] + c), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(qp[3] + c), load8<F16>(k, ko[3] + c), a3);
+      }
+      float r[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
+      for (int u = 0; u < np; u++) {
+        for (int64_t c = d8; c < d; c++) r[u] += qp[u][c] * load1<F16>(k, ko[u] + c);
+        int64_t idx = pr + u;
+        s[(idx % g) * B + idx / g] = r[u];
+      }
+    }
+    for (int64_t h = 0; h < g; h++) {
+      float* sh = s + h * B;
+      float bm = -INFINITY;
+      for (int64_t j = 0; j < nb; j++) bm = sh[j] > bm ? sh[j] : bm;
+      float mnew = m[h] > bm ? m[h] : bm;
+      __m256 vm = _mm256_set1_ps(mnew);
+      __m256 sum = _mm256_setzero_ps();
+      int64_t j = 0;
+      for (; j + 8 <= nb; j += 8) {
+        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(sh + j), vm));
+        _mm256_storeu_ps(sh + j, e);
+        sum = _mm256_add_ps(sum, e);
+      }
+      float tot = hsum(sum);
+      for (; j < nb; j++) {
+        float e = _mm_cvtss_f32(_mm256_castps256_ps128(exp256(_mm256_set1_ps(sh[j] - mnew))));
+        sh[j] = e;
+        tot += e;
+      }
+      float al = m[h] == -INFINITY ? 0.f : expf(m[h] - mnew);
+      alpha[h] = al;
+      l[h] = l[h] * al + tot;
+      m[h] = mnew;
+    }
+    const void* vb = F16 ? (const void*)(static_cast<const uint16_t*>(v) + p0 * stride)
+                         : (const void*)(static_cast<const float*>(v) + p0 * stride);
+    for (int64_t h = 0; h < g; h++) {
+      float* ah = acc + h * d;
+      const float* sh = s + h * B;
+      __m256 al = _mm256_set1_ps(alpha[h]);
+      int64_t c = 0;
+      for (; c + 32 <= d; c += 32) {
+        __m256 x0 = _mm256_mul_ps(_mm256_loadu_ps(ah + c), al), x1 = _mm256_mul_ps(_mm256_loadu_ps(ah + c + 8), al);
+        __m256 x2 = _mm256_mul_ps(_mm256_loadu_ps(ah + c + 16), al), x3 = _mm256_mul_ps(_mm256_loadu_ps(ah + c + 24), al);
+        for (int64_t j = 0; j < nb; j++) {
+          __m256 w = _mm256_set1_ps(sh[j]);
+          int64_t o = j * stride + c;
+          x0 = _mm256_fmadd_ps(w, load8<F16>(vb, o), x0);
+          x1 = _mm256_fmadd_ps(w, load8<F16>(vb, o + 8), x1);
+          x2 = _mm256_fmadd_ps(w, load8<F16>(vb, o + 16), x2);
+          x3 = _mm256_fmadd_ps(w, load8<F16>(vb, o + 24), x3);
+        }
+        _mm256_storeu_ps(ah + c, x0);
+        _mm256_storeu_ps(ah + c + 8, x1);
+        _mm256_storeu_ps(ah + c + 16, x2);
+        _mm256_storeu_ps(ah + c + 24, x3);
+      }
+      for (; c + 8 <= d; c += 8) {
+        __m256 x0 = _mm256_mul_ps(_mm256_loadu_ps(ah + c), al);
+        for (int64_t j = 0; j < nb; j++) x0 = _mm256_fmadd_ps(_mm256_set1_ps(sh[j]), load8<F16>(vb, j * stride + c), x0);
+        _mm256_storeu_ps(ah + c, x0);
+      }
+      for (; c < d; c++) {
+        float x = ah[c] * alpha[h];
+        for (int64_t j = 0; j < nb; j++) x += sh[j] * load1<F16>(vb, j * stride + c);
+        ah[c] = x;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void attn_core(const float* q, int64_t g, int64_t d, const void* k, const void* v, bool f16, int64_t stride, int64_t n,
+               float* scratch, float* m, float* l, float* acc) {
+  if (f16) core<true>(q, g, d, k, v, stride, n, scratch, m, l, acc);
+  else core<false>(q, g, d, k, v, stride, n, scratch, m, l, acc);
+}
+
+}  // namespace isa2
+}  // namespace tierlm

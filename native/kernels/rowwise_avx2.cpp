@@ -1,0 +1,183 @@
+// Row-wise ops, AVX2 + FMA + F16C versions of the hot ones (norms, softmax, SwiGLU) and the half
+// conversions. Compiled with AVX2 flags: static helpers and intrinsics only, no STL.
+#include <immintrin.h>
+#include <math.h>
+
+#include "kernels/rowwise.h"
+
+namespace tierlm {
+namespace isa2 {
+namespace {
+
+inline __m256 exp256(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33f)), _mm256_set1_ps(88.7f));
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500E-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507E-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073E-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894E-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  // 2^n for n in [-126, 128]: split in two factors so n = 128 does not overflow the exponent field.
+  __m256i ni = _mm256_cvtps_epi32(n);
+  __m256i n1 = _mm256_srai_epi32(ni, 1);
+  __m256i n2 = _mm256_sub_epi32(ni, n1);
+  __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, _mm256_set1_epi32(127)), 23));
+  __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, _mm256_set1_epi32(127)), 23));
+  return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+}
+
+inline double hsum_pd(__m256d v) {
+  __m128d a = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(a, _mm_unpackhi_pd(a, a)));
+}
+
+inline void acc_pd(__m256 e, __m256d& lo, __m256d& hi) {
+  lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+  hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+}
+
+inline float hmax(__m256 v) {
+  __m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  a = _mm_max_ps(a, _mm_movehl_ps(a, a));
+  a = _mm_max_ss(a, _mm_shuffle_ps(a, a, 1));
+  return _mm_cvtss_f32(a);
+}
+
+inline float exp1(float x) {
+  return _mm_cvtss_f32(_mm256_castps256_ps128(exp256(_mm256_set1_ps(x))));
+}
+
+float row_max(const float* x, int64_t cols) {
+  __m256 m = _mm256_set1_ps(-INFINITY);
+  int64_t i = 0;
+  for (; i + 8 <= cols; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+  float r = hmax(m);
+  for (; i < cols; i++) r = x[i] > r ? x[i] : r;
+  return r;
+}
+
+}  // namespace
+
+void layer_norm_row(const float* x, int64_t cols, const float* gamma, const float* beta, float eps, float* out) {
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  int64_t i = 0;
+  for (; i + 8 <= cols; i += 8) acc_pd(_mm256_loadu_ps(x + i), lo, hi);
+  double s = hsum_pd(_mm256_add_pd(lo, hi));
+  for (; i < cols; i++) s += x[i];
+  float mean = (float)(s / (double)cols);
+  __m256 vm = _mm256_set1_ps(mean);
+  lo = _mm256_setzero_pd();
+  hi = _mm256_setzero_pd();
+  for (i = 0; i + 8 <= cols; i += 8) {
+    __m256 c = _mm256_sub_ps(_mm256_loadu_ps(x + i), vm);
+    acc_pd(_mm256_mul_ps(c, c), lo, hi);
+  }
+  double var = hsum_pd(_mm256_add_pd(lo, hi));
+  for (; i < cols; i++) {
+    float c = x[i] - mean;
+    var += (double)(c * c);
+  }
+  float rstd = (float)(1.0 / sqrt(var / (double)cols + (double)eps));
+  __m256 vr = _mm256_set1_ps(rstd);
+  for (i = 0; i + 8 <= cols; i += 8) {
+    __m256 y = _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm), vr), _mm256_loadu_ps(gamma + i));
+    if (beta) y = _mm256_add_ps(y, _mm256_loadu_ps(beta + i));
+    _mm256_storeu_ps(out + i, y);
+  }
+  for (; i < cols; i++) {
+    float y = (x[i] - mean) * rstd * gamma[i];
+    out[i] = beta ? y + beta[i] : y;
+  }
+}
+
+void rms_norm_row(const float* x, int64_t cols, const float* gamma, float eps, float* out) {
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  int64_t i = 0;
+  for (; i + 8 <= cols; i += 8) {
+    __m256 v = _mm256_loadu_ps(x + i);
+    __m256d a = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), b = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    lo = _mm256_fmadd_pd(a, a, lo);
+    hi = _mm256_fmadd_pd(b, b, hi);
+  }
+  double ss = hsum_pd(_mm256_add_pd(lo, hi));
+  for (; i < cols; i++) ss += (double)x[i] * (double)x[i];
+  float r = (float)(1.0 / sqrt(ss / (double)cols + (double)eps));
+  __m256 vr = _mm256_set1_ps(r);
+  for (i = 0; i + 8 <= cols; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vr), _mm256_loadu_ps(gamma + i)));
+  for (; i < cols; i++) out[i] = (x[i] * r) * gamma[i];
+}
+
+void softmax_row(const float* x, int64_t cols, float* out) {
+  if (cols <= 0) return;
+  float mx = row_max(x, cols);
+  __m256 vm = _mm256_set1_ps(mx);
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  int64_t i = 0;
+  for (; i + 8 <= cols; i += 8) {
+    __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+    _mm256_storeu_ps(out + i, e);
+    acc_pd(e, lo, hi);
+  }
+  double sum = hsum_pd(_mm256_add_pd(lo, hi));
+  for (; i < cols; i++) {
+    float e = exp1(x[i] - mx);
+    out[i] = e;
+    sum += e;
+  }
+  float inv = (float)(1.0 / sum);
+  __m256 vi = _mm256_set1_ps(inv);
+  for (i = 0; i + 8 <= cols; i += 8) _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(out + i), vi));
+  for (; i < cols; i++) out[i] *= inv;
+}
+
+void log_softmax_row(const float* x, int64_t cols, float* out) {
+  if (cols <= 0) return;
+  float mx = row_max(x, cols);
+  __m256 vm = _mm256_set1_ps(mx);
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  int64_t i = 0;
+  for (; i + 8 <= cols; i += 8) acc_pd(exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm)), lo, hi);
+  double sum = hsum_pd(_mm256_add_pd(lo, hi));
+  for (; i < cols; i++) sum += exp1(x[i] - mx);
+  float ls = (float)log(sum);
+  __m256 vl = _mm256_set1_ps(ls);
+  for (i = 0; i + 8 <= cols; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm), vl));
+  for (; i < cols; i++) out[i] = (x[i] - mx) - ls;
+}
+
+void silu_mul(const float* gate, const float* up, int64_t n, float* out) {
+  const __m256 one = _mm256_set1_ps(1.f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 g = _mm256_loadu_ps(gate + i);
+    __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), g));
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(up + i)));
+  }
+  for (; i < n; i++) {
+    float g = gate[i];
+    out[i] = g / (1.f + exp1(-g)) * up[i];
+  }
+}
+
+void narrow_f16(const float* src, int64_t n, uint16_t* out) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128((__m128i*)(out + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  for (; i < n; i++) out[i] = (uint16_t)_mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(src[i]), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), 0);
+}
+
+void widen_f16(const uint16_t* src, int64_t n, float* out) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + i))));
+  for (; i < n; i++) out[i] = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(src[i])));
+}
+
+}  // namespace isa2
+}  // namespace tierlm
