@@ -1,4 +1,3 @@
 #!/usr/bin/env node
-import { main } from '../dist/cli/main.js';
-
-await main(process.argv);
+// The compiled CLI (npm install builds dist/ with tsc).
+import '../dist/cli/run.js';

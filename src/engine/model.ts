@@ -5,6 +5,7 @@ import { type Backend, type ComputeMode, cpuBackend, referenceBackend, setThread
 import { TextTokenizer } from '../formats/tokenizer.js';
 import type { ModelConfig } from '../models/config.js';
 import { type LoadedModel, loadTransformer } from '../models/load.js';
+import type { Transformer } from '../models/transformer.js';
 import { type GenerateParams, type GenerateStats, Generator } from './generate.js';
 import type { GenerationRequest, GenerationResult, RequestError } from './requests.js';
 
@@ -35,6 +36,11 @@ export class LanguageModel {
 
   get config(): ModelConfig {
     return this.loaded.config;
+  }
+
+  /** The loaded transformer (weights and forward pass), for benchmarks and advanced use. */
+  get transformer(): Transformer {
+    return this.loaded.transformer;
   }
 
   get eosTokenIds(): number[] {

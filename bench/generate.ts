@@ -1,0 +1,87 @@
+// Prefill and decode throughput on an OPT-1.3B-shape model with dummy weights (made once by
+// `tierlm init` under .bench/), batch 1, 8 and 32, prompt 64, 16 new tokens, beside the rate the
+// GEMMs alone would allow (the same matmuls on the same packed weights, timed alone).
+//
+//   npm run bench:generate [-- --json] [-- --precision bf16] [-- --batches 1,8,32]
+import fs from 'node:fs';
+import path from 'node:path';
+import os from 'node:os';
+import { loadModel, getThreads, Tensor, cpuBackend } from '../src/index.js';
+import { initModel } from '../src/models/init.js';
+import type { GenerateStats } from '../src/engine/generate.js';
+import type { LanguageModel } from '../src/engine/model.js';
+import type { PackedWeight } from '../src/backend/index.js';
+
+const args = process.argv.slice(2);
+const json = args.includes('--json');
+const opt = (name: string, dflt: string) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1]! : dflt;
+};
+const config = opt('--config', 'opt-1.3b');
+const precisions = opt('--precision', 'fp32,bf16').split(',') as ('fp32' | 'bf16')[];
+const batches = opt('--batches', '1,8,32').split(',').map(Number);
+const promptLen = Number(opt('--prompt-len', '64'));
+const newTokens = Number(opt('--gen-len', '16'));
+
+const dir = path.resolve('.bench', config);
+if (!fs.existsSync(path.join(dir, 'model.safetensors'))) {
+  process.stderr.write(`making ${dir} with dummy weights...\n`);
+  initModel({ config, out: dir, dtype: 'f16', seed: 1 });
+}
+
+/** Seconds the GEMMs of one decode step take alone, at batch b (the weights the model packed). */
+function gemmOnlyStep(model: LanguageModel, b: number): number {
+  const t = model.transformer;
+  const backend = cpuBackend();
+  const weights: PackedWeight[] = t.layers.flatMap((l) => [l.q.w, l.k.w, l.v.w, l.o.w, l.up.w, l.down.w, ...(l.gate ? [l.gate.w] : [])]).concat([t.globals.lmHead]);
+  const inputs = new Map<number, Tensor<'f32'>>();
+  const run = () => {
+    for (const w of weights) {
+      let x = inputs.get(w.k);
+      if (!x) inputs.set(w.k, (x = Tensor.f32([b, w.k])));
+      backend.matmul(x, w);
+    }
+  };
+  run();
+  const reps = 3;
+  const start = performance.now();
+  for (let i = 0; i < reps; i++) run();
+  return (performance.now() - start) / 1000 / reps;
+}
+
+const rows: Record<string, unknown>[] = [];
+for (const precision of precisions) {
+  const model = await loadModel(dir, { precision });
+  for (const b of batches) {
+    const requests = Array.from({ length: b }, (_, i) => ({
+      id: `r${i}`,
+      promptTokenIds: Array.from({ length: promptLen }, (_, j) => 3 + ((i * 7919 + j * 104729) % 50000)),
+    }));
+    // Warm-up (first touches of workspaces), then the measured run.
+    for await (const _ of model.generate(requests.slice(0, 1), { maxNewTokens: 2, stopAtEos: false, batchSize: 1 })) void _;
+    const stats: GenerateStats = { prefillSeconds: 0, decodeSeconds: 0, promptTokens: 0, generatedTokens: 0 };
+    for await (const _ of model.generate(requests, { maxNewTokens: newTokens, stopAtEos: false, batchSize: b }, stats)) void _;
+    const decodeSteps = newTokens - 1;
+    const gemmStep = gemmOnlyStep(model, b);
+    const decodeTps = (b * decodeSteps) / stats.decodeSeconds;
+    const gemmTps = b / gemmStep;
+    const row = {
+      bench: 'generate', config, precision, batch: b, promptLen, newTokens, threads: getThreads(),
+      prefillTokS: +((b * promptLen) / stats.prefillSeconds).toFixed(1),
+      decodeTokS: +decodeTps.toFixed(1),
+      totalTokS: +((b * newTokens) / (stats.prefillSeconds + stats.decodeSeconds)).toFixed(1),
+      gemmOnlyDecodeTokS: +gemmTps.toFixed(1),
+      decodeShareOfGemmRate: +(decodeTps / gemmTps).toFixed(3),
+    };
+    rows.push(row);
+    if (json) console.log(JSON.stringify(row));
+    else process.stderr.write(`${precision} batch ${b}: prefill ${row.prefillTokS} tok/s, decode ${row.decodeTokS} tok/s (GEMM-only ${row.gemmOnlyDecodeTokS}, ${(row.decodeShareOfGemmRate * 100).toFixed(0)}%), total ${row.totalTokS} tok/s\n`);
+  }
+}
+if (!json) {
+  console.log(`\n${os.cpus()[0]?.model} · ${getThreads()} threads · ${config} · prompt ${promptLen} · ${newTokens} new tokens`);
+  console.log('| precision | batch | prefill tok/s | decode tok/s | GEMM-only decode tok/s | decode / GEMM-only | total tok/s |');
+  console.log('|---|---|---|---|---|---|---|');
+  for (const r of rows) console.log(`| ${r.precision} | ${r.batch} | ${r.prefillTokS} | ${r.decodeTokS} | ${r.gemmOnlyDecodeTokS} | ${((r.decodeShareOfGemmRate as number) * 100).toFixed(0)}% | ${r.totalTokS} |`);
+}
