@@ -1,0 +1,179 @@
+// Attention kernels: native (every ISA level, 1 and 2 threads) against the float64 reference, plus
+// the invariants the engine relies on (batching and ragged prefill change nothing, decode agrees
+// with prefill).
+import { afterAll, describe, expect, it } from 'vitest';
+import { getThreads, isaInfo, setIsa, setThreads, type CacheDType, type Isa } from '../src/backend/index.js';
+import { cpuKernels } from '../src/backend/cpu/index.js';
+import { Tensor } from '../src/tensor/tensor.js';
+import { f32ToF16 } from '../src/tensor/dtype.js';
+import { cpu, expectClose, randomF32, ref } from './helpers/harness.js';
+
+const ALL: Isa[] = ['scalar', 'avx2', 'avx512', 'avx512bf16'];
+const detected = isaInfo().detected as Isa;
+const ISAS = ALL.slice(0, ALL.indexOf(detected) + 1);
+const startThreads = getThreads();
+afterAll(() => {
+  setIsa(detected);
+  setThreads(startThreads);
+});
+
+// [hq, hkv, d]
+const HEADS: [number, number, number][] = [[6, 2, 64], [4, 4, 40], [6, 3, 17], [2, 1, 24], [2, 2, 128]];
+let seed = 100;
+
+function cacheOf(dtype: CacheDType, b: number, hkv: number, cap: number, d: number, s: number): Tensor {
+  const f = randomF32([b, hkv, cap, d], s);
+  if (dtype === 'f32') return f;
+  const h = new Uint16Array(f.size);
+  for (let i = 0; i < f.size; i++) h[i] = f32ToF16(f.data[i]!);
+  return new Tensor('f16', [b, hkv, cap, d], h);
+}
+
+function rowsOf(t: Tensor<'f32'>, from: number, to: number): Tensor<'f32'> {
+  const per = t.size / t.shape[0]!;
+  return Tensor.f32([to - from, ...t.shape.slice(1)], t.data.slice(from * per, to * per));
+}
+
+function cacheRow(c: Tensor, row: number): Tensor {
+  const per = c.size / c.shape[0]!;
+  return new Tensor(c.dtype, [1, ...c.shape.slice(1)], (c.data as Uint16Array).slice(row * per, (row + 1) * per));
+}
+
+for (const isa of ISAS) {
+  for (const threads of [1, 2]) {
+    describe(`${isa}, ${threads} thread(s)`, () => {
+      const setup = () => {
+        expect(setIsa(isa)).toBe(true);
+        setThreads(threads);
+      };
+
+      it('prefill over a ragged batch matches the reference and each sequence alone', async () => {
+        setup();
+        for (const [hq, hkv, d] of HEADS) {
+          const starts = [0, 1, 6, 6, 23, 90];
+          const t = starts[starts.length - 1]!;
+          const q = randomF32([t, hq, d], seed++, 2), k = randomF32([t, hkv, d], seed++, 2), v = randomF32([t, hkv, d], seed++);
+          const ss = Tensor.i32(starts);
+          const scale = 1 / Math.sqrt(d);
+          const got = cpu().attentionPrefill(q, k, v, ss, scale);
+          expectClose(got.data, ref().attentionPrefill(q, k, v, ss, scale).data, 1e-5, `prefill ${hq}/${hkv}/${d}`);
+          const got2 = await cpu().attentionPrefillAsync(q, k, v, ss, scale);
+          expect(got2.data).toEqual(got.data);
+          for (let s = 0; s + 1 < starts.length; s++) {
+            const [a, b] = [starts[s]!, starts[s + 1]!];
+            if (a === b) continue;
+            const alone = cpu().attentionPrefill(rowsOf(q, a, b), rowsOf(k, a, b), rowsOf(v, a, b), Tensor.i32([0, b - a]), scale);
+            expect(alone.data).toEqual(rowsOf(got, a, b).data);
+          }
+        }
+      });
+
+      it('decode matches the reference; batched rows equal rows alone', async () => {
+        setup();
+        for (const dtype of ['f32', 'f16'] as CacheDType[]) {
+          for (const [hq, hkv, d] of HEADS) {
+            const cap = 300;
+            const lens = [1, 37, 300, 257];
+            const b = lens.length;
+            const q = randomF32([b, hq, d], seed++, 2);
+            const kc = cacheOf(dtype, b, hkv, cap, d, seed++), vc = cacheOf(dtype, b, hkv, cap, d, seed++);
+            const ln = Tensor.i32(lens);
+            const scale = 1 / Math.sqrt(d);
+            const got = cpu().attentionDecode(q, kc, vc, ln, scale);
+            expectClose(got.data, ref().attentionDecode(q, kc, vc, ln, scale).data, 1e-5, `decode ${dtype} ${hq}/${hkv}/${d}`);
+            const got2 = await cpu().attentionDecodeAsync(q, kc, vc, ln, scale);
+            expect(got2.data).toEqual(got.data);
+            for (let i = 0; i < b; i++) {
+              const alone = cpu().attentionDecode(rowsOf(q, i, i + 1), cacheRow(kc, i), cacheRow(vc, i), Tensor.i32([lens[i]!]), scale);
+              expect(alone.data).toEqual(rowsOf(got, i, i + 1).data);
+            }
+          }
+        }
+      });
+
+      it('decode at position p agrees with prefill row p', () => {
+        setup();
+        for (const dtype of ['f32', 'f16'] as CacheDType[]) {
+          for (const [hq, hkv, d] of [[6, 2, 64], [3, 3, 17]] as const) {
+            const n = 530;
+            const q = randomF32([n, hq, d], seed++, 2), k = randomF32([n, hkv, d], seed++, 2), v = randomF32([n, hkv, d], seed++);
+            const scale = 1 / Math.sqrt(d);
+            // round k/v through the cache dtype so both sides see the same values
+            const cap = 600;
+            const kc = Tensor.zeros(dtype, [2, hkv, cap, d]), vc = Tensor.zeros(dtype, [2, hkv, cap, d]);
+            cpu().cacheWrite(kc, k, 1, 0);
+            cpu().cacheWrite(vc, v, 1, 0);
+            const kr = dtype === 'f16' ? roundF16(k) : k, vr = dtype === 'f16' ? roundF16(v) : v;
+            const pre = cpu().attentionPrefill(q, kr, vr, Tensor.i32([0, n]), scale);
+            for (const p of [0, 1, 255, 256, 529]) {
+              const qb = Tensor.zeros('f32', [2, hq, d]);
+              qb.data.set(q.data.subarray(p * hq * d, (p + 1) * hq * d), hq * d);
+              const out = cpu().attentionDecode(qb, kc, vc, Tensor.i32([1, p + 1]), scale);
+              expectClose(out.data.subarray(hq * d), pre.data.subarray(p * hq * d, (p + 1) * hq * d), 1e-5, `decode vs prefill ${dtype} p=${p}`);
+            }
+          }
+        }
+      });
+
+      it('cacheWrite converts and places rows', () => {
+        setup();
+        for (const dtype of ['f32', 'f16'] as CacheDType[]) {
+          const [b, hkv, cap, d] = [3, 2, 20, 33];
+          const src = randomF32([5, hkv, d], seed++, 70000); // includes values that overflow f16
+          src.data[0] = 1e-6; // subnormal in f16
+          src.data[1] = -0;
+          src.data[2] = 65519;
+          src.data[3] = 65520;
+          const a = Tensor.zeros(dtype, [b, hkv, cap, d]), r = Tensor.zeros(dtype, [b, hkv, cap, d]);
+          cpu().cacheWrite(a, src, 2, 15);
+          ref().cacheWrite(r, src, 2, 15);
+          expect(Array.from(a.data)).toEqual(Array.from(r.data));
+          const small = randomF32([4, hkv, d], seed++, 3);
+          cpu().cacheWrite(a, small, 0, 0);
+          ref().cacheWrite(r, small, 0, 0);
+          expect(Array.from(a.data)).toEqual(Array.from(r.data));
+        }
+      });
+    });
+  }
+}
+
+function roundF16(t: Tensor<'f32'>): Tensor<'f32'> {
+  const c = Tensor.zeros('f16', [1, 1, t.size, 1]);
+  cpu().cacheWrite(c, Tensor.f32([t.size, 1, 1], t.data), 0, 0);
+  const out = Tensor.zeros('f32', t.shape);
+  const back = cpu().embedding(new Tensor('f16', [t.size, 1], c.data), Tensor.i32(Array.from({ length: t.size }, (_, i) => i)));
+  out.data.set(back.data);
+  return out;
+}
+
+describe('bad inputs', () => {
+  const q = randomF32([2, 4, 8], 1);
+  const kc = randomF32([2, 2, 10, 8], 2);
+  it('the backend rejects wrong shapes, dtypes and lengths', () => {
+    expect(() => cpu().attentionDecode(q, kc, kc, Tensor.i32([1, 11]), 1)).toThrow(/lens\[1\] = 11/);
+    expect(() => cpu().attentionDecode(q, kc, kc, Tensor.i32([0, 1]), 1)).toThrow(/lens\[0\]/);
+    expect(() => cpu().attentionDecode(q, kc, randomF32([2, 2, 9, 8], 3), Tensor.i32([1, 1]), 1)).toThrow(/vCache/);
+    expect(() => cpu().attentionDecode(randomF32([2, 3, 8], 1), randomF32([2, 2, 10, 8], 2), randomF32([2, 2, 10, 8], 2), Tensor.i32([1, 1]), 1)).toThrow(/grouped/);
+    const qp = randomF32([5, 4, 8], 1), kp = randomF32([5, 2, 8], 1);
+    expect(() => cpu().attentionPrefill(qp, kp, kp, Tensor.i32([0, 4]), 1)).toThrow(/seqStarts/);
+    expect(() => cpu().attentionPrefill(qp, kp, kp, Tensor.i32([0, 3, 2, 5]), 1)).toThrow(/decrease/);
+    expect(() => cpu().attentionPrefill(qp, randomF32([5, 2, 7], 1), kp, Tensor.i32([0, 5]), 1)).toThrow(/shape/);
+    expect(() => cpu().cacheWrite(kc, randomF32([3, 2, 8], 1), 0, 8)).toThrow(/overrun/);
+    expect(() => cpu().cacheWrite(kc, randomF32([1, 2, 8], 1), 2, 0)).toThrow(/row 2/);
+  });
+
+  it('raw kernels refuse buffers too short and lens out of range', async () => {
+    const k = cpuKernels;
+    const out = new Float32Array(64);
+    expect(() => k.attentionDecode(q.data, kc.data, new Float32Array(300), 'f32', 2, 4, 2, 8, 10, new Int32Array([1, 1]), 1, out)).toThrow(/vCache/);
+    expect(() => k.attentionDecode(q.data, kc.data, kc.data, 'f32', 2, 4, 2, 8, 10, new Int32Array([1, 12]), 1, out)).toThrow(/lens\[1\]/);
+    expect(() => k.attentionDecode(q.data, kc.data, kc.data, 'f32', 2, 4, 2, 8, 10, new Int32Array([1]), 1, out)).toThrow(/lens/);
+    expect(() => k.attentionDecode(q.data, new Uint16Array(10), new Uint16Array(10), 'f16', 2, 4, 2, 8, 10, new Int32Array([1, 1]), 1, out)).toThrow(/kCache/);
+    await expect(k.attentionDecodeAsync(q.data, kc.data, kc.data, 'f32', 2, 4, 2, 8, 10, new Int32Array([1, 1]), 1, new Float32Array(3))).rejects.toThrow(/out/);
+    expect(() => k.attentionPrefill(new Float32Array(10), new Float32Array(10), new Float32Array(10), 5, 4, 2, 8, new Int32Array([0, 5]), 1, new Float32Array(160))).toThrow(/q holds/);
+    expect(() => k.attentionPrefill(new Float32Array(160), new Float32Array(80), new Float32Array(80), 5, 4, 2, 8, new Int32Array([0, 7]), 1, new Float32Array(160))).toThrow(/seqStarts/);
+    expect(() => k.cacheWrite(new Float32Array(10), 'f32', 2, 2, 10, 8, new Float32Array(16), 1, 0, 0)).toThrow(/cache/);
+    expect(() => k.cacheWrite(kc.data, 'f32', 2, 2, 10, 8, new Float32Array(16), 1, 0, 10)).toThrow(/overrun/);
+  });
+});
