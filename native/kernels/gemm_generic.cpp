@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
+#include <atomic>
 #include <new>
 
 #include "core/cpu.h"
@@ -137,11 +139,17 @@ struct Scratch {
 
 thread_local Scratch tls_xpack;
 
+// Bytes of weight k slices a row block sweeps while its packed x stays in L1 (half of L2).
+constexpr int64_t kGroupBytes = 1 << 20;
+
+std::atomic<int> g_bf16_dot{-1};  // -1: not decided yet
+
 Kernel select_kernel(Fmt fmt, Mode mode) {
   Kernel k;
   Isa isa = active_isa();
   bool bf16 = mode == Mode::Bf16;
-  if (isa >= Isa::Avx512 && kernel_avx512(fmt, bf16 && isa >= Isa::Avx512Bf16 && fmt == Fmt::Bf16, &k)) {
+  bool dot = bf16 && isa >= Isa::Avx512Bf16 && fmt == Fmt::Bf16 && bf16_dot();
+  if (isa >= Isa::Avx512 && kernel_avx512(fmt, dot, &k)) {
   } else if (isa >= Isa::Avx2 && kernel_avx2(fmt, &k)) {
   } else {
     kernel_scalar(fmt, &k);
@@ -174,6 +182,18 @@ void pack_x_block(const float* x, int64_t k, int64_t ks, int64_t r0, int rows, X
 }
 
 }  // namespace
+
+bool bf16_dot() {
+  int v = g_bf16_dot.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* env = std::getenv("TIERLM_BF16_DOT");
+    v = env && env[0] == '1' ? 1 : 0;
+    g_bf16_dot.store(v, std::memory_order_relaxed);
+  }
+  return v != 0;
+}
+
+void set_bf16_dot(bool on) { g_bf16_dot.store(on ? 1 : 0, std::memory_order_relaxed); }
 
 void kernel_scalar(Fmt fmt, Kernel* out) {
   out->fn = fmt == Fmt::F32 ? scalar_kernel<Fmt::F32> : fmt == Fmt::F16 ? scalar_kernel<Fmt::F16> : scalar_kernel<Fmt::Bf16>;
@@ -275,18 +295,25 @@ void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, Fmt fmt, int
       b1 = nblocks * (t + 1) / nt;
     }
     if (p0 >= p1 || b0 >= b1) return;
+    // Goto-style blocking: for each k block, a group of panels whose k slices fit in L2 is
+    // swept by every row block; the row block's packed x (rows x kc) stays in L1 meanwhile.
+    const int64_t slice_bytes = std::min<int64_t>(kc_block, ks) * kNR * es;
+    const int64_t group = std::max<int64_t>(1, kGroupBytes / slice_bytes);
     for (int64_t k0 = 0; k0 < ks; k0 += kc_block) {
       const int kc = static_cast<int>(ks - k0 < kc_block ? ks - k0 : kc_block);
       const int flags = (k0 == 0 ? kFirst : 0) | (k0 + kc >= ks ? kLast : 0);
-      for (int64_t p = p0; p < p1; p++) {
-        const uint8_t* wp = w + p * pb + k0 * kNR * es;
-        const int ncols = static_cast<int>(n - p * kNR < kNR ? n - p * kNR : kNR);
-        const float* bp = bias ? bias + p * kNR : nullptr;
+      for (int64_t g0 = p0; g0 < p1; g0 += group) {
+        const int64_t g1 = std::min(p1, g0 + group);
         for (int64_t b = b0; b < b1; b++) {
           const int64_t r0 = block_start(b);
           const int rows = static_cast<int>(block_start(b + 1) - r0);
           const uint8_t* xp = xpack + r0 * ks * xes + k0 * rows * xes;
-          kern.fn(rows, xp, wp, kc, y + r0 * n + p * kNR, n, ncols, flags, bp);
+          for (int64_t p = g0; p < g1; p++) {
+            const uint8_t* wp = w + p * pb + k0 * kNR * es;
+            const int ncols = static_cast<int>(n - p * kNR < kNR ? n - p * kNR : kNR);
+            const float* bp = bias ? bias + p * kNR : nullptr;
+            kern.fn(rows, xp, wp, kc, y + r0 * n + p * kNR, n, ncols, flags, bp);
+          }
         }
       }
     }

@@ -100,6 +100,12 @@ Napi::Value GatherRows(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// gemmBf16Dot(on?): returns whether bf16 mode uses vdpbf16ps; a boolean argument sets it.
+Napi::Value Bf16Dot(const Napi::CallbackInfo& info) {
+  if (info.Length() > 0 && info[0].IsBoolean()) gemm::set_bf16_dot(info[0].As<Napi::Boolean>().Value());
+  return Napi::Boolean::New(info.Env(), gemm::bf16_dot());
+}
+
 }  // namespace
 
 void register_gemm(Napi::Env env, Napi::Object exports) {
@@ -107,6 +113,7 @@ void register_gemm(Napi::Env env, Napi::Object exports) {
   exports.Set("gemmPackWeight", Napi::Function::New(env, PackWeight));
   exports.Set("gemmMatmul", Napi::Function::New(env, Matmul));
   exports.Set("gemmGatherRows", Napi::Function::New(env, GatherRows));
+  exports.Set("gemmBf16Dot", Napi::Function::New(env, Bf16Dot));
 }
 
 }  // namespace tierlm

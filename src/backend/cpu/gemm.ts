@@ -38,3 +38,10 @@ export const gemmKernels: Partial<Kernels> = {
     native().gather(w, format, n, k, ids, out);
   },
 };
+
+/** Whether bf16 compute mode multiplies with AVX512_BF16 vdpbf16ps (when the active ISA has it)
+ *  rather than widening bf16 weights for fp32 FMA (the default: faster where vdpbf16ps has half
+ *  the FMA throughput). Pass a boolean to change it; returns the setting. */
+export function gemmBf16Dot(on?: boolean): boolean {
+  return nativeFn<(on?: boolean) => boolean>('gemmBf16Dot')(on);
+}

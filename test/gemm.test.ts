@@ -1,0 +1,177 @@
+// GEMM: native kernels against the TypeScript reference, on every instruction-set level the CPU
+// has, with odd sizes that hit every tail, in both compute modes and for every weight dtype.
+import { afterAll, describe, expect, it } from 'vitest';
+import { type Isa, cpuBackend, getThreads, isaInfo, referenceBackend, setIsa, setThreads } from '../src/backend/index.js';
+import { gemmKernels, gemmBf16Dot } from '../src/backend/cpu/gemm.js';
+import type { ComputeMode } from '../src/backend/kernels.js';
+import { Tensor } from '../src/tensor/tensor.js';
+import type { FloatDType } from '../src/tensor/dtype.js';
+import { expectClose, randomF32, randomFloat } from './helpers/harness.js';
+
+const cpu = cpuBackend();
+const ref = referenceBackend();
+const DTYPES: FloatDType[] = ['f32', 'f16', 'bf16'];
+const MODES: ComputeMode[] = ['fp32', 'bf16'];
+const ALL_ISAS: Isa[] = ['scalar', 'avx2', 'avx512', 'avx512bf16'];
+const info = isaInfo();
+const startIsa = info.active as Isa;
+const startThreads = getThreads();
+const startDot = gemmBf16Dot();
+// Levels this CPU can run (setIsa returns false for the others).
+const ISAS = ALL_ISAS.filter((isa) => {
+  const ok = setIsa(isa);
+  setIsa(startIsa);
+  return ok;
+});
+// bf16 mode on avx512bf16 has two paths: widening (default) and vdpbf16ps.
+const VARIANTS: { isa: Isa; dot: boolean }[] = ISAS.flatMap((isa) =>
+  isa === 'avx512bf16' ? [{ isa, dot: false }, { isa, dot: true }] : [{ isa, dot: false }]);
+
+afterAll(() => {
+  setIsa(startIsa);
+  setThreads(startThreads);
+  gemmBf16Dot(startDot);
+});
+
+const TOL = 1e-5;
+
+// [m, k, n]: m crosses the row-block sizes, k and n are multiples of no block size.
+const SHAPES: [number, number, number][] = [
+  [1, 1, 1], [2, 3, 17], [3, 17, 31], [7, 31, 33], [13, 100, 3], [17, 33, 100], [33, 257, 65], [65, 100, 257],
+  [1, 1000, 33], [5, 1000, 17], [129, 17, 40],
+];
+
+let seed = 100;
+
+describe('matmul matches the reference', () => {
+  for (const dtype of DTYPES) {
+    for (const mode of MODES) {
+      it(`${dtype} weights, ${mode} mode`, async () => {
+        for (const [m, k, n] of SHAPES) {
+          const x = randomF32([m, k], seed++);
+          const w = randomFloat(dtype, [n, k], seed++);
+          const bias = randomF32([n], seed++);
+          const refW = ref.packWeight(w, mode);
+          const expected = ref.matmul(x, refW, null);
+          const expectedBias = ref.matmul(x, refW, bias);
+          const packed = cpu.packWeight(w, mode);
+          for (const { isa, dot } of VARIANTS) {
+            expect(setIsa(isa)).toBe(true);
+            gemmBf16Dot(dot);
+            for (const threads of [1, 2]) {
+              setThreads(threads);
+              const what = `${isa}${dot ? '+dot' : ''} ${threads}t m=${m} k=${k} n=${n}`;
+              expectClose(cpu.matmul(x, packed, null).data, expected.data, TOL, what);
+              expectClose(cpu.matmul(x, packed, bias).data, expectedBias.data, TOL, `${what} +bias`);
+            }
+          }
+          // async form, on the best ISA
+          setIsa(startIsa);
+          gemmBf16Dot(startDot);
+          const y = await cpu.matmulAsync(x, packed, bias);
+          expectClose(y.data, expectedBias.data, TOL, `async m=${m} k=${k} n=${n}`);
+        }
+      });
+    }
+  }
+});
+
+describe('batched rows equal unbatched rows bit for bit', () => {
+  for (const dtype of DTYPES) {
+    for (const mode of MODES) {
+      it(`${dtype} weights, ${mode} mode`, () => {
+        const [m, k, n] = [37, 300, 70];
+        const x = randomF32([m, k], seed++);
+        const w = cpu.packWeight(randomFloat(dtype, [n, k], seed++), mode);
+        const bias = randomF32([n], seed++);
+        for (const { isa, dot } of VARIANTS) {
+          setIsa(isa);
+          gemmBf16Dot(dot);
+          for (const threads of [1, 2]) {
+            setThreads(threads);
+            const all = cpu.matmul(x, w, bias);
+            for (const i of [0, 1, 13, 14, 15, 36]) {
+              const row = new Tensor('f32', [1, k], x.data.slice(i * k, (i + 1) * k));
+              const one = cpu.matmul(row, w, bias);
+              const same = one.data.every((v, j) => Object.is(v, all.data[i * n + j]));
+              expect(same, `${isa}${dot ? '+dot' : ''} ${threads}t row ${i}`).toBe(true);
+            }
+          }
+        }
+        setIsa(startIsa);
+        gemmBf16Dot(startDot);
+      });
+    }
+  }
+});
+
+describe('packing', () => {
+  it('f32 and f16 sources packed as bf16 match the reference', () => {
+    for (const dtype of ['f32', 'f16'] as const) {
+      const [m, k, n] = [3, 45, 37];
+      const x = randomF32([m, k], seed++);
+      const w = randomFloat(dtype, [n, k], seed++);
+      const got = cpu.matmul(x, cpu.packWeight(w, 'bf16'));
+      const want = ref.matmul(x, ref.packWeight(w, 'bf16'));
+      expectClose(got.data, want.data, TOL, `${dtype} -> bf16`);
+    }
+  });
+
+  it('packed bytes are position independent (copied into another buffer)', () => {
+    const [m, k, n] = [4, 33, 50];
+    const x = randomF32([m, k], seed++);
+    for (const dtype of DTYPES) {
+      const w = cpu.packWeight(randomFloat(dtype, [n, k], seed++), 'fp32');
+      const copy = new Uint8Array(new ArrayBuffer(w.data.byteLength + 64), 16, w.data.byteLength);
+      copy.set(w.data);
+      const w2 = cpu.packedWeight(w.format, w.mode, n, k, copy);
+      expect(Array.from(cpu.matmul(x, w2).data)).toEqual(Array.from(cpu.matmul(x, w).data));
+    }
+  });
+});
+
+describe('gatherRows', () => {
+  for (const dtype of DTYPES) {
+    for (const mode of MODES) {
+      it(`${dtype} weights, ${mode} mode`, () => {
+        const [n, k] = [70, 33];
+        const w = randomFloat(dtype, [n, k], seed++);
+        const ids = new Tensor('i32', [5], Int32Array.from([0, 69, 31, 32, 5]));
+        const got = cpu.gatherRows(cpu.packWeight(w, mode), ids);
+        const want = ref.gatherRows(ref.packWeight(w, mode), ids);
+        expect(Array.from(got.data)).toEqual(Array.from(want.data));
+      });
+    }
+  }
+});
+
+describe('bad input throws', () => {
+  const w = cpu.packWeight(randomF32([10, 8], 1), 'fp32');
+  it('wrong x length', () => {
+    expect(() => cpu.matmul(randomF32([2, 7], 2), w)).toThrow(/features/);
+  });
+  it('wrong bias size', () => {
+    expect(() => cpu.matmul(randomF32([2, 8], 2), w, randomF32([9], 3))).toThrow(/bias/);
+  });
+  it('packed buffer too small', () => {
+    expect(() => cpu.packedWeight('f32', 'fp32', 10, 8, new Uint8Array(16))).toThrow(/bytes/);
+  });
+  it('weight of another backend', () => {
+    expect(() => ref.matmul(randomF32([2, 8], 2), w)).toThrow(/backend/);
+  });
+  it('raw kernel with short buffers throws instead of crashing', () => {
+    const x = new Float32Array(16);
+    const y = new Float32Array(20);
+    expect(() => gemmKernels.matmul!(x, 2, 8, new Uint8Array(100), 'f32', 10, null, y, 'fp32')).toThrow(/w holds/);
+    expect(() => gemmKernels.matmul!(new Float32Array(15), 2, 8, w.data, 'f32', 10, null, y, 'fp32')).toThrow(/x holds/);
+    expect(() => gemmKernels.matmul!(x, 2, 8, w.data, 'f32', 10, new Float32Array(9), y, 'fp32')).toThrow(/bias holds/);
+    expect(() => gemmKernels.matmul!(x, 2, 8, w.data, 'f32', 10, null, new Float32Array(19), 'fp32')).toThrow(/y holds/);
+    expect(() => gemmKernels.packWeight!(new Float32Array(80), 'f32', 10, 8, 'f32', new Uint8Array(10))).toThrow(/dst holds/);
+    expect(() => gemmKernels.gatherRows!(w.data, 'f32', 10, 8, Int32Array.from([10]), new Float32Array(8))).toThrow(/outside/);
+    expect(() => gemmKernels.gatherRows!(w.data, 'f32', 10, 8, Int32Array.from([1, 2]), new Float32Array(8))).toThrow(/out holds/);
+    expect(() => gemmKernels.matmul!(x, 2, 8, w.data, 'f64' as never, 10, null, y, 'fp32')).toThrow(/format/);
+  });
+  it('async raw kernel validates before starting', () => {
+    expect(() => gemmKernels.matmulAsync!(new Float32Array(3), 2, 8, w.data, 'f32', 10, null, new Float32Array(20), 'fp32')).toThrow(/x holds/);
+  });
+});
