@@ -16,8 +16,9 @@ void attn_cache_write(void* cache, bool cache_f16, int64_t b, int64_t hkv, int64
 // The per-ISA core: g query heads (q: g×d, already multiplied by the scale) against n positions of
 // one key/value head, position p at k + p*stride (elements). Returns the running softmax state:
 // m[h] the max score, l[h] = Σ exp(s - m), acc[h×d] = Σ exp(s - m)·v (unnormalised).
-// scratch holds at least 2 * kAttnBlock * g floats.
+// scratch holds at least attn_scratch_floats(g, d) floats.
 constexpr int64_t kAttnBlock = 64;
+constexpr int64_t attn_scratch_floats(int64_t g, int64_t d) { return 2 * kAttnBlock * (g + d) + 32; }
 typedef void (*AttnCoreFn)(const float* q, int64_t g, int64_t d, const void* k, const void* v, bool f16,
                            int64_t stride, int64_t n, float* scratch, float* m, float* l, float* acc);
 namespace isa512 {

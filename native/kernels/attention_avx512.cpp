@@ -43,20 +43,14 @@ inline __m512 exp512(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+// One block of nb <= kAttnBlock positions: k and v point at the block's first position.
 template <bool F16>
-void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, int64_t stride, int64_t n,
-          float* scratch, float* m, float* l, float* acc) {
+void block(const float* q, int64_t g, int64_t d, const void* k, const void* v, int64_t stride, int64_t nb,
+           float* s, float* m, float* l, float* acc) {
   const int64_t B = kAttnBlock;
-  float* s = scratch;
-  for (int64_t h = 0; h < g; h++) {
-    m[h] = -INFINITY;
-    l[h] = 0.f;
-  }
-  for (int64_t i = 0; i < g * d; i++) acc[i] = 0.f;
+  const int64_t p0 = 0;
   const int64_t dfull = d & ~(int64_t)15;
   const __mmask16 dtail = mask_at(d, dfull);
-  for (int64_t p0 = 0; p0 < n; p0 += B) {
-    const int64_t nb = n - p0 < B ? n - p0 : B;
     // Scores: (position, head) pairs four at a time, each a dot product over d.
     const int64_t npairs = nb * g;
     for (int64_t pr = 0; pr < npairs; pr += 4) {
@@ -148,6 +142,44 @@ void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, in
         _mm512_mask_storeu_ps(ah + 32, m2, x2);
         _mm512_mask_storeu_ps(ah + 48, m3, x3);
       }
+    }
+  }
+
+void widen_rows(const uint16_t* src, int64_t stride, int64_t nb, int64_t d, float* dst) {
+  for (int64_t j = 0; j < nb; j++) {
+    const uint16_t* r = src + j * stride;
+    float* o = dst + j * d;
+    int64_t c = 0;
+    for (; c + 16 <= d; c += 16) _mm512_storeu_ps(o + c, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(r + c))));
+    if (c < d) {
+      __mmask16 mk = mask_at(d, c);
+      _mm512_mask_storeu_ps(o + c, mk, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, r + c)));
+    }
+  }
+}
+
+// Half caches are widened a block at a time into scratch, so each element is converted once
+// however many query heads share it.
+template <bool F16>
+void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, int64_t stride, int64_t n,
+          float* scratch, float* m, float* l, float* acc) {
+  const int64_t B = kAttnBlock;
+  for (int64_t h = 0; h < g; h++) {
+    m[h] = -INFINITY;
+    l[h] = 0.f;
+  }
+  for (int64_t i = 0; i < g * d; i++) acc[i] = 0.f;
+  float* kf = scratch + 2 * B * g + 16;
+  float* vf = kf + B * d;
+  for (int64_t p0 = 0; p0 < n; p0 += B) {
+    const int64_t nb = n - p0 < B ? n - p0 : B;
+    if (F16) {
+      widen_rows(static_cast<const uint16_t*>(k) + p0 * stride, stride, nb, d, kf);
+      widen_rows(static_cast<const uint16_t*>(v) + p0 * stride, stride, nb, d, vf);
+      block<false>(q, g, d, kf, vf, d, nb, scratch, m, l, acc);
+    } else {
+      block<false>(q, g, d, static_cast<const float*>(k) + p0 * stride, static_cast<const float*>(v) + p0 * stride, stride,
+                   nb, scratch, m, l, acc);
     }
   }
 }

@@ -97,6 +97,14 @@ void run_items(int64_t n, F&& fn) {
 // result is the same whatever the batch or thread count.
 constexpr int64_t kSplit = 256;
 
+// Buffers reused from call to call (one set per calling thread: the JS thread and the async
+// dispatcher), so a decode step allocates and page-faults nothing.
+thread_local std::vector<float> tl_partial, tl_scratch;
+float* grow(std::vector<float>& v, int64_t n) {
+  if ((int64_t)v.size() < n) v.resize((size_t)n);
+  return v.data();
+}
+
 }  // namespace
 
 void attn_decode(const float* q, const void* k_cache, const void* v_cache, bool cache_f16, int64_t b, int64_t hq,
@@ -107,7 +115,8 @@ void attn_decode(const float* q, const void* k_cache, const void* v_cache, bool 
   struct Item {
     int64_t bi, kh, p0, p1, part;
   };
-  std::vector<Item> items;
+  thread_local std::vector<Item> items;
+  items.clear();
   std::vector<int64_t> first_split((size_t)b), nsplit((size_t)b);
   int64_t parts = 0;
   for (int64_t bi = 0; bi < b; bi++) {
@@ -121,27 +130,29 @@ void attn_decode(const float* q, const void* k_cache, const void* v_cache, bool 
   }
   // Partial state of each (row, kv head, split): g maxima, g sums, g×d accumulators.
   const int64_t part_floats = g * (d + 2);
-  std::vector<float> partial((size_t)(parts * part_floats));
-  const int64_t scratch_floats = g * d + 2 * kAttnBlock * g + 16;
+  float* partial = grow(tl_partial, parts * part_floats);
+  const int64_t scratch_floats = g * d + attn_scratch_floats(g, d);
   int nthreads = ThreadPool::instance().size();
-  std::vector<float> scratch((size_t)(scratch_floats * nthreads));
+  float* scratch = grow(tl_scratch, scratch_floats * nthreads);
   AttnCoreFn core = core_fn();
+  // (thread_local: the workers must read this thread's list through a plain pointer)
+  const Item* item_list = items.data();
   run_items((int64_t)items.size(), [&](int64_t idx, int thread) {
-    const Item& it = items[(size_t)idx];
-    float* qs = scratch.data() + (size_t)thread * scratch_floats;
+    const Item& it = item_list[idx];
+    float* qs = scratch + (size_t)thread * scratch_floats;
     const float* qsrc = q + (it.bi * hq + it.kh * g) * d;
     for (int64_t i = 0; i < g * d; i++) qs[i] = qsrc[i] * scale;
     int64_t off = ((it.bi * hkv + it.kh) * cap + it.p0) * d;
     const char* kb = static_cast<const char*>(k_cache) + off * esize;
     const char* vb = static_cast<const char*>(v_cache) + off * esize;
-    float* pm = partial.data() + it.part * part_floats;
+    float* pm = partial + it.part * part_floats;
     core(qs, g, d, kb, vb, cache_f16, d, it.p1 - it.p0, qs + g * d, pm, pm + g, pm + 2 * g);
   });
   // Combine the splits in order.
   for (int64_t bi = 0; bi < b; bi++) {
     int64_t ns = nsplit[bi];
     for (int64_t kh = 0; kh < hkv; kh++) {
-      const float* base = partial.data() + (first_split[bi] + kh * ns) * part_floats;
+      const float* base = partial + (first_split[bi] + kh * ns) * part_floats;
       for (int64_t h = 0; h < g; h++) {
         float* o = out + (bi * hq + kh * g + h) * d;
         if (ns == 1) {
@@ -175,16 +186,16 @@ void attn_prefill(const float* q, const float* k, const float* v, int64_t t, int
   std::vector<int64_t> start_of((size_t)t);
   for (int64_t s = 0; s + 1 < nseq_plus1; s++)
     for (int64_t i = seq_starts[s]; i < seq_starts[s + 1]; i++) start_of[(size_t)i] = seq_starts[s];
-  const int64_t scratch_floats = 2 * g * d + 2 * kAttnBlock * g + 2 * g + 16;
+  const int64_t scratch_floats = 2 * g * d + 2 * g + attn_scratch_floats(g, d);
   int nthreads = ThreadPool::instance().size();
-  std::vector<float> scratch((size_t)(scratch_floats * nthreads));
+  float* scratch = grow(tl_scratch, scratch_floats * nthreads);
   AttnCoreFn core = core_fn();
   // Items (token, kv head), longest first so the dynamic hand-out balances.
   const int64_t n = t * hkv;
   run_items(n, [&](int64_t idx, int thread) {
     int64_t r = n - 1 - idx;
     int64_t i = r / hkv, kh = r % hkv;
-    float* qs = scratch.data() + (size_t)thread * scratch_floats;
+    float* qs = scratch + (size_t)thread * scratch_floats;
     float* acc = qs + g * d;
     float* ml = acc + g * d;
     float* sc = ml + 2 * g;
