@@ -62,14 +62,28 @@ void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, in
   for (int64_t p0 = 0; p0 < n; p0 += B) {
     const int64_t nb = n - p0 < B ? n - p0 : B;
     const int64_t npairs = nb * g;
+    int64_t cj = 0, ch = 0;  // (position, head) of pair pr, stepped without divisions
     for (int64_t pr = 0; pr < npairs; pr += 4) {
       const int np = npairs - pr < 4 ? (int)(npairs - pr) : 4;
+      int64_t pj[4], ph[4];
+      for (int u = 0; u < 4; u++) {
+        if (u < np) {
+          pj[u] = cj;
+          ph[u] = ch;
+          if (++ch == g) {
+            ch = 0;
+            cj++;
+          }
+        } else {
+          pj[u] = pj[0];
+          ph[u] = ph[0];
+        }
+      }
       const float* qp[4];
       int64_t ko[4];
       for (int u = 0; u < 4; u++) {
-        int64_t idx = pr + (u < np ? u : 0);
-        qp[u] = q + (idx % g) * d;
-        ko[u] = (p0 + idx / g) * stride;
+        qp[u] = q + ph[u] * d;
+        ko[u] = (p0 + pj[u]) * stride;
       }
       __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
       for (int64_t c = 0; c < d8; c += 8) {
@@ -81,8 +95,7 @@ void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, in
       float r[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
       for (int u = 0; u < np; u++) {
         for (int64_t c = d8; c < d; c++) r[u] += qp[u][c] * load1<F16>(k, ko[u] + c);
-        int64_t idx = pr + u;
-        s[(idx % g) * B + idx / g] = r[u];
+        s[ph[u] * B + pj[u]] = r[u];
       }
     }
     for (int64_t h = 0; h < g; h++) {

@@ -53,15 +53,28 @@ void block(const float* q, int64_t g, int64_t d, const void* k, const void* v, i
   const __mmask16 dtail = mask_at(d, dfull);
     // Scores: (position, head) pairs four at a time, each a dot product over d.
     const int64_t npairs = nb * g;
+    int64_t cj = 0, ch = 0;  // (position, head) of pair pr, stepped without divisions
     for (int64_t pr = 0; pr < npairs; pr += 4) {
       const int np = npairs - pr < 4 ? (int)(npairs - pr) : 4;
+      int64_t pj[4], ph[4];
+      for (int u = 0; u < 4; u++) {
+        if (u < np) {
+          pj[u] = cj;
+          ph[u] = ch;
+          if (++ch == g) {
+            ch = 0;
+            cj++;
+          }
+        } else {
+          pj[u] = pj[0];
+          ph[u] = ph[0];
+        }
+      }
       const float* qp[4];
       int64_t ko[4];
       for (int u = 0; u < 4; u++) {
-        int64_t idx = pr + (u < np ? u : 0);
-        int64_t j = idx / g, h = idx % g;
-        qp[u] = q + h * d;
-        ko[u] = (p0 + j) * stride;
+        qp[u] = q + ph[u] * d;
+        ko[u] = (p0 + pj[u]) * stride;
       }
       __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
       int64_t c = 0;
@@ -78,10 +91,7 @@ void block(const float* q, int64_t g, int64_t d, const void* k, const void* v, i
         a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(dtail, qp[3] + c), load<F16>(k, ko[3] + c, dtail), a3);
       }
       float r[4] = {_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2), _mm512_reduce_add_ps(a3)};
-      for (int u = 0; u < np; u++) {
-        int64_t idx = pr + u;
-        s[(idx % g) * B + idx / g] = r[u];
-      }
+      for (int u = 0; u < np; u++) s[ph[u] * B + pj[u]] = r[u];
     }
     // Online softmax per head; s becomes the weights, scratch[B*g + h] the rescale factor.
     float* alpha = s + B * g;
