@@ -111,7 +111,7 @@ export class Generator {
     const out = batch.map(() => ({ tokens: [] as number[], logprobs: [] as number[], finish: null as FinishReason | null }));
 
     let start = performance.now();
-    let logits = t.prefill(cache, batch.map((_, i) => i), batch.map((x) => Int32Array.from(x.ids)));
+    let logits = t.prefill(cache, batch.map((x) => Int32Array.from(x.ids)));
     this.stats.prefillSeconds += (performance.now() - start) / 1000;
     this.stats.promptTokens += batch.reduce((n, x) => n + x.ids.length, 0);
     start = performance.now();

@@ -24,6 +24,11 @@ export class KVCache {
     this.lengths = new Int32Array(rows);
   }
 
+  /** Layer j's block (all rows). */
+  block(j: number): { k: Tensor; v: Tensor } {
+    return { k: this.k[j]!, v: this.v[j]! };
+  }
+
   get bytes(): number {
     return this.k.reduce((n, t) => n + t.byteLength * 2, 0);
   }

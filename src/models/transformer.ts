@@ -1,27 +1,53 @@
 // The forward pass shared by every architecture: a decoder-only transformer run over a ragged
 // batch. Prefill concatenates all prompts' tokens (no padding: each sequence attends only to
 // itself), so a sequence's result does not depend on what else is in the batch. Decode runs one
-// new token for every row of the cache.
+// new token for every row of a cache block.
+//
+// The pass is exposed in pieces (embed, attention block, MLP block, head) so that schedules can
+// run them layer by layer and batch by batch with weights and caches that come from any tier.
 
 import type { Backend } from '../backend/index.js';
 import { Tensor } from '../tensor/tensor.js';
 import type { ModelConfig } from './config.js';
 import type { KVCache } from './kv-cache.js';
-import type { GlobalWeights, LayerWeights, Linear, Norm } from './weights.js';
+import type { AttentionWeights, GlobalWeights, LayerWeights, Linear, MlpWeights, Norm } from './weights.js';
 import { Workspace } from './workspace.js';
 
 type F32 = Tensor<'f32'>;
 
-/** The tokens one forward call runs: rows of the cache, and positions in each. */
-interface Step {
+/** The tokens of one forward call over one batch. */
+export interface Step {
   /** Token ids [t]. */
   ids: Int32Array;
   /** Position of each token in its sequence [t]. */
   positions: Int32Array;
-  /** Prefill: sequence s is tokens seqStarts[s]..seqStarts[s+1]-1 and cache row rows[s]. */
+  /** Prefill: sequence s is tokens seqStarts[s]..seqStarts[s+1]-1 in cache row s.
+   *  Decode: empty; token r belongs to cache row r. */
   seqStarts: Int32Array;
-  rows: number[];
   decode: boolean;
+}
+
+/** One layer's key/value cache for the rows of a batch: [rows, kvHeads, capacity, headDim]. */
+export interface CacheBlock {
+  k: Tensor;
+  v: Tensor;
+}
+
+export function prefillStep(prompts: Int32Array[]): Step {
+  const seqStarts = new Int32Array(prompts.length + 1);
+  prompts.forEach((p, s) => (seqStarts[s + 1] = seqStarts[s]! + p.length));
+  const t = seqStarts[prompts.length]!;
+  const ids = new Int32Array(t);
+  const positions = new Int32Array(t);
+  prompts.forEach((p, s) => {
+    ids.set(p, seqStarts[s]!);
+    for (let i = 0; i < p.length; i++) positions[seqStarts[s]! + i] = i;
+  });
+  return { ids, positions, seqStarts, decode: false };
+}
+
+export function decodeStep(ids: Int32Array, positions: Int32Array): Step {
+  return { ids, positions, seqStarts: new Int32Array(0), decode: true };
 }
 
 export class Transformer {
@@ -32,49 +58,46 @@ export class Transformer {
     readonly config: ModelConfig,
     readonly backend: Backend,
     readonly globals: GlobalWeights,
+    /** Resident layers; empty when a schedule streams them from other tiers. */
     readonly layers: LayerWeights[],
   ) {
     this.scale = 1 / Math.sqrt(config.headDim);
   }
 
-  /** Runs each prompt into cache row rows[s] from position 0; returns logits [prompts, vocab]. */
-  prefill(cache: KVCache, rows: number[], prompts: Int32Array[]): F32 {
-    const seqStarts = new Int32Array(prompts.length + 1);
-    prompts.forEach((p, s) => (seqStarts[s + 1] = seqStarts[s]! + p.length));
-    const t = seqStarts[prompts.length]!;
-    const ids = new Int32Array(t);
-    const positions = new Int32Array(t);
-    prompts.forEach((p, s) => {
-      ids.set(p, seqStarts[s]!);
-      for (let i = 0; i < p.length; i++) positions[seqStarts[s]! + i] = i;
-    });
-    const x = this.run(cache, { ids, positions, seqStarts, rows, decode: false });
-    // Only each prompt's last token predicts the next one.
-    const last = this.ws.get('last', [prompts.length, this.config.hidden]);
-    for (let s = 0; s < prompts.length; s++) {
-      const row = seqStarts[s + 1]! - 1;
-      last.data.set(x.data.subarray(row * this.config.hidden, (row + 1) * this.config.hidden), s * this.config.hidden);
-    }
-    for (let s = 0; s < prompts.length; s++) cache.lengths[rows[s]!] = prompts[s]!.length;
-    return this.head(last);
+  /** Bytes of reusable scratch space held. */
+  get workspaceBytes(): number {
+    return this.ws.bytes;
   }
 
-  /** One new token for every cache row, each at that row's current length; returns logits [rows, vocab]. */
+  // ---- whole passes over resident layers (no offloading) -------------------------------------
+
+  /** Runs each prompt into cache row s from position 0; returns logits [prompts, vocab]. */
+  prefill(cache: KVCache, prompts: Int32Array[]): F32 {
+    const step = prefillStep(prompts);
+    const x = this.embed(step, Tensor.zeros('f32', [step.ids.length, this.config.hidden]));
+    for (let j = 0; j < this.layers.length; j++) this.layer(this.layers[j]!, x, cache.block(j), step);
+    prompts.forEach((p, s) => (cache.lengths[s] = p.length));
+    return this.head(this.lastTokens(x, step));
+  }
+
+  /** One new token for every cache row, each at that row's current length; logits [rows, vocab]. */
   decode(cache: KVCache, ids: Int32Array): F32 {
-    const positions = Int32Array.from(cache.lengths);
-    const rows = Array.from({ length: cache.rows }, (_, i) => i);
-    const x = this.run(cache, { ids, positions, seqStarts: new Int32Array(0), rows, decode: true });
+    const step = decodeStep(ids, Int32Array.from(cache.lengths));
+    const x = this.embed(step, this.ws.get('x', [ids.length, this.config.hidden]));
+    for (let j = 0; j < this.layers.length; j++) this.layer(this.layers[j]!, x, cache.block(j), step);
     for (let r = 0; r < cache.rows; r++) cache.lengths[r]!++;
     return this.head(x);
   }
 
-  private run(cache: KVCache, step: Step): F32 {
-    let x = this.embed(step);
-    for (let j = 0; j < this.layers.length; j++) x = this.layer(j, x, cache, step);
-    return x;
+  layer(w: LayerWeights, x: F32, cache: CacheBlock, step: Step): void {
+    this.attentionBlock(w, x, cache, step);
+    this.mlpBlock(w, x);
   }
 
-  private embed(step: Step): F32 {
+  // ---- pieces ---------------------------------------------------------------------------------
+
+  /** Token (and learned position) embeddings of a step into out [t, hidden]. */
+  embed(step: Step, out: F32): F32 {
     const c = this.config;
     const b = this.backend;
     const t = step.ids.length;
@@ -83,14 +106,50 @@ export class Transformer {
     let x = this.ws.get('embed', [t, c.embedDim]);
     x = 'packed' in e ? b.gatherRows(e.packed, ids, x) : b.embedding(e.table, ids, x);
     if (this.globals.projectIn) x = this.linear(x, this.globals.projectIn, 'project_in');
-    const h = this.ws.get('x', [t, c.hidden]);
-    if (x !== h) h.data.set(x.data);
+    out.data.set(x.data);
     if (this.globals.posEmbed && c.positions.kind === 'learned') {
       const offset = c.positions.offset;
       const pos = new Tensor('i32', [t], step.positions.map((p) => p + offset));
-      b.add(h, b.embedding(this.globals.posEmbed, pos, this.ws.get('pos', [t, c.hidden])), h);
+      b.add(out, b.embedding(this.globals.posEmbed, pos, this.ws.get('pos', [t, c.hidden])), out);
     }
-    return h;
+    return out;
+  }
+
+  /** x += attention(norm(x)) (or the post-norm order), writing this step's keys and values into the cache block. */
+  attentionBlock(w: AttentionWeights, x: F32, cache: CacheBlock, step: Step): void {
+    const c = this.config;
+    const h = c.preNorm ? this.norm(x, w.attnNorm, 'h') : x;
+    const a = this.attention(h, w, cache, step);
+    this.backend.add(x, this.linear(a, w.o, 'o'), x);
+    if (!c.preNorm) this.backend.layerNorm(x, w.attnNorm.w, w.attnNorm.b, c.normEps, x);
+  }
+
+  /** x += mlp(norm(x)) (or the post-norm order). */
+  mlpBlock(w: MlpWeights, x: F32): void {
+    const c = this.config;
+    const h = c.preNorm ? this.norm(x, w.mlpNorm, 'h') : x;
+    this.backend.add(x, this.linear(this.mlp(h, w), w.down, 'down'), x);
+    if (!c.preNorm) this.backend.layerNorm(x, w.mlpNorm.w, w.mlpNorm.b, c.normEps, x);
+  }
+
+  /** Rows of the last token of each prompt (the ones that predict the next token). */
+  lastTokens(x: F32, step: Step): F32 {
+    const hsz = this.config.hidden;
+    const n = step.seqStarts.length - 1;
+    const last = this.ws.get('last', [n, hsz]);
+    for (let s = 0; s < n; s++) {
+      const row = step.seqStarts[s + 1]! - 1;
+      last.data.set(x.data.subarray(row * hsz, (row + 1) * hsz), s * hsz);
+    }
+    return last;
+  }
+
+  /** Final norm, projection and LM head over rows of hidden states → logits [rows, vocab]. */
+  head(x: F32): F32 {
+    let h = this.globals.finalNorm ? this.norm(x, this.globals.finalNorm, 'final') : x;
+    if (this.globals.projectOut) h = this.linear(h, this.globals.projectOut, 'project_out');
+    // Logits get a fresh buffer: callers keep them while the next step runs.
+    return this.backend.matmul(h, this.globals.lmHead);
   }
 
   private linear(x: F32, l: Linear, slot: string): F32 {
@@ -105,23 +164,7 @@ export class Transformer {
       : this.backend.layerNorm(x, n.w, n.b, this.config.normEps, out);
   }
 
-  private layer(j: number, x: F32, cache: KVCache, step: Step): F32 {
-    const c = this.config;
-    const b = this.backend;
-    const w = this.layers[j]!;
-    // Attention block.
-    let h = c.preNorm ? this.norm(x, w.attnNorm, 'h') : x;
-    const a = this.attention(j, h, w, cache, step);
-    b.add(x, this.linear(a, w.o, 'o'), x);
-    if (!c.preNorm) this.backend.layerNorm(x, w.attnNorm.w, w.attnNorm.b, c.normEps, x);
-    // MLP block.
-    h = c.preNorm ? this.norm(x, w.mlpNorm, 'h') : x;
-    b.add(x, this.linear(this.mlp(h, w), w.down, 'down'), x);
-    if (!c.preNorm) this.backend.layerNorm(x, w.mlpNorm.w, w.mlpNorm.b, c.normEps, x);
-    return x;
-  }
-
-  private attention(j: number, h: F32, w: LayerWeights, cache: KVCache, step: Step): F32 {
+  private attention(h: F32, w: AttentionWeights, cache: CacheBlock, step: Step): F32 {
     const c = this.config;
     const b = this.backend;
     const t = step.ids.length;
@@ -136,23 +179,23 @@ export class Transformer {
     const out = this.ws.get('attn', [t, c.heads, c.headDim]);
     if (step.decode) {
       for (let r = 0; r < t; r++) {
-        b.cacheWrite(cache.k[j]!, k.rows(r, r + 1), r, step.positions[r]!);
-        b.cacheWrite(cache.v[j]!, v.rows(r, r + 1), r, step.positions[r]!);
+        b.cacheWrite(cache.k, k.rows(r, r + 1), r, step.positions[r]!);
+        b.cacheWrite(cache.v, v.rows(r, r + 1), r, step.positions[r]!);
       }
       const lens = new Tensor('i32', [t], step.positions.map((p) => p + 1));
-      b.attentionDecode(q, cache.k[j]!, cache.v[j]!, lens, this.scale, out);
+      b.attentionDecode(q, cache.k, cache.v, lens, this.scale, out);
     } else {
-      for (let s = 0; s < step.rows.length; s++) {
+      for (let s = 0; s + 1 < step.seqStarts.length; s++) {
         const [from, to] = [step.seqStarts[s]!, step.seqStarts[s + 1]!];
-        b.cacheWrite(cache.k[j]!, k.rows(from, to), step.rows[s]!, 0);
-        b.cacheWrite(cache.v[j]!, v.rows(from, to), step.rows[s]!, 0);
+        b.cacheWrite(cache.k, k.rows(from, to), s, 0);
+        b.cacheWrite(cache.v, v.rows(from, to), s, 0);
       }
       b.attentionPrefill(q, k, v, new Tensor('i32', [step.seqStarts.length], step.seqStarts), this.scale, out);
     }
     return out.reshape([t, c.heads * c.headDim]);
   }
 
-  private mlp(h: F32, w: LayerWeights): F32 {
+  private mlp(h: F32, w: MlpWeights): F32 {
     const b = this.backend;
     const up = this.linear(h, w.up, 'up');
     if (w.gate) {
@@ -170,13 +213,5 @@ export class Transformer {
       default:
         throw new Error(`activation ${this.config.activation} without a gate is not supported`);
     }
-  }
-
-  /** Final norm, projection and LM head over rows of hidden states → logits [rows, vocab]. */
-  private head(x: F32): F32 {
-    let h = this.globals.finalNorm ? this.norm(x, this.globals.finalNorm, 'final') : x;
-    if (this.globals.projectOut) h = this.linear(h, this.globals.projectOut, 'project_out');
-    // Logits get a fresh buffer: callers keep them while the next step runs.
-    return this.backend.matmul(h, this.globals.lmHead);
   }
 }

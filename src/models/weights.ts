@@ -19,17 +19,22 @@ export interface Norm {
   b: Tensor<'f32'> | null; // [hidden] (LayerNorm only)
 }
 
-export interface LayerWeights {
+export interface AttentionWeights {
   attnNorm: Norm;
   q: Linear; // [heads·headDim, hidden]
   k: Linear; // [kvHeads·headDim, hidden]
   v: Linear; // [kvHeads·headDim, hidden]
   o: Linear; // [hidden, heads·headDim]
+}
+
+export interface MlpWeights {
   mlpNorm: Norm;
   gate: Linear | null; // [ffn, hidden] (gated MLPs)
   up: Linear; // [ffn, hidden] (OPT fc1)
   down: Linear; // [hidden, ffn] (OPT fc2)
 }
+
+export type LayerWeights = AttentionWeights & MlpWeights;
 
 export interface GlobalWeights {
   /** Token embedding [vocab, embedDim]: a packed weight (shared with a tied head) or a raw table. */
