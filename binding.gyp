@@ -28,6 +28,7 @@
       "sources": [
         "<!@(ls -1 native/core/*.cpp)",
         "<!@(ls -1 native/napi/*.cpp)",
+        "<!@(ls -1 native/io/*.cpp)",
         "<!@(ls -1 native/kernels/*_scalar.cpp native/kernels/*_generic.cpp 2>/dev/null || true)"
       ],
       "cflags_cc": ["-fPIC", "-pthread"],

@@ -11,6 +11,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_gemm(env, exports);
   register_rowwise(env, exports);
   register_attention(env, exports);
+  register_io(env, exports);
   return exports;
 }
 
