@@ -1,14 +1,15 @@
-// Batched generation with a KV cache. Requests run in batches of `batchSize`: one prefill over
-// the batch's prompts (ragged, no padding), then one decode step per new token for the whole
-// batch until every sequence has stopped. Each sequence's tokens are the ones it would get alone.
+// Batched generation. Requests are grouped into blocks of gpuBatchSize × numGpuBatches
+// sequences; each block runs through the schedule (src/schedule/runner.ts): one prefill over
+// each batch's prompts (ragged, no padding), then one decode step per new token until every
+// sequence has stopped. Each sequence's tokens are the ones it would get alone.
 
-import type { Backend } from '../backend/index.js';
-import type { CacheDType } from '../backend/kernels.js';
+import type { Backend, CacheDType } from '../backend/index.js';
 import type { TextTokenizer } from '../formats/tokenizer.js';
-import { KVCache } from '../models/kv-cache.js';
-import type { LoadedModel } from '../models/load.js';
+import type { ModelConfig } from '../models/config.js';
+import type { Transformer } from '../models/transformer.js';
+import type { BlockRunner } from '../schedule/runner.js';
 import { Tensor } from '../tensor/tensor.js';
-import { type GenerationRequest, type GenerationResult, type RequestError, type FinishReason, promptIds } from './requests.js';
+import { type FinishReason, type GenerationRequest, type GenerationResult, type RequestError, promptIds } from './requests.js';
 import { GREEDY, Rng, type SamplingParams, sample } from './sampling.js';
 
 export interface GenerateParams {
@@ -18,9 +19,12 @@ export interface GenerateParams {
   stopTokenIds: number[];
   /** Whether EOS ends a sequence (on by default). */
   stopAtEos: boolean;
-  batchSize: number;
   logprobs: boolean;
   cacheDtype: CacheDType;
+  /** Sequences per batch (the policy's gpu_batch_size). */
+  batchSize: number;
+  /** Batches per block sharing each weight load (the policy's num_gpu_batches). */
+  numGpuBatches: number;
 }
 
 export const DEFAULT_PARAMS: GenerateParams = {
@@ -28,9 +32,10 @@ export const DEFAULT_PARAMS: GenerateParams = {
   sampling: GREEDY,
   stopTokenIds: [],
   stopAtEos: true,
-  batchSize: 8,
   logprobs: false,
   cacheDtype: 'f32',
+  batchSize: 8,
+  numGpuBatches: 1,
 };
 
 /** Timing of the phases, for progress and benchmarks. */
@@ -41,108 +46,127 @@ export interface GenerateStats {
   generatedTokens: number;
 }
 
+export function emptyStats(): GenerateStats {
+  return { prefillSeconds: 0, decodeSeconds: 0, promptTokens: 0, generatedTokens: 0 };
+}
+
 interface Pending {
   req: GenerationRequest;
   ids: number[];
 }
 
-export class Generator {
-  readonly stats: GenerateStats = { prefillSeconds: 0, decodeSeconds: 0, promptTokens: 0, generatedTokens: 0 };
+interface Output {
+  tokens: number[];
+  logprobs: number[];
+  finish: FinishReason | null;
+}
 
-  constructor(
-    private readonly model: LoadedModel,
-    private readonly tokenizer: TextTokenizer | null,
-  ) {}
+export interface GeneratorSetup {
+  config: ModelConfig;
+  transformer: Transformer;
+  runner: BlockRunner;
+  eosTokenIds: number[];
+  tokenizer: TextTokenizer | null;
+}
+
+export class Generator {
+  readonly stats: GenerateStats = emptyStats();
+
+  constructor(private readonly s: GeneratorSetup) {}
 
   get backend(): Backend {
-    return this.model.transformer.backend;
+    return this.s.transformer.backend;
   }
 
   /** Results in input order; a request that cannot run yields an error for it alone. */
   async *generate(requests: Iterable<GenerationRequest> | AsyncIterable<GenerationRequest>, params: Partial<GenerateParams> = {}): AsyncGenerator<GenerationResult | RequestError> {
     const p = { ...DEFAULT_PARAMS, ...params, sampling: { ...GREEDY, ...params.sampling } };
     checkParams(p);
-    let batch: Pending[] = [];
+    let block: Pending[] = [];
     const queue: (GenerationResult | RequestError | Pending)[] = [];
     for await (const req of requests) {
-      const ids = this.validate(req, p);
+      const ids = this.validate(req);
       if (typeof ids === 'string') {
-        queue.push({ id: String(req?.id ?? ''), error: ids });
+        queue.push({ id: String((req as { id?: unknown })?.id ?? ''), error: ids });
       } else {
         const pending = { req, ids };
         queue.push(pending);
-        batch.push(pending);
+        block.push(pending);
       }
-      if (batch.length === p.batchSize) {
-        yield* this.flush(queue, batch, p);
-        batch = [];
+      if (block.length === p.batchSize * p.numGpuBatches) {
+        yield* this.flush(queue, block, p);
+        block = [];
       }
     }
-    yield* this.flush(queue, batch, p);
+    yield* this.flush(queue, block, p);
   }
 
-  /** Runs the batch, then yields everything queued so far, in input order. */
-  private async *flush(queue: (GenerationResult | RequestError | Pending)[], batch: Pending[], p: GenerateParams): AsyncGenerator<GenerationResult | RequestError> {
-    const results = batch.length > 0 ? this.runBatch(batch, p) : new Map<Pending, GenerationResult>();
-    for (const item of queue.splice(0)) {
-      yield 'req' in item ? results.get(item)! : item;
-    }
+  /** Runs the block, then yields everything queued so far, in input order. */
+  private async *flush(queue: (GenerationResult | RequestError | Pending)[], block: Pending[], p: GenerateParams): AsyncGenerator<GenerationResult | RequestError> {
+    const results = block.length > 0 ? await this.runBlock(block, p) : new Map<Pending, GenerationResult>();
+    for (const item of queue.splice(0)) yield 'req' in item ? results.get(item)! : item;
   }
 
-  private validate(req: GenerationRequest, p: GenerateParams): number[] | string {
+  private validate(req: GenerationRequest): number[] | string {
     if (typeof req !== 'object' || req === null) return 'request must be an object';
     if (typeof req.id !== 'string' || req.id.length === 0) return '"id" must be a non-empty string';
-    const ids = promptIds(req, this.tokenizer, this.model.config.vocabSize);
+    const ids = promptIds(req, this.s.tokenizer, this.s.config.vocabSize);
     if (typeof ids === 'string') return ids;
-    const max = this.model.config.maxPositions;
+    const max = this.s.config.maxPositions;
     if (ids.length >= max) return `prompt of ${ids.length} tokens does not fit the model's ${max} positions (at most ${max - 1}, leaving room for one new token)`;
-    void p;
     return ids;
   }
 
-  private runBatch(batch: Pending[], p: GenerateParams): Map<Pending, GenerationResult> {
-    const t = this.model.transformer;
-    const b = batch.length;
-    const maxPrompt = Math.max(...batch.map((x) => x.ids.length));
-    const capacity = Math.min(this.model.config.maxPositions, maxPrompt + p.maxNewTokens);
-    const cache = new KVCache(this.model.config, b, capacity, p.cacheDtype);
-    const stop = new Set([...(p.stopAtEos ? this.model.eosTokenIds : []), ...p.stopTokenIds]);
-    const rngs = batch.map((x) => new Rng(p.sampling.seed, x.req.id));
-    const out = batch.map(() => ({ tokens: [] as number[], logprobs: [] as number[], finish: null as FinishReason | null }));
-
-    let start = performance.now();
-    let logits = t.prefill(cache, batch.map((x) => Int32Array.from(x.ids)));
-    this.stats.prefillSeconds += (performance.now() - start) / 1000;
-    this.stats.promptTokens += batch.reduce((n, x) => n + x.ids.length, 0);
-    start = performance.now();
-    const next = new Int32Array(b);
-    for (let step = 0; ; step++) {
-      const logp = p.logprobs ? this.backend.logSoftmax(logits) : null;
-      const vocab = logits.shape[1]!;
-      for (let i = 0; i < b; i++) {
-        const o = out[i]!;
-        if (o.finish) continue;
-        const row = logits.data.subarray(i * vocab, (i + 1) * vocab);
-        const token = sample(row, p.sampling, rngs[i]!);
+  private async runBlock(block: Pending[], p: GenerateParams): Promise<Map<Pending, GenerationResult>> {
+    const gbs = p.batchSize;
+    const batches: Pending[][] = [];
+    for (let i = 0; i < block.length; i += gbs) batches.push(block.slice(i, i + gbs));
+    const maxPrompt = Math.max(...block.map((x) => x.ids.length));
+    const capacity = Math.min(this.s.config.maxPositions, maxPrompt + p.maxNewTokens);
+    const stop = new Set([...(p.stopAtEos ? this.s.eosTokenIds : []), ...p.stopTokenIds]);
+    const outs = batches.map((b) => b.map((): Output => ({ tokens: [], logprobs: [], finish: null })));
+    const rngs = batches.map((b) => b.map((x) => new Rng(p.sampling.seed, x.req.id)));
+    // logSoftmax once per batch and step, shared by its rows.
+    let logpFor: Tensor<'f32'> | null = null;
+    let logp: Tensor<'f32'> | null = null;
+    const phases = await this.s.runner.run(
+      {
+        prompts: batches.map((b) => b.map((x) => Int32Array.from(x.ids))),
+        maxNewTokens: p.maxNewTokens,
+        capacity,
+        cacheDtype: p.cacheDtype,
+      },
+      (k, r, logits) => {
+        const o = outs[k]![r]!;
+        const vocab = logits.shape[1]!;
+        const row = logits.data.subarray(r * vocab, (r + 1) * vocab);
+        const token = sample(row, p.sampling, rngs[k]![r]!);
         o.tokens.push(token);
-        if (logp) o.logprobs.push(logp.data[i * vocab + token]!);
-        next[i] = token;
+        if (p.logprobs) {
+          if (logpFor !== logits) {
+            logp = this.backend.logSoftmax(logits);
+            logpFor = logits;
+          }
+          o.logprobs.push(logp!.data[r * vocab + token]!);
+        }
+        const len = batches[k]![r]!.ids.length + o.tokens.length;
         if (stop.has(token)) o.finish = 'stop';
-        else if (o.tokens.length >= p.maxNewTokens || cache.lengths[i]! + 1 > capacity - 0 || batch[i]!.ids.length + o.tokens.length >= capacity) o.finish = 'length';
-      }
-      if (out.every((o) => o.finish)) break;
-      logits = t.decode(cache, next);
-    }
-    this.stats.decodeSeconds += (performance.now() - start) / 1000;
+        else if (o.tokens.length >= p.maxNewTokens || len >= capacity) o.finish = 'length';
+        return { token, done: o.finish !== null };
+      },
+    );
+    this.stats.prefillSeconds += phases.prefillSeconds;
+    this.stats.decodeSeconds += phases.decodeSeconds;
+    this.stats.promptTokens += block.reduce((n, x) => n + x.ids.length, 0);
     const results = new Map<Pending, GenerationResult>();
-    batch.forEach((x, i) => {
-      const o = out[i]!;
+    batches.forEach((b, k) => b.forEach((x, r) => {
+      const o = outs[k]![r]!;
       this.stats.generatedTokens += o.tokens.length;
-      const r: GenerationResult = { id: x.req.id, tokenIds: o.tokens, finishReason: o.finish! };
-      if (this.tokenizer) r.text = this.tokenizer.decode(o.tokens);
-      if (p.logprobs) r.logprobs = o.logprobs;
-      results.set(x, r);
-    });
+      const res: GenerationResult = { id: x.req.id, tokenIds: o.tokens, finishReason: o.finish ?? 'length' };
+      if (this.s.tokenizer) res.text = this.s.tokenizer.decode(o.tokens);
+      if (p.logprobs) res.logprobs = o.logprobs;
+      results.set(x, res);
+    }));
     return results;
   }
 }
@@ -152,14 +176,13 @@ function checkParams(p: GenerateParams): void {
     throw new RangeError(what);
   };
   if (!Number.isInteger(p.maxNewTokens) || p.maxNewTokens < 1) bad(`max new tokens must be a positive integer, got ${p.maxNewTokens}`);
-  if (!Number.isInteger(p.batchSize) || p.batchSize < 1) bad(`batch size must be a positive integer, got ${p.batchSize}`);
   const s = p.sampling;
   if (!(s.temperature >= 0) || !Number.isFinite(s.temperature)) bad(`temperature must be >= 0, got ${s.temperature}`);
   if (!Number.isInteger(s.topK) || s.topK < 0) bad(`top-k must be an integer >= 0, got ${s.topK}`);
   if (!(s.topP > 0 && s.topP <= 1)) bad(`top-p must be in (0, 1], got ${s.topP}`);
   if (!Number.isInteger(s.seed)) bad(`seed must be an integer, got ${s.seed}`);
+  if (!Number.isInteger(p.batchSize) || p.batchSize < 1) bad(`batch size must be a positive integer, got ${p.batchSize}`);
+  if (!Number.isInteger(p.numGpuBatches) || p.numGpuBatches < 1) bad(`num gpu batches must be a positive integer, got ${p.numGpuBatches}`);
   if (p.cacheDtype !== 'f32' && p.cacheDtype !== 'f16') bad(`cache dtype must be f32 or f16, got ${p.cacheDtype}`);
   if (!p.stopTokenIds.every((t) => Number.isInteger(t) && t >= 0)) bad('stop token ids must be non-negative integers');
 }
-
-export { Tensor };

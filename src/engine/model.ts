@@ -1,11 +1,15 @@
 // The public entry point for generation: load a model directory, then generate for batches of
-// requests.
+// requests. Weights, KV cache and activations are placed by a policy (all in RAM by default).
 
 import { type Backend, type ComputeMode, cpuBackend, referenceBackend, setThreads } from '../backend/index.js';
 import { TextTokenizer } from '../formats/tokenizer.js';
 import type { ModelConfig } from '../models/config.js';
-import { type LoadedModel, loadTransformer } from '../models/load.js';
-import type { Transformer } from '../models/transformer.js';
+import { openModel } from '../models/load.js';
+import { Transformer } from '../models/transformer.js';
+import { DEFAULT_POLICY, type Policy, shares, validatePolicy } from '../policy/policy.js';
+import { BlockRunner } from '../schedule/runner.js';
+import { type LayerSource, ResidentLayers, WeightStore } from '../schedule/weight-store.js';
+import { DiskTier } from '../schedule/disk-tier.js';
 import { type GenerateParams, type GenerateStats, Generator } from './generate.js';
 import type { GenerationRequest, GenerationResult, RequestError } from './requests.js';
 
@@ -16,48 +20,71 @@ export interface LoadOptions {
   backend?: 'cpu' | 'reference' | Backend;
   /** Compute threads (default: every core). */
   threads?: number;
+  /** Placement and schedule (default: everything in RAM, zig-zag). */
+  policy?: Partial<Policy>;
+  /** Directory of the disk tier; needed when the policy puts anything on disk. */
+  diskDir?: string;
+  /** Capacity of the disk tier in bytes (checked before anything is written). */
+  diskBytes?: number;
 }
 
 export class LanguageModel {
   private constructor(
-    private readonly loaded: LoadedModel,
+    readonly config: ModelConfig,
+    readonly transformer: Transformer,
+    private readonly layers: LayerSource,
+    private readonly runner: BlockRunner,
+    readonly policy: Policy,
+    readonly eosTokenIds: number[],
     readonly tokenizer: TextTokenizer | null,
     readonly precision: ComputeMode,
+    private readonly disk: DiskTier | null,
   ) {}
 
-  static load(dir: string, options: LoadOptions = {}): LanguageModel {
+  static async load(dir: string, options: LoadOptions = {}): Promise<LanguageModel> {
     const precision = options.precision ?? 'fp32';
     if (precision !== 'fp32' && precision !== 'bf16') throw new RangeError(`precision must be fp32 or bf16, got ${String(precision)}`);
+    const policy = validatePolicy({ ...DEFAULT_POLICY, ...options.policy });
     const backend = typeof options.backend === 'object' ? options.backend : options.backend === 'reference' ? referenceBackend() : cpuBackend();
     if (options.threads !== undefined) setThreads(options.threads);
-    const loaded = loadTransformer(dir, backend, precision);
-    return new LanguageModel(loaded, TextTokenizer.load(dir), precision);
+    const model = openModel(dir, backend, precision);
+    try {
+      const c = model.config;
+      const needsDisk = shares(policy, 'weights').disk > 0 || shares(policy, 'cache').disk > 0 || shares(policy, 'activations').disk > 0;
+      const disk = needsDisk ? await DiskTier.open(options.diskDir, options.diskBytes) : null;
+      const wShares = shares(policy, 'weights');
+      const layers = wShares.disk > 0
+        ? await WeightStore.open(model.loader, c, backend, precision, wShares, disk!.weightsDir(dir, precision), model.sourceFiles)
+        : new ResidentLayers(model.loader, c);
+      const transformer = new Transformer(c, backend, model.loader.globals());
+      const runner = new BlockRunner(transformer, layers, policy, { cache: disk?.cacheFile ?? null, act: disk?.actFile ?? null });
+      return new LanguageModel(c, transformer, layers, runner, policy, model.eosTokenIds, TextTokenizer.load(dir), precision, disk);
+    } finally {
+      model.close();
+    }
   }
 
-  get config(): ModelConfig {
-    return this.loaded.config;
+  /** Bytes placed on each tier and moved so far. */
+  get placement() {
+    return { weights: this.layers.stats, weightStagingBytes: this.runner.weightStagingBytes, io: this.runner.io };
   }
 
-  /** The loaded transformer (weights and forward pass), for benchmarks and advanced use. */
-  get transformer(): Transformer {
-    return this.loaded.transformer;
-  }
-
-  get eosTokenIds(): number[] {
-    return this.loaded.eosTokenIds;
-  }
-
-  /** Results in input order, each as soon as its batch finishes. Requests that cannot run
+  /** Results in input order, each as soon as its block finishes. Requests that cannot run
    *  (bad prompt, too long) yield `{id, error}` and the rest still run. `stats` (if given) is
    *  filled with timings. */
   async *generate(requests: Iterable<GenerationRequest> | AsyncIterable<GenerationRequest>, params: Partial<GenerateParams> = {},
     stats?: GenerateStats): AsyncGenerator<GenerationResult | RequestError> {
-    const g = new Generator(this.loaded, this.tokenizer);
+    const g = new Generator({ config: this.config, transformer: this.transformer, runner: this.runner, eosTokenIds: this.eosTokenIds, tokenizer: this.tokenizer });
     try {
-      yield* g.generate(requests, params);
+      yield* g.generate(requests, { batchSize: this.policy.gpuBatchSize, numGpuBatches: this.policy.numGpuBatches, ...params });
     } finally {
       if (stats) Object.assign(stats, g.stats);
     }
+  }
+
+  async close(): Promise<void> {
+    await this.layers.close();
+    await this.disk?.close();
   }
 }
 

@@ -1,36 +1,34 @@
 // Opens a Hugging Face model directory: config.json, the safetensors tensors (one file or shards),
-// and generation_config.json; builds the transformer on a backend.
+// and generation_config.json.
 
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Backend, ComputeMode } from '../backend/index.js';
 import { TensorStore } from '../formats/safetensors.js';
+import { UserError } from '../util/errors.js';
 import { ConfigReader, type ModelConfig } from './config.js';
 import { readConfig } from './registry.js';
-import { Transformer } from './transformer.js';
 import { WeightLoader } from './weights.js';
-import { UserError } from '../util/errors.js';
 
-export interface LoadedModel {
+export interface OpenModel {
   dir: string;
   config: ModelConfig;
-  transformer: Transformer;
   /** Token ids that end a sequence (generation_config.json, else config.json). */
   eosTokenIds: number[];
+  loader: WeightLoader;
+  /** The files the weights come from (to tell when a converted copy is stale). */
+  sourceFiles: string[];
+  close(): void;
 }
 
-export function loadTransformer(dir: string, backend: Backend, mode: ComputeMode): LoadedModel {
+/** Checks config.json and the tensor files; weights are read later through `loader`. */
+export function openModel(dir: string, backend: Backend, mode: ComputeMode): OpenModel {
   if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new UserError(`model directory ${dir} does not exist`);
   const { arch, config } = readConfig(dir);
   const store = TensorStore.open(dir);
-  try {
-    const loader = new WeightLoader(store, config, arch.names(config, (n) => store.has(n)), backend, mode);
-    const globals = loader.globals();
-    const layers = Array.from({ length: config.layers }, (_, j) => loader.layer(j));
-    return { dir, config, transformer: new Transformer(config, backend, globals, layers), eosTokenIds: eosIds(dir, config) };
-  } finally {
-    store.close();
-  }
+  const loader = new WeightLoader(store, config, arch.names(config, (n) => store.has(n)), backend, mode);
+  const sourceFiles = [...new Set(store.names().map((n) => store.fileName(n)))];
+  return { dir, config, eosTokenIds: eosIds(dir, config), loader, sourceFiles, close: () => store.close() };
 }
 
 function eosIds(dir: string, config: ModelConfig): number[] {

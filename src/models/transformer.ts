@@ -9,8 +9,7 @@
 import type { Backend } from '../backend/index.js';
 import { Tensor } from '../tensor/tensor.js';
 import type { ModelConfig } from './config.js';
-import type { KVCache } from './kv-cache.js';
-import type { AttentionWeights, GlobalWeights, LayerWeights, Linear, MlpWeights, Norm } from './weights.js';
+import type { AttentionWeights, GlobalWeights, Linear, MlpWeights, Norm } from './weights.js';
 import { Workspace } from './workspace.js';
 
 type F32 = Tensor<'f32'>;
@@ -58,8 +57,6 @@ export class Transformer {
     readonly config: ModelConfig,
     readonly backend: Backend,
     readonly globals: GlobalWeights,
-    /** Resident layers; empty when a schedule streams them from other tiers. */
-    readonly layers: LayerWeights[],
   ) {
     this.scale = 1 / Math.sqrt(config.headDim);
   }
@@ -67,31 +64,6 @@ export class Transformer {
   /** Bytes of reusable scratch space held. */
   get workspaceBytes(): number {
     return this.ws.bytes;
-  }
-
-  // ---- whole passes over resident layers (no offloading) -------------------------------------
-
-  /** Runs each prompt into cache row s from position 0; returns logits [prompts, vocab]. */
-  prefill(cache: KVCache, prompts: Int32Array[]): F32 {
-    const step = prefillStep(prompts);
-    const x = this.embed(step, Tensor.zeros('f32', [step.ids.length, this.config.hidden]));
-    for (let j = 0; j < this.layers.length; j++) this.layer(this.layers[j]!, x, cache.block(j), step);
-    prompts.forEach((p, s) => (cache.lengths[s] = p.length));
-    return this.head(this.lastTokens(x, step));
-  }
-
-  /** One new token for every cache row, each at that row's current length; logits [rows, vocab]. */
-  decode(cache: KVCache, ids: Int32Array): F32 {
-    const step = decodeStep(ids, Int32Array.from(cache.lengths));
-    const x = this.embed(step, this.ws.get('x', [ids.length, this.config.hidden]));
-    for (let j = 0; j < this.layers.length; j++) this.layer(this.layers[j]!, x, cache.block(j), step);
-    for (let r = 0; r < cache.rows; r++) cache.lengths[r]!++;
-    return this.head(x);
-  }
-
-  layer(w: LayerWeights, x: F32, cache: CacheBlock, step: Step): void {
-    this.attentionBlock(w, x, cache, step);
-    this.mlpBlock(w, x);
   }
 
   // ---- pieces ---------------------------------------------------------------------------------

@@ -96,6 +96,38 @@ export class WeightLoader {
     };
   }
 
+  /** The GEMM weights of layer j in their fixed order: attention (q, k, v, o), then MLP. */
+  matrices(j: number): { slot: LayerSlot; name: string; bias: boolean; part: 'attn' | 'mlp' }[] {
+    const c = this.config;
+    const n = (s: LayerSlot) => this.layerName(s, j);
+    const list: { slot: LayerSlot; name: string; bias: boolean; part: 'attn' | 'mlp' }[] = [
+      { slot: 'q', name: n('q'), bias: c.qkvBias, part: 'attn' },
+      { slot: 'k', name: n('k'), bias: c.qkvBias, part: 'attn' },
+      { slot: 'v', name: n('v'), bias: c.qkvBias, part: 'attn' },
+      { slot: 'o', name: n('o'), bias: c.outBias, part: 'attn' },
+    ];
+    if (c.gatedMlp) list.push({ slot: 'gate', name: n('gate'), bias: c.mlpBias, part: 'mlp' });
+    list.push({ slot: 'up', name: n('up'), bias: c.mlpBias, part: 'mlp' }, { slot: 'down', name: n('down'), bias: c.mlpBias, part: 'mlp' });
+    return list;
+  }
+
+  /** A GEMM weight read and shape-checked, not yet packed. */
+  readMatrix(name: string, slot: LayerSlot): Tensor {
+    return this.read(`${name}.weight`, expectedShape(this.config, slot, 'weight'))!;
+  }
+
+  readBias(name: string, slot: LayerSlot): Tensor<'f32'> {
+    return this.vector(`${name}.bias`, expectedShape(this.config, slot, 'bias'), false)!;
+  }
+
+  /** Layer j's norms (small; always kept in RAM). */
+  norms(j: number): { attnNorm: Norm; mlpNorm: Norm } {
+    return {
+      attnNorm: this.norm(this.layerName('attn_norm', j), 'attn_norm'),
+      mlpNorm: this.norm(this.layerName('mlp_norm', j), 'mlp_norm'),
+    };
+  }
+
   layer(j: number): LayerWeights {
     const c = this.config;
     const n = (s: LayerSlot) => this.layerName(s, j);

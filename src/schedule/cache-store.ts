@@ -1,0 +1,197 @@
+// The KV cache of a generation block (numBatches batches of rows sequences) placed across RAM
+// and disk by the policy's shares. A cache block is one layer × one batch:
+// K and V of [rows, kvHeads, capacity, headDim]. Rows of all blocks, in (layer, batch, row)
+// order, are cut by the shares, so only one block can be split between RAM and disk.
+//
+// On disk each row is a run of position records — K then V of one position, [kvHeads, headDim]
+// each, padded to 4096 bytes — so appending a token writes one aligned record and a decode step
+// reads each row's filled positions in one request. Blocks with disk rows are assembled in a
+// staging block for compute and written back after it.
+
+import type { CacheDType } from '../backend/index.js';
+import type { ModelConfig } from '../models/config.js';
+import type { CacheBlock } from '../models/transformer.js';
+import type { Shares } from '../policy/policy.js';
+import { Tensor } from '../tensor/tensor.js';
+import type { BlockFile } from './block-file.js';
+import { alignedBytes } from './block-file.js';
+import { alignUp, splitRows } from './placement.js';
+
+interface Block {
+  /** Rows kept in RAM: the first ramRows of the block. */
+  ramRows: number;
+  /** Resident tensors: the whole block when it has no disk rows, else only its RAM rows. */
+  k: Tensor | null;
+  v: Tensor | null;
+  /** Offset of the block's disk rows in the cache file. */
+  fileOffset: number;
+}
+
+export interface CacheStats {
+  ramBytes: number;
+  diskBytes: number;
+  bytesRead: number;
+  bytesWritten: number;
+}
+
+export class CacheStore {
+  readonly stats: CacheStats = { ramBytes: 0, diskBytes: 0, bytesRead: 0, bytesWritten: 0 };
+  private readonly blocks: Block[] = [];
+  private readonly elem: number;
+  private readonly headBytes: number;
+  /** Bytes of one position record on disk (K and V of one position, padded). */
+  readonly recordBytes: number;
+  /** Positions filled per row of each batch (shared by all layers). */
+  readonly lengths: Int32Array[];
+
+  constructor(
+    private readonly config: ModelConfig,
+    readonly numBatches: number,
+    readonly rows: number,
+    readonly capacity: number,
+    readonly dtype: CacheDType,
+    shares: Shares,
+    private readonly file: BlockFile | null,
+  ) {
+    this.elem = dtype === 'f32' ? 4 : 2;
+    this.headBytes = config.kvHeads * config.headDim * this.elem;
+    this.recordBytes = alignUp(2 * this.headBytes);
+    this.lengths = Array.from({ length: numBatches }, () => new Int32Array(rows));
+    const total = config.layers * numBatches * rows;
+    const split = splitRows(total, shares);
+    let ramLeft = split.device + split.ram;
+    let fileOffset = 0;
+    const blockShape = (r: number) => [r, config.kvHeads, capacity, config.headDim];
+    for (let i = 0; i < config.layers * numBatches; i++) {
+      const ramRows = Math.min(rows, ramLeft);
+      ramLeft -= ramRows;
+      const diskRows = rows - ramRows;
+      if (diskRows > 0 && !file) throw new Error('cache rows placed on disk, but no disk tier was given');
+      const k = ramRows > 0 ? Tensor.zeros(dtype, blockShape(ramRows)) : null;
+      const v = ramRows > 0 ? Tensor.zeros(dtype, blockShape(ramRows)) : null;
+      this.blocks.push({ ramRows, k, v, fileOffset });
+      fileOffset += diskRows * capacity * this.recordBytes;
+      this.stats.ramBytes += 2 * ramRows * capacity * this.headBytes;
+      this.stats.diskBytes += diskRows * capacity * this.recordBytes;
+    }
+  }
+
+  private block(layer: number, batch: number): Block {
+    return this.blocks[layer * this.numBatches + batch]!;
+  }
+
+  /** Whether (layer, batch) needs a staging block (some of its rows are on disk). */
+  needsStaging(layer: number, batch: number): boolean {
+    return this.block(layer, batch).ramRows < this.rows;
+  }
+
+  /** Whether any block has rows on disk. */
+  needsStagingAny(): boolean {
+    return this.blocks.some((b) => b.ramRows < this.rows);
+  }
+
+  /** Bytes of one staging block (K and V of a whole block) plus its record buffer. */
+  get stagingBytes(): number {
+    return 2 * this.rows * this.capacity * this.headBytes + this.rows * this.capacity * this.recordBytes;
+  }
+
+  newStaging(): CacheStaging {
+    const shape = [this.rows, this.config.kvHeads, this.capacity, this.config.headDim];
+    return { k: Tensor.zeros(this.dtype, shape), v: Tensor.zeros(this.dtype, shape), records: alignedBytes(this.rows * this.capacity * this.recordBytes) };
+  }
+
+  /**
+   * The cache block of (layer, batch) ready for compute. A block wholly in RAM is returned as it
+   * is; otherwise `staging` is filled with its RAM rows and the disk rows' filled positions.
+   */
+  async load(layer: number, batch: number, staging: CacheStaging | null, decode: boolean): Promise<CacheBlock> {
+    const b = this.block(layer, batch);
+    if (b.ramRows === this.rows) return { k: b.k!, v: b.v! };
+    if (!staging) throw new Error('a cache block on disk needs a staging block');
+    if (b.ramRows > 0) {
+      staging.k.bytes.set(b.k!.bytes);
+      staging.v.bytes.set(b.v!.bytes);
+    }
+    if (!decode) return staging; // prefill writes every position it uses
+    const lens = this.lengths[batch]!;
+    const reads: Promise<void>[] = [];
+    const rowRecords = this.capacity * this.recordBytes;
+    for (let r = b.ramRows; r < this.rows; r++) {
+      const n = lens[r]!;
+      if (n === 0) continue;
+      const d = r - b.ramRows;
+      const dst = staging.records.subarray(d * rowRecords, d * rowRecords + n * this.recordBytes);
+      reads.push(this.file!.read(dst, b.fileOffset + d * rowRecords));
+      this.stats.bytesRead += dst.byteLength;
+    }
+    await Promise.all(reads);
+    for (let r = b.ramRows; r < this.rows; r++) this.unpack(staging, r, r - b.ramRows, 0, lens[r]!);
+    return staging;
+  }
+
+  /**
+   * After compute: keeps the block's new positions. RAM rows are copied back from staging, disk
+   * rows write their records: positions [from, to) of each row (all filled ones after prefill,
+   * the new one after a decode step).
+   */
+  async store(layer: number, batch: number, staging: CacheStaging | null, positions: { from: Int32Array; to: Int32Array }): Promise<void> {
+    const b = this.block(layer, batch);
+    if (b.ramRows === this.rows || !staging) return;
+    if (b.ramRows > 0) {
+      b.k!.bytes.set(staging.k.bytes.subarray(0, b.k!.byteLength));
+      b.v!.bytes.set(staging.v.bytes.subarray(0, b.v!.byteLength));
+    }
+    const writes: Promise<void>[] = [];
+    const rowRecords = this.capacity * this.recordBytes;
+    for (let r = b.ramRows; r < this.rows; r++) {
+      const from = positions.from[r]!;
+      const to = positions.to[r]!;
+      if (to <= from) continue;
+      const d = r - b.ramRows;
+      this.pack(staging, r, d, from, to);
+      const src = staging.records.subarray(d * rowRecords + from * this.recordBytes, d * rowRecords + to * this.recordBytes);
+      writes.push(this.file!.write(src, b.fileOffset + d * rowRecords + from * this.recordBytes));
+      this.stats.bytesWritten += src.byteLength;
+    }
+    await Promise.all(writes);
+  }
+
+  /** records of disk row d, positions [from, to) → staging row r ([kvHeads, capacity, headDim] layout). */
+  private unpack(s: CacheStaging, r: number, d: number, from: number, to: number): void {
+    this.transpose(s, r, d, from, to, false);
+  }
+
+  private pack(s: CacheStaging, r: number, d: number, from: number, to: number): void {
+    this.transpose(s, r, d, from, to, true);
+  }
+
+  private transpose(s: CacheStaging, r: number, d: number, from: number, to: number, toRecords: boolean): void {
+    const { kvHeads, headDim } = this.config;
+    const e = this.elem;
+    const rowBytes = this.capacity * this.recordBytes;
+    const kb = s.k.bytes;
+    const vb = s.v.bytes;
+    const rec = s.records;
+    const headRun = headDim * e;
+    for (let p = from; p < to; p++) {
+      const recBase = d * rowBytes + p * this.recordBytes;
+      for (let h = 0; h < kvHeads; h++) {
+        const t = (((r * kvHeads + h) * this.capacity + p) * headDim) * e;
+        const kOff = recBase + h * headRun;
+        const vOff = recBase + this.headBytes + h * headRun;
+        if (toRecords) {
+          rec.set(kb.subarray(t, t + headRun), kOff);
+          rec.set(vb.subarray(t, t + headRun), vOff);
+        } else {
+          kb.set(rec.subarray(kOff, kOff + headRun), t);
+          vb.set(rec.subarray(vOff, vOff + headRun), t);
+        }
+      }
+    }
+  }
+}
+
+export interface CacheStaging extends CacheBlock {
+  /** Disk records of the block's rows: [rows, capacity, recordBytes]. */
+  records: Uint8Array;
+}

@@ -1,0 +1,260 @@
+// Runs one generation block — numGpuBatches batches of up to gpuBatchSize sequences — through
+// the layers under a policy, with weights, KV cache and activations on their tiers.
+//
+// The zig-zag block schedule (FlexGen, Algorithm 1), over token i, unit j (a layer, or half a
+// layer with sepLayer) and batch k:
+//
+//   for i in tokens:  for j in units:  for k in batches:
+//     load_weight(i, j+1)          once per unit, while unit j computes all its batches
+//     load_cache(j, k+1); load_activation(j, k+1)
+//     store_cache(j, k-1); store_activation(j, k-1)
+//     compute(i, j, k)
+//     synchronize
+//
+// Invariants: when compute(i, j, k) starts, unit j's weights and batch k's cache block and
+// activations are resident; at most two units' weights are staged at once (slot j % 2); a cache
+// or activation staging slot is reused only after its store has finished (three slots rotate:
+// loading k+1, computing k, storing k-1). Without overlap each load is awaited just before its
+// compute and each store just after. Indices past an edge roll over to the next unit or token.
+//
+// The row-by-row schedule (Hugging Face Accelerate, DeepSpeed ZeRO-Inference) finishes one batch
+// before the next and loads every unit's weights again for every batch and token; it is kept for
+// comparison. Every schedule computes the same operations in the same order per sequence, so all
+// produce identical tokens.
+
+import type { Backend, CacheDType } from '../backend/index.js';
+import type { Policy } from '../policy/policy.js';
+import { shares } from '../policy/policy.js';
+import { Tensor } from '../tensor/tensor.js';
+import { type Step, type Transformer, decodeStep, prefillStep } from '../models/transformer.js';
+import type { AttentionWeights, MlpWeights } from '../models/weights.js';
+import { type ActStaging, ActStore } from './act-store.js';
+import type { BlockFile } from './block-file.js';
+import { type CacheStaging, CacheStore } from './cache-store.js';
+import type { LayerPart, LayerSource } from './weight-store.js';
+import { alignedBytes } from './block-file.js';
+
+type F32 = Tensor<'f32'>;
+
+/** Chooses row `row` of batch `batch`'s next token from logits row `row`; returns the token and
+ *  whether the sequence is finished. */
+export type TokenSink = (batch: number, row: number, logits: F32) => { token: number; done: boolean };
+
+export interface BlockSpec {
+  /** Prompts per batch. */
+  prompts: Int32Array[][];
+  /** Decode steps at most (new tokens = 1 + decode steps). */
+  maxNewTokens: number;
+  capacity: number;
+  cacheDtype: CacheDType;
+}
+
+export interface RunnerFiles {
+  cache: BlockFile | null;
+  act: BlockFile | null;
+}
+
+export interface IoTimes {
+  /** Seconds spent waiting for loads and stores (not hidden under compute). */
+  waitSeconds: number;
+  computeSeconds: number;
+}
+
+interface Unit {
+  layer: number;
+  part: LayerPart;
+}
+
+export class BlockRunner {
+  readonly io: IoTimes = { waitSeconds: 0, computeSeconds: 0 };
+  private readonly weightSlots: (Uint8Array | null)[] = [null, null];
+  private readonly units: Unit[] = [];
+  /** Units loaded so far; unit loads alternate between the two weight slots. */
+  private unitCounter = 0;
+  private pendingWeights: Promise<Partial<AttentionWeights & MlpWeights>> | null = null;
+
+  constructor(
+    private readonly transformer: Transformer,
+    private readonly weights: LayerSource,
+    private readonly policy: Policy,
+    private readonly files: RunnerFiles,
+  ) {
+    const part: LayerPart = policy.sepLayer ? 'attn' : 'all';
+    const bytes = weights.slotBytes(part);
+    if (weights.onDisk && bytes > 0) this.weightSlots = [alignedBytes(bytes), alignedBytes(bytes)];
+    for (let layer = 0; layer < transformer.config.layers; layer++) {
+      if (policy.sepLayer) this.units.push({ layer, part: 'attn' }, { layer, part: 'mlp' });
+      else this.units.push({ layer, part: 'all' });
+    }
+  }
+
+  get backend(): Backend {
+    return this.transformer.backend;
+  }
+
+  /** Bytes of the weight staging slots this runner holds. */
+  get weightStagingBytes(): number {
+    return this.weightSlots.reduce((n, s) => n + (s?.byteLength ?? 0), 0);
+  }
+
+  /** Runs the block to the end (every sequence finished or out of new tokens). */
+  async run(spec: BlockSpec, sink: TokenSink): Promise<BlockResult> {
+    const c = this.transformer.config;
+    const nb = spec.prompts.length;
+    const rows = Math.max(...spec.prompts.map((p) => p.length));
+    const maxTokens = Math.max(...spec.prompts.map((p) => p.reduce((n, x) => n + x.length, 0)), rows);
+    const cache = new CacheStore(c, nb, rows, spec.capacity, spec.cacheDtype, shares(this.policy, 'cache'), this.files.cache);
+    const acts = new ActStore(c.hidden, nb, maxTokens, shares(this.policy, 'activations'), this.files.act);
+    const slots: Slots = {
+      cache: [0, 1, 2].map(() => (cache.needsStagingAny() ? cache.newStaging() : null)),
+      act: [0, 1, 2].map(() => (acts.needsStagingAny() ? acts.newStaging() : null)),
+    };
+    const batches = Array.from({ length: nb }, (_, k) => k);
+    // Row by row: one batch at a time, every token; zig-zag: all batches of the block together.
+    const groups = this.policy.schedule === 'row' ? batches.map((k) => [k]) : [batches];
+    const phases = { prefillSeconds: 0, decodeSeconds: 0 };
+    for (const group of groups) await this.runTokens(spec, sink, group, cache, acts, slots, phases);
+    return { cache, acts, ...phases };
+  }
+
+  private async runTokens(spec: BlockSpec, sink: TokenSink, batches: number[], cache: CacheStore, acts: ActStore, slots: Slots,
+    phases: { prefillSeconds: number; decodeSeconds: number }): Promise<void> {
+    const finished = spec.prompts.map((p) => new Array<boolean>(p.length).fill(false));
+    const next = spec.prompts.map((p) => new Int32Array(p.length));
+    const steps: Step[] = [];
+    const logits: (F32 | null)[] = [];
+    for (let i = 0; i < spec.maxNewTokens; i++) {
+      for (const k of batches) {
+        steps[k] = i === 0 ? prefillStep(spec.prompts[k]!) : decodeStep(next[k]!, Int32Array.from(cache.lengths[k]!));
+        acts.tokens[k] = steps[k]!.ids.length;
+      }
+      const last = i + 1 === spec.maxNewTokens;
+      const t0 = performance.now();
+      await this.zigzag(i, batches, steps, cache, acts, slots, logits, last);
+      const secs = (performance.now() - t0) / 1000;
+      if (i === 0) phases.prefillSeconds += secs;
+      else phases.decodeSeconds += secs;
+      for (const k of batches) {
+        const len = cache.lengths[k]!;
+        if (i === 0) spec.prompts[k]!.forEach((p, r) => (len[r] = p.length));
+        else for (let r = 0; r < len.length; r++) len[r]!++;
+      }
+      let all = true;
+      for (const k of batches) {
+        for (let r = 0; r < spec.prompts[k]!.length; r++) {
+          if (finished[k]![r]) continue;
+          const { token, done } = sink(k, r, logits[k]!);
+          next[k]![r] = token;
+          finished[k]![r] = done;
+          all &&= done;
+        }
+      }
+      if (all) break;
+    }
+    // A prefetch of the next token's first unit may still be in flight.
+    if (this.pendingWeights) await this.pendingWeights.catch(() => undefined);
+    this.pendingWeights = null;
+  }
+
+  /** One token step over every unit for the given batches (see the schedule at the top). */
+  private async zigzag(i: number, batches: number[], steps: Step[], cache: CacheStore, acts: ActStore, slots: Slots,
+    logits: (F32 | null)[], lastToken: boolean): Promise<void> {
+    const units = this.units;
+    const overlap = this.policy.overlap && this.policy.schedule === 'zigzag';
+    const decode = i > 0;
+    const storeOf: Promise<void>[] = [Promise.resolve(), Promise.resolve(), Promise.resolve()];
+    const startLoad = (u: number, k: number, s: number) => {
+      const unit = units[u]!;
+      return Promise.all([
+        unit.part !== 'mlp' ? cache.load(unit.layer, k, slots.cache[s]!, decode) : Promise.resolve(null),
+        acts.load(k, slots.act[s]!, u === 0),
+      ]);
+    };
+    let slot = 0;
+    let loaded: ReturnType<typeof startLoad> | null = null;
+    for (let u = 0; u < units.length; u++) {
+      const unit = units[u]!;
+      const w = await this.timed(this.pendingWeights ?? this.loadWeights(unit));
+      this.pendingWeights = null;
+      if (overlap) {
+        // Prefetch the next unit's weights (the next token's first unit after the last one).
+        if (u + 1 < units.length) this.pendingWeights = this.loadWeights(units[u + 1]!);
+        else if (!lastToken) this.pendingWeights = this.loadWeights(units[0]!);
+      }
+      for (let bi = 0; bi < batches.length; bi++) {
+        const k = batches[bi]!;
+        if (!loaded) {
+          await this.timed(storeOf[slot]!);
+          loaded = startLoad(u, k, slot);
+        }
+        const [blk, x] = await this.timed(loaded);
+        loaded = null;
+        const nextSlot = (slot + 1) % 3;
+        if (overlap) {
+          const [nu, nbi] = bi + 1 < batches.length ? [u, bi + 1] : [u + 1, 0];
+          if (nu < units.length) {
+            // The slot the next load fills was last used by the store of two steps back.
+            await this.timed(storeOf[nextSlot]!);
+            loaded = startLoad(nu, batches[nbi]!, nextSlot);
+          }
+        }
+        const t0 = performance.now();
+        this.compute(u, unit, k, w, blk, x, steps[k]!, logits);
+        this.io.computeSeconds += (performance.now() - t0) / 1000;
+        const positions = storedPositions(decode, steps[k]!, cache.lengths[k]!);
+        const store = Promise.all([
+          unit.part !== 'mlp' ? cache.store(unit.layer, k, slots.cache[slot]!, positions) : undefined,
+          acts.store(k, slots.act[slot]!),
+        ]).then(() => undefined);
+        storeOf[slot] = store;
+        if (!overlap) await this.timed(store);
+        slot = nextSlot;
+      }
+    }
+    await this.timed(Promise.all(storeOf));
+  }
+
+  private compute(u: number, unit: Unit, k: number, w: Partial<AttentionWeights & MlpWeights>, blk: { k: Tensor; v: Tensor } | null,
+    x: F32, step: Step, logits: (F32 | null)[]): void {
+    const t = this.transformer;
+    const rows = step.decode ? step.ids.length : step.seqStarts.length - 1;
+    if (u === 0) t.embed(step, x);
+    if (unit.part !== 'mlp') t.attentionBlock(w as AttentionWeights, x, { k: blk!.k.rows(0, rows), v: blk!.v.rows(0, rows) }, step);
+    if (unit.part !== 'attn') t.mlpBlock(w as MlpWeights, x);
+    if (u === this.units.length - 1) logits[k] = t.head(step.decode ? x : t.lastTokens(x, step));
+  }
+
+  private loadWeights(unit: Unit): Promise<Partial<AttentionWeights & MlpWeights>> {
+    const slot = this.unitCounter++ % 2;
+    return this.weights.load(unit.layer, unit.part, this.weightSlots[slot] ?? null);
+  }
+
+  private async timed<T>(p: Promise<T>): Promise<T> {
+    const t0 = performance.now();
+    const v = await p;
+    this.io.waitSeconds += (performance.now() - t0) / 1000;
+    return v;
+  }
+}
+
+export interface BlockResult {
+  cache: CacheStore;
+  acts: ActStore;
+  /** Time in the prefill step and in decode steps (sampling excluded). */
+  prefillSeconds: number;
+  decodeSeconds: number;
+}
+
+interface Slots {
+  cache: (CacheStaging | null)[];
+  act: (ActStaging | null)[];
+}
+
+/** Which cache positions a step filled: each whole prompt at prefill, one position in decode. */
+function storedPositions(decode: boolean, step: Step, lengths: Int32Array): { from: Int32Array; to: Int32Array } {
+  if (decode) return { from: Int32Array.from(lengths), to: lengths.map((l) => l + 1) };
+  const n = step.seqStarts.length - 1;
+  const to = new Int32Array(lengths.length);
+  for (let s = 0; s < n; s++) to[s] = step.seqStarts[s + 1]! - step.seqStarts[s]!;
+  return { from: new Int32Array(lengths.length), to };
+}

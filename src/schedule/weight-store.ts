@@ -1,0 +1,280 @@
+// Layer weights placed across device, RAM and disk by bytes.
+//
+// Each layer's GEMM weights are packed once, in the backend's layout, into one file on the disk
+// tier (every tensor at a 4096-byte-aligned offset, for O_DIRECT). Within a layer the tensors
+// are laid end to end in a fixed order and cut by the policy's shares: a device/RAM prefix stays
+// resident, the rest is read from the file into a staging slot when the layer runs. Only the
+// tensor at a cut is split; it is assembled in the slot from its resident prefix and its disk
+// suffix. Norms and biases are small and stay in RAM.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Backend, ComputeMode, PackedWeight } from '../backend/index.js';
+import type { Shares } from '../policy/policy.js';
+import type { LayerSlot } from '../models/architecture.js';
+import type { ModelConfig } from '../models/config.js';
+import type { AttentionWeights, LayerWeights, Linear, MlpWeights, Norm, WeightLoader } from '../models/weights.js';
+import { Tensor } from '../tensor/tensor.js';
+import { type BlockFile, alignedBytes, openBlockFile } from './block-file.js';
+import { type ItemSplit, alignDown, alignUp, splitByBytes } from './placement.js';
+
+/** attn: q, k, v, o (and the attention norm); mlp: the rest. `all` loads both. */
+export type LayerPart = 'attn' | 'mlp' | 'all';
+
+interface Matrix {
+  slot: LayerSlot;
+  part: 'attn' | 'mlp';
+  name: string;
+  format: PackedWeight['format'];
+  n: number;
+  k: number;
+  bytes: number;
+  /** Offset of the packed bytes in the weights file. */
+  fileOffset: number;
+  bias: Tensor<'f32'> | null;
+  split: ItemSplit;
+  /** The resident prefix (device + RAM shares), or the whole tensor when nothing is on disk. */
+  resident: Uint8Array | null;
+}
+
+interface Layer {
+  matrices: Matrix[];
+  norms: { attnNorm: Norm; mlpNorm: Norm };
+}
+
+/** What one load of a layer part needs in a staging slot (bytes), per part. */
+function stagingBytes(ms: Matrix[]): number {
+  return ms.filter((m) => m.split.disk > 0).reduce((n, m) => n + alignUp(m.bytes), 0);
+}
+
+export interface WeightStoreStats {
+  deviceBytes: number;
+  ramBytes: number;
+  diskBytes: number;
+  /** Bytes read from the disk tier so far. */
+  bytesRead: number;
+}
+
+/** Where a schedule gets each layer's weights from. */
+export interface LayerSource {
+  readonly stats: WeightStoreStats;
+  readonly onDisk: boolean;
+  slotBytes(part: LayerPart): number;
+  load(j: number, part: LayerPart, slot: Uint8Array | null): Promise<Partial<AttentionWeights & MlpWeights>>;
+  close(): Promise<void>;
+}
+
+/** Every layer packed in RAM: no disk tier, no staging. */
+export class ResidentLayers implements LayerSource {
+  readonly stats: WeightStoreStats = { deviceBytes: 0, ramBytes: 0, diskBytes: 0, bytesRead: 0 };
+  readonly onDisk = false;
+  private readonly layers: LayerWeights[];
+
+  constructor(loader: WeightLoader, config: ModelConfig) {
+    this.layers = Array.from({ length: config.layers }, (_, j) => loader.layer(j));
+    for (const l of this.layers) {
+      for (const lin of [l.q, l.k, l.v, l.o, l.gate, l.up, l.down]) if (lin) this.stats.ramBytes += lin.w.data.byteLength;
+    }
+  }
+
+  slotBytes(): number {
+    return 0;
+  }
+
+  async load(j: number): Promise<LayerWeights> {
+    return this.layers[j]!;
+  }
+
+  async close(): Promise<void> {}
+}
+
+export class WeightStore implements LayerSource {
+  readonly stats: WeightStoreStats = { deviceBytes: 0, ramBytes: 0, diskBytes: 0, bytesRead: 0 };
+
+  private constructor(
+    private readonly backend: Backend,
+    private readonly mode: ComputeMode,
+    private readonly layers: Layer[],
+    private readonly file: BlockFile | null,
+  ) {
+    for (const l of layers) {
+      for (const m of l.matrices) {
+        this.stats.deviceBytes += m.split.device;
+        this.stats.ramBytes += m.split.ram;
+        this.stats.diskBytes += m.split.disk;
+      }
+    }
+  }
+
+  /**
+   * Packs the model's layer weights into `dir/weights.bin` (once: a manifest records what was
+   * packed from which files, and a rerun with the same model and mode reuses it), then reads
+   * each layer's resident share into RAM.
+   */
+  static async open(loader: WeightLoader, config: ModelConfig, backend: Backend, mode: ComputeMode, shares: Shares, dir: string,
+    sourceFiles: string[]): Promise<WeightStore> {
+    const layers: Layer[] = [];
+    const entries: { j: number; slot: LayerSlot; name: string; part: 'attn' | 'mlp'; bias: boolean }[] = [];
+    for (let j = 0; j < config.layers; j++) for (const m of loader.matrices(j)) entries.push({ j, ...m });
+    const file = path.join(dir, 'weights.bin');
+    const manifestFile = path.join(dir, 'weights.json');
+    const wanted = manifestKey(sourceFiles, mode, backend.name);
+    let manifest = readManifest(manifestFile);
+    if (!manifest || manifest.key !== wanted) {
+      manifest = await convert(loader, backend, mode, entries, file);
+      manifest.key = wanted;
+      fs.writeFileSync(manifestFile, JSON.stringify(manifest));
+    }
+    const bf = await openBlockFile(file, 'r');
+    let k = 0;
+    for (let j = 0; j < config.layers; j++) {
+      const mine = entries.filter((e) => e.j === j);
+      const metas = mine.map(() => manifest!.tensors[k++]!);
+      const splits = splitByBytes(metas.map((m) => m.bytes), shares);
+      const matrices: Matrix[] = [];
+      for (let i = 0; i < mine.length; i++) {
+        const e = mine[i]!;
+        const meta = metas[i]!;
+        const split = splits[i]!;
+        const keep = split.device + split.ram;
+        let resident: Uint8Array | null = null;
+        if (keep > 0) {
+          // Read the resident prefix back (the aligned range that covers it).
+          const buf = alignedBytes(alignUp(keep));
+          await bf.read(buf, meta.offset);
+          resident = keep === meta.bytes ? buf.subarray(0, meta.bytes) : buf.subarray(0, keep);
+        }
+        matrices.push({
+          slot: e.slot, part: e.part, name: e.name, format: meta.format, n: meta.n, k: meta.k, bytes: meta.bytes,
+          fileOffset: meta.offset, bias: e.bias ? loader.readBias(e.name, e.slot) : null, split, resident,
+        });
+      }
+      layers.push({ matrices, norms: loader.norms(j) });
+    }
+    const anyDisk = layers.some((l) => l.matrices.some((m) => m.split.disk > 0));
+    if (!anyDisk) await bf.close();
+    return new WeightStore(backend, mode, layers, anyDisk ? bf : null);
+  }
+
+  /** Bytes a staging slot needs to hold the largest load of `part`. */
+  slotBytes(part: LayerPart): number {
+    let max = 0;
+    for (const l of this.layers) {
+      const parts = part === 'all' ? [l.matrices] : [l.matrices.filter((m) => m.part === 'attn'), l.matrices.filter((m) => m.part === 'mlp')];
+      for (const ms of parts) max = Math.max(max, stagingBytes(ms));
+    }
+    return max;
+  }
+
+  get layerCount(): number {
+    return this.layers.length;
+  }
+
+  /** Whether any weight lives on disk (so loads do I/O). */
+  get onDisk(): boolean {
+    return this.file !== null;
+  }
+
+  /**
+   * Makes layer j's part ready for compute: resident tensors are used where they are; the others
+   * are assembled in `slot` (at least slotBytes(part) bytes, 4096-aligned) from disk.
+   */
+  async load(j: number, part: LayerPart, slot: Uint8Array | null): Promise<Partial<AttentionWeights & MlpWeights>> {
+    const layer = this.layers[j]!;
+    const out: Record<string, unknown> = {};
+    const reads: Promise<void>[] = [];
+    const fixups: (() => void)[] = [];
+    let offset = 0;
+    for (const m of layer.matrices) {
+      if (part !== 'all' && m.part !== part) continue;
+      let data: Uint8Array;
+      if (m.split.disk === 0) {
+        data = m.resident!;
+      } else {
+        if (!slot || !this.file) throw new Error(`layer ${j}: weights on disk need a staging slot`);
+        data = slot.subarray(offset, offset + m.bytes);
+        const keep = m.split.device + m.split.ram;
+        const from = alignDown(keep);
+        const dst = slot.subarray(offset + from, offset + alignUp(m.bytes));
+        reads.push(this.file.read(dst, m.fileOffset + from));
+        this.stats.bytesRead += dst.byteLength;
+        if (keep > 0) fixups.push(() => data.set(m.resident!.subarray(0, keep)));
+        offset += alignUp(m.bytes);
+      }
+      const linear: Linear = { w: this.backend.packedWeight(m.format, this.mode, m.n, m.k, data, `${m.name}.weight`), b: m.bias };
+      out[m.slot] = linear;
+    }
+    await Promise.all(reads);
+    for (const f of fixups) f();
+    if (part !== 'mlp') out.attnNorm = layer.norms.attnNorm;
+    if (part !== 'attn') {
+      out.mlpNorm = layer.norms.mlpNorm;
+      out.gate ??= null;
+    }
+    return out as Partial<AttentionWeights & MlpWeights>;
+  }
+
+  async close(): Promise<void> {
+    await this.file?.close();
+  }
+}
+
+// ---- the packed file ------------------------------------------------------------------------
+
+interface TensorMeta {
+  name: string;
+  format: PackedWeight['format'];
+  n: number;
+  k: number;
+  bytes: number;
+  offset: number;
+}
+
+interface Manifest {
+  key: string;
+  tensors: TensorMeta[];
+}
+
+function manifestKey(sourceFiles: string[], mode: ComputeMode, backend: string): string {
+  const stamp = sourceFiles.map((f) => {
+    const st = fs.statSync(f);
+    return `${fs.realpathSync(f)}:${st.size}:${st.mtimeMs}`;
+  });
+  return JSON.stringify({ v: 1, backend, mode, stamp });
+}
+
+function readManifest(file: string): Manifest | null {
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8')) as Manifest;
+  } catch {
+    return null;
+  }
+}
+
+/** Packs every layer weight into the file, one tensor in memory at a time. */
+async function convert(loader: WeightLoader, backend: Backend, mode: ComputeMode,
+  entries: { slot: LayerSlot; name: string }[], file: string): Promise<Manifest> {
+  const bf = await openBlockFile(file, 'w');
+  const tensors: TensorMeta[] = [];
+  let offset = 0;
+  // One reusable aligned buffer (native memory is only freed when the GC runs its finalizer).
+  let staging = alignedBytes(0);
+  try {
+    for (const e of entries) {
+      const raw = loader.readMatrix(e.name, e.slot);
+      const packed = backend.packWeight(raw, mode, `${e.name}.weight`);
+      const size = alignUp(packed.data.byteLength);
+      if (staging.byteLength < size) staging = alignedBytes(size);
+      const buf = staging.subarray(0, size);
+      buf.set(packed.data);
+      buf.fill(0, packed.data.byteLength);
+      await bf.write(buf, offset);
+      tensors.push({ name: e.name, format: packed.format, n: packed.n, k: packed.k, bytes: packed.data.byteLength, offset });
+      offset += buf.byteLength;
+    }
+    await bf.sync();
+  } finally {
+    await bf.close();
+  }
+  return { key: '', tensors };
+}
