@@ -347,6 +347,39 @@ describe('I/O pool', () => {
     f.close();
   });
 
+  it('can be resized while transfers are in flight', async () => {
+    const f = DirectFile.open(path.join(dir, 'resize.bin'), 'w');
+    const src = randomBytes(32 * MiB);
+    const p = f.write(src, 0);
+    setIoThreads(1);
+    setIoThreads(6);
+    setIoThreads(4);
+    await p;
+    const dst = alignedBytes(32 * MiB);
+    const q = f.read(dst, 0);
+    setIoThreads(1);
+    await q;
+    setIoThreads(4);
+    expect(equalBytes(dst, src)).toBe(true);
+    f.close();
+  });
+
+  it('leaves nothing of the file in the page cache, direct or buffered', async () => {
+    const which = spawnSync('fincore', ['--version'], { encoding: 'utf8' });
+    if (which.status !== 0) return; // util-linux fincore is not installed
+    for (const direct of [true, false]) {
+      const p = path.join(dir, `cache-${direct}.bin`);
+      const f = DirectFile.open(p, 'w', { direct });
+      const b = randomBytes(16 * MiB);
+      await f.write(b, 0);
+      await f.read(b, 0);
+      f.close();
+      const out = spawnSync('fincore', ['--bytes', '--noheadings', '--raw', '--output', 'RES', p], { encoding: 'utf8' });
+      expect(out.status).toBe(0);
+      expect(Number(out.stdout.trim()), `resident bytes of ${p}`).toBe(0);
+    }
+  });
+
   it('keeps the process alive while I/O is in flight and lets it exit when idle', () => {
     const addonPath = path.resolve(__dirname, '../build/Release/tierlm.node');
     const file = path.join(dir, 'child.bin');
