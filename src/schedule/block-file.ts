@@ -1,5 +1,7 @@
-// The file interface schedules use for the disk tier: aligned reads and writes that resolve when
-// done. Backed by the native O_DIRECT I/O pool (src/tensor/disk).
+// The file interface schedules use for the disk tier: aligned O_DIRECT reads and writes on the
+// native I/O threads (src/tensor/disk), resolving when done.
+
+import { DirectFile, alignedBytes as nativeAligned } from '../tensor/disk/io.js';
 
 export interface BlockFile {
   readonly path: string;
@@ -9,36 +11,18 @@ export interface BlockFile {
   close(): Promise<void>;
 }
 
-import fs from 'node:fs';
-
-/** Temporary implementation over node:fs (no O_DIRECT) until the native pool is wired in. */
 export async function openBlockFile(path: string, mode: 'r' | 'rw' | 'w'): Promise<BlockFile> {
-  const fh = await fs.promises.open(path, mode === 'r' ? 'r' : mode === 'w' ? 'w+' : 'r+');
+  const f = DirectFile.open(path, mode);
   return {
     path,
-    async read(dst, offset) {
-      let done = 0;
-      while (done < dst.byteLength) {
-        const { bytesRead } = await fh.read(dst, done, dst.byteLength - done, offset + done);
-        if (bytesRead === 0) {
-          dst.fill(0, done);
-          break;
-        }
-        done += bytesRead;
-      }
-    },
-    async write(src, offset) {
-      let done = 0;
-      while (done < src.byteLength) {
-        const { bytesWritten } = await fh.write(src, done, src.byteLength - done, offset + done);
-        done += bytesWritten;
-      }
-    },
-    sync: () => fh.sync(),
-    close: () => fh.close(),
+    read: (dst, offset) => f.read(dst, offset),
+    write: (src, offset) => f.write(src, offset),
+    sync: () => f.sync(),
+    close: async () => f.close(),
   };
 }
 
+/** A zero-filled buffer outside the JavaScript heap, 4096-byte aligned for O_DIRECT. */
 export function alignedBytes(n: number): Uint8Array {
-  return new Uint8Array(n);
+  return nativeAligned(n);
 }

@@ -125,7 +125,7 @@ export class BlockRunner {
     const logits: (F32 | null)[] = [];
     for (let i = 0; i < spec.maxNewTokens; i++) {
       for (const k of batches) {
-        steps[k] = i === 0 ? prefillStep(spec.prompts[k]!) : decodeStep(next[k]!, Int32Array.from(cache.lengths[k]!));
+        steps[k] = i === 0 ? prefillStep(spec.prompts[k]!) : decodeStep(next[k]!, cache.lengths[k]!.slice(0, next[k]!.length));
         acts.tokens[k] = steps[k]!.ids.length;
       }
       const last = i + 1 === spec.maxNewTokens;
@@ -137,7 +137,7 @@ export class BlockRunner {
       for (const k of batches) {
         const len = cache.lengths[k]!;
         if (i === 0) spec.prompts[k]!.forEach((p, r) => (len[r] = p.length));
-        else for (let r = 0; r < len.length; r++) len[r]!++;
+        else for (let r = 0; r < spec.prompts[k]!.length; r++) len[r]!++;
       }
       let all = true;
       for (const k of batches) {
@@ -252,7 +252,15 @@ interface Slots {
 
 /** Which cache positions a step filled: each whole prompt at prefill, one position in decode. */
 function storedPositions(decode: boolean, step: Step, lengths: Int32Array): { from: Int32Array; to: Int32Array } {
-  if (decode) return { from: Int32Array.from(lengths), to: lengths.map((l) => l + 1) };
+  if (decode) {
+    const from = new Int32Array(lengths.length);
+    const to = new Int32Array(lengths.length);
+    for (let r = 0; r < step.ids.length; r++) {
+      from[r] = lengths[r]!;
+      to[r] = lengths[r]! + 1;
+    }
+    return { from, to };
+  }
   const n = step.seqStarts.length - 1;
   const to = new Int32Array(lengths.length);
   for (let s = 0; s < n; s++) to[s] = step.seqStarts[s + 1]! - step.seqStarts[s]!;

@@ -1,0 +1,82 @@
+// The offloading engine: every placement (all in RAM, all on disk, mixed, cache on disk,
+// activations on disk) and every schedule produces the same tokens as the plain run.
+import fs from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { loadModel } from '../src/index.js';
+import type { Policy } from '../src/policy/policy.js';
+import type { GenerationResult } from '../src/engine/requests.js';
+import { fixturePrompts, sharedFixtures, localFixtures, tmpDir, readJsonl, type Reference } from './helpers/fixtures.js';
+
+const prompts = fixturePrompts();
+const requests = prompts.map((p) => ({ id: p.id, promptTokenIds: p.prompt_token_ids }));
+
+async function run(dir: string, policy: Partial<Policy>, diskDir?: string, params = {}): Promise<GenerationResult[]> {
+  const model = await loadModel(dir, { policy, diskDir });
+  const out: GenerationResult[] = [];
+  try {
+    for await (const r of model.generate(requests, { maxNewTokens: 8, logprobs: true, stopAtEos: false, ...params })) {
+      if ('error' in r) throw new Error(r.error);
+      out.push(r);
+    }
+  } finally {
+    await model.close();
+  }
+  return out;
+}
+
+const placements: [string, Partial<Policy>][] = [
+  ['all on disk', { wGpuPercent: 0, wCpuPercent: 0, cacheGpuPercent: 0, cacheCpuPercent: 0, actGpuPercent: 0, actCpuPercent: 0 }],
+  ['weights mixed 30/40/30', { wGpuPercent: 30, wCpuPercent: 40 }],
+  ['cache on disk', { cacheCpuPercent: 0 }],
+  ['cache split 55%', { cacheCpuPercent: 55 }],
+  ['activations on disk', { actCpuPercent: 0 }],
+  ['activations split', { actCpuPercent: 37 }],
+];
+
+const schedules: [string, Partial<Policy>][] = [
+  ['zig-zag with overlap', { schedule: 'zigzag', overlap: true }],
+  ['zig-zag without overlap', { schedule: 'zigzag', overlap: false }],
+  ['row by row', { schedule: 'row', overlap: false }],
+  ['zig-zag, whole layers', { schedule: 'zigzag', sepLayer: false }],
+];
+
+describe('offloading gives identical tokens', () => {
+  for (const model of ['opt-tiny', 'llama-tiny']) {
+    const dir = path.join(sharedFixtures, model);
+    const ref = readJsonl<Reference>(path.join(dir, 'reference.jsonl'));
+    it(`${model}: every placement × schedule matches the plain run`, async () => {
+      const plain = await run(dir, {}, undefined, { batchSize: 2, numGpuBatches: 3 });
+      ref.forEach((r, i) => expect(plain[i]!.tokenIds).toEqual(r.token_ids));
+      for (const [pname, placement] of placements) {
+        for (const [sname, schedule] of schedules) {
+          const disk = tmpDir('offload');
+          const got = await run(dir, { ...placement, ...schedule }, disk, { batchSize: 2, numGpuBatches: 3 });
+          expect(got, `${model}: ${pname}, ${sname}`).toEqual(plain);
+        }
+      }
+    });
+  }
+
+  it('a model from init with a GQA layout, all on disk, batch 3 × 2', async () => {
+    const dir = path.join(localFixtures, 'qwen2-tiny');
+    const plain = await run(dir, {}, undefined, { batchSize: 3, numGpuBatches: 2 });
+    const got = await run(dir, { wCpuPercent: 10, cacheCpuPercent: 20, actCpuPercent: 50 }, tmpDir('qwen'), { batchSize: 3, numGpuBatches: 2 });
+    expect(got).toEqual(plain);
+  });
+
+  it('clear errors when the disk directory is missing, not a directory or not writable', async () => {
+    const dir = path.join(sharedFixtures, 'opt-tiny');
+    const onDisk = { wCpuPercent: 50 };
+    await expect(loadModel(dir, { policy: onDisk })).rejects.toThrow(/no disk directory was given/);
+    await expect(loadModel(dir, { policy: onDisk, diskDir: '/nonexistent/tierlm' })).rejects.toThrow(/disk directory \/nonexistent\/tierlm does not exist/);
+    const file = path.join(tmpDir('notdir'), 'f');
+    fs.writeFileSync(file, 'x');
+    await expect(loadModel(dir, { policy: onDisk, diskDir: file })).rejects.toThrow(/is not a directory/);
+    if (process.getuid?.() !== 0) {
+      const ro = tmpDir('ro');
+      fs.chmodSync(ro, 0o500);
+      await expect(loadModel(dir, { policy: onDisk, diskDir: ro })).rejects.toThrow(/not writable/);
+    }
+  });
+});
