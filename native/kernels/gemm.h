@@ -20,16 +20,22 @@
 namespace tierlm {
 namespace gemm {
 
-enum class Fmt : int { F32 = 0, F16 = 1, Bf16 = 2 };
+// Q4 / Q8: group-wise quantized weights (kernels/quant.h has their layout and numerics).
+enum class Fmt : int { F32 = 0, F16 = 1, Bf16 = 2, Q4 = 3, Q8 = 4 };
 enum class Mode : int { Fp32 = 0, Bf16 = 1 };
 
 constexpr int kNR = 32;
 
-inline int elem_bytes(Fmt f) { return f == Fmt::F32 ? 4 : 2; }
+inline bool is_quant(Fmt f) { return f == Fmt::Q4 || f == Fmt::Q8; }
+inline int quant_bits(Fmt f) { return f == Fmt::Q4 ? 4 : 8; }
+inline int elem_bytes(Fmt f) { return f == Fmt::F32 ? 4 : 2; }  // float formats only
 // k as stored in a panel (bf16 pads to even).
 inline int64_t stored_k(Fmt f, int64_t k) { return f == Fmt::Bf16 ? (k + 1) & ~int64_t(1) : k; }
 inline int64_t panels(int64_t n) { return (n + kNR - 1) / kNR; }
-inline int64_t panel_bytes(Fmt f, int64_t k) { return stored_k(f, k) * kNR * elem_bytes(f); }
+inline int64_t panel_bytes(Fmt f, int64_t k) {
+  if (is_quant(f)) return (k + 63) / 64 * (kNR * 64 * quant_bits(f) / 8 + kNR * 4);  // quant::panel_bytes
+  return stored_k(f, k) * kNR * elem_bytes(f);
+}
 inline int64_t packed_bytes(Fmt f, int64_t n, int64_t k) { return panels(n) * panel_bytes(f, k); }
 
 // src: n*k elements of src_fmt (float or uint16 bits), row-major. dst: packed_bytes(fmt, n, k).

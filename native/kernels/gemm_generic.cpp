@@ -10,6 +10,7 @@
 #include "core/cpu.h"
 #include "core/thread_pool.h"
 #include "kernels/gemm.h"
+#include "kernels/quant.h"
 
 namespace tierlm {
 namespace gemm {
@@ -203,6 +204,10 @@ void kernel_scalar(Fmt fmt, Kernel* out) {
 }
 
 void pack_weight(const void* src, Fmt src_fmt, int64_t n, int64_t k, Fmt fmt, uint8_t* dst) {
+  if (is_quant(fmt)) {  // callers check representability first (quant::find_unrepresentable / quant::pack)
+    quant::pack(src, static_cast<int>(src_fmt), n, k, quant_bits(fmt), dst);
+    return;
+  }
   const int64_t ks = stored_k(fmt, k), np = panels(n), pb = panel_bytes(fmt, k);
   std::memset(dst, 0, static_cast<size_t>(np * pb));
   ThreadPool::instance().parallel_for(np, 1, [&](int64_t b, int64_t e) {
@@ -235,6 +240,7 @@ void pack_weight(const void* src, Fmt src_fmt, int64_t n, int64_t k, Fmt fmt, ui
 }
 
 void gather_rows(const uint8_t* w, Fmt fmt, int64_t n, int64_t k, const int32_t* ids, int64_t count, float* out) {
+  if (is_quant(fmt)) return quant::gather_rows(w, quant_bits(fmt), n, k, ids, count, out);
   const int64_t pb = panel_bytes(fmt, k);
   for (int64_t i = 0; i < count; i++) {
     int64_t r = ids[i];
@@ -257,6 +263,7 @@ void gather_rows(const uint8_t* w, Fmt fmt, int64_t n, int64_t k, const int32_t*
 
 void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, Fmt fmt, int64_t n, const float* bias, float* y,
             Mode mode) {
+  if (is_quant(fmt)) return quant::matmul(x, m, k, w, quant_bits(fmt), n, bias, y, mode == Mode::Bf16);
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
     for (int64_t i = 0; i < m; i++)

@@ -3,11 +3,16 @@
 //   gemmPackWeight(src, srcDtype, n, k, format, dst)
 //   gemmMatmul(x, m, k, w, format, n, bias|null, y, mode, async) -> undefined | Promise
 //   gemmGatherRows(w, format, n, k, ids, out)
+//   quantQuantize(src, n, k, bits, group, codes, params), quantDequantize(codes, params, n, k, bits, group, out)
+// Formats 'q4' / 'q8' are group-wise quantized weights (native/kernels/quant.h).
 #include <napi.h>
 
+#include <cmath>
+#include <cstring>
 #include <string>
 
 #include "kernels/gemm.h"
+#include "kernels/quant.h"
 #include "napi/args.h"
 #include "napi/async.h"
 #include "napi/register.h"
@@ -24,7 +29,20 @@ Fmt fmt_arg(const Napi::CallbackInfo& info, size_t i, const char* what) {
   if (s == "f32") return Fmt::F32;
   if (s == "f16") return Fmt::F16;
   if (s == "bf16") return Fmt::Bf16;
-  throw Napi::RangeError::New(info.Env(), std::string(what) + " must be 'f32', 'f16' or 'bf16', got '" + s + "'");
+  if (s == "q4") return Fmt::Q4;
+  if (s == "q8") return Fmt::Q8;
+  throw Napi::RangeError::New(info.Env(), std::string(what) + " must be 'f32', 'f16', 'bf16', 'q4' or 'q8', got '" + s + "'");
+}
+
+Fmt float_fmt_arg(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  Fmt f = fmt_arg(info, i, what);
+  if (gemm::is_quant(f)) throw Napi::RangeError::New(info.Env(), std::string(what) + " must be 'f32', 'f16' or 'bf16'");
+  return f;
+}
+
+Napi::RangeError unrepresentable(Napi::Env env, int64_t index, float v) {
+  return Napi::RangeError::New(env, "element " + std::to_string(index) + " (" + std::to_string(v) +
+                                        ") cannot be quantized: values must be finite with |x| <= 65504");
 }
 
 Mode mode_arg(const Napi::CallbackInfo& info, size_t i) {
@@ -46,12 +64,29 @@ Napi::Value PackedByteLength(const Napi::CallbackInfo& info) {
 Napi::Value PackWeight(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 6) throw Napi::TypeError::New(env, "gemmPackWeight(src, srcDtype, n, k, format, dst)");
-  Fmt sf = fmt_arg(info, 1, "srcDtype");
+  Fmt sf = float_fmt_arg(info, 1, "srcDtype");
   int64_t n = int_arg(info, 2, "n", 1, kMaxDim), k = int_arg(info, 3, "k", 1, kMaxDim);
   Fmt f = fmt_arg(info, 4, "format");
   Bytes src = checked_bytes(info[0], "src", static_cast<size_t>(n * k * gemm::elem_bytes(sf)));
   Bytes dst = checked_bytes(info[5], "dst", static_cast<size_t>(gemm::packed_bytes(f, n, k)));
   if ((reinterpret_cast<uintptr_t>(src.data) % gemm::elem_bytes(sf)) != 0) throw Napi::RangeError::New(env, "src is misaligned");
+  if (gemm::is_quant(f)) {
+    int64_t bad = quant::pack(src.data, static_cast<int>(sf), n, k, gemm::quant_bits(f), dst.data);
+    if (bad >= 0) {
+      float v = sf == Fmt::F32 ? reinterpret_cast<const float*>(src.data)[bad] : 0.0f;
+      if (sf != Fmt::F32) {
+        uint16_t h = reinterpret_cast<const uint16_t*>(src.data)[bad];
+        if (sf == Fmt::Bf16) {
+          uint32_t u = static_cast<uint32_t>(h) << 16;
+          std::memcpy(&v, &u, 4);
+        } else {
+          v = (h & 0x7c00) == 0x7c00 ? ((h & 0x3ff) ? NAN : ((h & 0x8000) ? -INFINITY : INFINITY)) : 0.0f;
+        }
+      }
+      throw unrepresentable(env, bad, v);
+    }
+    return env.Undefined();
+  }
   gemm::pack_weight(src.data, sf, n, k, f, dst.data);
   return env.Undefined();
 }
@@ -100,6 +135,46 @@ Napi::Value GatherRows(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+int bits_arg(const Napi::CallbackInfo& info, size_t i) {
+  int64_t b = int_arg(info, i, "bits", 4, 8);
+  if (b != 4 && b != 8) throw Napi::RangeError::New(info.Env(), "bits must be 4 or 8, got " + std::to_string(b));
+  return static_cast<int>(b);
+}
+
+Napi::Value Quantize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 7) throw Napi::TypeError::New(env, "quantQuantize(src, n, k, bits, group, codes, params)");
+  int64_t n = int_arg(info, 1, "n", 0, kMaxDim), k = int_arg(info, 2, "k", 1, kMaxDim);
+  int bits = bits_arg(info, 3);
+  int64_t g = int_arg(info, 4, "group", 1, kMaxDim);
+  const float* src = checked_ptr<float>(info[0], "src", static_cast<size_t>(n * k));
+  uint8_t* codes = checked_ptr<uint8_t>(info[5], "codes", static_cast<size_t>(n * quant::row_code_bytes(bits, k)));
+  uint16_t* params = checked_ptr<uint16_t>(info[6], "params", static_cast<size_t>(quant::params_len(n, k, g)));
+  if ((reinterpret_cast<uintptr_t>(src) % 4) != 0 || (reinterpret_cast<uintptr_t>(params) % 2) != 0) {
+    throw Napi::RangeError::New(env, "src or params is misaligned");
+  }
+  int64_t bad = quant::find_unrepresentable(src, n * k);
+  if (bad >= 0) throw unrepresentable(env, bad, src[bad]);
+  quant::quantize(src, n, k, bits, g, codes, params);
+  return env.Undefined();
+}
+
+Napi::Value Dequantize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 7) throw Napi::TypeError::New(env, "quantDequantize(codes, params, n, k, bits, group, out)");
+  int64_t n = int_arg(info, 2, "n", 0, kMaxDim), k = int_arg(info, 3, "k", 1, kMaxDim);
+  int bits = bits_arg(info, 4);
+  int64_t g = int_arg(info, 5, "group", 1, kMaxDim);
+  const uint8_t* codes = checked_ptr<uint8_t>(info[0], "codes", static_cast<size_t>(n * quant::row_code_bytes(bits, k)));
+  const uint16_t* params = checked_ptr<uint16_t>(info[1], "params", static_cast<size_t>(quant::params_len(n, k, g)));
+  float* out = checked_ptr<float>(info[6], "out", static_cast<size_t>(n * k));
+  if ((reinterpret_cast<uintptr_t>(out) % 4) != 0 || (reinterpret_cast<uintptr_t>(params) % 2) != 0) {
+    throw Napi::RangeError::New(env, "out or params is misaligned");
+  }
+  quant::dequantize(codes, params, n, k, bits, g, out);
+  return env.Undefined();
+}
+
 // gemmBf16Dot(on?): returns whether bf16 mode uses vdpbf16ps; a boolean argument sets it.
 Napi::Value Bf16Dot(const Napi::CallbackInfo& info) {
   if (info.Length() > 0 && info[0].IsBoolean()) gemm::set_bf16_dot(info[0].As<Napi::Boolean>().Value());
@@ -114,6 +189,8 @@ void register_gemm(Napi::Env env, Napi::Object exports) {
   exports.Set("gemmMatmul", Napi::Function::New(env, Matmul));
   exports.Set("gemmGatherRows", Napi::Function::New(env, GatherRows));
   exports.Set("gemmBf16Dot", Napi::Function::New(env, Bf16Dot));
+  exports.Set("quantQuantize", Napi::Function::New(env, Quantize));
+  exports.Set("quantDequantize", Napi::Function::New(env, Dequantize));
 }
 
 }  // namespace tierlm

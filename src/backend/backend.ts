@@ -4,7 +4,7 @@
 
 import { type FloatDType, isFloatDType } from '../tensor/dtype.js';
 import { Tensor, shapeString } from '../tensor/tensor.js';
-import type { CacheDType, ComputeMode, Kernels, WeightFormat } from './kernels.js';
+import type { CacheDType, ComputeMode, Kernels, QuantFormat, WeightFormat } from './kernels.js';
 
 /** A weight matrix W[n,k] packed once, at load time, into its backend's GEMM layout. */
 export class PackedWeight {
@@ -77,14 +77,18 @@ export class Backend {
 
   // ---- GEMM ---------------------------------------------------------------------------------
 
-  packWeight(w: Tensor, mode: ComputeMode, name = 'weight'): PackedWeight {
+  /** opts.quantize: pack as group-wise 4- or 8-bit ('q4' / 'q8', see WeightFormat); throws a
+   *  RangeError for weights with values beyond ±65504 or not finite. */
+  packWeight(w: Tensor, mode: ComputeMode, name = 'weight', opts?: { quantize?: QuantFormat }): PackedWeight {
     const op = `packWeight(${name})`;
     if (!(w instanceof Tensor) || !isFloatDType(w.dtype)) throw new TypeError(`${op}: weight must be an f32, f16 or bf16 Tensor`);
     expectRank(op, 'weight', w, 2);
     if (mode !== 'fp32' && mode !== 'bf16') throw new TypeError(`${op}: mode must be 'fp32' or 'bf16', got ${String(mode)}`);
     const [n, k] = w.shape as [number, number];
     if (n === 0 || k === 0) fail(op, `weight has an empty shape ${shapeString(w.shape)}`);
-    const format = weightFormatFor(w.dtype, mode);
+    const q = opts?.quantize;
+    if (q !== undefined && q !== 'q4' && q !== 'q8') throw new TypeError(`${op}: quantize must be 'q4' or 'q8', got ${String(q)}`);
+    const format = q ?? weightFormatFor(w.dtype, mode);
     const dst = new Uint8Array(this.kernels.packedByteLength(format, n, k));
     this.kernels.packWeight(w.data as Float32Array | Uint16Array, w.dtype, n, k, format, dst);
     return new PackedWeight(this.name, format, mode, n, k, dst, name);

@@ -8,8 +8,31 @@ import type { FloatDType } from '../tensor/dtype.js';
 
 /** fp32: activations in float32, weights widened exactly. bf16: activations rounded to bf16. */
 export type ComputeMode = 'fp32' | 'bf16';
-/** Element format of a packed weight. In bf16 mode every weight is packed as bf16. */
-export type WeightFormat = 'f32' | 'f16' | 'bf16';
+/** Element format of a packed weight. In bf16 mode every float weight is packed as bf16.
+ *  'q4' / 'q8': group-wise quantized (FlexGen style), QUANT_GROUP = 64 elements of a row per
+ *  group, each with an f16 step and min (0.5625 / 1.0625 bytes per weight). Matmul over them in
+ *  fp32 mode dequantizes exactly (q·step + min in f32) and is accurate to ~1e-6 against a
+ *  float64 GEMM over the dequantized weights; bf16 mode is the fast path (int8 activations per
+ *  group with AVX512-VNNI where the CPU has it: ~5e-3 normalised error). */
+export type WeightFormat = 'f32' | 'f16' | 'bf16' | 'q4' | 'q8';
+export type QuantFormat = 'q4' | 'q8';
+export type QuantBits = 4 | 8;
+/** Group size of the packed 'q4' / 'q8' weight formats. */
+export const QUANT_GROUP = 64;
+
+export function isQuantFormat(f: string): f is QuantFormat {
+  return f === 'q4' || f === 'q8';
+}
+
+/** Bytes of codes of the standalone quantized layout: rows × (k, or ceil(k/2) for 4 bits). */
+export function quantCodeBytes(bits: QuantBits, n: number, k: number): number {
+  return n * (bits === 8 ? k : Math.ceil(k / 2));
+}
+
+/** Uint16 entries of the standalone params array: (step, min) as f16 bits per row per group. */
+export function quantParamsLength(n: number, k: number, groupSize: number): number {
+  return n * Math.ceil(k / groupSize) * 2;
+}
 export type CacheDType = 'f32' | 'f16';
 
 export interface Kernels {
@@ -28,6 +51,18 @@ export interface Kernels {
     bias: Float32Array | null, y: Float32Array, mode: ComputeMode): Promise<void>;
   /** out[i,:] = W[ids[i],:] widened to float32, read from a packed weight (tied embeddings). */
   gatherRows(w: Uint8Array, format: WeightFormat, n: number, k: number, ids: Int32Array, out: Float32Array): void;
+
+  // ---- group-wise quantization (the scheme of the 'q4' / 'q8' formats, standalone layout) -----
+  /** Quantizes src[n,k] in groups of groupSize consecutive elements of a row (the last group of
+   *  a row may be shorter). Per group min_h = min rounded down to f16, step_h = (max − min_h) /
+   *  (2^bits − 1) rounded up to f16, q = round((x − min_h) / step_h); x' = q·step_h + min_h, so
+   *  |x − x'| ≤ step_h / 2. A group constant at an f16 value has step 0 and is exact.
+   *  codes: row-major, quantCodeBytes(bits, n, k) bytes (4-bit: element j of a row in byte j/2,
+   *  low nibble for even j); params: quantParamsLength(n, k, groupSize) f16 bits, (step, min)
+   *  per row per group. Throws a RangeError for values that are not finite or exceed ±65504. */
+  quantize(src: Float32Array, n: number, k: number, bits: QuantBits, groupSize: number, codes: Uint8Array, params: Uint16Array): void;
+  /** out[n,k] = q·step + min (f32) from quantize's codes and params. */
+  dequantize(codes: Uint8Array, params: Uint16Array, n: number, k: number, bits: QuantBits, groupSize: number, out: Float32Array): void;
 
   // ---- row-wise ops (out may be the same array as an input) -----------------------------------
   /** out[i,:] = table[ids[i],:] widened to float32; table[vocab,dim] unpacked. */

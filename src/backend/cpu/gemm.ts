@@ -1,7 +1,8 @@
 // Native GEMM kernels (native/kernels/gemm*.cpp, exported by native/napi/gemm.cpp). Weights are
 // packed into 32-row panels with k outermost (bf16 as pairs along k); see native/kernels/gemm.h.
+// 'q4' / 'q8' weights and quantize / dequantize: native/kernels/quant.h.
 import type { FloatDType } from '../../tensor/dtype.js';
-import type { ComputeMode, Kernels, WeightFormat } from '../kernels.js';
+import type { ComputeMode, Kernels, QuantBits, WeightFormat } from '../kernels.js';
 import { nativeFn } from './addon.js';
 
 type PackedByteLengthFn = (format: WeightFormat, n: number, k: number) => number;
@@ -10,7 +11,12 @@ type MatmulFn = (x: Float32Array, m: number, k: number, w: Uint8Array, format: W
   bias: Float32Array | null, y: Float32Array, mode: ComputeMode, async: boolean) => Promise<void> | undefined;
 type GatherRowsFn = (w: Uint8Array, format: WeightFormat, n: number, k: number, ids: Int32Array, out: Float32Array) => void;
 
-let fns: { len: PackedByteLengthFn; pack: PackWeightFn; matmul: MatmulFn; gather: GatherRowsFn } | undefined;
+type QuantizeFn = (src: Float32Array, n: number, k: number, bits: QuantBits, groupSize: number, codes: Uint8Array, params: Uint16Array) => void;
+type DequantizeFn = (codes: Uint8Array, params: Uint16Array, n: number, k: number, bits: QuantBits, groupSize: number, out: Float32Array) => void;
+
+let fns: {
+  len: PackedByteLengthFn; pack: PackWeightFn; matmul: MatmulFn; gather: GatherRowsFn; quantize: QuantizeFn; dequantize: DequantizeFn;
+} | undefined;
 
 function native() {
   return (fns ??= {
@@ -18,6 +24,8 @@ function native() {
     pack: nativeFn<PackWeightFn>('gemmPackWeight'),
     matmul: nativeFn<MatmulFn>('gemmMatmul'),
     gather: nativeFn<GatherRowsFn>('gemmGatherRows'),
+    quantize: nativeFn<QuantizeFn>('quantQuantize'),
+    dequantize: nativeFn<DequantizeFn>('quantDequantize'),
   });
 }
 
@@ -36,6 +44,12 @@ export const gemmKernels: Partial<Kernels> = {
   },
   gatherRows(w, format, n, k, ids, out) {
     native().gather(w, format, n, k, ids, out);
+  },
+  quantize(src, n, k, bits, groupSize, codes, params) {
+    native().quantize(src, n, k, bits, groupSize, codes, params);
+  },
+  dequantize(codes, params, n, k, bits, groupSize, out) {
+    native().dequantize(codes, params, n, k, bits, groupSize, out);
   },
 };
 

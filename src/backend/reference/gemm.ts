@@ -1,16 +1,20 @@
 // Reference GEMM in plain TypeScript with float64 accumulation. Its "packed" layout is simply the
-// row-major weight converted to the packed format (f32, or 16-bit words for f16/bf16).
+// row-major weight converted to the packed format (f32, or 16-bit words for f16/bf16; q4 / q8:
+// the standalone quantized layout of ./quant.ts).
 import { type FloatDType, bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, toFloat32 } from '../../tensor/dtype.js';
-import type { ComputeMode, Kernels, WeightFormat } from '../kernels.js';
+import { type ComputeMode, type Kernels, type WeightFormat, isQuantFormat } from '../kernels.js';
+import { dequantize, packQuant, quantize, referenceQuantLayout, unpackQuant } from './quant.js';
 
 /** Bytes of the reference backend's packed weight: n*k elements of the format, row-major. */
 export function referencePackedByteLength(format: WeightFormat, n: number, k: number): number {
+  if (isQuantFormat(format)) return referenceQuantLayout(format, n, k).bytes;
   return n * k * (format === 'f32' ? 4 : 2);
 }
 
 /** Row-major W widened to float32 from the reference packed bytes. */
 function unpack(w: Uint8Array, format: WeightFormat, n: number, k: number): Float32Array {
   const len = n * k;
+  if (isQuantFormat(format)) return unpackQuant(w, format, n, k);
   if (format === 'f32') return new Float32Array(w.buffer, w.byteOffset, len);
   return toFloat32(format, new Uint16Array(w.buffer, w.byteOffset, len));
 }
@@ -21,7 +25,8 @@ function matmul(x: Float32Array, m: number, k: number, w: Uint8Array, format: We
   bias: Float32Array | null, y: Float32Array, mode: ComputeMode): void {
   let wf = unpack(w, format, n, k);
   let xf = x;
-  if (mode === 'bf16') {
+  if (mode === 'bf16' && !isQuantFormat(format)) {
+    // (q4 / q8 in bf16 mode: the reference stays exact; the native fast path is approximate.)
     xf = Float32Array.from(x.subarray(0, m * k), roundBf16);
     if (format !== 'bf16') wf = Float32Array.from(wf, roundBf16);
   }
@@ -42,6 +47,10 @@ export const gemmReference: Partial<Kernels> = {
 
   packWeight(src: Float32Array | Uint16Array, srcDtype: FloatDType, n: number, k: number, format: WeightFormat, dst: Uint8Array): void {
     const len = n * k;
+    if (isQuantFormat(format)) {
+      packQuant(toFloat32(srcDtype, src.subarray(0, len), false), n, k, format, dst);
+      return;
+    }
     if (format === 'f32') {
       new Float32Array(dst.buffer, dst.byteOffset, len).set(toFloat32(srcDtype, src.subarray(0, len), false));
       return;
@@ -62,7 +71,15 @@ export const gemmReference: Partial<Kernels> = {
     matmul(x, m, k, w, format, n, bias, y, mode);
   },
 
+  quantize,
+  dequantize,
+
   gatherRows(w, format, n, k, ids, out) {
+    if (isQuantFormat(format)) {
+      const all = unpackQuant(w, format, n, k);
+      for (let i = 0; i < ids.length; i++) out.set(all.subarray(ids[i]! * k, (ids[i]! + 1) * k), i * k);
+      return;
+    }
     for (let i = 0; i < ids.length; i++) {
       const r = ids[i]!;
       if (format === 'f32') {

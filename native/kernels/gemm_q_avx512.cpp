@@ -1,0 +1,167 @@
+// Quantized-weight GEMM pieces for AVX-512 (quant.h): the group dequantizer of the fp32 path and
+// the AVX512-VNNI tile of the fast (bf16-mode) path. Helpers are internal to this file.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include "kernels/gemm.h"
+#include "kernels/quant.h"
+
+namespace tierlm {
+namespace quant {
+namespace {
+
+inline void params(const uint8_t* block, int bits, __m512* s0, __m512* s1, __m512* m0, __m512* m1) {
+  const uint16_t* sp = reinterpret_cast<const uint16_t*>(block + code_bytes_per_group(bits));
+  *s0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sp)));
+  *s1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sp + 16)));
+  *m0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sp + 32)));
+  *m1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sp + 48)));
+}
+
+// Byte b of every 32-bit lane, zero-extended.
+template <int B>
+inline __m512i byte_of(__m512i v) {
+  if (B == 0) return _mm512_and_si512(v, _mm512_set1_epi32(0xff));
+  if (B == 3) return _mm512_srli_epi32(v, 24);
+  return _mm512_and_si512(_mm512_srli_epi32(v, 8 * B), _mm512_set1_epi32(0xff));
+}
+
+// Four k steps (bytes 0..3 of each lane) of 32 columns: v0 cols 0..15, v1 cols 16..31.
+inline void deq4(__m512i v0, __m512i v1, __m512 s0, __m512 s1, __m512 m0, __m512 m1, float* t) {
+#define TIERLM_DQ(B)                                                                                   \
+  _mm512_store_ps(t + (B) * kNR, _mm512_fmadd_ps(_mm512_cvtepi32_ps(byte_of<B>(v0)), s0, m0));         \
+  _mm512_store_ps(t + (B) * kNR + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(byte_of<B>(v1)), s1, m1));
+  TIERLM_DQ(0) TIERLM_DQ(1) TIERLM_DQ(2) TIERLM_DQ(3)
+#undef TIERLM_DQ
+}
+
+void dequant(const uint8_t* blocks, int bits, int ng, float* tile) {
+  const int64_t gb = group_block_bytes(bits);
+  for (int g = 0; g < ng; g++) {
+    const uint8_t* block = blocks + g * gb;
+    __m512 s0, s1, m0, m1;
+    params(block, bits, &s0, &s1, &m0, &m1);
+    float* t = tile + static_cast<int64_t>(g) * kQGroup * kNR;
+    if (bits == 8) {
+      for (int q = 0; q < kQGroup / 4; q++) {
+        const __m512i v0 = _mm512_loadu_si512(block + q * 128), v1 = _mm512_loadu_si512(block + q * 128 + 64);
+        deq4(v0, v1, s0, s1, m0, m1, t + q * 4 * kNR);
+      }
+    } else {
+      const __m512i nib = _mm512_set1_epi8(0x0f);
+      for (int o = 0; o < kQGroup / 8; o++) {
+        const __m512i v0 = _mm512_loadu_si512(block + o * 128), v1 = _mm512_loadu_si512(block + o * 128 + 64);
+        deq4(_mm512_and_si512(v0, nib), _mm512_and_si512(v1, nib), s0, s1, m0, m1, t + o * 8 * kNR);
+        deq4(_mm512_and_si512(_mm512_srli_epi16(v0, 4), nib), _mm512_and_si512(_mm512_srli_epi16(v1, 4), nib), s0, s1,
+             m0, m1, t + (o * 8 + 4) * kNR);
+      }
+    }
+  }
+}
+
+inline __mmask16 mask_lo(int ncols) { return ncols >= 16 ? 0xffff : static_cast<__mmask16>((1u << ncols) - 1); }
+inline __mmask16 mask_hi(int ncols) {
+  return ncols >= 32 ? 0xffff : ncols <= 16 ? 0 : static_cast<__mmask16>((1u << (ncols - 16)) - 1);
+}
+
+template <int R, int BITS>
+void vnni_tile(const int32_t* xq, const float* sx, const float* xsum, const uint8_t* blocks, int ng, float* y,
+               int64_t ldy, int ncols, int flags, const float* bias) {
+  const __mmask16 k0 = mask_lo(ncols), k1 = mask_hi(ncols);
+  __m512 f0[R], f1[R];
+  if (flags & gemm::kFirst) {
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++) f0[i] = f1[i] = _mm512_setzero_ps();
+  } else {
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++) {
+      f0[i] = _mm512_maskz_loadu_ps(k0, y + i * ldy);
+      f1[i] = _mm512_maskz_loadu_ps(k1, y + i * ldy + 16);
+    }
+  }
+  const int64_t gb = group_block_bytes(BITS);
+  const __m512i nib = _mm512_set1_epi8(0x0f);
+  for (int g = 0; g < ng; g++) {
+    const uint8_t* blk = blocks + g * gb;
+    __m512i a0[R], a1[R];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++) a0[i] = a1[i] = _mm512_setzero_si512();
+    if (BITS == 8) {
+      for (int q = 0; q < kQGroup / 4; q++) {
+        const __m512i w0 = _mm512_loadu_si512(blk + q * 128), w1 = _mm512_loadu_si512(blk + q * 128 + 64);
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++) {
+          const __m512i xb = _mm512_set1_epi32(xq[q * R + i]);
+          a0[i] = _mm512_dpbusd_epi32(a0[i], w0, xb);
+          a1[i] = _mm512_dpbusd_epi32(a1[i], w1, xb);
+        }
+      }
+    } else {
+      for (int o = 0; o < kQGroup / 8; o++) {
+        const __m512i v0 = _mm512_loadu_si512(blk + o * 128), v1 = _mm512_loadu_si512(blk + o * 128 + 64);
+        const __m512i lo0 = _mm512_and_si512(v0, nib), lo1 = _mm512_and_si512(v1, nib);
+        const __m512i hi0 = _mm512_and_si512(_mm512_srli_epi16(v0, 4), nib);
+        const __m512i hi1 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), nib);
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++) {
+          const __m512i xb = _mm512_set1_epi32(xq[2 * o * R + i]);
+          a0[i] = _mm512_dpbusd_epi32(a0[i], lo0, xb);
+          a1[i] = _mm512_dpbusd_epi32(a1[i], lo1, xb);
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++) {
+          const __m512i xb = _mm512_set1_epi32(xq[(2 * o + 1) * R + i]);
+          a0[i] = _mm512_dpbusd_epi32(a0[i], hi0, xb);
+          a1[i] = _mm512_dpbusd_epi32(a1[i], hi1, xb);
+        }
+      }
+    }
+    xq += (kQGroup / 4) * R;
+    __m512 s0, s1, m0, m1;
+    params(blk, BITS, &s0, &s1, &m0, &m1);
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++) {
+      const __m512 sc = _mm512_set1_ps(sx[g * R + i]), sm = _mm512_set1_ps(xsum[g * R + i]);
+      f0[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0[i]), _mm512_mul_ps(s0, sc), f0[i]);
+      f1[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1[i]), _mm512_mul_ps(s1, sc), f1[i]);
+      f0[i] = _mm512_fmadd_ps(m0, sm, f0[i]);
+      f1[i] = _mm512_fmadd_ps(m1, sm, f1[i]);
+    }
+  }
+  if ((flags & gemm::kLast) && bias) {
+    const __m512 b0 = _mm512_maskz_loadu_ps(k0, bias), b1 = _mm512_maskz_loadu_ps(k1, bias + 16);
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++) {
+      f0[i] = _mm512_add_ps(f0[i], b0);
+      f1[i] = _mm512_add_ps(f1[i], b1);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < R; i++) {
+    _mm512_mask_storeu_ps(y + i * ldy, k0, f0[i]);
+    _mm512_mask_storeu_ps(y + i * ldy + 16, k1, f1[i]);
+  }
+}
+
+void vnni(int rows, const int32_t* xq, const float* sx, const float* xsum, const uint8_t* blocks, int bits, int ng,
+          float* y, int64_t ldy, int ncols, int flags, const float* bias) {
+#define TIERLM_CASE(R)                                                                              \
+  case R:                                                                                           \
+    if (bits == 8) return vnni_tile<R, 8>(xq, sx, xsum, blocks, ng, y, ldy, ncols, flags, bias);    \
+    return vnni_tile<R, 4>(xq, sx, xsum, blocks, ng, y, ldy, ncols, flags, bias);
+  switch (rows) {
+    TIERLM_CASE(1) TIERLM_CASE(2) TIERLM_CASE(3) TIERLM_CASE(4) TIERLM_CASE(5) TIERLM_CASE(6)
+    default: break;
+  }
+#undef TIERLM_CASE
+}
+
+static_assert(kVnniRows == 6, "vnni() handles up to 6 rows");
+
+}  // namespace
+
+DequantFn dequant_avx512() { return dequant; }
+VnniFn vnni_avx512() { return vnni; }
+
+}  // namespace quant
+}  // namespace tierlm
