@@ -8,8 +8,9 @@ import { readRequests, ResultWriter } from '../formats/jsonl.js';
 import { UserError } from '../util/errors.js';
 import { float, int, intList, oneOf } from './parse.js';
 import { Progress } from './progress.js';
+import { type PolicyFlags, addPolicyOptions, loadOptions } from './policy-options.js';
 
-interface GenerateOptions {
+interface GenerateOptions extends PolicyFlags {
   model: string;
   prompts?: string;
   out?: string;
@@ -19,7 +20,7 @@ interface GenerateOptions {
   topP: number;
   topK: number;
   seed: number;
-  batchSize: number;
+  batchSize?: number;
   precision: 'fp32' | 'bf16';
   logprobs?: boolean;
   stopTokenIds?: number[];
@@ -29,7 +30,7 @@ interface GenerateOptions {
 }
 
 export function addGenerateCommand(program: Command): void {
-  program
+  const cmd = program
     .command('generate')
     .description('generate continuations for a JSONL file of prompts, or for one --prompt')
     .requiredOption('--model <dir>', 'Hugging Face model directory')
@@ -41,14 +42,14 @@ export function addGenerateCommand(program: Command): void {
     .option('--top-p <p>', 'nucleus sampling mass', float('--top-p', 0, 1), 1)
     .option('--top-k <k>', 'sample among the k most likely tokens (0 = all)', int('--top-k', 0), 0)
     .option('--seed <s>', 'random seed for sampling', int('--seed', 0), 0)
-    .option('--batch-size <b>', 'sequences generated together', int('--batch-size', 1), 8)
+    .option('--batch-size <b>', 'sequences generated together (the policy\'s gpu batch size)', int('--batch-size', 1))
     .option('--precision <p>', 'fp32 (exact) or bf16 (faster, small drift)', oneOf('--precision', ['fp32', 'bf16'] as const), 'fp32')
     .option('--logprobs', "include each generated token's log-probability")
     .option('--stop-token-ids <ids>', 'comma-separated token ids that also end a sequence', intList('--stop-token-ids'))
     .option('--ignore-eos', 'do not stop at the end-of-sequence token')
     .option('--cache-dtype <d>', 'KV cache element type', oneOf('--cache-dtype', ['f32', 'f16'] as const), 'f32')
-    .option('--threads <n>', 'compute threads (default: all cores)', int('--threads', 1))
-    .action(async (o: GenerateOptions) => runGenerate(o));
+    .option('--threads <n>', 'compute threads (default: all cores)', int('--threads', 1));
+  addPolicyOptions(cmd).action(async (o: GenerateOptions) => runGenerate(o));
 }
 
 function params(o: GenerateOptions): Partial<GenerateParams> {
@@ -57,7 +58,6 @@ function params(o: GenerateOptions): Partial<GenerateParams> {
     sampling: { temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed },
     stopTokenIds: o.stopTokenIds ?? [],
     stopAtEos: !o.ignoreEos,
-    batchSize: o.batchSize,
     logprobs: o.logprobs === true,
     cacheDtype: o.cacheDtype,
   };
@@ -66,7 +66,7 @@ function params(o: GenerateOptions): Partial<GenerateParams> {
 async function runGenerate(o: GenerateOptions): Promise<void> {
   if ((o.prompt === undefined) === (o.prompts === undefined)) throw new UserError('give either --prompt TEXT or --prompts FILE (with --out FILE)');
   if (o.prompts !== undefined && o.out === undefined) throw new UserError('--prompts needs --out FILE for the results');
-  const model = await loadModel(o.model, { precision: o.precision, threads: o.threads });
+  const model = await loadModel(o.model, loadOptions(o, o.batchSize));
   if (o.prompt !== undefined) {
     for await (const r of model.generate([{ id: 'prompt', prompt: o.prompt }], params(o))) {
       if ('error' in r) throw new UserError(r.error);

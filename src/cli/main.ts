@@ -3,12 +3,14 @@ import { Command } from 'commander';
 import { UserError } from '../util/errors.js';
 import { addGenerateCommand } from './generate.js';
 import { addInitCommand } from './init.js';
+import { addBenchCommand } from './bench.js';
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command();
   program.name('tierlm').description('Run language models larger than memory, at batch throughput').version('0.1.0');
   addGenerateCommand(program);
   addInitCommand(program);
+  addBenchCommand(program);
   try {
     await program.parseAsync(argv);
   } catch (e) {

@@ -8,6 +8,7 @@ import type { TextTokenizer } from '../formats/tokenizer.js';
 import type { ModelConfig } from '../models/config.js';
 import type { Transformer } from '../models/transformer.js';
 import type { BlockRunner } from '../schedule/runner.js';
+import type { BlockShape } from '../policy/memory.js';
 import { Tensor } from '../tensor/tensor.js';
 import { type FinishReason, type GenerationRequest, type GenerationResult, type RequestError, promptIds } from './requests.js';
 import { GREEDY, Rng, type SamplingParams, sample } from './sampling.js';
@@ -67,6 +68,8 @@ export interface GeneratorSetup {
   runner: BlockRunner;
   eosTokenIds: number[];
   tokenizer: TextTokenizer | null;
+  /** Throws when a block of this shape would not fit the memory limits. */
+  checkBlock(shape: BlockShape): void;
 }
 
 export class Generator {
@@ -123,6 +126,10 @@ export class Generator {
     for (let i = 0; i < block.length; i += gbs) batches.push(block.slice(i, i + gbs));
     const maxPrompt = Math.max(...block.map((x) => x.ids.length));
     const capacity = Math.min(this.s.config.maxPositions, maxPrompt + p.maxNewTokens);
+    this.s.checkBlock({
+      rows: Math.min(gbs, block.length), batches: batches.length, capacity, cacheBytesPerElement: p.cacheDtype === 'f32' ? 4 : 2,
+      maxTokens: Math.max(...batches.map((b) => b.reduce((n, x) => n + x.ids.length, 0))),
+    });
     const stop = new Set([...(p.stopAtEos ? this.s.eosTokenIds : []), ...p.stopTokenIds]);
     const outs = batches.map((b) => b.map((): Output => ({ tokens: [], logprobs: [], finish: null })));
     const rngs = batches.map((b) => b.map((x) => new Rng(p.sampling.seed, x.req.id)));

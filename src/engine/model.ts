@@ -8,7 +8,8 @@ import { openModel } from '../models/load.js';
 import { Transformer } from '../models/transformer.js';
 import { DEFAULT_POLICY, type Policy, shares, validatePolicy } from '../policy/policy.js';
 import { BlockRunner } from '../schedule/runner.js';
-import { type LayerSource, ResidentLayers, WeightStore } from '../schedule/weight-store.js';
+import { type LayerSource, ResidentLayers, WeightStore, planSlotBytes } from '../schedule/weight-store.js';
+import { type Limits, type MemoryItem, type WeightSizes, blockItems, checkLimits, weightItems } from '../policy/memory.js';
 import { DiskTier } from '../schedule/disk-tier.js';
 import { type GenerateParams, type GenerateStats, Generator } from './generate.js';
 import type { GenerationRequest, GenerationResult, RequestError } from './requests.js';
@@ -26,6 +27,10 @@ export interface LoadOptions {
   diskDir?: string;
   /** Capacity of the disk tier in bytes (checked before anything is written). */
   diskBytes?: number;
+  /** RAM limit in bytes: a hard limit, checked before loading and before each block. */
+  ramBytes?: number;
+  /** Compute-device memory. On a CPU-only machine the device is RAM: device shares count against ramBytes. */
+  deviceBytes?: number;
 }
 
 export class LanguageModel {
@@ -39,6 +44,8 @@ export class LanguageModel {
     readonly tokenizer: TextTokenizer | null,
     readonly precision: ComputeMode,
     private readonly disk: DiskTier | null,
+    private readonly weightMemory: MemoryItem[],
+    readonly limits: Limits,
   ) {}
 
   static async load(dir: string, options: LoadOptions = {}): Promise<LanguageModel> {
@@ -50,6 +57,15 @@ export class LanguageModel {
     const model = openModel(dir, backend, precision);
     try {
       const c = model.config;
+      const limits: Limits = { ram: options.ramBytes, disk: options.diskBytes };
+      const sizes = model.loader.sizes();
+      const weightSizes: WeightSizes = {
+        layerBytes: sizes.layers.map((l) => l.reduce((n, m) => n + m.bytes, 0)),
+        slotBytes: planSlotBytes(sizes.layers, shares(policy, 'weights'), policy.sepLayer ? 'attn' : 'all'),
+        globalBytes: sizes.globalBytes,
+      };
+      const wItems = weightItems(weightSizes, policy, shares(policy, 'weights').disk > 0);
+      checkLimits(wItems, limits, `the weights of ${dir}`);
       const needsDisk = shares(policy, 'weights').disk > 0 || shares(policy, 'cache').disk > 0 || shares(policy, 'activations').disk > 0;
       const disk = needsDisk ? await DiskTier.open(options.diskDir, options.diskBytes) : null;
       const wShares = shares(policy, 'weights');
@@ -58,7 +74,7 @@ export class LanguageModel {
         : new ResidentLayers(model.loader, c);
       const transformer = new Transformer(c, backend, model.loader.globals());
       const runner = new BlockRunner(transformer, layers, policy, { cache: disk?.cacheFile ?? null, act: disk?.actFile ?? null });
-      return new LanguageModel(c, transformer, layers, runner, policy, model.eosTokenIds, TextTokenizer.load(dir), precision, disk);
+      return new LanguageModel(c, transformer, layers, runner, policy, model.eosTokenIds, TextTokenizer.load(dir), precision, disk, wItems, limits);
     } finally {
       model.close();
     }
@@ -74,7 +90,10 @@ export class LanguageModel {
    *  filled with timings. */
   async *generate(requests: Iterable<GenerationRequest> | AsyncIterable<GenerationRequest>, params: Partial<GenerateParams> = {},
     stats?: GenerateStats): AsyncGenerator<GenerationResult | RequestError> {
-    const g = new Generator({ config: this.config, transformer: this.transformer, runner: this.runner, eosTokenIds: this.eosTokenIds, tokenizer: this.tokenizer });
+    const g = new Generator({
+      config: this.config, transformer: this.transformer, runner: this.runner, eosTokenIds: this.eosTokenIds, tokenizer: this.tokenizer,
+      checkBlock: (shape) => checkLimits([...this.weightMemory, ...blockItems(this.config, this.policy, shape)], this.limits, `a block of ${shape.batches} × ${shape.rows} sequences`),
+    });
     try {
       yield* g.generate(requests, { batchSize: this.policy.gpuBatchSize, numGpuBatches: this.policy.numGpuBatches, ...params });
     } finally {

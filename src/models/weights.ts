@@ -1,7 +1,7 @@
 // Loads a checkpoint's tensors into the backend: GEMM weights packed once, norms and biases as
 // float32 vectors. Every tensor's shape is checked against config.json first.
 
-import type { Backend, ComputeMode, PackedWeight } from '../backend/index.js';
+import { type Backend, type ComputeMode, type PackedWeight, weightFormatFor } from '../backend/index.js';
 import type { TensorStore } from '../formats/safetensors.js';
 import { toFloat32 } from '../tensor/dtype.js';
 import { Tensor } from '../tensor/tensor.js';
@@ -142,6 +142,35 @@ export class WeightLoader {
       up: this.linear(n('up'), 'up', c.mlpBias),
       down: this.linear(n('down'), 'down', c.mlpBias),
     };
+  }
+
+  /** Shape and dtype of a stored tensor (no data is read). */
+  tensorInfo(name: string): { shape: number[]; dtype: 'f32' | 'f16' | 'bf16' } | null {
+    return this.store.has(name) ? this.store.info(name) : null;
+  }
+
+  /** Bytes the model will take once loaded: each layer's GEMM weights (packed, in fixed order,
+   *  with their part), and everything kept in RAM regardless of placement. */
+  sizes(): { layers: { part: 'attn' | 'mlp'; bytes: number }[][]; globalBytes: number } {
+    const packed = (name: string) => {
+      const t = this.tensorInfo(name);
+      if (!t || t.shape.length !== 2) return 0;
+      return this.backend.kernels.packedByteLength(weightFormatFor(t.dtype, this.mode), t.shape[0]!, t.shape[1]!);
+    };
+    const raw = (name: string | undefined) => {
+      const t = name ? this.tensorInfo(`${name}.weight`) : null;
+      return t ? t.shape.reduce((a, b) => a * b, 1) * (t.dtype === 'f32' ? 4 : 2) : 0;
+    };
+    const c = this.config;
+    const layers = Array.from({ length: c.layers }, (_, j) => this.matrices(j).map((m) => ({ part: m.part, bytes: packed(`${m.name}.weight`) })));
+    const g = this.names.global;
+    const head = this.tensorInfo(`${g.lm_head}.weight`);
+    const tied = g.lm_head === g.embed;
+    const exact = head ? weightFormatFor(head.dtype, this.mode) === head.dtype : true;
+    const vectors = 4 * c.layers * (4 * c.hidden + 2 * (c.heads + 2 * c.kvHeads) * c.headDim + 2 * c.ffn);
+    const globalBytes = packed(`${g.lm_head}.weight`) + (tied && exact ? 0 : raw(g.embed)) + raw(g.pos_embed) +
+      packed(`${g.project_in}.weight`) + packed(`${g.project_out}.weight`) + vectors;
+    return { layers, globalBytes };
   }
 
   globals(): GlobalWeights {

@@ -58,6 +58,11 @@ export interface IoTimes {
   /** Seconds spent waiting for loads and stores (not hidden under compute). */
   waitSeconds: number;
   computeSeconds: number;
+  /** Bytes moved between RAM and disk by the cache and activation stores. */
+  cacheBytesRead: number;
+  cacheBytesWritten: number;
+  actBytesRead: number;
+  actBytesWritten: number;
 }
 
 interface Unit {
@@ -66,7 +71,7 @@ interface Unit {
 }
 
 export class BlockRunner {
-  readonly io: IoTimes = { waitSeconds: 0, computeSeconds: 0 };
+  readonly io: IoTimes = { waitSeconds: 0, computeSeconds: 0, cacheBytesRead: 0, cacheBytesWritten: 0, actBytesRead: 0, actBytesWritten: 0 };
   private readonly weightSlots: (Uint8Array | null)[] = [null, null];
   private readonly units: Unit[] = [];
   /** Units loaded so far; unit loads alternate between the two weight slots. */
@@ -114,6 +119,10 @@ export class BlockRunner {
     const groups = this.policy.schedule === 'row' ? batches.map((k) => [k]) : [batches];
     const phases = { prefillSeconds: 0, decodeSeconds: 0 };
     for (const group of groups) await this.runTokens(spec, sink, group, cache, acts, slots, phases);
+    this.io.cacheBytesRead += cache.stats.bytesRead;
+    this.io.cacheBytesWritten += cache.stats.bytesWritten;
+    this.io.actBytesRead += acts.stats.bytesRead;
+    this.io.actBytesWritten += acts.stats.bytesWritten;
     return { cache, acts, ...phases };
   }
 

@@ -42,9 +42,21 @@ interface Layer {
   norms: { attnNorm: Norm; mlpNorm: Norm };
 }
 
-/** What one load of a layer part needs in a staging slot (bytes), per part. */
-function stagingBytes(ms: Matrix[]): number {
+/** What one load of a layer part needs in a staging slot: every tensor with bytes on disk, whole. */
+function stagingBytes(ms: { bytes: number; split: ItemSplit }[]): number {
   return ms.filter((m) => m.split.disk > 0).reduce((n, m) => n + alignUp(m.bytes), 0);
+}
+
+/** The staging slot size a placement needs, from packed sizes alone (before anything is loaded). */
+export function planSlotBytes(layers: { part: 'attn' | 'mlp'; bytes: number }[][], shares: Shares, part: LayerPart): number {
+  let max = 0;
+  for (const l of layers) {
+    const splits = splitByBytes(l.map((m) => m.bytes), shares);
+    const ms = l.map((m, i) => ({ ...m, split: splits[i]! }));
+    const parts = part === 'all' ? [ms] : [ms.filter((m) => m.part === 'attn'), ms.filter((m) => m.part === 'mlp')];
+    for (const p of parts) max = Math.max(max, stagingBytes(p));
+  }
+  return max;
 }
 
 export interface WeightStoreStats {

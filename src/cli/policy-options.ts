@@ -1,0 +1,91 @@
+// Placement and schedule flags shared by `generate` and `bench`: tiers with capacities, FlexGen's
+// policy fields, or a policy file.
+import fs from 'node:fs';
+import { type Command, InvalidArgumentError } from 'commander';
+import { DEFAULT_POLICY, type Policy, applyPercent, policyFromJson, validatePolicy } from '../policy/policy.js';
+import { parseSize } from '../tensor/tiers/size.js';
+import { UserError } from '../util/errors.js';
+import type { LoadOptions } from '../engine/model.js';
+import { int, oneOf } from './parse.js';
+
+export interface PolicyFlags {
+  ram?: number;
+  deviceMem?: number;
+  disk?: number;
+  diskDir?: string;
+  percent?: string[];
+  gpuBatchSize?: number;
+  numGpuBatches?: number;
+  overlap?: boolean;
+  sepLayer?: boolean;
+  cpuCacheCompute?: boolean;
+  schedule?: 'zigzag' | 'row';
+  policy?: string;
+}
+
+const size = (name: string) => (v: string) => {
+  try {
+    return parseSize(v, name);
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
+};
+
+const bool = (name: string) => (v: string) => {
+  if (v === 'true') return true;
+  if (v === 'false') return false;
+  throw new InvalidArgumentError(`${name} takes true or false, got "${v}"`);
+};
+
+export function addPolicyOptions(cmd: Command): Command {
+  return cmd
+    .option('--ram <size>', 'RAM limit, a hard limit on the run (for example 16GiB)', size('--ram'))
+    .option('--device-mem <size>', 'compute-device memory (on a CPU-only machine it is part of RAM)', size('--device-mem'))
+    .option('--disk-dir <dir>', 'directory of the disk tier')
+    .option('--disk <size>', 'disk tier capacity', size('--disk'))
+    .option('--percent <n...>', "six percents: weights, cache, activations on device and in RAM (WG WC CG CC HG HC); the disk gets the rest")
+    .option('--gpu-batch-size <n>', 'sequences per batch', int('--gpu-batch-size', 1))
+    .option('--num-gpu-batches <n>', 'batches sharing each weight load', int('--num-gpu-batches', 1))
+    .option('--overlap <bool>', 'overlap I/O with compute (true|false)', bool('--overlap'))
+    .option('--sep-layer <bool>', 'load attention and MLP weights separately (true|false)', bool('--sep-layer'))
+    .option('--cpu-cache-compute', 'run decode attention where the cache lives')
+    .option('--schedule <kind>', 'zigzag (FlexGen) or row (Accelerate-style, for comparison)', oneOf('--schedule', ['zigzag', 'row'] as const))
+    .option('--policy <file>', 'a policy JSON file (fields as `tierlm plan --json` writes them); flags override it');
+}
+
+/** The policy the flags describe: defaults, then --policy FILE, then individual flags. */
+export function policyFromFlags(o: PolicyFlags, batchSizeFlag?: number): Policy {
+  let p: Policy = { ...DEFAULT_POLICY };
+  if (o.policy) {
+    let json: unknown;
+    try {
+      json = JSON.parse(fs.readFileSync(o.policy, 'utf8'));
+    } catch (e) {
+      throw new UserError(`${o.policy}: cannot read the policy (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+    const policyJson = (json as { policy?: unknown }).policy ?? json;
+    p = policyFromJson(policyJson, o.policy);
+  }
+  if (o.percent) p = applyPercent(p, o.percent.map(Number));
+  if (batchSizeFlag !== undefined) p.gpuBatchSize = batchSizeFlag;
+  if (o.gpuBatchSize !== undefined) p.gpuBatchSize = o.gpuBatchSize;
+  if (o.numGpuBatches !== undefined) p.numGpuBatches = o.numGpuBatches;
+  if (o.overlap !== undefined) p.overlap = o.overlap;
+  if (o.sepLayer !== undefined) p.sepLayer = o.sepLayer;
+  if (o.cpuCacheCompute) p.cpuCacheCompute = true;
+  if (o.schedule) p.schedule = o.schedule;
+  return validatePolicy(p);
+}
+
+/** Everything `loadModel` needs from the shared flags. */
+export function loadOptions(o: PolicyFlags & { precision?: 'fp32' | 'bf16'; threads?: number }, batchSizeFlag?: number): LoadOptions {
+  return {
+    precision: o.precision,
+    threads: o.threads,
+    policy: policyFromFlags(o, batchSizeFlag),
+    diskDir: o.diskDir,
+    diskBytes: o.disk,
+    ramBytes: o.ram,
+    deviceBytes: o.deviceMem,
+  };
+}

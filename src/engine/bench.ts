@@ -1,0 +1,111 @@
+// FlexGen's benchmark protocol: a batch of gpuBatchSize × numGpuBatches random prompts of
+// promptLen tokens, genLen new tokens each (EOS ignored); generation throughput =
+// batch × genLen ÷ (prefill + decode time), with prefill and decode reported apart.
+
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { initModel } from '../models/init.js';
+import { ioStats } from '../tensor/disk/io.js';
+import { getThreads } from '../backend/index.js';
+import { type LoadOptions, loadModel } from './model.js';
+import { type GenerateStats, emptyStats } from './generate.js';
+
+export interface BenchOptions extends LoadOptions {
+  model?: string;
+  config?: string;
+  layers?: number;
+  promptLen: number;
+  genLen: number;
+  cacheDtype?: 'f32' | 'f16';
+  /** Where dummy-weight models are kept between runs. */
+  modelCache?: string;
+}
+
+export interface BenchResult {
+  model: string;
+  policy: Record<string, unknown>;
+  batch: number;
+  promptLen: number;
+  genLen: number;
+  threads: number;
+  prefillTokensPerSecond: number;
+  decodeTokensPerSecond: number;
+  totalTokensPerSecond: number;
+  prefillSeconds: number;
+  decodeSeconds: number;
+  peakRssBytes: number;
+  bytes: { weightsRead: number; cacheRead: number; cacheWritten: number; actRead: number; actWritten: number; diskRead: number; diskWritten: number };
+  placement: { weightsRam: number; weightsDisk: number };
+  /** Share of the time the disk was busy that compute hid (1 = every transfer overlapped compute). */
+  ioHiddenShare: number | null;
+  ioSeconds: number;
+  ioWaitSeconds: number;
+  computeSeconds: number;
+}
+
+/** A dummy-weight model of a named shape, made once and kept under the model cache. */
+export function dummyModel(config: string, layers: number | undefined, cacheDir: string): string {
+  const dir = path.join(cacheDir, `${config}${layers ? `-l${layers}` : ''}-f16`);
+  if (!fs.existsSync(path.join(dir, 'generation_config.json'))) {
+    fs.rmSync(dir, { recursive: true, force: true });
+    initModel({ config, out: dir, layers, dtype: 'f16', seed: 1 });
+  }
+  return dir;
+}
+
+export function defaultModelCache(): string {
+  return path.join(os.homedir(), '.cache', 'tierlm', 'models');
+}
+
+export async function runBench(o: BenchOptions): Promise<BenchResult> {
+  const dir = o.model ?? dummyModel(o.config!, o.layers, o.modelCache ?? defaultModelCache());
+  const model = await loadModel(dir, o);
+  const p = model.policy;
+  const batch = p.gpuBatchSize * p.numGpuBatches;
+  const vocab = model.config.vocabSize;
+  const requests = Array.from({ length: batch }, (_, i) => ({
+    id: `bench-${i}`,
+    promptTokenIds: Array.from({ length: o.promptLen }, (_, j) => (i * 7919 + j * 104729 + 13) % vocab),
+  }));
+  const before = ioStats();
+  const stats: GenerateStats = emptyStats();
+  try {
+    for await (const r of model.generate(requests, { maxNewTokens: o.genLen, stopAtEos: false, cacheDtype: o.cacheDtype ?? 'f16' }, stats)) {
+      if ('error' in r) throw new Error(`${r.id}: ${r.error}`);
+    }
+  } finally {
+    await model.close();
+  }
+  const after = ioStats();
+  const io = model.placement.io;
+  const ioSeconds = after.readSeconds - before.readSeconds + (after.writeSeconds - before.writeSeconds);
+  return {
+    model: dir,
+    policy: { ...p },
+    batch,
+    promptLen: o.promptLen,
+    genLen: o.genLen,
+    threads: getThreads(),
+    prefillTokensPerSecond: (batch * o.promptLen) / stats.prefillSeconds,
+    decodeTokensPerSecond: o.genLen > 1 ? (batch * (o.genLen - 1)) / stats.decodeSeconds : 0,
+    totalTokensPerSecond: (batch * o.genLen) / (stats.prefillSeconds + stats.decodeSeconds),
+    prefillSeconds: stats.prefillSeconds,
+    decodeSeconds: stats.decodeSeconds,
+    peakRssBytes: process.resourceUsage().maxRSS * 1024,
+    bytes: {
+      weightsRead: model.placement.weights.bytesRead,
+      cacheRead: io.cacheBytesRead,
+      cacheWritten: io.cacheBytesWritten,
+      actRead: io.actBytesRead,
+      actWritten: io.actBytesWritten,
+      diskRead: after.bytesRead - before.bytesRead,
+      diskWritten: after.bytesWritten - before.bytesWritten,
+    },
+    placement: { weightsRam: model.placement.weights.deviceBytes + model.placement.weights.ramBytes, weightsDisk: model.placement.weights.diskBytes },
+    ioHiddenShare: ioSeconds > 0 ? Math.max(0, 1 - io.waitSeconds / ioSeconds) : null,
+    ioSeconds,
+    ioWaitSeconds: io.waitSeconds,
+    computeSeconds: io.computeSeconds,
+  };
+}

@@ -1,0 +1,97 @@
+// What a run holds in RAM and on disk, item by item, so that a user's limits are checked before
+// anything is allocated and a limit that cannot be met is refused with the reason and the size.
+//
+// The same accounting serves the policy search (src/policy) and the engine's checks. On a
+// CPU-only machine the compute device is RAM, so device shares count against the RAM limit.
+
+import type { ModelConfig } from '../models/config.js';
+import { type Policy, shares } from './policy.js';
+import { formatSize } from '../tensor/tiers/size.js';
+import { UserError } from '../util/errors.js';
+
+/** Memory of the Node.js runtime, the addon and the engine's own code, which a RAM limit does
+ *  not cover: peak RSS stays within the limit plus this. Measured at about 55 MiB (peak RSS of a
+ *  run on a tiny model); the rest is margin for JavaScript garbage between collections. */
+export const RUNTIME_OVERHEAD_BYTES = 128 * 2 ** 20;
+
+export interface MemoryItem {
+  what: string;
+  ram: number;
+  disk: number;
+}
+
+export interface WeightSizes {
+  /** Packed bytes of every layer's GEMM weights, per layer. */
+  layerBytes: number[];
+  /** Largest single staging load (one unit's non-resident weights). */
+  slotBytes: number;
+  /** Embeddings, LM head, norms and biases: always in RAM. */
+  globalBytes: number;
+}
+
+export interface BlockShape {
+  /** Sequences per batch. */
+  rows: number;
+  batches: number;
+  /** Most tokens one batch runs at once (its prompts' total at prefill). */
+  maxTokens: number;
+  capacity: number;
+  cacheBytesPerElement: number;
+}
+
+export function weightItems(w: WeightSizes, p: Policy, onDisk: boolean): MemoryItem[] {
+  const s = shares(p, 'weights');
+  const total = w.layerBytes.reduce((a, b) => a + b, 0);
+  const resident = Math.round(total * (s.device + s.ram));
+  return [
+    { what: 'layer weights (resident share)', ram: resident, disk: onDisk ? total : 0 },
+    { what: 'weight staging (two slots)', ram: onDisk ? 2 * w.slotBytes : 0, disk: 0 },
+    { what: 'embeddings, LM head, norms', ram: w.globalBytes, disk: 0 },
+  ];
+}
+
+export function blockItems(c: ModelConfig, p: Policy, b: BlockShape): MemoryItem[] {
+  const perRowCache = 2 * c.layers * c.kvHeads * b.capacity * c.headDim * b.cacheBytesPerElement;
+  const cacheTotal = perRowCache * b.rows * b.batches;
+  const cs = shares(p, 'cache');
+  const cacheRam = Math.round(cacheTotal * (cs.device + cs.ram));
+  const record = Math.ceil((2 * c.kvHeads * c.headDim * b.cacheBytesPerElement) / 4096) * 4096;
+  const cacheStaging = cs.disk > 0 ? 3 * (b.rows * (2 * c.kvHeads * b.capacity * c.headDim * b.cacheBytesPerElement + b.capacity * record)) : 0;
+  const actTotal = b.batches * b.maxTokens * c.hidden * 4;
+  const as = shares(p, 'activations');
+  const actStaging = as.disk > 0 ? 3 * 2 * b.maxTokens * c.hidden * 4 : 0;
+  const t = b.maxTokens;
+  const q = c.heads * c.headDim;
+  const kv = c.kvHeads * c.headDim;
+  const workspace = 4 * t * (c.embedDim + 4 * c.hidden + 2 * q + 2 * kv + (c.gatedMlp ? 2 : 1) * c.ffn) + 4 * b.rows * 3 * c.hidden;
+  const logits = 4 * c.vocabSize * b.rows * (b.batches + 1);
+  return [
+    { what: 'KV cache', ram: cacheRam, disk: cacheTotal - cacheRam },
+    { what: 'KV cache staging', ram: cacheStaging, disk: 0 },
+    { what: 'activations', ram: Math.round(actTotal * (as.device + as.ram)), disk: Math.round(actTotal * as.disk) },
+    { what: 'activation staging', ram: actStaging, disk: 0 },
+    { what: 'compute workspace', ram: workspace, disk: 0 },
+    { what: 'logits', ram: logits, disk: 0 },
+  ];
+}
+
+export interface Limits {
+  ram?: number;
+  disk?: number;
+}
+
+/** Throws a UserError naming the tier that is too small, by how much, and what fills it. */
+export function checkLimits(items: MemoryItem[], limits: Limits, context: string): void {
+  const ram = items.reduce((n, i) => n + i.ram, 0);
+  const disk = items.reduce((n, i) => n + i.disk, 0);
+  const breakdown = (key: 'ram' | 'disk') => items.filter((i) => i[key] > 0).sort((a, b) => b[key] - a[key])
+    .map((i) => `${i.what} ${formatSize(i[key])}`).join(', ');
+  if (limits.ram !== undefined && ram > limits.ram) {
+    throw new UserError(`RAM limit ${formatSize(limits.ram)} is too small by ${formatSize(ram - limits.ram)} for ${context}: ` +
+      `needs ${formatSize(ram)} (${breakdown('ram')}; the runtime's own ${formatSize(RUNTIME_OVERHEAD_BYTES)} is outside the limit). ` +
+      'Put more of the weights or cache on disk (--percent), or use a smaller batch.');
+  }
+  if (limits.disk !== undefined && disk > limits.disk) {
+    throw new UserError(`disk limit ${formatSize(limits.disk)} is too small by ${formatSize(disk - limits.disk)} for ${context}: needs ${formatSize(disk)} (${breakdown('disk')})`);
+  }
+}

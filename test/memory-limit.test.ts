@@ -1,0 +1,76 @@
+// Memory limits are hard limits: a model several times larger than --ram runs within it (peak RSS
+// ≤ limit + the runtime's fixed overhead), and a limit that cannot be met is refused up front.
+import fs from 'node:fs';
+import path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { RUNTIME_OVERHEAD_BYTES } from '../src/policy/memory.js';
+import { cli } from './helpers/cli.js';
+import { sharedFixtures, tmpDir } from './helpers/fixtures.js';
+
+const MiB = 2 ** 20;
+let modelCache: string;
+
+describe('--ram is a hard limit', () => {
+  beforeAll(() => {
+    modelCache = tmpDir('models');
+  });
+
+  it('runs a model 3× larger than the limit within it, with every tier in use', () => {
+    const disk = tmpDir('disk');
+    const ram = 64 * MiB;
+    const r = cli(['bench', '--config', 'opt-offload-test', '--model-cache', modelCache, '--prompt-len', '32', '--gen-len', '4',
+      '--gpu-batch-size', '4', '--num-gpu-batches', '2', '--percent', '0', '5', '0', '50', '0', '100', '--ram', '64MiB', '--disk-dir', disk, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const res = JSON.parse(r.stdout.trim());
+    const modelBytes = fs.statSync(path.join(res.model, 'model.safetensors')).size;
+    expect(modelBytes).toBeGreaterThan(3 * ram);
+    expect(res.placement.weightsDisk).toBeGreaterThan(0);
+    expect(res.bytes.weightsRead).toBeGreaterThan(0);
+    expect(res.bytes.cacheWritten).toBeGreaterThan(0);
+    expect(res.peakRssBytes).toBeLessThanOrEqual(ram + RUNTIME_OVERHEAD_BYTES);
+  });
+
+  it('refuses a limit that cannot be met, saying which tier and by how much', () => {
+    const r = cli(['bench', '--config', 'opt-offload-test', '--model-cache', modelCache, '--prompt-len', '32', '--gen-len', '4', '--ram', '16MiB']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/RAM limit 16\.0 MiB is too small by [\d.]+ MiB .*layer weights/);
+  });
+
+  it('refuses a disk tier that is too small', () => {
+    const r = cli(['bench', '--config', 'opt-offload-test', '--model-cache', modelCache, '--prompt-len', '32', '--gen-len', '4',
+      '--percent', '0', '0', '0', '100', '0', '100', '--disk-dir', tmpDir('small'), '--disk', '10MiB']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/disk limit 10\.0 MiB is too small by/);
+  });
+});
+
+describe('policy flags and files', () => {
+  it('--policy FILE gives the same tokens as the same flags', () => {
+    const model = path.join(sharedFixtures, 'opt-tiny');
+    const prompts = path.join(sharedFixtures, 'prompts.jsonl');
+    const dir = tmpDir('policy');
+    const policy = path.join(dir, 'policy.json');
+    fs.writeFileSync(policy, JSON.stringify({ gpu_batch_size: 2, num_gpu_batches: 2, w_gpu_percent: 0, w_cpu_percent: 40, cache_gpu_percent: 0, cache_cpu_percent: 50, act_gpu_percent: 0, act_cpu_percent: 100, overlap: true, sep_layer: true, cpu_cache_compute: false, schedule: 'zigzag' }));
+    const a = cli(['generate', '--model', model, '--prompts', prompts, '--out', path.join(dir, 'a.jsonl'), '--ignore-eos', '--policy', policy, '--disk-dir', dir]);
+    expect(a.code, a.stderr).toBe(0);
+    const b = cli(['generate', '--model', model, '--prompts', prompts, '--out', path.join(dir, 'b.jsonl'), '--ignore-eos', '--gpu-batch-size', '2', '--num-gpu-batches', '2',
+      '--percent', '0', '40', '0', '50', '0', '100', '--disk-dir', dir]);
+    expect(b.code, b.stderr).toBe(0);
+    const c = cli(['generate', '--model', model, '--prompts', prompts, '--out', path.join(dir, 'c.jsonl'), '--ignore-eos']);
+    expect(fs.readFileSync(path.join(dir, 'a.jsonl'), 'utf8')).toBe(fs.readFileSync(path.join(dir, 'b.jsonl'), 'utf8'));
+    expect(fs.readFileSync(path.join(dir, 'a.jsonl'), 'utf8')).toBe(fs.readFileSync(path.join(dir, 'c.jsonl'), 'utf8'));
+    void c;
+  });
+
+  it('bad policies get clear errors', () => {
+    const model = path.join(sharedFixtures, 'opt-tiny');
+    const dir = tmpDir('badpolicy');
+    const policy = path.join(dir, 'p.json');
+    fs.writeFileSync(policy, JSON.stringify({ w_gpu_percent: 0.3, w_cpu_percent: 0.5, cache_gpu: 1 }));
+    const r = cli(['generate', '--model', model, '--prompt', 'x', '--policy', policy]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/unknown field "cache_gpu"/);
+    const p = cli(['generate', '--model', model, '--prompt', 'x', '--percent', '60', '60', '0', '100', '0', '100']);
+    expect(p.stderr).toMatch(/weights: device 60% \+ RAM 60% exceed 100%/);
+  });
+});
