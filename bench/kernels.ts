@@ -1,14 +1,16 @@
 // Kernel benchmark: GEMM at K = N = 4096 for M = 1, 16, 64, 512, each weight dtype and compute
-// mode, on 1 and 2 threads, against OpenBLAS sgemm (numpy) where numpy is importable.
+// mode (q4 / q8: group-wise quantized weights; bf16 mode is their int8/VNNI fast path), on 1 and
+// 2 threads, against OpenBLAS sgemm (numpy) where numpy is importable; quantization error stats.
 //   npm run bench:kernels            a table
 //   npm run bench:kernels -- --json  one JSON object per line
 // Options: --quick (shorter timing), --threads 1,2, --m 1,16,64,512.
 import { spawnSync } from 'node:child_process';
 import { cpuBackend, getThreads, isaInfo, setThreads } from '../src/backend/index.js';
 import { gemmBf16Dot } from '../src/backend/cpu/gemm.js';
-import type { ComputeMode } from '../src/backend/kernels.js';
+import { type ComputeMode, type QuantFormat, isQuantFormat, quantCodeBytes, quantParamsLength } from '../src/backend/kernels.js';
 import type { FloatDType } from '../src/tensor/dtype.js';
-import { randomF32, randomFloat } from './lib/random.js';
+import { randomF32, randomFloat, rng } from './lib/random.js';
+import { f16ToF32 } from '../src/tensor/dtype.js';
 
 const args = process.argv.slice(2);
 const json = args.includes('--json');
@@ -86,12 +88,16 @@ function openblas(threads: number): Map<number, number> | string {
 
 // ---- GEMM -------------------------------------------------------------------------------------
 
-const CASES: { dtype: FloatDType; compute: ComputeMode; dot?: boolean }[] = [
+const CASES: { dtype: FloatDType | QuantFormat; compute: ComputeMode; dot?: boolean }[] = [
   { dtype: 'f32', compute: 'fp32' },
   { dtype: 'f16', compute: 'fp32' },
   { dtype: 'bf16', compute: 'fp32' },
   { dtype: 'f32', compute: 'bf16' },
   { dtype: 'bf16', compute: 'bf16' },
+  { dtype: 'q4', compute: 'fp32' },
+  { dtype: 'q4', compute: 'bf16' },
+  { dtype: 'q8', compute: 'fp32' },
+  { dtype: 'q8', compute: 'bf16' },
 ];
 
 async function benchGemm(): Promise<void> {
@@ -99,6 +105,7 @@ async function benchGemm(): Promise<void> {
   const isa = isaInfo();
   const hasDot = isa.active === 'avx512bf16';
   const cases = hasDot ? [...CASES, { dtype: 'bf16' as FloatDType, compute: 'bf16' as ComputeMode, dot: true }] : CASES;
+  const rate = new Map<string, number>();  // `${dtype}/${compute}/${threads}/${m}` -> GFLOP/s
   const startDot = gemmBf16Dot();
   log(`GEMM y[M,${N}] = x[M,${K}] · W[${N},${K}]ᵀ   isa ${isa.active}, ${isa.hardwareThreads} hardware threads`);
   for (const threads of THREADS) {
@@ -109,13 +116,16 @@ async function benchGemm(): Promise<void> {
     log('dtype compute       M   GFLOP/s   GB/s(W)   vs OpenBLAS');
     for (const c of cases) {
       gemmBf16Dot(c.dot ?? false);
-      const w = cpu.packWeight(randomFloat(c.dtype, [N, K], 1), c.compute);
+      const w = isQuantFormat(c.dtype)
+        ? cpu.packWeight(randomF32([N, K], 1), c.compute, 'w', { quantize: c.dtype })
+        : cpu.packWeight(randomFloat(c.dtype, [N, K], 1), c.compute);
       for (const m of MS) {
         const x = randomF32([m, K], 2);
         const y = cpu.matmul(x, w);
         const s = await timeBest(() => cpu.matmul(x, w, null, y));
         const gflops = (2 * m * K * N) / s / 1e9;
         const row: Row = { op: 'gemm', dtype: c.dtype, compute: c.dot ? 'bf16-dot' : c.compute, M: m, K, N, threads, gflops: +gflops.toFixed(1) };
+        rate.set(`${c.dtype}/${row.compute}/${threads}/${m}`, gflops);
         if (m === 1) row.gbps = +(w.data.byteLength / s / 1e9).toFixed(1);
         let vs = '';
         if (typeof blas !== 'string' && blas.has(m)) {
@@ -126,6 +136,16 @@ async function benchGemm(): Promise<void> {
         }
         emit(row);
         log(`${c.dtype.padEnd(5)} ${String(row.compute).padEnd(9)} ${String(m).padStart(4)} ${gflops.toFixed(1).padStart(9)} ${row.gbps !== undefined ? String(row.gbps).padStart(9) : ''.padStart(9)}   ${vs}`);
+      }
+    }
+    // q4 against the best bf16-weight rate of this run, per M.
+    for (const m of MS) {
+      const bf16 = Math.max(...['fp32', 'bf16', 'bf16-dot'].map((cm) => rate.get(`bf16/${cm}/${threads}/${m}`) ?? 0));
+      for (const cm of ['fp32', 'bf16']) {
+        const q4 = rate.get(`q4/${cm}/${threads}/${m}`);
+        if (!q4 || !bf16) continue;
+        emit({ op: 'gemm_q4_vs_bf16', compute: cm, M: m, threads, q4_gflops: +q4.toFixed(1), bf16_best_gflops: +bf16.toFixed(1), ratio: +(q4 / bf16).toFixed(2) });
+        log(`q4 ${cm.padEnd(4)} M=${String(m).padEnd(4)} ${(q4 / bf16).toFixed(2)}x the best bf16-weight rate (${bf16.toFixed(1)} GFLOP/s)`);
       }
     }
     if (typeof blas !== 'string') {
@@ -160,7 +180,53 @@ async function benchAttentionDecode(): Promise<void> {
   log('\nattention_decode: kernel present; benchmark lines to be added here');
 }
 
+// ---- quantization error ------------------------------------------------------------------------
+
+/** Reconstruction error of q4 / q8 (group 64) on a 4096×4096 N(0, 0.02) matrix. */
+function quantError(): void {
+  const cpu = cpuBackend();
+  const n = 4096, k = 4096, g = 64, len = n * k;
+  const r = rng(3);
+  const x = new Float32Array(len);
+  for (let i = 0; i < len; i += 2) {
+    const u = 1 - r(), v = r();
+    const rad = 0.02 * Math.sqrt(-2 * Math.log(u));
+    x[i] = rad * Math.cos(2 * Math.PI * v);
+    if (i + 1 < len) x[i + 1] = rad * Math.sin(2 * Math.PI * v);
+  }
+  log('\nquantization error, 4096x4096 N(0, 0.02), group 64');
+  for (const bits of [4, 8] as const) {
+    const codes = new Uint8Array(quantCodeBytes(bits, n, k));
+    const params = new Uint16Array(quantParamsLength(n, k, g));
+    const y = new Float32Array(len);
+    const t0 = performance.now();
+    cpu.kernels.quantize(x, n, k, bits, g, codes, params);
+    const qms = performance.now() - t0;
+    cpu.kernels.dequantize(codes, params, n, k, bits, g, y);
+    let maxOverStep = 0, sumAbs = 0, sumErr = 0, sumSq = 0, sumSqErr = 0, sumRel = 0;
+    for (let i = 0; i < len; i++) {
+      const step = f16ToF32(params[Math.floor(i / g) * 2]!);  // k % g == 0: group index i / g
+      const e = Math.abs(x[i]! - y[i]!);
+      if (step > 0) maxOverStep = Math.max(maxOverStep, e / step);
+      sumAbs += Math.abs(x[i]!);
+      sumErr += e;
+      sumSq += x[i]! * x[i]!;
+      sumSqErr += e * e;
+      if (x[i] !== 0) sumRel += e / Math.abs(x[i]!);
+    }
+    const row: Row = {
+      op: 'quant_error', bits, group: g, n, k, max_abs_err_over_step: +maxOverStep.toFixed(4),
+      mean_abs_err_over_mean_abs: +(sumErr / sumAbs).toExponential(3), rms_err_over_rms: +Math.sqrt(sumSqErr / sumSq).toExponential(3),
+      mean_rel_err: +(sumRel / len).toExponential(3), quantize_ms: +qms.toFixed(0),
+    };
+    emit(row);
+    log(`${bits}-bit: max |err|/step ${row.max_abs_err_over_step}, mean |err|/mean |x| ${row.mean_abs_err_over_mean_abs}, ` +
+      `rms err/rms ${row.rms_err_over_rms}, mean |err|/|x| ${row.mean_rel_err}`);
+  }
+}
+
 const threads0 = getThreads();
+quantError();
 await benchGemm();
 await benchAttentionDecode();
 setThreads(threads0);

@@ -158,9 +158,108 @@ void vnni(int rows, const int32_t* xq, const float* sx, const float* xsum, const
 
 static_assert(kVnniRows == 6, "vnni() handles up to 6 rows");
 
+// fp32 path for 1 or 2 rows: dequantizes in registers and feeds P panels at once (8 or 16
+// independent FMA chains, so the k-ordered chain of each output is not latency-bound). Each
+// output is the same FMA chain over k as the tile path computes, so results are identical.
+template <int R, int P, int BITS>
+void small_rows(const float* x, int64_t k, const uint8_t* w, int64_t pb, int64_t p0, int64_t n, const float* bias,
+                float* y) {
+  const int64_t gb = group_block_bytes(BITS), ng = groups(k, kQGroup);
+  __m512 acc[R][P][2];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; i++)
+#pragma GCC unroll 16
+    for (int p = 0; p < P; p++) acc[i][p][0] = acc[i][p][1] = _mm512_setzero_ps();
+  alignas(64) float prm[P][4][16];  // per panel: step lo, step hi, min lo, min hi (f32)
+  const __m512i nib = _mm512_set1_epi8(0x0f);
+  for (int64_t g = 0; g < ng; g++) {
+    const uint8_t* blk[P];
+#pragma GCC unroll 16
+    for (int p = 0; p < P; p++) {
+      blk[p] = w + (p0 + p) * pb + g * gb;
+      __m512 s0, s1, m0, m1;
+      params(blk[p], BITS, &s0, &s1, &m0, &m1);
+      _mm512_store_ps(prm[p][0], s0);
+      _mm512_store_ps(prm[p][1], s1);
+      _mm512_store_ps(prm[p][2], m0);
+      _mm512_store_ps(prm[p][3], m1);
+    }
+    const int64_t k0 = g * kQGroup;
+    const int len = static_cast<int>(k - k0 < kQGroup ? k - k0 : kQGroup);
+    for (int q = 0; 4 * q < len; q++) {
+      __m512i v[P][2];
+#pragma GCC unroll 16
+      for (int p = 0; p < P; p++) {
+        const uint8_t* c = blk[p] + (BITS == 8 ? q : q >> 1) * 128;
+        v[p][0] = _mm512_loadu_si512(c);
+        v[p][1] = _mm512_loadu_si512(c + 64);
+        if (BITS == 4) {
+          if (q & 1) {
+            v[p][0] = _mm512_srli_epi16(v[p][0], 4);
+            v[p][1] = _mm512_srli_epi16(v[p][1], 4);
+          }
+          v[p][0] = _mm512_and_si512(v[p][0], nib);
+          v[p][1] = _mm512_and_si512(v[p][1], nib);
+        }
+      }
+      const int nb = len - 4 * q;
+      const float* xk = x + k0 + 4 * q;
+#define TIERLM_STEP(B)                                                                                        if (B < nb) {                                                                                                 _Pragma("GCC unroll 16") for (int p = 0; p < P; p++) {                                                        const __m512 w0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(byte_of<B>(v[p][0])), _mm512_load_ps(prm[p][0]),                                         _mm512_load_ps(prm[p][2]));                                               const __m512 w1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(byte_of<B>(v[p][1])), _mm512_load_ps(prm[p][1]),                                         _mm512_load_ps(prm[p][3]));                                               _Pragma("GCC unroll 4") for (int i = 0; i < R; i++) {                                                         const __m512 a = _mm512_set1_ps(xk[i * k + B]);                                                             acc[i][p][0] = _mm512_fmadd_ps(a, w0, acc[i][p][0]);                                                        acc[i][p][1] = _mm512_fmadd_ps(a, w1, acc[i][p][1]);                                                      }                                                                                                         }                                                                                                         }
+      TIERLM_STEP(0) TIERLM_STEP(1) TIERLM_STEP(2) TIERLM_STEP(3)
+#undef TIERLM_STEP
+    }
+  }
+#pragma GCC unroll 16
+  for (int p = 0; p < P; p++) {
+    const int64_t col = (p0 + p) * kNR;
+    const int ncols = static_cast<int>(n - col < kNR ? n - col : kNR);
+    const __mmask16 k0m = mask_lo(ncols), k1m = mask_hi(ncols);
+    __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
+    if (bias) {
+      b0 = _mm512_maskz_loadu_ps(k0m, bias + col);
+      b1 = _mm512_maskz_loadu_ps(k1m, bias + col + 16);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < R; i++) {
+      __m512 r0 = acc[i][p][0], r1 = acc[i][p][1];
+      if (bias) {
+        r0 = _mm512_add_ps(r0, b0);
+        r1 = _mm512_add_ps(r1, b1);
+      }
+      _mm512_mask_storeu_ps(y + i * n + col, k0m, r0);
+      _mm512_mask_storeu_ps(y + i * n + col + 16, k1m, r1);
+    }
+  }
+}
+
+void small(int rows, const float* x, int64_t k, const uint8_t* w, int bits, int64_t p0, int64_t p1, int64_t n,
+           const float* bias, float* y) {
+  const int64_t pb = panel_bytes(bits, k);
+  int64_t p = p0;
+  for (; p + 4 <= p1; p += 4) {
+    if (rows == 1) {
+      if (bits == 4) small_rows<1, 4, 4>(x, k, w, pb, p, n, bias, y);
+      else small_rows<1, 4, 8>(x, k, w, pb, p, n, bias, y);
+    } else {
+      if (bits == 4) small_rows<2, 2, 4>(x, k, w, pb, p, n, bias, y), small_rows<2, 2, 4>(x, k, w, pb, p + 2, n, bias, y);
+      else small_rows<2, 2, 8>(x, k, w, pb, p, n, bias, y), small_rows<2, 2, 8>(x, k, w, pb, p + 2, n, bias, y);
+    }
+  }
+  for (; p < p1; p++) {
+    if (rows == 1) {
+      if (bits == 4) small_rows<1, 1, 4>(x, k, w, pb, p, n, bias, y);
+      else small_rows<1, 1, 8>(x, k, w, pb, p, n, bias, y);
+    } else {
+      if (bits == 4) small_rows<2, 1, 4>(x, k, w, pb, p, n, bias, y);
+      else small_rows<2, 1, 8>(x, k, w, pb, p, n, bias, y);
+    }
+  }
+}
+
 }  // namespace
 
 DequantFn dequant_avx512() { return dequant; }
+SmallFn small_avx512() { return small; }
 VnniFn vnni_avx512() { return vnni; }
 
 }  // namespace quant

@@ -84,6 +84,13 @@ DequantFn dequant_avx2();
 using VnniFn = void (*)(int rows, const int32_t* xq, const float* sx, const float* xsum, const uint8_t* blocks,
                         int bits, int ng, float* y, int64_t ldy, int ncols, int flags, const float* bias);
 constexpr int kVnniRows = 6;
+
+// fp32 path for m <= kSmallRows: rows x[rows][k] (row-major) times panels [p0, p1) over all of k,
+// dequantizing in registers; the same per-output FMA chains as the tile path (bit-identical).
+using SmallFn = void (*)(int rows, const float* x, int64_t k, const uint8_t* w, int bits, int64_t p0, int64_t p1,
+                         int64_t n, const float* bias, float* y);
+constexpr int kSmallRows = 2;
+SmallFn small_avx512();
 VnniFn vnni_avx512();
 
 }  // namespace quant

@@ -205,6 +205,17 @@ DequantFn dequant_fn() {
 
 void matmul_fp32(const float* x, int64_t m, int64_t k, const uint8_t* w, int bits, int64_t n, const float* bias,
                  float* y) {
+  if (m <= kSmallRows && active_isa() >= Isa::Avx512) {
+    const SmallFn fn = small_avx512();
+    const int64_t np = (n + kNR - 1) / kNR;
+    // Chunks of 4 panels (the kernel's width) split between the threads.
+    ThreadPool::instance().run([&](int t, int nt) {
+      const int64_t chunks = (np + 3) / 4;
+      const int64_t c0 = chunks * t / nt, c1 = chunks * (t + 1) / nt;
+      if (c0 < c1) fn(static_cast<int>(m), x, k, w, bits, c0 * 4, std::min(np, c1 * 4), n, bias, y);
+    });
+    return;
+  }
   const gemm::Kernel kern = f32_kernel();
   const DequantFn dq = dequant_fn();
   const int64_t np = (n + kNR - 1) / kNR, pb = panel_bytes(bits, k), gb = group_block_bytes(bits);
