@@ -36,6 +36,13 @@ describe('--ram is a hard limit', () => {
     expect(r.stderr).toMatch(/RAM limit 16\.0 MiB is too small by [\d.]+ MiB .*layer weights/);
   });
 
+  it('counts device shares against --device-mem (on a CPU-only machine they live in RAM too)', () => {
+    const r = cli(['bench', '--config', 'opt-offload-test', '--model-cache', modelCache, '--prompt-len', '8', '--gen-len', '2',
+      '--percent', '50', '50', '0', '100', '0', '100', '--device-mem', '32MiB']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/device memory limit 32\.0 MiB is too small by [\d.]+ MiB/);
+  });
+
   it('refuses a disk tier that is too small', () => {
     const r = cli(['bench', '--config', 'opt-offload-test', '--model-cache', modelCache, '--prompt-len', '32', '--gen-len', '4',
       '--percent', '0', '0', '0', '100', '0', '100', '--disk-dir', tmpDir('small'), '--disk', '10MiB']);

@@ -57,7 +57,7 @@ export class LanguageModel {
     const model = openModel(dir, backend, precision);
     try {
       const c = model.config;
-      const limits: Limits = { ram: options.ramBytes, disk: options.diskBytes };
+      const limits: Limits = { ram: options.ramBytes, disk: options.diskBytes, device: options.deviceBytes };
       const sizes = model.loader.sizes();
       const weightSizes: WeightSizes = {
         layerBytes: sizes.layers.map((l) => l.reduce((n, m) => n + m.bytes, 0)),

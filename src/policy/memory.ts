@@ -16,8 +16,11 @@ export const RUNTIME_OVERHEAD_BYTES = 128 * 2 ** 20;
 
 export interface MemoryItem {
   what: string;
+  /** Bytes in RAM, the device's share included (on a CPU-only machine the device is RAM). */
   ram: number;
   disk: number;
+  /** The part of `ram` placed on the compute device. */
+  device?: number;
 }
 
 export interface WeightSizes {
@@ -44,7 +47,7 @@ export function weightItems(w: WeightSizes, p: Policy, onDisk: boolean): MemoryI
   const total = w.layerBytes.reduce((a, b) => a + b, 0);
   const resident = Math.round(total * (s.device + s.ram));
   return [
-    { what: 'layer weights (resident share)', ram: resident, disk: onDisk ? total : 0 },
+    { what: 'layer weights (resident share)', ram: resident, disk: onDisk ? total : 0, device: Math.round(total * s.device) },
     { what: 'weight staging (two slots)', ram: onDisk ? 2 * w.slotBytes : 0, disk: 0 },
     { what: 'embeddings, LM head, norms', ram: w.globalBytes, disk: 0 },
   ];
@@ -66,9 +69,9 @@ export function blockItems(c: ModelConfig, p: Policy, b: BlockShape): MemoryItem
   const workspace = 4 * t * (c.embedDim + 4 * c.hidden + 2 * q + 2 * kv + (c.gatedMlp ? 2 : 1) * c.ffn) + 4 * b.rows * 3 * c.hidden;
   const logits = 4 * c.vocabSize * b.rows * (b.batches + 1);
   return [
-    { what: 'KV cache', ram: cacheRam, disk: cacheTotal - cacheRam },
+    { what: 'KV cache', ram: cacheRam, disk: cacheTotal - cacheRam, device: Math.round(cacheTotal * cs.device) },
     { what: 'KV cache staging', ram: cacheStaging, disk: 0 },
-    { what: 'activations', ram: Math.round(actTotal * (as.device + as.ram)), disk: Math.round(actTotal * as.disk) },
+    { what: 'activations', ram: Math.round(actTotal * (as.device + as.ram)), disk: Math.round(actTotal * as.disk), device: Math.round(actTotal * as.device) },
     { what: 'activation staging', ram: actStaging, disk: 0 },
     { what: 'compute workspace', ram: workspace, disk: 0 },
     { what: 'logits', ram: logits, disk: 0 },
@@ -78,6 +81,7 @@ export function blockItems(c: ModelConfig, p: Policy, b: BlockShape): MemoryItem
 export interface Limits {
   ram?: number;
   disk?: number;
+  device?: number;
 }
 
 /** Throws a UserError naming the tier that is too small, by how much, and what fills it. */
@@ -90,6 +94,11 @@ export function checkLimits(items: MemoryItem[], limits: Limits, context: string
     throw new UserError(`RAM limit ${formatSize(limits.ram)} is too small by ${formatSize(ram - limits.ram)} for ${context}: ` +
       `needs ${formatSize(ram)} (${breakdown('ram')}; the runtime's own ${formatSize(RUNTIME_OVERHEAD_BYTES)} is outside the limit). ` +
       'Put more of the weights or cache on disk (--percent), or use a smaller batch.');
+  }
+  const device = items.reduce((n, i) => n + (i.device ?? 0), 0);
+  if (limits.device !== undefined && device > limits.device) {
+    throw new UserError(`device memory limit ${formatSize(limits.device)} is too small by ${formatSize(device - limits.device)} for ${context}: ` +
+      `the policy's device shares need ${formatSize(device)}. Lower the device percents (--percent).`);
   }
   if (limits.disk !== undefined && disk > limits.disk) {
     throw new UserError(`disk limit ${formatSize(limits.disk)} is too small by ${formatSize(disk - limits.disk)} for ${context}: needs ${formatSize(disk)} (${breakdown('disk')})`);

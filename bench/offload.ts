@@ -1,0 +1,106 @@
+// Offloading benchmarks (issue: offloading engine), each beside its roofline: per phase, the larger
+// of (bytes read from disk ÷ measured disk bandwidth) and (FLOPs ÷ measured GEMM rate).
+//
+//   node --import tsx bench/offload.ts --case a   OPT-6.7B shape, --ram 8GiB, prompt 64, gen 32
+//   node --import tsx bench/offload.ts --case b   OPT-30B shape cut to 16 layers, --ram 6GiB
+//   node --import tsx bench/offload.ts --case c   (b) with the row-by-row schedule
+//   options: --gbs N --ngb N --percent WG WC CG CC HG HC --disk-dir DIR --json
+import fs from 'node:fs';
+import path from 'node:path';
+import { runBench, dummyModel } from '../src/engine/bench.js';
+import { DEFAULT_POLICY, type Policy, applyPercent } from '../src/policy/policy.js';
+import { cpuBackend, Tensor, getThreads } from '../src/index.js';
+import { DirectFile, alignedBytes } from '../src/tensor/disk/io.js';
+import { readConfig } from '../src/models/registry.js';
+import { parseSize } from '../src/tensor/tiers/size.js';
+
+const args = process.argv.slice(2);
+const arg = (n: string, d?: string) => {
+  const i = args.indexOf(n);
+  return i >= 0 ? args[i + 1]! : d;
+};
+const json = args.includes('--json');
+const kase = arg('--case', 'a')!;
+const cases: Record<string, { config: string; layers?: number; ram: string; promptLen: number; genLen: number; schedule: 'zigzag' | 'row'; gbs: number; ngb: number }> = {
+  a: { config: 'opt-6.7b', ram: '8GiB', promptLen: 64, genLen: 32, schedule: 'zigzag', gbs: 16, ngb: 4 },
+  b: { config: 'opt-30b', layers: 16, ram: '6GiB', promptLen: 64, genLen: 32, schedule: 'zigzag', gbs: 16, ngb: 4 },
+  c: { config: 'opt-30b', layers: 16, ram: '6GiB', promptLen: 64, genLen: 32, schedule: 'row', gbs: 16, ngb: 1 },
+};
+const spec = cases[kase];
+if (!spec) throw new Error(`unknown case ${kase}`);
+const gbs = Number(arg('--gbs', String(spec.gbs)));
+const ngb = Number(arg('--ngb', String(spec.ngb)));
+const diskDir = path.resolve(arg('--disk-dir', '.bench/disk')!);
+const modelCache = path.resolve(arg('--model-cache', '.bench/models')!);
+fs.mkdirSync(diskDir, { recursive: true });
+const model = dummyModel(spec.config, spec.layers, modelCache);
+const { config } = readConfig(model);
+const ram = parseSize(arg('--ram', spec.ram)!);
+
+let policy: Policy = { ...DEFAULT_POLICY, gpuBatchSize: gbs, numGpuBatches: ngb, schedule: spec.schedule, overlap: spec.schedule === 'zigzag' };
+const pct = args.indexOf('--percent');
+if (pct >= 0) policy = applyPercent(policy, args.slice(pct + 1, pct + 7).map(Number));
+else policy = applyPercent(policy, [0, Number(arg('--wc', '30')), 0, 100, 0, 100]);
+
+/** GEMM rate (FLOP/s) at M rows on a [4h, h] f16 weight, fp32 mode. */
+function gemmRate(m: number): number {
+  const b = cpuBackend();
+  const h = config.hidden;
+  const w = b.packWeight(new Tensor('f16', [4 * h, h], new Uint16Array(4 * h * h).fill(0x2c00)), 'fp32');
+  const x = Tensor.f32([m, h]);
+  b.matmul(x, w);
+  const t0 = performance.now();
+  let reps = 0;
+  while (performance.now() - t0 < 1500) {
+    b.matmul(x, w);
+    reps++;
+  }
+  return (2 * m * 4 * h * h * reps) / ((performance.now() - t0) / 1000);
+}
+
+/** Cold O_DIRECT read bandwidth of the packed weights file (bytes/s). */
+async function diskBandwidth(file: string): Promise<number> {
+  const f = DirectFile.open(file, 'r');
+  const block = 16 << 20;
+  const bufs = [0, 1, 2, 3].map(() => alignedBytes(block));
+  const total = Math.min(f.size() - (f.size() % block), 2 ** 31);
+  const t0 = performance.now();
+  for (let off = 0; off < total; off += 4 * block) {
+    await Promise.all(bufs.map((b, i) => (off + i * block + block <= total ? f.read(b, off + i * block) : Promise.resolve())));
+  }
+  const secs = (performance.now() - t0) / 1000;
+  f.close();
+  return total / secs;
+}
+
+const r = await runBench({ model, promptLen: spec.promptLen, genLen: spec.genLen, policy, diskDir, ramBytes: ram, cacheDtype: 'f16' });
+const weightsFile = fs.readdirSync(diskDir).filter((d) => d.startsWith('weights-')).map((d) => path.join(diskDir, d, 'weights.bin')).find((f) => fs.existsSync(f));
+const bw = weightsFile ? await diskBandwidth(weightsFile) : NaN;
+const batch = r.batch;
+const layerParams = config.layers * (4 * config.hidden * config.hidden + 2 * config.hidden * config.ffn);
+const headParams = config.vocabSize * config.embedDim;
+const flopsPrefill = 2 * batch * spec.promptLen * layerParams + 2 * batch * headParams;
+const flopsDecode = 2 * batch * (spec.genLen - 1) * (layerParams + headParams);
+const ratePrefill = gemmRate(Math.min(gbs * spec.promptLen, 1024));
+const rateDecode = gemmRate(gbs);
+// Disk bytes per phase: the prefill step reads the disk-resident weights once; decode reads them
+// once per step (zig-zag) plus the cache; the row schedule reads them once per batch and step.
+const perStepWeights = r.placement.weightsDisk * (spec.schedule === 'row' ? ngb : 1);
+const diskPrefill = perStepWeights;
+const diskDecode = Math.max(0, r.bytes.diskRead - diskPrefill);
+const rooflinePrefill = Math.max(diskPrefill / bw, flopsPrefill / ratePrefill);
+const rooflineDecode = Math.max(diskDecode / bw, flopsDecode / rateDecode);
+const rooflineTotal = (batch * spec.genLen) / (rooflinePrefill + rooflineDecode);
+const row = {
+  bench: 'offload', case: kase, config: spec.config, layers: spec.layers ?? config.layers, ram: spec.ram, schedule: spec.schedule,
+  gbs, ngb, percent: [policy.wGpuPercent, policy.wCpuPercent, policy.cacheGpuPercent, policy.cacheCpuPercent, policy.actGpuPercent, policy.actCpuPercent],
+  promptLen: spec.promptLen, genLen: spec.genLen, threads: getThreads(),
+  prefillTokS: r.prefillTokensPerSecond, decodeTokS: r.decodeTokensPerSecond, totalTokS: r.totalTokensPerSecond,
+  peakRssGiB: r.peakRssBytes / 2 ** 30, weightsRamGiB: r.placement.weightsRam / 2 ** 30, weightsDiskGiB: r.placement.weightsDisk / 2 ** 30,
+  diskReadGiB: r.bytes.diskRead / 2 ** 30, diskWrittenGiB: r.bytes.diskWritten / 2 ** 30,
+  diskGBs: bw / 1e9, gemmPrefillGflops: ratePrefill / 1e9, gemmDecodeGflops: rateDecode / 1e9,
+  rooflinePrefillS: rooflinePrefill, rooflineDecodeS: rooflineDecode, measuredPrefillS: r.prefillSeconds, measuredDecodeS: r.decodeSeconds,
+  rooflineTotalTokS: rooflineTotal, shareOfRoofline: r.totalTokensPerSecond / rooflineTotal, ioHiddenShare: r.ioHiddenShare,
+  bound: { prefill: diskPrefill / bw > flopsPrefill / ratePrefill ? 'disk' : 'compute', decode: diskDecode / bw > flopsDecode / rateDecode ? 'disk' : 'compute' },
+};
+console.log(json ? JSON.stringify(row) : row);
