@@ -115,6 +115,34 @@ for (const isa of ISAS) {
         }
       });
 
+      it('wide head groups and long sequences (every tile shape) match the reference, batched or alone, any thread count', () => {
+        setup();
+        const W = wide();
+        for (const c of W.prefill) {
+          const got = cpu().attentionPrefill(c.q, c.k, c.v, c.ss, c.scale);
+          expectClose(got.data, c.want, 1e-5, `prefill ${c.name}`);
+          const starts = Array.from(c.ss.data);
+          for (let s = 0; s + 1 < starts.length; s++) {
+            const [a, b] = [starts[s]!, starts[s + 1]!];
+            const alone = cpu().attentionPrefill(rowsOf(c.q, a, b), rowsOf(c.k, a, b), rowsOf(c.v, a, b), Tensor.i32([0, b - a]), c.scale);
+            expect(alone.data).toEqual(rowsOf(got, a, b).data);
+          }
+        }
+        for (const c of W.decode) {
+          const got = cpu().attentionDecode(c.q, c.kc, c.vc, c.ln, c.scale);
+          expectClose(got.data, c.want, 1e-5, `decode ${c.name}`);
+          setThreads(3 - threads);
+          const other = cpu().attentionDecode(c.q, c.kc, c.vc, c.ln, c.scale);
+          setThreads(threads);
+          expect(other.data).toEqual(got.data);
+          const lens = Array.from(c.ln.data);
+          for (let i = 0; i < lens.length; i++) {
+            const alone = cpu().attentionDecode(rowsOf(c.q, i, i + 1), cacheRow(c.kc, i), cacheRow(c.vc, i), Tensor.i32([lens[i]!]), c.scale);
+            expect(alone.data).toEqual(rowsOf(got, i, i + 1).data);
+          }
+        }
+      });
+
       it('cacheWrite converts and places rows', () => {
         setup();
         for (const dtype of ['f32', 'f16'] as CacheDType[]) {
@@ -136,6 +164,41 @@ for (const isa of ISAS) {
       });
     });
   }
+}
+
+// Cases for the wide-group test, with their reference results, built once.
+interface WideCases {
+  prefill: { name: string; q: Tensor<'f32'>; k: Tensor<'f32'>; v: Tensor<'f32'>; ss: Tensor<'i32'>; scale: number; want: Float32Array }[];
+  decode: { name: string; q: Tensor<'f32'>; kc: Tensor; vc: Tensor; ln: Tensor<'i32'>; scale: number; want: Float32Array }[];
+}
+let wideCases: WideCases | undefined;
+function wide(): WideCases {
+  if (wideCases) return wideCases;
+  const w: WideCases = { prefill: [], decode: [] };
+  let s = 5000;
+  // [hq, hkv, d]: groups of 8, 6, 4 and 1 query heads, feature counts with and without tails
+  for (const [hq, hkv, d] of [[16, 2, 32], [12, 2, 20], [4, 1, 16], [3, 3, 33]] as const) {
+    const starts = [0, 100, 101, 230];
+    const t = starts[starts.length - 1]!;
+    const q = randomF32([t, hq, d], s++, 2), k = randomF32([t, hkv, d], s++, 2), v = randomF32([t, hkv, d], s++);
+    const ss = Tensor.i32(starts);
+    const scale = 1 / Math.sqrt(d);
+    w.prefill.push({ name: `${hq}/${hkv}/${d}`, q, k, v, ss, scale, want: ref().attentionPrefill(q, k, v, ss, scale).data });
+  }
+  // groups of 16, 8, 5 (4 + 1) and 4 query heads
+  for (const dtype of ['f32', 'f16'] as CacheDType[]) {
+    for (const [hq, hkv, d] of [[32, 2, 64], [16, 2, 48], [10, 2, 24], [8, 2, 128]] as const) {
+      const cap = 520;
+      const lens = [1, 64, 65, 513];
+      const b = lens.length;
+      const q = randomF32([b, hq, d], s++, 2);
+      const kc = cacheOf(dtype, b, hkv, cap, d, s++), vc = cacheOf(dtype, b, hkv, cap, d, s++);
+      const ln = Tensor.i32(lens);
+      const scale = 1 / Math.sqrt(d);
+      w.decode.push({ name: `${dtype} ${hq}/${hkv}/${d}`, q, kc, vc, ln, scale, want: ref().attentionDecode(q, kc, vc, ln, scale).data });
+    }
+  }
+  return (wideCases = w);
 }
 
 function roundF16(t: Tensor<'f32'>): Tensor<'f32'> {

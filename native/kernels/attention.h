@@ -24,6 +24,17 @@ typedef void (*AttnCoreFn)(const float* q, int64_t g, int64_t d, const void* k, 
 namespace isa512 {
 void attn_core(const float* q, int64_t g, int64_t d, const void* k, const void* v, bool f16, int64_t stride, int64_t n,
                float* scratch, float* m, float* l, float* acc);
+// Tiled causal prefill of one block of a sequence: tokens r0..r0+ntok-1 (counted from the
+// sequence's start) × the g query heads of one key/value head, ntok·g <= attn_prefill_rows(),
+// against keys 0..r0+ntok-1. q points at token r0's first head of the group (q_tok_stride floats
+// from token to token), k and v at the sequence's first key of the head (stride floats from key to
+// key), out like q. scratch holds attn_prefill_scratch_floats(d) floats. The result of a row
+// depends only on the block's (r0, ntok) and the sequence's data.
+int64_t attn_prefill_rows();
+int64_t attn_prefill_scratch_floats(int64_t d);
+void attn_prefill_block(const float* q, int64_t q_tok_stride, int64_t ntok, int64_t g, int64_t d, const float* k,
+                        const float* v, int64_t stride, int64_t r0, float scale, float* scratch, float* out,
+                        int64_t out_tok_stride);
 }
 namespace isa2 {
 void attn_core(const float* q, int64_t g, int64_t d, const void* k, const void* v, bool f16, int64_t stride, int64_t n,

@@ -183,6 +183,34 @@ void attn_prefill(const float* q, const float* k, const float* v, int64_t t, int
                   const int32_t* seq_starts, int64_t nseq_plus1, float scale, float* out) {
   if (t <= 0 || hq <= 0 || d <= 0) return;
   const int64_t g = hq / hkv;
+  if (active_isa() >= Isa::Avx512 && g <= isa512::attn_prefill_rows()) {
+    // Tiled: blocks of tokens (all heads of a group) of each sequence, counted from the sequence's
+    // start, so a sequence's result does not depend on the rest of the batch.
+    const int64_t R = isa512::attn_prefill_rows() / g;
+    struct Item {
+      int64_t start, r0, ntok, kh;
+    };
+    std::vector<Item> items;
+    for (int64_t s = 0; s + 1 < nseq_plus1; s++) {
+      int64_t st = seq_starts[s], len = seq_starts[s + 1] - st;
+      for (int64_t r0 = 0; r0 < len; r0 += R)
+        for (int64_t kh = 0; kh < hkv; kh++) items.push_back({st, r0, std::min(R, len - r0), kh});
+    }
+    // Most keys first, so the dynamic hand-out balances.
+    std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.r0 + a.ntok > b.r0 + b.ntok; });
+    const int64_t scratch_floats = isa512::attn_prefill_scratch_floats(d);
+    int nthreads = ThreadPool::instance().size();
+    float* scratch = grow(tl_scratch, scratch_floats * nthreads);
+    const Item* list = items.data();
+    run_items((int64_t)items.size(), [&](int64_t idx, int thread) {
+      const Item& it = list[idx];
+      const int64_t tok = it.start + it.r0;
+      isa512::attn_prefill_block(q + (tok * hq + it.kh * g) * d, hq * d, it.ntok, g, d, k + (it.start * hkv + it.kh) * d,
+                                 v + (it.start * hkv + it.kh) * d, hkv * d, it.r0, scale,
+                                 scratch + (size_t)thread * scratch_floats, out + (tok * hq + it.kh * g) * d, hq * d);
+    });
+    return;
+  }
   std::vector<int64_t> start_of((size_t)t);
   for (int64_t s = 0; s + 1 < nseq_plus1; s++)
     for (int64_t i = seq_starts[s]; i < seq_starts[s + 1]; i++) start_of[(size_t)i] = seq_starts[s];
