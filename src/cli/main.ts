@@ -4,6 +4,7 @@ import { UserError } from '../util/errors.js';
 import { addGenerateCommand } from './generate.js';
 import { addInitCommand } from './init.js';
 import { addBenchCommand } from './bench.js';
+import { addProfileCommand } from './profile.js';
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command();
@@ -11,6 +12,7 @@ export async function main(argv: string[]): Promise<void> {
   addGenerateCommand(program);
   addInitCommand(program);
   addBenchCommand(program);
+  addProfileCommand(program);
   try {
     await program.parseAsync(argv);
   } catch (e) {

@@ -1,0 +1,630 @@
+// The hardware profile: what this machine does per second, measured once (`tierlm profile`) and
+// saved, so a cost model can price a placement policy without timing anything itself.
+//
+//   GEMM        FLOP/s per weight format and compute mode, for a range of batch rows M
+//               (interpolate with gemmRate: log-log in M, clamped outside the table)
+//   attention   decode: bytes of K+V cache read per second (f32 and f16 caches);
+//               prefill: FLOP/s of causal attention over one prompt
+//   memory      bytes copied per second (a large typed-array copy)
+//   disk        O_DIRECT sequential read and write bytes per second in the disk directory (cold)
+//   machine     CPU model, cores, RAM, ISA, compute threads, Node version, date
+//
+// Every rate is the best of several timed repetitions (a shared or noisy machine mostly slows
+// runs down, so the best is the most repeatable figure). A GPU and its link are not measured
+// yet: `gpu` is a typed slot left unset.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { randomFillSync } from 'node:crypto';
+import { cpuBackend, getThreads, isaInfo, setThreads } from '../backend/index.js';
+import type { CacheDType, ComputeMode, WeightFormat } from '../backend/kernels.js';
+import { type FloatDType, fromFloat32 } from '../tensor/dtype.js';
+import { Tensor } from '../tensor/tensor.js';
+import { DirectFile } from '../tensor/disk/io.js';
+import { BufferPool } from '../tensor/disk/buffer-pool.js';
+import { UserError } from '../util/errors.js';
+
+export const PROFILE_VERSION = 1;
+
+/** How big the measurements are: 'full' (a minute or two), 'quick' (seconds), 'tiny' (tests). */
+export type ProfileSizes = 'full' | 'quick' | 'tiny';
+
+export interface GemmRow {
+  format: WeightFormat;
+  mode: ComputeMode;
+  /** FLOP/s (2·M·K·N per call) for each entry of GemmTable.ms. */
+  flopsPerSecond: number[];
+}
+
+export interface GemmTable {
+  /** Shape of the weight: y[M,N] = x[M,K] · W[N,K]ᵀ. */
+  k: number;
+  n: number;
+  /** Batch rows measured, increasing. */
+  ms: number[];
+  rows: GemmRow[];
+}
+
+export interface DecodeAttentionEntry {
+  cacheDtype: CacheDType;
+  batch: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  /** Valid cache positions per sequence. */
+  len: number;
+  /** Bytes of K and V cache read by one call. */
+  bytes: number;
+  /** bytes / seconds of one call. */
+  bytesPerSecond: number;
+}
+
+export interface PrefillAttentionEntry {
+  tokens: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  /** Causal attention FLOP/s, counting 2·2·heads·headDim·tokens·(tokens+1)/2 per call (QKᵀ and PV, lower triangle). */
+  flopsPerSecond: number;
+}
+
+export interface HardwareProfile {
+  version: typeof PROFILE_VERSION;
+  /** ISO 8601 time the measurement finished. */
+  createdAt: string;
+  /** Measured with --quick (smaller shapes, shorter timing). */
+  quick: boolean;
+  sizes: ProfileSizes;
+  machine: {
+    cpuModel: string;
+    /** Logical CPUs the OS reports. */
+    cores: number;
+    ramBytes: number;
+    isa: { active: string; detected: string; features: Record<string, boolean> };
+    /** Compute threads the kernels ran with while measuring. */
+    threads: number;
+    node: string;
+    platform: string;
+    arch: string;
+  };
+  gemm: GemmTable;
+  attention: {
+    decode: DecodeAttentionEntry[];
+    prefill: PrefillAttentionEntry;
+  };
+  memory: {
+    /** Bytes copied per second (each byte read once and written once), Uint8Array.prototype.set. */
+    copyBytesPerSecond: number;
+    /** Size of the copy measured. */
+    bytes: number;
+  };
+  disk: {
+    dir: string;
+    /** true: O_DIRECT; false: the filesystem refused it and reads/writes were buffered with the page cache dropped. */
+    direct: boolean;
+    fileBytes: number;
+    blockBytes: number;
+    inflight: number;
+    /** Sequential cold reads. */
+    readBytesPerSecond: number;
+    /** Sequential writes, the final fsync included. */
+    writeBytesPerSecond: number;
+  };
+  /** Not measured yet: a compute device and its link to RAM. */
+  gpu?: {
+    name: string;
+    memoryBytes: number;
+    /** Host→device and device→host copy bandwidth. */
+    h2dBytesPerSecond: number;
+    d2hBytesPerSecond: number;
+    gemm?: GemmTable;
+  };
+}
+
+export interface MeasureOptions {
+  quick: boolean;
+  /** Directory for the disk test file (created and deleted there). */
+  diskDir: string;
+  /** Compute threads to measure with (default: what the engine uses now); restored afterwards. */
+  threads?: number;
+  /** Internal: overrides the sizes `quick` picks ('tiny' is for tests). Default: $TIERLM_PROFILE_SIZES, else quick ? 'quick' : 'full'. */
+  sizes?: ProfileSizes;
+  /** Progress messages. */
+  log?: (msg: string) => void;
+}
+
+interface SizeSpec {
+  k: number;
+  n: number;
+  ms: number[];
+  /** Minimum seconds of timed repetitions per point (after one warm-up). */
+  minSeconds: number;
+  decode: { heads: number; headDim: number; configs: [batch: number, len: number][] };
+  prefill: { tokens: number; heads: number; headDim: number };
+  copyBytes: number;
+  diskBytes: number;
+  diskBlock: number;
+}
+
+const MiB = 2 ** 20;
+const SIZES: Record<ProfileSizes, SizeSpec> = {
+  full: {
+    k: 4096, n: 4096, ms: [1, 4, 16, 64, 256, 1024], minSeconds: 0.3,
+    decode: { heads: 32, headDim: 128, configs: [[1, 2048], [8, 512]] },
+    prefill: { tokens: 512, heads: 32, headDim: 128 },
+    copyBytes: 256 * MiB, diskBytes: 2048 * MiB, diskBlock: 16 * MiB,
+  },
+  quick: {
+    k: 2048, n: 2048, ms: [1, 16, 256], minSeconds: 0.12,
+    decode: { heads: 16, headDim: 128, configs: [[1, 1024], [8, 256]] },
+    prefill: { tokens: 512, heads: 16, headDim: 128 },
+    copyBytes: 256 * MiB, diskBytes: 256 * MiB, diskBlock: 16 * MiB,
+  },
+  tiny: {
+    k: 256, n: 256, ms: [1, 16, 64], minSeconds: 0.002,
+    decode: { heads: 4, headDim: 64, configs: [[1, 256], [4, 64]] },
+    prefill: { tokens: 64, heads: 4, headDim: 64 },
+    copyBytes: 4 * MiB, diskBytes: 8 * MiB, diskBlock: 1 * MiB,
+  },
+};
+
+const DISK_INFLIGHT = 4;
+
+/** The (format, mode) pairs the engine can run: float weights in fp32 mode keep their dtype; in
+ *  bf16 mode every float weight is packed as bf16; q4/q8 run in both modes. */
+export const GEMM_CASES: readonly { format: WeightFormat; mode: ComputeMode }[] = [
+  { format: 'f32', mode: 'fp32' },
+  { format: 'f16', mode: 'fp32' },
+  { format: 'bf16', mode: 'fp32' },
+  { format: 'q4', mode: 'fp32' },
+  { format: 'q8', mode: 'fp32' },
+  { format: 'bf16', mode: 'bf16' },
+  { format: 'q4', mode: 'bf16' },
+  { format: 'q8', mode: 'bf16' },
+];
+
+// ---- measuring ------------------------------------------------------------------------------------
+
+function sizesFor(opts: MeasureOptions): ProfileSizes {
+  if (opts.sizes) return opts.sizes;
+  const env = process.env.TIERLM_PROFILE_SIZES;
+  if (env !== undefined && env !== '') {
+    if (env !== 'full' && env !== 'quick' && env !== 'tiny') throw new UserError(`TIERLM_PROFILE_SIZES must be full, quick or tiny, got "${env}"`);
+    return env;
+  }
+  return opts.quick ? 'quick' : 'full';
+}
+
+/** Best seconds of one call of fn, over at least minSeconds of repetitions (and 3 of them) after a warm-up. */
+function timeBest(fn: () => unknown, minSeconds: number): number {
+  fn();
+  let best = Infinity;
+  const t0 = performance.now();
+  let reps = 0;
+  while (reps < 3 || performance.now() - t0 < minSeconds * 1000) {
+    const t = performance.now();
+    fn();
+    best = Math.min(best, performance.now() - t);
+    reps++;
+  }
+  return Math.max(best, 1e-6) / 1000;
+}
+
+/** A repeating pattern of small values in (-scale, scale): cheap to fill, no denormals, no NaN. */
+function patternF32(len: number, scale: number): Float32Array {
+  const out = new Float32Array(len);
+  let a = 0x9e3779b9;
+  for (let i = 0; i < len; i++) {
+    a = (Math.imul(a ^ (a >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0;
+    out[i] = (a / 4294967296 * 2 - 1) * scale;
+  }
+  return out;
+}
+
+function tile<T extends Float32Array | Uint16Array>(dst: T, pattern: T): T {
+  for (let i = 0; i < dst.length; i += pattern.length) dst.set(pattern.subarray(0, Math.min(pattern.length, dst.length - i)), i);
+  return dst;
+}
+
+const PATTERN = 65536;
+
+function floatTensor(dtype: FloatDType, shape: number[], scale: number): Tensor {
+  const size = shape.reduce((a, b) => a * b, 1);
+  const p = patternF32(Math.min(PATTERN, size), scale);
+  if (dtype === 'f32') return new Tensor('f32', shape, tile(new Float32Array(size), p));
+  return new Tensor(dtype, shape, tile(new Uint16Array(size), fromFloat32(dtype, p)));
+}
+
+function measureGemm(s: SizeSpec, log: (m: string) => void): GemmTable {
+  const cpu = cpuBackend();
+  const { k, n, ms } = s;
+  const rows: GemmRow[] = [];
+  const xMax = floatTensor('f32', [ms[ms.length - 1]!, k], 1) as Tensor<'f32'>;
+  for (const c of GEMM_CASES) {
+    const quant = c.format === 'q4' || c.format === 'q8';
+    const src = floatTensor(quant ? 'f32' : (c.format as FloatDType), [n, k], 0.05);
+    const w = cpu.packWeight(src, c.mode, 'profile', quant ? { quantize: c.format as 'q4' | 'q8' } : undefined);
+    const flops: number[] = [];
+    for (const m of ms) {
+      const x = new Tensor('f32', [m, k], xMax.data.subarray(0, m * k));
+      const y = Tensor.zeros('f32', [m, n]);
+      const sec = timeBest(() => cpu.matmul(x, w, null, y), s.minSeconds);
+      flops.push((2 * m * k * n) / sec);
+    }
+    rows.push({ format: c.format, mode: c.mode, flopsPerSecond: flops });
+    log(`gemm ${c.format}/${c.mode}: ${flops.map((f, i) => `M=${ms[i]} ${(f / 1e9).toFixed(1)}`).join(', ')} GFLOP/s`);
+  }
+  return { k, n, ms: [...ms], rows };
+}
+
+function measureDecode(s: SizeSpec, log: (m: string) => void): DecodeAttentionEntry[] {
+  const cpu = cpuBackend();
+  const { heads, headDim } = s.decode;
+  const out: DecodeAttentionEntry[] = [];
+  for (const cacheDtype of ['f32', 'f16'] as const) {
+    for (const [batch, len] of s.decode.configs) {
+      const shape = [batch, heads, len, headDim];
+      const kc = floatTensor(cacheDtype, shape, 1);
+      const vc = floatTensor(cacheDtype, shape, 1);
+      const q = floatTensor('f32', [batch, heads, headDim], 1) as Tensor<'f32'>;
+      const lens = Tensor.i32(new Array<number>(batch).fill(len));
+      const y = Tensor.zeros('f32', [batch, heads, headDim]);
+      const scale = 1 / Math.sqrt(headDim);
+      const sec = timeBest(() => cpu.attentionDecode(q, kc, vc, lens, scale, y), s.minSeconds);
+      const bytes = kc.byteLength + vc.byteLength;
+      out.push({ cacheDtype, batch, heads, kvHeads: heads, headDim, len, bytes, bytesPerSecond: bytes / sec });
+      log(`attention decode ${cacheDtype} cache, batch ${batch} × ${len} positions: ${(bytes / sec / 1e9).toFixed(2)} GB/s`);
+    }
+  }
+  return out;
+}
+
+function measurePrefill(s: SizeSpec, log: (m: string) => void): PrefillAttentionEntry {
+  const cpu = cpuBackend();
+  const { tokens, heads, headDim } = s.prefill;
+  const shape = [tokens, heads, headDim];
+  const q = floatTensor('f32', shape, 1) as Tensor<'f32'>;
+  const k = floatTensor('f32', shape, 1) as Tensor<'f32'>;
+  const v = floatTensor('f32', shape, 1) as Tensor<'f32'>;
+  const starts = Tensor.i32([0, tokens]);
+  const y = Tensor.zeros('f32', shape);
+  const sec = timeBest(() => cpu.attentionPrefill(q, k, v, starts, 1 / Math.sqrt(headDim), y), s.minSeconds);
+  const flops = 2 * heads * headDim * tokens * (tokens + 1);
+  log(`attention prefill ${tokens} tokens: ${(flops / sec / 1e9).toFixed(1)} GFLOP/s`);
+  return { tokens, heads, kvHeads: heads, headDim, flopsPerSecond: flops / sec };
+}
+
+function measureCopy(s: SizeSpec, log: (m: string) => void): HardwareProfile['memory'] {
+  const src = new Uint8Array(s.copyBytes);
+  for (let i = 0; i < src.length; i += 4096) src[i] = i & 255;  // touch every page
+  const dst = new Uint8Array(s.copyBytes);
+  dst.fill(1);
+  const sec = timeBest(() => dst.set(src), s.minSeconds);
+  const rate = s.copyBytes / sec;
+  log(`memory copy: ${(rate / 1e9).toFixed(2)} GB/s`);
+  return { copyBytesPerSecond: rate, bytes: s.copyBytes };
+}
+
+async function diskPass(file: DirectFile, pool: BufferPool, size: number, block: number, write: boolean): Promise<number> {
+  const t0 = performance.now();
+  const pending = new Set<Promise<void>>();
+  for (let off = 0; off < size; off += block) {
+    const lease = await pool.acquire(Math.min(block, size - off));
+    const p: Promise<void> = (write ? file.write(lease.view, off) : file.read(lease.view, off)).finally(() => {
+      pool.release(lease);
+      pending.delete(p);
+    });
+    pending.add(p);
+  }
+  await Promise.all(pending);
+  if (write) await file.sync();
+  return Math.max(performance.now() - t0, 1e-3) / 1000;
+}
+
+async function measureDisk(s: SizeSpec, diskDir: string, log: (m: string) => void): Promise<HardwareProfile['disk']> {
+  if (!fs.existsSync(diskDir) || !fs.statSync(diskDir).isDirectory()) throw new UserError(`disk directory ${diskDir} does not exist or is not a directory`);
+  const dir = fs.mkdtempSync(path.join(diskDir, 'tierlm-profile-'));
+  const file = path.join(dir, 'disk.bin');
+  const block = s.diskBlock;
+  const size = Math.ceil(s.diskBytes / block) * block;
+  const pool = new BufferPool({ bufferBytes: block, count: DISK_INFLIGHT });
+  try {
+    // Random contents, so nothing downstream can compress or skip zeros.
+    const leases = await Promise.all(Array.from({ length: DISK_INFLIGHT }, () => pool.acquire()));
+    for (const l of leases) for (let i = 0; i < l.data.length; i += 65536) randomFillSync(l.data, i, Math.min(65536, l.data.length - i));
+    for (const l of leases) pool.release(l);
+    const w = DirectFile.open(file, 'w');
+    let writeSec: number;
+    try {
+      w.allocate(size);
+      writeSec = await diskPass(w, pool, size, block, true);
+    } finally {
+      w.close();
+    }
+    const r = DirectFile.open(file, 'r');
+    let readSec: number;
+    try {
+      readSec = await diskPass(r, pool, size, block, false);
+    } finally {
+      r.close();
+    }
+    const res = {
+      dir: path.resolve(diskDir), direct: r.direct, fileBytes: size, blockBytes: block, inflight: DISK_INFLIGHT,
+      readBytesPerSecond: size / readSec, writeBytesPerSecond: size / writeSec,
+    };
+    log(`disk ${res.dir} (${res.direct ? 'O_DIRECT' : 'buffered, cache dropped'}): read ${(res.readBytesPerSecond / 1e9).toFixed(2)} GB/s, write ${(res.writeBytesPerSecond / 1e9).toFixed(2)} GB/s`);
+    return res;
+  } finally {
+    pool.dispose();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Measures this machine. Uses the engine's compute thread count unless `threads` is given. */
+export async function measureProfile(opts: MeasureOptions): Promise<HardwareProfile> {
+  const sizes = sizesFor(opts);
+  const s = SIZES[sizes];
+  const log = opts.log ?? (() => {});
+  const before = getThreads();
+  if (opts.threads !== undefined) setThreads(opts.threads);
+  try {
+    const threads = getThreads();
+    const isa = isaInfo();
+    const cpus = os.cpus();
+    log(`profiling (${sizes}) with ${threads} compute threads, isa ${isa.active}`);
+    const gemm = measureGemm(s, log);
+    const decode = measureDecode(s, log);
+    const prefill = measurePrefill(s, log);
+    const memory = measureCopy(s, log);
+    const disk = await measureDisk(s, opts.diskDir, log);
+    return {
+      version: PROFILE_VERSION,
+      createdAt: new Date().toISOString(),
+      quick: opts.quick,
+      sizes,
+      machine: {
+        cpuModel: cpus[0]?.model.trim() || 'unknown',
+        cores: cpus.length || os.availableParallelism(),
+        ramBytes: os.totalmem(),
+        isa: { active: isa.active, detected: isa.detected, features: { ...isa.features } },
+        threads,
+        node: process.version,
+        platform: process.platform,
+        arch: process.arch,
+      },
+      gemm,
+      attention: { decode, prefill },
+      memory,
+      disk,
+    };
+  } finally {
+    if (opts.threads !== undefined) setThreads(before);
+  }
+}
+
+// ---- saving and loading ---------------------------------------------------------------------------
+
+/** $TIERLM_PROFILE if set, else ~/.cache/tierlm/hardware.json. */
+export function defaultProfilePath(): string {
+  const env = process.env.TIERLM_PROFILE;
+  if (env) return path.resolve(env);
+  return path.join(os.homedir(), '.cache', 'tierlm', 'hardware.json');
+}
+
+/** Writes the profile as JSON (creating the folder; atomically, through a temporary file). */
+export function saveProfile(p: HardwareProfile, file: string): void {
+  validateProfile(p, file);
+  fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+  const tmp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, JSON.stringify(p, null, 2) + '\n');
+  fs.renameSync(tmp, file);
+}
+
+/** A malformed or outdated profile file; the message names the file and the field. */
+export class ProfileFileError extends UserError {
+  constructor(readonly file: string, message: string) {
+    super(`hardware profile ${file}: ${message} (run \`tierlm profile\` to measure again, or delete the file)`);
+    this.name = 'ProfileFileError';
+  }
+}
+
+/** The saved profile, or null when the file does not exist. Throws a ProfileFileError naming the
+ *  file when it cannot be read, is not JSON, or lacks or mistypes a field. */
+export function loadProfile(file: string): HardwareProfile | null {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw new ProfileFileError(file, `cannot be read: ${(e as Error).message}`);
+  }
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch (e) {
+    throw new ProfileFileError(file, `is not valid JSON: ${(e as Error).message}`);
+  }
+  validateProfile(v, file);
+  return v;
+}
+
+const FORMATS: readonly string[] = ['f32', 'f16', 'bf16', 'q4', 'q8'];
+const MODES: readonly string[] = ['fp32', 'bf16'];
+
+function validateProfile(v: unknown, file: string): asserts v is HardwareProfile {
+  const bad = (field: string, want: string): never => {
+    throw new ProfileFileError(file, `field ${field} must be ${want}`);
+  };
+  const obj = (x: unknown, field: string): Record<string, unknown> =>
+    (typeof x === 'object' && x !== null && !Array.isArray(x) ? (x as Record<string, unknown>) : bad(field, 'an object'));
+  const arr = (x: unknown, field: string, nonEmpty = true): unknown[] =>
+    (Array.isArray(x) && (!nonEmpty || x.length > 0) ? x : bad(field, nonEmpty ? 'a non-empty array' : 'an array'));
+  const pos = (x: unknown, field: string): number => (typeof x === 'number' && Number.isFinite(x) && x > 0 ? x : bad(field, 'a positive finite number'));
+  const posInt = (x: unknown, field: string): number => (Number.isInteger(x) && (x as number) > 0 ? (x as number) : bad(field, 'a positive integer'));
+  const str = (x: unknown, field: string): string => (typeof x === 'string' ? x : bad(field, 'a string'));
+  const oneOf = (x: unknown, field: string, values: readonly string[]): string =>
+    (typeof x === 'string' && values.includes(x) ? x : bad(field, `one of ${values.join(', ')}`));
+
+  const p = obj(v, 'profile');
+  if (p.version !== PROFILE_VERSION) bad('version', `${PROFILE_VERSION} (this file has ${JSON.stringify(p.version)}, from another version of tierlm)`);
+  if (Number.isNaN(Date.parse(str(p.createdAt, 'createdAt')))) bad('createdAt', 'an ISO date');
+  if (typeof p.quick !== 'boolean') bad('quick', 'true or false');
+  oneOf(p.sizes, 'sizes', ['full', 'quick', 'tiny']);
+
+  const m = obj(p.machine, 'machine');
+  str(m.cpuModel, 'machine.cpuModel');
+  posInt(m.cores, 'machine.cores');
+  pos(m.ramBytes, 'machine.ramBytes');
+  const isa = obj(m.isa, 'machine.isa');
+  str(isa.active, 'machine.isa.active');
+  str(isa.detected, 'machine.isa.detected');
+  obj(isa.features, 'machine.isa.features');
+  posInt(m.threads, 'machine.threads');
+  str(m.node, 'machine.node');
+  str(m.platform, 'machine.platform');
+  str(m.arch, 'machine.arch');
+
+  validateGemm(p.gemm, 'gemm', { obj, arr, pos, posInt, oneOf, bad });
+
+  const att = obj(p.attention, 'attention');
+  arr(att.decode, 'attention.decode').forEach((e, i) => {
+    const f = `attention.decode[${i}]`;
+    const d = obj(e, f);
+    oneOf(d.cacheDtype, `${f}.cacheDtype`, ['f32', 'f16']);
+    for (const key of ['batch', 'heads', 'kvHeads', 'headDim', 'len'] as const) posInt(d[key], `${f}.${key}`);
+    pos(d.bytes, `${f}.bytes`);
+    pos(d.bytesPerSecond, `${f}.bytesPerSecond`);
+  });
+  const pf = obj(att.prefill, 'attention.prefill');
+  for (const key of ['tokens', 'heads', 'kvHeads', 'headDim'] as const) posInt(pf[key], `attention.prefill.${key}`);
+  pos(pf.flopsPerSecond, 'attention.prefill.flopsPerSecond');
+
+  const mem = obj(p.memory, 'memory');
+  pos(mem.copyBytesPerSecond, 'memory.copyBytesPerSecond');
+  pos(mem.bytes, 'memory.bytes');
+
+  const d = obj(p.disk, 'disk');
+  str(d.dir, 'disk.dir');
+  if (typeof d.direct !== 'boolean') bad('disk.direct', 'true or false');
+  for (const key of ['fileBytes', 'blockBytes', 'inflight'] as const) posInt(d[key], `disk.${key}`);
+  pos(d.readBytesPerSecond, 'disk.readBytesPerSecond');
+  pos(d.writeBytesPerSecond, 'disk.writeBytesPerSecond');
+
+  if (p.gpu !== undefined) {
+    const g = obj(p.gpu, 'gpu');
+    str(g.name, 'gpu.name');
+    pos(g.memoryBytes, 'gpu.memoryBytes');
+    pos(g.h2dBytesPerSecond, 'gpu.h2dBytesPerSecond');
+    pos(g.d2hBytesPerSecond, 'gpu.d2hBytesPerSecond');
+    if (g.gemm !== undefined) validateGemm(g.gemm, 'gpu.gemm', { obj, arr, pos, posInt, oneOf, bad });
+  }
+}
+
+interface Checks {
+  obj: (x: unknown, field: string) => Record<string, unknown>;
+  arr: (x: unknown, field: string) => unknown[];
+  pos: (x: unknown, field: string) => number;
+  posInt: (x: unknown, field: string) => number;
+  oneOf: (x: unknown, field: string, values: readonly string[]) => string;
+  bad: (field: string, want: string) => never;
+}
+
+function validateGemm(x: unknown, field: string, c: Checks): void {
+  const g = c.obj(x, field);
+  c.posInt(g.k, `${field}.k`);
+  c.posInt(g.n, `${field}.n`);
+  const ms = c.arr(g.ms, `${field}.ms`).map((m, i) => c.posInt(m, `${field}.ms[${i}]`));
+  for (let i = 1; i < ms.length; i++) if (ms[i]! <= ms[i - 1]!) c.bad(`${field}.ms`, 'increasing');
+  const seen = new Set<string>();
+  c.arr(g.rows, `${field}.rows`).forEach((r, i) => {
+    const f = `${field}.rows[${i}]`;
+    const row = c.obj(r, f);
+    const key = `${c.oneOf(row.format, `${f}.format`, FORMATS)}/${c.oneOf(row.mode, `${f}.mode`, MODES)}`;
+    if (seen.has(key)) c.bad(f, `the only row for ${key}`);
+    seen.add(key);
+    const rates = c.arr(row.flopsPerSecond, `${f}.flopsPerSecond`);
+    if (rates.length !== ms.length) c.bad(`${f}.flopsPerSecond`, `an array of ${ms.length} rates (one per entry of ${field}.ms)`);
+    rates.forEach((v, j) => c.pos(v, `${f}.flopsPerSecond[${j}]`));
+  });
+}
+
+export interface EnsureOptions {
+  /** Default: defaultProfilePath(). */
+  file?: string;
+  /** Where a measurement puts its disk test file. Default: os.tmpdir(). */
+  diskDir?: string;
+  /** Measure quickly when there is no saved profile (default true). */
+  quick?: boolean;
+  threads?: number;
+  /** Internal (tests): sizes of a measurement, see MeasureOptions.sizes. */
+  sizes?: ProfileSizes;
+  log?: (msg: string) => void;
+}
+
+/** The saved profile; if there is none, measures one (quick unless told otherwise), saves it and
+ *  returns it. A malformed saved file is an error (ProfileFileError), not silently replaced. */
+export async function ensureProfile(opts: EnsureOptions = {}): Promise<HardwareProfile> {
+  const file = opts.file ?? defaultProfilePath();
+  const saved = loadProfile(file);
+  if (saved) return saved;
+  const quick = opts.quick ?? true;
+  opts.log?.(`no hardware profile at ${file}; measuring this machine${quick ? ' (quick)' : ''}, once`);
+  const p = await measureProfile({ quick, diskDir: opts.diskDir ?? os.tmpdir(), threads: opts.threads, sizes: opts.sizes, log: opts.log });
+  saveProfile(p, file);
+  opts.log?.(`saved the hardware profile to ${file}`);
+  return p;
+}
+
+// ---- rates for a cost model -----------------------------------------------------------------------
+
+/** The table row that runs (format, mode): in bf16 mode float weights are packed as bf16. */
+function gemmRow(table: GemmTable, format: WeightFormat, mode: ComputeMode): GemmRow {
+  const f = mode === 'bf16' && (format === 'f32' || format === 'f16') ? 'bf16' : format;
+  const row = table.rows.find((r) => r.format === f && r.mode === mode);
+  if (!row) throw new RangeError(`the hardware profile has no GEMM rate for ${f} weights in ${mode} mode`);
+  return row;
+}
+
+/** GEMM FLOP/s for weights in `format`, compute `mode` and m batch rows: interpolated linearly in
+ *  log(rate) over log(m) between measured M (exact for rate ∝ m^a, as in the memory-bound
+ *  regime), and clamped to the first / last measured M outside the table. */
+export function gemmRate(profile: HardwareProfile, format: WeightFormat, mode: ComputeMode, m: number): number {
+  if (!(m > 0) || !Number.isFinite(m)) throw new RangeError(`gemmRate: m must be a positive number, got ${m}`);
+  const { ms } = profile.gemm;
+  const r = gemmRow(profile.gemm, format, mode).flopsPerSecond;
+  if (m <= ms[0]!) return r[0]!;
+  const last = ms.length - 1;
+  if (m >= ms[last]!) return r[last]!;
+  let i = 1;
+  while (ms[i]! < m) i++;
+  if (ms[i] === m) return r[i]!;
+  const t = Math.log(m / ms[i - 1]!) / Math.log(ms[i]! / ms[i - 1]!);
+  return Math.exp(Math.log(r[i - 1]!) + t * (Math.log(r[i]!) - Math.log(r[i - 1]!)));
+}
+
+/** Decode attention: bytes of K+V cache read per second, at the largest cache measured for the dtype. */
+export function attentionDecodeRate(profile: HardwareProfile, cacheDtype: CacheDType): number {
+  const es = profile.attention.decode.filter((e) => e.cacheDtype === cacheDtype);
+  if (es.length === 0) throw new RangeError(`the hardware profile has no decode attention rate for a ${cacheDtype} cache`);
+  return es.reduce((a, b) => (b.bytes > a.bytes ? b : a)).bytesPerSecond;
+}
+
+/** Causal prefill attention FLOP/s. */
+export function attentionPrefillRate(profile: HardwareProfile): number {
+  return profile.attention.prefill.flopsPerSecond;
+}
+
+/** Sequential O_DIRECT read bytes per second. */
+export function diskReadRate(profile: HardwareProfile): number {
+  return profile.disk.readBytesPerSecond;
+}
+
+/** Sequential O_DIRECT write bytes per second (fsync included). */
+export function diskWriteRate(profile: HardwareProfile): number {
+  return profile.disk.writeBytesPerSecond;
+}
+
+/** RAM copy bytes per second. */
+export function memcpyRate(profile: HardwareProfile): number {
+  return profile.memory.copyBytesPerSecond;
+}

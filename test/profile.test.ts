@@ -1,0 +1,215 @@
+// The hardware profile: measured with tiny sizes, saved, loaded, validated, interpolated, reused.
+import fs from 'node:fs';
+import path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { getThreads } from '../src/backend/index.js';
+import {
+  type HardwareProfile, ProfileFileError, attentionDecodeRate, attentionPrefillRate, defaultProfilePath, diskReadRate,
+  diskWriteRate, ensureProfile, gemmRate, loadProfile, measureProfile, memcpyRate, saveProfile,
+} from '../src/policy/profile.js';
+import { cli } from './helpers/cli.js';
+import { tmpDir } from './helpers/fixtures.js';
+
+/** Every number in the object, with its path. */
+function numbers(x: unknown, at = ''): [string, number][] {
+  if (typeof x === 'number') return [[at, x]];
+  if (Array.isArray(x)) return x.flatMap((v, i) => numbers(v, `${at}[${i}]`));
+  if (typeof x === 'object' && x !== null) return Object.entries(x).flatMap(([k, v]) => numbers(v, `${at}.${k}`));
+  return [];
+}
+
+let dir: string;
+let profile: HardwareProfile;
+
+beforeAll(async () => {
+  dir = tmpDir('profile');
+  profile = await measureProfile({ quick: true, diskDir: dir, sizes: 'tiny' });
+});
+
+describe('measureProfile', () => {
+  it('measures every rate as a positive finite number, with the machine facts', () => {
+    const nums = numbers(profile);
+    expect(nums.length).toBeGreaterThan(40);
+    for (const [at, v] of nums) expect(Number.isFinite(v) && v > 0, `${at} = ${v}`).toBe(true);
+    expect(profile.quick).toBe(true);
+    expect(profile.sizes).toBe('tiny');
+    expect(profile.machine.threads).toBe(getThreads());
+    expect(profile.machine.node).toBe(process.version);
+    expect(profile.machine.cpuModel.length).toBeGreaterThan(0);
+    expect(Date.parse(profile.createdAt)).toBeGreaterThan(0);
+    expect(profile.gpu).toBeUndefined();
+    const kinds = profile.gemm.rows.map((r) => `${r.format}/${r.mode}`);
+    for (const k of ['f32/fp32', 'f16/fp32', 'bf16/fp32', 'q4/fp32', 'q8/fp32', 'bf16/bf16', 'q4/bf16', 'q8/bf16']) expect(kinds).toContain(k);
+    for (const r of profile.gemm.rows) expect(r.flopsPerSecond).toHaveLength(profile.gemm.ms.length);
+    expect(new Set(profile.attention.decode.map((e) => e.cacheDtype))).toEqual(new Set(['f32', 'f16']));
+    // The disk test file is gone.
+    expect(fs.readdirSync(dir).filter((f) => f.startsWith('tierlm-profile-'))).toEqual([]);
+  });
+
+  it('measures with the threads asked for and restores the engine setting', async () => {
+    const before = getThreads();
+    const p = await measureProfile({ quick: true, diskDir: dir, sizes: 'tiny', threads: 1 });
+    expect(p.machine.threads).toBe(1);
+    expect(getThreads()).toBe(before);
+  });
+
+  it('refuses a disk directory that does not exist', async () => {
+    await expect(measureProfile({ quick: true, diskDir: path.join(dir, 'missing'), sizes: 'tiny' })).rejects.toThrow(/missing/);
+  });
+});
+
+describe('saving and loading', () => {
+  it('round-trips through a file', () => {
+    const file = path.join(dir, 'nested', 'hw.json');
+    saveProfile(profile, file);
+    expect(loadProfile(file)).toEqual(profile);
+  });
+
+  it('returns null for a missing file', () => {
+    expect(loadProfile(path.join(dir, 'nope.json'))).toBeNull();
+  });
+
+  it('reports a malformed file by name and field', () => {
+    const notJson = path.join(dir, 'broken.json');
+    fs.writeFileSync(notJson, '{"version": 1, ');
+    expect(() => loadProfile(notJson)).toThrow(ProfileFileError);
+    expect(() => loadProfile(notJson)).toThrow(notJson);
+
+    const bad = path.join(dir, 'bad-field.json');
+    const copy = structuredClone(profile) as any;
+    copy.gemm.rows[1].flopsPerSecond[0] = -3;
+    fs.writeFileSync(bad, JSON.stringify(copy));
+    expect(() => loadProfile(bad)).toThrow(new RegExp(`${bad}.*gemm\\.rows\\[1\\]\\.flopsPerSecond\\[0\\]`));
+
+    const missing = path.join(dir, 'missing-field.json');
+    const copy2 = structuredClone(profile) as any;
+    delete copy2.disk.readBytesPerSecond;
+    fs.writeFileSync(missing, JSON.stringify(copy2));
+    expect(() => loadProfile(missing)).toThrow(/disk\.readBytesPerSecond/);
+
+    const old = path.join(dir, 'old.json');
+    fs.writeFileSync(old, JSON.stringify({ ...profile, version: 0 }));
+    expect(() => loadProfile(old)).toThrow(/version/);
+  });
+
+  it('defaults to $TIERLM_PROFILE, else ~/.cache/tierlm/hardware.json', () => {
+    const saved = process.env.TIERLM_PROFILE;
+    try {
+      process.env.TIERLM_PROFILE = path.join(dir, 'env.json');
+      expect(defaultProfilePath()).toBe(path.join(dir, 'env.json'));
+      delete process.env.TIERLM_PROFILE;
+      expect(defaultProfilePath()).toMatch(/\.cache[/\\]tierlm[/\\]hardware\.json$/);
+    } finally {
+      if (saved === undefined) delete process.env.TIERLM_PROFILE;
+      else process.env.TIERLM_PROFILE = saved;
+    }
+  });
+});
+
+describe('rates for a cost model', () => {
+  // A made-up table: rate ∝ m up to 64, then flat.
+  const synthetic: HardwareProfile = {
+    ...({} as HardwareProfile),
+    gemm: {
+      k: 4096, n: 4096, ms: [1, 16, 64, 256],
+      rows: [
+        { format: 'f32', mode: 'fp32', flopsPerSecond: [1e9, 16e9, 64e9, 64e9] },
+        { format: 'bf16', mode: 'bf16', flopsPerSecond: [2e9, 20e9, 80e9, 100e9] },
+      ],
+    },
+  };
+
+  it('interpolates between table points, monotone, exact at them, clamped outside', () => {
+    expect(gemmRate(synthetic, 'f32', 'fp32', 1)).toBeCloseTo(1e9, -3);
+    expect(gemmRate(synthetic, 'f32', 'fp32', 16)).toBeCloseTo(16e9, -3);
+    // Log-log: a power law between points is reproduced.
+    expect(gemmRate(synthetic, 'f32', 'fp32', 4) / 4e9).toBeCloseTo(1, 6);
+    expect(gemmRate(synthetic, 'f32', 'fp32', 128)).toBeCloseTo(64e9, -3);
+    let prev = 0;
+    for (let m = 1; m <= 300; m++) {
+      const r = gemmRate(synthetic, 'bf16', 'bf16', m);
+      expect(r).toBeGreaterThanOrEqual(prev);
+      expect(r).toBeGreaterThanOrEqual(2e9);
+      expect(r).toBeLessThanOrEqual(100e9);
+      prev = r;
+    }
+    expect(gemmRate(synthetic, 'bf16', 'bf16', 0.5)).toBe(2e9);
+    expect(gemmRate(synthetic, 'bf16', 'bf16', 100000)).toBe(100e9);
+    // In bf16 mode f32 and f16 weights are packed as bf16.
+    expect(gemmRate(synthetic, 'f16', 'bf16', 64)).toBe(80e9);
+    expect(() => gemmRate(synthetic, 'q4', 'fp32', 1)).toThrow(/q4/);
+    expect(() => gemmRate(synthetic, 'f32', 'fp32', 0)).toThrow(RangeError);
+  });
+
+  it('answers every rate from a measured profile', () => {
+    for (const r of profile.gemm.rows) {
+      for (const m of [1, 3, 16, 40, 64, 1000]) expect(gemmRate(profile, r.format, r.mode, m)).toBeGreaterThan(0);
+    }
+    for (const v of [attentionDecodeRate(profile, 'f32'), attentionDecodeRate(profile, 'f16'), attentionPrefillRate(profile),
+      diskReadRate(profile), diskWriteRate(profile), memcpyRate(profile)]) {
+      expect(Number.isFinite(v) && v > 0).toBe(true);
+    }
+  });
+});
+
+describe('ensureProfile', () => {
+  it('reuses a saved profile without measuring', async () => {
+    const file = path.join(dir, 'saved.json');
+    const marked = { ...profile, createdAt: '2001-02-03T04:05:06.000Z' };
+    saveProfile(marked, file);
+    const mtime = fs.statSync(file).mtimeMs;
+    const logs: string[] = [];
+    // A disk directory that does not exist: measuring would fail.
+    const p = await ensureProfile({ file, diskDir: path.join(dir, 'missing'), log: (m) => logs.push(m) });
+    expect(p.createdAt).toBe('2001-02-03T04:05:06.000Z');
+    expect(fs.statSync(file).mtimeMs).toBe(mtime);
+    expect(logs).toEqual([]);
+  });
+
+  it('measures a quick profile once when none is saved, then reuses it', async () => {
+    const file = path.join(dir, 'fresh', 'hw.json');
+    const logs: string[] = [];
+    const p = await ensureProfile({ file, diskDir: dir, sizes: 'tiny', log: (m) => logs.push(m) });
+    expect(p.quick).toBe(true);
+    expect(logs.some((l) => l.includes('measuring'))).toBe(true);
+    expect(loadProfile(file)).toEqual(p);
+    const again = await ensureProfile({ file, diskDir: path.join(dir, 'missing'), sizes: 'tiny' });
+    expect(again.createdAt).toBe(p.createdAt);
+  });
+
+  it('does not replace a malformed profile silently', async () => {
+    const file = path.join(dir, 'garbage.json');
+    fs.writeFileSync(file, 'not json');
+    await expect(ensureProfile({ file, diskDir: dir, sizes: 'tiny' })).rejects.toThrow(file);
+  });
+});
+
+describe('tierlm profile', () => {
+  it('measures, saves and prints JSON', () => {
+    const out = path.join(dir, 'cli', 'hw.json');
+    const r = cli(['profile', '--quick', '--out', out, '--disk-dir', dir, '--json', '--threads', '1'], { TIERLM_PROFILE_SIZES: 'tiny' });
+    expect(r.code, r.stderr).toBe(0);
+    const printed = JSON.parse(r.stdout) as HardwareProfile;
+    expect(printed.quick).toBe(true);
+    expect(printed.machine.threads).toBe(1);
+    expect(loadProfile(out)).toEqual(printed);
+  });
+
+  it('prints a table and the path it saved to', () => {
+    const out = path.join(dir, 'cli', 'table.json');
+    const r = cli(['profile', '--quick', '--out', out, '--disk-dir', dir], { TIERLM_PROFILE_SIZES: 'tiny' });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/GEMM GFLOP\/s/);
+    expect(r.stdout).toMatch(/q4 +bf16/);
+    expect(r.stdout).toMatch(/attention decode/);
+    expect(r.stdout).toMatch(/disk .*read .*GB\/s/s);
+    expect(r.stdout).toContain(`saved to ${out}`);
+    expect(loadProfile(out)).not.toBeNull();
+  });
+
+  it('refuses a missing disk directory with a clear message', () => {
+    const r = cli(['profile', '--quick', '--out', path.join(dir, 'cli', 'x.json'), '--disk-dir', path.join(dir, 'nowhere')], { TIERLM_PROFILE_SIZES: 'tiny' });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/nowhere/);
+  });
+});
