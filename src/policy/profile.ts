@@ -155,8 +155,9 @@ const SIZES: Record<ProfileSizes, SizeSpec> = {
     copyBytes: 256 * MiB, diskBytes: 2048 * MiB, diskBlock: 16 * MiB,
   },
   quick: {
-    k: 2048, n: 2048, ms: [1, 16, 256], minSeconds: 0.12,
-    decode: { heads: 16, headDim: 128, configs: [[1, 1024], [8, 256]] },
+    k: 2048, n: 2048, ms: [1, 16, 256], minSeconds: 0.2,
+    // Caches larger than a last-level cache, as in the full profile.
+    decode: { heads: 32, headDim: 128, configs: [[1, 2048], [4, 512]] },
     prefill: { tokens: 512, heads: 16, headDim: 128 },
     copyBytes: 256 * MiB, diskBytes: 256 * MiB, diskBlock: 16 * MiB,
   },
@@ -466,7 +467,9 @@ function validateProfile(v: unknown, file: string): asserts v is HardwareProfile
     (typeof x === 'string' && values.includes(x) ? x : bad(field, `one of ${values.join(', ')}`));
 
   const p = obj(v, 'profile');
-  if (p.version !== PROFILE_VERSION) bad('version', `${PROFILE_VERSION} (this file has ${JSON.stringify(p.version)}, from another version of tierlm)`);
+  if (p.version !== PROFILE_VERSION) {
+    bad('version', p.version === undefined ? `${PROFILE_VERSION} (it is missing)` : `${PROFILE_VERSION} (this file has ${JSON.stringify(p.version)}, from another version of tierlm)`);
+  }
   if (Number.isNaN(Date.parse(str(p.createdAt, 'createdAt')))) bad('createdAt', 'an ISO date');
   if (typeof p.quick !== 'boolean') bad('quick', 'true or false');
   oneOf(p.sizes, 'sizes', ['full', 'quick', 'tiny']);
