@@ -1,7 +1,7 @@
 // The hardware profile: measured with tiny sizes, saved, loaded, validated, interpolated, reused.
 import fs from 'node:fs';
 import path from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { getThreads } from '../src/backend/index.js';
 import {
   type HardwareProfile, ProfileFileError, attentionDecodeRate, attentionPrefillRate, defaultProfilePath, diskReadRate,
@@ -24,6 +24,10 @@ let profile: HardwareProfile;
 beforeAll(async () => {
   dir = tmpDir('profile');
   profile = await measureProfile({ quick: true, diskDir: dir, sizes: 'tiny' });
+});
+
+afterAll(() => {
+  fs.rmSync(dir, { recursive: true, force: true });
 });
 
 describe('measureProfile', () => {
