@@ -31,9 +31,19 @@ describe('--ram is a hard limit', () => {
   });
 
   it('refuses a limit that cannot be met, saying which tier and by how much', () => {
-    const r = cli(['bench', '--config', 'opt-offload-test', '--model-cache', modelCache, '--prompt-len', '32', '--gen-len', '4', '--ram', '16MiB']);
-    expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/RAM limit 16\.0 MiB is too small by [\d.]+ MiB .*layer weights/);
+    const base = ['bench', '--config', 'opt-offload-test', '--model-cache', modelCache, '--prompt-len', '32', '--gen-len', '4'];
+    // A placement given by hand: the engine's check names what fills RAM.
+    const byHand = cli([...base, '--percent', '0', '100', '0', '100', '0', '100', '--ram', '16MiB']);
+    expect(byHand.code).toBe(1);
+    expect(byHand.stderr).toMatch(/RAM limit 16\.0 MiB is too small by [\d.]+ MiB .*layer weights/);
+    // Planned (--policy auto) without a disk tier: the model needs one.
+    const noDisk = cli([...base, '--ram', '16MiB']);
+    expect(noDisk.code).toBe(1);
+    expect(noDisk.stderr).toMatch(/does not fit in the RAM limit 16\.0 MiB and no disk tier was given: add --disk-dir/);
+    // Planned with a disk tier, but too little RAM even for the buffers that stay in RAM.
+    const tiny = cli([...base, '--ram', '4MiB', '--disk-dir', tmpDir('tiny')]);
+    expect(tiny.code).toBe(1);
+    expect(tiny.stderr).toMatch(/RAM limit 4\.0 MiB is too small by [\d.]+ MiB: even with the weights, cache and activations on disk/);
   });
 
   it('counts device shares against --device-mem (on a CPU-only machine they live in RAM too)', () => {

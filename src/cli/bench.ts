@@ -1,6 +1,6 @@
 // `tierlm bench`: FlexGen's benchmark protocol on a model directory or a named shape with dummy weights.
 import type { Command } from 'commander';
-import { type BenchResult, runBench } from '../engine/bench.js';
+import { type BenchResult, defaultModelCache, dummyModel, runBench } from '../engine/bench.js';
 import { formatSize } from '../tensor/tiers/size.js';
 import { UserError } from '../util/errors.js';
 import { int, oneOf } from './parse.js';
@@ -35,7 +35,9 @@ export function addBenchCommand(program: Command): void {
     .option('--json', 'print one JSON line');
   addPolicyOptions(cmd).action(async (o: BenchFlags) => {
     if ((o.model === undefined) === (o.config === undefined)) throw new UserError('give either --model DIR or --config NAME');
-    const r = await runBench({ ...loadOptions(o), model: o.model, config: o.config, layers: o.layers, promptLen: o.promptLen, genLen: o.genLen, cacheDtype: o.cacheDtype, modelCache: o.modelCache });
+    const model = o.model ?? dummyModel(o.config!, o.layers, o.modelCache ?? defaultModelCache());
+    const opts = await loadOptions(o, { source: { model }, promptLen: o.promptLen, genLen: o.genLen });
+    const r = await runBench({ ...opts, model, promptLen: o.promptLen, genLen: o.genLen, cacheDtype: o.cacheDtype, modelCache: o.modelCache });
     process.stdout.write(o.json ? JSON.stringify(r) + '\n' : report(r));
   });
 }

@@ -8,7 +8,8 @@ import { readRequests, ResultWriter } from '../formats/jsonl.js';
 import { UserError } from '../util/errors.js';
 import { float, int, intList, oneOf } from './parse.js';
 import { Progress } from './progress.js';
-import { type PolicyFlags, addPolicyOptions, loadOptions } from './policy-options.js';
+import { type PolicyFlags, type Workload, addPolicyOptions, loadOptions } from './policy-options.js';
+import { readConfig } from '../models/registry.js';
 
 interface GenerateOptions extends PolicyFlags {
   model: string;
@@ -66,7 +67,9 @@ function params(o: GenerateOptions): Partial<GenerateParams> {
 async function runGenerate(o: GenerateOptions): Promise<void> {
   if ((o.prompt === undefined) === (o.prompts === undefined)) throw new UserError('give either --prompt TEXT or --prompts FILE (with --out FILE)');
   if (o.prompts !== undefined && o.out === undefined) throw new UserError('--prompts needs --out FILE for the results');
-  const model = await loadModel(o.model, loadOptions(o, o.batchSize));
+  const promptLen = o.prompts !== undefined ? await longestPrompt(o.prompts) : Math.ceil(o.prompt!.length / 3) + 2;
+  const work = { source: { model: o.model }, promptLen: Math.max(1, promptLen), genLen: o.maxNewTokens };
+  const model = await loadModel(o.model, await loadOptions(o, await fitWorkload(o.model, work), o.batchSize));
   if (o.prompt !== undefined) {
     for await (const r of model.generate([{ id: 'prompt', prompt: o.prompt }], params(o))) {
       if ('error' in r) throw new UserError(r.error);
@@ -141,4 +144,27 @@ async function countLines(file: string): Promise<number | null> {
   } catch {
     return null;
   }
+}
+
+/** An estimate of the longest prompt in tokens (token ids counted, text at about 3 characters a token). */
+async function longestPrompt(file: string): Promise<number> {
+  let longest = 1;
+  for await (const item of readRequests(file)) {
+    if (!('request' in item)) continue;
+    const r = item.request;
+    const n = Array.isArray(r.promptTokenIds) ? r.promptTokenIds.length
+      : typeof r.prompt === 'string' ? Math.ceil(r.prompt.length / 3) + 2
+        : Array.isArray(r.messages) ? Math.ceil(JSON.stringify(r.messages).length / 3) + 16 : 1;
+    longest = Math.max(longest, n);
+  }
+  return longest;
+}
+
+/** Keeps the planned prompt and generation lengths within the model's positions. */
+async function fitWorkload(dir: string, work: Workload): Promise<Workload> {
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new UserError(`model directory ${dir} does not exist`);
+  const { config } = readConfig(dir);
+  const max = config.maxPositions;
+  const genLen = Math.min(work.genLen, max - 1);
+  return { ...work, genLen, promptLen: Math.min(work.promptLen, max - genLen) };
 }

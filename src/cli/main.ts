@@ -4,6 +4,7 @@ import { UserError } from '../util/errors.js';
 import { addGenerateCommand } from './generate.js';
 import { addInitCommand } from './init.js';
 import { addBenchCommand } from './bench.js';
+import { addPlanCommand } from './plan.js';
 import { addProfileCommand } from './profile.js';
 
 export async function main(argv: string[]): Promise<void> {
@@ -12,6 +13,7 @@ export async function main(argv: string[]): Promise<void> {
   addGenerateCommand(program);
   addInitCommand(program);
   addBenchCommand(program);
+  addPlanCommand(program);
   addProfileCommand(program);
   try {
     await program.parseAsync(argv);

@@ -6,6 +6,17 @@ import { DEFAULT_POLICY, type Policy, applyPercent, policyFromJson, validatePoli
 import { parseSize } from '../tensor/tiers/size.js';
 import { UserError } from '../util/errors.js';
 import type { LoadOptions } from '../engine/model.js';
+import { planPolicy } from '../engine/plan.js';
+import { ensureProfile } from '../policy/profile.js';
+
+/** What the planner needs to know about the job. */
+export interface Workload {
+  source: { model?: string; config?: string; layers?: number };
+  promptLen: number;
+  genLen: number;
+  /** Block shapes to consider (default: all, or those the flags fix). */
+  shapes?: [number, number][];
+}
 import { int, oneOf } from './parse.js';
 
 export interface PolicyFlags {
@@ -21,9 +32,10 @@ export interface PolicyFlags {
   cpuCacheCompute?: boolean;
   schedule?: 'zigzag' | 'row';
   policy?: string;
+  profile?: string;
 }
 
-const size = (name: string) => (v: string) => {
+export const sizeOption = (name: string) => (v: string) => {
   try {
     return parseSize(v, name);
   } catch (e) {
@@ -39,10 +51,10 @@ const bool = (name: string) => (v: string) => {
 
 export function addPolicyOptions(cmd: Command): Command {
   return cmd
-    .option('--ram <size>', 'RAM limit, a hard limit on the run (for example 16GiB)', size('--ram'))
-    .option('--device-mem <size>', 'compute-device memory (on a CPU-only machine it is part of RAM)', size('--device-mem'))
+    .option('--ram <size>', 'RAM limit, a hard limit on the run (for example 16GiB)', sizeOption('--ram'))
+    .option('--device-mem <size>', 'compute-device memory (on a CPU-only machine it is part of RAM)', sizeOption('--device-mem'))
     .option('--disk-dir <dir>', 'directory of the disk tier')
-    .option('--disk <size>', 'disk tier capacity', size('--disk'))
+    .option('--disk <size>', 'disk tier capacity', sizeOption('--disk'))
     .option('--percent <n...>', "six percents: weights, cache, activations on device and in RAM (WG WC CG CC HG HC); the disk gets the rest")
     .option('--gpu-batch-size <n>', 'sequences per batch', int('--gpu-batch-size', 1))
     .option('--num-gpu-batches <n>', 'batches sharing each weight load', int('--num-gpu-batches', 1))
@@ -50,13 +62,19 @@ export function addPolicyOptions(cmd: Command): Command {
     .option('--sep-layer <bool>', 'load attention and MLP weights separately (true|false)', bool('--sep-layer'))
     .option('--cpu-cache-compute', 'run decode attention where the cache lives')
     .option('--schedule <kind>', 'zigzag (FlexGen) or row (Accelerate-style, for comparison)', oneOf('--schedule', ['zigzag', 'row'] as const))
-    .option('--policy <file>', 'a policy JSON file (fields as `tierlm plan --json` writes them); flags override it');
+    .option('--policy <file>', "'auto' (the default: planned from the hardware profile and the limits) or a policy JSON file (as `tierlm plan --json` writes it); flags override it")
+    .option('--profile <file>', 'hardware profile for --policy auto (default: the saved one, measured quickly if missing)');
 }
 
-/** The policy the flags describe: defaults, then --policy FILE, then individual flags. */
-export function policyFromFlags(o: PolicyFlags, batchSizeFlag?: number): Policy {
-  let p: Policy = { ...DEFAULT_POLICY };
-  if (o.policy) {
+/** Whether the flags leave the placement to the planner (--policy auto, or no placement given). */
+export function wantsAutoPolicy(o: PolicyFlags): boolean {
+  return o.policy === 'auto' || (o.policy === undefined && o.percent === undefined);
+}
+
+/** The policy the flags describe: defaults (or a planned policy), then --policy FILE, then individual flags. */
+export function policyFromFlags(o: PolicyFlags, batchSizeFlag?: number, planned?: Policy): Policy {
+  let p: Policy = { ...(planned ?? DEFAULT_POLICY) };
+  if (o.policy && o.policy !== 'auto') {
     let json: unknown;
     try {
       json = JSON.parse(fs.readFileSync(o.policy, 'utf8'));
@@ -77,12 +95,27 @@ export function policyFromFlags(o: PolicyFlags, batchSizeFlag?: number): Policy 
   return validatePolicy(p);
 }
 
-/** Everything `loadModel` needs from the shared flags. */
-export function loadOptions(o: PolicyFlags & { precision?: 'fp32' | 'bf16'; threads?: number }, batchSizeFlag?: number): LoadOptions {
+/** Everything `loadModel` needs from the shared flags. With --policy auto the placement and the
+ *  block shape are planned for the workload (a shape given by flags is kept). */
+export async function loadOptions(o: PolicyFlags & { precision?: 'fp32' | 'bf16'; threads?: number; cacheDtype?: 'f32' | 'f16' }, work: Workload,
+  batchSizeFlag?: number): Promise<LoadOptions> {
+  let planned: Policy | undefined;
+  if (wantsAutoPolicy(o)) {
+    const profile = await ensureProfile({ file: o.profile, diskDir: o.diskDir, log: (m) => process.stderr.write(`tierlm: ${m}\n`) });
+    const gbs = o.gpuBatchSize ?? batchSizeFlag;
+    const shapes = work.shapes ?? (gbs !== undefined || o.numGpuBatches !== undefined
+      ? (gbs !== undefined ? [gbs] : [1, 2, 4, 8, 16, 32, 64]).flatMap((b) => (o.numGpuBatches !== undefined ? [o.numGpuBatches] : [1, 2, 4, 8, 16]).map((n) => [b, n] as [number, number]))
+      : undefined);
+    const plan = await planPolicy({
+      ...work.source, promptLen: work.promptLen, genLen: work.genLen, precision: o.precision, cacheDtype: o.cacheDtype,
+      limits: { ram: o.ram, device: o.deviceMem, disk: o.disk }, disk: o.diskDir !== undefined, profile, shapes,
+    });
+    planned = plan.policy;
+  }
   return {
     precision: o.precision,
     threads: o.threads,
-    policy: policyFromFlags(o, batchSizeFlag),
+    policy: policyFromFlags(o, batchSizeFlag, planned),
     diskDir: o.diskDir,
     diskBytes: o.disk,
     ramBytes: o.ram,

@@ -149,28 +149,9 @@ export class WeightLoader {
     return this.store.has(name) ? this.store.info(name) : null;
   }
 
-  /** Bytes the model will take once loaded: each layer's GEMM weights (packed, in fixed order,
-   *  with their part), and everything kept in RAM regardless of placement. */
-  sizes(): { layers: { part: 'attn' | 'mlp'; bytes: number }[][]; globalBytes: number } {
-    const packed = (name: string) => {
-      const t = this.tensorInfo(name);
-      if (!t || t.shape.length !== 2) return 0;
-      return this.backend.kernels.packedByteLength(weightFormatFor(t.dtype, this.mode), t.shape[0]!, t.shape[1]!);
-    };
-    const raw = (name: string | undefined) => {
-      const t = name ? this.tensorInfo(`${name}.weight`) : null;
-      return t ? t.shape.reduce((a, b) => a * b, 1) * (t.dtype === 'f32' ? 4 : 2) : 0;
-    };
-    const c = this.config;
-    const layers = Array.from({ length: c.layers }, (_, j) => this.matrices(j).map((m) => ({ part: m.part, bytes: packed(`${m.name}.weight`) })));
-    const g = this.names.global;
-    const head = this.tensorInfo(`${g.lm_head}.weight`);
-    const tied = g.lm_head === g.embed;
-    const exact = head ? weightFormatFor(head.dtype, this.mode) === head.dtype : true;
-    const vectors = 4 * c.layers * (4 * c.hidden + 2 * (c.heads + 2 * c.kvHeads) * c.headDim + 2 * c.ffn);
-    const globalBytes = packed(`${g.lm_head}.weight`) + (tied && exact ? 0 : raw(g.embed)) + raw(g.pos_embed) +
-      packed(`${g.project_in}.weight`) + packed(`${g.project_out}.weight`) + vectors;
-    return { layers, globalBytes };
+  /** Bytes the model will take once loaded (see packedSizes). */
+  sizes(): ModelSizes {
+    return packedSizes(this.config, this.names, (n) => this.tensorInfo(n), this.backend, this.mode, (j) => this.matrices(j));
   }
 
   globals(): GlobalWeights {
@@ -193,4 +174,59 @@ export class WeightLoader {
       lmHead,
     };
   }
+}
+
+export interface ModelSizes {
+  /** Packed bytes of each layer's GEMM weights, in their fixed order, with their part. */
+  layers: { part: 'attn' | 'mlp'; bytes: number }[][];
+  /** Everything kept in RAM regardless of placement: embeddings, LM head, norms, biases. */
+  globalBytes: number;
+}
+
+type Info = (name: string) => { shape: number[]; dtype: 'f32' | 'f16' | 'bf16' } | null;
+
+/** Sizes from tensor shapes and dtypes alone (a checkpoint's headers, or a config's expected shapes). */
+export function packedSizes(c: ModelConfig, names: NameTable, info: Info, backend: Backend, mode: ComputeMode,
+  matrices: (j: number) => { name: string; part: 'attn' | 'mlp' }[]): ModelSizes {
+  const packed = (name: string) => {
+    const t = info(name);
+    if (!t || t.shape.length !== 2) return 0;
+    return backend.kernels.packedByteLength(weightFormatFor(t.dtype, mode), t.shape[0]!, t.shape[1]!);
+  };
+  const raw = (name: string | undefined) => {
+    const t = name ? info(`${name}.weight`) : null;
+    return t ? t.shape.reduce((a, b) => a * b, 1) * (t.dtype === 'f32' ? 4 : 2) : 0;
+  };
+  const layers = Array.from({ length: c.layers }, (_, j) => matrices(j).map((m) => ({ part: m.part, bytes: packed(`${m.name}.weight`) })));
+  const g = names.global;
+  const head = info(`${g.lm_head}.weight`);
+  const tied = g.lm_head === g.embed;
+  const exact = head ? weightFormatFor(head.dtype, mode) === head.dtype : true;
+  const vectors = 4 * c.layers * (4 * c.hidden + 2 * (c.heads + 2 * c.kvHeads) * c.headDim + 2 * c.ffn);
+  const globalBytes = packed(`${g.lm_head}.weight`) + (tied && exact ? 0 : raw(g.embed)) + raw(g.pos_embed) +
+    packed(`${g.project_in}.weight`) + packed(`${g.project_out}.weight`) + vectors;
+  return { layers, globalBytes };
+}
+
+/** Sizes of a model of this config stored in `dtype`, without any file. */
+export function sizesFromConfig(c: ModelConfig, names: NameTable, dtype: 'f32' | 'f16' | 'bf16', backend: Backend, mode: ComputeMode): ModelSizes {
+  const slots = new Map<string, LayerSlot | GlobalSlot>();
+  for (const [slot, n] of Object.entries(names.global)) if (n) slots.set(`${n}.weight`, slot as GlobalSlot);
+  const layerSlots = Object.entries(names.layer) as [LayerSlot, string][];
+  const info: Info = (name) => {
+    let slot = slots.get(name);
+    if (!slot) {
+      for (const [s, pattern] of layerSlots) {
+        const re = new RegExp(`^${pattern.replace(/[.]/g, '\\.').replace('{L}', '\\d+')}\\.weight$`);
+        if (re.test(name)) slot = s;
+      }
+    }
+    return slot ? { shape: expectedShape(c, slot, 'weight'), dtype } : null;
+  };
+  const matrices = (j: number) => {
+    const list: { name: string; part: 'attn' | 'mlp' }[] = (['q', 'k', 'v', 'o'] as LayerSlot[]).map((s) => ({ name: names.layer[s]!.replace('{L}', String(j)), part: 'attn' }));
+    for (const s of (c.gatedMlp ? ['gate', 'up', 'down'] : ['up', 'down']) as LayerSlot[]) list.push({ name: names.layer[s]!.replace('{L}', String(j)), part: 'mlp' });
+    return list;
+  };
+  return packedSizes(c, names, info, backend, mode, matrices);
 }

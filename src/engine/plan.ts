@@ -1,0 +1,93 @@
+// Choosing a policy for a model, a workload and the user's limits: sizes from the checkpoint's
+// headers (or a named shape's config), rates from the hardware profile, then the LP search.
+
+import os from 'node:os';
+import { type ComputeMode, cpuBackend, weightFormatFor } from '../backend/index.js';
+import type { CacheDType } from '../backend/kernels.js';
+import type { ModelConfig } from '../models/config.js';
+import { openModel } from '../models/load.js';
+import { PRESETS } from '../models/presets.js';
+import { ConfigReader } from '../models/config.js';
+import { architectureFor } from '../models/registry.js';
+import { type ModelSizes, sizesFromConfig } from '../models/weights.js';
+import type { Rates } from '../policy/cost-model.js';
+import type { Limits } from '../policy/memory.js';
+import { type HardwareProfile, attentionDecodeRate, attentionPrefillRate, diskReadRate, diskWriteRate, gemmRate } from '../policy/profile.js';
+import { type Plan, searchPolicy } from '../policy/search.js';
+import { UserError } from '../util/errors.js';
+
+export interface PlanRequest {
+  model?: string;
+  config?: string;
+  layers?: number;
+  promptLen: number;
+  genLen: number;
+  precision?: ComputeMode;
+  cacheDtype?: CacheDType;
+  limits: Limits;
+  /** Whether a disk tier is available (a disk directory was given). */
+  disk: boolean;
+  profile: HardwareProfile;
+  /** Only these block shapes (gpu batch size, number of gpu batches). */
+  shapes?: [number, number][];
+}
+
+export interface PlanResult extends Plan {
+  config: ModelConfig;
+  sizes: ModelSizes;
+  /** RAM the plan assumed when no --ram was given. */
+  assumedRam: number | null;
+  searchMillis: number;
+}
+
+function modelSizes(r: PlanRequest, mode: ComputeMode): { config: ModelConfig; sizes: ModelSizes; dtype: 'f32' | 'f16' | 'bf16' } {
+  if (r.model) {
+    const m = openModel(r.model, cpuBackend(), mode);
+    try {
+      const first = m.loader.matrices(0)[0]!;
+      const dtype = m.loader.tensorInfo(`${first.name}.weight`)?.dtype ?? 'f16';
+      return { config: m.config, sizes: m.loader.sizes(), dtype };
+    } finally {
+      m.close();
+    }
+  }
+  const preset = PRESETS[r.config ?? ''];
+  if (!preset) throw new UserError(`unknown config "${r.config}" (known: ${Object.keys(PRESETS).join(', ')})`);
+  const json = preset();
+  if (r.layers) json.num_hidden_layers = r.layers;
+  const arch = architectureFor(String(json.model_type), `config ${r.config}`);
+  const config = arch.parseConfig(new ConfigReader(`config ${r.config}`, json));
+  return { config, sizes: sizesFromConfig(config, arch.names(config, () => false), 'f16', cpuBackend(), mode), dtype: 'f16' };
+}
+
+export function ratesFrom(profile: HardwareProfile, dtype: 'f32' | 'f16' | 'bf16', mode: ComputeMode, cacheDtype: CacheDType): Rates {
+  const format = weightFormatFor(dtype, mode);
+  return {
+    gemm: (m) => gemmRate(profile, format, mode, m),
+    attentionDecode: attentionDecodeRate(profile, cacheDtype),
+    attentionPrefill: attentionPrefillRate(profile),
+    diskRead: diskReadRate(profile),
+    diskWrite: diskWriteRate(profile),
+  };
+}
+
+export async function planPolicy(r: PlanRequest): Promise<PlanResult> {
+  const mode = r.precision ?? 'fp32';
+  const cacheDtype = r.cacheDtype ?? 'f16';
+  const { config, sizes, dtype } = modelSizes(r, mode);
+  if (r.promptLen + r.genLen > config.maxPositions) {
+    throw new UserError(`prompt ${r.promptLen} + ${r.genLen} new tokens exceed the model's ${config.maxPositions} positions`);
+  }
+  // Without a limit, plan for most of this machine's memory.
+  const assumedRam = r.limits.ram === undefined ? Math.floor(os.totalmem() * 0.8) : null;
+  const limits: Limits = { ...r.limits, ram: r.limits.ram ?? assumedRam! };
+  if (!r.disk) limits.disk = 0;
+  const layerBytes = sizes.layers.map((l) => l.reduce((n, m) => n + m.bytes, 0));
+  const unitBytes = Math.max(...sizes.layers.flatMap((l) => ['attn', 'mlp'].map((p) => l.filter((m) => m.part === p).reduce((n, m) => n + Math.ceil(m.bytes / 4096) * 4096, 0))));
+  const t0 = performance.now();
+  const plan = await searchPolicy({
+    config, layerBytes, unitBytes, globalBytes: sizes.globalBytes, promptLen: r.promptLen, genLen: r.genLen,
+    cacheElem: cacheDtype === 'f32' ? 4 : 2, limits, rates: ratesFrom(r.profile, dtype, mode, cacheDtype), shapes: r.shapes,
+  });
+  return { ...plan, config, sizes, assumedRam, searchMillis: performance.now() - t0 };
+}

@@ -1,0 +1,179 @@
+// The policy search: an outer enumeration of block shapes (gpu_batch_size, num_gpu_batches) and,
+// for each, linear programs over the placement fractions under every tier's capacity (solved by
+// HiGHS, compiled to WebAssembly); the best predicted throughput wins.
+//
+// For each shape, eight variants fix which of weights / cache / activations may use the disk at
+// all: a tier that is used needs staging buffers in RAM (a constant), which keeps each program
+// linear. On a CPU-only machine the device is RAM, so device fractions stay 0. Fractions from the
+// solver become percents only when the Policy is built (FlexGen's search once returned fractions
+// where percents were expected).
+
+import highsModule, { type LegacyHighs } from 'highs';
+import type { ModelConfig } from '../models/config.js';
+import { formatSize } from '../tensor/tiers/size.js';
+import { UserError } from '../util/errors.js';
+import { type LayerCosts, type Placement, type Prediction, type Rates, type Workload, layerCosts, predict } from './cost-model.js';
+import { type Limits, type MemoryItem, blockItems, weightItems } from './memory.js';
+import { DEFAULT_POLICY, type Policy } from './policy.js';
+
+export interface SearchInput {
+  config: ModelConfig;
+  /** Packed bytes of each layer's weights. */
+  layerBytes: number[];
+  /** Largest staging load (one unit's weights, whole). */
+  unitBytes: number;
+  /** Embeddings, LM head, norms: always in RAM. */
+  globalBytes: number;
+  promptLen: number;
+  genLen: number;
+  cacheElem: number;
+  limits: Limits;
+  rates: Rates;
+  /** Block shapes to try (default: powers of two up to 64 × 32). */
+  shapes?: [number, number][];
+}
+
+export interface Plan {
+  policy: Policy;
+  prediction: Prediction;
+  memory: { ram: number; disk: number; device: number; items: MemoryItem[] };
+}
+
+const GIB = 2 ** 30;
+
+// The package's types describe a CommonJS module; at run time its ES module's default export is the loader.
+const loadHighs = ((highsModule as unknown as { default?: unknown }).default ?? highsModule) as unknown as () => Promise<LegacyHighs>;
+let highsPromise: Promise<LegacyHighs> | null = null;
+
+function defaultShapes(): [number, number][] {
+  const out: [number, number][] = [];
+  for (const gbs of [1, 2, 4, 8, 12, 16, 24, 32, 48, 64]) for (const ngb of [1, 2, 4, 8, 16, 32]) out.push([gbs, ngb]);
+  return out;
+}
+
+function num(x: number): string {
+  // The LP reader wants plain numbers; 12 significant digits keep the programs exact enough.
+  return Number.isFinite(x) ? x.toPrecision(12).replace(/\.?0+e/, 'e') : '0';
+}
+
+interface Variant {
+  w: boolean;
+  c: boolean;
+  h: boolean;
+}
+
+const VARIANTS: Variant[] = [false, true].flatMap((w) => [false, true].flatMap((c) => [false, true].map((h) => ({ w, c, h }))));
+
+/** Memory (RAM bytes) as constant + coefficients × disk fractions, for one shape and variant. */
+function ramModel(input: SearchInput, gbs: number, ngb: number, v: Variant) {
+  const c = input.config;
+  const probe = (p: Partial<Policy>) => {
+    const policy = { ...DEFAULT_POLICY, gpuBatchSize: gbs, numGpuBatches: ngb, ...p };
+    return [
+      ...weightItems({ layerBytes: input.layerBytes, slotBytes: input.unitBytes, globalBytes: input.globalBytes }, policy, v.w),
+      ...blockItems(c, policy, { rows: gbs, batches: ngb, maxTokens: Math.max(gbs * input.promptLen, gbs), capacity: input.promptLen + input.genLen, cacheBytesPerElement: input.cacheElem }),
+    ];
+  };
+  const all = probe({});
+  const byName = (items: MemoryItem[], what: string) => items.find((i) => i.what === what)!;
+  const W = input.layerBytes.reduce((a, b) => a + b, 0);
+  const C = byName(all, 'KV cache').ram;
+  const A = byName(all, 'activations').ram;
+  const disk = probe({ wCpuPercent: v.w ? 0 : 100, cacheCpuPercent: v.c ? 0 : 100, actCpuPercent: v.h ? 0 : 100 });
+  const staging = (v.w ? byName(disk, 'weight staging (two slots)').ram : 0) + (v.c ? byName(disk, 'KV cache staging').ram : 0) +
+    (v.h ? byName(disk, 'activation staging').ram : 0);
+  const fixed = all.filter((i) => !['layer weights (resident share)', 'KV cache', 'activations'].includes(i.what)).reduce((n, i) => n + i.ram, 0) + staging;
+  return { W, C, A, fixed, items: (p: Policy) => probe(p) };
+}
+
+function lp(costs: LayerCosts, w: Workload, layers: number, ram: { W: number; C: number; A: number; fixed: number }, ramCap: number, v: Variant): string {
+  // A tiny cost per byte-share on disk breaks ties towards RAM: when compute bounds a phase,
+  // moving data to disk gains nothing and only adds traffic.
+  const eps = 1e-6 * (layers * (costs.prefillCompute + (w.genLen - 1) * costs.decodeCompute) + 1e-9);
+  const lines = ['Minimize', ` obj: ${num(layers)} tp + ${num(layers * (w.genLen - 1))} tg + ${num(eps)} wd + ${num(eps)} cd + ${num(eps)} hd`, 'Subject To'];
+  const io = (t: LayerCosts['prefillIo']) => `${num(t.wd)} wd + ${num(t.cd)} cd + ${num(t.hd)} hd`;
+  if (w.overlap) {
+    lines.push(` pio: tp - ${io(costs.prefillIo)} >= 0`, ` pcomp: tp >= ${num(costs.prefillCompute)}`);
+    lines.push(` dio: tg - ${io(costs.decodeIo)} >= 0`, ` dcomp: tg >= ${num(costs.decodeCompute)}`);
+  } else {
+    lines.push(` pio: tp - ${io(costs.prefillIo)} >= ${num(costs.prefillCompute)}`);
+    lines.push(` dio: tg - ${io(costs.decodeIo)} >= ${num(costs.decodeCompute)}`);
+  }
+  // RAM: (1-wd)·W + (1-cd)·C + (1-hd)·A + fixed <= cap   (in GiB for conditioning)
+  const rhs = (ramCap - ram.fixed - ram.W - ram.C - ram.A) / GIB;
+  lines.push(` ram: - ${num(ram.W / GIB)} wd - ${num(ram.C / GIB)} cd - ${num(ram.A / GIB)} hd <= ${num(rhs)}`);
+  lines.push('Bounds', ` 0 <= wd <= ${v.w ? 1 : 0}`, ` 0 <= cd <= ${v.c ? 1 : 0}`, ` 0 <= hd <= ${v.h ? 1 : 0}`, ' tp >= 0', ' tg >= 0', 'End');
+  return lines.join('\n');
+}
+
+/** The best policy for a workload under the limits, with its predicted throughput and memory. */
+export async function searchPolicy(input: SearchInput): Promise<Plan> {
+  const highs = await (highsPromise ??= loadHighs());
+  const c = input.config;
+  const ramCap = input.limits.ram ?? Infinity;
+  const layerBytes = Math.max(...input.layerBytes);
+  let best: Plan | null = null;
+  let smallestRam = Infinity;
+  for (const [gbs, ngb] of input.shapes ?? defaultShapes()) {
+    const w: Workload = { promptLen: input.promptLen, genLen: input.genLen, gpuBatchSize: gbs, numGpuBatches: ngb, cacheElem: input.cacheElem, overlap: true };
+    const costs = layerCosts(c, layerBytes, w, input.rates);
+    for (const v of VARIANTS) {
+      if (input.limits.disk === 0 && (v.w || v.c || v.h)) continue;
+      const ram = ramModel(input, gbs, ngb, v);
+      const minRam = ram.fixed + (v.w ? 0 : ram.W) + (v.c ? 0 : ram.C) + (v.h ? 0 : ram.A);
+      smallestRam = Math.min(smallestRam, minRam);
+      if (minRam > ramCap) continue;
+      // The disk holds the whole packed model once any weight is on it.
+      const diskNeed = (v.w ? ram.W : 0) + (v.c ? ram.C : 0) + (v.h ? ram.A : 0);
+      if (input.limits.disk !== undefined && diskNeed > input.limits.disk) continue;
+      let x: Placement = { wd: 0, cd: 0, hd: 0 };
+      if (v.w || v.c || v.h) {
+        const cap = Number.isFinite(ramCap) ? ramCap : 1e18;
+        const sol = highs.solve(lp(costs, w, c.layers, ram, cap, v), { output_flag: false });
+        if (sol.Status !== 'Optimal') continue;
+        const col = (n: string) => Math.min(1, Math.max(0, (sol.Columns as Record<string, { Primal: number }>)[n]?.Primal ?? 0));
+        x = { wd: col('wd'), cd: col('cd'), hd: col('hd') };
+      } else if (ram.fixed + ram.W + ram.C + ram.A > ramCap) {
+        continue;
+      }
+      const policy = toPolicy(gbs, ngb, x);
+      const prediction = predict(c, costs, w, { wd: 1 - policy.wCpuPercent / 100, cd: 1 - policy.cacheCpuPercent / 100, hd: 1 - policy.actCpuPercent / 100 });
+      const items = ram.items(policy);
+      const used = { ram: items.reduce((n, i) => n + i.ram, 0), disk: items.reduce((n, i) => n + i.disk, 0), device: 0 };
+      if (used.ram > ramCap) continue; // rounding to percents crossed the limit
+      if (!best || prediction.totalTokensPerSecond > best.prediction.totalTokensPerSecond * (1 + 1e-9)) {
+        best = { policy, prediction, memory: { ...used, items } };
+      }
+    }
+  }
+  if (!best) {
+    const W = input.layerBytes.reduce((a, b) => a + b, 0);
+    if (input.limits.disk === 0) {
+      throw new UserError(`the model does not fit in the RAM limit ${formatSize(ramCap)} and no disk tier was given: ` +
+        `add --disk-dir DIR (with at least ${formatSize(W)} free for its packed weights), or raise --ram by about ${formatSize(smallestRam - ramCap)}`);
+    }
+    if (smallestRam > ramCap) {
+      throw new UserError(`RAM limit ${formatSize(ramCap)} is too small by ${formatSize(smallestRam - ramCap)}: even with the weights, cache and activations on disk and one sequence per batch, ` +
+        `the embeddings, LM head, staging buffers and workspace need ${formatSize(smallestRam)}`);
+    }
+    throw new UserError(`disk limit ${formatSize(input.limits.disk ?? 0)} is too small by ${formatSize(W - (input.limits.disk ?? 0))}: ` +
+      `the model does not fit in RAM, and its packed weights (${formatSize(W)}) must fit on the disk tier`);
+  }
+  return best;
+}
+
+/** Fractions on disk → a Policy in percents (rounded down to 0.01% of RAM so limits hold). */
+function toPolicy(gbs: number, ngb: number, x: Placement): Policy {
+  const pct = (diskFraction: number) => Math.floor((1 - diskFraction) * 10000 + 1e-6) / 100;
+  return {
+    ...DEFAULT_POLICY,
+    gpuBatchSize: gbs,
+    numGpuBatches: ngb,
+    wGpuPercent: 0,
+    wCpuPercent: pct(x.wd),
+    cacheGpuPercent: 0,
+    cacheCpuPercent: pct(x.cd),
+    actGpuPercent: 0,
+    actCpuPercent: pct(x.hd),
+  };
+}

@@ -1,0 +1,78 @@
+// The policy search: every capacity is respected, a model that fits in RAM stays in RAM, limits
+// that cannot be met are refused with the tier and the shortfall, and `plan --json` round-trips
+// through `--policy FILE`.
+import fs from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { planPolicy } from '../src/engine/plan.js';
+import { loadProfile } from '../src/policy/profile.js';
+import { policyFromJson } from '../src/policy/policy.js';
+import { cli } from './helpers/cli.js';
+import { sharedFixtures, tmpDir } from './helpers/fixtures.js';
+
+const profile = loadProfile(process.env.TIERLM_PROFILE!)!;
+const GiB = 2 ** 30;
+
+describe('policy search', () => {
+  const cases: [string, number, boolean][] = [
+    ['opt-6.7b', 8 * GiB, true], ['opt-6.7b', 32 * GiB, true], ['opt-30b', 6 * GiB, true], ['llama-2-7b', 4 * GiB, true], ['opt-1.3b', 24 * GiB, false],
+  ];
+  for (const [config, ram, disk] of cases) {
+    it(`${config} with ${ram / GiB} GiB of RAM${disk ? ' and a disk' : ''}: within every capacity`, async () => {
+      const plan = await planPolicy({ config, promptLen: 64, genLen: 32, limits: { ram }, disk, profile });
+      expect(plan.memory.ram).toBeLessThanOrEqual(ram);
+      const p = plan.policy;
+      for (const v of [p.wCpuPercent, p.cacheCpuPercent, p.actCpuPercent]) expect(v).toBeGreaterThanOrEqual(0);
+      // Percents, not fractions: a plan that keeps anything in RAM says so in whole percents.
+      expect(p.wCpuPercent === 0 || p.wCpuPercent > 1).toBe(true);
+      expect(plan.prediction.totalTokensPerSecond).toBeGreaterThan(0);
+    });
+  }
+
+  it('a model that fits in RAM is planned with nothing on disk', async () => {
+    const plan = await planPolicy({ config: 'opt-1.3b', promptLen: 64, genLen: 32, limits: { ram: 20 * GiB }, disk: true, profile });
+    expect(plan.policy.wCpuPercent).toBe(100);
+    expect(plan.policy.cacheCpuPercent).toBe(100);
+    expect(plan.policy.actCpuPercent).toBe(100);
+    expect(plan.memory.disk).toBe(0);
+  });
+
+  it('limits that cannot be met name the tier and the shortfall', async () => {
+    await expect(planPolicy({ config: 'opt-6.7b', promptLen: 64, genLen: 32, limits: { ram: 8 * GiB }, disk: false, profile }))
+      .rejects.toThrow(/does not fit in the RAM limit 8\.00 GiB and no disk tier was given/);
+    await expect(planPolicy({ config: 'opt-30b', promptLen: 64, genLen: 32, limits: { ram: 512 * 2 ** 20 }, disk: true, profile }))
+      .rejects.toThrow(/RAM limit 512\.0 MiB is too small by [\d.]+ (MiB|GiB)/);
+    await expect(planPolicy({ config: 'opt-6.7b', promptLen: 64, genLen: 32, limits: { ram: 4 * GiB, disk: GiB }, disk: true, profile }))
+      .rejects.toThrow(/disk limit 1\.00 GiB is too small by/);
+  });
+
+  it('fixed block shapes are honoured', async () => {
+    const plan = await planPolicy({ config: 'opt-6.7b', promptLen: 64, genLen: 32, limits: { ram: 8 * GiB }, disk: true, profile, shapes: [[4, 2]] });
+    expect([plan.policy.gpuBatchSize, plan.policy.numGpuBatches]).toEqual([4, 2]);
+  });
+});
+
+describe('tierlm plan', () => {
+  it('--json is read back by --policy FILE, and generate runs with it', () => {
+    const dir = tmpDir('plan');
+    const model = path.join(sharedFixtures, 'opt-tiny');
+    const r = cli(['plan', '--model', model, '--prompt-len', '30', '--gen-len', '8', '--ram', '1GiB', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const json = JSON.parse(r.stdout);
+    const file = path.join(dir, 'policy.json');
+    fs.writeFileSync(file, r.stdout);
+    expect(policyFromJson(json.policy)).toMatchObject({ wCpuPercent: 100, cacheCpuPercent: 100 });
+    expect(json.predicted.total_tokens_per_second).toBeGreaterThan(0);
+    const g = cli(['generate', '--model', model, '--prompts', path.join(sharedFixtures, 'prompts.jsonl'), '--out', path.join(dir, 'out.jsonl'), '--policy', file, '--max-new-tokens', '4']);
+    expect(g.code, g.stderr).toBe(0);
+    expect(fs.readFileSync(path.join(dir, 'out.jsonl'), 'utf8').trim().split('\n')).toHaveLength(5);
+  });
+
+  it('prints the policy, predictions and memory per tier', () => {
+    const r = cli(['plan', '--config', 'opt-6.7b', '--prompt-len', '64', '--gen-len', '32', '--ram', '8GiB', '--disk-dir', tmpDir('p')]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/policy {3}gpu batch \d+ × \d+ batches/);
+    expect(r.stdout).toMatch(/predicted prefill [\d.]+ tok\/s \((disk|compute)-bound\), decode [\d.]+ tok\/s \((disk|compute)-bound\), total [\d.]+ tok\/s/);
+    expect(r.stdout).toMatch(/memory {3}RAM [\d.]+ GiB, disk [\d.]+ GiB/);
+  });
+});
