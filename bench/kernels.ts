@@ -4,6 +4,7 @@
 //   npm run bench:kernels            a table
 //   npm run bench:kernels -- --json  one JSON object per line
 // Options: --quick (shorter timing), --threads 1,2, --m 1,16,64,512.
+import * as attention from './attention.js';
 import { spawnSync } from 'node:child_process';
 import { cpuBackend, getThreads, isaInfo, setThreads } from '../src/backend/index.js';
 import { gemmBf16Dot } from '../src/backend/cpu/gemm.js';
@@ -167,17 +168,17 @@ async function benchGemm(): Promise<void> {
  * second). Skipped while the CPU backend lacks attentionDecode.
  */
 async function benchAttentionDecode(): Promise<void> {
-  const cpu = cpuBackend();
-  try {
-    // Probe: the placeholder kernel throws "does not implement".
-    cpu.kernels.attentionDecode(new Float32Array(0), new Float32Array(0), new Float32Array(0), 'f32', 0, 1, 1, 1, 1, new Int32Array(0), 1, new Float32Array(0));
-  } catch (e) {
-    if (/does not implement/.test((e as Error).message)) {
-      log('\nattention_decode: not implemented in the cpu backend yet, skipped');
-      return;
-    }
+  // Decode attention in GB/s of K+V cache read (bench/attention.ts has the full grid).
+  const records = attention.benchAttentionDecode({ batches: [1, 8, 32], lens: [512, 2048], threads: THREADS, minSeconds: quick ? 0.1 : 0.3 });
+  if (json) {
+    for (const r of records) console.log(JSON.stringify(r));
+    return;
   }
-  log('\nattention_decode: kernel present; benchmark lines to be added here');
+  log('\nattention_decode (GB/s of K+V cache read, d = 128)');
+  log('dtype  b   heads kv  len   threads  GB/s');
+  for (const r of records) {
+    log(`${r.dtype.padEnd(6)} ${String(r.b).padEnd(3)} ${String(r.heads).padEnd(5)} ${String(r.kvHeads).padEnd(3)} ${String(r.len).padEnd(5)} ${String(r.threads).padEnd(8)} ${r.gbps.toFixed(1)}`);
+  }
 }
 
 // ---- quantization error ------------------------------------------------------------------------
