@@ -31,10 +31,11 @@ if (!fs.existsSync(path.join(dir, 'model.safetensors'))) {
 }
 
 /** Seconds the GEMMs of one decode step take alone, at batch b (the weights the model packed). */
-function gemmOnlyStep(model: LanguageModel, b: number): number {
+async function gemmOnlyStep(model: LanguageModel, b: number): Promise<number> {
   const t = model.transformer;
+  const layers = await Promise.all(Array.from({ length: model.config.layers }, (_, j) => model.layers.load(j, 'all', null)));
   const backend = cpuBackend();
-  const weights: PackedWeight[] = t.layers.flatMap((l) => [l.q.w, l.k.w, l.v.w, l.o.w, l.up.w, l.down.w, ...(l.gate ? [l.gate.w] : [])]).concat([t.globals.lmHead]);
+  const weights: PackedWeight[] = layers.flatMap((l) => [l.q!.w, l.k!.w, l.v!.w, l.o!.w, l.up!.w, l.down!.w, ...(l.gate ? [l.gate.w] : [])]).concat([t.globals.lmHead]);
   const inputs = new Map<number, Tensor<'f32'>>();
   const run = () => {
     for (const w of weights) {
@@ -63,7 +64,7 @@ for (const precision of precisions) {
     const stats: GenerateStats = { prefillSeconds: 0, decodeSeconds: 0, promptTokens: 0, generatedTokens: 0 };
     for await (const _ of model.generate(requests, { maxNewTokens: newTokens, stopAtEos: false, batchSize: b }, stats)) void _;
     const decodeSteps = newTokens - 1;
-    const gemmStep = gemmOnlyStep(model, b);
+    const gemmStep = await gemmOnlyStep(model, b);
     const decodeTps = (b * decodeSteps) / stats.decodeSeconds;
     const gemmTps = b / gemmStep;
     const row = {

@@ -37,7 +37,8 @@ export class LanguageModel {
   private constructor(
     readonly config: ModelConfig,
     readonly transformer: Transformer,
-    private readonly layers: LayerSource,
+    /** Where each layer's weights come from (resident, or across tiers). */
+    readonly layers: LayerSource,
     private readonly runner: BlockRunner,
     readonly policy: Policy,
     readonly eosTokenIds: number[],
