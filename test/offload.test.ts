@@ -65,6 +65,18 @@ describe('offloading gives identical tokens', () => {
     expect(got).toEqual(plain);
   });
 
+  it('4-bit weights (compress_weight): every placement gives the compressed plain run\'s tokens, with fewer bytes', async () => {
+    const dir = path.join(sharedFixtures, 'llama-tiny');
+    const plain = await run(dir, { compressWeight: true }, undefined, { batchSize: 2, numGpuBatches: 2 });
+    for (const placement of [{ wCpuPercent: 0 }, { wCpuPercent: 45, cacheCpuPercent: 30 }]) {
+      const got = await run(dir, { compressWeight: true, ...placement }, tmpDir('q4'), { batchSize: 2, numGpuBatches: 2 });
+      expect(got).toEqual(plain);
+    }
+    const full = await loadModel(dir);
+    const q4 = await loadModel(dir, { policy: { compressWeight: true } });
+    expect(q4.layers.stats.ramBytes).toBeLessThan(0.4 * full.layers.stats.ramBytes);
+  });
+
   it('clear errors when the disk directory is missing, not a directory or not writable', async () => {
     const dir = path.join(sharedFixtures, 'opt-tiny');
     const onDisk = { wCpuPercent: 50 };

@@ -17,7 +17,7 @@ export interface Workload {
   /** Block shapes to consider (default: all, or those the flags fix). */
   shapes?: [number, number][];
 }
-import { int, oneOf } from './parse.js';
+import { float, int, oneOf } from './parse.js';
 
 export interface PolicyFlags {
   ram?: number;
@@ -33,6 +33,9 @@ export interface PolicyFlags {
   schedule?: 'zigzag' | 'row';
   policy?: string;
   profile?: string;
+  compressWeight?: boolean;
+  compressCache?: boolean;
+  attnSparsity?: number;
 }
 
 export const sizeOption = (name: string) => (v: string) => {
@@ -60,7 +63,10 @@ export function addPolicyOptions(cmd: Command): Command {
     .option('--num-gpu-batches <n>', 'batches sharing each weight load', int('--num-gpu-batches', 1))
     .option('--overlap <bool>', 'overlap I/O with compute (true|false)', bool('--overlap'))
     .option('--sep-layer <bool>', 'load attention and MLP weights separately (true|false)', bool('--sep-layer'))
-    .option('--cpu-cache-compute', 'run decode attention where the cache lives')
+    .option('--cpu-cache-compute', 'run decode attention where the cache lives (on a CPU-only machine it always does)')
+    .option('--compress-weight', 'pack layer weights 4-bit, group-wise (fewer bytes on every tier)')
+    .option('--compress-cache', 'store the KV cache 4-bit, grouped along the head dimension')
+    .option('--attn-sparsity <f>', 'decode attention reads only the top share f of the cache (0 < f <= 1)', float('--attn-sparsity', 0, 1))
     .option('--schedule <kind>', 'zigzag (FlexGen) or row (Accelerate-style, for comparison)', oneOf('--schedule', ['zigzag', 'row'] as const))
     .option('--policy <file>', "'auto' (the default: planned from the hardware profile and the limits) or a policy JSON file (as `tierlm plan --json` writes it); flags override it")
     .option('--profile <file>', 'hardware profile for --policy auto (default: the saved one, measured quickly if missing)');
@@ -91,6 +97,9 @@ export function policyFromFlags(o: PolicyFlags, batchSizeFlag?: number, planned?
   if (o.overlap !== undefined) p.overlap = o.overlap;
   if (o.sepLayer !== undefined) p.sepLayer = o.sepLayer;
   if (o.cpuCacheCompute) p.cpuCacheCompute = true;
+  if (o.compressWeight) p.compressWeight = true;
+  if (o.compressCache) p.compressCache = true;
+  if (o.attnSparsity !== undefined) p.attnSparsity = o.attnSparsity;
   if (o.schedule) p.schedule = o.schedule;
   return validatePolicy(p);
 }
@@ -108,6 +117,7 @@ export async function loadOptions(o: PolicyFlags & { precision?: 'fp32' | 'bf16'
       : undefined);
     const plan = await planPolicy({
       ...work.source, promptLen: work.promptLen, genLen: work.genLen, precision: o.precision, cacheDtype: o.cacheDtype,
+      compressWeight: o.compressWeight === true,
       limits: { ram: o.ram, device: o.deviceMem, disk: o.disk }, disk: o.diskDir !== undefined, profile, shapes,
     });
     planned = plan.policy;

@@ -55,7 +55,7 @@ export class LanguageModel {
     const policy = validatePolicy({ ...DEFAULT_POLICY, ...options.policy });
     const backend = typeof options.backend === 'object' ? options.backend : options.backend === 'reference' ? referenceBackend() : cpuBackend();
     if (options.threads !== undefined) setThreads(options.threads);
-    const model = openModel(dir, backend, precision);
+    const model = openModel(dir, backend, precision, policy.compressWeight);
     try {
       const c = model.config;
       const limits: Limits = { ram: options.ramBytes, disk: options.diskBytes, device: options.deviceBytes };
@@ -71,7 +71,7 @@ export class LanguageModel {
       const disk = needsDisk ? await DiskTier.open(options.diskDir, options.diskBytes) : null;
       const wShares = shares(policy, 'weights');
       const layers = wShares.disk > 0
-        ? await WeightStore.open(model.loader, c, backend, precision, wShares, disk!.weightsDir(dir, precision), model.sourceFiles)
+        ? await WeightStore.open(model.loader, c, backend, precision, wShares, disk!.weightsDir(dir, precision + (policy.compressWeight ? '-q4' : '')), model.sourceFiles)
         : new ResidentLayers(model.loader, c);
       const transformer = new Transformer(c, backend, model.loader.globals());
       const runner = new BlockRunner(transformer, layers, policy, { cache: disk?.cacheFile ?? null, act: disk?.actFile ?? null });

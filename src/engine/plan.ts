@@ -30,6 +30,8 @@ export interface PlanRequest {
   profile: HardwareProfile;
   /** Only these block shapes (gpu batch size, number of gpu batches). */
   shapes?: [number, number][];
+  /** Layer weights 4-bit (their bytes and GEMM rate). */
+  compressWeight?: boolean;
 }
 
 export interface PlanResult extends Plan {
@@ -42,7 +44,7 @@ export interface PlanResult extends Plan {
 
 function modelSizes(r: PlanRequest, mode: ComputeMode): { config: ModelConfig; sizes: ModelSizes; dtype: 'f32' | 'f16' | 'bf16' } {
   if (r.model) {
-    const m = openModel(r.model, cpuBackend(), mode);
+    const m = openModel(r.model, cpuBackend(), mode, r.compressWeight);
     try {
       const first = m.loader.matrices(0)[0]!;
       const dtype = m.loader.tensorInfo(`${first.name}.weight`)?.dtype ?? 'f16';
@@ -57,11 +59,11 @@ function modelSizes(r: PlanRequest, mode: ComputeMode): { config: ModelConfig; s
   if (r.layers) json.num_hidden_layers = r.layers;
   const arch = architectureFor(String(json.model_type), `config ${r.config}`);
   const config = arch.parseConfig(new ConfigReader(`config ${r.config}`, json));
-  return { config, sizes: sizesFromConfig(config, arch.names(config, () => false), 'f16', cpuBackend(), mode), dtype: 'f16' };
+  return { config, sizes: sizesFromConfig(config, arch.names(config, () => false), 'f16', cpuBackend(), mode, r.compressWeight), dtype: 'f16' };
 }
 
-export function ratesFrom(profile: HardwareProfile, dtype: 'f32' | 'f16' | 'bf16', mode: ComputeMode, cacheDtype: CacheDType): Rates {
-  const format = weightFormatFor(dtype, mode);
+export function ratesFrom(profile: HardwareProfile, dtype: 'f32' | 'f16' | 'bf16', mode: ComputeMode, cacheDtype: CacheDType, compressWeight = false): Rates {
+  const format = compressWeight ? 'q4' : weightFormatFor(dtype, mode);
   return {
     gemm: (m) => gemmRate(profile, format, mode, m),
     attentionDecode: attentionDecodeRate(profile, cacheDtype),
@@ -87,7 +89,8 @@ export async function planPolicy(r: PlanRequest): Promise<PlanResult> {
   const t0 = performance.now();
   const plan = await searchPolicy({
     config, layerBytes, unitBytes, globalBytes: sizes.globalBytes, promptLen: r.promptLen, genLen: r.genLen,
-    cacheElem: cacheDtype === 'f32' ? 4 : 2, limits, rates: ratesFrom(r.profile, dtype, mode, cacheDtype), shapes: r.shapes,
+    cacheElem: cacheDtype === 'f32' ? 4 : 2, limits, rates: ratesFrom(r.profile, dtype, mode, cacheDtype, r.compressWeight), shapes: r.shapes,
   });
+  if (r.compressWeight) plan.policy.compressWeight = true;
   return { ...plan, config, sizes, assumedRam, searchMillis: performance.now() - t0 };
 }

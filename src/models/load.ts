@@ -22,11 +22,11 @@ export interface OpenModel {
 }
 
 /** Checks config.json and the tensor files; weights are read later through `loader`. */
-export function openModel(dir: string, backend: Backend, mode: ComputeMode): OpenModel {
+export function openModel(dir: string, backend: Backend, mode: ComputeMode, compressWeight = false): OpenModel {
   if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new UserError(`model directory ${dir} does not exist`);
   const { arch, config } = readConfig(dir);
   const store = TensorStore.open(dir);
-  const loader = new WeightLoader(store, config, arch.names(config, (n) => store.has(n)), backend, mode);
+  const loader = new WeightLoader(store, config, arch.names(config, (n) => store.has(n)), backend, mode, compressWeight);
   const sourceFiles = [...new Set(store.names().map((n) => store.fileName(n)))];
   return { dir, config, eosTokenIds: eosIds(dir, config), loader, sourceFiles, close: () => store.close() };
 }

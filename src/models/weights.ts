@@ -53,7 +53,19 @@ export class WeightLoader {
     private readonly names: NameTable,
     private readonly backend: Backend,
     private readonly mode: ComputeMode,
+    /** Layer weights packed 4-bit (FlexGen's compress_weight); embeddings and the head stay as stored. */
+    private readonly compressWeight = false,
   ) {}
+
+  /** Packing options for a layer's GEMM weight. */
+  private layerPack(slot: LayerSlot | GlobalSlot): { quantize?: 'q4' } | undefined {
+    return this.compressWeight && LAYER_SLOTS.has(slot) ? { quantize: 'q4' } : undefined;
+  }
+
+  /** Packs a layer weight read with readMatrix, as this loader packs them (compressed or not). */
+  packMatrix(raw: Tensor, slot: LayerSlot, name: string): PackedWeight {
+    return this.backend.packWeight(raw, this.mode, name, this.layerPack(slot));
+  }
 
   private layerName(slot: LayerSlot, layer: number): string {
     const n = this.names.layer[slot];
@@ -83,7 +95,7 @@ export class WeightLoader {
   private linear(base: string, slot: LayerSlot | GlobalSlot, bias: boolean): Linear {
     const w = this.read(`${base}.weight`, expectedShape(this.config, slot, 'weight'))!;
     return {
-      w: this.backend.packWeight(w, this.mode, `${base}.weight`),
+      w: this.backend.packWeight(w, this.mode, `${base}.weight`, this.layerPack(slot)),
       b: bias ? this.vector(`${base}.bias`, expectedShape(this.config, slot, 'bias'), false) : null,
     };
   }
@@ -151,7 +163,7 @@ export class WeightLoader {
 
   /** Bytes the model will take once loaded (see packedSizes). */
   sizes(): ModelSizes {
-    return packedSizes(this.config, this.names, (n) => this.tensorInfo(n), this.backend, this.mode, (j) => this.matrices(j));
+    return packedSizes(this.config, this.names, (n) => this.tensorInfo(n), this.backend, this.mode, (j) => this.matrices(j), this.compressWeight);
   }
 
   globals(): GlobalWeights {
@@ -187,17 +199,18 @@ type Info = (name: string) => { shape: number[]; dtype: 'f32' | 'f16' | 'bf16' }
 
 /** Sizes from tensor shapes and dtypes alone (a checkpoint's headers, or a config's expected shapes). */
 export function packedSizes(c: ModelConfig, names: NameTable, info: Info, backend: Backend, mode: ComputeMode,
-  matrices: (j: number) => { name: string; part: 'attn' | 'mlp' }[]): ModelSizes {
-  const packed = (name: string) => {
+  matrices: (j: number) => { name: string; part: 'attn' | 'mlp' }[], compressWeight = false): ModelSizes {
+  const packed = (name: string, layer = false) => {
     const t = info(name);
     if (!t || t.shape.length !== 2) return 0;
-    return backend.kernels.packedByteLength(weightFormatFor(t.dtype, mode), t.shape[0]!, t.shape[1]!);
+    const format = layer && compressWeight ? 'q4' : weightFormatFor(t.dtype, mode);
+    return backend.kernels.packedByteLength(format, t.shape[0]!, t.shape[1]!);
   };
   const raw = (name: string | undefined) => {
     const t = name ? info(`${name}.weight`) : null;
     return t ? t.shape.reduce((a, b) => a * b, 1) * (t.dtype === 'f32' ? 4 : 2) : 0;
   };
-  const layers = Array.from({ length: c.layers }, (_, j) => matrices(j).map((m) => ({ part: m.part, bytes: packed(`${m.name}.weight`) })));
+  const layers = Array.from({ length: c.layers }, (_, j) => matrices(j).map((m) => ({ part: m.part, bytes: packed(`${m.name}.weight`, true) })));
   const g = names.global;
   const head = info(`${g.lm_head}.weight`);
   const tied = g.lm_head === g.embed;
@@ -209,7 +222,8 @@ export function packedSizes(c: ModelConfig, names: NameTable, info: Info, backen
 }
 
 /** Sizes of a model of this config stored in `dtype`, without any file. */
-export function sizesFromConfig(c: ModelConfig, names: NameTable, dtype: 'f32' | 'f16' | 'bf16', backend: Backend, mode: ComputeMode): ModelSizes {
+export function sizesFromConfig(c: ModelConfig, names: NameTable, dtype: 'f32' | 'f16' | 'bf16', backend: Backend, mode: ComputeMode,
+  compressWeight = false): ModelSizes {
   const slots = new Map<string, LayerSlot | GlobalSlot>();
   for (const [slot, n] of Object.entries(names.global)) if (n) slots.set(`${n}.weight`, slot as GlobalSlot);
   const layerSlots = Object.entries(names.layer) as [LayerSlot, string][];
@@ -228,5 +242,7 @@ export function sizesFromConfig(c: ModelConfig, names: NameTable, dtype: 'f32' |
     for (const s of (c.gatedMlp ? ['gate', 'up', 'down'] : ['up', 'down']) as LayerSlot[]) list.push({ name: names.layer[s]!.replace('{L}', String(j)), part: 'mlp' });
     return list;
   };
-  return packedSizes(c, names, info, backend, mode, matrices);
+  return packedSizes(c, names, info, backend, mode, matrices, compressWeight);
 }
+
+const LAYER_SLOTS = new Set<string>(['q', 'k', 'v', 'o', 'gate', 'up', 'down']);

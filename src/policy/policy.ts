@@ -26,6 +26,12 @@ export interface Policy {
   /** Run decode attention where the cache lives instead of moving the cache to the device.
    *  On a CPU-only machine the device is RAM, so attention always runs there. */
   cpuCacheCompute: boolean;
+  /** Layer weights packed 4-bit, group-wise (FlexGen's compress_weight). */
+  compressWeight: boolean;
+  /** KV cache stored 4-bit, grouped along the head dimension (compress_cache). */
+  compressCache: boolean;
+  /** Decode attention keeps this share of the cache's attention weights (1 = dense). */
+  attnSparsity: number;
   schedule: ScheduleKind;
 }
 
@@ -41,6 +47,9 @@ export const DEFAULT_POLICY: Policy = {
   overlap: true,
   sepLayer: true,
   cpuCacheCompute: false,
+  compressWeight: false,
+  compressCache: false,
+  attnSparsity: 1,
   schedule: 'zigzag',
 };
 
@@ -56,6 +65,9 @@ const JSON_FIELDS: [keyof Policy, string][] = [
   ['overlap', 'overlap'],
   ['sepLayer', 'sep_layer'],
   ['cpuCacheCompute', 'cpu_cache_compute'],
+  ['compressWeight', 'compress_weight'],
+  ['compressCache', 'compress_cache'],
+  ['attnSparsity', 'attn_sparsity'],
   ['schedule', 'schedule'],
 ];
 
@@ -75,7 +87,8 @@ export function validatePolicy(p: Policy, where = 'policy'): Policy {
     pct(c);
     if (p[g] + p[c] > 100 + 1e-9) bad(`${what}: device ${p[g]}% + RAM ${p[c]}% exceed 100%`);
   }
-  for (const f of ['overlap', 'sepLayer', 'cpuCacheCompute'] as const) if (typeof p[f] !== 'boolean') bad(`${f} must be true or false`);
+  for (const f of ['overlap', 'sepLayer', 'cpuCacheCompute', 'compressWeight', 'compressCache'] as const) if (typeof p[f] !== 'boolean') bad(`${f} must be true or false`);
+  if (typeof p.attnSparsity !== 'number' || !(p.attnSparsity > 0 && p.attnSparsity <= 1)) bad(`attnSparsity must be in (0, 1], got ${p.attnSparsity}`);
   if (p.schedule !== 'zigzag' && p.schedule !== 'row') bad(`schedule must be "zigzag" or "row", got ${String(p.schedule)}`);
   return p;
 }

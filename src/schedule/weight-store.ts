@@ -274,7 +274,7 @@ async function convert(loader: WeightLoader, backend: Backend, mode: ComputeMode
   try {
     for (const e of entries) {
       const raw = loader.readMatrix(e.name, e.slot);
-      const packed = backend.packWeight(raw, mode, `${e.name}.weight`);
+      const packed = loader.packMatrix(raw, e.slot, `${e.name}.weight`);
       const size = alignUp(packed.data.byteLength);
       if (staging.byteLength < size) staging = alignedBytes(size);
       const buf = staging.subarray(0, size);
