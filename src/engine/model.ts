@@ -8,6 +8,7 @@ import { openModel } from '../models/load.js';
 import { Transformer } from '../models/transformer.js';
 import { DEFAULT_POLICY, type Policy, shares, validatePolicy } from '../policy/policy.js';
 import { BlockRunner } from '../schedule/runner.js';
+import { UserError } from '../util/errors.js';
 import { type LayerSource, ResidentLayers, WeightStore, planSlotBytes } from '../schedule/weight-store.js';
 import { type Limits, type MemoryItem, type WeightSizes, blockItems, checkLimits, weightItems } from '../policy/memory.js';
 import { DiskTier } from '../schedule/disk-tier.js';
@@ -53,6 +54,8 @@ export class LanguageModel {
     const precision = options.precision ?? 'fp32';
     if (precision !== 'fp32' && precision !== 'bf16') throw new RangeError(`precision must be fp32 or bf16, got ${String(precision)}`);
     const policy = validatePolicy({ ...DEFAULT_POLICY, ...options.policy });
+    if (policy.compressCache) throw new UserError('compress_cache (a 4-bit KV cache) is not available yet in this build');
+    if (policy.attnSparsity < 1) throw new UserError('attn_sparsity below 1 (sparse decode attention) is not available yet in this build');
     const backend = typeof options.backend === 'object' ? options.backend : options.backend === 'reference' ? referenceBackend() : cpuBackend();
     if (options.threads !== undefined) setThreads(options.threads);
     const model = openModel(dir, backend, precision, policy.compressWeight);
