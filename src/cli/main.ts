@@ -5,6 +5,7 @@ import { addGenerateCommand } from './generate.js';
 import { addInitCommand } from './init.js';
 import { addBenchCommand } from './bench.js';
 import { addPlanCommand } from './plan.js';
+import { addDemoCommand } from './demo.js';
 import { addProfileCommand } from './profile.js';
 
 export async function main(argv: string[]): Promise<void> {
@@ -14,6 +15,7 @@ export async function main(argv: string[]): Promise<void> {
   addInitCommand(program);
   addBenchCommand(program);
   addPlanCommand(program);
+  addDemoCommand(program);
   addProfileCommand(program);
   try {
     await program.parseAsync(argv);

@@ -37,6 +37,7 @@ export const PRESETS: Record<string, () => Json> = {
   'mistral-7b': () => ({ ...llamaConfig(4096, 32, 32, 8, 14336), model_type: 'mistral', architectures: ['MistralForCausalLM'], max_position_embeddings: 32768, sliding_window: 4096 }),
   'qwen2-0.5b': () => ({ ...llamaConfig(896, 24, 14, 2, 4864), model_type: 'qwen2', architectures: ['Qwen2ForCausalLM'], vocab_size: 151936, rope_theta: 1000000, tie_word_embeddings: true, rms_norm_eps: 1e-6, max_position_embeddings: 32768, bos_token_id: 151643, eos_token_id: 151643 }),
   // Small shapes for tests and demos.
+  'opt-demo-1b': () => optConfig(2048, 12, 32, { vocab_size: 8192, max_position_embeddings: 512 }),
   'opt-offload-test': () => optConfig(1024, 8, 16, { vocab_size: 2048, max_position_embeddings: 512 }),
   'opt-test': () => optConfig(256, 4, 4, { vocab_size: 1024, max_position_embeddings: 512 }),
   'llama-test': () => llamaConfig(128, 2, 4, 2, 344, { max_position_embeddings: 512 }),
