@@ -7,11 +7,35 @@ namespace tierlm {
 
 void attn_prefill(const float* q, const float* k, const float* v, int64_t t, int64_t hq, int64_t hkv, int64_t d,
                   const int32_t* seq_starts, int64_t nseq_plus1, float scale, float* out);
-// cache_f16: caches hold IEEE halves, otherwise float32.
-void attn_decode(const float* q, const void* k_cache, const void* v_cache, bool cache_f16, int64_t b, int64_t hq,
-                 int64_t hkv, int64_t d, int64_t cap, const int32_t* lens, float scale, float* out);
-void attn_cache_write(void* cache, bool cache_f16, int64_t b, int64_t hkv, int64_t cap, int64_t d, const float* src,
+// Cache element formats. kCacheQ4: one record of q4_record_bytes(d) bytes per (row, kv head,
+// position): ceil(d/2) bytes of 4-bit codes (element c in byte c/2, low nibble for even c), then
+// per group of kQ4Group features along d (the last one shorter) an f16 (step, min) pair; x' =
+// code·step + min. Quantized with the scheme of kernels/quant.h (|x - x'| <= step/2).
+enum CacheKind : int { kCacheF32 = 0, kCacheF16 = 1, kCacheQ4 = 2 };
+constexpr int64_t kQ4Group = 64;
+constexpr int64_t q4_code_bytes(int64_t d) { return (d + 1) / 2; }
+constexpr int64_t q4_groups(int64_t d) { return (d + kQ4Group - 1) / kQ4Group; }
+constexpr int64_t q4_record_bytes(int64_t d) { return q4_code_bytes(d) + 4 * q4_groups(d); }
+// Bytes one position of one kv head takes in a cache of `kind`.
+constexpr int64_t cache_row_bytes(int kind, int64_t d) {
+  return kind == kCacheQ4 ? q4_record_bytes(d) : kind == kCacheF16 ? 2 * d : 4 * d;
+}
+
+// sparsity F in (0, 1]: F < 1 keeps, per row and query head, the max(1, ceil(F·(len-1))) highest
+// scores among positions 0..len-2 (ties: the lower position) plus position len-1, and softmaxes
+// over those only. F = 1 is dense attention.
+void attn_decode(const float* q, const void* k_cache, const void* v_cache, int kind, int64_t b, int64_t hq,
+                 int64_t hkv, int64_t d, int64_t cap, const int32_t* lens, float scale, double sparsity, float* out);
+// kCacheQ4: src must be representable (quant::find_unrepresentable(src, t*hkv*d) < 0).
+void attn_cache_write(void* cache, int kind, int64_t b, int64_t hkv, int64_t cap, int64_t d, const float* src,
                       int64_t t, int64_t row, int64_t pos);
+
+// Dequantizes n q4 records (consecutive, q4_record_bytes(d) apart) into out[r*ld + c].
+typedef void (*Q4DequantFn)(const uint8_t* rec, int64_t d, int64_t n, float* out, int64_t ld);
+// Scores of g query heads (q: g×d) against n positions: s[h*lds + j] = q_h · k_j, key j at
+// k + j*stride elements (f16 or f32). scratch: at least kAttnBlock * g floats.
+typedef void (*AttnScoresFn)(const float* q, int64_t g, int64_t d, const void* k, bool f16, int64_t stride,
+                             int64_t n, float* s, int64_t lds, float* scratch);
 
 // The per-ISA core: g query heads (q: g×d, already multiplied by the scale) against n positions of
 // one key/value head, position p at k + p*stride (elements). Returns the running softmax state:
@@ -30,6 +54,9 @@ void attn_core(const float* q, int64_t g, int64_t d, const void* k, const void* 
 // from token to token), k and v at the sequence's first key of the head (stride floats from key to
 // key), out like q. scratch holds attn_prefill_scratch_floats(d) floats. The result of a row
 // depends only on the block's (r0, ntok) and the sequence's data.
+void q4_dequant(const uint8_t* rec, int64_t d, int64_t n, float* out, int64_t ld);
+void attn_scores(const float* q, int64_t g, int64_t d, const void* k, bool f16, int64_t stride, int64_t n, float* s,
+                 int64_t lds, float* scratch);
 int64_t attn_prefill_rows();
 int64_t attn_prefill_scratch_floats(int64_t d);
 void attn_prefill_block(const float* q, int64_t q_tok_stride, int64_t ntok, int64_t g, int64_t d, const float* k,
@@ -39,10 +66,14 @@ void attn_prefill_block(const float* q, int64_t q_tok_stride, int64_t ntok, int6
 namespace isa2 {
 void attn_core(const float* q, int64_t g, int64_t d, const void* k, const void* v, bool f16, int64_t stride, int64_t n,
                float* scratch, float* m, float* l, float* acc);
+void q4_dequant(const uint8_t* rec, int64_t d, int64_t n, float* out, int64_t ld);
 }
 namespace generic {
 void attn_core(const float* q, int64_t g, int64_t d, const void* k, const void* v, bool f16, int64_t stride, int64_t n,
                float* scratch, float* m, float* l, float* acc);
+void q4_dequant(const uint8_t* rec, int64_t d, int64_t n, float* out, int64_t ld);
+void attn_scores(const float* q, int64_t g, int64_t d, const void* k, bool f16, int64_t stride, int64_t n, float* s,
+                 int64_t lds, float* scratch);
 }
 
 }  // namespace tierlm

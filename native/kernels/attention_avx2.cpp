@@ -1,6 +1,7 @@
 // Attention core, AVX2 + FMA + F16C. Compiled with AVX2 flags: internal helpers and intrinsics only.
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 #include "kernels/attention.h"
 
@@ -160,6 +161,45 @@ void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, in
 }
 
 }  // namespace
+
+void q4_dequant(const uint8_t* rec, int64_t d, int64_t n, float* out, int64_t ld) {
+  const int64_t cb = q4_code_bytes(d), rb = q4_record_bytes(d), dfull = d & ~(int64_t)7;
+  const __m128i m0f = _mm_set1_epi8(0x0f);
+  for (int64_t r = 0; r < n; r++) {
+    const uint8_t* p = rec + r * rb;
+    const uint8_t* pr = p + cb;
+    float* o = out + r * ld;
+    __m256 vs = _mm256_setzero_ps(), vm = _mm256_setzero_ps();
+    float step = 0.f, mn = 0.f;
+    int64_t c = 0;
+    for (; c < dfull; c += 8) {
+      if ((c & (kQ4Group - 1)) == 0) {
+        uint16_t sm[2];
+        memcpy(sm, pr + (c / kQ4Group) * 4, 4);
+        step = _cvtsh_ss(sm[0]);
+        mn = _cvtsh_ss(sm[1]);
+        vs = _mm256_set1_ps(step);
+        vm = _mm256_set1_ps(mn);
+      }
+      int32_t w;
+      memcpy(&w, p + c / 2, 4);
+      __m128i b = _mm_cvtsi32_si128(w);
+      __m128i lo = _mm_and_si128(b, m0f), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m0f);
+      __m256 qf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)));
+      _mm256_storeu_ps(o + c, _mm256_fmadd_ps(qf, vs, vm));  // q·step is exact: one rounding
+    }
+    for (; c < d; c++) {
+      if ((c & (kQ4Group - 1)) == 0 || c == dfull) {
+        uint16_t sm[2];
+        memcpy(sm, pr + (c / kQ4Group) * 4, 4);
+        step = _cvtsh_ss(sm[0]);
+        mn = _cvtsh_ss(sm[1]);
+      }
+      const int code = (p[c >> 1] >> ((c & 1) * 4)) & 15;
+      o[c] = (float)code * step + mn;
+    }
+  }
+}
 
 void attn_core(const float* q, int64_t g, int64_t d, const void* k, const void* v, bool f16, int64_t stride, int64_t n,
                float* scratch, float* m, float* l, float* acc) {

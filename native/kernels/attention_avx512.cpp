@@ -14,6 +14,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 #include "kernels/attention.h"
 
@@ -349,6 +350,76 @@ void attn_core(const float* q, int64_t g, int64_t d, const void* k, const void* 
                float* scratch, float* m, float* l, float* acc) {
   if (f16) core<true>(q, g, d, k, v, stride, n, scratch, m, l, acc);
   else core<false>(q, g, d, k, v, stride, n, scratch, m, l, acc);
+}
+
+void q4_dequant(const uint8_t* rec, int64_t d, int64_t n, float* out, int64_t ld) {
+  const int64_t cb = q4_code_bytes(d), rb = q4_record_bytes(d), dfull = d & ~(int64_t)15;
+  const __m128i m0f = _mm_set1_epi8(0x0f);
+  for (int64_t r = 0; r < n; r++) {
+    const uint8_t* p = rec + r * rb;
+    const uint8_t* pr = p + cb;
+    float* o = out + r * ld;
+    __m512 vs = _mm512_setzero_ps(), vm = _mm512_setzero_ps();
+    float step = 0.f, mn = 0.f;
+    int64_t c = 0;
+    for (; c < dfull; c += 16) {
+      if ((c & (kQ4Group - 1)) == 0) {
+        uint16_t sm[2];
+        memcpy(sm, pr + (c / kQ4Group) * 4, 4);
+        step = _cvtsh_ss(sm[0]);
+        mn = _cvtsh_ss(sm[1]);
+        vs = _mm512_set1_ps(step);
+        vm = _mm512_set1_ps(mn);
+      }
+      __m128i b = _mm_loadl_epi64((const __m128i*)(p + c / 2));
+      __m128i lo = _mm_and_si128(b, m0f), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m0f);
+      __m512 qf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)));
+      _mm512_storeu_ps(o + c, _mm512_fmadd_ps(qf, vs, vm));  // q·step is exact: one rounding
+    }
+    for (; c < d; c++) {
+      if ((c & (kQ4Group - 1)) == 0 || c == dfull) {
+        uint16_t sm[2];
+        memcpy(sm, pr + (c / kQ4Group) * 4, 4);
+        step = _cvtsh_ss(sm[0]);
+        mn = _cvtsh_ss(sm[1]);
+      }
+      const int code = (p[c >> 1] >> ((c & 1) * 4)) & 15;
+      o[c] = (float)code * step + mn;
+    }
+  }
+}
+
+void attn_scores(const float* q, int64_t g, int64_t d, const void* k, bool f16, int64_t stride, int64_t n, float* s,
+                 int64_t lds, float* scratch) {
+  const int64_t B = kAttnBlock;
+  const int64_t es = f16 ? 2 : 4;
+  for (int64_t p0 = 0; p0 < n; p0 += B) {
+    const int64_t nb = n - p0 < B ? n - p0 : B;
+    const void* kb = static_cast<const char*>(k) + p0 * stride * es;
+    for (int64_t h0 = 0; h0 < g;) {
+      int H = pow2_heads(g - h0);
+      if (f16) {
+        switch (H) {
+          case 16: scores<true, 16>(q, d, kb, stride, nb, h0, scratch, nullptr); break;
+          case 8: scores<true, 8>(q, d, kb, stride, nb, h0, scratch, nullptr); break;
+          case 4: scores<true, 4>(q, d, kb, stride, nb, h0, scratch, nullptr); break;
+          case 2: scores<true, 2>(q, d, kb, stride, nb, h0, scratch, nullptr); break;
+          default: scores<true, 1>(q, d, kb, stride, nb, h0, scratch, nullptr); break;
+        }
+      } else {
+        switch (H) {
+          case 16: scores<false, 16>(q, d, kb, stride, nb, h0, scratch, nullptr); break;
+          case 8: scores<false, 8>(q, d, kb, stride, nb, h0, scratch, nullptr); break;
+          case 4: scores<false, 4>(q, d, kb, stride, nb, h0, scratch, nullptr); break;
+          case 2: scores<false, 2>(q, d, kb, stride, nb, h0, scratch, nullptr); break;
+          default: scores<false, 1>(q, d, kb, stride, nb, h0, scratch, nullptr); break;
+        }
+      }
+      h0 += H;
+    }
+    for (int64_t h = 0; h < g; h++)
+      for (int64_t j = 0; j < nb; j++) s[h * lds + p0 + j] = scratch[h * B + j];
+  }
 }
 
 int64_t attn_prefill_rows() { return kMaxRows; }

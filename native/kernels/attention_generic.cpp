@@ -9,6 +9,7 @@
 #include "core/cpu.h"
 #include "core/thread_pool.h"
 #include "kernels/attention.h"
+#include "kernels/quant.h"
 #include "kernels/rowwise.h"
 
 namespace tierlm {
@@ -63,6 +64,39 @@ void attn_core(const float* q, int64_t g, int64_t d, const void* k, const void* 
   }
 }
 
+void q4_dequant(const uint8_t* rec, int64_t d, int64_t n, float* out, int64_t ld) {
+  const int64_t cb = q4_code_bytes(d), rb = q4_record_bytes(d);
+  for (int64_t r = 0; r < n; r++) {
+    const uint8_t* p = rec + r * rb;
+    float* o = out + r * ld;
+    for (int64_t g0 = 0; g0 < d; g0 += kQ4Group) {
+      uint16_t sm[2];
+      std::memcpy(sm, p + cb + (g0 / kQ4Group) * 4, 4);
+      const float step = half_to_float(sm[0]), mn = half_to_float(sm[1]);
+      const int64_t g1 = std::min(d, g0 + kQ4Group);
+      for (int64_t c = g0; c < g1; c++) o[c] = (float)((p[c >> 1] >> ((c & 1) * 4)) & 15) * step + mn;
+    }
+  }
+}
+
+void attn_scores(const float* q, int64_t g, int64_t d, const void* k, bool f16, int64_t stride, int64_t n, float* s,
+                 int64_t lds, float* scratch) {
+  (void)scratch;
+  for (int64_t j = 0; j < n; j++) {
+    for (int64_t h = 0; h < g; h++) {
+      float dot = 0.f;
+      if (f16) {
+        const uint16_t* kr = static_cast<const uint16_t*>(k) + j * stride;
+        for (int64_t c = 0; c < d; c++) dot += q[h * d + c] * half_to_float(kr[c]);
+      } else {
+        const float* kr = static_cast<const float*>(k) + j * stride;
+        for (int64_t c = 0; c < d; c++) dot += q[h * d + c] * kr[c];
+      }
+      s[h * lds + j] = dot;
+    }
+  }
+}
+
 }  // namespace generic
 
 namespace {
@@ -72,6 +106,17 @@ AttnCoreFn core_fn() {
   if (isa >= Isa::Avx512) return isa512::attn_core;
   if (isa == Isa::Avx2) return isa2::attn_core;
   return generic::attn_core;
+}
+
+Q4DequantFn q4_fn() {
+  Isa isa = active_isa();
+  if (isa >= Isa::Avx512) return isa512::q4_dequant;
+  if (isa == Isa::Avx2) return isa2::q4_dequant;
+  return generic::q4_dequant;
+}
+
+AttnScoresFn scores_fn() {
+  return active_isa() >= Isa::Avx512 ? isa512::attn_scores : generic::attn_scores;
 }
 
 // Calls fn(item, thread) for every item in [0, n), handed out dynamically over the pool.
@@ -107,11 +152,100 @@ float* grow(std::vector<float>& v, int64_t n) {
 
 }  // namespace
 
-void attn_decode(const float* q, const void* k_cache, const void* v_cache, bool cache_f16, int64_t b, int64_t hq,
-                 int64_t hkv, int64_t d, int64_t cap, const int32_t* lens, float scale, float* out) {
-  if (b <= 0 || hq <= 0 || d <= 0) return;
+namespace {
+
+// Sparse decode (sparsity < 1): one item per (row, kv head) over the whole row, so a row's result
+// depends on nothing else. Scores of every position (f32, the ISA's score kernel; q4 keys
+// dequantized 64 positions at a time into a tile), per query head the kept set (top k of
+// positions 0..len-2 by score, ties to the lower position, plus len-1), then a softmax and the
+// weighted sum of the kept value rows in position order.
+void decode_sparse(const float* q, const void* k_cache, const void* v_cache, int kind, int64_t b, int64_t hq,
+                   int64_t hkv, int64_t d, int64_t cap, const int32_t* lens, float scale, double sparsity, float* out) {
   const int64_t g = hq / hkv;
-  const size_t esize = cache_f16 ? 2 : 4;
+  const int64_t rbytes = cache_row_bytes(kind, d);
+  const bool f16 = kind == kCacheF16, q4 = kind == kCacheQ4;
+  AttnScoresFn scores = scores_fn();
+  Q4DequantFn dq = q4_fn();
+  run_items(b * hkv, [&](int64_t idx, int) {
+    const int64_t bi = idx / hkv, kh = idx % hkv;
+    const int64_t len = lens[bi];
+    thread_local std::vector<float> t_sc, t_buf;
+    thread_local std::vector<int32_t> t_idx;
+    float* sc = grow(t_sc, g * len);
+    // qs (g×d) | tile (kAttnBlock×d) | scratch (kAttnBlock×g) | acc (d) | row (d)
+    float* qs = grow(t_buf, g * d + kAttnBlock * d + kAttnBlock * g + 2 * d + 16);
+    float* tile = qs + g * d;
+    float* scr = tile + kAttnBlock * d;
+    float* acc = scr + kAttnBlock * g;
+    float* rowbuf = acc + d;
+    if ((int64_t)t_idx.size() < len) t_idx.resize((size_t)len);
+    int32_t* ix = t_idx.data();
+    const float* qsrc = q + (bi * hq + kh * g) * d;
+    for (int64_t i = 0; i < g * d; i++) qs[i] = qsrc[i] * scale;
+    const int64_t base = (bi * hkv + kh) * cap;
+    const char* kb = static_cast<const char*>(k_cache) + base * rbytes;
+    const char* vb = static_cast<const char*>(v_cache) + base * rbytes;
+    for (int64_t p0 = 0; p0 < len; p0 += kAttnBlock) {
+      const int64_t nb = std::min(kAttnBlock, len - p0);
+      if (q4) {
+        dq(reinterpret_cast<const uint8_t*>(kb) + p0 * rbytes, d, nb, tile, d);
+        scores(qs, g, d, tile, false, d, nb, sc + p0, len, scr);
+      } else {
+        scores(qs, g, d, kb + p0 * rbytes, f16, d, nb, sc + p0, len, scr);
+      }
+    }
+    const int64_t older = len - 1;
+    int64_t keep = (int64_t)std::ceil(sparsity * (double)older);
+    keep = std::min(older, std::max<int64_t>(1, keep));
+    for (int64_t h = 0; h < g; h++) {
+      const float* s = sc + h * len;
+      for (int64_t p = 0; p < older; p++) ix[p] = (int32_t)p;
+      if (keep < older) {
+        std::nth_element(ix, ix + keep, ix + older, [s](int32_t a, int32_t c) { return s[a] > s[c] || (s[a] == s[c] && a < c); });
+        std::sort(ix, ix + keep);
+      }
+      ix[keep] = (int32_t)older;
+      const int64_t nk = keep + 1;
+      float mx = -INFINITY;
+      for (int64_t i = 0; i < nk; i++) mx = std::max(mx, s[ix[i]]);
+      float sum = 0.f;
+      for (int64_t c = 0; c < d; c++) acc[c] = 0.f;
+      for (int64_t i = 0; i < nk; i++) {
+        const int64_t p = ix[i];
+        const float w = std::exp(s[p] - mx);
+        sum += w;
+        const float* vr;
+        if (q4) {
+          dq(reinterpret_cast<const uint8_t*>(vb) + p * rbytes, d, 1, rowbuf, d);
+          vr = rowbuf;
+        } else if (f16) {
+          const uint16_t* hr = reinterpret_cast<const uint16_t*>(vb + p * rbytes);
+          for (int64_t c = 0; c < d; c++) rowbuf[c] = half_to_float(hr[c]);
+          vr = rowbuf;
+        } else {
+          vr = reinterpret_cast<const float*>(vb + p * rbytes);
+        }
+        for (int64_t c = 0; c < d; c++) acc[c] += w * vr[c];
+      }
+      const float inv = 1.f / sum;
+      float* o = out + (bi * hq + kh * g + h) * d;
+      for (int64_t c = 0; c < d; c++) o[c] = acc[c] * inv;
+    }
+  });
+}
+
+}  // namespace
+
+void attn_decode(const float* q, const void* k_cache, const void* v_cache, int kind, int64_t b, int64_t hq,
+                 int64_t hkv, int64_t d, int64_t cap, const int32_t* lens, float scale, double sparsity, float* out) {
+  if (b <= 0 || hq <= 0 || d <= 0) return;
+  if (sparsity < 1.0) {
+    decode_sparse(q, k_cache, v_cache, kind, b, hq, hkv, d, cap, lens, scale, sparsity, out);
+    return;
+  }
+  const int64_t g = hq / hkv;
+  const bool cache_f16 = kind == kCacheF16, q4 = kind == kCacheQ4;
+  const int64_t rbytes = cache_row_bytes(kind, d);
   struct Item {
     int64_t bi, kh, p0, p1, part;
   };
@@ -131,10 +265,13 @@ void attn_decode(const float* q, const void* k_cache, const void* v_cache, bool 
   // Partial state of each (row, kv head, split): g maxima, g sums, g×d accumulators.
   const int64_t part_floats = g * (d + 2);
   float* partial = grow(tl_partial, parts * part_floats);
-  const int64_t scratch_floats = g * d + attn_scratch_floats(g, d);
+  // q4 adds two dequantized tiles (kAttnBlock×d) and one block's partial state.
+  const int64_t core_floats = attn_scratch_floats(g, d);
+  const int64_t scratch_floats = g * d + core_floats + (q4 ? 2 * kAttnBlock * d + part_floats : 0);
   int nthreads = ThreadPool::instance().size();
   float* scratch = grow(tl_scratch, scratch_floats * nthreads);
   AttnCoreFn core = core_fn();
+  Q4DequantFn dq = q4_fn();
   // (thread_local: the workers must read this thread's list through a plain pointer)
   const Item* item_list = items.data();
   run_items((int64_t)items.size(), [&](int64_t idx, int thread) {
@@ -142,11 +279,37 @@ void attn_decode(const float* q, const void* k_cache, const void* v_cache, bool 
     float* qs = scratch + (size_t)thread * scratch_floats;
     const float* qsrc = q + (it.bi * hq + it.kh * g) * d;
     for (int64_t i = 0; i < g * d; i++) qs[i] = qsrc[i] * scale;
-    int64_t off = ((it.bi * hkv + it.kh) * cap + it.p0) * d;
-    const char* kb = static_cast<const char*>(k_cache) + off * esize;
-    const char* vb = static_cast<const char*>(v_cache) + off * esize;
+    int64_t off = (it.bi * hkv + it.kh) * cap + it.p0;
+    const char* kb = static_cast<const char*>(k_cache) + off * rbytes;
+    const char* vb = static_cast<const char*>(v_cache) + off * rbytes;
     float* pm = partial + it.part * part_floats;
-    core(qs, g, d, kb, vb, cache_f16, d, it.p1 - it.p0, qs + g * d, pm, pm + g, pm + 2 * g);
+    if (!q4) {
+      core(qs, g, d, kb, vb, cache_f16, d, it.p1 - it.p0, qs + g * d, pm, pm + g, pm + 2 * g);
+      return;
+    }
+    // q4: the split's positions kAttnBlock at a time, keys and values dequantized into tiles,
+    // each block's softmax state merged into the split's in order.
+    float* tk = qs + g * d + core_floats;
+    float* tv = tk + kAttnBlock * d;
+    float* sm = tv + kAttnBlock * d;
+    for (int64_t s0 = it.p0; s0 < it.p1; s0 += kAttnBlock) {
+      const int64_t nb = std::min(kAttnBlock, it.p1 - s0);
+      const int64_t ro = (s0 - it.p0) * rbytes;
+      dq(reinterpret_cast<const uint8_t*>(kb) + ro, d, nb, tk, d);
+      dq(reinterpret_cast<const uint8_t*>(vb) + ro, d, nb, tv, d);
+      float* dst = s0 == it.p0 ? pm : sm;
+      core(qs, g, d, tk, tv, false, d, nb, qs + g * d, dst, dst + g, dst + 2 * g);
+      if (dst == pm) continue;
+      for (int64_t h = 0; h < g; h++) {
+        const float M = std::max(pm[h], sm[h]);
+        const float a = std::exp(pm[h] - M), c = std::exp(sm[h] - M);
+        pm[h] = M;
+        pm[g + h] = pm[g + h] * a + sm[g + h] * c;
+        float* pa = pm + 2 * g + h * d;
+        const float* sa = sm + 2 * g + h * d;
+        for (int64_t e = 0; e < d; e++) pa[e] = pa[e] * a + sa[e] * c;
+      }
+    }
   });
   // Combine the splits in order.
   for (int64_t bi = 0; bi < b; bi++) {
@@ -240,9 +403,26 @@ void attn_prefill(const float* q, const float* k, const float* v, int64_t t, int
   });
 }
 
-void attn_cache_write(void* cache, bool cache_f16, int64_t b, int64_t hkv, int64_t cap, int64_t d, const float* src,
+void attn_cache_write(void* cache, int kind, int64_t b, int64_t hkv, int64_t cap, int64_t d, const float* src,
                       int64_t t, int64_t row, int64_t pos) {
   (void)b;
+  if (kind == kCacheQ4) {
+    // Quantize the t×hkv rows in the standalone layout, then scatter codes and params into records.
+    const int64_t n = t * hkv, cb = q4_code_bytes(d), ng = q4_groups(d), rb = q4_record_bytes(d);
+    std::vector<uint8_t> codes((size_t)(n * cb));
+    std::vector<uint16_t> params((size_t)(n * ng * 2));
+    quant::quantize(src, n, d, 4, kQ4Group, codes.data(), params.data());
+    for (int64_t i = 0; i < t; i++) {
+      for (int64_t h = 0; h < hkv; h++) {
+        const int64_t r = i * hkv + h;
+        uint8_t* rec = static_cast<uint8_t*>(cache) + ((row * hkv + h) * cap + pos + i) * rb;
+        std::memcpy(rec, codes.data() + r * cb, (size_t)cb);
+        std::memcpy(rec + cb, params.data() + r * ng * 2, (size_t)(ng * 4));
+      }
+    }
+    return;
+  }
+  const bool cache_f16 = kind == kCacheF16;
   bool f16c = active_isa() >= Isa::Avx2;
   for (int64_t i = 0; i < t; i++) {
     for (int64_t h = 0; h < hkv; h++) {

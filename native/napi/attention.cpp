@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kernels/attention.h"
+#include "kernels/quant.h"
 #include "napi/args.h"
 #include "napi/async.h"
 #include "napi/register.h"
@@ -13,13 +14,14 @@
 namespace tierlm {
 namespace {
 
-bool cache_dtype_arg(const Napi::CallbackInfo& info, size_t i) {
+int cache_dtype_arg(const Napi::CallbackInfo& info, size_t i) {
   if (i < info.Length() && info[i].IsString()) {
     std::string s = info[i].As<Napi::String>();
-    if (s == "f32") return false;
-    if (s == "f16") return true;
+    if (s == "f32") return kCacheF32;
+    if (s == "f16") return kCacheF16;
+    if (s == "q4") return kCacheQ4;
   }
-  throw Napi::TypeError::New(info.Env(), "cacheDtype must be 'f32' or 'f16'");
+  throw Napi::TypeError::New(info.Env(), "cacheDtype must be 'f32', 'f16' or 'q4'");
 }
 
 void check_heads(const Napi::CallbackInfo& info, int64_t hq, int64_t hkv) {
@@ -49,14 +51,14 @@ Napi::Value Prefill(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// attentionDecode(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out, async)
+// attentionDecode(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out, async, sparsity)
+// sparsity: optional (undefined: 1), in (0, 1].
 Napi::Value Decode(const Napi::CallbackInfo& info) {
-  bool f16 = cache_dtype_arg(info, 3);
+  int kind = cache_dtype_arg(info, 3);
   int64_t b = int_arg(info, 4, "b"), hq = int_arg(info, 5, "hq"), hkv = int_arg(info, 6, "hkv"), d = int_arg(info, 7, "d"),
           cap = int_arg(info, 8, "cap");
   check_heads(info, hq, hkv);
-  size_t es = f16 ? 2 : 4;
-  size_t cache_bytes = (size_t)(b * hkv * cap * d) * es;
+  size_t cache_bytes = (size_t)(b * hkv * cap) * (size_t)cache_row_bytes(kind, d);
   const float* q = checked_ptr<float>(info[0], "q", (size_t)(b * hq * d));
   const void* kc = checked_bytes(info[1], "kCache", cache_bytes).data;
   const void* vc = checked_bytes(info[2], "vCache", cache_bytes).data;
@@ -67,7 +69,13 @@ Napi::Value Decode(const Napi::CallbackInfo& info) {
       throw Napi::RangeError::New(info.Env(), "lens[" + std::to_string(i) + "] = " + std::to_string(lens[i]) + " is outside [1, " + std::to_string(cap) + "]");
   float scale = (float)num_arg(info, 10, "scale");
   float* out = checked_ptr<float>(info[11], "out", (size_t)(b * hq * d));
-  auto work = [=, lens = std::move(lens)]() { attn_decode(q, kc, vc, f16, b, hq, hkv, d, cap, lens.data(), scale, out); };
+  double sparsity = 1.0;
+  if (info.Length() > 13 && !info[13].IsUndefined()) {
+    sparsity = num_arg(info, 13, "sparsity");
+    if (!(sparsity > 0.0 && sparsity <= 1.0))
+      throw Napi::RangeError::New(info.Env(), "sparsity must be in (0, 1], got " + std::to_string(sparsity));
+  }
+  auto work = [=, lens = std::move(lens)]() { attn_decode(q, kc, vc, kind, b, hq, hkv, d, cap, lens.data(), scale, sparsity, out); };
   if (is_async(info, 12)) return run_async(info.Env(), work, {info[0], info[1], info[2], info[11]});
   work();
   return info.Env().Undefined();
@@ -75,14 +83,20 @@ Napi::Value Decode(const Napi::CallbackInfo& info) {
 
 // cacheWrite(cache, cacheDtype, b, hkv, cap, d, src, t, row, pos)
 Napi::Value CacheWrite(const Napi::CallbackInfo& info) {
-  bool f16 = cache_dtype_arg(info, 1);
+  int kind = cache_dtype_arg(info, 1);
   int64_t b = int_arg(info, 2, "b"), hkv = int_arg(info, 3, "hkv"), cap = int_arg(info, 4, "cap"), d = int_arg(info, 5, "d");
   int64_t t = int_arg(info, 7, "t"), row = int_arg(info, 8, "row"), pos = int_arg(info, 9, "pos");
   if (t > 0 && row >= b) throw Napi::RangeError::New(info.Env(), "row " + std::to_string(row) + " is outside the cache's " + std::to_string(b) + " rows");
   if (pos + t > cap) throw Napi::RangeError::New(info.Env(), "positions overrun the cache capacity " + std::to_string(cap));
-  void* cache = checked_bytes(info[0], "cache", (size_t)(b * hkv * cap * d) * (f16 ? 2 : 4)).data;
+  void* cache = checked_bytes(info[0], "cache", (size_t)(b * hkv * cap) * (size_t)cache_row_bytes(kind, d)).data;
   const float* src = checked_ptr<float>(info[6], "src", (size_t)(t * hkv * d));
-  attn_cache_write(cache, f16, b, hkv, cap, d, src, t, row, pos);
+  if (kind == kCacheQ4) {
+    int64_t bad = quant::find_unrepresentable(src, t * hkv * d);
+    if (bad >= 0)
+      throw Napi::RangeError::New(info.Env(), "element " + std::to_string(bad) + " (" + std::to_string(src[bad]) +
+                                                  ") cannot be quantized: values must be finite with |x| <= 65504");
+  }
+  attn_cache_write(cache, kind, b, hkv, cap, d, src, t, row, pos);
   return info.Env().Undefined();
 }
 

@@ -4,7 +4,7 @@
 
 import { type FloatDType, isFloatDType } from '../tensor/dtype.js';
 import { Tensor, shapeString } from '../tensor/tensor.js';
-import type { CacheDType, ComputeMode, Kernels, QuantFormat, WeightFormat } from './kernels.js';
+import { type CacheArray, type CacheDType, type ComputeMode, type Kernels, type QuantFormat, type WeightFormat, q4RecordBytes } from './kernels.js';
 
 /** A weight matrix W[n,k] packed once, at load time, into its backend's GEMM layout. */
 export class PackedWeight {
@@ -288,10 +288,17 @@ export class Backend {
     return y;
   }
 
+  /** f32 / f16 caches: [b, hkv, cap, d]; a 'u8' tensor is a q4 cache, [b, hkv, cap, q4RecordBytes(d)]. */
   private checkCache(op: string, name: string, c: Tensor): CacheDType {
-    if (!(c instanceof Tensor) || (c.dtype !== 'f32' && c.dtype !== 'f16')) throw new TypeError(`${op}: ${name} must be an f32 or f16 Tensor`);
+    if (!(c instanceof Tensor) || (c.dtype !== 'f32' && c.dtype !== 'f16' && c.dtype !== 'u8')) {
+      throw new TypeError(`${op}: ${name} must be an f32 or f16 Tensor (or u8 for a q4 cache)`);
+    }
     expectRank(op, name, c, 4);
-    return c.dtype;
+    return c.dtype === 'u8' ? 'q4' : c.dtype;
+  }
+
+  private checkSparsity(op: string, sparsity: number): void {
+    if (typeof sparsity !== 'number' || !(sparsity > 0 && sparsity <= 1)) fail(op, `sparsity must be in (0, 1], got ${sparsity}`);
   }
 
   private checkDecode(q: F32, kCache: Tensor, vCache: Tensor, lens: Tensor<'i32'>, out: F32 | undefined) {
@@ -302,7 +309,10 @@ export class Backend {
     if (this.checkCache(op, 'vCache', vCache) !== dtype) fail(op, 'kCache and vCache must share a dtype');
     const [b, hq, d] = q.shape as [number, number, number];
     const [cb, hkv, cap, cd] = kCache.shape as [number, number, number, number];
-    if (cb !== b || cd !== d) fail(op, `kCache has shape ${shapeString(kCache.shape)}, expected [${b}, hkv, cap, ${d}]`);
+    const want = dtype === 'q4' ? q4RecordBytes(d) : d;
+    if (cb !== b || cd !== want) {
+      fail(op, `kCache has shape ${shapeString(kCache.shape)}, expected [${b}, hkv, cap, ${want}]${dtype === 'q4' ? ` (q4 records of head size ${d})` : ''}`);
+    }
     expectShape(op, 'vCache', vCache, kCache.shape);
     if (hkv < 1 || hq % hkv !== 0) fail(op, `${hq} query heads cannot be grouped over ${hkv} key/value heads`);
     if (!(lens instanceof Tensor) || lens.dtype !== 'i32' || lens.size !== b) throw new TypeError(`${op}: lens must be an i32 Tensor of ${b} entries`);
@@ -313,36 +323,47 @@ export class Backend {
     return { dtype, b, hq, hkv, d, cap, y: outOr(op, out, [b, hq, d]) };
   }
 
-  /** One new token per sequence against its KV cache; see Kernels.attentionDecode. */
-  attentionDecode(q: F32, kCache: Tensor, vCache: Tensor, lens: Tensor<'i32'>, scale: number, out?: F32): F32 {
+  /** One new token per sequence against its KV cache; see Kernels.attentionDecode. sparsity in
+   *  (0, 1]: 1 is dense attention, below 1 each query head attends to its top-scoring positions. */
+  attentionDecode(q: F32, kCache: Tensor, vCache: Tensor, lens: Tensor<'i32'>, scale: number, out?: F32, sparsity = 1): F32 {
     const c = this.checkDecode(q, kCache, vCache, lens, out);
     expectFinite('attentionDecode', 'scale', scale);
-    this.kernels.attentionDecode(q.data, kCache.data as Float32Array | Uint16Array, vCache.data as Float32Array | Uint16Array,
-      c.dtype, c.b, c.hq, c.hkv, c.d, c.cap, lens.data, scale, c.y.data);
+    this.checkSparsity('attentionDecode', sparsity);
+    this.kernels.attentionDecode(q.data, kCache.data as CacheArray, vCache.data as CacheArray,
+      c.dtype, c.b, c.hq, c.hkv, c.d, c.cap, lens.data, scale, c.y.data, sparsity);
     return c.y;
   }
 
-  async attentionDecodeAsync(q: F32, kCache: Tensor, vCache: Tensor, lens: Tensor<'i32'>, scale: number, out?: F32): Promise<F32> {
+  async attentionDecodeAsync(q: F32, kCache: Tensor, vCache: Tensor, lens: Tensor<'i32'>, scale: number, out?: F32, sparsity = 1): Promise<F32> {
     const c = this.checkDecode(q, kCache, vCache, lens, out);
     expectFinite('attentionDecode', 'scale', scale);
-    await this.kernels.attentionDecodeAsync(q.data, kCache.data as Float32Array | Uint16Array, vCache.data as Float32Array | Uint16Array,
-      c.dtype, c.b, c.hq, c.hkv, c.d, c.cap, lens.data, scale, c.y.data);
+    this.checkSparsity('attentionDecode', sparsity);
+    await this.kernels.attentionDecodeAsync(q.data, kCache.data as CacheArray, vCache.data as CacheArray,
+      c.dtype, c.b, c.hq, c.hkv, c.d, c.cap, lens.data, scale, c.y.data, sparsity);
     return c.y;
   }
 
-  /** Writes src[t,hkv,d] into cache[b,hkv,cap,d] at batch row `row`, positions pos..pos+t-1. */
+  /** Writes src[t,hkv,d] into cache[b,hkv,cap,d] at batch row `row`, positions pos..pos+t-1.
+   *  A q4 cache (u8, [b,hkv,cap,q4RecordBytes(d)]) takes d from src and quantizes each row. */
   cacheWrite(cache: Tensor, src: F32, row: number, pos: number): void {
     const op = 'cacheWrite';
     const dtype = this.checkCache(op, 'cache', cache);
-    const [b, hkv, cap, d] = cache.shape as [number, number, number, number];
+    const [b, hkv, cap, cd] = cache.shape as [number, number, number, number];
     expectF32(op, 'src', src);
     expectRank(op, 'src', src, 3);
     const t = src.shape[0]!;
-    expectShape(op, 'src', src, [t, hkv, d]);
+    let d = cd;
+    if (dtype === 'q4') {
+      d = src.shape[2]!;
+      expectShape(op, 'src', src, [t, hkv, d]);
+      if (cd !== q4RecordBytes(d)) fail(op, `cache has shape ${shapeString(cache.shape)}, expected [${b}, ${hkv}, ${cap}, ${q4RecordBytes(d)}] (q4 records of head size ${d})`);
+    } else {
+      expectShape(op, 'src', src, [t, hkv, d]);
+    }
     expectInt(op, 'row', row, 0);
     expectInt(op, 'pos', pos, 0);
     if (row >= b) fail(op, `row ${row} is outside the cache's ${b} rows`);
     if (pos + t > cap) fail(op, `positions ${pos}..${pos + t - 1} overrun the cache capacity ${cap}`);
-    this.kernels.cacheWrite(cache.data as Float32Array | Uint16Array, dtype, b, hkv, cap, d, src.data, t, row, pos);
+    this.kernels.cacheWrite(cache.data as CacheArray, dtype, b, hkv, cap, d, src.data, t, row, pos);
   }
 }

@@ -33,7 +33,28 @@ export function quantCodeBytes(bits: QuantBits, n: number, k: number): number {
 export function quantParamsLength(n: number, k: number, groupSize: number): number {
   return n * Math.ceil(k / groupSize) * 2;
 }
-export type CacheDType = 'f32' | 'f16';
+/** KV cache element format. 'q4': group-wise 4-bit (FlexGen's KV cache compression), one record
+ *  of q4RecordBytes(d) bytes per (row, kv head, position) in a Uint8Array: ceil(d/2) bytes of codes
+ *  (feature c in byte c/2, low nibble for even c), then for each group of Q4_CACHE_GROUP features
+ *  along d (the last one shorter) an f16 (step, min) pair, little-endian: x' = code·step + min,
+ *  quantized with the scheme of `quantize` (|x − x'| ≤ step/2; a constant group is exact). */
+export type CacheDType = 'f32' | 'f16' | 'q4';
+/** Group size along the head dimension of the 'q4' cache. */
+export const Q4_CACHE_GROUP = 64;
+/** Bytes of one 'q4' cache record (one position of one kv head) for head size d. */
+export function q4RecordBytes(d: number): number {
+  return Math.ceil(d / 2) + 4 * Math.ceil(d / Q4_CACHE_GROUP);
+}
+/** The Tensor dtype holding a cache of `dtype` ('q4' → 'u8' records). */
+export function cacheTensorDType(dtype: CacheDType): 'f32' | 'f16' | 'u8' {
+  return dtype === 'q4' ? 'u8' : dtype;
+}
+/** The last dimension of a cache tensor [b, hkv, cap, ·] of `dtype` for head size d. */
+export function cacheRowLength(dtype: CacheDType, d: number): number {
+  return dtype === 'q4' ? q4RecordBytes(d) : d;
+}
+/** A cache's storage: f32 → Float32Array, f16 → Uint16Array (bits), q4 → Uint8Array (records). */
+export type CacheArray = Float32Array | Uint16Array | Uint8Array;
 
 export interface Kernels {
   readonly name: string;
@@ -90,12 +111,20 @@ export interface Kernels {
   attentionPrefillAsync(q: Float32Array, k: Float32Array, v: Float32Array, t: number, hq: number, hkv: number, d: number,
     seqStarts: Int32Array, scale: number, out: Float32Array): Promise<void>;
   /** One new token per sequence against its cache: q[b,hq,d]; caches [b,hkv,cap,d] in cacheDtype
-   *  hold lens[i] valid positions for sequence i (the new token's key/value included). out[b,hq,d]. */
-  attentionDecode(q: Float32Array, kCache: Float32Array | Uint16Array, vCache: Float32Array | Uint16Array, cacheDtype: CacheDType,
-    b: number, hq: number, hkv: number, d: number, cap: number, lens: Int32Array, scale: number, out: Float32Array): void;
-  attentionDecodeAsync(q: Float32Array, kCache: Float32Array | Uint16Array, vCache: Float32Array | Uint16Array, cacheDtype: CacheDType,
-    b: number, hq: number, hkv: number, d: number, cap: number, lens: Int32Array, scale: number, out: Float32Array): Promise<void>;
-  /** Writes src[t,hkv,d] into cache[b,hkv,cap,d] at batch row `row`, positions pos..pos+t-1. */
-  cacheWrite(cache: Float32Array | Uint16Array, cacheDtype: CacheDType, b: number, hkv: number, cap: number, d: number,
+   *  ('q4': [b,hkv,cap,q4RecordBytes(d)] bytes) hold lens[i] valid positions for sequence i (the new
+   *  token's key/value included). out[b,hq,d].
+   *  sparsity F in (0, 1] (default 1, dense): per row and query head, all len scores are computed,
+   *  the max(1, ceil(F·(len−1))) highest among positions 0..len−2 (ties: the lower position) and
+   *  position len−1 are kept, and the softmax and value sum run over those only. */
+  attentionDecode(q: Float32Array, kCache: CacheArray, vCache: CacheArray, cacheDtype: CacheDType,
+    b: number, hq: number, hkv: number, d: number, cap: number, lens: Int32Array, scale: number, out: Float32Array,
+    sparsity?: number): void;
+  attentionDecodeAsync(q: Float32Array, kCache: CacheArray, vCache: CacheArray, cacheDtype: CacheDType,
+    b: number, hq: number, hkv: number, d: number, cap: number, lens: Int32Array, scale: number, out: Float32Array,
+    sparsity?: number): Promise<void>;
+  /** Writes src[t,hkv,d] into cache[b,hkv,cap,d] at batch row `row`, positions pos..pos+t-1
+   *  ('q4': quantizes each row of d into a record; throws a RangeError for values that are not
+   *  finite or exceed ±65504). */
+  cacheWrite(cache: CacheArray, cacheDtype: CacheDType, b: number, hkv: number, cap: number, d: number,
     src: Float32Array, t: number, row: number, pos: number): void;
 }

@@ -17,11 +17,11 @@ export const attentionKernels: Partial<Kernels> = {
   async attentionPrefillAsync(q, k, v, t, hq, hkv, d, seqStarts, scale, out) {
     await (fn('attentionPrefill')(q, k, v, t, hq, hkv, d, seqStarts, scale, out, true) as Promise<void>);
   },
-  attentionDecode(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out) {
-    fn('attentionDecode')(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out, false);
+  attentionDecode(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out, sparsity = 1) {
+    fn('attentionDecode')(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out, false, sparsity);
   },
-  async attentionDecodeAsync(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out) {
-    await (fn('attentionDecode')(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out, true) as Promise<void>);
+  async attentionDecodeAsync(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out, sparsity = 1) {
+    await (fn('attentionDecode')(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out, true, sparsity) as Promise<void>);
   },
   cacheWrite(cache, cacheDtype, b, hkv, cap, d, src, t, row, pos) {
     fn('cacheWrite')(cache, cacheDtype, b, hkv, cap, d, src, t, row, pos);

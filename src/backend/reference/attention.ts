@@ -1,30 +1,72 @@
 // Reference attention in plain TypeScript, float64 accumulation: scores, softmax and the weighted
-// sum of values written out as in the definition.
+// sum of values written out as in the definition. q4 caches are quantized and dequantized record
+// by record with the reference quantizer (reference/quant.ts), then read as float32.
 import { f16ToF32, f32ToF16 } from '../../tensor/dtype.js';
-import type { CacheDType, Kernels } from '../kernels.js';
+import { type CacheArray, type CacheDType, type Kernels, Q4_CACHE_GROUP, q4RecordBytes } from '../kernels.js';
+import { dequantize, quantize } from './quant.js';
 
-/** out[0..d) = Σ_p softmax(scale·q·k_p) v_p over n positions read through kAt/vAt. */
+/** out[0..d) = Σ_p softmax(scale·q·k_p) v_p over n positions read through kAt/vAt. With sparsity
+ *  F < 1 only the top max(1, ceil(F·(n−1))) scores of positions 0..n−2 (ties: lower position) and
+ *  position n−1 take part. */
 function attend(q: Float32Array, qo: number, d: number, n: number, kAt: (p: number, c: number) => number,
-  vAt: (p: number, c: number) => number, scale: number, out: Float32Array, oo: number): void {
+  vAt: (p: number, c: number) => number, scale: number, out: Float32Array, oo: number, sparsity = 1): void {
   const s = new Float64Array(n);
-  let m = -Infinity;
   for (let p = 0; p < n; p++) {
     let dot = 0;
     for (let c = 0; c < d; c++) dot += q[qo + c]! * kAt(p, c);
     s[p] = dot * scale;
-    m = Math.max(m, s[p]!);
   }
+  let kept: number[];
+  if (sparsity >= 1) {
+    kept = Array.from({ length: n }, (_, p) => p);
+  } else {
+    const older = n - 1;
+    const k = Math.min(older, Math.max(1, Math.ceil(sparsity * older)));
+    const order = Array.from({ length: older }, (_, p) => p).sort((a, b) => s[b]! - s[a]! || a - b);
+    kept = order.slice(0, k).sort((a, b) => a - b);
+    kept.push(n - 1);
+  }
+  let m = -Infinity;
+  for (const p of kept) m = Math.max(m, s[p]!);
   let sum = 0;
-  for (let p = 0; p < n; p++) sum += s[p] = Math.exp(s[p]! - m);
+  const w = new Float64Array(n);
+  for (const p of kept) sum += w[p] = Math.exp(s[p]! - m);
   for (let c = 0; c < d; c++) {
     let a = 0;
-    for (let p = 0; p < n; p++) a += s[p]! * vAt(p, c);
+    for (const p of kept) a += w[p]! * vAt(p, c);
     out[oo + c] = a / sum;
   }
 }
 
-function reader(cache: Float32Array | Uint16Array, dtype: CacheDType): (i: number) => number {
-  return dtype === 'f16' ? (i) => f16ToF32(cache[i]!) : (i) => cache[i]!;
+/** Features of record `r` of a q4 cache, dequantized. */
+export function q4ReadRecord(cache: Uint8Array, r: number, d: number, out: Float32Array, oo = 0): void {
+  const rb = q4RecordBytes(d), cb = Math.ceil(d / 2), ng = Math.ceil(d / Q4_CACHE_GROUP);
+  const rec = cache.subarray(r * rb, (r + 1) * rb);
+  const params = new Uint16Array(ng * 2);
+  for (let i = 0; i < ng * 2; i++) params[i] = rec[cb + 2 * i]! | (rec[cb + 2 * i + 1]! << 8);
+  dequantize(rec.subarray(0, cb), params, 1, d, 4, Q4_CACHE_GROUP, out.subarray(oo, oo + d));
+}
+
+/** Quantizes x[xo..xo+d) into record `r` of a q4 cache. */
+export function q4WriteRecord(cache: Uint8Array, r: number, d: number, x: Float32Array, xo = 0): void {
+  const rb = q4RecordBytes(d), cb = Math.ceil(d / 2), ng = Math.ceil(d / Q4_CACHE_GROUP);
+  const rec = cache.subarray(r * rb, (r + 1) * rb);
+  const params = new Uint16Array(ng * 2);
+  quantize(x.subarray(xo, xo + d), 1, d, 4, Q4_CACHE_GROUP, rec.subarray(0, cb), params);
+  for (let i = 0; i < ng * 2; i++) {
+    rec[cb + 2 * i] = params[i]! & 0xff;
+    rec[cb + 2 * i + 1] = params[i]! >> 8;
+  }
+}
+
+/** The cache widened to float32, [.., d] per position (q4 records dequantized). */
+function widen(cache: CacheArray, dtype: CacheDType, d: number): Float32Array {
+  if (dtype === 'f32') return cache as Float32Array;
+  if (dtype === 'f16') return Float32Array.from(cache as Uint16Array, (h) => f16ToF32(h));
+  const n = cache.length / q4RecordBytes(d);
+  const out = new Float32Array(n * d);
+  for (let r = 0; r < n; r++) q4ReadRecord(cache as Uint8Array, r, d, out, r * d);
+  return out;
 }
 
 export const attentionReference: Partial<Kernels> = {
@@ -44,27 +86,31 @@ export const attentionReference: Partial<Kernels> = {
   async attentionPrefillAsync(q, k, v, t, hq, hkv, d, seqStarts, scale, out) {
     attentionReference.attentionPrefill!(q, k, v, t, hq, hkv, d, seqStarts, scale, out);
   },
-  attentionDecode(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out) {
+  attentionDecode(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out, sparsity = 1) {
     const g = hq / hkv;
-    const kr = reader(kCache, cacheDtype), vr = reader(vCache, cacheDtype);
+    const kf = widen(kCache, cacheDtype, d), vf = widen(vCache, cacheDtype, d);
     for (let bi = 0; bi < b; bi++) {
       for (let h = 0; h < hq; h++) {
         const base = ((bi * hkv + Math.floor(h / g)) * cap) * d;
-        attend(q, (bi * hq + h) * d, d, lens[bi]!, (p, c) => kr(base + p * d + c), (p, c) => vr(base + p * d + c),
-          scale, out, (bi * hq + h) * d);
+        attend(q, (bi * hq + h) * d, d, lens[bi]!, (p, c) => kf[base + p * d + c]!, (p, c) => vf[base + p * d + c]!,
+          scale, out, (bi * hq + h) * d, sparsity);
       }
     }
   },
-  async attentionDecodeAsync(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out) {
-    attentionReference.attentionDecode!(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out);
+  async attentionDecodeAsync(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out, sparsity = 1) {
+    attentionReference.attentionDecode!(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out, sparsity);
   },
   cacheWrite(cache, cacheDtype, _b, hkv, cap, d, src, t, row, pos) {
     for (let i = 0; i < t; i++) {
       for (let h = 0; h < hkv; h++) {
-        const o = ((row * hkv + h) * cap + pos + i) * d;
+        const o = (row * hkv + h) * cap + pos + i;
+        if (cacheDtype === 'q4') {
+          q4WriteRecord(cache as Uint8Array, o, d, src, (i * hkv + h) * d);
+          continue;
+        }
         for (let c = 0; c < d; c++) {
           const x = src[(i * hkv + h) * d + c]!;
-          cache[o + c] = cacheDtype === 'f16' ? f32ToF16(x) : x;
+          cache[o * d + c] = cacheDtype === 'f16' ? f32ToF16(x) : x;
         }
       }
     }
