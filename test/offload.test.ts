@@ -77,6 +77,19 @@ describe('offloading gives identical tokens', () => {
     expect(q4.layers.stats.ramBytes).toBeLessThan(0.4 * full.layers.stats.ramBytes);
   });
 
+  it('4-bit KV cache (compress_cache) and sparse attention: every placement gives the plain run\'s tokens', async () => {
+    const dir = path.join(sharedFixtures, 'opt-tiny');
+    for (const base of [{ compressCache: true }, { compressCache: true, compressWeight: true, attnSparsity: 0.5 }, { attnSparsity: 0.3 }] as Partial<Policy>[]) {
+      const plain = await run(dir, base, undefined, { batchSize: 2, numGpuBatches: 3 });
+      for (const placement of [{ cacheCpuPercent: 0 }, { cacheCpuPercent: 40, wCpuPercent: 50, actCpuPercent: 0 }]) {
+        const got = await run(dir, { ...base, ...placement }, tmpDir('q4c'), { batchSize: 2, numGpuBatches: 3 });
+        expect(got, JSON.stringify({ ...base, ...placement })).toEqual(plain);
+      }
+    }
+    // Sparsity 1 is dense attention, bit for bit.
+    expect(await run(dir, { attnSparsity: 1 })).toEqual(await run(dir, {}));
+  });
+
   it('clear errors when the disk directory is missing, not a directory or not writable', async () => {
     const dir = path.join(sharedFixtures, 'opt-tiny');
     const onDisk = { wCpuPercent: 50 };

@@ -23,6 +23,7 @@ interface PlanFlags {
   profile?: string;
   json?: boolean;
   compressWeight?: boolean;
+  compressCache?: boolean;
 }
 
 export function addPlanCommand(program: Command): void {
@@ -41,6 +42,7 @@ export function addPlanCommand(program: Command): void {
     .option('--precision <p>', 'fp32 or bf16', oneOf('--precision', ['fp32', 'bf16'] as const), 'fp32')
     .option('--cache-dtype <d>', 'KV cache element type', oneOf('--cache-dtype', ['f32', 'f16'] as const), 'f16')
     .option('--compress-weight', 'plan with 4-bit layer weights')
+    .option('--compress-cache', 'plan with a 4-bit KV cache')
     .option('--profile <file>', 'hardware profile (default: the saved one, measured quickly if missing)')
     .option('--json', 'print the policy as `--policy FILE` reads it, with the predictions beside it')
     .action(async (o: PlanFlags) => {
@@ -48,8 +50,9 @@ export function addPlanCommand(program: Command): void {
       const profile = await ensureProfile({ file: o.profile, diskDir: o.diskDir, log: (m) => process.stderr.write(m + '\n') });
       const plan = await planPolicy({
         model: o.model, config: o.config, layers: o.layers, promptLen: o.promptLen, genLen: o.genLen, precision: o.precision,
-        cacheDtype: o.cacheDtype, compressWeight: o.compressWeight === true, limits: { ram: o.ram, device: o.deviceMem, disk: o.disk }, disk: o.diskDir !== undefined || o.disk !== undefined, profile,
+        cacheDtype: o.compressCache ? 'q4' : o.cacheDtype, compressWeight: o.compressWeight === true, limits: { ram: o.ram, device: o.deviceMem, disk: o.disk }, disk: o.diskDir !== undefined || o.disk !== undefined, profile,
       });
+      if (o.compressCache) plan.policy.compressCache = true;
       process.stdout.write(o.json ? JSON.stringify(planJson(plan)) + '\n' : report(plan));
     });
 }

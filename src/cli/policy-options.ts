@@ -116,11 +116,11 @@ export async function loadOptions(o: PolicyFlags & { precision?: 'fp32' | 'bf16'
       ? (gbs !== undefined ? [gbs] : [1, 2, 4, 8, 16, 32, 64]).flatMap((b) => (o.numGpuBatches !== undefined ? [o.numGpuBatches] : [1, 2, 4, 8, 16]).map((n) => [b, n] as [number, number]))
       : undefined);
     const plan = await planPolicy({
-      ...work.source, promptLen: work.promptLen, genLen: work.genLen, precision: o.precision, cacheDtype: o.cacheDtype,
-      compressWeight: o.compressWeight === true,
+      ...work.source, promptLen: work.promptLen, genLen: work.genLen, precision: o.precision, cacheDtype: o.compressCache ? 'q4' : o.cacheDtype,
+      compressWeight: o.compressWeight === true, attnSparsity: o.attnSparsity,
       limits: { ram: o.ram, device: o.deviceMem, disk: o.disk }, disk: o.diskDir !== undefined, profile, shapes,
     });
-    planned = plan.policy;
+    planned = { ...plan.policy, compressCache: o.compressCache === true, attnSparsity: o.attnSparsity ?? 1 };
   }
   return {
     precision: o.precision,

@@ -4,6 +4,7 @@
 // sequence has stopped. Each sequence's tokens are the ones it would get alone.
 
 import type { Backend, CacheDType } from '../backend/index.js';
+import { q4RecordBytes } from '../backend/kernels.js';
 import type { TextTokenizer } from '../formats/tokenizer.js';
 import type { ModelConfig } from '../models/config.js';
 import type { Transformer } from '../models/transformer.js';
@@ -127,7 +128,7 @@ export class Generator {
     const maxPrompt = Math.max(...block.map((x) => x.ids.length));
     const capacity = Math.min(this.s.config.maxPositions, maxPrompt + p.maxNewTokens);
     this.s.checkBlock({
-      rows: Math.min(gbs, block.length), batches: batches.length, capacity, cacheBytesPerElement: p.cacheDtype === 'f32' ? 4 : 2,
+      rows: Math.min(gbs, block.length), batches: batches.length, capacity, cacheBytesPerElement: cacheBytesPerElement(p.cacheDtype, this.s.config.headDim),
       maxTokens: Math.max(...batches.map((b) => b.reduce((n, x) => n + x.ids.length, 0))),
     });
     const stop = new Set([...(p.stopAtEos ? this.s.eosTokenIds : []), ...p.stopTokenIds]);
@@ -190,6 +191,11 @@ function checkParams(p: GenerateParams): void {
   if (!Number.isInteger(s.seed)) bad(`seed must be an integer, got ${s.seed}`);
   if (!Number.isInteger(p.batchSize) || p.batchSize < 1) bad(`batch size must be a positive integer, got ${p.batchSize}`);
   if (!Number.isInteger(p.numGpuBatches) || p.numGpuBatches < 1) bad(`num gpu batches must be a positive integer, got ${p.numGpuBatches}`);
-  if (p.cacheDtype !== 'f32' && p.cacheDtype !== 'f16') bad(`cache dtype must be f32 or f16, got ${p.cacheDtype}`);
+  if (p.cacheDtype !== 'f32' && p.cacheDtype !== 'f16' && p.cacheDtype !== 'q4') bad(`cache dtype must be f32, f16 or q4, got ${p.cacheDtype}`);
   if (!p.stopTokenIds.every((t) => Number.isInteger(t) && t >= 0)) bad('stop token ids must be non-negative integers');
+}
+
+/** Bytes per cached element (a q4 record spreads its codes and group parameters over d). */
+export function cacheBytesPerElement(dtype: CacheDType, headDim: number): number {
+  return dtype === 'f32' ? 4 : dtype === 'f16' ? 2 : q4RecordBytes(headDim) / headDim;
 }

@@ -8,7 +8,6 @@ import { openModel } from '../models/load.js';
 import { Transformer } from '../models/transformer.js';
 import { DEFAULT_POLICY, type Policy, shares, validatePolicy } from '../policy/policy.js';
 import { BlockRunner } from '../schedule/runner.js';
-import { UserError } from '../util/errors.js';
 import { type LayerSource, ResidentLayers, WeightStore, planSlotBytes } from '../schedule/weight-store.js';
 import { type Limits, type MemoryItem, type WeightSizes, blockItems, checkLimits, weightItems } from '../policy/memory.js';
 import { DiskTier } from '../schedule/disk-tier.js';
@@ -54,8 +53,6 @@ export class LanguageModel {
     const precision = options.precision ?? 'fp32';
     if (precision !== 'fp32' && precision !== 'bf16') throw new RangeError(`precision must be fp32 or bf16, got ${String(precision)}`);
     const policy = validatePolicy({ ...DEFAULT_POLICY, ...options.policy });
-    if (policy.compressCache) throw new UserError('compress_cache (a 4-bit KV cache) is not available yet in this build');
-    if (policy.attnSparsity < 1) throw new UserError('attn_sparsity below 1 (sparse decode attention) is not available yet in this build');
     const backend = typeof options.backend === 'object' ? options.backend : options.backend === 'reference' ? referenceBackend() : cpuBackend();
     if (options.threads !== undefined) setThreads(options.threads);
     const model = openModel(dir, backend, precision, policy.compressWeight);
@@ -76,7 +73,7 @@ export class LanguageModel {
       const layers = wShares.disk > 0
         ? await WeightStore.open(model.loader, c, backend, precision, wShares, disk!.weightsDir(dir, precision + (policy.compressWeight ? '-q4' : '')), model.sourceFiles)
         : new ResidentLayers(model.loader, c);
-      const transformer = new Transformer(c, backend, model.loader.globals());
+      const transformer = new Transformer(c, backend, model.loader.globals(), policy.attnSparsity);
       const runner = new BlockRunner(transformer, layers, policy, { cache: disk?.cacheFile ?? null, act: disk?.actFile ?? null });
       return new LanguageModel(c, transformer, layers, runner, policy, model.eosTokenIds, TextTokenizer.load(dir), precision, disk, wItems, limits);
     } finally {
@@ -99,7 +96,9 @@ export class LanguageModel {
       checkBlock: (shape) => checkLimits([...this.weightMemory, ...blockItems(this.config, this.policy, shape)], this.limits, `a block of ${shape.batches} × ${shape.rows} sequences`),
     });
     try {
-      yield* g.generate(requests, { batchSize: this.policy.gpuBatchSize, numGpuBatches: this.policy.numGpuBatches, ...params });
+      // compress_cache stores the KV cache 4-bit whatever the call asks for.
+      const cache = this.policy.compressCache ? { cacheDtype: 'q4' as const } : {};
+      yield* g.generate(requests, { batchSize: this.policy.gpuBatchSize, numGpuBatches: this.policy.numGpuBatches, ...params, ...cache });
     } finally {
       if (stats) Object.assign(stats, g.stats);
     }

@@ -10,11 +10,13 @@ import { PRESETS } from '../models/presets.js';
 import { ConfigReader } from '../models/config.js';
 import { architectureFor } from '../models/registry.js';
 import { type ModelSizes, sizesFromConfig } from '../models/weights.js';
-import type { Rates } from '../policy/cost-model.js';
+import { type Prediction, type Rates, type Workload, layerCosts, predict } from '../policy/cost-model.js';
+import { type Policy, shares } from '../policy/policy.js';
 import type { Limits } from '../policy/memory.js';
 import { type HardwareProfile, attentionDecodeRate, attentionPrefillRate, diskReadRate, diskWriteRate, gemmRate } from '../policy/profile.js';
 import { type Plan, searchPolicy } from '../policy/search.js';
 import { UserError } from '../util/errors.js';
+import { cacheBytesPerElement } from './generate.js';
 
 export interface PlanRequest {
   model?: string;
@@ -32,6 +34,8 @@ export interface PlanRequest {
   shapes?: [number, number][];
   /** Layer weights 4-bit (their bytes and GEMM rate). */
   compressWeight?: boolean;
+  /** Decode attention's kept share (reads all keys, that share of the values). */
+  attnSparsity?: number;
 }
 
 export interface PlanResult extends Plan {
@@ -66,11 +70,27 @@ export function ratesFrom(profile: HardwareProfile, dtype: 'f32' | 'f16' | 'bf16
   const format = compressWeight ? 'q4' : weightFormatFor(dtype, mode);
   return {
     gemm: (m) => gemmRate(profile, format, mode, m),
-    attentionDecode: attentionDecodeRate(profile, cacheDtype),
+    // A q4 cache is read by the same kernel structure; its rate in bytes is taken as the f16 one's.
+    attentionDecode: attentionDecodeRate(profile, cacheDtype === 'q4' ? 'f16' : cacheDtype),
     attentionPrefill: attentionPrefillRate(profile),
     diskRead: diskReadRate(profile),
     diskWrite: diskWriteRate(profile),
   };
+}
+
+/** What the cost model predicts for a given policy (not necessarily the planner's choice). */
+export function predictPolicy(r: PlanRequest, policy: Policy): Prediction {
+  const mode = r.precision ?? 'fp32';
+  const cacheDtype = r.cacheDtype ?? 'f16';
+  const { config, sizes, dtype } = modelSizes({ ...r, compressWeight: policy.compressWeight }, mode);
+  const w: Workload = {
+    promptLen: r.promptLen, genLen: r.genLen, gpuBatchSize: policy.gpuBatchSize, numGpuBatches: policy.numGpuBatches,
+    cacheElem: cacheBytesPerElement(cacheDtype, config.headDim), overlap: policy.overlap, attnSparsity: policy.attnSparsity,
+  };
+  const layerBytes = Math.max(...sizes.layers.map((l) => l.reduce((n, m) => n + m.bytes, 0)));
+  const costs = layerCosts(config, layerBytes, w, ratesFrom(r.profile, dtype, mode, cacheDtype, policy.compressWeight));
+  const s = (what: 'weights' | 'cache' | 'activations') => shares(policy, what).disk;
+  return predict(config, costs, w, { wd: s('weights'), cd: s('cache'), hd: s('activations') });
 }
 
 export async function planPolicy(r: PlanRequest): Promise<PlanResult> {
@@ -89,7 +109,7 @@ export async function planPolicy(r: PlanRequest): Promise<PlanResult> {
   const t0 = performance.now();
   const plan = await searchPolicy({
     config, layerBytes, unitBytes, globalBytes: sizes.globalBytes, promptLen: r.promptLen, genLen: r.genLen,
-    cacheElem: cacheDtype === 'f32' ? 4 : 2, limits, rates: ratesFrom(r.profile, dtype, mode, cacheDtype, r.compressWeight), shapes: r.shapes,
+    cacheElem: cacheBytesPerElement(cacheDtype, config.headDim), attnSparsity: r.attnSparsity, limits, rates: ratesFrom(r.profile, dtype, mode, cacheDtype, r.compressWeight), shapes: r.shapes,
   });
   if (r.compressWeight) plan.policy.compressWeight = true;
   return { ...plan, config, sizes, assumedRam, searchMillis: performance.now() - t0 };

@@ -57,6 +57,8 @@ export class Transformer {
     readonly config: ModelConfig,
     readonly backend: Backend,
     readonly globals: GlobalWeights,
+    /** Share of attention weights decode keeps (1 = dense attention). */
+    readonly attnSparsity = 1,
   ) {
     this.scale = 1 / Math.sqrt(config.headDim);
   }
@@ -155,7 +157,7 @@ export class Transformer {
         b.cacheWrite(cache.v, v.rows(r, r + 1), r, step.positions[r]!);
       }
       const lens = new Tensor('i32', [t], step.positions.map((p) => p + 1));
-      b.attentionDecode(q, cache.k, cache.v, lens, this.scale, out);
+      b.attentionDecode(q, cache.k, cache.v, lens, this.scale, out, this.attnSparsity);
     } else {
       for (let s = 0; s + 1 < step.seqStarts.length; s++) {
         const [from, to] = [step.seqStarts[s]!, step.seqStarts[s + 1]!];

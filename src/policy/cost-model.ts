@@ -30,6 +30,8 @@ export interface Workload {
   /** Bytes per cache element (4 for f32, 2 for f16). */
   cacheElem: number;
   overlap: boolean;
+  /** Share of attention weights decode keeps: it reads every key and that share of the values. */
+  attnSparsity?: number;
 }
 
 /** Per-layer coefficients: each time is const + Σ coef[tier variable] · fraction. */
@@ -73,7 +75,8 @@ export function layerCosts(c: ModelConfig, layerBytes: number, w: Workload, r: R
   const params = layerParams(c);
   const attnPrefillFlops = bls * 4 * (s * s / 2) * c.heads * c.headDim;
   const prefillCompute = (2 * bls * s * params) / r.gemm(w.gpuBatchSize * s) + attnPrefillFlops / r.attentionPrefill;
-  const decodeCompute = (2 * bls * params) / r.gemm(w.gpuBatchSize) + (bls * ctx * 2 * kvDim * w.cacheElem) / r.attentionDecode;
+  const sparse = (1 + (w.attnSparsity ?? 1)) / 2;
+  const decodeCompute = (2 * bls * params) / r.gemm(w.gpuBatchSize) + (sparse * bls * ctx * 2 * kvDim * w.cacheElem) / r.attentionDecode;
   // Activations are loaded and stored around each of the two units of a layer.
   const actPrefill = 4 * bls * s * c.hidden * 4;
   const actDecode = 4 * bls * c.hidden * 4;

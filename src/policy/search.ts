@@ -27,6 +27,7 @@ export interface SearchInput {
   promptLen: number;
   genLen: number;
   cacheElem: number;
+  attnSparsity?: number;
   limits: Limits;
   rates: Rates;
   /** Block shapes to try (default: powers of two up to 64 × 32). */
@@ -115,7 +116,7 @@ export async function searchPolicy(input: SearchInput): Promise<Plan> {
   let best: Plan | null = null;
   let smallestRam = Infinity;
   for (const [gbs, ngb] of input.shapes ?? defaultShapes()) {
-    const w: Workload = { promptLen: input.promptLen, genLen: input.genLen, gpuBatchSize: gbs, numGpuBatches: ngb, cacheElem: input.cacheElem, overlap: true };
+    const w: Workload = { promptLen: input.promptLen, genLen: input.genLen, gpuBatchSize: gbs, numGpuBatches: ngb, cacheElem: input.cacheElem, overlap: true, attnSparsity: input.attnSparsity };
     const costs = layerCosts(c, layerBytes, w, input.rates);
     for (const v of VARIANTS) {
       if (input.limits.disk === 0 && (v.w || v.c || v.h)) continue;

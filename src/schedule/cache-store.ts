@@ -8,7 +8,7 @@
 // reads each row's filled positions in one request. Blocks with disk rows are assembled in a
 // staging block for compute and written back after it.
 
-import type { CacheDType } from '../backend/index.js';
+import { type CacheDType, cacheRowLength, cacheTensorDType } from '../backend/kernels.js';
 import type { ModelConfig } from '../models/config.js';
 import type { CacheBlock } from '../models/transformer.js';
 import type { Shares } from '../policy/policy.js';
@@ -38,6 +38,8 @@ export class CacheStore {
   readonly stats: CacheStats = { ramBytes: 0, diskBytes: 0, bytesRead: 0, bytesWritten: 0 };
   private readonly blocks: Block[] = [];
   private readonly elem: number;
+  /** Elements of one (row, head, position) entry: headDim, or a q4 record's bytes. */
+  private readonly rowLength: number;
   private readonly headBytes: number;
   /** Bytes of one position record on disk (K and V of one position, padded). */
   readonly recordBytes: number;
@@ -53,22 +55,24 @@ export class CacheStore {
     shares: Shares,
     private readonly file: BlockFile | null,
   ) {
-    this.elem = dtype === 'f32' ? 4 : 2;
-    this.headBytes = config.kvHeads * config.headDim * this.elem;
+    this.elem = dtype === 'f32' ? 4 : dtype === 'f16' ? 2 : 1;
+    this.rowLength = cacheRowLength(dtype, config.headDim);
+    this.headBytes = config.kvHeads * this.rowLength * this.elem;
     this.recordBytes = alignUp(2 * this.headBytes);
     this.lengths = Array.from({ length: numBatches }, () => new Int32Array(rows));
     const total = config.layers * numBatches * rows;
     const split = splitRows(total, shares);
     let ramLeft = split.device + split.ram;
     let fileOffset = 0;
-    const blockShape = (r: number) => [r, config.kvHeads, capacity, config.headDim];
+    const blockShape = (r: number) => [r, config.kvHeads, capacity, this.rowLength];
+    const tensorDtype = cacheTensorDType(dtype);
     for (let i = 0; i < config.layers * numBatches; i++) {
       const ramRows = Math.min(rows, ramLeft);
       ramLeft -= ramRows;
       const diskRows = rows - ramRows;
       if (diskRows > 0 && !file) throw new Error('cache rows placed on disk, but no disk tier was given');
-      const k = ramRows > 0 ? Tensor.zeros(dtype, blockShape(ramRows)) : null;
-      const v = ramRows > 0 ? Tensor.zeros(dtype, blockShape(ramRows)) : null;
+      const k = ramRows > 0 ? Tensor.zeros(tensorDtype, blockShape(ramRows)) : null;
+      const v = ramRows > 0 ? Tensor.zeros(tensorDtype, blockShape(ramRows)) : null;
       this.blocks.push({ ramRows, k, v, fileOffset });
       fileOffset += diskRows * capacity * this.recordBytes;
       this.stats.ramBytes += 2 * ramRows * capacity * this.headBytes;
@@ -96,8 +100,9 @@ export class CacheStore {
   }
 
   newStaging(): CacheStaging {
-    const shape = [this.rows, this.config.kvHeads, this.capacity, this.config.headDim];
-    return { k: Tensor.zeros(this.dtype, shape), v: Tensor.zeros(this.dtype, shape), records: alignedBytes(this.rows * this.capacity * this.recordBytes) };
+    const shape = [this.rows, this.config.kvHeads, this.capacity, this.rowLength];
+    const dt = cacheTensorDType(this.dtype);
+    return { k: Tensor.zeros(dt, shape), v: Tensor.zeros(dt, shape), records: alignedBytes(this.rows * this.capacity * this.recordBytes) };
   }
 
   /**
@@ -166,7 +171,8 @@ export class CacheStore {
   }
 
   private transpose(s: CacheStaging, r: number, d: number, from: number, to: number, toRecords: boolean): void {
-    const { kvHeads, headDim } = this.config;
+    const { kvHeads } = this.config;
+    const headDim = this.rowLength;
     const e = this.elem;
     const rowBytes = this.capacity * this.recordBytes;
     const kb = s.k.bytes;
