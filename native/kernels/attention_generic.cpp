@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #include "core/cpu.h"
@@ -154,6 +155,10 @@ float* grow(std::vector<float>& v, int64_t n) {
 
 namespace {
 
+void generic_widen_f16(const uint16_t* src, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; i++) out[i] = half_to_float(src[i]);
+}
+
 // Sparse decode (sparsity < 1): one item per (row, kv head) over the whole row, so a row's result
 // depends on nothing else. Scores of every position (f32, the ISA's score kernel; q4 keys
 // dequantized 64 positions at a time into a tile), per query head the kept set (top k of
@@ -166,18 +171,28 @@ void decode_sparse(const float* q, const void* k_cache, const void* v_cache, int
   const bool f16 = kind == kCacheF16, q4 = kind == kCacheQ4;
   AttnScoresFn scores = scores_fn();
   Q4DequantFn dq = q4_fn();
+  const Isa isa = active_isa();
+  void (*widen)(const uint16_t*, int64_t, float*) =
+      isa >= Isa::Avx512 ? isa512::widen_f16 : isa == Isa::Avx2 ? isa2::widen_f16 : generic_widen_f16;
   run_items(b * hkv, [&](int64_t idx, int) {
     const int64_t bi = idx / hkv, kh = idx % hkv;
     const int64_t len = lens[bi];
-    thread_local std::vector<float> t_sc, t_buf;
+    thread_local std::vector<float> t_sc, t_buf, t_vals, t_w;
+    thread_local std::vector<uint8_t> t_used;
     thread_local std::vector<int32_t> t_idx;
     float* sc = grow(t_sc, g * len);
-    // qs (g×d) | tile (kAttnBlock×d) | scratch (kAttnBlock×g) | acc (d) | row (d)
-    float* qs = grow(t_buf, g * d + kAttnBlock * d + kAttnBlock * g + 2 * d + 16);
+    // qs (g×d) | tile (kAttnBlock×d) | scratch (kAttnBlock×g) | acc (g×d) | row (d) | sums (g)
+    float* qs = grow(t_buf, 2 * g * d + kAttnBlock * d + kAttnBlock * g + d + g + 16);
     float* tile = qs + g * d;
     float* scr = tile + kAttnBlock * d;
     float* acc = scr + kAttnBlock * g;
-    float* rowbuf = acc + d;
+    float* rowbuf = acc + g * d;
+    float* sums = rowbuf + d;
+    float* wt = grow(t_w, g * len);
+    std::fill(wt, wt + g * len, 0.f);
+    if ((int64_t)t_used.size() < len) t_used.resize((size_t)len);
+    uint8_t* used = t_used.data();
+    std::fill(used, used + len, (uint8_t)0);
     if ((int64_t)t_idx.size() < len) t_idx.resize((size_t)len);
     int32_t* ix = t_idx.data();
     const float* qsrc = q + (bi * hq + kh * g) * d;
@@ -197,39 +212,65 @@ void decode_sparse(const float* q, const void* k_cache, const void* v_cache, int
     const int64_t older = len - 1;
     int64_t keep = (int64_t)std::ceil(sparsity * (double)older);
     keep = std::min(older, std::max<int64_t>(1, keep));
+    float* vals = grow(t_vals, older + 1);
     for (int64_t h = 0; h < g; h++) {
       const float* s = sc + h * len;
-      for (int64_t p = 0; p < older; p++) ix[p] = (int32_t)p;
+      // The kept set, in position order: the keep-th highest score is the threshold; every score
+      // above it, and as many equal to it as are still wanted from the lowest position up.
+      int64_t nk = 0;
       if (keep < older) {
-        std::nth_element(ix, ix + keep, ix + older, [s](int32_t a, int32_t c) { return s[a] > s[c] || (s[a] == s[c] && a < c); });
-        std::sort(ix, ix + keep);
+        std::copy(s, s + older, vals);
+        std::nth_element(vals, vals + (keep - 1), vals + older, std::greater<float>());
+        const float thr = vals[keep - 1];
+        int64_t above = 0;
+        for (int64_t p = 0; p < older; p++) above += s[p] > thr;
+        int64_t ties = keep - above;
+        for (int64_t p = 0; p < older; p++) {
+          if (s[p] > thr || (s[p] == thr && ties-- > 0)) ix[nk++] = (int32_t)p;
+        }
+      } else {
+        for (int64_t p = 0; p < older; p++) ix[nk++] = (int32_t)p;
       }
-      ix[keep] = (int32_t)older;
-      const int64_t nk = keep + 1;
+      ix[nk++] = (int32_t)older;
       float mx = -INFINITY;
       for (int64_t i = 0; i < nk; i++) mx = std::max(mx, s[ix[i]]);
       float sum = 0.f;
-      for (int64_t c = 0; c < d; c++) acc[c] = 0.f;
+      float* wh = wt + h * len;
       for (int64_t i = 0; i < nk; i++) {
         const int64_t p = ix[i];
         const float w = std::exp(s[p] - mx);
         sum += w;
-        const float* vr;
-        if (q4) {
-          dq(reinterpret_cast<const uint8_t*>(vb) + p * rbytes, d, 1, rowbuf, d);
-          vr = rowbuf;
-        } else if (f16) {
-          const uint16_t* hr = reinterpret_cast<const uint16_t*>(vb + p * rbytes);
-          for (int64_t c = 0; c < d; c++) rowbuf[c] = half_to_float(hr[c]);
-          vr = rowbuf;
-        } else {
-          vr = reinterpret_cast<const float*>(vb + p * rbytes);
-        }
-        for (int64_t c = 0; c < d; c++) acc[c] += w * vr[c];
+        wh[p] = w;
+        used[p] = 1;
       }
-      const float inv = 1.f / sum;
+      sums[h] = sum;
+    }
+    // Values: each row kept by some head read once, in position order, added into the heads that
+    // keep it (so every head sums its kept rows in position order).
+    for (int64_t i = 0; i < g * d; i++) acc[i] = 0.f;
+    for (int64_t p = 0; p < len; p++) {
+      if (!used[p]) continue;
+      const float* vr;
+      if (q4) {
+        dq(reinterpret_cast<const uint8_t*>(vb) + p * rbytes, d, 1, rowbuf, d);
+        vr = rowbuf;
+      } else if (f16) {
+        widen(reinterpret_cast<const uint16_t*>(vb + p * rbytes), d, rowbuf);
+        vr = rowbuf;
+      } else {
+        vr = reinterpret_cast<const float*>(vb + p * rbytes);
+      }
+      for (int64_t h = 0; h < g; h++) {
+        const float w = wt[h * len + p];
+        if (w == 0.f) continue;
+        float* ah = acc + h * d;
+        for (int64_t c = 0; c < d; c++) ah[c] += w * vr[c];
+      }
+    }
+    for (int64_t h = 0; h < g; h++) {
+      const float inv = 1.f / sums[h];
       float* o = out + (bi * hq + kh * g + h) * d;
-      for (int64_t c = 0; c < d; c++) o[c] = acc[c] * inv;
+      for (int64_t c = 0; c < d; c++) o[c] = acc[h * d + c] * inv;
     }
   });
 }
