@@ -10,7 +10,7 @@ import { cpuBackend, getThreads, isaInfo, setThreads } from '../src/backend/inde
 import { gemmBf16Dot } from '../src/backend/cpu/gemm.js';
 import { type ComputeMode, type QuantFormat, isQuantFormat, quantCodeBytes, quantParamsLength } from '../src/backend/kernels.js';
 import type { FloatDType } from '../src/tensor/dtype.js';
-import { randomF32, randomFloat, rng } from './lib/random.js';
+import { randomF32, randomFloat, rng } from '../test/helpers/random.js';
 import { f16ToF32 } from '../src/tensor/dtype.js';
 
 const args = process.argv.slice(2);

@@ -26,9 +26,10 @@ const genLen = 8;
 
 const shapes: { config: string; layers: number; rams: number[] }[] = [
   { config: 'opt-1.3b', layers: 8, rams: [0.5 * GiB, 2 * GiB] },
-  { config: 'opt-6.7b', layers: 4, rams: [0.75 * GiB, 2 * GiB] },
-  { config: 'llama-2-7b', layers: 4, rams: [0.75 * GiB, 2 * GiB] },
+  { config: 'opt-6.7b', layers: 4, rams: [1.5 * GiB, 3 * GiB] },
+  { config: 'llama-2-7b', layers: 4, rams: [2 * GiB, 4 * GiB] },
 ];
+const only = args.indexOf('--only') >= 0 ? args[args.indexOf('--only') + 1] : undefined;
 
 const hand = (gbs: number, ngb: number, wc: number, cc: number): Policy => ({ ...DEFAULT_POLICY, gpuBatchSize: gbs, numGpuBatches: ngb, wCpuPercent: wc, cacheCpuPercent: cc });
 
@@ -57,11 +58,13 @@ async function measure(config: string, layers: number, ram: number, policy: Poli
   }
 }
 
-for (const s of shapes) {
+for (const s of shapes.filter((x) => !only || x.config === only)) {
   for (const ram of s.rams) {
     const model = dummyModel(s.config, s.layers, modelCache);
     const auto = (await planPolicy({ model, promptLen, genLen, limits: { ram }, disk: true, profile, shapes: grid ? undefined : [[8, 1], [8, 2], [16, 1], [16, 2], [4, 4]] })).policy;
-    const policies: [string, Policy][] = [['auto', auto], ['hand 8×2', { ...hand(8, 2, 50, 100) }], ['hand 4×1', hand(4, 1, 20, 100)]];
+    // Hand policies: less in RAM under the low limit.
+    const low = ram === s.rams[0];
+    const policies: [string, Policy][] = [['auto', auto], ['hand 8×2', hand(8, 2, low ? 0 : 50, low ? 0 : 100)], ['hand 4×1', hand(4, 1, low ? 5 : 20, low ? 50 : 100)]];
     if (grid) for (const gbs of [4, 8, 16]) for (const ngb of [1, 2, 4]) for (const wc of [0, 30, 60, 100]) policies.push([`grid ${gbs}×${ngb} w${wc}`, hand(gbs, ngb, wc, 100)]);
     let best = 0;
     let autoTps = 0;

@@ -83,7 +83,9 @@ function ramModel(input: SearchInput, gbs: number, ngb: number, v: Variant) {
   const disk = probe({ wCpuPercent: v.w ? 0 : 100, cacheCpuPercent: v.c ? 0 : 100, actCpuPercent: v.h ? 0 : 100 });
   const staging = (v.w ? byName(disk, 'weight staging (two slots)').ram : 0) + (v.c ? byName(disk, 'KV cache staging').ram : 0) +
     (v.h ? byName(disk, 'activation staging').ram : 0);
-  const fixed = all.filter((i) => !['layer weights (resident share)', 'KV cache', 'activations'].includes(i.what)).reduce((n, i) => n + i.ram, 0) + staging;
+  // Staging buffers exist only for a tier in use: counted once, from the variant.
+  const placed = ['layer weights (resident share)', 'KV cache', 'activations', 'weight staging (two slots)', 'KV cache staging', 'activation staging'];
+  const fixed = all.filter((i) => !placed.includes(i.what)).reduce((n, i) => n + i.ram, 0) + staging;
   return { W, C, A, fixed, items: (p: Policy) => probe(p) };
 }
 

@@ -1,7 +1,8 @@
-// Seeded random tensors for benchmarks (the same generator as test/helpers/harness.ts, without vitest).
+// Seeded random inputs shared by the tests and the benchmarks (no test-runner imports here).
 import { Tensor } from '../../src/tensor/tensor.js';
 import { type FloatDType, fromFloat32 } from '../../src/tensor/dtype.js';
 
+/** Deterministic generator (mulberry32) so failures reproduce. */
 export function rng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
@@ -13,6 +14,7 @@ export function rng(seed: number): () => number {
   };
 }
 
+/** Uniform values in [-scale, scale). */
 export function randomF32(shape: number[], seed: number, scale = 1): Tensor<'f32'> {
   const r = rng(seed);
   const t = Tensor.zeros('f32', shape);
@@ -26,7 +28,9 @@ export function randomFloat(dtype: FloatDType, shape: number[], seed: number, sc
   return new Tensor(dtype, shape, fromFloat32(dtype, f.data));
 }
 
+/** max |a - b| / max(max |b|, tiny): the error relative to the result's own scale. */
 export function normalisedError(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) return Infinity;
   let maxDiff = 0;
   let maxRef = 1e-30;
   for (let i = 0; i < a.length; i++) {
