@@ -4,6 +4,7 @@
 
 import type { Architecture, NameTable } from './architecture.js';
 import { type ConfigReader, type ModelConfig, checkConfig } from './config.js';
+import { ModelFileError } from '../util/errors.js';
 
 export interface LlamaFamilyDefaults {
   modelType: string;
@@ -19,6 +20,12 @@ export function parseLlamaFamily(r: ConfigReader, d: LlamaFamilyDefaults): Model
   const headDim = r.has('head_dim') ? r.positiveInt('head_dim') : hidden / heads;
   if (!Number.isInteger(headDim)) throw new Error(`${r.file}: hidden_size ${hidden} is not divisible by num_attention_heads ${heads}`);
   const attentionBias = r.bool('attention_bias', false);
+  if (r.has('rope_scaling')) {
+    throw new ModelFileError(r.file, `field "rope_scaling" is not supported yet (positions would be wrong); remove it only if the model was trained without it`);
+  }
+  // Sliding-window attention only differs from full attention past the window, so requests are
+  // limited to it rather than computed wrongly.
+  const window = r.has('sliding_window') && r.bool('use_sliding_window', true) ? r.positiveInt('sliding_window') : Infinity;
   const partial = r.has('partial_rotary_factor') ? r.num('partial_rotary_factor') : 1;
   return checkConfig(r.file, {
     modelType: d.modelType,
@@ -29,7 +36,7 @@ export function parseLlamaFamily(r: ConfigReader, d: LlamaFamilyDefaults): Model
     kvHeads: r.positiveInt('num_key_value_heads', heads),
     headDim,
     ffn: r.positiveInt('intermediate_size'),
-    maxPositions: r.positiveInt('max_position_embeddings'),
+    maxPositions: Math.min(r.positiveInt('max_position_embeddings'), window),
     norm: 'rmsnorm',
     normEps: r.num('rms_norm_eps', 1e-6),
     preNorm: true,
