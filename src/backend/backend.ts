@@ -79,7 +79,10 @@ export class Backend {
 
   /** opts.quantize: pack as group-wise 4- or 8-bit ('q4' / 'q8', see WeightFormat); throws a
    *  RangeError for weights with values beyond ±65504 or not finite. */
-  packWeight(w: Tensor, mode: ComputeMode, name = 'weight', opts?: { quantize?: QuantFormat }): PackedWeight {
+  /** `into` receives the packed bytes instead of a new buffer (it must hold at least
+   *  packedByteLength bytes): converting a model packs tensor after tensor into one reused buffer
+   *  rather than leaving a large garbage buffer per tensor for the collector. */
+  packWeight(w: Tensor, mode: ComputeMode, name = 'weight', opts?: { quantize?: QuantFormat; into?: Uint8Array }): PackedWeight {
     const op = `packWeight(${name})`;
     if (!(w instanceof Tensor) || !isFloatDType(w.dtype)) throw new TypeError(`${op}: weight must be an f32, f16 or bf16 Tensor`);
     expectRank(op, 'weight', w, 2);
@@ -89,7 +92,9 @@ export class Backend {
     const q = opts?.quantize;
     if (q !== undefined && q !== 'q4' && q !== 'q8') throw new TypeError(`${op}: quantize must be 'q4' or 'q8', got ${String(q)}`);
     const format = q ?? weightFormatFor(w.dtype, mode);
-    const dst = new Uint8Array(this.kernels.packedByteLength(format, n, k));
+    const bytes = this.kernels.packedByteLength(format, n, k);
+    if (opts?.into && opts.into.byteLength < bytes) fail(op, `the buffer to pack into holds ${opts.into.byteLength} bytes, needs ${bytes}`);
+    const dst = opts?.into ? opts.into.subarray(0, bytes) : new Uint8Array(bytes);
     this.kernels.packWeight(w.data as Float32Array | Uint16Array, w.dtype, n, k, format, dst);
     return new PackedWeight(this.name, format, mode, n, k, dst, name);
   }

@@ -93,6 +93,8 @@ export function predictPolicy(r: PlanRequest, policy: Policy): Prediction {
   return predict(config, costs, w, { wd: s('weights'), cd: s('cache'), hd: s('activations') });
 }
 
+const PLAN_RAM_SHARE = 0.95;
+
 export async function planPolicy(r: PlanRequest): Promise<PlanResult> {
   const mode = r.precision ?? 'fp32';
   const cacheDtype = r.cacheDtype ?? 'f16';
@@ -102,6 +104,8 @@ export async function planPolicy(r: PlanRequest): Promise<PlanResult> {
   }
   // Without a limit, plan for most of this machine's memory.
   const assumedRam = r.limits.ram === undefined ? Math.floor(os.totalmem() * 0.8) : null;
+  // Plan within 95% of the limit: what the accounting cannot see (JavaScript garbage between
+  // collections, allocator slack) must fit in the rest and the runtime allowance.
   const limits: Limits = { ...r.limits, ram: r.limits.ram ?? assumedRam! };
   if (!r.disk) limits.disk = 0;
   const layerBytes = sizes.layers.map((l) => l.reduce((n, m) => n + m.bytes, 0));
@@ -109,7 +113,7 @@ export async function planPolicy(r: PlanRequest): Promise<PlanResult> {
   const t0 = performance.now();
   const plan = await searchPolicy({
     config, layerBytes, unitBytes, globalBytes: sizes.globalBytes, promptLen: r.promptLen, genLen: r.genLen,
-    cacheElem: cacheBytesPerElement(cacheDtype, config.headDim), attnSparsity: r.attnSparsity, limits, rates: ratesFrom(r.profile, dtype, mode, cacheDtype, r.compressWeight), shapes: r.shapes,
+    cacheElem: cacheBytesPerElement(cacheDtype, config.headDim), attnSparsity: r.attnSparsity, limits, rates: ratesFrom(r.profile, dtype, mode, cacheDtype, r.compressWeight), shapes: r.shapes, ramShare: PLAN_RAM_SHARE,
   });
   if (r.compressWeight) plan.policy.compressWeight = true;
   return { ...plan, config, sizes, assumedRam, searchMillis: performance.now() - t0 };

@@ -3,7 +3,7 @@
 
 import { type Backend, type ComputeMode, type PackedWeight, weightFormatFor } from '../backend/index.js';
 import type { TensorStore } from '../formats/safetensors.js';
-import { toFloat32 } from '../tensor/dtype.js';
+import { DTYPE_BYTES, toFloat32, viewAs } from '../tensor/dtype.js';
 import { Tensor } from '../tensor/tensor.js';
 import { ModelFileError } from '../util/errors.js';
 import { type GlobalSlot, type LayerSlot, type NameTable, expectedShape } from './architecture.js';
@@ -62,9 +62,29 @@ export class WeightLoader {
     return this.compressWeight && LAYER_SLOTS.has(slot) ? { quantize: 'q4' } : undefined;
   }
 
-  /** Packs a layer weight read with readMatrix, as this loader packs them (compressed or not). */
-  packMatrix(raw: Tensor, slot: LayerSlot, name: string): PackedWeight {
-    return this.backend.packWeight(raw, this.mode, name, this.layerPack(slot));
+  /** Packs a layer weight read with readMatrix, as this loader packs them (compressed or not),
+   *  into `into` when given. */
+  packMatrix(raw: Tensor, slot: LayerSlot, name: string, into?: (bytes: number) => Uint8Array): PackedWeight {
+    const opts = this.layerPack(slot) ?? {};
+    if (!into) return this.backend.packWeight(raw, this.mode, name, opts);
+    const [n, k] = raw.shape as [number, number];
+    const format = opts.quantize ?? weightFormatFor(raw.dtype as 'f32' | 'f16' | 'bf16', this.mode);
+    return this.backend.packWeight(raw, this.mode, name, { ...opts, into: into(this.backend.kernels.packedByteLength(format, n, k)) });
+  }
+
+  /** Like readMatrix, but into a reusable buffer (grown as needed) instead of a new one. */
+  readMatrixInto(name: string, slot: LayerSlot, scratch: { buf: ArrayBuffer }): Tensor {
+    const shape = expectedShape(this.config, slot, 'weight');
+    const full = `${name}.weight`;
+    if (!this.store.has(full)) throw new ModelFileError(this.store.fileName(full), 'missing tensor', full);
+    const info = this.store.info(full);
+    if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
+      throw new ModelFileError(info.file, `shape [${info.shape.join(', ')}] disagrees with config.json (expected [${shape.join(', ')}])`, full);
+    }
+    if (scratch.buf.byteLength < info.byteLength) scratch.buf = new ArrayBuffer(info.byteLength);
+    const bytes = new Uint8Array(scratch.buf, 0, info.byteLength);
+    this.store.readRowsInto(full, 0, info.shape[0]!, bytes);
+    return new Tensor(info.dtype, info.shape, viewAs(info.dtype, scratch.buf, 0, info.byteLength / DTYPE_BYTES[info.dtype]));
   }
 
   private layerName(slot: LayerSlot, layer: number): string {

@@ -32,6 +32,8 @@ export interface SearchInput {
   rates: Rates;
   /** Block shapes to try (default: powers of two up to 64 × 32). */
   shapes?: [number, number][];
+  /** Share of the RAM limit a plan may fill (the rest is headroom for what the accounting cannot see). */
+  ramShare?: number;
 }
 
 export interface Plan {
@@ -113,7 +115,9 @@ function lp(costs: LayerCosts, w: Workload, layers: number, ram: { W: number; C:
 export async function searchPolicy(input: SearchInput): Promise<Plan> {
   const highs = await (highsPromise ??= loadHighs());
   const c = input.config;
-  const ramCap = input.limits.ram ?? Infinity;
+  const share = input.ramShare ?? 1;
+  const ramLimit = input.limits.ram ?? Infinity;
+  const ramCap = ramLimit * share;
   const layerBytes = Math.max(...input.layerBytes);
   let best: Plan | null = null;
   let smallestRam = Infinity;
@@ -152,11 +156,11 @@ export async function searchPolicy(input: SearchInput): Promise<Plan> {
   if (!best) {
     const W = input.layerBytes.reduce((a, b) => a + b, 0);
     if (input.limits.disk === 0) {
-      throw new UserError(`the model does not fit in the RAM limit ${formatSize(ramCap)} and no disk tier was given: ` +
-        `add --disk-dir DIR (with at least ${formatSize(W)} free for its packed weights), or raise --ram by about ${formatSize(smallestRam - ramCap)}`);
+      throw new UserError(`the model does not fit in the RAM limit ${formatSize(ramLimit)} and no disk tier was given: ` +
+        `add --disk-dir DIR (with at least ${formatSize(W)} free for its packed weights), or raise --ram by about ${formatSize(smallestRam / share - ramLimit)}`);
     }
     if (smallestRam > ramCap) {
-      throw new UserError(`RAM limit ${formatSize(ramCap)} is too small by ${formatSize(smallestRam - ramCap)}: even with the weights, cache and activations on disk and one sequence per batch, ` +
+      throw new UserError(`RAM limit ${formatSize(ramLimit)} is too small by ${formatSize(smallestRam / share - ramLimit)}: even with the weights, cache and activations on disk and one sequence per batch, ` +
         `the embeddings, LM head, staging buffers and workspace need ${formatSize(smallestRam)}`);
     }
     throw new UserError(`disk limit ${formatSize(input.limits.disk ?? 0)} is too small by ${formatSize(W - (input.limits.disk ?? 0))}: ` +

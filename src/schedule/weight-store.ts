@@ -133,7 +133,7 @@ export class WeightStore implements LayerSource {
     const wanted = manifestKey(sourceFiles, mode, backend.name);
     let manifest = readManifest(manifestFile);
     if (!manifest || manifest.key !== wanted) {
-      manifest = await convert(loader, backend, mode, entries, file);
+      manifest = await convert(loader, entries, file);
       manifest.key = wanted;
       fs.writeFileSync(manifestFile, JSON.stringify(manifest));
     }
@@ -264,21 +264,24 @@ function readManifest(file: string): Manifest | null {
 }
 
 /** Packs every layer weight into the file, one tensor in memory at a time. */
-async function convert(loader: WeightLoader, backend: Backend, mode: ComputeMode,
-  entries: { slot: LayerSlot; name: string }[], file: string): Promise<Manifest> {
+async function convert(loader: WeightLoader, entries: { slot: LayerSlot; name: string }[], file: string): Promise<Manifest> {
   const bf = await openBlockFile(file, 'w');
   const tensors: TensorMeta[] = [];
   let offset = 0;
-  // One reusable aligned buffer (native memory is only freed when the GC runs its finalizer).
+  // Reused buffers: the raw tensor, and the aligned packed bytes (native memory is only freed when
+  // the collector runs a finalizer, so a buffer per tensor could pile up past the RAM limit).
   let staging = alignedBytes(0);
+  const raw = { buf: new ArrayBuffer(0) };
   try {
     for (const e of entries) {
-      const raw = loader.readMatrix(e.name, e.slot);
-      const packed = loader.packMatrix(raw, e.slot, `${e.name}.weight`);
-      const size = alignUp(packed.data.byteLength);
-      if (staging.byteLength < size) staging = alignedBytes(size);
+      const w = loader.readMatrixInto(e.name, e.slot, raw);
+      let size = 0;
+      const packed = loader.packMatrix(w, e.slot, `${e.name}.weight`, (bytes) => {
+        size = alignUp(bytes);
+        if (staging.byteLength < size) staging = alignedBytes(size);
+        return staging;
+      });
       const buf = staging.subarray(0, size);
-      buf.set(packed.data);
       buf.fill(0, packed.data.byteLength);
       await bf.write(buf, offset);
       tensors.push({ name: e.name, format: packed.format, n: packed.n, k: packed.k, bytes: packed.data.byteLength, offset });
