@@ -46,3 +46,24 @@ describe('fixture models reproduce their float64 references', () => {
     ref.forEach((r, i) => expect(got[i]!.tokenIds).toEqual(r.token_ids));
   });
 });
+
+describe('loading packs large tensors in chunks', () => {
+  it('gives the same packed bytes as packing the whole tensor (f16 and 4-bit)', async () => {
+    const { initModel } = await import('../src/models/init.js');
+    const { TensorStore } = await import('../src/formats/safetensors.js');
+    const { cpuBackend } = await import('../src/backend/index.js');
+    const { tmpDir } = await import('./helpers/fixtures.js');
+    const dir = path.join(tmpDir('chunks'), 'm');
+    initModel({ config: 'opt-offload-test', out: dir, layers: 1, seed: 5 });
+    const store = TensorStore.open(dir);
+    const raw = store.read('model.decoder.layers.0.fc1.weight'); // [4096, 1024]: two chunks
+    expect(raw.shape[0]).toBeGreaterThan(2048);
+    for (const compressWeight of [false, true]) {
+      const model = await loadModel(dir, { policy: { compressWeight } });
+      const w = (await model.layers.load(0, 'all', null)).up!.w;
+      const whole = cpuBackend().packWeight(raw, 'fp32', 'w', compressWeight ? { quantize: 'q4' } : undefined);
+      expect(Buffer.from(w.data).equals(Buffer.from(whole.data))).toBe(true);
+    }
+    store.close();
+  });
+});

@@ -112,10 +112,45 @@ export class WeightLoader {
     return new Tensor('f32', t.shape, toFloat32(t.dtype as 'f32' | 'f16' | 'bf16', t.data as Float32Array | Uint16Array, false));
   }
 
+  /** Rows read per chunk when packing: chunks start on 32-row panel boundaries, so packing them
+   *  one after another gives the same bytes as packing the whole tensor. */
+  private static readonly PACK_CHUNK_ROWS = 32 * 64;
+  private chunk = { buf: new ArrayBuffer(0) };
+
+  /**
+   * Reads and packs a GEMM weight chunk by chunk into its final buffer, so loading never holds
+   * the raw tensor and its packed copy at once, nor leaves a tensor-sized garbage buffer behind
+   * (the collector frees those too late for a tight RAM limit).
+   */
+  private packStreaming(name: string, slot: LayerSlot | GlobalSlot): PackedWeight {
+    const shape = expectedShape(this.config, slot, 'weight');
+    if (!this.store.has(name)) throw new ModelFileError(this.store.fileName(name), 'missing tensor', name);
+    const info = this.store.info(name);
+    if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
+      throw new ModelFileError(info.file, `shape [${info.shape.join(', ')}] disagrees with config.json (expected [${shape.join(', ')}])`, name);
+    }
+    const [n, k] = shape as [number, number];
+    const opts = this.layerPack(slot) ?? {};
+    const format = opts.quantize ?? weightFormatFor(info.dtype, this.mode);
+    const kernels = this.backend.kernels;
+    const dst = new Uint8Array(kernels.packedByteLength(format, n, k));
+    const elem = DTYPE_BYTES[info.dtype];
+    const rows = WeightLoader.PACK_CHUNK_ROWS;
+    if (this.chunk.buf.byteLength < Math.min(n, rows) * k * elem) this.chunk.buf = new ArrayBuffer(Math.min(n, rows) * k * elem);
+    for (let r0 = 0; r0 < n; r0 += rows) {
+      const r1 = Math.min(n, r0 + rows);
+      const bytes = (r1 - r0) * k * elem;
+      this.store.readRowsInto(name, r0, r1, new Uint8Array(this.chunk.buf, 0, bytes));
+      const raw = new Tensor(info.dtype, [r1 - r0, k], viewAs(info.dtype, this.chunk.buf, 0, (r1 - r0) * k));
+      const offset = r0 === 0 ? 0 : kernels.packedByteLength(format, r0, k);
+      this.backend.packWeight(raw, this.mode, name, { ...opts, into: dst.subarray(offset, offset + kernels.packedByteLength(format, r1 - r0, k)) });
+    }
+    return this.backend.packedWeight(format, this.mode, n, k, dst, name);
+  }
+
   private linear(base: string, slot: LayerSlot | GlobalSlot, bias: boolean): Linear {
-    const w = this.read(`${base}.weight`, expectedShape(this.config, slot, 'weight'))!;
     return {
-      w: this.backend.packWeight(w, this.mode, `${base}.weight`, this.layerPack(slot)),
+      w: this.packStreaming(`${base}.weight`, slot),
       b: bias ? this.vector(`${base}.bias`, expectedShape(this.config, slot, 'bias'), false) : null,
     };
   }
@@ -192,11 +227,11 @@ export class WeightLoader {
     const embedName = `${g.embed}.weight`;
     const headName = `${g.lm_head}.weight`;
     const tied = headName === embedName;
-    const lmHeadRaw = this.read(headName, expectedShape(c, 'lm_head', 'weight'))!;
-    const lmHead = this.backend.packWeight(lmHeadRaw, this.mode, headName);
+    const lmHead = this.packStreaming(headName, 'lm_head');
+    const lmHeadDtype = this.store.info(headName).dtype;
     // A tied embedding is looked up in the packed head, unless packing rounded it (bf16 mode).
-    const exactPacked = lmHead.format === lmHeadRaw.dtype;
-    const embed = tied && exactPacked ? { packed: lmHead } : { table: tied ? lmHeadRaw : this.read(embedName, expectedShape(c, 'embed', 'weight'))! };
+    const exactPacked = lmHead.format === lmHeadDtype;
+    const embed = tied && exactPacked ? { packed: lmHead } : { table: this.read(tied ? headName : embedName, expectedShape(c, 'embed', 'weight'))! };
     return {
       embed,
       posEmbed: g.pos_embed ? this.read(`${g.pos_embed}.weight`, expectedShape(c, 'pos_embed', 'weight')) : null,
