@@ -76,11 +76,7 @@ export class WeightLoader {
   readMatrixInto(name: string, slot: LayerSlot, scratch: { buf: ArrayBuffer }): Tensor {
     const shape = expectedShape(this.config, slot, 'weight');
     const full = `${name}.weight`;
-    if (!this.store.has(full)) throw new ModelFileError(this.store.fileName(full), 'missing tensor', full);
-    const info = this.store.info(full);
-    if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
-      throw new ModelFileError(info.file, `shape [${info.shape.join(', ')}] disagrees with config.json (expected [${shape.join(', ')}])`, full);
-    }
+    const info = this.checkedInfo(full, shape)!;
     if (scratch.buf.byteLength < info.byteLength) scratch.buf = new ArrayBuffer(info.byteLength);
     const bytes = new Uint8Array(scratch.buf, 0, info.byteLength);
     this.store.readRowsInto(full, 0, info.shape[0]!, bytes);
@@ -95,6 +91,12 @@ export class WeightLoader {
 
   /** Reads a tensor after checking its shape; null when optional and absent. */
   private read(name: string, shape: number[], optional = false): Tensor | null {
+    return this.checkedInfo(name, shape, optional) ? this.store.read(name) : null;
+  }
+
+  /** A stored tensor's info after checking it exists and has the shape config.json implies;
+   *  null when optional and absent. */
+  private checkedInfo(name: string, shape: number[], optional = false) {
     if (!this.store.has(name)) {
       if (optional) return null;
       throw new ModelFileError(this.store.fileName(name), 'missing tensor', name);
@@ -103,7 +105,7 @@ export class WeightLoader {
     if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
       throw new ModelFileError(info.file, `shape [${info.shape.join(', ')}] disagrees with config.json (expected [${shape.join(', ')}])`, name);
     }
-    return this.store.read(name);
+    return info;
   }
 
   private vector(name: string, shape: number[], optional: boolean): Tensor<'f32'> | null {
@@ -124,11 +126,7 @@ export class WeightLoader {
    */
   private packStreaming(name: string, slot: LayerSlot | GlobalSlot): PackedWeight {
     const shape = expectedShape(this.config, slot, 'weight');
-    if (!this.store.has(name)) throw new ModelFileError(this.store.fileName(name), 'missing tensor', name);
-    const info = this.store.info(name);
-    if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
-      throw new ModelFileError(info.file, `shape [${info.shape.join(', ')}] disagrees with config.json (expected [${shape.join(', ')}])`, name);
-    }
+    const info = this.checkedInfo(name, shape)!;
     const [n, k] = shape as [number, number];
     const opts = this.layerPack(slot) ?? {};
     const format = opts.quantize ?? weightFormatFor(info.dtype, this.mode);
