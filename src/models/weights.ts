@@ -62,7 +62,7 @@ export class WeightLoader {
     return this.compressWeight && LAYER_SLOTS.has(slot) ? { quantize: 'q4' } : undefined;
   }
 
-  /** Packs a layer weight read with readMatrix, as this loader packs them (compressed or not),
+  /** Packs a layer weight read with readMatrixInto, as this loader packs them (compressed or not),
    *  into `into` when given. */
   packMatrix(raw: Tensor, slot: LayerSlot, name: string, into?: (bytes: number) => Uint8Array): PackedWeight {
     const opts = this.layerPack(slot) ?? {};
@@ -72,7 +72,7 @@ export class WeightLoader {
     return this.backend.packWeight(raw, this.mode, name, { ...opts, into: into(this.backend.kernels.packedByteLength(format, n, k)) });
   }
 
-  /** Like readMatrix, but into a reusable buffer (grown as needed) instead of a new one. */
+  /** A GEMM weight, shape-checked and not yet packed, read into a reusable buffer (grown as needed). */
   readMatrixInto(name: string, slot: LayerSlot, scratch: { buf: ArrayBuffer }): Tensor {
     const shape = expectedShape(this.config, slot, 'weight');
     const full = `${name}.weight`;
@@ -174,11 +174,6 @@ export class WeightLoader {
     if (c.gatedMlp) list.push({ slot: 'gate', name: n('gate'), bias: c.mlpBias, part: 'mlp' });
     list.push({ slot: 'up', name: n('up'), bias: c.mlpBias, part: 'mlp' }, { slot: 'down', name: n('down'), bias: c.mlpBias, part: 'mlp' });
     return list;
-  }
-
-  /** A GEMM weight read and shape-checked, not yet packed. */
-  readMatrix(name: string, slot: LayerSlot): Tensor {
-    return this.read(`${name}.weight`, expectedShape(this.config, slot, 'weight'))!;
   }
 
   readBias(name: string, slot: LayerSlot): Tensor<'f32'> {
