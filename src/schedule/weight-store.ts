@@ -1,9 +1,10 @@
 // Layer weights placed across device, RAM and disk by bytes.
 //
 // Each layer's GEMM weights are packed once, in the backend's layout, into one file on the disk
-// tier (every tensor at a 4096-byte-aligned offset, for O_DIRECT). Within a layer the tensors
-// are laid end to end in a fixed order and cut by the policy's shares: a device/RAM prefix stays
-// resident, the rest is read from the file into a staging slot when the layer runs. Only the
+// tier (every tensor at a 4096-byte-aligned offset, for O_DIRECT). Within each part of a layer
+// (attention, MLP) the tensors are laid end to end in a fixed order and cut by the policy's
+// shares: a device/RAM prefix stays resident, the rest is read from the file into a staging slot
+// when the part runs. Only the
 // tensor at a cut is split; it is assembled in the slot from its resident prefix and its disk
 // suffix. Norms and biases are small and stay in RAM.
 
@@ -47,11 +48,26 @@ function stagingBytes(ms: { bytes: number; split: ItemSplit }[]): number {
   return ms.filter((m) => m.split.disk > 0).reduce((n, m) => n + alignUp(m.bytes), 0);
 }
 
+/**
+ * A layer's placement: the attention part and the MLP part are each cut by the shares, so every
+ * unit a schedule loads has the same share on disk. (Cutting the layer as one run put the whole
+ * disk share in the MLP part: its load then outlasted the attention part's compute it overlaps.)
+ */
+export function splitLayer(tensors: readonly { part: 'attn' | 'mlp'; bytes: number }[], shares: Shares): ItemSplit[] {
+  const out: ItemSplit[] = new Array(tensors.length);
+  for (const part of ['attn', 'mlp'] as const) {
+    const idx = tensors.map((t, i) => (t.part === part ? i : -1)).filter((i) => i >= 0);
+    const split = splitByBytes(idx.map((i) => tensors[i]!.bytes), shares);
+    idx.forEach((i, j) => (out[i] = split[j]!));
+  }
+  return out;
+}
+
 /** The staging slot size a placement needs, from packed sizes alone (before anything is loaded). */
 export function planSlotBytes(layers: { part: 'attn' | 'mlp'; bytes: number }[][], shares: Shares, part: LayerPart): number {
   let max = 0;
   for (const l of layers) {
-    const splits = splitByBytes(l.map((m) => m.bytes), shares);
+    const splits = splitLayer(l, shares);
     const ms = l.map((m, i) => ({ ...m, split: splits[i]! }));
     const parts = part === 'all' ? [ms] : [ms.filter((m) => m.part === 'attn'), ms.filter((m) => m.part === 'mlp')];
     for (const p of parts) max = Math.max(max, stagingBytes(p));
@@ -142,7 +158,7 @@ export class WeightStore implements LayerSource {
     for (let j = 0; j < config.layers; j++) {
       const mine = entries.filter((e) => e.j === j);
       const metas = mine.map(() => manifest!.tensors[k++]!);
-      const splits = splitByBytes(metas.map((m) => m.bytes), shares);
+      const splits = splitLayer(mine.map((e, i) => ({ part: e.part, bytes: metas[i]!.bytes })), shares);
       const matrices: Matrix[] = [];
       for (let i = 0; i < mine.length; i++) {
         const e = mine[i]!;
