@@ -52,6 +52,11 @@ void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, Fmt fmt, int
 // so widening is twice as fast; both paths give bf16 products accumulated in fp32.
 // TIERLM_BF16_DOT=1 in the environment turns vdpbf16ps on.
 bool bf16_dot();
+
+// Scalar IEEE half conversions with round to nearest even (overflow to infinity, NaN to a quiet
+// NaN), shared by the baseline GEMM and quantization code. Defined in gemm_generic.cpp.
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
 void set_bf16_dot(bool on);
 
 // ---- micro-kernels (one per instruction set) ------------------------------------------------

@@ -36,7 +36,9 @@ inline uint16_t f32_to_bf16(float f) {
   return static_cast<uint16_t>((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
 }
 
-inline float f16_to_f32(uint16_t h) {
+}  // namespace
+
+float f16_to_f32(uint16_t h) {
   uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
   uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
   if (exp == 0) {
@@ -48,7 +50,7 @@ inline float f16_to_f32(uint16_t h) {
 }
 
 // Round to nearest even; overflow gives infinity.
-inline uint16_t f32_to_f16(float f) {
+uint16_t f32_to_f16(float f) {
   uint32_t b = f32_to_bits(f);
   uint32_t sign = (b >> 16) & 0x8000;
   int32_t exp = (b >> 23) & 0xff;
@@ -70,6 +72,8 @@ inline uint16_t f32_to_f16(float f) {
   if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++;
   return static_cast<uint16_t>(sign | h);
 }
+
+namespace {
 
 inline float load_elem(const void* src, Fmt f, int64_t i) {
   switch (f) {

@@ -22,46 +22,9 @@ inline float bits_to_f32(uint32_t u) {
   std::memcpy(&f, &u, 4);
   return f;
 }
-inline uint32_t f32_to_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
 
-inline float f16_to_f32(uint16_t h) {
-  uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
-  uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
-  if (exp == 0) {
-    float v = static_cast<float>(mant) * (1.0f / 16777216.0f);  // 2^-24
-    return (h & 0x8000) ? -v : v;
-  }
-  if (exp == 31) return bits_to_f32(sign | 0x7f800000u | (mant << 13));
-  return bits_to_f32(sign | ((exp + 112) << 23) | (mant << 13));
-}
-
-// Round to nearest even (as gemm_generic.cpp).
-inline uint16_t f32_to_f16(float f) {
-  uint32_t b = f32_to_bits(f);
-  uint32_t sign = (b >> 16) & 0x8000;
-  int32_t exp = (b >> 23) & 0xff;
-  uint32_t mant = b & 0x7fffff;
-  if (exp == 0xff) return static_cast<uint16_t>(sign | 0x7c00 | (mant ? 0x200 : 0));
-  int32_t e = exp - 127 + 15;
-  if (e >= 31) return static_cast<uint16_t>(sign | 0x7c00);
-  if (e <= 0) {
-    if (e < -10) return static_cast<uint16_t>(sign);
-    mant |= 0x800000;
-    int shift = 14 - e;
-    uint32_t h = mant >> shift;
-    uint32_t rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
-    if (rem > half || (rem == half && (h & 1))) h++;
-    return static_cast<uint16_t>(sign | h);
-  }
-  uint32_t h = (static_cast<uint32_t>(e) << 10) | (mant >> 13);
-  uint32_t rem = mant & 0x1fff;
-  if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++;
-  return static_cast<uint16_t>(sign | h);
-}
+using gemm::f16_to_f32;
+using gemm::f32_to_f16;
 
 // The largest f16 value <= f (f finite, |f| <= 65504).
 inline uint16_t f16_round_down(float f) {
