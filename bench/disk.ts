@@ -10,7 +10,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DirectFile, ioStats, setIoThreads } from '../src/tensor/disk/io.js';
-import { BufferPool } from '../src/tensor/disk/buffer-pool.js';
+import { BufferPool, sequentialPass } from '../src/tensor/disk/buffer-pool.js';
+import { parseSize } from '../src/tensor/tiers/size.js';
 
 export interface DiskBenchOptions {
   size?: number;
@@ -38,29 +39,6 @@ export interface DiskBenchRecord {
   readSeconds: number;
 }
 
-export function parseBytes(s: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)$/i.exec(s.trim());
-  if (!m) throw new Error(`bench/disk: cannot parse a size from '${s}' (e.g. 2GiB, 16MiB, 4096)`);
-  const mult = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
-  return Math.round(Number(m[1]) * mult);
-}
-
-async function pass(file: DirectFile, pool: BufferPool, size: number, block: number, write: boolean): Promise<number> {
-  const t0 = process.hrtime.bigint();
-  const pending = new Set<Promise<void>>();
-  for (let off = 0; off < size; off += block) {
-    const lease = await pool.acquire(Math.min(block, size - off));
-    const p: Promise<void> = (write ? file.write(lease.view, off) : file.read(lease.view, off)).finally(() => {
-      pool.release(lease);
-      pending.delete(p);
-    });
-    pending.add(p);
-  }
-  await Promise.all(pending);
-  if (write) await file.sync();
-  return Number(process.hrtime.bigint() - t0) / 1e9;
-}
-
 export async function benchDisk(opts: DiskBenchOptions = {}): Promise<DiskBenchRecord> {
   const block = opts.block ?? 16 * 2 ** 20;
   const size = Math.ceil((opts.size ?? 2 * 2 ** 30) / block) * block;
@@ -79,10 +57,10 @@ export async function benchDisk(opts: DiskBenchOptions = {}): Promise<DiskBenchR
 
     const w = DirectFile.open(file, 'w', { direct: opts.direct ?? true });
     if (opts.prealloc ?? true) w.allocate(size);
-    const writeSeconds = await pass(w, pool, size, block, true);
+    const writeSeconds = await sequentialPass(w, pool, size, block, true);
     w.close();
     const r = DirectFile.open(file, 'r', { direct: opts.direct ?? true });
-    const readSeconds = await pass(r, pool, size, block, false);
+    const readSeconds = await sequentialPass(r, pool, size, block, false);
     r.close();
     return {
       op: 'disk', dir: opts.dir ?? os.tmpdir(), direct: r.direct, size, block, inflight, threads, chunk,
@@ -100,7 +78,7 @@ function arg(name: string): string | undefined {
 }
 
 async function main(): Promise<void> {
-  const num = (name: string) => (arg(name) !== undefined ? parseBytes(arg(name)!) : undefined);
+  const num = (name: string) => (arg(name) !== undefined ? parseSize(arg(name)!, name) : undefined);
   const rec = await benchDisk({
     size: num('--size'),
     dir: arg('--dir'),

@@ -68,7 +68,7 @@ for m in ms:
 `;
 
 function openblas(threads: number): Map<number, number> | string {
-  const env = { ...process.env, OPENBLAS_NUM_THREADS: String(threads), OMP_NUM_THREADS: String(threads) };
+  const env: NodeJS.ProcessEnv = { ...process.env, OPENBLAS_NUM_THREADS: String(threads), OMP_NUM_THREADS: String(threads) };
   delete env.OPENBLAS_CORETYPE;
   delete env.OPENBLAS_L2_SIZE;
   const r = spawnSync('python3', ['-c', NUMPY_SCRIPT, String(K), String(N), MS.join(','), String(MIN_MS / 1000)], {

@@ -10,7 +10,8 @@ import path from 'node:path';
 import { runBench, dummyModel } from '../src/engine/bench.js';
 import { DEFAULT_POLICY, type Policy, applyPercent } from '../src/policy/policy.js';
 import { cpuBackend, Tensor, getThreads } from '../src/index.js';
-import { DirectFile, alignedBytes } from '../src/tensor/disk/io.js';
+import { DirectFile } from '../src/tensor/disk/io.js';
+import { BufferPool, sequentialPass } from '../src/tensor/disk/buffer-pool.js';
 import { readConfig } from '../src/models/registry.js';
 import { parseSize } from '../src/tensor/tiers/size.js';
 
@@ -58,19 +59,18 @@ function gemmRate(m: number): number {
   return (2 * m * 4 * h * h * reps) / ((performance.now() - t0) / 1000);
 }
 
-/** Cold O_DIRECT read bandwidth of the packed weights file (bytes/s). */
+/** Cold O_DIRECT read bandwidth of the packed weights file (bytes/s), 16 MiB blocks, 4 in flight. */
 async function diskBandwidth(file: string): Promise<number> {
   const f = DirectFile.open(file, 'r');
   const block = 16 << 20;
-  const bufs = [0, 1, 2, 3].map(() => alignedBytes(block));
+  const pool = new BufferPool({ bufferBytes: block, count: 4 });
   const total = Math.min(f.size() - (f.size() % block), 2 ** 31);
-  const t0 = performance.now();
-  for (let off = 0; off < total; off += 4 * block) {
-    await Promise.all(bufs.map((b, i) => (off + i * block + block <= total ? f.read(b, off + i * block) : Promise.resolve())));
+  try {
+    return total / (await sequentialPass(f, pool, total, block, false));
+  } finally {
+    pool.dispose();
+    f.close();
   }
-  const secs = (performance.now() - t0) / 1000;
-  f.close();
-  return total / secs;
 }
 
 const r = await runBench({ model, promptLen: spec.promptLen, genLen: spec.genLen, policy, diskDir, ramBytes: ram, cacheDtype: 'f16' });

@@ -21,7 +21,7 @@ import type { CacheDType, ComputeMode, WeightFormat } from '../backend/kernels.j
 import { type FloatDType, fromFloat32 } from '../tensor/dtype.js';
 import { Tensor } from '../tensor/tensor.js';
 import { DirectFile } from '../tensor/disk/io.js';
-import { BufferPool } from '../tensor/disk/buffer-pool.js';
+import { BufferPool, sequentialPass } from '../tensor/disk/buffer-pool.js';
 import { UserError } from '../util/errors.js';
 
 export const PROFILE_VERSION = 1;
@@ -306,22 +306,6 @@ function measureCopy(s: SizeSpec, log: (m: string) => void): HardwareProfile['me
   return { copyBytesPerSecond: rate, bytes: s.copyBytes };
 }
 
-async function diskPass(file: DirectFile, pool: BufferPool, size: number, block: number, write: boolean): Promise<number> {
-  const t0 = performance.now();
-  const pending = new Set<Promise<void>>();
-  for (let off = 0; off < size; off += block) {
-    const lease = await pool.acquire(Math.min(block, size - off));
-    const p: Promise<void> = (write ? file.write(lease.view, off) : file.read(lease.view, off)).finally(() => {
-      pool.release(lease);
-      pending.delete(p);
-    });
-    pending.add(p);
-  }
-  await Promise.all(pending);
-  if (write) await file.sync();
-  return Math.max(performance.now() - t0, 1e-3) / 1000;
-}
-
 async function measureDisk(s: SizeSpec, diskDir: string, log: (m: string) => void): Promise<HardwareProfile['disk']> {
   if (!fs.existsSync(diskDir) || !fs.statSync(diskDir).isDirectory()) throw new UserError(`disk directory ${diskDir} does not exist or is not a directory`);
   const dir = fs.mkdtempSync(path.join(diskDir, 'tierlm-profile-'));
@@ -338,14 +322,14 @@ async function measureDisk(s: SizeSpec, diskDir: string, log: (m: string) => voi
     let writeSec: number;
     try {
       w.allocate(size);
-      writeSec = await diskPass(w, pool, size, block, true);
+      writeSec = await sequentialPass(w, pool, size, block, true);
     } finally {
       w.close();
     }
     const r = DirectFile.open(file, 'r');
     let readSec: number;
     try {
-      readSec = await diskPass(r, pool, size, block, false);
+      readSec = await sequentialPass(r, pool, size, block, false);
     } finally {
       r.close();
     }

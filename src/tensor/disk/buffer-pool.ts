@@ -2,7 +2,7 @@
 // leased buffer, is consumed, and the buffer goes back. Buffers are allocated lazily up to
 // `count`, so after warm-up nothing is allocated per read; when all are leased, acquire() waits
 // (first come, first served) until one is released.
-import { IO_ALIGNMENT, alignUp, alignedBytes } from './io.js';
+import { type DirectFile, IO_ALIGNMENT, alignUp, alignedBytes } from './io.js';
 
 export interface BufferPoolOptions {
   /** Size class in bytes; rounded up to a multiple of 4096. */
@@ -113,4 +113,25 @@ export class BufferPool {
     const lease: LeaseImpl = { data, bytes, view: data.subarray(0, Math.ceil(bytes / IO_ALIGNMENT) * IO_ALIGNMENT), live: true, slot };
     return lease;
   }
+}
+
+/**
+ * Reads (or writes) the first `size` bytes of a file sequentially in `block`-byte requests, as
+ * many in flight as the pool has buffers; returns the seconds taken (a write includes the final
+ * fsync). The disk bandwidth measurements of `tierlm profile` and bench/disk.ts.
+ */
+export async function sequentialPass(file: DirectFile, pool: BufferPool, size: number, block: number, write: boolean): Promise<number> {
+  const t0 = performance.now();
+  const pending = new Set<Promise<void>>();
+  for (let off = 0; off < size; off += block) {
+    const lease = await pool.acquire(Math.min(block, size - off));
+    const p: Promise<void> = (write ? file.write(lease.view, off) : file.read(lease.view, off)).finally(() => {
+      pool.release(lease);
+      pending.delete(p);
+    });
+    pending.add(p);
+  }
+  await Promise.all(pending);
+  if (write) await file.sync();
+  return Math.max(performance.now() - t0, 1e-3) / 1000;
 }
