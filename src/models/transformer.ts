@@ -63,11 +63,6 @@ export class Transformer {
     this.scale = 1 / Math.sqrt(config.headDim);
   }
 
-  /** Bytes of reusable scratch space held. */
-  get workspaceBytes(): number {
-    return this.ws.bytes;
-  }
-
   // ---- pieces ---------------------------------------------------------------------------------
 
   /** Token (and learned position) embeddings of a step into out [t, hidden]. */

@@ -48,16 +48,8 @@ export class ActStore {
     }
   }
 
-  needsStaging(k: number): boolean {
-    return this.batches[k]!.ramRows < this.maxTokens;
-  }
-
   needsStagingAny(): boolean {
     return this.batches.some((b) => b.ramRows < this.maxTokens);
-  }
-
-  get stagingBytes(): number {
-    return this.maxTokens * this.hidden * 4 + alignUp(this.maxTokens * this.hidden * 4);
   }
 
   newStaging(): ActStaging {

@@ -84,19 +84,9 @@ export class CacheStore {
     return this.blocks[layer * this.numBatches + batch]!;
   }
 
-  /** Whether (layer, batch) needs a staging block (some of its rows are on disk). */
-  needsStaging(layer: number, batch: number): boolean {
-    return this.block(layer, batch).ramRows < this.rows;
-  }
-
   /** Whether any block has rows on disk. */
   needsStagingAny(): boolean {
     return this.blocks.some((b) => b.ramRows < this.rows);
-  }
-
-  /** Bytes of one staging block (K and V of a whole block) plus its record buffer. */
-  get stagingBytes(): number {
-    return 2 * this.rows * this.capacity * this.headBytes + this.rows * this.capacity * this.recordBytes;
   }
 
   newStaging(): CacheStaging {
