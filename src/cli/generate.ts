@@ -67,8 +67,8 @@ function params(o: GenerateOptions): Partial<GenerateParams> {
 async function runGenerate(o: GenerateOptions): Promise<void> {
   if ((o.prompt === undefined) === (o.prompts === undefined)) throw new UserError('give either --prompt TEXT or --prompts FILE (with --out FILE)');
   if (o.prompts !== undefined && o.out === undefined) throw new UserError('--prompts needs --out FILE for the results');
-  const promptLen = o.prompts !== undefined ? await longestPrompt(o.prompts) : Math.ceil(o.prompt!.length / 3) + 2;
-  const work = { source: { model: o.model }, promptLen: Math.max(1, promptLen), genLen: o.maxNewTokens };
+  const scan = o.prompts !== undefined ? await scanPrompts(o.prompts) : { count: 1, longest: Math.ceil(o.prompt!.length / 3) + 2 };
+  const work = { source: { model: o.model }, promptLen: Math.max(1, scan.longest), genLen: o.maxNewTokens };
   const model = await loadModel(o.model, await loadOptions(o, await fitWorkload(o.model, work), o.batchSize));
   if (o.prompt !== undefined) {
     for await (const r of model.generate([{ id: 'prompt', prompt: o.prompt }], params(o))) {
@@ -77,12 +77,11 @@ async function runGenerate(o: GenerateOptions): Promise<void> {
     }
     return;
   }
-  await runBatchJob(model, o);
+  await runBatchJob(model, o, scan.count);
 }
 
-async function runBatchJob(model: Awaited<ReturnType<typeof loadModel>>, o: GenerateOptions): Promise<void> {
+async function runBatchJob(model: Awaited<ReturnType<typeof loadModel>>, o: GenerateOptions, total: number): Promise<void> {
   const writer = new ResultWriter(o.out!);
-  const total = await countLines(o.prompts!);
   const progress = new Progress('generate');
   const stats: GenerateStats = { prefillSeconds: 0, decodeSeconds: 0, promptTokens: 0, generatedTokens: 0 };
   const seen = new Set<string>();
@@ -137,19 +136,13 @@ function toRecord(r: GenerationResult): object {
   return rec;
 }
 
-async function countLines(file: string): Promise<number | null> {
-  try {
-    const text = await fs.promises.readFile(file, 'utf8');
-    return text.split('\n').filter((l) => l.trim() !== '').length;
-  } catch {
-    return null;
-  }
-}
-
-/** An estimate of the longest prompt in tokens (token ids counted, text at about 3 characters a token). */
-async function longestPrompt(file: string): Promise<number> {
+/** One pass over the input: its request lines (for progress) and an estimate of the longest
+ *  prompt in tokens (token ids counted, text at about 3 characters a token, for planning). */
+async function scanPrompts(file: string): Promise<{ count: number; longest: number }> {
   let longest = 1;
+  let count = 0;
   for await (const item of readRequests(file)) {
+    count++;
     if (!('request' in item)) continue;
     const r = item.request;
     const n = Array.isArray(r.promptTokenIds) ? r.promptTokenIds.length
@@ -157,7 +150,7 @@ async function longestPrompt(file: string): Promise<number> {
         : Array.isArray(r.messages) ? Math.ceil(JSON.stringify(r.messages).length / 3) + 16 : 1;
     longest = Math.max(longest, n);
   }
-  return longest;
+  return { count, longest };
 }
 
 /** Keeps the planned prompt and generation lengths within the model's positions. */
