@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { DirectFile, alignedBytes, ioStats, setIoThreads, IO_ALIGNMENT, type IoError } from '../src/tensor/disk/io.js';
 import { BufferPool } from '../src/tensor/disk/buffer-pool.js';
+import { copyStrided } from '../src/tensor/copy.js';
 import { nativeFn } from '../src/backend/cpu/addon.js';
 import { rng } from './helpers/harness.js';
 
@@ -276,6 +277,44 @@ describe('OS errors name the file and operation', () => {
   });
 });
 
+describe('copyStrided', () => {
+  it('copies n0 × n1 runs between strided layouts, as a plain loop does', () => {
+    const r = rng(7);
+    for (let t = 0; t < 40; t++) {
+      const run = 1 + Math.floor(r() * 300);
+      const n0 = 1 + Math.floor(r() * 9);
+      const n1 = 1 + Math.floor(r() * 13);
+      // Strides that keep runs apart in one layout and interleave axes in the other.
+      const ss = [run * n1 + Math.floor(r() * 5), run] as const;
+      const ds = [run, run * n0 + Math.floor(r() * 7)] as const;
+      const srcOffset = Math.floor(r() * 17);
+      const dstOffset = Math.floor(r() * 11);
+      const src = new Uint8Array(srcOffset + (n0 - 1) * ss[0] + (n1 - 1) * ss[1] + run + 3);
+      for (let i = 0; i < src.length; i++) src[i] = Math.floor(r() * 256);
+      const size = dstOffset + (n0 - 1) * ds[0] + (n1 - 1) * ds[1] + run;
+      const got = new Uint8Array(size);
+      const want = new Uint8Array(size);
+      for (let i = 0; i < n0; i++) {
+        for (let j = 0; j < n1; j++) {
+          const s0 = srcOffset + i * ss[0] + j * ss[1];
+          want.set(src.subarray(s0, s0 + run), dstOffset + i * ds[0] + j * ds[1]);
+        }
+      }
+      copyStrided(got, src, { run, counts: [n0, n1], dstOffset, dstStrides: ds, srcOffset, srcStrides: ss });
+      expect(equalBytes(got, want), `case ${t}`).toBe(true);
+    }
+  });
+
+  it('refuses ranges outside either array and negative numbers', () => {
+    const a = new Uint8Array(100);
+    const spec = { run: 10, counts: [3, 2] as const, dstOffset: 0, dstStrides: [20, 10] as const, srcOffset: 0, srcStrides: [20, 10] as const };
+    expect(() => copyStrided(a, new Uint8Array(100), spec)).not.toThrow();
+    expect(() => copyStrided(new Uint8Array(59), a, spec)).toThrow(/dst needs 60 bytes, holds 59/);
+    expect(() => copyStrided(a, new Uint8Array(100), { ...spec, srcOffset: 41 })).toThrow(/src needs 101 bytes, holds 100/);
+    expect(() => copyStrided(a, a, { ...spec, run: -1 })).toThrow(/non-negative integers/);
+  });
+});
+
 describe('BufferPool', () => {
   it('hands the same buffers out again and waits when all are leased', async () => {
     const pool = new BufferPool({ bufferBytes: 100_000, count: 2 });
@@ -344,6 +383,32 @@ describe('I/O pool', () => {
     expect(after.writeSeconds).toBeGreaterThan(before.writeSeconds);
     setIoThreads(4, 4 * MiB);
     expect(ioStats().threads).toBe(4);
+    f.close();
+  });
+
+  it('runs urgent transfers before queued background ones', async () => {
+    // One thread and 1 MiB chunks: the background read's 48 chunks queue one after another, and the
+    // urgent read submitted after it must take the thread at the next chunk.
+    setIoThreads(1, MiB);
+    const f = DirectFile.open(path.join(dir, 'priority.bin'), 'w');
+    const data = randomBytes(64 * MiB);
+    await f.write(data, 0);
+    const order: string[] = [];
+    const big = alignedBytes(48 * MiB);
+    const small = alignedBytes(MiB);
+    const background = f.read(big, 0, { background: true }).then(() => order.push('background'));
+    const urgent = f.read(small, 60 * MiB).then(() => order.push('urgent'));
+    await Promise.all([background, urgent]);
+    expect(order).toEqual(['urgent', 'background']);
+    expect(equalBytes(big, data.subarray(0, 48 * MiB))).toBe(true);
+    expect(equalBytes(small, data.subarray(60 * MiB, 61 * MiB))).toBe(true);
+    // Background writes land too.
+    await f.write(data.subarray(0, MiB), 63 * MiB, { background: true });
+    const back = alignedBytes(MiB);
+    await f.read(back, 63 * MiB);
+    expect(equalBytes(back, data.subarray(0, MiB))).toBe(true);
+    expect(() => nativeFn<(...a: unknown[]) => unknown>('ioRead')(-1, back, 0, 'yes')).toThrow();
+    setIoThreads(4, 4 * MiB);
     f.close();
   });
 

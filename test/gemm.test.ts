@@ -130,6 +130,43 @@ describe('packing', () => {
   });
 });
 
+describe('weights cut by rows (RowSplitWeight)', () => {
+  it('multiplying by the pieces equals multiplying by the whole weight, bit for bit, sync and async', async () => {
+    for (const backend of [cpu, ref]) {
+      for (const dtype of DTYPES) {
+        for (const [m, k, n] of [[1, 33, 97], [5, 17, 64], [17, 40, 130]] as const) {
+          const x = randomF32([m, k], seed++);
+          const bias = randomF32([n], seed++);
+          const whole = backend.packWeight(randomFloat(dtype, [n, k], seed++), 'fp32');
+          const block = backend.packedRowBlock(whole.format)!;
+          for (const rows of [block, Math.floor(n / block / 2) * block || block, Math.floor((n - 1) / block) * block]) {
+            const cut = backend.packedByteLength(whole.format, rows, k);
+            const split = backend.rowSplitWeight([
+              backend.packedWeight(whole.format, 'fp32', rows, k, whole.data.slice(0, cut)),
+              backend.packedWeight(whole.format, 'fp32', n - rows, k, whole.data.slice(cut)),
+            ]);
+            const want = Array.from(backend.matmul(x, whole, bias).data);
+            const what = `${backend.name} ${dtype} m=${m} k=${k} n=${n} cut at ${rows}`;
+            expect(Array.from(backend.matmul(x, split, bias).data), what).toEqual(want);
+            expect(Array.from((await backend.matmulAsync(x, split, bias)).data), `${what} async`).toEqual(want);
+          }
+        }
+      }
+    }
+  });
+
+  it('refuses pieces that do not fit together', () => {
+    const a = cpu.packWeight(randomFloat('f32', [40, 8], seed++), 'fp32');
+    const b = cpu.packWeight(randomFloat('f32', [32, 8], seed++), 'fp32');
+    const c = cpu.packWeight(randomFloat('f32', [32, 9], seed++), 'fp32');
+    expect(() => cpu.rowSplitWeight([a, b])).toThrow(/part 0 has 40 rows, not a multiple of 32/);
+    expect(() => cpu.rowSplitWeight([b, c])).toThrow(/part 1 differs from part 0/);
+    expect(() => cpu.rowSplitWeight([])).toThrow(/at least one part/);
+    const q = ref.packWeight(randomFloat('f32', [32, 64], seed++), 'fp32', 'w', { quantize: 'q4' });
+    expect(() => ref.rowSplitWeight([q, q])).toThrow(/cannot be cut by rows/);
+  });
+});
+
 describe('gatherRows', () => {
   for (const dtype of DTYPES) {
     for (const mode of MODES) {

@@ -11,8 +11,8 @@ import { fixturePrompts, sharedFixtures, localFixtures, tmpDir, readJsonl, type 
 const prompts = fixturePrompts();
 const requests = prompts.map((p) => ({ id: p.id, promptTokenIds: p.prompt_token_ids }));
 
-async function run(dir: string, policy: Partial<Policy>, diskDir?: string, params = {}): Promise<GenerationResult[]> {
-  const model = await loadModel(dir, { policy, diskDir });
+async function run(dir: string, policy: Partial<Policy>, diskDir?: string, params = {}, backend: 'cpu' | 'reference' = 'cpu'): Promise<GenerationResult[]> {
+  const model = await loadModel(dir, { policy, diskDir, backend });
   const out: GenerationResult[] = [];
   try {
     for await (const r of model.generate(requests, { maxNewTokens: 8, logprobs: true, stopAtEos: false, ...params })) {
@@ -75,6 +75,16 @@ describe('offloading gives identical tokens', () => {
     const full = await loadModel(dir);
     const q4 = await loadModel(dir, { policy: { compressWeight: true } });
     expect(q4.layers.stats.ramBytes).toBeLessThan(0.4 * full.layers.stats.ramBytes);
+  });
+
+  it('weights cut inside a packed row block (reference backend, 4-bit) are assembled in the slot, same tokens', async () => {
+    // The CPU backend cuts at 32-row panels and multiplies by the two pieces; the reference
+    // backend's 4-bit layout cannot be cut by rows, so the resident rows are copied into the slot.
+    const dir = path.join(sharedFixtures, 'opt-tiny');
+    const params = { batchSize: 2, numGpuBatches: 2, maxNewTokens: 4 };
+    const plain = await run(dir, { compressWeight: true }, undefined, params, 'reference');
+    const got = await run(dir, { compressWeight: true, wCpuPercent: 45 }, tmpDir('q4ref'), params, 'reference');
+    expect(got).toEqual(plain);
   });
 
   it('4-bit KV cache (compress_cache) and sparse attention: every placement gives the plain run\'s tokens', async () => {

@@ -93,7 +93,8 @@ void IoPool::submit(Group* g) {
   clock_start(g->op);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (size_t i = 0; i < g->count; i++) queue_.push_back(&g->requests[i]);
+    auto& q = queue_[static_cast<int>(g->priority)];
+    for (size_t i = 0; i < g->count; i++) q.push_back(&g->requests[i]);
   }
   cv_.notify_all();
 }
@@ -104,13 +105,14 @@ void IoPool::loop(std::shared_ptr<Worker> self) {
     uint32_t chunk;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return self->stop.load() || !queue_.empty(); });
+      cv_.wait(lock, [&] { return self->stop.load() || !queue_[0].empty() || !queue_[1].empty(); });
       if (self->stop.load()) return;
-      r = queue_.front();
+      auto& q = queue_[0].empty() ? queue_[1] : queue_[0];
+      r = q.front();
       chunk = r->next_chunk++;
-      if (r->next_chunk == r->chunks) queue_.pop_front();
+      if (r->next_chunk == r->chunks) q.pop_front();
       // Chunks are left: another thread can take the next one now.
-      if (!queue_.empty()) cv_.notify_one();
+      if (!queue_[0].empty() || !queue_[1].empty()) cv_.notify_one();
     }
     run_chunk(r, chunk);
     if (r->remaining.fetch_sub(1) == 1) finish_request(r);

@@ -9,6 +9,11 @@
 //
 // When the last chunk of the last request finishes, the group's `on_done` runs on the I/O thread
 // that finished it (napi/io.cpp hands the group to the JavaScript thread from there).
+//
+// Two priorities: a thread takes the next chunk of an urgent request before any chunk of a
+// background one. The zig-zag schedule prefetches the next layer's weights (hundreds of MiB) in
+// the background while the KV cache blocks of the next batch (a few MiB, needed within one batch's
+// compute) are urgent; first come, first served made every cache read wait behind the weights.
 #pragma once
 
 #include <atomic>
@@ -25,6 +30,8 @@ namespace tierlm {
 namespace io {
 
 enum class Op : uint8_t { Read, Write, Sync };
+
+enum class Priority : uint8_t { Urgent = 0, Background = 1 };
 
 // What the pool knows about an open file: its path (for error messages) and whether it was opened
 // with O_DIRECT. A buffered file's reads drop the pages they read (posix_fadvise DONTNEED) and its
@@ -73,6 +80,7 @@ struct Group {
   std::mutex failure_mu;
   Failure failure;
   Op op = Op::Read;  // the kind of work, for the stats clock (a group holds one kind)
+  Priority priority = Priority::Urgent;
   uint64_t bytes = 0;
   void (*on_done)(Group*) = nullptr;
   void* user = nullptr;  // owned by napi/io.cpp
@@ -115,7 +123,7 @@ class IoPool {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Request*> queue_;
+  std::deque<Request*> queue_[2];  // by Priority
   std::vector<std::shared_ptr<Worker>> workers_;
   std::atomic<uint64_t> chunk_bytes_{4u << 20};
 

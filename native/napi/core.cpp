@@ -1,5 +1,8 @@
-// Process-wide settings: threads, instruction set, aligned buffers.
+// Process-wide settings (threads, instruction set), aligned buffers and strided byte copies.
 #include <napi.h>
+
+#include <algorithm>
+#include <cstring>
 
 #include "core/aligned.h"
 #include "core/cpu.h"
@@ -66,6 +69,48 @@ Napi::Value AlignedBuffer(const Napi::CallbackInfo& info) {
   }, new size_t(bytes));
 }
 
+// copyStrided(dst, dstOffset, src, srcOffset, run, n0, n1, dstStride0, dstStride1, srcStride0,
+// srcStride1): copies n0 × n1 runs of `run` bytes, run (i, j) from src + srcOffset + i·srcStride0 +
+// j·srcStride1 to the same place in dst. Offsets and strides are in bytes and non-negative; both
+// ranges are checked against the arrays. The disk tier uses it to re-lay KV cache records
+// (one position of every head) into the attention kernels' layout (one head of every position)
+// and back: it ran as JavaScript `set` calls per head and position, on the thread that drives
+// compute, and cost more than the disk reads it followed.
+Napi::Value CopyStrided(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 11) throw Napi::TypeError::New(env, "copyStrided: expected 11 arguments");
+  Bytes dst = typed_bytes(info[0], "copyStrided: dst");
+  Bytes src = typed_bytes(info[2], "copyStrided: src");
+  const int64_t dst_off = int_arg(info, 1, "dstOffset");
+  const int64_t src_off = int_arg(info, 3, "srcOffset");
+  const int64_t run = int_arg(info, 4, "run");
+  const int64_t n0 = int_arg(info, 5, "n0");
+  const int64_t n1 = int_arg(info, 6, "n1");
+  const int64_t ds0 = int_arg(info, 7, "dstStride0");
+  const int64_t ds1 = int_arg(info, 8, "dstStride1");
+  const int64_t ss0 = int_arg(info, 9, "srcStride0");
+  const int64_t ss1 = int_arg(info, 10, "srcStride1");
+  if (run == 0 || n0 == 0 || n1 == 0) return env.Undefined();
+  auto check = [&](const char* what, const Bytes& b, int64_t off, int64_t s0, int64_t s1) {
+    const int64_t end = off + (n0 - 1) * s0 + (n1 - 1) * s1 + run;
+    if (end > static_cast<int64_t>(b.length)) {
+      throw Napi::RangeError::New(env, std::string("copyStrided: ") + what + " needs " + std::to_string(end) +
+                                           " bytes, holds " + std::to_string(b.length));
+    }
+  };
+  check("dst", dst, dst_off, ds0, ds1);
+  check("src", src, src_off, ss0, ss1);
+  uint8_t* d = dst.data + dst_off;
+  const uint8_t* s = src.data + src_off;
+  const int64_t grain = std::max<int64_t>(1, (INT64_C(1) << 18) / std::max<int64_t>(1, run * n1));
+  ThreadPool::instance().parallel_for(n0, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; i++) {
+      for (int64_t j = 0; j < n1; j++) std::memcpy(d + i * ds0 + j * ds1, s + i * ss0 + j * ss1, static_cast<size_t>(run));
+    }
+  });
+  return env.Undefined();
+}
+
 Napi::Value TrackedBytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(tracked_bytes()));
 }
@@ -79,6 +124,7 @@ void register_core(Napi::Env env, Napi::Object exports) {
   exports.Set("setIsa", Napi::Function::New(env, SetIsa));
   exports.Set("alignedBuffer", Napi::Function::New(env, AlignedBuffer));
   exports.Set("trackedBytes", Napi::Function::New(env, TrackedBytes));
+  exports.Set("copyStrided", Napi::Function::New(env, CopyStrided));
 }
 
 }  // namespace tierlm

@@ -4,8 +4,9 @@
 //   ioOpen(path, 'r'|'rw'|'w', direct = true) -> {fd, direct}
 //   ioClose(fd), ioSize(fd) -> bytes, ioTruncate(fd, bytes), ioAllocate(fd, bytes) -> bool
 //   ioSync(fd) -> Promise<void>
-//   ioRead(fd, typedArray, offset) / ioWrite(...) -> Promise<void>
-//   ioReadv(fd, typedArrays[], offsets[]) / ioWritev(...) -> Promise<void>, settles once
+//   ioRead(fd, typedArray, offset, background = false) / ioWrite(...) -> Promise<void>
+//   ioReadv(fd, typedArrays[], offsets[], background = false) / ioWritev(...) -> Promise<void>, settles once
+//   (background: queued behind every urgent transfer, see io/io_pool.h)
 //   ioSetThreads(n, chunkBytes?), ioStats() -> {...}
 //
 // Promises settle through one ThreadSafeFunction per JavaScript environment, not through the
@@ -236,6 +237,12 @@ int64_t offset_value(Napi::Env env, const Napi::Value& v, const std::string& wha
   return o;
 }
 
+io::Priority priority_arg(const Napi::CallbackInfo& info, size_t i) {
+  if (i >= info.Length() || info[i].IsUndefined()) return io::Priority::Urgent;
+  if (!info[i].IsBoolean()) throw Napi::TypeError::New(info.Env(), "background must be a boolean");
+  return info[i].As<Napi::Boolean>().Value() ? io::Priority::Background : io::Priority::Urgent;
+}
+
 void add_request(Call& call, const OpenFile& f, Op op, const Bytes& b, int64_t offset) {
   Request& r = call.group.requests[call.group.count++];
   r.file = f.info;
@@ -379,6 +386,7 @@ Napi::Value transfer(const Napi::CallbackInfo& info, Op op, const char* fn) {
   check_transfer(env, fn, f, op, b, offset, 0, false);
   auto call = std::make_unique<Call>(env);
   call->group.op = op;
+  call->group.priority = priority_arg(info, 3);
   call->group.requests.reset(new Request[1]);
   if (b.length > 0) add_request(*call, f, op, b, offset);
   call->keep.push_back(Napi::Persistent(info[1]));
@@ -399,6 +407,7 @@ Napi::Value transfer_batch(const Napi::CallbackInfo& info, Op op, const char* fn
   }
   auto call = std::make_unique<Call>(env);
   call->group.op = op;
+  call->group.priority = priority_arg(info, 3);
   call->group.requests.reset(new Request[bufs.Length() > 0 ? bufs.Length() : 1]);
   call->keep.reserve(bufs.Length());
   for (uint32_t i = 0; i < bufs.Length(); i++) {

@@ -3,6 +3,7 @@
 // kernel. Ops take an optional `out`; when it is omitted a new tensor is returned.
 
 import { type FloatDType, isFloatDType } from '../tensor/dtype.js';
+import { copyStrided } from '../tensor/copy.js';
 import { Tensor, shapeString } from '../tensor/tensor.js';
 import { type CacheArray, type CacheDType, type ComputeMode, type Kernels, type QuantFormat, type WeightFormat, q4RecordBytes } from './kernels.js';
 
@@ -20,6 +21,28 @@ export class PackedWeight {
     readonly name = 'weight',
   ) {}
 }
+
+/**
+ * A packed weight whose rows live in separate buffers, cut at the backend's packedRowBlock: the
+ * offload engine keeps a weight's first rows resident and reads the rest from disk into a staging
+ * slot, and multiplies by the two pieces where they lie instead of copying them together first.
+ */
+export class RowSplitWeight {
+  readonly n: number;
+  constructor(
+    readonly backend: string,
+    readonly format: WeightFormat,
+    readonly mode: ComputeMode,
+    readonly k: number,
+    /** Rows of W in order; each part but the last has a multiple of packedRowBlock rows. */
+    readonly parts: readonly PackedWeight[],
+    readonly name = 'weight',
+  ) {
+    this.n = parts.reduce((n, p) => n + p.n, 0);
+  }
+}
+
+export type AnyWeight = PackedWeight | RowSplitWeight;
 
 /** The format a weight of `dtype` is packed into for `mode`. */
 export function weightFormatFor(dtype: FloatDType, mode: ComputeMode): WeightFormat {
@@ -106,10 +129,35 @@ export class Backend {
     return new PackedWeight(this.name, format, mode, n, k, data, name);
   }
 
-  private checkMatmul(x: F32, w: PackedWeight, bias: F32 | null, out: F32 | undefined): [number, F32] {
+  /** One weight from row pieces packed on their own (see RowSplitWeight). */
+  rowSplitWeight(parts: PackedWeight[], name = 'weight'): RowSplitWeight {
+    const op = `rowSplitWeight(${name})`;
+    if (parts.length === 0) fail(op, 'needs at least one part');
+    const [first] = parts as [PackedWeight];
+    const block = this.kernels.packedRowBlock(first.format);
+    if (block === null) fail(op, `weights in ${first.format} cannot be cut by rows on backend '${this.name}'`);
+    parts.forEach((p, i) => {
+      if (!(p instanceof PackedWeight) || p.backend !== this.name) throw new TypeError(`${op}: part ${i} must be a PackedWeight of backend '${this.name}'`);
+      if (p.format !== first.format || p.mode !== first.mode || p.k !== first.k) fail(op, `part ${i} differs from part 0 in format, mode or k`);
+      if (i + 1 < parts.length && p.n % block !== 0) fail(op, `part ${i} has ${p.n} rows, not a multiple of ${block}`);
+    });
+    return new RowSplitWeight(this.name, first.format, first.mode, first.k, parts, name);
+  }
+
+  /** Bytes a packed n×k weight in `format` takes. */
+  packedByteLength(format: WeightFormat, n: number, k: number): number {
+    return this.kernels.packedByteLength(format, n, k);
+  }
+
+  /** Rows at which packed weights of `format` can be cut (null: they cannot). */
+  packedRowBlock(format: WeightFormat): number | null {
+    return this.kernels.packedRowBlock(format);
+  }
+
+  private checkMatmul(x: F32, w: AnyWeight, bias: F32 | null, out: F32 | undefined): [number, F32] {
     const op = `matmul(${w?.name ?? 'weight'})`;
     expectF32(op, 'x', x);
-    if (!(w instanceof PackedWeight)) throw new TypeError(`${op}: w must be a PackedWeight`);
+    if (!(w instanceof PackedWeight) && !(w instanceof RowSplitWeight)) throw new TypeError(`${op}: w must be a PackedWeight`);
     if (w.backend !== this.name) fail(op, `weight was packed by backend '${w.backend}', not '${this.name}'`);
     const [m, k] = rowsCols(x);
     if (k !== w.k) fail(op, `x has ${k} features per row, weight expects ${w.k}`);
@@ -121,16 +169,51 @@ export class Backend {
   }
 
   /** y = x · Wᵀ + bias, over the last dimension of x. */
-  matmul(x: F32, w: PackedWeight, bias: F32 | null = null, out?: F32): F32 {
+  matmul(x: F32, w: AnyWeight, bias: F32 | null = null, out?: F32): F32 {
     const [m, y] = this.checkMatmul(x, w, bias, out);
-    this.kernels.matmul(x.data, m, w.k, w.data, w.format, w.n, bias?.data ?? null, y.data, w.mode);
+    if (w instanceof PackedWeight) {
+      this.kernels.matmul(x.data, m, w.k, w.data, w.format, w.n, bias?.data ?? null, y.data, w.mode);
+      return y;
+    }
+    let col = 0;
+    for (const p of w.parts) {
+      const part = this.partOutput(m, p.n);
+      this.kernels.matmul(x.data, m, p.k, p.data, p.format, p.n, bias?.data.subarray(col, col + p.n) ?? null, part, p.mode);
+      this.placeColumns(y.data, w.n, part, p.n, col, m);
+      col += p.n;
+    }
     return y;
   }
 
-  async matmulAsync(x: F32, w: PackedWeight, bias: F32 | null = null, out?: F32): Promise<F32> {
+  async matmulAsync(x: F32, w: AnyWeight, bias: F32 | null = null, out?: F32): Promise<F32> {
     const [m, y] = this.checkMatmul(x, w, bias, out);
-    await this.kernels.matmulAsync(x.data, m, w.k, w.data, w.format, w.n, bias?.data ?? null, y.data, w.mode);
+    if (w instanceof PackedWeight) {
+      await this.kernels.matmulAsync(x.data, m, w.k, w.data, w.format, w.n, bias?.data ?? null, y.data, w.mode);
+      return y;
+    }
+    let col = 0;
+    for (const p of w.parts) {
+      const part = new Float32Array(m * p.n);  // not the shared scratch: async calls may interleave
+      await this.kernels.matmulAsync(x.data, m, p.k, p.data, p.format, p.n, bias?.data.subarray(col, col + p.n) ?? null, part, p.mode);
+      this.placeColumns(y.data, w.n, part, p.n, col, m);
+      col += p.n;
+    }
     return y;
+  }
+
+  /** A reused buffer for one part's output (grown as needed). */
+  private partOutput(m: number, n: number): Float32Array {
+    if (this.scratch.length < m * n) this.scratch = new Float32Array(m * n);
+    return this.scratch.subarray(0, m * n);
+  }
+
+  private scratch = new Float32Array(0);
+
+  /** y[:, col:col+n] = part[m, n], y having `width` columns. */
+  private placeColumns(y: Float32Array, width: number, part: Float32Array, n: number, col: number, m: number): void {
+    copyStrided(new Uint8Array(y.buffer, y.byteOffset, y.byteLength), new Uint8Array(part.buffer, part.byteOffset, m * n * 4), {
+      run: n * 4, counts: [m, 1], dstOffset: col * 4, dstStrides: [width * 4, 0], srcOffset: 0, srcStrides: [n * 4, 0],
+    });
   }
 
   private checkIds(op: string, ids: Tensor, limit: number): void {

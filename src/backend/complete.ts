@@ -1,7 +1,7 @@
 import type { Kernels } from './kernels.js';
 
 const KERNEL_NAMES: (keyof Kernels)[] = [
-  'packedByteLength', 'packWeight', 'matmul', 'matmulAsync', 'gatherRows', 'quantize', 'dequantize', 'embedding', 'layerNorm', 'rmsNorm',
+  'packedByteLength', 'packedRowBlock', 'packWeight', 'matmul', 'matmulAsync', 'gatherRows', 'quantize', 'dequantize', 'embedding', 'layerNorm', 'rmsNorm',
   'relu', 'gelu', 'siluMul', 'add', 'softmax', 'logSoftmax', 'rope', 'attentionPrefill', 'attentionPrefillAsync',
   'attentionDecode', 'attentionDecodeAsync', 'cacheWrite',
 ];

@@ -4,7 +4,7 @@ import { addon, type IsaInfo } from './cpu/addon.js';
 import { cpuKernels } from './cpu/index.js';
 import { referenceKernels } from './reference/index.js';
 
-export { Backend, PackedWeight, weightFormatFor } from './backend.js';
+export { type AnyWeight, Backend, PackedWeight, RowSplitWeight, weightFormatFor } from './backend.js';
 export type { CacheDType, ComputeMode, Kernels, WeightFormat } from './kernels.js';
 
 let cpu: Backend | undefined;

@@ -62,6 +62,10 @@ export interface Kernels {
   // ---- GEMM ---------------------------------------------------------------------------------
   /** Bytes a packed weight of n×k elements in `format` takes (including any padding). */
   packedByteLength(format: WeightFormat, n: number, k: number): number;
+  /** Rows at which packed bytes can be cut: the first r·block rows of W packed are the first
+   *  packedByteLength(format, r·block, k) bytes, and the rest is W's remaining rows packed on their
+   *  own. null where a format's packed bytes cannot be cut by rows. */
+  packedRowBlock(format: WeightFormat): number | null;
   /** Packs W[n,k] (row-major elements of srcDtype) into dst, converting to `format`. Done once
    *  when a weight is loaded; the packed bytes can be written to disk and read back as they are. */
   packWeight(src: Float32Array | Uint16Array, srcDtype: FloatDType, n: number, k: number, format: WeightFormat, dst: Uint8Array): void;

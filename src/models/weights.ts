@@ -1,7 +1,7 @@
 // Loads a checkpoint's tensors into the backend: GEMM weights packed once, norms and biases as
 // float32 vectors. Every tensor's shape is checked against config.json first.
 
-import { type Backend, type ComputeMode, type PackedWeight, weightFormatFor } from '../backend/index.js';
+import { type AnyWeight, type Backend, type ComputeMode, type PackedWeight, weightFormatFor } from '../backend/index.js';
 import type { TensorStore } from '../formats/safetensors.js';
 import { DTYPE_BYTES, toFloat32, viewAs } from '../tensor/dtype.js';
 import { Tensor } from '../tensor/tensor.js';
@@ -10,7 +10,7 @@ import { type GlobalSlot, type LayerSlot, type NameTable, expectedShape } from '
 import type { ModelConfig } from './config.js';
 
 export interface Linear {
-  w: PackedWeight; // [out, in]
+  w: AnyWeight; // [out, in]; in pieces when the offload engine keeps only its first rows resident
   b: Tensor<'f32'> | null; // [out]
 }
 

@@ -1,12 +1,12 @@
 // The file interface schedules use for the disk tier: aligned O_DIRECT reads and writes on the
 // native I/O threads (src/tensor/disk), resolving when done.
 
-import { DirectFile, alignedBytes as nativeAligned } from '../tensor/disk/io.js';
+import { DirectFile, type TransferOptions, alignedBytes as nativeAligned } from '../tensor/disk/io.js';
 
 export interface BlockFile {
   readonly path: string;
-  read(dst: Uint8Array, offset: number): Promise<void>;
-  write(src: Uint8Array, offset: number): Promise<void>;
+  read(dst: Uint8Array, offset: number, options?: TransferOptions): Promise<void>;
+  write(src: Uint8Array, offset: number, options?: TransferOptions): Promise<void>;
   sync(): Promise<void>;
   close(): Promise<void>;
 }
@@ -15,8 +15,8 @@ export async function openBlockFile(path: string, mode: 'r' | 'rw' | 'w'): Promi
   const f = DirectFile.open(path, mode);
   return {
     path,
-    read: (dst, offset) => f.read(dst, offset),
-    write: (src, offset) => f.write(src, offset),
+    read: (dst, offset, options) => f.read(dst, offset, options),
+    write: (src, offset, options) => f.write(src, offset, options),
     sync: () => f.sync(),
     close: async () => f.close(),
   };

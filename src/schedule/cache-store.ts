@@ -12,6 +12,7 @@ import { type CacheDType, cacheRowLength, cacheTensorDType } from '../backend/ke
 import type { ModelConfig } from '../models/config.js';
 import type { CacheBlock } from '../models/transformer.js';
 import type { Shares } from '../policy/policy.js';
+import { copyStrided } from '../tensor/copy.js';
 import { Tensor } from '../tensor/tensor.js';
 import type { BlockFile } from './block-file.js';
 import { alignedBytes } from './block-file.js';
@@ -160,29 +161,21 @@ export class CacheStore {
     this.transpose(s, r, d, from, to, true);
   }
 
+  /** Re-lays positions [from, to) of row r between its disk records (row d of the records) and the staging tensors. */
   private transpose(s: CacheStaging, r: number, d: number, from: number, to: number, toRecords: boolean): void {
+    if (to <= from) return;
     const { kvHeads } = this.config;
-    const headDim = this.rowLength;
-    const e = this.elem;
-    const rowBytes = this.capacity * this.recordBytes;
-    const kb = s.k.bytes;
-    const vb = s.v.bytes;
-    const rec = s.records;
-    const headRun = headDim * e;
-    for (let p = from; p < to; p++) {
-      const recBase = d * rowBytes + p * this.recordBytes;
-      for (let h = 0; h < kvHeads; h++) {
-        const t = (((r * kvHeads + h) * this.capacity + p) * headDim) * e;
-        const kOff = recBase + h * headRun;
-        const vOff = recBase + this.headBytes + h * headRun;
-        if (toRecords) {
-          rec.set(kb.subarray(t, t + headRun), kOff);
-          rec.set(vb.subarray(t, t + headRun), vOff);
-        } else {
-          kb.set(rec.subarray(kOff, kOff + headRun), t);
-          vb.set(rec.subarray(vOff, vOff + headRun), t);
-        }
-      }
+    const headRun = this.rowLength * this.elem;
+    const recordsAt = d * this.capacity * this.recordBytes + from * this.recordBytes;
+    // (head, position): in the tensors [.., heads, capacity, headDim]; in the records [position][K heads | V heads].
+    const tensorRuns = { offset: (r * kvHeads * this.capacity + from) * headRun, strides: [this.capacity * headRun, headRun] as const };
+    for (const [tensor, half] of [[s.k, 0], [s.v, this.headBytes]] as const) {
+      const records = { offset: recordsAt + half, strides: [headRun, this.recordBytes] as const };
+      const [dst, src] = toRecords ? [records, tensorRuns] : [tensorRuns, records];
+      copyStrided(toRecords ? s.records : tensor.bytes, toRecords ? tensor.bytes : s.records, {
+        run: headRun, counts: [kvHeads, to - from],
+        dstOffset: dst.offset, dstStrides: dst.strides, srcOffset: src.offset, srcStrides: src.strides,
+      });
     }
   }
 }

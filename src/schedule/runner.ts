@@ -187,8 +187,9 @@ export class BlockRunner {
       this.pendingWeights = null;
       if (overlap) {
         // Prefetch the next unit's weights (the next token's first unit after the last one).
-        if (u + 1 < units.length) this.pendingWeights = this.loadWeights(units[u + 1]!);
-        else if (!lastToken) this.pendingWeights = this.loadWeights(units[0]!);
+        // In the background: the next batch's cache and activations are needed sooner.
+        if (u + 1 < units.length) this.pendingWeights = this.loadWeights(units[u + 1]!, true);
+        else if (!lastToken) this.pendingWeights = this.loadWeights(units[0]!, true);
       }
       for (let bi = 0; bi < batches.length; bi++) {
         const k = batches[bi]!;
@@ -233,9 +234,9 @@ export class BlockRunner {
     if (u === this.units.length - 1) logits[k] = t.head(step.decode ? x : t.lastTokens(x, step));
   }
 
-  private loadWeights(unit: Unit): Promise<Partial<AttentionWeights & MlpWeights>> {
+  private loadWeights(unit: Unit, background = false): Promise<Partial<AttentionWeights & MlpWeights>> {
     const slot = this.unitCounter++ % 2;
-    return this.weights.load(unit.layer, unit.part, this.weightSlots[slot] ?? null);
+    return this.weights.load(unit.layer, unit.part, this.weightSlots[slot] ?? null, background);
   }
 
   private async timed<T>(p: Promise<T>): Promise<T> {

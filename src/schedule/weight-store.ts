@@ -10,7 +10,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Backend, ComputeMode, PackedWeight } from '../backend/index.js';
+import type { AnyWeight, Backend, ComputeMode, PackedWeight } from '../backend/index.js';
 import type { Shares } from '../policy/policy.js';
 import type { LayerSlot } from '../models/architecture.js';
 import type { ModelConfig } from '../models/config.js';
@@ -36,6 +36,10 @@ interface Matrix {
   split: ItemSplit;
   /** The resident prefix (device + RAM shares), or the whole tensor when nothing is on disk. */
   resident: Uint8Array | null;
+  /** Rows in the resident prefix of a tensor cut between RAM and disk at a packed row block
+   *  (multiplied in two pieces); null when the cut falls inside a block and the prefix is copied
+   *  into the staging slot instead. */
+  residentRows: number | null;
 }
 
 interface Layer {
@@ -88,7 +92,8 @@ export interface LayerSource {
   readonly stats: WeightStoreStats;
   readonly onDisk: boolean;
   slotBytes(part: LayerPart): number;
-  load(j: number, part: LayerPart, slot: Uint8Array | null): Promise<Partial<AttentionWeights & MlpWeights>>;
+  /** background: a prefetch with time to spare, read behind every urgent transfer. */
+  load(j: number, part: LayerPart, slot: Uint8Array | null, background?: boolean): Promise<Partial<AttentionWeights & MlpWeights>>;
   close(): Promise<void>;
 }
 
@@ -101,7 +106,7 @@ export class ResidentLayers implements LayerSource {
   constructor(loader: WeightLoader, config: ModelConfig) {
     this.layers = Array.from({ length: config.layers }, (_, j) => loader.layer(j));
     for (const l of this.layers) {
-      for (const lin of [l.q, l.k, l.v, l.o, l.gate, l.up, l.down]) if (lin) this.stats.ramBytes += lin.w.data.byteLength;
+      for (const lin of [l.q, l.k, l.v, l.o, l.gate, l.up, l.down]) if (lin && 'data' in lin.w) this.stats.ramBytes += lin.w.data.byteLength;
     }
   }
 
@@ -163,7 +168,7 @@ export class WeightStore implements LayerSource {
       for (let i = 0; i < mine.length; i++) {
         const e = mine[i]!;
         const meta = metas[i]!;
-        const split = splits[i]!;
+        const { split, residentRows } = cutAtRowBlock(backend, meta, splits[i]!);
         const keep = split.device + split.ram;
         let resident: Uint8Array | null = null;
         if (keep > 0) {
@@ -174,7 +179,7 @@ export class WeightStore implements LayerSource {
         }
         matrices.push({
           slot: e.slot, part: e.part, name: e.name, format: meta.format, n: meta.n, k: meta.k, bytes: meta.bytes,
-          fileOffset: meta.offset, bias: e.bias ? loader.readBias(e.name, e.slot) : null, split, resident,
+          fileOffset: meta.offset, bias: e.bias ? loader.readBias(e.name, e.slot) : null, split, resident, residentRows,
         });
       }
       layers.push({ matrices, norms: loader.norms(j) });
@@ -207,7 +212,7 @@ export class WeightStore implements LayerSource {
    * Makes layer j's part ready for compute: resident tensors are used where they are; the others
    * are assembled in `slot` (at least slotBytes(part) bytes, 4096-aligned) from disk.
    */
-  async load(j: number, part: LayerPart, slot: Uint8Array | null): Promise<Partial<AttentionWeights & MlpWeights>> {
+  async load(j: number, part: LayerPart, slot: Uint8Array | null, background = false): Promise<Partial<AttentionWeights & MlpWeights>> {
     const layer = this.layers[j]!;
     const out: Record<string, unknown> = {};
     const reads: Promise<void>[] = [];
@@ -215,21 +220,31 @@ export class WeightStore implements LayerSource {
     let offset = 0;
     for (const m of layer.matrices) {
       if (part !== 'all' && m.part !== part) continue;
-      let data: Uint8Array;
+      const name = `${m.name}.weight`;
+      let w: AnyWeight;
       if (m.split.disk === 0) {
-        data = m.resident!;
+        w = this.backend.packedWeight(m.format, this.mode, m.n, m.k, m.resident!, name);
       } else {
         if (!slot || !this.file) throw new Error(`layer ${j}: weights on disk need a staging slot`);
-        data = slot.subarray(offset, offset + m.bytes);
+        const data = slot.subarray(offset, offset + m.bytes);
         const keep = m.split.device + m.split.ram;
         const from = alignDown(keep);
         const dst = slot.subarray(offset + from, offset + alignUp(m.bytes));
-        reads.push(this.file.read(dst, m.fileOffset + from));
+        reads.push(this.file.read(dst, m.fileOffset + from, { background }));
         this.stats.bytesRead += dst.byteLength;
-        if (keep > 0) fixups.push(() => data.set(m.resident!.subarray(0, keep)));
+        if (m.residentRows) {
+          const rows = m.residentRows;
+          w = this.backend.rowSplitWeight([
+            this.backend.packedWeight(m.format, this.mode, rows, m.k, m.resident!, name),
+            this.backend.packedWeight(m.format, this.mode, m.n - rows, m.k, data.subarray(keep), name),
+          ], name);
+        } else {
+          if (keep > 0) fixups.push(() => data.set(m.resident!.subarray(0, keep)));
+          w = this.backend.packedWeight(m.format, this.mode, m.n, m.k, data, name);
+        }
         offset += alignUp(m.bytes);
       }
-      const linear: Linear = { w: this.backend.packedWeight(m.format, this.mode, m.n, m.k, data, `${m.name}.weight`), b: m.bias };
+      const linear: Linear = { w, b: m.bias };
       out[m.slot] = linear;
     }
     await Promise.all(reads);
@@ -245,6 +260,25 @@ export class WeightStore implements LayerSource {
   async close(): Promise<void> {
     await this.file?.close();
   }
+}
+
+/**
+ * Moves the cut of a tensor split between RAM and disk down to the backend's packed row block, so
+ * that its resident rows and its disk rows are each a packed weight of their own (no copy of the
+ * resident rows into the staging slot on every load). The cut moves by less than one block (32
+ * rows here), toward the disk, so the plan's RAM is never exceeded.
+ */
+function cutAtRowBlock(backend: Backend, meta: TensorMeta, split: ItemSplit): { split: ItemSplit; residentRows: number | null } {
+  const keep = split.device + split.ram;
+  const block = backend.packedRowBlock(meta.format);
+  if (keep === 0 || split.disk === 0 || block === null) return { split, residentRows: null };
+  const blockBytes = backend.packedByteLength(meta.format, block, meta.k);
+  const rows = Math.floor(keep / blockBytes) * block;
+  const kept = backend.packedByteLength(meta.format, rows, meta.k);
+  const moved = keep - kept;
+  const fromRam = Math.min(moved, split.ram);
+  const cut = { device: split.device - (moved - fromRam), ram: split.ram - fromRam, disk: split.disk + moved };
+  return { split: cut, residentRows: rows > 0 ? rows : null };
 }
 
 // ---- the packed file ------------------------------------------------------------------------

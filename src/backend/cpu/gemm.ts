@@ -33,6 +33,8 @@ export const gemmKernels: Partial<Kernels> = {
   packedByteLength(format, n, k) {
     return native().len(format, n, k);
   },
+  // Every format is packed in panels of 32 rows (native/kernels/gemm.h).
+  packedRowBlock: () => 32,
   packWeight(src, srcDtype, n, k, format, dst) {
     native().pack(src, srcDtype, n, k, format, dst);
   },

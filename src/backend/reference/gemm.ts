@@ -44,6 +44,8 @@ function matmul(x: Float32Array, m: number, k: number, w: Uint8Array, format: We
 
 export const gemmReference: Partial<Kernels> = {
   packedByteLength: referencePackedByteLength,
+  // Row-major elements; quantized weights keep all their scales after all their codes.
+  packedRowBlock: (format: WeightFormat) => (isQuantFormat(format) ? null : 1),
 
   packWeight(src: Float32Array | Uint16Array, srcDtype: FloatDType, n: number, k: number, format: WeightFormat, dst: Uint8Array): void {
     const len = n * k;

@@ -19,6 +19,15 @@ export interface OpenOptions {
   direct?: boolean;
 }
 
+export interface TransferOptions {
+  /**
+   * Queue behind every urgent transfer (default false): for prefetches that have time to spare,
+   * so that transfers needed sooner are not stuck behind them. The I/O threads take the next
+   * chunk (4 MiB) of an urgent transfer before any background chunk.
+   */
+  background?: boolean;
+}
+
 export interface IoStats {
   /** Cumulative bytes transferred since the process started. */
   bytesRead: number;
@@ -45,8 +54,8 @@ export interface IoError extends Error {
 
 type Open = (path: string, mode: OpenMode, direct: boolean) => { fd: number; direct: boolean };
 type FdFn<R> = (fd: number) => R;
-type Transfer = (fd: number, buf: ArrayBufferView, offset: number) => Promise<void>;
-type TransferV = (fd: number, bufs: ArrayBufferView[], offsets: number[]) => Promise<void>;
+type Transfer = (fd: number, buf: ArrayBufferView, offset: number, background: boolean) => Promise<void>;
+type TransferV = (fd: number, bufs: ArrayBufferView[], offsets: number[], background: boolean) => Promise<void>;
 
 interface Native {
   ioOpen: Open;
@@ -139,29 +148,29 @@ export class DirectFile {
   }
 
   /** Fills all of `dst` from the file at byte `offset`. Rejects with code 'EOF' if the file ends first. */
-  read(dst: ArrayBufferView, offset: number): Promise<void> {
+  read(dst: ArrayBufferView, offset: number, options: TransferOptions = {}): Promise<void> {
     this.check('read', dst, offset, 'dst');
-    return this.track(n().ioRead(this.fd, dst, offset));
+    return this.track(n().ioRead(this.fd, dst, offset, options.background === true));
   }
 
   /** Writes all of `src` at byte `offset`, growing the file as needed. */
-  write(src: ArrayBufferView, offset: number): Promise<void> {
+  write(src: ArrayBufferView, offset: number, options: TransferOptions = {}): Promise<void> {
     this.checkWritable('write');
     this.check('write', src, offset, 'src');
-    return this.track(n().ioWrite(this.fd, src, offset));
+    return this.track(n().ioWrite(this.fd, src, offset, options.background === true));
   }
 
   /** Reads several ranges (one per buffer) in one submission that settles once. */
-  readv(dsts: ArrayBufferView[], offsets: number[]): Promise<void> {
+  readv(dsts: ArrayBufferView[], offsets: number[], options: TransferOptions = {}): Promise<void> {
     this.checkBatch('readv', dsts, offsets);
-    return this.track(n().ioReadv(this.fd, dsts, offsets));
+    return this.track(n().ioReadv(this.fd, dsts, offsets, options.background === true));
   }
 
   /** Writes several ranges in one submission that settles once. */
-  writev(srcs: ArrayBufferView[], offsets: number[]): Promise<void> {
+  writev(srcs: ArrayBufferView[], offsets: number[], options: TransferOptions = {}): Promise<void> {
     this.checkWritable('writev');
     this.checkBatch('writev', srcs, offsets);
-    return this.track(n().ioWritev(this.fd, srcs, offsets));
+    return this.track(n().ioWritev(this.fd, srcs, offsets, options.background === true));
   }
 
   /** Sets the file's size (ftruncate). */
