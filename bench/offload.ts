@@ -4,7 +4,7 @@
 //   node --import tsx bench/offload.ts --case a   OPT-6.7B shape, --ram 8GiB, prompt 64, gen 32
 //   node --import tsx bench/offload.ts --case b   OPT-30B shape cut to 16 layers, --ram 6GiB
 //   node --import tsx bench/offload.ts --case c   (b) with the row-by-row schedule
-//   options: --gbs N --ngb N --percent WG WC CG CC HG HC --disk-dir DIR --json
+//   options: --gbs N --ngb N --percent WG WC CG CC HG HC --sep-layer true|false --disk-dir DIR --json
 import fs from 'node:fs';
 import path from 'node:path';
 import { runBench, dummyModel } from '../src/engine/bench.js';
@@ -42,21 +42,33 @@ let policy: Policy = { ...DEFAULT_POLICY, gpuBatchSize: gbs, numGpuBatches: ngb,
 const pct = args.indexOf('--percent');
 if (pct >= 0) policy = applyPercent(policy, args.slice(pct + 1, pct + 7).map(Number));
 else policy = applyPercent(policy, [0, Number(arg('--wc', '30')), 0, 100, 0, 100]);
+if (arg('--sep-layer')) policy = { ...policy, sepLayer: arg('--sep-layer') === 'true' };
 
-/** GEMM rate (FLOP/s) at M rows on a [4h, h] f16 weight, fp32 mode. */
+/**
+ * GEMM rate (FLOP/s) of one layer's weights at M rows: every weight shape of the layer ([h, h] ×
+ * 4, [ffn, h], [h, ffn]; f16, fp32 mode) timed on its own, FLOPs over summed time. (An earlier
+ * version timed one [4h, h] weight at ≤ 1024 rows, which underestimated the wide layers.)
+ */
 function gemmRate(m: number): number {
   const b = cpuBackend();
   const h = config.hidden;
-  const w = b.packWeight(new Tensor('f16', [4 * h, h], new Uint16Array(4 * h * h).fill(0x2c00)), 'fp32');
-  const x = Tensor.f32([m, h]);
-  b.matmul(x, w);
-  const t0 = performance.now();
-  let reps = 0;
-  while (performance.now() - t0 < 1500) {
+  const shapes: [number, number, number][] = [[h, h, 4], [config.ffn, h, 1], [h, config.ffn, 1]];
+  let flops = 0;
+  let seconds = 0;
+  for (const [n, k, count] of shapes) {
+    const w = b.packWeight(new Tensor('f16', [n, k], new Uint16Array(n * k).fill(0x2c00)), 'fp32');
+    const x = Tensor.f32([m, k]);
     b.matmul(x, w);
-    reps++;
+    const t0 = performance.now();
+    let reps = 0;
+    while (performance.now() - t0 < 700 || reps < 2) {
+      b.matmul(x, w);
+      reps++;
+    }
+    seconds += (count * (performance.now() - t0)) / 1000 / reps;
+    flops += count * 2 * m * n * k;
   }
-  return (2 * m * 4 * h * h * reps) / ((performance.now() - t0) / 1000);
+  return flops / seconds;
 }
 
 /** Cold O_DIRECT read bandwidth of the packed weights file (bytes/s), 16 MiB blocks, 4 in flight. */
@@ -81,7 +93,7 @@ const layerParams = config.layers * (4 * config.hidden * config.hidden + 2 * con
 const headParams = config.vocabSize * config.embedDim;
 const flopsPrefill = 2 * batch * spec.promptLen * layerParams + 2 * batch * headParams;
 const flopsDecode = 2 * batch * (spec.genLen - 1) * (layerParams + headParams);
-const ratePrefill = gemmRate(Math.min(gbs * spec.promptLen, 1024));
+const ratePrefill = gemmRate(gbs * spec.promptLen);
 const rateDecode = gemmRate(gbs);
 // Disk bytes per phase: the prefill step reads the disk-resident weights once; decode reads them
 // once per step (zig-zag) plus the cache; the row schedule reads them once per batch and step.
@@ -93,7 +105,7 @@ const rooflineDecode = Math.max(diskDecode / bw, flopsDecode / rateDecode);
 const rooflineTotal = (batch * spec.genLen) / (rooflinePrefill + rooflineDecode);
 const row = {
   bench: 'offload', case: kase, config: spec.config, layers: spec.layers ?? config.layers, ram: spec.ram, schedule: spec.schedule,
-  gbs, ngb, percent: [policy.wGpuPercent, policy.wCpuPercent, policy.cacheGpuPercent, policy.cacheCpuPercent, policy.actGpuPercent, policy.actCpuPercent],
+  gbs, ngb, sepLayer: policy.sepLayer, percent: [policy.wGpuPercent, policy.wCpuPercent, policy.cacheGpuPercent, policy.cacheCpuPercent, policy.actGpuPercent, policy.actCpuPercent],
   promptLen: spec.promptLen, genLen: spec.genLen, threads: getThreads(),
   prefillTokS: r.prefillTokensPerSecond, decodeTokS: r.decodeTokensPerSecond, totalTokS: r.totalTokensPerSecond,
   peakRssGiB: r.peakRssBytes / 2 ** 30, weightsRamGiB: r.placement.weightsRam / 2 ** 30, weightsDiskGiB: r.placement.weightsDisk / 2 ** 30,

@@ -4,7 +4,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { planPolicy } from '../src/engine/plan.js';
+import { planPolicy, predictPolicy } from '../src/engine/plan.js';
+import { type UnitCost, ioTime, layerCosts, predict } from '../src/policy/cost-model.js';
+import type { ModelConfig } from '../src/models/config.js';
 import { loadProfile } from '../src/policy/profile.js';
 import { policyFromJson } from '../src/policy/policy.js';
 import { cli } from './helpers/cli.js';
@@ -49,6 +51,39 @@ describe('policy search', () => {
   it('fixed block shapes are honoured', async () => {
     const plan = await planPolicy({ config: 'opt-6.7b', promptLen: 64, genLen: 32, limits: { ram: 8 * GiB }, disk: true, profile, shapes: [[4, 2]] });
     expect([plan.policy.gpuBatchSize, plan.policy.numGpuBatches]).toEqual([4, 2]);
+  });
+});
+
+describe('cost model', () => {
+  const config = { layers: 4, hidden: 1024, heads: 16, kvHeads: 16, headDim: 64, ffn: 4096, gatedMlp: false, vocabSize: 1000, embedDim: 1024 } as ModelConfig;
+  const rates = { gemm: () => 100e9, attentionDecode: 20e9, attentionPrefill: 100e9, diskRead: 1e9, diskWrite: 1e9 };
+  const w = { promptLen: 32, genLen: 9, gpuBatchSize: 8, numGpuBatches: 2, cacheElem: 2, overlap: true };
+  const bytes = { attn: 8 << 20, mlp: 16 << 20 };
+
+  it('a layer in two units takes the sum of each unit\'s larger term; in RAM the split changes nothing', () => {
+    const whole = layerCosts(config, bytes, { ...w, sepLayer: false }, rates);
+    const sep = layerCosts(config, bytes, { ...w, sepLayer: true }, rates);
+    expect(whole.decodeUnits).toHaveLength(1);
+    expect(sep.decodeUnits).toHaveLength(2);
+    const inRam = { wd: 0, cd: 0, hd: 0 };
+    expect(predict(config, sep, w, inRam).decodeSeconds).toBeCloseTo(predict(config, whole, w, inRam).decodeSeconds, 9);
+    // All weights on disk: the MLP weights (16 MiB, 16.8 ms) load under the attention unit's
+    // short compute, so the split layer is slower than max(compute, I/O) of the whole layer.
+    const onDisk = { wd: 1, cd: 0, hd: 0 };
+    const [a, m] = sep.decodeUnits as [UnitCost, UnitCost];
+    const want = Math.max(a.compute, ioTime(a.io, onDisk)) + Math.max(m.compute, ioTime(m.io, onDisk));
+    expect(want).toBeGreaterThan(Math.max(whole.decodeCompute, ioTime(whole.decodeIo, onDisk)));
+    const p = predict(config, sep, { ...w, sepLayer: true }, onDisk);
+    expect(p.decodeSeconds).toBeCloseTo((w.genLen - 1) * (config.layers * want + sep.headCompute), 9);
+    // The LM head is part of every step: 2 · 16 rows · 1000 · 1024 FLOPs at 100 GFLOP/s.
+    expect(sep.headCompute).toBeCloseTo((2 * 16 * 1000 * 1024) / 100e9, 12);
+  });
+
+  it('the search weighs both unit sizes: whole layers where their larger staging fits and pays', async () => {
+    const plan = await planPolicy({ config: 'opt-6.7b', promptLen: 64, genLen: 32, limits: { ram: 8 * GiB }, disk: true, profile, shapes: [[16, 4]] });
+    const other = predictPolicy({ config: 'opt-6.7b', promptLen: 64, genLen: 32, limits: { ram: 8 * GiB }, disk: true, profile },
+      { ...plan.policy, sepLayer: !plan.policy.sepLayer });
+    expect(plan.prediction.totalTokensPerSecond).toBeGreaterThanOrEqual(other.totalTokensPerSecond * 0.999);
   });
 });
 

@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import { type PlanResult, planPolicy } from '../engine/plan.js';
 import { ensureProfile } from '../policy/profile.js';
+import { blockShapes } from '../policy/search.js';
 import { policyToJson } from '../policy/policy.js';
 import { formatSize } from '../tensor/tiers/size.js';
 import { UserError } from '../util/errors.js';
@@ -24,6 +25,8 @@ interface PlanFlags {
   json?: boolean;
   compressWeight?: boolean;
   compressCache?: boolean;
+  gpuBatchSize?: number;
+  numGpuBatches?: number;
 }
 
 export function addPlanCommand(program: Command): void {
@@ -43,6 +46,8 @@ export function addPlanCommand(program: Command): void {
     .option('--cache-dtype <d>', 'KV cache element type', oneOf('--cache-dtype', ['f32', 'f16'] as const), 'f16')
     .option('--compress-weight', 'plan with 4-bit layer weights')
     .option('--compress-cache', 'plan with a 4-bit KV cache')
+    .option('--gpu-batch-size <n>', 'fix the sequences per batch (the search still places the data)', int('--gpu-batch-size', 1))
+    .option('--num-gpu-batches <n>', 'fix the batches per block', int('--num-gpu-batches', 1))
     .option('--profile <file>', 'hardware profile (default: the saved one, measured quickly if missing)')
     .option('--json', 'print the policy as `--policy FILE` reads it, with the predictions beside it')
     .action(async (o: PlanFlags) => {
@@ -51,6 +56,7 @@ export function addPlanCommand(program: Command): void {
       const plan = await planPolicy({
         model: o.model, config: o.config, layers: o.layers, promptLen: o.promptLen, genLen: o.genLen, precision: o.precision,
         cacheDtype: o.compressCache ? 'q4' : o.cacheDtype, compressWeight: o.compressWeight === true, limits: { ram: o.ram, device: o.deviceMem, disk: o.disk }, disk: o.diskDir !== undefined || o.disk !== undefined, profile,
+        shapes: o.gpuBatchSize === undefined && o.numGpuBatches === undefined ? undefined : blockShapes(o.gpuBatchSize, o.numGpuBatches),
       });
       if (o.compressCache) plan.policy.compressCache = true;
       process.stdout.write(o.json ? JSON.stringify(planJson(plan)) + '\n' : report(plan));

@@ -10,7 +10,7 @@ import { PRESETS } from '../models/presets.js';
 import { ConfigReader } from '../models/config.js';
 import { architectureFor } from '../models/registry.js';
 import { type ModelSizes, sizesFromConfig } from '../models/weights.js';
-import { type Prediction, type Rates, type Workload, layerCosts, predict } from '../policy/cost-model.js';
+import { type PartBytes, type Prediction, type Rates, type Workload, layerCosts, predict } from '../policy/cost-model.js';
 import { type Policy, shares } from '../policy/policy.js';
 import type { Limits } from '../policy/memory.js';
 import { type HardwareProfile, attentionDecodeRate, attentionPrefillRate, diskReadRate, diskWriteRate, gemmRate } from '../policy/profile.js';
@@ -85,12 +85,17 @@ export function predictPolicy(r: PlanRequest, policy: Policy): Prediction {
   const { config, sizes, dtype } = modelSizes({ ...r, compressWeight: policy.compressWeight }, mode);
   const w: Workload = {
     promptLen: r.promptLen, genLen: r.genLen, gpuBatchSize: policy.gpuBatchSize, numGpuBatches: policy.numGpuBatches,
-    cacheElem: cacheBytesPerElement(cacheDtype, config.headDim), overlap: policy.overlap, attnSparsity: policy.attnSparsity,
+    cacheElem: cacheBytesPerElement(cacheDtype, config.headDim), overlap: policy.overlap, sepLayer: policy.sepLayer, attnSparsity: policy.attnSparsity,
   };
-  const layerBytes = Math.max(...sizes.layers.map((l) => l.reduce((n, m) => n + m.bytes, 0)));
-  const costs = layerCosts(config, layerBytes, w, ratesFrom(r.profile, dtype, mode, cacheDtype, policy.compressWeight));
+  const costs = layerCosts(config, partBytes(sizes.layers), w, ratesFrom(r.profile, dtype, mode, cacheDtype, policy.compressWeight));
   const s = (what: 'weights' | 'cache' | 'activations') => shares(policy, what).disk;
   return predict(config, costs, w, { wd: s('weights'), cd: s('cache'), hd: s('activations') });
+}
+
+/** The largest layer's attention and MLP weight bytes. */
+function partBytes(layers: { part: 'attn' | 'mlp'; bytes: number }[][]): PartBytes {
+  const sum = (l: { part: string; bytes: number }[], p: string) => l.filter((m) => m.part === p).reduce((n, m) => n + m.bytes, 0);
+  return { attn: Math.max(...layers.map((l) => sum(l, 'attn'))), mlp: Math.max(...layers.map((l) => sum(l, 'mlp'))) };
 }
 
 const PLAN_RAM_SHARE = 0.95;
@@ -109,10 +114,15 @@ export async function planPolicy(r: PlanRequest): Promise<PlanResult> {
   const limits: Limits = { ...r.limits, ram: r.limits.ram ?? assumedRam! };
   if (!r.disk) limits.disk = 0;
   const layerBytes = sizes.layers.map((l) => l.reduce((n, m) => n + m.bytes, 0));
-  const unitBytes = Math.max(...sizes.layers.flatMap((l) => ['attn', 'mlp'].map((p) => l.filter((m) => m.part === p).reduce((n, m) => n + Math.ceil(m.bytes / 4096) * 4096, 0))));
+  // Staging slots hold whole tensors, each 4096-aligned.
+  const aligned = (ms: { bytes: number }[]) => ms.reduce((n, m) => n + Math.ceil(m.bytes / 4096) * 4096, 0);
+  const unitBytes = {
+    sep: Math.max(...sizes.layers.flatMap((l) => ['attn', 'mlp'].map((p) => aligned(l.filter((m) => m.part === p))))),
+    whole: Math.max(...sizes.layers.map(aligned)),
+  };
   const t0 = performance.now();
   const plan = await searchPolicy({
-    config, layerBytes, unitBytes, globalBytes: sizes.globalBytes, promptLen: r.promptLen, genLen: r.genLen,
+    config, layerBytes, partBytes: partBytes(sizes.layers), unitBytes, globalBytes: sizes.globalBytes, promptLen: r.promptLen, genLen: r.genLen,
     cacheElem: cacheBytesPerElement(cacheDtype, config.headDim), attnSparsity: r.attnSparsity, limits, rates: ratesFrom(r.profile, dtype, mode, cacheDtype, r.compressWeight), shapes: r.shapes, ramShare: PLAN_RAM_SHARE,
   });
   if (r.compressWeight) plan.policy.compressWeight = true;

@@ -12,7 +12,7 @@ import highsModule, { type LegacyHighs } from 'highs';
 import type { ModelConfig } from '../models/config.js';
 import { formatSize } from '../tensor/tiers/size.js';
 import { UserError } from '../util/errors.js';
-import { type LayerCosts, type Placement, type Prediction, type Rates, type Workload, layerCosts, predict } from './cost-model.js';
+import { type LayerCosts, type LinearTime, type PartBytes, type Placement, type Prediction, type Rates, type UnitCost, type Workload, layerCosts, predict } from './cost-model.js';
 import { type Limits, type MemoryItem, blockItems, weightItems } from './memory.js';
 import { DEFAULT_POLICY, type Policy } from './policy.js';
 
@@ -20,8 +20,10 @@ export interface SearchInput {
   config: ModelConfig;
   /** Packed bytes of each layer's weights. */
   layerBytes: number[];
-  /** Largest staging load (one unit's weights, whole). */
-  unitBytes: number;
+  /** The largest layer's attention and MLP bytes. */
+  partBytes: PartBytes;
+  /** Largest staging load, whole: one part of a layer (sepLayer) or one layer. */
+  unitBytes: { sep: number; whole: number };
   /** Embeddings, LM head, norms: always in RAM. */
   globalBytes: number;
   promptLen: number;
@@ -48,10 +50,12 @@ const GIB = 2 ** 30;
 const loadHighs = ((highsModule as unknown as { default?: unknown }).default ?? highsModule) as unknown as () => Promise<LegacyHighs>;
 let highsPromise: Promise<LegacyHighs> | null = null;
 
-function defaultShapes(): [number, number][] {
-  const out: [number, number][] = [];
-  for (const gbs of [1, 2, 4, 8, 12, 16, 24, 32, 48, 64]) for (const ngb of [1, 2, 4, 8, 16, 32]) out.push([gbs, ngb]);
-  return out;
+const BATCH_SIZES = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64];
+const BATCH_COUNTS = [1, 2, 4, 8, 16, 32];
+
+/** The block shapes searched: every pair, or only those with the batch size and/or count a user fixed. */
+export function blockShapes(gbs?: number, ngb?: number): [number, number][] {
+  return (gbs !== undefined ? [gbs] : BATCH_SIZES).flatMap((g) => (ngb !== undefined ? [ngb] : BATCH_COUNTS).map((n): [number, number] => [g, n]));
 }
 
 function num(x: number): string {
@@ -68,12 +72,12 @@ interface Variant {
 const VARIANTS: Variant[] = [false, true].flatMap((w) => [false, true].flatMap((c) => [false, true].map((h) => ({ w, c, h }))));
 
 /** Memory (RAM bytes) as constant + coefficients × disk fractions, for one shape and variant. */
-function ramModel(input: SearchInput, gbs: number, ngb: number, v: Variant) {
+function ramModel(input: SearchInput, gbs: number, ngb: number, sepLayer: boolean, v: Variant) {
   const c = input.config;
   const probe = (p: Partial<Policy>) => {
-    const policy = { ...DEFAULT_POLICY, gpuBatchSize: gbs, numGpuBatches: ngb, ...p };
+    const policy = { ...DEFAULT_POLICY, gpuBatchSize: gbs, numGpuBatches: ngb, sepLayer, ...p };
     return [
-      ...weightItems({ layerBytes: input.layerBytes, slotBytes: input.unitBytes, globalBytes: input.globalBytes }, policy, v.w),
+      ...weightItems({ layerBytes: input.layerBytes, slotBytes: sepLayer ? input.unitBytes.sep : input.unitBytes.whole, globalBytes: input.globalBytes }, policy, v.w),
       ...blockItems(c, policy, { rows: gbs, batches: ngb, maxTokens: Math.max(gbs * input.promptLen, gbs), capacity: input.promptLen + input.genLen, cacheBytesPerElement: input.cacheElem }),
     ];
   };
@@ -95,19 +99,23 @@ function lp(costs: LayerCosts, w: Workload, layers: number, ram: { W: number; C:
   // A tiny cost per byte-share on disk breaks ties towards RAM: when compute bounds a phase,
   // moving data to disk gains nothing and only adds traffic.
   const eps = 1e-6 * (layers * (costs.prefillCompute + (w.genLen - 1) * costs.decodeCompute) + 1e-9);
-  const lines = ['Minimize', ` obj: ${num(layers)} tp + ${num(layers * (w.genLen - 1))} tg + ${num(eps)} wd + ${num(eps)} cd + ${num(eps)} hd`, 'Subject To'];
-  const io = (t: LayerCosts['prefillIo']) => `${num(t.wd)} wd + ${num(t.cd)} cd + ${num(t.hd)} hd`;
-  if (w.overlap) {
-    lines.push(` pio: tp - ${io(costs.prefillIo)} >= 0`, ` pcomp: tp >= ${num(costs.prefillCompute)}`);
-    lines.push(` dio: tg - ${io(costs.decodeIo)} >= 0`, ` dcomp: tg >= ${num(costs.decodeCompute)}`);
-  } else {
-    lines.push(` pio: tp - ${io(costs.prefillIo)} >= ${num(costs.prefillCompute)}`);
-    lines.push(` dio: tg - ${io(costs.decodeIo)} >= ${num(costs.decodeCompute)}`);
+  // One time variable per unit and phase: tp0, tp1 (prefill), tg0, tg1 (decode).
+  const phases: [string, UnitCost[], number][] = [['tp', costs.prefillUnits, layers], ['tg', costs.decodeUnits, layers * (w.genLen - 1)]];
+  const vars = phases.flatMap(([name, units, weight]) => units.map((_, i) => ({ name: `${name}${i}`, weight })));
+  const objective = vars.map((x) => `${num(x.weight)} ${x.name}`).join(' + ');
+  const lines = ['Minimize', ` obj: ${objective} + ${num(eps)} wd + ${num(eps)} cd + ${num(eps)} hd`, 'Subject To'];
+  const io = (t: LinearTime) => `${num(t.wd)} wd + ${num(t.cd)} cd + ${num(t.hd)} hd`;
+  for (const [name, units] of phases) {
+    units.forEach((u, i) => {
+      const t = `${name}${i}`;
+      if (w.overlap) lines.push(` ${t}io: ${t} - ${io(u.io)} >= 0`, ` ${t}comp: ${t} >= ${num(u.compute)}`);
+      else lines.push(` ${t}io: ${t} - ${io(u.io)} >= ${num(u.compute)}`);
+    });
   }
   // RAM: (1-wd)·W + (1-cd)·C + (1-hd)·A + fixed <= cap   (in GiB for conditioning)
   const rhs = (ramCap - ram.fixed - ram.W - ram.C - ram.A) / GIB;
   lines.push(` ram: - ${num(ram.W / GIB)} wd - ${num(ram.C / GIB)} cd - ${num(ram.A / GIB)} hd <= ${num(rhs)}`);
-  lines.push('Bounds', ` 0 <= wd <= ${v.w ? 1 : 0}`, ` 0 <= cd <= ${v.c ? 1 : 0}`, ` 0 <= hd <= ${v.h ? 1 : 0}`, ' tp >= 0', ' tg >= 0', 'End');
+  lines.push('Bounds', ` 0 <= wd <= ${v.w ? 1 : 0}`, ` 0 <= cd <= ${v.c ? 1 : 0}`, ` 0 <= hd <= ${v.h ? 1 : 0}`, ...vars.map((x) => ` ${x.name} >= 0`), 'End');
   return lines.join('\n');
 }
 
@@ -118,15 +126,17 @@ export async function searchPolicy(input: SearchInput): Promise<Plan> {
   const share = input.ramShare ?? 1;
   const ramLimit = input.limits.ram ?? Infinity;
   const ramCap = ramLimit * share;
-  const layerBytes = Math.max(...input.layerBytes);
   let best: Plan | null = null;
   let smallestRam = Infinity;
-  for (const [gbs, ngb] of input.shapes ?? defaultShapes()) {
-    const w: Workload = { promptLen: input.promptLen, genLen: input.genLen, gpuBatchSize: gbs, numGpuBatches: ngb, cacheElem: input.cacheElem, overlap: true, attnSparsity: input.attnSparsity };
-    const costs = layerCosts(c, layerBytes, w, input.rates);
+  const shapes = (input.shapes ?? blockShapes()).flatMap(([gbs, ngb]) => [true, false].map((sep) => [gbs, ngb, sep] as const));
+  for (const [gbs, ngb, sepLayer] of shapes) {
+    const w: Workload = { promptLen: input.promptLen, genLen: input.genLen, gpuBatchSize: gbs, numGpuBatches: ngb, cacheElem: input.cacheElem, overlap: true, sepLayer, attnSparsity: input.attnSparsity };
+    const costs = layerCosts(c, input.partBytes, w, input.rates);
     for (const v of VARIANTS) {
       if (input.limits.disk === 0 && (v.w || v.c || v.h)) continue;
-      const ram = ramModel(input, gbs, ngb, v);
+      // Without weights on disk there is no staging, and units only matter for I/O: plan those once.
+      if (!sepLayer && !v.w) continue;
+      const ram = ramModel(input, gbs, ngb, sepLayer, v);
       const minRam = ram.fixed + (v.w ? 0 : ram.W) + (v.c ? 0 : ram.C) + (v.h ? 0 : ram.A);
       smallestRam = Math.min(smallestRam, minRam);
       if (minRam > ramCap) continue;
@@ -143,7 +153,7 @@ export async function searchPolicy(input: SearchInput): Promise<Plan> {
       } else if (ram.fixed + ram.W + ram.C + ram.A > ramCap) {
         continue;
       }
-      const policy = toPolicy(gbs, ngb, x);
+      const policy = toPolicy(gbs, ngb, sepLayer, x);
       const prediction = predict(c, costs, w, { wd: 1 - policy.wCpuPercent / 100, cd: 1 - policy.cacheCpuPercent / 100, hd: 1 - policy.actCpuPercent / 100 });
       const items = ram.items(policy);
       const used = { ram: items.reduce((n, i) => n + i.ram, 0), disk: items.reduce((n, i) => n + i.disk, 0), device: 0 };
@@ -170,12 +180,13 @@ export async function searchPolicy(input: SearchInput): Promise<Plan> {
 }
 
 /** Fractions on disk → a Policy in percents (rounded down to 0.01% of RAM so limits hold). */
-function toPolicy(gbs: number, ngb: number, x: Placement): Policy {
+function toPolicy(gbs: number, ngb: number, sepLayer: boolean, x: Placement): Policy {
   const pct = (diskFraction: number) => Math.floor((1 - diskFraction) * 10000 + 1e-6) / 100;
   return {
     ...DEFAULT_POLICY,
     gpuBatchSize: gbs,
     numGpuBatches: ngb,
+    sepLayer,
     wGpuPercent: 0,
     wCpuPercent: pct(x.wd),
     cacheGpuPercent: 0,
