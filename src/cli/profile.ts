@@ -56,7 +56,7 @@ export function formatProfile(p: HardwareProfile): string {
   out.push(`memory copy (${formatSize(p.memory.bytes)}): ${g(p.memory.copyBytesPerSecond)} GB/s`);
   const d = p.disk;
   out.push(`disk ${d.dir} (${d.direct ? 'O_DIRECT' : 'buffered, cache dropped'}, ${formatSize(d.fileBytes)} in ${formatSize(d.blockBytes)} blocks, ${d.inflight} in flight):`);
-  out.push(`  read ${g(d.readBytesPerSecond)} GB/s (cold), write ${g(d.writeBytesPerSecond)} GB/s (with fsync)`);
+  out.push(`  read ${g(d.readBytesPerSecond)} GB/s (best of two passes), write ${g(d.writeBytesPerSecond)} GB/s (with fsync)`);
   out.push(p.gpu ? `gpu ${p.gpu.name}` : 'gpu      none measured');
   out.push('');
   return out.join('\n');
