@@ -155,6 +155,20 @@ describe('weights cut by rows (RowSplitWeight)', () => {
     }
   });
 
+  it('products wider than one output chunk (4 Mi elements) are computed in row chunks, still exact', () => {
+    const [m, k, n] = [70, 3, 65600];
+    const x = randomF32([m, k], seed++);
+    const bias = randomF32([n], seed++);
+    const whole = cpu.packWeight(randomFloat('f16', [n, k], seed++), 'fp32');
+    const rows = 32 * 1000;
+    const cut = cpu.packedByteLength(whole.format, rows, k);
+    const split = cpu.rowSplitWeight([
+      cpu.packedWeight(whole.format, 'fp32', rows, k, whole.data.subarray(0, cut)),
+      cpu.packedWeight(whole.format, 'fp32', n - rows, k, whole.data.subarray(cut)),
+    ]);
+    expect(Buffer.compare(Buffer.from(cpu.matmul(x, split, bias).data.buffer), Buffer.from(cpu.matmul(x, whole, bias).data.buffer))).toBe(0);
+  });
+
   it('refuses pieces that do not fit together', () => {
     const a = cpu.packWeight(randomFloat('f32', [40, 8], seed++), 'fp32');
     const b = cpu.packWeight(randomFloat('f32', [32, 8], seed++), 'fp32');

@@ -44,6 +44,19 @@ export class RowSplitWeight {
 
 export type AnyWeight = PackedWeight | RowSplitWeight;
 
+/** Output elements one piece of a RowSplitWeight product may hold at once (16 MiB): prefill
+ *  multiplies thousands of rows, and a whole [rows, n] scratch for a wide MLP weight (470 MB at
+ *  4096 rows × 28672) broke a 6 GiB limit. Rows are independent, so chunking keeps results exact. */
+const PART_OUTPUT_ELEMENTS = 4 << 20;
+
+/** Row ranges [r0, r1) of at most PART_OUTPUT_ELEMENTS / n rows (at least one). */
+function rowChunks(m: number, n: number): [number, number][] {
+  const step = Math.max(1, Math.floor(PART_OUTPUT_ELEMENTS / n));
+  const out: [number, number][] = [];
+  for (let r0 = 0; r0 < m; r0 += step) out.push([r0, Math.min(m, r0 + step)]);
+  return out;
+}
+
 /** The format a weight of `dtype` is packed into for `mode`. */
 export function weightFormatFor(dtype: FloatDType, mode: ComputeMode): WeightFormat {
   return mode === 'bf16' ? 'bf16' : dtype;
@@ -177,9 +190,12 @@ export class Backend {
     }
     let col = 0;
     for (const p of w.parts) {
-      const part = this.partOutput(m, p.n);
-      this.kernels.matmul(x.data, m, p.k, p.data, p.format, p.n, bias?.data.subarray(col, col + p.n) ?? null, part, p.mode);
-      this.placeColumns(y.data, w.n, part, p.n, col, m);
+      const pb = bias?.data.subarray(col, col + p.n) ?? null;
+      for (const [r0, r1] of rowChunks(m, p.n)) {
+        const part = this.partOutput(r1 - r0, p.n);
+        this.kernels.matmul(x.data.subarray(r0 * p.k, r1 * p.k), r1 - r0, p.k, p.data, p.format, p.n, pb, part, p.mode);
+        this.placeColumns(y.data.subarray(r0 * w.n, r1 * w.n), w.n, part, p.n, col, r1 - r0);
+      }
       col += p.n;
     }
     return y;
@@ -193,9 +209,12 @@ export class Backend {
     }
     let col = 0;
     for (const p of w.parts) {
-      const part = new Float32Array(m * p.n);  // not the shared scratch: async calls may interleave
-      await this.kernels.matmulAsync(x.data, m, p.k, p.data, p.format, p.n, bias?.data.subarray(col, col + p.n) ?? null, part, p.mode);
-      this.placeColumns(y.data, w.n, part, p.n, col, m);
+      const pb = bias?.data.subarray(col, col + p.n) ?? null;
+      for (const [r0, r1] of rowChunks(m, p.n)) {
+        const part = new Float32Array((r1 - r0) * p.n);  // not the shared scratch: async calls may interleave
+        await this.kernels.matmulAsync(x.data.subarray(r0 * p.k, r1 * p.k), r1 - r0, p.k, p.data, p.format, p.n, pb, part, p.mode);
+        this.placeColumns(y.data.subarray(r0 * w.n, r1 * w.n), w.n, part, p.n, col, r1 - r0);
+      }
       col += p.n;
     }
     return y;
