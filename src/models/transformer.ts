@@ -114,11 +114,11 @@ export class Transformer {
   }
 
   /** Final norm, projection and LM head over rows of hidden states → logits [rows, vocab]. */
-  head(x: F32): F32 {
+  head(x: F32, out?: F32): F32 {
     let h = this.globals.finalNorm ? this.norm(x, this.globals.finalNorm, 'final') : x;
     if (this.globals.projectOut) h = this.linear(h, this.globals.projectOut, 'project_out');
-    // Logits get a fresh buffer: callers keep them while the next step runs.
-    return this.backend.matmul(h, this.globals.lmHead);
+    // Not the workspace: callers keep the logits of every batch until the step ends.
+    return this.backend.matmul(h, this.globals.lmHead, null, out);
   }
 
   private linear(x: F32, l: Linear, slot: string): F32 {

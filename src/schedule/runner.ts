@@ -77,6 +77,7 @@ export class BlockRunner {
   /** Units loaded so far; unit loads alternate between the two weight slots. */
   private unitCounter = 0;
   private pendingWeights: Promise<Partial<AttentionWeights & MlpWeights>> | null = null;
+  private readonly logitsOut: F32[] = [];
 
   constructor(
     private readonly transformer: Transformer,
@@ -231,7 +232,16 @@ export class BlockRunner {
     if (u === 0) t.embed(step, x);
     if (unit.part !== 'mlp') t.attentionBlock(w as AttentionWeights, x, { k: blk!.k.rows(0, rows), v: blk!.v.rows(0, rows) }, step);
     if (unit.part !== 'attn') t.mlpBlock(w as MlpWeights, x);
-    if (u === this.units.length - 1) logits[k] = t.head(step.decode ? x : t.lastTokens(x, step));
+    if (u === this.units.length - 1) {
+      // One logits buffer per batch, reused every step: a fresh one per step (13 MB at 64 rows of a
+      // 50k vocabulary) left hundreds of MB of garbage that pushed a 6 GiB run 0.3 GiB over its limit.
+      const last = rows;
+      let out = this.logitsOut[k];
+      if (!out || out.shape[0] !== last) out = this.logitsOut[k] = Tensor.zeros('f32', [last, t.config.vocabSize]);
+      t.head(step.decode ? x : t.lastTokens(x, step), out);
+      // A new view each step: sinks may cache what they derive from a logits object by identity.
+      logits[k] = new Tensor('f32', out.shape, out.data);
+    }
   }
 
   private loadWeights(unit: Unit, background = false): Promise<Partial<AttentionWeights & MlpWeights>> {
