@@ -19,7 +19,7 @@ describe('--ram is a hard limit', () => {
     const disk = tmpDir('disk');
     const ram = 64 * MiB;
     const r = cli(['bench', '--config', 'opt-offload-test', '--model-cache', modelCache, '--prompt-len', '32', '--gen-len', '4',
-      '--gpu-batch-size', '4', '--num-gpu-batches', '2', '--percent', '0', '5', '0', '50', '0', '100', '--ram', '64MiB', '--disk-dir', disk, '--json']);
+      '--gpu-batch-size', '4', '--num-gpu-batches', '2', '--percent', '0', '5', '0', '20', '0', '100', '--ram', '64MiB', '--disk-dir', disk, '--json']);
     expect(r.code, r.stderr).toBe(0);
     const res = JSON.parse(r.stdout.trim());
     const modelBytes = fs.statSync(path.join(res.model, 'model.safetensors')).size;
