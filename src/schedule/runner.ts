@@ -16,6 +16,8 @@
 // or activation staging slot is reused only after its store has finished (three slots rotate:
 // loading k+1, computing k, storing k-1). Without overlap each load is awaited just before its
 // compute and each store just after. Indices past an edge roll over to the next unit or token.
+// Weight prefetches are background transfers: the disk serves the next batch's cache and
+// activations (needed within one batch's compute) before the rest of the next unit's weights.
 //
 // The row-by-row schedule (Hugging Face Accelerate, DeepSpeed ZeRO-Inference) finishes one batch
 // before the next and loads every unit's weights again for every batch and token; it is kept for
