@@ -144,10 +144,10 @@ export class Generator {
         capacity,
         cacheDtype: p.cacheDtype,
       },
-      (k, r, logits) => {
+      (k, r, logits, at) => {
         const o = outs[k]![r]!;
         const vocab = logits.shape[1]!;
-        const row = logits.data.subarray(r * vocab, (r + 1) * vocab);
+        const row = logits.data.subarray(at * vocab, (at + 1) * vocab);
         const token = sample(row, p.sampling, rngs[k]![r]!);
         o.tokens.push(token);
         if (p.logprobs) {
@@ -155,7 +155,7 @@ export class Generator {
             logp = this.backend.logSoftmax(logits);
             logpFor = logits;
           }
-          o.logprobs.push(logp!.data[r * vocab + token]!);
+          o.logprobs.push(logp!.data[at * vocab + token]!);
         }
         const len = batches[k]![r]!.ids.length + o.tokens.length;
         if (stop.has(token)) o.finish = 'stop';

@@ -21,8 +21,11 @@ export interface Step {
   /** Position of each token in its sequence [t]. */
   positions: Int32Array;
   /** Prefill: sequence s is tokens seqStarts[s]..seqStarts[s+1]-1 in cache row s.
-   *  Decode: empty; token r belongs to cache row r. */
+   *  Decode: empty. */
   seqStarts: Int32Array;
+  /** The cache row of each sequence of the step, ascending: prefill 0..n-1; decode, the row of
+   *  token r (rows that have finished are left out). */
+  rows: Int32Array;
   decode: boolean;
 }
 
@@ -42,11 +45,27 @@ export function prefillStep(prompts: Int32Array[]): Step {
     ids.set(p, seqStarts[s]!);
     for (let i = 0; i < p.length; i++) positions[seqStarts[s]! + i] = i;
   });
-  return { ids, positions, seqStarts, decode: false };
+  return { ids, positions, seqStarts, rows: Int32Array.from(prompts.keys()), decode: false };
 }
 
-export function decodeStep(ids: Int32Array, positions: Int32Array): Step {
-  return { ids, positions, seqStarts: new Int32Array(0), decode: true };
+/** One new token per running sequence: token r at position positions[r] of cache row rows[r]
+ *  (every row of the block when rows is not given). */
+export function decodeStep(ids: Int32Array, positions: Int32Array, rows?: Int32Array): Step {
+  const cacheRows = rows ?? Int32Array.from(ids.keys());
+  if (cacheRows.length !== ids.length || positions.length !== ids.length) throw new RangeError('decode step: ids, positions and rows differ in length');
+  for (let r = 1; r < cacheRows.length; r++) if (!(cacheRows[r]! > cacheRows[r - 1]!)) throw new RangeError('decode step: rows must ascend');
+  return { ids, positions, seqStarts: new Int32Array(0), rows: cacheRows, decode: true };
+}
+
+/** Runs of consecutive cache rows in a decode step: [first token, end token, first cache row]. */
+function rowRuns(rows: Int32Array): [number, number, number][] {
+  const runs: [number, number, number][] = [];
+  for (let r = 0; r < rows.length; r++) {
+    const last = runs[runs.length - 1];
+    if (last && rows[r] === last[2] + (r - last[0])) last[1] = r + 1;
+    else runs.push([r, r + 1, rows[r]!]);
+  }
+  return runs;
 }
 
 export class Transformer {
@@ -148,11 +167,15 @@ export class Transformer {
     const out = this.ws.get('attn', [t, c.heads, c.headDim]);
     if (step.decode) {
       for (let r = 0; r < t; r++) {
-        b.cacheWrite(cache.k, k.rows(r, r + 1), r, step.positions[r]!);
-        b.cacheWrite(cache.v, v.rows(r, r + 1), r, step.positions[r]!);
+        b.cacheWrite(cache.k, k.rows(r, r + 1), step.rows[r]!, step.positions[r]!);
+        b.cacheWrite(cache.v, v.rows(r, r + 1), step.rows[r]!, step.positions[r]!);
       }
       const lens = new Tensor('i32', [t], step.positions.map((p) => p + 1));
-      b.attentionDecode(q, cache.k, cache.v, lens, this.scale, out, this.attnSparsity);
+      // One call per run of consecutive cache rows: all of them while no sequence has finished.
+      for (const [from, to, row] of rowRuns(step.rows)) {
+        const n = to - from;
+        b.attentionDecode(q.rows(from, to), cache.k.rows(row, row + n), cache.v.rows(row, row + n), lens.rows(from, to), this.scale, out.rows(from, to), this.attnSparsity);
+      }
     } else {
       for (let s = 0; s + 1 < step.seqStarts.length; s++) {
         const [from, to] = [step.seqStarts[s]!, step.seqStarts[s + 1]!];

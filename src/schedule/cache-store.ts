@@ -17,6 +17,7 @@ import { Tensor } from '../tensor/tensor.js';
 import type { BlockFile } from './block-file.js';
 import { alignedBytes } from './block-file.js';
 import { alignUp, splitRows } from './placement.js';
+import { settleAll } from './transfers.js';
 
 interface Block {
   /** Rows kept in RAM: the first ramRows of the block. */
@@ -98,9 +99,10 @@ export class CacheStore {
 
   /**
    * The cache block of (layer, batch) ready for compute. A block wholly in RAM is returned as it
-   * is; otherwise `staging` is filled with its RAM rows and the disk rows' filled positions.
+   * is; otherwise `staging` is filled with its RAM rows and, in decode, the filled positions of
+   * the disk rows that are still running (`running`, ascending; every row when not given).
    */
-  async load(layer: number, batch: number, staging: CacheStaging | null, decode: boolean): Promise<CacheBlock> {
+  async load(layer: number, batch: number, staging: CacheStaging | null, decode: boolean, running?: Int32Array): Promise<CacheBlock> {
     const b = this.block(layer, batch);
     if (b.ramRows === this.rows) return { k: b.k!, v: b.v! };
     if (!staging) throw new Error('a cache block on disk needs a staging block');
@@ -110,18 +112,17 @@ export class CacheStore {
     }
     if (!decode) return staging; // prefill writes every position it uses
     const lens = this.lengths[batch]!;
+    const diskRows = (running ?? Int32Array.from({ length: this.rows }, (_, r) => r)).filter((r) => r >= b.ramRows && lens[r]! > 0);
     const reads: Promise<void>[] = [];
     const rowRecords = this.capacity * this.recordBytes;
-    for (let r = b.ramRows; r < this.rows; r++) {
-      const n = lens[r]!;
-      if (n === 0) continue;
+    for (const r of diskRows) {
       const d = r - b.ramRows;
-      const dst = staging.records.subarray(d * rowRecords, d * rowRecords + n * this.recordBytes);
+      const dst = staging.records.subarray(d * rowRecords, d * rowRecords + lens[r]! * this.recordBytes);
       reads.push(this.file!.read(dst, b.fileOffset + d * rowRecords));
       this.stats.bytesRead += dst.byteLength;
     }
-    await Promise.all(reads);
-    for (let r = b.ramRows; r < this.rows; r++) this.unpack(staging, r, r - b.ramRows, 0, lens[r]!);
+    await settleAll(reads);
+    for (const r of diskRows) this.unpack(staging, r, r - b.ramRows, 0, lens[r]!);
     return staging;
   }
 
@@ -149,7 +150,7 @@ export class CacheStore {
       writes.push(this.file!.write(src, b.fileOffset + d * rowRecords + from * this.recordBytes));
       this.stats.bytesWritten += src.byteLength;
     }
-    await Promise.all(writes);
+    await settleAll(writes);
   }
 
   /** records of disk row d, positions [from, to) → staging row r ([kvHeads, capacity, headDim] layout). */

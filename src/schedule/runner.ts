@@ -14,8 +14,12 @@
 // Invariants: when compute(i, j, k) starts, unit j's weights and batch k's cache block and
 // activations are resident; at most two units' weights are staged at once (slot j % 2); a cache
 // or activation staging slot is reused only after its store has finished (three slots rotate:
-// loading k+1, computing k, storing k-1). Without overlap each load is awaited just before its
-// compute and each store just after. Indices past an edge roll over to the next unit or token.
+// loading k+1, computing k, storing k-1). Every load waits for exactly the stores it reads
+// (batch k's activations from unit j-1; in decode, batch k's cache block of the layer from token
+// i-1), by key through Transfers, for any number of batches: with one batch the load of (j+1, k)
+// is started before compute(j, k) has produced what it reads, and waits for that store. Without
+// overlap each load is awaited just before its compute and each store just after. Indices past an
+// edge roll over to the next unit or token.
 // Weight prefetches are background transfers: the disk serves the next batch's cache and
 // activations (needed within one batch's compute) before the rest of the next unit's weights.
 //
@@ -28,19 +32,20 @@ import type { Backend, CacheDType } from '../backend/index.js';
 import type { Policy } from '../policy/policy.js';
 import { shares } from '../policy/policy.js';
 import { Tensor } from '../tensor/tensor.js';
-import { type Step, type Transformer, decodeStep, prefillStep } from '../models/transformer.js';
+import { type CacheBlock, type Step, type Transformer, decodeStep, prefillStep } from '../models/transformer.js';
 import type { AttentionWeights, MlpWeights } from '../models/weights.js';
 import { type ActStaging, ActStore } from './act-store.js';
 import type { BlockFile } from './block-file.js';
 import { type CacheStaging, CacheStore } from './cache-store.js';
 import type { LayerPart, LayerSource } from './weight-store.js';
 import { alignedBytes } from './block-file.js';
+import { Transfers } from './transfers.js';
 
 type F32 = Tensor<'f32'>;
 
-/** Chooses row `row` of batch `batch`'s next token from logits row `row`; returns the token and
- *  whether the sequence is finished. */
-export type TokenSink = (batch: number, row: number, logits: F32) => { token: number; done: boolean };
+/** Chooses the next token of row `row` of batch `batch` from row `logitsRow` of `logits` (the
+ *  step's running rows, in order); returns the token and whether the sequence is finished. */
+export type TokenSink = (batch: number, row: number, logits: F32, logitsRow: number) => { token: number; done: boolean };
 
 export interface BlockSpec {
   /** Prompts per batch. */
@@ -105,7 +110,8 @@ export class BlockRunner {
     return this.weightSlots.reduce((n, s) => n + (s?.byteLength ?? 0), 0);
   }
 
-  /** Runs the block to the end (every sequence finished or out of new tokens). */
+  /** Runs the block to the end (every sequence finished or out of new tokens). On failure, waits
+   *  for every transfer still in flight before it rethrows, so files can be closed safely. */
   async run(spec: BlockSpec, sink: TokenSink): Promise<BlockResult> {
     const c = this.transformer.config;
     const nb = spec.prompts.length;
@@ -121,104 +127,120 @@ export class BlockRunner {
     // Row by row: one batch at a time, every token; zig-zag: all batches of the block together.
     const groups = this.policy.schedule === 'row' ? batches.map((k) => [k]) : [batches];
     const phases = { prefillSeconds: 0, decodeSeconds: 0 };
-    for (const group of groups) await this.runTokens(spec, sink, group, cache, acts, slots, phases);
-    this.io.cacheBytesRead += cache.stats.bytesRead;
-    this.io.cacheBytesWritten += cache.stats.bytesWritten;
-    this.io.actBytesRead += acts.stats.bytesRead;
-    this.io.actBytesWritten += acts.stats.bytesWritten;
+    const transfers = new Transfers();
+    try {
+      for (const group of groups) await this.runTokens(spec, sink, group, { cache, acts, slots, transfers }, phases);
+    } catch (e) {
+      await transfers.settle();
+      throw e;
+    } finally {
+      this.pendingWeights = null;
+      this.io.cacheBytesRead += cache.stats.bytesRead;
+      this.io.cacheBytesWritten += cache.stats.bytesWritten;
+      this.io.actBytesRead += acts.stats.bytesRead;
+      this.io.actBytesWritten += acts.stats.bytesWritten;
+    }
     return { cache, acts, ...phases };
   }
 
-  private async runTokens(spec: BlockSpec, sink: TokenSink, batches: number[], cache: CacheStore, acts: ActStore, slots: Slots,
+  /** Every token step of a group of batches. A sequence leaves the block as soon as it is
+   *  finished: later decode steps compute only the rows still running, and a batch with none
+   *  left is skipped. */
+  private async runTokens(spec: BlockSpec, sink: TokenSink, batches: number[], state: BlockState,
     phases: { prefillSeconds: number; decodeSeconds: number }): Promise<void> {
-    const finished = spec.prompts.map((p) => new Array<boolean>(p.length).fill(false));
+    const { cache, acts, transfers } = state;
+    const running = spec.prompts.map((p) => Int32Array.from(p.keys()));
     const next = spec.prompts.map((p) => new Int32Array(p.length));
     const steps: Step[] = [];
     const logits: (F32 | null)[] = [];
     for (let i = 0; i < spec.maxNewTokens; i++) {
-      for (const k of batches) {
-        steps[k] = i === 0 ? prefillStep(spec.prompts[k]!) : decodeStep(next[k]!, cache.lengths[k]!.slice(0, next[k]!.length));
+      const live = batches.filter((k) => running[k]!.length > 0);
+      if (live.length === 0) break;
+      for (const k of live) {
+        const rowsNow = running[k]!;
+        if (i === 0) steps[k] = prefillStep(spec.prompts[k]!);
+        else steps[k] = decodeStep(rowsNow.map((r) => next[k]![r]!), rowsNow.map((r) => cache.lengths[k]![r]!), rowsNow);
         acts.tokens[k] = steps[k]!.ids.length;
       }
+      transfers.forgetBefore(i - 1);
       const last = i + 1 === spec.maxNewTokens;
       const t0 = performance.now();
-      await this.zigzag(i, batches, steps, cache, acts, slots, logits, last);
+      await this.zigzag(i, live, steps, state, logits, last);
       const secs = (performance.now() - t0) / 1000;
       if (i === 0) phases.prefillSeconds += secs;
       else phases.decodeSeconds += secs;
-      for (const k of batches) {
+      for (const k of live) {
         const len = cache.lengths[k]!;
         if (i === 0) spec.prompts[k]!.forEach((p, r) => (len[r] = p.length));
-        else for (let r = 0; r < spec.prompts[k]!.length; r++) len[r]!++;
-      }
-      let all = true;
-      for (const k of batches) {
-        for (let r = 0; r < spec.prompts[k]!.length; r++) {
-          if (finished[k]![r]) continue;
-          const { token, done } = sink(k, r, logits[k]!);
+        else for (const r of running[k]!) len[r]!++;
+        const still: number[] = [];
+        running[k]!.forEach((r, at) => {
+          const { token, done } = sink(k, r, logits[k]!, at);
           next[k]![r] = token;
-          finished[k]![r] = done;
-          all &&= done;
-        }
+          if (!done) still.push(r);
+        });
+        running[k] = Int32Array.from(still);
       }
-      if (all) break;
     }
     // A prefetch of the next token's first unit may still be in flight.
-    if (this.pendingWeights) await this.pendingWeights.catch(() => undefined);
+    if (this.pendingWeights) await this.pendingWeights;
     this.pendingWeights = null;
   }
 
   /** One token step over every unit for the given batches (see the schedule at the top). */
-  private async zigzag(i: number, batches: number[], steps: Step[], cache: CacheStore, acts: ActStore, slots: Slots,
-    logits: (F32 | null)[], lastToken: boolean): Promise<void> {
+  private async zigzag(i: number, batches: number[], steps: Step[], state: BlockState, logits: (F32 | null)[], lastToken: boolean): Promise<void> {
+    const { cache, acts, slots, transfers } = state;
     const units = this.units;
     const overlap = this.policy.overlap && this.policy.schedule === 'zigzag';
     const decode = i > 0;
     const storeOf: Promise<void>[] = [Promise.resolve(), Promise.resolve(), Promise.resolve()];
+    // A load starts once its staging slot is free (the slot's last store has finished) and the
+    // stores it reads from have finished: batch k's activations from the unit before, and in
+    // decode this layer's cache block of batch k from the token before.
     const startLoad = (u: number, k: number, s: number) => {
       const unit = units[u]!;
-      return Promise.all([
-        unit.part !== 'mlp' ? cache.load(unit.layer, k, slots.cache[s]!, decode) : Promise.resolve(null),
-        acts.load(k, slots.act[s]!, u === 0),
+      const attn = unit.part !== 'mlp';
+      const ready = Promise.all([
+        storeOf[s],
+        u > 0 ? transfers.after(i, actKey(u - 1, k)) : undefined,
+        attn && decode ? transfers.after(i - 1, cacheKey(unit.layer, k)) : undefined,
       ]);
+      return transfers.track(ready.then(() => Promise.all([
+        attn ? cache.load(unit.layer, k, slots.cache[s]!, decode, steps[k]!.rows) : Promise.resolve(null),
+        acts.load(k, slots.act[s]!, u === 0),
+      ])));
     };
     let slot = 0;
     let loaded: ReturnType<typeof startLoad> | null = null;
     for (let u = 0; u < units.length; u++) {
       const unit = units[u]!;
-      const w = await this.timed(this.pendingWeights ?? this.loadWeights(unit));
+      const w = await this.timed(this.pendingWeights ?? transfers.track(this.loadWeights(unit)));
       this.pendingWeights = null;
       if (overlap) {
         // Prefetch the next unit's weights (the next token's first unit after the last one).
         // In the background: the next batch's cache and activations are needed sooner.
-        if (u + 1 < units.length) this.pendingWeights = this.loadWeights(units[u + 1]!, true);
-        else if (!lastToken) this.pendingWeights = this.loadWeights(units[0]!, true);
+        const nextUnit = u + 1 < units.length ? units[u + 1]! : lastToken ? null : units[0]!;
+        if (nextUnit) this.pendingWeights = transfers.track(this.loadWeights(nextUnit, true));
       }
       for (let bi = 0; bi < batches.length; bi++) {
         const k = batches[bi]!;
-        if (!loaded) {
-          await this.timed(storeOf[slot]!);
-          loaded = startLoad(u, k, slot);
-        }
+        loaded ??= startLoad(u, k, slot);
         const [blk, x] = await this.timed(loaded);
         loaded = null;
         const nextSlot = (slot + 1) % 3;
         if (overlap) {
           const [nu, nbi] = bi + 1 < batches.length ? [u, bi + 1] : [u + 1, 0];
-          if (nu < units.length) {
-            // The slot the next load fills was last used by the store of two steps back.
-            await this.timed(storeOf[nextSlot]!);
-            loaded = startLoad(nu, batches[nbi]!, nextSlot);
-          }
+          if (nu < units.length) loaded = startLoad(nu, batches[nbi]!, nextSlot);
         }
         const t0 = performance.now();
         this.compute(u, unit, k, w, blk, x, steps[k]!, logits);
         this.io.computeSeconds += (performance.now() - t0) / 1000;
-        const positions = storedPositions(decode, steps[k]!, cache.lengths[k]!);
-        const store = Promise.all([
-          unit.part !== 'mlp' ? cache.store(unit.layer, k, slots.cache[slot]!, positions) : undefined,
-          acts.store(k, slots.act[slot]!),
-        ]).then(() => undefined);
+        const positions = storedPositions(steps[k]!, cache.lengths[k]!);
+        const cacheStore = unit.part !== 'mlp' ? cache.store(unit.layer, k, slots.cache[slot]!, positions) : Promise.resolve();
+        if (unit.part !== 'mlp') transfers.stored(i, cacheKey(unit.layer, k), cacheStore);
+        const actStore = acts.store(k, slots.act[slot]!);
+        transfers.stored(i, actKey(u, k), actStore);
+        const store = Promise.all([cacheStore, actStore]).then(() => undefined);
         storeOf[slot] = store;
         if (!overlap) await this.timed(store);
         slot = nextSlot;
@@ -227,22 +249,22 @@ export class BlockRunner {
     await this.timed(Promise.all(storeOf));
   }
 
-  private compute(u: number, unit: Unit, k: number, w: Partial<AttentionWeights & MlpWeights>, blk: { k: Tensor; v: Tensor } | null,
+  private compute(u: number, unit: Unit, k: number, w: Partial<AttentionWeights & MlpWeights>, blk: CacheBlock | null,
     x: F32, step: Step, logits: (F32 | null)[]): void {
     const t = this.transformer;
     const rows = step.decode ? step.ids.length : step.seqStarts.length - 1;
     if (u === 0) t.embed(step, x);
-    if (unit.part !== 'mlp') t.attentionBlock(w as AttentionWeights, x, { k: blk!.k.rows(0, rows), v: blk!.v.rows(0, rows) }, step);
+    if (unit.part !== 'mlp') t.attentionBlock(w as AttentionWeights, x, blk!, step);
     if (unit.part !== 'attn') t.mlpBlock(w as MlpWeights, x);
     if (u === this.units.length - 1) {
       // One logits buffer per batch, reused every step: a fresh one per step (13 MB at 64 rows of a
       // 50k vocabulary) left hundreds of MB of garbage that pushed a 6 GiB run 0.3 GiB over its limit.
-      const last = rows;
       let out = this.logitsOut[k];
-      if (!out || out.shape[0] !== last) out = this.logitsOut[k] = Tensor.zeros('f32', [last, t.config.vocabSize]);
-      t.head(step.decode ? x : t.lastTokens(x, step), out);
+      if (!out || out.shape[0]! < rows) out = this.logitsOut[k] = Tensor.zeros('f32', [rows, t.config.vocabSize]);
+      const view = out.rows(0, rows);
+      t.head(step.decode ? x : t.lastTokens(x, step), view);
       // A new view each step: sinks may cache what they derive from a logits object by identity.
-      logits[k] = new Tensor('f32', out.shape, out.data);
+      logits[k] = view;
     }
   }
 
@@ -272,19 +294,30 @@ interface Slots {
   act: (ActStaging | null)[];
 }
 
-/** Which cache positions a step filled: each whole prompt at prefill, one position in decode. */
-function storedPositions(decode: boolean, step: Step, lengths: Int32Array): { from: Int32Array; to: Int32Array } {
-  if (decode) {
-    const from = new Int32Array(lengths.length);
-    const to = new Int32Array(lengths.length);
-    for (let r = 0; r < step.ids.length; r++) {
-      from[r] = lengths[r]!;
-      to[r] = lengths[r]! + 1;
+interface BlockState {
+  cache: CacheStore;
+  acts: ActStore;
+  slots: Slots;
+  transfers: Transfers;
+}
+
+/** Which cache positions a step filled: each whole prompt at prefill, one position per running
+ *  row in decode (rows that have finished write nothing). */
+function storedPositions(step: Step, lengths: Int32Array): { from: Int32Array; to: Int32Array } {
+  const from = new Int32Array(lengths.length);
+  const to = new Int32Array(lengths.length);
+  if (step.decode) {
+    for (let r = 0; r < step.rows.length; r++) {
+      const row = step.rows[r]!;
+      from[row] = lengths[row]!;
+      to[row] = lengths[row]! + 1;
     }
     return { from, to };
   }
   const n = step.seqStarts.length - 1;
-  const to = new Int32Array(lengths.length);
   for (let s = 0; s < n; s++) to[s] = step.seqStarts[s + 1]! - step.seqStarts[s]!;
-  return { from: new Int32Array(lengths.length), to };
+  return { from, to };
 }
+
+const actKey = (unit: number, batch: number) => `act ${unit} ${batch}`;
+const cacheKey = (layer: number, batch: number) => `cache ${layer} ${batch}`;
