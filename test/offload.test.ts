@@ -108,10 +108,9 @@ describe('offloading gives identical tokens', () => {
     const file = path.join(tmpDir('notdir'), 'f');
     fs.writeFileSync(file, 'x');
     await expect(loadModel(dir, { policy: onDisk, diskDir: file })).rejects.toThrow(/is not a directory/);
-    if (process.getuid?.() !== 0) {
-      const ro = tmpDir('ro');
-      fs.chmodSync(ro, 0o500);
-      await expect(loadModel(dir, { policy: onDisk, diskDir: ro })).rejects.toThrow(/not writable/);
-    }
+    // A directory that nobody may write, root included (a chmod-ed one would not stop root).
+    expect(fs.statSync('/proc/self').isDirectory()).toBe(true);
+    await expect(loadModel(dir, { policy: onDisk, diskDir: '/proc/self' })).rejects.toThrow(/disk directory \/proc\/self is not writable/);
+    await expect(loadModel(dir, { policy: onDisk, diskDir: path.join(file, 'sub') })).rejects.toThrow(/does not exist|not a directory/);
   });
 });

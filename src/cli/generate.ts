@@ -1,9 +1,9 @@
 // `tierlm generate`: a JSONL batch job (--prompts IN --out OUT), or one prompt printed (--prompt).
 import fs from 'node:fs';
 import type { Command } from 'commander';
-import { loadModel } from '../engine/model.js';
-import type { GenerateParams, GenerateStats } from '../engine/generate.js';
-import type { GenerationRequest, GenerationResult, RequestError } from '../engine/requests.js';
+import { type LanguageModel, loadModel } from '../engine/model.js';
+import { type JobSummary, runJob } from '../engine/job.js';
+import type { GenerateParams } from '../engine/generate.js';
 import { readRequests, ResultWriter } from '../formats/jsonl.js';
 import { UserError } from '../util/errors.js';
 import { float, int, intList, oneOf } from './parse.js';
@@ -67,73 +67,55 @@ function params(o: GenerateOptions): Partial<GenerateParams> {
 async function runGenerate(o: GenerateOptions): Promise<void> {
   if ((o.prompt === undefined) === (o.prompts === undefined)) throw new UserError('give either --prompt TEXT or --prompts FILE (with --out FILE)');
   if (o.prompts !== undefined && o.out === undefined) throw new UserError('--prompts needs --out FILE for the results');
-  const scan = o.prompts !== undefined ? await scanPrompts(o.prompts) : { count: 1, longest: Math.ceil(o.prompt!.length / 3) + 2 };
-  const work = { source: { model: o.model }, promptLen: Math.max(1, scan.longest), genLen: o.maxNewTokens };
-  const model = await loadModel(o.model, await loadOptions(o, await fitWorkload(o.model, work), o.batchSize));
-  if (o.prompt !== undefined) {
-    for await (const r of model.generate([{ id: 'prompt', prompt: o.prompt }], params(o))) {
-      if ('error' in r) throw new UserError(r.error);
-      process.stdout.write((r.text ?? r.tokenIds.join(' ')) + '\n');
-    }
-    return;
+  // The output is checked (and a torn last line found) before the model loads.
+  const writer = o.out !== undefined ? new ResultWriter(o.out) : null;
+  try {
+    const scan = o.prompts !== undefined ? await scanPrompts(o.prompts) : { count: 1, longest: Math.ceil(o.prompt!.length / 3) + 2 };
+    const work = { source: { model: o.model }, promptLen: Math.max(1, scan.longest), genLen: o.maxNewTokens };
+    const model = await loadModel(o.model, await loadOptions(o, await fitWorkload(o.model, work), o.batchSize));
+    await closingAfter(model, async () => {
+      if (o.prompt !== undefined) {
+        for await (const r of model.generate([{ id: 'prompt', prompt: o.prompt }], params(o))) {
+          if ('error' in r) throw new UserError(r.error);
+          process.stdout.write((r.text ?? r.tokenIds.join(' ')) + '\n');
+        }
+      } else {
+        await runBatchJob(model, writer!, o, scan.count);
+      }
+    });
+  } finally {
+    writer?.close();
   }
-  await runBatchJob(model, o, scan.count);
 }
 
-async function runBatchJob(model: Awaited<ReturnType<typeof loadModel>>, o: GenerateOptions, total: number): Promise<void> {
-  const writer = new ResultWriter(o.out!);
-  const progress = new Progress('generate');
-  const stats: GenerateStats = { prefillSeconds: 0, decodeSeconds: 0, promptTokens: 0, generatedTokens: 0 };
-  const seen = new Set<string>();
-  const early: RequestError[] = [];
-  let skipped = 0;
-  let written = 0;
-  let tokens = 0;
-  // Requests that are already done, malformed or duplicated never reach the model.
-  async function* requests(): AsyncGenerator<GenerationRequest> {
-    for await (const item of readRequests(o.prompts!)) {
-      const id = 'request' in item ? item.request.id : item.id;
-      if (writer.done.has(id)) {
-        skipped++;
-        continue;
-      }
-      if ('error' in item) early.push({ id: item.id, error: item.error });
-      else if (seen.has(id)) early.push({ id, error: `line ${item.line}: duplicate id "${id}"` });
-      else {
-        seen.add(id);
-        yield item.request;
-      }
-    }
-  }
-  const write = (r: GenerationResult | RequestError) => {
-    writer.write('error' in r ? r : toRecord(r));
-    writer.done.add(r.id);
-    written++;
-    if (!('error' in r)) tokens += r.tokenIds.length;
-  };
+/** Runs `body`, then closes the model; an error of the close never hides one of the body. */
+async function closingAfter(model: LanguageModel, body: () => Promise<void>): Promise<void> {
   try {
-    for await (const r of model.generate(requests(), params(o), stats)) {
-      for (const e of early.splice(0)) write(e);
-      write(r);
-      writer.sync();
-      progress.update(written + skipped, total, tokens);
-    }
-    for (const e of early.splice(0)) write(e);
+    await body();
+  } catch (e) {
+    await model.close().catch(() => undefined);
+    throw e;
+  }
+  await model.close();
+}
+
+async function runBatchJob(model: LanguageModel, writer: ResultWriter, o: GenerateOptions, total: number): Promise<void> {
+  const progress = new Progress('generate');
+  let summary: JobSummary;
+  try {
+    summary = await runJob(model, writer, { prompts: o.prompts!, params: params(o), onProgress: (done, tokens) => progress.update(done, total, tokens) });
   } finally {
-    writer.close();
     progress.end();
   }
+  const { stats, succeeded, failed, skipped } = summary;
   const secs = stats.prefillSeconds + stats.decodeSeconds;
-  process.stderr.write(`${written} results written to ${o.out}${skipped ? ` (${skipped} already done)` : ''}; ` +
+  process.stderr.write(`${o.out}: ${succeeded} results, ${failed} failed${skipped ? `, ${skipped} already done` : ''}; ` +
     `${stats.generatedTokens} tokens in ${secs.toFixed(1)} s (${secs > 0 ? (stats.generatedTokens / secs).toFixed(1) : '0'} tok/s)\n`);
-}
-
-function toRecord(r: GenerationResult): object {
-  const rec: Record<string, unknown> = { id: r.id, token_ids: r.tokenIds };
-  if (r.text !== undefined) rec.text = r.text;
-  if (r.logprobs) rec.logprobs = r.logprobs;
-  rec.finish_reason = r.finishReason;
-  return rec;
+  // Failed requests have their error lines in the output and are tried again by a rerun.
+  if (failed > 0) {
+    process.stderr.write(`tierlm: ${failed} request${failed > 1 ? 's' : ''} failed (error lines in ${o.out}; a rerun tries them again)\n`);
+    process.exitCode = 2;
+  }
 }
 
 /** One pass over the input: its request lines (for progress) and an estimate of the longest

@@ -20,12 +20,17 @@ export async function main(argv: string[]): Promise<void> {
   try {
     await program.parseAsync(argv);
   } catch (e) {
-    // Problems with the user's input get their message alone; anything else is a bug.
-    if (e instanceof UserError || e instanceof RangeError || e instanceof TypeError) {
-      process.stderr.write(`tierlm: ${(e as Error).message}\n`);
-      process.exitCode = 1;
-      return;
-    }
-    throw e;
+    reportFailure(e);
   }
+}
+
+/** Every failure ends as `tierlm: message` and exit code 1. Problems with the user's input and
+ *  the system's (a full disk, an I/O error naming its file) are the message alone; anything else
+ *  is a bug, whose stack TIERLM_DEBUG=1 prints. */
+export function reportFailure(e: unknown): void {
+  const err = e instanceof Error ? e : new Error(String(e));
+  const known = err instanceof UserError || err instanceof RangeError || err instanceof TypeError || 'code' in err;
+  process.stderr.write(`tierlm: ${err.message}${known ? '' : ' (internal error)'}\n`);
+  if (!known || process.env.TIERLM_DEBUG) process.stderr.write(`${process.env.TIERLM_DEBUG ? err.stack : 'run with TIERLM_DEBUG=1 for details'}\n`);
+  process.exitCode = 1;
 }

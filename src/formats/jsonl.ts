@@ -3,6 +3,7 @@
 // skips every id already there, so a crashed or stopped job resumes where it stopped.
 
 import fs from 'node:fs';
+import path from 'node:path';
 import readline from 'node:readline';
 import type { GenerationRequest } from '../engine/requests.js';
 import { UserError } from '../util/errors.js';
@@ -12,6 +13,7 @@ export type InputLine = { line: number; request: GenerationRequest } | { line: n
 /** Parses request lines; a malformed line becomes an error item instead of stopping the job. */
 export async function* readRequests(file: string): AsyncGenerator<InputLine> {
   let stream: fs.ReadStream;
+  if (statOrNull(file)?.isDirectory()) throw new UserError(`${file}: is a directory (prompts need a JSONL file)`);
   try {
     fs.accessSync(file, fs.constants.R_OK);
     stream = fs.createReadStream(file, { encoding: 'utf8' });
@@ -49,44 +51,82 @@ function parseLine(text: string, line: number, file: string): InputLine {
   };
 }
 
-/** Appends result lines to a JSONL file, after reading which ids it already holds. */
+/**
+ * Appends result lines to a JSONL file, after reading what it already holds. The file is the
+ * job's record of finished work, so nothing in it is ever dropped: blank lines are skipped, a
+ * torn last line (a crash in the middle of a write: no trailing newline) is the only thing
+ * repaired, and any other line that is not a result stops the job with the file left as it was.
+ */
 export class ResultWriter {
+  /** Ids with a result line: a rerun skips them. */
   readonly done = new Set<string>();
+  /** Ids with only error lines: a rerun tries them again (the newest line per id wins). */
+  readonly failed = new Set<string>();
   private fd: number;
 
   constructor(readonly file: string) {
-    this.recover();
+    const repair = this.recover();
     try {
       this.fd = fs.openSync(file, 'a');
+      if (repair) repair(this.fd);
     } catch (e) {
       throw new UserError(`${file}: cannot open for writing (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
     }
   }
 
-  /** Reads finished ids; a torn last line (a crash mid-write) is cut off so the file stays valid. */
-  private recover(): void {
-    if (!fs.existsSync(this.file)) return;
+  /** Reads the finished and failed ids; returns the repair of a torn last line, if one is needed. */
+  private recover(): ((fd: number) => void) | null {
+    const stat = statOrNull(this.file);
+    if (stat?.isDirectory()) throw new UserError(`${this.file}: is a directory (the results need a file)`);
+    const parent = path.dirname(path.resolve(this.file));
+    if (!statOrNull(parent)?.isDirectory()) throw new UserError(`${this.file}: directory ${parent} does not exist`);
+    if (!stat || stat.size === 0) return null;
     const text = fs.readFileSync(this.file, 'utf8');
-    let keep = 0;
-    let pos = 0;
-    while (pos < text.length) {
-      const end = text.indexOf('\n', pos);
-      if (end < 0) break; // no newline: torn
-      const line = text.slice(pos, end);
-      try {
-        const v = JSON.parse(line) as { id?: unknown };
-        if (typeof v.id === 'string') this.done.add(v.id);
-      } catch {
-        break;
-      }
-      pos = end + 1;
-      keep = pos;
+    const lines = text.split('\n');
+    // With a trailing newline the last element is empty; without one the last line is torn.
+    const torn = lines.pop()!;
+    let first = true;
+    lines.forEach((line, i) => {
+      if (line.trim() === '') return;
+      const rec = resultRecord(line);
+      if (!rec) throw this.notAResult(i + 1, first);
+      first = false;
+      this.note(rec);
+    });
+    if (torn.trim() === '') return null;
+    const rec = resultRecord(torn);
+    if (rec) {
+      // Whole but for its newline: keep it.
+      this.note(rec);
+      return (fd) => fs.writeSync(fd, '\n');
     }
-    if (keep < text.length) fs.truncateSync(this.file, Buffer.byteLength(text.slice(0, keep)));
+    // Results are written id first, so a torn one starts like this; anything else is not ours.
+    if (!torn.startsWith('{"id":')) throw this.notAResult(lines.length + 1, first);
+    const keep = Buffer.byteLength(text) - Buffer.byteLength(torn);
+    return (fd) => {
+      fs.ftruncateSync(fd, keep);
+      fs.fsyncSync(fd);
+    };
   }
 
-  write(record: object): void {
+  private notAResult(line: number, first: boolean): UserError {
+    return new UserError(first
+      ? `${this.file}:${line}: is not a tierlm result line; refusing to append results to this file`
+      : `${this.file}:${line}: is not a result line; fix or remove it (the file was left as it was)`);
+  }
+
+  private note(rec: { id: string; ok: boolean }): void {
+    if (rec.ok) {
+      this.done.add(rec.id);
+      this.failed.delete(rec.id);
+    } else if (!this.done.has(rec.id)) {
+      this.failed.add(rec.id);
+    }
+  }
+
+  write(record: { id: string; error?: string }): void {
     fs.writeSync(this.fd, JSON.stringify(record) + '\n');
+    this.note({ id: record.id, ok: record.error === undefined });
   }
 
   /** Makes what was written survive a crash of the machine, not just of the process. */
@@ -97,5 +137,29 @@ export class ResultWriter {
   close(): void {
     fs.fsyncSync(this.fd);
     fs.closeSync(this.fd);
+  }
+}
+
+/** A result line's id and whether it is a result (true) or an error (false); null if it is neither. */
+function resultRecord(line: string): { id: string; ok: boolean } | null {
+  let v: unknown;
+  try {
+    v = JSON.parse(line);
+  } catch {
+    return null;
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return null;
+  const o = v as Record<string, unknown>;
+  if (typeof o.id !== 'string') return null;
+  if (Array.isArray(o.token_ids)) return { id: o.id, ok: true };
+  if (typeof o.error === 'string') return { id: o.id, ok: false };
+  return null;
+}
+
+function statOrNull(file: string): fs.Stats | null {
+  try {
+    return fs.statSync(file);
+  } catch {
+    return null;
   }
 }

@@ -41,6 +41,15 @@ export function fixturePrompts(): Prompt[] {
   return readJsonl<Prompt>(path.join(sharedFixtures, 'prompts.jsonl'));
 }
 
+const made: string[] = [];
+
+/** A fresh temporary directory, removed after the test file (test/helpers/cleanup.ts). */
 export function tmpDir(prefix: string): string {
-  return fs.mkdtempSync(path.join(fs.realpathSync(process.env.TMPDIR ?? '/tmp'), `tierlm-${prefix}-`));
+  const dir = fs.mkdtempSync(path.join(fs.realpathSync(process.env.TMPDIR ?? '/tmp'), `tierlm-${prefix}-`));
+  made.push(dir);
+  return dir;
+}
+
+export function removeTmpDirs(): void {
+  for (const dir of made.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
 }

@@ -1,0 +1,80 @@
+// A JSONL batch job: requests from a file, one result line per request appended to the output as
+// each block finishes. The output is the job's record: ids with a result are skipped on a rerun,
+// ids with only an error line are tried again, so a stopped or failed job resumes where it stopped.
+
+import { readRequests, type ResultWriter } from '../formats/jsonl.js';
+import { type GenerateParams, type GenerateStats, emptyStats } from './generate.js';
+import type { LanguageModel } from './model.js';
+import type { GenerationRequest, GenerationResult, RequestError } from './requests.js';
+
+export interface JobSummary {
+  /** Results written by this run. */
+  succeeded: number;
+  /** Error lines written by this run (bad lines, duplicates, requests that could not run). */
+  failed: number;
+  /** Requests skipped because the output already had their result. */
+  skipped: number;
+  stats: GenerateStats;
+}
+
+export interface JobOptions {
+  prompts: string;
+  params: Partial<GenerateParams>;
+  /** Called after each result line with the requests done so far (skipped included) and tokens generated. */
+  onProgress?: (done: number, tokens: number) => void;
+}
+
+/** Runs every request of `o.prompts` not yet answered in `writer`'s file. Throws on a failure
+ *  of the run itself (I/O, memory); what was written until then stays. */
+export async function runJob(model: LanguageModel, writer: ResultWriter, o: JobOptions): Promise<JobSummary> {
+  const summary: JobSummary = { succeeded: 0, failed: 0, skipped: 0, stats: emptyStats() };
+  const seen = new Set<string>();
+  const early: RequestError[] = [];
+  let tokens = 0;
+  // Requests that are already done, malformed or duplicated never reach the model.
+  async function* requests(): AsyncGenerator<GenerationRequest> {
+    for await (const item of readRequests(o.prompts)) {
+      const id = 'request' in item ? item.request.id : item.id;
+      if (writer.done.has(id) && !seen.has(id)) {
+        summary.skipped++;
+        continue;
+      }
+      if ('error' in item) early.push({ id: item.id, error: item.error });
+      else if (seen.has(id)) early.push({ id, error: `line ${item.line}: duplicate id "${id}"` });
+      else {
+        seen.add(id);
+        yield item.request;
+      }
+    }
+  }
+  const write = (r: GenerationResult | RequestError) => {
+    if ('error' in r) {
+      writer.write(r);
+      summary.failed++;
+    } else {
+      writer.write(toRecord(r));
+      summary.succeeded++;
+      tokens += r.tokenIds.length;
+    }
+  };
+  const progress = () => o.onProgress?.(summary.succeeded + summary.failed + summary.skipped, tokens);
+  for await (const r of model.generate(requests(), o.params, summary.stats)) {
+    for (const e of early.splice(0)) write(e);
+    write(r);
+    writer.sync();
+    progress();
+  }
+  for (const e of early.splice(0)) write(e);
+  writer.sync();
+  progress();
+  return summary;
+}
+
+/** A result as its JSONL line: snake_case fields, id first (a torn line is recognised by it). */
+function toRecord(r: GenerationResult): { id: string } {
+  const rec: { id: string } & Record<string, unknown> = { id: r.id, token_ids: r.tokenIds };
+  if (r.text !== undefined) rec.text = r.text;
+  if (r.logprobs) rec.logprobs = r.logprobs;
+  rec.finish_reason = r.finishReason;
+  return rec;
+}
