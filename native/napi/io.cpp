@@ -160,12 +160,12 @@ Napi::Value failure_error(Napi::Env env, const io::Failure& f) {
                                   " bytes at offset " + std::to_string(f.request_offset) + ")");
     e.Set("code", Napi::String::New(env, "EOF"));
   } else if (f.op == Op::Sync) {
-    e = os_error(env, f.err, where);
+    e = os_error(env, f.err, where + " (" + f.syscall + ")");
   } else {
-    e = os_error(env, f.err, where + " at offset " + std::to_string(f.offset));
+    e = os_error(env, f.err, where + " at offset " + std::to_string(f.offset) + " (" + f.syscall + ")");
   }
   e.Set("path", Napi::String::New(env, f.path));
-  e.Set("syscall", Napi::String::New(env, f.op == Op::Read ? "pread" : f.op == Op::Write ? "pwrite" : "fsync"));
+  e.Set("syscall", Napi::String::New(env, f.syscall));
   e.Set("offset", Napi::Number::New(env, static_cast<double>(f.offset)));
   return e.Value();
 }
@@ -291,7 +291,12 @@ Napi::Value IoOpen(const Napi::CallbackInfo& info) {
     if (fd < 0) throw os_error(env, errno, std::string("opening ") + path + (f.writable ? " for writing" : " for reading"));
   }
   struct stat st;
-  if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+  if (fstat(fd, &st) != 0) {
+    int err = errno;
+    close(fd);
+    throw os_error(env, err, "opening " + path + " (fstat)");
+  }
+  if (S_ISDIR(st.st_mode)) {
     close(fd);
     throw os_error(env, EISDIR, std::string("opening ") + path);
   }
@@ -359,7 +364,8 @@ Napi::Value IoAllocate(const Napi::CallbackInfo& info) {
     throw os_error(info.Env(), err, "preallocating " + std::to_string(bytes) + " bytes for " + f.info->path);
   }
   struct stat st;
-  if (fstat(f.info->fd, &st) == 0 && st.st_size < bytes) {
+  if (fstat(f.info->fd, &st) != 0) throw os_error(info.Env(), errno, "reading the size of " + f.info->path);
+  if (st.st_size < bytes) {
     if (ftruncate(f.info->fd, static_cast<off_t>(bytes)) != 0) {
       throw os_error(info.Env(), errno, "growing " + f.info->path + " to " + std::to_string(bytes) + " bytes");
     }
