@@ -30,6 +30,7 @@
 #include "core/aligned.h"
 #include "io/io_pool.h"
 #include "napi/args.h"
+#include "napi/os_error.h"
 #include "napi/register.h"
 
 namespace tierlm {
@@ -43,24 +44,6 @@ using io::Request;
 
 constexpr uint64_t kAlign = kIoAlignment;
 constexpr int64_t kMaxOffset = INT64_C(1) << 52;
-
-std::string errno_name(int err) {
-  const char* name = strerrordesc_np(err) ? strerrorname_np(err) : nullptr;
-  return name ? std::string(name) : "E" + std::to_string(err);
-}
-
-std::string errno_text(int err) {
-  const char* d = strerrordesc_np(err);
-  return d ? std::string(d) : "error " + std::to_string(err);
-}
-
-Napi::Error os_error(Napi::Env env, int err, const std::string& what) {
-  std::string code = errno_name(err);
-  Napi::Error e = Napi::Error::New(env, code + " (" + errno_text(err) + ") " + what);
-  e.Set("code", Napi::String::New(env, code));
-  e.Set("errno", Napi::Number::New(env, -err));
-  return e;
-}
 
 const char* op_verb(Op op) { return op == Op::Read ? "reading" : op == Op::Write ? "writing" : "syncing"; }
 

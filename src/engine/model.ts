@@ -31,6 +31,8 @@ export interface LoadOptions {
   ramBytes?: number;
   /** Compute-device memory. On a CPU-only machine the device is RAM: device shares count against ramBytes. */
   deviceBytes?: number;
+  /** Where to say what loading waits for (another run converting the weights in the disk directory). Default: stderr. */
+  log?: (msg: string) => void;
 }
 
 export class LanguageModel {
@@ -71,7 +73,8 @@ export class LanguageModel {
       const disk = needsDisk ? await DiskTier.open(options.diskDir, options.diskBytes) : null;
       const wShares = shares(policy, 'weights');
       const layers = wShares.disk > 0
-        ? await WeightStore.open(model.loader, c, backend, precision, wShares, disk!.weightsDir(dir, precision + (policy.compressWeight ? '-q4' : '')), model.sourceFiles)
+        ? await WeightStore.open(model.loader, c, backend, precision, wShares, disk!.weightsDir(dir, precision + (policy.compressWeight ? '-q4' : '')), model.sourceFiles,
+          options.log ?? ((m) => process.stderr.write(`tierlm: ${m}\n`)))
         : new ResidentLayers(model.loader, c);
       const transformer = new Transformer(c, backend, model.loader.globals(), policy.attnSparsity);
       const runner = new BlockRunner(transformer, layers, policy, { cache: disk?.cacheFile ?? null, act: disk?.actFile ?? null });
