@@ -158,10 +158,14 @@ describe('weight conversion in a shared disk directory', () => {
 describe('two runs on one --disk-dir at once', () => {
   it('both reproduce the reference tokens, with weights, cache and activations half on disk', async () => {
     const dir = freshDir('concurrent');
+    // The fixture prompts four times over, so that the two runs' generation overlaps for longer.
+    const prompts = path.join(dir, 'prompts.jsonl');
+    const copies = [0, 1, 2, 3].flatMap((k) => fixturePrompts().map((p) => JSON.stringify({ ...p, id: `${p.id}-${k}` })));
+    fs.writeFileSync(prompts, copies.join('\n') + '\n');
     const runs = [0, 1].map((i) => {
       const out = path.join(dir, `out-${i}.jsonl`);
       const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/run.ts', 'generate', '--model', opt,
-        '--prompts', path.join(sharedFixtures, 'prompts.jsonl'), '--out', out, '--max-new-tokens', '8', '--ignore-eos',
+        '--prompts', prompts, '--out', out, '--max-new-tokens', '8', '--ignore-eos',
         '--gpu-batch-size', '1', '--num-gpu-batches', '5', '--percent', '0', '50', '0', '50', '0', '50', '--disk-dir', dir], { cwd: repoRoot });
       children.push(child);
       let stderr = '';
@@ -171,8 +175,9 @@ describe('two runs on one --disk-dir at once', () => {
     for (const r of await Promise.all(runs)) {
       expect(r.code, r.stderr).toBe(0);
       const rows = readJsonl<{ id: string; token_ids: number[] }>(r.out);
-      for (const ref of reference) expect(rows.find((x) => x.id === ref.id)!.token_ids, ref.id).toEqual(ref.token_ids);
+      expect(rows).toHaveLength(copies.length);
+      for (const row of rows) expect(row.token_ids, row.id).toEqual(reference.find((r) => row.id.startsWith(`${r.id}-`))!.token_ids);
     }
-    expect(loose(dir).filter((n) => !n.startsWith('out-')), 'spill files or locks were left').toEqual([]);
+    expect(loose(dir).filter((n) => !n.startsWith('out-') && n !== 'prompts.jsonl'), 'spill files or locks were left').toEqual([]);
   });
 });
