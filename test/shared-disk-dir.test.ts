@@ -39,7 +39,8 @@ async function start(args: string[]): Promise<{ child: ChildProcess; firstLine: 
       out += d;
       if (out.includes('\n')) resolve(out.slice(0, out.indexOf('\n')));
     });
-    child.on('exit', (code, signal) => reject(new Error(`${args.join(' ')} exited (${code ?? signal}) before a line: ${err}`)));
+    // 'close', not 'exit': it comes after the last of stdout has been read.
+    child.on('close', (code, signal) => reject(new Error(`${args.join(' ')} exited (${code ?? signal}) before a line: ${err}`)));
   });
   return { child, firstLine };
 }
@@ -108,6 +109,14 @@ describe('spill files in a shared disk directory', () => {
       expect(loose(dir)).toEqual([]);
     }
   });
+
+  it('are removed when the process exits without closing the tier', async () => {
+    const dir = freshDir('exit');
+    const exiting = await start(['test/helpers/hold-disk.ts', 'exit', dir]);
+    const [[code]] = await Promise.all([once(exiting.child, 'close'), exiting.firstLine]);
+    expect(code).toBe(7);
+    expect(loose(dir)).toEqual([]);
+  });
 });
 
 async function generate(diskDir: string, log?: (m: string) => void): Promise<number[][]> {
@@ -170,7 +179,7 @@ describe('two runs on one --disk-dir at once', () => {
       children.push(child);
       let stderr = '';
       child.stderr.on('data', (d) => (stderr += d));
-      return once(child, 'exit').then(([code]) => ({ code, stderr, out }));
+      return once(child, 'close').then(([code]) => ({ code, stderr, out }));
     });
     for (const r of await Promise.all(runs)) {
       expect(r.code, r.stderr).toBe(0);
