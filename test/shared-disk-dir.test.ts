@@ -164,6 +164,18 @@ describe('weight conversion in a shared disk directory', () => {
   });
 });
 
+describe('a load that fails', () => {
+  it('closes its disk tier: no spill files or run lock are left', async () => {
+    const dir = freshDir('failed-load');
+    const probe = await DiskTier.open(dir);
+    const weights = probe.weightsDir(opt, 'fp32');
+    await probe.close();
+    fs.mkdirSync(path.join(weights, 'weights.bin.partial')); // conversion cannot write its file
+    await expect(generate(dir)).rejects.toThrow(/weights\.bin\.partial/);
+    expect(loose(dir)).toEqual([]);
+  });
+});
+
 describe('two runs on one --disk-dir at once', () => {
   it('both reproduce the reference tokens, with weights, cache and activations half on disk', async () => {
     const dir = freshDir('concurrent');

@@ -33,8 +33,11 @@ export class DiskTier {
     try {
       for (const kind of ['cache', 'activations'] as const) opened.push(await openBlockFile(spill.path(kind), 'w'));
     } catch (e) {
-      for (const f of opened) await f.close();
-      spill.remove();
+      try {
+        for (const f of opened) await f.close();
+      } finally {
+        spill.remove();
+      }
       throw e;
     }
     return new DiskTier(dir, capacity ?? null, opened[0]!, opened[1]!, spill);
