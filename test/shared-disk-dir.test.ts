@@ -134,12 +134,20 @@ async function generate(diskDir: string, log?: (m: string) => void): Promise<num
   return tokens;
 }
 
+/** The folder a run on `dir` packs opt-tiny's weights into. */
+async function weightsFolder(dir: string): Promise<string> {
+  const probe = await DiskTier.open(dir);
+  try {
+    return probe.weightsDir(opt, 'fp32');
+  } finally {
+    await probe.close();
+  }
+}
+
 describe('weight conversion in a shared disk directory', () => {
   it('waits, saying so, while another run holds the lock, then redoes a half-finished conversion', async () => {
     const dir = freshDir('convert');
-    const probe = await DiskTier.open(dir);
-    const weights = probe.weightsDir(opt, 'fp32');
-    await probe.close();
+    const weights = await weightsFolder(dir);
     // What a conversion killed midway leaves: a partial file, an old weights.bin, no manifest.
     fs.writeFileSync(path.join(weights, 'weights.bin.partial'), Buffer.alloc(8192, 7));
     fs.writeFileSync(path.join(weights, 'weights.bin'), Buffer.alloc(8192, 7));
@@ -167,9 +175,7 @@ describe('weight conversion in a shared disk directory', () => {
 describe('a load that fails', () => {
   it('closes its disk tier: no spill files or run lock are left', async () => {
     const dir = freshDir('failed-load');
-    const probe = await DiskTier.open(dir);
-    const weights = probe.weightsDir(opt, 'fp32');
-    await probe.close();
+    const weights = await weightsFolder(dir);
     fs.mkdirSync(path.join(weights, 'weights.bin.partial')); // conversion cannot write its file
     await expect(generate(dir)).rejects.toThrow(/weights\.bin\.partial/);
     expect(loose(dir)).toEqual([]);
