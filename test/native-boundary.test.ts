@@ -68,6 +68,21 @@ describe('native sizes are overflow-checked', () => {
   });
 });
 
+describe('integer arguments', () => {
+  it.each([1e30, -1e30, NaN, Infinity, 2.5, -1])('%s as a dimension or file offset throws a RangeError', async (bad) => {
+    const softmax = nativeFn<(...a: unknown[]) => void>('softmax');
+    const err = await caught(() => softmax(f32(), bad, 2, f32()));
+    expect(err).toBeInstanceOf(RangeError);
+    expect(err!.message).toMatch(/^rows must be an integer in \[0, 1099511627776\], got /);
+    const f = DirectFile.open('/dev/null', 'r', { direct: false });
+    const read = nativeFn<(...a: unknown[]) => Promise<void>>('ioRead');
+    const ioErr = await caught(() => read((f as unknown as { fd: number }).fd, alignedBytes(4096), bad));
+    f.close();
+    expect(ioErr).toBeInstanceOf(RangeError);
+    expect(ioErr!.message).toMatch(/^ioRead: offset must be a non-negative integer/);
+  });
+});
+
 describe('I/O failures after the transfer name the file', () => {
   it('sync_file_range failing on a buffered write (ESPIPE on a character device) rejects, naming the call and file', async () => {
     if (!fs.existsSync('/dev/null')) throw new Error('this test needs /dev/null');

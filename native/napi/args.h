@@ -5,6 +5,7 @@
 
 #include <napi.h>
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
@@ -96,12 +97,12 @@ inline int64_t int_arg(const Napi::CallbackInfo& info, size_t i, const char* wha
     throw Napi::TypeError::New(info.Env(), std::string(what) + " must be a number");
   }
   double d = info[i].As<Napi::Number>().DoubleValue();
-  int64_t v = static_cast<int64_t>(d);
-  if (static_cast<double>(v) != d || v < lo || v > hi) {
+  // Range first: converting a double outside int64 (or NaN) to an integer is undefined behaviour.
+  if (!(d >= static_cast<double>(lo) && d <= static_cast<double>(hi)) || d != std::trunc(d)) {
     throw Napi::RangeError::New(info.Env(), std::string(what) + " must be an integer in [" + std::to_string(lo) +
                                                 ", " + std::to_string(hi) + "], got " + std::to_string(d));
   }
-  return v;
+  return static_cast<int64_t>(d);
 }
 
 inline double num_arg(const Napi::CallbackInfo& info, size_t i, const char* what) {

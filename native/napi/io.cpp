@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -213,11 +214,11 @@ void check_transfer(Napi::Env env, const char* fn, const OpenFile& f, Op op, con
 int64_t offset_value(Napi::Env env, const Napi::Value& v, const std::string& what) {
   if (!v.IsNumber()) throw Napi::TypeError::New(env, what + " must be a number");
   double d = v.As<Napi::Number>().DoubleValue();
-  int64_t o = static_cast<int64_t>(d);
-  if (static_cast<double>(o) != d || o < 0 || o > kMaxOffset) {
-    throw Napi::RangeError::New(env, what + " must be a non-negative integer, got " + std::to_string(d));
+  // Range first: converting a double outside int64 (or NaN) to an integer is undefined behaviour.
+  if (!(d >= 0 && d <= static_cast<double>(kMaxOffset)) || d != std::trunc(d)) {
+    throw Napi::RangeError::New(env, what + " must be a non-negative integer up to 2^52, got " + std::to_string(d));
   }
-  return o;
+  return static_cast<int64_t>(d);
 }
 
 io::Priority priority_arg(const Napi::CallbackInfo& info, size_t i) {
