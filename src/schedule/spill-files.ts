@@ -60,13 +60,17 @@ export class SpillFiles {
 
   /** Deletes this run's files and drops its lock (synchronous: it also runs in exit handlers). */
   remove(): void {
-    if (!this.lock) return;
-    for (const kind of KINDS) fs.rmSync(this.path(kind), { force: true });
-    fs.rmSync(path.join(this.dir, lockName(this.tag)), { force: true });
-    this.lock.release();
+    const lock = this.lock;
+    if (!lock) return;
     this.lock = null;
     live.delete(this);
     if (live.size === 0) unwatchExit();
+    try {
+      for (const kind of KINDS) fs.rmSync(this.path(kind), { force: true });
+      fs.rmSync(path.join(this.dir, lockName(this.tag)), { force: true });
+    } finally {
+      lock.release();
+    }
   }
 }
 
@@ -122,9 +126,12 @@ function removeAll(): void {
 function onSignal(signal: NodeJS.Signals): void {
   // Another handler owns the shutdown (it may still be using the files): the 'exit' hook cleans up.
   if (process.listenerCount(signal) > 1) return;
-  removeAll();
-  unwatchExit();
-  process.kill(process.pid, signal); // no listener now: the default action ends the process
+  try {
+    removeAll();
+  } finally {
+    unwatchExit();
+    process.kill(process.pid, signal); // no listener now: the default action ends the process
+  }
 }
 
 function watchExit(): void {
