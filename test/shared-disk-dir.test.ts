@@ -162,7 +162,7 @@ describe('weight conversion in a shared disk directory', () => {
       waiting();
     });
     await saidWaiting;
-    expect(logs.join('\n')).toMatch(/another run is converting the weights in .*weights-opt-tiny-fp32-.*convert\.lock.*waiting/);
+    expect(logs.join('\n')).toMatch(/^waiting for another run that holds \/.*\/weights-opt-tiny-fp32-[0-9a-f]+\/convert\.lock \(converting/);
     await kill(holder.child, 'SIGKILL'); // the holder dies mid-conversion: the kernel drops its lock
     const tokens = await run;
     expect(tokens).toEqual(reference.map((r) => r.token_ids));

@@ -12,7 +12,8 @@ import { FileLock } from '../tensor/disk/lock.js';
 export async function withWeightsLock<T>(dir: string, log: (msg: string) => void, fn: () => Promise<T>): Promise<T> {
   const lockFile = path.join(dir, 'convert.lock');
   const lock = await FileLock.acquire(lockFile, {
-    onWait: () => log(`another run is converting the weights in ${dir} (it holds ${lockFile}); waiting for it to finish`),
+    // The holder may only be checking the manifest, but a wait long enough to notice is a conversion.
+    onWait: () => log(`waiting for another run that holds ${lockFile} (converting or opening these packed weights)`),
   });
   try {
     return await fn();
