@@ -23,13 +23,14 @@ int64_t now_ns() {
 
 int clock_index(Op op) { return op == Op::Read ? 0 : 1; }
 
-void record_failure(Request* r, int err, bool eof, uint64_t offset) {
+void record_failure(Request* r, const char* syscall, int err, bool eof, uint64_t offset) {
   Group* g = r->group;
   std::lock_guard<std::mutex> lock(g->failure_mu);
   if (g->failed.load()) return;  // keep the first
   g->failure.err = err;
   g->failure.eof = eof;
   g->failure.op = r->op;
+  g->failure.syscall = syscall;
   g->failure.offset = offset;
   g->failure.request_offset = r->offset;
   g->failure.request_length = r->length;
@@ -125,7 +126,7 @@ void IoPool::run_chunk(Request* r, uint32_t chunk) {
     int rc;
     do rc = fsync(f.fd);
     while (rc != 0 && errno == EINTR);
-    if (rc != 0) record_failure(r, errno, false, 0);
+    if (rc != 0) record_failure(r, "fsync", errno, false, 0);
     return;
   }
   if (r->group->failed.load()) return;  // the group already failed: skip the rest
@@ -135,6 +136,7 @@ void IoPool::run_chunk(Request* r, uint32_t chunk) {
   const uint64_t off0 = r->offset + begin;
   const uint64_t len = end - begin;
   if (len == 0) return;
+  const char* call = r->op == Op::Read ? "pread" : "pwrite";
   uint64_t done = 0;
   while (done < len) {
     ssize_t n;
@@ -147,14 +149,14 @@ void IoPool::run_chunk(Request* r, uint32_t chunk) {
     }
     if (n < 0) {
       if (errno == EINTR) continue;
-      record_failure(r, errno, false, off0 + done);
+      record_failure(r, call, errno, false, off0 + done);
       return;
     }
     if (n == 0) {
       if (r->op == Op::Read) {
-        record_failure(r, 0, true, off0 + done);
+        record_failure(r, call, 0, true, off0 + done);
       } else {
-        record_failure(r, ENOSPC, false, off0 + done);  // a write that makes no progress
+        record_failure(r, call, ENOSPC, false, off0 + done);  // a write that makes no progress
       }
       return;
     }
@@ -162,17 +164,30 @@ void IoPool::run_chunk(Request* r, uint32_t chunk) {
     // O_DIRECT only returns a short, unaligned count at the end of the file; asking again from an
     // unaligned offset would fail with EINVAL, so name it as what it is.
     if (f.direct && r->op == Op::Read && done < len && (static_cast<uint64_t>(n) % kAlign) != 0) {
-      record_failure(r, 0, true, off0 + done);
+      record_failure(r, call, 0, true, off0 + done);
       return;
     }
   }
   if (!f.direct) {
-    // Keep the page cache out of it: later reads of this range must come from the disk.
+    // Keep the page cache out of it: later reads of this range must come from the disk. A failure
+    // here is a failure of the transfer: sync_file_range reports write-back errors (EIO, ENOSPC on
+    // a thin or network filesystem) that the pwrite itself did not.
     if (r->op == Op::Write) {
-      sync_file_range(f.fd, static_cast<off_t>(off0), static_cast<off_t>(len),
-                      SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+      int rc;
+      do rc = sync_file_range(f.fd, static_cast<off_t>(off0), static_cast<off_t>(len),
+                              SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+      while (rc != 0 && errno == EINTR);
+      if (rc != 0) {
+        record_failure(r, "sync_file_range", errno, false, off0);
+        return;
+      }
     }
-    posix_fadvise(f.fd, static_cast<off_t>(off0), static_cast<off_t>(len), POSIX_FADV_DONTNEED);
+    // posix_fadvise returns the error number instead of setting errno.
+    int err = posix_fadvise(f.fd, static_cast<off_t>(off0), static_cast<off_t>(len), POSIX_FADV_DONTNEED);
+    if (err != 0) {
+      record_failure(r, "posix_fadvise", err, false, off0);
+      return;
+    }
   }
   if (r->op == Op::Read) {
     bytes_read_.fetch_add(len);

@@ -60,12 +60,13 @@ struct Request {
 };
 
 // The first failure of a group, with enough detail to name it: errno (0 for end of file), the
-// file offset where the failing call started (for end of file: where the file's data ended) and
-// the range the request asked for.
+// system call that failed, the file offset where it started (for end of file: where the file's
+// data ended) and the range the request asked for.
 struct Failure {
   int err = 0;
   bool eof = false;
   Op op = Op::Read;
+  const char* syscall = "";  // "pread", "pwrite", "fsync", "sync_file_range", "posix_fadvise"
   uint64_t offset = 0;
   uint64_t request_offset = 0;
   uint64_t request_length = 0;

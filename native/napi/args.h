@@ -5,8 +5,10 @@
 
 #include <napi.h>
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 namespace tierlm {
@@ -27,6 +29,38 @@ inline Bytes typed_bytes(const Napi::Value& v, const char* what) {
   return b;
 }
 
+// Sizes computed from arguments: every product and sum is checked, because int_arg admits values
+// up to 2^40 and two of them multiplied wrap int64 (a wrapped size passes the buffer-length check
+// below and the kernel then runs far past the buffer). A RangeError names the size and its factors.
+[[noreturn]] inline void throw_overflow(Napi::Env env, const char* what, int64_t a, const char* op, int64_t b) {
+  throw Napi::RangeError::New(env, std::string(what) + ": " + std::to_string(a) + op + std::to_string(b) +
+                                       " overflows a 64-bit size");
+}
+
+inline int64_t checked_mul(Napi::Env env, const char* what, int64_t a, int64_t b) {
+  int64_t p;
+  if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &p)) throw_overflow(env, what, a, " × ", b);
+  return p;
+}
+
+inline int64_t checked_add(Napi::Env env, const char* what, int64_t a, int64_t b) {
+  int64_t s;
+  if (a < 0 || b < 0 || __builtin_add_overflow(a, b, &s)) throw_overflow(env, what, a, " + ", b);
+  return s;
+}
+
+// The product of `factors` (dimensions, bytes per element), checked. A zero factor makes the size
+// zero but the others must still multiply without overflow: kernels compute strides from them.
+inline int64_t checked_product(Napi::Env env, const char* what, std::initializer_list<int64_t> factors) {
+  int64_t p = 1;
+  bool zero = false;
+  for (int64_t f : factors) {
+    if (f == 0) zero = true;
+    else p = checked_mul(env, what, p, f);
+  }
+  return zero ? 0 : p;
+}
+
 // Like typed_bytes, but requires at least `min_bytes` bytes; null/undefined gives an empty Bytes
 // when `optional` is set.
 inline Bytes checked_bytes(const Napi::Value& v, const char* what, size_t min_bytes, bool optional = false) {
@@ -39,10 +73,22 @@ inline Bytes checked_bytes(const Napi::Value& v, const char* what, size_t min_by
   return b;
 }
 
+// At least the product of `factors` bytes (checked for overflow first).
+inline Bytes checked_bytes(const Napi::Value& v, const char* what, std::initializer_list<int64_t> factors,
+                           bool optional = false) {
+  return checked_bytes(v, what, static_cast<size_t>(checked_product(v.Env(), what, factors)), optional);
+}
+
 template <typename T>
 inline T* checked_ptr(const Napi::Value& v, const char* what, size_t min_elements, bool optional = false) {
-  Bytes b = checked_bytes(v, what, min_elements * sizeof(T), optional);
-  return reinterpret_cast<T*>(b.data);
+  int64_t bytes = checked_mul(v.Env(), what, static_cast<int64_t>(min_elements), static_cast<int64_t>(sizeof(T)));
+  return reinterpret_cast<T*>(checked_bytes(v, what, static_cast<size_t>(bytes), optional).data);
+}
+
+// At least the product of `factors` elements of T.
+template <typename T>
+inline T* checked_ptr(const Napi::Value& v, const char* what, std::initializer_list<int64_t> factors, bool optional = false) {
+  return checked_ptr<T>(v, what, static_cast<size_t>(checked_product(v.Env(), what, factors)), optional);
 }
 
 inline int64_t int_arg(const Napi::CallbackInfo& info, size_t i, const char* what, int64_t lo = 0,
@@ -51,12 +97,12 @@ inline int64_t int_arg(const Napi::CallbackInfo& info, size_t i, const char* wha
     throw Napi::TypeError::New(info.Env(), std::string(what) + " must be a number");
   }
   double d = info[i].As<Napi::Number>().DoubleValue();
-  int64_t v = static_cast<int64_t>(d);
-  if (static_cast<double>(v) != d || v < lo || v > hi) {
+  // Range first: converting a double outside int64 (or NaN) to an integer is undefined behaviour.
+  if (!(d >= static_cast<double>(lo) && d <= static_cast<double>(hi)) || d != std::trunc(d)) {
     throw Napi::RangeError::New(info.Env(), std::string(what) + " must be an integer in [" + std::to_string(lo) +
                                                 ", " + std::to_string(hi) + "], got " + std::to_string(d));
   }
-  return v;
+  return static_cast<int64_t>(d);
 }
 
 inline double num_arg(const Napi::CallbackInfo& info, size_t i, const char* what) {

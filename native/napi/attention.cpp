@@ -33,9 +33,9 @@ void check_heads(const Napi::CallbackInfo& info, int64_t hq, int64_t hkv) {
 Napi::Value Prefill(const Napi::CallbackInfo& info) {
   int64_t t = int_arg(info, 3, "t"), hq = int_arg(info, 4, "hq"), hkv = int_arg(info, 5, "hkv"), d = int_arg(info, 6, "d");
   check_heads(info, hq, hkv);
-  const float* q = checked_ptr<float>(info[0], "q", (size_t)(t * hq * d));
-  const float* k = checked_ptr<float>(info[1], "k", (size_t)(t * hkv * d));
-  const float* v = checked_ptr<float>(info[2], "v", (size_t)(t * hkv * d));
+  const float* q = checked_ptr<float>(info[0], "q", {t, hq, d});
+  const float* k = checked_ptr<float>(info[1], "k", {t, hkv, d});
+  const float* v = checked_ptr<float>(info[2], "v", {t, hkv, d});
   Bytes sb = typed_bytes(info[7], "seqStarts");
   int64_t ns = (int64_t)(sb.length / 4);
   std::vector<int32_t> starts(reinterpret_cast<const int32_t*>(sb.data), reinterpret_cast<const int32_t*>(sb.data) + ns);
@@ -44,7 +44,7 @@ Napi::Value Prefill(const Napi::CallbackInfo& info) {
   for (int64_t i = 1; i < ns; i++)
     if (starts[i] < starts[i - 1]) throw Napi::RangeError::New(info.Env(), "seqStarts must not decrease");
   float scale = (float)num_arg(info, 8, "scale");
-  float* out = checked_ptr<float>(info[9], "out", (size_t)(t * hq * d));
+  float* out = checked_ptr<float>(info[9], "out", {t, hq, d});
   auto work = [=, starts = std::move(starts)]() { attn_prefill(q, k, v, t, hq, hkv, d, starts.data(), ns, scale, out); };
   if (is_async(info, 10)) return run_async(info.Env(), work, {info[0], info[1], info[2], info[9]});
   work();
@@ -58,17 +58,16 @@ Napi::Value Decode(const Napi::CallbackInfo& info) {
   int64_t b = int_arg(info, 4, "b"), hq = int_arg(info, 5, "hq"), hkv = int_arg(info, 6, "hkv"), d = int_arg(info, 7, "d"),
           cap = int_arg(info, 8, "cap");
   check_heads(info, hq, hkv);
-  size_t cache_bytes = (size_t)(b * hkv * cap) * (size_t)cache_row_bytes(kind, d);
-  const float* q = checked_ptr<float>(info[0], "q", (size_t)(b * hq * d));
-  const void* kc = checked_bytes(info[1], "kCache", cache_bytes).data;
-  const void* vc = checked_bytes(info[2], "vCache", cache_bytes).data;
+  const float* q = checked_ptr<float>(info[0], "q", {b, hq, d});
+  const void* kc = checked_bytes(info[1], "kCache", {b, hkv, cap, cache_row_bytes(kind, d)}).data;
+  const void* vc = checked_bytes(info[2], "vCache", {b, hkv, cap, cache_row_bytes(kind, d)}).data;
   const int32_t* lp = checked_ptr<int32_t>(info[9], "lens", (size_t)b);
   std::vector<int32_t> lens(lp, lp + b);
   for (int64_t i = 0; i < b; i++)
     if (lens[i] < 1 || lens[i] > cap)
       throw Napi::RangeError::New(info.Env(), "lens[" + std::to_string(i) + "] = " + std::to_string(lens[i]) + " is outside [1, " + std::to_string(cap) + "]");
   float scale = (float)num_arg(info, 10, "scale");
-  float* out = checked_ptr<float>(info[11], "out", (size_t)(b * hq * d));
+  float* out = checked_ptr<float>(info[11], "out", {b, hq, d});
   double sparsity = 1.0;
   if (info.Length() > 13 && !info[13].IsUndefined()) {
     sparsity = num_arg(info, 13, "sparsity");
@@ -88,8 +87,8 @@ Napi::Value CacheWrite(const Napi::CallbackInfo& info) {
   int64_t t = int_arg(info, 7, "t"), row = int_arg(info, 8, "row"), pos = int_arg(info, 9, "pos");
   if (t > 0 && row >= b) throw Napi::RangeError::New(info.Env(), "row " + std::to_string(row) + " is outside the cache's " + std::to_string(b) + " rows");
   if (pos + t > cap) throw Napi::RangeError::New(info.Env(), "positions overrun the cache capacity " + std::to_string(cap));
-  void* cache = checked_bytes(info[0], "cache", (size_t)(b * hkv * cap) * (size_t)cache_row_bytes(kind, d)).data;
-  const float* src = checked_ptr<float>(info[6], "src", (size_t)(t * hkv * d));
+  void* cache = checked_bytes(info[0], "cache", {b, hkv, cap, cache_row_bytes(kind, d)}).data;
+  const float* src = checked_ptr<float>(info[6], "src", {t, hkv, d});
   if (kind == kCacheQ4) {
     int64_t bad = quant::find_unrepresentable(src, t * hkv * d);
     if (bad >= 0)

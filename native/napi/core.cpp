@@ -92,7 +92,11 @@ Napi::Value CopyStrided(const Napi::CallbackInfo& info) {
   const int64_t ss1 = int_arg(info, 10, "srcStride1");
   if (run == 0 || n0 == 0 || n1 == 0) return env.Undefined();
   auto check = [&](const char* what, const Bytes& b, int64_t off, int64_t s0, int64_t s1) {
-    const int64_t end = off + (n0 - 1) * s0 + (n1 - 1) * s1 + run;
+    // off + (n0 - 1)·s0 + (n1 - 1)·s1 + run, each step checked: strides and counts up to 2^40 wrap int64.
+    const std::string name = std::string("copyStrided: ") + what;
+    int64_t end = checked_add(env, name.c_str(), off, checked_mul(env, name.c_str(), n0 - 1, s0));
+    end = checked_add(env, name.c_str(), end, checked_mul(env, name.c_str(), n1 - 1, s1));
+    end = checked_add(env, name.c_str(), end, run);
     if (end > static_cast<int64_t>(b.length)) {
       throw Napi::RangeError::New(env, std::string("copyStrided: ") + what + " needs " + std::to_string(end) +
                                            " bytes, holds " + std::to_string(b.length));
@@ -102,7 +106,9 @@ Napi::Value CopyStrided(const Napi::CallbackInfo& info) {
   check("src", src, src_off, ss0, ss1);
   uint8_t* d = dst.data + dst_off;
   const uint8_t* s = src.data + src_off;
-  const int64_t grain = std::max<int64_t>(1, (INT64_C(1) << 18) / std::max<int64_t>(1, run * n1));
+  // About 256 KiB per task; run · n1 can overflow when the inner stride is 0, so cap it first.
+  const int64_t per_row = n1 > (INT64_C(1) << 18) / run ? (INT64_C(1) << 18) : run * n1;
+  const int64_t grain = std::max<int64_t>(1, (INT64_C(1) << 18) / per_row);
   ThreadPool::instance().parallel_for(n0, grain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; i++) {
       for (int64_t j = 0; j < n1; j++) std::memcpy(d + i * ds0 + j * ds1, s + i * ss0 + j * ss1, static_cast<size_t>(run));

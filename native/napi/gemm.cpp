@@ -55,10 +55,15 @@ Mode mode_arg(const Napi::CallbackInfo& info, size_t i) {
 
 constexpr int64_t kMaxDim = INT64_C(1) << 31;
 
+// gemm::packed_bytes with its product checked: f32 panels of n, k up to kMaxDim pass 2^63.
+int64_t packed_bytes(Napi::Env env, const char* what, Fmt f, int64_t n, int64_t k) {
+  return checked_mul(env, what, gemm::panels(n), gemm::panel_bytes(f, k));
+}
+
 Napi::Value PackedByteLength(const Napi::CallbackInfo& info) {
   Fmt f = fmt_arg(info, 0, "format");
   int64_t n = int_arg(info, 1, "n", 0, kMaxDim), k = int_arg(info, 2, "k", 0, kMaxDim);
-  return Napi::Number::New(info.Env(), static_cast<double>(gemm::packed_bytes(f, n, k)));
+  return Napi::Number::New(info.Env(), static_cast<double>(packed_bytes(info.Env(), "packed weight", f, n, k)));
 }
 
 Napi::Value PackWeight(const Napi::CallbackInfo& info) {
@@ -67,8 +72,8 @@ Napi::Value PackWeight(const Napi::CallbackInfo& info) {
   Fmt sf = float_fmt_arg(info, 1, "srcDtype");
   int64_t n = int_arg(info, 2, "n", 1, kMaxDim), k = int_arg(info, 3, "k", 1, kMaxDim);
   Fmt f = fmt_arg(info, 4, "format");
-  Bytes src = checked_bytes(info[0], "src", static_cast<size_t>(n * k * gemm::elem_bytes(sf)));
-  Bytes dst = checked_bytes(info[5], "dst", static_cast<size_t>(gemm::packed_bytes(f, n, k)));
+  Bytes src = checked_bytes(info[0], "src", {n, k, gemm::elem_bytes(sf)});
+  Bytes dst = checked_bytes(info[5], "dst", {packed_bytes(env, "dst", f, n, k)});
   if ((reinterpret_cast<uintptr_t>(src.data) % gemm::elem_bytes(sf)) != 0) throw Napi::RangeError::New(env, "src is misaligned");
   if (gemm::is_quant(f)) {
     int64_t bad = quant::pack(src.data, static_cast<int>(sf), n, k, gemm::quant_bits(f), dst.data);
@@ -98,10 +103,10 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   Fmt f = fmt_arg(info, 4, "format");
   int64_t n = int_arg(info, 5, "n", 1, kMaxDim);
   Mode mode = mode_arg(info, 8);
-  const float* x = checked_ptr<float>(info[0], "x", static_cast<size_t>(m * k));
-  const uint8_t* w = checked_ptr<uint8_t>(info[3], "w", static_cast<size_t>(gemm::packed_bytes(f, n, k)));
-  const float* bias = checked_ptr<float>(info[6], "bias", static_cast<size_t>(n), true);
-  float* y = checked_ptr<float>(info[7], "y", static_cast<size_t>(m * n));
+  const float* x = checked_ptr<float>(info[0], "x", {m, k});
+  const uint8_t* w = checked_ptr<uint8_t>(info[3], "w", {packed_bytes(env, "w", f, n, k)});
+  const float* bias = checked_ptr<float>(info[6], "bias", {n}, true);
+  float* y = checked_ptr<float>(info[7], "y", {m, n});
   if ((reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(y) | reinterpret_cast<uintptr_t>(bias)) % 4 != 0) {
     throw Napi::RangeError::New(env, "x, y and bias must be 4-byte aligned");
   }
@@ -119,7 +124,7 @@ Napi::Value GatherRows(const Napi::CallbackInfo& info) {
   if (info.Length() < 6) throw Napi::TypeError::New(env, "gemmGatherRows(w, format, n, k, ids, out)");
   Fmt f = fmt_arg(info, 1, "format");
   int64_t n = int_arg(info, 2, "n", 1, kMaxDim), k = int_arg(info, 3, "k", 1, kMaxDim);
-  const uint8_t* w = checked_ptr<uint8_t>(info[0], "w", static_cast<size_t>(gemm::packed_bytes(f, n, k)));
+  const uint8_t* w = checked_ptr<uint8_t>(info[0], "w", {packed_bytes(env, "w", f, n, k)});
   Bytes idb = typed_bytes(info[4], "ids");
   if (info[4].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) throw Napi::TypeError::New(env, "ids must be an Int32Array");
   const int64_t count = static_cast<int64_t>(idb.length / 4);
@@ -130,7 +135,7 @@ Napi::Value GatherRows(const Napi::CallbackInfo& info) {
                                            std::to_string(n) + ")");
     }
   }
-  float* out = checked_ptr<float>(info[5], "out", static_cast<size_t>(count * k));
+  float* out = checked_ptr<float>(info[5], "out", {count, k});
   gemm::gather_rows(w, f, n, k, ids, count, out);
   return env.Undefined();
 }
@@ -147,9 +152,9 @@ Napi::Value Quantize(const Napi::CallbackInfo& info) {
   int64_t n = int_arg(info, 1, "n", 0, kMaxDim), k = int_arg(info, 2, "k", 1, kMaxDim);
   int bits = bits_arg(info, 3);
   int64_t g = int_arg(info, 4, "group", 1, kMaxDim);
-  const float* src = checked_ptr<float>(info[0], "src", static_cast<size_t>(n * k));
-  uint8_t* codes = checked_ptr<uint8_t>(info[5], "codes", static_cast<size_t>(n * quant::row_code_bytes(bits, k)));
-  uint16_t* params = checked_ptr<uint16_t>(info[6], "params", static_cast<size_t>(quant::params_len(n, k, g)));
+  const float* src = checked_ptr<float>(info[0], "src", {n, k});
+  uint8_t* codes = checked_ptr<uint8_t>(info[5], "codes", {n, quant::row_code_bytes(bits, k)});
+  uint16_t* params = checked_ptr<uint16_t>(info[6], "params", {n, quant::groups(k, g), 2});
   if ((reinterpret_cast<uintptr_t>(src) % 4) != 0 || (reinterpret_cast<uintptr_t>(params) % 2) != 0) {
     throw Napi::RangeError::New(env, "src or params is misaligned");
   }
@@ -165,9 +170,9 @@ Napi::Value Dequantize(const Napi::CallbackInfo& info) {
   int64_t n = int_arg(info, 2, "n", 0, kMaxDim), k = int_arg(info, 3, "k", 1, kMaxDim);
   int bits = bits_arg(info, 4);
   int64_t g = int_arg(info, 5, "group", 1, kMaxDim);
-  const uint8_t* codes = checked_ptr<uint8_t>(info[0], "codes", static_cast<size_t>(n * quant::row_code_bytes(bits, k)));
-  const uint16_t* params = checked_ptr<uint16_t>(info[1], "params", static_cast<size_t>(quant::params_len(n, k, g)));
-  float* out = checked_ptr<float>(info[6], "out", static_cast<size_t>(n * k));
+  const uint8_t* codes = checked_ptr<uint8_t>(info[0], "codes", {n, quant::row_code_bytes(bits, k)});
+  const uint16_t* params = checked_ptr<uint16_t>(info[1], "params", {n, quant::groups(k, g), 2});
+  float* out = checked_ptr<float>(info[6], "out", {n, k});
   if ((reinterpret_cast<uintptr_t>(out) % 4) != 0 || (reinterpret_cast<uintptr_t>(params) % 2) != 0) {
     throw Napi::RangeError::New(env, "out or params is misaligned");
   }

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -30,6 +31,7 @@
 #include "core/aligned.h"
 #include "io/io_pool.h"
 #include "napi/args.h"
+#include "napi/os_error.h"
 #include "napi/register.h"
 
 namespace tierlm {
@@ -43,24 +45,6 @@ using io::Request;
 
 constexpr uint64_t kAlign = kIoAlignment;
 constexpr int64_t kMaxOffset = INT64_C(1) << 52;
-
-std::string errno_name(int err) {
-  const char* name = strerrordesc_np(err) ? strerrorname_np(err) : nullptr;
-  return name ? std::string(name) : "E" + std::to_string(err);
-}
-
-std::string errno_text(int err) {
-  const char* d = strerrordesc_np(err);
-  return d ? std::string(d) : "error " + std::to_string(err);
-}
-
-Napi::Error os_error(Napi::Env env, int err, const std::string& what) {
-  std::string code = errno_name(err);
-  Napi::Error e = Napi::Error::New(env, code + " (" + errno_text(err) + ") " + what);
-  e.Set("code", Napi::String::New(env, code));
-  e.Set("errno", Napi::Number::New(env, -err));
-  return e;
-}
 
 const char* op_verb(Op op) { return op == Op::Read ? "reading" : op == Op::Write ? "writing" : "syncing"; }
 
@@ -160,12 +144,12 @@ Napi::Value failure_error(Napi::Env env, const io::Failure& f) {
                                   " bytes at offset " + std::to_string(f.request_offset) + ")");
     e.Set("code", Napi::String::New(env, "EOF"));
   } else if (f.op == Op::Sync) {
-    e = os_error(env, f.err, where);
+    e = os_error(env, f.err, where + " (" + f.syscall + ")");
   } else {
-    e = os_error(env, f.err, where + " at offset " + std::to_string(f.offset));
+    e = os_error(env, f.err, where + " at offset " + std::to_string(f.offset) + " (" + f.syscall + ")");
   }
   e.Set("path", Napi::String::New(env, f.path));
-  e.Set("syscall", Napi::String::New(env, f.op == Op::Read ? "pread" : f.op == Op::Write ? "pwrite" : "fsync"));
+  e.Set("syscall", Napi::String::New(env, f.syscall));
   e.Set("offset", Napi::Number::New(env, static_cast<double>(f.offset)));
   return e.Value();
 }
@@ -230,11 +214,11 @@ void check_transfer(Napi::Env env, const char* fn, const OpenFile& f, Op op, con
 int64_t offset_value(Napi::Env env, const Napi::Value& v, const std::string& what) {
   if (!v.IsNumber()) throw Napi::TypeError::New(env, what + " must be a number");
   double d = v.As<Napi::Number>().DoubleValue();
-  int64_t o = static_cast<int64_t>(d);
-  if (static_cast<double>(o) != d || o < 0 || o > kMaxOffset) {
-    throw Napi::RangeError::New(env, what + " must be a non-negative integer, got " + std::to_string(d));
+  // Range first: converting a double outside int64 (or NaN) to an integer is undefined behaviour.
+  if (!(d >= 0 && d <= static_cast<double>(kMaxOffset)) || d != std::trunc(d)) {
+    throw Napi::RangeError::New(env, what + " must be a non-negative integer up to 2^52, got " + std::to_string(d));
   }
-  return o;
+  return static_cast<int64_t>(d);
 }
 
 io::Priority priority_arg(const Napi::CallbackInfo& info, size_t i) {
@@ -291,7 +275,12 @@ Napi::Value IoOpen(const Napi::CallbackInfo& info) {
     if (fd < 0) throw os_error(env, errno, std::string("opening ") + path + (f.writable ? " for writing" : " for reading"));
   }
   struct stat st;
-  if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+  if (fstat(fd, &st) != 0) {
+    int err = errno;
+    close(fd);
+    throw os_error(env, err, "opening " + path + " (fstat)");
+  }
+  if (S_ISDIR(st.st_mode)) {
     close(fd);
     throw os_error(env, EISDIR, std::string("opening ") + path);
   }
@@ -359,7 +348,8 @@ Napi::Value IoAllocate(const Napi::CallbackInfo& info) {
     throw os_error(info.Env(), err, "preallocating " + std::to_string(bytes) + " bytes for " + f.info->path);
   }
   struct stat st;
-  if (fstat(f.info->fd, &st) == 0 && st.st_size < bytes) {
+  if (fstat(f.info->fd, &st) != 0) throw os_error(info.Env(), errno, "reading the size of " + f.info->path);
+  if (st.st_size < bytes) {
     if (ftruncate(f.info->fd, static_cast<off_t>(bytes)) != 0) {
       throw os_error(info.Env(), errno, "growing " + f.info->path + " to " + std::to_string(bytes) + " bytes");
     }

@@ -12,6 +12,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_rowwise(env, exports);
   register_attention(env, exports);
   register_io(env, exports);
+  register_lock(env, exports);
   return exports;
 }
 

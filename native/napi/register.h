@@ -7,4 +7,5 @@ void register_gemm(Napi::Env env, Napi::Object exports);       // napi/gemm.cpp
 void register_rowwise(Napi::Env env, Napi::Object exports);    // napi/rowwise.cpp
 void register_attention(Napi::Env env, Napi::Object exports);  // napi/attention.cpp
 void register_io(Napi::Env env, Napi::Object exports);         // napi/io.cpp
+void register_lock(Napi::Env env, Napi::Object exports);       // napi/lock.cpp
 }  // namespace tierlm

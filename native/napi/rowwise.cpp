@@ -34,15 +34,15 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
   int dt = dtype_arg(info, 1);
   int64_t vocab = int_arg(info, 2, "vocab");
   int64_t dim = int_arg(info, 3, "dim");
-  size_t es = dt == kDtF32 ? 4 : 2;
-  const void* table = checked_bytes(info[0], "table", (size_t)(vocab * dim) * es).data;
+  int64_t es = dt == kDtF32 ? 4 : 2;
+  const void* table = checked_bytes(info[0], "table", {vocab, dim, es}).data;
   Bytes idb = typed_bytes(info[4], "ids");
   int64_t n = (int64_t)(idb.length / 4);
   const int32_t* ids = reinterpret_cast<const int32_t*>(idb.data);
   for (int64_t i = 0; i < n; i++)
     if (ids[i] < 0 || ids[i] >= vocab)
       throw Napi::RangeError::New(info.Env(), "ids[" + std::to_string(i) + "] = " + std::to_string(ids[i]) + " is outside [0, " + std::to_string(vocab) + ")");
-  float* out = checked_ptr<float>(info[5], "out", (size_t)(n * dim));
+  float* out = checked_ptr<float>(info[5], "out", {n, dim});
   rw_embedding(table, dt, vocab, dim, ids, n, out);
   return info.Env().Undefined();
 }
@@ -50,12 +50,11 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
 // layerNorm(x, rows, cols, gamma, beta|null, eps, out)
 Napi::Value LayerNorm(const Napi::CallbackInfo& info) {
   int64_t rows = int_arg(info, 1, "rows"), cols = int_arg(info, 2, "cols");
-  size_t n = (size_t)(rows * cols);
-  const float* x = checked_ptr<float>(info[0], "x", n);
-  const float* gamma = checked_ptr<float>(info[3], "gamma", (size_t)cols);
-  const float* beta = checked_ptr<float>(info[4], "beta", (size_t)cols, true);
+  const float* x = checked_ptr<float>(info[0], "x", {rows, cols});
+  const float* gamma = checked_ptr<float>(info[3], "gamma", {cols});
+  const float* beta = checked_ptr<float>(info[4], "beta", {cols}, true);
   float eps = (float)num_arg(info, 5, "eps");
-  float* out = checked_ptr<float>(info[6], "out", n);
+  float* out = checked_ptr<float>(info[6], "out", {rows, cols});
   rw_layer_norm(x, rows, cols, gamma, beta, eps, out);
   return info.Env().Undefined();
 }
@@ -63,11 +62,10 @@ Napi::Value LayerNorm(const Napi::CallbackInfo& info) {
 // rmsNorm(x, rows, cols, gamma, eps, out)
 Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
   int64_t rows = int_arg(info, 1, "rows"), cols = int_arg(info, 2, "cols");
-  size_t n = (size_t)(rows * cols);
-  const float* x = checked_ptr<float>(info[0], "x", n);
-  const float* gamma = checked_ptr<float>(info[3], "gamma", (size_t)cols);
+  const float* x = checked_ptr<float>(info[0], "x", {rows, cols});
+  const float* gamma = checked_ptr<float>(info[3], "gamma", {cols});
   float eps = (float)num_arg(info, 4, "eps");
-  float* out = checked_ptr<float>(info[5], "out", n);
+  float* out = checked_ptr<float>(info[5], "out", {rows, cols});
   rw_rms_norm(x, rows, cols, gamma, eps, out);
   return info.Env().Undefined();
 }
@@ -110,9 +108,8 @@ Napi::Value Add(const Napi::CallbackInfo& info) {
 template <void (*F)(const float*, int64_t, int64_t, float*)>
 Napi::Value RowOp(const Napi::CallbackInfo& info) {
   int64_t rows = int_arg(info, 1, "rows"), cols = int_arg(info, 2, "cols");
-  size_t n = (size_t)(rows * cols);
-  const float* x = checked_ptr<float>(info[0], "x", n);
-  float* out = checked_ptr<float>(info[3], "out", n);
+  const float* x = checked_ptr<float>(info[0], "x", {rows, cols});
+  float* out = checked_ptr<float>(info[3], "out", {rows, cols});
   F(x, rows, cols, out);
   return info.Env().Undefined();
 }
@@ -120,8 +117,8 @@ Napi::Value RowOp(const Napi::CallbackInfo& info) {
 // rope(x, t, heads, d, positions, theta, rotaryDim)
 Napi::Value Rope(const Napi::CallbackInfo& info) {
   int64_t t = int_arg(info, 1, "t"), heads = int_arg(info, 2, "heads"), d = int_arg(info, 3, "d");
-  float* x = checked_ptr<float>(info[0], "x", (size_t)(t * heads * d));
-  const int32_t* pos = checked_ptr<int32_t>(info[4], "positions", (size_t)t);
+  float* x = checked_ptr<float>(info[0], "x", {t, heads, d});
+  const int32_t* pos = checked_ptr<int32_t>(info[4], "positions", {t});
   double theta = num_arg(info, 5, "theta");
   int64_t rot = int_arg(info, 6, "rotaryDim", 0, d);
   if (rot % 2 != 0) throw Napi::RangeError::New(info.Env(), "rotaryDim must be even");

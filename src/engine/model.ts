@@ -31,6 +31,8 @@ export interface LoadOptions {
   ramBytes?: number;
   /** Compute-device memory. On a CPU-only machine the device is RAM: device shares count against ramBytes. */
   deviceBytes?: number;
+  /** Where to say what loading waits for (another run converting the weights in the disk directory). Default: stderr. */
+  log?: (msg: string) => void;
 }
 
 export class LanguageModel {
@@ -69,13 +71,19 @@ export class LanguageModel {
       checkLimits(wItems, limits, `the weights of ${dir}`);
       const needsDisk = shares(policy, 'weights').disk > 0 || shares(policy, 'cache').disk > 0 || shares(policy, 'activations').disk > 0;
       const disk = needsDisk ? await DiskTier.open(options.diskDir, options.diskBytes) : null;
-      const wShares = shares(policy, 'weights');
-      const layers = wShares.disk > 0
-        ? await WeightStore.open(model.loader, c, backend, precision, wShares, disk!.weightsDir(dir, precision + (policy.compressWeight ? '-q4' : '')), model.sourceFiles)
-        : new ResidentLayers(model.loader, c);
-      const transformer = new Transformer(c, backend, model.loader.globals(), policy.attnSparsity);
-      const runner = new BlockRunner(transformer, layers, policy, { cache: disk?.cacheFile ?? null, act: disk?.actFile ?? null });
-      return new LanguageModel(c, transformer, layers, runner, policy, model.eosTokenIds, TextTokenizer.load(dir), precision, disk, wItems, limits);
+      try {
+        const wShares = shares(policy, 'weights');
+        const layers = wShares.disk > 0
+          ? await WeightStore.open(model.loader, c, backend, precision, wShares, disk!.weightsDir(dir, precision + (policy.compressWeight ? '-q4' : '')), model.sourceFiles,
+            options.log ?? ((m) => process.stderr.write(`tierlm: ${m}\n`)))
+          : new ResidentLayers(model.loader, c);
+        const transformer = new Transformer(c, backend, model.loader.globals(), policy.attnSparsity);
+        const runner = new BlockRunner(transformer, layers, policy, { cache: disk?.cacheFile ?? null, act: disk?.actFile ?? null });
+        return new LanguageModel(c, transformer, layers, runner, policy, model.eosTokenIds, TextTokenizer.load(dir), precision, disk, wItems, limits);
+      } catch (e) {
+        await disk?.close(); // a load that fails leaves no spill files or run lock behind
+        throw e;
+      }
     } finally {
       model.close();
     }

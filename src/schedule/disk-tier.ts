@@ -1,11 +1,14 @@
 // The disk tier of one run: a directory the user names, checked up front, holding the packed
-// weights (kept between runs) and this run's cache and activation spill files.
+// weights (kept between runs) and this run's cache and activation spill files. Several runs may
+// share the directory: spill files are named per run (src/schedule/spill-files.ts) and packed
+// weights are converted under a lock (src/schedule/weights-dir.ts).
 
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { UserError } from '../util/errors.js';
 import { type BlockFile, openBlockFile } from './block-file.js';
+import { SpillFiles } from './spill-files.js';
 
 export class DiskTier {
   private constructor(
@@ -13,6 +16,7 @@ export class DiskTier {
     readonly capacity: number | null,
     readonly cacheFile: BlockFile,
     readonly actFile: BlockFile,
+    private readonly spill: SpillFiles,
   ) {}
 
   static async open(dir: string | undefined, capacity?: number): Promise<DiskTier> {
@@ -24,9 +28,19 @@ export class DiskTier {
     } catch {
       throw new UserError(`disk directory ${dir} is not writable`);
     }
-    const cacheFile = await openBlockFile(path.join(dir, 'cache.bin'), 'w');
-    const actFile = await openBlockFile(path.join(dir, 'activations.bin'), 'w');
-    return new DiskTier(dir, capacity ?? null, cacheFile, actFile);
+    const spill = SpillFiles.claim(dir);
+    const opened: BlockFile[] = [];
+    try {
+      for (const kind of ['cache', 'activations'] as const) opened.push(await openBlockFile(spill.path(kind), 'w'));
+    } catch (e) {
+      try {
+        for (const f of opened) await f.close();
+      } finally {
+        spill.remove();
+      }
+      throw e;
+    }
+    return new DiskTier(dir, capacity ?? null, opened[0]!, opened[1]!, spill);
   }
 
   /** Where one model's packed weights live (one folder per model and compute mode). */
@@ -37,9 +51,16 @@ export class DiskTier {
     return d;
   }
 
+  /** Closes and deletes this run's spill files (deleted even when closing throws). */
   async close(): Promise<void> {
-    await this.cacheFile.close();
-    await this.actFile.close();
-    for (const f of [this.cacheFile.path, this.actFile.path]) fs.rmSync(f, { force: true });
+    try {
+      await this.cacheFile.close();
+    } finally {
+      try {
+        await this.actFile.close();
+      } finally {
+        this.spill.remove();
+      }
+    }
   }
 }

@@ -18,6 +18,7 @@ import type { AttentionWeights, LayerWeights, Linear, MlpWeights, Norm, WeightLo
 import { Tensor } from '../tensor/tensor.js';
 import { type BlockFile, alignedBytes, openBlockFile } from './block-file.js';
 import { type ItemSplit, alignDown, alignUp, splitByBytes } from './placement.js';
+import { publishConverted, withWeightsLock } from './weights-dir.js';
 
 /** attn: q, k, v, o (and the attention norm); mlp: the rest. `all` loads both. */
 export type LayerPart = 'attn' | 'mlp' | 'all';
@@ -142,23 +143,25 @@ export class WeightStore implements LayerSource {
   /**
    * Packs the model's layer weights into `dir/weights.bin` (once: a manifest records what was
    * packed from which files, and a rerun with the same model and mode reuses it), then reads
-   * each layer's resident share into RAM.
+   * each layer's resident share into RAM. Runs sharing `dir` convert one at a time (src/schedule/weights-dir.ts);
+   * `log` says when this one waits.
    */
   static async open(loader: WeightLoader, config: ModelConfig, backend: Backend, mode: ComputeMode, shares: Shares, dir: string,
-    sourceFiles: string[]): Promise<WeightStore> {
+    sourceFiles: string[], log: (msg: string) => void = () => {}): Promise<WeightStore> {
     const layers: Layer[] = [];
     const entries: { j: number; slot: LayerSlot; name: string; part: 'attn' | 'mlp'; bias: boolean }[] = [];
     for (let j = 0; j < config.layers; j++) for (const m of loader.matrices(j)) entries.push({ j, ...m });
     const file = path.join(dir, 'weights.bin');
     const manifestFile = path.join(dir, 'weights.json');
     const wanted = manifestKey(sourceFiles, mode, backend.name);
-    let manifest = readManifest(manifestFile);
-    if (!manifest || manifest.key !== wanted) {
-      manifest = await convert(loader, entries, file);
-      manifest.key = wanted;
-      fs.writeFileSync(manifestFile, JSON.stringify(manifest));
-    }
-    const bf = await openBlockFile(file, 'r');
+    const { manifest, bf } = await withWeightsLock(dir, log, async () => {
+      let manifest = readManifest(manifestFile);
+      if (!manifest || manifest.key !== wanted) {
+        manifest = await publishConverted(file, manifestFile, async (partial) => ({ ...(await convert(loader, entries, partial)), key: wanted }));
+      }
+      // Opened under the lock: a run converting later renames a new file in, and this one keeps the old.
+      return { manifest, bf: await openBlockFile(file, 'r') };
+    });
     let k = 0;
     for (let j = 0; j < config.layers; j++) {
       const mine = entries.filter((e) => e.j === j);

@@ -48,6 +48,7 @@ export interface IoError extends Error {
   code?: string;
   errno?: number;
   path?: string;
+  /** The call that failed: 'pread', 'pwrite', 'fsync', 'sync_file_range' or 'posix_fadvise' (the last two on buffered files). */
   syscall?: string;
   offset?: number;
 }

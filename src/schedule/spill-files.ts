@@ -1,0 +1,149 @@
+// The spill files (KV cache, activations) of one run in a disk directory that other runs may share.
+//
+// Each run names its files with a tag of its own, `cache-<pid>-<random>.bin`, and holds an flock on
+// `run-<tag>.lock` (src/tensor/disk/lock.ts) while they exist. The files go at close(), and, best
+// effort, when the process exits or is stopped by SIGINT / SIGTERM / SIGHUP. A run killed outright
+// (SIGKILL, a crash, power loss) cannot clean up, so every run clears what dead runs left when it
+// opens the directory: a tag whose lock can be taken has no live owner. The pid in the name is
+// only for people reading the directory; liveness comes from the lock, which a reused pid cannot
+// fake.
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { FileLock } from '../tensor/disk/lock.js';
+
+export type SpillKind = 'cache' | 'activations';
+
+const KINDS: readonly SpillKind[] = ['cache', 'activations'];
+const TAGGED = /^(?:cache|activations)-(\d+-[0-9a-f]{8})\.bin$|^run-(\d+-[0-9a-f]{8})\.lock$/;
+const CLAIMING = /^run-(\d+)-[0-9a-f]{8}\.lock\.tmp$/;
+
+const spillName = (kind: SpillKind, tag: string): string => `${kind}-${tag}.bin`;
+const lockName = (tag: string): string => `run-${tag}.lock`;
+
+export class SpillFiles {
+  private lock: FileLock | null;
+
+  private constructor(
+    readonly dir: string,
+    readonly tag: string,
+    lock: FileLock,
+  ) {
+    this.lock = lock;
+  }
+
+  /** Clears what dead runs left in `dir`, then claims a tag for this run. */
+  static claim(dir: string): SpillFiles {
+    removeStale(dir);
+    const tag = `${process.pid}-${randomBytes(4).toString('hex')}`;
+    // Lock under a temporary name and rename: `run-<tag>.lock` is never seen unlocked while this
+    // run lives, so a run clearing the directory at that moment cannot take it for a dead one.
+    const claiming = path.join(dir, `${lockName(tag)}.tmp`);
+    const lock = FileLock.tryAcquire(claiming);
+    if (!lock) throw new Error(`cannot lock ${claiming}: a fresh random name is already locked`);
+    try {
+      fs.renameSync(claiming, path.join(dir, lockName(tag)));
+    } catch (e) {
+      lock.release();
+      fs.rmSync(claiming, { force: true });
+      throw e;
+    }
+    const files = new SpillFiles(dir, tag, lock);
+    live.add(files);
+    watchExit();
+    return files;
+  }
+
+  path(kind: SpillKind): string {
+    return path.join(this.dir, spillName(kind, this.tag));
+  }
+
+  /** Deletes this run's files and drops its lock (synchronous: it also runs in exit handlers). */
+  remove(): void {
+    const lock = this.lock;
+    if (!lock) return;
+    this.lock = null;
+    live.delete(this);
+    if (live.size === 0) unwatchExit();
+    try {
+      for (const kind of KINDS) fs.rmSync(this.path(kind), { force: true });
+      fs.rmSync(path.join(this.dir, lockName(this.tag)), { force: true });
+    } finally {
+      lock.release();
+    }
+  }
+}
+
+/** Deletes the spill files and locks of runs that are gone (their lock can be taken). */
+function removeStale(dir: string): void {
+  const tags = new Set<string>();
+  for (const name of fs.readdirSync(dir)) {
+    const m = TAGGED.exec(name);
+    if (m) tags.add((m[1] ?? m[2])!);
+    // A claim interrupted between locking and renaming: its lock is gone with the file's rename,
+    // so only a dead pid tells it apart from a run claiming right now.
+    const c = CLAIMING.exec(name);
+    if (c && !pidAlive(Number(c[1]))) fs.rmSync(path.join(dir, name), { force: true });
+  }
+  for (const tag of tags) {
+    let lock: FileLock | null;
+    try {
+      lock = FileLock.tryAcquire(path.join(dir, lockName(tag)));
+    } catch {
+      continue; // a lock file we may not open (another user's): not ours to judge
+    }
+    if (!lock) continue; // its run is alive
+    try {
+      for (const kind of KINDS) fs.rmSync(path.join(dir, spillName(kind, tag)), { force: true });
+      fs.rmSync(path.join(dir, lockName(tag)), { force: true });
+    } catch {
+      // Files we may not delete belong to another user; leave them.
+    } finally {
+      lock.release();
+    }
+  }
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM'; // alive, owned by another user
+  }
+}
+
+// ---- removal at exit ---------------------------------------------------------------------------
+
+const live = new Set<SpillFiles>();
+const SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+let watching = false;
+
+function removeAll(): void {
+  for (const f of [...live]) f.remove();
+}
+
+function onSignal(signal: NodeJS.Signals): void {
+  // Another handler owns the shutdown (it may still be using the files): the 'exit' hook cleans up.
+  if (process.listenerCount(signal) > 1) return;
+  try {
+    removeAll();
+  } finally {
+    unwatchExit();
+    process.kill(process.pid, signal); // no listener now: the default action ends the process
+  }
+}
+
+function watchExit(): void {
+  if (watching) return;
+  watching = true;
+  process.on('exit', removeAll);
+  for (const s of SIGNALS) process.on(s, onSignal);
+}
+
+function unwatchExit(): void {
+  if (!watching) return;
+  watching = false;
+  process.off('exit', removeAll);
+  for (const s of SIGNALS) process.off(s, onSignal);
+}

@@ -1,0 +1,69 @@
+// A folder of packed weights (weights.bin and its manifest weights.json) that several runs on one
+// disk directory share. Runs check, convert and open it one at a time under `convert.lock`, so a
+// second run converting the same model waits for the first and then reuses its result. A
+// conversion writes `weights.bin.partial`, and the manifest, which marks the folder complete, is
+// removed before the new weights.bin is renamed in and written (atomically) after: a conversion
+// killed at any point leaves no manifest that matches, and the next run converts again.
+import fs from 'node:fs';
+import path from 'node:path';
+import { FileLock } from '../tensor/disk/lock.js';
+
+/** Runs `fn` holding the folder's conversion lock, waiting (and saying so once) while another run holds it. */
+export async function withWeightsLock<T>(dir: string, log: (msg: string) => void, fn: () => Promise<T>): Promise<T> {
+  const lockFile = path.join(dir, 'convert.lock');
+  const lock = await FileLock.acquire(lockFile, {
+    // The holder may only be checking the manifest, but a wait long enough to notice is a conversion.
+    onWait: () => log(`waiting for another run that holds ${lockFile} (converting or opening these packed weights)`),
+  });
+  try {
+    return await fn();
+  } finally {
+    lock.release();
+  }
+}
+
+/**
+ * Converts into a temporary file with `write` (which must sync it) and publishes it as `file`,
+ * then writes `manifest` returned by `write` to `manifestFile` last. Call under withWeightsLock.
+ */
+export async function publishConverted<M>(file: string, manifestFile: string, write: (partial: string) => Promise<M>): Promise<M> {
+  const partial = `${file}.partial`;
+  fs.rmSync(partial, { force: true }); // left by a conversion that was killed (we hold the lock)
+  let manifest: M;
+  try {
+    manifest = await write(partial);
+  } catch (e) {
+    fs.rmSync(partial, { force: true });
+    throw e;
+  }
+  // Runs still reading the old weights.bin keep its data through their open descriptors.
+  fs.rmSync(manifestFile, { force: true });
+  fs.renameSync(partial, file);
+  syncDir(path.dirname(file));
+  writeFileDurably(manifestFile, JSON.stringify(manifest));
+  return manifest;
+}
+
+/** Writes `text` to a temporary file, syncs it and renames it over `file`: readers see all or nothing. */
+function writeFileDurably(file: string, text: string): void {
+  const tmp = `${file}.tmp`;
+  const fd = fs.openSync(tmp, 'w');
+  try {
+    fs.writeSync(fd, text);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
+  syncDir(path.dirname(file));
+}
+
+/** Makes renames in `dir` durable, so that after a crash the manifest is never there without the data. */
+function syncDir(dir: string): void {
+  const fd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}

@@ -1,0 +1,56 @@
+// Exclusive locks on files of a shared disk directory (native/napi/lock.cpp: flock). A lock is held
+// by an open descriptor, so the kernel drops it when its holder exits or is killed: a lock that can
+// be taken proves its last holder is gone, which a pid in a file name cannot (pids are reused).
+import { setTimeout as sleep } from 'node:timers/promises';
+import { nativeFn } from '../../backend/cpu/addon.js';
+
+const tryLock = (path: string): number | null => nativeFn<(p: string) => number | null>('fileLockTry')(path);
+const releaseLock = (fd: number): void => nativeFn<(fd: number) => void>('fileLockRelease')(fd);
+
+export interface AcquireOptions {
+  /** Called once, when the lock is held by another process (or another open in this one) and we start waiting. */
+  onWait?: () => void;
+  /** How often to try again (default 100 ms). */
+  pollMs?: number;
+}
+
+export class FileLock {
+  private fd: number | null;
+
+  private constructor(
+    readonly path: string,
+    fd: number,
+  ) {
+    this.fd = fd;
+  }
+
+  /** Takes the lock on `path` (created if missing) now, or returns null if someone holds it. */
+  static tryAcquire(path: string): FileLock | null {
+    const fd = tryLock(path);
+    return fd === null ? null : new FileLock(path, fd);
+  }
+
+  /** Takes the lock, waiting (without blocking the event loop) while someone else holds it. */
+  static async acquire(path: string, options: AcquireOptions = {}): Promise<FileLock> {
+    let waited = false;
+    for (;;) {
+      const lock = FileLock.tryAcquire(path);
+      if (lock) return lock;
+      if (!waited) options.onWait?.();
+      waited = true;
+      await sleep(options.pollMs ?? 100);
+    }
+  }
+
+  get held(): boolean {
+    return this.fd !== null;
+  }
+
+  /** Drops the lock (the file stays); releasing twice is a no-op. */
+  release(): void {
+    if (this.fd === null) return;
+    const fd = this.fd;
+    this.fd = null;
+    releaseLock(fd);
+  }
+}

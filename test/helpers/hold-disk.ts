@@ -1,0 +1,21 @@
+// A stand-in for another run on a shared disk directory, for test/shared-disk-dir.test.ts. Run with
+// `node --import tsx test/helpers/hold-disk.ts MODE PATH`:
+//   tier DIR   opens a disk tier in DIR and prints its spill files as JSON
+//   exit DIR   the same, then exits with code 7 without closing it
+//   lock FILE  takes the lock FILE (a weights folder's convert.lock) and prints {"locked": FILE}
+// then (but for exit) waits until it is killed.
+import { DiskTier } from '../../src/schedule/disk-tier.js';
+import { FileLock } from '../../src/tensor/disk/lock.js';
+
+const [mode, target] = process.argv.slice(2);
+if (mode === 'tier' || mode === 'exit') {
+  const tier = await DiskTier.open(target);
+  console.log(JSON.stringify({ cache: tier.cacheFile.path, act: tier.actFile.path }));
+  if (mode === 'exit') process.exit(7);
+} else if (mode === 'lock') {
+  if (!FileLock.tryAcquire(target!)) process.exit(3); // held until this process dies
+  console.log(JSON.stringify({ locked: target }));
+} else {
+  throw new Error(`hold-disk: unknown mode ${mode}`);
+}
+setInterval(() => {}, 1 << 30);
