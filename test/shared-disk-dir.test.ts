@@ -193,7 +193,7 @@ describe('two runs on one --disk-dir at once', () => {
       const out = path.join(dir, `out-${i}.jsonl`);
       const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/run.ts', 'generate', '--model', opt,
         '--prompts', prompts, '--out', out, '--max-new-tokens', '8', '--ignore-eos',
-        '--gpu-batch-size', '1', '--num-gpu-batches', '5', '--percent', '0', '50', '0', '50', '0', '50', '--disk-dir', dir], { cwd: repoRoot });
+        '--gpu-batch-size', '2', '--num-gpu-batches', '2', '--percent', '0', '50', '0', '50', '0', '50', '--disk-dir', dir], { cwd: repoRoot });
       children.push(child);
       let stderr = '';
       child.stderr.on('data', (d) => (stderr += d));
