@@ -58,12 +58,17 @@ describe('offloading gives identical tokens', () => {
     });
   }
 
-  it('a model from init with a GQA layout, all on disk, batch 3 × 2', async () => {
-    const dir = path.join(fixturesDir, 'qwen2-tiny');
-    const plain = await run(dir, {}, undefined, { batchSize: 3, numGpuBatches: 2 });
-    const got = await run(dir, { wCpuPercent: 10, cacheCpuPercent: 20, actCpuPercent: 50 }, tmpDir('qwen'), { batchSize: 3, numGpuBatches: 2 });
-    expect(got).toEqual(plain);
-  });
+  // qwen2-tiny: GQA with q/k/v biases; llama3-tiny: GQA, explicit head_dim, llama3 rope scaling
+  // and a tied head (the embedding is a global weight read by both ends of the pass).
+  for (const model of ['qwen2-tiny', 'llama3-tiny']) {
+    it(`${model}: mostly on disk, batch 3 × 2, matches the plain run and the reference`, async () => {
+      const dir = path.join(fixturesDir, model);
+      const plain = await run(dir, {}, undefined, { batchSize: 3, numGpuBatches: 2 });
+      readJsonl<Reference>(path.join(dir, 'reference.jsonl')).forEach((r, i) => expect(plain[i]!.tokenIds).toEqual(r.token_ids));
+      const got = await run(dir, { wCpuPercent: 10, cacheCpuPercent: 20, actCpuPercent: 50 }, tmpDir(model), { batchSize: 3, numGpuBatches: 2 });
+      expect(got).toEqual(plain);
+    });
+  }
 
   it('4-bit weights (compress_weight): every placement gives the compressed plain run\'s tokens, with fewer bytes', async () => {
     const dir = path.join(fixturesDir, 'llama-tiny');
