@@ -56,6 +56,13 @@ describe('rope_scaling in config.json', () => {
     expect(parse({ rope_scaling: null }).positions).toMatchObject({ scaling: null });
   });
 
+  it('reads the rope_parameters object of transformers 5 (theta and scaling in one place)', () => {
+    const l3 = { rope_type: 'llama3', rope_theta: 500000, factor: 32, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 };
+    expect(parse({ rope_parameters: l3 }).positions).toMatchObject({ theta: 500000, scaling: { type: 'llama3', factor: 32 } });
+    expect(parse({ rope_parameters: { rope_type: 'default', rope_theta: 1e6 } }).positions).toEqual({ kind: 'rope', theta: 1e6, rotaryDim: 8, scaling: null });
+    expect(() => parse({ rope_parameters: { rope_type: 'yarn', rope_theta: 1e6, factor: 4 } })).toThrow(/field "rope_parameters\.rope_type" "yarn" is not supported yet/);
+  });
+
   it('refuses the types not implemented, and bad fields, naming the field', () => {
     for (const type of ['yarn', 'longrope', 'dynamic']) {
       expect(() => parse({ rope_scaling: { rope_type: type, factor: 4 } })).toThrow(new RegExp(`config\\.json: field "rope_scaling\\.rope_type" "${type}" is not supported yet \\(positions would be wrong; supported: default, linear, llama3\\)`));

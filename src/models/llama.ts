@@ -5,7 +5,7 @@
 
 import type { Architecture, NameTable } from './architecture.js';
 import { type ConfigReader, type ModelConfig, checkConfig } from './config.js';
-import { parseRopeScaling } from './rope.js';
+import { parseRope } from './rope.js';
 
 export interface LlamaFamilyDefaults {
   modelType: string;
@@ -24,7 +24,6 @@ export function parseLlamaFamily(r: ConfigReader, d: LlamaFamilyDefaults): Model
   // Sliding-window attention only differs from full attention past the window, so requests are
   // limited to it rather than computed wrongly.
   const window = r.has('sliding_window') && r.bool('use_sliding_window', true) ? r.positiveInt('sliding_window') : Infinity;
-  const partial = r.has('partial_rotary_factor') ? r.num('partial_rotary_factor') : 1;
   return checkConfig(r.file, {
     modelType: d.modelType,
     vocabSize: r.positiveInt('vocab_size'),
@@ -41,7 +40,7 @@ export function parseLlamaFamily(r: ConfigReader, d: LlamaFamilyDefaults): Model
     finalNorm: true,
     activation: r.activation('hidden_act', 'silu'),
     gatedMlp: true,
-    positions: { kind: 'rope', theta: r.num('rope_theta', d.ropeTheta), rotaryDim: Math.round(headDim * partial), scaling: parseRopeScaling(r) },
+    positions: parseRope(r, headDim, d.ropeTheta),
     qkvBias: d.qkvBias ?? attentionBias,
     outBias: d.qkvBias ? false : attentionBias,
     mlpBias: r.bool('mlp_bias', false),

@@ -22,9 +22,18 @@ export interface RopePositions {
 
 const SUPPORTED = ['default', 'linear', 'llama3'];
 
-/** Reads config.json's rope_scaling (null, absent or rope_type "default": no scaling). */
-export function parseRopeScaling(config: ConfigReader): RopeScaling | null {
-  const r = config.object('rope_scaling');
+/** Rotary positions from config.json: rope_theta, partial_rotary_factor and rope_scaling, or the
+ *  one rope_parameters object that transformers 5 writes in their place. */
+export function parseRope(config: ConfigReader, headDim: number, defaultTheta: number): RopePositions {
+  const params = config.object('rope_parameters');
+  const from = (field: string) => (params?.has(field) ? params : config);
+  const theta = from('rope_theta').num('rope_theta', defaultTheta);
+  const partial = from('partial_rotary_factor').num('partial_rotary_factor', 1);
+  return { kind: 'rope', theta, rotaryDim: Math.round(headDim * partial), scaling: parseRopeScaling(params ?? config.object('rope_scaling')) };
+}
+
+/** The scaling an object of rope_scaling's form describes (none: null, or rope_type "default"). */
+function parseRopeScaling(r: ConfigReader | null): RopeScaling | null {
   if (!r) return null;
   // Older configs name the type "type"; Hugging Face reads rope_type first.
   const field = r.has('rope_type') ? 'rope_type' : 'type';
