@@ -6,6 +6,7 @@ export type { GenerationRequest, GenerationResult, RequestError, FinishReason } 
 export type { SamplingParams } from './engine/sampling.js';
 export type { ModelConfig } from './models/config.js';
 export { supportedModelTypes } from './models/registry.js';
+export { ropeInvFreq, type RopePositions, type RopeScaling } from './models/rope.js';
 export { Tensor } from './tensor/tensor.js';
 export type { DType, FloatDType } from './tensor/dtype.js';
 export {

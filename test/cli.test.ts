@@ -4,10 +4,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { cli } from './helpers/cli.js';
-import { type Reference, readJsonl, repoRoot, sharedFixtures, tmpDir } from './helpers/fixtures.js';
+import { type Reference, readJsonl, repoRoot, fixturesDir, tmpDir } from './helpers/fixtures.js';
 
-const opt = path.join(sharedFixtures, 'opt-tiny');
-const prompts = path.join(sharedFixtures, 'prompts.jsonl');
+const opt = path.join(fixturesDir, 'opt-tiny');
+const prompts = path.join(fixturesDir, 'prompts.jsonl');
 const reference = readJsonl<Reference>(path.join(opt, 'reference.jsonl'));
 
 function readOut(file: string): Record<string, any>[] {

@@ -8,10 +8,10 @@ import { loadModel } from '../src/index.js';
 import { runJob } from '../src/engine/job.js';
 import { ResultWriter } from '../src/formats/jsonl.js';
 import { DirectFile } from '../src/tensor/disk/io.js';
-import { type Reference, readJsonl, sharedFixtures, tmpDir } from './helpers/fixtures.js';
+import { type Reference, readJsonl, fixturesDir, tmpDir } from './helpers/fixtures.js';
 
-const opt = path.join(sharedFixtures, 'opt-tiny');
-const prompts = path.join(sharedFixtures, 'prompts.jsonl');
+const opt = path.join(fixturesDir, 'opt-tiny');
+const prompts = path.join(fixturesDir, 'prompts.jsonl');
 const reference = readJsonl<Reference>(path.join(opt, 'reference.jsonl'));
 // Everything on disk, one sequence per block: five blocks, each a chance to fail.
 const policy = { wGpuPercent: 0, wCpuPercent: 0, cacheGpuPercent: 0, cacheCpuPercent: 0, actGpuPercent: 0, actCpuPercent: 0, gpuBatchSize: 1 };

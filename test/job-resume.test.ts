@@ -6,10 +6,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { cli } from './helpers/cli.js';
-import { type Reference, readJsonl, sharedFixtures, tmpDir } from './helpers/fixtures.js';
+import { type Reference, readJsonl, fixturesDir, tmpDir } from './helpers/fixtures.js';
 
-const opt = path.join(sharedFixtures, 'opt-tiny');
-const prompts = path.join(sharedFixtures, 'prompts.jsonl');
+const opt = path.join(fixturesDir, 'opt-tiny');
+const prompts = path.join(fixturesDir, 'prompts.jsonl');
 const reference = readJsonl<Reference>(path.join(opt, 'reference.jsonl'));
 const run = (out: string, extra: string[] = []) =>
   cli(['generate', '--model', opt, '--prompts', prompts, '--out', out, '--max-new-tokens', '8', '--ignore-eos', ...extra]);

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { RUNTIME_OVERHEAD_BYTES } from '../src/policy/memory.js';
 import { cli } from './helpers/cli.js';
-import { sharedFixtures, tmpDir } from './helpers/fixtures.js';
+import { fixturesDir, tmpDir } from './helpers/fixtures.js';
 
 const MiB = 2 ** 20;
 let modelCache: string;
@@ -63,8 +63,8 @@ describe('--ram is a hard limit', () => {
 
 describe('policy flags and files', () => {
   it('--policy FILE gives the same tokens as the same flags', () => {
-    const model = path.join(sharedFixtures, 'opt-tiny');
-    const prompts = path.join(sharedFixtures, 'prompts.jsonl');
+    const model = path.join(fixturesDir, 'opt-tiny');
+    const prompts = path.join(fixturesDir, 'prompts.jsonl');
     const dir = tmpDir('policy');
     const policy = path.join(dir, 'policy.json');
     fs.writeFileSync(policy, JSON.stringify({ gpu_batch_size: 2, num_gpu_batches: 2, w_gpu_percent: 0, w_cpu_percent: 40, cache_gpu_percent: 0, cache_cpu_percent: 50, act_gpu_percent: 0, act_cpu_percent: 100, overlap: true, sep_layer: true, cpu_cache_compute: false, schedule: 'zigzag' }));
@@ -80,7 +80,7 @@ describe('policy flags and files', () => {
   });
 
   it('bad policies get clear errors', () => {
-    const model = path.join(sharedFixtures, 'opt-tiny');
+    const model = path.join(fixturesDir, 'opt-tiny');
     const dir = tmpDir('badpolicy');
     const policy = path.join(dir, 'p.json');
     fs.writeFileSync(policy, JSON.stringify({ w_gpu_percent: 0.3, w_cpu_percent: 0.5, cache_gpu: 1 }));

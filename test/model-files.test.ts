@@ -5,9 +5,9 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { loadModel } from '../src/index.js';
 import { SafetensorsFile } from '../src/formats/safetensors.js';
 import { ModelFileError } from '../src/util/errors.js';
-import { sharedFixtures, tmpDir } from './helpers/fixtures.js';
+import { fixturesDir, tmpDir } from './helpers/fixtures.js';
 
-const opt = path.join(sharedFixtures, 'opt-tiny');
+const opt = path.join(fixturesDir, 'opt-tiny');
 
 /** A copy of opt-tiny whose safetensors file is rewritten by `edit`. */
 function brokenCopy(edit: (header: Record<string, any>, data: Buffer) => { header?: Record<string, any>; data?: Buffer; raw?: Buffer }): string {
@@ -153,13 +153,13 @@ describe('bad model files', () => {
     expect(e.message).toMatch(/outside the model directory \(through a link\)/);
   });
 
-  it('rope_scaling is refused rather than computed wrongly; a sliding window limits the positions', async () => {
-    const llama = path.join(sharedFixtures, 'llama-tiny');
+  it('a rope_scaling type not implemented is refused rather than computed wrongly; a sliding window limits the positions', async () => {
+    const llama = path.join(fixturesDir, 'llama-tiny');
     const dir = tmpDir('rope');
     for (const f of ['config.json', 'model.safetensors']) fs.copyFileSync(path.join(llama, f), path.join(dir, f));
     const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
-    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...cfg, rope_scaling: { rope_type: 'llama3', factor: 8 } }));
-    expect((await loadError(dir)).message).toMatch(/config\.json: field "rope_scaling" is not supported/);
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...cfg, rope_scaling: { rope_type: 'yarn', factor: 8, original_max_position_embeddings: 32 } }));
+    expect((await loadError(dir)).message).toMatch(/config\.json: field "rope_scaling\.rope_type" "yarn" is not supported yet/);
     fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...cfg, sliding_window: 16 }));
     const model = await loadModel(dir);
     expect(model.config.maxPositions).toBe(16);

@@ -21,8 +21,8 @@ async function run(dir: string, batchSize: number, precision: 'fp32' | 'bf16' = 
 }
 
 describe('fixture models reproduce their float64 references', () => {
-  it('finds the shared fixtures and our own', () => {
-    expect(models.map(([n]) => n)).toEqual(expect.arrayContaining(['opt-tiny', 'llama-tiny', 'qwen2-tiny', 'opt-350m-style', 'opt-unprefixed', 'mistral-tiny', 'llama-headdim', 'opt-sharded']));
+  it('finds every fixture in test/fixtures', () => {
+    expect(models.map(([n]) => n)).toEqual(expect.arrayContaining(['opt-tiny', 'llama-tiny', 'qwen2-tiny', 'opt-350m-style', 'opt-unprefixed', 'mistral-tiny', 'llama-headdim', 'opt-sharded', 'llama3-tiny', 'llama-linear-rope']));
   });
 
   for (const [name, dir] of models) {

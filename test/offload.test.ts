@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { loadModel } from '../src/index.js';
 import type { Policy } from '../src/policy/policy.js';
 import type { GenerationResult } from '../src/engine/requests.js';
-import { fixturePrompts, sharedFixtures, localFixtures, tmpDir, readJsonl, type Reference } from './helpers/fixtures.js';
+import { fixturePrompts, fixturesDir, tmpDir, readJsonl, type Reference } from './helpers/fixtures.js';
 
 const prompts = fixturePrompts();
 const requests = prompts.map((p) => ({ id: p.id, promptTokenIds: p.prompt_token_ids }));
@@ -43,7 +43,7 @@ const schedules: [string, Partial<Policy>][] = [
 
 describe('offloading gives identical tokens', () => {
   for (const model of ['opt-tiny', 'llama-tiny']) {
-    const dir = path.join(sharedFixtures, model);
+    const dir = path.join(fixturesDir, model);
     const ref = readJsonl<Reference>(path.join(dir, 'reference.jsonl'));
     it(`${model}: every placement × schedule matches the plain run`, async () => {
       const plain = await run(dir, {}, undefined, { batchSize: 2, numGpuBatches: 3 });
@@ -58,15 +58,20 @@ describe('offloading gives identical tokens', () => {
     });
   }
 
-  it('a model from init with a GQA layout, all on disk, batch 3 × 2', async () => {
-    const dir = path.join(localFixtures, 'qwen2-tiny');
-    const plain = await run(dir, {}, undefined, { batchSize: 3, numGpuBatches: 2 });
-    const got = await run(dir, { wCpuPercent: 10, cacheCpuPercent: 20, actCpuPercent: 50 }, tmpDir('qwen'), { batchSize: 3, numGpuBatches: 2 });
-    expect(got).toEqual(plain);
-  });
+  // qwen2-tiny: GQA with q/k/v biases; llama3-tiny: GQA, explicit head_dim, llama3 rope scaling
+  // and a tied head (the embedding is a global weight read by both ends of the pass).
+  for (const model of ['qwen2-tiny', 'llama3-tiny']) {
+    it(`${model}: mostly on disk, batch 3 × 2, matches the plain run and the reference`, async () => {
+      const dir = path.join(fixturesDir, model);
+      const plain = await run(dir, {}, undefined, { batchSize: 3, numGpuBatches: 2 });
+      readJsonl<Reference>(path.join(dir, 'reference.jsonl')).forEach((r, i) => expect(plain[i]!.tokenIds).toEqual(r.token_ids));
+      const got = await run(dir, { wCpuPercent: 10, cacheCpuPercent: 20, actCpuPercent: 50 }, tmpDir(model), { batchSize: 3, numGpuBatches: 2 });
+      expect(got).toEqual(plain);
+    });
+  }
 
   it('4-bit weights (compress_weight): every placement gives the compressed plain run\'s tokens, with fewer bytes', async () => {
-    const dir = path.join(sharedFixtures, 'llama-tiny');
+    const dir = path.join(fixturesDir, 'llama-tiny');
     const plain = await run(dir, { compressWeight: true }, undefined, { batchSize: 2, numGpuBatches: 2 });
     for (const placement of [{ wCpuPercent: 0 }, { wCpuPercent: 45, cacheCpuPercent: 30 }]) {
       const got = await run(dir, { compressWeight: true, ...placement }, tmpDir('q4'), { batchSize: 2, numGpuBatches: 2 });
@@ -80,7 +85,7 @@ describe('offloading gives identical tokens', () => {
   it('weights cut inside a packed row block (reference backend, 4-bit) are assembled in the slot, same tokens', async () => {
     // The CPU backend cuts at 32-row panels and multiplies by the two pieces; the reference
     // backend's 4-bit layout cannot be cut by rows, so the resident rows are copied into the slot.
-    const dir = path.join(sharedFixtures, 'opt-tiny');
+    const dir = path.join(fixturesDir, 'opt-tiny');
     const params = { batchSize: 2, numGpuBatches: 2, maxNewTokens: 4 };
     const plain = await run(dir, { compressWeight: true }, undefined, params, 'reference');
     const got = await run(dir, { compressWeight: true, wCpuPercent: 45 }, tmpDir('q4ref'), params, 'reference');
@@ -88,7 +93,7 @@ describe('offloading gives identical tokens', () => {
   });
 
   it('4-bit KV cache (compress_cache) and sparse attention: every placement gives the plain run\'s tokens', async () => {
-    const dir = path.join(sharedFixtures, 'opt-tiny');
+    const dir = path.join(fixturesDir, 'opt-tiny');
     for (const base of [{ compressCache: true }, { compressCache: true, compressWeight: true, attnSparsity: 0.5 }, { attnSparsity: 0.3 }] as Partial<Policy>[]) {
       const plain = await run(dir, base, undefined, { batchSize: 2, numGpuBatches: 3 });
       for (const placement of [{ cacheCpuPercent: 0 }, { cacheCpuPercent: 40, wCpuPercent: 50, actCpuPercent: 0 }]) {
@@ -101,7 +106,7 @@ describe('offloading gives identical tokens', () => {
   });
 
   it('clear errors when the disk directory is missing, not a directory or not writable', async () => {
-    const dir = path.join(sharedFixtures, 'opt-tiny');
+    const dir = path.join(fixturesDir, 'opt-tiny');
     const onDisk = { wCpuPercent: 50 };
     await expect(loadModel(dir, { policy: onDisk })).rejects.toThrow(/no disk directory was given/);
     await expect(loadModel(dir, { policy: onDisk, diskDir: '/nonexistent/tierlm' })).rejects.toThrow(/disk directory \/nonexistent\/tierlm does not exist/);

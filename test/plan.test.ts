@@ -10,7 +10,7 @@ import type { ModelConfig } from '../src/models/config.js';
 import { loadProfile } from '../src/policy/profile.js';
 import { policyFromJson } from '../src/policy/policy.js';
 import { cli } from './helpers/cli.js';
-import { sharedFixtures, tmpDir } from './helpers/fixtures.js';
+import { fixturesDir, tmpDir } from './helpers/fixtures.js';
 
 const profile = loadProfile(process.env.TIERLM_PROFILE!)!;
 const GiB = 2 ** 30;
@@ -90,7 +90,7 @@ describe('cost model', () => {
 describe('tierlm plan', () => {
   it('--json is read back by --policy FILE, and generate runs with it', () => {
     const dir = tmpDir('plan');
-    const model = path.join(sharedFixtures, 'opt-tiny');
+    const model = path.join(fixturesDir, 'opt-tiny');
     const r = cli(['plan', '--model', model, '--prompt-len', '30', '--gen-len', '8', '--ram', '1GiB', '--json']);
     expect(r.code, r.stderr).toBe(0);
     const json = JSON.parse(r.stdout);
@@ -98,7 +98,7 @@ describe('tierlm plan', () => {
     fs.writeFileSync(file, r.stdout);
     expect(policyFromJson(json.policy)).toMatchObject({ wCpuPercent: 100, cacheCpuPercent: 100 });
     expect(json.predicted.total_tokens_per_second).toBeGreaterThan(0);
-    const g = cli(['generate', '--model', model, '--prompts', path.join(sharedFixtures, 'prompts.jsonl'), '--out', path.join(dir, 'out.jsonl'), '--policy', file, '--max-new-tokens', '4']);
+    const g = cli(['generate', '--model', model, '--prompts', path.join(fixturesDir, 'prompts.jsonl'), '--out', path.join(dir, 'out.jsonl'), '--policy', file, '--max-new-tokens', '4']);
     expect(g.code, g.stderr).toBe(0);
     expect(fs.readFileSync(path.join(dir, 'out.jsonl'), 'utf8').trim().split('\n')).toHaveLength(5);
   });

@@ -3,6 +3,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { getThreads, isaInfo, setIsa, setThreads, type Isa } from '../src/backend/index.js';
 import { cpuKernels } from '../src/backend/cpu/index.js';
 import { Tensor } from '../src/tensor/tensor.js';
+import { type RopeScaling, ropeInvFreq } from '../src/models/rope.js';
 import type { FloatDType } from '../src/tensor/dtype.js';
 import { cpu, expectClose, randomF32, randomFloat, ref } from './helpers/harness.js';
 
@@ -99,16 +100,23 @@ for (const isa of ISAS) {
         expectClose(y.data, want.data, 1e-6, 'softmax in place');
       });
 
-      it('rope', () => {
+      it('rope, unscaled and with linear and llama3 frequency tables', () => {
         setup();
-        for (const [t, heads, d, rot] of [[1, 1, 2, 2], [5, 3, 64, 64], [7, 2, 40, 40], [3, 4, 24, 8], [9, 2, 17, 10]] as const) {
+        const freqs = (theta: number, rotaryDim: number, scaling: RopeScaling | null = null) => ropeInvFreq({ kind: 'rope', theta, rotaryDim, scaling });
+        const llama3: RopeScaling = { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 64 };
+        // Its own seeds, so adding a case here does not move the inputs of the other ops' cases.
+        let seed = 1_000_000;
+        for (const [t, heads, d, rot, scaling] of [
+          [1, 1, 2, 2, null], [5, 3, 64, 64, null], [7, 2, 40, 40, { type: 'linear', factor: 4 }], [3, 4, 24, 8, llama3], [9, 2, 17, 10, null], [6, 2, 48, 48, llama3],
+        ] as const) {
           const x = randomF32([t, heads, d], seed++);
           const pos = Tensor.i32(Array.from({ length: t }, (_, i) => (i * 977) % 5000));
           const a = Tensor.f32([t, heads, d], x.data);
           const b = Tensor.f32([t, heads, d], x.data);
-          cpu().rope(a, pos, 10000, rot);
-          ref().rope(b, pos, 10000, rot);
-          expectClose(a.data, b.data, 2e-6, `rope ${t},${heads},${d},${rot}`);
+          const inv = freqs(10000, rot, scaling);
+          cpu().rope(a, pos, inv);
+          ref().rope(b, pos, inv);
+          expectClose(a.data, b.data, 2e-6, `rope ${t},${heads},${d},${rot} ${scaling?.type ?? 'unscaled'}`);
           // untouched tail
           for (let i = 0; i < t * heads; i++) for (let j = rot; j < d; j++) expect(a.data[i * d + j]).toBe(x.data[i * d + j]);
         }
@@ -116,8 +124,8 @@ for (const isa of ISAS) {
         const pos = Tensor.i32(Array.from({ length: 300 }, (_, i) => i * 13));
         const a = Tensor.f32([300, 4, 64], big.data);
         const b = Tensor.f32([300, 4, 64], big.data);
-        cpu().rope(a, pos, 500000, 64);
-        ref().rope(b, pos, 500000, 64);
+        cpu().rope(a, pos, freqs(500000, 64, { ...llama3, originalMaxPositions: 8192 }));
+        ref().rope(b, pos, freqs(500000, 64, { ...llama3, originalMaxPositions: 8192 }));
         expectClose(a.data, b.data, 2e-6, 'rope large');
       });
 
@@ -143,8 +151,10 @@ describe('bad inputs', () => {
     expect(() => cpu().add(x, randomF32([2, 7], 2))).toThrow(/shape/);
     expect(() => cpu().softmax(x, Tensor.zeros('f32', [2, 7]))).toThrow(/out/);
     expect(() => cpu().embedding(randomF32([4, 3], 1), Tensor.i32([4]))).toThrow(/outside/);
-    expect(() => cpu().rope(randomF32([2, 1, 8], 1), Tensor.i32([0, 1]), 10000, 3)).toThrow(/rotaryDim/);
-    expect(() => cpu().rope(randomF32([2, 1, 8], 1), Tensor.i32([0]), 10000)).toThrow(/positions/);
+    expect(() => cpu().rope(randomF32([2, 1, 8], 1), Tensor.i32([0, 1]), new Float64Array(5))).toThrow(/invFreq must hold 1 to 4 frequencies/);
+    expect(() => cpu().rope(randomF32([2, 1, 8], 1), Tensor.i32([0, 1]), new Float32Array(4) as unknown as Float64Array)).toThrow(/Float64Array/);
+    expect(() => cpu().rope(randomF32([2, 1, 8], 1), Tensor.i32([0, 1]), new Float64Array([1, NaN]))).toThrow(/finite/);
+    expect(() => cpu().rope(randomF32([2, 1, 8], 1), Tensor.i32([0]), new Float64Array(4))).toThrow(/positions/);
   });
 
   it('raw kernels refuse buffers too short', () => {
@@ -156,6 +166,8 @@ describe('bad inputs', () => {
     expect(() => k.gelu(new Float32Array(8), new Float32Array(7), false)).toThrow(/out/);
     expect(() => k.embedding(new Float32Array(10), 'f32', 4, 3, new Int32Array([0]), new Float32Array(3))).toThrow(/table/);
     expect(() => k.embedding(new Float32Array(12), 'f32', 4, 3, new Int32Array([4]), new Float32Array(3))).toThrow(/outside/);
-    expect(() => k.rope(new Float32Array(16), 2, 1, 8, new Int32Array(1), 10000, 8)).toThrow(/positions/);
+    expect(() => k.rope(new Float32Array(16), 2, 1, 8, new Int32Array(1), new Float64Array(4), 8)).toThrow(/positions/);
+    expect(() => k.rope(new Float32Array(16), 2, 1, 8, new Int32Array(2), new Float64Array(3), 8)).toThrow(/invFreq holds 24 bytes/);
+    expect(() => k.rope(new Float32Array(16), 2, 1, 8, new Int32Array(2), new Float32Array(8) as unknown as Float64Array, 8)).toThrow(/Float64Array/);
   });
 });

@@ -11,7 +11,7 @@ import { loadModel, type LanguageModel } from '../src/index.js';
 import type { GenerateParams } from '../src/engine/generate.js';
 import type { GenerationRequest, GenerationResult } from '../src/engine/requests.js';
 import type { Policy } from '../src/policy/policy.js';
-import { sharedFixtures, tmpDir } from './helpers/fixtures.js';
+import { fixturesDir, tmpDir } from './helpers/fixtures.js';
 import { rng } from './helpers/random.js';
 
 const SEED = Number(process.env.TIERLM_PROPERTY_SEED ?? Math.floor(Math.random() * 2 ** 31));
@@ -21,7 +21,7 @@ const work = tmpDir('properties');
 /** llama-tiny with 40 positions, so that generation often runs into the position limit. */
 const shortLlama = path.join(work, 'llama-short');
 const MODELS: Record<string, { dir: string; vocab: number; maxPositions: number }> = {
-  'opt-tiny': { dir: path.join(sharedFixtures, 'opt-tiny'), vocab: 512, maxPositions: 128 },
+  'opt-tiny': { dir: path.join(fixturesDir, 'opt-tiny'), vocab: 512, maxPositions: 128 },
   'llama-short': { dir: shortLlama, vocab: 384, maxPositions: 40 },
 };
 
@@ -117,7 +117,7 @@ async function alone(c: Case, req: GenerationRequest): Promise<GenerationResult>
 
 describe(`every policy gives each request its tokens alone (seed ${SEED})`, () => {
   beforeAll(async () => {
-    const src = path.join(sharedFixtures, 'llama-tiny');
+    const src = path.join(fixturesDir, 'llama-tiny');
     fs.mkdirSync(shortLlama, { recursive: true });
     for (const f of fs.readdirSync(src)) fs.copyFileSync(path.join(src, f), path.join(shortLlama, f));
     const config = JSON.parse(fs.readFileSync(path.join(src, 'config.json'), 'utf8'));

@@ -9,9 +9,9 @@ import { once } from 'node:events';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadModel } from '../src/index.js';
 import { DiskTier } from '../src/schedule/disk-tier.js';
-import { type Reference, fixturePrompts, readJsonl, repoRoot, sharedFixtures, tmpDir } from './helpers/fixtures.js';
+import { type Reference, fixturePrompts, readJsonl, repoRoot, fixturesDir, tmpDir } from './helpers/fixtures.js';
 
-const opt = path.join(sharedFixtures, 'opt-tiny');
+const opt = path.join(fixturesDir, 'opt-tiny');
 const reference = readJsonl<Reference>(path.join(opt, 'reference.jsonl'));
 const dirs: string[] = [];
 const children: ChildProcess[] = [];

@@ -19,7 +19,8 @@ void rw_silu_mul(const float* gate, const float* up, int64_t n, float* out);
 void rw_add(const float* a, const float* b, int64_t n, float* out);
 void rw_softmax(const float* x, int64_t rows, int64_t cols, float* out);
 void rw_log_softmax(const float* x, int64_t rows, int64_t cols, float* out);
-void rw_rope(float* x, int64_t t, int64_t heads, int64_t d, const int32_t* positions, double theta, int64_t rot);
+// inv_freq: rot/2 frequencies; features j and j + rot/2 turn by positions[i] * inv_freq[j].
+void rw_rope(float* x, int64_t t, int64_t heads, int64_t d, const int32_t* positions, const double* inv_freq, int64_t rot);
 
 // Scalar IEEE half conversions (round to nearest even), shared by the generic kernels.
 float half_to_float(uint16_t h);

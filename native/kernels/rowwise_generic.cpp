@@ -244,11 +244,11 @@ void rw_log_softmax(const float* x, int64_t rows, int64_t cols, float* out) {
   });
 }
 
-void rw_rope(float* x, int64_t t, int64_t heads, int64_t d, const int32_t* positions, double theta, int64_t rot) {
+// The frequency table comes from the caller (src/models/rope.ts), which applies the config's
+// rope_scaling; angles, cos and sin are taken in double so long positions lose no precision.
+void rw_rope(float* x, int64_t t, int64_t heads, int64_t d, const int32_t* positions, const double* inv_freq, int64_t rot) {
   int64_t half = rot / 2;
   if (t <= 0 || heads <= 0 || half <= 0) return;
-  std::vector<double> inv_freq((size_t)half);
-  for (int64_t j = 0; j < half; j++) inv_freq[j] = std::pow(theta, -2.0 * (double)j / (double)rot);
   auto body = [&](int64_t a, int64_t b) {
     std::vector<float> cs((size_t)half * 2);
     for (int64_t i = a; i < b; i++) {

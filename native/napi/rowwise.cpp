@@ -114,16 +114,18 @@ Napi::Value RowOp(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// rope(x, t, heads, d, positions, theta, rotaryDim)
+// rope(x, t, heads, d, positions, invFreq: Float64Array of rotaryDim/2, rotaryDim)
 Napi::Value Rope(const Napi::CallbackInfo& info) {
   int64_t t = int_arg(info, 1, "t"), heads = int_arg(info, 2, "heads"), d = int_arg(info, 3, "d");
   float* x = checked_ptr<float>(info[0], "x", {t, heads, d});
   const int32_t* pos = checked_ptr<int32_t>(info[4], "positions", {t});
-  double theta = num_arg(info, 5, "theta");
   int64_t rot = int_arg(info, 6, "rotaryDim", 0, d);
   if (rot % 2 != 0) throw Napi::RangeError::New(info.Env(), "rotaryDim must be even");
-  if (!(theta > 0)) throw Napi::RangeError::New(info.Env(), "theta must be positive");
-  rw_rope(x, t, heads, d, pos, theta, rot);
+  if (!info[5].IsTypedArray() || info[5].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+    throw Napi::TypeError::New(info.Env(), "invFreq must be a Float64Array");
+  }
+  const double* inv_freq = checked_ptr<double>(info[5], "invFreq", (size_t)(rot / 2));
+  rw_rope(x, t, heads, d, pos, inv_freq, rot);
   return info.Env().Undefined();
 }
 

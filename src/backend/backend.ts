@@ -344,19 +344,21 @@ export class Backend {
     return y;
   }
 
-  /** In place on x[t, heads, d]. */
-  rope(x: F32, positions: Tensor<'i32'>, theta: number, rotaryDim?: number): F32 {
+  /** In place on x[t, heads, d]: rotates the first 2 · invFreq.length features of each head
+   *  (invFreq from ropeInvFreq in src/models/rope.ts). */
+  rope(x: F32, positions: Tensor<'i32'>, invFreq: Float64Array): F32 {
     const op = 'rope';
     expectF32(op, 'x', x);
     expectRank(op, 'x', x, 3);
     const [t, heads, d] = x.shape as [number, number, number];
-    const rot = rotaryDim ?? d;
-    if (!Number.isInteger(rot) || rot < 2 || rot > d || rot % 2 !== 0) fail(op, `rotaryDim must be an even integer in [2, ${d}], got ${rot}`);
+    if (!(invFreq instanceof Float64Array)) throw new TypeError(`${op}: invFreq must be a Float64Array`);
+    const rot = 2 * invFreq.length;
+    if (rot < 2 || rot > d) fail(op, `invFreq must hold 1 to ${d / 2} frequencies (half the rotated features), got ${invFreq.length}`);
+    if (!invFreq.every(Number.isFinite)) fail(op, 'invFreq must hold finite numbers');
     if (!(positions instanceof Tensor) || positions.dtype !== 'i32') throw new TypeError(`${op}: positions must be an i32 Tensor`);
     if (positions.size !== t) fail(op, `positions has ${positions.size} entries for ${t} tokens`);
-    if (!(theta > 0) || !Number.isFinite(theta)) fail(op, `theta must be a positive number, got ${theta}`);
     for (let i = 0; i < t; i++) if (positions.data[i]! < 0) fail(op, `positions[${i}] is negative`);
-    this.kernels.rope(x.data, t, heads, d, positions.data, theta, rot);
+    this.kernels.rope(x.data, t, heads, d, positions.data, invFreq, rot);
     return x;
   }
 

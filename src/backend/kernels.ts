@@ -103,8 +103,9 @@ export interface Kernels {
   softmax(x: Float32Array, rows: number, cols: number, out: Float32Array): void;
   logSoftmax(x: Float32Array, rows: number, cols: number, out: Float32Array): void;
   /** In place on x[t, heads, d]: rotate-half rotary embedding of the first rotaryDim features of
-   *  each head, token i at position positions[i], frequencies theta^(-2j/rotaryDim). */
-  rope(x: Float32Array, t: number, heads: number, d: number, positions: Int32Array, theta: number, rotaryDim: number): void;
+   *  each head, token i at position positions[i]: features j and j + rotaryDim/2 turn by the angle
+   *  positions[i] · invFreq[j] (invFreq holds rotaryDim/2 frequencies, src/models/rope.ts). */
+  rope(x: Float32Array, t: number, heads: number, d: number, positions: Int32Array, invFreq: Float64Array, rotaryDim: number): void;
 
   // ---- attention ------------------------------------------------------------------------------
   /** Causal self-attention over a ragged batch of prompts: q[t,hq,d], k/v[t,hkv,d], sequence s

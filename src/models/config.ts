@@ -2,6 +2,7 @@
 // Each architecture file turns its Hugging Face config.json into one of these.
 
 import { ModelFileError } from '../util/errors.js';
+import type { RopePositions } from './rope.js';
 
 export type NormKind = 'layernorm' | 'rmsnorm';
 export type Activation = 'relu' | 'gelu' | 'gelu_new' | 'silu';
@@ -28,8 +29,8 @@ export interface ModelConfig {
   activation: Activation;
   /** SwiGLU-style MLP: down(act(gate(x)) · up(x)). */
   gatedMlp: boolean;
-  /** Learned absolute positions (OPT, with its offset of 2) or rotary. */
-  positions: { kind: 'learned'; offset: number } | { kind: 'rope'; theta: number; rotaryDim: number };
+  /** Learned absolute positions (OPT, with its offset of 2) or rotary (src/models/rope.ts). */
+  positions: { kind: 'learned'; offset: number } | RopePositions;
   qkvBias: boolean;
   outBias: boolean;
   mlpBias: boolean;
@@ -40,48 +41,63 @@ export interface ModelConfig {
   eosTokenIds: number[];
 }
 
-/** Typed access to config.json fields with errors that name the file and field. */
+/** Typed access to config.json fields with errors that name the file and field (a nested object's
+ *  fields are named with its path, e.g. "rope_scaling.factor"). */
 export class ConfigReader {
   constructor(
     readonly file: string,
     private readonly json: Record<string, unknown>,
+    private readonly path = '',
   ) {}
 
   has(field: string): boolean {
     return this.json[field] !== undefined && this.json[field] !== null;
   }
 
+  /** A nested object, or null when the field is absent or null. */
+  object(field: string): ConfigReader | null {
+    const v = this.json[field];
+    if (v === undefined || v === null) return null;
+    if (typeof v !== 'object' || Array.isArray(v)) throw this.error(field, `must be an object, got ${JSON.stringify(v)}`);
+    return new ConfigReader(this.file, v as Record<string, unknown>, `${this.path}${field}.`);
+  }
+
+  /** An error about a field, naming the file and the field's full path. */
+  error(field: string, message: string): ModelFileError {
+    return new ModelFileError(this.file, `field "${this.path}${field}" ${message}`);
+  }
+
   int(field: string, fallback?: number): number {
     const v = this.json[field] ?? fallback;
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
-      throw new ModelFileError(this.file, `field "${field}" must be a non-negative integer, got ${JSON.stringify(this.json[field])}`);
+      throw this.error(field, `must be a non-negative integer, got ${JSON.stringify(this.json[field])}`);
     }
     return v;
   }
 
   positiveInt(field: string, fallback?: number): number {
     const v = this.int(field, fallback);
-    if (v === 0) throw new ModelFileError(this.file, `field "${field}" must be positive`);
+    if (v === 0) throw this.error(field, 'must be positive');
     return v;
   }
 
   num(field: string, fallback?: number): number {
     const v = this.json[field] ?? fallback;
     if (typeof v !== 'number' || !Number.isFinite(v)) {
-      throw new ModelFileError(this.file, `field "${field}" must be a number, got ${JSON.stringify(this.json[field])}`);
+      throw this.error(field, `must be a number, got ${JSON.stringify(this.json[field])}`);
     }
     return v;
   }
 
   bool(field: string, fallback: boolean): boolean {
     const v = this.json[field] ?? fallback;
-    if (typeof v !== 'boolean') throw new ModelFileError(this.file, `field "${field}" must be true or false, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'boolean') throw this.error(field, `must be true or false, got ${JSON.stringify(v)}`);
     return v;
   }
 
   str(field: string, fallback?: string): string {
     const v = this.json[field] ?? fallback;
-    if (typeof v !== 'string') throw new ModelFileError(this.file, `field "${field}" must be a string, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'string') throw this.error(field, `must be a string, got ${JSON.stringify(v)}`);
     return v;
   }
 
@@ -91,7 +107,7 @@ export class ConfigReader {
     if (v === undefined || v === null) return [];
     const list = Array.isArray(v) ? v : [v];
     if (!list.every((x) => Number.isSafeInteger(x) && x >= 0)) {
-      throw new ModelFileError(this.file, `field "${field}" must be a token id or a list of them`);
+      throw this.error(field, 'must be a token id or a list of them');
     }
     return list as number[];
   }
@@ -100,7 +116,7 @@ export class ConfigReader {
     const v = this.str(field, fallback);
     const known: Record<string, Activation> = { relu: 'relu', gelu: 'gelu', gelu_new: 'gelu_new', gelu_pytorch_tanh: 'gelu_new', silu: 'silu', swish: 'silu' };
     const a = known[v];
-    if (!a) throw new ModelFileError(this.file, `field "${field}": unsupported activation "${v}" (supported: ${Object.keys(known).join(', ')})`);
+    if (!a) throw this.error(field, `holds an unsupported activation "${v}" (supported: ${Object.keys(known).join(', ')})`);
     return a;
   }
 }

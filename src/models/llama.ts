@@ -1,10 +1,11 @@
 // Llama (and the family that shares its layout): RMSNorm before each block, rotary positions
-// (rotate-half) with rope_theta, grouped-query attention, SwiGLU MLP, optional explicit head_dim.
+// (rotate-half) with rope_theta and optional rope_scaling (linear, llama3), grouped-query
+// attention, SwiGLU MLP, optional explicit head_dim, optionally tied embeddings (Llama 3.2 1B/3B).
 // Mistral and Qwen2 reuse this layout with their own config defaults.
 
 import type { Architecture, NameTable } from './architecture.js';
 import { type ConfigReader, type ModelConfig, checkConfig } from './config.js';
-import { ModelFileError } from '../util/errors.js';
+import { parseRope } from './rope.js';
 
 export interface LlamaFamilyDefaults {
   modelType: string;
@@ -18,15 +19,11 @@ export function parseLlamaFamily(r: ConfigReader, d: LlamaFamilyDefaults): Model
   const hidden = r.positiveInt('hidden_size');
   const heads = r.positiveInt('num_attention_heads');
   const headDim = r.has('head_dim') ? r.positiveInt('head_dim') : hidden / heads;
-  if (!Number.isInteger(headDim)) throw new Error(`${r.file}: hidden_size ${hidden} is not divisible by num_attention_heads ${heads}`);
+  if (!Number.isInteger(headDim)) throw r.error('hidden_size', `(${hidden}) is not divisible by num_attention_heads (${heads}) and no head_dim is given`);
   const attentionBias = r.bool('attention_bias', false);
-  if (r.has('rope_scaling')) {
-    throw new ModelFileError(r.file, `field "rope_scaling" is not supported yet (positions would be wrong); remove it only if the model was trained without it`);
-  }
   // Sliding-window attention only differs from full attention past the window, so requests are
   // limited to it rather than computed wrongly.
   const window = r.has('sliding_window') && r.bool('use_sliding_window', true) ? r.positiveInt('sliding_window') : Infinity;
-  const partial = r.has('partial_rotary_factor') ? r.num('partial_rotary_factor') : 1;
   return checkConfig(r.file, {
     modelType: d.modelType,
     vocabSize: r.positiveInt('vocab_size'),
@@ -43,7 +40,7 @@ export function parseLlamaFamily(r: ConfigReader, d: LlamaFamilyDefaults): Model
     finalNorm: true,
     activation: r.activation('hidden_act', 'silu'),
     gatedMlp: true,
-    positions: { kind: 'rope', theta: r.num('rope_theta', d.ropeTheta), rotaryDim: Math.round(headDim * partial) },
+    positions: parseRope(r, headDim, d.ropeTheta),
     qkvBias: d.qkvBias ?? attentionBias,
     outBias: d.qkvBias ? false : attentionBias,
     mlpBias: r.bool('mlp_bias', false),

@@ -21,6 +21,16 @@ function llamaConfig(hidden: number, layers: number, heads: number, kvHeads: num
   };
 }
 
+/** Llama 3.x: vocabulary 128256, rope_theta 500000 with llama3 rope scaling from an original
+ *  context of 8192 to 131072 positions (values of the published config.json files). */
+function llama3Config(hidden: number, layers: number, heads: number, kvHeads: number, ffn: number, ropeFactor: number, extra: Json): Json {
+  return llamaConfig(hidden, layers, heads, kvHeads, ffn, {
+    vocab_size: 128256, max_position_embeddings: 131072, rope_theta: 500000, mlp_bias: false,
+    rope_scaling: { rope_type: 'llama3', factor: ropeFactor, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 },
+    bos_token_id: 128000, eos_token_id: 128001, torch_dtype: 'bfloat16', ...extra,
+  });
+}
+
 export const PRESETS: Record<string, () => Json> = {
   'opt-125m': () => optConfig(768, 12, 12),
   'opt-350m': () => optConfig(1024, 24, 16, { word_embed_proj_dim: 512, do_layer_norm_before: false }),
@@ -34,6 +44,8 @@ export const PRESETS: Record<string, () => Json> = {
   'llama-2-7b': () => llamaConfig(4096, 32, 32, 32, 11008),
   'llama-2-13b': () => llamaConfig(5120, 40, 40, 40, 13824),
   'llama-2-70b': () => llamaConfig(8192, 80, 64, 8, 28672),
+  'llama-3.1-8b': () => llama3Config(4096, 32, 32, 8, 14336, 8, { tie_word_embeddings: false }),
+  'llama-3.2-1b': () => llama3Config(2048, 16, 32, 8, 8192, 32, { head_dim: 64, tie_word_embeddings: true }),
   'mistral-7b': () => ({ ...llamaConfig(4096, 32, 32, 8, 14336), model_type: 'mistral', architectures: ['MistralForCausalLM'], max_position_embeddings: 32768, sliding_window: 4096 }),
   'qwen2-0.5b': () => ({ ...llamaConfig(896, 24, 14, 2, 4864), model_type: 'qwen2', architectures: ['Qwen2ForCausalLM'], vocab_size: 151936, rope_theta: 1000000, tie_word_embeddings: true, rms_norm_eps: 1e-6, max_position_embeddings: 32768, bos_token_id: 151643, eos_token_id: 151643 }),
   // Small shapes for tests and demos.

@@ -9,6 +9,7 @@
 import type { Backend } from '../backend/index.js';
 import { Tensor } from '../tensor/tensor.js';
 import type { ModelConfig } from './config.js';
+import { ropeInvFreq } from './rope.js';
 import type { AttentionWeights, GlobalWeights, Linear, MlpWeights, Norm } from './weights.js';
 import { Workspace } from './workspace.js';
 
@@ -71,6 +72,8 @@ function rowRuns(rows: Int32Array): [number, number, number][] {
 export class Transformer {
   private readonly ws = new Workspace();
   private readonly scale: number;
+  /** Rotary frequencies [rotaryDim/2] (scaled per the config), or null for learned positions. */
+  private readonly invFreq: Float64Array | null;
 
   constructor(
     readonly config: ModelConfig,
@@ -80,6 +83,7 @@ export class Transformer {
     readonly attnSparsity = 1,
   ) {
     this.scale = 1 / Math.sqrt(config.headDim);
+    this.invFreq = config.positions.kind === 'rope' ? ropeInvFreq(config.positions) : null;
   }
 
   // ---- pieces ---------------------------------------------------------------------------------
@@ -159,10 +163,10 @@ export class Transformer {
     const q = this.linear(h, w.q, 'q').reshape([t, c.heads, c.headDim]);
     const k = this.linear(h, w.k, 'k').reshape([t, c.kvHeads, c.headDim]);
     const v = this.linear(h, w.v, 'v').reshape([t, c.kvHeads, c.headDim]);
-    if (c.positions.kind === 'rope') {
+    if (this.invFreq) {
       const pos = new Tensor('i32', [t], step.positions);
-      b.rope(q, pos, c.positions.theta, c.positions.rotaryDim);
-      b.rope(k, pos, c.positions.theta, c.positions.rotaryDim);
+      b.rope(q, pos, this.invFreq);
+      b.rope(k, pos, this.invFreq);
     }
     const out = this.ws.get('attn', [t, c.heads, c.headDim]);
     if (step.decode) {

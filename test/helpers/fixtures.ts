@@ -1,12 +1,12 @@
-// Locating the reference fixtures: the shared ones beside the checkout and our own in test/fixtures.
+// Locating the reference fixtures. All of them live in test/fixtures (see its README), so a clone of
+// the repository tests itself with nothing beside it.
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const repoRoot = path.resolve(here, '../..');
-export const sharedFixtures = path.resolve(repoRoot, '../shared/fixtures');
-export const localFixtures = path.resolve(repoRoot, 'test/fixtures');
+export const fixturesDir = path.resolve(repoRoot, 'test/fixtures');
 
 export interface Reference {
   id: string;
@@ -27,18 +27,15 @@ export function readJsonl<T>(file: string): T[] {
 /** Every fixture model directory: [name, dir]. */
 export function fixtureModels(): [string, string][] {
   const out: [string, string][] = [];
-  for (const root of [sharedFixtures, localFixtures]) {
-    if (!fs.existsSync(root)) continue;
-    for (const name of fs.readdirSync(root).sort()) {
-      const dir = path.join(root, name);
-      if (fs.existsSync(path.join(dir, 'config.json')) && fs.existsSync(path.join(dir, 'reference.jsonl'))) out.push([name, dir]);
-    }
+  for (const name of fs.readdirSync(fixturesDir).sort()) {
+    const dir = path.join(fixturesDir, name);
+    if (fs.existsSync(path.join(dir, 'config.json')) && fs.existsSync(path.join(dir, 'reference.jsonl'))) out.push([name, dir]);
   }
   return out;
 }
 
 export function fixturePrompts(): Prompt[] {
-  return readJsonl<Prompt>(path.join(sharedFixtures, 'prompts.jsonl'));
+  return readJsonl<Prompt>(path.join(fixturesDir, 'prompts.jsonl'));
 }
 
 const made: string[] = [];

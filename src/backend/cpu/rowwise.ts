@@ -39,7 +39,7 @@ export const rowwiseKernels: Partial<Kernels> = {
   logSoftmax(x, rows, cols, out) {
     fn('logSoftmax')(x, rows, cols, out);
   },
-  rope(x, t, heads, d, positions, theta, rotaryDim) {
-    fn('rope')(x, t, heads, d, positions, theta, rotaryDim);
+  rope(x, t, heads, d, positions, invFreq, rotaryDim) {
+    fn('rope')(x, t, heads, d, positions, invFreq, rotaryDim);
   },
 };

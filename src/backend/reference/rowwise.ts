@@ -118,13 +118,13 @@ export const rowwiseReference: Partial<Kernels> = {
       for (let i = 0; i < cols; i++) out[o + i] = x[o + i]! - m - ls;
     }
   },
-  rope(x, t, heads, d, positions, theta, rotaryDim) {
+  rope(x, t, heads, d, positions, invFreq, rotaryDim) {
     const half = rotaryDim / 2;
     for (let i = 0; i < t; i++) {
       for (let h = 0; h < heads; h++) {
         const o = (i * heads + h) * d;
         for (let j = 0; j < half; j++) {
-          const ang = positions[i]! * theta ** ((-2 * j) / rotaryDim);
+          const ang = positions[i]! * invFreq[j]!;
           const c = Math.cos(ang), s = Math.sin(ang);
           const x1 = x[o + j]!, x2 = x[o + j + half]!;
           x[o + j] = x1 * c - x2 * s;
