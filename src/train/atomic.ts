@@ -5,19 +5,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
-/** Makes a directory's entries (creations, renames, removals) durable. */
-export function fsyncDir(dir: string): void {
-  const fd = fs.openSync(dir, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-/** fsync of a file already written and closed (a copy, a stream's output). */
-export function fsyncFile(file: string): void {
-  const fd = fs.openSync(file, 'r+');
+/** fsync by path: of a file already written and closed (a copy), or of a directory, which makes
+ *  its entries (creations, renames, removals) durable. Linux syncs through a read-only fd. */
+export function fsyncPath(file: string): void {
+  const fd = fs.openSync(file, 'r');
   try {
     fs.fsyncSync(fd);
   } finally {
@@ -38,5 +29,5 @@ export function writeFileDurable(file: string, data: string | Uint8Array, atomic
   }
   if (!atomic) return;
   fs.renameSync(tmp, file);
-  fsyncDir(path.dirname(file));
+  fsyncPath(path.dirname(file));
 }
