@@ -50,7 +50,8 @@ function expectSameState(a: TrainingState, b: TrainingState): void {
   for (const [name, p] of a.tensors) {
     const q = b.tensors.get(name)!;
     expect(q.shape).toEqual(p.shape);
-    for (const k of ['master', 'm', 'v'] as const) expect(Buffer.from(q[k].buffer).equals(Buffer.from(p[k].buffer)), `${name} ${k}`).toBe(true);
+    const bytes = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+    for (const k of ['master', 'm', 'v'] as const) expect(bytes(q[k]).equals(bytes(p[k])), `${name} ${k}`).toBe(true);
   }
 }
 
@@ -135,6 +136,14 @@ describe('the training state', () => {
     const { dir, state: back } = await loadCheckpoint(out, expected);
     expect(dir).toBe(path.join(out, 'checkpoint-5'));
     expectSameState(back, state);
+    // A trainer may read the state into buffers of its own (here: one arena).
+    const total = [...state.tensors.values()].reduce((n, p) => n + 3 * p.master.length, 0);
+    const arena = new Float32Array(total);
+    let used = 0;
+    const placed = await loadCheckpoint(out, expected, (_name, _part, size) => arena.subarray(used, (used += size)));
+    expect(used).toBe(total);
+    expectSameState(placed.state, state);
+    expect([...placed.state.tensors.values()].every((p) => p.m.buffer === arena.buffer)).toBe(true);
   });
 
   it('streams files larger than the I/O chunks, with tensors across chunk boundaries and an unaligned end', async () => {

@@ -15,7 +15,7 @@ import path from 'node:path';
 import { UserError } from '../util/errors.js';
 import { fsyncPath } from './atomic.js';
 import { type Weight, writeModelFiles } from './model-writer.js';
-import { STATE_DIR, type TrainingState, readTrainingState, writeTrainingState } from './training-state.js';
+import { STATE_DIR, type StateAlloc, type TrainingState, readTrainingState, writeTrainingState } from './training-state.js';
 
 export const LATEST = 'latest';
 const NAME = /^checkpoint-(\d+)(?:-(\d+))?$/;
@@ -75,10 +75,10 @@ export function latestCheckpoint(outDir: string): string | null {
 
 /** Reads the training state of `dir`: a checkpoint directory, or an output directory whose latest
  *  checkpoint is taken. `expected` (parameter name → shape) is checked as readTrainingState does. */
-export async function loadCheckpoint(dir: string, expected?: Map<string, number[]>): Promise<{ dir: string; state: TrainingState }> {
+export async function loadCheckpoint(dir: string, expected?: Map<string, number[]>, alloc?: StateAlloc): Promise<{ dir: string; state: TrainingState }> {
   const ckpt = fs.existsSync(path.join(dir, STATE_DIR)) ? dir : latestCheckpoint(dir);
   if (!ckpt) throw new UserError(`${dir}: no checkpoint to resume from (no ${LATEST} link, no checkpoint-<step> directory)`);
-  return { dir: ckpt, state: await readTrainingState(path.join(ckpt, STATE_DIR), expected) };
+  return { dir: ckpt, state: await readTrainingState(path.join(ckpt, STATE_DIR), expected, alloc) };
 }
 
 /** Checkpoint directories of OUT, oldest first. */

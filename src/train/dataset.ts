@@ -62,11 +62,16 @@ export async function readDataset(file: string, o: DataOptions): Promise<Dataset
   }
   packer.finish();
   if (sequences.length === 0) {
-    const shown = skipped.slice(0, 5).map((s) => `\n  ${s.message}`).join('');
-    const more = skipped.length > 5 ? `\n  (${skipped.length - 5} more)` : '';
-    throw new UserError(skipped.length === 0 ? `${file}: no data lines` : `${file}: no usable line; all ${skipped.length} were skipped:${shown}${more}`);
+    throw new UserError(skipped.length === 0 ? `${file}: no data lines` : `${file}: no usable line; all ${skipped.length} were skipped:\n${skippedSummary(skipped)}`);
   }
   return { file, sequences, skipped, counts: countSequences(sequences), fingerprint: fingerprint(sequences) };
+}
+
+/** The first `max` skipped lines' messages, one per indented line, and how many more there are. */
+export function skippedSummary(skipped: SkippedLine[], max = 5): string {
+  const shown = skipped.slice(0, max).map((s) => `  ${s.message}`);
+  if (skipped.length > max) shown.push(`  (${skipped.length - max} more)`);
+  return shown.join('\n');
 }
 
 export function countSequences(sequences: Sequence[]): DataCounts {

@@ -64,9 +64,14 @@ export async function writeTrainingState(dir: string, s: TrainingState): Promise
   writeFileDurable(path.join(dir, STATE_JSON), JSON.stringify(json, null, 1) + '\n', false);
 }
 
+/** Where a parameter's master, m or v is read into (default: a new Float32Array), so that a
+ *  trainer can place the state in buffers of its own. */
+export type StateAlloc = (name: string, part: 'master' | 'm' | 'v', size: number) => Float32Array;
+
 /** Reads a state written by writeTrainingState. With `expected` (the model's parameters), the
  *  names and shapes must match it exactly. Errors name the file and the field or tensor. */
-export async function readTrainingState(dir: string, expected?: Map<string, number[]>): Promise<TrainingState> {
+export async function readTrainingState(dir: string, expected?: Map<string, number[]>,
+  alloc: StateAlloc = (_n, _p, size) => new Float32Array(size)): Promise<TrainingState> {
   const jsonFile = path.join(dir, STATE_JSON);
   const j = readStateJson(jsonFile);
   const shapes = new Map(j.tensors.map((t) => [t.name, t.shape]));
@@ -76,7 +81,12 @@ export async function readTrainingState(dir: string, expected?: Map<string, numb
   const tensors = new Map<string, ParamState>();
   for (const [name, shape] of shapes) {
     const size = shape.reduce((a, b) => a * b, 1);
-    tensors.set(name, { shape, master: new Float32Array(size), m: new Float32Array(size), v: new Float32Array(size) });
+    const buffer = (part: 'master' | 'm' | 'v') => {
+      const a = alloc(name, part, size);
+      if (a.length !== size) throw new RangeError(`alloc gave ${a.length} values for ${part} of '${name}', which has ${size}`);
+      return a;
+    };
+    tensors.set(name, { shape, master: buffer('master'), m: buffer('m'), v: buffer('v') });
   }
   const wanted = new Map<string, { p: ParamState; key: 'master' | 'm' | 'v' }>([...tensors].flatMap(([name, p]) => PARTS.map(([key, suffix]) => [`${name}.${suffix}`, { p, key }] as const)));
   const found = await readTensorFile(file, (info) => {
