@@ -55,6 +55,8 @@ describe('token_ids lines', () => {
       '',
       { token_ids: [7, 8, 9], labels: [-100, -100, 9], id: 'extra fields are ignored' },
     ]);
+    // A byte-order mark before the first line is not part of its JSON.
+    fs.writeFileSync(file, '\uFEFF' + fs.readFileSync(file, 'utf8'));
     const d = await readDataset(file, idsOnly);
     expect(d.sequences.map((s) => s.line)).toEqual([1, 13]);
     const byLine = Object.fromEntries(d.skipped.map((s) => [s.line, s.message]));

@@ -52,8 +52,10 @@ export async function readDataset(file: string, o: DataOptions): Promise<Dataset
   const skipped: SkippedLine[] = [];
   const packer = new Packer(o.seqLen, (s) => sequences.push(s));
   let n = 0;
-  for await (const text of lines(file)) {
+  for await (const raw of lines(file)) {
     n++;
+    // Editors on some systems start UTF-8 files with a byte-order mark.
+    const text = n === 1 ? raw.replace(/^\uFEFF/, '') : raw;
     if (text.trim() === '') continue;
     const item = parseDataLine(text, o);
     if (item.kind === 'error') skipped.push({ line: n, message: `${file}:${n}: ${item.error}` });
