@@ -14,9 +14,9 @@ export interface TensorEntry {
 const ST_DTYPE: Record<FloatDType, string> = { f32: 'F32', f16: 'F16', bf16: 'BF16' };
 const CHUNK_BYTES = 8 << 20;
 
-/** Writes `entries` to `file`; fill(entry, dst, elementOffset) fills dst with the next bytes. */
-export function writeSafetensors(file: string, entries: TensorEntry[], fill: (entry: TensorEntry, dst: Uint8Array, elementOffset: number) => void,
-  metadata: Record<string, string> = { format: 'pt' }): number {
+/** The bytes before the data (length and JSON header) of a file holding `entries` in order,
+ *  and the length of the data. */
+export function safetensorsHeader(entries: TensorEntry[], metadata: Record<string, string> = { format: 'pt' }): { head: Buffer; dataBytes: number } {
   const header: Record<string, unknown> = { __metadata__: metadata };
   let offset = 0;
   for (const e of entries) {
@@ -30,23 +30,36 @@ export function writeSafetensors(file: string, entries: TensorEntry[], fill: (en
   const head = Buffer.alloc(8 + Buffer.byteLength(json));
   head.writeBigUInt64LE(BigInt(Buffer.byteLength(json)), 0);
   head.write(json, 8, 'utf8');
+  return { head, dataBytes: offset };
+}
+
+/** Writes `entries` to `file`; fill(entry, dst, elementOffset) fills dst with the next bytes. */
+export function writeSafetensors(file: string, entries: TensorEntry[], fill: (entry: TensorEntry, dst: Uint8Array, elementOffset: number) => void,
+  metadata: Record<string, string> = { format: 'pt' }): number {
+  const { head, dataBytes } = safetensorsHeader(entries, metadata);
   const fd = fs.openSync(file, 'w');
   try {
     fs.writeSync(fd, head);
-    const chunk = new Uint8Array(CHUNK_BYTES);
-    for (const e of entries) {
-      const elem = DTYPE_BYTES[e.dtype];
-      const total = e.shape.reduce((a, b) => a * b, 1);
-      const perChunk = Math.floor(CHUNK_BYTES / elem);
-      for (let done = 0; done < total; done += perChunk) {
-        const n = Math.min(perChunk, total - done);
-        const dst = chunk.subarray(0, n * elem);
-        fill(e, dst, done);
-        fs.writeSync(fd, dst);
-      }
-    }
+    for (const piece of dataPieces(entries, fill)) fs.writeSync(fd, piece);
   } finally {
     fs.closeSync(fd);
   }
-  return head.byteLength + offset;
+  return head.byteLength + dataBytes;
+}
+
+/** The data of `entries` in order, as pieces of at most `chunkBytes` bytes filled by `fill`
+ *  (each piece is only valid until the next is asked for: one buffer is reused). */
+export function* dataPieces<E extends TensorEntry>(entries: E[], fill: (entry: E, dst: Uint8Array, elementOffset: number) => void,
+  chunkBytes = CHUNK_BYTES): Generator<Uint8Array> {
+  const chunk = new Uint8Array(chunkBytes);
+  for (const e of entries) {
+    const elem = DTYPE_BYTES[e.dtype];
+    const total = e.shape.reduce((a, b) => a * b, 1);
+    const perChunk = Math.floor(chunkBytes / elem);
+    for (let done = 0; done < total; done += perChunk) {
+      const dst = chunk.subarray(0, Math.min(perChunk, total - done) * elem);
+      fill(e, dst, done);
+      yield dst;
+    }
+  }
 }

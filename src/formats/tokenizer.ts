@@ -57,18 +57,26 @@ export class TextTokenizer {
     return this.template !== null;
   }
 
-  /** Renders a conversation with the model's chat template, ready for the assistant's turn. */
-  applyChatTemplate(messages: ChatMessage[]): string {
+  /** The id of tokenizer_config.json's eos_token, or null when it names none (or an unknown token). */
+  get eosTokenId(): number | null {
+    const eos = this.specialToken('eos_token');
+    return eos === '' ? null : this.tokenizer.token_to_id(eos) ?? null;
+  }
+
+  private specialToken(name: string): string {
+    const v = this.config[name];
+    return typeof v === 'string' ? v : (v as { content?: string } | undefined)?.content ?? '';
+  }
+
+  /** Renders a conversation with the model's chat template: ready for the assistant's turn
+   *  (generation), or as it stands (training data, whose last message is the assistant's). */
+  applyChatTemplate(messages: ChatMessage[], addGenerationPrompt = true): string {
     if (!this.template) throw new UserError(`${this.file}: the model has no chat_template, so "messages" cannot be used`);
-    const special = (name: string) => {
-      const v = this.config[name];
-      return typeof v === 'string' ? v : (v as { content?: string } | undefined)?.content ?? '';
-    };
     return this.template.render({
       messages,
-      add_generation_prompt: true,
-      bos_token: special('bos_token'),
-      eos_token: special('eos_token'),
+      add_generation_prompt: addGenerationPrompt,
+      bos_token: this.specialToken('bos_token'),
+      eos_token: this.specialToken('eos_token'),
     });
   }
 }

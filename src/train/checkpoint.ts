@@ -1,0 +1,127 @@
+// Checkpoints in a run's output directory:
+//   OUT/checkpoint-<step>/                 a Hugging Face model directory (model-writer.ts)
+//   OUT/checkpoint-<step>/training-state/  what a resume needs beyond it (training-state.ts)
+//   OUT/latest -> checkpoint-<step>        a symlink, so `tierlm generate --model OUT/latest` works
+//
+// A save is atomic: everything is written into OUT/.checkpoint-<step>.tmp-<pid>/, each file and
+// directory fsynced, then the directory is renamed into place and the link replaced by renaming a
+// new link over it. A checkpoint directory therefore exists only once complete, and a crash at any
+// moment (SIGKILL, power cut) leaves the previous checkpoint and the link to it intact; older
+// checkpoints are removed only after the new one is linked. If the link was never made (a crash
+// between the two renames), the newest checkpoint directory is the latest.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { UserError } from '../util/errors.js';
+import { fsyncPath } from './atomic.js';
+import { type Weight, writeModelFiles } from './model-writer.js';
+import { STATE_DIR, type StateAlloc, type TrainingState, readTrainingState, writeTrainingState } from './training-state.js';
+
+export const LATEST = 'latest';
+const NAME = /^checkpoint-(\d+)(?:-(\d+))?$/;
+const TEMP = /^\.checkpoint-.*\.tmp-\d+$/;
+
+export interface SaveOptions {
+  /** Checkpoints kept after a save, the new one included (default 1). */
+  keep?: number;
+}
+
+/** Saves `state` (its master weights as the model, in the dtype of the model in `modelDir`)
+ *  as OUT/checkpoint-<step> and points OUT/latest at it; returns the checkpoint's directory. */
+export async function saveCheckpoint(outDir: string, modelDir: string, state: TrainingState, o: SaveOptions = {}): Promise<string> {
+  const keep = o.keep ?? 1;
+  if (!Number.isSafeInteger(keep) || keep < 1) throw new RangeError(`keep must be a positive integer, got ${keep}`);
+  fs.mkdirSync(outDir, { recursive: true });
+  removeTemporaries(outDir);
+  const name = freeName(outDir, state.step);
+  const tmp = path.join(outDir, `.${name}.tmp-${process.pid}`);
+  fs.mkdirSync(tmp);
+  try {
+    const weights = new Map<string, Weight>([...state.tensors].map(([n, p]) => [n, { shape: p.shape, data: p.master }]));
+    await writeModelFiles(tmp, modelDir, weights);
+    await pauseForTest('model');
+    await writeTrainingState(path.join(tmp, STATE_DIR), state);
+    fsyncPath(path.join(tmp, STATE_DIR));
+    fsyncPath(tmp);
+    await pauseForTest('rename');
+  } catch (e) {
+    fs.rmSync(tmp, { recursive: true, force: true });
+    throw e;
+  }
+  const final = path.join(outDir, name);
+  fs.renameSync(tmp, final);
+  fsyncPath(outDir);
+  const link = path.join(outDir, `.${LATEST}.tmp-${process.pid}`);
+  fs.rmSync(link, { force: true });
+  fs.symlinkSync(name, link);
+  fs.renameSync(link, path.join(outDir, LATEST));
+  fsyncPath(outDir);
+  prune(outDir, name, keep);
+  return final;
+}
+
+/** The directory of OUT's latest checkpoint, or null when it has none. */
+export function latestCheckpoint(outDir: string): string | null {
+  let target: string | null = null;
+  try {
+    target = fs.readlinkSync(path.join(outDir, LATEST));
+  } catch {
+    // No link yet: fall back on the newest directory.
+  }
+  if (target !== null && NAME.test(target) && fs.existsSync(path.join(outDir, target, STATE_DIR))) return path.join(outDir, target);
+  const newest = checkpoints(outDir).at(-1);
+  return newest ? path.join(outDir, newest.name) : null;
+}
+
+/** Reads the training state of `dir`: a checkpoint directory, or an output directory whose latest
+ *  checkpoint is taken. `expected` (parameter name → shape) is checked as readTrainingState does. */
+export async function loadCheckpoint(dir: string, expected?: Map<string, number[]>, alloc?: StateAlloc): Promise<{ dir: string; state: TrainingState }> {
+  const ckpt = fs.existsSync(path.join(dir, STATE_DIR)) ? dir : latestCheckpoint(dir);
+  if (!ckpt) throw new UserError(`${dir}: no checkpoint to resume from (no ${LATEST} link, no checkpoint-<step> directory)`);
+  return { dir: ckpt, state: await readTrainingState(path.join(ckpt, STATE_DIR), expected, alloc) };
+}
+
+/** Checkpoint directories of OUT, oldest first. */
+function checkpoints(outDir: string): { name: string; order: [number, number] }[] {
+  const list: { name: string; order: [number, number] }[] = [];
+  for (const name of fs.existsSync(outDir) ? fs.readdirSync(outDir) : []) {
+    const m = NAME.exec(name);
+    if (m && fs.statSync(path.join(outDir, name)).isDirectory()) list.push({ name, order: [Number(m[1]), Number(m[2] ?? 0)] });
+  }
+  return list.sort((a, b) => a.order[0] - b.order[0] || a.order[1] - b.order[1]);
+}
+
+/** checkpoint-<step>, or checkpoint-<step>-<k> when a checkpoint of that step exists (a run resumed
+ *  and saved again at the same step): an existing checkpoint is never overwritten in place. */
+function freeName(outDir: string, step: number): string {
+  if (!Number.isSafeInteger(step) || step < 0) throw new RangeError(`step must be a non-negative integer, got ${step}`);
+  const taken = new Set(fs.readdirSync(outDir));
+  let name = `checkpoint-${step}`;
+  for (let k = 1; taken.has(name); k++) name = `checkpoint-${step}-${k}`;
+  return name;
+}
+
+/** Leftovers of saves that crashed: never renamed into place, so never a checkpoint. */
+function removeTemporaries(outDir: string): void {
+  for (const name of fs.readdirSync(outDir)) {
+    if (TEMP.test(name)) fs.rmSync(path.join(outDir, name), { recursive: true, force: true });
+  }
+}
+
+function prune(outDir: string, current: string, keep: number): void {
+  const older = checkpoints(outDir).filter((c) => c.name !== current);
+  for (const c of older.slice(0, Math.max(0, older.length - (keep - 1)))) {
+    // Renamed first, so that a crash in the middle of removing it leaves a temporary, not a
+    // half checkpoint.
+    const doomed = path.join(outDir, `.${c.name}.tmp-${process.pid}`);
+    fs.renameSync(path.join(outDir, c.name), doomed);
+    fs.rmSync(doomed, { recursive: true, force: true });
+  }
+}
+
+/** Crash tests stop a save here (TIERLM_TEST_CHECKPOINT_PAUSE=model|rename) and kill the process. */
+async function pauseForTest(stage: string): Promise<void> {
+  if (process.env.TIERLM_TEST_CHECKPOINT_PAUSE !== stage) return;
+  process.stdout.write(`checkpoint save paused at ${stage}\n`);
+  await new Promise(() => setInterval(() => {}, 1 << 30));
+}

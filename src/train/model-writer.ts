@@ -1,0 +1,104 @@
+// Writes trained weights as a Hugging Face model directory that `tierlm generate` (and other
+// tools) load directly: the source model's config.json and tokenizer files, and model.safetensors
+// with the source's tensor names and shapes in the model's own dtype (config.json's torch_dtype),
+// rounded from the fp32 master weights to nearest even. A tied head is stored once, as the source
+// stores it. The caller makes the directory appear atomically (checkpoint.ts).
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { TensorStore } from '../formats/safetensors.js';
+import { readConfig } from '../models/registry.js';
+import { type FloatDType, f32ToF16 } from '../tensor/dtype.js';
+import { ModelFileError } from '../util/errors.js';
+import { fsyncPath } from './atomic.js';
+import { type TensorProducer, writeTensorFile } from './tensor-file.js';
+
+/** Files copied from the source model directory when present. */
+export const MODEL_SIDE_FILES = ['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json'];
+
+export interface Weight {
+  shape: number[];
+  /** fp32 master weight. */
+  data: Float32Array;
+}
+
+const TORCH_DTYPES: Record<string, FloatDType> = { float32: 'f32', float16: 'f16', bfloat16: 'bf16' };
+
+/** The dtype the model is stored in: config.json's torch_dtype (or newer "dtype"), else that of
+ *  its first stored tensor. */
+export function modelDtype(sourceDir: string): FloatDType {
+  const { raw } = readConfig(sourceDir);
+  const declared = raw.torch_dtype ?? raw.dtype;
+  if (declared !== undefined && declared !== null) {
+    const d = typeof declared === 'string' ? TORCH_DTYPES[declared] : undefined;
+    if (!d) throw new ModelFileError(path.join(sourceDir, 'config.json'), `torch_dtype ${JSON.stringify(declared)} is not one of ${Object.keys(TORCH_DTYPES).join(', ')}`);
+    return d;
+  }
+  const store = TensorStore.open(sourceDir);
+  try {
+    const first = store.names()[0];
+    return first ? store.info(first).dtype : 'f32';
+  } finally {
+    store.close();
+  }
+}
+
+/** Writes config, tokenizer files and model.safetensors into `dir` (which exists), each fsynced. */
+export async function writeModelFiles(dir: string, sourceDir: string, weights: Map<string, Weight>): Promise<void> {
+  const dtype = modelDtype(sourceDir);
+  const entries = modelEntries(sourceDir, weights).map(({ name, weight }): TensorProducer => ({
+    name, dtype, shape: weight.shape, fill: (dst, offset) => narrow(dtype, weight.data, offset, dst),
+  }));
+  for (const f of MODEL_SIDE_FILES) {
+    const src = path.join(sourceDir, f);
+    if (!fs.existsSync(src)) continue;
+    fs.copyFileSync(src, path.join(dir, f));
+    fsyncPath(path.join(dir, f));
+  }
+  await writeTensorFile(path.join(dir, 'model.safetensors'), entries, { format: 'pt' });
+}
+
+/** The weights in the source's order under the source's names, after checking that they are
+ *  exactly the source's tensors (a tied head's alias is dropped: the source does not store it). */
+function modelEntries(sourceDir: string, weights: Map<string, Weight>): { name: string; weight: Weight }[] {
+  const { arch, config } = readConfig(sourceDir);
+  const store = TensorStore.open(sourceDir);
+  try {
+    const head = arch.names(config, (n) => store.has(n)).global.lm_head;
+    for (const name of weights.keys()) {
+      if (store.has(name) || (name === 'lm_head.weight' && head !== 'lm_head')) continue;
+      throw new ModelFileError(store.fileName(name), 'the trained weights have a tensor the source model does not', name);
+    }
+    return store.names().map((name) => {
+      const weight = weights.get(name);
+      const info = store.info(name);
+      if (!weight) throw new ModelFileError(info.file, 'the trained weights lack this tensor of the source model', name);
+      const size = info.shape.reduce((a, b) => a * b, 1);
+      if (weight.shape.join() !== info.shape.join() || weight.data.length !== size) {
+        throw new ModelFileError(info.file, `trained weight has shape [${weight.shape.join(', ')}] (${weight.data.length} values), the source [${info.shape.join(', ')}]`, name);
+      }
+      return { name, weight };
+    });
+  } finally {
+    store.close();
+  }
+}
+
+/** Converts src[offset ..] into dst's bytes, rounding to nearest even. */
+export function narrow(dtype: FloatDType, src: Float32Array, offset: number, dst: Uint8Array): void {
+  if (dtype === 'f32') {
+    dst.set(new Uint8Array(src.buffer, src.byteOffset + offset * 4, dst.byteLength));
+    return;
+  }
+  const out = new Uint16Array(dst.buffer, dst.byteOffset, dst.byteLength / 2);
+  if (dtype === 'f16') {
+    for (let i = 0; i < out.length; i++) out[i] = f32ToF16(src[offset + i]!);
+    return;
+  }
+  // bf16 on the bits directly (f32ToBf16 per element costs a call and two array writes).
+  const bits = new Uint32Array(src.buffer, src.byteOffset + offset * 4, out.length);
+  for (let i = 0; i < out.length; i++) {
+    const b = bits[i]!;
+    out[i] = (b & 0x7fffffff) > 0x7f800000 ? (b >>> 16) | 0x40 : (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
+  }
+}
