@@ -12,11 +12,11 @@ import { LATEST, latestCheckpoint, loadCheckpoint, saveCheckpoint } from '../src
 import { MODEL_SIDE_FILES, narrow, writeModelFiles } from '../src/train/model-writer.js';
 import { readTensorFile, writeTensorFile } from '../src/train/tensor-file.js';
 import { STATE_DIR, type TrainingState } from '../src/train/training-state.js';
-import { type Prompt, type Reference, localFixtures, readJsonl, repoRoot, tmpDir } from './helpers/fixtures.js';
+import { type Prompt, type Reference, fixturesDir, readJsonl, repoRoot, tmpDir } from './helpers/fixtures.js';
 import { stateFromModel } from './helpers/train-state.js';
 import { tokenizerModelDir } from './helpers/tokenizer-model.js';
 
-const prompts = readJsonl<Prompt>(path.join(localFixtures, 'prompts.jsonl'));
+const prompts = readJsonl<Prompt>(path.join(fixturesDir, 'prompts.jsonl'));
 
 async function greedy(dir: string): Promise<number[][]> {
   const model = await loadModel(dir);
@@ -58,7 +58,7 @@ function expectSameState(a: TrainingState, b: TrainingState): void {
 describe('the saved model directory', () => {
   for (const name of ['qwen2-tiny', 'opt-350m-style', 'mistral-tiny', 'opt-sharded']) {
     it(`${name}: same tensor names, dtype and bytes as the source, loads and generates the reference tokens`, async () => {
-      const src = path.join(localFixtures, name);
+      const src = path.join(fixturesDir, name);
       const out = tmpDir('ckpt');
       const dir = await saveCheckpoint(out, src, stateFromModel(src, 3));
       expect(dir).toBe(path.join(out, 'checkpoint-3'));
@@ -80,7 +80,7 @@ describe('the saved model directory', () => {
 
   it('copies the tokenizer files and generation config', async () => {
     const src = tmpDir('srcmodel');
-    const fixture = path.join(localFixtures, 'qwen2-tiny');
+    const fixture = path.join(fixturesDir, 'qwen2-tiny');
     for (const f of fs.readdirSync(fixture)) fs.copyFileSync(path.join(fixture, f), path.join(src, f));
     const tok = tokenizerModelDir();
     for (const f of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(tok, f), path.join(src, f));
@@ -105,7 +105,7 @@ describe('the saved model directory', () => {
   });
 
   it('refuses weights that are not exactly the source model\'s tensors, naming the tensor', async () => {
-    const src = path.join(localFixtures, 'mistral-tiny');
+    const src = path.join(fixturesDir, 'mistral-tiny');
     const state = stateFromModel(src, 1);
     const weights = new Map([...state.tensors].map(([n, p]) => [n, { shape: p.shape, data: p.master }]));
     const missing = new Map(weights);
@@ -116,7 +116,7 @@ describe('the saved model directory', () => {
     const reshaped = new Map(weights).set('model.norm.weight', { shape: [2, 32], data: weights.get('model.norm.weight')!.data });
     await expect(writeModelFiles(tmpDir('w'), src, reshaped)).rejects.toThrow(/'model\.norm\.weight'\): trained weight has shape \[2, 32\]/);
     // A tied model's head alias is not stored twice.
-    const tiedSrc = path.join(localFixtures, 'qwen2-tiny');
+    const tiedSrc = path.join(fixturesDir, 'qwen2-tiny');
     const tied = stateFromModel(tiedSrc, 1);
     const tiedWeights = new Map([...tied.tensors].map(([n, p]) => [n, { shape: p.shape, data: p.master }]));
     tiedWeights.set('lm_head.weight', tiedWeights.get('model.embed_tokens.weight')!);
@@ -128,7 +128,7 @@ describe('the saved model directory', () => {
 
 describe('the training state', () => {
   it('reads back bit for bit: step, data position, RNG, options, master, m and v', async () => {
-    const src = path.join(localFixtures, 'opt-350m-style');
+    const src = path.join(fixturesDir, 'opt-350m-style');
     const state = stateFromModel(src, 5);
     const out = tmpDir('state');
     await saveCheckpoint(out, src, state);
@@ -171,7 +171,7 @@ describe('the training state', () => {
   });
 
   it('names the file and tensor or field when the state does not fit the model or is damaged', async () => {
-    const src = path.join(localFixtures, 'mistral-tiny');
+    const src = path.join(fixturesDir, 'mistral-tiny');
     const state = stateFromModel(src, 2);
     const out = tmpDir('bad');
     const dir = await saveCheckpoint(out, src, state);
@@ -217,7 +217,7 @@ describe('saves are atomic', () => {
   }
 
   it('a save killed at any stage leaves the previous checkpoint intact and loadable', async () => {
-    const src = path.join(localFixtures, 'qwen2-tiny');
+    const src = path.join(fixturesDir, 'qwen2-tiny');
     const out = tmpDir('crash');
     expect(await child(out, src, 1)).toMatch(/saved/);
     const first = stateFromModel(src, 1);
@@ -238,7 +238,7 @@ describe('saves are atomic', () => {
   });
 
   it('keeps the newest `keep` checkpoints; a resaved step gets a new name; without the link the newest is latest', async () => {
-    const src = path.join(localFixtures, 'qwen2-tiny');
+    const src = path.join(fixturesDir, 'qwen2-tiny');
     const out = tmpDir('keep');
     for (const step of [1, 2, 3]) await saveCheckpoint(out, src, stateFromModel(src, step), { keep: 2 });
     expect(fs.readdirSync(out).sort()).toEqual(['checkpoint-2', 'checkpoint-3', LATEST]);

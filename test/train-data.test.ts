@@ -8,10 +8,10 @@ import { TextTokenizer } from '../src/formats/tokenizer.js';
 import { Batcher, evalBatches, shuffled } from '../src/train/batcher.js';
 import { type DataOptions, type Dataset, dataContextFor, readDataset } from '../src/train/dataset.js';
 import { IGNORE_INDEX } from '../src/train/sequence.js';
-import { localFixtures, tmpDir } from './helpers/fixtures.js';
+import { fixturesDir, tmpDir } from './helpers/fixtures.js';
 import { tokenizerModelDir } from './helpers/tokenizer-model.js';
 
-const batchFile = path.join(localFixtures, 'train/batch.jsonl');
+const batchFile = path.join(fixturesDir, 'train/batch.jsonl');
 const idsOnly: DataOptions = { vocabSize: 512, eosTokenId: 2, tokenizer: null, seqLen: 64 };
 
 function writeLines(lines: (string | object)[]): string {
