@@ -8,6 +8,7 @@ import { UserError } from '../util/errors.js';
 import type { LoadOptions } from '../engine/model.js';
 import { planPolicy } from '../engine/plan.js';
 import { ensureProfile } from '../policy/profile.js';
+import { releaseFreedMemory } from '../backend/index.js';
 
 /** What the planner needs to know about the job. */
 export interface Workload {
@@ -120,6 +121,8 @@ export async function loadOptions(o: PolicyFlags & { precision?: 'fp32' | 'bf16'
       compressWeight: o.compressWeight === true, attnSparsity: o.attnSparsity,
       limits: { ram: o.ram, device: o.deviceMem, disk: o.disk }, disk: o.diskDir !== undefined, profile, shapes,
     });
+    // The solver's compilation leaves freed memory in malloc's arenas: return it before loading.
+    releaseFreedMemory();
     planned = { ...plan.policy, compressCache: o.compressCache === true, attnSparsity: o.attnSparsity ?? 1 };
   }
   return {

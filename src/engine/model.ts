@@ -1,7 +1,7 @@
 // The public entry point for generation: load a model directory, then generate for batches of
 // requests. Weights, KV cache and activations are placed by a policy (all in RAM by default).
 
-import { type Backend, type ComputeMode, cpuBackend, referenceBackend, setThreads } from '../backend/index.js';
+import { type Backend, type ComputeMode, cpuBackend, referenceBackend, releaseFreedMemory, setThreads } from '../backend/index.js';
 import { TextTokenizer } from '../formats/tokenizer.js';
 import type { ModelConfig } from '../models/config.js';
 import { openModel } from '../models/load.js';
@@ -93,7 +93,12 @@ export class LanguageModel {
     stats?: GenerateStats): AsyncGenerator<GenerationResult | RequestError> {
     const g = new Generator({
       config: this.config, transformer: this.transformer, runner: this.runner, eosTokenIds: this.eosTokenIds, tokenizer: this.tokenizer,
-      checkBlock: (shape) => checkLimits([...this.weightMemory, ...blockItems(this.config, this.policy, shape)], this.limits, `a block of ${shape.batches} × ${shape.rows} sequences`),
+      checkBlock: (shape) => {
+        checkLimits([...this.weightMemory, ...blockItems(this.config, this.policy, shape)], this.limits, `a block of ${shape.batches} × ${shape.rows} sequences`);
+        // The plan counts live buffers only; memory freed earlier (loading, planning) must not
+        // stay resident beside them.
+        releaseFreedMemory();
+      },
     });
     try {
       // compress_cache stores the KV cache 4-bit whatever the call asks for.
