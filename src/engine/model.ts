@@ -64,6 +64,8 @@ export class LanguageModel {
         layerBytes: sizes.layers.map((l) => l.reduce((n, m) => n + m.bytes, 0)),
         slotBytes: planSlotBytes(sizes.layers, shares(policy, 'weights'), policy.sepLayer ? 'attn' : 'all'),
         globalBytes: sizes.globalBytes,
+        chunkBytes: sizes.chunkBytes,
+        tensorBytes: Math.max(...sizes.layers.flat().map((m) => m.bytes)),
       };
       const wItems = weightItems(weightSizes, policy, shares(policy, 'weights').disk > 0);
       checkLimits(wItems, limits, `the weights of ${dir}`);

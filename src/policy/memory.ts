@@ -30,6 +30,10 @@ export interface WeightSizes {
   slotBytes: number;
   /** Embeddings, LM head, norms and biases: always in RAM. */
   globalBytes: number;
+  /** The raw chunk GEMM weights are read through while they are packed (ModelSizes.chunkBytes). */
+  chunkBytes: number;
+  /** The largest packed layer tensor: converting weights for the disk tier packs one at a time. */
+  tensorBytes: number;
 }
 
 export interface BlockShape {
@@ -50,6 +54,9 @@ export function weightItems(w: WeightSizes, p: Policy, onDisk: boolean): MemoryI
     { what: 'layer weights (resident share)', ram: resident, disk: onDisk ? total : 0, device: Math.round(total * s.device) },
     { what: 'weight staging (two slots)', ram: onDisk ? 2 * w.slotBytes : 0, disk: 0 },
     { what: 'embeddings, LM head, norms', ram: w.globalBytes, disk: 0 },
+    // Loading's buffers are garbage once the model is loaded, but native memory is freed only when
+    // the collector finalizes it, which can be after the run's own buffers exist: so they count.
+    { what: onDisk ? 'weight loading (read chunk, conversion staging)' : 'weight loading (read chunk)', ram: w.chunkBytes + (onDisk ? Math.ceil(w.tensorBytes / 4096) * 4096 : 0), disk: 0 },
   ];
 }
 

@@ -26,6 +26,9 @@ export interface SearchInput {
   unitBytes: { sep: number; whole: number };
   /** Embeddings, LM head, norms: always in RAM. */
   globalBytes: number;
+  /** Loading's read chunk and the largest packed layer tensor (WeightSizes). */
+  chunkBytes: number;
+  tensorBytes: number;
   promptLen: number;
   genLen: number;
   cacheElem: number;
@@ -78,7 +81,8 @@ function ramModel(input: SearchInput, gbs: number, ngb: number, sepLayer: boolea
   const probe = (p: Partial<Policy>) => {
     const policy = { ...DEFAULT_POLICY, gpuBatchSize: gbs, numGpuBatches: ngb, sepLayer, ...p };
     return [
-      ...weightItems({ layerBytes: input.layerBytes, slotBytes: sepLayer ? input.unitBytes.sep : input.unitBytes.whole, globalBytes: input.globalBytes }, policy, v.w),
+      ...weightItems({ layerBytes: input.layerBytes, slotBytes: sepLayer ? input.unitBytes.sep : input.unitBytes.whole, globalBytes: input.globalBytes,
+        chunkBytes: input.chunkBytes, tensorBytes: input.tensorBytes }, policy, v.w),
       ...blockItems(c, policy, { rows: gbs, batches: ngb, maxTokens: Math.max(gbs * input.promptLen, gbs), capacity: input.promptLen + input.genLen, cacheBytesPerElement: input.cacheElem }),
     ];
   };

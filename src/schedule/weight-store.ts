@@ -313,20 +313,20 @@ function readManifest(file: string): Manifest | null {
   }
 }
 
-/** Packs every layer weight into the file, one tensor in memory at a time. */
+/** Packs every layer weight into the file, one packed tensor in memory at a time, read in chunks
+ *  as loading reads (the memory plan's 'weight loading' item). */
 async function convert(loader: WeightLoader, entries: { slot: LayerSlot; name: string }[], file: string): Promise<Manifest> {
   const bf = await openBlockFile(file, 'w');
   const tensors: TensorMeta[] = [];
   let offset = 0;
-  // Reused buffers: the raw tensor, and the aligned packed bytes (native memory is only freed when
-  // the collector runs a finalizer, so a buffer per tensor could pile up past the RAM limit).
-  let staging = alignedBytes(0);
-  const raw = { buf: new ArrayBuffer(0) };
+  // One buffer of aligned packed bytes, of the largest tensor's size from the start (native memory
+  // is only freed when the collector runs a finalizer, so a buffer per tensor, or each one grown,
+  // could pile up past the RAM limit).
+  let staging = alignedBytes(alignUp(Math.max(0, ...loader.sizes().layers.flat().map((m) => m.bytes))));
   try {
     for (const e of entries) {
-      const w = loader.readMatrixInto(e.name, e.slot, raw);
       let size = 0;
-      const packed = loader.packMatrix(w, e.slot, `${e.name}.weight`, (bytes) => {
+      const packed = loader.packMatrixInto(e.name, e.slot, (bytes) => {
         size = alignUp(bytes);
         if (staging.byteLength < size) staging = alignedBytes(size);
         return staging;
