@@ -60,7 +60,7 @@ describe('loading packs large tensors in chunks', () => {
       const dir = path.join(root, 'm');
       initModel({ config: 'opt-offload-test', out: dir, layers: 1, seed: 5 });
       const store = TensorStore.open(dir);
-      const raw = store.read('model.decoder.layers.0.fc1.weight'); // [4096, 1024] f16: two 4 MiB chunks
+      const raw = store.read('model.decoder.layers.0.fc1.weight'); // [4096, 1024] f16: eight 1 MiB chunks
       expect(raw.shape[0]).toBeGreaterThan(2048);
       store.close();
       for (const compressWeight of [false, true]) {

@@ -65,7 +65,7 @@ export class LanguageModel {
         slotBytes: planSlotBytes(sizes.layers, shares(policy, 'weights'), policy.sepLayer ? 'attn' : 'all'),
         globalBytes: sizes.globalBytes,
         chunkBytes: sizes.chunkBytes,
-        tensorBytes: Math.max(...sizes.layers.flat().map((m) => m.bytes)),
+        packedChunkBytes: sizes.packedChunkBytes,
       };
       const wItems = weightItems(weightSizes, policy, shares(policy, 'weights').disk > 0);
       checkLimits(wItems, limits, `the weights of ${dir}`);

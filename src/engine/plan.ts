@@ -123,7 +123,7 @@ export async function planPolicy(r: PlanRequest): Promise<PlanResult> {
   const t0 = performance.now();
   const plan = await searchPolicy({
     config, layerBytes, partBytes: partBytes(sizes.layers), unitBytes, globalBytes: sizes.globalBytes,
-    chunkBytes: sizes.chunkBytes, tensorBytes: Math.max(...sizes.layers.flat().map((m) => m.bytes)), promptLen: r.promptLen, genLen: r.genLen,
+    chunkBytes: sizes.chunkBytes, packedChunkBytes: sizes.packedChunkBytes, promptLen: r.promptLen, genLen: r.genLen,
     cacheElem: cacheBytesPerElement(cacheDtype, config.headDim), attnSparsity: r.attnSparsity, limits, rates: ratesFrom(r.profile, dtype, mode, cacheDtype, r.compressWeight), shapes: r.shapes, ramShare: PLAN_RAM_SHARE,
   });
   if (r.compressWeight) plan.policy.compressWeight = true;

@@ -26,9 +26,9 @@ export interface SearchInput {
   unitBytes: { sep: number; whole: number };
   /** Embeddings, LM head, norms: always in RAM. */
   globalBytes: number;
-  /** Loading's read chunk and the largest packed layer tensor (WeightSizes). */
+  /** Loading's read chunk and conversion's packed chunk (WeightSizes). */
   chunkBytes: number;
-  tensorBytes: number;
+  packedChunkBytes: number;
   promptLen: number;
   genLen: number;
   cacheElem: number;
@@ -82,7 +82,7 @@ function ramModel(input: SearchInput, gbs: number, ngb: number, sepLayer: boolea
     const policy = { ...DEFAULT_POLICY, gpuBatchSize: gbs, numGpuBatches: ngb, sepLayer, ...p };
     return [
       ...weightItems({ layerBytes: input.layerBytes, slotBytes: sepLayer ? input.unitBytes.sep : input.unitBytes.whole, globalBytes: input.globalBytes,
-        chunkBytes: input.chunkBytes, tensorBytes: input.tensorBytes }, policy, v.w),
+        chunkBytes: input.chunkBytes, packedChunkBytes: input.packedChunkBytes }, policy, v.w),
       ...blockItems(c, policy, { rows: gbs, batches: ngb, maxTokens: Math.max(gbs * input.promptLen, gbs), capacity: input.promptLen + input.genLen, cacheBytesPerElement: input.cacheElem }),
     ];
   };
