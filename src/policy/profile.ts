@@ -28,7 +28,7 @@ import { DirectFile } from '../tensor/disk/io.js';
 import { BufferPool, sequentialPass } from '../tensor/disk/buffer-pool.js';
 import { UserError } from '../util/errors.js';
 import { formatSize } from '../tensor/tiers/size.js';
-import { measureInChild } from './profile-child.js';
+import { runInChild } from '../util/child.js';
 
 export const PROFILE_VERSION = 1;
 
@@ -587,7 +587,11 @@ export async function ensureProfile(opts: EnsureOptions = {}): Promise<HardwareP
   const log = opts.log ?? (() => {});
   log(`no hardware profile at ${file}; measuring this machine${quick ? ' (quick)' : ''}, once, in a separate process ` +
     '(its memory is not part of this run, nor of its --ram limit)');
-  const { peakRssBytes } = await measureInChild({ file, quick, diskDir: opts.diskDir ?? os.tmpdir(), threads: opts.threads, sizes: opts.sizes }, log);
+  // A child process: the measurement needs far more memory than a tight --ram allows (the quick
+  // profile streams GEMM weights through 384 MiB of copies to defeat the last-level cache).
+  // --expose-gc: it collects each phase's buffers before the next phase allocates its own.
+  const { peakRssBytes } = await runInChild(import.meta.url, 'profile-main',
+    { file, quick, diskDir: opts.diskDir ?? os.tmpdir(), threads: opts.threads, sizes: opts.sizes }, log, ['--expose-gc']);
   const p = loadProfile(file);
   if (!p) throw new ProfileFileError(file, 'the measuring process did not save it');
   log(`saved the hardware profile to ${file} (the measuring process peaked at ${formatSize(peakRssBytes)} RSS)`);
