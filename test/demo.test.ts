@@ -16,23 +16,19 @@ describe('tierlm demo', () => {
   // quick profile's. The model is a small shape (opt-offload-test, 206 MB) under a 64 MiB limit.
   it('runs end to end on a first run, with peak RSS within its RAM limit plus the runtime overhead', () => {
     const home = tmpDir('demo-home');
-    try {
-      const r = cli(['demo', '--dir', path.join(home, 'demo'), '--config', 'opt-offload-test', '--ram', '64MiB', '--prompt-len', '16', '--gen-len', '4'],
-        { HOME: home, TIERLM_PROFILE: '', TIERLM_PROFILE_SIZES: 'tiny' });
-      expect(r.code, r.stderr).toBe(0);
-      const saved = path.join(home, '.cache', 'tierlm', 'hardware.json');
-      expect(r.stdout).toContain(`no hardware profile at ${saved}; measuring this machine (quick), once, in a separate process`);
-      expect(r.stdout).toMatch(/the measuring process peaked at [\d.]+ MiB RSS/);
-      expect(fs.existsSync(saved)).toBe(true);
-      expect(r.stdout).toMatch(/model [\d.]+ MiB of weights, RAM limit 64\.0 MiB \([\d.]+× smaller\)/);
-      expect(r.stdout).toMatch(/plan: \d+ sequences × \d+ batches; weights [\d.]+% in RAM/);
-      expect(r.stdout).toMatch(/throughput {2}[\d.]+ generated tok\/s \(predicted [\d.]+\)/);
-      expect(r.stdout).toMatch(/time {8}prefill [\d.]+ s \+ decode [\d.]+ s: compute [\d.]+ s, waiting for the disk [\d.]+ s/);
-      const peak = /memory {6}peak RSS ([\d.]+) MiB for a 64\.0 MiB limit/.exec(r.stdout);
-      expect(peak, r.stdout).not.toBeNull();
-      expect(Number(peak![1]) * MiB).toBeLessThanOrEqual(64 * MiB + RUNTIME_OVERHEAD_BYTES);
-    } finally {
-      fs.rmSync(home, { recursive: true, force: true });
-    }
+    const r = cli(['demo', '--dir', path.join(home, 'demo'), '--config', 'opt-offload-test', '--ram', '64MiB', '--prompt-len', '16', '--gen-len', '4'],
+      { HOME: home, TIERLM_PROFILE: '', TIERLM_PROFILE_SIZES: 'tiny' });
+    expect(r.code, r.stderr).toBe(0);
+    const saved = path.join(home, '.cache', 'tierlm', 'hardware.json');
+    expect(r.stdout).toContain(`no hardware profile at ${saved}; measuring this machine (quick), once, in a separate process`);
+    expect(r.stdout).toMatch(/the measuring process peaked at [\d.]+ MiB RSS/);
+    expect(fs.existsSync(saved)).toBe(true);
+    expect(r.stdout).toMatch(/model [\d.]+ MiB of weights, RAM limit 64\.0 MiB \([\d.]+× smaller\)/);
+    expect(r.stdout).toMatch(/plan: \d+ sequences × \d+ batches; weights [\d.]+% in RAM/);
+    expect(r.stdout).toMatch(/throughput {2}[\d.]+ generated tok\/s \(predicted [\d.]+\)/);
+    expect(r.stdout).toMatch(/time {8}prefill [\d.]+ s \+ decode [\d.]+ s: compute [\d.]+ s, waiting for the disk [\d.]+ s/);
+    const peak = /memory {6}peak RSS ([\d.]+) MiB for a 64\.0 MiB limit/.exec(r.stdout);
+    expect(peak, r.stdout).not.toBeNull();
+    expect(Number(peak![1]) * MiB).toBeLessThanOrEqual(64 * MiB + RUNTIME_OVERHEAD_BYTES);
   });
 });

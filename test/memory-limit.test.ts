@@ -2,7 +2,7 @@
 // ≤ limit + the runtime's fixed overhead), and a limit that cannot be met is refused up front.
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { RUNTIME_OVERHEAD_BYTES } from '../src/policy/memory.js';
 import { cli } from './helpers/cli.js';
 import { sharedFixtures, tmpDir } from './helpers/fixtures.js';
@@ -10,25 +10,13 @@ import { sharedFixtures, tmpDir } from './helpers/fixtures.js';
 const MiB = 2 ** 20;
 let modelCache: string;
 
-const dirs: string[] = [];
-/** A temporary directory removed after the tests. */
-function scratch(prefix: string): string {
-  const d = tmpDir(prefix);
-  dirs.push(d);
-  return d;
-}
-
-afterAll(() => {
-  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
-});
-
 describe('--ram is a hard limit', () => {
   beforeAll(() => {
-    modelCache = scratch('models');
+    modelCache = tmpDir('models');
   });
 
   it('runs a model 3× larger than the limit within it, with every tier in use', () => {
-    const disk = scratch('disk');
+    const disk = tmpDir('disk');
     const ram = 64 * MiB;
     const r = cli(['bench', '--config', 'opt-offload-test', '--model-cache', modelCache, '--prompt-len', '32', '--gen-len', '4',
       '--gpu-batch-size', '4', '--num-gpu-batches', '2', '--percent', '0', '5', '0', '20', '0', '100', '--ram', '64MiB', '--disk-dir', disk, '--json']);
@@ -56,7 +44,7 @@ describe('--ram is a hard limit', () => {
   ])('opt-125m under --ram 200MiB: $name, peak RSS within limit + overhead', ({ flags, spills }) => {
     const ram = 200 * MiB;
     const r = cli(['bench', '--config', 'opt-125m', '--model-cache', modelCache, '--prompt-len', '16', '--gen-len', '2',
-      '--gpu-batch-size', '4', '--num-gpu-batches', '2', '--ram', '200MiB', '--disk-dir', scratch('disk125m'), '--json', ...flags]);
+      '--gpu-batch-size', '4', '--num-gpu-batches', '2', '--ram', '200MiB', '--disk-dir', tmpDir('disk125m'), '--json', ...flags]);
     expect(r.code, r.stderr).toBe(0);
     const res = JSON.parse(r.stdout.trim());
     expect(res.placement.weightsDisk).toBeGreaterThan(0);
@@ -75,7 +63,7 @@ describe('--ram is a hard limit', () => {
     expect(noDisk.code).toBe(1);
     expect(noDisk.stderr).toMatch(/does not fit in the RAM limit 16\.0 MiB and no disk tier was given: add --disk-dir/);
     // Planned with a disk tier, but too little RAM even for the buffers that stay in RAM.
-    const tiny = cli([...base, '--ram', '4MiB', '--disk-dir', scratch('tiny')]);
+    const tiny = cli([...base, '--ram', '4MiB', '--disk-dir', tmpDir('tiny')]);
     expect(tiny.code).toBe(1);
     expect(tiny.stderr).toMatch(/RAM limit 4\.0 MiB is too small by [\d.]+ MiB: even with the weights, cache and activations on disk/);
   });
@@ -89,7 +77,7 @@ describe('--ram is a hard limit', () => {
 
   it('refuses a disk tier that is too small', () => {
     const r = cli(['bench', '--config', 'opt-offload-test', '--model-cache', modelCache, '--prompt-len', '32', '--gen-len', '4',
-      '--percent', '0', '0', '0', '100', '0', '100', '--disk-dir', scratch('small'), '--disk', '10MiB']);
+      '--percent', '0', '0', '0', '100', '0', '100', '--disk-dir', tmpDir('small'), '--disk', '10MiB']);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/disk limit 10\.0 MiB is too small by/);
   });
@@ -99,7 +87,7 @@ describe('policy flags and files', () => {
   it('--policy FILE gives the same tokens as the same flags', () => {
     const model = path.join(sharedFixtures, 'opt-tiny');
     const prompts = path.join(sharedFixtures, 'prompts.jsonl');
-    const dir = scratch('policy');
+    const dir = tmpDir('policy');
     const policy = path.join(dir, 'policy.json');
     fs.writeFileSync(policy, JSON.stringify({ gpu_batch_size: 2, num_gpu_batches: 2, w_gpu_percent: 0, w_cpu_percent: 40, cache_gpu_percent: 0, cache_cpu_percent: 50, act_gpu_percent: 0, act_cpu_percent: 100, overlap: true, sep_layer: true, cpu_cache_compute: false, schedule: 'zigzag' }));
     const a = cli(['generate', '--model', model, '--prompts', prompts, '--out', path.join(dir, 'a.jsonl'), '--ignore-eos', '--policy', policy, '--disk-dir', dir]);
@@ -115,7 +103,7 @@ describe('policy flags and files', () => {
 
   it('bad policies get clear errors', () => {
     const model = path.join(sharedFixtures, 'opt-tiny');
-    const dir = scratch('badpolicy');
+    const dir = tmpDir('badpolicy');
     const policy = path.join(dir, 'p.json');
     fs.writeFileSync(policy, JSON.stringify({ w_gpu_percent: 0.3, w_cpu_percent: 0.5, cache_gpu: 1 }));
     const r = cli(['generate', '--model', model, '--prompt', 'x', '--policy', policy]);

@@ -2,7 +2,7 @@
 // requests. Weights, KV cache and activations are placed by a policy (all in RAM by default).
 
 import { type Backend, type ComputeMode, cpuBackend, referenceBackend, releaseFreedMemory, setThreads } from '../backend/index.js';
-import { TextTokenizer } from '../formats/tokenizer.js';
+import { TextTokenizer, tokenizerRamBytes } from '../formats/tokenizer.js';
 import type { ModelConfig } from '../models/config.js';
 import { openModel } from '../models/load.js';
 import { Transformer } from '../models/transformer.js';
@@ -66,6 +66,7 @@ export class LanguageModel {
         globalBytes: sizes.globalBytes,
         chunkBytes: sizes.chunkBytes,
         packedChunkBytes: sizes.packedChunkBytes,
+        tokenizerBytes: tokenizerRamBytes(dir),
       };
       const wItems = weightItems(weightSizes, policy, shares(policy, 'weights').disk > 0);
       checkLimits(wItems, limits, `the weights of ${dir}`);

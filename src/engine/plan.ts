@@ -17,6 +17,7 @@ import { type HardwareProfile, attentionDecodeRate, attentionPrefillRate, diskRe
 import { type Plan, searchPolicy } from '../policy/search.js';
 import { UserError } from '../util/errors.js';
 import { runInChild } from '../util/child.js';
+import { tokenizerRamBytes } from '../formats/tokenizer.js';
 import { cacheBytesPerElement } from './generate.js';
 
 export interface PlanRequest {
@@ -124,7 +125,8 @@ export async function planPolicy(r: PlanRequest): Promise<PlanResult> {
   const t0 = performance.now();
   const plan = await searchPolicy({
     config, layerBytes, partBytes: partBytes(sizes.layers), unitBytes, globalBytes: sizes.globalBytes,
-    chunkBytes: sizes.chunkBytes, packedChunkBytes: sizes.packedChunkBytes, promptLen: r.promptLen, genLen: r.genLen,
+    chunkBytes: sizes.chunkBytes, packedChunkBytes: sizes.packedChunkBytes,
+    tokenizerBytes: r.model ? tokenizerRamBytes(r.model) : 0, promptLen: r.promptLen, genLen: r.genLen,
     cacheElem: cacheBytesPerElement(cacheDtype, config.headDim), attnSparsity: r.attnSparsity, limits, rates: ratesFrom(r.profile, dtype, mode, cacheDtype, r.compressWeight), shapes: r.shapes, ramShare: PLAN_RAM_SHARE,
   });
   if (r.compressWeight) plan.policy.compressWeight = true;

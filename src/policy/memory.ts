@@ -35,6 +35,8 @@ export interface WeightSizes {
   /** The largest packed chunk of a layer weight (ModelSizes.packedChunkBytes): converting weights
    *  for the disk tier stages one chunk, plus the unaligned tail of the one before. */
   packedChunkBytes: number;
+  /** The loaded tokenizer (tokenizerRamBytes). */
+  tokenizerBytes: number;
 }
 
 export interface BlockShape {
@@ -57,6 +59,7 @@ export function weightItems(w: WeightSizes, p: Policy, onDisk: boolean): MemoryI
     { what: 'embeddings, LM head, norms', ram: w.globalBytes, disk: 0 },
     // Loading's buffers are garbage once the model is loaded, but native memory is freed only when
     // the collector finalizes it, which can be after the run's own buffers exist: so they count.
+    { what: 'tokenizer', ram: w.tokenizerBytes, disk: 0 },
     { what: onDisk ? 'weight loading (read chunk, conversion staging)' : 'weight loading (read chunk)', ram: w.chunkBytes + (onDisk ? conversionStagingBytes(w.packedChunkBytes) : 0), disk: 0 },
   ];
 }

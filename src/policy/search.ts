@@ -29,6 +29,8 @@ export interface SearchInput {
   /** Loading's read chunk and conversion's packed chunk (WeightSizes). */
   chunkBytes: number;
   packedChunkBytes: number;
+  /** The loaded tokenizer. */
+  tokenizerBytes: number;
   promptLen: number;
   genLen: number;
   cacheElem: number;
@@ -82,7 +84,8 @@ function ramModel(input: SearchInput, gbs: number, ngb: number, sepLayer: boolea
     const policy = { ...DEFAULT_POLICY, gpuBatchSize: gbs, numGpuBatches: ngb, sepLayer, ...p };
     return [
       ...weightItems({ layerBytes: input.layerBytes, slotBytes: sepLayer ? input.unitBytes.sep : input.unitBytes.whole, globalBytes: input.globalBytes,
-        chunkBytes: input.chunkBytes, packedChunkBytes: input.packedChunkBytes }, policy, v.w),
+        chunkBytes: input.chunkBytes, packedChunkBytes: input.packedChunkBytes,
+        tokenizerBytes: input.tokenizerBytes }, policy, v.w),
       ...blockItems(c, policy, { rows: gbs, batches: ngb, maxTokens: Math.max(gbs * input.promptLen, gbs), capacity: input.promptLen + input.genLen, cacheBytesPerElement: input.cacheElem }),
     ];
   };

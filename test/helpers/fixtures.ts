@@ -41,6 +41,16 @@ export function fixturePrompts(): Prompt[] {
   return readJsonl<Prompt>(path.join(sharedFixtures, 'prompts.jsonl'));
 }
 
+const created: string[] = [];
+
+/** A new temporary directory, removed after the test file's tests (removeTmpDirs, run by
+ *  test/helpers/cleanup.ts, the suite's setup file). */
 export function tmpDir(prefix: string): string {
-  return fs.mkdtempSync(path.join(fs.realpathSync(process.env.TMPDIR ?? '/tmp'), `tierlm-${prefix}-`));
+  const dir = fs.mkdtempSync(path.join(fs.realpathSync(process.env.TMPDIR ?? '/tmp'), `tierlm-${prefix}-`));
+  created.push(dir);
+  return dir;
+}
+
+export function removeTmpDirs(): void {
+  for (const dir of created.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
 }
