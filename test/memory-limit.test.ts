@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { RUNTIME_OVERHEAD_BYTES } from '../src/policy/memory.js';
-import { cli } from './helpers/cli.js';
+import { cli, cliPeak } from './helpers/cli.js';
 import { sharedFixtures, tmpDir } from './helpers/fixtures.js';
 
 const MiB = 2 ** 20;
@@ -50,6 +50,23 @@ describe('--ram is a hard limit', () => {
     expect(res.placement.weightsDisk).toBeGreaterThan(0);
     for (const s of spills) expect(res.bytes[s], s).toBeGreaterThan(0);
     expect(res.peakRssBytes).toBeLessThanOrEqual(ram + RUNTIME_OVERHEAD_BYTES);
+  });
+
+  // A user's first run: no saved hardware profile, so one is measured (tiny sizes here, to keep
+  // the test short; a quick profile takes 10 s and peaks near 480 MiB) in a child process, and
+  // the placement is planned in another; neither counts in the run's own peak, which is measured
+  // from outside the engine (103 MiB under tsx when written).
+  it('a first generate under --ram measures the profile and plans in child processes, and stays within the limit', () => {
+    const dir = tmpDir('first');
+    const profile = path.join(dir, 'hw.json');
+    const r = cliPeak(['generate', '--model', path.join(sharedFixtures, 'opt-tiny'), '--prompts', path.join(sharedFixtures, 'prompts.jsonl'),
+      '--out', path.join(dir, 'out.jsonl'), '--ram', '16MiB', '--disk-dir', dir], { TIERLM_PROFILE: profile, TIERLM_PROFILE_SIZES: 'tiny' });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain(`no hardware profile at ${profile}; measuring this machine (quick), once, in a separate process`);
+    expect(r.stderr).toMatch(/the measuring process peaked at [\d.]+ MiB RSS/);
+    expect(fs.existsSync(profile)).toBe(true);
+    expect(fs.readFileSync(path.join(dir, 'out.jsonl'), 'utf8').trim().split('\n')).toHaveLength(5);
+    expect(r.peakRssBytes).toBeLessThanOrEqual(16 * MiB + RUNTIME_OVERHEAD_BYTES);
   });
 
   it('refuses a limit that cannot be met, saying which tier and by how much', () => {
