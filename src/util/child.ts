@@ -13,7 +13,7 @@ type ChildReport<T> = { ok: T; peakRssBytes: number } | { error: string; userErr
 
 /**
  * Runs the module `entry` (a name beside `fromUrl`'s file, without extension) in a new Node.js
- * process with `input`, and returns what its main returned and the child's own peak RSS. A
+ * process with `input` (JSON on its stdin), and returns what its main returned and the child's own peak RSS. A
  * UserError in the child is rethrown as a UserError with its message.
  */
 export async function runInChild<T>(fromUrl: string, entry: string, input: unknown, log: (line: string) => void,
@@ -23,7 +23,9 @@ export async function runInChild<T>(fromUrl: string, entry: string, input: unkno
   const file = path.join(path.dirname(here), `${entry}${ext}`);
   // From the TypeScript sources (tests, tsx) the child needs the same loader; from dist/ it does not.
   const loader = ext === '.ts' ? ['--import', pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href] : [];
-  const child = spawn(process.execPath, [...loader, ...nodeFlags, file, JSON.stringify(input)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...loader, ...nodeFlags, file], { stdio: ['pipe', 'pipe', 'pipe'] });
+  // Through stdin, not argv: one argument is limited to 128 KiB.
+  child.stdin.end(JSON.stringify(input));
   let out = '';
   let err = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
@@ -52,7 +54,9 @@ export async function runInChild<T>(fromUrl: string, entry: string, input: unkno
 export async function childMain<I, T>(main: (input: I) => Promise<T>): Promise<void> {
   let report: ChildReport<T>;
   try {
-    const value = await main(JSON.parse(process.argv[2] ?? 'null') as I);
+    let text = '';
+    for await (const chunk of process.stdin.setEncoding('utf8')) text += chunk as string;
+    const value = await main(JSON.parse(text) as I);
     report = { ok: value, peakRssBytes: process.resourceUsage().maxRSS * 1024 };
   } catch (e) {
     report = { error: (e as Error).message, userError: e instanceof UserError };
