@@ -3,6 +3,7 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
+    setupFiles: ['test/helpers/cleanup.ts'],
     testTimeout: 120_000,
     hookTimeout: 120_000,
     // Kernels already use every core; running test files side by side only adds contention.

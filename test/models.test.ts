@@ -48,22 +48,31 @@ describe('fixture models reproduce their float64 references', () => {
 });
 
 describe('loading packs large tensors in chunks', () => {
-  it('gives the same packed bytes as packing the whole tensor (f16 and 4-bit)', async () => {
+  it('gives the same packed bytes as packing the whole tensor (f16 and 4-bit), loaded or converted for the disk tier', async () => {
     const { initModel } = await import('../src/models/init.js');
     const { TensorStore } = await import('../src/formats/safetensors.js');
     const { cpuBackend } = await import('../src/backend/index.js');
+    const { alignedBytes } = await import('../src/schedule/block-file.js');
     const { tmpDir } = await import('./helpers/fixtures.js');
-    const dir = path.join(tmpDir('chunks'), 'm');
+    const root = tmpDir('chunks');
+    const dir = path.join(root, 'm');
     initModel({ config: 'opt-offload-test', out: dir, layers: 1, seed: 5 });
     const store = TensorStore.open(dir);
-    const raw = store.read('model.decoder.layers.0.fc1.weight'); // [4096, 1024]: two chunks
+    const raw = store.read('model.decoder.layers.0.fc1.weight'); // [4096, 1024] f16: eight 1 MiB chunks
     expect(raw.shape[0]).toBeGreaterThan(2048);
+    store.close();
     for (const compressWeight of [false, true]) {
+      const whole = cpuBackend().packWeight(raw, 'fp32', 'w', compressWeight ? { quantize: 'q4' } : undefined);
       const model = await loadModel(dir, { policy: { compressWeight } });
       const w = (await model.layers.load(0, 'all', null)).up!.w;
-      const whole = cpuBackend().packWeight(raw, 'fp32', 'w', compressWeight ? { quantize: 'q4' } : undefined);
       expect(Buffer.from(w.data).equals(Buffer.from(whole.data))).toBe(true);
+      await model.close();
+      // Every weight on disk: converted through the same chunked reads, read back whole.
+      const onDisk = await loadModel(dir, { policy: { compressWeight, wCpuPercent: 0 }, diskDir: root });
+      const slot = alignedBytes(onDisk.layers.slotBytes('all'));
+      const d = (await onDisk.layers.load(0, 'all', slot)).up!.w;
+      expect(Buffer.from(d.data).equals(Buffer.from(whole.data))).toBe(true);
+      await onDisk.close();
     }
-    store.close();
   });
 });

@@ -7,6 +7,7 @@ import {
   type HardwareProfile, ProfileFileError, attentionDecodeRate, attentionPrefillRate, defaultProfilePath, diskReadRate,
   diskWriteRate, ensureProfile, gemmRate, loadProfile, measureProfile, memcpyRate, saveProfile,
 } from '../src/policy/profile.js';
+import { UserError } from '../src/util/errors.js';
 import { cli } from './helpers/cli.js';
 import { tmpDir } from './helpers/fixtures.js';
 
@@ -179,6 +180,19 @@ describe('ensureProfile', () => {
     expect(loadProfile(file)).toEqual(p);
     const again = await ensureProfile({ file, diskDir: path.join(dir, 'missing'), sizes: 'tiny' });
     expect(again.createdAt).toBe(p.createdAt);
+  });
+
+  it('measures in a separate process, says so, and passes its errors on', async () => {
+    const logs: string[] = [];
+    await ensureProfile({ file: path.join(dir, 'child', 'hw.json'), diskDir: dir, sizes: 'tiny', log: (m) => logs.push(m) });
+    expect(logs[0]).toMatch(/in a separate process \(its memory is not part of this run, nor of its --ram limit\)/);
+    // The child's own progress lines come through, then its peak RSS.
+    expect(logs.some((l) => /^gemm f32\/fp32: /.test(l))).toBe(true);
+    expect(logs.at(-1)).toMatch(/the measuring process peaked at [\d.]+ MiB RSS/);
+    const missing = path.join(dir, 'no-such-dir');
+    await expect(ensureProfile({ file: path.join(dir, 'child', 'never.json'), diskDir: missing, sizes: 'tiny' })).rejects.toThrow(UserError);
+    await expect(ensureProfile({ file: path.join(dir, 'child', 'never.json'), diskDir: missing, sizes: 'tiny' })).rejects.toThrow(missing);
+    expect(fs.existsSync(path.join(dir, 'child', 'never.json'))).toBe(false);
   });
 
   it('does not replace a malformed profile silently', async () => {

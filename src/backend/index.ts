@@ -43,6 +43,13 @@ export function setIsa(isa: Isa): boolean {
   return addon().setIsa(isa);
 }
 
+/** Returns memory that malloc holds free to the OS (glibc: malloc_trim over every arena). Call it
+ *  after work that leaves freed native memory behind (the planner's WebAssembly solver is compiled
+ *  on V8's background threads, whose arenas otherwise keep tens of MB resident for the whole run). */
+export function releaseFreedMemory(): boolean {
+  return (addon().trimMemory as () => boolean)();
+}
+
 /** Memory held by native aligned buffers, in bytes. */
 export function nativeBytes(): number {
   return addon().trackedBytes();

@@ -6,7 +6,7 @@ import { DEFAULT_POLICY, type Policy, applyPercent, policyFromJson, validatePoli
 import { parseSize } from '../tensor/tiers/size.js';
 import { UserError } from '../util/errors.js';
 import type { LoadOptions } from '../engine/model.js';
-import { planPolicy } from '../engine/plan.js';
+import { planPolicy, planPolicyInChild } from '../engine/plan.js';
 import { ensureProfile } from '../policy/profile.js';
 
 /** What the planner needs to know about the job. */
@@ -115,7 +115,8 @@ export async function loadOptions(o: PolicyFlags & { precision?: 'fp32' | 'bf16'
     const shapes = work.shapes ?? (gbs !== undefined || o.numGpuBatches !== undefined
       ? (gbs !== undefined ? [gbs] : [1, 2, 4, 8, 16, 32, 64]).flatMap((b) => (o.numGpuBatches !== undefined ? [o.numGpuBatches] : [1, 2, 4, 8, 16]).map((n) => [b, n] as [number, number]))
       : undefined);
-    const plan = await planPolicy({
+    // Under a RAM limit the solver runs in a child process, so that none of its memory stays here.
+    const plan = await (o.ram !== undefined ? planPolicyInChild : planPolicy)({
       ...work.source, promptLen: work.promptLen, genLen: work.genLen, precision: o.precision, cacheDtype: o.compressCache ? 'q4' : o.cacheDtype,
       compressWeight: o.compressWeight === true, attnSparsity: o.attnSparsity,
       limits: { ram: o.ram, device: o.deviceMem, disk: o.disk }, disk: o.diskDir !== undefined, profile, shapes,

@@ -10,7 +10,7 @@ import { RUNTIME_OVERHEAD_BYTES } from '../policy/memory.js';
 import { ensureProfile } from '../policy/profile.js';
 import { formatSize } from '../tensor/tiers/size.js';
 import { type BenchResult, runBench } from './bench.js';
-import { type PlanResult, planPolicy } from './plan.js';
+import { type PlanResult, planPolicyInChild } from './plan.js';
 
 export interface DemoOptions {
   /** Where the demo keeps its model, disk tier and profile (default ~/.cache/tierlm/demo). */
@@ -48,11 +48,12 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
   const modelBytes = fs.statSync(path.join(model, 'model.safetensors')).size;
   o.log(`model ${formatSize(modelBytes)} of weights, RAM limit ${formatSize(ram)} (${(modelBytes / ram).toFixed(1)}× smaller)`);
   const profile = await ensureProfile({ diskDir: disk, log: o.log });
-  const plan = await planPolicy({ model, promptLen, genLen, limits: { ram }, disk: true, profile });
+  const plan = await planPolicyInChild({ model, promptLen, genLen, limits: { ram }, disk: true, profile });
   const p = plan.policy;
   o.log(`plan: ${p.gpuBatchSize} sequences × ${p.numGpuBatches} batches; weights ${p.wCpuPercent}% in RAM, cache ${p.cacheCpuPercent}%, ` +
     `activations ${p.actCpuPercent}% (the rest on disk); predicted ${plan.prediction.totalTokensPerSecond.toFixed(2)} tok/s ` +
-    `(prefill ${plan.prediction.bound.prefill}-bound, decode ${plan.prediction.bound.decode}-bound), planned in ${plan.searchMillis.toFixed(0)} ms`);
+    `(prefill ${plan.prediction.bound.prefill}-bound, decode ${plan.prediction.bound.decode}-bound), planned in ${plan.searchMillis.toFixed(0)} ms ` +
+    '(in a separate process: the solver\'s memory is not part of this run)');
   o.log(`generating ${p.gpuBatchSize * p.numGpuBatches} sequences: ${promptLen}-token prompts, ${genLen} new tokens each ...`);
   const run = await runBench({ model, promptLen, genLen, policy: p, diskDir: disk, ramBytes: ram, cacheDtype: 'f16' });
   return { modelBytes, ramBytes: ram, plan, run };

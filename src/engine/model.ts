@@ -1,8 +1,8 @@
 // The public entry point for generation: load a model directory, then generate for batches of
 // requests. Weights, KV cache and activations are placed by a policy (all in RAM by default).
 
-import { type Backend, type ComputeMode, cpuBackend, referenceBackend, setThreads } from '../backend/index.js';
-import { TextTokenizer } from '../formats/tokenizer.js';
+import { type Backend, type ComputeMode, cpuBackend, referenceBackend, releaseFreedMemory, setThreads } from '../backend/index.js';
+import { TextTokenizer, tokenizerRamBytes } from '../formats/tokenizer.js';
 import type { ModelConfig } from '../models/config.js';
 import { openModel } from '../models/load.js';
 import { Transformer } from '../models/transformer.js';
@@ -66,6 +66,9 @@ export class LanguageModel {
         layerBytes: sizes.layers.map((l) => l.reduce((n, m) => n + m.bytes, 0)),
         slotBytes: planSlotBytes(sizes.layers, shares(policy, 'weights'), policy.sepLayer ? 'attn' : 'all'),
         globalBytes: sizes.globalBytes,
+        chunkBytes: sizes.chunkBytes,
+        packedChunkBytes: sizes.packedChunkBytes,
+        tokenizerBytes: tokenizerRamBytes(dir),
       };
       const wItems = weightItems(weightSizes, policy, shares(policy, 'weights').disk > 0);
       checkLimits(wItems, limits, `the weights of ${dir}`);
@@ -101,7 +104,12 @@ export class LanguageModel {
     stats?: GenerateStats): AsyncGenerator<GenerationResult | RequestError> {
     const g = new Generator({
       config: this.config, transformer: this.transformer, runner: this.runner, eosTokenIds: this.eosTokenIds, tokenizer: this.tokenizer,
-      checkBlock: (shape) => checkLimits([...this.weightMemory, ...blockItems(this.config, this.policy, shape)], this.limits, `a block of ${shape.batches} × ${shape.rows} sequences`),
+      checkBlock: (shape) => {
+        checkLimits([...this.weightMemory, ...blockItems(this.config, this.policy, shape)], this.limits, `a block of ${shape.batches} × ${shape.rows} sequences`);
+        // The plan counts live buffers only; memory freed earlier (loading, planning) must not
+        // stay resident beside them.
+        releaseFreedMemory();
+      },
     });
     try {
       // compress_cache stores the KV cache 4-bit whatever the call asks for.

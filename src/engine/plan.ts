@@ -2,7 +2,7 @@
 // headers (or a named shape's config), rates from the hardware profile, then the LP search.
 
 import os from 'node:os';
-import { type ComputeMode, cpuBackend, weightFormatFor } from '../backend/index.js';
+import { type ComputeMode, cpuBackend, releaseFreedMemory, weightFormatFor } from '../backend/index.js';
 import type { CacheDType } from '../backend/kernels.js';
 import type { ModelConfig } from '../models/config.js';
 import { openModel } from '../models/load.js';
@@ -16,6 +16,8 @@ import type { Limits } from '../policy/memory.js';
 import { type HardwareProfile, attentionDecodeRate, attentionPrefillRate, diskReadRate, diskWriteRate, gemmRate } from '../policy/profile.js';
 import { type Plan, searchPolicy } from '../policy/search.js';
 import { UserError } from '../util/errors.js';
+import { runInChild } from '../util/child.js';
+import { tokenizerRamBytes } from '../formats/tokenizer.js';
 import { cacheBytesPerElement } from './generate.js';
 
 export interface PlanRequest {
@@ -122,9 +124,24 @@ export async function planPolicy(r: PlanRequest): Promise<PlanResult> {
   };
   const t0 = performance.now();
   const plan = await searchPolicy({
-    config, layerBytes, partBytes: partBytes(sizes.layers), unitBytes, globalBytes: sizes.globalBytes, promptLen: r.promptLen, genLen: r.genLen,
+    config, layerBytes, partBytes: partBytes(sizes.layers), unitBytes, globalBytes: sizes.globalBytes,
+    chunkBytes: sizes.chunkBytes, packedChunkBytes: sizes.packedChunkBytes,
+    tokenizerBytes: r.model ? tokenizerRamBytes(r.model) : 0, promptLen: r.promptLen, genLen: r.genLen,
     cacheElem: cacheBytesPerElement(cacheDtype, config.headDim), attnSparsity: r.attnSparsity, limits, rates: ratesFrom(r.profile, dtype, mode, cacheDtype, r.compressWeight), shapes: r.shapes, ramShare: PLAN_RAM_SHARE,
   });
   if (r.compressWeight) plan.policy.compressWeight = true;
+  // The solver's compilation leaves freed memory in malloc's arenas (tens of MB): return it before
+  // the caller loads a model beside it.
+  releaseFreedMemory();
   return { ...plan, config, sizes, assumedRam, searchMillis: performance.now() - t0 };
+}
+
+/**
+ * planPolicy in a child process, for a run under a RAM limit: the LP solver (HiGHS, WebAssembly)
+ * takes about 100 MB while it searches and leaves 30-90 MB resident after it in this process
+ * (compiled code, its memory until collected, compiler memory malloc keeps), which the run's plan
+ * does not count and --ram cannot afford. The child's memory all goes back when it exits.
+ */
+export async function planPolicyInChild(r: PlanRequest): Promise<PlanResult> {
+  return (await runInChild<PlanResult>(import.meta.url, 'plan-main', r, (line) => process.stderr.write(`${line}\n`))).value;
 }

@@ -62,27 +62,6 @@ export class WeightLoader {
     return this.compressWeight && LAYER_SLOTS.has(slot) ? { quantize: 'q4' } : undefined;
   }
 
-  /** Packs a layer weight read with readMatrixInto, as this loader packs them (compressed or not),
-   *  into `into` when given. */
-  packMatrix(raw: Tensor, slot: LayerSlot, name: string, into?: (bytes: number) => Uint8Array): PackedWeight {
-    const opts = this.layerPack(slot) ?? {};
-    if (!into) return this.backend.packWeight(raw, this.mode, name, opts);
-    const [n, k] = raw.shape as [number, number];
-    const format = opts.quantize ?? weightFormatFor(raw.dtype as 'f32' | 'f16' | 'bf16', this.mode);
-    return this.backend.packWeight(raw, this.mode, name, { ...opts, into: into(this.backend.kernels.packedByteLength(format, n, k)) });
-  }
-
-  /** A GEMM weight, shape-checked and not yet packed, read into a reusable buffer (grown as needed). */
-  readMatrixInto(name: string, slot: LayerSlot, scratch: { buf: ArrayBuffer }): Tensor {
-    const shape = expectedShape(this.config, slot, 'weight');
-    const full = `${name}.weight`;
-    const info = this.checkedInfo(full, shape)!;
-    if (scratch.buf.byteLength < info.byteLength) scratch.buf = new ArrayBuffer(info.byteLength);
-    const bytes = new Uint8Array(scratch.buf, 0, info.byteLength);
-    this.store.readRowsInto(full, 0, info.shape[0]!, bytes);
-    return new Tensor(info.dtype, info.shape, viewAs(info.dtype, scratch.buf, 0, info.byteLength / DTYPE_BYTES[info.dtype]));
-  }
-
   private layerName(slot: LayerSlot, layer: number): string {
     const n = this.names.layer[slot];
     if (!n) throw new Error(`architecture has no name for ${slot}`);
@@ -114,36 +93,62 @@ export class WeightLoader {
     return new Tensor('f32', t.shape, toFloat32(t.dtype as 'f32' | 'f16' | 'bf16', t.data as Float32Array | Uint16Array, false));
   }
 
-  /** Rows read per chunk when packing: chunks start on 32-row panel boundaries, so packing them
-   *  one after another gives the same bytes as packing the whole tensor. */
-  private static readonly PACK_CHUNK_ROWS = 32 * 64;
+  /** Bytes of raw weight read per chunk when packing (rounded to whole 32-row panels, at least
+   *  one): chunks start on panel boundaries, so packing them one after another gives the same
+   *  bytes as packing the whole tensor. Bounded in bytes, not rows: 2048 rows of a 28672-wide
+   *  f32 weight would be 224 MiB. */
+  static readonly PACK_CHUNK_BYTES = 2 ** 20;
   private chunk = { buf: new ArrayBuffer(0) };
 
   /**
-   * Reads and packs a GEMM weight chunk by chunk into its final buffer, so loading never holds
-   * the raw tensor and its packed copy at once, nor leaves a tensor-sized garbage buffer behind
-   * (the collector frees those too late for a tight RAM limit).
+   * Reads and packs a GEMM weight chunk by chunk, each chunk's packed bytes into `dst(offset,
+   * bytes)` (offsets in the whole packed tensor), yielding the packed bytes done after each chunk
+   * and returning the tensor's packed shape. Neither loading nor conversion ever holds the raw
+   * tensor, nor leaves a tensor-sized garbage buffer behind (the collector frees those too late
+   * for a tight RAM limit).
    */
-  private packStreaming(name: string, slot: LayerSlot | GlobalSlot): PackedWeight {
-    const shape = expectedShape(this.config, slot, 'weight');
-    const info = this.checkedInfo(name, shape)!;
-    const [n, k] = shape as [number, number];
+  private *packChunks(name: string, slot: LayerSlot | GlobalSlot, dst: (offset: number, bytes: number) => Uint8Array):
+    Generator<number, { format: PackedWeight['format']; n: number; k: number; bytes: number }> {
+    const { info, format, n, k } = this.packedShape(name, slot);
     const opts = this.layerPack(slot) ?? {};
-    const format = opts.quantize ?? weightFormatFor(info.dtype, this.mode);
     const kernels = this.backend.kernels;
-    const dst = new Uint8Array(kernels.packedByteLength(format, n, k));
     const elem = DTYPE_BYTES[info.dtype];
-    const rows = WeightLoader.PACK_CHUNK_ROWS;
+    const rows = packChunkRows(k, elem);
     if (this.chunk.buf.byteLength < Math.min(n, rows) * k * elem) this.chunk.buf = new ArrayBuffer(Math.min(n, rows) * k * elem);
     for (let r0 = 0; r0 < n; r0 += rows) {
       const r1 = Math.min(n, r0 + rows);
-      const bytes = (r1 - r0) * k * elem;
-      this.store.readRowsInto(name, r0, r1, new Uint8Array(this.chunk.buf, 0, bytes));
+      this.store.readRowsInto(name, r0, r1, new Uint8Array(this.chunk.buf, 0, (r1 - r0) * k * elem));
       const raw = new Tensor(info.dtype, [r1 - r0, k], viewAs(info.dtype, this.chunk.buf, 0, (r1 - r0) * k));
-      const offset = r0 === 0 ? 0 : kernels.packedByteLength(format, r0, k);
-      this.backend.packWeight(raw, this.mode, name, { ...opts, into: dst.subarray(offset, offset + kernels.packedByteLength(format, r1 - r0, k)) });
+      const offset = kernels.packedByteLength(format, r0, k);
+      const end = kernels.packedByteLength(format, r1, k);
+      this.backend.packWeight(raw, this.mode, name, { ...opts, into: dst(offset, end - offset) });
+      yield end;
     }
-    return this.backend.packedWeight(format, this.mode, n, k, dst, name);
+    return { format, n, k, bytes: kernels.packedByteLength(format, n, k) };
+  }
+
+  /** A GEMM weight packed into a buffer of its own, through packChunks. */
+  private packStreaming(name: string, slot: LayerSlot | GlobalSlot): PackedWeight {
+    const { format, n, k } = this.packedShape(name, slot);
+    const whole = new Uint8Array(this.backend.kernels.packedByteLength(format, n, k));
+    const chunks = this.packChunks(name, slot, (offset, bytes) => whole.subarray(offset, offset + bytes));
+    while (!chunks.next().done);
+    return this.backend.packedWeight(format, this.mode, n, k, whole, name);
+  }
+
+  /** A stored GEMM weight's info (shape-checked) and the format this loader packs it in. */
+  private packedShape(name: string, slot: LayerSlot | GlobalSlot) {
+    const shape = expectedShape(this.config, slot, 'weight');
+    const info = this.checkedInfo(name, shape)!;
+    const [n, k] = shape as [number, number];
+    return { info, n, k, format: this.layerPack(slot)?.quantize ?? weightFormatFor(info.dtype, this.mode) };
+  }
+
+  /** Layer weight `name` (without `.weight`) packed as this loader packs it (compressed or not),
+   *  chunk by chunk through the same reads as loading: see packChunks. The disk tier's conversion
+   *  writes each chunk's bytes out before the next is packed. */
+  packMatrixChunks(name: string, slot: LayerSlot, dst: (offset: number, bytes: number) => Uint8Array) {
+    return this.packChunks(`${name}.weight`, slot, dst);
   }
 
   private linear(base: string, slot: LayerSlot | GlobalSlot, bias: boolean): Linear {
@@ -241,6 +246,11 @@ export interface ModelSizes {
   layers: { part: 'attn' | 'mlp'; bytes: number }[][];
   /** Everything kept in RAM regardless of placement: embeddings, LM head, norms, biases. */
   globalBytes: number;
+  /** The largest raw chunk a GEMM weight is read through while it is packed (one buffer, kept
+   *  by the loader while loading). */
+  chunkBytes: number;
+  /** The largest packed chunk of a layer weight (what conversion for the disk tier stages). */
+  packedChunkBytes: number;
 }
 
 type Info = (name: string) => { shape: number[]; dtype: 'f32' | 'f16' | 'bf16' } | null;
@@ -258,7 +268,24 @@ export function packedSizes(c: ModelConfig, names: NameTable, info: Info, backen
     const t = name ? info(`${name}.weight`) : null;
     return t ? t.shape.reduce((a, b) => a * b, 1) * (t.dtype === 'f32' ? 4 : 2) : 0;
   };
-  const layers = Array.from({ length: c.layers }, (_, j) => matrices(j).map((m) => ({ part: m.part, bytes: packed(`${m.name}.weight`, true) })));
+  // Rows of a weight's largest chunk (see WeightLoader.PACK_CHUNK_BYTES).
+  const chunkRows = (t: { shape: number[]; dtype: string }) => Math.min(t.shape[0]!, packChunkRows(t.shape[1]!, t.dtype === 'f32' ? 4 : 2));
+  const chunk = (name: string) => {
+    const t = info(name);
+    return t && t.shape.length === 2 ? chunkRows(t) * t.shape[1]! * (t.dtype === 'f32' ? 4 : 2) : 0;
+  };
+  let chunkBytes = 0;
+  let packedChunkBytes = 0;
+  const layers = Array.from({ length: c.layers }, (_, j) => matrices(j).map((m) => {
+    const name = `${m.name}.weight`;
+    const t = info(name);
+    chunkBytes = Math.max(chunkBytes, chunk(name));
+    if (t && t.shape.length === 2) {
+      const format = compressWeight ? 'q4' : weightFormatFor(t.dtype, mode);
+      packedChunkBytes = Math.max(packedChunkBytes, backend.kernels.packedByteLength(format, chunkRows(t), t.shape[1]!));
+    }
+    return { part: m.part, bytes: packed(name, true) };
+  }));
   const g = names.global;
   const head = info(`${g.lm_head}.weight`);
   const tied = g.lm_head === g.embed;
@@ -266,7 +293,8 @@ export function packedSizes(c: ModelConfig, names: NameTable, info: Info, backen
   const vectors = 4 * c.layers * (4 * c.hidden + 2 * (c.heads + 2 * c.kvHeads) * c.headDim + 2 * c.ffn);
   const globalBytes = packed(`${g.lm_head}.weight`) + (tied && exact ? 0 : raw(g.embed)) + raw(g.pos_embed) +
     packed(`${g.project_in}.weight`) + packed(`${g.project_out}.weight`) + vectors;
-  return { layers, globalBytes };
+  for (const n of [g.lm_head, g.project_in, g.project_out]) if (n) chunkBytes = Math.max(chunkBytes, chunk(`${n}.weight`));
+  return { layers, globalBytes, chunkBytes, packedChunkBytes };
 }
 
 /** Sizes of a model of this config stored in `dtype`, without any file. */
@@ -291,6 +319,11 @@ export function sizesFromConfig(c: ModelConfig, names: NameTable, dtype: 'f32' |
     return list;
   };
   return packedSizes(c, names, info, backend, mode, matrices, compressWeight);
+}
+
+/** Rows per packing chunk of a weight k wide with elements of `elem` bytes (see PACK_CHUNK_BYTES). */
+export function packChunkRows(k: number, elem: number): number {
+  return Math.max(32, Math.floor(WeightLoader.PACK_CHUNK_BYTES / (k * elem * 32)) * 32);
 }
 
 const LAYER_SLOTS = new Set<string>(['q', 'k', 'v', 'o', 'gate', 'up', 'down']);

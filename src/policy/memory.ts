@@ -30,6 +30,13 @@ export interface WeightSizes {
   slotBytes: number;
   /** Embeddings, LM head, norms and biases: always in RAM. */
   globalBytes: number;
+  /** The raw chunk GEMM weights are read through while they are packed (ModelSizes.chunkBytes). */
+  chunkBytes: number;
+  /** The largest packed chunk of a layer weight (ModelSizes.packedChunkBytes): converting weights
+   *  for the disk tier stages one chunk, plus the unaligned tail of the one before. */
+  packedChunkBytes: number;
+  /** The loaded tokenizer (tokenizerRamBytes). */
+  tokenizerBytes: number;
 }
 
 export interface BlockShape {
@@ -50,7 +57,17 @@ export function weightItems(w: WeightSizes, p: Policy, onDisk: boolean): MemoryI
     { what: 'layer weights (resident share)', ram: resident, disk: onDisk ? total : 0, device: Math.round(total * s.device) },
     { what: 'weight staging (two slots)', ram: onDisk ? 2 * w.slotBytes : 0, disk: 0 },
     { what: 'embeddings, LM head, norms', ram: w.globalBytes, disk: 0 },
+    // Loading's buffers are garbage once the model is loaded, but native memory is freed only when
+    // the collector finalizes it, which can be after the run's own buffers exist: so they count.
+    { what: 'tokenizer', ram: w.tokenizerBytes, disk: 0 },
+    { what: onDisk ? 'weight loading (read chunk, conversion staging)' : 'weight loading (read chunk)', ram: w.chunkBytes + (onDisk ? conversionStagingBytes(w.packedChunkBytes) : 0), disk: 0 },
   ];
+}
+
+/** The disk tier's conversion staging: a packed chunk after the < 4096-byte tail of the previous
+ *  one (O_DIRECT writes whole 4096-byte blocks), rounded to blocks. */
+export function conversionStagingBytes(packedChunkBytes: number): number {
+  return Math.ceil((packedChunkBytes + 4096) / 4096) * 4096;
 }
 
 export function blockItems(c: ModelConfig, p: Policy, b: BlockShape): MemoryItem[] {

@@ -20,13 +20,15 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomFillSync } from 'node:crypto';
-import { cpuBackend, getThreads, isaInfo, setThreads } from '../backend/index.js';
+import { cpuBackend, getThreads, isaInfo, releaseFreedMemory, setThreads } from '../backend/index.js';
 import type { CacheDType, ComputeMode, WeightFormat } from '../backend/kernels.js';
 import { type FloatDType, fromFloat32 } from '../tensor/dtype.js';
 import { Tensor } from '../tensor/tensor.js';
 import { DirectFile } from '../tensor/disk/io.js';
 import { BufferPool, sequentialPass } from '../tensor/disk/buffer-pool.js';
 import { UserError } from '../util/errors.js';
+import { formatSize } from '../tensor/tiers/size.js';
+import { runInChild } from '../util/child.js';
 
 export const PROFILE_VERSION = 1;
 
@@ -165,7 +167,8 @@ const SIZES: Record<ProfileSizes, SizeSpec> = {
     // Caches larger than a last-level cache, as in the full profile.
     decode: { heads: 32, headDim: 128, configs: [[1, 2048], [4, 512]] },
     prefill: { tokens: 512, heads: 16, headDim: 128 },
-    copyBytes: 256 * MiB, diskBytes: 256 * MiB, diskBlock: 16 * MiB, gemmStreamBytes: 384 * MiB,
+    // 2 × 128 MiB to copy: still far beyond any last-level cache, and below the GEMM phase's peak.
+    copyBytes: 128 * MiB, diskBytes: 256 * MiB, diskBlock: 16 * MiB, gemmStreamBytes: 384 * MiB,
   },
   tiny: {
     k: 256, n: 256, ms: [1, 16, 64], minSeconds: 0.002,
@@ -263,6 +266,8 @@ function measureGemm(s: SizeSpec, log: (m: string) => void): GemmTable {
       flops.push((2 * m * k * n) / sec);
     }
     rows.push({ format: c.format, mode: c.mode, flopsPerSecond: flops });
+    copies.length = 0;
+    collect();
     log(`gemm ${c.format}/${c.mode}: ${flops.map((f, i) => `M=${ms[i]} ${(f / 1e9).toFixed(1)}`).join(', ')} GFLOP/s`);
   }
   return { k, n, ms: [...ms], rows };
@@ -357,6 +362,15 @@ async function measureDisk(s: SizeSpec, diskDir: string, log: (m: string) => voi
   }
 }
 
+/** Frees the last phase's buffers before the next allocates its own, where the collector is
+ *  exposed (the child process of ensureProfile runs with --expose-gc), and hands them back to the
+ *  OS (malloc keeps freed 16 MiB weight copies otherwise). Without this, GEMM weight copies awaiting
+ *  collection sat beside the copy test's buffers and a quick profile peaked at 1 GiB. */
+function collect(): void {
+  (globalThis as { gc?: () => void }).gc?.();
+  releaseFreedMemory();
+}
+
 /** Measures this machine. Uses the engine's compute thread count unless `threads` is given. */
 export async function measureProfile(opts: MeasureOptions): Promise<HardwareProfile> {
   const sizes = sizesFor(opts);
@@ -370,9 +384,12 @@ export async function measureProfile(opts: MeasureOptions): Promise<HardwareProf
     const cpus = os.cpus();
     log(`profiling (${sizes}) with ${threads} compute threads, isa ${isa.active}`);
     const gemm = measureGemm(s, log);
+    collect();
     const decode = measureDecode(s, log);
     const prefill = measurePrefill(s, log);
+    collect();
     const memory = measureCopy(s, log);
+    collect();
     const disk = await measureDisk(s, opts.diskDir, log);
     return {
       version: PROFILE_VERSION,
@@ -567,10 +584,17 @@ export async function ensureProfile(opts: EnsureOptions = {}): Promise<HardwareP
   const saved = loadProfile(file);
   if (saved) return saved;
   const quick = opts.quick ?? true;
-  opts.log?.(`no hardware profile at ${file}; measuring this machine${quick ? ' (quick)' : ''}, once`);
-  const p = await measureProfile({ quick, diskDir: opts.diskDir ?? os.tmpdir(), threads: opts.threads, sizes: opts.sizes, log: opts.log });
-  saveProfile(p, file);
-  opts.log?.(`saved the hardware profile to ${file}`);
+  const log = opts.log ?? (() => {});
+  log(`no hardware profile at ${file}; measuring this machine${quick ? ' (quick)' : ''}, once, in a separate process ` +
+    '(its memory is not part of this run, nor of its --ram limit)');
+  // A child process: the measurement needs far more memory than a tight --ram allows (the quick
+  // profile streams GEMM weights through 384 MiB of copies to defeat the last-level cache).
+  // --expose-gc: it collects each phase's buffers before the next phase allocates its own.
+  const { peakRssBytes } = await runInChild(import.meta.url, 'profile-main',
+    { file, quick, diskDir: opts.diskDir ?? os.tmpdir(), threads: opts.threads, sizes: opts.sizes }, log, ['--expose-gc']);
+  const p = loadProfile(file);
+  if (!p) throw new ProfileFileError(file, 'the measuring process did not save it');
+  log(`saved the hardware profile to ${file} (the measuring process peaked at ${formatSize(peakRssBytes)} RSS)`);
   return p;
 }
 

@@ -26,6 +26,11 @@ export interface SearchInput {
   unitBytes: { sep: number; whole: number };
   /** Embeddings, LM head, norms: always in RAM. */
   globalBytes: number;
+  /** Loading's read chunk and conversion's packed chunk (WeightSizes). */
+  chunkBytes: number;
+  packedChunkBytes: number;
+  /** The loaded tokenizer. */
+  tokenizerBytes: number;
   promptLen: number;
   genLen: number;
   cacheElem: number;
@@ -47,8 +52,9 @@ export interface Plan {
 const GIB = 2 ** 30;
 
 // The package's types describe a CommonJS module; at run time its ES module's default export is the loader.
+// Not cached: a solver (its WebAssembly memory, tens of MB) lives only as long as one search, so
+// a run that plans and then generates does not carry it beside the buffers its plan counts.
 const loadHighs = ((highsModule as unknown as { default?: unknown }).default ?? highsModule) as unknown as () => Promise<LegacyHighs>;
-let highsPromise: Promise<LegacyHighs> | null = null;
 
 const BATCH_SIZES = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64];
 const BATCH_COUNTS = [1, 2, 4, 8, 16, 32];
@@ -77,7 +83,9 @@ function ramModel(input: SearchInput, gbs: number, ngb: number, sepLayer: boolea
   const probe = (p: Partial<Policy>) => {
     const policy = { ...DEFAULT_POLICY, gpuBatchSize: gbs, numGpuBatches: ngb, sepLayer, ...p };
     return [
-      ...weightItems({ layerBytes: input.layerBytes, slotBytes: sepLayer ? input.unitBytes.sep : input.unitBytes.whole, globalBytes: input.globalBytes }, policy, v.w),
+      ...weightItems({ layerBytes: input.layerBytes, slotBytes: sepLayer ? input.unitBytes.sep : input.unitBytes.whole, globalBytes: input.globalBytes,
+        chunkBytes: input.chunkBytes, packedChunkBytes: input.packedChunkBytes,
+        tokenizerBytes: input.tokenizerBytes }, policy, v.w),
       ...blockItems(c, policy, { rows: gbs, batches: ngb, maxTokens: Math.max(gbs * input.promptLen, gbs), capacity: input.promptLen + input.genLen, cacheBytesPerElement: input.cacheElem }),
     ];
   };
@@ -121,7 +129,7 @@ function lp(costs: LayerCosts, w: Workload, layers: number, ram: { W: number; C:
 
 /** The best policy for a workload under the limits, with its predicted throughput and memory. */
 export async function searchPolicy(input: SearchInput): Promise<Plan> {
-  const highs = await (highsPromise ??= loadHighs());
+  const highs = await loadHighs();
   const c = input.config;
   const share = input.ramShare ?? 1;
   const ramLimit = input.limits.ram ?? Infinity;

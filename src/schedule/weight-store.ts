@@ -19,6 +19,7 @@ import { Tensor } from '../tensor/tensor.js';
 import { type BlockFile, alignedBytes, openBlockFile } from './block-file.js';
 import { type ItemSplit, alignDown, alignUp, splitByBytes } from './placement.js';
 import { publishConverted, withWeightsLock } from './weights-dir.js';
+import { conversionStagingBytes } from '../policy/memory.js';
 
 /** attn: q, k, v, o (and the attention norm); mlp: the rest. `all` loads both. */
 export type LayerPart = 'attn' | 'mlp' | 'all';
@@ -316,29 +317,38 @@ function readManifest(file: string): Manifest | null {
   }
 }
 
-/** Packs every layer weight into the file, one tensor in memory at a time. */
+/** Packs every layer weight into the file chunk by chunk, read as loading reads: each chunk is
+ *  packed after the unwritten (< 4096-byte) tail of the one before, and every whole 4096-byte
+ *  block is written out before the next chunk is read. Staging is one chunk, not one tensor (the
+ *  largest OPT-30B weight is 392 MiB), and is the memory plan's 'weight loading' item. */
 async function convert(loader: WeightLoader, entries: { slot: LayerSlot; name: string }[], file: string): Promise<Manifest> {
   const bf = await openBlockFile(file, 'w');
   const tensors: TensorMeta[] = [];
   let offset = 0;
-  // Reused buffers: the raw tensor, and the aligned packed bytes (native memory is only freed when
-  // the collector runs a finalizer, so a buffer per tensor could pile up past the RAM limit).
-  let staging = alignedBytes(0);
-  const raw = { buf: new ArrayBuffer(0) };
+  // Allocated once at its largest (native memory is only freed when the collector runs a
+  // finalizer, so a buffer per tensor could pile up past the RAM limit).
+  const staging = alignedBytes(conversionStagingBytes(loader.sizes().packedChunkBytes));
   try {
     for (const e of entries) {
-      const w = loader.readMatrixInto(e.name, e.slot, raw);
-      let size = 0;
-      const packed = loader.packMatrix(w, e.slot, `${e.name}.weight`, (bytes) => {
-        size = alignUp(bytes);
-        if (staging.byteLength < size) staging = alignedBytes(size);
-        return staging;
-      });
-      const buf = staging.subarray(0, size);
-      buf.fill(0, packed.data.byteLength);
-      await bf.write(buf, offset);
-      tensors.push({ name: e.name, format: packed.format, n: packed.n, k: packed.k, bytes: packed.data.byteLength, offset });
-      offset += buf.byteLength;
+      // Packed bytes of this tensor before staging[0] are on disk; `base` is a multiple of 4096.
+      let base = 0;
+      const chunks = loader.packMatrixChunks(e.name, e.slot, (at, bytes) => staging.subarray(at - base, at - base + bytes));
+      let r = chunks.next();
+      for (; !r.done; r = chunks.next()) {
+        const whole = alignDown(r.value - base);
+        if (whole === 0) continue;
+        await bf.write(staging.subarray(0, whole), offset + base);
+        staging.copyWithin(0, whole, r.value - base);
+        base += whole;
+      }
+      const { format, n, k, bytes } = r.value;
+      const tail = bytes - base;
+      if (tail > 0) {
+        staging.fill(0, tail, alignUp(tail));
+        await bf.write(staging.subarray(0, alignUp(tail)), offset + base);
+      }
+      tensors.push({ name: e.name, format, n, k, bytes, offset });
+      offset += alignUp(bytes);
     }
     await bf.sync();
   } finally {

@@ -1,6 +1,7 @@
 // Runs the CLI in a child process, as a user would.
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { repoRoot } from './fixtures.js';
 
 export interface CliResult {
@@ -9,12 +10,21 @@ export interface CliResult {
   stderr: string;
 }
 
-export function cli(args: string[], env: Record<string, string> = {}): CliResult {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'src/cli/run.ts'), ...args], {
+export function cli(args: string[], env: Record<string, string> = {}, nodeFlags: string[] = []): CliResult {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', ...nodeFlags, path.join(repoRoot, 'src/cli/run.ts'), ...args], {
     cwd: repoRoot,
     encoding: 'utf8',
     env: { ...process.env, ...env },
     timeout: 300_000,
   });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** cli() measuring the run's peak RSS from outside the engine: VmHWM of the CLI's process at exit
+ *  (child processes it starts are not part of it). */
+export function cliPeak(args: string[], env: Record<string, string> = {}): CliResult & { peakRssBytes: number } {
+  const r = cli(args, env, ['--import', pathToFileURL(path.join(repoRoot, 'test/helpers/report-peak.mjs')).href]);
+  const m = /\ntest-peak-rss-bytes (\d+)\n$/.exec(r.stderr);
+  if (!m) throw new Error(`no peak RSS reported: ${r.stderr}`);
+  return { ...r, stderr: r.stderr.slice(0, m.index), peakRssBytes: Number(m[1]) };
 }

@@ -1,0 +1,66 @@
+// Work that needs far more memory than a run's --ram allows, or leaves memory behind, done in a
+// child Node.js process: its pages are never part of the run's RSS and all of them go back to the
+// OS when it exits. The parent passes JSON in and gets JSON back; the child's stderr lines are
+// its progress, passed to the parent's log.
+import { spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { UserError } from './errors.js';
+
+/** The last line a child prints on stdout. */
+type ChildReport<T> = { ok: T; peakRssBytes: number } | { error: string; userError: boolean };
+
+/**
+ * Runs the module `entry` (a name beside `fromUrl`'s file, without extension) in a new Node.js
+ * process with `input` (JSON on its stdin), and returns what its main returned and the child's own peak RSS. A
+ * UserError in the child is rethrown as a UserError with its message.
+ */
+export async function runInChild<T>(fromUrl: string, entry: string, input: unknown, log: (line: string) => void,
+  nodeFlags: string[] = []): Promise<{ value: T; peakRssBytes: number }> {
+  const here = fileURLToPath(fromUrl);
+  const ext = path.extname(here);
+  const file = path.join(path.dirname(here), `${entry}${ext}`);
+  // From the TypeScript sources (tests, tsx) the child needs the same loader; from dist/ it does not.
+  const loader = ext === '.ts' ? ['--import', pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href] : [];
+  const child = spawn(process.execPath, [...loader, ...nodeFlags, file], { stdio: ['pipe', 'pipe', 'pipe'] });
+  // Through stdin, not argv: one argument is limited to 128 KiB.
+  child.stdin.end(JSON.stringify(input));
+  let out = '';
+  let err = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
+    const lines = (err + d).split('\n');
+    err = lines.pop()!;
+    for (const l of lines) log(l);
+  });
+  const code = await new Promise<number | null>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', resolve);
+  });
+  if (err) log(err);
+  let report: ChildReport<T> | undefined;
+  try {
+    report = JSON.parse(out.trim().split('\n').pop() ?? '') as ChildReport<T>;
+  } catch {
+    report = undefined;
+  }
+  if (report && 'error' in report) throw report.userError ? new UserError(report.error) : new Error(`${entry} (child process): ${report.error}`);
+  if (code !== 0 || !report) throw new Error(`${entry} (child process) exited with ${code}${out ? `: ${out.trim()}` : ''}`);
+  return { value: report.ok, peakRssBytes: report.peakRssBytes };
+}
+
+/** The body of a child's entry module: reads the input, runs `main`, prints the report. */
+export async function childMain<I, T>(main: (input: I) => Promise<T>): Promise<void> {
+  let report: ChildReport<T>;
+  try {
+    let text = '';
+    for await (const chunk of process.stdin.setEncoding('utf8')) text += chunk as string;
+    const value = await main(JSON.parse(text) as I);
+    report = { ok: value, peakRssBytes: process.resourceUsage().maxRSS * 1024 };
+  } catch (e) {
+    report = { error: (e as Error).message, userError: e instanceof UserError };
+    process.exitCode = 1;
+  }
+  process.stdout.write(JSON.stringify(report) + '\n');
+}
