@@ -78,7 +78,7 @@ describe('tierlm generate (batch job)', () => {
     expect(bad.stderr).toMatch(/--temperature must be a number/);
     const missing = cli(['generate', '--model', '/nonexistent', '--prompt', 'x']);
     expect(missing.code).toBe(1);
-    expect(missing.stderr).toMatch(/model directory \/nonexistent does not exist/);
+    expect(missing.stderr).toMatch(/--model \/nonexistent: does not exist/);
     expect(missing.stderr).not.toMatch(/at .*\.ts:\d+/);
     const noTok = cli(['generate', '--model', opt, '--prompt', 'hello']);
     expect(noTok.code).toBe(1);

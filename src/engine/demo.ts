@@ -54,7 +54,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     `activations ${p.actCpuPercent}% (the rest on disk); predicted ${plan.prediction.totalTokensPerSecond.toFixed(2)} tok/s ` +
     `(prefill ${plan.prediction.bound.prefill}-bound, decode ${plan.prediction.bound.decode}-bound), planned in ${plan.searchMillis.toFixed(0)} ms`);
   o.log(`generating ${p.gpuBatchSize * p.numGpuBatches} sequences: ${promptLen}-token prompts, ${genLen} new tokens each ...`);
-  const run = await runBench({ model, promptLen, genLen, policy: p, diskDir: disk, ramBytes: ram, cacheDtype: 'f16' });
+  const run = await runBench({ model, promptLen, genLen, policy: p, diskDir: disk, ramBytes: ram });
   return { modelBytes, ramBytes: ram, plan, run };
 }
 
