@@ -7,6 +7,7 @@ import type { GenerateOptions } from '../engine/generate.js';
 import type { GenerationRequest } from '../engine/requests.js';
 import { type PromptSource, openPrompts, readRequests, ResultWriter, writeAll } from '../formats/jsonl.js';
 import { UserError } from '../util/errors.js';
+import { cacheDtypeOf } from '../policy/policy.js';
 import { intList, rule } from './parse.js';
 import { Progress } from './progress.js';
 import { type PolicyFlags, type Workload, addPolicyOptions, checkPlanningPaths, loadOptions } from './policy-options.js';
@@ -175,7 +176,8 @@ async function runBatchJob(model: LanguageModel, writer: ResultWriter, o: Genera
   const secs = stats.prefillSeconds + stats.decodeSeconds;
   const out = o.out === '-' ? 'standard output' : o.out;
   process.stderr.write(`${out}: ${succeeded} results, ${failed} failed${skipped ? `, ${skipped} already done` : ''}; ` +
-    `${stats.generatedTokens} tokens in ${secs.toFixed(1)} s (${secs > 0 ? (stats.generatedTokens / secs).toFixed(1) : '0'} tok/s)\n`);
+    `${stats.generatedTokens} tokens in ${secs.toFixed(1)} s (${secs > 0 ? (stats.generatedTokens / secs).toFixed(1) : '0'} tok/s), ` +
+    `gpu batch ${model.policy.gpuBatchSize} × ${model.policy.numGpuBatches} batches, ${cacheDtypeOf(model.policy)} cache\n`);
   // Failed requests have their error lines in the output and are tried again by a rerun.
   if (failed > 0) {
     process.stderr.write(`tierlm: ${failed} request${failed > 1 ? 's' : ''} failed (error lines in ${out}${writer.stream ? '' : '; a rerun tries them again'})\n`);

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { initModel } from '../models/init.js';
 import { ioStats } from '../tensor/disk/io.js';
 import { getThreads } from '../backend/index.js';
-import { type LoadOptions, loadModel } from './model.js';
+import { type LoadOptions, loadModel, loadOptionsOf } from './model.js';
 import { type GenerateStats, emptyStats } from './generate.js';
 import { type Policy, policyToJson } from '../policy/policy.js';
 import { snakeKeys } from '../util/json-case.js';
@@ -67,7 +67,7 @@ export function defaultModelCache(): string {
 
 export async function runBench(o: BenchOptions): Promise<BenchResult> {
   const dir = o.model ?? dummyModel(o.config!, o.layers, o.modelCache ?? defaultModelCache());
-  const model = await loadModel(dir, o);
+  const model = await loadModel(dir, loadOptionsOf(o));
   const p = model.policy;
   const batch = p.gpuBatchSize * p.numGpuBatches;
   const vocab = model.config.vocabSize;

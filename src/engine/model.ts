@@ -35,7 +35,12 @@ export interface LoadOptions {
   deviceBytes?: number;
 }
 
-const LOAD_KEYS = ['precision', 'backend', 'threads', 'policy', 'diskDir', 'diskBytes', 'ramBytes', 'deviceBytes'];
+const LOAD_KEYS = ['precision', 'backend', 'threads', 'policy', 'diskDir', 'diskBytes', 'ramBytes', 'deviceBytes'] as const;
+
+/** The LoadOptions fields of a larger options object (a benchmark's, say). */
+export function loadOptionsOf(o: LoadOptions): LoadOptions {
+  return Object.fromEntries(LOAD_KEYS.filter((k) => o[k] !== undefined).map((k) => [k, o[k]]));
+}
 
 export class LanguageModel {
   private closed = false;
