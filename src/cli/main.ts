@@ -9,8 +9,8 @@ import { addPlanCommand } from './plan.js';
 import { addDemoCommand } from './demo.js';
 import { addProfileCommand } from './profile.js';
 
-export async function main(argv: string[]): Promise<void> {
-  useFlagNames();
+/** Every command and its flags (docs/cli.md lists the same ones; test/docs.test.ts checks). */
+export function buildProgram(): Command {
   const program = new Command();
   program.name('tierlm').description('Run language models larger than memory, at batch throughput').version('0.1.0');
   addGenerateCommand(program);
@@ -19,6 +19,12 @@ export async function main(argv: string[]): Promise<void> {
   addPlanCommand(program);
   addDemoCommand(program);
   addProfileCommand(program);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  useFlagNames();
+  const program = buildProgram();
   try {
     await program.parseAsync(argv);
   } catch (e) {
