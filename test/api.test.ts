@@ -75,7 +75,14 @@ describe('options are checked by name', () => {
     expect((e2 as Error).message).toBe('policy: policy.gpuBatchSize must be a positive integer, got 0');
     const e3 = await loadModel(opt, { ramBytes: 1000 }).catch((e: Error) => e);
     expect((e3 as Error).message).toMatch(/RAM limit .* too small/);
-    for (const e of [e1, e2, e3]) expect((e as Error).message).not.toMatch(/--[a-z]/);
+    // A block that does not fit names its shape as plan prints it: gpu batch size × batches.
+    const m = await loadModel(opt, { ramBytes: 600 * 1024, policy: { gpuBatchSize: 16, numGpuBatches: 2 } });
+    const requests = Array.from({ length: 32 }, (_, i) => ({ id: `r${i}`, promptTokenIds: [5, 6, 7] }));
+    const e4 = await (async () => {
+      for await (const r of m.generate(requests)) void r;
+    })().catch((e: Error) => e).finally(() => m.close());
+    expect((e4 as Error).message).toMatch(/for a block of 16 × 2 \(gpu batch size × batches\)/);
+    for (const e of [e1, e2, e3, e4]) expect((e as Error).message).not.toMatch(/--[a-z]/);
   });
 
   it('generate() after close() throws', async () => {

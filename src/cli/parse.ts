@@ -1,19 +1,11 @@
 // Option parsers that turn bad values into clear errors.
 import { InvalidArgumentError } from 'commander';
-import { type RuleName, checkValue } from '../engine/options.js';
+import { type RuleName, checkValue } from '../util/options.js';
 
 export function int(name: string, min = 0) {
   return (v: string): number => {
     const n = Number(v);
     if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}, got "${v}"`);
-    return n;
-  };
-}
-
-export function float(name: string, min = -Infinity, max = Infinity) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (v.trim() === '' || !Number.isFinite(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be a number in [${min}, ${max}], got "${v}"`);
     return n;
   };
 }

@@ -11,7 +11,7 @@ import type { LoadOptions } from '../engine/model.js';
 import { planPolicy } from '../engine/plan.js';
 import { ensureProfile, type HardwareProfile } from '../policy/profile.js';
 import { blockShapes } from '../policy/search.js';
-import { float, oneOf, rule } from './parse.js';
+import { oneOf, rule } from './parse.js';
 import { diskDir, inputFile } from './paths.js';
 
 /** What the planner needs to know about the job. */
@@ -74,7 +74,7 @@ export function addPlanningOptions(cmd: Command): Command {
     .option('--cache-dtype <d>', 'KV cache element type: f32 (default) or f16', oneOf('--cache-dtype', ['f32', 'f16'] as const))
     .option('--compress-weight', 'pack layer weights 4-bit, group-wise (fewer bytes on every tier)')
     .option('--compress-cache', 'store the KV cache 4-bit, grouped along the head dimension')
-    .option('--attn-sparsity <f>', 'decode attention reads only the top share f of the cache (0 < f <= 1)', float('--attn-sparsity', 0, 1))
+    .option('--attn-sparsity <f>', 'decode attention reads only the top share f of the cache (0 < f <= 1)', rule('attnSparsity'))
     .option('--profile <file>', 'hardware profile written by `tierlm profile --out FILE` (must exist; default: the saved one, measured quickly if missing)');
 }
 

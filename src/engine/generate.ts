@@ -12,7 +12,7 @@ import type { BlockRunner } from '../schedule/runner.js';
 import type { BlockShape } from '../policy/memory.js';
 import { Tensor } from '../tensor/tensor.js';
 import { checkKeys } from '../util/names.js';
-import { type RuleName, checkApiValue } from './options.js';
+import { type RuleName, checkApiValue } from '../util/options.js';
 import { type FinishReason, type GenerationRequest, type GenerationResult, type RequestError, type RequestNames, type SampleResult, REQUEST_KEYS, promptIds } from './requests.js';
 import { GREEDY, Rng, type SamplingParams, TokenHistory, sample } from './sampling.js';
 

@@ -8,7 +8,7 @@ import { openModel } from '../models/load.js';
 import { Transformer } from '../models/transformer.js';
 import { type Policy, cacheDtypeOf, policyFromOptions, shares } from '../policy/policy.js';
 import { checkKeys } from '../util/names.js';
-import { checkApiValue } from './options.js';
+import { checkApiValue } from '../util/options.js';
 import { BlockRunner } from '../schedule/runner.js';
 import { type LayerSource, ResidentLayers, WeightStore, planSlotBytes } from '../schedule/weight-store.js';
 import { type Limits, type MemoryItem, type WeightSizes, blockItems, checkLimits, weightItems } from '../policy/memory.js';

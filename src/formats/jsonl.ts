@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
 import type { GenerationRequest } from '../engine/requests.js';
-import { RULES, type RuleName, checkValue } from '../engine/options.js';
+import { RULES, type RuleName, checkValue } from '../util/options.js';
 import { UserError } from '../util/errors.js';
 
 export type InputLine = { line: number; request: GenerationRequest } | { line: number; id: string; error: string };

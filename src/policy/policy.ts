@@ -4,6 +4,7 @@
 // mistaken for a percent.
 
 import { type NameStyle, checkKeys, nameStyle } from '../util/names.js';
+import { RULES } from '../util/options.js';
 
 export type ScheduleKind = 'zigzag' | 'row';
 /** Element type of the KV cache when it is not compressed (compress_cache stores it 4-bit). */
@@ -97,7 +98,7 @@ export function validatePolicy(p: Policy, where = 'policy', names: PolicyNames =
   const n = (f: keyof Policy) => nameOf(f, names);
   const show = (v: unknown) => JSON.stringify(v) ?? String(v);
   for (const f of ['gpuBatchSize', 'numGpuBatches'] as const) {
-    if (!Number.isInteger(p[f]) || p[f] < 1) bad(`${n(f)} must be a positive integer, got ${show(p[f])}`);
+    if (typeof p[f] !== 'number' || !RULES[f].ok(p[f])) bad(`${n(f)} must be a positive integer, got ${show(p[f])}`);
   }
   const pct = (f: keyof Policy) => {
     const v = p[f] as number;
@@ -106,12 +107,12 @@ export function validatePolicy(p: Policy, where = 'policy', names: PolicyNames =
   for (const [g, c, what] of [['wGpuPercent', 'wCpuPercent', 'weights'], ['cacheGpuPercent', 'cacheCpuPercent', 'cache'], ['actGpuPercent', 'actCpuPercent', 'activations']] as const) {
     pct(g);
     pct(c);
-    if (p[g] + p[c] > 100 + 1e-9) bad(`${what}: device ${p[g]}% (${n(g)}) + RAM ${p[c]}% (${n(c)}) exceed 100%`);
+    if (p[g] + p[c] > 100 + 1e-9) bad(`${what}: device ${p[g]}% + RAM ${p[c]}% exceed 100% (${n(g)} + ${n(c)})`);
   }
   for (const f of ['overlap', 'sepLayer', 'cpuCacheCompute', 'compressWeight', 'compressCache'] as const) {
     if (typeof p[f] !== 'boolean') bad(`${n(f)} must be true or false, got ${show(p[f])}`);
   }
-  if (typeof p.attnSparsity !== 'number' || !(p.attnSparsity > 0 && p.attnSparsity <= 1)) bad(`${n('attnSparsity')} must be in (0, 1], got ${show(p.attnSparsity)}`);
+  if (typeof p.attnSparsity !== 'number' || !RULES.attnSparsity.ok(p.attnSparsity)) bad(`${n('attnSparsity')} must be ${RULES.attnSparsity.want}, got ${show(p.attnSparsity)}`);
   if (p.schedule !== 'zigzag' && p.schedule !== 'row') bad(`${n('schedule')} must be "zigzag" or "row", got ${show(p.schedule)}`);
   if (p.cacheDtype !== 'f32' && p.cacheDtype !== 'f16') bad(`${n('cacheDtype')} must be "f32" or "f16", got ${show(p.cacheDtype)}`);
   return p;

@@ -1,5 +1,5 @@
-// One validator per option, shared by the API, the CLI's flags and the JSONL request fields, so
-// every surface accepts the same values and says what it wants in the user's own name for it.
+// One validator per option, shared by the API, the CLI's flags, policy files and the JSONL request
+// fields, so every surface accepts the same values and says what it wants in the user's own name.
 
 export interface Rule {
   /** The API's name: a GenerateParams key, `sampling.<key>` or a LoadOptions key. */
@@ -26,6 +26,7 @@ export const RULES = {
   presencePenalty: { api: 'sampling.presencePenalty', flag: '--presence-penalty', json: 'presence_penalty', ok: finite(-2, 2), want: 'a number in [-2, 2]' },
   frequencyPenalty: { api: 'sampling.frequencyPenalty', flag: '--frequency-penalty', json: 'frequency_penalty', ok: finite(-2, 2), want: 'a number in [-2, 2]' },
   gpuBatchSize: { api: 'policy.gpuBatchSize', flag: '--gpu-batch-size', ok: int(1), want: 'an integer >= 1' },
+  attnSparsity: { api: 'policy.attnSparsity', flag: '--attn-sparsity', ok: (v) => v > 0 && v <= 1, want: 'a number in (0, 1]' },
   batchSize: { api: 'batchSize', flag: '--batch-size', ok: int(1), want: 'an integer >= 1' },
   numGpuBatches: { api: 'numGpuBatches', flag: '--num-gpu-batches', ok: int(1), want: 'an integer >= 1' },
   threads: { api: 'threads', flag: '--threads', ok: int(1), want: 'an integer >= 1' },
