@@ -35,7 +35,7 @@ function promptsFile(n: number): string {
 
 const cases: [string, string, string[]][] = [
   ['opt-test', '4MiB', []], ['opt-test', '6MiB', ['--cache-dtype', 'f16']], ['llama-test', '20MiB', []], ['llama-test', '40MiB', ['--compress-weight']],
-  ['opt-tiny', '64MiB', ['--gpu-batch-size', '4']],
+  ['opt-tiny', '64MiB', ['--gpu-batch-size', '4']], ['opt-test', '8MiB', ['--gpu-batch-size', '8']],
 ];
 
 describe('plan --json → --policy', () => {
@@ -63,6 +63,15 @@ describe('plan --json → --policy', () => {
       const run = JSON.parse(bench.stdout);
       expect(run.policy).toEqual(policy);
       expect(run.batch).toBe(block);
+
+      // Planned by generate itself (--policy auto) for the same workload and flags: the same shape,
+      // since plan and generate search one list of block shapes.
+      if (extra.includes('--gpu-batch-size')) {
+        const auto = cli(['generate', '--model', models[name]!, '--prompts', promptsFile(2 * block), '--out', `${out}.auto`, ...limits, ...extra,
+          '--max-new-tokens', String(genLen), '--ignore-eos']);
+        expect(auto.code, auto.stderr).toBe(0);
+        expect(auto.stderr).toContain(`gpu batch ${policy.gpu_batch_size} × ${policy.num_gpu_batches} batches`);
+      }
 
       // What bench prints, --policy reads: the same policy again.
       const benchFile = path.join(dir, `${name}-${ram}.bench.json`);

@@ -144,7 +144,7 @@ export function policyFromFlags(o: PolicyFlags, planned?: Policy): Policy {
   if (o.cacheDtype !== undefined) p.cacheDtype = o.cacheDtype;
   if (o.attnSparsity !== undefined) p.attnSparsity = o.attnSparsity;
   if (o.schedule) p.schedule = o.schedule;
-  return validatePolicy(p, 'flags', 'flags');
+  return validatePolicy(p, '', 'flags');
 }
 
 /** Everything `loadModel` needs from the shared flags. With --policy auto the placement and the

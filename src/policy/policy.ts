@@ -90,10 +90,11 @@ function nameOf(field: keyof Policy, names: PolicyNames): string {
 }
 
 /** Checks every field; a message names the field as the user wrote it (`names`) and the value,
- *  as JSON shows it (so the string "2" is not mistaken for the number 2). */
+ *  as JSON shows it (so the string "2" is not mistaken for the number 2), after `where` (the
+ *  file, say) when there is one. */
 export function validatePolicy(p: Policy, where = 'policy', names: PolicyNames = nameStyle()): Policy {
   const bad = (msg: string): never => {
-    throw new RangeError(`${where}: ${msg}`);
+    throw new RangeError(where ? `${where}: ${msg}` : msg);
   };
   const n = (f: keyof Policy) => nameOf(f, names);
   const show = (v: unknown) => JSON.stringify(v) ?? String(v);
@@ -165,5 +166,5 @@ export function policyFromJson(json: unknown, where = 'policy'): Policy {
 export function applyPercent(p: Policy, six: number[]): Policy {
   if (six.length !== 6 || six.some((v) => !Number.isFinite(v))) throw new RangeError(`--percent takes six numbers (WG WC CG CC HG HC), got ${six.join(' ')}`);
   const [wg, wc, cg, cc, hg, hc] = six as [number, number, number, number, number, number];
-  return validatePolicy({ ...p, wGpuPercent: wg, wCpuPercent: wc, cacheGpuPercent: cg, cacheCpuPercent: cc, actGpuPercent: hg, actCpuPercent: hc }, '--percent', 'flags');
+  return validatePolicy({ ...p, wGpuPercent: wg, wCpuPercent: wc, cacheGpuPercent: cg, cacheCpuPercent: cc, actGpuPercent: hg, actCpuPercent: hc }, '', 'flags');
 }
