@@ -36,6 +36,7 @@ function promptsFile(n: number): string {
 const cases: [string, string, string[]][] = [
   ['opt-test', '4MiB', []], ['opt-test', '6MiB', ['--cache-dtype', 'f16']], ['llama-test', '20MiB', []], ['llama-test', '40MiB', ['--compress-weight']],
   ['opt-tiny', '64MiB', ['--gpu-batch-size', '4']], ['opt-test', '8MiB', ['--gpu-batch-size', '8']],
+  ['llama-test', '24MiB', ['--precision', 'bf16']],
 ];
 
 describe('plan --json → --policy', () => {
@@ -49,6 +50,7 @@ describe('plan --json → --policy', () => {
       const policy = JSON.parse(plan.stdout).policy;
       expect(policy.cache_dtype).toBe(extra.includes('f16') ? 'f16' : 'f32');
       expect(policy.compress_weight).toBe(extra.includes('--compress-weight'));
+      expect(policy.precision).toBe(extra.includes('bf16') ? 'bf16' : 'fp32');
 
       const block = policy.gpu_batch_size * policy.num_gpu_batches;
       const out = path.join(dir, `${name}-${ram}.out.jsonl`);
@@ -56,7 +58,7 @@ describe('plan --json → --policy', () => {
         '--max-new-tokens', String(genLen), '--ignore-eos']);
       expect(gen.code, gen.stderr).toBe(0);
       expect(gen.stderr).toContain(`${2 * block} results, 0 failed`);
-      expect(gen.stderr).toContain(`gpu batch ${policy.gpu_batch_size} × ${policy.num_gpu_batches} batches, ${policy.cache_dtype} cache`);
+      expect(gen.stderr).toContain(`gpu batch ${policy.gpu_batch_size} × ${policy.num_gpu_batches} batches, ${policy.cache_dtype} cache, ${policy.precision}`);
 
       const bench = cli(['bench', '--model', models[name]!, '--prompt-len', String(promptLen), '--gen-len', String(genLen), '--policy', file, ...limits, '--json']);
       expect(bench.code, bench.stderr).toBe(0);

@@ -177,7 +177,7 @@ async function runBatchJob(model: LanguageModel, writer: ResultWriter, o: Genera
   const out = o.out === '-' ? 'standard output' : o.out;
   process.stderr.write(`${out}: ${succeeded} results, ${failed} failed${skipped ? `, ${skipped} already done` : ''}; ` +
     `${stats.generatedTokens} tokens in ${secs.toFixed(1)} s (${secs > 0 ? (stats.generatedTokens / secs).toFixed(1) : '0'} tok/s), ` +
-    `gpu batch ${model.policy.gpuBatchSize} × ${model.policy.numGpuBatches} batches, ${cacheDtypeOf(model.policy)} cache\n`);
+    `gpu batch ${model.policy.gpuBatchSize} × ${model.policy.numGpuBatches} batches, ${cacheDtypeOf(model.policy)} cache, ${model.policy.precision}\n`);
   // Failed requests have their error lines in the output and are tried again by a rerun.
   if (failed > 0) {
     process.stderr.write(`tierlm: ${failed} request${failed > 1 ? 's' : ''} failed (error lines in ${out}${writer.stream ? '' : '; a rerun tries them again'})\n`);

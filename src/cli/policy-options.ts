@@ -142,6 +142,7 @@ export function policyFromFlags(o: PolicyFlags, planned?: Policy): Policy {
   if (o.compressWeight) p.compressWeight = true;
   if (o.compressCache) p.compressCache = true;
   if (o.cacheDtype !== undefined) p.cacheDtype = o.cacheDtype;
+  if (o.precision !== undefined) p.precision = o.precision;
   if (o.attnSparsity !== undefined) p.attnSparsity = o.attnSparsity;
   if (o.schedule) p.schedule = o.schedule;
   return validatePolicy(p, '', 'flags');
@@ -157,7 +158,6 @@ export async function loadOptions(o: PolicyFlags, work: Workload): Promise<LoadO
   }
   const policy = policyFromFlags(o, planned);
   return {
-    precision: o.precision,
     threads: o.threads,
     policy,
     diskDir: o.diskDir,

@@ -17,7 +17,8 @@ import { type GenerateOptions, type GenerateStats, Generator, resolveParams } fr
 import type { GenerationRequest, GenerationResult, RequestError, RequestNames } from './requests.js';
 
 export interface LoadOptions {
-  /** 'fp32' (default) reproduces the model's float32 results; 'bf16' rounds activations to bf16 for speed. */
+  /** 'fp32' (default) reproduces the model's float32 results; 'bf16' rounds activations to bf16 for
+   *  speed. The same as `policy.precision`. */
   precision?: ComputeMode;
   /** 'cpu' (default, native kernels) or 'reference' (plain TypeScript, slow). */
   backend?: 'cpu' | 'reference' | Backend;
@@ -62,14 +63,19 @@ export class LanguageModel {
 
   static async load(dir: string, options: LoadOptions = {}): Promise<LanguageModel> {
     checkKeys(options, LOAD_KEYS, 'loadModel() options');
-    const precision = options.precision ?? 'fp32';
-    if (precision !== 'fp32' && precision !== 'bf16') throw new RangeError(`precision must be "fp32" or "bf16", got ${JSON.stringify(precision)}`);
+    const given = options.precision;
+    if (given !== undefined && given !== 'fp32' && given !== 'bf16') throw new RangeError(`precision must be "fp32" or "bf16", got ${JSON.stringify(given)}`);
+    if (given !== undefined && options.policy?.precision !== undefined && options.policy.precision !== given) {
+      throw new RangeError(`precision "${given}" and policy.precision "${options.policy.precision}" disagree; give one of them`);
+    }
     if (options.threads !== undefined) checkApiValue('threads', options.threads);
     for (const k of ['diskBytes', 'ramBytes', 'deviceBytes'] as const) {
       const v = options[k];
       if (v !== undefined && !(Number.isSafeInteger(v) && v >= 0)) throw new RangeError(`${k} must be a whole number of bytes, got ${JSON.stringify(v)}`);
     }
-    const policy = policyFromOptions(options.policy);
+    // The policy carries the precision (a policy file records what was planned); `precision` sets it too.
+    const policy = policyFromOptions(given === undefined ? options.policy : { ...options.policy, precision: given });
+    const precision = policy.precision;
     const backend = typeof options.backend === 'object' ? options.backend : options.backend === 'reference' ? referenceBackend() : cpuBackend();
     if (options.threads !== undefined) setThreads(options.threads);
     const model = openModel(dir, backend, precision, policy.compressWeight);

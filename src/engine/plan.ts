@@ -80,7 +80,7 @@ export function ratesFrom(profile: HardwareProfile, dtype: 'f32' | 'f16' | 'bf16
 
 /** What the cost model predicts for a given policy (not necessarily the planner's choice). */
 export function predictPolicy(r: PlanRequest, policy: Policy): Prediction {
-  const mode = r.precision ?? 'fp32';
+  const mode = policy.precision;
   const cacheDtype = cacheDtypeOf(policy);
   const { config, sizes, dtype } = modelSizes({ ...r, compressWeight: policy.compressWeight }, mode);
   const w: Workload = {
@@ -101,7 +101,7 @@ function partBytes(layers: { part: 'attn' | 'mlp'; bytes: number }[][]): PartByt
 const PLAN_RAM_SHARE = 0.95;
 
 export async function planPolicy(r: PlanRequest): Promise<PlanResult> {
-  const mode = r.precision ?? 'fp32';
+  const mode = r.precision ?? DEFAULT_POLICY.precision;
   const cacheDtype = r.cacheDtype ?? DEFAULT_POLICY.cacheDtype;
   const { config, sizes, dtype } = modelSizes(r, mode);
   if (r.promptLen + r.genLen > config.maxPositions) {
@@ -128,7 +128,7 @@ export async function planPolicy(r: PlanRequest): Promise<PlanResult> {
   // The policy carries everything that changes memory or speed, so running it runs this plan.
   plan.policy = {
     ...plan.policy, compressWeight: r.compressWeight === true, compressCache: cacheDtype === 'q4',
-    cacheDtype: cacheDtype === 'q4' ? DEFAULT_POLICY.cacheDtype : cacheDtype, attnSparsity: r.attnSparsity ?? 1,
+    cacheDtype: cacheDtype === 'q4' ? DEFAULT_POLICY.cacheDtype : cacheDtype, attnSparsity: r.attnSparsity ?? 1, precision: mode,
   };
   return { ...plan, config, sizes, assumedRam, searchMillis: performance.now() - t0 };
 }

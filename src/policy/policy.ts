@@ -9,6 +9,8 @@ import { RULES } from '../util/options.js';
 export type ScheduleKind = 'zigzag' | 'row';
 /** Element type of the KV cache when it is not compressed (compress_cache stores it 4-bit). */
 export type PolicyCacheDType = 'f32' | 'f16';
+/** How activations are computed: float32 (exact) or rounded to bf16 (faster). */
+export type PolicyPrecision = 'fp32' | 'bf16';
 
 export interface Policy {
   /** Sequences computed together in one kernel call. */
@@ -40,6 +42,8 @@ export interface Policy {
   schedule: ScheduleKind;
   /** KV cache element type (f32 by default, which reproduces float64 references; f16 halves the cache). */
   cacheDtype: PolicyCacheDType;
+  /** Compute precision (fp32 by default, which reproduces float64 references). */
+  precision: PolicyPrecision;
 }
 
 export const DEFAULT_POLICY: Policy = {
@@ -59,6 +63,7 @@ export const DEFAULT_POLICY: Policy = {
   attnSparsity: 1,
   schedule: 'zigzag',
   cacheDtype: 'f32',
+  precision: 'fp32',
 };
 
 /** Each field as a policy file names it and as a flag sets it, so messages name what the user wrote. */
@@ -79,6 +84,7 @@ const FIELDS: [keyof Policy, string, string][] = [
   ['attnSparsity', 'attn_sparsity', '--attn-sparsity'],
   ['schedule', 'schedule', '--schedule'],
   ['cacheDtype', 'cache_dtype', '--cache-dtype'],
+  ['precision', 'precision', '--precision'],
 ];
 
 /** How the user wrote the policy: API option names (`policy.gpuBatchSize`), JSON keys or flags. */
@@ -116,6 +122,7 @@ export function validatePolicy(p: Policy, where = 'policy', names: PolicyNames =
   if (typeof p.attnSparsity !== 'number' || !RULES.attnSparsity.ok(p.attnSparsity)) bad(`${n('attnSparsity')} must be ${RULES.attnSparsity.want}, got ${show(p.attnSparsity)}`);
   if (p.schedule !== 'zigzag' && p.schedule !== 'row') bad(`${n('schedule')} must be "zigzag" or "row", got ${show(p.schedule)}`);
   if (p.cacheDtype !== 'f32' && p.cacheDtype !== 'f16') bad(`${n('cacheDtype')} must be "f32" or "f16", got ${show(p.cacheDtype)}`);
+  if (p.precision !== 'fp32' && p.precision !== 'bf16') bad(`${n('precision')} must be "fp32" or "bf16", got ${show(p.precision)}`);
   return p;
 }
 
