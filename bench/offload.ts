@@ -89,7 +89,7 @@ async function diskBandwidth(file: string): Promise<number> {
   }
 }
 
-const r = await runBench({ model, promptLen: spec.promptLen, genLen: spec.genLen, policy, diskDir, ramBytes: ram, cacheDtype: 'f16' });
+const r = await runBench({ model, promptLen: spec.promptLen, genLen: spec.genLen, policy: { ...policy, cacheDtype: 'f16' }, diskDir, ramBytes: ram });
 const weightsFile = fs.readdirSync(diskDir).filter((d) => d.startsWith('weights-')).map((d) => path.join(diskDir, d, 'weights.bin')).find((f) => fs.existsSync(f));
 const bw = weightsFile ? await diskBandwidth(weightsFile) : NaN;
 const batch = r.batch;

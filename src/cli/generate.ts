@@ -1,87 +1,110 @@
-// `tierlm generate`: a JSONL batch job (--prompts IN --out OUT), or one prompt printed (--prompt).
-import fs from 'node:fs';
+// `tierlm generate`: a JSONL batch job (--prompts IN --out OUT), or one prompt streamed (--prompt).
+// `-` is standard input or output; a reader that closes the output early ends the job quietly.
 import type { Command } from 'commander';
 import { type LanguageModel, loadModel } from '../engine/model.js';
-import { type JobSummary, runJob } from '../engine/job.js';
-import type { GenerateParams } from '../engine/generate.js';
-import { readRequests, ResultWriter } from '../formats/jsonl.js';
+import { type JobSummary, runJob, toRecord } from '../engine/job.js';
+import type { GenerateOptions } from '../engine/generate.js';
+import type { GenerationRequest } from '../engine/requests.js';
+import { type PromptSource, openPrompts, readRequests, ResultWriter, writeAll } from '../formats/jsonl.js';
 import { UserError } from '../util/errors.js';
-import { float, int, intList, oneOf } from './parse.js';
+import { cacheDtypeOf } from '../policy/policy.js';
+import { intList, rule } from './parse.js';
 import { Progress } from './progress.js';
-import { type PolicyFlags, type Workload, addPolicyOptions, loadOptions } from './policy-options.js';
+import { type PolicyFlags, type Workload, addPolicyOptions, checkPlanningPaths, loadOptions } from './policy-options.js';
+import { modelDir, outputFile } from './paths.js';
 import { readConfig } from '../models/registry.js';
 
-interface GenerateOptions extends PolicyFlags {
+interface GenerateFlags extends PolicyFlags {
   model: string;
   prompts?: string;
   out?: string;
   prompt?: string;
+  chat?: boolean;
+  system?: string;
   maxNewTokens: number;
+  n: number;
   temperature: number;
   topP: number;
   topK: number;
+  minP: number;
   seed: number;
+  repetitionPenalty: number;
+  presencePenalty: number;
+  frequencyPenalty: number;
   batchSize?: number;
-  precision: 'fp32' | 'bf16';
   logprobs?: boolean;
   stopTokenIds?: number[];
   ignoreEos?: boolean;
-  cacheDtype: 'f32' | 'f16';
-  threads?: number;
 }
 
 export function addGenerateCommand(program: Command): void {
   const cmd = program
     .command('generate')
-    .description('generate continuations for a JSONL file of prompts, or for one --prompt')
+    .description('generate continuations for a JSONL file of prompts, or for one --prompt (streamed)')
     .requiredOption('--model <dir>', 'Hugging Face model directory')
-    .option('--prompts <file>', 'input JSONL: {"id", "prompt"} or {"id", "prompt_token_ids"} or {"id", "messages"} per line')
-    .option('--out <file>', 'output JSONL (results are appended; ids already there are skipped, so a rerun resumes)')
-    .option('--prompt <text>', 'generate for one prompt and print the continuation')
-    .option('--max-new-tokens <n>', 'tokens to generate per prompt', int('--max-new-tokens', 1), 32)
-    .option('--temperature <t>', 'sampling temperature (0 = greedy)', float('--temperature', 0), 0)
-    .option('--top-p <p>', 'nucleus sampling mass', float('--top-p', 0, 1), 1)
-    .option('--top-k <k>', 'sample among the k most likely tokens (0 = all)', int('--top-k', 0), 0)
-    .option('--seed <s>', 'random seed for sampling', int('--seed', 0), 0)
-    .option('--batch-size <b>', 'sequences generated together (the policy\'s gpu batch size)', int('--batch-size', 1))
-    .option('--precision <p>', 'fp32 (exact) or bf16 (faster, small drift)', oneOf('--precision', ['fp32', 'bf16'] as const), 'fp32')
+    .option('--prompts <file>', 'input JSONL ("-" = standard input): {"id", "prompt" | "prompt_token_ids" | "messages"} per line, with optional sampling fields')
+    .option('--out <file>', 'output JSONL ("-" = standard output); a file is appended to, and ids already there are skipped, so a rerun resumes')
+    .option('--prompt <text>', 'generate for one prompt and stream the continuation to standard output')
+    .option('--chat', 'with --prompt: send it as a user message through the model\'s chat template')
+    .option('--system <text>', 'with --chat: a system message before the prompt')
+    .option('--max-new-tokens <n>', 'tokens to generate per prompt', rule('maxNewTokens'), 32)
+    .option('--n <n>', 'samples per prompt, each with its own seeded generator', rule('n'), 1)
+    .option('--temperature <t>', 'sampling temperature (0 = greedy)', rule('temperature'), 0)
+    .option('--top-p <p>', 'nucleus sampling mass, in (0, 1]', rule('topP'), 1)
+    .option('--top-k <k>', 'sample among the k most likely tokens (0 = all)', rule('topK'), 0)
+    .option('--min-p <p>', 'keep tokens at least p times as likely as the most likely one (0 = off)', rule('minP'), 0)
+    .option('--seed <s>', 'random seed for sampling', rule('seed'), 0)
+    .option('--repetition-penalty <r>', 'divide positive logits (multiply negative ones) of tokens in the prompt or output by r (1 = off)', rule('repetitionPenalty'), 1)
+    .option('--presence-penalty <p>', 'subtract p from the logit of every token generated so far (0 = off)', rule('presencePenalty'), 0)
+    .option('--frequency-penalty <f>', 'subtract f × its count from the logit of every token generated so far (0 = off)', rule('frequencyPenalty'), 0)
+    .option('--batch-size <b>', 'sequences generated together (the same as --gpu-batch-size; give one of them)', rule('batchSize'))
     .option('--logprobs', "include each generated token's log-probability")
     .option('--stop-token-ids <ids>', 'comma-separated token ids that also end a sequence', intList('--stop-token-ids'))
-    .option('--ignore-eos', 'do not stop at the end-of-sequence token')
-    .option('--cache-dtype <d>', 'KV cache element type', oneOf('--cache-dtype', ['f32', 'f16'] as const), 'f32')
-    .option('--threads <n>', 'compute threads (default: all cores)', int('--threads', 1));
-  addPolicyOptions(cmd).action(async (o: GenerateOptions) => runGenerate(o));
+    .option('--ignore-eos', 'do not stop at the end-of-sequence token');
+  addPolicyOptions(cmd).action(async (o: GenerateFlags) => runGenerate(o));
 }
 
-function params(o: GenerateOptions): Partial<GenerateParams> {
+function params(o: GenerateFlags): GenerateOptions {
   return {
     maxNewTokens: o.maxNewTokens,
-    sampling: { temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed },
+    n: o.n,
+    sampling: {
+      temperature: o.temperature, topK: o.topK, topP: o.topP, minP: o.minP, seed: o.seed,
+      repetitionPenalty: o.repetitionPenalty, presencePenalty: o.presencePenalty, frequencyPenalty: o.frequencyPenalty,
+    },
     stopTokenIds: o.stopTokenIds ?? [],
     stopAtEos: !o.ignoreEos,
     logprobs: o.logprobs === true,
-    cacheDtype: o.cacheDtype,
   };
 }
 
-async function runGenerate(o: GenerateOptions): Promise<void> {
+/** Refuses contradictory flags and bad paths before anything loads. */
+function checkFlags(o: GenerateFlags): void {
   if ((o.prompt === undefined) === (o.prompts === undefined)) throw new UserError('give either --prompt TEXT or --prompts FILE (with --out FILE)');
-  if (o.prompts !== undefined && o.out === undefined) throw new UserError('--prompts needs --out FILE for the results');
-  // The output is checked (and a torn last line found) before the model loads.
+  if (o.prompts !== undefined && o.out === undefined) throw new UserError('--prompts needs --out FILE for the results ("-" for standard output)');
+  if (o.chat && o.prompt === undefined) throw new UserError('--chat works with --prompt (in a JSONL file, give "messages")');
+  if (o.system !== undefined && !o.chat) throw new UserError('--system needs --chat');
+  if (o.batchSize !== undefined && o.gpuBatchSize !== undefined) {
+    throw new UserError(`--batch-size ${o.batchSize} and --gpu-batch-size ${o.gpuBatchSize} set the same thing; give one of them`);
+  }
+  if (o.out !== undefined) outputFile('--out', o.out);
+}
+
+async function runGenerate(o: GenerateFlags): Promise<void> {
+  checkFlags(o);
+  if (o.batchSize !== undefined) o.gpuBatchSize = o.batchSize;
+  // The output is checked (and a torn last line found) first, then every other path, all before the model loads.
   const writer = o.out !== undefined ? new ResultWriter(o.out) : null;
   try {
-    const scan = o.prompts !== undefined ? await scanPrompts(o.prompts) : { count: 1, longest: Math.ceil(o.prompt!.length / 3) + 2 };
+    modelDir('--model', o.model);
+    checkPlanningPaths(o);
+    const source = o.prompts !== undefined ? await openPrompts(o.prompts) : null;
+    const scan = source ? await scanPrompts(source) : { count: 1, longest: Math.ceil((o.prompt!.length + (o.system?.length ?? 0)) / 3) + (o.chat ? 16 : 2) };
     const work = { source: { model: o.model }, promptLen: Math.max(1, scan.longest), genLen: o.maxNewTokens };
-    const model = await loadModel(o.model, await loadOptions(o, await fitWorkload(o.model, work), o.batchSize));
+    const model = await loadModel(o.model, await loadOptions(o, fitWorkload(o.model, work)));
     await closingAfter(model, async () => {
-      if (o.prompt !== undefined) {
-        for await (const r of model.generate([{ id: 'prompt', prompt: o.prompt }], params(o))) {
-          if ('error' in r) throw new UserError(r.error);
-          process.stdout.write((r.text ?? r.tokenIds.join(' ')) + '\n');
-        }
-      } else {
-        await runBatchJob(model, writer!, o, scan.count);
-      }
+      if (source) await runBatchJob(model, writer!, o, source, scan.count);
+      else await runOnePrompt(model, writer, o);
     });
   } finally {
     writer?.close();
@@ -99,31 +122,75 @@ async function closingAfter(model: LanguageModel, body: () => Promise<void>): Pr
   await model.close();
 }
 
-async function runBatchJob(model: LanguageModel, writer: ResultWriter, o: GenerateOptions, total: number): Promise<void> {
+/** One prompt: its text streams to standard output token by token (unless the result itself goes
+ *  there with --out -); --out also gets the result line, --logprobs its log-probabilities. */
+async function runOnePrompt(model: LanguageModel, writer: ResultWriter | null, o: GenerateFlags): Promise<void> {
+  const req: GenerationRequest = o.chat
+    ? { id: 'prompt', messages: [...(o.system !== undefined ? [{ role: 'system', content: o.system }] : []), { role: 'user', content: o.prompt! }] }
+    : { id: 'prompt', prompt: o.prompt! };
+  const stream = o.out !== '-' && o.n === 1 ? new TextStream(model) : null;
+  for await (const r of model.generate([req], { ...params(o), onToken: stream ? (_id, token) => stream.push(token) : undefined })) {
+    if ('error' in r) throw new UserError(r.error);
+    if (writer) writer.write(toRecord(r));
+    if (o.out === '-') continue;
+    if (stream) stream.end(r.text ?? '');
+    else (r.samples ?? [r]).forEach((s, i) => writeAll(1, `[${i}] ${s.text ?? s.tokenIds.join(' ')}\n`));
+    if (o.logprobs) {
+      for (const [i, s] of (r.samples ?? [r]).entries()) {
+        process.stderr.write(`logprobs${o.n > 1 ? ` [${i}]` : ''}: ${s.tokenIds.map((t, j) => `${t}:${s.logprobs![j]!.toFixed(4)}`).join(' ')}\n`);
+      }
+    }
+  }
+}
+
+/** Writes decoded text as tokens arrive. Text is printed only once it is stable: a token that
+ *  ends inside a multi-byte character decodes to U+FFFD until the next one completes it. */
+class TextStream {
+  private tokens: number[] = [];
+  private printed = '';
+  constructor(private readonly model: LanguageModel) {}
+
+  push(token: number): void {
+    this.tokens.push(token);
+    const text = this.model.tokenizer ? this.model.tokenizer.decode(this.tokens) : this.tokens.join(' ') + ' ';
+    if (text.startsWith(this.printed) && !text.endsWith('\uFFFD')) {
+      writeAll(1, text.slice(this.printed.length));
+      this.printed = text;
+    }
+  }
+
+  end(text: string): void {
+    writeAll(1, (text.startsWith(this.printed) ? text.slice(this.printed.length) : `\n${text}`) + '\n');
+  }
+}
+
+async function runBatchJob(model: LanguageModel, writer: ResultWriter, o: GenerateFlags, prompts: PromptSource, total: number): Promise<void> {
   const progress = new Progress('generate');
   let summary: JobSummary;
   try {
-    summary = await runJob(model, writer, { prompts: o.prompts!, params: params(o), onProgress: (done, tokens) => progress.update(done, total, tokens) });
+    summary = await runJob(model, writer, { prompts, params: params(o), onProgress: (done, tokens) => progress.update(done, total, tokens) });
   } finally {
     progress.end();
   }
   const { stats, succeeded, failed, skipped } = summary;
   const secs = stats.prefillSeconds + stats.decodeSeconds;
-  process.stderr.write(`${o.out}: ${succeeded} results, ${failed} failed${skipped ? `, ${skipped} already done` : ''}; ` +
-    `${stats.generatedTokens} tokens in ${secs.toFixed(1)} s (${secs > 0 ? (stats.generatedTokens / secs).toFixed(1) : '0'} tok/s)\n`);
+  const out = o.out === '-' ? 'standard output' : o.out;
+  process.stderr.write(`${out}: ${succeeded} results, ${failed} failed${skipped ? `, ${skipped} already done` : ''}; ` +
+    `${stats.generatedTokens} tokens in ${secs.toFixed(1)} s (${secs > 0 ? (stats.generatedTokens / secs).toFixed(1) : '0'} tok/s), ` +
+    `gpu batch ${model.policy.gpuBatchSize} × ${model.policy.numGpuBatches} batches, ${cacheDtypeOf(model.policy)} cache, ${model.policy.precision}\n`);
   // Failed requests have their error lines in the output and are tried again by a rerun.
   if (failed > 0) {
-    process.stderr.write(`tierlm: ${failed} request${failed > 1 ? 's' : ''} failed (error lines in ${o.out}; a rerun tries them again)\n`);
+    process.stderr.write(`tierlm: ${failed} request${failed > 1 ? 's' : ''} failed (error lines in ${out}${writer.stream ? '' : '; a rerun tries them again'})\n`);
     process.exitCode = 2;
   }
 }
 
 /** One pass over the input: its request lines (for progress) and an estimate of the longest
  *  prompt in tokens (token ids counted, text at about 3 characters a token, for planning). */
-async function scanPrompts(file: string): Promise<{ count: number; longest: number }> {
+async function scanPrompts(source: PromptSource): Promise<{ count: number; longest: number }> {
   let longest = 1;
   let count = 0;
-  for await (const item of readRequests(file)) {
+  for await (const item of readRequests(source)) {
     count++;
     if (!('request' in item)) continue;
     const r = item.request;
@@ -136,8 +203,7 @@ async function scanPrompts(file: string): Promise<{ count: number; longest: numb
 }
 
 /** Keeps the planned prompt and generation lengths within the model's positions. */
-async function fitWorkload(dir: string, work: Workload): Promise<Workload> {
-  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new UserError(`model directory ${dir} does not exist`);
+function fitWorkload(dir: string, work: Workload): Workload {
   const { config } = readConfig(dir);
   const max = config.maxPositions;
   const genLen = Math.min(work.genLen, max - 1);

@@ -1,6 +1,7 @@
 // The `tierlm` command line. Commands are thin: they parse options and call the engine.
 import { Command } from 'commander';
 import { UserError } from '../util/errors.js';
+import { useFlagNames } from '../util/names.js';
 import { addGenerateCommand } from './generate.js';
 import { addInitCommand } from './init.js';
 import { addBenchCommand } from './bench.js';
@@ -8,7 +9,8 @@ import { addPlanCommand } from './plan.js';
 import { addDemoCommand } from './demo.js';
 import { addProfileCommand } from './profile.js';
 
-export async function main(argv: string[]): Promise<void> {
+/** Every command and its flags (docs/cli.md lists the same ones; test/docs.test.ts checks). */
+export function buildProgram(): Command {
   const program = new Command();
   program.name('tierlm').description('Run language models larger than memory, at batch throughput').version('0.1.0');
   addGenerateCommand(program);
@@ -17,6 +19,12 @@ export async function main(argv: string[]): Promise<void> {
   addPlanCommand(program);
   addDemoCommand(program);
   addProfileCommand(program);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  useFlagNames();
+  const program = buildProgram();
   try {
     await program.parseAsync(argv);
   } catch (e) {
@@ -29,6 +37,8 @@ export async function main(argv: string[]): Promise<void> {
  *  is a bug, whose stack TIERLM_DEBUG=1 prints. */
 export function reportFailure(e: unknown): void {
   const err = e instanceof Error ? e : new Error(String(e));
+  // The reader of standard output went away (`| head`): what it wanted it has; end quietly.
+  if ((err as NodeJS.ErrnoException).code === 'EPIPE') return;
   const known = err instanceof UserError || err instanceof RangeError || err instanceof TypeError || 'code' in err;
   process.stderr.write(`tierlm: ${err.message}${known ? '' : ' (internal error)'}\n`);
   if (!known || process.env.TIERLM_DEBUG) process.stderr.write(`${process.env.TIERLM_DEBUG ? err.stack : 'run with TIERLM_DEBUG=1 for details'}\n`);

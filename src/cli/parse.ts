@@ -1,18 +1,11 @@
 // Option parsers that turn bad values into clear errors.
 import { InvalidArgumentError } from 'commander';
+import { type RuleName, checkValue } from '../util/options.js';
 
 export function int(name: string, min = 0) {
   return (v: string): number => {
     const n = Number(v);
     if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}, got "${v}"`);
-    return n;
-  };
-}
-
-export function float(name: string, min = -Infinity, max = Infinity) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (v.trim() === '' || !Number.isFinite(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be a number in [${min}, ${max}], got "${v}"`);
     return n;
   };
 }
@@ -26,4 +19,15 @@ export function oneOf<T extends string>(name: string, values: readonly T[]) {
 
 export function intList(name: string) {
   return (v: string): number[] => v.split(',').filter((s) => s.trim() !== '').map((s) => int(name)(s.trim()));
+}
+
+/** A numeric option checked by the engine's own rule for it (src/engine/options.ts), so the CLI
+ *  and the API accept exactly the same values. */
+export function rule(name: RuleName) {
+  return (v: string): number => {
+    const n = v.trim() === '' ? NaN : Number(v);
+    const bad = checkValue(name, n, 'flag');
+    if (bad) throw new InvalidArgumentError(bad.replace(/got "[^"]*"$/, `got "${v}"`));
+    return n;
+  };
 }

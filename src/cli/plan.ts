@@ -1,36 +1,23 @@
 // `tierlm plan`: the policy tierlm would choose, with its predicted throughput and memory.
 import type { Command } from 'commander';
 import { type PlanResult, planPolicy } from '../engine/plan.js';
-import { ensureProfile } from '../policy/profile.js';
-import { blockShapes } from '../policy/search.js';
 import { policyToJson } from '../policy/policy.js';
 import { formatSize } from '../tensor/tiers/size.js';
-import { UserError } from '../util/errors.js';
-import { int, oneOf } from './parse.js';
-import { sizeOption } from './policy-options.js';
+import { int } from './parse.js';
+import { type LimitFlags, addPlanningOptions, checkPlanningPaths, planFields, profileFor } from './policy-options.js';
+import { checkModelSource } from './paths.js';
 
-interface PlanFlags {
+interface PlanFlags extends LimitFlags {
   model?: string;
   config?: string;
   layers?: number;
   promptLen: number;
   genLen: number;
-  ram?: number;
-  deviceMem?: number;
-  disk?: number;
-  diskDir?: string;
-  precision: 'fp32' | 'bf16';
-  cacheDtype: 'f32' | 'f16';
-  profile?: string;
   json?: boolean;
-  compressWeight?: boolean;
-  compressCache?: boolean;
-  gpuBatchSize?: number;
-  numGpuBatches?: number;
 }
 
 export function addPlanCommand(program: Command): void {
-  program
+  const cmd = program
     .command('plan')
     .description('choose the placement and batch shape for a workload and print the predicted throughput')
     .option('--model <dir>', 'model directory')
@@ -38,29 +25,15 @@ export function addPlanCommand(program: Command): void {
     .option('--layers <n>', 'with --config: keep only the first n layers', int('--layers', 1))
     .requiredOption('--prompt-len <n>', 'prompt tokens', int('--prompt-len', 1))
     .requiredOption('--gen-len <n>', 'new tokens', int('--gen-len', 1))
-    .option('--ram <size>', 'RAM limit', sizeOption('--ram'))
-    .option('--device-mem <size>', 'device memory (part of RAM on a CPU-only machine)', sizeOption('--device-mem'))
-    .option('--disk <size>', 'disk tier capacity', sizeOption('--disk'))
-    .option('--disk-dir <dir>', 'directory of the disk tier (without one, nothing is planned on disk)')
-    .option('--precision <p>', 'fp32 or bf16', oneOf('--precision', ['fp32', 'bf16'] as const), 'fp32')
-    .option('--cache-dtype <d>', 'KV cache element type', oneOf('--cache-dtype', ['f32', 'f16'] as const), 'f16')
-    .option('--compress-weight', 'plan with 4-bit layer weights')
-    .option('--compress-cache', 'plan with a 4-bit KV cache')
-    .option('--gpu-batch-size <n>', 'fix the sequences per batch (the search still places the data)', int('--gpu-batch-size', 1))
-    .option('--num-gpu-batches <n>', 'fix the batches per block', int('--num-gpu-batches', 1))
-    .option('--profile <file>', 'hardware profile (default: the saved one, measured quickly if missing)')
-    .option('--json', 'print the policy as `--policy FILE` reads it, with the predictions beside it')
-    .action(async (o: PlanFlags) => {
-      if ((o.model === undefined) === (o.config === undefined)) throw new UserError('give either --model DIR or --config NAME');
-      const profile = await ensureProfile({ file: o.profile, diskDir: o.diskDir, log: (m) => process.stderr.write(m + '\n') });
-      const plan = await planPolicy({
-        model: o.model, config: o.config, layers: o.layers, promptLen: o.promptLen, genLen: o.genLen, precision: o.precision,
-        cacheDtype: o.compressCache ? 'q4' : o.cacheDtype, compressWeight: o.compressWeight === true, limits: { ram: o.ram, device: o.deviceMem, disk: o.disk }, disk: o.diskDir !== undefined || o.disk !== undefined, profile,
-        shapes: o.gpuBatchSize === undefined && o.numGpuBatches === undefined ? undefined : blockShapes(o.gpuBatchSize, o.numGpuBatches),
-      });
-      if (o.compressCache) plan.policy.compressCache = true;
-      process.stdout.write(o.json ? JSON.stringify(planJson(plan)) + '\n' : report(plan));
+    .option('--json', 'print the policy as `--policy FILE` reads it, with the predictions beside it');
+  addPlanningOptions(cmd).action(async (o: PlanFlags) => {
+    checkModelSource(o);
+    checkPlanningPaths(o);
+    const plan = await planPolicy({
+      model: o.model, config: o.config, layers: o.layers, promptLen: o.promptLen, genLen: o.genLen, profile: await profileFor(o), ...planFields(o),
     });
+    process.stdout.write(o.json ? JSON.stringify(planJson(plan)) + '\n' : report(plan));
+  });
 }
 
 export function planJson(p: PlanResult): Record<string, unknown> {

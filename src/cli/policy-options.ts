@@ -1,41 +1,49 @@
-// Placement and schedule flags shared by `generate` and `bench`: tiers with capacities, FlexGen's
-// policy fields, or a policy file.
+// Flags shared by the commands that plan or run a model (generate, bench, plan): limits and the
+// disk tier, the block shape, what changes memory or speed (precision, cache dtype, compression),
+// FlexGen's policy fields, or a policy file. Each flag is defined once here, with one default.
 import fs from 'node:fs';
+import os from 'node:os';
 import { type Command, InvalidArgumentError } from 'commander';
-import { DEFAULT_POLICY, type Policy, applyPercent, policyFromJson, validatePolicy } from '../policy/policy.js';
+import { DEFAULT_POLICY, type Policy, type PolicyCacheDType, applyPercent, policyFromJson, validatePolicy } from '../policy/policy.js';
 import { parseSize } from '../tensor/tiers/size.js';
 import { UserError } from '../util/errors.js';
 import type { LoadOptions } from '../engine/model.js';
 import { planPolicy, planPolicyInChild } from '../engine/plan.js';
-import { ensureProfile } from '../policy/profile.js';
+import { ensureProfile, type HardwareProfile } from '../policy/profile.js';
+import { blockShapes } from '../policy/search.js';
+import { oneOf, rule } from './parse.js';
+import { diskDir, inputFile } from './paths.js';
 
 /** What the planner needs to know about the job. */
 export interface Workload {
   source: { model?: string; config?: string; layers?: number };
   promptLen: number;
   genLen: number;
-  /** Block shapes to consider (default: all, or those the flags fix). */
-  shapes?: [number, number][];
 }
-import { float, int, oneOf } from './parse.js';
 
-export interface PolicyFlags {
+export interface LimitFlags {
   ram?: number;
   deviceMem?: number;
   disk?: number;
   diskDir?: string;
-  percent?: string[];
   gpuBatchSize?: number;
   numGpuBatches?: number;
+  precision?: 'fp32' | 'bf16';
+  cacheDtype?: PolicyCacheDType;
+  compressWeight?: boolean;
+  compressCache?: boolean;
+  attnSparsity?: number;
+  profile?: string;
+}
+
+export interface PolicyFlags extends LimitFlags {
+  percent?: string[];
   overlap?: boolean;
   sepLayer?: boolean;
   cpuCacheCompute?: boolean;
   schedule?: 'zigzag' | 'row';
   policy?: string;
-  profile?: string;
-  compressWeight?: boolean;
-  compressCache?: boolean;
-  attnSparsity?: number;
+  threads?: number;
 }
 
 export const sizeOption = (name: string) => (v: string) => {
@@ -52,24 +60,58 @@ const bool = (name: string) => (v: string) => {
   throw new InvalidArgumentError(`${name} takes true or false, got "${v}"`);
 };
 
-export function addPolicyOptions(cmd: Command): Command {
+/** Limits, disk tier, block shape, what changes memory or speed, and the hardware profile: what
+ *  `plan` takes, and `generate` and `bench` with it. */
+export function addPlanningOptions(cmd: Command): Command {
   return cmd
-    .option('--ram <size>', 'RAM limit, a hard limit on the run (for example 16GiB)', sizeOption('--ram'))
-    .option('--device-mem <size>', 'compute-device memory (on a CPU-only machine it is part of RAM)', sizeOption('--device-mem'))
-    .option('--disk-dir <dir>', 'directory of the disk tier')
-    .option('--disk <size>', 'disk tier capacity', sizeOption('--disk'))
-    .option('--percent <n...>', "six percents: weights, cache, activations on device and in RAM (WG WC CG CC HG HC); the disk gets the rest")
-    .option('--gpu-batch-size <n>', 'sequences per batch', int('--gpu-batch-size', 1))
-    .option('--num-gpu-batches <n>', 'batches sharing each weight load', int('--num-gpu-batches', 1))
+    .option('--ram <size>', 'RAM limit, a hard limit on the run; a size needs a unit (16GiB, 512MiB)', sizeOption('--ram'))
+    .option('--device-mem <size>', 'compute-device memory, with a unit (on a CPU-only machine it is part of RAM)', sizeOption('--device-mem'))
+    .option('--disk-dir <dir>', 'directory of the disk tier (must exist and be writable)')
+    .option('--disk <size>', 'disk tier capacity, with a unit', sizeOption('--disk'))
+    .option('--gpu-batch-size <n>', 'sequences per batch (fixes the block shape; the planner places the data)', rule('gpuBatchSize'))
+    .option('--num-gpu-batches <n>', 'batches sharing each weight load', rule('numGpuBatches'))
+    .option('--precision <p>', 'fp32 (default: exact, reproduces float64 references) or bf16 (faster, small drift)', oneOf('--precision', ['fp32', 'bf16'] as const))
+    .option('--cache-dtype <d>', 'KV cache element type: f32 (default) or f16', oneOf('--cache-dtype', ['f32', 'f16'] as const))
+    .option('--compress-weight', 'pack layer weights 4-bit, group-wise (fewer bytes on every tier)')
+    .option('--compress-cache', 'store the KV cache 4-bit, grouped along the head dimension')
+    .option('--attn-sparsity <f>', 'decode attention reads only the top share f of the cache (0 < f <= 1)', rule('attnSparsity'))
+    .option('--profile <file>', 'hardware profile written by `tierlm profile --out FILE` (must exist; default: the saved one, measured quickly if missing)');
+}
+
+export function addPolicyOptions(cmd: Command): Command {
+  return addPlanningOptions(cmd)
+    .option('--percent <n...>', 'six percents: weights, cache, activations on device and in RAM (WG WC CG CC HG HC); the disk gets the rest')
     .option('--overlap <bool>', 'overlap I/O with compute (true|false)', bool('--overlap'))
     .option('--sep-layer <bool>', 'load attention and MLP weights separately (true|false)', bool('--sep-layer'))
     .option('--cpu-cache-compute', 'run decode attention where the cache lives (on a CPU-only machine it always does)')
-    .option('--compress-weight', 'pack layer weights 4-bit, group-wise (fewer bytes on every tier)')
-    .option('--compress-cache', 'store the KV cache 4-bit, grouped along the head dimension')
-    .option('--attn-sparsity <f>', 'decode attention reads only the top share f of the cache (0 < f <= 1)', float('--attn-sparsity', 0, 1))
     .option('--schedule <kind>', 'zigzag (FlexGen) or row (Accelerate-style, for comparison)', oneOf('--schedule', ['zigzag', 'row'] as const))
-    .option('--policy <file>', "'auto' (the default: planned from the hardware profile and the limits) or a policy JSON file (as `tierlm plan --json` writes it); flags override it")
-    .option('--profile <file>', 'hardware profile for --policy auto (default: the saved one, measured quickly if missing)');
+    .option('--policy <file>', "'auto' (the default: planned from the hardware profile and the limits) or a policy JSON file (as `tierlm plan --json` or `tierlm bench --json` writes it); flags override it")
+    .option('--threads <n>', 'compute threads (default: every core)', rule('threads'));
+}
+
+/** Path flags checked before any work (a model loads or a profile is measured). */
+export function checkPlanningPaths(o: PolicyFlags): void {
+  if (o.diskDir !== undefined) diskDir(o.diskDir);
+  if (o.profile !== undefined) inputFile('--profile', o.profile, ' (measure one with `tierlm profile --out FILE`, or leave --profile out to use the saved one)');
+  if (o.policy !== undefined && o.policy !== 'auto') inputFile('--policy', o.policy);
+  if (o.threads !== undefined && o.threads > os.availableParallelism()) {
+    process.stderr.write(`tierlm: warning: --threads ${o.threads} is more than this machine's ${os.availableParallelism()} cores; compute slows down when threads outnumber cores\n`);
+  }
+}
+
+/** The saved hardware profile (or the --profile file), measured once when there is none saved. */
+export function profileFor(o: LimitFlags): Promise<HardwareProfile> {
+  return ensureProfile({ file: o.profile, diskDir: o.diskDir, log: (m) => process.stderr.write(`tierlm: ${m}\n`) });
+}
+
+/** The planner's request fields the flags give. */
+export function planFields(o: LimitFlags) {
+  return {
+    precision: o.precision, cacheDtype: o.compressCache ? 'q4' as const : o.cacheDtype ?? DEFAULT_POLICY.cacheDtype,
+    compressWeight: o.compressWeight === true, attnSparsity: o.attnSparsity,
+    limits: { ram: o.ram, device: o.deviceMem, disk: o.disk }, disk: o.diskDir !== undefined,
+    shapes: o.gpuBatchSize === undefined && o.numGpuBatches === undefined ? undefined : blockShapes(o.gpuBatchSize, o.numGpuBatches),
+  };
 }
 
 /** Whether the flags leave the placement to the planner (--policy auto, or no placement given). */
@@ -77,21 +119,21 @@ export function wantsAutoPolicy(o: PolicyFlags): boolean {
   return o.policy === 'auto' || (o.policy === undefined && o.percent === undefined);
 }
 
-/** The policy the flags describe: defaults (or a planned policy), then --policy FILE, then individual flags. */
-export function policyFromFlags(o: PolicyFlags, batchSizeFlag?: number, planned?: Policy): Policy {
-  let p: Policy = { ...(planned ?? DEFAULT_POLICY) };
-  if (o.policy && o.policy !== 'auto') {
-    let json: unknown;
-    try {
-      json = JSON.parse(fs.readFileSync(o.policy, 'utf8'));
-    } catch (e) {
-      throw new UserError(`${o.policy}: cannot read the policy (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
-    }
-    const policyJson = (json as { policy?: unknown }).policy ?? json;
-    p = policyFromJson(policyJson, o.policy);
+function readPolicyFile(file: string): Policy {
+  let json: unknown;
+  try {
+    json = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new UserError(`--policy ${file}: cannot read the policy (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
+  // `plan --json` and `bench --json` write the policy beside other fields; a bare policy works too.
+  return policyFromJson((json as { policy?: unknown }).policy ?? json, file);
+}
+
+/** The policy the flags describe: defaults (or a planned policy), then --policy FILE, then individual flags. */
+export function policyFromFlags(o: PolicyFlags, planned?: Policy): Policy {
+  let p: Policy = o.policy && o.policy !== 'auto' ? readPolicyFile(o.policy) : { ...(planned ?? DEFAULT_POLICY) };
   if (o.percent) p = applyPercent(p, o.percent.map(Number));
-  if (batchSizeFlag !== undefined) p.gpuBatchSize = batchSizeFlag;
   if (o.gpuBatchSize !== undefined) p.gpuBatchSize = o.gpuBatchSize;
   if (o.numGpuBatches !== undefined) p.numGpuBatches = o.numGpuBatches;
   if (o.overlap !== undefined) p.overlap = o.overlap;
@@ -99,34 +141,28 @@ export function policyFromFlags(o: PolicyFlags, batchSizeFlag?: number, planned?
   if (o.cpuCacheCompute) p.cpuCacheCompute = true;
   if (o.compressWeight) p.compressWeight = true;
   if (o.compressCache) p.compressCache = true;
+  if (o.cacheDtype !== undefined) p.cacheDtype = o.cacheDtype;
+  if (o.precision !== undefined) p.precision = o.precision;
   if (o.attnSparsity !== undefined) p.attnSparsity = o.attnSparsity;
   if (o.schedule) p.schedule = o.schedule;
-  return validatePolicy(p);
+  return validatePolicy(p, '', 'flags');
 }
 
 /** Everything `loadModel` needs from the shared flags. With --policy auto the placement and the
  *  block shape are planned for the workload (a shape given by flags is kept). */
-export async function loadOptions(o: PolicyFlags & { precision?: 'fp32' | 'bf16'; threads?: number; cacheDtype?: 'f32' | 'f16' }, work: Workload,
-  batchSizeFlag?: number): Promise<LoadOptions> {
+export async function loadOptions(o: PolicyFlags, work: Workload): Promise<LoadOptions> {
   let planned: Policy | undefined;
   if (wantsAutoPolicy(o)) {
-    const profile = await ensureProfile({ file: o.profile, diskDir: o.diskDir, log: (m) => process.stderr.write(`tierlm: ${m}\n`) });
-    const gbs = o.gpuBatchSize ?? batchSizeFlag;
-    const shapes = work.shapes ?? (gbs !== undefined || o.numGpuBatches !== undefined
-      ? (gbs !== undefined ? [gbs] : [1, 2, 4, 8, 16, 32, 64]).flatMap((b) => (o.numGpuBatches !== undefined ? [o.numGpuBatches] : [1, 2, 4, 8, 16]).map((n) => [b, n] as [number, number]))
-      : undefined);
     // Under a RAM limit the solver runs in a child process, so that none of its memory stays here.
     const plan = await (o.ram !== undefined ? planPolicyInChild : planPolicy)({
-      ...work.source, promptLen: work.promptLen, genLen: work.genLen, precision: o.precision, cacheDtype: o.compressCache ? 'q4' : o.cacheDtype,
-      compressWeight: o.compressWeight === true, attnSparsity: o.attnSparsity,
-      limits: { ram: o.ram, device: o.deviceMem, disk: o.disk }, disk: o.diskDir !== undefined, profile, shapes,
+      ...work.source, promptLen: work.promptLen, genLen: work.genLen, profile: await profileFor(o), ...planFields(o),
     });
-    planned = { ...plan.policy, compressCache: o.compressCache === true, attnSparsity: o.attnSparsity ?? 1 };
+    planned = plan.policy;
   }
+  const policy = policyFromFlags(o, planned);
   return {
-    precision: o.precision,
     threads: o.threads,
-    policy: policyFromFlags(o, batchSizeFlag, planned),
+    policy,
     diskDir: o.diskDir,
     diskBytes: o.disk,
     ramBytes: o.ram,

@@ -1,9 +1,10 @@
 // `tierlm profile`: measures this machine once and saves it for every later command.
 import os from 'node:os';
 import type { Command } from 'commander';
-import { type HardwareProfile, defaultProfilePath, measureProfile, saveProfile } from '../policy/profile.js';
+import { type HardwareProfile, defaultProfilePath, measureProfile, profileJson, saveProfile } from '../policy/profile.js';
 import { formatSize } from '../tensor/tiers/size.js';
-import { int } from './parse.js';
+import { rule } from './parse.js';
+import { diskDir, outputFile } from './paths.js';
 
 interface ProfileFlags {
   quick?: boolean;
@@ -18,18 +19,21 @@ export function addProfileCommand(program: Command): void {
     .command('profile')
     .description('measure this machine (GEMM, attention, memory and disk rates) and save it for the cost model')
     .option('--quick', 'smaller shapes and shorter timing (seconds instead of a minute or two)')
-    .option('--out <file>', 'where to save it (default $TIERLM_PROFILE, else ~/.cache/tierlm/hardware.json)')
-    .option('--disk-dir <dir>', 'directory whose disk is measured (default the system temp directory)')
-    .option('--threads <n>', 'compute threads (default: what the engine uses)', int('--threads', 1))
-    .option('--json', 'print the profile as one JSON line')
+    .option('--out <file>', 'where to save it, in a directory that exists (default $TIERLM_PROFILE, else ~/.cache/tierlm/hardware.json)')
+    .option('--disk-dir <dir>', 'directory whose disk is measured (must exist and be writable; default the system temp directory)')
+    .option('--threads <n>', 'compute threads (default: what the engine uses)', rule('threads'))
+    .option('--json', 'print the profile as one JSON line (snake_case, as the file holds it)')
     .action(async (o: ProfileFlags) => {
+      // Paths are checked before the measurement, which takes seconds to minutes.
+      if (o.out !== undefined) outputFile('--out', o.out);
+      if (o.diskDir !== undefined) diskDir(o.diskDir);
       const file = o.out ?? defaultProfilePath();
       const log = (msg: string) => {
         if (process.stderr.isTTY) process.stderr.write(`${msg}\n`);
       };
       const p = await measureProfile({ quick: o.quick ?? false, diskDir: o.diskDir ?? os.tmpdir(), threads: o.threads, log });
       saveProfile(p, file);
-      process.stdout.write(o.json ? JSON.stringify(p) + '\n' : formatProfile(p) + `saved to ${file}\n`);
+      process.stdout.write(o.json ? profileJson(p) + '\n' : formatProfile(p) + `saved to ${file}\n`);
     });
 }
 

@@ -8,8 +8,10 @@ import path from 'node:path';
 import { initModel } from '../models/init.js';
 import { ioStats } from '../tensor/disk/io.js';
 import { getThreads } from '../backend/index.js';
-import { type LoadOptions, loadModel } from './model.js';
+import { type LoadOptions, loadModel, loadOptionsOf } from './model.js';
 import { type GenerateStats, emptyStats } from './generate.js';
+import { type Policy, policyToJson } from '../policy/policy.js';
+import { snakeKeys } from '../util/json-case.js';
 
 export interface BenchOptions extends LoadOptions {
   model?: string;
@@ -17,14 +19,13 @@ export interface BenchOptions extends LoadOptions {
   layers?: number;
   promptLen: number;
   genLen: number;
-  cacheDtype?: 'f32' | 'f16';
   /** Where dummy-weight models are kept between runs. */
   modelCache?: string;
 }
 
 export interface BenchResult {
   model: string;
-  policy: Record<string, unknown>;
+  policy: Policy;
   batch: number;
   promptLen: number;
   genLen: number;
@@ -54,13 +55,19 @@ export function dummyModel(config: string, layers: number | undefined, cacheDir:
   return dir;
 }
 
+/** A result as `tierlm bench --json` prints it: snake_case, and the policy as a policy file holds
+ *  it, so `--policy` reads the line back and runs the same policy. */
+export function benchJson(r: BenchResult): Record<string, unknown> {
+  return { ...(snakeKeys({ ...r, policy: undefined }) as Record<string, unknown>), policy: policyToJson(r.policy) };
+}
+
 export function defaultModelCache(): string {
   return path.join(os.homedir(), '.cache', 'tierlm', 'models');
 }
 
 export async function runBench(o: BenchOptions): Promise<BenchResult> {
   const dir = o.model ?? dummyModel(o.config!, o.layers, o.modelCache ?? defaultModelCache());
-  const model = await loadModel(dir, o);
+  const model = await loadModel(dir, loadOptionsOf(o));
   const p = model.policy;
   const batch = p.gpuBatchSize * p.numGpuBatches;
   const vocab = model.config.vocabSize;
@@ -71,7 +78,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
   const before = ioStats();
   const stats: GenerateStats = emptyStats();
   try {
-    for await (const r of model.generate(requests, { maxNewTokens: o.genLen, stopAtEos: false, cacheDtype: o.cacheDtype ?? 'f16' }, stats)) {
+    for await (const r of model.generate(requests, { maxNewTokens: o.genLen, stopAtEos: false }, stats)) {
       if ('error' in r) throw new Error(`${r.id}: ${r.error}`);
     }
   } finally {

@@ -55,7 +55,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     `(prefill ${plan.prediction.bound.prefill}-bound, decode ${plan.prediction.bound.decode}-bound), planned in ${plan.searchMillis.toFixed(0)} ms ` +
     '(in a separate process: the solver\'s memory is not part of this run)');
   o.log(`generating ${p.gpuBatchSize * p.numGpuBatches} sequences: ${promptLen}-token prompts, ${genLen} new tokens each ...`);
-  const run = await runBench({ model, promptLen, genLen, policy: p, diskDir: disk, ramBytes: ram, cacheDtype: 'f16' });
+  const run = await runBench({ model, promptLen, genLen, policy: p, diskDir: disk, ramBytes: ram });
   return { modelBytes, ramBytes: ram, plan, run };
 }
 

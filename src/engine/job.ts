@@ -2,10 +2,10 @@
 // each block finishes. The output is the job's record: ids with a result are skipped on a rerun,
 // ids with only an error line are tried again, so a stopped or failed job resumes where it stopped.
 
-import { readRequests, type ResultWriter } from '../formats/jsonl.js';
-import { type GenerateParams, type GenerateStats, emptyStats } from './generate.js';
+import { type PromptSource, readRequests, type ResultWriter } from '../formats/jsonl.js';
+import { type GenerateOptions, type GenerateStats, emptyStats } from './generate.js';
 import type { LanguageModel } from './model.js';
-import type { GenerationRequest, GenerationResult, RequestError } from './requests.js';
+import type { GenerationRequest, GenerationResult, RequestError, SampleResult } from './requests.js';
 
 export interface JobSummary {
   /** Results written by this run. */
@@ -18,8 +18,9 @@ export interface JobSummary {
 }
 
 export interface JobOptions {
-  prompts: string;
-  params: Partial<GenerateParams>;
+  /** A file, or a source already opened (standard input is read once, so it is opened once). */
+  prompts: string | PromptSource;
+  params: GenerateOptions;
   /** Called after each result line with the requests done so far (skipped included) and tokens generated. */
   onProgress?: (done: number, tokens: number) => void;
 }
@@ -54,11 +55,11 @@ export async function runJob(model: LanguageModel, writer: ResultWriter, o: JobO
     } else {
       writer.write(toRecord(r));
       summary.succeeded++;
-      tokens += r.tokenIds.length;
+      tokens += (r.samples ?? [r]).reduce((n, x) => n + x.tokenIds.length, 0);
     }
   };
   const progress = () => o.onProgress?.(summary.succeeded + summary.failed + summary.skipped, tokens);
-  for await (const r of model.generate(requests(), o.params, summary.stats)) {
+  for await (const r of model.generateNamed(requests(), o.params, summary.stats, 'json')) {
     for (const e of early.splice(0)) write(e);
     write(r);
     writer.sync();
@@ -70,11 +71,17 @@ export async function runJob(model: LanguageModel, writer: ResultWriter, o: JobO
   return summary;
 }
 
-/** A result as its JSONL line: snake_case fields, id first (a torn line is recognised by it). */
-function toRecord(r: GenerationResult): { id: string } {
-  const rec: { id: string } & Record<string, unknown> = { id: r.id, token_ids: r.tokenIds };
-  if (r.text !== undefined) rec.text = r.text;
-  if (r.logprobs) rec.logprobs = r.logprobs;
-  rec.finish_reason = r.finishReason;
+/** A result as its JSONL line: snake_case fields, id first (a torn line is recognised by it).
+ *  With n > 1 the line holds every sample, in order, under "samples". */
+export function toRecord(r: GenerationResult): { id: string } {
+  if (r.samples) return { id: r.id, samples: r.samples.map(sampleRecord) } as { id: string };
+  return { id: r.id, ...sampleRecord(r) };
+}
+
+function sampleRecord(s: SampleResult): Record<string, unknown> {
+  const rec: Record<string, unknown> = { token_ids: s.tokenIds };
+  if (s.text !== undefined) rec.text = s.text;
+  if (s.logprobs) rec.logprobs = s.logprobs;
+  rec.finish_reason = s.finishReason;
   return rec;
 }

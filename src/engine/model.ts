@@ -6,16 +6,19 @@ import { TextTokenizer, tokenizerRamBytes } from '../formats/tokenizer.js';
 import type { ModelConfig } from '../models/config.js';
 import { openModel } from '../models/load.js';
 import { Transformer } from '../models/transformer.js';
-import { DEFAULT_POLICY, type Policy, shares, validatePolicy } from '../policy/policy.js';
+import { type Policy, cacheDtypeOf, policyFromOptions, shares } from '../policy/policy.js';
+import { checkKeys } from '../util/names.js';
+import { checkApiValue } from '../util/options.js';
 import { BlockRunner } from '../schedule/runner.js';
 import { type LayerSource, ResidentLayers, WeightStore, planSlotBytes } from '../schedule/weight-store.js';
 import { type Limits, type MemoryItem, type WeightSizes, blockItems, checkLimits, weightItems } from '../policy/memory.js';
 import { DiskTier } from '../schedule/disk-tier.js';
-import { type GenerateParams, type GenerateStats, Generator } from './generate.js';
-import type { GenerationRequest, GenerationResult, RequestError } from './requests.js';
+import { type GenerateOptions, type GenerateStats, Generator, resolveParams } from './generate.js';
+import type { GenerationRequest, GenerationResult, RequestError, RequestNames } from './requests.js';
 
 export interface LoadOptions {
-  /** 'fp32' (default) reproduces the model's float32 results; 'bf16' rounds activations to bf16 for speed. */
+  /** 'fp32' (default) reproduces the model's float32 results; 'bf16' rounds activations to bf16 for
+   *  speed. The same as `policy.precision`. */
   precision?: ComputeMode;
   /** 'cpu' (default, native kernels) or 'reference' (plain TypeScript, slow). */
   backend?: 'cpu' | 'reference' | Backend;
@@ -35,7 +38,16 @@ export interface LoadOptions {
   log?: (msg: string) => void;
 }
 
+const LOAD_KEYS = ['precision', 'backend', 'threads', 'policy', 'diskDir', 'diskBytes', 'ramBytes', 'deviceBytes', 'log'] as const;
+
+/** The LoadOptions fields of a larger options object (a benchmark's, say). */
+export function loadOptionsOf(o: LoadOptions): LoadOptions {
+  return Object.fromEntries(LOAD_KEYS.filter((k) => o[k] !== undefined).map((k) => [k, o[k]]));
+}
+
 export class LanguageModel {
+  private closed = false;
+
   private constructor(
     readonly config: ModelConfig,
     readonly transformer: Transformer,
@@ -52,9 +64,20 @@ export class LanguageModel {
   ) {}
 
   static async load(dir: string, options: LoadOptions = {}): Promise<LanguageModel> {
-    const precision = options.precision ?? 'fp32';
-    if (precision !== 'fp32' && precision !== 'bf16') throw new RangeError(`precision must be fp32 or bf16, got ${String(precision)}`);
-    const policy = validatePolicy({ ...DEFAULT_POLICY, ...options.policy });
+    checkKeys(options, LOAD_KEYS, 'loadModel() options');
+    const given = options.precision;
+    if (given !== undefined && given !== 'fp32' && given !== 'bf16') throw new RangeError(`precision must be "fp32" or "bf16", got ${JSON.stringify(given)}`);
+    if (given !== undefined && options.policy?.precision !== undefined && options.policy.precision !== given) {
+      throw new RangeError(`precision "${given}" and policy.precision "${options.policy.precision}" disagree; give one of them`);
+    }
+    if (options.threads !== undefined) checkApiValue('threads', options.threads);
+    for (const k of ['diskBytes', 'ramBytes', 'deviceBytes'] as const) {
+      const v = options[k];
+      if (v !== undefined && !(Number.isSafeInteger(v) && v >= 0)) throw new RangeError(`${k} must be a whole number of bytes, got ${JSON.stringify(v)}`);
+    }
+    // The policy carries the precision (a policy file records what was planned); `precision` sets it too.
+    const policy = policyFromOptions(given === undefined ? options.policy : { ...options.policy, precision: given });
+    const precision = policy.precision;
     const backend = typeof options.backend === 'object' ? options.backend : options.backend === 'reference' ? referenceBackend() : cpuBackend();
     if (options.threads !== undefined) setThreads(options.threads);
     const model = openModel(dir, backend, precision, policy.compressWeight);
@@ -99,28 +122,40 @@ export class LanguageModel {
 
   /** Results in input order, each as soon as its block finishes. Requests that cannot run
    *  (bad prompt, too long) yield `{id, error}` and the rest still run. `stats` (if given) is
-   *  filled with timings. */
-  async *generate(requests: Iterable<GenerationRequest> | AsyncIterable<GenerationRequest>, params: Partial<GenerateParams> = {},
+   *  filled with timings. Bad params, and a call after close(), throw here, before iteration. */
+  generate(requests: Iterable<GenerationRequest> | AsyncIterable<GenerationRequest>, params: GenerateOptions = {},
     stats?: GenerateStats): AsyncGenerator<GenerationResult | RequestError> {
+    return this.generateNamed(requests, params, stats, 'api');
+  }
+
+  /** generate(), with request fields named in messages as `names` says (JSONL keys for batch jobs). */
+  generateNamed(requests: Iterable<GenerationRequest> | AsyncIterable<GenerationRequest>, params: GenerateOptions,
+    stats: GenerateStats | undefined, names: RequestNames): AsyncGenerator<GenerationResult | RequestError> {
+    if (this.closed) throw new Error('generate() was called after close(): load the model again');
+    // compress_cache stores the KV cache 4-bit whatever the call asks for.
+    const cache = this.policy.compressCache ? { cacheDtype: 'q4' as const } : {};
+    const p = resolveParams({ batchSize: this.policy.gpuBatchSize, numGpuBatches: this.policy.numGpuBatches, cacheDtype: cacheDtypeOf(this.policy), ...params, ...cache });
     const g = new Generator({
       config: this.config, transformer: this.transformer, runner: this.runner, eosTokenIds: this.eosTokenIds, tokenizer: this.tokenizer,
       checkBlock: (shape) => {
-        checkLimits([...this.weightMemory, ...blockItems(this.config, this.policy, shape)], this.limits, `a block of ${shape.batches} × ${shape.rows} sequences`);
+        checkLimits([...this.weightMemory, ...blockItems(this.config, this.policy, shape)], this.limits,
+          `a block of ${shape.rows} × ${shape.batches} (gpu batch size × batches)`);
         // The plan counts live buffers only; memory freed earlier (loading, planning) must not
         // stay resident beside them.
         releaseFreedMemory();
       },
     });
-    try {
-      // compress_cache stores the KV cache 4-bit whatever the call asks for.
-      const cache = this.policy.compressCache ? { cacheDtype: 'q4' as const } : {};
-      yield* g.generate(requests, { batchSize: this.policy.gpuBatchSize, numGpuBatches: this.policy.numGpuBatches, ...params, ...cache });
-    } finally {
-      if (stats) Object.assign(stats, g.stats);
-    }
+    return (async function* () {
+      try {
+        yield* g.generate(requests, p, names);
+      } finally {
+        if (stats) Object.assign(stats, g.stats);
+      }
+    })();
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     await this.layers.close();
     await this.disk?.close();
   }

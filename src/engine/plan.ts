@@ -11,7 +11,7 @@ import { ConfigReader } from '../models/config.js';
 import { architectureFor } from '../models/registry.js';
 import { type ModelSizes, sizesFromConfig } from '../models/weights.js';
 import { type PartBytes, type Prediction, type Rates, type Workload, layerCosts, predict } from '../policy/cost-model.js';
-import { type Policy, shares } from '../policy/policy.js';
+import { DEFAULT_POLICY, type Policy, cacheDtypeOf, shares } from '../policy/policy.js';
 import type { Limits } from '../policy/memory.js';
 import { type HardwareProfile, attentionDecodeRate, attentionPrefillRate, diskReadRate, diskWriteRate, gemmRate } from '../policy/profile.js';
 import { type Plan, searchPolicy } from '../policy/search.js';
@@ -82,8 +82,8 @@ export function ratesFrom(profile: HardwareProfile, dtype: 'f32' | 'f16' | 'bf16
 
 /** What the cost model predicts for a given policy (not necessarily the planner's choice). */
 export function predictPolicy(r: PlanRequest, policy: Policy): Prediction {
-  const mode = r.precision ?? 'fp32';
-  const cacheDtype = r.cacheDtype ?? 'f16';
+  const mode = policy.precision;
+  const cacheDtype = cacheDtypeOf(policy);
   const { config, sizes, dtype } = modelSizes({ ...r, compressWeight: policy.compressWeight }, mode);
   const w: Workload = {
     promptLen: r.promptLen, genLen: r.genLen, gpuBatchSize: policy.gpuBatchSize, numGpuBatches: policy.numGpuBatches,
@@ -103,8 +103,8 @@ function partBytes(layers: { part: 'attn' | 'mlp'; bytes: number }[][]): PartByt
 const PLAN_RAM_SHARE = 0.95;
 
 export async function planPolicy(r: PlanRequest): Promise<PlanResult> {
-  const mode = r.precision ?? 'fp32';
-  const cacheDtype = r.cacheDtype ?? 'f16';
+  const mode = r.precision ?? DEFAULT_POLICY.precision;
+  const cacheDtype = r.cacheDtype ?? DEFAULT_POLICY.cacheDtype;
   const { config, sizes, dtype } = modelSizes(r, mode);
   if (r.promptLen + r.genLen > config.maxPositions) {
     throw new UserError(`prompt ${r.promptLen} + ${r.genLen} new tokens exceed the model's ${config.maxPositions} positions`);
@@ -129,7 +129,11 @@ export async function planPolicy(r: PlanRequest): Promise<PlanResult> {
     tokenizerBytes: r.model ? tokenizerRamBytes(r.model) : 0, promptLen: r.promptLen, genLen: r.genLen,
     cacheElem: cacheBytesPerElement(cacheDtype, config.headDim), attnSparsity: r.attnSparsity, limits, rates: ratesFrom(r.profile, dtype, mode, cacheDtype, r.compressWeight), shapes: r.shapes, ramShare: PLAN_RAM_SHARE,
   });
-  if (r.compressWeight) plan.policy.compressWeight = true;
+  // The policy carries everything that changes memory or speed, so running it runs this plan.
+  plan.policy = {
+    ...plan.policy, compressWeight: r.compressWeight === true, compressCache: cacheDtype === 'q4',
+    cacheDtype: cacheDtype === 'q4' ? DEFAULT_POLICY.cacheDtype : cacheDtype, attnSparsity: r.attnSparsity ?? 1, precision: mode,
+  };
   // The solver's compilation leaves freed memory in malloc's arenas (tens of MB): return it before
   // the caller loads a model beside it.
   releaseFreedMemory();

@@ -1,6 +1,7 @@
 // Generation requests and results, and how a request's prompt becomes token ids.
 
 import type { ChatMessage, TextTokenizer } from '../formats/tokenizer.js';
+import type { SamplingParams } from './sampling.js';
 
 export interface GenerationRequest {
   id: string;
@@ -10,12 +11,18 @@ export interface GenerationRequest {
   promptTokenIds?: number[];
   /** A conversation, rendered with the model's chat template. */
   messages?: ChatMessage[];
+  /** This request's sampling, over the call's (`params.sampling`). */
+  sampling?: Partial<SamplingParams>;
+  /** Samples for this request, over the call's `params.n`. */
+  n?: number;
 }
+
+export const REQUEST_KEYS = ['id', 'prompt', 'promptTokenIds', 'messages', 'sampling', 'n'] as const;
 
 export type FinishReason = 'length' | 'stop';
 
-export interface GenerationResult {
-  id: string;
+/** One generated continuation. */
+export interface SampleResult {
   /** Generated tokens only. */
   tokenIds: number[];
   /** Decoded text of the generated tokens, when the model has a tokenizer. */
@@ -25,24 +32,34 @@ export interface GenerationResult {
   finishReason: FinishReason;
 }
 
+/** A request's result: its first sample's fields, and with n > 1 every sample in `samples`. */
+export interface GenerationResult extends SampleResult {
+  id: string;
+  samples?: SampleResult[];
+}
+
 export interface RequestError {
   id: string;
   error: string;
 }
 
+/** How request fields are named in messages: the API's keys or a JSONL line's. */
+export type RequestNames = 'api' | 'json';
+
 /** Token ids of a request's prompt, or an error message that names what is wrong with it. */
-export function promptIds(req: GenerationRequest, tokenizer: TextTokenizer | null, vocabSize: number): number[] | string {
+export function promptIds(req: GenerationRequest, tokenizer: TextTokenizer | null, vocabSize: number, names: RequestNames = 'api'): number[] | string {
+  const ids_ = names === 'api' ? 'promptTokenIds' : 'prompt_token_ids';
   const given = [req.prompt !== undefined, req.promptTokenIds !== undefined, req.messages !== undefined].filter(Boolean).length;
-  if (given !== 1) return 'give exactly one of "prompt", "prompt_token_ids" or "messages"';
+  if (given !== 1) return `give exactly one of "prompt", "${ids_}" or "messages"`;
   let ids: number[];
   if (req.promptTokenIds !== undefined) {
     ids = req.promptTokenIds;
-    if (!Array.isArray(ids)) return '"prompt_token_ids" must be an array of token ids';
+    if (!Array.isArray(ids)) return `"${ids_}" must be an array of token ids`;
     const bad = ids.findIndex((t) => !Number.isSafeInteger(t) || t < 0 || t >= vocabSize);
-    if (bad >= 0) return `prompt_token_ids[${bad}] = ${JSON.stringify(ids[bad])} is not a token id in [0, ${vocabSize})`;
+    if (bad >= 0) return `${ids_}[${bad}] = ${JSON.stringify(ids[bad])} is not a token id in [0, ${vocabSize})`;
   } else if (req.prompt !== undefined) {
     if (typeof req.prompt !== 'string') return '"prompt" must be a string';
-    if (!tokenizer) return 'the model has no tokenizer.json: give "prompt_token_ids" instead of "prompt"';
+    if (!tokenizer) return `the model has no tokenizer.json: give "${ids_}" instead of "prompt"`;
     ids = tokenizer.encode(req.prompt);
   } else {
     if (!tokenizer) return 'the model has no tokenizer.json, so "messages" cannot be used';

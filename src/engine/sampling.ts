@@ -1,6 +1,11 @@
-// Choosing the next token from a row of logits: greedy, or sampling with temperature, top-k and
-// top-p. Each request has its own seeded generator, so its tokens do not depend on the batch it
-// ran in, nor on whether a job was resumed.
+// Choosing the next token from a row of logits: penalties for tokens already seen, then greedy,
+// or sampling with temperature, top-k, top-p and min-p. Each sample has its own seeded generator,
+// so its tokens do not depend on the batch it ran in, nor on whether a job was resumed.
+//
+// Semantics follow Hugging Face / vLLM: repetition_penalty divides the positive logits (and
+// multiplies the negative ones) of every token in the prompt or the output; presence and
+// frequency penalties (OpenAI) subtract presence·[count > 0] + frequency·count over generated
+// tokens; min_p keeps tokens whose probability is at least min_p × the largest one.
 
 export interface SamplingParams {
   /** 0 (the default) means greedy. */
@@ -9,10 +14,51 @@ export interface SamplingParams {
   topK: number;
   /** 1 means no nucleus cut. */
   topP: number;
+  /** 0 means no min-p cut. */
+  minP: number;
   seed: number;
+  /** 1 means none. */
+  repetitionPenalty: number;
+  /** 0 means none. */
+  presencePenalty: number;
+  /** 0 means none. */
+  frequencyPenalty: number;
 }
 
-export const GREEDY: SamplingParams = { temperature: 0, topK: 0, topP: 1, seed: 0 };
+export const GREEDY: SamplingParams = {
+  temperature: 0, topK: 0, topP: 1, minP: 0, seed: 0, repetitionPenalty: 1, presencePenalty: 0, frequencyPenalty: 0,
+};
+
+/** The tokens one sequence has seen: its prompt's, and counts of those it generated. */
+export class TokenHistory {
+  private readonly prompt: Set<number>;
+  readonly counts = new Map<number, number>();
+  constructor(promptIds: Iterable<number>) {
+    this.prompt = new Set(promptIds);
+  }
+  add(token: number): void {
+    this.counts.set(token, (this.counts.get(token) ?? 0) + 1);
+  }
+  /** Every token of the prompt or the output, once. */
+  seen(): Set<number> {
+    return new Set([...this.prompt, ...this.counts.keys()]);
+  }
+}
+
+function penalized(p: SamplingParams): boolean {
+  return p.repetitionPenalty !== 1 || p.presencePenalty !== 0 || p.frequencyPenalty !== 0;
+}
+
+/** The row with the penalties applied (a copy; the row itself, unchanged, when there are none). */
+export function applyPenalties(row: Float32Array, p: SamplingParams, h: TokenHistory): Float32Array {
+  if (!penalized(p)) return row;
+  const out = Float32Array.from(row);
+  if (p.repetitionPenalty !== 1) {
+    for (const t of h.seen()) out[t] = out[t]! > 0 ? out[t]! / p.repetitionPenalty : out[t]! * p.repetitionPenalty;
+  }
+  for (const [t, count] of h.counts) out[t] = out[t]! - p.presencePenalty - p.frequencyPenalty * count;
+  return out;
+}
 
 /** A small, fast seeded generator (SplitMix32-style) per request. */
 export class Rng {
@@ -45,26 +91,36 @@ export function argmax(row: Float32Array): number {
   return best;
 }
 
-export function sample(row: Float32Array, p: SamplingParams, rng: Rng): number {
-  if (p.temperature <= 0) return argmax(row);
-  // Candidates by descending logit; top-k and top-p cut the list before drawing.
+/** The tokens sampling may draw from (most likely first) and their unnormalised probabilities,
+ *  after temperature, top-k, top-p and min-p. `row` already carries the penalties. */
+export function candidates(row: Float32Array, p: SamplingParams): { idx: number[]; probs: number[] } {
   const n = row.length;
-  let idx: number[];
-  if (p.topK > 0 && p.topK < n) {
-    idx = topKIndices(row, p.topK);
-  } else {
-    idx = Array.from({ length: n }, (_, i) => i).sort((a, b) => row[b]! - row[a]!);
-  }
+  const idx = p.topK > 0 && p.topK < n ? topKIndices(row, p.topK) : Array.from({ length: n }, (_, i) => i).sort((a, b) => row[b]! - row[a]!);
   const max = row[idx[0]!]!;
   const probs = idx.map((i) => Math.exp((row[i]! - max) / p.temperature));
-  let total = probs.reduce((a, b) => a + b, 0);
   if (p.topP < 1) {
+    const total = probs.reduce((a, b) => a + b, 0);
     let cum = 0;
     let keep = 0;
     while (keep < probs.length && cum < p.topP * total) cum += probs[keep++]!;
     probs.length = Math.max(1, keep);
-    total = probs.reduce((a, b) => a + b, 0);
   }
+  // probs[0] is the largest (exp(0) = 1): min-p keeps a prefix of the sorted list.
+  if (p.minP > 0) {
+    let keep = 1;
+    while (keep < probs.length && probs[keep]! >= p.minP * probs[0]!) keep++;
+    probs.length = keep;
+  }
+  idx.length = probs.length;
+  return { idx, probs };
+}
+
+/** The next token: penalties from `history`, then greedy (temperature 0) or a draw from `rng`. */
+export function sample(row: Float32Array, p: SamplingParams, rng: Rng, history?: TokenHistory): number {
+  const logits = history ? applyPenalties(row, p, history) : row;
+  if (p.temperature <= 0) return argmax(logits);
+  const { idx, probs } = candidates(logits, p);
+  const total = probs.reduce((a, b) => a + b, 0);
   let u = rng.next() * total;
   for (let i = 0; i < probs.length; i++) {
     u -= probs[i]!;

@@ -1,33 +1,61 @@
 // JSONL batch files: requests in, one result line per request out. The output file is the job's
 // record of finished work: results are appended (and flushed) as each batch finishes, and a rerun
 // skips every id already there, so a crashed or stopped job resumes where it stopped.
+// Standard input and output (`-`), and pipes named by path, are streams: the input is read once
+// into memory (a job reads it twice, to plan and to run), and an output stream has nothing to
+// resume, so results are only written to it, each as it comes.
 
 import fs from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
 import type { GenerationRequest } from '../engine/requests.js';
+import { RULES, type RuleName, checkValue } from '../util/options.js';
 import { UserError } from '../util/errors.js';
 
 export type InputLine = { line: number; request: GenerationRequest } | { line: number; id: string; error: string };
 
-/** Parses request lines; a malformed line becomes an error item instead of stopping the job. */
-export async function* readRequests(file: string): AsyncGenerator<InputLine> {
-  let stream: fs.ReadStream;
-  if (statOrNull(file)?.isDirectory()) throw new UserError(`${file}: is a directory (prompts need a JSONL file)`);
+/** Where prompts come from: a file read again on each pass, or a stream read once into memory. */
+export interface PromptSource {
+  name: string;
+  lines(): AsyncIterable<string>;
+}
+
+/** Opens a prompts file, or standard input for `-`; refuses a directory or an unreadable file. */
+export async function openPrompts(file: string): Promise<PromptSource> {
+  if (file === '-') return bufferedSource('standard input', process.stdin);
+  const stat = statOrNull(file);
+  if (stat?.isDirectory()) throw new UserError(`${file}: is a directory (prompts need a JSONL file)`);
   try {
     fs.accessSync(file, fs.constants.R_OK);
-    stream = fs.createReadStream(file, { encoding: 'utf8' });
   } catch (e) {
     throw new UserError(`${file}: cannot read prompts (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
-  const lines = readline.createInterface({ input: stream, crlfDelay: Infinity });
+  if (!stat!.isFile()) return bufferedSource(file, fs.createReadStream(file));
+  return { name: file, lines: () => readline.createInterface({ input: fs.createReadStream(file, { encoding: 'utf8' }), crlfDelay: Infinity }) };
+}
+
+async function bufferedSource(name: string, input: NodeJS.ReadableStream): Promise<PromptSource> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of input) chunks.push(typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
+  const all = Buffer.concat(chunks).toString('utf8').split(/\r?\n/);
+  return { name, lines: async function* () { yield* all; } };
+}
+
+/** Parses request lines; a malformed line becomes an error item instead of stopping the job. */
+export async function* readRequests(source: PromptSource | string): AsyncGenerator<InputLine> {
+  const src = typeof source === 'string' ? await openPrompts(source) : source;
   let n = 0;
-  for await (const text of lines) {
+  for await (const text of src.lines()) {
     n++;
     if (text.trim() === '') continue;
-    yield parseLine(text, n, file);
+    yield parseLine(text, n, src.name);
   }
 }
+
+/** A request line's sampling fields (snake_case, as OpenAI's and vLLM's requests name them). */
+const SAMPLING_FIELDS = (['temperature', 'topK', 'topP', 'minP', 'seed', 'repetitionPenalty', 'presencePenalty', 'frequencyPenalty'] as const)
+  .map((k) => [k, RULES[k].json] as const);
+const LINE_KEYS = ['id', 'prompt', 'prompt_token_ids', 'messages', 'n', ...SAMPLING_FIELDS.map(([, j]) => j)];
 
 function parseLine(text: string, line: number, file: string): InputLine {
   let v: unknown;
@@ -40,15 +68,25 @@ function parseLine(text: string, line: number, file: string): InputLine {
   const o = v as Record<string, unknown>;
   const id = typeof o.id === 'string' && o.id.length > 0 ? o.id : typeof o.id === 'number' ? String(o.id) : null;
   if (id === null) return { line, id: `line-${line}`, error: `${file}:${line}: missing "id" (a non-empty string)` };
-  return {
-    line,
-    request: {
-      id,
-      prompt: o.prompt as string | undefined,
-      promptTokenIds: o.prompt_token_ids as number[] | undefined,
-      messages: o.messages as GenerationRequest['messages'],
-    },
+  const fail = (error: string): InputLine => ({ line, id, error: `${file}:${line}: ${error}` });
+  const unknown = Object.keys(o).filter((k) => !LINE_KEYS.includes(k));
+  if (unknown.length > 0) return fail(`unknown field${unknown.length > 1 ? 's' : ''} ${unknown.map((k) => `"${k}"`).join(', ')} (known: ${LINE_KEYS.join(', ')})`);
+  const request: GenerationRequest = {
+    id,
+    prompt: o.prompt as string | undefined,
+    promptTokenIds: o.prompt_token_ids as number[] | undefined,
+    messages: o.messages as GenerationRequest['messages'],
   };
+  const sampling: Record<string, number> = {};
+  for (const [key, json] of [['n', 'n'] as const, ...SAMPLING_FIELDS]) {
+    if (o[json] === undefined) continue;
+    const bad = checkValue(key as RuleName, o[json], 'json');
+    if (bad) return fail(bad);
+    if (key === 'n') request.n = o[json] as number;
+    else sampling[key] = o[json] as number;
+  }
+  if (Object.keys(sampling).length > 0) request.sampling = sampling;
+  return { line, request };
 }
 
 /**
@@ -63,9 +101,17 @@ export class ResultWriter {
   /** Ids with only error lines: a rerun tries them again (the newest line per id wins). */
   readonly failed = new Set<string>();
   private fd: number;
+  /** Standard output, a pipe or a device: written to, never read back or synced. */
+  readonly stream: boolean;
 
   constructor(readonly file: string) {
-    const repair = this.recover();
+    const stat = file === '-' ? null : statOrNull(file);
+    this.stream = file === '-' || (stat !== null && !stat.isFile() && !stat.isDirectory());
+    if (file === '-') {
+      this.fd = 1;
+      return;
+    }
+    const repair = this.stream ? null : this.recover();
     try {
       this.fd = fs.openSync(file, 'a');
       if (repair) repair(this.fd);
@@ -125,18 +171,32 @@ export class ResultWriter {
   }
 
   write(record: { id: string; error?: string }): void {
-    fs.writeSync(this.fd, JSON.stringify(record) + '\n');
+    writeAll(this.fd, JSON.stringify(record) + '\n');
     this.note({ id: record.id, ok: record.error === undefined });
   }
 
   /** Makes what was written survive a crash of the machine, not just of the process. */
   sync(): void {
-    fs.fsyncSync(this.fd);
+    if (!this.stream) fs.fsyncSync(this.fd);
   }
 
   close(): void {
-    fs.fsyncSync(this.fd);
-    fs.closeSync(this.fd);
+    this.sync();
+    if (this.fd !== 1) fs.closeSync(this.fd);
+  }
+}
+
+/** Writes all of `text`, waiting while a non-blocking pipe is full. A closed reader surfaces as
+ *  the EPIPE error, which the CLI takes as the end of the output. */
+export function writeAll(fd: number, text: string): void {
+  let buf = Buffer.from(text);
+  while (buf.length > 0) {
+    try {
+      buf = buf.subarray(fs.writeSync(fd, buf));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+    }
   }
 }
 
@@ -151,7 +211,7 @@ function resultRecord(line: string): { id: string; ok: boolean } | null {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) return null;
   const o = v as Record<string, unknown>;
   if (typeof o.id !== 'string') return null;
-  if (Array.isArray(o.token_ids)) return { id: o.id, ok: true };
+  if (Array.isArray(o.token_ids) || Array.isArray(o.samples)) return { id: o.id, ok: true };
   if (typeof o.error === 'string') return { id: o.id, ok: false };
   return null;
 }

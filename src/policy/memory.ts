@@ -8,6 +8,7 @@ import type { ModelConfig } from '../models/config.js';
 import { type Policy, shares } from './policy.js';
 import { formatSize } from '../tensor/tiers/size.js';
 import { UserError } from '../util/errors.js';
+import { optionName } from '../util/names.js';
 
 /** Memory of the Node.js runtime, the addon and the engine's own code, which a RAM limit does
  *  not cover: peak RSS stays within the limit plus this. Measured at about 55 MiB (peak RSS of a
@@ -115,12 +116,12 @@ export function checkLimits(items: MemoryItem[], limits: Limits, context: string
   if (limits.ram !== undefined && ram > limits.ram) {
     throw new UserError(`RAM limit ${formatSize(limits.ram)} is too small by ${formatSize(ram - limits.ram)} for ${context}: ` +
       `needs ${formatSize(ram)} (${breakdown('ram')}; the runtime's own ${formatSize(RUNTIME_OVERHEAD_BYTES)} is outside the limit). ` +
-      'Put more of the weights or cache on disk (--percent), or use a smaller batch.');
+      `Put more of the weights or cache on disk (${optionName('percents')}), or use a smaller batch.`);
   }
   const device = items.reduce((n, i) => n + (i.device ?? 0), 0);
   if (limits.device !== undefined && device > limits.device) {
     throw new UserError(`device memory limit ${formatSize(limits.device)} is too small by ${formatSize(device - limits.device)} for ${context}: ` +
-      `the policy's device shares need ${formatSize(device)}. Lower the device percents (--percent).`);
+      `the policy's device shares need ${formatSize(device)}. Lower ${optionName('devicePercents')}.`);
   }
   if (limits.disk !== undefined && disk > limits.disk) {
     throw new UserError(`disk limit ${formatSize(limits.disk)} is too small by ${formatSize(disk - limits.disk)} for ${context}: needs ${formatSize(disk)} (${breakdown('disk')})`);

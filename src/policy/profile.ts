@@ -29,8 +29,9 @@ import { BufferPool, sequentialPass } from '../tensor/disk/buffer-pool.js';
 import { UserError } from '../util/errors.js';
 import { formatSize } from '../tensor/tiers/size.js';
 import { runInChild } from '../util/child.js';
+import { camelKeys, snakeKeys, toSnake } from '../util/json-case.js';
 
-export const PROFILE_VERSION = 1;
+export const PROFILE_VERSION = 2;
 
 /** How big the measurements are: 'full' (a minute or two), 'quick' (seconds), 'tiny' (tests). */
 export type ProfileSizes = 'full' | 'quick' | 'tiny';
@@ -430,9 +431,17 @@ export function saveProfile(p: HardwareProfile, file: string): void {
   validateProfile(p, file);
   fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
   const tmp = `${file}.${process.pid}.tmp`;
-  fs.writeFileSync(tmp, JSON.stringify(p, null, 2) + '\n');
+  fs.writeFileSync(tmp, profileJson(p, 2) + '\n');
   fs.renameSync(tmp, file);
 }
+
+/** A profile as its file holds it and `tierlm profile --json` prints it: snake_case keys. */
+export function profileJson(p: HardwareProfile, indent?: number): string {
+  return JSON.stringify(snakeKeys(p, OPAQUE), null, indent);
+}
+
+/** The CPU feature map's keys are feature names, kept as they are. */
+const OPAQUE = ['features'];
 
 /** A malformed or outdated profile file; the message names the file and the field. */
 export class ProfileFileError extends UserError {
@@ -454,7 +463,7 @@ export function loadProfile(file: string): HardwareProfile | null {
   }
   let v: unknown;
   try {
-    v = JSON.parse(text);
+    v = camelKeys(JSON.parse(text), OPAQUE);
   } catch (e) {
     throw new ProfileFileError(file, `is not valid JSON: ${(e as Error).message}`);
   }
@@ -467,7 +476,7 @@ const MODES: readonly string[] = ['fp32', 'bf16'];
 
 function validateProfile(v: unknown, file: string): asserts v is HardwareProfile {
   const bad = (field: string, want: string): never => {
-    throw new ProfileFileError(file, `field ${field} must be ${want}`);
+    throw new ProfileFileError(file, `field ${toSnake(field)} must be ${want}`);
   };
   const obj = (x: unknown, field: string): Record<string, unknown> =>
     (typeof x === 'object' && x !== null && !Array.isArray(x) ? (x as Record<string, unknown>) : bad(field, 'an object'));

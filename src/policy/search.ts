@@ -12,6 +12,7 @@ import highsModule, { type LegacyHighs } from 'highs';
 import type { ModelConfig } from '../models/config.js';
 import { formatSize } from '../tensor/tiers/size.js';
 import { UserError } from '../util/errors.js';
+import { optionName } from '../util/names.js';
 import { type LayerCosts, type LinearTime, type PartBytes, type Placement, type Prediction, type Rates, type UnitCost, type Workload, layerCosts, predict } from './cost-model.js';
 import { type Limits, type MemoryItem, blockItems, weightItems } from './memory.js';
 import { DEFAULT_POLICY, type Policy } from './policy.js';
@@ -175,7 +176,7 @@ export async function searchPolicy(input: SearchInput): Promise<Plan> {
     const W = input.layerBytes.reduce((a, b) => a + b, 0);
     if (input.limits.disk === 0) {
       throw new UserError(`the model does not fit in the RAM limit ${formatSize(ramLimit)} and no disk tier was given: ` +
-        `add --disk-dir DIR (with at least ${formatSize(W)} free for its packed weights), or raise --ram by about ${formatSize(smallestRam / share - ramLimit)}`);
+        `add ${optionName('diskDir')} (with at least ${formatSize(W)} free for its packed weights), or raise ${optionName('ramBytes')} by about ${formatSize(smallestRam / share - ramLimit)}`);
     }
     if (smallestRam > ramCap) {
       throw new UserError(`RAM limit ${formatSize(ramLimit)} is too small by ${formatSize(smallestRam / share - ramLimit)}: even with the weights, cache and activations on disk and one sequence per batch, ` +

@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { UserError } from '../util/errors.js';
+import { optionName } from '../util/names.js';
 import { type BlockFile, openBlockFile } from './block-file.js';
 import { SpillFiles } from './spill-files.js';
 
@@ -20,7 +21,7 @@ export class DiskTier {
   ) {}
 
   static async open(dir: string | undefined, capacity?: number): Promise<DiskTier> {
-    if (!dir) throw new UserError('the policy puts data on disk, but no disk directory was given (--disk-dir DIR)');
+    if (!dir) throw new UserError(`the policy puts data on disk, but no disk directory was given (${optionName('diskDir')})`);
     if (!fs.existsSync(dir)) throw new UserError(`disk directory ${dir} does not exist`);
     if (!fs.statSync(dir).isDirectory()) throw new UserError(`disk directory ${dir} is not a directory`);
     try {

@@ -28,3 +28,13 @@ export function cliPeak(args: string[], env: Record<string, string> = {}): CliRe
   if (!m) throw new Error(`no peak RSS reported: ${r.stderr}`);
   return { ...r, stderr: r.stderr.slice(0, m.index), peakRssBytes: Number(m[1]) };
 }
+
+/** The CLI as a shell command line, for pipelines. */
+export const tierlm = `'${process.execPath}' --import tsx '${path.join(repoRoot, 'src/cli/run.ts')}'`;
+
+/** Runs a shell pipeline (bash, with pipefail off: a pipeline's status is its last command's).
+ *  The timeout makes a pipeline that never ends fail the test instead of hanging it. */
+export function shell(command: string, timeoutMs = 120_000): CliResult {
+  const r = spawnSync('bash', ['-c', command], { cwd: repoRoot, encoding: 'utf8', env: process.env, timeout: timeoutMs });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}

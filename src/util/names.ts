@@ -1,0 +1,39 @@
+// Error messages name an option the way the user wrote it: a CLI flag when the command line is
+// in use, the API's option name otherwise. The engine's messages ask `optionName` instead of
+// spelling a flag, so a library caller is never told to pass `--disk-dir`.
+
+export type NameStyle = 'api' | 'flags';
+
+let style: NameStyle = 'api';
+
+/** Called once by the CLI before it runs a command. */
+export function useFlagNames(): void {
+  style = 'flags';
+}
+
+export function nameStyle(): NameStyle {
+  return style;
+}
+
+const NAMES = {
+  diskDir: ['diskDir', '--disk-dir DIR'],
+  ramBytes: ['ramBytes', '--ram'],
+  diskBytes: ['diskBytes', '--disk'],
+  deviceBytes: ['deviceBytes', '--device-mem'],
+  percents: ["the policy's percents (wCpuPercent, cacheCpuPercent, actCpuPercent)", '--percent'],
+  devicePercents: ["the policy's device percents (wGpuPercent, cacheGpuPercent, actGpuPercent)", 'the device percents (--percent)'],
+} as const;
+
+export function optionName(key: keyof typeof NAMES): string {
+  return NAMES[key][style === 'api' ? 0 : 1];
+}
+
+/** Refuses keys an options object does not know, by name (a misspelt option is never ignored). */
+export function checkKeys(obj: object | undefined, known: readonly string[], what: string): void {
+  if (obj === undefined) return;
+  if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) throw new TypeError(`${what} must be an object`);
+  const unknown = Object.keys(obj).filter((k) => !known.includes(k));
+  if (unknown.length > 0) {
+    throw new TypeError(`${what}: unknown option${unknown.length > 1 ? 's' : ''} ${unknown.map((k) => `"${k}"`).join(', ')} (known: ${known.join(', ')})`);
+  }
+}

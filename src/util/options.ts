@@ -1,0 +1,49 @@
+// One validator per option, shared by the API, the CLI's flags, policy files and the JSONL request
+// fields, so every surface accepts the same values and says what it wants in the user's own name.
+
+export interface Rule {
+  /** The API's name: a GenerateParams key, `sampling.<key>` or a LoadOptions key. */
+  api: string;
+  flag: string;
+  /** The key in a JSONL request line, where a request may set it. */
+  json?: string;
+  ok: (v: number) => boolean;
+  want: string;
+}
+
+const int = (min: number) => (v: number) => Number.isSafeInteger(v) && v >= min;
+const finite = (lo: number, hi: number) => (v: number) => Number.isFinite(v) && v >= lo && v <= hi;
+
+export const RULES = {
+  maxNewTokens: { api: 'maxNewTokens', flag: '--max-new-tokens', ok: int(1), want: 'an integer >= 1' },
+  n: { api: 'n', flag: '--n', json: 'n', ok: int(1), want: 'an integer >= 1' },
+  temperature: { api: 'sampling.temperature', flag: '--temperature', json: 'temperature', ok: finite(0, Infinity), want: 'a number >= 0 (0 = greedy)' },
+  topK: { api: 'sampling.topK', flag: '--top-k', json: 'top_k', ok: int(0), want: 'an integer >= 0 (0 = no cut)' },
+  topP: { api: 'sampling.topP', flag: '--top-p', json: 'top_p', ok: (v) => v > 0 && v <= 1, want: 'a number in (0, 1]' },
+  minP: { api: 'sampling.minP', flag: '--min-p', json: 'min_p', ok: finite(0, 1), want: 'a number in [0, 1]' },
+  seed: { api: 'sampling.seed', flag: '--seed', json: 'seed', ok: int(0), want: 'an integer >= 0' },
+  repetitionPenalty: { api: 'sampling.repetitionPenalty', flag: '--repetition-penalty', json: 'repetition_penalty', ok: (v) => Number.isFinite(v) && v > 0, want: 'a number > 0 (1 = none)' },
+  presencePenalty: { api: 'sampling.presencePenalty', flag: '--presence-penalty', json: 'presence_penalty', ok: finite(-2, 2), want: 'a number in [-2, 2]' },
+  frequencyPenalty: { api: 'sampling.frequencyPenalty', flag: '--frequency-penalty', json: 'frequency_penalty', ok: finite(-2, 2), want: 'a number in [-2, 2]' },
+  gpuBatchSize: { api: 'policy.gpuBatchSize', flag: '--gpu-batch-size', ok: int(1), want: 'an integer >= 1' },
+  attnSparsity: { api: 'policy.attnSparsity', flag: '--attn-sparsity', ok: (v) => v > 0 && v <= 1, want: 'a number in (0, 1]' },
+  batchSize: { api: 'batchSize', flag: '--batch-size', ok: int(1), want: 'an integer >= 1' },
+  numGpuBatches: { api: 'numGpuBatches', flag: '--num-gpu-batches', ok: int(1), want: 'an integer >= 1' },
+  threads: { api: 'threads', flag: '--threads', ok: int(1), want: 'an integer >= 1' },
+} satisfies Record<string, Rule>;
+
+export type RuleName = keyof typeof RULES;
+
+/** The message for a bad value, naming the option as `style` calls it; null when the value is good. */
+export function checkValue(rule: RuleName, v: unknown, style: 'api' | 'flag' | 'json'): string | null {
+  const r: Rule = RULES[rule];
+  if (typeof v === 'number' && r.ok(v)) return null;
+  const name = style === 'api' ? r.api : style === 'flag' ? r.flag : r.json ?? r.api;
+  return `${name} must be ${r.want}, got ${style === 'flag' ? `"${String(v)}"` : JSON.stringify(v) ?? String(v)}`;
+}
+
+/** Throws a RangeError (or a TypeError for a value that is not a number) naming the API option. */
+export function checkApiValue(rule: RuleName, v: unknown): void {
+  const msg = checkValue(rule, v, 'api');
+  if (msg) throw typeof v === 'number' ? new RangeError(msg) : new TypeError(msg);
+}

@@ -1,0 +1,101 @@
+// The API is what docs/api.md says: every name it lists is exported from the package entry point
+// (and nothing undocumented is), options are optional in the types, unknown keys throw a TypeError
+// naming them, messages name API options rather than CLI flags, generate() after close() throws.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import * as api from '../src/index.js';
+import { loadModel } from '../src/index.js';
+import { repoRoot, fixturesDir, tmpDir } from './helpers/fixtures.js';
+
+const opt = path.join(fixturesDir, 'opt-tiny');
+const doc = fs.readFileSync(path.join(repoRoot, 'docs/api.md'), 'utf8');
+const documented = [...doc.matchAll(/^Exports: (.*)$/gm)].flatMap((m) => [...m[1]!.matchAll(/`([A-Za-z_][A-Za-z0-9_]*)`/g)].map((x) => x[1]!));
+const index = fs.readFileSync(path.join(repoRoot, 'src/index.ts'), 'utf8');
+/** Type-only exports: `type X` inside an export list, or `export type { X, Y }`. */
+const typeExports = new Set([
+  ...[...index.matchAll(/\btype ([A-Za-z_][A-Za-z0-9_]*)/g)].map((m) => m[1]!),
+  ...[...index.matchAll(/export type \{([^}]*)\}/g)].flatMap((m) => m[1]!.split(',').map((s) => s.trim()).filter(Boolean)),
+]);
+
+describe('the package entry point', () => {
+  it('is src/index.ts compiled: package.json main and types point at its output', () => {
+    const pkg = JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8'));
+    expect([pkg.main, pkg.types]).toEqual(['dist/index.js', 'dist/index.d.ts']);
+  });
+
+  it('exports every name docs/api.md lists, and documents every export', () => {
+    expect(documented.length).toBeGreaterThan(40);
+    const missing = documented.filter((n) => !(n in api) && !typeExports.has(n));
+    expect(missing).toEqual([]);
+    const undocumented = [...Object.keys(api), ...typeExports].filter((n) => !documented.includes(n));
+    expect(undocumented).toEqual([]);
+  });
+
+  it('type-checks the documented usage: optional options are optional, misspelt ones are errors', () => {
+    const tsc = path.join(repoRoot, 'node_modules/typescript/bin/tsc');
+    const out = (() => {
+      try {
+        return execFileSync(process.execPath, [tsc, '-p', path.join(repoRoot, 'test/types/tsconfig.json')], { encoding: 'utf8' });
+      } catch (e) {
+        return String((e as { stdout?: string }).stdout) + String((e as Error).message);
+      }
+    })();
+    expect(out).toBe('');
+  }, 180_000);
+});
+
+describe('options are checked by name', () => {
+  it('unknown keys throw a TypeError naming them, in every options object', async () => {
+    await expect(loadModel(opt, { ram: 1 } as never)).rejects.toThrow(new TypeError('loadModel() options: unknown option "ram" (known: precision, backend, threads, policy, diskDir, diskBytes, ramBytes, deviceBytes)'));
+    await expect(loadModel(opt, { policy: { gpu_batch_size: 2 } as never })).rejects.toThrow(/policy: unknown option "gpu_batch_size"/);
+    const model = await loadModel(opt);
+    try {
+      expect(() => model.generate([], { max_new_tokens: 3 } as never)).toThrow(TypeError);
+      expect(() => model.generate([], { max_new_tokens: 3 } as never)).toThrow(/unknown option "max_new_tokens"/);
+      expect(() => model.generate([], { sampling: { top_p: 0.5 } as never })).toThrow(/params.sampling: unknown option "top_p"/);
+      expect(() => model.generate([], { sampling: { topP: 0 } })).toThrow(new RangeError('sampling.topP must be a number in (0, 1], got 0'));
+      const results = [];
+      for await (const r of model.generate([
+        { id: 'a', promptTokenIds: [1, 2] }, { id: 'b', promptTokenIds: [1, 99999] }, { id: 'c', promptTokenIds: [3], max_tokens: 2 } as never,
+      ], { maxNewTokens: 2 })) results.push(r);
+      expect(results.map((r) => ('error' in r ? r.error : 'ok'))).toEqual([
+        'ok', 'promptTokenIds[1] = 99999 is not a token id in [0, 512)', 'request "c": unknown option "max_tokens" (known: id, prompt, promptTokenIds, messages, sampling, n)',
+      ]);
+    } finally {
+      await model.close();
+    }
+  });
+
+  it('messages name API options, not CLI flags', async () => {
+    const e1 = await loadModel(opt, { policy: { wCpuPercent: 50 } }).catch((e: Error) => e);
+    expect((e1 as Error).message).toContain('no disk directory was given (diskDir)');
+    const e2 = await loadModel(opt, { policy: { gpuBatchSize: 0 } }).catch((e: Error) => e);
+    expect((e2 as Error).message).toBe('policy: policy.gpuBatchSize must be a positive integer, got 0');
+    const e3 = await loadModel(opt, { ramBytes: 1000 }).catch((e: Error) => e);
+    expect((e3 as Error).message).toMatch(/RAM limit .* too small/);
+    // A block that does not fit names its shape as plan prints it: gpu batch size × batches.
+    const m = await loadModel(opt, { ramBytes: 600 * 1024, policy: { gpuBatchSize: 16, numGpuBatches: 2 } });
+    const requests = Array.from({ length: 32 }, (_, i) => ({ id: `r${i}`, promptTokenIds: [5, 6, 7] }));
+    const e4 = await (async () => {
+      for await (const r of m.generate(requests)) void r;
+    })().catch((e: Error) => e).finally(() => m.close());
+    expect((e4 as Error).message).toMatch(/for a block of 16 × 2 \(gpu batch size × batches\)/);
+    for (const e of [e1, e2, e3, e4]) expect((e as Error).message).not.toMatch(/--[a-z]/);
+  });
+
+  it('generate() after close() throws', async () => {
+    const model = await loadModel(opt);
+    await model.close();
+    expect(() => model.generate([{ id: 'a', promptTokenIds: [1] }])).toThrow(/after close\(\)/);
+  });
+
+  it('a policy file is read with snake_case keys and its messages name them', () => {
+    const file = path.join(tmpDir('api'), 'p.json');
+    fs.writeFileSync(file, JSON.stringify(api.policyToJson({ ...api.DEFAULT_POLICY, cacheDtype: 'f16' })));
+    const p = api.policyFromJson(JSON.parse(fs.readFileSync(file, 'utf8')));
+    expect(p.cacheDtype).toBe('f16');
+    expect(() => api.policyFromJson({ cache_dtype: 'q8' })).toThrow('cache_dtype must be "f32" or "f16", got "q8"');
+  });
+});

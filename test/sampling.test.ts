@@ -1,0 +1,171 @@
+// Sampling: penalties, min-p, top-k/top-p and n samples per prompt, each against a plain
+// reference written from the HF / vLLM / OpenAI definitions; the same fields through the API, the
+// CLI's flags and a JSONL request line give the same tokens, whatever the batching.
+import fs from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { type GenerationResult, type SamplingParams, loadModel } from '../src/index.js';
+import { GREEDY, Rng, TokenHistory, applyPenalties, argmax, candidates, sample } from '../src/engine/sampling.js';
+import { cli } from './helpers/cli.js';
+import { type Prompt, fixturePrompts, readJsonl, fixturesDir, tmpDir } from './helpers/fixtures.js';
+import { rng } from './helpers/random.js';
+
+/** The reference: float64, every token, each step as its definition reads. Returns token → probability. */
+function reference(logits: number[], p: SamplingParams, prompt: number[], generated: number[]): Map<number, number> {
+  const l = [...logits];
+  // Hugging Face RepetitionPenaltyLogitsProcessor, over prompt and output.
+  for (const t of new Set([...prompt, ...generated])) l[t] = l[t]! > 0 ? l[t]! / p.repetitionPenalty : l[t]! * p.repetitionPenalty;
+  // OpenAI: logit -= presence · [count > 0] + frequency · count, over generated tokens.
+  const counts = new Map<number, number>();
+  for (const t of generated) counts.set(t, (counts.get(t) ?? 0) + 1);
+  for (const [t, c] of counts) l[t] = l[t]! - p.presencePenalty * (c > 0 ? 1 : 0) - p.frequencyPenalty * c;
+  const max = Math.max(...l);
+  const e = l.map((x) => Math.exp((x - max) / p.temperature));
+  const z = e.reduce((a, b) => a + b, 0);
+  let order = e.map((v, i) => ({ i, p: v / z })).sort((a, b) => b.p - a.p);
+  if (p.topK > 0) order = order.slice(0, p.topK);
+  if (p.topP < 1) {
+    // The smallest prefix whose mass reaches top_p (of the mass left after top-k).
+    const mass = order.reduce((a, b) => a + b.p, 0);
+    let cum = 0;
+    order = order.filter((x) => {
+      const keep = cum < p.topP * mass;
+      cum += x.p;
+      return keep;
+    });
+  }
+  const pmax = order[0]!.p;
+  order = order.filter((x) => x.p >= p.minP * pmax);
+  const kept = order.reduce((a, b) => a + b.p, 0);
+  return new Map(order.map((x) => [x.i, x.p / kept]));
+}
+
+function randomCase(seed: number) {
+  const r = rng(seed);
+  const vocab = 50;
+  const logits = Array.from({ length: vocab }, () => (r() * 2 - 1) * 4);
+  const pick = <T>(xs: T[]) => xs[Math.floor(r() * xs.length)]!;
+  const p: SamplingParams = {
+    ...GREEDY,
+    temperature: pick([0.5, 1, 1.7]),
+    topK: pick([0, 5, 20]),
+    topP: pick([1, 0.9, 0.5]),
+    minP: pick([0, 0.05, 0.3]),
+    seed,
+    repetitionPenalty: pick([1, 1.3, 0.8]),
+    presencePenalty: pick([0, 0.5, -1]),
+    frequencyPenalty: pick([0, 0.4, 1.5]),
+  };
+  const prompt = Array.from({ length: 6 }, () => Math.floor(r() * vocab));
+  const generated = Array.from({ length: 8 }, () => Math.floor(r() * vocab));
+  return { logits, p, prompt, generated };
+}
+
+describe('sampling against the reference', () => {
+  it('the distribution after penalties, temperature, top-k, top-p and min-p matches, over 300 random cases', () => {
+    for (let seed = 1; seed <= 300; seed++) {
+      const { logits, p, prompt, generated } = randomCase(seed);
+      const h = new TokenHistory(prompt);
+      for (const t of generated) h.add(t);
+      const { idx, probs } = candidates(applyPenalties(Float32Array.from(logits), p, h), p);
+      const total = probs.reduce((a, b) => a + b, 0);
+      const want = reference(logits, p, prompt, generated);
+      expect(new Set(idx), `case ${seed}`).toEqual(new Set(want.keys()));
+      idx.forEach((t, i) => expect(Math.abs(probs[i]! / total - want.get(t)!), `case ${seed} token ${t}`).toBeLessThan(1e-5));
+    }
+  });
+
+  it('a draw is the inverse CDF of that distribution at the generator\'s next number', () => {
+    for (let seed = 1; seed <= 100; seed++) {
+      const { logits, p, prompt, generated } = randomCase(seed);
+      const h = new TokenHistory(prompt);
+      for (const t of generated) h.add(t);
+      const token = sample(Float32Array.from(logits), p, new Rng(seed, 'x'), h);
+      const want = [...reference(logits, p, prompt, generated)].sort((a, b) => b[1] - a[1]);
+      let u = new Rng(seed, 'x').next();
+      const pick = want.find(([, q]) => (u -= q) < 0)?.[0] ?? want[want.length - 1]![0];
+      expect(token, `case ${seed}`).toBe(pick);
+    }
+  });
+
+  it('greedy decoding applies the penalties too (HF semantics)', () => {
+    const row = Float32Array.from([1, 3, 2.5, -1]);
+    const h = new TokenHistory([1]);
+    expect(sample(row, { ...GREEDY, repetitionPenalty: 1.5 }, new Rng(0, 'g'), h)).toBe(2);
+    h.add(2);
+    expect(sample(row, { ...GREEDY, repetitionPenalty: 1.5, presencePenalty: 1 }, new Rng(0, 'g'), h)).toBe(1);
+    expect(argmax(row)).toBe(1);
+  });
+});
+
+const opt = path.join(fixturesDir, 'opt-tiny');
+const prompts = fixturePrompts();
+
+async function run(sampling: Partial<SamplingParams>, n: number, batchSize: number, numGpuBatches = 1): Promise<GenerationResult[]> {
+  const model = await loadModel(opt, { policy: { gpuBatchSize: batchSize, numGpuBatches } });
+  const out: GenerationResult[] = [];
+  try {
+    for await (const r of model.generate(prompts.map((x: Prompt) => ({ id: x.id, promptTokenIds: x.prompt_token_ids })), { maxNewTokens: 6, stopAtEos: false, n, sampling })) {
+      if ('error' in r) throw new Error(r.error);
+      out.push(r);
+    }
+  } finally {
+    await model.close();
+  }
+  return out;
+}
+
+describe('n samples and penalties in the engine', () => {
+  const sampling = { temperature: 1.2, topK: 40, minP: 0.02, seed: 11, repetitionPenalty: 1.2, presencePenalty: 0.3, frequencyPenalty: 0.2 };
+
+  it('n samples per prompt do not depend on batching; sample 0 is the n = 1 result', async () => {
+    const a = await run(sampling, 3, 1);
+    const b = await run(sampling, 3, 4, 2);
+    expect(b).toEqual(a);
+    expect(a.every((r) => r.samples!.length === 3)).toBe(true);
+    // Samples are drawn apart: on this model at temperature 1.2 they differ.
+    expect(a.some((r) => JSON.stringify(r.samples![1]!.tokenIds) !== JSON.stringify(r.samples![0]!.tokenIds))).toBe(true);
+    const one = await run(sampling, 1, 2);
+    one.forEach((r, i) => expect(r.tokenIds).toEqual(a[i]!.samples![0]!.tokenIds));
+  });
+
+  it('a strong repetition penalty stops greedy decoding from repeating prompt or output tokens', async () => {
+    const plain = await run({}, 1, 8);
+    expect(plain.some((r) => new Set(r.tokenIds).size < r.tokenIds.length)).toBe(true);
+    const penalized = await run({ repetitionPenalty: 1e6 }, 1, 8);
+    penalized.forEach((r, i) => {
+      const seen = [...prompts[i]!.prompt_token_ids, ...r.tokenIds];
+      // The logits of this model are not all of one sign, so a penalty this strong forbids every seen token.
+      expect(new Set(r.tokenIds).size).toBe(r.tokenIds.length);
+      expect(r.tokenIds.some((t) => prompts[i]!.prompt_token_ids.includes(t))).toBe(false);
+      expect(seen.length).toBeGreaterThan(0);
+    });
+  });
+
+  it('the CLI flags and JSONL request fields give what the API gives', async () => {
+    const api = await run(sampling, 2, 8);
+    const dir = tmpDir('sampling');
+    const flagsOut = path.join(dir, 'flags.jsonl');
+    const r = cli(['generate', '--model', opt, '--prompts', path.join(fixturesDir, 'prompts.jsonl'), '--out', flagsOut, '--max-new-tokens', '6', '--ignore-eos',
+      '--n', '2', '--temperature', '1.2', '--top-k', '40', '--min-p', '0.02', '--seed', '11', '--repetition-penalty', '1.2', '--presence-penalty', '0.3',
+      '--frequency-penalty', '0.2', '--batch-size', '3']);
+    expect(r.code, r.stderr).toBe(0);
+    const lines = prompts.map((x) => JSON.stringify({
+      id: x.id, prompt_token_ids: x.prompt_token_ids, n: 2, temperature: 1.2, top_k: 40, min_p: 0.02, seed: 11,
+      repetition_penalty: 1.2, presence_penalty: 0.3, frequency_penalty: 0.2,
+    }));
+    lines.push('{"id": "bad-top-p", "prompt_token_ids": [5], "top_p": 0}', '{"id": "unknown", "prompt_token_ids": [5], "max_tokens": 3}');
+    const input = path.join(dir, 'in.jsonl');
+    fs.writeFileSync(input, lines.join('\n') + '\n');
+    const jsonOut = path.join(dir, 'json.jsonl');
+    const j = cli(['generate', '--model', opt, '--prompts', input, '--out', jsonOut, '--max-new-tokens', '6', '--ignore-eos']);
+    expect(j.code, j.stderr).toBe(2);
+    const want = api.map((x) => ({ id: x.id, samples: x.samples!.map((s) => ({ token_ids: s.tokenIds, finish_reason: s.finishReason })) }));
+    expect(readJsonl(flagsOut)).toEqual(want);
+    const rows = readJsonl<Record<string, any>>(jsonOut);
+    // Lines refused on reading are written as soon as the job writes anything, before the results.
+    expect(rows.filter((x) => !x.error)).toEqual(want);
+    expect(rows.find((x) => x.id === 'bad-top-p')!.error).toMatch(/top_p must be a number in \(0, 1\], got 0/);
+    expect(rows.find((x) => x.id === 'unknown')!.error).toMatch(/unknown field "max_tokens"/);
+  });
+});
