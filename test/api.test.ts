@@ -48,7 +48,7 @@ describe('the package entry point', () => {
 
 describe('options are checked by name', () => {
   it('unknown keys throw a TypeError naming them, in every options object', async () => {
-    await expect(loadModel(opt, { ram: 1 } as never)).rejects.toThrow(new TypeError('loadModel() options: unknown option "ram" (known: precision, backend, threads, policy, diskDir, diskBytes, ramBytes, deviceBytes)'));
+    await expect(loadModel(opt, { ram: 1 } as never)).rejects.toThrow(new TypeError('loadModel() options: unknown option "ram" (known: precision, backend, threads, policy, diskDir, diskBytes, ramBytes, deviceBytes, log)'));
     await expect(loadModel(opt, { policy: { gpu_batch_size: 2 } as never })).rejects.toThrow(/policy: unknown option "gpu_batch_size"/);
     const model = await loadModel(opt);
     try {

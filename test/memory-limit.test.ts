@@ -39,17 +39,17 @@ describe('--ram is a hard limit', () => {
   // under tsx here, which adds about 35 MiB of its own to what a user's compiled CLI peaks at.
   it.each([
     { name: 'planned placement, f16 cache', flags: [], spills: [] },
-    { name: 'f32 cache in RAM and on disk', flags: ['--percent', '0', '30', '0', '50', '0', '100', '--cache-dtype', 'f32'], spills: ['cacheWritten'] },
-    { name: 'cache and activations on disk', flags: ['--percent', '0', '30', '0', '50', '0', '0'], spills: ['cacheWritten', 'actWritten'] },
+    { name: 'f32 cache in RAM and on disk', flags: ['--percent', '0', '30', '0', '50', '0', '100', '--cache-dtype', 'f32'], spills: ['cache_written'] },
+    { name: 'cache and activations on disk', flags: ['--percent', '0', '30', '0', '50', '0', '0'], spills: ['cache_written', 'act_written'] },
   ])('opt-125m under --ram 200MiB: $name, peak RSS within limit + overhead', ({ flags, spills }) => {
     const ram = 200 * MiB;
     const r = cli(['bench', '--config', 'opt-125m', '--model-cache', modelCache, '--prompt-len', '16', '--gen-len', '2',
       '--gpu-batch-size', '4', '--num-gpu-batches', '2', '--ram', '200MiB', '--disk-dir', tmpDir('disk125m'), '--json', ...flags]);
     expect(r.code, r.stderr).toBe(0);
     const res = JSON.parse(r.stdout.trim());
-    expect(res.placement.weightsDisk).toBeGreaterThan(0);
+    expect(res.placement.weights_disk).toBeGreaterThan(0);
     for (const s of spills) expect(res.bytes[s], s).toBeGreaterThan(0);
-    expect(res.peakRssBytes).toBeLessThanOrEqual(ram + RUNTIME_OVERHEAD_BYTES);
+    expect(res.peak_rss_bytes).toBeLessThanOrEqual(ram + RUNTIME_OVERHEAD_BYTES);
   });
 
   // A user's first run: no saved hardware profile, so one is measured (tiny sizes here, to keep

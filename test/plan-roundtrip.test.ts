@@ -34,8 +34,8 @@ function promptsFile(n: number): string {
 }
 
 const cases: [string, string, string[]][] = [
-  ['opt-test', '4MiB', []], ['opt-test', '6MiB', ['--cache-dtype', 'f16']], ['llama-test', '20MiB', []], ['llama-test', '40MiB', ['--compress-weight']],
-  ['opt-tiny', '64MiB', ['--gpu-batch-size', '4']], ['opt-test', '8MiB', ['--gpu-batch-size', '8']],
+  ['opt-test', '6MiB', []], ['opt-test', '7MiB', ['--cache-dtype', 'f16']], ['llama-test', '20MiB', []], ['llama-test', '40MiB', ['--compress-weight']],
+  ['opt-tiny', '64MiB', ['--gpu-batch-size', '4']], ['opt-test', '12MiB', ['--gpu-batch-size', '8']],
   ['llama-test', '24MiB', ['--precision', 'bf16']],
 ];
 

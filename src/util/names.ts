@@ -4,11 +4,15 @@
 
 export type NameStyle = 'api' | 'flags';
 
-let style: NameStyle = 'api';
+// Through the environment, so that child processes a command starts (the planner and the
+// profile run in their own under --ram) name options as their parent does.
+const STYLE_VAR = 'TIERLM_NAME_STYLE';
+let style: NameStyle = process.env[STYLE_VAR] === 'flags' ? 'flags' : 'api';
 
 /** Called once by the CLI before it runs a command. */
 export function useFlagNames(): void {
   style = 'flags';
+  process.env[STYLE_VAR] = 'flags';
 }
 
 export function nameStyle(): NameStyle {
