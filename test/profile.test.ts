@@ -98,6 +98,24 @@ describe('saving and loading', () => {
     expect(() => loadProfile(old)).toThrow(/version/);
   });
 
+  it('measures again over a default profile that another version wrote, but refuses a named one', async () => {
+    const saved = process.env.TIERLM_PROFILE;
+    const stale = path.join(dir, 'stale.json');
+    fs.writeFileSync(stale, JSON.stringify({ version: 1, machine: {} }));
+    const logs: string[] = [];
+    try {
+      process.env.TIERLM_PROFILE = stale;
+      const p = await ensureProfile({ diskDir: dir, sizes: 'tiny', log: (m) => logs.push(m) });
+      expect(logs[0]).toMatch(/from another version of tierlm \(version 1\); measuring again/);
+      expect(loadProfile(stale)).toEqual(p);
+      fs.writeFileSync(stale, JSON.stringify({ version: 1, machine: {} }));
+      await expect(ensureProfile({ file: stale, diskDir: dir, sizes: 'tiny' })).rejects.toThrow(/version/);
+    } finally {
+      if (saved === undefined) delete process.env.TIERLM_PROFILE;
+      else process.env.TIERLM_PROFILE = saved;
+    }
+  });
+
   it('defaults to $TIERLM_PROFILE, else ~/.cache/tierlm/hardware.json', () => {
     const saved = process.env.TIERLM_PROFILE;
     try {

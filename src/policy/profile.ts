@@ -453,6 +453,16 @@ export class ProfileFileError extends UserError {
 
 /** The saved profile, or null when the file does not exist. Throws a ProfileFileError naming the
  *  file when it cannot be read, is not JSON, or lacks or mistypes a field. */
+/** The version field of a saved profile, or null when there is none (no file, not JSON). */
+function savedVersion(file: string): number | null {
+  try {
+    const v = (JSON.parse(fs.readFileSync(file, 'utf8')) as { version?: unknown }).version;
+    return typeof v === 'number' ? v : null;
+  } catch {
+    return null;
+  }
+}
+
 export function loadProfile(file: string): HardwareProfile | null {
   let text: string;
   try {
@@ -590,11 +600,18 @@ export interface EnsureOptions {
  *  returns it. A malformed saved file is an error (ProfileFileError), not silently replaced. */
 export async function ensureProfile(opts: EnsureOptions = {}): Promise<HardwareProfile> {
   const file = opts.file ?? defaultProfilePath();
-  const saved = loadProfile(file);
-  if (saved) return saved;
   const quick = opts.quick ?? true;
   const log = opts.log ?? (() => {});
-  log(`no hardware profile at ${file}; measuring this machine${quick ? ' (quick)' : ''}, once, in a separate process ` +
+  const stale = opts.file === undefined ? savedVersion(file) : null;
+  if (stale !== null && stale !== PROFILE_VERSION) {
+    // The default profile is tierlm's own cache: one an older version wrote is measured again,
+    // not an error the user must clear by hand (a file the user names is theirs, and is checked).
+    log(`the hardware profile at ${file} is from another version of tierlm (version ${stale}); measuring again`);
+  } else {
+    const saved = loadProfile(file);
+    if (saved) return saved;
+  }
+  log(`${stale !== null && stale !== PROFILE_VERSION ? 'measuring' : `no hardware profile at ${file}; measuring`} this machine${quick ? ' (quick)' : ''}, once, in a separate process ` +
     '(its memory is not part of this run, nor of its --ram limit)');
   // A child process: the measurement needs far more memory than a tight --ram allows (the quick
   // profile streams GEMM weights through 384 MiB of copies to defeat the last-level cache).
