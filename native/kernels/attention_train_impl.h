@@ -1,0 +1,199 @@
+// Bodies of the training attention kernels (attention_train.h), included inside a per-ISA
+// namespace. Plain loops written for the auto-vectoriser: along keys (j) or features (c), with
+// reductions kept in independent lanes. Only builtins are called, so no out-of-line copy compiled
+// with wider flags can serve a narrower path.
+
+namespace {
+
+constexpr int64_t B = kBlock;
+
+// exp(x) for x <= 88 (Cephes' expf: range reduction by ln 2, degree-6 polynomial, ~1 ulp);
+// below −87 it returns about 1e-38 instead of 0, which no sum in here can tell apart.
+inline float exp_approx(float x) {
+  x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+  const float t = x * 1.44269504088896341f;
+  const int ni = static_cast<int>(t + (t >= 0.f ? 0.5f : -0.5f));
+  const float n = static_cast<float>(ni);
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const uint32_t bits = static_cast<uint32_t>(ni + 127) << 23;
+  float scale;
+  __builtin_memcpy(&scale, &bits, 4);
+  return p * scale;
+}
+
+inline float lanes_sum(const float* __restrict x, int64_t n) {
+  float acc[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 16; j++) acc[j] += x[i + j];
+  for (; i < n; i++) acc[i & 15] += x[i];
+  float s = 0;
+  for (int j = 0; j < 16; j++) s += acc[j];
+  return s;
+}
+
+inline float lanes_dot(const float* __restrict a, const float* __restrict b, int64_t n) {
+  float acc[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 16; j++) acc[j] += a[i + j] * b[i + j];
+  for (; i < n; i++) acc[i & 15] += a[i] * b[i];
+  float s = 0;
+  for (int j = 0; j < 16; j++) s += acc[j];
+  return s;
+}
+
+inline float lanes_max(const float* __restrict x, int64_t n) {
+  float acc[16];
+  for (int j = 0; j < 16; j++) acc[j] = -__builtin_inff();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 16; j++) acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j];
+  for (; i < n; i++) acc[i & 15] = x[i] > acc[i & 15] ? x[i] : acc[i & 15];
+  float m = acc[0];
+  for (int j = 1; j < 16; j++) m = acc[j] > m ? acc[j] : m;
+  return m;
+}
+
+// xt[c*B + j] = rows j0..j0+nk-1 of a [n, heads, d] tensor at head `head`, transposed.
+void load_t(const float* x, int64_t heads, int64_t head, int64_t d, int64_t j0, int64_t nk, float* __restrict xt) {
+  for (int64_t j = 0; j < nk; j++) {
+    const float* r = x + ((j0 + j) * heads + head) * d;
+    for (int64_t c = 0; c < d; c++) xt[c * B + j] = r[c];
+  }
+}
+
+// s[j] = scale · q·k_j for j < lim (k transposed in kt).
+void scores(const float* __restrict q, const float* __restrict kt, int64_t d, int64_t lim, float scale,
+            float* __restrict s) {
+  for (int64_t j = 0; j < lim; j++) s[j] = 0.f;
+  for (int64_t c = 0; c < d; c++) {
+    const float a = q[c] * scale;
+    const float* __restrict kr = kt + c * B;
+    for (int64_t j = 0; j < lim; j++) s[j] += a * kr[j];
+  }
+}
+
+// y[c] += a · x[c]
+inline void axpy(float a, const float* __restrict x, float* __restrict y, int64_t d) {
+  for (int64_t c = 0; c < d; c++) y[c] += a * x[c];
+}
+
+void forward_rows(const Seq& s, int64_t h, int64_t i0, int64_t nq, float* scratch) {
+  const int64_t d = s.d, kh = h / (s.hq / s.hkv);
+  float* kt = scratch;
+  float* acc = kt + d * B;  // [nq][d]
+  float* sc = acc + B * d;
+  float* m = sc + B;
+  float* l = m + B;
+  for (int64_t i = 0; i < nq; i++) {
+    m[i] = -__builtin_inff();
+    l[i] = 0.f;
+    for (int64_t c = 0; c < d; c++) acc[i * d + c] = 0.f;
+  }
+  for (int64_t j0 = 0; j0 < i0 + nq; j0 += B) {
+    const int64_t nk = i0 + nq - j0 < B ? i0 + nq - j0 : B;
+    load_t(s.k, s.hkv, kh, d, j0, nk, kt);
+    for (int64_t i = 0; i < nq; i++) {
+      const int64_t lim = i0 + i - j0 + 1 < nk ? i0 + i - j0 + 1 : nk;  // causal: keys j0+j <= i0+i
+      if (lim <= 0) continue;
+      scores(s.q + ((i0 + i) * s.hq + h) * d, kt, d, lim, s.scale, sc);
+      const float bm = lanes_max(sc, lim), mnew = bm > m[i] ? bm : m[i];
+      const float alpha = exp_approx(m[i] - mnew);  // m = −inf on the first block: alpha ≈ 0
+      for (int64_t j = 0; j < lim; j++) sc[j] = exp_approx(sc[j] - mnew);
+      l[i] = l[i] * alpha + lanes_sum(sc, lim);
+      m[i] = mnew;
+      float* a = acc + i * d;
+      for (int64_t c = 0; c < d; c++) a[c] *= alpha;
+      for (int64_t j = 0; j < lim; j++) axpy(sc[j], s.v + ((j0 + j) * s.hkv + kh) * d, a, d);
+    }
+  }
+  for (int64_t i = 0; i < nq; i++) {
+    float* o = s.out + ((i0 + i) * s.hq + h) * d;
+    const float inv = 1.f / l[i];
+    for (int64_t c = 0; c < d; c++) o[c] = acc[i * d + c] * inv;
+    s.lse_out[(i0 + i) * s.hq + h] = m[i] + __builtin_logf(l[i]);
+  }
+}
+
+// For query row i against keys j0..j0+lim-1 (kt, vt transposed): p = softmax probabilities from
+// the saved lse, ds = p · (dO·v − delta). Returns nothing; fills p and ds.
+void probs_and_grads(const Seq& s, int64_t h, int64_t i, const float* kt, const float* vt, int64_t lim, float* p,
+                     float* ds) {
+  const int64_t d = s.d;
+  const float* q = s.q + (i * s.hq + h) * d;
+  const float* go = s.dout + (i * s.hq + h) * d;
+  const float lse = s.lse[i * s.hq + h], delta = s.delta[i * s.hq + h];
+  scores(q, kt, d, lim, s.scale, p);
+  for (int64_t j = 0; j < lim; j++) p[j] = exp_approx(p[j] - lse);
+  scores(go, vt, d, lim, 1.0f, ds);  // dP = dO·v
+  for (int64_t j = 0; j < lim; j++) ds[j] = p[j] * (ds[j] - delta);
+}
+
+void backward_kv(const Seq& s, int64_t kh, int64_t j0, int64_t nk, float* scratch) {
+  const int64_t d = s.d, g = s.hq / s.hkv;
+  float* kt = scratch;
+  float* vt = kt + d * B;
+  float* dk = vt + d * B;  // [nk][d]
+  float* dv = dk + B * d;
+  float* p = dv + B * d;
+  float* ds = p + B;
+  for (int64_t x = 0; x < nk * d; x++) dk[x] = dv[x] = 0.f;
+  load_t(s.k, s.hkv, kh, d, j0, nk, kt);
+  load_t(s.v, s.hkv, kh, d, j0, nk, vt);
+  for (int64_t h = kh * g; h < (kh + 1) * g; h++) {
+    for (int64_t i = j0; i < s.n; i++) {  // rows that see at least key j0
+      const int64_t lim = i - j0 + 1 < nk ? i - j0 + 1 : nk;
+      probs_and_grads(s, h, i, kt, vt, lim, p, ds);
+      const float* q = s.q + (i * s.hq + h) * d;
+      const float* go = s.dout + (i * s.hq + h) * d;
+      for (int64_t j = 0; j < lim; j++) {
+        axpy(p[j], go, dv + j * d, d);
+        axpy(ds[j] * s.scale, q, dk + j * d, d);
+      }
+    }
+  }
+  for (int64_t j = 0; j < nk; j++) {
+    float* ko = s.dk + ((j0 + j) * s.hkv + kh) * d;
+    float* vo = s.dv + ((j0 + j) * s.hkv + kh) * d;
+    for (int64_t c = 0; c < d; c++) {
+      ko[c] = dk[j * d + c];
+      vo[c] = dv[j * d + c];
+    }
+  }
+}
+
+void backward_q(const Seq& s, int64_t h, int64_t i0, int64_t nq, float* scratch) {
+  const int64_t d = s.d, kh = h / (s.hq / s.hkv);
+  float* kt = scratch;
+  float* vt = kt + d * B;
+  float* p = vt + d * B;
+  float* ds = p + B;
+  for (int64_t i = 0; i < nq; i++) {
+    float* dq = s.dq + ((i0 + i) * s.hq + h) * d;
+    for (int64_t c = 0; c < d; c++) dq[c] = 0.f;
+  }
+  for (int64_t j0 = 0; j0 < i0 + nq; j0 += B) {
+    const int64_t nk = i0 + nq - j0 < B ? i0 + nq - j0 : B;
+    load_t(s.k, s.hkv, kh, d, j0, nk, kt);
+    load_t(s.v, s.hkv, kh, d, j0, nk, vt);
+    for (int64_t i = i0; i < i0 + nq; i++) {
+      const int64_t lim = i - j0 + 1 < nk ? i - j0 + 1 : nk;
+      if (lim <= 0) continue;
+      probs_and_grads(s, h, i, kt, vt, lim, p, ds);
+      float* dq = s.dq + (i * s.hq + h) * d;
+      for (int64_t j = 0; j < lim; j++) axpy(ds[j] * s.scale, s.k + ((j0 + j) * s.hkv + kh) * d, dq, d);
+    }
+  }
+}
+
+}  // namespace
+
+const Bodies bodies = {forward_rows, backward_kv, backward_q};
