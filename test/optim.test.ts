@@ -5,6 +5,8 @@ import type { AdamWHyper } from '../src/backend/kernels-train.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { fromFloat32 } from '../src/tensor/dtype.js';
 import { referenceKernels } from '../src/backend/reference/index.js';
+import { AdamW } from '../src/optim/adamw.js';
+import { allocParamState, stateBytes } from '../src/optim/state.js';
 import { cpu, expectClose, randomF32, ref } from './helpers/harness.js';
 import { atEveryIsa, restoreSettingsAfterAll } from './helpers/isa.js';
 
@@ -98,6 +100,35 @@ describe('sum of squares', () => {
         results.push(got);
       });
       expect(new Set(results.slice(0, 2)).size, 'same at 1 and 2 threads').toBe(1);
+    }
+  });
+});
+
+describe('AdamW over parameter states (src/optim)', () => {
+  it('clips by the global norm and keeps the bf16 parameters the rounded masters', () => {
+    expect(stateBytes(10, 'bf16')).toBe(180);
+    expect(stateBytes(10, 'bf16', 'bf16')).toBe(160);
+    expect(stateBytes(10, 'fp32')).toBe(160);
+    for (const precision of ['fp32', 'bf16'] as const) {
+      const params = [allocParamState('w', [3, 5], precision, randomF32([15], 1).data), allocParamState('b', [5], precision, randomF32([5], 2).data)];
+      const ref64 = params.map((p) => ({ master: Float64Array.from(p.master.data), m: new Float64Array(p.master.size), v: new Float64Array(p.master.size) }));
+      const opt = new AdamW(C, params, { lr: 1e-2, maxGradNorm: 0.5 });
+      for (let step = 1; step <= 3; step++) {
+        opt.zeroGrad();
+        params.forEach((p, i) => (p.grad.data as Float32Array).set(randomF32([p.master.size], 10 * step + i).data));
+        let ss = 0;
+        for (const p of params) for (const g of p.grad.data as Float32Array) ss += g * g;
+        const r = opt.update();
+        expect(Math.abs(r.gradNorm - Math.sqrt(ss)) / Math.sqrt(ss)).toBeLessThan(1e-12);
+        expect(r.clipCoef).toBeCloseTo(0.5 / (Math.sqrt(ss) + 1e-6), 12);
+        params.forEach((p, i) => referenceKernels.adamw(Float64Array.from(p.grad.data as Float32Array), 'f32', ref64[i]!.master, ref64[i]!.m, ref64[i]!.v, null,
+          { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, gradScale: r.clipCoef, step }));
+      }
+      params.forEach((p, i) => {
+        expectClose(p.master.data, ref64[i]!.master, 1e-6, `${precision} ${p.name}`);
+        if (precision === 'bf16') expect(Array.from(p.param.data)).toEqual(Array.from(fromFloat32('bf16', p.master.data)));
+        else expect(p.param).toBe(p.master);
+      });
     }
   });
 });
