@@ -1,0 +1,23 @@
+// Timing helpers shared by the training benchmarks (bench/adamw.ts, bench/grad.ts).
+import { readFileSync } from 'node:fs';
+
+/** Best wall time (seconds) of fn over `reps` runs after one warm-up. */
+export function bestOf(reps: number, fn: () => void): number {
+  fn();
+  let best = Infinity;
+  for (let i = 0; i < reps; i++) {
+    const t = performance.now();
+    fn();
+    best = Math.min(best, performance.now() - t);
+  }
+  return best / 1000;
+}
+
+/** The CPU's model name from /proc/cpuinfo ('unknown' elsewhere). */
+export function cpuModel(): string {
+  try {
+    return /model name\s*:\s*(.*)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim() ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
