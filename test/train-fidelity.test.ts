@@ -1,0 +1,81 @@
+// Training through the API against the float64 golden runs of test/fixtures/train (a copy of
+// ../shared/fixtures/train; see its README): step-1 gradients of every parameter, the 3 per-step
+// losses and gradient norms, and every tensor's update after 3 AdamW steps with clipping, in fp32.
+import fs from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { SafetensorsFile } from '../src/formats/safetensors.js';
+import { toFloat32 } from '../src/tensor/dtype.js';
+import { type TrainSequence, openTrainer } from '../src/train/index.js';
+import { localFixtures, readJsonl } from './helpers/fixtures.js';
+
+const FIX = path.join(localFixtures, 'train');
+
+export function fixtureBatch(): TrainSequence[] {
+  return readJsonl<{ token_ids: number[]; labels?: number[] }>(path.join(FIX, 'batch.jsonl')).map((l) => ({ tokenIds: l.token_ids, labels: l.labels }));
+}
+
+function readAll(file: string): Map<string, Float32Array> {
+  const f = SafetensorsFile.open(file);
+  try {
+    return new Map([...f.tensors.keys()].map((n) => {
+      const t = f.read(n);
+      return [n, toFloat32(t.dtype as 'f32', t.data as Float32Array, true)];
+    }));
+  } finally {
+    f.close();
+  }
+}
+
+/** ‖a − b‖ / ‖b‖ (Frobenius), in double. */
+function relFrob(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let d = 0, n = 0;
+  for (let i = 0; i < b.length; i++) {
+    d += (a[i]! - b[i]!) ** 2;
+    n += b[i]! ** 2;
+  }
+  return Math.sqrt(d / n);
+}
+
+const sub = (a: Float32Array, b: Float32Array) => Float64Array.from(a, (x, i) => x - b[i]!);
+
+describe.each(['opt-train', 'llama-train'])('%s against its float64 golden run', (name) => {
+  const dir = path.join(FIX, name);
+  const ref = JSON.parse(fs.readFileSync(path.join(dir, 'reference.json'), 'utf8')) as {
+    losses: number[]; grad_norms: number[]; lr: number; weight_decay: number; max_grad_norm: number;
+  };
+
+  it('fp32: step-1 gradients, 3 losses and every update', async () => {
+    const trainer = await openTrainer(dir, { lr: ref.lr, weightDecay: ref.weight_decay, maxGradNorm: ref.max_grad_norm });
+    const before = new Map(trainer.parameters().map((p) => [p.name, p.master.data.slice()]));
+    const grads = readAll(path.join(dir, 'grads-step1.safetensors'));
+    const after = readAll(path.join(dir, 'params-after-3-steps.safetensors'));
+    expect(trainer.parameters().map((p) => p.name).sort()).toEqual([...grads.keys()].sort());
+    const batch = fixtureBatch();
+    const metrics = [await trainer.step(batch)];
+    const gradErr: Record<string, number> = {};
+    for (const p of trainer.parameters()) gradErr[p.name] = relFrob(p.grad.data as Float32Array, grads.get(p.name)!);
+    metrics.push(await trainer.step(batch), await trainer.step(batch));
+
+    const worst = (errs: Record<string, number>, skip: (n: string) => boolean) =>
+      Object.entries(errs).filter(([n]) => !skip(n)).reduce((w, e) => (e[1] > w[1] ? e : w), ['', 0]);
+    const kBias = (n: string) => n.includes('k_proj.bias');
+    const updateErr: Record<string, number> = {};
+    for (const p of trainer.parameters()) updateErr[p.name] = relFrob(sub(p.master.data, before.get(p.name)!), sub(after.get(p.name)!, before.get(p.name)!));
+    const lossErr = metrics.map((m, i) => Math.abs(m.loss - ref.losses[i]!) / ref.losses[i]!);
+    const normErr = metrics.map((m, i) => Math.abs(m.gradNorm - ref.grad_norms[i]!) / ref.grad_norms[i]!);
+    console.log(`${name}: worst grad ${worst(gradErr, kBias).join(' ')}; loss rel ${lossErr.map((e) => e.toExponential(2)).join(' ')}; ` +
+      `grad-norm rel ${normErr.map((e) => e.toExponential(2)).join(' ')}; worst update ${worst(updateErr, kBias).join(' ')}`);
+
+    for (const [n, e] of Object.entries(gradErr)) {
+      // k_proj biases: the true gradient is exactly 0 (README), ours must be rounding-small.
+      if (kBias(n)) expect(Math.hypot(...(trainer.parameters().find((p) => p.name === n)!.grad.data as Float32Array)), n).toBeLessThan(1e-5);
+      else expect(e, `step-1 gradient of ${n}`).toBeLessThanOrEqual(1e-5);
+    }
+    lossErr.forEach((e, i) => expect(e, `loss of step ${i + 1}`).toBeLessThanOrEqual(1e-5));
+    normErr.forEach((e, i) => expect(e, `grad norm of step ${i + 1}`).toBeLessThanOrEqual(1e-5));
+    for (const [n, e] of Object.entries(updateErr)) if (!kBias(n)) expect(e, `update of ${n}`).toBeLessThanOrEqual(1e-3);
+    expect(metrics.map((m) => m.step)).toEqual([1, 2, 3]);
+    expect(metrics[0]!.tokens).toBe(55);
+  });
+});
