@@ -6,14 +6,8 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { SafetensorsFile } from '../src/formats/safetensors.js';
 import { toFloat32 } from '../src/tensor/dtype.js';
-import { type TrainSequence, openTrainer } from '../src/train/index.js';
-import { localFixtures, readJsonl } from './helpers/fixtures.js';
-
-const FIX = path.join(localFixtures, 'train');
-
-export function fixtureBatch(): TrainSequence[] {
-  return readJsonl<{ token_ids: number[]; labels?: number[] }>(path.join(FIX, 'batch.jsonl')).map((l) => ({ tokenIds: l.token_ids, labels: l.labels }));
-}
+import { openTrainer } from '../src/train/index.js';
+import { TRAIN_FIXTURES as FIX, fixtureBatch } from './helpers/train.js';
 
 function readAll(file: string): Map<string, Float32Array> {
   const f = SafetensorsFile.open(file);
