@@ -153,11 +153,33 @@ export class ParamStore implements ParamSource {
     return this.entries.has(name);
   }
 
+  /** Packed copies kept from beginStep() to endStep(): within a step the parameters do not change,
+   *  so the backward's recompute and later micro-batches reuse the forward's packing. */
+  private packs: Map<string, PackedWeight> | null = null;
+
+  beginStep(): void {
+    this.packs = new Map();
+  }
+
+  endStep(): void {
+    this.packs = null;
+  }
+
+  private packed(base: string, transposed: boolean): PackedWeight {
+    const key = transposed ? `${base}ᵀ` : base;
+    let w = this.packs?.get(key);
+    if (!w) {
+      const p = this.get(`${base}.weight`).param;
+      w = transposed ? this.backend.packWeightT(p, this.mode, base) : this.backend.packWeight(p, this.mode, base);
+      this.packs?.set(key, w);
+    }
+    return w;
+  }
+
   private linear(base: string, backward: boolean): TrainLinear {
-    const p = this.get(`${base}.weight`).param;
     return {
-      w: this.backend.packWeight(p, this.mode, base),
-      wT: backward ? this.backend.packWeightT(p, this.mode, base) : null,
+      w: this.packed(base, false),
+      wT: backward ? this.packed(base, true) : null,
       b: this.has(`${base}.bias`) ? this.vector(`${base}.bias`) : null,
     };
   }
@@ -184,7 +206,7 @@ export class ParamStore implements ParamSource {
   }
 
   releaseLayer(_j: number): void {
-    // Packed copies are dropped with the LayerParams; the states stay where they are.
+    // The states stay where they are; packed copies live until endStep().
   }
 
   fetchGlobals(backward: boolean): GlobalParams {

@@ -104,7 +104,12 @@ export class Trainer {
     if (targets === 0) throw new UserError('the step has no target to learn (every label is -100)');
     this.optimizer.zeroGrad();
     let loss = 0;
-    for (const m of packed) loss += this.model.lossAndGrad(m, 1 / targets).loss;
+    this.store.beginStep();
+    try {
+      for (const m of packed) loss += this.model.lossAndGrad(m, 1 / targets).loss;
+    } finally {
+      this.store.endStep();
+    }
     const lr = learningRate(this.schedule, this.optimizer.step);
     const { gradNorm } = this.optimizer.update(lr);
     return { step: this.optimizer.step, loss: loss / targets, gradNorm, lr, tokens: packed.reduce((n, m) => n + m.ids.length, 0), targets,
