@@ -6,6 +6,8 @@ export type { GenerationRequest, GenerationResult, RequestError, FinishReason } 
 export type { SamplingParams } from './engine/sampling.js';
 export type { ModelConfig } from './models/config.js';
 export { supportedModelTypes } from './models/registry.js';
+export { openTrainer, Trainer, type TrainerOptions, type StepMetrics, type TrainSequence, type LrSchedule } from './train/index.js';
+export type { ParamState, Precision } from './optim/state.js';
 export { Tensor } from './tensor/tensor.js';
 export type { DType, FloatDType } from './tensor/dtype.js';
 export {

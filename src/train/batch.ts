@@ -33,6 +33,10 @@ export function packMicroBatch(seqs: readonly TrainSequence[], vocab: number, ma
     if (n === 0) throw new UserError(`sequence ${i} is empty`);
     if (n > maxPositions) throw new UserError(`sequence ${i} has ${n} tokens, more than the model's ${maxPositions} positions`);
     if (s.labels && s.labels.length !== n) throw new UserError(`sequence ${i}: labels has ${s.labels.length} entries, token_ids ${n}`);
+    for (let p = 0; p < n; p++) {
+      const id = s.tokenIds[p]!;
+      if (!Number.isInteger(id) || id < 0 || id >= vocab) throw new UserError(`sequence ${i}: token ${p} = ${id} is outside the vocabulary of ${vocab}`);
+    }
     seqStarts[i + 1] = seqStarts[i]! + n;
   });
   const t = seqStarts[seqs.length]!;
@@ -42,9 +46,7 @@ export function packMicroBatch(seqs: readonly TrainSequence[], vocab: number, ma
     const o = seqStarts[i]!, n = s.tokenIds.length;
     const labels = s.labels ?? s.tokenIds;
     for (let p = 0; p < n; p++) {
-      const id = s.tokenIds[p]!;
-      if (!Number.isInteger(id) || id < 0 || id >= vocab) throw new UserError(`sequence ${i}: token ${p} = ${id} is outside the vocabulary of ${vocab}`);
-      ids[o + p] = id;
+      ids[o + p] = s.tokenIds[p]!;
       positions[o + p] = p;
       const target = p + 1 < n ? labels[p + 1]! : IGNORE_INDEX;
       if (target !== IGNORE_INDEX && !(Number.isInteger(target) && target >= 0 && target < vocab)) {

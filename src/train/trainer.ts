@@ -10,7 +10,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { type Backend, cpuBackend } from '../backend/index.js';
+import { type Backend, cpuBackend, setThreads } from '../backend/index.js';
 import { TensorStore } from '../formats/safetensors.js';
 import { writeSafetensors } from '../formats/safetensors-writer.js';
 import type { ModelConfig } from '../models/config.js';
@@ -44,6 +44,8 @@ export interface TrainerOptions {
   checkpointActivations?: boolean;
   /** Compute backend (default: the native CPU backend). */
   backend?: Backend;
+  /** Compute threads (sets the process-wide native pool; default: unchanged, every core). */
+  threads?: number;
 }
 
 export interface StepMetrics {
@@ -147,6 +149,7 @@ export async function openTrainer(dir: string, options: TrainerOptions = {}): Pr
   const precision = options.precision ?? 'fp32';
   if (precision !== 'fp32' && precision !== 'bf16') throw new RangeError(`precision must be 'fp32' or 'bf16', got ${String(precision)}`);
   const backend = options.backend ?? cpuBackend();
+  if (options.threads !== undefined) setThreads(options.threads);
   const { arch, config } = readConfig(dir);
   const tensors = TensorStore.open(dir);
   try {
