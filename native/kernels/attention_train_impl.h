@@ -3,6 +3,10 @@
 // reductions kept in independent lanes. Only builtins are called, so no out-of-line copy compiled
 // with wider flags can serve a narrower path.
 
+// FP exceptions are never unmasked here: saying so lets the selects below (clamps, rounding)
+// become vector blends. It changes no result.
+#pragma GCC optimize("no-trapping-math")
+
 namespace {
 
 constexpr int64_t B = kBlock;
@@ -70,15 +74,51 @@ void load_t(const float* x, int64_t heads, int64_t head, int64_t d, int64_t j0, 
   }
 }
 
-// s[j] = scale · q·k_j for j < lim (k transposed in kt).
-void scores(const float* __restrict q, const float* __restrict kt, int64_t d, int64_t lim, float scale,
-            float* __restrict s) {
-  for (int64_t j = 0; j < lim; j++) s[j] = 0.f;
-  for (int64_t c = 0; c < d; c++) {
-    const float a = q[c] * scale;
-    const float* __restrict kr = kt + c * B;
-    for (int64_t j = 0; j < lim; j++) s[j] += a * kr[j];
+// 16 floats as one value: GCC's vector extension lowers it to one zmm, two ymm or four xmm
+// registers, whichever the file's instruction set has.
+typedef float v16 __attribute__((vector_size(64)));
+
+inline v16 load16(const float* p) {
+  v16 v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline void store16(float* p, v16 v) { __builtin_memcpy(p, &v, sizeof v); }
+
+// y[c] += Σ_r x[r] · rows[r·stride + c] for c < 16·V, r < nx. The V accumulators stay in
+// registers across the whole sum over r (no store-to-load round trip per r); each y[c] is summed
+// in order of r.
+template <int V>
+inline void gemv_block(const float* __restrict x, int64_t nx, const float* __restrict rows, int64_t stride, float* __restrict y) {
+  v16 t[V];
+  for (int b = 0; b < V; b++) t[b] = load16(y + 16 * b);
+  for (int64_t r = 0; r < nx; r++) {
+    const float a = x[r];
+    const float* row = rows + r * stride;
+    for (int b = 0; b < V; b++) t[b] += a * load16(row + 16 * b);
   }
+  for (int b = 0; b < V; b++) store16(y + 16 * b, t[b]);
+}
+
+inline void gemv_t(const float* x, int64_t nx, const float* rows, int64_t stride, int64_t ncols, float* y) {
+  int64_t c0 = 0;
+  for (; c0 + 64 <= ncols; c0 += 64) gemv_block<4>(x, nx, rows + c0, stride, y + c0);
+  for (; c0 + 16 <= ncols; c0 += 16) gemv_block<1>(x, nx, rows + c0, stride, y + c0);
+  for (; c0 < ncols; c0++) {
+    float t = y[c0];
+    for (int64_t r = 0; r < nx; r++) t += x[r] * rows[r * stride + c0];
+    y[c0] = t;
+  }
+}
+
+// s[j] = scale · q·k_j for j < lim (k transposed in kt, B columns). Whole blocks of 16 columns
+// are computed (kt's columns past lim hold stale finite values; their scores are never read).
+void scores(const float* q, const float* kt, int64_t d, int64_t lim, float scale, float* s) {
+  const int64_t n16 = (lim + 15) / 16 * 16 < B ? (lim + 15) / 16 * 16 : B;
+  for (int64_t j = 0; j < n16; j++) s[j] = 0.f;
+  gemv_t(q, d, kt, B, n16, s);
+  for (int64_t j = 0; j < lim; j++) s[j] *= scale;
 }
 
 // y[c] += a · x[c]
@@ -112,7 +152,7 @@ void forward_rows(const Seq& s, int64_t h, int64_t i0, int64_t nq, float* scratc
       m[i] = mnew;
       float* a = acc + i * d;
       for (int64_t c = 0; c < d; c++) a[c] *= alpha;
-      for (int64_t j = 0; j < lim; j++) axpy(sc[j], s.v + ((j0 + j) * s.hkv + kh) * d, a, d);
+      gemv_t(sc, lim, s.v + (j0 * s.hkv + kh) * d, s.hkv * d, d, a);
     }
   }
   for (int64_t i = 0; i < nq; i++) {
@@ -188,8 +228,8 @@ void backward_q(const Seq& s, int64_t h, int64_t i0, int64_t nq, float* scratch)
       const int64_t lim = i - j0 + 1 < nk ? i - j0 + 1 : nk;
       if (lim <= 0) continue;
       probs_and_grads(s, h, i, kt, vt, lim, p, ds);
-      float* dq = s.dq + (i * s.hq + h) * d;
-      for (int64_t j = 0; j < lim; j++) axpy(ds[j] * s.scale, s.k + ((j0 + j) * s.hkv + kh) * d, dq, d);
+      for (int64_t j = 0; j < lim; j++) ds[j] *= s.scale;
+      gemv_t(ds, lim, s.k + (j0 * s.hkv + kh) * d, s.hkv * d, d, s.dq + (i * s.hq + h) * d);
     }
   }
 }
