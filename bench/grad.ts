@@ -10,13 +10,8 @@ import { cpuBackend, getThreads, isaInfo } from '../src/backend/index.js';
 import type { ComputeMode } from '../src/backend/kernels.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { randomF32, randomFloat } from '../test/helpers/random.js';
-import { bestOf, cpuModel } from './timing.js';
+import { bestOf, cpuModel, numberArg as arg } from './timing.js';
 
-const args = process.argv.slice(2);
-const arg = (name: string, def: number) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? Number(args[i + 1]) : def;
-};
 const M = arg('--m', 512);
 const REPS = arg('--reps', 5);
 const B = cpuBackend();

@@ -21,3 +21,9 @@ export function cpuModel(): string {
     return 'unknown';
   }
 }
+
+/** The number after `--name` on the command line, or `def`. */
+export function numberArg(name: string, def: number): number {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? Number(process.argv[i + 1]) : def;
+}
