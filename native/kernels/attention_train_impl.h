@@ -112,6 +112,13 @@ inline void gemv_t(const float* x, int64_t nx, const float* rows, int64_t stride
   }
 }
 
+// out[j*d + c] = the same rows, packed contiguously: rows of one head sit hq·d floats apart in
+// the [t, heads, d] tensors, a stride that maps a block's rows onto a few L1 sets; packed, the
+// block's sums over rows read it from L1.
+void load_rows(const float* x, int64_t heads, int64_t head, int64_t d, int64_t j0, int64_t nk, float* __restrict out) {
+  for (int64_t j = 0; j < nk; j++) __builtin_memcpy(out + j * d, x + ((j0 + j) * heads + head) * d, static_cast<unsigned long>(d) * 4);
+}
+
 // s[j] = scale · q·k_j for j < lim (k transposed in kt, B columns). Whole blocks of 16 columns
 // are computed (kt's columns past lim hold stale finite values; their scores are never read).
 void scores(const float* q, const float* kt, int64_t d, int64_t lim, float scale, float* s) {
@@ -121,15 +128,11 @@ void scores(const float* q, const float* kt, int64_t d, int64_t lim, float scale
   for (int64_t j = 0; j < lim; j++) s[j] *= scale;
 }
 
-// y[c] += a · x[c]
-inline void axpy(float a, const float* __restrict x, float* __restrict y, int64_t d) {
-  for (int64_t c = 0; c < d; c++) y[c] += a * x[c];
-}
-
 void forward_rows(const Seq& s, int64_t h, int64_t i0, int64_t nq, float* scratch) {
   const int64_t d = s.d, kh = h / (s.hq / s.hkv);
   float* kt = scratch;
-  float* acc = kt + d * B;  // [nq][d]
+  float* vb = kt + d * B;   // [nk][d]
+  float* acc = vb + B * d;  // [nq][d]
   float* sc = acc + B * d;
   float* m = sc + B;
   float* l = m + B;
@@ -141,6 +144,7 @@ void forward_rows(const Seq& s, int64_t h, int64_t i0, int64_t nq, float* scratc
   for (int64_t j0 = 0; j0 < i0 + nq; j0 += B) {
     const int64_t nk = i0 + nq - j0 < B ? i0 + nq - j0 : B;
     load_t(s.k, s.hkv, kh, d, j0, nk, kt);
+    load_rows(s.v, s.hkv, kh, d, j0, nk, vb);
     for (int64_t i = 0; i < nq; i++) {
       const int64_t lim = i0 + i - j0 + 1 < nk ? i0 + i - j0 + 1 : nk;  // causal: keys j0+j <= i0+i
       if (lim <= 0) continue;
@@ -152,7 +156,7 @@ void forward_rows(const Seq& s, int64_t h, int64_t i0, int64_t nq, float* scratc
       m[i] = mnew;
       float* a = acc + i * d;
       for (int64_t c = 0; c < d; c++) a[c] *= alpha;
-      gemv_t(sc, lim, s.v + (j0 * s.hkv + kh) * d, s.hkv * d, d, a);
+      gemv_t(sc, lim, vb, d, d, a);
     }
   }
   for (int64_t i = 0; i < nq; i++) {
@@ -183,20 +187,33 @@ void backward_kv(const Seq& s, int64_t kh, int64_t j0, int64_t nk, float* scratc
   float* vt = kt + d * B;
   float* dk = vt + d * B;  // [nk][d]
   float* dv = dk + B * d;
-  float* p = dv + B * d;
+  float* pt = dv + B * d;  // [key j][query i] of one query block: P, then dS · scale
+  float* dst = pt + B * B;
+  float* qb = dst + B * B;  // the query block's q and dO rows, packed
+  float* gob = qb + B * d;
+  float* p = gob + B * d;
   float* ds = p + B;
   for (int64_t x = 0; x < nk * d; x++) dk[x] = dv[x] = 0.f;
   load_t(s.k, s.hkv, kh, d, j0, nk, kt);
   load_t(s.v, s.hkv, kh, d, j0, nk, vt);
   for (int64_t h = kh * g; h < (kh + 1) * g; h++) {
-    for (int64_t i = j0; i < s.n; i++) {  // rows that see at least key j0
-      const int64_t lim = i - j0 + 1 < nk ? i - j0 + 1 : nk;
-      probs_and_grads(s, h, i, kt, vt, lim, p, ds);
-      const float* q = s.q + (i * s.hq + h) * d;
-      const float* go = s.dout + (i * s.hq + h) * d;
-      for (int64_t j = 0; j < lim; j++) {
-        axpy(p[j], go, dv + j * d, d);
-        axpy(ds[j] * s.scale, q, dk + j * d, d);
+    for (int64_t i0 = j0; i0 < s.n; i0 += B) {  // query blocks that see key j0 (j0 is a block start)
+      const int64_t nq = s.n - i0 < B ? s.n - i0 : B;
+      for (int64_t i = 0; i < nq; i++) {
+        const int64_t lim = i0 + i - j0 + 1 < nk ? i0 + i - j0 + 1 : nk;
+        probs_and_grads(s, h, i0 + i, kt, vt, lim, p, ds);
+        for (int64_t j = 0; j < lim; j++) {
+          pt[j * B + i] = p[j];
+          dst[j * B + i] = ds[j] * s.scale;
+        }
+        for (int64_t j = lim; j < nk; j++) pt[j * B + i] = dst[j * B + i] = 0.f;
+      }
+      // dV[j] += Σ_i P[i][j] · dO_i and dK[j] += Σ_i scale · dS[i][j] · q_i, register-blocked
+      load_rows(s.q, s.hq, h, d, i0, nq, qb);
+      load_rows(s.dout, s.hq, h, d, i0, nq, gob);
+      for (int64_t j = 0; j < nk; j++) {
+        gemv_t(pt + j * B, nq, gob, d, d, dv + j * d);
+        gemv_t(dst + j * B, nq, qb, d, d, dk + j * d);
       }
     }
   }
@@ -214,7 +231,8 @@ void backward_q(const Seq& s, int64_t h, int64_t i0, int64_t nq, float* scratch)
   const int64_t d = s.d, kh = h / (s.hq / s.hkv);
   float* kt = scratch;
   float* vt = kt + d * B;
-  float* p = vt + d * B;
+  float* kb = vt + d * B;  // [nk][d]
+  float* p = kb + B * d;
   float* ds = p + B;
   for (int64_t i = 0; i < nq; i++) {
     float* dq = s.dq + ((i0 + i) * s.hq + h) * d;
@@ -224,12 +242,13 @@ void backward_q(const Seq& s, int64_t h, int64_t i0, int64_t nq, float* scratch)
     const int64_t nk = i0 + nq - j0 < B ? i0 + nq - j0 : B;
     load_t(s.k, s.hkv, kh, d, j0, nk, kt);
     load_t(s.v, s.hkv, kh, d, j0, nk, vt);
+    load_rows(s.k, s.hkv, kh, d, j0, nk, kb);
     for (int64_t i = i0; i < i0 + nq; i++) {
       const int64_t lim = i - j0 + 1 < nk ? i - j0 + 1 : nk;
       if (lim <= 0) continue;
       probs_and_grads(s, h, i, kt, vt, lim, p, ds);
       for (int64_t j = 0; j < lim; j++) ds[j] *= s.scale;
-      gemv_t(ds, lim, s.k + (j0 * s.hkv + kh) * d, s.hkv * d, d, s.dq + (i * s.hq + h) * d);
+      gemv_t(ds, lim, kb, d, d, s.dq + (i * s.hq + h) * d);
     }
   }
 }
