@@ -7,13 +7,8 @@
 import { cpuBackend, getThreads, isaInfo } from '../src/backend/index.js';
 import { copyStrided } from '../src/tensor/copy.js';
 import { Tensor } from '../src/tensor/tensor.js';
-import { bestOf, cpuModel } from './timing.js';
+import { bestOf, cpuModel, numberArg as arg } from './timing.js';
 
-const args = process.argv.slice(2);
-const arg = (name: string, def: number) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? Number(args[i + 1]) : def;
-};
 const N = arg('--n', 1e8);
 const REPS = arg('--reps', 5);
 const backend = cpuBackend();

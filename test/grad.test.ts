@@ -177,3 +177,30 @@ describe('softmax cross-entropy', () => {
     }
   });
 });
+
+describe('the native boundary', () => {
+  it('raw training kernels with short or mistyped buffers throw instead of touching memory', () => {
+    const K = C.kernels, f = (n: number) => new Float32Array(n);
+    expect(() => K.matmulGradWeight(f(6), f(6), 2, 3, 3, f(8), 'fp32')).toThrow(/dw holds 32 bytes, needs at least 36/);
+    expect(() => K.matmulGradWeight(f(5), f(6), 2, 3, 3, f(9), 'fp32')).toThrow(/dy holds/);
+    expect(() => K.matmulGradWeight(f(6), f(6), 2, 3, 3, f(9), 'fp16' as never)).toThrow(/mode must be 'fp32' or 'bf16'/);
+    expect(() => K.matmulGradWeight(f(6), f(6), 2 ** 31, 2 ** 31, 2 ** 31, f(9), 'fp32')).toThrow(/size overflows/);
+    expect(() => K.packWeightT(f(6), 'f32', 2, 3, 'f32', new Uint8Array(10))).toThrow(/dst holds/);
+    expect(() => K.layerNormBackward(f(6), f(5), 2, 3, f(3), 1e-5, f(6), f(3), null)).toThrow(/dy holds/);
+    expect(() => K.rmsNormBackward(f(6), f(6), 2, 3, f(3), 1e-5, f(6), f(2))).toThrow(/dgamma holds/);
+    expect(() => K.geluBackward(f(6), f(6), new Float64Array(6), false)).toThrow(/dx must be a Float32Array/);
+    expect(() => K.siluMulBackward(f(6), f(6), f(6), f(6), f(5))).toThrow(/dup holds/);
+    expect(() => K.biasGrad(f(6), 2, 3, f(2))).toThrow(/dbias holds/);
+    expect(() => K.embeddingBackward(f(6), Int32Array.from([0, 3]), 3, 3, f(9))).toThrow(/ids\[1\] = 3 is outside/);
+    expect(() => K.softmaxCrossEntropy(f(6), 2, 3, Int32Array.from([0]), 1)).toThrow(/labels holds/);
+    expect(() => K.attentionTrainForward(f(8), f(8), f(8), 2, 2, 1, 2, Int32Array.from([0, 2]), 1, f(8), f(3))).toThrow(/lse holds/);
+    expect(() => K.attentionTrainForward(f(8), f(8), f(8), 2, 2, 1, 2, Int32Array.from([0, 1]), 1, f(8), f(4))).toThrow(/seqStarts must run from 0 to 2/);
+    expect(() => K.attentionTrainBackward(f(8), f(4), f(4), f(8), f(4), f(8), 2, 2, 1, 2, Int32Array.from([0, 2]), 1, f(8), f(4), f(3)))
+      .toThrow(/dv holds/);
+    const h = { lr: 1, beta1: 0.9, beta2: 0.99, eps: 1e-8, weightDecay: 0, gradScale: 1, step: 1 };
+    expect(() => K.adamw(f(4), 'f32', f(4), f(4), f(3), null, h)).toThrow(/v holds/);
+    expect(() => K.adamw(new Uint16Array(4), 'bf16', f(4), f(4), f(4), new Uint16Array(3), h)).toThrow(/paramBf16 holds/);
+    expect(() => K.adamw(f(4), 'f16' as never, f(4), f(4), f(4), null, h)).toThrow(/gradDtype must be 'f32' or 'bf16'/);
+    expect(() => K.sumSquares(new Uint16Array(3), 'bf32' as never)).toThrow(/dtype must be 'f32' or 'bf16'/);
+  });
+});

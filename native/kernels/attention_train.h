@@ -24,8 +24,9 @@ void backward(const float* q, const float* k, const float* v, const float* out, 
 
 // ---- per-ISA bodies ----------------------------------------------------------------------------
 constexpr int64_t kBlock = 64;  // keys per block, queries per block
-// Floats of scratch a body needs: key and value blocks transposed, and per-row vectors.
-constexpr int64_t scratch_floats(int64_t d) { return 2 * d * kBlock + 2 * kBlock * d + 4 * kBlock + 64; }
+// Floats of scratch a body needs: key and value blocks transposed, up to four [block][d] blocks
+// (accumulators, packed rows), two [block][block] probability blocks and per-row vectors.
+constexpr int64_t scratch_floats(int64_t d) { return 6 * d * kBlock + 2 * kBlock * kBlock + 4 * kBlock + 64; }
 
 // One sequence, every pointer at the sequence's first token (lse and delta: [n, hq]).
 struct Seq {

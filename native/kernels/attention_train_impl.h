@@ -3,6 +3,10 @@
 // reductions kept in independent lanes. Only builtins are called, so no out-of-line copy compiled
 // with wider flags can serve a narrower path.
 
+// FP exceptions are never unmasked here: saying so lets the selects below (clamps, rounding)
+// become vector blends. It changes no result.
+#pragma GCC optimize("no-trapping-math")
+
 namespace {
 
 constexpr int64_t B = kBlock;
@@ -70,26 +74,65 @@ void load_t(const float* x, int64_t heads, int64_t head, int64_t d, int64_t j0, 
   }
 }
 
-// s[j] = scale · q·k_j for j < lim (k transposed in kt).
-void scores(const float* __restrict q, const float* __restrict kt, int64_t d, int64_t lim, float scale,
-            float* __restrict s) {
-  for (int64_t j = 0; j < lim; j++) s[j] = 0.f;
-  for (int64_t c = 0; c < d; c++) {
-    const float a = q[c] * scale;
-    const float* __restrict kr = kt + c * B;
-    for (int64_t j = 0; j < lim; j++) s[j] += a * kr[j];
+// 16 floats as one value: GCC's vector extension lowers it to one zmm, two ymm or four xmm
+// registers, whichever the file's instruction set has.
+typedef float v16 __attribute__((vector_size(64)));
+
+inline v16 load16(const float* p) {
+  v16 v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline void store16(float* p, v16 v) { __builtin_memcpy(p, &v, sizeof v); }
+
+// y[c] += Σ_r x[r] · rows[r·stride + c] for c < 16·V, r < nx. The V accumulators stay in
+// registers across the whole sum over r (no store-to-load round trip per r); each y[c] is summed
+// in order of r.
+template <int V>
+inline void gemv_block(const float* __restrict x, int64_t nx, const float* __restrict rows, int64_t stride, float* __restrict y) {
+  v16 t[V];
+  for (int b = 0; b < V; b++) t[b] = load16(y + 16 * b);
+  for (int64_t r = 0; r < nx; r++) {
+    const float a = x[r];
+    const float* row = rows + r * stride;
+    for (int b = 0; b < V; b++) t[b] += a * load16(row + 16 * b);
+  }
+  for (int b = 0; b < V; b++) store16(y + 16 * b, t[b]);
+}
+
+inline void gemv_t(const float* x, int64_t nx, const float* rows, int64_t stride, int64_t ncols, float* y) {
+  int64_t c0 = 0;
+  for (; c0 + 64 <= ncols; c0 += 64) gemv_block<4>(x, nx, rows + c0, stride, y + c0);
+  for (; c0 + 16 <= ncols; c0 += 16) gemv_block<1>(x, nx, rows + c0, stride, y + c0);
+  for (; c0 < ncols; c0++) {
+    float t = y[c0];
+    for (int64_t r = 0; r < nx; r++) t += x[r] * rows[r * stride + c0];
+    y[c0] = t;
   }
 }
 
-// y[c] += a · x[c]
-inline void axpy(float a, const float* __restrict x, float* __restrict y, int64_t d) {
-  for (int64_t c = 0; c < d; c++) y[c] += a * x[c];
+// out[j*d + c] = the same rows, packed contiguously: rows of one head sit hq·d floats apart in
+// the [t, heads, d] tensors, a stride that maps a block's rows onto a few L1 sets; packed, the
+// block's sums over rows read it from L1.
+void load_rows(const float* x, int64_t heads, int64_t head, int64_t d, int64_t j0, int64_t nk, float* __restrict out) {
+  for (int64_t j = 0; j < nk; j++) __builtin_memcpy(out + j * d, x + ((j0 + j) * heads + head) * d, static_cast<unsigned long>(d) * 4);
+}
+
+// s[j] = scale · q·k_j for j < lim (k transposed in kt, B columns). Whole blocks of 16 columns
+// are computed (kt's columns past lim hold stale finite values; their scores are never read).
+void scores(const float* q, const float* kt, int64_t d, int64_t lim, float scale, float* s) {
+  const int64_t n16 = (lim + 15) / 16 * 16 < B ? (lim + 15) / 16 * 16 : B;
+  for (int64_t j = 0; j < n16; j++) s[j] = 0.f;
+  gemv_t(q, d, kt, B, n16, s);
+  for (int64_t j = 0; j < lim; j++) s[j] *= scale;
 }
 
 void forward_rows(const Seq& s, int64_t h, int64_t i0, int64_t nq, float* scratch) {
   const int64_t d = s.d, kh = h / (s.hq / s.hkv);
   float* kt = scratch;
-  float* acc = kt + d * B;  // [nq][d]
+  float* vb = kt + d * B;   // [nk][d]
+  float* acc = vb + B * d;  // [nq][d]
   float* sc = acc + B * d;
   float* m = sc + B;
   float* l = m + B;
@@ -101,6 +144,7 @@ void forward_rows(const Seq& s, int64_t h, int64_t i0, int64_t nq, float* scratc
   for (int64_t j0 = 0; j0 < i0 + nq; j0 += B) {
     const int64_t nk = i0 + nq - j0 < B ? i0 + nq - j0 : B;
     load_t(s.k, s.hkv, kh, d, j0, nk, kt);
+    load_rows(s.v, s.hkv, kh, d, j0, nk, vb);
     for (int64_t i = 0; i < nq; i++) {
       const int64_t lim = i0 + i - j0 + 1 < nk ? i0 + i - j0 + 1 : nk;  // causal: keys j0+j <= i0+i
       if (lim <= 0) continue;
@@ -112,7 +156,7 @@ void forward_rows(const Seq& s, int64_t h, int64_t i0, int64_t nq, float* scratc
       m[i] = mnew;
       float* a = acc + i * d;
       for (int64_t c = 0; c < d; c++) a[c] *= alpha;
-      for (int64_t j = 0; j < lim; j++) axpy(sc[j], s.v + ((j0 + j) * s.hkv + kh) * d, a, d);
+      gemv_t(sc, lim, vb, d, d, a);
     }
   }
   for (int64_t i = 0; i < nq; i++) {
@@ -143,20 +187,33 @@ void backward_kv(const Seq& s, int64_t kh, int64_t j0, int64_t nk, float* scratc
   float* vt = kt + d * B;
   float* dk = vt + d * B;  // [nk][d]
   float* dv = dk + B * d;
-  float* p = dv + B * d;
+  float* pt = dv + B * d;  // [key j][query i] of one query block: P, then dS · scale
+  float* dst = pt + B * B;
+  float* qb = dst + B * B;  // the query block's q and dO rows, packed
+  float* gob = qb + B * d;
+  float* p = gob + B * d;
   float* ds = p + B;
   for (int64_t x = 0; x < nk * d; x++) dk[x] = dv[x] = 0.f;
   load_t(s.k, s.hkv, kh, d, j0, nk, kt);
   load_t(s.v, s.hkv, kh, d, j0, nk, vt);
   for (int64_t h = kh * g; h < (kh + 1) * g; h++) {
-    for (int64_t i = j0; i < s.n; i++) {  // rows that see at least key j0
-      const int64_t lim = i - j0 + 1 < nk ? i - j0 + 1 : nk;
-      probs_and_grads(s, h, i, kt, vt, lim, p, ds);
-      const float* q = s.q + (i * s.hq + h) * d;
-      const float* go = s.dout + (i * s.hq + h) * d;
-      for (int64_t j = 0; j < lim; j++) {
-        axpy(p[j], go, dv + j * d, d);
-        axpy(ds[j] * s.scale, q, dk + j * d, d);
+    for (int64_t i0 = j0; i0 < s.n; i0 += B) {  // query blocks that see key j0 (j0 is a block start)
+      const int64_t nq = s.n - i0 < B ? s.n - i0 : B;
+      for (int64_t i = 0; i < nq; i++) {
+        const int64_t lim = i0 + i - j0 + 1 < nk ? i0 + i - j0 + 1 : nk;
+        probs_and_grads(s, h, i0 + i, kt, vt, lim, p, ds);
+        for (int64_t j = 0; j < lim; j++) {
+          pt[j * B + i] = p[j];
+          dst[j * B + i] = ds[j] * s.scale;
+        }
+        for (int64_t j = lim; j < nk; j++) pt[j * B + i] = dst[j * B + i] = 0.f;
+      }
+      // dV[j] += Σ_i P[i][j] · dO_i and dK[j] += Σ_i scale · dS[i][j] · q_i, register-blocked
+      load_rows(s.q, s.hq, h, d, i0, nq, qb);
+      load_rows(s.dout, s.hq, h, d, i0, nq, gob);
+      for (int64_t j = 0; j < nk; j++) {
+        gemv_t(pt + j * B, nq, gob, d, d, dv + j * d);
+        gemv_t(dst + j * B, nq, qb, d, d, dk + j * d);
       }
     }
   }
@@ -174,7 +231,8 @@ void backward_q(const Seq& s, int64_t h, int64_t i0, int64_t nq, float* scratch)
   const int64_t d = s.d, kh = h / (s.hq / s.hkv);
   float* kt = scratch;
   float* vt = kt + d * B;
-  float* p = vt + d * B;
+  float* kb = vt + d * B;  // [nk][d]
+  float* p = kb + B * d;
   float* ds = p + B;
   for (int64_t i = 0; i < nq; i++) {
     float* dq = s.dq + ((i0 + i) * s.hq + h) * d;
@@ -184,12 +242,13 @@ void backward_q(const Seq& s, int64_t h, int64_t i0, int64_t nq, float* scratch)
     const int64_t nk = i0 + nq - j0 < B ? i0 + nq - j0 : B;
     load_t(s.k, s.hkv, kh, d, j0, nk, kt);
     load_t(s.v, s.hkv, kh, d, j0, nk, vt);
+    load_rows(s.k, s.hkv, kh, d, j0, nk, kb);
     for (int64_t i = i0; i < i0 + nq; i++) {
       const int64_t lim = i - j0 + 1 < nk ? i - j0 + 1 : nk;
       if (lim <= 0) continue;
       probs_and_grads(s, h, i, kt, vt, lim, p, ds);
-      float* dq = s.dq + (i * s.hq + h) * d;
-      for (int64_t j = 0; j < lim; j++) axpy(ds[j] * s.scale, s.k + ((j0 + j) * s.hkv + kh) * d, dq, d);
+      for (int64_t j = 0; j < lim; j++) ds[j] *= s.scale;
+      gemv_t(ds, lim, kb, d, d, s.dq + (i * s.hq + h) * d);
     }
   }
 }

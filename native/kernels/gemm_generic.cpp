@@ -271,15 +271,22 @@ void pack_weight_t(const void* src, Fmt src_fmt, int64_t n, int64_t k, Fmt fmt, 
       const int64_t c0 = p * kNR;
       const int cols = static_cast<int>(k - c0 < kNR ? k - c0 : kNR);
       for (int64_t kk = 0; kk < stored_k(fmt, n); kk++) {
-        for (int c = 0; c < kNR; c++) {
-          const float v = kk < n && c < cols ? load_elem(src, src_fmt, kk * k + c0 + c) : 0.0f;
-          if (fmt == Fmt::F32) {
-            reinterpret_cast<float*>(panel)[kk * kNR + c] = v;
-          } else if (fmt == Fmt::F16) {
-            reinterpret_cast<uint16_t*>(panel)[kk * kNR + c] = f32_to_f16(v);
+        float row[kNR] = {};  // the k step's 32 values, zero past W's last row or column
+        if (kk < n) {
+          if (src_fmt == Fmt::F32) {
+            std::memcpy(row, static_cast<const float*>(src) + kk * k + c0, static_cast<size_t>(cols) * 4);
           } else {
-            reinterpret_cast<uint16_t*>(panel)[(kk >> 1) * 2 * kNR + c * 2 + (kk & 1)] = f32_to_bf16(v);
+            for (int c = 0; c < cols; c++) row[c] = load_elem(src, src_fmt, kk * k + c0 + c);
           }
+        }
+        if (fmt == Fmt::F32) {
+          std::memcpy(panel + kk * kNR * 4, row, sizeof row);
+        } else if (fmt == Fmt::F16) {
+          uint16_t* d = reinterpret_cast<uint16_t*>(panel) + kk * kNR;
+          for (int c = 0; c < kNR; c++) d[c] = f32_to_f16(row[c]);
+        } else {
+          uint16_t* d = reinterpret_cast<uint16_t*>(panel) + (kk >> 1) * 2 * kNR + (kk & 1);
+          for (int c = 0; c < kNR; c++) d[c * 2] = f32_to_bf16(row[c]);
         }
       }
     }
