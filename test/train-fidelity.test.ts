@@ -66,7 +66,9 @@ describe.each(['opt-train', 'llama-train'])('%s against its float64 golden run',
       if (kBias(n)) expect(Math.hypot(...(trainer.parameters().find((p) => p.name === n)!.grad.data as Float32Array)), n).toBeLessThan(1e-5);
       else expect(e, `step-1 gradient of ${n}`).toBeLessThanOrEqual(1e-5);
     }
-    lossErr.forEach((e, i) => expect(e, `loss of step ${i + 1}`).toBeLessThanOrEqual(1e-5));
+    // The issue asks 1e-5; we reach 2.2e-7, and 1e-6 catches an fp32 rounding of Adam's 1 − β2
+    // (it gave 6.4e-6).
+    lossErr.forEach((e, i) => expect(e, `loss of step ${i + 1}`).toBeLessThanOrEqual(1e-6));
     normErr.forEach((e, i) => expect(e, `grad norm of step ${i + 1}`).toBeLessThanOrEqual(1e-5));
     for (const [n, e] of Object.entries(updateErr)) if (!kBias(n)) expect(e, `update of ${n}`).toBeLessThanOrEqual(1e-3);
     expect(metrics.map((m) => m.step)).toEqual([1, 2, 3]);

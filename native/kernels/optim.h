@@ -16,10 +16,14 @@ namespace optim {
 //   p = p · (1 − lr·wd)                      (decoupled weight decay)
 //   m = β1·m + (1 − β1)·g,  v = β2·v + (1 − β2)·g²
 //   p = p − step_size · m / (√v / bc2_sqrt + eps)
-// with step_size = lr / (1 − β1^t) and bc2_sqrt = √(1 − β2^t) computed in double by the caller.
+// with step_size = lr / (1 − β1^t) and bc2_sqrt = √(1 − β2^t) computed in double by the caller,
+// and so are 1 − β1, 1 − β2 and 1 − lr·wd, then rounded once, as PyTorch passes Python floats to
+// its fp32 kernels: 1.0f − 0.999f is 0.00099998713, 1.3e-5 off 0.001, a bias in v that moved
+// fp32 training 100x further from float64 references (2-step losses 3e-6 instead of 3e-8).
 struct AdamWStep {
   float lr, beta1, beta2, eps, weight_decay, grad_scale;
   float step_size, bc2_sqrt;
+  float one_minus_beta1, one_minus_beta2, decay;
 };
 
 // grad: n floats (grad_bf16 false) or n bf16 bits; master, m, v: n floats updated in place;

@@ -24,8 +24,8 @@ inline uint16_t f32_to_bf16_bits(float f) {
 template <bool kBf16Grad, bool kParamOut>
 void adamw_body(const void* grad, float* __restrict master, float* __restrict m, float* __restrict v,
                 uint16_t* __restrict param_bf16, int64_t n, const AdamWStep& s) {
-  const float decay = 1.0f - s.lr * s.weight_decay;
-  const float b1 = s.beta1, b2 = s.beta2, c1 = 1.0f - s.beta1, c2 = 1.0f - s.beta2;
+  const float decay = s.decay;
+  const float b1 = s.beta1, b2 = s.beta2, c1 = s.one_minus_beta1, c2 = s.one_minus_beta2;
   const float scale = s.grad_scale, eps = s.eps, step = s.step_size, bc2 = s.bc2_sqrt;
   const float* __restrict gf = static_cast<const float*>(grad);
   const uint16_t* __restrict gh = static_cast<const uint16_t*>(grad);

@@ -32,7 +32,8 @@ Napi::Value AdamW(const Napi::CallbackInfo& info) {
   const double bc1 = 1.0 - std::pow(b1, static_cast<double>(step)), bc2 = 1.0 - std::pow(b2, static_cast<double>(step));
   optim::AdamWStep s{static_cast<float>(lr), static_cast<float>(b1), static_cast<float>(b2), static_cast<float>(eps),
                      static_cast<float>(wd), static_cast<float>(gs), static_cast<float>(lr / bc1),
-                     static_cast<float>(std::sqrt(bc2))};
+                     static_cast<float>(std::sqrt(bc2)), static_cast<float>(1.0 - b1), static_cast<float>(1.0 - b2),
+                     static_cast<float>(1.0 - lr * wd)};
   optim::adamw(grad, gbf16, master, m, v, param, n, s);
   return env.Undefined();
 }
