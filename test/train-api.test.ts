@@ -48,6 +48,18 @@ describe('inputs', () => {
     expect(trainer.stepsDone).toBe(0);
   });
 
+  it('refuses a checkpoint whose tensors disagree with config.json', async () => {
+    const dir = tmpDir('train-shape');
+    try {
+      const config = JSON.parse(fs.readFileSync(path.join(OPT, 'config.json'), 'utf8'));
+      fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...config, ffn_dim: 128 }));
+      fs.copyFileSync(path.join(OPT, 'model.safetensors'), path.join(dir, 'model.safetensors'));
+      await expect(openTrainer(dir)).rejects.toThrow(/layers\.0\.fc1\.weight'\): shape \[256, 64\] disagrees with config.json \(expected \[128, 64\]\)/);
+    } finally {
+      fs.rmSync(dir, { recursive: true });
+    }
+  });
+
   it('evaluate gives the loss the step reports', async () => {
     const trainer = await openTrainer(OPT, { lr: 1e-3 });
     const batch = fixtureBatch();

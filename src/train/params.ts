@@ -16,6 +16,7 @@ import { toFloat32 } from '../tensor/dtype.js';
 import { Tensor } from '../tensor/tensor.js';
 import { type GlobalSlot, type LayerSlot, type NameTable, expectedShape } from '../models/architecture.js';
 import type { TensorStore } from '../formats/safetensors.js';
+import { ModelFileError } from '../util/errors.js';
 
 type F32 = Tensor<'f32'>;
 
@@ -121,10 +122,16 @@ export class ParamStore implements ParamSource {
     }
   }
 
-  /** A store initialised from a checkpoint's tensors (any float dtype, widened to f32). */
+  /** A store initialised from a checkpoint's tensors (any float dtype, widened to f32), each
+   *  checked against the shape config.json implies. */
   static fromTensors(config: ModelConfig, names: NameTable, backend: Backend, precision: Precision, store: TensorStore): ParamStore {
-    return new ParamStore(config, names, backend, precision, (name) => {
+    return new ParamStore(config, names, backend, precision, (name, slot, part) => {
+      if (!store.has(name)) throw new ModelFileError(store.fileName(name), 'missing tensor', name);
       const t = store.read(name);
+      const want = expectedShape(config, slot, part);
+      if (t.shape.length !== want.length || t.shape.some((d, i) => d !== want[i])) {
+        throw new ModelFileError(store.fileName(name), `shape [${t.shape.join(', ')}] disagrees with config.json (expected [${want.join(', ')}])`, name);
+      }
       return toFloat32(t.dtype as 'f32' | 'f16' | 'bf16', t.data as Float32Array | Uint16Array, true);
     });
   }
