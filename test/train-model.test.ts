@@ -12,12 +12,12 @@ import { openModel } from '../src/models/load.js';
 import { type CacheBlock, Transformer, prefillStep } from '../src/models/transformer.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { type TrainSequence, type Trainer, openTrainer } from '../src/train/index.js';
-import { localFixtures, tmpDir } from './helpers/fixtures.js';
+import { fixturesDir, tmpDir } from './helpers/fixtures.js';
 import { rng } from './helpers/random.js';
 import { TRAIN_FIXTURES, fixtureBatch } from './helpers/train.js';
 
 const ARCHS = ['opt-350m-style', 'qwen2-tiny', 'mistral-tiny', 'llama-headdim', 'opt-unprefixed', 'opt-sharded'];
-const dirOf = (name: string) => path.join(localFixtures, name);
+const dirOf = (name: string) => path.join(fixturesDir, name);
 
 /** Ragged sequences of random tokens, one with a masked prompt. */
 function batchFor(vocab: number, seed: number, lengths = [9, 3, 14, 6]): TrainSequence[] {
