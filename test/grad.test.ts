@@ -17,7 +17,7 @@ const copy = (t: Tensor<'f32'>) => new Tensor('f32', t.shape, t.data.slice());
 describe('linear layer gradients', () => {
   // [m, n, k]: tokens, outputs, inputs
   const SHAPES: [number, number, number][] = [[1, 1, 1], [3, 17, 31], [7, 33, 65], [17, 100, 3], [65, 40, 257], [130, 70, 33]];
-  for (const dtype of ['f32', 'bf16'] as const) {
+  for (const dtype of ['f32', 'f16', 'bf16'] as const) {
     for (const mode of ['fp32', 'bf16'] as ComputeMode[]) {
       it(`dX = dY·W with ${dtype} weights, ${mode} mode`, () => {
         for (const [m, n, k] of SHAPES) {
