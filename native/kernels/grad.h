@@ -15,7 +15,7 @@ void grad_layer_norm(const float* x, const float* dy, int64_t rows, int64_t cols
                      float* dx, float* dgamma, float* dbeta);
 void grad_rms_norm(const float* x, const float* dy, int64_t rows, int64_t cols, const float* gamma, float eps,
                    float* dx, float* dgamma);
-// dx = dy · f'(x) for y = f(x).
+// dx = dy · f'(x) for y = f(x). Outputs must not overlap inputs.
 void grad_relu(const float* x, const float* dy, int64_t n, float* dx);
 void grad_gelu(const float* x, const float* dy, int64_t n, float* dx, bool approximate);
 // y = silu(gate) · up: dgate = dy · up · silu'(gate), dup = dy · silu(gate).
@@ -31,5 +31,24 @@ void grad_embedding(const float* dy, const int32_t* ids, int64_t n, int64_t dim,
 double softmax_cross_entropy(float* logits, const int32_t* labels, int64_t rows, int64_t vocab, float scale,
                              int64_t* count);
 constexpr int32_t kIgnoreIndex = -100;
+
+// Per-ISA element-wise bodies of the activation backward (grad_act_impl.h), one span each. The
+// inputs and outputs of one call must not overlap (the entry points above have the same rule:
+// dx may not alias x or dy).
+namespace grad_act {
+struct Bodies {
+  void (*relu)(const float* x, const float* dy, int64_t n, float* dx);
+  void (*gelu)(const float* x, const float* dy, int64_t n, float* dx, bool approximate);
+  void (*silu_mul)(const float* gate, const float* up, const float* dy, int64_t n, float* dgate, float* dup);
+};
+#define TIERLM_GRAD_ACT_DECLS                                                                              \
+  void relu_span(const float* x, const float* dy, int64_t n, float* dx);                                   \
+  void gelu_span(const float* x, const float* dy, int64_t n, float* dx, bool approximate);                 \
+  void silu_mul_span(const float* gate, const float* up, const float* dy, int64_t n, float* dgate, float* dup);
+namespace generic { TIERLM_GRAD_ACT_DECLS }
+namespace isa2 { TIERLM_GRAD_ACT_DECLS }
+namespace isa512 { TIERLM_GRAD_ACT_DECLS }
+#undef TIERLM_GRAD_ACT_DECLS
+}  // namespace grad_act
 
 }  // namespace tierlm

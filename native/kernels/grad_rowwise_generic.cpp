@@ -1,5 +1,6 @@
-// Backward of the row-wise ops (grad.h). Plain C++ over the thread pool: these ops move a few
-// bytes per flop and run at memory speed; the norms' statistics use double sums as the forward.
+// Backward of the norms, bias and embedding (grad.h; the activations: grad_act_*). Plain C++ over
+// the thread pool: these move a few bytes per flop; the norms' statistics use double sums as the
+// forward does.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -17,13 +18,6 @@ void over_rows(int64_t rows, int64_t cols, F&& fn) {
   if (rows <= 0) return;
   if (rows * cols <= kSerialElems) return fn(0, rows);
   ThreadPool::instance().parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)), fn);
-}
-
-template <typename F>
-void over_span(int64_t n, F&& fn) {
-  if (n <= 0) return;
-  if (n <= kSerialElems) return fn(0, n);
-  ThreadPool::instance().parallel_for(n, 16384, fn);
 }
 
 // Column ranges over threads; each range is summed over rows in order (deterministic).
@@ -104,39 +98,6 @@ void grad_layer_norm(const float* x, const float* dy, int64_t rows, int64_t cols
 void grad_rms_norm(const float* x, const float* dy, int64_t rows, int64_t cols, const float* gamma, float eps,
                    float* dx, float* dgamma) {
   norm_backward(x, dy, rows, cols, gamma, eps, true, dx, dgamma, nullptr);
-}
-
-void grad_relu(const float* x, const float* dy, int64_t n, float* dx) {
-  over_span(n, [&](int64_t a, int64_t b) {
-    for (int64_t i = a; i < b; i++) dx[i] = x[i] > 0.f ? dy[i] : 0.f;
-  });
-}
-
-void grad_gelu(const float* x, const float* dy, int64_t n, float* dx, bool approximate) {
-  const double k0 = std::sqrt(2.0 / M_PI), k1 = 0.044715, inv_sqrt_2pi = 1.0 / std::sqrt(2.0 * M_PI);
-  over_span(n, [&](int64_t a, int64_t b) {
-    for (int64_t i = a; i < b; i++) {
-      const double v = x[i];
-      double d;
-      if (approximate) {  // y = ½v(1 + tanh u), u = √(2/π)(v + 0.044715v³)
-        const double t = std::tanh(k0 * (v + k1 * v * v * v));
-        d = 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * k0 * (1 + 3 * k1 * v * v);
-      } else {  // y = ½v(1 + erf(v/√2)): y' = Φ(v) + v·φ(v)
-        d = 0.5 * (1 + std::erf(v * M_SQRT1_2)) + v * std::exp(-0.5 * v * v) * inv_sqrt_2pi;
-      }
-      dx[i] = (float)(dy[i] * d);
-    }
-  });
-}
-
-void grad_silu_mul(const float* gate, const float* up, const float* dy, int64_t n, float* dgate, float* dup) {
-  over_span(n, [&](int64_t a, int64_t b) {
-    for (int64_t i = a; i < b; i++) {
-      const float g = gate[i], sig = 1.f / (1.f + std::exp(-g)), d = dy[i], u = up[i];
-      dgate[i] = d * u * sig * (1.f + g * (1.f - sig));
-      dup[i] = d * g * sig;
-    }
-  });
 }
 
 void grad_bias(const float* dy, int64_t rows, int64_t cols, float* dbias) {
