@@ -4,7 +4,8 @@ import { describe, expect, it } from 'vitest';
 import type { ComputeMode } from '../src/backend/kernels.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { cpu, expectClose, randomF32, randomFloat, ref } from './helpers/harness.js';
-import { atEveryIsa, restoreSettingsAfterAll } from './helpers/isa.js';
+import { ISAS, atEveryIsa, restoreSettingsAfterAll } from './helpers/isa.js';
+import { gemmBf16Dot } from '../src/backend/cpu/gemm.js';
 
 restoreSettingsAfterAll();
 const C = cpu(), R = ref();
@@ -35,11 +36,18 @@ describe('linear layer gradients', () => {
         const dy = randomF32([m, n], seed++), x = randomF32([m, k], seed++), dw0 = randomF32([n, k], seed++);
         const want = copy(dw0);
         R.train.linearGradWeight(dy, x, want, mode);
-        atEveryIsa((what) => {
+        const check = (what: string) => {
           const got = copy(dw0);
           C.train.linearGradWeight(dy, x, got, mode);
           expectClose(got.data, want.data, TOL, `${what} m=${m} n=${n} k=${k}`);
-        });
+        };
+        atEveryIsa(check);
+        if (mode === 'bf16' && ISAS.includes('avx512bf16')) {  // the vdpbf16ps path packs dYᵀ as bf16 pairs
+          const was = gemmBf16Dot();
+          gemmBf16Dot(true);
+          check('avx512bf16 + vdpbf16ps');
+          gemmBf16Dot(was);
+        }
       }
     });
   }
