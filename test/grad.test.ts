@@ -51,6 +51,12 @@ describe('linear layer gradients', () => {
       }
     });
   }
+  it('dW asynchronously equals dW synchronously, bit for bit', async () => {
+    const dy = randomF32([65, 70], seed++), x = randomF32([65, 33], seed++), a = randomF32([70, 33], seed++), b = copy(a);
+    C.train.linearGradWeight(dy, x, a, 'bf16');
+    await C.train.linearGradWeightAsync(dy, x, b, 'bf16');
+    expect(Buffer.compare(a.bytes, b.bytes)).toBe(0);
+  });
   it('dbias += column sums', () => {
     for (const [rows, cols] of [[1, 1], [5, 33], [300, 257]]) {
       const dy = randomF32([rows, cols], seed++), b0 = randomF32([cols], seed++);
