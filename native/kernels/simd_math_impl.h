@@ -1,10 +1,12 @@
 // Vectorisable float math shared by the per-ISA bodies (attention_train_impl.h,
-// grad_act_impl.h): included inside each per-ISA namespace, so every copy is compiled with that
+// grad_row_impl.h): included inside each per-ISA namespace, so every copy is compiled with that
 // file's flags and none can be picked by the linker for another. Builtins only.
 
 // FP exceptions are never unmasked in these files: saying so lets selects (clamps, rounding,
 // ReLU) become vector blends. It changes no result.
 #pragma GCC optimize("no-trapping-math")
+// v16 values never cross a call boundary (everything here is inlined, internal): no ABI to note.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace {
 
