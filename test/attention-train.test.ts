@@ -13,6 +13,7 @@ let seed = 900;
 // [sequence lengths, hq, hkv, d]
 const CASES: [number[], number, number, number][] = [
   [[1], 1, 1, 1], [[5, 3], 2, 1, 7], [[70], 4, 2, 16], [[63, 1, 130], 3, 3, 33], [[200, 65], 8, 2, 64],
+  [[33, 90], 4, 1, 80], [[129], 2, 2, 128],
 ];
 
 function batch(lens: number[], hq: number, hkv: number, d: number) {

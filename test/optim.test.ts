@@ -76,6 +76,17 @@ describe('AdamW', () => {
     expectClose(got.v.data, f64.v, 1e-6, 'v');
   });
 
+  it('adamwAsync gives the synchronous result bit for bit', async () => {
+    const n = 70_001, grad = randomF32([n], seed++, 0.1), s0 = state(n), hyper = { ...HYPER, step: 2 };
+    const a = { master: copy(s0.master), m: copy(s0.m), v: copy(s0.v) }, b = { master: copy(s0.master), m: copy(s0.m), v: copy(s0.v) };
+    const pa = Tensor.zeros('bf16', [n]), pb = Tensor.zeros('bf16', [n]);
+    C.train.adamw(grad, a.master, a.m, a.v, pa, hyper);
+    await C.train.adamwAsync(grad, b.master, b.m, b.v, pb, hyper);
+    for (const key of ['master', 'm', 'v'] as const) expect(Buffer.compare(a[key].bytes, b[key].bytes), key).toBe(0);
+    expect(Buffer.compare(pa.bytes, pb.bytes)).toBe(0);
+    await expect(C.train.adamwAsync(grad, b.master, b.m, randomF32([3], 1), null, hyper)).rejects.toThrow(/v has 3 elements/);
+  });
+
   it('rejects bad arguments', () => {
     const s = state(4), g = randomF32([4], 1);
     expect(() => C.train.adamw(g, s.master, randomF32([3], 2), s.v, null, HYPER)).toThrow(/m has 3 elements, expected 4/);

@@ -27,15 +27,17 @@ struct Item {
   int64_t seq, head, r0, nr;
 };
 
-std::vector<Item> block_items(const int32_t* starts, int64_t nseq, int64_t heads) {
+// late_first: query blocks late in a sequence see the most keys (forward, dQ); key blocks early in
+// it are seen by the most queries (dK, dV). The costliest items go first so the dynamic hand-out
+// ends evenly.
+std::vector<Item> block_items(const int32_t* starts, int64_t nseq, int64_t heads, bool late_first) {
   std::vector<Item> items;
   for (int64_t s = 0; s < nseq; s++) {
     const int64_t n = starts[s + 1] - starts[s];
     for (int64_t h = 0; h < heads; h++)
       for (int64_t r0 = 0; r0 < n; r0 += kBlock) items.push_back({s, h, r0, std::min(kBlock, n - r0)});
   }
-  // Longest first (blocks late in a sequence see the most keys), so the dynamic hand-out ends even.
-  std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.r0 > b.r0; });
+  std::stable_sort(items.begin(), items.end(), [&](const Item& a, const Item& b) { return late_first ? a.r0 > b.r0 : a.r0 < b.r0; });
   return items;
 }
 
@@ -80,7 +82,7 @@ void forward(const float* q, const float* k, const float* v, int64_t t, int64_t 
   (void)t;
   const Bodies& b = bodies();
   const Seq all{q, k, v, nullptr, nullptr, nullptr, out, lse, nullptr, nullptr, nullptr, 0, hq, hkv, d, scale};
-  run_items(block_items(seq_starts, nseq, hq), d, [&](const Item& it, float* scratch) {
+  run_items(block_items(seq_starts, nseq, hq, true), d, [&](const Item& it, float* scratch) {
     b.forward_rows(seq_view(all, seq_starts, it.seq), it.head, it.r0, it.nr, scratch);
   });
 }
@@ -101,10 +103,10 @@ void backward(const float* q, const float* k, const float* v, const float* out, 
   });
   const Bodies& b = bodies();
   const Seq all{q, k, v, dout, lse, delta.data(), nullptr, nullptr, dq, dk, dv, 0, hq, hkv, d, scale};
-  run_items(block_items(seq_starts, nseq, hkv), d, [&](const Item& it, float* scratch) {
+  run_items(block_items(seq_starts, nseq, hkv, false), d, [&](const Item& it, float* scratch) {
     b.backward_kv(seq_view(all, seq_starts, it.seq), it.head, it.r0, it.nr, scratch);
   });
-  run_items(block_items(seq_starts, nseq, hq), d, [&](const Item& it, float* scratch) {
+  run_items(block_items(seq_starts, nseq, hq, true), d, [&](const Item& it, float* scratch) {
     b.backward_q(seq_view(all, seq_starts, it.seq), it.head, it.r0, it.nr, scratch);
   });
 }

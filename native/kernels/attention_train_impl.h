@@ -3,34 +3,11 @@
 // reductions kept in independent lanes. Only builtins are called, so no out-of-line copy compiled
 // with wider flags can serve a narrower path.
 
-// FP exceptions are never unmasked here: saying so lets the selects below (clamps, rounding)
-// become vector blends. It changes no result.
-#pragma GCC optimize("no-trapping-math")
+#include "kernels/simd_math_impl.h"
 
 namespace {
 
 constexpr int64_t B = kBlock;
-
-// exp(x) for x <= 88 (Cephes' expf: range reduction by ln 2, degree-6 polynomial, ~1 ulp);
-// below −87 it returns about 1e-38 instead of 0, which no sum in here can tell apart.
-inline float exp_approx(float x) {
-  x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
-  const float t = x * 1.44269504088896341f;
-  const int ni = static_cast<int>(t + (t >= 0.f ? 0.5f : -0.5f));
-  const float n = static_cast<float>(ni);
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const uint32_t bits = static_cast<uint32_t>(ni + 127) << 23;
-  float scale;
-  __builtin_memcpy(&scale, &bits, 4);
-  return p * scale;
-}
 
 inline float lanes_sum(const float* __restrict x, int64_t n) {
   float acc[16] = {};
@@ -73,18 +50,6 @@ void load_t(const float* x, int64_t heads, int64_t head, int64_t d, int64_t j0, 
     for (int64_t c = 0; c < d; c++) xt[c * B + j] = r[c];
   }
 }
-
-// 16 floats as one value: GCC's vector extension lowers it to one zmm, two ymm or four xmm
-// registers, whichever the file's instruction set has.
-typedef float v16 __attribute__((vector_size(64)));
-
-inline v16 load16(const float* p) {
-  v16 v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline void store16(float* p, v16 v) { __builtin_memcpy(p, &v, sizeof v); }
 
 // y[c] += Σ_r x[r] · rows[r·stride + c] for c < 16·V, r < nx. The V accumulators stay in
 // registers across the whole sum over r (no store-to-load round trip per r); each y[c] is summed

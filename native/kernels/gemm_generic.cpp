@@ -271,6 +271,15 @@ void pack_weight_t(const void* src, Fmt src_fmt, int64_t n, int64_t k, Fmt fmt, 
       const int64_t c0 = p * kNR;
       const int cols = static_cast<int>(k - c0 < kNR ? k - c0 : kNR);
       for (int64_t kk = 0; kk < stored_k(fmt, n); kk++) {
+        if (src_fmt == fmt && fmt != Fmt::F32 && kk < n) {  // 16-bit to the same format: copy the bits
+          const uint16_t* s16 = static_cast<const uint16_t*>(src) + kk * k + c0;
+          uint16_t* d = reinterpret_cast<uint16_t*>(panel);
+          const bool pairs = fmt == Fmt::Bf16;
+          for (int c = 0; c < kNR; c++) {
+            d[pairs ? (kk >> 1) * 2 * kNR + c * 2 + (kk & 1) : kk * kNR + c] = c < cols ? s16[c] : 0;
+          }
+          continue;
+        }
         float row[kNR] = {};  // the k step's 32 values, zero past W's last row or column
         if (kk < n) {
           if (src_fmt == Fmt::F32) {

@@ -1,5 +1,5 @@
-// Backward of the row-wise ops (grad.h). Plain C++ over the thread pool: these ops move a few
-// bytes per flop and run at memory speed; the norms' statistics use double sums as the forward.
+// Backward of the bias and the embedding (grad.h; norms and activations: grad_row_*): sums over
+// rows, columns split over the thread pool, rows in order (the same result at any thread count).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -12,20 +12,6 @@ namespace {
 
 constexpr int64_t kSerialElems = 32768;
 
-template <typename F>
-void over_rows(int64_t rows, int64_t cols, F&& fn) {
-  if (rows <= 0) return;
-  if (rows * cols <= kSerialElems) return fn(0, rows);
-  ThreadPool::instance().parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)), fn);
-}
-
-template <typename F>
-void over_span(int64_t n, F&& fn) {
-  if (n <= 0) return;
-  if (n <= kSerialElems) return fn(0, n);
-  ThreadPool::instance().parallel_for(n, 16384, fn);
-}
-
 // Column ranges over threads; each range is summed over rows in order (deterministic).
 template <typename F>
 void over_cols(int64_t rows, int64_t cols, F&& fn) {
@@ -34,110 +20,7 @@ void over_cols(int64_t rows, int64_t cols, F&& fn) {
   ThreadPool::instance().parallel_for(cols, 64, fn);
 }
 
-// Per row: mean (0 for RMSNorm) and rstd, as the forward computes them.
-void row_stats(const float* x, int64_t rows, int64_t cols, float eps, bool rms, float* mean, float* rstd) {
-  over_rows(rows, cols, [&](int64_t a, int64_t b) {
-    for (int64_t r = a; r < b; r++) {
-      const float* xr = x + r * cols;
-      float mu = 0.f;
-      if (!rms) {
-        double s = 0;
-        for (int64_t i = 0; i < cols; i++) s += xr[i];
-        mu = (float)(s / (double)cols);
-      }
-      double v = 0;
-      for (int64_t i = 0; i < cols; i++) {
-        const double c = rms ? (double)xr[i] : (double)(xr[i] - mu);
-        v += c * c;
-      }
-      mean[r] = mu;
-      rstd[r] = (float)(1.0 / std::sqrt(v / (double)cols + (double)eps));
-    }
-  });
-}
-
-// dx = rstd · (g − mean(g) − x̂ · mean(g · x̂)) with g = dy · gamma, x̂ = (x − mean) · rstd;
-// RMSNorm drops the mean(g) term (mean = 0).
-void norm_dx(const float* x, const float* dy, int64_t rows, int64_t cols, const float* gamma, bool rms,
-             const float* mean, const float* rstd, float* dx) {
-  over_rows(rows, cols, [&](int64_t a, int64_t b) {
-    for (int64_t r = a; r < b; r++) {
-      const float* xr = x + r * cols;
-      const float* gr = dy + r * cols;
-      const float mu = mean[r], rs = rstd[r];
-      double sg = 0, sgx = 0;
-      for (int64_t i = 0; i < cols; i++) {
-        const double g = (double)gr[i] * gamma[i];
-        sg += g;
-        sgx += g * (double)((xr[i] - mu) * rs);
-      }
-      const float mg = rms ? 0.f : (float)(sg / (double)cols), mgx = (float)(sgx / (double)cols);
-      float* o = dx + r * cols;
-      for (int64_t i = 0; i < cols; i++) o[i] = rs * (gr[i] * gamma[i] - mg - (xr[i] - mu) * rs * mgx);
-    }
-  });
-}
-
-void norm_backward(const float* x, const float* dy, int64_t rows, int64_t cols, const float* gamma, float eps,
-                   bool rms, float* dx, float* dgamma, float* dbeta) {
-  std::vector<float> mean((size_t)rows), rstd((size_t)rows);
-  row_stats(x, rows, cols, eps, rms, mean.data(), rstd.data());
-  over_cols(rows, cols, [&](int64_t c0, int64_t c1) {
-    for (int64_t r = 0; r < rows; r++) {
-      const float* xr = x + r * cols;
-      const float* gr = dy + r * cols;
-      for (int64_t i = c0; i < c1; i++) dgamma[i] += gr[i] * ((xr[i] - mean[r]) * rstd[r]);
-      if (dbeta)
-        for (int64_t i = c0; i < c1; i++) dbeta[i] += gr[i];
-    }
-  });
-  norm_dx(x, dy, rows, cols, gamma, rms, mean.data(), rstd.data(), dx);
-}
-
 }  // namespace
-
-void grad_layer_norm(const float* x, const float* dy, int64_t rows, int64_t cols, const float* gamma, float eps,
-                     float* dx, float* dgamma, float* dbeta) {
-  norm_backward(x, dy, rows, cols, gamma, eps, false, dx, dgamma, dbeta);
-}
-
-void grad_rms_norm(const float* x, const float* dy, int64_t rows, int64_t cols, const float* gamma, float eps,
-                   float* dx, float* dgamma) {
-  norm_backward(x, dy, rows, cols, gamma, eps, true, dx, dgamma, nullptr);
-}
-
-void grad_relu(const float* x, const float* dy, int64_t n, float* dx) {
-  over_span(n, [&](int64_t a, int64_t b) {
-    for (int64_t i = a; i < b; i++) dx[i] = x[i] > 0.f ? dy[i] : 0.f;
-  });
-}
-
-void grad_gelu(const float* x, const float* dy, int64_t n, float* dx, bool approximate) {
-  const double k0 = std::sqrt(2.0 / M_PI), k1 = 0.044715, inv_sqrt_2pi = 1.0 / std::sqrt(2.0 * M_PI);
-  over_span(n, [&](int64_t a, int64_t b) {
-    for (int64_t i = a; i < b; i++) {
-      const double v = x[i];
-      double d;
-      if (approximate) {  // y = ½v(1 + tanh u), u = √(2/π)(v + 0.044715v³)
-        const double t = std::tanh(k0 * (v + k1 * v * v * v));
-        d = 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * k0 * (1 + 3 * k1 * v * v);
-      } else {  // y = ½v(1 + erf(v/√2)): y' = Φ(v) + v·φ(v)
-        d = 0.5 * (1 + std::erf(v * M_SQRT1_2)) + v * std::exp(-0.5 * v * v) * inv_sqrt_2pi;
-      }
-      dx[i] = (float)(dy[i] * d);
-    }
-  });
-}
-
-void grad_silu_mul(const float* gate, const float* up, const float* dy, int64_t n, float* dgate, float* dup) {
-  over_span(n, [&](int64_t a, int64_t b) {
-    for (int64_t i = a; i < b; i++) {
-      const float g = gate[i], sig = 1.f / (1.f + std::exp(-g)), d = dy[i], u = up[i];
-      dgate[i] = d * u * sig * (1.f + g * (1.f - sig));
-      dup[i] = d * g * sig;
-    }
-  });
-}
 
 void grad_bias(const float* dy, int64_t rows, int64_t cols, float* dbias) {
   over_cols(rows, cols, [&](int64_t c0, int64_t c1) {

@@ -2,7 +2,7 @@
 // attention_train.h). src/backend/cpu/grad.ts wraps them; the checks here keep a raw call inside
 // its buffers.
 //   gemmPackWeightT(src, srcDtype, n, k, format, dst)         Wᵀ packed, for dX = dY · W
-//   gemmGradWeight(dy, x, m, n, k, dw, mode)                   dw[n,k] += dyᵀ · x
+//   gemmGradWeight(dy, x, m, n, k, dw, mode, async)            dw[n,k] += dyᵀ · x (-> Promise if async)
 //   layerNormBackward(x, dy, rows, cols, gamma, eps, dx, dgamma, dbeta|null)
 //   rmsNormBackward(x, dy, rows, cols, gamma, eps, dx, dgamma)
 //   reluBackward(x, dy, dx), geluBackward(x, dy, dx, approximate), siluMulBackward(gate, up, dy, dgate, dup)
@@ -17,6 +17,7 @@
 #include "kernels/attention_train.h"
 #include "kernels/gemm.h"
 #include "kernels/grad.h"
+#include "napi/async.h"
 #include "napi/register.h"
 #include "napi/train_args.h"
 
@@ -56,7 +57,10 @@ Napi::Value GradWeight(const Napi::CallbackInfo& info) {
   float* dw = f32_arg(info[5], "dw", checked_count(env, "dw", n, k));
   std::string mode = info[6].IsString() ? info[6].As<Napi::String>().Utf8Value() : "";
   if (mode != "fp32" && mode != "bf16") throw Napi::RangeError::New(env, "mode must be 'fp32' or 'bf16'");
-  gemm::matmul_grad_weight(dy, x, m, n, k, dw, mode == "bf16" ? gemm::Mode::Bf16 : gemm::Mode::Fp32);
+  const gemm::Mode md = mode == "bf16" ? gemm::Mode::Bf16 : gemm::Mode::Fp32;
+  auto work = [=] { gemm::matmul_grad_weight(dy, x, m, n, k, dw, md); };
+  if (is_async(info, 7)) return run_async(env, work, {info[0], info[1], info[5]});
+  work();
   return env.Undefined();
 }
 

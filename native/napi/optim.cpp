@@ -1,12 +1,14 @@
 // N-API exports of the optimizer kernels (native/kernels/optim.h). src/backend/cpu/optim.ts wraps
 // them; the checks here keep a raw call inside its buffers.
-//   adamw(grad, gradDtype, master, m, v, paramBf16|null, n, lr, beta1, beta2, eps, weightDecay, gradScale, step)
+//   adamw(grad, gradDtype, master, m, v, paramBf16|null, n, lr, beta1, beta2, eps, weightDecay, gradScale, step, async)
+//     -> undefined | Promise (async: runs off the JavaScript thread, so a step overlaps I/O)
 //   sumSquares(x, dtype, n) -> number
 #include <napi.h>
 
 #include <cmath>
 
 #include "kernels/optim.h"
+#include "napi/async.h"
 #include "napi/register.h"
 #include "napi/train_args.h"
 
@@ -34,7 +36,9 @@ Napi::Value AdamW(const Napi::CallbackInfo& info) {
                      static_cast<float>(wd), static_cast<float>(gs), static_cast<float>(lr / bc1),
                      static_cast<float>(std::sqrt(bc2)), static_cast<float>(1.0 - b1), static_cast<float>(1.0 - b2),
                      static_cast<float>(1.0 - lr * wd)};
-  optim::adamw(grad, gbf16, master, m, v, param, n, s);
+  auto work = [=] { optim::adamw(grad, gbf16, master, m, v, param, n, s); };
+  if (is_async(info, 14)) return run_async(env, work, {info[0], info[2], info[3], info[4], info[5]});
+  work();
   return env.Undefined();
 }
 

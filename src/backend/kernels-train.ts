@@ -36,6 +36,8 @@ export interface TrainKernels {
   packWeightT(src: Float32Array | Uint16Array, srcDtype: FloatDType, n: number, k: number, format: WeightFormat, dst: Uint8Array): void;
   /** dw[n,k] += dy[m,n]ᵀ · x[m,k], fp32 accumulation (bf16 mode: dy and x rounded to bf16 first). */
   matmulGradWeight(dy: Float32Array, x: Float32Array, m: number, n: number, k: number, dw: Float32Array, mode: ComputeMode): void;
+  /** The same off the JavaScript thread (native: on the compute pool via the async dispatcher). */
+  matmulGradWeightAsync(dy: Float32Array, x: Float32Array, m: number, n: number, k: number, dw: Float32Array, mode: ComputeMode): Promise<void>;
   /** dbias[cols] += Σ over rows of dy[rows, cols]. */
   biasGrad(dy: FloatArray, rows: number, cols: number, dbias: FloatArray): void;
 
@@ -77,12 +79,14 @@ export interface TrainKernels {
    *  p ← p − lr/(1 − β1^t) · m / (√v / √(1 − β2^t) + eps), with g = grad · gradScale. */
   adamw(grad: FloatArray | Uint16Array, gradDtype: 'f32' | 'bf16', master: FloatArray, m: FloatArray, v: FloatArray,
     paramBf16: Uint16Array | null, hyper: AdamWHyper): void;
+  adamwAsync(grad: FloatArray | Uint16Array, gradDtype: 'f32' | 'bf16', master: FloatArray, m: FloatArray, v: FloatArray,
+    paramBf16: Uint16Array | null, hyper: AdamWHyper): Promise<void>;
   /** Σ x² (f32, or bf16 bits) accumulated in double: the global gradient norm is its square root. */
   sumSquares(x: FloatArray | Uint16Array, dtype: 'f32' | 'bf16'): number;
 }
 
 export const TRAIN_KERNEL_NAMES: (keyof TrainKernels)[] = [
-  'packWeightT', 'matmulGradWeight', 'biasGrad', 'layerNormBackward', 'rmsNormBackward', 'reluBackward', 'geluBackward',
+  'packWeightT', 'matmulGradWeight', 'matmulGradWeightAsync', 'biasGrad', 'layerNormBackward', 'rmsNormBackward', 'reluBackward', 'geluBackward',
   'siluMulBackward', 'embeddingBackward', 'softmaxCrossEntropy', 'attentionTrainForward', 'attentionTrainBackward',
-  'adamw', 'sumSquares',
+  'adamw', 'adamwAsync', 'sumSquares',
 ];

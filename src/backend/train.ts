@@ -35,6 +35,17 @@ export class TrainOps {
   /** dw[n,k] += dyᵀ · x for y = x · Wᵀ: dy [.., n] and x [.., k] over the same rows. The input
    *  gradient dx = dy · W is backend.matmul(dy, backend.packWeightT(W)). */
   linearGradWeight(dy: F32, x: F32, dw: F32, mode: ComputeMode = 'fp32'): void {
+    const [m, n, k] = this.checkGradWeight(dy, x, dw, mode);
+    this.kernels.matmulGradWeight(dy.data, x.data, m, n, k, dw.data, mode);
+  }
+
+  /** linearGradWeight off the JavaScript thread; the buffers must not change until it settles. */
+  async linearGradWeightAsync(dy: F32, x: F32, dw: F32, mode: ComputeMode = 'fp32'): Promise<void> {
+    const [m, n, k] = this.checkGradWeight(dy, x, dw, mode);
+    await this.kernels.matmulGradWeightAsync(dy.data, x.data, m, n, k, dw.data, mode);
+  }
+
+  private checkGradWeight(dy: F32, x: F32, dw: F32, mode: ComputeMode): [number, number, number] {
     const op = 'linearGradWeight';
     expectF32(op, 'dy', dy);
     expectF32(op, 'x', x);
@@ -43,7 +54,7 @@ export class TrainOps {
     if (mx !== m) fail(op, `dy has ${m} rows, x has ${mx}`);
     expectShape(op, 'dw', dw, [n, k]);
     if (mode !== 'fp32' && mode !== 'bf16') throw new TypeError(`${op}: mode must be 'fp32' or 'bf16', got ${String(mode)}`);
-    this.kernels.matmulGradWeight(dy.data, x.data, m, n, k, dw.data, mode);
+    return [m, n, k];
   }
 
   /** dbias[n] += Σ over rows of dy [.., n]. */
@@ -243,6 +254,18 @@ export class TrainOps {
   /** One fused AdamW step (PyTorch's semantics, see TrainKernels.adamw) over one parameter's
    *  buffers: master, m, v f32 updated in place; paramBf16 (bf16) written when given. */
   adamw(grad: GradTensor, master: F32, m: F32, v: F32, paramBf16: Tensor<'bf16'> | null, hyper: AdamWHyper): void {
+    this.checkAdamW(grad, master, m, v, paramBf16, hyper);
+    this.kernels.adamw(grad.data, grad.dtype, master.data, m.data, v.data, paramBf16?.data ?? null, hyper);
+  }
+
+  /** adamw off the JavaScript thread (one sub-group's update can overlap the next one's I/O); the
+   *  buffers must not change until it settles. */
+  async adamwAsync(grad: GradTensor, master: F32, m: F32, v: F32, paramBf16: Tensor<'bf16'> | null, hyper: AdamWHyper): Promise<void> {
+    this.checkAdamW(grad, master, m, v, paramBf16, hyper);
+    await this.kernels.adamwAsync(grad.data, grad.dtype, master.data, m.data, v.data, paramBf16?.data ?? null, hyper);
+  }
+
+  private checkAdamW(grad: GradTensor, master: F32, m: F32, v: F32, paramBf16: Tensor<'bf16'> | null, hyper: AdamWHyper): void {
     const op = 'adamw';
     expectGrad(op, 'grad', grad);
     for (const [name, t] of [['master', master], ['m', m], ['v', v]] as const) {
@@ -254,7 +277,6 @@ export class TrainOps {
       expectSize(op, 'paramBf16', paramBf16, grad.size);
     }
     checkHyper(op, hyper);
-    this.kernels.adamw(grad.data, grad.dtype, master.data, m.data, v.data, paramBf16?.data ?? null, hyper);
   }
 
   /** Σ x² in double over an f32 or bf16 tensor (the global gradient norm is √ of the total). */

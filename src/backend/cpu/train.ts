@@ -11,7 +11,10 @@ export const trainKernels: TrainKernels = {
     fn('gemmPackWeightT')(src, srcDtype, n, k, format, dst);
   },
   matmulGradWeight(dy, x, m, n, k, dw, mode) {
-    fn('gemmGradWeight')(dy, x, m, n, k, dw, mode);
+    fn('gemmGradWeight')(dy, x, m, n, k, dw, mode, false);
+  },
+  matmulGradWeightAsync(dy, x, m, n, k, dw, mode) {
+    return fn('gemmGradWeight')(dy, x, m, n, k, dw, mode, true) as Promise<void>;
   },
   biasGrad(dy, rows, cols, dbias) {
     fn('biasGrad')(dy, rows, cols, dbias);
@@ -45,7 +48,11 @@ export const trainKernels: TrainKernels = {
     fn('attentionTrainBackward')(q, k, v, out, lse, dout, t, hq, hkv, d, seqStarts, scale, dq, dk, dv);
   },
   adamw(grad, gradDtype, master, m, v, paramBf16, h) {
-    fn('adamw')(grad, gradDtype, master, m, v, paramBf16, master.length, h.lr, h.beta1, h.beta2, h.eps, h.weightDecay, h.gradScale, h.step);
+    fn('adamw')(grad, gradDtype, master, m, v, paramBf16, master.length, h.lr, h.beta1, h.beta2, h.eps, h.weightDecay, h.gradScale, h.step, false);
+  },
+  adamwAsync(grad, gradDtype, master, m, v, paramBf16, h) {
+    return fn('adamw')(grad, gradDtype, master, m, v, paramBf16, master.length, h.lr, h.beta1, h.beta2, h.eps, h.weightDecay, h.gradScale, h.step,
+      true) as Promise<void>;
   },
   sumSquares(x, dtype) {
     return fn('sumSquares')(x, dtype, x.length) as number;

@@ -65,6 +65,9 @@ export const gemmGradReference: Partial<TrainKernels> = {
     gemmReference.packWeight!(t, srcDtype, k, n, format, dst);
   },
   matmulGradWeight,
+  async matmulGradWeightAsync(dy, x, m, n, k, dw, mode) {
+    matmulGradWeight(dy, x, m, n, k, dw, mode);
+  },
   biasGrad(dy, rows, cols, dbias) {
     for (let c = 0; c < cols; c++) {
       let s = 0;

@@ -20,6 +20,9 @@ export const optimReference: Partial<TrainKernels> = {
       if (paramBf16) paramBf16[i] = f32ToBf16(master[i]!);
     }
   },
+  async adamwAsync(grad, gradDtype, master, m, v, paramBf16, h) {
+    optimReference.adamw!(grad, gradDtype, master, m, v, paramBf16, h);
+  },
   sumSquares(x, dtype) {
     let s = 0;
     for (let i = 0; i < x.length; i++) s += gradAt(x, dtype, i) ** 2;
