@@ -7,7 +7,10 @@ export type { SamplingParams } from './engine/sampling.js';
 export type { ModelConfig } from './models/config.js';
 export { supportedModelTypes } from './models/registry.js';
 export { ropeInvFreq, type RopePositions, type RopeScaling } from './models/rope.js';
-export { openTrainer, Trainer, type TrainerOptions, type StepMetrics, type TrainSequence, type LrSchedule } from './train/index.js';
+export {
+  openTrainer, Trainer, train, type TrainerOptions, type StepMetrics, type TrainSequence, type LrSchedule, type TrainRunOptions, type TrainRunInfo,
+  type TrainStepMetrics,
+} from './train/index.js';
 export type { ParamState, Precision } from './optim/state.js';
 export { Tensor } from './tensor/tensor.js';
 export type { DType, FloatDType } from './tensor/dtype.js';
