@@ -24,7 +24,7 @@ import { publishModel } from './publish.js';
 import { type ResolvedOptions, type TrainRunOptions, mathOptions, resolveOptions } from './run-options.js';
 import type { Sequence } from './sequence.js';
 import { type Trainer, openTrainer } from './trainer.js';
-import type { Json, TrainingState } from './training-state.js';
+import { type Json, STATE_DIR, type TrainingState } from './training-state.js';
 
 export interface TrainStepMetrics {
   /** Optimizer steps count from 1. */
@@ -63,11 +63,12 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
   if (existing && !o.resume) {
     throw new UserError(`--out ${o.out} already holds a training run (${path.basename(existing)}); pass --resume to continue it, or choose another --out`);
   }
+  if (existing && o.resume) checkResume(existing, math);
   const trainer = await openTrainer(o.model, {
     precision: o.precision, lr: o.lr, lrSchedule: o.lrSchedule, warmupSteps: o.warmupSteps, totalSteps, weightDecay: o.weightDecay,
     maxGradNorm: o.maxGradNorm, checkpointActivations: o.checkpointActivations, threads: o.threads,
   });
-  const resumed = o.resume && existing ? await restore(trainer, o.out, math) : null;
+  const resumed = o.resume && existing ? await restore(trainer, existing) : null;
   const batcher = new Batcher(data, { batchSize: o.batchSize, seed: o.seed }, resumed?.dataPosition);
   const startStep = resumed?.step ?? 0;
   o.onStart?.({
@@ -116,22 +117,38 @@ function fitSeqLen(o: ResolvedOptions, byDefault: boolean): void {
   else if (o.seqLen > max) throw new UserError(`--seq-len ${o.seqLen} is longer than the model's ${max} positions`);
 }
 
-/** Loads OUT's latest checkpoint into the trainer, after checking the run's options match. */
-async function restore(trainer: Trainer, out: string, math: Record<string, string | number>): Promise<TrainingState & { dir: string }> {
-  const params = new Map(trainer.parameters().map((p) => [p.name, p]));
-  const expected = new Map([...params].map(([n, p]) => [n, [...p.shape]]));
-  // Read straight into the trainer's buffers.
-  const { dir, state } = await loadCheckpoint(out, expected, (name, part) => params.get(name)![part].data);
-  const saved = state.options.math as Record<string, Json> | undefined;
+/** Checks that the run's options match those of the checkpoint `dir` it resumes (before any
+ *  weight is read, so that another model is named as such, not by a missing tensor). */
+function checkResume(dir: string, math: Record<string, string | number>): void {
+  const saved = savedMathOptions(dir);
   for (const [k, v] of Object.entries(math)) {
-    if (saved?.[k] !== v) {
-      throw new UserError(`${dir}: cannot resume: ${k} is ${JSON.stringify(v)}, the run being resumed used ${JSON.stringify(saved?.[k] ?? null)}; ` +
+    if (saved && saved[k] !== v) {
+      throw new UserError(`${dir}: cannot resume: ${k} is ${JSON.stringify(v)}, the run being resumed used ${JSON.stringify(saved[k] ?? null)}; ` +
         'resume with the same value, or start a new run in another --out');
     }
   }
+}
+
+/** Loads the checkpoint `dir` into the trainer's buffers. */
+async function restore(trainer: Trainer, dir: string): Promise<TrainingState & { dir: string }> {
+  const params = new Map(trainer.parameters().map((p) => [p.name, p]));
+  const expected = new Map([...params].map(([n, p]) => [n, [...p.shape]]));
+  // Read straight into the trainer's buffers.
+  const { state } = await loadCheckpoint(dir, expected, (name, part) => params.get(name)![part].data);
   for (const p of params.values()) if (p.param.dtype === 'bf16') p.param.data.set(fromFloat32('bf16', p.master.data));
   trainer.stepsDone = state.step;
   return { ...state, dir };
+}
+
+/** The options a checkpoint was saved with, or null when its state.json cannot be read (then
+ *  loadCheckpoint reports what is wrong with it). */
+function savedMathOptions(dir: string): Record<string, Json> | null {
+  try {
+    const j = JSON.parse(fs.readFileSync(path.join(dir, STATE_DIR, 'state.json'), 'utf8')) as { options?: { math?: Record<string, Json> } };
+    return j.options?.math ?? {};
+  } catch {
+    return null;
+  }
 }
 
 async function save(trainer: Trainer, o: ResolvedOptions, math: Record<string, string | number>, step: number, batcher: Batcher): Promise<string> {
