@@ -5,23 +5,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadModel } from '../src/engine/model.js';
-import { SafetensorsFile } from '../src/formats/safetensors.js';
-import { toFloat32 } from '../src/tensor/dtype.js';
 import { cli } from './helpers/cli.js';
 import { readJsonl, repoRoot, tmpDir } from './helpers/fixtures.js';
-import { TRAIN_FIXTURES as FIX } from './helpers/train.js';
-
-function readAll(file: string): Map<string, Float32Array> {
-  const f = SafetensorsFile.open(file);
-  try {
-    return new Map([...f.tensors.keys()].map((n) => {
-      const t = f.read(n);
-      return [n, toFloat32(t.dtype as 'f32', t.data as Float32Array, true)];
-    }));
-  } finally {
-    f.close();
-  }
-}
+import { TRAIN_FIXTURES as FIX, readAll } from './helpers/train.js';
 
 /** ‖(a − base) − (b − base)‖ / ‖b − base‖: the relative error of an update. */
 function updateErr(a: Float32Array, b: Float32Array, base: Float32Array): number {

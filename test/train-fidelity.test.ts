@@ -4,22 +4,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { SafetensorsFile } from '../src/formats/safetensors.js';
 import { toFloat32 } from '../src/tensor/dtype.js';
 import { openTrainer } from '../src/train/index.js';
-import { TRAIN_FIXTURES as FIX, fixtureBatch } from './helpers/train.js';
-
-function readAll(file: string): Map<string, Float32Array> {
-  const f = SafetensorsFile.open(file);
-  try {
-    return new Map([...f.tensors.keys()].map((n) => {
-      const t = f.read(n);
-      return [n, toFloat32(t.dtype as 'f32', t.data as Float32Array, true)];
-    }));
-  } finally {
-    f.close();
-  }
-}
+import { TRAIN_FIXTURES as FIX, fixtureBatch, readAll } from './helpers/train.js';
 
 /** ‖a − b‖ / ‖b‖ (Frobenius), in double. */
 function relFrob(a: ArrayLike<number>, b: ArrayLike<number>): number {
