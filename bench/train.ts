@@ -1,6 +1,6 @@
 // Training throughput and model FLOPs utilisation (MFU) on OPT shapes with random weights:
 //   node --import tsx bench/train.ts [--config opt-125m] [--layers N] [--seq 256,512] [--batch 4]
-//        [--precision fp32,bf16] [--steps 2] [--threads 2] [--json]
+//        [--precision fp32,bf16] [--steps 2] [--threads 2] [--no-checkpoint] [--json]
 // Each case runs one warm-up step, then --steps timed steps (forward, backward with activation
 // checkpointing, AdamW) on random token ids. MFU = 6 · parameters · tokens/s ÷ the best GEMM rate
 // measured here in this run (fp32 and bf16 compute, the model's own GEMM shapes at M = batch · seq,
@@ -27,6 +27,7 @@ const batch = Number(arg('batch', '4'));
 const steps = Number(arg('steps', '2'));
 setThreads(Number(arg('threads', String(getThreads()))));
 const json = args.includes('--json');
+const checkpointActivations = !args.includes('--no-checkpoint');
 
 const dir = dummyModel(config, layers, defaultModelCache());
 const hidden = (await openTrainer(dir, { lr: 0 })).config.hidden;
@@ -53,7 +54,7 @@ console.error(`${cpuModel()}, ${getThreads()} threads, ISA ${isaInfo().active}, 
 for (const seq of seqs) {
   const peak = gemmPeak(batch * seq);
   for (const precision of precisions) {
-    const trainer = await openTrainer(dir, { precision, lr: 1e-4 });
+    const trainer = await openTrainer(dir, { precision, lr: 1e-4, checkpointActivations });
     const params = trainer.parameters().reduce((n, p) => n + p.master.size, 0);
     const r = rng(seq);
     const data = () => Array.from({ length: batch }, () => ({ tokenIds: Array.from({ length: seq }, () => Math.floor(r() * trainer.config.vocabSize)) }));
@@ -66,7 +67,7 @@ for (const seq of seqs) {
     }
     const tps = tokens / seconds;
     const row = {
-      config: `${config}${layers ? ` (${layers} layers)` : ''}`, precision, batch, seq, params, steps, tokensPerSecond: tps, secondsPerStep: seconds / steps,
+      config: `${config}${layers ? ` (${layers} layers)` : ''}${checkpointActivations ? '' : ' no-ckpt'}`, precision, batch, seq, params, steps, tokensPerSecond: tps, secondsPerStep: seconds / steps,
       modelGflops: (6 * params * tps) / 1e9, gemmPeakGflops: peak.rate / 1e9, gemmPeakCase: peak.mode, mfu: (6 * params * tps) / peak.rate,
     };
     if (json) console.log(JSON.stringify(row));

@@ -28,6 +28,8 @@ export class Progress {
 export class StepProgress {
   private readonly tty = process.stderr.isTTY === true;
   private readonly start = performance.now();
+  /** Whether the cursor is at the end of a drawn bar. */
+  private drawn = false;
 
   constructor(private readonly firstStep: number) {}
 
@@ -37,10 +39,18 @@ export class StepProgress {
     const width = 24;
     const bar = '#'.repeat(Math.round((width * step) / Math.max(total, 1))).padEnd(width, '.');
     process.stderr.write(`\rtrain [${bar}] step ${step}/${total}, loss ${loss.toFixed(4)}, ${tokensPerSecond.toFixed(0)} tok/s, ETA ${clock((total - step) * perStep)} `);
+    this.drawn = true;
+  }
+
+  /** A line of its own above the bar (the bar is redrawn by the next update). */
+  log(line: string): void {
+    process.stderr.write(`${this.tty ? '\r\x1b[K' : ''}${line}\n`);
+    this.drawn = false;
   }
 
   end(): void {
-    if (this.tty) process.stderr.write('\n');
+    if (this.drawn) process.stderr.write('\n');
+    this.drawn = false;
   }
 }
 

@@ -52,7 +52,7 @@ async function runTrain(o: Omit<TrainRunOptions, 'onStart'>): Promise<void> {
       },
     })) {
       progress!.update(m.step, m.totalSteps, m.loss, m.tokensPerSecond);
-      if (m.evalLoss !== undefined) err(`\nstep ${m.step}: eval loss ${m.evalLoss.toFixed(4)}, perplexity ${m.evalPerplexity!.toFixed(2)}`);
+      if (m.evalLoss !== undefined) progress!.log(`step ${m.step}: eval loss ${m.evalLoss.toFixed(4)}, perplexity ${m.evalPerplexity!.toFixed(2)}`);
       last = { step: m.step, loss: m.loss };
     }
   } finally {
