@@ -8,7 +8,7 @@ export type { ModelConfig } from './models/config.js';
 export { supportedModelTypes } from './models/registry.js';
 export { ropeInvFreq, type RopePositions, type RopeScaling } from './models/rope.js';
 export {
-  openTrainer, Trainer, train, type TrainerOptions, type StepMetrics, type TrainSequence, type LrSchedule, type TrainRunOptions, type TrainRunInfo,
+  openTrainer, Trainer, train, TRAIN_DEFAULTS, type TrainerOptions, type StepMetrics, type TrainSequence, type LrSchedule, type TrainRunOptions, type TrainRunInfo,
   type TrainStepMetrics,
 } from './train/index.js';
 export type { ParamState, Precision } from './optim/state.js';
