@@ -9,6 +9,7 @@
 import { cpuBackend, getThreads, isaInfo, setThreads } from '../src/backend/index.js';
 import { defaultModelCache, dummyModel } from '../src/engine/bench.js';
 import { openTrainer } from '../src/train/index.js';
+import { selectBf16Kernel } from '../src/train/bf16-kernel.js';
 import { randomF32, rng } from '../test/helpers/random.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { bestOf, cpuModel } from './timing.js';
@@ -55,6 +56,8 @@ for (const seq of seqs) {
   const peak = gemmPeak(batch * seq);
   for (const precision of precisions) {
     const trainer = await openTrainer(dir, { precision, lr: 1e-4, checkpointActivations });
+    // As `tierlm train` does: the faster bf16 GEMM kernel of this machine.
+    const kernel = precision === 'bf16' ? selectBf16Kernel(trainer.config, batch * seq, null) : 'fp32';
     const params = trainer.parameters().reduce((n, p) => n + p.master.size, 0);
     const r = rng(seq);
     const data = () => Array.from({ length: batch }, () => ({ tokenIds: Array.from({ length: seq }, () => Math.floor(r() * trainer.config.vocabSize)) }));
@@ -67,12 +70,12 @@ for (const seq of seqs) {
     }
     const tps = tokens / seconds;
     const row = {
-      config: `${config}${layers ? ` (${layers} layers)` : ''}${checkpointActivations ? '' : ' no-ckpt'}`, precision, batch, seq, params, steps, tokensPerSecond: tps, secondsPerStep: seconds / steps,
+      kernel, config: `${config}${layers ? ` (${layers} layers)` : ''}${checkpointActivations ? '' : ' no-ckpt'}`, precision, batch, seq, params, steps, tokensPerSecond: tps, secondsPerStep: seconds / steps,
       modelGflops: (6 * params * tps) / 1e9, gemmPeakGflops: peak.rate / 1e9, gemmPeakCase: peak.mode, mfu: (6 * params * tps) / peak.rate,
     };
     if (json) console.log(JSON.stringify(row));
     else {
-      console.log(`${row.config} ${precision} ${batch}x${seq}: ${tps.toFixed(1)} tokens/s (${row.secondsPerStep.toFixed(2)} s/step), ` +
+      console.log(`${row.config} ${precision}${precision === 'bf16' ? ` (${kernel} kernel)` : ''} ${batch}x${seq}: ${tps.toFixed(1)} tokens/s (${row.secondsPerStep.toFixed(2)} s/step), ` +
         `${row.modelGflops.toFixed(1)} GFLOP/s of model FLOPs (6·${(params / 1e6).toFixed(1)}M·tokens/s), MFU ${(100 * row.mfu).toFixed(1)}% ` +
         `of ${row.gemmPeakGflops.toFixed(1)} GFLOP/s (best GEMM: ${peak.mode})`);
     }

@@ -7,7 +7,7 @@
 // weights, Adam's moments and step, the data position with the data's fingerprint) or a pure
 // function of options the resume must repeat (the data order is a function of seed and epoch; the
 // schedule of lr, warmup and total steps; see mathOptions). The bf16 copies are the masters
-// rounded, exactly as AdamW writes them. So a run killed at any moment and resumed takes the same
+// rounded, exactly as AdamW writes them, and a bf16 run reuses the saved choice of GEMM kernel. So a run killed at any moment and resumed takes the same
 // steps, bit for bit, as one never interrupted (test/train-run.test.ts kills one with SIGKILL).
 
 import { createHash } from 'node:crypto';
@@ -16,6 +16,7 @@ import path from 'node:path';
 import { readConfig } from '../models/registry.js';
 import { fromFloat32 } from '../tensor/dtype.js';
 import { UserError } from '../util/errors.js';
+import { type Bf16Kernel, selectBf16Kernel } from './bf16-kernel.js';
 import { Batcher, evalBatches } from './batcher.js';
 import { LATEST, latestCheckpoint, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
 import { type Dataset, dataContextFor, readDataset } from './dataset.js';
@@ -69,6 +70,8 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
     maxGradNorm: o.maxGradNorm, checkpointActivations: o.checkpointActivations, threads: o.threads,
   });
   const resumed = o.resume && existing ? await restore(trainer, existing) : null;
+  const bf16Kernel = o.precision === 'bf16'
+    ? selectBf16Kernel(trainer.config, o.batchSize * o.seqLen, existing && o.resume ? savedBf16Kernel(existing) : null) : null;
   const batcher = new Batcher(data, { batchSize: o.batchSize, seed: o.seed }, resumed?.dataPosition);
   const startStep = resumed?.step ?? 0;
   o.onStart?.({
@@ -97,7 +100,7 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
       }
       metrics.write(out);
       if ((o.saveEvery > 0 && step % o.saveEvery === 0) || step === totalSteps) {
-        out.checkpoint = await save(trainer, o, math, step, batcher);
+        out.checkpoint = await save(trainer, o, { math, bf16_kernel: bf16Kernel }, step, batcher);
         saved = step;
       }
       yield out;
@@ -142,22 +145,32 @@ async function restore(trainer: Trainer, dir: string): Promise<TrainingState & {
 
 /** The options a checkpoint was saved with, or null when its state.json cannot be read (then
  *  loadCheckpoint reports what is wrong with it). */
-function savedMathOptions(dir: string): Record<string, Json> | null {
+function savedOptions(dir: string): Record<string, Json> | null {
   try {
-    const j = JSON.parse(fs.readFileSync(path.join(dir, STATE_DIR, 'state.json'), 'utf8')) as { options?: { math?: Record<string, Json> } };
-    return j.options?.math ?? {};
+    const j = JSON.parse(fs.readFileSync(path.join(dir, STATE_DIR, 'state.json'), 'utf8')) as { options?: Record<string, Json> };
+    return j.options ?? {};
   } catch {
     return null;
   }
 }
 
-async function save(trainer: Trainer, o: ResolvedOptions, math: Record<string, string | number>, step: number, batcher: Batcher): Promise<string> {
+function savedMathOptions(dir: string): Record<string, Json> | null {
+  const o = savedOptions(dir);
+  return o && ((o.math ?? {}) as Record<string, Json>);
+}
+
+function savedBf16Kernel(dir: string): Bf16Kernel | null {
+  const k = savedOptions(dir)?.bf16_kernel;
+  return k === 'dot' || k === 'fma' ? k : null;
+}
+
+async function save(trainer: Trainer, o: ResolvedOptions, options: { [key: string]: Json }, step: number, batcher: Batcher): Promise<string> {
   const dir = await saveCheckpoint(o.out, o.model, {
     step,
     dataPosition: batcher.position,
     // The data order is the only randomness, and a pure function of (seed, epoch): nothing to carry.
     rng: { data_order: 'mulberry32(seed + epoch)', seed: o.seed },
-    options: { math },
+    options,
     tensors: new Map(trainer.parameters().map((p) => [p.name, { shape: [...p.shape], master: p.master.data, m: p.m.data, v: p.v.data }])),
   }, { keep: o.keepCheckpoints });
   publishModel(o.out, dir);
