@@ -10,7 +10,8 @@ import { cpuBackend, getThreads, isaInfo, setThreads } from '../src/backend/inde
 import { defaultModelCache, dummyModel } from '../src/engine/bench.js';
 import { openTrainer } from '../src/train/index.js';
 import { selectBf16Kernel } from '../src/train/bf16-kernel.js';
-import { randomF32, rng } from '../test/helpers/random.js';
+import { randomF32, randomFloat, rng } from '../test/helpers/random.js';
+import { gemmBf16Dot } from '../src/backend/cpu/gemm.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { bestOf, cpuModel } from './timing.js';
 import { loadavg } from 'node:os';
@@ -33,14 +34,17 @@ const checkpointActivations = !args.includes('--no-checkpoint');
 const dir = dummyModel(config, layers, defaultModelCache());
 const hidden = (await openTrainer(dir, { lr: 0 })).config.hidden;
 
-/** Best GEMM rate (FLOP/s) over fp32 and bf16 compute on [m, hidden] × [hidden, 4·hidden] and
- *  [m, 4·hidden] × [4·hidden, hidden]: the fc1/fc2 shapes, the largest of a layer. */
+/** Best GEMM rate (FLOP/s) over fp32 and both bf16 kernels (FMA on widened weights, vdpbf16ps)
+ *  on [m, hidden] × [hidden, 4·hidden] and [m, 4·hidden] × [4·hidden, hidden]: the fc1/fc2 shapes,
+ *  the largest of a layer. The bf16 kernel setting is restored after. */
 function gemmPeak(m: number): { rate: number; mode: string } {
   const b = cpuBackend();
+  const dotWas = gemmBf16Dot();
   let best = { rate: 0, mode: '' };
-  for (const mode of ['fp32', 'bf16'] as const) {
+  for (const [mode, dot] of [['fp32', false], ['bf16', false], ['bf16-dot', true]] as const) {
+    gemmBf16Dot(dot);
     for (const [k, n] of [[hidden, 4 * hidden], [4 * hidden, hidden]]) {
-      const w = b.packWeight(randomF32([n!, k!], 1, 0.05), mode);
+      const w = b.packWeight(mode === 'fp32' ? randomF32([n!, k!], 1, 0.05) : randomFloat('bf16', [n!, k!], 1, 0.05), mode === 'fp32' ? 'fp32' : 'bf16');
       const x = randomF32([m, k!], 2);
       const out = Tensor.zeros('f32', [m, n!]);
       const s = bestOf(3, () => b.matmul(x, w, null, out));
@@ -48,6 +52,7 @@ function gemmPeak(m: number): { rate: number; mode: string } {
       if (rate > best.rate) best = { rate, mode: `${mode} ${m}x${k}x${n}` };
     }
   }
+  gemmBf16Dot(dotWas);
   return best;
 }
 
