@@ -8,7 +8,7 @@
 // function of options the resume must repeat (the data order is a function of seed and epoch; the
 // schedule of lr, warmup and total steps; see mathOptions). The bf16 copies are the masters
 // rounded, exactly as AdamW writes them, and a bf16 run reuses the saved choice of GEMM kernel. So a run killed at any moment and resumed takes the same
-// steps, bit for bit, as one never interrupted (test/train-run.test.ts kills one with SIGKILL).
+// steps, bit for bit, as one never interrupted (test/train-resume.test.ts kills one with SIGKILL).
 
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
