@@ -10,7 +10,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { type Backend, cpuBackend, setThreads } from '../backend/index.js';
+import { type Backend, type ComputeMode, cpuBackend, setThreads } from '../backend/index.js';
 import { TensorStore } from '../formats/safetensors.js';
 import { writeSafetensors } from '../formats/safetensors-writer.js';
 import type { ModelConfig } from '../models/config.js';
@@ -28,6 +28,12 @@ export interface TrainerOptions {
   /** 'fp32' (default): fp32 parameters, gradients and Adam state. 'bf16': bf16 parameters for
    *  compute, fp32 gradients, master weights and moments. */
   precision?: Precision;
+  /** The mode GEMMs compute in with bf16 parameters: 'fp32' (default: activations stay f32, the
+   *  bf16 weights are widened inside the kernel, at the fp32 rate with half the weight bytes) or
+   *  'bf16' (activations rounded to bf16 as well). Which is faster depends on the CPU: on the
+   *  AVX512-BF16 machines without AMX we measured, 'fp32' (docs/benchmarks.md). fp32 precision
+   *  always computes in fp32. */
+  computeMode?: ComputeMode;
   /** Peak learning rate (default 5e-5). */
   lr?: number;
   lrSchedule?: LrSchedule;
@@ -154,7 +160,9 @@ export async function openTrainer(dir: string, options: TrainerOptions = {}): Pr
   const tensors = TensorStore.open(dir);
   try {
     const names = arch.names(config, (n) => tensors.has(n));
-    const store = ParamStore.fromTensors(config, names, backend, precision, tensors);
+    const mode = precision === 'bf16' ? options.computeMode ?? 'fp32' : 'fp32';
+    if (mode !== 'fp32' && mode !== 'bf16') throw new RangeError(`computeMode must be 'fp32' or 'bf16', got ${String(mode)}`);
+    const store = ParamStore.fromTensors(config, names, backend, precision, tensors, mode);
     return new Trainer(config, store, backend, options);
   } finally {
     tensors.close();
