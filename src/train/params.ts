@@ -93,7 +93,7 @@ export interface ParamSource {
   releaseGlobalGrads(): void;
 }
 
-/** The parameters of one model, by Hugging Face name, with the slot each fills. */
+/** One parameter's states, and what compute reads of it. */
 interface Entry {
   state: ParamState;
   /** f32 copy of a bf16 vector (norms and biases feed f32 kernels), refreshed on fetch. */
@@ -106,7 +106,7 @@ export class ParamStore implements ParamSource {
   /** In the order parameters are listed and saved. */
   readonly states: ParamState[] = [];
 
-  /** values(name, shape) gives a parameter's initial f32 values. */
+  /** values(name, slot, part) gives a parameter's initial f32 values. */
   constructor(
     readonly config: ModelConfig,
     readonly names: NameTable,
