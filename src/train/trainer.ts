@@ -106,6 +106,7 @@ export class Trainer {
   async step(batch: readonly TrainSequence[] | readonly (readonly TrainSequence[])[]): Promise<StepMetrics> {
     const t0 = performance.now();
     const c = this.config;
+    if (!Array.isArray(batch) || batch.length === 0) throw new TypeError('step: batch must be a non-empty array of sequences, or of micro-batches');
     const micro = batch.length > 0 && Array.isArray(batch[0]) ? (batch as TrainSequence[][]) : [batch as TrainSequence[]];
     const packed = micro.map((m) => packMicroBatch(m, c.vocabSize, c.maxPositions));
     const targets = packed.reduce((n, m) => n + m.count, 0);
