@@ -45,6 +45,8 @@ describe('inputs', () => {
     await expect(trainer.step([{ tokenIds: [1, 2], labels: [-100, -100] }])).rejects.toThrow(UserError);
     await expect(trainer.step([{ tokenIds: Array(129).fill(5) }])).rejects.toThrow(/more than the model's 128 positions/);
     await expect(trainer.step([{ tokenIds: [] }])).rejects.toThrow(/sequence 0 is empty/);
+    await expect(trainer.step([])).rejects.toThrow(TypeError);
+    await expect(trainer.step([[{ tokenIds: [1, 2] }], []])).rejects.toThrow(/a micro-batch needs at least one sequence/);
     expect(trainer.stepsDone).toBe(0);
   });
 

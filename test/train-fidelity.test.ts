@@ -63,12 +63,12 @@ describe.each(['opt-train', 'llama-train'])('%s against its float64 golden run',
   });
 });
 
-describe.each(['opt-train', 'llama-train'])('%s in bf16 mixed precision', (name) => {
+describe.each([['opt-train', 'fp32'], ['opt-train', 'bf16'], ['llama-train', 'fp32'], ['llama-train', 'bf16']] as const)('%s in bf16 mixed precision, %s compute', (name, computeMode) => {
   const dir = path.join(FIX, name);
   const ref = JSON.parse(fs.readFileSync(path.join(dir, 'reference.json'), 'utf8')) as { losses: number[]; lr: number; weight_decay: number; max_grad_norm: number };
 
   it('bf16 compute, fp32 masters and moments: losses and gradients near the float64 run', async () => {
-    const trainer = await openTrainer(dir, { precision: 'bf16', lr: ref.lr, weightDecay: ref.weight_decay, maxGradNorm: ref.max_grad_norm });
+    const trainer = await openTrainer(dir, { precision: 'bf16', computeMode, lr: ref.lr, weightDecay: ref.weight_decay, maxGradNorm: ref.max_grad_norm });
     const grads = readAll(path.join(dir, 'grads-step1.safetensors'));
     const batch = fixtureBatch();
     const losses = [(await trainer.step(batch)).loss];
@@ -81,7 +81,7 @@ describe.each(['opt-train', 'llama-train'])('%s in bf16 mixed precision', (name)
     }
     losses.push((await trainer.step(batch)).loss, (await trainer.step(batch)).loss);
     const lossErr = losses.map((l, i) => Math.abs(l - ref.losses[i]!) / ref.losses[i]!);
-    console.log(`${name} bf16: worst step-1 gradient ${worst.toExponential(2)} (${worstName}); loss rel ${lossErr.map((e) => e.toExponential(2)).join(' ')}`);
+    console.log(`${name} bf16 (${computeMode} compute): worst step-1 gradient ${worst.toExponential(2)} (${worstName}); loss rel ${lossErr.map((e) => e.toExponential(2)).join(' ')}`);
     // bf16 keeps 8 bits of mantissa (4e-3 relative per rounding of every GEMM input); sums with
     // heavy cancellation lose most (a LayerNorm weight's gradient: 8.5e-2 on opt-train).
     expect(worst).toBeLessThan(0.15);

@@ -78,7 +78,8 @@ export interface GlobalGrads {
 
 export interface ParamSource {
   readonly config: ModelConfig;
-  /** The compute mode GEMMs run in ('bf16' for bf16 parameters). */
+  /** The mode GEMMs compute in: 'fp32' (f32 activations; bf16 weights are widened in the kernel)
+   *  or 'bf16' (activations rounded to bf16 too). */
   readonly mode: ComputeMode;
   /** Layer j's parameters; `backward` also packs the transposed weights. */
   fetchLayer(j: number, backward: boolean): LayerParams;
@@ -92,7 +93,7 @@ export interface ParamSource {
   releaseGlobalGrads(): void;
 }
 
-/** The parameters of one model, by Hugging Face name, with the slot each fills. */
+/** One parameter's states, and what compute reads of it. */
 interface Entry {
   state: ParamState;
   /** f32 copy of a bf16 vector (norms and biases feed f32 kernels), refreshed on fetch. */
@@ -101,20 +102,19 @@ interface Entry {
 
 /** Every model state in RAM (see the top of this file). */
 export class ParamStore implements ParamSource {
-  readonly mode: ComputeMode;
   private readonly entries = new Map<string, Entry>();
   /** In the order parameters are listed and saved. */
   readonly states: ParamState[] = [];
 
-  /** values(name, shape) gives a parameter's initial f32 values. */
+  /** values(name, slot, part) gives a parameter's initial f32 values. */
   constructor(
     readonly config: ModelConfig,
     readonly names: NameTable,
     private readonly backend: Backend,
     readonly precision: Precision,
     values: (name: string, slot: LayerSlot | GlobalSlot, part: 'weight' | 'bias') => Float32Array,
+    readonly mode: ComputeMode = 'fp32',
   ) {
-    this.mode = precision === 'bf16' ? 'bf16' : 'fp32';
     for (const { name, slot, part } of paramList(config, names)) {
       const state = allocParamState(name, expectedShape(config, slot, part), precision, values(name, slot, part));
       this.entries.set(name, { state });
@@ -124,7 +124,8 @@ export class ParamStore implements ParamSource {
 
   /** A store initialised from a checkpoint's tensors (any float dtype, widened to f32), each
    *  checked against the shape config.json implies. */
-  static fromTensors(config: ModelConfig, names: NameTable, backend: Backend, precision: Precision, store: TensorStore): ParamStore {
+  static fromTensors(config: ModelConfig, names: NameTable, backend: Backend, precision: Precision, store: TensorStore,
+    mode: ComputeMode = 'fp32'): ParamStore {
     return new ParamStore(config, names, backend, precision, (name, slot, part) => {
       if (!store.has(name)) throw new ModelFileError(store.fileName(name), 'missing tensor', name);
       const t = store.read(name);
@@ -133,7 +134,7 @@ export class ParamStore implements ParamSource {
         throw new ModelFileError(store.fileName(name), `shape [${t.shape.join(', ')}] disagrees with config.json (expected [${want.join(', ')}])`, name);
       }
       return toFloat32(t.dtype as 'f32' | 'f16' | 'bf16', t.data as Float32Array | Uint16Array, true);
-    });
+    }, mode);
   }
 
   get(name: string): ParamState {

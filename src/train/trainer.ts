@@ -10,7 +10,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { type Backend, cpuBackend, setThreads } from '../backend/index.js';
+import { type Backend, type ComputeMode, cpuBackend, setThreads } from '../backend/index.js';
 import { TensorStore } from '../formats/safetensors.js';
 import { writeSafetensors } from '../formats/safetensors-writer.js';
 import type { ModelConfig } from '../models/config.js';
@@ -28,6 +28,12 @@ export interface TrainerOptions {
   /** 'fp32' (default): fp32 parameters, gradients and Adam state. 'bf16': bf16 parameters for
    *  compute, fp32 gradients, master weights and moments. */
   precision?: Precision;
+  /** The mode GEMMs compute in with bf16 parameters: 'fp32' (default: activations stay f32, the
+   *  bf16 weights are widened inside the kernel, at the fp32 rate with half the weight bytes) or
+   *  'bf16' (activations rounded to bf16 as well). Which is faster depends on the CPU: on the
+   *  AVX512-BF16 machines without AMX we measured, 'fp32' (docs/benchmarks.md). fp32 precision
+   *  always computes in fp32. */
+  computeMode?: ComputeMode;
   /** Peak learning rate (default 5e-5). */
   lr?: number;
   lrSchedule?: LrSchedule;
@@ -100,6 +106,7 @@ export class Trainer {
   async step(batch: readonly TrainSequence[] | readonly (readonly TrainSequence[])[]): Promise<StepMetrics> {
     const t0 = performance.now();
     const c = this.config;
+    if (!Array.isArray(batch) || batch.length === 0) throw new TypeError('step: batch must be a non-empty array of sequences, or of micro-batches');
     const micro = batch.length > 0 && Array.isArray(batch[0]) ? (batch as TrainSequence[][]) : [batch as TrainSequence[]];
     const packed = micro.map((m) => packMicroBatch(m, c.vocabSize, c.maxPositions));
     const targets = packed.reduce((n, m) => n + m.count, 0);
@@ -154,7 +161,9 @@ export async function openTrainer(dir: string, options: TrainerOptions = {}): Pr
   const tensors = TensorStore.open(dir);
   try {
     const names = arch.names(config, (n) => tensors.has(n));
-    const store = ParamStore.fromTensors(config, names, backend, precision, tensors);
+    const mode = precision === 'bf16' ? options.computeMode ?? 'fp32' : 'fp32';
+    if (mode !== 'fp32' && mode !== 'bf16') throw new RangeError(`computeMode must be 'fp32' or 'bf16', got ${String(mode)}`);
+    const store = ParamStore.fromTensors(config, names, backend, precision, tensors, mode);
     return new Trainer(config, store, backend, options);
   } finally {
     tensors.close();
