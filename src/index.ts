@@ -15,6 +15,11 @@ export {
 } from './policy/profile.js';
 export { type PlanRequest, type PlanResult, planPolicy, predictPolicy } from './engine/plan.js';
 export { type BenchOptions, type BenchResult, runBench, benchJson } from './engine/bench.js';
+export {
+  openTrainer, Trainer, train, TRAIN_DEFAULTS, type TrainerOptions, type StepMetrics, type TrainSequence, type LrSchedule, type TrainRunOptions, type TrainRunInfo,
+  type TrainStepMetrics,
+} from './train/index.js';
+export type { ParamState, Precision } from './optim/state.js';
 export { Tensor } from './tensor/tensor.js';
 export type { DType, FloatDType } from './tensor/dtype.js';
 export {

@@ -40,6 +40,12 @@ inline int64_t packed_bytes(Fmt f, int64_t n, int64_t k) { return panels(n) * pa
 
 // src: n*k elements of src_fmt (float or uint16 bits), row-major. dst: packed_bytes(fmt, n, k).
 void pack_weight(const void* src, Fmt src_fmt, int64_t n, int64_t k, Fmt fmt, uint8_t* dst);
+// Packs Wᵀ, a weight of k rows over n inputs, from row-major W[n,k] (src_fmt elements), into
+// packed_bytes(fmt, k, n) bytes: matmul(dy, m, n, dst, fmt, k) is then dX[m,k] = dY[m,n] · W.
+void pack_weight_t(const void* src, Fmt src_fmt, int64_t n, int64_t k, Fmt fmt, uint8_t* dst);
+// dw[n,k] += dy[m,n]ᵀ · x[m,k], accumulated in fp32 onto dw (bf16 mode: dy and x rounded to bf16
+// first, as the forward GEMM rounds its operands). Runs on the thread pool like matmul.
+void matmul_grad_weight(const float* dy, const float* x, int64_t m, int64_t n, int64_t k, float* dw, Mode mode);
 // out[i, :] = row ids[i] of the packed W, widened to float. ids must be in [0, n).
 void gather_rows(const uint8_t* w, Fmt fmt, int64_t n, int64_t k, const int32_t* ids, int64_t count, float* out);
 // Runs on the thread pool; dispatches on active_isa().

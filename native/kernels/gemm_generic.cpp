@@ -143,6 +143,7 @@ struct Scratch {
 };
 
 thread_local Scratch tls_xpack;
+thread_local Scratch tls_wpack;  // Xᵀ packed by matmul_grad_weight
 
 // Bytes of weight k slices a row block sweeps while its packed x stays in L1 (half of L2).
 constexpr int64_t kGroupBytes = 1 << 20;
@@ -163,15 +164,24 @@ Kernel select_kernel(Fmt fmt, Mode mode) {
   return k;
 }
 
+// x as the driver reads it: row-major [m][k], or transposed ([k][m] in memory, element (i, kk) at
+// x[kk*m + i]) for the weight gradient, whose left operand dYᵀ is never materialised.
+struct XSrc {
+  const float* x;
+  int64_t m, k;
+  bool transposed;
+  float at(int64_t i, int64_t kk) const { return transposed ? x[kk * m + i] : x[i * k + kk]; }
+};
+
 // Packs rows [r0, r0+rows) of x, k steps [0, ks) (zero beyond k), for the kernel's x layout.
-void pack_x_block(const float* x, int64_t k, int64_t ks, int64_t r0, int rows, XPack xp, void* dst) {
+void pack_x_block(const XSrc& x, int64_t ks, int64_t r0, int rows, XPack xp, void* dst) {
+  const int64_t k = x.k;
   if (xp == XPack::Bf16Pair) {
     uint32_t* d = static_cast<uint32_t*>(dst);
     for (int i = 0; i < rows; i++) {
-      const float* xr = x + (r0 + i) * k;
       for (int64_t kk = 0; kk < ks; kk += 2) {
-        uint32_t lo = f32_to_bf16(xr[kk]);
-        uint32_t hi = kk + 1 < k ? f32_to_bf16(xr[kk + 1]) : 0;
+        uint32_t lo = f32_to_bf16(x.at(r0 + i, kk));
+        uint32_t hi = kk + 1 < k ? f32_to_bf16(x.at(r0 + i, kk + 1)) : 0;
         d[(kk >> 1) * rows + i] = lo | (hi << 16);
       }
     }
@@ -179,11 +189,19 @@ void pack_x_block(const float* x, int64_t k, int64_t ks, int64_t r0, int rows, X
   }
   float* d = static_cast<float*>(dst);
   bool round = xp == XPack::Bf16F32;
-  for (int i = 0; i < rows; i++) {
-    const float* xr = x + (r0 + i) * k;
-    for (int64_t kk = 0; kk < k; kk++) d[kk * rows + i] = round ? bf16_round(xr[kk]) : xr[kk];
-    for (int64_t kk = k; kk < ks; kk++) d[kk * rows + i] = 0.0f;
+  if (x.transposed) {  // rows of the packed block are contiguous in memory here
+    for (int64_t kk = 0; kk < k; kk++) {
+      const float* xr = x.x + kk * x.m + r0;
+      for (int i = 0; i < rows; i++) d[kk * rows + i] = round ? bf16_round(xr[i]) : xr[i];
+    }
+  } else {
+    for (int i = 0; i < rows; i++) {
+      const float* xr = x.x + (r0 + i) * k;
+      for (int64_t kk = 0; kk < k; kk++) d[kk * rows + i] = round ? bf16_round(xr[kk]) : xr[kk];
+    }
   }
+  for (int i = 0; i < rows; i++)
+    for (int64_t kk = k; kk < ks; kk++) d[kk * rows + i] = 0.0f;
 }
 
 }  // namespace
@@ -243,6 +261,47 @@ void pack_weight(const void* src, Fmt src_fmt, int64_t n, int64_t k, Fmt fmt, ui
   (void)ks;
 }
 
+void pack_weight_t(const void* src, Fmt src_fmt, int64_t n, int64_t k, Fmt fmt, uint8_t* dst) {
+  // Wᵀ is a weight of k rows over n inputs; its panel p holds W's columns 32p..32p+31, and each k
+  // step of the panel is a contiguous run of one row of W, so this is a streaming copy.
+  const int64_t np = panels(k), pb = panel_bytes(fmt, n);
+  ThreadPool::instance().parallel_for(np, 1, [&](int64_t b, int64_t e) {
+    for (int64_t p = b; p < e; p++) {
+      uint8_t* panel = dst + p * pb;
+      const int64_t c0 = p * kNR;
+      const int cols = static_cast<int>(k - c0 < kNR ? k - c0 : kNR);
+      for (int64_t kk = 0; kk < stored_k(fmt, n); kk++) {
+        if (src_fmt == fmt && fmt != Fmt::F32 && kk < n) {  // 16-bit to the same format: copy the bits
+          const uint16_t* s16 = static_cast<const uint16_t*>(src) + kk * k + c0;
+          uint16_t* d = reinterpret_cast<uint16_t*>(panel);
+          const bool pairs = fmt == Fmt::Bf16;
+          for (int c = 0; c < kNR; c++) {
+            d[pairs ? (kk >> 1) * 2 * kNR + c * 2 + (kk & 1) : kk * kNR + c] = c < cols ? s16[c] : 0;
+          }
+          continue;
+        }
+        float row[kNR] = {};  // the k step's 32 values, zero past W's last row or column
+        if (kk < n) {
+          if (src_fmt == Fmt::F32) {
+            std::memcpy(row, static_cast<const float*>(src) + kk * k + c0, static_cast<size_t>(cols) * 4);
+          } else {
+            for (int c = 0; c < cols; c++) row[c] = load_elem(src, src_fmt, kk * k + c0 + c);
+          }
+        }
+        if (fmt == Fmt::F32) {
+          std::memcpy(panel + kk * kNR * 4, row, sizeof row);
+        } else if (fmt == Fmt::F16) {
+          uint16_t* d = reinterpret_cast<uint16_t*>(panel) + kk * kNR;
+          for (int c = 0; c < kNR; c++) d[c] = f32_to_f16(row[c]);
+        } else {
+          uint16_t* d = reinterpret_cast<uint16_t*>(panel) + (kk >> 1) * 2 * kNR + (kk & 1);
+          for (int c = 0; c < kNR; c++) d[c * 2] = f32_to_bf16(row[c]);
+        }
+      }
+    }
+  });
+}
+
 void gather_rows(const uint8_t* w, Fmt fmt, int64_t n, int64_t k, const int32_t* ids, int64_t count, float* out) {
   if (is_quant(fmt)) return quant::gather_rows(w, quant_bits(fmt), n, k, ids, count, out);
   const int64_t pb = panel_bytes(fmt, k);
@@ -265,15 +324,12 @@ void gather_rows(const uint8_t* w, Fmt fmt, int64_t n, int64_t k, const int32_t*
   }
 }
 
-void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, Fmt fmt, int64_t n, const float* bias, float* y,
-            Mode mode) {
-  if (is_quant(fmt)) return quant::matmul(x, m, k, w, quant_bits(fmt), n, bias, y, mode == Mode::Bf16);
-  if (m <= 0 || n <= 0) return;
-  if (k <= 0) {
-    for (int64_t i = 0; i < m; i++)
-      for (int64_t j = 0; j < n; j++) y[i * n + j] = bias ? bias[j] : 0.0f;
-    return;
-  }
+namespace {
+
+// y[m,n] (+)= x[m,k] · W[n,k]ᵀ (+ bias) for float formats; `accumulate` adds onto y (no kFirst).
+void run_gemm(const XSrc& xs, const uint8_t* w, Fmt fmt, int64_t n, const float* bias, float* y, Mode mode,
+              bool accumulate) {
+  const int64_t m = xs.m, k = xs.k;
   const Kernel kern = select_kernel(fmt, mode);
   const int64_t ks = stored_k(fmt, k), np = panels(n), pb = panel_bytes(fmt, k);
   const int es = elem_bytes(fmt);
@@ -291,7 +347,7 @@ void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, Fmt fmt, int
     for (int64_t b = b0; b < b1; b++) {
       int64_t r0 = block_start(b);
       int rows = static_cast<int>(block_start(b + 1) - r0);
-      pack_x_block(x, k, ks, r0, rows, kern.xpack, xpack + r0 * ks * xes);
+      pack_x_block(xs, ks, r0, rows, kern.xpack, xpack + r0 * ks * xes);
     }
   });
 
@@ -312,7 +368,7 @@ void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, Fmt fmt, int
     const int64_t group = std::max<int64_t>(1, kGroupBytes / slice_bytes);
     for (int64_t k0 = 0; k0 < ks; k0 += kc_block) {
       const int kc = static_cast<int>(ks - k0 < kc_block ? ks - k0 : kc_block);
-      const int flags = (k0 == 0 ? kFirst : 0) | (k0 + kc >= ks ? kLast : 0);
+      const int flags = (k0 == 0 && !accumulate ? kFirst : 0) | (k0 + kc >= ks ? kLast : 0);
       for (int64_t g0 = p0; g0 < p1; g0 += group) {
         const int64_t g1 = std::min(p1, g0 + group);
         for (int64_t b = b0; b < b1; b++) {
@@ -329,6 +385,30 @@ void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, Fmt fmt, int
       }
     }
   });
+}
+
+}  // namespace
+
+void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, Fmt fmt, int64_t n, const float* bias, float* y,
+            Mode mode) {
+  if (is_quant(fmt)) return quant::matmul(x, m, k, w, quant_bits(fmt), n, bias, y, mode == Mode::Bf16);
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) {
+    for (int64_t i = 0; i < m; i++)
+      for (int64_t j = 0; j < n; j++) y[i * n + j] = bias ? bias[j] : 0.0f;
+    return;
+  }
+  run_gemm(XSrc{x, m, k, false}, w, fmt, n, bias, y, mode, false);
+}
+
+void matmul_grad_weight(const float* dy, const float* x, int64_t m, int64_t n, int64_t k, float* dw, Mode mode) {
+  if (m <= 0 || n <= 0 || k <= 0) return;
+  // dW[n,k] += dYᵀ[n,m] · X[m,k]: a GEMM over the token dimension whose right operand, Xᵀ, packs
+  // from contiguous runs of X's rows (pack_weight_t) and whose left, dYᵀ, is read transposed.
+  const Fmt fmt = mode == Mode::Bf16 ? Fmt::Bf16 : Fmt::F32;
+  uint8_t* xt = static_cast<uint8_t*>(tls_wpack.get(static_cast<size_t>(packed_bytes(fmt, k, m))));
+  pack_weight_t(x, Fmt::F32, m, k, fmt, xt);
+  run_gemm(XSrc{dy, n, m, true}, xt, fmt, k, nullptr, dw, mode, true);
 }
 
 }  // namespace gemm

@@ -13,6 +13,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_attention(env, exports);
   register_io(env, exports);
   register_lock(env, exports);
+  register_grad(env, exports);
+  register_optim(env, exports);
   return exports;
 }
 

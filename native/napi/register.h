@@ -8,4 +8,6 @@ void register_rowwise(Napi::Env env, Napi::Object exports);    // napi/rowwise.c
 void register_attention(Napi::Env env, Napi::Object exports);  // napi/attention.cpp
 void register_io(Napi::Env env, Napi::Object exports);         // napi/io.cpp
 void register_lock(Napi::Env env, Napi::Object exports);       // napi/lock.cpp
+void register_grad(Napi::Env env, Napi::Object exports);       // napi/grad.cpp
+void register_optim(Napi::Env env, Napi::Object exports);      // napi/optim.cpp
 }  // namespace tierlm

@@ -5,6 +5,8 @@
 import { type FloatDType, isFloatDType } from '../tensor/dtype.js';
 import { copyStrided } from '../tensor/copy.js';
 import { Tensor, shapeString } from '../tensor/tensor.js';
+import { TrainOps } from './train.js';
+import { checkPair, checkQkv, checkRope, checkSeqStarts, expectF32, expectFinite, expectInt, expectRank, expectShape, fail, outOr, rowsCols } from './check.js';
 import { type CacheArray, type CacheDType, type ComputeMode, type Kernels, type QuantFormat, type WeightFormat, q4RecordBytes } from './kernels.js';
 
 /** A weight matrix W[n,k] packed once, at load time, into its backend's GEMM layout. */
@@ -64,48 +66,23 @@ export function weightFormatFor(dtype: FloatDType, mode: ComputeMode): WeightFor
 
 type F32 = Tensor<'f32'>;
 
-function fail(op: string, msg: string): never {
-  throw new RangeError(`${op}: ${msg}`);
-}
-
-function expectF32(op: string, name: string, t: Tensor): asserts t is F32 {
-  if (!(t instanceof Tensor)) throw new TypeError(`${op}: ${name} must be a Tensor`);
-  if (t.dtype !== 'f32') throw new TypeError(`${op}: ${name} must be f32, got ${t.dtype}`);
-}
-
-function expectShape(op: string, name: string, t: Tensor, shape: readonly number[]): void {
-  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
-    fail(op, `${name} has shape ${shapeString(t.shape)}, expected ${shapeString(shape)}`);
-  }
-}
-
-function expectRank(op: string, name: string, t: Tensor, rank: number): void {
-  if (t.rank !== rank) fail(op, `${name} must have rank ${rank}, got shape ${shapeString(t.shape)}`);
-}
-
-function expectInt(op: string, name: string, v: number, min: number): void {
-  if (!Number.isInteger(v) || v < min) fail(op, `${name} must be an integer >= ${min}, got ${v}`);
-}
-
-function expectFinite(op: string, name: string, v: number): void {
-  if (typeof v !== 'number' || !Number.isFinite(v)) fail(op, `${name} must be a finite number, got ${v}`);
-}
-
-function outOr(op: string, out: F32 | undefined, shape: readonly number[]): F32 {
-  if (!out) return Tensor.zeros('f32', shape);
-  expectF32(op, 'out', out);
-  expectShape(op, 'out', out, shape);
-  return out;
-}
-
-/** rows × cols view of a tensor whose last dimension is cols. */
-function rowsCols(t: Tensor): [number, number] {
-  const cols = t.shape[t.rank - 1] ?? 1;
-  return [cols === 0 ? 0 : t.size / cols, cols];
+/** A float weight [n, k] to pack, and its compute mode; returns [n, k, dtype]. */
+function checkWeight(op: string, w: Tensor, mode: ComputeMode): [number, number, FloatDType] {
+  if (!(w instanceof Tensor) || !isFloatDType(w.dtype)) throw new TypeError(`${op}: weight must be an f32, f16 or bf16 Tensor`);
+  expectRank(op, 'weight', w, 2);
+  if (mode !== 'fp32' && mode !== 'bf16') throw new TypeError(`${op}: mode must be 'fp32' or 'bf16', got ${String(mode)}`);
+  const [n, k] = w.shape as [number, number];
+  if (n === 0 || k === 0) fail(op, `weight has an empty shape ${shapeString(w.shape)}`);
+  return [n, k, w.dtype];
 }
 
 export class Backend {
-  constructor(readonly kernels: Kernels) {}
+  /** The training ops: backward, loss and optimizer (train.ts). */
+  readonly train: TrainOps;
+
+  constructor(readonly kernels: Kernels) {
+    this.train = new TrainOps(this);
+  }
 
   get name(): string {
     return this.kernels.name;
@@ -120,19 +97,26 @@ export class Backend {
    *  rather than leaving a large garbage buffer per tensor for the collector. */
   packWeight(w: Tensor, mode: ComputeMode, name = 'weight', opts?: { quantize?: QuantFormat; into?: Uint8Array }): PackedWeight {
     const op = `packWeight(${name})`;
-    if (!(w instanceof Tensor) || !isFloatDType(w.dtype)) throw new TypeError(`${op}: weight must be an f32, f16 or bf16 Tensor`);
-    expectRank(op, 'weight', w, 2);
-    if (mode !== 'fp32' && mode !== 'bf16') throw new TypeError(`${op}: mode must be 'fp32' or 'bf16', got ${String(mode)}`);
-    const [n, k] = w.shape as [number, number];
-    if (n === 0 || k === 0) fail(op, `weight has an empty shape ${shapeString(w.shape)}`);
+    const [n, k, dtype] = checkWeight(op, w, mode);
     const q = opts?.quantize;
     if (q !== undefined && q !== 'q4' && q !== 'q8') throw new TypeError(`${op}: quantize must be 'q4' or 'q8', got ${String(q)}`);
-    const format = q ?? weightFormatFor(w.dtype, mode);
+    const format = q ?? weightFormatFor(dtype, mode);
     const bytes = this.kernels.packedByteLength(format, n, k);
     if (opts?.into && opts.into.byteLength < bytes) fail(op, `the buffer to pack into holds ${opts.into.byteLength} bytes, needs ${bytes}`);
     const dst = opts?.into ? opts.into.subarray(0, bytes) : new Uint8Array(bytes);
-    this.kernels.packWeight(w.data as Float32Array | Uint16Array, w.dtype, n, k, format, dst);
+    this.kernels.packWeight(w.data as Float32Array | Uint16Array, dtype, n, k, format, dst);
     return new PackedWeight(this.name, format, mode, n, k, dst, name);
+  }
+
+  /** Wᵀ of a row-major w [n, k], packed as a weight of k rows over n inputs, for the linear
+   *  layer's input gradient: matmul(dy [.., n], packWeightT(w)) = dy · W. Float formats only. */
+  packWeightT(w: Tensor, mode: ComputeMode, name = 'weight'): PackedWeight {
+    const op = `packWeightT(${name})`;
+    const [n, k, dtype] = checkWeight(op, w, mode);
+    const format = weightFormatFor(dtype, mode);
+    const dst = new Uint8Array(this.kernels.packedByteLength(format, k, n));
+    this.kernels.packWeightT(w.data as Float32Array | Uint16Array, dtype, n, k, format, dst);
+    return new PackedWeight(this.name, format, mode, k, n, dst, `${name}ᵀ`);
   }
 
   /** Wraps bytes packed earlier (for example read back from disk) as a PackedWeight. */
@@ -312,10 +296,7 @@ export class Backend {
   }
 
   private binary(op: string, a: F32, b: F32, out: F32 | undefined): F32 {
-    expectF32(op, 'a', a);
-    expectF32(op, 'b', b);
-    expectShape(op, 'b', b, a.shape);
-    return outOr(op, out, a.shape);
+    return checkPair(op, ['a', 'b'], a, b, out);
   }
 
   siluMul(gate: F32, up: F32, out?: F32): F32 {
@@ -347,17 +328,8 @@ export class Backend {
   /** In place on x[t, heads, d]: rotates the first 2 · invFreq.length features of each head
    *  (invFreq from ropeInvFreq in src/models/rope.ts). */
   rope(x: F32, positions: Tensor<'i32'>, invFreq: Float64Array): F32 {
-    const op = 'rope';
-    expectF32(op, 'x', x);
-    expectRank(op, 'x', x, 3);
-    const [t, heads, d] = x.shape as [number, number, number];
-    if (!(invFreq instanceof Float64Array)) throw new TypeError(`${op}: invFreq must be a Float64Array`);
-    const rot = 2 * invFreq.length;
-    if (rot < 2 || rot > d) fail(op, `invFreq must hold 1 to ${d / 2} frequencies (half the rotated features), got ${invFreq.length}`);
-    if (!invFreq.every(Number.isFinite)) fail(op, 'invFreq must hold finite numbers');
-    if (!(positions instanceof Tensor) || positions.dtype !== 'i32') throw new TypeError(`${op}: positions must be an i32 Tensor`);
-    if (positions.size !== t) fail(op, `positions has ${positions.size} entries for ${t} tokens`);
-    for (let i = 0; i < t; i++) if (positions.data[i]! < 0) fail(op, `positions[${i}] is negative`);
+    const [t, heads, d, rot] = checkRope('rope', x, positions, invFreq);
+    for (let i = 0; i < t; i++) if (positions.data[i]! < 0) fail('rope', `positions[${i}] is negative`);
     this.kernels.rope(x.data, t, heads, d, positions.data, invFreq, rot);
     return x;
   }
@@ -366,19 +338,8 @@ export class Backend {
 
   private checkPrefill(q: F32, k: F32, v: F32, seqStarts: Tensor<'i32'>, out: F32 | undefined): [number, number, number, number, F32] {
     const op = 'attentionPrefill';
-    for (const [name, t] of [['q', q], ['k', k], ['v', v]] as const) {
-      expectF32(op, name, t);
-      expectRank(op, name, t, 3);
-    }
-    const [t, hq, d] = q.shape as [number, number, number];
-    const hkv = k.shape[1]!;
-    expectShape(op, 'k', k, [t, hkv, d]);
-    expectShape(op, 'v', v, [t, hkv, d]);
-    if (hkv < 1 || hq % hkv !== 0) fail(op, `${hq} query heads cannot be grouped over ${hkv} key/value heads`);
-    if (!(seqStarts instanceof Tensor) || seqStarts.dtype !== 'i32') throw new TypeError(`${op}: seqStarts must be an i32 Tensor`);
-    const s = seqStarts.data;
-    if (s.length < 2 || s[0] !== 0 || s[s.length - 1] !== t) fail(op, `seqStarts must run from 0 to ${t}`);
-    for (let i = 1; i < s.length; i++) if (s[i]! < s[i - 1]!) fail(op, `seqStarts must not decrease (at ${i})`);
+    const [t, hq, hkv, d] = checkQkv(op, q, k, v);
+    checkSeqStarts(op, seqStarts, t);
     return [t, hq, hkv, d, outOr(op, out, [t, hq, d])];
   }
 

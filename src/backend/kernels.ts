@@ -5,6 +5,7 @@
 //   t tokens, hq query heads, hkv key/value heads, d head size, cap cache capacity (positions).
 
 import type { FloatDType } from '../tensor/dtype.js';
+import type { TrainKernels } from './kernels-train.js';
 
 /** fp32: activations in float32, weights widened exactly. bf16: activations rounded to bf16. */
 export type ComputeMode = 'fp32' | 'bf16';
@@ -56,7 +57,8 @@ export function cacheRowLength(dtype: CacheDType, d: number): number {
 /** A cache's storage: f32 → Float32Array, f16 → Uint16Array (bits), q4 → Uint8Array (records). */
 export type CacheArray = Float32Array | Uint16Array | Uint8Array;
 
-export interface Kernels {
+/** Forward kernels here, training kernels (backward, loss, optimizer) in kernels-train.ts. */
+export interface Kernels extends TrainKernels {
   readonly name: string;
 
   // ---- GEMM ---------------------------------------------------------------------------------

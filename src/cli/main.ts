@@ -8,17 +8,19 @@ import { addBenchCommand } from './bench.js';
 import { addPlanCommand } from './plan.js';
 import { addDemoCommand } from './demo.js';
 import { addProfileCommand } from './profile.js';
+import { addTrainCommand } from './train.js';
 
 /** Every command and its flags (docs/cli.md lists the same ones; test/docs.test.ts checks). */
 export function buildProgram(): Command {
   const program = new Command();
-  program.name('tierlm').description('Run language models larger than memory, at batch throughput').version('0.1.0');
+  program.name('tierlm').description('Run and train language models larger than memory').version('0.1.0');
   addGenerateCommand(program);
   addInitCommand(program);
   addBenchCommand(program);
   addPlanCommand(program);
   addDemoCommand(program);
   addProfileCommand(program);
+  addTrainCommand(program);
   return program;
 }
 

@@ -22,3 +22,42 @@ export class Progress {
     if (this.tty) process.stderr.write('\n');
   }
 }
+
+/** Training's bar on stderr (a terminal only): step, loss, tokens/s and the time left, estimated
+ *  from this process's mean step time (evaluation and saves included). */
+export class StepProgress {
+  private readonly tty = process.stderr.isTTY === true;
+  private readonly start = performance.now();
+  /** Whether the cursor is at the end of a drawn bar. */
+  private drawn = false;
+
+  constructor(private readonly firstStep: number) {}
+
+  update(step: number, total: number, loss: number, tokensPerSecond: number): void {
+    if (!this.tty) return;
+    const perStep = (performance.now() - this.start) / 1000 / Math.max(1, step - this.firstStep);
+    const width = 24;
+    const bar = '#'.repeat(Math.round((width * step) / Math.max(total, 1))).padEnd(width, '.');
+    process.stderr.write(`\rtrain [${bar}] step ${step}/${total}, loss ${loss.toFixed(4)}, ${tokensPerSecond.toFixed(0)} tok/s, ETA ${clock((total - step) * perStep)} `);
+    this.drawn = true;
+  }
+
+  /** A line of its own above the bar (the bar is redrawn by the next update). */
+  log(line: string): void {
+    process.stderr.write(`${this.tty ? '\r\x1b[K' : ''}${line}\n`);
+    this.drawn = false;
+  }
+
+  end(): void {
+    if (this.drawn) process.stderr.write('\n');
+    this.drawn = false;
+  }
+}
+
+/** Seconds as h:mm:ss or m:ss. */
+export function clock(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  const [h, m, r] = [Math.floor(s / 3600), Math.floor((s % 3600) / 60), s % 60];
+  const mm = h > 0 ? String(m).padStart(2, '0') : String(m);
+  return `${h > 0 ? `${h}:` : ''}${mm}:${String(r).padStart(2, '0')}`;
+}

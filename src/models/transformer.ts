@@ -10,6 +10,7 @@ import type { Backend } from '../backend/index.js';
 import { Tensor } from '../tensor/tensor.js';
 import type { ModelConfig } from './config.js';
 import { ropeInvFreq } from './rope.js';
+import { activationForward, normForward } from './ops.js';
 import type { AttentionWeights, GlobalWeights, Linear, MlpWeights, Norm } from './weights.js';
 import { Workspace } from './workspace.js';
 
@@ -113,7 +114,7 @@ export class Transformer {
     const h = c.preNorm ? this.norm(x, w.attnNorm, 'h') : x;
     const a = this.attention(h, w, cache, step);
     this.backend.add(x, this.linear(a, w.o, 'o'), x);
-    if (!c.preNorm) this.backend.layerNorm(x, w.attnNorm.w, w.attnNorm.b, c.normEps, x);
+    if (!c.preNorm) normForward(this.backend, c, x, w.attnNorm, x);
   }
 
   /** x += mlp(norm(x)) (or the post-norm order). */
@@ -121,7 +122,7 @@ export class Transformer {
     const c = this.config;
     const h = c.preNorm ? this.norm(x, w.mlpNorm, 'h') : x;
     this.backend.add(x, this.linear(this.mlp(h, w), w.down, 'down'), x);
-    if (!c.preNorm) this.backend.layerNorm(x, w.mlpNorm.w, w.mlpNorm.b, c.normEps, x);
+    if (!c.preNorm) normForward(this.backend, c, x, w.mlpNorm, x);
   }
 
   /** Rows of the last token of each prompt (the ones that predict the next token). */
@@ -150,10 +151,7 @@ export class Transformer {
   }
 
   private norm(x: F32, n: Norm, slot: string): F32 {
-    const out = this.ws.get(slot, x.shape);
-    return this.config.norm === 'rmsnorm'
-      ? this.backend.rmsNorm(x, n.w, this.config.normEps, out)
-      : this.backend.layerNorm(x, n.w, n.b, this.config.normEps, out);
+    return normForward(this.backend, this.config, x, n, this.ws.get(slot, x.shape));
   }
 
   private attention(h: F32, w: AttentionWeights, cache: CacheBlock, step: Step): F32 {
@@ -192,22 +190,7 @@ export class Transformer {
   }
 
   private mlp(h: F32, w: MlpWeights): F32 {
-    const b = this.backend;
     const up = this.linear(h, w.up, 'up');
-    if (w.gate) {
-      const gate = this.linear(h, w.gate, 'gate');
-      if (this.config.activation !== 'silu') throw new Error(`gated MLP with ${this.config.activation} is not supported`);
-      return b.siluMul(gate, up, up);
-    }
-    switch (this.config.activation) {
-      case 'relu':
-        return b.relu(up, up);
-      case 'gelu':
-        return b.gelu(up, false, up);
-      case 'gelu_new':
-        return b.gelu(up, true, up);
-      default:
-        throw new Error(`activation ${this.config.activation} without a gate is not supported`);
-    }
+    return activationForward(this.backend, this.config, up, w.gate ? this.linear(h, w.gate, 'gate') : null, up);
   }
 }

@@ -30,6 +30,9 @@ export const RULES = {
   batchSize: { api: 'batchSize', flag: '--batch-size', ok: int(1), want: 'an integer >= 1' },
   numGpuBatches: { api: 'numGpuBatches', flag: '--num-gpu-batches', ok: int(1), want: 'an integer >= 1' },
   threads: { api: 'threads', flag: '--threads', ok: int(1), want: 'an integer >= 1' },
+  lr: { api: 'lr', flag: '--lr', ok: finite(0, Infinity), want: 'a finite number >= 0' },
+  weightDecay: { api: 'weightDecay', flag: '--weight-decay', ok: finite(0, Infinity), want: 'a finite number >= 0' },
+  maxGradNorm: { api: 'maxGradNorm', flag: '--max-grad-norm', ok: finite(0, Infinity), want: 'a finite number >= 0 (0 = no clipping)' },
 } satisfies Record<string, Rule>;
 
 export type RuleName = keyof typeof RULES;

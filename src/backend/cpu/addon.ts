@@ -43,3 +43,12 @@ export function nativeFn<F>(name: string): F {
   if (typeof f !== 'function') throw new Error(`tierlm: the native addon has no export '${name}' (rebuild with \`npm run build:native\`)`);
   return f as F;
 }
+
+const cached = new Map<string, (...args: unknown[]) => unknown>();
+
+/** nativeFn for wrappers that take and return plain values, looked up once per name. */
+export function cachedFn(name: string): (...args: unknown[]) => unknown {
+  let f = cached.get(name);
+  if (!f) cached.set(name, (f = nativeFn<(...args: unknown[]) => unknown>(name)));
+  return f;
+}

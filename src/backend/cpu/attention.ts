@@ -1,14 +1,8 @@
 // Native attention kernels (native/kernels/attention*, native/napi/attention.cpp).
 import type { Kernels } from '../kernels.js';
-import { nativeFn } from './addon.js';
+import { cachedFn } from './addon.js';
 
-type Fn = (...args: unknown[]) => unknown;
-const fns = new Map<string, Fn>();
-function fn(name: string): Fn {
-  let f = fns.get(name);
-  if (!f) fns.set(name, (f = nativeFn<Fn>(name)));
-  return f;
-}
+const fn = cachedFn;
 
 export const attentionKernels: Partial<Kernels> = {
   attentionPrefill(q, k, v, t, hq, hkv, d, seqStarts, scale, out) {

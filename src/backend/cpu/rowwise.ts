@@ -1,15 +1,9 @@
 // Native row-wise kernels (native/kernels/rowwise*, native/napi/rowwise.cpp).
 import type { FloatDType } from '../../tensor/dtype.js';
 import type { Kernels } from '../kernels.js';
-import { nativeFn } from './addon.js';
+import { cachedFn } from './addon.js';
 
-type Fn = (...args: unknown[]) => void;
-const fns = new Map<string, Fn>();
-function fn(name: string): Fn {
-  let f = fns.get(name);
-  if (!f) fns.set(name, (f = nativeFn<Fn>(name)));
-  return f;
-}
+const fn = cachedFn;
 
 export const rowwiseKernels: Partial<Kernels> = {
   embedding(table: Float32Array | Uint16Array, dtype: FloatDType, vocab: number, dim: number, ids: Int32Array, out: Float32Array) {

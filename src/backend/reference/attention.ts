@@ -4,6 +4,7 @@
 import { f16ToF32, f32ToF16 } from '../../tensor/dtype.js';
 import { type CacheArray, type CacheDType, type Kernels, Q4_CACHE_GROUP, q4RecordBytes } from '../kernels.js';
 import { dequantize, quantize } from './quant.js';
+import type { FloatArray, TrainKernels } from '../kernels-train.js';
 
 /** out[0..d) = Σ_p softmax(scale·q·k_p) v_p over n positions read through kAt/vAt. With sparsity
  *  F < 1 only the top max(1, ceil(F·(n−1))) scores of positions 0..n−2 (ties: lower position) and
@@ -114,5 +115,70 @@ export const attentionReference: Partial<Kernels> = {
         }
       }
     }
+  },
+};
+
+/** Calls fn(seqStart, i, h, kh) for every token i and query head h of a ragged batch. */
+function eachRow(seqStarts: Int32Array, hq: number, hkv: number, fn: (st: number, i: number, h: number, kh: number) => void): void {
+  const g = hq / hkv;
+  for (let s = 0; s + 1 < seqStarts.length; s++) {
+    for (let i = seqStarts[s]!; i < seqStarts[s + 1]!; i++) for (let h = 0; h < hq; h++) fn(seqStarts[s]!, i, h, Math.floor(h / g));
+  }
+}
+
+/** Row i, head h: the causal scores scale·q·k_j (j = st..i) and their softmax, in float64. */
+function rowSoftmax(q: FloatArray, k: FloatArray, hq: number, hkv: number, d: number, scale: number,
+  st: number, i: number, h: number, kh: number): { p: Float64Array; lse: number } {
+  const n = i - st + 1, s = new Float64Array(n);
+  for (let j = 0; j < n; j++) {
+    let dot = 0;
+    for (let c = 0; c < d; c++) dot += q[(i * hq + h) * d + c]! * k[((st + j) * hkv + kh) * d + c]!;
+    s[j] = dot * scale;
+  }
+  const m = Math.max(...s);
+  let sum = 0;
+  for (let j = 0; j < n; j++) sum += Math.exp(s[j]! - m);
+  const lse = m + Math.log(sum);
+  return { p: s.map((x) => Math.exp(x - lse)), lse };
+}
+
+/** Training attention as its definition: softmax rows formed in full, gradients by the chain rule
+ *  (dP = dO·vᵀ, dS = P ∘ (dP − Σ P·dP), dq = scale·dS·k, dk = scale·dSᵀ·q, dv = Pᵀ·dO). */
+export const attentionGradReference: Partial<TrainKernels> = {
+  attentionTrainForward(q, k, v, _t, hq, hkv, d, seqStarts, scale, out, lse) {
+    eachRow(seqStarts, hq, hkv, (st, i, h, kh) => {
+      const r = rowSoftmax(q, k, hq, hkv, d, scale, st, i, h, kh);
+      lse[i * hq + h] = r.lse;
+      for (let c = 0; c < d; c++) {
+        let a = 0;
+        for (let j = 0; j < r.p.length; j++) a += r.p[j]! * v[((st + j) * hkv + kh) * d + c]!;
+        out[(i * hq + h) * d + c] = a;
+      }
+    });
+  },
+  attentionTrainBackward(q, k, v, _out, _lse, dout, t, hq, hkv, d, seqStarts, scale, dq, dk, dv) {
+    const gk = new Float64Array(t * hkv * d), gv = new Float64Array(t * hkv * d);
+    eachRow(seqStarts, hq, hkv, (st, i, h, kh) => {
+      const { p } = rowSoftmax(q, k, hq, hkv, d, scale, st, i, h, kh);
+      const go = (i * hq + h) * d;
+      const dp = p.map((_, j) => {
+        let a = 0;
+        for (let c = 0; c < d; c++) a += dout[go + c]! * v[((st + j) * hkv + kh) * d + c]!;
+        return a;
+      });
+      const pdp = p.reduce((a, pj, j) => a + pj * dp[j]!, 0);
+      const gq = new Float64Array(d);
+      for (let j = 0; j < p.length; j++) {
+        const ds = p[j]! * (dp[j]! - pdp), kv = ((st + j) * hkv + kh) * d;
+        for (let c = 0; c < d; c++) {
+          gq[c] += scale * ds * k[kv + c]!;
+          gk[kv + c] += scale * ds * q[go + c]!;
+          gv[kv + c] += p[j]! * dout[go + c]!;
+        }
+      }
+      dq.set(gq, go);
+    });
+    dk.set(gk);
+    dv.set(gv);
   },
 };

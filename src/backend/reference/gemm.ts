@@ -3,6 +3,7 @@
 // the standalone quantized layout of ./quant.ts).
 import { type FloatDType, bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, toFloat32 } from '../../tensor/dtype.js';
 import { type ComputeMode, type Kernels, type WeightFormat, isQuantFormat } from '../kernels.js';
+import type { FloatArray, TrainKernels } from '../kernels-train.js';
 import { dequantize, packQuant, quantize, referenceQuantLayout, unpackQuant } from './quant.js';
 
 /** Bytes of the reference backend's packed weight: n*k elements of the format, row-major. */
@@ -41,6 +42,40 @@ function matmul(x: Float32Array, m: number, k: number, w: Uint8Array, format: We
     }
   }
 }
+
+/** dw[n,k] += dy[m,n]ᵀ · x[m,k]: each element a float64 sum over the m rows (bf16 mode: dy and x
+ *  rounded to bf16 first, as the forward rounds its operands). */
+function matmulGradWeight(dy: FloatArray, x: FloatArray, m: number, n: number, k: number, dw: FloatArray, mode: ComputeMode): void {
+  const r = mode === 'bf16' ? roundBf16 : (v: number) => v;
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < k; j++) {
+      let s = 0;
+      for (let t = 0; t < m; t++) s += r(dy[t * n + i]!) * r(x[t * k + j]!);
+      dw[i * k + j] += s;
+    }
+  }
+}
+
+/** The gradients of the linear layer, beside its forward (matmul above). */
+export const gemmGradReference: Partial<TrainKernels> = {
+  // The reference layout is row-major, so Wᵀ packed is Wᵀ[k,n] converted to the format.
+  packWeightT(src, srcDtype, n, k, format, dst) {
+    const t = srcDtype === 'f32' ? new Float32Array(n * k) : new Uint16Array(n * k);
+    for (let i = 0; i < n; i++) for (let j = 0; j < k; j++) t[j * n + i] = src[i * k + j]!;
+    gemmReference.packWeight!(t, srcDtype, k, n, format, dst);
+  },
+  matmulGradWeight,
+  async matmulGradWeightAsync(dy, x, m, n, k, dw, mode) {
+    matmulGradWeight(dy, x, m, n, k, dw, mode);
+  },
+  biasGrad(dy, rows, cols, dbias) {
+    for (let c = 0; c < cols; c++) {
+      let s = 0;
+      for (let r = 0; r < rows; r++) s += dy[r * cols + c]!;
+      dbias[c] += s;
+    }
+  },
+};
 
 export const gemmReference: Partial<Kernels> = {
   packedByteLength: referencePackedByteLength,

@@ -1,6 +1,7 @@
 // Reference row-wise ops in plain TypeScript, float64 throughout.
 import { type FloatDType, toFloat32 } from '../../tensor/dtype.js';
 import type { Kernels } from '../kernels.js';
+import { type FloatArray, IGNORE_INDEX, type TrainKernels } from '../kernels-train.js';
 
 /** erf to double precision (W. J. Cody's rational approximations, as in most libms). */
 export function erf(x: number): number {
@@ -132,5 +133,94 @@ export const rowwiseReference: Partial<Kernels> = {
         }
       }
     }
+  },
+};
+
+/** dx (and dgamma, dbeta +=) of y = (x − mean)·rstd·gamma + beta; RMSNorm: mean = 0, no beta. */
+function normBackward(x: FloatArray, dy: FloatArray, rows: number, cols: number, gamma: FloatArray, eps: number, rms: boolean,
+  dx: FloatArray, dgamma: FloatArray, dbeta: FloatArray | null): void {
+  for (let r = 0; r < rows; r++) {
+    const o = r * cols;
+    let mean = 0;
+    if (!rms) {
+      for (let i = 0; i < cols; i++) mean += x[o + i]!;
+      mean /= cols;
+    }
+    let v = 0;
+    for (let i = 0; i < cols; i++) v += (x[o + i]! - mean) ** 2;
+    const rstd = 1 / Math.sqrt(v / cols + eps);
+    // dx = rstd · (g − mean(g) − x̂·mean(g·x̂)), g = dy·gamma (RMSNorm: no mean(g) term)
+    let sg = 0, sgx = 0;
+    for (let i = 0; i < cols; i++) {
+      const xh = (x[o + i]! - mean) * rstd, g = dy[o + i]! * gamma[i]!;
+      sg += g;
+      sgx += g * xh;
+      dgamma[i] += dy[o + i]! * xh;
+      if (dbeta) dbeta[i] += dy[o + i]!;
+    }
+    const mg = rms ? 0 : sg / cols, mgx = sgx / cols;
+    for (let i = 0; i < cols; i++) {
+      const xh = (x[o + i]! - mean) * rstd;
+      dx[o + i] = rstd * (dy[o + i]! * gamma[i]! - mg - xh * mgx);
+    }
+  }
+}
+
+const sigmoid = (g: number) => 1 / (1 + Math.exp(-g));
+
+/** The backward of the row-wise ops above and of the loss, in float64. */
+export const rowwiseGradReference: Partial<TrainKernels> = {
+  layerNormBackward(x, dy, rows, cols, gamma, eps, dx, dgamma, dbeta) {
+    normBackward(x, dy, rows, cols, gamma, eps, false, dx, dgamma, dbeta);
+  },
+  rmsNormBackward(x, dy, rows, cols, gamma, eps, dx, dgamma) {
+    normBackward(x, dy, rows, cols, gamma, eps, true, dx, dgamma, null);
+  },
+  reluBackward(x, dy, dx) {
+    for (let i = 0; i < x.length; i++) dx[i] = x[i]! > 0 ? dy[i]! : 0;
+  },
+  geluBackward(x, dy, dx, approximate) {
+    const k0 = Math.sqrt(2 / Math.PI), k1 = 0.044715;
+    for (let i = 0; i < x.length; i++) {
+      const v = x[i]!;
+      let d: number;
+      if (approximate) {
+        const t = Math.tanh(k0 * (v + k1 * v ** 3));
+        d = 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * k0 * (1 + 3 * k1 * v * v);
+      } else {
+        d = 0.5 * (1 + erf(v / Math.SQRT2)) + (v * Math.exp(-0.5 * v * v)) / Math.sqrt(2 * Math.PI);
+      }
+      dx[i] = dy[i]! * d;
+    }
+  },
+  siluMulBackward(gate, up, dy, dgate, dup) {
+    for (let i = 0; i < gate.length; i++) {
+      const g = gate[i]!, s = sigmoid(g);
+      dgate[i] = dy[i]! * up[i]! * s * (1 + g * (1 - s));
+      dup[i] = dy[i]! * g * s;
+    }
+  },
+  embeddingBackward(dy, ids, _vocab, dim, dtable) {
+    for (let i = 0; i < ids.length; i++) for (let c = 0; c < dim; c++) dtable[ids[i]! * dim + c] += dy[i * dim + c]!;
+  },
+  softmaxCrossEntropy(logits, rows, vocab, labels, scale) {
+    let loss = 0, count = 0;
+    for (let r = 0; r < rows; r++) {
+      const o = r * vocab, label = labels[r]!;
+      if (label === IGNORE_INDEX) {
+        logits.fill(0, o, o + vocab);
+        continue;
+      }
+      let m = -Infinity;
+      for (let i = 0; i < vocab; i++) m = Math.max(m, logits[o + i]!);
+      let s = 0;
+      for (let i = 0; i < vocab; i++) s += Math.exp(logits[o + i]! - m);
+      const lse = m + Math.log(s);
+      loss += lse - logits[o + label]!;
+      count++;
+      for (let i = 0; i < vocab; i++) logits[o + i] = Math.exp(logits[o + i]! - lse) * scale;
+      logits[o + label] -= scale;
+    }
+    return { loss, count };
   },
 };

@@ -1,0 +1,64 @@
+// `tierlm train`: fine-tunes a model on a JSONL file. Thin: the run itself is train() in
+// src/train/run.ts, which the API exports; this parses flags and reports.
+import path from 'node:path';
+import type { Command } from 'commander';
+import { train } from '../train/run.js';
+import { TRAIN_DEFAULTS as D, type TrainRunOptions } from '../train/run-options.js';
+import { int, oneOf, rule } from './parse.js';
+import { StepProgress } from './progress.js';
+
+export function addTrainCommand(program: Command): void {
+  program
+    .command('train')
+    .description('fine-tune a model on a JSONL file; OUT gets the trained model, checkpoints and metrics.jsonl')
+    .requiredOption('--model <dir>', 'Hugging Face model directory to start from')
+    .requiredOption('--data <file>', 'training data, JSONL: {"text"} | {"prompt","completion"} | {"messages"} | {"token_ids","labels"?} per line')
+    .requiredOption('--out <dir>', 'output directory: model files of the latest checkpoint, checkpoint-N/, latest, metrics.jsonl')
+    .option('--precision <p>', 'fp32, or bf16 (bf16 compute, fp32 master weights and Adam state)', oneOf('--precision', ['fp32', 'bf16'] as const), D.precision)
+    .option('--seq-len <n>', 'tokens per sequence: text is packed to it, longer given sequences are skipped (default: 512, or the model\'s positions if fewer)', int('--seq-len', 2))
+    .option('--batch-size <n>', 'sequences per micro-batch', int('--batch-size', 1), D.batchSize)
+    .option('--grad-accum <n>', 'micro-batches per optimizer step', int('--grad-accum', 1), D.gradAccum)
+    .option('--max-steps <n>', 'optimizer steps to run (instead of --epochs)', int('--max-steps', 1))
+    .option('--epochs <n>', 'passes over the data (default 1 unless --max-steps)', int('--epochs', 1))
+    .option('--lr <x>', 'peak learning rate', rule('lr'), D.lr)
+    .option('--lr-schedule <s>', 'constant, linear or cosine (each after linear warmup)', oneOf('--lr-schedule', ['constant', 'linear', 'cosine'] as const), D.lrSchedule)
+    .option('--warmup-steps <n>', 'steps of linear warmup from 0', int('--warmup-steps', 0), D.warmupSteps)
+    .option('--weight-decay <x>', 'decoupled (AdamW) weight decay on every parameter', rule('weightDecay'), D.weightDecay)
+    .option('--max-grad-norm <x>', 'clip the global gradient norm to this (0 = off)', rule('maxGradNorm'), D.maxGradNorm)
+    .option('--seed <n>', 'seed of the data order (shuffled each epoch)', int('--seed', 0), D.seed)
+    .option('--save-every <n>', 'save a checkpoint every n steps (0 = only at the end)', int('--save-every', 0), D.saveEvery)
+    .option('--keep-checkpoints <n>', 'checkpoints kept in OUT (the newest)', int('--keep-checkpoints', 1), D.keepCheckpoints)
+    .option('--resume', 'continue the run in OUT from its latest checkpoint (from the start if it has none)')
+    .option('--eval-data <file>', 'evaluation data (JSONL, same shapes): loss and perplexity')
+    .option('--eval-every <n>', 'evaluate every n steps (0 = after the last step only)', int('--eval-every', 0), D.evalEvery)
+    .option('--threads <n>', 'compute threads (default: all cores)', int('--threads', 1))
+    .option('--no-checkpoint-activations', 'keep every layer\'s activations instead of recomputing them in backward (faster, more memory)')
+    .action(async (o: Omit<TrainRunOptions, 'onStart'>) => runTrain(o));
+}
+
+async function runTrain(o: Omit<TrainRunOptions, 'onStart'>): Promise<void> {
+  const err = (s: string) => process.stderr.write(s + '\n');
+  let progress: StepProgress | null = null;
+  let last: { step: number; loss: number } | null = null;
+  try {
+    for await (const m of train({
+      ...o,
+      resume: o.resume === true,
+      onStart: (info) => {
+        for (const s of info.skipped) err(`skipped ${s}`);
+        const from = info.resumedFrom ? `resuming from ${info.resumedFrom}, ` : '';
+        err(`training ${(info.parameters / 1e6).toFixed(1)}M parameters on ${info.sequences} sequences (${info.tokens} tokens): ${from}steps ${info.startStep + 1}..${info.totalSteps}`);
+        progress = new StepProgress(info.startStep);
+      },
+    })) {
+      progress!.update(m.step, m.totalSteps, m.loss, m.tokensPerSecond);
+      if (m.evalLoss !== undefined) progress!.log(`step ${m.step}: eval loss ${m.evalLoss.toFixed(4)}, perplexity ${m.evalPerplexity!.toFixed(2)}`);
+      last = { step: m.step, loss: m.loss };
+    }
+  } finally {
+    (progress as StepProgress | null)?.end();
+  }
+  const done = last as { step: number; loss: number } | null;
+  err(done ? `${o.out}: step ${done.step}, loss ${done.loss.toFixed(4)}; the model is in ${o.out} (checkpoints under it, metrics in ${path.join(o.out, 'metrics.jsonl')})`
+    : `${o.out}: nothing left to train (the run is complete)`);
+}

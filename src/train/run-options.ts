@@ -1,0 +1,142 @@
+// The options of a training run (train() in ./run.ts, `tierlm train` in src/cli/train.ts): their
+// defaults, their checks, and which of them a resumed run must share with the run it continues.
+// The CLI's flags are these names in kebab-case; every default lives here, once.
+
+import { checkApiValue } from '../util/options.js';
+import type { Precision } from '../optim/state.js';
+import type { LrSchedule } from './schedule.js';
+
+export interface TrainRunOptions {
+  /** Hugging Face model directory to start from. */
+  model: string;
+  /** Training data, JSONL (see docs/api.md for the line shapes). */
+  data: string;
+  /** Output directory: the model, checkpoints and metrics.jsonl. */
+  out: string;
+  precision?: Precision;
+  /** Tokens per sequence: text is packed into chunks of this length; longer given sequences are skipped. */
+  seqLen?: number;
+  /** Sequences per micro-batch. */
+  batchSize?: number;
+  /** Micro-batches per optimizer step. */
+  gradAccum?: number;
+  /** Optimizer steps to run (instead of epochs). */
+  maxSteps?: number;
+  /** Passes over the data (default 1 when maxSteps is not given). */
+  epochs?: number;
+  lr?: number;
+  lrSchedule?: LrSchedule;
+  warmupSteps?: number;
+  weightDecay?: number;
+  /** Global gradient-norm clipping; 0 = off. */
+  maxGradNorm?: number;
+  /** Seeds the data order (shuffled per epoch). */
+  seed?: number;
+  /** Save a checkpoint every N steps (0 = only at the end). */
+  saveEvery?: number;
+  /** Checkpoints kept in OUT (the newest). */
+  keepCheckpoints?: number;
+  /** Continue the run in OUT from its latest checkpoint (from the start when it has none). */
+  resume?: boolean;
+  /** Evaluation data (JSONL, same shapes); its loss and perplexity are reported. */
+  evalData?: string;
+  /** Evaluate every N steps (0 = only after the last step). */
+  evalEvery?: number;
+  threads?: number;
+  checkpointActivations?: boolean;
+  /** Called once the data is read and the run's plan is known, before the first step. */
+  onStart?: (info: TrainRunInfo) => void;
+}
+
+export interface TrainRunInfo {
+  /** Step the run starts after (0, or the resumed checkpoint's step). */
+  startStep: number;
+  totalSteps: number;
+  /** The checkpoint resumed from, if any. */
+  resumedFrom: string | null;
+  sequences: number;
+  tokens: number;
+  /** "FILE:LINE: reason" of every data line skipped (training and eval data). */
+  skipped: string[];
+  parameters: number;
+}
+
+export type ResolvedOptions = Required<Omit<TrainRunOptions, 'maxSteps' | 'epochs' | 'evalData' | 'threads' | 'onStart'>> &
+  Pick<TrainRunOptions, 'maxSteps' | 'epochs' | 'evalData' | 'threads' | 'onStart'>;
+
+export const TRAIN_DEFAULTS = {
+  precision: 'fp32' as Precision,
+  seqLen: 512,
+  batchSize: 4,
+  gradAccum: 1,
+  lr: 5e-5,
+  lrSchedule: 'constant' as LrSchedule,
+  warmupSteps: 0,
+  weightDecay: 0.01,
+  maxGradNorm: 1,
+  seed: 0,
+  saveEvery: 500,
+  keepCheckpoints: 1,
+  resume: false,
+  evalEvery: 0,
+  checkpointActivations: true,
+};
+
+const KEYS = new Set(['model', 'data', 'out', 'maxSteps', 'epochs', 'evalData', 'threads', 'onStart', ...Object.keys(TRAIN_DEFAULTS)]);
+
+/** Fills defaults and checks every value; unknown keys are a TypeError naming them. */
+export function resolveOptions(o: TrainRunOptions): ResolvedOptions {
+  if (typeof o !== 'object' || o === null) throw new TypeError('train() takes an options object');
+  const unknown = Object.keys(o).filter((k) => !KEYS.has(k));
+  if (unknown.length > 0) throw new TypeError(`train(): unknown option${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')}`);
+  for (const k of ['model', 'data', 'out'] as const) {
+    if (typeof o[k] !== 'string' || o[k] === '') throw new TypeError(`train(): ${k} must be a path (a non-empty string)`);
+  }
+  const defined = Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
+  const r = { ...TRAIN_DEFAULTS, ...defined } as ResolvedOptions;
+  const int = (k: keyof ResolvedOptions, min: number) => {
+    const v = r[k];
+    if (v !== undefined && !(Number.isSafeInteger(v) && (v as number) >= min)) throw new RangeError(`${k} must be an integer >= ${min}, got ${String(v)}`);
+  };
+  int('seqLen', 2);
+  int('batchSize', 1);
+  int('gradAccum', 1);
+  int('maxSteps', 1);
+  int('epochs', 1);
+  int('warmupSteps', 0);
+  int('seed', 0);
+  int('saveEvery', 0);
+  int('keepCheckpoints', 1);
+  int('evalEvery', 0);
+  int('threads', 1);
+  // The same rule as the flags' (src/util/options.ts), so the CLI and the API accept the same values.
+  for (const k of ['lr', 'weightDecay', 'maxGradNorm'] as const) checkApiValue(k, r[k]);
+  if (r.precision !== 'fp32' && r.precision !== 'bf16') throw new RangeError(`precision must be 'fp32' or 'bf16', got ${String(r.precision)}`);
+  if (!['constant', 'linear', 'cosine'].includes(r.lrSchedule)) throw new RangeError(`lrSchedule must be constant, linear or cosine, got ${String(r.lrSchedule)}`);
+  for (const k of ['resume', 'checkpointActivations'] as const) if (typeof r[k] !== 'boolean') throw new TypeError(`${k} must be a boolean`);
+  if (r.evalData !== undefined && (typeof r.evalData !== 'string' || r.evalData === '')) throw new TypeError('evalData must be a path (a non-empty string)');
+  if (r.onStart !== undefined && typeof r.onStart !== 'function') throw new TypeError('onStart must be a function');
+  if (r.maxSteps !== undefined && r.epochs !== undefined) throw new RangeError('give maxSteps or epochs, not both');
+  return r;
+}
+
+/** Options a resume must share with the run it continues, under the CLI's flag names: each changes
+ *  the math of the steps to come (the data order, the batches, the update, the schedule). */
+export function mathOptions(r: ResolvedOptions, totalSteps: number, modelConfigHash: string): Record<string, string | number> {
+  return {
+    'model config.json sha256': modelConfigHash,
+    '--precision': r.precision,
+    '--seq-len': r.seqLen,
+    '--batch-size': r.batchSize,
+    '--grad-accum': r.gradAccum,
+    '--lr': r.lr,
+    '--lr-schedule': r.lrSchedule,
+    '--warmup-steps': r.warmupSteps,
+    '--weight-decay': r.weightDecay,
+    '--max-grad-norm': r.maxGradNorm,
+    '--seed': r.seed,
+    // A decaying schedule's rate at every step depends on the total; a constant one does not,
+    // so a constant-rate run may be resumed with more steps.
+    'total steps (of the linear or cosine schedule)': r.lrSchedule === 'constant' ? 0 : totalSteps,
+  };
+}

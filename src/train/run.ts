@@ -1,0 +1,194 @@
+// A whole training run, as `tierlm train` and the API's train() both run it: read the data (bad
+// lines skipped and reported, nothing usable = an error before any compute), open the model, resume
+// from OUT's latest checkpoint if asked, then step, writing OUT/metrics.jsonl, evaluating and
+// saving as the options say, and yield each step's metrics.
+//
+// Exact resume: everything the math of the coming steps depends on is either saved (master
+// weights, Adam's moments and step, the data position with the data's fingerprint) or a pure
+// function of options the resume must repeat (the data order is a function of seed and epoch; the
+// schedule of lr, warmup and total steps; see mathOptions). The bf16 copies are the masters
+// rounded, exactly as AdamW writes them, and a bf16 run reuses the saved choice of GEMM kernel. So a run killed at any moment and resumed takes the same
+// steps, bit for bit, as one never interrupted (test/train-resume.test.ts kills one with SIGKILL).
+
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { readConfig } from '../models/registry.js';
+import { fromFloat32 } from '../tensor/dtype.js';
+import { UserError } from '../util/errors.js';
+import { type Bf16Kernel, selectBf16Kernel } from './bf16-kernel.js';
+import { Batcher, evalBatches } from './batcher.js';
+import { LATEST, latestCheckpoint, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
+import { type Dataset, dataContextFor, readDataset } from './dataset.js';
+import { MetricsWriter } from './metrics.js';
+import { publishModel } from './publish.js';
+import { type ResolvedOptions, type TrainRunOptions, mathOptions, resolveOptions } from './run-options.js';
+import type { Sequence } from './sequence.js';
+import { type Trainer, openTrainer } from './trainer.js';
+import { type Json, STATE_DIR, type TrainingState } from './training-state.js';
+
+export interface TrainStepMetrics {
+  /** Optimizer steps count from 1. */
+  step: number;
+  totalSteps: number;
+  /** Epoch (from 0) of the step's first micro-batch. */
+  epoch: number;
+  /** Mean cross-entropy over every target of the step's micro-batches. */
+  loss: number;
+  lr: number;
+  /** Global gradient norm before clipping. */
+  gradNorm: number;
+  tokens: number;
+  targets: number;
+  /** Tokens over the step's compute time (forward, backward and update). */
+  tokensPerSecond: number;
+  seconds: number;
+  /** On evaluation steps: the eval data's mean loss and exp(evalLoss). */
+  evalLoss?: number;
+  evalPerplexity?: number;
+  /** On save steps: the checkpoint directory written. */
+  checkpoint?: string;
+}
+
+/** Trains as `tierlm train` does, yielding each step's metrics as it ends. */
+export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStepMetrics, void, undefined> {
+  const o = resolveOptions(options);
+  if (fs.existsSync(o.out) && !fs.statSync(o.out).isDirectory()) throw new UserError(`--out ${o.out} exists and is not a directory`);
+  fitSeqLen(o, options.seqLen === undefined);
+  const ctx = dataContextFor(o.model, o.seqLen);
+  const data = await readDataset(o.data, ctx);
+  const evalData = o.evalData !== undefined ? await readDataset(o.evalData, ctx) : null;
+  const totalSteps = o.maxSteps ?? Math.ceil(((o.epochs ?? 1) * Math.ceil(data.sequences.length / o.batchSize)) / o.gradAccum);
+  const math = mathOptions(o, totalSteps, sha256(fs.readFileSync(path.join(o.model, 'config.json'))));
+  const existing = latestCheckpoint(o.out);
+  if (existing && !o.resume) {
+    throw new UserError(`--out ${o.out} already holds a training run (${path.basename(existing)}); pass --resume to continue it, or choose another --out`);
+  }
+  if (existing && o.resume) checkResume(existing, math);
+  const trainer = await openTrainer(o.model, {
+    precision: o.precision, lr: o.lr, lrSchedule: o.lrSchedule, warmupSteps: o.warmupSteps, totalSteps, weightDecay: o.weightDecay,
+    maxGradNorm: o.maxGradNorm, checkpointActivations: o.checkpointActivations, threads: o.threads,
+  });
+  const resumed = o.resume && existing ? await restore(trainer, existing) : null;
+  const bf16Kernel = o.precision === 'bf16'
+    ? selectBf16Kernel(trainer.config, o.batchSize * o.seqLen, existing && o.resume ? savedBf16Kernel(existing) : null) : null;
+  const batcher = new Batcher(data, { batchSize: o.batchSize, seed: o.seed }, resumed?.dataPosition);
+  const startStep = resumed?.step ?? 0;
+  o.onStart?.({
+    startStep, totalSteps, resumedFrom: resumed?.dir ?? null, sequences: data.counts.sequences, tokens: data.counts.tokens,
+    skipped: [...data.skipped, ...(evalData?.skipped ?? [])].map((s) => s.message),
+    parameters: trainer.parameters().reduce((n, p) => n + p.master.size, 0),
+  });
+  const metrics = MetricsWriter.open(o.out, startStep);
+  try {
+    let saved = startStep;
+    for (let step = startStep + 1; step <= totalSteps; step++) {
+      const epoch = batcher.position.epoch;
+      const micro: Sequence[][] = [];
+      // In epoch mode the last step may have fewer micro-batches: batches never run past the last epoch.
+      while (micro.length < o.gradAccum && !(o.maxSteps === undefined && batcher.position.epoch >= (o.epochs ?? 1))) {
+        micro.push(batcher.next().sequences);
+      }
+      const m = await trainer.step(micro.map((seqs) => seqs.map((s) => ({ tokenIds: s.ids, labels: s.labels }))));
+      const out: TrainStepMetrics = {
+        step: m.step, totalSteps, epoch, loss: m.loss, lr: m.lr, gradNorm: m.gradNorm, tokens: m.tokens, targets: m.targets,
+        tokensPerSecond: m.seconds > 0 ? m.tokens / m.seconds : 0, seconds: m.seconds,
+      };
+      if (evalData && ((o.evalEvery > 0 && step % o.evalEvery === 0) || step === totalSteps)) {
+        out.evalLoss = await evaluate(trainer, evalData, o.batchSize);
+        out.evalPerplexity = Math.exp(out.evalLoss);
+      }
+      metrics.write(out);
+      if ((o.saveEvery > 0 && step % o.saveEvery === 0) || step === totalSteps) {
+        out.checkpoint = await save(trainer, o, { math, bf16_kernel: bf16Kernel }, step, batcher);
+        saved = step;
+      }
+      yield out;
+    }
+    // A resume of a finished run (or one killed between its last save and publishing the model).
+    if (saved === startStep && startStep > 0) publishModel(o.out, path.join(o.out, LATEST));
+  } finally {
+    metrics.close();
+  }
+}
+
+/** The default sequence length shrinks to the model's positions; a given one must fit them. */
+function fitSeqLen(o: ResolvedOptions, byDefault: boolean): void {
+  if (!fs.existsSync(path.join(o.model, 'config.json'))) throw new UserError(`--model ${o.model} is not a model directory (no config.json)`);
+  const max = readConfig(o.model).config.maxPositions;
+  if (byDefault) o.seqLen = Math.min(o.seqLen, max);
+  else if (o.seqLen > max) throw new UserError(`--seq-len ${o.seqLen} is longer than the model's ${max} positions`);
+}
+
+/** Checks that the run's options match those of the checkpoint `dir` it resumes (before any
+ *  weight is read, so that another model is named as such, not by a missing tensor). */
+function checkResume(dir: string, math: Record<string, string | number>): void {
+  const saved = savedMathOptions(dir);
+  for (const [k, v] of Object.entries(math)) {
+    if (saved && saved[k] !== v) {
+      throw new UserError(`${dir}: cannot resume: ${k} is ${JSON.stringify(v)}, the run being resumed used ${JSON.stringify(saved[k] ?? null)}; ` +
+        'resume with the same value, or start a new run in another --out');
+    }
+  }
+}
+
+/** Loads the checkpoint `dir` into the trainer's buffers. */
+async function restore(trainer: Trainer, dir: string): Promise<TrainingState & { dir: string }> {
+  const params = new Map(trainer.parameters().map((p) => [p.name, p]));
+  const expected = new Map([...params].map(([n, p]) => [n, [...p.shape]]));
+  // Read straight into the trainer's buffers.
+  const { state } = await loadCheckpoint(dir, expected, (name, part) => params.get(name)![part].data);
+  for (const p of params.values()) if (p.param.dtype === 'bf16') p.param.data.set(fromFloat32('bf16', p.master.data));
+  trainer.stepsDone = state.step;
+  return { ...state, dir };
+}
+
+/** The options a checkpoint was saved with, or null when its state.json cannot be read (then
+ *  loadCheckpoint reports what is wrong with it). */
+function savedOptions(dir: string): Record<string, Json> | null {
+  try {
+    const j = JSON.parse(fs.readFileSync(path.join(dir, STATE_DIR, 'state.json'), 'utf8')) as { options?: Record<string, Json> };
+    return j.options ?? {};
+  } catch {
+    return null;
+  }
+}
+
+function savedMathOptions(dir: string): Record<string, Json> | null {
+  const o = savedOptions(dir);
+  return o && ((o.math ?? {}) as Record<string, Json>);
+}
+
+function savedBf16Kernel(dir: string): Bf16Kernel | null {
+  const k = savedOptions(dir)?.bf16_kernel;
+  return k === 'dot' || k === 'fma' ? k : null;
+}
+
+async function save(trainer: Trainer, o: ResolvedOptions, options: { [key: string]: Json }, step: number, batcher: Batcher): Promise<string> {
+  const dir = await saveCheckpoint(o.out, o.model, {
+    step,
+    dataPosition: batcher.position,
+    // The data order is the only randomness, and a pure function of (seed, epoch): nothing to carry.
+    rng: { data_order: 'mulberry32(seed + epoch)', seed: o.seed },
+    options,
+    tensors: new Map(trainer.parameters().map((p) => [p.name, { shape: [...p.shape], master: p.master.data, m: p.m.data, v: p.v.data }])),
+  }, { keep: o.keepCheckpoints });
+  publishModel(o.out, dir);
+  return dir;
+}
+
+/** Mean loss over every target of the eval data, in file order. */
+async function evaluate(trainer: Trainer, data: Dataset, batchSize: number): Promise<number> {
+  let sum = 0, count = 0;
+  for (const b of evalBatches(data, batchSize)) {
+    const r = await trainer.evaluate(b.sequences.map((s) => ({ tokenIds: s.ids, labels: s.labels })));
+    if (r.targets === 0) continue;
+    sum += r.loss * r.targets;
+    count += r.targets;
+  }
+  return sum / count;
+}
+
+function sha256(b: Uint8Array): string {
+  return createHash('sha256').update(b).digest('hex');
+}
