@@ -13,7 +13,7 @@ import { Tensor } from '../src/tensor/tensor.js';
 import { packMicroBatch } from '../src/train/batch.js';
 import { TrainModel } from '../src/train/model.js';
 import { type LayerGrads, type LayerParams, type LinearGrad, ParamStore, type ParamSource, type TrainLinear } from '../src/train/params.js';
-import { localFixtures } from './helpers/fixtures.js';
+import { fixturesDir } from './helpers/fixtures.js';
 import { TRAIN_FIXTURES, fixtureBatch } from './helpers/train.js';
 
 type F32 = Tensor<'f32'>;
@@ -120,7 +120,7 @@ class PoisoningSource implements ParamSource {
 
 describe('ParamSource: parameters and gradients only between fetch and release', () => {
   const cases: [string, string][] = [['opt-train', path.join(TRAIN_FIXTURES, 'opt-train')], ['llama-train', path.join(TRAIN_FIXTURES, 'llama-train')],
-    ['opt-350m-style', path.join(localFixtures, 'opt-350m-style')], ['qwen2-tiny', path.join(localFixtures, 'qwen2-tiny')]];
+    ['opt-350m-style', path.join(fixturesDir, 'opt-350m-style')], ['qwen2-tiny', path.join(fixturesDir, 'qwen2-tiny')]];
   for (const [name, dir] of cases) {
     for (const checkpoint of [true, false]) {
       it(`${name}, checkpointing ${checkpoint ? 'on' : 'off'}`, () => {
