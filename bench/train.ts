@@ -9,7 +9,7 @@
 import { cpuBackend, getThreads, isaInfo, setThreads } from '../src/backend/index.js';
 import { defaultModelCache, dummyModel } from '../src/engine/bench.js';
 import { openTrainer } from '../src/train/index.js';
-import { selectBf16Kernel } from '../src/train/bf16-kernel.js';
+import { selectBf16Kernel } from '../src/backend/cpu/bf16-kernel.js';
 import { randomF32, randomFloat, rng } from '../test/helpers/random.js';
 import { gemmBf16Dot } from '../src/backend/cpu/gemm.js';
 import { Tensor } from '../src/tensor/tensor.js';
@@ -62,7 +62,7 @@ for (const seq of seqs) {
   for (const precision of precisions) {
     const trainer = await openTrainer(dir, { precision, lr: 1e-4, checkpointActivations });
     // As `tierlm train` does: the faster bf16 GEMM kernel of this machine.
-    const kernel = precision === 'bf16' ? selectBf16Kernel(trainer.config, batch * seq, null) : 'fp32';
+    const kernel = precision === 'bf16' ? selectBf16Kernel({ rows: batch * seq, n: trainer.config.ffn, k: trainer.config.hidden }) : 'fp32';
     const params = trainer.parameters().reduce((n, p) => n + p.master.size, 0);
     const r = rng(seq);
     const data = () => Array.from({ length: batch }, () => ({ tokenIds: Array.from({ length: seq }, () => Math.floor(r() * trainer.config.vocabSize)) }));

@@ -76,7 +76,7 @@ describe.each(['fp32', 'bf16'])('tierlm train --resume after SIGKILL (%s)', (pre
   const whole = path.join(dir, 'whole');
   let reference: ReturnType<typeof losses>;
 
-  // bf16 runs measure which bf16 GEMM kernel is faster (src/train/bf16-kernel.ts): the runs compared
+  // bf16 runs measure which bf16 GEMM kernel is faster (src/backend/cpu/bf16-kernel.ts): the runs compared
   // here are told which, except a resume from a checkpoint, which must take the saved one.
   const kernel = precision === 'bf16' ? { TIERLM_BF16_DOT: '1' } : {};
 

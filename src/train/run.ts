@@ -16,7 +16,7 @@ import path from 'node:path';
 import { readConfig } from '../models/registry.js';
 import { fromFloat32 } from '../tensor/dtype.js';
 import { UserError } from '../util/errors.js';
-import { type Bf16Kernel, selectBf16Kernel } from './bf16-kernel.js';
+import { type Bf16Kernel, selectBf16Kernel } from '../backend/cpu/bf16-kernel.js';
 import { Batcher, evalBatches } from './batcher.js';
 import { LATEST, latestCheckpoint, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
 import { type Dataset, dataContextFor, readDataset } from './dataset.js';
@@ -71,7 +71,7 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
   });
   const resumed = o.resume && existing ? await restore(trainer, existing) : null;
   const bf16Kernel = o.precision === 'bf16'
-    ? selectBf16Kernel(trainer.config, o.batchSize * o.seqLen, existing && o.resume ? savedBf16Kernel(existing) : null) : null;
+    ? selectBf16Kernel({ rows: o.batchSize * o.seqLen, n: trainer.config.ffn, k: trainer.config.hidden }, existing && o.resume ? savedBf16Kernel(existing) : null) : null;
   const batcher = new Batcher(data, { batchSize: o.batchSize, seed: o.seed }, resumed?.dataPosition);
   const startStep = resumed?.step ?? 0;
   o.onStart?.({
