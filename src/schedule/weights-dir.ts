@@ -7,6 +7,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { FileLock } from '../tensor/disk/lock.js';
+import { fsyncPath, writeFileDurable } from '../util/atomic.js';
 
 /** Runs `fn` holding the folder's conversion lock, waiting (and saying so once) while another run holds it. */
 export async function withWeightsLock<T>(dir: string, log: (msg: string) => void, fn: () => Promise<T>): Promise<T> {
@@ -39,31 +40,7 @@ export async function publishConverted<M>(file: string, manifestFile: string, wr
   // Runs still reading the old weights.bin keep its data through their open descriptors.
   fs.rmSync(manifestFile, { force: true });
   fs.renameSync(partial, file);
-  syncDir(path.dirname(file));
-  writeFileDurably(manifestFile, JSON.stringify(manifest));
+  fsyncPath(path.dirname(file));
+  writeFileDurable(manifestFile, JSON.stringify(manifest));
   return manifest;
-}
-
-/** Writes `text` to a temporary file, syncs it and renames it over `file`: readers see all or nothing. */
-function writeFileDurably(file: string, text: string): void {
-  const tmp = `${file}.tmp`;
-  const fd = fs.openSync(tmp, 'w');
-  try {
-    fs.writeSync(fd, text);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
-  syncDir(path.dirname(file));
-}
-
-/** Makes renames in `dir` durable, so that after a crash the manifest is never there without the data. */
-function syncDir(dir: string): void {
-  const fd = fs.openSync(dir, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
 }

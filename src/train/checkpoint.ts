@@ -13,7 +13,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { UserError } from '../util/errors.js';
-import { fsyncPath } from './atomic.js';
+import { fsyncPath } from '../util/atomic.js';
 import { type Weight, writeModelFiles } from './model-writer.js';
 import { STATE_DIR, type StateAlloc, type TrainingState, readTrainingState, writeTrainingState } from './training-state.js';
 

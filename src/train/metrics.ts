@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { UserError } from '../util/errors.js';
-import { writeFileDurable } from './atomic.js';
+import { writeFileDurable } from '../util/atomic.js';
 
 export const METRICS_FILE = 'metrics.jsonl';
 

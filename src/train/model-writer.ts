@@ -10,7 +10,7 @@ import { TensorStore } from '../formats/safetensors.js';
 import { readConfig } from '../models/registry.js';
 import { type FloatDType, f32ToF16 } from '../tensor/dtype.js';
 import { ModelFileError } from '../util/errors.js';
-import { fsyncPath } from './atomic.js';
+import { fsyncPath } from '../util/atomic.js';
 import { type TensorProducer, writeTensorFile } from './tensor-file.js';
 
 /** Files copied from the source model directory when present. */

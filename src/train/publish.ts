@@ -9,7 +9,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { fsyncPath } from './atomic.js';
+import { fsyncPath } from '../util/atomic.js';
 import { MODEL_SIDE_FILES } from './model-writer.js';
 
 export const MODEL_FILES = [...MODEL_SIDE_FILES, 'model.safetensors'];

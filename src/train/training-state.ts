@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { TensorInfo } from '../formats/safetensors.js';
 import { UserError } from '../util/errors.js';
-import { writeFileDurable } from './atomic.js';
+import { writeFileDurable } from '../util/atomic.js';
 import type { DataPosition } from './batcher.js';
 import { readTensorFile, writeTensorFile } from './tensor-file.js';
 
