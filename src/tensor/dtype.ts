@@ -116,7 +116,20 @@ function f16Widened(): Float32Array {
 /** Narrows float32 to a 16-bit format with round-to-nearest-even. */
 export function fromFloat32(dtype: 'f16' | 'bf16', data: Float32Array): Uint16Array {
   const out = new Uint16Array(data.length);
-  const conv = dtype === 'bf16' ? f32ToBf16 : f32ToF16;
-  for (let i = 0; i < data.length; i++) out[i] = conv(data[i]!);
+  narrowInto(dtype, data, out);
   return out;
+}
+
+/** Narrows src into dst (as many elements as dst holds), rounding to nearest even as f32ToBf16
+ *  and f32ToF16 do; bf16 works on the bits directly (a call per element costs as much again). */
+export function narrowInto(dtype: 'f16' | 'bf16', src: Float32Array, dst: Uint16Array): void {
+  if (dtype === 'f16') {
+    for (let i = 0; i < dst.length; i++) dst[i] = f32ToF16(src[i]!);
+    return;
+  }
+  const bits = new Uint32Array(src.buffer, src.byteOffset, dst.length);
+  for (let i = 0; i < dst.length; i++) {
+    const b = bits[i]!;
+    dst[i] = (b & 0x7fffffff) > 0x7f800000 ? (b >>> 16) | 0x40 : (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
+  }
 }

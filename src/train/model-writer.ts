@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { TensorStore } from '../formats/safetensors.js';
 import { readConfig } from '../models/registry.js';
-import { type FloatDType, f32ToF16 } from '../tensor/dtype.js';
+import { type FloatDType, narrowInto } from '../tensor/dtype.js';
 import { ModelFileError } from '../util/errors.js';
 import { fsyncPath } from '../util/atomic.js';
 import { type TensorProducer, writeTensorFile } from './tensor-file.js';
@@ -91,14 +91,5 @@ export function narrow(dtype: FloatDType, src: Float32Array, offset: number, dst
     return;
   }
   const out = new Uint16Array(dst.buffer, dst.byteOffset, dst.byteLength / 2);
-  if (dtype === 'f16') {
-    for (let i = 0; i < out.length; i++) out[i] = f32ToF16(src[offset + i]!);
-    return;
-  }
-  // bf16 on the bits directly (f32ToBf16 per element costs a call and two array writes).
-  const bits = new Uint32Array(src.buffer, src.byteOffset + offset * 4, out.length);
-  for (let i = 0; i < out.length; i++) {
-    const b = bits[i]!;
-    out[i] = (b & 0x7fffffff) > 0x7f800000 ? (b >>> 16) | 0x40 : (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
-  }
+  narrowInto(dtype, src.subarray(offset, offset + out.length), out);
 }
