@@ -96,10 +96,8 @@ function parseLine(text: string, line: number, file: string): InputLine {
  * repaired, and any other line that is not a result stops the job with the file left as it was.
  */
 export class ResultWriter {
-  /** Ids with a result line: a rerun skips them. */
+  /** Ids with a result line: a rerun skips them (ids with only error lines are tried again). */
   readonly done = new Set<string>();
-  /** Ids with only error lines: a rerun tries them again (the newest line per id wins). */
-  readonly failed = new Set<string>();
   private fd: number;
   /** Standard output, a pipe or a device: written to, never read back or synced. */
   readonly stream: boolean;
@@ -162,12 +160,7 @@ export class ResultWriter {
   }
 
   private note(rec: { id: string; ok: boolean }): void {
-    if (rec.ok) {
-      this.done.add(rec.id);
-      this.failed.delete(rec.id);
-    } else if (!this.done.has(rec.id)) {
-      this.failed.add(rec.id);
-    }
+    if (rec.ok) this.done.add(rec.id);
   }
 
   write(record: { id: string; error?: string }): void {
