@@ -1,8 +1,12 @@
 # The addon is built from source on install. Kernels for each instruction set live in their own
 # static library, compiled with that set's flags, and are chosen at run time (native/core/cpu.cpp),
 # so one build runs on any x86-64 machine. Kernel files are found by their suffix, so adding a
-# kernel never needs an edit here.
+# kernel never needs an edit here. The MPI addon (tierlm_mpi, native/mpi/) is built only when
+# OpenMPI's development files are present (native/mpi/probe.mjs); without them nothing changes.
 {
+  "variables": {
+    "with_mpi": "<!(node native/mpi/probe.mjs)"
+  },
   "target_defaults": {
     "cflags_cc!": ["-fno-exceptions", "-O0", "-O1", "-O2"],
     "cflags_cc": ["-std=c++17", "-O3", "-fexceptions", "-fno-math-errno", "-Wall", "-Wno-unused-function"],
@@ -34,5 +38,19 @@
       "cflags_cc": ["-fPIC", "-pthread"],
       "ldflags": ["-pthread"]
     }
+  ],
+  "conditions": [
+    ["with_mpi==1", {
+      "targets": [
+        {
+          "target_name": "tierlm_mpi",
+          "sources": ["native/mpi/mpi_addon.cpp"],
+          "defines": ["OMPI_SKIP_MPICXX=1"],
+          "cflags_cc": ["-fPIC", "-pthread", "<!@(node native/mpi/probe.mjs cflags)"],
+          "ldflags": ["-pthread"],
+          "libraries": ["<!@(node native/mpi/probe.mjs libs)", "-ldl"]
+        }
+      ]
+    }]
   ]
 }
