@@ -6,6 +6,8 @@ import { train } from '../train/run.js';
 import { TRAIN_DEFAULTS as D, type TrainRunOptions } from '../train/run-options.js';
 import { int, oneOf, rule } from './parse.js';
 import { StepProgress } from './progress.js';
+import { worldComm } from '../dist/comm.js';
+import { abortOnError } from './abort.js';
 
 export function addTrainCommand(program: Command): void {
   program
@@ -33,11 +35,19 @@ export function addTrainCommand(program: Command): void {
     .option('--eval-every <n>', 'evaluate every n steps (0 = after the last step only)', int('--eval-every', 0), D.evalEvery)
     .option('--threads <n>', 'compute threads (default: all cores)', int('--threads', 1))
     .option('--no-checkpoint-activations', 'keep every layer\'s activations instead of recomputing them in backward (faster, more memory)')
-    .action(async (o: Omit<TrainRunOptions, 'onStart'>) => runTrain(o));
+    .action(async (o: Omit<TrainRunOptions, 'onStart'>) => {
+      // Under mpirun (src/dist): an error on one rank ends every rank, and the last rank to finish
+      // leaves MPI; rank 0 alone reports progress.
+      const comm = worldComm();
+      await abortOnError(comm, () => runTrain(o, comm.rank === 0));
+      comm.finalize();
+    });
 }
 
-async function runTrain(o: Omit<TrainRunOptions, 'onStart'>): Promise<void> {
-  const err = (s: string) => process.stderr.write(s + '\n');
+async function runTrain(o: Omit<TrainRunOptions, 'onStart'>, report: boolean): Promise<void> {
+  const err = (s: string) => {
+    if (report) process.stderr.write(s + '\n');
+  };
   let progress: StepProgress | null = null;
   let last: { step: number; loss: number } | null = null;
   try {
@@ -48,11 +58,11 @@ async function runTrain(o: Omit<TrainRunOptions, 'onStart'>): Promise<void> {
         for (const s of info.skipped) err(`skipped ${s}`);
         const from = info.resumedFrom ? `resuming from ${info.resumedFrom}, ` : '';
         err(`training ${(info.parameters / 1e6).toFixed(1)}M parameters on ${info.sequences} sequences (${info.tokens} tokens): ${from}steps ${info.startStep + 1}..${info.totalSteps}`);
-        progress = new StepProgress(info.startStep);
+        if (report) progress = new StepProgress(info.startStep);
       },
     })) {
-      progress!.update(m.step, m.totalSteps, m.loss, m.tokensPerSecond);
-      if (m.evalLoss !== undefined) progress!.log(`step ${m.step}: eval loss ${m.evalLoss.toFixed(4)}, perplexity ${m.evalPerplexity!.toFixed(2)}`);
+      (progress as StepProgress | null)?.update(m.step, m.totalSteps, m.loss, m.tokensPerSecond);
+      if (m.evalLoss !== undefined) (progress as StepProgress | null)?.log(`step ${m.step}: eval loss ${m.evalLoss.toFixed(4)}, perplexity ${m.evalPerplexity!.toFixed(2)}`);
       last = { step: m.step, loss: m.loss };
     }
   } finally {

@@ -17,6 +17,9 @@ export interface AdamWOptions {
   weightDecay?: number;
   /** Clip the global gradient norm to this; 0 = no clipping. */
   maxGradNorm?: number;
+  /** The sum of squares over every rank's parameters, from this rank's (when the parameters are
+   *  split over data-parallel ranks, each holding a slice); default: this rank's alone. */
+  sumSquares?: (local: number) => number;
 }
 
 export interface StepResult {
@@ -29,21 +32,24 @@ export interface StepResult {
 export class AdamW {
   /** Steps taken so far (the next step's bias correction uses step + 1). */
   step = 0;
-  private readonly opts: Required<AdamWOptions>;
+  private readonly opts: Required<Omit<AdamWOptions, 'sumSquares'>>;
+  private readonly sumSquares: (local: number) => number;
 
   constructor(private readonly backend: Backend, readonly params: readonly ParamState[], opts: AdamWOptions) {
-    this.opts = { betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0.01, maxGradNorm: 0, ...opts };
+    const { sumSquares, ...rest } = opts;
+    this.opts = { betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0.01, maxGradNorm: 0, ...rest };
+    this.sumSquares = sumSquares ?? ((s) => s);
     const { lr, betas, eps, weightDecay, maxGradNorm } = this.opts;
     for (const [k, v] of Object.entries({ lr, beta1: betas[0], beta2: betas[1], eps, weightDecay, maxGradNorm })) {
       if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new RangeError(`AdamW: ${k} must be a finite number >= 0, got ${v}`);
     }
   }
 
-  /** √(Σ over every parameter of Σ grad²), accumulated in double. */
+  /** √(Σ over every parameter (of every rank) of Σ grad²), accumulated in double. */
   gradNorm(): number {
     let s = 0;
     for (const p of this.params) s += this.backend.train.sumSquares(p.grad);
-    return Math.sqrt(s);
+    return Math.sqrt(this.sumSquares(s));
   }
 
   /** One optimizer step at learning rate `lr` (default: the constructor's). */

@@ -29,15 +29,33 @@ export interface SaveOptions {
 /** Saves `state` (its master weights as the model, in the dtype of the model in `modelDir`)
  *  as OUT/checkpoint-<step> and points OUT/latest at it; returns the checkpoint's directory. */
 export async function saveCheckpoint(outDir: string, modelDir: string, state: TrainingState, o: SaveOptions = {}): Promise<string> {
+  const keep = keepCount(o);
+  const { name, tmp } = startSave(outDir, state.step);
+  const weights = new Map<string, Weight>([...state.tensors].map(([n, p]) => [n, { shape: p.shape, data: p.master }]));
+  await writeCheckpointFiles(tmp, modelDir, weights, state);
+  return commitSave(outDir, name, tmp, keep);
+}
+
+export function keepCount(o: SaveOptions): number {
   const keep = o.keep ?? 1;
   if (!Number.isSafeInteger(keep) || keep < 1) throw new RangeError(`keep must be a positive integer, got ${keep}`);
+  return keep;
+}
+
+/** The first part of a save: the checkpoint's name and the temporary directory it is written in
+ *  (data-parallel ranks write their slices of the training state there too). */
+export function startSave(outDir: string, step: number): { name: string; tmp: string } {
   fs.mkdirSync(outDir, { recursive: true });
   removeTemporaries(outDir);
-  const name = freeName(outDir, state.step);
+  const name = freeName(outDir, step);
   const tmp = path.join(outDir, `.${name}.tmp-${process.pid}`);
-  fs.mkdirSync(tmp);
+  fs.mkdirSync(path.join(tmp, STATE_DIR), { recursive: true });
+  return { name, tmp };
+}
+
+/** Writes the model files and the training state into `tmp`, fsynced (removing tmp on failure). */
+export async function writeCheckpointFiles(tmp: string, modelDir: string, weights: Map<string, Weight>, state: TrainingState): Promise<void> {
   try {
-    const weights = new Map<string, Weight>([...state.tensors].map(([n, p]) => [n, { shape: p.shape, data: p.master }]));
     await writeModelFiles(tmp, modelDir, weights);
     await pauseForTest('model');
     await writeTrainingState(path.join(tmp, STATE_DIR), state);
@@ -48,6 +66,10 @@ export async function saveCheckpoint(outDir: string, modelDir: string, state: Tr
     fs.rmSync(tmp, { recursive: true, force: true });
     throw e;
   }
+}
+
+/** The last part: renames `tmp` into place, links OUT/latest to it, prunes older checkpoints. */
+export function commitSave(outDir: string, name: string, tmp: string, keep: number): string {
   const final = path.join(outDir, name);
   fs.renameSync(tmp, final);
   fsyncPath(outDir);

@@ -101,7 +101,7 @@ interface Entry {
 }
 
 /** Every model state in RAM (see the top of this file). */
-export class ParamStore implements ParamSource {
+export class ParamStore implements ParamSource, ParamViews {
   private readonly entries = new Map<string, Entry>();
   /** In the order parameters are listed and saved. */
   readonly states: ParamState[] = [];
@@ -126,15 +126,7 @@ export class ParamStore implements ParamSource {
    *  checked against the shape config.json implies. */
   static fromTensors(config: ModelConfig, names: NameTable, backend: Backend, precision: Precision, store: TensorStore,
     mode: ComputeMode = 'fp32'): ParamStore {
-    return new ParamStore(config, names, backend, precision, (name, slot, part) => {
-      if (!store.has(name)) throw new ModelFileError(store.fileName(name), 'missing tensor', name);
-      const t = store.read(name);
-      const want = expectedShape(config, slot, part);
-      if (t.shape.length !== want.length || t.shape.some((d, i) => d !== want[i])) {
-        throw new ModelFileError(store.fileName(name), `shape [${t.shape.join(', ')}] disagrees with config.json (expected [${want.join(', ')}])`, name);
-      }
-      return toFloat32(t.dtype as 'f32' | 'f16' | 'bf16', t.data as Float32Array | Uint16Array, true);
-    }, mode);
+    return new ParamStore(config, names, backend, precision, checkpointValues(config, store), mode);
   }
 
   get(name: string): ParamState {
@@ -143,12 +135,8 @@ export class ParamStore implements ParamSource {
     return e.state;
   }
 
-  private layerName(slot: LayerSlot, j: number): string {
-    return this.names.layer[slot]!.replace('{L}', String(j));
-  }
-
   /** The f32 view compute reads of a vector parameter (a widened copy in bf16 precision). */
-  private vector(name: string): F32 {
+  vector(name: string): F32 {
     const e = this.entries.get(name)!;
     const p = e.state.param;
     if (p.dtype === 'f32') return p as F32;
@@ -157,7 +145,7 @@ export class ParamStore implements ParamSource {
     return e.f32;
   }
 
-  private has(name: string): boolean {
+  has(name: string): boolean {
     return this.entries.has(name);
   }
 
@@ -173,7 +161,7 @@ export class ParamStore implements ParamSource {
     this.packs = null;
   }
 
-  private packed(base: string, transposed: boolean): PackedWeight {
+  packed(base: string, transposed: boolean): PackedWeight {
     const key = transposed ? `${base}ᵀ` : base;
     let w = this.packs?.get(key);
     if (!w) {
@@ -184,33 +172,17 @@ export class ParamStore implements ParamSource {
     return w;
   }
 
-  private linear(base: string, backward: boolean): TrainLinear {
-    return {
-      w: this.packed(base, false),
-      wT: backward ? this.packed(base, true) : null,
-      b: this.has(`${base}.bias`) ? this.vector(`${base}.bias`) : null,
-    };
+  /** f32 views the layer code reads; see ParamViews. */
+  param(name: string): Tensor {
+    return this.get(name).param;
   }
 
-  private norm(base: string): Norm {
-    return { w: this.vector(`${base}.weight`), b: this.has(`${base}.bias`) ? this.vector(`${base}.bias`) : null };
-  }
-
-  private linearGrad(base: string): LinearGrad {
-    return { w: this.get(`${base}.weight`).grad as F32, b: this.has(`${base}.bias`) ? (this.get(`${base}.bias`).grad as F32) : null };
-  }
-
-  private normGrad(base: string): NormGrad {
-    return this.linearGrad(base);
+  grad(name: string): F32 {
+    return this.get(name).grad as F32;
   }
 
   fetchLayer(j: number, backward: boolean): LayerParams {
-    const n = (s: LayerSlot) => this.layerName(s, j);
-    const lin = (s: LayerSlot) => this.linear(n(s), backward);
-    return {
-      attnNorm: this.norm(n('attn_norm')), q: lin('q'), k: lin('k'), v: lin('v'), o: lin('o'),
-      mlpNorm: this.norm(n('mlp_norm')), gate: this.config.gatedMlp ? lin('gate') : null, up: lin('up'), down: lin('down'),
-    };
+    return layerParams(this, this.config, this.names, j, backward);
   }
 
   releaseLayer(_j: number): void {
@@ -218,44 +190,108 @@ export class ParamStore implements ParamSource {
   }
 
   fetchGlobals(backward: boolean): GlobalParams {
-    const g = this.names.global;
-    return {
-      embed: this.get(`${g.embed}.weight`).param,
-      posEmbed: g.pos_embed ? this.get(`${g.pos_embed}.weight`).param : null,
-      projectIn: g.project_in ? this.linear(g.project_in, backward) : null,
-      projectOut: g.project_out ? this.linear(g.project_out, backward) : null,
-      finalNorm: g.final_norm ? this.norm(g.final_norm) : null,
-      head: this.linear(g.lm_head!, backward),
-    };
+    return globalParams(this, this.names, backward);
   }
 
   releaseGlobals(): void {}
 
   layerGrads(j: number): LayerGrads {
-    const n = (s: LayerSlot) => this.layerName(s, j);
-    const lin = (s: LayerSlot) => this.linearGrad(n(s));
-    return {
-      attnNorm: this.normGrad(n('attn_norm')), q: lin('q'), k: lin('k'), v: lin('v'), o: lin('o'),
-      mlpNorm: this.normGrad(n('mlp_norm')), gate: this.config.gatedMlp ? lin('gate') : null, up: lin('up'), down: lin('down'),
-    };
+    return layerGrads(this, this.config, this.names, j);
   }
 
   releaseLayerGrads(_j: number): void {}
 
   globalGrads(): GlobalGrads {
-    const g = this.names.global;
-    const grad = (base: string) => this.get(`${base}.weight`).grad as F32;
-    return {
-      embed: grad(g.embed!),
-      posEmbed: g.pos_embed ? grad(g.pos_embed) : null,
-      projectIn: g.project_in ? this.linearGrad(g.project_in) : null,
-      projectOut: g.project_out ? this.linearGrad(g.project_out) : null,
-      finalNorm: g.final_norm ? this.normGrad(g.final_norm) : null,
-      head: grad(g.lm_head!),
-    };
+    return globalGrads(this, this.names);
   }
 
   releaseGlobalGrads(): void {}
+}
+
+/** How a source looks up one parameter's tensors by Hugging Face name (ParamStore in RAM; the
+ *  partitioned store over a layer's gathered buffer): the functions below build the layer code's
+ *  structures from it, so every source lays them out the same way. */
+export interface ParamViews {
+  has(name: string): boolean;
+  /** A linear layer's weight (`base`.weight) packed for compute, or its transpose. */
+  packed(base: string, transposed: boolean): PackedWeight;
+  /** The f32 view compute reads of a vector parameter (norms, biases). */
+  vector(name: string): F32;
+  /** The parameter as stored for compute (embeddings are read in their own dtype). */
+  param(name: string): Tensor;
+  grad(name: string): F32;
+}
+
+function linear(v: ParamViews, base: string, backward: boolean): TrainLinear {
+  return { w: v.packed(base, false), wT: backward ? v.packed(base, true) : null, b: v.has(`${base}.bias`) ? v.vector(`${base}.bias`) : null };
+}
+
+function norm(v: ParamViews, base: string): Norm {
+  return { w: v.vector(`${base}.weight`), b: v.has(`${base}.bias`) ? v.vector(`${base}.bias`) : null };
+}
+
+function linearGrad(v: ParamViews, base: string): LinearGrad {
+  return { w: v.grad(`${base}.weight`), b: v.has(`${base}.bias`) ? v.grad(`${base}.bias`) : null };
+}
+
+function layerName(names: NameTable, slot: LayerSlot, j: number): string {
+  return names.layer[slot]!.replace('{L}', String(j));
+}
+
+export function layerParams(v: ParamViews, c: ModelConfig, names: NameTable, j: number, backward: boolean): LayerParams {
+  const n = (s: LayerSlot) => layerName(names, s, j);
+  const lin = (s: LayerSlot) => linear(v, n(s), backward);
+  return {
+    attnNorm: norm(v, n('attn_norm')), q: lin('q'), k: lin('k'), v: lin('v'), o: lin('o'),
+    mlpNorm: norm(v, n('mlp_norm')), gate: c.gatedMlp ? lin('gate') : null, up: lin('up'), down: lin('down'),
+  };
+}
+
+export function globalParams(v: ParamViews, names: NameTable, backward: boolean): GlobalParams {
+  const g = names.global;
+  return {
+    embed: v.param(`${g.embed}.weight`),
+    posEmbed: g.pos_embed ? v.param(`${g.pos_embed}.weight`) : null,
+    projectIn: g.project_in ? linear(v, g.project_in, backward) : null,
+    projectOut: g.project_out ? linear(v, g.project_out, backward) : null,
+    finalNorm: g.final_norm ? norm(v, g.final_norm) : null,
+    head: linear(v, g.lm_head!, backward),
+  };
+}
+
+export function layerGrads(v: ParamViews, c: ModelConfig, names: NameTable, j: number): LayerGrads {
+  const n = (s: LayerSlot) => layerName(names, s, j);
+  const lin = (s: LayerSlot) => linearGrad(v, n(s));
+  return {
+    attnNorm: linearGrad(v, n('attn_norm')), q: lin('q'), k: lin('k'), v: lin('v'), o: lin('o'),
+    mlpNorm: linearGrad(v, n('mlp_norm')), gate: c.gatedMlp ? lin('gate') : null, up: lin('up'), down: lin('down'),
+  };
+}
+
+export function globalGrads(v: ParamViews, names: NameTable): GlobalGrads {
+  const g = names.global;
+  return {
+    embed: v.grad(`${g.embed!}.weight`),
+    posEmbed: g.pos_embed ? v.grad(`${g.pos_embed}.weight`) : null,
+    projectIn: g.project_in ? linearGrad(v, g.project_in) : null,
+    projectOut: g.project_out ? linearGrad(v, g.project_out) : null,
+    finalNorm: g.final_norm ? linearGrad(v, g.final_norm) : null,
+    head: v.grad(`${g.lm_head!}.weight`),
+  };
+}
+
+/** A checkpoint's tensor as initial f32 values (any float dtype, widened), checked against the
+ *  shape config.json implies. */
+export function checkpointValues(config: ModelConfig, store: TensorStore): (name: string, slot: LayerSlot | GlobalSlot, part: 'weight' | 'bias') => Float32Array {
+  return (name, slot, part) => {
+    if (!store.has(name)) throw new ModelFileError(store.fileName(name), 'missing tensor', name);
+    const t = store.read(name);
+    const want = expectedShape(config, slot, part);
+    if (t.shape.length !== want.length || t.shape.some((d, i) => d !== want[i])) {
+      throw new ModelFileError(store.fileName(name), `shape [${t.shape.join(', ')}] disagrees with config.json (expected [${want.join(', ')}])`, name);
+    }
+    return toFloat32(t.dtype as 'f32' | 'f16' | 'bf16', t.data as Float32Array | Uint16Array, true);
+  };
 }
 
 /** Every trainable tensor of a model: Hugging Face name, slot and part. A tied head is listed once

@@ -26,6 +26,9 @@ import { type ResolvedOptions, type TrainRunOptions, mathOptions, resolveOptions
 import type { Sequence } from './sequence.js';
 import { type Trainer, openTrainer } from './trainer.js';
 import { type Json, STATE_DIR, type TrainingState } from './training-state.js';
+import { type Comm, worldComm } from '../dist/comm.js';
+import { rankEnv, threadsPerRank } from '../dist/env.js';
+import { loadPartitioned, savePartitioned } from './partition/checkpoint.js';
 
 export interface TrainStepMetrics {
   /** Optimizer steps count from 1. */
@@ -53,33 +56,40 @@ export interface TrainStepMetrics {
 /** Trains as `tierlm train` does, yielding each step's metrics as it ends. */
 export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStepMetrics, void, undefined> {
   const o = resolveOptions(options);
+  // Under mpirun: this rank's share of each global batch (batch size × ranks), its slices of the
+  // model states (src/train/partition); only rank 0 writes metrics and the model files.
+  const env = rankEnv();
+  const comm = worldComm(env);
+  const lead = comm.rank === 0;
   if (fs.existsSync(o.out) && !fs.statSync(o.out).isDirectory()) throw new UserError(`--out ${o.out} exists and is not a directory`);
   fitSeqLen(o, options.seqLen === undefined);
   const ctx = dataContextFor(o.model, o.seqLen);
   const data = await readDataset(o.data, ctx);
   const evalData = o.evalData !== undefined ? await readDataset(o.evalData, ctx) : null;
-  const totalSteps = o.maxSteps ?? Math.ceil(((o.epochs ?? 1) * Math.ceil(data.sequences.length / o.batchSize)) / o.gradAccum);
+  const globalBatch = o.batchSize * comm.size;
+  const totalSteps = o.maxSteps ?? Math.ceil(((o.epochs ?? 1) * Math.ceil(data.sequences.length / globalBatch)) / o.gradAccum);
   const math = mathOptions(o, totalSteps, sha256(fs.readFileSync(path.join(o.model, 'config.json'))));
   const existing = latestCheckpoint(o.out);
   if (existing && !o.resume) {
     throw new UserError(`--out ${o.out} already holds a training run (${path.basename(existing)}); pass --resume to continue it, or choose another --out`);
   }
-  if (existing && o.resume) checkResume(existing, math);
+  if (existing && o.resume) checkResume(existing, math, comm.size);
   const trainer = await openTrainer(o.model, {
     precision: o.precision, lr: o.lr, lrSchedule: o.lrSchedule, warmupSteps: o.warmupSteps, totalSteps, weightDecay: o.weightDecay,
-    maxGradNorm: o.maxGradNorm, checkpointActivations: o.checkpointActivations, threads: o.threads,
+    maxGradNorm: o.maxGradNorm, checkpointActivations: o.checkpointActivations,
+    threads: o.threads ?? (env.localSize > 1 ? threadsPerRank(env.localSize) : undefined), comm,
   });
-  const resumed = o.resume && existing ? await restore(trainer, existing) : null;
+  const resumed = o.resume && existing ? await restore(trainer, existing, comm) : null;
   const bf16Kernel = o.precision === 'bf16'
     ? selectBf16Kernel({ rows: o.batchSize * o.seqLen, n: trainer.config.ffn, k: trainer.config.hidden }, existing && o.resume ? savedBf16Kernel(existing) : null) : null;
-  const batcher = new Batcher(data, { batchSize: o.batchSize, seed: o.seed }, resumed?.dataPosition);
+  const batcher = new Batcher(data, { batchSize: globalBatch, seed: o.seed }, resumed?.dataPosition);
   const startStep = resumed?.step ?? 0;
   o.onStart?.({
     startStep, totalSteps, resumedFrom: resumed?.dir ?? null, sequences: data.counts.sequences, tokens: data.counts.tokens,
     skipped: [...data.skipped, ...(evalData?.skipped ?? [])].map((s) => s.message),
-    parameters: trainer.parameters().reduce((n, p) => n + p.master.size, 0),
+    parameters: trainer.partition?.parameterCount ?? trainer.parameters().reduce((n, p) => n + p.master.size, 0),
   });
-  const metrics = MetricsWriter.open(o.out, startStep);
+  const metrics = lead ? MetricsWriter.open(o.out, startStep) : null;
   try {
     let saved = startStep;
     for (let step = startStep + 1; step <= totalSteps; step++) {
@@ -87,7 +97,7 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
       const micro: Sequence[][] = [];
       // In epoch mode the last step may have fewer micro-batches: batches never run past the last epoch.
       while (micro.length < o.gradAccum && !(o.maxSteps === undefined && batcher.position.epoch >= (o.epochs ?? 1))) {
-        micro.push(batcher.next().sequences);
+        micro.push(batcher.next().sequences.slice(comm.rank * o.batchSize, (comm.rank + 1) * o.batchSize));
       }
       const m = await trainer.step(micro.map((seqs) => seqs.map((s) => ({ tokenIds: s.ids, labels: s.labels }))));
       const out: TrainStepMetrics = {
@@ -98,17 +108,17 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
         out.evalLoss = await evaluate(trainer, evalData, o.batchSize);
         out.evalPerplexity = Math.exp(out.evalLoss);
       }
-      metrics.write(out);
+      metrics?.write(out);
       if ((o.saveEvery > 0 && step % o.saveEvery === 0) || step === totalSteps) {
-        out.checkpoint = await save(trainer, o, { math, bf16_kernel: bf16Kernel }, step, batcher);
+        out.checkpoint = await save(trainer, o, { math, bf16_kernel: bf16Kernel, ranks: comm.size }, step, batcher, comm);
         saved = step;
       }
       yield out;
     }
     // A resume of a finished run (or one killed between its last save and publishing the model).
-    if (saved === startStep && startStep > 0) publishModel(o.out, path.join(o.out, LATEST));
+    if (saved === startStep && startStep > 0 && lead) publishModel(o.out, path.join(o.out, LATEST));
   } finally {
-    metrics.close();
+    metrics?.close();
   }
 }
 
@@ -122,7 +132,13 @@ function fitSeqLen(o: ResolvedOptions, byDefault: boolean): void {
 
 /** Checks that the run's options match those of the checkpoint `dir` it resumes (before any
  *  weight is read, so that another model is named as such, not by a missing tensor). */
-function checkResume(dir: string, math: Record<string, string | number>): void {
+function checkResume(dir: string, math: Record<string, string | number>, ranks: number): void {
+  // Each rank's slices of the state only fit the same number of ranks.
+  const savedRanks = savedOptions(dir)?.ranks ?? 1;
+  if (savedRanks !== ranks) {
+    throw new UserError(`${dir}: cannot resume: the run was saved by ${savedRanks} rank${savedRanks === 1 ? '' : 's'}, this one has ${ranks}; ` +
+      `resume with the same number (${savedRanks === 1 ? 'without mpirun' : `mpirun -np ${savedRanks}`}), or start a new run in another --out`);
+  }
   const saved = savedMathOptions(dir);
   for (const [k, v] of Object.entries(math)) {
     if (saved && saved[k] !== v) {
@@ -133,7 +149,12 @@ function checkResume(dir: string, math: Record<string, string | number>): void {
 }
 
 /** Loads the checkpoint `dir` into the trainer's buffers. */
-async function restore(trainer: Trainer, dir: string): Promise<TrainingState & { dir: string }> {
+async function restore(trainer: Trainer, dir: string, comm: Comm): Promise<Omit<TrainingState, 'tensors'> & { dir: string }> {
+  if (trainer.partition) {
+    const state = await loadPartitioned(trainer.partition, comm, dir);
+    trainer.stepsDone = state.step;
+    return { ...state, dir };
+  }
   const params = new Map(trainer.parameters().map((p) => [p.name, p]));
   const expected = new Map([...params].map(([n, p]) => [n, [...p.shape]]));
   // Read straight into the trainer's buffers.
@@ -164,16 +185,21 @@ function savedBf16Kernel(dir: string): Bf16Kernel | null {
   return k === 'dot' || k === 'fma' ? k : null;
 }
 
-async function save(trainer: Trainer, o: ResolvedOptions, options: { [key: string]: Json }, step: number, batcher: Batcher): Promise<string> {
-  const dir = await saveCheckpoint(o.out, o.model, {
+async function save(trainer: Trainer, o: ResolvedOptions, options: { [key: string]: Json }, step: number, batcher: Batcher, comm: Comm): Promise<string> {
+  const state = {
     step,
     dataPosition: batcher.position,
     // The data order is the only randomness, and a pure function of (seed, epoch): nothing to carry.
     rng: { data_order: 'mulberry32(seed + epoch)', seed: o.seed },
     options,
-    tensors: new Map(trainer.parameters().map((p) => [p.name, { shape: [...p.shape], master: p.master.data, m: p.m.data, v: p.v.data }])),
-  }, { keep: o.keepCheckpoints });
-  publishModel(o.out, dir);
+  };
+  const dir = trainer.partition
+    ? await savePartitioned(trainer.partition, comm, o.out, o.model, state, { keep: o.keepCheckpoints })
+    : await saveCheckpoint(o.out, o.model, {
+      ...state,
+      tensors: new Map(trainer.parameters().map((p) => [p.name, { shape: [...p.shape], master: p.master.data, m: p.m.data, v: p.v.data }])),
+    }, { keep: o.keepCheckpoints });
+  if (comm.rank === 0) publishModel(o.out, dir);
   return dir;
 }
 

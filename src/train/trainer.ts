@@ -21,7 +21,9 @@ import { fromFloat32 } from '../tensor/dtype.js';
 import { UserError } from '../util/errors.js';
 import { type TrainSequence, packMicroBatch } from './batch.js';
 import { TrainModel } from './model.js';
-import { ParamStore } from './params.js';
+import { ParamStore, type ParamSource, checkpointValues } from './params.js';
+import { PartitionedStore } from './partition/store.js';
+import type { Comm } from '../dist/comm.js';
 import { type LrSchedule, checkSchedule, learningRate } from './schedule.js';
 
 export interface TrainerOptions {
@@ -52,6 +54,17 @@ export interface TrainerOptions {
   backend?: Backend;
   /** Compute threads (sets the process-wide native pool; default: unchanged, every core). */
   threads?: number;
+  /** Data-parallel ranks (src/dist): with more than one, every model state is split over them
+   *  (ZeRO-3, src/train/partition) and each step's batch is this rank's share of the global one. */
+  comm?: Comm;
+}
+
+/** Where a Trainer's parameters live: the layer code's ParamSource plus what the optimizer updates. */
+export interface TrainSource extends ParamSource {
+  /** The states AdamW updates (under ranks: this rank's slices). */
+  readonly states: readonly ParamState[];
+  beginStep(): void;
+  endStep(): void;
 }
 
 export interface StepMetrics {
@@ -74,20 +87,22 @@ export class Trainer {
   private readonly model: TrainModel;
   private readonly optimizer: AdamW;
   private readonly schedule: { lr: number; schedule: LrSchedule; warmupSteps: number; totalSteps: number };
+  private readonly ranked: PartitionedStore | null;
 
   constructor(
     readonly config: ModelConfig,
-    private readonly store: ParamStore,
+    private readonly store: TrainSource,
     backend: Backend,
     options: TrainerOptions,
   ) {
     this.schedule = { lr: options.lr ?? 5e-5, schedule: options.lrSchedule ?? 'constant', warmupSteps: options.warmupSteps ?? 0,
       totalSteps: options.totalSteps ?? 0 };
     checkSchedule(this.schedule);
+    this.ranked = store instanceof PartitionedStore ? store : null;
     this.model = new TrainModel(store, backend, options.checkpointActivations ?? true);
     this.optimizer = new AdamW(backend, store.states, {
       lr: this.schedule.lr, betas: options.betas ?? [0.9, 0.999], eps: options.eps ?? 1e-8, weightDecay: options.weightDecay ?? 0.01,
-      maxGradNorm: options.maxGradNorm ?? 1,
+      maxGradNorm: options.maxGradNorm ?? 1, sumSquares: this.ranked ? (s) => this.ranked!.sum([s])[0]! : undefined,
     });
   }
 
@@ -108,20 +123,25 @@ export class Trainer {
     const c = this.config;
     if (!Array.isArray(batch) || batch.length === 0) throw new TypeError('step: batch must be a non-empty array of sequences, or of micro-batches');
     const micro = batch.length > 0 && Array.isArray(batch[0]) ? (batch as TrainSequence[][]) : [batch as TrainSequence[]];
-    const packed = micro.map((m) => packMicroBatch(m, c.vocabSize, c.maxPositions));
-    const targets = packed.reduce((n, m) => n + m.count, 0);
+    // Under ranks each micro-batch is this rank's share of a global one, and a share may be empty.
+    const packed = micro.map((m) => (this.ranked && m.length === 0 ? null : packMicroBatch(m, c.vocabSize, c.maxPositions)));
+    const [targets, tokens] = this.sum([packed.reduce((n, m) => n + (m?.count ?? 0), 0), packed.reduce((n, m) => n + (m?.ids.length ?? 0), 0)]) as [number, number];
     if (targets === 0) throw new UserError('the step has no target to learn (every label is -100)');
     this.optimizer.zeroGrad();
     let loss = 0;
     this.store.beginStep();
     try {
-      for (const m of packed) loss += this.model.lossAndGrad(m, 1 / targets).loss;
+      for (const m of packed) {
+        if (m) loss += this.model.lossAndGrad(m, 1 / targets).loss;
+        else this.ranked!.skipMicroBatch();
+      }
     } finally {
       this.store.endStep();
     }
+    loss = this.sum([loss])[0]!;
     const lr = learningRate(this.schedule, this.optimizer.step);
     const { gradNorm } = this.optimizer.update(lr);
-    return { step: this.optimizer.step, loss: loss / targets, gradNorm, lr, tokens: packed.reduce((n, m) => n + m.ids.length, 0), targets,
+    return { step: this.optimizer.step, loss: loss / targets, gradNorm, lr, tokens, targets,
       seconds: (performance.now() - t0) / 1000 };
   }
 
@@ -132,8 +152,18 @@ export class Trainer {
     return { loss: count > 0 ? loss / count : NaN, targets: count };
   }
 
+  /** Sums over ranks (identity in one process). */
+  private sum(values: number[]): number[] {
+    return this.ranked ? this.ranked.sum(values) : values;
+  }
+
+  /** The partitioned store when the states are split over ranks, else null. */
+  get partition(): PartitionedStore | null {
+    return this.ranked;
+  }
+
   /** Every parameter's model states (Hugging Face name, shape, param, grad, master, m, v), in a
-   *  fixed order; a tied head appears once, as the embedding. */
+   *  fixed order; a tied head appears once, as the embedding. Under ranks: this rank's slices. */
   parameters(): readonly ParamState[] {
     return this.store.states;
   }
@@ -163,7 +193,10 @@ export async function openTrainer(dir: string, options: TrainerOptions = {}): Pr
     const names = arch.names(config, (n) => tensors.has(n));
     const mode = precision === 'bf16' ? options.computeMode ?? 'fp32' : 'fp32';
     if (mode !== 'fp32' && mode !== 'bf16') throw new RangeError(`computeMode must be 'fp32' or 'bf16', got ${String(mode)}`);
-    const store = ParamStore.fromTensors(config, names, backend, precision, tensors, mode);
+    const comm = options.comm;
+    const store = comm && comm.size > 1
+      ? PartitionedStore.fromValues(config, names, comm, backend, precision, checkpointValues(config, tensors), mode)
+      : ParamStore.fromTensors(config, names, backend, precision, tensors, mode);
     return new Trainer(config, store, backend, options);
   } finally {
     tensors.close();

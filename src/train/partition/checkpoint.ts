@@ -1,0 +1,90 @@
+// Checkpoints of a run whose states are split over data-parallel ranks. The checkpoint directory
+// is the one-process layout (../checkpoint.ts): rank 0 writes the Hugging Face model files (the
+// masters gathered from every rank) and training-state/state.json (with "ranks" in its options and
+// no tensors); every rank writes its own slices beside them:
+//   training-state/optimizer-rank-<r>-of-<N>.safetensors
+//     for each group i (./layout.ts): "group<i>.master", "group<i>.exp_avg", "group<i>.exp_avg_sq", F32 [slice]
+// The save stays atomic: rank 0 makes the temporary directory and sends its name to all, every
+// rank writes and fsyncs its file, a barrier, then rank 0 writes its part and renames the directory
+// into place. A resume needs the same number of ranks (run.ts checks "ranks" first).
+
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Comm } from '../../dist/comm.js';
+import { UserError } from '../../util/errors.js';
+import { type SaveOptions, commitSave, keepCount, startSave, writeCheckpointFiles } from '../checkpoint.js';
+import type { Weight } from '../model-writer.js';
+import { readTensorFile, writeTensorFile } from '../tensor-file.js';
+import { STATE_DIR, type TrainingState, readTrainingState } from '../training-state.js';
+import type { PartitionedStore } from './store.js';
+
+const PARTS = [['master', 'master'], ['m', 'exp_avg'], ['v', 'exp_avg_sq']] as const;
+
+export function sliceFileName(rank: number, ranks: number): string {
+  return `optimizer-rank-${rank}-of-${ranks}.safetensors`;
+}
+
+/** Sends a short string from rank 0 to every rank. */
+function broadcastString(comm: Comm, s: string): string {
+  const buf = new Uint8Array(4096);
+  const len = new Int32Array(1);
+  if (comm.rank === 0) {
+    const bytes = new TextEncoder().encode(s);
+    if (bytes.length > buf.length) throw new Error(`broadcastString: ${bytes.length} bytes is too long`);
+    buf.set(bytes);
+    len[0] = bytes.length;
+  }
+  comm.broadcast(len, 0).wait();
+  comm.broadcast(buf, 0).wait();
+  return new TextDecoder().decode(buf.subarray(0, len[0]!));
+}
+
+/** Saves the run (every rank calls it); returns the checkpoint's directory. */
+export async function savePartitioned(store: PartitionedStore, comm: Comm, outDir: string, modelDir: string,
+  state: Omit<TrainingState, 'tensors'>, o: SaveOptions = {}): Promise<string> {
+  const keep = keepCount(o);
+  const started = comm.rank === 0 ? startSave(outDir, state.step) : null;
+  const [name, tmp] = JSON.parse(broadcastString(comm, JSON.stringify(started ? [started.name, started.tmp] : null))) as [string, string];
+  const weights = new Map<string, Weight>();
+  store.gatherMasters((n, shape, values) => {
+    if (comm.rank === 0) weights.set(n, { shape, data: values });
+  });
+  const entries = store.states.flatMap((s, i) => PARTS.map(([key, suffix]) => ({
+    name: `group${i}.${suffix}`, dtype: 'f32' as const, shape: [...s.shape],
+    fill: (dst: Uint8Array, offset: number) => {
+      const a = s[key].data;
+      dst.set(new Uint8Array(a.buffer, a.byteOffset + offset * 4, dst.byteLength));
+    },
+  })));
+  await writeTensorFile(path.join(tmp, STATE_DIR, sliceFileName(comm.rank, comm.size)), entries, { format: 'tierlm-training-state-slice' });
+  comm.barrier().wait();
+  let dir = path.join(outDir, name);
+  if (comm.rank === 0) {
+    await writeCheckpointFiles(tmp, modelDir, weights, { ...state, tensors: new Map() });
+    dir = commitSave(outDir, name, tmp, keep);
+  }
+  // No rank goes on (or ends) before the checkpoint is in place.
+  comm.barrier().wait();
+  return dir;
+}
+
+/** Reads checkpoint `dir`'s state (step, data position, options) and this rank's slices into the
+ *  store's buffers (every rank calls it). */
+export async function loadPartitioned(store: PartitionedStore, comm: Comm, dir: string): Promise<Omit<TrainingState, 'tensors'>> {
+  const stateDir = path.join(dir, STATE_DIR);
+  const state = await readTrainingState(stateDir);
+  const file = path.join(stateDir, sliceFileName(comm.rank, comm.size));
+  if (!fs.existsSync(file)) throw new UserError(`${file}: missing (the checkpoint was not saved by ${comm.size} ranks, or is incomplete)`);
+  const wanted = new Map<string, Float32Array>(store.states.flatMap((s, i) => PARTS.map(([key, suffix]) => [`group${i}.${suffix}`, s[key].data] as const)));
+  const found = await readTensorFile(file, (info) => {
+    const a = wanted.get(info.name);
+    if (!a) throw new UserError(`${file}: tensor '${info.name}' is not a slice of this model's partition`);
+    if (info.dtype !== 'f32' || info.shape.length !== 1 || info.shape[0] !== a.length) {
+      throw new UserError(`${file}: tensor '${info.name}' is ${info.dtype} [${info.shape.join(', ')}], this model's partition needs f32 [${a.length}] (another model?)`);
+    }
+    return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+  });
+  for (const n of wanted.keys()) if (!found.has(n)) throw new UserError(`${file}: tensor '${n}' is missing`);
+  store.syncParams();
+  return state;
+}
