@@ -20,6 +20,7 @@ export {
   type TrainStepMetrics,
 } from './train/index.js';
 export type { ParamState, Precision } from './optim/state.js';
+export { worldComm, type Comm } from './dist/comm.js';
 export { Tensor } from './tensor/tensor.js';
 export type { DType, FloatDType } from './tensor/dtype.js';
 export {
