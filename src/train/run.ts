@@ -51,6 +51,9 @@ export interface TrainStepMetrics {
   evalPerplexity?: number;
   /** On save steps: the checkpoint directory written. */
   checkpoint?: string;
+  /** Under mpirun: bytes this rank's all-gathers received and its reduce-scatters sent in the step. */
+  gatheredBytes?: number;
+  reduceScatteredBytes?: number;
 }
 
 /** Trains as `tierlm train` does, yielding each step's metrics as it ends. */
@@ -99,11 +102,16 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
       while (micro.length < o.gradAccum && !(o.maxSteps === undefined && batcher.position.epoch >= (o.epochs ?? 1))) {
         micro.push(batcher.next().sequences.slice(comm.rank * o.batchSize, (comm.rank + 1) * o.batchSize));
       }
+      const traffic = trainer.partition && { ...trainer.partition.traffic };
       const m = await trainer.step(micro.map((seqs) => seqs.map((s) => ({ tokenIds: s.ids, labels: s.labels }))));
       const out: TrainStepMetrics = {
         step: m.step, totalSteps, epoch, loss: m.loss, lr: m.lr, gradNorm: m.gradNorm, tokens: m.tokens, targets: m.targets,
         tokensPerSecond: m.seconds > 0 ? m.tokens / m.seconds : 0, seconds: m.seconds,
       };
+      if (traffic) {
+        out.gatheredBytes = trainer.partition!.traffic.gatheredBytes - traffic.gatheredBytes;
+        out.reduceScatteredBytes = trainer.partition!.traffic.reduceScatteredBytes - traffic.reduceScatteredBytes;
+      }
       if (evalData && ((o.evalEvery > 0 && step % o.evalEvery === 0) || step === totalSteps)) {
         out.evalLoss = await evaluate(trainer, evalData, o.batchSize);
         out.evalPerplexity = Math.exp(out.evalLoss);

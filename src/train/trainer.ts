@@ -169,12 +169,16 @@ export class Trainer {
   }
 
   /** Writes the current weights (the fp32 masters, rounded to `dtype`) to a safetensors file under
-   *  their Hugging Face names. */
+   *  their Hugging Face names. Under ranks every rank calls it (the masters are gathered) and rank 0
+   *  writes. */
   saveParams(file: string, dtype: 'f32' | 'bf16' | 'f16' = 'f32'): void {
-    const states = new Map(this.store.states.map((s) => [s.name, s]));
-    writeSafetensors(file, this.store.states.map((s) => ({ name: s.name, dtype, shape: [...s.shape] })), (e, dst, offset) => {
+    const masters = new Map<string, { shape: readonly number[]; data: Float32Array }>();
+    if (this.ranked) this.ranked.gatherMasters((name, shape, data) => masters.set(name, { shape, data }));
+    else for (const s of this.store.states) masters.set(s.name, { shape: s.shape, data: s.master.data });
+    if (this.ranked && this.ranked.layout.rank !== 0) return;
+    writeSafetensors(file, [...masters].map(([name, m]) => ({ name, dtype, shape: [...m.shape] })), (e, dst, offset) => {
       const n = dst.byteLength / (dtype === 'f32' ? 4 : 2);
-      const src = states.get(e.name)!.master.data.subarray(offset, offset + n);
+      const src = masters.get(e.name)!.data.subarray(offset, offset + n);
       dst.set(new Uint8Array(dtype === 'f32' ? src.slice().buffer : fromFloat32(dtype, src).buffer));
     });
   }
