@@ -122,9 +122,6 @@ describe.skipIf(!haveMpi && !ci)('tierlm train under mpirun', () => {
     const solo = cli(['train', ...common, '--out', cut, '--max-steps', '6', '--resume']);
     expect(solo.code).toBe(1);
     expect(solo.stderr).toMatch(/cannot resume: the run was saved by 2 ranks, this one has 1; resume with the same number \(mpirun -np 2\)/);
-    const three = mpirun(3, [...common, '--out', cut, '--max-steps', '6', '--resume']);
-    expect(three.code).not.toBe(0);
-    expect(three.stderr).toMatch(/cannot resume: the run was saved by 2 ranks, this one has 3/);
 
     // Rank 1's slice is gone: rank 1 fails reading it while rank 0 waits in the first step's
     // collectives; the job must end (not hang) and say why.

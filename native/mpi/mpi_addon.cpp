@@ -3,7 +3,9 @@
 //
 // Every MPI call runs on one communication thread, in the order JavaScript asked for them, so
 // that a collective proceeds while the JavaScript thread computes (the trainer gathers layer j+1
-// while layer j runs). Each request returns an id; wait(id) blocks only until that request (and
+// while layer j runs). The thread starts each collective non-blocking and polls it with short,
+// growing sleeps (10 µs to 200 µs) instead of MPI's busy wait: ranks usually share a machine's
+// cores with their compute threads, and a spinning wait would take a core from them. Each request returns an id; wait(id) blocks only until that request (and
 // the ones before it: they complete in order) is done. The caller keeps the typed arrays alive
 // until then (src/dist/comm.ts holds them in the pending request). MPI's default error handler
 // aborts the whole job on a failed collective, so no rank waits forever for a dead peer.
@@ -19,6 +21,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <time.h>
 
 namespace {
 
@@ -93,6 +96,19 @@ class CommThread {
   bool ready_ = false, stop_ = false;
 };
 
+// Completes a non-blocking request, sleeping between tests (each test also drives its progress).
+void complete(MPI_Request req) {
+  long ns = 10000;
+  for (;;) {
+    int done = 0;
+    MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+    if (done) return;
+    timespec t{0, ns};
+    nanosleep(&t, nullptr);
+    ns = ns < 200000 ? ns * 2 : 200000;
+  }
+}
+
 CommThread& comm() {
   static CommThread* c = new CommThread();  // lives for the process
   return *c;
@@ -147,7 +163,11 @@ Napi::Value AllGather(const Napi::CallbackInfo& info) {
   View s = view(info[0], "send"), r = view(info[1], "recv");
   if (r.bytes != s.bytes * comm().size) throw Napi::RangeError::New(info.Env(), "allGather: recv must be size times send");
   int n = checked_int(info.Env(), s.count, "allGather");
-  return Id(info.Env(), comm().submit([s, r, n] { MPI_Allgather(s.data, n, s.type, r.data, n, s.type, MPI_COMM_WORLD); }));
+  return Id(info.Env(), comm().submit([s, r, n] {
+    MPI_Request q;
+    MPI_Iallgather(s.data, n, s.type, r.data, n, s.type, MPI_COMM_WORLD, &q);
+    complete(q);
+  }));
 }
 
 // reduceScatter(send, recv): recv = the sum over ranks of this rank's block of send.
@@ -156,7 +176,11 @@ Napi::Value ReduceScatter(const Napi::CallbackInfo& info) {
   View s = view(info[0], "send"), r = view(info[1], "recv");
   if (s.type != r.type || s.bytes != r.bytes * comm().size) throw Napi::RangeError::New(info.Env(), "reduceScatter: send must be size times recv, of the same type");
   int n = checked_int(info.Env(), r.count, "reduceScatter");
-  return Id(info.Env(), comm().submit([s, r, n] { MPI_Reduce_scatter_block(s.data, r.data, n, s.type, MPI_SUM, MPI_COMM_WORLD); }));
+  return Id(info.Env(), comm().submit([s, r, n] {
+    MPI_Request q;
+    MPI_Ireduce_scatter_block(s.data, r.data, n, s.type, MPI_SUM, MPI_COMM_WORLD, &q);
+    complete(q);
+  }));
 }
 
 // allReduce(buf, op): buf = op over ranks of buf, in place; op is "sum", "max" or "min".
@@ -167,7 +191,11 @@ Napi::Value AllReduce(const Napi::CallbackInfo& info) {
   MPI_Op op = name == "sum" ? MPI_SUM : name == "max" ? MPI_MAX : name == "min" ? MPI_MIN : MPI_OP_NULL;
   if (op == MPI_OP_NULL) throw Napi::RangeError::New(info.Env(), "allReduce: op must be sum, max or min");
   int n = checked_int(info.Env(), b.count, "allReduce");
-  return Id(info.Env(), comm().submit([b, n, op] { MPI_Allreduce(MPI_IN_PLACE, b.data, n, b.type, op, MPI_COMM_WORLD); }));
+  return Id(info.Env(), comm().submit([b, n, op] {
+    MPI_Request q;
+    MPI_Iallreduce(MPI_IN_PLACE, b.data, n, b.type, op, MPI_COMM_WORLD, &q);
+    complete(q);
+  }));
 }
 
 // broadcast(buf, root): every rank's buf = root's.
@@ -177,12 +205,20 @@ Napi::Value Broadcast(const Napi::CallbackInfo& info) {
   int root = info[1].As<Napi::Number>().Int32Value();
   if (root < 0 || root >= comm().size) throw Napi::RangeError::New(info.Env(), "broadcast: root out of range");
   int n = checked_int(info.Env(), b.count, "broadcast");
-  return Id(info.Env(), comm().submit([b, n, root] { MPI_Bcast(b.data, n, b.type, root, MPI_COMM_WORLD); }));
+  return Id(info.Env(), comm().submit([b, n, root] {
+    MPI_Request q;
+    MPI_Ibcast(b.data, n, b.type, root, MPI_COMM_WORLD, &q);
+    complete(q);
+  }));
 }
 
 Napi::Value Barrier(const Napi::CallbackInfo& info) {
   need_started(info.Env());
-  return Id(info.Env(), comm().submit([] { MPI_Barrier(MPI_COMM_WORLD); }));
+  return Id(info.Env(), comm().submit([] {
+    MPI_Request q;
+    MPI_Ibarrier(MPI_COMM_WORLD, &q);
+    complete(q);
+  }));
 }
 
 Napi::Value Wait(const Napi::CallbackInfo& info) {

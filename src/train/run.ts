@@ -83,8 +83,14 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
     threads: o.threads ?? (env.localSize > 1 ? threadsPerRank(env.localSize) : undefined), comm,
   });
   const resumed = o.resume && existing ? await restore(trainer, existing, comm) : null;
-  const bf16Kernel = o.precision === 'bf16'
-    ? selectBf16Kernel({ rows: o.batchSize * o.seqLen, n: trainer.config.ffn, k: trainer.config.hidden }, existing && o.resume ? savedBf16Kernel(existing) : null) : null;
+  const kernelShape = { rows: o.batchSize * o.seqLen, n: trainer.config.ffn, k: trainer.config.hidden };
+  let bf16Kernel = o.precision === 'bf16' ? selectBf16Kernel(kernelShape, existing && o.resume ? savedBf16Kernel(existing) : null) : null;
+  if (bf16Kernel && comm.size > 1) {
+    // Every rank computes with rank 0's choice (they round differently).
+    const dot = Int32Array.of(bf16Kernel === 'dot' ? 1 : 0);
+    comm.broadcast(dot, 0).wait();
+    bf16Kernel = selectBf16Kernel(kernelShape, dot[0] ? 'dot' : 'fma');
+  }
   const batcher = new Batcher(data, { batchSize: globalBatch, seed: o.seed }, resumed?.dataPosition);
   const startStep = resumed?.step ?? 0;
   o.onStart?.({
