@@ -1,7 +1,7 @@
 // Checkpoints of a run whose states are split over data-parallel ranks. The checkpoint directory
 // is the one-process layout (../checkpoint.ts): rank 0 writes the Hugging Face model files (the
 // masters gathered from every rank) and training-state/state.json (with "ranks" in its options and
-// no tensors); every rank writes its own slices beside them:
+// no tensors, so its optimizer.safetensors is empty); every rank writes its own slices beside them:
 //   training-state/optimizer-rank-<r>-of-<N>.safetensors
 //     for each group i (./layout.ts): "group<i>.master", "group<i>.exp_avg", "group<i>.exp_avg_sq", F32 [slice]
 // The save stays atomic: rank 0 makes the temporary directory and sends its name to all, every
