@@ -220,10 +220,11 @@ export class PartitionedStore implements ParamSource {
     const key = g === 0 ? 0 : 1;
     const pool = this.gradBuffers.get(key) ?? [];
     this.gradBuffers.set(key, pool);
-    // Two per kind: one being filled while the previous one's reduce-scatter runs.
+    // Two for layers: one being filled while the previous one's reduce-scatter runs. One for the
+    // globals (the largest group, and its reduce-scatter is the micro-batch's last).
     const busy = (b: Float32Array) => [...this.gradFull.values()].includes(b) || this.reductions.some((r) => r.full === b);
     full = pool.find((b) => !busy(b));
-    if (!full && pool.length >= 2) {
+    if (!full && pool.length >= (key === 0 ? 1 : 2)) {
       this.finishReductions(0);
       full = pool.find((b) => !busy(b));
     }
