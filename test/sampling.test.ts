@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { type GenerationResult, type SamplingParams, loadModel } from '../src/index.js';
-import { GREEDY, Rng, TokenHistory, applyPenalties, argmax, candidates, sample } from '../src/engine/sampling.js';
+import { GREEDY, Rng, TokenHistory, applyPenalties, argmax, candidates, sample, sortedIndices } from '../src/engine/sampling.js';
 import { cli } from './helpers/cli.js';
 import { type Prompt, fixturePrompts, readJsonl, fixturesDir, tmpDir } from './helpers/fixtures.js';
 import { rng } from './helpers/random.js';
@@ -85,6 +85,21 @@ describe('sampling against the reference', () => {
       let u = new Rng(seed, 'x').next();
       const pick = want.find(([, q]) => (u -= q) < 0)?.[0] ?? want[want.length - 1]![0];
       expect(token, `case ${seed}`).toBe(pick);
+    }
+  });
+
+  it('sortedIndices orders like a stable comparator sort: negatives, zeros, ties, infinities, odd sizes', () => {
+    for (const [seed, n] of [[1, 1], [2, 7], [3, 1001], [4, 32003]] as const) {
+      const r = rng(seed);
+      // Few distinct values, so ties are common; both signs, ±0 and ±Infinity among them.
+      const pool = [-Infinity, -3.5, -1e-30, 0, 1e-30, 2.25, 7, 1e30, Infinity];
+      const row = Float32Array.from({ length: n }, () => (r() < 0.5 ? pool[Math.floor(r() * pool.length)]! : (r() - 0.5) * 20));
+      const want = Array.from({ length: n }, (_, i) => i).sort((a, b) => row[b]! - row[a]! || a - b);
+      expect(sortedIndices(row), `n = ${n}`).toEqual(want);
+      // A view into a larger buffer (a logits row of a batch) sorts the same.
+      const big = new Float32Array(n + 3);
+      big.set(row, 3);
+      expect(sortedIndices(big.subarray(3))).toEqual(want);
     }
   });
 
