@@ -110,11 +110,13 @@ export class Backend {
 
   /** Wᵀ of a row-major w [n, k], packed as a weight of k rows over n inputs, for the linear
    *  layer's input gradient: matmul(dy [.., n], packWeightT(w)) = dy · W. Float formats only. */
-  packWeightT(w: Tensor, mode: ComputeMode, name = 'weight'): PackedWeight {
+  packWeightT(w: Tensor, mode: ComputeMode, name = 'weight', opts?: { into?: Uint8Array }): PackedWeight {
     const op = `packWeightT(${name})`;
     const [n, k, dtype] = checkWeight(op, w, mode);
     const format = weightFormatFor(dtype, mode);
-    const dst = new Uint8Array(this.kernels.packedByteLength(format, k, n));
+    const bytes = this.kernels.packedByteLength(format, k, n);
+    if (opts?.into && opts.into.byteLength < bytes) fail(op, `the buffer to pack into holds ${opts.into.byteLength} bytes, needs ${bytes}`);
+    const dst = opts?.into ? opts.into.subarray(0, bytes) : new Uint8Array(bytes);
     this.kernels.packWeightT(w.data as Float32Array | Uint16Array, dtype, n, k, format, dst);
     return new PackedWeight(this.name, format, mode, k, n, dst, `${name}ᵀ`);
   }

@@ -15,7 +15,7 @@ import path from 'node:path';
 import { UserError } from '../util/errors.js';
 import { fsyncPath } from '../util/atomic.js';
 import { type Weight, writeModelFiles } from './model-writer.js';
-import { STATE_DIR, type StateAlloc, type TrainingState, readTrainingState, writeTrainingState } from './training-state.js';
+import { type F32Source, STATE_DIR, type StateAlloc, type TrainingState, readTrainingState, writeTrainingState } from './training-state.js';
 
 export const LATEST = 'latest';
 const NAME = /^checkpoint-(\d+)(?:-(\d+))?$/;
@@ -28,7 +28,7 @@ export interface SaveOptions {
 
 /** Saves `state` (its master weights as the model, in the dtype of the model in `modelDir`)
  *  as OUT/checkpoint-<step> and points OUT/latest at it; returns the checkpoint's directory. */
-export async function saveCheckpoint(outDir: string, modelDir: string, state: TrainingState, o: SaveOptions = {}): Promise<string> {
+export async function saveCheckpoint(outDir: string, modelDir: string, state: TrainingState<F32Source>, o: SaveOptions = {}): Promise<string> {
   const keep = o.keep ?? 1;
   if (!Number.isSafeInteger(keep) || keep < 1) throw new RangeError(`keep must be a positive integer, got ${keep}`);
   fs.mkdirSync(outDir, { recursive: true });

@@ -91,6 +91,15 @@ export interface ParamSource {
   releaseLayerGrads(j: number): void;
   globalGrads(): GlobalGrads;
   releaseGlobalGrads(): void;
+  /** Awaited before fetchLayer(j, backward) (and, in backward, layerGrads(j)): a source whose
+   *  states are not all in RAM reads them here (src/train/offload). Absent: nothing to wait for. */
+  prepareLayer?(j: number, backward: boolean): Promise<void>;
+  /** Awaited before fetchGlobals(backward) and globalGrads(). */
+  prepareGlobals?(backward: boolean): Promise<void>;
+  /** A kept layer input (activation checkpoint, layer j's input): the source may move it off RAM
+   *  until recallInput(j) returns it (into `into`). Absent: the model keeps it itself. */
+  keepInput?(j: number, x: Tensor<'f32'>): Promise<void>;
+  recallInput?(j: number, into: Tensor<'f32'>): Promise<Tensor<'f32'>>;
 }
 
 /** One parameter's states, and what compute reads of it. */
@@ -101,7 +110,7 @@ interface Entry {
 }
 
 /** Every model state in RAM (see the top of this file). */
-export class ParamStore implements ParamSource {
+export class ParamStore implements ParamSource, ParamLookup {
   private readonly entries = new Map<string, Entry>();
   /** In the order parameters are listed and saved. */
   readonly states: ParamState[] = [];
@@ -143,12 +152,8 @@ export class ParamStore implements ParamSource {
     return e.state;
   }
 
-  private layerName(slot: LayerSlot, j: number): string {
-    return this.names.layer[slot]!.replace('{L}', String(j));
-  }
-
   /** The f32 view compute reads of a vector parameter (a widened copy in bf16 precision). */
-  private vector(name: string): F32 {
+  vector(name: string): F32 {
     const e = this.entries.get(name)!;
     const p = e.state.param;
     if (p.dtype === 'f32') return p as F32;
@@ -157,8 +162,16 @@ export class ParamStore implements ParamSource {
     return e.f32;
   }
 
-  private has(name: string): boolean {
+  has(name: string): boolean {
     return this.entries.has(name);
+  }
+
+  grad(name: string): F32 {
+    return this.get(name).grad as F32;
+  }
+
+  param(name: string): Tensor {
+    return this.get(name).param;
   }
 
   /** Packed copies kept from beginStep() to endStep(): within a step the parameters do not change,
@@ -184,7 +197,7 @@ export class ParamStore implements ParamSource {
     return w;
   }
 
-  private linear(base: string, backward: boolean): TrainLinear {
+  linear(base: string, backward: boolean): TrainLinear {
     return {
       w: this.packed(base, false),
       wT: backward ? this.packed(base, true) : null,
@@ -192,25 +205,8 @@ export class ParamStore implements ParamSource {
     };
   }
 
-  private norm(base: string): Norm {
-    return { w: this.vector(`${base}.weight`), b: this.has(`${base}.bias`) ? this.vector(`${base}.bias`) : null };
-  }
-
-  private linearGrad(base: string): LinearGrad {
-    return { w: this.get(`${base}.weight`).grad as F32, b: this.has(`${base}.bias`) ? (this.get(`${base}.bias`).grad as F32) : null };
-  }
-
-  private normGrad(base: string): NormGrad {
-    return this.linearGrad(base);
-  }
-
   fetchLayer(j: number, backward: boolean): LayerParams {
-    const n = (s: LayerSlot) => this.layerName(s, j);
-    const lin = (s: LayerSlot) => this.linear(n(s), backward);
-    return {
-      attnNorm: this.norm(n('attn_norm')), q: lin('q'), k: lin('k'), v: lin('v'), o: lin('o'),
-      mlpNorm: this.norm(n('mlp_norm')), gate: this.config.gatedMlp ? lin('gate') : null, up: lin('up'), down: lin('down'),
-    };
+    return layerParams(this.config, this.names, this, j, backward);
   }
 
   releaseLayer(_j: number): void {
@@ -218,44 +214,87 @@ export class ParamStore implements ParamSource {
   }
 
   fetchGlobals(backward: boolean): GlobalParams {
-    const g = this.names.global;
-    return {
-      embed: this.get(`${g.embed}.weight`).param,
-      posEmbed: g.pos_embed ? this.get(`${g.pos_embed}.weight`).param : null,
-      projectIn: g.project_in ? this.linear(g.project_in, backward) : null,
-      projectOut: g.project_out ? this.linear(g.project_out, backward) : null,
-      finalNorm: g.final_norm ? this.norm(g.final_norm) : null,
-      head: this.linear(g.lm_head!, backward),
-    };
+    return globalParams(this.names, this, backward);
   }
 
   releaseGlobals(): void {}
 
   layerGrads(j: number): LayerGrads {
-    const n = (s: LayerSlot) => this.layerName(s, j);
-    const lin = (s: LayerSlot) => this.linearGrad(n(s));
-    return {
-      attnNorm: this.normGrad(n('attn_norm')), q: lin('q'), k: lin('k'), v: lin('v'), o: lin('o'),
-      mlpNorm: this.normGrad(n('mlp_norm')), gate: this.config.gatedMlp ? lin('gate') : null, up: lin('up'), down: lin('down'),
-    };
+    return layerGrads(this.config, this.names, this, j);
   }
 
   releaseLayerGrads(_j: number): void {}
 
   globalGrads(): GlobalGrads {
-    const g = this.names.global;
-    const grad = (base: string) => this.get(`${base}.weight`).grad as F32;
-    return {
-      embed: grad(g.embed!),
-      posEmbed: g.pos_embed ? grad(g.pos_embed) : null,
-      projectIn: g.project_in ? this.linearGrad(g.project_in) : null,
-      projectOut: g.project_out ? this.linearGrad(g.project_out) : null,
-      finalNorm: g.final_norm ? this.normGrad(g.final_norm) : null,
-      head: grad(g.lm_head!),
-    };
+    return globalGrads(this.names, this);
   }
 
   releaseGlobalGrads(): void {}
+}
+
+/** What a source looks its tensors up by (Hugging Face names): the functions below assemble a
+ *  layer's or the globals' parameters and gradients from it, for every source alike. */
+export interface ParamLookup {
+  has(name: string): boolean;
+  /** The tensor compute reads (f32, or bf16 in bf16 precision): the embeddings. */
+  param(name: string): Tensor;
+  /** A linear layer `base` packed for compute (and transposed for backward). */
+  linear(base: string, backward: boolean): TrainLinear;
+  /** A vector parameter (norm weight, bias) as f32. */
+  vector(name: string): F32;
+  grad(name: string): F32;
+}
+
+const layerName = (names: NameTable, slot: LayerSlot, j: number) => names.layer[slot]!.replace('{L}', String(j));
+
+function norm(l: ParamLookup, base: string): Norm {
+  return { w: l.vector(`${base}.weight`), b: l.has(`${base}.bias`) ? l.vector(`${base}.bias`) : null };
+}
+
+function linearGrad(l: ParamLookup, base: string): LinearGrad {
+  return { w: l.grad(`${base}.weight`), b: l.has(`${base}.bias`) ? l.grad(`${base}.bias`) : null };
+}
+
+export function layerParams(c: ModelConfig, names: NameTable, l: ParamLookup, j: number, backward: boolean): LayerParams {
+  const n = (s: LayerSlot) => layerName(names, s, j);
+  const lin = (s: LayerSlot) => l.linear(n(s), backward);
+  return {
+    attnNorm: norm(l, n('attn_norm')), q: lin('q'), k: lin('k'), v: lin('v'), o: lin('o'),
+    mlpNorm: norm(l, n('mlp_norm')), gate: c.gatedMlp ? lin('gate') : null, up: lin('up'), down: lin('down'),
+  };
+}
+
+export function globalParams(names: NameTable, l: ParamLookup, backward: boolean): GlobalParams {
+  const g = names.global;
+  return {
+    embed: l.param(`${g.embed!}.weight`),
+    posEmbed: g.pos_embed ? l.param(`${g.pos_embed}.weight`) : null,
+    projectIn: g.project_in ? l.linear(g.project_in, backward) : null,
+    projectOut: g.project_out ? l.linear(g.project_out, backward) : null,
+    finalNorm: g.final_norm ? norm(l, g.final_norm) : null,
+    head: l.linear(g.lm_head!, backward),
+  };
+}
+
+export function layerGrads(c: ModelConfig, names: NameTable, l: ParamLookup, j: number): LayerGrads {
+  const n = (s: LayerSlot) => layerName(names, s, j);
+  const lin = (s: LayerSlot) => linearGrad(l, n(s));
+  return {
+    attnNorm: lin('attn_norm'), q: lin('q'), k: lin('k'), v: lin('v'), o: lin('o'),
+    mlpNorm: lin('mlp_norm'), gate: c.gatedMlp ? lin('gate') : null, up: lin('up'), down: lin('down'),
+  };
+}
+
+export function globalGrads(names: NameTable, l: ParamLookup): GlobalGrads {
+  const g = names.global;
+  return {
+    embed: l.grad(`${g.embed!}.weight`),
+    posEmbed: g.pos_embed ? l.grad(`${g.pos_embed}.weight`) : null,
+    projectIn: g.project_in ? linearGrad(l, g.project_in) : null,
+    projectOut: g.project_out ? linearGrad(l, g.project_out) : null,
+    finalNorm: g.final_norm ? linearGrad(l, g.final_norm) : null,
+    head: l.grad(`${g.lm_head!}.weight`),
+  };
 }
 
 /** Every trainable tensor of a model: Hugging Face name, slot and part. A tied head is listed once

@@ -14,7 +14,6 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { readConfig } from '../models/registry.js';
-import { fromFloat32 } from '../tensor/dtype.js';
 import { UserError } from '../util/errors.js';
 import { type Bf16Kernel, selectBf16Kernel } from '../backend/cpu/bf16-kernel.js';
 import { Batcher, evalBatches } from './batcher.js';
@@ -25,6 +24,8 @@ import { publishModel } from './publish.js';
 import { type ResolvedOptions, type TrainRunOptions, mathOptions, resolveOptions } from './run-options.js';
 import type { Sequence } from './sequence.js';
 import { type Trainer, openTrainer } from './trainer.js';
+import type { OffloadOptions } from './offload/open.js';
+import type { OffloadStepStats } from './offload/stats.js';
 import { type Json, STATE_DIR, type TrainingState } from './training-state.js';
 
 export interface TrainStepMetrics {
@@ -48,6 +49,8 @@ export interface TrainStepMetrics {
   evalPerplexity?: number;
   /** On save steps: the checkpoint directory written. */
   checkpoint?: string;
+  /** Offloaded runs (ram, diskDir): bytes read and written per state kind, I/O hidden per phase. */
+  offload?: OffloadStepStats;
 }
 
 /** Trains as `tierlm train` does, yielding each step's metrics as it ends. */
@@ -67,8 +70,17 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
   if (existing && o.resume) checkResume(existing, math);
   const trainer = await openTrainer(o.model, {
     precision: o.precision, lr: o.lr, lrSchedule: o.lrSchedule, warmupSteps: o.warmupSteps, totalSteps, weightDecay: o.weightDecay,
-    maxGradNorm: o.maxGradNorm, checkpointActivations: o.checkpointActivations, threads: o.threads,
+    maxGradNorm: o.maxGradNorm, checkpointActivations: o.checkpointActivations, threads: o.threads, offload: offloadOptions(o),
   });
+  try {
+    yield* runSteps(trainer, o, data, evalData, totalSteps, math, existing);
+  } finally {
+    trainer.close();
+  }
+}
+
+async function* runSteps(trainer: Trainer, o: ResolvedOptions, data: Dataset, evalData: Dataset | null, totalSteps: number,
+  math: Record<string, string | number>, existing: string | null): AsyncGenerator<TrainStepMetrics, void, undefined> {
   const resumed = o.resume && existing ? await restore(trainer, existing) : null;
   const bf16Kernel = o.precision === 'bf16'
     ? selectBf16Kernel({ rows: o.batchSize * o.seqLen, n: trainer.config.ffn, k: trainer.config.hidden }, existing && o.resume ? savedBf16Kernel(existing) : null) : null;
@@ -77,7 +89,7 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
   o.onStart?.({
     startStep, totalSteps, resumedFrom: resumed?.dir ?? null, sequences: data.counts.sequences, tokens: data.counts.tokens,
     skipped: [...data.skipped, ...(evalData?.skipped ?? [])].map((s) => s.message),
-    parameters: trainer.parameters().reduce((n, p) => n + p.master.size, 0),
+    parameters: trainer.parameterCount(),
   });
   const metrics = MetricsWriter.open(o.out, startStep);
   try {
@@ -92,7 +104,7 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
       const m = await trainer.step(micro.map((seqs) => seqs.map((s) => ({ tokenIds: s.ids, labels: s.labels }))));
       const out: TrainStepMetrics = {
         step: m.step, totalSteps, epoch, loss: m.loss, lr: m.lr, gradNorm: m.gradNorm, tokens: m.tokens, targets: m.targets,
-        tokensPerSecond: m.seconds > 0 ? m.tokens / m.seconds : 0, seconds: m.seconds,
+        tokensPerSecond: m.seconds > 0 ? m.tokens / m.seconds : 0, seconds: m.seconds, ...(m.offload ? { offload: m.offload } : {}),
       };
       if (evalData && ((o.evalEvery > 0 && step % o.evalEvery === 0) || step === totalSteps)) {
         out.evalLoss = await evaluate(trainer, evalData, o.batchSize);
@@ -132,15 +144,23 @@ function checkResume(dir: string, math: Record<string, string | number>): void {
   }
 }
 
-/** Loads the checkpoint `dir` into the trainer's buffers. */
+/** Loads the checkpoint `dir` into the trainer's states (checked first; an offloaded trainer
+ *  streams the optimizer file itself). */
 async function restore(trainer: Trainer, dir: string): Promise<TrainingState & { dir: string }> {
-  const params = new Map(trainer.parameters().map((p) => [p.name, p]));
-  const expected = new Map([...params].map(([n, p]) => [n, [...p.shape]]));
-  // Read straight into the trainer's buffers.
-  const { state } = await loadCheckpoint(dir, expected, (name, part) => params.get(name)![part].data);
-  for (const p of params.values()) if (p.param.dtype === 'bf16') p.param.data.set(fromFloat32('bf16', p.master.data));
-  trainer.stepsDone = state.step;
+  const expected = new Map(trainer.stateSources().map((p) => [p.name, p.shape]));
+  const { state } = await loadCheckpoint(dir, expected, trainer.offloads ? () => null : undefined);
+  await trainer.restoreStates(path.join(dir, STATE_DIR), state);
   return { ...state, dir };
+}
+
+/** The trainer's offload options from the run's (none without a RAM limit). */
+function offloadOptions(o: ResolvedOptions): OffloadOptions | undefined {
+  if (o.ram === undefined || o.diskDir === undefined) return undefined;
+  const p = o.ramPercent;
+  return {
+    ram: o.ram, diskDir: o.diskDir, disk: o.disk, subGroupSize: o.subGroupSize, maxTokens: o.batchSize * o.seqLen,
+    shares: p ? { param: p[0]! / 100, grad: p[1]! / 100, master: p[2]! / 100, m: p[3]! / 100, v: p[4]! / 100, act: p[5]! / 100 } : undefined,
+  };
 }
 
 /** The options a checkpoint was saved with, or null when its state.json cannot be read (then
@@ -171,7 +191,7 @@ async function save(trainer: Trainer, o: ResolvedOptions, options: { [key: strin
     // The data order is the only randomness, and a pure function of (seed, epoch): nothing to carry.
     rng: { data_order: 'mulberry32(seed + epoch)', seed: o.seed },
     options,
-    tensors: new Map(trainer.parameters().map((p) => [p.name, { shape: [...p.shape], master: p.master.data, m: p.m.data, v: p.v.data }])),
+    tensors: new Map(trainer.stateSources().map((p) => [p.name, { shape: p.shape, master: p.master, m: p.m, v: p.v }])),
   }, { keep: o.keepCheckpoints });
   publishModel(o.out, dir);
   return dir;

@@ -23,6 +23,10 @@ import { type TrainSequence, packMicroBatch } from './batch.js';
 import { TrainModel } from './model.js';
 import { ParamStore } from './params.js';
 import { type LrSchedule, checkSchedule, learningRate } from './schedule.js';
+import { type Offloaded, type OffloadOptions, openOffload, restoreOffload } from './offload/open.js';
+import type { OffloadStore } from './offload/store.js';
+import type { OffloadStepStats } from './offload/stats.js';
+import { type F32Source, type TrainingState, f32Chunk } from './training-state.js';
 
 export interface TrainerOptions {
   /** 'fp32' (default): fp32 parameters, gradients and Adam state. 'bf16': bf16 parameters for
@@ -52,6 +56,9 @@ export interface TrainerOptions {
   backend?: Backend;
   /** Compute threads (sets the process-wide native pool; default: unchanged, every core). */
   threads?: number;
+  /** Train beyond memory: the model states on RAM and disk under a RAM limit
+   *  (src/train/offload). Absent: every state in RAM. */
+  offload?: OffloadOptions;
 }
 
 export interface StepMetrics {
@@ -68,6 +75,8 @@ export interface StepMetrics {
   /** Targets the loss counted (labels not −100). */
   targets: number;
   seconds: number;
+  /** Offloaded runs: bytes moved per tier and state kind, and I/O hidden under compute. */
+  offload?: OffloadStepStats;
 }
 
 export class Trainer {
@@ -75,17 +84,22 @@ export class Trainer {
   private readonly optimizer: AdamW;
   private readonly schedule: { lr: number; schedule: LrSchedule; warmupSteps: number; totalSteps: number };
 
+  private readonly offloaded: Offloaded | null;
+  private readonly store: ParamStore | OffloadStore;
+
   constructor(
     readonly config: ModelConfig,
-    private readonly store: ParamStore,
+    store: ParamStore | Offloaded,
     backend: Backend,
     options: TrainerOptions,
   ) {
+    this.offloaded = store instanceof ParamStore ? null : store;
+    this.store = store instanceof ParamStore ? store : store.store;
     this.schedule = { lr: options.lr ?? 5e-5, schedule: options.lrSchedule ?? 'constant', warmupSteps: options.warmupSteps ?? 0,
       totalSteps: options.totalSteps ?? 0 };
     checkSchedule(this.schedule);
-    this.model = new TrainModel(store, backend, options.checkpointActivations ?? true);
-    this.optimizer = new AdamW(backend, store.states, {
+    this.model = new TrainModel(this.store, backend, options.checkpointActivations ?? true);
+    this.optimizer = new AdamW(backend, store instanceof ParamStore ? store.states : [], {
       lr: this.schedule.lr, betas: options.betas ?? [0.9, 0.999], eps: options.eps ?? 1e-8, weightDecay: options.weightDecay ?? 0.01,
       maxGradNorm: options.maxGradNorm ?? 1,
     });
@@ -111,40 +125,98 @@ export class Trainer {
     const packed = micro.map((m) => packMicroBatch(m, c.vocabSize, c.maxPositions));
     const targets = packed.reduce((n, m) => n + m.count, 0);
     if (targets === 0) throw new UserError('the step has no target to learn (every label is -100)');
+    this.checkTokens(packed);
     this.optimizer.zeroGrad();
     let loss = 0;
-    this.store.beginStep();
-    try {
-      for (const m of packed) loss += this.model.lossAndGrad(m, 1 / targets).loss;
-    } finally {
-      this.store.endStep();
+    if (this.store instanceof ParamStore) {
+      this.store.beginStep();
+      try {
+        for (const m of packed) loss += (await this.model.lossAndGrad(m, 1 / targets)).loss;
+      } finally {
+        this.store.endStep();
+      }
+    } else {
+      this.store.zeroGrad();
+      for (const m of packed) loss += (await this.model.lossAndGrad(m, 1 / targets)).loss;
     }
     const lr = learningRate(this.schedule, this.optimizer.step);
-    const { gradNorm } = this.optimizer.update(lr);
+    const { gradNorm } = this.offloaded ? await this.offloaded.optimizer.step(this.optimizer, lr) : this.optimizer.update(lr);
     return { step: this.optimizer.step, loss: loss / targets, gradNorm, lr, tokens: packed.reduce((n, m) => n + m.ids.length, 0), targets,
-      seconds: (performance.now() - t0) / 1000 };
+      seconds: (performance.now() - t0) / 1000, ...(this.offloaded ? { offload: this.offloaded.store.stats() } : {}) };
+  }
+
+  /** An offloaded run's buffers were planned for micro-batches of at most offload.maxTokens. */
+  private checkTokens(packed: { ids: ArrayLike<number> }[]): void {
+    const max = this.offloaded?.maxTokens;
+    const most = Math.max(...packed.map((m) => m.ids.length));
+    if (max !== undefined && most > max) {
+      throw new UserError(`a micro-batch of ${most} tokens is larger than the ${max} the offloaded run planned its RAM for (offload.maxTokens)`);
+    }
   }
 
   /** Mean cross-entropy of the sequences under the current weights (no update). */
   async evaluate(seqs: readonly TrainSequence[]): Promise<{ loss: number; targets: number }> {
     const m = packMicroBatch(seqs, this.config.vocabSize, this.config.maxPositions);
-    const { loss, count } = this.model.loss(m);
+    this.checkTokens([m]);
+    const { loss, count } = await this.model.loss(m);
     return { loss: count > 0 ? loss / count : NaN, targets: count };
   }
 
   /** Every parameter's model states (Hugging Face name, shape, param, grad, master, m, v), in a
    *  fixed order; a tied head appears once, as the embedding. */
   parameters(): readonly ParamState[] {
+    if (!(this.store instanceof ParamStore)) {
+      throw new UserError('parameters(): this trainer offloads its states to disk; read them with stateSources(), saveParams() or a checkpoint');
+    }
     return this.store.states;
+  }
+
+  /** Number of trainable values. */
+  parameterCount(): number {
+    return this.stateSources().reduce((n, s) => n + s.size, 0);
+  }
+
+  /** Every parameter's name, shape, and master weight and moments as sources a writer pulls
+   *  from (in RAM, or read chunk by chunk from the disk tier), in the parameters' order. */
+  stateSources(): { name: string; shape: number[]; size: number; master: F32Source; m: F32Source; v: F32Source }[] {
+    if (this.store instanceof ParamStore) {
+      return this.store.states.map((p) => ({ name: p.name, shape: [...p.shape], size: p.master.size, master: p.master.data, m: p.m.data, v: p.v.data }));
+    }
+    const st = this.store.states;
+    return st.layout.params.map((p) => ({ name: p.name, shape: p.shape, size: p.size, master: st.reader('master', p.index), m: st.reader('m', p.index), v: st.reader('v', p.index) }));
+  }
+
+  /** Loads a checkpoint's training-state directory (checked by readTrainingState) into the states. */
+  async restoreStates(stateDir: string, state: TrainingState): Promise<void> {
+    if (this.store instanceof ParamStore) {
+      for (const p of this.store.states) {
+        const s = state.tensors.get(p.name)!;
+        p.master.data.set(s.master);
+        p.m.data.set(s.m);
+        p.v.data.set(s.v);
+        if (p.param.dtype === 'bf16') p.param.data.set(fromFloat32('bf16', p.master.data));
+      }
+    } else await restoreOffload(this.store, stateDir);
+    this.stepsDone = state.step;
+  }
+
+  /** Whether the states are read straight from a checkpoint (restoreStates reads the file itself). */
+  get offloads(): boolean {
+    return this.offloaded !== null;
+  }
+
+  /** Removes an offloaded run's state files (a no-op in RAM). */
+  close(): void {
+    this.offloaded?.store.close();
   }
 
   /** Writes the current weights (the fp32 masters, rounded to `dtype`) to a safetensors file under
    *  their Hugging Face names. */
   saveParams(file: string, dtype: 'f32' | 'bf16' | 'f16' = 'f32'): void {
-    const states = new Map(this.store.states.map((s) => [s.name, s]));
-    writeSafetensors(file, this.store.states.map((s) => ({ name: s.name, dtype, shape: [...s.shape] })), (e, dst, offset) => {
+    const states = new Map(this.stateSources().map((s) => [s.name, s]));
+    writeSafetensors(file, [...states.values()].map((s) => ({ name: s.name, dtype, shape: s.shape })), (e, dst, offset) => {
       const n = dst.byteLength / (dtype === 'f32' ? 4 : 2);
-      const src = states.get(e.name)!.master.data.subarray(offset, offset + n);
+      const src = f32Chunk(states.get(e.name)!.master, offset, n);
       dst.set(new Uint8Array(dtype === 'f32' ? src.slice().buffer : fromFloat32(dtype, src).buffer));
     });
   }
@@ -163,6 +235,10 @@ export async function openTrainer(dir: string, options: TrainerOptions = {}): Pr
     const names = arch.names(config, (n) => tensors.has(n));
     const mode = precision === 'bf16' ? options.computeMode ?? 'fp32' : 'fp32';
     if (mode !== 'fp32' && mode !== 'bf16') throw new RangeError(`computeMode must be 'fp32' or 'bf16', got ${String(mode)}`);
+    if (options.offload) {
+      const off = await openOffload(config, names, backend, precision, mode, tensors, options.offload, options.checkpointActivations ?? true);
+      return new Trainer(config, off, backend, options);
+    }
     const store = ParamStore.fromTensors(config, names, backend, precision, tensors, mode);
     return new Trainer(config, store, backend, options);
   } finally {
