@@ -1,12 +1,16 @@
 // Training beyond memory (src/train/offload): the model states on disk, or split between RAM and
 // disk, give the same losses and the same final weights, bit for bit, as the same run in RAM —
 // fp32 and bf16, an OPT and a Llama model made here, with gradient accumulation (gradients read
-// back from disk) and activation checkpoints on disk.
+// back from disk) and activation checkpoints on disk; and through `tierlm train --ram`: peak RSS
+// within the limit on a state over 4× it, and a resumed offloaded run equal to an uninterrupted one.
+import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { initModel } from '../src/models/init.js';
+import { RUNTIME_OVERHEAD_BYTES } from '../src/policy/memory.js';
 import { type TrainerOptions, openTrainer } from '../src/train/index.js';
-import { tmpDir } from './helpers/fixtures.js';
+import { cli, cliPeak } from './helpers/cli.js';
+import { readJsonl, tmpDir } from './helpers/fixtures.js';
 import { rng } from './helpers/random.js';
 import { readAll } from './helpers/train.js';
 
@@ -67,5 +71,53 @@ describe('offloaded training equals training in RAM, bit for bit', () => {
     expectSame(ram, disk);
     const split = await run(dir, { precision, offload: { ram: 256 * MiB, diskDir: tmpDir('offload-disk'), shares: half, maxTokens: 32 } }, steps);
     expectSame(ram, split);
+  });
+});
+
+describe('tierlm train --ram --disk-dir', () => {
+  const data = () => {
+    const file = path.join(tmpDir('offload-data'), 'data.jsonl');
+    const r = rng(5);
+    fs.writeFileSync(file, Array.from({ length: 12 }, () => JSON.stringify({ token_ids: Array.from({ length: 16 }, () => Math.floor(r() * 1000)) })).join('\n') + '\n');
+    return file;
+  };
+  const args = (m: string, d: string, out: string, steps: number, extra: string[] = []) => ['train', '--model', m, '--data', d, '--out', out,
+    '--max-steps', String(steps), '--batch-size', '2', '--grad-accum', '2', '--seq-len', '16', '--threads', '2', '--lr', '1e-3', ...extra];
+  const losses = (out: string) => readJsonl<{ loss: number; grad_norm: number }>(path.join(out, 'metrics.jsonl')).map((l) => [l.loss, l.grad_norm]);
+  const weights = (out: string) => fs.readFileSync(path.join(out, 'model.safetensors'));
+
+  // A training state (fp32: 16 bytes per parameter) more than 4× the limit: 13.0M parameters,
+  // 209 MB, under --ram 48MiB. Peak RSS of the whole CLI process from outside (VmHWM).
+  it('trains a model whose state is over 4× --ram within the limit plus the stated overhead', () => {
+    const m = tmpDir('offload-big');
+    initModel({ config: 'opt-test', out: m, layers: 16, dtype: 'f32', seed: 1 });
+    const ram = 48 * MiB;
+    const out = tmpDir('offload-big-out');
+    const r = cliPeak(args(m, data(), out, 2, ['--ram', '48MiB', '--disk-dir', tmpDir('offload-big-disk')]));
+    expect(r.code, r.stderr).toBe(0);
+    const params = Number(/training ([\d.]+)M parameters/.exec(r.stderr)![1]) * 1e6;
+    expect(16 * params).toBeGreaterThan(4 * ram);
+    const metrics = readJsonl<{ disk_read_bytes: number; disk_written_bytes: number }>(path.join(out, 'metrics.jsonl'));
+    expect(metrics[0]!.disk_read_bytes).toBeGreaterThan(8 * params);
+    expect(metrics[0]!.disk_written_bytes).toBeGreaterThan(8 * params);
+    expect(r.peakRssBytes).toBeLessThanOrEqual(ram + RUNTIME_OVERHEAD_BYTES);
+  });
+
+  it('an offloaded run resumed from its checkpoint equals the uninterrupted run, and the run in RAM', () => {
+    const m = model('opt-test', 2);
+    const d = data();
+    const off = (disk: string) => ['--ram', '64MiB', '--disk-dir', disk, '--ram-percent', '0', '0', '0', '0', '0', '0', '--save-every', '2'];
+    const whole = tmpDir('offload-whole');
+    expect(cli(args(m, d, whole, 4, off(tmpDir('offload-d1')))).code).toBe(0);
+    const inRam = tmpDir('offload-inram');
+    expect(cli(args(m, d, inRam, 4, ['--save-every', '2'])).code).toBe(0);
+    const parts = tmpDir('offload-parts');
+    expect(cli(args(m, d, parts, 2, off(tmpDir('offload-d2')))).code).toBe(0);
+    const r = cli(args(m, d, parts, 4, [...off(tmpDir('offload-d3')), '--resume']));
+    expect(r.code, r.stderr).toBe(0);
+    expect(losses(parts)).toEqual(losses(whole));
+    expect(weights(parts).equals(weights(whole))).toBe(true);
+    expect(losses(inRam)).toEqual(losses(whole));
+    expect(weights(inRam).equals(weights(whole))).toBe(true);
   });
 });

@@ -29,13 +29,17 @@ export interface ParamState<A = Float32Array> {
 /** f32 values to save: in RAM, or pulled chunk by chunk (a state in the disk tier). */
 export type F32Source = Float32Array | { readonly length: number; copyTo(dst: Float32Array, offset: number): void };
 
-/** Values [offset, offset + n) of a source (a view when it is in RAM). */
+/** Values [offset, offset + n) of a source: a view when it is in RAM, else a scratch buffer
+ *  reused by the next call (the writers consume each chunk before asking for the next). */
 export function f32Chunk(src: F32Source, offset: number, n: number): Float32Array {
   if (src instanceof Float32Array) return src.subarray(offset, offset + n);
-  const out = new Float32Array(n);
+  if (scratch.length < n) scratch = new Float32Array(n);
+  const out = scratch.subarray(0, n);
   src.copyTo(out, offset);
   return out;
 }
+
+let scratch = new Float32Array(0);
 
 export interface TrainingState<A = Float32Array> {
   /** Optimizer steps done. */

@@ -12,6 +12,7 @@ import type { NameTable } from '../../models/architecture.js';
 import type { Precision } from '../../optim/state.js';
 import { alignUp } from '../../tensor/disk/io.js';
 import { UserError } from '../../util/errors.js';
+import { TENSOR_FILE_RAM_BYTES } from '../tensor-file.js';
 
 export interface OffloadPlanInput {
   config: ModelConfig;
@@ -63,6 +64,8 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
     { what: 'packed weights', ram: packs, disk: 0 },
     { what: 'optimizer sub-group buffers (three)', ram: subGroupBytes, disk: 0 },
     { what: 'activations and gradients of one layer, head, logits', ram: perToken * t + gemm, disk: 0 },
+    // Chunk buffers, staging and the f32 chunk of a state read from disk.
+    { what: 'checkpoint save and resume', ram: TENSOR_FILE_RAM_BYTES + TENSOR_FILE_RAM_BYTES / 4, disk: 0 },
     { what: 'activation checkpoint staging', ram: o.checkpointActivations ? 2 * alignUp(4 * t * c.hidden) : 0, disk: 0 },
   ];
   let maxDepth = 1;
@@ -91,7 +94,13 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
     items.push({ what: `${KIND_NAMES[k]} (${Math.round(100 * shares[k])}% in RAM)`, ram: b.ram, disk: b.disk });
   }
   items.push({ what: `activation checkpoints (${Math.round(100 * shares.act)}% in RAM)`, ram: shares.act >= 1 ? totals.act! : 0, disk: shares.act >= 1 ? 0 : totals.act! });
-  checkLimits(items, { ram: o.ram, disk: o.disk }, `training ${c.layers} layers with ${t} tokens per micro-batch`);
+  try {
+    checkLimits(items, { ram: o.ram, disk: o.disk }, `training ${c.layers} layers with ${t} tokens per micro-batch`);
+  } catch (e) {
+    // checkLimits' advice is generation's; training's levers are these.
+    if (e instanceof UserError) throw new UserError(e.message.replace(/ Put more of .*$/, ' Keep fewer states in RAM (--ram-percent), or use a smaller --batch-size, --seq-len or --sub-group-size.'));
+    throw e;
+  }
   if (!Number.isSafeInteger(subGroupSize) || subGroupSize < 1) throw new UserError(`--sub-group-size must be a positive integer, got ${subGroupSize}`);
   return { shares, subGroupSize, maxDepth, layout, items };
 }
