@@ -34,6 +34,8 @@ export class Prefetcher {
     private readonly maxDepth: number,
     private readonly tryRead: (unit: number) => Loaded | null,
     private readonly release: (l: Loaded) => void,
+    /** Milliseconds clock for the compute time between fetches (a test gives its own). */
+    private readonly now: () => number = () => performance.now(),
   ) {}
 
   get traces(): number {
@@ -50,7 +52,7 @@ export class Prefetcher {
   /** The unit's read started ahead, if any; records or checks the event against the trace. */
   take(unit: number, backward: boolean): Loaded | undefined {
     if (this.computeStart > 0) {
-      this.computeMs += performance.now() - this.computeStart;
+      this.computeMs += this.now() - this.computeStart;
       this.events++;
     }
     const key = `${unit}${backward ? 'b' : 'f'}`;
@@ -77,7 +79,7 @@ export class Prefetcher {
 
   /** Starts reads of the next units of the trace (those not started yet, while buffers last). */
   ahead(): void {
-    this.computeStart = performance.now();
+    this.computeStart = this.now();
     if (!this.trace) return;
     for (let d = 0; d < this.depth; d++) {
       const key = this.trace[(this.pos + d) % this.trace.length]!;
