@@ -8,6 +8,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { initModel } from '../src/models/init.js';
 import { RUNTIME_OVERHEAD_BYTES } from '../src/policy/memory.js';
+import { loadProfile } from '../src/policy/profile.js';
 import { type TrainerOptions, openTrainer } from '../src/train/index.js';
 import { cli, cliPeak } from './helpers/cli.js';
 import { readJsonl, tmpDir } from './helpers/fixtures.js';
@@ -119,5 +120,31 @@ describe('tierlm train --ram --disk-dir', () => {
     expect(weights(parts).equals(weights(whole))).toBe(true);
     expect(losses(inRam)).toEqual(losses(whole));
     expect(weights(inRam).equals(weights(whole))).toBe(true);
+  });
+});
+
+describe('the offloaded step cost model', () => {
+  it('predicts the disk traffic a step makes (ZeRO-Infinity terms), and a time bound by its largest part', async () => {
+    const dir = model('opt-test', 2);
+    const steps = batches(2, 300, 9);
+    const maxTokens = Math.max(...steps.flat().map((m) => m.reduce((n, s) => n + s.tokenIds.length, 0)));
+    const t = await openTrainer(dir, { lr: 1e-3, threads: 1, offload: { ram: 256 * MiB, diskDir: tmpDir('offload-cost'), shares: none, maxTokens } });
+    const profile = loadProfile(process.env.TIERLM_PROFILE!)!;
+    try {
+      await t.step(steps[0]!);
+      const last = await t.step(steps[1]!);
+      const p = t.predictStep(profile, maxTokens, 2)!;
+      const sum = (r: Record<string, number>) => Object.values(r).reduce((a, b) => a + b, 0);
+      const read = sum(last.offload!.read), written = sum(last.offload!.written);
+      expect(written).toBe(p.bytes.passWritten + p.bytes.optimizerWritten);
+      // Reads: the prediction, plus at most the globals read ahead for a next pass that the
+      // optimizer step then drops.
+      expect(read).toBeGreaterThanOrEqual(p.bytes.passRead + p.bytes.optimizerRead);
+      expect(read - (p.bytes.passRead + p.bytes.optimizerRead)).toBeLessThanOrEqual(p.bytes.passRead * 0.25);
+      expect(p.seconds).toBeCloseTo(Math.max(p.computeSeconds, p.passIoSeconds) + p.optimizerSeconds, 12);
+      expect(['compute', 'disk (forward/backward)', 'disk (optimizer)']).toContain(p.bound);
+    } finally {
+      t.close();
+    }
   });
 });

@@ -26,6 +26,9 @@ import { type LrSchedule, checkSchedule, learningRate } from './schedule.js';
 import { type Offloaded, type OffloadOptions, openOffload, restoreOffload } from './offload/open.js';
 import type { OffloadStore } from './offload/store.js';
 import type { OffloadStepStats } from './offload/stats.js';
+import { type OffloadCost, predictOffloadStep } from './offload/cost.js';
+import type { HardwareProfile } from '../policy/profile.js';
+import { alignUp } from '../tensor/disk/io.js';
 import { type F32Source, type TrainingState, f32Chunk } from './training-state.js';
 
 export interface TrainerOptions {
@@ -203,6 +206,15 @@ export class Trainer {
   /** Whether the states are read straight from a checkpoint (restoreStates reads the file itself). */
   get offloads(): boolean {
     return this.offloaded !== null;
+  }
+
+  /** An offloaded run's predicted step time for micro-batches of `tokens` tokens, from a
+   *  hardware profile (./offload/cost.ts); null in RAM. */
+  predictStep(profile: HardwareProfile, tokens: number, gradAccum = 1): OffloadCost | null {
+    const off = this.offloaded;
+    if (!off) return null;
+    const act = off.plan.shares.act < 1 ? this.config.layers * alignUp(4 * off.maxTokens * this.config.hidden) : 0;
+    return predictOffloadStep({ layout: off.plan.layout, tokens, gradAccum, actDiskBytes: act, profile });
   }
 
   /** Removes an offloaded run's state files (a no-op in RAM). */
