@@ -3,6 +3,7 @@
 import path from 'node:path';
 import type { Command } from 'commander';
 import { UserError } from '../util/errors.js';
+import { formatSize } from '../tensor/tiers/size.js';
 import { train } from '../train/run.js';
 import { TRAIN_DEFAULTS as D, type TrainRunOptions } from '../train/run-options.js';
 import { int, oneOf, rule } from './parse.js';
@@ -65,6 +66,9 @@ async function runTrain(o: Omit<TrainRunOptions, 'onStart'>): Promise<void> {
         for (const s of info.skipped) err(`skipped ${s}`);
         const from = info.resumedFrom ? `resuming from ${info.resumedFrom}, ` : '';
         err(`training ${(info.parameters / 1e6).toFixed(1)}M parameters on ${info.sequences} sequences (${info.tokens} tokens): ${from}steps ${info.startStep + 1}..${info.totalSteps}`);
+        if (info.offload) {
+          err(`model states: ${formatSize(info.offload.ramBytes)} in RAM, ${formatSize(info.offload.diskBytes)} on disk; optimizer sub-groups of ${info.offload.subGroupSize} parameters`);
+        }
         progress = new StepProgress(info.startStep);
       },
     })) {

@@ -71,6 +71,8 @@ export interface TrainRunInfo {
   /** "FILE:LINE: reason" of every data line skipped (training and eval data). */
   skipped: string[];
   parameters: number;
+  /** Offloaded runs: the training state's bytes in RAM and on disk, and the sub-group size. */
+  offload?: { ramBytes: number; diskBytes: number; subGroupSize: number };
 }
 
 type Optional = 'maxSteps' | 'epochs' | 'evalData' | 'threads' | 'onStart' | 'ram' | 'diskDir' | 'disk' | 'subGroupSize' | 'ramPercent';

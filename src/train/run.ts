@@ -90,6 +90,7 @@ async function* runSteps(trainer: Trainer, o: ResolvedOptions, data: Dataset, ev
     startStep, totalSteps, resumedFrom: resumed?.dir ?? null, sequences: data.counts.sequences, tokens: data.counts.tokens,
     skipped: [...data.skipped, ...(evalData?.skipped ?? [])].map((s) => s.message),
     parameters: trainer.parameterCount(),
+    ...(trainer.offloadPlacement() ? { offload: trainer.offloadPlacement()! } : {}),
   });
   const metrics = MetricsWriter.open(o.out, startStep);
   try {

@@ -61,13 +61,11 @@ export async function openOffload(config: ModelConfig, names: NameTable, backend
     await fillStates(states, (name, _part, r0, r1, dst) => widenRows(tensors, name, r0, r1, dst), false);
     const store = new OffloadStore(config, names, backend, precision, mode, states, {
       maxDepth: plan.maxDepth, actOnDisk: checkpointActivations && plan.shares.act < 1, maxTokens,
+      onClose: () => {
+        remove();
+        process.removeListener('exit', remove);
+      },
     });
-    const close = store.close.bind(store);
-    store.close = () => {
-      close();
-      remove();
-      process.removeListener('exit', remove);
-    };
     return { store, optimizer: new StreamingAdamW(store, backend, plan.subGroupSize), plan, maxTokens };
   } catch (e) {
     remove();

@@ -43,6 +43,8 @@ export class Prefetcher {
   }
 
   beginPass(kind: Pass): void {
+    // What the other kind of pass read ahead would hold buffers this one waits for.
+    if (kind !== this.kind) void this.drop();
     this.trace = this.byPass.get(kind) ?? null;
     this.recording = this.trace ? null : [];
     this.kind = kind;

@@ -15,13 +15,13 @@ import type { ModelConfig } from '../../models/config.js';
 import type { Precision } from '../../optim/state.js';
 import { toFloat32 } from '../../tensor/dtype.js';
 import { BufferPool, type Lease } from '../../tensor/disk/buffer-pool.js';
-import { DirectFile, alignedBytes } from '../../tensor/disk/io.js';
 import { Tensor } from '../../tensor/tensor.js';
 import {
   type GlobalGrads, type GlobalParams, type LayerGrads, type LayerParams, type ParamLookup, type ParamSource, type TrainLinear,
   globalGrads, globalParams, layerGrads, layerParams,
 } from '../params.js';
 import type { Layout, StateKind } from './layout.js';
+import { ActivationSpill } from './activations.js';
 import { Prefetcher } from './prefetch.js';
 import type { States } from './states.js';
 import type { OffloadStepStats, Phase } from './stats.js';
@@ -45,8 +45,10 @@ export interface OffloadOptions {
   maxDepth: number;
   /** Activation checkpoints (layer inputs) on disk when true. */
   actOnDisk: boolean;
-  /** Rows × hidden of the largest micro-batch, for the activation buffers. */
+  /** Tokens of the largest micro-batch, for the activation buffers. */
   maxTokens: number;
+  /** Called by close() once the files are closed (removes the state directory). */
+  onClose?: () => void;
 }
 
 export class OffloadStore implements ParamSource, ParamLookup {
@@ -75,7 +77,7 @@ export class OffloadStore implements ParamSource, ParamLookup {
     readonly precision: Precision,
     readonly mode: ComputeMode,
     readonly states: States,
-    options: OffloadOptions,
+    private readonly options: OffloadOptions,
   ) {
     const layout = states.layout;
     this.computeKind = precision === 'bf16' ? 'param' : 'master';
@@ -322,54 +324,6 @@ export class OffloadStore implements ParamSource, ParamLookup {
     for (const p of [...this.paramPools, ...this.gradPools]) p.dispose();
     this.acts?.close();
     this.states.close();
-  }
-}
-
-/** Activation checkpoints (each layer's input) in the disk tier: written as the forward passes
- *  them, read back in the backward, the one below read ahead while a layer computes. */
-class ActivationSpill {
-  private readonly slot: number;
-  private readonly file: DirectFile;
-  private readonly stage: [Uint8Array, Uint8Array];
-  private readonly writes: Promise<void>[] = [Promise.resolve(), Promise.resolve()];
-  private readonly shapes: number[][] = [];
-  private next: { j: number; done: Promise<void>; buf: Uint8Array } | null = null;
-  private turn = 0;
-
-  constructor(private readonly states: States, hidden: number, maxTokens: number, layers: number) {
-    this.slot = Math.ceil((maxTokens * hidden * 4) / 4096) * 4096;
-    this.stage = [alignedBytes(this.slot), alignedBytes(this.slot)];
-    this.file = states.openScratch('act.bin', this.slot * layers);
-  }
-
-  /** Copies x into a stage (once the stage's previous write is done) and starts writing it. */
-  async keep(j: number, x: F32): Promise<void> {
-    const k = this.turn;
-    this.turn ^= 1;
-    this.shapes[j] = [...x.shape];
-    const buf = this.stage[k];
-    await this.states.io.wait('forward', this.writes[k]!);
-    new Float32Array(buf.buffer, buf.byteOffset, x.size).set(x.data);
-    this.writes[k] = this.states.io.track('forward', 'act', 'write', this.slot, this.file.write(buf.subarray(0, this.slot), j * this.slot));
-  }
-
-  async recall(j: number, into: F32): Promise<F32> {
-    await Promise.all(this.writes);
-    const shape = this.shapes[j]!;
-    const size = shape.reduce((a, b) => a * b, 1);
-    const cur = this.next?.j === j ? this.next : this.read(j, this.stage[0]);
-    await cur.done;
-    const out = new Tensor('f32', shape, into.data.subarray(0, size));
-    out.data.set(new Float32Array(cur.buf.buffer, cur.buf.byteOffset, size));
-    this.next = j > 0 ? this.read(j - 1, cur.buf === this.stage[0] ? this.stage[1] : this.stage[0]) : null;
-    return out;
-  }
-
-  private read(j: number, buf: Uint8Array): { j: number; done: Promise<void>; buf: Uint8Array } {
-    return { j, buf, done: this.states.io.track('backward', 'act', 'read', this.slot, this.file.read(buf.subarray(0, this.slot), j * this.slot, { background: true })) };
-  }
-
-  close(): void {
-    this.file.close();
+    this.options.onClose?.();
   }
 }
