@@ -7,7 +7,8 @@
 // disk or gathers them across ranks, and writes or reduces gradients on release, fits behind the
 // same interface without touching the layer code (ZeRO-3 / ZeRO-Infinity's parameter hooks).
 
-import type { Backend, ComputeMode, PackedWeight } from '../backend/index.js';
+import { type Backend, type ComputeMode, PackedWeight } from '../backend/index.js';
+import type { TiledGrad, TiledWeight } from '../backend/tiled.js';
 import type { ModelConfig } from '../models/config.js';
 import type { NormGrad } from '../models/ops.js';
 import type { Norm } from '../models/weights.js';
@@ -23,13 +24,20 @@ type F32 = Tensor<'f32'>;
 /** A linear layer's weight W [out, in] packed for y = x·Wᵀ, and (for backward) Wᵀ packed for
  *  dx = dy·W; bias [out]. */
 export interface TrainLinear {
-  w: PackedWeight;
-  wT: PackedWeight | null;
+  /** Packed whole, or (a source short of memory) in row tiles made as the GEMM asks for them. */
+  w: PackedWeight | TiledWeight;
+  wT: PackedWeight | TiledWeight | null;
   b: F32 | null;
 }
 
+/** The LM head: the fused head-and-loss kernel takes it packed whole. */
+export interface PackedLinear extends TrainLinear {
+  w: PackedWeight;
+  wT: PackedWeight | null;
+}
+
 export interface LinearGrad {
-  w: F32; // [out, in]
+  w: F32 | TiledGrad; // [out, in]
   b: F32 | null; // [out]
 }
 
@@ -63,7 +71,7 @@ export interface GlobalParams {
   projectIn: TrainLinear | null; // [hidden, embedDim]
   projectOut: TrainLinear | null; // [embedDim, hidden]
   finalNorm: Norm | null;
-  head: TrainLinear; // [vocab, embedDim], no bias
+  head: PackedLinear; // [vocab, embedDim], no bias
 }
 
 export interface GlobalGrads {
@@ -243,6 +251,8 @@ export interface ParamLookup {
   /** A vector parameter (norm weight, bias) as f32. */
   vector(name: string): F32;
   grad(name: string): F32;
+  /** A linear weight's gradient, tiled where the source tiles the weight (default: grad(name)). */
+  linearGrad?(name: string): F32 | TiledGrad;
 }
 
 const layerName = (names: NameTable, slot: LayerSlot, j: number) => names.layer[slot]!.replace('{L}', String(j));
@@ -251,8 +261,12 @@ function norm(l: ParamLookup, base: string): Norm {
   return { w: l.vector(`${base}.weight`), b: l.has(`${base}.bias`) ? l.vector(`${base}.bias`) : null };
 }
 
-function linearGrad(l: ParamLookup, base: string): LinearGrad {
+function normGrad(l: ParamLookup, base: string): NormGrad {
   return { w: l.grad(`${base}.weight`), b: l.has(`${base}.bias`) ? l.grad(`${base}.bias`) : null };
+}
+
+function linearGrad(l: ParamLookup, base: string): LinearGrad {
+  return { w: l.linearGrad?.(`${base}.weight`) ?? l.grad(`${base}.weight`), b: l.has(`${base}.bias`) ? l.grad(`${base}.bias`) : null };
 }
 
 export function layerParams(c: ModelConfig, names: NameTable, l: ParamLookup, j: number, backward: boolean): LayerParams {
@@ -272,16 +286,21 @@ export function globalParams(names: NameTable, l: ParamLookup, backward: boolean
     projectIn: g.project_in ? l.linear(g.project_in, backward) : null,
     projectOut: g.project_out ? l.linear(g.project_out, backward) : null,
     finalNorm: g.final_norm ? norm(l, g.final_norm) : null,
-    head: l.linear(g.lm_head!, backward),
+    head: packedWhole(l.linear(g.lm_head!, backward)),
   };
+}
+
+function packedWhole(l: TrainLinear): PackedLinear {
+  if (!(l.w instanceof PackedWeight) || (l.wT !== null && !(l.wT instanceof PackedWeight))) throw new Error('the LM head must be packed whole (it is never tiled)');
+  return l as PackedLinear;
 }
 
 export function layerGrads(c: ModelConfig, names: NameTable, l: ParamLookup, j: number): LayerGrads {
   const n = (s: LayerSlot) => layerName(names, s, j);
   const lin = (s: LayerSlot) => linearGrad(l, n(s));
   return {
-    attnNorm: lin('attn_norm'), q: lin('q'), k: lin('k'), v: lin('v'), o: lin('o'),
-    mlpNorm: lin('mlp_norm'), gate: c.gatedMlp ? lin('gate') : null, up: lin('up'), down: lin('down'),
+    attnNorm: normGrad(l, n('attn_norm')), q: lin('q'), k: lin('k'), v: lin('v'), o: lin('o'),
+    mlpNorm: normGrad(l, n('mlp_norm')), gate: c.gatedMlp ? lin('gate') : null, up: lin('up'), down: lin('down'),
   };
 }
 
@@ -292,7 +311,7 @@ export function globalGrads(names: NameTable, l: ParamLookup): GlobalGrads {
     posEmbed: g.pos_embed ? l.grad(`${g.pos_embed}.weight`) : null,
     projectIn: g.project_in ? linearGrad(l, g.project_in) : null,
     projectOut: g.project_out ? linearGrad(l, g.project_out) : null,
-    finalNorm: g.final_norm ? linearGrad(l, g.final_norm) : null,
+    finalNorm: g.final_norm ? normGrad(l, g.final_norm) : null,
     head: l.grad(`${g.lm_head!}.weight`),
   };
 }

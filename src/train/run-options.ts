@@ -72,7 +72,7 @@ export interface TrainRunInfo {
   skipped: string[];
   parameters: number;
   /** Offloaded runs: the training state's bytes in RAM and on disk, and the sub-group size. */
-  offload?: { ramBytes: number; diskBytes: number; subGroupSize: number };
+  offload?: { ramBytes: number; diskBytes: number; subGroupSize: number; tiledWeights: number; tileBytes: number };
 }
 
 type Optional = 'maxSteps' | 'epochs' | 'evalData' | 'threads' | 'onStart' | 'ram' | 'diskDir' | 'disk' | 'subGroupSize' | 'ramPercent';

@@ -218,12 +218,15 @@ export class Trainer {
   }
 
   /** An offloaded run's model states in RAM and on disk (bytes), and its sub-group size; null in RAM. */
-  offloadPlacement(): { ramBytes: number; diskBytes: number; subGroupSize: number } | null {
+  offloadPlacement(): { ramBytes: number; diskBytes: number; subGroupSize: number; tiledWeights: number; tileBytes: number } | null {
     const off = this.offloaded;
     if (!off) return null;
     const layout = off.plan.layout;
     const b = layout.kinds.map((k) => layout.bytes(k));
-    return { ramBytes: b.reduce((n, x) => n + x.ram, 0), diskBytes: b.reduce((n, x) => n + x.disk, 0), subGroupSize: off.optimizer.subGroupSize };
+    return {
+      ramBytes: b.reduce((n, x) => n + x.ram, 0), diskBytes: b.reduce((n, x) => n + x.disk, 0), subGroupSize: off.optimizer.subGroupSize,
+      tiledWeights: off.plan.tiled.size, tileBytes: off.plan.tileBytes,
+    };
   }
 
   /** Removes an offloaded run's state files (a no-op in RAM). */

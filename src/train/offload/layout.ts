@@ -47,7 +47,12 @@ export class Layout {
   readonly fileBytes: Record<StateKind, number>;
   readonly kinds: StateKind[];
 
-  constructor(readonly config: ModelConfig, names: NameTable, readonly precision: Precision, readonly shares: Shares) {
+  /** Per unit, the parameters fetched with it (all but the tiled ones). */
+  readonly fetched: number[][];
+
+  /** `tiled`: linear weights computed in tiles (./tiles.ts), never fetched whole with their unit. */
+  constructor(readonly config: ModelConfig, names: NameTable, readonly precision: Precision, readonly shares: Shares,
+    readonly tiled: ReadonlySet<string> = new Set()) {
     const layerOf = new Map<string, number>();
     for (let j = 0; j < config.layers; j++) {
       for (const t of Object.values(names.layer)) if (t) for (const part of ['weight', 'bias']) layerOf.set(`${t.replace('{L}', String(j))}.${part}`, j);
@@ -60,7 +65,9 @@ export class Layout {
       this.params.push(p);
       this.units[unit]!.push(p.index);
     }
-    this.order = this.units.flat();
+    // Within a unit the tiled weights come last, so the fetched ones are one range.
+    this.fetched = this.units.map((u) => u.filter((i) => !tiled.has(this.params[i]!.name)));
+    this.order = this.units.flatMap((u, j) => [...this.fetched[j]!, ...u.filter((i) => tiled.has(this.params[i]!.name))]);
     this.kinds = STATE_KINDS.filter((k) => k !== 'param' || precision === 'bf16');
     this.offsets = {} as Record<StateKind, number[]>;
     this.fileBytes = {} as Record<StateKind, number>;
@@ -83,6 +90,10 @@ export class Layout {
       this.offsets[k] = offsets;
       this.fileBytes[k] = offset;
     }
+  }
+
+  isTiled(index: number): boolean {
+    return this.tiled.has(this.params[index]!.name);
   }
 
   onDisk(kind: StateKind, index: number): boolean {

@@ -30,6 +30,8 @@ export interface OffloadOptions {
   shares?: Partial<Shares>;
   /** Elements per optimizer sub-group (default: planned from the limit). */
   subGroupSize?: number;
+  /** Bytes of a weight tile: linear weights larger are computed in tiles (default: planned). */
+  tileSize?: number;
   /** Tokens of the largest micro-batch (batch size × sequence length; default the model's positions). */
   maxTokens?: number;
 }
@@ -45,7 +47,8 @@ export async function openOffload(config: ModelConfig, names: NameTable, backend
   tensors: TensorStore, o: OffloadOptions, checkpointActivations: boolean): Promise<Offloaded> {
   if (!fs.existsSync(o.diskDir) || !fs.statSync(o.diskDir).isDirectory()) throw new UserError(`--disk-dir ${o.diskDir} is not a directory`);
   const maxTokens = o.maxTokens ?? config.maxPositions;
-  const plan = planOffload({ config, names, precision, maxTokens, ram: o.ram, disk: o.disk, shares: o.shares, subGroupSize: o.subGroupSize, checkpointActivations });
+  const plan = planOffload({ config, names, precision, maxTokens, ram: o.ram, disk: o.disk, shares: o.shares, subGroupSize: o.subGroupSize,
+    tileSize: o.tileSize, checkpointActivations });
   for (const { name, slot, part } of paramList(config, names)) {
     if (!tensors.has(name)) throw new ModelFileError(tensors.fileName(name), 'missing tensor', name);
     const got = tensors.info(name).shape, want = expectedShape(config, slot, part);
@@ -60,7 +63,7 @@ export async function openOffload(config: ModelConfig, names: NameTable, backend
     const states = new States(plan.layout, dir);
     await fillStates(states, (name, _part, r0, r1, dst) => widenRows(tensors, name, r0, r1, dst), false);
     const store = new OffloadStore(config, names, backend, precision, mode, states, {
-      maxDepth: plan.maxDepth, actOnDisk: checkpointActivations && plan.shares.act < 1, maxTokens,
+      maxDepth: plan.maxDepth, actOnDisk: checkpointActivations && plan.shares.act < 1, maxTokens, tileBytes: plan.tileBytes,
       onClose: () => {
         remove();
         process.removeListener('exit', remove);

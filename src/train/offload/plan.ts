@@ -25,6 +25,8 @@ export interface OffloadPlanInput {
   /** Given shares (the rest are planned). */
   shares?: Partial<Shares>;
   subGroupSize?: number;
+  /** Bytes of a weight tile; weights larger are computed in tiles (default: planned from ram). */
+  tileSize?: number;
   checkpointActivations: boolean;
 }
 
@@ -33,6 +35,9 @@ export interface OffloadPlan {
   subGroupSize: number;
   /** Most units read ahead (the prefetcher picks the depth within it from measurements). */
   maxDepth: number;
+  /** Bytes of a weight tile, and the weights computed in tiles. */
+  tileBytes: number;
+  tiled: Set<string>;
   layout: Layout;
   items: MemoryItem[];
 }
@@ -42,11 +47,19 @@ const ORDER: (StateKind | 'act')[] = ['param', 'master', 'grad', 'm', 'v', 'act'
 
 export function planOffload(o: OffloadPlanInput): OffloadPlan {
   const c = o.config, t = o.maxTokens;
-  const probe = new Layout(c, o.names, o.precision, { param: 0, grad: 0, master: 0, m: 0, v: 0, act: 0 });
   const computeKind: StateKind = o.precision === 'bf16' ? 'param' : 'master';
+  // Memory-centric tiling: a linear weight over four tiles (a tile is a 32nd of the limit by
+  // default) is never fetched whole; --tile-size sets the tile, and tiles every weight larger.
+  const tileBytes = o.tileSize ?? Math.max(1 << 16, Math.floor(o.ram / 32));
+  const tileOver = o.tileSize ?? 4 * tileBytes;
+  const all = new Layout(c, o.names, o.precision, { param: 0, grad: 0, master: 0, m: 0, v: 0, act: 0 });
+  const g = o.names.global;
+  const whole = new Set([`${g.embed}.weight`, `${g.pos_embed}.weight`, `${g.lm_head}.weight`]);
+  const tiled = new Set(all.params.filter((p) => p.shape.length === 2 && !whole.has(p.name) && p.size * kindBytes(computeKind) > tileOver).map((p) => p.name));
+  const probe = new Layout(c, o.names, o.precision, { param: 0, grad: 0, master: 0, m: 0, v: 0, act: 0 }, tiled);
   const L = c.layers;
-  const unitElems = probe.units.map((u) => u.reduce((n, i) => n + probe.params[i]!.size, 0));
-  const unitBytes = (u: number, k: StateKind) => probe.units[u]!.reduce((n, i) => n + alignUp(probe.params[i]!.size * kindBytes(k)), 0);
+  const unitElems = probe.fetched.map((u) => u.reduce((n, i) => n + probe.params[i]!.size, 0));
+  const unitBytes = (u: number, k: StateKind) => probe.fetched[u]!.reduce((n, i) => n + alignUp(probe.params[i]!.size * kindBytes(k)), 0);
   const layerMax = (k: StateKind) => Math.max(0, ...Array.from({ length: L }, (_, u) => unitBytes(u, k)));
   const perElem = probe.kinds.reduce((n, k) => n + kindBytes(k), 0);
   // Sub-groups: a sixteenth of the limit for the three buffer sets (pieces of 2048 elements at
@@ -66,6 +79,8 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
     { what: 'activations and gradients of one layer, head, logits', ram: perToken * t + gemm, disk: 0 },
     // Chunk buffers, staging and the f32 chunk of a state read from disk.
     { what: 'checkpoint save and resume', ram: TENSOR_FILE_RAM_BYTES + TENSOR_FILE_RAM_BYTES / 4, disk: 0 },
+    // A raw tile, its two packings (W, Wᵀ) and a gradient tile, in f32 at most, and dy's columns.
+    { what: 'weight tiles', ram: tiled.size > 0 ? 4 * tileBytes * (4 / kindBytes(computeKind)) + 4 * t * Math.max(c.ffn, c.hidden) : 0, disk: 0 },
     { what: 'activation checkpoint staging', ram: o.checkpointActivations ? 2 * alignUp(4 * t * c.hidden) : 0, disk: 0 },
   ];
   let maxDepth = 1;
@@ -88,7 +103,7 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
   }
   // fp32: the master is what compute reads.
   if (o.precision === 'fp32') shares.param = 0;
-  const layout = new Layout(c, o.names, o.precision, shares);
+  const layout = new Layout(c, o.names, o.precision, shares, tiled);
   for (const k of probe.kinds) {
     const b = layout.bytes(k);
     items.push({ what: `${KIND_NAMES[k]} (${Math.round(100 * shares[k])}% in RAM)`, ram: b.ram, disk: b.disk });
@@ -102,7 +117,7 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
     throw e;
   }
   if (!Number.isSafeInteger(subGroupSize) || subGroupSize < 1) throw new UserError(`--sub-group-size must be a positive integer, got ${subGroupSize}`);
-  return { shares, subGroupSize, maxDepth, layout, items };
+  return { shares, subGroupSize, maxDepth, tileBytes, tiled, layout, items };
 }
 
 const KIND_NAMES: Record<StateKind, string> = {

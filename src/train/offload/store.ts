@@ -22,6 +22,8 @@ import {
 } from '../params.js';
 import type { Layout, StateKind } from './layout.js';
 import { ActivationSpill } from './activations.js';
+import { TileIo } from './tiles.js';
+import type { TiledGrad } from '../../backend/tiled.js';
 import { Prefetcher } from './prefetch.js';
 import type { States } from './states.js';
 import type { OffloadStepStats, Phase } from './stats.js';
@@ -47,6 +49,8 @@ export interface OffloadOptions {
   actOnDisk: boolean;
   /** Tokens of the largest micro-batch, for the activation buffers. */
   maxTokens: number;
+  /** Bytes of a weight tile (./tiles.ts). */
+  tileBytes: number;
   /** Called by close() once the files are closed (removes the state directory). */
   onClose?: () => void;
 }
@@ -68,6 +72,7 @@ export class OffloadStore implements ParamSource, ParamLookup {
   readonly sumSquares: Float64Array;
   readonly prefetch: Prefetcher;
   private phase: Phase = 'forward';
+  private readonly tiles: TileIo;
   private readonly acts: ActivationSpill | null;
 
   constructor(
@@ -83,12 +88,13 @@ export class OffloadStore implements ParamSource, ParamLookup {
     this.computeKind = precision === 'bf16' ? 'param' : 'master';
     layout.params.forEach((p) => this.byName.set(p.name, p.index));
     const L = config.layers;
-    const maxLayer = (kind: StateKind) => Math.max(4096, ...layout.units.slice(0, L).map((u) => states.bufferBytes(kind, u)));
-    const globals = (kind: StateKind) => Math.max(4096, states.bufferBytes(kind, layout.units[L]!));
+    const maxLayer = (kind: StateKind) => Math.max(4096, ...layout.fetched.slice(0, L).map((u) => states.bufferBytes(kind, u)));
+    const globals = (kind: StateKind) => Math.max(4096, states.bufferBytes(kind, layout.fetched[L]!));
     this.paramPools = [new BufferPool({ bufferBytes: maxLayer(this.computeKind), count: options.maxDepth + 1 }),
       new BufferPool({ bufferBytes: globals(this.computeKind), count: 2 })];
     this.gradPools = [new BufferPool({ bufferBytes: maxLayer('grad'), count: 2 }), new BufferPool({ bufferBytes: globals('grad'), count: 1 })];
     this.zero = Array.from({ length: L + 1 }, () => true);
+    this.tiles = new TileIo(states, backend, mode, options.tileBytes);
     this.sumSquares = new Float64Array(layout.params.length);
     this.prefetch = new Prefetcher(options.maxDepth, (u) => this.tryRead(u), (l) => l.lease && this.pool(l.unit, false).release(l.lease));
     this.acts = options.actOnDisk ? new ActivationSpill(states, config.hidden, options.maxTokens, L) : null;
@@ -112,7 +118,7 @@ export class OffloadStore implements ParamSource, ParamLookup {
 
   /** Unit u's compute tensors: the read started now, into a buffer of `lease`. */
   private begin(u: number, lease: Lease | null, background: boolean): Loaded {
-    const indices = this.layout.units[u]!;
+    const indices = this.layout.fetched[u]!;
     const t0 = performance.now();
     const l: Loaded = { unit: u, lease, start: this.layout.range(this.computeKind, indices)?.start ?? 0, bytes: 0, readMs: 0, done: Promise.resolve() };
     if (lease) {
@@ -125,13 +131,13 @@ export class OffloadStore implements ParamSource, ParamLookup {
   }
 
   private async read(u: number): Promise<Loaded> {
-    const bytes = this.states.bufferBytes(this.computeKind, this.layout.units[u]!);
+    const bytes = this.states.bufferBytes(this.computeKind, this.layout.fetched[u]!);
     return this.begin(u, bytes > 0 ? await this.pool(u, false).acquire(bytes) : null, false);
   }
 
   /** A read ahead of use: only when a buffer is free now. */
   private tryRead(u: number): Loaded | null {
-    const bytes = this.states.bufferBytes(this.computeKind, this.layout.units[u]!);
+    const bytes = this.states.bufferBytes(this.computeKind, this.layout.fetched[u]!);
     if (bytes === 0) return this.begin(u, null, true);
     const lease = this.pool(u, false).tryAcquire(bytes);
     return lease ? this.begin(u, lease, true) : null;
@@ -158,7 +164,7 @@ export class OffloadStore implements ParamSource, ParamLookup {
 
   /** Unit u's gradient buffers: zeros on the step's first micro-batch, else read back. */
   private async prepareGrads(u: number): Promise<void> {
-    const indices = this.layout.units[u]!;
+    const indices = this.layout.fetched[u]!;
     const bytes = this.states.bufferBytes('grad', indices);
     const start = this.layout.range('grad', indices)?.start ?? 0;
     const lease = bytes > 0 ? await this.pool(u, true).acquire(bytes) : null;
@@ -189,6 +195,7 @@ export class OffloadStore implements ParamSource, ParamLookup {
 
   param(name: string): Tensor {
     const i = this.index(name);
+    if (this.layout.isTiled(i)) throw new Error(`${name} is computed in tiles: it has no whole tensor`);
     const h = this.held.get(this.unitOf(i));
     if (!h) throw new Error(`${name}: its unit was not prepared (prepareLayer/prepareGlobals) before the fetch`);
     let t = h.tensors.get(i);
@@ -208,6 +215,13 @@ export class OffloadStore implements ParamSource, ParamLookup {
 
   linear(base: string, backward: boolean): TrainLinear {
     const name = `${base}.weight`;
+    const i = this.index(name);
+    if (this.layout.isTiled(i)) {
+      return {
+        w: this.tiles.weight(this.computeKind, i, base), wT: backward ? this.tiles.weightT(this.computeKind, i, base) : null,
+        b: this.has(`${base}.bias`) ? this.vector(`${base}.bias`) : null,
+      };
+    }
     const p = this.param(name);
     const w = this.pack(name, false, (into) => this.backend.packWeight(p, this.mode, base, { into }));
     return {
@@ -229,6 +243,13 @@ export class OffloadStore implements ParamSource, ParamLookup {
   }
 
   private readonly packs = new Map<string, Uint8Array>();
+
+  linearGrad(name: string): F32 | TiledGrad {
+    const i = this.index(name);
+    if (!this.layout.isTiled(i)) return this.grad(name);
+    if (!this.grads.has(this.unitOf(i))) throw new Error(`${name}: its gradients were not prepared (a backward prepare) before use`);
+    return this.tiles.grad(i, this.zero[this.unitOf(i)]!);
+  }
 
   grad(name: string): F32 {
     const i = this.index(name);
@@ -288,6 +309,10 @@ export class OffloadStore implements ParamSource, ParamLookup {
     if (!g) return;
     this.grads.delete(u);
     for (const i of this.layout.units[u]!) {
+      if (this.layout.isTiled(i)) {
+        this.sumSquares[i] = this.tiles.sumSquares(i);
+        continue;
+      }
       const t = g.tensors.get(i) ?? this.states.tensor('grad', i, g.loaded.lease?.data ?? null, g.loaded.start);
       this.sumSquares[i] = this.backend.train.sumSquares(t as F32);
     }
@@ -295,7 +320,7 @@ export class OffloadStore implements ParamSource, ParamLookup {
     const lease = g.loaded.lease;
     if (!lease) return;
     const pool = this.pool(u, true);
-    const w = this.states.write('grad', this.layout.units[u]!, lease.data, 'backward').finally(() => pool.release(lease));
+    const w = this.states.write('grad', this.layout.fetched[u]!, lease.data, 'backward').finally(() => pool.release(lease));
     this.writing.set(u, w);
   }
 
@@ -323,6 +348,7 @@ export class OffloadStore implements ParamSource, ParamLookup {
   close(): void {
     for (const p of [...this.paramPools, ...this.gradPools]) p.dispose();
     this.acts?.close();
+    this.tiles.close();
     this.states.close();
     this.options.onClose?.();
   }
