@@ -113,6 +113,26 @@ describe('tierlm train --ram --disk-dir', () => {
     expect(r.peakRssBytes).toBeLessThanOrEqual(ram + RUNTIME_OVERHEAD_BYTES);
   });
 
+  // Memory-centric tiling: one layer of 8.65M parameters (fc1 and fc2 of 256 × 16384), 34.6 MB in
+  // fp32, more than half of --ram 64MiB: its MLP weights are computed in tiles, the results are
+  // those of the run in RAM, and the peak stays within the limit plus the overhead.
+  it('trains a model with one layer larger than half the RAM limit, in tiles, as in RAM', () => {
+    const m = model('opt-test', 1, { ffn_dim: 16384 });
+    const d = data();
+    const ram = 64 * MiB;
+    const tiled = tmpDir('offload-tiled');
+    const r = cliPeak(args(m, d, tiled, 2, ['--ram', '64MiB', '--disk-dir', tmpDir('offload-tiled-disk')]));
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/2 weights computed in tiles of 2\.0 MiB/);
+    const layer = (4 * 256 * 256 + 4 * 256 + 2 * 256 * 16384 + 16384 + 256 + 4 * 256) * 4;
+    expect(layer).toBeGreaterThan(ram / 2);
+    expect(r.peakRssBytes).toBeLessThanOrEqual(ram + RUNTIME_OVERHEAD_BYTES);
+    const inRam = tmpDir('offload-tiled-ram');
+    expect(cli(args(m, d, inRam, 2)).code).toBe(0);
+    expect(losses(tiled)).toEqual(losses(inRam));
+    expect(weights(tiled).equals(weights(inRam))).toBe(true);
+  });
+
   it('an offloaded run resumed from its checkpoint equals the uninterrupted run, and the run in RAM', () => {
     const m = model('opt-test', 2);
     const d = data();

@@ -53,6 +53,8 @@ export interface TrainRunOptions {
   disk?: number;
   /** Elements per optimizer sub-group streamed disk → RAM → update → disk (default: planned). */
   subGroupSize?: number;
+  /** Bytes of a weight tile: linear weights larger are computed in tiles (default: planned from ram). */
+  tileSize?: number;
   /** Percent of each state kept in RAM, six numbers: bf16 parameters, gradients, master weights,
    *  momentum, variance, activation checkpoints (default: planned from ram). */
   ramPercent?: number[];
@@ -75,7 +77,7 @@ export interface TrainRunInfo {
   offload?: { ramBytes: number; diskBytes: number; subGroupSize: number; tiledWeights: number; tileBytes: number };
 }
 
-type Optional = 'maxSteps' | 'epochs' | 'evalData' | 'threads' | 'onStart' | 'ram' | 'diskDir' | 'disk' | 'subGroupSize' | 'ramPercent';
+type Optional = 'maxSteps' | 'epochs' | 'evalData' | 'threads' | 'onStart' | 'ram' | 'diskDir' | 'disk' | 'subGroupSize' | 'ramPercent' | 'tileSize';
 export type ResolvedOptions = Required<Omit<TrainRunOptions, Optional>> & Pick<TrainRunOptions, Optional>;
 
 export const TRAIN_DEFAULTS = {
@@ -97,7 +99,7 @@ export const TRAIN_DEFAULTS = {
 };
 
 const KEYS = new Set(['model', 'data', 'out', 'maxSteps', 'epochs', 'evalData', 'threads', 'onStart', 'ram', 'diskDir', 'disk', 'subGroupSize',
-  'ramPercent', ...Object.keys(TRAIN_DEFAULTS)]);
+  'ramPercent', 'tileSize', ...Object.keys(TRAIN_DEFAULTS)]);
 
 /** Fills defaults and checks every value; unknown keys are a TypeError naming them. */
 export function resolveOptions(o: TrainRunOptions): ResolvedOptions {
@@ -127,6 +129,8 @@ export function resolveOptions(o: TrainRunOptions): ResolvedOptions {
   int('ram', 1);
   int('disk', 1);
   int('subGroupSize', 1);
+  int('tileSize', 4096);
+  if (r.tileSize !== undefined && r.ram === undefined) throw new RangeError('tileSize needs ram and diskDir (tiles are how an offloaded run fits a large weight)');
   if ((r.ram === undefined) !== (r.diskDir === undefined)) throw new RangeError('ram and diskDir go together: the states offloaded under the RAM limit need a disk tier');
   if (r.diskDir !== undefined && (typeof r.diskDir !== 'string' || r.diskDir === '')) throw new TypeError('diskDir must be a path (a non-empty string)');
   if (r.ramPercent !== undefined) {

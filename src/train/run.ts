@@ -159,7 +159,7 @@ function offloadOptions(o: ResolvedOptions): OffloadOptions | undefined {
   if (o.ram === undefined || o.diskDir === undefined) return undefined;
   const p = o.ramPercent;
   return {
-    ram: o.ram, diskDir: o.diskDir, disk: o.disk, subGroupSize: o.subGroupSize, maxTokens: o.batchSize * o.seqLen,
+    ram: o.ram, diskDir: o.diskDir, disk: o.disk, subGroupSize: o.subGroupSize, tileSize: o.tileSize, maxTokens: o.batchSize * o.seqLen,
     shares: p ? { param: p[0]! / 100, grad: p[1]! / 100, master: p[2]! / 100, m: p[3]! / 100, v: p[4]! / 100, act: p[5]! / 100 } : undefined,
   };
 }
