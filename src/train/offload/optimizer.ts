@@ -116,7 +116,11 @@ export class StreamingAdamW {
     const written = store.layout.kinds.filter((k) => k !== 'grad');
     const reads: Promise<void>[] = [];
     const writes: Promise<void>[] = [];
-    const all = (ps: Promise<void>[]) => Promise.all(ps).then(() => {});
+    const all = (ps: Promise<void>[]) => {
+      const p = Promise.all(ps).then(() => {});
+      p.catch(() => {});  // awaited below (IoCounter.track)
+      return p;
+    };
     const read = (g: number) => all(READ.map((k) => this.transfer('read', k, this.groups[g]!, slots[g % 3]![k])));
     try {
       if (this.groups.length > 0) reads[0] = read(0);

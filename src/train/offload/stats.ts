@@ -30,11 +30,16 @@ export class IoCounter {
   private intervals: Record<string, [number, number][]> = {};
   private waits: Record<string, number> = {};
 
+  /** Counts a transfer. The promise returned is marked handled: a transfer read ahead or written
+   *  behind may fail before anyone awaits it, and its error must reach that await (an I/O error
+   *  naming the file), not end the process as an unhandled rejection. */
   track(phase: string, kind: string, dir: 'read' | 'write', bytes: number, p: Promise<void>): Promise<void> {
     const t0 = performance.now();
     const tally = dir === 'read' ? this.read : this.written;
     tally[kind] = (tally[kind] ?? 0) + bytes;
-    return p.finally(() => (this.intervals[phase] ??= []).push([t0, performance.now()]));
+    const out = p.finally(() => (this.intervals[phase] ??= []).push([t0, performance.now()]));
+    out.catch(() => {});
+    return out;
   }
 
   /** Awaits p, counting the time as the compute waiting in `phase`. */

@@ -126,6 +126,7 @@ export class OffloadStore implements ParamSource, ParamLookup {
       l.done = this.states.read(this.computeKind, indices, lease.data, this.phase, background).then(() => {
         l.readMs = performance.now() - t0;
       });
+      l.done.catch(() => {});  // awaited by prepare() or drop(); see IoCounter.track
     }
     return l;
   }
@@ -321,6 +322,7 @@ export class OffloadStore implements ParamSource, ParamLookup {
     if (!lease) return;
     const pool = this.pool(u, true);
     const w = this.states.write('grad', this.layout.fetched[u]!, lease.data, 'backward').finally(() => pool.release(lease));
+    w.catch(() => {});  // awaited by a later read of the unit's gradients, or quiesce()
     this.writing.set(u, w);
   }
 
