@@ -61,6 +61,6 @@ try {
   if (args.includes('--json')) console.log(JSON.stringify(out));
   else console.log(out);
 } finally {
-  trainer.close();
+  await trainer.close();
   fs.rmSync(diskDir, { recursive: true, force: true });
 }

@@ -40,12 +40,14 @@ async function run(dir: string, o: TrainerOptions, steps: { tokenIds: number[] }
       const m = await t.step(b);
       losses.push(m.loss);
       norms.push(m.gradNorm);
+      // An evaluation between steps: its own pass (and prefetch trace) over the same states.
+      losses.push((await t.evaluate(b[0]!)).loss);
     }
     const file = path.join(tmpDir('offload-out'), 'w.safetensors');
     t.saveParams(file);
     return { losses, norms, weights: readAll(file) };
   } finally {
-    t.close();
+    await t.close();
   }
 }
 
@@ -78,7 +80,7 @@ describe('offloaded training equals training in RAM, bit for bit', () => {
       const o = { precision, offload: { ram: 256 * MiB, diskDir: tmpDir('offload-disk'), shares, maxTokens: 32, tileSize: 48 << 10 } };
       const t = await openTrainer(dir, o);
       expect(t.offloadPlacement()!.tiledWeights).toBeGreaterThanOrEqual(6);
-      t.close();
+      await t.close();
       expectSame(ram, await run(dir, o, steps));
     }
   });
@@ -173,7 +175,7 @@ describe('the offloaded step cost model', () => {
       expect(p.seconds).toBeCloseTo(Math.max(p.computeSeconds, p.passIoSeconds) + p.optimizerSeconds, 12);
       expect(['compute', 'disk (forward/backward)', 'disk (optimizer)']).toContain(p.bound);
     } finally {
-      t.close();
+      await t.close();
     }
   });
 });

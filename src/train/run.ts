@@ -75,7 +75,7 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
   try {
     yield* runSteps(trainer, o, data, evalData, totalSteps, math, existing);
   } finally {
-    trainer.close();
+    await trainer.close();
   }
 }
 

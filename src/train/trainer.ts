@@ -229,9 +229,9 @@ export class Trainer {
     };
   }
 
-  /** Removes an offloaded run's state files (a no-op in RAM). */
-  close(): void {
-    this.offloaded?.store.close();
+  /** Removes an offloaded run's state files, once its transfers are done (a no-op in RAM). */
+  async close(): Promise<void> {
+    await this.offloaded?.store.close();
   }
 
   /** Writes the current weights (the fp32 masters, rounded to `dtype`) to a safetensors file under

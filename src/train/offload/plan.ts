@@ -76,7 +76,9 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
     { what: 'gradient buffers', ram: 2 * layerMax('grad') + unitBytes(L, 'grad'), disk: 0 },
     { what: 'packed weights', ram: packs, disk: 0 },
     { what: 'optimizer sub-group buffers (three)', ram: subGroupBytes, disk: 0 },
-    { what: 'activations and gradients of one layer, head, logits', ram: perToken * t + gemm, disk: 0 },
+    // Without activation checkpointing every layer keeps its whole tape (half of perToken).
+    { what: o.checkpointActivations ? 'activations and gradients of one layer, head, logits' : 'every layer\'s activations, gradients, head, logits',
+      ram: perToken * t * (o.checkpointActivations ? 1 : (L + 1) / 2) + gemm, disk: 0 },
     // Chunk buffers, staging and the f32 chunk of a state read from disk.
     { what: 'checkpoint save and resume', ram: TENSOR_FILE_RAM_BYTES + TENSOR_FILE_RAM_BYTES / 4, disk: 0 },
     // A raw tile, its two packings (W, Wᵀ) and a gradient tile, in f32 at most, and dy's columns.

@@ -339,15 +339,25 @@ export class OffloadStore implements ParamSource, ParamLookup {
    *  change): before the optimizer step. */
   async quiesce(): Promise<void> {
     await this.prefetch.drop();
-    await Promise.all(this.writing.values());
+    const writes = [...this.writing.values()];
     this.writing.clear();
+    await Promise.all(writes);
   }
 
   stats(): OffloadStepStats {
     return this.states.io.take({ prefetchDepth: this.prefetch.depth, traces: this.prefetch.traces });
   }
 
-  close(): void {
+  /** Waits for what is in flight, then releases the buffers and closes the files. */
+  async close(): Promise<void> {
+    // After a failed step (an I/O error) units may still be held and transfers may have failed:
+    // their error was reported where it happened, so close only waits and lets go.
+    await this.quiesce().catch(() => {});
+    for (const u of [...this.held.keys()]) this.release(u);
+    for (const [u, g] of [...this.grads]) {
+      this.grads.delete(u);
+      if (g.loaded.lease) this.pool(u, true).release(g.loaded.lease);
+    }
     for (const p of [...this.paramPools, ...this.gradPools]) p.dispose();
     this.acts?.close();
     this.tiles.close();
