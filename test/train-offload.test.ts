@@ -2,13 +2,15 @@
 // disk, give the same losses and the same final weights, bit for bit, as the same run in RAM —
 // fp32 and bf16, an OPT and a Llama model made here, with gradient accumulation (gradients read
 // back from disk) and activation checkpoints on disk; and through `tierlm train --ram`: peak RSS
-// within the limit on a state over 4× it, and a resumed offloaded run equal to an uninterrupted one.
+// within the limit on a state over 4× it, and a resumed offloaded run equal to an uninterrupted one;
+// a layer larger than half the limit computed in tiles; the cost model's bytes; I/O faults.
 import fs from 'node:fs';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { initModel } from '../src/models/init.js';
 import { RUNTIME_OVERHEAD_BYTES } from '../src/policy/memory.js';
 import { loadProfile } from '../src/policy/profile.js';
+import { DirectFile } from '../src/tensor/disk/io.js';
 import { type TrainerOptions, openTrainer } from '../src/train/index.js';
 import { cli, cliPeak } from './helpers/cli.js';
 import { readJsonl, tmpDir } from './helpers/fixtures.js';
@@ -178,4 +180,55 @@ describe('the offloaded step cost model', () => {
       await t.close();
     }
   });
+});
+
+describe('I/O faults in an offloaded step', () => {
+  afterEach(() => vi.restoreAllMocks());
+  const faults = [
+    { name: 'EIO on a read', op: 'read' as const, code: 'EIO' },
+    { name: 'ENOSPC on a write', op: 'write' as const, code: 'ENOSPC' },
+  ];
+  /** Counts DirectFile transfers; the `failAt`-th of `op` fails (others are held back 2 ms, so
+   *  that the fault lands while its siblings are in flight). */
+  function inject(op: 'read' | 'write' | null, code: string, failAt: number) {
+    const counts = { read: 0, write: 0 };
+    for (const o of ['read', 'write'] as const) {
+      const real = DirectFile.prototype[o];
+      vi.spyOn(DirectFile.prototype, o).mockImplementation(function (this: DirectFile, buf: ArrayBufferView, offset: number, options) {
+        if (o === op && ++counts[o] === failAt) return Promise.reject(Object.assign(new Error(`${code}: injected, ${o} ${this.path} at offset ${offset}`), { code }));
+        if (o !== op) counts[o]++;
+        return new Promise((resolve) => setTimeout(resolve, 2)).then(() => real.call(this, buf, offset, options));
+      });
+    }
+    return counts;
+  }
+
+  for (const fault of faults) {
+    it(`${fault.name}: the step fails with the original error, close() cleans up`, async () => {
+      const dir = model('opt-test', 2);
+      const steps = batches(2, 300, 4);
+      const diskDir = tmpDir('offload-fault');
+      const o = { lr: 1e-3, threads: 1, offload: { ram: 256 * MiB, diskDir, shares: none, maxTokens: 32 } };
+      const clean = await openTrainer(dir, o);
+      const counts = inject(null, '', 0);
+      for (const b of steps) await clean.step(b);
+      await clean.close();
+      vi.restoreAllMocks();
+      // Early (forward, first step), middle and late (the second step's optimizer).
+      for (const at of [0.2, 0.6, 0.95]) {
+        const t = await openTrainer(dir, o);
+        inject(fault.op, fault.code, Math.ceil(counts[fault.op] * at));
+        let failure: (Error & { code?: string }) | null = null;
+        for (const b of steps) {
+          failure = await t.step(b).then(() => null, (e: Error) => e);
+          if (failure) break;
+        }
+        expect(failure?.code, `at ${at}`).toBe(fault.code);
+        expect(failure?.message).toMatch(/injected/);
+        await t.close();
+        vi.restoreAllMocks();
+        expect(fs.readdirSync(diskDir)).toEqual([]);
+      }
+    });
+  }
 });

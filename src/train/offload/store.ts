@@ -147,7 +147,12 @@ export class OffloadStore implements ParamSource, ParamLookup {
   private async prepare(u: number, backward: boolean): Promise<void> {
     this.phase = backward ? 'backward' : 'forward';
     const loaded = this.prefetch.take(u, backward) ?? await this.read(u);
-    await this.states.io.wait(this.phase, loaded.done);
+    try {
+      await this.states.io.wait(this.phase, loaded.done);
+    } catch (e) {
+      if (loaded.lease) this.pool(u, false).release(loaded.lease);
+      throw e;
+    }
     this.prefetch.sample(loaded);
     this.held.set(u, { params: loaded, tensors: new Map(), f32: new Map() });
     if (backward) await this.prepareGrads(u);
@@ -172,8 +177,13 @@ export class OffloadStore implements ParamSource, ParamLookup {
     const loaded: Loaded = { unit: u, lease, start, bytes, readMs: 0, done: Promise.resolve() };
     if (lease && this.zero[u]) lease.data.fill(0, 0, bytes);
     else if (lease) {
-      await this.writing.get(u);
-      await this.states.io.wait('backward', this.states.read('grad', indices, lease.data, 'backward'));
+      try {
+        await this.writing.get(u);
+        await this.states.io.wait('backward', this.states.read('grad', indices, lease.data, 'backward'));
+      } catch (e) {
+        this.pool(u, true).release(lease);
+        throw e;
+      }
     }
     this.grads.set(u, { loaded, tensors: new Map() });
   }
