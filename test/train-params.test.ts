@@ -123,13 +123,13 @@ describe('ParamSource: parameters and gradients only between fetch and release',
     ['opt-350m-style', path.join(fixturesDir, 'opt-350m-style')], ['qwen2-tiny', path.join(fixturesDir, 'qwen2-tiny')]];
   for (const [name, dir] of cases) {
     for (const checkpoint of [true, false]) {
-      it(`${name}, checkpointing ${checkpoint ? 'on' : 'off'}`, () => {
+      it(`${name}, checkpointing ${checkpoint ? 'on' : 'off'}`, async () => {
         const plain = open(dir), wrapped = open(dir);
         const source = new PoisoningSource(wrapped);
         const batch = packMicroBatch(fixtureBatch().map((s) => ({ ...s, tokenIds: s.tokenIds.map((id) => id % plain.config.vocabSize) })),
           plain.config.vocabSize, plain.config.maxPositions);
-        const a = new TrainModel(plain, b, checkpoint).lossAndGrad(batch, 1 / batch.count);
-        const w = new TrainModel(source, b, checkpoint).lossAndGrad(batch, 1 / batch.count);
+        const a = await new TrainModel(plain, b, checkpoint).lossAndGrad(batch, 1 / batch.count);
+        const w = await new TrainModel(source, b, checkpoint).lossAndGrad(batch, 1 / batch.count);
         expect(w).toEqual(a);
         plain.states.forEach((s, i) => expect(wrapped.states[i]!.grad.data, s.name).toEqual(s.grad.data));
         // Every layer: fetched for the forward, fetched again with its transposes for the backward.

@@ -2,6 +2,7 @@
 // throws a TypeError or RangeError naming the argument at fault, so nothing malformed reaches a
 // kernel. Ops take an optional `out`; when it is omitted a new tensor is returned.
 
+import { TiledWeight } from './tiled.js';
 import { type FloatDType, isFloatDType } from '../tensor/dtype.js';
 import { copyStrided } from '../tensor/copy.js';
 import { Tensor, shapeString } from '../tensor/tensor.js';
@@ -45,6 +46,7 @@ export class RowSplitWeight {
 }
 
 export type AnyWeight = PackedWeight | RowSplitWeight;
+export { TiledGrad, TiledWeight } from './tiled.js';
 
 /** Output elements one piece of a RowSplitWeight product may hold at once (16 MiB): prefill
  *  multiplies thousands of rows, and a whole [rows, n] scratch for a wide MLP weight (470 MB at
@@ -110,11 +112,13 @@ export class Backend {
 
   /** Wᵀ of a row-major w [n, k], packed as a weight of k rows over n inputs, for the linear
    *  layer's input gradient: matmul(dy [.., n], packWeightT(w)) = dy · W. Float formats only. */
-  packWeightT(w: Tensor, mode: ComputeMode, name = 'weight'): PackedWeight {
+  packWeightT(w: Tensor, mode: ComputeMode, name = 'weight', opts?: { into?: Uint8Array }): PackedWeight {
     const op = `packWeightT(${name})`;
     const [n, k, dtype] = checkWeight(op, w, mode);
     const format = weightFormatFor(dtype, mode);
-    const dst = new Uint8Array(this.kernels.packedByteLength(format, k, n));
+    const bytes = this.kernels.packedByteLength(format, k, n);
+    if (opts?.into && opts.into.byteLength < bytes) fail(op, `the buffer to pack into holds ${opts.into.byteLength} bytes, needs ${bytes}`);
+    const dst = opts?.into ? opts.into.subarray(0, bytes) : new Uint8Array(bytes);
     this.kernels.packWeightT(w.data as Float32Array | Uint16Array, dtype, n, k, format, dst);
     return new PackedWeight(this.name, format, mode, k, n, dst, `${name}ᵀ`);
   }
@@ -151,10 +155,10 @@ export class Backend {
     return this.kernels.packedRowBlock(format);
   }
 
-  private checkMatmul(x: F32, w: AnyWeight, bias: F32 | null, out: F32 | undefined): [number, F32] {
+  private checkMatmul(x: F32, w: AnyWeight | TiledWeight, bias: F32 | null, out: F32 | undefined): [number, F32] {
     const op = `matmul(${w?.name ?? 'weight'})`;
     expectF32(op, 'x', x);
-    if (!(w instanceof PackedWeight) && !(w instanceof RowSplitWeight)) throw new TypeError(`${op}: w must be a PackedWeight`);
+    if (!(w instanceof PackedWeight) && !(w instanceof RowSplitWeight) && !(w instanceof TiledWeight)) throw new TypeError(`${op}: w must be a PackedWeight`);
     if (w.backend !== this.name) fail(op, `weight was packed by backend '${w.backend}', not '${this.name}'`);
     const [m, k] = rowsCols(x);
     if (k !== w.k) fail(op, `x has ${k} features per row, weight expects ${w.k}`);
@@ -166,14 +170,14 @@ export class Backend {
   }
 
   /** y = x · Wᵀ + bias, over the last dimension of x. */
-  matmul(x: F32, w: AnyWeight, bias: F32 | null = null, out?: F32): F32 {
+  matmul(x: F32, w: AnyWeight | TiledWeight, bias: F32 | null = null, out?: F32): F32 {
     const [m, y] = this.checkMatmul(x, w, bias, out);
     if (w instanceof PackedWeight) {
       this.kernels.matmul(x.data, m, w.k, w.data, w.format, w.n, bias?.data ?? null, y.data, w.mode);
       return y;
     }
     let col = 0;
-    for (const p of w.parts) {
+    for (const p of w instanceof TiledWeight ? w.parts() : w.parts) {
       const pb = bias?.data.subarray(col, col + p.n) ?? null;
       for (const [r0, r1] of rowChunks(m, p.n)) {
         const part = this.partOutput(r1 - r0, p.n);

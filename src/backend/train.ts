@@ -6,6 +6,7 @@
 
 import { Tensor } from '../tensor/tensor.js';
 import type { Backend, PackedWeight } from './backend.js';
+import { TiledGrad } from './tiled.js';
 import { checkPair, checkQkv, checkRope, checkSeqStarts, expectF32, expectFinite, expectRank, expectShape, fail, outOr, rowsCols } from './check.js';
 import type { ComputeMode, Kernels } from './kernels.js';
 import { type AdamWHyper, IGNORE_INDEX } from './kernels-train.js';
@@ -34,7 +35,19 @@ export class TrainOps {
 
   /** dw[n,k] += dyᵀ · x for y = x · Wᵀ: dy [.., n] and x [.., k] over the same rows. The input
    *  gradient dx = dy · W is backend.matmul(dy, backend.packWeightT(W)). */
-  linearGradWeight(dy: F32, x: F32, dw: F32, mode: ComputeMode = 'fp32'): void {
+  linearGradWeight(dy: F32, x: F32, dw: F32 | TiledGrad, mode: ComputeMode = 'fp32'): void {
+    if (dw instanceof TiledGrad) {
+      // Row tile [r0, r1) of dW takes columns [r0, r1) of dy: each dW row is its own sum over the
+      // rows of dy and x, so the tiles give exactly the whole product.
+      const [m, n] = rowsCols(dy);
+      if (n !== dw.n) fail('linearGradWeight', `dy has ${n} columns, the tiled dw ${dw.n} rows`);
+      for (const { r0, r1, dw: tile } of dw.tiles()) {
+        const cols = new Tensor('f32', [m, r1 - r0], new Float32Array(m * (r1 - r0)));
+        for (let i = 0; i < m; i++) cols.data.set(dy.data.subarray(i * n + r0, i * n + r1), i * (r1 - r0));
+        this.linearGradWeight(cols, x, tile, mode);
+      }
+      return;
+    }
     const [m, n, k] = this.checkGradWeight(dy, x, dw, mode);
     this.kernels.matmulGradWeight(dy.data, x.data, m, n, k, dw.data, mode);
   }

@@ -2,9 +2,13 @@
 // src/train/run.ts, which the API exports; this parses flags and reports.
 import path from 'node:path';
 import type { Command } from 'commander';
+import { UserError } from '../util/errors.js';
+import { formatSize } from '../tensor/tiers/size.js';
 import { train } from '../train/run.js';
 import { TRAIN_DEFAULTS as D, type TrainRunOptions } from '../train/run-options.js';
 import { int, oneOf, rule } from './parse.js';
+import { diskDir } from './paths.js';
+import { sizeOption } from './policy-options.js';
 import { StepProgress } from './progress.js';
 import { worldComm } from '../dist/comm.js';
 import { abortOnError } from './abort.js';
@@ -35,13 +39,26 @@ export function addTrainCommand(program: Command): void {
     .option('--eval-every <n>', 'evaluate every n steps (0 = after the last step only)', int('--eval-every', 0), D.evalEvery)
     .option('--threads <n>', 'compute threads (default: all cores)', int('--threads', 1))
     .option('--no-checkpoint-activations', 'keep every layer\'s activations instead of recomputing them in backward (faster, more memory)')
-    .action(async (o: Omit<TrainRunOptions, 'onStart'>) => {
+    .option('--ram <size>', 'RAM limit, a hard limit: the model states go on RAM and disk under it (needs --disk-dir; a size needs a unit: 4GiB)', sizeOption('--ram'))
+    .option('--disk-dir <dir>', 'directory of the disk tier for the offloaded states (must exist and be writable)')
+    .option('--disk <size>', 'disk tier capacity, with a unit', sizeOption('--disk'))
+    .option('--sub-group-size <n>', 'parameters per optimizer sub-group streamed disk → RAM → update → disk (default: planned from --ram)', int('--sub-group-size', 1))
+    .option('--tile-size <size>', 'weight tile, with a unit: linear weights larger are computed in tiles read in turn (default: planned from --ram)', sizeOption('--tile-size'))
+    .option('--ram-percent <n...>', 'six percents kept in RAM: bf16 parameters, gradients, master weights, momentum, variance, activation checkpoints (default: planned from --ram)')
+    .action(async (o: Omit<TrainRunOptions, 'onStart' | 'ramPercent'> & { ramPercent?: string[] }) => {
+      if (o.diskDir !== undefined) diskDir(o.diskDir);
       // Under mpirun (src/dist): an error on one rank ends every rank, and the last rank to finish
       // leaves MPI; rank 0 alone reports progress.
       const comm = worldComm();
-      await abortOnError(comm, () => runTrain(o, comm.rank === 0));
+      await abortOnError(comm, () => runTrain({ ...o, ramPercent: o.ramPercent?.map((x) => percent(x)) }, comm.rank === 0));
       comm.finalize();
     });
+}
+
+function percent(x: string): number {
+  const v = Number(x);
+  if (x.trim() === '' || !Number.isFinite(v) || v < 0 || v > 100) throw new UserError(`--ram-percent takes six numbers in [0, 100], got "${x}"`);
+  return v;
 }
 
 async function runTrain(o: Omit<TrainRunOptions, 'onStart'>, report: boolean): Promise<void> {
@@ -58,6 +75,10 @@ async function runTrain(o: Omit<TrainRunOptions, 'onStart'>, report: boolean): P
         for (const s of info.skipped) err(`skipped ${s}`);
         const from = info.resumedFrom ? `resuming from ${info.resumedFrom}, ` : '';
         err(`training ${(info.parameters / 1e6).toFixed(1)}M parameters on ${info.sequences} sequences (${info.tokens} tokens): ${from}steps ${info.startStep + 1}..${info.totalSteps}`);
+        if (info.offload) {
+          err(`model states: ${formatSize(info.offload.ramBytes)} in RAM, ${formatSize(info.offload.diskBytes)} on disk; optimizer sub-groups of ${info.offload.subGroupSize} parameters` +
+            (info.offload.tiledWeights > 0 ? `; ${info.offload.tiledWeights} weights computed in tiles of ${formatSize(info.offload.tileBytes)}` : ''));
+        }
         if (report) progress = new StepProgress(info.startStep);
       },
     })) {

@@ -17,6 +17,8 @@ export interface InitOptions {
   dtype?: FloatDType;
   layers?: number;
   seed?: number;
+  /** config.json fields replacing the preset's (e.g. a smaller vocab_size for a test). */
+  overrides?: Record<string, unknown>;
 }
 
 const TORCH_DTYPE: Record<FloatDType, string> = { f32: 'float32', f16: 'float16', bf16: 'bfloat16' };
@@ -27,6 +29,7 @@ export function initModel(o: InitOptions): { bytes: number; tensors: number } {
   const dtype = o.dtype ?? 'f16';
   const json = preset();
   if (o.layers !== undefined) json.num_hidden_layers = o.layers;
+  Object.assign(json, o.overrides ?? {});
   json.torch_dtype = TORCH_DTYPE[dtype];
   fs.mkdirSync(o.out, { recursive: true });
   const configFile = path.join(o.out, 'config.json');

@@ -54,7 +54,19 @@ export class AdamW {
 
   /** One optimizer step at learning rate `lr` (default: the constructor's). */
   update(lr = this.opts.lr): StepResult {
-    const gradNorm = this.gradNorm();
+    const { hyper, ...result } = this.begin(lr, this.gradNorm());
+    for (const p of this.params) {
+      // bf16 precision: the bf16 parameter is rewritten from the new master in the same pass.
+      const copy = p.param.dtype === 'bf16' ? (p.param as Tensor<'bf16'>) : null;
+      this.backend.train.adamw(p.grad, p.master, p.m, p.v, copy, hyper);
+    }
+    return result;
+  }
+
+  /** Counts a step and gives its fused-update parameters from the global gradient norm: for
+   *  update() above, and for an optimizer that streams the states (src/train/offload) and applies
+   *  Kernels.adamw to them piece by piece with the same parameters. */
+  begin(lr: number, gradNorm: number): StepResult & { hyper: AdamWHyper } {
     const max = this.opts.maxGradNorm;
     // PyTorch: clip_coef = max_norm / (total_norm + 1e-6), applied when below 1.
     const clipCoef = max > 0 ? Math.min(1, max / (gradNorm + 1e-6)) : 1;
@@ -63,12 +75,7 @@ export class AdamW {
       lr, beta1: this.opts.betas[0], beta2: this.opts.betas[1], eps: this.opts.eps, weightDecay: this.opts.weightDecay,
       gradScale: clipCoef, step: this.step,
     };
-    for (const p of this.params) {
-      // bf16 precision: the bf16 parameter is rewritten from the new master in the same pass.
-      const copy = p.param.dtype === 'bf16' ? (p.param as Tensor<'bf16'>) : null;
-      this.backend.train.adamw(p.grad, p.master, p.m, p.v, copy, hyper);
-    }
-    return { gradNorm, clipCoef };
+    return { gradNorm, clipCoef, hyper };
   }
 
   /** Clears every gradient (before a step's first micro-batch). */

@@ -15,7 +15,7 @@ import path from 'node:path';
 import { UserError } from '../util/errors.js';
 import { fsyncPath } from '../util/atomic.js';
 import { type Weight, writeModelFiles } from './model-writer.js';
-import { STATE_DIR, type StateAlloc, type TrainingState, readTrainingState, writeTrainingState } from './training-state.js';
+import { type F32Source, STATE_DIR, type StateAlloc, type TrainingState, readTrainingState, writeTrainingState } from './training-state.js';
 
 export const LATEST = 'latest';
 const NAME = /^checkpoint-(\d+)(?:-(\d+))?$/;
@@ -28,7 +28,7 @@ export interface SaveOptions {
 
 /** Saves `state` (its master weights as the model, in the dtype of the model in `modelDir`)
  *  as OUT/checkpoint-<step> and points OUT/latest at it; returns the checkpoint's directory. */
-export async function saveCheckpoint(outDir: string, modelDir: string, state: TrainingState, o: SaveOptions = {}): Promise<string> {
+export async function saveCheckpoint(outDir: string, modelDir: string, state: TrainingState<F32Source>, o: SaveOptions = {}): Promise<string> {
   const keep = keepCount(o);
   const { name, tmp } = startSave(outDir, state.step);
   const weights = new Map<string, Weight>([...state.tensors].map(([n, p]) => [n, { shape: p.shape, data: p.master }]));
@@ -54,7 +54,7 @@ export function startSave(outDir: string, step: number): { name: string; tmp: st
 }
 
 /** Writes the model files and the training state into `tmp`, fsynced (removing tmp on failure). */
-export async function writeCheckpointFiles(tmp: string, modelDir: string, weights: Map<string, Weight>, state: TrainingState): Promise<void> {
+export async function writeCheckpointFiles(tmp: string, modelDir: string, weights: Map<string, Weight>, state: TrainingState<F32Source>): Promise<void> {
   try {
     await writeModelFiles(tmp, modelDir, weights);
     await pauseForTest('model');

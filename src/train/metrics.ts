@@ -23,6 +23,12 @@ export interface StepMetrics {
   tokensPerSecond: number;
   /** Present on the steps after which the eval data was run; perplexity is exp(evalLoss). */
   evalLoss?: number;
+  /** Offloaded runs: disk traffic and the share of I/O time hidden under compute. */
+  offload?: {
+    read: Record<string, number>;
+    written: Record<string, number>;
+    phases: Record<string, { hidden: number }>;
+  };
 }
 
 export class MetricsWriter {
@@ -57,6 +63,12 @@ export class MetricsWriter {
     if (m.evalLoss !== undefined) {
       line.eval_loss = m.evalLoss;
       line.eval_perplexity = Math.exp(m.evalLoss);
+    }
+    if (m.offload) {
+      const sum = (r: Record<string, number>) => Object.values(r).reduce((a, b) => a + b, 0);
+      line.disk_read_bytes = sum(m.offload.read);
+      line.disk_written_bytes = sum(m.offload.written);
+      for (const [phase, p] of Object.entries(m.offload.phases)) line[`io_hidden_${phase}`] = p.hidden;
     }
     // Non-finite numbers are written as null (JSON has no NaN).
     fs.writeSync(this.fd, JSON.stringify(line) + '\n');

@@ -12,14 +12,15 @@ import { type FloatDType, narrowInto } from '../tensor/dtype.js';
 import { ModelFileError } from '../util/errors.js';
 import { fsyncPath } from '../util/atomic.js';
 import { type TensorProducer, writeTensorFile } from './tensor-file.js';
+import { type F32Source, f32Chunk } from './training-state.js';
 
 /** Files copied from the source model directory when present. */
 export const MODEL_SIDE_FILES = ['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json'];
 
 export interface Weight {
   shape: number[];
-  /** fp32 master weight. */
-  data: Float32Array;
+  /** fp32 master weight (in RAM, or pulled chunk by chunk). */
+  data: F32Source;
 }
 
 const TORCH_DTYPES: Record<string, FloatDType> = { float32: 'f32', float16: 'f16', bfloat16: 'bf16' };
@@ -85,11 +86,12 @@ function modelEntries(sourceDir: string, weights: Map<string, Weight>): { name: 
 }
 
 /** Converts src[offset ..] into dst's bytes, rounding to nearest even. */
-export function narrow(dtype: FloatDType, src: Float32Array, offset: number, dst: Uint8Array): void {
+export function narrow(dtype: FloatDType, src: F32Source, offset: number, dst: Uint8Array): void {
   if (dtype === 'f32') {
-    dst.set(new Uint8Array(src.buffer, src.byteOffset + offset * 4, dst.byteLength));
+    const c = f32Chunk(src, offset, dst.byteLength / 4);
+    dst.set(new Uint8Array(c.buffer, c.byteOffset, dst.byteLength));
     return;
   }
   const out = new Uint16Array(dst.buffer, dst.byteOffset, dst.byteLength / 2);
-  narrowInto(dtype, src.subarray(offset, offset + out.length), out);
+  narrowInto(dtype, f32Chunk(src, offset, out.length), out);
 }

@@ -50,44 +50,54 @@ export class TrainModel {
    * Forward and backward over one micro-batch: adds scale · ∂(Σ losses)/∂θ into the source's
    * gradient buffers (scale = 1 / the step's total target count gives the step's mean loss).
    */
-  lossAndGrad(batch: MicroBatch, scale: number): LossSum {
+  async lossAndGrad(batch: MicroBatch, scale: number): Promise<LossSum> {
     const c = this.source.config;
-    const gp = this.source.fetchGlobals(true);
-    const gg = this.source.globalGrads();
+    const src = this.source;
+    // A source that takes the kept inputs off RAM (activation checkpoints on disk): the model
+    // then needs only two input slots, used in turn.
+    const away = this.checkpoint && src.keepInput !== undefined && src.recallInput !== undefined;
+    await src.prepareGlobals?.(true);
+    const gp = src.fetchGlobals(true);
+    const gg = src.globalGrads();
     let x = this.embed(gp, batch);
     const kept: (LayerTape | F32)[] = [];
     for (let j = 0; j < c.layers; j++) {
-      const p = this.source.fetchLayer(j, false);
+      await src.prepareLayer?.(j, false);
+      const p = src.fetchLayer(j, false);
+      if (away) await src.keepInput!(j, x);
       const tape = this.layer.forward(p, x, batch, this.tapes[this.checkpoint ? 0 : j]!);
-      this.source.releaseLayer(j);
+      src.releaseLayer(j);
       kept.push(this.checkpoint ? x : tape);
       x = tape.mlp.out;
       // The shared tape is overwritten by the next layer: keep the output as that layer's input.
-      if (this.checkpoint) x = this.copy(x, `in${j + 1}`);
+      if (this.checkpoint) x = this.copy(x, away ? `in${(j + 1) % 2}` : `in${j + 1}`);
     }
     const { loss, count, dx } = this.head(gp, gg, x, batch, scale);
     let dOut = dx;
     for (let j = c.layers - 1; j >= 0; j--) {
-      const p = this.source.fetchLayer(j, true);
-      const g = this.source.layerGrads(j);
-      const k = kept[j]!;
+      await src.prepareLayer?.(j, true);
+      const k = away ? await src.recallInput!(j, this.globals.get('recalled', x.shape)) : kept[j]!;
+      const p = src.fetchLayer(j, true);
+      const g = src.layerGrads(j);
       const tape = k instanceof Tensor ? this.layer.forward(p, k, batch, this.tapes[0]!) : k;
       dOut = this.layer.backward(p, g, tape, batch, dOut, this.grads.get(`d${j % 2}`, dOut.shape));
-      this.source.releaseLayerGrads(j);
-      this.source.releaseLayer(j);
+      src.releaseLayerGrads(j);
+      src.releaseLayer(j);
     }
     this.embedBackward(gp, gg, batch, dOut);
-    this.source.releaseGlobalGrads();
-    this.source.releaseGlobals();
+    src.releaseGlobalGrads();
+    src.releaseGlobals();
     return { loss, count };
   }
 
   /** The loss alone (no gradient): for evaluation. */
-  loss(batch: MicroBatch): LossSum {
+  async loss(batch: MicroBatch): Promise<LossSum> {
     const c = this.source.config;
+    await this.source.prepareGlobals?.(false);
     const gp = this.source.fetchGlobals(false);
     let x = this.embed(gp, batch);
     for (let j = 0; j < c.layers; j++) {
+      await this.source.prepareLayer?.(j, false);
       const p = this.source.fetchLayer(j, false);
       x = this.copy(this.layer.forward(p, x, batch, this.tapes[0]!).mlp.out, `in${(j + 1) % 2}`);
       this.source.releaseLayer(j);

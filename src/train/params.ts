@@ -7,7 +7,8 @@
 // disk or gathers them across ranks, and writes or reduces gradients on release, fits behind the
 // same interface without touching the layer code (ZeRO-3 / ZeRO-Infinity's parameter hooks).
 
-import type { Backend, ComputeMode, PackedWeight } from '../backend/index.js';
+import { type Backend, type ComputeMode, PackedWeight } from '../backend/index.js';
+import type { TiledGrad, TiledWeight } from '../backend/tiled.js';
 import type { ModelConfig } from '../models/config.js';
 import type { NormGrad } from '../models/ops.js';
 import type { Norm } from '../models/weights.js';
@@ -23,13 +24,20 @@ type F32 = Tensor<'f32'>;
 /** A linear layer's weight W [out, in] packed for y = x·Wᵀ, and (for backward) Wᵀ packed for
  *  dx = dy·W; bias [out]. */
 export interface TrainLinear {
-  w: PackedWeight;
-  wT: PackedWeight | null;
+  /** Packed whole, or (a source short of memory) in row tiles made as the GEMM asks for them. */
+  w: PackedWeight | TiledWeight;
+  wT: PackedWeight | TiledWeight | null;
   b: F32 | null;
 }
 
+/** The LM head: the fused head-and-loss kernel takes it packed whole. */
+export interface PackedLinear extends TrainLinear {
+  w: PackedWeight;
+  wT: PackedWeight | null;
+}
+
 export interface LinearGrad {
-  w: F32; // [out, in]
+  w: F32 | TiledGrad; // [out, in]
   b: F32 | null; // [out]
 }
 
@@ -63,7 +71,7 @@ export interface GlobalParams {
   projectIn: TrainLinear | null; // [hidden, embedDim]
   projectOut: TrainLinear | null; // [embedDim, hidden]
   finalNorm: Norm | null;
-  head: TrainLinear; // [vocab, embedDim], no bias
+  head: PackedLinear; // [vocab, embedDim], no bias
 }
 
 export interface GlobalGrads {
@@ -91,6 +99,15 @@ export interface ParamSource {
   releaseLayerGrads(j: number): void;
   globalGrads(): GlobalGrads;
   releaseGlobalGrads(): void;
+  /** Awaited before fetchLayer(j, backward) (and, in backward, layerGrads(j)): a source whose
+   *  states are not all in RAM reads them here (src/train/offload). Absent: nothing to wait for. */
+  prepareLayer?(j: number, backward: boolean): Promise<void>;
+  /** Awaited before fetchGlobals(backward) and globalGrads(). */
+  prepareGlobals?(backward: boolean): Promise<void>;
+  /** A kept layer input (activation checkpoint, layer j's input): the source may move it off RAM
+   *  until recallInput(j) returns it (into `into`). Absent: the model keeps it itself. */
+  keepInput?(j: number, x: Tensor<'f32'>): Promise<void>;
+  recallInput?(j: number, into: Tensor<'f32'>): Promise<Tensor<'f32'>>;
 }
 
 /** One parameter's states, and what compute reads of it. */
@@ -101,7 +118,7 @@ interface Entry {
 }
 
 /** Every model state in RAM (see the top of this file). */
-export class ParamStore implements ParamSource, ParamViews {
+export class ParamStore implements ParamSource, ParamLookup {
   private readonly entries = new Map<string, Entry>();
   /** In the order parameters are listed and saved. */
   readonly states: ParamState[] = [];
@@ -149,6 +166,14 @@ export class ParamStore implements ParamSource, ParamViews {
     return this.entries.has(name);
   }
 
+  grad(name: string): F32 {
+    return this.get(name).grad as F32;
+  }
+
+  param(name: string): Tensor {
+    return this.get(name).param;
+  }
+
   /** Packed copies kept from beginStep() to endStep(): within a step the parameters do not change,
    *  so the backward's recompute and later micro-batches reuse the forward's packing. */
   private packs: Map<string, PackedWeight> | null = null;
@@ -172,17 +197,16 @@ export class ParamStore implements ParamSource, ParamViews {
     return w;
   }
 
-  /** f32 views the layer code reads; see ParamViews. */
-  param(name: string): Tensor {
-    return this.get(name).param;
-  }
-
-  grad(name: string): F32 {
-    return this.get(name).grad as F32;
+  linear(base: string, backward: boolean): TrainLinear {
+    return {
+      w: this.packed(base, false),
+      wT: backward ? this.packed(base, true) : null,
+      b: this.has(`${base}.bias`) ? this.vector(`${base}.bias`) : null,
+    };
   }
 
   fetchLayer(j: number, backward: boolean): LayerParams {
-    return layerParams(this, this.config, this.names, j, backward);
+    return layerParams(this.config, this.names, this, j, backward);
   }
 
   releaseLayer(_j: number): void {
@@ -190,107 +214,97 @@ export class ParamStore implements ParamSource, ParamViews {
   }
 
   fetchGlobals(backward: boolean): GlobalParams {
-    return globalParams(this, this.names, backward);
+    return globalParams(this.names, this, backward);
   }
 
   releaseGlobals(): void {}
 
   layerGrads(j: number): LayerGrads {
-    return layerGrads(this, this.config, this.names, j);
+    return layerGrads(this.config, this.names, this, j);
   }
 
   releaseLayerGrads(_j: number): void {}
 
   globalGrads(): GlobalGrads {
-    return globalGrads(this, this.names);
+    return globalGrads(this.names, this);
   }
 
   releaseGlobalGrads(): void {}
 }
 
-/** How a source looks up one parameter's tensors by Hugging Face name (ParamStore in RAM; the
- *  partitioned store over a layer's gathered buffer): the functions below build the layer code's
- *  structures from it, so every source lays them out the same way. */
-export interface ParamViews {
+/** What a source looks its tensors up by (Hugging Face names): the functions below assemble a
+ *  layer's or the globals' parameters and gradients from it, for every source alike. */
+export interface ParamLookup {
   has(name: string): boolean;
-  /** A linear layer's weight (`base`.weight) packed for compute, or its transpose. */
-  packed(base: string, transposed: boolean): PackedWeight;
-  /** The f32 view compute reads of a vector parameter (norms, biases). */
-  vector(name: string): F32;
-  /** The parameter as stored for compute (embeddings are read in their own dtype). */
+  /** The tensor compute reads (f32, or bf16 in bf16 precision): the embeddings. */
   param(name: string): Tensor;
+  /** A linear layer `base` packed for compute (and transposed for backward). */
+  linear(base: string, backward: boolean): TrainLinear;
+  /** A vector parameter (norm weight, bias) as f32. */
+  vector(name: string): F32;
   grad(name: string): F32;
+  /** A linear weight's gradient, tiled where the source tiles the weight (default: grad(name)). */
+  linearGrad?(name: string): F32 | TiledGrad;
 }
 
-function linear(v: ParamViews, base: string, backward: boolean): TrainLinear {
-  return { w: v.packed(base, false), wT: backward ? v.packed(base, true) : null, b: v.has(`${base}.bias`) ? v.vector(`${base}.bias`) : null };
+const layerName = (names: NameTable, slot: LayerSlot, j: number) => names.layer[slot]!.replace('{L}', String(j));
+
+function norm(l: ParamLookup, base: string): Norm {
+  return { w: l.vector(`${base}.weight`), b: l.has(`${base}.bias`) ? l.vector(`${base}.bias`) : null };
 }
 
-function norm(v: ParamViews, base: string): Norm {
-  return { w: v.vector(`${base}.weight`), b: v.has(`${base}.bias`) ? v.vector(`${base}.bias`) : null };
+function normGrad(l: ParamLookup, base: string): NormGrad {
+  return { w: l.grad(`${base}.weight`), b: l.has(`${base}.bias`) ? l.grad(`${base}.bias`) : null };
 }
 
-function linearGrad(v: ParamViews, base: string): LinearGrad {
-  return { w: v.grad(`${base}.weight`), b: v.has(`${base}.bias`) ? v.grad(`${base}.bias`) : null };
+function linearGrad(l: ParamLookup, base: string): LinearGrad {
+  return { w: l.linearGrad?.(`${base}.weight`) ?? l.grad(`${base}.weight`), b: l.has(`${base}.bias`) ? l.grad(`${base}.bias`) : null };
 }
 
-function layerName(names: NameTable, slot: LayerSlot, j: number): string {
-  return names.layer[slot]!.replace('{L}', String(j));
-}
-
-export function layerParams(v: ParamViews, c: ModelConfig, names: NameTable, j: number, backward: boolean): LayerParams {
+export function layerParams(c: ModelConfig, names: NameTable, l: ParamLookup, j: number, backward: boolean): LayerParams {
   const n = (s: LayerSlot) => layerName(names, s, j);
-  const lin = (s: LayerSlot) => linear(v, n(s), backward);
+  const lin = (s: LayerSlot) => l.linear(n(s), backward);
   return {
-    attnNorm: norm(v, n('attn_norm')), q: lin('q'), k: lin('k'), v: lin('v'), o: lin('o'),
-    mlpNorm: norm(v, n('mlp_norm')), gate: c.gatedMlp ? lin('gate') : null, up: lin('up'), down: lin('down'),
+    attnNorm: norm(l, n('attn_norm')), q: lin('q'), k: lin('k'), v: lin('v'), o: lin('o'),
+    mlpNorm: norm(l, n('mlp_norm')), gate: c.gatedMlp ? lin('gate') : null, up: lin('up'), down: lin('down'),
   };
 }
 
-export function globalParams(v: ParamViews, names: NameTable, backward: boolean): GlobalParams {
+export function globalParams(names: NameTable, l: ParamLookup, backward: boolean): GlobalParams {
   const g = names.global;
   return {
-    embed: v.param(`${g.embed}.weight`),
-    posEmbed: g.pos_embed ? v.param(`${g.pos_embed}.weight`) : null,
-    projectIn: g.project_in ? linear(v, g.project_in, backward) : null,
-    projectOut: g.project_out ? linear(v, g.project_out, backward) : null,
-    finalNorm: g.final_norm ? norm(v, g.final_norm) : null,
-    head: linear(v, g.lm_head!, backward),
+    embed: l.param(`${g.embed!}.weight`),
+    posEmbed: g.pos_embed ? l.param(`${g.pos_embed}.weight`) : null,
+    projectIn: g.project_in ? l.linear(g.project_in, backward) : null,
+    projectOut: g.project_out ? l.linear(g.project_out, backward) : null,
+    finalNorm: g.final_norm ? norm(l, g.final_norm) : null,
+    head: packedWhole(l.linear(g.lm_head!, backward)),
   };
 }
 
-export function layerGrads(v: ParamViews, c: ModelConfig, names: NameTable, j: number): LayerGrads {
+function packedWhole(l: TrainLinear): PackedLinear {
+  if (!(l.w instanceof PackedWeight) || (l.wT !== null && !(l.wT instanceof PackedWeight))) throw new Error('the LM head must be packed whole (it is never tiled)');
+  return l as PackedLinear;
+}
+
+export function layerGrads(c: ModelConfig, names: NameTable, l: ParamLookup, j: number): LayerGrads {
   const n = (s: LayerSlot) => layerName(names, s, j);
-  const lin = (s: LayerSlot) => linearGrad(v, n(s));
+  const lin = (s: LayerSlot) => linearGrad(l, n(s));
   return {
-    attnNorm: linearGrad(v, n('attn_norm')), q: lin('q'), k: lin('k'), v: lin('v'), o: lin('o'),
-    mlpNorm: linearGrad(v, n('mlp_norm')), gate: c.gatedMlp ? lin('gate') : null, up: lin('up'), down: lin('down'),
+    attnNorm: normGrad(l, n('attn_norm')), q: lin('q'), k: lin('k'), v: lin('v'), o: lin('o'),
+    mlpNorm: normGrad(l, n('mlp_norm')), gate: c.gatedMlp ? lin('gate') : null, up: lin('up'), down: lin('down'),
   };
 }
 
-export function globalGrads(v: ParamViews, names: NameTable): GlobalGrads {
+export function globalGrads(names: NameTable, l: ParamLookup): GlobalGrads {
   const g = names.global;
   return {
-    embed: v.grad(`${g.embed!}.weight`),
-    posEmbed: g.pos_embed ? v.grad(`${g.pos_embed}.weight`) : null,
-    projectIn: g.project_in ? linearGrad(v, g.project_in) : null,
-    projectOut: g.project_out ? linearGrad(v, g.project_out) : null,
-    finalNorm: g.final_norm ? linearGrad(v, g.final_norm) : null,
-    head: v.grad(`${g.lm_head!}.weight`),
-  };
-}
-
-/** A checkpoint's tensor as initial f32 values (any float dtype, widened), checked against the
- *  shape config.json implies. */
-export function checkpointValues(config: ModelConfig, store: TensorStore): (name: string, slot: LayerSlot | GlobalSlot, part: 'weight' | 'bias') => Float32Array {
-  return (name, slot, part) => {
-    if (!store.has(name)) throw new ModelFileError(store.fileName(name), 'missing tensor', name);
-    const t = store.read(name);
-    const want = expectedShape(config, slot, part);
-    if (t.shape.length !== want.length || t.shape.some((d, i) => d !== want[i])) {
-      throw new ModelFileError(store.fileName(name), `shape [${t.shape.join(', ')}] disagrees with config.json (expected [${want.join(', ')}])`, name);
-    }
-    return toFloat32(t.dtype as 'f32' | 'f16' | 'bf16', t.data as Float32Array | Uint16Array, true);
+    embed: l.grad(`${g.embed!}.weight`),
+    posEmbed: g.pos_embed ? l.grad(`${g.pos_embed}.weight`) : null,
+    projectIn: g.project_in ? linearGrad(l, g.project_in) : null,
+    projectOut: g.project_out ? linearGrad(l, g.project_out) : null,
+    finalNorm: g.final_norm ? normGrad(l, g.final_norm) : null,
+    head: l.grad(`${g.lm_head!}.weight`),
   };
 }
 
@@ -322,4 +336,18 @@ export function paramList(c: ModelConfig, names: NameTable): { name: string; slo
   add(g.project_out, 'project_out', false);
   add(g.lm_head, 'lm_head', false);
   return out;
+}
+
+/** A checkpoint's tensor as initial f32 values (any float dtype, widened), checked against the
+ *  shape config.json implies. */
+export function checkpointValues(config: ModelConfig, store: TensorStore): (name: string, slot: LayerSlot | GlobalSlot, part: 'weight' | 'bias') => Float32Array {
+  return (name, slot, part) => {
+    if (!store.has(name)) throw new ModelFileError(store.fileName(name), 'missing tensor', name);
+    const t = store.read(name);
+    const want = expectedShape(config, slot, part);
+    if (t.shape.length !== want.length || t.shape.some((d, i) => d !== want[i])) {
+      throw new ModelFileError(store.fileName(name), `shape [${t.shape.join(', ')}] disagrees with config.json (expected [${want.join(', ')}])`, name);
+    }
+    return toFloat32(t.dtype as 'f32' | 'f16' | 'bf16', t.data as Float32Array | Uint16Array, true);
+  };
 }

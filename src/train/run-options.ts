@@ -44,6 +44,20 @@ export interface TrainRunOptions {
   evalEvery?: number;
   threads?: number;
   checkpointActivations?: boolean;
+  /** RAM limit in bytes: the model states go on RAM and disk under it (a hard limit; peak RSS
+   *  within it plus the runtime's overhead). Needs diskDir. */
+  ram?: number;
+  /** Directory of the disk tier for the states (must exist and be writable). */
+  diskDir?: string;
+  /** Disk tier capacity in bytes. */
+  disk?: number;
+  /** Elements per optimizer sub-group streamed disk → RAM → update → disk (default: planned). */
+  subGroupSize?: number;
+  /** Bytes of a weight tile: linear weights larger are computed in tiles (default: planned from ram). */
+  tileSize?: number;
+  /** Percent of each state kept in RAM, six numbers: bf16 parameters, gradients, master weights,
+   *  momentum, variance, activation checkpoints (default: planned from ram). */
+  ramPercent?: number[];
   /** Called once the data is read and the run's plan is known, before the first step. */
   onStart?: (info: TrainRunInfo) => void;
 }
@@ -59,10 +73,12 @@ export interface TrainRunInfo {
   /** "FILE:LINE: reason" of every data line skipped (training and eval data). */
   skipped: string[];
   parameters: number;
+  /** Offloaded runs: the training state's bytes in RAM and on disk, and the sub-group size. */
+  offload?: { ramBytes: number; diskBytes: number; subGroupSize: number; tiledWeights: number; tileBytes: number };
 }
 
-export type ResolvedOptions = Required<Omit<TrainRunOptions, 'maxSteps' | 'epochs' | 'evalData' | 'threads' | 'onStart'>> &
-  Pick<TrainRunOptions, 'maxSteps' | 'epochs' | 'evalData' | 'threads' | 'onStart'>;
+type Optional = 'maxSteps' | 'epochs' | 'evalData' | 'threads' | 'onStart' | 'ram' | 'diskDir' | 'disk' | 'subGroupSize' | 'ramPercent' | 'tileSize';
+export type ResolvedOptions = Required<Omit<TrainRunOptions, Optional>> & Pick<TrainRunOptions, Optional>;
 
 export const TRAIN_DEFAULTS = {
   precision: 'fp32' as Precision,
@@ -82,7 +98,8 @@ export const TRAIN_DEFAULTS = {
   checkpointActivations: true,
 };
 
-const KEYS = new Set(['model', 'data', 'out', 'maxSteps', 'epochs', 'evalData', 'threads', 'onStart', ...Object.keys(TRAIN_DEFAULTS)]);
+const KEYS = new Set(['model', 'data', 'out', 'maxSteps', 'epochs', 'evalData', 'threads', 'onStart', 'ram', 'diskDir', 'disk', 'subGroupSize',
+  'ramPercent', 'tileSize', ...Object.keys(TRAIN_DEFAULTS)]);
 
 /** Fills defaults and checks every value; unknown keys are a TypeError naming them. */
 export function resolveOptions(o: TrainRunOptions): ResolvedOptions {
@@ -109,6 +126,19 @@ export function resolveOptions(o: TrainRunOptions): ResolvedOptions {
   int('keepCheckpoints', 1);
   int('evalEvery', 0);
   int('threads', 1);
+  int('ram', 1);
+  int('disk', 1);
+  int('subGroupSize', 1);
+  int('tileSize', 4096);
+  if (r.tileSize !== undefined && r.ram === undefined) throw new RangeError('tileSize needs ram and diskDir (tiles are how an offloaded run fits a large weight)');
+  if ((r.ram === undefined) !== (r.diskDir === undefined)) throw new RangeError('ram and diskDir go together: the states offloaded under the RAM limit need a disk tier');
+  if (r.diskDir !== undefined && (typeof r.diskDir !== 'string' || r.diskDir === '')) throw new TypeError('diskDir must be a path (a non-empty string)');
+  if (r.ramPercent !== undefined) {
+    if (r.ram === undefined) throw new RangeError('ramPercent needs ram and diskDir');
+    if (!Array.isArray(r.ramPercent) || r.ramPercent.length !== 6 || !r.ramPercent.every((x) => typeof x === 'number' && x >= 0 && x <= 100)) {
+      throw new RangeError(`ramPercent must be six percents in [0, 100] (parameters, gradients, master, momentum, variance, activation checkpoints), got ${JSON.stringify(r.ramPercent)}`);
+    }
+  }
   // The same rule as the flags' (src/util/options.ts), so the CLI and the API accept the same values.
   for (const k of ['lr', 'weightDecay', 'maxGradNorm'] as const) checkApiValue(k, r[k]);
   if (r.precision !== 'fp32' && r.precision !== 'bf16') throw new RangeError(`precision must be 'fp32' or 'bf16', got ${String(r.precision)}`);

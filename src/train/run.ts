@@ -14,7 +14,6 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { readConfig } from '../models/registry.js';
-import { fromFloat32 } from '../tensor/dtype.js';
 import { UserError } from '../util/errors.js';
 import { type Bf16Kernel, selectBf16Kernel } from '../backend/cpu/bf16-kernel.js';
 import { Batcher, evalBatches } from './batcher.js';
@@ -26,6 +25,8 @@ import { type ResolvedOptions, type TrainRunOptions, mathOptions, resolveOptions
 import type { Sequence } from './sequence.js';
 import { type Trainer, openTrainer } from './trainer.js';
 import { type Json, STATE_DIR, type TrainingState } from './training-state.js';
+import type { OffloadOptions } from './offload/open.js';
+import type { OffloadStepStats } from './offload/stats.js';
 import { type Comm, worldComm } from '../dist/comm.js';
 import { rankEnv, threadsPerRank } from '../dist/env.js';
 import { loadPartitioned, savePartitioned } from './partition/checkpoint.js';
@@ -54,6 +55,8 @@ export interface TrainStepMetrics {
   /** Under mpirun: bytes this rank's all-gathers received and its reduce-scatters sent in the step. */
   gatheredBytes?: number;
   reduceScatteredBytes?: number;
+  /** Offloaded runs (ram, diskDir): bytes read and written per state kind, I/O hidden per phase. */
+  offload?: OffloadStepStats;
 }
 
 /** Trains as `tierlm train` does, yielding each step's metrics as it ends. */
@@ -80,8 +83,19 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
   const trainer = await openTrainer(o.model, {
     precision: o.precision, lr: o.lr, lrSchedule: o.lrSchedule, warmupSteps: o.warmupSteps, totalSteps, weightDecay: o.weightDecay,
     maxGradNorm: o.maxGradNorm, checkpointActivations: o.checkpointActivations,
-    threads: o.threads ?? (env.localSize > 1 ? threadsPerRank(env.localSize) : undefined), comm,
+    threads: o.threads ?? (env.localSize > 1 ? threadsPerRank(env.localSize) : undefined), comm, offload: offloadOptions(o),
   });
+  try {
+    yield* runSteps(trainer, o, data, evalData, totalSteps, math, existing, comm);
+  } finally {
+    await trainer.close();
+  }
+}
+
+async function* runSteps(trainer: Trainer, o: ResolvedOptions, data: Dataset, evalData: Dataset | null, totalSteps: number,
+  math: Record<string, string | number>, existing: string | null, comm: Comm): AsyncGenerator<TrainStepMetrics, void, undefined> {
+  const lead = comm.rank === 0;
+  const globalBatch = o.batchSize * comm.size;
   const resumed = o.resume && existing ? await restore(trainer, existing, comm) : null;
   const kernelShape = { rows: o.batchSize * o.seqLen, n: trainer.config.ffn, k: trainer.config.hidden };
   let bf16Kernel = o.precision === 'bf16' ? selectBf16Kernel(kernelShape, existing && o.resume ? savedBf16Kernel(existing) : null) : null;
@@ -96,7 +110,8 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
   o.onStart?.({
     startStep, totalSteps, resumedFrom: resumed?.dir ?? null, sequences: data.counts.sequences, tokens: data.counts.tokens,
     skipped: [...data.skipped, ...(evalData?.skipped ?? [])].map((s) => s.message),
-    parameters: trainer.partition?.parameterCount ?? trainer.parameters().reduce((n, p) => n + p.master.size, 0),
+    parameters: trainer.parameterCount(),
+    ...(trainer.offloadPlacement() ? { offload: trainer.offloadPlacement()! } : {}),
   });
   const metrics = lead ? MetricsWriter.open(o.out, startStep) : null;
   try {
@@ -112,7 +127,7 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
       const m = await trainer.step(micro.map((seqs) => seqs.map((s) => ({ tokenIds: s.ids, labels: s.labels }))));
       const out: TrainStepMetrics = {
         step: m.step, totalSteps, epoch, loss: m.loss, lr: m.lr, gradNorm: m.gradNorm, tokens: m.tokens, targets: m.targets,
-        tokensPerSecond: m.seconds > 0 ? m.tokens / m.seconds : 0, seconds: m.seconds,
+        tokensPerSecond: m.seconds > 0 ? m.tokens / m.seconds : 0, seconds: m.seconds, ...(m.offload ? { offload: m.offload } : {}),
       };
       if (traffic) {
         out.gatheredBytes = trainer.partition!.traffic.gatheredBytes - traffic.gatheredBytes;
@@ -162,19 +177,17 @@ function checkResume(dir: string, math: Record<string, string | number>, ranks: 
   }
 }
 
-/** Loads the checkpoint `dir` into the trainer's buffers. */
+/** Loads the checkpoint `dir` into the trainer's states (checked first; an offloaded trainer
+ *  streams the optimizer file itself; under ranks each rank reads its slices). */
 async function restore(trainer: Trainer, dir: string, comm: Comm): Promise<Omit<TrainingState, 'tensors'> & { dir: string }> {
   if (trainer.partition) {
     const state = await loadPartitioned(trainer.partition, comm, dir);
     trainer.stepsDone = state.step;
     return { ...state, dir };
   }
-  const params = new Map(trainer.parameters().map((p) => [p.name, p]));
-  const expected = new Map([...params].map(([n, p]) => [n, [...p.shape]]));
-  // Read straight into the trainer's buffers.
-  const { state } = await loadCheckpoint(dir, expected, (name, part) => params.get(name)![part].data);
-  for (const p of params.values()) if (p.param.dtype === 'bf16') p.param.data.set(fromFloat32('bf16', p.master.data));
-  trainer.stepsDone = state.step;
+  const expected = new Map(trainer.stateSources().map((p) => [p.name, p.shape]));
+  const { state } = await loadCheckpoint(dir, expected, trainer.offloads ? () => null : undefined);
+  await trainer.restoreStates(path.join(dir, STATE_DIR), state);
   return { ...state, dir };
 }
 
@@ -211,7 +224,7 @@ async function save(trainer: Trainer, o: ResolvedOptions, options: { [key: strin
     ? await savePartitioned(trainer.partition, comm, o.out, o.model, state, { keep: o.keepCheckpoints })
     : await saveCheckpoint(o.out, o.model, {
       ...state,
-      tensors: new Map(trainer.parameters().map((p) => [p.name, { shape: [...p.shape], master: p.master.data, m: p.m.data, v: p.v.data }])),
+      tensors: new Map(trainer.stateSources().map((p) => [p.name, { shape: p.shape, master: p.master, m: p.m, v: p.v }])),
     }, { keep: o.keepCheckpoints });
   if (comm.rank === 0) publishModel(o.out, dir);
   return dir;
@@ -227,6 +240,16 @@ async function evaluate(trainer: Trainer, data: Dataset, batchSize: number): Pro
     count += r.targets;
   }
   return sum / count;
+}
+
+/** The trainer's offload options from the run's (none without a RAM limit). */
+function offloadOptions(o: ResolvedOptions): OffloadOptions | undefined {
+  if (o.ram === undefined || o.diskDir === undefined) return undefined;
+  const p = o.ramPercent;
+  return {
+    ram: o.ram, diskDir: o.diskDir, disk: o.disk, subGroupSize: o.subGroupSize, tileSize: o.tileSize, maxTokens: o.batchSize * o.seqLen,
+    shares: p ? { param: p[0]! / 100, grad: p[1]! / 100, master: p[2]! / 100, m: p[3]! / 100, v: p[4]! / 100, act: p[5]! / 100 } : undefined,
+  };
 }
 
 function sha256(b: Uint8Array): string {

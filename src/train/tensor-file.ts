@@ -12,8 +12,19 @@ import { type TensorEntry, dataPieces, safetensorsHeader } from '../formats/safe
 import { SafetensorsFile, type TensorInfo } from '../formats/safetensors.js';
 import { DirectFile, IO_ALIGNMENT, alignUp, alignedBytes } from '../tensor/disk/io.js';
 
-const CHUNK_BYTES = 8 << 20;
-const STAGING_BYTES = 4 << 20;
+const CHUNK_BYTES = 4 << 20;
+const STAGING_BYTES = 2 << 20;
+/** RAM a save or load holds at most (an offloaded run's plan counts it). */
+export const TENSOR_FILE_RAM_BYTES = 2 * CHUNK_BYTES + 2 * STAGING_BYTES;
+
+/** The two chunk buffers, kept between calls (one save writes two files, and a finished call's
+ *  buffers would otherwise stay allocated until the collector finalizes them). */
+let spare: Uint8Array[] | null = null;
+function takeChunks(): Uint8Array[] {
+  const b = spare ?? [alignedBytes(CHUNK_BYTES), alignedBytes(CHUNK_BYTES)];
+  spare = null;
+  return b;
+}
 
 export interface TensorProducer extends TensorEntry {
   /** Fills dst with the tensor's next dst.byteLength bytes, starting at element `elementOffset`. */
@@ -50,7 +61,7 @@ export async function readTensorFile(file: string, dest: (info: TensorInfo) => U
   const f = DirectFile.open(file, 'r');
   const size = f.size();
   const alignedEnd = Math.floor(size / IO_ALIGNMENT) * IO_ALIGNMENT;
-  const bufs = [alignedBytes(CHUNK_BYTES), alignedBytes(CHUNK_BYTES)];
+  const bufs = takeChunks();
   const reads: Settled[] = [];
   const read = (k: number): Settled => settle(f.read(bufs[k % 2]!.subarray(0, Math.min(CHUNK_BYTES, alignedEnd - k * CHUNK_BYTES)), k * CHUNK_BYTES));
   try {
@@ -67,6 +78,7 @@ export async function readTensorFile(file: string, dest: (info: TensorInfo) => U
   } finally {
     await Promise.all(reads.map((r) => r?.done));
     f.close();
+    spare = bufs;
   }
   return st.tensors;
 }
@@ -114,7 +126,7 @@ function settle(p: Promise<void>): Settled {
 
 /** The writing half: fills aligned chunks in turn and writes each as it fills. */
 class ChunkWriter {
-  private readonly bufs = [alignedBytes(CHUNK_BYTES), alignedBytes(CHUNK_BYTES)];
+  private readonly bufs = takeChunks();
   private readonly writes: (Settled | null)[] = [null, null];
   private cur = 0;
   private used = 0;
@@ -144,6 +156,7 @@ class ChunkWriter {
   async close(): Promise<void> {
     await Promise.all(this.writes.map((w) => w?.done));
     this.f.close();
+    spare = this.bufs;
   }
 
   private async flush(): Promise<void> {

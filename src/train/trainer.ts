@@ -25,6 +25,13 @@ import { ParamStore, type ParamSource, checkpointValues } from './params.js';
 import { PartitionedStore } from './partition/store.js';
 import type { Comm } from '../dist/comm.js';
 import { type LrSchedule, checkSchedule, learningRate } from './schedule.js';
+import { type Offloaded, type OffloadOptions, openOffload, restoreOffload } from './offload/open.js';
+import type { OffloadStore } from './offload/store.js';
+import type { OffloadStepStats } from './offload/stats.js';
+import { type OffloadCost, predictOffloadStep } from './offload/cost.js';
+import type { HardwareProfile } from '../policy/profile.js';
+import { alignUp } from '../tensor/disk/io.js';
+import { type F32Source, type TrainingState, f32Chunk } from './training-state.js';
 
 export interface TrainerOptions {
   /** 'fp32' (default): fp32 parameters, gradients and Adam state. 'bf16': bf16 parameters for
@@ -54,17 +61,25 @@ export interface TrainerOptions {
   backend?: Backend;
   /** Compute threads (sets the process-wide native pool; default: unchanged, every core). */
   threads?: number;
+  /** Train beyond memory: the model states on RAM and disk under a RAM limit
+   *  (src/train/offload). Absent: every state in RAM. */
+  offload?: OffloadOptions;
   /** Data-parallel ranks (src/dist): with more than one, every model state is split over them
    *  (ZeRO-3, src/train/partition) and each step's batch is this rank's share of the global one. */
   comm?: Comm;
 }
 
-/** Where a Trainer's parameters live: the layer code's ParamSource plus what the optimizer updates. */
+/** Where a Trainer's parameters live in RAM: the layer code's ParamSource plus what the optimizer
+ *  updates (ParamStore, or this rank's slices in a PartitionedStore). */
 export interface TrainSource extends ParamSource {
   /** The states AdamW updates (under ranks: this rank's slices). */
   readonly states: readonly ParamState[];
   beginStep(): void;
   endStep(): void;
+}
+
+function inRam(s: TrainSource | Offloaded): s is TrainSource {
+  return s instanceof ParamStore || s instanceof PartitionedStore;
 }
 
 export interface StepMetrics {
@@ -81,26 +96,33 @@ export interface StepMetrics {
   /** Targets the loss counted (labels not −100). */
   targets: number;
   seconds: number;
+  /** Offloaded runs: bytes moved per tier and state kind, and I/O hidden under compute. */
+  offload?: OffloadStepStats;
 }
 
 export class Trainer {
   private readonly model: TrainModel;
   private readonly optimizer: AdamW;
   private readonly schedule: { lr: number; schedule: LrSchedule; warmupSteps: number; totalSteps: number };
+
+  private readonly offloaded: Offloaded | null;
+  private readonly store: TrainSource | OffloadStore;
   private readonly ranked: PartitionedStore | null;
 
   constructor(
     readonly config: ModelConfig,
-    private readonly store: TrainSource,
+    store: TrainSource | Offloaded,
     backend: Backend,
     options: TrainerOptions,
   ) {
+    this.offloaded = inRam(store) ? null : store;
+    this.store = inRam(store) ? store : store.store;
+    this.ranked = store instanceof PartitionedStore ? store : null;
     this.schedule = { lr: options.lr ?? 5e-5, schedule: options.lrSchedule ?? 'constant', warmupSteps: options.warmupSteps ?? 0,
       totalSteps: options.totalSteps ?? 0 };
     checkSchedule(this.schedule);
-    this.ranked = store instanceof PartitionedStore ? store : null;
-    this.model = new TrainModel(store, backend, options.checkpointActivations ?? true);
-    this.optimizer = new AdamW(backend, store.states, {
+    this.model = new TrainModel(this.store, backend, options.checkpointActivations ?? true);
+    this.optimizer = new AdamW(backend, inRam(store) ? store.states : [], {
       lr: this.schedule.lr, betas: options.betas ?? [0.9, 0.999], eps: options.eps ?? 1e-8, weightDecay: options.weightDecay ?? 0.01,
       maxGradNorm: options.maxGradNorm ?? 1, sumSquares: this.ranked ? (s) => this.ranked!.sum([s])[0]! : undefined,
     });
@@ -127,28 +149,46 @@ export class Trainer {
     const packed = micro.map((m) => (this.ranked && m.length === 0 ? null : packMicroBatch(m, c.vocabSize, c.maxPositions)));
     const [targets, tokens] = this.sum([packed.reduce((n, m) => n + (m?.count ?? 0), 0), packed.reduce((n, m) => n + (m?.ids.length ?? 0), 0)]) as [number, number];
     if (targets === 0) throw new UserError('the step has no target to learn (every label is -100)');
+    this.checkTokens(packed.filter((m) => m !== null));
     this.optimizer.zeroGrad();
     let loss = 0;
-    this.store.beginStep();
-    try {
-      for (const m of packed) {
-        if (m) loss += this.model.lossAndGrad(m, 1 / targets).loss;
-        else this.ranked!.skipMicroBatch();
+    if (this.offloaded) {
+      const store = this.offloaded.store;
+      store.zeroGrad();
+      for (const m of packed) loss += (await this.model.lossAndGrad(m!, 1 / targets)).loss;
+    } else {
+      const store = this.store as TrainSource;
+      store.beginStep();
+      try {
+        for (const m of packed) {
+          if (m) loss += (await this.model.lossAndGrad(m, 1 / targets)).loss;
+          else this.ranked!.skipMicroBatch();
+        }
+      } finally {
+        store.endStep();
       }
-    } finally {
-      this.store.endStep();
     }
     loss = this.sum([loss])[0]!;
     const lr = learningRate(this.schedule, this.optimizer.step);
-    const { gradNorm } = this.optimizer.update(lr);
+    const { gradNorm } = this.offloaded ? await this.offloaded.optimizer.step(this.optimizer, lr) : this.optimizer.update(lr);
     return { step: this.optimizer.step, loss: loss / targets, gradNorm, lr, tokens, targets,
-      seconds: (performance.now() - t0) / 1000 };
+      seconds: (performance.now() - t0) / 1000, ...(this.offloaded ? { offload: this.offloaded.store.stats() } : {}) };
+  }
+
+  /** An offloaded run's buffers were planned for micro-batches of at most offload.maxTokens. */
+  private checkTokens(packed: { ids: ArrayLike<number> }[]): void {
+    const max = this.offloaded?.maxTokens;
+    const most = Math.max(0, ...packed.map((m) => m.ids.length));
+    if (max !== undefined && most > max) {
+      throw new UserError(`a micro-batch of ${most} tokens is larger than the ${max} the offloaded run planned its RAM for (offload.maxTokens)`);
+    }
   }
 
   /** Mean cross-entropy of the sequences under the current weights (no update). */
   async evaluate(seqs: readonly TrainSequence[]): Promise<{ loss: number; targets: number }> {
     const m = packMicroBatch(seqs, this.config.vocabSize, this.config.maxPositions);
-    const { loss, count } = this.model.loss(m);
+    this.checkTokens([m]);
+    const { loss, count } = await this.model.loss(m);
     return { loss: count > 0 ? loss / count : NaN, targets: count };
   }
 
@@ -165,20 +205,84 @@ export class Trainer {
   /** Every parameter's model states (Hugging Face name, shape, param, grad, master, m, v), in a
    *  fixed order; a tied head appears once, as the embedding. Under ranks: this rank's slices. */
   parameters(): readonly ParamState[] {
-    return this.store.states;
+    if (this.offloaded) {
+      throw new UserError('parameters(): this trainer offloads its states to disk; read them with stateSources(), saveParams() or a checkpoint');
+    }
+    return (this.store as TrainSource).states;
+  }
+
+  /** Number of trainable values. */
+  parameterCount(): number {
+    if (this.ranked) return this.ranked.parameterCount;
+    return this.stateSources().reduce((n, s) => n + s.size, 0);
+  }
+
+  /** Every parameter's name, shape, and master weight and moments as sources a writer pulls
+   *  from (in RAM, or read chunk by chunk from the disk tier), in the parameters' order. */
+  stateSources(): { name: string; shape: number[]; size: number; master: F32Source; m: F32Source; v: F32Source }[] {
+    if (!this.offloaded) {
+      return (this.store as TrainSource).states.map((p) => ({ name: p.name, shape: [...p.shape], size: p.master.size, master: p.master.data, m: p.m.data, v: p.v.data }));
+    }
+    const st = this.offloaded.store.states;
+    return st.layout.params.map((p) => ({ name: p.name, shape: p.shape, size: p.size, master: st.reader('master', p.index), m: st.reader('m', p.index), v: st.reader('v', p.index) }));
+  }
+
+  /** Loads a checkpoint's training-state directory (checked by readTrainingState) into the states. */
+  async restoreStates(stateDir: string, state: TrainingState): Promise<void> {
+    if (!this.offloaded) {
+      for (const p of (this.store as TrainSource).states) {
+        const s = state.tensors.get(p.name)!;
+        p.master.data.set(s.master);
+        p.m.data.set(s.m);
+        p.v.data.set(s.v);
+        if (p.param.dtype === 'bf16') p.param.data.set(fromFloat32('bf16', p.master.data));
+      }
+    } else await restoreOffload(this.offloaded.store, stateDir);
+    this.stepsDone = state.step;
+  }
+
+  /** Whether the states are read straight from a checkpoint (restoreStates reads the file itself). */
+  get offloads(): boolean {
+    return this.offloaded !== null;
+  }
+
+  /** An offloaded run's predicted step time for micro-batches of `tokens` tokens, from a
+   *  hardware profile (./offload/cost.ts); null in RAM. */
+  predictStep(profile: HardwareProfile, tokens: number, gradAccum = 1): OffloadCost | null {
+    const off = this.offloaded;
+    if (!off) return null;
+    const act = off.plan.shares.act < 1 ? this.config.layers * alignUp(4 * off.maxTokens * this.config.hidden) : 0;
+    return predictOffloadStep({ layout: off.plan.layout, tokens, gradAccum, actDiskBytes: act, profile });
+  }
+
+  /** An offloaded run's model states in RAM and on disk (bytes), and its sub-group size; null in RAM. */
+  offloadPlacement(): { ramBytes: number; diskBytes: number; subGroupSize: number; tiledWeights: number; tileBytes: number } | null {
+    const off = this.offloaded;
+    if (!off) return null;
+    const layout = off.plan.layout;
+    const b = layout.kinds.map((k) => layout.bytes(k));
+    return {
+      ramBytes: b.reduce((n, x) => n + x.ram, 0), diskBytes: b.reduce((n, x) => n + x.disk, 0), subGroupSize: off.optimizer.subGroupSize,
+      tiledWeights: off.plan.tiled.size, tileBytes: off.plan.tileBytes,
+    };
+  }
+
+  /** Removes an offloaded run's state files, once its transfers are done (a no-op in RAM). */
+  async close(): Promise<void> {
+    await this.offloaded?.store.close();
   }
 
   /** Writes the current weights (the fp32 masters, rounded to `dtype`) to a safetensors file under
    *  their Hugging Face names. Under ranks every rank calls it (the masters are gathered) and rank 0
    *  writes. */
   saveParams(file: string, dtype: 'f32' | 'bf16' | 'f16' = 'f32'): void {
-    const masters = new Map<string, { shape: readonly number[]; data: Float32Array }>();
+    const masters = new Map<string, { shape: readonly number[]; data: F32Source }>();
     if (this.ranked) this.ranked.gatherMasters((name, shape, data) => masters.set(name, { shape, data }));
-    else for (const s of this.store.states) masters.set(s.name, { shape: s.shape, data: s.master.data });
+    else for (const s of this.stateSources()) masters.set(s.name, { shape: s.shape, data: s.master });
     if (this.ranked && this.ranked.layout.rank !== 0) return;
     writeSafetensors(file, [...masters].map(([name, m]) => ({ name, dtype, shape: [...m.shape] })), (e, dst, offset) => {
       const n = dst.byteLength / (dtype === 'f32' ? 4 : 2);
-      const src = masters.get(e.name)!.data.subarray(offset, offset + n);
+      const src = f32Chunk(masters.get(e.name)!.data, offset, n);
       dst.set(new Uint8Array(dtype === 'f32' ? src.slice().buffer : fromFloat32(dtype, src).buffer));
     });
   }
@@ -198,6 +302,13 @@ export async function openTrainer(dir: string, options: TrainerOptions = {}): Pr
     const mode = precision === 'bf16' ? options.computeMode ?? 'fp32' : 'fp32';
     if (mode !== 'fp32' && mode !== 'bf16') throw new RangeError(`computeMode must be 'fp32' or 'bf16', got ${String(mode)}`);
     const comm = options.comm;
+    if (options.offload && comm && comm.size > 1) {
+      throw new UserError(`offloaded training (a RAM limit) over ${comm.size} ranks is not supported yet: run one rank with --ram, or ranks without it`);
+    }
+    if (options.offload) {
+      const off = await openOffload(config, names, backend, precision, mode, tensors, options.offload, options.checkpointActivations ?? true);
+      return new Trainer(config, off, backend, options);
+    }
     const store = comm && comm.size > 1
       ? PartitionedStore.fromValues(config, names, comm, backend, precision, checkpointValues(config, tensors), mode)
       : ParamStore.fromTensors(config, names, backend, precision, tensors, mode);

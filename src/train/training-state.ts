@@ -17,16 +17,31 @@ import { readTensorFile, writeTensorFile } from './tensor-file.js';
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
-export interface ParamState {
+export interface ParamState<A = Float32Array> {
   shape: number[];
-  master: Float32Array;
+  master: A;
   /** Adam's first moment (exp_avg). */
-  m: Float32Array;
+  m: A;
   /** Adam's second moment (exp_avg_sq). */
-  v: Float32Array;
+  v: A;
 }
 
-export interface TrainingState {
+/** f32 values to save: in RAM, or pulled chunk by chunk (a state in the disk tier). */
+export type F32Source = Float32Array | { readonly length: number; copyTo(dst: Float32Array, offset: number): void };
+
+/** Values [offset, offset + n) of a source: a view when it is in RAM, else a scratch buffer
+ *  reused by the next call (the writers consume each chunk before asking for the next). */
+export function f32Chunk(src: F32Source, offset: number, n: number): Float32Array {
+  if (src instanceof Float32Array) return src.subarray(offset, offset + n);
+  if (scratch.length < n) scratch = new Float32Array(n);
+  const out = scratch.subarray(0, n);
+  src.copyTo(out, offset);
+  return out;
+}
+
+let scratch = new Float32Array(0);
+
+export interface TrainingState<A = Float32Array> {
   /** Optimizer steps done. */
   step: number;
   dataPosition: DataPosition;
@@ -35,18 +50,18 @@ export interface TrainingState {
   /** The run's options, for a resume to check against. */
   options: { [key: string]: Json };
   /** By Hugging Face tensor name, in the model's order. */
-  tensors: Map<string, ParamState>;
+  tensors: Map<string, ParamState<A>>;
 }
 
 export const STATE_DIR = 'training-state';
 const STATE_JSON = 'state.json';
-const OPTIMIZER_FILE = 'optimizer.safetensors';
+export const OPTIMIZER_FILE = 'optimizer.safetensors';
 const FORMAT = 'tierlm-training-state';
 const VERSION = 1;
-const PARTS = [['master', 'master'], ['m', 'exp_avg'], ['v', 'exp_avg_sq']] as const;
+export const PARTS = [['master', 'master'], ['m', 'exp_avg'], ['v', 'exp_avg_sq']] as const;
 
 /** Writes the state into `dir` (created), every file fsynced. */
-export async function writeTrainingState(dir: string, s: TrainingState): Promise<void> {
+export async function writeTrainingState(dir: string, s: TrainingState<F32Source>): Promise<void> {
   fs.mkdirSync(dir, { recursive: true });
   const tensors = [...s.tensors].map(([name, p]) => {
     const size = p.shape.reduce((a, b) => a * b, 1);
@@ -57,7 +72,10 @@ export async function writeTrainingState(dir: string, s: TrainingState): Promise
   });
   const entries = [...s.tensors].flatMap(([name, p]) => PARTS.map(([key, suffix]) => ({
     name: `${name}.${suffix}`, dtype: 'f32' as const, shape: p.shape,
-    fill: (dst: Uint8Array, offset: number) => dst.set(new Uint8Array(p[key].buffer, p[key].byteOffset + offset * 4, dst.byteLength)),
+    fill: (dst: Uint8Array, offset: number) => {
+      const c = f32Chunk(p[key], offset, dst.byteLength / 4);
+      dst.set(new Uint8Array(c.buffer, c.byteOffset, dst.byteLength));
+    },
   })));
   await writeTensorFile(path.join(dir, OPTIMIZER_FILE), entries, { format: FORMAT });
   const json = { format: FORMAT, version: VERSION, step: s.step, data_position: s.dataPosition, rng: s.rng, options: s.options, tensors };
@@ -65,8 +83,9 @@ export async function writeTrainingState(dir: string, s: TrainingState): Promise
 }
 
 /** Where a parameter's master, m or v is read into (default: a new Float32Array), so that a
- *  trainer can place the state in buffers of its own. */
-export type StateAlloc = (name: string, part: 'master' | 'm' | 'v', size: number) => Float32Array;
+ *  trainer can place the state in buffers of its own; null: not read (a trainer that streams the
+ *  optimizer file itself, after this has checked it). */
+export type StateAlloc = (name: string, part: 'master' | 'm' | 'v', size: number) => Float32Array | null;
 
 /** Reads a state written by writeTrainingState. With `expected` (the model's parameters), the
  *  names and shapes must match it exactly. Errors name the file and the field or tensor. */
@@ -83,6 +102,7 @@ export async function readTrainingState(dir: string, expected?: Map<string, numb
     const size = shape.reduce((a, b) => a * b, 1);
     const buffer = (part: 'master' | 'm' | 'v') => {
       const a = alloc(name, part, size);
+      if (a === null) return new Float32Array(0);
       if (a.length !== size) throw new RangeError(`alloc gave ${a.length} values for ${part} of '${name}', which has ${size}`);
       return a;
     };
@@ -94,7 +114,7 @@ export async function readTrainingState(dir: string, expected?: Map<string, numb
     if (!w) throw new UserError(`${file}: tensor '${info.name}' is not a part of any parameter in ${STATE_JSON}`);
     checkInfo(file, info, w.p.shape);
     const a = w.p[w.key];
-    return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+    return a.length === 0 && info.byteLength > 0 ? null : new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
   });
   for (const name of wanted.keys()) if (!found.has(name)) throw new UserError(`${file}: tensor '${name}' is missing`);
   return { step: j.step, dataPosition: j.data_position, rng: j.rng ?? null, options: j.options, tensors };

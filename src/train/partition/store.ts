@@ -19,7 +19,7 @@ import { type ParamState, type Precision, allocParamState } from '../../optim/st
 import { fromFloat32, toFloat32 } from '../../tensor/dtype.js';
 import { Tensor } from '../../tensor/tensor.js';
 import {
-  type GlobalGrads, type GlobalParams, type LayerGrads, type LayerParams, type ParamSource, type ParamViews,
+  type GlobalGrads, type GlobalParams, type LayerGrads, type LayerParams, type ParamLookup, type ParamSource,
   globalGrads, globalParams, layerGrads, layerParams,
 } from '../params.js';
 import { type Layout, ownedPart, partitionLayout } from './layout.js';
@@ -155,7 +155,7 @@ export class PartitionedStore implements ParamSource {
     if (this.nextGroup > 0) this.startGather(this.nextGroup);
   }
 
-  private views(s: Slot): ParamViews {
+  private views(s: Slot): ParamLookup {
     const group = this.layout.groups[s.group]!;
     const entries = new Map(group.entries.map((e) => [e.name, e]));
     const view = (name: string): Tensor => {
@@ -169,21 +169,26 @@ export class PartitionedStore implements ParamSource {
       }
       return t;
     };
+    const vector = (name: string): F32 => {
+      const p = view(name);
+      if (p.dtype === 'f32') return p as F32;
+      const key = `${name}:f32`;
+      let w = s.views.get(key) as F32 | undefined;
+      if (!w) s.views.set(key, (w = new Tensor('f32', p.shape, toFloat32('bf16', p.data as Uint16Array, false))));
+      return w;
+    };
     return {
       has: (name) => entries.has(name),
       param: view,
-      packed: (base, transposed) => {
+      linear: (base, backward) => {
         const p = view(`${base}.weight`);
-        return transposed ? this.backend.packWeightT(p, this.mode, base) : this.backend.packWeight(p, this.mode, base);
+        return {
+          w: this.backend.packWeight(p, this.mode, base),
+          wT: backward ? this.backend.packWeightT(p, this.mode, base) : null,
+          b: entries.has(`${base}.bias`) ? vector(`${base}.bias`) : null,
+        };
       },
-      vector: (name) => {
-        const p = view(name);
-        if (p.dtype === 'f32') return p as F32;
-        const key = `${name}:f32`;
-        let w = s.views.get(key) as F32 | undefined;
-        if (!w) s.views.set(key, (w = new Tensor('f32', p.shape, toFloat32('bf16', p.data as Uint16Array, false))));
-        return w;
-      },
+      vector,
       grad: (name) => this.gradView(s.group, name),
     };
   }
@@ -191,7 +196,7 @@ export class PartitionedStore implements ParamSource {
   fetchLayer(j: number, backward: boolean): LayerParams {
     const s = this.acquire(j + 1);
     this.prefetchAfter(j + 1, backward);
-    return layerParams(this.views(s), this.config, this.names, j, backward);
+    return layerParams(this.config, this.names, this.views(s), j, backward);
   }
 
   releaseLayer(j: number): void {
@@ -201,7 +206,7 @@ export class PartitionedStore implements ParamSource {
   fetchGlobals(backward: boolean): GlobalParams {
     const s = this.acquire(0);
     this.prefetchAfter(0, backward);
-    return globalParams(this.views(s), this.names, backward);
+    return globalParams(this.names, this.views(s), backward);
   }
 
   releaseGlobals(): void {
@@ -265,7 +270,7 @@ export class PartitionedStore implements ParamSource {
   layerGrads(j: number): LayerGrads {
     this.gradBuffer(j + 1);
     const s = this.slotsFor(j + 1).find((x) => x.group === j + 1)!;
-    return layerGrads(this.views(s), this.config, this.names, j);
+    return layerGrads(this.config, this.names, this.views(s), j);
   }
 
   releaseLayerGrads(j: number): void {
@@ -274,7 +279,7 @@ export class PartitionedStore implements ParamSource {
 
   globalGrads(): GlobalGrads {
     this.gradBuffer(0);
-    return globalGrads(this.views(this.globalSlot), this.names);
+    return globalGrads(this.names, this.views(this.globalSlot));
   }
 
   releaseGlobalGrads(): void {

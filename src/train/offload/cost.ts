@@ -1,0 +1,73 @@
+// Predicted step time of an offloaded training run, in ZeRO-Infinity's terms (design.md §3), from
+// the hardware profile (GEMM rates, disk rates) and the placement:
+//   compute      8 · parameters · tokens FLOPs (forward 2, backward 4, recomputation 2)
+//   forward and backward, overlapped with compute: the disk-resident compute copy of the parameters
+//                read twice (the globals, held through a pass, once), the gradients written once per micro-batch (and read back by each
+//                later micro-batch of the step), the activation checkpoints written and read once
+//   optimizer    gradients, master weights and moments read once and master, moments and the bf16
+//                copy written once; it cannot overlap the backward, whose gradients it needs
+// Beside the GEMMs, compute counts what grows with the parameters at memory speed: packing each
+// fetched weight for the GEMM (three packs per layer and micro-batch: forward, and backward's
+// recompute and transpose) and AdamW's pass over 30 bytes per parameter.
+// A step takes max(compute, forward/backward I/O) + max(AdamW, optimizer I/O), and is bound by
+// the largest part.
+
+import type { HardwareProfile } from '../../policy/profile.js';
+import { diskReadRate, diskWriteRate, gemmRate, memcpyRate } from '../../policy/profile.js';
+import { type Layout, type StateKind, kindBytes } from './layout.js';
+
+export interface OffloadCostInput {
+  layout: Layout;
+  /** Tokens per micro-batch, and micro-batches per step. */
+  tokens: number;
+  gradAccum: number;
+  /** Bytes of activation checkpoints on disk per micro-batch (0 when kept in RAM). */
+  actDiskBytes: number;
+  profile: HardwareProfile;
+}
+
+export interface OffloadCost {
+  seconds: number;
+  /** GEMMs and weight packing of the forward and backward. */
+  computeSeconds: number;
+  /** Disk time of the forward and backward (hidden under compute when shorter). */
+  passIoSeconds: number;
+  /** The optimizer step: AdamW's pass or its disk traffic, whichever is longer (they overlap). */
+  optimizerSeconds: number;
+  bytes: { passRead: number; passWritten: number; optimizerRead: number; optimizerWritten: number };
+  /** What the step time is made of, largest first: 'compute', 'disk (forward/backward)', 'disk (optimizer)'. */
+  bound: string;
+}
+
+export function predictOffloadStep(o: OffloadCostInput): OffloadCost {
+  const { layout, tokens, gradAccum: k, profile } = o;
+  const params = layout.params.reduce((n, p) => n + p.size, 0);
+  const computeKind: StateKind = layout.kinds.includes('param') ? 'param' : 'master';
+  // Bytes as the transfers move them: each parameter's range padded to the 4096-byte blocks.
+  const disk = (kind: StateKind) => layout.fileBytes[kind];
+  const L = layout.units.length - 1;
+  const unitDisk = (kind: StateKind, u: number) => {
+    const r = layout.range(kind, layout.units[u]!);
+    return r ? r.end - r.start : 0;
+  };
+  const globals = unitDisk(computeKind, L);
+  const format = computeKind === 'param' ? 'bf16' : 'f32';
+  const mem = memcpyRate(profile);
+  const packSeconds = (k * 3 * params * (kindBytes(computeKind) + 4)) / mem;
+  const computeSeconds = (8 * params * tokens * k) / gemmRate(profile, format, 'fp32', tokens) + packSeconds;
+  const adamSeconds = (params * 30) / mem;
+  // The globals (embeddings, head) are fetched once per pass and held through it; layers twice.
+  const passRead = k * (2 * (disk(computeKind) - globals) + globals) + (k - 1) * disk('grad') + k * o.actDiskBytes;
+  const passWritten = k * disk('grad') + k * o.actDiskBytes;
+  const optimizerRead = disk('grad') + disk('master') + disk('m') + disk('v');
+  const optimizerWritten = disk('master') + disk('m') + disk('v') + (computeKind === 'param' ? disk('param') : 0);
+  const r = diskReadRate(profile), w = diskWriteRate(profile);
+  const passIoSeconds = passRead / r + passWritten / w;
+  const optimizerSeconds = Math.max(adamSeconds, optimizerRead / r + optimizerWritten / w);
+  const parts: [string, number][] = [['compute', computeSeconds], ['disk (forward/backward)', passIoSeconds], ['disk (optimizer)', optimizerSeconds]];
+  const bound = parts.sort((a, b) => b[1] - a[1]).map(([n]) => n)[0]!;
+  return {
+    seconds: Math.max(computeSeconds, passIoSeconds) + optimizerSeconds, computeSeconds, passIoSeconds, optimizerSeconds,
+    bytes: { passRead, passWritten, optimizerRead, optimizerWritten }, bound,
+  };
+}

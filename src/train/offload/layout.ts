@@ -1,0 +1,130 @@
+// Where each model state of each parameter lives when training offloads: in RAM (a tensor of its
+// own) or at an aligned offset of the state kind's file in the disk tier.
+//
+// State kinds (ZeRO's model states, src/optim/state.ts): 'param' (the bf16 copy compute reads; in
+// fp32 precision compute reads the master, so there is no 'param'), 'grad' (f32), 'master', 'm',
+// 'v' (f32). A share per kind says how much of it stays in RAM: the parameters are taken in their
+// listed order and the first ones whose bytes fit in share × total stay, the rest go to the kind's
+// file. So within any run of consecutive parameters (a layer, an optimizer sub-group) the disk
+// ones are consecutive in the file too, and one read or write moves them all.
+//
+// Parameters are grouped in units, the granule the forward and backward fetch: unit j < L is
+// layer j, unit L the globals (embeddings, final norm, projections, LM head). The files (and the
+// RAM shares) take the parameters unit by unit (`order`), so that each unit's disk part is one
+// range: the globals are not consecutive in the parameters' listed order.
+
+import type { ModelConfig } from '../../models/config.js';
+import { type LayerSlot, type NameTable, expectedShape } from '../../models/architecture.js';
+import type { Precision } from '../../optim/state.js';
+import { alignUp } from '../../tensor/disk/io.js';
+import { paramList } from '../params.js';
+
+export type StateKind = 'param' | 'grad' | 'master' | 'm' | 'v';
+export const STATE_KINDS: readonly StateKind[] = ['param', 'grad', 'master', 'm', 'v'];
+
+/** Share of each kind kept in RAM (0 = all on disk, 1 = all in RAM); 'act' is the activation
+ *  checkpoints (the layer inputs kept for the backward's recompute). */
+export type Shares = Record<StateKind | 'act', number>;
+
+export interface ParamInfo {
+  index: number;
+  name: string;
+  shape: number[];
+  size: number;
+  /** Unit: layer index, or L for the globals. */
+  unit: number;
+}
+
+export class Layout {
+  readonly params: ParamInfo[] = [];
+  /** Param indices of each unit (ascending). */
+  readonly units: number[][];
+  /** Parameter indices unit by unit: the order of the files. */
+  readonly order: number[];
+  /** Per kind, per parameter: byte offset in the kind's file, or -1 when in RAM. */
+  readonly offsets: Record<StateKind, number[]>;
+  /** Per kind: the file's length in bytes. */
+  readonly fileBytes: Record<StateKind, number>;
+  readonly kinds: StateKind[];
+
+  /** Per unit, the parameters fetched with it (all but the tiled ones). */
+  readonly fetched: number[][];
+
+  /** `tiled`: linear weights computed in tiles (./tiles.ts), never fetched whole with their unit. */
+  constructor(readonly config: ModelConfig, names: NameTable, readonly precision: Precision, readonly shares: Shares,
+    readonly tiled: ReadonlySet<string> = new Set()) {
+    const layerOf = new Map<string, number>();
+    for (let j = 0; j < config.layers; j++) {
+      for (const t of Object.values(names.layer)) if (t) for (const part of ['weight', 'bias']) layerOf.set(`${t.replace('{L}', String(j))}.${part}`, j);
+    }
+    this.units = Array.from({ length: config.layers + 1 }, () => []);
+    for (const { name, slot, part } of paramList(config, names)) {
+      const shape = [...expectedShape(config, slot as LayerSlot, part)];
+      const unit = layerOf.get(name) ?? config.layers;
+      const p = { index: this.params.length, name, shape, size: shape.reduce((a, b) => a * b, 1), unit };
+      this.params.push(p);
+      this.units[unit]!.push(p.index);
+    }
+    // Within a unit the tiled weights come last, so the fetched ones are one range.
+    this.fetched = this.units.map((u) => u.filter((i) => !tiled.has(this.params[i]!.name)));
+    this.order = this.units.flatMap((u, j) => [...this.fetched[j]!, ...u.filter((i) => tiled.has(this.params[i]!.name))]);
+    this.kinds = STATE_KINDS.filter((k) => k !== 'param' || precision === 'bf16');
+    this.offsets = {} as Record<StateKind, number[]>;
+    this.fileBytes = {} as Record<StateKind, number>;
+    for (const k of STATE_KINDS) {
+      const total = this.params.reduce((n, p) => n + p.size * kindBytes(k), 0);
+      let inRam = 0, offset = 0, spilled = false;
+      const offsets = new Array<number>(this.params.length).fill(-1);
+      for (const i of this.order) {
+        const bytes = this.params[i]!.size * kindBytes(k);
+        if (!this.kinds.includes(k)) continue;
+        if (!spilled && inRam + bytes <= shares[k] * total) {
+          inRam += bytes;
+          continue;
+        }
+        // Once one parameter is on disk every later one is: the disk part is a suffix.
+        spilled = true;
+        offsets[i] = offset;
+        offset += alignUp(bytes);
+      }
+      this.offsets[k] = offsets;
+      this.fileBytes[k] = offset;
+    }
+  }
+
+  isTiled(index: number): boolean {
+    return this.tiled.has(this.params[index]!.name);
+  }
+
+  onDisk(kind: StateKind, index: number): boolean {
+    return this.offsets[kind][index]! >= 0;
+  }
+
+  /** The file range [start, end) holding the disk-resident `kind` of the given consecutive
+   *  parameters, or null when all are in RAM. */
+  range(kind: StateKind, indices: readonly number[]): { start: number; end: number } | null {
+    let start = Infinity, end = -1;
+    for (const i of indices) {
+      const o = this.offsets[kind][i]!;
+      if (o < 0) continue;
+      start = Math.min(start, o);
+      end = Math.max(end, o + alignUp(this.params[i]!.size * kindBytes(kind)));
+    }
+    return end < 0 ? null : { start, end };
+  }
+
+  /** Bytes of `kind` in RAM and on disk. */
+  bytes(kind: StateKind): { ram: number; disk: number } {
+    if (!this.kinds.includes(kind)) return { ram: 0, disk: 0 };
+    let ram = 0, disk = 0;
+    for (const p of this.params) {
+      if (this.onDisk(kind, p.index)) disk += p.size * kindBytes(kind);
+      else ram += p.size * kindBytes(kind);
+    }
+    return { ram, disk };
+  }
+}
+
+export function kindBytes(k: StateKind): number {
+  return k === 'param' ? 2 : 4;
+}

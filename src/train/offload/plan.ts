@@ -1,0 +1,127 @@
+// What an offloaded training run holds in RAM, item by item, and the placement it chooses from a
+// RAM limit: the working buffers first (they do not depend on the placement), then what is left
+// keeps states resident, in the order that saves the most traffic per byte — the compute copy of
+// the parameters (read twice a step), the gradients (written, and read back when accumulating),
+// then master weights, momentum and variance (read and written once a step), and the activation
+// checkpoints. A limit the working buffers alone exceed is refused, naming what fills it.
+
+import type { ModelConfig } from '../../models/config.js';
+import { type MemoryItem, checkLimits } from '../../policy/memory.js';
+import { Layout, type Shares, type StateKind, kindBytes } from './layout.js';
+import type { NameTable } from '../../models/architecture.js';
+import type { Precision } from '../../optim/state.js';
+import { alignUp } from '../../tensor/disk/io.js';
+import { UserError } from '../../util/errors.js';
+import { TENSOR_FILE_RAM_BYTES } from '../tensor-file.js';
+
+export interface OffloadPlanInput {
+  config: ModelConfig;
+  names: NameTable;
+  precision: Precision;
+  /** Tokens of the largest micro-batch (batch size × sequence length). */
+  maxTokens: number;
+  ram: number;
+  disk?: number;
+  /** Given shares (the rest are planned). */
+  shares?: Partial<Shares>;
+  subGroupSize?: number;
+  /** Bytes of a weight tile; weights larger are computed in tiles (default: planned from ram). */
+  tileSize?: number;
+  checkpointActivations: boolean;
+}
+
+export interface OffloadPlan {
+  shares: Shares;
+  subGroupSize: number;
+  /** Most units read ahead (the prefetcher picks the depth within it from measurements). */
+  maxDepth: number;
+  /** Bytes of a weight tile, and the weights computed in tiles. */
+  tileBytes: number;
+  tiled: Set<string>;
+  layout: Layout;
+  items: MemoryItem[];
+}
+
+const ORDER: (StateKind | 'act')[] = ['param', 'master', 'grad', 'm', 'v', 'act'];
+// (fp32 has no 'param': the master, which compute reads, comes first.)
+
+export function planOffload(o: OffloadPlanInput): OffloadPlan {
+  const c = o.config, t = o.maxTokens;
+  const computeKind: StateKind = o.precision === 'bf16' ? 'param' : 'master';
+  // Memory-centric tiling: a linear weight over four tiles (a tile is a 32nd of the limit by
+  // default) is never fetched whole; --tile-size sets the tile, and tiles every weight larger.
+  const tileBytes = o.tileSize ?? Math.max(1 << 16, Math.floor(o.ram / 32));
+  const tileOver = o.tileSize ?? 4 * tileBytes;
+  const all = new Layout(c, o.names, o.precision, { param: 0, grad: 0, master: 0, m: 0, v: 0, act: 0 });
+  const g = o.names.global;
+  const whole = new Set([`${g.embed}.weight`, `${g.pos_embed}.weight`, `${g.lm_head}.weight`]);
+  const tiled = new Set(all.params.filter((p) => p.shape.length === 2 && !whole.has(p.name) && p.size * kindBytes(computeKind) > tileOver).map((p) => p.name));
+  const probe = new Layout(c, o.names, o.precision, { param: 0, grad: 0, master: 0, m: 0, v: 0, act: 0 }, tiled);
+  const L = c.layers;
+  const unitElems = probe.fetched.map((u) => u.reduce((n, i) => n + probe.params[i]!.size, 0));
+  const unitBytes = (u: number, k: StateKind) => probe.fetched[u]!.reduce((n, i) => n + alignUp(probe.params[i]!.size * kindBytes(k)), 0);
+  const layerMax = (k: StateKind) => Math.max(0, ...Array.from({ length: L }, (_, u) => unitBytes(u, k)));
+  const perElem = probe.kinds.reduce((n, k) => n + kindBytes(k), 0);
+  // Sub-groups: a sixteenth of the limit for the three buffer sets (pieces of 2048 elements at
+  // least; ./optimizer.ts); each kind's buffer may take a block of alignment more.
+  const subGroupSize = o.subGroupSize ?? Math.max(2048, Math.floor(o.ram / 16 / (3 * perElem)));
+  const subGroupBytes = 3 * (Math.max(2048, Math.min(subGroupSize, probe.params.reduce((n, p) => n + p.size, 0))) * perElem + probe.kinds.length * 4096);
+  // Packed weights: each held unit's weights packed (and packed transposed) in f32 at most.
+  const packs = 2 * 4 * (Math.max(0, ...unitElems.slice(0, L)) + unitElems[L]!);
+  const q = c.heads * c.headDim, kv = c.kvHeads * c.headDim, ffn = (c.gatedMlp ? 3 : 2) * c.ffn;
+  const perToken = 4 * (2 * (8 * c.hidden + 2 * q + 2 * kv + ffn + c.heads) + 4 * c.embedDim + 2 * c.vocabSize);
+  const gemm = 4 * t * Math.max(c.ffn, c.hidden, q, c.embedDim, c.vocabSize);
+  const fixed = (depth: number): MemoryItem[] => [
+    { what: 'parameter buffers (layer in use, read ahead, globals)', ram: (depth + 1) * layerMax(computeKind) + 2 * unitBytes(L, computeKind), disk: 0 },
+    { what: 'gradient buffers', ram: 2 * layerMax('grad') + unitBytes(L, 'grad'), disk: 0 },
+    { what: 'packed weights', ram: packs, disk: 0 },
+    { what: 'optimizer sub-group buffers (three)', ram: subGroupBytes, disk: 0 },
+    // Without activation checkpointing every layer keeps its whole tape (half of perToken).
+    { what: o.checkpointActivations ? 'activations and gradients of one layer, head, logits' : 'every layer\'s activations, gradients, head, logits',
+      ram: perToken * t * (o.checkpointActivations ? 1 : (L + 1) / 2) + gemm, disk: 0 },
+    // Chunk buffers, staging and the f32 chunk of a state read from disk.
+    { what: 'checkpoint save and resume', ram: TENSOR_FILE_RAM_BYTES + TENSOR_FILE_RAM_BYTES / 4, disk: 0 },
+    // A raw tile, its two packings (W, Wᵀ) and a gradient tile, in f32 at most, and dy's columns.
+    { what: 'weight tiles', ram: tiled.size > 0 ? 4 * tileBytes * (4 / kindBytes(computeKind)) + 4 * t * Math.max(c.ffn, c.hidden) : 0, disk: 0 },
+    { what: 'activation checkpoint staging', ram: o.checkpointActivations ? 2 * alignUp(4 * t * c.hidden) : 0, disk: 0 },
+  ];
+  let maxDepth = 1;
+  const base = fixed(1).reduce((n, i) => n + i.ram, 0);
+  // Deeper prefetch while it takes at most a quarter of what is left.
+  while (maxDepth < 4 && (maxDepth + 1) * layerMax(computeKind) <= (o.ram - base) / 4 + layerMax(computeKind)) maxDepth++;
+  const items = fixed(maxDepth);
+  let left = o.ram - items.reduce((n, i) => n + i.ram, 0);
+  const shares = { param: 0, grad: 0, master: 0, m: 0, v: 0, act: 0 } as Shares;
+  const totals: Record<string, number> = Object.fromEntries(probe.kinds.map((k) => [k, probe.params.reduce((n, p) => n + p.size * kindBytes(k), 0)]));
+  totals.act = o.checkpointActivations ? (L + 1) * 4 * t * c.hidden : 0;
+  for (const k of o.precision === 'bf16' ? ORDER : ORDER.filter((x) => x !== 'param')) {
+    const given = o.shares?.[k];
+    const total = totals[k] ?? 0;
+    let s = given ?? (total === 0 ? 1 : Math.max(0, Math.min(1, left / total)));
+    // Activation checkpoints are kept all in RAM or all on disk.
+    if (k === 'act') s = s >= 1 ? 1 : 0;
+    shares[k] = s;
+    left -= s * total;
+  }
+  // fp32: the master is what compute reads.
+  if (o.precision === 'fp32') shares.param = 0;
+  const layout = new Layout(c, o.names, o.precision, shares, tiled);
+  for (const k of probe.kinds) {
+    const b = layout.bytes(k);
+    items.push({ what: `${KIND_NAMES[k]} (${Math.round(100 * shares[k])}% in RAM)`, ram: b.ram, disk: b.disk });
+  }
+  items.push({ what: `activation checkpoints (${Math.round(100 * shares.act)}% in RAM)`, ram: shares.act >= 1 ? totals.act! : 0, disk: shares.act >= 1 ? 0 : totals.act! });
+  try {
+    checkLimits(items, { ram: o.ram, disk: o.disk }, `training ${c.layers} layers with ${t} tokens per micro-batch`);
+  } catch (e) {
+    // checkLimits' advice is generation's; training's levers are these.
+    if (e instanceof UserError) throw new UserError(e.message.replace(/ Put more of .*$/, ' Keep fewer states in RAM (--ram-percent), or use a smaller --batch-size, --seq-len or --sub-group-size.'));
+    throw e;
+  }
+  if (!Number.isSafeInteger(subGroupSize) || subGroupSize < 1) throw new UserError(`--sub-group-size must be a positive integer, got ${subGroupSize}`);
+  return { shares, subGroupSize, maxDepth, tileBytes, tiled, layout, items };
+}
+
+const KIND_NAMES: Record<StateKind, string> = {
+  param: 'bf16 parameters', grad: 'gradients', master: 'fp32 master weights', m: 'Adam momentum', v: 'Adam variance',
+};

@@ -1,0 +1,152 @@
+// Memory-centric tiling (ZeRO-Infinity): a linear weight too large for what the RAM limit leaves is
+// never whole in RAM. Its forward multiplies row tiles of W, its input gradient column tiles (rows
+// of Wᵀ), and its weight gradient accumulates into row tiles of dW, each read from where the state
+// lives (a view of its RAM tensor, or the kind's file, synchronously: a tile is needed in the middle
+// of the layer's compute) into one reused buffer, and dW's tiles written back as each is done.
+// Every output element is the same sum as without tiles, so the results are equal bit for bit.
+
+import fs from 'node:fs';
+import { type Backend, type PackedWeight, weightFormatFor } from '../../backend/backend.js';
+import type { ComputeMode } from '../../backend/index.js';
+import { TiledGrad, TiledWeight } from '../../backend/tiled.js';
+import { Tensor } from '../../tensor/tensor.js';
+import { type StateKind, kindBytes } from './layout.js';
+import type { States } from './states.js';
+
+/** Elements native sumSquares sums per partial (kChunk in native/kernels/optim_generic.cpp). */
+const SUM_CHUNK = 1 << 16;
+
+export class TileIo {
+  private readonly fds = new Map<StateKind, number>();
+  private raw = new Uint8Array(0);
+  private readonly packs = new Map<string, Uint8Array>();
+
+  constructor(private readonly states: States, private readonly backend: Backend, private readonly mode: ComputeMode,
+    /** Bytes of W (in the compute kind) per tile. */
+    readonly tileBytes: number) {}
+
+  private fd(kind: StateKind): number {
+    let fd = this.fds.get(kind);
+    if (fd === undefined) this.fds.set(kind, (fd = fs.openSync(this.states.path(kind), 'r+')));
+    return fd;
+  }
+
+  /** Bytes [at, at + dst.byteLength) of parameter `index`'s `kind`, from RAM or its file. */
+  read(kind: StateKind, index: number, at: number, dst: Uint8Array): void {
+    const r = this.states.residentTensor(kind, index);
+    if (r) {
+      dst.set(new Uint8Array(r.data.buffer, r.data.byteOffset + at, dst.byteLength));
+      return;
+    }
+    const base = this.states.layout.offsets[kind][index]!;
+    for (let done = 0; done < dst.byteLength;) {
+      const n = fs.readSync(this.fd(kind), dst, done, dst.byteLength - done, base + at + done);
+      if (n === 0) throw new Error(`${this.states.path(kind)}: ends inside parameter ${this.states.layout.params[index]!.name}`);
+      done += n;
+    }
+  }
+
+  write(kind: StateKind, index: number, at: number, src: Uint8Array): void {
+    const r = this.states.residentTensor(kind, index);
+    if (r) {
+      new Uint8Array(r.data.buffer, r.data.byteOffset + at, src.byteLength).set(src);
+      return;
+    }
+    const base = this.states.layout.offsets[kind][index]!;
+    for (let done = 0; done < src.byteLength;) done += fs.writeSync(this.fd(kind), src, done, src.byteLength - done, base + at + done);
+  }
+
+  private buffer(bytes: number): Uint8Array {
+    if (this.raw.byteLength < bytes) this.raw = new Uint8Array(bytes);
+    return this.raw.subarray(0, bytes);
+  }
+
+  /** Rows per tile of a [rows, cols] matrix of `elemBytes`: a multiple of the GEMM's row block. */
+  private tileRows(rows: number, cols: number, elemBytes: number, block: number): number {
+    const fit = Math.max(1, Math.floor(this.tileBytes / (cols * elemBytes)));
+    return Math.min(rows, Math.max(block, Math.floor(fit / block) * block));
+  }
+
+  /** Packs into a buffer kept per key, grown when a tile needs more. */
+  private pack(key: string, bytes: number, pack: (into: Uint8Array) => PackedWeight): PackedWeight {
+    let into = this.packs.get(key);
+    if (!into || into.byteLength < bytes) this.packs.set(key, (into = new Uint8Array(bytes)));
+    return pack(into);
+  }
+
+  /** W [n, k] of parameter `index` (compute kind `kind`) for y = x·Wᵀ, in row tiles. */
+  weight(kind: StateKind, index: number, name: string): TiledWeight {
+    const [n, k] = this.states.layout.params[index]!.shape as [number, number];
+    const eb = kindBytes(kind), dtype = kind === 'param' ? 'bf16' : 'f32';
+    const rows = this.tileRows(n, k, eb, this.backend.packedRowBlock(this.format(dtype)) ?? 1);
+    const self = this;
+    return new TiledWeight(this.backend.name, n, k, function* () {
+      for (let r0 = 0; r0 < n; r0 += rows) {
+        const r1 = Math.min(n, r0 + rows);
+        const bytes = self.buffer((r1 - r0) * k * eb);
+        self.read(kind, index, r0 * k * eb, bytes);
+        const t = new Tensor(dtype, [r1 - r0, k], dtype === 'bf16' ? new Uint16Array(bytes.buffer, bytes.byteOffset, (r1 - r0) * k) : new Float32Array(bytes.buffer, bytes.byteOffset, (r1 - r0) * k));
+        const f = self.format(dtype);
+        yield self.pack('w', self.backend.packedByteLength(f, r1 - r0, k), (into) => self.backend.packWeight(t, self.mode, name, { into }));
+      }
+    }, name);
+  }
+
+  /** Wᵀ for dx = dy·W, in tiles of W's columns (rows of Wᵀ), each gathered row by row. */
+  weightT(kind: StateKind, index: number, name: string): TiledWeight {
+    const [n, k] = this.states.layout.params[index]!.shape as [number, number];
+    const eb = kindBytes(kind), dtype = kind === 'param' ? 'bf16' : 'f32';
+    const cols = this.tileRows(k, n, eb, this.backend.packedRowBlock(this.format(dtype)) ?? 1);
+    const self = this;
+    return new TiledWeight(this.backend.name, k, n, function* () {
+      for (let c0 = 0; c0 < k; c0 += cols) {
+        const c1 = Math.min(k, c0 + cols), w = c1 - c0;
+        const bytes = self.buffer(n * w * eb);
+        for (let r = 0; r < n; r++) self.read(kind, index, (r * k + c0) * eb, bytes.subarray(r * w * eb, (r + 1) * w * eb));
+        const t = new Tensor(dtype, [n, w], dtype === 'bf16' ? new Uint16Array(bytes.buffer, bytes.byteOffset, n * w) : new Float32Array(bytes.buffer, bytes.byteOffset, n * w));
+        const f = self.format(dtype);
+        yield self.pack('wT', self.backend.packedByteLength(f, w, n), (into) => self.backend.packWeightT(t, self.mode, name, { into }));
+      }
+    }, `${name}ᵀ`);
+  }
+
+  /** dW [n, k] of parameter `index` in row tiles: zeros when `zero`, else read; written back after each. */
+  grad(index: number, zero: boolean): TiledGrad {
+    const [n, k] = this.states.layout.params[index]!.shape as [number, number];
+    const rows = this.tileRows(n, k, 4, 1);
+    const self = this;
+    return new TiledGrad(n, k, function* () {
+      for (let r0 = 0; r0 < n; r0 += rows) {
+        const r1 = Math.min(n, r0 + rows);
+        const bytes = self.buffer((r1 - r0) * k * 4);
+        if (zero) bytes.fill(0);
+        else self.read('grad', index, r0 * k * 4, bytes);
+        yield { r0, r1, dw: new Tensor('f32', [r1 - r0, k], new Float32Array(bytes.buffer, bytes.byteOffset, (r1 - r0) * k)) };
+        self.write('grad', index, r0 * k * 4, bytes);
+      }
+    });
+  }
+
+  /** Σ g² of parameter `index`'s gradient exactly as native sumSquares sums a whole array: its
+   *  partials over chunks of SUM_CHUNK elements, added in order. */
+  sumSquares(index: number): number {
+    const size = this.states.layout.params[index]!.size;
+    let s = 0;
+    for (let e0 = 0; e0 < size; e0 += SUM_CHUNK) {
+      const n = Math.min(SUM_CHUNK, size - e0);
+      const bytes = this.buffer(n * 4);
+      this.read('grad', index, e0 * 4, bytes);
+      s += this.backend.train.sumSquares(new Tensor('f32', [n], new Float32Array(bytes.buffer, bytes.byteOffset, n)));
+    }
+    return s;
+  }
+
+  private format(dtype: 'f32' | 'bf16') {
+    return weightFormatFor(dtype, this.mode);
+  }
+
+  close(): void {
+    for (const fd of this.fds.values()) fs.closeSync(fd);
+    this.fds.clear();
+  }
+}

@@ -1,0 +1,234 @@
+// Training beyond memory (src/train/offload): the model states on disk, or split between RAM and
+// disk, give the same losses and the same final weights, bit for bit, as the same run in RAM —
+// fp32 and bf16, an OPT and a Llama model made here, with gradient accumulation (gradients read
+// back from disk) and activation checkpoints on disk; and through `tierlm train --ram`: peak RSS
+// within the limit on a state over 4× it, and a resumed offloaded run equal to an uninterrupted one;
+// a layer larger than half the limit computed in tiles; the cost model's bytes; I/O faults.
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { initModel } from '../src/models/init.js';
+import { RUNTIME_OVERHEAD_BYTES } from '../src/policy/memory.js';
+import { loadProfile } from '../src/policy/profile.js';
+import { DirectFile } from '../src/tensor/disk/io.js';
+import { type TrainerOptions, openTrainer } from '../src/train/index.js';
+import { cli, cliPeak } from './helpers/cli.js';
+import { readJsonl, tmpDir } from './helpers/fixtures.js';
+import { rng } from './helpers/random.js';
+import { readAll } from './helpers/train.js';
+
+const MiB = 2 ** 20;
+
+/** A test model: the Llama preset with a small vocabulary (the default 32000 rows would dominate). */
+function model(config: 'opt-test' | 'llama-test', layers: number, overrides: Record<string, unknown> = {}): string {
+  const dir = tmpDir(`offload-${config}`);
+  initModel({ config, out: dir, layers, dtype: 'f32', seed: 3, overrides: { ...(config === 'llama-test' ? { vocab_size: 512 } : {}), ...overrides } });
+  return dir;
+}
+
+/** Steps of two micro-batches of two random sequences each. */
+function batches(steps: number, vocab: number, seed: number): { tokenIds: number[] }[][][] {
+  const r = rng(seed);
+  return Array.from({ length: steps }, () => Array.from({ length: 2 }, () => Array.from({ length: 2 }, () => ({
+    tokenIds: Array.from({ length: 5 + Math.floor(r() * 11) }, () => Math.floor(r() * vocab)),
+  }))));
+}
+
+async function run(dir: string, o: TrainerOptions, steps: { tokenIds: number[] }[][][]): Promise<{ losses: number[]; norms: number[]; weights: Map<string, Float32Array> }> {
+  const t = await openTrainer(dir, { lr: 1e-3, maxGradNorm: 0.5, threads: 1, ...o });
+  const losses: number[] = [], norms: number[] = [];
+  try {
+    for (const b of steps) {
+      const m = await t.step(b);
+      losses.push(m.loss);
+      norms.push(m.gradNorm);
+      // An evaluation between steps: its own pass (and prefetch trace) over the same states.
+      losses.push((await t.evaluate(b[0]!)).loss);
+    }
+    const file = path.join(tmpDir('offload-out'), 'w.safetensors');
+    t.saveParams(file);
+    return { losses, norms, weights: readAll(file) };
+  } finally {
+    await t.close();
+  }
+}
+
+function expectSame(a: Awaited<ReturnType<typeof run>>, b: Awaited<ReturnType<typeof run>>): void {
+  expect(b.losses).toEqual(a.losses);
+  expect(b.norms).toEqual(a.norms);
+  expect([...b.weights.keys()]).toEqual([...a.weights.keys()]);
+  for (const [name, w] of a.weights) expect(Buffer.from(b.weights.get(name)!.buffer).equals(Buffer.from(w.buffer)), name).toBe(true);
+}
+
+const none = { param: 0, grad: 0, master: 0, m: 0, v: 0, act: 0 };
+const half = { param: 0.5, grad: 0.5, master: 0.5, m: 0.3, v: 0.7, act: 1 };
+
+describe('offloaded training equals training in RAM, bit for bit', () => {
+  it.each([
+    { config: 'opt-test' as const, precision: 'fp32' as const },
+    { config: 'llama-test' as const, precision: 'bf16' as const },
+    { config: 'opt-test' as const, precision: 'bf16' as const },
+    { config: 'llama-test' as const, precision: 'fp32' as const },
+  ])('$config $precision: every state on disk, and split between RAM and disk', async ({ config, precision }) => {
+    const dir = model(config, 2);
+    const steps = batches(3, 300, 7);
+    const ram = await run(dir, { precision }, steps);
+    const disk = await run(dir, { precision, offload: { ram: 256 * MiB, diskDir: tmpDir('offload-disk'), shares: none, subGroupSize: 5000, maxTokens: 32 } }, steps);
+    expectSame(ram, disk);
+    const split = await run(dir, { precision, offload: { ram: 256 * MiB, diskDir: tmpDir('offload-disk'), shares: half, maxTokens: 32 } }, steps);
+    expectSame(ram, split);
+    // Every layer weight in tiles of 48 KiB (a few rows each), on disk and split.
+    for (const shares of [none, half]) {
+      const o = { precision, offload: { ram: 256 * MiB, diskDir: tmpDir('offload-disk'), shares, maxTokens: 32, tileSize: 48 << 10 } };
+      const t = await openTrainer(dir, o);
+      expect(t.offloadPlacement()!.tiledWeights).toBeGreaterThanOrEqual(6);
+      await t.close();
+      expectSame(ram, await run(dir, o, steps));
+    }
+  });
+});
+
+describe('tierlm train --ram --disk-dir', () => {
+  const data = () => {
+    const file = path.join(tmpDir('offload-data'), 'data.jsonl');
+    const r = rng(5);
+    fs.writeFileSync(file, Array.from({ length: 12 }, () => JSON.stringify({ token_ids: Array.from({ length: 16 }, () => Math.floor(r() * 1000)) })).join('\n') + '\n');
+    return file;
+  };
+  const args = (m: string, d: string, out: string, steps: number, extra: string[] = []) => ['train', '--model', m, '--data', d, '--out', out,
+    '--max-steps', String(steps), '--batch-size', '2', '--grad-accum', '2', '--seq-len', '16', '--threads', '2', '--lr', '1e-3', ...extra];
+  const losses = (out: string) => readJsonl<{ loss: number; grad_norm: number }>(path.join(out, 'metrics.jsonl')).map((l) => [l.loss, l.grad_norm]);
+  const weights = (out: string) => fs.readFileSync(path.join(out, 'model.safetensors'));
+
+  // A training state (fp32: 16 bytes per parameter) more than 4× the limit: 13.0M parameters,
+  // 209 MB, under --ram 48MiB. Peak RSS of the whole CLI process from outside (VmHWM).
+  it('trains a model whose state is over 4× --ram within the limit plus the stated overhead', () => {
+    const m = tmpDir('offload-big');
+    initModel({ config: 'opt-test', out: m, layers: 16, dtype: 'f32', seed: 1 });
+    const ram = 48 * MiB;
+    const out = tmpDir('offload-big-out');
+    const r = cliPeak(args(m, data(), out, 2, ['--ram', '48MiB', '--disk-dir', tmpDir('offload-big-disk')]));
+    expect(r.code, r.stderr).toBe(0);
+    const params = Number(/training ([\d.]+)M parameters/.exec(r.stderr)![1]) * 1e6;
+    expect(16 * params).toBeGreaterThan(4 * ram);
+    const metrics = readJsonl<{ disk_read_bytes: number; disk_written_bytes: number }>(path.join(out, 'metrics.jsonl'));
+    expect(metrics[0]!.disk_read_bytes).toBeGreaterThan(8 * params);
+    expect(metrics[0]!.disk_written_bytes).toBeGreaterThan(8 * params);
+    expect(r.peakRssBytes).toBeLessThanOrEqual(ram + RUNTIME_OVERHEAD_BYTES);
+  });
+
+  // Memory-centric tiling: one layer of 8.65M parameters (fc1 and fc2 of 256 × 16384), 34.6 MB in
+  // fp32, more than half of --ram 64MiB: its MLP weights are computed in tiles, the results are
+  // those of the run in RAM, and the peak stays within the limit plus the overhead.
+  it('trains a model with one layer larger than half the RAM limit, in tiles, as in RAM', () => {
+    const m = model('opt-test', 1, { ffn_dim: 16384 });
+    const d = data();
+    const ram = 64 * MiB;
+    const tiled = tmpDir('offload-tiled');
+    const r = cliPeak(args(m, d, tiled, 2, ['--ram', '64MiB', '--disk-dir', tmpDir('offload-tiled-disk')]));
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/2 weights computed in tiles of 2\.0 MiB/);
+    const layer = (4 * 256 * 256 + 4 * 256 + 2 * 256 * 16384 + 16384 + 256 + 4 * 256) * 4;
+    expect(layer).toBeGreaterThan(ram / 2);
+    expect(r.peakRssBytes).toBeLessThanOrEqual(ram + RUNTIME_OVERHEAD_BYTES);
+    const inRam = tmpDir('offload-tiled-ram');
+    expect(cli(args(m, d, inRam, 2)).code).toBe(0);
+    expect(losses(tiled)).toEqual(losses(inRam));
+    expect(weights(tiled).equals(weights(inRam))).toBe(true);
+  });
+
+  it('an offloaded run resumed from its checkpoint equals the uninterrupted run, and the run in RAM', () => {
+    const m = model('opt-test', 2);
+    const d = data();
+    const off = (disk: string) => ['--ram', '64MiB', '--disk-dir', disk, '--ram-percent', '0', '0', '0', '0', '0', '0', '--save-every', '2'];
+    const whole = tmpDir('offload-whole');
+    expect(cli(args(m, d, whole, 4, off(tmpDir('offload-d1')))).code).toBe(0);
+    const inRam = tmpDir('offload-inram');
+    expect(cli(args(m, d, inRam, 4, ['--save-every', '2'])).code).toBe(0);
+    const parts = tmpDir('offload-parts');
+    expect(cli(args(m, d, parts, 2, off(tmpDir('offload-d2')))).code).toBe(0);
+    const r = cli(args(m, d, parts, 4, [...off(tmpDir('offload-d3')), '--resume']));
+    expect(r.code, r.stderr).toBe(0);
+    expect(losses(parts)).toEqual(losses(whole));
+    expect(weights(parts).equals(weights(whole))).toBe(true);
+    expect(losses(inRam)).toEqual(losses(whole));
+    expect(weights(inRam).equals(weights(whole))).toBe(true);
+  });
+});
+
+describe('the offloaded step cost model', () => {
+  it('predicts the disk traffic a step makes (ZeRO-Infinity terms), and a time bound by its largest part', async () => {
+    const dir = model('opt-test', 2);
+    const steps = batches(2, 300, 9);
+    const maxTokens = Math.max(...steps.flat().map((m) => m.reduce((n, s) => n + s.tokenIds.length, 0)));
+    const t = await openTrainer(dir, { lr: 1e-3, threads: 1, offload: { ram: 256 * MiB, diskDir: tmpDir('offload-cost'), shares: none, maxTokens } });
+    const profile = loadProfile(process.env.TIERLM_PROFILE!)!;
+    try {
+      await t.step(steps[0]!);
+      const last = await t.step(steps[1]!);
+      const p = t.predictStep(profile, maxTokens, 2)!;
+      const sum = (r: Record<string, number>) => Object.values(r).reduce((a, b) => a + b, 0);
+      const read = sum(last.offload!.read), written = sum(last.offload!.written);
+      expect(written).toBe(p.bytes.passWritten + p.bytes.optimizerWritten);
+      // Reads: the prediction, plus at most the globals read ahead for a next pass that the
+      // optimizer step then drops.
+      expect(read).toBeGreaterThanOrEqual(p.bytes.passRead + p.bytes.optimizerRead);
+      expect(read - (p.bytes.passRead + p.bytes.optimizerRead)).toBeLessThanOrEqual(p.bytes.passRead * 0.25);
+      expect(p.seconds).toBeCloseTo(Math.max(p.computeSeconds, p.passIoSeconds) + p.optimizerSeconds, 12);
+      expect(['compute', 'disk (forward/backward)', 'disk (optimizer)']).toContain(p.bound);
+    } finally {
+      await t.close();
+    }
+  });
+});
+
+describe('I/O faults in an offloaded step', () => {
+  afterEach(() => vi.restoreAllMocks());
+  const faults = [
+    { name: 'EIO on a read', op: 'read' as const, code: 'EIO' },
+    { name: 'ENOSPC on a write', op: 'write' as const, code: 'ENOSPC' },
+  ];
+  /** Counts DirectFile transfers; the `failAt`-th of `op` fails (others are held back 2 ms, so
+   *  that the fault lands while its siblings are in flight). */
+  function inject(op: 'read' | 'write' | null, code: string, failAt: number) {
+    const counts = { read: 0, write: 0 };
+    for (const o of ['read', 'write'] as const) {
+      const real = DirectFile.prototype[o];
+      vi.spyOn(DirectFile.prototype, o).mockImplementation(function (this: DirectFile, buf: ArrayBufferView, offset: number, options) {
+        if (o === op && ++counts[o] === failAt) return Promise.reject(Object.assign(new Error(`${code}: injected, ${o} ${this.path} at offset ${offset}`), { code }));
+        if (o !== op) counts[o]++;
+        return new Promise((resolve) => setTimeout(resolve, 2)).then(() => real.call(this, buf, offset, options));
+      });
+    }
+    return counts;
+  }
+
+  for (const fault of faults) {
+    it(`${fault.name}: the step fails with the original error, close() cleans up`, async () => {
+      const dir = model('opt-test', 2);
+      const steps = batches(2, 300, 4);
+      const diskDir = tmpDir('offload-fault');
+      const o = { lr: 1e-3, threads: 1, offload: { ram: 256 * MiB, diskDir, shares: none, maxTokens: 32 } };
+      const clean = await openTrainer(dir, o);
+      const counts = inject(null, '', 0);
+      for (const b of steps) await clean.step(b);
+      await clean.close();
+      vi.restoreAllMocks();
+      // Early (forward, first step), middle and late (the second step's optimizer).
+      for (const at of [0.2, 0.6, 0.95]) {
+        const t = await openTrainer(dir, o);
+        inject(fault.op, fault.code, Math.ceil(counts[fault.op] * at));
+        let failure: (Error & { code?: string }) | null = null;
+        for (const b of steps) {
+          failure = await t.step(b).then(() => null, (e: Error) => e);
+          if (failure) break;
+        }
+        expect(failure?.code, `at ${at}`).toBe(fault.code);
+        expect(failure?.message).toMatch(/injected/);
+        await t.close();
+        vi.restoreAllMocks();
+        expect(fs.readdirSync(diskDir)).toEqual([]);
+      }
+    });
+  }
+});
