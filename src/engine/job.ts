@@ -73,15 +73,16 @@ export async function runJob(model: LanguageModel, writer: ResultWriter, o: JobO
 
 /** A result as its JSONL line: snake_case fields, id first (a torn line is recognised by it).
  *  With n > 1 the line holds every sample, in order, under "samples". */
-export function toRecord(r: GenerationResult): { id: string } {
-  if (r.samples) return { id: r.id, samples: r.samples.map(sampleRecord) } as { id: string };
-  return { id: r.id, ...sampleRecord(r) };
+export function toRecord(r: GenerationResult): { id: string; prompt_tokens: number; [field: string]: unknown } {
+  if (r.samples) return { id: r.id, prompt_tokens: r.promptTokens, samples: r.samples.map(sampleRecord) };
+  return { id: r.id, prompt_tokens: r.promptTokens, ...sampleRecord(r) };
 }
 
 function sampleRecord(s: SampleResult): Record<string, unknown> {
   const rec: Record<string, unknown> = { token_ids: s.tokenIds };
   if (s.text !== undefined) rec.text = s.text;
   if (s.logprobs) rec.logprobs = s.logprobs;
+  if (s.topLogprobs) rec.top_logprobs = s.topLogprobs;
   rec.finish_reason = s.finishReason;
   return rec;
 }

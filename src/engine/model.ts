@@ -14,7 +14,8 @@ import { selectBf16Kernel } from '../backend/cpu/bf16-kernel.js';
 import { type LayerSource, ResidentLayers, WeightStore, planSlotBytes } from '../schedule/weight-store.js';
 import { type Limits, type MemoryItem, type WeightSizes, blockItems, checkLimits, weightItems } from '../policy/memory.js';
 import { DiskTier } from '../schedule/disk-tier.js';
-import { type GenerateOptions, type GenerateStats, Generator, resolveParams } from './generate.js';
+import { type GenerateOptions, type GenerateParams, type GenerateStats, Generator, resolveParams } from './generate.js';
+import { Scheduler } from './scheduler.js';
 import type { GenerationRequest, GenerationResult, RequestError, RequestNames } from './requests.js';
 
 export interface LoadOptions {
@@ -48,6 +49,7 @@ export function loadOptionsOf(o: LoadOptions): LoadOptions {
 
 export class LanguageModel {
   private closed = false;
+  private sched: Scheduler | null = null;
 
   private constructor(
     readonly config: ModelConfig,
@@ -135,10 +137,35 @@ export class LanguageModel {
   generateNamed(requests: Iterable<GenerationRequest> | AsyncIterable<GenerationRequest>, params: GenerateOptions,
     stats: GenerateStats | undefined, names: RequestNames): AsyncGenerator<GenerationResult | RequestError> {
     if (this.closed) throw new Error('generate() was called after close(): load the model again');
+    const p = this.resolve(params);
+    const g = this.generator();
+    return (async function* () {
+      try {
+        yield* g.generate(requests, p, names);
+      } finally {
+        if (stats) Object.assign(stats, g.stats);
+      }
+    })();
+  }
+
+  /** The continuous-batching scheduler of this model, created on the first call (a second call
+   *  returns the same one, and its params are ignored). `params` are the defaults each request
+   *  may override. Bad params, and a call after close(), throw. */
+  scheduler(params: GenerateOptions = {}): Scheduler {
+    if (this.closed) throw new Error('scheduler() was called after close(): load the model again');
+    this.sched ??= new Scheduler(this.generator(), this.resolve(params));
+    return this.sched;
+  }
+
+  /** Full params of a call: the policy's block shape and cache type unless the call sets them. */
+  private resolve(params: GenerateOptions): GenerateParams {
     // compress_cache stores the KV cache 4-bit whatever the call asks for.
     const cache = this.policy.compressCache ? { cacheDtype: 'q4' as const } : {};
-    const p = resolveParams({ batchSize: this.policy.gpuBatchSize, numGpuBatches: this.policy.numGpuBatches, cacheDtype: cacheDtypeOf(this.policy), ...params, ...cache });
-    const g = new Generator({
+    return resolveParams({ batchSize: this.policy.gpuBatchSize, numGpuBatches: this.policy.numGpuBatches, cacheDtype: cacheDtypeOf(this.policy), ...params, ...cache });
+  }
+
+  private generator(): Generator {
+    return new Generator({
       config: this.config, transformer: this.transformer, runner: this.runner, eosTokenIds: this.eosTokenIds, tokenizer: this.tokenizer,
       checkBlock: (shape) => {
         checkLimits([...this.weightMemory, ...blockItems(this.config, this.policy, shape)], this.limits,
@@ -148,13 +175,6 @@ export class LanguageModel {
         releaseFreedMemory();
       },
     });
-    return (async function* () {
-      try {
-        yield* g.generate(requests, p, names);
-      } finally {
-        if (stats) Object.assign(stats, g.stats);
-      }
-    })();
   }
 
   async close(): Promise<void> {

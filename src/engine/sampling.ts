@@ -129,7 +129,8 @@ export function sample(row: Float32Array, p: SamplingParams, rng: Rng, history?:
   return idx[probs.length - 1]!;
 }
 
-function topKIndices(row: Float32Array, k: number): number[] {
+/** Indices of the k largest entries of row, largest first. */
+export function topKIndices(row: Float32Array, k: number): number[] {
   // Partial selection: keep the k best in a small sorted array (k is small in practice).
   const best: number[] = [];
   for (let i = 0; i < row.length; i++) {
