@@ -17,9 +17,9 @@ export function lineId(key: string): string {
 
 /** Parses one input line. `endpoint`, when given, is the only url allowed (a server's batch has
  *  one endpoint); `seen` holds the custom_ids of earlier lines, for duplicates. */
-export function parseBatchLine(text: string, line: number, file: string, seen: Set<string>, endpoint?: Endpoint): BatchLine {
+export function parseBatchLine(text: string, line: number, seen: Set<string>, endpoint?: Endpoint): BatchLine {
   const bad = (customId: string | null, code: string, message: string, key = `line:${line}`): BatchLine =>
-    ({ line, id: lineId(key), customId, error: { code, message: `${file}:${line}: ${message}` } });
+    ({ line, id: lineId(key), customId, error: { code, message: `line ${line}: ${message}` } });
   let v: unknown;
   try {
     v = JSON.parse(text);

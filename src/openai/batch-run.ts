@@ -23,9 +23,8 @@ export interface BatchCounts {
 }
 
 export interface BatchRunOptions {
-  /** The input file's lines, and its name for messages. */
+  /** The input file's lines. */
   lines: () => AsyncIterable<string>;
-  name: string;
   out: ResultWriter;
   /** Where error lines go; the output file when null. */
   errors: ResultWriter | null;
@@ -62,7 +61,8 @@ export async function runBatch(engine: Engine, o: BatchRunOptions): Promise<Batc
       counts.tokens += (body.usage as { completion_tokens: number }).completion_tokens;
       write(o.out, responseLine(l.id, l.customId, 200, body), true);
     } catch (e) {
-      if (e instanceof ApiError) write(errors, apiErrorLine(l.id, l.customId, e), false);
+      // The line is named in the message, as a bad line's own error is.
+      if (e instanceof ApiError) write(errors, apiErrorLine(l.id, l.customId, new ApiError(e.status, `line ${l.line}: ${e.message}`, e.type, e.param, e.code)), false);
       else if (!(e instanceof Cancelled)) fatal ??= e;
     }
   };
@@ -73,7 +73,7 @@ export async function runBatch(engine: Engine, o: BatchRunOptions): Promise<Batc
     n++;
     if (text.trim() === '') continue;
     counts.total++;
-    const l = parseBatchLine(text, n, o.name, seen, o.endpoint);
+    const l = parseBatchLine(text, n, seen, o.endpoint);
     if (answered(l.id)) {
       counts.skipped++;
       continue;

@@ -3,6 +3,7 @@
 // Batch API line (server and `tierlm batch` alike) go through here.
 import { randomBytes } from 'node:crypto';
 import type { Scheduler } from '../engine/scheduler.js';
+import type { LanguageModel } from '../engine/model.js';
 import type { GenerationResult, RequestError } from '../engine/requests.js';
 import { ApiError, invalid } from './errors.js';
 import { ChunkStream, type Prepared, type ServedModel, prepare, responseBody } from './translate.js';
@@ -59,4 +60,18 @@ function requestFailure(r: RequestError, signal?: AbortSignal): Error {
   if (r.error === 'cancelled' || signal?.aborted) return new Cancelled('cancelled');
   if (/shutting down/.test(r.error)) return new ApiError(503, 'the server is shutting down', 'server_error', null, 'shutting_down');
   return invalid(r.error);
+}
+
+/** A loaded model as the OpenAI endpoints serve it, named `name` (what bodies give as `model`). */
+export function engineFor(model: LanguageModel, name: string): Engine {
+  return {
+    scheduler: model.scheduler(),
+    model: { id: name, maxPositions: model.config.maxPositions, vocabSize: model.config.vocabSize, tokenizer: model.tokenizer, created: Math.floor(Date.now() / 1000) },
+  };
+}
+
+/** Lines submitted at once by a batch job: twice what one block holds, so the next block's
+ *  requests are waiting when one finishes. */
+export function batchConcurrency(model: LanguageModel): number {
+  return Math.max(8, 2 * model.policy.gpuBatchSize * model.policy.numGpuBatches);
 }
