@@ -10,6 +10,7 @@ import { addDemoCommand } from './demo.js';
 import { addProfileCommand } from './profile.js';
 import { addTrainCommand } from './train.js';
 import { addBatchCommand } from './batch.js';
+import { addServeCommand } from './serve.js';
 
 /** Every command and its flags (docs/cli.md lists the same ones; test/docs.test.ts checks). */
 export function buildProgram(): Command {
@@ -23,6 +24,7 @@ export function buildProgram(): Command {
   addProfileCommand(program);
   addTrainCommand(program);
   addBatchCommand(program);
+  addServeCommand(program);
   return program;
 }
 

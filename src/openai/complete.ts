@@ -19,8 +19,8 @@ export interface CompleteOptions {
   signal?: AbortSignal;
   /** Streaming: each chunk as it is ready (the body's `stream` is ignored without it). */
   onChunk?: (chunk: Record<string, unknown>) => void;
-  /** Whether the body was validated already (by the server's route schema). */
-  validated?: boolean;
+  /** The body already checked (by check()): the server checks it before answering. */
+  prepared?: Prepared;
 }
 
 /** Thrown when the request was cancelled (a client went away, a batch was cancelled). */
@@ -37,7 +37,7 @@ export function check(engine: Engine, endpoint: Endpoint, body: unknown, validat
 /** Runs a body; resolves with the response body (for a stream, after the last chunk was sent).
  *  Throws ApiError for a bad body, Cancelled when aborted, anything else when the engine fails. */
 export async function complete(engine: Engine, endpoint: Endpoint, body: unknown, o: CompleteOptions): Promise<Record<string, unknown>> {
-  const p = check(engine, endpoint, body, o.validated);
+  const p = o.prepared ?? check(engine, endpoint, body);
   const id = newId(endpoint === '/v1/chat/completions' ? 'chatcmpl' : 'cmpl');
   const created = Math.floor(Date.now() / 1000);
   const stream = p.stream && o.onChunk ? new ChunkStream(p, id, created, o.onChunk) : null;
