@@ -10,7 +10,7 @@ import type { ModelConfig } from '../models/config.js';
 import type { Transformer } from '../models/transformer.js';
 import type { BlockRunner } from '../schedule/runner.js';
 import type { BlockShape } from '../policy/memory.js';
-import { Tensor } from '../tensor/tensor.js';
+import { ContinuousEngine, type RunnerLock } from './continuous.js';
 import { checkKeys } from '../util/names.js';
 import { type RuleName, checkApiValue } from '../util/options.js';
 import { type GenerationRequest, type GenerationResult, type RequestError, type RequestNames, REQUEST_KEYS, promptIds } from './requests.js';
@@ -33,7 +33,11 @@ export interface GenerateParams {
   batchSize: number;
   /** Batches per block sharing each weight load (default: the policy's numGpuBatches). */
   numGpuBatches: number;
-  /** Called with each token as it is generated (streaming); results still come per block. */
+  /** Prompt tokens per batch and step: longer prompts are prefilled in chunks between decode
+   *  steps (a prompt's first chunk is min(prompt, prefillChunk) tokens; results depend on it).
+   *  Default: the model's positions for generate() (whole prompts), 512 for a scheduler. */
+  prefillChunk?: number;
+  /** Called with each token as it is generated (streaming); results still come per request. */
   onToken?: (id: string, token: number, index: number) => void;
 }
 
@@ -52,7 +56,7 @@ export const DEFAULT_PARAMS: GenerateParams = {
   numGpuBatches: 1,
 };
 
-const PARAM_KEYS = [...Object.keys(DEFAULT_PARAMS), 'onToken'];
+const PARAM_KEYS = [...Object.keys(DEFAULT_PARAMS), 'prefillChunk', 'onToken'];
 const SAMPLING_KEYS = Object.keys(GREEDY);
 
 /** Full parameters from a caller's options; unknown keys and bad values throw, naming the option. */
@@ -93,6 +97,8 @@ export interface GeneratorSetup {
   tokenizer: TextTokenizer | null;
   /** Throws when a block of this shape would not fit the memory limits. */
   checkBlock(shape: BlockShape): void;
+  /** Held by whichever engine has a block open on the runner. */
+  lock: RunnerLock;
 }
 
 export class Generator {
@@ -107,24 +113,46 @@ export class Generator {
   /** Results in input order; a request that cannot run yields an error for it alone. `names`
    *  says how request fields are named in its messages (a JSONL line's keys for batch jobs). */
   async *generate(requests: Iterable<GenerationRequest> | AsyncIterable<GenerationRequest>, p: GenerateParams,
-    names: RequestNames = 'api', hooks?: (req: GenerationRequest) => RequestHooks | undefined): AsyncGenerator<GenerationResult | RequestError> {
-    let block: Sequence[] = [];
+    names: RequestNames = 'api'): AsyncGenerator<GenerationResult | RequestError> {
+    const engine = this.engine(p, false);
     const queue: Queued[] = [];
-    for await (const req of requests) {
-      const item = this.expand(req, p, names, hooks?.(req));
-      queue.push(item);
-      if ('error' in item) continue;
-      for (const s of item.samples) {
-        block.push(s);
-        if (block.length === p.batchSize * p.numGpuBatches) {
-          await this.runBlock(block, p);
-          block = [];
-          yield* this.finished(queue);
+    const target = p.batchSize * p.numGpuBatches;
+    const input = Symbol.asyncIterator in requests ? requests[Symbol.asyncIterator]() : (requests as Iterable<GenerationRequest>)[Symbol.iterator]();
+    let more = true;
+    try {
+      for (;;) {
+        // Read ahead so that every slot a sequence leaves is taken again at the next step.
+        while (more && engine.queued + engine.running < target) {
+          const next = await input.next();
+          if (next.done) {
+            more = false;
+            break;
+          }
+          const item = this.expand(next.value, p, names);
+          queue.push(item);
+          if (!('error' in item)) for (const seq of item.samples) engine.add({ seq, priority: 0, done: () => undefined });
         }
+        yield* this.finished(queue);
+        if (!(await engine.step())) {
+          if (!more) break;
+        } else yield* this.finished(queue);
       }
+    } finally {
+      await engine.close();
+      for (const k of ['prefillSeconds', 'decodeSeconds', 'promptTokens', 'generatedTokens'] as const) this.stats[k] += engine.stats[k];
     }
-    if (block.length > 0) await this.runBlock(block, p);
-    yield* this.finished(queue);
+  }
+
+  /** A continuous engine over this generator's runner. `server`: the block keeps its full shape
+   *  and prompts go in chunks of prefillChunk (default 512) tokens. */
+  engine(p: GenerateParams, server: boolean): ContinuousEngine {
+    return new ContinuousEngine({
+      runner: this.s.runner, backend: this.backend, lock: this.s.lock, maxPositions: this.s.config.maxPositions,
+      cacheBytesPerElement: cacheBytesPerElement(p.cacheDtype, this.s.config.headDim), checkBlock: (shape) => this.s.checkBlock(shape),
+    }, {
+      batchSize: p.batchSize, numGpuBatches: p.numGpuBatches, cacheDtype: p.cacheDtype, fullShape: server,
+      prefillChunk: p.prefillChunk ?? (server ? 512 : this.s.config.maxPositions),
+    });
   }
 
   /** Yields, in input order, every queued request whose samples have all finished. */
@@ -187,45 +215,6 @@ export class Generator {
     return { req, promptTokens: ids.length, samples };
   }
 
-  /** Generates every sequence of the block; each one holds its result after. */
-  private async runBlock(block: Sequence[], p: GenerateParams): Promise<void> {
-    const gbs = p.batchSize;
-    const batches: Sequence[][] = [];
-    for (let i = 0; i < block.length; i += gbs) batches.push(block.slice(i, i + gbs));
-    const maxPrompt = Math.max(...block.map((x) => x.ids.length));
-    const maxNew = Math.max(...block.map((x) => x.limits.maxNewTokens));
-    const capacity = Math.min(this.s.config.maxPositions, maxPrompt + maxNew);
-    this.s.checkBlock({
-      rows: Math.min(gbs, block.length), batches: batches.length, capacity, cacheBytesPerElement: cacheBytesPerElement(p.cacheDtype, this.s.config.headDim),
-      maxTokens: Math.max(...batches.map((b) => b.reduce((n, x) => n + x.ids.length, 0))),
-    });
-    // logSoftmax once per batch and step, shared by its rows.
-    let logpFor: Tensor<'f32'> | null = null;
-    let logp: Tensor<'f32'> | null = null;
-    const phases = await this.s.runner.run(
-      { prompts: batches.map((b) => b.map((x) => Int32Array.from(x.ids))), maxNewTokens: maxNew, capacity, cacheDtype: p.cacheDtype },
-      (k, r, logits, at) => {
-        const x = batches[k]![r]!;
-        // An aborted sample (already finished) takes no more tokens.
-        if (x.done) return { token: 0, done: true };
-        const done = x.next(logits, at, () => {
-          if (logpFor !== logits) {
-            logp = this.backend.logSoftmax(logits);
-            logpFor = logits;
-          }
-          return logp!;
-        });
-        return { token: x.tokens[x.tokens.length - 1]!, done };
-      },
-    );
-    this.stats.prefillSeconds += phases.prefillSeconds;
-    this.stats.decodeSeconds += phases.decodeSeconds;
-    this.stats.promptTokens += block.reduce((n, x) => n + x.ids.length, 0);
-    for (const x of block) {
-      this.stats.generatedTokens += x.tokens.length;
-      x.finish ??= 'length';
-    }
-  }
 }
 
 /** What is wrong with a request's own limits (stop, stopTokenIds, logprobs, topLogprobs), or null. */
@@ -253,6 +242,7 @@ function checkParams(p: GenerateParams): void {
   if (!Array.isArray(p.stopTokenIds) || !p.stopTokenIds.every((t) => Number.isInteger(t) && t >= 0)) throw new RangeError('stopTokenIds must be an array of non-negative integers');
   for (const k of ['stopAtEos', 'logprobs'] as const) if (typeof p[k] !== 'boolean') throw new TypeError(`${k} must be true or false, got ${JSON.stringify(p[k])}`);
   if (p.onToken !== undefined && typeof p.onToken !== 'function') throw new TypeError('onToken must be a function');
+  if (p.prefillChunk !== undefined && !(Number.isSafeInteger(p.prefillChunk) && p.prefillChunk >= 1)) throw new RangeError(`prefillChunk must be an integer >= 1, got ${JSON.stringify(p.prefillChunk)}`);
 }
 
 /** Bytes per cached element (a q4 record spreads its codes and group parameters over d). */

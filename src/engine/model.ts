@@ -16,6 +16,7 @@ import { type Limits, type MemoryItem, type WeightSizes, blockItems, checkLimits
 import { DiskTier } from '../schedule/disk-tier.js';
 import { type GenerateOptions, type GenerateParams, type GenerateStats, Generator, resolveParams } from './generate.js';
 import { Scheduler } from './scheduler.js';
+import { RunnerLock } from './continuous.js';
 import type { GenerationRequest, GenerationResult, RequestError, RequestNames } from './requests.js';
 
 export interface LoadOptions {
@@ -50,6 +51,8 @@ export function loadOptionsOf(o: LoadOptions): LoadOptions {
 export class LanguageModel {
   private closed = false;
   private sched: Scheduler | null = null;
+  /** One block open on the runner at a time (the scheduler's, or a generate() call's). */
+  private readonly lock = new RunnerLock();
 
   private constructor(
     readonly config: ModelConfig,
@@ -166,7 +169,7 @@ export class LanguageModel {
 
   private generator(): Generator {
     return new Generator({
-      config: this.config, transformer: this.transformer, runner: this.runner, eosTokenIds: this.eosTokenIds, tokenizer: this.tokenizer,
+      config: this.config, transformer: this.transformer, runner: this.runner, eosTokenIds: this.eosTokenIds, tokenizer: this.tokenizer, lock: this.lock,
       checkBlock: (shape) => {
         checkLimits([...this.weightMemory, ...blockItems(this.config, this.policy, shape)], this.limits,
           `a block of ${shape.rows} × ${shape.batches} (gpu batch size × batches)`);

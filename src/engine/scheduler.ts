@@ -1,8 +1,23 @@
 // Continuous batching of requests over one loaded LanguageModel: callers submit requests at any
-// time and each gets its own promise; the scheduler admits waiting requests (interactive before
-// batch) and runs them through the generation engine.
+// time and each gets its own promise. The scheduler turns a request into its n sequences and
+// hands them to the continuous engine (src/engine/continuous.ts), which it steps while there is
+// work. The engine's step loop, at each step boundary:
+//   1. sweep: finished and aborted sequences leave their slots (no compute on them, their cache
+//      rows reused);
+//   2. admit: waiting sequences take free slots, interactive before batch, in arrival order;
+//   3. build one mixed step per batch: a decode token for every row past its prompt, and prompt
+//      chunks of at most prefillChunk tokens (oldest first), so a prefill never stalls decode;
+//   4. run it through the runner's zig-zag schedule (weights, cache and activations on any tier,
+//      each load waiting for exactly the stores it reads), then sample every row whose prompt
+//      is complete.
+// Leaving before admitting gives a new request every slot freed by the step before; admitting
+// before building the step lets its first chunk run in the very next step, so its first token
+// comes after at most one step in flight plus its own prefill chunks. Sampling after the step
+// and sweeping at the next boundary keeps a step's rows fixed while it runs.
 
-import type { GenerateParams, Generator, RequestHooks } from './generate.js';
+import type { ContinuousEngine } from './continuous.js';
+import type { GenerateParams, Generator } from './generate.js';
+import type { TokenHook } from './sequence.js';
 import type { GenerationRequest, GenerationResult, RequestError } from './requests.js';
 
 export interface RequestOptions {
@@ -24,34 +39,30 @@ export interface SchedulerStats {
   timeToFirstTokenSeconds: number[]; // recent TTFTs (last 1000), for metrics
 }
 
-type Outcome = GenerationResult | RequestError;
-
-interface Waiting {
-  req: GenerationRequest;
+interface Submitted {
+  id: string;
   options: RequestOptions;
   submitted: number;
-  resolve: (r: Outcome) => void;
+  resolve: (r: GenerationResult | RequestError) => void;
   reject: (e: unknown) => void;
-  /** Sequences of the request still running (n of them once admitted). */
-  running: number;
 }
 
 const TTFT_KEPT = 1000;
 
 export class Scheduler {
-  private readonly queue: Waiting[] = [];
-  private runningSeqs = 0;
+  private readonly engine: ContinuousEngine;
   private draining = false;
   private loop: Promise<void> | null = null;
   private readonly ttft: number[] = [];
-  private promptTotal = 0;
   private generatedTotal = 0;
 
   /** @internal Created by LanguageModel.scheduler(). */
   constructor(
     private readonly generator: Generator,
     private readonly params: GenerateParams,
-  ) {}
+  ) {
+    this.engine = generator.engine(params, true);
+  }
 
   /** Runs one request (its n samples); resolves with its result or { id, error }. Never rejects
    *  for a bad request (that is a RequestError); rejects only when the engine itself fails. */
@@ -62,31 +73,45 @@ export class Scheduler {
     if (bad) return Promise.resolve({ id, error: bad });
     if (options.signal?.aborted) return Promise.resolve({ id, error: 'cancelled' });
     return new Promise((resolve, reject) => {
-      const w: Waiting = { req, options, submitted: performance.now(), resolve, reject, running: 0 };
-      // Interactive requests go before every waiting batch request; order is kept within a priority.
-      if ((options.priority ?? 'interactive') === 'interactive') {
-        const at = this.queue.findIndex((x) => (x.options.priority ?? 'interactive') === 'batch');
-        this.queue.splice(at < 0 ? this.queue.length : at, 0, w);
-      } else this.queue.push(w);
-      options.signal?.addEventListener('abort', () => {
-        const at = this.queue.indexOf(w);
-        if (at >= 0) {
-          this.queue.splice(at, 1);
-          resolve({ id, error: 'cancelled' });
+      const w: Submitted = { id, options, submitted: performance.now(), resolve, reject };
+      let first = true;
+      const onToken: TokenHook = (sample, token, text) => {
+        if (first) {
+          first = false;
+          this.ttft.push((performance.now() - w.submitted) / 1000);
+          if (this.ttft.length > TTFT_KEPT) this.ttft.shift();
         }
-      }, { once: true });
+        this.generatedTotal++;
+        options.onToken?.(sample, token, text);
+      };
+      const item = this.generator.expand(req, this.params, 'api', { signal: options.signal, onToken });
+      if ('error' in item) return resolve(item);
+      let left = item.samples.length;
+      const done = () => {
+        if (--left > 0) return;
+        if (options.signal?.aborted) return resolve({ id, error: 'cancelled' });
+        const samples = item.samples.map((x) => x.result());
+        resolve({ id: item.req.id, promptTokens: item.promptTokens, ...samples[0]!, ...(samples.length > 1 ? { samples } : {}) });
+      };
+      const priority = (options.priority ?? 'interactive') === 'interactive' ? 0 : 1;
+      for (const seq of item.samples) this.engine.add({ seq, priority, done, fail: reject });
       this.loop ??= this.run().finally(() => (this.loop = null));
     });
   }
 
   get stats(): SchedulerStats {
     return {
-      queued: this.queue.length,
-      running: this.runningSeqs,
-      promptTokens: this.promptTotal,
+      queued: this.engine.queuedRequests,
+      running: this.engine.running,
+      promptTokens: this.engine.stats.promptTokens,
       generatedTokens: this.generatedTotal,
       timeToFirstTokenSeconds: [...this.ttft],
     };
+  }
+
+  /** Steps run so far (for tests that count steps rather than time). @internal */
+  get steps(): number {
+    return this.engine.steps;
   }
 
   /** Stops admitting new requests (submit then resolves to an error 'shutting down'); resolves when
@@ -96,39 +121,15 @@ export class Scheduler {
     while (this.loop) await this.loop;
   }
 
-  /** Admits everything waiting, runs it to the end, and again while requests keep coming. */
+  /** Steps the engine while it has work; a failure of the engine rejects every request it held. */
   private async run(): Promise<void> {
-    while (this.queue.length > 0) {
-      const admitted = this.queue.splice(0);
-      const byReq = new Map<GenerationRequest, Waiting>(admitted.map((w) => [w.req, w]));
-      const hooks = (req: GenerationRequest): RequestHooks => {
-        const w = byReq.get(req)!;
-        let first = true;
-        return {
-          signal: w.options.signal,
-          onToken: (sample, token, text) => {
-            if (first) {
-              first = false;
-              this.ttft.push((performance.now() - w.submitted) / 1000);
-              if (this.ttft.length > TTFT_KEPT) this.ttft.shift();
-            }
-            this.generatedTotal++;
-            w.options.onToken?.(sample, token, text);
-          },
-        };
-      };
-      let i = 0;
-      this.runningSeqs = admitted.reduce((n, w) => n + (w.req?.n ?? this.params.n), 0);
+    // Let the submits of the same tick join the first step.
+    await Promise.resolve();
+    for (;;) {
       try {
-        for await (const r of this.generator.generate(admitted.map((w) => w.req), this.params, 'api', hooks)) {
-          const w = admitted[i++]!;
-          if (!('error' in r)) this.promptTotal += r.promptTokens;
-          w.resolve(w.options.signal?.aborted ? { id: r.id, error: 'cancelled' } : r);
-        }
+        if (!(await this.engine.step())) return;
       } catch (e) {
-        for (const w of admitted.slice(i)) w.reject(e);
-      } finally {
-        this.runningSeqs = 0;
+        for (const a of await this.engine.abandon()) a.fail?.(e);
       }
     }
   }
@@ -137,6 +138,7 @@ export class Scheduler {
 function checkOptions(o: RequestOptions): string | null {
   if (typeof o !== 'object' || o === null) return 'request options must be an object';
   if (o.priority !== undefined && o.priority !== 'interactive' && o.priority !== 'batch') return 'priority must be "interactive" or "batch"';
+  if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) return 'signal must be an AbortSignal';
   if (o.onToken !== undefined && typeof o.onToken !== 'function') return 'onToken must be a function';
   return null;
 }

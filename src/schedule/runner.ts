@@ -40,6 +40,7 @@ import { type CacheStaging, CacheStore } from './cache-store.js';
 import type { LayerPart, LayerSource } from './weight-store.js';
 import { alignedBytes } from './block-file.js';
 import { Transfers } from './transfers.js';
+import { RunningBlock, type RunningShape } from './running-block.js';
 
 type F32 = Tensor<'f32'>;
 
@@ -110,6 +111,34 @@ export class BlockRunner {
     return this.weightSlots.reduce((n, s) => n + (s?.byteLength ?? 0), 0);
   }
 
+  /** A running block for continuous batching: it stays open, and each call of its step() runs one
+   *  step over the batches given, with rows joining and leaving between steps. */
+  open(shape: RunningShape): RunningBlock {
+    const c = this.transformer.config;
+    const cache = new CacheStore(c, shape.batches, shape.rows, shape.capacity, shape.cacheDtype, shares(this.policy, 'cache'), this.files.cache);
+    const acts = new ActStore(c.hidden, shape.batches, shape.maxTokens, shares(this.policy, 'activations'), this.files.act);
+    const slots: Slots = {
+      cache: [0, 1, 2].map(() => (cache.needsStagingAny() ? cache.newStaging() : null)),
+      act: [0, 1, 2].map(() => (acts.needsStagingAny() ? acts.newStaging() : null)),
+    };
+    return new RunningBlock(this, { cache, acts, slots, transfers: new Transfers(), computedAt: new Array(shape.batches).fill(-1) }, this.policy.schedule === 'row');
+  }
+
+  /** Waits for a weight prefetch still in flight and drops it; adds a block's transfer counts.
+   *  @internal */
+  async finish(state: BlockState): Promise<void> {
+    try {
+      await state.transfers.settle();
+      if (this.pendingWeights) await this.pendingWeights;
+    } finally {
+      this.pendingWeights = null;
+      this.io.cacheBytesRead += state.cache.stats.bytesRead;
+      this.io.cacheBytesWritten += state.cache.stats.bytesWritten;
+      this.io.actBytesRead += state.acts.stats.bytesRead;
+      this.io.actBytesWritten += state.acts.stats.bytesWritten;
+    }
+  }
+
   /** Runs the block to the end (every sequence finished or out of new tokens). On failure, waits
    *  for every transfer still in flight before it rethrows, so files can be closed safely. */
   async run(spec: BlockSpec, sink: TokenSink): Promise<BlockResult> {
@@ -129,7 +158,7 @@ export class BlockRunner {
     const phases = { prefillSeconds: 0, decodeSeconds: 0 };
     const transfers = new Transfers();
     try {
-      for (const group of groups) await this.runTokens(spec, sink, group, { cache, acts, slots, transfers }, phases);
+      for (const group of groups) await this.runTokens(spec, sink, group, { cache, acts, slots, transfers, computedAt: new Array(nb).fill(-1) }, phases);
     } catch (e) {
       await transfers.settle();
       throw e;
@@ -166,6 +195,7 @@ export class BlockRunner {
       const last = i + 1 === spec.maxNewTokens;
       const t0 = performance.now();
       await this.zigzag(i, live, steps, state, logits, last);
+      for (const k of live) state.computedAt[k] = i;
       const secs = (performance.now() - t0) / 1000;
       if (i === 0) phases.prefillSeconds += secs;
       else phases.decodeSeconds += secs;
@@ -187,26 +217,29 @@ export class BlockRunner {
     this.pendingWeights = null;
   }
 
-  /** One token step over every unit for the given batches (see the schedule at the top). */
-  private async zigzag(i: number, batches: number[], steps: Step[], state: BlockState, logits: (F32 | null)[], lastToken: boolean): Promise<void> {
+  /** One token step over every unit for the given batches (see the schedule at the top).
+   *  @internal also run by RunningBlock, a step at a time. */
+  async zigzag(i: number, batches: number[], steps: Step[], state: BlockState, logits: (F32 | null)[], lastToken: boolean): Promise<void> {
     const { cache, acts, slots, transfers } = state;
     const units = this.units;
     const overlap = this.policy.overlap && this.policy.schedule === 'zigzag';
-    const decode = i > 0;
     const storeOf: Promise<void>[] = [Promise.resolve(), Promise.resolve(), Promise.resolve()];
     // A load starts once its staging slot is free (the slot's last store has finished) and the
-    // stores it reads from have finished: batch k's activations from the unit before, and in
-    // decode this layer's cache block of batch k from the token before.
+    // stores it reads from have finished: batch k's activations from the unit before, and when
+    // the step reads the cache, this layer's cache block of batch k from the batch's step before
+    // (the token before; in a running block, whichever step last computed the batch: stores of
+    // steps before the last one have all finished when a step ends).
     const startLoad = (u: number, k: number, s: number) => {
       const unit = units[u]!;
       const attn = unit.part !== 'mlp';
+      const reads = readsCache(steps[k]!);
       const ready = Promise.all([
         storeOf[s],
         u > 0 ? transfers.after(i, actKey(u - 1, k)) : undefined,
-        attn && decode ? transfers.after(i - 1, cacheKey(unit.layer, k)) : undefined,
+        attn && reads && state.computedAt[k] === i - 1 ? transfers.after(i - 1, cacheKey(unit.layer, k)) : undefined,
       ]);
       return transfers.track(ready.then(() => Promise.all([
-        attn ? cache.load(unit.layer, k, slots.cache[s]!, decode, steps[k]!.rows) : Promise.resolve(null),
+        attn ? cache.load(unit.layer, k, slots.cache[s]!, reads, steps[k]!.rows) : Promise.resolve(null),
         acts.load(k, slots.act[s]!, u === 0),
       ])));
     };
@@ -289,20 +322,33 @@ export interface BlockResult {
   decodeSeconds: number;
 }
 
-interface Slots {
+/** @internal */
+export interface Slots {
   cache: (CacheStaging | null)[];
   act: (ActStaging | null)[];
 }
 
-interface BlockState {
+/** @internal */
+export interface BlockState {
   cache: CacheStore;
   acts: ActStore;
   slots: Slots;
   transfers: Transfers;
+  /** The last step that computed each batch (-1: none yet). */
+  computedAt: number[];
 }
 
-/** Which cache positions a step filled: each whole prompt at prefill, one position per running
- *  row in decode (rows that have finished write nothing). */
+/** Whether a step attends to positions stored by earlier steps (decode, or a mixed step with a
+ *  segment past position 0). */
+export function readsCache(step: Step): boolean {
+  if (step.decode) return true;
+  for (let s = 0; s + 1 < step.seqStarts.length; s++) if (step.positions[step.seqStarts[s]!]! > 0) return true;
+  return false;
+}
+
+/** Which cache positions a step filled: each sequence's tokens at prefill (from its first
+ *  position: 0 for a whole prompt), one position per running row in decode (rows that have
+ *  finished write nothing). */
 function storedPositions(step: Step, lengths: Int32Array): { from: Int32Array; to: Int32Array } {
   const from = new Int32Array(lengths.length);
   const to = new Int32Array(lengths.length);
@@ -315,7 +361,11 @@ function storedPositions(step: Step, lengths: Int32Array): { from: Int32Array; t
     return { from, to };
   }
   const n = step.seqStarts.length - 1;
-  for (let s = 0; s < n; s++) to[s] = step.seqStarts[s + 1]! - step.seqStarts[s]!;
+  for (let s = 0; s < n; s++) {
+    const row = step.rows[s]!;
+    from[row] = step.positions[step.seqStarts[s]!]!;
+    to[row] = from[row]! + step.seqStarts[s + 1]! - step.seqStarts[s]!;
+  }
   return { from, to };
 }
 
