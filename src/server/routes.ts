@@ -46,7 +46,6 @@ async function handle(endpoint: Endpoint, req: FastifyRequest, reply: FastifyRep
       if (!(e instanceof Cancelled)) send(e instanceof ApiError ? e.body : new ApiError(500, `internal error: ${(e as Error).message}`, 'server_error').body);
     } finally {
       raw.end();
-      server.metrics.countResponse(200);
     }
     return reply;
   } catch (e) {
