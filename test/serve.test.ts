@@ -174,6 +174,12 @@ describe('errors, in OpenAI\'s format', () => {
     const huge = await post('/v1/completions', { model: 'tiny', prompt: 'x'.repeat(70 * 1024) });
     expect(huge.status).toBe(413);
     expect((await huge.json()).error.code).toBe('request_too_large');
+    const bigFile = await client.files.create({ file: await toFile(Buffer.alloc(1024 * 1024 + 10, 'a'), 'big.jsonl'), purpose: 'batch' }).catch((e) => e);
+    expect(bigFile.status).toBe(413);
+    const purpose = await client.files.create({ file: await toFile(Buffer.from('{}\n'), 'x.jsonl'), purpose: 'fine-tune' }).catch((e) => e);
+    expect(purpose).toBeInstanceOf(OpenAI.BadRequestError);
+    expect(purpose.error.param).toBe('purpose');
+    expect(fs.readdirSync(path.join(dir, 'data', 'files'))).toEqual([]);
   });
 
   it('429 with Retry-After when more interactive requests are in flight than --max-queue', async () => {
