@@ -228,7 +228,12 @@ describe('errors, in OpenAI\'s format', () => {
 function batchInput(lines: number, maxTokens: number, bad?: number): string {
   return Array.from({ length: lines }, (_, i) => JSON.stringify(i === bad
     ? { custom_id: `r${i}`, method: 'POST', url: '/v1/completions', body: { model: 'tiny', prompt: 'x', top_p: 3 } }
-    : { custom_id: `r${i}`, method: 'POST', url: '/v1/completions', body: { model: 'tiny', prompt: `line ${i} says`, max_tokens: maxTokens, seed: i, ...(i % 3 === 0 ? { logprobs: 1 } : {}) } })).join('\n') + '\n';
+    : { custom_id: `r${i}`, method: 'POST', url: '/v1/completions', body: { model: 'tiny', prompt: `line ${i} says`, max_tokens: maxTokens, ...lineSampling(i) } })).join('\n') + '\n';
+}
+
+/** Most lines greedy (sampling and logprobs cost the engine a sort of the vocabulary per token), some sampled with a seed, some with logprobs. */
+function lineSampling(i: number): object {
+  return i % 5 === 0 ? { seed: i } : i % 5 === 1 ? { temperature: 0, logprobs: 1 } : { temperature: 0 };
 }
 
 async function waitFor<T>(get: () => Promise<T>, done: (v: T) => boolean, ms = 60_000): Promise<T> {
@@ -274,8 +279,8 @@ describe('the Batch API', () => {
     expect([...errs.keys()]).toEqual(['r4']);
     expect(errs.get('r4')).toMatchObject({ status: 400, body: { error: { param: 'top_p', message: expect.stringMatching(/^line 5: /) } } });
     // Each answer is what the endpoint itself returns for the body.
-    const direct = await client.completions.create({ model: 'tiny', prompt: 'line 3 says', max_tokens: 5, seed: 3, logprobs: 1 });
-    expect((out.get('r3') as { body: unknown }).body).toEqual(answer(direct));
+    const direct = await client.completions.create({ model: 'tiny', prompt: 'line 6 says', max_tokens: 5, temperature: 0, logprobs: 1 });
+    expect((out.get('r6') as { body: unknown }).body).toEqual(answer(direct));
 
     const offOut = path.join(dir, 'offline.jsonl');
     const offErr = path.join(dir, 'offline-errors.jsonl');
@@ -285,9 +290,16 @@ describe('the Batch API', () => {
     expect(byCustomId(fs.readFileSync(offErr, 'utf8'))).toEqual(errs);
   });
 
-  it('a cancelled batch ends cancelled', async () => {
+  it('serves interactive requests before batch lines, and a cancelled batch ends cancelled', async () => {
     const file = await client.files.create({ file: await toFile(Buffer.from(batchInput(40, 30)), 'c.jsonl'), purpose: 'batch' });
     const created = await client.batches.create({ input_file_id: file.id, endpoint: '/v1/completions', completion_window: '24h' });
+    await waitFor(() => client.batches.retrieve(created.id), (b) => b.request_counts!.completed >= 1);
+    // The block is full of batch lines: an interactive request takes the next free slot, before
+    // the lines waiting, and is answered while the batch is still far from done.
+    await client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'first!' }], max_tokens: 5 });
+    const meanwhile = await client.batches.retrieve(created.id);
+    expect(meanwhile.status).toBe('in_progress');
+    expect(meanwhile.request_counts!.completed).toBeLessThan(20);
     const cancelling = await client.batches.cancel(created.id);
     expect(['cancelling', 'cancelled']).toContain(cancelling.status);
     const b = await waitFor(() => client.batches.retrieve(created.id), finished);
