@@ -307,33 +307,42 @@ describe('the Batch API', () => {
     expect(b.request_counts!.completed).toBeLessThan(40);
   });
 
-  it('a batch running when the server is killed completes after a restart, every line answered once', async () => {
+  it('a batch running when the server is killed, then stopped, completes after restarts, every line answered once', async () => {
     const data = path.join(dir, 'restart');
     const args = ['--model', modelDir, '--served-model-name', 'tiny', '--data-dir', data, '--gpu-batch-size', '2', '--num-gpu-batches', '1'];
+    const clientOf = (s: { url: string }) => new OpenAI({ baseURL: `${s.url}/v1`, apiKey: 'none', maxRetries: 0 });
     const first = await startServe(args);
-    const c = new OpenAI({ baseURL: `${first.url}/v1`, apiKey: 'none', maxRetries: 0 });
-    const file = await c.files.create({ file: await toFile(Buffer.from(batchInput(16, 32, 7)), 'r.jsonl'), purpose: 'batch' });
+    const c = clientOf(first);
+    const file = await c.files.create({ file: await toFile(Buffer.from(batchInput(24, 32, 7)), 'r.jsonl'), purpose: 'batch' });
     const created = await c.batches.create({ input_file_id: file.id, endpoint: '/v1/completions', completion_window: '24h' });
     const partway = await waitFor(() => c.batches.retrieve(created.id), (b) => b.request_counts!.completed >= 2);
     first.child.kill('SIGKILL');
     await first.exited;
     expect(partway.status).toBe('in_progress');
 
+    // SIGTERM: stops accepting, writes the lines in flight, keeps the job in_progress, exits 0.
     const second = await startServe(args);
-    try {
-      const c2 = new OpenAI({ baseURL: `${second.url}/v1`, apiKey: 'none', maxRetries: 0 });
-      const b = await waitFor(() => c2.batches.retrieve(created.id), finished);
-      expect(b.status).toBe('completed');
-      expect(b.request_counts).toEqual({ total: 16, completed: 15, failed: 1 });
-      const out = byCustomId(await (await c2.files.content(b.output_file_id!)).text());
-      expect(out.size).toBe(15);
-      expect(byCustomId(await (await c2.files.content(b.error_file_id!)).text()).size).toBe(1);
-    } finally {
-      second.child.kill('SIGTERM');
-    }
-    // SIGTERM: stops accepting, finishes, exits cleanly.
+    await waitFor(() => clientOf(second).batches.retrieve(created.id), (b) => b.request_counts!.completed >= partway.request_counts!.completed + 3);
+    second.child.kill('SIGTERM');
     expect(await second.exited).toBe(0);
     expect(second.stderr()).toMatch(/tierlm: stopped/);
-    expect(readJsonl<{ batch: { status: string } }>(path.join(data, 'batches', `${created.id}.json`))[0]!.batch.status).toBe('completed');
+    const saved = readJsonl<{ batch: { status: string; request_counts: { completed: number } }; outputId: string }>(path.join(data, 'batches', `${created.id}.json`))[0]!;
+    expect(saved.batch.status).toBe('in_progress');
+    const outputLines = fs.readFileSync(path.join(data, 'files', `${saved.outputId}.jsonl`), 'utf8').trim().split('\n');
+    expect(saved.batch.request_counts.completed).toBe(outputLines.length);
+
+    const third = await startServe(args);
+    try {
+      const c3 = clientOf(third);
+      const b = await waitFor(() => c3.batches.retrieve(created.id), finished);
+      expect(b.status).toBe('completed');
+      expect(b.request_counts).toEqual({ total: 24, completed: 23, failed: 1 });
+      const out = byCustomId(await (await c3.files.content(b.output_file_id!)).text());
+      expect(out.size).toBe(23);
+      expect(byCustomId(await (await c3.files.content(b.error_file_id!)).text()).size).toBe(1);
+    } finally {
+      third.child.kill('SIGTERM');
+    }
+    expect(await third.exited).toBe(0);
   });
 });

@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { writeFileDurable } from '../util/atomic.js';
+import { UserError } from '../util/errors.js';
 
 export interface FileObject {
   id: string;
@@ -106,10 +107,17 @@ export class Store {
 }
 
 function readJson<T>(file: string): T | null {
+  let text: string;
   try {
-    return JSON.parse(fs.readFileSync(file, 'utf8')) as T;
+    text = fs.readFileSync(file, 'utf8');
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
     throw e;
+  }
+  try {
+    return JSON.parse(text) as T;
+  } catch (e) {
+    // Written atomically by this server, so only another hand can have broken it.
+    throw new UserError(`${file}: not valid JSON (${(e as Error).message}); fix or remove it`);
   }
 }
