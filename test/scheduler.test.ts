@@ -70,6 +70,31 @@ describe('Scheduler', () => {
   });
 });
 
+describe('chunked prefill', () => {
+  it('a prompt prefilled in chunks over the cache gives what one whole prefill gives (f32 cache)', async () => {
+    for (const name of ['opt-tiny', 'llama-tiny']) {
+      const m = await loadModel(path.join(fixturesDir, name));
+      try {
+        const prompt = Array.from({ length: 23 }, (_, i) => 3 + ((i * 37) % 300));
+        const run = async (prefillChunk: number) => {
+          for await (const r of m.generate([{ id: 'x', promptTokenIds: prompt }], { maxNewTokens: 6, stopAtEos: false, logprobs: true, prefillChunk })) {
+            return r as GenerationResult;
+          }
+          throw new Error('no result');
+        };
+        const whole = await run(64);
+        for (const chunk of [1, 5]) {
+          const got = await run(chunk);
+          expect(got.tokenIds, `${name} chunk ${chunk}`).toEqual(whole.tokenIds);
+          got.logprobs!.forEach((l, i) => expect(Math.abs(l - whole.logprobs![i]!), `${name} chunk ${chunk} token ${i}`).toBeLessThan(1e-4));
+        }
+      } finally {
+        await m.close();
+      }
+    }
+  });
+});
+
 describe('Scheduler with a tokenizer', () => {
   let model: LanguageModel;
   beforeAll(async () => {

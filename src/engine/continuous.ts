@@ -83,8 +83,8 @@ interface Open {
   rows: number;
   batches: number;
   capacity: number;
-  /** Prompt tokens per batch and step. */
-  budget: number;
+  /** Tokens one batch may hold in a step: its decode rows', and prompt chunks in what is left. */
+  maxTokens: number;
 }
 
 /** Positions per row a server's block holds at least, memory permitting. */
@@ -139,7 +139,7 @@ export class ContinuousEngine {
       if (!this.admit() && this.running === 0) throw new Error('internal: a sequence does not fit a block opened for it');
     }
     const o = this.open;
-    const plan = this.slots.map((rows) => this.plan(rows, o.budget));
+    const plan = this.slots.map((rows) => this.plan(rows, o.maxTokens));
     const steps = plan.map((segs) => (segs.length > 0 ? segmentStep(segs.map((g) => g.seg)) : null));
     const prefill = plan.some((segs) => segs.some((g) => g.prompt));
     const t0 = performance.now();
@@ -202,7 +202,7 @@ export class ContinuousEngine {
   }
 
   private fits(seq: Sequence, o: Open): boolean {
-    return this.need(seq) <= o.capacity && this.firstChunk(seq) <= o.budget;
+    return this.need(seq) <= o.capacity && this.firstChunk(seq) <= o.maxTokens;
   }
 
   /** Waiting sequences into free slots (the batch with the fewest rows first); whether every
@@ -227,14 +227,20 @@ export class ContinuousEngine {
     return true;
   }
 
-  /** Segments of one batch's step, by row: decode tokens, and prompt chunks within the budget. */
-  private plan(rows: (Slot | null)[], budget: number): { seg: Segment; slot: Slot; prompt: boolean; samples: boolean }[] {
+  /** Segments of one batch's step, by row: a decode token for every row past its prompt, and
+   *  prompt chunks in the tokens left (at most prefillChunk), oldest prompt first. */
+  private plan(rows: (Slot | null)[], maxTokens: number): { seg: Segment; slot: Slot; prompt: boolean; samples: boolean }[] {
     const take = new Map<Slot, number>();
     const prefilling = rows.filter((x): x is Slot => x !== null && x.fed < x.a.seq.ids.length).sort((a, b) => a.order - b.order);
+    const decoding = rows.filter((x) => x !== null).length - prefilling.length;
+    let budget = Math.min(this.p.prefillChunk, maxTokens - decoding);
     for (const x of prefilling) {
       const left = x.a.seq.ids.length - x.fed;
-      // A first chunk is whole or waits: its length decides how its tokens are computed.
-      const n = x.fed === 0 ? (this.firstChunk(x.a.seq) <= budget ? this.firstChunk(x.a.seq) : 0) : Math.min(left, budget);
+      // A first chunk is whole or waits (its length decides how its tokens are computed), and
+      // younger prompts wait behind it, so that it is not starved: the batch's decode rows
+      // finish and leave it room.
+      const n = x.fed === 0 ? Math.min(this.firstChunk(x.a.seq), budget) : Math.min(left, budget);
+      if (x.fed === 0 && n < this.firstChunk(x.a.seq)) break;
       if (n > 0) take.set(x, n);
       budget -= n;
     }
@@ -280,8 +286,9 @@ export class ContinuousEngine {
     // old blocks had (a batch's prompts at once) unless prefillChunk cuts them.
     let capacity = Math.max(...ahead.map((a) => this.need(a.seq)), 1);
     const perBatch = Math.max(...Array.from({ length: batches }, (_, k) => ahead.filter((_, i) => i % batches === k).reduce((n, a) => n + this.firstChunk(a.seq), 0)), 1);
-    const budget = p.fullShape ? p.prefillChunk : Math.min(p.prefillChunk, perBatch);
-    const maxTokens = budget + rows;
+    // A server's batch always has prefillChunk tokens for prompts beside its decode rows; a
+    // generate() call's has what its first prompts need (as the old whole-block prefill had).
+    const maxTokens = p.fullShape ? p.prefillChunk + rows : Math.max(Math.min(p.prefillChunk, perBatch), rows);
     const shape = (c: number): BlockShape => ({ rows, batches, capacity: c, cacheBytesPerElement: this.s.cacheBytesPerElement, maxTokens });
     // A server's block leaves room for longer requests to come (up to SERVER_POSITIONS) when the
     // memory limits allow it: a request that does not fit waits until the block empties.
@@ -300,7 +307,7 @@ export class ContinuousEngine {
     try {
       const block = this.s.runner.open({ rows, batches, capacity, maxTokens, cacheDtype: p.cacheDtype });
       this.slots = Array.from({ length: batches }, () => new Array<Slot | null>(rows).fill(null));
-      return { block, release, rows, batches, capacity, budget };
+      return { block, release, rows, batches, capacity, maxTokens };
     } catch (e) {
       release();
       throw e;

@@ -1,7 +1,7 @@
-// Batched generation. Requests are grouped into blocks of gpuBatchSize × numGpuBatches
-// sequences; each block runs through the schedule (src/schedule/runner.ts): one prefill over
-// each batch's prompts (ragged, no padding), then one decode step per new token until every
-// sequence has stopped. Each sequence's tokens are the ones it would get alone.
+// Batched generation: requests become sequences (one per sample) that run through the
+// continuous engine (src/engine/continuous.ts) in a block of gpuBatchSize × numGpuBatches slots;
+// a sequence leaves as soon as it stops and the next request takes its slot. Results come in
+// input order. Each sequence's tokens are the ones it would get alone.
 
 import type { Backend, CacheDType } from '../backend/index.js';
 import { q4RecordBytes } from '../backend/kernels.js';

@@ -1,5 +1,5 @@
 // A JSONL batch job: requests from a file, one result line per request appended to the output as
-// each block finishes. The output is the job's record: ids with a result are skipped on a rerun,
+// it finishes (in input order). The output is the job's record: ids with a result are skipped on a rerun,
 // ids with only an error line are tried again, so a stopped or failed job resumes where it stopped.
 
 import { type PromptSource, readRequests, type ResultWriter } from '../formats/jsonl.js';

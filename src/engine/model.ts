@@ -33,7 +33,7 @@ export interface LoadOptions {
   diskDir?: string;
   /** Capacity of the disk tier in bytes (checked before anything is written). */
   diskBytes?: number;
-  /** RAM limit in bytes: a hard limit, checked before loading and before each block. */
+  /** RAM limit in bytes: a hard limit, checked before loading and before a block opens. */
   ramBytes?: number;
   /** Compute-device memory. On a CPU-only machine the device is RAM: device shares count against ramBytes. */
   deviceBytes?: number;
@@ -128,7 +128,7 @@ export class LanguageModel {
     return { weights: this.layers.stats, weightStagingBytes: this.runner.weightStagingBytes, io: this.runner.io };
   }
 
-  /** Results in input order, each as soon as its block finishes. Requests that cannot run
+  /** Results in input order, each as soon as it and those before it have finished. Requests that cannot run
    *  (bad prompt, too long) yield `{id, error}` and the rest still run. `stats` (if given) is
    *  filled with timings. Bad params, and a call after close(), throw here, before iteration. */
   generate(requests: Iterable<GenerationRequest> | AsyncIterable<GenerationRequest>, params: GenerateOptions = {},

@@ -52,7 +52,10 @@ const TTFT_KEPT = 1000;
 export class Scheduler {
   private readonly engine: ContinuousEngine;
   private draining = false;
-  private loop: Promise<void> | null = null;
+  private loop: Promise<void> = Promise.resolve();
+  /** Whether run() is stepping the engine (set and cleared synchronously with the engine's
+   *  busy check, so a request submitted at any moment is either seen by it or starts it). */
+  private active = false;
   private readonly ttft: number[] = [];
   private generatedTotal = 0;
 
@@ -95,7 +98,10 @@ export class Scheduler {
       };
       const priority = (options.priority ?? 'interactive') === 'interactive' ? 0 : 1;
       for (const seq of item.samples) this.engine.add({ seq, priority, done, fail: reject });
-      this.loop ??= this.run().finally(() => (this.loop = null));
+      if (!this.active) {
+        this.active = true;
+        this.loop = this.run();
+      }
     });
   }
 
@@ -118,7 +124,7 @@ export class Scheduler {
    *  everything already admitted has finished. */
   async drain(): Promise<void> {
     this.draining = true;
-    while (this.loop) await this.loop;
+    while (this.active) await this.loop;
   }
 
   /** Steps the engine while it has work; a failure of the engine rejects every request it held. */
@@ -127,7 +133,11 @@ export class Scheduler {
     await Promise.resolve();
     for (;;) {
       try {
-        if (!(await this.engine.step())) return;
+        // step() closes the block when there is nothing to run; a request may arrive meanwhile.
+        if (!(await this.engine.step()) && !this.engine.busy) {
+          this.active = false;
+          return;
+        }
       } catch (e) {
         for (const a of await this.engine.abandon()) a.fail?.(e);
       }

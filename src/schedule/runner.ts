@@ -1,5 +1,6 @@
-// Runs one generation block — numGpuBatches batches of up to gpuBatchSize sequences — through
-// the layers under a policy, with weights, KV cache and activations on their tiers.
+// Runs generation steps of a block — numGpuBatches batches of up to gpuBatchSize sequences —
+// through the layers under a policy, with weights, KV cache and activations on their tiers. The
+// block stays open (src/schedule/running-block.ts): sequences join and leave between steps.
 //
 // The zig-zag block schedule (FlexGen, Algorithm 1), over token i, unit j (a layer, or half a
 // layer with sepLayer) and batch k:
@@ -23,16 +24,16 @@
 // Weight prefetches are background transfers: the disk serves the next batch's cache and
 // activations (needed within one batch's compute) before the rest of the next unit's weights.
 //
-// The row-by-row schedule (Hugging Face Accelerate, DeepSpeed ZeRO-Inference) finishes one batch
-// before the next and loads every unit's weights again for every batch and token; it is kept for
+// The row-by-row schedule (Hugging Face Accelerate, DeepSpeed ZeRO-Inference) runs one batch at a
+// time and loads every unit's weights again for every batch and token; it is kept for
 // comparison. Every schedule computes the same operations in the same order per sequence, so all
 // produce identical tokens.
 
-import type { Backend, CacheDType } from '../backend/index.js';
+import type { Backend } from '../backend/index.js';
 import type { Policy } from '../policy/policy.js';
 import { shares } from '../policy/policy.js';
 import { Tensor } from '../tensor/tensor.js';
-import { type CacheBlock, type Step, type Transformer, decodeStep, prefillStep } from '../models/transformer.js';
+import { type CacheBlock, type Step, type Transformer } from '../models/transformer.js';
 import type { AttentionWeights, MlpWeights } from '../models/weights.js';
 import { type ActStaging, ActStore } from './act-store.js';
 import type { BlockFile } from './block-file.js';
@@ -43,19 +44,6 @@ import { Transfers } from './transfers.js';
 import { RunningBlock, type RunningShape } from './running-block.js';
 
 type F32 = Tensor<'f32'>;
-
-/** Chooses the next token of row `row` of batch `batch` from row `logitsRow` of `logits` (the
- *  step's running rows, in order); returns the token and whether the sequence is finished. */
-export type TokenSink = (batch: number, row: number, logits: F32, logitsRow: number) => { token: number; done: boolean };
-
-export interface BlockSpec {
-  /** Prompts per batch. */
-  prompts: Int32Array[][];
-  /** Decode steps at most (new tokens = 1 + decode steps). */
-  maxNewTokens: number;
-  capacity: number;
-  cacheDtype: CacheDType;
-}
 
 export interface RunnerFiles {
   cache: BlockFile | null;
@@ -137,84 +125,6 @@ export class BlockRunner {
       this.io.actBytesRead += state.acts.stats.bytesRead;
       this.io.actBytesWritten += state.acts.stats.bytesWritten;
     }
-  }
-
-  /** Runs the block to the end (every sequence finished or out of new tokens). On failure, waits
-   *  for every transfer still in flight before it rethrows, so files can be closed safely. */
-  async run(spec: BlockSpec, sink: TokenSink): Promise<BlockResult> {
-    const c = this.transformer.config;
-    const nb = spec.prompts.length;
-    const rows = Math.max(...spec.prompts.map((p) => p.length));
-    const maxTokens = Math.max(...spec.prompts.map((p) => p.reduce((n, x) => n + x.length, 0)), rows);
-    const cache = new CacheStore(c, nb, rows, spec.capacity, spec.cacheDtype, shares(this.policy, 'cache'), this.files.cache);
-    const acts = new ActStore(c.hidden, nb, maxTokens, shares(this.policy, 'activations'), this.files.act);
-    const slots: Slots = {
-      cache: [0, 1, 2].map(() => (cache.needsStagingAny() ? cache.newStaging() : null)),
-      act: [0, 1, 2].map(() => (acts.needsStagingAny() ? acts.newStaging() : null)),
-    };
-    const batches = Array.from({ length: nb }, (_, k) => k);
-    // Row by row: one batch at a time, every token; zig-zag: all batches of the block together.
-    const groups = this.policy.schedule === 'row' ? batches.map((k) => [k]) : [batches];
-    const phases = { prefillSeconds: 0, decodeSeconds: 0 };
-    const transfers = new Transfers();
-    try {
-      for (const group of groups) await this.runTokens(spec, sink, group, { cache, acts, slots, transfers, computedAt: new Array(nb).fill(-1) }, phases);
-    } catch (e) {
-      await transfers.settle();
-      throw e;
-    } finally {
-      this.pendingWeights = null;
-      this.io.cacheBytesRead += cache.stats.bytesRead;
-      this.io.cacheBytesWritten += cache.stats.bytesWritten;
-      this.io.actBytesRead += acts.stats.bytesRead;
-      this.io.actBytesWritten += acts.stats.bytesWritten;
-    }
-    return { cache, acts, ...phases };
-  }
-
-  /** Every token step of a group of batches. A sequence leaves the block as soon as it is
-   *  finished: later decode steps compute only the rows still running, and a batch with none
-   *  left is skipped. */
-  private async runTokens(spec: BlockSpec, sink: TokenSink, batches: number[], state: BlockState,
-    phases: { prefillSeconds: number; decodeSeconds: number }): Promise<void> {
-    const { cache, acts, transfers } = state;
-    const running = spec.prompts.map((p) => Int32Array.from(p.keys()));
-    const next = spec.prompts.map((p) => new Int32Array(p.length));
-    const steps: Step[] = [];
-    const logits: (F32 | null)[] = [];
-    for (let i = 0; i < spec.maxNewTokens; i++) {
-      const live = batches.filter((k) => running[k]!.length > 0);
-      if (live.length === 0) break;
-      for (const k of live) {
-        const rowsNow = running[k]!;
-        if (i === 0) steps[k] = prefillStep(spec.prompts[k]!);
-        else steps[k] = decodeStep(rowsNow.map((r) => next[k]![r]!), rowsNow.map((r) => cache.lengths[k]![r]!), rowsNow);
-        acts.tokens[k] = steps[k]!.ids.length;
-      }
-      transfers.forgetBefore(i - 1);
-      const last = i + 1 === spec.maxNewTokens;
-      const t0 = performance.now();
-      await this.zigzag(i, live, steps, state, logits, last);
-      for (const k of live) state.computedAt[k] = i;
-      const secs = (performance.now() - t0) / 1000;
-      if (i === 0) phases.prefillSeconds += secs;
-      else phases.decodeSeconds += secs;
-      for (const k of live) {
-        const len = cache.lengths[k]!;
-        if (i === 0) spec.prompts[k]!.forEach((p, r) => (len[r] = p.length));
-        else for (const r of running[k]!) len[r]!++;
-        const still: number[] = [];
-        running[k]!.forEach((r, at) => {
-          const { token, done } = sink(k, r, logits[k]!, at);
-          next[k]![r] = token;
-          if (!done) still.push(r);
-        });
-        running[k] = Int32Array.from(still);
-      }
-    }
-    // A prefetch of the next token's first unit may still be in flight.
-    if (this.pendingWeights) await this.pendingWeights;
-    this.pendingWeights = null;
   }
 
   /** One token step over every unit for the given batches (see the schedule at the top).
@@ -312,14 +222,6 @@ export class BlockRunner {
     this.io.waitSeconds += (performance.now() - t0) / 1000;
     return v;
   }
-}
-
-export interface BlockResult {
-  cache: CacheStore;
-  acts: ActStore;
-  /** Time in the prefill step and in decode steps (sampling excluded). */
-  prefillSeconds: number;
-  decodeSeconds: number;
 }
 
 /** @internal */
