@@ -3,7 +3,8 @@
 
 export { loadModel, LanguageModel, type LoadOptions } from './engine/model.js';
 export type { GenerateParams, GenerateOptions, GenerateStats } from './engine/generate.js';
-export type { GenerationRequest, GenerationResult, SampleResult, RequestError, FinishReason } from './engine/requests.js';
+export type { GenerationRequest, GenerationResult, SampleResult, RequestError, FinishReason, TokenLogprob } from './engine/requests.js';
+export { Scheduler, type RequestOptions, type SchedulerStats } from './engine/scheduler.js';
 export type { SamplingParams } from './engine/sampling.js';
 export type { ModelConfig } from './models/config.js';
 export { supportedModelTypes } from './models/registry.js';

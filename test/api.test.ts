@@ -61,7 +61,7 @@ describe('options are checked by name', () => {
         { id: 'a', promptTokenIds: [1, 2] }, { id: 'b', promptTokenIds: [1, 99999] }, { id: 'c', promptTokenIds: [3], max_tokens: 2 } as never,
       ], { maxNewTokens: 2 })) results.push(r);
       expect(results.map((r) => ('error' in r ? r.error : 'ok'))).toEqual([
-        'ok', 'promptTokenIds[1] = 99999 is not a token id in [0, 512)', 'request "c": unknown option "max_tokens" (known: id, prompt, promptTokenIds, messages, sampling, n)',
+        'ok', 'promptTokenIds[1] = 99999 is not a token id in [0, 512)', 'request "c": unknown option "max_tokens" (known: id, prompt, promptTokenIds, messages, sampling, n, maxNewTokens, stop, stopTokenIds, logprobs, topLogprobs)',
       ]);
     } finally {
       await model.close();

@@ -175,7 +175,7 @@ describe('n samples and penalties in the engine', () => {
     const jsonOut = path.join(dir, 'json.jsonl');
     const j = cli(['generate', '--model', opt, '--prompts', input, '--out', jsonOut, '--max-new-tokens', '6', '--ignore-eos']);
     expect(j.code, j.stderr).toBe(2);
-    const want = api.map((x) => ({ id: x.id, samples: x.samples!.map((s) => ({ token_ids: s.tokenIds, finish_reason: s.finishReason })) }));
+    const want = api.map((x) => ({ id: x.id, prompt_tokens: x.promptTokens, samples: x.samples!.map((s) => ({ token_ids: s.tokenIds, finish_reason: s.finishReason })) }));
     expect(readJsonl(flagsOut)).toEqual(want);
     const rows = readJsonl<Record<string, any>>(jsonOut);
     // Lines refused on reading are written as soon as the job writes anything, before the results.

@@ -10,9 +10,8 @@ import { UserError } from '../util/errors.js';
 import { cacheDtypeOf } from '../policy/policy.js';
 import { intList, rule } from './parse.js';
 import { Progress } from './progress.js';
-import { type PolicyFlags, type Workload, addPolicyOptions, checkPlanningPaths, loadOptions } from './policy-options.js';
+import { type PolicyFlags, addPolicyOptions, checkPlanningPaths, fitWorkload, loadOptions } from './policy-options.js';
 import { modelDir, outputFile } from './paths.js';
-import { readConfig } from '../models/registry.js';
 
 interface GenerateFlags extends PolicyFlags {
   model: string;
@@ -200,12 +199,4 @@ async function scanPrompts(source: PromptSource): Promise<{ count: number; longe
     longest = Math.max(longest, n);
   }
   return { count, longest };
-}
-
-/** Keeps the planned prompt and generation lengths within the model's positions. */
-function fitWorkload(dir: string, work: Workload): Workload {
-  const { config } = readConfig(dir);
-  const max = config.maxPositions;
-  const genLen = Math.min(work.genLen, max - 1);
-  return { ...work, genLen, promptLen: Math.min(work.promptLen, max - genLen) };
 }

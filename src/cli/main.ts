@@ -9,6 +9,8 @@ import { addPlanCommand } from './plan.js';
 import { addDemoCommand } from './demo.js';
 import { addProfileCommand } from './profile.js';
 import { addTrainCommand } from './train.js';
+import { addBatchCommand } from './batch.js';
+import { addServeCommand } from './serve.js';
 
 /** Every command and its flags (docs/cli.md lists the same ones; test/docs.test.ts checks). */
 export function buildProgram(): Command {
@@ -21,6 +23,8 @@ export function buildProgram(): Command {
   addDemoCommand(program);
   addProfileCommand(program);
   addTrainCommand(program);
+  addBatchCommand(program);
+  addServeCommand(program);
   return program;
 }
 

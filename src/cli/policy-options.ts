@@ -13,6 +13,7 @@ import { ensureProfile, type HardwareProfile } from '../policy/profile.js';
 import { blockShapes } from '../policy/search.js';
 import { oneOf, rule } from './parse.js';
 import { diskDir, inputFile } from './paths.js';
+import { readConfig } from '../models/registry.js';
 
 /** What the planner needs to know about the job. */
 export interface Workload {
@@ -168,4 +169,12 @@ export async function loadOptions(o: PolicyFlags, work: Workload): Promise<LoadO
     ramBytes: o.ram,
     deviceBytes: o.deviceMem,
   };
+}
+
+/** Keeps the planned prompt and generation lengths within the model's positions. */
+export function fitWorkload(dir: string, work: Workload): Workload {
+  const { config } = readConfig(dir);
+  const max = config.maxPositions;
+  const genLen = Math.min(work.genLen, max - 1);
+  return { ...work, genLen, promptLen: Math.min(work.promptLen, max - genLen) };
 }

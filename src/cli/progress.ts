@@ -3,6 +3,8 @@ export class Progress {
   private readonly tty = process.stderr.isTTY === true;
   private readonly start = performance.now();
   private last = 0;
+  /** Requests done before this run (a resumed job's skipped ones), for the time left. */
+  private first: number | null = null;
 
   constructor(private readonly label: string) {}
 
@@ -11,11 +13,13 @@ export class Progress {
     const now = performance.now();
     if (now - this.last < 200 && done !== total) return;
     this.last = now;
+    this.first ??= done;
     const secs = (now - this.start) / 1000;
     const rate = secs > 0 ? (tokens / secs).toFixed(1) : '0';
     const width = 24;
     const bar = total ? '#'.repeat(Math.round((width * done) / Math.max(total, 1))).padEnd(width, '.') : '';
-    process.stderr.write(`\r${this.label} ${total ? `[${bar}] ${done}/${total}` : `${done}`} requests, ${rate} tok/s `);
+    const eta = total && done > this.first ? `, ETA ${clock(((total - done) * secs) / (done - this.first))}` : '';
+    process.stderr.write(`\r${this.label} ${total ? `[${bar}] ${done}/${total}` : `${done}`} requests, ${rate} tok/s${eta} `);
   }
 
   end(): void {

@@ -1,7 +1,7 @@
-// Batched generation. Requests are grouped into blocks of gpuBatchSize × numGpuBatches
-// sequences; each block runs through the schedule (src/schedule/runner.ts): one prefill over
-// each batch's prompts (ragged, no padding), then one decode step per new token until every
-// sequence has stopped. Each sequence's tokens are the ones it would get alone.
+// Batched generation: requests become sequences (one per sample) that run through the
+// continuous engine (src/engine/continuous.ts) in a block of gpuBatchSize × numGpuBatches slots;
+// a sequence leaves as soon as it stops and the next request takes its slot. Results come in
+// input order. Each sequence's tokens are the ones it would get alone.
 
 import type { Backend, CacheDType } from '../backend/index.js';
 import { q4RecordBytes } from '../backend/kernels.js';
@@ -10,11 +10,12 @@ import type { ModelConfig } from '../models/config.js';
 import type { Transformer } from '../models/transformer.js';
 import type { BlockRunner } from '../schedule/runner.js';
 import type { BlockShape } from '../policy/memory.js';
-import { Tensor } from '../tensor/tensor.js';
+import { ContinuousEngine, type RunnerLock } from './continuous.js';
 import { checkKeys } from '../util/names.js';
 import { type RuleName, checkApiValue } from '../util/options.js';
-import { type FinishReason, type GenerationRequest, type GenerationResult, type RequestError, type RequestNames, type SampleResult, REQUEST_KEYS, promptIds } from './requests.js';
-import { GREEDY, Rng, type SamplingParams, TokenHistory, sample } from './sampling.js';
+import { type GenerationRequest, type GenerationResult, type RequestError, type RequestNames, REQUEST_KEYS, promptIds } from './requests.js';
+import { GREEDY, type SamplingParams } from './sampling.js';
+import { Sequence, type SequenceLimits, type TokenHook } from './sequence.js';
 
 export interface GenerateParams {
   maxNewTokens: number;
@@ -32,7 +33,11 @@ export interface GenerateParams {
   batchSize: number;
   /** Batches per block sharing each weight load (default: the policy's numGpuBatches). */
   numGpuBatches: number;
-  /** Called with each token as it is generated (streaming); results still come per block. */
+  /** Prompt tokens per batch and step: longer prompts are prefilled in chunks between decode
+   *  steps (a prompt's first chunk is min(prompt, prefillChunk) tokens; results depend on it).
+   *  Default: the model's positions for generate() (whole prompts), 512 for a scheduler. */
+  prefillChunk?: number;
+  /** Called with each token as it is generated (streaming); results still come per request. */
   onToken?: (id: string, token: number, index: number) => void;
 }
 
@@ -51,7 +56,7 @@ export const DEFAULT_PARAMS: GenerateParams = {
   numGpuBatches: 1,
 };
 
-const PARAM_KEYS = [...Object.keys(DEFAULT_PARAMS), 'onToken'];
+const PARAM_KEYS = [...Object.keys(DEFAULT_PARAMS), 'prefillChunk', 'onToken'];
 const SAMPLING_KEYS = Object.keys(GREEDY);
 
 /** Full parameters from a caller's options; unknown keys and bad values throw, naming the option. */
@@ -75,22 +80,13 @@ export function emptyStats(): GenerateStats {
   return { prefillSeconds: 0, decodeSeconds: 0, promptTokens: 0, generatedTokens: 0 };
 }
 
-/** One sequence to generate: a request's sample. */
-interface Pending {
-  req: GenerationRequest;
-  ids: number[];
-  index: number;
-  sampling: SamplingParams;
-  result?: SampleResult;
-}
-
 /** A request in the output queue: its samples, or the error it gets instead. */
-type Queued = { id: string; error: string } | { req: GenerationRequest; samples: Pending[] };
+type Queued = RequestError | { req: GenerationRequest; promptTokens: number; samples: Sequence[] };
 
-interface Output {
-  tokens: number[];
-  logprobs: number[];
-  finish: FinishReason | null;
+/** Per-request hooks (the scheduler's RequestOptions): streaming and aborting. */
+export interface RequestHooks {
+  onToken?: TokenHook;
+  signal?: AbortSignal;
 }
 
 export interface GeneratorSetup {
@@ -101,6 +97,8 @@ export interface GeneratorSetup {
   tokenizer: TextTokenizer | null;
   /** Throws when a block of this shape would not fit the memory limits. */
   checkBlock(shape: BlockShape): void;
+  /** Held by whichever engine has a block open on the runner. */
+  lock: RunnerLock;
 }
 
 export class Generator {
@@ -116,23 +114,45 @@ export class Generator {
    *  says how request fields are named in its messages (a JSONL line's keys for batch jobs). */
   async *generate(requests: Iterable<GenerationRequest> | AsyncIterable<GenerationRequest>, p: GenerateParams,
     names: RequestNames = 'api'): AsyncGenerator<GenerationResult | RequestError> {
-    let block: Pending[] = [];
+    const engine = this.engine(p, false);
     const queue: Queued[] = [];
-    for await (const req of requests) {
-      const item = this.expand(req, p, names);
-      queue.push(item);
-      if ('error' in item) continue;
-      for (const s of item.samples) {
-        block.push(s);
-        if (block.length === p.batchSize * p.numGpuBatches) {
-          await this.runBlock(block, p);
-          block = [];
-          yield* this.finished(queue);
+    const target = p.batchSize * p.numGpuBatches;
+    const input = Symbol.asyncIterator in requests ? requests[Symbol.asyncIterator]() : (requests as Iterable<GenerationRequest>)[Symbol.iterator]();
+    let more = true;
+    try {
+      for (;;) {
+        // Read ahead so that every slot a sequence leaves is taken again at the next step.
+        while (more && engine.queued + engine.running < target) {
+          const next = await input.next();
+          if (next.done) {
+            more = false;
+            break;
+          }
+          const item = this.expand(next.value, p, names);
+          queue.push(item);
+          if (!('error' in item)) for (const seq of item.samples) engine.add({ seq, priority: 0, done: () => undefined });
         }
+        yield* this.finished(queue);
+        if (!(await engine.step())) {
+          if (!more) break;
+        } else yield* this.finished(queue);
       }
+    } finally {
+      await engine.close();
+      for (const k of ['prefillSeconds', 'decodeSeconds', 'promptTokens', 'generatedTokens'] as const) this.stats[k] += engine.stats[k];
     }
-    if (block.length > 0) await this.runBlock(block, p);
-    yield* this.finished(queue);
+  }
+
+  /** A continuous engine over this generator's runner. `server`: the block keeps its full shape
+   *  and prompts go in chunks of prefillChunk (default 512) tokens. */
+  engine(p: GenerateParams, server: boolean): ContinuousEngine {
+    return new ContinuousEngine({
+      runner: this.s.runner, backend: this.backend, lock: this.s.lock, maxPositions: this.s.config.maxPositions,
+      cacheBytesPerElement: cacheBytesPerElement(p.cacheDtype, this.s.config.headDim), checkBlock: (shape) => this.s.checkBlock(shape),
+    }, {
+      batchSize: p.batchSize, numGpuBatches: p.numGpuBatches, cacheDtype: p.cacheDtype, fullShape: server,
+      prefillChunk: p.prefillChunk ?? (server ? 512 : this.s.config.maxPositions),
+    });
   }
 
   /** Yields, in input order, every queued request whose samples have all finished. */
@@ -143,15 +163,15 @@ export class Generator {
         yield queue.shift() as RequestError;
         continue;
       }
-      if (!item.samples.every((s) => s.result)) return;
+      if (!item.samples.every((s) => s.done)) return;
       queue.shift();
-      const samples = item.samples.map((s) => s.result!);
-      yield { id: item.req.id, ...samples[0]!, ...(samples.length > 1 ? { samples } : {}) };
+      const samples = item.samples.map((s) => s.result());
+      yield { id: item.req.id, promptTokens: item.promptTokens, ...samples[0]!, ...(samples.length > 1 ? { samples } : {}) };
     }
   }
 
   /** A request's samples, or the error that keeps it from running. */
-  private expand(req: GenerationRequest, p: GenerateParams, names: RequestNames): Queued {
+  expand(req: GenerationRequest, p: GenerateParams, names: RequestNames, hooks?: RequestHooks): Queued {
     const id = String((req as { id?: unknown })?.id ?? '');
     const fail = (error: string): Queued => ({ id, error });
     if (typeof req !== 'object' || req === null) return fail('request must be an object');
@@ -163,78 +183,56 @@ export class Generator {
         const sampling = { ...p.sampling, ...req.sampling };
         for (const k of SAMPLING_KEYS) checkApiValue(k as RuleName, sampling[k as keyof SamplingParams]);
         if (req.n !== undefined) checkApiValue('n', req.n);
+        if (req.maxNewTokens !== undefined) checkApiValue('maxNewTokens', req.maxNewTokens);
       } catch (e) {
         return fail((e as Error).message);
       }
+      const bad = checkRequestLimits(req, this.s.tokenizer !== null);
+      if (bad) return fail(bad);
     }
     const ids = promptIds(req, this.s.tokenizer, this.s.config.vocabSize, names);
     if (typeof ids === 'string') return fail(ids);
     const max = this.s.config.maxPositions;
     if (ids.length >= max) return fail(`prompt of ${ids.length} tokens does not fit the model's ${max} positions (at most ${max - 1}, leaving room for one new token)`);
     const sampling = { ...p.sampling, ...req.sampling };
-    return { req, samples: Array.from({ length: req.n ?? p.n }, (_, index) => ({ req, ids, index, sampling })) };
+    const limits: SequenceLimits = {
+      maxNewTokens: req.maxNewTokens ?? p.maxNewTokens,
+      stopIds: new Set([...(p.stopAtEos ? this.s.eosTokenIds : []), ...(req.stopTokenIds ?? p.stopTokenIds)]),
+      stop: req.stop ?? [],
+      logprobs: req.logprobs ?? p.logprobs,
+      topLogprobs: req.topLogprobs ?? 0,
+      maxPositions: max,
+    };
+    const callHook = p.onToken;
+    const hook: TokenHook | undefined = hooks?.onToken ?? (callHook ? (index, token) => callHook(req.id, token, index) : undefined);
+    const samples = Array.from({ length: req.n ?? p.n }, (_, index) => new Sequence(req, ids, index, sampling, limits, this.s.tokenizer, hook));
+    if (hooks?.signal) {
+      const signal = hooks.signal;
+      const cancel = () => samples.forEach((x) => x.cancel());
+      if (signal.aborted) cancel();
+      else signal.addEventListener('abort', cancel, { once: true });
+    }
+    return { req, promptTokens: ids.length, samples };
   }
 
-  /** Generates every sequence of the block and stores each one's result in it. */
-  private async runBlock(block: Pending[], p: GenerateParams): Promise<void> {
-    const gbs = p.batchSize;
-    const batches: Pending[][] = [];
-    for (let i = 0; i < block.length; i += gbs) batches.push(block.slice(i, i + gbs));
-    const maxPrompt = Math.max(...block.map((x) => x.ids.length));
-    const capacity = Math.min(this.s.config.maxPositions, maxPrompt + p.maxNewTokens);
-    this.s.checkBlock({
-      rows: Math.min(gbs, block.length), batches: batches.length, capacity, cacheBytesPerElement: cacheBytesPerElement(p.cacheDtype, this.s.config.headDim),
-      maxTokens: Math.max(...batches.map((b) => b.reduce((n, x) => n + x.ids.length, 0))),
-    });
-    const stop = new Set([...(p.stopAtEos ? this.s.eosTokenIds : []), ...p.stopTokenIds]);
-    const outs = batches.map((b) => b.map((): Output => ({ tokens: [], logprobs: [], finish: null })));
-    // Sample 0 keeps the request's own stream, so n = 1 draws what it always drew.
-    const rngs = batches.map((b) => b.map((x) => new Rng(x.sampling.seed, x.index === 0 ? x.req.id : `${x.req.id}\0${x.index}`)));
-    const histories = batches.map((b) => b.map((x) => new TokenHistory(x.ids)));
-    // logSoftmax once per batch and step, shared by its rows.
-    let logpFor: Tensor<'f32'> | null = null;
-    let logp: Tensor<'f32'> | null = null;
-    const phases = await this.s.runner.run(
-      {
-        prompts: batches.map((b) => b.map((x) => Int32Array.from(x.ids))),
-        maxNewTokens: p.maxNewTokens,
-        capacity,
-        cacheDtype: p.cacheDtype,
-      },
-      (k, r, logits, at) => {
-        const o = outs[k]![r]!;
-        const vocab = logits.shape[1]!;
-        const row = logits.data.subarray(at * vocab, (at + 1) * vocab);
-        const x = batches[k]![r]!;
-        const token = sample(row, x.sampling, rngs[k]![r]!, histories[k]![r]!);
-        histories[k]![r]!.add(token);
-        o.tokens.push(token);
-        p.onToken?.(x.req.id, token, x.index);
-        if (p.logprobs) {
-          if (logpFor !== logits) {
-            logp = this.backend.logSoftmax(logits);
-            logpFor = logits;
-          }
-          o.logprobs.push(logp!.data[at * vocab + token]!);
-        }
-        const len = x.ids.length + o.tokens.length;
-        if (stop.has(token)) o.finish = 'stop';
-        else if (o.tokens.length >= p.maxNewTokens || len >= capacity) o.finish = 'length';
-        return { token, done: o.finish !== null };
-      },
-    );
-    this.stats.prefillSeconds += phases.prefillSeconds;
-    this.stats.decodeSeconds += phases.decodeSeconds;
-    this.stats.promptTokens += block.reduce((n, x) => n + x.ids.length, 0);
-    batches.forEach((b, k) => b.forEach((x, r) => {
-      const o = outs[k]![r]!;
-      this.stats.generatedTokens += o.tokens.length;
-      const res: SampleResult = { tokenIds: o.tokens, finishReason: o.finish ?? 'length' };
-      if (this.s.tokenizer) res.text = this.s.tokenizer.decode(o.tokens);
-      if (p.logprobs) res.logprobs = o.logprobs;
-      x.result = res;
-    }));
+}
+
+/** What is wrong with a request's own limits (stop, stopTokenIds, logprobs, topLogprobs), or null. */
+export function checkRequestLimits(req: GenerationRequest, hasTokenizer: boolean): string | null {
+  if (req.stop !== undefined) {
+    if (!Array.isArray(req.stop) || req.stop.length > 4 || !req.stop.every((s) => typeof s === 'string' && s.length > 0)) {
+      return '"stop" must be an array of at most 4 non-empty strings';
+    }
+    if (req.stop.length > 0 && !hasTokenizer) return 'the model has no tokenizer.json, so "stop" strings cannot be used';
   }
+  if (req.stopTokenIds !== undefined && !(Array.isArray(req.stopTokenIds) && req.stopTokenIds.every((t) => Number.isSafeInteger(t) && t >= 0))) {
+    return '"stopTokenIds" must be an array of non-negative integers';
+  }
+  if (req.logprobs !== undefined && typeof req.logprobs !== 'boolean') return '"logprobs" must be true or false';
+  if (req.topLogprobs !== undefined && !(Number.isSafeInteger(req.topLogprobs) && req.topLogprobs >= 0 && req.topLogprobs <= 20)) {
+    return '"topLogprobs" must be an integer in [0, 20]';
+  }
+  return null;
 }
 
 function checkParams(p: GenerateParams): void {
@@ -244,6 +242,7 @@ function checkParams(p: GenerateParams): void {
   if (!Array.isArray(p.stopTokenIds) || !p.stopTokenIds.every((t) => Number.isInteger(t) && t >= 0)) throw new RangeError('stopTokenIds must be an array of non-negative integers');
   for (const k of ['stopAtEos', 'logprobs'] as const) if (typeof p[k] !== 'boolean') throw new TypeError(`${k} must be true or false, got ${JSON.stringify(p[k])}`);
   if (p.onToken !== undefined && typeof p.onToken !== 'function') throw new TypeError('onToken must be a function');
+  if (p.prefillChunk !== undefined && !(Number.isSafeInteger(p.prefillChunk) && p.prefillChunk >= 1)) throw new RangeError(`prefillChunk must be an integer >= 1, got ${JSON.stringify(p.prefillChunk)}`);
 }
 
 /** Bytes per cached element (a q4 record spreads its codes and group parameters over d). */

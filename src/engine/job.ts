@@ -1,5 +1,5 @@
 // A JSONL batch job: requests from a file, one result line per request appended to the output as
-// each block finishes. The output is the job's record: ids with a result are skipped on a rerun,
+// it finishes (in input order). The output is the job's record: ids with a result are skipped on a rerun,
 // ids with only an error line are tried again, so a stopped or failed job resumes where it stopped.
 
 import { type PromptSource, readRequests, type ResultWriter } from '../formats/jsonl.js';
@@ -73,15 +73,16 @@ export async function runJob(model: LanguageModel, writer: ResultWriter, o: JobO
 
 /** A result as its JSONL line: snake_case fields, id first (a torn line is recognised by it).
  *  With n > 1 the line holds every sample, in order, under "samples". */
-export function toRecord(r: GenerationResult): { id: string } {
-  if (r.samples) return { id: r.id, samples: r.samples.map(sampleRecord) } as { id: string };
-  return { id: r.id, ...sampleRecord(r) };
+export function toRecord(r: GenerationResult): { id: string; prompt_tokens: number; [field: string]: unknown } {
+  if (r.samples) return { id: r.id, prompt_tokens: r.promptTokens, samples: r.samples.map(sampleRecord) };
+  return { id: r.id, prompt_tokens: r.promptTokens, ...sampleRecord(r) };
 }
 
 function sampleRecord(s: SampleResult): Record<string, unknown> {
   const rec: Record<string, unknown> = { token_ids: s.tokenIds };
   if (s.text !== undefined) rec.text = s.text;
   if (s.logprobs) rec.logprobs = s.logprobs;
+  if (s.topLogprobs) rec.top_logprobs = s.topLogprobs;
   rec.finish_reason = s.finishReason;
   return rec;
 }

@@ -14,7 +14,9 @@ import { selectBf16Kernel } from '../backend/cpu/bf16-kernel.js';
 import { type LayerSource, ResidentLayers, WeightStore, planSlotBytes } from '../schedule/weight-store.js';
 import { type Limits, type MemoryItem, type WeightSizes, blockItems, checkLimits, weightItems } from '../policy/memory.js';
 import { DiskTier } from '../schedule/disk-tier.js';
-import { type GenerateOptions, type GenerateStats, Generator, resolveParams } from './generate.js';
+import { type GenerateOptions, type GenerateParams, type GenerateStats, Generator, resolveParams } from './generate.js';
+import { Scheduler } from './scheduler.js';
+import { RunnerLock } from './continuous.js';
 import type { GenerationRequest, GenerationResult, RequestError, RequestNames } from './requests.js';
 
 export interface LoadOptions {
@@ -31,7 +33,7 @@ export interface LoadOptions {
   diskDir?: string;
   /** Capacity of the disk tier in bytes (checked before anything is written). */
   diskBytes?: number;
-  /** RAM limit in bytes: a hard limit, checked before loading and before each block. */
+  /** RAM limit in bytes: a hard limit, checked before loading and before a block opens. */
   ramBytes?: number;
   /** Compute-device memory. On a CPU-only machine the device is RAM: device shares count against ramBytes. */
   deviceBytes?: number;
@@ -48,6 +50,9 @@ export function loadOptionsOf(o: LoadOptions): LoadOptions {
 
 export class LanguageModel {
   private closed = false;
+  private sched: Scheduler | null = null;
+  /** One block open on the runner at a time (the scheduler's, or a generate() call's). */
+  private readonly lock = new RunnerLock();
 
   private constructor(
     readonly config: ModelConfig,
@@ -123,7 +128,7 @@ export class LanguageModel {
     return { weights: this.layers.stats, weightStagingBytes: this.runner.weightStagingBytes, io: this.runner.io };
   }
 
-  /** Results in input order, each as soon as its block finishes. Requests that cannot run
+  /** Results in input order, each as soon as it and those before it have finished. Requests that cannot run
    *  (bad prompt, too long) yield `{id, error}` and the rest still run. `stats` (if given) is
    *  filled with timings. Bad params, and a call after close(), throw here, before iteration. */
   generate(requests: Iterable<GenerationRequest> | AsyncIterable<GenerationRequest>, params: GenerateOptions = {},
@@ -135,11 +140,36 @@ export class LanguageModel {
   generateNamed(requests: Iterable<GenerationRequest> | AsyncIterable<GenerationRequest>, params: GenerateOptions,
     stats: GenerateStats | undefined, names: RequestNames): AsyncGenerator<GenerationResult | RequestError> {
     if (this.closed) throw new Error('generate() was called after close(): load the model again');
+    const p = this.resolve(params);
+    const g = this.generator();
+    return (async function* () {
+      try {
+        yield* g.generate(requests, p, names);
+      } finally {
+        if (stats) Object.assign(stats, g.stats);
+      }
+    })();
+  }
+
+  /** The continuous-batching scheduler of this model, created on the first call (a second call
+   *  returns the same one, and its params are ignored). `params` are the defaults each request
+   *  may override. Bad params, and a call after close(), throw. */
+  scheduler(params: GenerateOptions = {}): Scheduler {
+    if (this.closed) throw new Error('scheduler() was called after close(): load the model again');
+    this.sched ??= new Scheduler(this.generator(), this.resolve(params));
+    return this.sched;
+  }
+
+  /** Full params of a call: the policy's block shape and cache type unless the call sets them. */
+  private resolve(params: GenerateOptions): GenerateParams {
     // compress_cache stores the KV cache 4-bit whatever the call asks for.
     const cache = this.policy.compressCache ? { cacheDtype: 'q4' as const } : {};
-    const p = resolveParams({ batchSize: this.policy.gpuBatchSize, numGpuBatches: this.policy.numGpuBatches, cacheDtype: cacheDtypeOf(this.policy), ...params, ...cache });
-    const g = new Generator({
-      config: this.config, transformer: this.transformer, runner: this.runner, eosTokenIds: this.eosTokenIds, tokenizer: this.tokenizer,
+    return resolveParams({ batchSize: this.policy.gpuBatchSize, numGpuBatches: this.policy.numGpuBatches, cacheDtype: cacheDtypeOf(this.policy), ...params, ...cache });
+  }
+
+  private generator(): Generator {
+    return new Generator({
+      config: this.config, transformer: this.transformer, runner: this.runner, eosTokenIds: this.eosTokenIds, tokenizer: this.tokenizer, lock: this.lock,
       checkBlock: (shape) => {
         checkLimits([...this.weightMemory, ...blockItems(this.config, this.policy, shape)], this.limits,
           `a block of ${shape.rows} × ${shape.batches} (gpu batch size × batches)`);
@@ -148,13 +178,6 @@ export class LanguageModel {
         releaseFreedMemory();
       },
     });
-    return (async function* () {
-      try {
-        yield* g.generate(requests, p, names);
-      } finally {
-        if (stats) Object.assign(stats, g.stats);
-      }
-    })();
   }
 
   async close(): Promise<void> {

@@ -15,9 +15,26 @@ export interface GenerationRequest {
   sampling?: Partial<SamplingParams>;
   /** Samples for this request, over the call's `params.n`. */
   n?: number;
+  /** New tokens at most, over the call's `params.maxNewTokens`. */
+  maxNewTokens?: number;
+  /** Text stop sequences (at most 4): a sample ends when its decoded text contains one; its text
+   *  then ends before it (its tokenIds keep every token generated). Needs a tokenizer. */
+  stop?: string[];
+  /** Token ids that end a sample, over the call's `params.stopTokenIds`. */
+  stopTokenIds?: number[];
+  /** Each generated token's log-probability, over the call's `params.logprobs`. */
+  logprobs?: boolean;
+  /** The k most likely tokens (0–20) at each generated position, with their log-probabilities. */
+  topLogprobs?: number;
 }
 
-export const REQUEST_KEYS = ['id', 'prompt', 'promptTokenIds', 'messages', 'sampling', 'n'] as const;
+export const REQUEST_KEYS = ['id', 'prompt', 'promptTokenIds', 'messages', 'sampling', 'n', 'maxNewTokens', 'stop', 'stopTokenIds', 'logprobs', 'topLogprobs'] as const;
+
+/** A token and its log-probability. */
+export interface TokenLogprob {
+  token: number;
+  logprob: number;
+}
 
 export type FinishReason = 'length' | 'stop';
 
@@ -29,12 +46,16 @@ export interface SampleResult {
   text?: string;
   /** Each generated token's log-probability under the model's unmodified softmax. */
   logprobs?: number[];
+  /** Per generated token, the k most likely tokens (most likely first), when topLogprobs > 0. */
+  topLogprobs?: TokenLogprob[][];
   finishReason: FinishReason;
 }
 
 /** A request's result: its first sample's fields, and with n > 1 every sample in `samples`. */
 export interface GenerationResult extends SampleResult {
   id: string;
+  /** The prompt's length in tokens (for usage accounting). */
+  promptTokens: number;
   samples?: SampleResult[];
 }
 

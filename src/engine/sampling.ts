@@ -152,7 +152,8 @@ export function sortedIndices(row: Float32Array): number[] {
   return out;
 }
 
-function topKIndices(row: Float32Array, k: number): number[] {
+/** Indices of the k largest entries of row, largest first. */
+export function topKIndices(row: Float32Array, k: number): number[] {
   // Partial selection: keep the k best in a small sorted array (k is small in practice).
   const best: number[] = [];
   for (let i = 0; i < row.length; i++) {

@@ -102,7 +102,9 @@ export class ResultWriter {
   /** Standard output, a pipe or a device: written to, never read back or synced. */
   readonly stream: boolean;
 
-  constructor(readonly file: string) {
+  /** `recognize` tells a line of this file's kind (its id, and whether it is a result) from
+   *  anything else; by default, generate's result and error lines. */
+  constructor(readonly file: string, private readonly recognize: (line: string) => { id: string; ok: boolean } | null = resultRecord) {
     const stat = file === '-' ? null : statOrNull(file);
     this.stream = file === '-' || (stat !== null && !stat.isFile() && !stat.isDirectory());
     if (file === '-') {
@@ -132,13 +134,13 @@ export class ResultWriter {
     let first = true;
     lines.forEach((line, i) => {
       if (line.trim() === '') return;
-      const rec = resultRecord(line);
+      const rec = this.recognize(line);
       if (!rec) throw this.notAResult(i + 1, first);
       first = false;
       this.note(rec);
     });
     if (torn.trim() === '') return null;
-    const rec = resultRecord(torn);
+    const rec = this.recognize(torn);
     if (rec) {
       // Whole but for its newline: keep it.
       this.note(rec);
@@ -163,9 +165,10 @@ export class ResultWriter {
     if (rec.ok) this.done.add(rec.id);
   }
 
-  write(record: { id: string; error?: string }): void {
+  /** Appends a line; `ok` says whether it counts as done (by default: it is not an error line). */
+  write(record: { id: string; error?: unknown }, ok = record.error === undefined): void {
     writeAll(this.fd, JSON.stringify(record) + '\n');
-    this.note({ id: record.id, ok: record.error === undefined });
+    this.note({ id: record.id, ok });
   }
 
   /** Makes what was written survive a crash of the machine, not just of the process. */

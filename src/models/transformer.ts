@@ -22,11 +22,12 @@ export interface Step {
   ids: Int32Array;
   /** Position of each token in its sequence [t]. */
   positions: Int32Array;
-  /** Prefill: sequence s is tokens seqStarts[s]..seqStarts[s+1]-1 in cache row s.
-   *  Decode: empty. */
+  /** Prefill: sequence s is tokens seqStarts[s]..seqStarts[s+1]-1 in cache row rows[s], at
+   *  positions from positions[seqStarts[s]] on (0 for a whole prompt, more for a later chunk of
+   *  one, or for a generated token in a mixed step). Decode: empty. */
   seqStarts: Int32Array;
-  /** The cache row of each sequence of the step, ascending: prefill 0..n-1; decode, the row of
-   *  token r (rows that have finished are left out). */
+  /** The cache row of each sequence of the step, ascending: prefill 0..n-1 (any rows in a mixed
+   *  step); decode, the row of token r (rows that have finished are left out). */
   rows: Int32Array;
   decode: boolean;
 }
@@ -48,6 +49,31 @@ export function prefillStep(prompts: Int32Array[]): Step {
     for (let i = 0; i < p.length; i++) positions[seqStarts[s]! + i] = i;
   });
   return { ids, positions, seqStarts, rows: Int32Array.from(prompts.keys()), decode: false };
+}
+
+/** A segment of a mixed step: tokens for cache row `row` from position `start` on. */
+export interface Segment {
+  row: number;
+  ids: ArrayLike<number>;
+  start: number;
+}
+
+/** A mixed step (continuous batching), segments by ascending row: a segment from position 0 is a
+ *  prompt's first chunk, computed as prefill; any other (a later chunk of a prompt, or a
+ *  generated token) attends to its row's cache, each token as decode computes it. So a token's
+ *  result depends on where its prompt's first chunk ends, never on the other segments. */
+export function segmentStep(segments: Segment[]): Step {
+  const seqStarts = new Int32Array(segments.length + 1);
+  segments.forEach((g, s) => (seqStarts[s + 1] = seqStarts[s]! + g.ids.length));
+  const t = seqStarts[segments.length]!;
+  const ids = new Int32Array(t);
+  const positions = new Int32Array(t);
+  segments.forEach((g, s) => {
+    if (s > 0 && !(g.row > segments[s - 1]!.row)) throw new RangeError('mixed step: rows must ascend');
+    ids.set(g.ids, seqStarts[s]!);
+    for (let i = 0; i < g.ids.length; i++) positions[seqStarts[s]! + i] = g.start + i;
+  });
+  return { ids, positions, seqStarts, rows: Int32Array.from(segments, (g) => g.row), decode: false };
 }
 
 /** One new token per running sequence: token r at position positions[r] of cache row rows[r]
@@ -179,12 +205,40 @@ export class Transformer {
         b.attentionDecode(q.rows(from, to), cache.k.rows(row, row + n), cache.v.rows(row, row + n), lens.rows(from, to), this.scale, out.rows(from, to), this.attnSparsity);
       }
     } else {
-      for (let s = 0; s + 1 < step.seqStarts.length; s++) {
+      const n = step.seqStarts.length - 1;
+      const start = (s: number) => step.positions[step.seqStarts[s]!]!;
+      for (let s = 0; s < n; s++) {
         const [from, to] = [step.seqStarts[s]!, step.seqStarts[s + 1]!];
-        b.cacheWrite(cache.k, k.rows(from, to), s, 0);
-        b.cacheWrite(cache.v, v.rows(from, to), s, 0);
+        b.cacheWrite(cache.k, k.rows(from, to), step.rows[s]!, start(s));
+        b.cacheWrite(cache.v, v.rows(from, to), step.rows[s]!, start(s));
       }
-      b.attentionPrefill(q, k, v, new Tensor('i32', [step.seqStarts.length], step.seqStarts), this.scale, out);
+      for (let s = 0; s < n;) {
+        let e = s + 1;
+        const from = step.seqStarts[s]!;
+        if (start(s) === 0) {
+          // Runs of sequences from position 0 (a whole prefill step is one run): causal attention within each.
+          while (e < n && start(e) === 0) e++;
+          const to = step.seqStarts[e]!;
+          const starts = new Tensor('i32', [e - s + 1], step.seqStarts.slice(s, e + 1).map((x) => x - from));
+          b.attentionPrefill(q.rows(from, to), k.rows(from, to), v.rows(from, to), starts, this.scale, out.rows(from, to));
+        } else {
+          // Any other token attends to its row's cache, as decode does: one call per run of
+          // one-token segments on consecutive rows, one per token of a longer chunk.
+          const one = (x: number) => step.seqStarts[x + 1]! - step.seqStarts[x]! === 1;
+          if (one(s)) while (e < n && one(e) && start(e) > 0 && step.rows[e] === step.rows[e - 1]! + 1) e++;
+          const row = step.rows[s]!;
+          const to = step.seqStarts[e]!;
+          const lens = new Tensor('i32', [to - from], step.positions.slice(from, to).map((p) => p + 1));
+          if (one(s)) {
+            b.attentionDecode(q.rows(from, to), cache.k.rows(row, row + e - s), cache.v.rows(row, row + e - s), lens, this.scale, out.rows(from, to), this.attnSparsity);
+          } else {
+            for (let j = from; j < to; j++) {
+              b.attentionDecode(q.rows(j, j + 1), cache.k.rows(row, row + 1), cache.v.rows(row, row + 1), lens.rows(j - from, j - from + 1), this.scale, out.rows(j, j + 1), this.attnSparsity);
+            }
+          }
+        }
+        s = e;
+      }
     }
     return out.reshape([t, c.heads * c.headDim]);
   }

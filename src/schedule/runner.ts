@@ -1,5 +1,6 @@
-// Runs one generation block — numGpuBatches batches of up to gpuBatchSize sequences — through
-// the layers under a policy, with weights, KV cache and activations on their tiers.
+// Runs generation steps of a block — numGpuBatches batches of up to gpuBatchSize sequences —
+// through the layers under a policy, with weights, KV cache and activations on their tiers. The
+// block stays open (src/schedule/running-block.ts): sequences join and leave between steps.
 //
 // The zig-zag block schedule (FlexGen, Algorithm 1), over token i, unit j (a layer, or half a
 // layer with sepLayer) and batch k:
@@ -23,16 +24,16 @@
 // Weight prefetches are background transfers: the disk serves the next batch's cache and
 // activations (needed within one batch's compute) before the rest of the next unit's weights.
 //
-// The row-by-row schedule (Hugging Face Accelerate, DeepSpeed ZeRO-Inference) finishes one batch
-// before the next and loads every unit's weights again for every batch and token; it is kept for
+// The row-by-row schedule (Hugging Face Accelerate, DeepSpeed ZeRO-Inference) runs one batch at a
+// time and loads every unit's weights again for every batch and token; it is kept for
 // comparison. Every schedule computes the same operations in the same order per sequence, so all
 // produce identical tokens.
 
-import type { Backend, CacheDType } from '../backend/index.js';
+import type { Backend } from '../backend/index.js';
 import type { Policy } from '../policy/policy.js';
 import { shares } from '../policy/policy.js';
 import { Tensor } from '../tensor/tensor.js';
-import { type CacheBlock, type Step, type Transformer, decodeStep, prefillStep } from '../models/transformer.js';
+import { type CacheBlock, type Step, type Transformer } from '../models/transformer.js';
 import type { AttentionWeights, MlpWeights } from '../models/weights.js';
 import { type ActStaging, ActStore } from './act-store.js';
 import type { BlockFile } from './block-file.js';
@@ -40,21 +41,9 @@ import { type CacheStaging, CacheStore } from './cache-store.js';
 import type { LayerPart, LayerSource } from './weight-store.js';
 import { alignedBytes } from './block-file.js';
 import { Transfers } from './transfers.js';
+import { RunningBlock, type RunningShape } from './running-block.js';
 
 type F32 = Tensor<'f32'>;
-
-/** Chooses the next token of row `row` of batch `batch` from row `logitsRow` of `logits` (the
- *  step's running rows, in order); returns the token and whether the sequence is finished. */
-export type TokenSink = (batch: number, row: number, logits: F32, logitsRow: number) => { token: number; done: boolean };
-
-export interface BlockSpec {
-  /** Prompts per batch. */
-  prompts: Int32Array[][];
-  /** Decode steps at most (new tokens = 1 + decode steps). */
-  maxNewTokens: number;
-  capacity: number;
-  cacheDtype: CacheDType;
-}
 
 export interface RunnerFiles {
   cache: BlockFile | null;
@@ -110,103 +99,57 @@ export class BlockRunner {
     return this.weightSlots.reduce((n, s) => n + (s?.byteLength ?? 0), 0);
   }
 
-  /** Runs the block to the end (every sequence finished or out of new tokens). On failure, waits
-   *  for every transfer still in flight before it rethrows, so files can be closed safely. */
-  async run(spec: BlockSpec, sink: TokenSink): Promise<BlockResult> {
+  /** A running block for continuous batching: it stays open, and each call of its step() runs one
+   *  step over the batches given, with rows joining and leaving between steps. */
+  open(shape: RunningShape): RunningBlock {
     const c = this.transformer.config;
-    const nb = spec.prompts.length;
-    const rows = Math.max(...spec.prompts.map((p) => p.length));
-    const maxTokens = Math.max(...spec.prompts.map((p) => p.reduce((n, x) => n + x.length, 0)), rows);
-    const cache = new CacheStore(c, nb, rows, spec.capacity, spec.cacheDtype, shares(this.policy, 'cache'), this.files.cache);
-    const acts = new ActStore(c.hidden, nb, maxTokens, shares(this.policy, 'activations'), this.files.act);
+    const cache = new CacheStore(c, shape.batches, shape.rows, shape.capacity, shape.cacheDtype, shares(this.policy, 'cache'), this.files.cache);
+    const acts = new ActStore(c.hidden, shape.batches, shape.maxTokens, shares(this.policy, 'activations'), this.files.act);
     const slots: Slots = {
       cache: [0, 1, 2].map(() => (cache.needsStagingAny() ? cache.newStaging() : null)),
       act: [0, 1, 2].map(() => (acts.needsStagingAny() ? acts.newStaging() : null)),
     };
-    const batches = Array.from({ length: nb }, (_, k) => k);
-    // Row by row: one batch at a time, every token; zig-zag: all batches of the block together.
-    const groups = this.policy.schedule === 'row' ? batches.map((k) => [k]) : [batches];
-    const phases = { prefillSeconds: 0, decodeSeconds: 0 };
-    const transfers = new Transfers();
+    return new RunningBlock(this, { cache, acts, slots, transfers: new Transfers(), computedAt: new Array(shape.batches).fill(-1) }, this.policy.schedule === 'row');
+  }
+
+  /** Waits for a weight prefetch still in flight and drops it; adds a block's transfer counts.
+   *  @internal */
+  async finish(state: BlockState): Promise<void> {
     try {
-      for (const group of groups) await this.runTokens(spec, sink, group, { cache, acts, slots, transfers }, phases);
-    } catch (e) {
-      await transfers.settle();
-      throw e;
+      await state.transfers.settle();
+      if (this.pendingWeights) await this.pendingWeights;
     } finally {
       this.pendingWeights = null;
-      this.io.cacheBytesRead += cache.stats.bytesRead;
-      this.io.cacheBytesWritten += cache.stats.bytesWritten;
-      this.io.actBytesRead += acts.stats.bytesRead;
-      this.io.actBytesWritten += acts.stats.bytesWritten;
+      this.io.cacheBytesRead += state.cache.stats.bytesRead;
+      this.io.cacheBytesWritten += state.cache.stats.bytesWritten;
+      this.io.actBytesRead += state.acts.stats.bytesRead;
+      this.io.actBytesWritten += state.acts.stats.bytesWritten;
     }
-    return { cache, acts, ...phases };
   }
 
-  /** Every token step of a group of batches. A sequence leaves the block as soon as it is
-   *  finished: later decode steps compute only the rows still running, and a batch with none
-   *  left is skipped. */
-  private async runTokens(spec: BlockSpec, sink: TokenSink, batches: number[], state: BlockState,
-    phases: { prefillSeconds: number; decodeSeconds: number }): Promise<void> {
-    const { cache, acts, transfers } = state;
-    const running = spec.prompts.map((p) => Int32Array.from(p.keys()));
-    const next = spec.prompts.map((p) => new Int32Array(p.length));
-    const steps: Step[] = [];
-    const logits: (F32 | null)[] = [];
-    for (let i = 0; i < spec.maxNewTokens; i++) {
-      const live = batches.filter((k) => running[k]!.length > 0);
-      if (live.length === 0) break;
-      for (const k of live) {
-        const rowsNow = running[k]!;
-        if (i === 0) steps[k] = prefillStep(spec.prompts[k]!);
-        else steps[k] = decodeStep(rowsNow.map((r) => next[k]![r]!), rowsNow.map((r) => cache.lengths[k]![r]!), rowsNow);
-        acts.tokens[k] = steps[k]!.ids.length;
-      }
-      transfers.forgetBefore(i - 1);
-      const last = i + 1 === spec.maxNewTokens;
-      const t0 = performance.now();
-      await this.zigzag(i, live, steps, state, logits, last);
-      const secs = (performance.now() - t0) / 1000;
-      if (i === 0) phases.prefillSeconds += secs;
-      else phases.decodeSeconds += secs;
-      for (const k of live) {
-        const len = cache.lengths[k]!;
-        if (i === 0) spec.prompts[k]!.forEach((p, r) => (len[r] = p.length));
-        else for (const r of running[k]!) len[r]!++;
-        const still: number[] = [];
-        running[k]!.forEach((r, at) => {
-          const { token, done } = sink(k, r, logits[k]!, at);
-          next[k]![r] = token;
-          if (!done) still.push(r);
-        });
-        running[k] = Int32Array.from(still);
-      }
-    }
-    // A prefetch of the next token's first unit may still be in flight.
-    if (this.pendingWeights) await this.pendingWeights;
-    this.pendingWeights = null;
-  }
-
-  /** One token step over every unit for the given batches (see the schedule at the top). */
-  private async zigzag(i: number, batches: number[], steps: Step[], state: BlockState, logits: (F32 | null)[], lastToken: boolean): Promise<void> {
+  /** One token step over every unit for the given batches (see the schedule at the top).
+   *  @internal also run by RunningBlock, a step at a time. */
+  async zigzag(i: number, batches: number[], steps: Step[], state: BlockState, logits: (F32 | null)[], lastToken: boolean): Promise<void> {
     const { cache, acts, slots, transfers } = state;
     const units = this.units;
     const overlap = this.policy.overlap && this.policy.schedule === 'zigzag';
-    const decode = i > 0;
     const storeOf: Promise<void>[] = [Promise.resolve(), Promise.resolve(), Promise.resolve()];
     // A load starts once its staging slot is free (the slot's last store has finished) and the
-    // stores it reads from have finished: batch k's activations from the unit before, and in
-    // decode this layer's cache block of batch k from the token before.
+    // stores it reads from have finished: batch k's activations from the unit before, and when
+    // the step reads the cache, this layer's cache block of batch k from the batch's step before
+    // (the token before; in a running block, whichever step last computed the batch: stores of
+    // steps before the last one have all finished when a step ends).
     const startLoad = (u: number, k: number, s: number) => {
       const unit = units[u]!;
       const attn = unit.part !== 'mlp';
+      const reads = readsCache(steps[k]!);
       const ready = Promise.all([
         storeOf[s],
         u > 0 ? transfers.after(i, actKey(u - 1, k)) : undefined,
-        attn && decode ? transfers.after(i - 1, cacheKey(unit.layer, k)) : undefined,
+        attn && reads && state.computedAt[k] === i - 1 ? transfers.after(i - 1, cacheKey(unit.layer, k)) : undefined,
       ]);
       return transfers.track(ready.then(() => Promise.all([
-        attn ? cache.load(unit.layer, k, slots.cache[s]!, decode, steps[k]!.rows) : Promise.resolve(null),
+        attn ? cache.load(unit.layer, k, slots.cache[s]!, reads, steps[k]!.rows) : Promise.resolve(null),
         acts.load(k, slots.act[s]!, u === 0),
       ])));
     };
@@ -281,28 +224,33 @@ export class BlockRunner {
   }
 }
 
-export interface BlockResult {
-  cache: CacheStore;
-  acts: ActStore;
-  /** Time in the prefill step and in decode steps (sampling excluded). */
-  prefillSeconds: number;
-  decodeSeconds: number;
-}
-
-interface Slots {
+/** @internal */
+export interface Slots {
   cache: (CacheStaging | null)[];
   act: (ActStaging | null)[];
 }
 
-interface BlockState {
+/** @internal */
+export interface BlockState {
   cache: CacheStore;
   acts: ActStore;
   slots: Slots;
   transfers: Transfers;
+  /** The last step that computed each batch (-1: none yet). */
+  computedAt: number[];
 }
 
-/** Which cache positions a step filled: each whole prompt at prefill, one position per running
- *  row in decode (rows that have finished write nothing). */
+/** Whether a step attends to positions stored by earlier steps (decode, or a mixed step with a
+ *  segment past position 0). */
+export function readsCache(step: Step): boolean {
+  if (step.decode) return true;
+  for (let s = 0; s + 1 < step.seqStarts.length; s++) if (step.positions[step.seqStarts[s]!]! > 0) return true;
+  return false;
+}
+
+/** Which cache positions a step filled: each sequence's tokens at prefill (from its first
+ *  position: 0 for a whole prompt), one position per running row in decode (rows that have
+ *  finished write nothing). */
 function storedPositions(step: Step, lengths: Int32Array): { from: Int32Array; to: Int32Array } {
   const from = new Int32Array(lengths.length);
   const to = new Int32Array(lengths.length);
@@ -315,7 +263,11 @@ function storedPositions(step: Step, lengths: Int32Array): { from: Int32Array; t
     return { from, to };
   }
   const n = step.seqStarts.length - 1;
-  for (let s = 0; s < n; s++) to[s] = step.seqStarts[s + 1]! - step.seqStarts[s]!;
+  for (let s = 0; s < n; s++) {
+    const row = step.rows[s]!;
+    from[row] = step.positions[step.seqStarts[s]!]!;
+    to[row] = from[row]! + step.seqStarts[s + 1]! - step.seqStarts[s]!;
+  }
   return { from, to };
 }
 

@@ -1,0 +1,139 @@
+// A bounded load test of `tierlm serve` on 127.0.0.1: for each concurrency (1, 8, 32, 64 by
+// default) that many clients send streamed /v1/completions in a loop for --duration seconds;
+// reported: total tokens/s, time to first token (median and p90), failed requests, and the
+// server's peak RSS, beside `tierlm bench` at the same block shape. With --ram (and --disk-dir,
+// default .bench/disk) below the model's size, the model is served with its weights streaming
+// from disk. Dummy-weight models are made once under .bench/ (prompts are token ids).
+//
+//   node --import tsx bench/serve.ts [--config opt-125m | --model DIR] [--concurrency 1,8,32,64]
+//     [--duration 60] [--prompt-len 64] [--max-tokens 32] [--gpu-batch-size 8] [--num-gpu-batches 1]
+//     [--ram 256MiB [--disk-dir DIR]] [--json]
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { initModel } from '../src/models/init.js';
+
+const args = process.argv.slice(2);
+const opt = (name: string, dflt?: string) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1]! : dflt;
+};
+const json = args.includes('--json');
+const levels = opt('--concurrency', '1,8,32,64')!.split(',').map(Number);
+const duration = Number(opt('--duration', '60'));
+const promptLen = Number(opt('--prompt-len', '64'));
+const maxTokens = Number(opt('--max-tokens', '32'));
+const shape = ['--gpu-batch-size', opt('--gpu-batch-size', '8')!, '--num-gpu-batches', opt('--num-gpu-batches', '1')!];
+const ram = opt('--ram');
+const root = path.resolve(import.meta.dirname, '..');
+const cliPath = path.join(root, 'src/cli/run.ts');
+
+const config = opt('--config', 'opt-125m')!;
+const model = opt('--model') ?? path.resolve('.bench', config);
+if (!opt('--model') && !fs.existsSync(path.join(model, 'model.safetensors'))) {
+  process.stderr.write(`making ${model} with dummy weights...\n`);
+  initModel({ config, out: model, dtype: 'f16', seed: 1 });
+}
+const limits: string[] = [];
+if (ram) {
+  const disk = path.resolve(opt('--disk-dir', '.bench/disk')!);
+  fs.mkdirSync(disk, { recursive: true });
+  limits.push('--ram', ram, '--disk-dir', disk);
+}
+const vocab = (JSON.parse(fs.readFileSync(path.join(model, 'config.json'), 'utf8')) as { vocab_size: number }).vocab_size;
+const modelBytes = fs.readdirSync(model).filter((f) => f.endsWith('.safetensors')).reduce((n, f) => n + fs.statSync(path.join(model, f)).size, 0);
+
+/** The server: its address from stderr, its peak RSS from /proc at the end. */
+const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tierlm-bench-serve-'));
+const server = spawn(process.execPath, ['--import', 'tsx', cliPath, 'serve', '--model', model, '--served-model-name', 'bench', '--host', '127.0.0.1', '--port', '0',
+  '--data-dir', dataDir, '--max-queue', '1024', ...shape, ...limits], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] });
+let log = '';
+const url = await new Promise<string>((resolve, reject) => {
+  server.stderr!.on('data', (d: Buffer) => {
+    log += d.toString();
+    const m = /serving \S+ at (http:\/\/127\.0\.0\.1:\d+)/.exec(log);
+    if (m) resolve(m[1]!);
+  });
+  server.on('exit', (code) => reject(new Error(`tierlm serve exited (${code}): ${log}`)));
+});
+
+const peakRss = () => Number(/VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${server.pid}/status`, 'utf8'))?.[1] ?? 0) * 1024;
+
+/** One streamed request: its time to first token and tokens, or a failure. */
+async function one(seed: number): Promise<{ ttft: number; tokens: number } | null> {
+  const start = performance.now();
+  const prompt = Array.from({ length: promptLen }, (_, j) => 3 + ((seed * 7919 + j * 104729) % (vocab - 3)));
+  const res = await fetch(`${url}/v1/completions`, {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'bench', prompt, max_tokens: maxTokens, temperature: 0, stream: true, stream_options: { include_usage: true } }),
+  });
+  if (res.status !== 200 || !res.body) return null;
+  let ttft = -1;
+  let tokens = -1;
+  let buf = '';
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    if (ttft < 0) ttft = (performance.now() - start) / 1000;
+    buf += Buffer.from(chunk).toString();
+    for (let at = buf.indexOf('\n\n'); at >= 0; at = buf.indexOf('\n\n')) {
+      const event = buf.slice(0, at).replace(/^data: /, '');
+      buf = buf.slice(at + 2);
+      if (event === '[DONE]') continue;
+      const e = JSON.parse(event) as { usage?: { completion_tokens: number }; error?: unknown };
+      if (e.error) return null;
+      if (e.usage) tokens = e.usage.completion_tokens;
+    }
+  }
+  return tokens >= 0 ? { ttft, tokens } : null;
+}
+
+const q = (xs: number[], p: number) => (xs.length ? [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))]! : NaN);
+
+const rows: Record<string, number>[] = [];
+let seed = 0;
+for (const c of levels) {
+  const end = performance.now() + duration * 1000;
+  const ttfts: number[] = [];
+  let tokens = 0;
+  let failed = 0;
+  let done = 0;
+  const start = performance.now();
+  await Promise.all(Array.from({ length: c }, async () => {
+    while (performance.now() < end) {
+      const r = await one(seed++).catch(() => null);
+      if (!r) failed++;
+      else {
+        done++;
+        tokens += r.tokens;
+        ttfts.push(r.ttft);
+      }
+    }
+  }));
+  const secs = (performance.now() - start) / 1000;
+  rows.push({ concurrency: c, requests: done, failed, tokens_per_second: tokens / secs, ttft_p50_s: q(ttfts, 0.5), ttft_p90_s: q(ttfts, 0.9), seconds: secs });
+}
+const peak = peakRss();
+server.kill('SIGTERM');
+await new Promise((r) => server.on('exit', r));
+fs.rmSync(dataDir, { recursive: true, force: true });
+
+// `tierlm bench` at the same block shape: prompt and generation lengths as the clients'.
+const bench = spawnSync(process.execPath, ['--import', 'tsx', cliPath, 'bench', '--model', model, '--prompt-len', String(promptLen), '--gen-len', String(maxTokens),
+  ...shape, ...limits, '--json'], { cwd: root, encoding: 'utf8' });
+const offline = bench.status === 0 ? (JSON.parse(bench.stdout.trim().split('\n').pop()!) as { total_tokens_per_second: number }).total_tokens_per_second : NaN;
+
+const summary = {
+  model, model_bytes: modelBytes, ram: ram ?? null, shape: shape.join(' '), prompt_len: promptLen, max_tokens: maxTokens, duration_s: duration,
+  peak_rss_bytes: peak, bench_total_tokens_per_second: offline, levels: rows,
+  machine: `${os.cpus()[0]?.model} × ${os.availableParallelism()}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`, date: new Date().toISOString(),
+};
+if (json) process.stdout.write(JSON.stringify(summary) + '\n');
+else {
+  process.stdout.write(`${model} (${(modelBytes / 2 ** 20).toFixed(0)} MiB${ram ? `, --ram ${ram}` : ''}), ${shape.join(' ')}, prompt ${promptLen}, ${maxTokens} new tokens, ${duration} s per level\n`);
+  process.stdout.write('clients  requests  failed  tokens/s  TTFT p50  TTFT p90\n');
+  for (const r of rows) {
+    process.stdout.write(`${String(r.concurrency).padStart(7)}  ${String(r.requests).padStart(8)}  ${String(r.failed).padStart(6)}  ${r.tokens_per_second!.toFixed(1).padStart(8)}  ${r.ttft_p50_s!.toFixed(3).padStart(7)}s  ${r.ttft_p90_s!.toFixed(3).padStart(7)}s\n`);
+  }
+  process.stdout.write(`server peak RSS ${(peak / 2 ** 20).toFixed(0)} MiB; tierlm bench at the same shape: ${offline.toFixed(1)} tokens/s\n`);
+}
+if (bench.status !== 0) process.stderr.write(`tierlm bench failed: ${bench.stderr}\n`);

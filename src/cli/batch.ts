@@ -1,0 +1,90 @@
+// `tierlm batch`: an OpenAI Batch API input file run offline. Output lines are what OpenAI's
+// Batch API writes (src/openai/batch-run.ts, the same code the server's batch jobs run); a rerun
+// skips every custom_id already answered in --output or --errors, so a stopped job resumes.
+import type { Command } from 'commander';
+import { loadModel } from '../engine/model.js';
+import { openPrompts, ResultWriter } from '../formats/jsonl.js';
+import { batchRecord } from '../openai/batch-lines.js';
+import { runBatch } from '../openai/batch-run.js';
+import { batchConcurrency, engineFor } from '../openai/complete.js';
+import { UserError } from '../util/errors.js';
+import { servedName } from './model-name.js';
+import { modelDir, outputFile } from './paths.js';
+import { type PolicyFlags, addPolicyOptions, checkPlanningPaths, fitWorkload, loadOptions } from './policy-options.js';
+import { Progress } from './progress.js';
+
+interface BatchFlags extends PolicyFlags {
+  model: string;
+  input: string;
+  output: string;
+  errors?: string;
+  servedModelName?: string;
+}
+
+export function addBatchCommand(program: Command): void {
+  const cmd = program
+    .command('batch')
+    .description('run an OpenAI Batch API input file (/v1/completions and /v1/chat/completions lines) offline')
+    .requiredOption('--model <dir>', 'Hugging Face model directory')
+    .requiredOption('--input <file>', 'Batch API input JSONL: {"custom_id", "method": "POST", "url", "body"} per line')
+    .requiredOption('--output <file>', 'output JSONL, as OpenAI writes it; appended to, and custom_ids already answered are skipped')
+    .option('--errors <file>', 'error lines go here instead of --output (as OpenAI\'s error file)')
+    .option('--served-model-name <name>', 'the name bodies give as "model" (default: the model directory\'s name)');
+  addPolicyOptions(cmd).action(async (o: BatchFlags) => runBatchCommand(o));
+}
+
+async function runBatchCommand(o: BatchFlags): Promise<void> {
+  outputFile('--output', o.output);
+  if (o.errors !== undefined) outputFile('--errors', o.errors);
+  if (o.output === '-' || o.errors === '-') throw new UserError('--output and --errors must be files (a batch job resumes from them)');
+  if (o.errors !== undefined && o.errors === o.output) throw new UserError('--errors must be another file than --output');
+  // Both files are read (a torn last line repaired) before the model loads.
+  const out = new ResultWriter(o.output, batchRecord);
+  const errors = o.errors !== undefined ? new ResultWriter(o.errors, batchRecord) : null;
+  try {
+    modelDir('--model', o.model);
+    checkPlanningPaths(o);
+    const source = await openPrompts(o.input);
+    const scan = await scanBatch(source.lines());
+    const work = fitWorkload(o.model, { source: { model: o.model }, promptLen: scan.longest, genLen: scan.maxTokens });
+    const model = await loadModel(o.model, await loadOptions(o, work));
+    const progress = new Progress('batch');
+    let counts;
+    try {
+      counts = await runBatch(engineFor(model, servedName(o)), {
+        lines: () => source.lines(), out, errors, concurrency: batchConcurrency(model),
+        onProgress: (c) => progress.update(c.completed + c.failed + c.skipped, scan.lines, c.tokens),
+      });
+    } finally {
+      progress.end();
+      await model.close();
+    }
+    process.stderr.write(`${o.output}: ${counts.completed} answered, ${counts.failed} failed${o.errors !== undefined ? ` (in ${o.errors})` : ''}` +
+      `${counts.skipped ? `, ${counts.skipped} already answered` : ''}; ${counts.tokens} tokens generated\n`);
+    if (counts.failed > 0) process.exitCode = 2;
+  } finally {
+    out.close();
+    errors?.close();
+  }
+}
+
+/** Request lines, the longest prompt (text at about 3 characters a token) and the largest
+ *  max_tokens, for planning the block. */
+async function scanBatch(lines: AsyncIterable<string>): Promise<{ lines: number; longest: number; maxTokens: number }> {
+  const s = { lines: 0, longest: 1, maxTokens: 16 };
+  for await (const text of lines) {
+    if (text.trim() === '') continue;
+    s.lines++;
+    try {
+      const body = (JSON.parse(text) as { body?: Record<string, unknown> }).body ?? {};
+      const prompt = body.prompt ?? body.messages;
+      const len = Array.isArray(prompt) && typeof prompt[0] === 'number' ? prompt.length : Math.ceil(JSON.stringify(prompt ?? '').length / 3) + 16;
+      s.longest = Math.max(s.longest, len);
+      const max = body.max_completion_tokens ?? body.max_tokens;
+      if (typeof max === 'number') s.maxTokens = Math.max(s.maxTokens, max);
+    } catch {
+      // A bad line gets its error line when the job runs.
+    }
+  }
+  return s;
+}

@@ -1,0 +1,74 @@
+// `tierlm serve`: the OpenAI-compatible HTTP server (src/server) over one loaded model. SIGTERM or
+// Ctrl-C stops accepting connections, lets the requests in flight finish, stops each batch job
+// after its lines in flight are written (a restart goes on with it), then exits.
+import os from 'node:os';
+import path from 'node:path';
+import type { Command } from 'commander';
+import { loadModel } from '../engine/model.js';
+import { batchConcurrency, engineFor } from '../openai/complete.js';
+import { buildServer } from '../server/app.js';
+import { UserError } from '../util/errors.js';
+import { servedName } from './model-name.js';
+import { int } from './parse.js';
+import { modelDir } from './paths.js';
+import { type PolicyFlags, addPolicyOptions, checkPlanningPaths, fitWorkload, loadOptions, sizeOption } from './policy-options.js';
+
+interface ServeFlags extends PolicyFlags {
+  model: string;
+  host: string;
+  port: number;
+  apiKey?: string;
+  dataDir?: string;
+  servedModelName?: string;
+  maxQueue: number;
+  bodyLimit: number;
+}
+
+/** Batch API uploads: OpenAI's own limit for a batch input file. */
+const FILE_LIMIT = 200 * 1024 * 1024;
+
+export function addServeCommand(program: Command): void {
+  const cmd = program
+    .command('serve')
+    .description('serve the model over an OpenAI-compatible HTTP API (completions, chat completions, Batch API)')
+    .requiredOption('--model <dir>', 'Hugging Face model directory')
+    .option('--host <host>', 'address to listen on (only this machine by default)', '127.0.0.1')
+    .option('--port <port>', 'TCP port (0 = any free one)', int('--port'), 8000)
+    .option('--api-key <key>', 'requests to /v1/ must send "Authorization: Bearer KEY" (default: $TIERLM_API_KEY; none when unset)')
+    .option('--data-dir <dir>', 'where uploaded files and batch jobs are kept (default: ~/.cache/tierlm/serve)')
+    .option('--served-model-name <name>', 'the name bodies give as "model" (default: the model directory\'s name)')
+    .option('--max-queue <n>', 'interactive requests in flight beyond which new ones get 429 with Retry-After', int('--max-queue', 1), 256)
+    .option('--body-limit <size>', 'largest JSON request body, with a unit (413 beyond)', sizeOption('--body-limit'), 4 * 1024 * 1024);
+  addPolicyOptions(cmd).action(async (o: ServeFlags) => runServe(o));
+}
+
+async function runServe(o: ServeFlags): Promise<void> {
+  if (o.port > 65535) throw new UserError(`--port must be at most 65535, got ${o.port}`);
+  modelDir('--model', o.model);
+  checkPlanningPaths(o);
+  const dataDir = path.resolve(o.dataDir ?? path.join(os.homedir(), '.cache', 'tierlm', 'serve'));
+  // Planned for prompts of up to 512 tokens and answers of up to 128 (within the model's positions).
+  const work = fitWorkload(o.model, { source: { model: o.model }, promptLen: 512, genLen: 128 });
+  const model = await loadModel(o.model, await loadOptions(o, work));
+  const name = servedName(o);
+  const server = await buildServer({
+    engine: engineFor(model, name), dataDir, apiKey: o.apiKey ?? process.env.TIERLM_API_KEY, maxQueue: o.maxQueue,
+    bodyLimit: o.bodyLimit, fileLimit: FILE_LIMIT, batchConcurrency: batchConcurrency(model),
+  });
+  const address = await server.app.listen({ host: o.host, port: o.port });
+  server.jobs.resume();
+  process.stderr.write(`tierlm: serving ${name} at ${address} (files and batches in ${dataDir}; ` +
+    `gpu batch ${model.policy.gpuBatchSize} × ${model.policy.numGpuBatches} batches)\n`);
+  await new Promise<void>((resolve) => {
+    const stop = () => {
+      process.stderr.write('tierlm: stopping: finishing the requests in flight\n');
+      resolve();
+    };
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+  });
+  await Promise.all([server.app.close(), server.jobs.close()]);
+  await model.scheduler().drain();
+  await model.close();
+  process.stderr.write('tierlm: stopped\n');
+}

@@ -1,0 +1,316 @@
+// The continuous generation engine: one running block of slots (rows × batches) that sequences
+// take and leave between steps. Each step:
+//   1. sweep: sequences that finished or were cancelled leave their slots (no compute on them);
+//   2. admit: waiting sequences (interactive before batch, in arrival order) take free slots,
+//      until one does not fit the block (then nothing after it is admitted, so it is not starved:
+//      once the block empties it is reopened in a shape that fits);
+//   3. build one mixed step per batch: a decode token for every row past its prompt, and prompt
+//      chunks within the batch's prefill budget (oldest first), so prefill never stalls decode;
+//   4. run it through the runner's schedule, then sample each row whose prompt is complete.
+// The order makes a step's rows exactly the sequences still running, and a new request's first
+// chunk runs in the first step after it arrives when the budget has room for it.
+//
+// A prompt's first chunk is always min(prompt, prefillChunk) tokens, computed as prefill; every
+// later token (prompt chunks and generated ones) attends to its row's cache as decode does. So a
+// sequence's tokens depend only on itself and prefillChunk, never on what it was batched with.
+
+import type { GenerateStats } from './generate.js';
+import type { Sequence } from './sequence.js';
+import type { BlockShape } from '../policy/memory.js';
+import type { BlockRunner } from '../schedule/runner.js';
+import type { RunningBlock } from '../schedule/running-block.js';
+import type { CacheDType } from '../backend/index.js';
+import type { Backend } from '../backend/index.js';
+import { type Segment, segmentStep } from '../models/transformer.js';
+import type { Tensor } from '../tensor/tensor.js';
+
+/** Serialises the blocks of the engines that share one runner: one block is open at a time. */
+export class RunnerLock {
+  private tail: Promise<void> = Promise.resolve();
+
+  /** Resolves, once every earlier holder has released, to this holder's release. */
+  acquire(): Promise<() => void> {
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const ready = this.tail.then(() => release);
+    this.tail = this.tail.then(() => held);
+    return ready;
+  }
+}
+
+export interface EngineSetup {
+  runner: BlockRunner;
+  backend: Backend;
+  lock: RunnerLock;
+  maxPositions: number;
+  cacheBytesPerElement: number;
+  /** Throws when a block of this shape would not fit the memory limits. */
+  checkBlock(shape: BlockShape): void;
+}
+
+export interface EngineParams {
+  batchSize: number;
+  numGpuBatches: number;
+  cacheDtype: CacheDType;
+  /** Prompt tokens per batch and step (and the length of a prompt's first chunk). */
+  prefillChunk: number;
+  /** Open the block in its full shape (a server); else in the shape the waiting sequences need. */
+  fullShape: boolean;
+}
+
+/** A sequence the engine runs, with what to call when it leaves. */
+export interface Admission {
+  seq: Sequence;
+  /** 0 interactive, 1 batch. */
+  priority: number;
+  /** Called once, when the sequence has finished (or was cancelled) and left the block. */
+  done: (seq: Sequence) => void;
+  /** Called instead when the engine fails. */
+  fail?: (e: unknown) => void;
+}
+
+interface Slot {
+  a: Admission;
+  /** Prompt tokens already in the cache. */
+  fed: number;
+  /** Admission order (older prompts get the prefill budget first). */
+  order: number;
+}
+
+interface Open {
+  block: RunningBlock;
+  release: () => void;
+  rows: number;
+  batches: number;
+  capacity: number;
+  /** Tokens one batch may hold in a step: its decode rows', and prompt chunks in what is left. */
+  maxTokens: number;
+}
+
+/** Positions per row a server's block holds at least, memory permitting. */
+const SERVER_POSITIONS = 1024;
+
+export class ContinuousEngine {
+  readonly stats: GenerateStats = { prefillSeconds: 0, decodeSeconds: 0, promptTokens: 0, generatedTokens: 0 };
+  /** Steps run so far. */
+  steps = 0;
+  private waiting: Admission[] = [];
+  private slots: (Slot | null)[][] = [];
+  private open: Open | null = null;
+  private admitted = 0;
+
+  constructor(private readonly s: EngineSetup, private readonly p: EngineParams) {}
+
+  add(a: Admission): void {
+    let at = this.waiting.length;
+    while (at > 0 && this.waiting[at - 1]!.priority > a.priority) at--;
+    this.waiting.splice(at, 0, a);
+  }
+
+  get queued(): number {
+    return this.waiting.length;
+  }
+
+  /** Requests with a sequence waiting (their samples counted once). */
+  get queuedRequests(): number {
+    return new Set(this.waiting.map((a) => a.seq.req)).size;
+  }
+
+  get running(): number {
+    return this.slots.reduce((n, b) => n + b.filter(Boolean).length, 0);
+  }
+
+  get busy(): boolean {
+    return this.waiting.length > 0 || this.running > 0;
+  }
+
+  /** Runs one step; false when there was nothing to run (the block is then closed). */
+  async step(): Promise<boolean> {
+    this.sweep();
+    if (!this.busy) {
+      await this.close();
+      return false;
+    }
+    this.open ??= await this.openBlock();
+    if (!this.admit() && this.running === 0) {
+      // The first waiting sequence does not fit the block's shape: reopen it in one that does.
+      await this.close();
+      this.open = await this.openBlock();
+      if (!this.admit() && this.running === 0) throw new Error('internal: a sequence does not fit a block opened for it');
+    }
+    const o = this.open;
+    const plan = this.slots.map((rows) => this.plan(rows, o.maxTokens));
+    const steps = plan.map((segs) => (segs.length > 0 ? segmentStep(segs.map((g) => g.seg)) : null));
+    const prefill = plan.some((segs) => segs.some((g) => g.prompt));
+    const t0 = performance.now();
+    const logits = await o.block.step(steps);
+    const secs = (performance.now() - t0) / 1000;
+    if (prefill) this.stats.prefillSeconds += secs;
+    else this.stats.decodeSeconds += secs;
+    this.steps++;
+    plan.forEach((segs, k) => this.sample(k, segs, logits[k]!));
+    return true;
+  }
+
+  /** Waits for the block's transfers and frees it (and the runner, for other engines). */
+  async close(): Promise<void> {
+    const o = this.open;
+    if (!o) return;
+    this.open = null;
+    this.slots = [];
+    try {
+      await o.block.close();
+    } finally {
+      o.release();
+    }
+  }
+
+  /** After a failure: every sequence the engine held (waiting or running), and the block closed. */
+  async abandon(): Promise<Admission[]> {
+    const all = [...this.slots.flatMap((b) => b.flatMap((x) => (x ? [x.a] : []))), ...this.waiting];
+    this.waiting = [];
+    await this.close().catch(() => undefined);
+    return all;
+  }
+
+  /** Sequences that finished or were cancelled leave (their slots free for the next). */
+  private sweep(): void {
+    this.slots.forEach((rows, k) => rows.forEach((x, r) => {
+      if (x?.a.seq.done) this.leave(k, r);
+    }));
+    const gone = this.waiting.filter((a) => a.seq.done);
+    if (gone.length > 0) {
+      this.waiting = this.waiting.filter((a) => !a.seq.done);
+      for (const a of gone) a.done(a.seq);
+    }
+  }
+
+  private leave(k: number, r: number): void {
+    const x = this.slots[k]![r]!;
+    this.slots[k]![r] = null;
+    this.open?.block.release(k, r);
+    this.stats.generatedTokens += x.a.seq.tokens.length;
+    x.a.done(x.a.seq);
+  }
+
+  private need(seq: Sequence): number {
+    return Math.min(this.s.maxPositions, seq.ids.length + seq.limits.maxNewTokens);
+  }
+
+  private firstChunk(seq: Sequence): number {
+    return Math.min(seq.ids.length, this.p.prefillChunk);
+  }
+
+  private fits(seq: Sequence, o: Open): boolean {
+    return this.need(seq) <= o.capacity && this.firstChunk(seq) <= o.maxTokens;
+  }
+
+  /** Waiting sequences into free slots (the batch with the fewest rows first); whether every
+   *  waiting sequence that had room went in (false when the first one left does not fit). */
+  private admit(): boolean {
+    const o = this.open!;
+    while (this.waiting.length > 0) {
+      const a = this.waiting[0]!;
+      if (!this.fits(a.seq, o)) return false;
+      let best = -1;
+      let fewest = Infinity;
+      this.slots.forEach((rows, k) => {
+        const used = rows.filter(Boolean).length;
+        if (used < rows.length && used < fewest) [best, fewest] = [k, used];
+      });
+      if (best < 0) return true;
+      this.waiting.shift();
+      const rows = this.slots[best]!;
+      rows[rows.indexOf(null)] = { a, fed: 0, order: this.admitted++ };
+      this.stats.promptTokens += a.seq.ids.length;
+    }
+    return true;
+  }
+
+  /** Segments of one batch's step, by row: a decode token for every row past its prompt, and
+   *  prompt chunks in the tokens left (at most prefillChunk), oldest prompt first. */
+  private plan(rows: (Slot | null)[], maxTokens: number): { seg: Segment; slot: Slot; prompt: boolean; samples: boolean }[] {
+    const take = new Map<Slot, number>();
+    const prefilling = rows.filter((x): x is Slot => x !== null && x.fed < x.a.seq.ids.length).sort((a, b) => a.order - b.order);
+    const decoding = rows.filter((x) => x !== null).length - prefilling.length;
+    let budget = Math.min(this.p.prefillChunk, maxTokens - decoding);
+    for (const x of prefilling) {
+      const left = x.a.seq.ids.length - x.fed;
+      // A first chunk is whole or waits (its length decides how its tokens are computed), and
+      // younger prompts wait behind it, so that it is not starved: the batch's decode rows
+      // finish and leave it room.
+      const n = x.fed === 0 ? Math.min(this.firstChunk(x.a.seq), budget) : Math.min(left, budget);
+      if (x.fed === 0 && n < this.firstChunk(x.a.seq)) break;
+      if (n > 0) take.set(x, n);
+      budget -= n;
+    }
+    const segs: { seg: Segment; slot: Slot; prompt: boolean; samples: boolean }[] = [];
+    rows.forEach((x, r) => {
+      if (!x) return;
+      const seq = x.a.seq;
+      if (x.fed < seq.ids.length) {
+        const n = take.get(x);
+        if (!n) return;
+        segs.push({ seg: { row: r, ids: seq.ids.slice(x.fed, x.fed + n), start: x.fed }, slot: x, prompt: true, samples: x.fed + n === seq.ids.length });
+        x.fed += n;
+      } else {
+        const pos = seq.ids.length + seq.tokens.length - 1;
+        segs.push({ seg: { row: r, ids: [seq.tokens[seq.tokens.length - 1]!], start: pos }, slot: x, prompt: false, samples: true });
+      }
+    });
+    return segs;
+  }
+
+  /** Samples the rows of batch k whose prompts are complete; finished ones leave. */
+  private sample(k: number, segs: { slot: Slot; samples: boolean }[], logits: Tensor<'f32'>): void {
+    let logp: Tensor<'f32'> | null = null;
+    segs.forEach((g, at) => {
+      const seq = g.slot.a.seq;
+      if (!g.samples || seq.done) return;
+      seq.next(logits, at, () => (logp ??= this.s.backend.logSoftmax(logits)));
+    });
+    for (const g of segs) {
+      if (!g.slot.a.seq.done) continue;
+      const r = this.slots[k]!.indexOf(g.slot);
+      if (r >= 0) this.leave(k, r);
+    }
+  }
+
+  /** A block for the waiting sequences (or the full shape), checked against the memory limits. */
+  private async openBlock(): Promise<Open> {
+    const p = this.p;
+    const ahead = this.waiting.slice(0, p.batchSize * p.numGpuBatches);
+    const rows = p.fullShape ? p.batchSize : Math.min(p.batchSize, Math.max(1, ahead.length));
+    const batches = p.fullShape ? p.numGpuBatches : Math.min(p.numGpuBatches, Math.ceil(Math.max(1, ahead.length) / rows));
+    // Room for the sequences at hand: the longest of them, and prompt tokens per step as the
+    // old blocks had (a batch's prompts at once) unless prefillChunk cuts them.
+    let capacity = Math.max(...ahead.map((a) => this.need(a.seq)), 1);
+    const perBatch = Math.max(...Array.from({ length: batches }, (_, k) => ahead.filter((_, i) => i % batches === k).reduce((n, a) => n + this.firstChunk(a.seq), 0)), 1);
+    // A server's batch always has prefillChunk tokens for prompts beside its decode rows; a
+    // generate() call's has what its first prompts need (as the old whole-block prefill had).
+    const maxTokens = p.fullShape ? p.prefillChunk + rows : Math.max(Math.min(p.prefillChunk, perBatch), rows);
+    const shape = (c: number): BlockShape => ({ rows, batches, capacity: c, cacheBytesPerElement: this.s.cacheBytesPerElement, maxTokens });
+    // A server's block leaves room for longer requests to come (up to SERVER_POSITIONS) when the
+    // memory limits allow it: a request that does not fit waits until the block empties.
+    const roomy = Math.min(this.s.maxPositions, Math.max(capacity, SERVER_POSITIONS));
+    let checked = false;
+    if (p.fullShape && roomy > capacity) {
+      try {
+        this.s.checkBlock(shape(roomy));
+        [capacity, checked] = [roomy, true];
+      } catch {
+        // not enough memory for the roomy block: the one for the requests at hand is checked below
+      }
+    }
+    if (!checked) this.s.checkBlock(shape(capacity));
+    const release = await this.s.lock.acquire();
+    try {
+      const block = this.s.runner.open({ rows, batches, capacity, maxTokens, cacheDtype: p.cacheDtype });
+      this.slots = Array.from({ length: batches }, () => new Array<Slot | null>(rows).fill(null));
+      return { block, release, rows, batches, capacity, maxTokens };
+    } catch (e) {
+      release();
+      throw e;
+    }
+  }
+}

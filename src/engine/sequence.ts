@@ -1,0 +1,157 @@
+// One sample of a request while it generates: its sampler state, its per-request limits (new
+// tokens, stop ids and stop strings, log-probabilities) and incremental detokenization for
+// streaming. Everything here depends on the sample alone, never on the batch it runs in, so a
+// request gets the same tokens however it was batched.
+
+import type { TextTokenizer } from '../formats/tokenizer.js';
+import type { Tensor } from '../tensor/tensor.js';
+import type { FinishReason, GenerationRequest, SampleResult, TokenLogprob } from './requests.js';
+import { Rng, type SamplingParams, TokenHistory, sample, topKIndices } from './sampling.js';
+
+/** A sample's limits, resolved from its request over the call's params. */
+export interface SequenceLimits {
+  maxNewTokens: number;
+  /** Token ids that end the sample (EOS included when stopAtEos). */
+  stopIds: Set<number>;
+  /** Text stop sequences. */
+  stop: string[];
+  logprobs: boolean;
+  topLogprobs: number;
+  /** Cache positions the sample may fill (the model's positions). */
+  maxPositions: number;
+}
+
+/** Streaming: each token with the text it completes. */
+export type TokenHook = (sample: number, token: number, text: string) => void;
+
+export class Sequence {
+  readonly tokens: number[] = [];
+  readonly logprobs: number[] = [];
+  readonly top: TokenLogprob[][] = [];
+  finish: FinishReason | null = null;
+  private readonly rng: Rng;
+  private readonly history: TokenHistory;
+  // Incremental detokenization (as vLLM): the text of tokens [prefix, read) was emitted already.
+  private prefix = 0;
+  private read = 0;
+  /** Text decoded so far (the concatenation of the emitted pieces, and what is held back). */
+  private text = '';
+  /** Length of `text` already given to the hook (the rest might begin a stop sequence). */
+  private emitted = 0;
+
+  constructor(
+    readonly req: GenerationRequest,
+    readonly ids: number[],
+    readonly index: number,
+    readonly sampling: SamplingParams,
+    readonly limits: SequenceLimits,
+    private readonly tokenizer: TextTokenizer | null,
+    private readonly hook?: TokenHook,
+  ) {
+    // Sample 0 keeps the request's own stream, so n = 1 draws what it always drew.
+    this.rng = new Rng(sampling.seed, index === 0 ? req.id : `${req.id}\0${index}`);
+    this.history = new TokenHistory(ids);
+  }
+
+  /** Chooses the next token from row `at` of `logits` (logSoftmax(logits) from `logp` when
+   *  log-probabilities are asked for); returns whether the sample has finished. */
+  next(logits: Tensor<'f32'>, at: number, logp: () => Tensor<'f32'>): boolean {
+    const vocab = logits.shape[1]!;
+    const row = logits.data.subarray(at * vocab, (at + 1) * vocab);
+    const token = sample(row, this.sampling, this.rng, this.history);
+    this.history.add(token);
+    this.tokens.push(token);
+    const l = this.limits;
+    if (l.logprobs || l.topLogprobs > 0) {
+      const lp = logp().data.subarray(at * vocab, (at + 1) * vocab);
+      if (l.logprobs) this.logprobs.push(lp[token]!);
+      if (l.topLogprobs > 0) this.top.push(topKIndices(lp, l.topLogprobs).map((t) => ({ token: t, logprob: lp[t]! })));
+    }
+    if (l.stopIds.has(token)) this.finish = 'stop';
+    else if (this.tokens.length >= l.maxNewTokens || this.ids.length + this.tokens.length >= l.maxPositions) this.finish = 'length';
+    if ((this.hook || l.stop.length > 0) && this.tokenizer) this.detokenize();
+    if (this.hook) {
+      const piece = this.releasable();
+      this.hook(this.index, token, piece);
+    }
+    return this.finish !== null;
+  }
+
+  /** Ends the sample before its limits (an aborted request). */
+  cancel(): void {
+    this.finish ??= 'stop';
+  }
+
+  get done(): boolean {
+    return this.finish !== null;
+  }
+
+  result(): SampleResult {
+    const res: SampleResult = { tokenIds: this.tokens, finishReason: this.finish ?? 'length' };
+    if (this.tokenizer) {
+      const text = decode(this.tokenizer, this.tokens);
+      const cut = this.stopAt(text);
+      res.text = cut >= 0 ? text.slice(0, cut) : text;
+    }
+    if (this.limits.logprobs) res.logprobs = this.logprobs;
+    if (this.limits.topLogprobs > 0) res.topLogprobs = this.top;
+    return res;
+  }
+
+  /** Appends the text the new token completes, and ends the sample at a stop sequence. */
+  private detokenize(): void {
+    const t = this.tokenizer!;
+    const before = decode(t, this.tokens.slice(this.prefix, this.read));
+    const now = decode(t, this.tokens.slice(this.prefix));
+    // A multi-byte character still incomplete decodes to U+FFFD: wait for its next token.
+    if (now.length > before.length && !now.endsWith('\ufffd')) {
+      const from = Math.max(0, this.text.length - this.longestStop());
+      this.text += now.slice(before.length);
+      this.prefix = this.read;
+      this.read = this.tokens.length;
+      const at = this.stopAt(this.text, from);
+      if (at >= 0) {
+        this.text = this.text.slice(0, at);
+        this.finish = 'stop';
+      }
+    }
+  }
+
+  /** Text not yet given to the hook that cannot be the start of a stop sequence (all of it once
+   *  the sample has finished). */
+  private releasable(): string {
+    let end = this.text.length;
+    if (!this.done) {
+      for (const s of this.limits.stop) {
+        for (let n = Math.min(s.length - 1, end - this.emitted); n > 0; n--) {
+          if (this.text.endsWith(s.slice(0, n))) {
+            end = Math.min(end, this.text.length - n);
+            break;
+          }
+        }
+      }
+    }
+    const piece = this.text.slice(this.emitted, end);
+    this.emitted = Math.max(this.emitted, end);
+    return piece;
+  }
+
+  private longestStop(): number {
+    return this.limits.stop.reduce((n, s) => Math.max(n, s.length), 0);
+  }
+
+  /** Where the first stop sequence begins in `text` (searching from `from`), or -1. */
+  private stopAt(text: string, from = 0): number {
+    let best = -1;
+    for (const s of this.limits.stop) {
+      const i = text.indexOf(s, from);
+      if (i >= 0 && (best < 0 || i < best)) best = i;
+    }
+    return best;
+  }
+}
+
+/** The tokenizer's decode, which refuses an empty list. */
+function decode(t: TextTokenizer, ids: number[]): string {
+  return ids.length === 0 ? '' : t.decode(ids);
+}

@@ -1,0 +1,71 @@
+// Batch API lines: an input line `{"custom_id", "method": "POST", "url", "body"}` parsed and
+// checked, and the output line `{"id", "custom_id", "response": {"status_code", "request_id",
+// "body"}, "error"}` OpenAI writes for it. A line is named by an id made from its custom_id (or,
+// for a line without a usable one, its line number), so a rerun recognises the lines it answered.
+import { createHash, randomBytes } from 'node:crypto';
+import type { ApiError } from './errors.js';
+import { ENDPOINTS, type Endpoint } from './validate.js';
+
+export type BatchLine =
+  | { line: number; id: string; customId: string; endpoint: Endpoint; body: unknown }
+  | { line: number; id: string; customId: string | null; error: { code: string; message: string } };
+
+/** The output line id of a custom_id (or of a line, for one without a usable custom_id). */
+export function lineId(key: string): string {
+  return `batch_req_${createHash('sha256').update(key).digest('hex').slice(0, 24)}`;
+}
+
+/** Parses one input line. `endpoint`, when given, is the only url allowed (a server's batch has
+ *  one endpoint); `seen` holds the custom_ids of earlier lines, for duplicates. */
+export function parseBatchLine(text: string, line: number, seen: Set<string>, endpoint?: Endpoint): BatchLine {
+  const bad = (customId: string | null, code: string, message: string, key = `line:${line}`): BatchLine =>
+    ({ line, id: lineId(key), customId, error: { code, message: `line ${line}: ${message}` } });
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch (e) {
+    return bad(null, 'invalid_json', `not valid JSON (${(e as Error).message})`);
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return bad(null, 'invalid_request', 'expected a JSON object');
+  const o = v as Record<string, unknown>;
+  if (typeof o.custom_id !== 'string' || o.custom_id === '') return bad(null, 'missing_custom_id', 'missing "custom_id" (a non-empty string)');
+  const customId = o.custom_id;
+  if (seen.has(customId)) return bad(customId, 'duplicate_custom_id', `duplicate custom_id "${customId}" (an earlier line has it)`, `line:${line}:${customId}`);
+  seen.add(customId);
+  const unknown = Object.keys(o).filter((k) => !['custom_id', 'method', 'url', 'body'].includes(k));
+  if (unknown.length > 0) return bad(customId, 'invalid_request', `unknown field ${unknown.map((k) => `"${k}"`).join(', ')} (known: custom_id, method, url, body)`, customId);
+  if (o.method !== 'POST') return bad(customId, 'invalid_method', `"method" must be "POST", got ${JSON.stringify(o.method)}`, customId);
+  const allowed = endpoint ? [endpoint] : ENDPOINTS;
+  if (!allowed.includes(o.url as Endpoint)) {
+    return bad(customId, 'invalid_url', `"url" must be ${allowed.map((u) => `"${u}"`).join(' or ')}${endpoint ? ' (the batch\'s endpoint)' : ''}, got ${JSON.stringify(o.url)}`, customId);
+  }
+  if (typeof o.body !== 'object' || o.body === null || Array.isArray(o.body)) return bad(customId, 'invalid_body', '"body" must be a JSON object', customId);
+  return { line, id: lineId(customId), customId, endpoint: o.url as Endpoint, body: o.body };
+}
+
+const requestId = () => `req_${randomBytes(16).toString('hex')}`;
+
+/** A line answered by the endpoint: 200 with its body, or the status and error body of an ApiError. */
+export function responseLine(id: string, customId: string, status: number, body: unknown) {
+  return { id, custom_id: customId, response: { status_code: status, request_id: requestId(), body }, error: null };
+}
+
+export function apiErrorLine(id: string, customId: string, e: ApiError) {
+  return responseLine(id, customId, e.status, e.body);
+}
+
+/** A line that never reached the endpoint (not JSON, no custom_id, wrong url or method). */
+export function lineErrorLine(l: Extract<BatchLine, { error: unknown }>) {
+  return { id: l.id, custom_id: l.customId, response: null, error: l.error };
+}
+
+/** Recognises an output line (for ResultWriter): every line with an id and a custom_id is answered. */
+export function batchRecord(line: string): { id: string; ok: boolean } | null {
+  try {
+    const o = JSON.parse(line) as Record<string, unknown>;
+    if (typeof o !== 'object' || o === null || typeof o.id !== 'string' || !('custom_id' in o) || !('response' in o)) return null;
+    return { id: o.id, ok: true };
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,98 @@
+// One request body run on the scheduler: validated, prepared, each prompt submitted, and the
+// results made into the endpoint's response (or stream chunks). The server's routes and every
+// Batch API line (server and `tierlm batch` alike) go through here.
+import { randomBytes } from 'node:crypto';
+import type { Scheduler } from '../engine/scheduler.js';
+import type { LanguageModel } from '../engine/model.js';
+import type { GenerationResult, RequestError } from '../engine/requests.js';
+import { ApiError, invalid } from './errors.js';
+import { ChunkStream, type Prepared, type ServedModel, prepare, responseBody } from './translate.js';
+import { type Endpoint, checkBody } from './validate.js';
+
+export interface Engine {
+  scheduler: Scheduler;
+  model: ServedModel;
+}
+
+export interface CompleteOptions {
+  priority: 'interactive' | 'batch';
+  signal?: AbortSignal;
+  /** Streaming: each chunk as it is ready (the body's `stream` is ignored without it). */
+  onChunk?: (chunk: Record<string, unknown>) => void;
+  /** The body already checked (by check()): the server checks it before answering. */
+  prepared?: Prepared;
+}
+
+/** Thrown when the request was cancelled (a client went away, a batch was cancelled). */
+export class Cancelled extends Error {}
+
+export const newId = (prefix: string) => `${prefix}-${randomBytes(12).toString('hex')}`;
+
+/** Checks a body (schema and model) without running it: a 400/404 ApiError, or what to submit. */
+export function check(engine: Engine, endpoint: Endpoint, body: unknown, validated = false): Prepared {
+  if (!validated) checkBody(endpoint, body);
+  return prepare(endpoint, body as Record<string, unknown>, engine.model);
+}
+
+/** Runs a body; resolves with the response body (for a stream, after the last chunk was sent).
+ *  Throws ApiError for a bad body, Cancelled when aborted, anything else when the engine fails. */
+export async function complete(engine: Engine, endpoint: Endpoint, body: unknown, o: CompleteOptions): Promise<Record<string, unknown>> {
+  const p = o.prepared ?? check(engine, endpoint, body);
+  const id = newId(endpoint === '/v1/chat/completions' ? 'chatcmpl' : 'cmpl');
+  const created = Math.floor(Date.now() / 1000);
+  const stream = p.stream && o.onChunk ? new ChunkStream(p, id, created, o.onChunk) : null;
+  const answers = await Promise.all(p.requests.map(async (req, i) => {
+    const r = await engine.scheduler.submit(req, {
+      priority: o.priority, signal: o.signal,
+      onToken: stream ? (sample, _token, text) => stream.token(i, sample, text) : undefined,
+    });
+    if (!('error' in r)) stream?.finish(i, r, engine.model);
+    return r;
+  }));
+  const failed = answers.find((r): r is RequestError => 'error' in r);
+  if (failed) throw requestFailure(failed, o.signal);
+  const results = answers as GenerationResult[];
+  if (stream && p.includeUsage) stream.usage(results);
+  return responseBody(p, results, id, created, engine.model);
+}
+
+function requestFailure(r: RequestError, signal?: AbortSignal): Error {
+  if (r.error === 'cancelled' || signal?.aborted) return new Cancelled('cancelled');
+  if (/shutting down/.test(r.error)) return new ApiError(503, 'the server is shutting down', 'server_error', null, 'shutting_down');
+  return invalid(r.error);
+}
+
+/** A loaded model as the OpenAI endpoints serve it, named `name` (what bodies give as `model`). */
+export function engineFor(model: LanguageModel, name: string): Engine {
+  return {
+    scheduler: yieldingEachStep(model.scheduler()),
+    model: { id: name, maxPositions: model.config.maxPositions, vocabSize: model.config.vocabSize, tokenizer: model.tokenizer, created: Math.floor(Date.now() / 1000) },
+  };
+}
+
+/** Lines submitted at once by a batch job: twice what one block holds, so the next block's
+ *  requests are waiting when one finishes. */
+export function batchConcurrency(model: LanguageModel): number {
+  return Math.max(8, 2 * model.policy.gpuBatchSize * model.policy.numGpuBatches);
+}
+
+const yielding = new WeakSet<Scheduler>();
+
+/**
+ * WORKAROUND (engine side, src/engine/scheduler.ts is another branch's): the scheduler steps its
+ * engine in a loop of awaits that, with everything in RAM, resolve as microtasks, so the event loop
+ * never gets to accept a connection, read a request or see a client go away until every request is
+ * done. Each step here first lets the event loop run once (setImmediate), so requests join at
+ * step boundaries. To be dropped when the scheduler yields by itself.
+ */
+function yieldingEachStep(s: Scheduler): Scheduler {
+  const engine = (s as unknown as { engine?: { step?: () => Promise<boolean> } }).engine;
+  if (yielding.has(s) || typeof engine?.step !== 'function') return s;
+  const step = engine.step.bind(engine);
+  engine.step = async () => {
+    await new Promise((resolve) => setImmediate(resolve));
+    return step();
+  };
+  yielding.add(s);
+  return s;
+}

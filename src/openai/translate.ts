@@ -1,0 +1,234 @@
+// OpenAI request bodies to engine requests, and engine results to the bodies the endpoints return
+// (/v1/completions and /v1/chat/completions, whole or as stream chunks). Knows nothing of HTTP.
+//
+// A body becomes one engine request per prompt (a completions `prompt` may be a list), each with
+// its `n` samples. Engine requests are named by their prompt's index, so a body's answer does not
+// depend on when or beside what it runs: each sample's generator is seeded by `seed` (0 when not
+// given: equal requests get equal answers), the request name and the sample index.
+
+import type { GenerationRequest, GenerationResult, SampleResult } from '../engine/requests.js';
+import type { ChatMessage, TextTokenizer } from '../formats/tokenizer.js';
+import { invalid, notFound } from './errors.js';
+import type { Endpoint } from './validate.js';
+
+/** The model a server or batch job answers for. */
+export interface ServedModel {
+  /** The name bodies must give as `model`. */
+  id: string;
+  maxPositions: number;
+  vocabSize: number;
+  tokenizer: TextTokenizer | null;
+  /** Unix seconds, for /v1/models. */
+  created: number;
+}
+
+/** A validated body, ready to submit. */
+export interface Prepared {
+  endpoint: Endpoint;
+  model: string;
+  /** One per prompt, with token ids already made (their length is the prompt's usage). */
+  requests: (GenerationRequest & { promptTokenIds: number[] })[];
+  n: number;
+  /** How many most likely tokens to report per token, or null when no logprobs were asked. */
+  logprobs: number | null;
+  stream: boolean;
+  includeUsage: boolean;
+  stop: string[];
+}
+
+type Body = Record<string, unknown>;
+
+/** Completions' default when `max_tokens` is absent (OpenAI's); chat runs to the context's end. */
+const COMPLETION_MAX_TOKENS = 16;
+
+/** Turns a body that passed its schema into engine requests; throws ApiError for what the schema
+ *  cannot see (an unknown model, a token id past the vocabulary, a prompt longer than the context). */
+export function prepare(endpoint: Endpoint, body: Body, model: ServedModel): Prepared {
+  if (body.model !== model.id) throw notFound(`The model '${String(body.model)}' does not exist (this server has '${model.id}')`, 'model', 'model_not_found');
+  const chat = endpoint === '/v1/chat/completions';
+  const n = (body.n as number | null) ?? 1;
+  if (!chat && body.best_of != null && body.best_of !== n) throw invalid('best_of must equal n (tierlm returns every sample)', 'best_of');
+  const prompts = chat ? [chatPrompt(body.messages as Body[], model)] : completionPrompts(body.prompt, model);
+  const stop = body.stop == null ? [] : typeof body.stop === 'string' ? [body.stop] : (body.stop as string[]);
+  const logprobs = chat ? (body.logprobs ? (body.top_logprobs as number | null) ?? 0 : null) : (body.logprobs as number | null) ?? null;
+  if (chat && body.top_logprobs != null && !body.logprobs) throw invalid('top_logprobs needs logprobs: true', 'top_logprobs');
+  const maxTokens = (chat ? (body.max_completion_tokens ?? body.max_tokens) : body.max_tokens) as number | null | undefined;
+  const sampling = Object.fromEntries(([
+    ['temperature', body.temperature], ['topP', body.top_p], ['seed', body.seed], ['topK', body.top_k], ['minP', body.min_p],
+    ['repetitionPenalty', body.repetition_penalty], ['presencePenalty', body.presence_penalty], ['frequencyPenalty', body.frequency_penalty],
+  ] as const).filter(([, v]) => v != null));
+  const requests = prompts.map((ids, i) => {
+    if (ids.length >= model.maxPositions) {
+      throw invalid(`This model's maximum context length is ${model.maxPositions} tokens; the ${chat ? 'messages' : `prompt${prompts.length > 1 ? ` [${i}]` : ''}`} ` +
+        `${chat ? 'are' : 'is'} ${ids.length} tokens, leaving none to generate`, chat ? 'messages' : 'prompt', 'context_length_exceeded');
+    }
+    const r: Prepared['requests'][number] = {
+      id: String(i), promptTokenIds: ids, n,
+      maxNewTokens: maxTokens ?? (chat ? model.maxPositions - ids.length : COMPLETION_MAX_TOKENS),
+      sampling: { temperature: 1, ...sampling },
+    };
+    if (stop.length > 0) r.stop = stop;
+    if (logprobs !== null) Object.assign(r, { logprobs: true, topLogprobs: logprobs });
+    return r;
+  });
+  const streamOptions = body.stream_options as { include_usage?: boolean } | null | undefined;
+  return { endpoint, model: model.id, requests, n, logprobs, stream: body.stream === true, includeUsage: streamOptions?.include_usage === true, stop };
+}
+
+function completionPrompts(prompt: unknown, model: ServedModel): number[][] {
+  const list: (string | number[])[] = typeof prompt === 'string' ? [prompt]
+    : typeof (prompt as unknown[])[0] === 'number' ? [prompt as number[]] : (prompt as (string | number[])[]);
+  return list.map((p, i) => {
+    const where = list.length > 1 ? `prompt[${i}]` : 'prompt';
+    if (typeof p !== 'string') {
+      const bad = p.findIndex((t) => t >= model.vocabSize);
+      if (bad >= 0) throw invalid(`${where}[${bad}] = ${p[bad]} is not a token id in [0, ${model.vocabSize})`, 'prompt');
+      return p;
+    }
+    if (!model.tokenizer) throw invalid('the model has no tokenizer.json: give the prompt as token ids', 'prompt');
+    const ids = model.tokenizer.encode(p);
+    if (ids.length === 0) throw invalid(`${where} is empty`, 'prompt');
+    return ids;
+  });
+}
+
+function chatPrompt(messages: Body[], model: ServedModel): number[] {
+  if (!model.tokenizer?.hasChatTemplate) throw invalid('the model has no chat template (tokenizer_config.json), so chat completions cannot be used', 'messages');
+  const msgs: ChatMessage[] = messages.map((m) => ({
+    // Templates know system, user and assistant; OpenAI's newer 'developer' is a system message.
+    role: m.role === 'developer' ? 'system' : (m.role as string),
+    content: typeof m.content === 'string' ? m.content : (m.content as { text: string }[]).map((p) => p.text).join(''),
+  }));
+  return model.tokenizer.encode(model.tokenizer.applyChatTemplate(msgs), false);
+}
+
+/** Each choice's place in the response: prompt i's sample j is choice i·n + j (OpenAI's order). */
+const choiceIndex = (p: Prepared, prompt: number, sample: number) => prompt * p.n + sample;
+
+const samplesOf = (r: GenerationResult): SampleResult[] => r.samples ?? [r];
+
+export function usage(p: Prepared, results: GenerationResult[]) {
+  const prompt = p.requests.reduce((s, r) => s + r.promptTokenIds.length, 0);
+  const completion = results.reduce((s, r) => s + samplesOf(r).reduce((t, x) => t + x.tokenIds.length, 0), 0);
+  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
+}
+
+/** A token as text (the token's own decoding; `token_id:N` when the model has no tokenizer). */
+export function tokenText(model: ServedModel, id: number): string {
+  return model.tokenizer ? model.tokenizer.decode([id]) : `token_id:${id}`;
+}
+
+function completionLogprobs(model: ServedModel, s: SampleResult, top: number) {
+  const tokens = s.tokenIds.map((t) => tokenText(model, t));
+  const offsets: number[] = [];
+  tokens.reduce((at, t) => (offsets.push(at), at + t.length), 0);
+  return {
+    tokens,
+    token_logprobs: s.logprobs ?? [],
+    top_logprobs: top > 0 ? (s.topLogprobs ?? []).map((list) => Object.fromEntries(list.map((x) => [tokenText(model, x.token), x.logprob]))) : null,
+    text_offset: offsets,
+  };
+}
+
+function chatLogprobs(model: ServedModel, s: SampleResult) {
+  const entry = (token: number, logprob: number) => {
+    const text = tokenText(model, token);
+    return { token: text, logprob, bytes: [...Buffer.from(text, 'utf8')] };
+  };
+  return {
+    content: s.tokenIds.map((t, i) => ({ ...entry(t, s.logprobs?.[i] ?? 0), top_logprobs: (s.topLogprobs?.[i] ?? []).map((x) => entry(x.token, x.logprob)) })),
+    refusal: null,
+  };
+}
+
+/** The whole response body of a finished request. */
+export function responseBody(p: Prepared, results: GenerationResult[], id: string, created: number, model: ServedModel): Record<string, unknown> {
+  const chat = p.endpoint === '/v1/chat/completions';
+  const choices = results.flatMap((r, i) => samplesOf(r).map((s, j) => {
+    const index = choiceIndex(p, i, j);
+    if (chat) {
+      return { index, message: { role: 'assistant', content: s.text ?? '', refusal: null }, logprobs: p.logprobs !== null ? chatLogprobs(model, s) : null, finish_reason: s.finishReason };
+    }
+    return { index, text: s.text ?? '', logprobs: p.logprobs !== null ? completionLogprobs(model, s, p.logprobs) : null, finish_reason: s.finishReason };
+  }));
+  return { id, object: chat ? 'chat.completion' : 'text_completion', created, model: p.model, choices, usage: usage(p, results), system_fingerprint: null };
+}
+
+/**
+ * Stream chunks of one request, as its tokens come. Text is sent only once no stop sequence can
+ * still begin inside it (the engine ends a sample when its text contains a stop sequence, and
+ * the returned text ends before it), so the chunks add up to exactly the whole response's text.
+ */
+export class ChunkStream {
+  private readonly sent = new Map<number, string>();
+  private readonly seen = new Map<number, string>();
+
+  constructor(private readonly p: Prepared, private readonly id: string, private readonly created: number,
+    private readonly send: (chunk: Record<string, unknown>) => void) {}
+
+  private chunk(choice: Record<string, unknown>): void {
+    const chat = this.p.endpoint === '/v1/chat/completions';
+    const c: Record<string, unknown> = { id: this.id, object: chat ? 'chat.completion.chunk' : 'text_completion', created: this.created, model: this.p.model, choices: [choice] };
+    if (chat) c.system_fingerprint = null;
+    if (this.p.includeUsage) c.usage = null;
+    this.send(c);
+  }
+
+  private delta(index: number, text: string, finish: string | null, logprobs: unknown = null): void {
+    const chat = this.p.endpoint === '/v1/chat/completions';
+    const first = !this.sent.has(index);
+    const before = this.sent.get(index) ?? '';
+    this.sent.set(index, before + text);
+    if (chat) {
+      const delta: Record<string, unknown> = first ? { role: 'assistant', content: text } : text ? { content: text } : {};
+      this.chunk({ index, delta, logprobs, finish_reason: finish });
+    } else this.chunk({ index, text, logprobs, finish_reason: finish });
+  }
+
+  /** The engine's onToken: `text` is what the token adds to the sample's decoded text. */
+  token(prompt: number, sample: number, text: string): void {
+    const index = choiceIndex(this.p, prompt, sample);
+    const all = (this.seen.get(index) ?? '') + text;
+    this.seen.set(index, all);
+    const sent = this.sent.get(index) ?? '';
+    const safe = all.length - this.heldBack(all);
+    if (this.p.stop.some((s) => all.includes(s))) return;
+    if (safe > sent.length) this.delta(index, all.slice(sent.length, safe), null);
+  }
+
+  /** Characters at the end of `text` that could be the start of a stop sequence. */
+  private heldBack(text: string): number {
+    let keep = 0;
+    for (const s of this.p.stop) {
+      for (let k = Math.min(s.length - 1, text.length); k > keep; k--) {
+        if (text.endsWith(s.slice(0, k))) {
+          keep = k;
+          break;
+        }
+      }
+    }
+    return keep;
+  }
+
+  /** A prompt's result: each sample's unsent text, its logprobs and its finish reason. */
+  finish(prompt: number, r: GenerationResult, model: ServedModel): void {
+    samplesOf(r).forEach((s, j) => {
+      const index = choiceIndex(this.p, prompt, j);
+      const text = s.text ?? '';
+      const sent = this.sent.get(index) ?? '';
+      // Sent text is always a prefix of the final text (stop sequences are held back above).
+      const rest = text.startsWith(sent) ? text.slice(sent.length) : text;
+      const chat = this.p.endpoint === '/v1/chat/completions';
+      const logprobs = this.p.logprobs === null ? null : chat ? chatLogprobs(model, s) : completionLogprobs(model, s, this.p.logprobs);
+      this.delta(index, rest, s.finishReason, logprobs);
+    });
+  }
+
+  /** The last chunk with stream_options.include_usage: no choices, the request's usage. */
+  usage(results: GenerationResult[]): void {
+    const chat = this.p.endpoint === '/v1/chat/completions';
+    const c: Record<string, unknown> = { id: this.id, object: chat ? 'chat.completion.chunk' : 'text_completion', created: this.created, model: this.p.model, choices: [], usage: usage(this.p, results) };
+    if (chat) c.system_fingerprint = null;
+    this.send(c);
+  }
+}

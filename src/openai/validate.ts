@@ -1,0 +1,51 @@
+// Body validation shared by the server and `tierlm batch`: the schemas of schemas.ts, and Ajv's
+// errors turned into one OpenAI error that names the field at fault.
+import { Ajv, type ErrorObject } from 'ajv';
+import { AJV_OPTIONS, FIELD_FORMS, chatBodySchema, completionBodySchema } from './schemas.js';
+import { ApiError, invalid } from './errors.js';
+
+export type Endpoint = '/v1/completions' | '/v1/chat/completions';
+export const ENDPOINTS: readonly Endpoint[] = ['/v1/completions', '/v1/chat/completions'];
+
+export const bodySchemas: Record<Endpoint, object> = {
+  '/v1/completions': completionBodySchema,
+  '/v1/chat/completions': chatBodySchema,
+};
+
+let validators: Map<Endpoint, ReturnType<Ajv['compile']>> | null = null;
+
+/** Throws a 400 ApiError naming the field when `body` does not fit the endpoint's schema. */
+export function checkBody(endpoint: Endpoint, body: unknown): void {
+  validators ??= new Map(ENDPOINTS.map((e) => [e, new Ajv(AJV_OPTIONS).compile(bodySchemas[e])]));
+  const v = validators.get(endpoint)!;
+  if (!v(body)) throw validationError(v.errors ?? []);
+}
+
+/** One error for Ajv's list: the outermost failing field, said in OpenAI's words (`messages[0].role`). */
+export function validationError(errors: readonly ErrorObject[]): ApiError {
+  if (errors.length === 0) return invalid('invalid request body');
+  // A value matching none of a field's forms yields an error per form, then the anyOf error for the
+  // field itself: a field with several forms is said by what it must be; a nullable one by the
+  // error of its one non-null form (the first listed).
+  const outer = errors.find((x) => x.keyword === 'anyOf' && !errors.some((y) => y.keyword === 'anyOf' && y.instancePath.length < x.instancePath.length));
+  const named = outer && FIELD_FORMS[lastName(outer.instancePath)] ? outer : undefined;
+  const e = named ?? errors[0]!;
+  const parts = e.instancePath.split('/').slice(1).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
+  const field = parts.reduce((s, p) => (/^\d+$/.test(p) ? `${s}[${p}]` : s ? `${s}.${p}` : p), '');
+  if (e.keyword === 'additionalProperty' || e.keyword === 'additionalProperties') {
+    const extra = (e.params as { additionalProperty: string }).additionalProperty;
+    const name = field ? `${field}.${extra}` : extra;
+    return invalid(`Unrecognized request argument supplied: ${name} (not supported by tierlm)`, name, 'unsupported_parameter');
+  }
+  if (e.keyword === 'required') {
+    const missing = (e.params as { missingProperty: string }).missingProperty;
+    const name = field ? `${field}.${missing}` : missing;
+    return invalid(`Missing required parameter: '${name}'.`, name, 'missing_required_parameter');
+  }
+  const what = named ? `must be ${FIELD_FORMS[lastName(e.instancePath)]}` : e.keyword === 'enum' ? `must be one of ${(e.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(', ')}` : e.message ?? 'is invalid';
+  return invalid(`Invalid value for '${field || 'body'}': ${what}${e.keyword === 'const' ? ` (${JSON.stringify((e.params as { allowedValue: unknown }).allowedValue)})` : ''}.`, field || null, 'invalid_value');
+}
+
+function lastName(instancePath: string): string {
+  return instancePath.split('/').filter((p) => p !== '' && !/^\d+$/.test(p)).pop() ?? '';
+}

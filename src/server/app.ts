@@ -1,0 +1,87 @@
+// The OpenAI-compatible HTTP server (Fastify): every body validated by its JSON schema, every error
+// in OpenAI's format, the API key (if any) checked in constant time, a body-size limit, and a
+// bound on interactive requests in flight (429 with Retry-After beyond it).
+import { createHash, timingSafeEqual } from 'node:crypto';
+import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import multipart from '@fastify/multipart';
+import { ApiError } from '../openai/errors.js';
+import type { Engine } from '../openai/complete.js';
+import { AJV_OPTIONS } from '../openai/schemas.js';
+import { validationError } from '../openai/validate.js';
+import { BatchJobs } from './batch-jobs.js';
+import { Metrics } from './metrics.js';
+import { addBatchRoutes } from './batch-routes.js';
+import { addCompletionRoutes } from './routes.js';
+import { Store } from './store.js';
+
+export interface ServerOptions {
+  engine: Engine;
+  /** Where files and batch jobs are kept. */
+  dataDir: string;
+  /** Requests to /v1/ must carry `Authorization: Bearer <apiKey>` (none when absent). */
+  apiKey?: string;
+  /** Interactive requests in flight (waiting or running) beyond which new ones get 429. */
+  maxQueue: number;
+  /** Largest JSON body, in bytes (413 beyond). */
+  bodyLimit: number;
+  /** Largest uploaded file, in bytes (413 beyond). */
+  fileLimit: number;
+  /** Lines each batch job keeps submitted. */
+  batchConcurrency: number;
+}
+
+export interface Server {
+  app: FastifyInstance;
+  jobs: BatchJobs;
+  metrics: Metrics;
+  /** Interactive requests in flight. */
+  readonly inFlight: { count: number };
+}
+
+export async function buildServer(o: ServerOptions): Promise<Server> {
+  const app = Fastify({ bodyLimit: o.bodyLimit, ajv: { customOptions: AJV_OPTIONS }, logger: false, forceCloseConnections: 'idle' });
+  const store = new Store(o.dataDir);
+  const jobs = new BatchJobs(store, o.engine, o.batchConcurrency);
+  const metrics = new Metrics(o.engine.scheduler);
+  const server: Server = { app, jobs, metrics, inFlight: { count: 0 } };
+  await app.register(multipart, { limits: { fileSize: o.fileLimit, files: 1, fields: 8 } });
+
+  app.addHook('onRequest', async (req) => {
+    if (o.apiKey !== undefined && req.url.startsWith('/v1/') && !keyMatches(req.headers.authorization, o.apiKey)) {
+      throw new ApiError(401, 'Incorrect API key provided (send it as "Authorization: Bearer KEY")', 'authentication_error', null, 'invalid_api_key');
+    }
+  });
+  app.addHook('onResponse', async (_req, reply) => metrics.countResponse(reply.statusCode));
+  app.setErrorHandler((err: FastifyError, _req, reply) => {
+    const e = asApiError(err);
+    if (e.status === 429) reply.header('retry-after', '1');
+    reply.code(e.status).send(e.body);
+  });
+  app.setNotFoundHandler((req, reply) => {
+    reply.code(404).send(new ApiError(404, `Unknown request URL: ${req.method} ${req.url.split('?')[0]}`, 'invalid_request_error', null, 'unknown_url').body);
+  });
+
+  app.get('/health', async () => ({ status: 'ok' }));
+  app.get('/metrics', async (_req, reply) => reply.type('text/plain; version=0.0.4').send(metrics.text()));
+  addCompletionRoutes(app, o, server);
+  addBatchRoutes(app, store, jobs, o);
+  app.addHook('onClose', async () => metrics.close());
+  return server;
+}
+
+/** The key compared in constant time: both sides hashed first, so neither length nor content leaks. */
+function keyMatches(header: string | undefined, key: string): boolean {
+  const given = /^Bearer (.+)$/.exec(header ?? '')?.[1] ?? '';
+  const digest = (s: string) => createHash('sha256').update(s).digest();
+  return timingSafeEqual(digest(given), digest(key));
+}
+
+/** Fastify's own errors (schema, body size, bad JSON) in OpenAI's format. */
+function asApiError(err: FastifyError): ApiError {
+  if (err instanceof ApiError) return err;
+  if (err.validation) return validationError(err.validation as never);
+  const status = err.statusCode ?? 500;
+  if (status === 413) return new ApiError(413, `request too large: ${err.message}`, 'invalid_request_error', null, 'request_too_large');
+  if (status >= 400 && status < 500) return new ApiError(status, err.message, 'invalid_request_error', null, err.code ?? null);
+  return new ApiError(500, `internal error: ${err.message}`, 'server_error');
+}

@@ -1,0 +1,115 @@
+// Batch jobs of a server: each runs its input file through the shared batch runner
+// (src/openai/batch-run.ts, as `tierlm batch` does) at 'batch' priority, its answers appended to
+// its output and error files as they come. The batch object is saved at each change of status and
+// at most once a second for its counts; a job running when the server stopped is started again
+// when it starts, and skips the lines already answered.
+import fs from 'node:fs';
+import readline from 'node:readline';
+import { ResultWriter } from '../formats/jsonl.js';
+import { batchRecord } from '../openai/batch-lines.js';
+import { runBatch } from '../openai/batch-run.js';
+import type { Engine } from '../openai/complete.js';
+import type { Endpoint } from '../openai/validate.js';
+import { type StoredBatch, type Store, now } from './store.js';
+
+const SAVE_EVERY_MS = 1000;
+
+interface Running {
+  /** The live object (the one the job updates). */
+  b: StoredBatch;
+  cancel: AbortController;
+  done: Promise<void>;
+}
+
+export class BatchJobs {
+  private readonly running = new Map<string, Running>();
+  private readonly stop = new AbortController();
+
+  constructor(private readonly store: Store, private readonly engine: Engine, private readonly concurrency: number) {}
+
+  /** Starts again every job that was running (or being cancelled) when the server stopped. */
+  resume(): void {
+    for (const b of this.store.listBatches()) {
+      if (['validating', 'in_progress', 'finalizing', 'cancelling'].includes(b.batch.status)) this.start(b);
+    }
+  }
+
+  start(b: StoredBatch): void {
+    const cancel = new AbortController();
+    if (b.batch.status === 'cancelling') cancel.abort();
+    const done = this.run(b, cancel.signal).catch((e) => {
+      b.batch.status = 'failed';
+      b.batch.failed_at = now();
+      b.batch.errors = { object: 'list', data: [{ code: 'engine_error', message: (e as Error).message, param: null, line: null }] };
+      this.store.putBatch(b);
+    }).finally(() => this.running.delete(b.batch.id));
+    this.running.set(b.batch.id, { b, cancel, done });
+  }
+
+  /** A batch: the running job's live object, else the saved one. */
+  get(id: string): StoredBatch | null {
+    return this.running.get(id)?.b ?? this.store.getBatch(id);
+  }
+
+  /** Asks a job to stop; its status is 'cancelling' until the lines in flight are aborted. */
+  cancel(b: StoredBatch): void {
+    b.batch.status = 'cancelling';
+    b.batch.cancelling_at = now();
+    this.store.putBatch(b);
+    this.running.get(b.batch.id)?.cancel.abort();
+  }
+
+  /** Shutdown: no job starts another line; resolves when the lines in flight are written. */
+  async close(): Promise<void> {
+    this.stop.abort();
+    await Promise.all([...this.running.values()].map((r) => r.done));
+  }
+
+  private async run(b: StoredBatch, signal: AbortSignal): Promise<void> {
+    const input = this.store.contentPath(b.batch.input_file_id)!;
+    const out = new ResultWriter(this.store.contentPath(b.outputId)!, batchRecord);
+    const errors = new ResultWriter(this.store.contentPath(b.errorId)!, batchRecord);
+    try {
+      // Lines answered before a restart count as they were.
+      const before = { completed: out.done.size, failed: errors.done.size };
+      if (b.batch.status === 'validating') {
+        b.batch.status = 'in_progress';
+        b.batch.in_progress_at = now();
+      }
+      this.store.putBatch(b);
+      let saved = performance.now();
+      const counts = await runBatch(this.engine, {
+        lines: () => readline.createInterface({ input: fs.createReadStream(input, { encoding: 'utf8' }), crlfDelay: Infinity }),
+        out, errors, endpoint: b.batch.endpoint as Endpoint, concurrency: this.concurrency, signal, stop: this.stop.signal,
+        onProgress: (c) => {
+          b.batch.request_counts.completed = before.completed + c.completed;
+          b.batch.request_counts.failed = before.failed + c.failed;
+          if (performance.now() - saved > SAVE_EVERY_MS) {
+            saved = performance.now();
+            this.store.putBatch(b);
+          }
+        },
+      });
+      b.batch.request_counts = { total: counts.total, completed: before.completed + counts.completed, failed: before.failed + counts.failed };
+      if (this.stop.signal.aborted && !signal.aborted) {
+        this.store.putBatch(b); // still in_progress: the next start goes on with it
+        return;
+      }
+      b.batch.status = 'finalizing';
+      b.batch.finalizing_at = now();
+      if (b.batch.request_counts.completed > 0) b.batch.output_file_id = this.store.putFile(b.outputId, `${b.batch.id}_output.jsonl`, 'batch_output').id;
+      if (b.batch.request_counts.failed > 0) b.batch.error_file_id = this.store.putFile(b.errorId, `${b.batch.id}_error.jsonl`, 'batch_output').id;
+      if (signal.aborted) {
+        b.batch.status = 'cancelled';
+        b.batch.cancelled_at = now();
+      } else {
+        b.batch.status = 'completed';
+        b.batch.completed_at = now();
+      }
+      this.store.putBatch(b);
+    } finally {
+      out.close();
+      errors.close();
+    }
+  }
+}

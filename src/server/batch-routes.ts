@@ -1,0 +1,108 @@
+// The Batch API: POST /v1/files (multipart, purpose "batch"), GET /v1/files/{id} and its content,
+// POST /v1/batches, GET /v1/batches/{id}, GET /v1/batches, POST /v1/batches/{id}/cancel.
+import fs from 'node:fs';
+import { pipeline } from 'node:stream/promises';
+import type { FastifyInstance } from 'fastify';
+import { ApiError, invalid, notFound } from '../openai/errors.js';
+import { ENDPOINTS } from '../openai/validate.js';
+import type { BatchJobs } from './batch-jobs.js';
+import type { ServerOptions } from './app.js';
+import { type BatchObject, type Store, newBatchId, newFileId, now } from './store.js';
+
+const createBatchSchema = {
+  type: 'object',
+  required: ['input_file_id', 'endpoint', 'completion_window'],
+  additionalProperties: false,
+  properties: {
+    input_file_id: { type: 'string' },
+    endpoint: { enum: ENDPOINTS },
+    completion_window: { const: '24h' },
+    metadata: { anyOf: [{ type: 'object', maxProperties: 16, additionalProperties: { type: 'string', maxLength: 512 } }, { type: 'null' }] },
+  },
+} as const;
+
+const listSchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: { limit: { type: 'string', pattern: '^[1-9][0-9]{0,2}$' }, after: { type: 'string' } },
+} as const;
+
+export function addBatchRoutes(app: FastifyInstance, store: Store, jobs: BatchJobs, o: ServerOptions): void {
+  const fileOrThrow = (id: string) => store.getFile(id) ?? (() => { throw notFound(`No such File object: ${id}`, 'file_id'); })();
+  const batchOrThrow = (id: string) => jobs.get(id) ?? (() => { throw notFound(`No such Batch object: ${id}`, 'batch_id'); })();
+
+  app.post('/v1/files', async (req) => {
+    if (!req.isMultipart()) throw invalid('POST /v1/files takes multipart/form-data with "purpose" and "file"');
+    const id = newFileId();
+    const tmp = store.uploadPath(id);
+    let purpose: unknown;
+    let filename: string | null = null;
+    try {
+      for await (const part of req.parts()) {
+        if (part.type === 'file') {
+          if (part.fieldname !== 'file' || filename !== null) throw invalid(`unexpected file field "${part.fieldname}"`, part.fieldname);
+          filename = part.filename || 'upload.jsonl';
+          await pipeline(part.file, fs.createWriteStream(tmp));
+          if (part.file.truncated) throw new ApiError(413, `the file is larger than ${o.fileLimit} bytes`, 'invalid_request_error', 'file', 'file_too_large');
+        } else if (part.fieldname === 'purpose') purpose = part.value;
+      }
+      if (filename === null) throw invalid("Missing required parameter: 'file'.", 'file', 'missing_required_parameter');
+      if (purpose !== 'batch') throw invalid(`purpose must be "batch" (the only purpose tierlm serves), got ${JSON.stringify(purpose)}`, 'purpose');
+      fs.renameSync(tmp, store.contentPath(id)!);
+      return store.putFile(id, filename, 'batch');
+    } catch (e) {
+      fs.rmSync(tmp, { force: true });
+      if ((e as { code?: string }).code === 'FST_REQ_FILE_TOO_LARGE') throw new ApiError(413, `the file is larger than ${o.fileLimit} bytes`, 'invalid_request_error', 'file', 'file_too_large');
+      throw e;
+    }
+  });
+
+  app.get<{ Params: { id: string } }>('/v1/files/:id', async (req) => fileOrThrow(req.params.id));
+
+  app.get<{ Params: { id: string } }>('/v1/files/:id/content', async (req, reply) => {
+    const f = fileOrThrow(req.params.id);
+    return reply.type('application/jsonl').send(fs.createReadStream(store.contentPath(f.id)!));
+  });
+
+  app.post<{ Body: { input_file_id: string; endpoint: string; metadata?: Record<string, string> | null } }>('/v1/batches', { schema: { body: createBatchSchema } }, async (req) => {
+    const input = store.getFile(req.body.input_file_id);
+    if (!input) throw notFound(`No such File object: ${req.body.input_file_id}`, 'input_file_id');
+    if (input.purpose !== 'batch') throw invalid(`file ${input.id} has purpose "${input.purpose}", not "batch"`, 'input_file_id');
+    const created = now();
+    const batch: BatchObject = {
+      id: newBatchId(), object: 'batch', endpoint: req.body.endpoint, errors: null, input_file_id: input.id, completion_window: '24h',
+      status: 'validating', output_file_id: null, error_file_id: null, created_at: created, in_progress_at: null, expires_at: created + 24 * 3600,
+      finalizing_at: null, completed_at: null, failed_at: null, expired_at: null, cancelling_at: null, cancelled_at: null,
+      request_counts: { total: countLines(store.contentPath(input.id)!), completed: 0, failed: 0 }, metadata: req.body.metadata ?? null,
+    };
+    const stored = { batch, outputId: newFileId(), errorId: newFileId() };
+    store.putBatch(stored);
+    jobs.start(stored);
+    return batch;
+  });
+
+  app.get<{ Params: { id: string } }>('/v1/batches/:id', async (req) => batchOrThrow(req.params.id).batch);
+
+  app.get<{ Querystring: { limit?: string; after?: string } }>('/v1/batches', { schema: { querystring: listSchema } }, async (req) => {
+    const limit = Number(req.query.limit ?? 20);
+    let all = store.listBatches().map((b) => jobs.get(b.batch.id)!.batch);
+    if (req.query.after !== undefined) {
+      const at = all.findIndex((b) => b.id === req.query.after);
+      all = at >= 0 ? all.slice(at + 1) : [];
+    }
+    const data = all.slice(0, limit);
+    return { object: 'list', data, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null, has_more: all.length > limit };
+  });
+
+  app.post<{ Params: { id: string } }>('/v1/batches/:id/cancel', async (req) => {
+    const b = batchOrThrow(req.params.id);
+    if (!['validating', 'in_progress', 'cancelling'].includes(b.batch.status)) throw invalid(`Cannot cancel a batch with status '${b.batch.status}'.`, null, 'batch_not_cancellable');
+    if (b.batch.status !== 'cancelling') jobs.cancel(b);
+    return b.batch;
+  });
+}
+
+/** Request lines of a file (blank lines are not requests). */
+function countLines(file: string): number {
+  return fs.readFileSync(file, 'utf8').split('\n').filter((l) => l.trim() !== '').length;
+}

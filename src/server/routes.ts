@@ -1,0 +1,57 @@
+// GET /v1/models, POST /v1/completions and POST /v1/chat/completions (whole, or streamed as
+// server-sent events ending in `data: [DONE]`). A client that goes away cancels its request.
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { ApiError, notFound } from '../openai/errors.js';
+import { Cancelled, check, complete } from '../openai/complete.js';
+import { type Endpoint, bodySchemas } from '../openai/validate.js';
+import type { Server, ServerOptions } from './app.js';
+
+export function addCompletionRoutes(app: FastifyInstance, o: ServerOptions, server: Server): void {
+  const m = o.engine.model;
+  const modelObject = { id: m.id, object: 'model', created: m.created, owned_by: 'tierlm' };
+  app.get('/v1/models', async () => ({ object: 'list', data: [modelObject] }));
+  app.get<{ Params: { model: string } }>('/v1/models/:model', async (req) => {
+    if (req.params.model !== m.id) throw notFound(`The model '${req.params.model}' does not exist`, 'model', 'model_not_found');
+    return modelObject;
+  });
+  for (const endpoint of ['/v1/completions', '/v1/chat/completions'] as const) {
+    app.post(endpoint, { schema: { body: bodySchemas[endpoint] } }, (req, reply) => handle(endpoint, req, reply, o, server));
+  }
+}
+
+async function handle(endpoint: Endpoint, req: FastifyRequest, reply: FastifyReply, o: ServerOptions, server: Server): Promise<unknown> {
+  const p = check(o.engine, endpoint, req.body, true);
+  if (server.inFlight.count >= o.maxQueue) {
+    throw new ApiError(429, `too many requests in flight (${o.maxQueue}, --max-queue); retry later`, 'rate_limit_error', null, 'rate_limit_exceeded');
+  }
+  // The response's 'close' comes when it is sent or when the client goes away; only the second aborts.
+  const abort = new AbortController();
+  reply.raw.on('close', () => {
+    if (!reply.raw.writableFinished) abort.abort();
+  });
+  server.inFlight.count++;
+  try {
+    if (!p.stream) return await complete(o.engine, endpoint, req.body, { priority: 'interactive', signal: abort.signal, prepared: p });
+    reply.hijack();
+    const raw = reply.raw;
+    raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+    const send = (data: unknown) => {
+      if (!raw.destroyed) raw.write(`data: ${JSON.stringify(data)}\n\n`);
+    };
+    try {
+      await complete(o.engine, endpoint, req.body, { priority: 'interactive', signal: abort.signal, prepared: p, onChunk: send });
+      if (!raw.destroyed) raw.write('data: [DONE]\n\n');
+    } catch (e) {
+      // Headers are sent: an error can only be told as an event.
+      if (!(e instanceof Cancelled)) send(e instanceof ApiError ? e.body : new ApiError(500, `internal error: ${(e as Error).message}`, 'server_error').body);
+    } finally {
+      raw.end();
+    }
+    return reply;
+  } catch (e) {
+    if (e instanceof Cancelled) return reply.code(499).send(new ApiError(499, 'the client closed the request', 'invalid_request_error', null, 'cancelled').body);
+    throw e;
+  } finally {
+    server.inFlight.count--;
+  }
+}

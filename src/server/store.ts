@@ -1,0 +1,123 @@
+// Files and batch jobs of the Batch API, kept in --data-dir: `files/<id>.jsonl` (content) beside
+// `files/<id>.json` (the file object), and `batches/<id>.json` (the batch object). Every object is
+// written atomically (src/util/atomic.ts). Paths are made only from ids this server generated,
+// checked against their pattern first, so no request can name a path outside the data directory.
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { writeFileDurable } from '../util/atomic.js';
+import { UserError } from '../util/errors.js';
+
+export interface FileObject {
+  id: string;
+  object: 'file';
+  bytes: number;
+  created_at: number;
+  filename: string;
+  purpose: 'batch' | 'batch_output';
+  status: 'processed';
+  expires_at: null;
+}
+
+export type BatchStatus = 'validating' | 'in_progress' | 'finalizing' | 'completed' | 'failed' | 'expired' | 'cancelling' | 'cancelled';
+
+export interface BatchObject {
+  id: string;
+  object: 'batch';
+  endpoint: string;
+  errors: { object: 'list'; data: { code: string; message: string; param: null; line: null }[] } | null;
+  input_file_id: string;
+  completion_window: string;
+  status: BatchStatus;
+  output_file_id: string | null;
+  error_file_id: string | null;
+  created_at: number;
+  in_progress_at: number | null;
+  expires_at: number;
+  finalizing_at: number | null;
+  completed_at: number | null;
+  failed_at: number | null;
+  expired_at: number | null;
+  cancelling_at: number | null;
+  cancelled_at: number | null;
+  request_counts: { total: number; completed: number; failed: number };
+  metadata: Record<string, string> | null;
+}
+
+/** A batch as stored: its object, and the ids its output and error files will have. */
+export interface StoredBatch {
+  batch: BatchObject;
+  outputId: string;
+  errorId: string;
+}
+
+const FILE_ID = /^file-[0-9a-f]{24}$/;
+const BATCH_ID = /^batch_[0-9a-f]{24}$/;
+export const newFileId = () => `file-${randomBytes(12).toString('hex')}`;
+export const newBatchId = () => `batch_${randomBytes(12).toString('hex')}`;
+export const now = () => Math.floor(Date.now() / 1000);
+
+export class Store {
+  readonly filesDir: string;
+  readonly batchesDir: string;
+
+  constructor(readonly dir: string) {
+    this.filesDir = path.join(dir, 'files');
+    this.batchesDir = path.join(dir, 'batches');
+    fs.mkdirSync(this.filesDir, { recursive: true });
+    fs.mkdirSync(this.batchesDir, { recursive: true });
+  }
+
+  /** Where a file's content is (or will be written); null for an id not of our pattern. */
+  contentPath(id: string): string | null {
+    return FILE_ID.test(id) ? path.join(this.filesDir, `${id}.jsonl`) : null;
+  }
+
+  /** A path for an upload in progress, renamed to the content path when whole. */
+  uploadPath(id: string): string {
+    return path.join(this.filesDir, `${id}.jsonl.upload-${process.pid}`);
+  }
+
+  /** Publishes a file whose content is in place (a finished upload or a batch's output). */
+  putFile(id: string, filename: string, purpose: FileObject['purpose']): FileObject {
+    const bytes = fs.statSync(this.contentPath(id)!).size;
+    const f: FileObject = { id, object: 'file', bytes, created_at: now(), filename, purpose, status: 'processed', expires_at: null };
+    writeFileDurable(path.join(this.filesDir, `${id}.json`), JSON.stringify(f));
+    return f;
+  }
+
+  getFile(id: string): FileObject | null {
+    return FILE_ID.test(id) ? readJson<FileObject>(path.join(this.filesDir, `${id}.json`)) : null;
+  }
+
+  putBatch(b: StoredBatch): void {
+    writeFileDurable(path.join(this.batchesDir, `${b.batch.id}.json`), JSON.stringify(b));
+  }
+
+  getBatch(id: string): StoredBatch | null {
+    return BATCH_ID.test(id) ? readJson<StoredBatch>(path.join(this.batchesDir, `${id}.json`)) : null;
+  }
+
+  /** Every batch, newest first. */
+  listBatches(): StoredBatch[] {
+    return fs.readdirSync(this.batchesDir).filter((f) => BATCH_ID.test(f.replace(/\.json$/, '')) && f.endsWith('.json'))
+      .map((f) => readJson<StoredBatch>(path.join(this.batchesDir, f))!).filter(Boolean)
+      .sort((a, b) => b.batch.created_at - a.batch.created_at || (a.batch.id < b.batch.id ? 1 : -1));
+  }
+}
+
+function readJson<T>(file: string): T | null {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
+  }
+  try {
+    return JSON.parse(text) as T;
+  } catch (e) {
+    // Written atomically by this server, so only another hand can have broken it.
+    throw new UserError(`${file}: not valid JSON (${(e as Error).message}); fix or remove it`);
+  }
+}

@@ -1,0 +1,124 @@
+// The Scheduler: requests submitted one at a time, each with its own params, get what the same
+// request gets alone; stop strings, top log-probabilities, streaming text, abort, drain, priority.
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type GenerationRequest, type GenerationResult, type LanguageModel, type RequestError, loadModel } from '../src/index.js';
+import { initModel } from '../src/models/init.js';
+import { fixturePrompts, fixturesDir, tmpDir } from './helpers/fixtures.js';
+import { tokenizerModelDir } from './helpers/tokenizer-model.js';
+
+const opt = path.join(fixturesDir, 'opt-tiny');
+
+async function alone(model: LanguageModel, req: GenerationRequest): Promise<GenerationResult | RequestError> {
+  for await (const r of model.generate([req], { maxNewTokens: 5, stopAtEos: false, batchSize: 1, numGpuBatches: 1 })) return r;
+  throw new Error('no result');
+}
+
+describe('Scheduler', () => {
+  let model: LanguageModel;
+  beforeAll(async () => {
+    model = await loadModel(opt, { policy: { gpuBatchSize: 3, numGpuBatches: 2 } });
+  });
+  afterAll(async () => model?.close());
+
+  it('gives each request, with its own params, what it gets alone', async () => {
+    const s = model.scheduler({ maxNewTokens: 5, stopAtEos: false });
+    expect(model.scheduler()).toBe(s);
+    const reqs: GenerationRequest[] = fixturePrompts().map((p, i) => ({
+      id: p.id, promptTokenIds: p.prompt_token_ids,
+      ...(i % 2 ? { maxNewTokens: 2 + i, logprobs: true } : { topLogprobs: 3, sampling: { temperature: 0.9, seed: i } }),
+      ...(i === 2 ? { n: 2 } : {}),
+    }));
+    const got = await Promise.all(reqs.map((r) => s.submit(r)));
+    for (const [i, r] of reqs.entries()) expect(got[i]).toEqual(await alone(model, r));
+    const r0 = got[0] as GenerationResult;
+    expect(r0.promptTokens).toBe(reqs[0]!.promptTokenIds!.length);
+    expect(r0.topLogprobs!.length).toBe(r0.tokenIds.length);
+    expect(r0.topLogprobs!.every((t) => t.length === 3 && t[0]!.logprob >= t[1]!.logprob && t[1]!.logprob >= t[2]!.logprob)).toBe(true);
+    expect((got[1] as GenerationResult).tokenIds.length).toBe(3);
+    expect(s.stats.promptTokens).toBeGreaterThan(0);
+    expect(s.stats.timeToFirstTokenSeconds.length).toBe(reqs.length);
+  });
+
+  it('a stop token id ends a request early; bad requests resolve to errors', async () => {
+    const s = model.scheduler();
+    const base = (await s.submit({ id: 'a', promptTokenIds: [5, 6, 7] })) as GenerationResult;
+    const stopId = base.tokenIds[1]!;
+    const stopped = (await s.submit({ id: 'b', promptTokenIds: [5, 6, 7], stopTokenIds: [stopId] })) as GenerationResult;
+    expect(stopped.tokenIds).toEqual(base.tokenIds.slice(0, base.tokenIds.indexOf(stopId) + 1));
+    expect(stopped.finishReason).toBe('stop');
+    expect(await s.submit({ id: 'c', promptTokenIds: [5], topLogprobs: 21 })).toEqual({ id: 'c', error: '"topLogprobs" must be an integer in [0, 20]' });
+    expect(await s.submit({ id: 'd', promptTokenIds: [5], stop: ['x'] })).toEqual({ id: 'd', error: 'the model has no tokenizer.json, so "stop" strings cannot be used' });
+    expect(await s.submit({ id: 'e', promptTokenIds: [5] }, { priority: 'urgent' as never })).toEqual({ id: 'e', error: 'priority must be "interactive" or "batch"' });
+  });
+
+  it('an aborted request resolves to cancelled; the others finish', async () => {
+    const s = model.scheduler();
+    const ac = new AbortController();
+    let tokens = 0;
+    const a = s.submit({ id: 'long', promptTokenIds: [9, 8], maxNewTokens: 20 }, {
+      signal: ac.signal, onToken: () => ++tokens === 2 && ac.abort(),
+    });
+    const b = s.submit({ id: 'other', promptTokenIds: [9, 8], maxNewTokens: 4 });
+    expect(await a).toEqual({ id: 'long', error: 'cancelled' });
+    expect(tokens).toBeLessThan(20);
+    expect(((await b) as GenerationResult).tokenIds.length).toBe(4);
+    const pre = new AbortController();
+    pre.abort();
+    expect(await s.submit({ id: 'x', promptTokenIds: [1] }, { signal: pre.signal })).toEqual({ id: 'x', error: 'cancelled' });
+  });
+});
+
+describe('chunked prefill', () => {
+  it('a prompt prefilled in chunks over the cache gives what one whole prefill gives (f32 cache)', async () => {
+    for (const name of ['opt-tiny', 'llama-tiny']) {
+      const m = await loadModel(path.join(fixturesDir, name));
+      try {
+        const prompt = Array.from({ length: 23 }, (_, i) => 3 + ((i * 37) % 300));
+        const run = async (prefillChunk: number) => {
+          for await (const r of m.generate([{ id: 'x', promptTokenIds: prompt }], { maxNewTokens: 6, stopAtEos: false, logprobs: true, prefillChunk })) {
+            return r as GenerationResult;
+          }
+          throw new Error('no result');
+        };
+        const whole = await run(64);
+        for (const chunk of [1, 5]) {
+          const got = await run(chunk);
+          expect(got.tokenIds, `${name} chunk ${chunk}`).toEqual(whole.tokenIds);
+          got.logprobs!.forEach((l, i) => expect(Math.abs(l - whole.logprobs![i]!), `${name} chunk ${chunk} token ${i}`).toBeLessThan(1e-4));
+        }
+      } finally {
+        await m.close();
+      }
+    }
+  });
+});
+
+describe('Scheduler with a tokenizer', () => {
+  let model: LanguageModel;
+  beforeAll(async () => {
+    const dir = tokenizerModelDir();
+    const out = tmpDir('sched-tok');
+    initModel({ config: 'llama-test', out, dtype: 'f32', seed: 3 });
+    for (const f of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(dir, f), path.join(out, f));
+    model = await loadModel(out);
+  });
+  afterAll(async () => model?.close());
+
+  it('stop strings cut the text; streamed pieces add up to it; drain refuses new requests', async () => {
+    const s = model.scheduler({ maxNewTokens: 12, stopAtEos: false });
+    const plain = (await s.submit({ id: 'p', prompt: 'Hello world' })) as GenerationResult;
+    expect(plain.text!.length).toBeGreaterThan(3);
+    // A stop string taken from the middle of the plain text: the text ends right before it.
+    const stop = plain.text!.slice(2, 4);
+    const pieces: string[] = [];
+    const r = (await s.submit({ id: 'q', prompt: 'Hello world', stop: [stop] }, { onToken: (_i, _t, text) => pieces.push(text) })) as GenerationResult;
+    expect(r.finishReason).toBe('stop');
+    expect(r.text).toBe(plain.text!.slice(0, plain.text!.indexOf(stop)));
+    expect(pieces.join('')).toBe(r.text);
+    expect(plain.tokenIds.slice(0, r.tokenIds.length)).toEqual(r.tokenIds);
+    await s.drain();
+    expect(await s.submit({ id: 'z', prompt: 'x' })).toEqual({ id: 'z', error: 'shutting down' });
+  });
+});

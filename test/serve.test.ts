@@ -1,0 +1,348 @@
+// `tierlm serve` driven by the official `openai` client: models, completions, chat, streaming
+// equal to whole responses, every error status, concurrent requests equal to each made alone,
+// the Batch API round trip, a restart in the middle of a batch job, and `tierlm batch` giving
+// the same answers as the server's batch for the same file.
+import fs from 'node:fs';
+import path from 'node:path';
+import OpenAI, { toFile } from 'openai';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type LanguageModel, loadModel } from '../src/engine/model.js';
+import { engineFor } from '../src/openai/complete.js';
+import { type Server, buildServer } from '../src/server/app.js';
+import { cli } from './helpers/cli.js';
+import { readJsonl, tmpDir } from './helpers/fixtures.js';
+import { startServe, tinyChatModel } from './helpers/serve.js';
+
+const KEY = 'sk-test-key';
+let dir: string;
+let modelDir: string;
+let model: LanguageModel;
+let server: Server;
+let client: OpenAI;
+let url: string;
+
+beforeAll(async () => {
+  dir = tmpDir('serve');
+  modelDir = tinyChatModel(dir);
+  model = await loadModel(modelDir, { policy: { gpuBatchSize: 4, numGpuBatches: 2 } });
+  server = await buildServer({
+    engine: engineFor(model, 'tiny'), dataDir: path.join(dir, 'data'), apiKey: KEY, maxQueue: 64,
+    bodyLimit: 64 * 1024, fileLimit: 1024 * 1024, batchConcurrency: 8,
+  });
+  url = await server.app.listen({ host: '127.0.0.1', port: 0 });
+  client = new OpenAI({ baseURL: `${url}/v1`, apiKey: KEY, maxRetries: 0 });
+});
+
+afterAll(async () => {
+  await server?.app.close();
+  await server?.jobs.close();
+  await model?.close();
+});
+
+/** A response without what differs between two runs of the same request (ids, times). */
+function answer(body: unknown): unknown {
+  const b = structuredClone(body) as Record<string, unknown>;
+  delete b.id;
+  delete b.created;
+  return b;
+}
+
+describe('models, completions and chat', () => {
+  it('lists the model, and 404s another', async () => {
+    const list = await client.models.list();
+    expect(list.data.map((m) => m.id)).toEqual(['tiny']);
+    await expect(client.models.retrieve('gpt-4')).rejects.toMatchObject({ status: 404 });
+  });
+
+  it('completes text and token-id prompts, a list of prompts with n samples each, with usage and logprobs', async () => {
+    const one = await client.completions.create({ model: 'tiny', prompt: 'The capital of France is', max_tokens: 6, temperature: 0, logprobs: 3 });
+    expect(one.object).toBe('text_completion');
+    expect(one.choices).toHaveLength(1);
+    const c = one.choices[0]!;
+    expect(c.text.length).toBeGreaterThan(0);
+    expect(c.finish_reason).toBe('length');
+    expect(one.usage).toMatchObject({ completion_tokens: 6 });
+    expect(one.usage!.total_tokens).toBe(one.usage!.prompt_tokens + 6);
+    expect(c.logprobs!.tokens).toHaveLength(6);
+    expect(c.logprobs!.token_logprobs!.every((x) => x < 0)).toBe(true);
+    expect(c.logprobs!.tokens!.join('').replace(/\s/g, '')).toBe(c.text.replace(/\s/g, ''));
+    // The chosen token is the most likely one at temperature 0.
+    c.logprobs!.top_logprobs!.forEach((top, i) => {
+      expect(Object.keys(top).length).toBeGreaterThan(0);
+      expect(Math.max(...Object.values(top))).toBeCloseTo(c.logprobs!.token_logprobs![i]!, 5);
+    });
+    const many = await client.completions.create({ model: 'tiny', prompt: ['one two', 'three'], n: 2, max_tokens: 4, seed: 5 });
+    expect(many.choices.map((x) => x.index)).toEqual([0, 1, 2, 3]);
+    expect(many.usage!.completion_tokens).toBe(16);
+    const ids = await client.completions.create({ model: 'tiny', prompt: [[1, 450, 7483], [1, 29871]], max_tokens: 3, temperature: 0 });
+    expect(ids.usage!.prompt_tokens).toBe(5);
+    expect(ids.choices).toHaveLength(2);
+  });
+
+  it('chats through the chat template, with logprobs in the chat format', async () => {
+    const r = await client.chat.completions.create({
+      model: 'tiny', messages: [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Hello!' }], max_completion_tokens: 5, logprobs: true, top_logprobs: 2, temperature: 0,
+    });
+    expect(r.object).toBe('chat.completion');
+    const c = r.choices[0]!;
+    expect(c.message.role).toBe('assistant');
+    expect(c.logprobs!.content).toHaveLength(5);
+    for (const t of c.logprobs!.content!) {
+      expect(t.top_logprobs).toHaveLength(2);
+      expect(t.bytes).toEqual([...Buffer.from(t.token)]);
+    }
+    expect(r.usage!.completion_tokens).toBe(5);
+  });
+
+  it('streams what the whole response holds, ending with usage and [DONE]', async () => {
+    const bodies = [
+      { kind: 'completions', body: { model: 'tiny', prompt: ['Once upon a time', 'It was'], n: 2, max_tokens: 12, temperature: 0.9, seed: 3 } },
+      { kind: 'completions', body: { model: 'tiny', prompt: 'Hello', max_tokens: 20, temperature: 0, stop: ['e', 'in'] } },
+      { kind: 'chat', body: { model: 'tiny', messages: [{ role: 'user', content: 'Tell me a story' }], max_tokens: 10, n: 2, seed: 1 } },
+    ] as const;
+    for (const { kind, body } of bodies) {
+      const whole = kind === 'chat' ? await client.chat.completions.create(body as never) : await client.completions.create(body as never);
+      const stream = kind === 'chat'
+        ? await client.chat.completions.create({ ...body, stream: true, stream_options: { include_usage: true } } as never)
+        : await client.completions.create({ ...body, stream: true, stream_options: { include_usage: true } } as never);
+      const text = new Map<number, string>();
+      const finish = new Map<number, string | null>();
+      let usage: unknown = null;
+      for await (const chunk of stream as unknown as AsyncIterable<Record<string, never>>) {
+        const ch = chunk as { choices: { index: number; text?: string; delta?: { content?: string }; finish_reason: string | null }[]; usage?: unknown };
+        if (ch.usage) usage = ch.usage;
+        for (const c of ch.choices) {
+          text.set(c.index, (text.get(c.index) ?? '') + (c.text ?? c.delta?.content ?? ''));
+          if (c.finish_reason) finish.set(c.index, c.finish_reason);
+        }
+      }
+      const want = (whole.choices as { index: number; text?: string; message?: { content: string }; finish_reason: string }[]);
+      expect([...text.keys()].sort()).toEqual(want.map((c) => c.index));
+      for (const c of want) {
+        expect(text.get(c.index)).toBe(c.text ?? c.message!.content);
+        expect(finish.get(c.index)).toBe(c.finish_reason);
+      }
+      expect(usage).toEqual(whole.usage);
+    }
+    // The stop sequences cut the text, and no streamed chunk ran past them.
+    const cut = await client.completions.create({ model: 'tiny', prompt: 'Hello', max_tokens: 20, temperature: 0, stop: ['e', 'in'] });
+    expect(cut.choices[0]!.text).not.toMatch(/e|in/);
+  });
+
+  it('answers 24 concurrent requests each exactly as it answers it alone', async () => {
+    const bodies = Array.from({ length: 24 }, (_, i) => i % 3 === 2
+      ? { chat: true, body: { model: 'tiny', messages: [{ role: 'user' as const, content: `question ${i}` }], max_tokens: 3 + (i % 7), temperature: 0.7, seed: i, n: 1 + (i % 2) } }
+      : { chat: false, body: { model: 'tiny', prompt: `prompt number ${i} is`, max_tokens: 2 + (i % 9), temperature: i % 2 ? 0 : 1, seed: 100 + i, logprobs: i % 4 === 0 ? 2 : null } });
+    const run = (b: (typeof bodies)[number]) => (b.chat ? client.chat.completions.create(b.body as never) : client.completions.create(b.body as never));
+    const alone = [];
+    for (const b of bodies) alone.push(answer(await run(b)));
+    const together = await Promise.all(bodies.map(async (b) => answer(await run(b))));
+    expect(together).toEqual(alone);
+  });
+});
+
+describe('errors, in OpenAI\'s format', () => {
+  const post = (p: string, body: unknown, key = KEY) => fetch(`${url}${p}`, {
+    method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` }, body: JSON.stringify(body),
+  });
+
+  it('400 names the field, 401 a wrong or missing key, 404 an unknown model or id, 413 a body too large', async () => {
+    const bad = await client.completions.create({ model: 'tiny', prompt: 'x', temperature: 7 }).catch((e) => e);
+    expect(bad).toBeInstanceOf(OpenAI.BadRequestError);
+    expect(bad.error).toMatchObject({ param: 'temperature', type: 'invalid_request_error' });
+    const unknown = await (await post('/v1/chat/completions', { model: 'tiny', messages: [{ role: 'user', content: 'x' }], tools: [] })).json();
+    expect(unknown.error).toMatchObject({ param: 'tools', code: 'unsupported_parameter' });
+    const role = await (await post('/v1/chat/completions', { model: 'tiny', messages: [{ role: 'robot', content: 'x' }] })).json();
+    expect(role.error.param).toBe('messages[0].role');
+    const long = await client.completions.create({ model: 'tiny', prompt: Array.from({ length: 600 }, () => 5), max_tokens: 2 }).catch((e) => e);
+    expect(long.status).toBe(400);
+    expect(long.error).toMatchObject({ code: 'context_length_exceeded', param: 'prompt' });
+
+    const wrongKey = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'sk-wrong', maxRetries: 0 });
+    await expect(wrongKey.models.list()).rejects.toBeInstanceOf(OpenAI.AuthenticationError);
+    const noKey = await fetch(`${url}/v1/models`);
+    expect(noKey.status).toBe(401);
+    expect((await noKey.json()).error.code).toBe('invalid_api_key');
+    expect((await fetch(`${url}/health`)).status).toBe(200);
+
+    const model = await client.completions.create({ model: 'gpt-4o', prompt: 'x' }).catch((e) => e);
+    expect(model).toBeInstanceOf(OpenAI.NotFoundError);
+    expect(model.error).toMatchObject({ param: 'model', code: 'model_not_found' });
+    await expect(client.batches.retrieve('batch_0123456789abcdef01234567')).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+    await expect(client.files.retrieve('../../etc/passwd')).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+
+    const huge = await post('/v1/completions', { model: 'tiny', prompt: 'x'.repeat(70 * 1024) });
+    expect(huge.status).toBe(413);
+    expect((await huge.json()).error.code).toBe('request_too_large');
+    const bigFile = await client.files.create({ file: await toFile(Buffer.alloc(1024 * 1024 + 10, 'a'), 'big.jsonl'), purpose: 'batch' }).catch((e) => e);
+    expect(bigFile.status).toBe(413);
+    const purpose = await client.files.create({ file: await toFile(Buffer.from('{}\n'), 'x.jsonl'), purpose: 'fine-tune' }).catch((e) => e);
+    expect(purpose).toBeInstanceOf(OpenAI.BadRequestError);
+    expect(purpose.error.param).toBe('purpose');
+    expect(fs.readdirSync(path.join(dir, 'data', 'files'))).toEqual([]);
+  });
+
+  it('429 with Retry-After when more interactive requests are in flight than --max-queue', async () => {
+    const small = await buildServer({
+      engine: engineFor(model, 'tiny'), dataDir: path.join(dir, 'data429'), maxQueue: 1, bodyLimit: 1 << 20, fileLimit: 1 << 20, batchConcurrency: 8,
+    });
+    const at = await small.app.listen({ host: '127.0.0.1', port: 0 });
+    try {
+      const c = new OpenAI({ baseURL: `${at}/v1`, apiKey: 'none', maxRetries: 0 });
+      const results = await Promise.allSettled(Array.from({ length: 4 }, () => c.completions.create({ model: 'tiny', prompt: 'a b c', max_tokens: 40 })));
+      expect(results.filter((r) => r.status === 'fulfilled').length).toBeGreaterThanOrEqual(1);
+      const refused = results.filter((r) => r.status === 'rejected').map((r) => (r as PromiseRejectedResult).reason);
+      expect(refused.length).toBeGreaterThanOrEqual(1);
+      for (const e of refused) {
+        expect(e).toBeInstanceOf(OpenAI.RateLimitError);
+        expect(e.headers.get('retry-after')).toBe('1');
+      }
+      // Metrics count what was served and refused.
+      const metrics = await (await fetch(`${at}/metrics`)).text();
+      expect(metrics).toMatch(/^tierlm_queue_depth \d+$/m);
+      expect(metrics).toMatch(/^tierlm_http_responses_total\{code="429"\} [1-9]/m);
+      expect(metrics).toMatch(/^tierlm_time_to_first_token_seconds_count [1-9]/m);
+    } finally {
+      await small.app.close();
+    }
+  });
+
+  it('a client that goes away cancels its request', async () => {
+    const abort = new AbortController();
+    const stream = await client.completions.create({ model: 'tiny', prompt: 'go on', max_tokens: 400, stream: true }, { signal: abort.signal });
+    const before = model.scheduler().stats.generatedTokens;
+    for await (const _ of stream) {
+      abort.abort();
+      break;
+    }
+    // The request leaves the block at a step boundary: far fewer than its 400 tokens are made.
+    await new Promise((r) => setTimeout(r, 500));
+    const after = model.scheduler().stats.generatedTokens;
+    await new Promise((r) => setTimeout(r, 300));
+    expect(model.scheduler().stats.generatedTokens).toBe(after);
+    expect(after - before).toBeLessThan(400);
+  });
+});
+
+/** A Batch API input file: completions and chat lines, and `bad` a line with an invalid body. */
+function batchInput(lines: number, maxTokens: number, bad?: number): string {
+  return Array.from({ length: lines }, (_, i) => JSON.stringify(i === bad
+    ? { custom_id: `r${i}`, method: 'POST', url: '/v1/completions', body: { model: 'tiny', prompt: 'x', top_p: 3 } }
+    : { custom_id: `r${i}`, method: 'POST', url: '/v1/completions', body: { model: 'tiny', prompt: `line ${i} says`, max_tokens: maxTokens, ...lineSampling(i) } })).join('\n') + '\n';
+}
+
+/** Most lines greedy (sampling and logprobs cost the engine a sort of the vocabulary per token), some sampled with a seed, some with logprobs. */
+function lineSampling(i: number): object {
+  return i % 5 === 0 ? { seed: i } : i % 5 === 1 ? { temperature: 0, logprobs: 1 } : { temperature: 0 };
+}
+
+async function waitFor<T>(get: () => Promise<T>, done: (v: T) => boolean, ms = 60_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await get();
+    if (done(v) || Date.now() > end) return v;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+const finished = (b: { status: string }) => ['completed', 'failed', 'cancelled'].includes(b.status);
+
+/** Output lines by custom_id, each answer without what differs between runs. */
+function byCustomId(text: string): Map<string, unknown> {
+  const lines = text.split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  const map = new Map<string, unknown>();
+  for (const l of lines) {
+    expect(map.has(l.custom_id), `custom_id ${l.custom_id} answered twice`).toBe(false);
+    map.set(l.custom_id, { id: l.id, status: l.response?.status_code, body: l.response && (l.response.status_code === 200 ? answer(l.response.body) : l.response.body), error: l.error });
+  }
+  return map;
+}
+
+describe('the Batch API', () => {
+  it('runs a file with a bad line: output and error files, counts; tierlm batch gives the same answers', async () => {
+    const input = path.join(dir, 'batch.jsonl');
+    fs.writeFileSync(input, batchInput(10, 5, 4));
+    const file = await client.files.create({ file: await toFile(fs.createReadStream(input), 'batch.jsonl'), purpose: 'batch' });
+    expect(file).toMatchObject({ object: 'file', purpose: 'batch', filename: 'batch.jsonl', bytes: fs.statSync(input).size });
+    expect(await (await client.files.content(file.id)).text()).toBe(fs.readFileSync(input, 'utf8'));
+    const created = await client.batches.create({ input_file_id: file.id, endpoint: '/v1/completions', completion_window: '24h', metadata: { job: 't' } });
+    expect(created.request_counts!.total).toBe(10);
+    const b = await waitFor(() => client.batches.retrieve(created.id), finished);
+    expect(b.status).toBe('completed');
+    expect(b.request_counts).toEqual({ total: 10, completed: 9, failed: 1 });
+    expect((await client.batches.list()).data.map((x) => x.id)).toContain(b.id);
+    await expect(client.batches.cancel(b.id)).rejects.toBeInstanceOf(OpenAI.BadRequestError);
+
+    const out = byCustomId(await (await client.files.content(b.output_file_id!)).text());
+    const errs = byCustomId(await (await client.files.content(b.error_file_id!)).text());
+    expect([...out.keys()].sort()).toEqual(['r0', 'r1', 'r2', 'r3', 'r5', 'r6', 'r7', 'r8', 'r9']);
+    expect([...errs.keys()]).toEqual(['r4']);
+    expect(errs.get('r4')).toMatchObject({ status: 400, body: { error: { param: 'top_p', message: expect.stringMatching(/^line 5: /) } } });
+    // Each answer is what the endpoint itself returns for the body.
+    const direct = await client.completions.create({ model: 'tiny', prompt: 'line 6 says', max_tokens: 5, temperature: 0, logprobs: 1 });
+    expect((out.get('r6') as { body: unknown }).body).toEqual(answer(direct));
+
+    const offOut = path.join(dir, 'offline.jsonl');
+    const offErr = path.join(dir, 'offline-errors.jsonl');
+    const r = cli(['batch', '--model', modelDir, '--served-model-name', 'tiny', '--input', input, '--output', offOut, '--errors', offErr, '--gpu-batch-size', '3']);
+    expect(r.code, r.stderr).toBe(2);
+    expect(byCustomId(fs.readFileSync(offOut, 'utf8'))).toEqual(out);
+    expect(byCustomId(fs.readFileSync(offErr, 'utf8'))).toEqual(errs);
+  });
+
+  it('serves interactive requests before batch lines, and a cancelled batch ends cancelled', async () => {
+    const file = await client.files.create({ file: await toFile(Buffer.from(batchInput(40, 30)), 'c.jsonl'), purpose: 'batch' });
+    const created = await client.batches.create({ input_file_id: file.id, endpoint: '/v1/completions', completion_window: '24h' });
+    await waitFor(() => client.batches.retrieve(created.id), (b) => b.request_counts!.completed >= 1);
+    // The block is full of batch lines: an interactive request takes the next free slot, before
+    // the lines waiting, and is answered while the batch is still far from done.
+    await client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'first!' }], max_tokens: 5 });
+    const meanwhile = await client.batches.retrieve(created.id);
+    expect(meanwhile.status).toBe('in_progress');
+    expect(meanwhile.request_counts!.completed).toBeLessThan(20);
+    const cancelling = await client.batches.cancel(created.id);
+    expect(['cancelling', 'cancelled']).toContain(cancelling.status);
+    const b = await waitFor(() => client.batches.retrieve(created.id), finished);
+    expect(b.status).toBe('cancelled');
+    expect(b.request_counts!.completed).toBeLessThan(40);
+  });
+
+  it('a batch running when the server is killed, then stopped, completes after restarts, every line answered once', async () => {
+    const data = path.join(dir, 'restart');
+    const args = ['--model', modelDir, '--served-model-name', 'tiny', '--data-dir', data, '--gpu-batch-size', '2', '--num-gpu-batches', '1'];
+    const clientOf = (s: { url: string }) => new OpenAI({ baseURL: `${s.url}/v1`, apiKey: 'none', maxRetries: 0 });
+    const first = await startServe(args);
+    const c = clientOf(first);
+    const file = await c.files.create({ file: await toFile(Buffer.from(batchInput(24, 32, 7)), 'r.jsonl'), purpose: 'batch' });
+    const created = await c.batches.create({ input_file_id: file.id, endpoint: '/v1/completions', completion_window: '24h' });
+    const partway = await waitFor(() => c.batches.retrieve(created.id), (b) => b.request_counts!.completed >= 2);
+    first.child.kill('SIGKILL');
+    await first.exited;
+    expect(partway.status).toBe('in_progress');
+
+    // SIGTERM: stops accepting, writes the lines in flight, keeps the job in_progress, exits 0.
+    const second = await startServe(args);
+    await waitFor(() => clientOf(second).batches.retrieve(created.id), (b) => b.request_counts!.completed >= partway.request_counts!.completed + 3);
+    second.child.kill('SIGTERM');
+    expect(await second.exited).toBe(0);
+    expect(second.stderr()).toMatch(/tierlm: stopped/);
+    const saved = readJsonl<{ batch: { status: string; request_counts: { completed: number } }; outputId: string }>(path.join(data, 'batches', `${created.id}.json`))[0]!;
+    expect(saved.batch.status).toBe('in_progress');
+    const outputLines = fs.readFileSync(path.join(data, 'files', `${saved.outputId}.jsonl`), 'utf8').trim().split('\n');
+    expect(saved.batch.request_counts.completed).toBe(outputLines.length);
+
+    const third = await startServe(args);
+    try {
+      const c3 = clientOf(third);
+      const b = await waitFor(() => c3.batches.retrieve(created.id), finished);
+      expect(b.status).toBe('completed');
+      expect(b.request_counts).toEqual({ total: 24, completed: 23, failed: 1 });
+      const out = byCustomId(await (await c3.files.content(b.output_file_id!)).text());
+      expect(out.size).toBe(23);
+      expect(byCustomId(await (await c3.files.content(b.error_file_id!)).text()).size).toBe(1);
+    } finally {
+      third.child.kill('SIGTERM');
+    }
+    expect(await third.exited).toBe(0);
+  });
+});
