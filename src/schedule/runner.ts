@@ -112,12 +112,13 @@ export class BlockRunner {
     return new RunningBlock(this, { cache, acts, slots, transfers: new Transfers(), computedAt: new Array(shape.batches).fill(-1) }, this.policy.schedule === 'row');
   }
 
-  /** Waits for a weight prefetch still in flight and drops it; adds a block's transfer counts.
-   *  @internal */
-  async finish(state: BlockState): Promise<void> {
+  /** Waits for every transfer of a block still in flight (a weight prefetch too, which is then
+   *  dropped) and adds the block's transfer counts. After a failure it does not throw: the
+   *  failure already reported is the one that happened first. @internal */
+  async finish(state: BlockState, failed: boolean): Promise<void> {
     try {
       await state.transfers.settle();
-      if (this.pendingWeights) await this.pendingWeights;
+      if (this.pendingWeights && !failed) await this.pendingWeights;
     } finally {
       this.pendingWeights = null;
       this.io.cacheBytesRead += state.cache.stats.bytesRead;
