@@ -64,6 +64,11 @@ describe('Scheduler', () => {
     expect(await a).toEqual({ id: 'long', error: 'cancelled' });
     expect(tokens).toBeLessThan(20);
     expect(((await b) as GenerationResult).tokenIds.length).toBe(4);
+    // A callback that throws ends its own request only.
+    const bad = s.submit({ id: 'bad', promptTokenIds: [9, 8], maxNewTokens: 20 }, { onToken: () => { throw new Error('boom'); } });
+    const good = s.submit({ id: 'good', promptTokenIds: [9, 8], maxNewTokens: 3 });
+    expect(await bad).toEqual({ id: 'bad', error: 'onToken failed: boom' });
+    expect(((await good) as GenerationResult).tokenIds.length).toBe(3);
     const pre = new AbortController();
     pre.abort();
     expect(await s.submit({ id: 'x', promptTokenIds: [1] }, { signal: pre.signal })).toEqual({ id: 'x', error: 'cancelled' });

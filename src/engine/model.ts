@@ -180,8 +180,11 @@ export class LanguageModel {
     });
   }
 
+  /** Closes the model: the scheduler (if any) stops admitting and what it admitted finishes
+   *  first, so no step is in flight when the files close. */
   async close(): Promise<void> {
     this.closed = true;
+    await this.sched?.drain();
     await this.layers.close();
     await this.disk?.close();
   }

@@ -17,7 +17,7 @@
 
 import type { ContinuousEngine } from './continuous.js';
 import type { GenerateParams, Generator } from './generate.js';
-import type { TokenHook } from './sequence.js';
+import type { Sequence, TokenHook } from './sequence.js';
 import type { GenerationRequest, GenerationResult, RequestError } from './requests.js';
 
 export interface RequestOptions {
@@ -78,6 +78,9 @@ export class Scheduler {
     return new Promise((resolve, reject) => {
       const w: Submitted = { id, options, submitted: performance.now(), resolve, reject };
       let first = true;
+      // A callback that throws ends its own request (with an error), never the engine.
+      let hookError: unknown = null;
+      let samples: Sequence[] = [];
       const onToken: TokenHook = (sample, token, text) => {
         if (first) {
           first = false;
@@ -85,13 +88,20 @@ export class Scheduler {
           if (this.ttft.length > TTFT_KEPT) this.ttft.shift();
         }
         this.generatedTotal++;
-        options.onToken?.(sample, token, text);
+        try {
+          options.onToken?.(sample, token, text);
+        } catch (e) {
+          hookError ??= e;
+          for (const x of samples) x.cancel();
+        }
       };
       const item = this.generator.expand(req, this.params, 'api', { signal: options.signal, onToken });
       if ('error' in item) return resolve(item);
+      samples = item.samples;
       let left = item.samples.length;
       const done = () => {
         if (--left > 0) return;
+        if (hookError) return resolve({ id, error: `onToken failed: ${hookError instanceof Error ? hookError.message : String(hookError)}` });
         if (options.signal?.aborted) return resolve({ id, error: 'cancelled' });
         const samples = item.samples.map((x) => x.result());
         resolve({ id: item.req.id, promptTokens: item.promptTokens, ...samples[0]!, ...(samples.length > 1 ? { samples } : {}) });

@@ -1,7 +1,8 @@
 // The forward pass shared by every architecture: a decoder-only transformer run over a ragged
-// batch. Prefill concatenates all prompts' tokens (no padding: each sequence attends only to
-// itself), so a sequence's result does not depend on what else is in the batch. Decode runs one
-// new token for every row of a cache block.
+// batch. A step concatenates its sequences' tokens (no padding: each sequence attends only to
+// itself and its own cache row), so a sequence's result does not depend on what else is in the
+// batch: prompts' first chunks (prefill), later prompt chunks and generated tokens (decode) mix
+// freely in one step (continuous batching).
 //
 // The pass is exposed in pieces (embed, attention block, MLP block, head) so that schedules can
 // run them layer by layer and batch by batch with weights and caches that come from any tier.
@@ -16,20 +17,17 @@ import { Workspace } from './workspace.js';
 
 type F32 = Tensor<'f32'>;
 
-/** The tokens of one forward call over one batch. */
+/** The tokens of one forward call over one batch: sequence s is tokens seqStarts[s]..seqStarts[s+1]-1
+ *  in cache row rows[s], at positions from positions[seqStarts[s]] on (0 for a prompt's first
+ *  chunk; more for a later chunk of one, or for a generated token). */
 export interface Step {
   /** Token ids [t]. */
   ids: Int32Array;
   /** Position of each token in its sequence [t]. */
   positions: Int32Array;
-  /** Prefill: sequence s is tokens seqStarts[s]..seqStarts[s+1]-1 in cache row rows[s], at
-   *  positions from positions[seqStarts[s]] on (0 for a whole prompt, more for a later chunk of
-   *  one, or for a generated token in a mixed step). Decode: empty. */
   seqStarts: Int32Array;
-  /** The cache row of each sequence of the step, ascending: prefill 0..n-1 (any rows in a mixed
-   *  step); decode, the row of token r (rows that have finished are left out). */
+  /** The cache row of each sequence, ascending. */
   rows: Int32Array;
-  decode: boolean;
 }
 
 /** One layer's key/value cache for the rows of a batch: [rows, kvHeads, capacity, headDim]. */
@@ -48,7 +46,7 @@ export function prefillStep(prompts: Int32Array[]): Step {
     ids.set(p, seqStarts[s]!);
     for (let i = 0; i < p.length; i++) positions[seqStarts[s]! + i] = i;
   });
-  return { ids, positions, seqStarts, rows: Int32Array.from(prompts.keys()), decode: false };
+  return { ids, positions, seqStarts, rows: Int32Array.from(prompts.keys()) };
 }
 
 /** A segment of a mixed step: tokens for cache row `row` from position `start` on. */
@@ -73,27 +71,7 @@ export function segmentStep(segments: Segment[]): Step {
     ids.set(g.ids, seqStarts[s]!);
     for (let i = 0; i < g.ids.length; i++) positions[seqStarts[s]! + i] = g.start + i;
   });
-  return { ids, positions, seqStarts, rows: Int32Array.from(segments, (g) => g.row), decode: false };
-}
-
-/** One new token per running sequence: token r at position positions[r] of cache row rows[r]
- *  (every row of the block when rows is not given). */
-export function decodeStep(ids: Int32Array, positions: Int32Array, rows?: Int32Array): Step {
-  const cacheRows = rows ?? Int32Array.from(ids.keys());
-  if (cacheRows.length !== ids.length || positions.length !== ids.length) throw new RangeError('decode step: ids, positions and rows differ in length');
-  for (let r = 1; r < cacheRows.length; r++) if (!(cacheRows[r]! > cacheRows[r - 1]!)) throw new RangeError('decode step: rows must ascend');
-  return { ids, positions, seqStarts: new Int32Array(0), rows: cacheRows, decode: true };
-}
-
-/** Runs of consecutive cache rows in a decode step: [first token, end token, first cache row]. */
-function rowRuns(rows: Int32Array): [number, number, number][] {
-  const runs: [number, number, number][] = [];
-  for (let r = 0; r < rows.length; r++) {
-    const last = runs[runs.length - 1];
-    if (last && rows[r] === last[2] + (r - last[0])) last[1] = r + 1;
-    else runs.push([r, r + 1, rows[r]!]);
-  }
-  return runs;
+  return { ids, positions, seqStarts, rows: Int32Array.from(segments, (g) => g.row) };
 }
 
 export class Transformer {
@@ -193,52 +171,39 @@ export class Transformer {
       b.rope(k, pos, this.invFreq);
     }
     const out = this.ws.get('attn', [t, c.heads, c.headDim]);
-    if (step.decode) {
-      for (let r = 0; r < t; r++) {
-        b.cacheWrite(cache.k, k.rows(r, r + 1), step.rows[r]!, step.positions[r]!);
-        b.cacheWrite(cache.v, v.rows(r, r + 1), step.rows[r]!, step.positions[r]!);
-      }
-      const lens = new Tensor('i32', [t], step.positions.map((p) => p + 1));
-      // One call per run of consecutive cache rows: all of them while no sequence has finished.
-      for (const [from, to, row] of rowRuns(step.rows)) {
-        const n = to - from;
-        b.attentionDecode(q.rows(from, to), cache.k.rows(row, row + n), cache.v.rows(row, row + n), lens.rows(from, to), this.scale, out.rows(from, to), this.attnSparsity);
-      }
-    } else {
-      const n = step.seqStarts.length - 1;
-      const start = (s: number) => step.positions[step.seqStarts[s]!]!;
-      for (let s = 0; s < n; s++) {
-        const [from, to] = [step.seqStarts[s]!, step.seqStarts[s + 1]!];
-        b.cacheWrite(cache.k, k.rows(from, to), step.rows[s]!, start(s));
-        b.cacheWrite(cache.v, v.rows(from, to), step.rows[s]!, start(s));
-      }
-      for (let s = 0; s < n;) {
-        let e = s + 1;
-        const from = step.seqStarts[s]!;
-        if (start(s) === 0) {
-          // Runs of sequences from position 0 (a whole prefill step is one run): causal attention within each.
-          while (e < n && start(e) === 0) e++;
-          const to = step.seqStarts[e]!;
-          const starts = new Tensor('i32', [e - s + 1], step.seqStarts.slice(s, e + 1).map((x) => x - from));
-          b.attentionPrefill(q.rows(from, to), k.rows(from, to), v.rows(from, to), starts, this.scale, out.rows(from, to));
+    const n = step.seqStarts.length - 1;
+    const start = (s: number) => step.positions[step.seqStarts[s]!]!;
+    for (let s = 0; s < n; s++) {
+      const [from, to] = [step.seqStarts[s]!, step.seqStarts[s + 1]!];
+      b.cacheWrite(cache.k, k.rows(from, to), step.rows[s]!, start(s));
+      b.cacheWrite(cache.v, v.rows(from, to), step.rows[s]!, start(s));
+    }
+    for (let s = 0; s < n;) {
+      let e = s + 1;
+      const from = step.seqStarts[s]!;
+      if (start(s) === 0) {
+        // Runs of sequences from position 0 (a whole prefill step is one run): causal attention within each.
+        while (e < n && start(e) === 0) e++;
+        const to = step.seqStarts[e]!;
+        const starts = new Tensor('i32', [e - s + 1], step.seqStarts.slice(s, e + 1).map((x) => x - from));
+        b.attentionPrefill(q.rows(from, to), k.rows(from, to), v.rows(from, to), starts, this.scale, out.rows(from, to));
+      } else {
+        // Any other token attends to its row's cache, as decode does: one call per run of
+        // one-token segments on consecutive rows, one per token of a longer chunk.
+        const one = (x: number) => step.seqStarts[x + 1]! - step.seqStarts[x]! === 1;
+        if (one(s)) while (e < n && one(e) && start(e) > 0 && step.rows[e] === step.rows[e - 1]! + 1) e++;
+        const row = step.rows[s]!;
+        const to = step.seqStarts[e]!;
+        const lens = new Tensor('i32', [to - from], step.positions.slice(from, to).map((p) => p + 1));
+        if (one(s)) {
+          b.attentionDecode(q.rows(from, to), cache.k.rows(row, row + e - s), cache.v.rows(row, row + e - s), lens, this.scale, out.rows(from, to), this.attnSparsity);
         } else {
-          // Any other token attends to its row's cache, as decode does: one call per run of
-          // one-token segments on consecutive rows, one per token of a longer chunk.
-          const one = (x: number) => step.seqStarts[x + 1]! - step.seqStarts[x]! === 1;
-          if (one(s)) while (e < n && one(e) && start(e) > 0 && step.rows[e] === step.rows[e - 1]! + 1) e++;
-          const row = step.rows[s]!;
-          const to = step.seqStarts[e]!;
-          const lens = new Tensor('i32', [to - from], step.positions.slice(from, to).map((p) => p + 1));
-          if (one(s)) {
-            b.attentionDecode(q.rows(from, to), cache.k.rows(row, row + e - s), cache.v.rows(row, row + e - s), lens, this.scale, out.rows(from, to), this.attnSparsity);
-          } else {
-            for (let j = from; j < to; j++) {
-              b.attentionDecode(q.rows(j, j + 1), cache.k.rows(row, row + 1), cache.v.rows(row, row + 1), lens.rows(j - from, j - from + 1), this.scale, out.rows(j, j + 1), this.attnSparsity);
-            }
+          for (let j = from; j < to; j++) {
+            b.attentionDecode(q.rows(j, j + 1), cache.k.rows(row, row + 1), cache.v.rows(row, row + 1), lens.rows(j - from, j - from + 1), this.scale, out.rows(j, j + 1), this.attnSparsity);
           }
         }
-        s = e;
       }
+      s = e;
     }
     return out.reshape([t, c.heads * c.headDim]);
   }

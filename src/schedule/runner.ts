@@ -16,8 +16,9 @@
 // activations are resident; at most two units' weights are staged at once (slot j % 2); a cache
 // or activation staging slot is reused only after its store has finished (three slots rotate:
 // loading k+1, computing k, storing k-1). Every load waits for exactly the stores it reads
-// (batch k's activations from unit j-1; in decode, batch k's cache block of the layer from token
-// i-1), by key through Transfers, for any number of batches: with one batch the load of (j+1, k)
+// (batch k's activations from unit j-1; when the step reads the cache, batch k's cache block of
+// the layer from step i-1, if that step computed batch k — else its stores finished long ago),
+// by key through Transfers, for any number of batches: with one batch the load of (j+1, k)
 // is started before compute(j, k) has produced what it reads, and waits for that store. Without
 // overlap each load is awaited just before its compute and each store just after. Indices past an
 // edge roll over to the next unit or token.
@@ -112,12 +113,13 @@ export class BlockRunner {
     return new RunningBlock(this, { cache, acts, slots, transfers: new Transfers(), computedAt: new Array(shape.batches).fill(-1) }, this.policy.schedule === 'row');
   }
 
-  /** Waits for a weight prefetch still in flight and drops it; adds a block's transfer counts.
-   *  @internal */
-  async finish(state: BlockState): Promise<void> {
+  /** Waits for every transfer of a block still in flight (a weight prefetch too, which is then
+   *  dropped) and adds the block's transfer counts. After a failure it does not throw: the
+   *  failure already reported is the one that happened first. @internal */
+  async finish(state: BlockState, failed: boolean): Promise<void> {
     try {
       await state.transfers.settle();
-      if (this.pendingWeights) await this.pendingWeights;
+      if (this.pendingWeights && !failed) await this.pendingWeights;
     } finally {
       this.pendingWeights = null;
       this.io.cacheBytesRead += state.cache.stats.bytesRead;
@@ -178,7 +180,7 @@ export class BlockRunner {
         const t0 = performance.now();
         this.compute(u, unit, k, w, blk, x, steps[k]!, logits);
         this.io.computeSeconds += (performance.now() - t0) / 1000;
-        const positions = storedPositions(steps[k]!, cache.lengths[k]!);
+        const positions = storedPositions(steps[k]!, cache.rows);
         const cacheStore = unit.part !== 'mlp' ? cache.store(unit.layer, k, slots.cache[slot]!, positions) : Promise.resolve();
         if (unit.part !== 'mlp') transfers.stored(i, cacheKey(unit.layer, k), cacheStore);
         const actStore = acts.store(k, slots.act[slot]!);
@@ -195,7 +197,7 @@ export class BlockRunner {
   private compute(u: number, unit: Unit, k: number, w: Partial<AttentionWeights & MlpWeights>, blk: CacheBlock | null,
     x: F32, step: Step, logits: (F32 | null)[]): void {
     const t = this.transformer;
-    const rows = step.decode ? step.ids.length : step.seqStarts.length - 1;
+    const rows = step.seqStarts.length - 1;
     if (u === 0) t.embed(step, x);
     if (unit.part !== 'mlp') t.attentionBlock(w as AttentionWeights, x, blk!, step);
     if (unit.part !== 'attn') t.mlpBlock(w as MlpWeights, x);
@@ -205,7 +207,7 @@ export class BlockRunner {
       let out = this.logitsOut[k];
       if (!out || out.shape[0]! < rows) out = this.logitsOut[k] = Tensor.zeros('f32', [rows, t.config.vocabSize]);
       const view = out.rows(0, rows);
-      t.head(step.decode ? x : t.lastTokens(x, step), view);
+      t.head(t.lastTokens(x, step), view);
       // A new view each step: sinks may cache what they derive from a logits object by identity.
       logits[k] = view;
     }
@@ -240,28 +242,17 @@ export interface BlockState {
   computedAt: number[];
 }
 
-/** Whether a step attends to positions stored by earlier steps (decode, or a mixed step with a
- *  segment past position 0). */
+/** Whether a step attends to positions stored by earlier steps (a sequence past position 0). */
 export function readsCache(step: Step): boolean {
-  if (step.decode) return true;
   for (let s = 0; s + 1 < step.seqStarts.length; s++) if (step.positions[step.seqStarts[s]!]! > 0) return true;
   return false;
 }
 
-/** Which cache positions a step filled: each sequence's tokens at prefill (from its first
- *  position: 0 for a whole prompt), one position per running row in decode (rows that have
- *  finished write nothing). */
-function storedPositions(step: Step, lengths: Int32Array): { from: Int32Array; to: Int32Array } {
-  const from = new Int32Array(lengths.length);
-  const to = new Int32Array(lengths.length);
-  if (step.decode) {
-    for (let r = 0; r < step.rows.length; r++) {
-      const row = step.rows[r]!;
-      from[row] = lengths[row]!;
-      to[row] = lengths[row]! + 1;
-    }
-    return { from, to };
-  }
+/** Which cache positions a step fills in each row of the block: each sequence's tokens, from its
+ *  first position on (rows not in the step write nothing). */
+function storedPositions(step: Step, rows: number): { from: Int32Array; to: Int32Array } {
+  const from = new Int32Array(rows);
+  const to = new Int32Array(rows);
   const n = step.seqStarts.length - 1;
   for (let s = 0; s < n; s++) {
     const row = step.rows[s]!;

@@ -77,6 +77,6 @@ export class RunningBlock {
 
   /** Waits for every transfer still in flight (the files may be closed after). */
   async close(): Promise<void> {
-    await this.runner.finish(this.state);
+    await this.runner.finish(this.state, this.failed !== null);
   }
 }
