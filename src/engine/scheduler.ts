@@ -142,6 +142,10 @@ export class Scheduler {
     // Let the submits of the same tick join the first step.
     await Promise.resolve();
     for (;;) {
+      // One turn of the event loop per step: with everything in RAM a step's awaits resolve as
+      // microtasks, and without this a server could not accept a request, read a body or see a
+      // client leave until every request was done. Requests that arrive join at this boundary.
+      await new Promise((resolve) => setImmediate(resolve));
       try {
         // step() closes the block when there is nothing to run; a request may arrive meanwhile.
         if (!(await this.engine.step()) && !this.engine.busy) {

@@ -65,7 +65,7 @@ function requestFailure(r: RequestError, signal?: AbortSignal): Error {
 /** A loaded model as the OpenAI endpoints serve it, named `name` (what bodies give as `model`). */
 export function engineFor(model: LanguageModel, name: string): Engine {
   return {
-    scheduler: yieldingEachStep(model.scheduler()),
+    scheduler: model.scheduler(),
     model: { id: name, maxPositions: model.config.maxPositions, vocabSize: model.config.vocabSize, tokenizer: model.tokenizer, created: Math.floor(Date.now() / 1000) },
   };
 }
@@ -74,25 +74,4 @@ export function engineFor(model: LanguageModel, name: string): Engine {
  *  requests are waiting when one finishes. */
 export function batchConcurrency(model: LanguageModel): number {
   return Math.max(8, 2 * model.policy.gpuBatchSize * model.policy.numGpuBatches);
-}
-
-const yielding = new WeakSet<Scheduler>();
-
-/**
- * WORKAROUND (engine side, src/engine/scheduler.ts is another branch's): the scheduler steps its
- * engine in a loop of awaits that, with everything in RAM, resolve as microtasks, so the event loop
- * never gets to accept a connection, read a request or see a client go away until every request is
- * done. Each step here first lets the event loop run once (setImmediate), so requests join at
- * step boundaries. To be dropped when the scheduler yields by itself.
- */
-function yieldingEachStep(s: Scheduler): Scheduler {
-  const engine = (s as unknown as { engine?: { step?: () => Promise<boolean> } }).engine;
-  if (yielding.has(s) || typeof engine?.step !== 'function') return s;
-  const step = engine.step.bind(engine);
-  engine.step = async () => {
-    await new Promise((resolve) => setImmediate(resolve));
-    return step();
-  };
-  yielding.add(s);
-  return s;
 }
