@@ -6,7 +6,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { isaInfo, loadModel } from '../src/index.js';
 import { selectBf16Kernel } from '../src/backend/cpu/bf16-kernel.js';
 import { gemmBf16Dot } from '../src/backend/cpu/gemm.js';
-import { fixturesDir } from './helpers/fixtures.js';
+import { fixturesDir, tmpDir } from './helpers/fixtures.js';
+import { measureProfile, saveProfile } from '../src/policy/profile.js';
 
 const shape = { rows: 64, n: 4096, k: 4096 };
 const saved = process.env.TIERLM_BF16_DOT;
@@ -40,5 +41,30 @@ describe('the bf16 GEMM kernel', () => {
     expect(gemmBf16Dot()).toBe(true);
     await (await loadModel(dir, { precision: 'bf16' })).close();
     expect(gemmBf16Dot()).toBe(false);
+  });
+
+  it("a bf16 model load takes the saved profile's choice, unless the environment forces one", async () => {
+    const dir = path.join(fixturesDir, 'llama-tiny');
+    const tmp = tmpDir('bf16-profile');
+    const file = path.join(tmp, 'hardware.json');
+    const p = await measureProfile({ quick: true, diskDir: tmp, sizes: 'tiny' });
+    const envProfile = process.env.TIERLM_PROFILE;
+    process.env.TIERLM_PROFILE = file;
+    try {
+      delete process.env.TIERLM_BF16_DOT;
+      for (const k of ['dot', 'fma'] as const) {
+        saveProfile({ ...p, kernels: { bf16: k } }, file);
+        gemmBf16Dot(k !== 'dot');
+        await (await loadModel(dir, { precision: 'bf16' })).close();
+        expect(gemmBf16Dot()).toBe(k === 'dot');
+      }
+      process.env.TIERLM_BF16_DOT = '0';
+      saveProfile({ ...p, kernels: { bf16: 'dot' } }, file);
+      await (await loadModel(dir, { precision: 'bf16' })).close();
+      expect(gemmBf16Dot()).toBe(false);
+    } finally {
+      if (envProfile === undefined) delete process.env.TIERLM_PROFILE;
+      else process.env.TIERLM_PROFILE = envProfile;
+    }
   });
 });

@@ -2,10 +2,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { getThreads } from '../src/backend/index.js';
+import { getThreads, isaInfo } from '../src/backend/index.js';
+import { gemmBf16Dot } from '../src/backend/cpu/gemm.js';
 import {
   type HardwareProfile, ProfileFileError, attentionDecodeRate, attentionPrefillRate, defaultProfilePath, diskReadRate,
-  diskWriteRate, ensureProfile, gemmRate, loadProfile, measureProfile, memcpyRate, profileJson, saveProfile,
+  diskWriteRate, ensureProfile, gemmRate, loadProfile, measureProfile, memcpyRate, profileJson, saveProfile, savedBf16Kernel,
 } from '../src/policy/profile.js';
 import { UserError } from '../src/util/errors.js';
 import { cli } from './helpers/cli.js';
@@ -47,8 +48,34 @@ describe('measureProfile', () => {
     for (const k of ['f32/fp32', 'f16/fp32', 'bf16/fp32', 'q4/fp32', 'q8/fp32', 'bf16/bf16', 'q4/bf16', 'q8/bf16']) expect(kinds).toContain(k);
     for (const r of profile.gemm.rows) expect(r.flopsPerSecond).toHaveLength(profile.gemm.ms.length);
     expect(new Set(profile.attention.decode.map((e) => e.cacheDtype))).toEqual(new Set(['f32', 'f16']));
+    // The bf16 GEMM kernel is chosen by timing (widening + FMA only without AVX512_BF16), and the
+    // RAM read rate is measured beside the copy rate.
+    expect(['dot', 'fma']).toContain(profile.kernels?.bf16);
+    if (isaInfo().active !== 'avx512bf16') expect(profile.kernels?.bf16).toBe('fma');
+    expect(profile.memory.readBytesPerSecond).toBeGreaterThan(0);
     // The disk test file is gone.
     expect(fs.readdirSync(dir).filter((f) => f.startsWith('tierlm-profile-'))).toEqual([]);
+  });
+
+  it('saves the bf16 kernel choice; it is read back only for this CPU, and measuring restores the setting', async () => {
+    const before = gemmBf16Dot();
+    const p = await measureProfile({ quick: true, diskDir: dir, sizes: 'tiny' });
+    expect(gemmBf16Dot()).toBe(before);
+    const file = path.join(dir, 'kernel.json');
+    for (const k of ['dot', 'fma'] as const) {
+      saveProfile({ ...p, kernels: { bf16: k } }, file);
+      expect(loadProfile(file)!.kernels).toEqual({ bf16: k });
+      expect(savedBf16Kernel(file)).toBe(k);
+    }
+    saveProfile({ ...p, machine: { ...p.machine, cpuModel: 'another CPU' } }, file);
+    expect(savedBf16Kernel(file)).toBeNull();
+    const { kernels: _, ...old } = p;
+    saveProfile(old, file);
+    expect(savedBf16Kernel(file)).toBeNull();
+    expect(savedBf16Kernel(path.join(dir, 'missing.json'))).toBeNull();
+    fs.writeFileSync(file, profileJson({ ...p, kernels: { bf16: 'amx' as 'dot' } }));
+    expect(() => loadProfile(file)).toThrow(/kernels\.bf16/);
+    expect(savedBf16Kernel(file)).toBeNull();
   });
 
   it('measures with the threads asked for and restores the engine setting', async () => {

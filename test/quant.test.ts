@@ -214,10 +214,11 @@ describe('packed q4 / q8 weights', () => {
   });
 });
 
-// [m, k, n]: odd sizes; k crosses the fp32 path's 128 and the VNNI path's 512 blocks.
+// [m, k, n]: odd sizes; k crosses the fp32 path's 128 and the VNNI path's 512 blocks (m <= 6: one
+// row block, whose panels the VNNI path reads whole).
 const SHAPES: [number, number, number][] = [
   [1, 1, 1], [2, 3, 17], [3, 65, 31], [7, 100, 33], [13, 257, 65], [17, 129, 100], [6, 64, 32], [65, 200, 40],
-  [5, 1100, 33], [129, 70, 3],
+  [5, 1100, 33], [129, 70, 3], [1, 1300, 70], [4, 777, 97],
 ];
 
 describe('q4 / q8 matmul matches a float64 GEMM over the dequantized weights', () => {

@@ -274,13 +274,18 @@ void matmul_vnni(VnniFn fn, const float* x, int64_t m, int64_t k, const uint8_t*
       }
     }
   });
-  const int64_t slice = static_cast<int64_t>(kVnniGroups) * gb;
+  // k blocks of kVnniGroups groups keep a slice of panels in L2 for the next row block. With one
+  // row block (decode, m <= 6) nothing is reused: each panel is read whole, so a thread's panels
+  // are one contiguous stream (the hardware prefetchers' best case; a decode step at batch 1 is
+  // bound by this read).
+  const int64_t vg = blocks.n == 1 ? ng : kVnniGroups;
+  const int64_t slice = vg * gb;
   const int64_t pgroup = std::max<int64_t>(1, kL2Bytes / slice);
   pool.run([&](int t, int nt) {
     int64_t p0, p1, b0, b1;
     if (!split_range(t, nt, np, blocks.n, &p0, &p1, &b0, &b1)) return;
-    for (int64_t g0 = 0; g0 < ng; g0 += kVnniGroups) {
-      const int gn = static_cast<int>(std::min<int64_t>(kVnniGroups, ng - g0));
+    for (int64_t g0 = 0; g0 < ng; g0 += vg) {
+      const int gn = static_cast<int>(std::min<int64_t>(vg, ng - g0));
       const int flags = (g0 == 0 ? gemm::kFirst : 0) | (g0 + gn >= ng ? gemm::kLast : 0);
       for (int64_t q0 = p0; q0 < p1; q0 += pgroup) {
         const int64_t q1 = std::min(p1, q0 + pgroup);

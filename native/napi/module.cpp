@@ -15,6 +15,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_lock(env, exports);
   register_grad(env, exports);
   register_optim(env, exports);
+  register_membw(env, exports);
   return exports;
 }
 

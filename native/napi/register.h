@@ -10,4 +10,5 @@ void register_io(Napi::Env env, Napi::Object exports);         // napi/io.cpp
 void register_lock(Napi::Env env, Napi::Object exports);       // napi/lock.cpp
 void register_grad(Napi::Env env, Napi::Object exports);       // napi/grad.cpp
 void register_optim(Napi::Env env, Napi::Object exports);      // napi/optim.cpp
+void register_membw(Napi::Env env, Napi::Object exports);      // napi/membw.cpp
 }  // namespace tierlm

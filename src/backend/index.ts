@@ -54,3 +54,9 @@ export function releaseFreedMemory(): boolean {
 export function nativeBytes(): number {
   return addon().trackedBytes();
 }
+
+/** Reads every byte of `bytes` once, split between the compute threads; returns a checksum (for
+ *  timing RAM read bandwidth: the rate a batch-1 decode step, which only reads weights, is bound by). */
+export function readMemoryPass(bytes: Uint8Array): number {
+  return (addon().readPass as (u8: Uint8Array) => number)(bytes);
+}

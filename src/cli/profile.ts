@@ -57,7 +57,7 @@ export function formatProfile(p: HardwareProfile): string {
   const pf = p.attention.prefill;
   out.push(`attention prefill, ${pf.tokens} tokens, ${pf.heads} heads × ${pf.headDim}: ${g(pf.flopsPerSecond)} GFLOP/s`);
   out.push('');
-  out.push(`memory copy (${formatSize(p.memory.bytes)}): ${g(p.memory.copyBytesPerSecond)} GB/s`);
+  out.push(`memory copy (${formatSize(p.memory.bytes)}): ${g(p.memory.copyBytesPerSecond)} GB/s${p.memory.readBytesPerSecond ? `, read ${g(p.memory.readBytesPerSecond)} GB/s` : ''}`);
   const d = p.disk;
   out.push(`disk ${d.dir} (${d.direct ? 'O_DIRECT' : 'buffered, cache dropped'}, ${formatSize(d.fileBytes)} in ${formatSize(d.blockBytes)} blocks, ${d.inflight} in flight):`);
   out.push(`  read ${g(d.readBytesPerSecond)} GB/s (best of two passes), write ${g(d.writeBytesPerSecond)} GB/s (with fsync)`);

@@ -11,6 +11,7 @@ import { checkKeys } from '../util/names.js';
 import { checkApiValue } from '../util/options.js';
 import { BlockRunner } from '../schedule/runner.js';
 import { selectBf16Kernel } from '../backend/cpu/bf16-kernel.js';
+import { savedBf16Kernel } from '../policy/profile.js';
 import { type LayerSource, ResidentLayers, WeightStore, planSlotBytes } from '../schedule/weight-store.js';
 import { type Limits, type MemoryItem, type WeightSizes, blockItems, checkLimits, weightItems } from '../policy/memory.js';
 import { DiskTier } from '../schedule/disk-tier.js';
@@ -89,8 +90,12 @@ export class LanguageModel {
     const model = openModel(dir, backend, precision, policy.compressWeight);
     try {
       const c = model.config;
-      // bf16 mode runs the faster of the CPU's two bf16 GEMM kernels (measured once per process).
-      if (precision === 'bf16' && backend.kernels === cpuBackend().kernels) selectBf16Kernel({ rows: Math.max(64, policy.gpuBatchSize), n: c.ffn, k: c.hidden });
+      // bf16 mode runs the faster of the CPU's two bf16 GEMM kernels: the one `tierlm profile`
+      // chose for this machine, else measured once per process; TIERLM_BF16_DOT overrides both.
+      if (precision === 'bf16' && backend.kernels === cpuBackend().kernels) {
+        const fromProfile = process.env.TIERLM_BF16_DOT === '0' || process.env.TIERLM_BF16_DOT === '1' ? null : savedBf16Kernel();
+        selectBf16Kernel({ rows: Math.max(64, policy.gpuBatchSize), n: c.ffn, k: c.hidden }, fromProfile);
+      }
       const limits: Limits = { ram: options.ramBytes, disk: options.diskBytes, device: options.deviceBytes };
       const sizes = model.loader.sizes();
       const weightSizes: WeightSizes = {

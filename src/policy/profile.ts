@@ -20,7 +20,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomFillSync } from 'node:crypto';
-import { cpuBackend, getThreads, isaInfo, releaseFreedMemory, setThreads } from '../backend/index.js';
+import { cpuBackend, getThreads, isaInfo, readMemoryPass, releaseFreedMemory, setThreads } from '../backend/index.js';
+import type { Bf16Kernel } from '../backend/cpu/bf16-kernel.js';
+import { gemmBf16Dot } from '../backend/cpu/gemm.js';
 import type { CacheDType, ComputeMode, WeightFormat } from '../backend/kernels.js';
 import { type FloatDType, fromFloat32 } from '../tensor/dtype.js';
 import { Tensor } from '../tensor/tensor.js';
@@ -95,6 +97,10 @@ export interface HardwareProfile {
     arch: string;
   };
   gemm: GemmTable;
+  /** Kernel variants chosen by timing them here (absent in older profiles). bf16: the bf16-mode
+   *  GEMM kernel, 'dot' (vdpbf16ps) or 'fma' (widening + FMA), timed on the GEMM shapes above; the
+   *  bf16/bf16 GEMM row holds the chosen kernel's rates, so the cost model plans with them. */
+  kernels?: { bf16: Bf16Kernel };
   attention: {
     decode: DecodeAttentionEntry[];
     prefill: PrefillAttentionEntry;
@@ -102,6 +108,10 @@ export interface HardwareProfile {
   memory: {
     /** Bytes copied per second (each byte read once and written once), Uint8Array.prototype.set. */
     copyBytesPerSecond: number;
+    /** Bytes read per second by the compute threads together (each reading a contiguous slice):
+     *  the rate a batch-1 decode step, which only reads its weights, is bound by. Absent in
+     *  profiles saved before it was measured. */
+    readBytesPerSecond?: number;
     /** Size of the copy measured. */
     bytes: number;
   };
@@ -246,12 +256,20 @@ function floatTensor(dtype: FloatDType, shape: number[], scale: number): Tensor 
   return new Tensor(dtype, shape, tile(new Uint16Array(size), fromFloat32(dtype, p)));
 }
 
-function measureGemm(s: SizeSpec, log: (m: string) => void): GemmTable {
+function measureGemm(s: SizeSpec, log: (m: string) => void): { table: GemmTable; bf16: Bf16Kernel } {
   const cpu = cpuBackend();
   const { k, n, ms } = s;
   const rows: GemmRow[] = [];
   const xMax = floatTensor('f32', [ms[ms.length - 1]!, k], 1) as Tensor<'f32'>;
-  for (const c of GEMM_CASES) {
+  // bf16 mode has two GEMM kernels where the CPU has AVX512_BF16: both are timed, the faster
+  // (geometric mean over the M points) is kept. The process's own setting is restored afterwards.
+  const before = gemmBf16Dot();
+  const cases = GEMM_CASES.flatMap((c): { format: WeightFormat; mode: ComputeMode; dot: boolean | null }[] => (c.format === 'bf16' && c.mode === 'bf16'
+    ? (isaInfo().active === 'avx512bf16' ? [{ ...c, dot: false }, { ...c, dot: true }] : [{ ...c, dot: false }])
+    : [{ ...c, dot: null }]));
+  let bf16: Bf16Kernel = 'fma';
+  for (const c of cases) {
+    if (c.dot !== null) gemmBf16Dot(c.dot);
     const quant = c.format === 'q4' || c.format === 'q8';
     const src = floatTensor(quant ? 'f32' : (c.format as FloatDType), [n, k], 0.05);
     const w = cpu.packWeight(src, c.mode, 'profile', quant ? { quantize: c.format as 'q4' | 'q8' } : undefined);
@@ -266,12 +284,22 @@ function measureGemm(s: SizeSpec, log: (m: string) => void): GemmTable {
       const sec = timeBest(() => cpu.matmul(x, copies[next++ % copies.length]!, null, y), s.minSeconds);
       flops.push((2 * m * k * n) / sec);
     }
-    rows.push({ format: c.format, mode: c.mode, flopsPerSecond: flops });
+    const label = c.dot === null ? '' : c.dot ? ' (vdpbf16ps)' : ' (widening + FMA)';
+    const prev = c.dot === true ? rows.findIndex((r) => r.format === 'bf16' && r.mode === 'bf16') : -1;
+    if (prev >= 0) {
+      const logMean = (f: number[]) => f.reduce((a, x) => a + Math.log(x), 0);
+      if (logMean(flops) > logMean(rows[prev]!.flopsPerSecond)) {
+        rows[prev] = { format: c.format, mode: c.mode, flopsPerSecond: flops };
+        bf16 = 'dot';
+      }
+    } else rows.push({ format: c.format, mode: c.mode, flopsPerSecond: flops });
     copies.length = 0;
     collect();
-    log(`gemm ${c.format}/${c.mode}: ${flops.map((f, i) => `M=${ms[i]} ${(f / 1e9).toFixed(1)}`).join(', ')} GFLOP/s`);
+    log(`gemm ${c.format}/${c.mode}${label}: ${flops.map((f, i) => `M=${ms[i]} ${(f / 1e9).toFixed(1)}`).join(', ')} GFLOP/s`);
   }
-  return { k, n, ms: [...ms], rows };
+  gemmBf16Dot(before);
+  log(`bf16 kernel: ${bf16 === 'dot' ? 'vdpbf16ps' : 'widening + FMA'}`);
+  return { table: { k, n, ms: [...ms], rows }, bf16 };
 }
 
 function measureDecode(s: SizeSpec, log: (m: string) => void): DecodeAttentionEntry[] {
@@ -318,8 +346,9 @@ function measureCopy(s: SizeSpec, log: (m: string) => void): HardwareProfile['me
   dst.fill(1);
   const sec = timeBest(() => dst.set(src), s.minSeconds);
   const rate = s.copyBytes / sec;
-  log(`memory copy: ${(rate / 1e9).toFixed(2)} GB/s`);
-  return { copyBytesPerSecond: rate, bytes: s.copyBytes };
+  const read = s.copyBytes / timeBest(() => readMemoryPass(src), s.minSeconds);
+  log(`memory copy: ${(rate / 1e9).toFixed(2)} GB/s, read: ${(read / 1e9).toFixed(2)} GB/s`);
+  return { copyBytesPerSecond: rate, readBytesPerSecond: read, bytes: s.copyBytes };
 }
 
 async function measureDisk(s: SizeSpec, diskDir: string, log: (m: string) => void): Promise<HardwareProfile['disk']> {
@@ -384,7 +413,7 @@ export async function measureProfile(opts: MeasureOptions): Promise<HardwareProf
     const isa = isaInfo();
     const cpus = os.cpus();
     log(`profiling (${sizes}) with ${threads} compute threads, isa ${isa.active}`);
-    const gemm = measureGemm(s, log);
+    const { table: gemm, bf16 } = measureGemm(s, log);
     collect();
     const decode = measureDecode(s, log);
     const prefill = measurePrefill(s, log);
@@ -408,6 +437,7 @@ export async function measureProfile(opts: MeasureOptions): Promise<HardwareProf
         arch: process.arch,
       },
       gemm,
+      kernels: { bf16 },
       attention: { decode, prefill },
       memory,
       disk,
@@ -534,8 +564,10 @@ function validateProfile(v: unknown, file: string): asserts v is HardwareProfile
   for (const key of ['tokens', 'heads', 'kvHeads', 'headDim'] as const) posInt(pf[key], `attention.prefill.${key}`);
   pos(pf.flopsPerSecond, 'attention.prefill.flopsPerSecond');
 
+  if (p.kernels !== undefined) oneOf(obj(p.kernels, 'kernels').bf16, 'kernels.bf16', ['dot', 'fma']);
   const mem = obj(p.memory, 'memory');
   pos(mem.copyBytesPerSecond, 'memory.copyBytesPerSecond');
+  if (mem.readBytesPerSecond !== undefined) pos(mem.readBytesPerSecond, 'memory.readBytesPerSecond');
   pos(mem.bytes, 'memory.bytes');
 
   const d = obj(p.disk, 'disk');
@@ -676,4 +708,18 @@ export function diskWriteRate(profile: HardwareProfile): number {
 /** RAM copy bytes per second. */
 export function memcpyRate(profile: HardwareProfile): number {
   return profile.memory.copyBytesPerSecond;
+}
+
+/** The bf16 GEMM kernel a saved profile of this machine chose (`tierlm profile`), or null: no
+ *  profile, one without the choice, one measured on another CPU or instruction set, or a file that
+ *  cannot be read (loading a model never fails on the profile; the quick measurement runs then). */
+export function savedBf16Kernel(file = defaultProfilePath()): Bf16Kernel | null {
+  let p: HardwareProfile | null;
+  try {
+    p = loadProfile(file);
+  } catch {
+    return null;
+  }
+  if (!p?.kernels || p.machine.cpuModel !== (os.cpus()[0]?.model.trim() || 'unknown') || p.machine.isa.active !== isaInfo().active) return null;
+  return p.kernels.bf16;
 }
