@@ -132,10 +132,10 @@ export class Generator {
           queue.push(item);
           if (!('error' in item)) for (const seq of item.samples) engine.add({ seq, priority: 0, done: () => undefined });
         }
-        yield* this.finished(queue);
+        yield* this.handOver(engine, queue);
         if (!(await engine.step())) {
           if (!more) break;
-        } else yield* this.finished(queue);
+        } else yield* this.handOver(engine, queue);
       }
     } finally {
       await engine.close();
@@ -153,6 +153,17 @@ export class Generator {
       batchSize: p.batchSize, numGpuBatches: p.numGpuBatches, cacheDtype: p.cacheDtype, fullShape: server,
       prefillChunk: p.prefillChunk ?? (server ? 512 : this.s.config.maxPositions),
     });
+  }
+
+  /** Yields the finished requests with the engine parked: while the caller holds a result (or
+   *  has dropped the iterator without return()), an engine waiting for the runner (a server's
+   *  scheduler) makes this one give up its block rather than wait for it forever. */
+  private async *handOver(engine: ContinuousEngine, queue: Queued[]): AsyncGenerator<GenerationResult | RequestError> {
+    for (const r of this.finished(queue)) {
+      await engine.park();
+      yield r;
+      engine.unpark();
+    }
   }
 
   /** Yields, in input order, every queued request whose samples have all finished. */
