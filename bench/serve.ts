@@ -120,11 +120,17 @@ fs.rmSync(dataDir, { recursive: true, force: true });
 // `tierlm bench` at the same block shape: prompt and generation lengths as the clients'.
 const bench = spawnSync(process.execPath, ['--import', 'tsx', cliPath, 'bench', '--model', model, '--prompt-len', String(promptLen), '--gen-len', String(maxTokens),
   ...shape, ...limits, '--json'], { cwd: root, encoding: 'utf8' });
-const offline = bench.status === 0 ? (JSON.parse(bench.stdout.trim().split('\n').pop()!) as { total_tokens_per_second: number }).total_tokens_per_second : NaN;
+const benchOut = bench.status === 0 ? (JSON.parse(bench.stdout.trim().split('\n').pop()!) as Record<string, number>) : {};
+const offline = benchOut.total_tokens_per_second ?? NaN;
+// The TTFT target's bound: one decode step of the block plus one prompt's own prefill, both at
+// `tierlm bench`'s rates (a decode step = the block's rows, one token each).
+const rowsPerBlock = Number(shape[1]) * Number(shape[3]);
+const decodeStep = rowsPerBlock / (benchOut.decode_tokens_per_second ?? NaN);
+const ownPrefill = promptLen / (benchOut.prefill_tokens_per_second ?? NaN);
 
 const summary = {
   model, model_bytes: modelBytes, ram: ram ?? null, shape: shape.join(' '), prompt_len: promptLen, max_tokens: maxTokens, duration_s: duration,
-  peak_rss_bytes: peak, bench_total_tokens_per_second: offline, levels: rows,
+  peak_rss_bytes: peak, bench_total_tokens_per_second: offline, bench: benchOut, ttft_bound_s: decodeStep + ownPrefill, levels: rows,
   machine: `${os.cpus()[0]?.model} × ${os.availableParallelism()}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`, date: new Date().toISOString(),
 };
 if (json) process.stdout.write(JSON.stringify(summary) + '\n');
@@ -135,5 +141,6 @@ else {
     process.stdout.write(`${String(r.concurrency).padStart(7)}  ${String(r.requests).padStart(8)}  ${String(r.failed).padStart(6)}  ${r.tokens_per_second!.toFixed(1).padStart(8)}  ${r.ttft_p50_s!.toFixed(3).padStart(7)}s  ${r.ttft_p90_s!.toFixed(3).padStart(7)}s\n`);
   }
   process.stdout.write(`server peak RSS ${(peak / 2 ** 20).toFixed(0)} MiB; tierlm bench at the same shape: ${offline.toFixed(1)} tokens/s\n`);
+  process.stdout.write(`one decode step ${decodeStep.toFixed(3)} s + one prompt's prefill ${ownPrefill.toFixed(3)} s = ${(decodeStep + ownPrefill).toFixed(3)} s (TTFT bound)\n`);
 }
 if (bench.status !== 0) process.stderr.write(`tierlm bench failed: ${bench.stderr}\n`);
