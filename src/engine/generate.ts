@@ -201,6 +201,8 @@ export class Generator {
       const bad = checkRequestLimits(req, this.s.tokenizer !== null);
       if (bad) return fail(bad);
     }
+    // (a JSONL line's fields are checked as it is read; this needs the model)
+    if (names !== 'api' && (req.stop?.length ?? 0) > 0 && !this.s.tokenizer) return fail('the model has no tokenizer.json, so "stop" strings cannot be used');
     const ids = promptIds(req, this.s.tokenizer, this.s.config.vocabSize, names);
     if (typeof ids === 'string') return fail(ids);
     const max = this.s.config.maxPositions;
