@@ -1,6 +1,7 @@
 // A bounded load test of `tierlm serve` on 127.0.0.1: for each concurrency (1, 8, 32, 64 by
 // default) that many clients send streamed /v1/completions in a loop for --duration seconds;
-// reported: total tokens/s, time to first token (median and p90), failed requests, and the
+// reported: total tokens/s, time to first chunk and the server's time to first token (median and
+// p90; the server's over its last 1000 requests), failed requests, and the
 // server's peak RSS, beside `tierlm bench` at the same block shape. With --ram (and --disk-dir,
 // default .bench/disk) below the model's size, the model is served with its weights streaming
 // from disk. Dummy-weight models are made once under .bench/ (prompts are token ids).
@@ -110,7 +111,12 @@ for (const c of levels) {
     }
   }));
   const secs = (performance.now() - start) / 1000;
-  rows.push({ concurrency: c, requests: done, failed, tokens_per_second: tokens / secs, ttft_p50_s: q(ttfts, 0.5), ttft_p90_s: q(ttfts, 0.9), seconds: secs });
+  // The server's own time to first token (its first sampled token: a model without a tokenizer
+  // streams no text before the end, so the client's first chunk can come with the last token).
+  const metrics = await (await fetch(`${url}/metrics`)).text();
+  const serverQ = (p: number) => Number(new RegExp(`tierlm_time_to_first_token_seconds\\{quantile="${p}"\\} (\\S+)`).exec(metrics)?.[1] ?? NaN);
+  rows.push({ concurrency: c, requests: done, failed, tokens_per_second: tokens / secs, ttft_p50_s: q(ttfts, 0.5), ttft_p90_s: q(ttfts, 0.9),
+    server_ttft_p50_s: serverQ(0.5), server_ttft_p90_s: serverQ(0.9), seconds: secs });
 }
 const peak = peakRss();
 server.kill('SIGTERM');
