@@ -1,6 +1,7 @@
 // A bounded load test of `tierlm serve` on 127.0.0.1: for each concurrency (1, 8, 32, 64 by
 // default) that many clients send streamed /v1/completions in a loop for --duration seconds;
-// reported: total tokens/s, time to first token (median and p90), failed requests, and the
+// reported: total tokens/s, time to first chunk and the server's time to first token (median and
+// p90; the server's over its last 1000 requests), failed requests, and the
 // server's peak RSS, beside `tierlm bench` at the same block shape. With --ram (and --disk-dir,
 // default .bench/disk) below the model's size, the model is served with its weights streaming
 // from disk. Dummy-weight models are made once under .bench/ (prompts are token ids).
@@ -110,7 +111,12 @@ for (const c of levels) {
     }
   }));
   const secs = (performance.now() - start) / 1000;
-  rows.push({ concurrency: c, requests: done, failed, tokens_per_second: tokens / secs, ttft_p50_s: q(ttfts, 0.5), ttft_p90_s: q(ttfts, 0.9), seconds: secs });
+  // The server's own time to first token (its first sampled token: a model without a tokenizer
+  // streams no text before the end, so the client's first chunk can come with the last token).
+  const metrics = await (await fetch(`${url}/metrics`)).text();
+  const serverQ = (p: number) => Number(new RegExp(`tierlm_time_to_first_token_seconds\\{quantile="${p}"\\} (\\S+)`).exec(metrics)?.[1] ?? NaN);
+  rows.push({ concurrency: c, requests: done, failed, tokens_per_second: tokens / secs, ttft_p50_s: q(ttfts, 0.5), ttft_p90_s: q(ttfts, 0.9),
+    server_ttft_p50_s: serverQ(0.5), server_ttft_p90_s: serverQ(0.9), seconds: secs });
 }
 const peak = peakRss();
 server.kill('SIGTERM');
@@ -120,11 +126,17 @@ fs.rmSync(dataDir, { recursive: true, force: true });
 // `tierlm bench` at the same block shape: prompt and generation lengths as the clients'.
 const bench = spawnSync(process.execPath, ['--import', 'tsx', cliPath, 'bench', '--model', model, '--prompt-len', String(promptLen), '--gen-len', String(maxTokens),
   ...shape, ...limits, '--json'], { cwd: root, encoding: 'utf8' });
-const offline = bench.status === 0 ? (JSON.parse(bench.stdout.trim().split('\n').pop()!) as { total_tokens_per_second: number }).total_tokens_per_second : NaN;
+const benchOut = bench.status === 0 ? (JSON.parse(bench.stdout.trim().split('\n').pop()!) as Record<string, number>) : {};
+const offline = benchOut.total_tokens_per_second ?? NaN;
+// The TTFT target's bound: one decode step of the block plus one prompt's own prefill, both at
+// `tierlm bench`'s rates (a decode step = the block's rows, one token each).
+const rowsPerBlock = Number(shape[1]) * Number(shape[3]);
+const decodeStep = rowsPerBlock / (benchOut.decode_tokens_per_second ?? NaN);
+const ownPrefill = promptLen / (benchOut.prefill_tokens_per_second ?? NaN);
 
 const summary = {
   model, model_bytes: modelBytes, ram: ram ?? null, shape: shape.join(' '), prompt_len: promptLen, max_tokens: maxTokens, duration_s: duration,
-  peak_rss_bytes: peak, bench_total_tokens_per_second: offline, levels: rows,
+  peak_rss_bytes: peak, bench_total_tokens_per_second: offline, bench: benchOut, ttft_bound_s: decodeStep + ownPrefill, levels: rows,
   machine: `${os.cpus()[0]?.model} × ${os.availableParallelism()}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`, date: new Date().toISOString(),
 };
 if (json) process.stdout.write(JSON.stringify(summary) + '\n');
@@ -135,5 +147,6 @@ else {
     process.stdout.write(`${String(r.concurrency).padStart(7)}  ${String(r.requests).padStart(8)}  ${String(r.failed).padStart(6)}  ${r.tokens_per_second!.toFixed(1).padStart(8)}  ${r.ttft_p50_s!.toFixed(3).padStart(7)}s  ${r.ttft_p90_s!.toFixed(3).padStart(7)}s\n`);
   }
   process.stdout.write(`server peak RSS ${(peak / 2 ** 20).toFixed(0)} MiB; tierlm bench at the same shape: ${offline.toFixed(1)} tokens/s\n`);
+  process.stdout.write(`one decode step ${decodeStep.toFixed(3)} s + one prompt's prefill ${ownPrefill.toFixed(3)} s = ${(decodeStep + ownPrefill).toFixed(3)} s (TTFT bound)\n`);
 }
 if (bench.status !== 0) process.stderr.write(`tierlm bench failed: ${bench.stderr}\n`);

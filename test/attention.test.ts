@@ -6,7 +6,7 @@ import { getThreads, isaInfo, setIsa, setThreads, type CacheDType, type Isa } fr
 import { cpuKernels } from '../src/backend/cpu/index.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { f32ToF16 } from '../src/tensor/dtype.js';
-import { cpu, expectClose, randomF32, ref } from './helpers/harness.js';
+import { cacheRow, cpu, expectClose, randomF32, ref, rowsOf } from './helpers/harness.js';
 
 const ALL: Isa[] = ['scalar', 'avx2', 'avx512', 'avx512bf16'];
 const detected = isaInfo().detected as Isa;
@@ -29,15 +29,7 @@ function cacheOf(dtype: CacheDType, b: number, hkv: number, cap: number, d: numb
   return new Tensor('f16', [b, hkv, cap, d], h);
 }
 
-function rowsOf(t: Tensor<'f32'>, from: number, to: number): Tensor<'f32'> {
-  const per = t.size / t.shape[0]!;
-  return Tensor.f32([to - from, ...t.shape.slice(1)], t.data.slice(from * per, to * per));
-}
 
-function cacheRow(c: Tensor, row: number): Tensor {
-  const per = c.size / c.shape[0]!;
-  return new Tensor(c.dtype, [1, ...c.shape.slice(1)], (c.data as Uint16Array).slice(row * per, (row + 1) * per));
-}
 
 for (const isa of ISAS) {
   for (const threads of [1, 2]) {

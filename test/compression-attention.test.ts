@@ -8,7 +8,7 @@ import { Q4_CACHE_GROUP, q4RecordBytes } from '../src/backend/kernels.js';
 import { q4ReadRecord } from '../src/backend/reference/attention.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { f16ToF32, f32ToF16 } from '../src/tensor/dtype.js';
-import { cpu, expectClose, randomF32, ref } from './helpers/harness.js';
+import { cacheRow, cpu, expectClose, randomF32, ref, rowsOf } from './helpers/harness.js';
 
 const ALL: Isa[] = ['scalar', 'avx2', 'avx512', 'avx512bf16'];
 const detected = isaInfo().detected as Isa;
@@ -42,15 +42,7 @@ function cacheOf(dtype: CacheDType, b: number, hkv: number, cap: number, d: numb
   return c;
 }
 
-function rowsOf(t: Tensor<'f32'>, from: number, to: number): Tensor<'f32'> {
-  const per = t.size / t.shape[0]!;
-  return Tensor.f32([to - from, ...t.shape.slice(1)], t.data.slice(from * per, to * per));
-}
 
-function cacheRow(c: Tensor, row: number): Tensor {
-  const per = c.size / c.shape[0]!;
-  return new Tensor(c.dtype, [1, ...c.shape.slice(1)], (c.data as Uint8Array).slice(row * per, (row + 1) * per));
-}
 
 describe('q4 cache records', () => {
   it('layout and size: codes ceil(d/2) bytes, then (step, min) f16 per 64 features', () => {

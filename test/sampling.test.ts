@@ -88,6 +88,25 @@ describe('sampling against the reference', () => {
     }
   });
 
+  it('over a 32k vocabulary too (the cuts and draws that sort only a prefix of it)', () => {
+    for (let seed = 1; seed <= 12; seed++) {
+      const r = rng(seed);
+      const vocab = 32003;
+      const spread = [2, 8, 30][seed % 3]!;
+      const logits = Array.from({ length: vocab }, () => (r() * 2 - 1) * spread);
+      const p: SamplingParams = { ...GREEDY, temperature: [0.7, 1, 1.5][seed % 3]!, topP: [1, 0.9, 0.3, 1][seed % 4]!, minP: [0, 0, 0.1][seed % 3]!, seed };
+      const want = reference(logits, p, [], []);
+      const { idx, probs } = candidates(Float32Array.from(logits), p);
+      const total = probs.reduce((a, b) => a + b, 0);
+      expect(new Set(idx), `case ${seed}`).toEqual(new Set(want.keys()));
+      idx.forEach((t, i) => expect(Math.abs(probs[i]! / total - want.get(t)!), `case ${seed} token ${t}`).toBeLessThan(1e-5));
+      const token = sample(Float32Array.from(logits), p, new Rng(seed, 'y'));
+      let u = new Rng(seed, 'y').next();
+      const sorted = [...want].sort((a, b) => b[1] - a[1]);
+      expect(token, `case ${seed}`).toBe(sorted.find(([, q]) => (u -= q) < 0)?.[0] ?? sorted[sorted.length - 1]![0]);
+    }
+  });
+
   it('sortedIndices orders like a stable comparator sort: negatives, zeros, ties, infinities, odd sizes', () => {
     for (const [seed, n] of [[1, 1], [2, 7], [3, 1001], [4, 32003]] as const) {
       const r = rng(seed);

@@ -26,6 +26,12 @@ constexpr int64_t cache_row_bytes(int kind, int64_t d) {
 // over those only. F = 1 is dense attention.
 void attn_decode(const float* q, const void* k_cache, const void* v_cache, int kind, int64_t b, int64_t hq,
                  int64_t hkv, int64_t d, int64_t cap, const int32_t* lens, float scale, double sparsity, float* out);
+// Token i of q[t, hq, d] against positions 0..lens[i]-1 of cache row rows[i] (caches [b, hkv, cap, ..]
+// of any b): a prompt's later chunk (its keys already written) in one call. Each token's result
+// equals attn_decode's for that row and length.
+void attn_cached(const float* q, const void* k_cache, const void* v_cache, int kind, int64_t t, int64_t hq,
+                 int64_t hkv, int64_t d, int64_t cap, const int32_t* rows, const int32_t* lens, float scale,
+                 double sparsity, float* out);
 // kCacheQ4: src must be representable (quant::find_unrepresentable(src, t*hkv*d) < 0).
 void attn_cache_write(void* cache, int kind, int64_t b, int64_t hkv, int64_t cap, int64_t d, const float* src,
                       int64_t t, int64_t row, int64_t pos);

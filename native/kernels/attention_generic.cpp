@@ -165,7 +165,8 @@ void generic_widen_f16(const uint16_t* src, int64_t n, float* out) {
 // positions 0..len-2 by score, ties to the lower position, plus len-1), then a softmax and the
 // weighted sum of the kept value rows in position order.
 void decode_sparse(const float* q, const void* k_cache, const void* v_cache, int kind, int64_t b, int64_t hq,
-                   int64_t hkv, int64_t d, int64_t cap, const int32_t* lens, float scale, double sparsity, float* out) {
+                   int64_t hkv, int64_t d, int64_t cap, const int32_t* rows, const int32_t* lens, float scale,
+                   double sparsity, float* out) {
   const int64_t g = hq / hkv;
   const int64_t rbytes = cache_row_bytes(kind, d);
   const bool f16 = kind == kCacheF16, q4 = kind == kCacheQ4;
@@ -197,7 +198,7 @@ void decode_sparse(const float* q, const void* k_cache, const void* v_cache, int
     int32_t* ix = t_idx.data();
     const float* qsrc = q + (bi * hq + kh * g) * d;
     for (int64_t i = 0; i < g * d; i++) qs[i] = qsrc[i] * scale;
-    const int64_t base = (bi * hkv + kh) * cap;
+    const int64_t base = ((rows ? rows[bi] : bi) * hkv + kh) * cap;
     const char* kb = static_cast<const char*>(k_cache) + base * rbytes;
     const char* vb = static_cast<const char*>(v_cache) + base * rbytes;
     for (int64_t p0 = 0; p0 < len; p0 += kAttnBlock) {
@@ -279,9 +280,18 @@ void decode_sparse(const float* q, const void* k_cache, const void* v_cache, int
 
 void attn_decode(const float* q, const void* k_cache, const void* v_cache, int kind, int64_t b, int64_t hq,
                  int64_t hkv, int64_t d, int64_t cap, const int32_t* lens, float scale, double sparsity, float* out) {
+  attn_cached(q, k_cache, v_cache, kind, b, hq, hkv, d, cap, nullptr, lens, scale, sparsity, out);
+}
+
+// Each query token against its own cache row: decode's items (token, kv head, split of positions)
+// with the row looked up, so a chunk of t tokens is one call of t·hkv·splits items in parallel
+// rather than t calls, and each token's result is the one decode gives it.
+void attn_cached(const float* q, const void* k_cache, const void* v_cache, int kind, int64_t b, int64_t hq,
+                 int64_t hkv, int64_t d, int64_t cap, const int32_t* rows, const int32_t* lens, float scale,
+                 double sparsity, float* out) {
   if (b <= 0 || hq <= 0 || d <= 0) return;
   if (sparsity < 1.0) {
-    decode_sparse(q, k_cache, v_cache, kind, b, hq, hkv, d, cap, lens, scale, sparsity, out);
+    decode_sparse(q, k_cache, v_cache, kind, b, hq, hkv, d, cap, rows, lens, scale, sparsity, out);
     return;
   }
   const int64_t g = hq / hkv;
@@ -320,7 +330,7 @@ void attn_decode(const float* q, const void* k_cache, const void* v_cache, int k
     float* qs = scratch + (size_t)thread * scratch_floats;
     const float* qsrc = q + (it.bi * hq + it.kh * g) * d;
     for (int64_t i = 0; i < g * d; i++) qs[i] = qsrc[i] * scale;
-    int64_t off = (it.bi * hkv + it.kh) * cap + it.p0;
+    int64_t off = ((rows ? rows[it.bi] : it.bi) * hkv + it.kh) * cap + it.p0;
     const char* kb = static_cast<const char*>(k_cache) + off * rbytes;
     const char* vb = static_cast<const char*>(v_cache) + off * rbytes;
     float* pm = partial + it.part * part_floats;

@@ -80,6 +80,41 @@ Napi::Value Decode(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// attentionCached(q, kCache, vCache, cacheDtype, t, hq, hkv, d, b, cap, rows, lens, scale, out, async, sparsity)
+// Token i reads cache row rows[i] (< b), positions 0..lens[i]-1.
+Napi::Value Cached(const Napi::CallbackInfo& info) {
+  int kind = cache_dtype_arg(info, 3);
+  int64_t t = int_arg(info, 4, "t"), hq = int_arg(info, 5, "hq"), hkv = int_arg(info, 6, "hkv"), d = int_arg(info, 7, "d"),
+          b = int_arg(info, 8, "b"), cap = int_arg(info, 9, "cap");
+  check_heads(info, hq, hkv);
+  const float* q = checked_ptr<float>(info[0], "q", {t, hq, d});
+  const void* kc = checked_bytes(info[1], "kCache", {b, hkv, cap, cache_row_bytes(kind, d)}).data;
+  const void* vc = checked_bytes(info[2], "vCache", {b, hkv, cap, cache_row_bytes(kind, d)}).data;
+  const int32_t* rp = checked_ptr<int32_t>(info[10], "rows", (size_t)t);
+  const int32_t* lp = checked_ptr<int32_t>(info[11], "lens", (size_t)t);
+  std::vector<int32_t> rows(rp, rp + t), lens(lp, lp + t);
+  for (int64_t i = 0; i < t; i++) {
+    if (rows[i] < 0 || rows[i] >= b)
+      throw Napi::RangeError::New(info.Env(), "rows[" + std::to_string(i) + "] = " + std::to_string(rows[i]) + " is outside [0, " + std::to_string(b) + ")");
+    if (lens[i] < 1 || lens[i] > cap)
+      throw Napi::RangeError::New(info.Env(), "lens[" + std::to_string(i) + "] = " + std::to_string(lens[i]) + " is outside [1, " + std::to_string(cap) + "]");
+  }
+  float scale = (float)num_arg(info, 12, "scale");
+  float* out = checked_ptr<float>(info[13], "out", {t, hq, d});
+  double sparsity = 1.0;
+  if (info.Length() > 15 && !info[15].IsUndefined()) {
+    sparsity = num_arg(info, 15, "sparsity");
+    if (!(sparsity > 0.0 && sparsity <= 1.0))
+      throw Napi::RangeError::New(info.Env(), "sparsity must be in (0, 1], got " + std::to_string(sparsity));
+  }
+  auto work = [=, rows = std::move(rows), lens = std::move(lens)]() {
+    attn_cached(q, kc, vc, kind, t, hq, hkv, d, cap, rows.data(), lens.data(), scale, sparsity, out);
+  };
+  if (is_async(info, 14)) return run_async(info.Env(), work, {info[0], info[1], info[2], info[13]});
+  work();
+  return info.Env().Undefined();
+}
+
 // cacheWrite(cache, cacheDtype, b, hkv, cap, d, src, t, row, pos)
 Napi::Value CacheWrite(const Napi::CallbackInfo& info) {
   int kind = cache_dtype_arg(info, 1);
@@ -104,6 +139,7 @@ Napi::Value CacheWrite(const Napi::CallbackInfo& info) {
 void register_attention(Napi::Env env, Napi::Object exports) {
   exports.Set("attentionPrefill", Napi::Function::New(env, Prefill));
   exports.Set("attentionDecode", Napi::Function::New(env, Decode));
+  exports.Set("attentionCached", Napi::Function::New(env, Cached));
   exports.Set("cacheWrite", Napi::Function::New(env, CacheWrite));
 }
 

@@ -417,6 +417,37 @@ export class Backend {
     return c.y;
   }
 
+  /** Each token of q[t,hq,d] against its own cache row: token i attends to positions
+   *  0..lens[i]-1 of row rows[i] of kCache/vCache [b,hkv,cap,..] (any b), as attentionDecode does
+   *  for that row and length. A prompt's later chunk (its keys written first) is one call. */
+  attentionCached(q: F32, kCache: Tensor, vCache: Tensor, rows: Tensor<'i32'>, lens: Tensor<'i32'>, scale: number, out?: F32, sparsity = 1): F32 {
+    const op = 'attentionCached';
+    expectF32(op, 'q', q);
+    expectRank(op, 'q', q, 3);
+    const dtype = this.checkCache(op, 'kCache', kCache);
+    if (this.checkCache(op, 'vCache', vCache) !== dtype) fail(op, 'kCache and vCache must share a dtype');
+    const [t, hq, d] = q.shape as [number, number, number];
+    const [b, hkv, cap, cd] = kCache.shape as [number, number, number, number];
+    const want = dtype === 'q4' ? q4RecordBytes(d) : d;
+    if (cd !== want) fail(op, `kCache has shape ${shapeString(kCache.shape)}, expected [b, hkv, cap, ${want}]`);
+    expectShape(op, 'vCache', vCache, kCache.shape);
+    if (hkv < 1 || hq % hkv !== 0) fail(op, `${hq} query heads cannot be grouped over ${hkv} key/value heads`);
+    for (const [name, x] of [['rows', rows], ['lens', lens]] as const) {
+      if (!(x instanceof Tensor) || x.dtype !== 'i32' || x.size !== t) throw new TypeError(`${op}: ${name} must be an i32 Tensor of ${t} entries`);
+    }
+    for (let i = 0; i < t; i++) {
+      const r = rows.data[i]!, n = lens.data[i]!;
+      if (r < 0 || r >= b) fail(op, `rows[${i}] = ${r} is outside [0, ${b})`);
+      if (n < 1 || n > cap) fail(op, `lens[${i}] = ${n} is outside [1, ${cap}]`);
+    }
+    expectFinite(op, 'scale', scale);
+    this.checkSparsity(op, sparsity);
+    const y = outOr(op, out, [t, hq, d]);
+    this.kernels.attentionCached(q.data, kCache.data as CacheArray, vCache.data as CacheArray, dtype, t, hq, hkv, d, b, cap,
+      rows.data, lens.data, scale, y.data, sparsity);
+    return y;
+  }
+
   /** Writes src[t,hkv,d] into cache[b,hkv,cap,d] at batch row `row`, positions pos..pos+t-1.
    *  A q4 cache (u8, [b,hkv,cap,q4RecordBytes(d)]) takes d from src and quantizes each row. */
   cacheWrite(cache: Tensor, src: F32, row: number, pos: number): void {

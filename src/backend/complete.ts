@@ -4,7 +4,7 @@ import { TRAIN_KERNEL_NAMES } from './kernels-train.js';
 const KERNEL_NAMES: (keyof Kernels)[] = [
   'packedByteLength', 'packedRowBlock', 'packWeight', 'matmul', 'matmulAsync', 'gatherRows', 'quantize', 'dequantize', 'embedding', 'layerNorm', 'rmsNorm',
   'relu', 'gelu', 'siluMul', 'add', 'softmax', 'logSoftmax', 'rope', 'attentionPrefill', 'attentionPrefillAsync',
-  'attentionDecode', 'attentionDecodeAsync', 'cacheWrite', ...TRAIN_KERNEL_NAMES,
+  'attentionDecode', 'attentionDecodeAsync', 'attentionCached', 'cacheWrite', ...TRAIN_KERNEL_NAMES,
 ];
 
 /** Fills the kernels a backend lacks with ones that throw, so a missing kernel is a clear error. */

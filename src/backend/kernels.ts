@@ -129,6 +129,13 @@ export interface Kernels extends TrainKernels {
   attentionDecodeAsync(q: Float32Array, kCache: CacheArray, vCache: CacheArray, cacheDtype: CacheDType,
     b: number, hq: number, hkv: number, d: number, cap: number, lens: Int32Array, scale: number, out: Float32Array,
     sparsity?: number): Promise<void>;
+  /** Each query token against its own cache row: token i of q[t,hq,d] attends to positions
+   *  0..lens[i]-1 of row rows[i] of caches [b,hkv,cap,..] (as attentionDecode does for that row and
+   *  length, sparsity included). A prompt's later chunk, its keys written first, is one call.
+   *  out[t,hq,d]. */
+  attentionCached(q: Float32Array, kCache: CacheArray, vCache: CacheArray, cacheDtype: CacheDType,
+    t: number, hq: number, hkv: number, d: number, b: number, cap: number, rows: Int32Array, lens: Int32Array,
+    scale: number, out: Float32Array, sparsity?: number): void;
   /** Writes src[t,hkv,d] into cache[b,hkv,cap,d] at batch row `row`, positions pos..pos+t-1
    *  ('q4': quantizes each row of d into a record; throws a RangeError for values that are not
    *  finite or exceed ±65504). */

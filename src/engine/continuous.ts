@@ -27,12 +27,27 @@ import type { Tensor } from '../tensor/tensor.js';
 /** Serialises the blocks of the engines that share one runner: one block is open at a time. */
 export class RunnerLock {
   private tail: Promise<void> = Promise.resolve();
+  /** Holders and waiters. */
+  private count = 0;
+  /** The holder's callback for a waiter's arrival. */
+  private contended: (() => void) | null = null;
 
-  /** Resolves, once every earlier holder has released, to this holder's release. */
-  acquire(): Promise<() => void> {
+  /** Resolves, once every earlier holder has released, to this holder's release. While it holds
+   *  the lock, `onContended` is called whenever another caller starts waiting for it. */
+  acquire(onContended?: () => void): Promise<() => void> {
+    if (this.count++ > 0) this.contended?.();
     let release!: () => void;
     const held = new Promise<void>((r) => (release = r));
-    const ready = this.tail.then(() => release);
+    const ready = this.tail.then(() => {
+      this.contended = onContended ?? null;
+      // A waiter that came while an earlier holder had the lock is still waiting.
+      if (this.count > 1) onContended?.();
+      return () => {
+        this.contended = null;
+        this.count--;
+        release();
+      };
+    });
     this.tail = this.tail.then(() => held);
     return ready;
   }
@@ -71,7 +86,7 @@ export interface Admission {
 
 interface Slot {
   a: Admission;
-  /** Prompt tokens already in the cache. */
+  /** Tokens of the sequence (prompt, then generated ones) already in the row's cache. */
   fed: number;
   /** Admission order (older prompts get the prefill budget first). */
   order: number;
@@ -98,6 +113,13 @@ export class ContinuousEngine {
   private slots: (Slot | null)[][] = [];
   private open: Open | null = null;
   private admitted = 0;
+  /** Sequences taken out of a block that was given up, to be computed again (counted once). */
+  private readonly replayed = new WeakSet<Admission>();
+  /** Whether the caller that steps this engine is away (a generate() iterator suspended at a
+   *  yield, maybe abandoned): the block is then given up as soon as another engine waits. */
+  private parked = false;
+  private contended = false;
+  private givingUp: Promise<void> | null = null;
 
   constructor(private readonly s: EngineSetup, private readonly p: EngineParams) {}
 
@@ -124,8 +146,38 @@ export class ContinuousEngine {
     return this.waiting.length > 0 || this.running > 0;
   }
 
+  /** The caller is going away (to yield a result); another engine waiting for the runner, now or
+   *  while away, makes this engine give up its block (see giveUp). */
+  async park(): Promise<void> {
+    this.parked = true;
+    if (this.contended) await this.giveUp();
+  }
+
+  unpark(): void {
+    this.parked = false;
+  }
+
+  private onContended(): void {
+    this.contended = true;
+    if (this.parked) void this.giveUp().catch(() => undefined);
+  }
+
+  /** Closes the block (releasing the runner) with its running sequences put back, first in line:
+   *  they are computed again from their tokens when a block is next open (a first chunk as
+   *  before, the rest as later chunks, which attend as decode did: the same results). */
+  private giveUp(): Promise<void> {
+    this.givingUp ??= (async () => {
+      const back = this.slots.flatMap((rows) => rows.filter((x): x is Slot => x !== null)).sort((a, b) => a.order - b.order);
+      for (const x of back) this.replayed.add(x.a);
+      this.waiting.unshift(...back.map((x) => x.a));
+      await this.close();
+    })();
+    return this.givingUp;
+  }
+
   /** Runs one step; false when there was nothing to run (the block is then closed). */
   async step(): Promise<boolean> {
+    if (this.givingUp) await this.givingUp;
     this.sweep();
     if (!this.busy) {
       await this.close();
@@ -141,12 +193,18 @@ export class ContinuousEngine {
     const o = this.open;
     const plan = this.slots.map((rows) => this.plan(rows, o.maxTokens));
     const steps = plan.map((segs) => (segs.length > 0 ? segmentStep(segs.map((g) => g.seg)) : null));
-    const prefill = plan.some((segs) => segs.some((g) => g.prompt));
+    let [prompt, decode] = [0, 0];
+    for (const g of plan.flat()) {
+      if (g.prompt) prompt += g.seg.ids.length;
+      else decode += g.seg.ids.length;
+    }
     const t0 = performance.now();
     const logits = await o.block.step(steps);
     const secs = (performance.now() - t0) / 1000;
-    if (prefill) this.stats.prefillSeconds += secs;
-    else this.stats.decodeSeconds += secs;
+    // A mixed step's time goes to each phase by its share of the step's tokens (the weights'
+    // loads and the per-token work are shared; prompt and decode tokens cost about the same).
+    this.stats.prefillSeconds += (secs * prompt) / (prompt + decode);
+    this.stats.decodeSeconds += (secs * decode) / (prompt + decode);
     this.steps++;
     plan.forEach((segs, k) => this.sample(k, segs, logits[k]!));
     return true;
@@ -161,6 +219,8 @@ export class ContinuousEngine {
     try {
       await o.block.close();
     } finally {
+      this.contended = false;
+      this.givingUp = null;
       o.release();
     }
   }
@@ -222,20 +282,23 @@ export class ContinuousEngine {
       this.waiting.shift();
       const rows = this.slots[best]!;
       rows[rows.indexOf(null)] = { a, fed: 0, order: this.admitted++ };
-      this.stats.promptTokens += a.seq.ids.length;
+      if (!this.replayed.has(a)) this.stats.promptTokens += a.seq.ids.length;
     }
     return true;
   }
 
   /** Segments of one batch's step, by row: a decode token for every row past its prompt, and
-   *  prompt chunks in the tokens left (at most prefillChunk), oldest prompt first. */
+   *  prompt chunks in the tokens left (at most prefillChunk), oldest prompt first. A row computed
+   *  again (its block given up) feeds its prompt and generated tokens as a prompt. */
   private plan(rows: (Slot | null)[], maxTokens: number): { seg: Segment; slot: Slot; prompt: boolean; samples: boolean }[] {
     const take = new Map<Slot, number>();
-    const prefilling = rows.filter((x): x is Slot => x !== null && x.fed < x.a.seq.ids.length).sort((a, b) => a.order - b.order);
+    const total = (x: Slot) => x.a.seq.ids.length + x.a.seq.tokens.length;
+    const prompting = (x: Slot) => x.fed < x.a.seq.ids.length || total(x) - x.fed > 1;
+    const prefilling = rows.filter((x): x is Slot => x !== null && prompting(x)).sort((a, b) => a.order - b.order);
     const decoding = rows.filter((x) => x !== null).length - prefilling.length;
     let budget = Math.min(this.p.prefillChunk, maxTokens - decoding);
     for (const x of prefilling) {
-      const left = x.a.seq.ids.length - x.fed;
+      const left = total(x) - x.fed;
       // A first chunk is whole or waits (its length decides how its tokens are computed), and
       // younger prompts wait behind it, so that it is not starved: the batch's decode rows
       // finish and leave it room.
@@ -248,15 +311,12 @@ export class ContinuousEngine {
     rows.forEach((x, r) => {
       if (!x) return;
       const seq = x.a.seq;
-      if (x.fed < seq.ids.length) {
-        const n = take.get(x);
-        if (!n) return;
-        segs.push({ seg: { row: r, ids: seq.ids.slice(x.fed, x.fed + n), start: x.fed }, slot: x, prompt: true, samples: x.fed + n === seq.ids.length });
-        x.fed += n;
-      } else {
-        const pos = seq.ids.length + seq.tokens.length - 1;
-        segs.push({ seg: { row: r, ids: [seq.tokens[seq.tokens.length - 1]!], start: pos }, slot: x, prompt: false, samples: true });
-      }
+      const at = (i: number) => (i < seq.ids.length ? seq.ids[i]! : seq.tokens[i - seq.ids.length]!);
+      const prompt = prompting(x);
+      const n = prompt ? take.get(x) : 1;
+      if (!n) return;
+      segs.push({ seg: { row: r, ids: Array.from({ length: n }, (_, j) => at(x.fed + j)), start: x.fed }, slot: x, prompt, samples: x.fed + n === total(x) });
+      x.fed += n;
     });
     return segs;
   }
@@ -303,7 +363,7 @@ export class ContinuousEngine {
       }
     }
     if (!checked) this.s.checkBlock(shape(capacity));
-    const release = await this.s.lock.acquire();
+    const release = await this.s.lock.acquire(() => this.onContended());
     try {
       const block = this.s.runner.open({ rows, batches, capacity, maxTokens, cacheDtype: p.cacheDtype });
       this.slots = Array.from({ length: batches }, () => new Array<Slot | null>(rows).fill(null));

@@ -132,10 +132,10 @@ export class Generator {
           queue.push(item);
           if (!('error' in item)) for (const seq of item.samples) engine.add({ seq, priority: 0, done: () => undefined });
         }
-        yield* this.finished(queue);
+        yield* this.handOver(engine, queue);
         if (!(await engine.step())) {
           if (!more) break;
-        } else yield* this.finished(queue);
+        } else yield* this.handOver(engine, queue);
       }
     } finally {
       await engine.close();
@@ -153,6 +153,17 @@ export class Generator {
       batchSize: p.batchSize, numGpuBatches: p.numGpuBatches, cacheDtype: p.cacheDtype, fullShape: server,
       prefillChunk: p.prefillChunk ?? (server ? 512 : this.s.config.maxPositions),
     });
+  }
+
+  /** Yields the finished requests with the engine parked: while the caller holds a result (or
+   *  has dropped the iterator without return()), an engine waiting for the runner (a server's
+   *  scheduler) makes this one give up its block rather than wait for it forever. */
+  private async *handOver(engine: ContinuousEngine, queue: Queued[]): AsyncGenerator<GenerationResult | RequestError> {
+    for (const r of this.finished(queue)) {
+      await engine.park();
+      yield r;
+      engine.unpark();
+    }
   }
 
   /** Yields, in input order, every queued request whose samples have all finished. */
@@ -190,6 +201,8 @@ export class Generator {
       const bad = checkRequestLimits(req, this.s.tokenizer !== null);
       if (bad) return fail(bad);
     }
+    // (a JSONL line's fields are checked as it is read; this needs the model)
+    if (names !== 'api' && (req.stop?.length ?? 0) > 0 && !this.s.tokenizer) return fail('the model has no tokenizer.json, so "stop" strings cannot be used');
     const ids = promptIds(req, this.s.tokenizer, this.s.config.vocabSize, names);
     if (typeof ids === 'string') return fail(ids);
     const max = this.s.config.maxPositions;

@@ -95,14 +95,58 @@ export function argmax(row: Float32Array): number {
  *  after temperature, top-k, top-p and min-p. `row` already carries the penalties. */
 export function candidates(row: Float32Array, p: SamplingParams): { idx: number[]; probs: number[] } {
   const n = row.length;
-  const idx = p.topK > 0 && p.topK < n ? topKIndices(row, p.topK) : sortedIndices(row);
+  if (p.topK > 0 && p.topK < n) return cut(row, topKIndices(row, p.topK), p);
+  const e = weights(row, p.temperature);
+  let total = 0;
+  for (let i = 0; i < n; i++) total += e[i]!;
+  // min-p keeps exactly the tokens of weight >= minP (the largest weight is 1); top-p's mass is
+  // still that of every token.
+  if (p.minP > 0) return cut(row, above(row, e, p.minP)!, p, total);
+  if (p.topP < 1) {
+    // The top-p prefix lies within the tokens above any weight whose set already holds the mass
+    // it needs: try small sets first (a prefix of the sorted order, sorted alone).
+    for (let tau = 2 ** -6; tau > 2 ** -40; tau /= 64) {
+      const idx = above(row, e, tau, n / 4);
+      if (!idx) break;
+      let mass = 0;
+      for (const i of idx) mass += e[i]!;
+      if (mass >= p.topP * total * (1 + 1e-9)) return cut(row, idx, p, total);
+    }
+  }
+  return cut(row, sortedIndices(row), p);
+}
+
+/** exp((row - max) / temperature) for every token (the largest is exactly 1). */
+function weights(row: Float32Array, temperature: number): Float64Array {
+  let max = -Infinity;
+  for (let i = 0; i < row.length; i++) if (row[i]! > max) max = row[i]!;
+  const e = new Float64Array(row.length);
+  for (let i = 0; i < row.length; i++) e[i] = Math.exp((row[i]! - max) / temperature);
+  return e;
+}
+
+/** The tokens whose weight is at least tau, in sampling order (a prefix of sortedIndices: the
+ *  weight grows with the logit); null when there are more than `most`. */
+function above(row: Float32Array, e: Float64Array, tau: number, most = Infinity): number[] | null {
+  let count = 0;
+  for (let i = 0; i < e.length; i++) if (e[i]! >= tau) count++;
+  if (count > most) return null;
+  const idx = new Array<number>(count);
+  let k = 0;
+  for (let i = 0; i < e.length; i++) if (e[i]! >= tau) idx[k++] = i;
+  return sortIndices(row, idx);
+}
+
+/** Top-p and min-p over a sorted prefix `idx` of the candidates (`total`: the mass of all of
+ *  them, when idx is only a prefix). */
+function cut(row: Float32Array, idx: number[], p: SamplingParams, total?: number): { idx: number[]; probs: number[] } {
   const max = row[idx[0]!]!;
   const probs = idx.map((i) => Math.exp((row[i]! - max) / p.temperature));
   if (p.topP < 1) {
-    const total = probs.reduce((a, b) => a + b, 0);
+    const mass = total ?? probs.reduce((a, b) => a + b, 0);
     let cum = 0;
     let keep = 0;
-    while (keep < probs.length && cum < p.topP * total) cum += probs[keep++]!;
+    while (keep < probs.length && cum < p.topP * mass) cum += probs[keep++]!;
     probs.length = Math.max(1, keep);
   }
   // probs[0] is the largest (exp(0) = 1): min-p keeps a prefix of the sorted list.
@@ -119,6 +163,7 @@ export function candidates(row: Float32Array, p: SamplingParams): { idx: number[
 export function sample(row: Float32Array, p: SamplingParams, rng: Rng, history?: TokenHistory): number {
   const logits = history ? applyPenalties(row, p, history) : row;
   if (p.temperature <= 0) return argmax(logits);
+  if (p.topK === 0 && p.topP >= 1 && p.minP <= 0) return drawAll(logits, p.temperature, rng);
   const { idx, probs } = candidates(logits, p);
   const total = probs.reduce((a, b) => a + b, 0);
   let u = rng.next() * total;
@@ -129,6 +174,25 @@ export function sample(row: Float32Array, p: SamplingParams, rng: Rng, history?:
   return idx[probs.length - 1]!;
 }
 
+/** A draw over the whole vocabulary (no cut): the inverse CDF in sampling order, walked over the
+ *  smallest prefix that holds it (sorted alone) rather than the whole sorted vocabulary. */
+function drawAll(row: Float32Array, temperature: number, rng: Rng): number {
+  const e = weights(row, temperature);
+  let total = 0;
+  for (let i = 0; i < e.length; i++) total += e[i]!;
+  const u0 = rng.next() * total;
+  for (let tau = 2 ** -6; tau > 2 ** -40; tau /= 64) {
+    const idx = above(row, e, tau, e.length / 4);
+    if (!idx) break;
+    let u = u0;
+    for (const i of idx) if ((u -= e[i]!) < 0) return i;
+  }
+  const idx = sortedIndices(row);
+  let u = u0;
+  for (const i of idx) if ((u -= e[i]!) < 0) return i;
+  return idx[idx.length - 1]!;
+}
+
 const INDEX_SPAN = 2 ** 20;
 
 /** Every index of `row`, largest value first, equal values in index order (what a stable
@@ -136,20 +200,25 @@ const INDEX_SPAN = 2 ** 20;
  *  32 bits above a 20-bit index, exact in a float64) instead of a comparator sort, which took
  *  tens of milliseconds per token over a 32k–128k vocabulary. */
 export function sortedIndices(row: Float32Array): number[] {
-  const n = row.length;
-  if (n > INDEX_SPAN) return Array.from({ length: n }, (_, i) => i).sort((a, b) => row[b]! - row[a]!);
-  const bits = new Uint32Array(row.buffer, row.byteOffset, n);
+  return sortIndices(row, Array.from({ length: row.length }, (_, i) => i));
+}
+
+/** `idx` (indices of row) in sortedIndices' order, in place. */
+function sortIndices(row: Float32Array, idx: number[]): number[] {
+  const n = idx.length;
+  if (row.length > INDEX_SPAN) return idx.sort((a, b) => row[b]! - row[a]! || a - b);
+  const bits = new Uint32Array(row.buffer, row.byteOffset, row.length);
   const keys = new Float64Array(n);
-  for (let i = 0; i < n; i++) {
+  for (let k = 0; k < n; k++) {
+    const i = idx[k]!;
     const b = bits[i]!;
     // Order-preserving map of a float32's bits to an unsigned integer; negated for descending.
     const ordered = b & 0x80000000 ? ~b >>> 0 : (b | 0x80000000) >>> 0;
-    keys[i] = (0xffffffff - ordered) * INDEX_SPAN + i;
+    keys[k] = (0xffffffff - ordered) * INDEX_SPAN + i;
   }
   keys.sort();
-  const out = new Array<number>(n);
-  for (let i = 0; i < n; i++) out[i] = keys[i]! % INDEX_SPAN;
-  return out;
+  for (let k = 0; k < n; k++) idx[k] = keys[k]! % INDEX_SPAN;
+  return idx;
 }
 
 /** Indices of the k largest entries of row, largest first. */

@@ -55,7 +55,42 @@ export async function* readRequests(source: PromptSource | string): AsyncGenerat
 /** A request line's sampling fields (snake_case, as OpenAI's and vLLM's requests name them). */
 const SAMPLING_FIELDS = (['temperature', 'topK', 'topP', 'minP', 'seed', 'repetitionPenalty', 'presencePenalty', 'frequencyPenalty'] as const)
   .map((k) => [k, RULES[k].json] as const);
-const LINE_KEYS = ['id', 'prompt', 'prompt_token_ids', 'messages', 'n', ...SAMPLING_FIELDS.map(([, j]) => j)];
+/** A line's own limits, as the API's request fields (stop, stopTokenIds, logprobs, topLogprobs). */
+const LIMIT_FIELDS = ['max_new_tokens', 'stop', 'stop_token_ids', 'logprobs', 'top_logprobs'];
+const LINE_KEYS = ['id', 'prompt', 'prompt_token_ids', 'messages', 'n', ...SAMPLING_FIELDS.map(([, j]) => j), ...LIMIT_FIELDS];
+
+/** Moves a line's limit fields into the request; what is wrong with one, naming it, or null. */
+function lineLimits(o: Record<string, unknown>, request: GenerationRequest): string | null {
+  if (o.max_new_tokens !== undefined) {
+    const bad = checkValue('maxNewTokens', o.max_new_tokens, 'json');
+    if (bad) return bad;
+    request.maxNewTokens = o.max_new_tokens as number;
+  }
+  if (o.stop !== undefined) {
+    const stop = typeof o.stop === 'string' ? [o.stop] : o.stop;
+    if (!Array.isArray(stop) || stop.length > 4 || !stop.every((x) => typeof x === 'string' && x.length > 0)) {
+      return `stop must be a non-empty string or an array of at most 4 of them, got ${JSON.stringify(o.stop)}`;
+    }
+    request.stop = stop as string[];
+  }
+  if (o.stop_token_ids !== undefined) {
+    const ids = o.stop_token_ids;
+    if (!Array.isArray(ids) || !ids.every((t) => Number.isSafeInteger(t) && (t as number) >= 0)) {
+      return `stop_token_ids must be an array of non-negative integers, got ${JSON.stringify(ids)}`;
+    }
+    request.stopTokenIds = ids as number[];
+  }
+  if (o.logprobs !== undefined) {
+    if (typeof o.logprobs !== 'boolean') return `logprobs must be true or false, got ${JSON.stringify(o.logprobs)}`;
+    request.logprobs = o.logprobs;
+  }
+  if (o.top_logprobs !== undefined) {
+    const k = o.top_logprobs;
+    if (!(Number.isSafeInteger(k) && (k as number) >= 0 && (k as number) <= 20)) return `top_logprobs must be an integer in [0, 20], got ${JSON.stringify(k)}`;
+    request.topLogprobs = k as number;
+  }
+  return null;
+}
 
 function parseLine(text: string, line: number, file: string): InputLine {
   let v: unknown;
@@ -86,6 +121,8 @@ function parseLine(text: string, line: number, file: string): InputLine {
     else sampling[key] = o[json] as number;
   }
   if (Object.keys(sampling).length > 0) request.sampling = sampling;
+  const bad = lineLimits(o, request);
+  if (bad) return fail(bad);
   return { line, request };
 }
 

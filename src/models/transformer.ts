@@ -188,20 +188,14 @@ export class Transformer {
         const starts = new Tensor('i32', [e - s + 1], step.seqStarts.slice(s, e + 1).map((x) => x - from));
         b.attentionPrefill(q.rows(from, to), k.rows(from, to), v.rows(from, to), starts, this.scale, out.rows(from, to));
       } else {
-        // Any other token attends to its row's cache, as decode does: one call per run of
-        // one-token segments on consecutive rows, one per token of a longer chunk.
-        const one = (x: number) => step.seqStarts[x + 1]! - step.seqStarts[x]! === 1;
-        if (one(s)) while (e < n && one(e) && start(e) > 0 && step.rows[e] === step.rows[e - 1]! + 1) e++;
-        const row = step.rows[s]!;
+        // Any other token (a later prompt chunk, or a generated one) attends to its row's cache,
+        // its keys written above: one call for the run of such segments.
+        while (e < n && start(e) > 0) e++;
         const to = step.seqStarts[e]!;
+        const rows = new Int32Array(to - from);
+        for (let x = s; x < e; x++) rows.fill(step.rows[x]!, step.seqStarts[x]! - from, step.seqStarts[x + 1]! - from);
         const lens = new Tensor('i32', [to - from], step.positions.slice(from, to).map((p) => p + 1));
-        if (one(s)) {
-          b.attentionDecode(q.rows(from, to), cache.k.rows(row, row + e - s), cache.v.rows(row, row + e - s), lens, this.scale, out.rows(from, to), this.attnSparsity);
-        } else {
-          for (let j = from; j < to; j++) {
-            b.attentionDecode(q.rows(j, j + 1), cache.k.rows(row, row + 1), cache.v.rows(row, row + 1), lens.rows(j - from, j - from + 1), this.scale, out.rows(j, j + 1), this.attnSparsity);
-          }
-        }
+        b.attentionCached(q.rows(from, to), cache.k, cache.v, new Tensor('i32', [to - from], rows), lens, this.scale, out.rows(from, to), this.attnSparsity);
       }
       s = e;
     }

@@ -15,7 +15,7 @@ const int = (min: number) => (v: number) => Number.isSafeInteger(v) && v >= min;
 const finite = (lo: number, hi: number) => (v: number) => Number.isFinite(v) && v >= lo && v <= hi;
 
 export const RULES = {
-  maxNewTokens: { api: 'maxNewTokens', flag: '--max-new-tokens', ok: int(1), want: 'an integer >= 1' },
+  maxNewTokens: { api: 'maxNewTokens', flag: '--max-new-tokens', json: 'max_new_tokens', ok: int(1), want: 'an integer >= 1' },
   n: { api: 'n', flag: '--n', json: 'n', ok: int(1), want: 'an integer >= 1' },
   temperature: { api: 'sampling.temperature', flag: '--temperature', json: 'temperature', ok: finite(0, Infinity), want: 'a number >= 0 (0 = greedy)' },
   topK: { api: 'sampling.topK', flag: '--top-k', json: 'top_k', ok: int(0), want: 'an integer >= 0 (0 = no cut)' },

@@ -101,6 +101,17 @@ export const attentionReference: Partial<Kernels> = {
   async attentionDecodeAsync(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out, sparsity = 1) {
     attentionReference.attentionDecode!(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out, sparsity);
   },
+  attentionCached(q, kCache, vCache, cacheDtype, t, hq, hkv, d, _b, cap, rows, lens, scale, out, sparsity = 1) {
+    const g = hq / hkv;
+    const kf = widen(kCache, cacheDtype, d), vf = widen(vCache, cacheDtype, d);
+    for (let i = 0; i < t; i++) {
+      for (let h = 0; h < hq; h++) {
+        const base = ((rows[i]! * hkv + Math.floor(h / g)) * cap) * d;
+        attend(q, (i * hq + h) * d, d, lens[i]!, (p, c) => kf[base + p * d + c]!, (p, c) => vf[base + p * d + c]!,
+          scale, out, (i * hq + h) * d, sparsity);
+      }
+    }
+  },
   cacheWrite(cache, cacheDtype, _b, hkv, cap, d, src, t, row, pos) {
     for (let i = 0; i < t; i++) {
       for (let h = 0; h < hkv; h++) {
