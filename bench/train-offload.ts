@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { getThreads, setThreads } from '../src/backend/index.js';
 import { defaultModelCache, dummyModel } from '../src/engine/bench.js';
-import { ensureProfile } from '../src/policy/profile.js';
+import { diskReadRate, diskWriteRate, ensureProfile } from '../src/policy/profile.js';
 import { parseSize } from '../src/tensor/tiers/size.js';
 import { openTrainer } from '../src/train/index.js';
 import { rng } from '../test/helpers/random.js';
@@ -36,6 +36,7 @@ const profile = await ensureProfile({ file: args.includes('--profile') ? arg('pr
 
 const dir = dummyModel(config, layers, defaultModelCache());
 const trainer = await openTrainer(dir, { precision, lr: 1e-4, offload: { ram, diskDir, maxTokens: batch * seq } });
+console.error(`opened: ${trainer.parameterCount()} parameters, ${JSON.stringify(trainer.offloadPlacement())}`);
 try {
   const r = rng(1);
   const vocab = trainer.config.vocabSize;
@@ -47,14 +48,22 @@ try {
     last = await trainer.step(micro());
     times.push(last.seconds);
   }
-  const measured = times.sort((a, b) => a - b)[Math.floor(times.length / 2)]!;
-  const predicted = trainer.predictStep(profile, batch * seq, accum)!;
+  const measured = [...times].sort((a, b) => a - b)[Math.floor(times.length / 2)]!;
+  const predicted = trainer.predictStep(profile, batch * seq, accum, seq)!;
+  // Roofline: the larger of the GEMMs at the profile's rate and the step's disk traffic (as
+  // measured) at the profile's sequential rates.
+  const sum = (x: Record<string, number>) => Object.values(x).reduce((a, b) => a + b, 0);
+  const gemmSeconds = predicted.compute.gemm;
+  const diskSeconds = sum(last!.offload!.read) / diskReadRate(profile) + sum(last!.offload!.written) / diskWriteRate(profile);
+  const roofline = Math.max(gemmSeconds, diskSeconds);
   const out = {
     machine: cpuModel(), threads: getThreads(), date: new Date().toISOString(), config, layers, seq, batch, gradAccum: accum, precision, ram,
     parameters: trainer.parameterCount(), stateBytes: trainer.parameterCount() * (precision === 'bf16' ? 18 : 16),
     tokensPerSecond: (batch * seq * accum) / measured, measuredSeconds: measured, predictedSeconds: predicted.seconds,
     predictedOverMeasured: predicted.seconds / measured, bound: predicted.bound,
-    predicted: { compute: predicted.computeSeconds, passIo: predicted.passIoSeconds, optimizer: predicted.optimizerSeconds, bytes: predicted.bytes },
+    roofline: { seconds: roofline, gemmSeconds, diskSeconds, share: roofline / measured },
+    times,
+    predicted: { compute: predicted.computeSeconds, computeParts: predicted.compute, passIo: predicted.passIoSeconds, optimizer: predicted.optimizerSeconds, bytes: predicted.bytes },
     read: last!.offload!.read, written: last!.offload!.written, phases: last!.offload!.phases, prefetchDepth: last!.offload!.prefetchDepth,
     peakRssBytes: process.resourceUsage().maxRSS * 1024,
   };
