@@ -54,7 +54,8 @@ try {
   // measured) at the profile's sequential rates.
   const sum = (x: Record<string, number>) => Object.values(x).reduce((a, b) => a + b, 0);
   const gemmSeconds = predicted.compute.gemm;
-  const diskSeconds = sum(last!.offload!.read) / diskReadRate(profile) + sum(last!.offload!.written) / diskWriteRate(profile);
+  // (reads and writes in flight together, as the cost model counts them)
+  const diskSeconds = Math.max(sum(last!.offload!.read) / diskReadRate(profile), sum(last!.offload!.written) / diskWriteRate(profile));
   const roofline = Math.max(gemmSeconds, diskSeconds);
   const out = {
     machine: cpuModel(), threads: getThreads(), date: new Date().toISOString(), config, layers, seq, batch, gradAccum: accum, precision, ram,
