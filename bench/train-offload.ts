@@ -4,8 +4,11 @@
 //        [--grad-accum 1] [--precision fp32] [--ram 64MiB] [--disk-dir DIR] [--steps 3] [--threads N]
 //        [--profile FILE] [--json]
 // One warm-up step (it records the prefetch trace), then --steps timed steps. Reports tokens/s,
-// measured and predicted step seconds with what bounds the prediction, bytes read and written per
-// state kind, the share of I/O hidden under compute per phase, and the process's peak RSS.
+// measured and predicted step seconds with what bounds the prediction, the roofline (the larger
+// of the GEMMs at the profile's rate and the measured disk traffic at its rates) and the share of
+// it reached, bytes read and written per state kind, the share of I/O hidden under compute per
+// phase, and the process's peak RSS. Predictions are as good as the profile: pass a full one
+// (`tierlm profile --out FILE`, measured on a quiet machine) with --profile.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
