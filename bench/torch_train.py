@@ -18,6 +18,7 @@ foreach and single-tensor, beside bench/adamw.ts's fused kernel.
 """
 import argparse
 import math
+import resource
 import os
 import time
 
@@ -29,6 +30,7 @@ SHAPES = {  # hidden, layers, heads, ffn, vocab
     'opt-125m': (768, 12, 12, 3072, 50272),
     'opt-350m': (1024, 24, 16, 4096, 50272),
     'opt-1.3b': (2048, 24, 32, 8192, 50272),
+    'opt-2.7b': (2560, 32, 32, 10240, 50272),
 }
 
 
@@ -69,6 +71,19 @@ class Opt(nn.Module):
 
 def bench_train(a):
     d, layers, heads, ffn, vocab = SHAPES[a.config]
+    try:
+        run_train(a, d, layers, heads, ffn, vocab)
+    except (RuntimeError, MemoryError) as e:
+        # Under --mem-limit an allocation past it fails here (not the kernel's OOM killer).
+        print(f'torch {torch.__version__} eager {a.config}{f" ({a.layers} layers)" if a.layers else ""} {a.precision} '
+              f'{a.batch}x{a.seq}: out of memory ({type(e).__name__}: {str(e)[:120]}); peak RSS {peak_rss() / 2**30:.2f} GiB')
+
+
+def peak_rss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_train(a, d, layers, heads, ffn, vocab):
     model = Opt(d, a.layers or layers, heads, ffn, vocab)
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
@@ -92,7 +107,7 @@ def bench_train(a):
     tps = a.batch * a.seq / s
     print(f'torch {torch.__version__} eager {a.config}{f" ({a.layers} layers)" if a.layers else ""} {a.precision} '
           f'{a.batch}x{a.seq}, {torch.get_num_threads()} threads: {tps:.1f} tokens/s ({s:.2f} s/step), '
-          f'{6 * params * tps / 1e9:.1f} GFLOP/s of model FLOPs (6·{params / 1e6:.1f}M·tokens/s)')
+          f'{6 * params * tps / 1e9:.1f} GFLOP/s of model FLOPs (6·{params / 1e6:.1f}M·tokens/s); peak RSS {peak_rss() / 2**30:.2f} GiB')
 
 
 def bench_adamw(a):
@@ -122,7 +137,11 @@ if __name__ == '__main__':
     ap.add_argument('--threads', type=int, default=os.cpu_count())
     ap.add_argument('--adamw', action='store_true')
     ap.add_argument('--n', type=int, default=100_000_000)
+    ap.add_argument('--mem-limit-gib', type=float, default=0, help='cap the address space (RLIMIT_AS): the machine\'s RAM, so a run that needs more fails cleanly')
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.mem_limit_gib > 0:
+        lim = int(a.mem_limit_gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
     torch.manual_seed(0)
     bench_adamw(a) if a.adamw else bench_train(a)

@@ -4,14 +4,17 @@
 //        [--grad-accum 1] [--precision fp32] [--ram 64MiB] [--disk-dir DIR] [--steps 3] [--threads N]
 //        [--profile FILE] [--json]
 // One warm-up step (it records the prefetch trace), then --steps timed steps. Reports tokens/s,
-// measured and predicted step seconds with what bounds the prediction, bytes read and written per
-// state kind, the share of I/O hidden under compute per phase, and the process's peak RSS.
+// measured and predicted step seconds with what bounds the prediction, the roofline (the larger
+// of the GEMMs at the profile's rate and the measured disk traffic at its rates) and the share of
+// it reached, bytes read and written per state kind, the share of I/O hidden under compute per
+// phase, and the process's peak RSS. Predictions are as good as the profile: pass a full one
+// (`tierlm profile --out FILE`, measured on a quiet machine) with --profile.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { getThreads, setThreads } from '../src/backend/index.js';
 import { defaultModelCache, dummyModel } from '../src/engine/bench.js';
-import { ensureProfile } from '../src/policy/profile.js';
+import { diskReadRate, diskWriteRate, ensureProfile } from '../src/policy/profile.js';
 import { parseSize } from '../src/tensor/tiers/size.js';
 import { openTrainer } from '../src/train/index.js';
 import { rng } from '../test/helpers/random.js';
@@ -36,6 +39,7 @@ const profile = await ensureProfile({ file: args.includes('--profile') ? arg('pr
 
 const dir = dummyModel(config, layers, defaultModelCache());
 const trainer = await openTrainer(dir, { precision, lr: 1e-4, offload: { ram, diskDir, maxTokens: batch * seq } });
+console.error(`opened: ${trainer.parameterCount()} parameters, ${JSON.stringify(trainer.offloadPlacement())}`);
 try {
   const r = rng(1);
   const vocab = trainer.config.vocabSize;
@@ -47,14 +51,23 @@ try {
     last = await trainer.step(micro());
     times.push(last.seconds);
   }
-  const measured = times.sort((a, b) => a - b)[Math.floor(times.length / 2)]!;
-  const predicted = trainer.predictStep(profile, batch * seq, accum)!;
+  const measured = [...times].sort((a, b) => a - b)[Math.floor(times.length / 2)]!;
+  const predicted = trainer.predictStep(profile, batch * seq, accum, seq)!;
+  // Roofline: the larger of the GEMMs at the profile's rate and the step's disk traffic (as
+  // measured) at the profile's sequential rates.
+  const sum = (x: Record<string, number>) => Object.values(x).reduce((a, b) => a + b, 0);
+  const gemmSeconds = predicted.compute.gemm;
+  // (reads and writes in flight together, as the cost model counts them)
+  const diskSeconds = Math.max(sum(last!.offload!.read) / diskReadRate(profile), sum(last!.offload!.written) / diskWriteRate(profile));
+  const roofline = Math.max(gemmSeconds, diskSeconds);
   const out = {
     machine: cpuModel(), threads: getThreads(), date: new Date().toISOString(), config, layers, seq, batch, gradAccum: accum, precision, ram,
     parameters: trainer.parameterCount(), stateBytes: trainer.parameterCount() * (precision === 'bf16' ? 18 : 16),
     tokensPerSecond: (batch * seq * accum) / measured, measuredSeconds: measured, predictedSeconds: predicted.seconds,
     predictedOverMeasured: predicted.seconds / measured, bound: predicted.bound,
-    predicted: { compute: predicted.computeSeconds, passIo: predicted.passIoSeconds, optimizer: predicted.optimizerSeconds, bytes: predicted.bytes },
+    roofline: { seconds: roofline, gemmSeconds, diskSeconds, share: roofline / measured },
+    times,
+    predicted: { compute: predicted.computeSeconds, computeParts: predicted.compute, passIo: predicted.passIoSeconds, optimizer: predicted.optimizerSeconds, bytes: predicted.bytes },
     read: last!.offload!.read, written: last!.offload!.written, phases: last!.offload!.phases, prefetchDepth: last!.offload!.prefetchDepth,
     peakRssBytes: process.resourceUsage().maxRSS * 1024,
   };

@@ -6,14 +6,19 @@ import { formatSize } from '../tensor/tiers/size.js';
 import { int } from './parse.js';
 import { type LimitFlags, addPlanningOptions, checkPlanningPaths, planFields, profileFor } from './policy-options.js';
 import { checkModelSource } from './paths.js';
+import { trainPlan, trainPlanJson, trainPlanReport } from './plan-train.js';
+import { UserError } from '../util/errors.js';
 
 interface PlanFlags extends LimitFlags {
   model?: string;
   config?: string;
   layers?: number;
-  promptLen: number;
-  genLen: number;
+  promptLen?: number;
+  genLen?: number;
   json?: boolean;
+  train?: boolean;
+  seqLen?: number;
+  batchSize?: number;
 }
 
 export function addPlanCommand(program: Command): void {
@@ -23,14 +28,25 @@ export function addPlanCommand(program: Command): void {
     .option('--model <dir>', 'model directory')
     .option('--config <name>', 'a named shape (see `tierlm init`)')
     .option('--layers <n>', 'with --config: keep only the first n layers', int('--layers', 1))
-    .requiredOption('--prompt-len <n>', 'prompt tokens', int('--prompt-len', 1))
-    .requiredOption('--gen-len <n>', 'new tokens', int('--gen-len', 1))
+    .option('--prompt-len <n>', 'prompt tokens (generation; required without --train)', int('--prompt-len', 1))
+    .option('--gen-len <n>', 'new tokens (generation; required without --train)', int('--gen-len', 1))
+    .option('--train', 'plan a training run under --ram instead: micro-batch, gradient accumulation, placement, sub-groups, prefetch depth')
+    .option('--seq-len <n>', 'with --train: tokens per sequence (default 512, or the model\'s positions if fewer)', int('--seq-len', 2))
+    .option('--batch-size <n>', 'with --train: sequences per optimizer step (default 4)', int('--batch-size', 1))
     .option('--json', 'print the policy as `--policy FILE` reads it, with the predictions beside it');
   addPlanningOptions(cmd).action(async (o: PlanFlags) => {
     checkModelSource(o);
     checkPlanningPaths(o);
+    if (o.train) {
+      const r = trainPlan(o, await profileFor(o));
+      process.stdout.write(o.json ? JSON.stringify(trainPlanJson(r)) + '\n' : trainPlanReport(r));
+      return;
+    }
+    if (o.seqLen !== undefined || o.batchSize !== undefined) throw new UserError('--seq-len and --batch-size plan training: add --train');
+    if (o.promptLen === undefined || o.genLen === undefined) throw new UserError('plan needs --prompt-len and --gen-len (or --train)');
+    const promptLen = o.promptLen, genLen = o.genLen;
     const plan = await planPolicy({
-      model: o.model, config: o.config, layers: o.layers, promptLen: o.promptLen, genLen: o.genLen, profile: await profileFor(o), ...planFields(o),
+      model: o.model, config: o.config, layers: o.layers, promptLen, genLen, profile: await profileFor(o), ...planFields(o),
     });
     process.stdout.write(o.json ? JSON.stringify(planJson(plan)) + '\n' : report(plan));
   });

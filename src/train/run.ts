@@ -21,7 +21,8 @@ import { LATEST, latestCheckpoint, loadCheckpoint, saveCheckpoint } from './chec
 import { type Dataset, dataContextFor, readDataset } from './dataset.js';
 import { MetricsWriter } from './metrics.js';
 import { publishModel } from './publish.js';
-import { type ResolvedOptions, type TrainRunOptions, mathOptions, resolveOptions } from './run-options.js';
+import { type ResolvedOptions, type TrainRunInfo, type TrainRunOptions, mathOptions, resolveOptions } from './run-options.js';
+import { defaultProfilePath, loadProfile } from '../policy/profile.js';
 import type { Sequence } from './sequence.js';
 import { type Trainer, openTrainer } from './trainer.js';
 import { type Json, STATE_DIR, type TrainingState } from './training-state.js';
@@ -112,6 +113,7 @@ async function* runSteps(trainer: Trainer, o: ResolvedOptions, data: Dataset, ev
     skipped: [...data.skipped, ...(evalData?.skipped ?? [])].map((s) => s.message),
     parameters: trainer.parameterCount(),
     ...(trainer.offloadPlacement() ? { offload: trainer.offloadPlacement()! } : {}),
+    ...predicted(trainer, o),
   });
   const metrics = lead ? MetricsWriter.open(o.out, startStep) : null;
   try {
@@ -243,6 +245,14 @@ async function evaluate(trainer: Trainer, data: Dataset, batchSize: number): Pro
 }
 
 /** The trainer's offload options from the run's (none without a RAM limit). */
+/** An offloaded run's predicted step time from the saved hardware profile (none when there is no
+ *  saved profile: training does not stop to measure one). */
+function predicted(trainer: Trainer, o: ResolvedOptions): { predicted?: TrainRunInfo['predicted'] } {
+  const profile = trainer.offloads ? loadProfile(defaultProfilePath()) : null;
+  const p = profile && trainer.predictStep(profile, o.batchSize * o.seqLen, o.gradAccum, o.seqLen);
+  return p ? { predicted: { seconds: p.seconds, bound: p.bound, computeSeconds: p.computeSeconds, passIoSeconds: p.passIoSeconds, optimizerSeconds: p.optimizerSeconds } } : {};
+}
+
 function offloadOptions(o: ResolvedOptions): OffloadOptions | undefined {
   if (o.ram === undefined || o.diskDir === undefined) return undefined;
   const p = o.ramPercent;

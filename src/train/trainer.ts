@@ -248,11 +248,11 @@ export class Trainer {
 
   /** An offloaded run's predicted step time for micro-batches of `tokens` tokens, from a
    *  hardware profile (./offload/cost.ts); null in RAM. */
-  predictStep(profile: HardwareProfile, tokens: number, gradAccum = 1): OffloadCost | null {
+  predictStep(profile: HardwareProfile, tokens: number, gradAccum = 1, seqLen?: number): OffloadCost | null {
     const off = this.offloaded;
     if (!off) return null;
     const act = off.plan.shares.act < 1 ? this.config.layers * alignUp(4 * off.maxTokens * this.config.hidden) : 0;
-    return predictOffloadStep({ layout: off.plan.layout, tokens, gradAccum, actDiskBytes: act, profile });
+    return predictOffloadStep({ layout: off.plan.layout, tokens, gradAccum, seqLen, actDiskBytes: act, profile });
   }
 
   /** An offloaded run's model states in RAM and on disk (bytes), and its sub-group size; null in RAM. */

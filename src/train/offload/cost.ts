@@ -8,12 +8,18 @@
 //                copy written once; it cannot overlap the backward, whose gradients it needs
 // Beside the GEMMs, compute counts what grows with the parameters at memory speed: packing each
 // fetched weight for the GEMM (three packs per layer and micro-batch: forward, and backward's
-// recompute and transpose) and AdamW's pass over 30 bytes per parameter.
+// recompute and transpose) and AdamW's pass over 30 bytes per parameter; and what the 8 · P · T
+// leaves out: causal attention (2 · q · s · (s+1) FLOPs per sequence and layer for scores and
+// values, four times with recompute and backward) at the profile's attention rate, and the norms,
+// activations and residuals, which stream the layer's per-token activations (the bytes
+// ./plan.ts reserves for one layer's tape) three times (forward, recompute, backward) at the copy
+// rate.
 // A step takes max(compute, forward/backward I/O) + max(AdamW, optimizer I/O), and is bound by
-// the largest part.
+// the largest part; a phase's I/O is its reads or its writes, whichever take longer (they overlap).
 
 import type { HardwareProfile } from '../../policy/profile.js';
-import { diskReadRate, diskWriteRate, gemmRate, memcpyRate } from '../../policy/profile.js';
+import { attentionPrefillRate, diskReadRate, diskWriteRate, gemmRate, memcpyRate } from '../../policy/profile.js';
+import type { ModelConfig } from '../../models/config.js';
 import { type Layout, type StateKind, kindBytes } from './layout.js';
 
 export interface OffloadCostInput {
@@ -21,6 +27,8 @@ export interface OffloadCostInput {
   /** Tokens per micro-batch, and micro-batches per step. */
   tokens: number;
   gradAccum: number;
+  /** Tokens per sequence (attention's length; default: tokens, one sequence per micro-batch). */
+  seqLen?: number;
   /** Bytes of activation checkpoints on disk per micro-batch (0 when kept in RAM). */
   actDiskBytes: number;
   profile: HardwareProfile;
@@ -28,8 +36,10 @@ export interface OffloadCostInput {
 
 export interface OffloadCost {
   seconds: number;
-  /** GEMMs and weight packing of the forward and backward. */
+  /** GEMMs, attention, elementwise work and weight packing of the forward and backward. */
   computeSeconds: number;
+  /** Parts of computeSeconds. */
+  compute: { gemm: number; attention: number; elementwise: number; packing: number };
   /** Disk time of the forward and backward (hidden under compute when shorter). */
   passIoSeconds: number;
   /** The optimizer step: AdamW's pass or its disk traffic, whichever is longer (they overlap). */
@@ -54,7 +64,11 @@ export function predictOffloadStep(o: OffloadCostInput): OffloadCost {
   const format = computeKind === 'param' ? 'bf16' : 'f32';
   const mem = memcpyRate(profile);
   const packSeconds = (k * 3 * params * (kindBytes(computeKind) + 4)) / mem;
-  const computeSeconds = (8 * params * tokens * k) / gemmRate(profile, format, 'fp32', tokens) + packSeconds;
+  const gemmSeconds = (8 * params * tokens * k) / gemmRate(profile, format, 'fp32', tokens);
+  const c = layout.config, s = Math.min(o.seqLen ?? tokens, tokens);
+  const attentionSeconds = (k * c.layers * 4 * (tokens / s) * 2 * c.heads * c.headDim * s * (s + 1)) / attentionPrefillRate(profile);
+  const elementwiseSeconds = (k * c.layers * 3 * tokens * layerActivationBytes(c)) / mem;
+  const computeSeconds = gemmSeconds + attentionSeconds + elementwiseSeconds + packSeconds;
   const adamSeconds = (params * 30) / mem;
   // The globals (embeddings, head) are fetched once per pass and held through it; layers twice.
   const passRead = k * (2 * (disk(computeKind) - globals) + globals) + (k - 1) * disk('grad') + k * o.actDiskBytes;
@@ -62,12 +76,24 @@ export function predictOffloadStep(o: OffloadCostInput): OffloadCost {
   const optimizerRead = disk('grad') + disk('master') + disk('m') + disk('v');
   const optimizerWritten = disk('master') + disk('m') + disk('v') + (computeKind === 'param' ? disk('param') : 0);
   const r = diskReadRate(profile), w = diskWriteRate(profile);
-  const passIoSeconds = passRead / r + passWritten / w;
-  const optimizerSeconds = Math.max(adamSeconds, optimizerRead / r + optimizerWritten / w);
+  // Reads and writes are in flight together (read-ahead beside write-back; the optimizer reads
+  // sub-group i+1 while it writes i−1), and the disk serves both directions at once: the
+  // OPT-1.3B run moved 21 GB in and 18 GB out in 14 s, where one after the other at the
+  // profile's rates takes 24 s (docs/benchmarks.md). So each phase takes its slower direction.
+  const passIoSeconds = Math.max(passRead / r, passWritten / w);
+  const optimizerSeconds = Math.max(adamSeconds, optimizerRead / r, optimizerWritten / w);
   const parts: [string, number][] = [['compute', computeSeconds], ['disk (forward/backward)', passIoSeconds], ['disk (optimizer)', optimizerSeconds]];
   const bound = parts.sort((a, b) => b[1] - a[1]).map(([n]) => n)[0]!;
   return {
     seconds: Math.max(computeSeconds, passIoSeconds) + optimizerSeconds, computeSeconds, passIoSeconds, optimizerSeconds,
+    compute: { gemm: gemmSeconds, attention: attentionSeconds, elementwise: elementwiseSeconds, packing: packSeconds },
     bytes: { passRead, passWritten, optimizerRead, optimizerWritten }, bound,
   };
+}
+
+/** Bytes of one layer's activations and their gradients per token (f32): what its norms,
+ *  activation function, residuals and softmax stream (./plan.ts reserves the same per layer). */
+export function layerActivationBytes(c: ModelConfig): number {
+  const q = c.heads * c.headDim, kv = c.kvHeads * c.headDim, ffn = (c.gatedMlp ? 3 : 2) * c.ffn;
+  return 4 * 2 * (8 * c.hidden + 2 * q + 2 * kv + ffn + c.heads);
 }

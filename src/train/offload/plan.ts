@@ -13,6 +13,7 @@ import type { Precision } from '../../optim/state.js';
 import { alignUp } from '../../tensor/disk/io.js';
 import { UserError } from '../../util/errors.js';
 import { TENSOR_FILE_RAM_BYTES } from '../tensor-file.js';
+import { layerActivationBytes } from './cost.js';
 
 export interface OffloadPlanInput {
   config: ModelConfig;
@@ -68,8 +69,8 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
   const subGroupBytes = 3 * (Math.max(2048, Math.min(subGroupSize, probe.params.reduce((n, p) => n + p.size, 0))) * perElem + probe.kinds.length * 4096);
   // Packed weights: each held unit's weights packed (and packed transposed) in f32 at most.
   const packs = 2 * 4 * (Math.max(0, ...unitElems.slice(0, L)) + unitElems[L]!);
-  const q = c.heads * c.headDim, kv = c.kvHeads * c.headDim, ffn = (c.gatedMlp ? 3 : 2) * c.ffn;
-  const perToken = 4 * (2 * (8 * c.hidden + 2 * q + 2 * kv + ffn + c.heads) + 4 * c.embedDim + 2 * c.vocabSize);
+  const q = c.heads * c.headDim;
+  const perToken = layerActivationBytes(c) + 4 * (4 * c.embedDim + 2 * c.vocabSize);
   const gemm = 4 * t * Math.max(c.ffn, c.hidden, q, c.embedDim, c.vocabSize);
   const fixed = (depth: number): MemoryItem[] => [
     { what: 'parameter buffers (layer in use, read ahead, globals)', ram: (depth + 1) * layerMax(computeKind) + 2 * unitBytes(L, computeKind), disk: 0 },

@@ -1,0 +1,87 @@
+// `tierlm plan --train`: the plan `tierlm train --ram` runs with (src/train/offload/search.ts):
+// micro-batch and gradient accumulation, each state's placement, sub-group size, prefetch depth
+// and tiles, with the predicted step time and what bounds it.
+import { architectureFor, readConfig } from '../models/registry.js';
+import { ConfigReader, type ModelConfig } from '../models/config.js';
+import type { NameTable } from '../models/architecture.js';
+import { PRESETS } from '../models/presets.js';
+import { TensorStore } from '../formats/safetensors.js';
+import type { HardwareProfile } from '../policy/profile.js';
+import { formatSize } from '../tensor/tiers/size.js';
+import { type TrainPlan, planTraining } from '../train/offload/search.js';
+import { UserError } from '../util/errors.js';
+
+export interface TrainPlanFlags {
+  model?: string;
+  config?: string;
+  layers?: number;
+  precision?: 'fp32' | 'bf16';
+  seqLen?: number;
+  batchSize?: number;
+  ram?: number;
+  disk?: number;
+  json?: boolean;
+}
+
+/** The model's config and parameter names, from its directory or a named shape. */
+function shape(o: TrainPlanFlags): { config: ModelConfig; names: NameTable } {
+  if (o.model) {
+    const { arch, config } = readConfig(o.model);
+    const t = TensorStore.open(o.model);
+    try {
+      return { config, names: arch.names(config, (n) => t.has(n)) };
+    } finally {
+      t.close();
+    }
+  }
+  const preset = PRESETS[o.config ?? ''];
+  if (!preset) throw new UserError(`unknown config "${o.config}" (known: ${Object.keys(PRESETS).join(', ')})`);
+  const json = preset();
+  if (o.layers) json.num_hidden_layers = o.layers;
+  const arch = architectureFor(String(json.model_type), `config ${o.config}`);
+  const config = arch.parseConfig(new ConfigReader(`config ${o.config}`, json));
+  return { config, names: arch.names(config, () => false) };
+}
+
+export function trainPlan(o: TrainPlanFlags, profile: HardwareProfile): { plan: TrainPlan; config: ModelConfig; seqLen: number; batchSize: number } {
+  if (o.ram === undefined) throw new UserError('plan --train needs --ram: the plan places the model states under a RAM limit');
+  const { config, names } = shape(o);
+  const seqLen = Math.min(o.seqLen ?? 512, config.maxPositions), batchSize = o.batchSize ?? 4;
+  const plan = planTraining({ config, names, precision: o.precision ?? 'fp32', seqLen, batchSize, ram: o.ram, disk: o.disk, profile, checkpointActivations: true });
+  return { plan, config, seqLen, batchSize };
+}
+
+export function trainPlanJson(r: ReturnType<typeof trainPlan>): Record<string, unknown> {
+  const { plan: p } = r;
+  return {
+    micro_batch: p.microBatch, grad_accum: p.gradAccum, seq_len: r.seqLen, sub_group_size: p.plan.subGroupSize, prefetch_depth: p.prefetchDepth,
+    max_prefetch_depth: p.plan.maxDepth, tile_bytes: p.plan.tileBytes, tiled_weights: [...p.plan.tiled],
+    ram_percent: Object.fromEntries(Object.entries(p.plan.shares).map(([k, v]) => [k, Math.round(1000 * v) / 10])),
+    predicted: {
+      step_seconds: p.cost.seconds, tokens_per_second: (r.batchSize * r.seqLen) / p.cost.seconds, bound: p.cost.bound,
+      compute_seconds: p.cost.computeSeconds, compute: p.cost.compute, pass_io_seconds: p.cost.passIoSeconds, optimizer_seconds: p.cost.optimizerSeconds,
+      bytes: { pass_read: p.cost.bytes.passRead, pass_written: p.cost.bytes.passWritten, optimizer_read: p.cost.bytes.optimizerRead, optimizer_written: p.cost.bytes.optimizerWritten },
+    },
+    memory: p.plan.items.map((i) => ({ what: i.what, ram: i.ram, disk: i.disk })),
+  };
+}
+
+export function trainPlanReport(r: ReturnType<typeof trainPlan>): string {
+  const { plan: p, config: c } = r;
+  const f = (x: number) => x.toFixed(2);
+  const k = p.cost.compute;
+  const lines = [
+    `train    ${c.layers} layers, ${r.batchSize} sequences × ${r.seqLen} tokens per step: micro-batch ${p.microBatch} × ${p.gradAccum} accumulated (--batch-size ${p.microBatch} --grad-accum ${p.gradAccum})`,
+    `optimizer sub-groups of ${p.plan.subGroupSize} parameters; prefetch depth ${p.prefetchDepth} (RAM allows ${p.plan.maxDepth})` +
+      (p.plan.tiled.size > 0 ? `; ${p.plan.tiled.size} weights in tiles of ${formatSize(p.plan.tileBytes)}` : ''),
+    `predicted step ${f(p.cost.seconds)} s, ${f((r.batchSize * r.seqLen) / p.cost.seconds)} tokens/s, bound by ${p.cost.bound}: ` +
+      `compute ${f(p.cost.computeSeconds)} s (GEMM ${f(k.gemm)}, attention ${f(k.attention)}, elementwise ${f(k.elementwise)}, packing ${f(k.packing)}), ` +
+      `forward/backward disk ${f(p.cost.passIoSeconds)} s, optimizer ${f(p.cost.optimizerSeconds)} s`,
+    'memory',
+  ];
+  for (const i of p.plan.items.filter((x) => x.ram > 0 || x.disk > 0)) {
+    lines.push(`         ${i.what.padEnd(56)} RAM ${formatSize(i.ram).padStart(10)}  disk ${formatSize(i.disk).padStart(10)}`);
+  }
+  lines.push('');
+  return lines.join('\n');
+}

@@ -1,0 +1,82 @@
+// The training plan (src/train/offload/search.ts, `tierlm plan --train`): the micro-batch split
+// it picks fits the limit (a smaller one when the whole batch does not), its prediction is made of
+// the parts it reports, and a run with the planned placement moves exactly the bytes per tier the
+// plan predicts.
+import { describe, expect, it } from 'vitest';
+import { initModel } from '../src/models/init.js';
+import { readConfig } from '../src/models/registry.js';
+import { TensorStore } from '../src/formats/safetensors.js';
+import { loadProfile } from '../src/policy/profile.js';
+import { planTraining } from '../src/train/offload/search.js';
+import { openTrainer } from '../src/train/index.js';
+import { cli } from './helpers/cli.js';
+import { tmpDir } from './helpers/fixtures.js';
+import { rng } from './helpers/random.js';
+
+const MiB = 2 ** 20;
+
+function shape(dir: string) {
+  const { arch, config } = readConfig(dir);
+  const t = TensorStore.open(dir);
+  try {
+    return { config, names: arch.names(config, (n) => t.has(n)) };
+  } finally {
+    t.close();
+  }
+}
+
+describe('tierlm plan --train', () => {
+  it('prints a plan whose step time is made of its parts, and refuses generation flags mixed in', () => {
+    const r = cli(['plan', '--train', '--config', 'opt-test', '--layers', '2', '--ram', '48MiB', '--seq-len', '64', '--batch-size', '4', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const p = JSON.parse(r.stdout);
+    expect(p.micro_batch * p.grad_accum).toBe(4);
+    expect(p.prefetch_depth).toBeGreaterThanOrEqual(1);
+    expect(p.prefetch_depth).toBeLessThanOrEqual(p.max_prefetch_depth);
+    const q = p.predicted;
+    expect(q.step_seconds).toBeCloseTo(Math.max(q.compute_seconds, q.pass_io_seconds) + q.optimizer_seconds, 12);
+    expect(q.compute.gemm + q.compute.attention + q.compute.elementwise + q.compute.packing).toBeCloseTo(q.compute_seconds, 12);
+    expect(q.compute.attention).toBeGreaterThan(0);
+    expect(['compute', 'disk (forward/backward)', 'disk (optimizer)']).toContain(q.bound);
+    const text = cli(['plan', '--train', '--config', 'opt-test', '--layers', '2', '--ram', '48MiB', '--seq-len', '64', '--batch-size', '4']);
+    expect(text.stdout).toMatch(/predicted step [\d.]+ s, [\d.]+ tokens\/s, bound by/);
+    const bad = cli(['plan', '--config', 'opt-test', '--seq-len', '64']);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/--train/);
+    expect(cli(['plan', '--train', '--config', 'opt-test']).stderr).toMatch(/--ram/);
+  });
+
+  it('splits the batch into micro-batches when the whole one does not fit, and the run moves the bytes it predicts', async () => {
+    const dir = tmpDir('plan-train-model');
+    initModel({ config: 'opt-test', out: dir, layers: 2, dtype: 'f32', seed: 5 });
+    const { config, names } = shape(dir);
+    const profile = loadProfile(process.env.TIERLM_PROFILE!)!;
+    const seqLen = 128, batchSize = 8;
+    const base = { config, names, precision: 'fp32' as const, seqLen, batchSize, profile, checkpointActivations: true };
+    // Roomy: the whole batch in one micro-batch fits. Tight: the activations of 8 × 128 tokens do not.
+    const roomy = planTraining({ ...base, ram: 1024 * MiB });
+    expect(roomy.microBatch * roomy.gradAccum).toBe(batchSize);
+    const tight = planTraining({ ...base, ram: 64 * MiB });
+    expect(tight.microBatch).toBeLessThan(batchSize);
+    expect(tight.microBatch * tight.gradAccum).toBe(batchSize);
+    expect(() => planTraining({ ...base, ram: 64 * MiB, microBatch: batchSize })).toThrow(/RAM/);
+    // The planned run: its measured traffic is the plan's.
+    const t = await openTrainer(dir, { lr: 1e-3, threads: 1, offload: { ram: 64 * MiB, diskDir: tmpDir('plan-train-disk'), maxTokens: tight.microBatch * seqLen } });
+    try {
+      const r = rng(2);
+      const step = () => Array.from({ length: tight.gradAccum }, () => Array.from({ length: tight.microBatch }, () => ({
+        tokenIds: Array.from({ length: seqLen }, () => Math.floor(r() * config.vocabSize)) })));
+      await t.step(step());
+      const last = await t.step(step());
+      const sum = (x: Record<string, number>) => Object.values(x).reduce((a, b) => a + b, 0);
+      const b = tight.cost.bytes;
+      expect(sum(last.offload!.written)).toBe(b.passWritten + b.optimizerWritten);
+      expect(sum(last.offload!.read)).toBeGreaterThanOrEqual(b.passRead + b.optimizerRead);
+      expect(sum(last.offload!.read) - (b.passRead + b.optimizerRead)).toBeLessThanOrEqual(b.passRead * 0.25);
+      const layout = tight.plan.layout;
+      expect(t.offloadPlacement()!.ramBytes).toBe(layout.kinds.reduce((n, k) => n + layout.bytes(k).ram, 0));
+    } finally {
+      await t.close();
+    }
+  });
+});
