@@ -66,7 +66,7 @@ for (const seq of seqs) {
     // As `tierlm train` does: the faster bf16 GEMM kernel of this machine.
     const chosen = precision === 'bf16' ? selectBf16Kernel({ rows: batch * seq, n: trainer.config.ffn, k: trainer.config.hidden }) : 'fp32';
     // fp32 compute over bf16 weights always runs the FMA kernel (widened weights).
-    const kernel = precision === 'bf16' && (computeMode ?? 'fp32') === 'fp32' ? 'fp32-compute fma' : chosen;
+    const kernel = precision === 'bf16' && (computeMode ?? 'bf16') === 'fp32' ? 'fp32-compute fma' : chosen;
     const params = trainer.parameters().reduce((n, p) => n + p.master.size, 0);
     const r = rng(seq);
     const data = () => Array.from({ length: batch }, () => ({ tokenIds: Array.from({ length: seq }, () => Math.floor(r() * trainer.config.vocabSize)) }));
