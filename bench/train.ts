@@ -1,6 +1,6 @@
 // Training throughput and model FLOPs utilisation (MFU) on OPT shapes with random weights:
 //   node --import tsx bench/train.ts [--config opt-125m] [--layers N] [--seq 256,512] [--batch 4]
-//        [--precision fp32,bf16] [--steps 2] [--threads 2] [--no-checkpoint] [--json]
+//        [--precision fp32,bf16] [--compute-mode fp32|bf16] [--steps 2] [--threads 2] [--no-checkpoint] [--json]
 // Each case runs one warm-up step, then --steps timed steps (forward, backward with activation
 // checkpointing, AdamW) on random token ids. MFU = 6 · parameters · tokens/s ÷ the best GEMM rate
 // measured here in this run (fp32 and bf16 compute, the model's own GEMM shapes at M = batch · seq,
@@ -30,6 +30,8 @@ const steps = Number(arg('steps', '2'));
 setThreads(Number(arg('threads', String(getThreads()))));
 const json = args.includes('--json');
 const checkpointActivations = !args.includes('--no-checkpoint');
+// The GEMM mode with bf16 parameters (TrainerOptions.computeMode); default: the trainer's.
+const computeMode = args.includes('--compute-mode') ? (arg('compute-mode', 'fp32') as 'fp32' | 'bf16') : undefined;
 
 const dir = dummyModel(config, layers, defaultModelCache());
 const hidden = (await openTrainer(dir, { lr: 0 })).config.hidden;
@@ -60,9 +62,11 @@ console.error(`${cpuModel()}, ${getThreads()} threads, ISA ${isaInfo().active}, 
 for (const seq of seqs) {
   const peak = gemmPeak(batch * seq);
   for (const precision of precisions) {
-    const trainer = await openTrainer(dir, { precision, lr: 1e-4, checkpointActivations });
+    const trainer = await openTrainer(dir, { precision, lr: 1e-4, checkpointActivations, computeMode });
     // As `tierlm train` does: the faster bf16 GEMM kernel of this machine.
-    const kernel = precision === 'bf16' ? selectBf16Kernel({ rows: batch * seq, n: trainer.config.ffn, k: trainer.config.hidden }) : 'fp32';
+    const chosen = precision === 'bf16' ? selectBf16Kernel({ rows: batch * seq, n: trainer.config.ffn, k: trainer.config.hidden }) : 'fp32';
+    // fp32 compute over bf16 weights always runs the FMA kernel (widened weights).
+    const kernel = precision === 'bf16' && (computeMode ?? 'bf16') === 'fp32' ? 'fp32-compute fma' : chosen;
     const params = trainer.parameters().reduce((n, p) => n + p.master.size, 0);
     const r = rng(seq);
     const data = () => Array.from({ length: batch }, () => ({ tokenIds: Array.from({ length: seq }, () => Math.floor(r() * trainer.config.vocabSize)) }));

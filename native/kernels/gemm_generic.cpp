@@ -176,6 +176,22 @@ struct XSrc {
 // Packs rows [r0, r0+rows) of x, k steps [0, ks) (zero beyond k), for the kernel's x layout.
 void pack_x_block(const XSrc& x, int64_t ks, int64_t r0, int rows, XPack xp, void* dst) {
   const int64_t k = x.k;
+  if (xp == XPack::Bf16Pair && x.transposed) {
+    // The weight gradient's dYᵀ: the block's rows are contiguous for each k step, so walk k
+    // outside and the rows inside (the row-outside order below read one cache line per element,
+    // a stride of m floats, and was 9% of a bf16 training step). Same values, same layout.
+    uint32_t* d = static_cast<uint32_t*>(dst);
+    for (int64_t kk = 0; kk < ks; kk += 2) {
+      const float* lo = kk < k ? x.x + kk * x.m + r0 : nullptr;
+      const float* hi = kk + 1 < k ? x.x + (kk + 1) * x.m + r0 : nullptr;
+      uint32_t* dk = d + (kk >> 1) * rows;
+      for (int i = 0; i < rows; i++) {
+        uint32_t l = lo ? f32_to_bf16(lo[i]) : 0, h = hi ? f32_to_bf16(hi[i]) : 0;
+        dk[i] = l | (h << 16);
+      }
+    }
+    return;
+  }
   if (xp == XPack::Bf16Pair) {
     uint32_t* d = static_cast<uint32_t*>(dst);
     for (int i = 0; i < rows; i++) {

@@ -198,6 +198,9 @@ export class TrainOps {
   lmHeadLoss(args: {
     hidden: F32; head: PackedWeight; headT: PackedWeight; labels: Tensor<'i32'>; scale: number;
     dHidden: F32; dWeight: F32; chunkRows?: number; mode?: ComputeMode;
+    /** Scratch for a chunk's logits (at least chunkRows × vocab elements, contents ignored): a
+     *  caller that trains step after step passes the same one instead of a fresh buffer per call. */
+    logits?: F32;
   }): { loss: number; count: number } {
     const op = 'lmHeadLoss';
     const { hidden, head, headT, labels, scale, dHidden, dWeight } = args;
@@ -214,7 +217,12 @@ export class TrainOps {
     expectShape(op, 'dWeight', dWeight, [vocab, k]);
     const chunk = args.chunkRows ?? Math.max(1, Math.min(rows, Math.floor((16 << 20) / vocab)));
     if (!Number.isInteger(chunk) || chunk < 1) fail(op, `chunkRows must be a positive integer, got ${chunk}`);
-    const logits = Tensor.zeros('f32', [Math.min(chunk, rows), vocab]);
+    const chunkSize = Math.min(chunk, rows) * vocab;
+    if (args.logits) {
+      expectF32(op, 'logits', args.logits);
+      if (args.logits.size < chunkSize) fail(op, `the logits scratch holds ${args.logits.size} elements, needs ${chunkSize}`);
+    }
+    const logits = args.logits ? new Tensor('f32', [Math.min(chunk, rows), vocab], args.logits.data.subarray(0, chunkSize)) : Tensor.zeros('f32', [Math.min(chunk, rows), vocab]);
     let loss = 0, count = 0;
     for (let r0 = 0; r0 < rows; r0 += chunk) {
       const r1 = Math.min(rows, r0 + chunk);

@@ -104,7 +104,7 @@ export class TrainModel {
     }
     const h = this.headInput(gp, x);
     const vocab = c.vocabSize, rows = h.shape[0]!;
-    const chunk = Math.max(1, Math.min(rows, Math.floor((16 << 20) / vocab)));
+    const chunk = this.headChunk(rows);
     let loss = 0, count = 0;
     for (let r0 = 0; r0 < rows; r0 += chunk) {
       const r1 = Math.min(rows, r0 + chunk);
@@ -155,6 +155,11 @@ export class TrainModel {
 
   // ---- head -------------------------------------------------------------------------------------
 
+  /** Rows of logits made at once (at most 16 Mi values, 64 MB). */
+  private headChunk(rows: number): number {
+    return Math.max(1, Math.min(rows, Math.floor((16 << 20) / this.source.config.vocabSize)));
+  }
+
   /** What the LM head multiplies: project_out(finalNorm(x)) [t, embedDim]. */
   private headInput(gp: GlobalParams, x: F32): F32 {
     const c = this.source.config;
@@ -170,7 +175,7 @@ export class TrainModel {
     const dhP = this.grads.get('dproj', hP.shape);
     const { loss, count } = this.b.train.lmHeadLoss({
       hidden: hP, head: gp.head.w, headT: gp.head.wT!, labels: new Tensor('i32', [t], batch.targets), scale, dHidden: dhP,
-      dWeight: gg.head, mode: this.source.mode,
+      dWeight: gg.head, mode: this.source.mode, chunkRows: this.headChunk(t), logits: this.globals.get('logits', [this.headChunk(t), c.vocabSize]),
     });
     const hF = gp.finalNorm ? this.globals.get('final', x.shape) : x;
     const dhF = gp.projectOut ? this.layer.linearBackward(hF, dhP, gp.projectOut, gg.projectOut!, this.grads.get('dfinal', x.shape)) : dhP;
