@@ -19,6 +19,7 @@ import { parseSize } from '../src/tensor/tiers/size.js';
 import { openTrainer } from '../src/train/index.js';
 import { rng } from '../test/helpers/random.js';
 import { cpuModel } from './timing.js';
+import { peakRssBytes } from '../src/util/peak-rss.js';
 
 const args = process.argv.slice(2);
 const arg = (name: string, def: string) => {
@@ -69,7 +70,7 @@ try {
     times,
     predicted: { compute: predicted.computeSeconds, computeParts: predicted.compute, passIo: predicted.passIoSeconds, optimizer: predicted.optimizerSeconds, bytes: predicted.bytes },
     read: last!.offload!.read, written: last!.offload!.written, phases: last!.offload!.phases, prefetchDepth: last!.offload!.prefetchDepth,
-    peakRssBytes: process.resourceUsage().maxRSS * 1024,
+    peakRssBytes: peakRssBytes(),
   };
   if (args.includes('--json')) console.log(JSON.stringify(out));
   else console.log(out);

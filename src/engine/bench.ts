@@ -12,6 +12,7 @@ import { type LoadOptions, loadModel, loadOptionsOf } from './model.js';
 import { type GenerateStats, emptyStats } from './generate.js';
 import { type Policy, policyToJson } from '../policy/policy.js';
 import { snakeKeys } from '../util/json-case.js';
+import { peakRssBytes } from '../util/peak-rss.js';
 
 export interface BenchOptions extends LoadOptions {
   model?: string;
@@ -99,7 +100,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
     totalTokensPerSecond: (batch * o.genLen) / (stats.prefillSeconds + stats.decodeSeconds),
     prefillSeconds: stats.prefillSeconds,
     decodeSeconds: stats.decodeSeconds,
-    peakRssBytes: process.resourceUsage().maxRSS * 1024,
+    peakRssBytes: peakRssBytes(),
     bytes: {
       weightsRead: model.placement.weights.bytesRead,
       cacheRead: io.cacheBytesRead,

@@ -7,6 +7,7 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { UserError } from './errors.js';
+import { peakRssBytes } from './peak-rss.js';
 
 /** The last line a child prints on stdout. */
 type ChildReport<T> = { ok: T; peakRssBytes: number } | { error: string; userError: boolean };
@@ -57,7 +58,7 @@ export async function childMain<I, T>(main: (input: I) => Promise<T>): Promise<v
     let text = '';
     for await (const chunk of process.stdin.setEncoding('utf8')) text += chunk as string;
     const value = await main(JSON.parse(text) as I);
-    report = { ok: value, peakRssBytes: process.resourceUsage().maxRSS * 1024 };
+    report = { ok: value, peakRssBytes: peakRssBytes() };
   } catch (e) {
     report = { error: (e as Error).message, userError: e instanceof UserError };
     process.exitCode = 1;

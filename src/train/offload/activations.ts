@@ -51,7 +51,10 @@ export class ActivationSpill {
     return { j, buf, done: this.states.io.track('backward', 'act', 'read', this.slot, this.file.read(buf.subarray(0, this.slot), j * this.slot, { background: true })) };
   }
 
-  close(): void {
+  /** Closes the file once its writes and the read ahead have settled (after a failed step some
+   *  may still be in flight; their errors were reported where they were awaited). */
+  async close(): Promise<void> {
+    await Promise.allSettled([...this.writes, this.next?.done ?? Promise.resolve()]);
     this.file.close();
   }
 }

@@ -369,7 +369,7 @@ export class OffloadStore implements ParamSource, ParamLookup {
       if (g.loaded.lease) this.pool(u, true).release(g.loaded.lease);
     }
     for (const p of [...this.paramPools, ...this.gradPools]) p.dispose();
-    this.acts?.close();
+    await this.acts?.close();
     this.tiles.close();
     this.states.close();
     this.options.onClose?.();
