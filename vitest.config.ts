@@ -3,7 +3,8 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
-    setupFiles: ['test/helpers/cleanup.ts'],
+    // dist/ fresh from src/: peak-memory tests run the compiled CLI (test/helpers/build-dist.ts).
+    globalSetup: ['test/helpers/build-dist.ts'],
     testTimeout: 120_000,
     hookTimeout: 120_000,
     // Kernels already use every core; running test files side by side only adds contention.

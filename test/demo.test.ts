@@ -17,7 +17,7 @@ describe('tierlm demo', () => {
   it('runs end to end on a first run, with peak RSS within its RAM limit plus the runtime overhead', () => {
     const home = tmpDir('demo-home');
     const r = cli(['demo', '--dir', path.join(home, 'demo'), '--config', 'opt-offload-test', '--ram', '64MiB', '--prompt-len', '16', '--gen-len', '4'],
-      { HOME: home, TIERLM_PROFILE: '', TIERLM_PROFILE_SIZES: 'tiny' });
+      { HOME: home, TIERLM_PROFILE: '', TIERLM_PROFILE_SIZES: 'tiny' }, [], true);
     expect(r.code, r.stderr).toBe(0);
     const saved = path.join(home, '.cache', 'tierlm', 'hardware.json');
     expect(r.stdout).toContain(`no hardware profile at ${saved}; measuring this machine (quick), once, in a separate process`);

@@ -4,9 +4,6 @@
 import type { Command } from 'commander';
 import { loadModel } from '../engine/model.js';
 import { openPrompts, ResultWriter } from '../formats/jsonl.js';
-import { batchRecord } from '../openai/batch-lines.js';
-import { runBatch } from '../openai/batch-run.js';
-import { batchConcurrency, engineFor } from '../openai/complete.js';
 import { UserError } from '../util/errors.js';
 import { servedName } from './model-name.js';
 import { modelDir, outputFile } from './paths.js';
@@ -34,6 +31,10 @@ export function addBatchCommand(program: Command): void {
 }
 
 async function runBatchCommand(o: BatchFlags): Promise<void> {
+  // The OpenAI modules (Ajv and the schemas) load only for this command (see serve.ts).
+  const { batchRecord } = await import('../openai/batch-lines.js');
+  const { runBatch } = await import('../openai/batch-run.js');
+  const { batchConcurrency, engineFor } = await import('../openai/complete.js');
   outputFile('--output', o.output);
   if (o.errors !== undefined) outputFile('--errors', o.errors);
   if (o.output === '-' || o.errors === '-') throw new UserError('--output and --errors must be files (a batch job resumes from them)');

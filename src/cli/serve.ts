@@ -5,8 +5,6 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { loadModel } from '../engine/model.js';
-import { batchConcurrency, engineFor } from '../openai/complete.js';
-import { buildServer } from '../server/app.js';
 import { UserError } from '../util/errors.js';
 import { servedName } from './model-name.js';
 import { int } from './parse.js';
@@ -51,6 +49,10 @@ async function runServe(o: ServeFlags): Promise<void> {
   const work = fitWorkload(o.model, { source: { model: o.model }, promptLen: 512, genLen: 128 });
   const model = await loadModel(o.model, await loadOptions(o, work));
   const name = servedName(o);
+  // Fastify, Ajv and the OpenAI schemas load only for this command: every other command's
+  // baseline RSS (which counts against --ram) stays without them.
+  const { buildServer } = await import('../server/app.js');
+  const { batchConcurrency, engineFor } = await import('../openai/complete.js');
   const server = await buildServer({
     engine: engineFor(model, name), dataDir, apiKey: o.apiKey ?? process.env.TIERLM_API_KEY, maxQueue: o.maxQueue,
     bodyLimit: o.bodyLimit, fileLimit: FILE_LIMIT, batchConcurrency: batchConcurrency(model),

@@ -10,8 +10,12 @@ export interface CliResult {
   stderr: string;
 }
 
-export function cli(args: string[], env: Record<string, string> = {}, nodeFlags: string[] = []): CliResult {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', ...nodeFlags, path.join(repoRoot, 'src/cli/run.ts'), ...args], {
+/** `built`: run the compiled CLI (bin/tierlm.js on dist/, rebuilt by the suite's global setup), as
+ *  users run it — for measuring its memory, which tsx's loader would inflate by ~50 MiB. */
+export function cli(args: string[], env: Record<string, string> = {}, nodeFlags: string[] = [], built = false): CliResult {
+  const entry = built ? ['bin/tierlm.js'] : ['--import', 'tsx', 'src/cli/run.ts'];
+  const script = entry.pop()!;
+  const r = spawnSync(process.execPath, [...entry, ...nodeFlags, path.join(repoRoot, script), ...args], {
     cwd: repoRoot,
     encoding: 'utf8',
     env: { ...process.env, ...env },
@@ -23,7 +27,7 @@ export function cli(args: string[], env: Record<string, string> = {}, nodeFlags:
 /** cli() measuring the run's peak RSS from outside the engine: VmHWM of the CLI's process at exit
  *  (child processes it starts are not part of it). */
 export function cliPeak(args: string[], env: Record<string, string> = {}): CliResult & { peakRssBytes: number } {
-  const r = cli(args, env, ['--import', pathToFileURL(path.join(repoRoot, 'test/helpers/report-peak.mjs')).href]);
+  const r = cli(args, env, ['--import', pathToFileURL(path.join(repoRoot, 'test/helpers/report-peak.mjs')).href], true);
   const m = /\ntest-peak-rss-bytes (\d+)\n$/.exec(r.stderr);
   if (!m) throw new Error(`no peak RSS reported: ${r.stderr}`);
   return { ...r, stderr: r.stderr.slice(0, m.index), peakRssBytes: Number(m[1]) };

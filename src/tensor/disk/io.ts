@@ -213,11 +213,22 @@ export class DirectFile {
     return !this.closed;
   }
 
+  private readonly pending = new Set<Promise<void>>();
+
   private track(p: Promise<void>): Promise<void> {
     this.inflight++;
-    return p.finally(() => {
+    const t: Promise<void> = p.finally(() => {
       this.inflight--;
+      this.pending.delete(t);
     });
+    this.pending.add(t);
+    return t;
+  }
+
+  /** Resolves once every transfer started on the file has finished, failed ones included (their
+   *  errors belong to whoever awaits them): after a failure, before close(). */
+  async settled(): Promise<void> {
+    while (this.pending.size > 0) await Promise.allSettled([...this.pending]);
   }
 
   private checkOpen(op: string): void {

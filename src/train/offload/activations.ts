@@ -55,6 +55,7 @@ export class ActivationSpill {
    *  may still be in flight; their errors were reported where they were awaited). */
   async close(): Promise<void> {
     await Promise.allSettled([...this.writes, this.next?.done ?? Promise.resolve()]);
+    await this.file.settled();
     this.file.close();
   }
 }

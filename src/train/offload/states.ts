@@ -114,8 +114,12 @@ export class States {
     return f;
   }
 
-  close(): void {
-    for (const f of this.files.values()) f.close();
+  /** Closes the files once their transfers have settled (a failed step may leave some in flight). */
+  async close(): Promise<void> {
+    for (const f of this.files.values()) {
+      await f.settled();
+      f.close();
+    }
     this.files.clear();
   }
 }

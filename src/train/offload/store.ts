@@ -371,7 +371,7 @@ export class OffloadStore implements ParamSource, ParamLookup {
     for (const p of [...this.paramPools, ...this.gradPools]) p.dispose();
     await this.acts?.close();
     this.tiles.close();
-    this.states.close();
+    await this.states.close();
     this.options.onClose?.();
   }
 }
