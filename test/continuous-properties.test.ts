@@ -15,28 +15,14 @@ import type { GenerateOptions } from '../src/engine/generate.js';
 import type { Policy } from '../src/policy/policy.js';
 import { fixturesDir, tmpDir } from './helpers/fixtures.js';
 import { rng } from './helpers/random.js';
+import { PropertyModels, type Rand, int, pick, randomPlacement } from './helpers/policy-space.js';
 
 const SEED = Number(process.env.TIERLM_CB_SEED ?? Math.floor(Math.random() * 2 ** 31));
 const CASES = Number(process.env.TIERLM_CB_CASES ?? 30);
 
 const work = tmpDir('cb-properties');
-const shortLlama = path.join(work, 'llama-short');
-const MODELS: Record<string, { dir: string; vocab: number; maxPositions: number }> = {
-  'opt-tiny': { dir: path.join(fixturesDir, 'opt-tiny'), vocab: 512, maxPositions: 128 },
-  'llama-short': { dir: shortLlama, vocab: 384, maxPositions: 40 },
-};
-
-type Rand = () => number;
-const int = (r: Rand, lo: number, hi: number) => lo + Math.floor(r() * (hi - lo + 1));
-const pick = <T>(r: Rand, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]!;
-
-function shares(r: Rand): [number, number] {
-  const kind = r();
-  if (kind < 0.3) return [0, 100];
-  if (kind < 0.55) return [0, 0];
-  const g = int(r, 0, 60);
-  return [g, int(r, 0, 100 - g)];
-}
+const models = new PropertyModels(work);
+const MODELS = models.models;
 
 interface Arrival {
   req: GenerationRequest;
@@ -59,11 +45,8 @@ const frequent: Record<string, number[]> = {};
 function makeCase(r: Rand, index: number): Case {
   const model = pick(r, Object.keys(MODELS));
   const m = MODELS[model]!;
-  const [wg, wc] = shares(r);
-  const [cg, cc] = shares(r);
-  const [hg, hc] = shares(r);
   const policy: Partial<Policy> = {
-    wGpuPercent: wg, wCpuPercent: wc, cacheGpuPercent: cg, cacheCpuPercent: cc, actGpuPercent: hg, actCpuPercent: hc,
+    ...randomPlacement(r),
     gpuBatchSize: int(r, 1, 4), numGpuBatches: int(r, 1, 3), schedule: r() < 0.25 ? 'row' : 'zigzag', overlap: r() < 0.7,
     sepLayer: r() < 0.5, compressWeight: r() < 0.2, compressCache: r() < 0.25,
   };
@@ -90,20 +73,8 @@ function makeCase(r: Rand, index: number): Case {
   return { model, policy, params, arrivals };
 }
 
-const inRam = new Map<string, LanguageModel>();
-
-async function ramModel(name: string, policy: Partial<Policy>): Promise<LanguageModel> {
-  const key = `${name} ${policy.compressWeight} ${policy.compressCache}`;
-  let m = inRam.get(key);
-  if (!m) {
-    m = await loadModel(MODELS[name]!.dir, { policy: { compressWeight: policy.compressWeight === true, compressCache: policy.compressCache === true } });
-    inRam.set(key, m);
-  }
-  return m;
-}
-
 async function alone(c: Case, req: GenerationRequest): Promise<GenerationResult | RequestError> {
-  const model = await ramModel(c.model, c.policy);
+  const model = await models.ram(c.model, c.policy);
   for await (const r of model.generate([req], { ...c.params, batchSize: 1, numGpuBatches: 1 })) return r;
   throw new Error('no result');
 }
@@ -145,14 +116,10 @@ async function runArrivals(model: LanguageModel, c: Case): Promise<Map<string, G
 
 describe(`continuous batching gives each request what it gets alone (seed ${SEED})`, () => {
   beforeAll(async () => {
-    const src = path.join(fixturesDir, 'llama-tiny');
-    fs.mkdirSync(shortLlama, { recursive: true });
-    for (const f of fs.readdirSync(src)) fs.copyFileSync(path.join(src, f), path.join(shortLlama, f));
-    const config = JSON.parse(fs.readFileSync(path.join(src, 'config.json'), 'utf8'));
-    fs.writeFileSync(path.join(shortLlama, 'config.json'), JSON.stringify({ ...config, max_position_embeddings: 40 }));
+    models.prepare();
     for (const name of Object.keys(MODELS)) {
       const got: number[] = [];
-      for await (const x of (await ramModel(name, {})).generate([{ id: 'f', promptTokenIds: [7, 9] }], { maxNewTokens: 12, stopAtEos: false })) {
+      for await (const x of (await models.ram(name, {})).generate([{ id: 'f', promptTokenIds: [7, 9] }], { maxNewTokens: 12, stopAtEos: false })) {
         if (!('error' in x)) got.push(...x.tokenIds);
       }
       frequent[name] = got;
@@ -160,8 +127,7 @@ describe(`continuous batching gives each request what it gets alone (seed ${SEED
   });
 
   afterAll(async () => {
-    for (const m of inRam.values()) await m.close();
-    fs.rmSync(work, { recursive: true, force: true });
+    await models.close();
   });
 
   const r = rng(SEED);

@@ -11,19 +11,16 @@ import { loadModel, type LanguageModel } from '../src/index.js';
 import type { GenerateParams } from '../src/engine/generate.js';
 import type { GenerationRequest, GenerationResult } from '../src/engine/requests.js';
 import type { Policy } from '../src/policy/policy.js';
-import { fixturesDir, tmpDir } from './helpers/fixtures.js';
+import { tmpDir } from './helpers/fixtures.js';
 import { rng } from './helpers/random.js';
+import { PropertyModels, type Rand, int, pick, randomPlacement } from './helpers/policy-space.js';
 
 const SEED = Number(process.env.TIERLM_PROPERTY_SEED ?? Math.floor(Math.random() * 2 ** 31));
 const CASES = Number(process.env.TIERLM_PROPERTY_CASES ?? 200);
 
 const work = tmpDir('properties');
-/** llama-tiny with 40 positions, so that generation often runs into the position limit. */
-const shortLlama = path.join(work, 'llama-short');
-const MODELS: Record<string, { dir: string; vocab: number; maxPositions: number }> = {
-  'opt-tiny': { dir: path.join(fixturesDir, 'opt-tiny'), vocab: 512, maxPositions: 128 },
-  'llama-short': { dir: shortLlama, vocab: 384, maxPositions: 40 },
-};
+const models = new PropertyModels(work);
+const MODELS = models.models;
 
 interface Case {
   model: string;
@@ -32,31 +29,15 @@ interface Case {
   requests: GenerationRequest[];
 }
 
-type Rand = () => number;
-const int = (r: Rand, lo: number, hi: number) => lo + Math.floor(r() * (hi - lo + 1));
-const pick = <T>(r: Rand, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]!;
-
-/** Device, RAM shares of one kind of data: all in RAM, all on disk, or cut at random. */
-function shares(r: Rand): [number, number] {
-  const kind = r();
-  if (kind < 0.3) return [0, 100];
-  if (kind < 0.55) return [0, 0];
-  const g = int(r, 0, 60);
-  return [g, int(r, 0, 100 - g)];
-}
-
 /** Tokens the models often produce (filled in beforeAll), so that stop tokens do stop things. */
 const frequent: Record<string, number[]> = {};
 
 function makeCase(r: Rand, index: number): Case {
   const model = pick(r, Object.keys(MODELS));
   const m = MODELS[model]!;
-  const [wg, wc] = shares(r);
-  const [cg, cc] = shares(r);
-  const [hg, hc] = shares(r);
   const schedule = r() < 0.25 ? 'row' : 'zigzag';
   const policy: Partial<Policy> = {
-    wGpuPercent: wg, wCpuPercent: wc, cacheGpuPercent: cg, cacheCpuPercent: cc, actGpuPercent: hg, actCpuPercent: hc,
+    ...randomPlacement(r),
     gpuBatchSize: int(r, 1, 4), numGpuBatches: int(r, 1, 5), schedule, overlap: r() < 0.7, sepLayer: r() < 0.5,
     compressWeight: r() < 0.25, compressCache: r() < 0.25,
   };
@@ -80,19 +61,7 @@ function makeCase(r: Rand, index: number): Case {
   return { model, policy, params, requests };
 }
 
-/** Models in RAM, one per (model, compression): the reference runs. */
-const inRam = new Map<string, LanguageModel>();
 const aloneCache = new Map<string, GenerationResult>();
-
-async function ramModel(name: string, policy: Partial<Policy>): Promise<LanguageModel> {
-  const key = `${name} ${policy.compressWeight} ${policy.compressCache}`;
-  let m = inRam.get(key);
-  if (!m) {
-    m = await loadModel(MODELS[name]!.dir, { policy: { compressWeight: policy.compressWeight === true, compressCache: policy.compressCache === true } });
-    inRam.set(key, m);
-  }
-  return m;
-}
 
 async function collect(model: LanguageModel, requests: GenerationRequest[], params: Partial<GenerateParams>): Promise<GenerationResult[]> {
   const out: GenerationResult[] = [];
@@ -108,7 +77,7 @@ async function alone(c: Case, req: GenerationRequest): Promise<GenerationResult>
   const key = JSON.stringify([c.model, c.policy.compressWeight, c.policy.compressCache, c.params, req]);
   let res = aloneCache.get(key);
   if (!res) {
-    const model = await ramModel(c.model, c.policy);
+    const model = await models.ram(c.model, c.policy);
     [res] = await collect(model, [req], { ...c.params, batchSize: 1, numGpuBatches: 1 });
     aloneCache.set(key, res!);
   }
@@ -117,22 +86,17 @@ async function alone(c: Case, req: GenerationRequest): Promise<GenerationResult>
 
 describe(`every policy gives each request its tokens alone (seed ${SEED})`, () => {
   beforeAll(async () => {
-    const src = path.join(fixturesDir, 'llama-tiny');
-    fs.mkdirSync(shortLlama, { recursive: true });
-    for (const f of fs.readdirSync(src)) fs.copyFileSync(path.join(src, f), path.join(shortLlama, f));
-    const config = JSON.parse(fs.readFileSync(path.join(src, 'config.json'), 'utf8'));
-    fs.writeFileSync(path.join(shortLlama, 'config.json'), JSON.stringify({ ...config, max_position_embeddings: 40 }));
+    models.prepare();
     for (const name of Object.keys(MODELS)) {
       const r = rng(SEED ^ 0x5eed);
       const requests = Array.from({ length: 4 }, (_, i) => ({ id: `f${i}`, promptTokenIds: [int(r, 3, MODELS[name]!.vocab - 1)] }));
-      const got = await collect(await ramModel(name, {}), requests, { maxNewTokens: 12, stopAtEos: false });
+      const got = await collect(await models.ram(name, {}), requests, { maxNewTokens: 12, stopAtEos: false });
       frequent[name] = got.flatMap((g) => g.tokenIds);
     }
   });
 
   afterAll(async () => {
-    for (const m of inRam.values()) await m.close();
-    fs.rmSync(work, { recursive: true, force: true });
+    await models.close();
   });
 
   const r = rng(SEED);
