@@ -5,10 +5,14 @@
 // server's peak RSS, beside `tierlm bench` at the same block shape. With --ram (and --disk-dir,
 // default .bench/disk) below the model's size, the model is served with its weights streaming
 // from disk. Dummy-weight models are made once under .bench/ (prompts are token ids).
+// Then the time to first token of a request arriving during decode (the issue's bound: one decode
+// step plus its own prefill): the block's rows but one decode long answers (up to
+// --probe-background tokens each, in a loop) while --probes requests of one token each (their latency is their first
+// token, as the client sees it) arrive one at a time at random moments.
 //
 //   node --import tsx bench/serve.ts [--config opt-125m | --model DIR] [--concurrency 1,8,32,64]
 //     [--duration 60] [--prompt-len 64] [--max-tokens 32] [--gpu-batch-size 8] [--num-gpu-batches 1]
-//     [--ram 256MiB [--disk-dir DIR]] [--json]
+//     [--probes 100] [--probe-background 512] [--ram 256MiB [--disk-dir DIR]] [--json]
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -25,6 +29,8 @@ const levels = opt('--concurrency', '1,8,32,64')!.split(',').map(Number);
 const duration = Number(opt('--duration', '60'));
 const promptLen = Number(opt('--prompt-len', '64'));
 const maxTokens = Number(opt('--max-tokens', '32'));
+const probes = Number(opt('--probes', '100'));
+const probeBackground = Number(opt('--probe-background', '512'));
 const shape = ['--gpu-batch-size', opt('--gpu-batch-size', '8')!, '--num-gpu-batches', opt('--num-gpu-batches', '1')!];
 const ram = opt('--ram');
 const root = path.resolve(import.meta.dirname, '..');
@@ -61,13 +67,13 @@ const url = await new Promise<string>((resolve, reject) => {
 
 const peakRss = () => Number(/VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${server.pid}/status`, 'utf8'))?.[1] ?? 0) * 1024;
 
-/** One streamed request: its time to first token and tokens, or a failure. */
-async function one(seed: number): Promise<{ ttft: number; tokens: number } | null> {
+/** One streamed request: its time to first chunk and tokens, or a failure. */
+async function one(seed: number, tokensWanted = maxTokens, promptTokens = promptLen): Promise<{ ttft: number; tokens: number } | null> {
   const start = performance.now();
-  const prompt = Array.from({ length: promptLen }, (_, j) => 3 + ((seed * 7919 + j * 104729) % (vocab - 3)));
+  const prompt = Array.from({ length: promptTokens }, (_, j) => 3 + ((seed * 7919 + j * 104729) % (vocab - 3)));
   const res = await fetch(`${url}/v1/completions`, {
     method: 'POST', headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ model: 'bench', prompt, max_tokens: maxTokens, temperature: 0, stream: true, stream_options: { include_usage: true } }),
+    body: JSON.stringify({ model: 'bench', prompt, max_tokens: tokensWanted, temperature: 0, stream: true, stream_options: { include_usage: true } }),
   });
   if (res.status !== 200 || !res.body) return null;
   let ttft = -1;
@@ -118,6 +124,35 @@ for (const c of levels) {
   rows.push({ concurrency: c, requests: done, failed, tokens_per_second: tokens / secs, ttft_p50_s: q(ttfts, 0.5), ttft_p90_s: q(ttfts, 0.9),
     server_ttft_p50_s: serverQ(0.5), server_ttft_p90_s: serverQ(0.9), seconds: secs });
 }
+
+// Requests arriving during decode: rows − 1 background clients keep the block decoding (so a
+// slot is free), and one-token probes arrive one at a time, each after a random pause; a probe's
+// latency is its first token as the client sees it (HTTP included). The background prompts are
+// one token and their answers of random lengths, so that the block decodes rather than prefills
+// when a probe arrives, and their restarts do not come together.
+const probeLatencies: number[] = [];
+let probeFailed = 0;
+if (probes > 0) {
+  const rowsInBlock = Number(shape[1]) * Number(shape[3]);
+  let stop = false;
+  const background = Promise.all(Array.from({ length: Math.max(0, rowsInBlock - 1) }, async () => {
+    while (!stop) {
+      const wanted = Math.ceil(probeBackground * (0.5 + Math.random() / 2));
+      if (!(await one(seed++, wanted, 1).catch(() => null))) probeFailed++;
+    }
+  }));
+  await new Promise((r) => setTimeout(r, 2000));
+  for (let i = 0; i < probes; i++) {
+    await new Promise((r) => setTimeout(r, Math.random() * 100));
+    const start = performance.now();
+    const r = await one(seed++, 1).catch(() => null);
+    if (r) probeLatencies.push((performance.now() - start) / 1000);
+    else probeFailed++;
+  }
+  stop = true;
+  await background;
+}
+
 const peak = peakRss();
 server.kill('SIGTERM');
 await new Promise((r) => server.on('exit', r));
@@ -137,6 +172,7 @@ const ownPrefill = promptLen / (benchOut.prefill_tokens_per_second ?? NaN);
 const summary = {
   model, model_bytes: modelBytes, ram: ram ?? null, shape: shape.join(' '), prompt_len: promptLen, max_tokens: maxTokens, duration_s: duration,
   peak_rss_bytes: peak, bench_total_tokens_per_second: offline, bench: benchOut, ttft_bound_s: decodeStep + ownPrefill, levels: rows,
+  probe: { requests: probeLatencies.length, failed: probeFailed, background_tokens: probeBackground, ttft_p50_s: q(probeLatencies, 0.5), ttft_p90_s: q(probeLatencies, 0.9), ttft_max_s: q(probeLatencies, 1) },
   machine: `${os.cpus()[0]?.model} × ${os.availableParallelism()}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`, date: new Date().toISOString(),
 };
 if (json) process.stdout.write(JSON.stringify(summary) + '\n');
@@ -148,5 +184,9 @@ else {
   }
   process.stdout.write(`server peak RSS ${(peak / 2 ** 20).toFixed(0)} MiB; tierlm bench at the same shape: ${offline.toFixed(1)} tokens/s\n`);
   process.stdout.write(`one decode step ${decodeStep.toFixed(3)} s + one prompt's prefill ${ownPrefill.toFixed(3)} s = ${(decodeStep + ownPrefill).toFixed(3)} s (TTFT bound)\n`);
+  if (probes > 0) {
+    process.stdout.write(`requests arriving during decode (${probeLatencies.length}, ${probeFailed} failed): time to first token p50 ${q(probeLatencies, 0.5).toFixed(3)} s, ` +
+      `p90 ${q(probeLatencies, 0.9).toFixed(3)} s, max ${q(probeLatencies, 1).toFixed(3)} s\n`);
+  }
 }
 if (bench.status !== 0) process.stderr.write(`tierlm bench failed: ${bench.stderr}\n`);

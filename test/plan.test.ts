@@ -54,6 +54,22 @@ describe('policy search', () => {
   });
 });
 
+  it('chunked prefill (a server) is planned with a chunk beside the rows, not a batch of whole prompts', async () => {
+    // opt-125m, 16 rows, prompts up to 512 and answers up to 128 under 1200 MiB: whole prompts at
+    // once need 8192 tokens of workspace and push the cache to disk; the server's 512-token
+    // chunks need 528 tokens, and everything stays in RAM.
+    const req = { config: 'opt-125m', promptLen: 512, genLen: 128, limits: { ram: 1200 * 2 ** 20 }, disk: true, profile, shapes: [[16, 1]] as [number, number][] };
+    const whole = await planPolicy(req);
+    const chunked = await planPolicy({ ...req, prefillChunk: 512 });
+    const item = (p: typeof whole, what: string) => p.memory.items.find((i) => i.what === what)!.ram;
+    const perToken = (4 * (768 + 4 * 768 + 4 * 768 + 3072));
+    expect(item(whole, 'compute workspace')).toBe(16 * 512 * perToken + 4 * 16 * 3 * 768);
+    expect(item(chunked, 'compute workspace')).toBe((512 + 16) * perToken + 4 * 16 * 3 * 768);
+    expect(whole.policy.cacheCpuPercent).toBeLessThan(100);
+    expect([chunked.policy.wCpuPercent, chunked.policy.cacheCpuPercent, chunked.policy.actCpuPercent]).toEqual([100, 100, 100]);
+    expect(chunked.memory.ram).toBeLessThanOrEqual(1200 * 2 ** 20);
+  });
+
 describe('cost model', () => {
   const config = { layers: 4, hidden: 1024, heads: 16, kvHeads: 16, headDim: 64, ffn: 4096, gatedMlp: false, vocabSize: 1000, embedDim: 1024 } as ModelConfig;
   const rates = { gemm: () => 100e9, attentionDecode: 20e9, attentionPrefill: 100e9, diskRead: 1e9, diskWrite: 1e9 };

@@ -20,6 +20,8 @@ export interface Workload {
   source: { model?: string; config?: string; layers?: number };
   promptLen: number;
   genLen: number;
+  /** Prompt tokens per batch and step (a server's chunked prefill); absent: prompts at once. */
+  prefillChunk?: number;
 }
 
 export interface LimitFlags {
@@ -156,7 +158,7 @@ export async function loadOptions(o: PolicyFlags, work: Workload): Promise<LoadO
   if (wantsAutoPolicy(o)) {
     // Under a RAM limit the solver runs in a child process, so that none of its memory stays here.
     const plan = await (o.ram !== undefined ? planPolicyInChild : planPolicy)({
-      ...work.source, promptLen: work.promptLen, genLen: work.genLen, profile: await profileFor(o), ...planFields(o),
+      ...work.source, promptLen: work.promptLen, genLen: work.genLen, prefillChunk: work.prefillChunk, profile: await profileFor(o), ...planFields(o),
     });
     planned = plan.policy;
   }

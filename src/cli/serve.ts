@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { loadModel } from '../engine/model.js';
+import { SERVER_PREFILL_CHUNK } from '../engine/generate.js';
 import { UserError } from '../util/errors.js';
 import { servedName } from './model-name.js';
 import { int } from './parse.js';
@@ -45,8 +46,10 @@ async function runServe(o: ServeFlags): Promise<void> {
   modelDir('--model', o.model);
   checkPlanningPaths(o);
   const dataDir = path.resolve(o.dataDir ?? path.join(os.homedir(), '.cache', 'tierlm', 'serve'));
-  // Planned for prompts of up to 512 tokens and answers of up to 128 (within the model's positions).
-  const work = fitWorkload(o.model, { source: { model: o.model }, promptLen: 512, genLen: 128 });
+  // Planned for prompts of up to 512 tokens and answers of up to 128 (within the model's positions),
+  // run as the scheduler runs them: in chunks beside the decode rows, so a step's workspace is a
+  // chunk plus a batch's rows, not a batch of whole prompts.
+  const work = { ...fitWorkload(o.model, { source: { model: o.model }, promptLen: 512, genLen: 128 }), prefillChunk: SERVER_PREFILL_CHUNK };
   const model = await loadModel(o.model, await loadOptions(o, work));
   const name = servedName(o);
   // Fastify, Ajv and the OpenAI schemas load only for this command: every other command's

@@ -56,6 +56,10 @@ export const DEFAULT_PARAMS: GenerateParams = {
   numGpuBatches: 1,
 };
 
+/** A scheduler's (server's) prompt tokens per batch and step: prompts go in chunks of this many
+ *  beside the decode rows, so a long prompt never stalls the others' decode for long. */
+export const SERVER_PREFILL_CHUNK = 512;
+
 const PARAM_KEYS = [...Object.keys(DEFAULT_PARAMS), 'prefillChunk', 'onToken'];
 const SAMPLING_KEYS = Object.keys(GREEDY);
 
@@ -144,14 +148,14 @@ export class Generator {
   }
 
   /** A continuous engine over this generator's runner. `server`: the block keeps its full shape
-   *  and prompts go in chunks of prefillChunk (default 512) tokens. */
+   *  and prompts go in chunks of prefillChunk (default SERVER_PREFILL_CHUNK) tokens. */
   engine(p: GenerateParams, server: boolean): ContinuousEngine {
     return new ContinuousEngine({
       runner: this.s.runner, backend: this.backend, lock: this.s.lock, maxPositions: this.s.config.maxPositions,
       cacheBytesPerElement: cacheBytesPerElement(p.cacheDtype, this.s.config.headDim), checkBlock: (shape) => this.s.checkBlock(shape),
     }, {
       batchSize: p.batchSize, numGpuBatches: p.numGpuBatches, cacheDtype: p.cacheDtype, fullShape: server,
-      prefillChunk: p.prefillChunk ?? (server ? 512 : this.s.config.maxPositions),
+      prefillChunk: p.prefillChunk ?? (server ? SERVER_PREFILL_CHUNK : this.s.config.maxPositions),
     });
   }
 

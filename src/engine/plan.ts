@@ -26,6 +26,9 @@ export interface PlanRequest {
   layers?: number;
   promptLen: number;
   genLen: number;
+  /** Prompt tokens per batch and step when prompts go in chunks beside decode rows (a server);
+   *  absent: each batch's prompts run at once. */
+  prefillChunk?: number;
   precision?: ComputeMode;
   cacheDtype?: CacheDType;
   limits: Limits;
@@ -126,7 +129,7 @@ export async function planPolicy(r: PlanRequest): Promise<PlanResult> {
   const plan = await searchPolicy({
     config, layerBytes, partBytes: partBytes(sizes.layers), unitBytes, globalBytes: sizes.globalBytes,
     chunkBytes: sizes.chunkBytes, packedChunkBytes: sizes.packedChunkBytes,
-    tokenizerBytes: r.model ? tokenizerRamBytes(r.model) : 0, promptLen: r.promptLen, genLen: r.genLen,
+    tokenizerBytes: r.model ? tokenizerRamBytes(r.model) : 0, promptLen: r.promptLen, genLen: r.genLen, prefillChunk: r.prefillChunk,
     cacheElem: cacheBytesPerElement(cacheDtype, config.headDim), attnSparsity: r.attnSparsity, limits, rates: ratesFrom(r.profile, dtype, mode, cacheDtype, r.compressWeight), shapes: r.shapes, ramShare: PLAN_RAM_SHARE,
   });
   // The policy carries everything that changes memory or speed, so running it runs this plan.

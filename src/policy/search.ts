@@ -34,6 +34,9 @@ export interface SearchInput {
   tokenizerBytes: number;
   promptLen: number;
   genLen: number;
+  /** Prompt tokens a batch runs per step beside its decode rows when prompts go in chunks (a
+   *  server's continuous batching); absent: a batch's prompts run at once (gpu batch × prompt). */
+  prefillChunk?: number;
   cacheElem: number;
   attnSparsity?: number;
   limits: Limits;
@@ -78,6 +81,11 @@ interface Variant {
 
 const VARIANTS: Variant[] = [false, true].flatMap((w) => [false, true].flatMap((c) => [false, true].map((h) => ({ w, c, h }))));
 
+/** Most tokens one batch runs in a step: its prompts at once, or a chunk beside its decode rows. */
+export function stepTokens(input: Pick<SearchInput, 'promptLen' | 'prefillChunk'>, gbs: number): number {
+  return input.prefillChunk !== undefined ? input.prefillChunk + gbs : Math.max(gbs * input.promptLen, gbs);
+}
+
 /** Memory (RAM bytes) as constant + coefficients × disk fractions, for one shape and variant. */
 function ramModel(input: SearchInput, gbs: number, ngb: number, sepLayer: boolean, v: Variant) {
   const c = input.config;
@@ -87,7 +95,7 @@ function ramModel(input: SearchInput, gbs: number, ngb: number, sepLayer: boolea
       ...weightItems({ layerBytes: input.layerBytes, slotBytes: sepLayer ? input.unitBytes.sep : input.unitBytes.whole, globalBytes: input.globalBytes,
         chunkBytes: input.chunkBytes, packedChunkBytes: input.packedChunkBytes,
         tokenizerBytes: input.tokenizerBytes }, policy, v.w),
-      ...blockItems(c, policy, { rows: gbs, batches: ngb, maxTokens: Math.max(gbs * input.promptLen, gbs), capacity: input.promptLen + input.genLen, cacheBytesPerElement: input.cacheElem }),
+      ...blockItems(c, policy, { rows: gbs, batches: ngb, maxTokens: stepTokens(input, gbs), capacity: input.promptLen + input.genLen, cacheBytesPerElement: input.cacheElem }),
     ];
   };
   const all = probe({});
