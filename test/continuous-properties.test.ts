@@ -207,3 +207,58 @@ describe('admission and time to first token', () => {
     expect(await late[0]).toEqual(alone);
   });
 });
+
+describe('prompt chunks and decode rows: taking turns with resident weights, mixed when weights stream', () => {
+  // Counts, in steps and in the decoding request's tokens, what happens between a request's
+  // arrival (after the running one's 3rd token) and its first token.
+  async function arrival(model: LanguageModel, promptLen: number) {
+    const s = model.scheduler({ maxNewTokens: 30, stopAtEos: false, prefillChunk: 3 });
+    let aTokens = 0;
+    const seen = { arrivedStep: -1, firstStep: -1, aAtFirst: -1 };
+    let late: Promise<GenerationResult | RequestError> | null = null;
+    const prompt = Array.from({ length: promptLen }, (_, i) => 20 + i);
+    const a = s.submit({ id: 'a', promptTokenIds: [5, 6] }, {
+      onToken: () => {
+        if (++aTokens !== 3) return;
+        seen.arrivedStep = s.steps;
+        late = s.submit({ id: 'late', promptTokenIds: prompt, maxNewTokens: 2 }, {
+          onToken: () => {
+            if (seen.firstStep >= 0) return;
+            [seen.firstStep, seen.aAtFirst] = [s.steps, aTokens];
+          },
+        });
+      },
+    });
+    await a;
+    const got = await late!;
+    const alone = await (async () => {
+      for await (const x of model.generate([{ id: 'late', promptTokenIds: prompt, maxNewTokens: 2 }], { stopAtEos: false, prefillChunk: 3 })) return x;
+    })();
+    expect(got).toEqual(alone);
+    return { steps: seen.firstStep - seen.arrivedStep, aTokens: seen.aAtFirst - 3 };
+  }
+
+  it('resident weights: a one-chunk prompt runs alone in the next step; a long one alternates with the decode rows', async () => {
+    const model = await loadModel(path.join(fixturesDir, 'opt-tiny'), { policy: { gpuBatchSize: 2, numGpuBatches: 1 } });
+    try {
+      // The step after arrival is the prompt's own; the decoding request gets no token in it.
+      expect(await arrival(model, 3)).toEqual({ steps: 1, aTokens: 0 });
+      // 4 chunks: prompt, decode, prompt, decode, prompt, decode, prompt.
+      expect(await arrival(model, 10)).toEqual({ steps: 7, aTokens: 3 });
+    } finally {
+      await model.close();
+    }
+  });
+
+  it('weights on disk: prompt chunks share each step with the decode rows (one load serves both)', async () => {
+    const model = await loadModel(path.join(fixturesDir, 'opt-tiny'), {
+      policy: { gpuBatchSize: 2, numGpuBatches: 1, wGpuPercent: 0, wCpuPercent: 0 }, diskDir: tmpDir('mixed-steps'),
+    });
+    try {
+      expect(await arrival(model, 3)).toEqual({ steps: 1, aTokens: 1 });
+      expect(await arrival(model, 10)).toEqual({ steps: 4, aTokens: 4 });
+    } finally {
+      await model.close();
+    }
+  });
+});

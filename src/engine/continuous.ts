@@ -4,8 +4,9 @@
 //   2. admit: waiting sequences (interactive before batch, in arrival order) take free slots,
 //      until one does not fit the block (then nothing after it is admitted, so it is not starved:
 //      once the block empties it is reopened in a shape that fits);
-//   3. build one mixed step per batch: a decode token for every row past its prompt, and prompt
+//   3. build one step per batch: a decode token for every row past its prompt, and prompt
 //      chunks within the batch's prefill budget (oldest first), so prefill never stalls decode;
+//      when weights stream, in one mixed step (one load serves both), else taking turns (see plan);
 //   4. run it through the runner's schedule, then sample each row whose prompt is complete.
 // The order makes a step's rows exactly the sequences still running, and a new request's first
 // chunk runs in the first step after it arrives when the budget has room for it.
@@ -61,6 +62,9 @@ export interface EngineSetup {
   cacheBytesPerElement: number;
   /** Throws when a block of this shape would not fit the memory limits. */
   checkBlock(shape: BlockShape): void;
+  /** Whether a step loads (some) weights: then prompt chunks and decode rows share each step, so
+   *  that one load serves both. Otherwise they take turns (see plan). */
+  weightsStream: boolean;
 }
 
 export interface EngineParams {
@@ -113,6 +117,8 @@ export class ContinuousEngine {
   private slots: (Slot | null)[][] = [];
   private open: Open | null = null;
   private admitted = 0;
+  /** Per batch: whether its last step ran prompt chunks alone (resident weights; see plan). */
+  private promptsLast: boolean[] = [];
   /** Sequences taken out of a block that was given up, to be computed again (counted once). */
   private readonly replayed = new WeakSet<Admission>();
   /** Whether the caller that steps this engine is away (a generate() iterator suspended at a
@@ -191,7 +197,7 @@ export class ContinuousEngine {
       if (!this.admit() && this.running === 0) throw new Error('internal: a sequence does not fit a block opened for it');
     }
     const o = this.open;
-    const plan = this.slots.map((rows) => this.plan(rows, o.maxTokens));
+    const plan = this.slots.map((rows, k) => this.plan(rows, o.maxTokens, k));
     const steps = plan.map((segs) => (segs.length > 0 ? segmentStep(segs.map((g) => g.seg)) : null));
     let [prompt, decode] = [0, 0];
     for (const g of plan.flat()) {
@@ -287,16 +293,27 @@ export class ContinuousEngine {
     return true;
   }
 
-  /** Segments of one batch's step, by row: a decode token for every row past its prompt, and
+  /** Segments of batch k's step, by row: a decode token for every row past its prompt, and
    *  prompt chunks in the tokens left (at most prefillChunk), oldest prompt first. A row computed
-   *  again (its block given up) feeds its prompt and generated tokens as a prompt. */
-  private plan(rows: (Slot | null)[], maxTokens: number): { seg: Segment; slot: Slot; prompt: boolean; samples: boolean }[] {
+   *  again (its block given up) feeds its prompt and generated tokens as a prompt.
+   *
+   *  With every weight resident a step loads nothing, so a mixed step saves nothing: its time is
+   *  the prompt chunks' plus the decode rows'. A request arriving during decode would then wait
+   *  for the step in flight and for a step carrying the others' decode work beside its prefill.
+   *  So prompt chunks and decode rows take turns instead (prompts first): a one-chunk prompt's
+   *  first token comes after at most the step in flight plus its own prefill, decode rows still
+   *  advance every other step while a long prompt goes in chunks, and the work done is the same. */
+  private plan(rows: (Slot | null)[], maxTokens: number, k: number): { seg: Segment; slot: Slot; prompt: boolean; samples: boolean }[] {
     const take = new Map<Slot, number>();
     const total = (x: Slot) => x.a.seq.ids.length + x.a.seq.tokens.length;
     const prompting = (x: Slot) => x.fed < x.a.seq.ids.length || total(x) - x.fed > 1;
     const prefilling = rows.filter((x): x is Slot => x !== null && prompting(x)).sort((a, b) => a.order - b.order);
-    const decoding = rows.filter((x) => x !== null).length - prefilling.length;
-    let budget = Math.min(this.p.prefillChunk, maxTokens - decoding);
+    let decoding = rows.filter((x) => x !== null).length - prefilling.length;
+    // Taking turns: 'prompts' runs only prompt chunks, 'decode' only decode rows.
+    let turn: 'both' | 'prompts' | 'decode' = 'both';
+    if (!this.s.weightsStream && prefilling.length > 0 && decoding > 0) turn = this.promptsLast[k] ? 'decode' : 'prompts';
+    if (turn === 'prompts') decoding = 0;
+    let budget = turn === 'decode' ? 0 : Math.min(this.p.prefillChunk, maxTokens - decoding);
     for (const x of prefilling) {
       const left = total(x) - x.fed;
       // A first chunk is whole or waits (its length decides how its tokens are computed), and
@@ -313,11 +330,12 @@ export class ContinuousEngine {
       const seq = x.a.seq;
       const at = (i: number) => (i < seq.ids.length ? seq.ids[i]! : seq.tokens[i - seq.ids.length]!);
       const prompt = prompting(x);
-      const n = prompt ? take.get(x) : 1;
+      const n = prompt ? take.get(x) : turn === 'prompts' ? 0 : 1;
       if (!n) return;
       segs.push({ seg: { row: r, ids: Array.from({ length: n }, (_, j) => at(x.fed + j)), start: x.fed }, slot: x, prompt, samples: x.fed + n === total(x) });
       x.fed += n;
     });
+    this.promptsLast[k] = segs.length > 0 && segs.every((g) => g.prompt);
     return segs;
   }
 
@@ -367,6 +385,7 @@ export class ContinuousEngine {
     try {
       const block = this.s.runner.open({ rows, batches, capacity, maxTokens, cacheDtype: p.cacheDtype });
       this.slots = Array.from({ length: batches }, () => new Array<Slot | null>(rows).fill(null));
+      this.promptsLast = [];
       return { block, release, rows, batches, capacity, maxTokens };
     } catch (e) {
       release();

@@ -5,14 +5,16 @@
 //   1. sweep: finished and aborted sequences leave their slots (no compute on them, their cache
 //      rows reused);
 //   2. admit: waiting sequences take free slots, interactive before batch, in arrival order;
-//   3. build one mixed step per batch: a decode token for every row past its prompt, and prompt
-//      chunks of at most prefillChunk tokens (oldest first), so a prefill never stalls decode;
+//   3. build one step per batch: a decode token for every row past its prompt, and prompt
+//      chunks of at most prefillChunk tokens (oldest first), so a prefill never stalls decode
+//      (mixed in one step when weights stream from disk, taking turns when they are resident);
 //   4. run it through the runner's zig-zag schedule (weights, cache and activations on any tier,
 //      each load waiting for exactly the stores it reads), then sample every row whose prompt
 //      is complete.
 // Leaving before admitting gives a new request every slot freed by the step before; admitting
 // before building the step lets its first chunk run in the very next step, so its first token
-// comes after at most one step in flight plus its own prefill chunks. Sampling after the step
+// comes after at most one step in flight plus its own prefill chunks (and, for a prompt of
+// several chunks with resident weights, the others' decode steps between them). Sampling after the step
 // and sweeping at the next boundary keeps a step's rows fixed while it runs.
 
 import type { ContinuousEngine } from './continuous.js';

@@ -95,6 +95,11 @@ export class BlockRunner {
     return this.transformer.backend;
   }
 
+  /** Whether a step loads weights (some are on disk) rather than finding them all resident. */
+  get weightsStream(): boolean {
+    return this.weights.onDisk;
+  }
+
   /** Bytes of the weight staging slots this runner holds. */
   get weightStagingBytes(): number {
     return this.weightSlots.reduce((n, s) => n + (s?.byteLength ?? 0), 0);
