@@ -5,7 +5,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type GenerationRequest, type GenerationResult, type LanguageModel, type RequestError, loadModel } from '../src/index.js';
 import { initModel } from '../src/models/init.js';
-import { fixturePrompts, fixturesDir, tmpDir } from './helpers/fixtures.js';
+import { fixturePrompts, fixturesDir, longContextModel, tmpDir } from './helpers/fixtures.js';
 import { tokenizerModelDir } from './helpers/tokenizer-model.js';
 
 const opt = path.join(fixturesDir, 'opt-tiny');
@@ -125,5 +125,33 @@ describe('Scheduler with a tokenizer', () => {
     expect(plain.tokenIds.slice(0, r.tokenIds.length)).toEqual(r.tokenIds);
     await s.drain();
     expect(await s.submit({ id: 'z', prompt: 'x' })).toEqual({ id: 'z', error: 'shutting down' });
+  });
+});
+
+describe('a request too large for the memory limits', () => {
+  it('gets its own error naming the positions and the limit; the requests around it are answered', async () => {
+    const dir = longContextModel();
+    const model = await loadModel(dir, { ramBytes: 64 * 2 ** 20, policy: { gpuBatchSize: 2, numGpuBatches: 1 } });
+    try {
+      const reqs: GenerationRequest[] = [
+        { id: 'a', promptTokenIds: [5, 6, 7] },
+        { id: 'big', promptTokenIds: [8, 9], maxNewTokens: 100_000 },
+        { id: 'b', promptTokenIds: [10, 11] },
+      ];
+      const tooBig = { id: 'big', error: expect.stringMatching(/^the request needs 100002 positions \(a prompt of 2 tokens and up to 100000 new ones\), and a block with that many does not fit the memory limits: RAM limit 64\.0 MiB is too small by/) };
+      const s = model.scheduler({ maxNewTokens: 4, stopAtEos: false });
+      const got = await Promise.all(reqs.map((r) => s.submit(r)));
+      expect(got[1]).toEqual(tooBig);
+      for (const i of [0, 2]) {
+        for await (const r of model.generate([reqs[i]!], { maxNewTokens: 4, stopAtEos: false, batchSize: 1 })) expect(got[i]).toEqual(r);
+      }
+      expect((got[0] as GenerationResult).tokenIds).toHaveLength(4);
+      // generate(): the same, in input order.
+      const out: (GenerationResult | RequestError)[] = [];
+      for await (const r of model.generate(reqs, { maxNewTokens: 4, stopAtEos: false })) out.push(r);
+      expect(out).toEqual([got[0], tooBig, got[2]]);
+    } finally {
+      await model.close();
+    }
   });
 });

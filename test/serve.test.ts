@@ -10,7 +10,7 @@ import { type LanguageModel, loadModel } from '../src/engine/model.js';
 import { engineFor } from '../src/openai/complete.js';
 import { type Server, buildServer } from '../src/server/app.js';
 import { cli } from './helpers/cli.js';
-import { readJsonl, tmpDir } from './helpers/fixtures.js';
+import { longContextModel, readJsonl, tmpDir } from './helpers/fixtures.js';
 import { startServe, tinyChatModel } from './helpers/serve.js';
 
 const KEY = 'sk-test-key';
@@ -204,6 +204,28 @@ describe('errors, in OpenAI\'s format', () => {
       expect(metrics).toMatch(/^tierlm_time_to_first_token_seconds_count [1-9]/m);
     } finally {
       await small.app.close();
+    }
+  });
+
+  it('400 context_length_exceeded for a request whose cache cannot fit --ram; the requests beside it are served', async () => {
+    const long = await loadModel(longContextModel(), { ramBytes: 64 * 2 ** 20, policy: { gpuBatchSize: 2, numGpuBatches: 1 } });
+    const limited = await buildServer({
+      engine: engineFor(long, 'long'), dataDir: path.join(dir, 'data-long'), maxQueue: 8, bodyLimit: 1 << 20, fileLimit: 1 << 20, batchConcurrency: 8,
+    });
+    const at = await limited.app.listen({ host: '127.0.0.1', port: 0 });
+    try {
+      const c = new OpenAI({ baseURL: `${at}/v1`, apiKey: 'none', maxRetries: 0 });
+      const ask = (maxTokens: number) => c.completions.create({ model: 'long', prompt: [5, 6, 7], max_tokens: maxTokens, temperature: 0 });
+      const [a, big, b] = await Promise.allSettled([ask(4), ask(100_000), ask(3)]);
+      expect(a).toMatchObject({ status: 'fulfilled', value: { usage: { completion_tokens: 4 } } });
+      expect(b).toMatchObject({ status: 'fulfilled', value: { usage: { completion_tokens: 3 } } });
+      const e = (big as PromiseRejectedResult).reason;
+      expect(e).toBeInstanceOf(OpenAI.BadRequestError);
+      expect(e.error).toMatchObject({ code: 'context_length_exceeded', param: 'max_tokens' });
+      expect(e.error.message).toMatch(/needs 100003 positions .* does not fit the memory limits: RAM limit 64\.0 MiB is too small/);
+    } finally {
+      await limited.app.close();
+      await long.close();
     }
   });
 

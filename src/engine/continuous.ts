@@ -24,6 +24,7 @@ import type { CacheDType } from '../backend/index.js';
 import type { Backend } from '../backend/index.js';
 import { type Segment, segmentStep } from '../models/transformer.js';
 import type { Tensor } from '../tensor/tensor.js';
+import { UserError } from '../util/errors.js';
 
 /** Serialises the blocks of the engines that share one runner: one block is open at a time. */
 export class RunnerLock {
@@ -105,6 +106,10 @@ interface Open {
   /** Tokens one batch may hold in a step: its decode rows', and prompt chunks in what is left. */
   maxTokens: number;
 }
+
+/** How the error of a request refused for the memory limits begins (servers answer it as a
+ *  context length exceeded). */
+export const TOO_LARGE_FOR_LIMITS = 'the request needs';
 
 /** Positions per row a server's block holds at least, memory permitting. */
 const SERVER_POSITIONS = 1024;
@@ -189,13 +194,15 @@ export class ContinuousEngine {
       await this.close();
       return false;
     }
-    this.open ??= await this.openBlock();
-    if (!this.admit() && this.running === 0) {
+    this.open ??= await this.openFitting();
+    if (this.open && !this.admit() && this.running === 0) {
       // The first waiting sequence does not fit the block's shape: reopen it in one that does.
       await this.close();
-      this.open = await this.openBlock();
-      if (!this.admit() && this.running === 0) throw new Error('internal: a sequence does not fit a block opened for it');
+      this.open = await this.openFitting();
+      if (this.open && !this.admit() && this.running === 0) throw new Error('internal: a sequence does not fit a block opened for it');
     }
+    // Every waiting sequence was refused: nothing to run.
+    if (!this.open) return false;
     const o = this.open;
     const plan = this.slots.map((rows, k) => this.plan(rows, o.maxTokens, k));
     const steps = plan.map((segs) => (segs.length > 0 ? segmentStep(segs.map((g) => g.seg)) : null));
@@ -354,20 +361,58 @@ export class ContinuousEngine {
     }
   }
 
-  /** A block for the waiting sequences (or the full shape), checked against the memory limits. */
-  private async openBlock(): Promise<Open> {
+  /** A block for the waiting sequences within the memory limits. When none fits them, one in
+   *  the same shape with room for the first alone; when that does not fit either, though the shape
+   *  itself does, the first sequence is too large for the limits: it is refused (its request
+   *  answered with the reason) and the next one tried, so that one request too large for the
+   *  limits never fails the others. A shape that fits no sequence at all is the limits' (or the
+   *  policy's) fault: its UserError is thrown. Null when every waiting sequence was refused. */
+  private async openFitting(): Promise<Open | null> {
+    while (this.waiting.length > 0) {
+      try {
+        return await this.openBlock(false);
+      } catch (e) {
+        if (!(e instanceof UserError)) throw e;
+      }
+      try {
+        return await this.openBlock(true);
+      } catch (e) {
+        if (!(e instanceof UserError)) throw e;
+        // With room for one position: does the shape fit at all?
+        this.s.checkBlock(this.blockShape(true).shape(1));
+        const a = this.waiting.shift()!;
+        const seq = a.seq;
+        seq.refuse(`${TOO_LARGE_FOR_LIMITS} ${this.need(seq)} positions (a prompt of ${seq.ids.length} tokens and up to ` +
+          `${this.need(seq) - seq.ids.length} new ones), and a block with that many does not fit the memory limits: ${e.message}`);
+        a.done(seq);
+      }
+    }
+    return null;
+  }
+
+  /** The shape of a block for the waiting sequences (or the full shape), with room for the
+   *  longest of them, or for the first alone. */
+  private blockShape(firstOnly: boolean) {
     const p = this.p;
     const ahead = this.waiting.slice(0, p.batchSize * p.numGpuBatches);
     const rows = p.fullShape ? p.batchSize : Math.min(p.batchSize, Math.max(1, ahead.length));
     const batches = p.fullShape ? p.numGpuBatches : Math.min(p.numGpuBatches, Math.ceil(Math.max(1, ahead.length) / rows));
     // Room for the sequences at hand: the longest of them, and prompt tokens per step as the
     // old blocks had (a batch's prompts at once) unless prefillChunk cuts them.
-    let capacity = Math.max(...ahead.map((a) => this.need(a.seq)), 1);
+    const capacity = Math.max(...(firstOnly ? ahead.slice(0, 1) : ahead).map((a) => this.need(a.seq)), 1);
     const perBatch = Math.max(...Array.from({ length: batches }, (_, k) => ahead.filter((_, i) => i % batches === k).reduce((n, a) => n + this.firstChunk(a.seq), 0)), 1);
     // A server's batch always has prefillChunk tokens for prompts beside its decode rows; a
     // generate() call's has what its first prompts need (as the old whole-block prefill had).
     const maxTokens = p.fullShape ? p.prefillChunk + rows : Math.max(Math.min(p.prefillChunk, perBatch), rows);
     const shape = (c: number): BlockShape => ({ rows, batches, capacity: c, cacheBytesPerElement: this.s.cacheBytesPerElement, maxTokens });
+    return { rows, batches, capacity, maxTokens, shape };
+  }
+
+  /** A block (see blockShape), checked against the memory limits (a UserError when it does not fit). */
+  private async openBlock(firstOnly: boolean): Promise<Open> {
+    const p = this.p;
+    const { rows, batches, maxTokens, shape, capacity: needed } = this.blockShape(firstOnly);
+    let capacity = needed;
     // A server's block leaves room for longer requests to come (up to SERVER_POSITIONS) when the
     // memory limits allow it: a request that does not fit waits until the block empties.
     const roomy = Math.min(this.s.maxPositions, Math.max(capacity, SERVER_POSITIONS));

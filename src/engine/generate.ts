@@ -181,6 +181,11 @@ export class Generator {
       }
       if (!item.samples.every((s) => s.done)) return;
       queue.shift();
+      const refused = item.samples.find((s) => s.error !== null);
+      if (refused) {
+        yield { id: item.req.id, error: refused.error! };
+        continue;
+      }
       const samples = item.samples.map((s) => s.result());
       yield { id: item.req.id, promptTokens: item.promptTokens, ...samples[0]!, ...(samples.length > 1 ? { samples } : {}) };
     }

@@ -105,6 +105,8 @@ export class Scheduler {
         if (--left > 0) return;
         if (hookError) return resolve({ id, error: `onToken failed: ${hookError instanceof Error ? hookError.message : String(hookError)}` });
         if (options.signal?.aborted) return resolve({ id, error: 'cancelled' });
+        const refused = item.samples.find((x) => x.error !== null);
+        if (refused) return resolve({ id, error: refused.error! });
         const samples = item.samples.map((x) => x.result());
         resolve({ id: item.req.id, promptTokens: item.promptTokens, ...samples[0]!, ...(samples.length > 1 ? { samples } : {}) });
       };

@@ -29,6 +29,8 @@ export class Sequence {
   readonly logprobs: number[] = [];
   readonly top: TokenLogprob[][] = [];
   finish: FinishReason | null = null;
+  /** Why the sample could not run (its request then answers with this error), or null. */
+  error: string | null = null;
   private readonly rng: Rng;
   private readonly history: TokenHistory;
   // Incremental detokenization (as vLLM): the text of tokens [prefix, read) was emitted already.
@@ -79,6 +81,12 @@ export class Sequence {
 
   /** Ends the sample before its limits (an aborted request). */
   cancel(): void {
+    this.finish ??= 'stop';
+  }
+
+  /** Ends the sample without running it: its request answers with `message`. */
+  refuse(message: string): void {
+    this.error ??= message;
     this.finish ??= 'stop';
   }
 

@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto';
 import type { Scheduler } from '../engine/scheduler.js';
 import type { LanguageModel } from '../engine/model.js';
 import type { GenerationResult, RequestError } from '../engine/requests.js';
+import { TOO_LARGE_FOR_LIMITS } from '../engine/continuous.js';
 import { ApiError, invalid } from './errors.js';
 import { ChunkStream, type Prepared, type ServedModel, prepare, responseBody } from './translate.js';
 import { type Endpoint, checkBody } from './validate.js';
@@ -59,6 +60,8 @@ export async function complete(engine: Engine, endpoint: Endpoint, body: unknown
 function requestFailure(r: RequestError, signal?: AbortSignal): Error {
   if (r.error === 'cancelled' || signal?.aborted) return new Cancelled('cancelled');
   if (/shutting down/.test(r.error)) return new ApiError(503, 'the server is shutting down', 'server_error', null, 'shutting_down');
+  // The positions it asks for (prompt + max_tokens) need more cache than the memory limits allow.
+  if (r.error.startsWith(TOO_LARGE_FOR_LIMITS)) return new ApiError(400, r.error, 'invalid_request_error', 'max_tokens', 'context_length_exceeded');
   return invalid(r.error);
 }
 

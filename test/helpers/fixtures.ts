@@ -60,3 +60,14 @@ export function addTokenizer(model: string): void {
   tc.chat_template = "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}";
   fs.writeFileSync(path.join(model, 'tokenizer_config.json'), JSON.stringify(tc));
 }
+
+/** llama-tiny with a million positions (rope: nothing in its weights depends on them), so that
+ *  a request's cache, 2304 bytes per position and row, can outgrow a memory limit. */
+export function longContextModel(): string {
+  const dir = tmpDir('long-context');
+  const src = path.join(fixturesDir, 'llama-tiny');
+  fs.copyFileSync(path.join(src, 'model.safetensors'), path.join(dir, 'model.safetensors'));
+  const config = JSON.parse(fs.readFileSync(path.join(src, 'config.json'), 'utf8')) as Record<string, unknown>;
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...config, max_position_embeddings: 1_000_000 }));
+  return dir;
+}
