@@ -238,13 +238,16 @@ describe('prompt chunks and decode rows: taking turns with resident weights, mix
     return { steps: seen.firstStep - seen.arrivedStep, aTokens: seen.aAtFirst - 3 };
   }
 
-  it('resident weights: a one-chunk prompt runs alone in the next step; a long one alternates with the decode rows', async () => {
+  it('resident weights: a one-chunk prompt runs alone in the next step, a long one alternates with the decode rows, a tiny one rides along', async () => {
     const model = await loadModel(path.join(fixturesDir, 'opt-tiny'), { policy: { gpuBatchSize: 2, numGpuBatches: 1 } });
     try {
       // The step after arrival is the prompt's own; the decoding request gets no token in it.
       expect(await arrival(model, 3)).toEqual({ steps: 1, aTokens: 0 });
-      // 4 chunks: prompt, decode, prompt, decode, prompt, decode, prompt.
-      expect(await arrival(model, 10)).toEqual({ steps: 7, aTokens: 3 });
+      // A prompt of no more tokens than the decode rows (here 1) rides along with them.
+      expect(await arrival(model, 1)).toEqual({ steps: 1, aTokens: 1 });
+      // Chunks of 3, 3, 3, 1: prompt, decode, prompt, decode, prompt, then the last token rides
+      // along with the decode row.
+      expect(await arrival(model, 10)).toEqual({ steps: 6, aTokens: 3 });
     } finally {
       await model.close();
     }

@@ -309,7 +309,9 @@ export class ContinuousEngine {
    *  for the step in flight and for a step carrying the others' decode work beside its prefill.
    *  So prompt chunks and decode rows take turns instead (prompts first): a one-chunk prompt's
    *  first token comes after at most the step in flight plus its own prefill, decode rows still
-   *  advance every other step while a long prompt goes in chunks, and the work done is the same. */
+   *  advance every other step while a long prompt goes in chunks, and the work done is the same.
+   *  Prompts of fewer tokens than the decode rows still ride along: a step of their own would
+   *  cost a pass over the weights for little compute. */
   private plan(rows: (Slot | null)[], maxTokens: number, k: number): { seg: Segment; slot: Slot; prompt: boolean; samples: boolean }[] {
     const take = new Map<Slot, number>();
     const total = (x: Slot) => x.a.seq.ids.length + x.a.seq.tokens.length;
@@ -318,7 +320,8 @@ export class ContinuousEngine {
     let decoding = rows.filter((x) => x !== null).length - prefilling.length;
     // Taking turns: 'prompts' runs only prompt chunks, 'decode' only decode rows.
     let turn: 'both' | 'prompts' | 'decode' = 'both';
-    if (!this.s.weightsStream && prefilling.length > 0 && decoding > 0) turn = this.promptsLast[k] ? 'decode' : 'prompts';
+    const promptTokens = Math.min(this.p.prefillChunk, prefilling.reduce((n, x) => n + total(x) - x.fed, 0));
+    if (!this.s.weightsStream && decoding > 0 && promptTokens > decoding) turn = this.promptsLast[k] ? 'decode' : 'prompts';
     if (turn === 'prompts') decoding = 0;
     let budget = turn === 'decode' ? 0 : Math.min(this.p.prefillChunk, maxTokens - decoding);
     for (const x of prefilling) {
