@@ -6,13 +6,14 @@
 // default .bench/disk) below the model's size, the model is served with its weights streaming
 // from disk. Dummy-weight models are made once under .bench/ (prompts are token ids).
 // Then the time to first token of a request arriving during decode (the bound: one decode
-// step plus its own prefill): the block's rows but one decode long answers (up to
-// --probe-background tokens each, in a loop) while --probes requests of one token each (their latency is their first
-// token, as the client sees it) arrive one at a time at random moments.
+// step plus its own prefill): the block's rows but one decode answers of one-token prompts (up to
+// --probe-background tokens each, in a loop) while --probes requests of --prompt-len tokens and
+// one new token (their latency is their first token, as the client sees it) arrive one at a
+// time at random moments.
 //
 //   node --import tsx bench/serve.ts [--config opt-125m | --model DIR] [--concurrency 1,8,32,64]
 //     [--duration 60] [--prompt-len 64] [--max-tokens 32] [--gpu-batch-size 8] [--num-gpu-batches 1]
-//     [--probes 100] [--probe-background 512] [--ram 256MiB [--disk-dir DIR]] [--json]
+//     [--probes 100] [--probe-background N (prompt + max tokens)] [--ram 256MiB [--disk-dir DIR]] [--json]
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -30,7 +31,9 @@ const duration = Number(opt('--duration', '60'));
 const promptLen = Number(opt('--prompt-len', '64'));
 const maxTokens = Number(opt('--max-tokens', '32'));
 const probes = Number(opt('--probes', '100'));
-const probeBackground = Number(opt('--probe-background', '512'));
+// The background's answers reach the positions the bench's own rows reach (prompt + answer), so
+// that its decode steps are no longer than the one in the bound.
+const probeBackground = Number(opt('--probe-background', String(promptLen + maxTokens)));
 const shape = ['--gpu-batch-size', opt('--gpu-batch-size', '8')!, '--num-gpu-batches', opt('--num-gpu-batches', '1')!];
 const ram = opt('--ram');
 const root = path.resolve(import.meta.dirname, '..');
