@@ -34,6 +34,8 @@ export interface OffloadPlanInput {
 export interface OffloadPlan {
   shares: Shares;
   subGroupSize: number;
+  /** Sets of optimizer sub-group buffers (sets − 2 sub-groups are read ahead). */
+  optimizerSets: number;
   /** Most units read ahead (the prefetcher picks the depth within it from measurements). */
   maxDepth: number;
   /** Bytes of a weight tile, and the weights computed in tiles. */
@@ -63,10 +65,16 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
   const unitBytes = (u: number, k: StateKind) => probe.fetched[u]!.reduce((n, i) => n + alignUp(probe.params[i]!.size * kindBytes(k)), 0);
   const layerMax = (k: StateKind) => Math.max(0, ...Array.from({ length: L }, (_, u) => unitBytes(u, k)));
   const perElem = probe.kinds.reduce((n, k) => n + kindBytes(k), 0);
-  // Sub-groups: a sixteenth of the limit for the three buffer sets (pieces of 2048 elements at
-  // least; ./optimizer.ts); each kind's buffer may take a block of alignment more.
-  const subGroupSize = o.subGroupSize ?? Math.max(2048, Math.floor(o.ram / 16 / (3 * perElem)));
-  const subGroupBytes = 3 * (Math.max(2048, Math.min(subGroupSize, probe.params.reduce((n, p) => n + p.size, 0))) * perElem + probe.kinds.length * 4096);
+  // Sub-groups: a set of buffers is a 48th of the limit (pieces of 2048 elements at least;
+  // ./optimizer.ts); each kind's buffer may take a block of alignment more. The sets take an
+  // eighth of the limit (three at least, eight at most): the update overlaps the next forward,
+  // which yields to it only between units, so what it moves under one unit's compute is what
+  // its sets − 2 sub-groups read ahead hold (./cost.ts). They coexist with the forward's buffers
+  // (both are items below).
+  const subGroupSize = o.subGroupSize ?? Math.max(2048, Math.floor(o.ram / 48 / perElem));
+  const setBytes = Math.max(2048, Math.min(subGroupSize, probe.params.reduce((n, p) => n + p.size, 0))) * perElem + probe.kinds.length * 4096;
+  const optimizerSets = Math.max(3, Math.min(8, Math.floor(o.ram / 8 / setBytes)));
+  const subGroupBytes = optimizerSets * setBytes;
   // Packed weights: each held unit's weights packed (and packed transposed) in f32 at most.
   const packs = 2 * 4 * (Math.max(0, ...unitElems.slice(0, L)) + unitElems[L]!);
   const q = c.heads * c.headDim;
@@ -76,7 +84,7 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
     { what: 'parameter buffers (layer in use, read ahead, globals)', ram: (depth + 1) * layerMax(computeKind) + 2 * unitBytes(L, computeKind), disk: 0 },
     { what: 'gradient buffers', ram: 2 * layerMax('grad') + unitBytes(L, 'grad'), disk: 0 },
     { what: 'packed weights', ram: packs, disk: 0 },
-    { what: 'optimizer sub-group buffers (three)', ram: subGroupBytes, disk: 0 },
+    { what: `optimizer sub-group buffers (${optimizerSets} sets)`, ram: subGroupBytes, disk: 0 },
     // Without activation checkpointing every layer keeps its whole tape (half of perToken).
     { what: o.checkpointActivations ? 'activations and gradients of one layer, head, logits' : 'every layer\'s activations, gradients, head, logits',
       ram: perToken * t * (o.checkpointActivations ? 1 : (L + 1) / 2) + gemm, disk: 0 },
@@ -120,7 +128,7 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
     throw e;
   }
   if (!Number.isSafeInteger(subGroupSize) || subGroupSize < 1) throw new UserError(`--sub-group-size must be a positive integer, got ${subGroupSize}`);
-  return { shares, subGroupSize, maxDepth, tileBytes, tiled, layout, items };
+  return { shares, subGroupSize, optimizerSets, maxDepth, tileBytes, tiled, layout, items };
 }
 
 const KIND_NAMES: Record<StateKind, string> = {
