@@ -125,7 +125,9 @@ export class StreamingAdamW {
   private transfer(dir: 'read' | 'write', kind: StateKind, group: Piece[], buf: Uint8Array): Promise<void> {
     const r = this.range(kind, group);
     if (!r) return Promise.resolve();
-    return this.store.states.transfer(dir, kind, r.start, buf.subarray(0, r.end - r.start), 'optimizer');
+    // Background: the forward it overlaps reads each unit's parameters once they are updated,
+    // and that read (urgent) should not queue behind the sub-groups read ahead.
+    return this.store.states.transfer(dir, kind, r.start, buf.subarray(0, r.end - r.start), 'optimizer', true);
   }
 
   /** Starts the step: the norm and hyper-parameters now (the returned result), the update in the

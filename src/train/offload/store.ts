@@ -128,8 +128,9 @@ export class OffloadStore implements ParamSource, ParamLookup {
       l.bytes = this.states.bufferBytes(this.computeKind, indices);
       const phase = this.phase;
       // A read ahead of the unit's update waits for it: the file holds the old values until then.
+      // The forward needs it next then (it waits for the same update): urgent.
       const after = this.updated(u);
-      const read = () => this.states.read(this.computeKind, indices, lease.data, phase, background);
+      const read = () => this.states.read(this.computeKind, indices, lease.data, phase, background && !after);
       l.done = (after ? after.then(read) : read()).then(() => {
         l.readMs = performance.now() - t0;
       });
