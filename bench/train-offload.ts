@@ -49,10 +49,13 @@ try {
   const micro = () => Array.from({ length: accum }, () => Array.from({ length: batch }, () => ({ tokenIds: Array.from({ length: seq }, () => Math.floor(r() * vocab)) })));
   await trainer.step(micro());
   const times: number[] = [];
+  const perStep: { seconds: number; waits: Record<string, number>; hidden: Record<string, number> }[] = [];
   let last = null;
   for (let i = 0; i < steps; i++) {
     last = await trainer.step(micro());
     times.push(last.seconds);
+    const ph = Object.entries(last.offload!.phases);
+    perStep.push({ seconds: last.seconds, waits: Object.fromEntries(ph.map(([k, v]) => [k, v.waitSeconds])), hidden: Object.fromEntries(ph.map(([k, v]) => [k, v.hidden])) });
   }
   // The last step's update runs in the background of what comes next: here, nothing.
   const t0 = performance.now();
@@ -73,7 +76,7 @@ try {
     tokensPerSecond: (batch * seq * accum) / measured, measuredSeconds: measured, predictedSeconds: predicted.seconds,
     predictedOverMeasured: predicted.seconds / measured, bound: predicted.bound,
     roofline: { seconds: roofline, gemmSeconds, diskSeconds, share: roofline / measured },
-    times, lastUpdateSeconds,
+    times, perStep, lastUpdateSeconds,
     predicted: { compute: predicted.computeSeconds, computeParts: predicted.compute, passIo: predicted.passIoSeconds, optimizer: predicted.optimizerSeconds, optimizerHidden: predicted.optimizerHiddenSeconds, forward: predicted.forwardSeconds, bytes: predicted.bytes },
     read: last!.offload!.read, written: last!.offload!.written, phases: last!.offload!.phases, prefetchDepth: last!.offload!.prefetchDepth,
     peakRssBytes: peakRssBytes(),
