@@ -80,7 +80,7 @@ describe('saving and resuming', () => {
     const dir = tmpDir('train-save');
     try {
       fs.copyFileSync(path.join(OPT, 'config.json'), path.join(dir, 'config.json'));
-      trainer.saveParams(path.join(dir, 'model.safetensors'));
+      await trainer.saveParams(path.join(dir, 'model.safetensors'));
       const again = await openTrainer(dir);
       for (const [i, p] of again.parameters().entries()) expect(p.master.data).toEqual(trainer.parameters()[i]!.master.data);
       const model = await loadModel(dir);

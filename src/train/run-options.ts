@@ -76,7 +76,7 @@ export interface TrainRunInfo {
   /** Offloaded runs: the training state's bytes in RAM and on disk, and the sub-group size. */
   offload?: { ramBytes: number; diskBytes: number; subGroupSize: number; tiledWeights: number; tileBytes: number };
   /** Offloaded runs with a saved hardware profile: the cost model's step time and what bounds it. */
-  predicted?: { seconds: number; bound: string; computeSeconds: number; passIoSeconds: number; optimizerSeconds: number };
+  predicted?: { seconds: number; bound: string; computeSeconds: number; passIoSeconds: number; optimizerSeconds: number; optimizerHiddenSeconds: number };
 }
 
 type Optional = 'maxSteps' | 'epochs' | 'evalData' | 'threads' | 'onStart' | 'ram' | 'diskDir' | 'disk' | 'subGroupSize' | 'ramPercent' | 'tileSize';

@@ -224,10 +224,10 @@ async function save(trainer: Trainer, o: ResolvedOptions, options: { [key: strin
   };
   const dir = trainer.partition
     ? await savePartitioned(trainer.partition, comm, o.out, o.model, state, { keep: o.keepCheckpoints })
-    : await saveCheckpoint(o.out, o.model, {
+    : await trainer.sync().then(() => saveCheckpoint(o.out, o.model, {
       ...state,
       tensors: new Map(trainer.stateSources().map((p) => [p.name, { shape: p.shape, master: p.master, m: p.m, v: p.v }])),
-    }, { keep: o.keepCheckpoints });
+    }, { keep: o.keepCheckpoints }));
   if (comm.rank === 0) publishModel(o.out, dir);
   return dir;
 }
@@ -250,7 +250,8 @@ async function evaluate(trainer: Trainer, data: Dataset, batchSize: number): Pro
 function predicted(trainer: Trainer, o: ResolvedOptions): { predicted?: TrainRunInfo['predicted'] } {
   const profile = trainer.offloads ? loadProfile(defaultProfilePath()) : null;
   const p = profile && trainer.predictStep(profile, o.batchSize * o.seqLen, o.gradAccum, o.seqLen);
-  return p ? { predicted: { seconds: p.seconds, bound: p.bound, computeSeconds: p.computeSeconds, passIoSeconds: p.passIoSeconds, optimizerSeconds: p.optimizerSeconds } } : {};
+  return p ? { predicted: { seconds: p.seconds, bound: p.bound, computeSeconds: p.computeSeconds, passIoSeconds: p.passIoSeconds, optimizerSeconds: p.optimizerSeconds,
+    optimizerHiddenSeconds: p.optimizerHiddenSeconds } } : {};
 }
 
 function offloadOptions(o: ResolvedOptions): OffloadOptions | undefined {

@@ -139,6 +139,19 @@ export class Trainer {
     this.optimizer.step = n;
   }
 
+  /** Waits until the last step's update is done. An offloaded run updates in the background,
+   *  overlapping the next step's (or evaluation's) forward, which waits for each layer as it
+   *  fetches it; whatever reads the states as a whole (saveParams, stateSources, a checkpoint)
+   *  waits for all of it. Rethrows the update's error (an I/O failure). Immediate in RAM. */
+  async sync(): Promise<void> {
+    await this.offloaded?.optimizer.settle();
+  }
+
+  /** Whether the last step's update is still running in the background (offloaded runs). */
+  get updating(): boolean {
+    return this.offloaded?.optimizer.busy ?? false;
+  }
+
   /** One optimizer step over `batch`: one micro-batch (a list of sequences), or several (a list
    *  of lists) whose gradients are accumulated. */
   async step(batch: readonly TrainSequence[] | readonly (readonly TrainSequence[])[]): Promise<StepMetrics> {
@@ -171,9 +184,17 @@ export class Trainer {
     }
     loss = this.sum([loss])[0]!;
     const lr = learningRate(this.schedule, this.optimizer.step);
-    const { gradNorm } = this.offloaded ? await this.offloaded.optimizer.step(this.optimizer, lr) : this.optimizer.update(lr);
-    return { step: this.optimizer.step, loss: loss / targets, gradNorm, lr, tokens, targets,
-      seconds: (performance.now() - t0) / 1000, ...(this.offloaded ? { offload: this.offloaded.store.stats() } : {}) };
+    if (this.offloaded) {
+      // The update runs in the background, overlapping the next forward (./offload/optimizer.ts).
+      // This step's statistics end here: its update's transfers count in the next step's.
+      const off = this.offloaded;
+      const stats = off.store.stats();
+      await off.store.quiesce();
+      const { gradNorm } = off.optimizer.start(this.optimizer, lr);
+      return { step: this.optimizer.step, loss: loss / targets, gradNorm, lr, tokens, targets, seconds: (performance.now() - t0) / 1000, offload: stats };
+    }
+    const { gradNorm } = this.optimizer.update(lr);
+    return { step: this.optimizer.step, loss: loss / targets, gradNorm, lr, tokens, targets, seconds: (performance.now() - t0) / 1000 };
   }
 
   /** An offloaded run's buffers were planned for micro-batches of at most offload.maxTokens. */
@@ -215,6 +236,7 @@ export class Trainer {
   /** Number of trainable values. */
   parameterCount(): number {
     if (this.ranked) return this.ranked.parameterCount;
+    if (this.offloaded) return this.offloaded.store.layout.params.reduce((n, p) => n + p.size, 0);
     return this.stateSources().reduce((n, s) => n + s.size, 0);
   }
 
@@ -224,12 +246,14 @@ export class Trainer {
     if (!this.offloaded) {
       return (this.store as TrainSource).states.map((p) => ({ name: p.name, shape: [...p.shape], size: p.master.size, master: p.master.data, m: p.m.data, v: p.v.data }));
     }
+    if (this.offloaded.optimizer.busy) throw new Error('stateSources(): the last step\'s update is still running; await trainer.sync() first');
     const st = this.offloaded.store.states;
     return st.layout.params.map((p) => ({ name: p.name, shape: p.shape, size: p.size, master: st.reader('master', p.index), m: st.reader('m', p.index), v: st.reader('v', p.index) }));
   }
 
   /** Loads a checkpoint's training-state directory (checked by readTrainingState) into the states. */
   async restoreStates(stateDir: string, state: TrainingState): Promise<void> {
+    await this.sync();
     if (!this.offloaded) {
       for (const p of (this.store as TrainSource).states) {
         const s = state.tensors.get(p.name)!;
@@ -253,7 +277,8 @@ export class Trainer {
     const off = this.offloaded;
     if (!off) return null;
     const act = off.plan.shares.act < 1 ? this.config.layers * alignUp(4 * off.maxTokens * this.config.hidden) : 0;
-    return predictOffloadStep({ layout: off.plan.layout, tokens, gradAccum, seqLen, actDiskBytes: act, profile });
+    return predictOffloadStep({ layout: off.plan.layout, tokens, gradAccum, seqLen, actDiskBytes: act, profile,
+      optimizer: { subGroupSize: off.optimizer.subGroupSize, sets: off.optimizer.sets } });
   }
 
   /** An offloaded run's model states in RAM and on disk (bytes), and its sub-group size; null in RAM. */
@@ -270,13 +295,17 @@ export class Trainer {
 
   /** Removes an offloaded run's state files, once its transfers are done (a no-op in RAM). */
   async close(): Promise<void> {
+    // A failed update was reported by the step or sync() that met it; close only waits for it.
+    await this.offloaded?.optimizer.settle().catch(() => {});
     await this.offloaded?.store.close();
   }
 
   /** Writes the current weights (the fp32 masters, rounded to `dtype`) to a safetensors file under
    *  their Hugging Face names. Under ranks every rank calls it (the masters are gathered) and rank 0
-   *  writes. */
-  saveParams(file: string, dtype: 'f32' | 'bf16' | 'f16' = 'f32'): void {
+   *  writes. Offloaded, it first waits for the last step's update (sync()). */
+  async saveParams(file: string, dtype: 'f32' | 'bf16' | 'f16' = 'f32'): Promise<void> {
+    // In RAM nothing is pending and the file is written before this returns.
+    if (this.offloaded?.optimizer.busy) await this.sync();
     const masters = new Map<string, { shape: readonly number[]; data: F32Source }>();
     if (this.ranked) this.ranked.gatherMasters((name, shape, data) => masters.set(name, { shape, data }));
     else for (const s of this.stateSources()) masters.set(s.name, { shape: s.shape, data: s.master });

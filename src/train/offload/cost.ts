@@ -14,8 +14,15 @@
 // activations and residuals, which stream the layer's per-token activations (the bytes
 // ./plan.ts reserves for one layer's tape) three times (forward, recompute, backward) at the copy
 // rate.
-// A step takes max(compute, forward/backward I/O) + max(AdamW, optimizer I/O), and is bound by
-// the largest part; a phase's I/O is its reads or its writes, whichever take longer (they overlap).
+// A step takes max(compute, forward/backward I/O) + max(AdamW, optimizer I/O) − what of the
+// optimizer hides under the next step's forward, and is bound by the largest part; a phase's I/O
+// is its reads or its writes, whichever take longer (they overlap).
+// The update of step t runs in the background of step t+1's first forward (./optimizer.ts): the
+// forward of unit u waits only for u's sub-groups. The JavaScript thread runs the update's
+// bookkeeping only between units (a unit's compute is one synchronous call), so under one unit's
+// compute the disk moves at most what was in flight when it began: the sets − 2 sub-groups read
+// ahead (and their writes). Hidden: Σ over units of min(that unit's forward compute, that transfer
+// time), at most the update's own time.
 
 import type { HardwareProfile } from '../../policy/profile.js';
 import { attentionPrefillRate, diskReadRate, diskWriteRate, gemmRate, memcpyRate } from '../../policy/profile.js';
@@ -32,6 +39,8 @@ export interface OffloadCostInput {
   /** Bytes of activation checkpoints on disk per micro-batch (0 when kept in RAM). */
   actDiskBytes: number;
   profile: HardwareProfile;
+  /** The optimizer's sub-group size and buffer sets (./plan.ts); absent: no overlap counted. */
+  optimizer?: { subGroupSize: number; sets: number };
 }
 
 export interface OffloadCost {
@@ -44,6 +53,10 @@ export interface OffloadCost {
   passIoSeconds: number;
   /** The optimizer step: AdamW's pass or its disk traffic, whichever is longer (they overlap). */
   optimizerSeconds: number;
+  /** The part of optimizerSeconds hidden under the next step's forward. */
+  optimizerHiddenSeconds: number;
+  /** The forward of one micro-batch (the window the previous update overlaps). */
+  forwardSeconds: number;
   bytes: { passRead: number; passWritten: number; optimizerRead: number; optimizerWritten: number };
   /** What the step time is made of, largest first: 'compute', 'disk (forward/backward)', 'disk (optimizer)'. */
   bound: string;
@@ -82,10 +95,22 @@ export function predictOffloadStep(o: OffloadCostInput): OffloadCost {
   // profile's rates takes 24 s (docs/benchmarks.md). So each phase takes its slower direction.
   const passIoSeconds = Math.max(passRead / r, passWritten / w);
   const optimizerSeconds = Math.max(adamSeconds, optimizerRead / r, optimizerWritten / w);
-  const parts: [string, number][] = [['compute', computeSeconds], ['disk (forward/backward)', passIoSeconds], ['disk (optimizer)', optimizerSeconds]];
+  // Forward: a quarter of the GEMMs and attention (forward, recompute, backward twice), a third of
+  // the elementwise work and packing, of one micro-batch.
+  const forwardSeconds = (gemmSeconds / 4 + attentionSeconds / 4 + (elementwiseSeconds + packSeconds) / 3) / k;
+  let optimizerHiddenSeconds = 0;
+  if (o.optimizer && params > 0) {
+    const group = Math.min(params, o.optimizer.subGroupSize);
+    const ahead = Math.max(1, o.optimizer.sets - 2) * group / params;
+    const inFlight = Math.max(ahead * optimizerRead / r, ahead * optimizerWritten / w);
+    const units = layout.units.length;
+    optimizerHiddenSeconds = Math.min(optimizerSeconds, units * Math.min(forwardSeconds / units, inFlight));
+  }
+  const exposed = optimizerSeconds - optimizerHiddenSeconds;
+  const parts: [string, number][] = [['compute', computeSeconds], ['disk (forward/backward)', passIoSeconds], ['disk (optimizer)', exposed]];
   const bound = parts.sort((a, b) => b[1] - a[1]).map(([n]) => n)[0]!;
   return {
-    seconds: Math.max(computeSeconds, passIoSeconds) + optimizerSeconds, computeSeconds, passIoSeconds, optimizerSeconds,
+    seconds: Math.max(computeSeconds, passIoSeconds) + exposed, computeSeconds, passIoSeconds, optimizerSeconds, optimizerHiddenSeconds, forwardSeconds,
     compute: { gemm: gemmSeconds, attention: attentionSeconds, elementwise: elementwiseSeconds, packing: packSeconds },
     bytes: { passRead, passWritten, optimizerRead, optimizerWritten }, bound,
   };

@@ -69,7 +69,9 @@ export async function openOffload(config: ModelConfig, names: NameTable, backend
         process.removeListener('exit', remove);
       },
     });
-    return { store, optimizer: new StreamingAdamW(store, backend, plan.subGroupSize), plan, maxTokens };
+    const optimizer = new StreamingAdamW(store, backend, plan.subGroupSize, plan.optimizerSets);
+    store.updated = (u) => optimizer.updated(u);
+    return { store, optimizer, plan, maxTokens };
   } catch (e) {
     remove();
     throw e;

@@ -34,6 +34,8 @@ export interface OffloadPlanInput {
 export interface OffloadPlan {
   shares: Shares;
   subGroupSize: number;
+  /** Sets of optimizer sub-group buffers (sets − 2 sub-groups are read ahead). */
+  optimizerSets: number;
   /** Most units read ahead (the prefetcher picks the depth within it from measurements). */
   maxDepth: number;
   /** Bytes of a weight tile, and the weights computed in tiles. */
@@ -63,20 +65,25 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
   const unitBytes = (u: number, k: StateKind) => probe.fetched[u]!.reduce((n, i) => n + alignUp(probe.params[i]!.size * kindBytes(k)), 0);
   const layerMax = (k: StateKind) => Math.max(0, ...Array.from({ length: L }, (_, u) => unitBytes(u, k)));
   const perElem = probe.kinds.reduce((n, k) => n + kindBytes(k), 0);
-  // Sub-groups: a sixteenth of the limit for the three buffer sets (pieces of 2048 elements at
-  // least; ./optimizer.ts); each kind's buffer may take a block of alignment more.
-  const subGroupSize = o.subGroupSize ?? Math.max(2048, Math.floor(o.ram / 16 / (3 * perElem)));
-  const subGroupBytes = 3 * (Math.max(2048, Math.min(subGroupSize, probe.params.reduce((n, p) => n + p.size, 0))) * perElem + probe.kinds.length * 4096);
+  // Sub-groups: a set of buffers is a 48th of the limit (pieces of 2048 elements at least;
+  // ./optimizer.ts); each kind's buffer may take a block of alignment more. Three sets at least;
+  // more (up to an eighth of the limit, eight sets, and a quarter of what the other working
+  // buffers leave) read further ahead: the update overlaps the next forward, which yields to it
+  // only between units, so what it moves under one unit's compute is what its sets − 2
+  // sub-groups read ahead hold (./cost.ts). They coexist with the forward's buffers (both are
+  // items below).
+  const subGroupSize = o.subGroupSize ?? Math.max(2048, Math.floor(o.ram / 48 / perElem));
+  const setBytes = Math.max(2048, Math.min(subGroupSize, probe.params.reduce((n, p) => n + p.size, 0))) * perElem + probe.kinds.length * 4096;
   // Packed weights: each held unit's weights packed (and packed transposed) in f32 at most.
   const packs = 2 * 4 * (Math.max(0, ...unitElems.slice(0, L)) + unitElems[L]!);
   const q = c.heads * c.headDim;
   const perToken = layerActivationBytes(c) + 4 * (4 * c.embedDim + 2 * c.vocabSize);
   const gemm = 4 * t * Math.max(c.ffn, c.hidden, q, c.embedDim, c.vocabSize);
-  const fixed = (depth: number): MemoryItem[] => [
+  const fixed = (depth: number, sets: number): MemoryItem[] => [
     { what: 'parameter buffers (layer in use, read ahead, globals)', ram: (depth + 1) * layerMax(computeKind) + 2 * unitBytes(L, computeKind), disk: 0 },
     { what: 'gradient buffers', ram: 2 * layerMax('grad') + unitBytes(L, 'grad'), disk: 0 },
     { what: 'packed weights', ram: packs, disk: 0 },
-    { what: 'optimizer sub-group buffers (three)', ram: subGroupBytes, disk: 0 },
+    { what: `optimizer sub-group buffers (${sets} sets)`, ram: sets * setBytes, disk: 0 },
     // Without activation checkpointing every layer keeps its whole tape (half of perToken).
     { what: o.checkpointActivations ? 'activations and gradients of one layer, head, logits' : 'every layer\'s activations, gradients, head, logits',
       ram: perToken * t * (o.checkpointActivations ? 1 : (L + 1) / 2) + gemm, disk: 0 },
@@ -87,10 +94,11 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
     { what: 'activation checkpoint staging', ram: o.checkpointActivations ? 2 * alignUp(4 * t * c.hidden) : 0, disk: 0 },
   ];
   let maxDepth = 1;
-  const base = fixed(1).reduce((n, i) => n + i.ram, 0);
+  const base = fixed(1, 3).reduce((n, i) => n + i.ram, 0);
+  const optimizerSets = 3 + Math.max(0, Math.min(5, Math.floor(Math.min(o.ram / 8 - 3 * setBytes, (o.ram - base) / 4) / setBytes)));
   // Deeper prefetch while it takes at most a quarter of what is left.
   while (maxDepth < 4 && (maxDepth + 1) * layerMax(computeKind) <= (o.ram - base) / 4 + layerMax(computeKind)) maxDepth++;
-  const items = fixed(maxDepth);
+  const items = fixed(maxDepth, optimizerSets);
   let left = o.ram - items.reduce((n, i) => n + i.ram, 0);
   const shares = { param: 0, grad: 0, master: 0, m: 0, v: 0, act: 0 } as Shares;
   const totals: Record<string, number> = Object.fromEntries(probe.kinds.map((k) => [k, probe.params.reduce((n, p) => n + p.size * kindBytes(k), 0)]));
@@ -120,7 +128,7 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
     throw e;
   }
   if (!Number.isSafeInteger(subGroupSize) || subGroupSize < 1) throw new UserError(`--sub-group-size must be a positive integer, got ${subGroupSize}`);
-  return { shares, subGroupSize, maxDepth, tileBytes, tiled, layout, items };
+  return { shares, subGroupSize, optimizerSets, maxDepth, tileBytes, tiled, layout, items };
 }
 
 const KIND_NAMES: Record<StateKind, string> = {

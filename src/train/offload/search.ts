@@ -61,7 +61,8 @@ export function planTraining(o: TrainPlanInput): TrainPlan {
       continue;
     }
     const actDiskBytes = o.checkpointActivations && plan.shares.act < 1 ? o.config.layers * alignUp(4 * tokens * o.config.hidden) : 0;
-    const cost = predictOffloadStep({ layout: plan.layout, tokens, gradAccum, seqLen: o.seqLen, actDiskBytes, profile: o.profile });
+    const cost = predictOffloadStep({ layout: plan.layout, tokens, gradAccum, seqLen: o.seqLen, actDiskBytes, profile: o.profile,
+      optimizer: { subGroupSize: plan.subGroupSize, sets: plan.optimizerSets } });
     // A layer's read against a layer's compute (forward: a third of the pass's compute).
     const layerRead = plan.layout.fileBytes[plan.layout.kinds.includes('param') ? 'param' : 'master'] / Math.max(1, o.config.layers) / diskReadRate(o.profile);
     const layerCompute = cost.computeSeconds / gradAccum / 3 / Math.max(1, o.config.layers);

@@ -69,10 +69,11 @@ export class States {
     return this.io.track(phase, kind, 'write', r.end - r.start, this.files.get(kind)!.write(buf.subarray(0, r.end - r.start), r.start));
   }
 
-  /** Moves buf to or from byte `at` of the kind's file. */
-  transfer(dir: 'read' | 'write', kind: StateKind, at: number, buf: Uint8Array, phase: string): Promise<void> {
+  /** Moves buf to or from byte `at` of the kind's file (`background`: behind every urgent transfer). */
+  transfer(dir: 'read' | 'write', kind: StateKind, at: number, buf: Uint8Array, phase: string, background = false): Promise<void> {
     const f = this.files.get(kind)!;
-    return this.io.track(phase, kind, dir, buf.byteLength, dir === 'read' ? f.read(buf, at) : f.write(buf, at));
+    const o = { background };
+    return this.io.track(phase, kind, dir, buf.byteLength, dir === 'read' ? f.read(buf, at, o) : f.write(buf, at, o));
   }
 
   /** Synchronous buffered reader of one parameter's f32 `kind` (master, m, v), for checkpoint

@@ -74,6 +74,9 @@ export class OffloadStore implements ParamSource, ParamLookup {
   private phase: Phase = 'forward';
   private readonly tiles: TileIo;
   private readonly acts: ActivationSpill | null;
+  /** The optimizer step still updating in the background (./optimizer.ts): a unit's fetch waits
+   *  until its parameters are updated; null when none is pending. */
+  updated: (u: number) => Promise<void> | null = () => null;
 
   constructor(
     readonly config: ModelConfig,
@@ -123,7 +126,12 @@ export class OffloadStore implements ParamSource, ParamLookup {
     const l: Loaded = { unit: u, lease, start: this.layout.range(this.computeKind, indices)?.start ?? 0, bytes: 0, readMs: 0, done: Promise.resolve() };
     if (lease) {
       l.bytes = this.states.bufferBytes(this.computeKind, indices);
-      l.done = this.states.read(this.computeKind, indices, lease.data, this.phase, background).then(() => {
+      const phase = this.phase;
+      // A read ahead of the unit's update waits for it: the file holds the old values until then.
+      // The forward needs it next then (it waits for the same update): urgent.
+      const after = this.updated(u);
+      const read = () => this.states.read(this.computeKind, indices, lease.data, phase, background && !after);
+      l.done = (after ? after.then(read) : read()).then(() => {
         l.readMs = performance.now() - t0;
       });
       l.done.catch(() => {});  // awaited by prepare() or drop(); see IoCounter.track
@@ -146,6 +154,13 @@ export class OffloadStore implements ParamSource, ParamLookup {
 
   private async prepare(u: number, backward: boolean): Promise<void> {
     this.phase = backward ? 'backward' : 'forward';
+    const pending = this.updated(u);
+    if (pending) {
+      // Let the update's transfers that landed during the last unit's compute go on (a resolved
+      // await alone would not run their callbacks), then wait for unit u's part of it.
+      await new Promise((resolve) => setImmediate(resolve));
+      await this.states.io.wait('optimizer', pending);
+    }
     const loaded = this.prefetch.take(u, backward) ?? await this.read(u);
     try {
       await this.states.io.wait(this.phase, loaded.done);
@@ -175,6 +190,9 @@ export class OffloadStore implements ParamSource, ParamLookup {
     const start = this.layout.range('grad', indices)?.start ?? 0;
     const lease = bytes > 0 ? await this.pool(u, true).acquire(bytes) : null;
     const loaded: Loaded = { unit: u, lease, start, bytes, readMs: 0, done: Promise.resolve() };
+    // The RAM-resident gradients start from zero here, not in zeroGrad(): until the unit's fetch in
+    // this step's forward the previous step's update may still be reading them.
+    if (this.zero[u]) for (const i of this.layout.units[u]!) this.states.residentTensor('grad', i)?.data.fill(0);
     if (lease && this.zero[u]) lease.data.fill(0, 0, bytes);
     else if (lease) {
       try {
@@ -338,11 +356,11 @@ export class OffloadStore implements ParamSource, ParamLookup {
 
   // ---- the step -----------------------------------------------------------------------------
 
-  /** Before a step's first micro-batch: every gradient is zero again. */
+  /** Before a step's first micro-batch: every gradient is zero again (each unit's when its
+   *  backward first prepares it; the pending update took the norm already). */
   zeroGrad(): void {
     this.zero.fill(true);
     this.sumSquares.fill(0);
-    for (const p of this.layout.params) this.states.residentTensor('grad', p.index)?.data.fill(0);
   }
 
   /** Waits for every gradient write and drops what was read ahead (the parameters are about to
