@@ -166,16 +166,26 @@ const bench = spawnSync(process.execPath, ['--import', 'tsx', cliPath, 'bench', 
   ...shape, ...limits, '--json'], { cwd: root, encoding: 'utf8' });
 const benchOut = bench.status === 0 ? (JSON.parse(bench.stdout.trim().split('\n').pop()!) as Record<string, number>) : {};
 const offline = benchOut.total_tokens_per_second ?? NaN;
-// The TTFT target's bound: one decode step of the block plus one prompt's own prefill, both at
-// `tierlm bench`'s rates (a decode step = the block's rows, one token each).
+// The TTFT target's bound: one decode step of the block (the block's rows, one token each, at
+// `tierlm bench`'s decode rate) plus the request's own prefill: one prompt prefilled alone, in
+// the same placement (bench's batched prefill rate shares each weight pass among the block's
+// prompts, which a lone request cannot).
 const rowsPerBlock = Number(shape[1]) * Number(shape[3]);
 const decodeStep = rowsPerBlock / (benchOut.decode_tokens_per_second ?? NaN);
-const ownPrefill = promptLen / (benchOut.prefill_tokens_per_second ?? NaN);
+const policyFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'tierlm-bench-serve-policy-')), 'policy.json');
+fs.writeFileSync(policyFile, JSON.stringify({ policy: (benchOut as unknown as { policy?: object }).policy ?? {} }));
+const lone = spawnSync(process.execPath, ['--import', 'tsx', cliPath, 'bench', '--model', model, '--prompt-len', String(promptLen), '--gen-len', '2',
+  '--policy', policyFile, '--gpu-batch-size', '1', '--num-gpu-batches', '1', ...limits, '--json'], { cwd: root, encoding: 'utf8' });
+fs.rmSync(path.dirname(policyFile), { recursive: true, force: true });
+if (lone.status !== 0) process.stderr.write(`tierlm bench (one prompt) failed: ${lone.stderr}\n`);
+const ownPrefill = lone.status === 0 ? (JSON.parse(lone.stdout.trim().split('\n').pop()!) as Record<string, number>).prefill_seconds! : NaN;
 
 const summary = {
   model, model_bytes: modelBytes, ram: ram ?? null, shape: shape.join(' '), prompt_len: promptLen, max_tokens: maxTokens, duration_s: duration,
   peak_rss_bytes: peak, bench_total_tokens_per_second: offline, bench: benchOut, ttft_bound_s: decodeStep + ownPrefill, levels: rows,
-  probe: { requests: probeLatencies.length, failed: probeFailed, background_tokens: probeBackground, ttft_p50_s: q(probeLatencies, 0.5), ttft_p90_s: q(probeLatencies, 0.9), ttft_max_s: q(probeLatencies, 1) },
+  own_prefill_s: ownPrefill, decode_step_s: decodeStep,
+  probe: { requests: probeLatencies.length, failed: probeFailed, background_tokens: probeBackground, ttft_p50_s: q(probeLatencies, 0.5), ttft_p90_s: q(probeLatencies, 0.9), ttft_max_s: q(probeLatencies, 1),
+    ttft_s: probeLatencies },
   machine: `${os.cpus()[0]?.model} × ${os.availableParallelism()}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`, date: new Date().toISOString(),
 };
 if (json) process.stdout.write(JSON.stringify(summary) + '\n');
