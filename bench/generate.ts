@@ -61,12 +61,14 @@ for (const precision of precisions) {
   for (const b of batches) {
     const requests = Array.from({ length: b }, (_, i) => ({
       id: `r${i}`,
-      promptTokenIds: Array.from({ length: promptLen }, (_, j) => 3 + ((i * 7919 + j * 104729) % 50000)),
+      promptTokenIds: Array.from({ length: promptLen }, (_, j) => 3 + ((i * 7919 + j * 104729) % (model.config.vocabSize - 3))),
     }));
     // Warm-up (first touches of workspaces), then the measured run.
     for await (const _ of model.generate(requests.slice(0, 1), { maxNewTokens: 2, stopAtEos: false, batchSize: 1 })) void _;
     const stats: GenerateStats = { prefillSeconds: 0, decodeSeconds: 0, promptTokens: 0, generatedTokens: 0 };
-    for await (const _ of model.generate(requests, { maxNewTokens: newTokens, stopAtEos: false, batchSize: b }, stats)) void _;
+    for await (const r of model.generate(requests, { maxNewTokens: newTokens, stopAtEos: false, batchSize: b }, stats)) {
+      if ('error' in r) throw new Error(`${r.id}: ${r.error}`);
+    }
     const decodeSteps = newTokens - 1;
     const gemmStep = await gemmOnlyStep(model, b);
     const gemmPrefill = await gemmOnlyStep(model, b, b * promptLen, 1);
