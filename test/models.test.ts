@@ -76,3 +76,48 @@ describe('loading packs large tensors in chunks', () => {
     }
   });
 });
+
+describe('compress_weight packs the LM head and the embedding 4-bit (as llama.cpp\'s Q4_0 files)', () => {
+  for (const name of ['opt-tiny', 'llama-tiny']) {
+    it(`${name}: head == the reference q4 matmul, embedding rows == reference q4 rows, sizes count them`, async () => {
+      const { openModel } = await import('../src/models/load.js');
+      const { cpuBackend, referenceBackend } = await import('../src/backend/index.js');
+      const { TensorStore } = await import('../src/formats/safetensors.js');
+      const { Tensor } = await import('../src/tensor/tensor.js');
+      const { expectClose, randomF32 } = await import('./helpers/harness.js');
+      const dir = models.find(([n]) => n === name)![1];
+      const cpu = cpuBackend();
+      const ref = referenceBackend();
+      const q4 = openModel(dir, cpu, 'fp32', true);
+      const plain = openModel(dir, cpu, 'fp32', false);
+      const g = q4.loader.globals();
+      const p = plain.loader.globals();
+      const c = q4.config;
+      expect(g.lmHead.format).toBe('q4');
+      expect('packed' in g.embed).toBe(true);
+      if (name === 'opt-tiny') expect('packed' in g.embed && g.embed.packed).toBe(g.lmHead); // tied: one weight
+      const store = TensorStore.open(dir);
+      const headName = name === 'opt-tiny' ? 'model.decoder.embed_tokens.weight' : 'lm_head.weight';
+      const embedName = name === 'opt-tiny' ? headName : 'model.embed_tokens.weight';
+      const refHead = ref.packWeight(store.read(headName), 'fp32', 'h', { quantize: 'q4' });
+      // Odd row counts, each over the whole vocabulary (fp32 mode: exact dequantization, only the
+      // summation order differs from the reference).
+      for (const m of [1, 3, 7]) {
+        const x = randomF32([m, c.embedDim], 900 + m);
+        expectClose(cpu.matmul(x, g.lmHead).data, ref.matmul(x, refHead).data, 2e-5, `${name} head m=${m}`);
+      }
+      const ids = new Tensor('i32', [5], Int32Array.from([0, c.vocabSize - 1, 31, 32, 5]));
+      const refEmbed = ref.packWeight(store.read(embedName), 'fp32', 'e', { quantize: 'q4' });
+      const gathered = cpu.gatherRows((g.embed as { packed: typeof g.lmHead }).packed, ids);
+      expect(Array.from(gathered.data)).toEqual(Array.from(ref.gatherRows(refEmbed, ids).data));
+      // The planner's sizes count the 4-bit head and embedding instead of the stored ones.
+      const bytes = (w: typeof p) => w.lmHead.data.byteLength + ('table' in w.embed ? w.embed.table.data.byteLength
+        : w.embed.packed === w.lmHead ? 0 : w.embed.packed.data.byteLength);
+      expect(plain.loader.sizes().globalBytes - q4.loader.sizes().globalBytes).toBe(bytes(p) - bytes(g));
+      expect(bytes(g)).toBeLessThan(0.4 * bytes(p)); // bf16 or f32 as stored vs 4.5 bits (rows padded to whole groups)
+      store.close();
+      q4.close();
+      plain.close();
+    });
+  }
+});

@@ -3,6 +3,8 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <cstring>
+
 #include "kernels/gemm.h"
 #include "kernels/quant.h"
 
@@ -158,6 +160,43 @@ void vnni(int rows, const int32_t* xq, const float* sx, const float* xsum, const
 
 static_assert(kVnniRows == 6, "vnni() handles up to 6 rows");
 
+void xquant(const float* xr, int64_t k, int rows, int i, int32_t* dq, float* ds, float* dsum) {
+  const int64_t ng = groups(k, kQGroup), q16 = kQGroup / 4;
+  const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+  for (int64_t g = 0; g < ng; g++) {
+    const int64_t k0 = g * kQGroup, len = k - k0 < kQGroup ? k - k0 : kQGroup;
+    __m512 v[4];
+    __m512 mx = _mm512_setzero_ps();
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; c++) {
+      const int64_t left = len - 16 * c;
+      const __mmask16 m = left >= 16 ? 0xffff : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
+      v[c] = _mm512_maskz_loadu_ps(m, xr + k0 + 16 * c);
+      mx = _mm512_max_ps(_mm512_and_ps(v[c], absmask), mx);  // a NaN lane keeps mx, as std::max(amax, NaN)
+    }
+    const float amax = _mm512_reduce_max_ps(mx);
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const __m512 vinv = _mm512_set1_ps(inv);
+    __m512i isum = _mm512_setzero_si512();
+    alignas(64) int8_t b[kQGroup];
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; c++) {
+      __m512 q = _mm512_roundscale_ps(_mm512_mul_ps(v[c], vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      q = _mm512_min_ps(_mm512_max_ps(q, lo), hi);  // NaN -> -127, as min(127, max(-127, NaN))
+      const __m512i qi = _mm512_cvtps_epi32(q);
+      isum = _mm512_add_epi32(isum, qi);
+      _mm_store_si128(reinterpret_cast<__m128i*>(b + 16 * c), _mm512_cvtepi32_epi8(qi));
+    }
+    const int sum = _mm512_reduce_add_epi32(isum);
+    // The min term uses the sum of the quantized x, so a group's result is exactly the dot
+    // product of the int8-rounded x with the dequantized weights (half the error of sum(x)).
+    ds[g * rows + i] = amax / 127.0f;
+    dsum[g * rows + i] = static_cast<float>(sum) * (amax / 127.0f);
+    for (int q = 0; q < q16; q++) std::memcpy(dq + (g * q16 + q) * rows + i, b + 4 * q, 4);
+  }
+}
+
 // fp32 path for 1 or 2 rows: dequantizes in registers and feeds P panels at once (8 or 16
 // independent FMA chains, so the k-ordered chain of each output is not latency-bound). Each
 // output is the same FMA chain over k as the tile path computes, so results are identical.
@@ -261,6 +300,7 @@ void small(int rows, const float* x, int64_t k, const uint8_t* w, int bits, int6
 DequantFn dequant_avx512() { return dequant; }
 SmallFn small_avx512() { return small; }
 VnniFn vnni_avx512() { return vnni; }
+XQuantFn xquant_avx512() { return xquant; }
 
 }  // namespace quant
 }  // namespace tierlm

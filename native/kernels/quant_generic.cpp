@@ -227,7 +227,7 @@ void matmul_fp32(const float* x, int64_t m, int64_t k, const uint8_t* w, int bit
   });
 }
 
-void matmul_vnni(VnniFn fn, const float* x, int64_t m, int64_t k, const uint8_t* w, int bits, int64_t n,
+void matmul_vnni(VnniFn fn, XQuantFn xquant, const float* x, int64_t m, int64_t k, const uint8_t* w, int bits, int64_t n,
                  const float* bias, float* y) {
   const int64_t np = (n + kNR - 1) / kNR, pb = panel_bytes(bits, k), gb = group_block_bytes(bits);
   const int64_t ng = groups(k, kQGroup), q16 = kQGroup / 4;
@@ -246,32 +246,7 @@ void matmul_vnni(VnniFn fn, const float* x, int64_t m, int64_t k, const uint8_t*
       int32_t* dq = xq + r0 * ng * q16;
       float* ds = sx + r0 * ng;
       float* dsum = xsum + r0 * ng;
-      for (int i = 0; i < rows; i++) {
-        const float* xr = x + (r0 + i) * k;
-        for (int64_t g = 0; g < ng; g++) {
-          const int64_t k0 = g * kQGroup, len = std::min<int64_t>(kQGroup, k - k0);
-          float amax = 0.0f;
-          for (int64_t j = 0; j < len; j++) amax = std::max(amax, std::fabs(xr[k0 + j]));
-          const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-          uint8_t b4[kQGroup];
-          int isum = 0;
-          for (int64_t j = 0; j < kQGroup; j++) {
-            float v = j < len ? std::nearbyint(xr[k0 + j] * inv) : 0.0f;
-            v = std::min(127.0f, std::max(-127.0f, v));
-            isum += static_cast<int>(v);
-            b4[j] = static_cast<uint8_t>(static_cast<int8_t>(v));
-          }
-          // The min term uses the sum of the quantized x, so a group's result is exactly the dot
-          // product of the int8-rounded x with the dequantized weights (half the error of sum(x)).
-          ds[g * rows + i] = amax / 127.0f;
-          dsum[g * rows + i] = static_cast<float>(isum) * (amax / 127.0f);
-          for (int q = 0; q < q16; q++) {
-            uint32_t word;
-            std::memcpy(&word, b4 + 4 * q, 4);
-            dq[(g * q16 + q) * rows + i] = static_cast<int32_t>(word);
-          }
-        }
-      }
+      for (int i = 0; i < rows; i++) xquant(x + (r0 + i) * k, k, rows, i, dq, ds, dsum);
     }
   });
   // k blocks of kVnniGroups groups keep a slice of panels in L2 for the next row block. With one
@@ -427,7 +402,7 @@ void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, int bits, in
     return;
   }
   if (fast && active_isa() >= Isa::Avx512Bf16 && cpu_features().avx512vnni) {
-    matmul_vnni(vnni_avx512(), x, m, k, w, bits, n, bias, y);
+    matmul_vnni(vnni_avx512(), xquant_avx512(), x, m, k, w, bits, n, bias, y);
     return;
   }
   matmul_fp32(x, m, k, w, bits, n, bias, y);

@@ -75,7 +75,7 @@ export function addPlanningOptions(cmd: Command): Command {
     .option('--num-gpu-batches <n>', 'batches sharing each weight load', rule('numGpuBatches'))
     .option('--precision <p>', 'fp32 (default: exact, reproduces float64 references) or bf16 (faster, small drift)', oneOf('--precision', ['fp32', 'bf16'] as const))
     .option('--cache-dtype <d>', 'KV cache element type: f32 (default) or f16', oneOf('--cache-dtype', ['f32', 'f16'] as const))
-    .option('--compress-weight', 'pack layer weights 4-bit, group-wise (fewer bytes on every tier)')
+    .option('--compress-weight', 'pack layer weights, LM head and embedding 4-bit, group-wise (fewer bytes on every tier)')
     .option('--compress-cache', 'store the KV cache 4-bit, grouped along the head dimension')
     .option('--attn-sparsity <f>', 'decode attention reads only the top share f of the cache (0 < f <= 1)', rule('attnSparsity'))
     .option('--profile <file>', 'hardware profile written by `tierlm profile --out FILE` (must exist; default: the saved one, measured quickly if missing)');

@@ -53,13 +53,14 @@ export class WeightLoader {
     private readonly names: NameTable,
     private readonly backend: Backend,
     private readonly mode: ComputeMode,
-    /** Layer weights packed 4-bit (FlexGen's compress_weight); embeddings and the head stay as stored. */
+    /** Layer weights, the LM head and the token embedding packed 4-bit (FlexGen's compress_weight;
+     *  like llama.cpp's Q4_0 files, whose head and embedding are 4-bit too). */
     private readonly compressWeight = false,
   ) {}
 
-  /** Packing options for a layer's GEMM weight. */
+  /** Packing options for a GEMM weight (or the embedding, looked up in packed rows). */
   private layerPack(slot: LayerSlot | GlobalSlot): { quantize?: 'q4' } | undefined {
-    return this.compressWeight && LAYER_SLOTS.has(slot) ? { quantize: 'q4' } : undefined;
+    return this.compressWeight && Q4_SLOTS.has(slot) ? { quantize: 'q4' } : undefined;
   }
 
   private layerName(slot: LayerSlot, layer: number): string {
@@ -226,10 +227,11 @@ export class WeightLoader {
     const headName = `${g.lm_head}.weight`;
     const tied = headName === embedName;
     const lmHead = this.packStreaming(headName, 'lm_head');
-    const lmHeadDtype = this.store.info(headName).dtype;
-    // A tied embedding is looked up in the packed head, unless packing rounded it (bf16 mode).
-    const exactPacked = lmHead.format === lmHeadDtype;
-    const embed = tied && exactPacked ? { packed: lmHead } : { table: this.read(tied ? headName : embedName, expectedShape(c, 'embed', 'weight'))! };
+    // A tied embedding is looked up in the packed head, unless packing rounded it (bf16 mode);
+    // compressed, the embedding's rows are 4-bit too (tied: the head's; untied: its own).
+    const embed = tied && (this.compressWeight || lmHead.format === this.store.info(headName).dtype) ? { packed: lmHead }
+      : this.compressWeight ? { packed: this.packStreaming(embedName, 'embed') }
+      : { table: this.read(tied ? headName : embedName, expectedShape(c, 'embed', 'weight'))! };
     return {
       embed,
       posEmbed: g.pos_embed ? this.read(`${g.pos_embed}.weight`, expectedShape(c, 'pos_embed', 'weight')) : null,
@@ -258,10 +260,10 @@ type Info = (name: string) => { shape: number[]; dtype: 'f32' | 'f16' | 'bf16' }
 /** Sizes from tensor shapes and dtypes alone (a checkpoint's headers, or a config's expected shapes). */
 export function packedSizes(c: ModelConfig, names: NameTable, info: Info, backend: Backend, mode: ComputeMode,
   matrices: (j: number) => { name: string; part: 'attn' | 'mlp' }[], compressWeight = false): ModelSizes {
-  const packed = (name: string, layer = false) => {
+  const packed = (name: string, q4 = false) => {
     const t = info(name);
     if (!t || t.shape.length !== 2) return 0;
-    const format = layer && compressWeight ? 'q4' : weightFormatFor(t.dtype, mode);
+    const format = q4 && compressWeight ? 'q4' : weightFormatFor(t.dtype, mode);
     return backend.kernels.packedByteLength(format, t.shape[0]!, t.shape[1]!);
   };
   const raw = (name: string | undefined) => {
@@ -291,9 +293,11 @@ export function packedSizes(c: ModelConfig, names: NameTable, info: Info, backen
   const tied = g.lm_head === g.embed;
   const exact = head ? weightFormatFor(head.dtype, mode) === head.dtype : true;
   const vectors = 4 * c.layers * (4 * c.hidden + 2 * (c.heads + 2 * c.kvHeads) * c.headDim + 2 * c.ffn);
-  const globalBytes = packed(`${g.lm_head}.weight`) + (tied && exact ? 0 : raw(g.embed)) + raw(g.pos_embed) +
+  // Compressed, the head and the embedding are 4-bit (see WeightLoader.globals).
+  const embedBytes = tied && (exact || compressWeight) ? 0 : compressWeight ? packed(`${g.embed}.weight`, true) : raw(g.embed);
+  const globalBytes = packed(`${g.lm_head}.weight`, true) + embedBytes + raw(g.pos_embed) +
     packed(`${g.project_in}.weight`) + packed(`${g.project_out}.weight`) + vectors;
-  for (const n of [g.lm_head, g.project_in, g.project_out]) if (n) chunkBytes = Math.max(chunkBytes, chunk(`${n}.weight`));
+  for (const n of [g.lm_head, g.project_in, g.project_out, compressWeight ? g.embed : undefined]) if (n) chunkBytes = Math.max(chunkBytes, chunk(`${n}.weight`));
   return { layers, globalBytes, chunkBytes, packedChunkBytes };
 }
 
@@ -326,4 +330,5 @@ export function packChunkRows(k: number, elem: number): number {
   return Math.max(32, Math.floor(WeightLoader.PACK_CHUNK_BYTES / (k * elem * 32)) * 32);
 }
 
-const LAYER_SLOTS = new Set<string>(['q', 'k', 'v', 'o', 'gate', 'up', 'down']);
+/** What compress_weight packs 4-bit: every layer matrix, the LM head and the token embedding. */
+const Q4_SLOTS = new Set<string>(['q', 'k', 'v', 'o', 'gate', 'up', 'down', 'lm_head', 'embed']);
