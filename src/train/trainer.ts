@@ -23,6 +23,7 @@ import { type TrainSequence, packMicroBatch } from './batch.js';
 import { TrainModel } from './model.js';
 import { ParamStore, type ParamSource, checkpointValues } from './params.js';
 import { PartitionedStore } from './partition/store.js';
+import { openRankOffload } from './partition/open.js';
 import type { Comm } from '../dist/comm.js';
 import { type LrSchedule, checkSchedule, learningRate } from './schedule.js';
 import { type Offloaded, type OffloadOptions, openOffload, restoreOffload } from './offload/open.js';
@@ -171,7 +172,8 @@ export class Trainer {
     }
     loss = this.sum([loss])[0]!;
     const lr = learningRate(this.schedule, this.optimizer.step);
-    const { gradNorm } = this.offloaded ? await this.offloaded.optimizer.step(this.optimizer, lr) : this.optimizer.update(lr);
+    const streaming = this.offloaded?.optimizer ?? this.ranked?.disk?.optimizer;
+    const { gradNorm } = streaming ? await streaming.step(this.optimizer, lr) : this.optimizer.update(lr);
     return { step: this.optimizer.step, loss: loss / targets, gradNorm, lr, tokens, targets,
       seconds: (performance.now() - t0) / 1000, ...(this.offloaded ? { offload: this.offloaded.store.stats() } : {}) };
   }
@@ -258,7 +260,8 @@ export class Trainer {
 
   /** An offloaded run's model states in RAM and on disk (bytes), and its sub-group size; null in RAM. */
   offloadPlacement(): { ramBytes: number; diskBytes: number; subGroupSize: number; tiledWeights: number; tileBytes: number } | null {
-    const off = this.offloaded;
+    // Under ranks: this rank's slices.
+    const off = this.offloaded ?? this.ranked?.disk;
     if (!off) return null;
     const layout = off.plan.layout;
     const b = layout.kinds.map((k) => layout.bytes(k));
@@ -271,6 +274,7 @@ export class Trainer {
   /** Removes an offloaded run's state files, once its transfers are done (a no-op in RAM). */
   async close(): Promise<void> {
     await this.offloaded?.store.close();
+    await this.ranked?.close();
   }
 
   /** Writes the current weights (the fp32 masters, rounded to `dtype`) to a safetensors file under
@@ -304,7 +308,8 @@ export async function openTrainer(dir: string, options: TrainerOptions = {}): Pr
     if (mode !== 'fp32' && mode !== 'bf16') throw new RangeError(`computeMode must be 'fp32' or 'bf16', got ${String(mode)}`);
     const comm = options.comm;
     if (options.offload && comm && comm.size > 1) {
-      throw new UserError(`offloaded training (a RAM limit) over ${comm.size} ranks is not supported yet: run one rank with --ram, or ranks without it`);
+      const store = await openRankOffload(config, names, comm, backend, precision, mode, tensors, options.offload, options.checkpointActivations ?? true);
+      return new Trainer(config, store, backend, options);
     }
     if (options.offload) {
       const off = await openOffload(config, names, backend, precision, mode, tensors, options.offload, options.checkpointActivations ?? true);

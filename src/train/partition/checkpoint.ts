@@ -15,7 +15,7 @@ import { UserError } from '../../util/errors.js';
 import { type SaveOptions, commitSave, keepCount, startSave, writeCheckpointFiles } from '../checkpoint.js';
 import type { Weight } from '../model-writer.js';
 import { readTensorFile, writeTensorFile } from '../tensor-file.js';
-import { STATE_DIR, type TrainingState, readTrainingState } from '../training-state.js';
+import { STATE_DIR, type TrainingState, f32Chunk, readTrainingState } from '../training-state.js';
 import type { PartitionedStore } from './store.js';
 
 const PARTS = [['master', 'master'], ['m', 'exp_avg'], ['v', 'exp_avg_sq']] as const;
@@ -49,11 +49,11 @@ export async function savePartitioned(store: PartitionedStore, comm: Comm, outDi
   store.gatherMasters((n, shape, values) => {
     if (comm.rank === 0) weights.set(n, { shape, data: values });
   });
-  const entries = store.states.flatMap((s, i) => PARTS.map(([key, suffix]) => ({
-    name: `group${i}.${suffix}`, dtype: 'f32' as const, shape: [...s.shape],
+  const entries = store.layout.groups.flatMap((g, i) => PARTS.map(([key, suffix]) => ({
+    name: `group${i}.${suffix}`, dtype: 'f32' as const, shape: [g.slice],
     fill: (dst: Uint8Array, offset: number) => {
-      const a = s[key].data;
-      dst.set(new Uint8Array(a.buffer, a.byteOffset + offset * 4, dst.byteLength));
+      const a = f32Chunk(store.slice(i, key), offset, dst.byteLength / 4);
+      dst.set(new Uint8Array(a.buffer, a.byteOffset, dst.byteLength));
     },
   })));
   await writeTensorFile(path.join(tmp, STATE_DIR, sliceFileName(comm.rank, comm.size)), entries, { format: 'tierlm-training-state-slice' });
@@ -75,6 +75,10 @@ export async function loadPartitioned(store: PartitionedStore, comm: Comm, dir: 
   const state = await readTrainingState(stateDir);
   const file = path.join(stateDir, sliceFileName(comm.rank, comm.size));
   if (!fs.existsSync(file)) throw new UserError(`${file}: missing (the checkpoint was not saved by ${comm.size} ranks, or is incomplete)`);
+  if (store.disk) {
+    await store.disk.restore(file);
+    return state;
+  }
   const wanted = new Map<string, Float32Array>(store.states.flatMap((s, i) => PARTS.map(([key, suffix]) => [`group${i}.${suffix}`, s[key].data] as const)));
   const found = await readTensorFile(file, (info) => {
     const a = wanted.get(info.name);
