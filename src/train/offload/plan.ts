@@ -104,6 +104,8 @@ export function placeStates(o: OffloadPlanInput, probe: Layout, items: MemoryIte
   const shares = { param: 0, grad: 0, master: 0, m: 0, v: 0, act: 0 } as Shares;
   const totals: Record<string, number> = Object.fromEntries(probe.kinds.map((k) => [k, probe.params.reduce((n, q) => n + q.size * kindBytes(k), 0)]));
   totals.act = p.actTotal;
+  // Checkpoints that must stay in RAM come before any state.
+  if (p.actInRam) left -= p.actTotal;
   for (const k of o.precision === 'bf16' ? ORDER : ORDER.filter((x) => x !== 'param')) {
     const given = o.shares?.[k];
     const total = totals[k] ?? 0;
@@ -111,7 +113,7 @@ export function placeStates(o: OffloadPlanInput, probe: Layout, items: MemoryIte
     // Activation checkpoints are kept all in RAM or all on disk (always in RAM under ranks).
     if (k === 'act') s = p.actInRam || s >= 1 ? 1 : 0;
     shares[k] = s;
-    left -= s * total;
+    if (k !== 'act' || !p.actInRam) left -= s * total;
   }
   // fp32: the master is what compute reads.
   if (o.precision === 'fp32') shares.param = 0;

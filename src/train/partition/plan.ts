@@ -30,6 +30,7 @@ export function planRank(o: OffloadPlanInput & { ranks: number }): OffloadPlan {
   const whole = (g: number) => part.groups[g]!.slice * N;
   const layerMax = Math.max(0, ...part.groups.slice(1).map((_, j) => whole(j + 1)));
   const sliceMax = Math.max(0, ...part.groups.map((g) => g.slice));
+  const layerSlice = Math.max(0, ...part.groups.slice(1).map((g) => g.slice));
   const kb = kindBytes(computeKind);
   const perElem = probe.kinds.reduce((n, k) => n + kindBytes(k), 0);
   const total = part.groups.reduce((n, g) => n + g.slice, 0);
@@ -40,7 +41,7 @@ export function planRank(o: OffloadPlanInput & { ranks: number }): OffloadPlan {
   const gemm = 4 * t * Math.max(c.ffn, c.hidden, q, c.embedDim, c.vocabSize);
   const items: MemoryItem[] = [
     { what: 'gathered parameters (two layers, the globals)', ram: kb * (2 * layerMax + whole(0)), disk: 0 },
-    { what: 'sent parameter slices (three)', ram: 3 * alignUp(kb * sliceMax), disk: 0 },
+    { what: 'sent parameter slices (two layers, the globals)', ram: 2 * alignUp(kb * layerSlice) + alignUp(kb * part.groups[0]!.slice), disk: 0 },
     // Full buffers the backward adds into (two layers, the globals), and the slices they reduce to.
     { what: 'gradient buffers and reduced slices', ram: 4 * (2 * layerMax + whole(0)) + 4 * 4 * sliceMax, disk: 0 },
     { what: 'packed weights', ram: 2 * 4 * (2 * layerMax + whole(0)), disk: 0 },

@@ -193,8 +193,8 @@ export class PartitionedStore implements ParamSource {
       linear: (base, backward) => {
         const p = view(`${base}.weight`);
         return {
-          w: this.backend.packWeight(p, this.mode, base),
-          wT: backward ? this.backend.packWeightT(p, this.mode, base) : null,
+          w: this.pack(s.group, `${base}.weight`, false, (into) => this.backend.packWeight(p, this.mode, base, { into })),
+          wT: backward ? this.pack(s.group, `${base}.weight`, true, (into) => this.backend.packWeightT(p, this.mode, base, { into })) : null,
           b: entries.has(`${base}.bias`) ? vector(`${base}.bias`) : null,
         };
       },
@@ -202,6 +202,18 @@ export class PartitionedStore implements ParamSource {
       grad: (name) => this.gradView(s.group, name),
     };
   }
+
+  /** Packs into a buffer reused by the same weight of every layer (the layers are alike; one is
+   *  computed at a time), so that a fetch leaves no garbage for the collector. */
+  private pack(g: number, name: string, transposed: boolean, pack: (into: Uint8Array | undefined) => PackedWeight): PackedWeight {
+    const key = `${g === 0 ? 'g' : 'l'}${this.layout.groups[g]!.entries.findIndex((e) => e.name === name)}${transposed ? 'T' : ''}`;
+    const into = this.packs.get(key);
+    const w = pack(into);
+    if (!into) this.packs.set(key, w.data);
+    return w;
+  }
+
+  private readonly packs = new Map<string, Uint8Array>();
 
   fetchLayer(j: number, backward: boolean): LayerParams {
     const s = this.acquire(j + 1);
@@ -349,10 +361,12 @@ export class PartitionedStore implements ParamSource {
   }
 
   /** Every tensor's whole fp32 master (gathered from all ranks, group by group), to `use` one
-   *  group at a time. */
+   *  group at a time (with the slices on disk, in a buffer the next group reuses). */
   gatherMasters(use: (name: string, shape: number[], values: Float32Array) => void): void {
+    // Slices on disk: one buffer for every group (`use` must copy what it keeps).
+    const one = this.disk ? new Float32Array(Math.max(...this.layout.groups.map((g) => g.slice)) * this.layout.ranks) : null;
     this.layout.groups.forEach((g, i) => {
-      const full = new Float32Array(g.slice * this.layout.ranks);
+      const full = one ? one.subarray(0, g.slice * this.layout.ranks) : new Float32Array(g.slice * this.layout.ranks);
       this.comm.allGather(this.disk ? f32Chunk(this.disk.source('master', i), 0, g.slice) : this.states[i]!.master.data, full).wait();
       for (const e of g.entries) use(e.name, e.shape, full.subarray(e.offset, e.offset + e.size));
     });
