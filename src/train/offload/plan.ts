@@ -57,7 +57,8 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
   const tileOver = o.tileSize ?? 4 * tileBytes;
   const all = new Layout(c, o.names, o.precision, { param: 0, grad: 0, master: 0, m: 0, v: 0, act: 0 });
   const g = o.names.global;
-  const whole = new Set([`${g.embed}.weight`, `${g.pos_embed}.weight`, `${g.lm_head}.weight`]);
+  // The LM head and the embedding tile too (over vocab rows); learned positions stay whole.
+  const whole = new Set([`${g.pos_embed}.weight`]);
   const tiled = new Set(all.params.filter((p) => p.shape.length === 2 && !whole.has(p.name) && p.size * kindBytes(computeKind) > tileOver).map((p) => p.name));
   const probe = new Layout(c, o.names, o.precision, { param: 0, grad: 0, master: 0, m: 0, v: 0, act: 0 }, tiled);
   const L = c.layers;
