@@ -180,7 +180,7 @@ export class Trainer {
 
   /** An offloaded run's buffers were planned for micro-batches of at most offload.maxTokens. */
   private checkTokens(packed: { ids: ArrayLike<number> }[]): void {
-    const max = this.offloaded?.maxTokens;
+    const max = this.offloaded?.maxTokens ?? this.ranked?.disk?.maxTokens;
     const most = Math.max(0, ...packed.map((m) => m.ids.length));
     if (max !== undefined && most > max) {
       throw new UserError(`a micro-batch of ${most} tokens is larger than the ${max} the offloaded run planned its RAM for (offload.maxTokens)`);

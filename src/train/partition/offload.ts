@@ -39,6 +39,8 @@ export class DiskSlices {
   private scratch = new Float32Array(0);
   readonly computeKind: StateKind;
   optimizer!: StreamingAdamW;
+  /** Tokens of the largest micro-batch the plan made room for. */
+  maxTokens = Infinity;
 
   constructor(readonly states: States, readonly plan: OffloadPlan, readonly precision: Precision, private readonly backend: Backend,
     private readonly comm: Comm, private readonly onClose: () => void) {

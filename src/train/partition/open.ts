@@ -41,6 +41,7 @@ export async function openRankOffload(config: ModelConfig, names: NameTable, com
       process.removeListener('exit', remove);
     });
     disk.optimizer = new StreamingAdamW(disk, backend, plan.subGroupSize);
+    disk.maxTokens = maxTokens;
     return new PartitionedStore(config, names, partition, comm, backend, precision, disk, mode);
   } catch (e) {
     remove();
