@@ -52,6 +52,11 @@ describe.skipIf(!haveMpi && !ci)('tierlm train --ram under mpirun', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/model states: .* in RAM, .* on disk/);
     expectIdentical(off, inRam);
+    // Rank 0's transfers of each step, as one process reports its own.
+    for (const l of readJsonl<{ disk_read_bytes?: number; disk_written_bytes?: number }>(path.join(off, 'metrics.jsonl'))) {
+      expect(l.disk_read_bytes).toBeGreaterThan(0);
+      expect(l.disk_written_bytes).toBeGreaterThan(0);
+    }
     // Each rank's state files are gone with its run.
     expect(fs.readdirSync(disk)).toEqual([]);
     if (precision !== 'fp32') return;

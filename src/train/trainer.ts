@@ -24,6 +24,7 @@ import { TrainModel } from './model.js';
 import { ParamStore, type ParamSource, checkpointValues } from './params.js';
 import { PartitionedStore } from './partition/store.js';
 import { openRankOffload } from './partition/open.js';
+import { MasterSpill } from './partition/checkpoint.js';
 import type { Comm } from '../dist/comm.js';
 import { type LrSchedule, checkSchedule, learningRate } from './schedule.js';
 import { type Offloaded, type OffloadOptions, openOffload, restoreOffload } from './offload/open.js';
@@ -175,7 +176,13 @@ export class Trainer {
     const streaming = this.offloaded?.optimizer ?? this.ranked?.disk?.optimizer;
     const { gradNorm } = streaming ? await streaming.step(this.optimizer, lr) : this.optimizer.update(lr);
     return { step: this.optimizer.step, loss: loss / targets, gradNorm, lr, tokens, targets,
-      seconds: (performance.now() - t0) / 1000, ...(this.offloaded ? { offload: this.offloaded.store.stats() } : {}) };
+      seconds: (performance.now() - t0) / 1000, ...this.offloadStats() };
+  }
+
+  /** An offloaded run's transfers in the step (under ranks: this rank's). */
+  private offloadStats(): { offload?: OffloadStepStats } {
+    const stats = this.offloaded?.store.stats() ?? this.ranked?.disk?.stats();
+    return stats ? { offload: stats } : {};
   }
 
   /** An offloaded run's buffers were planned for micro-batches of at most offload.maxTokens. */
@@ -282,14 +289,21 @@ export class Trainer {
    *  writes. */
   saveParams(file: string, dtype: 'f32' | 'bf16' | 'f16' = 'f32'): void {
     const masters = new Map<string, { shape: readonly number[]; data: F32Source }>();
-    if (this.ranked) this.ranked.gatherMasters((name, shape, data) => masters.set(name, { shape, data }));
-    else for (const s of this.stateSources()) masters.set(s.name, { shape: s.shape, data: s.master });
-    if (this.ranked && this.ranked.layout.rank !== 0) return;
-    writeSafetensors(file, [...masters].map(([name, m]) => ({ name, dtype, shape: [...m.shape] })), (e, dst, offset) => {
-      const n = dst.byteLength / (dtype === 'f32' ? 4 : 2);
-      const src = f32Chunk(masters.get(e.name)!.data, offset, n);
-      dst.set(new Uint8Array(dtype === 'f32' ? src.slice().buffer : fromFloat32(dtype, src).buffer));
-    });
+    const lead = !this.ranked || this.ranked.layout.rank === 0;
+    // Offloaded ranks: rank 0 spills the gathered masters to its disk tier (./partition/checkpoint.ts).
+    const spill = lead && this.ranked?.disk ? new MasterSpill(path.join(this.ranked.disk.states.dir, 'masters-params.bin')) : null;
+    try {
+      if (this.ranked) this.ranked.gatherMasters((name, shape, data) => lead && masters.set(name, { shape, data: spill ? spill.put(data) : data }));
+      else for (const s of this.stateSources()) masters.set(s.name, { shape: s.shape, data: s.master });
+      if (!lead) return;
+      writeSafetensors(file, [...masters].map(([name, m]) => ({ name, dtype, shape: [...m.shape] })), (e, dst, offset) => {
+        const n = dst.byteLength / (dtype === 'f32' ? 4 : 2);
+        const src = f32Chunk(masters.get(e.name)!.data, offset, n);
+        dst.set(new Uint8Array(dtype === 'f32' ? src.slice().buffer : fromFloat32(dtype, src).buffer));
+      });
+    } finally {
+      spill?.close();
+    }
   }
 }
 

@@ -81,7 +81,7 @@ async function saveGathered(store: PartitionedStore, comm: Comm, outDir: string,
 }
 
 /** A file of f32 values appended in turn, each read back as an F32Source. */
-class MasterSpill {
+export class MasterSpill {
   private readonly fd: number;
   private end = 0;
 

@@ -25,6 +25,7 @@ import type { Layout as OffloadLayout, StateKind } from '../offload/layout.js';
 import type { StreamingAdamW } from '../offload/optimizer.js';
 import type { OffloadPlan } from '../offload/plan.js';
 import type { States } from '../offload/states.js';
+import type { OffloadStepStats, Phase } from '../offload/stats.js';
 import type { F32Source } from '../training-state.js';
 
 type ParamData = Float32Array | Uint16Array;
@@ -59,14 +60,23 @@ export class DiskSlices {
     return fd;
   }
 
+  /** The pass the next transfers belong to (for the per-phase statistics). */
+  phase: Phase = 'forward';
+
   private io(dir: 'read' | 'write', kind: StateKind, g: number, bytes: Uint8Array): void {
-    const at = this.layout.offsets[kind][g]!;
+    const at = this.layout.offsets[kind][g]!, t0 = performance.now();
     for (let done = 0; done < bytes.byteLength;) {
       const n = dir === 'read' ? fs.readSync(this.fd(kind), bytes, done, bytes.byteLength - done, at + done)
         : fs.writeSync(this.fd(kind), bytes, done, bytes.byteLength - done, at + done);
       if (n === 0) throw new Error(`${this.states.path(kind)}: ends inside slice ${g}`);
       done += n;
     }
+    this.states.io.counted(kind === 'grad' ? 'backward' : this.phase, kind, dir, bytes.byteLength, t0, performance.now());
+  }
+
+  /** Bytes moved since the last call, per kind and phase (this rank's). */
+  stats(): OffloadStepStats {
+    return this.states.io.take({ prefetchDepth: 1, traces: 0 });
   }
 
   /** Group g's compute slice, to send in a gather: its RAM tensor, or read into `into`. */

@@ -216,6 +216,7 @@ export class PartitionedStore implements ParamSource {
   private readonly packs = new Map<string, Uint8Array>();
 
   fetchLayer(j: number, backward: boolean): LayerParams {
+    if (this.disk) this.disk.phase = backward ? 'backward' : 'forward';
     const s = this.acquire(j + 1);
     this.prefetchAfter(j + 1, backward);
     return layerParams(this.config, this.names, this.views(s), j, backward);
@@ -226,6 +227,7 @@ export class PartitionedStore implements ParamSource {
   }
 
   fetchGlobals(backward: boolean): GlobalParams {
+    if (this.disk) this.disk.phase = backward ? 'backward' : 'forward';
     const s = this.acquire(0);
     this.prefetchAfter(0, backward);
     return globalParams(this.names, this.views(s), backward);
