@@ -185,6 +185,28 @@ describe('tierlm train --ram --disk-dir', () => {
     expect(weights(tiled).equals(weights(inRam))).toBe(true);
   });
 
+  // The LM head and embedding tiled: a tied 40000 × 256 table, 41 MB in fp32, more than half of
+  // --ram 64MiB: the head's logits and gradients are computed over tiles of vocab rows, the
+  // embedding gathered row by row and its gradient added tile by tile, with the results of the run
+  // in RAM, bit for bit, and the peak within the limit plus the overhead.
+  it('trains a model whose embedding and head are larger than half the RAM limit, in tiles, as in RAM', () => {
+    const m = model('opt-test', 1, { vocab_size: 40000 });
+    const file = path.join(tmpDir('offload-vocab-data'), 'data.jsonl');
+    const r = rng(6);
+    fs.writeFileSync(file, Array.from({ length: 8 }, () => JSON.stringify({ token_ids: Array.from({ length: 16 }, () => Math.floor(r() * 40000)) })).join('\n') + '\n');
+    const ram = 64 * MiB;
+    const tiled = tmpDir('offload-vocab');
+    const run = cliPeak(args(m, file, tiled, 2, ['--ram', '64MiB', '--disk-dir', tmpDir('offload-vocab-disk')]));
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stderr).toMatch(/1 weights computed in tiles/);
+    expect(40000 * 256 * 4).toBeGreaterThan(ram / 2);
+    expect(run.peakRssBytes).toBeLessThanOrEqual(ram + RUNTIME_OVERHEAD_BYTES);
+    const inRam = tmpDir('offload-vocab-ram');
+    expect(cli(args(m, file, inRam, 2)).code).toBe(0);
+    expect(losses(tiled)).toEqual(losses(inRam));
+    expect(weights(tiled).equals(weights(inRam))).toBe(true);
+  });
+
   it('an offloaded run resumed from its checkpoint equals the uninterrupted run, and the run in RAM', () => {
     const m = model('opt-test', 2);
     const d = data();

@@ -46,6 +46,24 @@ describe('tierlm plan --train', () => {
     expect(cli(['plan', '--train', '--config', 'opt-test']).stderr).toMatch(/--ram/);
   });
 
+  it('--ranks N plans one rank: its share of each state, the whole model\'s compute', () => {
+    const plan = (extra: string[]) => {
+      const r = cli(['plan', '--train', '--config', 'opt-test', '--layers', '2', '--ram', '256MiB', '--seq-len', '64', '--batch-size', '4', '--json', ...extra]);
+      expect(r.code, r.stderr).toBe(0);
+      return JSON.parse(r.stdout) as { micro_batch: number; memory: { what: string; ram: number; disk: number }[]; predicted: { compute: { gemm: number } } };
+    };
+    const one = plan([]), two = plan(['--ranks', '2']);
+    const master = (p: typeof one) => p.memory.filter((i) => i.what.startsWith('fp32 master weights')).reduce((n, i) => n + i.ram + i.disk, 0);
+    expect(master(one)).toBeGreaterThan(0);
+    // Each group is padded to a multiple of the ranks: at most one element per group more than half.
+    expect(master(two) - master(one) / 2).toBeGreaterThanOrEqual(0);
+    expect(master(two) - master(one) / 2).toBeLessThanOrEqual(4 * 3);
+    expect(two.micro_batch).toBe(one.micro_batch);
+    expect(two.predicted.compute.gemm).toBe(one.predicted.compute.gemm);
+    expect(two.memory.some((i) => i.what.startsWith('gathered parameters'))).toBe(true);
+    expect(cli(['plan', '--config', 'opt-test', '--ranks', '2']).stderr).toMatch(/--train/);
+  });
+
   it('splits the batch into micro-batches when the whole one does not fit, and the run moves the bytes it predicts', async () => {
     const dir = tmpDir('plan-train-model');
     initModel({ config: 'opt-test', out: dir, layers: 2, dtype: 'f32', seed: 5 });

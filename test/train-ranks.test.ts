@@ -7,70 +7,13 @@
 //
 // Needs OpenMPI (mpirun, and the MPI addon `npm install` builds when libopenmpi-dev is present).
 // Without it these tests are skipped, except under CI=true, where a missing MPI is a failure.
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { mpiAddonPath } from '../src/dist/comm.js';
 import { cli } from './helpers/cli.js';
-import { readJsonl, repoRoot, tmpDir } from './helpers/fixtures.js';
-import { TRAIN_FIXTURES, readAll } from './helpers/train.js';
-
-const haveMpi = spawnSync('mpirun', ['--version'], { encoding: 'utf8' }).status === 0 && fs.existsSync(mpiAddonPath());
-const ci = process.env.CI === 'true';
-
-interface Line { step: number; loss: number; grad_norm: number; tokens: number }
-
-function mpirun(np: number, args: string[]): { code: number; stderr: string } {
-  const r = spawnSync('mpirun', ['--allow-run-as-root', '--oversubscribe', '-np', String(np),
-    process.execPath, '--import', 'tsx', path.join(repoRoot, 'src/cli/run.ts'), 'train', ...args], {
-    cwd: repoRoot, encoding: 'utf8', timeout: 120_000,
-    // Idle ranks yield their core (the tests oversubscribe 2 cores).
-    env: { ...process.env, OMPI_MCA_mpi_yield_when_idle: '1' },
-  });
-  return { code: r.status ?? -1, stderr: `${r.stderr}${r.error ? String(r.error) : ''}` };
-}
-
-/** ‖(a − base) − (b − base)‖ / ‖b − base‖: the relative error of an update. */
-function updateErr(a: Float32Array, b: Float32Array, base: Float32Array): number {
-  let d = 0, n = 0;
-  for (let i = 0; i < b.length; i++) {
-    d += (a[i]! - b[i]!) ** 2;
-    n += (b[i]! - base[i]!) ** 2;
-  }
-  return Math.sqrt(d / Math.max(n, 1e-30));
-}
-
-/** 7 sequences of 5..16 tokens (the fixture's 4 and 3 more), some with masked labels. */
-function dataFile(dir: string): string {
-  const lines = fs.readFileSync(path.join(TRAIN_FIXTURES, 'batch.jsonl'), 'utf8').trim().split('\n');
-  for (let i = 0; i < 3; i++) {
-    const ids = Array.from({ length: 5 + 4 * i }, (_, p) => (37 * (i + 1) + 11 * p) % 500);
-    lines.push(JSON.stringify({ token_ids: ids }));
-  }
-  const file = path.join(dir, 'data.jsonl');
-  fs.writeFileSync(file, lines.join('\n') + '\n');
-  return file;
-}
-
-function expectSameRun(out: string, ref: string, base: string, what: string): void {
-  const a = readJsonl<Line>(path.join(out, 'metrics.jsonl')), b = readJsonl<Line>(path.join(ref, 'metrics.jsonl'));
-  expect(a.map((l) => l.step), what).toEqual(b.map((l) => l.step));
-  for (const [i, l] of a.entries()) {
-    expect(Math.abs(l.loss - b[i]!.loss) / b[i]!.loss, `${what}: loss of step ${l.step}`).toBeLessThanOrEqual(1e-6);
-    expect(l.tokens, `${what}: tokens of step ${l.step}`).toBe(b[i]!.tokens);
-  }
-  const before = readAll(path.join(base, 'model.safetensors'));
-  const want = readAll(path.join(ref, 'model.safetensors'));
-  const got = readAll(path.join(out, 'model.safetensors'));
-  expect([...got.keys()].sort(), what).toEqual([...want.keys()].sort());
-  for (const [n, w] of got) {
-    // OPT's k_proj biases: their true gradient is 0, so their update is rounding noise that Adam
-    // magnifies (test/fixtures/train/README.md); only its size is checked.
-    if (n.includes('k_proj.bias')) expect(Math.max(...w.map((x, i) => Math.abs(x - before.get(n)![i]!))), n).toBeLessThan(4e-3);
-    else expect(updateErr(w, want.get(n)!, before.get(n)!), `${what}: update of ${n}`).toBeLessThanOrEqual(1e-4);
-  }
-}
+import { readJsonl, tmpDir } from './helpers/fixtures.js';
+import { type Line, ci, dataFile, expectSameRun, haveMpi, mpirun } from './helpers/ranks.js';
+import { TRAIN_FIXTURES } from './helpers/train.js';
 
 describe.skipIf(!haveMpi && !ci)('tierlm train under mpirun', () => {
   it('MPI is installed (CI=true requires it)', () => {

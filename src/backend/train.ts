@@ -6,7 +6,7 @@
 
 import { Tensor } from '../tensor/tensor.js';
 import type { Backend, PackedWeight } from './backend.js';
-import { TiledGrad } from './tiled.js';
+import { TiledGrad, type TiledWeight } from './tiled.js';
 import { checkPair, checkQkv, checkRope, checkSeqStarts, expectF32, expectFinite, expectRank, expectShape, fail, outOr, rowsCols } from './check.js';
 import type { ComputeMode, Kernels } from './kernels.js';
 import { type AdamWHyper, IGNORE_INDEX } from './kernels-train.js';
@@ -151,7 +151,21 @@ export class TrainOps {
 
   /** dtable[vocab, dim] += the rows of dy [ids.size, dim] at ids (scatter-add; a tied LM head's
    *  weight gradient adds into the same buffer through linearGradWeight). */
-  embeddingBackward(dy: F32, ids: Tensor<'i32'>, dtable: F32): void {
+  embeddingBackward(dy: F32, ids: Tensor<'i32'>, dtable: F32 | TiledGrad): void {
+    if (dtable instanceof TiledGrad) {
+      // Row tile [r0, r1) of the table takes the tokens whose id falls in it, in their order: each
+      // row gets the same additions in the same order as from the whole table.
+      const dim = dtable.k;
+      for (const { r0, r1, dw } of dtable.tiles()) {
+        const mine: number[] = [];
+        for (let i = 0; i < ids.size; i++) if (ids.data[i]! >= r0 && ids.data[i]! < r1) mine.push(i);
+        if (mine.length === 0) continue;
+        const sub = new Tensor('f32', [mine.length, dim], new Float32Array(mine.length * dim));
+        mine.forEach((i, j) => sub.data.set(dy.data.subarray(i * dim, (i + 1) * dim), j * dim));
+        this.embeddingBackward(sub, new Tensor('i32', [mine.length], Int32Array.from(mine, (i) => ids.data[i]! - r0)), dw);
+      }
+      return;
+    }
     const op = 'embeddingBackward';
     expectF32(op, 'dy', dy);
     expectF32(op, 'dtable', dtable);
@@ -194,10 +208,12 @@ export class TrainOps {
    * adds each chunk's dW into dWeight [vocab, k] (f32; the embedding's gradient buffer when the
    * head is tied), writes dHidden [rows, k] and returns the loss sum and the counted targets.
    * scale multiplies every gradient (1 / the step's total target count gives the mean loss).
+   * A head too large for memory comes in tiles (TiledWeight over vocab rows, its transpose over
+   * columns, TiledGrad dW over vocab rows): each logit and gradient element is the same sum.
    */
   lmHeadLoss(args: {
-    hidden: F32; head: PackedWeight; headT: PackedWeight; labels: Tensor<'i32'>; scale: number;
-    dHidden: F32; dWeight: F32; chunkRows?: number; mode?: ComputeMode;
+    hidden: F32; head: PackedWeight | TiledWeight; headT: PackedWeight | TiledWeight; labels: Tensor<'i32'>; scale: number;
+    dHidden: F32; dWeight: F32 | TiledGrad; chunkRows?: number; mode?: ComputeMode;
     /** Scratch for a chunk's logits (at least chunkRows × vocab elements, contents ignored): a
      *  caller that trains step after step passes the same one instead of a fresh buffer per call. */
     logits?: F32;
@@ -213,8 +229,12 @@ export class TrainOps {
     expectFinite(op, 'scale', scale);
     expectF32(op, 'dHidden', dHidden);
     expectShape(op, 'dHidden', dHidden, [rows, k]);
-    expectF32(op, 'dWeight', dWeight);
-    expectShape(op, 'dWeight', dWeight, [vocab, k]);
+    if (dWeight instanceof TiledGrad) {
+      if (dWeight.n !== vocab || dWeight.k !== k) fail(op, `the tiled dWeight is [${dWeight.n}, ${dWeight.k}], needs [${vocab}, ${k}]`);
+    } else {
+      expectF32(op, 'dWeight', dWeight);
+      expectShape(op, 'dWeight', dWeight, [vocab, k]);
+    }
     const chunk = args.chunkRows ?? Math.max(1, Math.min(rows, Math.floor((16 << 20) / vocab)));
     if (!Number.isInteger(chunk) || chunk < 1) fail(op, `chunkRows must be a positive integer, got ${chunk}`);
     const chunkSize = Math.min(chunk, rows) * vocab;
@@ -233,7 +253,7 @@ export class TrainOps {
       loss += part.loss;
       count += part.count;
       this.backend.matmul(lg, headT, null, dHidden.rows(r0, r1) as F32);
-      this.linearGradWeight(lg, h, dWeight, args.mode ?? head.mode);
+      this.linearGradWeight(lg, h, dWeight, args.mode ?? (head as { mode?: ComputeMode }).mode ?? 'fp32');
     }
     return { loss, count };
   }

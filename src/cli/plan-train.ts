@@ -18,6 +18,7 @@ export interface TrainPlanFlags {
   precision?: 'fp32' | 'bf16';
   seqLen?: number;
   batchSize?: number;
+  ranks?: number;
   ram?: number;
   disk?: number;
   json?: boolean;
@@ -47,7 +48,8 @@ export function trainPlan(o: TrainPlanFlags, profile: HardwareProfile): { plan: 
   if (o.ram === undefined) throw new UserError('plan --train needs --ram: the plan places the model states under a RAM limit');
   const { config, names } = shape(o);
   const seqLen = Math.min(o.seqLen ?? 512, config.maxPositions), batchSize = o.batchSize ?? 4;
-  const plan = planTraining({ config, names, precision: o.precision ?? 'fp32', seqLen, batchSize, ram: o.ram, disk: o.disk, profile, checkpointActivations: true });
+  const plan = planTraining({ config, names, precision: o.precision ?? 'fp32', seqLen, batchSize, ram: o.ram, disk: o.disk, profile, checkpointActivations: true,
+    ranks: o.ranks });
   return { plan, config, seqLen, batchSize };
 }
 

@@ -19,6 +19,7 @@ interface PlanFlags extends LimitFlags {
   train?: boolean;
   seqLen?: number;
   batchSize?: number;
+  ranks?: number;
 }
 
 export function addPlanCommand(program: Command): void {
@@ -33,6 +34,7 @@ export function addPlanCommand(program: Command): void {
     .option('--train', 'plan a training run under --ram instead: micro-batch, gradient accumulation, placement, sub-groups, prefetch depth')
     .option('--seq-len <n>', 'with --train: tokens per sequence (default 512, or the model\'s positions if fewer)', int('--seq-len', 2))
     .option('--batch-size <n>', 'with --train: sequences per optimizer step (default 4)', int('--batch-size', 1))
+    .option('--ranks <n>', 'with --train: plan one rank of mpirun -np N (its share of the states; --ram and --batch-size per rank)', int('--ranks', 1))
     .option('--json', 'print the policy as `--policy FILE` reads it, with the predictions beside it');
   addPlanningOptions(cmd).action(async (o: PlanFlags) => {
     checkModelSource(o);
@@ -42,7 +44,7 @@ export function addPlanCommand(program: Command): void {
       process.stdout.write(o.json ? JSON.stringify(trainPlanJson(r)) + '\n' : trainPlanReport(r));
       return;
     }
-    if (o.seqLen !== undefined || o.batchSize !== undefined) throw new UserError('--seq-len and --batch-size plan training: add --train');
+    if (o.seqLen !== undefined || o.batchSize !== undefined || o.ranks !== undefined) throw new UserError('--seq-len, --batch-size and --ranks plan training: add --train');
     if (o.promptLen === undefined || o.genLen === undefined) throw new UserError('plan needs --prompt-len and --gen-len (or --train)');
     const promptLen = o.promptLen, genLen = o.genLen;
     const plan = await planPolicy({

@@ -43,7 +43,7 @@ export function addTrainCommand(program: Command): void {
     .option('--disk-dir <dir>', 'directory of the disk tier for the offloaded states (must exist and be writable)')
     .option('--disk <size>', 'disk tier capacity, with a unit', sizeOption('--disk'))
     .option('--sub-group-size <n>', 'parameters per optimizer sub-group streamed disk → RAM → update → disk (default: planned from --ram)', int('--sub-group-size', 1))
-    .option('--tile-size <size>', 'weight tile, with a unit: linear weights larger are computed in tiles read in turn (default: planned from --ram)', sizeOption('--tile-size'))
+    .option('--tile-size <size>', 'weight tile, with a unit: linear weights larger (the LM head and embedding too) are computed in tiles read in turn (default: planned from --ram)', sizeOption('--tile-size'))
     .option('--ram-percent <n...>', 'six percents kept in RAM: bf16 parameters, gradients, master weights, momentum, variance, activation checkpoints (default: planned from --ram)')
     .action(async (o: Omit<TrainRunOptions, 'onStart' | 'ramPercent'> & { ramPercent?: string[] }) => {
       if (o.diskDir !== undefined) diskDir(o.diskDir);

@@ -129,7 +129,8 @@ export class TrainModel {
   private embed(gp: GlobalParams, batch: MicroBatch): F32 {
     const c = this.source.config;
     const t = batch.ids.length;
-    const e = this.b.embedding(gp.embed, new Tensor('i32', [t], batch.ids), this.globals.get('e', [t, c.embedDim]));
+    const ids = new Tensor('i32', [t], batch.ids), into = this.globals.get('e', [t, c.embedDim]);
+    const e = gp.embed instanceof Tensor ? this.b.embedding(gp.embed, ids, into) : gp.embed.gather(ids, into);
     const x = this.globals.get('in0', [t, c.hidden]);
     if (gp.projectIn) this.b.matmul(e, gp.projectIn.w, gp.projectIn.b, x);
     else x.data.set(e.data);

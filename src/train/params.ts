@@ -30,10 +30,12 @@ export interface TrainLinear {
   b: F32 | null;
 }
 
-/** The LM head: the fused head-and-loss kernel takes it packed whole. */
-export interface PackedLinear extends TrainLinear {
-  w: PackedWeight;
-  wT: PackedWeight | null;
+/** An embedding table a source short of memory keeps off RAM: gathers the rows of `ids` into
+ *  out [ids, cols] (f32), as Backend.embedding does from a whole table. */
+export interface TableRows {
+  readonly rows: number;
+  readonly cols: number;
+  gather(ids: Tensor<'i32'>, out: F32): F32;
 }
 
 export interface LinearGrad {
@@ -66,22 +68,22 @@ export interface LayerGrads {
 }
 
 export interface GlobalParams {
-  embed: Tensor; // [vocab, embedDim], f32 or bf16
+  embed: Tensor | TableRows; // [vocab, embedDim], f32 or bf16 (or read row by row)
   posEmbed: Tensor | null; // [maxPositions + offset, hidden]
   projectIn: TrainLinear | null; // [hidden, embedDim]
   projectOut: TrainLinear | null; // [embedDim, hidden]
   finalNorm: Norm | null;
-  head: PackedLinear; // [vocab, embedDim], no bias
+  head: TrainLinear; // [vocab, embedDim], no bias (packed whole, or in tiles of vocab rows)
 }
 
 export interface GlobalGrads {
-  embed: F32;
+  embed: F32 | TiledGrad;
   posEmbed: F32 | null;
   projectIn: LinearGrad | null;
   projectOut: LinearGrad | null;
   finalNorm: NormGrad | null;
   /** The embedding's own buffer when the head is tied: both uses add into it. */
-  head: F32;
+  head: F32 | TiledGrad;
 }
 
 export interface ParamSource {
@@ -251,6 +253,8 @@ export interface ParamLookup {
   grad(name: string): F32;
   /** A linear weight's gradient, tiled where the source tiles the weight (default: grad(name)). */
   linearGrad?(name: string): F32 | TiledGrad;
+  /** An embedding table the source keeps in tiles, or null (default: param(name) whole). */
+  table?(name: string): TableRows | null;
 }
 
 const layerName = (names: NameTable, slot: LayerSlot, j: number) => names.layer[slot]!.replace('{L}', String(j));
@@ -279,18 +283,13 @@ export function layerParams(c: ModelConfig, names: NameTable, l: ParamLookup, j:
 export function globalParams(names: NameTable, l: ParamLookup, backward: boolean): GlobalParams {
   const g = names.global;
   return {
-    embed: l.param(`${g.embed!}.weight`),
+    embed: l.table?.(`${g.embed!}.weight`) ?? l.param(`${g.embed!}.weight`),
     posEmbed: g.pos_embed ? l.param(`${g.pos_embed}.weight`) : null,
     projectIn: g.project_in ? l.linear(g.project_in, backward) : null,
     projectOut: g.project_out ? l.linear(g.project_out, backward) : null,
     finalNorm: g.final_norm ? norm(l, g.final_norm) : null,
-    head: packedWhole(l.linear(g.lm_head!, backward)),
+    head: l.linear(g.lm_head!, backward),
   };
-}
-
-function packedWhole(l: TrainLinear): PackedLinear {
-  if (!(l.w instanceof PackedWeight) || (l.wT !== null && !(l.wT instanceof PackedWeight))) throw new Error('the LM head must be packed whole (it is never tiled)');
-  return l as PackedLinear;
 }
 
 export function layerGrads(c: ModelConfig, names: NameTable, l: ParamLookup, j: number): LayerGrads {
@@ -305,12 +304,12 @@ export function layerGrads(c: ModelConfig, names: NameTable, l: ParamLookup, j: 
 export function globalGrads(names: NameTable, l: ParamLookup): GlobalGrads {
   const g = names.global;
   return {
-    embed: l.grad(`${g.embed!}.weight`),
+    embed: l.linearGrad?.(`${g.embed!}.weight`) ?? l.grad(`${g.embed!}.weight`),
     posEmbed: g.pos_embed ? l.grad(`${g.pos_embed}.weight`) : null,
     projectIn: g.project_in ? linearGrad(l, g.project_in) : null,
     projectOut: g.project_out ? linearGrad(l, g.project_out) : null,
     finalNorm: g.final_norm ? normGrad(l, g.final_norm) : null,
-    head: l.grad(`${g.lm_head!}.weight`),
+    head: l.linearGrad?.(`${g.lm_head!}.weight`) ?? l.grad(`${g.lm_head!}.weight`),
   };
 }
 

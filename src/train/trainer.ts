@@ -23,6 +23,8 @@ import { type TrainSequence, packMicroBatch } from './batch.js';
 import { TrainModel } from './model.js';
 import { ParamStore, type ParamSource, checkpointValues } from './params.js';
 import { PartitionedStore } from './partition/store.js';
+import { openRankOffload } from './partition/open.js';
+import { MasterSpill } from './partition/checkpoint.js';
 import type { Comm } from '../dist/comm.js';
 import { type LrSchedule, checkSchedule, learningRate } from './schedule.js';
 import { type Offloaded, type OffloadOptions, openOffload, restoreOffload } from './offload/open.js';
@@ -193,13 +195,28 @@ export class Trainer {
       const { gradNorm } = off.optimizer.start(this.optimizer, lr);
       return { step: this.optimizer.step, loss: loss / targets, gradNorm, lr, tokens, targets, seconds: (performance.now() - t0) / 1000, offload: stats };
     }
+    const disk = this.ranked?.disk;
+    if (disk) {
+      // A rank's slices on disk: the update streams them and is waited for here (each rank's
+      // gathers read its slices without waiting per unit, so nothing overlaps the next forward).
+      await disk.quiesce();
+      const { gradNorm } = disk.optimizer.start(this.optimizer, lr);
+      await disk.optimizer.settle();
+      return { step: this.optimizer.step, loss: loss / targets, gradNorm, lr, tokens, targets, seconds: (performance.now() - t0) / 1000, ...this.offloadStats() };
+    }
     const { gradNorm } = this.optimizer.update(lr);
     return { step: this.optimizer.step, loss: loss / targets, gradNorm, lr, tokens, targets, seconds: (performance.now() - t0) / 1000 };
   }
 
+  /** A rank's transfers in the step (slices on disk), or nothing. */
+  private offloadStats(): { offload?: OffloadStepStats } {
+    const stats = this.ranked?.disk?.stats();
+    return stats ? { offload: stats } : {};
+  }
+
   /** An offloaded run's buffers were planned for micro-batches of at most offload.maxTokens. */
   private checkTokens(packed: { ids: ArrayLike<number> }[]): void {
-    const max = this.offloaded?.maxTokens;
+    const max = this.offloaded?.maxTokens ?? this.ranked?.disk?.maxTokens;
     const most = Math.max(0, ...packed.map((m) => m.ids.length));
     if (max !== undefined && most > max) {
       throw new UserError(`a micro-batch of ${most} tokens is larger than the ${max} the offloaded run planned its RAM for (offload.maxTokens)`);
@@ -283,7 +300,8 @@ export class Trainer {
 
   /** An offloaded run's model states in RAM and on disk (bytes), and its sub-group size; null in RAM. */
   offloadPlacement(): { ramBytes: number; diskBytes: number; subGroupSize: number; tiledWeights: number; tileBytes: number } | null {
-    const off = this.offloaded;
+    // Under ranks: this rank's slices.
+    const off = this.offloaded ?? this.ranked?.disk;
     if (!off) return null;
     const layout = off.plan.layout;
     const b = layout.kinds.map((k) => layout.bytes(k));
@@ -298,6 +316,7 @@ export class Trainer {
     // A failed update was reported by the step or sync() that met it; close only waits for it.
     await this.offloaded?.optimizer.settle().catch(() => {});
     await this.offloaded?.store.close();
+    await this.ranked?.close();
   }
 
   /** Writes the current weights (the fp32 masters, rounded to `dtype`) to a safetensors file under
@@ -307,14 +326,21 @@ export class Trainer {
     // In RAM nothing is pending and the file is written before this returns.
     if (this.offloaded?.optimizer.busy) await this.sync();
     const masters = new Map<string, { shape: readonly number[]; data: F32Source }>();
-    if (this.ranked) this.ranked.gatherMasters((name, shape, data) => masters.set(name, { shape, data }));
-    else for (const s of this.stateSources()) masters.set(s.name, { shape: s.shape, data: s.master });
-    if (this.ranked && this.ranked.layout.rank !== 0) return;
-    writeSafetensors(file, [...masters].map(([name, m]) => ({ name, dtype, shape: [...m.shape] })), (e, dst, offset) => {
-      const n = dst.byteLength / (dtype === 'f32' ? 4 : 2);
-      const src = f32Chunk(masters.get(e.name)!.data, offset, n);
-      dst.set(new Uint8Array(dtype === 'f32' ? src.slice().buffer : fromFloat32(dtype, src).buffer));
-    });
+    const lead = !this.ranked || this.ranked.layout.rank === 0;
+    // Offloaded ranks: rank 0 spills the gathered masters to its disk tier (./partition/checkpoint.ts).
+    const spill = lead && this.ranked?.disk ? new MasterSpill(path.join(this.ranked.disk.states.dir, 'masters-params.bin')) : null;
+    try {
+      if (this.ranked) this.ranked.gatherMasters((name, shape, data) => lead && masters.set(name, { shape, data: spill ? spill.put(data) : data }));
+      else for (const s of this.stateSources()) masters.set(s.name, { shape: s.shape, data: s.master });
+      if (!lead) return;
+      writeSafetensors(file, [...masters].map(([name, m]) => ({ name, dtype, shape: [...m.shape] })), (e, dst, offset) => {
+        const n = dst.byteLength / (dtype === 'f32' ? 4 : 2);
+        const src = f32Chunk(masters.get(e.name)!.data, offset, n);
+        dst.set(new Uint8Array(dtype === 'f32' ? src.slice().buffer : fromFloat32(dtype, src).buffer));
+      });
+    } finally {
+      spill?.close();
+    }
   }
 }
 
@@ -333,7 +359,8 @@ export async function openTrainer(dir: string, options: TrainerOptions = {}): Pr
     if (mode !== 'fp32' && mode !== 'bf16') throw new RangeError(`computeMode must be 'fp32' or 'bf16', got ${String(mode)}`);
     const comm = options.comm;
     if (options.offload && comm && comm.size > 1) {
-      throw new UserError(`offloaded training (a RAM limit) over ${comm.size} ranks is not supported yet: run one rank with --ram, or ranks without it`);
+      const store = await openRankOffload(config, names, comm, backend, precision, mode, tensors, options.offload, options.checkpointActivations ?? true);
+      return new Trainer(config, store, backend, options);
     }
     if (options.offload) {
       const off = await openOffload(config, names, backend, precision, mode, tensors, options.offload, options.checkpointActivations ?? true);

@@ -41,6 +41,10 @@ export interface OffloadCostInput {
   profile: HardwareProfile;
   /** The optimizer's sub-group size and buffer sets (./plan.ts); absent: no overlap counted. */
   optimizer?: { subGroupSize: number; sets: number };
+  /** Parameters each step computes with and packs (default: the layout's). Under N ranks the
+   *  layout holds one rank's slices, 1/N of them, while the rank computes with the whole model;
+   *  the collectives' time is not modelled. */
+  computeParams?: number;
 }
 
 export interface OffloadCost {
@@ -64,7 +68,8 @@ export interface OffloadCost {
 
 export function predictOffloadStep(o: OffloadCostInput): OffloadCost {
   const { layout, tokens, gradAccum: k, profile } = o;
-  const params = layout.params.reduce((n, p) => n + p.size, 0);
+  const params = o.computeParams ?? layout.params.reduce((n, p) => n + p.size, 0);
+  const updated = layout.params.reduce((n, p) => n + p.size, 0);
   const computeKind: StateKind = layout.kinds.includes('param') ? 'param' : 'master';
   // Bytes as the transfers move them: each parameter's range padded to the 4096-byte blocks.
   const disk = (kind: StateKind) => layout.fileBytes[kind];
@@ -82,7 +87,7 @@ export function predictOffloadStep(o: OffloadCostInput): OffloadCost {
   const attentionSeconds = (k * c.layers * 4 * (tokens / s) * 2 * c.heads * c.headDim * s * (s + 1)) / attentionPrefillRate(profile);
   const elementwiseSeconds = (k * c.layers * 3 * tokens * layerActivationBytes(c)) / mem;
   const computeSeconds = gemmSeconds + attentionSeconds + elementwiseSeconds + packSeconds;
-  const adamSeconds = (params * 30) / mem;
+  const adamSeconds = (updated * 30) / mem;
   // The globals (embeddings, head) are fetched once per pass and held through it; layers twice.
   const passRead = k * (2 * (disk(computeKind) - globals) + globals) + (k - 1) * disk('grad') + k * o.actDiskBytes;
   const passWritten = k * disk('grad') + k * o.actDiskBytes;

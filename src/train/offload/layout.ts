@@ -50,18 +50,15 @@ export class Layout {
   /** Per unit, the parameters fetched with it (all but the tiled ones). */
   readonly fetched: number[][];
 
-  /** `tiled`: linear weights computed in tiles (./tiles.ts), never fetched whole with their unit. */
-  constructor(readonly config: ModelConfig, names: NameTable, readonly precision: Precision, readonly shares: Shares,
+  /** `tiled`: linear weights computed in tiles (./tiles.ts), never fetched whole with their unit.
+   *  `names`: the model's tensors; or, under data-parallel ranks, this rank's slices as the
+   *  "parameters" (src/train/partition/offload.ts: one per group, in unit order). */
+  constructor(readonly config: ModelConfig, names: NameTable | readonly UnitTensor[], readonly precision: Precision, readonly shares: Shares,
     readonly tiled: ReadonlySet<string> = new Set()) {
-    const layerOf = new Map<string, number>();
-    for (let j = 0; j < config.layers; j++) {
-      for (const t of Object.values(names.layer)) if (t) for (const part of ['weight', 'bias']) layerOf.set(`${t.replace('{L}', String(j))}.${part}`, j);
-    }
     this.units = Array.from({ length: config.layers + 1 }, () => []);
-    for (const { name, slot, part } of paramList(config, names)) {
-      const shape = [...expectedShape(config, slot as LayerSlot, part)];
-      const unit = layerOf.get(name) ?? config.layers;
-      const p = { index: this.params.length, name, shape, size: shape.reduce((a, b) => a * b, 1), unit };
+    const list: readonly UnitTensor[] = Array.isArray(names) ? (names as readonly UnitTensor[]) : modelTensors(config, names as NameTable);
+    for (const { name, shape, unit } of list) {
+      const p = { index: this.params.length, name, shape: [...shape], size: shape.reduce((a, b) => a * b, 1), unit };
       this.params.push(p);
       this.units[unit]!.push(p.index);
     }
@@ -123,6 +120,22 @@ export class Layout {
     }
     return { ram, disk };
   }
+}
+
+/** A tensor and the unit it is fetched with. */
+export interface UnitTensor {
+  name: string;
+  shape: readonly number[];
+  unit: number;
+}
+
+/** The model's tensors in paramList's order, each with its unit (layer j, or L for the globals). */
+function modelTensors(config: ModelConfig, names: NameTable): UnitTensor[] {
+  const layerOf = new Map<string, number>();
+  for (let j = 0; j < config.layers; j++) {
+    for (const t of Object.values(names.layer)) if (t) for (const part of ['weight', 'bias']) layerOf.set(`${t.replace('{L}', String(j))}.${part}`, j);
+  }
+  return paramList(config, names).map(({ name, slot, part }) => ({ name, shape: expectedShape(config, slot as LayerSlot, part), unit: layerOf.get(name) ?? config.layers }));
 }
 
 export function kindBytes(k: StateKind): number {

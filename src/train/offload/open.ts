@@ -49,13 +49,7 @@ export async function openOffload(config: ModelConfig, names: NameTable, backend
   const maxTokens = o.maxTokens ?? config.maxPositions;
   const plan = planOffload({ config, names, precision, maxTokens, ram: o.ram, disk: o.disk, shares: o.shares, subGroupSize: o.subGroupSize,
     tileSize: o.tileSize, checkpointActivations });
-  for (const { name, slot, part } of paramList(config, names)) {
-    if (!tensors.has(name)) throw new ModelFileError(tensors.fileName(name), 'missing tensor', name);
-    const got = tensors.info(name).shape, want = expectedShape(config, slot, part);
-    if (got.length !== want.length || got.some((d, i) => d !== want[i])) {
-      throw new ModelFileError(tensors.fileName(name), `shape [${got.join(', ')}] disagrees with config.json (expected [${want.join(', ')}])`, name);
-    }
-  }
+  checkModelTensors(config, names, tensors);
   const dir = fs.mkdtempSync(path.join(o.diskDir, 'tierlm-train-'));
   const remove = () => fs.rmSync(dir, { recursive: true, force: true });
   process.once('exit', remove);
@@ -75,6 +69,18 @@ export async function openOffload(config: ModelConfig, names: NameTable, backend
   } catch (e) {
     remove();
     throw e;
+  }
+}
+
+/** Every tensor the model needs is in the checkpoint, with the shape config.json implies (before
+ *  any state file is made). */
+export function checkModelTensors(config: ModelConfig, names: NameTable, tensors: TensorStore): void {
+  for (const { name, slot, part } of paramList(config, names)) {
+    if (!tensors.has(name)) throw new ModelFileError(tensors.fileName(name), 'missing tensor', name);
+    const got = tensors.info(name).shape, want = expectedShape(config, slot, part);
+    if (got.length !== want.length || got.some((d, i) => d !== want[i])) {
+      throw new ModelFileError(tensors.fileName(name), `shape [${got.join(', ')}] disagrees with config.json (expected [${want.join(', ')}])`, name);
+    }
   }
 }
 

@@ -24,6 +24,9 @@ import { Tensor } from '../../tensor/tensor.js';
 import { type StateKind, kindBytes } from './layout.js';
 import type { OffloadStore } from './store.js';
 
+/** What the step reads: an offloaded run's store, or a rank's slices (src/train/partition/offload.ts). */
+export type StepStates = Pick<OffloadStore, 'layout' | 'states' | 'precision' | 'sumSquares' | 'quiesce'>;
+
 const READ: StateKind[] = ['grad', 'master', 'm', 'v'];
 /** Pieces of a parameter start at multiples of this many elements: 4096-byte aligned in f32 and
  *  bf16 alike, so that each piece's disk range is one aligned transfer. */
@@ -49,7 +52,7 @@ export class StreamingAdamW {
   /** The update in flight (started by start(), not yet settled), or null. */
   private pending: { groups: Promise<void>[]; all: Promise<void> } | null = null;
 
-  constructor(private readonly store: OffloadStore, private readonly backend: Backend, subGroupSize: number, readonly sets = 3) {
+  constructor(private readonly store: StepStates, private readonly backend: Backend, subGroupSize: number, readonly sets = 3) {
     if (!Number.isInteger(sets) || sets < 3) throw new RangeError(`optimizer buffer sets must be an integer >= 3, got ${sets}`);
     this.subGroupSize = Math.max(PIECE_ALIGN, Math.floor(subGroupSize / PIECE_ALIGN) * PIECE_ALIGN);
     // n counts a group's elements as their f32 bytes padded to blocks take, so that a group's

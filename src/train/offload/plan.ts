@@ -29,6 +29,8 @@ export interface OffloadPlanInput {
   /** Bytes of a weight tile; weights larger are computed in tiles (default: planned from ram). */
   tileSize?: number;
   checkpointActivations: boolean;
+  /** Data-parallel ranks (default 1): with more, plan one rank's share (src/train/partition/plan.ts). */
+  ranks?: number;
 }
 
 export interface OffloadPlan {
@@ -57,7 +59,8 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
   const tileOver = o.tileSize ?? 4 * tileBytes;
   const all = new Layout(c, o.names, o.precision, { param: 0, grad: 0, master: 0, m: 0, v: 0, act: 0 });
   const g = o.names.global;
-  const whole = new Set([`${g.embed}.weight`, `${g.pos_embed}.weight`, `${g.lm_head}.weight`]);
+  // The LM head and the embedding tile too (over vocab rows); learned positions stay whole.
+  const whole = new Set([`${g.pos_embed}.weight`]);
   const tiled = new Set(all.params.filter((p) => p.shape.length === 2 && !whole.has(p.name) && p.size * kindBytes(computeKind) > tileOver).map((p) => p.name));
   const probe = new Layout(c, o.names, o.precision, { param: 0, grad: 0, master: 0, m: 0, v: 0, act: 0 }, tiled);
   const L = c.layers;
@@ -98,23 +101,32 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
   const optimizerSets = 3 + Math.max(0, Math.min(5, Math.floor(Math.min(o.ram / 8 - 3 * setBytes, (o.ram - base) / 4) / setBytes)));
   // Deeper prefetch while it takes at most a quarter of what is left.
   while (maxDepth < 4 && (maxDepth + 1) * layerMax(computeKind) <= (o.ram - base) / 4 + layerMax(computeKind)) maxDepth++;
-  const items = fixed(maxDepth, optimizerSets);
+  return placeStates(o, probe, fixed(maxDepth, optimizerSets), { subGroupSize, optimizerSets, maxDepth, tileBytes, tiled, actTotal: o.checkpointActivations ? (L + 1) * 4 * t * c.hidden : 0 });
+}
+
+/** Given the working buffers (`items`), keeps states in RAM in ORDER while the limit allows, and
+ *  checks the limits. `probe`'s tensors (all on disk) are those the layout places. */
+export function placeStates(o: OffloadPlanInput, probe: Layout, items: MemoryItem[],
+  p: { subGroupSize: number; optimizerSets: number; maxDepth: number; tileBytes: number; tiled: Set<string>; actTotal: number; actInRam?: boolean }): OffloadPlan {
+  const c = o.config, t = o.maxTokens, { subGroupSize, optimizerSets, maxDepth, tileBytes, tiled } = p;
   let left = o.ram - items.reduce((n, i) => n + i.ram, 0);
   const shares = { param: 0, grad: 0, master: 0, m: 0, v: 0, act: 0 } as Shares;
-  const totals: Record<string, number> = Object.fromEntries(probe.kinds.map((k) => [k, probe.params.reduce((n, p) => n + p.size * kindBytes(k), 0)]));
-  totals.act = o.checkpointActivations ? (L + 1) * 4 * t * c.hidden : 0;
+  const totals: Record<string, number> = Object.fromEntries(probe.kinds.map((k) => [k, probe.params.reduce((n, q) => n + q.size * kindBytes(k), 0)]));
+  totals.act = p.actTotal;
+  // Checkpoints that must stay in RAM come before any state.
+  if (p.actInRam) left -= p.actTotal;
   for (const k of o.precision === 'bf16' ? ORDER : ORDER.filter((x) => x !== 'param')) {
     const given = o.shares?.[k];
     const total = totals[k] ?? 0;
     let s = given ?? (total === 0 ? 1 : Math.max(0, Math.min(1, left / total)));
-    // Activation checkpoints are kept all in RAM or all on disk.
-    if (k === 'act') s = s >= 1 ? 1 : 0;
+    // Activation checkpoints are kept all in RAM or all on disk (always in RAM under ranks).
+    if (k === 'act') s = p.actInRam || s >= 1 ? 1 : 0;
     shares[k] = s;
-    left -= s * total;
+    if (k !== 'act' || !p.actInRam) left -= s * total;
   }
   // fp32: the master is what compute reads.
   if (o.precision === 'fp32') shares.param = 0;
-  const layout = new Layout(c, o.names, o.precision, shares, tiled);
+  const layout = new Layout(c, probe.params, o.precision, shares, tiled);
   for (const k of probe.kinds) {
     const b = layout.bytes(k);
     items.push({ what: `${KIND_NAMES[k]} (${Math.round(100 * shares[k])}% in RAM)`, ram: b.ram, disk: b.disk });

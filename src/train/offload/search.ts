@@ -15,6 +15,8 @@ import { UserError } from '../../util/errors.js';
 import { type OffloadCost, predictOffloadStep } from './cost.js';
 import type { Shares } from './layout.js';
 import { type OffloadPlan, planOffload } from './plan.js';
+import { partitionLayout } from '../partition/layout.js';
+import { planRank } from '../partition/plan.js';
 
 export interface TrainPlanInput {
   config: ModelConfig;
@@ -32,6 +34,8 @@ export interface TrainPlanInput {
   tileSize?: number;
   /** Sequences per micro-batch, when the user fixes it (else every divisor of batchSize is tried). */
   microBatch?: number;
+  /** Data-parallel ranks (default 1): with more, the plan is one rank's (src/train/partition/plan.ts). */
+  ranks?: number;
 }
 
 export interface TrainPlan {
@@ -49,20 +53,24 @@ export function planTraining(o: TrainPlanInput): TrainPlan {
   const tries = o.microBatch !== undefined ? [o.microBatch] : divisors(o.batchSize).reverse();
   let best: TrainPlan | null = null;
   let refusal: unknown = null;
+  const ranks = o.ranks ?? 1;
+  const computeParams = ranks > 1 ? partitionLayout(o.config, o.names, 1, 0).groups.reduce((n, g) => n + g.total, 0) : undefined;
   for (const micro of tries) {
     const tokens = micro * o.seqLen, gradAccum = Math.ceil(o.batchSize / micro);
     let plan: OffloadPlan;
     try {
-      plan = planOffload({ config: o.config, names: o.names, precision: o.precision, maxTokens: tokens, ram: o.ram, disk: o.disk, shares: o.shares,
-        subGroupSize: o.subGroupSize, tileSize: o.tileSize, checkpointActivations: o.checkpointActivations });
+      const input = { config: o.config, names: o.names, precision: o.precision, maxTokens: tokens, ram: o.ram, disk: o.disk, shares: o.shares,
+        subGroupSize: o.subGroupSize, tileSize: o.tileSize, checkpointActivations: o.checkpointActivations };
+      plan = ranks > 1 ? planRank({ ...input, ranks }) : planOffload(input);
     } catch (e) {
       if (!(e instanceof UserError)) throw e;
       refusal = e;
       continue;
     }
     const actDiskBytes = o.checkpointActivations && plan.shares.act < 1 ? o.config.layers * alignUp(4 * tokens * o.config.hidden) : 0;
-    const cost = predictOffloadStep({ layout: plan.layout, tokens, gradAccum, seqLen: o.seqLen, actDiskBytes, profile: o.profile,
-      optimizer: { subGroupSize: plan.subGroupSize, sets: plan.optimizerSets } });
+    const cost = predictOffloadStep({ layout: plan.layout, tokens, gradAccum, seqLen: o.seqLen, actDiskBytes, profile: o.profile, computeParams,
+      // Under ranks the update does not overlap the next forward (trainer.ts): no hidden part.
+      optimizer: ranks > 1 ? undefined : { subGroupSize: plan.subGroupSize, sets: plan.optimizerSets } });
     // A layer's read against a layer's compute (forward: a third of the pass's compute).
     const layerRead = plan.layout.fileBytes[plan.layout.kinds.includes('param') ? 'param' : 'master'] / Math.max(1, o.config.layers) / diskReadRate(o.profile);
     const layerCompute = cost.computeSeconds / gradAccum / 3 / Math.max(1, o.config.layers);

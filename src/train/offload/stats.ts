@@ -42,6 +42,14 @@ export class IoCounter {
     return out;
   }
 
+  /** Counts a synchronous transfer of [t0, t1] (ms, performance.now()): all of it waited for. */
+  counted(phase: string, kind: string, dir: 'read' | 'write', bytes: number, t0: number, t1: number): void {
+    const tally = dir === 'read' ? this.read : this.written;
+    tally[kind] = (tally[kind] ?? 0) + bytes;
+    (this.intervals[phase] ??= []).push([t0, t1]);
+    this.waits[phase] = (this.waits[phase] ?? 0) + t1 - t0;
+  }
+
   /** Awaits p, counting the time as the compute waiting in `phase`. */
   async wait<T>(phase: string, p: Promise<T>): Promise<T> {
     const t0 = performance.now();

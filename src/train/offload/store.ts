@@ -17,7 +17,7 @@ import { toFloat32 } from '../../tensor/dtype.js';
 import { BufferPool, type Lease } from '../../tensor/disk/buffer-pool.js';
 import { Tensor } from '../../tensor/tensor.js';
 import {
-  type GlobalGrads, type GlobalParams, type LayerGrads, type LayerParams, type ParamLookup, type ParamSource, type TrainLinear,
+  type GlobalGrads, type GlobalParams, type LayerGrads, type LayerParams, type ParamLookup, type ParamSource, type TableRows, type TrainLinear,
   globalGrads, globalParams, layerGrads, layerParams,
 } from '../params.js';
 import type { Layout, StateKind } from './layout.js';
@@ -273,6 +273,11 @@ export class OffloadStore implements ParamSource, ParamLookup {
 
   private readonly packs = new Map<string, Uint8Array>();
 
+  table(name: string): TableRows | null {
+    const i = this.index(name);
+    return this.layout.isTiled(i) ? this.tiles.table(this.computeKind, i) : null;
+  }
+
   linearGrad(name: string): F32 | TiledGrad {
     const i = this.index(name);
     if (!this.layout.isTiled(i)) return this.grad(name);
@@ -360,6 +365,7 @@ export class OffloadStore implements ParamSource, ParamLookup {
    *  backward first prepares it; the pending update took the norm already). */
   zeroGrad(): void {
     this.zero.fill(true);
+    this.tiles.zeroGrad();
     this.sumSquares.fill(0);
   }
 

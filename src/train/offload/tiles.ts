@@ -10,6 +10,8 @@ import { type Backend, type PackedWeight, weightFormatFor } from '../../backend/
 import type { ComputeMode } from '../../backend/index.js';
 import { TiledGrad, TiledWeight } from '../../backend/tiled.js';
 import { Tensor } from '../../tensor/tensor.js';
+import { toFloat32 } from '../../tensor/dtype.js';
+import type { TableRows } from '../params.js';
 import { type StateKind, kindBytes } from './layout.js';
 import type { States } from './states.js';
 
@@ -110,7 +112,10 @@ export class TileIo {
     }, `${name}ᵀ`);
   }
 
-  /** dW [n, k] of parameter `index` in row tiles: zeros when `zero`, else read; written back after each. */
+  /** dW [n, k] of parameter `index` in row tiles: zeros when `zero` (the step's first micro-batch)
+   *  and the tile was not written since zeroGrad(), else read; written back after each. A tied
+   *  embedding's gradient gets two passes (the head's, the embedding's), a head's one per chunk of
+   *  logits rows: the later passes read what the earlier wrote. */
   grad(index: number, zero: boolean): TiledGrad {
     const [n, k] = this.states.layout.params[index]!.shape as [number, number];
     const rows = this.tileRows(n, k, 4, 1);
@@ -119,12 +124,44 @@ export class TileIo {
       for (let r0 = 0; r0 < n; r0 += rows) {
         const r1 = Math.min(n, r0 + rows);
         const bytes = self.buffer((r1 - r0) * k * 4);
-        if (zero) bytes.fill(0);
+        const key = `${index}:${r0}`;
+        if (zero && !self.written.has(key)) bytes.fill(0);
         else self.read('grad', index, r0 * k * 4, bytes);
         yield { r0, r1, dw: new Tensor('f32', [r1 - r0, k], new Float32Array(bytes.buffer, bytes.byteOffset, (r1 - r0) * k)) };
         self.write('grad', index, r0 * k * 4, bytes);
+        self.written.add(key);
       }
     });
+  }
+
+  /** Gradient tiles written since the step began (see grad()). */
+  private readonly written = new Set<string>();
+
+  /** Before a step's first micro-batch. */
+  zeroGrad(): void {
+    this.written.clear();
+  }
+
+  /** An embedding table [n, k] of parameter `index` (compute kind `kind`) read row by row: each
+   *  token's row read and widened to f32, as Backend.embedding copies it from a whole table. */
+  table(kind: StateKind, index: number): TableRows {
+    const [n, k] = this.states.layout.params[index]!.shape as [number, number];
+    const eb = kindBytes(kind);
+    return {
+      rows: n, cols: k,
+      gather: (ids, out) => {
+        const bytes = this.buffer(k * eb);
+        for (let t = 0; t < ids.size; t++) {
+          const id = ids.data[t]!;
+          if (id < 0 || id >= n) throw new RangeError(`embedding: ids[${t}] = ${id} is outside [0, ${n})`);
+          this.read(kind, index, id * k * eb, bytes);
+          const row = out.data.subarray(t * k, (t + 1) * k);
+          if (kind === 'param') row.set(toFloat32('bf16', new Uint16Array(bytes.buffer, bytes.byteOffset, k), false));
+          else row.set(new Float32Array(bytes.buffer, bytes.byteOffset, k));
+        }
+        return out;
+      },
+    };
   }
 
   /** Σ g² of parameter `index`'s gradient exactly as native sumSquares sums a whole array: its

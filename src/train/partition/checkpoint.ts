@@ -15,7 +15,7 @@ import { UserError } from '../../util/errors.js';
 import { type SaveOptions, commitSave, keepCount, startSave, writeCheckpointFiles } from '../checkpoint.js';
 import type { Weight } from '../model-writer.js';
 import { readTensorFile, writeTensorFile } from '../tensor-file.js';
-import { STATE_DIR, type TrainingState, readTrainingState } from '../training-state.js';
+import { type F32Source, STATE_DIR, type TrainingState, f32Chunk, readTrainingState } from '../training-state.js';
 import type { PartitionedStore } from './store.js';
 
 const PARTS = [['master', 'master'], ['m', 'exp_avg'], ['v', 'exp_avg_sq']] as const;
@@ -46,14 +46,26 @@ export async function savePartitioned(store: PartitionedStore, comm: Comm, outDi
   const started = comm.rank === 0 ? startSave(outDir, state.step) : null;
   const [name, tmp] = JSON.parse(broadcastString(comm, JSON.stringify(started ? [started.name, started.tmp] : null))) as [string, string];
   const weights = new Map<string, Weight>();
-  store.gatherMasters((n, shape, values) => {
-    if (comm.rank === 0) weights.set(n, { shape, data: values });
-  });
-  const entries = store.states.flatMap((s, i) => PARTS.map(([key, suffix]) => ({
-    name: `group${i}.${suffix}`, dtype: 'f32' as const, shape: [...s.shape],
+  // Offloaded ranks: rank 0 spills the gathered masters to its disk tier (the model is not whole
+  // in its RAM), and the model writer reads them back chunk by chunk.
+  const spill = comm.rank === 0 && store.disk ? new MasterSpill(path.join(store.disk.states.dir, 'masters-save.bin')) : null;
+  try {
+    store.gatherMasters((n, shape, values) => {
+      if (comm.rank === 0) weights.set(n, { shape, data: spill ? spill.put(values) : values });
+    });
+    return await saveGathered(store, comm, outDir, modelDir, state, keep, name, tmp, weights);
+  } finally {
+    spill?.close();
+  }
+}
+
+async function saveGathered(store: PartitionedStore, comm: Comm, outDir: string, modelDir: string, state: Omit<TrainingState, 'tensors'>,
+  keep: number, name: string, tmp: string, weights: Map<string, Weight>): Promise<string> {
+  const entries = store.layout.groups.flatMap((g, i) => PARTS.map(([key, suffix]) => ({
+    name: `group${i}.${suffix}`, dtype: 'f32' as const, shape: [g.slice],
     fill: (dst: Uint8Array, offset: number) => {
-      const a = s[key].data;
-      dst.set(new Uint8Array(a.buffer, a.byteOffset + offset * 4, dst.byteLength));
+      const a = f32Chunk(store.slice(i, key), offset, dst.byteLength / 4);
+      dst.set(new Uint8Array(a.buffer, a.byteOffset, dst.byteLength));
     },
   })));
   await writeTensorFile(path.join(tmp, STATE_DIR, sliceFileName(comm.rank, comm.size)), entries, { format: 'tierlm-training-state-slice' });
@@ -68,6 +80,38 @@ export async function savePartitioned(store: PartitionedStore, comm: Comm, outDi
   return dir;
 }
 
+/** A file of f32 values appended in turn, each read back as an F32Source. */
+export class MasterSpill {
+  private readonly fd: number;
+  private end = 0;
+
+  constructor(private readonly file: string) {
+    this.fd = fs.openSync(file, 'w+');
+  }
+
+  put(values: Float32Array): F32Source {
+    const base = this.end, fd = this.fd, file = this.file;
+    fs.writeSync(fd, values, 0, values.byteLength, base);
+    this.end += values.byteLength;
+    return {
+      length: values.length,
+      copyTo(dst: Float32Array, offset: number) {
+        const bytes = new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength);
+        for (let done = 0; done < bytes.byteLength;) {
+          const n = fs.readSync(fd, bytes, done, bytes.byteLength - done, base + offset * 4 + done);
+          if (n === 0) throw new Error(`${file}: ends early`);
+          done += n;
+        }
+      },
+    };
+  }
+
+  close(): void {
+    fs.closeSync(this.fd);
+    fs.rmSync(this.file, { force: true });
+  }
+}
+
 /** Reads checkpoint `dir`'s state (step, data position, options) and this rank's slices into the
  *  store's buffers (every rank calls it). */
 export async function loadPartitioned(store: PartitionedStore, comm: Comm, dir: string): Promise<Omit<TrainingState, 'tensors'>> {
@@ -75,6 +119,10 @@ export async function loadPartitioned(store: PartitionedStore, comm: Comm, dir: 
   const state = await readTrainingState(stateDir);
   const file = path.join(stateDir, sliceFileName(comm.rank, comm.size));
   if (!fs.existsSync(file)) throw new UserError(`${file}: missing (the checkpoint was not saved by ${comm.size} ranks, or is incomplete)`);
+  if (store.disk) {
+    await store.disk.restore(file);
+    return state;
+  }
   const wanted = new Map<string, Float32Array>(store.states.flatMap((s, i) => PARTS.map(([key, suffix]) => [`group${i}.${suffix}`, s[key].data] as const)));
   const found = await readTensorFile(file, (info) => {
     const a = wanted.get(info.name);

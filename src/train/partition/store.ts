@@ -22,7 +22,9 @@ import {
   type GlobalGrads, type GlobalParams, type LayerGrads, type LayerParams, type ParamLookup, type ParamSource,
   globalGrads, globalParams, layerGrads, layerParams,
 } from '../params.js';
+import { type F32Source, f32Chunk } from '../training-state.js';
 import { type Layout, ownedPart, partitionLayout } from './layout.js';
+import { DiskSlices } from './offload.js';
 
 type F32 = Tensor<'f32'>;
 type ParamData = Float32Array | Uint16Array;
@@ -35,6 +37,8 @@ interface Slot {
   inUse: boolean;
   /** Views of the group's tensors (and widened copies of bf16 vectors), made on first use. */
   views: Map<string, Tensor>;
+  /** Slices on disk: this rank's slice read for the gather, kept until it is done. */
+  send: ParamData | null;
 }
 
 /** A reduce-scatter on its way: `full` is free again, and `recv` ready to add, once it is done. */
@@ -52,8 +56,10 @@ export interface TrafficCounters {
 }
 
 export class PartitionedStore implements ParamSource {
-  /** This rank's slice of each group, as a parameter state of shape [slice] (what AdamW updates). */
+  /** This rank's slice of each group, as a parameter state of shape [slice] (what AdamW updates);
+   *  none when the slices are on RAM and disk (`disk`, ./offload.ts). */
   readonly states: ParamState[];
+  readonly disk: DiskSlices | null;
   readonly traffic: TrafficCounters = { gatheredBytes: 0, reduceScatteredBytes: 0 };
   private readonly layerSlots: Slot[];
   private readonly globalSlot: Slot;
@@ -62,7 +68,8 @@ export class PartitionedStore implements ParamSource {
   /** Group expected to be fetched next (prefetched when a buffer is free). */
   private nextGroup = -1;
 
-  /** init(entry name, from, to) gives elements [from, to) of a tensor's initial f32 values. */
+  /** init(entry name, from, to) gives elements [from, to) of a tensor's initial f32 values; or the
+   *  slices are on RAM and disk, filled already. */
   constructor(
     readonly config: ModelConfig,
     readonly names: NameTable,
@@ -70,11 +77,12 @@ export class PartitionedStore implements ParamSource {
     private readonly comm: Comm,
     private readonly backend: Backend,
     readonly precision: Precision,
-    init: (name: string, from: number, to: number) => Float32Array,
+    init: ((name: string, from: number, to: number) => Float32Array) | DiskSlices,
     readonly mode: ComputeMode = 'fp32',
   ) {
     if (comm.size !== layout.ranks || comm.rank !== layout.rank) throw new RangeError('the layout is not for this communicator');
-    this.states = layout.groups.map((g, i) => {
+    this.disk = init instanceof DiskSlices ? init : null;
+    this.states = init instanceof DiskSlices ? [] : layout.groups.map((g, i) => {
       const values = new Float32Array(g.slice);
       for (const e of g.entries) {
         const own = ownedPart(g, e, layout.rank);
@@ -105,7 +113,8 @@ export class PartitionedStore implements ParamSource {
   }
 
   private slot(size: number): Slot {
-    return { group: -1, data: this.precision === 'fp32' ? new Float32Array(size) : new Uint16Array(size), pending: null, inUse: false, views: new Map() };
+    const data = (n: number) => (this.precision === 'fp32' ? new Float32Array(n) : new Uint16Array(n));
+    return { group: -1, data: data(size), pending: null, inUse: false, views: new Map(), send: this.disk ? data(size / this.layout.ranks) : null };
   }
 
   // ---- gathering --------------------------------------------------------------------------------
@@ -127,7 +136,8 @@ export class PartitionedStore implements ParamSource {
     const recv = free.data.subarray(0, n);
     free.group = g;
     free.views = new Map();
-    free.pending = this.comm.allGather(this.states[g]!.param.data as ParamData, recv);
+    const send = this.disk ? this.disk.paramSlice(g, free.send!) : (this.states[g]!.param.data as ParamData);
+    free.pending = this.comm.allGather(send, recv);
     this.traffic.gatheredBytes += recv.byteLength;
     return free;
   }
@@ -183,8 +193,8 @@ export class PartitionedStore implements ParamSource {
       linear: (base, backward) => {
         const p = view(`${base}.weight`);
         return {
-          w: this.backend.packWeight(p, this.mode, base),
-          wT: backward ? this.backend.packWeightT(p, this.mode, base) : null,
+          w: this.pack(s.group, `${base}.weight`, false, (into) => this.backend.packWeight(p, this.mode, base, { into })),
+          wT: backward ? this.pack(s.group, `${base}.weight`, true, (into) => this.backend.packWeightT(p, this.mode, base, { into })) : null,
           b: entries.has(`${base}.bias`) ? vector(`${base}.bias`) : null,
         };
       },
@@ -193,7 +203,20 @@ export class PartitionedStore implements ParamSource {
     };
   }
 
+  /** Packs into a buffer reused by the same weight of every layer (the layers are alike; one is
+   *  computed at a time), so that a fetch leaves no garbage for the collector. */
+  private pack(g: number, name: string, transposed: boolean, pack: (into: Uint8Array | undefined) => PackedWeight): PackedWeight {
+    const key = `${g === 0 ? 'g' : 'l'}${this.layout.groups[g]!.entries.findIndex((e) => e.name === name)}${transposed ? 'T' : ''}`;
+    const into = this.packs.get(key);
+    const w = pack(into);
+    if (!into) this.packs.set(key, w.data);
+    return w;
+  }
+
+  private readonly packs = new Map<string, Uint8Array>();
+
   fetchLayer(j: number, backward: boolean): LayerParams {
+    if (this.disk) this.disk.phase = backward ? 'backward' : 'forward';
     const s = this.acquire(j + 1);
     this.prefetchAfter(j + 1, backward);
     return layerParams(this.config, this.names, this.views(s), j, backward);
@@ -204,6 +227,7 @@ export class PartitionedStore implements ParamSource {
   }
 
   fetchGlobals(backward: boolean): GlobalParams {
+    if (this.disk) this.disk.phase = backward ? 'backward' : 'forward';
     const s = this.acquire(0);
     this.prefetchAfter(0, backward);
     return globalParams(this.names, this.views(s), backward);
@@ -262,6 +286,10 @@ export class PartitionedStore implements ParamSource {
     while (this.reductions.length > keep) {
       const r = this.reductions.shift()!;
       r.pending.wait();
+      if (this.disk) {
+        this.disk.addGrad(r.group, r.recv);
+        continue;
+      }
       const grad = this.states[r.group]!.grad.data as Float32Array;
       for (let i = 0; i < grad.length; i++) grad[i]! += r.recv[i]!;
     }
@@ -288,7 +316,9 @@ export class PartitionedStore implements ParamSource {
 
   // ---- steps ------------------------------------------------------------------------------------
 
-  beginStep(): void {}
+  beginStep(): void {
+    this.disk?.zeroGrad();
+  }
 
   /** Every reduce-scatter added in, every gather finished, gathered copies dropped: the optimizer
    *  is about to change the slices they came from. */
@@ -333,13 +363,25 @@ export class PartitionedStore implements ParamSource {
   }
 
   /** Every tensor's whole fp32 master (gathered from all ranks, group by group), to `use` one
-   *  group at a time. */
+   *  group at a time (with the slices on disk, in a buffer the next group reuses). */
   gatherMasters(use: (name: string, shape: number[], values: Float32Array) => void): void {
+    // Slices on disk: one buffer for every group (`use` must copy what it keeps).
+    const one = this.disk ? new Float32Array(Math.max(...this.layout.groups.map((g) => g.slice)) * this.layout.ranks) : null;
     this.layout.groups.forEach((g, i) => {
-      const full = new Float32Array(g.slice * this.layout.ranks);
-      this.comm.allGather(this.states[i]!.master.data, full).wait();
+      const full = one ? one.subarray(0, g.slice * this.layout.ranks) : new Float32Array(g.slice * this.layout.ranks);
+      this.comm.allGather(this.disk ? f32Chunk(this.disk.source('master', i), 0, g.slice) : this.states[i]!.master.data, full).wait();
       for (const e of g.entries) use(e.name, e.shape, full.subarray(e.offset, e.offset + e.size));
     });
+  }
+
+  /** Group i's master or moment slice, for checkpoints. */
+  slice(i: number, kind: 'master' | 'm' | 'v'): F32Source {
+    return this.disk ? this.disk.source(kind, i) : this.states[i]![kind].data;
+  }
+
+  /** Removes the slices' files (on RAM and disk). */
+  async close(): Promise<void> {
+    await this.disk?.close();
   }
 
   /** bf16 precision: each slice's bf16 parameter rounded again from its master (after a resume
