@@ -155,3 +155,31 @@ describe('a request too large for the memory limits', () => {
     }
   });
 });
+
+describe('a scheduler block under a RAM limit', () => {
+  it('holds as many positions as the limit allows, so a longer request joins while others run', async () => {
+    // Under 4 MiB the block of 2 rows holds about 540 positions per row (2304 bytes each), not
+    // 1024; it must not shrink to what the first request needs (33), or the longer one would
+    // wait for the first to finish.
+    const model = await loadModel(longContextModel(), { ramBytes: 4 * 2 ** 20, policy: { gpuBatchSize: 2, numGpuBatches: 1 } });
+    try {
+      const s = model.scheduler({ stopAtEos: false });
+      let aTokens = 0;
+      let aAtFirst = -1;
+      let late: Promise<GenerationResult | RequestError> | null = null;
+      const longer: GenerationRequest = { id: 'longer', promptTokenIds: [8, 9, 10], maxNewTokens: 300 };
+      const a = s.submit({ id: 'a', promptTokenIds: [5, 6, 7], maxNewTokens: 30 }, {
+        onToken: () => {
+          if (++aTokens === 3) late = s.submit(longer, { onToken: () => aAtFirst < 0 && (aAtFirst = aTokens) });
+        },
+      });
+      await a;
+      const got = await late!;
+      expect(aAtFirst).toBeGreaterThanOrEqual(3);
+      expect(aAtFirst).toBeLessThanOrEqual(5);
+      for await (const r of model.generate([longer], { stopAtEos: false, batchSize: 1 })) expect(got).toEqual(r);
+    } finally {
+      await model.close();
+    }
+  });
+});

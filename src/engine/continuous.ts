@@ -415,20 +415,30 @@ export class ContinuousEngine {
   private async openBlock(firstOnly: boolean): Promise<Open> {
     const p = this.p;
     const { rows, batches, maxTokens, shape, capacity: needed } = this.blockShape(firstOnly);
+    this.s.checkBlock(shape(needed));
+    // A server's block leaves room for longer requests to come: SERVER_POSITIONS per row, or as
+    // many as the memory limits allow. A request that does not fit waits until the block empties,
+    // and everything behind it with it (for seconds: the running rows finish first), so a block
+    // sized only for the requests at hand would stall the server whenever a longer one came.
     let capacity = needed;
-    // A server's block leaves room for longer requests to come (up to SERVER_POSITIONS) when the
-    // memory limits allow it: a request that does not fit waits until the block empties.
-    const roomy = Math.min(this.s.maxPositions, Math.max(capacity, SERVER_POSITIONS));
-    let checked = false;
-    if (p.fullShape && roomy > capacity) {
-      try {
-        this.s.checkBlock(shape(roomy));
-        [capacity, checked] = [roomy, true];
-      } catch {
-        // not enough memory for the roomy block: the one for the requests at hand is checked below
+    if (p.fullShape) {
+      const fits = (c: number) => {
+        try {
+          this.s.checkBlock(shape(c));
+          return true;
+        } catch (e) {
+          if (e instanceof UserError) return false;
+          throw e;
+        }
+      };
+      let hi = Math.min(this.s.maxPositions, Math.max(needed, SERVER_POSITIONS));
+      // The largest capacity in [needed, hi] that fits (needed does).
+      while (capacity < hi) {
+        const mid = Math.ceil((capacity + hi) / 2);
+        if (fits(mid)) capacity = mid;
+        else hi = mid - 1;
       }
     }
-    if (!checked) this.s.checkBlock(shape(capacity));
     const release = await this.s.lock.acquire(() => this.onContended());
     try {
       const block = this.s.runner.open({ rows, batches, capacity, maxTokens, cacheDtype: p.cacheDtype });
