@@ -14,7 +14,8 @@
 //   node --import tsx bench/serve.ts [--config opt-125m | --model DIR] [--concurrency 1,8,32,64]
 //     [--duration 60] [--prompt-len 64] [--max-tokens 32] [--gpu-batch-size 8] [--num-gpu-batches 1]
 //     [--probes 100] [--probe-background N (prompt + max tokens)] [--ram 256MiB [--disk-dir DIR]] [--json]
-import { spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { createRequire } from 'node:module';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -37,7 +38,10 @@ const probeBackground = Number(opt('--probe-background', String(promptLen + maxT
 const shape = ['--gpu-batch-size', opt('--gpu-batch-size', '8')!, '--num-gpu-batches', opt('--num-gpu-batches', '1')!];
 const ram = opt('--ram');
 const root = path.resolve(import.meta.dirname, '..');
-const cliPath = path.join(root, 'src/cli/run.ts');
+// The compiled CLI, as users run it (through tsx the loader alone adds ~50 MiB to the peak RSS
+// that --ram's allowance is measured against): src/ is compiled first.
+execFileSync(process.execPath, [createRequire(import.meta.url).resolve('typescript/bin/tsc'), '-p', path.join(root, 'tsconfig.json')], { cwd: root, stdio: 'inherit' });
+const cliPath = path.join(root, 'bin/tierlm.js');
 
 const config = opt('--config', 'opt-125m')!;
 const model = opt('--model') ?? path.resolve('.bench', config);
@@ -56,7 +60,7 @@ const modelBytes = fs.readdirSync(model).filter((f) => f.endsWith('.safetensors'
 
 /** The server: its address from stderr, its peak RSS from /proc at the end. */
 const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tierlm-bench-serve-'));
-const server = spawn(process.execPath, ['--import', 'tsx', cliPath, 'serve', '--model', model, '--served-model-name', 'bench', '--host', '127.0.0.1', '--port', '0',
+const server = spawn(process.execPath, [cliPath, 'serve', '--model', model, '--served-model-name', 'bench', '--host', '127.0.0.1', '--port', '0',
   '--data-dir', dataDir, '--max-queue', '1024', ...shape, ...limits], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] });
 let log = '';
 const url = await new Promise<string>((resolve, reject) => {
@@ -162,7 +166,7 @@ await new Promise((r) => server.on('exit', r));
 fs.rmSync(dataDir, { recursive: true, force: true });
 
 // `tierlm bench` at the same block shape: prompt and generation lengths as the clients'.
-const bench = spawnSync(process.execPath, ['--import', 'tsx', cliPath, 'bench', '--model', model, '--prompt-len', String(promptLen), '--gen-len', String(maxTokens),
+const bench = spawnSync(process.execPath, [cliPath, 'bench', '--model', model, '--prompt-len', String(promptLen), '--gen-len', String(maxTokens),
   ...shape, ...limits, '--json'], { cwd: root, encoding: 'utf8' });
 const benchOut = bench.status === 0 ? (JSON.parse(bench.stdout.trim().split('\n').pop()!) as Record<string, number>) : {};
 const offline = benchOut.total_tokens_per_second ?? NaN;
@@ -174,7 +178,7 @@ const rowsPerBlock = Number(shape[1]) * Number(shape[3]);
 const decodeStep = rowsPerBlock / (benchOut.decode_tokens_per_second ?? NaN);
 const policyFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'tierlm-bench-serve-policy-')), 'policy.json');
 fs.writeFileSync(policyFile, JSON.stringify({ policy: (benchOut as unknown as { policy?: object }).policy ?? {} }));
-const lone = spawnSync(process.execPath, ['--import', 'tsx', cliPath, 'bench', '--model', model, '--prompt-len', String(promptLen), '--gen-len', '2',
+const lone = spawnSync(process.execPath, [cliPath, 'bench', '--model', model, '--prompt-len', String(promptLen), '--gen-len', '2',
   '--policy', policyFile, '--gpu-batch-size', '1', '--num-gpu-batches', '1', ...limits, '--json'], { cwd: root, encoding: 'utf8' });
 fs.rmSync(path.dirname(policyFile), { recursive: true, force: true });
 if (lone.status !== 0) process.stderr.write(`tierlm bench (one prompt) failed: ${lone.stderr}\n`);

@@ -66,6 +66,8 @@ export interface EngineSetup {
   /** Whether a step loads (some) weights: then prompt chunks and decode rows share each step, so
    *  that one load serves both. Otherwise they take turns (see plan). */
   weightsStream: boolean;
+  /** Whether part of the KV cache is on disk (see openBlock). */
+  cacheStreams: boolean;
 }
 
 export interface EngineParams {
@@ -420,8 +422,19 @@ export class ContinuousEngine {
     // many as the memory limits allow. A request that does not fit waits until the block empties,
     // and everything behind it with it (for seconds: the running rows finish first), so a block
     // sized only for the requests at hand would stall the server whenever a longer one came.
+    // With the cache partly on disk only SERVER_POSITIONS or the need: a block grown to the limit
+    // there went ~40 MiB over it (opt-350m, --ram 400MiB; its cache staging is not yet accounted
+    // exactly), so a longer request waits for the block to empty, as before.
     let capacity = needed;
-    if (p.fullShape) {
+    if (p.fullShape && this.s.cacheStreams) {
+      const roomy = Math.min(this.s.maxPositions, Math.max(needed, SERVER_POSITIONS));
+      try {
+        this.s.checkBlock(shape(roomy));
+        capacity = roomy;
+      } catch (e) {
+        if (!(e instanceof UserError)) throw e;
+      }
+    } else if (p.fullShape) {
       const fits = (c: number) => {
         try {
           this.s.checkBlock(shape(c));
