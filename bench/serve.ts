@@ -165,19 +165,21 @@ server.kill('SIGTERM');
 await new Promise((r) => server.on('exit', r));
 fs.rmSync(dataDir, { recursive: true, force: true });
 
-// `tierlm bench` at the same block shape: prompt and generation lengths as the clients'.
+// `tierlm bench` at the same block shape and placement (the server's, from its log: planned for
+// its own workload, which may keep fewer weights in RAM than a plan for these lengths would):
+// prompt and generation lengths as the clients'.
+const policyFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'tierlm-bench-serve-policy-')), 'policy.json');
+fs.writeFileSync(policyFile, /tierlm: policy (.*)/.exec(log)?.[1] ?? '{}');
 const bench = spawnSync(process.execPath, [cliPath, 'bench', '--model', model, '--prompt-len', String(promptLen), '--gen-len', String(maxTokens),
-  ...shape, ...limits, '--json'], { cwd: root, encoding: 'utf8' });
+  '--policy', policyFile, ...shape, ...limits, '--json'], { cwd: root, encoding: 'utf8' });
 const benchOut = bench.status === 0 ? (JSON.parse(bench.stdout.trim().split('\n').pop()!) as Record<string, number>) : {};
 const offline = benchOut.total_tokens_per_second ?? NaN;
 // The TTFT target's bound: one decode step of the block (the block's rows, one token each, at
 // `tierlm bench`'s decode rate) plus the request's own prefill: one prompt prefilled alone, in
-// the same placement (bench's batched prefill rate shares each weight pass among the block's
+// the server's placement (bench's batched prefill rate shares each weight pass among the block's
 // prompts, which a lone request cannot).
 const rowsPerBlock = Number(shape[1]) * Number(shape[3]);
 const decodeStep = rowsPerBlock / (benchOut.decode_tokens_per_second ?? NaN);
-const policyFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'tierlm-bench-serve-policy-')), 'policy.json');
-fs.writeFileSync(policyFile, JSON.stringify({ policy: (benchOut as unknown as { policy?: object }).policy ?? {} }));
 const lone = spawnSync(process.execPath, [cliPath, 'bench', '--model', model, '--prompt-len', String(promptLen), '--gen-len', '2',
   '--policy', policyFile, '--gpu-batch-size', '1', '--num-gpu-batches', '1', ...limits, '--json'], { cwd: root, encoding: 'utf8' });
 fs.rmSync(path.dirname(policyFile), { recursive: true, force: true });

@@ -6,6 +6,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { loadModel } from '../engine/model.js';
 import { SERVER_PREFILL_CHUNK } from '../engine/generate.js';
+import { policyToJson } from '../policy/policy.js';
 import { UserError } from '../util/errors.js';
 import { servedName } from './model-name.js';
 import { int } from './parse.js';
@@ -64,6 +65,9 @@ async function runServe(o: ServeFlags): Promise<void> {
   server.jobs.resume();
   process.stderr.write(`tierlm: serving ${name} at ${address} (files and batches in ${dataDir}; ` +
     `gpu batch ${model.policy.gpuBatchSize} × ${model.policy.numGpuBatches} batches)\n`);
+  // The placement in the form `--policy FILE` reads, so that a run can be repeated (or `tierlm
+  // bench` compared) with the same one.
+  process.stderr.write(`tierlm: policy ${JSON.stringify({ policy: policyToJson(model.policy) })}\n`);
   await new Promise<void>((resolve) => {
     const stop = () => {
       process.stderr.write('tierlm: stopping: finishing the requests in flight\n');
