@@ -1,10 +1,9 @@
 // `tierlm plan --train`: the plan `tierlm train --ram` runs with (src/train/offload/search.ts):
 // micro-batch and gradient accumulation, each state's placement, sub-group size, prefetch depth
 // and tiles, with the predicted step time and what bounds it.
-import { architectureFor, readConfig } from '../models/registry.js';
-import { ConfigReader, type ModelConfig } from '../models/config.js';
+import { readConfig, readPreset } from '../models/registry.js';
+import type { ModelConfig } from '../models/config.js';
 import type { NameTable } from '../models/architecture.js';
-import { PRESETS } from '../models/presets.js';
 import { TensorStore } from '../formats/safetensors.js';
 import type { HardwareProfile } from '../policy/profile.js';
 import { formatSize } from '../tensor/tiers/size.js';
@@ -35,12 +34,7 @@ function shape(o: TrainPlanFlags): { config: ModelConfig; names: NameTable } {
       t.close();
     }
   }
-  const preset = PRESETS[o.config ?? ''];
-  if (!preset) throw new UserError(`unknown config "${o.config}" (known: ${Object.keys(PRESETS).join(', ')})`);
-  const json = preset();
-  if (o.layers) json.num_hidden_layers = o.layers;
-  const arch = architectureFor(String(json.model_type), `config ${o.config}`);
-  const config = arch.parseConfig(new ConfigReader(`config ${o.config}`, json));
+  const { arch, config } = readPreset(o.config, o.layers || undefined);
   return { config, names: arch.names(config, () => false) };
 }
 

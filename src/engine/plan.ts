@@ -6,9 +6,7 @@ import { type ComputeMode, cpuBackend, releaseFreedMemory, weightFormatFor } fro
 import type { CacheDType } from '../backend/kernels.js';
 import type { ModelConfig } from '../models/config.js';
 import { openModel } from '../models/load.js';
-import { PRESETS } from '../models/presets.js';
-import { ConfigReader } from '../models/config.js';
-import { architectureFor } from '../models/registry.js';
+import { readPreset } from '../models/registry.js';
 import { type ModelSizes, sizesFromConfig } from '../models/weights.js';
 import { type PartBytes, type Prediction, type Rates, type Workload, layerCosts, predict } from '../policy/cost-model.js';
 import { DEFAULT_POLICY, type Policy, cacheDtypeOf, shares } from '../policy/policy.js';
@@ -62,12 +60,7 @@ function modelSizes(r: PlanRequest, mode: ComputeMode): { config: ModelConfig; s
       m.close();
     }
   }
-  const preset = PRESETS[r.config ?? ''];
-  if (!preset) throw new UserError(`unknown config "${r.config}" (known: ${Object.keys(PRESETS).join(', ')})`);
-  const json = preset();
-  if (r.layers) json.num_hidden_layers = r.layers;
-  const arch = architectureFor(String(json.model_type), `config ${r.config}`);
-  const config = arch.parseConfig(new ConfigReader(`config ${r.config}`, json));
+  const { arch, config } = readPreset(r.config, r.layers || undefined);
   return { config, sizes: sizesFromConfig(config, arch.names(config, () => false), 'f16', cpuBackend(), mode, r.compressWeight), dtype: 'f16' };
 }
 

@@ -5,10 +5,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { writeSafetensors, type TensorEntry } from '../formats/safetensors-writer.js';
 import { type FloatDType, f32ToBf16, f32ToF16 } from '../tensor/dtype.js';
-import { UserError } from '../util/errors.js';
 import { expectedShape, type GlobalSlot, type LayerSlot } from './architecture.js';
 import { ConfigReader } from './config.js';
-import { PRESETS, presetNames } from './presets.js';
+import { presetJson } from './presets.js';
 import { architectureFor } from './registry.js';
 
 export interface InitOptions {
@@ -24,11 +23,8 @@ export interface InitOptions {
 const TORCH_DTYPE: Record<FloatDType, string> = { f32: 'float32', f16: 'float16', bf16: 'bfloat16' };
 
 export function initModel(o: InitOptions): { bytes: number; tensors: number } {
-  const preset = PRESETS[o.config];
-  if (!preset) throw new UserError(`unknown config "${o.config}" (known: ${presetNames().join(', ')})`);
+  const json = presetJson(o.config, o.layers);
   const dtype = o.dtype ?? 'f16';
-  const json = preset();
-  if (o.layers !== undefined) json.num_hidden_layers = o.layers;
   Object.assign(json, o.overrides ?? {});
   json.torch_dtype = TORCH_DTYPE[dtype];
   fs.mkdirSync(o.out, { recursive: true });

@@ -1,6 +1,8 @@
 // Named model shapes for `tierlm init` (dummy weights, as FlexGen's benchmarks use), written as
 // the Hugging Face config.json of the real model.
 
+import { UserError } from '../util/errors.js';
+
 type Json = Record<string, unknown>;
 
 function optConfig(hidden: number, layers: number, heads: number, extra: Json = {}): Json {
@@ -57,4 +59,14 @@ export const PRESETS: Record<string, () => Json> = {
 
 export function presetNames(): string[] {
   return Object.keys(PRESETS);
+}
+
+/** A named shape's config.json, cut to its first `layers` layers when given; an unknown name is
+ *  refused with the known ones. */
+export function presetJson(name: string | undefined, layers?: number): Json {
+  const preset = PRESETS[name ?? ''];
+  if (!preset) throw new UserError(`unknown config "${name}" (known: ${presetNames().join(', ')})`);
+  const json = preset();
+  if (layers !== undefined) json.num_hidden_layers = layers;
+  return json;
 }

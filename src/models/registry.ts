@@ -7,6 +7,7 @@ import { ConfigReader, type ModelConfig } from './config.js';
 import { llama } from './llama.js';
 import { mistral } from './mistral.js';
 import { opt } from './opt.js';
+import { presetJson } from './presets.js';
 import { qwen2 } from './qwen2.js';
 
 const ARCHITECTURES: Architecture[] = [opt, llama, mistral, qwen2];
@@ -37,4 +38,12 @@ export function readConfig(dir: string): { arch: Architecture; config: ModelConf
   const reader = new ConfigReader(file, raw);
   const arch = architectureFor(reader.str('model_type'), file);
   return { arch, config: arch.parseConfig(reader), raw };
+}
+
+/** A named shape (src/models/presets.ts), cut to `layers` layers when given, as readConfig reads a
+ *  model directory. */
+export function readPreset(name: string | undefined, layers?: number): { arch: Architecture; config: ModelConfig } {
+  const json = presetJson(name, layers);
+  const arch = architectureFor(String(json.model_type), `config ${name}`);
+  return { arch, config: arch.parseConfig(new ConfigReader(`config ${name}`, json)) };
 }
