@@ -170,9 +170,13 @@ fs.rmSync(dataDir, { recursive: true, force: true });
 // prompt and generation lengths as the clients'.
 const policyFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'tierlm-bench-serve-policy-')), 'policy.json');
 fs.writeFileSync(policyFile, /tierlm: policy (.*)/.exec(log)?.[1] ?? '{}');
-const bench = spawnSync(process.execPath, [cliPath, 'bench', '--model', model, '--prompt-len', String(promptLen), '--gen-len', String(maxTokens),
-  '--policy', policyFile, ...shape, ...limits, '--json'], { cwd: root, encoding: 'utf8' });
-const benchOut = bench.status === 0 ? (JSON.parse(bench.stdout.trim().split('\n').pop()!) as Record<string, number>) : {};
+/** `tierlm bench` in the server's placement with these flags: its --json result ({} on failure). */
+const tierlmBench = (what: string, flags: string[]): Record<string, number> => {
+  const r = spawnSync(process.execPath, [cliPath, 'bench', '--model', model, '--policy', policyFile, ...flags, ...limits, '--json'], { cwd: root, encoding: 'utf8' });
+  if (r.status !== 0) process.stderr.write(`tierlm bench (${what}) failed: ${r.stderr}\n`);
+  return r.status === 0 ? (JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, number>) : {};
+};
+const benchOut = tierlmBench('the block', ['--prompt-len', String(promptLen), '--gen-len', String(maxTokens), ...shape]);
 const offline = benchOut.total_tokens_per_second ?? NaN;
 // The TTFT target's bound: one decode step of the block (the block's rows, one token each, at
 // `tierlm bench`'s decode rate) plus the request's own prefill: one prompt prefilled alone, in
@@ -180,11 +184,8 @@ const offline = benchOut.total_tokens_per_second ?? NaN;
 // prompts, which a lone request cannot).
 const rowsPerBlock = Number(shape[1]) * Number(shape[3]);
 const decodeStep = rowsPerBlock / (benchOut.decode_tokens_per_second ?? NaN);
-const lone = spawnSync(process.execPath, [cliPath, 'bench', '--model', model, '--prompt-len', String(promptLen), '--gen-len', '2',
-  '--policy', policyFile, '--gpu-batch-size', '1', '--num-gpu-batches', '1', ...limits, '--json'], { cwd: root, encoding: 'utf8' });
+const ownPrefill = tierlmBench('one prompt', ['--prompt-len', String(promptLen), '--gen-len', '2', '--gpu-batch-size', '1', '--num-gpu-batches', '1']).prefill_seconds ?? NaN;
 fs.rmSync(path.dirname(policyFile), { recursive: true, force: true });
-if (lone.status !== 0) process.stderr.write(`tierlm bench (one prompt) failed: ${lone.stderr}\n`);
-const ownPrefill = lone.status === 0 ? (JSON.parse(lone.stdout.trim().split('\n').pop()!) as Record<string, number>).prefill_seconds! : NaN;
 
 const summary = {
   model, model_bytes: modelBytes, ram: ram ?? null, shape: shape.join(' '), prompt_len: promptLen, max_tokens: maxTokens, duration_s: duration,
@@ -208,4 +209,3 @@ else {
       `p90 ${q(probeLatencies, 0.9).toFixed(3)} s, max ${q(probeLatencies, 1).toFixed(3)} s\n`);
   }
 }
-if (bench.status !== 0) process.stderr.write(`tierlm bench failed: ${bench.stderr}\n`);

@@ -426,15 +426,7 @@ export class ContinuousEngine {
     // there went ~40 MiB over it (opt-350m, --ram 400MiB; its cache staging is not yet accounted
     // exactly), so a longer request waits for the block to empty, as before.
     let capacity = needed;
-    if (p.fullShape && this.s.cacheStreams) {
-      const roomy = Math.min(this.s.maxPositions, Math.max(needed, SERVER_POSITIONS));
-      try {
-        this.s.checkBlock(shape(roomy));
-        capacity = roomy;
-      } catch (e) {
-        if (!(e instanceof UserError)) throw e;
-      }
-    } else if (p.fullShape) {
+    if (p.fullShape) {
       const fits = (c: number) => {
         try {
           this.s.checkBlock(shape(c));
@@ -445,11 +437,14 @@ export class ContinuousEngine {
         }
       };
       let hi = Math.min(this.s.maxPositions, Math.max(needed, SERVER_POSITIONS));
-      // The largest capacity in [needed, hi] that fits (needed does).
-      while (capacity < hi) {
-        const mid = Math.ceil((capacity + hi) / 2);
-        if (fits(mid)) capacity = mid;
-        else hi = mid - 1;
+      if (this.s.cacheStreams) capacity = fits(hi) ? hi : needed;
+      else {
+        // The largest capacity in [needed, hi] that fits (needed does).
+        while (capacity < hi) {
+          const mid = Math.ceil((capacity + hi) / 2);
+          if (fits(mid)) capacity = mid;
+          else hi = mid - 1;
+        }
       }
     }
     const release = await this.s.lock.acquire(() => this.onContended());
