@@ -186,14 +186,17 @@ export class Trainer {
     }
     loss = this.sum([loss])[0]!;
     const lr = learningRate(this.schedule, this.optimizer.step);
+    const result = (gradNorm: number, offload?: OffloadStepStats): StepMetrics => ({
+      step: this.optimizer.step, loss: loss / targets, gradNorm, lr, tokens, targets, seconds: (performance.now() - t0) / 1000, ...(offload ? { offload } : {}),
+    });
     if (this.offloaded) {
       // The update runs in the background, overlapping the next forward (./offload/optimizer.ts).
-      // This step's statistics end here: its update's transfers count in the next step's.
+      // This step's statistics end once its gradient writes and the reads it started ahead have
+      // landed (quiesce); its update's transfers count in the next step's.
       const off = this.offloaded;
-      const stats = off.store.stats();
       await off.store.quiesce();
-      const { gradNorm } = off.optimizer.start(this.optimizer, lr);
-      return { step: this.optimizer.step, loss: loss / targets, gradNorm, lr, tokens, targets, seconds: (performance.now() - t0) / 1000, offload: stats };
+      const stats = off.store.stats();
+      return result(off.optimizer.start(this.optimizer, lr).gradNorm, stats);
     }
     const disk = this.ranked?.disk;
     if (disk) {
@@ -202,16 +205,9 @@ export class Trainer {
       await disk.quiesce();
       const { gradNorm } = disk.optimizer.start(this.optimizer, lr);
       await disk.optimizer.settle();
-      return { step: this.optimizer.step, loss: loss / targets, gradNorm, lr, tokens, targets, seconds: (performance.now() - t0) / 1000, ...this.offloadStats() };
+      return result(gradNorm, disk.stats());
     }
-    const { gradNorm } = this.optimizer.update(lr);
-    return { step: this.optimizer.step, loss: loss / targets, gradNorm, lr, tokens, targets, seconds: (performance.now() - t0) / 1000 };
-  }
-
-  /** A rank's transfers in the step (slices on disk), or nothing. */
-  private offloadStats(): { offload?: OffloadStepStats } {
-    const stats = this.ranked?.disk?.stats();
-    return stats ? { offload: stats } : {};
+    return result(this.optimizer.update(lr).gradNorm);
   }
 
   /** An offloaded run's buffers were planned for micro-batches of at most offload.maxTokens. */

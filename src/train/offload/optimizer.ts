@@ -25,7 +25,7 @@ import { type StateKind, kindBytes } from './layout.js';
 import type { OffloadStore } from './store.js';
 
 /** What the step reads: an offloaded run's store, or a rank's slices (src/train/partition/offload.ts). */
-export type StepStates = Pick<OffloadStore, 'layout' | 'states' | 'precision' | 'sumSquares' | 'quiesce'>;
+export type StepStates = Pick<OffloadStore, 'layout' | 'states' | 'precision' | 'sumSquares'>;
 
 const READ: StateKind[] = ['grad', 'master', 'm', 'v'];
 /** Pieces of a parameter start at multiples of this many elements: 4096-byte aligned in f32 and
