@@ -157,11 +157,17 @@ describe('a request too large for the memory limits', () => {
 });
 
 describe('a scheduler block under a RAM limit', () => {
-  it('holds as many positions as the limit allows, so a longer request joins while others run', async () => {
-    // Under 4 MiB the block of 2 rows holds about 540 positions per row (2304 bytes each), not
-    // 1024; it must not shrink to what the first request needs (33), or the longer one would
-    // wait for the first to finish.
-    const model = await loadModel(longContextModel(), { ramBytes: 4 * 2 ** 20, policy: { gpuBatchSize: 2, numGpuBatches: 1 } });
+  // Under 4 MiB the block of 2 rows holds about 540 positions per row (2304 bytes each), not
+  // 1024; it must not shrink to what the first request needs (33), or the longer one would
+  // wait for the first to finish. With the cache on disk the capacity sizes the three staging
+  // blocks (2 rows × ~4.4 KB a position each): under 12 MiB a few hundred positions.
+  it.each([
+    { placement: 'cache in RAM', ramMiB: 4, policy: {} },
+    { placement: 'cache on disk', ramMiB: 12, policy: { cacheCpuPercent: 0 } },
+  ])('holds as many positions as the limit allows, so a longer request joins while others run ($placement)', async ({ ramMiB, policy }) => {
+    const model = await loadModel(longContextModel(), {
+      ramBytes: ramMiB * 2 ** 20, diskDir: tmpDir('sched-disk'), policy: { gpuBatchSize: 2, numGpuBatches: 1, ...policy },
+    });
     try {
       const s = model.scheduler({ stopAtEos: false });
       let aTokens = 0;

@@ -66,8 +66,6 @@ export interface EngineSetup {
   /** Whether a step loads (some) weights: then prompt chunks and decode rows share each step, so
    *  that one load serves both. Otherwise they take turns (see plan). */
   weightsStream: boolean;
-  /** Whether part of the KV cache is on disk (see openBlock). */
-  cacheStreams: boolean;
 }
 
 export interface EngineParams {
@@ -422,9 +420,7 @@ export class ContinuousEngine {
     // many as the memory limits allow. A request that does not fit waits until the block empties,
     // and everything behind it with it (for seconds: the running rows finish first), so a block
     // sized only for the requests at hand would stall the server whenever a longer one came.
-    // With the cache partly on disk only SERVER_POSITIONS or the need: a block grown to the limit
-    // there went ~40 MiB over it (opt-350m, --ram 400MiB; its cache staging is not yet accounted
-    // exactly), so a longer request waits for the block to empty, as before.
+    // The same with the cache on disk, where the capacity sizes the staging blocks in RAM.
     let capacity = needed;
     if (p.fullShape) {
       const fits = (c: number) => {
@@ -436,15 +432,12 @@ export class ContinuousEngine {
           throw e;
         }
       };
+      // The largest capacity in [needed, hi] that fits (needed does).
       let hi = Math.min(this.s.maxPositions, Math.max(needed, SERVER_POSITIONS));
-      if (this.s.cacheStreams) capacity = fits(hi) ? hi : needed;
-      else {
-        // The largest capacity in [needed, hi] that fits (needed does).
-        while (capacity < hi) {
-          const mid = Math.ceil((capacity + hi) / 2);
-          if (fits(mid)) capacity = mid;
-          else hi = mid - 1;
-        }
+      while (capacity < hi) {
+        const mid = Math.ceil((capacity + hi) / 2);
+        if (fits(mid)) capacity = mid;
+        else hi = mid - 1;
       }
     }
     const release = await this.s.lock.acquire(() => this.onContended());

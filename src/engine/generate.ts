@@ -153,7 +153,7 @@ export class Generator {
     return new ContinuousEngine({
       runner: this.s.runner, backend: this.backend, lock: this.s.lock, maxPositions: this.s.config.maxPositions,
       cacheBytesPerElement: cacheBytesPerElement(p.cacheDtype, this.s.config.headDim), checkBlock: (shape) => this.s.checkBlock(shape),
-      weightsStream: this.s.runner.weightsStream, cacheStreams: this.s.runner.cacheStreams,
+      weightsStream: this.s.runner.weightsStream,
     }, {
       batchSize: p.batchSize, numGpuBatches: p.numGpuBatches, cacheDtype: p.cacheDtype, fullShape: server,
       prefillChunk: p.prefillChunk ?? (server ? SERVER_PREFILL_CHUNK : this.s.config.maxPositions),

@@ -100,11 +100,6 @@ export class BlockRunner {
     return this.weights.onDisk;
   }
 
-  /** Whether part of the KV cache lives on disk (blocks then stage it through RAM). */
-  get cacheStreams(): boolean {
-    return shares(this.policy, 'cache').disk > 0;
-  }
-
   /** Bytes of the weight staging slots this runner holds. */
   get weightStagingBytes(): number {
     return this.weightSlots.reduce((n, s) => n + (s?.byteLength ?? 0), 0);
