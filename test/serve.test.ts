@@ -79,6 +79,19 @@ describe('models, completions and chat', () => {
     expect(ids.choices).toHaveLength(2);
   });
 
+  it('a whole response says its time to first token and its total in Server-Timing', async () => {
+    const res = await fetch(`${url}/v1/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
+      body: JSON.stringify({ model: 'tiny', prompt: 'The capital of France is', max_tokens: 5, temperature: 0 }),
+    });
+    expect(res.status).toBe(200);
+    const m = /^ttft;dur=([\d.]+);desc="time to first token", total;dur=([\d.]+)$/.exec(res.headers.get('server-timing') ?? '');
+    expect(m, res.headers.get('server-timing') ?? 'no header').not.toBeNull();
+    const [ttft, total] = [Number(m![1]), Number(m![2])];
+    expect(ttft).toBeGreaterThan(0);
+    expect(ttft).toBeLessThanOrEqual(total);
+  });
+
   it('chats through the chat template, with logprobs in the chat format', async () => {
     const r = await client.chat.completions.create({
       model: 'tiny', messages: [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Hello!' }], max_completion_tokens: 5, logprobs: true, top_logprobs: 2, temperature: 0,

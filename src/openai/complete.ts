@@ -22,6 +22,8 @@ export interface CompleteOptions {
   onChunk?: (chunk: Record<string, unknown>) => void;
   /** The body already checked (by check()): the server checks it before answering. */
   prepared?: Prepared;
+  /** Called once, when the request's first token (of any of its samples) is sampled. */
+  onFirstToken?: () => void;
 }
 
 /** Thrown when the request was cancelled (a client went away, a batch was cancelled). */
@@ -42,10 +44,15 @@ export async function complete(engine: Engine, endpoint: Endpoint, body: unknown
   const id = newId(endpoint === '/v1/chat/completions' ? 'chatcmpl' : 'cmpl');
   const created = Math.floor(Date.now() / 1000);
   const stream = p.stream && o.onChunk ? new ChunkStream(p, id, created, o.onChunk) : null;
+  let first = o.onFirstToken;
   const answers = await Promise.all(p.requests.map(async (req, i) => {
     const r = await engine.scheduler.submit(req, {
       priority: o.priority, signal: o.signal,
-      onToken: stream ? (sample, _token, text) => stream.token(i, sample, text) : undefined,
+      onToken: stream || first ? (sample, _token, text) => {
+        first?.();
+        first = undefined;
+        stream?.token(i, sample, text);
+      } : undefined,
     });
     if (!('error' in r)) stream?.finish(i, r, engine.model);
     return r;

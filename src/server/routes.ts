@@ -31,7 +31,16 @@ async function handle(endpoint: Endpoint, req: FastifyRequest, reply: FastifyRep
   });
   server.inFlight.count++;
   try {
-    if (!p.stream) return await complete(o.engine, endpoint, req.body, { priority: 'interactive', signal: abort.signal, prepared: p });
+    if (!p.stream) {
+      // W3C Server-Timing: the request's time to its first token and in all, as the engine saw
+      // them (from here, the body parsed and checked), without the network or the client.
+      const received = performance.now();
+      let firstAt = NaN;
+      const body = await complete(o.engine, endpoint, req.body, { priority: 'interactive', signal: abort.signal, prepared: p, onFirstToken: () => (firstAt = performance.now()) });
+      const ms = (t: number) => (t - received).toFixed(1);
+      reply.header('server-timing', `ttft;dur=${ms(firstAt)};desc="time to first token", total;dur=${ms(performance.now())}`);
+      return body;
+    }
     reply.hijack();
     const raw = reply.raw;
     raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
