@@ -19,9 +19,9 @@ function harness(maxDepth: number, readMs: number, buffers = 8) {
     return loaded(u);
   }, () => free++, () => clock);
   /** One pass over `order` (unit, backward) as the store drives it; returns the units found read ahead. */
-  const pass = async (order: [number, boolean][], kind: 'train' | 'eval' = 'train', computeMs = 0) => {
+  const pass = async (order: [number, boolean][], kind: 'train' | 'eval' = 'train', computeMs = 0, last = false) => {
     const hits: number[] = [];
-    p.beginPass(kind);
+    p.beginPass(kind, last);
     for (const [u, back] of order) {
       const l = p.take(u, back);
       if (l) {
@@ -76,6 +76,24 @@ describe('prefetch along a recorded trace', () => {
     expect(h.p.traces).toBe(3);
     expect(await h.pass(changed)).toEqual(changed.map(([u]) => u).slice(1));
     expect(h.p.traces).toBe(3);
+  });
+
+  it("reads ahead into the next micro-batch's pass, but nothing past a step's last pass", async () => {
+    const h = harness(3, 5);
+    const units = train.map(([u]) => u);
+    await h.pass(train);
+    await h.pass(train);
+    expect(h.p.depth).toBe(3);
+    // An accumulation pass reads its own units from the fourth on, then the next pass's first three.
+    let before = h.started.length;
+    expect(await h.pass(train)).toEqual(units);
+    expect(h.started.slice(before)).toEqual([...units.slice(3), ...units.slice(0, 3)]);
+    // The step's last pass: only its own.
+    before = h.started.length;
+    expect(await h.pass(train, 'train', 0, true)).toEqual(units);
+    expect(h.started.slice(before)).toEqual(units.slice(3));
+    // So the next step's first unit is read on demand.
+    expect(await h.pass(train)).toEqual(units.slice(1));
   });
 
   it('reads as deep as read time over compute time calls for, within the planned bound', async () => {

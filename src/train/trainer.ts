@@ -171,7 +171,10 @@ export class Trainer {
     if (this.offloaded) {
       const store = this.offloaded.store;
       store.zeroGrad();
-      for (const m of packed) loss += (await this.model.lossAndGrad(m!, 1 / targets)).loss;
+      for (const [i, m] of packed.entries()) {
+        store.lastMicroBatch = i === packed.length - 1;
+        loss += (await this.model.lossAndGrad(m!, 1 / targets)).loss;
+      }
     } else {
       const store = this.store as TrainSource;
       store.beginStep();

@@ -6,8 +6,9 @@
 // is noticed: the prefetched units are dropped and the next pass records a new trace.
 //
 // The trace is cyclic: after a pass's last unit come the next pass's first ones (gradient
-// accumulation's next micro-batch). Before the optimizer changes the parameters, drop() discards
-// everything read ahead.
+// accumulation's next micro-batch), except after a step's last pass, whose successor reads what
+// the optimizer has changed: nothing is read ahead past its end (such reads were only dropped).
+// Before the optimizer changes the parameters, drop() discards everything read ahead.
 
 import type { Loaded } from './store.js';
 
@@ -19,6 +20,8 @@ export class Prefetcher {
   private trace: string[] | null = null;
   private pos = 0;
   private kind: Pass = 'train';
+  /** Whether the pass reads ahead into the next one (see beginPass). */
+  private wraps = true;
   private readonly pending = new Map<string, Loaded>();
   /** Units read ahead of use, as last computed. */
   depth = 1;
@@ -42,7 +45,10 @@ export class Prefetcher {
     return this.recorded;
   }
 
-  beginPass(kind: Pass): void {
+  /** `last`: the pass is the last before the parameters change (a step's last micro-batch), so
+   *  nothing past its end is read ahead. */
+  beginPass(kind: Pass, last = false): void {
+    this.wraps = !last;
     // What the other kind of pass read ahead would hold buffers this one waits for.
     if (kind !== this.kind) void this.drop();
     this.trace = this.byPass.get(kind) ?? null;
@@ -84,6 +90,7 @@ export class Prefetcher {
     this.computeStart = this.now();
     if (!this.trace) return;
     for (let d = 0; d < this.depth; d++) {
+      if (!this.wraps && this.pos + d >= this.trace.length) break;
       const key = this.trace[(this.pos + d) % this.trace.length]!;
       if (this.pending.has(key)) continue;
       const l = this.tryRead(Number.parseInt(key, 10));

@@ -71,6 +71,9 @@ export class OffloadStore implements ParamSource, ParamLookup {
   /** Each parameter's Σ g² at its last release: the step's, once the last micro-batch is done. */
   readonly sumSquares: Float64Array;
   readonly prefetch: Prefetcher;
+  /** Set by the trainer before each micro-batch: whether it is the step's last (the optimizer
+   *  follows it, so its pass reads nothing of the next ahead). */
+  lastMicroBatch = true;
   private phase: Phase = 'forward';
   private readonly tiles: TileIo;
   private readonly acts: ActivationSpill | null;
@@ -179,7 +182,7 @@ export class OffloadStore implements ParamSource, ParamLookup {
   }
 
   async prepareGlobals(backward: boolean): Promise<void> {
-    this.prefetch.beginPass(backward ? 'train' : 'eval');
+    this.prefetch.beginPass(backward ? 'train' : 'eval', backward && this.lastMicroBatch);
     await this.prepare(this.config.layers, backward);
   }
 
