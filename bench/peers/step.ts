@@ -1,9 +1,9 @@
-// Where a batch-1 decode step's time goes (issue #14 item 3), run by hand:
+// Where a decode step's time goes (issue #14 items 3 and 4), run by hand:
 //
 //   node --import tsx bench/peers/step.ts [--q4] [--steps 31] [--rounds 2] [--model .bench/llama-2-7b-4l-bf16]
-//       [--ab-idle-prefetch PAIRS]
+//       [--batch 1] [--ab-idle-prefetch PAIRS]
 //
-// One sequence (prompt 64) on the bench model (bench/peers/index.ts makes it), in rounds of three
+// --batch sequences (default one; prompt 64) on the bench model (bench/peers/index.ts makes it), in rounds of three
 // measurements taken one after another, so that they see the same machine: the decode step time;
 // the same steps with every Backend op timed from JavaScript (per op kind, each op's argument
 // checks included); and the step's GEMVs alone (the model's packed weights in forward order, back
@@ -23,11 +23,14 @@ const opt = (name: string, dflt: string) => (args.includes(name) ? args[args.ind
 const q4 = args.includes('--q4');
 const steps = Number(opt('--steps', '31'));
 const rounds = Number(opt('--rounds', '2'));
+const batch = Number(opt('--batch', '1'));
 const dir = path.resolve(opt('--model', '.bench/llama-2-7b-4l-bf16'));
 const PROMPT = 64;
 
 const model = await loadModel(dir, { precision: 'bf16', threads: getThreads(), policy: q4 ? { compressWeight: true } : {} });
-const requests = [{ id: 'r', promptTokenIds: Array.from({ length: PROMPT }, (_, j) => 3 + ((j * 104729) % 30000)) }];
+const requests = Array.from({ length: batch }, (_, i) => ({
+  id: `r${i}`, promptTokenIds: Array.from({ length: PROMPT }, (_, j) => 3 + ((i * 7919 + j * 104729) % 30000)),
+}));
 
 // Per-op timing: the Backend methods a forward pass calls, wrapped while `counting`.
 type Tally = Map<string, { ms: number; n: number }>;
@@ -49,12 +52,14 @@ for (const name of ['matmul', 'rmsNorm', 'layerNorm', 'add', 'siluMul', 'rope', 
   };
 }
 
-/** ms per decode step of `steps` decode steps (prefill excluded), and the op tally of the whole run. */
+/** ms per decode step of `steps` decode steps (prefill excluded), and the op tally of those steps
+ *  (counting starts with the first token, which prefill makes). */
 async function generate(withTally: boolean): Promise<[number, Tally]> {
   const s = { prefillSeconds: 0, decodeSeconds: 0, promptTokens: 0, generatedTokens: 0 };
   const t: Tally = new Map();
-  tally = withTally ? t : null;
-  for await (const _ of model.generate(requests, { maxNewTokens: steps + 1, stopAtEos: false, batchSize: 1 }, s)) void _;
+  tally = null;
+  const onToken = () => void (withTally && (tally = t));
+  for await (const _ of model.generate(requests, { maxNewTokens: steps + 1, stopAtEos: false, batchSize: batch, onToken }, s)) void _;
   tally = null;
   return [(s.decodeSeconds / steps) * 1e3, t];
 }
@@ -63,7 +68,7 @@ async function generate(withTally: boolean): Promise<[number, Tally]> {
 const layers = await Promise.all(Array.from({ length: model.config.layers }, (_, j) => model.layers.load(j, 'all', null)));
 const weights: PackedWeight[] = layers.flatMap((l) => [l.q!.w, l.k!.w, l.v!.w, l.o!.w, ...(l.gate ? [l.gate.w] : []), l.up!.w, l.down!.w])
   .concat([model.transformer.globals.lmHead as PackedWeight]);
-const io = weights.map((w) => [Tensor.f32([1, w.k]), Tensor.f32([1, w.n])] as const);
+const io = weights.map((w) => [Tensor.f32([batch, w.k]), Tensor.f32([batch, w.n])] as const);
 const gemvStep = () => {
   const t0 = performance.now();
   for (let r = 0; r < steps; r++) weights.forEach((w, i) => model.transformer.backend.matmul(io[i]![0], w, null, io[i]![1]));
@@ -90,29 +95,17 @@ if (abPairs > 0) {
   process.exit(0);
 }
 gemvStep();
-const prefill = (await generate(true))[1];  // op tally of prefill + steps; prefill's share is removed below
-const [, prefillOnly] = await (async () => {
-  const t: Tally = new Map();
-  tally = t;
-  for await (const _ of model.generate(requests, { maxNewTokens: 1, stopAtEos: false, batchSize: 1 })) void _;
-  tally = null;
-  return [0, t] as const;
-})();
-void prefill;
 for (let r = 0; r < rounds; r++) {
   const plain = (await generate(false))[0];
   const [timed, whole] = await generate(true);
   const gemv = gemvStep();
-  const perStep = [...whole].map(([k, v]) => {
-    const p = prefillOnly.get(k) ?? { ms: 0, n: 0 };
-    return [k, (v.ms - p.ms) / steps, (v.n - p.n) / steps] as const;
-  }).sort((a, b) => b[1] - a[1]);
+  const perStep = [...whole].map(([k, v]) => [k, v.ms / steps, v.n / steps] as const).sort((a, b) => b[1] - a[1]);
   const ops = perStep.reduce((a, x) => a + x[1], 0);
   const gemvInStep = perStep.filter((x) => x[0].startsWith('matmul')).reduce((a, x) => a + x[1], 0);
-  console.log(`round ${r + 1} (${new Date().toISOString()}): decode step ${plain.toFixed(2)} ms (${(1e3 / plain).toFixed(1)} tok/s); ` +
-    `with ops timed ${timed.toFixed(2)} ms; GEMVs alone ${gemv.toFixed(2)} ms (${(1e3 / gemv).toFixed(1)} tok/s)`);
+  console.log(`round ${r + 1} (${new Date().toISOString()}): decode step ${plain.toFixed(2)} ms (${((batch * 1e3) / plain).toFixed(1)} tok/s); ` +
+    `with ops timed ${timed.toFixed(2)} ms; GEMVs alone ${gemv.toFixed(2)} ms (${((batch * 1e3) / gemv).toFixed(1)} tok/s)`);
   for (const [k, ms, n] of perStep) console.log(`  ${k.padEnd(20)} ${ms.toFixed(3).padStart(7)} ms/step ${n.toFixed(0).padStart(4)} calls ${((ms / n) * 1e3).toFixed(1).padStart(8)} µs/call`);
   console.log(`  GEMVs in the step ${gemvInStep.toFixed(2)} ms (alone ${gemv.toFixed(2)}); other ops ${(ops - gemvInStep).toFixed(2)} ms; between ops ${(timed - ops).toFixed(2)} ms`);
 }
-console.log(`${q4 ? '4-bit' : 'bf16'}, ${getThreads()} threads, ${steps} decode steps after a 64-token prompt`);
+console.log(`${path.basename(dir)}, ${q4 ? '4-bit' : 'bf16'}, batch ${batch}, ${getThreads()} threads, ${steps} decode steps after a 64-token prompt`);
 model.close();
