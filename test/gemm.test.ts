@@ -2,7 +2,7 @@
 // has, with odd sizes that hit every tail, in both compute modes and for every weight dtype.
 import { afterAll, describe, expect, it } from 'vitest';
 import { type Isa, cpuBackend, getThreads, isaInfo, referenceBackend, setIsa, setThreads } from '../src/backend/index.js';
-import { gemmKernels, gemmBf16Dot } from '../src/backend/cpu/gemm.js';
+import { gemmKernels, gemmBf16Dot, gemmIdlePrefetch } from '../src/backend/cpu/gemm.js';
 import type { ComputeMode } from '../src/backend/kernels.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import type { FloatDType } from '../src/tensor/dtype.js';
@@ -103,6 +103,55 @@ describe('batched rows equal unbatched rows bit for bit', () => {
       });
     }
   }
+});
+
+describe("decode's idle-thread prefetch of the next weight", () => {
+  // Each decode GEMV (up to 6 rows) has the idle workers prefetch the weight that followed it last
+  // time: a sequence repeated like decode steps, with 4-bit, 8-bit and bf16 weights of odd sizes,
+  // sync and async (the dispatcher thread keeps its own sequence), equals the same sequence with
+  // the prefetch off, bit for bit.
+  it('changes no result', async () => {
+    const shapes: [number, number][] = [[77, 67], [131, 200], [33, 1000], [300, 65]];
+    const weights = shapes.flatMap(([n, k], i) => [
+      cpu.packWeight(randomFloat('bf16', [n, k], seed++), 'bf16', `w${i}`, { quantize: 'q4' }),
+      cpu.packWeight(randomFloat('bf16', [k, n], seed++), 'bf16', `v${i}`, { quantize: 'q8' }),
+      cpu.packWeight(randomFloat('bf16', [n, k], seed++), 'bf16', `u${i}`),
+    ]);
+    const inputs = [1, 3, 6].map((m) => weights.map((w) => randomF32([m, w.k], seed++)));
+    const run = async () => {
+      const out: Float32Array[] = [];
+      for (let step = 0; step < 3; step++) {
+        for (const xs of inputs) {
+          for (let i = 0; i < weights.length; i++) {
+            const y = i % 4 === 3 ? await cpu.matmulAsync(xs[i]!, weights[i]!) : cpu.matmul(xs[i]!, weights[i]!);
+            out.push(y.data);
+          }
+        }
+      }
+      return out;
+    };
+    const on = gemmIdlePrefetch();
+    expect(on).toBeGreaterThan(0);
+    try {
+      for (const threads of [2, 3]) {
+        setThreads(threads);
+        gemmIdlePrefetch(0);
+        const off = await run();
+        gemmIdlePrefetch(on);
+        const withPrefetch = await run();
+        withPrefetch.forEach((y, i) => expect(y.every((v, j) => Object.is(v, off[i]![j])), `${threads}t product ${i}`).toBe(true));
+      }
+    } finally {
+      gemmIdlePrefetch(on);
+    }
+  });
+
+  it('takes a byte count, and refuses a negative one', () => {
+    const on = gemmIdlePrefetch();
+    expect(gemmIdlePrefetch(1 << 20)).toBe(1 << 20);
+    expect(() => gemmIdlePrefetch(-1)).toThrow(/bytes must be/);
+    expect(gemmIdlePrefetch(on)).toBe(on);
+  });
 });
 
 describe('packing', () => {

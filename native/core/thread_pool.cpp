@@ -20,6 +20,14 @@ inline void cpu_relax() {
   __builtin_ia32_pause();
 #endif
 }
+
+inline void prefetch_line(const char* p) {
+#if defined(__GNUC__)
+  __builtin_prefetch(p, 0, 2);  // into L2 (and, as L2 evicts, the shared L3)
+#else
+  (void)p;
+#endif
+}
 }  // namespace
 
 int hardware_threads() {
@@ -43,15 +51,47 @@ struct ThreadPool::State {
   std::atomic<int> pending{0};
   int nthreads = 1;
   bool stopping = false;
+  // Idle prefetch hint (prefetch_while_idle): a range, its slices, and a serial number that a
+  // worker compares with the last one it took.
+  std::atomic<uint64_t> hint_serial{0};
+  std::atomic<const char*> hint_ptr{nullptr};
+  std::atomic<int64_t> hint_bytes{0};
+  std::atomic<int> hint_slices{1};
+  std::atomic<int64_t> idle_bytes{ThreadPool::kIdlePrefetchBytes};  // TIERLM_IDLE_PREFETCH_MB overrides (0: off)
+
+  // Prefetches worker `index`'s share of the hint in 4 KiB steps until a new job arrives.
+  void idle_prefetch(int index, uint64_t seen, uint64_t& hint_seen) {
+    const uint64_t serial = hint_serial.load(std::memory_order_acquire);
+    if (serial == hint_seen) return;
+    hint_seen = serial;
+    const char* p = hint_ptr.load(std::memory_order_relaxed);
+    const int64_t bytes = hint_bytes.load(std::memory_order_relaxed);
+    const int slices = std::max(1, hint_slices.load(std::memory_order_relaxed));
+    if (!p || bytes <= 0) return;
+    // Worker i covers slices i-1, i-1+workers, ...; 4 KiB of each in turn, so every slice's
+    // first rows come first. A slice starts where the GEMV's thread of that index starts.
+    const int workers = nthreads - 1;
+    const int64_t per = std::min<int64_t>(bytes / slices, idle_bytes.load(std::memory_order_relaxed) / slices);
+    for (int64_t o = 0; o < per; o += 4096) {
+      if (generation.load(std::memory_order_acquire) != seen) return;
+      const int64_t e = std::min<int64_t>(per - o, 4096);
+      for (int sl = index - 1; sl < slices; sl += workers) {
+        const char* b = p + bytes / slices * sl + o;
+        for (int64_t l = 0; l < e; l += 64) prefetch_line(b + l);
+      }
+    }
+  }
 
   // `seen` starts at the generation current when the worker was created, so a worker started by
   // resize() does not rerun the last (finished) job.
   void worker_loop(int index, uint64_t seen) {
+    uint64_t hint_seen = hint_serial.load(std::memory_order_acquire);
     for (;;) {
       // Spin briefly before sleeping: decode issues many short kernels back to back, and a
       // condition-variable wake-up costs tens of microseconds.
       uint64_t gen = generation.load(std::memory_order_acquire);
       for (int spin = 0; gen == seen && spin < 2000; spin++) {
+        idle_prefetch(index, seen, hint_seen);
         cpu_relax();
         gen = generation.load(std::memory_order_acquire);
       }
@@ -98,6 +138,7 @@ ThreadPool::ThreadPool() : s_(new State) {
     int v = std::atoi(env);
     if (v > 0) n = v;
   }
+  if (const char* env = std::getenv("TIERLM_IDLE_PREFETCH_MB")) s_->idle_bytes.store(int64_t(std::atoi(env)) << 20);
   s_->start(n);
 }
 
@@ -132,6 +173,18 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
   t_in_pool_job = false;
   while (s_->pending.load(std::memory_order_acquire) != 0) cpu_relax();
   s_->job = nullptr;
+}
+
+int64_t ThreadPool::idle_prefetch_bytes() const { return s_->idle_bytes.load(std::memory_order_relaxed); }
+
+void ThreadPool::set_idle_prefetch_bytes(int64_t bytes) { s_->idle_bytes.store(bytes, std::memory_order_relaxed); }
+
+void ThreadPool::prefetch_while_idle(const void* p, int64_t bytes, int slices) {
+  if (s_->nthreads == 1 || s_->idle_bytes.load(std::memory_order_relaxed) <= 0) return;
+  s_->hint_ptr.store(static_cast<const char*>(p), std::memory_order_relaxed);
+  s_->hint_bytes.store(bytes, std::memory_order_relaxed);
+  s_->hint_slices.store(slices, std::memory_order_relaxed);
+  s_->hint_serial.fetch_add(1, std::memory_order_release);
 }
 
 void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {

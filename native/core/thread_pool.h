@@ -26,6 +26,19 @@ class ThreadPool {
   // threads, chunks handed out dynamically. Small ranges run inline.
   void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t begin, int64_t end)>& fn);
 
+  // While they wait for the next job, the workers read [p, p + bytes) into the cache (software
+  // prefetch: it never faults, so a range freed meanwhile is harmless): the start of each of
+  // `slices` equal parts of it (a GEMV hands thread i the i-th part of its rows), at most
+  // idle_prefetch_bytes() in all; the next job stops them. A batch-1 decode step leaves the memory
+  // idle while the calling thread runs the small ops between two GEMVs; the next GEMV then finds
+  // its first rows in cache. Replaces a hint not yet taken.
+  // idle_prefetch_bytes: kIdlePrefetchBytes unless TIERLM_IDLE_PREFETCH_MB (at start-up) or
+  // set_idle_prefetch_bytes says otherwise; 0 turns the prefetch off.
+  void prefetch_while_idle(const void* p, int64_t bytes, int slices);
+  static constexpr int64_t kIdlePrefetchBytes = int64_t(12) << 20;
+  int64_t idle_prefetch_bytes() const;
+  void set_idle_prefetch_bytes(int64_t bytes);
+
   ~ThreadPool();
 
  private:

@@ -405,8 +405,9 @@ void run_gemm(const XSrc& xs, const uint8_t* w, Fmt fmt, int64_t n, const float*
 
 }  // namespace
 
-void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, Fmt fmt, int64_t n, const float* bias, float* y,
-            Mode mode) {
+// matmul without the decode bookkeeping below.
+static void matmul_rows(const float* x, int64_t m, int64_t k, const uint8_t* w, Fmt fmt, int64_t n, const float* bias,
+                        float* y, Mode mode) {
   if (is_quant(fmt)) return quant::matmul(x, m, k, w, quant_bits(fmt), n, bias, y, mode == Mode::Bf16);
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
@@ -415,6 +416,59 @@ void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, Fmt fmt, int
     return;
   }
   run_gemm(XSrc{x, m, k, false}, w, fmt, n, bias, y, mode, false);
+}
+
+namespace {
+
+// Decode's GEMVs come in the same order every step (each layer's q, k, v, o, gate, up, down, then
+// the head), with small ops run by the calling thread alone in between. Each GEMV notes which
+// weight followed the one before it, and when it ends asks the pool's idle workers to prefetch the
+// weight that followed it last time (ThreadPool::prefetch_while_idle): the next GEMV then starts
+// on rows already in cache. Per calling thread (the JavaScript thread, the async dispatcher).
+// A wrong guess costs only memory traffic: prefetches never fault and change no result.
+class NextWeight {
+ public:
+  void before(const uint8_t* w, int64_t bytes) {
+    if (last_) slot(last_) = {last_, w, bytes};
+    last_ = w;
+  }
+  void after(const uint8_t* w) {
+    const Entry& e = slot(w);
+    ThreadPool& pool = ThreadPool::instance();
+    if (e.w == w && e.next) pool.prefetch_while_idle(e.next, e.bytes, pool.size());
+  }
+
+ private:
+  struct Entry {
+    const uint8_t* w = nullptr;
+    const uint8_t* next = nullptr;
+    int64_t bytes = 0;
+  };
+  static constexpr int kSlots = 512;  // a model's layer weights and head, or a mixed step's share
+  Entry& slot(const uint8_t* w) {
+    const uint64_t h = (reinterpret_cast<uintptr_t>(w) >> 6) * UINT64_C(0x9E3779B97F4A7C15);
+    return table_[h >> 55];
+  }
+  Entry table_[kSlots];
+  const uint8_t* last_ = nullptr;
+};
+thread_local NextWeight t_next_weight;
+
+// Rows up to which a product counts as decode (one row per sequence of a small batch).
+constexpr int64_t kDecodeRows = 6;
+
+}  // namespace
+
+void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, Fmt fmt, int64_t n, const float* bias, float* y,
+            Mode mode) {
+  if (m > 0 && m <= kDecodeRows && n > 0 && k > 0) {
+    const int64_t bytes = is_quant(fmt) ? quant::packed_bytes(quant_bits(fmt), n, k) : packed_bytes(fmt, n, k);
+    t_next_weight.before(w, bytes);
+    matmul_rows(x, m, k, w, fmt, n, bias, y, mode);
+    t_next_weight.after(w);
+    return;
+  }
+  matmul_rows(x, m, k, w, fmt, n, bias, y, mode);
 }
 
 void matmul_grad_weight(const float* dy, const float* x, int64_t m, int64_t n, int64_t k, float* dw, Mode mode) {

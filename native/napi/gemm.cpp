@@ -11,6 +11,7 @@
 #include <cstring>
 #include <string>
 
+#include "core/thread_pool.h"
 #include "kernels/gemm.h"
 #include "kernels/quant.h"
 #include "napi/args.h"
@@ -186,6 +187,17 @@ Napi::Value Bf16Dot(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), gemm::bf16_dot());
 }
 
+// gemmIdlePrefetch(bytes?): returns how many bytes of the next weight the idle workers prefetch
+// during batch-1 decode (ThreadPool::prefetch_while_idle); a number sets it (0: off).
+Napi::Value IdlePrefetch(const Napi::CallbackInfo& info) {
+  if (info.Length() > 0 && info[0].IsNumber()) {
+    const double v = info[0].As<Napi::Number>().DoubleValue();
+    if (!(v >= 0 && v <= 1e12)) throw Napi::RangeError::New(info.Env(), "gemmIdlePrefetch: bytes must be in [0, 1e12]");
+    ThreadPool::instance().set_idle_prefetch_bytes(static_cast<int64_t>(v));
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(ThreadPool::instance().idle_prefetch_bytes()));
+}
+
 }  // namespace
 
 void register_gemm(Napi::Env env, Napi::Object exports) {
@@ -194,6 +206,7 @@ void register_gemm(Napi::Env env, Napi::Object exports) {
   exports.Set("gemmMatmul", Napi::Function::New(env, Matmul));
   exports.Set("gemmGatherRows", Napi::Function::New(env, GatherRows));
   exports.Set("gemmBf16Dot", Napi::Function::New(env, Bf16Dot));
+  exports.Set("gemmIdlePrefetch", Napi::Function::New(env, IdlePrefetch));
   exports.Set("quantQuantize", Napi::Function::New(env, Quantize));
   exports.Set("quantDequantize", Napi::Function::New(env, Dequantize));
 }

@@ -61,3 +61,11 @@ export const gemmKernels: Partial<Kernels> = {
 export function gemmBf16Dot(on?: boolean): boolean {
   return nativeFn<(on?: boolean) => boolean>('gemmBf16Dot')(on);
 }
+
+/** Bytes of the next weight the idle compute threads prefetch while a batch-1..6 decode runs the
+ *  small ops between two GEMVs (native/core/thread_pool.h, prefetch_while_idle; default 12 MiB,
+ *  `TIERLM_IDLE_PREFETCH_MB` at start-up). Pass a number to change it (0: off); returns the
+ *  setting. Results never depend on it: it only moves weights into cache sooner. */
+export function gemmIdlePrefetch(bytes?: number): number {
+  return nativeFn<(bytes?: number) => number>('gemmIdlePrefetch')(bytes);
+}

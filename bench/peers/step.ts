@@ -1,0 +1,111 @@
+// Where a decode step's time goes (issue #14 items 3 and 4), run by hand:
+//
+//   node --import tsx bench/peers/step.ts [--q4] [--steps 31] [--rounds 2] [--model .bench/llama-2-7b-4l-bf16]
+//       [--batch 1] [--ab-idle-prefetch PAIRS]
+//
+// --batch sequences (default one; prompt 64) on the bench model (bench/peers/index.ts makes it), in rounds of three
+// measurements taken one after another, so that they see the same machine: the decode step time;
+// the same steps with every Backend op timed from JavaScript (per op kind, each op's argument
+// checks included); and the step's GEMVs alone (the model's packed weights in forward order, back
+// to back). What the ops leave of the step is the engine's scheduling, sampling, promises and
+// garbage collection.
+//
+// --ab-idle-prefetch PAIRS: instead, decode runs with the idle workers' prefetch of the next
+// weight (gemmIdlePrefetch) off and on in turn, PAIRS of each, and the median of the paired
+// ratios (a drifting machine makes separately timed runs incomparable).
+import path from 'node:path';
+import { loadModel, getThreads, Tensor } from '../../src/index.js';
+import { Backend, type PackedWeight } from '../../src/backend/backend.js';
+import { nativeFn } from '../../src/backend/cpu/addon.js';
+
+const args = process.argv.slice(2);
+const opt = (name: string, dflt: string) => (args.includes(name) ? args[args.indexOf(name) + 1]! : dflt);
+const q4 = args.includes('--q4');
+const steps = Number(opt('--steps', '31'));
+const rounds = Number(opt('--rounds', '2'));
+const batch = Number(opt('--batch', '1'));
+const dir = path.resolve(opt('--model', '.bench/llama-2-7b-4l-bf16'));
+const PROMPT = 64;
+
+const model = await loadModel(dir, { precision: 'bf16', threads: getThreads(), policy: q4 ? { compressWeight: true } : {} });
+const requests = Array.from({ length: batch }, (_, i) => ({
+  id: `r${i}`, promptTokenIds: Array.from({ length: PROMPT }, (_, j) => 3 + ((i * 7919 + j * 104729) % 30000)),
+}));
+
+// Per-op timing: the Backend methods a forward pass calls, wrapped while `counting`.
+type Tally = Map<string, { ms: number; n: number }>;
+let tally: Tally | null = null;
+const proto = Backend.prototype as unknown as Record<string, (...a: unknown[]) => unknown>;
+for (const name of ['matmul', 'rmsNorm', 'layerNorm', 'add', 'siluMul', 'rope', 'cacheWrite', 'attentionCached', 'gatherRows', 'embedding']) {
+  const f = proto[name]!;
+  proto[name] = function (this: Backend, ...a: unknown[]) {
+    if (!tally) return f.apply(this, a);
+    const t0 = performance.now();
+    const r = f.apply(this, a);
+    const w = a[1] as PackedWeight;
+    const key = name === 'matmul' ? `matmul ${w.n}x${w.k}` : name;
+    const e = tally.get(key) ?? { ms: 0, n: 0 };
+    e.ms += performance.now() - t0;
+    e.n++;
+    tally.set(key, e);
+    return r;
+  };
+}
+
+/** ms per decode step of `steps` decode steps (prefill excluded), and the op tally of those steps
+ *  (counting starts with the first token, which prefill makes). */
+async function generate(withTally: boolean): Promise<[number, Tally]> {
+  const s = { prefillSeconds: 0, decodeSeconds: 0, promptTokens: 0, generatedTokens: 0 };
+  const t: Tally = new Map();
+  tally = null;
+  const onToken = () => void (withTally && (tally = t));
+  for await (const _ of model.generate(requests, { maxNewTokens: steps + 1, stopAtEos: false, batchSize: batch, onToken }, s)) void _;
+  tally = null;
+  return [(s.decodeSeconds / steps) * 1e3, t];
+}
+
+// The GEMVs alone: every layer matrix in forward order, then the head, one row each.
+const layers = await Promise.all(Array.from({ length: model.config.layers }, (_, j) => model.layers.load(j, 'all', null)));
+const weights: PackedWeight[] = layers.flatMap((l) => [l.q!.w, l.k!.w, l.v!.w, l.o!.w, ...(l.gate ? [l.gate.w] : []), l.up!.w, l.down!.w])
+  .concat([model.transformer.globals.lmHead as PackedWeight]);
+const io = weights.map((w) => [Tensor.f32([batch, w.k]), Tensor.f32([batch, w.n])] as const);
+const gemvStep = () => {
+  const t0 = performance.now();
+  for (let r = 0; r < steps; r++) weights.forEach((w, i) => model.transformer.backend.matmul(io[i]![0], w, null, io[i]![1]));
+  return (performance.now() - t0) / steps;
+};
+
+await generate(false);
+const abPairs = Number(opt('--ab-idle-prefetch', '0'));
+if (abPairs > 0) {
+  const idle = nativeFn<(bytes?: number) => number>('gemmIdlePrefetch');
+  const on = idle();
+  const pairs: [number, number][] = [];
+  for (let i = 0; i < abPairs; i++) {
+    idle(0);
+    const off = (await generate(false))[0];
+    idle(on);
+    pairs.push([off, (await generate(false))[0]]);
+  }
+  const med = (xs: number[]) => xs.sort((a, b) => a - b)[xs.length >> 1]!;
+  console.log(`idle prefetch of ${on / 2 ** 20} MiB, ${abPairs} pairs (${new Date().toISOString()}): ` +
+    `median step off ${med(pairs.map((p) => p[0])).toFixed(2)} ms, on ${med(pairs.map((p) => p[1])).toFixed(2)} ms, ` +
+    `median on/off ${med(pairs.map((p) => p[1] / p[0])).toFixed(3)}`);
+  model.close();
+  process.exit(0);
+}
+gemvStep();
+for (let r = 0; r < rounds; r++) {
+  const plain = (await generate(false))[0];
+  const [timed, whole] = await generate(true);
+  const gemv = gemvStep();
+  const perStep = [...whole].map(([k, v]) => [k, v.ms / steps, v.n / steps] as const).sort((a, b) => b[1] - a[1]);
+  const ops = perStep.reduce((a, x) => a + x[1], 0);
+  const gemvInStep = perStep.filter((x) => x[0].startsWith('matmul')).reduce((a, x) => a + x[1], 0);
+  console.log(`round ${r + 1} (${new Date().toISOString()}): decode step ${plain.toFixed(2)} ms (${((batch * 1e3) / plain).toFixed(1)} tok/s); ` +
+    `with ops timed ${timed.toFixed(2)} ms; GEMVs alone ${gemv.toFixed(2)} ms (${((batch * 1e3) / gemv).toFixed(1)} tok/s)`);
+  for (const [k, ms, n] of perStep) console.log(`  ${k.padEnd(20)} ${ms.toFixed(3).padStart(7)} ms/step ${n.toFixed(0).padStart(4)} calls ${((ms / n) * 1e3).toFixed(1).padStart(8)} µs/call`);
+  console.log(`  GEMVs in the step ${gemvInStep.toFixed(2)} ms (alone ${gemv.toFixed(2)}); other ops ${(ops - gemvInStep).toFixed(2)} ms; between ops ${(timed - ops).toFixed(2)} ms`);
+}
+console.log(`${path.basename(dir)}, ${q4 ? '4-bit' : 'bf16'}, batch ${batch}, ${getThreads()} threads, ${steps} decode steps after a 64-token prompt`);
+model.close();
