@@ -1,7 +1,7 @@
 // Where a decode step's time goes (issue #14 items 3 and 4), run by hand:
 //
 //   node --import tsx bench/peers/step.ts [--q4] [--steps 31] [--rounds 2] [--model .bench/llama-2-7b-4l-bf16]
-//       [--batch 1] [--ab-idle-prefetch PAIRS]
+//       [--batch 1] [--ab-idle-prefetch PAIRS] [--vs-read-pass PAIRS]
 //
 // --batch sequences (default one; prompt 64) on the bench model (bench/peers/index.ts makes it), in rounds of three
 // measurements taken one after another, so that they see the same machine: the decode step time;
@@ -13,10 +13,16 @@
 // --ab-idle-prefetch PAIRS: instead, decode runs with the idle workers' prefetch of the next
 // weight (gemmIdlePrefetch) off and on in turn, PAIRS of each, and the median of the paired
 // ratios (a drifting machine makes separately timed runs incomparable).
+//
+// --vs-read-pass PAIRS: issue #14 item 3 — the RAM read pass (readMemoryPass over 1 GiB, what
+// `tierlm profile` measures as memory.read_bytes_per_second) and a decode run in turn, PAIRS of
+// each; a step's rate is the packed weight bytes it multiplies by (LM head included) over its time,
+// reported as the median of the paired ratios step rate / read rate.
 import path from 'node:path';
 import { loadModel, getThreads, Tensor } from '../../src/index.js';
 import { Backend, type PackedWeight } from '../../src/backend/backend.js';
 import { nativeFn } from '../../src/backend/cpu/addon.js';
+import { readMemoryPass } from '../../src/backend/index.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => (args.includes(name) ? args[args.indexOf(name) + 1]! : dflt);
@@ -76,6 +82,27 @@ const gemvStep = () => {
 };
 
 await generate(false);
+const readPairs = Number(opt('--vs-read-pass', '0'));
+if (readPairs > 0) {
+  const big = new Uint8Array(2 ** 30).fill(1);
+  const weightBytes = weights.reduce((n, w) => n + w.data.byteLength, 0);
+  const pairs: [number, number][] = [];
+  for (let i = 0; i < readPairs; i++) {
+    const t0 = performance.now();
+    readMemoryPass(big);
+    const read = big.byteLength / ((performance.now() - t0) / 1e3);
+    const step = weightBytes / ((await generate(false))[0] / 1e3);
+    pairs.push([read, step]);
+  }
+  const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+  const gb = (x: number) => (x / 1e9).toFixed(1);
+  console.log(`decode step vs RAM read pass, ${readPairs} pairs (${new Date().toISOString()}): ${(weightBytes / 1e6).toFixed(0)} MB of weights per step; ` +
+    `read pass median ${gb(med(pairs.map((p) => p[0])))} GB/s (${gb(Math.min(...pairs.map((p) => p[0])))}–${gb(Math.max(...pairs.map((p) => p[0])))}), ` +
+    `step median ${gb(med(pairs.map((p) => p[1])))} GB/s; median step / read ${med(pairs.map((p) => p[1] / p[0])).toFixed(3)} ` +
+    `(pairs: ${pairs.map((p) => (p[1] / p[0]).toFixed(2)).join(' ')})`);
+  model.close();
+  process.exit(0);
+}
 const abPairs = Number(opt('--ab-idle-prefetch', '0'));
 if (abPairs > 0) {
   const idle = nativeFn<(bytes?: number) => number>('gemmIdlePrefetch');
