@@ -53,7 +53,8 @@ constexpr int64_t kAttnBlock = 64;
 // weight stream evicted comes from RAM at the rate of the misses in flight, so the AVX-512 core
 // prefetches the row this many bytes further along that order as it reads each row. Results do
 // not depend on it. attnPrefetch(bytes?) / TIERLM_ATTN_PREFETCH set it.
-constexpr int64_t kAttnPrefetchDefault = 0;
+// 4096: best of 1–8 KiB on the cold cache in docs/benchmarks.md (issue #14, wave 5).
+constexpr int64_t kAttnPrefetchDefault = 4096;
 int64_t attn_prefetch_bytes();
 void set_attn_prefetch_bytes(int64_t bytes);
 constexpr int64_t attn_scratch_floats(int64_t g, int64_t d) { return 2 * kAttnBlock * (g + d) + 32; }
