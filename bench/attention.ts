@@ -56,7 +56,7 @@ function bestSeconds(call: () => void, minSeconds: number): number {
   }
 }
 
-function fillPattern(a: Float32Array | Uint16Array | Uint8Array, dtype: CacheDType, d: number): void {
+export function fillPattern(a: Float32Array | Uint16Array | Uint8Array, dtype: CacheDType, d: number): void {
   // Cheap deterministic values in [-1, 1); f16 bit patterns of small numbers; q4 records of
   // patterned codes with step 1/8 and min -1.
   if (dtype === 'q4') {

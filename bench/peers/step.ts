@@ -1,7 +1,7 @@
 // Where a decode step's time goes (issue #14 items 3 and 4), run by hand:
 //
 //   node --import tsx bench/peers/step.ts [--q4] [--steps 31] [--rounds 2] [--model .bench/llama-2-7b-4l-bf16]
-//       [--batch 1] [--ab-idle-prefetch PAIRS] [--vs-read-pass PAIRS]
+//       [--batch 1] [--ab-idle-prefetch PAIRS] [--ab-attn-prefetch PAIRS [--attn-bytes N]] [--vs-read-pass PAIRS]
 //
 // --batch sequences (default one; prompt 64) on the bench model (bench/peers/index.ts makes it), in rounds of three
 // measurements taken one after another, so that they see the same machine: the decode step time;
@@ -12,7 +12,8 @@
 //
 // --ab-idle-prefetch PAIRS: instead, decode runs with the idle workers' prefetch of the next
 // weight (gemmIdlePrefetch) off and on in turn, PAIRS of each, and the median of the paired
-// ratios (a drifting machine makes separately timed runs incomparable).
+// ratios (a drifting machine makes separately timed runs incomparable). --ab-attn-prefetch PAIRS:
+// the same for decode attention's in-stream prefetch (attnPrefetch; --attn-bytes, default its own).
 //
 // --vs-read-pass PAIRS: issue #14 item 3 — the RAM read pass (readMemoryPass over 1 GiB, what
 // `tierlm profile` measures as memory.read_bytes_per_second) and a decode run in turn, PAIRS of
@@ -103,23 +104,34 @@ if (readPairs > 0) {
   model.close();
   process.exit(0);
 }
+// Paired A/B of one switch (a native setter: value in, current value out): off (0) and on in turn.
+async function abSwitch(label: string, set: (v?: number) => number, on: number, pairs: number): Promise<never> {
+  const saved = set();
+  const runs: [number, number][] = [];
+  for (let i = 0; i < pairs; i++) {
+    set(0);
+    const off = (await generate(false))[0];
+    set(on);
+    runs.push([off, (await generate(false))[0]]);
+  }
+  set(saved);
+  const med = (xs: number[]) => xs.sort((a, b) => a - b)[xs.length >> 1]!;
+  console.log(`${label}, ${pairs} pairs (${new Date().toISOString()}): ` +
+    `median step off ${med(runs.map((p) => p[0])).toFixed(2)} ms, on ${med(runs.map((p) => p[1])).toFixed(2)} ms, ` +
+    `median on/off ${med(runs.map((p) => p[1] / p[0])).toFixed(3)}`);
+  model.close();
+  process.exit(0);
+}
 const abPairs = Number(opt('--ab-idle-prefetch', '0'));
 if (abPairs > 0) {
   const idle = nativeFn<(bytes?: number) => number>('gemmIdlePrefetch');
-  const on = idle();
-  const pairs: [number, number][] = [];
-  for (let i = 0; i < abPairs; i++) {
-    idle(0);
-    const off = (await generate(false))[0];
-    idle(on);
-    pairs.push([off, (await generate(false))[0]]);
-  }
-  const med = (xs: number[]) => xs.sort((a, b) => a - b)[xs.length >> 1]!;
-  console.log(`idle prefetch of ${on / 2 ** 20} MiB, ${abPairs} pairs (${new Date().toISOString()}): ` +
-    `median step off ${med(pairs.map((p) => p[0])).toFixed(2)} ms, on ${med(pairs.map((p) => p[1])).toFixed(2)} ms, ` +
-    `median on/off ${med(pairs.map((p) => p[1] / p[0])).toFixed(3)}`);
-  model.close();
-  process.exit(0);
+  await abSwitch(`idle prefetch of ${idle() / 2 ** 20} MiB`, idle, idle(), abPairs);
+}
+const abAttn = Number(opt('--ab-attn-prefetch', '0'));
+if (abAttn > 0) {
+  const attn = nativeFn<(bytes?: number) => number>('attnPrefetch');
+  const bytes = Number(opt('--attn-bytes', String(attn())));
+  await abSwitch(`attention in-stream prefetch of ${bytes} B`, attn, bytes, abAttn);
 }
 gemvStep();
 for (let r = 0; r < rounds; r++) {

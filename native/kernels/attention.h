@@ -48,6 +48,15 @@ typedef void (*AttnScoresFn)(const float* q, int64_t g, int64_t d, const void* k
 // m[h] the max score, l[h] = Σ exp(s - m), acc[h×d] = Σ exp(s - m)·v (unnormalised).
 // scratch holds at least attn_scratch_floats(g, d) floats.
 constexpr int64_t kAttnBlock = 64;
+// Decode's in-stream prefetch distance in bytes (0: off, the next-block prefetch only). The core
+// reads an item's keys and values row after row (each block's keys, then its values); a cache the
+// weight stream evicted comes from RAM at the rate of the misses in flight, so the AVX-512 core
+// prefetches the row this many bytes further along that order as it reads each row. Results do
+// not depend on it. attnPrefetch(bytes?) / TIERLM_ATTN_PREFETCH set it.
+// 4096: best of 1–8 KiB on the cold cache in docs/benchmarks.md (issue #14, wave 5).
+constexpr int64_t kAttnPrefetchDefault = 4096;
+int64_t attn_prefetch_bytes();
+void set_attn_prefetch_bytes(int64_t bytes);
 constexpr int64_t attn_scratch_floats(int64_t g, int64_t d) { return 2 * kAttnBlock * (g + d) + 32; }
 typedef void (*AttnCoreFn)(const float* q, int64_t g, int64_t d, const void* k, const void* v, bool f16,
                            int64_t stride, int64_t n, float* scratch, float* m, float* l, float* acc);

@@ -74,10 +74,32 @@ inline __m512 reduce16(__m512* a) {
 
 // ---- decode ------------------------------------------------------------------------------------
 
+// The rows one core call reads, in the order it reads them (each block's keys, then the block's
+// values: row t of that order is in block t / 2B), for the in-stream prefetch. reach(p0, vphase,
+// j), called as row j of block p0's keys (or values) is read, prefetches every row up to `ahead`
+// rows further along that the earlier calls did not (so a row is prefetched once, none skipped).
+struct PfStream {
+  const char* k;
+  const char* v;
+  int64_t rb, n, ahead, next = 0;
+  inline void reach(int64_t p0, bool vphase, int64_t j) {
+    const int64_t nb = n - p0 < kAttnBlock ? n - p0 : kAttnBlock;
+    int64_t to = 2 * p0 + (vphase ? nb : 0) + j + 1 + ahead;
+    if (to > 2 * n) to = 2 * n;
+    for (; next < to; next++) {
+      const int64_t b0 = next / (2 * kAttnBlock) * kAttnBlock, w = next - 2 * b0;
+      const int64_t bn = n - b0 < kAttnBlock ? n - b0 : kAttnBlock;
+      const char* r = w < bn ? k + (b0 + w) * rb : v + (b0 + w - bn) * rb;
+      for (int64_t o = 0; o < rb; o += 64) _mm_prefetch(r + o, _MM_HINT_T0);
+    }
+  }
+};
+
 // Scores of heads [h0, h0+H) against positions [0, nb): s[h*B + j]. 16/H positions per pass.
 // pf: the next block's keys (or values), prefetched into L2 along the way (nullptr: none).
 template <bool F16, int H>
-void scores(const float* q, int64_t d, const void* k, int64_t stride, int64_t nb, int64_t h0, float* s, const char* pf) {
+void scores(const float* q, int64_t d, const void* k, int64_t stride, int64_t nb, int64_t h0, float* s, const char* pf,
+            PfStream* ps = nullptr, int64_t p0 = 0) {
   constexpr int P = 16 / H;
   const int64_t B = kAttnBlock;
   const int64_t dfull = d & ~(int64_t)15;
@@ -91,6 +113,7 @@ void scores(const float* q, int64_t d, const void* k, int64_t stride, int64_t nb
       const char* b = pf + j0 * stride * (F16 ? 2 : 4);
       for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(b + o, _MM_HINT_T1);
     }
+    if (ps) ps->reach(p0, false, j0 + P - 1 < nb ? j0 + P - 1 : nb - 1);
     __m512 a[16];
     for (int i = 0; i < 16; i++) a[i] = _mm512_setzero_ps();
     int64_t c = 0;
@@ -127,7 +150,7 @@ void scores(const float* q, int64_t d, const void* k, int64_t stride, int64_t nb
 // at a time.
 template <bool F16, int H, int NV>
 void accum(const float* s, const float* alpha, int64_t d, const void* v, int64_t stride, int64_t nb, int64_t h0,
-           float* acc, const char* pf) {
+           float* acc, const char* pf, PfStream* ps = nullptr, int64_t p0 = 0) {
   const int64_t row_bytes = stride * (F16 ? 2 : 4);
   const int64_t B = kAttnBlock;
   for (int64_t c = 0; c < d; c += 16 * NV) {
@@ -147,6 +170,7 @@ void accum(const float* s, const float* alpha, int64_t d, const void* v, int64_t
       for (int64_t j = 0; j < nb; j++) {
         if (pf && c == 0)
           for (int64_t o = 0; o < row_bytes; o += 64) _mm_prefetch(pf + j * row_bytes + o, _MM_HINT_T1);
+        if (ps && c == 0) ps->reach(p0, true, j);
         __m512 vv[NV];
         for (int u = 0; u < NV; u++) vv[u] = load_full<F16>(v, j * stride + c + 16 * u);
         for (int h = 0; h < H; h++) {
@@ -156,6 +180,7 @@ void accum(const float* s, const float* alpha, int64_t d, const void* v, int64_t
       }
     } else {
       for (int64_t j = 0; j < nb; j++) {
+        if (ps && c == 0) ps->reach(p0, true, j);
         __m512 vv[NV];
         for (int u = 0; u < NV; u++) vv[u] = load<F16>(v, j * stride + c + 16 * u, mk[u]);
         for (int h = 0; h < H; h++) {
@@ -182,6 +207,10 @@ void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, in
     l[h] = 0.f;
   }
   for (int64_t i = 0; i < g * d; i++) acc[i] = 0.f;
+  const int64_t rb = stride * (F16 ? 2 : 4);
+  const int64_t pf_bytes = attn_prefetch_bytes();
+  PfStream stream{static_cast<const char*>(k), static_cast<const char*>(v), rb, n, (pf_bytes + rb - 1) / rb};
+  PfStream* ps = pf_bytes > 0 && stride == d ? &stream : nullptr;
   for (int64_t p0 = 0; p0 < n; p0 += B) {
     const int64_t nb = n - p0 < B ? n - p0 : B;
     const void* kb = F16 ? (const void*)(static_cast<const uint16_t*>(k) + p0 * stride)
@@ -193,18 +222,18 @@ void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, in
     // (one block ahead measured best; the hardware prefetcher alone leaves the f16 and grouped
     // kernels waiting on memory)
     constexpr int64_t ahead = 1;
-    const bool pf_next = p0 + (ahead + 1) * B <= n && stride == d;
+    const bool pf_next = p0 + (ahead + 1) * B <= n && stride == d && !ps;
     const char* pfk = pf_next ? static_cast<const char*>(kb) + ahead * B * stride * (F16 ? 2 : 4) : nullptr;
     const char* pfv = pf_next ? static_cast<const char*>(vb) + ahead * B * stride * (F16 ? 2 : 4) : nullptr;
     for (int64_t h0 = 0; h0 < g;) {
       int H = pow2_heads(g - h0);
       const char* pf = h0 == 0 ? pfk : nullptr;
       switch (H) {
-        case 16: scores<F16, 16>(q, d, kb, stride, nb, h0, s, pf); break;
-        case 8: scores<F16, 8>(q, d, kb, stride, nb, h0, s, pf); break;
-        case 4: scores<F16, 4>(q, d, kb, stride, nb, h0, s, pf); break;
-        case 2: scores<F16, 2>(q, d, kb, stride, nb, h0, s, pf); break;
-        default: scores<F16, 1>(q, d, kb, stride, nb, h0, s, pf); break;
+        case 16: scores<F16, 16>(q, d, kb, stride, nb, h0, s, pf, h0 == 0 ? ps : nullptr, p0); break;
+        case 8: scores<F16, 8>(q, d, kb, stride, nb, h0, s, pf, h0 == 0 ? ps : nullptr, p0); break;
+        case 4: scores<F16, 4>(q, d, kb, stride, nb, h0, s, pf, h0 == 0 ? ps : nullptr, p0); break;
+        case 2: scores<F16, 2>(q, d, kb, stride, nb, h0, s, pf, h0 == 0 ? ps : nullptr, p0); break;
+        default: scores<F16, 1>(q, d, kb, stride, nb, h0, s, pf, h0 == 0 ? ps : nullptr, p0); break;
       }
       h0 += H;
     }
@@ -231,16 +260,16 @@ void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, in
     for (int64_t h0 = 0; h0 < g;) {
       int64_t r = g - h0;
       if (r >= 8) {
-        accum<F16, 8, 2>(s, alpha, d, vb, stride, nb, h0, acc, h0 == 0 ? pfv : nullptr);
+        accum<F16, 8, 2>(s, alpha, d, vb, stride, nb, h0, acc, h0 == 0 ? pfv : nullptr, h0 == 0 ? ps : nullptr, p0);
         h0 += 8;
       } else if (r >= 4) {
-        accum<F16, 4, 4>(s, alpha, d, vb, stride, nb, h0, acc, h0 == 0 ? pfv : nullptr);
+        accum<F16, 4, 4>(s, alpha, d, vb, stride, nb, h0, acc, h0 == 0 ? pfv : nullptr, h0 == 0 ? ps : nullptr, p0);
         h0 += 4;
       } else if (r >= 2) {
-        accum<F16, 2, 8>(s, alpha, d, vb, stride, nb, h0, acc, h0 == 0 ? pfv : nullptr);
+        accum<F16, 2, 8>(s, alpha, d, vb, stride, nb, h0, acc, h0 == 0 ? pfv : nullptr, h0 == 0 ? ps : nullptr, p0);
         h0 += 2;
       } else {
-        accum<F16, 1, 8>(s, alpha, d, vb, stride, nb, h0, acc, h0 == 0 ? pfv : nullptr);
+        accum<F16, 1, 8>(s, alpha, d, vb, stride, nb, h0, acc, h0 == 0 ? pfv : nullptr, h0 == 0 ? ps : nullptr, p0);
         h0 += 1;
       }
     }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <vector>
@@ -137,6 +138,15 @@ void run_items(int64_t n, F&& fn) {
       fn(i, thread);
     }
   });
+}
+
+// attn_prefetch_bytes(): TIERLM_ATTN_PREFETCH (bytes) overrides the default.
+std::atomic<int64_t>& prefetch_setting() {
+  static std::atomic<int64_t> bytes{[] {
+    const char* e = std::getenv("TIERLM_ATTN_PREFETCH");
+    return e ? (int64_t)std::max(0LL, std::atoll(e)) : kAttnPrefetchDefault;
+  }()};
+  return bytes;
 }
 
 // Positions per decode split. Fixed (it depends on nothing but the row's length), so a row's
@@ -277,6 +287,9 @@ void decode_sparse(const float* q, const void* k_cache, const void* v_cache, int
 }
 
 }  // namespace
+
+int64_t attn_prefetch_bytes() { return prefetch_setting().load(std::memory_order_relaxed); }
+void set_attn_prefetch_bytes(int64_t bytes) { prefetch_setting().store(std::max<int64_t>(0, bytes), std::memory_order_relaxed); }
 
 void attn_decode(const float* q, const void* k_cache, const void* v_cache, int kind, int64_t b, int64_t hq,
                  int64_t hkv, int64_t d, int64_t cap, const int32_t* lens, float scale, double sparsity, float* out) {

@@ -115,6 +115,17 @@ Napi::Value Cached(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// attnPrefetch(bytes?): returns decode attention's in-stream prefetch distance (bytes, 0: off),
+// setting it first when given (kernels/attention.h attn_prefetch_bytes; for paired A/B runs).
+Napi::Value Prefetch(const Napi::CallbackInfo& info) {
+  if (info.Length() > 0 && !info[0].IsUndefined()) {
+    double v = num_arg(info, 0, "bytes");
+    if (!(v >= 0 && v <= 1e9)) throw Napi::RangeError::New(info.Env(), "attnPrefetch: bytes must be in [0, 1e9]");
+    set_attn_prefetch_bytes(static_cast<int64_t>(v));
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(attn_prefetch_bytes()));
+}
+
 // cacheWrite(cache, cacheDtype, b, hkv, cap, d, src, t, row, pos)
 Napi::Value CacheWrite(const Napi::CallbackInfo& info) {
   int kind = cache_dtype_arg(info, 1);
@@ -141,6 +152,7 @@ void register_attention(Napi::Env env, Napi::Object exports) {
   exports.Set("attentionDecode", Napi::Function::New(env, Decode));
   exports.Set("attentionCached", Napi::Function::New(env, Cached));
   exports.Set("cacheWrite", Napi::Function::New(env, CacheWrite));
+  exports.Set("attnPrefetch", Napi::Function::New(env, Prefetch));
 }
 
 }  // namespace tierlm

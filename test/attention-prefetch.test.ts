@@ -1,0 +1,57 @@
+// Decode attention's in-stream prefetch (attnPrefetch, issue #14) only changes when rows reach the
+// cache: with any distance (a part of a row, rows, past the end of a block or of the item) every
+// result equals the one with the prefetch off bit for bit, f32/f16/q4 caches, odd sizes, GQA, rows
+// shorter and longer than a block (64) and than a split (256), 1 and 2 threads.
+import { afterAll, describe, expect, it } from 'vitest';
+import { getThreads, setThreads, type CacheDType } from '../src/backend/index.js';
+import { nativeFn } from '../src/backend/cpu/addon.js';
+import { q4RecordBytes } from '../src/backend/kernels.js';
+import { Tensor } from '../src/tensor/tensor.js';
+import { cpu, randomF32 } from './helpers/harness.js';
+
+const prefetch = nativeFn<(bytes?: number) => number>('attnPrefetch');
+const startBytes = prefetch();
+const startThreads = getThreads();
+afterAll(() => {
+  prefetch(startBytes);
+  setThreads(startThreads);
+});
+
+let seed = 7100;
+
+describe('attnPrefetch', () => {
+  it('leaves decode results bit for bit unchanged (f32/f16/q4, odd sizes, GQA, 1 and 2 threads)', () => {
+    for (const dtype of ['f32', 'f16', 'q4'] as CacheDType[]) {
+      for (const [hq, hkv, d, b, cap] of [[6, 2, 17, 3, 301], [4, 4, 40, 2, 130], [8, 1, 33, 1, 70], [2, 2, 128, 2, 90]] as const) {
+        const shape = dtype === 'q4' ? [b, hkv, cap, q4RecordBytes(d)] : [b, hkv, cap, d];
+        const kc = dtype === 'q4' ? Tensor.zeros('u8', shape) : Tensor.zeros(dtype, shape);
+        const vc = dtype === 'q4' ? Tensor.zeros('u8', shape) : Tensor.zeros(dtype, shape);
+        for (let r = 0; r < b; r++) {
+          cpu().cacheWrite(kc, randomF32([cap, hkv, d], seed++, 2), r, 0);
+          cpu().cacheWrite(vc, randomF32([cap, hkv, d], seed++), r, 0);
+        }
+        const q = randomF32([b, hq, d], seed++, 2);
+        // lengths: 1, inside a block, a block and a bit, past a split (where the cache allows)
+        for (const lens of [[1, 63, 64].slice(0, b), [65, 2, cap].slice(0, b), [cap, cap - 1, 129].slice(0, b)]) {
+          for (const threads of [1, 2]) {
+            setThreads(threads);
+            prefetch(0);
+            const want = cpu().attentionDecode(q, kc, vc, Tensor.i32(lens), 1 / Math.sqrt(d)).data;
+            for (const bytes of [1, 100, 700, 2048, 9000, 100000]) {
+              prefetch(bytes);
+              const got = cpu().attentionDecode(q, kc, vc, Tensor.i32(lens), 1 / Math.sqrt(d)).data;
+              expect(got, `${dtype} ${hq}/${hkv}/${d} lens ${lens} ${threads} threads ${bytes} B`).toEqual(want);
+            }
+          }
+        }
+      }
+    }
+  });
+
+  it('reports and sets the distance, and rejects a bad one', () => {
+    expect(prefetch(3000)).toBe(3000);
+    expect(prefetch()).toBe(3000);
+    expect(() => prefetch(-1)).toThrow(/bytes must be/);
+    prefetch(startBytes);
+  });
+});
