@@ -7,7 +7,7 @@
 //   node --import tsx bench/attention-cold.ts [--pairs 15] [--bytes 1024,2048] [--dtypes f32,f16]
 import { readMemoryPass, type CacheDType } from '../src/backend/index.js';
 import { cpuKernels } from '../src/backend/cpu/index.js';
-import { nativeFn } from '../src/backend/cpu/addon.js';
+import { attnPrefetch as prefetch } from '../src/backend/cpu/attention.js';
 import { q4RecordBytes } from '../src/backend/kernels.js';
 import { fillPattern } from './attention.js';
 
@@ -16,7 +16,6 @@ const opt = (name: string, dflt: string) => (args.includes(name) ? args[args.ind
 const pairs = Number(opt('--pairs', '15'));
 const distances = opt('--bytes', '2048').split(',').map(Number);
 const dtypes = opt('--dtypes', 'f32,f16').split(',') as CacheDType[];
-const prefetch = nativeFn<(bytes?: number) => number>('attnPrefetch');
 const startBytes = prefetch();
 const evict = new Uint8Array(64 << 20).fill(1);
 

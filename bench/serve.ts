@@ -74,10 +74,13 @@ const url = await new Promise<string>((resolve, reject) => {
 
 const peakRss = () => Number(/VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${server.pid}/status`, 'utf8'))?.[1] ?? 0) * 1024;
 
+/** A request's prompt: n token ids spread over the vocabulary, different for each seed. */
+const promptIds = (seed: number, n: number) => Array.from({ length: n }, (_, j) => 3 + ((seed * 7919 + j * 104729) % (vocab - 3)));
+
 /** One streamed request: its time to first chunk and tokens, or a failure. */
 async function one(seed: number, tokensWanted = maxTokens, promptTokens = promptLen): Promise<{ ttft: number; tokens: number } | null> {
   const start = performance.now();
-  const prompt = Array.from({ length: promptTokens }, (_, j) => 3 + ((seed * 7919 + j * 104729) % (vocab - 3)));
+  const prompt = promptIds(seed, promptTokens);
   const res = await fetch(`${url}/v1/completions`, {
     method: 'POST', headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ model: 'bench', prompt, max_tokens: tokensWanted, temperature: 0, stream: true, stream_options: { include_usage: true } }),
@@ -144,7 +147,7 @@ let probeFailed = 0;
 /** A probe: a whole (not streamed) one-token request, whose latency is its first token; the
  *  server's own time to it (without HTTP and the client) from its Server-Timing header. */
 async function probe(seed: number): Promise<boolean> {
-  const prompt = Array.from({ length: promptLen }, (_, j) => 3 + ((seed * 7919 + j * 104729) % (vocab - 3)));
+  const prompt = promptIds(seed, promptLen);
   const start = performance.now();
   const res = await fetch(`${url}/v1/completions`, {
     method: 'POST', headers: { 'content-type': 'application/json' },

@@ -4,12 +4,11 @@
 // shorter and longer than a block (64) and than a split (256), 1 and 2 threads.
 import { afterAll, describe, expect, it } from 'vitest';
 import { getThreads, setThreads, type CacheDType } from '../src/backend/index.js';
-import { nativeFn } from '../src/backend/cpu/addon.js';
+import { attnPrefetch as prefetch } from '../src/backend/cpu/attention.js';
 import { q4RecordBytes } from '../src/backend/kernels.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { cpu, randomF32 } from './helpers/harness.js';
 
-const prefetch = nativeFn<(bytes?: number) => number>('attnPrefetch');
 const startBytes = prefetch();
 const startThreads = getThreads();
 afterAll(() => {

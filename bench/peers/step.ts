@@ -22,7 +22,8 @@
 import path from 'node:path';
 import { loadModel, getThreads, Tensor } from '../../src/index.js';
 import { Backend, type PackedWeight } from '../../src/backend/backend.js';
-import { nativeFn } from '../../src/backend/cpu/addon.js';
+import { gemmIdlePrefetch } from '../../src/backend/cpu/gemm.js';
+import { attnPrefetch } from '../../src/backend/cpu/attention.js';
 import { readMemoryPass } from '../../src/backend/index.js';
 
 const args = process.argv.slice(2);
@@ -73,8 +74,9 @@ async function generate(withTally: boolean): Promise<[number, Tally]> {
 
 // The GEMVs alone: every layer matrix in forward order, then the head, one row each.
 const layers = await Promise.all(Array.from({ length: model.config.layers }, (_, j) => model.layers.load(j, 'all', null)));
-const weights: PackedWeight[] = layers.flatMap((l) => [l.q!.w, l.k!.w, l.v!.w, l.o!.w, ...(l.gate ? [l.gate.w] : []), l.up!.w, l.down!.w])
-  .concat([model.transformer.globals.lmHead as PackedWeight]);
+// (Everything is in RAM here, so every weight is one PackedWeight, never split between tiers.)
+const weights = layers.flatMap((l) => [l.q!.w, l.k!.w, l.v!.w, l.o!.w, ...(l.gate ? [l.gate.w] : []), l.up!.w, l.down!.w])
+  .concat([model.transformer.globals.lmHead]) as PackedWeight[];
 const io = weights.map((w) => [Tensor.f32([batch, w.k]), Tensor.f32([batch, w.n])] as const);
 const gemvStep = () => {
   const t0 = performance.now();
@@ -124,14 +126,12 @@ async function abSwitch(label: string, set: (v?: number) => number, on: number, 
 }
 const abPairs = Number(opt('--ab-idle-prefetch', '0'));
 if (abPairs > 0) {
-  const idle = nativeFn<(bytes?: number) => number>('gemmIdlePrefetch');
-  await abSwitch(`idle prefetch of ${idle() / 2 ** 20} MiB`, idle, idle(), abPairs);
+  await abSwitch(`idle prefetch of ${gemmIdlePrefetch() / 2 ** 20} MiB`, gemmIdlePrefetch, gemmIdlePrefetch(), abPairs);
 }
 const abAttn = Number(opt('--ab-attn-prefetch', '0'));
 if (abAttn > 0) {
-  const attn = nativeFn<(bytes?: number) => number>('attnPrefetch');
-  const bytes = Number(opt('--attn-bytes', String(attn())));
-  await abSwitch(`attention in-stream prefetch of ${bytes} B`, attn, bytes, abAttn);
+  const bytes = Number(opt('--attn-bytes', String(attnPrefetch())));
+  await abSwitch(`attention in-stream prefetch of ${bytes} B`, attnPrefetch, bytes, abAttn);
 }
 gemvStep();
 for (let r = 0; r < rounds; r++) {

@@ -1,6 +1,6 @@
 // Native attention kernels (native/kernels/attention*, native/napi/attention.cpp).
 import type { Kernels } from '../kernels.js';
-import { cachedFn } from './addon.js';
+import { cachedFn, nativeFn } from './addon.js';
 
 const fn = cachedFn;
 
@@ -24,3 +24,10 @@ export const attentionKernels: Partial<Kernels> = {
     fn('cacheWrite')(cache, cacheDtype, b, hkv, cap, d, src, t, row, pos);
   },
 };
+
+/** Decode attention's in-stream prefetch distance in bytes (native/kernels/attention.h,
+ *  kAttnPrefetchDefault 4096; `TIERLM_ATTN_PREFETCH` at start-up). Pass a number to change it (0:
+ *  the next-block prefetch only); returns the setting. Results never depend on it. */
+export function attnPrefetch(bytes?: number): number {
+  return nativeFn<(bytes?: number) => number>('attnPrefetch')(bytes);
+}
