@@ -1,7 +1,7 @@
 // The public entry point for generation: load a model directory, then generate for batches of
 // requests. Weights, KV cache and activations are placed by a policy (all in RAM by default).
 
-import { type Backend, type ComputeMode, cpuBackend, referenceBackend, releaseFreedMemory, setThreads } from '../backend/index.js';
+import { type Backend, type ComputeMode, cpuBackend, referenceBackend, setThreads } from '../backend/index.js';
 import { TextTokenizer, tokenizerRamBytes } from '../formats/tokenizer.js';
 import type { ModelConfig } from '../models/config.js';
 import { openModel } from '../models/load.js';
@@ -178,9 +178,6 @@ export class LanguageModel {
       checkBlock: (shape) => {
         checkLimits([...this.weightMemory, ...blockItems(this.config, this.policy, shape)], this.limits,
           `a block of ${shape.rows} × ${shape.batches} (gpu batch size × batches)`);
-        // The plan counts live buffers only; memory freed earlier (loading, planning) must not
-        // stay resident beside them.
-        releaseFreedMemory();
       },
     });
   }

@@ -30,7 +30,7 @@
 // comparison. Every schedule computes the same operations in the same order per sequence, so all
 // produce identical tokens.
 
-import type { Backend } from '../backend/index.js';
+import { type Backend, releaseFreedMemory } from '../backend/index.js';
 import type { Policy } from '../policy/policy.js';
 import { shares } from '../policy/policy.js';
 import { Tensor } from '../tensor/tensor.js';
@@ -108,6 +108,9 @@ export class BlockRunner {
   /** A running block for continuous batching: it stays open, and each call of its step() runs one
    *  step over the batches given, with rows joining and leaving between steps. */
   open(shape: RunningShape): RunningBlock {
+    // The limits count live buffers only; memory freed earlier (loading, planning, the last
+    // block) must not stay resident beside this block's.
+    releaseFreedMemory();
     const c = this.transformer.config;
     const cache = new CacheStore(c, shape.batches, shape.rows, shape.capacity, shape.cacheDtype, shares(this.policy, 'cache'), this.files.cache);
     const acts = new ActStore(c.hidden, shape.batches, shape.maxTokens, shares(this.policy, 'activations'), this.files.act);
