@@ -96,6 +96,6 @@ describe('options are checked by name', () => {
     fs.writeFileSync(file, JSON.stringify(api.policyToJson({ ...api.DEFAULT_POLICY, cacheDtype: 'f16' })));
     const p = api.policyFromJson(JSON.parse(fs.readFileSync(file, 'utf8')));
     expect(p.cacheDtype).toBe('f16');
-    expect(() => api.policyFromJson({ cache_dtype: 'q8' })).toThrow('cache_dtype must be "f32" or "f16", got "q8"');
+    expect(() => api.policyFromJson({ cache_dtype: 'q8' })).toThrow('cache_dtype must be "auto", "f32" or "f16", got "q8"');
   });
 });

@@ -39,6 +39,26 @@ describe('fixture models reproduce their float64 references', () => {
     });
   }
 
+  // bf16 precision keeps its cache in f16 unless told otherwise (policy cacheDtype 'auto'): the
+  // same results as asking for f16, not those of an f32 cache; fp32 stays on f32.
+  it('the cache type follows the precision unless given', async () => {
+    const dir = models.find(([n]) => n === 'llama-tiny')![1];
+    const gen = async (precision: 'fp32' | 'bf16', cacheDtype?: 'f32' | 'f16') => {
+      const model = await loadModel(dir, { precision, policy: cacheDtype ? { cacheDtype } : {} });
+      const out: number[][] = [];
+      for await (const r of model.generate(requests, { maxNewTokens: 6, logprobs: true, stopAtEos: false, batchSize: 5 })) {
+        if ('error' in r) throw new Error(r.error);
+        out.push(r.logprobs!);
+      }
+      await model.close();
+      return out;
+    };
+    const auto = await gen('bf16');
+    expect(auto).toEqual(await gen('bf16', 'f16'));
+    expect(auto).not.toEqual(await gen('bf16', 'f32'));
+    expect(await gen('fp32')).toEqual(await gen('fp32', 'f32'));
+  });
+
   it('an f16 KV cache keeps the greedy tokens of llama-tiny', async () => {
     const dir = models.find(([n]) => n === 'llama-tiny')![1];
     const ref = readJsonl<Reference>(path.join(dir, 'reference.jsonl'));

@@ -36,7 +36,7 @@ function promptsFile(n: number): string {
 const cases: [string, string, string[]][] = [
   ['opt-test', '6MiB', []], ['opt-test', '7MiB', ['--cache-dtype', 'f16']], ['llama-test', '20MiB', []], ['llama-test', '40MiB', ['--compress-weight']],
   ['opt-tiny', '64MiB', ['--gpu-batch-size', '4']], ['opt-test', '12MiB', ['--gpu-batch-size', '8']],
-  ['llama-test', '24MiB', ['--precision', 'bf16']],
+  ['llama-test', '24MiB', ['--precision', 'bf16']], ['llama-test', '26MiB', ['--precision', 'bf16', '--cache-dtype', 'f32']],
 ];
 
 describe('plan --json → --policy', () => {
@@ -48,7 +48,8 @@ describe('plan --json → --policy', () => {
       const file = path.join(dir, `${name}-${ram}.json`);
       fs.writeFileSync(file, plan.stdout);
       const policy = JSON.parse(plan.stdout).policy;
-      expect(policy.cache_dtype).toBe(extra.includes('f16') ? 'f16' : 'f32');
+      // The cache's type follows the precision unless given (auto: f16 at bf16).
+      expect(policy.cache_dtype).toBe(extra.includes('f16') || (extra.includes('bf16') && !extra.includes('f32')) ? 'f16' : 'f32');
       expect(policy.compress_weight).toBe(extra.includes('--compress-weight'));
       expect(policy.precision).toBe(extra.includes('bf16') ? 'bf16' : 'fp32');
 

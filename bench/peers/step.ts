@@ -1,7 +1,8 @@
 // Where a decode step's time goes (issue #14 items 3 and 4), run by hand:
 //
 //   node --import tsx bench/peers/step.ts [--q4] [--steps 31] [--rounds 2] [--model .bench/llama-2-7b-4l-bf16]
-//       [--batch 1] [--ab-idle-prefetch PAIRS] [--ab-attn-prefetch PAIRS [--attn-bytes N]] [--vs-read-pass PAIRS]
+//       [--batch 1] [--cache-dtype f32|f16] [--ab-idle-prefetch PAIRS] [--ab-attn-prefetch PAIRS [--attn-bytes N]]
+//       [--ab-cache PAIRS] [--vs-read-pass PAIRS] [--vs-gemm PAIRS]
 //
 // --batch sequences (default one; prompt 64) on the bench model (bench/peers/index.ts makes it), in rounds of three
 // measurements taken one after another, so that they see the same machine: the decode step time;
@@ -14,6 +15,12 @@
 // weight (gemmIdlePrefetch) off and on in turn, PAIRS of each, and the median of the paired
 // ratios (a drifting machine makes separately timed runs incomparable). --ab-attn-prefetch PAIRS:
 // the same for decode attention's in-stream prefetch (attnPrefetch; --attn-bytes, default its own).
+//
+// --cache-dtype: the KV cache's element type (default: the model's policy). --ab-cache PAIRS: decode
+// with an f32 and an f16 cache in turn, and the median of the paired ratios f16 / f32.
+//
+// --vs-gemm PAIRS: issue #14 item 4 — a decode run and the step's GEMMs alone (the same packed
+// weights, `--batch` rows each) in turn; the median of the paired ratios decode rate / GEMM-only rate.
 //
 // --vs-read-pass PAIRS: issue #14 item 3 — the RAM read pass (readMemoryPass over 1 GiB, what
 // `tierlm profile` measures as memory.read_bytes_per_second) and a decode run in turn, PAIRS of
@@ -34,6 +41,9 @@ const rounds = Number(opt('--rounds', '2'));
 const batch = Number(opt('--batch', '1'));
 const dir = path.resolve(opt('--model', '.bench/llama-2-7b-4l-bf16'));
 const PROMPT = 64;
+const cacheArg = opt('--cache-dtype', '');
+if (cacheArg && cacheArg !== 'f32' && cacheArg !== 'f16') throw new Error(`--cache-dtype: f32 or f16, got ${cacheArg}`);
+let cacheDtype = (cacheArg || undefined) as 'f32' | 'f16' | undefined;
 
 const model = await loadModel(dir, { precision: 'bf16', threads: getThreads(), policy: q4 ? { compressWeight: true } : {} });
 const requests = Array.from({ length: batch }, (_, i) => ({
@@ -67,7 +77,7 @@ async function generate(withTally: boolean): Promise<[number, Tally]> {
   const t: Tally = new Map();
   tally = null;
   const onToken = () => void (withTally && (tally = t));
-  for await (const _ of model.generate(requests, { maxNewTokens: steps + 1, stopAtEos: false, batchSize: batch, onToken }, s)) void _;
+  for await (const _ of model.generate(requests, { maxNewTokens: steps + 1, stopAtEos: false, batchSize: batch, onToken, ...(cacheDtype ? { cacheDtype } : {}) }, s)) void _;
   tally = null;
   return [(s.decodeSeconds / steps) * 1e3, t];
 }
@@ -85,6 +95,33 @@ const gemvStep = () => {
 };
 
 await generate(false);
+const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+const cachePairs = Number(opt('--ab-cache', '0'));
+if (cachePairs > 0) {
+  const runs: [number, number][] = [];
+  for (let i = 0; i < cachePairs; i++) {
+    cacheDtype = 'f32';
+    const f32 = (await generate(false))[0];
+    cacheDtype = 'f16';
+    runs.push([f32, (await generate(false))[0]]);
+  }
+  console.log(`KV cache f32 vs f16, batch ${batch}, ${cachePairs} pairs (${new Date().toISOString()}): ` +
+    `median step f32 ${med(runs.map((p) => p[0])).toFixed(2)} ms, f16 ${med(runs.map((p) => p[1])).toFixed(2)} ms, ` +
+    `median f16/f32 ${med(runs.map((p) => p[1] / p[0])).toFixed(3)} (pairs: ${runs.map((p) => (p[1] / p[0]).toFixed(3)).join(' ')})`);
+  model.close();
+  process.exit(0);
+}
+const gemmPairs = Number(opt('--vs-gemm', '0'));
+if (gemmPairs > 0) {
+  gemvStep();
+  const runs: [number, number][] = [];
+  for (let i = 0; i < gemmPairs; i++) runs.push([(await generate(false))[0], gemvStep()]);
+  console.log(`decode vs GEMM-only, batch ${batch}, cache ${cacheDtype ?? 'default'}, ${gemmPairs} pairs (${new Date().toISOString()}): ` +
+    `median step ${med(runs.map((p) => p[0])).toFixed(2)} ms, GEMMs alone ${med(runs.map((p) => p[1])).toFixed(2)} ms; ` +
+    `median decode / GEMM-only rate ${med(runs.map((p) => p[1] / p[0])).toFixed(3)} (pairs: ${runs.map((p) => (p[1] / p[0]).toFixed(3)).join(' ')})`);
+  model.close();
+  process.exit(0);
+}
 const readPairs = Number(opt('--vs-read-pass', '0'));
 if (readPairs > 0) {
   const big = new Uint8Array(2 ** 30).fill(1);
@@ -97,7 +134,6 @@ if (readPairs > 0) {
     const step = weightBytes / ((await generate(false))[0] / 1e3);
     pairs.push([read, step]);
   }
-  const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
   const gb = (x: number) => (x / 1e9).toFixed(1);
   console.log(`decode step vs RAM read pass, ${readPairs} pairs (${new Date().toISOString()}): ${(weightBytes / 1e6).toFixed(0)} MB of weights per step; ` +
     `read pass median ${gb(med(pairs.map((p) => p[0])))} GB/s (${gb(Math.min(...pairs.map((p) => p[0])))}–${gb(Math.max(...pairs.map((p) => p[0])))}), ` +
@@ -117,7 +153,6 @@ async function abSwitch(label: string, set: (v?: number) => number, on: number, 
     runs.push([off, (await generate(false))[0]]);
   }
   set(saved);
-  const med = (xs: number[]) => xs.sort((a, b) => a - b)[xs.length >> 1]!;
   console.log(`${label}, ${pairs} pairs (${new Date().toISOString()}): ` +
     `median step off ${med(runs.map((p) => p[0])).toFixed(2)} ms, on ${med(runs.map((p) => p[1])).toFixed(2)} ms, ` +
     `median on/off ${med(runs.map((p) => p[1] / p[0])).toFixed(3)}`);

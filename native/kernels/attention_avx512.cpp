@@ -268,8 +268,12 @@ void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, in
       } else if (r >= 2) {
         accum<F16, 2, 8>(s, alpha, d, vb, stride, nb, h0, acc, h0 == 0 ? pfv : nullptr, h0 == 0 ? ps : nullptr, p0);
         h0 += 2;
-      } else {
+      } else if (d > 64) {
         accum<F16, 1, 8>(s, alpha, d, vb, stride, nb, h0, acc, h0 == 0 ? pfv : nullptr, h0 == 0 ? ps : nullptr, p0);
+        h0 += 1;
+      } else {
+        // One head of at most 64 features (OPT's 64): four vectors a row, not eight half masked.
+        accum<F16, 1, 4>(s, alpha, d, vb, stride, nb, h0, acc, h0 == 0 ? pfv : nullptr, h0 == 0 ? ps : nullptr, p0);
         h0 += 1;
       }
     }

@@ -121,9 +121,10 @@ AttnScoresFn scores_fn() {
   return active_isa() >= Isa::Avx512 ? isa512::attn_scores : generic::attn_scores;
 }
 
-// Calls fn(item, thread) for every item in [0, n), handed out dynamically over the pool.
+// Calls fn(item, thread) for every item in [0, n), handed out dynamically over the pool, `chunk`
+// consecutive items at a time.
 template <typename F>
-void run_items(int64_t n, F&& fn) {
+void run_items(int64_t n, F&& fn, int64_t chunk = 1) {
   if (n <= 0) return;
   ThreadPool& pool = ThreadPool::instance();
   if (n == 1 || pool.size() == 1) {
@@ -133,11 +134,33 @@ void run_items(int64_t n, F&& fn) {
   std::atomic<int64_t> next{0};
   pool.run([&](int thread, int) {
     for (;;) {
-      int64_t i = next.fetch_add(1, std::memory_order_relaxed);
-      if (i >= n) break;
-      fn(i, thread);
+      const int64_t i0 = next.fetch_add(chunk, std::memory_order_relaxed);
+      if (i0 >= n) break;
+      for (int64_t i = i0; i < i0 + chunk && i < n; i++) fn(i, thread);
     }
   });
+}
+
+// Decode items handed out in runs of consecutive ones: a run's caches lie one after another
+// (consecutive kv heads of a row, [b, hkv, cap, d]), so a thread reads one stream rather than
+// every other item of it, and it knows its next item. Up to 16 items a run while that leaves
+// eight runs a thread for the balance. (At batch 32 of OPT-1.3B, 1024 items of ~70 positions, the
+// cold call took 0.93 of the item-at-a-time time; docs/benchmarks.md, issue #14.)
+int64_t decode_run(int64_t items) {
+  return std::clamp<int64_t>(items / (8 * ThreadPool::instance().size()), 1, 16);
+}
+
+// While one decode item is computed, its run's next item's first rows are prefetched into L2
+// (keys and values, this many bytes of each): the in-stream prefetch of the core starts at an
+// item's first row, so without it every item starts on a miss. Off with the in-stream prefetch
+// (attn_prefetch_bytes() == 0: the old path). 8 KiB: the best of 2 KiB, 8 KiB and the whole item
+// on the cold OPT-1.3B batch-32 layer.
+constexpr int64_t kNextItemPrefetch = 8192;
+inline void prefetch_item(const char* k, const char* v, int64_t bytes) {
+  for (int64_t o = 0; o < bytes; o += 64) {
+    __builtin_prefetch(k + o, 0, 1);
+    __builtin_prefetch(v + o, 0, 1);
+  }
 }
 
 // attn_prefetch_bytes(): TIERLM_ATTN_PREFETCH (bytes) overrides the default.
@@ -338,14 +361,23 @@ void attn_cached(const float* q, const void* k_cache, const void* v_cache, int k
   Q4DequantFn dq = q4_fn();
   // (thread_local: the workers must read this thread's list through a plain pointer)
   const Item* item_list = items.data();
-  run_items((int64_t)items.size(), [&](int64_t idx, int thread) {
+  const int64_t nitems = (int64_t)items.size(), run = decode_run(nitems);
+  const bool pf_next = attn_prefetch_bytes() > 0;
+  auto cache_offset = [&](const Item& it) { return (((rows ? rows[it.bi] : it.bi) * hkv + it.kh) * cap + it.p0) * rbytes; };
+  run_items(nitems, [&](int64_t idx, int thread) {
     const Item& it = item_list[idx];
+    if (pf_next && (idx + 1) % run != 0 && idx + 1 < nitems) {
+      const Item& nx = item_list[idx + 1];
+      const int64_t off = cache_offset(nx);
+      prefetch_item(static_cast<const char*>(k_cache) + off, static_cast<const char*>(v_cache) + off,
+                    std::min(kNextItemPrefetch, (nx.p1 - nx.p0) * rbytes));
+    }
     float* qs = scratch + (size_t)thread * scratch_floats;
     const float* qsrc = q + (it.bi * hq + it.kh * g) * d;
     for (int64_t i = 0; i < g * d; i++) qs[i] = qsrc[i] * scale;
-    int64_t off = ((rows ? rows[it.bi] : it.bi) * hkv + it.kh) * cap + it.p0;
-    const char* kb = static_cast<const char*>(k_cache) + off * rbytes;
-    const char* vb = static_cast<const char*>(v_cache) + off * rbytes;
+    const int64_t off = cache_offset(it);
+    const char* kb = static_cast<const char*>(k_cache) + off;
+    const char* vb = static_cast<const char*>(v_cache) + off;
     float* pm = partial + it.part * part_floats;
     if (!q4) {
       core(qs, g, d, kb, vb, cache_f16, d, it.p1 - it.p0, qs + g * d, pm, pm + g, pm + 2 * g);
@@ -374,7 +406,7 @@ void attn_cached(const float* q, const void* k_cache, const void* v_cache, int k
         for (int64_t e = 0; e < d; e++) pa[e] = pa[e] * a + sa[e] * c;
       }
     }
-  });
+  }, run);
   // Combine the splits in order.
   for (int64_t bi = 0; bi < b; bi++) {
     int64_t ns = nsplit[bi];

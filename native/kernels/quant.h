@@ -59,6 +59,9 @@ inline int64_t params_len(int64_t n, int64_t k, int64_t g) { return n * groups(k
 
 // Returns the index of the first element that is not finite or exceeds the f16 range, or -1.
 int64_t find_unrepresentable(const float* x, int64_t len);
+// Index of the first finite element of x[0..len) that f16 rounds to infinity (|x| >= 65520; up to
+// that it rounds to ±65504), or -1. Infinities and NaN are f16 values and pass.
+int64_t find_f16_overflow(const float* x, int64_t len);
 
 // Standalone quantize / dequantize (threaded over rows). Inputs must be representable (above).
 void quantize(const float* src, int64_t n, int64_t k, int bits, int64_t group, uint8_t* codes, uint16_t* params);

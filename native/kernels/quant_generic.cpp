@@ -283,6 +283,23 @@ void matmul_vnni(VnniFn fn, XQuantFn xquant, const float* x, int64_t m, int64_t 
 
 }  // namespace
 
+int64_t find_f16_overflow(const float* x, int64_t len) {
+  // Blocks of 256 reduced without a branch (vectorised), the index looked for only in a bad block:
+  // every decode step's cache rows go through this.
+  for (int64_t b0 = 0; b0 < len; b0 += 256) {
+    const int64_t b1 = std::min<int64_t>(len, b0 + 256);
+    int bad = 0;
+    for (int64_t i = b0; i < b1; i++) {
+      const float a = std::fabs(x[i]);
+      bad |= (a >= 65520.0f) & (a < INFINITY);
+    }
+    if (!bad) continue;
+    for (int64_t i = b0; i < b1; i++)
+      if (std::fabs(x[i]) >= 65520.0f && std::fabs(x[i]) < INFINITY) return i;
+  }
+  return -1;
+}
+
 int64_t find_unrepresentable(const float* x, int64_t len) {
   for (int64_t i = 0; i < len; i++)
     if (!representable(x[i])) return i;

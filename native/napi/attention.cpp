@@ -140,6 +140,11 @@ Napi::Value CacheWrite(const Napi::CallbackInfo& info) {
     if (bad >= 0)
       throw Napi::RangeError::New(info.Env(), "element " + std::to_string(bad) + " (" + std::to_string(src[bad]) +
                                                   ") cannot be quantized: values must be finite with |x| <= 65504");
+  } else if (kind == kCacheF16) {
+    int64_t bad = quant::find_f16_overflow(src, t * hkv * d);
+    if (bad >= 0)
+      throw Napi::RangeError::New(info.Env(), "element " + std::to_string(bad) + " (" + std::to_string(src[bad]) +
+                                                  ") is beyond an f16 cache's range (it would be stored as infinity): keep the cache in f32 (cacheDtype \"f32\")");
   }
   attn_cache_write(cache, kind, b, hkv, cap, d, src, t, row, pos);
   return info.Env().Undefined();

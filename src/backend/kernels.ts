@@ -138,7 +138,8 @@ export interface Kernels extends TrainKernels {
     scale: number, out: Float32Array, sparsity?: number): void;
   /** Writes src[t,hkv,d] into cache[b,hkv,cap,d] at batch row `row`, positions pos..pos+t-1
    *  ('q4': quantizes each row of d into a record; throws a RangeError for values that are not
-   *  finite or exceed ±65504). */
+   *  finite or exceed ±65504. 'f16': throws a RangeError for finite values it would round to
+   *  infinity, |x| >= 65520). */
   cacheWrite(cache: CacheArray, cacheDtype: CacheDType, b: number, hkv: number, cap: number, d: number,
     src: Float32Array, t: number, row: number, pos: number): void;
 }

@@ -74,7 +74,7 @@ export function addPlanningOptions(cmd: Command): Command {
     .option('--gpu-batch-size <n>', 'sequences per batch (fixes the block shape; the planner places the data)', rule('gpuBatchSize'))
     .option('--num-gpu-batches <n>', 'batches sharing each weight load', rule('numGpuBatches'))
     .option('--precision <p>', 'fp32 (default: exact, reproduces float64 references) or bf16 (faster, small drift)', oneOf('--precision', ['fp32', 'bf16'] as const))
-    .option('--cache-dtype <d>', 'KV cache element type: f32 (default) or f16', oneOf('--cache-dtype', ['f32', 'f16'] as const))
+    .option('--cache-dtype <d>', 'KV cache element type: auto (default: f16 with --precision bf16, else f32), f32 or f16', oneOf('--cache-dtype', ['auto', 'f32', 'f16'] as const))
     .option('--compress-weight', 'pack layer weights, LM head and embedding 4-bit, group-wise (fewer bytes on every tier)')
     .option('--compress-cache', 'store the KV cache 4-bit, grouped along the head dimension')
     .option('--attn-sparsity <f>', 'decode attention reads only the top share f of the cache (0 < f <= 1)', rule('attnSparsity'))
@@ -110,7 +110,7 @@ export function profileFor(o: LimitFlags): Promise<HardwareProfile> {
 /** The planner's request fields the flags give. */
 export function planFields(o: LimitFlags) {
   return {
-    precision: o.precision, cacheDtype: o.compressCache ? 'q4' as const : o.cacheDtype ?? DEFAULT_POLICY.cacheDtype,
+    precision: o.precision, cacheDtype: o.compressCache ? 'q4' as const : o.cacheDtype === 'auto' ? undefined : o.cacheDtype,
     compressWeight: o.compressWeight === true, attnSparsity: o.attnSparsity,
     limits: { ram: o.ram, device: o.deviceMem, disk: o.disk }, disk: o.diskDir !== undefined,
     shapes: o.gpuBatchSize === undefined && o.numGpuBatches === undefined ? undefined : blockShapes(o.gpuBatchSize, o.numGpuBatches),

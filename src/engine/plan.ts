@@ -9,7 +9,7 @@ import { openModel } from '../models/load.js';
 import { readPreset } from '../models/registry.js';
 import { type ModelSizes, sizesFromConfig } from '../models/weights.js';
 import { type PartBytes, type Prediction, type Rates, type Workload, layerCosts, predict } from '../policy/cost-model.js';
-import { DEFAULT_POLICY, type Policy, cacheDtypeOf, shares } from '../policy/policy.js';
+import { DEFAULT_POLICY, type Policy, cacheDtypeFor, cacheDtypeOf, shares } from '../policy/policy.js';
 import type { Limits } from '../policy/memory.js';
 import { type HardwareProfile, attentionDecodeRate, attentionPrefillRate, diskReadRate, diskWriteRate, gemmRate } from '../policy/profile.js';
 import { type Plan, searchPolicy } from '../policy/search.js';
@@ -28,6 +28,7 @@ export interface PlanRequest {
    *  absent: each batch's prompts run at once. */
   prefillChunk?: number;
   precision?: ComputeMode;
+  /** Absent: the precision's default (cacheDtypeFor). */
   cacheDtype?: CacheDType;
   limits: Limits;
   /** Whether a disk tier is available (a disk directory was given). */
@@ -100,7 +101,7 @@ const PLAN_RAM_SHARE = 0.95;
 
 export async function planPolicy(r: PlanRequest): Promise<PlanResult> {
   const mode = r.precision ?? DEFAULT_POLICY.precision;
-  const cacheDtype = r.cacheDtype ?? DEFAULT_POLICY.cacheDtype;
+  const cacheDtype = r.cacheDtype === 'q4' ? 'q4' : cacheDtypeFor(r.cacheDtype, mode);
   const { config, sizes, dtype } = modelSizes(r, mode);
   if (r.promptLen + r.genLen > config.maxPositions) {
     throw new UserError(`prompt ${r.promptLen} + ${r.genLen} new tokens exceed the model's ${config.maxPositions} positions`);

@@ -7,8 +7,9 @@ import { type NameStyle, checkKeys, nameStyle } from '../util/names.js';
 import { RULES } from '../util/options.js';
 
 export type ScheduleKind = 'zigzag' | 'row';
-/** Element type of the KV cache when it is not compressed (compress_cache stores it 4-bit). */
-export type PolicyCacheDType = 'f32' | 'f16';
+/** Element type of the KV cache when it is not compressed (compress_cache stores it 4-bit);
+ *  'auto' follows the precision (cacheDtypeFor). */
+export type PolicyCacheDType = 'auto' | 'f32' | 'f16';
 /** How activations are computed: float32 (exact) or rounded to bf16 (faster). */
 export type PolicyPrecision = 'fp32' | 'bf16';
 
@@ -40,7 +41,9 @@ export interface Policy {
   /** Decode attention keeps this share of the cache's attention weights (1 = dense). */
   attnSparsity: number;
   schedule: ScheduleKind;
-  /** KV cache element type (f32 by default, which reproduces float64 references; f16 halves the cache). */
+  /** KV cache element type: 'auto' (the default) is f32 at fp32 precision, which reproduces float64
+   *  references, and f16 at bf16 precision, as the peers keep it (half the cache's bytes; decode
+   *  attention reads the cache from RAM every step). */
   cacheDtype: PolicyCacheDType;
   /** Compute precision (fp32 by default, which reproduces float64 references). */
   precision: PolicyPrecision;
@@ -62,7 +65,7 @@ export const DEFAULT_POLICY: Policy = {
   compressCache: false,
   attnSparsity: 1,
   schedule: 'zigzag',
-  cacheDtype: 'f32',
+  cacheDtype: 'auto',
   precision: 'fp32',
 };
 
@@ -121,7 +124,7 @@ export function validatePolicy(p: Policy, where = 'policy', names: PolicyNames =
   }
   if (typeof p.attnSparsity !== 'number' || !RULES.attnSparsity.ok(p.attnSparsity)) bad(`${n('attnSparsity')} must be ${RULES.attnSparsity.want}, got ${show(p.attnSparsity)}`);
   if (p.schedule !== 'zigzag' && p.schedule !== 'row') bad(`${n('schedule')} must be "zigzag" or "row", got ${show(p.schedule)}`);
-  if (p.cacheDtype !== 'f32' && p.cacheDtype !== 'f16') bad(`${n('cacheDtype')} must be "f32" or "f16", got ${show(p.cacheDtype)}`);
+  if (p.cacheDtype !== 'auto' && p.cacheDtype !== 'f32' && p.cacheDtype !== 'f16') bad(`${n('cacheDtype')} must be "auto", "f32" or "f16", got ${show(p.cacheDtype)}`);
   if (p.precision !== 'fp32' && p.precision !== 'bf16') bad(`${n('precision')} must be "fp32" or "bf16", got ${show(p.precision)}`);
   return p;
 }
@@ -142,9 +145,16 @@ export function policyToJson(p: Policy): Record<string, unknown> {
   return Object.fromEntries(FIELDS.map(([k, j]) => [j, p[k]]));
 }
 
+/** An uncompressed cache's element type: `cacheDtype` unless it is 'auto' (or not given), then f16
+ *  at bf16 precision (its keys and values come from bf16 products; f16 keeps 3 more bits of them
+ *  than bf16 would) and f32 at fp32. */
+export function cacheDtypeFor(cacheDtype: PolicyCacheDType | undefined, precision: PolicyPrecision): 'f32' | 'f16' {
+  return cacheDtype === undefined || cacheDtype === 'auto' ? (precision === 'bf16' ? 'f16' : 'f32') : cacheDtype;
+}
+
 /** The KV cache's element type as the kernels store it (q4 when compressed). */
 export function cacheDtypeOf(p: Policy): 'f32' | 'f16' | 'q4' {
-  return p.compressCache ? 'q4' : p.cacheDtype;
+  return p.compressCache ? 'q4' : cacheDtypeFor(p.cacheDtype, p.precision);
 }
 
 /** A partial policy from the API: unknown keys are refused by name (a TypeError). */

@@ -113,6 +113,11 @@ export const attentionReference: Partial<Kernels> = {
     }
   },
   cacheWrite(cache, cacheDtype, _b, hkv, cap, d, src, t, row, pos) {
+    if (cacheDtype === 'f16') {
+      // f16 rounds |x| >= 65520 to infinity (below, to at most 65504).
+      const bad = src.subarray(0, t * hkv * d).findIndex((x) => Math.abs(x) >= 65520 && Number.isFinite(x));
+      if (bad >= 0) throw new RangeError(`element ${bad} (${src[bad]}) is beyond an f16 cache's range (it would be stored as infinity): keep the cache in f32 (cacheDtype "f32")`);
+    }
     for (let i = 0; i < t; i++) {
       for (let h = 0; h < hkv; h++) {
         const o = (row * hkv + h) * cap + pos + i;
