@@ -26,7 +26,7 @@ export const attentionKernels: Partial<Kernels> = {
 };
 
 /** Decode attention's in-stream prefetch distance in bytes (native/kernels/attention.h,
- *  kAttnPrefetchDefault 4096; `TIERLM_ATTN_PREFETCH` at start-up). Pass a number to change it (0:
+ *  kAttnPrefetchDefault 8192; `TIERLM_ATTN_PREFETCH` at start-up). Pass a number to change it (0:
  *  the next-block prefetch only); returns the setting. Results never depend on it. */
 export function attnPrefetch(bytes?: number): number {
   return nativeFn<(bytes?: number) => number>('attnPrefetch')(bytes);
