@@ -4,21 +4,28 @@
 // everything in RAM; prefill, decode and total tokens/s (FlexGen's metric). Run by hand, never in CI:
 //
 //   node --import tsx bench/peers/index.ts [--cases opt32,llama16,llama1,llama16q4,llama1q4]
-//       [--llama-cpp /tmp/llcpp] [--no-torch] [--threads 2] [--repeat N] [--json]
+//       [--llama-cpp /tmp/llcpp] [--no-torch] [--threads 2] [--repeat N] [--pairs N] [--json]
 //
 // --repeat N: tierlm and llama.cpp keep the best of N measured runs on the loaded model (by total
 // time), against short bursts of other load on a shared machine.
+//
+// --pairs N [--peer llama.cpp|pytorch]: tierlm and one peer loaded side by side (llama.cpp in this
+// process, needing --llama-cpp and a Llama case; PyTorch in one python process kept between runs),
+// N runs of each in turn (which goes first alternates), and the medians of the N paired ratios
+// tierlm / peer of decode and total tokens/s. This machine's memory rate moves by up to 2× within
+// seconds, so runs minutes apart compare the moments more than the engines.
 //
 // Models are made once under .bench/ (safetensors for tierlm, GGUF for llama.cpp; never committed).
 import fs from 'node:fs';
 import path from 'node:path';
 import os from 'node:os';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import readline from 'node:readline';
 import { loadModel, getThreads } from '../../src/index.js';
 import { initModel } from '../../src/models/init.js';
 import type { GenerateStats } from '../../src/engine/generate.js';
 import { writeLlamaGguf, type LlamaShape } from './gguf.js';
-import { runLlamaCpp, type PeerRow } from './llamacpp.js';
+import { openLlamaCpp, runLlamaCpp, type PeerRow } from './llamacpp.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
@@ -55,25 +62,102 @@ function modelDir(m: 'opt' | 'llama'): string {
   return dir;
 }
 
-async function runTierlm(c: Case): Promise<PeerRow> {
+/** The case's model loaded (and warmed up); run() times one generation: seconds of prefill and decode. */
+async function openTierlm(c: Case) {
   const model = await loadModel(modelDir(c.model), { precision: 'bf16', threads, policy: c.q4 ? { compressWeight: true } : {} });
+  const requests = Array.from({ length: c.batch }, (_, i) => ({
+    id: `r${i}`, promptTokenIds: Array.from({ length: PROMPT }, (_, j) => 3 + ((i * 7919 + j * 104729) % 30000)),
+  }));
+  for await (const _ of model.generate(requests.slice(0, 1), { maxNewTokens: 2, stopAtEos: false, batchSize: 1 })) void _;
+  const run = async () => {
+    const t: GenerateStats = { prefillSeconds: 0, decodeSeconds: 0, promptTokens: 0, generatedTokens: 0 };
+    for await (const _ of model.generate(requests, { maxNewTokens: NEW, stopAtEos: false, batchSize: c.batch }, t)) void _;
+    return { pre: t.prefillSeconds, dec: t.decodeSeconds };
+  };
+  return { run, close: () => model.close() };
+}
+
+const row = (engine: string, b: number, t: { pre: number; dec: number }): PeerRow =>
+  ({ engine, batch: b, prefillTokS: (b * PROMPT) / t.pre, decodeTokS: (b * (NEW - 1)) / t.dec, totalTokS: (b * NEW) / (t.pre + t.dec) });
+
+async function runTierlm(c: Case): Promise<PeerRow> {
+  const session = await openTierlm(c);
   try {
-    const requests = Array.from({ length: c.batch }, (_, i) => ({
-      id: `r${i}`, promptTokenIds: Array.from({ length: PROMPT }, (_, j) => 3 + ((i * 7919 + j * 104729) % 30000)),
-    }));
-    for await (const _ of model.generate(requests.slice(0, 1), { maxNewTokens: 2, stopAtEos: false, batchSize: 1 })) void _;
-    let s: GenerateStats | null = null;
-    for (let r = 0; r < repeat; r++) {
-      const t: GenerateStats = { prefillSeconds: 0, decodeSeconds: 0, promptTokens: 0, generatedTokens: 0 };
-      for await (const _ of model.generate(requests, { maxNewTokens: NEW, stopAtEos: false, batchSize: c.batch }, t)) void _;
-      if (!s || t.prefillSeconds + t.decodeSeconds < s.prefillSeconds + s.decodeSeconds) s = t;
+    let best = await session.run();
+    for (let r = 1; r < repeat; r++) {
+      const t = await session.run();
+      if (t.pre + t.dec < best.pre + best.dec) best = t;
     }
-    const b = c.batch;
-    s = s!;
-    return { engine: 'tierlm', batch: b, prefillTokS: (b * PROMPT) / s.prefillSeconds, decodeTokS: (b * (NEW - 1)) / s.decodeSeconds, totalTokS: (b * NEW) / (s.prefillSeconds + s.decodeSeconds) };
+    return row('tierlm', c.batch, best);
   } finally {
-    model.close();
+    session.close();
   }
+}
+
+interface PeerSession { run(): Promise<{ pre: number; dec: number }>; close(): Promise<void> | void }
+
+/** torch_gen.py --serve: the model made once, a run per request. */
+async function openTorch(c: Case): Promise<PeerSession> {
+  const child = spawn('/usr/bin/python3', [path.join(import.meta.dirname, 'torch_gen.py'), ...TORCH_SHAPE[c.model], '--batch', String(c.batch), '--prompt', String(PROMPT),
+    '--new', String(NEW), '--threads', String(threads), '--serve'], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const lines = readline.createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+  const next = async () => {
+    const l = await lines.next();
+    if (l.done) throw new Error('pytorch exited');
+    return JSON.parse(l.value) as { pre: number; dec: number };
+  };
+  await next(); // ready
+  return {
+    run: () => {
+      child.stdin!.write('run\n');
+      return next();
+    },
+    close: () => void child.stdin!.end(),
+  };
+}
+
+async function openPeer(c: Case, name: string): Promise<PeerSession> {
+  if (name === 'pytorch') return openTorch(c);
+  if (name !== 'llama.cpp') throw new Error(`--peer: llama.cpp or pytorch, got ${name}`);
+  if (!llamaCppDir || c.model !== 'llama') throw new Error(`--peer llama.cpp needs --llama-cpp DIR and a Llama case (${c.name} is not one, or no DIR)`);
+  const s = await openLlamaCpp(llamaCppDir, ggufFile(c.q4), threads);
+  await s.run(1, PROMPT, 2);
+  return { run: () => s.run(c.batch, PROMPT, NEW), close: () => s.close() };
+}
+
+/** --pairs: tierlm and a peer in turn on one case; the medians of the paired ratios. */
+async function runPairs(c: Case, pairs: number, peerName: string): Promise<void> {
+  const ours = await openTierlm(c);
+  const peer = await openPeer(c, peerName);
+  // (a pause between runs, so the other engine's threads have stopped spinning)
+  const pause = () => new Promise((r) => setTimeout(r, 200));
+  const got: { ours: PeerRow; peer: PeerRow }[] = [];
+  for (let i = 0; i < pairs; i++) {
+    let a: PeerRow, b: PeerRow;
+    if (i % 2 === 0) {
+      a = row('tierlm', c.batch, await ours.run());
+      await pause();
+      b = row(peerName, c.batch, await peer.run());
+    } else {
+      b = row(peerName, c.batch, await peer.run());
+      await pause();
+      a = row('tierlm', c.batch, await ours.run());
+    }
+    await pause();
+    got.push({ ours: a, peer: b });
+  }
+  ours.close();
+  await peer.close();
+  const med = (xs: number[]) => [...xs].sort((x, y) => x - y)[xs.length >> 1]!;
+  const out = {
+    case: c.name, peer: peerName, pairs, at: new Date().toISOString(),
+    tierlmDecode: med(got.map((g) => g.ours.decodeTokS)), peerDecode: med(got.map((g) => g.peer.decodeTokS)),
+    decodeRatio: med(got.map((g) => g.ours.decodeTokS / g.peer.decodeTokS)), totalRatio: med(got.map((g) => g.ours.totalTokS / g.peer.totalTokS)),
+    decodeRatios: got.map((g) => +(g.ours.decodeTokS / g.peer.decodeTokS).toFixed(3)),
+  };
+  if (json) console.log(JSON.stringify(out));
+  else console.log(`${c.label} vs ${peerName}, ${pairs} pairs (${out.at}): decode tierlm ${out.tierlmDecode.toFixed(1)}, ${peerName} ${out.peerDecode.toFixed(1)} tok/s (medians); ` +
+    `median paired ratio decode ${out.decodeRatio.toFixed(3)}, total ${out.totalRatio.toFixed(3)} (decode pairs: ${out.decodeRatios.join(' ')})`);
 }
 
 function runTorch(c: Case): PeerRow | null {
@@ -103,6 +187,15 @@ const note = (r: PeerRow | null, c: Case) => {
   if (json) console.log(JSON.stringify(row));
   else process.stderr.write(`${c.label} · ${r.engine}: total ${f(r.totalTokS)} (prefill ${f(r.prefillTokS)}, decode ${f(r.decodeTokS)}) tok/s\n`);
 };
+const pairs = Number(opt('--pairs', '0'));
+if (pairs > 0) {
+  for (const name of cases) {
+    const c = CASES.find((x) => x.name === name);
+    if (!c) throw new Error(`unknown case ${name} (known: ${CASES.map((x) => x.name).join(', ')})`);
+    await runPairs(c, pairs, opt('--peer', 'llama.cpp'));
+  }
+  process.exit(0);
+}
 for (const name of cases) {
   const c = CASES.find((x) => x.name === name);
   if (!c) throw new Error(`unknown case ${name} (known: ${CASES.map((x) => x.name).join(', ')})`);

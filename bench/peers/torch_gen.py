@@ -3,7 +3,7 @@
 (run by hand with Debian's python3-torch; never part of CI). Prints one JSON line.
 
     /usr/bin/python3 bench/peers/torch_gen.py --arch llama --hidden 4096 --layers 4 --heads 32 \
-        --ffn 11008 --vocab 32000 --batch 16 [--prompt 64] [--new 16] [--threads 2]
+        --ffn 11008 --vocab 32000 --batch 16 [--prompt 64] [--new 16] [--threads 2] [--serve]
 
 The models are written out in plain torch (what eager PyTorch inference on a CPU does): bf16
 weights and activations, a KV cache, greedy argmax. Prefill computes the LM head for the last
@@ -13,6 +13,7 @@ from prefill, the other new-1 from decode steps, as in tierlm's GenerateStats.
 import argparse
 import json
 import math
+import sys
 import time
 
 import torch
@@ -23,6 +24,7 @@ for name, dflt in [('hidden', 2048), ('layers', 24), ('heads', 32), ('ffn', 8192
                    ('batch', 1), ('prompt', 64), ('new', 16), ('threads', 2)]:
     p.add_argument('--' + name, type=int, default=dflt)
 p.add_argument('--arch', choices=['opt', 'llama'], default='opt')
+p.add_argument('--serve', action='store_true', help='a run per line of stdin (bench/peers --pairs)')
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(1)
@@ -119,8 +121,16 @@ def run(b, new):
 
 
 run(1, 2)  # warm-up
-pre, dec = run(a.batch, a.new)
 b = a.batch
+if a.serve:
+    # One run per line read, each printed as {"pre": s, "dec": s}: bench/peers --pairs keeps this
+    # process (and its model) between runs, alternating with tierlm's.
+    print(json.dumps({'ready': True}), flush=True)
+    for _ in sys.stdin:
+        pre, dec = run(b, a.new)
+        print(json.dumps({'pre': pre, 'dec': dec}), flush=True)
+    sys.exit(0)
+pre, dec = run(a.batch, a.new)
 print(json.dumps({'engine': 'pytorch', 'torch': torch.__version__, 'batch': b,
                   'prefillTokS': round(b * a.prompt / pre, 1),
                   'decodeTokS': round(b * (a.new - 1) / dec, 1) if a.new > 1 else None,
