@@ -88,9 +88,15 @@ const layers = await Promise.all(Array.from({ length: model.config.layers }, (_,
 const weights = layers.flatMap((l) => [l.q!.w, l.k!.w, l.v!.w, l.o!.w, ...(l.gate ? [l.gate.w] : []), l.up!.w, l.down!.w])
   .concat([model.transformer.globals.lmHead]) as PackedWeight[];
 const io = weights.map((w) => [Tensor.f32([batch, w.k]), Tensor.f32([batch, w.n])] as const);
+const alone = new Map<string, number>();
 const gemvStep = () => {
   const t0 = performance.now();
-  for (let r = 0; r < steps; r++) weights.forEach((w, i) => model.transformer.backend.matmul(io[i]![0], w, null, io[i]![1]));
+  for (let r = 0; r < steps; r++) weights.forEach((w, i) => {
+    const t = performance.now();
+    model.transformer.backend.matmul(io[i]![0], w, null, io[i]![1]);
+    const key = `matmul ${w.n}x${w.k}`;
+    alone.set(key, (alone.get(key) ?? 0) + performance.now() - t);
+  });
   return (performance.now() - t0) / steps;
 };
 
@@ -169,6 +175,7 @@ if (abAttn > 0) {
   await abSwitch(`attention in-stream prefetch of ${bytes} B`, attnPrefetch, bytes, abAttn);
 }
 gemvStep();
+alone.clear();
 for (let r = 0; r < rounds; r++) {
   const plain = (await generate(false))[0];
   const [timed, whole] = await generate(true);
@@ -178,7 +185,9 @@ for (let r = 0; r < rounds; r++) {
   const gemvInStep = perStep.filter((x) => x[0].startsWith('matmul')).reduce((a, x) => a + x[1], 0);
   console.log(`round ${r + 1} (${new Date().toISOString()}): decode step ${plain.toFixed(2)} ms (${((batch * 1e3) / plain).toFixed(1)} tok/s); ` +
     `with ops timed ${timed.toFixed(2)} ms; GEMVs alone ${gemv.toFixed(2)} ms (${((batch * 1e3) / gemv).toFixed(1)} tok/s)`);
-  for (const [k, ms, n] of perStep) console.log(`  ${k.padEnd(20)} ${ms.toFixed(3).padStart(7)} ms/step ${n.toFixed(0).padStart(4)} calls ${((ms / n) * 1e3).toFixed(1).padStart(8)} µs/call`);
+  for (const [k, ms, n] of perStep) console.log(`  ${k.padEnd(20)} ${ms.toFixed(3).padStart(7)} ms/step ${n.toFixed(0).padStart(4)} calls ${((ms / n) * 1e3).toFixed(1).padStart(8)} µs/call` +
+    (alone.has(k) ? ` (alone ${(alone.get(k)! / steps).toFixed(3)} ms/step)` : ''));
+  alone.clear();
   console.log(`  GEMVs in the step ${gemvInStep.toFixed(2)} ms (alone ${gemv.toFixed(2)}); other ops ${(ops - gemvInStep).toFixed(2)} ms; between ops ${(timed - ops).toFixed(2)} ms`);
 }
 console.log(`${path.basename(dir)}, ${q4 ? '4-bit' : 'bf16'}, batch ${batch}, ${getThreads()} threads, ${steps} decode steps after a 64-token prompt`);
