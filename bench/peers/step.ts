@@ -102,21 +102,6 @@ const gemvStep = () => {
 
 await generate(false);
 const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
-const cachePairs = Number(opt('--ab-cache', '0'));
-if (cachePairs > 0) {
-  const runs: [number, number][] = [];
-  for (let i = 0; i < cachePairs; i++) {
-    cacheDtype = 'f32';
-    const f32 = (await generate(false))[0];
-    cacheDtype = 'f16';
-    runs.push([f32, (await generate(false))[0]]);
-  }
-  console.log(`KV cache f32 vs f16, batch ${batch}, ${cachePairs} pairs (${new Date().toISOString()}): ` +
-    `median step f32 ${med(runs.map((p) => p[0])).toFixed(2)} ms, f16 ${med(runs.map((p) => p[1])).toFixed(2)} ms, ` +
-    `median f16/f32 ${med(runs.map((p) => p[1] / p[0])).toFixed(3)} (pairs: ${runs.map((p) => (p[1] / p[0]).toFixed(3)).join(' ')})`);
-  model.close();
-  process.exit(0);
-}
 const gemmPairs = Number(opt('--vs-gemm', '0'));
 if (gemmPairs > 0) {
   gemvStep();
@@ -148,31 +133,35 @@ if (readPairs > 0) {
   model.close();
   process.exit(0);
 }
-// Paired A/B of one switch (a native setter: value in, current value out): off (0) and on in turn.
-async function abSwitch(label: string, set: (v?: number) => number, on: number, pairs: number): Promise<never> {
-  const saved = set();
+// Paired A/B of one setting: decode with `off` applied and with `on` applied, in turn.
+async function abSwitch(label: string, off: () => void, on: () => void, pairs: number): Promise<never> {
   const runs: [number, number][] = [];
   for (let i = 0; i < pairs; i++) {
-    set(0);
-    const off = (await generate(false))[0];
-    set(on);
-    runs.push([off, (await generate(false))[0]]);
+    off();
+    const a = (await generate(false))[0];
+    on();
+    runs.push([a, (await generate(false))[0]]);
   }
-  set(saved);
   console.log(`${label}, ${pairs} pairs (${new Date().toISOString()}): ` +
     `median step off ${med(runs.map((p) => p[0])).toFixed(2)} ms, on ${med(runs.map((p) => p[1])).toFixed(2)} ms, ` +
-    `median on/off ${med(runs.map((p) => p[1] / p[0])).toFixed(3)}`);
+    `median on/off ${med(runs.map((p) => p[1] / p[0])).toFixed(3)} (pairs: ${runs.map((p) => (p[1] / p[0]).toFixed(3)).join(' ')})`);
   model.close();
   process.exit(0);
 }
+const cachePairs = Number(opt('--ab-cache', '0'));
+if (cachePairs > 0) {
+  await abSwitch(`KV cache f32 (off) vs f16 (on), batch ${batch}`, () => void (cacheDtype = 'f32'), () => void (cacheDtype = 'f16'), cachePairs);
+}
+// (the native settings: 0 is off)
 const abPairs = Number(opt('--ab-idle-prefetch', '0'));
 if (abPairs > 0) {
-  await abSwitch(`idle prefetch of ${gemmIdlePrefetch() / 2 ** 20} MiB`, gemmIdlePrefetch, gemmIdlePrefetch(), abPairs);
+  const on = gemmIdlePrefetch();
+  await abSwitch(`idle prefetch of ${on / 2 ** 20} MiB`, () => gemmIdlePrefetch(0), () => gemmIdlePrefetch(on), abPairs);
 }
 const abAttn = Number(opt('--ab-attn-prefetch', '0'));
 if (abAttn > 0) {
   const bytes = Number(opt('--attn-bytes', String(attnPrefetch())));
-  await abSwitch(`attention in-stream prefetch of ${bytes} B`, attnPrefetch, bytes, abAttn);
+  await abSwitch(`attention in-stream prefetch of ${bytes} B`, () => attnPrefetch(0), () => attnPrefetch(bytes), abAttn);
 }
 gemvStep();
 alone.clear();

@@ -182,7 +182,7 @@ void accum(const float* s, const float* alpha, int64_t d, const void* v, int64_t
       }
     } else {
       for (int64_t j = 0; j < nb; j++) {
-        if (ps && c == 0) ps->reach(p0, true, j);
+        if (ps && c == 0 && ((j & 3) == 3 || j == nb - 1)) ps->reach(p0, true, j);
         __m512 vv[NV];
         for (int u = 0; u < NV; u++) vv[u] = load<F16>(v, j * stride + c + 16 * u, mk[u]);
         for (int h = 0; h < H; h++) {

@@ -190,8 +190,8 @@ Napi::Value Bf16Dot(const Napi::CallbackInfo& info) {
 // gemmIdlePrefetch(bytes?): returns how many bytes of the next weight the idle workers prefetch
 // during batch-1 decode (ThreadPool::prefetch_while_idle); a number sets it (0: off).
 Napi::Value IdlePrefetch(const Napi::CallbackInfo& info) {
-  if (info.Length() > 0 && info[0].IsNumber()) {
-    const double v = info[0].As<Napi::Number>().DoubleValue();
+  if (info.Length() > 0 && !info[0].IsUndefined()) {
+    const double v = num_arg(info, 0, "bytes");
     if (!(v >= 0 && v <= 1e12)) throw Napi::RangeError::New(info.Env(), "gemmIdlePrefetch: bytes must be in [0, 1e12]");
     ThreadPool::instance().set_idle_prefetch_bytes(static_cast<int64_t>(v));
   }
