@@ -1,3 +1,5 @@
+import os from 'node:os';
+import path from 'node:path';
 import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
@@ -11,6 +13,11 @@ export default defineConfig({
     fileParallelism: false,
     setupFiles: ['test/helpers/cleanup.ts'],
     // --policy auto reads a hardware profile; tests use a committed one instead of measuring.
-    env: { TIERLM_PROFILE: new URL('./test/fixtures/hardware-profile.json', import.meta.url).pathname },
+    // The bf16 GEMM kernel first measured in this test run is kept in a file of its own, so every
+    // process of the run (each CLI, each rank) computes with it, and no test writes to ~/.cache.
+    env: {
+      TIERLM_PROFILE: new URL('./test/fixtures/hardware-profile.json', import.meta.url).pathname,
+      TIERLM_KERNEL_CACHE: path.join(os.tmpdir(), `tierlm-test-kernels-${process.pid}.json`),
+    },
   },
 });

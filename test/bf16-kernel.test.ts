@@ -1,10 +1,13 @@
 // bf16 mode's GEMM kernel is chosen by measuring both on the machine at hand (vdpbf16ps is twice
-// the FMA rate on one CPU of ours and half on another), once per process; TIERLM_BF16_DOT decides
-// instead; a saved choice (a resumed training run's) wins over both.
+// the FMA rate on one CPU of ours and half on another), once per machine: the first measurement is
+// kept in a file every later process reads, since the two kernels round differently and a rerun
+// must compute as the run did. TIERLM_BF16_DOT decides instead; a saved choice (a resumed training
+// run's) wins over both.
+import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { isaInfo, loadModel } from '../src/index.js';
-import { selectBf16Kernel } from '../src/backend/cpu/bf16-kernel.js';
+import { fasterBf16Kernel, keptBf16Kernel, machineKey, selectBf16Kernel } from '../src/backend/cpu/bf16-kernel.js';
 import { gemmBf16Dot } from '../src/backend/cpu/gemm.js';
 import { fixturesDir, tmpDir } from './helpers/fixtures.js';
 import { measureProfile, saveProfile } from '../src/policy/profile.js';
@@ -31,6 +34,50 @@ describe('the bf16 GEMM kernel', () => {
     expect(selectBf16Kernel(shape)).toBe('fma');
     expect(selectBf16Kernel(shape, 'dot')).toBe('dot');
     expect(gemmBf16Dot()).toBe(true);
+  });
+
+  it('the first measurement on a machine is kept, and later processes take it without measuring', () => {
+    const dir = tmpDir('bf16-kept');
+    const file = path.join(dir, 'sub', 'kernels.json');
+    const first = keptBf16Kernel(shape, file);
+    const kept = JSON.parse(fs.readFileSync(file, 'utf8'));
+    expect(kept[machineKey()].bf16).toBe(first);
+    if (isaInfo().active === 'avx512bf16') {
+      expect(kept[machineKey()].dot_ms).toBeGreaterThan(0);
+      expect(fasterBf16Kernel({ dot: kept[machineKey()].dot_ms, fma: kept[machineKey()].fma_ms })).toBe(first);
+    } else expect(first).toBe('fma');
+    // What the file keeps wins over a measurement: either value is returned as kept, and the
+    // file is left as it was.
+    for (const k of ['dot', 'fma'] as const) {
+      const text = JSON.stringify({ ...kept, [machineKey()]: { bf16: k } });
+      fs.writeFileSync(file, text);
+      expect(keptBf16Kernel(shape, file)).toBe(k);
+      expect(fs.readFileSync(file, 'utf8')).toBe(text);
+    }
+    // Another machine's entry (a shared home directory) is kept beside this one's.
+    // (Measuring again may choose otherwise where the rates are close: what is kept is what was
+    // returned.)
+    fs.writeFileSync(file, JSON.stringify({ 'Other CPU | avx2': { bf16: 'dot' } }));
+    const again = keptBf16Kernel(shape, file);
+    expect(JSON.parse(fs.readFileSync(file, 'utf8'))).toMatchObject({ 'Other CPU | avx2': { bf16: 'dot' }, [machineKey()]: { bf16: again } });
+    // A damaged file, or an entry of no known kernel, is measured over.
+    for (const bad of ['{"trunc', '[1,2]', JSON.stringify({ [machineKey()]: { bf16: 'amx' } })]) {
+      fs.writeFileSync(file, bad);
+      const k = keptBf16Kernel(shape, file);
+      expect(JSON.parse(fs.readFileSync(file, 'utf8'))[machineKey()].bf16).toBe(k);
+    }
+    // A place that cannot be written still gives a choice.
+    fs.writeFileSync(path.join(dir, 'plain'), 'x');
+    expect(['dot', 'fma']).toContain(keptBf16Kernel(shape, path.join(dir, 'plain', 'kernels.json')));
+  });
+
+  it('takes vdpbf16ps only when it is clearly faster: close rates give the FMA kernel', () => {
+    expect(fasterBf16Kernel({ dot: 5, fma: 10 })).toBe('dot');
+    expect(fasterBf16Kernel({ dot: 8.9, fma: 10 })).toBe('dot');
+    expect(fasterBf16Kernel({ dot: 9.5, fma: 10 })).toBe('fma');
+    expect(fasterBf16Kernel({ dot: 10, fma: 10 })).toBe('fma');
+    expect(fasterBf16Kernel({ dot: 20, fma: 10 })).toBe('fma');
+    expect(fasterBf16Kernel({ dot: Infinity, fma: 0 })).toBe('fma');
   });
 
   it('a bf16 model load selects it; fp32 leaves the setting alone', async () => {

@@ -91,10 +91,9 @@ export class LanguageModel {
     try {
       const c = model.config;
       // bf16 mode runs the faster of the CPU's two bf16 GEMM kernels: the one `tierlm profile`
-      // chose for this machine, else measured once per process; TIERLM_BF16_DOT overrides both.
+      // chose for this machine, else the one first measured on it; TIERLM_BF16_DOT overrides both.
       if (precision === 'bf16' && backend.kernels === cpuBackend().kernels) {
-        const fromProfile = process.env.TIERLM_BF16_DOT === '0' || process.env.TIERLM_BF16_DOT === '1' ? null : savedBf16Kernel();
-        selectBf16Kernel({ rows: Math.max(64, policy.gpuBatchSize), n: c.ffn, k: c.hidden }, fromProfile);
+        selectBf16Kernel({ rows: Math.max(64, policy.gpuBatchSize), n: c.ffn, k: c.hidden }, null, savedBf16Kernel());
       }
       const limits: Limits = { ram: options.ramBytes, disk: options.diskBytes, device: options.deviceBytes };
       const sizes = model.loader.sizes();

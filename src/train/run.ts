@@ -22,7 +22,7 @@ import { type Dataset, dataContextFor, readDataset } from './dataset.js';
 import { MetricsWriter } from './metrics.js';
 import { publishModel } from './publish.js';
 import { type ResolvedOptions, type TrainRunInfo, type TrainRunOptions, mathOptions, resolveOptions } from './run-options.js';
-import { defaultProfilePath, loadProfile } from '../policy/profile.js';
+import { defaultProfilePath, loadProfile, savedBf16Kernel } from '../policy/profile.js';
 import type { Sequence } from './sequence.js';
 import { type Trainer, openTrainer } from './trainer.js';
 import { type Json, STATE_DIR, type TrainingState } from './training-state.js';
@@ -99,9 +99,12 @@ async function* runSteps(trainer: Trainer, o: ResolvedOptions, data: Dataset, ev
   const globalBatch = o.batchSize * comm.size;
   const resumed = o.resume && existing ? await restore(trainer, existing, comm) : null;
   const kernelShape = { rows: o.batchSize * o.seqLen, n: trainer.config.ffn, k: trainer.config.hidden };
-  let bf16Kernel = o.precision === 'bf16' ? selectBf16Kernel(kernelShape, existing && o.resume ? savedBf16Kernel(existing) : null) : null;
-  if (bf16Kernel && comm.size > 1) {
-    // Every rank computes with rank 0's choice (they round differently).
+  // Rank 0 chooses (a resume's saved kernel, else the machine's) and every rank computes with
+  // its choice: the two kernels round differently. The others neither measure nor keep one.
+  let bf16Kernel = o.precision === 'bf16' && lead
+    ? selectBf16Kernel(kernelShape, existing && o.resume ? checkpointBf16Kernel(existing) : null, savedBf16Kernel())
+    : null;
+  if (o.precision === 'bf16' && comm.size > 1) {
     const dot = Int32Array.of(bf16Kernel === 'dot' ? 1 : 0);
     comm.broadcast(dot, 0).wait();
     bf16Kernel = selectBf16Kernel(kernelShape, dot[0] ? 'dot' : 'fma');
@@ -209,7 +212,7 @@ function savedMathOptions(dir: string): Record<string, Json> | null {
   return o && ((o.math ?? {}) as Record<string, Json>);
 }
 
-function savedBf16Kernel(dir: string): Bf16Kernel | null {
+function checkpointBf16Kernel(dir: string): Bf16Kernel | null {
   const k = savedOptions(dir)?.bf16_kernel;
   return k === 'dot' || k === 'fma' ? k : null;
 }
