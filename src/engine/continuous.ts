@@ -411,6 +411,17 @@ export class ContinuousEngine {
     return { rows, batches, capacity, maxTokens, shape };
   }
 
+  /** Whether a block of `shape` fits the memory limits. */
+  private withinLimits(shape: BlockShape): boolean {
+    try {
+      this.s.checkBlock(shape);
+      return true;
+    } catch (e) {
+      if (e instanceof UserError) return false;
+      throw e;
+    }
+  }
+
   /** A block (see blockShape), checked against the memory limits (a UserError when it does not fit). */
   private async openBlock(firstOnly: boolean): Promise<Open> {
     const p = this.p;
@@ -422,21 +433,21 @@ export class ContinuousEngine {
     // sized only for the requests at hand would stall the server whenever a longer one came.
     // The same with the cache on disk, where the capacity sizes the staging blocks in RAM.
     let capacity = needed;
+    // A block of the last one's rows but a shorter longest sequence takes the last one's
+    // capacity, when that fits the limits too: its cache blocks (one per layer and batch) are
+    // then the size of the last block's, whose buffers it reuses (src/schedule/cache-buffers.ts)
+    // rather than faulting in new memory. Attention
+    // reads only filled positions, so the room costs memory the last block held, not compute.
+    const kept = this.s.runner.keptCacheShape;
+    const reuse = kept && kept.rows === rows && kept.cacheDtype === p.cacheDtype && kept.capacity > needed
+      && kept.capacity <= this.s.maxPositions ? kept.capacity : null;
+    if (reuse !== null && !p.fullShape && this.withinLimits(shape(reuse))) capacity = reuse;
     if (p.fullShape) {
-      const fits = (c: number) => {
-        try {
-          this.s.checkBlock(shape(c));
-          return true;
-        } catch (e) {
-          if (e instanceof UserError) return false;
-          throw e;
-        }
-      };
       // The largest capacity in [needed, hi] that fits (needed does).
       let hi = Math.min(this.s.maxPositions, Math.max(needed, SERVER_POSITIONS));
       while (capacity < hi) {
         const mid = Math.ceil((capacity + hi) / 2);
-        if (fits(mid)) capacity = mid;
+        if (this.withinLimits(shape(mid))) capacity = mid;
         else hi = mid - 1;
       }
     }

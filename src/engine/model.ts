@@ -129,7 +129,7 @@ export class LanguageModel {
 
   /** Bytes placed on each tier and moved so far. */
   get placement() {
-    return { weights: this.layers.stats, weightStagingBytes: this.runner.weightStagingBytes, io: this.runner.io };
+    return { weights: this.layers.stats, weightStagingBytes: this.runner.weightStagingBytes, keptCacheBytes: this.runner.keptCacheBytes, io: this.runner.io };
   }
 
   /** Results in input order, each as soon as it and those before it have finished. Requests that cannot run
@@ -186,6 +186,7 @@ export class LanguageModel {
   async close(): Promise<void> {
     this.closed = true;
     await this.sched?.drain();
+    this.runner.releaseKeptCache();
     await this.layers.close();
     await this.disk?.close();
   }

@@ -15,6 +15,7 @@ import type { Shares } from '../policy/policy.js';
 import { copyStrided } from '../tensor/copy.js';
 import { Tensor } from '../tensor/tensor.js';
 import type { BlockFile } from './block-file.js';
+import { CacheBuffers, type CacheTensorDType } from './cache-buffers.js';
 import { alignedBytes } from './block-file.js';
 import { alignUp, splitRows } from './placement.js';
 import { settleAll } from './transfers.js';
@@ -23,8 +24,8 @@ interface Block {
   /** Rows kept in RAM: the first ramRows of the block. */
   ramRows: number;
   /** Resident tensors: the whole block when it has no disk rows, else only its RAM rows. */
-  k: Tensor | null;
-  v: Tensor | null;
+  k: Tensor<CacheTensorDType> | null;
+  v: Tensor<CacheTensorDType> | null;
   /** Offset of the block's disk rows in the cache file. */
   fileOffset: number;
 }
@@ -56,6 +57,7 @@ export class CacheStore {
     readonly dtype: CacheDType,
     shares: Shares,
     private readonly file: BlockFile | null,
+    buffers: CacheBuffers = new CacheBuffers(),
   ) {
     this.elem = dtype === 'f32' ? 4 : dtype === 'f16' ? 2 : 1;
     this.rowLength = cacheRowLength(dtype, config.headDim);
@@ -68,18 +70,28 @@ export class CacheStore {
     let fileOffset = 0;
     const blockShape = (r: number) => [r, config.kvHeads, capacity, this.rowLength];
     const tensorDtype = cacheTensorDType(dtype);
-    for (let i = 0; i < config.layers * numBatches; i++) {
-      const ramRows = Math.min(rows, ramLeft);
-      ramLeft -= ramRows;
+    const ramRowsOf = Array.from({ length: config.layers * numBatches }, () => {
+      const r = Math.min(rows, ramLeft);
+      ramLeft -= r;
+      return r;
+    });
+    const size = (r: number) => blockShape(r).reduce((a, b) => a * b, 1);
+    buffers.dropUnless(ramRowsOf.filter((r) => r > 0).flatMap((r) => [{ dtype: tensorDtype, size: size(r) }, { dtype: tensorDtype, size: size(r) }]));
+    for (const ramRows of ramRowsOf) {
       const diskRows = rows - ramRows;
       if (diskRows > 0 && !file) throw new Error('cache rows placed on disk, but no disk tier was given');
-      const k = ramRows > 0 ? Tensor.zeros(tensorDtype, blockShape(ramRows)) : null;
-      const v = ramRows > 0 ? Tensor.zeros(tensorDtype, blockShape(ramRows)) : null;
+      const k = ramRows > 0 ? buffers.take(tensorDtype, blockShape(ramRows)) : null;
+      const v = ramRows > 0 ? buffers.take(tensorDtype, blockShape(ramRows)) : null;
       this.blocks.push({ ramRows, k, v, fileOffset });
       fileOffset += diskRows * capacity * this.recordBytes;
       this.stats.ramBytes += 2 * ramRows * capacity * this.headBytes;
       this.stats.diskBytes += diskRows * capacity * this.recordBytes;
     }
+  }
+
+  /** The RAM tensors of every block, for the next block to reuse once this one is done. */
+  ramTensors(): Tensor<CacheTensorDType>[] {
+    return this.blocks.flatMap((b) => (b.k && b.v ? [b.k, b.v] : []));
   }
 
   private block(layer: number, batch: number): Block {

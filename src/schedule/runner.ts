@@ -38,6 +38,7 @@ import { type CacheBlock, type Step, type Transformer } from '../models/transfor
 import type { AttentionWeights, MlpWeights } from '../models/weights.js';
 import { type ActStaging, ActStore } from './act-store.js';
 import type { BlockFile } from './block-file.js';
+import { CacheBuffers } from './cache-buffers.js';
 import { type CacheStaging, CacheStore } from './cache-store.js';
 import type { LayerPart, LayerSource } from './weight-store.js';
 import { alignedBytes } from './block-file.js';
@@ -60,6 +61,8 @@ export interface IoTimes {
   cacheBytesWritten: number;
   actBytesRead: number;
   actBytesWritten: number;
+  /** Bytes of KV cache taken from the last block's buffers instead of new memory. */
+  cacheBytesReused: number;
 }
 
 interface Unit {
@@ -67,14 +70,19 @@ interface Unit {
   part: LayerPart;
 }
 
+export type KeptCacheShape = Pick<RunningShape, 'rows' | 'batches' | 'capacity' | 'cacheDtype'>;
+
 export class BlockRunner {
-  readonly io: IoTimes = { waitSeconds: 0, computeSeconds: 0, cacheBytesRead: 0, cacheBytesWritten: 0, actBytesRead: 0, actBytesWritten: 0 };
+  readonly io: IoTimes = { waitSeconds: 0, computeSeconds: 0, cacheBytesRead: 0, cacheBytesWritten: 0, actBytesRead: 0, actBytesWritten: 0, cacheBytesReused: 0 };
   private readonly weightSlots: (Uint8Array | null)[] = [null, null];
   private readonly units: Unit[] = [];
   /** Units loaded so far; unit loads alternate between the two weight slots. */
   private unitCounter = 0;
   private pendingWeights: Promise<Partial<AttentionWeights & MlpWeights>> | null = null;
   private readonly logitsOut: F32[] = [];
+  /** The last block's KV cache buffers, for the next block of the same sizes. */
+  private readonly cacheBuffers = new CacheBuffers();
+  private keptShape: KeptCacheShape | null = null;
 
   constructor(
     private readonly transformer: Transformer,
@@ -100,6 +108,23 @@ export class BlockRunner {
     return this.weights.onDisk;
   }
 
+  /** The cache shape of the last block, whose RAM buffers are kept: a block of these rows,
+   *  batches and type with this capacity takes them all. */
+  get keptCacheShape(): KeptCacheShape | null {
+    return this.keptShape;
+  }
+
+  /** Lets go of the last block's cache buffers (the model closes). */
+  releaseKeptCache(): void {
+    this.cacheBuffers.clear();
+    this.keptShape = null;
+  }
+
+  /** Bytes of KV cache kept from the last block for the next. */
+  get keptCacheBytes(): number {
+    return this.cacheBuffers.bytes;
+  }
+
   /** Bytes of the weight staging slots this runner holds. */
   get weightStagingBytes(): number {
     return this.weightSlots.reduce((n, s) => n + (s?.byteLength ?? 0), 0);
@@ -112,7 +137,7 @@ export class BlockRunner {
     // block) must not stay resident beside this block's.
     releaseFreedMemory();
     const c = this.transformer.config;
-    const cache = new CacheStore(c, shape.batches, shape.rows, shape.capacity, shape.cacheDtype, shares(this.policy, 'cache'), this.files.cache);
+    const cache = new CacheStore(c, shape.batches, shape.rows, shape.capacity, shape.cacheDtype, shares(this.policy, 'cache'), this.files.cache, this.cacheBuffers);
     const acts = new ActStore(c.hidden, shape.batches, shape.maxTokens, shares(this.policy, 'activations'), this.files.act);
     const slots: Slots = {
       cache: [0, 1, 2].map(() => (cache.needsStagingAny() ? cache.newStaging() : null)),
@@ -130,6 +155,11 @@ export class BlockRunner {
       if (this.pendingWeights && !failed) await this.pendingWeights;
     } finally {
       this.pendingWeights = null;
+      const kept = state.cache.ramTensors();
+      this.cacheBuffers.keep(kept);
+      const c = state.cache;
+      this.keptShape = kept.length > 0 ? { rows: c.rows, batches: c.numBatches, capacity: c.capacity, cacheDtype: c.dtype } : null;
+      this.io.cacheBytesReused = this.cacheBuffers.reusedBytes;
       this.io.cacheBytesRead += state.cache.stats.bytesRead;
       this.io.cacheBytesWritten += state.cache.stats.bytesWritten;
       this.io.actBytesRead += state.acts.stats.bytesRead;
