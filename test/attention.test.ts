@@ -6,6 +6,7 @@ import { getThreads, isaInfo, setIsa, setThreads, type CacheDType, type Isa } fr
 import { cpuKernels } from '../src/backend/cpu/index.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { f32ToF16 } from '../src/tensor/dtype.js';
+import { q4RecordBytes } from '../src/backend/kernels.js';
 import { cacheRow, cpu, expectClose, randomF32, ref, rowsOf } from './helpers/harness.js';
 
 const ALL: Isa[] = ['scalar', 'avx2', 'avx512', 'avx512bf16'];
@@ -161,6 +162,38 @@ for (const isa of ISAS) {
           expect(Array.from(a.data)).toEqual(Array.from(r.data));
         }
       });
+
+      it("cacheWriteTokens places each token at its own row and position, as one write per token does", () => {
+        setup();
+        for (const dtype of ['f32', 'f16', 'q4'] as CacheDType[]) {
+          const [b, hkv, cap, d] = [4, 3, 11, 40];
+          const t = 13;
+          // Distinct (row, position) pairs in no order: the tokens of a ragged step.
+          const pairs = Array.from({ length: b * cap }, (_, i) => [i % b, Math.floor(i / b)] as const)
+            .sort((x, y) => ((x[0] * 7919 + x[1] * 104729 + seed) % 97) - ((y[0] * 7919 + y[1] * 104729 + seed) % 97)).slice(0, t);
+          const rows = Tensor.i32(pairs.map((p) => p[0])), positions = Tensor.i32(pairs.map((p) => p[1]));
+          const src = randomF32([t, hkv, d], seed++, 3);
+          const rec = dtype === 'q4' ? q4RecordBytes(d) : d;
+          const tdt = dtype === 'q4' ? 'u8' : dtype;
+          const [a, r, one] = [0, 1, 2].map(() => Tensor.zeros(tdt, [b, hkv, cap, rec]));
+          cpu().cacheWriteTokens(a!, src, rows, positions);
+          ref().cacheWriteTokens(r!, src, rows, positions);
+          for (let i = 0; i < t; i++) cpu().cacheWrite(one!, src.rows(i, i + 1), pairs[i]![0], pairs[i]![1]);
+          expect(Array.from(a!.data), dtype).toEqual(Array.from(r!.data));
+          expect(Array.from(a!.data), dtype).toEqual(Array.from(one!.data));
+          expect(a!.data.some((x) => x !== 0)).toBe(true);
+          // A token out of range is refused by both, by its index, before anything is written.
+          const before = Array.from(a!.data);
+          for (const be of [cpu(), ref()]) {
+            const bad = Tensor.i32(pairs.map((p, i) => (i === 5 ? cap : p[1])));
+            expect(() => be.cacheWriteTokens(a!, src, rows, bad), be.name).toThrow(/positions\[5\] = 11 overruns the cache capacity 11/);
+            const badRow = Tensor.i32(pairs.map((p, i) => (i === 7 ? b : p[0])));
+            expect(() => be.cacheWriteTokens(a!, src, badRow, positions), be.name).toThrow(/rows\[7\] = 4 is outside the cache's 4 rows/);
+            expect(() => be.cacheWriteTokens(a!, src, Tensor.i32([0]), positions), be.name).toThrow(/rows must be an i32 Tensor of 13 entries/);
+          }
+          expect(Array.from(a!.data)).toEqual(before);
+        }
+      });
     });
   }
 }
@@ -235,7 +268,10 @@ describe('bad inputs', () => {
     await expect(k.attentionDecodeAsync(q.data, kc.data, kc.data, 'f32', 2, 4, 2, 8, 10, new Int32Array([1, 1]), 1, new Float32Array(3))).rejects.toThrow(/out/);
     expect(() => k.attentionPrefill(new Float32Array(10), new Float32Array(10), new Float32Array(10), 5, 4, 2, 8, new Int32Array([0, 5]), 1, new Float32Array(160))).toThrow(/q holds/);
     expect(() => k.attentionPrefill(new Float32Array(160), new Float32Array(80), new Float32Array(80), 5, 4, 2, 8, new Int32Array([0, 7]), 1, new Float32Array(160))).toThrow(/seqStarts/);
-    expect(() => k.cacheWrite(new Float32Array(10), 'f32', 2, 2, 10, 8, new Float32Array(16), 1, 0, 0)).toThrow(/cache/);
-    expect(() => k.cacheWrite(kc.data, 'f32', 2, 2, 10, 8, new Float32Array(16), 1, 0, 10)).toThrow(/overrun/);
+    const [zero, ten, two] = [new Int32Array([0]), new Int32Array([10]), new Int32Array([2])];
+    expect(() => k.cacheWrite(new Float32Array(10), 'f32', 2, 2, 10, 8, new Float32Array(16), 1, zero, zero)).toThrow(/cache/);
+    expect(() => k.cacheWrite(kc.data, 'f32', 2, 2, 10, 8, new Float32Array(16), 1, zero, ten)).toThrow(/positions\[0\] = 10 overruns/);
+    expect(() => k.cacheWrite(kc.data, 'f32', 2, 2, 10, 8, new Float32Array(16), 1, two, zero)).toThrow(/rows\[0\] = 2 is outside/);
+    expect(() => k.cacheWrite(kc.data, 'f32', 2, 2, 10, 8, new Float32Array(32), 2, zero, zero)).toThrow(/rows/);
   });
 });

@@ -247,6 +247,6 @@ describe('bad inputs', () => {
     expect(() => cpu().attentionDecode(q, Tensor.zeros('i32', [2, 2, 10, 8]), kc, ln, 1)).toThrow(TypeError);
     // raw kernel: q4 buffers too short
     expect(() => cpuKernels.attentionDecode(q.data, new Uint8Array(100), new Uint8Array(100), 'q4', 2, 4, 2, 8, 10, ln.data, 1, new Float32Array(64))).toThrow(/kCache/);
-    expect(() => cpuKernels.cacheWrite(new Uint8Array(10), 'q4', 2, 2, 10, 8, new Float32Array(16), 1, 0, 0)).toThrow(/cache/);
+    expect(() => cpuKernels.cacheWrite(new Uint8Array(10), 'q4', 2, 2, 10, 8, new Float32Array(16), 1, new Int32Array([0]), new Int32Array([0]))).toThrow(/cache/);
   });
 });

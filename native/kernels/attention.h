@@ -32,9 +32,11 @@ void attn_decode(const float* q, const void* k_cache, const void* v_cache, int k
 void attn_cached(const float* q, const void* k_cache, const void* v_cache, int kind, int64_t t, int64_t hq,
                  int64_t hkv, int64_t d, int64_t cap, const int32_t* rows, const int32_t* lens, float scale,
                  double sparsity, float* out);
+// Token i of src[t, hkv, d] into cache[b, hkv, cap, ..] at row rows[i], position pos[i] (each in
+// range; the transformer writes every sequence of a step in one call).
 // kCacheQ4: src must be representable (quant::find_unrepresentable(src, t*hkv*d) < 0).
 void attn_cache_write(void* cache, int kind, int64_t b, int64_t hkv, int64_t cap, int64_t d, const float* src,
-                      int64_t t, int64_t row, int64_t pos);
+                      int64_t t, const int32_t* rows, const int32_t* pos);
 
 // Dequantizes n q4 records (consecutive, q4_record_bytes(d) apart) into out[r*ld + c].
 typedef void (*Q4DequantFn)(const uint8_t* rec, int64_t d, int64_t n, float* out, int64_t ld);

@@ -500,7 +500,7 @@ void attn_prefill(const float* q, const float* k, const float* v, int64_t t, int
 }
 
 void attn_cache_write(void* cache, int kind, int64_t b, int64_t hkv, int64_t cap, int64_t d, const float* src,
-                      int64_t t, int64_t row, int64_t pos) {
+                      int64_t t, const int32_t* rows, const int32_t* pos) {
   (void)b;
   if (kind == kCacheQ4) {
     // Quantize the t×hkv rows in the standalone layout, then scatter codes and params into records.
@@ -511,7 +511,7 @@ void attn_cache_write(void* cache, int kind, int64_t b, int64_t hkv, int64_t cap
     for (int64_t i = 0; i < t; i++) {
       for (int64_t h = 0; h < hkv; h++) {
         const int64_t r = i * hkv + h;
-        uint8_t* rec = static_cast<uint8_t*>(cache) + ((row * hkv + h) * cap + pos + i) * rb;
+        uint8_t* rec = static_cast<uint8_t*>(cache) + ((rows[i] * hkv + h) * cap + pos[i]) * rb;
         std::memcpy(rec, codes.data() + r * cb, (size_t)cb);
         std::memcpy(rec + cb, params.data() + r * ng * 2, (size_t)(ng * 4));
       }
@@ -523,7 +523,7 @@ void attn_cache_write(void* cache, int kind, int64_t b, int64_t hkv, int64_t cap
   for (int64_t i = 0; i < t; i++) {
     for (int64_t h = 0; h < hkv; h++) {
       const float* s = src + (i * hkv + h) * d;
-      int64_t off = ((row * hkv + h) * cap + pos + i) * d;
+      int64_t off = ((rows[i] * hkv + h) * cap + pos[i]) * d;
       if (!cache_f16) {
         std::memcpy(static_cast<float*>(cache) + off, s, (size_t)d * 4);
       } else {

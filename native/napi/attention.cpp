@@ -126,13 +126,21 @@ Napi::Value Prefetch(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(attn_prefetch_bytes()));
 }
 
-// cacheWrite(cache, cacheDtype, b, hkv, cap, d, src, t, row, pos)
+// cacheWrite(cache, cacheDtype, b, hkv, cap, d, src, t, rows, positions): token i of src into row
+// rows[i] at position positions[i].
 Napi::Value CacheWrite(const Napi::CallbackInfo& info) {
   int kind = cache_dtype_arg(info, 1);
   int64_t b = int_arg(info, 2, "b"), hkv = int_arg(info, 3, "hkv"), cap = int_arg(info, 4, "cap"), d = int_arg(info, 5, "d");
-  int64_t t = int_arg(info, 7, "t"), row = int_arg(info, 8, "row"), pos = int_arg(info, 9, "pos");
-  if (t > 0 && row >= b) throw Napi::RangeError::New(info.Env(), "row " + std::to_string(row) + " is outside the cache's " + std::to_string(b) + " rows");
-  if (pos + t > cap) throw Napi::RangeError::New(info.Env(), "positions overrun the cache capacity " + std::to_string(cap));
+  int64_t t = int_arg(info, 7, "t");
+  const int32_t* rp = checked_ptr<int32_t>(info[8], "rows", (size_t)t);
+  const int32_t* pp = checked_ptr<int32_t>(info[9], "positions", (size_t)t);
+  std::vector<int32_t> rows(rp, rp + t), pos(pp, pp + t);
+  for (int64_t i = 0; i < t; i++) {
+    if (rows[i] < 0 || rows[i] >= b)
+      throw Napi::RangeError::New(info.Env(), "rows[" + std::to_string(i) + "] = " + std::to_string(rows[i]) + " is outside the cache's " + std::to_string(b) + " rows");
+    if (pos[i] < 0 || pos[i] >= cap)
+      throw Napi::RangeError::New(info.Env(), "positions[" + std::to_string(i) + "] = " + std::to_string(pos[i]) + " overruns the cache capacity " + std::to_string(cap));
+  }
   void* cache = checked_bytes(info[0], "cache", {b, hkv, cap, cache_row_bytes(kind, d)}).data;
   const float* src = checked_ptr<float>(info[6], "src", {t, hkv, d});
   if (kind == kCacheQ4) {
@@ -146,7 +154,7 @@ Napi::Value CacheWrite(const Napi::CallbackInfo& info) {
       throw Napi::RangeError::New(info.Env(), "element " + std::to_string(bad) + " (" + std::to_string(src[bad]) +
                                                   ") is beyond an f16 cache's range (it would be stored as infinity): keep the cache in f32 (cacheDtype \"f32\")");
   }
-  attn_cache_write(cache, kind, b, hkv, cap, d, src, t, row, pos);
+  attn_cache_write(cache, kind, b, hkv, cap, d, src, t, rows.data(), pos.data());
   return info.Env().Undefined();
 }
 

@@ -452,6 +452,21 @@ export class Backend {
    *  A q4 cache (u8, [b,hkv,cap,q4RecordBytes(d)]) takes d from src and quantizes each row. */
   cacheWrite(cache: Tensor, src: F32, row: number, pos: number): void {
     const op = 'cacheWrite';
+    expectInt(op, 'row', row, 0);
+    expectInt(op, 'pos', pos, 0);
+    const t = src.shape[0] ?? 0;
+    const [b, , cap] = cache.shape as [number, number, number, number];
+    if (t > 0 && row >= b) fail(op, `row ${row} is outside the cache's ${b} rows`);
+    if (pos + t > cap) fail(op, `positions ${pos}..${pos + t - 1} overrun the cache capacity ${cap}`);
+    const positions = new Int32Array(t);
+    for (let i = 0; i < t; i++) positions[i] = pos + i;
+    this.cacheWriteTokens(cache, src, new Tensor('i32', [t], new Int32Array(t).fill(row)), new Tensor('i32', [t], positions));
+  }
+
+  /** Writes token i of src[t,hkv,d] into cache[b,hkv,cap,d] at batch row rows[i], position
+   *  positions[i]: a step's tokens of every sequence in one call. */
+  cacheWriteTokens(cache: Tensor, src: F32, rows: Tensor<'i32'>, positions: Tensor<'i32'>): void {
+    const op = 'cacheWrite';
     const dtype = this.checkCache(op, 'cache', cache);
     const [b, hkv, cap, cd] = cache.shape as [number, number, number, number];
     expectF32(op, 'src', src);
@@ -465,10 +480,15 @@ export class Backend {
     } else {
       expectShape(op, 'src', src, [t, hkv, d]);
     }
-    expectInt(op, 'row', row, 0);
-    expectInt(op, 'pos', pos, 0);
-    if (row >= b) fail(op, `row ${row} is outside the cache's ${b} rows`);
-    if (pos + t > cap) fail(op, `positions ${pos}..${pos + t - 1} overrun the cache capacity ${cap}`);
-    this.kernels.cacheWrite(cache.data as CacheArray, dtype, b, hkv, cap, d, src.data, t, row, pos);
+    for (const [name, x] of [['rows', rows], ['positions', positions]] as const) {
+      if (!(x instanceof Tensor) || x.dtype !== 'i32' || x.size !== t) throw new TypeError(`${op}: ${name} must be an i32 Tensor of ${t} entries`);
+    }
+    for (let i = 0; i < t; i++) {
+      const r = rows.data[i]!, p = positions.data[i]!;
+      if (r < 0 || r >= b) fail(op, `rows[${i}] = ${r} is outside the cache's ${b} rows`);
+      if (p < 0 || p >= cap) fail(op, `positions[${i}] = ${p} overruns the cache capacity ${cap}`);
+    }
+    this.kernels.cacheWrite(cache.data as CacheArray, dtype, b, hkv, cap, d, src.data, t, rows.data, positions.data);
   }
+
 }

@@ -136,10 +136,11 @@ export interface Kernels extends TrainKernels {
   attentionCached(q: Float32Array, kCache: CacheArray, vCache: CacheArray, cacheDtype: CacheDType,
     t: number, hq: number, hkv: number, d: number, b: number, cap: number, rows: Int32Array, lens: Int32Array,
     scale: number, out: Float32Array, sparsity?: number): void;
-  /** Writes src[t,hkv,d] into cache[b,hkv,cap,d] at batch row `row`, positions pos..pos+t-1
-   *  ('q4': quantizes each row of d into a record; throws a RangeError for values that are not
+  /** Writes token i of src[t,hkv,d] into cache[b,hkv,cap,d] at batch row rows[i], position
+   *  positions[i] (every sequence of a step in one call; a RangeError names a token out of range).
+   *  'q4': quantizes each row of d into a record; throws a RangeError for values that are not
    *  finite or exceed ±65504. 'f16': throws a RangeError for finite values it would round to
-   *  infinity, |x| >= 65520). */
+   *  infinity, |x| >= 65520. */
   cacheWrite(cache: CacheArray, cacheDtype: CacheDType, b: number, hkv: number, cap: number, d: number,
-    src: Float32Array, t: number, row: number, pos: number): void;
+    src: Float32Array, t: number, rows: Int32Array, positions: Int32Array): void;
 }

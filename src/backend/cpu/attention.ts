@@ -20,8 +20,8 @@ export const attentionKernels: Partial<Kernels> = {
   attentionCached(q, kCache, vCache, cacheDtype, t, hq, hkv, d, b, cap, rows, lens, scale, out, sparsity = 1) {
     fn('attentionCached')(q, kCache, vCache, cacheDtype, t, hq, hkv, d, b, cap, rows, lens, scale, out, false, sparsity);
   },
-  cacheWrite(cache, cacheDtype, b, hkv, cap, d, src, t, row, pos) {
-    fn('cacheWrite')(cache, cacheDtype, b, hkv, cap, d, src, t, row, pos);
+  cacheWrite(cache, cacheDtype, b, hkv, cap, d, src, t, rows, positions) {
+    fn('cacheWrite')(cache, cacheDtype, b, hkv, cap, d, src, t, rows, positions);
   },
 };
 

@@ -112,7 +112,11 @@ export const attentionReference: Partial<Kernels> = {
       }
     }
   },
-  cacheWrite(cache, cacheDtype, _b, hkv, cap, d, src, t, row, pos) {
+  cacheWrite(cache, cacheDtype, b, hkv, cap, d, src, t, rows, positions) {
+    for (let i = 0; i < t; i++) {
+      if (!(rows[i]! >= 0 && rows[i]! < b)) throw new RangeError(`rows[${i}] = ${rows[i]} is outside the cache's ${b} rows`);
+      if (!(positions[i]! >= 0 && positions[i]! < cap)) throw new RangeError(`positions[${i}] = ${positions[i]} overruns the cache capacity ${cap}`);
+    }
     if (cacheDtype === 'f16') {
       // f16 rounds |x| >= 65520 to infinity (below, to at most 65504).
       const bad = src.subarray(0, t * hkv * d).findIndex((x) => Math.abs(x) >= 65520 && Number.isFinite(x));
@@ -120,7 +124,7 @@ export const attentionReference: Partial<Kernels> = {
     }
     for (let i = 0; i < t; i++) {
       for (let h = 0; h < hkv; h++) {
-        const o = (row * hkv + h) * cap + pos + i;
+        const o = (rows[i]! * hkv + h) * cap + positions[i]!;
         if (cacheDtype === 'q4') {
           q4WriteRecord(cache as Uint8Array, o, d, src, (i * hkv + h) * d);
           continue;
