@@ -19,6 +19,9 @@ void rw_silu_mul(const float* gate, const float* up, int64_t n, float* out);
 void rw_add(const float* a, const float* b, int64_t n, float* out);
 void rw_softmax(const float* x, int64_t rows, int64_t cols, float* out);
 void rw_log_softmax(const float* x, int64_t rows, int64_t cols, float* out);
+// The index of the first largest value of x[0..n) (n >= 1), as a scan keeping the first x[i] > best
+// does: NaN is never larger, so a NaN x[0] gives 0; +0 and -0 tie. Greedy sampling's argmax.
+int64_t rw_argmax(const float* x, int64_t n);
 // inv_freq: rot/2 frequencies; features j and j + rot/2 turn by positions[i] * inv_freq[j].
 void rw_rope(float* x, int64_t t, int64_t heads, int64_t d, const int32_t* positions, const double* inv_freq, int64_t rot);
 
@@ -38,6 +41,7 @@ void softmax_row(const float* x, int64_t cols, float* out);
 void log_softmax_row(const float* x, int64_t cols, float* out);
 void widen_f16(const uint16_t* src, int64_t n, float* out);
 void widen_bf16(const uint16_t* src, int64_t n, float* out);
+int64_t argmax(const float* x, int64_t n);
 }  // namespace isa512
 namespace isa2 {
 void layer_norm_row(const float* x, int64_t cols, const float* gamma, const float* beta, float eps, float* out);

@@ -109,6 +109,30 @@ void relu(const float* x, int64_t n, float* out) {
   }
 }
 
+int64_t argmax(const float* x, int64_t n) {
+  if (!(x[0] == x[0])) return 0;  // a NaN first value is never beaten
+  // The largest value, NaN skipped (max_ps returns its second operand when the first is NaN),
+  // then the first index holding it: the scalar scan's answer, ties to the first.
+  __m512 m0 = _mm512_set1_ps(x[0]), m1 = m0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    m0 = _mm512_max_ps(_mm512_loadu_ps(x + i), m0);
+    m1 = _mm512_max_ps(_mm512_loadu_ps(x + i + 16), m1);
+  }
+  for (; i < n; i += 16) {
+    __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : tail_mask(n - i);
+    m0 = _mm512_mask_max_ps(m0, m, _mm512_maskz_loadu_ps(m, x + i), m0);
+  }
+  const float best = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+  const __m512 b = _mm512_set1_ps(best);
+  for (i = 0; i < n; i += 16) {
+    __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : tail_mask(n - i);
+    __mmask16 eq = _mm512_mask_cmp_ps_mask(m, _mm512_maskz_loadu_ps(m, x + i), b, _CMP_EQ_OQ);
+    if (eq) return i + __builtin_ctz(eq);
+  }
+  return 0;
+}
+
 void gelu(const float* x, int64_t n, float* out, bool approximate) {
   const __m512 one = _mm512_set1_ps(1.f), half = _mm512_set1_ps(0.5f);
   for (int64_t i = 0; i < n; i += 16) {

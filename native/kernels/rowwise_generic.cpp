@@ -186,6 +186,14 @@ void rw_rms_norm(const float* x, int64_t rows, int64_t cols, const float* gamma,
   });
 }
 
+int64_t rw_argmax(const float* x, int64_t n) {
+  if (use512()) return isa512::argmax(x, n);
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; i++)
+    if (x[i] > x[best]) best = i;
+  return best;
+}
+
 void rw_relu(const float* x, int64_t n, float* out) {
   bool v512 = use512();
   for_span(n, [&](int64_t a, int64_t b) {

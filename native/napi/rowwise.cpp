@@ -70,6 +70,14 @@ Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// argmax(x): the index of x's first largest value (NaN never larger); x holds at least one.
+Napi::Value Argmax(const Napi::CallbackInfo& info) {
+  size_t n = float_count(info[0], "x");
+  if (n == 0) throw Napi::RangeError::New(info.Env(), "argmax: x is empty");
+  const float* x = checked_ptr<float>(info[0], "x", n);
+  return Napi::Number::New(info.Env(), static_cast<double>(rw_argmax(x, (int64_t)n)));
+}
+
 Napi::Value Relu(const Napi::CallbackInfo& info) {
   size_t n = float_count(info[0], "x");
   const float* x = checked_ptr<float>(info[0], "x", n);
@@ -136,6 +144,7 @@ void register_rowwise(Napi::Env env, Napi::Object exports) {
   exports.Set("layerNorm", Napi::Function::New(env, LayerNorm));
   exports.Set("rmsNorm", Napi::Function::New(env, RmsNorm));
   exports.Set("relu", Napi::Function::New(env, Relu));
+  exports.Set("argmax", Napi::Function::New(env, Argmax));
   exports.Set("gelu", Napi::Function::New(env, Gelu));
   exports.Set("siluMul", Napi::Function::New(env, SiluMul));
   exports.Set("add", Napi::Function::New(env, Add));

@@ -7,6 +7,8 @@
 // frequency penalties (OpenAI) subtract presence·[count > 0] + frequency·count over generated
 // tokens; min_p keeps tokens whose probability is at least min_p × the largest one.
 
+import { argmaxF32 } from '../backend/index.js';
+
 export interface SamplingParams {
   /** 0 (the default) means greedy. */
   temperature: number;
@@ -78,7 +80,13 @@ export class Rng {
   }
 }
 
+/** Rows this long or longer are scanned natively (argmaxF32: the same answer). */
+export const NATIVE_ARGMAX_MIN = 2048;
+
+/** The index of the first largest value (NaN is never larger): greedy sampling. */
 export function argmax(row: Float32Array): number {
+  // Native for a vocabulary's row, where the call costs far less than the scan.
+  if (row.length >= NATIVE_ARGMAX_MIN) return argmaxF32(row);
   let best = 0;
   let bestV = row[0]!;
   for (let i = 1; i < row.length; i++) {
