@@ -21,7 +21,7 @@ const calls: [string, unknown[], RegExp?][] = [
   ['attentionPrefill', [f32(), f32(), f32(), T40, T40, T40, T40, new Int32Array([0, 1]), 1, f32(), false]],
   ['attentionDecode', [f32(), f32(), f32(), 'f32', 1, T40, T40, T40, T40, i32(), 1, f32(), false]],
   ['attentionDecode', [f32(), u8(), u8(), 'q4', T40, 1, 1, T40, 1, i32(), 1, f32(), false]],
-  ['cacheWrite', [f32(), 'f16', T40, T40, 1, 1, f32(), 0, 0, 0]],
+  ['cacheWrite', [f32(), 'f16', T40, T40, 1, 1, f32(), 0, i32(), i32()]],
   ['gemmPackedByteLength', ['f32', T31, T31]],
   ['gemmPackWeight', [f32(), 'f32', T31, T31, 'f32', u8()]],
   ['gemmMatmul', [f32(), T31, T31, u8(), 'q8', 1, null, f32(), 'fp32', false]],
