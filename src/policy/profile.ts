@@ -21,7 +21,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { randomFillSync } from 'node:crypto';
 import { cpuBackend, getThreads, isaInfo, readMemoryPass, releaseFreedMemory, setThreads } from '../backend/index.js';
-import type { Bf16Kernel } from '../backend/cpu/bf16-kernel.js';
+import { type Bf16Kernel, fasterBf16Kernel } from '../backend/cpu/bf16-kernel.js';
 import { gemmBf16Dot } from '../backend/cpu/gemm.js';
 import type { CacheDType, ComputeMode, WeightFormat } from '../backend/kernels.js';
 import { type FloatDType, fromFloat32 } from '../tensor/dtype.js';
@@ -262,7 +262,8 @@ function measureGemm(s: SizeSpec, log: (m: string) => void): { table: GemmTable;
   const rows: GemmRow[] = [];
   const xMax = floatTensor('f32', [ms[ms.length - 1]!, k], 1) as Tensor<'f32'>;
   // bf16 mode has two GEMM kernels where the CPU has AVX512_BF16: both are timed, the faster
-  // (geometric mean over the M points) is kept. The process's own setting is restored afterwards.
+  // (geometric mean over the M points; vdpbf16ps by a clear margin) is kept. The process's own
+  // setting is restored afterwards.
   const before = gemmBf16Dot();
   const cases = GEMM_CASES.flatMap((c): { format: WeightFormat; mode: ComputeMode; dot: boolean | null }[] => (c.format === 'bf16' && c.mode === 'bf16'
     ? (isaInfo().active === 'avx512bf16' ? [{ ...c, dot: false }, { ...c, dot: true }] : [{ ...c, dot: false }])
@@ -287,8 +288,10 @@ function measureGemm(s: SizeSpec, log: (m: string) => void): { table: GemmTable;
     const label = c.dot === null ? '' : c.dot ? ' (vdpbf16ps)' : ' (widening + FMA)';
     const prev = c.dot === true ? rows.findIndex((r) => r.format === 'bf16' && r.mode === 'bf16') : -1;
     if (prev >= 0) {
-      const logMean = (f: number[]) => f.reduce((a, x) => a + Math.log(x), 0);
-      if (logMean(flops) > logMean(rows[prev]!.flopsPerSecond)) {
+      // The same rule as a run's own measurement (fasterBf16Kernel: vdpbf16ps only when clearly
+      // faster), on the geometric means' times.
+      const meanTime = (f: number[]) => Math.exp(-f.reduce((a, x) => a + Math.log(x), 0) / f.length);
+      if (fasterBf16Kernel({ dot: meanTime(flops), fma: meanTime(rows[prev]!.flopsPerSecond) }) === 'dot') {
         rows[prev] = { format: c.format, mode: c.mode, flopsPerSecond: flops };
         bf16 = 'dot';
       }
