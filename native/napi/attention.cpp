@@ -14,6 +14,13 @@
 namespace tierlm {
 namespace {
 
+// Throws "<what>[i] = v <why()>" as a RangeError unless lo <= v <= hi (why() is built only then).
+template <typename Why>
+void check_entry(Napi::Env env, const char* what, int64_t i, int64_t v, int64_t lo, int64_t hi, Why why) {
+  if (v < lo || v > hi)
+    throw Napi::RangeError::New(env, std::string(what) + "[" + std::to_string(i) + "] = " + std::to_string(v) + " " + why());
+}
+
 int cache_dtype_arg(const Napi::CallbackInfo& info, size_t i) {
   if (i < info.Length() && info[i].IsString()) {
     std::string s = info[i].As<Napi::String>();
@@ -64,8 +71,7 @@ Napi::Value Decode(const Napi::CallbackInfo& info) {
   const int32_t* lp = checked_ptr<int32_t>(info[9], "lens", (size_t)b);
   std::vector<int32_t> lens(lp, lp + b);
   for (int64_t i = 0; i < b; i++)
-    if (lens[i] < 1 || lens[i] > cap)
-      throw Napi::RangeError::New(info.Env(), "lens[" + std::to_string(i) + "] = " + std::to_string(lens[i]) + " is outside [1, " + std::to_string(cap) + "]");
+    check_entry(info.Env(), "lens", i, lens[i], 1, cap, [&] { return "is outside [1, " + std::to_string(cap) + "]"; });
   float scale = (float)num_arg(info, 10, "scale");
   float* out = checked_ptr<float>(info[11], "out", {b, hq, d});
   double sparsity = 1.0;
@@ -94,10 +100,8 @@ Napi::Value Cached(const Napi::CallbackInfo& info) {
   const int32_t* lp = checked_ptr<int32_t>(info[11], "lens", (size_t)t);
   std::vector<int32_t> rows(rp, rp + t), lens(lp, lp + t);
   for (int64_t i = 0; i < t; i++) {
-    if (rows[i] < 0 || rows[i] >= b)
-      throw Napi::RangeError::New(info.Env(), "rows[" + std::to_string(i) + "] = " + std::to_string(rows[i]) + " is outside [0, " + std::to_string(b) + ")");
-    if (lens[i] < 1 || lens[i] > cap)
-      throw Napi::RangeError::New(info.Env(), "lens[" + std::to_string(i) + "] = " + std::to_string(lens[i]) + " is outside [1, " + std::to_string(cap) + "]");
+    check_entry(info.Env(), "rows", i, rows[i], 0, b - 1, [&] { return "is outside [0, " + std::to_string(b) + ")"; });
+    check_entry(info.Env(), "lens", i, lens[i], 1, cap, [&] { return "is outside [1, " + std::to_string(cap) + "]"; });
   }
   float scale = (float)num_arg(info, 12, "scale");
   float* out = checked_ptr<float>(info[13], "out", {t, hq, d});
@@ -136,10 +140,8 @@ Napi::Value CacheWrite(const Napi::CallbackInfo& info) {
   const int32_t* pp = checked_ptr<int32_t>(info[9], "positions", (size_t)t);
   std::vector<int32_t> rows(rp, rp + t), pos(pp, pp + t);
   for (int64_t i = 0; i < t; i++) {
-    if (rows[i] < 0 || rows[i] >= b)
-      throw Napi::RangeError::New(info.Env(), "rows[" + std::to_string(i) + "] = " + std::to_string(rows[i]) + " is outside the cache's " + std::to_string(b) + " rows");
-    if (pos[i] < 0 || pos[i] >= cap)
-      throw Napi::RangeError::New(info.Env(), "positions[" + std::to_string(i) + "] = " + std::to_string(pos[i]) + " overruns the cache capacity " + std::to_string(cap));
+    check_entry(info.Env(), "rows", i, rows[i], 0, b - 1, [&] { return "is outside the cache's " + std::to_string(b) + " rows"; });
+    check_entry(info.Env(), "positions", i, pos[i], 0, cap - 1, [&] { return "overruns the cache capacity " + std::to_string(cap); });
   }
   void* cache = checked_bytes(info[0], "cache", {b, hkv, cap, cache_row_bytes(kind, d)}).data;
   const float* src = checked_ptr<float>(info[6], "src", {t, hkv, d});

@@ -7,7 +7,7 @@ import { type FloatDType, isFloatDType } from '../tensor/dtype.js';
 import { copyStrided } from '../tensor/copy.js';
 import { Tensor, shapeString } from '../tensor/tensor.js';
 import { TrainOps } from './train.js';
-import { checkPair, checkQkv, checkRope, checkSeqStarts, expectF32, expectFinite, expectInt, expectRank, expectShape, fail, outOr, rowsCols } from './check.js';
+import { checkPair, checkQkv, checkRope, checkSeqStarts, expectF32, expectFinite, expectI32, expectInt, expectRank, expectShape, fail, outOr, rowsCols } from './check.js';
 import { type CacheArray, type CacheDType, type ComputeMode, type Kernels, type QuantFormat, type WeightFormat, q4RecordBytes } from './kernels.js';
 
 /** A weight matrix W[n,k] packed once, at load time, into its backend's GEMM layout. */
@@ -224,7 +224,7 @@ export class Backend {
   }
 
   private checkIds(op: string, ids: Tensor, limit: number): void {
-    if (!(ids instanceof Tensor) || ids.dtype !== 'i32') throw new TypeError(`${op}: ids must be an i32 Tensor`);
+    expectI32(op, 'ids', ids);
     for (let i = 0; i < ids.size; i++) {
       const id = ids.data[i]!;
       if (id < 0 || id >= limit) fail(op, `ids[${i}] = ${id} is outside [0, ${limit})`);
@@ -389,7 +389,7 @@ export class Backend {
     }
     expectShape(op, 'vCache', vCache, kCache.shape);
     if (hkv < 1 || hq % hkv !== 0) fail(op, `${hq} query heads cannot be grouped over ${hkv} key/value heads`);
-    if (!(lens instanceof Tensor) || lens.dtype !== 'i32' || lens.size !== b) throw new TypeError(`${op}: lens must be an i32 Tensor of ${b} entries`);
+    expectI32(op, 'lens', lens, b);
     for (let i = 0; i < b; i++) {
       const n = lens.data[i]!;
       if (n < 1 || n > cap) fail(op, `lens[${i}] = ${n} is outside [1, ${cap}]`);
@@ -433,7 +433,7 @@ export class Backend {
     expectShape(op, 'vCache', vCache, kCache.shape);
     if (hkv < 1 || hq % hkv !== 0) fail(op, `${hq} query heads cannot be grouped over ${hkv} key/value heads`);
     for (const [name, x] of [['rows', rows], ['lens', lens]] as const) {
-      if (!(x instanceof Tensor) || x.dtype !== 'i32' || x.size !== t) throw new TypeError(`${op}: ${name} must be an i32 Tensor of ${t} entries`);
+      expectI32(op, name, x, t);
     }
     for (let i = 0; i < t; i++) {
       const r = rows.data[i]!, n = lens.data[i]!;
@@ -481,7 +481,7 @@ export class Backend {
       expectShape(op, 'src', src, [t, hkv, d]);
     }
     for (const [name, x] of [['rows', rows], ['positions', positions]] as const) {
-      if (!(x instanceof Tensor) || x.dtype !== 'i32' || x.size !== t) throw new TypeError(`${op}: ${name} must be an i32 Tensor of ${t} entries`);
+      expectI32(op, name, x, t);
     }
     for (let i = 0; i < t; i++) {
       const r = rows.data[i]!, p = positions.data[i]!;

@@ -23,6 +23,13 @@ export function expectRank(op: string, name: string, t: Tensor, rank: number): v
   if (t.rank !== rank) fail(op, `${name} must have rank ${rank}, got shape ${shapeString(t.shape)}`);
 }
 
+/** `x` must be an i32 Tensor (of `entries` elements, when given). */
+export function expectI32(op: string, name: string, x: Tensor, entries?: number): asserts x is Tensor<'i32'> {
+  if (!(x instanceof Tensor) || x.dtype !== 'i32' || (entries !== undefined && x.size !== entries)) {
+    throw new TypeError(`${op}: ${name} must be an i32 Tensor${entries === undefined ? '' : ` of ${entries} entries`}`);
+  }
+}
+
 export function expectInt(op: string, name: string, v: number, min: number): void {
   if (!Number.isInteger(v) || v < min) fail(op, `${name} must be an integer >= ${min}, got ${v}`);
 }
@@ -60,7 +67,7 @@ export function checkQkv(op: string, q: F32, k: F32, v: F32): [number, number, n
 
 /** The starts of a ragged batch's sequences: from 0 to t, never decreasing. */
 export function checkSeqStarts(op: string, seqStarts: Tensor<'i32'>, t: number): void {
-  if (!(seqStarts instanceof Tensor) || seqStarts.dtype !== 'i32') throw new TypeError(`${op}: seqStarts must be an i32 Tensor`);
+  expectI32(op, 'seqStarts', seqStarts);
   const s = seqStarts.data;
   if (s.length < 2 || s[0] !== 0 || s[s.length - 1] !== t) fail(op, `seqStarts must run from 0 to ${t}`);
   for (let i = 1; i < s.length; i++) if (s[i]! < s[i - 1]!) fail(op, `seqStarts must not decrease (at ${i})`);
@@ -77,7 +84,7 @@ export function checkRope(op: string, x: F32, positions: Tensor<'i32'>, invFreq:
   const rot = 2 * invFreq.length;
   if (rot < 2 || rot > d) fail(op, `invFreq must hold 1 to ${d / 2} frequencies (half the rotated features), got ${invFreq.length}`);
   if (!invFreq.every(Number.isFinite)) fail(op, 'invFreq must hold finite numbers');
-  if (!(positions instanceof Tensor) || positions.dtype !== 'i32') throw new TypeError(`${op}: positions must be an i32 Tensor`);
+  expectI32(op, 'positions', positions);
   if (positions.size !== t) fail(op, `positions has ${positions.size} entries for ${t} tokens`);
   return [t, heads, d, rot];
 }

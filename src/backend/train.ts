@@ -7,7 +7,7 @@
 import { Tensor } from '../tensor/tensor.js';
 import type { Backend, PackedWeight } from './backend.js';
 import { TiledGrad, type TiledWeight } from './tiled.js';
-import { checkPair, checkQkv, checkRope, checkSeqStarts, expectF32, expectFinite, expectRank, expectShape, fail, outOr, rowsCols } from './check.js';
+import { checkPair, checkQkv, checkRope, checkSeqStarts, expectF32, expectFinite, expectI32, expectRank, expectShape, fail, outOr, rowsCols } from './check.js';
 import type { ComputeMode, Kernels } from './kernels.js';
 import { type AdamWHyper, IGNORE_INDEX } from './kernels-train.js';
 
@@ -171,7 +171,7 @@ export class TrainOps {
     expectF32(op, 'dtable', dtable);
     expectRank(op, 'dtable', dtable, 2);
     const [vocab, dim] = dtable.shape as [number, number];
-    if (!(ids instanceof Tensor) || ids.dtype !== 'i32') throw new TypeError(`${op}: ids must be an i32 Tensor`);
+    expectI32(op, 'ids', ids);
     expectShape(op, 'dy', dy, [ids.size, dim]);
     for (let i = 0; i < ids.size; i++) {
       const id = ids.data[i]!;
@@ -183,7 +183,7 @@ export class TrainOps {
   // ---- loss ---------------------------------------------------------------------------------
 
   private checkLabels(op: string, labels: Tensor<'i32'>, rows: number, vocab: number): void {
-    if (!(labels instanceof Tensor) || labels.dtype !== 'i32') throw new TypeError(`${op}: labels must be an i32 Tensor`);
+    expectI32(op, 'labels', labels);
     expectSize(op, 'labels', labels, rows);
     for (let i = 0; i < rows; i++) {
       const l = labels.data[i]!;

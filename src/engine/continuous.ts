@@ -436,8 +436,8 @@ export class ContinuousEngine {
     // A block of the last one's rows but a shorter longest sequence takes the last one's
     // capacity, when that fits the limits too: its cache blocks (one per layer and batch) are
     // then the size of the last block's, whose buffers it reuses (src/schedule/cache-buffers.ts)
-    // rather than faulting in new memory. Attention
-    // reads only filled positions, so the room costs memory the last block held, not compute.
+    // rather than faulting in new memory. Attention reads only filled positions, so the room
+    // costs memory the last block held, not compute.
     const kept = this.s.runner.keptCacheShape;
     const reuse = kept && kept.rows === rows && kept.cacheDtype === p.cacheDtype && kept.capacity > needed
       && kept.capacity <= this.s.maxPositions ? kept.capacity : null;

@@ -6,12 +6,23 @@
 // (zeroed again, a memset) instead. Kept buffers are the last block's cache, which the limits
 // already allowed; a block of other sizes drops them before it allocates its own.
 
+import type { CacheDType } from '../backend/kernels.js';
 import { Tensor } from '../tensor/tensor.js';
 
 export type CacheTensorDType = 'f32' | 'f16' | 'u8';
 
+/** The block whose buffers are kept: a block of these rows, type and capacity takes them all
+ *  (any number of batches: one buffer pair per layer and batch). */
+export interface KeptCacheShape {
+  rows: number;
+  batches: number;
+  capacity: number;
+  cacheDtype: CacheDType;
+}
+
 export class CacheBuffers {
   private spare: Tensor<CacheTensorDType>[] = [];
+  private keptShape: KeptCacheShape | null = null;
   /** Bytes handed out from kept buffers so far. */
   reusedBytes = 0;
 
@@ -28,14 +39,22 @@ export class CacheBuffers {
     return t.reshape(shape);
   }
 
-  /** Keeps `tensors` (a finished block's) for the next block, in place of any kept before. */
-  keep(tensors: Tensor<CacheTensorDType>[]): void {
+  /** Keeps `tensors` (a finished block of `shape`'s) for the next block, in place of any kept
+   *  before. */
+  keep(tensors: Tensor<CacheTensorDType>[], shape: KeptCacheShape): void {
     this.spare = tensors;
+    this.keptShape = tensors.length > 0 ? shape : null;
+  }
+
+  /** The shape of the block whose buffers are kept, until a block takes from them. */
+  get shape(): KeptCacheShape | null {
+    return this.keptShape;
   }
 
   /** Lets go of what is kept that `sizes` will not take, before a block allocates: the limits
    *  count this block's buffers, not the last one's too. */
   dropUnless(sizes: { dtype: CacheTensorDType; size: number }[]): void {
+    this.keptShape = null;
     const left = [...sizes];
     this.spare = this.spare.filter((t) => {
       const j = left.findIndex((s) => s.dtype === t.dtype && s.size === t.size);
@@ -52,5 +71,6 @@ export class CacheBuffers {
 
   clear(): void {
     this.spare = [];
+    this.keptShape = null;
   }
 }

@@ -89,9 +89,10 @@ export class CacheStore {
     }
   }
 
-  /** The RAM tensors of every block, for the next block to reuse once this one is done. */
-  ramTensors(): Tensor<CacheTensorDType>[] {
-    return this.blocks.flatMap((b) => (b.k && b.v ? [b.k, b.v] : []));
+  /** Hands the RAM tensors of every block to `buffers`, for the next block, once this one is done. */
+  keepBuffers(buffers: CacheBuffers): void {
+    buffers.keep(this.blocks.flatMap((b) => (b.k && b.v ? [b.k, b.v] : [])),
+      { rows: this.rows, batches: this.numBatches, capacity: this.capacity, cacheDtype: this.dtype });
   }
 
   private block(layer: number, batch: number): Block {

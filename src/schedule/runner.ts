@@ -38,7 +38,7 @@ import { type CacheBlock, type Step, type Transformer } from '../models/transfor
 import type { AttentionWeights, MlpWeights } from '../models/weights.js';
 import { type ActStaging, ActStore } from './act-store.js';
 import type { BlockFile } from './block-file.js';
-import { CacheBuffers } from './cache-buffers.js';
+import { CacheBuffers, type KeptCacheShape } from './cache-buffers.js';
 import { type CacheStaging, CacheStore } from './cache-store.js';
 import type { LayerPart, LayerSource } from './weight-store.js';
 import { alignedBytes } from './block-file.js';
@@ -70,8 +70,6 @@ interface Unit {
   part: LayerPart;
 }
 
-export type KeptCacheShape = Pick<RunningShape, 'rows' | 'batches' | 'capacity' | 'cacheDtype'>;
-
 export class BlockRunner {
   readonly io: IoTimes = { waitSeconds: 0, computeSeconds: 0, cacheBytesRead: 0, cacheBytesWritten: 0, actBytesRead: 0, actBytesWritten: 0, cacheBytesReused: 0 };
   private readonly weightSlots: (Uint8Array | null)[] = [null, null];
@@ -82,7 +80,6 @@ export class BlockRunner {
   private readonly logitsOut: F32[] = [];
   /** The last block's KV cache buffers, for the next block of the same sizes. */
   private readonly cacheBuffers = new CacheBuffers();
-  private keptShape: KeptCacheShape | null = null;
 
   constructor(
     private readonly transformer: Transformer,
@@ -108,16 +105,14 @@ export class BlockRunner {
     return this.weights.onDisk;
   }
 
-  /** The cache shape of the last block, whose RAM buffers are kept: a block of these rows,
-   *  batches and type with this capacity takes them all. */
+  /** The cache shape of the last block, whose RAM buffers are kept (CacheBuffers.shape). */
   get keptCacheShape(): KeptCacheShape | null {
-    return this.keptShape;
+    return this.cacheBuffers.shape;
   }
 
   /** Lets go of the last block's cache buffers (the model closes). */
   releaseKeptCache(): void {
     this.cacheBuffers.clear();
-    this.keptShape = null;
   }
 
   /** Bytes of KV cache kept from the last block for the next. */
@@ -155,10 +150,7 @@ export class BlockRunner {
       if (this.pendingWeights && !failed) await this.pendingWeights;
     } finally {
       this.pendingWeights = null;
-      const kept = state.cache.ramTensors();
-      this.cacheBuffers.keep(kept);
-      const c = state.cache;
-      this.keptShape = kept.length > 0 ? { rows: c.rows, batches: c.numBatches, capacity: c.capacity, cacheDtype: c.dtype } : null;
+      state.cache.keepBuffers(this.cacheBuffers);
       this.io.cacheBytesReused = this.cacheBuffers.reusedBytes;
       this.io.cacheBytesRead += state.cache.stats.bytesRead;
       this.io.cacheBytesWritten += state.cache.stats.bytesWritten;

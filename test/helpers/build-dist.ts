@@ -4,14 +4,17 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
-import os from 'node:os';
 import path from 'node:path';
+import type { TestProject } from 'vitest/node';
 
 /** Returns the teardown, which removes the run's kept kernel choices (TIERLM_KERNEL_CACHE in
- *  vitest.config.ts, named after this process). */
-export default function setup(): () => void {
+ *  vitest.config.ts). */
+export default function setup(project: TestProject): () => void {
   const root = path.resolve(import.meta.dirname, '../..');
   const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
   execFileSync(process.execPath, [tsc, '-p', path.join(root, 'tsconfig.json')], { cwd: root, stdio: 'inherit' });
-  return () => fs.rmSync(path.join(os.tmpdir(), `tierlm-test-kernels-${process.pid}.json`), { force: true });
+  const kept = project.config.env?.TIERLM_KERNEL_CACHE;
+  return () => {
+    if (kept) fs.rmSync(kept, { force: true });
+  };
 }
