@@ -54,7 +54,7 @@ const requests = Array.from({ length: batch }, (_, i) => ({
 type Tally = Map<string, { ms: number; n: number }>;
 let tally: Tally | null = null;
 const proto = Backend.prototype as unknown as Record<string, (...a: unknown[]) => unknown>;
-for (const name of ['matmul', 'rmsNorm', 'layerNorm', 'add', 'siluMul', 'rope', 'cacheWrite', 'cacheWriteTokens', 'attentionCached', 'gatherRows', 'embedding']) {
+for (const name of ['matmul', 'rmsNorm', 'layerNorm', 'add', 'relu', 'gelu', 'siluMul', 'rope', 'cacheWrite', 'cacheWriteTokens', 'attentionCached', 'gatherRows', 'embedding']) {
   const f = proto[name]!;
   proto[name] = function (this: Backend, ...a: unknown[]) {
     if (!tally) return f.apply(this, a);

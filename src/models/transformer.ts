@@ -19,7 +19,8 @@ type F32 = Tensor<'f32'>;
 
 /** The tokens of one forward call over one batch: sequence s is tokens seqStarts[s]..seqStarts[s+1]-1
  *  in cache row rows[s], at positions from positions[seqStarts[s]] on (0 for a prompt's first
- *  chunk; more for a later chunk of one, or for a generated token). */
+ *  chunk; more for a later chunk of one, or for a generated token). A step is not changed once
+ *  made: the forward pass keeps what it derives from one for all its layers. */
 export interface Step {
   /** Token ids [t]. */
   ids: Int32Array;
@@ -171,41 +172,72 @@ export class Transformer {
       b.rope(k, pos, this.invFreq);
     }
     const out = this.ws.get('attn', [t, c.heads, c.headDim]);
-    const n = step.seqStarts.length - 1;
-    const start = (s: number) => step.positions[step.seqStarts[s]!]!;
+    const plan = this.attentionPlan(step);
     // Every token's keys and values to its row and position: one call each for the step (a
     // call per sequence cost ~2 µs plus the engine's glue, 768 calls a step at batch 16).
-    const rowOf = new Int32Array(t);
-    for (let s = 0; s < n; s++) rowOf.fill(step.rows[s]!, step.seqStarts[s]!, step.seqStarts[s + 1]!);
-    const rows = new Tensor('i32', [t], rowOf), positions = new Tensor('i32', [t], step.positions);
-    b.cacheWriteTokens(cache.k, k, rows, positions);
-    b.cacheWriteTokens(cache.v, v, rows, positions);
-    for (let s = 0; s < n;) {
-      let e = s + 1;
-      const from = step.seqStarts[s]!;
-      if (start(s) === 0) {
-        // Runs of sequences from position 0 (a whole prefill step is one run): causal attention within each.
-        while (e < n && start(e) === 0) e++;
-        const to = step.seqStarts[e]!;
-        const starts = new Tensor('i32', [e - s + 1], step.seqStarts.slice(s, e + 1).map((x) => x - from));
-        b.attentionPrefill(q.rows(from, to), k.rows(from, to), v.rows(from, to), starts, this.scale, out.rows(from, to));
+    b.cacheWriteTokens(cache.k, k, plan.rows, plan.positions);
+    b.cacheWriteTokens(cache.v, v, plan.rows, plan.positions);
+    for (const r of plan.runs) {
+      const { from, to } = r;
+      if (r.kind === 'prefill') {
+        b.attentionPrefill(q.rows(from, to), k.rows(from, to), v.rows(from, to), r.starts, this.scale, out.rows(from, to));
       } else {
-        // Any other token (a later prompt chunk, or a generated one) attends to its row's cache,
-        // its keys written above: one call for the run of such segments.
-        while (e < n && start(e) > 0) e++;
-        const to = step.seqStarts[e]!;
-        const rows = new Int32Array(to - from);
-        for (let x = s; x < e; x++) rows.fill(step.rows[x]!, step.seqStarts[x]! - from, step.seqStarts[x + 1]! - from);
-        const lens = new Tensor('i32', [to - from], step.positions.slice(from, to).map((p) => p + 1));
-        b.attentionCached(q.rows(from, to), cache.k, cache.v, new Tensor('i32', [to - from], rows), lens, this.scale, out.rows(from, to), this.attnSparsity);
+        b.attentionCached(q.rows(from, to), cache.k, cache.v, r.rows, r.lens, this.scale, out.rows(from, to), this.attnSparsity);
       }
-      s = e;
     }
     return out.reshape([t, c.heads * c.headDim]);
   }
+
+  /** How a step's tokens meet the cache, the same in every layer: made once per step. */
+  private attentionPlan(step: Step): AttentionPlan {
+    let plan = this.plans.get(step);
+    if (!plan) this.plans.set(step, (plan = attentionPlan(step)));
+    return plan;
+  }
+
+  private readonly plans = new WeakMap<Step, AttentionPlan>();
 
   private mlp(h: F32, w: MlpWeights): F32 {
     const up = this.linear(h, w.up, 'up');
     return activationForward(this.backend, this.config, up, w.gate ? this.linear(h, w.gate, 'gate') : null, up);
   }
+}
+
+/** A step's tokens against the cache: each token's row and position (where its keys and values
+ *  go), and the runs of consecutive sequences attention handles in one call. */
+interface AttentionPlan {
+  rows: Tensor<'i32'>;
+  positions: Tensor<'i32'>;
+  runs: ({ kind: 'prefill'; from: number; to: number; starts: Tensor<'i32'> }
+    | { kind: 'cached'; from: number; to: number; rows: Tensor<'i32'>; lens: Tensor<'i32'> })[];
+}
+
+function attentionPlan(step: Step): AttentionPlan {
+  const t = step.ids.length;
+  const n = step.seqStarts.length - 1;
+  const start = (s: number) => step.positions[step.seqStarts[s]!]!;
+  const rowOf = new Int32Array(t);
+  for (let s = 0; s < n; s++) rowOf.fill(step.rows[s]!, step.seqStarts[s]!, step.seqStarts[s + 1]!);
+  const runs: AttentionPlan['runs'] = [];
+  for (let s = 0; s < n;) {
+    let e = s + 1;
+    const from = step.seqStarts[s]!;
+    if (start(s) === 0) {
+      // Runs of sequences from position 0 (a whole prefill step is one run): causal attention within each.
+      while (e < n && start(e) === 0) e++;
+      const to = step.seqStarts[e]!;
+      runs.push({ kind: 'prefill', from, to, starts: new Tensor('i32', [e - s + 1], step.seqStarts.slice(s, e + 1).map((x) => x - from)) });
+    } else {
+      // Any other token (a later prompt chunk, or a generated one) attends to its row's cache,
+      // its keys written first: one call for the run of such segments.
+      while (e < n && start(e) > 0) e++;
+      const to = step.seqStarts[e]!;
+      runs.push({
+        kind: 'cached', from, to, rows: new Tensor('i32', [to - from], rowOf.slice(from, to)),
+        lens: new Tensor('i32', [to - from], step.positions.slice(from, to).map((p) => p + 1)),
+      });
+    }
+    s = e;
+  }
+  return { rows: new Tensor('i32', [t], rowOf), positions: new Tensor('i32', [t], step.positions), runs };
 }

@@ -62,9 +62,10 @@ export class ActStore {
 
   /** Batch k's hidden states [tokens, hidden]; `fresh` skips reading (the embedding overwrites them). */
   async load(k: number, staging: ActStaging | null, fresh: boolean): Promise<Tensor<'f32'>> {
+    const ram = this.inRam(k);
+    if (ram) return ram;
     const b = this.batches[k]!;
     const t = this.tokens[k]!;
-    if (b.ramRows === this.maxTokens) return this.view(b.ram!, t);
     if (!staging) throw new Error('activations on disk need a staging buffer');
     if (!fresh) {
       const ramRows = Math.min(b.ramRows, t);
@@ -78,6 +79,13 @@ export class ActStore {
       }
     }
     return this.view(staging.x, t);
+  }
+
+  /** Batch k's hidden states [tokens, hidden] when they are all in RAM (used where they are,
+   *  nothing to store after); else null. */
+  inRam(k: number): Tensor<'f32'> | null {
+    const b = this.batches[k]!;
+    return b.ramRows === this.maxTokens ? this.view(b.ram!, this.tokens[k]!) : null;
   }
 
   async store(k: number, staging: ActStaging | null): Promise<void> {

@@ -116,8 +116,9 @@ export class CacheStore {
    * the disk rows that are still running (`running`, ascending; every row when not given).
    */
   async load(layer: number, batch: number, staging: CacheStaging | null, decode: boolean, running?: Int32Array): Promise<CacheBlock> {
+    const ram = this.inRam(layer, batch);
+    if (ram) return ram;
     const b = this.block(layer, batch);
-    if (b.ramRows === this.rows) return { k: b.k!, v: b.v! };
     if (!staging) throw new Error('a cache block on disk needs a staging block');
     if (b.ramRows > 0) {
       staging.k.bytes.set(b.k!.bytes);
@@ -137,6 +138,13 @@ export class CacheStore {
     await settleAll(reads);
     for (const r of diskRows) this.unpack(staging, r, r - b.ramRows, 0, lens[r]!);
     return staging;
+  }
+
+  /** The cache block of (layer, batch) when all its rows are in RAM (compute uses it where it
+   *  is, and nothing needs storing after); else null. */
+  inRam(layer: number, batch: number): CacheBlock | null {
+    const b = this.block(layer, batch);
+    return b.ramRows === this.rows ? { k: b.k!, v: b.v! } : null;
   }
 
   /**

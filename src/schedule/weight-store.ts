@@ -96,6 +96,8 @@ export interface LayerSource {
   slotBytes(part: LayerPart): number;
   /** background: a prefetch with time to spare, read behind every urgent transfer. */
   load(j: number, part: LayerPart, slot: Uint8Array | null, background?: boolean): Promise<Partial<AttentionWeights & MlpWeights>>;
+  /** Layer j's part at once, when no weight is on disk (onDisk false); else null. */
+  resident(j: number, part: LayerPart): Partial<AttentionWeights & MlpWeights> | null;
   close(): Promise<void>;
 }
 
@@ -117,6 +119,10 @@ export class ResidentLayers implements LayerSource {
   }
 
   async load(j: number): Promise<LayerWeights> {
+    return this.layers[j]!;
+  }
+
+  resident(j: number): LayerWeights {
     return this.layers[j]!;
   }
 
@@ -217,6 +223,26 @@ export class WeightStore implements LayerSource {
    * are assembled in `slot` (at least slotBytes(part) bytes, 4096-aligned) from disk.
    */
   async load(j: number, part: LayerPart, slot: Uint8Array | null, background = false): Promise<Partial<AttentionWeights & MlpWeights>> {
+    const { weights, reads, fixups } = this.assemble(j, part, slot, background);
+    await Promise.all(reads);
+    for (const f of fixups) f();
+    return weights;
+  }
+
+  resident(j: number, part: LayerPart): Partial<AttentionWeights & MlpWeights> | null {
+    if (this.file) return null;
+    // Nothing is read, so the same objects serve every step.
+    const key = `${j} ${part}`;
+    let w = this.residentParts.get(key);
+    if (!w) this.residentParts.set(key, (w = this.assemble(j, part, null, false).weights));
+    return w;
+  }
+
+  private readonly residentParts = new Map<string, Partial<AttentionWeights & MlpWeights>>();
+
+  /** Layer j's part: its weights (those with disk bytes in `slot`), the reads that fill the slot,
+   *  and the copies of resident prefixes to make once the reads are done. */
+  private assemble(j: number, part: LayerPart, slot: Uint8Array | null, background: boolean) {
     const layer = this.layers[j]!;
     const out: Record<string, unknown> = {};
     const reads: Promise<void>[] = [];
@@ -251,14 +277,12 @@ export class WeightStore implements LayerSource {
       const linear: Linear = { w, b: m.bias };
       out[m.slot] = linear;
     }
-    await Promise.all(reads);
-    for (const f of fixups) f();
     if (part !== 'mlp') out.attnNorm = layer.norms.attnNorm;
     if (part !== 'attn') {
       out.mlpNorm = layer.norms.mlpNorm;
       out.gate ??= null;
     }
-    return out as Partial<AttentionWeights & MlpWeights>;
+    return { weights: out as Partial<AttentionWeights & MlpWeights>, reads, fixups };
   }
 
   async close(): Promise<void> {
