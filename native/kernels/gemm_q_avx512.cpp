@@ -98,55 +98,45 @@ void vnni_tile(const int32_t* xq, const float* sx, const float* xsum, const uint
           a1[i] = _mm512_dpbusd_epi32(a1[i], w1, xb);
         }
       }
-    } else if (R <= 4) {
-      // The high nibbles multiplied in place (16 times their value, masked, not shifted down) into
-      // accumulators of their own, divided by 16 once a group: one instruction fewer per 64 bytes
-      // of weights, which a batch-1 decode step (compute and reads hardly overlapping) feels. The
-      // integer sums are the same, so the result is too.
+    } else {
+      // Up to four rows, the high nibbles are multiplied in place (16 times their value, masked,
+      // not shifted down) into accumulators of their own, divided by 16 once a group: one
+      // instruction fewer per 64 bytes of weights, which a batch-1 decode step (compute and reads
+      // hardly overlapping) feels. The integer sums are the same, so the result is too. Five and
+      // six rows have no registers for the second set.
+      constexpr bool kInPlace = R <= 4;
       const __m512i high = _mm512_set1_epi8(static_cast<char>(0xf0));
       __m512i c0[R], c1[R];
+      if constexpr (kInPlace) {
 #pragma GCC unroll 8
-      for (int i = 0; i < R; i++) c0[i] = c1[i] = _mm512_setzero_si512();
+        for (int i = 0; i < R; i++) c0[i] = c1[i] = _mm512_setzero_si512();
+      }
       for (int o = 0; o < kQGroup / 8; o++) {
         const __m512i v0 = _mm512_loadu_si512(blk + o * 128), v1 = _mm512_loadu_si512(blk + o * 128 + 64);
         const __m512i lo0 = _mm512_and_si512(v0, nib), lo1 = _mm512_and_si512(v1, nib);
-        const __m512i hi0 = _mm512_and_si512(v0, high), hi1 = _mm512_and_si512(v1, high);
+        const __m512i hi0 = kInPlace ? _mm512_and_si512(v0, high) : _mm512_and_si512(_mm512_srli_epi16(v0, 4), nib);
+        const __m512i hi1 = kInPlace ? _mm512_and_si512(v1, high) : _mm512_and_si512(_mm512_srli_epi16(v1, 4), nib);
 #pragma GCC unroll 8
         for (int i = 0; i < R; i++) {
           const __m512i xb = _mm512_set1_epi32(xq[2 * o * R + i]);
           a0[i] = _mm512_dpbusd_epi32(a0[i], lo0, xb);
           a1[i] = _mm512_dpbusd_epi32(a1[i], lo1, xb);
         }
+        __m512i* h0 = kInPlace ? c0 : a0;
+        __m512i* h1 = kInPlace ? c1 : a1;
 #pragma GCC unroll 8
         for (int i = 0; i < R; i++) {
           const __m512i xb = _mm512_set1_epi32(xq[(2 * o + 1) * R + i]);
-          c0[i] = _mm512_dpbusd_epi32(c0[i], hi0, xb);
-          c1[i] = _mm512_dpbusd_epi32(c1[i], hi1, xb);
+          h0[i] = _mm512_dpbusd_epi32(h0[i], hi0, xb);
+          h1[i] = _mm512_dpbusd_epi32(h1[i], hi1, xb);
         }
       }
-      // Each sum of 16·h·x is a multiple of 16: the arithmetic shift divides it exactly.
-#pragma GCC unroll 8
-      for (int i = 0; i < R; i++) {
-        a0[i] = _mm512_add_epi32(a0[i], _mm512_srai_epi32(c0[i], 4));
-        a1[i] = _mm512_add_epi32(a1[i], _mm512_srai_epi32(c1[i], 4));
-      }
-    } else {
-      for (int o = 0; o < kQGroup / 8; o++) {
-        const __m512i v0 = _mm512_loadu_si512(blk + o * 128), v1 = _mm512_loadu_si512(blk + o * 128 + 64);
-        const __m512i lo0 = _mm512_and_si512(v0, nib), lo1 = _mm512_and_si512(v1, nib);
-        const __m512i hi0 = _mm512_and_si512(_mm512_srli_epi16(v0, 4), nib);
-        const __m512i hi1 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), nib);
+      if constexpr (kInPlace) {
+        // Each sum of 16·h·x is a multiple of 16: the arithmetic shift divides it exactly.
 #pragma GCC unroll 8
         for (int i = 0; i < R; i++) {
-          const __m512i xb = _mm512_set1_epi32(xq[2 * o * R + i]);
-          a0[i] = _mm512_dpbusd_epi32(a0[i], lo0, xb);
-          a1[i] = _mm512_dpbusd_epi32(a1[i], lo1, xb);
-        }
-#pragma GCC unroll 8
-        for (int i = 0; i < R; i++) {
-          const __m512i xb = _mm512_set1_epi32(xq[(2 * o + 1) * R + i]);
-          a0[i] = _mm512_dpbusd_epi32(a0[i], hi0, xb);
-          a1[i] = _mm512_dpbusd_epi32(a1[i], hi1, xb);
+          a0[i] = _mm512_add_epi32(a0[i], _mm512_srai_epi32(c0[i], 4));
+          a1[i] = _mm512_add_epi32(a1[i], _mm512_srai_epi32(c1[i], 4));
         }
       }
     }
