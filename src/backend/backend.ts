@@ -490,5 +490,4 @@ export class Backend {
     }
     this.kernels.cacheWrite(cache.data as CacheArray, dtype, b, hkv, cap, d, src.data, t, rows.data, positions.data);
   }
-
 }

@@ -232,13 +232,12 @@ export class WeightStore implements LayerSource {
   resident(j: number, part: LayerPart): Partial<AttentionWeights & MlpWeights> | null {
     if (this.file) return null;
     // Nothing is read, so the same objects serve every step.
-    const key = `${j} ${part}`;
-    let w = this.residentParts.get(key);
-    if (!w) this.residentParts.set(key, (w = this.assemble(j, part, null, false).weights));
-    return w;
+    const parts = (this.residentParts[j] ??= {});
+    return (parts[part] ??= this.assemble(j, part, null, false).weights);
   }
 
-  private readonly residentParts = new Map<string, Partial<AttentionWeights & MlpWeights>>();
+  /** resident()'s answers, by layer and part (asked for every unit of every step). */
+  private readonly residentParts: Partial<Record<LayerPart, Partial<AttentionWeights & MlpWeights>>>[] = [];
 
   /** Layer j's part: its weights (those with disk bytes in `slot`), the reads that fill the slot,
    *  and the copies of resident prefixes to make once the reads are done. */
