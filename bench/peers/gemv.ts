@@ -23,7 +23,7 @@ const say = (k: string, v: number, unit: string) => {
   if (!json) console.log(`${k}: ${v.toFixed(2)} ${unit}`);
 };
 
-const big = new Uint8Array(GiB);
+const big = cpuBackend().kernels.packedBuffer(GiB);  // (as the weights are allocated)
 for (let i = 0; i < big.length; i += 4096) big[i] = i & 255;
 const readBw = GiB / best(() => void readMemoryPass(big), 5) / 1e9;
 say('ram_read_GBps', readBw, 'GB/s');

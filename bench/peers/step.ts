@@ -31,7 +31,7 @@ import { loadModel, getThreads, Tensor } from '../../src/index.js';
 import { Backend, type PackedWeight } from '../../src/backend/backend.js';
 import { gemmIdlePrefetch } from '../../src/backend/cpu/gemm.js';
 import { attnPrefetch } from '../../src/backend/cpu/attention.js';
-import { readMemoryPass } from '../../src/backend/index.js';
+import { cpuBackend, readMemoryPass } from '../../src/backend/index.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => (args.includes(name) ? args[args.indexOf(name) + 1]! : dflt);
@@ -115,7 +115,7 @@ if (gemmPairs > 0) {
 }
 const readPairs = Number(opt('--vs-read-pass', '0'));
 if (readPairs > 0) {
-  const big = new Uint8Array(2 ** 30).fill(1);
+  const big = cpuBackend().kernels.packedBuffer(2 ** 30).fill(1);  // (as the weights are allocated)
   const weightBytes = weights.reduce((n, w) => n + w.data.byteLength, 0);
   const pairs: [number, number][] = [];
   for (let i = 0; i < readPairs; i++) {

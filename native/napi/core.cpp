@@ -120,6 +120,15 @@ Napi::Value CopyStrided(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// adviseHugePages(view): marks the whole 2 MiB pages inside a typed array's bytes for transparent
+// huge pages (core/aligned.h), for a large buffer allocated in JavaScript before it is first
+// written. Returns the bytes advised (0 when off, too small, or refused).
+Napi::Value AdviseHugePages(const Napi::CallbackInfo& info) {
+  Bytes b = typed_bytes(info[0], "adviseHugePages: view");
+  const size_t n = b.length >= kHugePageMin && huge_pages_enabled() ? advise_huge_pages(b.data, b.length) : 0;
+  return Napi::Number::New(info.Env(), static_cast<double>(n));
+}
+
 Napi::Value TrackedBytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(tracked_bytes()));
 }
@@ -161,6 +170,7 @@ void register_core(Napi::Env env, Napi::Object exports) {
   exports.Set("setIsa", Napi::Function::New(env, SetIsa));
   exports.Set("alignedBuffer", Napi::Function::New(env, AlignedBuffer));
   exports.Set("trackedBytes", Napi::Function::New(env, TrackedBytes));
+  exports.Set("adviseHugePages", Napi::Function::New(env, AdviseHugePages));
   exports.Set("copyStrided", Napi::Function::New(env, CopyStrided));
   exports.Set("trimMemory", Napi::Function::New(env, TrimMemory));
 }

@@ -105,7 +105,7 @@ export class Backend {
     const format = q ?? weightFormatFor(dtype, mode);
     const bytes = this.kernels.packedByteLength(format, n, k);
     if (opts?.into && opts.into.byteLength < bytes) fail(op, `the buffer to pack into holds ${opts.into.byteLength} bytes, needs ${bytes}`);
-    const dst = opts?.into ? opts.into.subarray(0, bytes) : new Uint8Array(bytes);
+    const dst = opts?.into ? opts.into.subarray(0, bytes) : this.kernels.packedBuffer(bytes);
     this.kernels.packWeight(w.data as Float32Array | Uint16Array, dtype, n, k, format, dst);
     return new PackedWeight(this.name, format, mode, n, k, dst, name);
   }
@@ -118,7 +118,7 @@ export class Backend {
     const format = weightFormatFor(dtype, mode);
     const bytes = this.kernels.packedByteLength(format, k, n);
     if (opts?.into && opts.into.byteLength < bytes) fail(op, `the buffer to pack into holds ${opts.into.byteLength} bytes, needs ${bytes}`);
-    const dst = opts?.into ? opts.into.subarray(0, bytes) : new Uint8Array(bytes);
+    const dst = opts?.into ? opts.into.subarray(0, bytes) : this.kernels.packedBuffer(bytes);
     this.kernels.packWeightT(w.data as Float32Array | Uint16Array, dtype, n, k, format, dst);
     return new PackedWeight(this.name, format, mode, k, n, dst, `${name}ᵀ`);
   }

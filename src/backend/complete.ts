@@ -2,7 +2,7 @@ import type { Kernels } from './kernels.js';
 import { TRAIN_KERNEL_NAMES } from './kernels-train.js';
 
 const KERNEL_NAMES: (keyof Kernels)[] = [
-  'packedByteLength', 'packedRowBlock', 'packWeight', 'matmul', 'matmulAsync', 'gatherRows', 'quantize', 'dequantize', 'embedding', 'layerNorm', 'rmsNorm',
+  'packedByteLength', 'packedRowBlock', 'packedBuffer', 'packWeight', 'matmul', 'matmulAsync', 'gatherRows', 'quantize', 'dequantize', 'embedding', 'layerNorm', 'rmsNorm',
   'relu', 'gelu', 'siluMul', 'add', 'softmax', 'logSoftmax', 'rope', 'attentionPrefill', 'attentionPrefillAsync',
   'attentionDecode', 'attentionDecodeAsync', 'attentionCached', 'cacheWrite', ...TRAIN_KERNEL_NAMES,
 ];

@@ -68,6 +68,10 @@ export interface Kernels extends TrainKernels {
    *  packedByteLength(format, r·block, k) bytes, and the rest is W's remaining rows packed on their
    *  own. null where a format's packed bytes cannot be cut by rows. */
   packedRowBlock(format: WeightFormat): number | null;
+  /** A zeroed buffer of `bytes` bytes for packed weights, which GEMMs stream from RAM: the native
+   *  backend marks a large one for transparent huge pages before anything touches it
+   *  (native/core/aligned.h; TIERLM_HUGE_PAGES=0 turns that off). */
+  packedBuffer(bytes: number): Uint8Array;
   /** Packs W[n,k] (row-major elements of srcDtype) into dst, converting to `format`. Done once
    *  when a weight is loaded; the packed bytes can be written to disk and read back as they are. */
   packWeight(src: Float32Array | Uint16Array, srcDtype: FloatDType, n: number, k: number, format: WeightFormat, dst: Uint8Array): void;

@@ -131,7 +131,7 @@ export class WeightLoader {
   /** A GEMM weight packed into a buffer of its own, through packChunks. */
   private packStreaming(name: string, slot: LayerSlot | GlobalSlot): PackedWeight {
     const { format, n, k } = this.packedShape(name, slot);
-    const whole = new Uint8Array(this.backend.kernels.packedByteLength(format, n, k));
+    const whole = this.backend.kernels.packedBuffer(this.backend.kernels.packedByteLength(format, n, k));
     const chunks = this.packChunks(name, slot, (offset, bytes) => whole.subarray(offset, offset + bytes));
     while (!chunks.next().done);
     return this.backend.packedWeight(format, this.mode, n, k, whole, name);

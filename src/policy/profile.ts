@@ -343,7 +343,8 @@ function measurePrefill(s: SizeSpec, log: (m: string) => void): PrefillAttention
 }
 
 function measureCopy(s: SizeSpec, log: (m: string) => void): HardwareProfile['memory'] {
-  const src = new Uint8Array(s.copyBytes);
+  // (allocated as packed weights are, so the read rate is the one a decode step's weights see)
+  const src = cpuBackend().kernels.packedBuffer(s.copyBytes);
   for (let i = 0; i < src.length; i += 4096) src[i] = i & 255;  // touch every page
   const dst = new Uint8Array(s.copyBytes);
   dst.fill(1);

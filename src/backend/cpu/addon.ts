@@ -19,6 +19,7 @@ export interface Addon {
   setIsa(isa: string): boolean;
   alignedBuffer(bytes: number, alignment?: number): ArrayBuffer;
   trackedBytes(): number;
+  adviseHugePages(view: ArrayBufferView): number;
   // Kernel exports (gemm, rowwise, attention) are typed where they are wrapped.
   [name: string]: unknown;
 }

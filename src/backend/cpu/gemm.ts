@@ -3,7 +3,7 @@
 // 'q4' / 'q8' weights and quantize / dequantize: native/kernels/quant.h.
 import type { FloatDType } from '../../tensor/dtype.js';
 import type { ComputeMode, Kernels, QuantBits, WeightFormat } from '../kernels.js';
-import { nativeFn } from './addon.js';
+import { addon, nativeFn } from './addon.js';
 
 type PackedByteLengthFn = (format: WeightFormat, n: number, k: number) => number;
 type PackWeightFn = (src: Float32Array | Uint16Array, srcDtype: FloatDType, n: number, k: number, format: WeightFormat, dst: Uint8Array) => void;
@@ -35,6 +35,11 @@ export const gemmKernels: Partial<Kernels> = {
   },
   // Every format is packed in panels of 32 rows (native/kernels/gemm.h).
   packedRowBlock: () => 32,
+  packedBuffer(bytes) {
+    const buf = new Uint8Array(bytes);  // (calloc'd: its own untouched mapping at this size)
+    addon().adviseHugePages(buf);
+    return buf;
+  },
   packWeight(src, srcDtype, n, k, format, dst) {
     native().pack(src, srcDtype, n, k, format, dst);
   },

@@ -81,6 +81,7 @@ export const gemmReference: Partial<Kernels> = {
   packedByteLength: referencePackedByteLength,
   // Row-major elements; quantized weights keep all their scales after all their codes.
   packedRowBlock: (format: WeightFormat) => (isQuantFormat(format) ? null : 1),
+  packedBuffer: (bytes: number) => new Uint8Array(bytes),
 
   packWeight(src: Float32Array | Uint16Array, srcDtype: FloatDType, n: number, k: number, format: WeightFormat, dst: Uint8Array): void {
     const len = n * k;
