@@ -72,7 +72,7 @@ export class TileIo {
   /** Packs into a buffer kept per key, grown when a tile needs more. */
   private pack(key: string, bytes: number, pack: (into: Uint8Array) => PackedWeight): PackedWeight {
     let into = this.packs.get(key);
-    if (!into || into.byteLength < bytes) this.packs.set(key, (into = new Uint8Array(bytes)));
+    if (!into || into.byteLength < bytes) this.packs.set(key, (into = this.backend.kernels.packedBuffer(bytes)));
     return pack(into);
   }
 
