@@ -274,9 +274,14 @@ function measureGemm(s: SizeSpec, log: (m: string) => void): { table: GemmTable;
     const quant = c.format === 'q4' || c.format === 'q8';
     const src = floatTensor(quant ? 'f32' : (c.format as FloatDType), [n, k], 0.05);
     const w = cpu.packWeight(src, c.mode, 'profile', quant ? { quantize: c.format as 'q4' | 'q8' } : undefined);
-    // Packed bytes are position independent: copies of one packing.
-    const copies = [w, ...Array.from({ length: Math.ceil(s.gemmStreamBytes / w.data.byteLength) - 1 }, () =>
-      cpu.packedWeight(w.format, w.mode, n, k, w.data.slice(), 'profile'))];
+    // Packed bytes are position independent: copies of one packing (in buffers allocated as a
+    // model's packed weights are).
+    const copy = () => {
+      const data = cpu.kernels.packedBuffer(w.data.byteLength);
+      data.set(w.data);
+      return cpu.packedWeight(w.format, w.mode, n, k, data, 'profile');
+    };
+    const copies = [w, ...Array.from({ length: Math.ceil(s.gemmStreamBytes / w.data.byteLength) - 1 }, copy)];
     let next = 0;
     const flops: number[] = [];
     for (const m of ms) {
