@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { cpuBackend, referenceBackend, Tensor } from '../src/index.js';
+import { hugePageStatus } from '../src/backend/index.js';
 import { addon } from '../src/backend/cpu/addon.js';
 import { alignedBytes } from '../src/tensor/disk/io.js';
 
@@ -87,6 +88,17 @@ describe('packed weight buffers', () => {
     const advised = advise(kept(new Uint8Array(9 * MiB)));
     expect(advised % (2 * MiB)).toBe(0);
     expect(advised).toBeGreaterThanOrEqual(6 * MiB);
+  });
+
+  it('tierlm profile says which pages packed weights get', () => {
+    const sys = '/sys/kernel/mm/transparent_hugepage/enabled';
+    const mode = fs.existsSync(sys) ? /\[(\w+)\]/.exec(fs.readFileSync(sys, 'utf8'))?.[1] : undefined;
+    const status = hugePageStatus();
+    if (mode === undefined) expect(status).toBeNull();
+    else if (mode === 'never') expect(status).toMatch(/4 KiB pages: transparent huge pages are off/);
+    else expect(status).toBe(`packed weights on 2 MiB pages where the kernel has them free (transparent huge pages: ${mode})`);
+    process.env.TIERLM_HUGE_PAGES = '0';
+    expect(hugePageStatus()).toBe('packed weights on 4 KiB pages (TIERLM_HUGE_PAGES=0)');
   });
 
   it('adviseHugePages refuses what is not a typed array', () => {

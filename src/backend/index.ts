@@ -1,4 +1,5 @@
 // Compute backends and process-wide compute settings.
+import fs from 'node:fs';
 import { Backend } from './backend.js';
 import { addon, cachedFn, type IsaInfo } from './cpu/addon.js';
 import { cpuKernels } from './cpu/index.js';
@@ -66,4 +67,22 @@ export function nativeBytes(): number {
  *  timing RAM read bandwidth: the rate a batch-1 decode step, which only reads weights, is bound by). */
 export function readMemoryPass(bytes: Uint8Array): number {
   return (addon().readPass as (u8: Uint8Array) => number)(bytes);
+}
+
+/** Where packed weights live, for `tierlm profile` to say: large ones are advised onto 2 MiB pages
+ *  (native/core/aligned.h), which only a kernel with transparent huge pages on grants. null where
+ *  there is nothing to tell (no Linux transparent huge pages). */
+export function hugePageStatus(): string | null {
+  if (process.env.TIERLM_HUGE_PAGES === '0') return 'packed weights on 4 KiB pages (TIERLM_HUGE_PAGES=0)';
+  let mode: string | undefined;
+  try {
+    mode = /\[(\w+)\]/.exec(fs.readFileSync('/sys/kernel/mm/transparent_hugepage/enabled', 'utf8'))?.[1];
+  } catch {
+    return null;
+  }
+  if (mode === 'never') {
+    return 'packed weights on 4 KiB pages: transparent huge pages are off in this kernel (as root, ' +
+      '`echo madvise > /sys/kernel/mm/transparent_hugepage/enabled` turns them on; a batch-1 decode step ran 5-6% faster on them)';
+  }
+  return mode ? `packed weights on 2 MiB pages where the kernel has them free (transparent huge pages: ${mode})` : null;
 }

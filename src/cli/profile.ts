@@ -1,7 +1,7 @@
 // `tierlm profile`: measures this machine once and saves it for every later command.
 import os from 'node:os';
 import type { Command } from 'commander';
-import { type HardwareProfile, defaultProfilePath, measureProfile, profileJson, saveProfile } from '../policy/profile.js';
+import { type HardwareProfile, defaultProfilePath, hugePageStatus, measureProfile, profileJson, saveProfile } from '../policy/profile.js';
 import { formatSize } from '../tensor/tiers/size.js';
 import { rule } from './parse.js';
 import { diskDir, outputFile } from './paths.js';
@@ -33,7 +33,8 @@ export function addProfileCommand(program: Command): void {
       };
       const p = await measureProfile({ quick: o.quick ?? false, diskDir: o.diskDir ?? os.tmpdir(), threads: o.threads, log });
       saveProfile(p, file);
-      process.stdout.write(o.json ? profileJson(p) + '\n' : formatProfile(p) + `saved to ${file}\n`);
+      const pages = hugePageStatus();
+      process.stdout.write(o.json ? profileJson(p) + '\n' : formatProfile(p) + (pages ? `${pages}\n` : '') + `saved to ${file}\n`);
     });
 }
 

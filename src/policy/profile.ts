@@ -20,7 +20,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomFillSync } from 'node:crypto';
-import { cpuBackend, getThreads, isaInfo, readMemoryPass, releaseFreedMemory, setThreads } from '../backend/index.js';
+import { cpuBackend, getThreads, hugePageStatus, isaInfo, readMemoryPass, releaseFreedMemory, setThreads } from '../backend/index.js';
 import { type Bf16Kernel, fasterBf16Kernel } from '../backend/cpu/bf16-kernel.js';
 import { gemmBf16Dot } from '../backend/cpu/gemm.js';
 import type { CacheDType, ComputeMode, WeightFormat } from '../backend/kernels.js';
@@ -32,6 +32,9 @@ import { UserError } from '../util/errors.js';
 import { formatSize } from '../tensor/tiers/size.js';
 import { runInChild } from '../util/child.js';
 import { camelKeys, snakeKeys, toSnake } from '../util/json-case.js';
+
+/** What the profile says about the page size packed weights get (`tierlm profile` prints it). */
+export { hugePageStatus };
 
 export const PROFILE_VERSION = 2;
 
@@ -356,7 +359,7 @@ function measureCopy(s: SizeSpec, log: (m: string) => void): HardwareProfile['me
   const sec = timeBest(() => dst.set(src), s.minSeconds);
   const rate = s.copyBytes / sec;
   const read = s.copyBytes / timeBest(() => readMemoryPass(src), s.minSeconds);
-  log(`memory copy: ${(rate / 1e9).toFixed(2)} GB/s, read: ${(read / 1e9).toFixed(2)} GB/s`);
+  log(`memory copy: ${(rate / 1e9).toFixed(2)} GB/s, read: ${(read / 1e9).toFixed(2)} GB/s; ${hugePageStatus() ?? 'page size unknown'}`);
   return { copyBytesPerSecond: rate, readBytesPerSecond: read, bytes: s.copyBytes };
 }
 
