@@ -12,9 +12,9 @@ namespace {
 std::atomic<int64_t> g_tracked{0};
 }
 
-bool huge_pages_enabled() {
+bool huge_pages_for(size_t bytes) {
   const char* e = std::getenv("TIERLM_HUGE_PAGES");
-  return !(e && std::strcmp(e, "0") == 0);
+  return bytes >= kHugePageMin && !(e && std::strcmp(e, "0") == 0);
 }
 
 size_t advise_huge_pages(void* p, size_t bytes) {
@@ -34,7 +34,7 @@ void* aligned_alloc_tracked(size_t bytes, size_t alignment, bool zero) {
   void* p = nullptr;
   size_t size = bytes == 0 ? alignment : bytes;
   // (a large buffer starts on a huge page, so none of it is lost to a partial one at its start)
-  const bool huge = size >= kHugePageMin && huge_pages_enabled();
+  const bool huge = huge_pages_for(size);
   if (huge && alignment < kHugePage) alignment = kHugePage;
   if (posix_memalign(&p, alignment, size) != 0) return nullptr;
   if (huge) advise_huge_pages(p, size);

@@ -24,7 +24,8 @@ int64_t tracked_bytes();
 // the OS has no such advice.
 constexpr size_t kHugePage = size_t(2) << 20;
 constexpr size_t kHugePageMin = size_t(4) << 20;
-bool huge_pages_enabled();
+// Whether a buffer of `bytes` gets the advice: large enough, and not turned off.
+bool huge_pages_for(size_t bytes);
 // Advises the whole 2 MiB pages inside [p, p + bytes); returns the bytes advised (0: none, or
 // advice unavailable or refused).
 size_t advise_huge_pages(void* p, size_t bytes);

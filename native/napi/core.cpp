@@ -125,7 +125,7 @@ Napi::Value CopyStrided(const Napi::CallbackInfo& info) {
 // written. Returns the bytes advised (0 when off, too small, or refused).
 Napi::Value AdviseHugePages(const Napi::CallbackInfo& info) {
   Bytes b = typed_bytes(info[0], "adviseHugePages: view");
-  const size_t n = b.length >= kHugePageMin && huge_pages_enabled() ? advise_huge_pages(b.data, b.length) : 0;
+  const size_t n = huge_pages_for(b.length) ? advise_huge_pages(b.data, b.length) : 0;
   return Napi::Number::New(info.Env(), static_cast<double>(n));
 }
 
