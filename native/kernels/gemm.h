@@ -17,6 +17,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/epilogue.h"
+
 namespace tierlm {
 namespace gemm {
 
@@ -48,9 +50,9 @@ void pack_weight_t(const void* src, Fmt src_fmt, int64_t n, int64_t k, Fmt fmt, 
 void matmul_grad_weight(const float* dy, const float* x, int64_t m, int64_t n, int64_t k, float* dw, Mode mode);
 // out[i, :] = row ids[i] of the packed W, widened to float. ids must be in [0, n).
 void gather_rows(const uint8_t* w, Fmt fmt, int64_t n, int64_t k, const int32_t* ids, int64_t count, float* out);
-// Runs on the thread pool; dispatches on active_isa().
+// Runs on the thread pool; dispatches on active_isa(). `ep` runs on each finished part of y.
 void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, Fmt fmt, int64_t n, const float* bias, float* y,
-            Mode mode);
+            Mode mode, const Epilogue& ep = Epilogue());
 
 // bf16 compute mode on a CPU with AVX512_BF16: multiply with vdpbf16ps (true) or widen the bf16
 // weights to fp32 and use FMA on bf16-rounded x (false, the default). On the Emerald Rapids

@@ -342,9 +342,10 @@ void gather_rows(const uint8_t* w, Fmt fmt, int64_t n, int64_t k, const int32_t*
 
 namespace {
 
-// y[m,n] (+)= x[m,k] · W[n,k]ᵀ (+ bias) for float formats; `accumulate` adds onto y (no kFirst).
+// y[m,n] (+)= x[m,k] · W[n,k]ᵀ (+ bias) for float formats; `accumulate` adds onto y (no kFirst);
+// `ep` runs on each group of panels a row block finishes (its last k block), still in L1/L2.
 void run_gemm(const XSrc& xs, const uint8_t* w, Fmt fmt, int64_t n, const float* bias, float* y, Mode mode,
-              bool accumulate) {
+              bool accumulate, const Epilogue& ep) {
   const int64_t m = xs.m, k = xs.k;
   const Kernel kern = select_kernel(fmt, mode);
   const int64_t ks = stored_k(fmt, k), np = panels(n), pb = panel_bytes(fmt, k);
@@ -397,6 +398,7 @@ void run_gemm(const XSrc& xs, const uint8_t* w, Fmt fmt, int64_t n, const float*
             const float* bp = bias ? bias + p * kNR : nullptr;
             kern.fn(rows, xp, wp, kc, y + r0 * n + p * kNR, n, ncols, flags, bp);
           }
+          if ((flags & kLast) && ep.any()) ep.apply(y, n, r0, rows, g0 * kNR, std::min(n, g1 * kNR));
         }
       }
     }
@@ -407,15 +409,16 @@ void run_gemm(const XSrc& xs, const uint8_t* w, Fmt fmt, int64_t n, const float*
 
 // matmul without the decode bookkeeping below.
 static void matmul_rows(const float* x, int64_t m, int64_t k, const uint8_t* w, Fmt fmt, int64_t n, const float* bias,
-                        float* y, Mode mode) {
-  if (is_quant(fmt)) return quant::matmul(x, m, k, w, quant_bits(fmt), n, bias, y, mode == Mode::Bf16);
+                        float* y, Mode mode, const Epilogue& ep) {
+  if (is_quant(fmt)) return quant::matmul(x, m, k, w, quant_bits(fmt), n, bias, y, mode == Mode::Bf16, ep);
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
     for (int64_t i = 0; i < m; i++)
       for (int64_t j = 0; j < n; j++) y[i * n + j] = bias ? bias[j] : 0.0f;
+    if (ep.any()) ep.apply(y, n, 0, m, 0, n);
     return;
   }
-  run_gemm(XSrc{x, m, k, false}, w, fmt, n, bias, y, mode, false);
+  run_gemm(XSrc{x, m, k, false}, w, fmt, n, bias, y, mode, false, ep);
 }
 
 namespace {
@@ -460,15 +463,15 @@ constexpr int64_t kDecodeRows = 6;
 }  // namespace
 
 void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, Fmt fmt, int64_t n, const float* bias, float* y,
-            Mode mode) {
+            Mode mode, const Epilogue& ep) {
   if (m > 0 && m <= kDecodeRows && n > 0 && k > 0) {
     const int64_t bytes = is_quant(fmt) ? quant::packed_bytes(quant_bits(fmt), n, k) : packed_bytes(fmt, n, k);
     t_next_weight.before(w, bytes);
-    matmul_rows(x, m, k, w, fmt, n, bias, y, mode);
+    matmul_rows(x, m, k, w, fmt, n, bias, y, mode, ep);
     t_next_weight.after(w);
     return;
   }
-  matmul_rows(x, m, k, w, fmt, n, bias, y, mode);
+  matmul_rows(x, m, k, w, fmt, n, bias, y, mode, ep);
 }
 
 void matmul_grad_weight(const float* dy, const float* x, int64_t m, int64_t n, int64_t k, float* dw, Mode mode) {
@@ -478,7 +481,7 @@ void matmul_grad_weight(const float* dy, const float* x, int64_t m, int64_t n, i
   const Fmt fmt = mode == Mode::Bf16 ? Fmt::Bf16 : Fmt::F32;
   uint8_t* xt = static_cast<uint8_t*>(tls_wpack.get(static_cast<size_t>(packed_bytes(fmt, k, m))));
   pack_weight_t(x, Fmt::F32, m, k, fmt, xt);
-  run_gemm(XSrc{dy, n, m, true}, xt, fmt, k, nullptr, dw, mode, true);
+  run_gemm(XSrc{dy, n, m, true}, xt, fmt, k, nullptr, dw, mode, true, Epilogue());
 }
 
 }  // namespace gemm

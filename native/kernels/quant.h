@@ -41,6 +41,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/epilogue.h"
+
 namespace tierlm {
 namespace quant {
 
@@ -71,9 +73,10 @@ void dequantize(const uint8_t* codes, const uint16_t* params, int64_t n, int64_t
 // Returns -1, or the flat index of an unrepresentable source element (nothing useful written).
 int64_t pack(const void* src, int src_fmt, int64_t n, int64_t k, int bits, uint8_t* dst);
 void gather_rows(const uint8_t* w, int bits, int64_t n, int64_t k, const int32_t* ids, int64_t count, float* out);
-// y[m,n] = x[m,k] · W'[n,k]ᵀ (+ bias). fast: the bf16-mode VNNI path where available.
+// y[m,n] = x[m,k] · W'[n,k]ᵀ (+ bias), then `ep` on each finished part of y. fast: the bf16-mode
+// VNNI path where available.
 void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, int bits, int64_t n, const float* bias, float* y,
-            bool fast);
+            bool fast, const Epilogue& ep = Epilogue());
 
 // ---- per-ISA pieces -------------------------------------------------------------------------
 // Dequantizes `ng` whole group blocks of one panel into tile[ng*64][32] floats.

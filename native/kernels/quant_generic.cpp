@@ -167,7 +167,7 @@ DequantFn dequant_fn() {
 }
 
 void matmul_fp32(const float* x, int64_t m, int64_t k, const uint8_t* w, int bits, int64_t n, const float* bias,
-                 float* y) {
+                 float* y, const Epilogue& ep) {
   if (m <= kSmallRows && active_isa() >= Isa::Avx512) {
     const SmallFn fn = small_avx512();
     const int64_t np = (n + kNR - 1) / kNR;
@@ -175,7 +175,9 @@ void matmul_fp32(const float* x, int64_t m, int64_t k, const uint8_t* w, int bit
     ThreadPool::instance().run([&](int t, int nt) {
       const int64_t chunks = (np + 3) / 4;
       const int64_t c0 = chunks * t / nt, c1 = chunks * (t + 1) / nt;
-      if (c0 < c1) fn(static_cast<int>(m), x, k, w, bits, c0 * 4, std::min(np, c1 * 4), n, bias, y);
+      if (c0 >= c1) return;
+      fn(static_cast<int>(m), x, k, w, bits, c0 * 4, std::min(np, c1 * 4), n, bias, y);
+      if (ep.any()) ep.apply(y, n, 0, m, c0 * 4 * kNR, std::min(n, c1 * 4 * kNR));
     });
     return;
   }
@@ -221,6 +223,7 @@ void matmul_fp32(const float* x, int64_t m, int64_t k, const uint8_t* w, int bit
             kern.fn(rows, xp, reinterpret_cast<const uint8_t*>(tile + (p - q0) * tile_floats), kc, y + r0 * n + p * kNR,
                     n, ncols, flags, bp);
           }
+          if ((flags & gemm::kLast) && ep.any()) ep.apply(y, n, r0, rows, q0 * kNR, std::min(n, q1 * kNR));
         }
       }
     }
@@ -228,7 +231,7 @@ void matmul_fp32(const float* x, int64_t m, int64_t k, const uint8_t* w, int bit
 }
 
 void matmul_vnni(VnniFn fn, XQuantFn xquant, const float* x, int64_t m, int64_t k, const uint8_t* w, int bits, int64_t n,
-                 const float* bias, float* y) {
+                 const float* bias, float* y, const Epilogue& ep) {
   const int64_t np = (n + kNR - 1) / kNR, pb = panel_bytes(bits, k), gb = group_block_bytes(bits);
   const int64_t ng = groups(k, kQGroup), q16 = kQGroup / 4;
   const Blocks blocks(m, kVnniRows);
@@ -275,6 +278,7 @@ void matmul_vnni(VnniFn fn, XQuantFn xquant, const float* x, int64_t m, int64_t 
             const float* bp = bias ? bias + p * kNR : nullptr;
             fn(rows, xb, sb, mb, w + p * pb + g0 * gb, bits, gn, y + r0 * n + p * kNR, n, ncols, flags, bp);
           }
+          if ((flags & gemm::kLast) && ep.any()) ep.apply(y, n, r0, rows, q0 * kNR, std::min(n, q1 * kNR));
         }
       }
     }
@@ -411,18 +415,19 @@ void gather_rows(const uint8_t* w, int bits, int64_t n, int64_t k, const int32_t
 }
 
 void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, int bits, int64_t n, const float* bias, float* y,
-            bool fast) {
+            bool fast, const Epilogue& ep) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
     for (int64_t i = 0; i < m; i++)
       for (int64_t j = 0; j < n; j++) y[i * n + j] = bias ? bias[j] : 0.0f;
+    if (ep.any()) ep.apply(y, n, 0, m, 0, n);
     return;
   }
   if (fast && active_isa() >= Isa::Avx512Bf16 && cpu_features().avx512vnni) {
-    matmul_vnni(vnni_avx512(), xquant_avx512(), x, m, k, w, bits, n, bias, y);
+    matmul_vnni(vnni_avx512(), xquant_avx512(), x, m, k, w, bits, n, bias, y, ep);
     return;
   }
-  matmul_fp32(x, m, k, w, bits, n, bias, y);
+  matmul_fp32(x, m, k, w, bits, n, bias, y, ep);
 }
 
 }  // namespace quant

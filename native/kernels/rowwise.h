@@ -19,6 +19,11 @@ void rw_silu_mul(const float* gate, const float* up, int64_t n, float* out);
 void rw_add(const float* a, const float* b, int64_t n, float* out);
 void rw_softmax(const float* x, int64_t rows, int64_t cols, float* out);
 void rw_log_softmax(const float* x, int64_t rows, int64_t cols, float* out);
+// The same elementwise ops on the calling thread alone (no thread pool), for other kernels'
+// epilogues (kernels/epilogue.h): the same values as rw_relu / rw_gelu / rw_add.
+void relu_span(const float* x, int64_t n, float* out);
+void gelu_span(const float* x, int64_t n, float* out, bool approximate);
+void add_span(const float* a, const float* b, int64_t n, float* out);
 // The index of the first largest value of x[0..n) (n >= 1), as a scan keeping the first x[i] > best
 // does: NaN is never larger, so a NaN x[0] gives 0; +0 and -0 tie. Greedy sampling's argmax.
 int64_t rw_argmax(const float* x, int64_t n);

@@ -194,28 +194,35 @@ int64_t rw_argmax(const float* x, int64_t n) {
   return best;
 }
 
+void relu_span(const float* x, int64_t n, float* out) {
+  if (use512()) return isa512::relu(x, n, out);
+  for (int64_t i = 0; i < n; i++) out[i] = x[i] > 0.f ? x[i] : 0.f;
+}
+
+void gelu_span(const float* x, int64_t n, float* out, bool approximate) {
+  if (use512()) return isa512::gelu(x, n, out, approximate);
+  for (int64_t i = 0; i < n; i++) {
+    double v = x[i];
+    if (approximate) {
+      double u = 0.7978845608028654 * (v + 0.044715 * v * v * v);
+      out[i] = (float)(0.5 * v * (1.0 + std::tanh(u)));
+    } else {
+      out[i] = (float)(0.5 * v * (1.0 + std::erf(v * 0.7071067811865476)));
+    }
+  }
+}
+
+void add_span(const float* a, const float* b, int64_t n, float* out) {
+  if (use512()) return isa512::add(a, b, n, out);
+  for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
 void rw_relu(const float* x, int64_t n, float* out) {
-  bool v512 = use512();
-  for_span(n, [&](int64_t a, int64_t b) {
-    if (v512) return isa512::relu(x + a, b - a, out + a);
-    for (int64_t i = a; i < b; i++) out[i] = x[i] > 0.f ? x[i] : 0.f;
-  });
+  for_span(n, [&](int64_t a, int64_t b) { relu_span(x + a, b - a, out + a); });
 }
 
 void rw_gelu(const float* x, int64_t n, float* out, bool approximate) {
-  bool v512 = use512();
-  for_span(n, [&](int64_t a, int64_t b) {
-    if (v512) return isa512::gelu(x + a, b - a, out + a, approximate);
-    for (int64_t i = a; i < b; i++) {
-      double v = x[i];
-      if (approximate) {
-        double u = 0.7978845608028654 * (v + 0.044715 * v * v * v);
-        out[i] = (float)(0.5 * v * (1.0 + std::tanh(u)));
-      } else {
-        out[i] = (float)(0.5 * v * (1.0 + std::erf(v * 0.7071067811865476)));
-      }
-    }
-  });
+  for_span(n, [&](int64_t a, int64_t b) { gelu_span(x + a, b - a, out + a, approximate); });
 }
 
 void rw_silu_mul(const float* gate, const float* up, int64_t n, float* out) {
@@ -231,11 +238,7 @@ void rw_silu_mul(const float* gate, const float* up, int64_t n, float* out) {
 }
 
 void rw_add(const float* a_, const float* b_, int64_t n, float* out) {
-  bool v512 = use512();
-  for_span(n, [&](int64_t a, int64_t b) {
-    if (v512) return isa512::add(a_ + a, b_ + a, b - a, out + a);
-    for (int64_t i = a; i < b; i++) out[i] = a_[i] + b_[i];
-  });
+  for_span(n, [&](int64_t a, int64_t b) { add_span(a_ + a, b_ + a, b - a, out + a); });
 }
 
 void rw_softmax(const float* x, int64_t rows, int64_t cols, float* out) {

@@ -1,7 +1,9 @@
 // N-API exports of the GEMM kernels (native/kernels/gemm.h).
 //   gemmPackedByteLength(format, n, k)
 //   gemmPackWeight(src, srcDtype, n, k, format, dst)
-//   gemmMatmul(x, m, k, w, format, n, bias|null, y, mode, async) -> undefined | Promise
+//   gemmMatmul(x, m, k, w, format, n, bias|null, y, mode, async[, activation, addTo]) -> undefined | Promise
+//     activation: undefined | 'relu' | 'gelu' | 'gelu_tanh', addTo: undefined | null | Float32Array [m, n]
+//     (kernels/epilogue.h: fused after y is computed; synchronous calls only)
 //   gemmGatherRows(w, format, n, k, ids, out)
 //   quantQuantize(src, n, k, bits, group, codes, params), quantDequantize(codes, params, n, k, bits, group, out)
 // Formats 'q4' / 'q8' are group-wise quantized weights (native/kernels/quant.h).
@@ -97,6 +99,29 @@ Napi::Value PackWeight(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// The fused epilogue of a synchronous matmul (arguments 10 and 11).
+Epilogue epilogue_args(const Napi::CallbackInfo& info, const float* x, int64_t m, int64_t k, const float* y, int64_t n) {
+  Napi::Env env = info.Env();
+  Epilogue ep;
+  if (info.Length() > 10 && !info[10].IsUndefined() && !info[10].IsNull()) {
+    if (!info[10].IsString()) throw Napi::TypeError::New(env, "activation must be a string");
+    const std::string a = info[10].As<Napi::String>();
+    if (a == "relu") ep.act = Act::Relu;
+    else if (a == "gelu") ep.act = Act::Gelu;
+    else if (a == "gelu_tanh") ep.act = Act::GeluTanh;
+    else throw Napi::RangeError::New(env, "activation must be 'relu', 'gelu' or 'gelu_tanh', got '" + a + "'");
+  }
+  if (info.Length() > 11) {
+    ep.add_to = checked_ptr<float>(info[11], "addTo", {m, n}, true);
+    if (ep.add_to) {
+      auto overlaps = [&](const float* p, int64_t len) { return ep.add_to < p + len && p < ep.add_to + m * n; };
+      if (overlaps(y, m * n) || overlaps(x, m * k)) throw Napi::RangeError::New(env, "addTo must not overlap x or y");
+      if (reinterpret_cast<uintptr_t>(ep.add_to) % 4 != 0) throw Napi::RangeError::New(env, "addTo must be 4-byte aligned");
+    }
+  }
+  return ep;
+}
+
 Napi::Value Matmul(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 9) throw Napi::TypeError::New(env, "gemmMatmul(x, m, k, w, format, n, bias, y, mode, async)");
@@ -111,12 +136,14 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   if ((reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(y) | reinterpret_cast<uintptr_t>(bias)) % 4 != 0) {
     throw Napi::RangeError::New(env, "x, y and bias must be 4-byte aligned");
   }
+  const Epilogue ep = epilogue_args(info, x, m, k, y, n);
   if (is_async(info, 9)) {
+    if (ep.any()) throw Napi::TypeError::New(env, "gemmMatmul: a fused epilogue is for synchronous calls");
     Napi::Value keep_bias = info[6];
     return run_async(env, [=] { gemm::matmul(x, m, k, w, f, n, bias, y, mode); },
                      {info[0], info[3], keep_bias, info[7]});
   }
-  gemm::matmul(x, m, k, w, f, n, bias, y, mode);
+  gemm::matmul(x, m, k, w, f, n, bias, y, mode, ep);
   return env.Undefined();
 }
 

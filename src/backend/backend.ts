@@ -7,8 +7,16 @@ import { type FloatDType, isFloatDType } from '../tensor/dtype.js';
 import { copyStrided } from '../tensor/copy.js';
 import { Tensor, shapeString } from '../tensor/tensor.js';
 import { TrainOps } from './train.js';
-import { checkPair, checkQkv, checkRope, checkSeqStarts, expectF32, expectFinite, expectI32, expectInt, expectRank, expectShape, fail, outOr, rowsCols } from './check.js';
-import { type CacheArray, type CacheDType, type ComputeMode, type Kernels, type QuantFormat, type WeightFormat, q4RecordBytes } from './kernels.js';
+import { checkPair, checkQkv, checkRope, checkSeqStarts, expectF32, expectFinite, expectI32, expectInt, expectRank, expectShape, fail, outOr, rowsCols, sharesMemory } from './check.js';
+import { type CacheArray, type CacheDType, type ComputeMode, type Kernels, type MatmulEpilogue, type QuantFormat, type WeightFormat, q4RecordBytes } from './kernels.js';
+
+/** What matmul does to its result as it finishes it (MatmulEpilogue in kernels.ts): an
+ *  activation on y, then y added onto `addTo` (the residual stream: addTo += y, exactly as
+ *  add(addTo, y, addTo)). addTo has y's shape and shares memory with neither x nor y. */
+export interface LinearEpilogue {
+  activation?: MatmulEpilogue['activation'];
+  addTo?: Tensor<'f32'>;
+}
 
 /** A weight matrix W[n,k] packed once, at load time, into its backend's GEMM layout. */
 export class PackedWeight {
@@ -155,7 +163,7 @@ export class Backend {
     return this.kernels.packedRowBlock(format);
   }
 
-  private checkMatmul(x: F32, w: AnyWeight | TiledWeight, bias: F32 | null, out: F32 | undefined): [number, F32] {
+  private checkMatmul(x: F32, w: AnyWeight | TiledWeight, bias: F32 | null, out: F32 | undefined, ep?: LinearEpilogue): [number, F32] {
     const op = `matmul(${w?.name ?? 'weight'})`;
     expectF32(op, 'x', x);
     if (!(w instanceof PackedWeight) && !(w instanceof RowSplitWeight) && !(w instanceof TiledWeight)) throw new TypeError(`${op}: w must be a PackedWeight`);
@@ -166,14 +174,25 @@ export class Backend {
       expectF32(op, 'bias', bias);
       if (bias.size !== w.n) fail(op, `bias has ${bias.size} elements, expected ${w.n}`);
     }
-    return [m, outOr(op, out, [...x.shape.slice(0, -1), w.n])];
+    const y = outOr(op, out, [...x.shape.slice(0, -1), w.n]);
+    if (ep?.activation !== undefined && !['relu', 'gelu', 'gelu_tanh'].includes(ep.activation)) {
+      fail(op, `activation must be 'relu', 'gelu' or 'gelu_tanh', got ${JSON.stringify(ep.activation)}`);
+    }
+    if (ep?.addTo) {
+      expectF32(op, 'addTo', ep.addTo);
+      expectShape(op, 'addTo', ep.addTo, y.shape);
+      if (sharesMemory(ep.addTo.data, y.data) || sharesMemory(ep.addTo.data, x.data)) fail(op, 'addTo shares memory with x or out');
+    }
+    return [m, y];
   }
 
-  /** y = x · Wᵀ + bias, over the last dimension of x. */
-  matmul(x: F32, w: AnyWeight | TiledWeight, bias: F32 | null = null, out?: F32): F32 {
-    const [m, y] = this.checkMatmul(x, w, bias, out);
+  /** y = x · Wᵀ + bias over the last dimension of x, then `epilogue` fused (LinearEpilogue: an
+   *  activation on y, then y added onto the residual stream), with the separate ops' values. */
+  matmul(x: F32, w: AnyWeight | TiledWeight, bias: F32 | null = null, out?: F32, epilogue?: LinearEpilogue): F32 {
+    const [m, y] = this.checkMatmul(x, w, bias, out, epilogue);
+    const ep: MatmulEpilogue | undefined = epilogue && { activation: epilogue.activation, addTo: epilogue.addTo?.data };
     if (w instanceof PackedWeight) {
-      this.kernels.matmul(x.data, m, w.k, w.data, w.format, w.n, bias?.data ?? null, y.data, w.mode);
+      this.kernels.matmul(x.data, m, w.k, w.data, w.format, w.n, bias?.data ?? null, y.data, w.mode, ep);
       return y;
     }
     let col = 0;
@@ -186,6 +205,10 @@ export class Backend {
       }
       col += p.n;
     }
+    // (a weight in parts: y is whole only now; the same ops, unfused)
+    if (ep?.activation === 'relu') this.kernels.relu(y.data, y.data);
+    else if (ep?.activation) this.kernels.gelu(y.data, y.data, ep.activation === 'gelu_tanh');
+    if (ep?.addTo) this.kernels.add(ep.addTo, y.data, ep.addTo);
     return y;
   }
 

@@ -8,6 +8,11 @@ export function fail(op: string, msg: string): never {
   throw new RangeError(`${op}: ${msg}`);
 }
 
+/** Whether two typed arrays share any byte of memory. */
+export function sharesMemory(a: ArrayBufferView, b: ArrayBufferView): boolean {
+  return a.buffer === b.buffer && a.byteOffset < b.byteOffset + b.byteLength && b.byteOffset < a.byteOffset + a.byteLength;
+}
+
 export function expectF32(op: string, name: string, t: Tensor): asserts t is F32 {
   if (!(t instanceof Tensor)) throw new TypeError(`${op}: ${name} must be a Tensor`);
   if (t.dtype !== 'f32') throw new TypeError(`${op}: ${name} must be f32, got ${t.dtype}`);

@@ -5,7 +5,7 @@ import { addon, cachedFn, type IsaInfo } from './cpu/addon.js';
 import { cpuKernels } from './cpu/index.js';
 import { referenceKernels } from './reference/index.js';
 
-export { type AnyWeight, Backend, PackedWeight, RowSplitWeight, weightFormatFor } from './backend.js';
+export { type AnyWeight, Backend, type LinearEpilogue, PackedWeight, RowSplitWeight, weightFormatFor } from './backend.js';
 export type { CacheDType, ComputeMode, Kernels, WeightFormat } from './kernels.js';
 
 let cpu: Backend | undefined;

@@ -57,6 +57,15 @@ export function cacheRowLength(dtype: CacheDType, d: number): number {
 /** A cache's storage: f32 → Float32Array, f16 → Uint16Array (bits), q4 → Uint8Array (records). */
 export type CacheArray = Float32Array | Uint16Array | Uint8Array;
 
+/** What a matmul does to its output y as it finishes each part of it, fused (while the part is in
+ *  cache): `activation` on y, then y added onto `addTo` ([m, n] like y, overlapping neither x nor y).
+ *  The values are those of the separate ops — relu / gelu(·, false) / gelu(·, true) on y, then
+ *  add(addTo, y, addTo) — bit for bit. */
+export interface MatmulEpilogue {
+  activation?: 'relu' | 'gelu' | 'gelu_tanh';
+  addTo?: Float32Array;
+}
+
 /** Forward kernels here, training kernels (backward, loss, optimizer) in kernels-train.ts. */
 export interface Kernels extends TrainKernels {
   readonly name: string;
@@ -75,9 +84,9 @@ export interface Kernels extends TrainKernels {
   /** Packs W[n,k] (row-major elements of srcDtype) into dst, converting to `format`. Done once
    *  when a weight is loaded; the packed bytes can be written to disk and read back as they are. */
   packWeight(src: Float32Array | Uint16Array, srcDtype: FloatDType, n: number, k: number, format: WeightFormat, dst: Uint8Array): void;
-  /** y[m,n] = x[m,k] · W[n,k]ᵀ (+ bias[n]). */
+  /** y[m,n] = x[m,k] · W[n,k]ᵀ (+ bias[n]), then the epilogue (if any). */
   matmul(x: Float32Array, m: number, k: number, w: Uint8Array, format: WeightFormat, n: number,
-    bias: Float32Array | null, y: Float32Array, mode: ComputeMode): void;
+    bias: Float32Array | null, y: Float32Array, mode: ComputeMode, epilogue?: MatmulEpilogue): void;
   matmulAsync(x: Float32Array, m: number, k: number, w: Uint8Array, format: WeightFormat, n: number,
     bias: Float32Array | null, y: Float32Array, mode: ComputeMode): Promise<void>;
   /** out[i,:] = W[ids[i],:] widened to float32, read from a packed weight (tied embeddings). */

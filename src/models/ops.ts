@@ -4,7 +4,7 @@
 // (src/train/layer.ts) both call these, so a ModelConfig switch means the same op in both and
 // cannot drift between them.
 
-import type { Backend } from '../backend/index.js';
+import type { Backend, LinearEpilogue } from '../backend/index.js';
 import type { Tensor } from '../tensor/tensor.js';
 import type { ModelConfig } from './config.js';
 import type { Norm } from './weights.js';
@@ -45,6 +45,14 @@ export function activationForward(b: Backend, c: ModelConfig, up: F32, gate: F32
     default:
       throw new Error(`activation ${c.activation} without a gate is not supported`);
   }
+}
+
+/** The activation of an ungated MLP as a matmul epilogue (LinearEpilogue), which applies it to the
+ *  up projection as that is computed, with activationForward's values; undefined for a gated MLP. */
+export function fusedActivation(c: ModelConfig, gated: boolean): LinearEpilogue['activation'] {
+  if (gated) return undefined;
+  const fused: Partial<Record<ModelConfig['activation'], LinearEpilogue['activation']>> = { relu: 'relu', gelu: 'gelu', gelu_new: 'gelu_tanh' };
+  return fused[c.activation];
 }
 
 /** Gradients of activationForward's inputs from its output's dy: dUp (and dGate when gated),

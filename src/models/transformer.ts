@@ -7,11 +7,11 @@
 // The pass is exposed in pieces (embed, attention block, MLP block, head) so that schedules can
 // run them layer by layer and batch by batch with weights and caches that come from any tier.
 
-import type { Backend } from '../backend/index.js';
+import type { Backend, LinearEpilogue } from '../backend/index.js';
 import { Tensor } from '../tensor/tensor.js';
 import type { ModelConfig } from './config.js';
 import { ropeInvFreq } from './rope.js';
-import { activationForward, normForward } from './ops.js';
+import { activationForward, fusedActivation, normForward } from './ops.js';
 import type { AttentionWeights, GlobalWeights, Linear, MlpWeights, Norm } from './weights.js';
 import { Workspace } from './workspace.js';
 
@@ -118,7 +118,7 @@ export class Transformer {
     const c = this.config;
     const h = c.preNorm ? this.norm(x, w.attnNorm, 'h') : x;
     const a = this.attention(h, w, cache, step);
-    this.backend.add(x, this.linear(a, w.o, 'o'), x);
+    this.linear(a, w.o, 'o', { addTo: x });
     if (!c.preNorm) normForward(this.backend, c, x, w.attnNorm, x);
   }
 
@@ -126,7 +126,7 @@ export class Transformer {
   mlpBlock(w: MlpWeights, x: F32): void {
     const c = this.config;
     const h = c.preNorm ? this.norm(x, w.mlpNorm, 'h') : x;
-    this.backend.add(x, this.linear(this.mlp(h, w), w.down, 'down'), x);
+    this.linear(this.mlp(h, w), w.down, 'down', { addTo: x });
     if (!c.preNorm) normForward(this.backend, c, x, w.mlpNorm, x);
   }
 
@@ -150,9 +150,11 @@ export class Transformer {
     return this.backend.matmul(h, this.globals.lmHead, null, out);
   }
 
-  private linear(x: F32, l: Linear, slot: string): F32 {
+  /** x · Wᵀ + b into the workspace slot, with the epilogue fused (an activation, or the result
+   *  added onto the residual stream as the GEMM finishes each part of it). */
+  private linear(x: F32, l: Linear, slot: string, epilogue?: LinearEpilogue): F32 {
     const rows = x.size / l.w.k;
-    return this.backend.matmul(x, l.w, l.b, this.ws.get(slot, [rows, l.w.n]));
+    return this.backend.matmul(x, l.w, l.b, this.ws.get(slot, [rows, l.w.n]), epilogue);
   }
 
   private norm(x: F32, n: Norm, slot: string): F32 {
@@ -198,8 +200,9 @@ export class Transformer {
   private readonly plans = new WeakMap<Step, AttentionPlan>();
 
   private mlp(h: F32, w: MlpWeights): F32 {
-    const up = this.linear(h, w.up, 'up');
-    return activationForward(this.backend, this.config, up, w.gate ? this.linear(h, w.gate, 'gate') : null, up);
+    const activation = fusedActivation(this.config, !!w.gate);
+    const up = this.linear(h, w.up, 'up', activation && { activation });
+    return activation ? up : activationForward(this.backend, this.config, up, w.gate ? this.linear(h, w.gate, 'gate') : null, up);
   }
 }
 

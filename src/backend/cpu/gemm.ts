@@ -2,13 +2,14 @@
 // packed into 32-row panels with k outermost (bf16 as pairs along k); see native/kernels/gemm.h.
 // 'q4' / 'q8' weights and quantize / dequantize: native/kernels/quant.h.
 import type { FloatDType } from '../../tensor/dtype.js';
-import type { ComputeMode, Kernels, QuantBits, WeightFormat } from '../kernels.js';
+import type { ComputeMode, Kernels, MatmulEpilogue, QuantBits, WeightFormat } from '../kernels.js';
 import { addon, nativeFn } from './addon.js';
 
 type PackedByteLengthFn = (format: WeightFormat, n: number, k: number) => number;
 type PackWeightFn = (src: Float32Array | Uint16Array, srcDtype: FloatDType, n: number, k: number, format: WeightFormat, dst: Uint8Array) => void;
 type MatmulFn = (x: Float32Array, m: number, k: number, w: Uint8Array, format: WeightFormat, n: number,
-  bias: Float32Array | null, y: Float32Array, mode: ComputeMode, async: boolean) => Promise<void> | undefined;
+  bias: Float32Array | null, y: Float32Array, mode: ComputeMode, async: boolean,
+  activation?: MatmulEpilogue['activation'], addTo?: Float32Array) => Promise<void> | undefined;
 type GatherRowsFn = (w: Uint8Array, format: WeightFormat, n: number, k: number, ids: Int32Array, out: Float32Array) => void;
 
 type QuantizeFn = (src: Float32Array, n: number, k: number, bits: QuantBits, groupSize: number, codes: Uint8Array, params: Uint16Array) => void;
@@ -43,8 +44,9 @@ export const gemmKernels: Partial<Kernels> = {
   packWeight(src, srcDtype, n, k, format, dst) {
     native().pack(src, srcDtype, n, k, format, dst);
   },
-  matmul(x, m, k, w, format, n, bias, y, mode) {
-    native().matmul(x, m, k, w, format, n, bias, y, mode, false);
+  matmul(x, m, k, w, format, n, bias, y, mode, epilogue) {
+    // (native/kernels/epilogue.h: applied to each part of y as a thread finishes it)
+    native().matmul(x, m, k, w, format, n, bias, y, mode, false, epilogue?.activation, epilogue?.addTo);
   },
   matmulAsync(x, m, k, w, format, n, bias, y, mode) {
     return native().matmul(x, m, k, w, format, n, bias, y, mode, true) as Promise<void>;

@@ -2,9 +2,10 @@
 // row-major weight converted to the packed format (f32, or 16-bit words for f16/bf16; q4 / q8:
 // the standalone quantized layout of ./quant.ts).
 import { type FloatDType, bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, toFloat32 } from '../../tensor/dtype.js';
-import { type ComputeMode, type Kernels, type WeightFormat, isQuantFormat } from '../kernels.js';
+import { type ComputeMode, type Kernels, type MatmulEpilogue, type WeightFormat, isQuantFormat } from '../kernels.js';
 import type { FloatArray, TrainKernels } from '../kernels-train.js';
 import { dequantize, packQuant, quantize, referenceQuantLayout, unpackQuant } from './quant.js';
+import { rowwiseReference } from './rowwise.js';
 
 /** Bytes of the reference backend's packed weight: n*k elements of the format, row-major. */
 export function referencePackedByteLength(format: WeightFormat, n: number, k: number): number {
@@ -23,7 +24,7 @@ function unpack(w: Uint8Array, format: WeightFormat, n: number, k: number): Floa
 const roundBf16 = (v: number) => bf16ToF32(f32ToBf16(v));
 
 function matmul(x: Float32Array, m: number, k: number, w: Uint8Array, format: WeightFormat, n: number,
-  bias: Float32Array | null, y: Float32Array, mode: ComputeMode): void {
+  bias: Float32Array | null, y: Float32Array, mode: ComputeMode, epilogue?: MatmulEpilogue): void {
   let wf = unpack(w, format, n, k);
   let xf = x;
   if (mode === 'bf16' && !isQuantFormat(format)) {
@@ -41,6 +42,15 @@ function matmul(x: Float32Array, m: number, k: number, w: Uint8Array, format: We
       y[i * n + j] = s;
     }
   }
+  if (epilogue) applyEpilogue(y.subarray(0, m * n), epilogue);
+}
+
+/** The epilogue as the separate reference ops. */
+function applyEpilogue(y: Float32Array, e: MatmulEpilogue): void {
+  const r = rowwiseReference as Kernels;
+  if (e.activation === 'relu') r.relu(y, y);
+  else if (e.activation) r.gelu(y, y, e.activation === 'gelu_tanh');
+  if (e.addTo) r.add(e.addTo, y, e.addTo);
 }
 
 /** dw[n,k] += dy[m,n]ᵀ · x[m,k]: each element a float64 sum over the m rows (bf16 mode: dy and x
