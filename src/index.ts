@@ -25,7 +25,7 @@ export { worldComm, type Comm } from './dist/comm.js';
 export { Tensor } from './tensor/tensor.js';
 export type { DType, FloatDType } from './tensor/dtype.js';
 export {
-  Backend, PackedWeight, cpuBackend, referenceBackend, getThreads, setThreads, isaInfo, setIsa, nativeBytes,
+  Backend, PackedWeight, cpuBackend, referenceBackend, getThreads, setThreads, isaInfo, setIsa, nativeBytes, type LinearEpilogue,
   type ComputeMode, type CacheDType, type Isa,
 } from './backend/index.js';
 export { UserError, ModelFileError } from './util/errors.js';
