@@ -9,6 +9,8 @@ import { nativeFn } from '../src/backend/cpu/addon.js';
 import { gemmBf16Dot, gemmKernels } from '../src/backend/cpu/gemm.js';
 import type { ComputeMode, QuantFormat } from '../src/backend/kernels.js';
 import { Tensor } from '../src/tensor/tensor.js';
+import type { ModelConfig } from '../src/models/config.js';
+import { activationForward, fusedActivation } from '../src/models/ops.js';
 import { expectClose, randomF32, randomFloat } from './helpers/harness.js';
 import { atEveryIsa, restoreSettingsAfterAll } from './helpers/isa.js';
 
@@ -153,5 +155,25 @@ describe('bad epilogues are refused before anything is written', () => {
     const native = nativeFn<(...a: unknown[]) => unknown>('gemmMatmul');
     expect(() => native(x.data, 3, 8, w.data, 'f32', 10, null, y, 'fp32', true, 'relu', null)).toThrow(/fused epilogue is for synchronous calls/);
     expect(y.every((v) => v === 0), 'nothing written').toBe(true);
+  });
+});
+
+describe("the forward pass's fused activation", () => {
+  it('is the activation activationForward applies, for every ungated one, and none when gated', () => {
+    const [m, k, n] = [3, 40, 70];
+    const x = randomF32([m, k], seed++);
+    const bias = randomF32([n], seed++);
+    const w = cpu.packWeight(randomFloat('bf16', [n, k], seed++), 'fp32');
+    for (const activation of ['relu', 'gelu', 'gelu_new'] as const) {
+      const c = { activation } as ModelConfig;
+      const fused = fusedActivation(c, false);
+      expect(fused, activation).toBeDefined();
+      const want = cpu.matmul(x, w, bias);
+      activationForward(cpu, c, want, null, want);
+      const got = cpu.matmul(x, w, bias, undefined, { activation: fused });
+      expect(Array.from(got.data), activation).toEqual(Array.from(want.data));
+      expect(fusedActivation(c, true), `${activation} gated`).toBeUndefined();
+    }
+    expect(fusedActivation({ activation: 'silu' } as ModelConfig, true)).toBeUndefined();
   });
 });
