@@ -1,8 +1,8 @@
 // What a GEMM does to its output as each part of it is finished, while that part is still in
 // cache: an activation on y, then y added onto another array (a residual stream). The values are
 // those of the separate ops, bit for bit (rw_relu / rw_gelu on y, then rw_add(add_to, y, add_to)),
-// so fusing changes no result; it saves the passes that read y back from memory afterwards (at
-// decode batch 16 those passes cost more than their arithmetic).
+// so fusing changes no result; it saves the passes that would read y back afterwards (and a call
+// each). On the CI kind of machine the saving was below what paired runs resolve (docs/benchmarks.md).
 #pragma once
 
 #include <cstdint>

@@ -114,7 +114,11 @@ Epilogue epilogue_args(const Napi::CallbackInfo& info, const float* x, int64_t m
   if (info.Length() > 11) {
     ep.add_to = checked_ptr<float>(info[11], "addTo", {m, n}, true);
     if (ep.add_to) {
-      auto overlaps = [&](const float* p, int64_t len) { return ep.add_to < p + len && p < ep.add_to + m * n; };
+      const uintptr_t a0 = reinterpret_cast<uintptr_t>(ep.add_to), a1 = a0 + static_cast<uintptr_t>(m * n) * 4;
+      auto overlaps = [&](const float* p, int64_t len) {
+        const uintptr_t p0 = reinterpret_cast<uintptr_t>(p);
+        return a0 < p0 + static_cast<uintptr_t>(len) * 4 && p0 < a1;
+      };
       if (overlaps(y, m * n) || overlaps(x, m * k)) throw Napi::RangeError::New(env, "addTo must not overlap x or y");
       if (reinterpret_cast<uintptr_t>(ep.add_to) % 4 != 0) throw Napi::RangeError::New(env, "addTo must be 4-byte aligned");
     }
