@@ -133,11 +133,15 @@ describe('bad epilogues are refused before anything is written', () => {
   it('names the argument at fault', () => {
     const out = Tensor.f32([3, 10]);
     expect(() => cpu.matmul(x, w, null, out, { addTo: Tensor.f32([3, 9]) })).toThrow(/matmul\(wo\): addTo has shape \[3, 9\], expected \[3, 10\]/);
-    expect(() => cpu.matmul(x, w, null, out, { addTo: out })).toThrow(/addTo shares memory with x or out/);
+    expect(() => cpu.matmul(x, w, null, out, { addTo: out })).toThrow(/addTo shares memory with x, bias or out/);
     const both = Tensor.f32([2, 30]);
     const x2 = new Tensor('f32', [3, 8], new Float32Array(both.data.buffer, 0, 24));
     const r2 = new Tensor('f32', [3, 10], new Float32Array(both.data.buffer, 80, 30));
     expect(() => cpu.matmul(x2, w, null, out, { addTo: r2 })).toThrow(/addTo shares memory/);
+    const r3 = Tensor.f32([3, 10]);
+    const b3 = new Tensor('f32', [10], r3.data.subarray(10, 20));
+    expect(() => cpu.matmul(x, w, b3, out, { addTo: r3 })).toThrow(/addTo shares memory with x, bias or out/);
+    expect(() => gemmKernels.matmul!(x.data, 3, 8, w.data, 'f32', 10, b3.data, out.data, 'fp32', { addTo: r3.data })).toThrow(/addTo must not overlap x, bias or y/);
     expect(() => cpu.matmul(x, w, null, out, { activation: 'tanh' as never })).toThrow(/activation must be 'relu', 'gelu' or 'gelu_tanh', got "tanh"/);
     expect(() => cpu.matmul(x, w, null, out, { addTo: Tensor.zeros('f16', [3, 10]) as never })).toThrow(/addTo must be f32/);
   });
@@ -147,11 +151,11 @@ describe('bad epilogues are refused before anything is written', () => {
       gemmKernels.matmul!(x.data, 3, 8, w.data, 'f32', 10, null, y, 'fp32', { activation: act as never, addTo });
     expect(() => raw('swish')).toThrow(/activation must be 'relu', 'gelu' or 'gelu_tanh', got 'swish'/);
     expect(() => raw('relu', new Float32Array(29))).toThrow(/addTo/);
-    expect(() => raw('relu', y)).toThrow(/addTo must not overlap x or y/);
+    expect(() => raw('relu', y)).toThrow(/addTo must not overlap x, bias or y/);
     const big = new Float32Array(64);
     const xs = big.subarray(0, 24);
     xs.set(x.data);
-    expect(() => gemmKernels.matmul!(xs, 3, 8, w.data, 'f32', 10, null, y, 'fp32', { addTo: big.subarray(20, 50) })).toThrow(/addTo must not overlap x or y/);
+    expect(() => gemmKernels.matmul!(xs, 3, 8, w.data, 'f32', 10, null, y, 'fp32', { addTo: big.subarray(20, 50) })).toThrow(/addTo must not overlap x, bias or y/);
     const native = nativeFn<(...a: unknown[]) => unknown>('gemmMatmul');
     expect(() => native(x.data, 3, 8, w.data, 'f32', 10, null, y, 'fp32', true, 'relu', null)).toThrow(/fused epilogue is for synchronous calls/);
     expect(y.every((v) => v === 0), 'nothing written').toBe(true);

@@ -13,7 +13,7 @@ enum class Act : int { None = 0, Relu = 1, Gelu = 2, GeluTanh = 3 };
 
 struct Epilogue {
   Act act = Act::None;
-  // [m, n] like y, overlapping neither y nor x: add_to += act(y).
+  // [m, n] like y, overlapping none of x, bias and y: add_to += act(y).
   float* add_to = nullptr;
 
   bool any() const { return act != Act::None || add_to != nullptr; }

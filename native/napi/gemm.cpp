@@ -100,7 +100,8 @@ Napi::Value PackWeight(const Napi::CallbackInfo& info) {
 }
 
 // The fused epilogue of a synchronous matmul (arguments 10 and 11).
-Epilogue epilogue_args(const Napi::CallbackInfo& info, const float* x, int64_t m, int64_t k, const float* y, int64_t n) {
+Epilogue epilogue_args(const Napi::CallbackInfo& info, const float* x, int64_t m, int64_t k, const float* bias,
+                       const float* y, int64_t n) {
   Napi::Env env = info.Env();
   Epilogue ep;
   if (info.Length() > 10 && !info[10].IsUndefined() && !info[10].IsNull()) {
@@ -119,7 +120,9 @@ Epilogue epilogue_args(const Napi::CallbackInfo& info, const float* x, int64_t m
         const uintptr_t p0 = reinterpret_cast<uintptr_t>(p);
         return a0 < p0 + static_cast<uintptr_t>(len) * 4 && p0 < a1;
       };
-      if (overlaps(y, m * n) || overlaps(x, m * k)) throw Napi::RangeError::New(env, "addTo must not overlap x or y");
+      if (overlaps(y, m * n) || overlaps(x, m * k) || (bias && overlaps(bias, n))) {
+        throw Napi::RangeError::New(env, "addTo must not overlap x, bias or y");
+      }
       if (reinterpret_cast<uintptr_t>(ep.add_to) % 4 != 0) throw Napi::RangeError::New(env, "addTo must be 4-byte aligned");
     }
   }
@@ -140,7 +143,7 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   if ((reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(y) | reinterpret_cast<uintptr_t>(bias)) % 4 != 0) {
     throw Napi::RangeError::New(env, "x, y and bias must be 4-byte aligned");
   }
-  const Epilogue ep = epilogue_args(info, x, m, k, y, n);
+  const Epilogue ep = epilogue_args(info, x, m, k, bias, y, n);
   if (is_async(info, 9)) {
     if (ep.any()) throw Napi::TypeError::New(env, "gemmMatmul: a fused epilogue is for synchronous calls");
     Napi::Value keep_bias = info[6];

@@ -12,7 +12,7 @@ import { type CacheArray, type CacheDType, type ComputeMode, type Kernels, type 
 
 /** What matmul does to its result as it finishes it (MatmulEpilogue in kernels.ts): an
  *  activation on y, then y added onto `addTo` (the residual stream: addTo += y, exactly as
- *  add(addTo, y, addTo)). addTo has y's shape and shares memory with neither x nor y. */
+ *  add(addTo, y, addTo)). addTo has y's shape and shares memory with none of x, bias and y. */
 export interface LinearEpilogue {
   activation?: MatmulEpilogue['activation'];
   addTo?: Tensor<'f32'>;
@@ -181,7 +181,7 @@ export class Backend {
     if (ep?.addTo) {
       expectF32(op, 'addTo', ep.addTo);
       expectShape(op, 'addTo', ep.addTo, y.shape);
-      if (sharesMemory(ep.addTo.data, y.data) || sharesMemory(ep.addTo.data, x.data)) fail(op, 'addTo shares memory with x or out');
+      if ([y, x, bias].some((t) => t && sharesMemory(ep.addTo!.data, t.data))) fail(op, 'addTo shares memory with x, bias or out');
     }
     return [m, y];
   }

@@ -58,7 +58,7 @@ export function cacheRowLength(dtype: CacheDType, d: number): number {
 export type CacheArray = Float32Array | Uint16Array | Uint8Array;
 
 /** What a matmul does to its output y as it finishes each part of it, fused (while the part is in
- *  cache): `activation` on y, then y added onto `addTo` ([m, n] like y, overlapping neither x nor y).
+ *  cache): `activation` on y, then y added onto `addTo` ([m, n] like y, overlapping none of x, bias, y).
  *  The values are those of the separate ops — relu / gelu(·, false) / gelu(·, true) on y, then
  *  add(addTo, y, addTo) — bit for bit. */
 export interface MatmulEpilogue {
