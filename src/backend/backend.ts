@@ -8,7 +8,7 @@ import { copyStrided } from '../tensor/copy.js';
 import { Tensor, shapeString } from '../tensor/tensor.js';
 import { TrainOps } from './train.js';
 import { checkPair, checkQkv, checkRope, checkSeqStarts, expectF32, expectFinite, expectI32, expectInt, expectRank, expectShape, fail, outOr, rowsCols, sharesMemory } from './check.js';
-import { type CacheArray, type CacheDType, type ComputeMode, type Kernels, type MatmulEpilogue, type QuantFormat, type WeightFormat, q4RecordBytes } from './kernels.js';
+import { type CacheArray, type CacheDType, type ComputeMode, type Kernels, MATMUL_ACTIVATIONS, type MatmulEpilogue, type QuantFormat, type WeightFormat, epilogueByOps, q4RecordBytes } from './kernels.js';
 
 /** What matmul does to its result as it finishes it (MatmulEpilogue in kernels.ts): an
  *  activation on y, then y added onto `addTo` (the residual stream: addTo += y, exactly as
@@ -175,7 +175,7 @@ export class Backend {
       if (bias.size !== w.n) fail(op, `bias has ${bias.size} elements, expected ${w.n}`);
     }
     const y = outOr(op, out, [...x.shape.slice(0, -1), w.n]);
-    if (ep?.activation !== undefined && !['relu', 'gelu', 'gelu_tanh'].includes(ep.activation)) {
+    if (ep?.activation !== undefined && !MATMUL_ACTIVATIONS.includes(ep.activation)) {
       fail(op, `activation must be 'relu', 'gelu' or 'gelu_tanh', got ${JSON.stringify(ep.activation)}`);
     }
     if (ep?.addTo) {
@@ -205,10 +205,7 @@ export class Backend {
       }
       col += p.n;
     }
-    // (a weight in parts: y is whole only now; the same ops, unfused)
-    if (ep?.activation === 'relu') this.kernels.relu(y.data, y.data);
-    else if (ep?.activation) this.kernels.gelu(y.data, y.data, ep.activation === 'gelu_tanh');
-    if (ep?.addTo) this.kernels.add(ep.addTo, y.data, ep.addTo);
+    if (ep) epilogueByOps(this.kernels, y.data, ep);  // (a weight in parts: y is whole only now)
     return y;
   }
 

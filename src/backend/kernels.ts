@@ -62,8 +62,17 @@ export type CacheArray = Float32Array | Uint16Array | Uint8Array;
  *  The values are those of the separate ops — relu / gelu(·, false) / gelu(·, true) on y, then
  *  add(addTo, y, addTo) — bit for bit. */
 export interface MatmulEpilogue {
-  activation?: 'relu' | 'gelu' | 'gelu_tanh';
+  activation?: (typeof MATMUL_ACTIVATIONS)[number];
   addTo?: Float32Array;
+}
+export const MATMUL_ACTIVATIONS = ['relu', 'gelu', 'gelu_tanh'] as const;
+
+/** The epilogue as `k`'s separate ops over y (what a fused one must equal): the reference
+ *  backend's, and a weight in pieces', whose y is whole only once every part is multiplied. */
+export function epilogueByOps(k: Pick<Kernels, 'relu' | 'gelu' | 'add'>, y: Float32Array, e: MatmulEpilogue): void {
+  if (e.activation === 'relu') k.relu(y, y);
+  else if (e.activation) k.gelu(y, y, e.activation === 'gelu_tanh');
+  if (e.addTo) k.add(e.addTo, y, e.addTo);
 }
 
 /** Forward kernels here, training kernels (backward, loss, optimizer) in kernels-train.ts. */

@@ -2,7 +2,7 @@
 // row-major weight converted to the packed format (f32, or 16-bit words for f16/bf16; q4 / q8:
 // the standalone quantized layout of ./quant.ts).
 import { type FloatDType, bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, toFloat32 } from '../../tensor/dtype.js';
-import { type ComputeMode, type Kernels, type MatmulEpilogue, type WeightFormat, isQuantFormat } from '../kernels.js';
+import { type ComputeMode, type Kernels, type MatmulEpilogue, type WeightFormat, epilogueByOps, isQuantFormat } from '../kernels.js';
 import type { FloatArray, TrainKernels } from '../kernels-train.js';
 import { dequantize, packQuant, quantize, referenceQuantLayout, unpackQuant } from './quant.js';
 import { rowwiseReference } from './rowwise.js';
@@ -42,15 +42,7 @@ function matmul(x: Float32Array, m: number, k: number, w: Uint8Array, format: We
       y[i * n + j] = s;
     }
   }
-  if (epilogue) applyEpilogue(y.subarray(0, m * n), epilogue);
-}
-
-/** The epilogue as the separate reference ops. */
-function applyEpilogue(y: Float32Array, e: MatmulEpilogue): void {
-  const r = rowwiseReference as Kernels;
-  if (e.activation === 'relu') r.relu(y, y);
-  else if (e.activation) r.gelu(y, y, e.activation === 'gelu_tanh');
-  if (e.addTo) r.add(e.addTo, y, e.addTo);
+  if (epilogue) epilogueByOps(rowwiseReference as Kernels, y.subarray(0, m * n), epilogue);
 }
 
 /** dw[n,k] += dy[m,n]ᵀ · x[m,k]: each element a float64 sum over the m rows (bf16 mode: dy and x
