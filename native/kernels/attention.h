@@ -29,9 +29,15 @@ void attn_decode(const float* q, const void* k_cache, const void* v_cache, int k
 // Token i of q[t, hq, d] against positions 0..lens[i]-1 of cache row rows[i] (caches [b, hkv, cap, ..]
 // of any b): a prompt's later chunk (its keys already written) in one call. Each token's result
 // equals attn_decode's for that row and length.
+// k_new, v_new (optional, [t, hkv, d]; no row twice among the tokens): a decode step's own keys
+// and values, written at position lens[i]-1 of row rows[i] before anything reads them, as
+// attn_cache_write writes them (its conditions on the values hold). In an f32 or f16 cache each
+// thread writes the next item of its run while it computes the current one, so the write's miss
+// (lines of every (row, head), which a separate cache write waits for one after another) overlaps
+// the run's read stream; a q4 cache or sparse attention writes them all first.
 void attn_cached(const float* q, const void* k_cache, const void* v_cache, int kind, int64_t t, int64_t hq,
                  int64_t hkv, int64_t d, int64_t cap, const int32_t* rows, const int32_t* lens, float scale,
-                 double sparsity, float* out);
+                 double sparsity, float* out, const float* k_new = nullptr, const float* v_new = nullptr);
 // Token i of src[t, hkv, d] into cache[b, hkv, cap, ..] at row rows[i], position pos[i] (each in
 // range; the transformer writes every sequence of a step in one call).
 // kCacheQ4: src must be representable (quant::find_unrepresentable(src, t*hkv*d) < 0).

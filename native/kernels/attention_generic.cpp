@@ -192,6 +192,18 @@ void generic_widen_f16(const uint16_t* src, int64_t n, float* out) {
   for (int64_t i = 0; i < n; i++) out[i] = half_to_float(src[i]);
 }
 
+// One f32 or f16 cache row (position `row` counted over [b, hkv, cap]) from d floats: the one
+// conversion every cache write uses, so a row written with attention equals one written alone.
+inline void write_cache_row(void* cache, bool f16, bool f16c, int64_t row, int64_t d, const float* s) {
+  if (!f16) {
+    std::memcpy(static_cast<float*>(cache) + row * d, s, (size_t)d * 4);
+    return;
+  }
+  uint16_t* o = static_cast<uint16_t*>(cache) + row * d;
+  if (f16c) isa2::narrow_f16(s, d, o);
+  else for (int64_t c = 0; c < d; c++) o[c] = float_to_half(s[c]);
+}
+
 // Sparse decode (sparsity < 1): one item per (row, kv head) over the whole row, so a row's result
 // depends on nothing else. Scores of every position (f32, the ISA's score kernel; q4 keys
 // dequantized 64 positions at a time into a tile), per query head the kept set (top k of
@@ -324,8 +336,17 @@ void attn_decode(const float* q, const void* k_cache, const void* v_cache, int k
 // rather than t calls, and each token's result is the one decode gives it.
 void attn_cached(const float* q, const void* k_cache, const void* v_cache, int kind, int64_t b, int64_t hq,
                  int64_t hkv, int64_t d, int64_t cap, const int32_t* rows, const int32_t* lens, float scale,
-                 double sparsity, float* out) {
+                 double sparsity, float* out, const float* k_new, const float* v_new) {
   if (b <= 0 || hq <= 0 || d <= 0) return;
+  bool append = k_new && v_new;
+  if (append && (sparsity < 1.0 || kind == kCacheQ4)) {
+    // Sparse items score a whole row, and a q4 row is quantized: the new rows are written first.
+    std::vector<int32_t> pos((size_t)b), row((size_t)b);
+    for (int64_t i = 0; i < b; i++) pos[i] = lens[i] - 1, row[i] = rows ? rows[i] : (int32_t)i;
+    attn_cache_write(const_cast<void*>(k_cache), kind, 0, hkv, cap, d, k_new, b, row.data(), pos.data());
+    attn_cache_write(const_cast<void*>(v_cache), kind, 0, hkv, cap, d, v_new, b, row.data(), pos.data());
+    append = false;
+  }
   if (sparsity < 1.0) {
     decode_sparse(q, k_cache, v_cache, kind, b, hq, hkv, d, cap, rows, lens, scale, sparsity, out);
     return;
@@ -364,13 +385,26 @@ void attn_cached(const float* q, const void* k_cache, const void* v_cache, int k
   const int64_t nitems = (int64_t)items.size(), run = decode_run(nitems);
   const bool pf_next = attn_prefetch_bytes() > 0;
   auto cache_offset = [&](const Item& it) { return (((rows ? rows[it.bi] : it.bi) * hkv + it.kh) * cap + it.p0) * rbytes; };
+  // The appended row of an item: written by the split that holds the row's last position (no other
+  // item reads it), when the run reaches the item before it, or first thing if it starts a run.
+  const bool f16c = active_isa() >= Isa::Avx2;
+  auto write_new = [&](const Item& it) {
+    if (!append || it.p1 != lens[it.bi]) return;
+    const int64_t row = ((rows ? rows[it.bi] : it.bi) * hkv + it.kh) * cap + it.p1 - 1, src = (it.bi * hkv + it.kh) * d;
+    write_cache_row(const_cast<void*>(k_cache), cache_f16, f16c, row, d, k_new + src);
+    write_cache_row(const_cast<void*>(v_cache), cache_f16, f16c, row, d, v_new + src);
+  };
   run_items(nitems, [&](int64_t idx, int thread) {
     const Item& it = item_list[idx];
-    if (pf_next && (idx + 1) % run != 0 && idx + 1 < nitems) {
+    if (idx % run == 0) write_new(it);
+    if ((idx + 1) % run != 0 && idx + 1 < nitems) {
       const Item& nx = item_list[idx + 1];
-      const int64_t off = cache_offset(nx);
-      prefetch_item(static_cast<const char*>(k_cache) + off, static_cast<const char*>(v_cache) + off,
-                    std::min(kNextItemPrefetch, (nx.p1 - nx.p0) * rbytes));
+      write_new(nx);
+      if (pf_next) {
+        const int64_t off = cache_offset(nx);
+        prefetch_item(static_cast<const char*>(k_cache) + off, static_cast<const char*>(v_cache) + off,
+                      std::min(kNextItemPrefetch, (nx.p1 - nx.p0) * rbytes));
+      }
     }
     float* qs = scratch + (size_t)thread * scratch_floats;
     const float* qsrc = q + (it.bi * hq + it.kh * g) * d;
@@ -519,20 +553,10 @@ void attn_cache_write(void* cache, int kind, int64_t b, int64_t hkv, int64_t cap
     return;
   }
   const bool cache_f16 = kind == kCacheF16;
-  bool f16c = active_isa() >= Isa::Avx2;
-  for (int64_t i = 0; i < t; i++) {
-    for (int64_t h = 0; h < hkv; h++) {
-      const float* s = src + (i * hkv + h) * d;
-      int64_t off = ((rows[i] * hkv + h) * cap + pos[i]) * d;
-      if (!cache_f16) {
-        std::memcpy(static_cast<float*>(cache) + off, s, (size_t)d * 4);
-      } else {
-        uint16_t* o = static_cast<uint16_t*>(cache) + off;
-        if (f16c) isa2::narrow_f16(s, d, o);
-        else for (int64_t c = 0; c < d; c++) o[c] = float_to_half(s[c]);
-      }
-    }
-  }
+  const bool f16c = active_isa() >= Isa::Avx2;
+  for (int64_t i = 0; i < t; i++)
+    for (int64_t h = 0; h < hkv; h++)
+      write_cache_row(cache, cache_f16, f16c, (rows[i] * hkv + h) * cap + pos[i], d, src + (i * hkv + h) * d);
 }
 
 }  // namespace tierlm

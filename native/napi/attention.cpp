@@ -86,8 +86,25 @@ Napi::Value Decode(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// attentionCached(q, kCache, vCache, cacheDtype, t, hq, hkv, d, b, cap, rows, lens, scale, out, async, sparsity)
-// Token i reads cache row rows[i] (< b), positions 0..lens[i]-1.
+// Throws the RangeError a cache write of `kind` gives for src[0..n) it cannot store, naming the element.
+void check_storable(const Napi::Env& env, int kind, const float* src, int64_t n, const std::string& what) {
+  if (kind == kCacheQ4) {
+    int64_t bad = quant::find_unrepresentable(src, n);
+    if (bad >= 0)
+      throw Napi::RangeError::New(env, what + "element " + std::to_string(bad) + " (" + std::to_string(src[bad]) +
+                                           ") cannot be quantized: values must be finite with |x| <= 65504");
+  } else if (kind == kCacheF16) {
+    int64_t bad = quant::find_f16_overflow(src, n);
+    if (bad >= 0)
+      throw Napi::RangeError::New(env, what + "element " + std::to_string(bad) + " (" + std::to_string(src[bad]) +
+                                           ") is beyond an f16 cache's range (it would be stored as infinity): keep the cache in f32 (cacheDtype \"f32\")");
+  }
+}
+
+// attentionCached(q, kCache, vCache, cacheDtype, t, hq, hkv, d, b, cap, rows, lens, scale, out, async, sparsity,
+//                 kNew, vNew)
+// Token i reads cache row rows[i] (< b), positions 0..lens[i]-1. kNew and vNew (optional, [t, hkv, d],
+// both or neither; rows distinct): token i's keys and values, written at position lens[i]-1 first.
 Napi::Value Cached(const Napi::CallbackInfo& info) {
   int kind = cache_dtype_arg(info, 3);
   int64_t t = int_arg(info, 4, "t"), hq = int_arg(info, 5, "hq"), hkv = int_arg(info, 6, "hkv"), d = int_arg(info, 7, "d"),
@@ -111,10 +128,28 @@ Napi::Value Cached(const Napi::CallbackInfo& info) {
     if (!(sparsity > 0.0 && sparsity <= 1.0))
       throw Napi::RangeError::New(info.Env(), "sparsity must be in (0, 1], got " + std::to_string(sparsity));
   }
+  const bool append = info.Length() > 16 && !info[16].IsUndefined();
+  const float* k_new = nullptr;
+  const float* v_new = nullptr;
+  if (append) {
+    k_new = checked_ptr<float>(info[16], "kNew", {t, hkv, d});
+    v_new = checked_ptr<float>(info[17], "vNew", {t, hkv, d});
+    std::vector<char> seen((size_t)b, 0);
+    for (int64_t i = 0; i < t; i++) {
+      if (seen[rows[i]]) throw Napi::RangeError::New(info.Env(), "rows[" + std::to_string(i) + "] = " + std::to_string(rows[i]) +
+                                                          " repeats an earlier token's row: keys and values appended in the call need one token a row");
+      seen[rows[i]] = 1;
+    }
+    check_storable(info.Env(), kind, k_new, t * hkv * d, "kNew ");
+    check_storable(info.Env(), kind, v_new, t * hkv * d, "vNew ");
+  }
   auto work = [=, rows = std::move(rows), lens = std::move(lens)]() {
-    attn_cached(q, kc, vc, kind, t, hq, hkv, d, cap, rows.data(), lens.data(), scale, sparsity, out);
+    attn_cached(q, kc, vc, kind, t, hq, hkv, d, cap, rows.data(), lens.data(), scale, sparsity, out, k_new, v_new);
   };
-  if (is_async(info, 14)) return run_async(info.Env(), work, {info[0], info[1], info[2], info[13]});
+  if (is_async(info, 14)) {
+    if (append) return run_async(info.Env(), work, {info[0], info[1], info[2], info[13], info[16], info[17]});
+    return run_async(info.Env(), work, {info[0], info[1], info[2], info[13]});
+  }
   work();
   return info.Env().Undefined();
 }
@@ -145,17 +180,7 @@ Napi::Value CacheWrite(const Napi::CallbackInfo& info) {
   }
   void* cache = checked_bytes(info[0], "cache", {b, hkv, cap, cache_row_bytes(kind, d)}).data;
   const float* src = checked_ptr<float>(info[6], "src", {t, hkv, d});
-  if (kind == kCacheQ4) {
-    int64_t bad = quant::find_unrepresentable(src, t * hkv * d);
-    if (bad >= 0)
-      throw Napi::RangeError::New(info.Env(), "element " + std::to_string(bad) + " (" + std::to_string(src[bad]) +
-                                                  ") cannot be quantized: values must be finite with |x| <= 65504");
-  } else if (kind == kCacheF16) {
-    int64_t bad = quant::find_f16_overflow(src, t * hkv * d);
-    if (bad >= 0)
-      throw Napi::RangeError::New(info.Env(), "element " + std::to_string(bad) + " (" + std::to_string(src[bad]) +
-                                                  ") is beyond an f16 cache's range (it would be stored as infinity): keep the cache in f32 (cacheDtype \"f32\")");
-  }
+  check_storable(info.Env(), kind, src, t * hkv * d, "");
   attn_cache_write(cache, kind, b, hkv, cap, d, src, t, rows.data(), pos.data());
   return info.Env().Undefined();
 }

@@ -439,8 +439,13 @@ export class Backend {
 
   /** Each token of q[t,hq,d] against its own cache row: token i attends to positions
    *  0..lens[i]-1 of row rows[i] of kCache/vCache [b,hkv,cap,..] (any b), as attentionDecode does
-   *  for that row and length. A prompt's later chunk (its keys written first) is one call. */
-  attentionCached(q: F32, kCache: Tensor, vCache: Tensor, rows: Tensor<'i32'>, lens: Tensor<'i32'>, scale: number, out?: F32, sparsity = 1): F32 {
+   *  for that row and length. A prompt's later chunk (its keys written first) is one call.
+   *  `append` {k, v} ([t,hkv,d] each; one token a row): a decode step's own keys and values, written
+   *  at position lens[i]-1 of row rows[i] first, as cacheWriteTokens writes them (the same cache
+   *  bytes and errors; nothing is written when one is refused) — fused, so each write's miss
+   *  overlaps attention's read of the cache. */
+  attentionCached(q: F32, kCache: Tensor, vCache: Tensor, rows: Tensor<'i32'>, lens: Tensor<'i32'>, scale: number, out?: F32, sparsity = 1,
+    append?: { k: F32; v: F32 }): F32 {
     const op = 'attentionCached';
     expectF32(op, 'q', q);
     expectRank(op, 'q', q, 3);
@@ -463,8 +468,21 @@ export class Backend {
     expectFinite(op, 'scale', scale);
     this.checkSparsity(op, sparsity);
     const y = outOr(op, out, [t, hq, d]);
+    if (append) {
+      for (const [name, x] of [['append.k', append.k], ['append.v', append.v]] as const) {
+        expectF32(op, name, x);
+        expectShape(op, name, x, [t, hkv, d]);
+        if ([kCache, vCache].some((c) => sharesMemory(x.data, c.data))) fail(op, `${name} shares memory with the cache`);
+      }
+      const seen = new Set<number>();
+      for (let i = 0; i < t; i++) {
+        const r = rows.data[i]!;
+        if (seen.has(r)) fail(op, `rows[${i}] = ${r} repeats an earlier token's row: keys and values appended in the call need one token a row`);
+        seen.add(r);
+      }
+    }
     this.kernels.attentionCached(q.data, kCache.data as CacheArray, vCache.data as CacheArray, dtype, t, hq, hkv, d, b, cap,
-      rows.data, lens.data, scale, y.data, sparsity);
+      rows.data, lens.data, scale, y.data, sparsity, append?.k.data, append?.v.data);
     return y;
   }
 

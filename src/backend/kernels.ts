@@ -154,10 +154,12 @@ export interface Kernels extends TrainKernels {
   /** Each query token against its own cache row: token i of q[t,hq,d] attends to positions
    *  0..lens[i]-1 of row rows[i] of caches [b,hkv,cap,..] (as attentionDecode does for that row and
    *  length, sparsity included). A prompt's later chunk, its keys written first, is one call.
-   *  out[t,hq,d]. */
+   *  out[t,hq,d]. kNew and vNew (both or neither, [t,hkv,d]; no row twice in `rows`): a decode
+   *  step's keys and values, written at position lens[i]-1 of row rows[i] as cacheWrite writes them
+   *  (same errors, before anything is written) and then read: the cache write fused into the call. */
   attentionCached(q: Float32Array, kCache: CacheArray, vCache: CacheArray, cacheDtype: CacheDType,
     t: number, hq: number, hkv: number, d: number, b: number, cap: number, rows: Int32Array, lens: Int32Array,
-    scale: number, out: Float32Array, sparsity?: number): void;
+    scale: number, out: Float32Array, sparsity?: number, kNew?: Float32Array, vNew?: Float32Array): void;
   /** Writes token i of src[t,hkv,d] into cache[b,hkv,cap,d] at batch row rows[i], position
    *  positions[i] (every sequence of a step in one call; a RangeError names a token out of range).
    *  'q4': quantizes each row of d into a record; throws a RangeError for values that are not

@@ -176,15 +176,20 @@ export class Transformer {
     const out = this.ws.get('attn', [t, c.heads, c.headDim]);
     const plan = this.attentionPlan(step);
     // Every token's keys and values to its row and position: one call each for the step (a
-    // call per sequence cost ~2 µs plus the engine's glue, 768 calls a step at batch 16).
-    b.cacheWriteTokens(cache.k, k, plan.rows, plan.positions);
-    b.cacheWriteTokens(cache.v, v, plan.rows, plan.positions);
+    // call per sequence cost ~2 µs plus the engine's glue, 768 calls a step at batch 16). A
+    // decode step hands them to attention instead, which writes each while it reads the cache
+    // (the same bytes; a separate write waited on a miss for every row and head).
+    if (!plan.decode) {
+      b.cacheWriteTokens(cache.k, k, plan.rows, plan.positions);
+      b.cacheWriteTokens(cache.v, v, plan.rows, plan.positions);
+    }
     for (const r of plan.runs) {
       const { from, to } = r;
       if (r.kind === 'prefill') {
         b.attentionPrefill(q.rows(from, to), k.rows(from, to), v.rows(from, to), r.starts, this.scale, out.rows(from, to));
       } else {
-        b.attentionCached(q.rows(from, to), cache.k, cache.v, r.rows, r.lens, this.scale, out.rows(from, to), this.attnSparsity);
+        b.attentionCached(q.rows(from, to), cache.k, cache.v, r.rows, r.lens, this.scale, out.rows(from, to), this.attnSparsity,
+          plan.decode ? { k, v } : undefined);
       }
     }
     return out.reshape([t, c.heads * c.headDim]);
@@ -211,6 +216,8 @@ export class Transformer {
 interface AttentionPlan {
   rows: Tensor<'i32'>;
   positions: Tensor<'i32'>;
+  /** One token a sequence, every one against its cache: a single cached run over the step. */
+  decode: boolean;
   runs: ({ kind: 'prefill'; from: number; to: number; starts: Tensor<'i32'> }
     | { kind: 'cached'; from: number; to: number; rows: Tensor<'i32'>; lens: Tensor<'i32'> })[];
 }
@@ -242,5 +249,6 @@ function attentionPlan(step: Step): AttentionPlan {
     }
     s = e;
   }
-  return { rows: new Tensor('i32', [t], rowOf), positions: new Tensor('i32', [t], step.positions), runs };
+  const decode = runs.length === 1 && runs[0]!.kind === 'cached' && t === n;
+  return { rows: new Tensor('i32', [t], rowOf), positions: new Tensor('i32', [t], step.positions), runs, decode };
 }

@@ -17,8 +17,8 @@ export const attentionKernels: Partial<Kernels> = {
   async attentionDecodeAsync(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out, sparsity = 1) {
     await (fn('attentionDecode')(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out, true, sparsity) as Promise<void>);
   },
-  attentionCached(q, kCache, vCache, cacheDtype, t, hq, hkv, d, b, cap, rows, lens, scale, out, sparsity = 1) {
-    fn('attentionCached')(q, kCache, vCache, cacheDtype, t, hq, hkv, d, b, cap, rows, lens, scale, out, false, sparsity);
+  attentionCached(q, kCache, vCache, cacheDtype, t, hq, hkv, d, b, cap, rows, lens, scale, out, sparsity = 1, kNew, vNew) {
+    fn('attentionCached')(q, kCache, vCache, cacheDtype, t, hq, hkv, d, b, cap, rows, lens, scale, out, false, sparsity, kNew, vNew);
   },
   cacheWrite(cache, cacheDtype, b, hkv, cap, d, src, t, rows, positions) {
     fn('cacheWrite')(cache, cacheDtype, b, hkv, cap, d, src, t, rows, positions);

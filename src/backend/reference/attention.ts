@@ -3,7 +3,7 @@
 // by record with the reference quantizer (reference/quant.ts), then read as float32.
 import { f16ToF32, f32ToF16 } from '../../tensor/dtype.js';
 import { type CacheArray, type CacheDType, type Kernels, Q4_CACHE_GROUP, q4RecordBytes } from '../kernels.js';
-import { dequantize, quantize } from './quant.js';
+import { dequantize, quantize, representable } from './quant.js';
 import type { FloatArray, TrainKernels } from '../kernels-train.js';
 
 /** out[0..d) = Σ_p softmax(scale·q·k_p) v_p over n positions read through kAt/vAt. With sparsity
@@ -36,6 +36,19 @@ function attend(q: Float32Array, qo: number, d: number, n: number, kAt: (p: numb
     let a = 0;
     for (const p of kept) a += w[p]! * vAt(p, c);
     out[oo + c] = a / sum;
+  }
+}
+
+/** The RangeError a cache write of `dtype` gives for values it cannot store (as the native one,
+ *  naming the element of `src`). */
+function checkStorable(dtype: CacheDType, src: Float32Array, what: string): void {
+  if (dtype === 'q4') {
+    const bad = src.findIndex((x) => !representable(x));
+    if (bad >= 0) throw new RangeError(`${what}element ${bad} (${src[bad]}) cannot be quantized: values must be finite with |x| <= 65504`);
+  } else if (dtype === 'f16') {
+    // f16 rounds |x| >= 65520 to infinity (below, to at most 65504).
+    const bad = src.findIndex((x) => Math.abs(x) >= 65520 && Number.isFinite(x));
+    if (bad >= 0) throw new RangeError(`${what}element ${bad} (${src[bad]}) is beyond an f16 cache's range (it would be stored as infinity): keep the cache in f32 (cacheDtype "f32")`);
   }
 }
 
@@ -101,7 +114,15 @@ export const attentionReference: Partial<Kernels> = {
   async attentionDecodeAsync(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out, sparsity = 1) {
     attentionReference.attentionDecode!(q, kCache, vCache, cacheDtype, b, hq, hkv, d, cap, lens, scale, out, sparsity);
   },
-  attentionCached(q, kCache, vCache, cacheDtype, t, hq, hkv, d, _b, cap, rows, lens, scale, out, sparsity = 1) {
+  attentionCached(q, kCache, vCache, cacheDtype, t, hq, hkv, d, b, cap, rows, lens, scale, out, sparsity = 1, kNew, vNew) {
+    if (kNew && vNew) {
+      if (new Set(rows.subarray(0, t)).size < t) throw new RangeError('keys and values appended in the call need one token a row (rows repeat)');
+      const positions = lens.map((n) => n - 1);
+      // Both checked before either is written, as the native call does.
+      for (const [name, x] of [['kNew', kNew], ['vNew', vNew]] as const) checkStorable(cacheDtype, x.subarray(0, t * hkv * d), `${name} `);
+      attentionReference.cacheWrite!(kCache, cacheDtype, b, hkv, cap, d, kNew, t, rows, positions);
+      attentionReference.cacheWrite!(vCache, cacheDtype, b, hkv, cap, d, vNew, t, rows, positions);
+    }
     const g = hq / hkv;
     const kf = widen(kCache, cacheDtype, d), vf = widen(vCache, cacheDtype, d);
     for (let i = 0; i < t; i++) {
@@ -117,11 +138,7 @@ export const attentionReference: Partial<Kernels> = {
       if (!(rows[i]! >= 0 && rows[i]! < b)) throw new RangeError(`rows[${i}] = ${rows[i]} is outside the cache's ${b} rows`);
       if (!(positions[i]! >= 0 && positions[i]! < cap)) throw new RangeError(`positions[${i}] = ${positions[i]} overruns the cache capacity ${cap}`);
     }
-    if (cacheDtype === 'f16') {
-      // f16 rounds |x| >= 65520 to infinity (below, to at most 65504).
-      const bad = src.subarray(0, t * hkv * d).findIndex((x) => Math.abs(x) >= 65520 && Number.isFinite(x));
-      if (bad >= 0) throw new RangeError(`element ${bad} (${src[bad]}) is beyond an f16 cache's range (it would be stored as infinity): keep the cache in f32 (cacheDtype "f32")`);
-    }
+    checkStorable(cacheDtype, src.subarray(0, t * hkv * d), '');
     for (let i = 0; i < t; i++) {
       for (let h = 0; h < hkv; h++) {
         const o = (rows[i]! * hkv + h) * cap + positions[i]!;
