@@ -35,10 +35,11 @@ afterAll(() => {
 
 const TOL = 1e-5;
 
-// [m, k, n]: m crosses the row-block sizes, k and n are multiples of no block size.
+// [m, k, n]: m crosses the row-block sizes, k and n are multiples of no block size; the last two
+// take several k blocks of the SIMD kernels (kKBlock 4096), with y stored and reloaded between.
 const SHAPES: [number, number, number][] = [
   [1, 1, 1], [2, 3, 17], [3, 17, 31], [7, 31, 33], [13, 100, 3], [17, 33, 100], [33, 257, 65], [65, 100, 257],
-  [1, 1000, 33], [5, 1000, 17], [129, 17, 40],
+  [1, 1000, 33], [5, 1000, 17], [129, 17, 40], [17, 4099, 33], [31, 8201, 40],
 ];
 
 let seed = 100;
@@ -80,7 +81,7 @@ describe('batched rows equal unbatched rows bit for bit', () => {
   for (const dtype of DTYPES) {
     for (const mode of MODES) {
       it(`${dtype} weights, ${mode} mode`, () => {
-        const [m, k, n] = [37, 300, 70];
+        for (const [m, k, n] of [[37, 300, 70], [29, 4500, 33]] as const) {
         const x = randomF32([m, k], seed++);
         const w = cpu.packWeight(randomFloat(dtype, [n, k], seed++), mode);
         const bias = randomF32([n], seed++);
@@ -90,13 +91,14 @@ describe('batched rows equal unbatched rows bit for bit', () => {
           for (const threads of [1, 2]) {
             setThreads(threads);
             const all = cpu.matmul(x, w, bias);
-            for (const i of [0, 1, 13, 14, 15, 36]) {
+            for (const i of [0, 1, 13, 14, 15, m - 1]) {
               const row = new Tensor('f32', [1, k], x.data.slice(i * k, (i + 1) * k));
               const one = cpu.matmul(row, w, bias);
               const same = one.data.every((v, j) => Object.is(v, all.data[i * n + j]));
-              expect(same, `${isa}${dot ? '+dot' : ''} ${threads}t row ${i}`).toBe(true);
+              expect(same, `${isa}${dot ? '+dot' : ''} ${threads}t k=${k} row ${i}`).toBe(true);
             }
           }
+        }
         }
         setIsa(startIsa);
         gemmBf16Dot(startDot);

@@ -83,6 +83,14 @@ enum : int { kFirst = 1, kLast = 2 };
 using KernelFn = void (*)(int rows, const void* xp, const uint8_t* wp, int kc, float* y, int64_t ldy, int ncols,
                           int flags, const float* bias);
 
+// The k block of the SIMD kernels: a tile accumulating over k blocks stores its rows × 32 outputs
+// to y and loads them back for the next block, and by then y has left the caches (every row block
+// and panel group came between), so each reload stalls a tile's start on misses. Up to 4096 steps
+// a model's layer (hidden 2048–4096) takes its whole k in one block; its x block and W slice still
+// fit L2. Measured against 512 (vdpbf16ps) and 256 (FMA) on Zen 4, two threads, two addons side
+// by side: 7–10% less time at 1024–2048 rows, 10–23% at 16–32 rows (docs/benchmarks.md, issue #14).
+constexpr int kKBlock = 4096;
+
 struct Kernel {
   KernelFn fn = nullptr;
   int max_rows = 1;  // rows per call at most

@@ -108,7 +108,7 @@ void kernel(int rows, const void* xpv, const uint8_t* wp, int kc, float* y, int6
 
 bool kernel_avx2(Fmt fmt, Kernel* out) {
   out->max_rows = kRows;
-  out->kc = 256;
+  out->kc = kKBlock;
   out->xpack = XPack::F32;
   switch (fmt) {
     case Fmt::F32: out->fn = kernel<0>; break;

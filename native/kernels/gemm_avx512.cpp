@@ -170,12 +170,12 @@ bool kernel_avx512(Fmt fmt, bool bf16_pairs, Kernel* out) {
   out->max_rows = kRows;
   if (bf16_pairs) {
     out->fn = kernel_bf16;
-    out->kc = 512;
+    out->kc = kKBlock;
     out->xpack = XPack::Bf16Pair;
     return true;
   }
   out->xpack = XPack::F32;
-  out->kc = 256;
+  out->kc = kKBlock;
   switch (fmt) {
     case Fmt::F32: out->fn = kernel_fp32<0>; break;
     case Fmt::F16: out->fn = kernel_fp32<1>; break;

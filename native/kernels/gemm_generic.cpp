@@ -342,6 +342,14 @@ void gather_rows(const uint8_t* w, Fmt fmt, int64_t n, int64_t k, const int32_t*
 
 namespace {
 
+// The rows × 32 floats of a y tile (two lines a row), for writing.
+inline void prefetch_tile(const float* y, int64_t ldy, int rows) {
+  for (int i = 0; i < rows; i++) {
+    __builtin_prefetch(y + i * ldy, 1, 3);
+    __builtin_prefetch(y + i * ldy + 16, 1, 3);
+  }
+}
+
 // y[m,n] (+)= x[m,k] · W[n,k]ᵀ (+ bias) for float formats; `accumulate` adds onto y (no kFirst);
 // `ep` runs on each group of panels a row block finishes (its last k block), still in L1/L2.
 void run_gemm(const XSrc& xs, const uint8_t* w, Fmt fmt, int64_t n, const float* bias, float* y, Mode mode,
@@ -396,6 +404,16 @@ void run_gemm(const XSrc& xs, const uint8_t* w, Fmt fmt, int64_t n, const float*
             const uint8_t* wp = w + p * pb + k0 * kNR * es;
             const int ncols = static_cast<int>(n - p * kNR < kNR ? n - p * kNR : kNR);
             const float* bp = bias ? bias + p * kNR : nullptr;
+            // A tile that accumulates loads its rows × 32 outputs from y before its first step,
+            // and y left the caches since the last k block: the next tile's are fetched now.
+            if (!(flags & kFirst)) {
+              const bool last = p + 1 == g1;
+              if (!last || b + 1 < b1) {
+                const int64_t nr0 = last ? block_start(b + 1) : r0;
+                const int nrows = static_cast<int>(last ? block_start(b + 2) - nr0 : rows);
+                prefetch_tile(y + nr0 * n + (last ? g0 : p + 1) * kNR, n, nrows);
+              }
+            }
             kern.fn(rows, xp, wp, kc, y + r0 * n + p * kNR, n, ncols, flags, bp);
           }
           if ((flags & kLast) && ep.any()) ep.apply(y, n, r0, rows, g0 * kNR, std::min(n, g1 * kNR));
