@@ -214,11 +214,11 @@ describe('packed q4 / q8 weights', () => {
   });
 });
 
-// [m, k, n]: odd sizes; k crosses the fp32 path's 128 and the VNNI path's 512 blocks (m <= 6: one
+// [m, k, n]: odd sizes; k crosses the fp32 path's 128 and the VNNI path's 4096 blocks (m <= 6: one
 // row block, whose panels the VNNI path reads whole).
 const SHAPES: [number, number, number][] = [
   [1, 1, 1], [2, 3, 17], [3, 65, 31], [7, 100, 33], [13, 257, 65], [17, 129, 100], [6, 64, 32], [65, 200, 40],
-  [5, 1100, 33], [129, 70, 3], [1, 1300, 70], [4, 777, 97],
+  [5, 1100, 33], [129, 70, 3], [1, 1300, 70], [4, 777, 97], [9, 4200, 40],
 ];
 
 describe('q4 / q8 matmul matches a float64 GEMM over the dequantized weights', () => {
@@ -277,20 +277,21 @@ describe('q4 / q8: batched rows equal unbatched rows bit for bit', () => {
   for (const format of FORMATS) {
     for (const mode of MODES) {
       it(`${format}, ${mode} mode`, () => {
-        const [m, k, n] = [37, 300, 70];
-        const x = randomF32([m, k], seed++);
-        const w = cpu.packWeight(randomF32([n, k], seed++), mode, 'w', { quantize: format });
-        const bias = randomF32([n], seed++);
-        for (const isa of ISAS) {
-          setIsa(isa);
-          for (const threads of [1, 2]) {
-            setThreads(threads);
-            const all = cpu.matmul(x, w, bias);
-            for (const i of [0, 1, 5, 6, 13, 14, 36]) {
-              const row = new Tensor('f32', [1, k], x.data.slice(i * k, (i + 1) * k));
-              const one = cpu.matmul(row, w, bias);
-              const same = one.data.every((v, j) => Object.is(v, all.data[i * n + j]));
-              expect(same, `${isa} ${threads}t row ${i}`).toBe(true);
+        for (const [m, k, n] of [[37, 300, 70], [15, 4300, 33]] as const) {
+          const x = randomF32([m, k], seed++);
+          const w = cpu.packWeight(randomF32([n, k], seed++), mode, 'w', { quantize: format });
+          const bias = randomF32([n], seed++);
+          for (const isa of ISAS) {
+            setIsa(isa);
+            for (const threads of [1, 2]) {
+              setThreads(threads);
+              const all = cpu.matmul(x, w, bias);
+              for (const i of [0, 1, 5, 6, 13, 14, m - 1]) {
+                const row = new Tensor('f32', [1, k], x.data.slice(i * k, (i + 1) * k));
+                const one = cpu.matmul(row, w, bias);
+                const same = one.data.every((v, j) => Object.is(v, all.data[i * n + j]));
+                expect(same, `${isa} ${threads}t k=${k} row ${i}`).toBe(true);
+              }
             }
           }
         }

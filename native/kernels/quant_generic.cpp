@@ -121,7 +121,7 @@ thread_local Scratch tls_x, tls_tile;
 
 constexpr int kTileGroups = 2;    // fp32 path: k block of 128 (a 16 KiB f32 tile per panel)
 constexpr int kTilePanels = 8;    // fp32 path: panels dequantized per sweep of the row blocks
-constexpr int kVnniGroups = 8;    // VNNI path: k block of 512
+constexpr int kVnniGroups = 64;   // VNNI path: k block of 4096
 constexpr int64_t kL2Bytes = 1 << 20;
 
 // Row blocks of near-equal size, at most max_rows each.
@@ -252,7 +252,9 @@ void matmul_vnni(VnniFn fn, XQuantFn xquant, const float* x, int64_t m, int64_t 
       for (int i = 0; i < rows; i++) xquant(x + (r0 + i) * k, k, rows, i, dq, ds, dsum);
     }
   });
-  // k blocks of kVnniGroups groups keep a slice of panels in L2 for the next row block. With one
+  // k blocks of kVnniGroups groups keep a slice of panels in L2 for the next row block (4096: a
+  // layer's whole k, so a tile stores y once rather than reloading it from beyond the caches each
+  // block; 512 took 1.1–1.5× the time at 16 rows, as kKBlock in gemm.h says of the float GEMM). With one
   // row block (decode, m <= 6) nothing is reused: each panel is read whole, so a thread's panels
   // are one contiguous stream (the hardware prefetchers' best case; a decode step at batch 1 is
   // bound by this read).
