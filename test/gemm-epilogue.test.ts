@@ -22,7 +22,7 @@ let seed = 7000;
 
 const ACTIVATIONS = [undefined, 'relu', 'gelu', 'gelu_tanh'] as const;
 // [m, k, n]: m across the small-row (<= 2), VNNI (<= 6 a block) and GEMM row blocks; k across
-// one and several k blocks (float kKBlock 4096, q4/q8 fp32 tiles of 128); n with a panel tail.
+// one and several k blocks (float kKBlock 4096, q4/q8 fp32 tiles of 1024, VNNI 4096); n with a panel tail.
 const SHAPES: [number, number, number][] = [[1, 33, 70], [2, 300, 97], [5, 129, 33], [7, 517, 65], [16, 260, 130], [33, 70, 40], [17, 4111, 40]];
 
 type Format = 'f32' | 'f16' | 'bf16' | QuantFormat;

@@ -214,7 +214,7 @@ describe('packed q4 / q8 weights', () => {
   });
 });
 
-// [m, k, n]: odd sizes; k crosses the fp32 path's 128 and the VNNI path's 4096 blocks (m <= 6: one
+// [m, k, n]: odd sizes; k crosses the fp32 path's 1024 and the VNNI path's 4096 blocks (m <= 6: one
 // row block, whose panels the VNNI path reads whole).
 const SHAPES: [number, number, number][] = [
   [1, 1, 1], [2, 3, 17], [3, 65, 31], [7, 100, 33], [13, 257, 65], [17, 129, 100], [6, 64, 32], [65, 200, 40],
