@@ -88,7 +88,7 @@ using KernelFn = void (*)(int rows, const void* xp, const uint8_t* wp, int kc, f
 // and panel group came between), so each reload stalls a tile's start on misses. Up to 4096 steps
 // a model's layer (hidden 2048–4096) takes its whole k in one block; its x block and W slice still
 // fit L2. Measured against 512 (vdpbf16ps) and 256 (FMA) on Zen 4, two threads, two addons side
-// by side: 7–10% less time at 1024–2048 rows, 10–23% at 16–32 rows (docs/benchmarks.md, issue #14).
+// by side: 6–10% less time at 1024–2048 rows, 4–23% at 16–32 rows (docs/benchmarks.md, issue #14).
 constexpr int kKBlock = 4096;
 
 struct Kernel {
