@@ -77,6 +77,37 @@ describe('matmul matches the reference', () => {
   }
 });
 
+describe('bf16 mode rounds x to bf16 exactly as the reference does', () => {
+  // Times an identity weight, each output is one product x·1 (and zeros), so y is bf16(x) itself:
+  // the vdpbf16ps path's vectorised pair packing (16 floats at a time, a masked tail and the zero
+  // pad of an odd k) and the widening path's rounding against the reference, value for value.
+  it('on ties, denormals, signed zeros and random values, odd k, every variant', () => {
+    for (const k of [37, 16, 1, 2049]) {
+      const m = 5;
+      const ties = [1 + 2 ** -8, 1 + 3 * 2 ** -8, -(1 + 5 * 2 ** -8), 2 ** -126 * 1.5, 1e-40, -1e-40, -0, 0, 65535.5, 3.3e38];
+      const x = randomF32([m, k], seed++, 4);
+      for (let i = 0; i < x.size; i += 3) x.data[i] = ties[(i / 3) % ties.length]!;
+      // An infinity right after row 0's last element: a packing that read past k would put it in
+      // row 0's zero pad (odd k), and ∞·0 would turn row 0 to NaN. (Row 1 is NaN either way.)
+      x.data[k] = Infinity;
+      const eye = Tensor.f32([k, k], Float32Array.from({ length: k * k }, (_, i) => (i % (k + 1) === 0 ? 1 : 0)));
+      const want = ref.matmul(x, ref.packWeight(eye, 'bf16'), null).data;
+      const packed = cpu.packWeight(eye, 'bf16');
+      for (const { isa, dot } of VARIANTS) {
+        setIsa(isa);
+        gemmBf16Dot(dot);
+        const got = cpu.matmul(x, packed, null).data;
+        // vdpbf16ps itself treats denormal inputs as zero (the packing keeps them, as the reference).
+        const flushed = (v: number) => dot && Math.abs(v) < 2 ** -126 ? 0 : v;
+        const diff = got.findIndex((v, i) => !Object.is(v, flushed(want[i]!)) && !(v === 0 && flushed(want[i]!) === 0));
+        expect(diff, `${isa}${dot ? '+dot' : ''} k=${k}: element ${diff} x=${x.data[diff]} got ${got[diff]} want ${want[diff]}`).toBe(-1);
+      }
+    }
+    setIsa(startIsa);
+    gemmBf16Dot(startDot);
+  });
+});
+
 describe('batched rows equal unbatched rows bit for bit', () => {
   for (const dtype of DTYPES) {
     for (const mode of MODES) {

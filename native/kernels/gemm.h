@@ -98,6 +98,12 @@ struct Kernel {
   XPack xpack = XPack::F32;
 };
 
+// XPack::Bf16Pair of `rows` rows of x (row i at x + i*ldx, k floats; ks = k rounded up to even):
+// dst[(kk/2)*rows + i] = bf16(x[i][kk]) | bf16(x[i][kk+1]) << 16, rounded to nearest even, a NaN
+// kept (quiet), zero past k: what the scalar packing gives, 16 floats at a time. AVX-512 only (the
+// vdpbf16ps kernel, the one that takes this packing, needs it).
+void pack_bf16_pairs_avx512(const float* x, int64_t ldx, int64_t k, int64_t ks, int rows, uint32_t* dst);
+
 // Fill *out and return true when the instruction set has a kernel for this combination.
 bool kernel_avx512(Fmt fmt, bool bf16_pairs, Kernel* out);  // bf16_pairs: vdpbf16ps (fmt == Bf16)
 bool kernel_avx2(Fmt fmt, Kernel* out);

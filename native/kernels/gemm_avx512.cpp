@@ -4,6 +4,8 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 false positive in _mm512_slli_epi32
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "kernels/gemm.h"
 
 namespace tierlm {
@@ -165,6 +167,32 @@ void kernel_bf16(int rows, const void* xpv, const uint8_t* wp, int kc, float* y,
 }
 
 }  // namespace
+
+void pack_bf16_pairs_avx512(const float* x, int64_t ldx, int64_t k, int64_t ks, int rows, uint32_t* dst) {
+  // Round to nearest even in integers (vcvtne2ps2bf16 would treat denormal inputs as zero, which
+  // the scalar packing and the reference do not); a NaN keeps its bits, made quiet.
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+  const __m512i bias = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1), quiet = _mm512_set1_epi32(0x400000);
+  const __m512i high_words = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 31, 29, 27, 25, 23, 21,
+                                              19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  alignas(32) uint32_t pairs[8];
+  for (int i = 0; i < rows; i++) {
+    const float* xr = x + i * ldx;
+    for (int64_t kk = 0; kk < ks; kk += 16) {
+      // Past k the lanes load as zero, which is the zero pad of an odd k.
+      const __mmask16 in = k - kk >= 16 ? 0xffff : static_cast<__mmask16>((1u << (k - kk)) - 1);
+      const __m512i b = _mm512_castps_si512(_mm512_maskz_loadu_ps(in, xr + kk));
+      const __mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(b, abs_mask), inf);
+      const __m512i rounded = _mm512_add_epi32(b, _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(b, 16), one)));
+      const __m512i bits = _mm512_mask_or_epi32(rounded, nan, b, quiet);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(pairs),
+                         _mm512_castsi512_si256(_mm512_permutexvar_epi16(high_words, bits)));
+      uint32_t* d = dst + (kk >> 1) * rows + i;
+      const int np = static_cast<int>(std::min<int64_t>(8, (ks - kk) >> 1));
+      for (int j = 0; j < np; j++) d[j * rows] = pairs[j];
+    }
+  }
+}
 
 bool kernel_avx512(Fmt fmt, bool bf16_pairs, Kernel* out) {
   out->max_rows = kRows;

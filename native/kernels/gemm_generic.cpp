@@ -194,6 +194,7 @@ void pack_x_block(const XSrc& x, int64_t ks, int64_t r0, int rows, XPack xp, voi
   }
   if (xp == XPack::Bf16Pair) {
     uint32_t* d = static_cast<uint32_t*>(dst);
+    if (active_isa() >= Isa::Avx512) return pack_bf16_pairs_avx512(x.x + r0 * k, k, k, ks, rows, d);
     for (int i = 0; i < rows; i++) {
       for (int64_t kk = 0; kk < ks; kk += 2) {
         uint32_t lo = f32_to_bf16(x.at(r0 + i, kk));
