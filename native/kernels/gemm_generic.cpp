@@ -192,18 +192,8 @@ void pack_x_block(const XSrc& x, int64_t ks, int64_t r0, int rows, XPack xp, voi
     }
     return;
   }
-  if (xp == XPack::Bf16Pair) {
-    uint32_t* d = static_cast<uint32_t*>(dst);
-    if (active_isa() >= Isa::Avx512) return pack_bf16_pairs_avx512(x.x + r0 * k, k, k, ks, rows, d);
-    for (int i = 0; i < rows; i++) {
-      for (int64_t kk = 0; kk < ks; kk += 2) {
-        uint32_t lo = f32_to_bf16(x.at(r0 + i, kk));
-        uint32_t hi = kk + 1 < k ? f32_to_bf16(x.at(r0 + i, kk + 1)) : 0;
-        d[(kk >> 1) * rows + i] = lo | (hi << 16);
-      }
-    }
-    return;
-  }
+  // Only the vdpbf16ps kernel takes bf16 pairs (select_kernel: AVX512_BF16), so AVX-512 is there.
+  if (xp == XPack::Bf16Pair) return pack_bf16_pairs_avx512(x.x + r0 * k, k, k, ks, rows, static_cast<uint32_t*>(dst));
   float* d = static_cast<float*>(dst);
   bool round = xp == XPack::Bf16F32;
   if (x.transposed) {  // rows of the packed block are contiguous in memory here
