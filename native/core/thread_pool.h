@@ -39,6 +39,13 @@ class ThreadPool {
   int64_t idle_prefetch_bytes() const;
   void set_idle_prefetch_bytes(int64_t bytes);
 
+  // How long an idle worker spins before it sleeps, in microseconds: kSpinMicros unless
+  // TIERLM_POOL_SPIN_US (at start-up) or set_spin_micros says otherwise; 0 sleeps at once. Results
+  // never depend on it; a shared machine may want less (a spinning worker holds its core).
+  static constexpr int64_t kSpinMicros = 1000;
+  int64_t spin_micros() const;
+  void set_spin_micros(int64_t us);
+
   ~ThreadPool();
 
  private:

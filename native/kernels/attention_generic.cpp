@@ -143,11 +143,12 @@ void run_items(int64_t n, F&& fn, int64_t chunk = 1) {
 
 // Decode items handed out in runs of consecutive ones: a run's caches lie one after another
 // (consecutive kv heads of a row, [b, hkv, cap, d]), so a thread reads one stream rather than
-// every other item of it, and it knows its next item. Up to 16 items a run while that leaves
-// eight runs a thread for the balance. (At batch 32 of OPT-1.3B, 1024 items of ~70 positions, the
-// cold call took 0.93 of the item-at-a-time time; docs/benchmarks.md, issue #14.)
+// every other item of it, and it knows its next item. Up to 64 items a run while that leaves
+// eight runs a thread for the balance. (At batch 32 of OPT-1.3B, 1024 items of ~70 positions, runs
+// of 16 took 0.93 of the item-at-a-time time cold, and runs of 64 another 2-3% less; at batch 16,
+// runs of 32, no difference. docs/benchmarks.md, issue #14.)
 int64_t decode_run(int64_t items) {
-  return std::clamp<int64_t>(items / (8 * ThreadPool::instance().size()), 1, 16);
+  return std::clamp<int64_t>(items / (8 * ThreadPool::instance().size()), 1, 64);
 }
 
 // While one decode item is computed, its run's next item's first rows are prefetched into L2

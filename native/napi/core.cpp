@@ -26,6 +26,18 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// poolSpin(micros?): returns how long an idle pool worker spins before it sleeps; a number sets it
+// (0: sleep at once).
+Napi::Value PoolSpin(const Napi::CallbackInfo& info) {
+  if (info.Length() > 0 && !info[0].IsUndefined()) {
+    const double v = num_arg(info, 0, "micros");
+    if (!(v >= 0 && v <= 1e7) || v != static_cast<double>(static_cast<int64_t>(v)))
+      throw Napi::RangeError::New(info.Env(), "poolSpin: micros must be an integer in [0, 1e7]");
+    ThreadPool::instance().set_spin_micros(static_cast<int64_t>(v));
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(ThreadPool::instance().spin_micros()));
+}
+
 Napi::Value GetIsa(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("active", isa_name(active_isa()));
@@ -166,6 +178,7 @@ void register_core(Napi::Env env, Napi::Object exports) {
   fix_mmap_threshold();
   exports.Set("getThreads", Napi::Function::New(env, GetThreads));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
+  exports.Set("poolSpin", Napi::Function::New(env, PoolSpin));
   exports.Set("getIsa", Napi::Function::New(env, GetIsa));
   exports.Set("setIsa", Napi::Function::New(env, SetIsa));
   exports.Set("alignedBuffer", Napi::Function::New(env, AlignedBuffer));

@@ -32,6 +32,14 @@ export function setThreads(n: number): void {
   addon().setThreads(n);
 }
 
+/** How long an idle compute thread spins before it sleeps, in microseconds (default 1000;
+ *  `TIERLM_POOL_SPIN_US` at start-up). Pass a number to change it (0: sleep at once); returns the
+ *  setting. Results never depend on it: a sleeping thread's wake-up costs time between kernels, a
+ *  spinning one holds its core. */
+export function poolSpin(micros?: number): number {
+  return addon().poolSpin(micros);
+}
+
 export type Isa = 'scalar' | 'avx2' | 'avx512' | 'avx512bf16';
 
 /** The instruction set native kernels use, and what the CPU supports. */

@@ -15,6 +15,7 @@ export interface IsaInfo {
 export interface Addon {
   getThreads(): number;
   setThreads(n: number): void;
+  poolSpin(micros?: number): number;
   getIsa(): IsaInfo;
   setIsa(isa: string): boolean;
   alignedBuffer(bytes: number, alignment?: number): ArrayBuffer;
