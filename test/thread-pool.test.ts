@@ -8,6 +8,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { cpuBackend, Tensor } from '../src/index.js';
 import { getThreads, poolSpin, setThreads } from '../src/backend/index.js';
 import { repoRoot } from './helpers/fixtures.js';
+import { randomF32 } from './helpers/random.js';
 
 const cpu = cpuBackend();
 const startThreads = getThreads();
@@ -17,25 +18,21 @@ afterAll(() => {
   poolSpin(startSpin);
 });
 
-function rand(n: number, seed: number): Float32Array {
-  let s = seed >>> 0;
-  return Float32Array.from({ length: n }, () => ((s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32) - 0.5);
-}
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** A GEMM over the pool (synchronous and async), decode attention and a layer norm, with a pause
  *  before each so that a worker with a short spin has gone to sleep when the call comes. */
 async function work(pauseMs: number): Promise<Float32Array[]> {
   const [m, k, n, hq, d, cap] = [5, 301, 257, 6, 37, 41];
-  const w = cpu.packWeight(Tensor.f32([n, k], rand(n * k, 1)), 'fp32');
-  const x = Tensor.f32([m, k], rand(m * k, 2));
-  const q = Tensor.f32([m, hq, d], rand(m * hq * d, 3));
-  const kc = Tensor.f32([m, hq, cap, d], rand(m * hq * cap * d, 4));
-  const vc = Tensor.f32([m, hq, cap, d], rand(m * hq * cap * d, 5));
+  const w = cpu.packWeight(randomF32([n, k], 1), 'fp32');
+  const x = randomF32([m, k], 2);
+  const q = randomF32([m, hq, d], 3);
+  const kc = randomF32([m, hq, cap, d], 4);
+  const vc = randomF32([m, hq, cap, d], 5);
   const rows = Tensor.i32([0, 1, 2, 3, 4]);
   const lens = Tensor.i32([1, 9, 17, 40, 41]);
-  const big = Tensor.f32([40, 1031], rand(40 * 1031, 6));
-  const gamma = Tensor.f32([1031], rand(1031, 7));
+  const big = randomF32([40, 1031], 6);
+  const gamma = randomF32([1031], 7);
   const out: Float32Array[] = [];
   for (let i = 0; i < 3; i++) {
     await pause(pauseMs);
