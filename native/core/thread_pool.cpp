@@ -151,7 +151,7 @@ ThreadPool::ThreadPool() : s_(new State) {
     // A count of microseconds, or the default (nothing here can report an error).
     char* end = nullptr;
     const long long v = std::strtoll(env, &end, 10);
-    if (end != env && *end == '\0' && v >= 0 && v <= 10000000) s_->spin_us.store(v);
+    if (end != env && *end == '\0' && v >= 0 && v <= kMaxSpinMicros) s_->spin_us.store(v);
   }
   s_->start(n);
 }

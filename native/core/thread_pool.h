@@ -43,6 +43,7 @@ class ThreadPool {
   // TIERLM_POOL_SPIN_US (at start-up) or set_spin_micros says otherwise; 0 sleeps at once. Results
   // never depend on it; a shared machine may want less (a spinning worker holds its core).
   static constexpr int64_t kSpinMicros = 1000;
+  static constexpr int64_t kMaxSpinMicros = 10000000;  // what TIERLM_POOL_SPIN_US and poolSpin() accept
   int64_t spin_micros() const;
   void set_spin_micros(int64_t us);
 

@@ -31,7 +31,9 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
 Napi::Value PoolSpin(const Napi::CallbackInfo& info) {
   if (info.Length() > 0 && !info[0].IsUndefined()) {
     const double v = num_arg(info, 0, "micros");
-    if (!(v >= 0 && v <= 1e7) || v != static_cast<double>(static_cast<int64_t>(v)))
+    const bool in_range = v >= 0 && v <= static_cast<double>(ThreadPool::kMaxSpinMicros);
+    // (the cast only once v is in range: a NaN or a huge value cast to int64_t is undefined)
+    if (!in_range || v != static_cast<double>(static_cast<int64_t>(v)))
       throw Napi::RangeError::New(info.Env(), "poolSpin: micros must be an integer in [0, 1e7]");
     ThreadPool::instance().set_spin_micros(static_cast<int64_t>(v));
   }
