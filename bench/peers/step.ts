@@ -2,7 +2,7 @@
 //
 //   node --import tsx bench/peers/step.ts [--q4] [--steps 31] [--rounds 2] [--model .bench/llama-2-7b-4l-bf16]
 //       [--batch 1] [--cache-dtype f32|f16] [--ab-idle-prefetch PAIRS] [--ab-attn-prefetch PAIRS [--attn-bytes N]]
-//       [--ab-cache PAIRS] [--vs-read-pass PAIRS] [--vs-gemm PAIRS]
+//       [--ab-cache PAIRS] [--vs-read-pass PAIRS] [--vs-gemm PAIRS] [--by-step] [--split-by-step RUNS]
 //
 // --batch sequences (default one; prompt 64) on the bench model (bench/peers/index.ts makes it), in rounds of three
 // measurements taken one after another, so that they see the same machine: the decode step time;
@@ -21,6 +21,19 @@
 //
 // --vs-gemm PAIRS: issue #14 item 4 — a decode run and the step's GEMMs alone (the same packed
 // weights, `--batch` rows each) in turn; the median of the paired ratios decode rate / GEMM-only rate.
+//
+// --by-step: --vs-gemm, --ab-idle-prefetch and --ab-attn-prefetch pair single decode steps rather
+// than whole runs: PAIRS runs of --steps steps, each step paired with the GEMM-only pass run right
+// after it (outside the step's time), or with its neighbour under the other setting (the setting
+// flips between steps, in the order A B B A, so a drift within a pair cancels over two pairs). A
+// pair is then ~0.3 s apart instead of seconds, so the VM's memory rate, which swings within
+// seconds, moves both halves alike: quartiles of a step-level ratio are ±3-4%, the run-level
+// ones ±5-10% (docs/benchmarks.md, issue #14).
+//
+// --split-by-step RUNS: where item 4's gap goes, step by step: RUNS runs of --steps steps, each step
+// followed by the GEMM-only pass; per step, the products' time inside it (timed from JavaScript, as
+// the rounds below do) over that pass's, and decode attention's and everything else's share of the
+// step (quartiles over all steps).
 //
 // --vs-read-pass PAIRS: issue #14 item 3 — the RAM read pass (readMemoryPass over 1 GiB, what
 // `tierlm profile` measures as memory.read_bytes_per_second) and a decode run in turn, PAIRS of
@@ -82,6 +95,27 @@ async function generate(withTally: boolean): Promise<[number, Tally]> {
   return [(s.decodeSeconds / steps) * 1e3, t];
 }
 
+/** Decode step times (ms) of one run of `steps` steps; `between(i)` runs after step i, outside
+ *  the steps' times (a step is timed from one token of the first request to its next). */
+async function stepTimes(between: (i: number) => void): Promise<number[]> {
+  const times: number[] = [];
+  let last = 0;
+  const onToken = (id: string) => {
+    if (id !== requests[0]!.id) return;
+    if (last > 0) times.push(performance.now() - last);
+    between(times.length);
+    last = performance.now();
+  };
+  const s = { prefillSeconds: 0, decodeSeconds: 0, promptTokens: 0, generatedTokens: 0 };
+  for await (const _ of model.generate(requests, { maxNewTokens: steps + 1, stopAtEos: false, batchSize: batch, onToken, ...(cacheDtype ? { cacheDtype } : {}) }, s)) void _;
+  return times;
+}
+const byStep = args.includes('--by-step');
+const quartiles = (xs: number[]) => {
+  const o = [...xs].sort((a, b) => a - b), at = (f: number) => o[Math.round(f * (o.length - 1))]!.toFixed(3);
+  return `median ${at(0.5)}, quartiles ${at(0.25)}–${at(0.75)}`;
+};
+
 // The GEMVs alone: every layer matrix in forward order, then the head, one row each.
 const layers = await Promise.all(Array.from({ length: model.config.layers }, (_, j) => model.layers.load(j, 'all', null)));
 // (Everything is in RAM here, so every weight is one PackedWeight, never split between tiers.)
@@ -103,6 +137,57 @@ const gemvStep = () => {
 await generate(false);
 const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 const gemmPairs = Number(opt('--vs-gemm', '0'));
+/** One GEMM-only pass: every product of a decode step, the step's rows each, back to back. */
+const gemmPass = () => {
+  const t0 = performance.now();
+  for (let j = 0; j < weights.length; j++) model.transformer.backend.matmul(io[j]![0], weights[j]!, null, io[j]![1]);
+  return performance.now() - t0;
+};
+const splitRuns = Number(opt('--split-by-step', '0'));
+if (splitRuns > 0) {
+  gemmPass();
+  const products: number[] = [], attention: number[] = [], rest: number[] = [];
+  for (let r = 0; r < splitRuns; r++) {
+    const t: Tally = new Map();
+    const sum = (pick: (k: string) => boolean) => [...t].filter(([k]) => pick(k)).reduce((a, [, v]) => a + v.ms, 0);
+    let [mm0, at0] = [0, 0];
+    const split: { mm: number; at: number; gemm: number }[] = [];
+    const times = await stepTimes((i) => {
+      tally = null;
+      const [mm, at] = [sum((k) => k.startsWith('matmul')), sum((k) => k === 'attentionCached')];
+      if (i > 0) split.push({ mm: mm - mm0, at: at - at0, gemm: gemmPass() });
+      [mm0, at0] = [mm, at];
+      tally = t;
+    });
+    tally = null;
+    times.forEach((step, i) => {
+      const x = split[i];
+      if (!x) return;
+      products.push(x.mm / x.gemm);
+      attention.push(x.at / step);
+      rest.push((step - x.mm - x.at) / step);
+    });
+  }
+  console.log(`decode step split, batch ${batch}, ${products.length} steps in ${splitRuns} runs (${new Date().toISOString()}): ` +
+    `products in the step / the GEMM-only pass after it ${quartiles(products)}; decode attention's share of the step ` +
+    `${quartiles(attention)}; everything else's ${quartiles(rest)}`);
+  model.close();
+  process.exit(0);
+}
+if (gemmPairs > 0 && byStep) {
+  gemmPass();
+  const pairs: [number, number][] = [];
+  for (let r = 0; r < gemmPairs; r++) {
+    const gemm: number[] = [];
+    const times = await stepTimes((i) => void (i > 0 && (gemm[i - 1] = gemmPass())));
+    times.forEach((t, i) => gemm[i] !== undefined && pairs.push([t, gemm[i]!]));
+  }
+  console.log(`decode vs GEMM-only by step, batch ${batch}, cache ${cacheDtype ?? 'default'}, ${pairs.length} steps in ${gemmPairs} runs (${new Date().toISOString()}): ` +
+    `median step ${med(pairs.map((p) => p[0])).toFixed(2)} ms, GEMMs alone ${med(pairs.map((p) => p[1])).toFixed(2)} ms; ` +
+    `decode / GEMM-only rate ${quartiles(pairs.map((p) => p[1] / p[0]))}`);
+  model.close();
+  process.exit(0);
+}
 if (gemmPairs > 0) {
   gemvStep();
   const runs: [number, number][] = [];
@@ -135,6 +220,19 @@ if (readPairs > 0) {
 }
 // Paired A/B of one setting: decode with `off` applied and with `on` applied, in turn.
 async function abSwitch(label: string, off: () => void, on: () => void, pairs: number): Promise<never> {
+  if (byStep) {
+    const ratios: number[] = [];
+    for (let r = 0; r < pairs; r++) {
+      // Steps 0, 3, 4, 7, 8, ... off; 1, 2, 5, 6, ... on: pairs (0,1), (2,3), ... each hold one of each.
+      const isOn = (i: number) => (i % 4 === 1 || i % 4 === 2);
+      off();
+      const times = await stepTimes((i) => (isOn(i) ? on() : off()));
+      for (let i = 0; i + 1 < times.length; i += 2) ratios.push(isOn(i) ? times[i]! / times[i + 1]! : times[i + 1]! / times[i]!);
+    }
+    console.log(`${label}, by step: ${ratios.length} pairs of adjacent steps in ${pairs} runs (${new Date().toISOString()}): time on/off ${quartiles(ratios)}`);
+    model.close();
+    process.exit(0);
+  }
   const runs: [number, number][] = [];
   for (let i = 0; i < pairs; i++) {
     off();
