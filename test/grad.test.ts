@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import type { ComputeMode } from '../src/backend/kernels.js';
 import { Tensor } from '../src/tensor/tensor.js';
-import { cpu, expectClose, randomF32, randomFloat, ref } from './helpers/harness.js';
+import { cpu, expectClose, expectSameValues, randomF32, randomFloat, ref, specialValues } from './helpers/harness.js';
 import { ISAS, atEveryIsa, restoreSettingsAfterAll } from './helpers/isa.js';
 import { gemmBf16Dot } from '../src/backend/cpu/gemm.js';
 
@@ -134,6 +134,26 @@ describe('activation backward far from zero', () => {
       expectClose(dg.data, rg.data, 1e-6, `${what} dgate`);
       expectClose(du.data, ru.data, 1e-6, `${what} dup`);
     });
+  });
+});
+
+describe('activation backward at NaN, ±inf, ±0 and huge inputs', () => {
+  it('gives what the reference gives (0 where the derivative vanishes, NaN where it is NaN)', () => {
+    for (const n of [19, 40001]) {
+      const x = Tensor.f32([n], specialValues(n));
+      const up = Tensor.f32([n], Array.from(x.data, (v, i) => (i % 3 ? 0.5 + (i % 5) : v)));
+      const dy = Tensor.f32([n], Array.from({ length: n }, (_, i) => 0.5 + (i % 4)));
+      const [rg, ru] = R.train.siluMulBackward(x, up, dy);
+      atEveryIsa((what) => {
+        expectSameValues(C.train.reluBackward(x, dy).data, R.train.reluBackward(x, dy).data, 0, `${what} relu n=${n}`, x.data);
+        for (const approximate of [false, true]) {
+          expectSameValues(C.train.geluBackward(x, dy, approximate).data, R.train.geluBackward(x, dy, approximate).data, 5e-6, `${what} gelu ${approximate} n=${n}`, x.data);
+        }
+        const [dg, du] = C.train.siluMulBackward(x, up, dy);
+        expectSameValues(dg.data, rg.data, 5e-6, `${what} dgate n=${n}`, x.data);
+        expectSameValues(du.data, ru.data, 5e-6, `${what} dup n=${n}`, x.data);
+      });
+    }
   });
 });
 

@@ -5,7 +5,7 @@ import { cpuKernels } from '../src/backend/cpu/index.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { type RopeScaling, ropeInvFreq } from '../src/models/rope.js';
 import type { FloatDType } from '../src/tensor/dtype.js';
-import { cpu, expectClose, randomF32, randomFloat, ref } from './helpers/harness.js';
+import { cpu, expectClose, expectSameValues, randomF32, randomFloat, ref, specialValues } from './helpers/harness.js';
 
 const ALL: Isa[] = ['scalar', 'avx2', 'avx512', 'avx512bf16'];
 const detected = isaInfo().detected as Isa;
@@ -76,6 +76,39 @@ for (const isa of ISAS) {
         const want = ref().gelu(x);
         cpu().gelu(x, false, x);
         expectClose(x.data, want.data, 1e-6, 'gelu in place');
+      });
+
+      it('relu, gelu, siluMul and add at NaN, ±inf, ±0 and huge inputs give what the reference gives', () => {
+        setup();
+        // (a NaN through ReLU stays NaN, as in PyTorch, so a diverging activation is not hidden;
+        // GELU and SiLU of a large negative input are -0, not a value made of exp's clamp)
+        for (const n of [19, 37, 40001]) {
+          const x = Tensor.f32([n], specialValues(n));
+          const y = Tensor.f32([n], Array.from(x.data, (v, i) => (i % 3 ? 0.5 + (i % 5) : v)));
+          const cases: [string, (b: ReturnType<typeof cpu>) => Tensor<'f32'>, number][] = [
+            ['relu', (b) => b.relu(x), 0], ['gelu', (b) => b.gelu(x, false), 5e-6], ['gelu tanh', (b) => b.gelu(x, true), 1e-6],
+            ['siluMul', (b) => b.siluMul(x, y), 1e-6], ['add', (b) => b.add(x, y), 0],
+          ];
+          for (const [name, f, tol] of cases) expectSameValues(f(cpu()).data, f(ref()).data, tol, `${name} ${n}`, x.data);
+        }
+      });
+
+      it('softmax, logSoftmax and the norms at NaN, ±inf and huge rows give what the reference gives', () => {
+        setup();
+        // (a row holding NaN or +inf, or only -inf, is NaN throughout, as exp(x - max) makes it in
+        // float and in PyTorch, not finite numbers from exp's clamps; the norms square in double, so
+        // values past 1.8e19 normalise; x - mean itself is float, as in PyTorch, so ±3e38 would not)
+        const heads = [[1, 2, NaN, 4], [1, Infinity, 3, 4], [-Infinity, 1, 2, 3], [3e37, 2e37, -3e37, 1], [1e20, 1, 2, 3], [-1e20, 1e19, 0, -0]];
+        for (const cols of [4, 37, 1031]) {
+          const rows = [...heads, Array(cols).fill(-Infinity)];
+          const x = Tensor.f32([rows.length, cols], rows.flatMap((h) => Array.from({ length: cols }, (_, i) => (i < h.length ? h[i]! : (i % 7) - 3))));
+          const g = Tensor.f32([cols], Array.from({ length: cols }, (_, i) => 1 + i / 50));
+          const b = Tensor.f32([cols], Array.from({ length: cols }, (_, i) => i / 100));
+          expectSameValues(cpu().softmax(x).data, ref().softmax(x).data, 1e-6, `softmax ${cols}`, x.data);
+          expectSameValues(cpu().logSoftmax(x).data, ref().logSoftmax(x).data, 1e-6, `logSoftmax ${cols}`, x.data);
+          expectSameValues(cpu().layerNorm(x, g, b, 1e-5).data, ref().layerNorm(x, g, b, 1e-5).data, 1e-5, `layerNorm ${cols}`, x.data);
+          expectSameValues(cpu().rmsNorm(x, g, 1e-6).data, ref().rmsNorm(x, g, 1e-6).data, 1e-5, `rmsNorm ${cols}`, x.data);
+        }
       });
 
       it('softmax and logSoftmax', () => {

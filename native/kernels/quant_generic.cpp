@@ -420,6 +420,18 @@ void gather_rows(const uint8_t* w, int bits, int64_t n, int64_t k, const int32_t
   }
 }
 
+namespace {
+
+// Whether no element is NaN or ±inf (exponent bits all ones): an integer OR, which vectorises.
+bool all_finite(const float* x, int64_t n) {
+  const uint32_t* b = reinterpret_cast<const uint32_t*>(x);
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; i++) bad |= static_cast<uint32_t>((b[i] & 0x7f800000u) == 0x7f800000u);
+  return bad == 0;
+}
+
+}  // namespace
+
 void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, int bits, int64_t n, const float* bias, float* y,
             bool fast, const Epilogue& ep) {
   if (m <= 0 || n <= 0) return;
@@ -429,7 +441,10 @@ void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, int bits, in
     if (ep.any()) ep.apply(y, n, 0, m, 0, n);
     return;
   }
-  if (fast && active_isa() >= Isa::Avx512Bf16 && cpu_features().avx512vnni) {
+  // The int8 path scales each x group by its largest magnitude, which a NaN or an infinity would
+  // make meaningless (the outputs came out finite): such an x takes the float path, whose sums
+  // carry them as the reference's do. The check reads x once, ~1% of a GEMV's time.
+  if (fast && active_isa() >= Isa::Avx512Bf16 && cpu_features().avx512vnni && all_finite(x, m * k)) {
     matmul_vnni(vnni_avx512(), xquant_avx512(), x, m, k, w, bits, n, bias, y, ep);
     return;
   }

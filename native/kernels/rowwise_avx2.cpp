@@ -52,13 +52,31 @@ inline float exp1(float x) {
   return _mm_cvtss_f32(_mm256_castps256_ps128(exp256(_mm256_set1_ps(x))));
 }
 
+// The row's largest value, NaN if it holds one (max_ps alone would step over it).
 float row_max(const float* x, int64_t cols) {
-  __m256 m = _mm256_set1_ps(-INFINITY);
+  __m256 m = _mm256_set1_ps(-INFINITY), nan = _mm256_setzero_ps();
   int64_t i = 0;
-  for (; i + 8 <= cols; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+  for (; i + 8 <= cols; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    m = _mm256_max_ps(m, v);
+  }
   float r = hmax(m);
-  for (; i < cols; i++) r = x[i] > r ? x[i] : r;
-  return r;
+  bool any_nan = _mm256_movemask_ps(nan) != 0;
+  for (; i < cols; i++) {
+    any_nan = any_nan || x[i] != x[i];
+    r = x[i] > r ? x[i] : r;
+  }
+  return any_nan ? NAN : r;
+}
+
+// A row whose largest value is not finite (NaN in it, +inf, or every value -inf) is NaN throughout,
+// as exp(x - max) summed in float makes it (the reference, PyTorch); exp256's clamps would
+// otherwise turn it into finite numbers. Returns whether it was.
+bool nan_row_unless_finite(float mx, int64_t cols, float* out) {
+  if (std::isfinite(mx)) return false;
+  for (int64_t i = 0; i < cols; i++) out[i] = NAN;
+  return true;
 }
 
 }  // namespace
@@ -73,14 +91,17 @@ void layer_norm_row(const float* x, int64_t cols, const float* gamma, const floa
   __m256 vm = _mm256_set1_ps(mean);
   lo = _mm256_setzero_pd();
   hi = _mm256_setzero_pd();
+  // (c² in double: squared in float, a value past ~1.8e19 would overflow the variance to inf)
   for (i = 0; i + 8 <= cols; i += 8) {
     __m256 c = _mm256_sub_ps(_mm256_loadu_ps(x + i), vm);
-    acc_pd(_mm256_mul_ps(c, c), lo, hi);
+    const __m256d a = _mm256_cvtps_pd(_mm256_castps256_ps128(c)), b = _mm256_cvtps_pd(_mm256_extractf128_ps(c, 1));
+    lo = _mm256_fmadd_pd(a, a, lo);
+    hi = _mm256_fmadd_pd(b, b, hi);
   }
   double var = hsum_pd(_mm256_add_pd(lo, hi));
   for (; i < cols; i++) {
-    float c = x[i] - mean;
-    var += (double)(c * c);
+    const double c = (double)(x[i] - mean);
+    var += c * c;
   }
   float rstd = (float)(1.0 / sqrt(var / (double)cols + (double)eps));
   __m256 vr = _mm256_set1_ps(rstd);
@@ -116,6 +137,7 @@ void rms_norm_row(const float* x, int64_t cols, const float* gamma, float eps, f
 void softmax_row(const float* x, int64_t cols, float* out) {
   if (cols <= 0) return;
   float mx = row_max(x, cols);
+  if (nan_row_unless_finite(mx, cols, out)) return;
   __m256 vm = _mm256_set1_ps(mx);
   __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
   int64_t i = 0;
@@ -139,6 +161,7 @@ void softmax_row(const float* x, int64_t cols, float* out) {
 void log_softmax_row(const float* x, int64_t cols, float* out) {
   if (cols <= 0) return;
   float mx = row_max(x, cols);
+  if (nan_row_unless_finite(mx, cols, out)) return;
   __m256 vm = _mm256_set1_ps(mx);
   __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
   int64_t i = 0;
@@ -157,12 +180,15 @@ void silu_mul(const float* gate, const float* up, int64_t n, float* out) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256 g = _mm256_loadu_ps(gate + i);
-    __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), g));
+    // e^-g, +inf where that overflows (exp256 clamps): g / (1 + e^-g) then falls to -0 for a large
+    // negative g (NaN for -inf), as in float arithmetic, not to g / 3.3e38.
+    __m256 ng = _mm256_sub_ps(_mm256_setzero_ps(), g);
+    __m256 e = _mm256_blendv_ps(exp256(ng), _mm256_set1_ps(INFINITY), _mm256_cmp_ps(ng, _mm256_set1_ps(88.7f), _CMP_GT_OQ));
     _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(up + i)));
   }
   for (; i < n; i++) {
     float g = gate[i];
-    out[i] = g / (1.f + exp1(-g)) * up[i];
+    out[i] = g / (1.f + (-g > 88.7f ? INFINITY : exp1(-g))) * up[i];
   }
 }
 

@@ -33,6 +33,12 @@ inline __m512 exp512(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+// e^x where it is finite in float, +inf above (exp512 clamps there): v / (1 + e^-x) then falls to
+// -0 for a large negative v (and NaN for -inf), as in float arithmetic, not to v / 3.3e38.
+inline __m512 exp_or_inf(__m512 x) {
+  return _mm512_mask_mov_ps(exp512(x), _mm512_cmp_ps_mask(x, _mm512_set1_ps(88.7f), _CMP_GT_OQ), _mm512_set1_ps(INFINITY));
+}
+
 inline double hsum_pd(__m512d v) { return _mm512_reduce_add_pd(v); }
 
 inline void acc_pd(__m512 e, __m512d& lo, __m512d& hi) {
@@ -40,12 +46,38 @@ inline void acc_pd(__m512 e, __m512d& lo, __m512d& hi) {
   hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps(e, 1)));
 }
 
+// c² summed in double: squared in float, a value past ~1.8e19 would overflow the variance to inf.
+inline void acc_sq_pd(__m512 c, __m512d& lo, __m512d& hi) {
+  const __m512d a = _mm512_cvtps_pd(_mm512_castps512_ps256(c)), b = _mm512_cvtps_pd(_mm512_extractf32x8_ps(c, 1));
+  lo = _mm512_fmadd_pd(a, a, lo);
+  hi = _mm512_fmadd_pd(b, b, hi);
+}
+
+// The row's largest value, NaN if it holds one (max_ps alone would step over it).
 inline float row_max(const float* x, int64_t cols) {
   __m512 m = _mm512_set1_ps(-INFINITY);
+  __mmask16 nan = 0;
   int64_t i = 0;
-  for (; i + 16 <= cols; i += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(x + i));
-  if (i < cols) m = _mm512_max_ps(m, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail_mask(cols - i), x + i));
-  return _mm512_reduce_max_ps(m);
+  for (; i + 16 <= cols; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    m = _mm512_max_ps(m, v);
+  }
+  if (i < cols) {
+    const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail_mask(cols - i), x + i);
+    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    m = _mm512_max_ps(m, v);
+  }
+  return nan ? NAN : _mm512_reduce_max_ps(m);
+}
+
+// A row whose largest value is not finite (NaN in it, +inf, or every value -inf) is NaN throughout,
+// as exp(x - max) summed in float makes it (the reference, PyTorch); the clamps of exp512 would
+// otherwise turn it into finite numbers. Returns whether it was.
+inline bool nan_row_unless_finite(float mx, int64_t cols, float* out) {
+  if (std::isfinite(mx)) return false;
+  for (int64_t i = 0; i < cols; i++) out[i] = NAN;
+  return true;
 }
 
 }  // namespace
@@ -59,14 +91,8 @@ void layer_norm_row(const float* x, int64_t cols, const float* gamma, const floa
   __m512 vm = _mm512_set1_ps(mean);
   lo = _mm512_setzero_pd();
   hi = _mm512_setzero_pd();
-  for (i = 0; i + 16 <= cols; i += 16) {
-    __m512 c = _mm512_sub_ps(_mm512_loadu_ps(x + i), vm);
-    acc_pd(_mm512_mul_ps(c, c), lo, hi);
-  }
-  if (i < cols) {
-    __m512 c = _mm512_maskz_sub_ps(tail_mask(cols - i), _mm512_maskz_loadu_ps(tail_mask(cols - i), x + i), vm);
-    acc_pd(_mm512_mul_ps(c, c), lo, hi);
-  }
+  for (i = 0; i + 16 <= cols; i += 16) acc_sq_pd(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm), lo, hi);
+  if (i < cols) acc_sq_pd(_mm512_maskz_sub_ps(tail_mask(cols - i), _mm512_maskz_loadu_ps(tail_mask(cols - i), x + i), vm), lo, hi);
   double var = hsum_pd(_mm512_add_pd(lo, hi)) / (double)cols;
   __m512 rstd = _mm512_set1_ps((float)(1.0 / std::sqrt(var + (double)eps)));
   for (i = 0; i < cols; i += 16) {
@@ -102,10 +128,14 @@ void rms_norm_row(const float* x, int64_t cols, const float* gamma, float eps, f
   }
 }
 
+// max(x, 0), NaN kept (max_ps returns its second operand, 0, for a NaN; PyTorch and the reference
+// pass NaN through, so that a diverging activation is not hidden).
 void relu(const float* x, int64_t n, float* out) {
   for (int64_t i = 0; i < n; i += 16) {
     __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : tail_mask(n - i);
-    _mm512_mask_storeu_ps(out + i, m, _mm512_max_ps(_mm512_maskz_loadu_ps(m, x + i), _mm512_setzero_ps()));
+    __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+    __m512 y = _mm512_mask_mov_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);
+    _mm512_mask_storeu_ps(out + i, m, y);
   }
 }
 
@@ -143,8 +173,8 @@ void gelu(const float* x, int64_t n, float* out, bool approximate) {
       // 0.5 v (1 + tanh u) = v / (1 + e^(-2u))
       __m512 v3 = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
       __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f), _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), v3, v));
-      __m512 e = exp512(_mm512_mul_ps(u, _mm512_set1_ps(-2.f)));
-      y = _mm512_div_ps(v, _mm512_add_ps(one, e));
+      __m512 a = _mm512_mul_ps(u, _mm512_set1_ps(-2.f));
+      y = _mm512_div_ps(v, _mm512_add_ps(one, exp_or_inf(a)));
     } else {
       // 0.5 v (1 + erf z) through erfc(|z|) (Numerical Recipes' erfcc, relative error < 1.2e-7),
       // so that the small values on the negative side keep their relative accuracy.
@@ -162,8 +192,11 @@ void gelu(const float* x, int64_t n, float* out, bool approximate) {
       p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.26551223f));
       __m512 ec = _mm512_mul_ps(t, exp512(_mm512_fnmadd_ps(z, z, p)));
       __m512 hv = _mm512_mul_ps(half, v);
-      __mmask16 neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
-      y = _mm512_mask_blend_ps(neg, _mm512_fnmadd_ps(hv, ec, v), _mm512_mul_ps(hv, ec));
+      // (the sign bit, so -0 gives -0; and v itself where erfc underflowed to 0, so +inf gives +inf
+      // rather than inf - inf·0)
+      __mmask16 neg = _mm512_movepi32_mask(_mm512_castps_si512(v));
+      __m512 pos = _mm512_mask_mov_ps(_mm512_fnmadd_ps(hv, ec, v), _mm512_cmp_ps_mask(ec, _mm512_setzero_ps(), _CMP_EQ_OQ), v);
+      y = _mm512_mask_blend_ps(neg, pos, _mm512_mul_ps(hv, ec));
     }
     _mm512_mask_storeu_ps(out + i, m, y);
   }
@@ -174,7 +207,7 @@ void silu_mul(const float* gate, const float* up, int64_t n, float* out) {
   for (int64_t i = 0; i < n; i += 16) {
     __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : tail_mask(n - i);
     __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
-    __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+    __m512 e = exp_or_inf(_mm512_sub_ps(_mm512_setzero_ps(), g));
     __m512 y = _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)), _mm512_maskz_loadu_ps(m, up + i));
     _mm512_mask_storeu_ps(out + i, m, y);
   }
@@ -189,7 +222,9 @@ void add(const float* a, const float* b, int64_t n, float* out) {
 
 void softmax_row(const float* x, int64_t cols, float* out) {
   if (cols <= 0) return;
-  __m512 vm = _mm512_set1_ps(row_max(x, cols));
+  const float mx = row_max(x, cols);
+  if (nan_row_unless_finite(mx, cols, out)) return;
+  __m512 vm = _mm512_set1_ps(mx);
   __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
   int64_t i = 0;
   for (; i + 16 <= cols; i += 16) {
@@ -212,7 +247,9 @@ void softmax_row(const float* x, int64_t cols, float* out) {
 
 void log_softmax_row(const float* x, int64_t cols, float* out) {
   if (cols <= 0) return;
-  __m512 vm = _mm512_set1_ps(row_max(x, cols));
+  const float mx = row_max(x, cols);
+  if (nan_row_unless_finite(mx, cols, out)) return;
+  __m512 vm = _mm512_set1_ps(mx);
   __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
   int64_t i = 0;
   for (; i + 16 <= cols; i += 16) acc_pd(exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm)), lo, hi);

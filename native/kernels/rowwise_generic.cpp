@@ -196,7 +196,7 @@ int64_t rw_argmax(const float* x, int64_t n) {
 
 void relu_span(const float* x, int64_t n, float* out) {
   if (use512()) return isa512::relu(x, n, out);
-  for (int64_t i = 0; i < n; i++) out[i] = x[i] > 0.f ? x[i] : 0.f;
+  for (int64_t i = 0; i < n; i++) out[i] = x[i] > 0.f || x[i] != x[i] ? x[i] : 0.f;  // NaN kept, as isa512::relu
 }
 
 void gelu_span(const float* x, int64_t n, float* out, bool approximate) {

@@ -31,6 +31,12 @@ inline float exp_approx(float x) {
   return p * scale;
 }
 
+// exp_approx, but exactly 0 below −87 (e^x is under 1.7e-38 there), so that x·e^(−x²/2) in GELU's
+// derivative is 0 for a huge finite x rather than x·1e-38, and NaN for an infinite one, as in the
+// reference. (A product by the comparison, not a select: GCC leaves a select with a constant as a
+// branch, and the loop unvectorised.)
+inline float exp_or_zero(float x) { return exp_approx(x) * static_cast<float>(x >= -87.0f); }
+
 // 16 floats as one value: GCC's vector extension lowers it to one zmm, two ymm or four xmm
 // registers, whichever the file's instruction set has.
 typedef float v16 __attribute__((vector_size(64)));
