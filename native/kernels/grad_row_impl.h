@@ -17,11 +17,12 @@ void gelu_span(const float* __restrict x, const float* __restrict dy, int64_t n,
     for (int64_t i = 0; i < n; i++) {
       const float v = x[i], u = k0 * (v + k1 * v * v * v);
       const float t = 1.f - 2.f / (exp_approx(2.f * u) + 1.f);
-      // ½v(1 − t²)·k0(1 + 3k1v²) with v(1 − t²) multiplied in first: (1 − t²) is exactly 0 once
-      // |v| > ~9, and past |v| ~ 1.5e19 the factor (1 + 3k1v²) would overflow, 0·inf making NaN
-      // where the derivative is 1 or 0 (an infinite v still gives NaN, as in the reference)
-      const float vw = v * (1.f - t * t);
-      dx[i] = dy[i] * (0.5f * (1.f + t) + 0.5f * k0 * (vw + 3.f * k1 * (vw * v) * v));
+      // (v capped at ±1e15 in the last factor: (1 − t²) is exactly 0 once |v| > ~9, and past
+      // |v| ~ 1.5e19 the factor (1 + 3k1v²) would overflow, 0·inf making NaN where the derivative
+      // is 1 or 0; an infinite v still gives NaN, as in the reference. Below the cap the
+      // expression, and its rounding, is the same.)
+      const float vc = v < -1e15f ? -1e15f : v > 1e15f ? 1e15f : v;
+      dx[i] = dy[i] * (0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * k0 * (1.f + 3.f * k1 * vc * vc));
     }
   } else {
     for (int64_t i = 0; i < n; i++) {
@@ -35,13 +36,12 @@ void gelu_span(const float* __restrict x, const float* __restrict dy, int64_t n,
 void silu_mul_span(const float* __restrict gate, const float* __restrict up, const float* __restrict dy, int64_t n,
                    float* __restrict dgate, float* __restrict dup) {
   for (int64_t i = 0; i < n; i++) {
-    // σ(g) = 1/(1 + e) for g ≥ 0, e/(1 + e) below, e = e^−|g|: exactly 0 for a large negative g
-    // (1/(1 + e^−g) would stop at the clamp, ~6e-39, and g·σ at a finite value), NaN for a NaN g.
-    const float g = gate[i], e = exp_or_zero(g < 0.f ? g : -g), d = dy[i];
-    const float sig = (e + (1.f - e) * static_cast<float>(g >= 0.f)) / (1.f + e);
-    // (σ's factors first: d·u or d·g could overflow before a σ of 0)
-    dgate[i] = d * (up[i] * (sig * (1.f + g * (1.f - sig))));
-    dup[i] = d * (g * sig);
+    // σ(g) = 1/(1 + e^−g), exactly 0 below g = −87 (e^−g would stop at the clamp, σ at ~6e-39,
+    // and g·σ at a finite value); NaN for a NaN g. (A product by the comparison: see exp_or_zero.)
+    const float g = gate[i], d = dy[i];
+    const float sig = 1.f / (1.f + exp_approx(-g)) * static_cast<float>(g >= -87.0f);
+    dgate[i] = d * up[i] * sig * (1.f + g * (1.f - sig));
+    dup[i] = d * g * sig;
   }
 }
 

@@ -91,17 +91,14 @@ void layer_norm_row(const float* x, int64_t cols, const float* gamma, const floa
   __m256 vm = _mm256_set1_ps(mean);
   lo = _mm256_setzero_pd();
   hi = _mm256_setzero_pd();
-  // (c² in double: squared in float, a value past ~1.8e19 would overflow the variance to inf)
   for (i = 0; i + 8 <= cols; i += 8) {
     __m256 c = _mm256_sub_ps(_mm256_loadu_ps(x + i), vm);
-    const __m256d a = _mm256_cvtps_pd(_mm256_castps256_ps128(c)), b = _mm256_cvtps_pd(_mm256_extractf128_ps(c, 1));
-    lo = _mm256_fmadd_pd(a, a, lo);
-    hi = _mm256_fmadd_pd(b, b, hi);
+    acc_pd(_mm256_mul_ps(c, c), lo, hi);
   }
   double var = hsum_pd(_mm256_add_pd(lo, hi));
   for (; i < cols; i++) {
-    const double c = (double)(x[i] - mean);
-    var += c * c;
+    float c = x[i] - mean;
+    var += (double)(c * c);
   }
   float rstd = (float)(1.0 / sqrt(var / (double)cols + (double)eps));
   __m256 vr = _mm256_set1_ps(rstd);

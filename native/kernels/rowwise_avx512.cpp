@@ -46,13 +46,6 @@ inline void acc_pd(__m512 e, __m512d& lo, __m512d& hi) {
   hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps(e, 1)));
 }
 
-// c² summed in double: squared in float, a value past ~1.8e19 would overflow the variance to inf.
-inline void acc_sq_pd(__m512 c, __m512d& lo, __m512d& hi) {
-  const __m512d a = _mm512_cvtps_pd(_mm512_castps512_ps256(c)), b = _mm512_cvtps_pd(_mm512_extractf32x8_ps(c, 1));
-  lo = _mm512_fmadd_pd(a, a, lo);
-  hi = _mm512_fmadd_pd(b, b, hi);
-}
-
 // The row's largest value, NaN if it holds one (max_ps alone would step over it).
 inline float row_max(const float* x, int64_t cols) {
   __m512 m = _mm512_set1_ps(-INFINITY);
@@ -91,8 +84,14 @@ void layer_norm_row(const float* x, int64_t cols, const float* gamma, const floa
   __m512 vm = _mm512_set1_ps(mean);
   lo = _mm512_setzero_pd();
   hi = _mm512_setzero_pd();
-  for (i = 0; i + 16 <= cols; i += 16) acc_sq_pd(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm), lo, hi);
-  if (i < cols) acc_sq_pd(_mm512_maskz_sub_ps(tail_mask(cols - i), _mm512_maskz_loadu_ps(tail_mask(cols - i), x + i), vm), lo, hi);
+  for (i = 0; i + 16 <= cols; i += 16) {
+    __m512 c = _mm512_sub_ps(_mm512_loadu_ps(x + i), vm);
+    acc_pd(_mm512_mul_ps(c, c), lo, hi);
+  }
+  if (i < cols) {
+    __m512 c = _mm512_maskz_sub_ps(tail_mask(cols - i), _mm512_maskz_loadu_ps(tail_mask(cols - i), x + i), vm);
+    acc_pd(_mm512_mul_ps(c, c), lo, hi);
+  }
   double var = hsum_pd(_mm512_add_pd(lo, hi)) / (double)cols;
   __m512 rstd = _mm512_set1_ps((float)(1.0 / std::sqrt(var + (double)eps)));
   for (i = 0; i < cols; i += 16) {
