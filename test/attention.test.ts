@@ -7,7 +7,7 @@ import { cpuKernels } from '../src/backend/cpu/index.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { f32ToF16 } from '../src/tensor/dtype.js';
 import { q4RecordBytes } from '../src/backend/kernels.js';
-import { cacheRow, cpu, expectClose, randomF32, ref, rowsOf } from './helpers/harness.js';
+import { cacheRow, cpu, expectClose, expectSameValues, randomF32, ref, rowsOf } from './helpers/harness.js';
 
 const ALL: Isa[] = ['scalar', 'avx2', 'avx512', 'avx512bf16'];
 const detected = isaInfo().detected as Isa;
@@ -80,6 +80,35 @@ for (const isa of ISAS) {
               const alone = cpu().attentionDecode(rowsOf(q, i, i + 1), cacheRow(kc, i), cacheRow(vc, i), Tensor.i32([lens[i]!]), scale);
               expect(alone.data).toEqual(rowsOf(got, i, i + 1).data);
             }
+          }
+        }
+      });
+
+      it('a NaN or +inf score makes its head NaN, as in the reference (prefill, decode, cached chunks)', () => {
+        setup();
+        // (the online softmax's exp clamps turned them into finite outputs; a NaN in a value row
+        // reaches the output by itself. Prefill multiplies a block's values by 0 for the keys a
+        // row may not see yet, so a NaN value reaches the earlier tokens of its 64-token block too:
+        // the test's NaN value is at a sequence's first position, seen by all of it.)
+        for (const [hq, hkv, d] of HEADS) {
+          const t = 70;
+          const q = randomF32([t, hq, d], seed++), k = randomF32([t, hkv, d], seed++), v = randomF32([t, hkv, d], seed++);
+          k.data[(3 * hkv + 0) * d + 1] = NaN;                  // key 3, kv head 0: every later token's group 0
+          q.data[(40 * hq + (hq - 1)) * d + 2] = Infinity;      // token 40's last head
+          v.data[(25 * hkv + (hkv - 1)) * d + (d - 1)] = NaN;  // the second sequence's first value, last feature
+          const ss = Tensor.i32([0, 25, t]), scale = 1 / Math.sqrt(d);
+          expectSameValues(cpu().attentionPrefill(q, k, v, ss, scale).data, ref().attentionPrefill(q, k, v, ss, scale).data, 1e-5, `prefill ${hq}/${hkv}/${d}`);
+          for (const dtype of ['f32', 'f16'] as CacheDType[]) {
+            const b = 3, cap = 300, lens = Tensor.i32([280, 5, 67]);
+            const kc = cacheOf(dtype, b, hkv, cap, d, seed++), vc = cacheOf(dtype, b, hkv, cap, d, seed++);
+            const nan = dtype === 'f32' ? NaN : 0x7e00;
+            (kc.data as Float32Array | Uint16Array)[((0 * hkv + hkv - 1) * cap + 270) * d] = nan;  // row 0, past a split of 256
+            (kc.data as Float32Array | Uint16Array)[((2 * hkv + 0) * cap + 10) * d + 3] = nan;
+            const qd = randomF32([b, hq, d], seed++);
+            qd.data[(1 * hq + 0) * d] = Infinity;
+            const got = cpu().attentionDecode(qd, kc, vc, lens, scale).data, want = ref().attentionDecode(qd, kc, vc, lens, scale).data;
+            expectSameValues(got, want, 1e-5, `decode ${dtype} ${hq}/${hkv}/${d}`);
+            expect(want.some(Number.isNaN) && want.some(Number.isFinite)).toBe(true);
           }
         }
       });

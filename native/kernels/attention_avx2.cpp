@@ -102,7 +102,11 @@ void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, in
     for (int64_t h = 0; h < g; h++) {
       float* sh = s + h * B;
       float bm = -INFINITY;
-      for (int64_t j = 0; j < nb; j++) bm = sh[j] > bm ? sh[j] : bm;
+      bool bad = false;  // a NaN or +inf score: the head's result is NaN, as the reference's (exp256 clamps would hide it)
+      for (int64_t j = 0; j < nb; j++) {
+        bm = sh[j] > bm ? sh[j] : bm;
+        bad = bad || !(sh[j] < INFINITY);
+      }
       float mnew = m[h] > bm ? m[h] : bm;
       __m256 vm = _mm256_set1_ps(mnew);
       __m256 sum = _mm256_setzero_ps();
@@ -120,7 +124,7 @@ void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, in
       }
       float al = m[h] == -INFINITY ? 0.f : expf(m[h] - mnew);
       alpha[h] = al;
-      l[h] = l[h] * al + tot;
+      l[h] = bad ? NAN : l[h] * al + tot;
       m[h] = mnew;
     }
     const void* vb = F16 ? (const void*)(static_cast<const uint16_t*>(v) + p0 * stride)

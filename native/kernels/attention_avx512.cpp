@@ -262,7 +262,12 @@ void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, in
     for (int64_t h = 0; h < g; h++) {
       float* sh = s + h * B;
       __m512 mx = _mm512_set1_ps(-INFINITY);
-      for (int64_t j = 0; j < nb; j += 16) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mask_at(nb, j), sh + j));
+      __mmask16 bad = 0;  // a NaN or +inf score: the head's result is NaN, as the reference's (exp512 clamps would hide it)
+      for (int64_t j = 0; j < nb; j += 16) {
+        const __m512 sv = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mask_at(nb, j), sh + j);
+        bad |= _mm512_cmp_ps_mask(sv, _mm512_set1_ps(INFINITY), _CMP_NLT_UQ);
+        mx = _mm512_max_ps(mx, sv);
+      }
       float bm = _mm512_reduce_max_ps(mx);
       float mnew = m[h] > bm ? m[h] : bm;
       __m512 vm = _mm512_set1_ps(mnew);
@@ -275,7 +280,7 @@ void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, in
       }
       float al = m[h] == -INFINITY ? 0.f : expf(m[h] - mnew);
       alpha[h] = al;
-      l[h] = l[h] * al + _mm512_reduce_add_ps(sum);
+      l[h] = bad ? NAN : l[h] * al + _mm512_reduce_add_ps(sum);
       m[h] = mnew;
     }
     for (int64_t h0 = 0; h0 < g;) {
@@ -576,14 +581,16 @@ void attn_prefill_block(const float* q, int64_t q_tok_stride, int64_t ntok, int6
       __mmask16 none = _mm512_cmp_ps_mask(mnew, ninf, _CMP_EQ_OQ);
       __m512 msafe = _mm512_mask_blend_ps(none, mnew, _mm512_setzero_ps());
       __m512 sum = _mm512_setzero_ps();
+      __mmask16 bad = 0;  // rows with a NaN or +inf score: NaN, as the reference's (exp512 clamps would hide it)
       for (int64_t j = 0; j < nk; j++) {
         __m512 sv = _mm512_load_ps(st + j * kMaxRows + u * 16);
+        bad |= _mm512_cmp_ps_mask(sv, _mm512_set1_ps(INFINITY), _CMP_NLT_UQ);
         __mmask16 live = _mm512_cmp_ps_mask(sv, ninf, _CMP_NEQ_OQ);
         __m512 e = _mm512_maskz_mov_ps(live, exp512(_mm512_sub_ps(sv, msafe)));
         _mm512_store_ps(st + j * kMaxRows + u * 16, e);
         sum = _mm512_add_ps(sum, e);
       }
-      _mm512_store_ps(lrow + u * 16, _mm512_fmadd_ps(_mm512_load_ps(lrow + u * 16), al, sum));
+      _mm512_store_ps(lrow + u * 16, _mm512_mask_mov_ps(_mm512_fmadd_ps(_mm512_load_ps(lrow + u * 16), al, sum), bad, _mm512_set1_ps(NAN)));
       _mm512_store_ps(arow + u * 16, al);
       _mm512_store_ps(mrow + u * 16, mnew);
     }
