@@ -615,7 +615,7 @@ void attn_prefill_block(const float* q, int64_t q_tok_stride, int64_t ntok, int6
   for (int64_t i = 0; i < M; i++) {
     float* dst = out + (i / g) * out_tok_stride + (i % g) * d;
     const float* src = o + i * d;
-    __m512 inv = _mm512_set1_ps(1.f / lrow[i]);
+    __m512 inv = _mm512_set1_ps(mrow[i] == -INFINITY ? NAN : 1.f / lrow[i]);  // every score -inf: NaN, as the reference's
     for (int64_t c = 0; c < d; c += 16) {
       __mmask16 mk = mask_at(d, c);
       _mm512_mask_storeu_ps(dst + c, mk, _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, src + c), inv));

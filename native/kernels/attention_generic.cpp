@@ -449,14 +449,20 @@ void attn_cached(const float* q, const void* k_cache, const void* v_cache, int k
       const float* base = partial + (first_split[bi] + kh * ns) * part_floats;
       for (int64_t h = 0; h < g; h++) {
         float* o = out + (bi * hq + kh * g + h) * d;
+        // Every score -inf (an infinite query against keys of the other sign): NaN, as the
+        // reference's exp(-inf - -inf); the SIMD cores would average the values instead.
         if (ns == 1) {
-          float inv = 1.f / base[g + h];
+          float inv = base[h] == -INFINITY ? NAN : 1.f / base[g + h];
           const float* a = base + 2 * g + h * d;
           for (int64_t c = 0; c < d; c++) o[c] = a[c] * inv;
           continue;
         }
         float M = -INFINITY;
         for (int64_t s = 0; s < ns; s++) M = std::max(M, base[s * part_floats + h]);
+        if (M == -INFINITY) {
+          for (int64_t c = 0; c < d; c++) o[c] = NAN;
+          continue;
+        }
         float L = 0.f;
         for (int64_t c = 0; c < d; c++) o[c] = 0.f;
         for (int64_t s = 0; s < ns; s++) {
@@ -527,7 +533,7 @@ void attn_prefill(const float* q, const float* k, const float* v, int64_t t, int
     int64_t off = (st * hkv + kh) * d;
     core(qs, g, d, k + off, v + off, false, hkv * d, i - st + 1, sc, ml, ml + g, acc);
     for (int64_t h = 0; h < g; h++) {
-      float inv = 1.f / ml[g + h];
+      float inv = ml[h] == -INFINITY ? NAN : 1.f / ml[g + h];  // every score -inf: NaN, as in decode's combine
       float* o = out + (i * hq + kh * g + h) * d;
       for (int64_t c = 0; c < d; c++) o[c] = acc[h * d + c] * inv;
     }
