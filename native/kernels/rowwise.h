@@ -30,6 +30,11 @@ int64_t rw_argmax(const float* x, int64_t n);
 // inv_freq: rot/2 frequencies; features j and j + rot/2 turn by positions[i] * inv_freq[j].
 void rw_rope(float* x, int64_t t, int64_t heads, int64_t d, const int32_t* positions, const double* inv_freq, int64_t rot);
 
+// For the per-ISA softmax rows: a row whose largest value `mx` is not finite (a NaN in it, +inf, or
+// every value -inf) is NaN throughout, as exp(x - max) summed in float makes it (the reference,
+// PyTorch), where the SIMD exp's clamps would make finite numbers of it. Returns whether it was.
+bool nan_row_unless_finite(float mx, int64_t cols, float* out);
+
 // Scalar IEEE half conversions (round to nearest even), shared by the generic kernels.
 float half_to_float(uint16_t h);
 uint16_t float_to_half(float f);

@@ -70,15 +70,6 @@ float row_max(const float* x, int64_t cols) {
   return any_nan ? NAN : r;
 }
 
-// A row whose largest value is not finite (NaN in it, +inf, or every value -inf) is NaN throughout,
-// as exp(x - max) summed in float makes it (the reference, PyTorch); exp256's clamps would
-// otherwise turn it into finite numbers. Returns whether it was.
-bool nan_row_unless_finite(float mx, int64_t cols, float* out) {
-  if (std::isfinite(mx)) return false;
-  for (int64_t i = 0; i < cols; i++) out[i] = NAN;
-  return true;
-}
-
 }  // namespace
 
 void layer_norm_row(const float* x, int64_t cols, const float* gamma, const float* beta, float eps, float* out) {

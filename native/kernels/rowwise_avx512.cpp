@@ -64,15 +64,6 @@ inline float row_max(const float* x, int64_t cols) {
   return nan ? NAN : _mm512_reduce_max_ps(m);
 }
 
-// A row whose largest value is not finite (NaN in it, +inf, or every value -inf) is NaN throughout,
-// as exp(x - max) summed in float makes it (the reference, PyTorch); the clamps of exp512 would
-// otherwise turn it into finite numbers. Returns whether it was.
-inline bool nan_row_unless_finite(float mx, int64_t cols, float* out) {
-  if (std::isfinite(mx)) return false;
-  for (int64_t i = 0; i < cols; i++) out[i] = NAN;
-  return true;
-}
-
 }  // namespace
 
 void layer_norm_row(const float* x, int64_t cols, const float* gamma, const float* beta, float eps, float* out) {

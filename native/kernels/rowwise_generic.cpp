@@ -194,6 +194,12 @@ int64_t rw_argmax(const float* x, int64_t n) {
   return best;
 }
 
+bool nan_row_unless_finite(float mx, int64_t cols, float* out) {
+  if (std::isfinite(mx)) return false;
+  for (int64_t i = 0; i < cols; i++) out[i] = NAN;
+  return true;
+}
+
 void relu_span(const float* x, int64_t n, float* out) {
   if (use512()) return isa512::relu(x, n, out);
   for (int64_t i = 0; i < n; i++) out[i] = x[i] > 0.f || x[i] != x[i] ? x[i] : 0.f;  // NaN kept, as isa512::relu
