@@ -87,15 +87,16 @@ for (const isa of ISAS) {
       it('a NaN or +inf score makes its head NaN, as in the reference (prefill, decode, cached chunks)', () => {
         setup();
         // (the online softmax's exp clamps turned them into finite outputs; a NaN in a value row
-        // reaches the output by itself. Prefill multiplies a block's values by 0 for the keys a
-        // row may not see yet, so a NaN value reaches the earlier tokens of its 64-token block too:
-        // the test's NaN value is at a sequence's first position, seen by all of it.)
+        // reaches the output by itself, and only the tokens that may see it: one value NaN is at a
+        // sequence's first position, seen by all of it, the other in the middle of a block of rows,
+        // whose earlier tokens the tiled prefill once reached as 0·NaN.)
         for (const [hq, hkv, d] of HEADS) {
           const t = 70;
           const q = randomF32([t, hq, d], seed++), k = randomF32([t, hkv, d], seed++), v = randomF32([t, hkv, d], seed++);
           k.data[(3 * hkv + 0) * d + 1] = NaN;                  // key 3, kv head 0: every later token's group 0
           q.data[(40 * hq + (hq - 1)) * d + 2] = Infinity;      // token 40's last head
           v.data[(25 * hkv + (hkv - 1)) * d + (d - 1)] = NaN;  // the second sequence's first value, last feature
+          v.data[(58 * hkv + 0) * d] = Infinity;                 // its 34th value, kv head 0: not its tokens 0..32
           const ss = Tensor.i32([0, 25, t]), scale = 1 / Math.sqrt(d);
           expectSameValues(cpu().attentionPrefill(q, k, v, ss, scale).data, ref().attentionPrefill(q, k, v, ss, scale).data, 1e-5, `prefill ${hq}/${hkv}/${d}`);
           for (const dtype of ['f32', 'f16'] as CacheDType[]) {

@@ -8,7 +8,7 @@ import { Q4_CACHE_GROUP, q4RecordBytes } from '../src/backend/kernels.js';
 import { q4ReadRecord } from '../src/backend/reference/attention.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { f16ToF32, f32ToF16 } from '../src/tensor/dtype.js';
-import { cacheRow, cpu, expectClose, randomF32, ref, rowsOf } from './helpers/harness.js';
+import { cacheRow, cpu, expectClose, expectSameValues, randomF32, ref, rowsOf } from './helpers/harness.js';
 
 const ALL: Isa[] = ['scalar', 'avx2', 'avx512', 'avx512bf16'];
 const detected = isaInfo().detected as Isa;
@@ -170,6 +170,29 @@ for (const isa of ISAS) {
               setThreads(3 - threads);
               expect(cpu().attentionDecode(q, kc, vc, ln, scale, undefined, F).data).toEqual(got.data);
               setThreads(threads);
+            }
+          }
+        }
+      });
+
+      it('sparse decode: a NaN score ranks first, so its head is NaN wherever the NaN lies, as in the reference', () => {
+        setup();
+        // (std::nth_element's ranking is undefined with a NaN in it; torch.topk ranks NaN highest)
+        for (const dtype of ['f32', 'f16'] as CacheDType[]) {
+          for (const [hq, hkv, d] of [[6, 2, 64], [3, 3, 17]] as const) {
+            const lens = [200, 9, 140, 2], b = lens.length, cap = 200;
+            const q = randomF32([b, hq, d], seed++, 2);
+            const kc = cacheOf(dtype, b, hkv, cap, d, seed++, 2), vc = cacheOf(dtype, b, hkv, cap, d, seed++);
+            const nan = dtype === 'f32' ? NaN : 0x7e00, kd = kc.data as Float32Array | Uint16Array;
+            kd[((0 * hkv + 0) * cap + 150) * d + 1] = nan;      // row 0: a low-ranked position would be dropped
+            kd[((1 * hkv + hkv - 1) * cap + 8) * d] = nan;      // row 1: the newest position, always kept
+            kd[((2 * hkv + 0) * cap + 0) * d + d - 1] = nan;    // row 2: the first position
+            q.data[(3 * hq + hq - 1) * d] = Infinity;           // row 3: an infinite query
+            const ln = Tensor.i32(lens), scale = 1 / Math.sqrt(d);
+            for (const F of [0.02, 0.5]) {
+              const want = ref().attentionDecode(q, kc, vc, ln, scale, undefined, F).data;
+              expectSameValues(cpu().attentionDecode(q, kc, vc, ln, scale, undefined, F).data, want, 1e-5, `sparse ${dtype} ${hq}/${hkv}/${d} F=${F}`);
+              expect(want.some(Number.isNaN) && want.some(Number.isFinite)).toBe(true);
             }
           }
         }

@@ -368,9 +368,12 @@ inline void transpose16(__m512* r) {
 }
 
 // o[i*d + c] = o·alpha[i] + Σ_{j<nj} pt[j*64 + i]·v_j[c], rows i0..i0+R-1, features c..c+63.
+// Keys from nall on lie after some row's token (the diagonal block): row r adds only those it may
+// see (j <= seen[r]), so a NaN or inf in a later key's value never reaches it as 0·NaN (its weight
+// there is 0); the reference and decode never read those keys.
 template <int R>
 inline void pv_tile(const float* pt, const float* alpha, int64_t d, const float* v, int64_t stride, int64_t nj,
-                    int64_t i0, int64_t c, float* o) {
+                    int64_t nall, const int64_t* seen, int64_t i0, int64_t c, float* o) {
   __mmask16 mk[4];
   for (int u = 0; u < 4; u++) mk[u] = mask_at(d, c + 16 * u);
   __m512 x[R][4];
@@ -378,8 +381,9 @@ inline void pv_tile(const float* pt, const float* alpha, int64_t d, const float*
     __m512 al = _mm512_set1_ps(alpha[i0 + r]);
     for (int u = 0; u < 4; u++) x[r][u] = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk[u], o + (i0 + r) * d + c + 16 * u), al);
   }
+  if (nall > nj) nall = nj;
   if (mk[3] == 0xffff) {
-    for (int64_t j = 0; j < nj; j++) {
+    for (int64_t j = 0; j < nall; j++) {
       const float* vr = v + j * stride + c;
       __m512 vv[4];
       for (int u = 0; u < 4; u++) vv[u] = _mm512_loadu_ps(vr + 16 * u);
@@ -389,7 +393,7 @@ inline void pv_tile(const float* pt, const float* alpha, int64_t d, const float*
       }
     }
   } else {
-    for (int64_t j = 0; j < nj; j++) {
+    for (int64_t j = 0; j < nall; j++) {
       const float* vr = v + j * stride + c;
       __m512 vv[4];
       for (int u = 0; u < 4; u++) vv[u] = _mm512_maskz_loadu_ps(mk[u], vr + 16 * u);
@@ -397,6 +401,16 @@ inline void pv_tile(const float* pt, const float* alpha, int64_t d, const float*
         __m512 w = _mm512_set1_ps(pt[j * kMaxRows + i0 + r]);
         for (int u = 0; u < 4; u++) x[r][u] = _mm512_fmadd_ps(w, vv[u], x[r][u]);
       }
+    }
+  }
+  for (int64_t j = nall; j < nj; j++) {
+    const float* vr = v + j * stride + c;
+    __m512 vv[4];
+    for (int u = 0; u < 4; u++) vv[u] = _mm512_maskz_loadu_ps(mk[u], vr + 16 * u);
+    for (int r = 0; r < R; r++) {
+      if (j > seen[r]) continue;
+      __m512 w = _mm512_set1_ps(pt[j * kMaxRows + i0 + r]);
+      for (int u = 0; u < 4; u++) x[r][u] = _mm512_fmadd_ps(w, vv[u], x[r][u]);
     }
   }
   for (int r = 0; r < R; r++)
@@ -597,17 +611,21 @@ void attn_prefill_block(const float* q, int64_t q_tok_stride, int64_t ntok, int6
     // Values: rows six at a time, each against the keys its last row can see.
     for (int64_t i0 = 0; i0 < M; i0 += 6) {
       const int R = M - i0 < 6 ? (int)(M - i0) : 6;
-      int64_t nj = (int64_t)tok[i0 + R - 1] - c0 + 1;
+      // keys of this block row r sees: 0..seen[r]; the first row's are seen by all
+      int64_t seen[6];
+      for (int r = 0; r < R; r++) seen[r] = (int64_t)tok[i0 + r] - c0;
+      int64_t nj = seen[R - 1] + 1;
       if (nj > nk) nj = nk;
       if (nj < 0) nj = 0;
+      const int64_t nall = seen[0] + 1 < 0 ? 0 : seen[0] + 1;
       for (int64_t c = 0; c < d; c += 64) {
         switch (R) {
-          case 6: pv_tile<6>(st, arow, d, vp, ldv, nj, i0, c, o); break;
-          case 5: pv_tile<5>(st, arow, d, vp, ldv, nj, i0, c, o); break;
-          case 4: pv_tile<4>(st, arow, d, vp, ldv, nj, i0, c, o); break;
-          case 3: pv_tile<3>(st, arow, d, vp, ldv, nj, i0, c, o); break;
-          case 2: pv_tile<2>(st, arow, d, vp, ldv, nj, i0, c, o); break;
-          default: pv_tile<1>(st, arow, d, vp, ldv, nj, i0, c, o); break;
+          case 6: pv_tile<6>(st, arow, d, vp, ldv, nj, nall, seen, i0, c, o); break;
+          case 5: pv_tile<5>(st, arow, d, vp, ldv, nj, nall, seen, i0, c, o); break;
+          case 4: pv_tile<4>(st, arow, d, vp, ldv, nj, nall, seen, i0, c, o); break;
+          case 3: pv_tile<3>(st, arow, d, vp, ldv, nj, nall, seen, i0, c, o); break;
+          case 2: pv_tile<2>(st, arow, d, vp, ldv, nj, nall, seen, i0, c, o); break;
+          default: pv_tile<1>(st, arow, d, vp, ldv, nj, nall, seen, i0, c, o); break;
         }
       }
     }

@@ -265,6 +265,12 @@ void decode_sparse(const float* q, const void* k_cache, const void* v_cache, int
       // The kept set, in position order: the keep-th highest score is the threshold; every score
       // above it, and as many equal to it as are still wanted from the lowest position up.
       int64_t nk = 0;
+      // A NaN score ranks above every other (as torch.topk ranks it), so it is kept and the head is
+      // NaN, as in dense attention; nth_element below needs a strict weak order, which NaN breaks.
+      if (std::any_of(s, s + older, [](float x) { return x != x; })) {
+        sums[h] = NAN;
+        continue;
+      }
       if (keep < older) {
         std::copy(s, s + older, vals);
         std::nth_element(vals, vals + (keep - 1), vals + older, std::greater<float>());

@@ -7,8 +7,8 @@ import { dequantize, quantize, representable } from './quant.js';
 import type { FloatArray, TrainKernels } from '../kernels-train.js';
 
 /** out[0..d) = Σ_p softmax(scale·q·k_p) v_p over n positions read through kAt/vAt. With sparsity
- *  F < 1 only the top max(1, ceil(F·(n−1))) scores of positions 0..n−2 (ties: lower position) and
- *  position n−1 take part. */
+ *  F < 1 only the top max(1, ceil(F·(n−1))) scores of positions 0..n−2 (ties: lower position; a
+ *  NaN above every number, as torch.topk ranks it) and position n−1 take part. */
 function attend(q: Float32Array, qo: number, d: number, n: number, kAt: (p: number, c: number) => number,
   vAt: (p: number, c: number) => number, scale: number, out: Float32Array, oo: number, sparsity = 1): void {
   const s = new Float64Array(n);
@@ -23,7 +23,9 @@ function attend(q: Float32Array, qo: number, d: number, n: number, kAt: (p: numb
   } else {
     const older = n - 1;
     const k = Math.min(older, Math.max(1, Math.ceil(sparsity * older)));
-    const order = Array.from({ length: older }, (_, p) => p).sort((a, b) => s[b]! - s[a]! || a - b);
+    const nan = (p: number) => Number.isNaN(s[p]!);
+    const order = Array.from({ length: older }, (_, p) => p)
+      .sort((a, b) => (nan(a) || nan(b) ? Number(nan(b)) - Number(nan(a)) : s[b]! - s[a]!) || a - b);
     kept = order.slice(0, k).sort((a, b) => a - b);
     kept.push(n - 1);
   }
