@@ -26,7 +26,6 @@ afterAll(() => {
 
 const FORMATS: QuantFormat[] = ['q4', 'q8'];
 const MODES: ComputeMode[] = ['fp32', 'bf16'];
-const bitsOf = (f: QuantFormat): QuantBits => (f === 'q4' ? 4 : 8);
 // fp32 mode dequantizes exactly. bf16 mode on AVX512-VNNI (the avx512bf16 level) rounds x to int8
 // per group of 64 (q = nearbyint(x·127/amax), x' = q·amax/127) and is compared with the exact
 // product of that rounded x; below that level bf16 mode computes like fp32 mode.

@@ -130,7 +130,6 @@ export class TrainLayer {
 
   /** dh (the gradient of the attention's input h) from ds, the gradient of the block's sum. */
   private attnBackward(p: LayerParams, g: LayerGrads, tape: AttnTape, batch: MicroBatch, ds: F32, dh: F32): void {
-    const c = this.config;
     const t = ds.shape[0]!;
     const da = this.linearBackward(tape.a, ds, p.o, g.o, this.grads.get('da', tape.a.shape));
     const [q, k, v] = this.heads(tape.q, tape.k, tape.v);

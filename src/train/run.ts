@@ -67,7 +67,6 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
   // model states (src/train/partition); only rank 0 writes metrics and the model files.
   const env = rankEnv();
   const comm = worldComm(env);
-  const lead = comm.rank === 0;
   if (fs.existsSync(o.out) && !fs.statSync(o.out).isDirectory()) throw new UserError(`--out ${o.out} exists and is not a directory`);
   fitSeqLen(o, options.seqLen === undefined);
   const ctx = dataContextFor(o.model, o.seqLen);

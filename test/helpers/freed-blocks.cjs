@@ -18,9 +18,9 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
   const rounds = [];
   const kept = [];
   for (let round = 0; round < 6; round++) {
-    let block = [addon.alignedBuffer(16 * MiB), new ArrayBuffer(16 * MiB), addon.alignedBuffer(8 * MiB), new ArrayBuffer(8 * MiB)].map(touch);
+    const block = [addon.alignedBuffer(16 * MiB), new ArrayBuffer(16 * MiB), addon.alignedBuffer(8 * MiB), new ArrayBuffer(8 * MiB)].map(touch);
     for (let i = 0; i < 8; i++) kept.push(touch(new ArrayBuffer(256 * 1024)), touch(addon.alignedBuffer(256 * 1024)));
-    block = null;
+    block.length = 0;
     // Backing stores and native finalizers are released after the collection, not in it.
     for (let i = 0; i < 5; i++) {
       global.gc();
