@@ -176,7 +176,12 @@ describe('errors, in OpenAI\'s format', () => {
     const noKey = await fetch(`${url}/v1/models`);
     expect(noKey.status).toBe(401);
     expect((await noKey.json()).error.code).toBe('invalid_api_key');
+    // the path as Fastify routes it (decoded, any case of the escapes), and URLs it does not know
+    for (const p of ['/%76%31/models', '/v%31/models', '/%761/batches', '/v1/%6dodels', '/V1/models', '/nowhere', '/v1/completions?x=/health']) {
+      expect((await fetch(`${url}${p}`)).status, p).toBe(401);
+    }
     expect((await fetch(`${url}/health`)).status).toBe(200);
+    expect((await fetch(`${url}/metrics`)).status).toBe(200);
 
     const model = await client.completions.create({ model: 'gpt-4o', prompt: 'x' }).catch((e) => e);
     expect(model).toBeInstanceOf(OpenAI.NotFoundError);

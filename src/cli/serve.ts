@@ -34,7 +34,7 @@ export function addServeCommand(program: Command): void {
     .requiredOption('--model <dir>', 'Hugging Face model directory')
     .option('--host <host>', 'address to listen on (only this machine by default)', '127.0.0.1')
     .option('--port <port>', 'TCP port (0 = any free one)', int('--port'), 8000)
-    .option('--api-key <key>', 'requests to /v1/ must send "Authorization: Bearer KEY" (default: $TIERLM_API_KEY; none when unset)')
+    .option('--api-key <key>', 'every request but /health and /metrics must send "Authorization: Bearer KEY" (default: $TIERLM_API_KEY; none when unset)')
     .option('--data-dir <dir>', 'where uploaded files and batch jobs are kept (default: ~/.cache/tierlm/serve)')
     .option('--served-model-name <name>', 'the name bodies give as "model" (default: the model directory\'s name)')
     .option('--max-queue <n>', 'interactive requests in flight beyond which new ones get 429 with Retry-After', int('--max-queue', 1), 256)

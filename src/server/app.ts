@@ -18,7 +18,7 @@ export interface ServerOptions {
   engine: Engine;
   /** Where files and batch jobs are kept. */
   dataDir: string;
-  /** Requests to /v1/ must carry `Authorization: Bearer <apiKey>` (none when absent). */
+  /** Every request but /health and /metrics must carry `Authorization: Bearer <apiKey>` (none when absent). */
   apiKey?: string;
   /** Interactive requests in flight (waiting or running) beyond which new ones get 429. */
   maxQueue: number;
@@ -46,8 +46,10 @@ export async function buildServer(o: ServerOptions): Promise<Server> {
   const server: Server = { app, jobs, metrics, inFlight: { count: 0 } };
   await app.register(multipart, { limits: { fileSize: o.fileLimit, files: 1, fields: 8 } });
 
+  // By the route Fastify matched, not the raw URL: it routes on the decoded path, so a test of
+  // req.url let /%76%31/models past the key. Unmatched URLs need the key too (401 before 404).
   app.addHook('onRequest', async (req) => {
-    if (o.apiKey !== undefined && req.url.startsWith('/v1/') && !keyMatches(req.headers.authorization, o.apiKey)) {
+    if (o.apiKey !== undefined && !PUBLIC_ROUTES.has(req.routeOptions.url ?? '') && !keyMatches(req.headers.authorization, o.apiKey)) {
       throw new ApiError(401, 'Incorrect API key provided (send it as "Authorization: Bearer KEY")', 'authentication_error', null, 'invalid_api_key');
     }
   });
@@ -68,6 +70,9 @@ export async function buildServer(o: ServerOptions): Promise<Server> {
   app.addHook('onClose', async () => metrics.close());
   return server;
 }
+
+/** Routes anyone may call when the server has a key: liveness and Prometheus' scrape. */
+const PUBLIC_ROUTES = new Set(['/health', '/metrics']);
 
 /** The key compared in constant time: both sides hashed first, so neither length nor content leaks. */
 function keyMatches(header: string | undefined, key: string): boolean {
