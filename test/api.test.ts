@@ -59,10 +59,16 @@ describe('options are checked by name', () => {
       const results = [];
       for await (const r of model.generate([
         { id: 'a', promptTokenIds: [1, 2] }, { id: 'b', promptTokenIds: [1, 99999] }, { id: 'c', promptTokenIds: [3], max_tokens: 2 } as never,
-      ], { maxNewTokens: 2 })) results.push(r);
+        { id: 'd', promptTokenIds: [3], untilContext: 'yes' } as never, { id: 'e', promptTokenIds: [3, 4, 5], untilContext: true },
+      ], { maxNewTokens: 2, stopAtEos: false })) results.push(r);
       expect(results.map((r) => ('error' in r ? r.error : 'ok'))).toEqual([
-        'ok', 'promptTokenIds[1] = 99999 is not a token id in [0, 512)', 'request "c": unknown option "max_tokens" (known: id, prompt, promptTokenIds, messages, sampling, n, maxNewTokens, stop, stopTokenIds, logprobs, topLogprobs)',
+        'ok', 'promptTokenIds[1] = 99999 is not a token id in [0, 512)', 'request "c": unknown option "max_tokens" (known: id, prompt, promptTokenIds, messages, sampling, n, maxNewTokens, untilContext, stop, stopTokenIds, logprobs, topLogprobs)',
+        '"untilContext" must be true or false', 'ok',
       ]);
+      // untilContext: to the model's last position (no limits here), over the call's maxNewTokens
+      const positions = JSON.parse(fs.readFileSync(path.join(opt, 'config.json'), 'utf8')).max_position_embeddings;
+      const e = results[4] as { tokenIds: number[]; finishReason: string };
+      expect([e.tokenIds.length, e.finishReason]).toEqual([positions - 3, 'length']);
     } finally {
       await model.close();
     }

@@ -10,7 +10,8 @@ import { type LanguageModel, loadModel } from '../src/engine/model.js';
 import { engineFor } from '../src/openai/complete.js';
 import { type Server, buildServer } from '../src/server/app.js';
 import { cli } from './helpers/cli.js';
-import { longContextModel, readJsonl, tmpDir } from './helpers/fixtures.js';
+import { initModel } from '../src/models/init.js';
+import { addTokenizer, longContextModel, readJsonl, tmpDir } from './helpers/fixtures.js';
 import { startServe, tinyChatModel } from './helpers/serve.js';
 
 const KEY = 'sk-test-key';
@@ -241,6 +242,40 @@ describe('errors, in OpenAI\'s format', () => {
       expect(e).toBeInstanceOf(OpenAI.BadRequestError);
       expect(e.error).toMatchObject({ code: 'context_length_exceeded', param: 'max_tokens' });
       expect(e.error.message).toMatch(/needs 100003 positions .* does not fit the memory limits: RAM limit 64\.0 MiB is too small/);
+    } finally {
+      await limited.app.close();
+      await long.close();
+    }
+  });
+
+  it('a chat request without max_tokens runs to the end of the context the memory limits give, not refused', async () => {
+    // llama-test with a million positions under 70 MiB (44.5 of them the tokenizer's): a block
+    // holds ~1000 of them; OpenAI's chat
+    // default ("to the end of the context") asked for all million, and every such request was refused.
+    const longDir = path.join(dir, 'long-chat');
+    initModel({ config: 'llama-test', out: longDir, seed: 3 });
+    addTokenizer(longDir);
+    const cfgFile = path.join(longDir, 'config.json');
+    fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, 'utf8')), max_position_embeddings: 1_000_000 }));
+    const long = await loadModel(longDir, { ramBytes: 70 * 2 ** 20, policy: { gpuBatchSize: 2, numGpuBatches: 1 } });
+    const limited = await buildServer({
+      engine: engineFor(long, 'long'), dataDir: path.join(dir, 'data-long-chat'), maxQueue: 8, bodyLimit: 1 << 20, fileLimit: 1 << 20, batchConcurrency: 8,
+    });
+    const at = await limited.app.listen({ host: '127.0.0.1', port: 0 });
+    try {
+      const c = new OpenAI({ baseURL: `${at}/v1`, apiKey: 'none', maxRetries: 0 });
+      const ask = (content: string) => c.chat.completions.create({ model: 'long', messages: [{ role: 'user', content }], temperature: 0 });
+      const [a, b] = await Promise.all([ask('hi'), ask('a somewhat longer question')]);
+      const context = a.usage!.prompt_tokens + a.usage!.completion_tokens;
+      expect(a.choices[0]!.finish_reason).toBe('length');
+      expect(context).toBeGreaterThan(500);
+      expect(context).toBeLessThan(100_000);
+      // the same context for every request (it is the limits', not the batch's)
+      expect(b.usage!.prompt_tokens + b.usage!.completion_tokens).toBe(context);
+      expect(b.usage!.prompt_tokens).toBeGreaterThan(a.usage!.prompt_tokens);
+      // an explicit max_tokens past it is still refused, as before
+      const big = await c.chat.completions.create({ model: 'long', messages: [{ role: 'user', content: 'hi' }], max_tokens: 100_000 }).catch((e) => e);
+      expect(big.error).toMatchObject({ code: 'context_length_exceeded' });
     } finally {
       await limited.app.close();
       await long.close();

@@ -267,8 +267,33 @@ export class ContinuousEngine {
   }
 
   private need(seq: Sequence): number {
+    if (seq.limits.untilContext) return Math.min(this.s.maxPositions, Math.max(seq.ids.length + 1, this.contextUnderLimits(seq)));
     return Math.min(this.s.maxPositions, seq.ids.length + seq.limits.maxNewTokens);
   }
+
+  /** The most positions (up to the model's) a block of the full shape holds within the memory
+   *  limits, with room for seq's first prompt chunk: what a sample that runs until the context
+   *  ends may use. 0 when none fits. */
+  private contextUnderLimits(seq: Sequence): number {
+    const p = this.p;
+    const maxTokens = p.fullShape ? p.prefillChunk + p.batchSize : Math.max(this.firstChunk(seq), p.batchSize);
+    const known = this.contexts.get(maxTokens);
+    if (known !== undefined) return known;
+    const shape = (capacity: number): BlockShape => ({
+      rows: p.batchSize, batches: p.numGpuBatches, capacity, cacheBytesPerElement: this.s.cacheBytesPerElement, maxTokens,
+    });
+    let lo = 0, hi = this.s.maxPositions;
+    while (lo < hi) {
+      const mid = Math.ceil((lo + hi) / 2);
+      if (this.withinLimits(shape(mid))) lo = mid;
+      else hi = mid - 1;
+    }
+    this.contexts.set(maxTokens, lo);
+    return lo;
+  }
+
+  /** contextUnderLimits by the block's tokens per step (the limits never change). */
+  private readonly contexts = new Map<number, number>();
 
   private firstChunk(seq: Sequence): number {
     return Math.min(seq.ids.length, this.p.prefillChunk);
@@ -293,6 +318,9 @@ export class ContinuousEngine {
       });
       if (best < 0) return true;
       this.waiting.shift();
+      // A sample that runs until the context ends stops where the limits' context does (the
+      // same whatever block it lands in).
+      if (a.seq.limits.untilContext) a.seq.limits.maxPositions = this.need(a.seq);
       const rows = this.slots[best]!;
       rows[rows.indexOf(null)] = { a, fed: 0, order: this.admitted++ };
       if (!this.replayed.has(a)) this.stats.promptTokens += a.seq.ids.length;

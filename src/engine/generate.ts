@@ -205,6 +205,7 @@ export class Generator {
         for (const k of SAMPLING_KEYS) checkApiValue(k as RuleName, sampling[k as keyof SamplingParams]);
         if (req.n !== undefined) checkApiValue('n', req.n);
         if (req.maxNewTokens !== undefined) checkApiValue('maxNewTokens', req.maxNewTokens);
+        if (req.untilContext !== undefined && typeof req.untilContext !== 'boolean') throw new Error('"untilContext" must be true or false');
       } catch (e) {
         return fail((e as Error).message);
       }
@@ -219,7 +220,8 @@ export class Generator {
     if (ids.length >= max) return fail(`prompt of ${ids.length} tokens does not fit the model's ${max} positions (at most ${max - 1}, leaving room for one new token)`);
     const sampling = { ...p.sampling, ...req.sampling };
     const limits: SequenceLimits = {
-      maxNewTokens: req.maxNewTokens ?? p.maxNewTokens,
+      maxNewTokens: req.maxNewTokens ?? (req.untilContext ? Infinity : p.maxNewTokens),
+      untilContext: req.maxNewTokens === undefined && req.untilContext === true,
       stopIds: new Set([...(p.stopAtEos ? this.s.eosTokenIds : []), ...(req.stopTokenIds ?? p.stopTokenIds)]),
       stop: req.stop ?? [],
       logprobs: req.logprobs ?? p.logprobs,

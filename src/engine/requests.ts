@@ -17,6 +17,10 @@ export interface GenerationRequest {
   n?: number;
   /** New tokens at most, over the call's `params.maxNewTokens`. */
   maxNewTokens?: number;
+  /** With no maxNewTokens: generate until the context ends (OpenAI's chat default), which is the
+   *  model's positions, or under memory limits the most positions a block of the call's shape
+   *  holds; the sample then finishes with "length". */
+  untilContext?: boolean;
   /** Text stop sequences (at most 4): a sample ends when its decoded text contains one; its text
    *  then ends before it (its tokenIds keep every token generated). Needs a tokenizer. */
   stop?: string[];
@@ -28,7 +32,7 @@ export interface GenerationRequest {
   topLogprobs?: number;
 }
 
-export const REQUEST_KEYS = ['id', 'prompt', 'promptTokenIds', 'messages', 'sampling', 'n', 'maxNewTokens', 'stop', 'stopTokenIds', 'logprobs', 'topLogprobs'] as const;
+export const REQUEST_KEYS = ['id', 'prompt', 'promptTokenIds', 'messages', 'sampling', 'n', 'maxNewTokens', 'untilContext', 'stop', 'stopTokenIds', 'logprobs', 'topLogprobs'] as const;
 
 /** A token and its log-probability. */
 export interface TokenLogprob {

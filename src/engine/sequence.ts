@@ -11,13 +11,16 @@ import { Rng, type SamplingParams, TokenHistory, sample, topKIndices } from './s
 /** A sample's limits, resolved from its request over the call's params. */
 export interface SequenceLimits {
   maxNewTokens: number;
+  /** Runs until the context ends (GenerationRequest.untilContext): the engine sets maxPositions
+   *  to the positions its block can give the sample. */
+  untilContext: boolean;
   /** Token ids that end the sample (EOS included when stopAtEos). */
   stopIds: Set<number>;
   /** Text stop sequences. */
   stop: string[];
   logprobs: boolean;
   topLogprobs: number;
-  /** Cache positions the sample may fill (the model's positions). */
+  /** Cache positions the sample may fill (the model's positions, or fewer: see untilContext). */
   maxPositions: number;
 }
 

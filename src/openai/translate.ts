@@ -64,9 +64,12 @@ export function prepare(endpoint: Endpoint, body: Body, model: ServedModel): Pre
     }
     const r: Prepared['requests'][number] = {
       id: String(i), promptTokenIds: ids, n,
-      maxNewTokens: maxTokens ?? (chat ? model.maxPositions - ids.length : COMPLETION_MAX_TOKENS),
       sampling: { temperature: 1, ...sampling },
     };
+    // Chat's default is the rest of the context: as many positions as the server can give it.
+    if (maxTokens != null) r.maxNewTokens = maxTokens;
+    else if (chat) r.untilContext = true;
+    else r.maxNewTokens = COMPLETION_MAX_TOKENS;
     if (stop.length > 0) r.stop = stop;
     if (logprobs !== null) Object.assign(r, { logprobs: true, topLogprobs: logprobs });
     return r;
