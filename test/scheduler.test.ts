@@ -150,6 +150,22 @@ describe('a request too large for the memory limits', () => {
       const out: (GenerationResult | RequestError)[] = [];
       for await (const r of model.generate(reqs, { maxNewTokens: 4, stopAtEos: false })) out.push(r);
       expect(out).toEqual([got[0], tooBig, got[2]]);
+      // ... and as the last or only request (its error was dropped when nothing was left to run)
+      const run = async (rs: GenerationRequest[]) => {
+        const o: (GenerationResult | RequestError)[] = [];
+        for await (const r of model.generate(rs, { maxNewTokens: 4, stopAtEos: false })) o.push(r);
+        return o;
+      };
+      expect(await run([reqs[1]!])).toEqual([tooBig]);
+      expect(await run([reqs[0]!, reqs[1]!])).toEqual([got[0], tooBig]);
+      // A prompt whose own prefill does not fit the limits (30000 tokens at once): refused alone,
+      // not the whole call (the fit test used the prompt's workspace), and not the short requests
+      // beside it (the block for the first waiting one alone took every waiting one's prompt chunks).
+      const longPrompt = { id: 'prompt', promptTokenIds: Array.from({ length: 30_000 }, (_, i) => 5 + (i % 100)), maxNewTokens: 2 };
+      const mixed = await run([longPrompt, reqs[0]!, reqs[2]!]);
+      expect(mixed[0]).toEqual({ id: 'prompt', error: expect.stringMatching(/^the request needs 30002 positions .* does not fit the memory limits/) });
+      expect(mixed.slice(1)).toEqual([got[0], got[2]]);
+      expect(await run([reqs[0]!, longPrompt, reqs[2]!])).toEqual([got[0], mixed[0], got[2]]);
     } finally {
       await model.close();
     }

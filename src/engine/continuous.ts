@@ -409,8 +409,10 @@ export class ContinuousEngine {
         return await this.openBlock(true);
       } catch (e) {
         if (!(e instanceof UserError)) throw e;
-        // With room for one position: does the shape fit at all?
-        this.s.checkBlock(this.blockShape(true).shape(1));
+        // Does the block fit at all, with room for one position and a token a row (a server's
+        // block keeps its step size)? If so the sequence is too large for the limits, not they.
+        const { rows, shape } = this.blockShape(true);
+        this.s.checkBlock({ ...shape(1), maxTokens: this.p.fullShape ? shape(1).maxTokens : rows });
         const a = this.waiting.shift()!;
         const seq = a.seq;
         seq.refuse(`${TOO_LARGE_FOR_LIMITS} ${this.need(seq)} positions (a prompt of ${seq.ids.length} tokens and up to ` +
@@ -422,15 +424,16 @@ export class ContinuousEngine {
   }
 
   /** The shape of a block for the waiting sequences (or the full shape), with room for the
-   *  longest of them, or for the first alone. */
+   *  longest of them, or for the first alone (its rows, positions and prompt chunk only: a
+   *  short sequence is not refused for the longer ones behind it). */
   private blockShape(firstOnly: boolean) {
     const p = this.p;
-    const ahead = this.waiting.slice(0, p.batchSize * p.numGpuBatches);
+    const ahead = this.waiting.slice(0, firstOnly ? 1 : p.batchSize * p.numGpuBatches);
     const rows = p.fullShape ? p.batchSize : Math.min(p.batchSize, Math.max(1, ahead.length));
     const batches = p.fullShape ? p.numGpuBatches : Math.min(p.numGpuBatches, Math.ceil(Math.max(1, ahead.length) / rows));
     // Room for the sequences at hand: the longest of them, and prompt tokens per step as the
     // old blocks had (a batch's prompts at once) unless prefillChunk cuts them.
-    const capacity = Math.max(...(firstOnly ? ahead.slice(0, 1) : ahead).map((a) => this.need(a.seq)), 1);
+    const capacity = Math.max(...ahead.map((a) => this.need(a.seq)), 1);
     const perBatch = Math.max(...Array.from({ length: batches }, (_, k) => ahead.filter((_, i) => i % batches === k).reduce((n, a) => n + this.firstChunk(a.seq), 0)), 1);
     // A server's batch always has prefillChunk tokens for prompts beside its decode rows; a
     // generate() call's has what its first prompts need (as the old whole-block prefill had).

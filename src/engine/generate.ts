@@ -137,9 +137,10 @@ export class Generator {
           if (!('error' in item)) for (const seq of item.samples) engine.add({ seq, priority: 0, done: () => undefined });
         }
         yield* this.handOver(engine, queue);
-        if (!(await engine.step())) {
-          if (!more) break;
-        } else yield* this.handOver(engine, queue);
+        const ran = await engine.step();
+        // (a step with nothing to run may still have refused requests: they are handed over too)
+        yield* this.handOver(engine, queue);
+        if (!ran && !more) break;
       }
     } finally {
       await engine.close();
