@@ -44,6 +44,23 @@ describe('resuming a batch job', () => {
     expect(r.code).toBe(0);
     expect(r.stderr).toMatch(/2 already done/);
     expect(readJsonl<{ id: string; token_ids: number[] }>(whole).find((x) => x.id === 'p1')!.token_ids).toEqual([9]);
+    // a write cut after its first bytes
+    const short = path.join(dir, 'short.jsonl');
+    fs.writeFileSync(short, `${line('p0', [1])}\n{"i`);
+    expect(run(short).code).toBe(0);
+    expect(readJsonl<{ id: string }>(short).map((x) => x.id).sort()).toEqual(['p0', 'p1', 'p2', 'p3', 'p4']);
+  });
+
+  it('never cuts a whole line that is not a result (an input file given as --out, its last line without a newline)', () => {
+    const dir = tmpDir('input-as-out');
+    for (const text of ['{"id":"a","prompt_token_ids":[5,6,7]}', `${line('p0', [1])}\n{"id":"a","prompt_token_ids":[5,6,7]}`]) {
+      const file = path.join(dir, 'in.jsonl');
+      fs.writeFileSync(file, text);
+      const r = cli(['generate', '--model', '/nonexistent', '--prompts', file, '--out', file]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/in\.jsonl:[12]: is not a (tierlm )?result line/);
+      expect(fs.readFileSync(file, 'utf8')).toBe(text);
+    }
   });
 
   it('stops at any other bad line, naming the file and line, with the file left as it was', () => {

@@ -183,8 +183,11 @@ export class ResultWriter {
       this.note(rec);
       return (fd) => fs.writeSync(fd, '\n');
     }
-    // Results are written id first, so a torn one starts like this; anything else is not ours.
-    if (!torn.startsWith('{"id":')) throw this.notAResult(lines.length + 1, first);
+    // Results are written id first, so a torn one starts like this (or is a start of it: a write
+    // cut after a byte or two); anything else, and any whole JSON value (an input line of the
+    // same shape: the file may be the user's prompts), is not ours to cut.
+    const prefix = '{"id":';
+    if (!(torn.startsWith(prefix) || prefix.startsWith(torn)) || parses(torn)) throw this.notAResult(lines.length + 1, first);
     const keep = Buffer.byteLength(text) - Buffer.byteLength(torn);
     return (fd) => {
       fs.ftruncateSync(fd, keep);
@@ -254,5 +257,14 @@ function statOrNull(file: string): fs.Stats | null {
     return fs.statSync(file);
   } catch {
     return null;
+  }
+}
+
+function parses(text: string): boolean {
+  try {
+    JSON.parse(text);
+    return true;
+  } catch {
+    return false;
   }
 }
