@@ -28,6 +28,7 @@ describe('JSONL request limits', () => {
       '{"id": "d", "prompt_token_ids": [5], "stop_token_ids": [-1]}',
       '{"id": "e", "prompt_token_ids": [5], "logprobs": 1}',
       '{"id": "f", "prompt_token_ids": [5], "top_logprobs": 21}',
+      '{"id": "g", "prompt_token_ids": [5], "n": 1000000000}',
     ]);
     expect(out[0]).toEqual({ line: 1, request: { id: 'a', promptTokenIds: [5], maxNewTokens: 3, stop: ['x'], stopTokenIds: [7, 9], logprobs: true, topLogprobs: 2 } });
     const errors = out.slice(1).map((x) => (x as { error: string }).error);
@@ -37,6 +38,7 @@ describe('JSONL request limits', () => {
       `${file}:4: stop_token_ids must be an array of non-negative integers, got [-1]`,
       `${file}:5: logprobs must be true or false, got 1`,
       `${file}:6: top_logprobs must be an integer in [0, 20], got 21`,
+      `${file}:7: n must be an integer in [1, 128], got 1000000000`,
     ]);
   });
 

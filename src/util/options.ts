@@ -11,12 +11,16 @@ export interface Rule {
   want: string;
 }
 
+/** Samples a request may ask for at most. */
+export const MAX_SAMPLES = 128;
+
 const int = (min: number) => (v: number) => Number.isSafeInteger(v) && v >= min;
 const finite = (lo: number, hi: number) => (v: number) => Number.isFinite(v) && v >= lo && v <= hi;
 
 export const RULES = {
   maxNewTokens: { api: 'maxNewTokens', flag: '--max-new-tokens', json: 'max_new_tokens', ok: int(1), want: 'an integer >= 1' },
-  n: { api: 'n', flag: '--n', json: 'n', ok: int(1), want: 'an integer >= 1' },
+  // (OpenAI's bound: a request's samples are made up front, so n = 1e9 ran out of memory)
+  n: { api: 'n', flag: '--n', json: 'n', ok: (v) => int(1)(v) && v <= MAX_SAMPLES, want: `an integer in [1, ${MAX_SAMPLES}]` },
   temperature: { api: 'sampling.temperature', flag: '--temperature', json: 'temperature', ok: finite(0, Infinity), want: 'a number >= 0 (0 = greedy)' },
   topK: { api: 'sampling.topK', flag: '--top-k', json: 'top_k', ok: int(0), want: 'an integer >= 0 (0 = no cut)' },
   topP: { api: 'sampling.topP', flag: '--top-p', json: 'top_p', ok: (v) => v > 0 && v <= 1, want: 'a number in (0, 1]' },
