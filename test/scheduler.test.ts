@@ -2,6 +2,7 @@
 // request gets alone; stop strings, top log-probabilities, streaming text, abort, drain, priority.
 import fs from 'node:fs';
 import path from 'node:path';
+import { getEventListeners } from 'node:events';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type GenerationRequest, type GenerationResult, type LanguageModel, type RequestError, loadModel } from '../src/index.js';
 import { initModel } from '../src/models/init.js';
@@ -72,6 +73,15 @@ describe('Scheduler', () => {
     const pre = new AbortController();
     pre.abort();
     expect(await s.submit({ id: 'x', promptTokenIds: [1] }, { signal: pre.signal })).toEqual({ id: 'x', error: 'cancelled' });
+  });
+
+  it('a signal shared by many requests (a batch job) holds no listener of a finished one', async () => {
+    const s = model.scheduler();
+    const job = new AbortController();
+    const reqs = Array.from({ length: 30 }, (_, i) => s.submit({ id: `r${i}`, promptTokenIds: [9, 8 + (i % 5)], maxNewTokens: 2, n: 1 + (i % 2) }, { signal: job.signal }));
+    expect(getEventListeners(job.signal, 'abort').length).toBeGreaterThan(0);
+    await Promise.all(reqs);
+    expect(getEventListeners(job.signal, 'abort')).toHaveLength(0);
   });
 });
 

@@ -85,7 +85,9 @@ export function emptyStats(): GenerateStats {
 }
 
 /** A request in the output queue: its samples, or the error it gets instead. */
-type Queued = RequestError | { req: GenerationRequest; promptTokens: number; samples: Sequence[] };
+/** A request read: its error, or its samples (and, with a signal, what removes its abort
+ *  listener once the request has ended: one signal may serve a whole batch job). */
+type Queued = RequestError | { req: GenerationRequest; promptTokens: number; samples: Sequence[]; detach?: () => void };
 
 /** Per-request hooks (the scheduler's RequestOptions): streaming and aborting. */
 export interface RequestHooks {
@@ -236,7 +238,10 @@ export class Generator {
       const signal = hooks.signal;
       const cancel = () => samples.forEach((x) => x.cancel());
       if (signal.aborted) cancel();
-      else signal.addEventListener('abort', cancel, { once: true });
+      else {
+        signal.addEventListener('abort', cancel, { once: true });
+        return { req, promptTokens: ids.length, samples, detach: () => signal.removeEventListener('abort', cancel) };
+      }
     }
     return { req, promptTokens: ids.length, samples };
   }

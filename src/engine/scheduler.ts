@@ -103,6 +103,7 @@ export class Scheduler {
       let left = item.samples.length;
       const done = () => {
         if (--left > 0) return;
+        item.detach?.();
         if (hookError) return resolve({ id, error: `onToken failed: ${hookError instanceof Error ? hookError.message : String(hookError)}` });
         if (options.signal?.aborted) return resolve({ id, error: 'cancelled' });
         const refused = item.samples.find((x) => x.error !== null);
@@ -111,7 +112,11 @@ export class Scheduler {
         resolve({ id: item.req.id, promptTokens: item.promptTokens, ...samples[0]!, ...(samples.length > 1 ? { samples } : {}) });
       };
       const priority = (options.priority ?? 'interactive') === 'interactive' ? 0 : 1;
-      for (const seq of item.samples) this.engine.add({ seq, priority, done, fail: reject });
+      const fail = (e: unknown) => {
+        item.detach?.();
+        reject(e);
+      };
+      for (const seq of item.samples) this.engine.add({ seq, priority, done, fail });
       if (!this.active) {
         this.active = true;
         this.loop = this.run();
