@@ -66,7 +66,12 @@ describe('models, completions and chat', () => {
     expect(one.usage!.total_tokens).toBe(one.usage!.prompt_tokens + 6);
     expect(c.logprobs!.tokens).toHaveLength(6);
     expect(c.logprobs!.token_logprobs!.every((x) => x < 0)).toBe(true);
-    expect(c.logprobs!.tokens!.join('').replace(/\s/g, '')).toBe(c.text.replace(/\s/g, ''));
+    // each token's text in context (a SentencePiece token alone drops its leading space): they
+    // add up to the text, at their offsets
+    const lp = c.logprobs!;
+    expect(lp.tokens!.join('')).toBe(c.text);
+    lp.tokens!.forEach((t, i) => expect(c.text.slice(lp.text_offset![i]!, lp.text_offset![i]! + t.length)).toBe(t));
+    expect(lp.tokens!.slice(1).some((t) => t.startsWith(' '))).toBe(true);
     // The chosen token is the most likely one at temperature 0.
     c.logprobs!.top_logprobs!.forEach((top, i) => {
       expect(Object.keys(top).length).toBeGreaterThan(0);
@@ -104,7 +109,10 @@ describe('models, completions and chat', () => {
     for (const t of c.logprobs!.content!) {
       expect(t.top_logprobs).toHaveLength(2);
       expect(t.bytes).toEqual([...Buffer.from(t.token)]);
+      // the chosen token is the likeliest at temperature 0, and its text is the same in both lists
+      expect(t.top_logprobs[0]!.token).toBe(t.token);
     }
+    expect(c.logprobs!.content!.map((t) => t.token).join('')).toBe(c.message.content);
     expect(r.usage!.completion_tokens).toBe(5);
   });
 

@@ -116,30 +116,50 @@ export function usage(p: Prepared, results: GenerationResult[]) {
   return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
 }
 
-/** A token as text (the token's own decoding; `token_id:N` when the model has no tokenizer). */
-export function tokenText(model: ServedModel, id: number): string {
-  return model.tokenizer ? model.tokenizer.decode([id]) : `token_id:${id}`;
+/** Tokens decoded before a token to find its text in context. */
+const PIECE_CONTEXT = 8;
+
+/**
+ * The text token i of a sample adds (or, with `alt`, what that token would have added there):
+ * the decoding of the tokens up to it less that of the tokens before it, over a window of
+ * PIECE_CONTEXT tokens. A token decoded alone loses what depends on its neighbours (the leading
+ * space SentencePiece strips at a text's start), so the pieces did not add up to the text. An
+ * unfinished multi-byte character (U+FFFD at the end) goes to the token that completes it.
+ * `token_id:N` when the model has no tokenizer.
+ */
+export function tokenPiece(model: ServedModel, ids: readonly number[], i: number, alt?: number): string {
+  const t = model.tokenizer;
+  const id = alt ?? ids[i]!;
+  if (!t) return `token_id:${id}`;
+  const from = Math.max(0, i - PIECE_CONTEXT);
+  const last = alt === undefined && i === ids.length - 1;
+  const unfinished = (s: string, keep: boolean) => (keep ? s : s.replace(/\ufffd+$/, ''));
+  const before = i > from ? unfinished(t.decode(ids.slice(from, i) as number[]), false) : '';
+  const upto = unfinished(t.decode([...ids.slice(from, i), id]), last);
+  let same = 0;
+  while (same < before.length && same < upto.length && before[same] === upto[same]) same++;
+  return upto.slice(same);
 }
 
 function completionLogprobs(model: ServedModel, s: SampleResult, top: number) {
-  const tokens = s.tokenIds.map((t) => tokenText(model, t));
+  const tokens = s.tokenIds.map((_, i) => tokenPiece(model, s.tokenIds, i));
   const offsets: number[] = [];
   tokens.reduce((at, t) => (offsets.push(at), at + t.length), 0);
   return {
     tokens,
     token_logprobs: s.logprobs ?? [],
-    top_logprobs: top > 0 ? (s.topLogprobs ?? []).map((list) => Object.fromEntries(list.map((x) => [tokenText(model, x.token), x.logprob]))) : null,
+    top_logprobs: top > 0 ? (s.topLogprobs ?? []).map((list, i) => Object.fromEntries(list.map((x) => [tokenPiece(model, s.tokenIds, i, x.token), x.logprob]))) : null,
     text_offset: offsets,
   };
 }
 
 function chatLogprobs(model: ServedModel, s: SampleResult) {
-  const entry = (token: number, logprob: number) => {
-    const text = tokenText(model, token);
+  const entry = (i: number, token: number | undefined, logprob: number) => {
+    const text = tokenPiece(model, s.tokenIds, i, token);
     return { token: text, logprob, bytes: [...Buffer.from(text, 'utf8')] };
   };
   return {
-    content: s.tokenIds.map((t, i) => ({ ...entry(t, s.logprobs?.[i] ?? 0), top_logprobs: (s.topLogprobs?.[i] ?? []).map((x) => entry(x.token, x.logprob)) })),
+    content: s.tokenIds.map((_, i) => ({ ...entry(i, undefined, s.logprobs?.[i] ?? 0), top_logprobs: (s.topLogprobs?.[i] ?? []).map((x) => entry(i, x.token, x.logprob)) })),
     refusal: null,
   };
 }
