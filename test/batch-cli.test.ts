@@ -49,9 +49,13 @@ describe('tierlm batch', () => {
     const last = JSON.parse(text.trim().split('\n').pop()!);
     fs.writeFileSync(out, text.slice(0, text.length - 25));
     const again = cli(args);
-    expect(again.stderr).toContain('7 already answered');
+    expect(again.stderr).toMatch(/7 already answered \([45] of them failed\)/);
     const after = fs.readFileSync(out, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
     expect(after).toHaveLength(8);
     expect(after.filter((l) => l.id === last.id)).toHaveLength(1);
+    // The exit code is the file's: with nothing left to run, the failed lines still fail the job.
+    const third = cli(args);
+    expect(third.code, third.stderr).toBe(2);
+    expect(third.stderr).toContain('0 answered, 0 failed, 8 already answered (5 of them failed)');
   });
 });

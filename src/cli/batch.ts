@@ -61,8 +61,10 @@ async function runBatchCommand(o: BatchFlags): Promise<void> {
       await model.close();
     }
     process.stderr.write(`${o.output}: ${counts.completed} answered, ${counts.failed} failed${o.errors !== undefined ? ` (in ${o.errors})` : ''}` +
-      `${counts.skipped ? `, ${counts.skipped} already answered` : ''}; ${counts.tokens} tokens generated\n`);
-    if (counts.failed > 0) process.exitCode = 2;
+      `${counts.skipped ? `, ${counts.skipped} already answered${counts.skippedFailed ? ` (${counts.skippedFailed} of them failed)` : ''}` : ''}; ` +
+      `${counts.tokens} tokens generated\n`);
+    // The exit code is the file's, not this run's: a line that failed before still failed.
+    if (counts.failed + counts.skippedFailed > 0) process.exitCode = 2;
   } finally {
     out.close();
     errors?.close();

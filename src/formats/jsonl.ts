@@ -132,16 +132,26 @@ function parseLine(text: string, line: number, file: string): InputLine {
  * torn last line (a crash in the middle of a write: no trailing newline) is the only thing
  * repaired, and any other line that is not a result stops the job with the file left as it was.
  */
+/** What a results file's line is: its id, whether it counts as done, whether it is a failure. */
+export interface RecordKind {
+  id: string;
+  ok: boolean;
+  failed?: boolean;
+}
+
 export class ResultWriter {
   /** Ids with a result line: a rerun skips them (ids with only error lines are tried again). */
   readonly done = new Set<string>();
+  /** Ids of `done` whose line, read from the file, answers with a failure (a Batch API error
+   *  line is final: a rerun skips it, and still counts it as failed). */
+  readonly failedBefore = new Set<string>();
   private fd: number;
   /** Standard output, a pipe or a device: written to, never read back or synced. */
   readonly stream: boolean;
 
-  /** `recognize` tells a line of this file's kind (its id, and whether it is a result) from
-   *  anything else; by default, generate's result and error lines. */
-  constructor(readonly file: string, private readonly recognize: (line: string) => { id: string; ok: boolean } | null = resultRecord) {
+  /** `recognize` tells a line of this file's kind (its id, whether it is a result, and whether
+   *  that result is a failure) from anything else; by default, generate's result and error lines. */
+  constructor(readonly file: string, private readonly recognize: (line: string) => RecordKind | null = resultRecord) {
     const stat = file === '-' ? null : statOrNull(file);
     this.stream = file === '-' || (stat !== null && !stat.isFile() && !stat.isDirectory());
     if (file === '-') {
@@ -201,14 +211,15 @@ export class ResultWriter {
       : `${this.file}:${line}: is not a result line; fix or remove it (the file was left as it was)`);
   }
 
-  private note(rec: { id: string; ok: boolean }): void {
+  private note(rec: RecordKind, read = true): void {
     if (rec.ok) this.done.add(rec.id);
+    if (read && rec.failed) this.failedBefore.add(rec.id);
   }
 
   /** Appends a line; `ok` says whether it counts as done (by default: it is not an error line). */
   write(record: { id: string; error?: unknown }, ok = record.error === undefined): void {
     writeAll(this.fd, JSON.stringify(record) + '\n');
-    this.note({ id: record.id, ok });
+    this.note({ id: record.id, ok }, false);
   }
 
   /** Makes what was written survive a crash of the machine, not just of the process. */

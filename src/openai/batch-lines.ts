@@ -4,6 +4,7 @@
 // for a line without a usable one, its line number), so a rerun recognises the lines it answered.
 import { createHash, randomBytes } from 'node:crypto';
 import type { ApiError } from './errors.js';
+import type { RecordKind } from '../formats/jsonl.js';
 import { ENDPOINTS, type Endpoint } from './validate.js';
 
 export type BatchLine =
@@ -60,11 +61,12 @@ export function lineErrorLine(l: Extract<BatchLine, { error: unknown }>) {
 }
 
 /** Recognises an output line (for ResultWriter): every line with an id and a custom_id is answered. */
-export function batchRecord(line: string): { id: string; ok: boolean } | null {
+export function batchRecord(line: string): RecordKind | null {
   try {
     const o = JSON.parse(line) as Record<string, unknown>;
     if (typeof o !== 'object' || o === null || typeof o.id !== 'string' || !('custom_id' in o) || !('response' in o)) return null;
-    return { id: o.id, ok: true };
+    const status = (o.response as { status_code?: unknown } | null)?.status_code;
+    return { id: o.id, ok: true, failed: status !== 200 };
   } catch {
     return null;
   }
