@@ -1,4 +1,5 @@
-// The spill files (KV cache, activations) of one run in a disk directory that other runs may share.
+// The spill files (KV cache, activations) of one run in a disk directory that other runs may share,
+// and the directories of a training run's model states (`train-<tag>.d`, `train-rank-R-of-N-<tag>.d`).
 //
 // Each run names its files with a tag of its own, `cache-<pid>-<random>.bin`, and holds an flock on
 // `run-<tag>.lock` (src/tensor/disk/lock.ts) while they exist. The files go at close(), and, best
@@ -15,7 +16,7 @@ import { FileLock } from '../tensor/disk/lock.js';
 export type SpillKind = 'cache' | 'activations';
 
 const KINDS: readonly SpillKind[] = ['cache', 'activations'];
-const TAGGED = /^(?:cache|activations)-(\d+-[0-9a-f]{8})\.bin$|^run-(\d+-[0-9a-f]{8})\.lock$/;
+const TAGGED = /^(?:cache|activations)-(\d+-[0-9a-f]{8})\.bin$|^run-(\d+-[0-9a-f]{8})\.lock$|^(?:train|train-rank-\d+-of-\d+)-(\d+-[0-9a-f]{8})\.d$/;
 const CLAIMING = /^run-(\d+)-[0-9a-f]{8}\.lock\.tmp$/;
 
 const spillName = (kind: SpillKind, tag: string): string => `${kind}-${tag}.bin`;
@@ -58,6 +59,14 @@ export class SpillFiles {
     return path.join(this.dir, spillName(kind, this.tag));
   }
 
+  /** Makes this run's directory `name` (train, or train-rank-R-of-N), deleted with its files. */
+  makeDir(name: string): string {
+    const dir = path.join(this.dir, `${name}-${this.tag}.d`);
+    if (!TAGGED.test(path.basename(dir))) throw new Error(`internal: run directory name ${name}`);
+    fs.mkdirSync(dir);
+    return dir;
+  }
+
   /** Deletes this run's files and drops its lock (synchronous: it also runs in exit handlers). */
   remove(): void {
     const lock = this.lock;
@@ -66,12 +75,20 @@ export class SpillFiles {
     live.delete(this);
     if (live.size === 0) unwatchExit();
     try {
-      for (const kind of KINDS) fs.rmSync(this.path(kind), { force: true });
-      fs.rmSync(path.join(this.dir, lockName(this.tag)), { force: true });
+      removeTag(this.dir, this.tag);
     } finally {
       lock.release();
     }
   }
+}
+
+/** A tag's files and directories, its lock file last. */
+function removeTag(dir: string, tag: string): void {
+  for (const kind of KINDS) fs.rmSync(path.join(dir, spillName(kind, tag)), { force: true });
+  for (const name of fs.readdirSync(dir)) {
+    if (name.endsWith(`-${tag}.d`) && TAGGED.exec(name)?.[3] === tag) fs.rmSync(path.join(dir, name), { recursive: true, force: true });
+  }
+  fs.rmSync(path.join(dir, lockName(tag)), { force: true });
 }
 
 /** Deletes the spill files and locks of runs that are gone (their lock can be taken). */
@@ -79,7 +96,7 @@ function removeStale(dir: string): void {
   const tags = new Set<string>();
   for (const name of fs.readdirSync(dir)) {
     const m = TAGGED.exec(name);
-    if (m) tags.add((m[1] ?? m[2])!);
+    if (m) tags.add((m[1] ?? m[2] ?? m[3])!);
     // A claim interrupted between locking and renaming: its lock is gone with the file's rename,
     // so only a dead pid tells it apart from a run claiming right now.
     const c = CLAIMING.exec(name);
@@ -94,8 +111,7 @@ function removeStale(dir: string): void {
     }
     if (!lock) continue; // its run is alive
     try {
-      for (const kind of KINDS) fs.rmSync(path.join(dir, spillName(kind, tag)), { force: true });
-      fs.rmSync(path.join(dir, lockName(tag)), { force: true });
+      removeTag(dir, tag);
     } catch {
       // Files we may not delete belong to another user; leave them.
     } finally {

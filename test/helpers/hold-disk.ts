@@ -3,8 +3,12 @@
 //   tier DIR   opens a disk tier in DIR and prints its spill files as JSON
 //   exit DIR   the same, then exits with code 7 without closing it
 //   lock FILE  takes the lock FILE (a weights folder's convert.lock) and prints {"locked": FILE}
+//   train DIR  makes a training run's state directory in DIR, a file in it, and prints {"states": path}
 // then (but for exit) waits until it is killed.
+import fs from 'node:fs';
+import path from 'node:path';
 import { DiskTier } from '../../src/schedule/disk-tier.js';
+import { SpillFiles } from '../../src/schedule/spill-files.js';
 import { FileLock } from '../../src/tensor/disk/lock.js';
 
 const [mode, target] = process.argv.slice(2);
@@ -12,6 +16,10 @@ if (mode === 'tier' || mode === 'exit') {
   const tier = await DiskTier.open(target);
   console.log(JSON.stringify({ cache: tier.cacheFile.path, act: tier.actFile.path }));
   if (mode === 'exit') process.exit(7);
+} else if (mode === 'train') {
+  const states = SpillFiles.claim(target!).makeDir('train');
+  fs.writeFileSync(path.join(states, 'param.bin'), Buffer.alloc(4096));
+  console.log(JSON.stringify({ states }));
 } else if (mode === 'lock') {
   if (!FileLock.tryAcquire(target!)) process.exit(3); // held until this process dies
   console.log(JSON.stringify({ locked: target }));

@@ -8,6 +8,7 @@ import type { Backend, ComputeMode } from '../../backend/index.js';
 import { SafetensorsFile, type TensorStore } from '../../formats/safetensors.js';
 import { expectedShape, type NameTable } from '../../models/architecture.js';
 import type { ModelConfig } from '../../models/config.js';
+import { SpillFiles } from '../../schedule/spill-files.js';
 import type { Precision } from '../../optim/state.js';
 import { ModelFileError, UserError } from '../../util/errors.js';
 import { paramList } from '../params.js';
@@ -50,18 +51,17 @@ export async function openOffload(config: ModelConfig, names: NameTable, backend
   const plan = planOffload({ config, names, precision, maxTokens, ram: o.ram, disk: o.disk, shares: o.shares, subGroupSize: o.subGroupSize,
     tileSize: o.tileSize, checkpointActivations });
   checkModelTensors(config, names, tensors);
-  const dir = fs.mkdtempSync(path.join(o.diskDir, 'tierlm-train-'));
-  const remove = () => fs.rmSync(dir, { recursive: true, force: true });
-  process.once('exit', remove);
+  // Deleted at close, at exit or SIGINT/SIGTERM/SIGHUP, and by the next run in the directory when
+  // this one was killed outright (src/schedule/spill-files.ts).
+  const spill = SpillFiles.claim(o.diskDir);
+  const dir = spill.makeDir('train');
+  const remove = () => spill.remove();
   try {
     const states = new States(plan.layout, dir);
     await fillStates(states, (name, _part, r0, r1, dst) => widenRows(tensors, name, r0, r1, dst), false);
     const store = new OffloadStore(config, names, backend, precision, mode, states, {
       maxDepth: plan.maxDepth, actOnDisk: checkpointActivations && plan.shares.act < 1, maxTokens, tileBytes: plan.tileBytes,
-      onClose: () => {
-        remove();
-        process.removeListener('exit', remove);
-      },
+      onClose: remove,
     });
     const optimizer = new StreamingAdamW(store, backend, plan.subGroupSize, plan.optimizerSets);
     store.updated = (u) => optimizer.updated(u);

@@ -3,11 +3,11 @@
 // the trainer closes, or the process exits) and fills them from the model's safetensors.
 
 import fs from 'node:fs';
-import path from 'node:path';
 import type { Backend, ComputeMode } from '../../backend/index.js';
 import type { Comm } from '../../dist/comm.js';
 import type { TensorStore } from '../../formats/safetensors.js';
 import type { NameTable } from '../../models/architecture.js';
+import { SpillFiles } from '../../schedule/spill-files.js';
 import type { ModelConfig } from '../../models/config.js';
 import type { Precision } from '../../optim/state.js';
 import { UserError } from '../../util/errors.js';
@@ -30,16 +30,14 @@ export async function openRankOffload(config: ModelConfig, names: NameTable, com
     checkpointActivations, ranks: comm.size });
   checkModelTensors(config, names, tensors);
   const partition = partitionLayout(config, names, comm.size, comm.rank);
-  const dir = fs.mkdtempSync(path.join(o.diskDir, `tierlm-train-rank-${comm.rank}-of-${comm.size}-`));
-  const remove = () => fs.rmSync(dir, { recursive: true, force: true });
-  process.once('exit', remove);
+  // Deleted at close, at exit or on a signal, and by the next run when this one was killed outright.
+  const spill = SpillFiles.claim(o.diskDir);
+  const dir = spill.makeDir(`train-rank-${comm.rank}-of-${comm.size}`);
+  const remove = () => spill.remove();
   try {
     const states = new States(plan.layout, dir);
     await fillStates(states, (name, _part, r0, r1, dst) => sliceValues(partition, tensors, Number(name.slice('group'.length)), r0, r1, dst), false);
-    const disk = new DiskSlices(states, plan, precision, backend, comm, () => {
-      remove();
-      process.removeListener('exit', remove);
-    });
+    const disk = new DiskSlices(states, plan, precision, backend, comm, remove);
     disk.optimizer = new StreamingAdamW(disk, backend, plan.subGroupSize);
     disk.maxTokens = maxTokens;
     return new PartitionedStore(config, names, partition, comm, backend, precision, disk, mode);
