@@ -135,6 +135,21 @@ describe('tierlm train reports', () => {
     const flag = cli(['train', '--model', model, '--data', batchFile, '--out', path.join(dir, 'o4'), '--lr-schedule', 'step']);
     expect(flag.code).toBe(1);
     expect(flag.stderr).toMatch(/--lr-schedule must be one of constant, linear, cosine, got "step"/);
+
+    // An --out whose files the published model would replace (the model itself, or another model
+    // directory), or under a directory that does not exist: refused, nothing written or created.
+    const copy = path.join(dir, 'model-copy');
+    fs.cpSync(model, copy, { recursive: true });
+    const files = () => Object.fromEntries(fs.readdirSync(copy).map((n) => [n, fs.readFileSync(path.join(copy, n)).toString('base64')]));
+    const before = files();
+    const self = cli(['train', '--model', copy, '--data', batchFile, '--out', copy, '--max-steps', '1']);
+    expect(self.stderr).toMatch(/^tierlm: --out .*model-copy is the model directory/);
+    const other = cli(['train', '--model', model, '--data', batchFile, '--out', copy, '--max-steps', '1']);
+    expect(other.stderr).toMatch(/^tierlm: --out .*model-copy holds a model \(config.json or \*.safetensors\) and no training run/);
+    expect(files()).toEqual(before);
+    const nowhere = cli(['train', '--model', model, '--data', batchFile, '--out', path.join(dir, 'no', 'such', 'out'), '--max-steps', '1']);
+    expect(nowhere.stderr).toMatch(/^tierlm: --out .*: directory .*no\/such does not exist/);
+    expect(fs.existsSync(path.join(dir, 'no'))).toBe(false);
   });
 
   it('every flag of --help, with its default, is in README\'s command reference', () => {

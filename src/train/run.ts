@@ -67,7 +67,7 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
   // model states (src/train/partition); only rank 0 writes metrics and the model files.
   const env = rankEnv();
   const comm = worldComm(env);
-  if (fs.existsSync(o.out) && !fs.statSync(o.out).isDirectory()) throw new UserError(`--out ${o.out} exists and is not a directory`);
+  checkOut(o.out, o.model);
   fitSeqLen(o, options.seqLen === undefined);
   const ctx = dataContextFor(o.model, o.seqLen);
   const data = await readDataset(o.data, ctx);
@@ -76,6 +76,11 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
   const totalSteps = o.maxSteps ?? Math.ceil(((o.epochs ?? 1) * Math.ceil(data.sequences.length / globalBatch)) / o.gradAccum);
   const math = mathOptions(o, totalSteps, sha256(fs.readFileSync(path.join(o.model, 'config.json'))));
   const existing = latestCheckpoint(o.out);
+  if (!existing && holdsModel(o.out)) {
+    // The trained model is published into OUT: over a model directory's own files (the model
+    // being trained, say) it would replace them.
+    throw new UserError(`--out ${o.out} holds a model (config.json or *.safetensors) and no training run; its files would be replaced: choose another --out`);
+  }
   if (existing && !o.resume) {
     throw new UserError(`--out ${o.out} already holds a training run (${path.basename(existing)}); pass --resume to continue it, or choose another --out`);
   }
@@ -267,4 +272,16 @@ function offloadOptions(o: ResolvedOptions): OffloadOptions | undefined {
 
 function sha256(b: Uint8Array): string {
   return createHash('sha256').update(b).digest('hex');
+}
+
+/** --out: a directory or nothing yet, in a directory that exists (nothing the user did not name is created). */
+function checkOut(out: string, model: string): void {
+  if (fs.existsSync(out) && !fs.statSync(out).isDirectory()) throw new UserError(`--out ${out} exists and is not a directory`);
+  const parent = path.dirname(path.resolve(out));
+  if (!fs.existsSync(parent)) throw new UserError(`--out ${out}: directory ${parent} does not exist`);
+  if (fs.existsSync(out) && fs.existsSync(model) && fs.realpathSync(out) === fs.realpathSync(model)) throw new UserError(`--out ${out} is the model directory; choose another --out`);
+}
+
+function holdsModel(dir: string): boolean {
+  return fs.existsSync(dir) && fs.readdirSync(dir).some((n) => n === 'config.json' || n.endsWith('.safetensors'));
 }
