@@ -61,8 +61,9 @@ export interface EngineSetup {
   lock: RunnerLock;
   maxPositions: number;
   cacheBytesPerElement: number;
-  /** Throws when a block of this shape would not fit the memory limits. */
-  checkBlock(shape: BlockShape): void;
+  /** Throws when a block of this shape would not fit the memory limits (with `machine`, and no
+   *  RAM limit set: within most of this machine's memory). */
+  checkBlock(shape: BlockShape, machine?: boolean): void;
   /** Whether a step loads (some) weights: then prompt chunks and decode rows share each step, so
    *  that one load serves both. Otherwise they take turns (see plan). */
   weightsStream: boolean;
@@ -273,7 +274,8 @@ export class ContinuousEngine {
 
   /** The most positions (up to the model's) a block of the full shape holds within the memory
    *  limits, with room for seq's first prompt chunk: what a sample that runs until the context
-   *  ends may use. 0 when none fits. */
+   *  ends may use. 0 when none fits. Without a RAM limit, within most of the machine's memory:
+   *  Llama 3's 131072 positions in a server block of 64 rows are ~34 GB of cache a layer. */
   private contextUnderLimits(seq: Sequence): number {
     const p = this.p;
     const maxTokens = p.fullShape ? p.prefillChunk + p.batchSize : Math.max(this.firstChunk(seq), p.batchSize);
@@ -285,7 +287,7 @@ export class ContinuousEngine {
     let lo = 0, hi = this.s.maxPositions;
     while (lo < hi) {
       const mid = Math.ceil((lo + hi) / 2);
-      if (this.withinLimits(shape(mid))) lo = mid;
+      if (this.withinLimits(shape(mid), true)) lo = mid;
       else hi = mid - 1;
     }
     this.contexts.set(maxTokens, lo);
@@ -424,17 +426,18 @@ export class ContinuousEngine {
   }
 
   /** The shape of a block for the waiting sequences (or the full shape), with room for the
-   *  longest of them, or for the first alone (its rows, positions and prompt chunk only: a
-   *  short sequence is not refused for the longer ones behind it). */
+   *  longest of them, or for the first alone (its positions and prompt chunk: a short sequence
+   *  is not refused for the longer ones behind it; the rows and batches stay the call's). */
   private blockShape(firstOnly: boolean) {
     const p = this.p;
-    const ahead = this.waiting.slice(0, firstOnly ? 1 : p.batchSize * p.numGpuBatches);
+    const ahead = this.waiting.slice(0, p.batchSize * p.numGpuBatches);
     const rows = p.fullShape ? p.batchSize : Math.min(p.batchSize, Math.max(1, ahead.length));
     const batches = p.fullShape ? p.numGpuBatches : Math.min(p.numGpuBatches, Math.ceil(Math.max(1, ahead.length) / rows));
     // Room for the sequences at hand: the longest of them, and prompt tokens per step as the
     // old blocks had (a batch's prompts at once) unless prefillChunk cuts them.
-    const capacity = Math.max(...ahead.map((a) => this.need(a.seq)), 1);
-    const perBatch = Math.max(...Array.from({ length: batches }, (_, k) => ahead.filter((_, i) => i % batches === k).reduce((n, a) => n + this.firstChunk(a.seq), 0)), 1);
+    const sized = firstOnly ? ahead.slice(0, 1) : ahead;
+    const capacity = Math.max(...sized.map((a) => this.need(a.seq)), 1);
+    const perBatch = Math.max(...Array.from({ length: batches }, (_, k) => sized.filter((_, i) => i % batches === k).reduce((n, a) => n + this.firstChunk(a.seq), 0)), 1);
     // A server's batch always has prefillChunk tokens for prompts beside its decode rows; a
     // generate() call's has what its first prompts need (as the old whole-block prefill had).
     const maxTokens = p.fullShape ? p.prefillChunk + rows : Math.max(Math.min(p.prefillChunk, perBatch), rows);
@@ -442,10 +445,10 @@ export class ContinuousEngine {
     return { rows, batches, capacity, maxTokens, shape };
   }
 
-  /** Whether a block of `shape` fits the memory limits. */
-  private withinLimits(shape: BlockShape): boolean {
+  /** Whether a block of `shape` fits the memory limits (`machine`: see EngineSetup.checkBlock). */
+  private withinLimits(shape: BlockShape, machine = false): boolean {
     try {
-      this.s.checkBlock(shape);
+      this.s.checkBlock(shape, machine);
       return true;
     } catch (e) {
       if (e instanceof UserError) return false;

@@ -101,8 +101,9 @@ export interface GeneratorSetup {
   runner: BlockRunner;
   eosTokenIds: number[];
   tokenizer: TextTokenizer | null;
-  /** Throws when a block of this shape would not fit the memory limits. */
-  checkBlock(shape: BlockShape): void;
+  /** Throws when a block of this shape would not fit the memory limits (with `machine`, and no
+   *  RAM limit set: within most of this machine's memory, as a plan without a limit assumes). */
+  checkBlock(shape: BlockShape, machine?: boolean): void;
   /** Held by whichever engine has a block open on the runner. */
   lock: RunnerLock;
 }
@@ -155,7 +156,7 @@ export class Generator {
   engine(p: GenerateParams, server: boolean): ContinuousEngine {
     return new ContinuousEngine({
       runner: this.s.runner, backend: this.backend, lock: this.s.lock, maxPositions: this.s.config.maxPositions,
-      cacheBytesPerElement: cacheBytesPerElement(p.cacheDtype, this.s.config.headDim), checkBlock: (shape) => this.s.checkBlock(shape),
+      cacheBytesPerElement: cacheBytesPerElement(p.cacheDtype, this.s.config.headDim), checkBlock: (shape, machine) => this.s.checkBlock(shape, machine),
       weightsStream: this.s.runner.weightsStream,
     }, {
       batchSize: p.batchSize, numGpuBatches: p.numGpuBatches, cacheDtype: p.cacheDtype, fullShape: server,

@@ -1,6 +1,7 @@
 // The public entry point for generation: load a model directory, then generate for batches of
 // requests. Weights, KV cache and activations are placed by a policy (all in RAM by default).
 
+import os from 'node:os';
 import { type Backend, type ComputeMode, cpuBackend, referenceBackend, setThreads } from '../backend/index.js';
 import { TextTokenizer, tokenizerRamBytes } from '../formats/tokenizer.js';
 import type { ModelConfig } from '../models/config.js';
@@ -19,6 +20,9 @@ import { type GenerateOptions, type GenerateParams, type GenerateStats, Generato
 import { Scheduler } from './scheduler.js';
 import { RunnerLock } from './continuous.js';
 import type { GenerationRequest, GenerationResult, RequestError, RequestNames } from './requests.js';
+
+/** Share of this machine's memory a block may take when no RAM limit is set (as planning assumes). */
+const MACHINE_RAM_SHARE = 0.8;
 
 export interface LoadOptions {
   /** 'fp32' (default) reproduces the model's float32 results; 'bf16' rounds activations to bf16 for
@@ -174,8 +178,9 @@ export class LanguageModel {
   private generator(): Generator {
     return new Generator({
       config: this.config, transformer: this.transformer, runner: this.runner, eosTokenIds: this.eosTokenIds, tokenizer: this.tokenizer, lock: this.lock,
-      checkBlock: (shape) => {
-        checkLimits([...this.weightMemory, ...blockItems(this.config, this.policy, shape)], this.limits,
+      checkBlock: (shape, machine) => {
+        const limits = machine && this.limits.ram === undefined ? { ...this.limits, ram: Math.floor(os.totalmem() * MACHINE_RAM_SHARE) } : this.limits;
+        checkLimits([...this.weightMemory, ...blockItems(this.config, this.policy, shape)], limits,
           `a block of ${shape.rows} × ${shape.batches} (gpu batch size × batches)`);
       },
     });

@@ -121,8 +121,9 @@ export class CacheStore {
     const b = this.block(layer, batch);
     if (!staging) throw new Error('a cache block on disk needs a staging block');
     if (b.ramRows > 0) {
-      staging.k.bytes.set(b.k!.bytes);
-      staging.v.bytes.set(b.v!.bytes);
+      // by element, as the tensors' own arrays: byte views of a block over 4 GiB cannot be made
+      staging.k.data.set(b.k!.data);
+      staging.v.data.set(b.v!.data);
     }
     if (!decode) return staging; // prefill writes every position it uses
     const lens = this.lengths[batch]!;
@@ -156,8 +157,8 @@ export class CacheStore {
     const b = this.block(layer, batch);
     if (b.ramRows === this.rows || !staging) return;
     if (b.ramRows > 0) {
-      b.k!.bytes.set(staging.k.bytes.subarray(0, b.k!.byteLength));
-      b.v!.bytes.set(staging.v.bytes.subarray(0, b.v!.byteLength));
+      b.k!.data.set(staging.k.data.subarray(0, b.k!.size));
+      b.v!.data.set(staging.v.data.subarray(0, b.v!.size));
     }
     const writes: Promise<void>[] = [];
     const rowRecords = this.capacity * this.recordBytes;
@@ -189,12 +190,15 @@ export class CacheStore {
     const { kvHeads } = this.config;
     const headRun = this.rowLength * this.elem;
     const recordsAt = d * this.capacity * this.recordBytes + from * this.recordBytes;
-    // (head, position): in the tensors [.., heads, capacity, headDim]; in the records [position][K heads | V heads].
-    const tensorRuns = { offset: (r * kvHeads * this.capacity + from) * headRun, strides: [this.capacity * headRun, headRun] as const };
+    // (head, position): in the tensors [.., heads, capacity, headDim], through a view of row r (a
+    // byte view of the whole tensor fails past 4 GiB); in the records [position][K heads | V heads].
+    const rowBytes = kvHeads * this.capacity * headRun;
+    const tensorRuns = { offset: from * headRun, strides: [this.capacity * headRun, headRun] as const };
     for (const [tensor, half] of [[s.k, 0], [s.v, this.headBytes]] as const) {
+      const row = new Uint8Array(tensor.data.buffer, tensor.data.byteOffset + r * rowBytes, rowBytes);
       const records = { offset: recordsAt + half, strides: [headRun, this.recordBytes] as const };
       const [dst, src] = toRecords ? [records, tensorRuns] : [tensorRuns, records];
-      copyStrided(toRecords ? s.records : tensor.bytes, toRecords ? tensor.bytes : s.records, {
+      copyStrided(toRecords ? s.records : row, toRecords ? row : s.records, {
         run: headRun, counts: [kvHeads, to - from],
         dstOffset: dst.offset, dstStrides: dst.strides, srcOffset: src.offset, srcStrides: src.strides,
       });
