@@ -371,6 +371,19 @@ describe('the Batch API', () => {
     expect(r.code, r.stderr).toBe(2);
     expect(byCustomId(fs.readFileSync(offOut, 'utf8'))).toEqual(out);
     expect(byCustomId(fs.readFileSync(offErr, 'utf8'))).toEqual(errs);
+
+    // Files are listed (newest first, by purpose, paged) and deleted, as OpenAI's clients expect.
+    const listed = (await client.files.list()).data.map((f) => f.id);
+    for (const id of [file.id, b.output_file_id!, b.error_file_id!]) expect(listed).toContain(id);
+    expect((await client.files.list({ purpose: 'batch_output' })).data.map((f) => f.id).sort()).toEqual([b.output_file_id!, b.error_file_id!].sort());
+    const firstTwo = await fetch(`${url}/v1/files?limit=2&order=asc`, { headers: { authorization: `Bearer ${KEY}` } }).then((x) => x.json());
+    expect(firstTwo).toMatchObject({ object: 'list', has_more: true });
+    expect(firstTwo.data).toHaveLength(2);
+    expect(await client.files.delete(file.id)).toEqual({ id: file.id, object: 'file', deleted: true });
+    await expect(client.files.retrieve(file.id)).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+    await expect(client.files.delete(file.id)).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+    expect((await client.files.list()).data.map((f) => f.id)).not.toContain(file.id);
+    expect(fs.readdirSync(path.join(dir, 'data', 'files')).filter((n) => n.startsWith(file.id))).toEqual([]);
   });
 
   it('serves interactive requests before batch lines, and a cancelled batch ends cancelled', async () => {
@@ -383,6 +396,10 @@ describe('the Batch API', () => {
     const meanwhile = await client.batches.retrieve(created.id);
     expect(meanwhile.status).toBe('in_progress');
     expect(meanwhile.request_counts!.completed).toBeLessThan(20);
+    // its input is in use while it runs
+    const inUse = await client.files.delete(file.id).catch((e) => e);
+    expect(inUse).toBeInstanceOf(OpenAI.BadRequestError);
+    expect(inUse.error).toMatchObject({ code: 'file_in_use', param: 'file_id' });
     const cancelling = await client.batches.cancel(created.id);
     expect(['cancelling', 'cancelled']).toContain(cancelling.status);
     const b = await waitFor(() => client.batches.retrieve(created.id), finished);

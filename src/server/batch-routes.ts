@@ -1,5 +1,6 @@
-// The Batch API: POST /v1/files (multipart, purpose "batch"), GET /v1/files/{id} and its content,
-// POST /v1/batches, GET /v1/batches/{id}, GET /v1/batches, POST /v1/batches/{id}/cancel.
+// The Batch API: POST /v1/files (multipart, purpose "batch"), GET /v1/files, GET and DELETE
+// /v1/files/{id}, its content, POST /v1/batches, GET /v1/batches/{id}, GET /v1/batches,
+// POST /v1/batches/{id}/cancel.
 import fs from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import type { FastifyInstance } from 'fastify';
@@ -25,6 +26,14 @@ const listSchema = {
   type: 'object',
   additionalProperties: false,
   properties: { limit: { type: 'string', pattern: '^[1-9][0-9]{0,2}$' }, after: { type: 'string' } },
+} as const;
+
+const listFilesSchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    limit: { type: 'string', pattern: '^([1-9][0-9]{0,3}|10000)$' }, after: { type: 'string' }, order: { enum: ['asc', 'desc'] }, purpose: { type: 'string' },
+  },
 } as const;
 
 export function addBatchRoutes(app: FastifyInstance, store: Store, jobs: BatchJobs, o: ServerOptions): void {
@@ -57,7 +66,25 @@ export function addBatchRoutes(app: FastifyInstance, store: Store, jobs: BatchJo
     }
   });
 
+  app.get<{ Querystring: { limit?: string; after?: string; order?: 'asc' | 'desc'; purpose?: string } }>('/v1/files',
+    { schema: { querystring: listFilesSchema } }, async (req) => {
+      const q = req.query;
+      const all = store.listFiles().filter((f) => q.purpose === undefined || f.purpose === q.purpose);
+      if (q.order === 'asc') all.reverse();
+      return page(all, q.limit, q.after, 10000);
+    });
+
   app.get<{ Params: { id: string } }>('/v1/files/:id', async (req) => fileOrThrow(req.params.id));
+
+  app.delete<{ Params: { id: string } }>('/v1/files/:id', async (req) => {
+    const f = fileOrThrow(req.params.id);
+    // A running batch reads its input and appends to its outputs: they go when it has ended.
+    const user = store.listBatches().find((b) => RUNNING.includes(jobs.get(b.batch.id)!.batch.status) &&
+      [b.batch.input_file_id, b.outputId, b.errorId].includes(f.id));
+    if (user) throw invalid(`file ${f.id} is in use by batch ${user.batch.id} (${jobs.get(user.batch.id)!.batch.status}); delete it when the batch has ended`, 'file_id', 'file_in_use');
+    store.deleteFile(f.id);
+    return { id: f.id, object: 'file', deleted: true };
+  });
 
   app.get<{ Params: { id: string } }>('/v1/files/:id/content', async (req, reply) => {
     const f = fileOrThrow(req.params.id);
@@ -83,16 +110,8 @@ export function addBatchRoutes(app: FastifyInstance, store: Store, jobs: BatchJo
 
   app.get<{ Params: { id: string } }>('/v1/batches/:id', async (req) => batchOrThrow(req.params.id).batch);
 
-  app.get<{ Querystring: { limit?: string; after?: string } }>('/v1/batches', { schema: { querystring: listSchema } }, async (req) => {
-    const limit = Number(req.query.limit ?? 20);
-    let all = store.listBatches().map((b) => jobs.get(b.batch.id)!.batch);
-    if (req.query.after !== undefined) {
-      const at = all.findIndex((b) => b.id === req.query.after);
-      all = at >= 0 ? all.slice(at + 1) : [];
-    }
-    const data = all.slice(0, limit);
-    return { object: 'list', data, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null, has_more: all.length > limit };
-  });
+  app.get<{ Querystring: { limit?: string; after?: string } }>('/v1/batches', { schema: { querystring: listSchema } }, async (req) =>
+    page(store.listBatches().map((b) => jobs.get(b.batch.id)!.batch), req.query.limit, req.query.after, 20));
 
   app.post<{ Params: { id: string } }>('/v1/batches/:id/cancel', async (req) => {
     const b = batchOrThrow(req.params.id);
@@ -100,6 +119,20 @@ export function addBatchRoutes(app: FastifyInstance, store: Store, jobs: BatchJo
     if (b.batch.status !== 'cancelling') jobs.cancel(b);
     return b.batch;
   });
+}
+
+/** Batch states in which its files are read or written. */
+const RUNNING: BatchObject['status'][] = ['validating', 'in_progress', 'finalizing', 'cancelling'];
+
+/** One page of a list (OpenAI's cursor: the objects after the one with id `after`). */
+function page<T extends { id: string }>(all: T[], limit: string | undefined, after: string | undefined, dflt: number) {
+  const n = Number(limit ?? dflt);
+  if (after !== undefined) {
+    const at = all.findIndex((x) => x.id === after);
+    all = at >= 0 ? all.slice(at + 1) : [];
+  }
+  const data = all.slice(0, n);
+  return { object: 'list', data, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null, has_more: all.length > n };
 }
 
 /** Request lines of a file (blank lines are not requests). */

@@ -90,6 +90,19 @@ export class Store {
     return FILE_ID.test(id) ? readJson<FileObject>(path.join(this.filesDir, `${id}.json`)) : null;
   }
 
+  /** Every file, newest first (ties: by id). */
+  listFiles(): FileObject[] {
+    return fs.readdirSync(this.filesDir).filter((f) => f.endsWith('.json') && FILE_ID.test(f.slice(0, -'.json'.length)))
+      .map((f) => readJson<FileObject>(path.join(this.filesDir, f))!).filter(Boolean)
+      .sort((a, b) => b.created_at - a.created_at || (a.id < b.id ? 1 : -1));
+  }
+
+  /** Removes a file: its object first (from then on it does not exist), then its content. */
+  deleteFile(id: string): void {
+    fs.rmSync(path.join(this.filesDir, `${id}.json`), { force: true });
+    fs.rmSync(this.contentPath(id)!, { force: true });
+  }
+
   putBatch(b: StoredBatch): void {
     writeFileDurable(path.join(this.batchesDir, `${b.batch.id}.json`), JSON.stringify(b));
   }
