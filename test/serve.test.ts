@@ -250,6 +250,15 @@ describe('errors, in OpenAI\'s format', () => {
       expect(e).toBeInstanceOf(OpenAI.BadRequestError);
       expect(e.error).toMatchObject({ code: 'context_length_exceeded', param: 'max_tokens' });
       expect(e.error.message).toMatch(/needs 100003 positions .* does not fit the memory limits: RAM limit 64\.0 MiB is too small/);
+      // streamed, the same status (it was a 200 stream holding an error event): the stream's
+      // headers wait for its first chunk
+      const body = { model: 'long', prompt: [5, 6, 7], max_tokens: 100_000, stream: true };
+      const res = await fetch(`${at}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      expect(res.status).toBe(400);
+      expect((await res.json()).error).toMatchObject({ code: 'context_length_exceeded', param: 'max_tokens' });
+      const fine = await fetch(`${at}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'long', prompt: [5, 6, 7], max_tokens: 2, stream: true }) });
+      expect([fine.status, fine.headers.get('content-type')]).toEqual([200, 'text/event-stream']);
+      expect((await fine.text()).trim().endsWith('data: [DONE]')).toBe(true);
     } finally {
       await limited.app.close();
       await long.close();

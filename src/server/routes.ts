@@ -41,21 +41,31 @@ async function handle(endpoint: Endpoint, req: FastifyRequest, reply: FastifyRep
       reply.header('server-timing', `ttft;dur=${ms(firstAt)};desc="time to first token", total;dur=${ms(performance.now())}`);
       return body;
     }
-    reply.hijack();
+    // The stream's headers go with its first chunk: a request refused before it (too large for the
+    // memory limits, say) is answered with its status, as when not streamed, not a 200 stream.
     const raw = reply.raw;
-    raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+    let open = false;
+    const start = () => {
+      if (open) return;
+      open = true;
+      reply.hijack();
+      raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+    };
     const send = (data: unknown) => {
+      start();
       if (!raw.destroyed) raw.write(`data: ${JSON.stringify(data)}\n\n`);
     };
     try {
       await complete(o.engine, endpoint, req.body, { priority: 'interactive', signal: abort.signal, prepared: p, onChunk: send });
+      start();
       if (!raw.destroyed) raw.write('data: [DONE]\n\n');
     } catch (e) {
-      // Headers are sent: an error can only be told as an event.
+      if (!open) throw e;
+      // Headers are sent: an error can only be told as an event, before the stream's end.
       if (!(e instanceof Cancelled)) send(e instanceof ApiError ? e.body : new ApiError(500, `internal error: ${(e as Error).message}`, 'server_error').body);
-    } finally {
-      raw.end();
+      if (!raw.destroyed) raw.write('data: [DONE]\n\n');
     }
+    raw.end();
     return reply;
   } catch (e) {
     if (e instanceof Cancelled) return reply.code(499).send(new ApiError(499, 'the client closed the request', 'invalid_request_error', null, 'cancelled').body);
