@@ -37,10 +37,13 @@ describe('tierlm generate (batch job)', () => {
     }
     const errors = rows.filter((x) => x.error);
     expect(errors.map((x) => x.id).sort()).toEqual(['line-3', 'line-5', 'bad-token', 'too-long', 'p0'].sort());
+    // every error names the file and line, the model's refusals too; and every line is in input order
     expect(errors.find((x) => x.id === 'line-3')!.error).toMatch(/in\.jsonl:3: not valid JSON/);
-    expect(errors.find((x) => x.id === 'bad-token')!.error).toMatch(/prompt_token_ids\[1\] = 99999/);
-    expect(errors.find((x) => x.id === 'too-long')!.error).toMatch(/does not fit the model's 128 positions/);
-    expect(errors.find((x) => x.id === 'p0')!.error).toMatch(/duplicate id/);
+    expect(errors.find((x) => x.id === 'bad-token')!.error).toMatch(/in\.jsonl:4: prompt_token_ids\[1\] = 99999/);
+    expect(errors.find((x) => x.id === 'too-long')!.error).toMatch(/in\.jsonl:6: prompt of 200 tokens does not fit the model's 128 positions/);
+    expect(errors.find((x) => x.id === 'p0')!.error).toMatch(/in\.jsonl:7: duplicate id "p0"/);
+    const ids = lines.map((l, i) => { try { return JSON.parse(l).id ?? `line-${i + 1}`; } catch { return `line-${i + 1}`; } });
+    expect(rows.map((x) => x.id)).toEqual(ids);
   });
 
   it('resumes: ids already in the output are skipped and a torn last line is repaired', () => {

@@ -2,7 +2,7 @@
 // it finishes (in input order). The output is the job's record: ids with a result are skipped on a rerun,
 // ids with only an error line are tried again, so a stopped or failed job resumes where it stopped.
 
-import { type PromptSource, readRequests, type ResultWriter } from '../formats/jsonl.js';
+import { type PromptSource, openPrompts, readRequests, type ResultWriter } from '../formats/jsonl.js';
 import { type GenerateOptions, type GenerateStats, emptyStats } from './generate.js';
 import type { LanguageModel } from './model.js';
 import type { GenerationRequest, GenerationResult, RequestError, SampleResult } from './requests.js';
@@ -29,25 +29,34 @@ export interface JobOptions {
  *  of the run itself (I/O, memory); what was written until then stays. */
 export async function runJob(model: LanguageModel, writer: ResultWriter, o: JobOptions): Promise<JobSummary> {
   const summary: JobSummary = { succeeded: 0, failed: 0, skipped: 0, stats: emptyStats() };
+  const source = typeof o.prompts === 'string' ? await openPrompts(o.prompts) : o.prompts;
   const seen = new Set<string>();
-  const early: RequestError[] = [];
+  // The lines read and not yet written, in input order: a request sent to the model (its line,
+  // for its error) or a line refused on reading. The model answers requests in input order, so
+  // each of its results is the first request here, and the refusals before it go first.
+  const order: ({ line: number } | { refused: RequestError })[] = [];
   let tokens = 0;
   // Requests that are already done, malformed or duplicated never reach the model.
   async function* requests(): AsyncGenerator<GenerationRequest> {
-    for await (const item of readRequests(o.prompts)) {
+    for await (const item of readRequests(source)) {
       const id = 'request' in item ? item.request.id : item.id;
       if (writer.done.has(id) && !seen.has(id)) {
         summary.skipped++;
         continue;
       }
-      if ('error' in item) early.push({ id: item.id, error: item.error });
-      else if (seen.has(id)) early.push({ id, error: `line ${item.line}: duplicate id "${id}"` });
+      if ('error' in item) order.push({ refused: { id: item.id, error: item.error } });
+      else if (seen.has(id)) order.push({ refused: { id, error: `${source.name}:${item.line}: duplicate id "${id}"` } });
       else {
         seen.add(id);
+        order.push({ line: item.line });
         yield item.request;
       }
     }
   }
+  const writeRefused = (all: boolean) => {
+    while (order.length > 0 && 'refused' in order[0]! ) write((order.shift() as { refused: RequestError }).refused);
+    if (all && order.length > 0) throw new Error('internal: a request of the job got no result');
+  };
   const write = (r: GenerationResult | RequestError) => {
     if ('error' in r) {
       writer.write(r);
@@ -60,12 +69,14 @@ export async function runJob(model: LanguageModel, writer: ResultWriter, o: JobO
   };
   const progress = () => o.onProgress?.(summary.succeeded + summary.failed + summary.skipped, tokens);
   for await (const r of model.generateNamed(requests(), o.params, summary.stats, 'json')) {
-    for (const e of early.splice(0)) write(e);
-    write(r);
+    writeRefused(false);
+    const at = order.shift() as { line: number };
+    // The model's refusals name the line as the reader's do.
+    write('error' in r ? { id: r.id, error: `${source.name}:${at.line}: ${r.error}` } : r);
     writer.sync();
     progress();
   }
-  for (const e of early.splice(0)) write(e);
+  writeRefused(true);
   writer.sync();
   progress();
   return summary;
