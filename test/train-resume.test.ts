@@ -107,10 +107,14 @@ describe.each(['fp32', 'bf16'])('tierlm train --resume after SIGKILL (%s)', (pre
       expect(r.code, r.stderr).toBe(0);
       expect(losses(out), `killed after ${done} steps (k = ${k}); ${r.stderr}`).toEqual(reference);
       expect(fs.readFileSync(path.join(out, 'model.safetensors')).equals(fs.readFileSync(path.join(whole, 'model.safetensors')))).toBe(true);
-      // Resuming a finished run trains nothing and changes nothing.
+      // Resuming a finished run trains nothing and changes nothing, and leaves nothing behind:
+      // no temporary link of a file published again, no copy a killed save or prune left.
+      const leftover = path.join(out, `.checkpoint-1.tmp-${process.pid}`);
+      fs.mkdirSync(leftover);
       const again = cli(args(data, out, precision, [...extra, '--resume']));
       expect(again.stderr).toMatch(/nothing left to train/);
       expect(losses(out)).toEqual(reference);
+      expect(fs.readdirSync(out).filter((n) => n.startsWith('.'))).toEqual([]);
     });
   }
 });

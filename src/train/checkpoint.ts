@@ -124,7 +124,8 @@ function freeName(outDir: string, step: number): string {
 }
 
 /** Leftovers of saves that crashed: never renamed into place, so never a checkpoint. */
-function removeTemporaries(outDir: string): void {
+/** What a save or a prune that crashed left in OUT (a run resuming, or the next save, clears it). */
+export function removeTemporaries(outDir: string): void {
   for (const name of fs.readdirSync(outDir)) {
     if (TEMP.test(name)) fs.rmSync(path.join(outDir, name), { recursive: true, force: true });
   }

@@ -32,6 +32,9 @@ export function publishModel(outDir: string, checkpointDir: string): void {
       fsyncPath(tmp);
     }
     fs.renameSync(tmp, path.join(outDir, name));
+    // Publishing a checkpoint again (a finished run resumed): the link was already that file, and
+    // rename(2) between two links of one file does nothing, leaving the temporary name.
+    fs.rmSync(tmp, { force: true });
   }
   fsyncPath(outDir);
 }

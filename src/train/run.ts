@@ -17,7 +17,7 @@ import { readConfig } from '../models/registry.js';
 import { UserError } from '../util/errors.js';
 import { type Bf16Kernel, selectBf16Kernel } from '../backend/cpu/bf16-kernel.js';
 import { Batcher, evalBatches } from './batcher.js';
-import { LATEST, latestCheckpoint, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
+import { LATEST, latestCheckpoint, loadCheckpoint, removeTemporaries, saveCheckpoint } from './checkpoint.js';
 import { type Dataset, dataContextFor, readDataset } from './dataset.js';
 import { MetricsWriter } from './metrics.js';
 import { publishModel } from './publish.js';
@@ -84,7 +84,12 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
   if (existing && !o.resume) {
     throw new UserError(`--out ${o.out} already holds a training run (${path.basename(existing)}); pass --resume to continue it, or choose another --out`);
   }
-  if (existing && o.resume) checkResume(existing, math, comm.size);
+  if (existing && o.resume) {
+    checkResume(existing, math, comm.size);
+    // A save or prune killed midway left a temporary copy (a whole checkpoint's size); a run
+    // with nothing left to train makes no save that would clear it.
+    if (comm.rank === 0) removeTemporaries(o.out);
+  }
   const trainer = await openTrainer(o.model, {
     precision: o.precision, lr: o.lr, lrSchedule: o.lrSchedule, warmupSteps: o.warmupSteps, totalSteps, weightDecay: o.weightDecay,
     maxGradNorm: o.maxGradNorm, checkpointActivations: o.checkpointActivations,
