@@ -209,6 +209,32 @@ describe('errors, in OpenAI\'s format', () => {
     expect(fs.readdirSync(path.join(dir, 'data', 'files'))).toEqual([]);
   });
 
+  it('400 for stream_options without stream, and for a max_tokens past the context; a message name reaches the template', async () => {
+    const opts = await post('/v1/completions', { model: 'tiny', prompt: 'x', max_tokens: 2, stream_options: { include_usage: true } });
+    expect([opts.status, (await opts.json()).error.param]).toEqual([400, 'stream_options']);
+    const long = await client.completions.create({ model: 'tiny', prompt: Array.from({ length: 500 }, () => 5), max_tokens: 100 }).catch((e) => e);
+    expect(long).toBeInstanceOf(OpenAI.BadRequestError);
+    expect(long.error).toMatchObject({ code: 'context_length_exceeded', param: 'max_tokens' });
+    expect(long.error.message).toMatch(/maximum context length is 512 tokens; you requested 600 tokens \(500 in the prompt, 100 in the completion\)/);
+    const chat = await client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'x' }], max_completion_tokens: 600 }).catch((e) => e);
+    expect(chat.error).toMatchObject({ code: 'context_length_exceeded', param: 'max_completion_tokens' });
+    // (the test template ignores names: the same prompt with and without one)
+    const named = await client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'hi', name: 'ann' }], max_tokens: 1 });
+    expect(named.usage!.prompt_tokens).toBeGreaterThan(0);
+  });
+
+  it('503 in OpenAI\'s format for a request that comes while the server closes', async () => {
+    const s = await buildServer({
+      engine: engineFor(model, 'tiny'), dataDir: path.join(dir, 'data503'), maxQueue: 8, bodyLimit: 1 << 20, fileLimit: 1 << 20, batchConcurrency: 8,
+    });
+    await s.app.ready();
+    const closed = s.app.close();
+    const r = await s.app.inject({ method: 'GET', url: '/v1/models' });
+    await closed;
+    expect(r.statusCode).toBe(503);
+    expect(r.json().error).toMatchObject({ type: 'server_error', code: 'server_shutting_down' });
+  });
+
   it('429 with Retry-After when more interactive requests are in flight than --max-queue', async () => {
     const small = await buildServer({
       engine: engineFor(model, 'tiny'), dataDir: path.join(dir, 'data429'), maxQueue: 1, bodyLimit: 1 << 20, fileLimit: 1 << 20, batchConcurrency: 8,

@@ -10,6 +10,8 @@ import { ModelFileError, UserError } from '../util/errors.js';
 export interface ChatMessage {
   role: string;
   content: string;
+  /** The participant's name (OpenAI's `name`), for templates that show it. */
+  name?: string;
 }
 
 /** RSS a loaded tokenizer adds, per byte of its tokenizer.json: measured 44 MiB resident after a

@@ -52,6 +52,7 @@ export function prepare(endpoint: Endpoint, body: Body, model: ServedModel): Pre
   const stop = body.stop == null ? [] : typeof body.stop === 'string' ? [body.stop] : (body.stop as string[]);
   const logprobs = chat ? (body.logprobs ? (body.top_logprobs as number | null) ?? 0 : null) : (body.logprobs as number | null) ?? null;
   if (chat && body.top_logprobs != null && !body.logprobs) throw invalid('top_logprobs needs logprobs: true', 'top_logprobs');
+  if (body.stream_options != null && body.stream !== true) throw invalid('stream_options is only allowed when stream is true', 'stream_options');
   const maxTokens = (chat ? (body.max_completion_tokens ?? body.max_tokens) : body.max_tokens) as number | null | undefined;
   const sampling = Object.fromEntries(([
     ['temperature', body.temperature], ['topP', body.top_p], ['seed', body.seed], ['topK', body.top_k], ['minP', body.min_p],
@@ -61,6 +62,12 @@ export function prepare(endpoint: Endpoint, body: Body, model: ServedModel): Pre
     if (ids.length >= model.maxPositions) {
       throw invalid(`This model's maximum context length is ${model.maxPositions} tokens; the ${chat ? 'messages' : `prompt${prompts.length > 1 ? ` [${i}]` : ''}`} ` +
         `${chat ? 'are' : 'is'} ${ids.length} tokens, leaving none to generate`, chat ? 'messages' : 'prompt', 'context_length_exceeded');
+    }
+    // As OpenAI and vLLM: an explicit max_tokens past the context is refused, not cut short.
+    if (maxTokens != null && ids.length + maxTokens > model.maxPositions) {
+      throw invalid(`This model's maximum context length is ${model.maxPositions} tokens; you requested ${ids.length + maxTokens} tokens ` +
+        `(${ids.length} in the ${chat ? 'messages' : `prompt${prompts.length > 1 ? ` [${i}]` : ''}`}, ${maxTokens} in the completion)`,
+        chat && body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens', 'context_length_exceeded');
     }
     const r: Prepared['requests'][number] = {
       id: String(i), promptTokenIds: ids, n,
@@ -101,6 +108,7 @@ function chatPrompt(messages: Body[], model: ServedModel): number[] {
     // Templates know system, user and assistant; OpenAI's newer 'developer' is a system message.
     role: m.role === 'developer' ? 'system' : (m.role as string),
     content: typeof m.content === 'string' ? m.content : (m.content as { text: string }[]).map((p) => p.text).join(''),
+    ...(typeof m.name === 'string' ? { name: m.name } : {}),
   }));
   return model.tokenizer.encode(model.tokenizer.applyChatTemplate(msgs), false);
 }

@@ -39,7 +39,9 @@ export interface Server {
 }
 
 export async function buildServer(o: ServerOptions): Promise<Server> {
-  const app = Fastify({ bodyLimit: o.bodyLimit, ajv: { customOptions: AJV_OPTIONS }, logger: false, forceCloseConnections: 'idle' });
+  // (return503OnClosing off: a request arriving while the server closes gets OpenAI's error shape
+  // from the hook below, not Fastify's own 503 body)
+  const app = Fastify({ bodyLimit: o.bodyLimit, ajv: { customOptions: AJV_OPTIONS }, logger: false, forceCloseConnections: 'idle', return503OnClosing: false });
   const store = new Store(o.dataDir);
   const jobs = new BatchJobs(store, o.engine, o.batchConcurrency);
   const metrics = new Metrics(o.engine.scheduler);
@@ -48,7 +50,15 @@ export async function buildServer(o: ServerOptions): Promise<Server> {
 
   // By the route Fastify matched, not the raw URL: it routes on the decoded path, so a test of
   // req.url let /%76%31/models past the key. Unmatched URLs need the key too (401 before 404).
-  app.addHook('onRequest', async (req) => {
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+  app.addHook('onRequest', async (req, reply) => {
+    if (closing) {
+      reply.header('connection', 'close');
+      throw new ApiError(503, 'the server is shutting down; retry on another instance or after it restarts', 'server_error', null, 'server_shutting_down');
+    }
     if (o.apiKey !== undefined && !PUBLIC_ROUTES.has(req.routeOptions.url ?? '') && !keyMatches(req.headers.authorization, o.apiKey)) {
       throw new ApiError(401, 'Incorrect API key provided (send it as "Authorization: Bearer KEY")', 'authentication_error', null, 'invalid_api_key');
     }
