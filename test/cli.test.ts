@@ -85,7 +85,8 @@ describe('tierlm generate (batch job)', () => {
     expect(missing.stderr).not.toMatch(/at .*\.ts:\d+/);
     const noTok = cli(['generate', '--model', opt, '--prompt', 'hello']);
     expect(noTok.code).toBe(1);
-    expect(noTok.stderr).toMatch(/no tokenizer\.json/);
+    expect(noTok.stderr).toMatch(/^tierlm: --prompt needs the model's tokenizer\.json, which .* does not have: give token ids in a --prompts file \("prompt_token_ids"\)/);
+    expect(noTok.stderr).not.toMatch(/promptTokenIds/);
   });
 });
 

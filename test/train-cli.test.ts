@@ -129,7 +129,9 @@ describe('tierlm train reports', () => {
     expect(again.stderr).toMatch(/^tierlm: --out .* already holds a training run \(checkpoint-1\); pass --resume/);
 
     const both = cli(['train', '--model', model, '--data', batchFile, '--out', path.join(dir, 'o2'), '--max-steps', '1', '--epochs', '1']);
-    expect(both.stderr).toMatch(/^tierlm: give maxSteps or epochs, not both/);
+    expect(both.stderr).toMatch(/^tierlm: give --max-steps or --epochs, not both/);
+    const ramOnly = cli(['train', '--model', model, '--data', batchFile, '--out', path.join(dir, 'o5'), '--ram', '1GiB']);
+    expect(ramOnly.stderr).toMatch(/^tierlm: --ram and --disk-dir go together/);
     const long = cli(['train', '--model', model, '--data', batchFile, '--out', path.join(dir, 'o3'), '--seq-len', '4096']);
     expect(long.stderr).toMatch(/^tierlm: --seq-len 4096 is longer than the model's 128 positions/);
     const flag = cli(['train', '--model', model, '--data', batchFile, '--out', path.join(dir, 'o4'), '--lr-schedule', 'step']);

@@ -161,5 +161,8 @@ describe('train() from code', () => {
     });
     await expect(train({ model, data, out: dir, learningRate: 1 } as never).next()).rejects.toThrow(new TypeError('train(): unknown option learningRate'));
     await expect(train({ model, data, out: dir, batchSize: 0 }).next()).rejects.toThrow(/batchSize must be an integer >= 1, got 0/);
+    // the API's names here, the flags' in `tierlm train` (test/train-cli.test.ts)
+    await expect(train({ model, data, out: dir, maxSteps: 1, epochs: 1 }).next()).rejects.toThrow(/^give maxSteps or epochs, not both$/);
+    await expect(train({ model, data, out: dir, ram: 1 << 30 }).next()).rejects.toThrow(/^ram and diskDir go together/);
   });
 });

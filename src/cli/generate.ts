@@ -124,6 +124,9 @@ async function closingAfter(model: LanguageModel, body: () => Promise<void>): Pr
 /** One prompt: its text streams to standard output token by token (unless the result itself goes
  *  there with --out -); --out also gets the result line, --logprobs its log-probabilities. */
 async function runOnePrompt(model: LanguageModel, writer: ResultWriter | null, o: GenerateFlags): Promise<void> {
+  if (!model.tokenizer) {
+    throw new UserError(`--prompt needs the model's tokenizer.json, which ${o.model} does not have: give token ids in a --prompts file ("prompt_token_ids")`);
+  }
   const req: GenerationRequest = o.chat
     ? { id: 'prompt', messages: [...(o.system !== undefined ? [{ role: 'system', content: o.system }] : []), { role: 'user', content: o.prompt! }] }
     : { id: 'prompt', prompt: o.prompt! };

@@ -3,6 +3,7 @@
 // The CLI's flags are these names in kebab-case; every default lives here, once.
 
 import { checkApiValue } from '../util/options.js';
+import { optionName } from '../util/names.js';
 import type { Precision } from '../optim/state.js';
 import type { LrSchedule } from './schedule.js';
 
@@ -132,11 +133,12 @@ export function resolveOptions(o: TrainRunOptions): ResolvedOptions {
   int('disk', 1);
   int('subGroupSize', 1);
   int('tileSize', 4096);
-  if (r.tileSize !== undefined && r.ram === undefined) throw new RangeError('tileSize needs ram and diskDir (tiles are how an offloaded run fits a large weight)');
-  if ((r.ram === undefined) !== (r.diskDir === undefined)) throw new RangeError('ram and diskDir go together: the states offloaded under the RAM limit need a disk tier');
+  const [ram, diskDir] = [optionName('trainRam'), optionName('trainDiskDir')];
+  if (r.tileSize !== undefined && r.ram === undefined) throw new RangeError(`${optionName('tileSize')} needs ${ram} and ${diskDir} (tiles are how an offloaded run fits a large weight)`);
+  if ((r.ram === undefined) !== (r.diskDir === undefined)) throw new RangeError(`${ram} and ${diskDir} go together: the states offloaded under the RAM limit need a disk tier`);
   if (r.diskDir !== undefined && (typeof r.diskDir !== 'string' || r.diskDir === '')) throw new TypeError('diskDir must be a path (a non-empty string)');
   if (r.ramPercent !== undefined) {
-    if (r.ram === undefined) throw new RangeError('ramPercent needs ram and diskDir');
+    if (r.ram === undefined) throw new RangeError(`${optionName('ramPercent')} needs ${ram} and ${diskDir}`);
     if (!Array.isArray(r.ramPercent) || r.ramPercent.length !== 6 || !r.ramPercent.every((x) => typeof x === 'number' && x >= 0 && x <= 100)) {
       throw new RangeError(`ramPercent must be six percents in [0, 100] (parameters, gradients, master, momentum, variance, activation checkpoints), got ${JSON.stringify(r.ramPercent)}`);
     }
@@ -148,7 +150,7 @@ export function resolveOptions(o: TrainRunOptions): ResolvedOptions {
   for (const k of ['resume', 'checkpointActivations'] as const) if (typeof r[k] !== 'boolean') throw new TypeError(`${k} must be a boolean`);
   if (r.evalData !== undefined && (typeof r.evalData !== 'string' || r.evalData === '')) throw new TypeError('evalData must be a path (a non-empty string)');
   if (r.onStart !== undefined && typeof r.onStart !== 'function') throw new TypeError('onStart must be a function');
-  if (r.maxSteps !== undefined && r.epochs !== undefined) throw new RangeError('give maxSteps or epochs, not both');
+  if (r.maxSteps !== undefined && r.epochs !== undefined) throw new RangeError(`give ${optionName('maxSteps')} or ${optionName('epochs')}, not both`);
   return r;
 }
 

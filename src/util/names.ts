@@ -26,6 +26,13 @@ const NAMES = {
   deviceBytes: ['deviceBytes', '--device-mem'],
   percents: ["the policy's percents (wCpuPercent, cacheCpuPercent, actCpuPercent)", '--percent'],
   devicePercents: ["the policy's device percents (wGpuPercent, cacheGpuPercent, actGpuPercent)", 'the device percents (--percent)'],
+  // training (train()'s options and `tierlm train`'s flags)
+  trainRam: ['ram', '--ram'],
+  trainDiskDir: ['diskDir', '--disk-dir'],
+  maxSteps: ['maxSteps', '--max-steps'],
+  epochs: ['epochs', '--epochs'],
+  tileSize: ['tileSize', '--tile-size'],
+  ramPercent: ['ramPercent', '--ram-percent'],
 } as const;
 
 export function optionName(key: keyof typeof NAMES): string {
