@@ -88,10 +88,14 @@ describe('--ram is a hard limit', () => {
     const byHand = cli([...base, '--percent', '0', '100', '0', '100', '0', '100', '--ram', '16MiB']);
     expect(byHand.code).toBe(1);
     expect(byHand.stderr).toMatch(/RAM limit 16\.0 MiB is too small by [\d.]+ MiB .*layer weights/);
-    // Planned (--policy auto) without a disk tier: the model needs one.
-    const noDisk = cli([...base, '--ram', '16MiB']);
+    // Planned (--policy auto) without a disk tier: the model needs one (and RAM for what stays in it).
+    const noDisk = cli([...base, '--ram', '64MiB']);
     expect(noDisk.code).toBe(1);
-    expect(noDisk.stderr).toMatch(/does not fit in the RAM limit 16\.0 MiB and no disk tier was given: add --disk-dir/);
+    expect(noDisk.stderr).toMatch(/does not fit in the RAM limit 64\.0 MiB and no disk tier was given: add --disk-dir/);
+    // ... where a disk tier alone would not do, it is not offered alone (it was, and then failed)
+    const both = cli([...base, '--ram', '16MiB']);
+    expect(both.code).toBe(1);
+    expect(both.stderr).toMatch(/does not fit in the RAM limit 16\.0 MiB: raise --ram by about [\d.]+ MiB \(a disk tier alone would not do: .*; with --disk-dir DIR, raise it by about [\d.]+ MiB\)/);
     // Planned with a disk tier, but too little RAM even for the buffers that stay in RAM.
     const tiny = cli([...base, '--ram', '4MiB', '--disk-dir', tmpDir('tiny')]);
     expect(tiny.code).toBe(1);

@@ -41,7 +41,12 @@ describe('policy search', () => {
 
   it('limits that cannot be met name the tier and the shortfall', async () => {
     await expect(planPolicy({ config: 'opt-6.7b', promptLen: 64, genLen: 32, limits: { ram: 8 * GiB }, disk: false, profile }))
-      .rejects.toThrow(/does not fit in the RAM limit 8\.00 GiB and no disk tier was given/);
+      .rejects.toThrow(/does not fit in the RAM limit 8\.00 GiB and no disk tier was given: add diskDir .*, or raise ramBytes by about/);
+    // Where a disk tier would not be enough, it is not offered alone (it was, and then failed).
+    const both = await planPolicy({ config: 'opt-30b', promptLen: 64, genLen: 32, limits: { ram: 512 * 2 ** 20 }, disk: false, profile }).catch((e: Error) => e);
+    expect((both as Error).message).toMatch(/^the model does not fit in the RAM limit 512\.0 MiB: raise ramBytes by about [\d.]+ GiB \(a disk tier alone would not do: .* need [\d.]+ (MiB|GiB); with diskDir, raise it by about [\d.]+ (MiB|GiB)\)$/);
+    const withDisk = await planPolicy({ config: 'opt-30b', promptLen: 64, genLen: 32, limits: { ram: 512 * 2 ** 20 }, disk: true, profile }).catch((e: Error) => e);
+    expect((withDisk as Error).message).toMatch(/RAM limit 512\.0 MiB is too small/);
     await expect(planPolicy({ config: 'opt-30b', promptLen: 64, genLen: 32, limits: { ram: 512 * 2 ** 20 }, disk: true, profile }))
       .rejects.toThrow(/RAM limit 512\.0 MiB is too small by [\d.]+ (MiB|GiB)/);
     await expect(planPolicy({ config: 'opt-6.7b', promptLen: 64, genLen: 32, limits: { ram: 4 * GiB, disk: GiB }, disk: true, profile }))

@@ -145,12 +145,20 @@ export async function searchPolicy(input: SearchInput): Promise<Plan> {
   const ramCap = ramLimit * share;
   let best: Plan | null = null;
   let smallestRam = Infinity;
+  // The least RAM any placement needs with a disk tier, had one been given (for the advice).
+  let smallestWithDisk = Infinity;
   const shapes = (input.shapes ?? blockShapes()).flatMap(([gbs, ngb]) => [true, false].map((sep) => [gbs, ngb, sep] as const));
   for (const [gbs, ngb, sepLayer] of shapes) {
     const w: Workload = { promptLen: input.promptLen, genLen: input.genLen, gpuBatchSize: gbs, numGpuBatches: ngb, cacheElem: input.cacheElem, overlap: true, sepLayer, attnSparsity: input.attnSparsity };
     const costs = layerCosts(c, input.partBytes, w, input.rates);
     for (const v of VARIANTS) {
-      if (input.limits.disk === 0 && (v.w || v.c || v.h)) continue;
+      if (input.limits.disk === 0 && (v.w || v.c || v.h)) {
+        if (v.w && v.c && v.h) {
+          const r = ramModel(input, gbs, ngb, sepLayer, v);
+          smallestWithDisk = Math.min(smallestWithDisk, r.fixed);
+        }
+        continue;
+      }
       // Without weights on disk there is no staging, and units only matter for I/O: plan those once.
       if (!sepLayer && !v.w) continue;
       const ram = ramModel(input, gbs, ngb, sepLayer, v);
@@ -183,8 +191,15 @@ export async function searchPolicy(input: SearchInput): Promise<Plan> {
   if (!best) {
     const W = input.layerBytes.reduce((a, b) => a + b, 0);
     if (input.limits.disk === 0) {
-      throw new UserError(`the model does not fit in the RAM limit ${formatSize(ramLimit)} and no disk tier was given: ` +
-        `add ${optionName('diskDir')} (with at least ${formatSize(W)} free for its packed weights), or raise ${optionName('ramBytes')} by about ${formatSize(smallestRam / share - ramLimit)}`);
+      const raise = `raise ${optionName('ramBytes')} by about ${formatSize(smallestRam / share - ramLimit)}`;
+      // A disk tier is advice only when the rest, with everything it can hold on it, fits.
+      if (smallestWithDisk <= ramCap) {
+        throw new UserError(`the model does not fit in the RAM limit ${formatSize(ramLimit)} and no disk tier was given: ` +
+          `add ${optionName('diskDir')} (with at least ${formatSize(W)} free for its packed weights), or ${raise}`);
+      }
+      throw new UserError(`the model does not fit in the RAM limit ${formatSize(ramLimit)}: ${raise} (a disk tier alone would not do: ` +
+        `with the weights, cache and activations on it, the embeddings, LM head, staging buffers and workspace still need ${formatSize(smallestWithDisk)}; ` +
+        `with ${optionName('diskDir')}, raise it by about ${formatSize(smallestWithDisk / share - ramLimit)})`);
     }
     if (smallestRam > ramCap) {
       throw new UserError(`RAM limit ${formatSize(ramLimit)} is too small by ${formatSize(smallestRam / share - ramLimit)}: even with the weights, cache and activations on disk and one sequence per batch, ` +
