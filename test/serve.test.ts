@@ -340,6 +340,24 @@ describe('errors, in OpenAI\'s format', () => {
     expect(model.scheduler().stats.generatedTokens).toBe(after);
     expect(after - before).toBeLessThan(400);
   });
+
+  it('/metrics counts every response by status: streams, and clients gone (499) whether streamed or not', async () => {
+    const count = async (code: number) => {
+      const text = await (await fetch(`${url}/metrics`)).text();
+      return Number(new RegExp(`^tierlm_http_responses_total\\{code="${code}"\\} (\\d+)$`, 'm').exec(text)?.[1] ?? 0);
+    };
+    const [ok0, gone0] = [await count(200), await count(499)];
+    await client.completions.create({ model: 'tiny', prompt: 'x', max_tokens: 2, stream: true }).then(async (s) => { for await (const _ of s) void _; });
+    for (const stream of [false, true]) {
+      const abort = new AbortController();
+      const req = client.completions.create({ model: 'tiny', prompt: 'go on', max_tokens: 400, stream }, { signal: abort.signal });
+      setTimeout(() => abort.abort(), 150);
+      await req.then(async (s) => { if (stream) for await (const _ of s as AsyncIterable<unknown>) void _; }).catch(() => undefined);
+    }
+    await new Promise((r) => setTimeout(r, 500));
+    expect(await count(200)).toBeGreaterThanOrEqual(ok0 + 1);
+    expect(await count(499)).toBe(gone0 + 2);
+  });
 });
 
 /** A Batch API input file: completions and chat lines, and `bad` a line with an invalid body. */

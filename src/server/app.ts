@@ -36,6 +36,8 @@ export interface Server {
   metrics: Metrics;
   /** Interactive requests in flight. */
   readonly inFlight: { count: number };
+  /** Counts a request whose client went away (499), once. */
+  clientGone(req: object): void;
 }
 
 export async function buildServer(o: ServerOptions): Promise<Server> {
@@ -45,7 +47,15 @@ export async function buildServer(o: ServerOptions): Promise<Server> {
   const store = new Store(o.dataDir);
   const jobs = new BatchJobs(store, o.engine, o.batchConcurrency);
   const metrics = new Metrics(o.engine.scheduler);
-  const server: Server = { app, jobs, metrics, inFlight: { count: 0 } };
+  const gone = new WeakSet<object>();
+  const server: Server = {
+    app, jobs, metrics, inFlight: { count: 0 },
+    clientGone: (req) => {
+      if (gone.has(req)) return;
+      gone.add(req);
+      metrics.countResponse(499);
+    },
+  };
   await app.register(multipart, { limits: { fileSize: o.fileLimit, files: 1, fields: 8 } });
 
   // By the route Fastify matched, not the raw URL: it routes on the decoded path, so a test of
@@ -63,7 +73,12 @@ export async function buildServer(o: ServerOptions): Promise<Server> {
       throw new ApiError(401, 'Incorrect API key provided (send it as "Authorization: Bearer KEY")', 'authentication_error', null, 'invalid_api_key');
     }
   });
-  app.addHook('onResponse', async (_req, reply) => metrics.countResponse(reply.statusCode));
+  // A client gone before its answer counts once as 499 (nginx's "client closed request"): by the
+  // route that saw its request cancelled (Fastify calls no hook for it), else by onRequestAbort.
+  app.addHook('onRequestAbort', async (req) => server.clientGone(req.raw));
+  app.addHook('onResponse', async (req, reply) => {
+    if (!gone.has(req.raw)) metrics.countResponse(reply.statusCode);
+  });
   app.setErrorHandler((err: FastifyError, _req, reply) => {
     const e = asApiError(err);
     if (e.status === 429) reply.header('retry-after', '1');

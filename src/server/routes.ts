@@ -62,13 +62,17 @@ async function handle(endpoint: Endpoint, req: FastifyRequest, reply: FastifyRep
     } catch (e) {
       if (!open) throw e;
       // Headers are sent: an error can only be told as an event, before the stream's end.
-      if (!(e instanceof Cancelled)) send(e instanceof ApiError ? e.body : new ApiError(500, `internal error: ${(e as Error).message}`, 'server_error').body);
+      if (e instanceof Cancelled) server.clientGone(req.raw);
+      else send(e instanceof ApiError ? e.body : new ApiError(500, `internal error: ${(e as Error).message}`, 'server_error').body);
       if (!raw.destroyed) raw.write('data: [DONE]\n\n');
     }
     raw.end();
     return reply;
   } catch (e) {
-    if (e instanceof Cancelled) return reply.code(499).send(new ApiError(499, 'the client closed the request', 'invalid_request_error', null, 'cancelled').body);
+    if (e instanceof Cancelled) {
+      server.clientGone(req.raw);
+      return reply.code(499).send(new ApiError(499, 'the client closed the request', 'invalid_request_error', null, 'cancelled').body);
+    }
     throw e;
   } finally {
     server.inFlight.count--;
