@@ -177,6 +177,9 @@ describe('generate --prompt', () => {
     expect(rec!.logprobs).toHaveLength(rec!.token_ids.length);
     expect(one.stdout).toBe(rec!.text + '\n');
     expect(one.stderr).toContain(`logprobs: ${rec!.token_ids.map((t: number, i: number) => `${t}:${rec!.logprobs[i].toFixed(4)}`).join(' ')}`);
+    // again into the same file: a second line under the next free id, not a second "prompt"
+    expect(cli(['generate', '--model', model, '--prompt', 'Paris is', '--max-new-tokens', '2', '--out', out]).code).toBe(0);
+    expect(readJsonl<Record<string, any>>(out).map((x) => x.id)).toEqual(['prompt', 'prompt-2']);
 
     const messages = [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: text }];
     const input = path.join(dir, 'chat.jsonl');

@@ -127,9 +127,12 @@ async function runOnePrompt(model: LanguageModel, writer: ResultWriter | null, o
   if (!model.tokenizer) {
     throw new UserError(`--prompt needs the model's tokenizer.json, which ${o.model} does not have: give token ids in a --prompts file ("prompt_token_ids")`);
   }
+  // "prompt", or the next free "prompt-N" in a results file that has it: one line per id
+  let id = 'prompt';
+  for (let k = 2; writer?.done.has(id); k++) id = `prompt-${k}`;
   const req: GenerationRequest = o.chat
-    ? { id: 'prompt', messages: [...(o.system !== undefined ? [{ role: 'system', content: o.system }] : []), { role: 'user', content: o.prompt! }] }
-    : { id: 'prompt', prompt: o.prompt! };
+    ? { id, messages: [...(o.system !== undefined ? [{ role: 'system', content: o.system }] : []), { role: 'user', content: o.prompt! }] }
+    : { id, prompt: o.prompt! };
   const stream = o.out !== '-' && o.n === 1 ? new TextStream(model) : null;
   for await (const r of model.generate([req], { ...params(o), onToken: stream ? (_id, token) => stream.push(token) : undefined })) {
     if ('error' in r) throw new UserError(r.error);
