@@ -20,15 +20,16 @@ describe('tierlm generate (batch job)', () => {
     const input = path.join(dir, 'in.jsonl');
     const lines = fs.readFileSync(prompts, 'utf8').trim().split('\n');
     lines.splice(2, 0, '{"id": "bad-json", "prompt_token_ids": [1, 2', '{"id": "bad-token", "prompt_token_ids": [1, 99999]}', '{"prompt_token_ids": [3]}',
-      '{"id": "too-long", "prompt_token_ids": [' + Array(200).fill(5).join(',') + ']}', '{"id": "p0", "prompt_token_ids": [7]}');
+      '{"id": "too-long", "prompt_token_ids": [' + Array(200).fill(5).join(',') + ']}', '{"id": "p0", "prompt_token_ids": [7]}',
+      '{"id": "empty", "prompt_token_ids": []}');
     fs.writeFileSync(input, lines.join('\n') + '\n');
     const out = path.join(dir, 'out.jsonl');
     const r = cli(['generate', '--model', opt, '--prompts', input, '--out', out, '--max-new-tokens', '8', '--ignore-eos', '--logprobs', '--batch-size', '3']);
     // The job runs to the end, but a failed request makes the exit code say so.
     expect(r.code, r.stderr).toBe(2);
-    expect(r.stderr).toMatch(/5 results, 5 failed/);
+    expect(r.stderr).toMatch(/5 results, 6 failed/);
     const rows = readOut(out);
-    expect(rows).toHaveLength(10);
+    expect(rows).toHaveLength(11);
     for (const ref of reference) {
       const row = rows.find((x) => x.id === ref.id && !x.error)!;
       expect(row.token_ids).toEqual(ref.token_ids);
@@ -36,7 +37,8 @@ describe('tierlm generate (batch job)', () => {
       row.logprobs.forEach((lp: number, i: number) => expect(Math.abs(lp - ref.logprobs[i]!)).toBeLessThan(2e-3));
     }
     const errors = rows.filter((x) => x.error);
-    expect(errors.map((x) => x.id).sort()).toEqual(['line-3', 'line-5', 'bad-token', 'too-long', 'p0'].sort());
+    expect(errors.map((x) => x.id).sort()).toEqual(['line-3', 'line-5', 'bad-token', 'too-long', 'p0', 'empty'].sort());
+    expect(errors.find((x) => x.id === 'empty')!.error).toMatch(/in\.jsonl:8: "prompt_token_ids" is empty: a prompt needs at least one token/);
     // every error names the file and line, the model's refusals too; and every line is in input order
     expect(errors.find((x) => x.id === 'line-3')!.error).toMatch(/in\.jsonl:3: not valid JSON/);
     expect(errors.find((x) => x.id === 'bad-token')!.error).toMatch(/in\.jsonl:4: prompt_token_ids\[1\] = 99999/);

@@ -95,6 +95,9 @@ export function promptIds(req: GenerationRequest, tokenizer: TextTokenizer | nul
     if (!tokenizer.hasChatTemplate) return 'the model has no chat template, so "messages" cannot be used';
     ids = tokenizer.encode(tokenizer.applyChatTemplate(msgs), false);
   }
-  if (ids.length === 0) return 'the prompt is empty';
+  if (ids.length === 0) {
+    const field = req.promptTokenIds !== undefined ? ids_ : req.prompt !== undefined ? 'prompt' : 'messages';
+    return `"${field}" is empty: a prompt needs at least one token${field === 'prompt' ? ' (the tokenizer adds none here)' : ''}`;
+  }
   return ids;
 }
