@@ -107,7 +107,8 @@ export class CacheStore {
   newStaging(): CacheStaging {
     const shape = [this.rows, this.config.kvHeads, this.capacity, this.rowLength];
     const dt = cacheTensorDType(this.dtype);
-    return { k: Tensor.zeros(dt, shape), v: Tensor.zeros(dt, shape), records: alignedBytes(this.rows * this.capacity * this.recordBytes) };
+    // A buffer a row: one for the block would pass a typed array's 4 GiB at long contexts.
+    return { k: Tensor.zeros(dt, shape), v: Tensor.zeros(dt, shape), records: Array.from({ length: this.rows }, () => alignedBytes(this.capacity * this.recordBytes)) };
   }
 
   /**
@@ -132,7 +133,7 @@ export class CacheStore {
     const rowRecords = this.capacity * this.recordBytes;
     for (const r of diskRows) {
       const d = r - b.ramRows;
-      const dst = staging.records.subarray(d * rowRecords, d * rowRecords + lens[r]! * this.recordBytes);
+      const dst = staging.records[d]!.subarray(0, lens[r]! * this.recordBytes);
       reads.push(this.file!.read(dst, b.fileOffset + d * rowRecords));
       this.stats.bytesRead += dst.byteLength;
     }
@@ -168,7 +169,7 @@ export class CacheStore {
       if (to <= from) continue;
       const d = r - b.ramRows;
       this.pack(staging, r, d, from, to);
-      const src = staging.records.subarray(d * rowRecords + from * this.recordBytes, d * rowRecords + to * this.recordBytes);
+      const src = staging.records[d]!.subarray(from * this.recordBytes, to * this.recordBytes);
       writes.push(this.file!.write(src, b.fileOffset + d * rowRecords + from * this.recordBytes));
       this.stats.bytesWritten += src.byteLength;
     }
@@ -189,7 +190,7 @@ export class CacheStore {
     if (to <= from) return;
     const { kvHeads } = this.config;
     const headRun = this.rowLength * this.elem;
-    const recordsAt = d * this.capacity * this.recordBytes + from * this.recordBytes;
+    const recordsAt = from * this.recordBytes;
     // (head, position): in the tensors [.., heads, capacity, headDim], through a view of row r (a
     // byte view of the whole tensor fails past 4 GiB); in the records [position][K heads | V heads].
     const rowBytes = kvHeads * this.capacity * headRun;
@@ -198,7 +199,7 @@ export class CacheStore {
       const row = new Uint8Array(tensor.data.buffer, tensor.data.byteOffset + r * rowBytes, rowBytes);
       const records = { offset: recordsAt + half, strides: [headRun, this.recordBytes] as const };
       const [dst, src] = toRecords ? [records, tensorRuns] : [tensorRuns, records];
-      copyStrided(toRecords ? s.records : row, toRecords ? row : s.records, {
+      copyStrided(toRecords ? s.records[d]! : row, toRecords ? row : s.records[d]!, {
         run: headRun, counts: [kvHeads, to - from],
         dstOffset: dst.offset, dstStrides: dst.strides, srcOffset: src.offset, srcStrides: src.strides,
       });
@@ -207,6 +208,6 @@ export class CacheStore {
 }
 
 export interface CacheStaging extends CacheBlock {
-  /** Disk records of the block's rows: [rows, capacity, recordBytes]. */
-  records: Uint8Array;
+  /** Disk records of the block's rows, a buffer each: [capacity, recordBytes]. */
+  records: Uint8Array[];
 }
