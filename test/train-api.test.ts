@@ -35,6 +35,22 @@ describe('learning-rate schedules', () => {
     await expect(openTrainer(OPT, { lrSchedule: 'cosine' })).rejects.toThrow(/needs totalSteps/);
     await expect(openTrainer(OPT, { lr: -1 })).rejects.toThrow(/lr must be/);
   });
+
+  it('refuses options it does not know, and wrong values, by name (a misspelt one trained at the default)', async () => {
+    const refused = async (o: unknown) => (await openTrainer(OPT, o as never).catch((e: Error) => e)) as Error;
+    expect((await refused({ learningRate: 1 })).message).toMatch(/^openTrainer\(\) options: unknown option "learningRate" \(known: precision, /);
+    expect((await refused({ max_grad_norm: 0 })).message).toMatch(/unknown option "max_grad_norm"/);
+    expect((await refused(null)).message).toBe('openTrainer() options must be an object');
+    expect((await refused({ checkpointActivations: 'no' })).message).toMatch(/^checkpointActivations must be true or false/);
+    expect((await refused({ computeMode: 'fp16' })).message).toMatch(/^computeMode must be 'fp32' or 'bf16', got "fp16"/);
+    expect((await refused({ betas: [0.9, 1] })).message).toMatch(/^betas must be two numbers in \[0, 1\)/);
+    const disk = tmpDir('trainer-options');
+    expect((await refused({ offload: { ram: '64MiB', diskDir: disk } })).message).toMatch(/^offload\.ram must be the RAM limit in bytes/);
+    expect((await refused({ offload: { ram: 1e9 } })).message).toMatch(/^offload\.diskDir must be the disk tier's directory/);
+    expect((await refused({ offload: { ram: 1e9, diskDir: disk, shres: {} } })).message).toMatch(/^offload: unknown option "shres"/);
+    expect((await refused({ offload: { ram: 1e9, diskDir: disk, shares: { param: 2 } } })).message).toMatch(/^offload\.shares\.param must be a number in \[0, 1\], got 2/);
+    expect(fs.readdirSync(disk)).toEqual([]);
+  });
 });
 
 describe('inputs', () => {

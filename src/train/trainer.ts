@@ -34,6 +34,7 @@ import { type OffloadCost, predictOffloadStep } from './offload/cost.js';
 import type { HardwareProfile } from '../policy/profile.js';
 import { alignUp } from '../tensor/disk/io.js';
 import { type F32Source, type TrainingState, f32Chunk } from './training-state.js';
+import { checkTrainerOptions } from './trainer-options.js';
 
 export interface TrainerOptions {
   /** 'fp32' (default): fp32 parameters, gradients and Adam state. 'bf16': bf16 parameters for
@@ -345,9 +346,9 @@ export class Trainer {
 
 /** Opens DIR (config.json + safetensors, any architecture tierlm generates with) for training. */
 export async function openTrainer(dir: string, options: TrainerOptions = {}): Promise<Trainer> {
+  checkTrainerOptions(options);
   if (!fs.existsSync(path.join(dir, 'config.json'))) throw new UserError(`${dir} is not a model directory (no config.json)`);
   const precision = options.precision ?? 'fp32';
-  if (precision !== 'fp32' && precision !== 'bf16') throw new RangeError(`precision must be 'fp32' or 'bf16', got ${String(precision)}`);
   const backend = options.backend ?? cpuBackend();
   if (options.threads !== undefined) setThreads(options.threads);
   const { arch, config } = readConfig(dir);
