@@ -97,6 +97,19 @@ describe('options are checked by name', () => {
     expect(() => model.generate([{ id: 'a', promptTokenIds: [1] }])).toThrow(/after close\(\)/);
   });
 
+  it('close() while a generate() runs: it waits for the block, closes cleanly, and the generate() stops with an error', async () => {
+    // (close() rejected with "4 transfers are still in flight" and left the disk tier open, or
+    // closed the files under a block still computing)
+    const diskDir = tmpDir('close-during-generate');
+    const model = await loadModel(opt, { diskDir, policy: { wCpuPercent: 50, cacheCpuPercent: 50, gpuBatchSize: 1, numGpuBatches: 1 } });
+    const reqs = Array.from({ length: 4 }, (_, i) => ({ id: `r${i}`, promptTokenIds: [5, 6 + i] }));
+    const it = model.generate(reqs, { maxNewTokens: 20, stopAtEos: false });
+    expect((await it.next()).value).toMatchObject({ id: 'r0' });
+    await model.close();
+    await expect(it.next()).rejects.toThrow(/the model was closed \(close\(\)\) while generate\(\) was running/);
+    expect(fs.readdirSync(diskDir).filter((n) => !n.startsWith('weights-'))).toEqual([]);
+  });
+
   it('a policy file is read with snake_case keys and its messages name them', () => {
     const file = path.join(tmpDir('api'), 'p.json');
     fs.writeFileSync(file, JSON.stringify(api.policyToJson({ ...api.DEFAULT_POLICY, cacheDtype: 'f16' })));

@@ -67,6 +67,8 @@ export interface EngineSetup {
   /** Whether a step loads (some) weights: then prompt chunks and decode rows share each step, so
    *  that one load serves both. Otherwise they take turns (see plan). */
   weightsStream: boolean;
+  /** Whether the model was closed: a block opened after would run on closed files. */
+  closed?: () => boolean;
 }
 
 export interface EngineParams {
@@ -486,6 +488,10 @@ export class ContinuousEngine {
       }
     }
     const release = await this.s.lock.acquire(() => this.onContended());
+    if (this.s.closed?.()) {
+      release();
+      throw new Error('the model was closed (close()) while generate() was running: load it again');
+    }
     try {
       const block = this.s.runner.open({ rows, batches, capacity, maxTokens, cacheDtype: p.cacheDtype });
       this.slots = Array.from({ length: batches }, () => new Array<Slot | null>(rows).fill(null));

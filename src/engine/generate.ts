@@ -106,6 +106,8 @@ export interface GeneratorSetup {
   checkBlock(shape: BlockShape, machine?: boolean): void;
   /** Held by whichever engine has a block open on the runner. */
   lock: RunnerLock;
+  /** Whether the model was closed (no block may open after). */
+  closed?: () => boolean;
 }
 
 export class Generator {
@@ -155,7 +157,7 @@ export class Generator {
    *  and prompts go in chunks of prefillChunk (default SERVER_PREFILL_CHUNK) tokens. */
   engine(p: GenerateParams, server: boolean): ContinuousEngine {
     return new ContinuousEngine({
-      runner: this.s.runner, backend: this.backend, lock: this.s.lock, maxPositions: this.s.config.maxPositions,
+      runner: this.s.runner, backend: this.backend, lock: this.s.lock, maxPositions: this.s.config.maxPositions, closed: this.s.closed,
       cacheBytesPerElement: cacheBytesPerElement(p.cacheDtype, this.s.config.headDim), checkBlock: (shape, machine) => this.s.checkBlock(shape, machine),
       weightsStream: this.s.runner.weightsStream,
     }, {

@@ -178,6 +178,7 @@ export class LanguageModel {
   private generator(): Generator {
     return new Generator({
       config: this.config, transformer: this.transformer, runner: this.runner, eosTokenIds: this.eosTokenIds, tokenizer: this.tokenizer, lock: this.lock,
+      closed: () => this.closed,
       checkBlock: (shape, machine) => {
         const limits = machine && this.limits.ram === undefined ? { ...this.limits, ram: Math.floor(os.totalmem() * MACHINE_RAM_SHARE) } : this.limits;
         checkLimits([...this.weightMemory, ...blockItems(this.config, this.policy, shape)], limits,
@@ -191,9 +192,16 @@ export class LanguageModel {
   async close(): Promise<void> {
     this.closed = true;
     await this.sched?.drain();
-    this.runner.releaseKeptCache();
-    await this.layers.close();
-    await this.disk?.close();
+    // A generate() still going holds the runner: it gives its block up at its next result (at
+    // once if its caller is away), and then stops with an error rather than step on closed files.
+    const release = await this.lock.acquire();
+    try {
+      this.runner.releaseKeptCache();
+      await this.layers.close();
+      await this.disk?.close();
+    } finally {
+      release();
+    }
   }
 }
 
