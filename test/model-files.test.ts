@@ -146,11 +146,31 @@ describe('bad model files', () => {
       expect(e).toBeInstanceOf(ModelFileError);
       expect(e.message).toMatch(/model\.safetensors\.index\.json.*(outside the model directory|not a file name inside)/);
     }
-    // A link inside the directory that points outside is refused too.
-    fs.symlinkSync(path.join(outside, 'model.safetensors'), path.join(dir, 'linked.safetensors'));
-    fs.writeFileSync(path.join(dir, 'model.safetensors.index.json'), JSON.stringify({ weight_map: Object.fromEntries(names.map((n) => [n, 'linked.safetensors'])) }));
-    const e = await loadError(dir);
-    expect(e.message).toMatch(/outside the model directory \(through a link\)/);
+  });
+
+  it("a Hugging Face cache snapshot (every file a link into ../../blobs) loads, sharded too, as the files themselves", async () => {
+    // (a shard whose link pointed outside the directory was refused: every sharded model in the hub cache)
+    const src = path.join(fixturesDir, 'opt-sharded');
+    const hub = tmpDir('hub');
+    const snapshot = path.join(hub, 'models--x--y', 'snapshots', 'abc');
+    const blobs = path.join(hub, 'models--x--y', 'blobs');
+    fs.mkdirSync(snapshot, { recursive: true });
+    fs.mkdirSync(blobs);
+    for (const f of fs.readdirSync(src)) {
+      fs.copyFileSync(path.join(src, f), path.join(blobs, `blob-${f}`));
+      fs.symlinkSync(path.join('..', '..', 'blobs', `blob-${f}`), path.join(snapshot, f));
+    }
+    const run = async (dir: string) => {
+      const m = await loadModel(dir);
+      try {
+        const out = [];
+        for await (const r of m.generate([{ id: 'a', promptTokenIds: [5, 6, 7] }], { maxNewTokens: 4, stopAtEos: false })) out.push(r);
+        return out;
+      } finally {
+        await m.close();
+      }
+    };
+    expect(await run(snapshot)).toEqual(await run(src));
   });
 
   it('a rope_scaling type not implemented is refused rather than computed wrongly; a sliding window limits the positions', async () => {
