@@ -119,6 +119,35 @@ describe('tierlm init and text prompts', () => {
     }
     // The single prompt printed exactly the JSONL result's text.
     expect(one.stdout.trim()).toBe(rows[0]!.text.trim());
+
+    // A conversation the chat template refuses (raise_exception, as Llama 2's and Mistral's do) is
+    // that line's error, and a tokenizer that encodes past config.json's vocabulary is the line's
+    // too: both stopped the whole job, with every result lost.
+    const tc = path.join(model, 'tokenizer_config.json');
+    const cfg = JSON.parse(fs.readFileSync(tc, 'utf8'));
+    cfg.chat_template = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}" + cfg.chat_template;
+    fs.writeFileSync(tc, JSON.stringify(cfg));
+    fs.writeFileSync(input, [
+      JSON.stringify({ id: 'ok', prompt: 'The capital of France is' }),
+      JSON.stringify({ id: 'refused', messages: [{ role: 'assistant', content: 'Hi' }] }),
+      JSON.stringify({ id: 'chat', messages: [{ role: 'user', content: 'Hi there' }] }),
+    ].join('\n'));
+    const out2 = path.join(dir, 'out2.jsonl');
+    const job2 = cli(['generate', '--model', model, '--prompts', input, '--out', out2, '--max-new-tokens', '3']);
+    expect(job2.code, job2.stderr).toBe(2);
+    const rows2 = readOut(out2);
+    expect(rows2.map((x) => [x.id, !!x.error])).toEqual([['ok', false], ['refused', true], ['chat', false]]);
+    expect(rows2[1]!.error).toMatch(/in\.jsonl:2: "messages": the chat template \(.*tokenizer_config\.json\) fails on these messages: Conversation roles must alternate/);
+    const small = path.join(dir, 'small-vocab'); // llama-tiny's few hundred tokens, Llama 2's tokenizer
+    fs.mkdirSync(small);
+    for (const f of ['config.json', 'model.safetensors']) fs.copyFileSync(path.join(fixturesDir, 'llama-tiny', f), path.join(small, f));
+    addTokenizer(small);
+    fs.writeFileSync(input, [JSON.stringify({ id: 'big-ids', prompt: 'Hello world' }), JSON.stringify({ id: 'ids', prompt_token_ids: [5, 6] })].join('\n') + '\n');
+    const job3 = cli(['generate', '--model', small, '--prompts', input, '--out', '-', '--max-new-tokens', '3']);
+    expect(job3.code, job3.stderr).toBe(2);
+    const rows3 = job3.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    expect(rows3[0].error).toMatch(/in\.jsonl:1: "prompt" encodes to token id \d+ at \d, outside the model's vocabulary of \d+: tokenizer\.json does not match config\.json's vocab_size/);
+    expect(rows3[1].token_ids).toHaveLength(3);
   });
 
   it('init refuses an unknown shape and names the known ones', () => {

@@ -1,6 +1,6 @@
 // Generation requests and results, and how a request's prompt becomes token ids.
 
-import type { ChatMessage, TextTokenizer } from '../formats/tokenizer.js';
+import { type ChatMessage, ChatTemplateError, type TextTokenizer } from '../formats/tokenizer.js';
 import type { SamplingParams } from './sampling.js';
 
 export interface GenerationRequest {
@@ -93,7 +93,18 @@ export function promptIds(req: GenerationRequest, tokenizer: TextTokenizer | nul
       return '"messages" must be an array of {"role", "content"} strings';
     }
     if (!tokenizer.hasChatTemplate) return 'the model has no chat template, so "messages" cannot be used';
-    ids = tokenizer.encode(tokenizer.applyChatTemplate(msgs), false);
+    try {
+      ids = tokenizer.encode(tokenizer.applyChatTemplate(msgs), false);
+    } catch (e) {
+      if (e instanceof ChatTemplateError) return `"messages": ${e.message}`;
+      throw e;
+    }
+  }
+  // A tokenizer.json that does not match config.json's vocabulary makes ids the model has no row for.
+  const outside = req.promptTokenIds === undefined ? ids.findIndex((t) => t >= vocabSize) : -1;
+  if (outside >= 0) {
+    return `"${req.prompt !== undefined ? 'prompt' : 'messages'}" encodes to token id ${ids[outside]} at ${outside}, outside the model's vocabulary of ${vocabSize}: ` +
+      'tokenizer.json does not match config.json\'s vocab_size';
   }
   if (ids.length === 0) {
     const field = req.promptTokenIds !== undefined ? ids_ : req.prompt !== undefined ? 'prompt' : 'messages';

@@ -7,6 +7,9 @@ import { Tokenizer } from '@huggingface/tokenizers';
 import { Template } from '@huggingface/jinja';
 import { ModelFileError, UserError } from '../util/errors.js';
 
+/** A conversation the model's chat template refuses or fails on (a request's error, not a run's). */
+export class ChatTemplateError extends UserError {}
+
 export interface ChatMessage {
   role: string;
   content: string;
@@ -85,12 +88,18 @@ export class TextTokenizer {
    *  (generation), or as it stands (training data, whose last message is the assistant's). */
   applyChatTemplate(messages: ChatMessage[], addGenerationPrompt = true): string {
     if (!this.template) throw new UserError(`${this.file}: the model has no chat_template, so "messages" cannot be used`);
-    return this.template.render({
-      messages,
-      add_generation_prompt: addGenerationPrompt,
-      bos_token: this.specialToken('bos_token'),
-      eos_token: this.specialToken('eos_token'),
-    });
+    try {
+      return this.template.render({
+        messages,
+        add_generation_prompt: addGenerationPrompt,
+        bos_token: this.specialToken('bos_token'),
+        eos_token: this.specialToken('eos_token'),
+      });
+    } catch (e) {
+      // The template's own refusal (raise_exception: "Conversation roles must alternate ...") or a
+      // failure on these messages: the conversation's fault, not the run's.
+      throw new ChatTemplateError(`the chat template (${path.join(path.dirname(this.file), 'tokenizer_config.json')}) fails on these messages: ${(e as Error).message}`);
+    }
   }
 }
 

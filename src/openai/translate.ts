@@ -7,7 +7,7 @@
 // given: equal requests get equal answers), the request name and the sample index.
 
 import type { GenerationRequest, GenerationResult, SampleResult } from '../engine/requests.js';
-import type { ChatMessage, TextTokenizer } from '../formats/tokenizer.js';
+import { type ChatMessage, ChatTemplateError, type TextTokenizer } from '../formats/tokenizer.js';
 import { invalid, notFound } from './errors.js';
 import type { Endpoint } from './validate.js';
 
@@ -110,7 +110,14 @@ function chatPrompt(messages: Body[], model: ServedModel): number[] {
     content: typeof m.content === 'string' ? m.content : (m.content as { text: string }[]).map((p) => p.text).join(''),
     ...(typeof m.name === 'string' ? { name: m.name } : {}),
   }));
-  return model.tokenizer.encode(model.tokenizer.applyChatTemplate(msgs), false);
+  let text: string;
+  try {
+    text = model.tokenizer.applyChatTemplate(msgs);
+  } catch (e) {
+    if (e instanceof ChatTemplateError) throw invalid(e.message, 'messages');
+    throw e;
+  }
+  return model.tokenizer.encode(text, false);
 }
 
 /** Each choice's place in the response: prompt i's sample j is choice i·n + j (OpenAI's order). */
