@@ -5,7 +5,8 @@ import { type LanguageModel, loadModel } from '../engine/model.js';
 import { type JobSummary, runJob, toRecord } from '../engine/job.js';
 import type { GenerateOptions } from '../engine/generate.js';
 import type { GenerationRequest } from '../engine/requests.js';
-import { type PromptSource, openPrompts, readRequests, ResultWriter, writeAll } from '../formats/jsonl.js';
+import { type PromptSource, openPrompts, readRequests, ResultWriter } from '../formats/jsonl.js';
+import { writeFully } from '../util/write-fully.js';
 import { UserError } from '../util/errors.js';
 import { cacheDtypeOf } from '../policy/policy.js';
 import { intList, rule } from './parse.js';
@@ -139,7 +140,7 @@ async function runOnePrompt(model: LanguageModel, writer: ResultWriter | null, o
     if (writer) writer.write(toRecord(r));
     if (o.out === '-') continue;
     if (stream) stream.end(r.text ?? '');
-    else (r.samples ?? [r]).forEach((s, i) => writeAll(1, `[${i}] ${s.text ?? s.tokenIds.join(' ')}\n`));
+    else (r.samples ?? [r]).forEach((s, i) => writeFully(1, `[${i}] ${s.text ?? s.tokenIds.join(' ')}\n`, 'standard output'));
     if (o.logprobs) {
       for (const [i, s] of (r.samples ?? [r]).entries()) {
         process.stderr.write(`logprobs${o.n > 1 ? ` [${i}]` : ''}: ${s.tokenIds.map((t, j) => `${t}:${s.logprobs![j]!.toFixed(4)}`).join(' ')}\n`);
@@ -159,13 +160,13 @@ class TextStream {
     this.tokens.push(token);
     const text = this.model.tokenizer ? this.model.tokenizer.decode(this.tokens) : this.tokens.join(' ') + ' ';
     if (text.startsWith(this.printed) && !text.endsWith('\uFFFD')) {
-      writeAll(1, text.slice(this.printed.length));
+      writeFully(1, text.slice(this.printed.length), 'standard output');
       this.printed = text;
     }
   }
 
   end(text: string): void {
-    writeAll(1, (text.startsWith(this.printed) ? text.slice(this.printed.length) : `\n${text}`) + '\n');
+    writeFully(1, (text.startsWith(this.printed) ? text.slice(this.printed.length) : `\n${text}`) + '\n', 'standard output');
   }
 }
 

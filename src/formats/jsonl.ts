@@ -11,6 +11,7 @@ import readline from 'node:readline';
 import type { GenerationRequest } from '../engine/requests.js';
 import { RULES, type RuleName, checkValue } from '../util/options.js';
 import { UserError } from '../util/errors.js';
+import { writeFully } from '../util/write-fully.js';
 
 export type InputLine = { line: number; request: GenerationRequest } | { line: number; id: string; error: string };
 
@@ -145,7 +146,9 @@ export class ResultWriter {
   /** Ids of `done` whose line, read from the file, answers with a failure (a Batch API error
    *  line is final: a rerun skips it, and still counts it as failed). */
   readonly failedBefore = new Set<string>();
-  private fd: number;
+  /** Open from the first write on (-1 before): a run refused before any result creates no file. */
+  private fd = -1;
+  private readonly repair: ((fd: number) => void) | null = null;
   /** Standard output, a pipe or a device: written to, never read back or synced. */
   readonly stream: boolean;
 
@@ -158,13 +161,24 @@ export class ResultWriter {
       this.fd = 1;
       return;
     }
-    const repair = this.stream ? null : this.recover();
+    this.repair = this.stream ? null : this.recover();
     try {
-      this.fd = fs.openSync(file, 'a');
-      if (repair) repair(this.fd);
+      // Checked now, before the work, without creating the file.
+      fs.accessSync(stat ? file : path.dirname(path.resolve(file)), fs.constants.W_OK);
     } catch (e) {
       throw new UserError(`${file}: cannot open for writing (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
     }
+  }
+
+  private open(): number {
+    if (this.fd >= 0) return this.fd;
+    try {
+      this.fd = fs.openSync(this.file, 'a');
+      this.repair?.(this.fd);
+    } catch (e) {
+      throw new UserError(`${this.file}: cannot open for writing (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+    return this.fd;
   }
 
   /** Reads the finished and failed ids; returns the repair of a torn last line, if one is needed. */
@@ -218,34 +232,21 @@ export class ResultWriter {
 
   /** Appends a line; `ok` says whether it counts as done (by default: it is not an error line). */
   write(record: { id: string; error?: unknown }, ok = record.error === undefined): void {
-    writeAll(this.fd, JSON.stringify(record) + '\n');
+    writeFully(this.open(), JSON.stringify(record) + '\n', this.file === '-' ? 'standard output' : this.file);
     this.note({ id: record.id, ok }, false);
   }
 
   /** Makes what was written survive a crash of the machine, not just of the process. */
   sync(): void {
-    if (!this.stream) fs.fsyncSync(this.fd);
+    if (!this.stream && this.fd >= 0) fs.fsyncSync(this.fd);
   }
 
   close(): void {
     this.sync();
-    if (this.fd !== 1) fs.closeSync(this.fd);
+    if (this.fd >= 0 && this.fd !== 1) fs.closeSync(this.fd);
   }
 }
 
-/** Writes all of `text`, waiting while a non-blocking pipe is full. A closed reader surfaces as
- *  the EPIPE error, which the CLI takes as the end of the output. */
-export function writeAll(fd: number, text: string): void {
-  let buf = Buffer.from(text);
-  while (buf.length > 0) {
-    try {
-      buf = buf.subarray(fs.writeSync(fd, buf));
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
-    }
-  }
-}
 
 /** A result line's id and whether it is a result (true) or an error (false); null if it is neither. */
 function resultRecord(line: string): { id: string; ok: boolean } | null {

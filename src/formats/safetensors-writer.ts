@@ -4,6 +4,7 @@
 
 import fs from 'node:fs';
 import { type FloatDType, DTYPE_BYTES } from '../tensor/dtype.js';
+import { writeFully } from '../util/write-fully.js';
 
 export interface TensorEntry {
   name: string;
@@ -39,8 +40,8 @@ export function writeSafetensors(file: string, entries: TensorEntry[], fill: (en
   const { head, dataBytes } = safetensorsHeader(entries, metadata);
   const fd = fs.openSync(file, 'w');
   try {
-    fs.writeSync(fd, head);
-    for (const piece of dataPieces(entries, fill)) fs.writeSync(fd, piece);
+    writeFully(fd, head, file);
+    for (const piece of dataPieces(entries, fill)) writeFully(fd, piece, file);
   } finally {
     fs.closeSync(fd);
   }

@@ -85,7 +85,14 @@ export class SpillFiles {
 /** A tag's files and directories, its lock file last. */
 function removeTag(dir: string, tag: string): void {
   for (const kind of KINDS) fs.rmSync(path.join(dir, spillName(kind, tag)), { force: true });
-  for (const name of fs.readdirSync(dir)) {
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return; // the directory was removed: so is all of it
+    throw e;
+  }
+  for (const name of names) {
     if (name.endsWith(`-${tag}.d`) && TAGGED.exec(name)?.[3] === tag) fs.rmSync(path.join(dir, name), { recursive: true, force: true });
   }
   fs.rmSync(path.join(dir, lockName(tag)), { force: true });

@@ -113,5 +113,8 @@ function asApiError(err: FastifyError): ApiError {
   const status = err.statusCode ?? 500;
   if (status === 413) return new ApiError(413, `request too large: ${err.message}`, 'invalid_request_error', null, 'request_too_large');
   if (status >= 400 && status < 500) return new ApiError(status, err.message, 'invalid_request_error', null, err.code ?? null);
+  if (err.code === 'ENOSPC' || err.code === 'EDQUOT' || err.code === 'EROFS') {
+    return new ApiError(507, `the server cannot store this: ${err.message}`, 'server_error', null, 'insufficient_storage');
+  }
   return new ApiError(500, `internal error: ${err.message}`, 'server_error');
 }

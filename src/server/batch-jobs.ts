@@ -24,6 +24,8 @@ interface Running {
 export class BatchJobs {
   private readonly running = new Map<string, Running>();
   private readonly stop = new AbortController();
+  /** Jobs that failed where their state could not be saved (their live object, for this run). */
+  private readonly unsaved = new Map<string, StoredBatch>();
 
   constructor(private readonly store: Store, private readonly engine: Engine, private readonly concurrency: number) {}
 
@@ -41,14 +43,21 @@ export class BatchJobs {
       b.batch.status = 'failed';
       b.batch.failed_at = now();
       b.batch.errors = { object: 'list', data: [{ code: 'engine_error', message: (e as Error).message, param: null, line: null }] };
-      this.store.putBatch(b);
+      try {
+        this.store.putBatch(b);
+      } catch (saving) {
+        // The data dir is full or read-only (what failed the job, likely): the server goes on,
+        // reporting the job failed; saved, it is resumed at the next start.
+        this.unsaved.set(b.batch.id, b);
+        process.stderr.write(`tierlm serve: batch ${b.batch.id} failed (${(e as Error).message}) and its state cannot be saved: ${(saving as Error).message}\n`);
+      }
     }).finally(() => this.running.delete(b.batch.id));
     this.running.set(b.batch.id, { b, cancel, done });
   }
 
   /** A batch: the running job's live object, else the saved one. */
   get(id: string): StoredBatch | null {
-    return this.running.get(id)?.b ?? this.store.getBatch(id);
+    return this.running.get(id)?.b ?? this.unsaved.get(id) ?? this.store.getBatch(id);
   }
 
   /** Asks a job to stop; its status is 'cancelling' until the lines in flight are aborted. */

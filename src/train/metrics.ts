@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { UserError } from '../util/errors.js';
 import { writeFileDurable } from '../util/atomic.js';
+import { writeFully } from '../util/write-fully.js';
 
 export const METRICS_FILE = 'metrics.jsonl';
 
@@ -71,7 +72,7 @@ export class MetricsWriter {
       for (const [phase, p] of Object.entries(m.offload.phases)) line[`io_hidden_${phase}`] = p.hidden;
     }
     // Non-finite numbers are written as null (JSON has no NaN).
-    fs.writeSync(this.fd, JSON.stringify(line) + '\n');
+    writeFully(this.fd, JSON.stringify(line) + '\n', this.file);
     fs.fsyncSync(this.fd);
     this.lastStep = m.step;
   }

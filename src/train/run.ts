@@ -95,10 +95,17 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
     maxGradNorm: o.maxGradNorm, checkpointActivations: o.checkpointActivations,
     threads: o.threads ?? (env.localSize > 1 ? threadsPerRank(env.localSize) : undefined), comm, offload: offloadOptions(o),
   });
+  let failed = false;
   try {
     yield* runSteps(trainer, o, data, evalData, totalSteps, math, existing, comm);
+  } catch (e) {
+    // The run's own error is the one to report, not a failure of the cleanup after it.
+    failed = true;
+    await trainer.close().catch(() => undefined);
+    throw e;
   } finally {
-    await trainer.close();
+    // (also when the caller stops iterating early)
+    if (!failed) await trainer.close();
   }
 }
 

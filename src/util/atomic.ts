@@ -4,6 +4,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
+import { namedError, writeFully } from './write-fully.js';
 
 /** fsync by path: of a file already written and closed (a copy), or of a directory, which makes
  *  its entries (creations, renames, removals) durable. Linux syncs through a read-only fd. */
@@ -20,14 +21,20 @@ export function fsyncPath(file: string): void {
  *  half written (it is inside a directory that is renamed into place later). */
 export function writeFileDurable(file: string, data: string | Uint8Array, atomic = true): void {
   const tmp = atomic ? `${file}.tmp-${process.pid}` : file;
-  const fd = fs.openSync(tmp, 'w');
   try {
-    fs.writeFileSync(fd, data);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
+    const fd = fs.openSync(tmp, 'w');
+    try {
+      writeFully(fd, data, file);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    if (!atomic) return;
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    // (a full or read-only disk: the file keeps its old content, and no temporary is left beside it)
+    if (atomic) fs.rmSync(tmp, { force: true });
+    throw namedError(file, 'writing', e);
   }
-  if (!atomic) return;
-  fs.renameSync(tmp, file);
   fsyncPath(path.dirname(file));
 }

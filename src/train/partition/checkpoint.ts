@@ -17,6 +17,7 @@ import type { Weight } from '../model-writer.js';
 import { readTensorFile, writeTensorFile } from '../tensor-file.js';
 import { type F32Source, STATE_DIR, type TrainingState, f32Chunk, readTrainingState } from '../training-state.js';
 import type { PartitionedStore } from './store.js';
+import { writeFully } from '../../util/write-fully.js';
 
 const PARTS = [['master', 'master'], ['m', 'exp_avg'], ['v', 'exp_avg_sq']] as const;
 
@@ -91,7 +92,7 @@ export class MasterSpill {
 
   put(values: Float32Array): F32Source {
     const base = this.end, fd = this.fd, file = this.file;
-    fs.writeSync(fd, values, 0, values.byteLength, base);
+    writeFully(fd, new Uint8Array(values.buffer, values.byteOffset, values.byteLength), file, base);
     this.end += values.byteLength;
     return {
       length: values.length,
