@@ -191,3 +191,54 @@ describe('bad model files', () => {
     expect((await loadError(dir)).message).toMatch(/config\.json: not found/);
   });
 });
+
+describe('config.json fields the forward pass cannot run, and tied heads', () => {
+  const withConfig = (src: string, edit: (c: Record<string, unknown>) => void) => {
+    const dir = tmpDir('cfg');
+    for (const f of fs.readdirSync(path.join(fixturesDir, src))) fs.copyFileSync(path.join(fixturesDir, src, f), path.join(dir, f));
+    const c = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
+    edit(c);
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(c));
+    return dir;
+  };
+
+  it('are refused at load naming the field (they loaded, then every step failed as an internal error)', async () => {
+    const heads = await loadError(withConfig('opt-tiny', (c) => (c.num_attention_heads = 5)));
+    expect(heads).toBeInstanceOf(ModelFileError);
+    expect(heads.message).toMatch(/config\.json.*hidden_size \(\d+\) is not a multiple of num_attention_heads \(5\)/);
+    const gelu = await loadError(withConfig('llama-tiny', (c) => (c.hidden_act = 'gelu')));
+    expect(gelu.message).toMatch(/config\.json.*field "hidden_act": gelu is not supported in a gated MLP \(supported: silu\)/);
+    const silu = await loadError(withConfig('opt-tiny', (c) => (c.activation_function = 'silu')));
+    expect(silu.message).toMatch(/field "activation_function": silu is not supported in an ungated MLP \(supported: relu, gelu, gelu_new\)/);
+  });
+
+  it('tie_word_embeddings: the head is the embedding even when the file also holds an lm_head.weight, as transformers ties them', async () => {
+    // llama3-tiny is tied and has no lm_head.weight: add one that differs, and the tokens must not change
+    const src = path.join(fixturesDir, 'llama3-tiny');
+    const dir = withConfig('llama3-tiny', () => undefined);
+    const buf = fs.readFileSync(path.join(src, 'model.safetensors'));
+    const n = Number(buf.readBigUInt64LE(0));
+    const header = JSON.parse(buf.subarray(8, 8 + n).toString());
+    const data = buf.subarray(8 + n);
+    const [b0, b1] = header['model.embed_tokens.weight'].data_offsets;
+    // another head: the embedding with every sign flipped (the top byte of each element)
+    const embed = header['model.embed_tokens.weight'];
+    const width = embed.dtype === 'F32' ? 4 : 2;
+    const head = Buffer.from(data.subarray(b0, b1));
+    for (let i = width - 1; i < head.length; i += width) head[i]! ^= 0x80;
+    header['lm_head.weight'] = { dtype: embed.dtype, shape: embed.shape, data_offsets: [data.length, data.length + head.length] };
+    const json = Buffer.from(JSON.stringify(header));
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(json.length));
+    fs.writeFileSync(path.join(dir, 'model.safetensors'), Buffer.concat([len, json, data, head]));
+    const tokens = async (d: string) => {
+      const m = await loadModel(d);
+      try {
+        for await (const r of m.generate([{ id: 'a', promptTokenIds: [5, 6, 7] }], { maxNewTokens: 6, stopAtEos: false })) return (r as { tokenIds: number[] }).tokenIds;
+      } finally {
+        await m.close();
+      }
+    };
+    expect(await tokens(dir)).toEqual(await tokens(src));
+  });
+});

@@ -123,6 +123,14 @@ export class ConfigReader {
 
 /** Checks the relations between fields that the forward pass depends on. */
 export function checkConfig(file: string, c: ModelConfig): ModelConfig {
+  // (OPT's head size is hidden / heads: 2048 over 5 heads loaded, then failed at the first step)
+  if (!Number.isInteger(c.headDim)) throw new ModelFileError(file, `hidden_size (${c.hidden}) is not a multiple of num_attention_heads (${c.heads})`);
+  // What the forward pass computes (models/ops.ts): a gated MLP is SwiGLU, an ungated one ReLU or GELU.
+  const runs = c.gatedMlp ? ['silu'] : ['relu', 'gelu', 'gelu_new'];
+  if (!runs.includes(c.activation)) {
+    const field = c.modelType === 'opt' ? 'activation_function' : 'hidden_act';
+    throw new ModelFileError(file, `field "${field}": ${c.activation} is not supported in a${c.gatedMlp ? ' gated' : 'n ungated'} MLP (supported: ${runs.join(', ')})`);
+  }
   if (c.heads % c.kvHeads !== 0) throw new ModelFileError(file, `num_attention_heads (${c.heads}) is not a multiple of the key/value heads (${c.kvHeads})`);
   if (c.positions.kind === 'rope' && (c.positions.rotaryDim % 2 !== 0 || c.positions.rotaryDim > c.headDim)) {
     throw new ModelFileError(file, `rotary dimension ${c.positions.rotaryDim} must be even and at most head_dim ${c.headDim}`);

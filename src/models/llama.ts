@@ -57,7 +57,8 @@ export function llamaFamilyNames(c: ModelConfig, has: (name: string) => boolean)
     global: {
       embed: 'model.embed_tokens',
       final_norm: 'model.norm',
-      lm_head: has('lm_head.weight') ? 'lm_head' : c.tiedEmbeddings ? 'model.embed_tokens' : 'lm_head',
+      // Tied: the embedding, whatever lm_head.weight a file also holds (as transformers ties them).
+      lm_head: c.tiedEmbeddings ? 'model.embed_tokens' : 'lm_head',
     },
     layer: {
       attn_norm: `${l}input_layernorm`,

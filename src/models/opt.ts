@@ -52,8 +52,9 @@ export const opt: Architecture = {
         project_in: c.embedDim !== c.hidden ? `${p}project_in` : undefined,
         project_out: c.embedDim !== c.hidden ? `${p}project_out` : undefined,
         final_norm: c.finalNorm ? `${p}final_layer_norm` : undefined,
-        // Tied unless the file carries its own head.
-        lm_head: has('lm_head.weight') ? 'lm_head' : `${p}embed_tokens`,
+        // Tied (transformers' default for OPT): the embedding, whatever lm_head.weight a file holds;
+        // untied, the file's own head.
+        lm_head: c.tiedEmbeddings || !has('lm_head.weight') ? `${p}embed_tokens` : 'lm_head',
       },
       layer: {
         attn_norm: `${l}self_attn_layer_norm`,
