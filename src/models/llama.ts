@@ -51,7 +51,7 @@ export function parseLlamaFamily(r: ConfigReader, d: LlamaFamilyDefaults): Model
   });
 }
 
-export function llamaFamilyNames(c: ModelConfig, has: (name: string) => boolean): NameTable {
+export function llamaFamilyNames(c: ModelConfig, _has: (name: string) => boolean): NameTable {
   const l = 'model.layers.{L}.';
   return {
     global: {
