@@ -50,12 +50,17 @@ describe('options are checked by name', () => {
   it('unknown keys throw a TypeError naming them, in every options object', async () => {
     await expect(loadModel(opt, { ram: 1 } as never)).rejects.toThrow(new TypeError('loadModel() options: unknown option "ram" (known: precision, backend, threads, policy, diskDir, diskBytes, ramBytes, deviceBytes, log)'));
     await expect(loadModel(opt, { policy: { gpu_batch_size: 2 } as never })).rejects.toThrow(/policy: unknown option "gpu_batch_size"/);
+    // (a backend the engine does not have ran on the CPU without a word)
+    await expect(loadModel(opt, { backend: 'gpu' as never })).rejects.toThrow(new TypeError(`backend must be 'cpu', 'reference' or a Backend, got "gpu"`));
     const model = await loadModel(opt);
     try {
       expect(() => model.generate([], { max_new_tokens: 3 } as never)).toThrow(TypeError);
       expect(() => model.generate([], { max_new_tokens: 3 } as never)).toThrow(/unknown option "max_new_tokens"/);
       expect(() => model.generate([], { sampling: { top_p: 0.5 } as never })).toThrow(/params.sampling: unknown option "top_p"/);
       expect(() => model.generate([], { sampling: { topP: 0 } })).toThrow(new RangeError('sampling.topP must be a number in (0, 1], got 0'));
+      // NaN and Infinity shown as themselves (JSON made them null), a string quoted
+      expect(() => model.generate([], { maxNewTokens: NaN })).toThrow(new RangeError('maxNewTokens must be an integer >= 1, got NaN'));
+      expect(() => model.generate([], { maxNewTokens: '5' as never })).toThrow(new TypeError('maxNewTokens must be an integer >= 1, got "5"'));
       const results = [];
       for await (const r of model.generate([
         { id: 'a', promptTokenIds: [1, 2] }, { id: 'b', promptTokenIds: [1, 99999] }, { id: 'c', promptTokenIds: [3], max_tokens: 2 } as never,

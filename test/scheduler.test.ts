@@ -52,6 +52,9 @@ describe('Scheduler', () => {
     expect(await s.submit({ id: 'c', promptTokenIds: [5], topLogprobs: 21 })).toEqual({ id: 'c', error: '"topLogprobs" must be an integer in [0, 20]' });
     expect(await s.submit({ id: 'd', promptTokenIds: [5], stop: ['x'] })).toEqual({ id: 'd', error: 'the model has no tokenizer.json, so "stop" strings cannot be used' });
     expect(await s.submit({ id: 'e', promptTokenIds: [5] }, { priority: 'urgent' as never })).toEqual({ id: 'e', error: 'priority must be "interactive" or "batch"' });
+    // a misspelt option is refused by name (priorty: 'batch' ran as interactive)
+    expect(await s.submit({ id: 'f', promptTokenIds: [5] }, { priorty: 'batch' } as never))
+      .toEqual({ id: 'f', error: 'request options: unknown option "priorty" (known: priority, signal, onToken)' });
   });
 
   it('an aborted request resolves to cancelled; the others finish', async () => {

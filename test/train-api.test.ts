@@ -96,6 +96,9 @@ describe('saving and resuming', () => {
     const dir = tmpDir('train-save');
     try {
       fs.copyFileSync(path.join(OPT, 'config.json'), path.join(dir, 'config.json'));
+      // a dtype it cannot write is refused, no file made (fp8 wrote a header with no dtype)
+      await expect(trainer.saveParams(path.join(dir, 'bad.safetensors'), 'fp8' as never)).rejects.toThrow(new RangeError(`saveParams: dtype must be 'f32', 'bf16' or 'f16', got "fp8"`));
+      expect(fs.existsSync(path.join(dir, 'bad.safetensors'))).toBe(false);
       await trainer.saveParams(path.join(dir, 'model.safetensors'));
       const again = await openTrainer(dir);
       for (const [i, p] of again.parameters().entries()) expect(p.master.data).toEqual(trainer.parameters()[i]!.master.data);

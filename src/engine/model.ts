@@ -89,7 +89,11 @@ export class LanguageModel {
     // The policy carries the precision (a policy file records what was planned); `precision` sets it too.
     const policy = policyFromOptions(given === undefined ? options.policy : { ...options.policy, precision: given });
     const precision = policy.precision;
-    const backend = typeof options.backend === 'object' ? options.backend : options.backend === 'reference' ? referenceBackend() : cpuBackend();
+    const b = options.backend;
+    if (b !== undefined && b !== 'cpu' && b !== 'reference' && !(typeof b === 'object' && b !== null && 'kernels' in b)) {
+      throw new TypeError(`backend must be 'cpu', 'reference' or a Backend, got ${JSON.stringify(b)}`);
+    }
+    const backend = typeof b === 'object' ? b : b === 'reference' ? referenceBackend() : cpuBackend();
     if (options.threads !== undefined) setThreads(options.threads);
     const model = openModel(dir, backend, precision, policy.compressWeight);
     try {

@@ -66,7 +66,11 @@ export function applyPenalties(row: Float32Array, p: SamplingParams, h: TokenHis
 export class Rng {
   private state: number;
   constructor(seed: number, stream: string) {
+    // The seed's bits above 32 too (any safe integer: a timestamp seed must not repeat seed 7);
+    // below 2^32 the state is what it always was.
     let h = (seed >>> 0) ^ 0x9e3779b9;
+    const high = Math.floor(seed / 2 ** 32);
+    if (high > 0) h = Math.imul(h ^ (high >>> 0), 0x85ebca6b) ^ Math.imul(Math.floor(high / 2 ** 32) + 1, 0xc2b2ae35);
     for (let i = 0; i < stream.length; i++) h = Math.imul(h ^ stream.charCodeAt(i), 0x01000193);
     this.state = h >>> 0;
   }

@@ -168,8 +168,12 @@ export class Scheduler {
   }
 }
 
+const REQUEST_OPTION_KEYS = ['priority', 'signal', 'onToken'] as const;
+
 function checkOptions(o: RequestOptions): string | null {
   if (typeof o !== 'object' || o === null) return 'request options must be an object';
+  const unknown = Object.keys(o).filter((k) => !(REQUEST_OPTION_KEYS as readonly string[]).includes(k));
+  if (unknown.length > 0) return `request options: unknown option ${unknown.map((k) => `"${k}"`).join(', ')} (known: ${REQUEST_OPTION_KEYS.join(', ')})`;
   if (o.priority !== undefined && o.priority !== 'interactive' && o.priority !== 'batch') return 'priority must be "interactive" or "batch"';
   if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) return 'signal must be an AbortSignal';
   if (o.onToken !== undefined && typeof o.onToken !== 'function') return 'onToken must be a function';

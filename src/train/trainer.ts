@@ -323,6 +323,7 @@ export class Trainer {
    *  their Hugging Face names. Under ranks every rank calls it (the masters are gathered) and rank 0
    *  writes. Offloaded, it first waits for the last step's update (sync()). */
   async saveParams(file: string, dtype: 'f32' | 'bf16' | 'f16' = 'f32'): Promise<void> {
+    if (dtype !== 'f32' && dtype !== 'bf16' && dtype !== 'f16') throw new RangeError(`saveParams: dtype must be 'f32', 'bf16' or 'f16', got ${JSON.stringify(dtype)}`);
     // In RAM nothing is pending and the file is written before this returns.
     if (this.offloaded?.optimizer.busy) await this.sync();
     const masters = new Map<string, { shape: readonly number[]; data: F32Source }>();

@@ -46,7 +46,9 @@ export function checkValue(rule: RuleName, v: unknown, style: 'api' | 'flag' | '
   const r: Rule = RULES[rule];
   if (typeof v === 'number' && r.ok(v)) return null;
   const name = style === 'api' ? r.api : style === 'flag' ? r.flag : r.json ?? r.api;
-  return `${name} must be ${r.want}, got ${style === 'flag' ? `"${String(v)}"` : JSON.stringify(v) ?? String(v)}`;
+  // (NaN and Infinity shown as themselves, not as JSON's null; a string quoted, so "32" is not 32)
+  const shown = typeof v === 'number' && !Number.isFinite(v) ? String(v) : JSON.stringify(v) ?? String(v);
+  return `${name} must be ${r.want}, got ${style === 'flag' ? `"${String(v)}"` : shown}`;
 }
 
 /** Throws a RangeError (or a TypeError for a value that is not a number) naming the API option. */
