@@ -242,3 +242,29 @@ describe('config.json fields the forward pass cannot run, and tied heads', () =>
     expect(await tokens(dir)).toEqual(await tokens(src));
   });
 });
+
+describe('a model whose weights hold NaN or infinity', () => {
+  it("fails the request saying its logits are not finite, not answer with token 0 (or one token) over and over", async () => {
+    const poisoned = (name: string, bits: { F32: number; F16: number; BF16: number }) => brokenCopy((h, data) => {
+      const t = h[name];
+      const d = Buffer.from(data);
+      if (t.dtype === 'F32') d.writeUInt32LE(bits.F32, t.data_offsets[0]);
+      else d.writeUInt16LE(t.dtype === 'F16' ? bits.F16 : bits.BF16, t.data_offsets[0]);
+      return { data: d };
+    });
+    const nan = { F32: 0x7fc00000, F16: 0x7e00, BF16: 0x7fc0 };
+    for (const dir of [poisoned('model.decoder.layers.0.fc1.weight', nan), poisoned('model.decoder.embed_tokens.weight', nan)]) {
+      const m = await loadModel(dir);
+      try {
+        const out = [];
+        for await (const r of m.generate([{ id: 'a', promptTokenIds: [0, 5, 6] }, { id: 'b', promptTokenIds: [1, 2] }], { maxNewTokens: 4, stopAtEos: false })) out.push(r);
+        expect(out).toEqual([
+          { id: 'a', error: expect.stringMatching(/^the model's logits are not finite \(NaN for the token chosen at new token 1\): its weights or activations hold NaN or infinity/) },
+          { id: 'b', error: expect.stringMatching(/logits are not finite/) },
+        ]);
+      } finally {
+        await m.close();
+      }
+    }
+  });
+});

@@ -64,6 +64,13 @@ export class Sequence {
     const vocab = logits.shape[1]!;
     const row = logits.data.subarray(at * vocab, (at + 1) * vocab);
     const token = sample(row, this.sampling, this.rng, this.history);
+    // A NaN or infinite logit chosen (a row all NaN gives token 0): the request fails saying so,
+    // rather than answer with tokens the model did not compute (one check a token, not a scan).
+    if (!Number.isFinite(row[token]!)) {
+      this.refuse(`the model's logits are not finite (${row[token]} for the token chosen at new token ${this.tokens.length + 1}): ` +
+        'its weights or activations hold NaN or infinity (a broken model file, or a model that diverged)');
+      return true;
+    }
     this.history.add(token);
     this.tokens.push(token);
     const l = this.limits;
