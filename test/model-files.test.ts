@@ -210,6 +210,9 @@ describe('config.json fields the forward pass cannot run, and tied heads', () =>
     expect(gelu.message).toMatch(/config\.json.*field "hidden_act": gelu is not supported in a gated MLP \(supported: silu\)/);
     const silu = await loadError(withConfig('opt-tiny', (c) => (c.activation_function = 'silu')));
     expect(silu.message).toMatch(/field "activation_function": silu is not supported in an ungated MLP \(supported: relu, gelu, gelu_new\)/);
+    // more layers than the file holds: the first missing one, found without sizing a billion layers
+    const layers = await loadError(withConfig('llama-tiny', (c) => (c.num_hidden_layers = 1e9)));
+    expect(layers.message).toMatch(/\(tensor 'model\.layers\.\d+\.self_attn\.q_proj\.weight'\): missing tensor \(config\.json says num_hidden_layers = 1000000000\)/);
   });
 
   it('tie_word_embeddings: the head is the embedding even when the file also holds an lm_head.weight, as transformers ties them', async () => {

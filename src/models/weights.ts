@@ -217,6 +217,14 @@ export class WeightLoader {
 
   /** Bytes the model will take once loaded (see packedSizes). */
   sizes(): ModelSizes {
+    // config.json counting more layers than the file holds: the first missing one named at once,
+    // not after sizing every layer it claims (10^9 layers ran out of memory, or never ended).
+    const q = (j: number) => `${this.layerName('q', j)}.weight`;
+    if (!this.store.has(q(this.config.layers - 1))) {
+      let j = 0;
+      while (this.store.has(q(j))) j++;
+      throw new ModelFileError(this.store.fileName(q(j)), `missing tensor (config.json says num_hidden_layers = ${this.config.layers})`, q(j));
+    }
     return packedSizes(this.config, this.names, (n) => this.tensorInfo(n), this.backend, this.mode, (j) => this.matrices(j), this.compressWeight);
   }
 
