@@ -146,6 +146,10 @@ describe('units, bounds and conflicting flags', () => {
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('--top-p must be a number in (0, 1], got "0"');
     expect(cli(['generate', '--model', opt, '--prompt', 'x', '--min-p', '1.5']).stderr).toContain('--min-p must be a number in [0, 1], got "1.5"');
+    // commander's own refusals end as every failure does, `tierlm: message` (they were "error: ...")
+    expect(r.stderr).toMatch(/^tierlm: option '--top-p <p>' argument '0' is invalid/);
+    expect(cli(['generate', '--model', opt, '--prompt', 'x', '--bogus']).stderr).toMatch(/^tierlm: unknown option '--bogus'/);
+    expect(cli(['frobnicate']).stderr).toMatch(/^tierlm: unknown command 'frobnicate'/);
   });
 
   it('--threads above the cores warns; --batch-size with --gpu-batch-size and bench --model with --layers are refused', () => {

@@ -16,6 +16,9 @@ import { addServeCommand } from './serve.js';
 export function buildProgram(): Command {
   const program = new Command();
   program.name('tierlm').description('Run and train language models larger than memory').version('0.1.0');
+  // Commander's own refusals (a bad flag value, an unknown option) end as every failure does:
+  // `tierlm: message` (its "error: " prefix replaced); subcommands inherit this.
+  program.configureOutput({ outputError: (text, write) => write(text.replace(/^error: /, 'tierlm: ')) });
   addGenerateCommand(program);
   addInitCommand(program);
   addBenchCommand(program);
