@@ -164,5 +164,7 @@ describe('train() from code', () => {
     // the API's names here, the flags' in `tierlm train` (test/train-cli.test.ts)
     await expect(train({ model, data, out: dir, maxSteps: 1, epochs: 1 }).next()).rejects.toThrow(/^give maxSteps or epochs, not both$/);
     await expect(train({ model, data, out: dir, ram: 1 << 30 }).next()).rejects.toThrow(/^ram and diskDir go together/);
+    await expect(train({ model, data, out: path.join(dir, 'long'), seqLen: 1e6 }).next()).rejects.toThrow(/^seqLen 1000000 is longer than the model's \d+ positions/);
+    await expect(train({ model, data, out: path.join(dir, 'a'), maxSteps: 1 }).next()).rejects.toThrow(/^out .* already holds a training run \(checkpoint-2\); pass resume: true to continue it, or choose another out$/);
   });
 });

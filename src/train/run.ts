@@ -31,6 +31,7 @@ import type { OffloadStepStats } from './offload/stats.js';
 import { type Comm, worldComm } from '../dist/comm.js';
 import { rankEnv, threadsPerRank } from '../dist/env.js';
 import { loadPartitioned, savePartitioned } from './partition/checkpoint.js';
+import { optionName } from '../util/names.js';
 
 export interface TrainStepMetrics {
   /** Optimizer steps count from 1. */
@@ -79,10 +80,10 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
   if (!existing && holdsModel(o.out)) {
     // The trained model is published into OUT: over a model directory's own files (the model
     // being trained, say) it would replace them.
-    throw new UserError(`--out ${o.out} holds a model (config.json or *.safetensors) and no training run; its files would be replaced: choose another --out`);
+    throw new UserError(`${optionName('out')} ${o.out} holds a model (config.json or *.safetensors) and no training run; its files would be replaced: choose another ${optionName('out')}`);
   }
   if (existing && !o.resume) {
-    throw new UserError(`--out ${o.out} already holds a training run (${path.basename(existing)}); pass --resume to continue it, or choose another --out`);
+    throw new UserError(`${optionName('out')} ${o.out} already holds a training run (${path.basename(existing)}); pass ${optionName('resume')} to continue it, or choose another ${optionName('out')}`);
   }
   if (existing && o.resume) {
     checkResume(existing, math, comm.size);
@@ -174,10 +175,10 @@ async function* runSteps(trainer: Trainer, o: ResolvedOptions, data: Dataset, ev
 
 /** The default sequence length shrinks to the model's positions; a given one must fit them. */
 function fitSeqLen(o: ResolvedOptions, byDefault: boolean): void {
-  if (!fs.existsSync(path.join(o.model, 'config.json'))) throw new UserError(`--model ${o.model} is not a model directory (no config.json)`);
+  if (!fs.existsSync(path.join(o.model, 'config.json'))) throw new UserError(`${optionName('model')} ${o.model} is not a model directory (no config.json)`);
   const max = readConfig(o.model).config.maxPositions;
   if (byDefault) o.seqLen = Math.min(o.seqLen, max);
-  else if (o.seqLen > max) throw new UserError(`--seq-len ${o.seqLen} is longer than the model's ${max} positions`);
+  else if (o.seqLen > max) throw new UserError(`${optionName('seqLen')} ${o.seqLen} is longer than the model's ${max} positions`);
 }
 
 /** Checks that the run's options match those of the checkpoint `dir` it resumes (before any
@@ -288,10 +289,10 @@ function sha256(b: Uint8Array): string {
 
 /** --out: a directory or nothing yet, in a directory that exists (nothing the user did not name is created). */
 function checkOut(out: string, model: string): void {
-  if (fs.existsSync(out) && !fs.statSync(out).isDirectory()) throw new UserError(`--out ${out} exists and is not a directory`);
+  if (fs.existsSync(out) && !fs.statSync(out).isDirectory()) throw new UserError(`${optionName('out')} ${out} exists and is not a directory`);
   const parent = path.dirname(path.resolve(out));
-  if (!fs.existsSync(parent)) throw new UserError(`--out ${out}: directory ${parent} does not exist`);
-  if (fs.existsSync(out) && fs.existsSync(model) && fs.realpathSync(out) === fs.realpathSync(model)) throw new UserError(`--out ${out} is the model directory; choose another --out`);
+  if (!fs.existsSync(parent)) throw new UserError(`${optionName('out')} ${out}: directory ${parent} does not exist`);
+  if (fs.existsSync(out) && fs.existsSync(model) && fs.realpathSync(out) === fs.realpathSync(model)) throw new UserError(`${optionName('out')} ${out} is the model directory; choose another ${optionName('out')}`);
 }
 
 function holdsModel(dir: string): boolean {

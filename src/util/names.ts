@@ -33,6 +33,10 @@ const NAMES = {
   epochs: ['epochs', '--epochs'],
   tileSize: ['tileSize', '--tile-size'],
   ramPercent: ['ramPercent', '--ram-percent'],
+  out: ['out', '--out'],
+  model: ['model', '--model'],
+  seqLen: ['seqLen', '--seq-len'],
+  resume: ['resume: true', '--resume'],
 } as const;
 
 export function optionName(key: keyof typeof NAMES): string {
