@@ -78,6 +78,24 @@ describe('Scheduler', () => {
     expect(await s.submit({ id: 'x', promptTokenIds: [1] }, { signal: pre.signal })).toEqual({ id: 'x', error: 'cancelled' });
   });
 
+  it("the scheduler's params' onToken is called for every request's tokens, beside each request's own", async () => {
+    const m = await loadModel(opt, { policy: { gpuBatchSize: 2, numGpuBatches: 1 } });
+    try {
+      const seen: string[] = [];
+      const s = m.scheduler({ maxNewTokens: 3, stopAtEos: false, onToken: (id, token, index) => seen.push(`${id}/${index}:${token}`) });
+      const own: number[] = [];
+      const [a, b] = await Promise.all([
+        s.submit({ id: 'a', promptTokenIds: [5, 6] }, { onToken: (_sample, token) => own.push(token) }),
+        s.submit({ id: 'b', promptTokenIds: [7], n: 2 }),
+      ]) as GenerationResult[];
+      expect(own).toEqual(a!.tokenIds);
+      expect(seen.filter((x) => x.startsWith('a/')).map((x) => Number(x.split(':')[1]))).toEqual(a!.tokenIds);
+      expect(seen.filter((x) => x.startsWith('b/1:')).map((x) => Number(x.split(':')[1]))).toEqual(b!.samples![1]!.tokenIds);
+    } finally {
+      await m.close();
+    }
+  });
+
   it('a signal shared by many requests (a batch job) holds no listener of a finished one', async () => {
     const s = model.scheduler();
     const job = new AbortController();

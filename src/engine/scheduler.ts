@@ -91,7 +91,10 @@ export class Scheduler {
         }
         this.generatedTotal++;
         try {
+          // the request's own hook, and the scheduler's params' (called for every request, as
+          // generate() calls it; it was never called)
           options.onToken?.(sample, token, text);
+          this.params.onToken?.(id, token, sample);
         } catch (e) {
           hookError ??= e;
           for (const x of samples) x.cancel();
