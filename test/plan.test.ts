@@ -39,6 +39,18 @@ describe('policy search', () => {
     expect(plan.memory.disk).toBe(0);
   });
 
+  it('a request is checked by name and value (limits: { ramBytes } planned with no limit; genLen NaN planned)', async () => {
+    const base = { config: 'opt-1.3b', promptLen: 64, genLen: 32, limits: { ram: 8 * GiB }, disk: false, profile };
+    const refused = async (r: unknown) => (await planPolicy(r as never).catch((e: Error) => e)) as Error;
+    expect((await refused({ ...base, limits: { ramBytes: 1e6 } })).message).toMatch(/^planPolicy\(\): limits: unknown option "ramBytes" \(known: ram, disk, device\)/);
+    expect((await refused({ ...base, bogus: 1 })).message).toMatch(/^planPolicy\(\): unknown option "bogus"/);
+    expect((await refused({ ...base, genLen: NaN })).message).toBe('planPolicy(): genLen must be an integer >= 1, got NaN');
+    expect((await refused({ ...base, promptLen: '16' })).message).toBe('planPolicy(): promptLen must be an integer >= 1, got "16"');
+    expect((await refused({ ...base, limits: { ram: '1GiB' } })).message).toMatch(/^planPolicy\(\): limits\.ram must be a number of bytes/);
+    const { limits: _l, ...noLimits } = base;
+    expect((await refused(noLimits)).message).toMatch(/^planPolicy\(\): limits must be an object/);
+  });
+
   it('limits that cannot be met name the tier and the shortfall', async () => {
     await expect(planPolicy({ config: 'opt-6.7b', promptLen: 64, genLen: 32, limits: { ram: 8 * GiB }, disk: false, profile }))
       .rejects.toThrow(/does not fit in the RAM limit 8\.00 GiB and no disk tier was given: add diskDir .*, or raise ramBytes by about/);

@@ -17,6 +17,7 @@ import { UserError } from '../util/errors.js';
 import { runInChild } from '../util/child.js';
 import { tokenizerRamBytes } from '../formats/tokenizer.js';
 import { cacheBytesPerElement } from './generate.js';
+import { checkKeys } from '../util/names.js';
 
 export interface PlanRequest {
   model?: string;
@@ -99,7 +100,34 @@ function partBytes(layers: { part: 'attn' | 'mlp'; bytes: number }[][]): PartByt
 
 const PLAN_RAM_SHARE = 0.95;
 
+const PLAN_KEYS = ['model', 'config', 'layers', 'promptLen', 'genLen', 'prefillChunk', 'precision', 'cacheDtype', 'limits', 'disk', 'profile', 'shapes',
+  'compressWeight', 'attnSparsity'] as const;
+
+/** A PlanRequest checked by name and value (limits: { ramBytes } planned with no limit at all). */
+function checkPlanRequest(r: unknown): asserts r is PlanRequest {
+  if (typeof r !== 'object' || r === null || Array.isArray(r)) throw new TypeError('planPolicy(): the request must be an object');
+  checkKeys(r, PLAN_KEYS, 'planPolicy()');
+  const q = r as Record<string, unknown>;
+  const count = (k: string, min: number, optional: boolean) => {
+    const v = q[k];
+    if (v === undefined && optional) return;
+    if (!(typeof v === 'number' && Number.isSafeInteger(v) && v >= min)) throw new RangeError(`planPolicy(): ${k} must be an integer >= ${min}, got ${typeof v === 'string' ? JSON.stringify(v) : String(v)}`);
+  };
+  count('promptLen', 1, false);
+  count('genLen', 1, false);
+  count('layers', 1, true);
+  count('prefillChunk', 1, true);
+  if (typeof q.limits !== 'object' || q.limits === null) throw new TypeError('planPolicy(): limits must be an object ({ ram?, disk?, device? } in bytes)');
+  checkKeys(q.limits, ['ram', 'disk', 'device'], 'planPolicy(): limits');
+  for (const [k, v] of Object.entries(q.limits)) {
+    if (v !== undefined && !(typeof v === 'number' && Number.isSafeInteger(v) && v > 0)) throw new RangeError(`planPolicy(): limits.${k} must be a number of bytes (an integer > 0), got ${JSON.stringify(v)}`);
+  }
+  if (typeof q.disk !== 'boolean') throw new TypeError(`planPolicy(): disk must be true or false, got ${JSON.stringify(q.disk)}`);
+  if (typeof q.profile !== 'object' || q.profile === null) throw new TypeError('planPolicy(): profile must be a hardware profile (ensureProfile())');
+}
+
 export async function planPolicy(r: PlanRequest): Promise<PlanResult> {
+  checkPlanRequest(r);
   const mode = r.precision ?? DEFAULT_POLICY.precision;
   const cacheDtype = r.cacheDtype === 'q4' ? 'q4' : cacheDtypeFor(r.cacheDtype, mode);
   const { config, sizes, dtype } = modelSizes(r, mode);
