@@ -180,6 +180,11 @@ describe('bad model files', () => {
     const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
     fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...cfg, rope_scaling: { rope_type: 'yarn', factor: 8, original_max_position_embeddings: 32 } }));
     expect((await loadError(dir)).message).toMatch(/config\.json: field "rope_scaling\.rope_type" "yarn" is not supported yet/);
+    // a factor with no type (it ran unscaled), and a rope_theta that is not positive
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...cfg, rope_scaling: { factor: 2 } }));
+    expect((await loadError(dir)).message).toMatch(/config\.json: field "rope_scaling\.factor" is given without a rope_type/);
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...cfg, rope_theta: 0 }));
+    expect((await loadError(dir)).message).toMatch(/config\.json: field "rope_theta" \(0\) must be a number > 0/);
     fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...cfg, sliding_window: 16 }));
     const model = await loadModel(dir);
     expect(model.config.maxPositions).toBe(16);

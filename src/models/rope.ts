@@ -27,7 +27,9 @@ const SUPPORTED = ['default', 'linear', 'llama3'];
 export function parseRope(config: ConfigReader, headDim: number, defaultTheta: number): RopePositions {
   const params = config.object('rope_parameters');
   const from = (field: string) => (params?.has(field) ? params : config);
-  const theta = from('rope_theta').num('rope_theta', defaultTheta);
+  const thetaFrom = from('rope_theta');
+  const theta = thetaFrom.num('rope_theta', defaultTheta);
+  if (!(theta > 0)) throw thetaFrom.error('rope_theta', `(${theta}) must be a number > 0`);
   const partial = from('partial_rotary_factor').num('partial_rotary_factor', 1);
   return { kind: 'rope', theta, rotaryDim: Math.round(headDim * partial), scaling: parseRopeScaling(params ?? config.object('rope_scaling')) };
 }
@@ -37,6 +39,8 @@ function parseRopeScaling(r: ConfigReader | null): RopeScaling | null {
   if (!r) return null;
   // Older configs name the type "type"; Hugging Face reads rope_type first.
   const field = r.has('rope_type') ? 'rope_type' : 'type';
+  // A factor with no type: Hugging Face refuses it; taken as "default" the positions would be unscaled.
+  if (!r.has(field) && r.has('factor')) throw r.error('factor', 'is given without a rope_type (or type): which scaling it is for cannot be known');
   const type = r.str(field, 'default');
   if (type === 'default') return null;
   if (type === 'linear') return { type, factor: positive(r, 'factor') };
