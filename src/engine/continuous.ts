@@ -286,14 +286,9 @@ export class ContinuousEngine {
     const shape = (capacity: number): BlockShape => ({
       rows: p.batchSize, batches: p.numGpuBatches, capacity, cacheBytesPerElement: this.s.cacheBytesPerElement, maxTokens,
     });
-    let lo = 0, hi = this.s.maxPositions;
-    while (lo < hi) {
-      const mid = Math.ceil((lo + hi) / 2);
-      if (this.withinLimits(shape(mid), true)) lo = mid;
-      else hi = mid - 1;
-    }
-    this.contexts.set(maxTokens, lo);
-    return lo;
+    const context = largestFitting(0, this.s.maxPositions, (c) => this.withinLimits(shape(c), true));
+    this.contexts.set(maxTokens, context);
+    return context;
   }
 
   /** contextUnderLimits by the block's tokens per step (the limits never change). */
@@ -478,15 +473,8 @@ export class ContinuousEngine {
     const reuse = kept && kept.rows === rows && kept.cacheDtype === p.cacheDtype && kept.capacity > needed
       && kept.capacity <= this.s.maxPositions ? kept.capacity : null;
     if (reuse !== null && !p.fullShape && this.withinLimits(shape(reuse))) capacity = reuse;
-    if (p.fullShape) {
-      // The largest capacity in [needed, hi] that fits (needed does).
-      let hi = Math.min(this.s.maxPositions, Math.max(needed, SERVER_POSITIONS));
-      while (capacity < hi) {
-        const mid = Math.ceil((capacity + hi) / 2);
-        if (this.withinLimits(shape(mid))) capacity = mid;
-        else hi = mid - 1;
-      }
-    }
+    // The largest capacity in [needed, hi] that fits (needed does).
+    if (p.fullShape) capacity = largestFitting(capacity, Math.min(this.s.maxPositions, Math.max(needed, SERVER_POSITIONS)), (c) => this.withinLimits(shape(c)));
     const release = await this.s.lock.acquire(() => this.onContended());
     if (this.s.closed?.()) {
       release();
@@ -502,4 +490,15 @@ export class ContinuousEngine {
       throw e;
     }
   }
+}
+
+/** The largest n in [lo, hi] with fits(n), fits being monotone (true up to some n, false after)
+ *  and lo taken to fit; by bisection, as block capacities are thousands of positions apart. */
+function largestFitting(lo: number, hi: number, fits: (n: number) => boolean): number {
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (fits(mid)) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
 }

@@ -84,9 +84,9 @@ export function emptyStats(): GenerateStats {
   return { prefillSeconds: 0, decodeSeconds: 0, promptTokens: 0, generatedTokens: 0 };
 }
 
-/** A request in the output queue: its samples, or the error it gets instead. */
-/** A request read: its error, or its samples (and, with a signal, what removes its abort
- *  listener once the request has ended: one signal may serve a whole batch job). */
+/** A request in the output queue: its samples (and, with a signal, what removes its abort
+ *  listener once the request has ended: one signal may serve a whole batch job), or the error it
+ *  gets instead. */
 type Queued = RequestError | { req: GenerationRequest; promptTokens: number; samples: Sequence[]; detach?: () => void };
 
 /** Per-request hooks (the scheduler's RequestOptions): streaming and aborting. */

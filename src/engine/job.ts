@@ -54,7 +54,7 @@ export async function runJob(model: LanguageModel, writer: ResultWriter, o: JobO
     }
   }
   const writeRefused = (all: boolean) => {
-    while (order.length > 0 && 'refused' in order[0]! ) write((order.shift() as { refused: RequestError }).refused);
+    while (order.length > 0 && 'refused' in order[0]!) write((order.shift() as { refused: RequestError }).refused);
     if (all && order.length > 0) throw new Error('internal: a request of the job got no result');
   };
   const write = (r: GenerationResult | RequestError) => {

@@ -127,12 +127,6 @@ function parseLine(text: string, line: number, file: string): InputLine {
   return { line, request };
 }
 
-/**
- * Appends result lines to a JSONL file, after reading what it already holds. The file is the
- * job's record of finished work, so nothing in it is ever dropped: blank lines are skipped, a
- * torn last line (a crash in the middle of a write: no trailing newline) is the only thing
- * repaired, and any other line that is not a result stops the job with the file left as it was.
- */
 /** What a results file's line is: its id, whether it counts as done, whether it is a failure. */
 export interface RecordKind {
   id: string;
@@ -140,6 +134,12 @@ export interface RecordKind {
   failed?: boolean;
 }
 
+/**
+ * Appends result lines to a JSONL file, after reading what it already holds. The file is the
+ * job's record of finished work, so nothing in it is ever dropped: blank lines are skipped, a
+ * torn last line (a crash in the middle of a write: no trailing newline) is the only thing
+ * repaired, and any other line that is not a result stops the job with the file left as it was.
+ */
 export class ResultWriter {
   /** Ids with a result line: a rerun skips them (ids with only error lines are tried again). */
   readonly done = new Set<string>();
@@ -162,23 +162,26 @@ export class ResultWriter {
       return;
     }
     this.repair = this.stream ? null : this.recover();
-    try {
-      // Checked now, before the work, without creating the file.
-      fs.accessSync(stat ? file : path.dirname(path.resolve(file)), fs.constants.W_OK);
-    } catch (e) {
-      throw new UserError(`${file}: cannot open for writing (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
-    }
+    // Checked now, before the work, without creating the file.
+    this.forWriting(() => fs.accessSync(stat ? file : path.dirname(path.resolve(file)), fs.constants.W_OK));
   }
 
   private open(): number {
-    if (this.fd >= 0) return this.fd;
+    if (this.fd < 0) {
+      this.forWriting(() => {
+        this.fd = fs.openSync(this.file, 'a');
+        this.repair?.(this.fd);
+      });
+    }
+    return this.fd;
+  }
+
+  private forWriting(f: () => void): void {
     try {
-      this.fd = fs.openSync(this.file, 'a');
-      this.repair?.(this.fd);
+      f();
     } catch (e) {
       throw new UserError(`${this.file}: cannot open for writing (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
     }
-    return this.fd;
   }
 
   /** Reads the finished and failed ids; returns the repair of a torn last line, if one is needed. */
@@ -225,15 +228,15 @@ export class ResultWriter {
       : `${this.file}:${line}: is not a result line; fix or remove it (the file was left as it was)`);
   }
 
-  private note(rec: RecordKind, read = true): void {
+  private note(rec: RecordKind): void {
     if (rec.ok) this.done.add(rec.id);
-    if (read && rec.failed) this.failedBefore.add(rec.id);
+    if (rec.failed) this.failedBefore.add(rec.id);
   }
 
   /** Appends a line; `ok` says whether it counts as done (by default: it is not an error line). */
   write(record: { id: string; error?: unknown }, ok = record.error === undefined): void {
     writeFully(this.open(), JSON.stringify(record) + '\n', this.file === '-' ? 'standard output' : this.file);
-    this.note({ id: record.id, ok }, false);
+    this.note({ id: record.id, ok });
   }
 
   /** Makes what was written survive a crash of the machine, not just of the process. */
@@ -246,7 +249,6 @@ export class ResultWriter {
     if (this.fd >= 0 && this.fd !== 1) fs.closeSync(this.fd);
   }
 }
-
 
 /** A result line's id and whether it is a result (true) or an error (false); null if it is neither. */
 function resultRecord(line: string): { id: string; ok: boolean } | null {

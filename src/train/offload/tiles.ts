@@ -14,6 +14,7 @@ import { toFloat32 } from '../../tensor/dtype.js';
 import type { TableRows } from '../params.js';
 import { type StateKind, kindBytes } from './layout.js';
 import type { States } from './states.js';
+import { writeFully } from '../../util/write-fully.js';
 
 /** Elements native sumSquares sums per partial (kChunk in native/kernels/optim_generic.cpp). */
 const SUM_CHUNK = 1 << 16;
@@ -55,7 +56,7 @@ export class TileIo {
       return;
     }
     const base = this.states.layout.offsets[kind][index]!;
-    for (let done = 0; done < src.byteLength;) done += fs.writeSync(this.fd(kind), src, done, src.byteLength - done, base + at + done);
+    writeFully(this.fd(kind), src, this.states.path(kind), base + at);
   }
 
   private buffer(bytes: number): Uint8Array {
