@@ -4,8 +4,11 @@ import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadModel } from '../src/index.js';
 import { SafetensorsFile } from '../src/formats/safetensors.js';
+import { TextTokenizer } from '../src/formats/tokenizer.js';
 import { ModelFileError } from '../src/util/errors.js';
+import { cli } from './helpers/cli.js';
 import { fixturesDir, tmpDir } from './helpers/fixtures.js';
+import { tokenizerModelDir } from './helpers/tokenizer-model.js';
 
 const opt = path.join(fixturesDir, 'opt-tiny');
 
@@ -116,6 +119,14 @@ describe('bad model files', () => {
     fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(cfg));
     const e = await loadError(dir);
     expect(e.message).toMatch(/fc1\.weight.*disagrees with config\.json/);
+    // a vocabulary the embedding does not hold is named before any memory is planned from it
+    // (vocab_size 10^15 was reported as a RAM shortfall of millions of GiB by plan and generate)
+    cfg.ffn_dim = JSON.parse(fs.readFileSync(path.join(opt, 'config.json'), 'utf8')).ffn_dim;
+    cfg.vocab_size = 1e15;
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(cfg));
+    const r = cli(['plan', '--model', dir, '--ram', '200M', '--prompt-len', '8', '--gen-len', '4']);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/\(tensor '[a-z_.]*embed_tokens\.weight'\): shape \[\d+, \d+\] disagrees with config\.json \(expected \[1000000000000000, /);
   });
 
   it('an unsupported model_type lists the supported ones', async () => {
@@ -188,6 +199,34 @@ describe('bad model files', () => {
     fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...cfg, sliding_window: 16 }));
     const model = await loadModel(dir);
     expect(model.config.maxPositions).toBe(16);
+  });
+
+  it('a JSON side file holding null, a list or a number names the file (it was a TypeError)', async () => {
+    const cases: [string, string][] = [
+      ['config.json', 'null'], ['generation_config.json', 'null'], ['generation_config.json', '[1, 2]'], ['model.safetensors.index.json', '7'],
+    ];
+    for (const [name, text] of cases) {
+      const dir = brokenCopy((h) => ({ header: h }));
+      fs.writeFileSync(path.join(dir, name), text);
+      const e = await loadError(dir);
+      expect(e).toBeInstanceOf(ModelFileError);
+      expect(e.message).toContain(`${path.join(dir, name)}: not a JSON object`);
+    }
+    const tok = tokenizerModelDir();
+    fs.writeFileSync(path.join(tok, 'tokenizer_config.json'), 'null');
+    expect(() => TextTokenizer.load(tok)).toThrow(`${path.join(tok, 'tokenizer_config.json')}: not a JSON object (it holds null)`);
+  });
+
+  it('a shard that is a directory is named, not a bare EISDIR', async () => {
+    const dir = brokenCopy((h) => ({ header: h }));
+    const names = Object.keys(JSON.parse(fs.readFileSync(path.join(opt, 'model.safetensors')).subarray(8, 8 + Number(fs.readFileSync(path.join(opt, 'model.safetensors')).readBigUInt64LE(0))).toString()))
+      .filter((k) => k !== '__metadata__');
+    fs.rmSync(path.join(dir, 'model.safetensors'));
+    fs.mkdirSync(path.join(dir, 'shard-1.safetensors'));
+    fs.writeFileSync(path.join(dir, 'model.safetensors.index.json'), JSON.stringify({ weight_map: Object.fromEntries(names.map((n) => [n, 'shard-1.safetensors'])) }));
+    const e = await loadError(dir);
+    expect(e).toBeInstanceOf(ModelFileError);
+    expect(e.message).toContain(`${path.join(fs.realpathSync(dir), 'shard-1.safetensors')}: not a regular file`);
   });
 
   it('a missing directory or config.json', async () => {
@@ -274,5 +313,38 @@ describe('a model whose weights hold NaN or infinity', () => {
         await m.close();
       }
     }
+  });
+});
+
+describe('chat templates', () => {
+  const messages = [{ role: 'user', content: 'hi' }];
+
+  it("chat_template.jinja is the model's template, ahead of tokenizer_config.json's (as transformers); without either there is none", () => {
+    const dir = tokenizerModelDir();
+    expect(TextTokenizer.load(dir)!.applyChatTemplate(messages)).toBe('<s>[user] hi\n[assistant]');
+    fs.writeFileSync(path.join(dir, 'chat_template.jinja'), '{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}');
+    expect(TextTokenizer.load(dir)!.applyChatTemplate(messages)).toBe('<user>hi<assistant>');
+    // a newer checkpoint: the template only in the .jinja file
+    const tc = JSON.parse(fs.readFileSync(path.join(dir, 'tokenizer_config.json'), 'utf8'));
+    delete tc.chat_template;
+    fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify(tc));
+    expect(TextTokenizer.load(dir)!.hasChatTemplate).toBe(true);
+    fs.rmSync(path.join(dir, 'chat_template.jinja'));
+    expect(TextTokenizer.load(dir)!.hasChatTemplate).toBe(false);
+  });
+
+  it('errors name the file the template came from', () => {
+    const dir = tokenizerModelDir();
+    const jinja = path.join(dir, 'chat_template.jinja');
+    fs.writeFileSync(jinja, '{% for m in messages %}');
+    expect(() => TextTokenizer.load(dir)).toThrow(new RegExp(`^${jinja.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: chat_template does not parse`));
+    fs.writeFileSync(jinja, "{{ raise_exception('no system messages') }}");
+    expect(() => TextTokenizer.load(dir)!.applyChatTemplate(messages)).toThrow(`the chat template (${jinja}) fails on these messages: no system messages`);
+    fs.rmSync(jinja);
+    const tc = JSON.parse(fs.readFileSync(path.join(dir, 'tokenizer_config.json'), 'utf8'));
+    fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify({ ...tc, chat_template: 42 }));
+    expect(() => TextTokenizer.load(dir)).toThrow(`${path.join(dir, 'tokenizer_config.json')}: chat_template is neither a string nor a list of named templates`);
+    fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify({ ...tc, chat_template: [{ name: 'tool_use', template: 'x' }, { name: 'default', template: 'D' }] }));
+    expect(TextTokenizer.load(dir)!.applyChatTemplate(messages)).toBe('D');
   });
 });

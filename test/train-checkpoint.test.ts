@@ -78,7 +78,7 @@ describe('the saved model directory', () => {
     });
   }
 
-  it('copies the tokenizer files and generation config', async () => {
+  it('copies the tokenizer files, the chat template and generation config', async () => {
     const src = tmpDir('srcmodel');
     const fixture = path.join(fixturesDir, 'qwen2-tiny');
     for (const f of fs.readdirSync(fixture)) fs.copyFileSync(path.join(fixture, f), path.join(src, f));
@@ -86,6 +86,7 @@ describe('the saved model directory', () => {
     for (const f of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(tok, f), path.join(src, f));
     fs.writeFileSync(path.join(src, 'special_tokens_map.json'), '{"eos_token": "</s>"}');
     fs.writeFileSync(path.join(src, 'generation_config.json'), '{"eos_token_id": 3}');
+    fs.writeFileSync(path.join(src, 'chat_template.jinja'), '{% for m in messages %}{{ m.content }}{% endfor %}');
     const dir = await saveCheckpoint(tmpDir('ckpt'), src, stateFromModel(src, 1));
     for (const f of MODEL_SIDE_FILES) expect(fs.readFileSync(path.join(dir, f)).equals(fs.readFileSync(path.join(src, f))), f).toBe(true);
   });

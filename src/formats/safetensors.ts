@@ -8,6 +8,7 @@ import path from 'node:path';
 import { type FloatDType, DTYPE_BYTES, viewAs } from '../tensor/dtype.js';
 import { Tensor } from '../tensor/tensor.js';
 import { ModelFileError } from '../util/errors.js';
+import { readJsonObject } from '../util/json-file.js';
 
 const DTYPES: Record<string, FloatDType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
 /** Larger headers are refused before allocating them (real ones are a few MB at most). */
@@ -38,6 +39,8 @@ export class SafetensorsFile {
       throw new ModelFileError(file, `cannot open: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
     try {
+      // A directory opens for reading on Linux; reading it then fails with a bare EISDIR.
+      if (!fs.fstatSync(fd).isFile()) throw new ModelFileError(file, 'not a regular file (a directory?)');
       const { tensors, metadata } = readHeader(file, fd);
       return new SafetensorsFile(file, fd, tensors, metadata);
     } catch (e) {
@@ -182,14 +185,8 @@ export class TensorStore {
   }
 
   private static openSharded(dir: string, index: string): TensorStore {
-    let parsed: { weight_map?: Record<string, unknown> };
-    try {
-      parsed = JSON.parse(fs.readFileSync(index, 'utf8'));
-    } catch (e) {
-      throw new ModelFileError(index, `not valid JSON: ${(e as Error).message}`);
-    }
-    const map = parsed.weight_map;
-    if (typeof map !== 'object' || map === null) throw new ModelFileError(index, 'missing "weight_map" object');
+    const map = readJsonObject(index).weight_map;
+    if (typeof map !== 'object' || map === null || Array.isArray(map)) throw new ModelFileError(index, 'missing "weight_map" object');
     const realDir = fs.realpathSync(dir);
     const byName = new Map<string, SafetensorsFile>();
     const files: SafetensorsFile[] = [];

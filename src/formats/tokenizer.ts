@@ -1,11 +1,12 @@
 // Text ↔ token ids with @huggingface/tokenizers from tokenizer.json, and chat templates with
-// @huggingface/jinja when tokenizer_config.json has one.
+// @huggingface/jinja when the model has one (chat_template.jinja or tokenizer_config.json).
 
 import fs from 'node:fs';
 import path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { Template } from '@huggingface/jinja';
 import { ModelFileError, UserError } from '../util/errors.js';
+import { readJsonObject } from '../util/json-file.js';
 
 /** A conversation the model's chat template refuses or fails on (a request's error, not a run's). */
 export class ChatTemplateError extends UserError {}
@@ -28,20 +29,53 @@ export function tokenizerRamBytes(dir: string): number {
   return fs.existsSync(file) ? TOKENIZER_RSS_PER_FILE_BYTE * fs.statSync(file).size : 0;
 }
 
+/** A chat template and the file it came from (named in its errors). */
+interface TemplateSource {
+  text: string;
+  file: string;
+}
+
+/** The chat template of a model directory, as transformers finds it: chat_template.jinja when the
+ *  directory has one (it takes priority over the tokenizer config's entry, which newer
+ *  checkpoints leave out), else tokenizer_config.json's chat_template (a string, or a list of
+ *  named templates whose "default" is the one used). */
+function chatTemplateSource(dir: string, config: Record<string, unknown>): TemplateSource | null {
+  const jinja = path.join(dir, 'chat_template.jinja');
+  if (fs.existsSync(jinja)) {
+    try {
+      return { text: fs.readFileSync(jinja, 'utf8'), file: jinja };
+    } catch (e) {
+      throw new ModelFileError(jinja, `cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+  }
+  const file = path.join(dir, 'tokenizer_config.json');
+  const t = config.chat_template;
+  if (t === undefined || t === null) return null;
+  if (typeof t === 'string') return { text: t, file };
+  if (Array.isArray(t)) {
+    const named = t.find((x: unknown) => (x as { name?: unknown } | null)?.name === 'default') as { template?: unknown } | undefined;
+    if (!named) return null;
+    if (typeof named.template !== 'string') throw new ModelFileError(file, 'chat_template "default" has no "template" string');
+    return { text: named.template, file };
+  }
+  throw new ModelFileError(file, 'chat_template is neither a string nor a list of named templates');
+}
+
 export class TextTokenizer {
   private readonly template: Template | null;
+  private readonly templateFile: string | null;
 
   private constructor(
     private readonly tokenizer: Tokenizer,
     private readonly config: Record<string, unknown>,
     private readonly file: string,
   ) {
-    const t = config.chat_template;
-    const source = typeof t === 'string' ? t : Array.isArray(t) ? (t.find((x) => x?.name === 'default')?.template as string | undefined) : undefined;
+    const source = chatTemplateSource(path.dirname(file), config);
+    this.templateFile = source?.file ?? null;
     try {
-      this.template = source ? new Template(source) : null;
+      this.template = source ? new Template(source.text) : null;
     } catch (e) {
-      throw new ModelFileError(path.join(path.dirname(file), 'tokenizer_config.json'), `chat_template does not parse: ${(e as Error).message}`);
+      throw new ModelFileError(source!.file, `chat_template does not parse: ${(e as Error).message}`);
     }
   }
 
@@ -50,11 +84,12 @@ export class TextTokenizer {
     const file = path.join(dir, 'tokenizer.json');
     if (!fs.existsSync(file)) return null;
     const configFile = path.join(dir, 'tokenizer_config.json');
-    const json = readJson(file);
-    const config = fs.existsSync(configFile) ? readJson(configFile) : {};
+    const json = readJsonObject(file);
+    const config = fs.existsSync(configFile) ? readJsonObject(configFile) : {};
     try {
       return new TextTokenizer(new Tokenizer(json, config), config, file);
     } catch (e) {
+      if (e instanceof ModelFileError) throw e;
       throw new ModelFileError(file, `cannot build the tokenizer: ${(e as Error).message}`);
     }
   }
@@ -98,15 +133,7 @@ export class TextTokenizer {
     } catch (e) {
       // The template's own refusal (raise_exception: "Conversation roles must alternate ...") or a
       // failure on these messages: the conversation's fault, not the run's.
-      throw new ChatTemplateError(`the chat template (${path.join(path.dirname(this.file), 'tokenizer_config.json')}) fails on these messages: ${(e as Error).message}`);
+      throw new ChatTemplateError(`the chat template (${this.templateFile}) fails on these messages: ${(e as Error).message}`);
     }
-  }
-}
-
-function readJson(file: string): Record<string, unknown> {
-  try {
-    return JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new ModelFileError(file, `cannot read JSON: ${(e as Error).message}`);
   }
 }

@@ -6,6 +6,7 @@ import path from 'node:path';
 import type { Backend, ComputeMode } from '../backend/index.js';
 import { TensorStore } from '../formats/safetensors.js';
 import { UserError } from '../util/errors.js';
+import { readJsonObject } from '../util/json-file.js';
 import { ConfigReader, type ModelConfig } from './config.js';
 import { readConfig } from './registry.js';
 import { WeightLoader } from './weights.js';
@@ -34,12 +35,6 @@ export function openModel(dir: string, backend: Backend, mode: ComputeMode, comp
 function eosIds(dir: string, config: ModelConfig): number[] {
   const file = path.join(dir, 'generation_config.json');
   if (!fs.existsSync(file)) return config.eosTokenIds;
-  let raw: Record<string, unknown>;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new UserError(`${file}: cannot read JSON: ${(e as Error).message}`);
-  }
-  const ids = new ConfigReader(file, raw).ids('eos_token_id');
+  const ids = new ConfigReader(file, readJsonObject(file)).ids('eos_token_id');
   return ids.length > 0 ? ids : config.eosTokenIds;
 }

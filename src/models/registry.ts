@@ -2,6 +2,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { ModelFileError } from '../util/errors.js';
+import { readJsonObject } from '../util/json-file.js';
 import type { Architecture } from './architecture.js';
 import { ConfigReader, type ModelConfig } from './config.js';
 import { llama } from './llama.js';
@@ -27,14 +28,8 @@ export function architectureFor(modelType: string, file: string): Architecture {
 /** Reads and checks DIR/config.json. */
 export function readConfig(dir: string): { arch: Architecture; config: ModelConfig; raw: Record<string, unknown> } {
   const file = path.join(dir, 'config.json');
-  let raw: Record<string, unknown>;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    throw new ModelFileError(file, err.code === 'ENOENT' ? 'not found (is this a model directory?)' : `cannot read: ${err.message}`);
-  }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ModelFileError(file, 'not a JSON object');
+  if (!fs.existsSync(file)) throw new ModelFileError(file, 'not found (is this a model directory?)');
+  const raw = readJsonObject(file);
   const reader = new ConfigReader(file, raw);
   const arch = architectureFor(reader.str('model_type'), file);
   return { arch, config: arch.parseConfig(reader), raw };

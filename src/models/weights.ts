@@ -225,7 +225,27 @@ export class WeightLoader {
       while (this.store.has(q(j))) j++;
       throw new ModelFileError(this.store.fileName(q(j)), `missing tensor (config.json says num_hidden_layers = ${this.config.layers})`, q(j));
     }
+    this.checkShapes();
     return packedSizes(this.config, this.names, (n) => this.tensorInfo(n), this.backend, this.mode, (j) => this.matrices(j), this.compressWeight);
+  }
+
+  /** Every named tensor the files hold against the shape config.json implies, from the headers
+   *  alone: a config at odds with its weights (vocab_size 10^15) is named here, before the plan
+   *  sizes buffers from it and reports a RAM shortfall instead. */
+  private checkShapes(): void {
+    const c = this.config;
+    for (const [slot, base] of Object.entries(this.names.global) as [GlobalSlot, string | undefined][]) {
+      if (!base) continue;
+      this.checkedInfo(`${base}.weight`, expectedShape(c, slot, 'weight'), true);
+      this.checkedInfo(`${base}.bias`, expectedShape(c, slot, 'bias'), true);
+    }
+    for (let j = 0; j < c.layers; j++) {
+      for (const slot of Object.keys(this.names.layer) as LayerSlot[]) {
+        const base = this.layerName(slot, j);
+        this.checkedInfo(`${base}.weight`, expectedShape(c, slot, 'weight'), true);
+        this.checkedInfo(`${base}.bias`, expectedShape(c, slot, 'bias'), true);
+      }
+    }
   }
 
   globals(): GlobalWeights {

@@ -103,7 +103,7 @@ function completionPrompts(prompt: unknown, model: ServedModel): number[][] {
 }
 
 function chatPrompt(messages: Body[], model: ServedModel): number[] {
-  if (!model.tokenizer?.hasChatTemplate) throw invalid('the model has no chat template (tokenizer_config.json), so chat completions cannot be used', 'messages');
+  if (!model.tokenizer?.hasChatTemplate) throw invalid('the model has no chat template (chat_template.jinja or tokenizer_config.json), so chat completions cannot be used', 'messages');
   const msgs: ChatMessage[] = messages.map((m) => ({
     // Templates know system, user and assistant; OpenAI's newer 'developer' is a system message.
     role: m.role === 'developer' ? 'system' : (m.role as string),

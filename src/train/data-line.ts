@@ -63,7 +63,7 @@ function parseShape(shape: string, o: Record<string, unknown>, ctx: LineContext)
       const messages = parseMessages(o.messages);
       if (typeof messages === 'string') return fail(messages);
       const tok = tokenizerFor(ctx, '"messages"');
-      if (!tok.hasChatTemplate) return fail('"messages" needs a chat template, and the model\'s tokenizer_config.json has none');
+      if (!tok.hasChatTemplate) return fail('"messages" needs a chat template, and the model has none (chat_template.jinja or tokenizer_config.json)');
       return { kind: 'sequence', ...chatSequence(tok, messages) };
     }
     default:

@@ -15,7 +15,7 @@ import { type TensorProducer, writeTensorFile } from './tensor-file.js';
 import { type F32Source, f32Chunk } from './training-state.js';
 
 /** Files copied from the source model directory when present. */
-export const MODEL_SIDE_FILES = ['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json'];
+export const MODEL_SIDE_FILES = ['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja'];
 
 export interface Weight {
   shape: number[];
