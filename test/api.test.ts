@@ -47,6 +47,21 @@ describe('the package entry point', () => {
 });
 
 describe('options are checked by name', () => {
+  it('runBench and ensureProfile check theirs by name and value (a misspelt genLen ran with none and failed deep inside)', async () => {
+    const base = { model: opt, promptLen: 4, genLen: 2 };
+    await expect(api.runBench({ ...base, gen_len: 2 } as never)).rejects.toThrow(/^runBench\(\) options: unknown option "gen_len" \(known: precision, .*promptLen, genLen, modelCache\)/);
+    await expect(api.runBench({ model: opt, promptLen: 4 } as never)).rejects.toThrow(new RangeError('runBench(): genLen must be an integer >= 1, got undefined'));
+    await expect(api.runBench({ ...base, promptLen: 0 })).rejects.toThrow(new RangeError('runBench(): promptLen must be an integer >= 1, got 0'));
+    await expect(api.runBench({ ...base, config: 'opt-125m' })).rejects.toThrow(/needs exactly one of model \(a directory\) and config/);
+    await expect(api.runBench({ promptLen: 4, genLen: 2 })).rejects.toThrow(/needs exactly one of model/);
+    await expect(api.runBench({ ...base, layers: 1.5 } as never)).rejects.toThrow(/layers must be an integer >= 1, got 1.5/);
+    const r = await api.runBench({ ...base, policy: { gpuBatchSize: 2 } });
+    expect(r.batch).toBe(2);
+    await expect(api.ensureProfile({ quick: 'yes' } as never)).rejects.toThrow(new TypeError('ensureProfile(): quick must be true or false, got "yes"'));
+    await expect(api.ensureProfile({ disk_dir: '/tmp' } as never)).rejects.toThrow(/^ensureProfile\(\) options: unknown option "disk_dir"/);
+    await expect(api.ensureProfile({ threads: 0 })).rejects.toThrow(/threads must be an integer >= 1, got 0/);
+  });
+
   it('unknown keys throw a TypeError naming them, in every options object', async () => {
     await expect(loadModel(opt, { ram: 1 } as never)).rejects.toThrow(new TypeError('loadModel() options: unknown option "ram" (known: precision, backend, threads, policy, diskDir, diskBytes, ramBytes, deviceBytes, log)'));
     await expect(loadModel(opt, { policy: { gpu_batch_size: 2 } as never })).rejects.toThrow(/policy: unknown option "gpu_batch_size"/);
@@ -74,6 +89,18 @@ describe('options are checked by name', () => {
       const positions = JSON.parse(fs.readFileSync(path.join(opt, 'config.json'), 'utf8')).max_position_embeddings;
       const e = results[4] as { tokenIds: number[]; finishReason: string };
       expect([e.tokenIds.length, e.finishReason]).toEqual([positions - 3, 'length']);
+      // An option given as undefined is not given (it replaced the default, then failed its check:
+      // "maxNewTokens must be an integer >= 1, got undefined"); cacheDtype 'auto', as a policy
+      // says it, is the policy's cache type (it was refused).
+      const tokens = async (params: object) => {
+        const out = [];
+        for await (const r of model.generate([{ id: 'x', promptTokenIds: [4, 5, 6] }], params)) out.push('error' in r ? r.error : r.tokenIds);
+        return out;
+      };
+      const plain = await tokens({ maxNewTokens: 3 });
+      expect(await tokens({ maxNewTokens: 3, batchSize: undefined, n: undefined, cacheDtype: 'auto', sampling: { temperature: undefined } })).toEqual(plain);
+      expect(await tokens({ maxNewTokens: undefined })).toEqual(await tokens({}));
+      expect(() => model.generate([], { cacheDtype: 'f8' as never })).toThrow(new RangeError('cacheDtype must be "auto", "f32", "f16" or "q4", got "f8"'));
     } finally {
       await model.close();
     }

@@ -8,10 +8,11 @@ import path from 'node:path';
 import { initModel } from '../models/init.js';
 import { ioStats } from '../tensor/disk/io.js';
 import { getThreads } from '../backend/index.js';
-import { type LoadOptions, loadModel, loadOptionsOf } from './model.js';
+import { LOAD_KEYS, type LoadOptions, loadModel, loadOptionsOf } from './model.js';
 import { type GenerateStats, emptyStats } from './generate.js';
 import { type Policy, policyToJson } from '../policy/policy.js';
 import { snakeKeys } from '../util/json-case.js';
+import { checkKeys } from '../util/names.js';
 import { peakRssBytes } from '../util/peak-rss.js';
 
 export interface BenchOptions extends LoadOptions {
@@ -66,7 +67,23 @@ export function defaultModelCache(): string {
   return path.join(os.homedir(), '.cache', 'tierlm', 'models');
 }
 
+const BENCH_KEYS = [...LOAD_KEYS, 'model', 'config', 'layers', 'promptLen', 'genLen', 'modelCache'];
+
+/** runBench's options by name and value (a misspelt genLen ran with none, then failed deep inside). */
+function checkBenchOptions(o: BenchOptions): void {
+  checkKeys(o, BENCH_KEYS, 'runBench() options');
+  if ((o.model === undefined) === (o.config === undefined)) throw new TypeError('runBench() needs exactly one of model (a directory) and config (a named shape)');
+  for (const k of ['model', 'config', 'modelCache'] as const) {
+    if (o[k] !== undefined && (typeof o[k] !== 'string' || o[k] === '')) throw new TypeError(`runBench(): ${k} must be a non-empty string, got ${JSON.stringify(o[k])}`);
+  }
+  for (const k of ['promptLen', 'genLen'] as const) {
+    if (!Number.isSafeInteger(o[k]) || o[k] < 1) throw new RangeError(`runBench(): ${k} must be an integer >= 1, got ${JSON.stringify(o[k])}`);
+  }
+  if (o.layers !== undefined && (!Number.isSafeInteger(o.layers) || o.layers < 1)) throw new RangeError(`runBench(): layers must be an integer >= 1, got ${JSON.stringify(o.layers)}`);
+}
+
 export async function runBench(o: BenchOptions): Promise<BenchResult> {
+  checkBenchOptions(o);
   const dir = o.model ?? dummyModel(o.config!, o.layers, o.modelCache ?? defaultModelCache());
   const model = await loadModel(dir, loadOptionsOf(o));
   const p = model.policy;

@@ -12,7 +12,7 @@ import type { BlockRunner } from '../schedule/runner.js';
 import type { BlockShape } from '../policy/memory.js';
 import { ContinuousEngine, type RunnerLock } from './continuous.js';
 import { checkKeys } from '../util/names.js';
-import { type RuleName, checkApiValue } from '../util/options.js';
+import { type RuleName, checkApiValue, givenOnly } from '../util/options.js';
 import { type GenerationRequest, type GenerationResult, type RequestError, type RequestNames, REQUEST_KEYS, promptIds } from './requests.js';
 import { GREEDY, type SamplingParams } from './sampling.js';
 import { Sequence, type SequenceLimits, type TokenHook } from './sequence.js';
@@ -42,7 +42,11 @@ export interface GenerateParams {
 }
 
 /** What a caller passes: every field optional, sampling fields too. */
-export type GenerateOptions = Partial<Omit<GenerateParams, 'sampling'>> & { sampling?: Partial<SamplingParams> };
+export type GenerateOptions = Partial<Omit<GenerateParams, 'sampling' | 'cacheDtype'>> & {
+  sampling?: Partial<SamplingParams>;
+  /** 'auto' (as the policy's cache_dtype may say): the policy's cache type, as when not given. */
+  cacheDtype?: CacheDType | 'auto';
+};
 
 export const DEFAULT_PARAMS: GenerateParams = {
   maxNewTokens: 32,
@@ -67,7 +71,8 @@ const SAMPLING_KEYS = Object.keys(GREEDY);
 export function resolveParams(o: GenerateOptions): GenerateParams {
   checkKeys(o, PARAM_KEYS, 'generate() params');
   checkKeys(o.sampling, SAMPLING_KEYS, 'params.sampling');
-  const p: GenerateParams = { ...DEFAULT_PARAMS, ...o, sampling: { ...GREEDY, ...o.sampling } };
+  // (checkParams refuses what the type does not allow: 'auto' is the model's to resolve, before)
+  const p = { ...DEFAULT_PARAMS, ...givenOnly(o), sampling: { ...GREEDY, ...givenOnly(o.sampling) } } as GenerateParams;
   checkParams(p);
   return p;
 }
@@ -272,7 +277,7 @@ export function checkRequestLimits(req: GenerationRequest, hasTokenizer: boolean
 function checkParams(p: GenerateParams): void {
   for (const k of ['maxNewTokens', 'n', 'batchSize', 'numGpuBatches'] as const) checkApiValue(k, p[k]);
   for (const k of SAMPLING_KEYS) checkApiValue(k as RuleName, p.sampling[k as keyof SamplingParams]);
-  if (p.cacheDtype !== 'f32' && p.cacheDtype !== 'f16' && p.cacheDtype !== 'q4') throw new RangeError(`cacheDtype must be "f32", "f16" or "q4", got ${JSON.stringify(p.cacheDtype)}`);
+  if (p.cacheDtype !== 'f32' && p.cacheDtype !== 'f16' && p.cacheDtype !== 'q4') throw new RangeError(`cacheDtype must be "auto", "f32", "f16" or "q4", got ${JSON.stringify(p.cacheDtype)}`);
   if (!Array.isArray(p.stopTokenIds) || !p.stopTokenIds.every((t) => Number.isInteger(t) && t >= 0)) throw new RangeError('stopTokenIds must be an array of non-negative integers');
   for (const k of ['stopAtEos', 'logprobs'] as const) if (typeof p[k] !== 'boolean') throw new TypeError(`${k} must be true or false, got ${JSON.stringify(p[k])}`);
   if (p.onToken !== undefined && typeof p.onToken !== 'function') throw new TypeError('onToken must be a function');

@@ -9,7 +9,7 @@ import { openModel } from '../models/load.js';
 import { Transformer } from '../models/transformer.js';
 import { type Policy, cacheDtypeOf, policyFromOptions, shares } from '../policy/policy.js';
 import { checkKeys } from '../util/names.js';
-import { checkApiValue } from '../util/options.js';
+import { checkApiValue, givenOnly } from '../util/options.js';
 import { BlockRunner } from '../schedule/runner.js';
 import { selectBf16Kernel } from '../backend/cpu/bf16-kernel.js';
 import { savedBf16Kernel } from '../policy/profile.js';
@@ -46,7 +46,7 @@ export interface LoadOptions {
   log?: (msg: string) => void;
 }
 
-const LOAD_KEYS = ['precision', 'backend', 'threads', 'policy', 'diskDir', 'diskBytes', 'ramBytes', 'deviceBytes', 'log'] as const;
+export const LOAD_KEYS = ['precision', 'backend', 'threads', 'policy', 'diskDir', 'diskBytes', 'ramBytes', 'deviceBytes', 'log'] as const;
 
 /** The LoadOptions fields of a larger options object (a benchmark's, say). */
 export function loadOptionsOf(o: LoadOptions): LoadOptions {
@@ -176,7 +176,9 @@ export class LanguageModel {
   private resolve(params: GenerateOptions): GenerateParams {
     // compress_cache stores the KV cache 4-bit whatever the call asks for.
     const cache = this.policy.compressCache ? { cacheDtype: 'q4' as const } : {};
-    return resolveParams({ batchSize: this.policy.gpuBatchSize, numGpuBatches: this.policy.numGpuBatches, cacheDtype: cacheDtypeOf(this.policy), ...params, ...cache });
+    const given = givenOnly(params);
+    if (given.cacheDtype === 'auto') delete given.cacheDtype;
+    return resolveParams({ batchSize: this.policy.gpuBatchSize, numGpuBatches: this.policy.numGpuBatches, cacheDtype: cacheDtypeOf(this.policy), ...given, ...cache });
   }
 
   private generator(): Generator {

@@ -32,6 +32,8 @@ import { UserError } from '../util/errors.js';
 import { formatSize } from '../tensor/tiers/size.js';
 import { runInChild } from '../util/child.js';
 import { camelKeys, snakeKeys, toSnake } from '../util/json-case.js';
+import { checkKeys } from '../util/names.js';
+import { checkApiValue } from '../util/options.js';
 
 /** What the profile says about the page size packed weights get (`tierlm profile` prints it). */
 export { hugePageStatus };
@@ -643,6 +645,13 @@ export interface EnsureOptions {
 /** The saved profile; if there is none, measures one (quick unless told otherwise), saves it and
  *  returns it. A malformed saved file is an error (ProfileFileError), not silently replaced. */
 export async function ensureProfile(opts: EnsureOptions = {}): Promise<HardwareProfile> {
+  checkKeys(opts, ['file', 'diskDir', 'quick', 'threads', 'sizes', 'log'], 'ensureProfile() options');
+  for (const k of ['file', 'diskDir'] as const) {
+    if (opts[k] !== undefined && (typeof opts[k] !== 'string' || opts[k] === '')) throw new TypeError(`ensureProfile(): ${k} must be a non-empty string, got ${JSON.stringify(opts[k])}`);
+  }
+  if (opts.quick !== undefined && typeof opts.quick !== 'boolean') throw new TypeError(`ensureProfile(): quick must be true or false, got ${JSON.stringify(opts.quick)}`);
+  if (opts.threads !== undefined) checkApiValue('threads', opts.threads);
+  if (opts.log !== undefined && typeof opts.log !== 'function') throw new TypeError('ensureProfile(): log must be a function');
   const file = opts.file ?? defaultProfilePath();
   const quick = opts.quick ?? true;
   const log = opts.log ?? (() => {});

@@ -56,3 +56,10 @@ export function checkApiValue(rule: RuleName, v: unknown): void {
   const msg = checkValue(rule, v, 'api');
   if (msg) throw typeof v === 'number' ? new RangeError(msg) : new TypeError(msg);
 }
+
+/** O without its keys whose value is undefined: an option given as undefined means "not given"
+ *  (spread over defaults it would replace them with undefined, then fail their checks). */
+export function givenOnly<T extends object>(o: T | undefined): Partial<T> {
+  if (o === undefined || o === null || typeof o !== 'object') return (o ?? {}) as Partial<T>;
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
