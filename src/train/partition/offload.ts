@@ -20,6 +20,7 @@ import { SafetensorsFile } from '../../formats/safetensors.js';
 import type { Precision } from '../../optim/state.js';
 import { Tensor } from '../../tensor/tensor.js';
 import { UserError } from '../../util/errors.js';
+import { namedError, writeFully } from '../../util/write-fully.js';
 import { fillStates } from '../offload/init.js';
 import type { Layout as OffloadLayout, StateKind } from '../offload/layout.js';
 import type { StreamingAdamW } from '../offload/optimizer.js';
@@ -65,10 +66,16 @@ export class DiskSlices {
 
   private io(dir: 'read' | 'write', kind: StateKind, g: number, bytes: Uint8Array): void {
     const at = this.layout.offsets[kind][g]!, t0 = performance.now();
-    for (let done = 0; done < bytes.byteLength;) {
-      const n = dir === 'read' ? fs.readSync(this.fd(kind), bytes, done, bytes.byteLength - done, at + done)
-        : fs.writeSync(this.fd(kind), bytes, done, bytes.byteLength - done, at + done);
-      if (n === 0) throw new Error(`${this.states.path(kind)}: ends inside slice ${g}`);
+    const file = this.states.path(kind);
+    if (dir === 'write') writeFully(this.fd(kind), bytes, file, at);
+    for (let done = 0; dir === 'read' && done < bytes.byteLength;) {
+      let n: number;
+      try {
+        n = fs.readSync(this.fd(kind), bytes, done, bytes.byteLength - done, at + done);
+      } catch (e) {
+        throw namedError(file, 'reading', e);
+      }
+      if (n === 0) throw new Error(`${file}: ends inside slice ${g}`);
       done += n;
     }
     this.states.io.counted(kind === 'grad' ? 'backward' : this.phase, kind, dir, bytes.byteLength, t0, performance.now());
