@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { ResultWriter } from '../src/formats/jsonl.js';
+import { initModel } from '../src/models/init.js';
 import { SpillFiles } from '../src/schedule/spill-files.js';
 import { writeFileDurable } from '../src/util/atomic.js';
 import { writeFully } from '../src/util/write-fully.js';
@@ -36,6 +37,27 @@ describe('writes', () => {
     fs.closeSync(fd);
     expect(err?.message).toBe(`${file}: writing failed: ENOSPC: no space left on device, write`);
     expect(err?.code).toBe('ENOSPC');
+  });
+
+  it('init that fills the disk leaves no half-written model, and no directory it made', () => {
+    const parent = tmpDir('init-enospc');
+    const real = fs.writeSync;
+    let bytes = 0;
+    // the disk takes 64 KiB, then fails (the header and config.json fit; the weights do not)
+    vi.spyOn(fs, 'writeSync').mockImplementation(((fd: number, b: Uint8Array, ...rest: unknown[]) => {
+      bytes += typeof b === 'string' ? Buffer.byteLength(b) : b.byteLength;
+      if (bytes > 64 << 10) throw enospc();
+      return (real as (...a: unknown[]) => number)(fd, b, ...rest);
+    }) as never);
+    const fresh = path.join(parent, 'new-model');
+    expect(() => initModel({ config: 'opt-test', out: fresh })).toThrow(/model\.safetensors: writing failed: ENOSPC/);
+    expect(fs.existsSync(fresh)).toBe(false);
+    // into a directory that was there (--force): its other files stay, the model's are gone
+    const existing = tmpDir('init-enospc-existing');
+    fs.writeFileSync(path.join(existing, 'notes.txt'), 'mine');
+    bytes = 0;
+    expect(() => initModel({ config: 'opt-test', out: existing })).toThrow(/ENOSPC/);
+    expect(fs.readdirSync(existing)).toEqual(['notes.txt']);
   });
 
   it('an atomic update that fails leaves the old file and no temporary, naming the file', () => {

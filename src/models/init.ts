@@ -27,7 +27,20 @@ export function initModel(o: InitOptions): { bytes: number; tensors: number } {
   const dtype = o.dtype ?? 'f16';
   Object.assign(json, o.overrides ?? {});
   json.torch_dtype = TORCH_DTYPE[dtype];
-  fs.mkdirSync(o.out, { recursive: true });
+  // A failed init (a full disk, say) leaves nothing of its own behind: no half-written model that
+  // a later load would take for a whole one, and no directory it made.
+  const made = fs.mkdirSync(o.out, { recursive: true });
+  const files = ['config.json', 'model.safetensors', 'generation_config.json'].map((f) => path.join(o.out, f));
+  try {
+    return writeModel(o, json, dtype);
+  } catch (e) {
+    for (const f of files) fs.rmSync(f, { force: true });
+    if (made) fs.rmSync(made, { recursive: true, force: true });
+    throw e;
+  }
+}
+
+function writeModel(o: InitOptions, json: Record<string, unknown>, dtype: FloatDType): { bytes: number; tensors: number } {
   const configFile = path.join(o.out, 'config.json');
   fs.writeFileSync(configFile, JSON.stringify(json, null, 2) + '\n');
   const arch = architectureFor(String(json.model_type), configFile);
