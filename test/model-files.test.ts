@@ -5,6 +5,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { loadModel } from '../src/index.js';
 import { SafetensorsFile } from '../src/formats/safetensors.js';
 import { TextTokenizer } from '../src/formats/tokenizer.js';
+import { WeightLoader } from '../src/models/weights.js';
 import { ModelFileError } from '../src/util/errors.js';
 import { cli } from './helpers/cli.js';
 import { fixturesDir, tmpDir } from './helpers/fixtures.js';
@@ -227,6 +228,18 @@ describe('bad model files', () => {
     const e = await loadError(dir);
     expect(e).toBeInstanceOf(ModelFileError);
     expect(e.message).toContain(`${path.join(fs.realpathSync(dir), 'shard-1.safetensors')}: not a regular file`);
+  });
+
+  it("a weight larger than Node's largest buffer is named with what to do (a bare 'Invalid typed array length' otherwise)", async () => {
+    const saved = WeightLoader.maxBufferBytes;
+    WeightLoader.maxBufferBytes = 1000;
+    try {
+      const e = await loadError(opt);
+      expect(e).toBeInstanceOf(ModelFileError);
+      expect(e.message).toMatch(/model\.safetensors \(tensor '[^']+'\): packed as \w+, this weight takes [\d.]+ KiB, more than the largest buffer this Node\.js allows \(1000 B\): load it with --compress-weight/);
+    } finally {
+      WeightLoader.maxBufferBytes = saved;
+    }
   });
 
   it('a missing directory or config.json', async () => {

@@ -1,10 +1,12 @@
 // Loads a checkpoint's tensors into the backend: GEMM weights packed once, norms and biases as
 // float32 vectors. Every tensor's shape is checked against config.json first.
 
+import { constants } from 'node:buffer';
 import { type AnyWeight, type Backend, type ComputeMode, type PackedWeight, weightFormatFor } from '../backend/index.js';
 import type { TensorStore } from '../formats/safetensors.js';
 import { DTYPE_BYTES, toFloat32, viewAs } from '../tensor/dtype.js';
 import { Tensor } from '../tensor/tensor.js';
+import { formatSize } from '../tensor/tiers/size.js';
 import { ModelFileError } from '../util/errors.js';
 import { type GlobalSlot, type LayerSlot, type NameTable, expectedShape } from './architecture.js';
 import type { ModelConfig } from './config.js';
@@ -99,6 +101,8 @@ export class WeightLoader {
    *  bytes as packing the whole tensor. Bounded in bytes, not rows: 2048 rows of a 28672-wide
    *  f32 weight would be 224 MiB. */
   static readonly PACK_CHUNK_BYTES = 2 ** 20;
+  /** The largest buffer a weight may be packed into (Node's typed-array limit; tests lower it). */
+  static maxBufferBytes: number = constants.MAX_LENGTH;
   private chunk = { buf: new ArrayBuffer(0) };
 
   /**
@@ -131,7 +135,14 @@ export class WeightLoader {
   /** A GEMM weight packed into a buffer of its own, through packChunks. */
   private packStreaming(name: string, slot: LayerSlot | GlobalSlot): PackedWeight {
     const { format, n, k } = this.packedShape(name, slot);
-    const whole = this.backend.kernels.packedBuffer(this.backend.kernels.packedByteLength(format, n, k));
+    const bytes = this.backend.kernels.packedByteLength(format, n, k);
+    if (bytes > WeightLoader.maxBufferBytes) {
+      // (a bare "Invalid typed array length" otherwise; Node 20 allows 4 GiB, a 405B model's f32 head is 8)
+      throw new ModelFileError(this.store.fileName(name), `packed as ${format}, this weight takes ${formatSize(bytes)}, more than the largest ` +
+        `buffer this Node.js allows (${formatSize(WeightLoader.maxBufferBytes)}): load it with --compress-weight (4-bit), ` +
+        'or on a newer Node.js', name);
+    }
+    const whole = this.backend.kernels.packedBuffer(bytes);
     const chunks = this.packChunks(name, slot, (offset, bytes) => whole.subarray(offset, offset + bytes));
     while (!chunks.next().done);
     return this.backend.packedWeight(format, this.mode, n, k, whole, name);
