@@ -26,6 +26,8 @@ describe('Scheduler', () => {
   it('gives each request, with its own params, what it gets alone', async () => {
     const s = model.scheduler({ maxNewTokens: 5, stopAtEos: false });
     expect(model.scheduler()).toBe(s);
+    // a second call's params are not used, but a bad one still throws (it was silently ignored)
+    expect(() => model.scheduler({ maxNewTokens: 0 })).toThrow(new RangeError('maxNewTokens must be an integer >= 1, got 0'));
     const reqs: GenerationRequest[] = fixturePrompts().map((p, i) => ({
       id: p.id, promptTokenIds: p.prompt_token_ids,
       ...(i % 2 ? { maxNewTokens: 2 + i, logprobs: true } : { topLogprobs: 3, sampling: { temperature: 0.9, seed: i } }),

@@ -164,11 +164,13 @@ export class LanguageModel {
   }
 
   /** The continuous-batching scheduler of this model, created on the first call (a second call
-   *  returns the same one, and its params are ignored). `params` are the defaults each request
-   *  may override. Bad params, and a call after close(), throw. */
+   *  returns the same one, and its params are checked, then ignored). `params` are the defaults
+   *  each request may override. Bad params, and a call after close(), throw. */
   scheduler(params: GenerateOptions = {}): Scheduler {
     if (this.closed) throw new Error('scheduler() was called after close(): load the model again');
-    this.sched ??= new Scheduler(this.generator(), this.resolve(params));
+    // Checked on every call, though only the first call's are used: a bad value is never silent.
+    const p = this.resolve(params);
+    this.sched ??= new Scheduler(this.generator(), p);
     return this.sched;
   }
 
