@@ -120,7 +120,7 @@ describe.each(['fp32', 'bf16'])('tierlm train --resume after SIGKILL (%s)', (pre
 });
 
 describe('resuming with other options', () => {
-  it('is refused, naming the option and both values; other data is refused by its fingerprint', () => {
+  it('is refused, naming the option and both values; other data is refused by its fingerprint', async () => {
     const dir = tmpDir('train-resume');
     const data = path.join(dir, 'data.jsonl');
     writeData(data);
@@ -132,6 +132,11 @@ describe('resuming with other options', () => {
       expect(r.code).toBe(1);
       expect(r.stderr).toContain(`cannot resume: ${flag} is ${flag === '--precision' ? `"${value}"` : value}, the run being resumed used ${was}`);
     }
+    // the API names its own options (it was told "--seq-len ... in another --out")
+    const api = async () => {
+      for await (const _ of train({ model, data, out, maxSteps: 2, batchSize: 2, seqLen: 64, resume: true })) void _;
+    };
+    await expect(api()).rejects.toThrow(/cannot resume: seqLen is 64, the run being resumed used 32; resume with the same value, or start a new run in another out$/);
     const other = cli(['train', '--model', path.join(FIX, 'llama-train'), ...base.slice(3), '--resume']);
     expect(other.stderr).toMatch(/cannot resume: model config.json sha256 is "[0-9a-f]+", the run being resumed used/);
     fs.appendFileSync(data, '{"token_ids": [1, 2, 3]}\n');

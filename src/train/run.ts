@@ -31,7 +31,7 @@ import type { OffloadStepStats } from './offload/stats.js';
 import { type Comm, worldComm } from '../dist/comm.js';
 import { rankEnv, threadsPerRank } from '../dist/env.js';
 import { loadPartitioned, savePartitioned } from './partition/checkpoint.js';
-import { optionName } from '../util/names.js';
+import { nameStyle, optionName } from '../util/names.js';
 
 export interface TrainStepMetrics {
   /** Optimizer steps count from 1. */
@@ -188,15 +188,21 @@ function checkResume(dir: string, math: Record<string, string | number>, ranks: 
   const savedRanks = savedOptions(dir)?.ranks ?? 1;
   if (savedRanks !== ranks) {
     throw new UserError(`${dir}: cannot resume: the run was saved by ${savedRanks} rank${savedRanks === 1 ? '' : 's'}, this one has ${ranks}; ` +
-      `resume with the same number (${savedRanks === 1 ? 'without mpirun' : `mpirun -np ${savedRanks}`}), or start a new run in another --out`);
+      `resume with the same number (${savedRanks === 1 ? 'without mpirun' : `mpirun -np ${savedRanks}`}), or start a new run in another ${optionName('out')}`);
   }
   const saved = savedMathOptions(dir);
   for (const [k, v] of Object.entries(math)) {
     if (saved && saved[k] !== v) {
-      throw new UserError(`${dir}: cannot resume: ${k} is ${JSON.stringify(v)}, the run being resumed used ${JSON.stringify(saved[k] ?? null)}; ` +
-        'resume with the same value, or start a new run in another --out');
+      throw new UserError(`${dir}: cannot resume: ${shownKey(k)} is ${JSON.stringify(v)}, the run being resumed used ${JSON.stringify(saved[k] ?? null)}; ` +
+        `resume with the same value, or start a new run in another ${optionName('out')}`);
     }
   }
+}
+
+/** A saved option's name as this caller spells it: checkpoints store the flags (`--seq-len`), which
+ *  the API calls `seqLen`. */
+function shownKey(key: string): string {
+  return key.startsWith('--') && nameStyle() === 'api' ? key.slice(2).replace(/-([a-z])/g, (_, c: string) => c.toUpperCase()) : key;
 }
 
 /** Loads the checkpoint `dir` into the trainer's states (checked first; an offloaded trainer
