@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import OpenAI, { toFile } from 'openai';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { type LanguageModel, loadModel } from '../src/engine/model.js';
 import { engineFor } from '../src/openai/complete.js';
 import { type Server, buildServer } from '../src/server/app.js';
@@ -207,6 +207,34 @@ describe('errors, in OpenAI\'s format', () => {
     expect(purpose).toBeInstanceOf(OpenAI.BadRequestError);
     expect(purpose.error.param).toBe('purpose');
     expect(fs.readdirSync(path.join(dir, 'data', 'files'))).toEqual([]);
+  });
+
+  it('a full data directory: 507 insufficient_storage, nothing half-stored, and the server goes on', async () => {
+    const data = fs.realpathSync(path.join(dir, 'data'));
+    const real = fs.writeSync;
+    // every write into the data directory fails as on a full disk (the upload's stream is written;
+    // the file's object, written durably, is not)
+    const spy = vi.spyOn(fs, 'writeSync').mockImplementation(((fd: number, ...rest: unknown[]) => {
+      if (fs.readlinkSync(`/proc/self/fd/${fd}`).startsWith(data)) {
+        throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', errno: -28 });
+      }
+      return (real as (...a: unknown[]) => number)(fd, ...rest);
+    }) as never);
+    const before = fs.readdirSync(path.join(data, 'files'));
+    try {
+      const full = await client.files.create({ file: await toFile(Buffer.from('{"custom_id":"a"}\n'), 'x.jsonl'), purpose: 'batch' }).catch((e) => e);
+      expect(full.status).toBe(507);
+      expect(full.error).toMatchObject({ type: 'server_error', code: 'insufficient_storage' });
+      expect(full.error.message).toMatch(/the server cannot store this: .*files.*ENOSPC/);
+    } finally {
+      spy.mockRestore();
+    }
+    // nothing listed, no temporary left; the next upload is stored
+    expect((await client.files.list()).data.map((f) => f.id).filter((id) => !before.includes(`${id}.json`))).toEqual([]);
+    expect(fs.readdirSync(path.join(data, 'files')).filter((f) => !before.includes(f))).toEqual([]);
+    const ok = await client.files.create({ file: await toFile(Buffer.from('{"custom_id":"a"}\n'), 'x.jsonl'), purpose: 'batch' });
+    expect((await client.files.retrieve(ok.id)).bytes).toBe(18);
+    await client.files.delete(ok.id);
   });
 
   it('400 for stream_options without stream, and for a max_tokens past the context; a message name reaches the template', async () => {

@@ -57,8 +57,15 @@ export function addBatchRoutes(app: FastifyInstance, store: Store, jobs: BatchJo
       }
       if (filename === null) throw invalid("Missing required parameter: 'file'.", 'file', 'missing_required_parameter');
       if (purpose !== 'batch') throw invalid(`purpose must be "batch" (the only purpose tierlm serves), got ${JSON.stringify(purpose)}`, 'purpose');
-      fs.renameSync(tmp, store.contentPath(id)!);
-      return store.putFile(id, filename, 'batch');
+      const content = store.contentPath(id)!;
+      fs.renameSync(tmp, content);
+      try {
+        return store.putFile(id, filename, 'batch');
+      } catch (e) {
+        // (a full disk: the object could not be written, and content without one is never listed nor removed)
+        fs.rmSync(content, { force: true });
+        throw e;
+      }
     } catch (e) {
       fs.rmSync(tmp, { force: true });
       if ((e as { code?: string }).code === 'FST_REQ_FILE_TOO_LARGE') throw new ApiError(413, `the file is larger than ${o.fileLimit} bytes`, 'invalid_request_error', 'file', 'file_too_large');
