@@ -3,11 +3,12 @@
 // naming them, messages name API options rather than CLI flags, generate() after close() throws.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import * as api from '../src/index.js';
 import { loadModel } from '../src/index.js';
-import { repoRoot, fixturesDir, tmpDir } from './helpers/fixtures.js';
+import { longContextModel, repoRoot, fixturesDir, tmpDir } from './helpers/fixtures.js';
 
 const opt = path.join(fixturesDir, 'opt-tiny');
 const doc = fs.readFileSync(path.join(repoRoot, 'docs/api.md'), 'utf8');
@@ -104,6 +105,36 @@ describe('options are checked by name', () => {
     } finally {
       await model.close();
     }
+  });
+
+  it("untilContext without a RAM limit runs to what a block fits in 80% of the machine's memory, as under that limit", async () => {
+    // (never tested: it needs a machine's worth of positions; the machine is made small instead)
+    const dir = longContextModel();
+    const length = async (options: object) => {
+      const m = await loadModel(dir, { policy: { gpuBatchSize: 2 }, ...options });
+      try {
+        const out = [];
+        for await (const r of m.generate([{ id: 'e', promptTokenIds: [3, 4, 5], untilContext: true }], { stopAtEos: false })) {
+          out.push('error' in r ? r.error : [r.tokenIds.length, r.finishReason]);
+        }
+        return out;
+      } finally {
+        await m.close();
+      }
+    };
+    const limited = await length({ ramBytes: 4 << 20 });
+    const spy = vi.spyOn(os, 'totalmem').mockReturnValue((4 << 20) / 0.8);
+    let machine;
+    try {
+      machine = await length({});
+    } finally {
+      spy.mockRestore();
+    }
+    expect(machine).toEqual(limited);
+    const [[tokens, reason]] = limited as [[number, string]];
+    expect(reason).toBe('length');
+    expect(tokens).toBeGreaterThan(500);
+    expect(tokens).toBeLessThan(1_000_000 - 3);
   });
 
   it('messages name API options, not CLI flags', async () => {
