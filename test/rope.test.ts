@@ -61,6 +61,10 @@ describe('rope_scaling in config.json', () => {
     expect(parse({ rope_parameters: l3 }).positions).toMatchObject({ theta: 500000, scaling: { type: 'llama3', factor: 32 } });
     expect(parse({ rope_parameters: { rope_type: 'default', rope_theta: 1e6 } }).positions).toEqual({ kind: 'rope', theta: 1e6, rotaryDim: 8, scaling: null });
     expect(() => parse({ rope_parameters: { rope_type: 'yarn', rope_theta: 1e6, factor: 4 } })).toThrow(/field "rope_parameters\.rope_type" "yarn" is not supported yet/);
+    // rope_scaling added beside them is the scaling (it was ignored: positions unscaled, no error)
+    const saved = { rope_parameters: { rope_type: 'default', rope_theta: 10000 } };
+    expect(parse({ ...saved, rope_scaling: { type: 'linear', factor: 4 } }).positions).toEqual({ kind: 'rope', theta: 10000, rotaryDim: 8, scaling: { type: 'linear', factor: 4 } });
+    expect(() => parse({ ...saved, rope_scaling: { type: 'yarn', factor: 4, original_max_position_embeddings: 32 } })).toThrow(/field "rope_scaling\.type" "yarn" is not supported yet/);
   });
 
   it('refuses the types not implemented, and bad fields, naming the field', () => {

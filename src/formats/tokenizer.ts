@@ -62,8 +62,12 @@ function chatTemplateSource(dir: string, config: Record<string, unknown>): Templ
 }
 
 export class TextTokenizer {
-  private readonly template: Template | null;
+  private readonly template: Template | null = null;
   private readonly templateFile: string | null;
+  /** Why the model's template could not be parsed: @huggingface/jinja lacks some of Python
+   *  Jinja's syntax (`//`, `**`, `{% do %}`, some filters). Like transformers, the model still
+   *  loads; only conversations fail, each with this. */
+  private readonly templateError: string | null = null;
 
   private constructor(
     private readonly tokenizer: Tokenizer,
@@ -75,7 +79,7 @@ export class TextTokenizer {
     try {
       this.template = source ? new Template(source.text) : null;
     } catch (e) {
-      throw new ModelFileError(source!.file, `chat_template does not parse: ${(e as Error).message}`);
+      this.templateError = `${source!.file}: chat_template does not parse: ${(e as Error).message}`;
     }
   }
 
@@ -94,24 +98,44 @@ export class TextTokenizer {
     }
   }
 
-  /** Special tokens (BOS) are added as the tokenizer's post-processor says, unless the text
-   *  came from a chat template, which writes them itself. */
+  /** Special tokens (BOS, EOS) are added as the tokenizer's post-processor says, unless the text
+   *  came from a chat template, which writes them itself — or as tokenizer_config.json's
+   *  add_bos_token / add_eos_token say where it gives them: transformers' Llama tokenizers
+   *  rebuild their post-processor from those flags. */
   encode(text: string, addSpecialTokens = true): number[] {
-    return this.tokenizer.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+    const withSpecial = this.tokenizer.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+    const { add_bos_token: wantBos, add_eos_token: wantEos } = this.config;
+    if (!addSpecialTokens || (typeof wantBos !== 'boolean' && typeof wantEos !== 'boolean')) return withSpecial;
+    const plain = this.tokenizer.encode(text, { add_special_tokens: false }).ids;
+    const bos = this.tokenId('bos_token'), eos = this.tokenId('eos_token');
+    // What the post-processor added, for a flag the config leaves out.
+    const added = withSpecial.length > plain.length;
+    const hasBos = typeof wantBos === 'boolean' ? wantBos : added && withSpecial[0] === bos;
+    const hasEos = typeof wantEos === 'boolean' ? wantEos : added && withSpecial.at(-1) === eos;
+    return [...(hasBos && bos !== null ? [bos] : []), ...plain, ...(hasEos && eos !== null ? [eos] : [])];
   }
 
+  private tokenId(name: string): number | null {
+    const t = this.specialToken(name);
+    return t === '' ? null : this.tokenizer.token_to_id(t) ?? null;
+  }
+
+  /** Without clean_up_tokenization_spaces, whatever the config says (as vLLM, and transformers'
+   *  own default): that cleanup (" 's" → "'s", " ." → ".") is not incremental, so streamed pieces,
+   *  logprob tokens and stop strings, all decoded a token at a time, would disagree with a text
+   *  decoded whole — the stream repeated itself and a stop string was never seen. */
   decode(ids: number[]): string {
-    return this.tokenizer.decode(ids, { skip_special_tokens: true });
+    return this.tokenizer.decode(ids, { skip_special_tokens: true, clean_up_tokenization_spaces: false });
   }
 
+  /** Whether the model has a chat template (one that does not parse included: its conversations fail). */
   get hasChatTemplate(): boolean {
-    return this.template !== null;
+    return this.templateFile !== null;
   }
 
   /** The id of tokenizer_config.json's eos_token, or null when it names none (or an unknown token). */
   get eosTokenId(): number | null {
-    const eos = this.specialToken('eos_token');
-    return eos === '' ? null : this.tokenizer.token_to_id(eos) ?? null;
+    return this.tokenId('eos_token');
   }
 
   private specialToken(name: string): string {
@@ -122,6 +146,7 @@ export class TextTokenizer {
   /** Renders a conversation with the model's chat template: ready for the assistant's turn
    *  (generation), or as it stands (training data, whose last message is the assistant's). */
   applyChatTemplate(messages: ChatMessage[], addGenerationPrompt = true): string {
+    if (this.templateError) throw new ChatTemplateError(this.templateError);
     if (!this.template) throw new UserError(`${this.file}: the model has no chat_template, so "messages" cannot be used`);
     try {
       return this.template.render({

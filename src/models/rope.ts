@@ -31,7 +31,9 @@ export function parseRope(config: ConfigReader, headDim: number, defaultTheta: n
   const theta = thetaFrom.num('rope_theta', defaultTheta);
   if (!(theta > 0)) throw thetaFrom.error('rope_theta', `(${theta}) must be a number > 0`);
   const partial = from('partial_rotary_factor').num('partial_rotary_factor', 1);
-  return { kind: 'rope', theta, rotaryDim: Math.round(headDim * partial), scaling: parseRopeScaling(params ?? config.object('rope_scaling')) };
+  // rope_scaling beside rope_parameters (a user adding it, as model cards say, to a config that
+  // transformers 5 saved) is the one that counts, as transformers 5 reads it: it was ignored.
+  return { kind: 'rope', theta, rotaryDim: Math.round(headDim * partial), scaling: parseRopeScaling(config.object('rope_scaling') ?? params) };
 }
 
 /** The scaling an object of rope_scaling's form describes (none: null, or rope_type "default"). */
