@@ -254,8 +254,12 @@ export class ChunkStream {
       const index = choiceIndex(this.p, prompt, j);
       const text = s.text ?? '';
       const sent = this.sent.get(index) ?? '';
-      // Sent text is always a prefix of the final text (stop sequences are held back above).
-      const rest = text.startsWith(sent) ? text.slice(sent.length) : text;
+      // Sent text is a prefix of the final text (stop sequences are held back above, and text is
+      // decoded without the non-incremental cleanup). Were it not, what follows the common part
+      // is sent, never the whole text again (the client would hold it twice).
+      let common = 0;
+      while (common < sent.length && common < text.length && sent[common] === text[common]) common++;
+      const rest = text.slice(common);
       const chat = this.p.endpoint === '/v1/chat/completions';
       const logprobs = this.p.logprobs === null ? null : chat ? chatLogprobs(model, s) : completionLogprobs(model, s, this.p.logprobs);
       this.delta(index, rest, s.finishReason, logprobs);
