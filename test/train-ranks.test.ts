@@ -7,11 +7,12 @@
 //
 // Needs OpenMPI (mpirun, and the MPI addon `npm install` builds when libopenmpi-dev is present).
 // Without it these tests are skipped, except under CI=true, where a missing MPI is a failure.
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { cli } from './helpers/cli.js';
-import { readJsonl, tmpDir } from './helpers/fixtures.js';
+import { readJsonl, repoRoot, tmpDir } from './helpers/fixtures.js';
 import { type Line, ci, dataFile, expectSameRun, haveMpi, mpirun } from './helpers/ranks.js';
 import { TRAIN_FIXTURES } from './helpers/train.js';
 
@@ -72,5 +73,28 @@ describe.skipIf(!haveMpi && !ci)('tierlm train under mpirun', () => {
     const broken = mpirun(2, [...common, '--out', cut, '--max-steps', '6', '--resume']);
     expect(broken.code).not.toBe(0);
     expect(broken.stderr).toMatch(/tierlm: rank 1 of 2: .*optimizer-rank-1-of-2\.safetensors: missing/);
+  });
+
+  it('ranks given different data are refused before any step (they planned other step counts and one hung in a collective)', () => {
+    const dir = tmpDir('train-ranks-data');
+    const model = path.join(TRAIN_FIXTURES, 'opt-train');
+    const data = dataFile(dir);
+    const more = path.join(dir, 'more.jsonl');
+    fs.writeFileSync(more, fs.readFileSync(data, 'utf8').repeat(3));
+    const same = path.join(dir, 'same-size.jsonl');
+    // the same number of sequences, other tokens: it trained on different data without a word
+    fs.writeFileSync(same, fs.readFileSync(data, 'utf8').replace(/\[(\d+)/g, (_, t: string) => `[${(Number(t) + 1) % 50}`));
+    for (const other of [more, same]) {
+      const rank = (file: string, out: string) => ['-np', '1', process.execPath, '--import', 'tsx', path.join(repoRoot, 'src/cli/run.ts'), 'train',
+        '--model', model, '--data', file, '--out', out, '--batch-size', '1', '--threads', '1'];
+      const out = path.join(dir, `out-${path.basename(other)}`);
+      const r = spawnSync('mpirun', ['--allow-run-as-root', '--oversubscribe', ...rank(data, out), ':', ...rank(other, out)], {
+        cwd: repoRoot, encoding: 'utf8', timeout: 120_000, env: { ...process.env, OMPI_MCA_mpi_yield_when_idle: '1' },
+      });
+      expect(r.error, 'mpirun timed out (a rank hung)').toBeUndefined();
+      expect(r.status).not.toBe(0);
+      expect(r.stderr).toMatch(/the ranks were not given the same training data and options: rank 1 differs from rank 0 \(rank 0: \d+ sequences, rank 1: \d+ sequences\); give every rank the same --data, --eval-data and options/);
+      expect(fs.existsSync(path.join(out, 'metrics.jsonl'))).toBe(false);
+    }
   });
 });

@@ -76,6 +76,7 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
   const globalBatch = o.batchSize * comm.size;
   const totalSteps = o.maxSteps ?? Math.ceil(((o.epochs ?? 1) * Math.ceil(data.sequences.length / globalBatch)) / o.gradAccum);
   const math = mathOptions(o, totalSteps, sha256(fs.readFileSync(path.join(o.model, 'config.json'))));
+  checkRanksAgree(comm, data, evalData, math);
   const existing = latestCheckpoint(o.out);
   if (!existing && holdsModel(o.out)) {
     // The trained model is published into OUT: over a model directory's own files (the model
@@ -179,6 +180,27 @@ function fitSeqLen(o: ResolvedOptions, byDefault: boolean): void {
   const max = readConfig(o.model).config.maxPositions;
   if (byDefault) o.seqLen = Math.min(o.seqLen, max);
   else if (o.seqLen > max) throw new UserError(`${optionName('seqLen')} ${o.seqLen} is longer than the model's ${max} positions`);
+}
+
+/** Every rank must train on the same data with the same options (each reads its own files and
+ *  flags): ranks given different files planned different step counts, and one waited forever in
+ *  a collective the others never reached — or, with files of one size, trained on different data
+ *  without a word. Compared before any compute; every rank gets the same error. */
+function checkRanksAgree(comm: Comm, data: Dataset, evalData: Dataset | null, math: Record<string, string | number>): void {
+  if (comm.size === 1) return;
+  const words = 5;
+  const digest = createHash('sha256').update(JSON.stringify([data.fingerprint, evalData?.fingerprint ?? null, math])).digest();
+  const mine = new Uint32Array(words);
+  mine.set(new Uint32Array(Uint8Array.from(digest.subarray(0, 16)).buffer));
+  mine[4] = data.sequences.length;
+  const all = new Uint32Array(words * comm.size);
+  comm.allGather(mine, all).wait();
+  const of = (r: number) => all.subarray(r * words, (r + 1) * words);
+  const differ = Array.from({ length: comm.size - 1 }, (_, i) => i + 1).filter((r) => of(r).some((w, j) => w !== of(0)[j]));
+  if (differ.length === 0) return;
+  const counts = Array.from({ length: comm.size }, (_, r) => `rank ${r}: ${of(r)[4]} sequences`).join(', ');
+  throw new UserError(`the ranks were not given the same training data and options: rank${differ.length > 1 ? 's' : ''} ${differ.join(', ')} ` +
+    `differ${differ.length > 1 ? '' : 's'} from rank 0 (${counts}); give every rank the same ${optionName('data')}, ${optionName('evalData')} and options`);
 }
 
 /** Checks that the run's options match those of the checkpoint `dir` it resumes (before any

@@ -34,6 +34,8 @@ const NAMES = {
   tileSize: ['tileSize', '--tile-size'],
   ramPercent: ['ramPercent', '--ram-percent'],
   out: ['out', '--out'],
+  data: ['data', '--data'],
+  evalData: ['evalData', '--eval-data'],
   model: ['model', '--model'],
   seqLen: ['seqLen', '--seq-len'],
   resume: ['resume: true', '--resume'],
