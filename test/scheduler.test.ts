@@ -159,6 +159,24 @@ describe('Scheduler with a tokenizer', () => {
     await s.drain();
     expect(await s.submit({ id: 'z', prompt: 'x' })).toEqual({ id: 'z', error: 'shutting down' });
   });
+
+  it("a sample's text is what its tokens add after the prompt: a first token's leading space is kept, and streamed pieces agree", async () => {
+    // (decoded alone, SentencePiece stripped it: prompt and completion read "...name isSolar")
+    const t = model.tokenizer!;
+    const prompt = 'Hello there, my name is';
+    const ids = t.encode(prompt);
+    let spaced = 0;
+    for (let seed = 0; seed < 6; seed++) {
+      const pieces: string[] = [];
+      const out = [];
+      for await (const r of model.generate([{ id: 'a', prompt }], { maxNewTokens: 5, stopAtEos: false, sampling: { temperature: 1, seed }, onToken: (_id, _t, _i, text) => pieces.push(text) })) out.push(r);
+      const r = out[0] as GenerationResult;
+      expect(t.decode([...ids, ...r.tokenIds])).toBe(prompt + r.text);
+      expect(pieces.join('')).toBe(r.text);
+      if (r.text!.startsWith(' ')) spaced++;
+    }
+    expect(spaced).toBeGreaterThan(0);
+  });
 });
 
 describe('a request too large for the memory limits', () => {

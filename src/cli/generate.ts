@@ -134,8 +134,8 @@ async function runOnePrompt(model: LanguageModel, writer: ResultWriter | null, o
   const req: GenerationRequest = o.chat
     ? { id, messages: [...(o.system !== undefined ? [{ role: 'system', content: o.system }] : []), { role: 'user', content: o.prompt! }] }
     : { id, prompt: o.prompt! };
-  const stream = o.out !== '-' && o.n === 1 ? new TextStream(model) : null;
-  for await (const r of model.generate([req], { ...params(o), onToken: stream ? (_id, token) => stream.push(token) : undefined })) {
+  const stream = o.out !== '-' && o.n === 1 ? new TextStream() : null;
+  for await (const r of model.generate([req], { ...params(o), onToken: stream ? (_id, _token, _index, text) => stream.push(text) : undefined })) {
     if ('error' in r) throw new UserError(r.error);
     if (writer) writer.write(toRecord(r));
     if (o.out === '-') continue;
@@ -149,20 +149,15 @@ async function runOnePrompt(model: LanguageModel, writer: ResultWriter | null, o
   }
 }
 
-/** Writes decoded text as tokens arrive. Text is printed only once it is stable: a token that
- *  ends inside a multi-byte character decodes to U+FFFD until the next one completes it. */
+/** Writes each token's text as it arrives (the engine holds back what might begin a stop
+ *  sequence or an unfinished character, and decodes after the prompt's last tokens, so the
+ *  pieces add up to the result's text). */
 class TextStream {
-  private tokens: number[] = [];
   private printed = '';
-  constructor(private readonly model: LanguageModel) {}
 
-  push(token: number): void {
-    this.tokens.push(token);
-    const text = this.model.tokenizer ? this.model.tokenizer.decode(this.tokens) : this.tokens.join(' ') + ' ';
-    if (text.startsWith(this.printed) && !text.endsWith('\uFFFD')) {
-      writeFully(1, text.slice(this.printed.length), 'standard output');
-      this.printed = text;
-    }
+  push(text: string): void {
+    writeFully(1, text, 'standard output');
+    this.printed += text;
   }
 
   end(text: string): void {

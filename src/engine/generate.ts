@@ -38,7 +38,7 @@ export interface GenerateParams {
    *  Default: the model's positions for generate() (whole prompts), 512 for a scheduler. */
   prefillChunk?: number;
   /** Called with each token as it is generated (streaming); results still come per request. */
-  onToken?: (id: string, token: number, index: number) => void;
+  onToken?: (id: string, token: number, index: number, text: string) => void;
 }
 
 /** What a caller passes: every field optional, sampling fields too. */
@@ -240,7 +240,7 @@ export class Generator {
       maxPositions: max,
     };
     const callHook = p.onToken;
-    const hook: TokenHook | undefined = hooks?.onToken ?? (callHook ? (index, token) => callHook(req.id, token, index) : undefined);
+    const hook: TokenHook | undefined = hooks?.onToken ?? (callHook ? (index, token, text) => callHook(req.id, token, index, text) : undefined);
     const samples = Array.from({ length: req.n ?? p.n }, (_, index) => new Sequence(req, ids, index, sampling, limits, this.s.tokenizer, hook));
     if (hooks?.signal) {
       const signal = hooks.signal;

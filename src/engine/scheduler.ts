@@ -94,7 +94,7 @@ export class Scheduler {
           // the request's own hook, and the scheduler's params' (called for every request, as
           // generate() calls it; it was never called)
           options.onToken?.(sample, token, text);
-          this.params.onToken?.(id, token, sample);
+          this.params.onToken?.(id, token, sample, text);
         } catch (e) {
           hookError ??= e;
           for (const x of samples) x.cancel();

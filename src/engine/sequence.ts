@@ -36,9 +36,15 @@ export class Sequence {
   error: string | null = null;
   private readonly rng: Rng;
   private readonly history: TokenHistory;
-  // Incremental detokenization (as vLLM): the text of tokens [prefix, read) was emitted already.
+  // Incremental detokenization (as vLLM), over the prompt's last tokens and then the sample's:
+  // the text of [prefix, read) of that sequence was emitted already.
   private prefix = 0;
-  private read = 0;
+  private read: number;
+  /** The prompt's last tokens, decoded ahead of the sample's so that its first token's text is
+   *  what that token adds after the prompt: SentencePiece strips the space a text starts with,
+   *  and "▁Solar" alone decodes to "Solar", the prompt and completion then read "…isSolar". */
+  private readonly context: number[] = [];
+  private readonly contextText: string = '';
   /** Text decoded so far (the concatenation of the emitted pieces, and what is held back). */
   private text = '';
   /** Length of `text` already given to the hook (the rest might begin a stop sequence). */
@@ -56,6 +62,13 @@ export class Sequence {
     // Sample 0 keeps the request's own stream, so n = 1 draws what it always drew.
     this.rng = new Rng(sampling.seed, index === 0 ? req.id : `${req.id}\0${index}`);
     this.history = new TokenHistory(ids);
+    if (tokenizer) {
+      const context = ids.slice(-DETOKENIZE_CONTEXT);
+      const text = decode(tokenizer, context);
+      // (a prompt of ids ending inside a character: its completion would be decoded into it)
+      if (!text.includes('\ufffd')) [this.context, this.contextText] = [context, text];
+    }
+    this.read = this.context.length;
   }
 
   /** Chooses the next token from row `at` of `logits` (logSoftmax(logits) from `logp` when
@@ -107,7 +120,8 @@ export class Sequence {
   result(): SampleResult {
     const res: SampleResult = { tokenIds: this.tokens, finishReason: this.finish ?? 'length' };
     if (this.tokenizer) {
-      const text = decode(this.tokenizer, this.tokens);
+      const whole = decode(this.tokenizer, this.window(0));
+      const text = whole.startsWith(this.contextText) ? whole.slice(this.contextText.length) : decode(this.tokenizer, this.tokens);
       const cut = this.stopAt(text);
       res.text = cut >= 0 ? text.slice(0, cut) : text;
     }
@@ -119,14 +133,14 @@ export class Sequence {
   /** Appends the text the new token completes, and ends the sample at a stop sequence. */
   private detokenize(): void {
     const t = this.tokenizer!;
-    const before = decode(t, this.tokens.slice(this.prefix, this.read));
-    const now = decode(t, this.tokens.slice(this.prefix));
+    const before = decode(t, this.window(this.prefix, this.read));
+    const now = decode(t, this.window(this.prefix));
     // A multi-byte character still incomplete decodes to U+FFFD: wait for its next token.
     if (now.length > before.length && !now.endsWith('\ufffd')) {
       const from = Math.max(0, this.text.length - this.longestStop());
       this.text += now.slice(before.length);
       this.prefix = this.read;
-      this.read = this.tokens.length;
+      this.read = this.context.length + this.tokens.length;
       const at = this.stopAt(this.text, from);
       if (at >= 0) {
         this.text = this.text.slice(0, at);
@@ -154,6 +168,12 @@ export class Sequence {
     return piece;
   }
 
+  /** Ids [from, to) of the prompt's context followed by the sample's tokens. */
+  private window(from: number, to = this.context.length + this.tokens.length): number[] {
+    const c = this.context.length;
+    return [...this.context.slice(Math.min(from, c), Math.min(to, c)), ...this.tokens.slice(Math.max(0, from - c), Math.max(0, to - c))];
+  }
+
   private longestStop(): number {
     return this.limits.stop.reduce((n, s) => Math.max(n, s.length), 0);
   }
@@ -168,6 +188,9 @@ export class Sequence {
     return best;
   }
 }
+
+/** Prompt tokens decoded ahead of a sample's (vLLM uses 5; 4 covers a SentencePiece word start). */
+export const DETOKENIZE_CONTEXT = 4;
 
 /** The tokenizer's decode, which refuses an empty list. */
 function decode(t: TextTokenizer, ids: number[]): string {

@@ -7,6 +7,7 @@
 // given: equal requests get equal answers), the request name and the sample index.
 
 import type { GenerationRequest, GenerationResult, SampleResult } from '../engine/requests.js';
+import { DETOKENIZE_CONTEXT } from '../engine/sequence.js';
 import { type ChatMessage, ChatTemplateError, type TextTokenizer } from '../formats/tokenizer.js';
 import { invalid, notFound } from './errors.js';
 import type { Endpoint } from './validate.js';
@@ -142,35 +143,45 @@ const PIECE_CONTEXT = 8;
  * unfinished multi-byte character (U+FFFD at the end) goes to the token that completes it.
  * `token_id:N` when the model has no tokenizer.
  */
-export function tokenPiece(model: ServedModel, ids: readonly number[], i: number, alt?: number): string {
+export function tokenPiece(model: ServedModel, ids: readonly number[], i: number, alt?: number, prompt: readonly number[] = []): string {
   const t = model.tokenizer;
   const id = alt ?? ids[i]!;
   if (!t) return `token_id:${id}`;
-  const from = Math.max(0, i - PIECE_CONTEXT);
+  // The prompt's last tokens come first, as the engine decodes the sample's text (sequence.ts).
+  const context = promptContext(model, prompt);
+  const all = [...context, ...ids.slice(0, i)];
+  const at = all.length;
+  const from = Math.max(0, at - PIECE_CONTEXT);
   const last = alt === undefined && i === ids.length - 1;
   const unfinished = (s: string, keep: boolean) => (keep ? s : s.replace(/\ufffd+$/, ''));
-  const before = i > from ? unfinished(t.decode(ids.slice(from, i) as number[]), false) : '';
-  const upto = unfinished(t.decode([...ids.slice(from, i), id]), last);
+  const before = at > from ? unfinished(t.decode(all.slice(from, at)), false) : '';
+  const upto = unfinished(t.decode([...all.slice(from, at), id]), last);
   let same = 0;
   while (same < before.length && same < upto.length && before[same] === upto[same]) same++;
   return upto.slice(same);
 }
 
-function completionLogprobs(model: ServedModel, s: SampleResult, top: number) {
-  const tokens = s.tokenIds.map((_, i) => tokenPiece(model, s.tokenIds, i));
+/** The prompt tokens the engine decodes a sample's text after (none when they end inside a character). */
+function promptContext(model: ServedModel, prompt: readonly number[]): number[] {
+  const context = prompt.slice(-DETOKENIZE_CONTEXT);
+  return context.length > 0 && model.tokenizer!.decode(context).includes('\ufffd') ? [] : context;
+}
+
+function completionLogprobs(model: ServedModel, s: SampleResult, top: number, prompt: readonly number[]) {
+  const tokens = s.tokenIds.map((_, i) => tokenPiece(model, s.tokenIds, i, undefined, prompt));
   const offsets: number[] = [];
   tokens.reduce((at, t) => (offsets.push(at), at + t.length), 0);
   return {
     tokens,
     token_logprobs: s.logprobs ?? [],
-    top_logprobs: top > 0 ? (s.topLogprobs ?? []).map((list, i) => Object.fromEntries(list.map((x) => [tokenPiece(model, s.tokenIds, i, x.token), x.logprob]))) : null,
+    top_logprobs: top > 0 ? (s.topLogprobs ?? []).map((list, i) => Object.fromEntries(list.map((x) => [tokenPiece(model, s.tokenIds, i, x.token, prompt), x.logprob]))) : null,
     text_offset: offsets,
   };
 }
 
-function chatLogprobs(model: ServedModel, s: SampleResult) {
+function chatLogprobs(model: ServedModel, s: SampleResult, prompt: readonly number[]) {
   const entry = (i: number, token: number | undefined, logprob: number) => {
-    const text = tokenPiece(model, s.tokenIds, i, token);
+    const text = tokenPiece(model, s.tokenIds, i, token, prompt);
     return { token: text, logprob, bytes: [...Buffer.from(text, 'utf8')] };
   };
   return {
@@ -185,9 +196,9 @@ export function responseBody(p: Prepared, results: GenerationResult[], id: strin
   const choices = results.flatMap((r, i) => samplesOf(r).map((s, j) => {
     const index = choiceIndex(p, i, j);
     if (chat) {
-      return { index, message: { role: 'assistant', content: s.text ?? '', refusal: null }, logprobs: p.logprobs !== null ? chatLogprobs(model, s) : null, finish_reason: s.finishReason };
+      return { index, message: { role: 'assistant', content: s.text ?? '', refusal: null }, logprobs: p.logprobs !== null ? chatLogprobs(model, s, p.requests[i]!.promptTokenIds) : null, finish_reason: s.finishReason };
     }
-    return { index, text: s.text ?? '', logprobs: p.logprobs !== null ? completionLogprobs(model, s, p.logprobs) : null, finish_reason: s.finishReason };
+    return { index, text: s.text ?? '', logprobs: p.logprobs !== null ? completionLogprobs(model, s, p.logprobs, p.requests[i]!.promptTokenIds) : null, finish_reason: s.finishReason };
   }));
   return { id, object: chat ? 'chat.completion' : 'text_completion', created, model: p.model, choices, usage: usage(p, results), system_fingerprint: null };
 }
@@ -261,7 +272,8 @@ export class ChunkStream {
       while (common < sent.length && common < text.length && sent[common] === text[common]) common++;
       const rest = text.slice(common);
       const chat = this.p.endpoint === '/v1/chat/completions';
-      const logprobs = this.p.logprobs === null ? null : chat ? chatLogprobs(model, s) : completionLogprobs(model, s, this.p.logprobs);
+      const ids = this.p.requests[prompt]!.promptTokenIds;
+      const logprobs = this.p.logprobs === null ? null : chat ? chatLogprobs(model, s, ids) : completionLogprobs(model, s, this.p.logprobs, ids);
       this.delta(index, rest, s.finishReason, logprobs);
     });
   }
