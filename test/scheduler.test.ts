@@ -216,7 +216,19 @@ describe('a request too large for the memory limits', () => {
       const mixed = await run([longPrompt, reqs[0]!, reqs[2]!]);
       expect(mixed[0]).toEqual({ id: 'prompt', error: expect.stringMatching(/^the request needs 30002 positions .* does not fit the memory limits/) });
       expect(mixed.slice(1)).toEqual([got[0], got[2]]);
-      expect(await run([reqs[0]!, longPrompt, reqs[2]!])).toEqual([got[0], mixed[0], got[2]]);
+      // (refused while the first request's block is open: for a block of the one row it would need)
+      expect(await run([reqs[0]!, longPrompt, reqs[2]!])).toEqual([got[0], { id: 'prompt', error: expect.stringMatching(/^the request needs 30002 positions .* for a block of 1 × 1/) }, got[2]]);
+      // While a long request runs, one too large for any block is answered at once, and a short
+      // one behind it runs beside the long one (both waited until the long one had finished).
+      const order: string[] = [];
+      const track = (r: GenerationRequest) => s.submit(r).then((x) => (order.push(x.id), x));
+      const long = track({ id: 'long', promptTokenIds: [5, 6, 7], maxNewTokens: 400 });
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      const [big, small] = await Promise.all([track(reqs[1]!), track({ ...reqs[2]!, id: 'small' })]);
+      await long;
+      expect(big).toEqual(tooBig);
+      expect((small as GenerationResult).tokenIds).toHaveLength(4);
+      expect(order).toEqual(['big', 'small', 'long']);
     } finally {
       await model.close();
     }

@@ -308,7 +308,12 @@ export class ContinuousEngine {
     const o = this.open!;
     while (this.waiting.length > 0) {
       const a = this.waiting[0]!;
-      if (!this.fits(a.seq, o)) return false;
+      if (!this.fits(a.seq, o)) {
+        // One no block could hold is answered now, not when the running rows have finished (and
+        // every request behind it waited as long).
+        if (this.refuseIfTooLarge()) continue;
+        return false;
+      }
       let best = -1;
       let fewest = Infinity;
       this.slots.forEach((rows, k) => {
@@ -410,16 +415,42 @@ export class ContinuousEngine {
         if (!(e instanceof UserError)) throw e;
         // Does the block fit at all, with room for one position and a token a row (a server's
         // block keeps its step size)? If so the sequence is too large for the limits, not they.
-        const { rows, shape } = this.blockShape(true);
-        this.s.checkBlock({ ...shape(1), maxTokens: this.p.fullShape ? shape(1).maxTokens : rows });
-        const a = this.waiting.shift()!;
-        const seq = a.seq;
-        seq.refuse(`${TOO_LARGE_FOR_LIMITS} ${this.need(seq)} positions (a prompt of ${seq.ids.length} tokens and up to ` +
-          `${this.need(seq) - seq.ids.length} new ones), and a block with that many does not fit the memory limits: ${e.message}`);
-        a.done(seq);
+        this.s.checkBlock(this.smallestBlock());
+        this.refuseFirst(e.message);
       }
     }
     return null;
+  }
+
+  /** The call's block shape with room for one position and a token a row (a server's keeps its step size). */
+  private smallestBlock(): BlockShape {
+    const { rows, shape } = this.blockShape(true);
+    return { ...shape(1), maxTokens: this.p.fullShape ? shape(1).maxTokens : rows };
+  }
+
+  /** Answers the first waiting sequence: no block within the memory limits holds it (`why`). */
+  private refuseFirst(why: string): void {
+    const a = this.waiting.shift()!;
+    const seq = a.seq;
+    seq.refuse(`${TOO_LARGE_FOR_LIMITS} ${this.need(seq)} positions (a prompt of ${seq.ids.length} tokens and up to ` +
+      `${this.need(seq) - seq.ids.length} new ones), and a block with that many does not fit the memory limits: ${why}`);
+    a.done(seq);
+  }
+
+  /** Refuses the first waiting sequence when no block of the call's shape could hold it within
+   *  the limits (while a block is open); whether it did. */
+  private refuseIfTooLarge(): boolean {
+    const { shape } = this.blockShape(true);
+    try {
+      this.s.checkBlock(shape(this.need(this.waiting[0]!.seq)));
+      return false;
+    } catch (e) {
+      if (!(e instanceof UserError)) throw e;
+      // (a shape too large even for one position is the limits' fault, reported when a block opens)
+      if (!this.withinLimits(this.smallestBlock())) return false;
+      this.refuseFirst(e.message);
+      return true;
+    }
   }
 
   /** The shape of a block for the waiting sequences (or the full shape), with room for the
