@@ -42,6 +42,20 @@ describe('JSONL request limits', () => {
     ]);
   });
 
+  it('lines end at "\\n" (or "\\r\\n") only: a lone "\\r" is JSON whitespace inside a line (it split one request into two bad ones)', async () => {
+    const file = path.join(tmpDir('jsonl-cr'), 'in.jsonl');
+    // a multi-byte character across the stream's chunks, too
+    const long = 'é'.repeat(70_000);
+    fs.writeFileSync(file, `{"id": "a",\r"prompt_token_ids": [5]}\r\n{"id": "b", "prompt": "${long}"}\n\n{"id": "c", "prompt_token_ids": [6]}`);
+    const out = [];
+    for await (const x of readRequests(file)) out.push(x);
+    expect(out).toEqual([
+      { line: 1, request: { id: 'a', promptTokenIds: [5] } },
+      { line: 2, request: { id: 'b', prompt: long } },
+      { line: 4, request: { id: 'c', promptTokenIds: [6] } },
+    ]);
+  });
+
   it('tierlm generate gives what the API gives for the same fields', async () => {
     const model = await loadModel(opt);
     const reqs = [

@@ -7,7 +7,6 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import readline from 'node:readline';
 import type { GenerationRequest } from '../engine/requests.js';
 import { RULES, type RuleName, checkValue } from '../util/options.js';
 import { UserError } from '../util/errors.js';
@@ -32,7 +31,20 @@ export async function openPrompts(file: string): Promise<PromptSource> {
     throw new UserError(`${file}: cannot read prompts (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
   if (!stat!.isFile()) return bufferedSource(file, fs.createReadStream(file));
-  return { name: file, lines: () => readline.createInterface({ input: fs.createReadStream(file, { encoding: 'utf8' }), crlfDelay: Infinity }) };
+  return { name: file, lines: () => fileLines(file) };
+}
+
+/** The lines of a text file, streamed: split at "\n" (a "\r" before it dropped) and nowhere else.
+ *  (readline also ends a line at a lone "\r", which JSON allows as whitespace inside one: a
+ *  valid request became two invalid ones.) A last line without "\n" is yielded too. */
+export async function* fileLines(file: string): AsyncGenerator<string> {
+  let rest = '';
+  for await (const chunk of fs.createReadStream(file, { encoding: 'utf8' })) {
+    const parts = (rest + (chunk as string)).split('\n');
+    rest = parts.pop()!;
+    for (const line of parts) yield line.endsWith('\r') ? line.slice(0, -1) : line;
+  }
+  if (rest !== '') yield rest.endsWith('\r') ? rest.slice(0, -1) : rest;
 }
 
 async function bufferedSource(name: string, input: NodeJS.ReadableStream): Promise<PromptSource> {

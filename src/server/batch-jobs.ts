@@ -3,9 +3,7 @@
 // its output and error files as they come. The batch object is saved at each change of status and
 // at most once a second for its counts; a job running when the server stopped is started again
 // when it starts, and skips the lines already answered.
-import fs from 'node:fs';
-import readline from 'node:readline';
-import { ResultWriter } from '../formats/jsonl.js';
+import { ResultWriter, fileLines } from '../formats/jsonl.js';
 import { batchRecord } from '../openai/batch-lines.js';
 import { runBatch } from '../openai/batch-run.js';
 import type { Engine } from '../openai/complete.js';
@@ -88,7 +86,7 @@ export class BatchJobs {
       this.store.putBatch(b);
       let saved = performance.now();
       const counts = await runBatch(this.engine, {
-        lines: () => readline.createInterface({ input: fs.createReadStream(input, { encoding: 'utf8' }), crlfDelay: Infinity }),
+        lines: () => fileLines(input),
         out, errors, endpoint: b.batch.endpoint as Endpoint, concurrency: this.concurrency, signal, stop: this.stop.signal,
         onProgress: (c) => {
           b.batch.request_counts.completed = before.completed + c.completed;

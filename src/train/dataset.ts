@@ -6,7 +6,7 @@
 
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
-import readline from 'node:readline';
+import { fileLines } from '../formats/jsonl.js';
 import { TextTokenizer } from '../formats/tokenizer.js';
 import { readConfig } from '../models/registry.js';
 import { UserError } from '../util/errors.js';
@@ -145,5 +145,5 @@ async function* lines(file: string): AsyncGenerator<string> {
     throw new UserError(`${file}: cannot read the data file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
   if (stat.isDirectory()) throw new UserError(`${file}: is a directory (data needs a JSONL file)`);
-  yield* readline.createInterface({ input: fs.createReadStream(file, { encoding: 'utf8' }), crlfDelay: Infinity });
+  yield* fileLines(file);
 }
