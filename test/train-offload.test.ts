@@ -165,6 +165,24 @@ describe('tierlm train --ram --disk-dir', () => {
     expect(r.peakRssBytes).toBeLessThanOrEqual(ram + RUNTIME_OVERHEAD_BYTES);
   });
 
+  // The tokenized data stays in RAM for the whole run: 16000 sequences of 500 tokens, 37 MiB, with
+  // a model whose buffers need ~92 MiB. The limit counts it (a 58 MB file ran to 294 MiB under
+  // --ram 80MiB): refused under 128 MiB naming it, and within the limit under 140 MiB.
+  it('counts the tokenized data against --ram', () => {
+    const m = model('opt-test', 2);
+    const file = path.join(tmpDir('offload-much-data'), 'data.jsonl');
+    const r = rng(7);
+    fs.writeFileSync(file, Array.from({ length: 16000 }, () => JSON.stringify({ token_ids: Array.from({ length: 500 }, () => Math.floor(r() * 1000)) })).join('\n') + '\n');
+    const run = (ram: number) => cliPeak(['train', '--model', m, '--data', file, '--out', tmpDir('offload-much-data-out'), '--max-steps', '1',
+      '--batch-size', '1', '--seq-len', '512', '--threads', '2', '--ram', `${ram}MiB`, '--disk-dir', tmpDir('offload-much-data-disk')]);
+    const refused = run(128);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/RAM limit 128\.0 MiB is too small by .*training data \(tokenized\) 37\.\d MiB.*or train on less data per run/);
+    const ok = run(140);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(ok.peakRssBytes).toBeLessThanOrEqual(140 * MiB + RUNTIME_OVERHEAD_BYTES);
+  });
+
   // Memory-centric tiling: one layer of 8.65M parameters (fc1 and fc2 of 256 × 16384), 34.6 MB in
   // fp32, more than half of --ram 64MiB: its MLP weights are computed in tiles, the results are
   // those of the run in RAM, and the peak stays within the limit plus the overhead.

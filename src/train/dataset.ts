@@ -60,7 +60,7 @@ export async function readDataset(file: string, o: DataOptions): Promise<Dataset
     const item = parseDataLine(text, o);
     if (item.kind === 'error') skipped.push({ line: n, message: `${file}:${n}: ${item.error}` });
     else if (item.kind === 'document') packer.push(item.ids, n);
-    else sequences.push({ ids: Int32Array.from(item.ids), labels: Int32Array.from(item.labels), line: n });
+    else sequences.push(sequenceOf(item.ids, item.labels, n));
   }
   packer.finish();
   if (sequences.length === 0) {
@@ -70,6 +70,24 @@ export async function readDataset(file: string, o: DataOptions): Promise<Dataset
 }
 
 /** The first `max` skipped lines' messages, one per indented line, and how many more there are. */
+/** A sequence whose labels share the ids' array when they are the same tokens (most lines: half
+ *  the memory a dataset holds for the whole run). */
+function sequenceOf(ids: number[], labels: number[], line: number): Sequence {
+  const i = Int32Array.from(ids);
+  return { ids: i, labels: labels.every((l, t) => l === ids[t]) ? i : Int32Array.from(labels), line };
+}
+
+/** JavaScript's own cost of a sequence beside its arrays' data (its object, an array's header
+ *  and backing store), measured on Node 20 over 200000 sequences of 4 tokens: RSS per sequence
+ *  453 bytes with one array, 687 with two. */
+const SEQUENCE_BYTES = 450;
+const ARRAY_BYTES = 250;
+
+/** RAM a dataset holds while it trains (a run's --ram counts it). */
+export function datasetBytes(d: Dataset): number {
+  return d.sequences.reduce((n, s) => n + SEQUENCE_BYTES + s.ids.byteLength + (s.labels === s.ids ? 0 : ARRAY_BYTES + s.labels.byteLength), 0);
+}
+
 export function skippedSummary(skipped: SkippedLine[], max = 5): string {
   const shown = skipped.slice(0, max).map((s) => `  ${s.message}`);
   if (skipped.length > max) shown.push(`  (${skipped.length - max} more)`);
@@ -118,8 +136,9 @@ class Packer {
   }
 
   private flush(): void {
+    // Labels are the ids themselves: one array (sequences are never written to).
     const ids = Int32Array.from(this.pending);
-    this.emit({ ids, labels: Int32Array.from(ids), line: this.line });
+    this.emit({ ids, labels: ids, line: this.line });
     this.pending = [];
   }
 }

@@ -18,7 +18,7 @@ import { UserError } from '../util/errors.js';
 import { type Bf16Kernel, selectBf16Kernel } from '../backend/cpu/bf16-kernel.js';
 import { Batcher, evalBatches } from './batcher.js';
 import { LATEST, latestCheckpoint, loadCheckpoint, removeTemporaries, saveCheckpoint } from './checkpoint.js';
-import { type Dataset, dataContextFor, readDataset } from './dataset.js';
+import { type Dataset, dataContextFor, datasetBytes, readDataset } from './dataset.js';
 import { MetricsWriter } from './metrics.js';
 import { publishModel } from './publish.js';
 import { type ResolvedOptions, type TrainRunInfo, type TrainRunOptions, mathOptions, resolveOptions } from './run-options.js';
@@ -95,7 +95,8 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
   const trainer = await openTrainer(o.model, {
     precision: o.precision, lr: o.lr, lrSchedule: o.lrSchedule, warmupSteps: o.warmupSteps, totalSteps, weightDecay: o.weightDecay,
     maxGradNorm: o.maxGradNorm, checkpointActivations: o.checkpointActivations,
-    threads: o.threads ?? (env.localSize > 1 ? threadsPerRank(env.localSize) : undefined), comm, offload: offloadOptions(o),
+    threads: o.threads ?? (env.localSize > 1 ? threadsPerRank(env.localSize) : undefined), comm,
+    offload: offloadOptions(o, datasetBytes(data) + (evalData ? datasetBytes(evalData) : 0)),
   });
   let failed = false;
   try {
@@ -302,11 +303,11 @@ function predicted(trainer: Trainer, o: ResolvedOptions): { predicted?: TrainRun
     optimizerHiddenSeconds: p.optimizerHiddenSeconds } } : {};
 }
 
-function offloadOptions(o: ResolvedOptions): OffloadOptions | undefined {
+function offloadOptions(o: ResolvedOptions, heldBytes: number): OffloadOptions | undefined {
   if (o.ram === undefined || o.diskDir === undefined) return undefined;
   const p = o.ramPercent;
   return {
-    ram: o.ram, diskDir: o.diskDir, disk: o.disk, subGroupSize: o.subGroupSize, tileSize: o.tileSize, maxTokens: o.batchSize * o.seqLen,
+    ram: o.ram, diskDir: o.diskDir, disk: o.disk, subGroupSize: o.subGroupSize, tileSize: o.tileSize, maxTokens: o.batchSize * o.seqLen, heldBytes,
     shares: p ? { param: p[0]! / 100, grad: p[1]! / 100, master: p[2]! / 100, m: p[3]! / 100, v: p[4]! / 100, act: p[5]! / 100 } : undefined,
   };
 }

@@ -7,7 +7,7 @@ import type { TrainerOptions } from './trainer.js';
 
 const TRAINER_KEYS = ['precision', 'computeMode', 'lr', 'lrSchedule', 'warmupSteps', 'totalSteps', 'weightDecay', 'betas', 'eps',
   'maxGradNorm', 'checkpointActivations', 'backend', 'threads', 'offload', 'comm'] as const;
-const OFFLOAD_KEYS = ['ram', 'diskDir', 'disk', 'shares', 'subGroupSize', 'tileSize', 'maxTokens'] as const;
+const OFFLOAD_KEYS = ['ram', 'diskDir', 'disk', 'shares', 'subGroupSize', 'tileSize', 'maxTokens', 'heldBytes'] as const;
 const SHARE_KEYS = ['param', 'grad', 'master', 'm', 'v', 'act'] as const;
 
 const positiveInt = (v: unknown) => typeof v === 'number' && Number.isSafeInteger(v) && v > 0;
@@ -44,6 +44,9 @@ function checkOffload(o: unknown): void {
   if (typeof f.diskDir !== 'string' || f.diskDir === '') throw new TypeError(`offload.diskDir must be the disk tier's directory (a non-empty string), got ${JSON.stringify(f.diskDir)}`);
   for (const k of ['disk', 'subGroupSize', 'tileSize', 'maxTokens'] as const) {
     if (f[k] !== undefined && !positiveInt(f[k])) throw new TypeError(`offload.${k} must be an integer > 0, got ${JSON.stringify(f[k])}`);
+  }
+  if (f.heldBytes !== undefined && !(Number.isSafeInteger(f.heldBytes) && (f.heldBytes as number) >= 0)) {
+    throw new TypeError(`offload.heldBytes must be an integer >= 0, got ${JSON.stringify(f.heldBytes)}`);
   }
   if (f.shares !== undefined) {
     if (typeof f.shares !== 'object' || f.shares === null || Array.isArray(f.shares)) throw new TypeError('offload.shares must be an object');

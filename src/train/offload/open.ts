@@ -35,6 +35,8 @@ export interface OffloadOptions {
   tileSize?: number;
   /** Tokens of the largest micro-batch (batch size × sequence length; default the model's positions). */
   maxTokens?: number;
+  /** RAM the caller holds while training, counted against `ram` (train() passes its tokenized data's). */
+  heldBytes?: number;
 }
 
 export interface Offloaded {
@@ -49,7 +51,7 @@ export async function openOffload(config: ModelConfig, names: NameTable, backend
   if (!fs.existsSync(o.diskDir) || !fs.statSync(o.diskDir).isDirectory()) throw new UserError(`--disk-dir ${o.diskDir} is not a directory`);
   const maxTokens = o.maxTokens ?? config.maxPositions;
   const plan = planOffload({ config, names, precision, maxTokens, ram: o.ram, disk: o.disk, shares: o.shares, subGroupSize: o.subGroupSize,
-    tileSize: o.tileSize, checkpointActivations });
+    tileSize: o.tileSize, checkpointActivations, heldBytes: o.heldBytes });
   checkModelTensors(config, names, tensors);
   // Deleted at close, at exit or SIGINT/SIGTERM/SIGHUP, and by the next run in the directory when
   // this one was killed outright (src/schedule/spill-files.ts).

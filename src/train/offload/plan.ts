@@ -31,6 +31,9 @@ export interface OffloadPlanInput {
   checkpointActivations: boolean;
   /** Data-parallel ranks (default 1): with more, plan one rank's share (src/train/partition/plan.ts). */
   ranks?: number;
+  /** RAM the caller holds besides the trainer's buffers for as long as it trains (a run's
+   *  tokenized data): counted against the limit like them. */
+  heldBytes?: number;
 }
 
 export interface OffloadPlan {
@@ -109,6 +112,7 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
 export function placeStates(o: OffloadPlanInput, probe: Layout, items: MemoryItem[],
   p: { subGroupSize: number; optimizerSets: number; maxDepth: number; tileBytes: number; tiled: Set<string>; actTotal: number; actInRam?: boolean }): OffloadPlan {
   const c = o.config, t = o.maxTokens, { subGroupSize, optimizerSets, maxDepth, tileBytes, tiled } = p;
+  if (o.heldBytes) items = [{ what: 'training data (tokenized)', ram: o.heldBytes, disk: 0 }, ...items];
   let left = o.ram - items.reduce((n, i) => n + i.ram, 0);
   const shares = { param: 0, grad: 0, master: 0, m: 0, v: 0, act: 0 } as Shares;
   const totals: Record<string, number> = Object.fromEntries(probe.kinds.map((k) => [k, probe.params.reduce((n, q) => n + q.size * kindBytes(k), 0)]));
@@ -136,7 +140,11 @@ export function placeStates(o: OffloadPlanInput, probe: Layout, items: MemoryIte
     checkLimits(items, { ram: o.ram, disk: o.disk }, `training ${c.layers} layers with ${t} tokens per micro-batch`);
   } catch (e) {
     // checkLimits' advice is generation's; training's levers are these.
-    if (e instanceof UserError) throw new UserError(e.message.replace(/ Put more of .*$/, ' Keep fewer states in RAM (--ram-percent), or use a smaller --batch-size, --seq-len or --sub-group-size.'));
+    if (e instanceof UserError) {
+      const data = (o.heldBytes ?? 0) > o.ram / 4 ? ', or train on less data per run (the tokenized --data stays in RAM)' : '';
+      throw new UserError(e.message.replace(/ Put more of .*$/, ' Keep fewer states in RAM (--ram-percent), compute weights in smaller tiles (--tile-size), ' +
+        `or use a smaller --batch-size, --seq-len or --sub-group-size${data}.`));
+    }
     throw e;
   }
   if (!Number.isSafeInteger(subGroupSize) || subGroupSize < 1) throw new UserError(`--sub-group-size must be a positive integer, got ${subGroupSize}`);

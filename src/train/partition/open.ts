@@ -27,7 +27,7 @@ export async function openRankOffload(config: ModelConfig, names: NameTable, com
   if (!fs.existsSync(o.diskDir) || !fs.statSync(o.diskDir).isDirectory()) throw new UserError(`--disk-dir ${o.diskDir} is not a directory`);
   const maxTokens = o.maxTokens ?? config.maxPositions;
   const plan = planRank({ config, names, precision, maxTokens, ram: o.ram, disk: o.disk, shares: o.shares, subGroupSize: o.subGroupSize,
-    checkpointActivations, ranks: comm.size });
+    checkpointActivations, ranks: comm.size, heldBytes: o.heldBytes });
   checkModelTensors(config, names, tensors);
   const partition = partitionLayout(config, names, comm.size, comm.rank);
   // Deleted at close, at exit or on a signal, and by the next run when this one was killed outright.
