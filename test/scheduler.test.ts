@@ -179,6 +179,31 @@ describe('Scheduler with a tokenizer', () => {
   });
 });
 
+describe('a request that fits only a smaller block than the queue behind it asks for', () => {
+  it('runs in one (it was refused while the same request last in the queue ran)', async () => {
+    // Under 2 MiB a block of 2 rows cannot hold 1203 positions, one row can.
+    const model = await loadModel(longContextModel(), { ramBytes: 2 * 2 ** 20, policy: { gpuBatchSize: 2, numGpuBatches: 1 } });
+    try {
+      const long = { id: 'long', promptTokenIds: [5, 6, 7], maxNewTokens: 1200 };
+      const short = { id: 'short', promptTokenIds: [8, 9] };
+      const run = async (rs: GenerationRequest[]) => {
+        const o: (GenerationResult | RequestError)[] = [];
+        for await (const r of model.generate(rs, { maxNewTokens: 4, stopAtEos: false })) o.push(r);
+        return o;
+      };
+      const alone = await run([long]);
+      expect((alone[0] as GenerationResult).tokenIds).toHaveLength(1200);
+      const first = await run([long, short, { ...short, id: 'short2' }]);
+      const last = await run([short, { ...short, id: 'short2' }, long]);
+      expect(first.map((r) => ('error' in r ? r.error : r.tokenIds.length))).toEqual([1200, 4, 4]);
+      expect(first[0]).toEqual(alone[0]);
+      expect(last[2]).toEqual(alone[0]);
+    } finally {
+      await model.close();
+    }
+  });
+});
+
 describe('a request too large for the memory limits', () => {
   it('gets its own error naming the positions and the limit; the requests around it are answered', async () => {
     const dir = longContextModel();
@@ -223,7 +248,6 @@ describe('a request too large for the memory limits', () => {
       const order: string[] = [];
       const track = (r: GenerationRequest) => s.submit(r).then((x) => (order.push(x.id), x));
       const long = track({ id: 'long', promptTokenIds: [5, 6, 7], maxNewTokens: 400 });
-      await new Promise((resolve) => setTimeout(resolve, 50));
       const [big, small] = await Promise.all([track(reqs[1]!), track({ ...reqs[2]!, id: 'small' })]);
       await long;
       expect(big).toEqual(tooBig);

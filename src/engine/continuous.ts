@@ -397,11 +397,12 @@ export class ContinuousEngine {
   }
 
   /** A block for the waiting sequences within the memory limits. When none fits them, one in
-   *  the same shape with room for the first alone; when that does not fit either, though the shape
-   *  itself does, the first sequence is too large for the limits: it is refused (its request
-   *  answered with the reason) and the next one tried, so that one request too large for the
-   *  limits never fails the others. A shape that fits no sequence at all is the limits' (or the
-   *  policy's) fault: its UserError is thrown. Null when every waiting sequence was refused. */
+   *  the same shape with room for the first alone, then (a generate() call's, when its shape
+   *  fits the limits at all) one of fewer rows for it, down to a row alone; when none fits, the
+   *  first sequence is too large for the limits: it is refused
+   *  (its request answered with the reason) and the next one tried, so that one request too large
+   *  for the limits never fails the others. A shape that fits no sequence at all is the limits'
+   *  (or the policy's) fault: its UserError is thrown. Null when every waiting sequence was refused. */
   private async openFitting(): Promise<Open | null> {
     while (this.waiting.length > 0) {
       try {
@@ -413,13 +414,42 @@ export class ContinuousEngine {
         return await this.openBlock(true);
       } catch (e) {
         if (!(e instanceof UserError)) throw e;
-        // Does the block fit at all, with room for one position and a token a row (a server's
-        // block keeps its step size)? If so the sequence is too large for the limits, not they.
-        this.s.checkBlock(this.smallestBlock());
-        this.refuseFirst(e.message);
       }
+      // Does the call's shape fit at all, with room for one position and a token a row (a
+      // server's block keeps its step size)? If not, the limits (or the policy) are at fault.
+      this.s.checkBlock(this.smallestBlock());
+      // (a sequence that fit a block of fewer rows was refused for the rows the queue behind it
+      // asked for: which requests ran depended on where they stood in the file)
+      const rows = this.fewerRows();
+      if (rows !== null) return await this.openBlock(true, rows);
+      this.refuseFirst(this.whyTooLarge() ?? 'no block within the memory limits holds it');
     }
     return null;
+  }
+
+  /** Rows of the largest block of one batch, fewer than the call's, that holds the first waiting
+   *  sequence within the limits; null when none does (or for a server, whose block keeps its shape). */
+  private fewerRows(): number | null {
+    if (this.p.fullShape) return null;
+    const seq = this.waiting[0]!.seq;
+    for (let r = this.blockShape(true).rows; r >= 1; r--) {
+      const { shape } = this.blockShape(true, r);
+      if (this.withinLimits(shape(this.need(seq)))) return r;
+    }
+    return null;
+  }
+
+  /** Why no block holds the first waiting sequence (the limits' words for the smallest that
+   *  could: the call's shape for a server, a row alone otherwise), or null when one does. */
+  private whyTooLarge(): string | null {
+    const { shape } = this.blockShape(true, this.p.fullShape ? undefined : 1);
+    try {
+      this.s.checkBlock(shape(this.need(this.waiting[0]!.seq)));
+      return null;
+    } catch (e) {
+      if (!(e instanceof UserError)) throw e;
+      return e.message;
+    }
   }
 
   /** The call's block shape with room for one position and a token a row (a server's keeps its step size). */
@@ -437,30 +467,26 @@ export class ContinuousEngine {
     a.done(seq);
   }
 
-  /** Refuses the first waiting sequence when no block of the call's shape could hold it within
+  /** Refuses the first waiting sequence when no block the call could open would hold it within
    *  the limits (while a block is open); whether it did. */
   private refuseIfTooLarge(): boolean {
-    const { shape } = this.blockShape(true);
-    try {
-      this.s.checkBlock(shape(this.need(this.waiting[0]!.seq)));
-      return false;
-    } catch (e) {
-      if (!(e instanceof UserError)) throw e;
-      // (a shape too large even for one position is the limits' fault, reported when a block opens)
-      if (!this.withinLimits(this.smallestBlock())) return false;
-      this.refuseFirst(e.message);
-      return true;
-    }
+    const why = this.whyTooLarge();
+    // (a shape too large even for one position is the limits' fault, reported when a block opens)
+    if (why === null || !this.withinLimits(this.smallestBlock())) return false;
+    this.refuseFirst(why);
+    return true;
   }
 
   /** The shape of a block for the waiting sequences (or the full shape), with room for the
    *  longest of them, or for the first alone (its positions and prompt chunk: a short sequence
    *  is not refused for the longer ones behind it; the rows and batches stay the call's). */
-  private blockShape(firstOnly: boolean) {
+  private blockShape(firstOnly: boolean, maxRows?: number) {
     const p = this.p;
     const ahead = this.waiting.slice(0, p.batchSize * p.numGpuBatches);
-    const rows = p.fullShape ? p.batchSize : Math.min(p.batchSize, Math.max(1, ahead.length));
-    const batches = p.fullShape ? p.numGpuBatches : Math.min(p.numGpuBatches, Math.ceil(Math.max(1, ahead.length) / rows));
+    let rows = p.fullShape ? p.batchSize : Math.min(p.batchSize, Math.max(1, ahead.length));
+    let batches = p.fullShape ? p.numGpuBatches : Math.min(p.numGpuBatches, Math.ceil(Math.max(1, ahead.length) / rows));
+    // A smaller block for the first sequence (a generate() call's): `maxRows` rows, one batch.
+    if (maxRows !== undefined && !p.fullShape) [rows, batches] = [Math.min(rows, maxRows), 1];
     // Room for the sequences at hand: the longest of them, and prompt tokens per step as the
     // old blocks had (a batch's prompts at once) unless prefillChunk cuts them.
     const sized = firstOnly ? ahead.slice(0, 1) : ahead;
@@ -485,9 +511,9 @@ export class ContinuousEngine {
   }
 
   /** A block (see blockShape), checked against the memory limits (a UserError when it does not fit). */
-  private async openBlock(firstOnly: boolean): Promise<Open> {
+  private async openBlock(firstOnly: boolean, maxRows?: number): Promise<Open> {
     const p = this.p;
-    const { rows, batches, maxTokens, shape, capacity: needed } = this.blockShape(firstOnly);
+    const { rows, batches, maxTokens, shape, capacity: needed } = this.blockShape(firstOnly, maxRows);
     this.s.checkBlock(shape(needed));
     // A server's block leaves room for longer requests to come: SERVER_POSITIONS per row, or as
     // many as the memory limits allow. A request that does not fit waits until the block empties,
