@@ -136,6 +136,31 @@ describe('spill files in a shared disk directory', () => {
     expect(loose(dir)).toEqual([]);
   });
 
+  it("a weights conversion's partial file goes on SIGTERM / SIGINT, and a SIGKILLed one's at the next open, not a live one's", async () => {
+    // (it stayed: up to the packed model's size, cleared only by converting that model again)
+    const dir = freshDir('convert-partial');
+    const hold = async () => {
+      const { child, firstLine } = await start(['test/helpers/hold-disk.ts', 'convert', dir]);
+      return { child, partial: (JSON.parse(await firstLine) as { partial: string }).partial };
+    };
+    for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+      const held = await hold();
+      expect(fs.existsSync(held.partial)).toBe(true);
+      await kill(held.child, signal);
+      expect(held.child.signalCode).toBe(signal);
+      expect(fs.existsSync(held.partial)).toBe(false);
+    }
+    const live = await hold();
+    const next = await DiskTier.open(dir);
+    expect(fs.existsSync(live.partial), "a live conversion's file was removed").toBe(true);
+    await next.close();
+    await kill(live.child, 'SIGKILL');
+    expect(fs.existsSync(live.partial)).toBe(true);
+    const after = await DiskTier.open(dir);
+    expect(fs.existsSync(live.partial), 'a killed conversion left its file').toBe(false);
+    await after.close();
+  });
+
   it('are removed when the process exits without closing the tier', async () => {
     const dir = freshDir('exit');
     const exiting = await start(['test/helpers/hold-disk.ts', 'exit', dir]);

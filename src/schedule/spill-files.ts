@@ -73,7 +73,7 @@ export class SpillFiles {
     if (!lock) return;
     this.lock = null;
     live.delete(this);
-    if (live.size === 0) unwatchExit();
+    if (live.size === 0 && atExit.size === 0) unwatchExit();
     try {
       removeTag(this.dir, this.tag);
     } finally {
@@ -98,10 +98,12 @@ function removeTag(dir: string, tag: string): void {
   fs.rmSync(path.join(dir, lockName(tag)), { force: true });
 }
 
-/** Deletes the spill files and locks of runs that are gone (their lock can be taken). */
+/** Deletes the spill files and locks of runs that are gone (their lock can be taken), and the
+ *  partial file of a weights conversion that no run holds the lock of (one killed midway). */
 function removeStale(dir: string): void {
   const tags = new Set<string>();
   for (const name of fs.readdirSync(dir)) {
+    if (name.startsWith('weights-')) removeDeadConversion(path.join(dir, name));
     const m = TAGGED.exec(name);
     if (m) tags.add((m[1] ?? m[2] ?? m[3])!);
     // A claim interrupted between locking and renaming: its lock is gone with the file's rename,
@@ -127,6 +129,26 @@ function removeStale(dir: string): void {
   }
 }
 
+/** A packed-weights folder's `weights.bin.partial` when its convert.lock is free (src/schedule/weights-dir.ts). */
+function removeDeadConversion(folder: string): void {
+  const partial = path.join(folder, 'weights.bin.partial');
+  if (!fs.existsSync(partial)) return;
+  let lock: FileLock | null;
+  try {
+    lock = FileLock.tryAcquire(path.join(folder, 'convert.lock'));
+  } catch {
+    return; // not ours to judge
+  }
+  if (!lock) return; // a run is converting
+  try {
+    fs.rmSync(partial, { force: true });
+  } catch {
+    // another user's
+  } finally {
+    lock.release();
+  }
+}
+
 function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -139,11 +161,28 @@ function pidAlive(pid: number): boolean {
 // ---- removal at exit ---------------------------------------------------------------------------
 
 const live = new Set<SpillFiles>();
+/** Other temporaries of this process (a weights conversion's partial file), removed the same way. */
+const atExit = new Set<string>();
 const SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 let watching = false;
 
+/** Deletes `file` if the process exits or is stopped by SIGINT / SIGTERM / SIGHUP before the
+ *  returned function is called (which forgets it): a temporary outside a run's tag (a weights
+ *  conversion's partial file, up to the packed model's size, stayed when a conversion was
+ *  interrupted). A SIGKILLed run's is cleared by the next run's removeStale. */
+export function removeAtExit(file: string): () => void {
+  atExit.add(file);
+  watchExit();
+  return () => {
+    atExit.delete(file);
+    if (live.size === 0 && atExit.size === 0) unwatchExit();
+  };
+}
+
 function removeAll(): void {
   for (const f of [...live]) f.remove();
+  for (const f of [...atExit]) fs.rmSync(f, { force: true });
+  atExit.clear();
 }
 
 function onSignal(signal: NodeJS.Signals): void {

@@ -3,11 +3,14 @@
 // second run converting the same model waits for the first and then reuses its result. A
 // conversion writes `weights.bin.partial`, and the manifest, which marks the folder complete, is
 // removed before the new weights.bin is renamed in and written (atomically) after: a conversion
-// killed at any point leaves no manifest that matches, and the next run converts again.
+// killed at any point leaves no manifest that matches, and the next run converts again. The
+// partial file goes if the run is stopped by a signal, and a SIGKILLed one's at the next run's
+// opening of the directory (src/schedule/spill-files.ts).
 import fs from 'node:fs';
 import path from 'node:path';
 import { FileLock } from '../tensor/disk/lock.js';
 import { fsyncPath, writeFileDurable } from '../util/atomic.js';
+import { removeAtExit } from './spill-files.js';
 
 /** Runs `fn` holding the folder's conversion lock, waiting (and saying so once) while another run holds it. */
 export async function withWeightsLock<T>(dir: string, log: (msg: string) => void, fn: () => Promise<T>): Promise<T> {
@@ -30,12 +33,15 @@ export async function withWeightsLock<T>(dir: string, log: (msg: string) => void
 export async function publishConverted<M>(file: string, manifestFile: string, write: (partial: string) => Promise<M>): Promise<M> {
   const partial = `${file}.partial`;
   fs.rmSync(partial, { force: true }); // left by a conversion that was killed (we hold the lock)
+  const forget = removeAtExit(partial);
   let manifest: M;
   try {
     manifest = await write(partial);
   } catch (e) {
     fs.rmSync(partial, { force: true });
     throw e;
+  } finally {
+    forget();
   }
   // Runs still reading the old weights.bin keep its data through their open descriptors.
   fs.rmSync(manifestFile, { force: true });
