@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { FileLock } from '../src/tensor/disk/lock.js';
 import { cli } from './helpers/cli.js';
 import { type Reference, readJsonl, fixturesDir, tmpDir } from './helpers/fixtures.js';
 
@@ -95,6 +96,28 @@ describe('resuming a batch job', () => {
     expect(p.code).toBe(1);
     expect(p.stderr).toContain(`tierlm: ${dir}: is a directory`);
     expect(p.stderr).not.toMatch(/\n\s+at /);
+  });
+
+  it('one run at a time writes a results file: another is refused while one holds FILE.lock (both wrote every result)', () => {
+    const dir = tmpDir('locked');
+    const out = path.join(dir, 'out.jsonl');
+    const held = FileLock.tryAcquire(`${out}.lock`)!; // a run in progress (this process stands in for it)
+    try {
+      const r = run(out);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain(`tierlm: --out ${out}: another run is writing it (it holds ${out}.lock); wait for it to end, or write to another file`);
+      expect(fs.existsSync(out)).toBe(false);
+      const b = cli(['batch', '--model', opt, '--input', prompts, '--output', out]);
+      expect(b.code).toBe(1);
+      expect(b.stderr).toContain(`--output ${out}: another run is writing it`);
+    } finally {
+      held.release();
+    }
+    // the holder gone (its lock file left, as after a crash): the next run writes, and removes the lock file
+    const r = run(out);
+    expect(r.code, r.stderr).toBe(0);
+    expect(readJsonl<{ id: string }>(out).map((l) => l.id)).toEqual(reference.map((x) => x.id));
+    expect(fs.readdirSync(dir)).toEqual(['out.jsonl']);
   });
 
   it('tries error lines again (the newest line per id wins) and exits non-zero while any request fails', () => {

@@ -9,6 +9,7 @@ import { servedName } from './model-name.js';
 import { modelDir, outputFile } from './paths.js';
 import { type PolicyFlags, addPolicyOptions, checkPlanningPaths, fitWorkload, loadOptions } from './policy-options.js';
 import { Progress } from './progress.js';
+import { lockResults } from './results-lock.js';
 
 interface BatchFlags extends PolicyFlags {
   model: string;
@@ -39,10 +40,15 @@ async function runBatchCommand(o: BatchFlags): Promise<void> {
   if (o.errors !== undefined) outputFile('--errors', o.errors);
   if (o.output === '-' || o.errors === '-') throw new UserError('--output and --errors must be files (a batch job resumes from them)');
   if (o.errors !== undefined && o.errors === o.output) throw new UserError('--errors must be another file than --output');
-  // Both files are read (a torn last line repaired) before the model loads.
-  const out = new ResultWriter(o.output, batchRecord);
-  const errors = o.errors !== undefined ? new ResultWriter(o.errors, batchRecord) : null;
+  // Both files are locked and read (a torn last line repaired) before the model loads.
+  const unlockOut = lockResults('--output', o.output);
+  let unlockErrors = () => {};
+  let out: ResultWriter | null = null;
+  let errors: ResultWriter | null = null;
   try {
+    unlockErrors = o.errors !== undefined ? lockResults('--errors', o.errors) : () => {};
+    out = new ResultWriter(o.output, batchRecord);
+    errors = o.errors !== undefined ? new ResultWriter(o.errors, batchRecord) : null;
     modelDir('--model', o.model);
     checkPlanningPaths(o);
     const source = await openPrompts(o.input);
@@ -66,8 +72,13 @@ async function runBatchCommand(o: BatchFlags): Promise<void> {
     // The exit code is the file's, not this run's: a line that failed before still failed.
     if (counts.failed + counts.skippedFailed > 0) process.exitCode = 2;
   } finally {
-    out.close();
-    errors?.close();
+    try {
+      out?.close();
+      errors?.close();
+    } finally {
+      unlockErrors();
+      unlockOut();
+    }
   }
 }
 

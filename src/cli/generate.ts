@@ -13,6 +13,7 @@ import { intList, rule } from './parse.js';
 import { Progress } from './progress.js';
 import { type PolicyFlags, addPolicyOptions, checkPlanningPaths, fitWorkload, loadOptions } from './policy-options.js';
 import { modelDir, outputFile } from './paths.js';
+import { lockResults } from './results-lock.js';
 
 interface GenerateFlags extends PolicyFlags {
   model: string;
@@ -93,9 +94,12 @@ function checkFlags(o: GenerateFlags): void {
 async function runGenerate(o: GenerateFlags): Promise<void> {
   checkFlags(o);
   if (o.batchSize !== undefined) o.gpuBatchSize = o.batchSize;
-  // The output is checked (and a torn last line found) first, then every other path, all before the model loads.
-  const writer = o.out !== undefined ? new ResultWriter(o.out) : null;
+  // The output is locked and checked (and a torn last line found) first, then every other path,
+  // all before the model loads.
+  const unlock = o.out !== undefined ? lockResults('--out', o.out) : () => {};
+  let writer: ResultWriter | null = null;
   try {
+    writer = o.out !== undefined ? new ResultWriter(o.out) : null;
     modelDir('--model', o.model);
     checkPlanningPaths(o);
     const source = o.prompts !== undefined ? await openPrompts(o.prompts) : null;
@@ -107,7 +111,11 @@ async function runGenerate(o: GenerateFlags): Promise<void> {
       else await runOnePrompt(model, writer, o);
     });
   } finally {
-    writer?.close();
+    try {
+      writer?.close();
+    } finally {
+      unlock();
+    }
   }
 }
 

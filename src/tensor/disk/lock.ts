@@ -1,6 +1,7 @@
 // Exclusive locks on files of a shared disk directory (native/napi/lock.cpp: flock). A lock is held
 // by an open descriptor, so the kernel drops it when its holder exits or is killed: a lock that can
 // be taken proves its last holder is gone, which a pid in a file name cannot (pids are reused).
+import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { nativeFn } from '../../backend/cpu/addon.js';
 
@@ -44,6 +45,18 @@ export class FileLock {
 
   get held(): boolean {
     return this.fd !== null;
+  }
+
+  /** Whether `path` still names the file this lock is on. A holder that deletes its lock file
+   *  when done leaves a moment where another process can lock the deleted file: a lock taken that
+   *  way guards nothing, and is taken again on the new file. */
+  isCurrent(): boolean {
+    if (this.fd === null) return false;
+    try {
+      return fs.statSync(this.path).ino === fs.fstatSync(this.fd).ino;
+    } catch {
+      return false;
+    }
   }
 
   /** Drops the lock (the file stays); releasing twice is a no-op. */
