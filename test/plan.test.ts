@@ -61,6 +61,15 @@ describe('policy search', () => {
     expect((withDisk as Error).message).toMatch(/RAM limit 512\.0 MiB is too small/);
     await expect(planPolicy({ config: 'opt-30b', promptLen: 64, genLen: 32, limits: { ram: 512 * 2 ** 20 }, disk: true, profile }))
       .rejects.toThrow(/RAM limit 512\.0 MiB is too small by [\d.]+ (MiB|GiB)/);
+    // The need named is the limit plus the shortfall (the plan's 5% reserve was left out of it),
+    // and a block shape the caller fixed is named as such (it said "one sequence per batch").
+    const short = (withDisk as Error).message;
+    const size = (s: string) => Number(s.split(' ')[0]) * (s.endsWith('GiB') ? 1024 : s.endsWith('MiB') ? 1 : 1 / 1024);
+    const [by, need] = [/too small by ([\d.]+ [KMG]iB)/.exec(short)![1]!, /need ([\d.]+ [KMG]iB) with the 5% of the limit the plan keeps in reserve/.exec(short)![1]!];
+    expect(Math.abs(size(need) - (512 + size(by)))).toBeLessThan(0.1 * size(need) / 100 + 0.1);
+    expect(short).toMatch(/and one sequence per batch/);
+    const fixed = await planPolicy({ config: 'opt-30b', promptLen: 64, genLen: 32, limits: { ram: 512 * 2 ** 20 }, disk: true, profile, shapes: [[6, 1]] }).catch((e: Error) => e);
+    expect((fixed as Error).message).toMatch(/on disk in the smallest block allowed \(6 × 1: gpu batch size × batches\), the embeddings/);
     await expect(planPolicy({ config: 'opt-6.7b', promptLen: 64, genLen: 32, limits: { ram: 4 * GiB, disk: GiB }, disk: true, profile }))
       .rejects.toThrow(/disk limit 1\.00 GiB is too small by/);
   });

@@ -145,6 +145,7 @@ export async function searchPolicy(input: SearchInput): Promise<Plan> {
   const ramCap = ramLimit * share;
   let best: Plan | null = null;
   let smallestRam = Infinity;
+  let smallestShape = '';
   // The least RAM any placement needs with a disk tier, had one been given (for the advice).
   let smallestWithDisk = Infinity;
   const shapes = (input.shapes ?? blockShapes()).flatMap(([gbs, ngb]) => [true, false].map((sep) => [gbs, ngb, sep] as const));
@@ -163,7 +164,7 @@ export async function searchPolicy(input: SearchInput): Promise<Plan> {
       if (!sepLayer && !v.w) continue;
       const ram = ramModel(input, gbs, ngb, sepLayer, v);
       const minRam = ram.fixed + (v.w ? 0 : ram.W) + (v.c ? 0 : ram.C) + (v.h ? 0 : ram.A);
-      smallestRam = Math.min(smallestRam, minRam);
+      if (minRam < smallestRam) [smallestRam, smallestShape] = [minRam, `${gbs} × ${ngb}`];
       if (minRam > ramCap) continue;
       // The disk holds the whole packed model once any weight is on it.
       const diskNeed = (v.w ? ram.W : 0) + (v.c ? ram.C : 0) + (v.h ? ram.A : 0);
@@ -202,8 +203,12 @@ export async function searchPolicy(input: SearchInput): Promise<Plan> {
         `with ${optionName('diskDir')}, raise it by about ${formatSize(smallestWithDisk / share - ramLimit)})`);
     }
     if (smallestRam > ramCap) {
-      throw new UserError(`RAM limit ${formatSize(ramLimit)} is too small by ${formatSize(smallestRam / share - ramLimit)}: even with the weights, cache and activations on disk and one sequence per batch, ` +
-        `the embeddings, LM head, staging buffers and workspace need ${formatSize(smallestRam)}`);
+      // (it said "one sequence per batch" for a shape the user fixed, and named a need below the
+      // limit: the plan's reserve was not in it)
+      const shape = input.shapes ? `in the smallest block allowed (${smallestShape}: gpu batch size × batches)` : 'and one sequence per batch';
+      const reserve = share < 1 ? ` with the ${Math.round((1 - share) * 100)}% of the limit the plan keeps in reserve (${formatSize(smallestRam)} without)` : '';
+      throw new UserError(`RAM limit ${formatSize(ramLimit)} is too small by ${formatSize(smallestRam / share - ramLimit)}: even with the weights, cache and activations on disk ${shape}, ` +
+        `the embeddings, LM head, staging buffers and workspace need ${formatSize(smallestRam / share)}${reserve}`);
     }
     throw new UserError(`disk limit ${formatSize(input.limits.disk ?? 0)} is too small by ${formatSize(W - (input.limits.disk ?? 0))}: ` +
       `the model does not fit in RAM, and its packed weights (${formatSize(W)}) must fit on the disk tier`);
