@@ -18,6 +18,7 @@ import { Tensor } from '../tensor/tensor.js';
 import type { MicroBatch } from './batch.js';
 import { type LayerTape, TrainLayer } from './layer.js';
 import type { GlobalGrads, GlobalParams, ParamSource } from './params.js';
+import { headChunkRows } from './head-chunk.js';
 
 type F32 = Tensor<'f32'>;
 
@@ -156,9 +157,9 @@ export class TrainModel {
 
   // ---- head -------------------------------------------------------------------------------------
 
-  /** Rows of logits made at once (at most 16 Mi values, 64 MB). */
+  /** Rows of logits made at once (./head-chunk.ts). */
   private headChunk(rows: number): number {
-    return Math.max(1, Math.min(rows, Math.floor((16 << 20) / this.source.config.vocabSize)));
+    return headChunkRows(rows, this.source.config.vocabSize);
   }
 
   /** What the LM head multiplies: project_out(finalNorm(x)) [t, embedDim]. */

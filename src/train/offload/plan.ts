@@ -14,6 +14,7 @@ import { alignUp } from '../../tensor/disk/io.js';
 import { UserError } from '../../util/errors.js';
 import { TENSOR_FILE_RAM_BYTES } from '../tensor-file.js';
 import { layerActivationBytes } from './cost.js';
+import { headChunkRows } from '../head-chunk.js';
 
 export interface OffloadPlanInput {
   config: ModelConfig;
@@ -82,9 +83,6 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
   const setBytes = Math.max(2048, Math.min(subGroupSize, probe.params.reduce((n, p) => n + p.size, 0))) * perElem + probe.kinds.length * 4096;
   // Packed weights: each held unit's weights packed (and packed transposed) in f32 at most.
   const packs = 2 * 4 * (Math.max(0, ...unitElems.slice(0, L)) + unitElems[L]!);
-  const q = c.heads * c.headDim;
-  const perToken = layerActivationBytes(c) + 4 * (4 * c.embedDim + 2 * c.vocabSize);
-  const gemm = 4 * t * Math.max(c.ffn, c.hidden, q, c.embedDim, c.vocabSize);
   const fixed = (depth: number, sets: number): MemoryItem[] => [
     { what: 'parameter buffers (layer in use, read ahead, globals)', ram: (depth + 1) * layerMax(computeKind) + 2 * unitBytes(L, computeKind), disk: 0 },
     { what: 'gradient buffers', ram: 2 * layerMax('grad') + unitBytes(L, 'grad'), disk: 0 },
@@ -92,7 +90,7 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
     { what: `optimizer sub-group buffers (${sets} sets)`, ram: sets * setBytes, disk: 0 },
     // Without activation checkpointing every layer keeps its whole tape (half of perToken).
     { what: o.checkpointActivations ? 'activations and gradients of one layer, head, logits' : 'every layer\'s activations, gradients, head, logits',
-      ram: perToken * t * (o.checkpointActivations ? 1 : (L + 1) / 2) + gemm, disk: 0 },
+      ram: stepActivationBytes(c, t, o.checkpointActivations), disk: 0 },
     // Chunk buffers, staging and the f32 chunk of a state read from disk.
     { what: 'checkpoint save and resume', ram: TENSOR_FILE_RAM_BYTES + TENSOR_FILE_RAM_BYTES / 4, disk: 0 },
     // A raw tile, its two packings (W, Wᵀ) and a gradient tile, in f32 at most, and dy's columns.
@@ -105,6 +103,15 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
   // Deeper prefetch while it takes at most a quarter of what is left.
   while (maxDepth < 4 && (maxDepth + 1) * layerMax(computeKind) <= (o.ram - base) / 4 + layerMax(computeKind)) maxDepth++;
   return placeStates(o, probe, fixed(maxDepth, optimizerSets), { subGroupSize, optimizerSets, maxDepth, tileBytes, tiled, actTotal: o.checkpointActivations ? (L + 1) * 4 * t * c.hidden : 0 });
+}
+
+/** A step's activations and gradients (one layer's, or with activation checkpointing off every
+ *  layer's whole tape: half of a layer's per token), and the products' outputs: the largest
+ *  layer product over the micro-batch, and the LM head's chunk of logits (../head-chunk.ts). */
+export function stepActivationBytes(c: ModelConfig, t: number, checkpointActivations: boolean): number {
+  const perToken = layerActivationBytes(c) + 4 * 4 * c.embedDim;
+  const products = 4 * t * Math.max(c.ffn, c.hidden, c.heads * c.headDim, c.embedDim) + 4 * headChunkRows(t, c.vocabSize) * c.vocabSize;
+  return perToken * t * (checkpointActivations ? 1 : (c.layers + 1) / 2) + products;
 }
 
 /** Given the working buffers (`items`), keeps states in RAM in ORDER while the limit allows, and

@@ -7,9 +7,8 @@
 
 import type { MemoryItem } from '../../policy/memory.js';
 import { alignUp } from '../../tensor/disk/io.js';
-import { layerActivationBytes } from '../offload/cost.js';
 import { Layout, type StateKind, type UnitTensor, kindBytes } from '../offload/layout.js';
-import { type OffloadPlan, type OffloadPlanInput, placeStates } from '../offload/plan.js';
+import { type OffloadPlan, type OffloadPlanInput, placeStates, stepActivationBytes } from '../offload/plan.js';
 import { TENSOR_FILE_RAM_BYTES } from '../tensor-file.js';
 import { type Layout as Partition, partitionLayout } from './layout.js';
 
@@ -36,9 +35,6 @@ export function planRank(o: OffloadPlanInput & { ranks: number }): OffloadPlan {
   const total = part.groups.reduce((n, g) => n + g.slice, 0);
   const subGroupSize = o.subGroupSize ?? Math.max(2048, Math.floor(o.ram / 16 / (3 * perElem)));
   const subGroupBytes = 3 * (Math.max(2048, Math.min(subGroupSize, total)) * perElem + probe.kinds.length * 4096);
-  const q = c.heads * c.headDim;
-  const perToken = layerActivationBytes(c) + 4 * (4 * c.embedDim + 2 * c.vocabSize);
-  const gemm = 4 * t * Math.max(c.ffn, c.hidden, q, c.embedDim, c.vocabSize);
   const items: MemoryItem[] = [
     { what: 'gathered parameters (two layers, the globals)', ram: kb * (2 * layerMax + whole(0)), disk: 0 },
     { what: 'sent parameter slices (two layers, the globals)', ram: 2 * alignUp(kb * layerSlice) + alignUp(kb * part.groups[0]!.slice), disk: 0 },
@@ -47,7 +43,7 @@ export function planRank(o: OffloadPlanInput & { ranks: number }): OffloadPlan {
     { what: 'packed weights', ram: 2 * 4 * (2 * layerMax + whole(0)), disk: 0 },
     { what: 'optimizer sub-group buffers (three)', ram: subGroupBytes, disk: 0 },
     { what: o.checkpointActivations ? 'activations and gradients of one layer, head, logits' : 'every layer\'s activations, gradients, head, logits',
-      ram: perToken * t * (o.checkpointActivations ? 1 : (c.layers + 1) / 2) + gemm, disk: 0 },
+      ram: stepActivationBytes(c, t, o.checkpointActivations), disk: 0 },
     // Saving gathers each group's masters whole (rank 0 writes them).
     { what: 'checkpoint save and resume', ram: TENSOR_FILE_RAM_BYTES + TENSOR_FILE_RAM_BYTES / 4 + 4 * Math.max(whole(0), layerMax), disk: 0 },
   ];
