@@ -197,6 +197,25 @@ describe('tierlm train --ram --disk-dir', () => {
     expect(run.peakRssBytes).toBeLessThanOrEqual(256 * MiB + RUNTIME_OVERHEAD_BYTES);
   });
 
+  // Without --tile-size, weights over an eighth of the limit are tiled; where that plan does not
+  // fit, smaller tiles are tried. It was refused: Llama-test's 32000-row head and embedding (16 MB
+  // each in f32) under 100 MiB were held whole, while 56 MiB (which tiles them) trained.
+  it('tiles more weights rather than refuse a limit that tiling fits', () => {
+    const m = model('llama-test', 2, { vocab_size: 32000 });
+    const file = path.join(tmpDir('offload-retile'), 'data.jsonl');
+    const r = rng(9);
+    fs.writeFileSync(file, Array.from({ length: 8 }, () => JSON.stringify({ token_ids: Array.from({ length: 32 }, () => Math.floor(r() * 32000)) })).join('\n') + '\n');
+    const base = ['--model', m, '--data', file, '--max-steps', '2', '--batch-size', '1', '--seq-len', '32', '--threads', '2', '--precision', 'bf16'];
+    const out = tmpDir('offload-retile-out');
+    const run = cliPeak(['train', ...base, '--out', out, '--ram', '100MiB', '--disk-dir', tmpDir('offload-retile-disk')]);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stderr).toMatch(/weights computed in tiles of/);
+    expect(run.peakRssBytes).toBeLessThanOrEqual(100 * MiB + RUNTIME_OVERHEAD_BYTES);
+    const inRam = tmpDir('offload-retile-ram');
+    expect(cli(['train', ...base, '--out', inRam]).code).toBe(0);
+    expect(losses(out)).toEqual(losses(inRam));
+  });
+
   // Memory-centric tiling: one layer of 8.65M parameters (fc1 and fc2 of 256 × 16384), 34.6 MB in
   // fp32, more than half of --ram 64MiB: its MLP weights are computed in tiles, the results are
   // those of the run in RAM, and the peak stays within the limit plus the overhead.

@@ -54,12 +54,34 @@ export interface OffloadPlan {
 const ORDER: (StateKind | 'act')[] = ['param', 'master', 'grad', 'm', 'v', 'act'];
 // (fp32 has no 'param': the master, which compute reads, comes first.)
 
+/** The plan under the limits. Without a given tile size, weights over an eighth of the limit are
+ *  tiled; when that does not fit, smaller tiles are tried (down to 64 KiB) before refusing — a
+ *  larger limit tiled fewer weights, held them whole, and was refused where a smaller one ran. */
 export function planOffload(o: OffloadPlanInput): OffloadPlan {
+  try {
+    return planOffloadOnce(o);
+  } catch (e) {
+    if (!(e instanceof UserError) || o.tileSize !== undefined) throw e;
+    for (let tile = prevPow2(Math.floor(o.ram / 64)); tile >= MIN_TILE_BYTES; tile /= 2) {
+      try {
+        return planOffloadOnce({ ...o, tileSize: tile });
+      } catch (again) {
+        if (!(again instanceof UserError)) throw again;
+      }
+    }
+    throw e;
+  }
+}
+
+const MIN_TILE_BYTES = 1 << 16;
+const prevPow2 = (n: number): number => 2 ** Math.floor(Math.log2(Math.max(1, n)));
+
+function planOffloadOnce(o: OffloadPlanInput): OffloadPlan {
   const c = o.config, t = o.maxTokens;
   const computeKind: StateKind = o.precision === 'bf16' ? 'param' : 'master';
   // Memory-centric tiling: a linear weight over four tiles (a tile is a 32nd of the limit by
   // default) is never fetched whole; --tile-size sets the tile, and tiles every weight larger.
-  const tileBytes = o.tileSize ?? Math.max(1 << 16, Math.floor(o.ram / 32));
+  const tileBytes = o.tileSize ?? Math.max(MIN_TILE_BYTES, Math.floor(o.ram / 32));
   const tileOver = o.tileSize ?? 4 * tileBytes;
   const all = new Layout(c, o.names, o.precision, { param: 0, grad: 0, master: 0, m: 0, v: 0, act: 0 });
   const g = o.names.global;
