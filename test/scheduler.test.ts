@@ -8,6 +8,9 @@ import { type GenerationRequest, type GenerationResult, type LanguageModel, type
 import { initModel } from '../src/models/init.js';
 import { fixturePrompts, fixturesDir, longContextModel, tmpDir } from './helpers/fixtures.js';
 import { tokenizerModelDir } from './helpers/tokenizer-model.js';
+import { Sequence } from '../src/engine/sequence.js';
+import { GREEDY } from '../src/engine/sampling.js';
+import { Tensor } from '../src/tensor/tensor.js';
 
 const opt = path.join(fixturesDir, 'opt-tiny');
 
@@ -158,6 +161,26 @@ describe('Scheduler with a tokenizer', () => {
     expect(plain.tokenIds.slice(0, r.tokenIds.length)).toEqual(r.tokenIds);
     await s.drain();
     expect(await s.submit({ id: 'z', prompt: 'x' })).toEqual({ id: 'z', error: 'shutting down' });
+  });
+
+  it('a sample ending inside a multi-byte character streams its last piece too (its text ends in U+FFFD; the pieces did not)', () => {
+    const t = model.tokenizer!;
+    const byte = 3 + 0xe2; // <0xE2>, the first byte of a three-byte character
+    const vocab = model.config.vocabSize;
+    const pieces: string[] = [];
+    const limits = { maxNewTokens: 2, untilContext: false, stopIds: new Set<number>(), stop: [], logprobs: false, topLogprobs: 0, maxPositions: 100 };
+    const seq = new Sequence({ id: 'x', promptTokenIds: [1] }, t.encode('Hello'), 0, GREEDY, limits, t, (_s, _tok, text) => pieces.push(text));
+    const logits = (id: number) => {
+      const l = new Float32Array(vocab);
+      l[id] = 1;
+      return new Tensor('f32', [1, vocab], l);
+    };
+    const none = () => { throw new Error('no logprobs'); };
+    expect(seq.next(logits(t.encode('x', false).at(-1)!), 0, none)).toBe(false);
+    expect(seq.next(logits(byte), 0, none)).toBe(true);
+    const text = seq.result().text!;
+    expect(text.endsWith('\ufffd')).toBe(true);
+    expect(pieces.join('')).toBe(text);
   });
 
   it("a sample's text is what its tokens add after the prompt: a first token's leading space is kept, and streamed pieces agree", async () => {

@@ -135,8 +135,9 @@ export class Sequence {
     const t = this.tokenizer!;
     const before = decode(t, this.window(this.prefix, this.read));
     const now = decode(t, this.window(this.prefix));
-    // A multi-byte character still incomplete decodes to U+FFFD: wait for its next token.
-    if (now.length > before.length && !now.endsWith('\ufffd')) {
+    // A multi-byte character still incomplete decodes to U+FFFD: wait for its next token (unless
+    // the sample has ended: its text ends so, and the pieces must add up to it).
+    if (now.length > before.length && (!now.endsWith('\ufffd') || this.done)) {
       const from = Math.max(0, this.text.length - this.longestStop());
       this.text += now.slice(before.length);
       this.prefix = this.read;
