@@ -44,6 +44,10 @@ describe('tierlm plan --train', () => {
     expect(bad.code).toBe(1);
     expect(bad.stderr).toMatch(/--train/);
     expect(cli(['plan', '--train', '--config', 'opt-test']).stderr).toMatch(/--ram/);
+    // --tile-size, as train takes it (plan had no such flag)
+    const tiled = cli(['plan', '--train', '--config', 'opt-test', '--layers', '2', '--ram', '48MiB', '--seq-len', '64', '--batch-size', '4', '--tile-size', '64KiB']);
+    expect(tiled.stdout).toMatch(/weights in tiles of 64\.0 KiB/);
+    expect(cli(['plan', '--config', 'opt-test', '--prompt-len', '8', '--gen-len', '4', '--tile-size', '1MiB']).stderr).toMatch(/--tile-size plan training: add --train/);
   });
 
   it('--ranks N plans one rank: its share of each state, the whole model\'s compute', () => {

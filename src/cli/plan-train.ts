@@ -18,6 +18,7 @@ export interface TrainPlanFlags {
   seqLen?: number;
   batchSize?: number;
   ranks?: number;
+  tileSize?: number;
   ram?: number;
   disk?: number;
   json?: boolean;
@@ -43,7 +44,7 @@ export function trainPlan(o: TrainPlanFlags, profile: HardwareProfile): { plan: 
   const { config, names } = shape(o);
   const seqLen = Math.min(o.seqLen ?? 512, config.maxPositions), batchSize = o.batchSize ?? 4;
   const plan = planTraining({ config, names, precision: o.precision ?? 'fp32', seqLen, batchSize, ram: o.ram, disk: o.disk, profile, checkpointActivations: true,
-    ranks: o.ranks });
+    ranks: o.ranks, tileSize: o.tileSize });
   return { plan, config, seqLen, batchSize };
 }
 

@@ -4,7 +4,7 @@ import { type PlanResult, planPolicy } from '../engine/plan.js';
 import { policyToJson } from '../policy/policy.js';
 import { formatSize } from '../tensor/tiers/size.js';
 import { int } from './parse.js';
-import { type LimitFlags, addPlanningOptions, checkPlanningPaths, planFields, profileFor } from './policy-options.js';
+import { type LimitFlags, addPlanningOptions, checkPlanningPaths, planFields, profileFor, sizeOption } from './policy-options.js';
 import { checkModelSource } from './paths.js';
 import { trainPlan, trainPlanJson, trainPlanReport } from './plan-train.js';
 import { UserError } from '../util/errors.js';
@@ -18,6 +18,7 @@ interface PlanFlags extends LimitFlags {
   json?: boolean;
   train?: boolean;
   seqLen?: number;
+  tileSize?: number;
   batchSize?: number;
   ranks?: number;
 }
@@ -35,6 +36,7 @@ export function addPlanCommand(program: Command): void {
     .option('--seq-len <n>', 'with --train: tokens per sequence (default 512, or the model\'s positions if fewer)', int('--seq-len', 2))
     .option('--batch-size <n>', 'with --train: sequences per optimizer step (default 4)', int('--batch-size', 1))
     .option('--ranks <n>', 'with --train: plan one rank of mpirun -np N (its share of the states; --ram and --batch-size per rank)', int('--ranks', 1))
+    .option('--tile-size <size>', 'with --train: weight tile, with a unit, as `tierlm train --tile-size` (default: planned from --ram)', sizeOption('--tile-size'))
     .option('--json', 'print the policy as `--policy FILE` reads it, with the predictions beside it');
   addPlanningOptions(cmd).action(async (o: PlanFlags) => {
     checkModelSource(o);
@@ -44,7 +46,9 @@ export function addPlanCommand(program: Command): void {
       process.stdout.write(o.json ? JSON.stringify(trainPlanJson(r)) + '\n' : trainPlanReport(r));
       return;
     }
-    if (o.seqLen !== undefined || o.batchSize !== undefined || o.ranks !== undefined) throw new UserError('--seq-len, --batch-size and --ranks plan training: add --train');
+    if (o.seqLen !== undefined || o.batchSize !== undefined || o.ranks !== undefined || o.tileSize !== undefined) {
+      throw new UserError('--seq-len, --batch-size, --ranks and --tile-size plan training: add --train');
+    }
     if (o.promptLen === undefined || o.genLen === undefined) throw new UserError('plan needs --prompt-len and --gen-len (or --train)');
     const promptLen = o.promptLen, genLen = o.genLen;
     const plan = await planPolicy({

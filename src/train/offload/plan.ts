@@ -35,6 +35,8 @@ export interface OffloadPlanInput {
   /** RAM the caller holds besides the trainer's buffers for as long as it trains (a run's
    *  tokenized data): counted against the limit like them. */
   heldBytes?: number;
+  /** Try smaller tiles where the default ones do not fit (default true; see planOffload). */
+  retile?: boolean;
 }
 
 export interface OffloadPlan {
@@ -61,7 +63,7 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
   try {
     return planOffloadOnce(o);
   } catch (e) {
-    if (!(e instanceof UserError) || o.tileSize !== undefined) throw e;
+    if (!(e instanceof UserError) || o.tileSize !== undefined || o.retile === false) throw e;
     for (let tile = prevPow2(Math.floor(o.ram / 64)); tile >= MIN_TILE_BYTES; tile /= 2) {
       try {
         return planOffloadOnce({ ...o, tileSize: tile });

@@ -49,7 +49,19 @@ export interface TrainPlan {
   actDiskBytes: number;
 }
 
+/** The fastest micro-batch under the limits. Smaller tiles than the default are tried only when
+ *  no micro-batch fits with the default ones (planOffload would otherwise take a larger
+ *  micro-batch in smaller tiles over a smaller one untiled). */
 export function planTraining(o: TrainPlanInput): TrainPlan {
+  try {
+    return planTrainingWith(o, false);
+  } catch (e) {
+    if (o.tileSize !== undefined || (o.ranks ?? 1) > 1) throw e;
+    return planTrainingWith(o, true);
+  }
+}
+
+function planTrainingWith(o: TrainPlanInput, retile: boolean): TrainPlan {
   const tries = o.microBatch !== undefined ? [o.microBatch] : divisors(o.batchSize).reverse();
   let best: TrainPlan | null = null;
   let refusal: unknown = null;
@@ -60,7 +72,7 @@ export function planTraining(o: TrainPlanInput): TrainPlan {
     let plan: OffloadPlan;
     try {
       const input = { config: o.config, names: o.names, precision: o.precision, maxTokens: tokens, ram: o.ram, disk: o.disk, shares: o.shares,
-        subGroupSize: o.subGroupSize, tileSize: o.tileSize, checkpointActivations: o.checkpointActivations };
+        subGroupSize: o.subGroupSize, tileSize: o.tileSize, checkpointActivations: o.checkpointActivations, retile };
       plan = ranks > 1 ? planRank({ ...input, ranks }) : planOffload(input);
     } catch (e) {
       if (!(e instanceof UserError)) throw e;
