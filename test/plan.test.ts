@@ -8,7 +8,10 @@ import { planPolicy, predictPolicy } from '../src/engine/plan.js';
 import { type UnitCost, ioTime, layerCosts, predict } from '../src/policy/cost-model.js';
 import type { ModelConfig } from '../src/models/config.js';
 import { loadProfile } from '../src/policy/profile.js';
-import { policyFromJson } from '../src/policy/policy.js';
+import { DEFAULT_POLICY, policyFromJson } from '../src/policy/policy.js';
+import { blockItems } from '../src/policy/memory.js';
+import { readPreset } from '../src/models/registry.js';
+import { cacheBytesPerElement } from '../src/engine/generate.js';
 import { cli } from './helpers/cli.js';
 import { fixturesDir, tmpDir } from './helpers/fixtures.js';
 
@@ -151,5 +154,20 @@ describe('tierlm plan', () => {
     expect(r.stdout).toMatch(/policy {3}gpu batch \d+ × \d+ batches/);
     expect(r.stdout).toMatch(/predicted prefill [\d.]+ tok\/s \((disk|compute)-bound\), decode [\d.]+ tok\/s \((disk|compute)-bound\), total [\d.]+ tok\/s/);
     expect(r.stdout).toMatch(/memory {3}RAM [\d.]+ GiB, disk [\d.]+ GiB/);
+  });
+});
+
+describe('memory of a block', () => {
+  it('counts a 4-bit cache in whole bytes: nothing on disk when every share is in RAM, for any head size', () => {
+    // (head size 72: the q4 record's bytes spread over 72 elements came back as 1e-10 B on disk,
+    // and a --disk 0B limit refused every request)
+    for (const headDim of [15, 24, 40, 72, 80, 96, 112, 128]) {
+      const config = { ...readPreset('opt-test').config, headDim, kvHeads: 3, layers: 5 } as ModelConfig;
+      const shape = { rows: 3, batches: 2, capacity: 77, maxTokens: 9, cacheBytesPerElement: cacheBytesPerElement('q4', headDim) };
+      for (const item of blockItems(config, DEFAULT_POLICY, shape)) {
+        expect(item.disk, `${headDim} ${item.what}`).toBe(0);
+        expect(Number.isInteger(item.ram), `${headDim} ${item.what}`).toBe(true);
+      }
+    }
   });
 });

@@ -72,12 +72,16 @@ export function conversionStagingBytes(packedChunkBytes: number): number {
 }
 
 export function blockItems(c: ModelConfig, p: Policy, b: BlockShape): MemoryItem[] {
-  const perRowCache = 2 * c.layers * c.kvHeads * b.capacity * c.headDim * b.cacheBytesPerElement;
+  // Bytes of one head's keys (or values) at one position: whole bytes (a q4 record's bytes spread
+  // over d elements came back as 43.99999… for d = 72, and left 1e-10 B "on disk" that a
+  // --disk 0B limit refused).
+  const headBytes = Math.round(c.headDim * b.cacheBytesPerElement);
+  const perRowCache = 2 * c.layers * c.kvHeads * b.capacity * headBytes;
   const cacheTotal = perRowCache * b.rows * b.batches;
   const cs = shares(p, 'cache');
   const cacheRam = Math.round(cacheTotal * (cs.device + cs.ram));
-  const record = Math.ceil((2 * c.kvHeads * c.headDim * b.cacheBytesPerElement) / 4096) * 4096;
-  const cacheStaging = cs.disk > 0 ? 3 * (b.rows * (2 * c.kvHeads * b.capacity * c.headDim * b.cacheBytesPerElement + b.capacity * record)) : 0;
+  const record = Math.ceil((2 * c.kvHeads * headBytes) / 4096) * 4096;
+  const cacheStaging = cs.disk > 0 ? 3 * (b.rows * (2 * c.kvHeads * b.capacity * headBytes + b.capacity * record)) : 0;
   const actTotal = b.batches * b.maxTokens * c.hidden * 4;
   const as = shares(p, 'activations');
   const actStaging = as.disk > 0 ? 3 * 2 * b.maxTokens * c.hidden * 4 : 0;
