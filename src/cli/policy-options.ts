@@ -49,12 +49,17 @@ export interface PolicyFlags extends LimitFlags {
   threads?: number;
 }
 
+/** A size flag's value, at least one byte: 0B (or 0.5B) is no limit a run can keep, and it failed
+ *  later as the API's option, or as an internal error in the planner's process. */
 export const sizeOption = (name: string) => (v: string) => {
+  let bytes: number;
   try {
-    return parseSize(v, name);
+    bytes = parseSize(v, name);
   } catch (e) {
     throw new InvalidArgumentError((e as Error).message);
   }
+  if (bytes < 1) throw new InvalidArgumentError(`${name}: "${v}" is less than one byte (leave ${name} out for no limit)`);
+  return bytes;
 };
 
 const bool = (name: string) => (v: string) => {
