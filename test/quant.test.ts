@@ -254,6 +254,27 @@ describe('q4 / q8 matmul matches a float64 GEMM over the dequantized weights', (
     }
   }
 
+  it('bf16 mode with x near the float range: finite where the product is (the int8 path gave +Infinity for 2e38)', () => {
+    const k = 64, n = 2;
+    const w = new Tensor('f32', [n, k], Float32Array.from({ length: n * k }, (_, i) => ((i * 37) % 64) / 32 - 1));
+    for (const big of [2e38, 5e35, 1e31]) {
+      const x = new Tensor('f32', [1, k], new Float32Array(k));
+      x.data[5] = big;
+      for (const format of FORMATS) {
+        const want = ref.matmul(x, ref.packWeight(w, 'fp32', 'w', { quantize: format })).data;
+        for (const isa of ISAS) {
+          setIsa(isa);
+          const got = cpu.matmul(x, cpu.packWeight(w, 'bf16', 'w', { quantize: format })).data;
+          for (let j = 0; j < n; j++) {
+            expect(Number.isFinite(got[j]), `${format} ${isa} ${big}`).toBe(true);
+            expect(Math.abs(got[j]! - want[j]!) / Math.abs(want[j]!), `${format} ${isa} ${big}`).toBeLessThan(2e-2);
+          }
+        }
+        setIsa(startIsa);
+      }
+    }
+  });
+
   it('fp32 mode equals the f32 GEMM over the gathered (dequantized) rows bit for bit', () => {
     const [m, k, n] = [9, 300, 45];
     const x = randomF32([m, k], seed++);

@@ -423,10 +423,14 @@ void gather_rows(const uint8_t* w, int bits, int64_t n, int64_t k, const int32_t
 namespace {
 
 // Whether no element is NaN or ±inf (exponent bits all ones): an integer OR, which vectorises.
-bool all_finite(const float* x, int64_t n) {
+// Whether every |x| is below 2^100 (~1.3e30): NaN and infinities are not, nor are values so large
+// that a group's first partial sum, dot·step·sx ≈ 64·(w spread)·max|x|, overflows to +inf before
+// the min·Σx that cancels most of it is added (2e38 gave +inf where the product is 1.7e38).
+bool all_moderate(const float* x, int64_t n) {
   const uint32_t* b = reinterpret_cast<const uint32_t*>(x);
+  constexpr uint32_t kLimit = static_cast<uint32_t>(127 + 100) << 23;
   uint32_t bad = 0;
-  for (int64_t i = 0; i < n; i++) bad |= static_cast<uint32_t>((b[i] & 0x7f800000u) == 0x7f800000u);
+  for (int64_t i = 0; i < n; i++) bad |= static_cast<uint32_t>((b[i] & 0x7f800000u) >= kLimit);
   return bad == 0;
 }
 
@@ -443,8 +447,9 @@ void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, int bits, in
   }
   // The int8 path scales each x group by its largest magnitude, which a NaN or an infinity would
   // make meaningless (the outputs came out finite): such an x takes the float path, whose sums
-  // carry them as the reference's do. The check reads x once, ~1% of a GEMV's time.
-  if (fast && active_isa() >= Isa::Avx512Bf16 && cpu_features().avx512vnni && all_finite(x, m * k)) {
+  // carry them as the reference's do, and so does one too large for the int8 path's partial sums.
+  // The check reads x once, ~1% of a GEMV's time.
+  if (fast && active_isa() >= Isa::Avx512Bf16 && cpu_features().avx512vnni && all_moderate(x, m * k)) {
     matmul_vnni(vnni_avx512(), xquant_avx512(), x, m, k, w, bits, n, bias, y, ep);
     return;
   }
