@@ -62,12 +62,7 @@ export class Sequence {
     // Sample 0 keeps the request's own stream, so n = 1 draws what it always drew.
     this.rng = new Rng(sampling.seed, index === 0 ? req.id : `${req.id}\0${index}`);
     this.history = new TokenHistory(ids);
-    if (tokenizer) {
-      const context = ids.slice(-DETOKENIZE_CONTEXT);
-      const text = decode(tokenizer, context);
-      // (a prompt of ids ending inside a character: its completion would be decoded into it)
-      if (!text.includes('\ufffd')) [this.context, this.contextText] = [context, text];
-    }
+    if (tokenizer) [this.context, this.contextText] = detokenizeContext(tokenizer, ids);
     this.read = this.context.length;
   }
 
@@ -191,7 +186,16 @@ export class Sequence {
 }
 
 /** Prompt tokens decoded ahead of a sample's (vLLM uses 5; 4 covers a SentencePiece word start). */
-export const DETOKENIZE_CONTEXT = 4;
+const DETOKENIZE_CONTEXT = 4;
+
+/** The prompt's last tokens a sample's text is decoded after, and their text; none when they end
+ *  inside a character (the sample's first token would be decoded into it). The OpenAI layer's
+ *  logprob tokens use the same context, so that they add up to the text. */
+export function detokenizeContext(t: TextTokenizer, prompt: readonly number[]): [number[], string] {
+  const context = prompt.slice(-DETOKENIZE_CONTEXT);
+  const text = decode(t, context);
+  return text.includes('\ufffd') ? [[], ''] : [context, text];
+}
 
 /** The tokenizer's decode, which refuses an empty list. */
 function decode(t: TextTokenizer, ids: number[]): string {

@@ -7,7 +7,7 @@
 // given: equal requests get equal answers), the request name and the sample index.
 
 import type { GenerationRequest, GenerationResult, SampleResult } from '../engine/requests.js';
-import { DETOKENIZE_CONTEXT } from '../engine/sequence.js';
+import { detokenizeContext } from '../engine/sequence.js';
 import { type ChatMessage, ChatTemplateError, type TextTokenizer } from '../formats/tokenizer.js';
 import { invalid, notFound } from './errors.js';
 import type { Endpoint } from './validate.js';
@@ -143,12 +143,11 @@ const PIECE_CONTEXT = 8;
  * unfinished multi-byte character (U+FFFD at the end) goes to the token that completes it.
  * `token_id:N` when the model has no tokenizer.
  */
-export function tokenPiece(model: ServedModel, ids: readonly number[], i: number, alt?: number, prompt: readonly number[] = []): string {
+export function tokenPiece(model: ServedModel, ids: readonly number[], i: number, alt?: number, context: readonly number[] = []): string {
   const t = model.tokenizer;
   const id = alt ?? ids[i]!;
   if (!t) return `token_id:${id}`;
   // The prompt's last tokens come first, as the engine decodes the sample's text (sequence.ts).
-  const context = promptContext(model, prompt);
   const all = [...context, ...ids.slice(0, i)];
   const at = all.length;
   const from = Math.max(0, at - PIECE_CONTEXT);
@@ -156,32 +155,38 @@ export function tokenPiece(model: ServedModel, ids: readonly number[], i: number
   const unfinished = (s: string, keep: boolean) => (keep ? s : s.replace(/\ufffd+$/, ''));
   const before = at > from ? unfinished(t.decode(all.slice(from, at)), false) : '';
   const upto = unfinished(t.decode([...all.slice(from, at), id]), last);
-  let same = 0;
-  while (same < before.length && same < upto.length && before[same] === upto[same]) same++;
-  return upto.slice(same);
+  return upto.slice(commonLength(before, upto));
 }
 
-/** The prompt tokens the engine decodes a sample's text after (none when they end inside a character). */
+/** Length of the common start of two strings. */
+function commonLength(a: string, b: string): number {
+  let n = 0;
+  while (n < a.length && n < b.length && a[n] === b[n]) n++;
+  return n;
+}
+
+/** The prompt tokens the engine decodes a sample's text after (decoded once per sample, not per token). */
 function promptContext(model: ServedModel, prompt: readonly number[]): number[] {
-  const context = prompt.slice(-DETOKENIZE_CONTEXT);
-  return context.length > 0 && model.tokenizer!.decode(context).includes('\ufffd') ? [] : context;
+  return model.tokenizer ? detokenizeContext(model.tokenizer, prompt)[0] : [];
 }
 
 function completionLogprobs(model: ServedModel, s: SampleResult, top: number, prompt: readonly number[]) {
-  const tokens = s.tokenIds.map((_, i) => tokenPiece(model, s.tokenIds, i, undefined, prompt));
+  const context = promptContext(model, prompt);
+  const tokens = s.tokenIds.map((_, i) => tokenPiece(model, s.tokenIds, i, undefined, context));
   const offsets: number[] = [];
   tokens.reduce((at, t) => (offsets.push(at), at + t.length), 0);
   return {
     tokens,
     token_logprobs: s.logprobs ?? [],
-    top_logprobs: top > 0 ? (s.topLogprobs ?? []).map((list, i) => Object.fromEntries(list.map((x) => [tokenPiece(model, s.tokenIds, i, x.token, prompt), x.logprob]))) : null,
+    top_logprobs: top > 0 ? (s.topLogprobs ?? []).map((list, i) => Object.fromEntries(list.map((x) => [tokenPiece(model, s.tokenIds, i, x.token, context), x.logprob]))) : null,
     text_offset: offsets,
   };
 }
 
 function chatLogprobs(model: ServedModel, s: SampleResult, prompt: readonly number[]) {
+  const context = promptContext(model, prompt);
   const entry = (i: number, token: number | undefined, logprob: number) => {
-    const text = tokenPiece(model, s.tokenIds, i, token, prompt);
+    const text = tokenPiece(model, s.tokenIds, i, token, context);
     return { token: text, logprob, bytes: [...Buffer.from(text, 'utf8')] };
   };
   return {
@@ -268,9 +273,7 @@ export class ChunkStream {
       // Sent text is a prefix of the final text (stop sequences are held back above, and text is
       // decoded without the non-incremental cleanup). Were it not, what follows the common part
       // is sent, never the whole text again (the client would hold it twice).
-      let common = 0;
-      while (common < sent.length && common < text.length && sent[common] === text[common]) common++;
-      const rest = text.slice(common);
+      const rest = text.slice(commonLength(sent, text));
       const chat = this.p.endpoint === '/v1/chat/completions';
       const ids = this.p.requests[prompt]!.promptTokenIds;
       const logprobs = this.p.logprobs === null ? null : chat ? chatLogprobs(model, s, ids) : completionLogprobs(model, s, this.p.logprobs, ids);
