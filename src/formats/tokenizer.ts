@@ -103,15 +103,17 @@ export class TextTokenizer {
    *  add_bos_token / add_eos_token say where it gives them: transformers' Llama tokenizers
    *  rebuild their post-processor from those flags. */
   encode(text: string, addSpecialTokens = true): number[] {
-    const withSpecial = this.tokenizer.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+    const encode = (special: boolean) => this.tokenizer.encode(text, { add_special_tokens: special }).ids;
     const { add_bos_token: wantBos, add_eos_token: wantEos } = this.config;
-    if (!addSpecialTokens || (typeof wantBos !== 'boolean' && typeof wantEos !== 'boolean')) return withSpecial;
-    const plain = this.tokenizer.encode(text, { add_special_tokens: false }).ids;
+    const givesBos = typeof wantBos === 'boolean', givesEos = typeof wantEos === 'boolean';
+    if (!addSpecialTokens || (!givesBos && !givesEos)) return encode(addSpecialTokens);
+    const plain = encode(false);
     const bos = this.tokenId('bos_token'), eos = this.tokenId('eos_token');
-    // What the post-processor added, for a flag the config leaves out.
+    // What the post-processor adds, for a flag the config leaves out (only then encoded twice).
+    const withSpecial = givesBos && givesEos ? plain : encode(true);
     const added = withSpecial.length > plain.length;
-    const hasBos = typeof wantBos === 'boolean' ? wantBos : added && withSpecial[0] === bos;
-    const hasEos = typeof wantEos === 'boolean' ? wantEos : added && withSpecial.at(-1) === eos;
+    const hasBos = givesBos ? wantBos : added && withSpecial[0] === bos;
+    const hasEos = givesEos ? wantEos : added && withSpecial.at(-1) === eos;
     return [...(hasBos && bos !== null ? [bos] : []), ...plain, ...(hasEos && eos !== null ? [eos] : [])];
   }
 
