@@ -10,6 +10,7 @@ import { UserError } from '../util/errors.js';
 import { optionName } from '../util/names.js';
 import { type BlockFile, openBlockFile } from './block-file.js';
 import { SpillFiles } from './spill-files.js';
+import { removeDeadConversions } from './weights-dir.js';
 
 export class DiskTier {
   private constructor(
@@ -29,6 +30,7 @@ export class DiskTier {
     } catch {
       throw new UserError(`disk directory ${dir} is not writable`);
     }
+    removeDeadConversions(dir);
     const spill = SpillFiles.claim(dir);
     const opened: BlockFile[] = [];
     try {

@@ -98,12 +98,10 @@ function removeTag(dir: string, tag: string): void {
   fs.rmSync(path.join(dir, lockName(tag)), { force: true });
 }
 
-/** Deletes the spill files and locks of runs that are gone (their lock can be taken), and the
- *  partial file of a weights conversion that no run holds the lock of (one killed midway). */
+/** Deletes the spill files and locks of runs that are gone (their lock can be taken). */
 function removeStale(dir: string): void {
   const tags = new Set<string>();
   for (const name of fs.readdirSync(dir)) {
-    if (name.startsWith('weights-')) removeDeadConversion(path.join(dir, name));
     const m = TAGGED.exec(name);
     if (m) tags.add((m[1] ?? m[2] ?? m[3])!);
     // A claim interrupted between locking and renaming: its lock is gone with the file's rename,
@@ -126,26 +124,6 @@ function removeStale(dir: string): void {
     } finally {
       lock.release();
     }
-  }
-}
-
-/** A packed-weights folder's `weights.bin.partial` when its convert.lock is free (src/schedule/weights-dir.ts). */
-function removeDeadConversion(folder: string): void {
-  const partial = path.join(folder, 'weights.bin.partial');
-  if (!fs.existsSync(partial)) return;
-  let lock: FileLock | null;
-  try {
-    lock = FileLock.tryAcquire(path.join(folder, 'convert.lock'));
-  } catch {
-    return; // not ours to judge
-  }
-  if (!lock) return; // a run is converting
-  try {
-    fs.rmSync(partial, { force: true });
-  } catch {
-    // another user's
-  } finally {
-    lock.release();
   }
 }
 

@@ -4,17 +4,43 @@
 // conversion writes `weights.bin.partial`, and the manifest, which marks the folder complete, is
 // removed before the new weights.bin is renamed in and written (atomically) after: a conversion
 // killed at any point leaves no manifest that matches, and the next run converts again. The
-// partial file goes if the run is stopped by a signal, and a SIGKILLed one's at the next run's
-// opening of the directory (src/schedule/spill-files.ts).
+// partial file goes if the run is stopped by a signal (src/schedule/spill-files.ts), and a SIGKILLed
+// one's when the next run opens the disk directory (removeDeadConversions).
 import fs from 'node:fs';
 import path from 'node:path';
 import { FileLock } from '../tensor/disk/lock.js';
 import { fsyncPath, writeFileDurable } from '../util/atomic.js';
 import { removeAtExit } from './spill-files.js';
 
+const LOCK = 'convert.lock';
+const PARTIAL = '.partial';
+
+/** Deletes the partial file of every conversion in the disk directory `dir` that no run holds the
+ *  lock of (one SIGKILLed midway: it stayed until that model was converted again). */
+export function removeDeadConversions(dir: string): void {
+  for (const name of fs.readdirSync(dir)) {
+    const partial = path.join(dir, name, `weights.bin${PARTIAL}`);
+    if (!name.startsWith('weights-') || !fs.existsSync(partial)) continue;
+    let lock: FileLock | null;
+    try {
+      lock = FileLock.tryAcquire(path.join(dir, name, LOCK));
+    } catch {
+      continue; // not ours to judge
+    }
+    if (!lock) continue; // a run is converting
+    try {
+      fs.rmSync(partial, { force: true });
+    } catch {
+      // another user's
+    } finally {
+      lock.release();
+    }
+  }
+}
+
 /** Runs `fn` holding the folder's conversion lock, waiting (and saying so once) while another run holds it. */
 export async function withWeightsLock<T>(dir: string, log: (msg: string) => void, fn: () => Promise<T>): Promise<T> {
-  const lockFile = path.join(dir, 'convert.lock');
+  const lockFile = path.join(dir, LOCK);
   const lock = await FileLock.acquire(lockFile, {
     // The holder may only be checking the manifest, but a wait long enough to notice is a conversion.
     onWait: () => log(`waiting for another run that holds ${lockFile} (converting or opening these packed weights)`),
@@ -31,7 +57,7 @@ export async function withWeightsLock<T>(dir: string, log: (msg: string) => void
  * then writes `manifest` returned by `write` to `manifestFile` last. Call under withWeightsLock.
  */
 export async function publishConverted<M>(file: string, manifestFile: string, write: (partial: string) => Promise<M>): Promise<M> {
-  const partial = `${file}.partial`;
+  const partial = `${file}${PARTIAL}`;
   fs.rmSync(partial, { force: true }); // left by a conversion that was killed (we hold the lock)
   const forget = removeAtExit(partial);
   let manifest: M;
