@@ -69,7 +69,6 @@ export async function readDataset(file: string, o: DataOptions): Promise<Dataset
   return { file, sequences, skipped, counts: countSequences(sequences), fingerprint: fingerprint(sequences) };
 }
 
-/** The first `max` skipped lines' messages, one per indented line, and how many more there are. */
 /** A sequence whose labels share the ids' array when they are the same tokens (most lines: half
  *  the memory a dataset holds for the whole run). */
 function sequenceOf(ids: number[], labels: number[], line: number): Sequence {
@@ -88,6 +87,7 @@ export function datasetBytes(d: Dataset): number {
   return d.sequences.reduce((n, s) => n + SEQUENCE_BYTES + s.ids.byteLength + (s.labels === s.ids ? 0 : ARRAY_BYTES + s.labels.byteLength), 0);
 }
 
+/** The first `max` skipped lines' messages, one per indented line, and how many more there are. */
 export function skippedSummary(skipped: SkippedLine[], max = 5): string {
   const shown = skipped.slice(0, max).map((s) => `  ${s.message}`);
   if (skipped.length > max) shown.push(`  (${skipped.length - max} more)`);
