@@ -50,6 +50,24 @@ async function holdTier(dir: string): Promise<{ child: ChildProcess; cache: stri
   return { child, ...(JSON.parse(await firstLine) as { cache: string; act: string }) };
 }
 
+/** A stand-in started as `hold-disk.ts MODE DIR`, and the path it prints under `key`. */
+async function holdPath(mode: string, dir: string, key: string): Promise<{ child: ChildProcess; path: string }> {
+  const { child, firstLine } = await start(['test/helpers/hold-disk.ts', mode, dir]);
+  return { child, path: (JSON.parse(await firstLine) as Record<string, string>)[key]! };
+}
+
+/** For SIGTERM then SIGINT: a fresh stand-in's `path` exists, the signal still ends it, and then
+ *  `cleared()` holds (its files are gone). */
+async function stopEachBySignal(hold: () => Promise<{ child: ChildProcess; path: string }>, cleared: (path: string) => boolean): Promise<void> {
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    const held = await hold();
+    expect(fs.existsSync(held.path)).toBe(true);
+    await kill(held.child, signal);
+    expect(held.child.signalCode).toBe(signal);
+    expect(cleared(held.path), signal).toBe(true);
+  }
+}
+
 async function kill(child: ChildProcess, signal: NodeJS.Signals): Promise<void> {
   const exited = once(child, 'exit');
   child.kill(signal);
@@ -101,36 +119,24 @@ describe('spill files in a shared disk directory', () => {
 
   it('are removed when the run is stopped with SIGTERM or SIGINT, which still ends it', async () => {
     const dir = freshDir('signal');
-    for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-      const held = await holdTier(dir);
-      expect(fs.existsSync(held.cache)).toBe(true);
-      await kill(held.child, signal);
-      expect(held.child.signalCode).toBe(signal);
-      expect(loose(dir)).toEqual([]);
-    }
+    await stopEachBySignal(() => holdPath('tier', dir, 'cache'), () => loose(dir).length === 0);
   });
 
   it("a training run's state directory goes on SIGTERM / SIGINT, and a SIGKILLed run's at the next open", async () => {
     // (it stayed: 930 MB per interrupted OPT-125m run, never removed, not even by --resume)
     const dir = freshDir('train-states');
     const holdStates = async () => {
-      const { child, firstLine } = await start(['test/helpers/hold-disk.ts', 'train', dir]);
-      return { child, states: (JSON.parse(await firstLine) as { states: string }).states };
+      const held = await holdPath('train', dir, 'states');
+      return { child: held.child, path: path.join(held.path, 'param.bin') };
     };
-    for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-      const held = await holdStates();
-      expect(fs.existsSync(path.join(held.states, 'param.bin'))).toBe(true);
-      await kill(held.child, signal);
-      expect(held.child.signalCode).toBe(signal);
-      expect(loose(dir)).toEqual([]);
-    }
+    await stopEachBySignal(holdStates, () => loose(dir).length === 0);
     const live = await holdStates();
     const killed = await holdStates();
     await kill(killed.child, 'SIGKILL');
-    expect(fs.existsSync(killed.states)).toBe(true);
+    expect(fs.existsSync(killed.path)).toBe(true);
     const next = await DiskTier.open(dir);
-    expect(fs.existsSync(killed.states), 'a killed run left its states').toBe(false);
-    expect(fs.existsSync(path.join(live.states, 'param.bin')), 'a live run lost its states').toBe(true);
+    expect(fs.existsSync(path.dirname(killed.path)), 'a killed run left its states').toBe(false);
+    expect(fs.existsSync(live.path), 'a live run lost its states').toBe(true);
     await next.close();
     await kill(live.child, 'SIGTERM');
     expect(loose(dir)).toEqual([]);
@@ -139,25 +145,16 @@ describe('spill files in a shared disk directory', () => {
   it("a weights conversion's partial file goes on SIGTERM / SIGINT, and a SIGKILLed one's at the next open, not a live one's", async () => {
     // (it stayed: up to the packed model's size, cleared only by converting that model again)
     const dir = freshDir('convert-partial');
-    const hold = async () => {
-      const { child, firstLine } = await start(['test/helpers/hold-disk.ts', 'convert', dir]);
-      return { child, partial: (JSON.parse(await firstLine) as { partial: string }).partial };
-    };
-    for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-      const held = await hold();
-      expect(fs.existsSync(held.partial)).toBe(true);
-      await kill(held.child, signal);
-      expect(held.child.signalCode).toBe(signal);
-      expect(fs.existsSync(held.partial)).toBe(false);
-    }
+    const hold = () => holdPath('convert', dir, 'partial');
+    await stopEachBySignal(hold, (partial) => !fs.existsSync(partial));
     const live = await hold();
     const next = await DiskTier.open(dir);
-    expect(fs.existsSync(live.partial), "a live conversion's file was removed").toBe(true);
+    expect(fs.existsSync(live.path), "a live conversion's file was removed").toBe(true);
     await next.close();
     await kill(live.child, 'SIGKILL');
-    expect(fs.existsSync(live.partial)).toBe(true);
+    expect(fs.existsSync(live.path)).toBe(true);
     const after = await DiskTier.open(dir);
-    expect(fs.existsSync(live.partial), 'a killed conversion left its file').toBe(false);
+    expect(fs.existsSync(live.path), 'a killed conversion left its file').toBe(false);
     await after.close();
   });
 

@@ -26,6 +26,14 @@ function model(config: 'opt-test' | 'llama-test', layers: number, overrides: Rec
   return dir;
 }
 
+/** A data file in a fresh directory `prefix`: `lines` lines of `length` random token ids below `vocab`. */
+function tokenData(prefix: string, lines: number, length: number, vocab: number, seed: number): string {
+  const file = path.join(tmpDir(prefix), 'data.jsonl');
+  const r = rng(seed);
+  fs.writeFileSync(file, Array.from({ length: lines }, () => JSON.stringify({ token_ids: Array.from({ length }, () => Math.floor(r() * vocab)) })).join('\n') + '\n');
+  return file;
+}
+
 /** Steps of two micro-batches of two random sequences each. */
 function batches(steps: number, vocab: number, seed: number): { tokenIds: number[] }[][][] {
   const r = rng(seed);
@@ -137,12 +145,7 @@ describe('the optimizer step overlaps the next forward', () => {
 });
 
 describe('tierlm train --ram --disk-dir', () => {
-  const data = () => {
-    const file = path.join(tmpDir('offload-data'), 'data.jsonl');
-    const r = rng(5);
-    fs.writeFileSync(file, Array.from({ length: 12 }, () => JSON.stringify({ token_ids: Array.from({ length: 16 }, () => Math.floor(r() * 1000)) })).join('\n') + '\n');
-    return file;
-  };
+  const data = () => tokenData('offload-data', 12, 16, 1000, 5);
   const args = (m: string, d: string, out: string, steps: number, extra: string[] = []) => ['train', '--model', m, '--data', d, '--out', out,
     '--max-steps', String(steps), '--batch-size', '2', '--grad-accum', '2', '--seq-len', '16', '--threads', '2', '--lr', '1e-3', ...extra];
   const losses = (out: string) => readJsonl<{ loss: number; grad_norm: number }>(path.join(out, 'metrics.jsonl')).map((l) => [l.loss, l.grad_norm]);
@@ -170,9 +173,7 @@ describe('tierlm train --ram --disk-dir', () => {
   // --ram 80MiB): refused under 80 MiB naming it (~75 MiB without it), and within the limit under 140 MiB.
   it('counts the tokenized data against --ram', () => {
     const m = model('opt-test', 2);
-    const file = path.join(tmpDir('offload-much-data'), 'data.jsonl');
-    const r = rng(7);
-    fs.writeFileSync(file, Array.from({ length: 16000 }, () => JSON.stringify({ token_ids: Array.from({ length: 500 }, () => Math.floor(r() * 1000)) })).join('\n') + '\n');
+    const file = tokenData('offload-much-data', 16000, 500, 1000, 7);
     const run = (ram: number) => cliPeak(['train', '--model', m, '--data', file, '--out', tmpDir('offload-much-data-out'), '--max-steps', '1',
       '--batch-size', '1', '--seq-len', '512', '--threads', '2', '--ram', `${ram}MiB`, '--disk-dir', tmpDir('offload-much-data-disk')]);
     const refused = run(80);
@@ -188,9 +189,7 @@ describe('tierlm train --ram --disk-dir', () => {
   // --ram 440MiB for a run that peaks at ~330 MiB. Now it runs under 256 MiB, within the limit.
   it('charges the LM head its chunk of logits, not a row per token', () => {
     const m = model('llama-test', 2, { vocab_size: 32000 });
-    const file = path.join(tmpDir('offload-logits'), 'data.jsonl');
-    const r = rng(8);
-    fs.writeFileSync(file, Array.from({ length: 8 }, () => JSON.stringify({ token_ids: Array.from({ length: 256 }, () => Math.floor(r() * 32000)) })).join('\n') + '\n');
+    const file = tokenData('offload-logits', 8, 256, 32000, 8);
     const run = cliPeak(['train', '--model', m, '--data', file, '--out', tmpDir('offload-logits-out'), '--max-steps', '1', '--batch-size', '4',
       '--seq-len', '256', '--threads', '2', '--precision', 'bf16', '--ram', '256MiB', '--disk-dir', tmpDir('offload-logits-disk')]);
     expect(run.code, run.stderr).toBe(0);
@@ -202,9 +201,7 @@ describe('tierlm train --ram --disk-dir', () => {
   // each in f32) under 100 MiB were held whole, while 56 MiB (which tiles them) trained.
   it('tiles more weights rather than refuse a limit that tiling fits', () => {
     const m = model('llama-test', 2, { vocab_size: 32000 });
-    const file = path.join(tmpDir('offload-retile'), 'data.jsonl');
-    const r = rng(9);
-    fs.writeFileSync(file, Array.from({ length: 8 }, () => JSON.stringify({ token_ids: Array.from({ length: 32 }, () => Math.floor(r() * 32000)) })).join('\n') + '\n');
+    const file = tokenData('offload-retile', 8, 32, 32000, 9);
     const base = ['--model', m, '--data', file, '--max-steps', '2', '--batch-size', '1', '--seq-len', '32', '--threads', '2', '--precision', 'bf16'];
     const out = tmpDir('offload-retile-out');
     const run = cliPeak(['train', ...base, '--out', out, '--ram', '100MiB', '--disk-dir', tmpDir('offload-retile-disk')]);
@@ -242,9 +239,7 @@ describe('tierlm train --ram --disk-dir', () => {
   // in RAM, bit for bit, and the peak within the limit plus the overhead.
   it('trains a model whose embedding and head are larger than half the RAM limit, in tiles, as in RAM', () => {
     const m = model('opt-test', 1, { vocab_size: 40000 });
-    const file = path.join(tmpDir('offload-vocab-data'), 'data.jsonl');
-    const r = rng(6);
-    fs.writeFileSync(file, Array.from({ length: 8 }, () => JSON.stringify({ token_ids: Array.from({ length: 16 }, () => Math.floor(r() * 40000)) })).join('\n') + '\n');
+    const file = tokenData('offload-vocab-data', 8, 16, 40000, 6);
     const ram = 64 * MiB;
     const tiled = tmpDir('offload-vocab');
     const run = cliPeak(args(m, file, tiled, 2, ['--ram', '64MiB', '--disk-dir', tmpDir('offload-vocab-disk')]));
