@@ -61,6 +61,41 @@ function chatTemplateSource(dir: string, config: Record<string, unknown>): Templ
   throw new ModelFileError(file, 'chat_template is neither a string nor a list of named templates');
 }
 
+/** What a tokenizer.json decoder says about spelling bytes in the vocabulary (tokenBytes). */
+interface TokenSpelling {
+  byteLevel: boolean;
+  byteFallback: boolean;
+  /** Replace decoders' (pattern, content) pairs, in order (SentencePiece's '▁' → ' '). */
+  replace: [string, string][];
+}
+
+function tokenSpelling(decoder: unknown): TokenSpelling {
+  const out: TokenSpelling = { byteLevel: false, byteFallback: false, replace: [] };
+  const visit = (d: unknown): void => {
+    if (typeof d !== 'object' || d === null) return;
+    const { type, decoders, pattern, content } = d as Record<string, unknown>;
+    if (type === 'Sequence' && Array.isArray(decoders)) decoders.forEach(visit);
+    else if (type === 'ByteLevel') out.byteLevel = true;
+    else if (type === 'ByteFallback') out.byteFallback = true;
+    else if (type === 'Metaspace') out.replace.push(['▁', ' ']);
+    else if (type === 'Replace' && typeof (pattern as { String?: unknown })?.String === 'string' && typeof content === 'string') {
+      out.replace.push([(pattern as { String: string }).String, content]);
+    }
+  };
+  visit(decoder);
+  return out;
+}
+
+/** GPT-2's byte ↔ character table (byte-level BPE): printable Latin-1 bytes stand for
+ *  themselves, the other 68 for the characters from U+0100 on, in byte order. */
+const UNICODE_TO_BYTE: ReadonlyMap<string, number> = (() => {
+  const printable = (b: number) => (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
+  const map = new Map<string, number>();
+  let next = 0x100;
+  for (let b = 0; b < 256; b++) map.set(String.fromCodePoint(printable(b) ? b : next++), b);
+  return map;
+})();
+
 export class TextTokenizer {
   private readonly template: Template | null = null;
   private readonly templateFile: string | null;
@@ -69,11 +104,17 @@ export class TextTokenizer {
    *  loads; only conversations fail, each with this. */
   private readonly templateError: string | null = null;
 
+  /** How a vocabulary entry spells its bytes (see tokenBytes), from tokenizer.json's decoder. */
+  private readonly spelling: TokenSpelling;
+  private added: Map<number, { content: string; special: boolean }> | undefined;
+
   private constructor(
     private readonly tokenizer: Tokenizer,
     private readonly config: Record<string, unknown>,
     private readonly file: string,
+    decoder: unknown,
   ) {
+    this.spelling = tokenSpelling(decoder);
     const source = chatTemplateSource(path.dirname(file), config);
     this.templateFile = source?.file ?? null;
     try {
@@ -91,7 +132,7 @@ export class TextTokenizer {
     const json = readJsonObject(file);
     const config = fs.existsSync(configFile) ? readJsonObject(configFile) : {};
     try {
-      return new TextTokenizer(new Tokenizer(json, config), config, file);
+      return new TextTokenizer(new Tokenizer(json, config), config, file, json.decoder);
     } catch (e) {
       if (e instanceof ModelFileError) throw e;
       throw new ModelFileError(file, `cannot build the tokenizer: ${(e as Error).message}`);
@@ -128,6 +169,28 @@ export class TextTokenizer {
    *  decoded whole — the stream repeated itself and a stop string was never seen. */
   decode(ids: number[]): string {
     return this.tokenizer.decode(ids, { skip_special_tokens: true, clean_up_tokenization_spaces: false });
+  }
+
+  /** The bytes token `id` stands for, from its vocabulary entry: byte-level BPE (GPT-2, Llama 3,
+   *  Qwen2) spells a byte per character, SentencePiece's byte fallback a byte as `<0xNN>` and a
+   *  space as `▁`. A token may hold part of a multi-byte character, which no string can show
+   *  (decoded, it is U+FFFD). Null for special tokens (decoding skips them) and for decoders
+   *  not known here. */
+  tokenBytes(id: number): Buffer | null {
+    const token = this.tokenizer.id_to_token(id);
+    const added = (this.added ??= this.tokenizer.get_added_tokens_decoder()).get(id);
+    if (token === undefined || added?.special) return null;
+    // (an added token is its text, whatever the decoder)
+    if (added) return Buffer.from(added.content, 'utf8');
+    const s = this.spelling;
+    if (s.byteLevel) {
+      const bytes = [...token].map((ch) => UNICODE_TO_BYTE.get(ch));
+      return bytes.every((b) => b !== undefined) ? Buffer.from(bytes as number[]) : null;
+    }
+    if (!s.byteFallback && s.replace.length === 0) return null;
+    const byte = s.byteFallback ? /^<0x([0-9A-Fa-f]{2})>$/.exec(token) : null;
+    if (byte) return Buffer.from([parseInt(byte[1]!, 16)]);
+    return Buffer.from(s.replace.reduce((t, [from, to]) => t.split(from).join(to), token), 'utf8');
   }
 
   /** Whether the model has a chat template (one that does not parse included: its conversations fail). */

@@ -6,6 +6,7 @@
 // depend on when or beside what it runs: each sample's generator is seeded by `seed` (0 when not
 // given: equal requests get equal answers), the request name and the sample index.
 
+import { isUtf8 } from 'node:buffer';
 import type { GenerationRequest, GenerationResult, SampleResult } from '../engine/requests.js';
 import { detokenizeContext } from '../engine/sequence.js';
 import { type ChatMessage, ChatTemplateError, type TextTokenizer } from '../formats/tokenizer.js';
@@ -158,6 +159,24 @@ export function tokenPiece(model: ServedModel, ids: readonly number[], i: number
   return upto.slice(commonLength(before, upto));
 }
 
+/** `bytes` as text, each byte that is not part of a whole UTF-8 character written `\xNN`. */
+export function escapeBytes(bytes: Uint8Array): string {
+  let out = '';
+  for (let i = 0; i < bytes.length;) {
+    const b = bytes[i]!;
+    const n = b < 0x80 ? 1 : b >= 0xc2 && b <= 0xdf ? 2 : b >= 0xe0 && b <= 0xef ? 3 : b >= 0xf0 && b <= 0xf4 ? 4 : 0;
+    const char = n > 0 && i + n <= bytes.length ? bytes.subarray(i, i + n) : null;
+    if (char && isUtf8(char)) {
+      out += Buffer.from(char).toString('utf8');
+      i += n;
+    } else {
+      out += `\\x${b.toString(16).padStart(2, '0')}`;
+      i++;
+    }
+  }
+  return out;
+}
+
 /** Length of the common start of two strings. */
 function commonLength(a: string, b: string): number {
   let n = 0;
@@ -186,6 +205,10 @@ function completionLogprobs(model: ServedModel, s: SampleResult, top: number, pr
 function chatLogprobs(model: ServedModel, s: SampleResult, prompt: readonly number[]) {
   const context = promptContext(model, prompt);
   const entry = (i: number, token: number | undefined, logprob: number) => {
+    // A token holding part of a multi-byte character has its own bytes (OpenAI's), shown as
+    // `\xNN` in its string; the bytes of a sample's tokens add up to its text's.
+    const raw = model.tokenizer?.tokenBytes(token ?? s.tokenIds[i]!);
+    if (raw && !isUtf8(raw)) return { token: escapeBytes(raw), logprob, bytes: [...raw] };
     const text = tokenPiece(model, s.tokenIds, i, token, context);
     return { token: text, logprob, bytes: [...Buffer.from(text, 'utf8')] };
   };
