@@ -25,15 +25,19 @@ describe('tierlm batch', () => {
       line('f', { model: 'tiny', prompt: Array.from({ length: 600 }, () => 7) }),
       '',
       line('g', { model: 'tiny', prompt: ['p', 'q'], max_tokens: 2, logprobs: 2 }),
+      // custom_ids spelt like the keys of line 3 (not JSON) and of line 4 (a duplicate): they
+      // were taken for answered and never ran
+      line('line:3', { model: 'tiny', prompt: 'Hi', max_tokens: 2 }),
+      line('line:4:a', { model: 'tiny', prompt: 'Hi', max_tokens: 2 }),
     ].join('\n') + '\n');
     const out = path.join(dir, 'out.jsonl');
     const args = ['batch', '--model', model, '--served-model-name', 'tiny', '--input', input, '--output', out, '--gpu-batch-size', '2'];
     const r = cli(args);
     expect(r.code, r.stderr).toBe(2);
-    expect(r.stderr).toContain('3 answered, 5 failed');
+    expect(r.stderr).toContain('5 answered, 5 failed');
     const lines = fs.readFileSync(out, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
     const by = new Map(lines.map((l) => [`${l.custom_id}:${l.response?.status_code ?? l.error.code}`, l]));
-    expect([...by.keys()].sort()).toEqual(['a:200', 'a:duplicate_custom_id', 'b:200', 'd:invalid_url', 'e:400', 'f:400', 'g:200', 'null:invalid_json']);
+    expect([...by.keys()].sort()).toEqual(['a:200', 'a:duplicate_custom_id', 'b:200', 'd:invalid_url', 'e:400', 'f:400', 'g:200', 'line:3:200', 'line:4:a:200', 'null:invalid_json']);
     expect(by.get('null:invalid_json').error.message).toMatch(/^line 3: not valid JSON/);
     expect(by.get('a:duplicate_custom_id').error.message).toMatch(/^line 4: duplicate custom_id "a"/);
     expect(by.get('e:400').response.body.error).toMatchObject({ param: 'n', message: expect.stringMatching(/^line 6: .*'n'/) });
@@ -49,13 +53,13 @@ describe('tierlm batch', () => {
     const last = JSON.parse(text.trim().split('\n').pop()!);
     fs.writeFileSync(out, text.slice(0, text.length - 25));
     const again = cli(args);
-    expect(again.stderr).toMatch(/7 already answered \([45] of them failed\)/);
+    expect(again.stderr).toMatch(/9 already answered \([45] of them failed\)/);
     const after = fs.readFileSync(out, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
-    expect(after).toHaveLength(8);
+    expect(after).toHaveLength(10);
     expect(after.filter((l) => l.id === last.id)).toHaveLength(1);
     // The exit code is the file's: with nothing left to run, the failed lines still fail the job.
     const third = cli(args);
     expect(third.code, third.stderr).toBe(2);
-    expect(third.stderr).toContain('0 answered, 0 failed, 8 already answered (5 of them failed)');
+    expect(third.stderr).toContain('0 answered, 0 failed, 10 already answered (5 of them failed)');
   });
 });

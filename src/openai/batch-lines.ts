@@ -16,10 +16,17 @@ export function lineId(key: string): string {
   return `batch_req_${createHash('sha256').update(key).digest('hex').slice(0, 24)}`;
 }
 
+/** The key a line's id is made from: its custom_id as it stands, or (a line without a usable
+ *  one, or a duplicate) its number after a NUL. A custom_id is any string, so one that begins with
+ *  a NUL gets a second: no custom_id ("line:1" included) can take a numbered line's id — a line
+ *  with that custom_id was taken for answered and never ran. */
+const customKey = (customId: string) => (customId.startsWith('\0') ? `\0${customId}` : customId);
+const lineKey = (line: number, customId?: string) => `\0line:${line}${customId === undefined ? '' : `:${customId}`}`;
+
 /** Parses one input line. `endpoint`, when given, is the only url allowed (a server's batch has
  *  one endpoint); `seen` holds the custom_ids of earlier lines, for duplicates. */
 export function parseBatchLine(text: string, line: number, seen: Set<string>, endpoint?: Endpoint): BatchLine {
-  const bad = (customId: string | null, code: string, message: string, key = `line:${line}`): BatchLine =>
+  const bad = (customId: string | null, code: string, message: string, key = lineKey(line)): BatchLine =>
     ({ line, id: lineId(key), customId, error: { code, message: `line ${line}: ${message}` } });
   let v: unknown;
   try {
@@ -31,17 +38,17 @@ export function parseBatchLine(text: string, line: number, seen: Set<string>, en
   const o = v as Record<string, unknown>;
   if (typeof o.custom_id !== 'string' || o.custom_id === '') return bad(null, 'missing_custom_id', 'missing "custom_id" (a non-empty string)');
   const customId = o.custom_id;
-  if (seen.has(customId)) return bad(customId, 'duplicate_custom_id', `duplicate custom_id "${customId}" (an earlier line has it)`, `line:${line}:${customId}`);
+  if (seen.has(customId)) return bad(customId, 'duplicate_custom_id', `duplicate custom_id "${customId}" (an earlier line has it)`, lineKey(line, customId));
   seen.add(customId);
   const unknown = Object.keys(o).filter((k) => !['custom_id', 'method', 'url', 'body'].includes(k));
-  if (unknown.length > 0) return bad(customId, 'invalid_request', `unknown field ${unknown.map((k) => `"${k}"`).join(', ')} (known: custom_id, method, url, body)`, customId);
-  if (o.method !== 'POST') return bad(customId, 'invalid_method', `"method" must be "POST", got ${JSON.stringify(o.method)}`, customId);
+  if (unknown.length > 0) return bad(customId, 'invalid_request', `unknown field ${unknown.map((k) => `"${k}"`).join(', ')} (known: custom_id, method, url, body)`, customKey(customId));
+  if (o.method !== 'POST') return bad(customId, 'invalid_method', `"method" must be "POST", got ${JSON.stringify(o.method)}`, customKey(customId));
   const allowed = endpoint ? [endpoint] : ENDPOINTS;
   if (!allowed.includes(o.url as Endpoint)) {
-    return bad(customId, 'invalid_url', `"url" must be ${allowed.map((u) => `"${u}"`).join(' or ')}${endpoint ? ' (the batch\'s endpoint)' : ''}, got ${JSON.stringify(o.url)}`, customId);
+    return bad(customId, 'invalid_url', `"url" must be ${allowed.map((u) => `"${u}"`).join(' or ')}${endpoint ? ' (the batch\'s endpoint)' : ''}, got ${JSON.stringify(o.url)}`, customKey(customId));
   }
-  if (typeof o.body !== 'object' || o.body === null || Array.isArray(o.body)) return bad(customId, 'invalid_body', '"body" must be a JSON object', customId);
-  return { line, id: lineId(customId), customId, endpoint: o.url as Endpoint, body: o.body };
+  if (typeof o.body !== 'object' || o.body === null || Array.isArray(o.body)) return bad(customId, 'invalid_body', '"body" must be a JSON object', customKey(customId));
+  return { line, id: lineId(customKey(customId)), customId, endpoint: o.url as Endpoint, body: o.body };
 }
 
 const requestId = () => `req_${randomBytes(16).toString('hex')}`;
