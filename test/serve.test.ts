@@ -1,7 +1,7 @@
 // `tierlm serve` driven by the official `openai` client: models, completions, chat, streaming
 // equal to whole responses, every error status, concurrent requests equal to each made alone,
-// the Batch API round trip, a restart in the middle of a batch job, and `tierlm batch` giving
-// the same answers as the server's batch for the same file.
+// the Batch API round trip, a restart in the middle of a batch job (one server at a time on a data
+// directory), and `tierlm batch` giving the same answers as the server's batch for the same file.
 import fs from 'node:fs';
 import path from 'node:path';
 import OpenAI, { toFile } from 'openai';
@@ -467,6 +467,27 @@ describe('the Batch API', () => {
     expect(fs.readdirSync(path.join(dir, 'data', 'files')).filter((n) => n.startsWith(file.id))).toEqual([]);
   });
 
+  it('runs more lines at once than a signal\'s default listener limit without a leak warning', async () => {
+    // (every line in flight listens to the batch's cancel signal; past 10 Node warned of a leak)
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.name);
+    process.on('warning', onWarning);
+    const wide = await buildServer({
+      engine: engineFor(model, 'tiny'), dataDir: path.join(dir, 'data-wide'), maxQueue: 8, bodyLimit: 1 << 20, fileLimit: 1 << 20, batchConcurrency: 24,
+    });
+    try {
+      const c = new OpenAI({ baseURL: `${await wide.app.listen({ host: '127.0.0.1', port: 0 })}/v1`, apiKey: 'none', maxRetries: 0 });
+      const file = await c.files.create({ file: await toFile(Buffer.from(batchInput(24, 2)), 'w.jsonl'), purpose: 'batch' });
+      const created = await c.batches.create({ input_file_id: file.id, endpoint: '/v1/completions', completion_window: '24h' });
+      expect(await waitFor(() => c.batches.retrieve(created.id), finished)).toMatchObject({ status: 'completed', request_counts: { completed: 24 } });
+      await new Promise((r) => setImmediate(r));
+      expect(warnings).toEqual([]);
+    } finally {
+      process.off('warning', onWarning);
+      await wide.close();
+    }
+  });
+
   it('serves interactive requests before batch lines, and a cancelled batch ends cancelled', async () => {
     const file = await client.files.create({ file: await toFile(Buffer.from(batchInput(40, 30)), 'c.jsonl'), purpose: 'batch' });
     const created = await client.batches.create({ input_file_id: file.id, endpoint: '/v1/completions', completion_window: '24h' });
@@ -497,6 +518,11 @@ describe('the Batch API', () => {
     const file = await c.files.create({ file: await toFile(Buffer.from(batchInput(24, 32, 7)), 'r.jsonl'), purpose: 'batch' });
     const created = await c.batches.create({ input_file_id: file.id, endpoint: '/v1/completions', completion_window: '24h' });
     const partway = await waitFor(() => c.batches.retrieve(created.id), (b) => b.request_counts!.completed >= 2);
+    // A second server on the same data directory is refused (before its model loads): both
+    // resumed the running batch and appended the lines in flight, many lines twice.
+    const other = await startServe(args).catch((e: Error) => e);
+    if (!(other instanceof Error)) other.child.kill('SIGKILL');
+    expect(String(other)).toMatch(new RegExp(`exited \\(1\\): tierlm: ${data}: another server \\(pid ${first.child.pid}\\) keeps its files and batches here; stop it first`));
     first.child.kill('SIGKILL');
     await first.exited;
     expect(partway.status).toBe('in_progress');

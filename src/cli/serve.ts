@@ -7,6 +7,7 @@ import type { Command } from 'commander';
 import { loadModel } from '../engine/model.js';
 import { SERVER_PREFILL_CHUNK } from '../engine/generate.js';
 import { policyToJson } from '../policy/policy.js';
+import { Store } from '../server/store.js';
 import { UserError } from '../util/errors.js';
 import { servedName } from './model-name.js';
 import { int } from './parse.js';
@@ -50,6 +51,8 @@ async function runServe(o: ServeFlags): Promise<void> {
   // Planned for prompts of up to 512 tokens and answers of up to 128 (within the model's positions),
   // run as the scheduler runs them: in chunks beside the decode rows, so a step's workspace is a
   // chunk plus a batch's rows, not a batch of whole prompts.
+  // The data directory first: one another server keeps is refused before the model loads.
+  const store = new Store(dataDir);
   const work = { ...fitWorkload(o.model, { source: { model: o.model }, promptLen: 512, genLen: 128 }), prefillChunk: SERVER_PREFILL_CHUNK };
   const model = await loadModel(o.model, await loadOptions(o, work));
   const name = servedName(o);
@@ -58,7 +61,7 @@ async function runServe(o: ServeFlags): Promise<void> {
   const { buildServer } = await import('../server/app.js');
   const { batchConcurrency, engineFor } = await import('../openai/complete.js');
   const server = await buildServer({
-    engine: engineFor(model, name), dataDir, apiKey: o.apiKey ?? process.env.TIERLM_API_KEY, maxQueue: o.maxQueue,
+    engine: engineFor(model, name), dataDir: store, apiKey: o.apiKey ?? process.env.TIERLM_API_KEY, maxQueue: o.maxQueue,
     bodyLimit: o.bodyLimit, fileLimit: FILE_LIMIT, batchConcurrency: batchConcurrency(model),
   });
   const address = await server.app.listen({ host: o.host, port: o.port });
@@ -76,7 +79,7 @@ async function runServe(o: ServeFlags): Promise<void> {
     process.once('SIGTERM', stop);
     process.once('SIGINT', stop);
   });
-  await Promise.all([server.app.close(), server.jobs.close()]);
+  await server.close();
   await model.scheduler().drain();
   await model.close();
   process.stderr.write('tierlm: stopped\n');

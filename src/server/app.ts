@@ -16,8 +16,9 @@ import { Store } from './store.js';
 
 export interface ServerOptions {
   engine: Engine;
-  /** Where files and batch jobs are kept. */
-  dataDir: string;
+  /** Where files and batch jobs are kept: a directory, or its Store already opened (the CLI
+   *  opens it before loading the model, so that a directory in use is refused at once). */
+  dataDir: string | Store;
   /** Every request but /health and /metrics must carry `Authorization: Bearer <apiKey>` (none when absent). */
   apiKey?: string;
   /** Interactive requests in flight (waiting or running) beyond which new ones get 429. */
@@ -38,13 +39,15 @@ export interface Server {
   readonly inFlight: { count: number };
   /** Counts a request whose client went away (499), once. */
   clientGone(req: object): void;
+  /** Stops taking requests, writes the batch lines in flight, and leaves the data directory. */
+  close(): Promise<void>;
 }
 
 export async function buildServer(o: ServerOptions): Promise<Server> {
   // (return503OnClosing off: a request arriving while the server closes gets OpenAI's error shape
   // from the hook below, not Fastify's own 503 body)
   const app = Fastify({ bodyLimit: o.bodyLimit, ajv: { customOptions: AJV_OPTIONS }, logger: false, forceCloseConnections: 'idle', return503OnClosing: false });
-  const store = new Store(o.dataDir);
+  const store = o.dataDir instanceof Store ? o.dataDir : new Store(o.dataDir);
   const jobs = new BatchJobs(store, o.engine, o.batchConcurrency);
   const metrics = new Metrics(o.engine.scheduler);
   const gone = new WeakSet<object>();
@@ -54,6 +57,10 @@ export async function buildServer(o: ServerOptions): Promise<Server> {
       if (gone.has(req)) return;
       gone.add(req);
       metrics.countResponse(499);
+    },
+    close: async () => {
+      await Promise.all([app.close(), jobs.close()]);
+      store.close();
     },
   };
   await app.register(multipart, { limits: { fileSize: o.fileLimit, files: 1, fields: 8 } });

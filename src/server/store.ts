@@ -2,9 +2,11 @@
 // `files/<id>.json` (the file object), and `batches/<id>.json` (the batch object). Every object is
 // written atomically (src/util/atomic.ts). Paths are made only from ids this server generated,
 // checked against their pattern first, so no request can name a path outside the data directory.
+// One server at a time keeps a data directory (`server.lock`, below).
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { FileLock } from '../tensor/disk/lock.js';
 import { writeFileDurable } from '../util/atomic.js';
 import { UserError } from '../util/errors.js';
 
@@ -57,15 +59,39 @@ export const newFileId = () => `file-${randomBytes(12).toString('hex')}`;
 export const newBatchId = () => `batch_${randomBytes(12).toString('hex')}`;
 export const now = () => Math.floor(Date.now() / 1000);
 
+/** Holds `DIR/server.lock` (an flock, which the kernel drops when its holder exits) or refuses,
+ *  naming the server that has it. Two servers on one directory each resumed its running batches
+ *  and both appended the lines in flight: a server started while the last one was still writing
+ *  its lines after SIGTERM answered 118 of 200 lines twice. */
+function lockDataDir(dir: string): FileLock {
+  const file = path.join(dir, 'server.lock');
+  const lock = FileLock.tryAcquire(file);
+  if (!lock) {
+    const pid = fs.readFileSync(file, 'utf8').trim();
+    throw new UserError(`${dir}: another server${/^\d+$/.test(pid) ? ` (pid ${pid})` : ''} keeps its files and batches here; ` +
+      'stop it first (a stopping server holds the directory until the requests in flight are written), or give another data directory');
+  }
+  fs.writeFileSync(file, `${process.pid}\n`);
+  return lock;
+}
+
 export class Store {
   readonly filesDir: string;
   readonly batchesDir: string;
+
+  private readonly lock: FileLock;
 
   constructor(readonly dir: string) {
     this.filesDir = path.join(dir, 'files');
     this.batchesDir = path.join(dir, 'batches');
     fs.mkdirSync(this.filesDir, { recursive: true });
     fs.mkdirSync(this.batchesDir, { recursive: true });
+    this.lock = lockDataDir(dir);
+  }
+
+  /** Lets another server open the directory (the lock also goes when the process ends). */
+  close(): void {
+    this.lock.release();
   }
 
   /** Where a file's content is (or will be written); null for an id not of our pattern. */
