@@ -74,7 +74,9 @@ async function runTrain(o: Omit<TrainRunOptions, 'onStart'>, report: boolean): P
       onStart: (info) => {
         for (const s of info.skipped) err(`skipped ${s}`);
         const from = info.resumedFrom ? `resuming from ${info.resumedFrom}, ` : '';
-        err(`training ${(info.parameters / 1e6).toFixed(1)}M parameters on ${info.sequences} sequences (${info.tokens} tokens): ${from}steps ${info.startStep + 1}..${info.totalSteps}`);
+        // (a run resumed from its last step has none left: it republishes the model)
+        const steps = info.startStep < info.totalSteps ? `steps ${info.startStep + 1}..${info.totalSteps}` : `no steps left (all ${info.totalSteps} done)`;
+        err(`training ${(info.parameters / 1e6).toFixed(1)}M parameters on ${info.sequences} sequences (${info.tokens} tokens): ${from}${steps}`);
         if (info.offload) {
           err(`model states: ${formatSize(info.offload.ramBytes)} in RAM, ${formatSize(info.offload.diskBytes)} on disk; optimizer sub-groups of ${info.offload.subGroupSize} parameters` +
             (info.offload.tiledWeights > 0 ? `; ${info.offload.tiledWeights} weights computed in tiles of ${formatSize(info.offload.tileBytes)}` : ''));
