@@ -79,12 +79,18 @@ function arg(name: string): string | undefined {
 
 async function main(): Promise<void> {
   const num = (name: string) => (arg(name) !== undefined ? parseSize(arg(name)!, name) : undefined);
+  const count = (name: string) => {
+    const v = arg(name);
+    if (v === undefined) return undefined;
+    if (!/^[1-9]\d*$/.test(v)) throw new Error(`${name}: a whole number >= 1, got "${v}"`);
+    return Number(v);
+  };
   const rec = await benchDisk({
     size: num('--size'),
     dir: arg('--dir'),
     block: num('--block'),
-    inflight: num('--inflight'),
-    threads: num('--threads'),
+    inflight: count('--inflight'),
+    threads: count('--threads'),
     chunk: num('--chunk'),
     prealloc: !process.argv.includes('--no-prealloc'),
     direct: !process.argv.includes('--buffered'),

@@ -27,8 +27,11 @@ const promptLen = Number(opt('--prompt-len', '64'));
 const newTokens = Number(opt('--gen-len', '16'));
 
 const compressWeight = args.includes('--compress-weight');
+const given = args.includes('--model');
 const dir = path.resolve(opt('--model', path.join('.bench', config)));
-if (!fs.existsSync(path.join(dir, 'model.safetensors'))) {
+// Only the bench's own model is made here: a given one (sharded models have no model.safetensors)
+// is the user's, never written over.
+if (!given && !fs.existsSync(path.join(dir, 'model.safetensors'))) {
   process.stderr.write(`making ${dir} with dummy weights...\n`);
   initModel({ config, out: dir, dtype: 'f16', seed: 1 });
 }

@@ -47,9 +47,10 @@ if (args.includes('--worker')) {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'tierlm-bench-ranks-'));
   try {
     const data = path.join(work, 'data.jsonl');
+    const vocab = (JSON.parse(fs.readFileSync(path.join(model, 'config.json'), 'utf8')) as { vocab_size: number }).vocab_size;
     let x = 12345;
     const lines = Array.from({ length: batch * Number(steps) }, () => JSON.stringify({
-      token_ids: Array.from({ length: seq }, () => ((x = (x * 1103515245 + 12345) >>> 0) >>> 8) % 50000),
+      token_ids: Array.from({ length: seq }, () => ((x = (x * 1103515245 + 12345) >>> 0) >>> 8) % vocab),
     }));
     fs.writeFileSync(data, lines.join('\n') + '\n');
     const worker = (out: string, perRank: number) => [process.execPath, '--import', 'tsx', self, '--worker', '--model', model, '--data', data,

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { cli, shell, tierlm } from './helpers/cli.js';
 import { loadModel } from '../src/index.js';
+import { buildProgram } from '../src/cli/main.js';
 import { addTokenizer, readJsonl, fixturesDir, tmpDir } from './helpers/fixtures.js';
 
 const opt = path.join(fixturesDir, 'opt-tiny');
@@ -144,6 +145,18 @@ describe('units, bounds and conflicting flags', () => {
       const z = cli(['plan', '--config', 'opt-125m', '--prompt-len', '8', '--gen-len', '4', '--disk-dir', tmpDir('zero'), flag!, v!]);
       expect(z.code).toBe(1);
       expect(z.stderr).toContain(`${flag}: "${v}" is less than one byte (leave ${flag} out for no limit)`);
+    }
+  });
+
+  it('every default --help shows is a value its flag accepts, meaning the default', () => {
+    // (serve --help showed --body-limit's default as 4194304, which the flag refuses: no unit)
+    for (const c of buildProgram().commands) {
+      for (const o of c.options) {
+        if (o.defaultValue === undefined || !o.parseArg || typeof o.defaultValue === 'boolean') continue;
+        const shown = o.defaultValueDescription ?? String(o.defaultValue);
+        expect(() => o.parseArg!(shown, undefined), `${c.name()} ${o.long} (default: ${shown})`).not.toThrow();
+        expect(o.parseArg!(shown, undefined), `${c.name()} ${o.long}`).toEqual(o.defaultValue);
+      }
     }
   });
 

@@ -3,7 +3,7 @@
 // after its lines in flight are written (a restart goes on with it), then exits.
 import os from 'node:os';
 import path from 'node:path';
-import type { Command } from 'commander';
+import { type Command, Option } from 'commander';
 import { loadModel } from '../engine/model.js';
 import { SERVER_PREFILL_CHUNK } from '../engine/generate.js';
 import { policyToJson } from '../policy/policy.js';
@@ -39,7 +39,8 @@ export function addServeCommand(program: Command): void {
     .option('--data-dir <dir>', 'where uploaded files and batch jobs are kept (default: ~/.cache/tierlm/serve)')
     .option('--served-model-name <name>', 'the name bodies give as "model" (default: the model directory\'s name)')
     .option('--max-queue <n>', 'interactive requests in flight beyond which new ones get 429 with Retry-After', int('--max-queue', 1), 256)
-    .option('--body-limit <size>', 'largest JSON request body, with a unit (413 beyond)', sizeOption('--body-limit'), 4 * 1024 * 1024);
+    // (the default shown as a size: shown as 4194304, it was a value the flag refuses)
+    .addOption(new Option('--body-limit <size>', 'largest JSON request body, with a unit (413 beyond)').argParser(sizeOption('--body-limit')).default(4 * 1024 * 1024, '4MiB'));
   addPolicyOptions(cmd).action(async (o: ServeFlags) => runServe(o));
 }
 
