@@ -154,6 +154,36 @@ describe('options are checked by name', () => {
     for (const e of [e1, e2, e3, e4]) expect((e as Error).message).not.toMatch(/--[a-z]/);
   });
 
+  it("generateNamed checks a request's values in both namings: 'json' names the JSONL keys", async () => {
+    // ('json' checked nothing: n = 0 yielded a result with no tokens and no finish reason)
+    const model = await loadModel(opt);
+    try {
+      const bad = [
+        { id: 'n', promptTokenIds: [1, 2], n: 0 },
+        { id: 'k', promptTokenIds: [1, 2], sampling: { topK: -5 } },
+        { id: 'm', promptTokenIds: [1, 2], maxNewTokens: -3 },
+        { id: 't', promptTokenIds: [1, 2], topLogprobs: 21 },
+      ];
+      const run = async (names: 'api' | 'json') => {
+        const out = [];
+        for await (const r of model.generateNamed(bad, { maxNewTokens: 2 }, undefined, names)) out.push(r);
+        return out;
+      };
+      expect(await run('json')).toEqual([
+        { id: 'n', error: 'n must be an integer in [1, 128], got 0' },
+        { id: 'k', error: 'top_k must be an integer >= 0 (0 = no cut), got -5' },
+        { id: 'm', error: 'max_new_tokens must be an integer >= 1, got -3' },
+        { id: 't', error: '"topLogprobs" must be an integer in [0, 20]' },
+      ]);
+      expect((await run('api')).map((r) => ('error' in r ? r.error : r))).toEqual([
+        'n must be an integer in [1, 128], got 0', 'sampling.topK must be an integer >= 0 (0 = no cut), got -5',
+        'maxNewTokens must be an integer >= 1, got -3', '"topLogprobs" must be an integer in [0, 20]',
+      ]);
+    } finally {
+      await model.close();
+    }
+  });
+
   it('generate() after close() throws', async () => {
     const model = await loadModel(opt);
     await model.close();

@@ -12,7 +12,7 @@ import type { BlockRunner } from '../schedule/runner.js';
 import type { BlockShape } from '../policy/memory.js';
 import { ContinuousEngine, type RunnerLock } from './continuous.js';
 import { checkKeys } from '../util/names.js';
-import { type RuleName, checkApiValue, givenOnly } from '../util/options.js';
+import { type RuleName, checkApiValue, checkValue, givenOnly } from '../util/options.js';
 import { type GenerationRequest, type GenerationResult, type RequestError, type RequestNames, REQUEST_KEYS, promptIds } from './requests.js';
 import { GREEDY, type SamplingParams } from './sampling.js';
 import { Sequence, type SequenceLimits, type TokenHook } from './sequence.js';
@@ -208,23 +208,29 @@ export class Generator {
     const fail = (error: string): Queued => ({ id, error });
     if (typeof req !== 'object' || req === null) return fail('request must be an object');
     if (typeof req.id !== 'string' || req.id.length === 0) return fail('"id" must be a non-empty string');
-    if (names === 'api') {
-      try {
+    // Values are checked whoever made the request (a JSONL line's were as it was read, but
+    // generateNamed is public: n = 0 gave a result with no tokens), named as `names` says.
+    try {
+      // (a JSONL line's keys are the reader's: it refuses the ones it does not know)
+      if (names === 'api') {
         checkKeys(req, REQUEST_KEYS, `request "${id}"`);
         checkKeys(req.sampling, SAMPLING_KEYS, `request "${id}": sampling`);
-        const sampling = { ...p.sampling, ...req.sampling };
-        for (const k of SAMPLING_KEYS) checkApiValue(k as RuleName, sampling[k as keyof SamplingParams]);
-        if (req.n !== undefined) checkApiValue('n', req.n);
-        if (req.maxNewTokens !== undefined) checkApiValue('maxNewTokens', req.maxNewTokens);
-        if (req.untilContext !== undefined && typeof req.untilContext !== 'boolean') throw new Error('"untilContext" must be true or false');
-      } catch (e) {
-        return fail((e as Error).message);
       }
-      const bad = checkRequestLimits(req, this.s.tokenizer !== null);
-      if (bad) return fail(bad);
+      const check = (rule: RuleName, v: unknown) => {
+        if (names === 'api') return checkApiValue(rule, v);
+        const bad = checkValue(rule, v, 'json');
+        if (bad) throw new Error(bad);
+      };
+      const sampling = { ...p.sampling, ...req.sampling };
+      for (const k of SAMPLING_KEYS) check(k as RuleName, sampling[k as keyof SamplingParams]);
+      if (req.n !== undefined) check('n', req.n);
+      if (req.maxNewTokens !== undefined) check('maxNewTokens', req.maxNewTokens);
+      if (req.untilContext !== undefined && typeof req.untilContext !== 'boolean') throw new Error('"untilContext" must be true or false');
+    } catch (e) {
+      return fail((e as Error).message);
     }
-    // (a JSONL line's fields are checked as it is read; this needs the model)
-    if (names !== 'api' && (req.stop?.length ?? 0) > 0 && !this.s.tokenizer) return fail('the model has no tokenizer.json, so "stop" strings cannot be used');
+    const bad = checkRequestLimits(req, this.s.tokenizer !== null);
+    if (bad) return fail(bad);
     const ids = promptIds(req, this.s.tokenizer, this.s.config.vocabSize, names);
     if (typeof ids === 'string') return fail(ids);
     const max = this.s.config.maxPositions;
