@@ -22,7 +22,7 @@ export function addBenchCommand(program: Command): void {
     .description('measure prefill, decode and total generation throughput under a policy (FlexGen protocol)')
     .option('--model <dir>', 'model directory')
     .option('--config <name>', 'a named shape with dummy weights (see `tierlm init`)')
-    .option('--layers <n>', 'with --config: keep only the first n layers', int('--layers', 1))
+    .option('--layers <n>', 'with --config: n layers of the shape (fewer than its own cut it, more grow it)', int('--layers', 1))
     .option('--prompt-len <n>', 'prompt tokens', int('--prompt-len', 1), 512)
     .option('--gen-len <n>', 'new tokens', int('--gen-len', 1), 32)
     .option('--model-cache <dir>', 'where dummy-weight models are kept (must exist when given; default ~/.cache/tierlm/models)')

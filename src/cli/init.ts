@@ -12,7 +12,7 @@ export function addInitCommand(program: Command): void {
     .requiredOption('--config <name>', 'model shape')
     .requiredOption('--out <dir>', 'directory to write: new (in a directory that exists) or empty')
     .option('--dtype <d>', 'weight dtype', oneOf('--dtype', ['f16', 'bf16', 'f32'] as const), 'f16')
-    .option('--layers <n>', 'keep only the first n layers', int('--layers', 1))
+    .option('--layers <n>', 'n layers of the shape (fewer than its own cut it, more grow it)', int('--layers', 1))
     .option('--seed <s>', 'random seed', int('--seed', 0), 0)
     .option('--force', 'write into a directory that is not empty (files of the same name are replaced)')
     .action((o: { config: string; out: string; dtype: 'f16' | 'bf16' | 'f32'; layers?: number; seed: number; force?: boolean }) => {

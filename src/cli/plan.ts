@@ -29,7 +29,7 @@ export function addPlanCommand(program: Command): void {
     .description('choose the placement and batch shape for a workload and print the predicted throughput')
     .option('--model <dir>', 'model directory')
     .option('--config <name>', 'a named shape (see `tierlm init`)')
-    .option('--layers <n>', 'with --config: keep only the first n layers', int('--layers', 1))
+    .option('--layers <n>', 'with --config: n layers of the shape (fewer than its own cut it, more grow it)', int('--layers', 1))
     .option('--prompt-len <n>', 'prompt tokens (generation; required without --train)', int('--prompt-len', 1))
     .option('--gen-len <n>', 'new tokens (generation; required without --train)', int('--gen-len', 1))
     .option('--train', 'plan a training run under --ram instead: micro-batch, gradient accumulation, placement, sub-groups, prefetch depth')

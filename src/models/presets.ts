@@ -61,7 +61,7 @@ export function presetNames(): string[] {
   return Object.keys(PRESETS);
 }
 
-/** A named shape's config.json, cut to its first `layers` layers when given; an unknown name is
+/** A named shape's config.json with `layers` layers when given (fewer than its own or more); an unknown name is
  *  refused with the known ones. */
 export function presetJson(name: string | undefined, layers?: number): Json {
   const preset = PRESETS[name ?? ''];
