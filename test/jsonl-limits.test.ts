@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { type GenerationResult, loadModel } from '../src/index.js';
-import { readRequests } from '../src/formats/jsonl.js';
+import { eachLineSync, readRequests } from '../src/formats/jsonl.js';
 import { cli } from './helpers/cli.js';
 import { fixturesDir, readJsonl, tmpDir } from './helpers/fixtures.js';
 
@@ -54,6 +54,34 @@ describe('JSONL request limits', () => {
       { line: 2, request: { id: 'b', prompt: long } },
       { line: 4, request: { id: 'c', promptTokenIds: [6] } },
     ]);
+  });
+
+  it('eachLineSync reads any file a megabyte at a time: lines across chunk edges, characters split by them, the torn rest', () => {
+    const dir = tmpDir('each-line');
+    const rand = (n: number) => Math.floor(Math.random() * n);
+    for (let trial = 0; trial < 6; trial++) {
+      // Long lines (up to 2.5 MiB) so edges fall inside them, and multi-byte characters so edges
+      // split them; blank lines; sometimes no newline at the end.
+      const pieces = ['a', 'é', '’', '🦜', ' ', '\r'];
+      const lines = Array.from({ length: 3 + rand(8) }, () => {
+        const n = rand(3) === 0 ? 0 : rand(4) === 0 ? rand(900_000) : rand(200);
+        return Array.from({ length: n }, () => pieces[rand(pieces.length)]).join('');
+      });
+      const text = lines.join('\n') + (trial % 2 ? '\n' : '');
+      const file = path.join(dir, `t${trial}.txt`);
+      fs.writeFileSync(file, text);
+      const got: string[] = [];
+      const { rest, restStart, lines: n } = eachLineSync(file, (l, i) => {
+        expect(i).toBe(got.length + 1);
+        got.push(l);
+      });
+      const want = text.split('\n');
+      const wantRest = want.pop()!;
+      expect(got).toEqual(want);
+      expect(n).toBe(want.length);
+      expect(rest).toBe(wantRest);
+      expect(restStart).toBe(Buffer.byteLength(text) - Buffer.byteLength(wantRest));
+    }
   });
 
   it('tierlm generate gives what the API gives for the same fields', async () => {

@@ -70,6 +70,22 @@ describe('--ram is a hard limit', () => {
     expect(r.peakRssBytes).toBeLessThanOrEqual(16 * MiB + RUNTIME_OVERHEAD_BYTES);
   });
 
+  it('a rerun reads a large results file a line at a time, within the limit', () => {
+    // (read whole and split, a 210 MiB file took a rerun under --ram 100MiB to 479 MiB)
+    const dir = tmpDir('big-out');
+    const out = path.join(dir, 'out.jsonl');
+    const line = (i: number) => JSON.stringify({ id: `old-${i}`, prompt_tokens: 8, token_ids: Array.from({ length: 64 }, (_, j) => (i * 31 + j) % 1000), finish_reason: 'length' }) + '\n';
+    const fd = fs.openSync(out, 'w');
+    for (let i = 0; i < 400_000; i += 1000) fs.writeSync(fd, Array.from({ length: 1000 }, (_, k) => line(i + k)).join(''));
+    fs.closeSync(fd);
+    expect(fs.statSync(out).size).toBeGreaterThan(120 * MiB);
+    const r = cliPeak(['generate', '--model', path.join(fixturesDir, 'opt-tiny'), '--prompts', path.join(fixturesDir, 'prompts.jsonl'),
+      '--out', out, '--ram', '16MiB', '--disk-dir', dir, '--max-new-tokens', '2']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/5 results, 0 failed/);
+    expect(r.peakRssBytes).toBeLessThanOrEqual(16 * MiB + RUNTIME_OVERHEAD_BYTES);
+  });
+
   // glibc raises its mmap threshold to the size of each large block freed, after which a block's
   // buffers come from the heap, and what is carved from their space stays resident once they are
   // freed: a server reopening its block grew by ~180 MiB this way (opt-350m under --ram 400MiB).

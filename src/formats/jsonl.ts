@@ -47,6 +47,33 @@ export async function* fileLines(file: string): AsyncGenerator<string> {
   if (rest !== '') yield rest.endsWith('\r') ? rest.slice(0, -1) : rest;
 }
 
+/** Calls `each` with every line of `file` that ends in a newline (decoded, without it) and its
+ *  number, reading a megabyte at a time, so that no file is ever whole in memory (a rerun's 210 MiB
+ *  results file peaked at 479 MiB under --ram 100MiB). Returns what follows the last newline, the
+ *  byte offset where that begins, and the number of lines passed to `each`. */
+export function eachLineSync(file: string, each: (line: string, n: number) => void): { rest: string; restStart: number; lines: number } {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(1 << 20);
+    let pending: Buffer[] = [];
+    let at = 0, restStart = 0, lines = 0;
+    for (let got; (got = fs.readSync(fd, buf, 0, buf.length, at)) > 0; at += got) {
+      let start = 0;
+      for (let nl = buf.indexOf(10, 0); nl >= 0 && nl < got; nl = buf.indexOf(10, start)) {
+        const piece = buf.subarray(start, nl);
+        each((pending.length > 0 ? Buffer.concat([...pending, piece]) : piece).toString('utf8'), ++lines);
+        pending = [];
+        start = nl + 1;
+        restStart = at + start;
+      }
+      if (start < got) pending.push(Buffer.from(buf.subarray(start, got)));
+    }
+    return { rest: Buffer.concat(pending).toString('utf8'), restStart, lines };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 async function bufferedSource(name: string, input: NodeJS.ReadableStream): Promise<PromptSource> {
   const chunks: Buffer[] = [];
   for await (const chunk of input) chunks.push(typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
@@ -203,15 +230,12 @@ export class ResultWriter {
     const parent = path.dirname(path.resolve(this.file));
     if (!statOrNull(parent)?.isDirectory()) throw new UserError(`${this.file}: directory ${parent} does not exist`);
     if (!stat || stat.size === 0) return null;
-    const text = fs.readFileSync(this.file, 'utf8');
-    const lines = text.split('\n');
-    // With a trailing newline the last element is empty; without one the last line is torn.
-    const torn = lines.pop()!;
     let first = true;
-    lines.forEach((line, i) => {
+    // With a trailing newline nothing follows the last one; without one the last line is torn.
+    const { rest: torn, restStart, lines } = eachLineSync(this.file, (line, n) => {
       if (line.trim() === '') return;
       const rec = this.recognize(line);
-      if (!rec) throw this.notAResult(i + 1, first);
+      if (!rec) throw this.notAResult(n, first);
       first = false;
       this.note(rec);
     });
@@ -226,10 +250,9 @@ export class ResultWriter {
     // cut after a byte or two); anything else, and any whole JSON value (an input line of the
     // same shape: the file may be the user's prompts), is not ours to cut.
     const prefix = '{"id":';
-    if (!(torn.startsWith(prefix) || prefix.startsWith(torn)) || parses(torn)) throw this.notAResult(lines.length + 1, first);
-    const keep = Buffer.byteLength(text) - Buffer.byteLength(torn);
+    if (!(torn.startsWith(prefix) || prefix.startsWith(torn)) || parses(torn)) throw this.notAResult(lines + 1, first);
     return (fd) => {
-      fs.ftruncateSync(fd, keep);
+      fs.ftruncateSync(fd, restStart);
       fs.fsyncSync(fd);
     };
   }

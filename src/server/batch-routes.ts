@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import type { FastifyInstance } from 'fastify';
+import { eachLineSync } from '../formats/jsonl.js';
 import { ApiError, invalid, notFound } from '../openai/errors.js';
 import { ENDPOINTS } from '../openai/validate.js';
 import type { BatchJobs } from './batch-jobs.js';
@@ -144,5 +145,10 @@ function page<T extends { id: string }>(all: T[], limit: string | undefined, aft
 
 /** Request lines of a file (blank lines are not requests). */
 function countLines(file: string): number {
-  return fs.readFileSync(file, 'utf8').split('\n').filter((l) => l.trim() !== '').length;
+  // (a line at a time: read whole, a 190 MiB upload took the server from 171 to 546 MiB)
+  let n = 0;
+  const { rest } = eachLineSync(file, (l) => {
+    if (l.trim() !== '') n++;
+  });
+  return n + (rest.trim() !== '' ? 1 : 0);
 }
