@@ -6,6 +6,8 @@ import { loadModel } from '../src/index.js';
 import { SafetensorsFile } from '../src/formats/safetensors.js';
 import { ChatTemplateError, TextTokenizer } from '../src/formats/tokenizer.js';
 import { WeightLoader } from '../src/models/weights.js';
+import { positionsNote } from '../src/models/config.js';
+import { readConfig } from '../src/models/registry.js';
 import { ModelFileError } from '../src/util/errors.js';
 import { cli } from './helpers/cli.js';
 import { fixturesDir, tmpDir } from './helpers/fixtures.js';
@@ -197,9 +199,49 @@ describe('bad model files', () => {
     expect((await loadError(dir)).message).toMatch(/config\.json: field "rope_scaling\.factor" is given without a rope_type/);
     fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...cfg, rope_theta: 0 }));
     expect((await loadError(dir)).message).toMatch(/config\.json: field "rope_theta" \(0\) must be a number > 0/);
-    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...cfg, sliding_window: 16 }));
+  });
+
+  it("sliding windows and rope_theta as transformers reads each family's config; a window's limit is named; OPT without affine norms is refused by name", async () => {
+    const parsed = (fixture: string, change: Record<string, unknown>, drop: string[] = []) => {
+      const dir = tmpDir('window');
+      const cfg = { ...JSON.parse(fs.readFileSync(path.join(fixturesDir, fixture, 'config.json'), 'utf8')), ...change };
+      for (const k of drop) delete cfg[k];
+      fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(cfg));
+      return readConfig(dir).config;
+    };
+    // (max_position_embeddings is 256 in the four fixtures; 2 layers)
+    // Llama has no sliding window: the key is ignored, as transformers ignores it (it limited positions)
+    expect(parsed('llama-tiny', { sliding_window: 16 }).maxPositions).toBe(256);
+    // Mistral: the window, or 4096 when the key is absent; null is none
+    const mistral = parsed('mistral-tiny', { sliding_window: 16 });
+    expect(mistral.maxPositions).toBe(16);
+    expect(positionsNote(mistral)).toMatch(/config\.json: sliding_window 16; sliding-window attention is not implemented/);
+    expect(parsed('mistral-tiny', { sliding_window: null, max_position_embeddings: 8192 }).maxPositions).toBe(8192);
+    expect(parsed('mistral-tiny', { max_position_embeddings: 8192 }, ['sliding_window']).maxPositions).toBe(4096);
+    // Qwen2: only with use_sliding_window (default false: a window of 8 refused 9-token prompts),
+    // and only when a layer is at max_window_layers (28 by default) or above
+    expect(parsed('qwen2-tiny', { sliding_window: 8 }, ['use_sliding_window']).maxPositions).toBe(256);
+    expect(parsed('qwen2-tiny', { sliding_window: 8, use_sliding_window: true }).maxPositions).toBe(256);
+    expect(parsed('qwen2-tiny', { sliding_window: 8, use_sliding_window: true, max_window_layers: 1 }).maxPositions).toBe(8);
+    expect(parsed('qwen2-tiny', { sliding_window: 8, use_sliding_window: true }, ['max_window_layers']).maxPositions).toBe(256);
+    expect(positionsNote(parsed('qwen2-tiny', {}))).toBe('');
+    // Qwen2's rope_theta default is 10000 (it was 1e6 here: a config without it gave other tokens)
+    expect(parsed('qwen2-tiny', {}, ['rope_theta']).positions).toMatchObject({ theta: 10000 });
+    expect(parsed('qwen2-tiny', {}).positions).toMatchObject({ theta: 1e6 });
+    // OPT's LayerNorms without weight and bias: refused by name (it was a missing tensor)
+    expect(() => parsed('opt-tiny', { layer_norm_elementwise_affine: false })).toThrow(/config\.json: field "layer_norm_elementwise_affine" false \(LayerNorms without weight and bias\) is not supported/);
+    // a prompt past the window is refused naming it
+    const dir = tmpDir('window-run');
+    for (const f of ['config.json', 'model.safetensors']) fs.copyFileSync(path.join(fixturesDir, 'mistral-tiny', f), path.join(dir, f));
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')), sliding_window: 8 }));
     const model = await loadModel(dir);
-    expect(model.config.maxPositions).toBe(16);
+    try {
+      const out = [];
+      for await (const r of model.generate([{ id: 'a', promptTokenIds: [1, 2, 3, 4, 5, 6, 7, 8, 9] }])) out.push(r);
+      expect(out).toEqual([{ id: 'a', error: expect.stringMatching(/^prompt of 9 tokens does not fit the model's 8 positions \(.*config\.json: sliding_window 8; sliding-window attention is not implemented, so a sequence stays within its window\)/) }]);
+    } finally {
+      await model.close();
+    }
   });
 
   it('a JSON side file holding null, a list or a number names the file (it was a TypeError)', async () => {

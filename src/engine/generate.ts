@@ -6,7 +6,7 @@
 import type { Backend, CacheDType } from '../backend/index.js';
 import { q4RecordBytes } from '../backend/kernels.js';
 import type { TextTokenizer } from '../formats/tokenizer.js';
-import type { ModelConfig } from '../models/config.js';
+import { type ModelConfig, positionsNote } from '../models/config.js';
 import type { Transformer } from '../models/transformer.js';
 import type { BlockRunner } from '../schedule/runner.js';
 import type { BlockShape } from '../policy/memory.js';
@@ -234,7 +234,7 @@ export class Generator {
     const ids = promptIds(req, this.s.tokenizer, this.s.config.vocabSize, names);
     if (typeof ids === 'string') return fail(ids);
     const max = this.s.config.maxPositions;
-    if (ids.length >= max) return fail(`prompt of ${ids.length} tokens does not fit the model's ${max} positions (at most ${max - 1}, leaving room for one new token)`);
+    if (ids.length >= max) return fail(`prompt of ${ids.length} tokens does not fit the model's ${max} positions${positionsNote(this.s.config)} (at most ${max - 1}, leaving room for one new token)`);
     const sampling = { ...p.sampling, ...req.sampling };
     const limits: SequenceLimits = {
       maxNewTokens: req.maxNewTokens ?? (req.untilContext ? Infinity : p.maxNewTokens),

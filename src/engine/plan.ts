@@ -4,7 +4,7 @@
 import os from 'node:os';
 import { type ComputeMode, cpuBackend, releaseFreedMemory, weightFormatFor } from '../backend/index.js';
 import type { CacheDType } from '../backend/kernels.js';
-import type { ModelConfig } from '../models/config.js';
+import { type ModelConfig, positionsNote } from '../models/config.js';
 import { openModel } from '../models/load.js';
 import { readPreset } from '../models/registry.js';
 import { type ModelSizes, sizesFromConfig } from '../models/weights.js';
@@ -132,7 +132,7 @@ export async function planPolicy(r: PlanRequest): Promise<PlanResult> {
   const cacheDtype = r.cacheDtype === 'q4' ? 'q4' : cacheDtypeFor(r.cacheDtype, mode);
   const { config, sizes, dtype } = modelSizes(r, mode);
   if (r.promptLen + r.genLen > config.maxPositions) {
-    throw new UserError(`prompt ${r.promptLen} + ${r.genLen} new tokens exceed the model's ${config.maxPositions} positions`);
+    throw new UserError(`prompt ${r.promptLen} + ${r.genLen} new tokens exceed the model's ${config.maxPositions} positions${positionsNote(config)}`);
   }
   // Without a limit, plan for most of this machine's memory.
   const assumedRam = r.limits.ram === undefined ? Math.floor(os.totalmem() * 0.8) : null;

@@ -20,6 +20,9 @@ export interface ModelConfig {
   /** Width of the MLP's hidden layer. */
   ffn: number;
   maxPositions: number;
+  /** Why maxPositions is below config.json's max_position_embeddings, for messages (a sliding
+   *  window: see llama.ts); absent when it is not. */
+  positionsLimit?: string;
   norm: NormKind;
   normEps: number;
   /** Norm before each block (pre-LN) or after each residual add (OPT-350m's post-LN). */
@@ -52,6 +55,11 @@ export class ConfigReader {
 
   has(field: string): boolean {
     return this.json[field] !== undefined && this.json[field] !== null;
+  }
+
+  /** Whether the field is written at all (null included: "none", where absent means a default). */
+  given(field: string): boolean {
+    return this.json[field] !== undefined;
   }
 
   /** A nested object, or null when the field is absent or null. */
@@ -137,4 +145,10 @@ export function checkConfig(file: string, c: ModelConfig): ModelConfig {
   }
   if (c.eosTokenIds.some((id) => id >= c.vocabSize)) throw new ModelFileError(file, `eos_token_id outside the vocabulary of ${c.vocabSize}`);
   return c;
+}
+
+/** " (why)" after a count of the model's positions, when something other than
+ *  max_position_embeddings sets it (a sliding window); "" otherwise. */
+export function positionsNote(c: ModelConfig): string {
+  return c.positionsLimit ? ` (${c.positionsLimit})` : '';
 }

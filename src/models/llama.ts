@@ -13,6 +13,16 @@ export interface LlamaFamilyDefaults {
   /** q/k/v projections carry biases regardless of config (Qwen2). */
   qkvBias?: boolean;
   tied: boolean;
+  /** The attention window config.json sets, read the family's way (null: full attention; Llama
+   *  has none). */
+  window?: (r: ConfigReader, layers: number) => number | null;
+}
+
+/** `sliding_window` as transformers reads it for Mistral and Qwen2: absent, 4096 (their configs'
+ *  default); null, none. */
+export function slidingWindow(r: ConfigReader): number | null {
+  if (!r.given('sliding_window')) return 4096;
+  return r.has('sliding_window') ? r.positiveInt('sliding_window') : null;
 }
 
 export function parseLlamaFamily(r: ConfigReader, d: LlamaFamilyDefaults): ModelConfig {
@@ -21,19 +31,22 @@ export function parseLlamaFamily(r: ConfigReader, d: LlamaFamilyDefaults): Model
   const headDim = r.has('head_dim') ? r.positiveInt('head_dim') : hidden / heads;
   if (!Number.isInteger(headDim)) throw r.error('hidden_size', `(${hidden}) is not divisible by num_attention_heads (${heads}) and no head_dim is given`);
   const attentionBias = r.bool('attention_bias', false);
-  // Sliding-window attention only differs from full attention past the window, so requests are
-  // limited to it rather than computed wrongly.
-  const window = r.has('sliding_window') && r.bool('use_sliding_window', true) ? r.positiveInt('sliding_window') : Infinity;
+  // Sliding-window attention only differs from full attention past the window, so sequences are
+  // limited to it rather than computed wrongly (and messages say why).
+  const layers = r.positiveInt('num_hidden_layers');
+  const window = d.window?.(r, layers) ?? Infinity;
+  const positions = r.positiveInt('max_position_embeddings');
   return checkConfig(r.file, {
     modelType: d.modelType,
     vocabSize: r.positiveInt('vocab_size'),
     hidden,
-    layers: r.positiveInt('num_hidden_layers'),
+    layers,
     heads,
     kvHeads: r.positiveInt('num_key_value_heads', heads),
     headDim,
     ffn: r.positiveInt('intermediate_size'),
-    maxPositions: Math.min(r.positiveInt('max_position_embeddings'), window),
+    maxPositions: Math.min(positions, window),
+    ...(window < positions ? { positionsLimit: `${r.file}: sliding_window ${window}; sliding-window attention is not implemented, so a sequence stays within its window` } : {}),
     norm: 'rmsnorm',
     normEps: r.num('rms_norm_eps', 1e-6),
     preNorm: true,

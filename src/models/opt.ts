@@ -14,6 +14,9 @@ export const opt: Architecture = {
     const hidden = r.positiveInt('hidden_size');
     const heads = r.positiveInt('num_attention_heads');
     const preNorm = r.bool('do_layer_norm_before', true);
+    // LayerNorms without weight and bias: none is published; refused by name rather than as a
+    // missing tensor.
+    if (!r.bool('layer_norm_elementwise_affine', true)) throw r.error('layer_norm_elementwise_affine', 'false (LayerNorms without weight and bias) is not supported');
     return checkConfig(r.file, {
       modelType: 'opt',
       vocabSize: r.positiveInt('vocab_size'),

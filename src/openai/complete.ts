@@ -6,6 +6,7 @@ import type { Scheduler } from '../engine/scheduler.js';
 import type { LanguageModel } from '../engine/model.js';
 import type { GenerationResult, RequestError } from '../engine/requests.js';
 import { TOO_LARGE_FOR_LIMITS } from '../engine/continuous.js';
+import { positionsNote } from '../models/config.js';
 import { ApiError, invalid } from './errors.js';
 import { ChunkStream, type Prepared, type ServedModel, prepare, responseBody } from './translate.js';
 import { type Endpoint, checkBody } from './validate.js';
@@ -76,7 +77,7 @@ function requestFailure(r: RequestError, signal?: AbortSignal): Error {
 export function engineFor(model: LanguageModel, name: string): Engine {
   return {
     scheduler: model.scheduler(),
-    model: { id: name, maxPositions: model.config.maxPositions, vocabSize: model.config.vocabSize, tokenizer: model.tokenizer, created: Math.floor(Date.now() / 1000) },
+    model: { id: name, maxPositions: model.config.maxPositions, positionsNote: positionsNote(model.config), vocabSize: model.config.vocabSize, tokenizer: model.tokenizer, created: Math.floor(Date.now() / 1000) },
   };
 }
 

@@ -18,6 +18,8 @@ export interface ServedModel {
   /** The name bodies must give as `model`. */
   id: string;
   maxPositions: number;
+  /** Why maxPositions is less than the config's max_position_embeddings (models/config.ts positionsNote), or "". */
+  positionsNote?: string;
   vocabSize: number;
   tokenizer: TextTokenizer | null;
   /** Unix seconds, for /v1/models. */
@@ -62,12 +64,12 @@ export function prepare(endpoint: Endpoint, body: Body, model: ServedModel): Pre
   ] as const).filter(([, v]) => v != null));
   const requests = prompts.map((ids, i) => {
     if (ids.length >= model.maxPositions) {
-      throw invalid(`This model's maximum context length is ${model.maxPositions} tokens; the ${chat ? 'messages' : `prompt${prompts.length > 1 ? ` [${i}]` : ''}`} ` +
+      throw invalid(`This model's maximum context length is ${model.maxPositions} tokens${model.positionsNote ?? ''}; the ${chat ? 'messages' : `prompt${prompts.length > 1 ? ` [${i}]` : ''}`} ` +
         `${chat ? 'are' : 'is'} ${ids.length} tokens, leaving none to generate`, chat ? 'messages' : 'prompt', 'context_length_exceeded');
     }
     // As OpenAI and vLLM: an explicit max_tokens past the context is refused, not cut short.
     if (maxTokens != null && ids.length + maxTokens > model.maxPositions) {
-      throw invalid(`This model's maximum context length is ${model.maxPositions} tokens; you requested ${ids.length + maxTokens} tokens ` +
+      throw invalid(`This model's maximum context length is ${model.maxPositions} tokens${model.positionsNote ?? ''}; you requested ${ids.length + maxTokens} tokens ` +
         `(${ids.length} in the ${chat ? 'messages' : `prompt${prompts.length > 1 ? ` [${i}]` : ''}`}, ${maxTokens} in the completion)`,
         chat && body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens', 'context_length_exceeded');
     }

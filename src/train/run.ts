@@ -13,6 +13,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { positionsNote } from '../models/config.js';
 import { readConfig } from '../models/registry.js';
 import { UserError } from '../util/errors.js';
 import { type Bf16Kernel, selectBf16Kernel } from '../backend/cpu/bf16-kernel.js';
@@ -178,9 +179,10 @@ async function* runSteps(trainer: Trainer, o: ResolvedOptions, data: Dataset, ev
 /** The default sequence length shrinks to the model's positions; a given one must fit them. */
 function fitSeqLen(o: ResolvedOptions, byDefault: boolean): void {
   if (!fs.existsSync(path.join(o.model, 'config.json'))) throw new UserError(`${optionName('model')} ${o.model} is not a model directory (no config.json)`);
-  const max = readConfig(o.model).config.maxPositions;
+  const { config } = readConfig(o.model);
+  const max = config.maxPositions;
   if (byDefault) o.seqLen = Math.min(o.seqLen, max);
-  else if (o.seqLen > max) throw new UserError(`${optionName('seqLen')} ${o.seqLen} is longer than the model's ${max} positions`);
+  else if (o.seqLen > max) throw new UserError(`${optionName('seqLen')} ${o.seqLen} is longer than the model's ${max} positions${positionsNote(config)}`);
 }
 
 /** Every rank must train on the same data with the same options (each reads its own files and
