@@ -70,6 +70,27 @@ describe('--ram is a hard limit', () => {
     expect(r.peakRssBytes).toBeLessThanOrEqual(16 * MiB + RUNTIME_OVERHEAD_BYTES);
   });
 
+  it('a block shape given by hand that no block fits is refused before the model loads (its weights were converted first)', () => {
+    const dir = tmpDir('hand-shape');
+    const model = path.join(dir, 'm');
+    expect(cli(['init', '--config', 'opt-test', '--out', model]).code).toBe(0);
+    const prompts = path.join(dir, 'p.jsonl');
+    fs.writeFileSync(prompts, Array.from({ length: 64 }, (_, i) => JSON.stringify({ id: `r${i}`, prompt_token_ids: [5 + i, 6, 7] })).join('\n') + '\n');
+    const disk = path.join(dir, 'disk');
+    fs.mkdirSync(disk);
+    const run = (ram: string) => cli(['generate', '--model', model, '--prompts', prompts, '--out', path.join(dir, `out-${ram}.jsonl`), '--ram', ram, '--disk-dir', disk,
+      '--percent', '0', '0', '0', '100', '0', '100', '--gpu-batch-size', '64', '--max-new-tokens', '4']);
+    // 4 MiB holds the weights' staging (3.8 MiB), not 64 rows beside it
+    const r = run('4MiB');
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).toMatch(/RAM limit 4\.0 MiB is too small by [\d.]+ MiB for a block of 64 × 1 \(gpu batch size × batches\)/);
+    expect(fs.readdirSync(disk)).toEqual([]);
+    // a limit that holds the block runs (and converts)
+    const ok = run('12MiB');
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(fs.readdirSync(disk).length).toBeGreaterThan(0);
+  });
+
   it('a rerun reads a large results file a line at a time, within the limit', () => {
     // (read whole and split, a 210 MiB file took a rerun under --ram 100MiB to 479 MiB)
     const dir = tmpDir('big-out');

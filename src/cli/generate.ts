@@ -103,9 +103,13 @@ async function runGenerate(o: GenerateFlags): Promise<void> {
     modelDir('--model', o.model);
     checkPlanningPaths(o);
     const source = o.prompts !== undefined ? await openPrompts(o.prompts) : null;
-    const scan = source ? await scanPrompts(source) : { count: 1, longest: Math.ceil((o.prompt!.length + (o.system?.length ?? 0)) / 3) + (o.chat ? 16 : 2) };
+    const scan = source ? await scanPrompts(source, writer?.done ?? new Set())
+      : { count: 1, pending: 1, longest: Math.ceil((o.prompt!.length + (o.system?.length ?? 0)) / 3) + (o.chat ? 16 : 2) };
     const work = { source: { model: o.model }, promptLen: Math.max(1, scan.longest), genLen: o.maxNewTokens };
-    const model = await loadModel(o.model, await loadOptions(o, fitWorkload(o.model, work)));
+    // (the requests left to run: a block shape given by hand that holds none of them is refused
+    // before the model loads, not after)
+    const options = { ...await loadOptions(o, fitWorkload(o.model, work)), ...(scan.pending > 0 ? { requests: scan.pending } : {}) };
+    const model = await loadModel(o.model, options);
     await closingAfter(model, async () => {
       if (source) await runBatchJob(model, writer!, o, source, scan.count);
       else await runOnePrompt(model, writer, o);
@@ -196,17 +200,19 @@ async function runBatchJob(model: LanguageModel, writer: ResultWriter, o: Genera
 
 /** One pass over the input: its request lines (for progress) and an estimate of the longest
  *  prompt in tokens (token ids counted, text at about 3 characters a token, for planning). */
-async function scanPrompts(source: PromptSource): Promise<{ count: number; longest: number }> {
+async function scanPrompts(source: PromptSource, done: ReadonlySet<string>): Promise<{ count: number; longest: number; pending: number }> {
   let longest = 1;
   let count = 0;
+  let pending = 0;
   for await (const item of readRequests(source)) {
     count++;
     if (!('request' in item)) continue;
     const r = item.request;
+    if (!done.has(r.id)) pending++;
     const n = Array.isArray(r.promptTokenIds) ? r.promptTokenIds.length
       : typeof r.prompt === 'string' ? Math.ceil(r.prompt.length / 3) + 2
         : Array.isArray(r.messages) ? Math.ceil(JSON.stringify(r.messages).length / 3) + 16 : 1;
     longest = Math.max(longest, n);
   }
-  return { count, longest };
+  return { count, longest, pending };
 }

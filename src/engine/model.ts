@@ -14,7 +14,7 @@ import { BlockRunner } from '../schedule/runner.js';
 import { selectBf16Kernel } from '../backend/cpu/bf16-kernel.js';
 import { savedBf16Kernel } from '../policy/profile.js';
 import { type LayerSource, ResidentLayers, WeightStore, planSlotBytes } from '../schedule/weight-store.js';
-import { type Limits, type MemoryItem, type WeightSizes, blockItems, checkLimits, weightItems } from '../policy/memory.js';
+import { type BlockShape, type Limits, type MemoryItem, type WeightSizes, blockItems, checkLimits, weightItems } from '../policy/memory.js';
 import { DiskTier } from '../schedule/disk-tier.js';
 import { type GenerateOptions, type GenerateParams, type GenerateStats, Generator, resolveParams } from './generate.js';
 import { Scheduler } from './scheduler.js';
@@ -44,9 +44,13 @@ export interface LoadOptions {
   deviceBytes?: number;
   /** Where to say what loading waits for (another run converting the weights in the disk directory). Default: stderr. */
   log?: (msg: string) => void;
+  /** Requests the run will have (a batch job's lines), when known: the smallest block it can open
+   *  (that many rows at most, one position) is checked against the limits before anything loads,
+   *  not when the first block opens. */
+  requests?: number;
 }
 
-export const LOAD_KEYS = ['precision', 'backend', 'threads', 'policy', 'diskDir', 'diskBytes', 'ramBytes', 'deviceBytes', 'log'] as const;
+export const LOAD_KEYS = ['precision', 'backend', 'threads', 'policy', 'diskDir', 'diskBytes', 'ramBytes', 'deviceBytes', 'log', 'requests'] as const;
 
 /** The LoadOptions fields of a larger options object (a benchmark's, say). */
 export function loadOptionsOf(o: LoadOptions): LoadOptions {
@@ -82,6 +86,9 @@ export class LanguageModel {
       throw new RangeError(`precision "${given}" and policy.precision "${options.policy.precision}" disagree; give one of them`);
     }
     if (options.threads !== undefined) checkApiValue('threads', options.threads);
+    if (options.requests !== undefined && !(Number.isSafeInteger(options.requests) && options.requests >= 1)) {
+      throw new RangeError(`requests must be an integer >= 1, got ${JSON.stringify(options.requests)}`);
+    }
     for (const k of ['diskBytes', 'ramBytes', 'deviceBytes'] as const) {
       const v = options[k];
       if (v !== undefined && !(Number.isSafeInteger(v) && v >= 0)) throw new RangeError(`${k} must be a whole number of bytes, got ${JSON.stringify(v)}`);
@@ -115,6 +122,7 @@ export class LanguageModel {
       };
       const wItems = weightItems(weightSizes, policy, shares(policy, 'weights').disk > 0);
       checkLimits(wItems, limits, `the weights of ${dir}`);
+      if (options.requests !== undefined) checkSmallestBlock(c, policy, wItems, limits, options.requests);
       const needsDisk = shares(policy, 'weights').disk > 0 || shares(policy, 'cache').disk > 0 || shares(policy, 'activations').disk > 0;
       const disk = needsDisk ? await DiskTier.open(options.diskDir, options.diskBytes) : null;
       try {
@@ -216,4 +224,16 @@ export class LanguageModel {
 /** Loads a Hugging Face model directory (config.json, safetensors, tokenizer files). */
 export async function loadModel(dir: string, options: LoadOptions = {}): Promise<LanguageModel> {
   return LanguageModel.load(dir, options);
+}
+
+/** The smallest block a run of `requests` requests opens (the policy's shape, no more rows than
+ *  requests, one position: what it refuses to go below), within the limits, or a UserError as
+ *  that block's own check gives it. A shape given by hand that fits no block was refused only
+ *  after the weights had loaded (and been converted for the disk tier). */
+function checkSmallestBlock(c: ModelConfig, policy: Policy, wItems: MemoryItem[], limits: Limits, requests: number): void {
+  const rows = Math.max(1, Math.min(policy.gpuBatchSize, requests));
+  const batches = Math.max(1, Math.min(policy.numGpuBatches, Math.ceil(requests / rows)));
+  // (one position of f32 cache: the largest element, a few bytes a row)
+  const shape: BlockShape = { rows, batches, capacity: 1, maxTokens: rows, cacheBytesPerElement: 4 };
+  checkLimits([...wItems, ...blockItems(c, policy, shape)], limits, `a block of ${rows} × ${batches} (gpu batch size × batches)`);
 }
