@@ -252,14 +252,35 @@ export class Generator {
       const signal = hooks.signal;
       const cancel = () => samples.forEach((x) => x.cancel());
       if (signal.aborted) cancel();
-      else {
-        signal.addEventListener('abort', cancel, { once: true });
-        return { req, promptTokens: ids.length, samples, detach: () => signal.removeEventListener('abort', cancel) };
-      }
+      else return { req, promptTokens: ids.length, samples, detach: whenAborted(signal, cancel) };
     }
     return { req, promptTokens: ids.length, samples };
   }
 
+}
+
+/** The requests' cancels by the signal they share, and its one listener. */
+const aborts = new WeakMap<AbortSignal, { cancels: Set<() => void>; listener: () => void }>();
+
+/** Calls `cancel` when `signal` aborts; returns its removal. A signal shared by many requests (a
+ *  batch job's, or one an API caller passes to every submit) gets one listener, not one each:
+ *  past 10 Node warned of a leak. The listener goes with the last request's removal. */
+function whenAborted(signal: AbortSignal, cancel: () => void): () => void {
+  let entry = aborts.get(signal);
+  if (!entry) {
+    const cancels = new Set<() => void>();
+    entry = { cancels, listener: () => [...cancels].forEach((c) => c()) };
+    aborts.set(signal, entry);
+    signal.addEventListener('abort', entry.listener, { once: true });
+  }
+  const e = entry;
+  e.cancels.add(cancel);
+  return () => {
+    e.cancels.delete(cancel);
+    if (e.cancels.size > 0) return;
+    signal.removeEventListener('abort', e.listener);
+    aborts.delete(signal);
+  };
 }
 
 /** What is wrong with a request's own limits (stop, stopTokenIds, logprobs, topLogprobs), or null. */

@@ -3,7 +3,6 @@
 // its output and error files as they come. The batch object is saved at each change of status and
 // at most once a second for its counts; a job running when the server stopped is started again
 // when it starts, and skips the lines already answered.
-import { setMaxListeners } from 'node:events';
 import { ResultWriter, fileLines } from '../formats/jsonl.js';
 import { batchRecord } from '../openai/batch-lines.js';
 import { runBatch } from '../openai/batch-run.js';
@@ -37,8 +36,6 @@ export class BatchJobs {
 
   start(b: StoredBatch): void {
     const cancel = new AbortController();
-    // Every line in flight (up to the concurrency) listens to it: no leak, so no warning.
-    setMaxListeners(0, cancel.signal);
     if (b.batch.status === 'cancelling') cancel.abort();
     const done = this.run(b, cancel.signal).catch((e) => {
       b.batch.status = 'failed';
