@@ -85,6 +85,14 @@ describe('--ram is a hard limit', () => {
     expect(r.code, r.stderr).toBe(1);
     expect(r.stderr).toMatch(/RAM limit 4\.0 MiB is too small by [\d.]+ MiB for a block of 64 × 1 \(gpu batch size × batches\)/);
     expect(fs.readdirSync(disk)).toEqual([]);
+    // tierlm batch too, for the lines its output has not answered
+    const lines = path.join(dir, 'b.jsonl');
+    fs.writeFileSync(lines, Array.from({ length: 64 }, (_, i) => JSON.stringify({ custom_id: `r${i}`, method: 'POST', url: '/v1/completions', body: { model: 'm', prompt: [5 + i, 6, 7], max_tokens: 4 } })).join('\n') + '\n');
+    const b = cli(['batch', '--model', model, '--served-model-name', 'm', '--input', lines, '--output', path.join(dir, 'b-out.jsonl'), '--ram', '4MiB', '--disk-dir', disk,
+      '--percent', '0', '0', '0', '100', '0', '100', '--gpu-batch-size', '64']);
+    expect(b.code, b.stderr).toBe(1);
+    expect(b.stderr).toMatch(/RAM limit 4\.0 MiB is too small by [\d.]+ MiB for a block of 64 × 1/);
+    expect(fs.readdirSync(disk)).toEqual([]);
     // a limit that holds the block runs (and converts)
     const ok = run('12MiB');
     expect(ok.code, ok.stderr).toBe(0);

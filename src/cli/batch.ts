@@ -52,9 +52,11 @@ async function runBatchCommand(o: BatchFlags): Promise<void> {
     modelDir('--model', o.model);
     checkPlanningPaths(o);
     const source = await openPrompts(o.input);
-    const scan = await scanBatch(source.lines());
+    const scan = await scanBatch(source.lines(), (id) => out!.done.has(id) || errors?.done.has(id) === true);
     const work = fitWorkload(o.model, { source: { model: o.model }, promptLen: scan.longest, genLen: scan.maxTokens });
-    const model = await loadModel(o.model, await loadOptions(o, work));
+    // (the lines left to run: a block shape given by hand that holds none of them is refused
+    // before the model loads, not after)
+    const model = await loadModel(o.model, { ...await loadOptions(o, work), ...(scan.pending > 0 ? { requests: scan.pending } : {}) });
     const progress = new Progress('batch');
     let counts;
     try {
@@ -82,13 +84,19 @@ async function runBatchCommand(o: BatchFlags): Promise<void> {
   }
 }
 
-/** Request lines, the longest prompt (text at about 3 characters a token) and the largest
- *  max_tokens, for planning the block. */
-async function scanBatch(lines: AsyncIterable<string>): Promise<{ lines: number; longest: number; maxTokens: number }> {
-  const s = { lines: 0, longest: 1, maxTokens: 16 };
+/** Request lines, those not answered yet (`answered` says which ids are), the longest prompt
+ *  (text at about 3 characters a token) and the largest max_tokens, for planning the block. */
+async function scanBatch(lines: AsyncIterable<string>, answered: (id: string) => boolean): Promise<{ lines: number; pending: number; longest: number; maxTokens: number }> {
+  const { parseBatchLine } = await import('../openai/batch-lines.js');
+  const s = { lines: 0, pending: 0, longest: 1, maxTokens: 16 };
+  const seen = new Set<string>();
+  let n = 0;
   for await (const text of lines) {
+    n++;
     if (text.trim() === '') continue;
     s.lines++;
+    const line = parseBatchLine(text, n, seen);
+    if (!('error' in line) && !answered(line.id)) s.pending++;
     try {
       const body = (JSON.parse(text) as { body?: Record<string, unknown> }).body ?? {};
       const prompt = body.prompt ?? body.messages;
