@@ -3,6 +3,7 @@
 // skips every custom_id already answered in --output or --errors, so a stopped job resumes.
 import type { Command } from 'commander';
 import { loadModel } from '../engine/model.js';
+import { jobIdBytes } from '../engine/job.js';
 import { openPrompts, ResultWriter } from '../formats/jsonl.js';
 import { UserError } from '../util/errors.js';
 import { servedName } from './model-name.js';
@@ -53,7 +54,8 @@ async function runBatchCommand(o: BatchFlags): Promise<void> {
     checkPlanningPaths(o);
     const source = await openPrompts(o.input);
     const scan = await scanBatch(source.lines(), (id) => out!.done.has(id) || errors?.done.has(id) === true);
-    const work = fitWorkload(o.model, { source: { model: o.model }, promptLen: scan.longest, genLen: scan.maxTokens });
+    const work = fitWorkload(o.model, { source: { model: o.model }, promptLen: scan.longest, genLen: scan.maxTokens,
+      heldBytes: jobIdBytes(out.done.size + (errors?.done.size ?? 0), scan.lines) });
     // (the lines left to run: a block shape given by hand that holds none of them is refused
     // before the model loads, not after)
     const model = await loadModel(o.model, { ...await loadOptions(o, work), ...(scan.pending > 0 ? { requests: scan.pending } : {}) });

@@ -2,7 +2,7 @@
 // `-` is standard input or output; a reader that closes the output early ends the job quietly.
 import type { Command } from 'commander';
 import { type LanguageModel, loadModel } from '../engine/model.js';
-import { type JobSummary, runJob, toRecord } from '../engine/job.js';
+import { type JobSummary, jobIdBytes, runJob, toRecord } from '../engine/job.js';
 import type { GenerateOptions } from '../engine/generate.js';
 import type { GenerationRequest } from '../engine/requests.js';
 import { type PromptSource, openPrompts, readRequests, ResultWriter } from '../formats/jsonl.js';
@@ -105,7 +105,7 @@ async function runGenerate(o: GenerateFlags): Promise<void> {
     const source = o.prompts !== undefined ? await openPrompts(o.prompts) : null;
     const scan = source ? await scanPrompts(source, writer?.done ?? new Set())
       : { count: 1, pending: 1, longest: Math.ceil((o.prompt!.length + (o.system?.length ?? 0)) / 3) + (o.chat ? 16 : 2) };
-    const work = { source: { model: o.model }, promptLen: Math.max(1, scan.longest), genLen: o.maxNewTokens };
+    const work = { source: { model: o.model }, promptLen: Math.max(1, scan.longest), genLen: o.maxNewTokens, heldBytes: jobIdBytes(writer?.done.size ?? 0, scan.count) };
     // (the requests left to run: a block shape given by hand that holds none of them is refused
     // before the model loads, not after)
     const options = { ...await loadOptions(o, fitWorkload(o.model, work)), ...(scan.pending > 0 ? { requests: scan.pending } : {}) };

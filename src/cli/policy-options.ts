@@ -22,6 +22,8 @@ export interface Workload {
   genLen: number;
   /** Prompt tokens per batch and step (a server's chunked prefill); absent: prompts at once. */
   prefillChunk?: number;
+  /** RAM the command holds beside the model (a job's request ids: jobIdBytes). */
+  heldBytes?: number;
 }
 
 export interface LimitFlags {
@@ -164,6 +166,7 @@ export async function loadOptions(o: PolicyFlags, work: Workload): Promise<LoadO
     // Under a RAM limit the solver runs in a child process, so that none of its memory stays here.
     const plan = await (o.ram !== undefined ? planPolicyInChild : planPolicy)({
       ...work.source, promptLen: work.promptLen, genLen: work.genLen, prefillChunk: work.prefillChunk, profile: await profileFor(o), ...planFields(o),
+      ...(work.heldBytes ? { heldBytes: work.heldBytes } : {}),
     });
     planned = plan.policy;
   }
@@ -175,6 +178,7 @@ export async function loadOptions(o: PolicyFlags, work: Workload): Promise<LoadO
     diskBytes: o.disk,
     ramBytes: o.ram,
     deviceBytes: o.deviceMem,
+    ...(work.heldBytes ? { heldBytes: work.heldBytes } : {}),
   };
 }
 

@@ -48,9 +48,12 @@ export interface LoadOptions {
    *  (that many rows at most, one position) is checked against the limits before anything loads,
    *  not when the first block opens. */
   requests?: number;
+  /** RAM the caller holds beside the model while it runs (a job's request ids), in bytes: counted
+   *  against ramBytes with the model's own items. */
+  heldBytes?: number;
 }
 
-export const LOAD_KEYS = ['precision', 'backend', 'threads', 'policy', 'diskDir', 'diskBytes', 'ramBytes', 'deviceBytes', 'log', 'requests'] as const;
+export const LOAD_KEYS = ['precision', 'backend', 'threads', 'policy', 'diskDir', 'diskBytes', 'ramBytes', 'deviceBytes', 'log', 'requests', 'heldBytes'] as const;
 
 /** The LoadOptions fields of a larger options object (a benchmark's, say). */
 export function loadOptionsOf(o: LoadOptions): LoadOptions {
@@ -89,6 +92,9 @@ export class LanguageModel {
     if (options.requests !== undefined && !(Number.isSafeInteger(options.requests) && options.requests >= 1)) {
       throw new RangeError(`requests must be an integer >= 1, got ${JSON.stringify(options.requests)}`);
     }
+    if (options.heldBytes !== undefined && !(Number.isSafeInteger(options.heldBytes) && options.heldBytes >= 0)) {
+      throw new RangeError(`heldBytes must be an integer >= 0, got ${JSON.stringify(options.heldBytes)}`);
+    }
     for (const k of ['diskBytes', 'ramBytes', 'deviceBytes'] as const) {
       const v = options[k];
       if (v !== undefined && !(Number.isSafeInteger(v) && v >= 0)) throw new RangeError(`${k} must be a whole number of bytes, got ${JSON.stringify(v)}`);
@@ -119,6 +125,7 @@ export class LanguageModel {
         chunkBytes: sizes.chunkBytes,
         packedChunkBytes: sizes.packedChunkBytes,
         tokenizerBytes: tokenizerRamBytes(dir),
+        heldBytes: options.heldBytes,
       };
       const wItems = weightItems(weightSizes, policy, shares(policy, 'weights').disk > 0);
       checkLimits(wItems, limits, `the weights of ${dir}`);

@@ -38,6 +38,8 @@ export interface WeightSizes {
   packedChunkBytes: number;
   /** The loaded tokenizer (tokenizerRamBytes). */
   tokenizerBytes: number;
+  /** RAM the caller holds beside the model while it runs (a job's request ids). */
+  heldBytes?: number;
 }
 
 export interface BlockShape {
@@ -61,6 +63,7 @@ export function weightItems(w: WeightSizes, p: Policy, onDisk: boolean): MemoryI
     // Loading's buffers are garbage once the model is loaded, but native memory is freed only when
     // the collector finalizes it, which can be after the run's own buffers exist: so they count.
     { what: 'tokenizer', ram: w.tokenizerBytes, disk: 0 },
+    ...(w.heldBytes ? [{ what: 'the job\'s request ids', ram: w.heldBytes, disk: 0 }] : []),
     { what: onDisk ? 'weight loading (read chunk, conversion staging)' : 'weight loading (read chunk)', ram: w.chunkBytes + (onDisk ? conversionStagingBytes(w.packedChunkBytes) : 0), disk: 0 },
   ];
 }

@@ -32,6 +32,8 @@ export interface SearchInput {
   packedChunkBytes: number;
   /** The loaded tokenizer. */
   tokenizerBytes: number;
+  /** RAM the caller holds beside the model (WeightSizes.heldBytes). */
+  heldBytes?: number;
   promptLen: number;
   genLen: number;
   /** Prompt tokens a batch runs per step beside its decode rows when prompts go in chunks (a
@@ -94,7 +96,7 @@ function ramModel(input: SearchInput, gbs: number, ngb: number, sepLayer: boolea
     return [
       ...weightItems({ layerBytes: input.layerBytes, slotBytes: sepLayer ? input.unitBytes.sep : input.unitBytes.whole, globalBytes: input.globalBytes,
         chunkBytes: input.chunkBytes, packedChunkBytes: input.packedChunkBytes,
-        tokenizerBytes: input.tokenizerBytes }, policy, v.w),
+        tokenizerBytes: input.tokenizerBytes, heldBytes: input.heldBytes }, policy, v.w),
       ...blockItems(c, policy, { rows: gbs, batches: ngb, maxTokens: stepTokens(input, gbs), capacity: input.promptLen + input.genLen, cacheBytesPerElement: input.cacheElem }),
     ];
   };
@@ -208,7 +210,7 @@ export async function searchPolicy(input: SearchInput): Promise<Plan> {
       const shape = input.shapes ? `in the smallest block allowed (${smallestShape}: gpu batch size × batches)` : 'and one sequence per batch';
       const reserve = share < 1 ? ` with the ${Math.round((1 - share) * 100)}% of the limit the plan keeps in reserve (${formatSize(smallestRam)} without)` : '';
       throw new UserError(`RAM limit ${formatSize(ramLimit)} is too small by ${formatSize(smallestRam / share - ramLimit)}: even with the weights, cache and activations on disk ${shape}, ` +
-        `the embeddings, LM head, staging buffers and workspace need ${formatSize(smallestRam / share)}${reserve}`);
+        `the embeddings, LM head, staging buffers and workspace${input.heldBytes ? `, and the job's request ids (${formatSize(input.heldBytes)})` : ''} need ${formatSize(smallestRam / share)}${reserve}`);
     }
     throw new UserError(`disk limit ${formatSize(input.limits.disk ?? 0)} is too small by ${formatSize(W - (input.limits.disk ?? 0))}: ` +
       `the model does not fit in RAM, and its packed weights (${formatSize(W)}) must fit on the disk tier`);
