@@ -173,7 +173,7 @@ describe('options are checked by name', () => {
         { id: 'n', error: 'n must be an integer in [1, 128], got 0' },
         { id: 'k', error: 'top_k must be an integer >= 0 (0 = no cut), got -5' },
         { id: 'm', error: 'max_new_tokens must be an integer >= 1, got -3' },
-        { id: 't', error: '"topLogprobs" must be an integer in [0, 20]' },
+        { id: 't', error: '"top_logprobs" must be an integer in [0, 20]' },
       ]);
       expect((await run('api')).map((r) => ('error' in r ? r.error : r))).toEqual([
         'n must be an integer in [1, 128], got 0', 'sampling.topK must be an integer >= 0 (0 = no cut), got -5',

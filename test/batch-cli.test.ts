@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { cli } from './helpers/cli.js';
 import { tmpDir } from './helpers/fixtures.js';
 import { tinyChatModel } from './helpers/serve.js';
+import { lineId } from '../src/openai/batch-lines.js';
 
 const line = (custom_id: string, body: object, url = '/v1/completions') => JSON.stringify({ custom_id, method: 'POST', url, body });
 
@@ -39,6 +40,10 @@ describe('tierlm batch', () => {
     const by = new Map(lines.map((l) => [`${l.custom_id}:${l.response?.status_code ?? l.error.code}`, l]));
     expect([...by.keys()].sort()).toEqual(['a:200', 'a:duplicate_custom_id', 'b:200', 'd:invalid_url', 'e:400', 'f:400', 'g:200', 'line:3:200', 'line:4:a:200', 'null:invalid_json']);
     expect(by.get('null:invalid_json').error.message).toMatch(/^line 3: not valid JSON/);
+    // numbered lines keep the ids earlier versions wrote (a rerun after an upgrade recognises them)
+    expect(by.get('null:invalid_json').id).toBe(lineId('line:3'));
+    expect(by.get('a:duplicate_custom_id').id).toBe(lineId('line:4:a'));
+    expect(by.get('a:200').id).toBe(lineId('a'));
     expect(by.get('a:duplicate_custom_id').error.message).toMatch(/^line 4: duplicate custom_id "a"/);
     expect(by.get('e:400').response.body.error).toMatchObject({ param: 'n', message: expect.stringMatching(/^line 6: .*'n'/) });
     expect(by.get('f:400').response.body.error.code).toBe('context_length_exceeded');

@@ -225,11 +225,11 @@ export class Generator {
       for (const k of SAMPLING_KEYS) check(k as RuleName, sampling[k as keyof SamplingParams]);
       if (req.n !== undefined) check('n', req.n);
       if (req.maxNewTokens !== undefined) check('maxNewTokens', req.maxNewTokens);
-      if (req.untilContext !== undefined && typeof req.untilContext !== 'boolean') throw new Error('"untilContext" must be true or false');
+      if (req.untilContext !== undefined && typeof req.untilContext !== 'boolean') throw new Error(`"${names === 'api' ? 'untilContext' : 'until_context'}" must be true or false`);
     } catch (e) {
       return fail((e as Error).message);
     }
-    const bad = checkRequestLimits(req, this.s.tokenizer !== null);
+    const bad = checkRequestLimits(req, this.s.tokenizer !== null, names);
     if (bad) return fail(bad);
     const ids = promptIds(req, this.s.tokenizer, this.s.config.vocabSize, names);
     if (typeof ids === 'string') return fail(ids);
@@ -284,7 +284,8 @@ function whenAborted(signal: AbortSignal, cancel: () => void): () => void {
 }
 
 /** What is wrong with a request's own limits (stop, stopTokenIds, logprobs, topLogprobs), or null. */
-export function checkRequestLimits(req: GenerationRequest, hasTokenizer: boolean): string | null {
+export function checkRequestLimits(req: GenerationRequest, hasTokenizer: boolean, names: RequestNames = 'api'): string | null {
+  const [stopTokenIds, topLogprobs] = names === 'api' ? ['stopTokenIds', 'topLogprobs'] : ['stop_token_ids', 'top_logprobs'];
   if (req.stop !== undefined) {
     if (!Array.isArray(req.stop) || req.stop.length > 4 || !req.stop.every((s) => typeof s === 'string' && s.length > 0)) {
       return '"stop" must be an array of at most 4 non-empty strings';
@@ -292,11 +293,11 @@ export function checkRequestLimits(req: GenerationRequest, hasTokenizer: boolean
     if (req.stop.length > 0 && !hasTokenizer) return 'the model has no tokenizer.json, so "stop" strings cannot be used';
   }
   if (req.stopTokenIds !== undefined && !(Array.isArray(req.stopTokenIds) && req.stopTokenIds.every((t) => Number.isSafeInteger(t) && t >= 0))) {
-    return '"stopTokenIds" must be an array of non-negative integers';
+    return `"${stopTokenIds}" must be an array of non-negative integers`;
   }
   if (req.logprobs !== undefined && typeof req.logprobs !== 'boolean') return '"logprobs" must be true or false';
   if (req.topLogprobs !== undefined && !(Number.isSafeInteger(req.topLogprobs) && req.topLogprobs >= 0 && req.topLogprobs <= 20)) {
-    return '"topLogprobs" must be an integer in [0, 20]';
+    return `"${topLogprobs}" must be an integer in [0, 20]`;
   }
   return null;
 }

@@ -16,7 +16,7 @@ import { savedBf16Kernel } from '../policy/profile.js';
 import { type LayerSource, ResidentLayers, WeightStore, planSlotBytes } from '../schedule/weight-store.js';
 import { type BlockShape, type Limits, type MemoryItem, type WeightSizes, blockItems, checkLimits, weightItems } from '../policy/memory.js';
 import { DiskTier } from '../schedule/disk-tier.js';
-import { type GenerateOptions, type GenerateParams, type GenerateStats, Generator, resolveParams } from './generate.js';
+import { type GenerateOptions, type GenerateParams, type GenerateStats, Generator, cacheBytesPerElement, resolveParams } from './generate.js';
 import { Scheduler } from './scheduler.js';
 import { RunnerLock } from './continuous.js';
 import type { GenerationRequest, GenerationResult, RequestError, RequestNames } from './requests.js';
@@ -240,7 +240,6 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
 function checkSmallestBlock(c: ModelConfig, policy: Policy, wItems: MemoryItem[], limits: Limits, requests: number): void {
   const rows = Math.max(1, Math.min(policy.gpuBatchSize, requests));
   const batches = Math.max(1, Math.min(policy.numGpuBatches, Math.ceil(requests / rows)));
-  // (one position of f32 cache: the largest element, a few bytes a row)
-  const shape: BlockShape = { rows, batches, capacity: 1, maxTokens: rows, cacheBytesPerElement: 4 };
+  const shape: BlockShape = { rows, batches, capacity: 1, maxTokens: rows, cacheBytesPerElement: cacheBytesPerElement(cacheDtypeOf(policy), c.headDim) };
   checkLimits([...wItems, ...blockItems(c, policy, shape)], limits, `a block of ${rows} × ${batches} (gpu batch size × batches)`);
 }

@@ -16,12 +16,13 @@ export function lineId(key: string): string {
   return `batch_req_${createHash('sha256').update(key).digest('hex').slice(0, 24)}`;
 }
 
-/** The key a line's id is made from: its custom_id as it stands, or (a line without a usable
- *  one, or a duplicate) its number after a NUL. A custom_id is any string, so one that begins with
- *  a NUL gets a second: no custom_id ("line:1" included) can take a numbered line's id — a line
- *  with that custom_id was taken for answered and never ran. */
-const customKey = (customId: string) => (customId.startsWith('\0') ? `\0${customId}` : customId);
-const lineKey = (line: number, customId?: string) => `\0line:${line}${customId === undefined ? '' : `:${customId}`}`;
+/** The key a line's id is made from: its custom_id, or (a line without a usable one, or a
+ *  duplicate) `line:N`. A custom_id that begins with `line:` (or a NUL) gets a NUL in front, so
+ *  none can take a numbered line's id: a line with custom_id "line:3" beside a line 3 that was
+ *  not JSON was taken for answered and never ran. (Numbered lines keep the keys earlier versions
+ *  wrote, so their answers in an existing output are recognised.) */
+const customKey = (customId: string) => (customId.startsWith('line:') || customId.startsWith('\0') ? `\0${customId}` : customId);
+const lineKey = (line: number, customId?: string) => `line:${line}${customId === undefined ? '' : `:${customId}`}`;
 
 /** Parses one input line. `endpoint`, when given, is the only url allowed (a server's batch has
  *  one endpoint); `seen` holds the custom_ids of earlier lines, for duplicates. */
