@@ -58,7 +58,7 @@ async function runBatchCommand(o: BatchFlags): Promise<void> {
       heldBytes: jobIdBytes(out.done.size + (errors?.done.size ?? 0), scan.lines) });
     // (the lines left to run: a block shape given by hand that holds none of them is refused
     // before the model loads, not after)
-    const model = await loadModel(o.model, { ...await loadOptions(o, work), ...(scan.pending > 0 ? { requests: scan.pending } : {}) });
+    const model = await loadModel(o.model, { ...await loadOptions(o, work), requests: scan.pending || undefined });
     const progress = new Progress('batch');
     let counts;
     try {

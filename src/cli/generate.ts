@@ -108,8 +108,7 @@ async function runGenerate(o: GenerateFlags): Promise<void> {
     const work = { source: { model: o.model }, promptLen: Math.max(1, scan.longest), genLen: o.maxNewTokens, heldBytes: jobIdBytes(writer?.done.size ?? 0, scan.count) };
     // (the requests left to run: a block shape given by hand that holds none of them is refused
     // before the model loads, not after)
-    const options = { ...await loadOptions(o, fitWorkload(o.model, work)), ...(scan.pending > 0 ? { requests: scan.pending } : {}) };
-    const model = await loadModel(o.model, options);
+    const model = await loadModel(o.model, { ...await loadOptions(o, fitWorkload(o.model, work)), requests: scan.pending || undefined });
     await closingAfter(model, async () => {
       if (source) await runBatchJob(model, writer!, o, source, scan.count);
       else await runOnePrompt(model, writer, o);

@@ -165,8 +165,7 @@ export async function loadOptions(o: PolicyFlags, work: Workload): Promise<LoadO
   if (wantsAutoPolicy(o)) {
     // Under a RAM limit the solver runs in a child process, so that none of its memory stays here.
     const plan = await (o.ram !== undefined ? planPolicyInChild : planPolicy)({
-      ...work.source, promptLen: work.promptLen, genLen: work.genLen, prefillChunk: work.prefillChunk, profile: await profileFor(o), ...planFields(o),
-      ...(work.heldBytes ? { heldBytes: work.heldBytes } : {}),
+      ...work.source, promptLen: work.promptLen, genLen: work.genLen, prefillChunk: work.prefillChunk, heldBytes: work.heldBytes, profile: await profileFor(o), ...planFields(o),
     });
     planned = plan.policy;
   }
@@ -178,7 +177,7 @@ export async function loadOptions(o: PolicyFlags, work: Workload): Promise<LoadO
     diskBytes: o.disk,
     ramBytes: o.ram,
     deviceBytes: o.deviceMem,
-    ...(work.heldBytes ? { heldBytes: work.heldBytes } : {}),
+    heldBytes: work.heldBytes,
   };
 }
 

@@ -208,6 +208,7 @@ export class Generator {
     const fail = (error: string): Queued => ({ id, error });
     if (typeof req !== 'object' || req === null) return fail('request must be an object');
     if (typeof req.id !== 'string' || req.id.length === 0) return fail('"id" must be a non-empty string');
+    const sampling = { ...p.sampling, ...req.sampling };
     // Values are checked whoever made the request (a JSONL line's were as it was read, but
     // generateNamed is public: n = 0 gave a result with no tokens), named as `names` says.
     try {
@@ -221,7 +222,6 @@ export class Generator {
         const bad = checkValue(rule, v, 'json');
         if (bad) throw new Error(bad);
       };
-      const sampling = { ...p.sampling, ...req.sampling };
       for (const k of SAMPLING_KEYS) check(k as RuleName, sampling[k as keyof SamplingParams]);
       if (req.n !== undefined) check('n', req.n);
       if (req.maxNewTokens !== undefined) check('maxNewTokens', req.maxNewTokens);
@@ -235,7 +235,6 @@ export class Generator {
     if (typeof ids === 'string') return fail(ids);
     const max = this.s.config.maxPositions;
     if (ids.length >= max) return fail(`prompt of ${ids.length} tokens does not fit the model's ${max} positions${positionsNote(this.s.config)} (at most ${max - 1}, leaving room for one new token)`);
-    const sampling = { ...p.sampling, ...req.sampling };
     const limits: SequenceLimits = {
       maxNewTokens: req.maxNewTokens ?? (req.untilContext ? Infinity : p.maxNewTokens),
       untilContext: req.maxNewTokens === undefined && req.untilContext === true,

@@ -204,8 +204,7 @@ export class LanguageModel {
       closed: () => this.closed,
       checkBlock: (shape, machine) => {
         const limits = machine && this.limits.ram === undefined ? { ...this.limits, ram: Math.floor(os.totalmem() * MACHINE_RAM_SHARE) } : this.limits;
-        checkLimits([...this.weightMemory, ...blockItems(this.config, this.policy, shape)], limits,
-          `a block of ${shape.rows} × ${shape.batches} (gpu batch size × batches)`);
+        checkBlockLimits(this.config, this.policy, this.weightMemory, limits, shape);
       },
     });
   }
@@ -240,6 +239,10 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
 function checkSmallestBlock(c: ModelConfig, policy: Policy, wItems: MemoryItem[], limits: Limits, requests: number): void {
   const rows = Math.max(1, Math.min(policy.gpuBatchSize, requests));
   const batches = Math.max(1, Math.min(policy.numGpuBatches, Math.ceil(requests / rows)));
-  const shape: BlockShape = { rows, batches, capacity: 1, maxTokens: rows, cacheBytesPerElement: cacheBytesPerElement(cacheDtypeOf(policy), c.headDim) };
-  checkLimits([...wItems, ...blockItems(c, policy, shape)], limits, `a block of ${rows} × ${batches} (gpu batch size × batches)`);
+  checkBlockLimits(c, policy, wItems, limits, { rows, batches, capacity: 1, maxTokens: rows, cacheBytesPerElement: cacheBytesPerElement(cacheDtypeOf(policy), c.headDim) });
+}
+
+/** The weights' items and a block of `shape` within the limits, or a UserError naming the block. */
+function checkBlockLimits(c: ModelConfig, policy: Policy, wItems: MemoryItem[], limits: Limits, shape: BlockShape): void {
+  checkLimits([...wItems, ...blockItems(c, policy, shape)], limits, `a block of ${shape.rows} × ${shape.batches} (gpu batch size × batches)`);
 }
