@@ -2,7 +2,7 @@
 // has, with odd sizes that hit every tail, in both compute modes and for every weight dtype.
 import { afterAll, describe, expect, it } from 'vitest';
 import { type Isa, cpuBackend, getThreads, isaInfo, referenceBackend, setIsa, setThreads } from '../src/backend/index.js';
-import { gemmKernels, gemmBf16Dot, gemmIdlePrefetch } from '../src/backend/cpu/gemm.js';
+import { GEMM_KERNEL_KINDS, gemmKernels, gemmBf16Dot, gemmIdlePrefetch, gemmOnePassRows } from '../src/backend/cpu/gemm.js';
 import type { ComputeMode } from '../src/backend/kernels.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import type { FloatDType } from '../src/tensor/dtype.js';
@@ -35,11 +35,13 @@ afterAll(() => {
 
 const TOL = 1e-5;
 
-// [m, k, n]: m crosses the row-block sizes, k and n are multiples of no block size; the last two
-// take several k blocks of the SIMD kernels (kKBlock 4096), with y stored and reloaded between.
+// [m, k, n]: m crosses the row-block sizes (AVX-512: 14 rows a block, or one block of 15-16), k and
+// n are multiples of no block size; the last three take several k blocks of the SIMD kernels
+// (kKBlock 4096), with y stored and reloaded between.
 const SHAPES: [number, number, number][] = [
-  [1, 1, 1], [2, 3, 17], [3, 17, 31], [7, 31, 33], [13, 100, 3], [17, 33, 100], [33, 257, 65], [65, 100, 257],
-  [1, 1000, 33], [5, 1000, 17], [129, 17, 40], [17, 4099, 33], [31, 8201, 40],
+  [1, 1, 1], [2, 3, 17], [3, 17, 31], [7, 31, 33], [13, 100, 3], [15, 37, 70], [16, 300, 33], [17, 33, 100],
+  [33, 257, 65], [65, 100, 257], [1, 1000, 33], [5, 1000, 17], [129, 17, 40], [17, 4099, 33], [16, 4097, 65],
+  [31, 8201, 40],
 ];
 
 let seed = 100;
@@ -148,7 +150,7 @@ describe('batched rows equal unbatched rows bit for bit', () => {
   for (const dtype of DTYPES) {
     for (const mode of MODES) {
       it(`${dtype} weights, ${mode} mode`, () => {
-        for (const [m, k, n] of [[37, 300, 70], [29, 4500, 33]] as const) {
+        for (const [m, k, n] of [[37, 300, 70], [29, 4500, 33], [16, 300, 70]] as const) {
         const x = randomF32([m, k], seed++);
         const w = cpu.packWeight(randomFloat(dtype, [n, k], seed++), mode);
         const bias = randomF32([n], seed++);
@@ -172,6 +174,59 @@ describe('batched rows equal unbatched rows bit for bit', () => {
       });
     }
   }
+});
+
+describe('a product of 15-16 rows in one row block', () => {
+  // AVX-512 tiles hold 14 rows in registers; 15-16 rows go in one tile that keeps a few
+  // accumulators on the stack (gemmOnePassRows). A row's sums run in the same order either way.
+  it('equals the same product in blocks of at most 14 rows, bit for bit, with bias and epilogue', () => {
+    const startOnePass = gemmOnePassRows();
+    try {
+      for (const dtype of DTYPES) {
+        for (const mode of MODES) {
+          for (const [m, k, n] of [[15, 37, 70], [16, 4500, 33], [16, 300, 97]] as const) {
+            const x = randomF32([m, k], seed++);
+            const w = cpu.packWeight(randomFloat(dtype, [n, k], seed++), mode);
+            const bias = randomF32([n], seed++);
+            const residual = randomF32([m, n], seed++);
+            for (const { isa, dot } of VARIANTS) {
+              setIsa(isa);
+              gemmBf16Dot(dot);
+              for (const threads of [1, 2]) {
+                setThreads(threads);
+                const run = (onePass: boolean) => {
+                  gemmOnePassRows(onePass ? GEMM_KERNEL_KINDS : []);
+                  const addTo = new Tensor('f32', residual.shape, residual.data.slice());
+                  cpu.matmul(x, w, bias, undefined, { activation: 'gelu', addTo });
+                  return [cpu.matmul(x, w, null).data, cpu.matmul(x, w, bias).data, addTo.data];
+                };
+                const [one, blocks] = [run(true), run(false)];
+                const what = `${dtype} ${mode} ${isa}${dot ? '+dot' : ''} ${threads}t m=${m} k=${k} n=${n}`;
+                for (const [i, y] of one.entries()) expect(y.every((v, j) => Object.is(v, blocks[i]![j])), `${what} (${['plain', 'bias', 'epilogue'][i]})`).toBe(true);
+              }
+            }
+          }
+        }
+      }
+    } finally {
+      gemmOnePassRows(startOnePass);
+      setIsa(startIsa);
+      setThreads(startThreads);
+      gemmBf16Dot(startDot);
+    }
+  });
+
+  it('defaults to f32 and bf16-dot, takes kernel names, and refuses others', () => {
+    if (process.env.TIERLM_GEMM_ONE_PASS === undefined) expect(gemmOnePassRows()).toEqual(['f32', 'bf16-dot']);
+    const start = gemmOnePassRows();
+    try {
+      expect(gemmOnePassRows(['bf16', 'f16'])).toEqual(['f16', 'bf16']);
+      expect(gemmOnePassRows([])).toEqual([]);
+      expect(() => gemmOnePassRows(['q4' as never])).toThrow(/unknown kernel 'q4'/);
+    } finally {
+      gemmOnePassRows(start);
+    }
+  });
 });
 
 describe("decode's idle-thread prefetch of the next weight", () => {

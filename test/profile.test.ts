@@ -3,11 +3,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { getThreads, isaInfo } from '../src/backend/index.js';
-import { gemmBf16Dot } from '../src/backend/cpu/gemm.js';
+import { GEMM_KERNEL_KINDS, gemmBf16Dot, gemmOnePassRows } from '../src/backend/cpu/gemm.js';
 import {
-  type HardwareProfile, ProfileFileError, attentionDecodeRate, attentionPrefillRate, defaultProfilePath, diskReadRate,
-  diskWriteRate, ensureProfile, gemmRate, loadProfile, measureProfile, memcpyRate, profileJson, saveProfile, savedBf16Kernel,
+  type HardwareProfile, ProfileFileError, applySavedOnePassRows, attentionDecodeRate, attentionPrefillRate, defaultProfilePath,
+  diskReadRate, diskWriteRate, ensureProfile, gemmRate, loadProfile, measureProfile, memcpyRate, profileJson, saveProfile,
+  savedBf16Kernel,
 } from '../src/policy/profile.js';
+import { loadModel } from '../src/engine/model.js';
+import { initModel } from '../src/models/init.js';
 import { UserError } from '../src/util/errors.js';
 import { cli } from './helpers/cli.js';
 import { tmpDir } from './helpers/fixtures.js';
@@ -76,6 +79,66 @@ describe('measureProfile', () => {
     fs.writeFileSync(file, profileJson({ ...p, kernels: { bf16: 'amx' as 'dot' } }));
     expect(() => loadProfile(file)).toThrow(/kernels\.bf16/);
     expect(savedBf16Kernel(file)).toBeNull();
+  });
+
+  it('chooses the row blocking of 15-16-row products per kernel on AVX-512, and restores the setting', async () => {
+    const before = gemmOnePassRows();
+    const p = await measureProfile({ quick: true, diskDir: dir, sizes: 'tiny' });
+    expect(gemmOnePassRows()).toEqual(before);
+    if (isaInfo().active.startsWith('avx512')) {
+      for (const k of p.kernels!.onePassRows!) expect(GEMM_KERNEL_KINDS).toContain(k);
+      // (in the file as one_pass_rows)
+      expect(JSON.parse(profileJson(p)).kernels.one_pass_rows).toEqual(p.kernels!.onePassRows);
+    } else {
+      expect(p.kernels!.onePassRows).toBeUndefined();
+    }
+  });
+
+  it('a saved row blocking is applied for this CPU only; a bad one is named', () => {
+    const start = gemmOnePassRows();
+    const file = path.join(dir, 'one-pass.json');
+    try {
+      saveProfile({ ...profile, kernels: { bf16: 'fma', onePassRows: ['f16', 'bf16'] } }, file);
+      expect(applySavedOnePassRows(file)).toEqual(['f16', 'bf16']);
+      expect(gemmOnePassRows()).toEqual(['f16', 'bf16']);
+      saveProfile({ ...profile, kernels: { bf16: 'fma', onePassRows: [] } }, file);
+      expect(applySavedOnePassRows(file)).toEqual([]);
+      expect(gemmOnePassRows()).toEqual([]);
+      gemmOnePassRows(start);
+      for (const p of [{ ...profile, kernels: { bf16: 'fma' as const } }, { ...profile, machine: { ...profile.machine, cpuModel: 'another CPU' }, kernels: { bf16: 'fma' as const, onePassRows: [] } }]) {
+        saveProfile(p, file);
+        expect(applySavedOnePassRows(file)).toBeNull();
+        expect(gemmOnePassRows()).toEqual(start);
+      }
+      const copy = JSON.parse(profileJson(profile));
+      copy.kernels = { bf16: 'fma', one_pass_rows: ['f32', 'q4'] };
+      fs.writeFileSync(file, JSON.stringify(copy));
+      expect(() => loadProfile(file)).toThrow(/kernels\.one_pass_rows\[1\]/);
+      copy.kernels = { bf16: 'fma', one_pass_rows: 'f32' };
+      fs.writeFileSync(file, JSON.stringify(copy));
+      expect(() => loadProfile(file)).toThrow(/kernels\.one_pass_rows/);
+      expect(applySavedOnePassRows(file)).toBeNull();
+    } finally {
+      gemmOnePassRows(start);
+    }
+  });
+
+  it('loading a model applies the saved row blocking (TIERLM_PROFILE)', async () => {
+    const start = gemmOnePassRows(), env = process.env.TIERLM_PROFILE;
+    const file = path.join(dir, 'model-one-pass.json'), model = path.join(dir, 'model');
+    initModel({ config: 'llama-test', out: model, seed: 3 });
+    try {
+      saveProfile({ ...profile, kernels: { bf16: 'fma', onePassRows: ['f16'] } }, file);
+      process.env.TIERLM_PROFILE = file;
+      gemmOnePassRows(['f32']);
+      const m = await loadModel(model);
+      m.close();
+      expect(gemmOnePassRows()).toEqual(['f16']);
+    } finally {
+      if (env === undefined) delete process.env.TIERLM_PROFILE;
+      else process.env.TIERLM_PROFILE = env;
+      gemmOnePassRows(start);
+    }
   });
 
   it('measures with the threads asked for and restores the engine setting', async () => {
@@ -269,6 +332,9 @@ describe('tierlm profile', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/GEMM GFLOP\/s/);
     expect(r.stdout).toMatch(/q4 +bf16/);
+    // the kernels chosen by timing them
+    expect(r.stdout).toMatch(/kernels +bf16 mode: (vdpbf16ps|widening \+ FMA)/);
+    if (isaInfo().active.startsWith('avx512')) expect(r.stdout).toMatch(/15-16-row products in one row block: (none|[a-z0-9-, ]+)\n/);
     expect(r.stdout).toMatch(/attention decode/);
     expect(r.stdout).toMatch(/disk .*read .*GB\/s/s);
     expect(r.stdout).toContain(`saved to ${out}`);

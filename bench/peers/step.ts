@@ -2,7 +2,8 @@
 //
 //   node --import tsx bench/peers/step.ts [--q4] [--steps 31] [--rounds 2] [--model .bench/llama-2-7b-4l-bf16]
 //       [--batch 1] [--cache-dtype f32|f16] [--ab-idle-prefetch PAIRS] [--ab-attn-prefetch PAIRS [--attn-bytes N]]
-//       [--ab-cache PAIRS] [--vs-read-pass PAIRS] [--vs-gemm PAIRS] [--by-step] [--split-by-step RUNS]
+//       [--ab-cache PAIRS] [--ab-one-pass PAIRS] [--vs-read-pass PAIRS] [--vs-gemm PAIRS] [--by-step]
+//       [--split-by-step RUNS]
 //
 // --batch sequences (default one; prompt 64) on the bench model (bench/peers/index.ts makes it), in rounds of three
 // measurements taken one after another, so that they see the same machine: the decode step time;
@@ -15,6 +16,8 @@
 // weight (gemmIdlePrefetch) off and on in turn, PAIRS of each, and the median of the paired
 // ratios (a drifting machine makes separately timed runs incomparable). --ab-attn-prefetch PAIRS:
 // the same for decode attention's in-stream prefetch (attnPrefetch; --attn-bytes, default its own).
+// --ab-one-pass PAIRS: the same for a 15-16-row product in one row block (gemmOnePassRows) against
+// blocks of at most 14 rows (AVX-512).
 //
 // --cache-dtype: the KV cache's element type (default: the model's policy). --ab-cache PAIRS: decode
 // with an f32 and an f16 cache in turn, and the median of the paired ratios f16 / f32.
@@ -22,7 +25,7 @@
 // --vs-gemm PAIRS: issue #14 item 4 — a decode run and the step's GEMMs alone (the same packed
 // weights, `--batch` rows each) in turn; the median of the paired ratios decode rate / GEMM-only rate.
 //
-// --by-step: --vs-gemm, --ab-idle-prefetch and --ab-attn-prefetch pair single decode steps rather
+// --by-step: --vs-gemm and the --ab-* switches pair single decode steps rather
 // than whole runs: PAIRS runs of --steps steps, each step paired with the GEMM-only pass run right
 // after it (outside the step's time), or with its neighbour under the other setting (the setting
 // flips between steps, in the order A B B A, so a drift within a pair cancels over two pairs). A
@@ -42,7 +45,7 @@
 import path from 'node:path';
 import { loadModel, getThreads, Tensor } from '../../src/index.js';
 import { Backend, type PackedWeight } from '../../src/backend/backend.js';
-import { gemmIdlePrefetch } from '../../src/backend/cpu/gemm.js';
+import { GEMM_KERNEL_KINDS, gemmIdlePrefetch, gemmOnePassRows } from '../../src/backend/cpu/gemm.js';
 import { attnPrefetch } from '../../src/backend/cpu/attention.js';
 import { cpuBackend, readMemoryPass } from '../../src/backend/index.js';
 
@@ -255,6 +258,10 @@ const abPairs = Number(opt('--ab-idle-prefetch', '0'));
 if (abPairs > 0) {
   const on = gemmIdlePrefetch();
   await abSwitch(`idle prefetch of ${on / 2 ** 20} MiB`, () => gemmIdlePrefetch(0), () => gemmIdlePrefetch(on), abPairs);
+}
+const abOnePass = Number(opt('--ab-one-pass', '0'));
+if (abOnePass > 0) {
+  await abSwitch(`one row block for 15-16-row products`, () => gemmOnePassRows([]), () => gemmOnePassRows(GEMM_KERNEL_KINDS), abOnePass);
 }
 const abAttn = Number(opt('--ab-attn-prefetch', '0'));
 if (abAttn > 0) {

@@ -67,6 +67,18 @@ float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 void set_bf16_dot(bool on);
 
+// Which kernels run a product of max_rows+1 .. one_pass_rows rows as one row block (reading each
+// weight panel once while it computes) rather than as blocks of at most max_rows: a mask of
+// kOnePass* bits. Whether one block is faster depends on the kernel and the CPU (AVX-512 on Zen 4:
+// f32 and vdpbf16ps 7-10% faster, f16 even, widened bf16 10% slower, docs/benchmarks.md), so
+// `tierlm profile` times it per kernel and the engine sets the mask it saved. A row's sums run
+// in the same order either way: results are the same bit for bit. TIERLM_GEMM_ONE_PASS=<mask>
+// at start-up overrides the default.
+constexpr int kOnePassF32 = 1, kOnePassF16 = 2, kOnePassBf16 = 4, kOnePassBf16Dot = 8;
+constexpr int kOnePassDefault = kOnePassF32 | kOnePassBf16Dot;
+int one_pass_rows();
+void set_one_pass_rows(int mask);
+
 // ---- micro-kernels (one per instruction set) ------------------------------------------------
 // How x is packed for a kernel: per row block of `rows` rows, k-major.
 enum class XPack : int {
@@ -93,7 +105,8 @@ constexpr int kKBlock = 4096;
 
 struct Kernel {
   KernelFn fn = nullptr;
-  int max_rows = 1;  // rows per call at most
+  int max_rows = 1;       // rows per call at most, where a product takes several row blocks
+  int one_pass_rows = 0;  // a product of up to this many rows (> max_rows) takes one block of them
   int kc = 256;      // k block (even)
   XPack xpack = XPack::F32;
 };

@@ -13,6 +13,11 @@ namespace gemm {
 namespace {
 
 constexpr int kRows = 14;  // 28 accumulators + 2 weight registers + 1 broadcast
+// Up to 16 rows also go in one tile, the compiler keeping a few accumulators on the stack: a
+// 15-16-row product (a decode step at batch 15-16) then reads each weight panel once while it
+// computes, instead of streaming it from RAM for the first 8 rows and computing the second 8 on
+// the panels afterwards (docs/benchmarks.md, issue #14: 4-14% less time on Zen 4).
+constexpr int kOnePassRows = 16;
 
 inline __mmask16 mask_lo(int ncols) { return ncols >= 16 ? 0xffff : static_cast<__mmask16>((1u << ncols) - 1); }
 inline __mmask16 mask_hi(int ncols) {
@@ -148,6 +153,7 @@ void kernel_fp32(int rows, const void* xpv, const uint8_t* wp, int kc, float* y,
   case R: return tile_fp32<R, F>(xp, wp, kc, y, ldy, ncols, flags, bias);
     TIERLM_CASE(1) TIERLM_CASE(2) TIERLM_CASE(3) TIERLM_CASE(4) TIERLM_CASE(5) TIERLM_CASE(6) TIERLM_CASE(7)
     TIERLM_CASE(8) TIERLM_CASE(9) TIERLM_CASE(10) TIERLM_CASE(11) TIERLM_CASE(12) TIERLM_CASE(13) TIERLM_CASE(14)
+    TIERLM_CASE(15) TIERLM_CASE(16)
 #undef TIERLM_CASE
     default: break;
   }
@@ -161,6 +167,7 @@ void kernel_bf16(int rows, const void* xpv, const uint8_t* wp, int kc, float* y,
   case R: return tile_bf16<R>(xp, wp, kc, y, ldy, ncols, flags, bias);
     TIERLM_CASE(1) TIERLM_CASE(2) TIERLM_CASE(3) TIERLM_CASE(4) TIERLM_CASE(5) TIERLM_CASE(6) TIERLM_CASE(7)
     TIERLM_CASE(8) TIERLM_CASE(9) TIERLM_CASE(10) TIERLM_CASE(11) TIERLM_CASE(12) TIERLM_CASE(13) TIERLM_CASE(14)
+    TIERLM_CASE(15) TIERLM_CASE(16)
 #undef TIERLM_CASE
     default: break;
   }
@@ -196,6 +203,7 @@ void pack_bf16_pairs_avx512(const float* x, int64_t ldx, int64_t k, int64_t ks, 
 
 bool kernel_avx512(Fmt fmt, bool bf16_pairs, Kernel* out) {
   out->max_rows = kRows;
+  out->one_pass_rows = kOnePassRows;
   if (bf16_pairs) {
     out->fn = kernel_bf16;
     out->kc = kKBlock;

@@ -161,6 +161,8 @@ Kernel select_kernel(Fmt fmt, Mode mode) {
     kernel_scalar(fmt, &k);
   }
   if (bf16 && k.xpack == XPack::F32) k.xpack = XPack::Bf16F32;
+  const int kind = dot ? kOnePassBf16Dot : fmt == Fmt::F32 ? kOnePassF32 : fmt == Fmt::F16 ? kOnePassF16 : kOnePassBf16;
+  if (!(one_pass_rows() & kind)) k.one_pass_rows = 0;
   return k;
 }
 
@@ -224,6 +226,24 @@ bool bf16_dot() {
 }
 
 void set_bf16_dot(bool on) { g_bf16_dot.store(on ? 1 : 0, std::memory_order_relaxed); }
+
+namespace {
+std::atomic<int> g_one_pass{-1};  // -1: not read from the environment yet
+}
+
+int one_pass_rows() {
+  int v = g_one_pass.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* env = std::getenv("TIERLM_GEMM_ONE_PASS");
+    char* end = nullptr;
+    const long e = env ? std::strtol(env, &end, 10) : -1;
+    v = env && *env && end && *end == '\0' && e >= 0 && e <= 15 ? static_cast<int>(e) : kOnePassDefault;
+    g_one_pass.store(v, std::memory_order_relaxed);
+  }
+  return v;
+}
+
+void set_one_pass_rows(int mask) { g_one_pass.store(mask & 15, std::memory_order_relaxed); }
 
 void kernel_scalar(Fmt fmt, Kernel* out) {
   out->fn = fmt == Fmt::F32 ? scalar_kernel<Fmt::F32> : fmt == Fmt::F16 ? scalar_kernel<Fmt::F16> : scalar_kernel<Fmt::Bf16>;
@@ -351,8 +371,9 @@ void run_gemm(const XSrc& xs, const uint8_t* w, Fmt fmt, int64_t n, const float*
   const int es = elem_bytes(fmt);
   const int xes = kern.xpack == XPack::Bf16Pair ? 2 : 4;  // bytes of packed x per (row, k step)
 
-  // Row blocks of near-equal size, at most max_rows each.
-  const int64_t nblocks = (m + kern.max_rows - 1) / kern.max_rows;
+  // Row blocks of near-equal size, at most max_rows each, or one of up to one_pass_rows rows.
+  const int64_t block_rows = m <= kern.one_pass_rows ? kern.one_pass_rows : kern.max_rows;
+  const int64_t nblocks = (m + block_rows - 1) / block_rows;
   const int64_t base_rows = m / nblocks, extra = m % nblocks;  // first `extra` blocks get one more row
   auto block_start = [&](int64_t b) { return b * base_rows + (b < extra ? b : extra); };
 

@@ -221,6 +221,17 @@ Napi::Value Bf16Dot(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), gemm::bf16_dot());
 }
 
+// gemmOnePassRows(mask?): returns the mask of kernels whose 15-16-row products take one row block
+// (gemm.h, kOnePass*); a number in [0, 15] sets it.
+Napi::Value OnePassRows(const Napi::CallbackInfo& info) {
+  if (info.Length() > 0 && !info[0].IsUndefined()) {
+    const double v = num_arg(info, 0, "mask");
+    if (!(v >= 0 && v <= 15 && v == static_cast<int>(v))) throw Napi::RangeError::New(info.Env(), "gemmOnePassRows: mask must be an integer in [0, 15]");
+    gemm::set_one_pass_rows(static_cast<int>(v));
+  }
+  return Napi::Number::New(info.Env(), gemm::one_pass_rows());
+}
+
 // gemmIdlePrefetch(bytes?): returns how many bytes of the next weight the idle workers prefetch
 // during batch-1 decode (ThreadPool::prefetch_while_idle); a number sets it (0: off).
 Napi::Value IdlePrefetch(const Napi::CallbackInfo& info) {
@@ -240,6 +251,7 @@ void register_gemm(Napi::Env env, Napi::Object exports) {
   exports.Set("gemmMatmul", Napi::Function::New(env, Matmul));
   exports.Set("gemmGatherRows", Napi::Function::New(env, GatherRows));
   exports.Set("gemmBf16Dot", Napi::Function::New(env, Bf16Dot));
+  exports.Set("gemmOnePassRows", Napi::Function::New(env, OnePassRows));
   exports.Set("gemmIdlePrefetch", Napi::Function::New(env, IdlePrefetch));
   exports.Set("quantQuantize", Napi::Function::New(env, Quantize));
   exports.Set("quantDequantize", Napi::Function::New(env, Dequantize));

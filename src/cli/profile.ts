@@ -50,6 +50,11 @@ export function formatProfile(p: HardwareProfile): string {
   out.push(`GEMM GFLOP/s, y[M,${p.gemm.n}] = x[M,${p.gemm.k}] · Wᵀ`);
   out.push(`weights mode ${p.gemm.ms.map((v) => `M=${v}`.padStart(8)).join('')}`);
   for (const r of p.gemm.rows) out.push(`${r.format.padEnd(7)} ${r.mode.padEnd(4)} ${r.flopsPerSecond.map((v) => g(v).padStart(8)).join('')}`);
+  if (p.kernels) {
+    const rows = p.kernels.onePassRows;
+    out.push(`kernels  bf16 mode: ${p.kernels.bf16 === 'dot' ? 'vdpbf16ps' : 'widening + FMA'}` +
+      (rows ? `; 15-16-row products in one row block: ${rows.length ? rows.join(', ') : 'none'}` : ''));
+  }
   out.push('');
   out.push('attention decode (K+V cache bytes read)');
   for (const e of p.attention.decode) {

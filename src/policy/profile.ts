@@ -20,9 +20,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomFillSync } from 'node:crypto';
-import { cpuBackend, getThreads, hugePageStatus, isaInfo, readMemoryPass, releaseFreedMemory, setThreads } from '../backend/index.js';
+import { type PackedWeight, cpuBackend, getThreads, hugePageStatus, isaInfo, readMemoryPass, releaseFreedMemory, setThreads } from '../backend/index.js';
 import { type Bf16Kernel, fasterBf16Kernel } from '../backend/cpu/bf16-kernel.js';
-import { gemmBf16Dot } from '../backend/cpu/gemm.js';
+import { type GemmKernelKind, GEMM_KERNEL_KINDS, gemmBf16Dot, gemmOnePassRows } from '../backend/cpu/gemm.js';
 import type { CacheDType, ComputeMode, WeightFormat } from '../backend/kernels.js';
 import { type FloatDType, fromFloat32 } from '../tensor/dtype.js';
 import { Tensor } from '../tensor/tensor.js';
@@ -105,7 +105,13 @@ export interface HardwareProfile {
   /** Kernel variants chosen by timing them here (absent in older profiles). bf16: the bf16-mode
    *  GEMM kernel, 'dot' (vdpbf16ps) or 'fma' (widening + FMA), timed on the GEMM shapes above; the
    *  bf16/bf16 GEMM row holds the chosen kernel's rates, so the cost model plans with them. */
-  kernels?: { bf16: Bf16Kernel };
+  kernels?: {
+    bf16: Bf16Kernel;
+    /** The float GEMM kernels whose 15-16-row products (a decode step at batch 15-16) ran faster
+     *  as one row block than as two, timed here in pairs (absent in older profiles; AVX-512 only:
+     *  other instruction sets have no such block). A model load applies it (gemmOnePassRows). */
+    onePassRows?: GemmKernelKind[];
+  };
   attention: {
     decode: DecodeAttentionEntry[];
     prefill: PrefillAttentionEntry;
@@ -261,7 +267,41 @@ function floatTensor(dtype: FloatDType, shape: number[], scale: number): Tensor 
   return new Tensor(dtype, shape, tile(new Uint16Array(size), fromFloat32(dtype, p)));
 }
 
-function measureGemm(s: SizeSpec, log: (m: string) => void): { table: GemmTable; bf16: Bf16Kernel } {
+/** One row block is kept for a kernel's 15-16-row products when it takes at most this share of the
+ *  two blocks' time (median of paired passes): below it, one measurement cannot tell them apart. */
+export const ONE_PASS_MARGIN = 0.97;
+
+/** Whether 16-row products over `copies` (weights streaming from RAM, as in decode) run faster as
+ *  one row block for `kind`: PAIRS passes each way, in turn; the median of the paired ratios. */
+function onePassFaster(kind: GemmKernelKind, copies: PackedWeight[], k: number, minSeconds: number): { ratio: number; faster: boolean } {
+  const cpu = cpuBackend();
+  const x = floatTensor('f32', [16, k], 1) as Tensor<'f32'>;
+  const y = Tensor.zeros('f32', [16, copies[0]!.n]);
+  const before = gemmOnePassRows();
+  const on = [...new Set([...before, kind])], off = before.filter((b) => b !== kind);
+  const pass = (kinds: GemmKernelKind[]) => {
+    gemmOnePassRows(kinds);
+    const t0 = performance.now();
+    let calls = 0;
+    // Every copy at least once, and a tenth of the table's timing per point at least.
+    while (calls < copies.length || performance.now() - t0 < minSeconds * 100) cpu.matmul(x, copies[calls++ % copies.length]!, null, y);
+    return (performance.now() - t0) / calls;
+  };
+  const ratios: number[] = [];
+  try {
+    pass(on);
+    for (let i = 0; i < 7; i++) {
+      const [a, b] = i % 2 ? [pass(off), pass(on)] : [pass(on), pass(off)];
+      ratios.push(i % 2 ? b / a : a / b);
+    }
+  } finally {
+    gemmOnePassRows(before);
+  }
+  const ratio = ratios.sort((a, b) => a - b)[ratios.length >> 1]!;
+  return { ratio, faster: ratio <= ONE_PASS_MARGIN };
+}
+
+function measureGemm(s: SizeSpec, log: (m: string) => void): { table: GemmTable; bf16: Bf16Kernel; onePassRows?: GemmKernelKind[] } {
   const cpu = cpuBackend();
   const { k, n, ms } = s;
   const rows: GemmRow[] = [];
@@ -274,6 +314,10 @@ function measureGemm(s: SizeSpec, log: (m: string) => void): { table: GemmTable;
     ? (isaInfo().active === 'avx512bf16' ? [{ ...c, dot: false }, { ...c, dot: true }] : [{ ...c, dot: false }])
     : [{ ...c, dot: null }]));
   let bf16: Bf16Kernel = 'fma';
+  // Only AVX-512 tiles take 15-16 rows in one block: elsewhere there is nothing to choose. The
+  // process's own setting is restored afterwards, as the bf16 kernel's is.
+  const onePassBefore = gemmOnePassRows();
+  const onePassDecided = isaInfo().active.startsWith('avx512') ? new Map<GemmKernelKind, boolean>() : null;
   for (const c of cases) {
     if (c.dot !== null) gemmBf16Dot(c.dot);
     const quant = c.format === 'q4' || c.format === 'q8';
@@ -287,6 +331,14 @@ function measureGemm(s: SizeSpec, log: (m: string) => void): { table: GemmTable;
       return cpu.packedWeight(w.format, w.mode, n, k, data, 'profile');
     };
     const copies = [w, ...Array.from({ length: Math.ceil(s.gemmStreamBytes / w.data.byteLength) - 1 }, copy)];
+    const kind: GemmKernelKind | null = c.format === 'f32' || c.format === 'f16' ? c.format : c.format === 'bf16' ? (c.dot ? 'bf16-dot' : 'bf16') : null;
+    if (onePassDecided && kind && !onePassDecided.has(kind)) {
+      // Decided before the rates below are timed, so that the table holds the chosen layout's.
+      const { ratio, faster } = onePassFaster(kind, copies, k, s.minSeconds);
+      onePassDecided.set(kind, faster);
+      gemmOnePassRows(GEMM_KERNEL_KINDS.filter((g) => (onePassDecided.has(g) ? onePassDecided.get(g) : gemmOnePassRows().includes(g))));
+      log(`gemm ${kind}: 16 rows in one block take ${ratio.toFixed(3)} of two blocks' time: ${faster ? 'one block' : 'two blocks'}`);
+    }
     let next = 0;
     const flops: number[] = [];
     for (const m of ms) {
@@ -312,7 +364,9 @@ function measureGemm(s: SizeSpec, log: (m: string) => void): { table: GemmTable;
   }
   gemmBf16Dot(before);
   log(`bf16 kernel: ${bf16 === 'dot' ? 'vdpbf16ps' : 'widening + FMA'}`);
-  return { table: { k, n, ms: [...ms], rows }, bf16 };
+  const onePassRows = onePassDecided ? GEMM_KERNEL_KINDS.filter((g) => onePassDecided.get(g) ?? onePassBefore.includes(g)) : undefined;
+  gemmOnePassRows(onePassBefore);
+  return { table: { k, n, ms: [...ms], rows }, bf16, ...(onePassRows ? { onePassRows } : {}) };
 }
 
 function measureDecode(s: SizeSpec, log: (m: string) => void): DecodeAttentionEntry[] {
@@ -427,7 +481,7 @@ export async function measureProfile(opts: MeasureOptions): Promise<HardwareProf
     const isa = isaInfo();
     const cpus = os.cpus();
     log(`profiling (${sizes}) with ${threads} compute threads, isa ${isa.active}`);
-    const { table: gemm, bf16 } = measureGemm(s, log);
+    const { table: gemm, bf16, onePassRows } = measureGemm(s, log);
     collect();
     const decode = measureDecode(s, log);
     const prefill = measurePrefill(s, log);
@@ -451,7 +505,7 @@ export async function measureProfile(opts: MeasureOptions): Promise<HardwareProf
         arch: process.arch,
       },
       gemm,
-      kernels: { bf16 },
+      kernels: { bf16, ...(onePassRows ? { onePassRows } : {}) },
       attention: { decode, prefill },
       memory,
       disk,
@@ -578,7 +632,14 @@ function validateProfile(v: unknown, file: string): asserts v is HardwareProfile
   for (const key of ['tokens', 'heads', 'kvHeads', 'headDim'] as const) posInt(pf[key], `attention.prefill.${key}`);
   pos(pf.flopsPerSecond, 'attention.prefill.flopsPerSecond');
 
-  if (p.kernels !== undefined) oneOf(obj(p.kernels, 'kernels').bf16, 'kernels.bf16', ['dot', 'fma']);
+  if (p.kernels !== undefined) {
+    const kn = obj(p.kernels, 'kernels');
+    oneOf(kn.bf16, 'kernels.bf16', ['dot', 'fma']);
+    if (kn.onePassRows !== undefined) {
+      if (!Array.isArray(kn.onePassRows)) bad('kernels.one_pass_rows', `a list of kernels (${GEMM_KERNEL_KINDS.join(', ')})`);
+      (kn.onePassRows as unknown[]).forEach((k, i) => oneOf(k, `kernels.one_pass_rows[${i}]`, GEMM_KERNEL_KINDS));
+    }
+  }
   const mem = obj(p.memory, 'memory');
   pos(mem.copyBytesPerSecond, 'memory.copyBytesPerSecond');
   if (mem.readBytesPerSecond !== undefined) pos(mem.readBytesPerSecond, 'memory.readBytesPerSecond');
@@ -731,10 +792,10 @@ export function memcpyRate(profile: HardwareProfile): number {
   return profile.memory.copyBytesPerSecond;
 }
 
-/** The bf16 GEMM kernel a saved profile of this machine chose (`tierlm profile`), or null: no
- *  profile, one without the choice, one measured on another CPU or instruction set, or a file that
- *  cannot be read (loading a model never fails on the profile; the quick measurement runs then). */
-export function savedBf16Kernel(file = defaultProfilePath()): Bf16Kernel | null {
+/** The kernel choices of a saved profile of this machine (`tierlm profile`), or null: no profile,
+ *  one without them, one measured on another CPU or instruction set, or a file that cannot be read
+ *  (loading a model never fails on the profile; the defaults or the quick measurement run then). */
+function savedKernels(file: string): HardwareProfile['kernels'] | null {
   let p: HardwareProfile | null;
   try {
     p = loadProfile(file);
@@ -742,5 +803,18 @@ export function savedBf16Kernel(file = defaultProfilePath()): Bf16Kernel | null 
     return null;
   }
   if (!p?.kernels || p.machine.cpuModel !== (os.cpus()[0]?.model.trim() || 'unknown') || p.machine.isa.active !== isaInfo().active) return null;
-  return p.kernels.bf16;
+  return p.kernels;
+}
+
+/** The bf16 GEMM kernel a saved profile of this machine chose, or null (savedKernels). */
+export function savedBf16Kernel(file = defaultProfilePath()): Bf16Kernel | null {
+  return savedKernels(file)?.bf16 ?? null;
+}
+
+/** Applies the row blocking a saved profile of this machine chose for 15-16-row products
+ *  (gemmOnePassRows), when it holds one; returns the kernels set to one block, or null when the
+ *  defaults stay. Results do not depend on it, only speed. */
+export function applySavedOnePassRows(file = defaultProfilePath()): GemmKernelKind[] | null {
+  const kinds = savedKernels(file)?.onePassRows;
+  return kinds ? gemmOnePassRows(kinds) : null;
 }

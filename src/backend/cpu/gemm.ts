@@ -69,6 +69,27 @@ export function gemmBf16Dot(on?: boolean): boolean {
   return nativeFn<(on?: boolean) => boolean>('gemmBf16Dot')(on);
 }
 
+/** A float GEMM kernel: f32 or f16 weights with fp32 FMA, bf16 weights widened for FMA, or bf16
+ *  weights with vdpbf16ps (bf16 compute on AVX512_BF16). */
+export type GemmKernelKind = 'f32' | 'f16' | 'bf16' | 'bf16-dot';
+export const GEMM_KERNEL_KINDS: readonly GemmKernelKind[] = ['f32', 'f16', 'bf16', 'bf16-dot'];
+
+/** The kernels whose 15-16-row products (AVX-512: above the 14 rows a tile holds in registers) run
+ *  as one row block, reading each weight panel once while computing, rather than as two blocks
+ *  of 8. Which is faster depends on the kernel and the CPU: `tierlm profile` times it and a model
+ *  load applies its choice (default: f32 and bf16-dot, measured on Zen 4). Results are the same
+ *  bit for bit either way. TIERLM_GEMM_ONE_PASS=<mask> at start-up overrides the default (bits in
+ *  GEMM_KERNEL_KINDS order). Pass kinds to change it; returns the setting. */
+export function gemmOnePassRows(kinds?: readonly GemmKernelKind[]): GemmKernelKind[] {
+  const mask = kinds?.reduce((m, k) => {
+    const bit = GEMM_KERNEL_KINDS.indexOf(k);
+    if (bit < 0) throw new TypeError(`gemmOnePassRows: unknown kernel '${String(k)}' (${GEMM_KERNEL_KINDS.join(', ')})`);
+    return m | (1 << bit);
+  }, 0);
+  const got = nativeFn<(mask?: number) => number>('gemmOnePassRows')(mask);
+  return GEMM_KERNEL_KINDS.filter((_, i) => got & (1 << i));
+}
+
 /** Bytes of the next weight the idle compute threads prefetch while a batch-1..6 decode runs the
  *  small ops between two GEMVs (native/core/thread_pool.h, prefetch_while_idle; default 12 MiB,
  *  `TIERLM_IDLE_PREFETCH_MB` at start-up). Pass a number to change it (0: off); returns the
