@@ -28,12 +28,34 @@ export function mpirun(np: number, args: string[], nodeArgs: string[] = [], buil
 
 /** ‖(a − base) − (b − base)‖ / ‖b − base‖: the relative error of an update. */
 export function updateErr(a: Float32Array, b: Float32Array, base: Float32Array): number {
+  return updateErrBut(a, b, base, -1);
+}
+
+/** updateErr without element `skip` in either norm. */
+function updateErrBut(a: Float32Array, b: Float32Array, base: Float32Array, skip: number): number {
   let d = 0, n = 0;
   for (let i = 0; i < b.length; i++) {
+    if (i === skip) continue;
     d += (a[i]! - b[i]!) ** 2;
     n += (b[i]! - base[i]!) ** 2;
   }
   return Math.sqrt(d / Math.max(n, 1e-30));
+}
+
+/** A partitioned run's update of one tensor against the 1-rank run's (lr 1e-3, 4 steps). Sums over
+ *  ranks round differently from one process's, and Adam, which divides each gradient element by
+ *  its own RMS, turns a difference in an element whose gradient is a near-cancelling sum into a
+ *  difference of a few percent of that element's update: llama-train's layers.1 v_proj element 829
+ *  differs by 5e-6 to 3e-5 (0.005-0.03 lr) depending on the rank count, data order and instruction
+ *  set (AVX2: 1.2e-4 of that tensor's update norm from it alone), while every other element of
+ *  every tensor agrees to ~1e-5 of its tensor's update. So: every tensor's update within 5e-5
+ *  relative without its largest difference, and that difference within 0.1 lr, far below what a
+ *  lost or doubled shard element gives (an update of about lr per step). */
+export function expectUpdateClose(a: Float32Array, b: Float32Array, base: Float32Array, what: string): void {
+  let worst = 0;
+  for (let i = 0; i < b.length; i++) if (Math.abs(a[i]! - b[i]!) > Math.abs(a[worst]! - b[worst]!)) worst = i;
+  expect(updateErrBut(a, b, base, worst), `${what}: update without element ${worst}`).toBeLessThanOrEqual(5e-5);
+  expect(Math.abs(a[worst]! - b[worst]!), `${what}: update of element ${worst}`).toBeLessThanOrEqual(1e-4);
 }
 
 /** 7 sequences of 5..16 tokens (the fixture's 4 and 3 more), some with masked labels. */
@@ -63,7 +85,7 @@ export function expectSameRun(out: string, ref: string, base: string, what: stri
     // OPT's k_proj biases: their true gradient is 0, so their update is rounding noise that Adam
     // magnifies (test/fixtures/train/README.md); only its size is checked.
     if (n.includes('k_proj.bias')) expect(Math.max(...w.map((x, i) => Math.abs(x - before.get(n)![i]!))), n).toBeLessThan(4e-3);
-    else expect(updateErr(w, want.get(n)!, before.get(n)!), `${what}: update of ${n}`).toBeLessThanOrEqual(1e-4);
+    else expectUpdateClose(w, want.get(n)!, before.get(n)!, `${what}: ${n}`);
   }
 }
 
