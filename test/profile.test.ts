@@ -104,6 +104,11 @@ describe('measureProfile', () => {
       saveProfile({ ...profile, kernels: { bf16: 'fma', onePassRows: [] } }, file);
       expect(applySavedOnePassRows(file)).toEqual([]);
       expect(gemmOnePassRows()).toEqual([]);
+      // TIERLM_GEMM_ONE_PASS decides instead of the profile
+      process.env.TIERLM_GEMM_ONE_PASS = '15';
+      expect(applySavedOnePassRows(file)).toBeNull();
+      expect(gemmOnePassRows()).toEqual([]);
+      delete process.env.TIERLM_GEMM_ONE_PASS;
       gemmOnePassRows(start);
       for (const p of [{ ...profile, kernels: { bf16: 'fma' as const } }, { ...profile, machine: { ...profile.machine, cpuModel: 'another CPU' }, kernels: { bf16: 'fma' as const, onePassRows: [] } }]) {
         saveProfile(p, file);
@@ -119,6 +124,7 @@ describe('measureProfile', () => {
       expect(() => loadProfile(file)).toThrow(/kernels\.one_pass_rows/);
       expect(applySavedOnePassRows(file)).toBeNull();
     } finally {
+      delete process.env.TIERLM_GEMM_ONE_PASS;
       gemmOnePassRows(start);
     }
   });

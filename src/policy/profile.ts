@@ -272,7 +272,7 @@ function floatTensor(dtype: FloatDType, shape: number[], scale: number): Tensor 
 export const ONE_PASS_MARGIN = 0.97;
 
 /** Whether 16-row products over `copies` (weights streaming from RAM, as in decode) run faster as
- *  one row block for `kind`: PAIRS passes each way, in turn; the median of the paired ratios. */
+ *  one row block for `kind`: 7 passes each way, in turn; the median of the paired ratios. */
 function onePassFaster(kind: GemmKernelKind, copies: PackedWeight[], k: number, minSeconds: number): { ratio: number; faster: boolean } {
   const cpu = cpuBackend();
   const x = floatTensor('f32', [16, k], 1) as Tensor<'f32'>;
@@ -812,9 +812,11 @@ export function savedBf16Kernel(file = defaultProfilePath()): Bf16Kernel | null 
 }
 
 /** Applies the row blocking a saved profile of this machine chose for 15-16-row products
- *  (gemmOnePassRows), when it holds one; returns the kernels set to one block, or null when the
- *  defaults stay. Results do not depend on it, only speed. */
+ *  (gemmOnePassRows), when it holds one and TIERLM_GEMM_ONE_PASS does not decide instead; returns
+ *  the kernels set to one block, or null when the setting stays. Results do not depend on it, only
+ *  speed. */
 export function applySavedOnePassRows(file = defaultProfilePath()): GemmKernelKind[] | null {
+  if (process.env.TIERLM_GEMM_ONE_PASS !== undefined) return null;
   const kinds = savedKernels(file)?.onePassRows;
   return kinds ? gemmOnePassRows(kinds) : null;
 }

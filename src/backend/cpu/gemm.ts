@@ -78,8 +78,8 @@ export const GEMM_KERNEL_KINDS: readonly GemmKernelKind[] = ['f32', 'f16', 'bf16
  *  as one row block, reading each weight panel once while computing, rather than as two blocks
  *  of 8. Which is faster depends on the kernel and the CPU: `tierlm profile` times it and a model
  *  load applies its choice (default: f32 and bf16-dot, measured on Zen 4). Results are the same
- *  bit for bit either way. TIERLM_GEMM_ONE_PASS=<mask> at start-up overrides the default (bits in
- *  GEMM_KERNEL_KINDS order). Pass kinds to change it; returns the setting. */
+ *  bit for bit either way. TIERLM_GEMM_ONE_PASS=<mask> decides instead of the default and of a
+ *  profile (bits in GEMM_KERNEL_KINDS order). Pass kinds to change it; returns the setting. */
 export function gemmOnePassRows(kinds?: readonly GemmKernelKind[]): GemmKernelKind[] {
   const mask = kinds?.reduce((m, k) => {
     const bit = GEMM_KERNEL_KINDS.indexOf(k);
