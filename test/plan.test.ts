@@ -12,6 +12,8 @@ import { DEFAULT_POLICY, policyFromJson } from '../src/policy/policy.js';
 import { blockItems } from '../src/policy/memory.js';
 import { readPreset } from '../src/models/registry.js';
 import { cacheBytesPerElement } from '../src/engine/generate.js';
+import { CacheStore } from '../src/schedule/cache-store.js';
+import { openBlockFile } from '../src/schedule/block-file.js';
 import { cli } from './helpers/cli.js';
 import { fixturesDir, tmpDir } from './helpers/fixtures.js';
 
@@ -168,6 +170,27 @@ describe('memory of a block', () => {
         expect(item.disk, `${headDim} ${item.what}`).toBe(0);
         expect(Number.isInteger(item.ram), `${headDim} ${item.what}`).toBe(true);
       }
+    }
+  });
+
+  it('counts the cache on disk as the store lays it out: a 4096-byte record a position', async () => {
+    // (counted unpadded, a --disk 1MiB bench of qwen2-tiny, 256 bytes a position, wrote 8 MiB)
+    const file = await openBlockFile(path.join(tmpDir('cache-records'), 'cache.bin'), 'w');
+    try {
+      for (const [headDim, kvHeads, dtype] of [[8, 4, 'f32'], [64, 2, 'f16'], [72, 3, 'q4'], [128, 8, 'f16'], [128, 32, 'f32']] as const) {
+        const config = { ...readPreset('opt-test').config, headDim, kvHeads, layers: 3 } as ModelConfig;
+        for (const cacheCpuPercent of [0, 37.5, 100]) {
+          const policy = { ...DEFAULT_POLICY, cacheGpuPercent: 0, cacheCpuPercent };
+          const shape = { rows: 5, batches: 2, capacity: 33, maxTokens: 9, cacheBytesPerElement: cacheBytesPerElement(dtype, headDim) };
+          const item = blockItems(config, policy, shape).find((i) => i.what === 'KV cache')!;
+          const store = new CacheStore(config, shape.batches, shape.rows, shape.capacity, dtype, { device: 0, ram: cacheCpuPercent / 100, disk: 1 - cacheCpuPercent / 100 }, file);
+          const what = `d ${headDim} × ${kvHeads} ${dtype}, ${cacheCpuPercent}% in RAM`;
+          expect(item.disk, what).toBe(store.stats.diskBytes);
+          expect(item.ram, what).toBe(store.stats.ramBytes);
+        }
+      }
+    } finally {
+      await file.close();
     }
   });
 });

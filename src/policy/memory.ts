@@ -82,8 +82,15 @@ export function blockItems(c: ModelConfig, p: Policy, b: BlockShape): MemoryItem
   const perRowCache = 2 * c.layers * c.kvHeads * b.capacity * headBytes;
   const cacheTotal = perRowCache * b.rows * b.batches;
   const cs = shares(p, 'cache');
-  const cacheRam = Math.round(cacheTotal * (cs.device + cs.ram));
+  // The store places whole (layer, row) cache rows (schedule/placement.ts, splitRows); a row on
+  // disk takes one record a position, its keys and values rounded up to 4096 bytes for O_DIRECT
+  // (schedule/cache-store.ts): 16× the bytes for 256 bytes a position. Counted unpadded, a
+  // --disk 1MiB run of a tiny Qwen2 wrote 8 MiB.
   const record = Math.ceil((2 * c.kvHeads * headBytes) / 4096) * 4096;
+  const layerRows = c.layers * b.rows * b.batches;
+  const ramLayerRows = Math.min(layerRows, Math.round(layerRows * (cs.device + cs.ram)));
+  const cacheRam = ramLayerRows * 2 * c.kvHeads * b.capacity * headBytes;
+  const cacheDisk = (layerRows - ramLayerRows) * b.capacity * record;
   const cacheStaging = cs.disk > 0 ? 3 * (b.rows * (2 * c.kvHeads * b.capacity * headBytes + b.capacity * record)) : 0;
   const actTotal = b.batches * b.maxTokens * c.hidden * 4;
   const as = shares(p, 'activations');
@@ -98,7 +105,7 @@ export function blockItems(c: ModelConfig, p: Policy, b: BlockShape): MemoryItem
   const gemmPacking = 4 * t * Math.max(c.ffn, c.hidden, q, c.embedDim);
   const logits = 4 * c.vocabSize * b.rows * (b.batches + 1);
   return [
-    { what: 'KV cache', ram: cacheRam, disk: cacheTotal - cacheRam, device: Math.round(cacheTotal * cs.device) },
+    { what: 'KV cache', ram: cacheRam, disk: cacheDisk, device: Math.round(cacheTotal * cs.device) },
     { what: 'KV cache staging', ram: cacheStaging, disk: 0 },
     { what: 'activations', ram: Math.round(actTotal * (as.device + as.ram)), disk: Math.round(actTotal * as.disk), device: Math.round(actTotal * as.device) },
     { what: 'activation staging', ram: actStaging, disk: 0 },

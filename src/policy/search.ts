@@ -108,10 +108,12 @@ function ramModel(input: SearchInput, gbs: number, ngb: number, sepLayer: boolea
   const disk = probe({ wCpuPercent: v.w ? 0 : 100, cacheCpuPercent: v.c ? 0 : 100, actCpuPercent: v.h ? 0 : 100 });
   const staging = (v.w ? byName(disk, 'weight staging (two slots)').ram : 0) + (v.c ? byName(disk, 'KV cache staging').ram : 0) +
     (v.h ? byName(disk, 'activation staging').ram : 0);
+  // The whole cache on disk: in 4096-byte records a position, more than its bytes in RAM.
+  const CD = byName(disk, 'KV cache').disk;
   // Staging buffers exist only for a tier in use: counted once, from the variant.
   const placed = ['layer weights (resident share)', 'KV cache', 'activations', 'weight staging (two slots)', 'KV cache staging', 'activation staging'];
   const fixed = all.filter((i) => !placed.includes(i.what)).reduce((n, i) => n + i.ram, 0) + staging;
-  return { W, C, A, fixed, items: (p: Policy) => probe(p) };
+  return { W, C, CD, A, fixed, items: (p: Policy) => probe(p) };
 }
 
 function lp(costs: LayerCosts, w: Workload, layers: number, ram: { W: number; C: number; A: number; fixed: number }, ramCap: number, v: Variant): string {
@@ -169,7 +171,7 @@ export async function searchPolicy(input: SearchInput): Promise<Plan> {
       if (minRam < smallestRam) [smallestRam, smallestShape] = [minRam, `${gbs} × ${ngb}`];
       if (minRam > ramCap) continue;
       // The disk holds the whole packed model once any weight is on it.
-      const diskNeed = (v.w ? ram.W : 0) + (v.c ? ram.C : 0) + (v.h ? ram.A : 0);
+      const diskNeed = (v.w ? ram.W : 0) + (v.c ? ram.CD : 0) + (v.h ? ram.A : 0);
       if (input.limits.disk !== undefined && diskNeed > input.limits.disk) continue;
       let x: Placement = { wd: 0, cd: 0, hd: 0 };
       if (v.w || v.c || v.h) {
