@@ -2,6 +2,7 @@
 // paths refused before any work, pipes, units and bounds, conflicting flags.
 import fs from 'node:fs';
 import path from 'node:path';
+import { parseSize } from '../src/tensor/tiers/size.js';
 import { describe, expect, it } from 'vitest';
 import { cli, shell, tierlm } from './helpers/cli.js';
 import { loadModel } from '../src/index.js';
@@ -146,6 +147,15 @@ describe('units, bounds and conflicting flags', () => {
       expect(z.code).toBe(1);
       expect(z.stderr).toContain(`${flag}: "${v}" is less than one byte (leave ${flag} out for no limit)`);
     }
+    // beyond 2^53 bytes: refused by the flag, naming it (it was an internal error of the planner
+    // naming limits.ram)
+    for (const [flag, v] of [['--ram', '99999999TiB'], ['--disk', '9999999TiB']]) {
+      const z = cli(['plan', '--config', 'opt-125m', '--prompt-len', '8', '--gen-len', '4', '--disk-dir', tmpDir('huge'), flag!, v!]);
+      expect(z.code).toBe(1);
+      expect(z.stderr).toContain(`${flag}: "${v}" is too large (at most 8 PiB, 8191TiB)`);
+      expect(z.stderr).not.toMatch(/internal error/);
+    }
+    expect(parseSize('8191TiB', '--ram')).toBe(8191 * 2 ** 40);
   });
 
   it('every default --help shows is a value its flag accepts, meaning the default', () => {

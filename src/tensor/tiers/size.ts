@@ -15,6 +15,8 @@ export function parseSize(text: string, what = 'size'): number {
   if (!m || unit === undefined) throw new RangeError(`${what}: cannot read "${text}" as a size (for example 16GiB, 512MiB, 6GB)`);
   const bytes = Math.floor(Number(m[1]) * unit);
   if (!Number.isFinite(bytes) || bytes < 0) throw new RangeError(`${what}: "${text}" is not a valid size`);
+  // (beyond 2^53 bytes a count is no longer exact, and the planner and the API refuse it)
+  if (bytes > Number.MAX_SAFE_INTEGER) throw new RangeError(`${what}: "${text}" is too large (at most 8 PiB, ${Math.floor(Number.MAX_SAFE_INTEGER / 2 ** 40)}TiB)`);
   return bytes;
 }
 
