@@ -2,6 +2,7 @@
 // equal to whole responses, every error status, concurrent requests equal to each made alone,
 // the Batch API round trip, a restart in the middle of a batch job (one server at a time on a data
 // directory), and `tierlm batch` giving the same answers as the server's batch for the same file.
+import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
 import OpenAI, { toFile } from 'openai';
@@ -261,6 +262,34 @@ describe('errors, in OpenAI\'s format', () => {
     await closed;
     expect(r.statusCode).toBe(503);
     expect(r.json().error).toMatchObject({ type: 'server_error', code: 'server_shutting_down' });
+  });
+
+  it('closes at once when its last request answers on a keep-alive connection', async () => {
+    // (a connection busy when closing began stayed open until the keep-alive timeout: close()
+    // took 72 s, and a restart on the data directory was refused meanwhile)
+    const s = await buildServer({
+      engine: engineFor(model, 'tiny'), dataDir: path.join(dir, 'data-keepalive'), maxQueue: 8, bodyLimit: 1 << 20, fileLimit: 1 << 20, batchConcurrency: 8,
+    });
+    const at = await s.app.listen({ host: '127.0.0.1', port: 0 });
+    const agent = new http.Agent({ keepAlive: true });
+    try {
+      const answered = new Promise<{ status: number; connection: string | undefined }>((resolve, reject) => {
+        const req = http.request(`${at}/v1/completions`, { method: 'POST', agent, headers: { 'content-type': 'application/json' } }, (res) => {
+          res.resume();
+          res.on('end', () => resolve({ status: res.statusCode!, connection: res.headers.connection }));
+        });
+        req.on('error', reject);
+        req.end(JSON.stringify({ model: 'tiny', prompt: 'a b c', max_tokens: 30 }));
+      });
+      await new Promise((r) => setTimeout(r, 30));
+      const t0 = performance.now();
+      const closed = s.close();
+      expect((await answered).status).toBe(200);
+      await closed;
+      expect(performance.now() - t0).toBeLessThan(5000);
+    } finally {
+      agent.destroy();
+    }
   });
 
   it('429 with Retry-After when more interactive requests are in flight than --max-queue', async () => {

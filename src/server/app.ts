@@ -68,9 +68,16 @@ export async function buildServer(o: ServerOptions): Promise<Server> {
   // By the route Fastify matched, not the raw URL: it routes on the decoded path, so a test of
   // req.url let /%76%31/models past the key. Unmatched URLs need the key too (401 before 404).
   let closing = false;
+  // forceCloseConnections 'idle' closes only the connections idle when closing starts: a
+  // keep-alive connection whose request was still running (most SDK clients keep theirs) stayed
+  // open after its answer until the keep-alive timeout, and close() waited 72 s for it, holding
+  // the data directory's lock. While closing, connections are closed as they go idle.
+  let closeIdle: NodeJS.Timeout | undefined;
   app.addHook('preClose', async () => {
     closing = true;
+    closeIdle = setInterval(() => app.server.closeIdleConnections(), 50);
   });
+  app.addHook('onClose', async () => clearInterval(closeIdle));
   app.addHook('onRequest', async (req, reply) => {
     if (closing) {
       reply.header('connection', 'close');
