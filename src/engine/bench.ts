@@ -2,15 +2,18 @@
 // promptLen tokens, genLen new tokens each (EOS ignored); generation throughput =
 // batch × genLen ÷ (prefill + decode time), with prefill and decode reported apart.
 
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { initModel } from '../models/init.js';
+import { FileLock } from '../tensor/disk/lock.js';
 import { ioStats } from '../tensor/disk/io.js';
 import { getThreads } from '../backend/index.js';
 import { LOAD_KEYS, type LoadOptions, loadModel, loadOptionsOf } from './model.js';
 import { type GenerateStats, emptyStats } from './generate.js';
 import { type Policy, policyToJson } from '../policy/policy.js';
+import { fsyncPath } from '../util/atomic.js';
 import { snakeKeys } from '../util/json-case.js';
 import { checkKeys } from '../util/names.js';
 import { peakRssBytes } from '../util/peak-rss.js';
@@ -47,14 +50,52 @@ export interface BenchResult {
   computeSeconds: number;
 }
 
-/** A dummy-weight model of a named shape, made once and kept under the model cache. */
-export function dummyModel(config: string, layers: number | undefined, cacheDir: string): string {
-  const dir = path.join(cacheDir, `${config}${layers ? `-l${layers}` : ''}-f16`);
-  if (!fs.existsSync(path.join(dir, 'generation_config.json'))) {
+/** A dummy-weight model of a named shape, made once and kept under the model cache. Runs sharing
+ *  the cache make it one at a time under `DIR.lock` (an flock, dropped by the kernel if the maker
+ *  dies), in a temporary sibling renamed into place when complete: without the lock, a second run
+ *  that found no marker deleted the first one's model while it was being written. A directory
+ *  without its marker (generation_config.json, written last) is a half model, and is made again. */
+export function dummyModel(config: string, layers: number | undefined, cacheDir: string,
+  log: (msg: string) => void = (m) => process.stderr.write(`tierlm: ${m}\n`)): string {
+  const name = `${config}${layers ? `-l${layers}` : ''}-f16`;
+  const dir = path.join(cacheDir, name);
+  const complete = () => fs.existsSync(path.join(dir, 'generation_config.json'));
+  // A model is only ever renamed in whole, so one with its marker needs no lock to be read.
+  if (complete()) return dir;
+  fs.mkdirSync(cacheDir, { recursive: true });
+  const lock = holdLockSync(`${dir}.lock`, () => log(`waiting for another run that holds ${dir}.lock (making the dummy model ${dir})`));
+  try {
+    if (complete()) return dir; // made by the run we waited for
+    // Every maker holds the lock while its temporary exists, so any left now is a dead maker's.
+    for (const f of fs.readdirSync(cacheDir)) if (f.startsWith(`${name}.tmp-`)) fs.rmSync(path.join(cacheDir, f), { recursive: true, force: true });
     fs.rmSync(dir, { recursive: true, force: true });
-    initModel({ config, out: dir, layers, dtype: 'f16', seed: 1 });
+    const tmp = `${dir}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+    try {
+      initModel({ config, out: tmp, layers, dtype: 'f16', seed: 1 });
+      // Durable before it is published: after a power cut the name holds a whole model or none.
+      for (const f of fs.readdirSync(tmp)) fsyncPath(path.join(tmp, f));
+      fs.renameSync(tmp, dir);
+    } catch (e) {
+      fs.rmSync(tmp, { recursive: true, force: true });
+      throw e;
+    }
+    fsyncPath(cacheDir);
+    return dir;
+  } finally {
+    // The lock file stays: deleting it would let a waiter lock a file that no longer guards anything.
+    lock.release();
   }
-  return dir;
+}
+
+/** FileLock.acquire for callers that cannot wait asynchronously (dummyModel returns the directory
+ *  at once); says once that it waits. */
+function holdLockSync(file: string, onWait: () => void): FileLock {
+  for (let waited = false; ; waited = true) {
+    const lock = FileLock.tryAcquire(file);
+    if (lock) return lock;
+    if (!waited) onWait();
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
+  }
 }
 
 /** A result as `tierlm bench --json` prints it: snake_case, and the policy as a policy file holds
@@ -84,7 +125,7 @@ function checkBenchOptions(o: BenchOptions): void {
 
 export async function runBench(o: BenchOptions): Promise<BenchResult> {
   checkBenchOptions(o);
-  const dir = o.model ?? dummyModel(o.config!, o.layers, o.modelCache ?? defaultModelCache());
+  const dir = o.model ?? dummyModel(o.config!, o.layers, o.modelCache ?? defaultModelCache(), o.log);
   const model = await loadModel(dir, loadOptionsOf(o));
   const p = model.policy;
   const batch = p.gpuBatchSize * p.numGpuBatches;
