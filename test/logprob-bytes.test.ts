@@ -1,7 +1,7 @@
 // Chat logprobs give each token its own bytes (OpenAI's `bytes`): a token holding part of a
 // multi-byte character shows it as `\xNN` in its string, and the bytes of a sample's tokens add
 // up to its text's — for byte-level BPE (GPT-2, Llama 3, Qwen2) and SentencePiece byte fallback.
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { TextTokenizer } from '../src/formats/tokenizer.js';
 import { type ServedModel, escapeBytes, prepare, responseBody } from '../src/openai/translate.js';
 import { BEGIN, END, writeByteLevelTokenizer } from './helpers/byte-level-tokenizer.js';
@@ -79,3 +79,33 @@ describe('chat logprobs', () => {
     });
   }
 });
+
+describe('a prompt surely past the context is refused before it is encoded', () => {
+  // (the server encoded a 4 MiB prompt whole before its length check: 8 s on its one thread and
+  // ~1 GB beyond --ram)
+  it('minTokens never exceeds the real count, on byte-level BPE and SentencePiece tokenizers', () => {
+    const texts = ['', 'a', 'hello world '.repeat(50), ' '.repeat(300), '\u3000'.repeat(100) + 'ｆｕｌｌ ｗｉｄｔｈ', 'é😀'.repeat(80), 'x'.repeat(5000)];
+    for (const t of [byteLevel(), TextTokenizer.load(tokenizerModelDir())!]) {
+      for (const text of texts) expect(t.minTokens(text), JSON.stringify(text.slice(0, 20))).toBeLessThanOrEqual(t.encode(text, false).length);
+      expect(t.minTokens('x'.repeat(1 << 20))).toBeGreaterThan(1000);
+    }
+  });
+
+  it('the server refuses it naming the context, without encoding it', () => {
+    const t = TextTokenizer.load(tokenizerModelDir())!;
+    const encode = vi.spyOn(t, 'encode');
+    const huge = 'word '.repeat(200_000);
+    let err: unknown;
+    try {
+      prepare('/v1/completions', { model: 'm', prompt: huge, max_tokens: 4 }, served(t));
+    } catch (e) {
+      err = e;
+    }
+    expect(encode).not.toHaveBeenCalled();
+    expect(err).toMatchObject({ status: 400, code: 'context_length_exceeded', param: 'prompt' });
+    expect((err as Error).message).toMatch(/maximum context length is 512 tokens; prompt \(1000000 characters\) is at least \d+ tokens/);
+    // just past the context: counted exactly, as before
+    expect(() => prepare('/v1/completions', { model: 'm', prompt: 'word '.repeat(600), max_tokens: 4 }, served(t))).toThrow(/you requested|leaving none/);
+  });
+});
+

@@ -158,6 +158,30 @@ export class TextTokenizer {
     return [...(hasBos && bos !== null ? [bos] : []), ...plain, ...(hasEos && eos !== null ? [eos] : [])];
   }
 
+  private longestToken: number | undefined;
+
+  /** A number of tokens `text` encodes to at least (0 when the vocabulary's spelling is not known
+   *  here), found without encoding it: its UTF-8 bytes over the most bytes one token stands for,
+   *  with a margin of 4 for normalizers that shrink text (NFKC folds a 3-byte full-width letter to
+   *  one byte). A prompt that far past the context is refused at once: encoding a 4 MiB prompt
+   *  took 8 s on the server's one thread and ~1 GB of memory beyond its --ram. */
+  minTokens(text: string): number {
+    this.longestToken ??= this.mostTokenBytes();
+    return this.longestToken > 0 ? Math.floor(Buffer.byteLength(text, 'utf8') / (4 * this.longestToken)) : 0;
+  }
+
+  /** The most bytes one token stands for (tokenBytes), over the whole vocabulary with the added
+   *  tokens; 0 when one of them cannot be spelled. */
+  private mostTokenBytes(): number {
+    let most = 1;
+    for (const [token, id] of this.tokenizer.get_vocab(true)) {
+      const bytes = this.tokenBytes(id);
+      if (bytes === null && !(this.added ??= this.tokenizer.get_added_tokens_decoder()).get(id)?.special) return 0;
+      most = Math.max(most, bytes?.length ?? Buffer.byteLength(token, 'utf8'));
+    }
+    return most;
+  }
+
   private tokenId(name: string): number | null {
     const t = this.specialToken(name);
     return t === '' ? null : this.tokenizer.token_to_id(t) ?? null;

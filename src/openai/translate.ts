@@ -100,6 +100,7 @@ function completionPrompts(prompt: unknown, model: ServedModel): number[][] {
       return p;
     }
     if (!model.tokenizer) throw invalid('the model has no tokenizer.json: give the prompt as token ids', 'prompt');
+    refuseFarTooLong(p, model, where, 'prompt');
     const ids = model.tokenizer.encode(p);
     if (ids.length === 0) throw invalid(`${where} is empty`, 'prompt');
     return ids;
@@ -121,7 +122,17 @@ function chatPrompt(messages: Body[], model: ServedModel): number[] {
     if (e instanceof ChatTemplateError) throw invalid(e.message, 'messages');
     throw e;
   }
+  refuseFarTooLong(text, model, 'the messages', 'messages');
   return model.tokenizer.encode(text, false);
+}
+
+/** Refuses a text that is surely longer than the context before it is encoded (minTokens). */
+function refuseFarTooLong(text: string, model: ServedModel, what: string, param: string): void {
+  const least = model.tokenizer!.minTokens(text);
+  if (least >= model.maxPositions) {
+    throw invalid(`This model's maximum context length is ${model.maxPositions} tokens${model.positionsNote ?? ''}; ${what} ` +
+      `(${text.length} characters) ${what === 'the messages' ? 'are' : 'is'} at least ${least} tokens`, param, 'context_length_exceeded');
+  }
 }
 
 /** Each choice's place in the response: prompt i's sample j is choice i·n + j (OpenAI's order). */
