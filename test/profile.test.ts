@@ -194,6 +194,34 @@ describe('saving and loading', () => {
     expect(() => loadProfile(old)).toThrow(/version/);
   });
 
+  it('reports a profile missing a GEMM row or a decode cache dtype by name and field', () => {
+    // gemmRate and attentionDecodeRate read any of them: a missing one failed a plan later, naming no file.
+    const noRow = path.join(dir, 'no-row.json');
+    const copy = JSON.parse(profileJson(profile));
+    copy.gemm.rows = copy.gemm.rows.filter((r: { format: string; mode: string }) => !(r.format === 'f16' && r.mode === 'fp32'));
+    fs.writeFileSync(noRow, JSON.stringify(copy));
+    expect(() => loadProfile(noRow)).toThrow(ProfileFileError);
+    expect(() => loadProfile(noRow)).toThrow(new RegExp(`${noRow}: field gemm\\.rows must be a list with a row for f16/fp32`));
+
+    const noF16 = path.join(dir, 'no-f16-decode.json');
+    const copy2 = JSON.parse(profileJson(profile));
+    copy2.attention.decode = copy2.attention.decode.filter((e: { cache_dtype: string }) => e.cache_dtype !== 'f16');
+    fs.writeFileSync(noF16, JSON.stringify(copy2));
+    expect(() => loadProfile(noF16)).toThrow(ProfileFileError);
+    expect(() => loadProfile(noF16)).toThrow(new RegExp(`${noF16}: field attention\\.decode must be a list with an entry for a f16 cache`));
+    // saveProfile checks the same
+    const { rows } = profile.gemm;
+    expect(() => saveProfile({ ...profile, gemm: { ...profile.gemm, rows: rows.filter((r) => r.format !== 'q8') } }, noRow)).toThrow(/gemm\.rows must be a list with a row for q8\/fp32/);
+  });
+
+  it('names the file it cannot save to, not a raw Node.js error', () => {
+    const file = path.join(dir, 'a-file');
+    fs.writeFileSync(file, '');
+    const inside = path.join(file, 'hw.json');
+    expect(() => saveProfile(profile, inside)).toThrow(UserError);
+    expect(() => saveProfile(profile, inside)).toThrow(`cannot save the hardware profile to ${inside}: `);
+  });
+
   it('measures again over a default profile that another version wrote, but refuses a named one', async () => {
     const saved = process.env.TIERLM_PROFILE;
     const stale = path.join(dir, 'stale.json');
@@ -310,6 +338,94 @@ describe('ensureProfile', () => {
     expect(fs.existsSync(path.join(dir, 'child', 'never.json'))).toBe(false);
   });
 
+  it('two first runs at once measure once: the second waits and reuses what the first saved', async () => {
+    const file = path.join(dir, 'race', 'hw.json');
+    const logs: string[][] = [[], []];
+    const [a, b] = await Promise.all(logs.map((l) => ensureProfile({ file, diskDir: dir, sizes: 'tiny', log: (m) => l.push(m) })));
+    expect(b.createdAt).toBe(a.createdAt);
+    expect(loadProfile(file)!.createdAt).toBe(a.createdAt);
+    const measured = logs.map((l) => l.filter((m) => m.includes('measuring this machine (quick), once')).length);
+    expect([...measured].sort()).toEqual([0, 1]);
+    const waited = logs[measured.indexOf(0)]!;
+    expect(waited).toEqual([`waiting for another run measuring this machine (it holds ${file}.lock); its profile is used once it is saved`]);
+  });
+
+  /** Runs fn with HOME set to `home` and no TIERLM_PROFILE: the default profile path is under `home`. */
+  async function withHome<T>(home: string, fn: () => Promise<T>): Promise<T> {
+    const saved = { HOME: process.env.HOME, TIERLM_PROFILE: process.env.TIERLM_PROFILE };
+    process.env.HOME = home;
+    delete process.env.TIERLM_PROFILE;
+    try {
+      return await fn();
+    } finally {
+      for (const [k, v] of Object.entries(saved)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
+  }
+
+  it('goes on with the measured profile when the default file cannot be saved, warning once', async () => {
+    // ~/.cache is a file: its folder cannot be created, even by root.
+    const home = path.join(dir, 'home-cache-file');
+    fs.mkdirSync(home);
+    fs.writeFileSync(path.join(home, '.cache'), '');
+    const file = path.join(home, '.cache', 'tierlm', 'hardware.json');
+    const logs: string[] = [];
+    const p = await withHome(home, () => ensureProfile({ diskDir: dir, sizes: 'tiny', log: (m) => logs.push(m) }));
+    expect(p.sizes).toBe('tiny');
+    const warnings = logs.filter((l) => l.includes('could not save'));
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatch(new RegExp(`^warning: could not save the hardware profile to ${file}: .+; measured again next run$`));
+    // Later calls in this process reuse it instead of measuring again.
+    const again: string[] = [];
+    const q = await withHome(home, () => ensureProfile({ diskDir: path.join(dir, 'missing'), log: (m) => again.push(m) }));
+    expect(q.createdAt).toBe(p.createdAt);
+    expect(again).toEqual([]);
+  });
+
+  it('goes on when the default folder is read-only (not as root)', async (t) => {
+    const home = path.join(dir, 'home-read-only');
+    fs.mkdirSync(path.join(home, '.cache', 'tierlm'), { recursive: true });
+    fs.chmodSync(path.join(home, '.cache', 'tierlm'), 0o500);
+    try {
+      let writable = true;
+      try {
+        fs.accessSync(path.join(home, '.cache', 'tierlm'), fs.constants.W_OK);
+      } catch {
+        writable = false;
+      }
+      if (writable) t.skip(); // root writes anyway
+      const logs: string[] = [];
+      const p = await withHome(home, () => ensureProfile({ diskDir: dir, sizes: 'tiny', log: (m) => logs.push(m) }));
+      expect(p.sizes).toBe('tiny');
+      expect(logs.filter((l) => /^warning: could not save the hardware profile to .*; measured again next run$/.test(l))).toHaveLength(1);
+    } finally {
+      fs.chmodSync(path.join(home, '.cache', 'tierlm'), 0o700);
+    }
+  });
+
+  it('refuses a named file it could not save before measuring', async () => {
+    const notDir = path.join(dir, 'plain-file');
+    fs.writeFileSync(notDir, '');
+    const file = path.join(notDir, 'sub', 'hw.json');
+    const logs: string[] = [];
+    await expect(ensureProfile({ file, diskDir: dir, sizes: 'tiny', log: (m) => logs.push(m) })).rejects.toThrow(UserError);
+    await expect(ensureProfile({ file, diskDir: dir, sizes: 'tiny', log: (m) => logs.push(m) }))
+      .rejects.toThrow(`hardware profile ${file}: ${notDir} is not a directory, so the profile cannot be saved there; nothing was measured`);
+    await expect(ensureProfile({ file: dir, diskDir: dir, sizes: 'tiny' })).rejects.toThrow(`hardware profile ${dir}: `);
+    // and so does TIERLM_PROFILE
+    const saved = process.env.TIERLM_PROFILE;
+    try {
+      process.env.TIERLM_PROFILE = file;
+      await expect(ensureProfile({ diskDir: dir, sizes: 'tiny', log: (m) => logs.push(m) })).rejects.toThrow(`TIERLM_PROFILE ${file}: `);
+    } finally {
+      if (saved === undefined) delete process.env.TIERLM_PROFILE;
+      else process.env.TIERLM_PROFILE = saved;
+    }
+    expect(logs).toEqual([]);
+  });
+
   it('does not replace a malformed profile silently', async () => {
     const file = path.join(dir, 'garbage.json');
     fs.writeFileSync(file, 'not json');
@@ -345,6 +461,27 @@ describe('tierlm profile', () => {
     expect(r.stdout).toMatch(/disk .*read .*GB\/s/s);
     expect(r.stdout).toContain(`saved to ${out}`);
     expect(loadProfile(out)).not.toBeNull();
+  });
+
+  it('refuses a file it could not save before measuring', () => {
+    const notDir = path.join(dir, 'cli-plain-file');
+    fs.writeFileSync(notDir, '');
+    const out = path.join(notDir, 'hw.json');
+    let r = cli(['profile', '--quick', '--out', out, '--disk-dir', dir], { TIERLM_PROFILE_SIZES: 'tiny' });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`--out ${out}: `);
+    expect(r.stdout).toBe('');
+    // The default file: ~/.cache is a file, so ~/.cache/tierlm cannot be made.
+    const home = path.join(dir, 'cli-home');
+    fs.mkdirSync(home);
+    fs.writeFileSync(path.join(home, '.cache'), '');
+    const file = path.join(home, '.cache', 'tierlm', 'hardware.json');
+    r = cli(['profile', '--quick', '--disk-dir', dir], { HOME: home, TIERLM_PROFILE: '', TIERLM_PROFILE_SIZES: 'tiny' });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`hardware profile ${file}: ${path.join(home, '.cache')} is not a directory, so the profile cannot be saved there; nothing was measured`);
+    r = cli(['profile', '--quick', '--disk-dir', dir], { TIERLM_PROFILE: out, TIERLM_PROFILE_SIZES: 'tiny' });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`TIERLM_PROFILE ${out}: `);
   });
 
   it('refuses a missing disk directory with a clear message', () => {

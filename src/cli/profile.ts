@@ -1,7 +1,7 @@
 // `tierlm profile`: measures this machine once and saves it for every later command.
 import os from 'node:os';
 import type { Command } from 'commander';
-import { type HardwareProfile, defaultProfilePath, hugePageStatus, measureProfile, profileJson, saveProfile } from '../policy/profile.js';
+import { type HardwareProfile, checkProfileFile, defaultProfilePath, hugePageStatus, measureProfile, profileJson, saveProfile } from '../policy/profile.js';
 import { formatSize } from '../tensor/tiers/size.js';
 import { rule } from './parse.js';
 import { diskDir, outputFile } from './paths.js';
@@ -28,6 +28,8 @@ export function addProfileCommand(program: Command): void {
       if (o.out !== undefined) outputFile('--out', o.out);
       if (o.diskDir !== undefined) diskDir(o.diskDir);
       const file = o.out ?? defaultProfilePath();
+      // Saving it is what the command is for: a file it cannot write is refused before measuring.
+      checkProfileFile(file, o.out !== undefined ? '--out' : process.env.TIERLM_PROFILE ? 'TIERLM_PROFILE' : 'hardware profile');
       const log = (msg: string) => {
         if (process.stderr.isTTY) process.stderr.write(`${msg}\n`);
       };

@@ -27,6 +27,7 @@ import type { CacheDType, ComputeMode, WeightFormat } from '../backend/kernels.j
 import { type FloatDType, fromFloat32 } from '../tensor/dtype.js';
 import { Tensor } from '../tensor/tensor.js';
 import { DirectFile } from '../tensor/disk/io.js';
+import { FileLock } from '../tensor/disk/lock.js';
 import { BufferPool, sequentialPass } from '../tensor/disk/buffer-pool.js';
 import { UserError } from '../util/errors.js';
 import { formatSize } from '../tensor/tiers/size.js';
@@ -524,13 +525,60 @@ export function defaultProfilePath(): string {
   return path.join(os.homedir(), '.cache', 'tierlm', 'hardware.json');
 }
 
-/** Writes the profile as JSON (creating the folder; atomically, through a temporary file). */
+/** Writes the profile as JSON (creating the folder; atomically, through a temporary file). A file
+ *  that cannot be written is a UserError naming it. */
 export function saveProfile(p: HardwareProfile, file: string): void {
   validateProfile(p, file);
-  fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+  try {
+    writeProfileFile(p, file);
+  } catch (e) {
+    throw new UserError(`cannot save the hardware profile to ${file}: ${(e as Error).message}`);
+  }
+}
+
+/** saveProfile's writing, its errors as Node.js raised them. */
+function writeProfileFile(p: HardwareProfile, file: string): void {
   const tmp = `${file}.${process.pid}.tmp`;
-  fs.writeFileSync(tmp, profileJson(p, 2) + '\n');
-  fs.renameSync(tmp, file);
+  try {
+    fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+    fs.writeFileSync(tmp, profileJson(p, 2) + '\n');
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+}
+
+function statOrNull(p: string): fs.Stats | null {
+  try {
+    return fs.statSync(p);
+  } catch {
+    return null;
+  }
+}
+
+/** Refuses, before a measurement of seconds to minutes, a profile file that could not be saved: a
+ *  directory, or one whose folder is not writable or cannot be created. `name` leads the message
+ *  (a flag, an environment variable). Saving creates missing folders, so the nearest one that
+ *  exists is the one checked. */
+export function checkProfileFile(file: string, name = 'hardware profile'): void {
+  const refuse = (why: string): never => {
+    throw new UserError(`${name} ${file}: ${why}; nothing was measured`);
+  };
+  const abs = path.resolve(file);
+  if (statOrNull(abs)?.isDirectory()) refuse('is a directory, not a file');
+  let dir = path.dirname(abs);
+  let s = statOrNull(dir);
+  while (!s && path.dirname(dir) !== dir) {
+    dir = path.dirname(dir);
+    s = statOrNull(dir);
+  }
+  if (!s?.isDirectory()) refuse(`${dir} is not a directory, so the profile cannot be saved there`);
+  try {
+    fs.accessSync(dir, fs.constants.W_OK);
+  } catch {
+    refuse(`${dir} is not writable, so the profile cannot be saved there`);
+  }
 }
 
 /** A profile as its file holds it and `tierlm profile --json` prints it: snake_case keys. */
@@ -549,8 +597,6 @@ export class ProfileFileError extends UserError {
   }
 }
 
-/** The saved profile, or null when the file does not exist. Throws a ProfileFileError naming the
- *  file when it cannot be read, is not JSON, or lacks or mistypes a field. */
 /** The version field of a saved profile, or null when there is none (no file, not JSON). */
 function savedVersion(file: string): number | null {
   try {
@@ -561,12 +607,16 @@ function savedVersion(file: string): number | null {
   }
 }
 
+/** The saved profile, or null when the file does not exist. Throws a ProfileFileError naming the
+ *  file when it cannot be read, is not JSON, or lacks or mistypes a field. */
 export function loadProfile(file: string): HardwareProfile | null {
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    // ENOTDIR: a folder of its path is a file, so there is no profile there either.
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
     throw new ProfileFileError(file, `cannot be read: ${(e as Error).message}`);
   }
   let v: unknown;
@@ -581,6 +631,8 @@ export function loadProfile(file: string): HardwareProfile | null {
 
 const FORMATS: readonly string[] = ['f32', 'f16', 'bf16', 'q4', 'q8'];
 const MODES: readonly string[] = ['fp32', 'bf16'];
+/** The cache dtypes decode attention is measured with (measureAttention). */
+const DECODE_CACHE_DTYPES: readonly CacheDType[] = ['f32', 'f16'];
 
 function validateProfile(v: unknown, file: string): asserts v is HardwareProfile {
   const bad = (field: string, want: string): never => {
@@ -617,17 +669,19 @@ function validateProfile(v: unknown, file: string): asserts v is HardwareProfile
   str(m.platform, 'machine.platform');
   str(m.arch, 'machine.arch');
 
-  validateGemm(p.gemm, 'gemm', { obj, arr, pos, posInt, oneOf, bad });
+  validateGemm(p.gemm, 'gemm', { obj, arr, pos, posInt, oneOf, bad }, true);
 
   const att = obj(p.attention, 'attention');
-  arr(att.decode, 'attention.decode').forEach((e, i) => {
+  const dtypes = arr(att.decode, 'attention.decode').map((e, i) => {
     const f = `attention.decode[${i}]`;
     const d = obj(e, f);
-    oneOf(d.cacheDtype, `${f}.cacheDtype`, ['f32', 'f16']);
     for (const key of ['batch', 'heads', 'kvHeads', 'headDim', 'len'] as const) posInt(d[key], `${f}.${key}`);
     pos(d.bytes, `${f}.bytes`);
     pos(d.bytesPerSecond, `${f}.bytesPerSecond`);
+    return oneOf(d.cacheDtype, `${f}.cacheDtype`, DECODE_CACHE_DTYPES);
   });
+  // attentionDecodeRate answers for every cache dtype measured; a missing one would fail a plan later, naming no file.
+  for (const t of DECODE_CACHE_DTYPES) if (!dtypes.includes(t)) bad('attention.decode', `a list with an entry for a ${t} cache`);
   const pf = obj(att.prefill, 'attention.prefill');
   for (const key of ['tokens', 'heads', 'kvHeads', 'headDim'] as const) posInt(pf[key], `attention.prefill.${key}`);
   pos(pf.flopsPerSecond, 'attention.prefill.flopsPerSecond');
@@ -671,7 +725,9 @@ interface Checks {
   bad: (field: string, want: string) => never;
 }
 
-function validateGemm(x: unknown, field: string, c: Checks): void {
+/** `complete`: the table must have a row for every GEMM_CASES pair (the CPU table, which gemmRate
+ *  reads for any weights a model has: a missing row failed a plan later, naming no file). */
+function validateGemm(x: unknown, field: string, c: Checks, complete = false): void {
   const g = c.obj(x, field);
   c.posInt(g.k, `${field}.k`);
   c.posInt(g.n, `${field}.n`);
@@ -688,6 +744,9 @@ function validateGemm(x: unknown, field: string, c: Checks): void {
     if (rates.length !== ms.length) c.bad(`${f}.flopsPerSecond`, `an array of ${ms.length} rates (one per entry of ${field}.ms)`);
     rates.forEach((v, j) => c.pos(v, `${f}.flopsPerSecond[${j}]`));
   });
+  if (complete) {
+    for (const { format, mode } of GEMM_CASES) if (!seen.has(`${format}/${mode}`)) c.bad(`${field}.rows`, `a list with a row for ${format}/${mode}`);
+  }
 }
 
 export interface EnsureOptions {
@@ -703,8 +762,16 @@ export interface EnsureOptions {
   log?: (msg: string) => void;
 }
 
+/** Profiles measured in this process for a default file that could not be saved (an unwritable
+ *  home): reused by later calls here instead of measuring again. */
+const unsavedProfiles = new Map<string, HardwareProfile>();
+
 /** The saved profile; if there is none, measures one (quick unless told otherwise), saves it and
- *  returns it. A malformed saved file is an error (ProfileFileError), not silently replaced. */
+ *  returns it. A malformed saved file is an error (ProfileFileError), not silently replaced. Runs
+ *  measure one at a time under `FILE.lock`: a run that finds it held waits, then reuses the profile
+ *  the holder saved. The default file (no `file`, no $TIERLM_PROFILE) is tierlm's own cache: when
+ *  it cannot be saved the run warns and goes on with the profile it measured; a file named by
+ *  either is checked before measuring, and failing to save it is an error naming it. */
 export async function ensureProfile(opts: EnsureOptions = {}): Promise<HardwareProfile> {
   checkKeys(opts, ['file', 'diskDir', 'quick', 'threads', 'sizes', 'log'], 'ensureProfile() options');
   for (const k of ['file', 'diskDir'] as const) {
@@ -716,26 +783,70 @@ export async function ensureProfile(opts: EnsureOptions = {}): Promise<HardwareP
   const file = opts.file ?? defaultProfilePath();
   const quick = opts.quick ?? true;
   const log = opts.log ?? (() => {});
-  const stale = opts.file === undefined ? savedVersion(file) : null;
-  if (stale !== null && stale !== PROFILE_VERSION) {
-    // The default profile is tierlm's own cache: one an older version wrote is measured again,
-    // not an error the user must clear by hand (a file the user names is theirs, and is checked).
-    log(`the hardware profile at ${file} is from another version of tierlm (version ${stale}); measuring again`);
-  } else {
-    const saved = loadProfile(file);
-    if (saved) return saved;
+  const namedBy = opts.file !== undefined ? 'hardware profile' : process.env.TIERLM_PROFILE ? 'TIERLM_PROFILE' : null;
+  // The default profile is tierlm's own cache: one an older version wrote is measured again, not
+  // an error the user must clear by hand (a file the user names is theirs, and is checked).
+  const staleVersion = (): number | null => {
+    const v = opts.file === undefined ? savedVersion(file) : null;
+    return v !== null && v !== PROFILE_VERSION ? v : null;
+  };
+  const reusable = (): HardwareProfile | null => unsavedProfiles.get(file) ?? (staleVersion() !== null ? null : loadProfile(file));
+
+  const saved = reusable();
+  if (saved) return saved;
+  if (namedBy) checkProfileFile(file, namedBy);
+  const lock = await lockProfileFile(file, namedBy, log);
+  try {
+    // The run we waited for has measured and saved it.
+    const measured = lock ? reusable() : null;
+    if (measured) return measured;
+    const stale = staleVersion();
+    if (stale !== null) log(`the hardware profile at ${file} is from another version of tierlm (version ${stale}); measuring again`);
+    log(`${stale !== null ? 'measuring' : `no hardware profile at ${file}; measuring`} this machine${quick ? ' (quick)' : ''}, once, in a separate process ` +
+      '(its memory is not part of this run, nor of its --ram limit)');
+    // A child process: the measurement needs far more memory than a tight --ram allows (the quick
+    // profile streams GEMM weights through 384 MiB of copies to defeat the last-level cache).
+    // --expose-gc: it collects each phase's buffers before the next phase allocates its own. It
+    // returns the profile and this process saves it, so a file that cannot be written costs the
+    // save only, not the measurement.
+    const { value: p, peakRssBytes } = await runInChild<HardwareProfile>(import.meta.url, 'profile-main',
+      { quick, diskDir: opts.diskDir ?? os.tmpdir(), threads: opts.threads, sizes: opts.sizes }, log, ['--expose-gc']);
+    validateProfile(p, file);
+    const rss = `the measuring process peaked at ${formatSize(peakRssBytes)} RSS`;
+    if (namedBy) {
+      saveProfile(p, file);
+    } else {
+      try {
+        writeProfileFile(p, file);
+      } catch (e) {
+        log(`warning: could not save the hardware profile to ${file}: ${(e as Error).message}; measured again next run`);
+        unsavedProfiles.set(file, p);
+        return p;
+      }
+    }
+    log(`saved the hardware profile to ${file} (${rss})`);
+    return p;
+  } finally {
+    lock?.release();
   }
-  log(`${stale !== null && stale !== PROFILE_VERSION ? 'measuring' : `no hardware profile at ${file}; measuring`} this machine${quick ? ' (quick)' : ''}, once, in a separate process ` +
-    '(its memory is not part of this run, nor of its --ram limit)');
-  // A child process: the measurement needs far more memory than a tight --ram allows (the quick
-  // profile streams GEMM weights through 384 MiB of copies to defeat the last-level cache).
-  // --expose-gc: it collects each phase's buffers before the next phase allocates its own.
-  const { peakRssBytes } = await runInChild(import.meta.url, 'profile-main',
-    { file, quick, diskDir: opts.diskDir ?? os.tmpdir(), threads: opts.threads, sizes: opts.sizes }, log, ['--expose-gc']);
-  const p = loadProfile(file);
-  if (!p) throw new ProfileFileError(file, 'the measuring process did not save it');
-  log(`saved the hardware profile to ${file} (the measuring process peaked at ${formatSize(peakRssBytes)} RSS)`);
-  return p;
+}
+
+/** Takes `FILE.lock` for measuring and saving FILE, waiting (and saying so) while another run
+ *  holds it: two first runs measuring at once each slowed the other's timing, and the saved
+ *  profile held rates 50-100× too low. The lock file stays (deleting it would let a third run lock
+ *  a file the others no longer see). Null for the default file when its folder cannot hold the
+ *  lock (an unwritable home): that run measures alone and warns when saving fails too. */
+async function lockProfileFile(file: string, namedBy: string | null, log: (msg: string) => void): Promise<FileLock | null> {
+  const lockFile = `${file}.lock`;
+  try {
+    fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+    return await FileLock.acquire(lockFile, {
+      onWait: () => log(`waiting for another run measuring this machine (it holds ${lockFile}); its profile is used once it is saved`),
+    });
+  } catch (e) {
+    if (namedBy) throw new UserError(`${namedBy} ${file}: cannot take its lock file ${lockFile}: ${(e as Error).message}`);
+    return null;
+  }
 }
 
 // ---- rates for a cost model -----------------------------------------------------------------------
