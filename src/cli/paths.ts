@@ -3,14 +3,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { UserError } from '../util/errors.js';
+import { statOrNull } from '../util/stat.js';
 
-function statOrNull(p: string): fs.Stats | null {
-  try {
-    return fs.statSync(p);
-  } catch {
-    return null;
-  }
-}
 
 const refuse = (flag: string, p: string, what: string): never => {
   throw new UserError(`${flag} ${p}: ${what}`);

@@ -11,6 +11,7 @@ import type { GenerationRequest } from '../engine/requests.js';
 import { RULES, type RuleName, checkValue } from '../util/options.js';
 import { UserError } from '../util/errors.js';
 import { writeFully } from '../util/write-fully.js';
+import { statOrNull } from '../util/stat.js';
 
 export type InputLine = { line: number; request: GenerationRequest } | { line: number; id: string; error: string };
 
@@ -301,13 +302,6 @@ function resultRecord(line: string): { id: string; ok: boolean } | null {
   return null;
 }
 
-function statOrNull(file: string): fs.Stats | null {
-  try {
-    return fs.statSync(file);
-  } catch {
-    return null;
-  }
-}
 
 function parses(text: string): boolean {
   try {

@@ -35,6 +35,7 @@ import { runInChild } from '../util/child.js';
 import { camelKeys, snakeKeys, toSnake } from '../util/json-case.js';
 import { checkKeys } from '../util/names.js';
 import { checkApiValue } from '../util/options.js';
+import { statOrNull } from '../util/stat.js';
 
 /** What the profile says about the page size packed weights get (`tierlm profile` prints it). */
 export { hugePageStatus };
@@ -549,13 +550,6 @@ function writeProfileFile(p: HardwareProfile, file: string): void {
   }
 }
 
-function statOrNull(p: string): fs.Stats | null {
-  try {
-    return fs.statSync(p);
-  } catch {
-    return null;
-  }
-}
 
 /** Refuses, before a measurement of seconds to minutes, a profile file that could not be saved: a
  *  directory, or one whose folder is not writable or cannot be created. `name` leads the message
