@@ -264,6 +264,34 @@ describe('errors, in OpenAI\'s format', () => {
     expect(r.json().error).toMatchObject({ type: 'server_error', code: 'server_shutting_down' });
   });
 
+  it('names what is wrong with a body that is not JSON, or not sent as JSON', async () => {
+    const post = (payload: string, contentType?: string) => server.app.inject({
+      method: 'POST', url: '/v1/completions', payload,
+      headers: { authorization: `Bearer ${KEY}`, ...(contentType ? { 'content-type': contentType } : {}) },
+    });
+    const body = JSON.stringify({ model: 'tiny', prompt: 'a', max_tokens: 1 });
+    // (a JSON body sent as text/plain was let through as a string: "'body' must be object")
+    for (const ct of ['text/plain', 'application/x-www-form-urlencoded', undefined]) {
+      const r = await post(body, ct);
+      expect(r.statusCode, String(ct)).toBe(415);
+      expect(r.json().error).toMatchObject({ code: 'unsupported_media_type', type: 'invalid_request_error' });
+      expect(r.json().error.message).toContain(ct ? `Unsupported Content-Type '${ct}'` : 'Unsupported Content-Type (none given)');
+      expect(r.json().error.message).toContain('Content-Type: application/json');
+    }
+    // (both were "Body is not valid JSON")
+    const cut = await post('{"model":"tiny","prompt":', 'application/json');
+    expect(cut.statusCode).toBe(400);
+    expect(cut.json().error).toMatchObject({ code: 'invalid_json' });
+    expect(cut.json().error.message).toMatch(/^The request body is not valid JSON: .*(end of JSON input|position)/);
+    const proto = await post('{"model":"tiny","prompt":"a","__proto__":{}}', 'application/json');
+    expect(proto.statusCode).toBe(400);
+    expect(proto.json().error.message).toBe('The request body is not valid JSON: the key "__proto__" is not allowed');
+    const empty = await post('', 'application/json');
+    expect(empty.json().error.message).toBe('The request body is not valid JSON: the body is empty');
+    // a JSON body still works, with a charset too
+    expect((await post(body, 'application/json; charset=utf-8')).statusCode).toBe(200);
+  });
+
   it('closes at once when its last request answers on a keep-alive connection', async () => {
     // (a connection busy when closing began stayed open until the keep-alive timeout: close()
     // took 72 s, and a restart on the data directory was refused meanwhile)

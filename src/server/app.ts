@@ -64,6 +64,24 @@ export async function buildServer(o: ServerOptions): Promise<Server> {
     },
   };
   await app.register(multipart, { limits: { fileSize: o.fileLimit, files: 1, fields: 8 } });
+  // JSON bodies parsed here rather than by Fastify, whose errors named neither the place of a
+  // syntax error nor a refused "__proto__" key ("Body is not valid JSON" for both); and no
+  // text/plain parser, which let a JSON body sent as text/plain through as a string ("'body' must
+  // be object") where the content type was at fault.
+  app.removeContentTypeParser(['application/json', 'text/plain']);
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
+    try {
+      if ((body as string).trim() === '') throw new SyntaxError('the body is empty');
+      // (a "__proto__" key would set the prototype of an object that later code copies with
+      // Object.assign or spreads: refused, as Fastify's parser does)
+      done(null, JSON.parse(body as string, (key, value: unknown) => {
+        if (key === '__proto__') throw new SyntaxError('the key "__proto__" is not allowed');
+        return value;
+      }));
+    } catch (e) {
+      done(new ApiError(400, `The request body is not valid JSON: ${(e as Error).message}`, 'invalid_request_error', null, 'invalid_json') as never, undefined);
+    }
+  });
 
   // By the route Fastify matched, not the raw URL: it routes on the decoded path, so a test of
   // req.url let /%76%31/models past the key. Unmatched URLs need the key too (401 before 404).
@@ -93,8 +111,8 @@ export async function buildServer(o: ServerOptions): Promise<Server> {
   app.addHook('onResponse', async (req, reply) => {
     if (!gone.has(req.raw)) metrics.countResponse(reply.statusCode);
   });
-  app.setErrorHandler((err: FastifyError, _req, reply) => {
-    const e = asApiError(err);
+  app.setErrorHandler((err: FastifyError, req, reply) => {
+    const e = asApiError(err, req.headers['content-type']);
     if (e.status === 429) reply.header('retry-after', '1');
     reply.code(e.status).send(e.body);
   });
@@ -121,11 +139,15 @@ function keyMatches(header: string | undefined, key: string): boolean {
 }
 
 /** Fastify's own errors (schema, body size, bad JSON) in OpenAI's format. */
-function asApiError(err: FastifyError): ApiError {
+function asApiError(err: FastifyError, contentType?: string): ApiError {
   if (err instanceof ApiError) return err;
   if (err.validation) return validationError(err.validation as never);
   const status = err.statusCode ?? 500;
   if (status === 413) return new ApiError(413, `request too large: ${err.message}`, 'invalid_request_error', null, 'request_too_large');
+  if (err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
+    return new ApiError(415, `Unsupported Content-Type${contentType ? ` '${contentType}'` : ' (none given)'}: send the body as JSON with ` +
+      'Content-Type: application/json (POST /v1/files: multipart/form-data)', 'invalid_request_error', null, 'unsupported_media_type');
+  }
   if (status >= 400 && status < 500) return new ApiError(status, err.message, 'invalid_request_error', null, err.code ?? null);
   if (err.code === 'ENOSPC' || err.code === 'EDQUOT' || err.code === 'EROFS') {
     return new ApiError(507, `the server cannot store this: ${err.message}`, 'server_error', null, 'insufficient_storage');
