@@ -32,7 +32,7 @@ async function tokens(dir: string, policy: Partial<Policy>, requests: { id: stri
 
 const models: [string, string, { id: string; promptTokenIds: number[] }[], number][] = fixtureModels().map(([n, d]) =>
   [n, d, fixturePrompts().map((p) => ({ id: p.id, promptTokenIds: p.prompt_token_ids })), 8]);
-const big = dummyModel('opt-125m', undefined, path.resolve('.bench/models'));
+const big = await dummyModel('opt-125m', undefined, path.resolve('.bench/models'));
 models.push(['opt-125m (init, random weights)', big, Array.from({ length: 8 }, (_, i) => ({ id: `r${i}`, promptTokenIds: Array.from({ length: 32 }, (_, j) => 3 + ((i * 7919 + j * 104729) % 50000)) })), 16]);
 
 const rows: Record<string, unknown>[] = [];

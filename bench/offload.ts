@@ -34,7 +34,7 @@ const ngb = Number(arg('--ngb', String(spec.ngb)));
 const diskDir = path.resolve(arg('--disk-dir', '.bench/disk')!);
 const modelCache = path.resolve(arg('--model-cache', '.bench/models')!);
 fs.mkdirSync(diskDir, { recursive: true });
-const model = dummyModel(spec.config, spec.layers, modelCache);
+const model = await dummyModel(spec.config, spec.layers, modelCache);
 const { config } = readConfig(model);
 const ram = parseSize(arg('--ram', spec.ram)!);
 

@@ -40,7 +40,7 @@ setThreads(Number(arg('threads', String(getThreads()))));
 const diskDir = fs.mkdtempSync(path.join(arg('disk-dir', os.tmpdir()), 'tierlm-bench-train-offload-'));
 const profile = await ensureProfile({ file: args.includes('--profile') ? arg('profile', '') : undefined, diskDir });
 
-const dir = dummyModel(config, layers, defaultModelCache());
+const dir = await dummyModel(config, layers, defaultModelCache());
 const trainer = await openTrainer(dir, { precision, lr: 1e-4, offload: { ram, diskDir, maxTokens: batch * seq } });
 console.error(`opened: ${trainer.parameterCount()} parameters, ${JSON.stringify(trainer.offloadPlacement())}`);
 try {

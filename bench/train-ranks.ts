@@ -43,7 +43,7 @@ if (args.includes('--worker')) {
   const seq = Number(arg('seq', '256'));
   const steps = arg('steps', '4');
   if (batch % ranks !== 0) throw new Error(`--batch ${batch} must be a multiple of --ranks ${ranks}`);
-  const model = dummyModel(arg('config', 'opt-125m'), Number(arg('layers', '4')), defaultModelCache());
+  const model = await dummyModel(arg('config', 'opt-125m'), Number(arg('layers', '4')), defaultModelCache());
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'tierlm-bench-ranks-'));
   try {
     const data = path.join(work, 'data.jsonl');

@@ -33,7 +33,7 @@ const checkpointActivations = !args.includes('--no-checkpoint');
 // The GEMM mode with bf16 parameters (TrainerOptions.computeMode); default: the trainer's.
 const computeMode = args.includes('--compute-mode') ? (arg('compute-mode', 'fp32') as 'fp32' | 'bf16') : undefined;
 
-const dir = dummyModel(config, layers, defaultModelCache());
+const dir = await dummyModel(config, layers, defaultModelCache());
 const hidden = (await openTrainer(dir, { lr: 0 })).config.hidden;
 
 /** Best GEMM rate (FLOP/s) over fp32 and both bf16 kernels (FMA on widened weights, vdpbf16ps)

@@ -38,7 +38,7 @@ const rows: Record<string, unknown>[] = [];
 async function measure(config: string, layers: number, ram: number, given: Policy, label: string) {
   // These runs were measured with an f16 cache; the policy carries it, so prediction and run agree.
   const policy: Policy = { ...given, cacheDtype: 'f16' };
-  const model = dummyModel(config, layers, modelCache);
+  const model = await dummyModel(config, layers, modelCache);
   const req = { model, promptLen, genLen, limits: { ram }, disk: true, profile };
   const predicted = predictPolicy(req, policy);
   try {
@@ -67,7 +67,7 @@ async function measure(config: string, layers: number, ram: number, given: Polic
 
 for (const s of shapes.filter((x) => !only || x.config === only)) {
   for (const ram of s.rams) {
-    const model = dummyModel(s.config, s.layers, modelCache);
+    const model = await dummyModel(s.config, s.layers, modelCache);
     // With --grid, auto searches the grid's shapes (so both search the same space).
     const gridShapes = [4, 8, 16].flatMap((g) => [1, 2, 4].map((n): [number, number] => [g, n]));
     const auto = (await planPolicy({ model, promptLen, genLen, limits: { ram }, disk: true, profile, shapes: grid ? gridShapes : [[8, 1], [8, 2], [16, 1], [16, 2], [4, 4]] })).policy;

@@ -63,7 +63,7 @@ describe('the dummy-model cache', () => {
 
   it('replaces a half-written model and removes a dead maker\'s temporary', async () => {
     const cache = tmpDir('models');
-    const fresh = dummyModel('opt-test', undefined, tmpDir('models'));
+    const fresh = await dummyModel('opt-test', undefined, tmpDir('models'));
     const dir = path.join(cache, 'opt-test-f16');
     // An old maker killed midway: config and part of the weights, no generation_config.json.
     fs.mkdirSync(dir);
@@ -73,7 +73,7 @@ describe('the dummy-model cache', () => {
     fs.mkdirSync(dead);
     fs.writeFileSync(path.join(dead, 'model.safetensors'), 'half');
     const logs: string[] = [];
-    expect(dummyModel('opt-test', undefined, cache, (m) => logs.push(m))).toBe(dir);
+    expect(await dummyModel('opt-test', undefined, cache, (m) => logs.push(m))).toBe(dir);
     expect(logs).toEqual([]); // nobody held the lock
     expect(fs.readdirSync(cache).sort()).toEqual(['opt-test-f16', 'opt-test-f16.lock']);
     for (const f of ['config.json', 'model.safetensors', 'generation_config.json']) {
@@ -83,7 +83,7 @@ describe('the dummy-model cache', () => {
     await model.close();
     // A complete model is kept as it is.
     const before = fs.statSync(path.join(dir, 'model.safetensors')).mtimeMs;
-    expect(dummyModel('opt-test', undefined, cache)).toBe(dir);
+    expect(await dummyModel('opt-test', undefined, cache)).toBe(dir);
     expect(fs.statSync(path.join(dir, 'model.safetensors')).mtimeMs).toBe(before);
   });
 });

@@ -31,7 +31,7 @@ export function addBenchCommand(program: Command): void {
     checkModelSource(o);
     if (o.modelCache !== undefined) existingDir('--model-cache', o.modelCache);
     checkPlanningPaths(o);
-    const model = o.model ?? dummyModel(o.config!, o.layers, o.modelCache ?? defaultModelCache());
+    const model = o.model ?? await dummyModel(o.config!, o.layers, o.modelCache ?? defaultModelCache());
     const opts = await loadOptions(o, { source: { model }, promptLen: o.promptLen, genLen: o.genLen });
     const r = await runBench({ ...opts, model, promptLen: o.promptLen, genLen: o.genLen, modelCache: o.modelCache });
     process.stdout.write(o.json ? JSON.stringify(benchJson(r)) + '\n' : report(r));

@@ -55,15 +55,15 @@ export interface BenchResult {
  *  dies), in a temporary sibling renamed into place when complete: without the lock, a second run
  *  that found no marker deleted the first one's model while it was being written. A directory
  *  without its marker (generation_config.json, written last) is a half model, and is made again. */
-export function dummyModel(config: string, layers: number | undefined, cacheDir: string,
-  log: (msg: string) => void = (m) => process.stderr.write(`tierlm: ${m}\n`)): string {
+export async function dummyModel(config: string, layers: number | undefined, cacheDir: string,
+  log: (msg: string) => void = (m) => process.stderr.write(`tierlm: ${m}\n`)): Promise<string> {
   const name = `${config}${layers ? `-l${layers}` : ''}-f16`;
   const dir = path.join(cacheDir, name);
   const complete = () => fs.existsSync(path.join(dir, 'generation_config.json'));
   // A model is only ever renamed in whole, so one with its marker needs no lock to be read.
   if (complete()) return dir;
   fs.mkdirSync(cacheDir, { recursive: true });
-  const lock = holdLockSync(`${dir}.lock`, () => log(`waiting for another run that holds ${dir}.lock (making the dummy model ${dir})`));
+  const lock = await FileLock.acquire(`${dir}.lock`, { onWait: () => log(`waiting for another run that holds ${dir}.lock (making the dummy model ${dir})`) });
   try {
     if (complete()) return dir; // made by the run we waited for
     // Every maker holds the lock while its temporary exists, so any left now is a dead maker's.
@@ -87,16 +87,6 @@ export function dummyModel(config: string, layers: number | undefined, cacheDir:
   }
 }
 
-/** FileLock.acquire for callers that cannot wait asynchronously (dummyModel returns the directory
- *  at once); says once that it waits. */
-function holdLockSync(file: string, onWait: () => void): FileLock {
-  for (let waited = false; ; waited = true) {
-    const lock = FileLock.tryAcquire(file);
-    if (lock) return lock;
-    if (!waited) onWait();
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
-  }
-}
 
 /** A result as `tierlm bench --json` prints it: snake_case, and the policy as a policy file holds
  *  it, so `--policy` reads the line back and runs the same policy. */
@@ -125,7 +115,7 @@ function checkBenchOptions(o: BenchOptions): void {
 
 export async function runBench(o: BenchOptions): Promise<BenchResult> {
   checkBenchOptions(o);
-  const dir = o.model ?? dummyModel(o.config!, o.layers, o.modelCache ?? defaultModelCache(), o.log);
+  const dir = o.model ?? await dummyModel(o.config!, o.layers, o.modelCache ?? defaultModelCache(), o.log);
   const model = await loadModel(dir, loadOptionsOf(o));
   const p = model.policy;
   const batch = p.gpuBatchSize * p.numGpuBatches;
