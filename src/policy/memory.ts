@@ -79,8 +79,9 @@ export function blockItems(c: ModelConfig, p: Policy, b: BlockShape): MemoryItem
   // over d elements came back as 43.99999… for d = 72, and left 1e-10 B "on disk" that a
   // --disk 0B limit refused).
   const headBytes = Math.round(c.headDim * b.cacheBytesPerElement);
-  const perRowCache = 2 * c.layers * c.kvHeads * b.capacity * headBytes;
-  const cacheTotal = perRowCache * b.rows * b.batches;
+  // One layer's keys and values of one sequence, in RAM.
+  const layerRowBytes = 2 * c.kvHeads * b.capacity * headBytes;
+  const cacheTotal = c.layers * layerRowBytes * b.rows * b.batches;
   const cs = shares(p, 'cache');
   // The store places whole (layer, row) cache rows (schedule/placement.ts, splitRows); a row on
   // disk takes one record a position, its keys and values rounded up to 4096 bytes for O_DIRECT
@@ -89,9 +90,9 @@ export function blockItems(c: ModelConfig, p: Policy, b: BlockShape): MemoryItem
   const record = Math.ceil((2 * c.kvHeads * headBytes) / 4096) * 4096;
   const layerRows = c.layers * b.rows * b.batches;
   const ramLayerRows = Math.min(layerRows, Math.round(layerRows * (cs.device + cs.ram)));
-  const cacheRam = ramLayerRows * 2 * c.kvHeads * b.capacity * headBytes;
+  const cacheRam = ramLayerRows * layerRowBytes;
   const cacheDisk = (layerRows - ramLayerRows) * b.capacity * record;
-  const cacheStaging = cs.disk > 0 ? 3 * (b.rows * (2 * c.kvHeads * b.capacity * headBytes + b.capacity * record)) : 0;
+  const cacheStaging = cs.disk > 0 ? 3 * (b.rows * (layerRowBytes + b.capacity * record)) : 0;
   const actTotal = b.batches * b.maxTokens * c.hidden * 4;
   const as = shares(p, 'activations');
   const actStaging = as.disk > 0 ? 3 * 2 * b.maxTokens * c.hidden * 4 : 0;

@@ -320,6 +320,8 @@ function measureGemm(s: SizeSpec, log: (m: string) => void): { table: GemmTable;
   // process's own setting is restored afterwards, as the bf16 kernel's is.
   const onePassBefore = gemmOnePassRows();
   const onePassDecided = isaInfo().active.startsWith('avx512') ? new Map<GemmKernelKind, boolean>() : null;
+  // The kernels decided so far as decided, the others as they were.
+  const onePassChosen = () => GEMM_KERNEL_KINDS.filter((g) => onePassDecided?.get(g) ?? onePassBefore.includes(g));
   for (const c of cases) {
     if (c.dot !== null) gemmBf16Dot(c.dot);
     const quant = c.format === 'q4' || c.format === 'q8';
@@ -338,7 +340,7 @@ function measureGemm(s: SizeSpec, log: (m: string) => void): { table: GemmTable;
       // Decided before the rates below are timed, so that the table holds the chosen layout's.
       const { ratio, faster } = onePassFaster(kind, copies, k, s.minSeconds);
       onePassDecided.set(kind, faster);
-      gemmOnePassRows(GEMM_KERNEL_KINDS.filter((g) => (onePassDecided.has(g) ? onePassDecided.get(g) : gemmOnePassRows().includes(g))));
+      gemmOnePassRows(onePassChosen());
       log(`gemm ${kind}: 16 rows in one block take ${ratio.toFixed(3)} of two blocks' time: ${faster ? 'one block' : 'two blocks'}`);
     }
     let next = 0;
@@ -366,7 +368,7 @@ function measureGemm(s: SizeSpec, log: (m: string) => void): { table: GemmTable;
   }
   gemmBf16Dot(before);
   log(`bf16 kernel: ${bf16 === 'dot' ? 'vdpbf16ps' : 'widening + FMA'}`);
-  const onePassRows = onePassDecided ? GEMM_KERNEL_KINDS.filter((g) => onePassDecided.get(g) ?? onePassBefore.includes(g)) : undefined;
+  const onePassRows = onePassDecided ? onePassChosen() : undefined;
   gemmOnePassRows(onePassBefore);
   return { table: { k, n, ms: [...ms], rows }, bf16, ...(onePassRows ? { onePassRows } : {}) };
 }
@@ -549,7 +551,6 @@ function writeProfileFile(p: HardwareProfile, file: string): void {
     throw e;
   }
 }
-
 
 /** Refuses, before a measurement of seconds to minutes, a profile file that could not be saved: a
  *  directory, or one whose folder is not writable or cannot be created. `name` leads the message
