@@ -7,17 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { loadModel } from '../src/engine/model.js';
 import { cli } from './helpers/cli.js';
 import { readJsonl, repoRoot, tmpDir } from './helpers/fixtures.js';
-import { TRAIN_FIXTURES as FIX, readAll } from './helpers/train.js';
-
-/** ‖(a − base) − (b − base)‖ / ‖b − base‖: the relative error of an update. */
-function updateErr(a: Float32Array, b: Float32Array, base: Float32Array): number {
-  let d = 0, n = 0;
-  for (let i = 0; i < b.length; i++) {
-    d += (a[i]! - b[i]!) ** 2;
-    n += (b[i]! - base[i]!) ** 2;
-  }
-  return Math.sqrt(d / n);
-}
+import { TRAIN_FIXTURES as FIX, readAll, updateErr } from './helpers/train.js';
 
 interface MetricsLine { step: number; loss: number; lr: number; grad_norm: number; tokens: number; tokens_per_second: number; eval_loss?: number; eval_perplexity?: number }
 

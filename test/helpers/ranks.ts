@@ -6,7 +6,7 @@ import path from 'node:path';
 import { expect } from 'vitest';
 import { mpiAddonPath } from '../../src/dist/comm.js';
 import { readJsonl, repoRoot } from './fixtures.js';
-import { TRAIN_FIXTURES, readAll } from './train.js';
+import { TRAIN_FIXTURES, readAll, updateErr } from './train.js';
 
 export const haveMpi = spawnSync('mpirun', ['--version'], { encoding: 'utf8' }).status === 0 && fs.existsSync(mpiAddonPath());
 export const ci = process.env.CI === 'true';
@@ -26,22 +26,6 @@ export function mpirun(np: number, args: string[], nodeArgs: string[] = [], buil
   return { code: r.status ?? -1, stderr: `${r.stderr}${r.error ? String(r.error) : ''}` };
 }
 
-/** ‖(a − base) − (b − base)‖ / ‖b − base‖: the relative error of an update. */
-export function updateErr(a: Float32Array, b: Float32Array, base: Float32Array): number {
-  return updateErrBut(a, b, base, -1);
-}
-
-/** updateErr without element `skip` in either norm. */
-function updateErrBut(a: Float32Array, b: Float32Array, base: Float32Array, skip: number): number {
-  let d = 0, n = 0;
-  for (let i = 0; i < b.length; i++) {
-    if (i === skip) continue;
-    d += (a[i]! - b[i]!) ** 2;
-    n += (b[i]! - base[i]!) ** 2;
-  }
-  return Math.sqrt(d / Math.max(n, 1e-30));
-}
-
 /** A partitioned run's update of one tensor against the 1-rank run's (lr 1e-3, 4 steps). Sums over
  *  ranks round differently from one process's, and Adam, which divides each gradient element by
  *  its own RMS, turns a difference in an element whose gradient is a near-cancelling sum into a
@@ -54,7 +38,7 @@ function updateErrBut(a: Float32Array, b: Float32Array, base: Float32Array, skip
 export function expectUpdateClose(a: Float32Array, b: Float32Array, base: Float32Array, what: string): void {
   let worst = 0;
   for (let i = 0; i < b.length; i++) if (Math.abs(a[i]! - b[i]!) > Math.abs(a[worst]! - b[worst]!)) worst = i;
-  expect(updateErrBut(a, b, base, worst), `${what}: update without element ${worst}`).toBeLessThanOrEqual(5e-5);
+  expect(updateErr(a, b, base, worst), `${what}: update without element ${worst}`).toBeLessThanOrEqual(5e-5);
   expect(Math.abs(a[worst]! - b[worst]!), `${what}: update of element ${worst}`).toBeLessThanOrEqual(1e-4);
 }
 

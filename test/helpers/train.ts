@@ -24,3 +24,15 @@ export function readAll(file: string): Map<string, Float32Array> {
     f.close();
   }
 }
+
+/** ‖(a − base) − (b − base)‖ / ‖b − base‖, the relative error of an update, without element
+ *  `skip` (none by default) in either norm. */
+export function updateErr(a: Float32Array, b: Float32Array, base: Float32Array, skip = -1): number {
+  let d = 0, n = 0;
+  for (let i = 0; i < b.length; i++) {
+    if (i === skip) continue;
+    d += (a[i]! - b[i]!) ** 2;
+    n += (b[i]! - base[i]!) ** 2;
+  }
+  return Math.sqrt(d / Math.max(n, 1e-30));
+}
