@@ -141,25 +141,40 @@ await generate(false);
 const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 const gemmPairs = Number(opt('--vs-gemm', '0'));
 /** One GEMM-only pass: every product of a decode step, the step's rows each, back to back. */
-const gemmPass = () => {
+const gemmPass = (byShape?: Map<string, number>) => {
   const t0 = performance.now();
-  for (let j = 0; j < weights.length; j++) model.transformer.backend.matmul(io[j]![0], weights[j]!, null, io[j]![1]);
+  for (let j = 0; j < weights.length; j++) {
+    const t = performance.now();
+    model.transformer.backend.matmul(io[j]![0], weights[j]!, null, io[j]![1]);
+    if (byShape) {
+      const key = `matmul ${weights[j]!.n}x${weights[j]!.k}`;
+      byShape.set(key, (byShape.get(key) ?? 0) + performance.now() - t);
+    }
+  }
   return performance.now() - t0;
 };
 const splitRuns = Number(opt('--split-by-step', '0'));
 if (splitRuns > 0) {
   gemmPass();
   const products: number[] = [], attention: number[] = [], rest: number[] = [];
+  // Per product shape: its time in the step over its time in the pass after it.
+  const byShape = new Map<string, number[]>();
   for (let r = 0; r < splitRuns; r++) {
     const t: Tally = new Map();
     const sum = (pick: (k: string) => boolean) => [...t].filter(([k]) => pick(k)).reduce((a, [, v]) => a + v.ms, 0);
     let [mm0, at0] = [0, 0];
+    let shapes0 = new Map<string, number>();
     const split: { mm: number; at: number; gemm: number }[] = [];
     const times = await stepTimes((i) => {
       tally = null;
       const [mm, at] = [sum((k) => k.startsWith('matmul')), sum((k) => k === 'attentionCached')];
-      if (i > 0) split.push({ mm: mm - mm0, at: at - at0, gemm: gemmPass() });
-      [mm0, at0] = [mm, at];
+      const shapes = new Map([...t].filter(([k]) => k.startsWith('matmul')).map(([k, v]) => [k, v.ms]));
+      if (i > 0) {
+        const pass = new Map<string, number>();
+        split.push({ mm: mm - mm0, at: at - at0, gemm: gemmPass(pass) });
+        for (const [k, ms] of pass) byShape.set(k, [...(byShape.get(k) ?? []), ((shapes.get(k) ?? 0) - (shapes0.get(k) ?? 0)) / ms]);
+      }
+      [mm0, at0, shapes0] = [mm, at, shapes];
       tally = t;
     });
     tally = null;
@@ -174,6 +189,7 @@ if (splitRuns > 0) {
   console.log(`decode step split, batch ${batch}, ${products.length} steps in ${splitRuns} runs (${new Date().toISOString()}): ` +
     `products in the step / the GEMM-only pass after it ${quartiles(products)}; decode attention's share of the step ` +
     `${quartiles(attention)}; everything else's ${quartiles(rest)}`);
+  for (const [k, r] of byShape) console.log(`  ${k.padEnd(20)} in the step / in the pass: ${quartiles(r)}`);
   model.close();
   process.exit(0);
 }
