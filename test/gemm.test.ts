@@ -2,7 +2,7 @@
 // has, with odd sizes that hit every tail, in both compute modes and for every weight dtype.
 import { afterAll, describe, expect, it } from 'vitest';
 import { type Isa, cpuBackend, getThreads, isaInfo, referenceBackend, setIsa, setThreads } from '../src/backend/index.js';
-import { GEMM_KERNEL_KINDS, gemmKernels, gemmBf16Dot, gemmIdlePrefetch, gemmOnePassRows } from '../src/backend/cpu/gemm.js';
+import { GEMM_KERNEL_KINDS, gemmKernels, gemmBf16Dot, gemmIdlePrefetch, gemmOnePassRows, gemmWidenPanels, GEMM_WIDEN_BLOCKS } from '../src/backend/cpu/gemm.js';
 import type { ComputeMode } from '../src/backend/kernels.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import type { FloatDType } from '../src/tensor/dtype.js';
@@ -174,6 +174,68 @@ describe('batched rows equal unbatched rows bit for bit', () => {
       });
     }
   }
+});
+
+describe('bf16 and f16 panels widened to f32 once per group (gemmWidenPanels)', () => {
+  // The f32 kernel over a widened group runs each output's FMA chain over k in the order the
+  // widening kernels do, so the two paths must agree bit for bit: with bias and a fused epilogue,
+  // across several k blocks (k > 4096) and panel groups, on one and two threads, with the threads
+  // splitting panels (n > 32) or row blocks (one panel). Rows: at least GEMM_WIDEN_BLOCKS row blocks
+  // a thread on every ISA (AVX-512 blocks hold 14 rows, AVX2 6).
+  it('equals widening in every tile, bit for bit', () => {
+    const start = gemmWidenPanels();
+    try {
+      for (const dtype of ['f16', 'bf16'] as const) {
+        for (const mode of MODES) {
+          for (const [m, k, n] of [[113, 37, 70], [127, 301, 290], [99, 4500, 33], [240, 64, 20]] as const) {
+            const x = randomF32([m, k], seed++);
+            const src = randomFloat(dtype, [n, k], seed++);
+            const w = cpu.packWeight(src, mode);
+            const bias = randomF32([n], seed++);
+            const residual = randomF32([m, n], seed++);
+            const expected = ref.matmul(x, ref.packWeight(src, mode), bias).data;
+            for (const { isa, dot } of VARIANTS) {
+              setIsa(isa);
+              gemmBf16Dot(dot);
+              for (const threads of [1, 2]) {
+                setThreads(threads);
+                const run = (widen: boolean) => {
+                  gemmWidenPanels(widen ? ['f16', 'bf16'] : []);
+                  const addTo = new Tensor('f32', residual.shape, residual.data.slice());
+                  cpu.matmul(x, w, bias, undefined, { activation: 'gelu', addTo });
+                  return [cpu.matmul(x, w, null).data, cpu.matmul(x, w, bias).data, addTo.data];
+                };
+                const [widened, inTile] = [run(true), run(false)];
+                const what = `${dtype} ${mode} ${isa}${dot ? '+dot' : ''} ${threads}t m=${m} k=${k} n=${n}`;
+                for (const [i, y] of widened.entries()) expect(y.every((v, j) => Object.is(v, inTile[i]![j])), `${what} (${['plain', 'bias', 'epilogue'][i]})`).toBe(true);
+                expectClose(widened[1]!, expected, TOL, what);
+              }
+            }
+          }
+        }
+      }
+    } finally {
+      gemmWidenPanels(start);
+      setIsa(startIsa);
+      setThreads(startThreads);
+      gemmBf16Dot(startDot);
+    }
+  });
+
+  it('defaults to f16 and bf16, takes kernel names, and refuses others', () => {
+    expect(GEMM_WIDEN_BLOCKS).toBe(8);
+    if (process.env.TIERLM_GEMM_WIDEN === undefined) expect(gemmWidenPanels()).toEqual(['f16', 'bf16']);
+    const start = gemmWidenPanels();
+    try {
+      expect(gemmWidenPanels(['bf16'])).toEqual(['bf16']);
+      // f32 and vdpbf16ps have nothing to widen: their bits are dropped.
+      expect(gemmWidenPanels(['f32', 'f16', 'bf16-dot'])).toEqual(['f16']);
+      expect(gemmWidenPanels([])).toEqual([]);
+      expect(() => gemmWidenPanels(['q4' as never])).toThrow(/unknown kernel 'q4'/);
+    } finally {
+      gemmWidenPanels(start);
+    }
+  });
 });
 
 describe('a product of 15-16 rows in one row block', () => {

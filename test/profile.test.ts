@@ -3,9 +3,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { getThreads, isaInfo } from '../src/backend/index.js';
-import { GEMM_KERNEL_KINDS, gemmBf16Dot, gemmOnePassRows } from '../src/backend/cpu/gemm.js';
+import { GEMM_KERNEL_KINDS, gemmBf16Dot, gemmOnePassRows, gemmWidenPanels } from '../src/backend/cpu/gemm.js';
 import {
-  type HardwareProfile, ProfileFileError, applySavedOnePassRows, attentionDecodeRate, attentionPrefillRate, defaultProfilePath,
+  type HardwareProfile, ProfileFileError, applySavedGemmBlocking, applySavedOnePassRows, attentionDecodeRate, attentionPrefillRate, defaultProfilePath,
   diskReadRate, diskWriteRate, ensureProfile, gemmRate, loadProfile, measureProfile, memcpyRate, profileJson, saveProfile,
   savedBf16Kernel,
 } from '../src/policy/profile.js';
@@ -94,6 +94,51 @@ describe('measureProfile', () => {
     }
   });
 
+  it('chooses per kernel whether prefill widens bf16/f16 panel groups once, and restores the setting', async () => {
+    const before = gemmWidenPanels();
+    const p = await measureProfile({ quick: true, diskDir: dir, sizes: 'tiny' });
+    expect(gemmWidenPanels()).toEqual(before);
+    if (isaInfo().active !== 'scalar') {
+      for (const k of p.kernels!.widenPanels!) expect(['f16', 'bf16']).toContain(k);
+      expect(JSON.parse(profileJson(p)).kernels.widen_panels).toEqual(p.kernels!.widenPanels);
+    } else {
+      expect(p.kernels!.widenPanels).toBeUndefined();
+    }
+  });
+
+  it('a saved widening choice is applied with the row blocking, for this CPU only; a bad one is named', () => {
+    const [startWiden, startOnePass] = [gemmWidenPanels(), gemmOnePassRows()];
+    const file = path.join(dir, 'widen.json');
+    try {
+      saveProfile({ ...profile, kernels: { bf16: 'fma', onePassRows: ['f32'], widenPanels: ['bf16'] } }, file);
+      expect(applySavedGemmBlocking(file)).toEqual({ onePassRows: ['f32'], widenPanels: ['bf16'] });
+      expect([gemmOnePassRows(), gemmWidenPanels()]).toEqual([['f32'], ['bf16']]);
+      saveProfile({ ...profile, kernels: { bf16: 'fma', widenPanels: [] } }, file);
+      expect(applySavedGemmBlocking(file)).toEqual({ onePassRows: null, widenPanels: [] });
+      expect(gemmWidenPanels()).toEqual([]);
+      // TIERLM_GEMM_WIDEN decides instead of the profile
+      gemmWidenPanels(startWiden);
+      process.env.TIERLM_GEMM_WIDEN = '0';
+      expect(applySavedGemmBlocking(file).widenPanels).toBeNull();
+      expect(gemmWidenPanels()).toEqual(startWiden);
+      delete process.env.TIERLM_GEMM_WIDEN;
+      saveProfile({ ...profile, machine: { ...profile.machine, cpuModel: 'another CPU' }, kernels: { bf16: 'fma', widenPanels: [] } }, file);
+      expect(applySavedGemmBlocking(file).widenPanels).toBeNull();
+      expect(gemmWidenPanels()).toEqual(startWiden);
+      const copy = JSON.parse(profileJson(profile));
+      copy.kernels = { bf16: 'fma', widen_panels: ['bf16', 'f32'] };
+      fs.writeFileSync(file, JSON.stringify(copy));
+      expect(() => loadProfile(file)).toThrow(/kernels\.widen_panels\[1\]/);
+      copy.kernels = { bf16: 'fma', widen_panels: 'bf16' };
+      fs.writeFileSync(file, JSON.stringify(copy));
+      expect(() => loadProfile(file)).toThrow(/kernels\.widen_panels/);
+    } finally {
+      delete process.env.TIERLM_GEMM_WIDEN;
+      gemmWidenPanels(startWiden);
+      gemmOnePassRows(startOnePass);
+    }
+  });
+
   it('a saved row blocking is applied for this CPU only; a bad one is named', () => {
     const start = gemmOnePassRows();
     const file = path.join(dir, 'one-pass.json');
@@ -130,20 +175,22 @@ describe('measureProfile', () => {
   });
 
   it('loading a model applies the saved row blocking (TIERLM_PROFILE)', async () => {
-    const start = gemmOnePassRows(), env = process.env.TIERLM_PROFILE;
+    const start = gemmOnePassRows(), startWiden = gemmWidenPanels(), env = process.env.TIERLM_PROFILE;
     const file = path.join(dir, 'model-one-pass.json'), model = path.join(dir, 'model');
     initModel({ config: 'llama-test', out: model, seed: 3 });
     try {
-      saveProfile({ ...profile, kernels: { bf16: 'fma', onePassRows: ['f16'] } }, file);
+      saveProfile({ ...profile, kernels: { bf16: 'fma', onePassRows: ['f16'], widenPanels: ['f16'] } }, file);
       process.env.TIERLM_PROFILE = file;
       gemmOnePassRows(['f32']);
       const m = await loadModel(model);
       m.close();
       expect(gemmOnePassRows()).toEqual(['f16']);
+      expect(gemmWidenPanels()).toEqual(['f16']);
     } finally {
       if (env === undefined) delete process.env.TIERLM_PROFILE;
       else process.env.TIERLM_PROFILE = env;
       gemmOnePassRows(start);
+      gemmWidenPanels(startWiden);
     }
   });
 
@@ -456,7 +503,8 @@ describe('tierlm profile', () => {
     expect(r.stdout).toMatch(/q4 +bf16/);
     // the kernels chosen by timing them
     expect(r.stdout).toMatch(/kernels +bf16 mode: (vdpbf16ps|widening \+ FMA)/);
-    if (isaInfo().active.startsWith('avx512')) expect(r.stdout).toMatch(/15-16-row products in one row block: (none|[a-z0-9-, ]+)\n/);
+    if (isaInfo().active.startsWith('avx512')) expect(r.stdout).toMatch(/15-16-row products in one row block: (none|[a-z0-9-, ]+)[;\n]/);
+    if (isaInfo().active !== 'scalar') expect(r.stdout).toMatch(/weight panels widened once for many rows: (none|[a-z0-9-, ]+)\n/);
     expect(r.stdout).toMatch(/attention decode/);
     expect(r.stdout).toMatch(/disk .*read .*GB\/s/s);
     expect(r.stdout).toContain(`saved to ${out}`);

@@ -79,6 +79,23 @@ constexpr int kOnePassDefault = kOnePassF32 | kOnePassBf16Dot;
 int one_pass_rows();
 void set_one_pass_rows(int mask);
 
+// Where a thread sweeps at least kWidenBlocks row blocks over each group of bf16 or f16 panels, it
+// can widen the group's k slices to f32 once (widen_panel_avx2) and run the f32 kernel over them,
+// rather than widen every weight vector again in every row block's tile: the FMA kernels spend
+// issue slots on the conversion (AVX2 on Zen 4: bf16 at 0.77 of the f32 kernel's rate at 512 rows).
+// A decode step's few rows keep widening in the tile, which reads each weight once from RAM while
+// it computes. Whether widening once is faster depends on the kernel and the CPU, so `tierlm
+// profile` times it per kernel and the engine sets the mask it saved (the kOnePassF16 and
+// kOnePassBf16 bits). The f32 kernel runs each output's FMA chain over k in the same order, so
+// results are the same bit for bit. TIERLM_GEMM_WIDEN=<mask> at start-up overrides the default.
+constexpr int kWidenBlocks = 8;
+constexpr int kWidenDefault = kOnePassF16 | kOnePassBf16;
+int widen_panels();
+void set_widen_panels(int mask);
+// dst[kk*32 + c] = element (c, k0 + kk) of a bf16 or f16 panel, kk < kc, given wp = the panel at k
+// offset k0 (k0 and kc even for bf16). AVX2 + F16C.
+void widen_panel_avx2(Fmt fmt, const uint8_t* wp, int kc, float* dst);
+
 // ---- micro-kernels (one per instruction set) ------------------------------------------------
 // How x is packed for a kernel: per row block of `rows` rows, k-major.
 enum class XPack : int {

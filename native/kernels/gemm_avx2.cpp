@@ -211,6 +211,25 @@ void kernel(int rows, const void* xpv, const uint8_t* wp, int kc, float* y, int6
 
 }  // namespace
 
+void widen_panel_avx2(Fmt fmt, const uint8_t* wp, int kc, float* dst) {
+  if (fmt == Fmt::Bf16) {
+    // Per k pair, four vectors of 8 columns' (k, k+1) pairs: the low halves are row k, the high k+1.
+    const __m256i* s = reinterpret_cast<const __m256i*>(wp);
+    const __m256i hi_mask = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+    for (int kk = 0; kk < kc; kk += 2, s += 4, dst += 2 * kNR) {
+      for (int u = 0; u < 4; u++) {
+        const __m256i p = _mm256_loadu_si256(s + u);
+        _mm256_storeu_ps(dst + 8 * u, _mm256_castsi256_ps(_mm256_slli_epi32(p, 16)));
+        _mm256_storeu_ps(dst + kNR + 8 * u, _mm256_castsi256_ps(_mm256_and_si256(p, hi_mask)));
+      }
+    }
+    return;
+  }
+  const __m128i* s = reinterpret_cast<const __m128i*>(wp);
+  for (int kk = 0; kk < kc; kk++, s += 4, dst += kNR)
+    for (int u = 0; u < 4; u++) _mm256_storeu_ps(dst + 8 * u, _mm256_cvtph_ps(_mm_loadu_si128(s + u)));
+}
+
 bool kernel_avx2(Fmt fmt, Kernel* out) {
   out->max_rows = kRows;
   out->kc = kKBlock;

@@ -143,7 +143,8 @@ struct Scratch {
 };
 
 thread_local Scratch tls_xpack;
-thread_local Scratch tls_wpack;  // Xᵀ packed by matmul_grad_weight
+thread_local Scratch tls_wpack;   // Xᵀ packed by matmul_grad_weight
+thread_local Scratch tls_widen;   // a worker's panel group widened to f32 (widen_panels)
 
 // Bytes of weight k slices a row block sweeps while its packed x stays in L1 (half of L2).
 constexpr int64_t kGroupBytes = 1 << 20;
@@ -226,6 +227,22 @@ bool bf16_dot() {
 }
 
 void set_bf16_dot(bool on) { g_bf16_dot.store(on ? 1 : 0, std::memory_order_relaxed); }
+
+namespace {
+std::atomic<int> g_widen{-1};  // -1: not read from the environment yet
+}  // namespace
+
+int widen_panels() {
+  int v = g_widen.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* env = std::getenv("TIERLM_GEMM_WIDEN");
+    v = env ? std::atoi(env) & (kOnePassF16 | kOnePassBf16) : kWidenDefault;
+    g_widen.store(v, std::memory_order_relaxed);
+  }
+  return v;
+}
+
+void set_widen_panels(int mask) { g_widen.store(mask & (kOnePassF16 | kOnePassBf16), std::memory_order_relaxed); }
 
 namespace {
 std::atomic<int> g_one_pass{-1};  // -1: not read from the environment yet
@@ -389,6 +406,11 @@ void run_gemm(const XSrc& xs, const uint8_t* w, Fmt fmt, int64_t n, const float*
   });
 
   const int64_t kc_block = nblocks == 1 ? ks : kern.kc;
+  // bf16 / f16 panels widened once per group for the f32 kernel (widen_panels), where a thread
+  // sweeps enough row blocks over each group; not for vdpbf16ps, which takes bf16 as it is.
+  const int widen_bit = fmt == Fmt::Bf16 ? kOnePassBf16 : fmt == Fmt::F16 ? kOnePassF16 : 0;
+  const bool can_widen = (widen_panels() & widen_bit) && kern.xpack != XPack::Bf16Pair && active_isa() >= Isa::Avx2;
+  const Kernel kern32 = can_widen ? select_kernel(Fmt::F32, mode) : kern;
   pool.run([&](int t, int nt) {
     int64_t p0 = 0, p1 = np, b0 = 0, b1 = nblocks;
     if (np >= nt || nblocks < nt) {
@@ -401,19 +423,26 @@ void run_gemm(const XSrc& xs, const uint8_t* w, Fmt fmt, int64_t n, const float*
     if (p0 >= p1 || b0 >= b1) return;
     // Goto-style blocking: for each k block, a group of panels whose k slices fit in L2 is
     // swept by every row block; the row block's packed x (rows x kc) stays in L1 meanwhile.
-    const int64_t slice_bytes = std::min<int64_t>(kc_block, ks) * kNR * es;
+    const bool wide = can_widen && b1 - b0 >= kWidenBlocks;
+    const int64_t slice_bytes = std::min<int64_t>(kc_block, ks) * kNR * (wide ? 4 : es);
     const int64_t group = std::max<int64_t>(1, kGroupBytes / slice_bytes);
+    const int64_t wide_panel = std::min<int64_t>(kc_block, ks) * kNR;  // floats of a widened k slice
+    float* widened = wide ? static_cast<float*>(tls_widen.get(static_cast<size_t>(group * wide_panel) * 4)) : nullptr;
+    const KernelFn fn = wide ? kern32.fn : kern.fn;
     for (int64_t k0 = 0; k0 < ks; k0 += kc_block) {
       const int kc = static_cast<int>(ks - k0 < kc_block ? ks - k0 : kc_block);
       const int flags = (k0 == 0 && !accumulate ? kFirst : 0) | (k0 + kc >= ks ? kLast : 0);
       for (int64_t g0 = p0; g0 < p1; g0 += group) {
         const int64_t g1 = std::min(p1, g0 + group);
+        if (wide)
+          for (int64_t p = g0; p < g1; p++) widen_panel_avx2(fmt, w + p * pb + k0 * kNR * es, kc, widened + (p - g0) * wide_panel);
         for (int64_t b = b0; b < b1; b++) {
           const int64_t r0 = block_start(b);
           const int rows = static_cast<int>(block_start(b + 1) - r0);
           const uint8_t* xp = xpack + r0 * ks * xes + k0 * rows * xes;
           for (int64_t p = g0; p < g1; p++) {
-            const uint8_t* wp = w + p * pb + k0 * kNR * es;
+            const uint8_t* wp = wide ? reinterpret_cast<const uint8_t*>(widened + (p - g0) * wide_panel)
+                                     : w + p * pb + k0 * kNR * es;
             const int ncols = static_cast<int>(n - p * kNR < kNR ? n - p * kNR : kNR);
             const float* bp = bias ? bias + p * kNR : nullptr;
             // A tile that accumulates loads its rows × 32 outputs from y before its first step,
@@ -426,7 +455,7 @@ void run_gemm(const XSrc& xs, const uint8_t* w, Fmt fmt, int64_t n, const float*
                 prefetch_tile(y + nr0 * n + (last ? g0 : p + 1) * kNR, n, nrows);
               }
             }
-            kern.fn(rows, xp, wp, kc, y + r0 * n + p * kNR, n, ncols, flags, bp);
+            fn(rows, xp, wp, kc, y + r0 * n + p * kNR, n, ncols, flags, bp);
           }
           if ((flags & kLast) && ep.any()) ep.apply(y, n, r0, rows, g0 * kNR, std::min(n, g1 * kNR));
         }

@@ -232,6 +232,18 @@ Napi::Value OnePassRows(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), gemm::one_pass_rows());
 }
 
+// gemmWidenPanels(mask?): returns the mask of kernels (gemm.h, kOnePassF16 / kOnePassBf16) whose
+// panel groups are widened to f32 once where a thread sweeps kWidenBlocks row blocks or more; a
+// number in [0, 15] sets it (other kernels' bits are ignored).
+Napi::Value WidenPanels(const Napi::CallbackInfo& info) {
+  if (info.Length() > 0 && !info[0].IsUndefined()) {
+    const double v = num_arg(info, 0, "mask");
+    if (!(v >= 0 && v <= 15 && v == static_cast<int>(v))) throw Napi::RangeError::New(info.Env(), "gemmWidenPanels: mask must be an integer in [0, 15]");
+    gemm::set_widen_panels(static_cast<int>(v));
+  }
+  return Napi::Number::New(info.Env(), gemm::widen_panels());
+}
+
 // gemmIdlePrefetch(bytes?): returns how many bytes of the next weight the idle workers prefetch
 // during batch-1 decode (ThreadPool::prefetch_while_idle); a number sets it (0: off).
 Napi::Value IdlePrefetch(const Napi::CallbackInfo& info) {
@@ -253,6 +265,7 @@ void register_gemm(Napi::Env env, Napi::Object exports) {
   exports.Set("gemmBf16Dot", Napi::Function::New(env, Bf16Dot));
   exports.Set("gemmOnePassRows", Napi::Function::New(env, OnePassRows));
   exports.Set("gemmIdlePrefetch", Napi::Function::New(env, IdlePrefetch));
+  exports.Set("gemmWidenPanels", Napi::Function::New(env, WidenPanels));
   exports.Set("quantQuantize", Napi::Function::New(env, Quantize));
   exports.Set("quantDequantize", Napi::Function::New(env, Dequantize));
 }

@@ -53,9 +53,10 @@ export function formatProfile(p: HardwareProfile): string {
   out.push(`weights mode ${p.gemm.ms.map((v) => `M=${v}`.padStart(8)).join('')}`);
   for (const r of p.gemm.rows) out.push(`${r.format.padEnd(7)} ${r.mode.padEnd(4)} ${r.flopsPerSecond.map((v) => g(v).padStart(8)).join('')}`);
   if (p.kernels) {
-    const rows = p.kernels.onePassRows;
+    const rows = p.kernels.onePassRows, widen = p.kernels.widenPanels;
     out.push(`kernels  bf16 mode: ${p.kernels.bf16 === 'dot' ? 'vdpbf16ps' : 'widening + FMA'}` +
-      (rows ? `; 15-16-row products in one row block: ${rows.length ? rows.join(', ') : 'none'}` : ''));
+      (rows ? `; 15-16-row products in one row block: ${rows.length ? rows.join(', ') : 'none'}` : '') +
+      (widen ? `; weight panels widened once for many rows: ${widen.length ? widen.join(', ') : 'none'}` : ''));
   }
   out.push('');
   out.push('attention decode (K+V cache bytes read)');

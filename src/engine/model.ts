@@ -12,7 +12,7 @@ import { checkKeys } from '../util/names.js';
 import { checkApiValue, givenOnly } from '../util/options.js';
 import { BlockRunner } from '../schedule/runner.js';
 import { selectBf16Kernel } from '../backend/cpu/bf16-kernel.js';
-import { applySavedOnePassRows, savedBf16Kernel } from '../policy/profile.js';
+import { applySavedGemmBlocking, savedBf16Kernel } from '../policy/profile.js';
 import { type LayerSource, ResidentLayers, WeightStore, planSlotBytes } from '../schedule/weight-store.js';
 import { type BlockShape, type Limits, type MemoryItem, type WeightSizes, blockItems, checkLimits, weightItems } from '../policy/memory.js';
 import { DiskTier } from '../schedule/disk-tier.js';
@@ -116,9 +116,10 @@ export class LanguageModel {
       if (precision === 'bf16' && backend.kernels === cpuBackend().kernels) {
         selectBf16Kernel({ rows: Math.max(64, policy.gpuBatchSize), n: c.ffn, k: c.hidden }, null, savedBf16Kernel());
       }
-      // How a decode step at batch 15-16 blocks its rows (one block or two: speed only, the same
-      // results), as `tierlm profile` measured it here; without a profile, the defaults.
-      if (backend.kernels === cpuBackend().kernels) applySavedOnePassRows();
+      // How a decode step at batch 15-16 blocks its rows (one block or two) and whether prefill
+      // widens bf16/f16 panel groups once (speed only, the same results), as `tierlm profile`
+      // measured it here; without a profile, the defaults.
+      if (backend.kernels === cpuBackend().kernels) applySavedGemmBlocking();
       const limits: Limits = { ram: options.ramBytes, disk: options.diskBytes, device: options.deviceBytes };
       const sizes = model.loader.sizes();
       const weightSizes: WeightSizes = {

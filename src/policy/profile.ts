@@ -22,7 +22,7 @@ import path from 'node:path';
 import { randomFillSync } from 'node:crypto';
 import { type PackedWeight, cpuBackend, getThreads, hugePageStatus, isaInfo, readMemoryPass, releaseFreedMemory, setThreads } from '../backend/index.js';
 import { type Bf16Kernel, fasterBf16Kernel } from '../backend/cpu/bf16-kernel.js';
-import { type GemmKernelKind, GEMM_KERNEL_KINDS, gemmBf16Dot, gemmOnePassRows } from '../backend/cpu/gemm.js';
+import { type GemmKernelKind, GEMM_KERNEL_KINDS, GEMM_WIDEN_BLOCKS, gemmBf16Dot, gemmOnePassRows, gemmWidenPanels } from '../backend/cpu/gemm.js';
 import type { CacheDType, ComputeMode, WeightFormat } from '../backend/kernels.js';
 import { type FloatDType, fromFloat32 } from '../tensor/dtype.js';
 import { Tensor } from '../tensor/tensor.js';
@@ -113,6 +113,11 @@ export interface HardwareProfile {
      *  as one row block than as two, timed here in pairs (absent in older profiles; AVX-512 only:
      *  other instruction sets have no such block). A model load applies it (gemmOnePassRows). */
     onePassRows?: GemmKernelKind[];
+    /** The kernels ('f16', 'bf16': weights widened for fp32 FMA) for which widening a panel group
+     *  to f32 once, where a thread sweeps many row blocks over it (prefill), ran faster than
+     *  widening in every tile, timed here in pairs (absent in older profiles and without AVX2). A
+     *  model load applies it (gemmWidenPanels). */
+    widenPanels?: GemmKernelKind[];
   };
   attention: {
     decode: DecodeAttentionEntry[];
@@ -273,20 +278,22 @@ function floatTensor(dtype: FloatDType, shape: number[], scale: number): Tensor 
  *  two blocks' time (median of paired passes): below it, one measurement cannot tell them apart. */
 export const ONE_PASS_MARGIN = 0.97;
 
-/** Whether 16-row products over `copies` (weights streaming from RAM, as in decode) run faster as
- *  one row block for `kind`: 7 passes each way, in turn; the median of the paired ratios. */
-function onePassFaster(kind: GemmKernelKind, copies: PackedWeight[], k: number, minSeconds: number): { ratio: number; faster: boolean } {
+/** Whether turning a process-wide kernel setting on for `kind` makes products faster: passes of
+ *  `rows`-row products over `copies` (each copy at least `minCalls` calls' worth, and a tenth of
+ *  the table's timing per point at least) with it on and off, 7 each, in turn; the median of the
+ *  paired ratios, faster at ONE_PASS_MARGIN or below. The setting is restored afterwards. */
+function settingFaster(setting: (kinds?: readonly GemmKernelKind[]) => GemmKernelKind[], kind: GemmKernelKind, copies: PackedWeight[],
+  rows: number, k: number, minCalls: number, minSeconds: number): { ratio: number; faster: boolean } {
   const cpu = cpuBackend();
-  const x = floatTensor('f32', [16, k], 1) as Tensor<'f32'>;
-  const y = Tensor.zeros('f32', [16, copies[0]!.n]);
-  const before = gemmOnePassRows();
+  const x = floatTensor('f32', [rows, k], 1) as Tensor<'f32'>;
+  const y = Tensor.zeros('f32', [rows, copies[0]!.n]);
+  const before = setting();
   const on = [...new Set([...before, kind])], off = before.filter((b) => b !== kind);
   const pass = (kinds: GemmKernelKind[]) => {
-    gemmOnePassRows(kinds);
+    setting(kinds);
     const t0 = performance.now();
     let calls = 0;
-    // Every copy at least once, and a tenth of the table's timing per point at least.
-    while (calls < copies.length || performance.now() - t0 < minSeconds * 100) cpu.matmul(x, copies[calls++ % copies.length]!, null, y);
+    while (calls < minCalls || performance.now() - t0 < minSeconds * 100) cpu.matmul(x, copies[calls++ % copies.length]!, null, y);
     return (performance.now() - t0) / calls;
   };
   const ratios: number[] = [];
@@ -297,13 +304,25 @@ function onePassFaster(kind: GemmKernelKind, copies: PackedWeight[], k: number, 
       ratios.push(i % 2 ? b / a : a / b);
     }
   } finally {
-    gemmOnePassRows(before);
+    setting(before);
   }
   const ratio = ratios.sort((a, b) => a - b)[ratios.length >> 1]!;
   return { ratio, faster: ratio <= ONE_PASS_MARGIN };
 }
 
-function measureGemm(s: SizeSpec, log: (m: string) => void): { table: GemmTable; bf16: Bf16Kernel; onePassRows?: GemmKernelKind[] } {
+/** Whether 16-row products over `copies` (weights streaming from RAM, as in decode, every copy
+ *  read each pass) run faster as one row block for `kind`. */
+function onePassFaster(kind: GemmKernelKind, copies: PackedWeight[], k: number, minSeconds: number): { ratio: number; faster: boolean } {
+  return settingFaster(gemmOnePassRows, kind, copies, 16, k, copies.length, minSeconds);
+}
+
+/** Whether `kind`'s products over many row blocks (prefill's regime) run faster with each panel
+ *  group widened to f32 once. */
+function widenFaster(kind: GemmKernelKind, copies: PackedWeight[], rows: number, k: number, minSeconds: number): { ratio: number; faster: boolean } {
+  return settingFaster(gemmWidenPanels, kind, copies, rows, k, 2, minSeconds);
+}
+
+function measureGemm(s: SizeSpec, log: (m: string) => void): { table: GemmTable; bf16: Bf16Kernel; onePassRows?: GemmKernelKind[]; widenPanels?: GemmKernelKind[] } {
   const cpu = cpuBackend();
   const { k, n, ms } = s;
   const rows: GemmRow[] = [];
@@ -322,6 +341,10 @@ function measureGemm(s: SizeSpec, log: (m: string) => void): { table: GemmTable;
   const onePassDecided = isaInfo().active.startsWith('avx512') ? new Map<GemmKernelKind, boolean>() : null;
   // The kernels decided so far as decided, the others as they were.
   const onePassChosen = () => GEMM_KERNEL_KINDS.filter((g) => onePassDecided?.get(g) ?? onePassBefore.includes(g));
+  // Widening a panel group once (f16 and bf16 weights through FMA): AVX2 and AVX-512 only.
+  const widenBefore = gemmWidenPanels();
+  const widenDecided = isaInfo().active !== 'scalar' ? new Map<GemmKernelKind, boolean>() : null;
+  const widenChosen = () => GEMM_KERNEL_KINDS.filter((g) => widenDecided?.get(g) ?? widenBefore.includes(g));
   for (const c of cases) {
     if (c.dot !== null) gemmBf16Dot(c.dot);
     const quant = c.format === 'q4' || c.format === 'q8';
@@ -342,6 +365,14 @@ function measureGemm(s: SizeSpec, log: (m: string) => void): { table: GemmTable;
       onePassDecided.set(kind, faster);
       gemmOnePassRows(onePassChosen());
       log(`gemm ${kind}: 16 rows in one block take ${ratio.toFixed(3)} of two blocks' time: ${faster ? 'one block' : 'two blocks'}`);
+    }
+    if (widenDecided && (kind === 'f16' || kind === 'bf16') && !widenDecided.has(kind)) {
+      // (enough rows for GEMM_WIDEN_BLOCKS row blocks a thread with the largest tiles, AVX-512's 16)
+      const m = Math.max(ms[ms.length - 1]!, GEMM_WIDEN_BLOCKS * 16);
+      const { ratio, faster } = widenFaster(kind, copies, m, k, s.minSeconds);
+      widenDecided.set(kind, faster);
+      gemmWidenPanels(widenChosen());
+      log(`gemm ${kind}: ${m} rows with panel groups widened once take ${ratio.toFixed(3)} of widening in every tile: ${faster ? 'widen once' : 'in every tile'}`);
     }
     let next = 0;
     const flops: number[] = [];
@@ -370,7 +401,9 @@ function measureGemm(s: SizeSpec, log: (m: string) => void): { table: GemmTable;
   log(`bf16 kernel: ${bf16 === 'dot' ? 'vdpbf16ps' : 'widening + FMA'}`);
   const onePassRows = onePassDecided ? onePassChosen() : undefined;
   gemmOnePassRows(onePassBefore);
-  return { table: { k, n, ms: [...ms], rows }, bf16, ...(onePassRows ? { onePassRows } : {}) };
+  const widenPanels = widenDecided ? widenChosen().filter((g) => g === 'f16' || g === 'bf16') : undefined;
+  gemmWidenPanels(widenBefore);
+  return { table: { k, n, ms: [...ms], rows }, bf16, ...(onePassRows ? { onePassRows } : {}), ...(widenPanels ? { widenPanels } : {}) };
 }
 
 function measureDecode(s: SizeSpec, log: (m: string) => void): DecodeAttentionEntry[] {
@@ -485,7 +518,7 @@ export async function measureProfile(opts: MeasureOptions): Promise<HardwareProf
     const isa = isaInfo();
     const cpus = os.cpus();
     log(`profiling (${sizes}) with ${threads} compute threads, isa ${isa.active}`);
-    const { table: gemm, bf16, onePassRows } = measureGemm(s, log);
+    const { table: gemm, bf16, onePassRows, widenPanels } = measureGemm(s, log);
     collect();
     const decode = measureDecode(s, log);
     const prefill = measurePrefill(s, log);
@@ -509,7 +542,7 @@ export async function measureProfile(opts: MeasureOptions): Promise<HardwareProf
         arch: process.arch,
       },
       gemm,
-      kernels: { bf16, ...(onePassRows ? { onePassRows } : {}) },
+      kernels: { bf16, ...(onePassRows ? { onePassRows } : {}), ...(widenPanels ? { widenPanels } : {}) },
       attention: { decode, prefill },
       memory,
       disk,
@@ -687,6 +720,10 @@ function validateProfile(v: unknown, file: string): asserts v is HardwareProfile
     if (kn.onePassRows !== undefined) {
       if (!Array.isArray(kn.onePassRows)) bad('kernels.one_pass_rows', `a list of kernels (${GEMM_KERNEL_KINDS.join(', ')})`);
       (kn.onePassRows as unknown[]).forEach((k, i) => oneOf(k, `kernels.one_pass_rows[${i}]`, GEMM_KERNEL_KINDS));
+    }
+    if (kn.widenPanels !== undefined) {
+      if (!Array.isArray(kn.widenPanels)) bad('kernels.widen_panels', 'a list of kernels (f16, bf16)');
+      (kn.widenPanels as unknown[]).forEach((k, i) => oneOf(k, `kernels.widen_panels[${i}]`, ['f16', 'bf16']));
     }
   }
   const mem = obj(p.memory, 'memory');
@@ -917,12 +954,20 @@ export function savedBf16Kernel(file = defaultProfilePath()): Bf16Kernel | null 
   return savedKernels(file)?.bf16 ?? null;
 }
 
-/** Applies the row blocking a saved profile of this machine chose for 15-16-row products
- *  (gemmOnePassRows), when it holds one and TIERLM_GEMM_ONE_PASS does not decide instead; returns
- *  the kernels set to one block, or null when the setting stays. Results do not depend on it, only
- *  speed. */
+/** Applies the GEMM blocking a saved profile of this machine chose, reading it once: which kernels'
+ *  15-16-row products take one row block (gemmOnePassRows) and whose panel groups are widened
+ *  once (gemmWidenPanels), each unless its environment variable (TIERLM_GEMM_ONE_PASS,
+ *  TIERLM_GEMM_WIDEN) decides instead; each field: the kernels set, or null when the setting stays.
+ *  Results do not depend on either, only speed. */
+export function applySavedGemmBlocking(file = defaultProfilePath()): { onePassRows: GemmKernelKind[] | null; widenPanels: GemmKernelKind[] | null } {
+  const kn = savedKernels(file);
+  return {
+    onePassRows: process.env.TIERLM_GEMM_ONE_PASS === undefined && kn?.onePassRows ? gemmOnePassRows(kn.onePassRows) : null,
+    widenPanels: process.env.TIERLM_GEMM_WIDEN === undefined && kn?.widenPanels ? gemmWidenPanels(kn.widenPanels) : null,
+  };
+}
+
+/** applySavedGemmBlocking's one-block choice (it applies the widening choice too). */
 export function applySavedOnePassRows(file = defaultProfilePath()): GemmKernelKind[] | null {
-  if (process.env.TIERLM_GEMM_ONE_PASS !== undefined) return null;
-  const kinds = savedKernels(file)?.onePassRows;
-  return kinds ? gemmOnePassRows(kinds) : null;
+  return applySavedGemmBlocking(file).onePassRows;
 }

@@ -81,14 +81,36 @@ export const GEMM_KERNEL_KINDS: readonly GemmKernelKind[] = ['f32', 'f16', 'bf16
  *  bit for bit either way. TIERLM_GEMM_ONE_PASS=<mask> decides instead of the default and of a
  *  profile (bits in GEMM_KERNEL_KINDS order). Pass kinds to change it; returns the setting. */
 export function gemmOnePassRows(kinds?: readonly GemmKernelKind[]): GemmKernelKind[] {
+  return kernelMaskSetting('gemmOnePassRows', kinds);
+}
+
+/** A native setting held as a mask of GEMM_KERNEL_KINDS bits: sets it from `kinds` when given;
+ *  returns the kinds set. */
+function kernelMaskSetting(name: string, kinds: readonly GemmKernelKind[] | undefined): GemmKernelKind[] {
   const mask = kinds?.reduce((m, k) => {
     const bit = GEMM_KERNEL_KINDS.indexOf(k);
-    if (bit < 0) throw new TypeError(`gemmOnePassRows: unknown kernel '${String(k)}' (${GEMM_KERNEL_KINDS.join(', ')})`);
+    if (bit < 0) throw new TypeError(`${name}: unknown kernel '${String(k)}' (${GEMM_KERNEL_KINDS.join(', ')})`);
     return m | (1 << bit);
   }, 0);
-  const got = nativeFn<(mask?: number) => number>('gemmOnePassRows')(mask);
+  const got = nativeFn<(mask?: number) => number>(name)(mask);
   return GEMM_KERNEL_KINDS.filter((_, i) => got & (1 << i));
 }
+
+/** The kernels that take bf16 or f16 weights through fp32 FMA ('f16', 'bf16') and whose weight
+ *  panels a compute thread widens to f32 once per panel group, then runs the f32 kernel over,
+ *  wherever it sweeps GEMM_WIDEN_BLOCKS row blocks or more (prefill, large batches), rather than
+ *  widen each weight vector again in every row block (native/kernels/gemm.h, widen_panels). A
+ *  decode step's few rows keep widening in the tile. Which is faster depends on the kernel and the
+ *  CPU: `tierlm profile` times it and a model load applies its choice (default: both, measured on
+ *  Zen 4). Results are the same bit for bit either way. TIERLM_GEMM_WIDEN=<mask> decides instead of
+ *  the default and of a profile (bits in GEMM_KERNEL_KINDS order). Pass kinds to change it
+ *  ('f32' and 'bf16-dot' have nothing to widen and are left out); returns the setting. */
+export function gemmWidenPanels(kinds?: readonly GemmKernelKind[]): GemmKernelKind[] {
+  return kernelMaskSetting('gemmWidenPanels', kinds);
+}
+
+/** Row blocks a compute thread must sweep over a panel group for gemmWidenPanels to apply. */
+export const GEMM_WIDEN_BLOCKS = 8;
 
 /** Bytes of the next weight the idle compute threads prefetch while a batch-1..6 decode runs the
  *  small ops between two GEMVs (native/core/thread_pool.h, prefetch_while_idle; default 12 MiB,
