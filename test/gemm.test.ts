@@ -222,9 +222,9 @@ describe('bf16 and f16 panels widened to f32 once per group (gemmWidenPanels)', 
     }
   });
 
-  it('defaults to f16 and bf16, takes kernel names, and refuses others', () => {
+  it('defaults to bf16 (and f16 on AVX-512), takes kernel names, and refuses others', () => {
     expect(GEMM_WIDEN_BLOCKS).toBe(8);
-    if (process.env.TIERLM_GEMM_WIDEN === undefined) expect(gemmWidenPanels()).toEqual(['f16', 'bf16']);
+    if (process.env.TIERLM_GEMM_WIDEN === undefined) expect(gemmWidenPanels()).toEqual(startIsa.startsWith('avx512') ? ['f16', 'bf16'] : ['bf16']);
     const start = gemmWidenPanels();
     try {
       expect(gemmWidenPanels(['bf16'])).toEqual(['bf16']);

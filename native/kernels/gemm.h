@@ -88,8 +88,12 @@ void set_one_pass_rows(int mask);
 // profile` times it per kernel and the engine sets the mask it saved (the kOnePassF16 and
 // kOnePassBf16 bits). The f32 kernel runs each output's FMA chain over k in the same order, so
 // results are the same bit for bit. TIERLM_GEMM_WIDEN=<mask> at start-up overrides the default.
+// Until set, the active ISA's default, measured on Zen 4: bf16 everywhere (AVX2: 0.76-0.85 of the
+// time at 64-512 rows, AVX-512: 0.90-0.94); f16 on AVX-512 only (0.92-0.95), AVX2 converting with
+// F16C in the tile costs nothing (widened: 1.04-1.20 of the time).
 constexpr int kWidenBlocks = 8;
-constexpr int kWidenDefault = kOnePassF16 | kOnePassBf16;
+constexpr int kWidenDefaultAvx512 = kOnePassF16 | kOnePassBf16;
+constexpr int kWidenDefaultAvx2 = kOnePassBf16;
 int widen_panels();
 void set_widen_panels(int mask);
 // dst[kk*32 + c] = element (c, k0 + kk) of a bf16 or f16 panel, kk < kc, given wp = the panel at k

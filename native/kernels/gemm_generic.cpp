@@ -229,14 +229,15 @@ bool bf16_dot() {
 void set_bf16_dot(bool on) { g_bf16_dot.store(on ? 1 : 0, std::memory_order_relaxed); }
 
 namespace {
-std::atomic<int> g_widen{-1};  // -1: not read from the environment yet
+std::atomic<int> g_widen{-1};  // -1: not set (the active ISA's default) nor read from the environment yet
 }  // namespace
 
 int widen_panels() {
   int v = g_widen.load(std::memory_order_relaxed);
   if (v < 0) {
     const char* env = std::getenv("TIERLM_GEMM_WIDEN");
-    v = env ? std::atoi(env) & (kOnePassF16 | kOnePassBf16) : kWidenDefault;
+    if (!env) return active_isa() >= Isa::Avx512 ? kWidenDefaultAvx512 : kWidenDefaultAvx2;
+    v = std::atoi(env) & (kOnePassF16 | kOnePassBf16);
     g_widen.store(v, std::memory_order_relaxed);
   }
   return v;

@@ -101,8 +101,8 @@ function kernelMaskSetting(name: string, kinds: readonly GemmKernelKind[] | unde
  *  wherever it sweeps GEMM_WIDEN_BLOCKS row blocks or more (prefill, large batches), rather than
  *  widen each weight vector again in every row block (native/kernels/gemm.h, widen_panels). A
  *  decode step's few rows keep widening in the tile. Which is faster depends on the kernel and the
- *  CPU: `tierlm profile` times it and a model load applies its choice (default: both, measured on
- *  Zen 4). Results are the same bit for bit either way. TIERLM_GEMM_WIDEN=<mask> decides instead of
+ *  CPU: `tierlm profile` times it and a model load applies its choice (default: bf16, and f16 on
+ *  AVX-512; measured on Zen 4). Results are the same bit for bit either way. TIERLM_GEMM_WIDEN=<mask> decides instead of
  *  the default and of a profile (bits in GEMM_KERNEL_KINDS order). Pass kinds to change it
  *  ('f32' and 'bf16-dot' have nothing to widen and are left out); returns the setting. */
 export function gemmWidenPanels(kinds?: readonly GemmKernelKind[]): GemmKernelKind[] {
