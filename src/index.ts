@@ -2,7 +2,7 @@
 // (test/api.test.ts checks that every name it documents is exported).
 
 export { loadModel, LanguageModel, type LoadOptions } from './engine/model.js';
-export type { GenerateParams, GenerateOptions, GenerateStats } from './engine/generate.js';
+export type { GenerateParams, GenerateOptions, GenerateOrder, GenerateStats } from './engine/generate.js';
 export type { GenerationRequest, GenerationResult, SampleResult, RequestError, FinishReason, TokenLogprob } from './engine/requests.js';
 export { Scheduler, type RequestOptions, type SchedulerStats } from './engine/scheduler.js';
 export type { SamplingParams } from './engine/sampling.js';

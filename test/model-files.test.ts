@@ -425,9 +425,9 @@ describe('chat templates', () => {
   it('errors name the file the template came from', () => {
     const dir = tokenizerModelDir();
     const jinja = path.join(dir, 'chat_template.jinja');
-    // one @huggingface/jinja cannot parse (Python Jinja's `//`): the model loads, its conversations fail
-    // (it failed the whole load, token-id prompts too)
-    fs.writeFileSync(jinja, '{{ 7 // 2 }}');
+    // one @huggingface/jinja cannot parse (Python Jinja's `{% do %}`): the model loads, its
+    // conversations fail (it failed the whole load, token-id prompts too)
+    fs.writeFileSync(jinja, '{% set l = [] %}{% do l.append(1) %}');
     const broken = TextTokenizer.load(dir)!;
     expect(broken.encode('hi')[0]).toBe(1);
     expect(broken.hasChatTemplate).toBe(true);

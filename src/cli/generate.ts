@@ -6,6 +6,8 @@ import { type JobSummary, jobIdBytes, runJob, toRecord } from '../engine/job.js'
 import type { GenerateOptions } from '../engine/generate.js';
 import type { GenerationRequest } from '../engine/requests.js';
 import { type PromptSource, openPrompts, readRequests, ResultWriter } from '../formats/jsonl.js';
+import { TextTokenizer } from '../formats/tokenizer.js';
+import { readConfig } from '../models/registry.js';
 import { writeFully } from '../util/write-fully.js';
 import { UserError } from '../util/errors.js';
 import { cacheDtypeOf } from '../policy/policy.js';
@@ -103,7 +105,7 @@ async function runGenerate(o: GenerateFlags): Promise<void> {
     modelDir('--model', o.model);
     checkPlanningPaths(o);
     const source = o.prompts !== undefined ? await openPrompts(o.prompts) : null;
-    const scan = source ? await scanPrompts(source, writer?.done ?? new Set())
+    const scan = source ? await scanPrompts(source, writer?.done ?? new Set(), scanLimits(o.model))
       : { count: 1, pending: 1, longest: Math.ceil((o.prompt!.length + (o.system?.length ?? 0)) / 3) + (o.chat ? 16 : 2) };
     const work = { source: { model: o.model }, promptLen: Math.max(1, scan.longest), genLen: o.maxNewTokens, heldBytes: jobIdBytes(writer?.done.size ?? 0, scan.count) };
     // (the requests left to run: a block shape given by hand that holds none of them is refused
@@ -197,9 +199,28 @@ async function runBatchJob(model: LanguageModel, writer: ResultWriter, o: Genera
   }
 }
 
+/** The model's positions, and the least tokens a text encodes to (for lines that cannot fit). */
+export interface ScanLimits {
+  maxPositions: number;
+  minTokens(text: string): number;
+}
+
+/** A model's limits for scanPrompts. Its tokenizer is loaded only for a text line that might
+ *  not fit (most jobs never load it here), and dropped with the scan. */
+function scanLimits(dir: string): ScanLimits {
+  let tokenizer: TextTokenizer | null | undefined;
+  return {
+    maxPositions: readConfig(dir).config.maxPositions,
+    minTokens: (text) => (tokenizer === undefined ? (tokenizer = TextTokenizer.load(dir)) : tokenizer)?.minTokens(text) ?? 0,
+  };
+}
+
 /** One pass over the input: its request lines (for progress) and an estimate of the longest
- *  prompt in tokens (token ids counted, text at about 3 characters a token, for planning). */
-async function scanPrompts(source: PromptSource, done: ReadonlySet<string>): Promise<{ count: number; longest: number; pending: number }> {
+ *  prompt in tokens (token ids counted, text at about 3 characters a token, for planning), at
+ *  most the model's positions less one. A line that cannot fit the positions is left out of the
+ *  estimate: it fails before it runs, and planned for it shrank every batch of the job. */
+export async function scanPrompts(source: PromptSource, done: ReadonlySet<string>, limits: ScanLimits): Promise<{ count: number; longest: number; pending: number }> {
+  const cap = limits.maxPositions - 1;
   let longest = 1;
   let count = 0;
   let pending = 0;
@@ -208,10 +229,18 @@ async function scanPrompts(source: PromptSource, done: ReadonlySet<string>): Pro
     if (!('request' in item)) continue;
     const r = item.request;
     if (!done.has(r.id)) pending++;
-    const n = Array.isArray(r.promptTokenIds) ? r.promptTokenIds.length
-      : typeof r.prompt === 'string' ? Math.ceil(r.prompt.length / 3) + 2
-        : Array.isArray(r.messages) ? Math.ceil(JSON.stringify(r.messages).length / 3) + 16 : 1;
-    longest = Math.max(longest, n);
+    longest = Math.max(longest, Math.min(cap, promptEstimate(r, cap, limits)));
   }
   return { count, longest, pending };
+}
+
+/** A request's prompt length in tokens, estimated; 0 for one that surely does not fit. */
+function promptEstimate(r: GenerationRequest, cap: number, limits: ScanLimits): number {
+  if (Array.isArray(r.promptTokenIds)) return r.promptTokenIds.length > cap ? 0 : r.promptTokenIds.length;
+  // (a rendered conversation holds its contents, so they are at least as many tokens)
+  const text = typeof r.prompt === 'string' ? r.prompt
+    : Array.isArray(r.messages) ? r.messages.map((m) => (typeof m?.content === 'string' ? m.content : '')).join('') : null;
+  if (text === null) return 1;
+  const n = typeof r.prompt === 'string' ? Math.ceil(r.prompt.length / 3) + 2 : Math.ceil(JSON.stringify(r.messages).length / 3) + 16;
+  return n > cap && limits.minTokens(text) > cap ? 0 : n;
 }

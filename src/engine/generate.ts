@@ -1,7 +1,8 @@
 // Batched generation: requests become sequences (one per sample) that run through the
 // continuous engine (src/engine/continuous.ts) in a block of gpuBatchSize × numGpuBatches slots;
 // a sequence leaves as soon as it stops and the next request takes its slot. Results come in
-// input order. Each sequence's tokens are the ones it would get alone.
+// input order, or as each request finishes (params.order). Each sequence's tokens are the ones
+// it would get alone.
 
 import type { Backend, CacheDType } from '../backend/index.js';
 import { q4RecordBytes } from '../backend/kernels.js';
@@ -39,7 +40,13 @@ export interface GenerateParams {
   prefillChunk?: number;
   /** Called with each token as it is generated (streaming); results still come per request. */
   onToken?: (id: string, token: number, index: number, text: string) => void;
+  /** 'input': results in input order (a long request holds back the finished ones after it,
+   *  up to backlogCap of them, and reading stops meanwhile); 'finish': each result as soon as its
+   *  request finishes, in the order they finish (ids tell them apart). generate() only. */
+  order: GenerateOrder;
 }
+
+export type GenerateOrder = 'input' | 'finish';
 
 /** What a caller passes: every field optional, sampling fields too. */
 export type GenerateOptions = Partial<Omit<GenerateParams, 'sampling' | 'cacheDtype'>> & {
@@ -58,11 +65,19 @@ export const DEFAULT_PARAMS: GenerateParams = {
   cacheDtype: 'f32',
   batchSize: 8,
   numGpuBatches: 1,
+  order: 'input',
 };
 
 /** A scheduler's (server's) prompt tokens per batch and step: prompts go in chunks of this many
  *  beside the decode rows, so a long prompt never stalls the others' decode for long. */
 export const SERVER_PREFILL_CHUNK = 512;
+
+/** In input order, the requests generate() holds (running, or finished behind an unfinished
+ *  first one) before it stops reading more: results it cannot yield yet stay in memory, so a
+ *  long first request must not let them grow with the input. Room for 4 blocks of slots. */
+export function backlogCap(slots: number): number {
+  return Math.max(64, 4 * slots);
+}
 
 const PARAM_KEYS = [...Object.keys(DEFAULT_PARAMS), 'prefillChunk', 'onToken'];
 const SAMPLING_KEYS = Object.keys(GREEDY);
@@ -124,19 +139,22 @@ export class Generator {
     return this.s.transformer.backend;
   }
 
-  /** Results in input order; a request that cannot run yields an error for it alone. `names`
+  /** Results in `p.order`; a request that cannot run yields an error for it alone. `names`
    *  says how request fields are named in its messages (a JSONL line's keys for batch jobs). */
   async *generate(requests: Iterable<GenerationRequest> | AsyncIterable<GenerationRequest>, p: GenerateParams,
     names: RequestNames = 'api'): AsyncGenerator<GenerationResult | RequestError> {
     const engine = this.engine(p, false);
     const queue: Queued[] = [];
     const target = p.batchSize * p.numGpuBatches;
+    // (in finish order a finished request leaves the queue at the next hand-over, so the cap
+    // binds only on a run of refused requests, which that hand-over yields)
+    const cap = backlogCap(target);
     const input = Symbol.asyncIterator in requests ? requests[Symbol.asyncIterator]() : (requests as Iterable<GenerationRequest>)[Symbol.iterator]();
     let more = true;
     try {
       for (;;) {
         // Read ahead so that every slot a sequence leaves is taken again at the next step.
-        while (more && engine.queued + engine.running < target) {
+        while (more && engine.queued + engine.running < target && queue.length < cap) {
           const next = await input.next();
           if (next.done) {
             more = false;
@@ -146,10 +164,10 @@ export class Generator {
           queue.push(item);
           if (!('error' in item)) for (const seq of item.samples) engine.add({ seq, priority: 0, done: () => undefined });
         }
-        yield* this.handOver(engine, queue);
+        yield* this.handOver(engine, queue, p.order);
         const ran = await engine.step();
         // (a step with nothing to run may still have refused requests: they are handed over too)
-        yield* this.handOver(engine, queue);
+        yield* this.handOver(engine, queue, p.order);
         if (!ran && !more) break;
       }
     } finally {
@@ -174,31 +192,25 @@ export class Generator {
   /** Yields the finished requests with the engine parked: while the caller holds a result (or
    *  has dropped the iterator without return()), an engine waiting for the runner (a server's
    *  scheduler) makes this one give up its block rather than wait for it forever. */
-  private async *handOver(engine: ContinuousEngine, queue: Queued[]): AsyncGenerator<GenerationResult | RequestError> {
-    for (const r of this.finished(queue)) {
+  private async *handOver(engine: ContinuousEngine, queue: Queued[], order: GenerateOrder): AsyncGenerator<GenerationResult | RequestError> {
+    for (const r of this.finished(queue, order)) {
       await engine.park();
       yield r;
       engine.unpark();
     }
   }
 
-  /** Yields, in input order, every queued request whose samples have all finished. */
-  private *finished(queue: Queued[]): IterableIterator<GenerationResult | RequestError> {
-    while (queue.length > 0) {
-      const item = queue[0]!;
-      if ('error' in item) {
-        yield queue.shift() as RequestError;
-        continue;
-      }
-      if (!item.samples.every((s) => s.done)) return;
-      queue.shift();
-      const refused = item.samples.find((s) => s.error !== null);
-      if (refused) {
-        yield { id: item.req.id, error: refused.error! };
-        continue;
-      }
-      const samples = item.samples.map((s) => s.result());
-      yield { id: item.req.id, promptTokens: item.promptTokens, ...samples[0]!, ...(samples.length > 1 ? { samples } : {}) };
+  /** Takes out of the queue and yields every request whose samples have all finished: in input
+   *  order, those before the first unfinished one; in finish order, all of them (in input order
+   *  among those that finished together). */
+  private *finished(queue: Queued[], order: GenerateOrder): IterableIterator<GenerationResult | RequestError> {
+    for (let i = 0; i < queue.length;) {
+      const item = queue[i]!;
+      if ('error' in item || item.samples.every((s) => s.done)) {
+        queue.splice(i, 1);
+        yield outcome(item);
+      } else if (order === 'input') return;
+      else i++;
     }
   }
 
@@ -231,9 +243,11 @@ export class Generator {
     }
     const bad = checkRequestLimits(req, this.s.tokenizer !== null, names);
     if (bad) return fail(bad);
-    const ids = promptIds(req, this.s.tokenizer, this.s.config.vocabSize, names);
-    if (typeof ids === 'string') return fail(ids);
     const max = this.s.config.maxPositions;
+    // (a text surely past the positions is refused before it is encoded: a 3 MB prompt took
+    // seconds and hundreds of MB to tokenize only to be refused)
+    const ids = promptIds(req, this.s.tokenizer, this.s.config.vocabSize, names, { maxPositions: max, note: positionsNote(this.s.config) });
+    if (typeof ids === 'string') return fail(ids);
     if (ids.length >= max) return fail(`prompt of ${ids.length} tokens does not fit the model's ${max} positions${positionsNote(this.s.config)} (at most ${max - 1}, leaving room for one new token)`);
     const limits: SequenceLimits = {
       maxNewTokens: req.maxNewTokens ?? (req.untilContext ? Infinity : p.maxNewTokens),
@@ -256,6 +270,15 @@ export class Generator {
     return { req, promptTokens: ids.length, samples };
   }
 
+}
+
+/** A finished request's result, or its error (its own, or its first refused sample's). */
+function outcome(item: Queued): GenerationResult | RequestError {
+  if ('error' in item) return item;
+  const refused = item.samples.find((s) => s.error !== null);
+  if (refused) return { id: item.req.id, error: refused.error! };
+  const samples = item.samples.map((s) => s.result());
+  return { id: item.req.id, promptTokens: item.promptTokens, ...samples[0]!, ...(samples.length > 1 ? { samples } : {}) };
 }
 
 /** The requests' cancels by the signal they share, and its one listener. */
@@ -309,6 +332,7 @@ function checkParams(p: GenerateParams): void {
   for (const k of ['stopAtEos', 'logprobs'] as const) if (typeof p[k] !== 'boolean') throw new TypeError(`${k} must be true or false, got ${JSON.stringify(p[k])}`);
   if (p.onToken !== undefined && typeof p.onToken !== 'function') throw new TypeError('onToken must be a function');
   if (p.prefillChunk !== undefined && !(Number.isSafeInteger(p.prefillChunk) && p.prefillChunk >= 1)) throw new RangeError(`prefillChunk must be an integer >= 1, got ${JSON.stringify(p.prefillChunk)}`);
+  if (p.order !== 'input' && p.order !== 'finish') throw new RangeError(`order must be "input" or "finish", got ${JSON.stringify(p.order)}`);
 }
 
 /** Bytes per cached element (a q4 record spreads its codes and group parameters over d). */

@@ -1,6 +1,7 @@
 // A JSONL batch job: requests from a file, one result line per request appended to the output as
-// it finishes (in input order). The output is the job's record: ids with a result are skipped on a rerun,
-// ids with only an error line are tried again, so a stopped or failed job resumes where it stopped.
+// soon as it finishes (in the order they finish: a long request holds back no other's result).
+// The output is the job's record: ids with a result are skipped on a rerun, ids with only an
+// error line are tried again, so a stopped or failed job resumes where it stopped.
 
 import { type PromptSource, openPrompts, readRequests, type ResultWriter } from '../formats/jsonl.js';
 import { type GenerateOptions, type GenerateStats, emptyStats } from './generate.js';
@@ -33,16 +34,23 @@ export function jobIdBytes(finished: number, lines: number): number {
   return 160 * (finished + lines);
 }
 
+/** Error lines held back to keep their place after the requests before them (see runJob). Past
+ *  this many the oldest are written at once: memory stays bounded behind a long request. */
+export const HELD_REFUSALS = 1024;
+
 /** Runs every request of `o.prompts` not yet answered in `writer`'s file. Throws on a failure
  *  of the run itself (I/O, memory); what was written until then stays. */
 export async function runJob(model: LanguageModel, writer: ResultWriter, o: JobOptions): Promise<JobSummary> {
   const summary: JobSummary = { succeeded: 0, failed: 0, skipped: 0, stats: emptyStats() };
   const source = typeof o.prompts === 'string' ? await openPrompts(o.prompts) : o.prompts;
   const seen = new Set<string>();
-  // The lines read and not yet written, in input order: a request sent to the model (its line,
-  // for its error) or a line refused on reading. The model answers requests in input order, so
-  // each of its results is the first request here, and the refusals before it go first.
-  const order: ({ line: number } | { refused: RequestError })[] = [];
+  // Requests sent to the model and not yet answered, id → line, in input order (ids are unique:
+  // duplicates never reach the model). Results are written as they come, in the order the
+  // requests finish; an error line (a line refused on reading, or a request the model refused)
+  // waits until every request before it has been written, so that a job whose requests finish
+  // in input order writes its lines in input order. `held` is those error lines, by line.
+  const running = new Map<string, number>();
+  const held: { line: number; refused: RequestError }[] = [];
   let tokens = 0;
   // Requests that are already done, malformed or duplicated never reach the model.
   async function* requests(): AsyncGenerator<GenerationRequest> {
@@ -52,18 +60,30 @@ export async function runJob(model: LanguageModel, writer: ResultWriter, o: JobO
         summary.skipped++;
         continue;
       }
-      if ('error' in item) order.push({ refused: { id: item.id, error: item.error } });
-      else if (seen.has(id)) order.push({ refused: { id, error: `${source.name}:${item.line}: duplicate id "${id}"` } });
+      if ('error' in item) {
+        // A malformed line's own id is taken too, so that a later line with it is refused as a
+        // duplicate: it would answer for this line, whose fix a rerun would then skip. (An id
+        // the reader made up, line-N, belongs to no line of the input.)
+        if (id !== `line-${item.line}`) seen.add(id);
+        hold(item.line, { id, error: item.error });
+      } else if (seen.has(id)) hold(item.line, { id, error: `${source.name}:${item.line}: duplicate id "${id}"` });
       else {
         seen.add(id);
-        order.push({ line: item.line });
+        running.set(id, item.line);
         yield item.request;
       }
     }
   }
-  const writeRefused = (all: boolean) => {
-    while (order.length > 0 && 'refused' in order[0]!) write((order.shift() as { refused: RequestError }).refused);
-    if (all && order.length > 0) throw new Error('internal: a request of the job got no result');
+  const hold = (line: number, refused: RequestError) => {
+    let at = held.length;
+    while (at > 0 && held[at - 1]!.line > line) at--;
+    held.splice(at, 0, { line, refused });
+    writeHeld();
+  };
+  // Writes the held error lines that no running request comes before (all of them at the end).
+  const writeHeld = (all = false) => {
+    const first = all ? Infinity : running.values().next().value ?? Infinity;
+    while (held.length > 0 && (held[0]!.line < first || held.length > HELD_REFUSALS)) write(held.shift()!.refused);
   };
   const write = (r: GenerationResult | RequestError) => {
     if ('error' in r) {
@@ -76,15 +96,21 @@ export async function runJob(model: LanguageModel, writer: ResultWriter, o: JobO
     }
   };
   const progress = () => o.onProgress?.(summary.succeeded + summary.failed + summary.skipped, tokens);
-  for await (const r of model.generateNamed(requests(), o.params, summary.stats, 'json')) {
-    writeRefused(false);
-    const at = order.shift() as { line: number };
+  for await (const r of model.generateNamed(requests(), { ...o.params, order: 'finish' }, summary.stats, 'json')) {
+    const line = running.get(r.id);
+    if (line === undefined) throw new Error(`internal: the model answered request "${r.id}", which the job has not sent or has written`);
+    running.delete(r.id);
     // The model's refusals name the line as the reader's do.
-    write('error' in r ? { id: r.id, error: `${source.name}:${at.line}: ${r.error}` } : r);
+    if ('error' in r) hold(line, { id: r.id, error: `${source.name}:${line}: ${r.error}` });
+    else {
+      write(r);
+      writeHeld();
+    }
     writer.sync();
     progress();
   }
-  writeRefused(true);
+  if (running.size > 0) throw new Error(`internal: ${running.size} request(s) of the job got no result (the first: "${running.keys().next().value}")`);
+  writeHeld(true);
   writer.sync();
   progress();
   return summary;

@@ -159,7 +159,8 @@ export class LanguageModel {
     return { weights: this.layers.stats, weightStagingBytes: this.runner.weightStagingBytes, keptCacheBytes: this.runner.keptCacheBytes, io: this.runner.io };
   }
 
-  /** Results in input order, each as soon as it and those before it have finished. Requests that cannot run
+  /** Results in input order, each as soon as it and those before it have finished (`order: 'finish'`:
+   *  each as soon as it has finished; ids tell them apart). Requests that cannot run
    *  (bad prompt, too long) yield `{id, error}` and the rest still run. `stats` (if given) is
    *  filled with timings. Bad params, and a call after close(), throw here, before iteration. */
   generate(requests: Iterable<GenerationRequest> | AsyncIterable<GenerationRequest>, params: GenerateOptions = {},

@@ -71,8 +71,19 @@ export interface RequestError {
 /** How request fields are named in messages: the API's keys or a JSONL line's. */
 export type RequestNames = 'api' | 'json';
 
-/** Token ids of a request's prompt, or an error message that names what is wrong with it. */
-export function promptIds(req: GenerationRequest, tokenizer: TextTokenizer | null, vocabSize: number, names: RequestNames = 'api'): number[] | string {
+/** The model's position limit, for refusing a text prompt surely past it before encoding it. */
+export interface PromptPositions {
+  maxPositions: number;
+  /** Why the limit is below the config's positions (positionsNote), or ''. */
+  note?: string;
+}
+
+/** Token ids of a request's prompt, or an error message that names what is wrong with it.
+ *  With `positions`, a text (or rendered chat) prompt that encodes to at least the model's
+ *  positions (minTokens) is refused before it is encoded: a 3 MB prompt took 3 s to encode and
+ *  raised a job's peak to 750 MiB under --ram 100MiB, only to be refused for its length. */
+export function promptIds(req: GenerationRequest, tokenizer: TextTokenizer | null, vocabSize: number, names: RequestNames = 'api',
+  positions?: PromptPositions): number[] | string {
   const ids_ = names === 'api' ? 'promptTokenIds' : 'prompt_token_ids';
   const given = [req.prompt !== undefined, req.promptTokenIds !== undefined, req.messages !== undefined].filter(Boolean).length;
   if (given !== 1) return `give exactly one of "prompt", "${ids_}" or "messages"`;
@@ -85,6 +96,8 @@ export function promptIds(req: GenerationRequest, tokenizer: TextTokenizer | nul
   } else if (req.prompt !== undefined) {
     if (typeof req.prompt !== 'string') return '"prompt" must be a string';
     if (!tokenizer) return `the model has no tokenizer.json: give "${ids_}" instead of "prompt"`;
+    const far = farTooLong(req.prompt, 'prompt', tokenizer, positions);
+    if (far) return far;
     ids = tokenizer.encode(req.prompt);
   } else {
     if (!tokenizer) return 'the model has no tokenizer.json, so "messages" cannot be used';
@@ -93,12 +106,16 @@ export function promptIds(req: GenerationRequest, tokenizer: TextTokenizer | nul
       return '"messages" must be an array of {"role", "content"} strings';
     }
     if (!tokenizer.hasChatTemplate) return 'the model has no chat template, so "messages" cannot be used';
+    let text: string;
     try {
-      ids = tokenizer.encode(tokenizer.applyChatTemplate(msgs), false);
+      text = tokenizer.applyChatTemplate(msgs);
     } catch (e) {
       if (e instanceof ChatTemplateError) return `"messages": ${e.message}`;
       throw e;
     }
+    const far = farTooLong(text, 'messages', tokenizer, positions);
+    if (far) return far;
+    ids = tokenizer.encode(text, false);
   }
   // A tokenizer.json that does not match config.json's vocabulary makes ids the model has no row for.
   const outside = req.promptTokenIds === undefined ? ids.findIndex((t) => t >= vocabSize) : -1;
@@ -111,4 +128,15 @@ export function promptIds(req: GenerationRequest, tokenizer: TextTokenizer | nul
     return `"${field}" is empty: a prompt needs at least one token${field === 'prompt' ? ' (the tokenizer adds none here)' : ''}`;
   }
   return ids;
+}
+
+/** Why `text` cannot fit the model's positions, known without encoding it (at least minTokens
+ *  tokens), or null; worded as the check of the encoded length words it. */
+function farTooLong(text: string, field: 'prompt' | 'messages', tokenizer: TextTokenizer, positions: PromptPositions | undefined): string | null {
+  if (!positions) return null;
+  const max = positions.maxPositions;
+  const least = tokenizer.minTokens(text);
+  if (least < max) return null;
+  const [what, is, does] = field === 'prompt' ? [`"prompt" (${text.length} characters)`, 'is', 'does'] : [`"messages" (${text.length} characters rendered)`, 'are', 'do'];
+  return `${what} ${is} at least ${least} tokens and ${does} not fit the model's ${max} positions${positions.note ?? ''} (at most ${max - 1}, leaving room for one new token)`;
 }

@@ -37,15 +37,37 @@ export async function openPrompts(file: string): Promise<PromptSource> {
 
 /** The lines of a text file, streamed: split at "\n" (a "\r" before it dropped) and nowhere else.
  *  (readline also ends a line at a lone "\r", which JSON allows as whitespace inside one: a
- *  valid request became two invalid ones.) A last line without "\n" is yielded too. */
+ *  valid request became two invalid ones.) A last line without "\n" is yielded too, and a
+ *  byte order mark at the start of the file is dropped. */
 export async function* fileLines(file: string): AsyncGenerator<string> {
-  let rest = '';
-  for await (const chunk of fs.createReadStream(file, { encoding: 'utf8' })) {
-    const parts = (rest + (chunk as string)).split('\n');
-    rest = parts.pop()!;
-    for (const line of parts) yield line.endsWith('\r') ? line.slice(0, -1) : line;
+  yield* splitLines(fs.createReadStream(file, { encoding: 'utf8' }) as AsyncIterable<string>);
+}
+
+/** The lines of decoded text arriving in chunks, as fileLines splits them. Each chunk is searched
+ *  for "\n" once, and a line's pieces are joined once when it ends: searching the pending line
+ *  again with every 64 KiB chunk made a 64 MB line take 19 s. */
+export async function* splitLines(chunks: AsyncIterable<string>): AsyncGenerator<string> {
+  let pending: string[] = [];
+  let first = true;
+  const line = (text: string) => {
+    if (first) {
+      first = false;
+      // (Windows editors save UTF-8 with a BOM; JSON.parse refused line 1 for it)
+      if (text.startsWith('\uFEFF')) text = text.slice(1);
+    }
+    return text.endsWith('\r') ? text.slice(0, -1) : text;
+  };
+  for await (const chunk of chunks) {
+    let start = 0;
+    for (let nl = chunk.indexOf('\n'); nl >= 0; nl = chunk.indexOf('\n', start)) {
+      const piece = chunk.slice(start, nl);
+      yield line(pending.length > 0 ? pending.join('') + piece : piece);
+      pending = [];
+      start = nl + 1;
+    }
+    if (start < chunk.length) pending.push(chunk.slice(start));
   }
-  if (rest !== '') yield rest.endsWith('\r') ? rest.slice(0, -1) : rest;
+  if (pending.length > 0) yield line(pending.join(''));
 }
 
 /** Calls `each` with every line of `file` that ends in a newline (decoded, without it) and its
@@ -78,7 +100,9 @@ export function eachLineSync(file: string, each: (line: string, n: number) => vo
 async function bufferedSource(name: string, input: NodeJS.ReadableStream): Promise<PromptSource> {
   const chunks: Buffer[] = [];
   for await (const chunk of input) chunks.push(typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
-  const all = Buffer.concat(chunks).toString('utf8').split(/\r?\n/);
+  const text = Buffer.concat(chunks).toString('utf8');
+  // (a byte order mark, as fileLines drops it)
+  const all = (text.startsWith('\uFEFF') ? text.slice(1) : text).split(/\r?\n/);
   return { name, lines: async function* () { yield* all; } };
 }
 

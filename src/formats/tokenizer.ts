@@ -1,5 +1,6 @@
 // Text ↔ token ids with @huggingface/tokenizers from tokenizer.json, and chat templates with
-// @huggingface/jinja when the model has one (chat_template.jinja or tokenizer_config.json).
+// @huggingface/jinja when the model has one (chat_template.jinja or tokenizer_config.json), with
+// Python's strip(chars) put back where the library drops the characters (pythonStrips).
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -61,6 +62,78 @@ function chatTemplateSource(dir: string, config: Record<string, unknown>): Templ
   throw new ModelFileError(file, 'chat_template is neither a string nor a list of named templates');
 }
 
+/** A node of @huggingface/jinja's parsed template (its AST classes are not exported; the
+ *  interpreter tells them apart by `type` alone). */
+interface JinjaNode {
+  type: string;
+  [field: string]: unknown;
+}
+
+const isJinjaNode = (x: unknown): x is JinjaNode =>
+  typeof x === 'object' && x !== null && typeof (x as { type?: unknown }).type === 'string';
+
+/** Python's str.strip / lstrip / rstrip, the characters argument included: @huggingface/jinja
+ *  (0.5.11) ignores it and strips whitespace, so Qwen3's `content.split('</think>')[-1].lstrip('\n')`
+ *  took the answer's indentation with it. None strips whitespace, as in Python. */
+function pythonStrip(name: 'strip' | 'lstrip' | 'rstrip') {
+  return (s: unknown, chars: unknown): string => {
+    if (typeof s !== 'string') throw new Error(`${name}() called on ${s === undefined ? 'an undefined value' : typeof s}, not a string`);
+    if (chars === null || chars === undefined) {
+      return name === 'strip' ? s.trim() : name === 'lstrip' ? s.trimStart() : s.trimEnd();
+    }
+    if (typeof chars !== 'string') throw new Error(`${name}() argument must be a string or none, not ${typeof chars}`);
+    // By code point, as Python's strings are.
+    const set = new Set(chars), points = [...s];
+    let start = 0, end = points.length;
+    if (name !== 'rstrip') while (start < end && set.has(points[start]!)) start++;
+    if (name !== 'lstrip') while (end > start && set.has(points[end - 1]!)) end--;
+    return points.slice(start, end).join('');
+  };
+}
+
+/** The functions the rewritten strips call, passed to every render (names no template uses). */
+const STRIP_HELPERS = {
+  __tierlm_strip: pythonStrip('strip'),
+  __tierlm_lstrip: pythonStrip('lstrip'),
+  __tierlm_rstrip: pythonStrip('rstrip'),
+} as const;
+
+/** `x.strip(chars)` (or lstrip/rstrip) and the filter `x|trim(chars)` as a call of the helper
+ *  above, or null for any other node (a strip with no argument is the library's, and right). */
+function stripCall(node: JinjaNode): JinjaNode | null {
+  const call = (name: string, target: unknown, chars: unknown): JinjaNode =>
+    ({ type: 'CallExpression', callee: { type: 'Identifier', value: `__tierlm_${name}` }, args: [target, chars] });
+  const oneArg = (args: unknown, keyword?: string): unknown => {
+    if (!Array.isArray(args) || args.length !== 1 || !isJinjaNode(args[0])) return null;
+    const arg = args[0];
+    if (arg.type !== 'KeywordArgumentExpression') return arg;
+    return keyword && (arg.key as JinjaNode | undefined)?.value === keyword ? arg.value : null;
+  };
+  if (node.type === 'CallExpression' && isJinjaNode(node.callee) && node.callee.type === 'MemberExpression') {
+    const { object, property, computed } = node.callee;
+    const name = isJinjaNode(property) && property.type === 'Identifier' ? property.value : null;
+    const chars = oneArg(node.args);
+    if (!computed && (name === 'strip' || name === 'lstrip' || name === 'rstrip') && chars) return call(name, object, chars);
+  }
+  // jinja2's trim(value, chars=None); the library refuses trim with an argument.
+  if (node.type === 'FilterExpression' && isJinjaNode(node.filter) && node.filter.type === 'CallExpression') {
+    const { callee, args } = node.filter;
+    const chars = oneArg(args, 'chars');
+    if (isJinjaNode(callee) && callee.type === 'Identifier' && callee.value === 'trim' && chars) return call('strip', node.operand, chars);
+  }
+  return null;
+}
+
+/** Rewrites a parsed template's strips with characters (stripCall), children first, in place;
+ *  returns the node that replaces `node`. Dict literals hold their entries in a Map. */
+function pythonStrips(node: unknown): unknown {
+  if (Array.isArray(node)) return node.map(pythonStrips);
+  if (node instanceof Map) return new Map([...node].map(([k, v]) => [pythonStrips(k), pythonStrips(v)]));
+  if (!isJinjaNode(node)) return node;
+  for (const [field, child] of Object.entries(node)) node[field] = pythonStrips(child);
+  return stripCall(node) ?? node;
+}
+
 /** What a tokenizer.json decoder says about spelling bytes in the vocabulary (tokenBytes). */
 interface TokenSpelling {
   byteLevel: boolean;
@@ -100,8 +173,8 @@ export class TextTokenizer {
   private readonly template: Template | null = null;
   private readonly templateFile: string | null;
   /** Why the model's template could not be parsed: @huggingface/jinja lacks some of Python
-   *  Jinja's syntax (`//`, `**`, `{% do %}`, some filters). Like transformers, the model still
-   *  loads; only conversations fail, each with this. */
+   *  Jinja's syntax (`{% do %}`, some filters and methods; see docs/api.md). Like transformers,
+   *  the model still loads; only conversations fail, each with this. */
   private readonly templateError: string | null = null;
 
   /** How a vocabulary entry spells its bytes (see tokenBytes), from tokenizer.json's decoder. */
@@ -119,6 +192,7 @@ export class TextTokenizer {
     this.templateFile = source?.file ?? null;
     try {
       this.template = source ? new Template(source.text) : null;
+      if (this.template) pythonStrips(this.template.parsed);
     } catch (e) {
       this.templateError = `${source!.file}: chat_template does not parse: ${(e as Error).message}`;
     }
@@ -142,8 +216,21 @@ export class TextTokenizer {
   /** Special tokens (BOS, EOS) are added as the tokenizer's post-processor says, unless the text
    *  came from a chat template, which writes them itself — or as tokenizer_config.json's
    *  add_bos_token / add_eos_token say where it gives them: transformers' Llama tokenizers
-   *  rebuild their post-processor from those flags. */
+   *  rebuild their post-processor from those flags. A text that starts with the BOS token's own
+   *  text ("<|begin_of_text|>x", a prompt already rendered) holds its BOS: none is added before it
+   *  (transformers would add a second, which the model never saw in training). */
   encode(text: string, addSpecialTokens = true): number[] {
+    const ids = this.encodeSpecial(text, addSpecialTokens);
+    const bos = this.tokenId('bos_token');
+    if (!addSpecialTokens || bos === null || ids[0] !== bos || ids[1] !== bos) return ids;
+    // Two BOS up front: drop the first when it is the one added (the rest is the text's own ids).
+    const plain: number[] = this.tokenizer.encode(text, { add_special_tokens: false }).ids;
+    const addedBos = plain[0] === bos && ids.length > plain.length && plain.every((id, i) => ids[i + 1] === id);
+    return addedBos ? ids.slice(1) : ids;
+  }
+
+  /** encode() before its BOS check: the special tokens as the post-processor or the config says. */
+  private encodeSpecial(text: string, addSpecialTokens: boolean): number[] {
     const encode = (special: boolean) => this.tokenizer.encode(text, { add_special_tokens: special }).ids;
     const { add_bos_token: wantBos, add_eos_token: wantEos } = this.config;
     const givesBos = typeof wantBos === 'boolean', givesEos = typeof wantEos === 'boolean';
@@ -243,6 +330,7 @@ export class TextTokenizer {
         add_generation_prompt: addGenerationPrompt,
         bos_token: this.specialToken('bos_token'),
         eos_token: this.specialToken('eos_token'),
+        ...STRIP_HELPERS,
       });
     } catch (e) {
       // The template's own refusal (raise_exception: "Conversation roles must alternate ...") or a

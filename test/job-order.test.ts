@@ -1,0 +1,108 @@
+// A batch job (tierlm generate --prompts) writes each result as soon as its request finishes: a
+// long first request holds back no other's result (a kill keeps the finished work). Error lines
+// keep their place after the requests before them, up to HELD_REFUSALS of them. An id is taken
+// by its first line even when that line is malformed, so a later line with it is a duplicate.
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type LanguageModel, loadModel } from '../src/index.js';
+import { HELD_REFUSALS, type JobSummary, runJob } from '../src/engine/job.js';
+import { ResultWriter } from '../src/formats/jsonl.js';
+import { parseBatchLine } from '../src/openai/batch-lines.js';
+import { fixturesDir, readJsonl, tmpDir } from './helpers/fixtures.js';
+
+let model: LanguageModel;
+beforeAll(async () => {
+  model = await loadModel(path.join(fixturesDir, 'llama-tiny'));
+});
+afterAll(async () => {
+  await model.close();
+});
+
+type Row = { id: string; token_ids?: number[]; error?: string };
+
+/** Runs the job of `lines` into `out` (appended to, as a rerun does); returns its summary and
+ *  the file's lines. */
+async function job(dir: string, name: string, lines: string[], out: string): Promise<{ summary: JobSummary; rows: Row[] }> {
+  const input = path.join(dir, name);
+  fs.writeFileSync(input, lines.join('\n') + '\n');
+  const writer = new ResultWriter(out);
+  try {
+    const summary = await runJob(model, writer, { prompts: input, params: { maxNewTokens: 1, stopAtEos: false, batchSize: 2, numGpuBatches: 1 } });
+    return { summary, rows: readJsonl<Row>(out) };
+  } finally {
+    writer.close();
+  }
+}
+
+const req = (id: string, more: Record<string, unknown> = {}) => JSON.stringify({ id, prompt_token_ids: [7, 9], ...more });
+
+describe('a batch job writes results as they finish', () => {
+  it('short requests are written before a long first one finishes', async () => {
+    const dir = tmpDir('job-order');
+    const shorts = Array.from({ length: 60 }, (_, i) => `s${i}`);
+    // One slot runs the head for 100 steps; the other answers a short request per step.
+    const { summary, rows } = await job(dir, 'in.jsonl', [req('head', { max_new_tokens: 100 }), ...shorts.map((id) => req(id))], path.join(dir, 'out.jsonl'));
+    expect(rows.map((r) => r.id)).toEqual([...shorts, 'head']);
+    expect(rows.at(-1)!.token_ids).toHaveLength(100);
+    expect([summary.succeeded, summary.failed]).toEqual([61, 0]);
+  });
+
+  it('error lines keep their place after the requests before them, so equal requests come out in input order', async () => {
+    const dir = tmpDir('job-order-errors');
+    const lines = [req('a'), req('b'), '{"id": "bad-json", ', req('bad-token', { prompt_token_ids: [1, 99999] }), '{"prompt_token_ids": [3]}',
+      req('a'), req('c'), req('d'), req('e')];
+    const { summary, rows } = await job(dir, 'in.jsonl', lines, path.join(dir, 'out.jsonl'));
+    expect(rows.map((r) => r.id)).toEqual(['a', 'b', 'line-3', 'bad-token', 'line-5', 'a', 'c', 'd', 'e']);
+    expect(rows[3]!.error).toMatch(/in\.jsonl:4: prompt_token_ids\[1\] = 99999/);
+    expect(rows[5]!.error).toBe(`${path.join(dir, 'in.jsonl')}:6: duplicate id "a"`);
+    expect([summary.succeeded, summary.failed]).toEqual([5, 4]);
+  });
+
+  it(`behind a long request, error lines past ${HELD_REFUSALS} are written without waiting for it`, async () => {
+    const dir = tmpDir('job-order-held');
+    const bad = Array.from({ length: HELD_REFUSALS + 20 }, (_, i) => `{"id": "bad${i}", "temperature": -1, "prompt_token_ids": [5]}`);
+    const { rows } = await job(dir, 'in.jsonl', [req('head', { max_new_tokens: 20 }), ...bad], path.join(dir, 'out.jsonl'));
+    expect(rows).toHaveLength(bad.length + 1);
+    // the oldest 20 went at once; the rest waited for the head, then followed in input order
+    expect(rows.map((r) => r.id)).toEqual([...bad.slice(0, 20).map((_, i) => `bad${i}`), 'head', ...bad.slice(20).map((_, i) => `bad${i + 20}`)]);
+  });
+});
+
+describe('an id taken by a malformed line', () => {
+  it('is refused on a later line, and the rerun with the line fixed runs it', async () => {
+    const dir = tmpDir('job-dup');
+    const out = path.join(dir, 'out.jsonl');
+    const first = await job(dir, 'in.jsonl', [req('x', { temperature: -1 }), req('y'), req('x', { prompt_token_ids: [7, 8, 9] })], out);
+    expect(first.rows.map((r) => [r.id, r.error === undefined])).toEqual([['x', false], ['y', true], ['x', false]]);
+    expect(first.rows[0]!.error).toMatch(/in\.jsonl:1: temperature must be a number >= 0/);
+    expect(first.rows[2]!.error).toBe(`${path.join(dir, 'in.jsonl')}:3: duplicate id "x"`);
+    expect([first.summary.succeeded, first.summary.failed, first.summary.skipped]).toEqual([1, 2, 0]);
+    // The fixed line 1 runs (not line 3's prompt under its id); line 3 is still a duplicate.
+    const fixed = await job(dir, 'fixed.jsonl', [req('x'), req('y'), req('x', { prompt_token_ids: [7, 8, 9] })], out);
+    expect([fixed.summary.succeeded, fixed.summary.failed, fixed.summary.skipped]).toEqual([1, 1, 1]);
+    const x = fixed.rows.slice(3);
+    expect(x.map((r) => [r.id, r.error === undefined])).toEqual([['x', true], ['x', false]]);
+    const alone = await collect([{ id: 'x', promptTokenIds: [7, 9] }]);
+    expect(x[0]!.token_ids).toEqual(alone);
+    // and the job is done: a third run skips every line
+    const again = await job(dir, 'fixed.jsonl', [req('x'), req('y'), req('x', { prompt_token_ids: [7, 8, 9] })], out);
+    expect([again.summary.succeeded, again.summary.failed, again.summary.skipped]).toEqual([0, 0, 3]);
+  });
+
+  it("a batch line's custom_id is taken likewise (a malformed first line's)", () => {
+    const seen = new Set<string>();
+    const bad = parseBatchLine(JSON.stringify({ custom_id: 'x', method: 'GET', url: '/v1/completions', body: {} }), 1, seen);
+    expect('error' in bad && bad.error.code).toBe('invalid_method');
+    const dup = parseBatchLine(JSON.stringify({ custom_id: 'x', method: 'POST', url: '/v1/completions', body: { prompt: 'a' } }), 3, seen);
+    expect('error' in dup && dup.error.code).toBe('duplicate_custom_id');
+  });
+});
+
+async function collect(requests: { id: string; promptTokenIds: number[] }[]): Promise<number[]> {
+  for await (const r of model.generate(requests, { maxNewTokens: 1, stopAtEos: false })) {
+    if ('error' in r) throw new Error(r.error);
+    return r.tokenIds;
+  }
+  throw new Error('no result');
+}
