@@ -3,7 +3,7 @@
 // The CLI's flags are these names in kebab-case; every default lives here, once.
 
 import { checkApiValue } from '../util/options.js';
-import { optionName } from '../util/names.js';
+import { nameStyle, optionName } from '../util/names.js';
 import type { Precision } from '../optim/state.js';
 import type { LrSchedule } from './schedule.js';
 
@@ -104,6 +104,17 @@ export const TRAIN_DEFAULTS = {
 const KEYS = new Set(['model', 'data', 'out', 'maxSteps', 'epochs', 'evalData', 'threads', 'onStart', 'ram', 'diskDir', 'disk', 'subGroupSize',
   'ramPercent', 'tileSize', ...Object.keys(TRAIN_DEFAULTS)]);
 
+const OFFLOAD_ONLY = [
+  ['tileSize', 'tiles are how an offloaded run fits a large weight'],
+  ['subGroupSize', 'sub-groups are how an offloaded run streams the optimizer states through RAM'],
+  ['disk', 'it caps the disk tier of an offloaded run'],
+] as const;
+
+/** An option as the user wrote it: on the command line its flag, the name in kebab-case. */
+function name(k: string): string {
+  return nameStyle() === 'flags' ? `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}` : k;
+}
+
 /** Fills defaults and checks every value; unknown keys are a TypeError naming them. */
 export function resolveOptions(o: TrainRunOptions): ResolvedOptions {
   if (typeof o !== 'object' || o === null) throw new TypeError('train() takes an options object');
@@ -116,7 +127,7 @@ export function resolveOptions(o: TrainRunOptions): ResolvedOptions {
   const r = { ...TRAIN_DEFAULTS, ...defined } as ResolvedOptions;
   const int = (k: keyof ResolvedOptions, min: number) => {
     const v = r[k];
-    if (v !== undefined && !(Number.isSafeInteger(v) && (v as number) >= min)) throw new RangeError(`${k} must be an integer >= ${min}, got ${String(v)}`);
+    if (v !== undefined && !(Number.isSafeInteger(v) && (v as number) >= min)) throw new RangeError(`${name(k)} must be an integer >= ${min}, got ${String(v)}`);
   };
   int('seqLen', 2);
   int('batchSize', 1);
@@ -134,13 +145,14 @@ export function resolveOptions(o: TrainRunOptions): ResolvedOptions {
   int('subGroupSize', 1);
   int('tileSize', 4096);
   const [ram, diskDir] = [optionName('trainRam'), optionName('trainDiskDir')];
-  if (r.tileSize !== undefined && r.ram === undefined) throw new RangeError(`${optionName('tileSize')} needs ${ram} and ${diskDir} (tiles are how an offloaded run fits a large weight)`);
+  // The options of an offloaded run are refused without one, not ignored.
+  for (const [k, why] of OFFLOAD_ONLY) if (r[k] !== undefined && r.ram === undefined) throw new RangeError(`${name(k)} needs ${ram} and ${diskDir} (${why})`);
   if ((r.ram === undefined) !== (r.diskDir === undefined)) throw new RangeError(`${ram} and ${diskDir} go together: the states offloaded under the RAM limit need a disk tier`);
-  if (r.diskDir !== undefined && (typeof r.diskDir !== 'string' || r.diskDir === '')) throw new TypeError('diskDir must be a path (a non-empty string)');
+  if (r.diskDir !== undefined && (typeof r.diskDir !== 'string' || r.diskDir === '')) throw new TypeError(`${diskDir} must be a path (a non-empty string)`);
   if (r.ramPercent !== undefined) {
     if (r.ram === undefined) throw new RangeError(`${optionName('ramPercent')} needs ${ram} and ${diskDir}`);
     if (!Array.isArray(r.ramPercent) || r.ramPercent.length !== 6 || !r.ramPercent.every((x) => typeof x === 'number' && x >= 0 && x <= 100)) {
-      throw new RangeError(`ramPercent must be six percents in [0, 100] (parameters, gradients, master, momentum, variance, activation checkpoints), got ${JSON.stringify(r.ramPercent)}`);
+      throw new RangeError(`${optionName('ramPercent')} must be six percents in [0, 100] (parameters, gradients, master, momentum, variance, activation checkpoints), got ${JSON.stringify(r.ramPercent)}`);
     }
   }
   // The same rule as the flags' (src/util/options.ts), so the CLI and the API accept the same values.
@@ -148,7 +160,9 @@ export function resolveOptions(o: TrainRunOptions): ResolvedOptions {
   if (r.precision !== 'fp32' && r.precision !== 'bf16') throw new RangeError(`precision must be 'fp32' or 'bf16', got ${String(r.precision)}`);
   if (!['constant', 'linear', 'cosine'].includes(r.lrSchedule)) throw new RangeError(`lrSchedule must be constant, linear or cosine, got ${String(r.lrSchedule)}`);
   for (const k of ['resume', 'checkpointActivations'] as const) if (typeof r[k] !== 'boolean') throw new TypeError(`${k} must be a boolean`);
-  if (r.evalData !== undefined && (typeof r.evalData !== 'string' || r.evalData === '')) throw new TypeError('evalData must be a path (a non-empty string)');
+  if (r.evalData !== undefined && (typeof r.evalData !== 'string' || r.evalData === '')) throw new TypeError(`${optionName('evalData')} must be a path (a non-empty string)`);
+  // (0, the default, is what the CLI passes when the flag is not given.)
+  if (r.evalEvery > 0 && r.evalData === undefined) throw new RangeError(`${name('evalEvery')} needs ${optionName('evalData')} (the data it evaluates)`);
   if (r.onStart !== undefined && typeof r.onStart !== 'function') throw new TypeError('onStart must be a function');
   if (r.maxSteps !== undefined && r.epochs !== undefined) throw new RangeError(`give ${optionName('maxSteps')} or ${optionName('epochs')}, not both`);
   return r;

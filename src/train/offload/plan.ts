@@ -12,6 +12,7 @@ import type { NameTable } from '../../models/architecture.js';
 import type { Precision } from '../../optim/state.js';
 import { alignUp } from '../../tensor/disk/io.js';
 import { UserError } from '../../util/errors.js';
+import { formatSize } from '../../tensor/tiers/size.js';
 import { TENSOR_FILE_RAM_BYTES } from '../tensor-file.js';
 import { layerActivationBytes } from './cost.js';
 import { headChunkRows } from '../head-chunk.js';
@@ -60,21 +61,71 @@ const ORDER: (StateKind | 'act')[] = ['param', 'master', 'grad', 'm', 'v', 'act'
  *  tiled; when that does not fit, smaller tiles are tried (down to 64 KiB) before refusing — a
  *  larger limit tiled fewer weights, held them whole, and was refused where a smaller one ran. */
 export function planOffload(o: OffloadPlanInput): OffloadPlan {
-  try {
-    return planOffloadOnce(o);
-  } catch (e) {
-    if (!(e instanceof UserError) || o.tileSize !== undefined || o.retile === false) throw e;
-    for (let tile = prevPow2(Math.floor(o.ram / 64)); tile >= MIN_TILE_BYTES; tile /= 2) {
-      try {
-        return planOffloadOnce({ ...o, tileSize: tile });
-      } catch (again) {
-        if (!(again instanceof UserError)) throw again;
-      }
-    }
-    throw e;
+  if (o.retile === false) return planOffloadOnce(o);
+  const tried = planOrRefusals(o);
+  if (Array.isArray(tried)) throw refusal(o, tried);
+  return tried;
+}
+
+/** A plan over a limit: which limit, by how much, and at which tile size (planOffload compares
+ *  the refusals of its attempts). */
+export class LimitRefusal extends UserError {
+  constructor(message: string, readonly tier: 'ram' | 'disk', readonly short: number, readonly tileBytes: number) {
+    super(message);
   }
 }
 
+/** The first plan that fits, the default tiles first, then smaller ones; or every attempt's refusal. */
+function planOrRefusals(o: OffloadPlanInput): OffloadPlan | LimitRefusal[] {
+  const tiles: (number | undefined)[] = [o.tileSize];
+  if (o.tileSize === undefined) for (let tile = prevPow2(Math.floor(o.ram / 64)); tile >= MIN_TILE_BYTES; tile /= 2) tiles.push(tile);
+  const refusals: LimitRefusal[] = [];
+  for (const tileSize of tiles) {
+    try {
+      return planOffloadOnce({ ...o, tileSize });
+    } catch (e) {
+      if (!(e instanceof LimitRefusal)) throw e;
+      refusals.push(e);
+    }
+  }
+  return refusals;
+}
+
+/** The refusal that says what is short (the first attempt's alone named the RAM limit even where a
+ *  smaller tile fit it and only the disk limit was short): a disk shortfall (the least among the
+ *  attempts the RAM fits) comes with its tile and the RAM limit that would fit the disk too; a RAM
+ *  shortfall (the least) only where no tile fits the RAM. */
+function refusal(o: OffloadPlanInput, refusals: LimitRefusal[]): LimitRefusal {
+  const least = (tier: 'ram' | 'disk') => refusals.filter((r) => r.tier === tier).sort((a, b) => a.short - b.short)[0];
+  const disk = least('disk');
+  if (!disk) return least('ram')!;
+  const tiles = refusals.some((r) => r.tier === 'ram') ? `, with weights in tiles of ${formatSize(disk.tileBytes)} (with larger ones the RAM limit ${formatSize(o.ram)} is short)` : '';
+  const ram = ramForDisk(o, disk.short);
+  const raise = ram === null ? 'Raise the disk limit by that' : `Raise the disk limit by that, or the RAM limit to ${formatSize(ram)} (which keeps enough of the states in RAM)`;
+  return new LimitRefusal(`${disk.message}${tiles}. ${raise}.`, 'disk', disk.short, disk.tileBytes);
+}
+
+/** The RAM limit with which the plan fits the disk limit too (more RAM keeps more of the states in
+ *  RAM): searched, since the working buffers grow with the limit, to a 64th of it (in MiB). Null
+ *  where much more RAM does not fit it (given shares keep the states on disk). */
+function ramForDisk(o: OffloadPlanInput, short: number): number | null {
+  if (ORDER.every((k) => o.shares?.[k] !== undefined)) return null;
+  const fits = (mib: number) => !Array.isArray(planOrRefusals({ ...o, ram: mib * MiB }));
+  // lo is refused (the limit itself, rounded down), hi fits.
+  let lo = Math.floor(o.ram / MiB), hi = lo + Math.ceil(short / MiB);
+  for (let i = 0; !fits(hi); i++) {
+    if (i === 8) return null;
+    [lo, hi] = [hi, lo + 2 * (hi - lo)];
+  }
+  while (hi - lo > Math.max(1, hi / 64)) {
+    const mid = Math.floor((lo + hi) / 2);
+    if (fits(mid)) hi = mid;
+    else lo = mid;
+  }
+  return hi * MiB;
+}
+
+const MiB = 2 ** 20;
 const MIN_TILE_BYTES = 1 << 16;
 const prevPow2 = (n: number): number => 2 ** Math.floor(Math.log2(Math.max(1, n)));
 
@@ -173,8 +224,9 @@ export function placeStates(o: OffloadPlanInput, probe: Layout, items: MemoryIte
     // checkLimits' advice is generation's; training's levers are these.
     if (e instanceof UserError) {
       const data = (o.heldBytes ?? 0) > o.ram / 4 ? ', or train on less data per run (the tokenized --data stays in RAM)' : '';
-      throw new UserError(e.message.replace(/ Put more of .*$/, ' Keep fewer states in RAM (--ram-percent), compute weights in smaller tiles (--tile-size), ' +
-        `or use a smaller --batch-size, --seq-len or --sub-group-size${data}.`));
+      const ram = items.reduce((n, i) => n + i.ram, 0), disk = items.reduce((n, i) => n + i.disk, 0);
+      throw new LimitRefusal(e.message.replace(/ Put more of .*$/, ' Keep fewer states in RAM (--ram-percent), compute weights in smaller tiles (--tile-size), ' +
+        `or use a smaller --batch-size, --seq-len or --sub-group-size${data}.`), ram > o.ram ? 'ram' : 'disk', ram > o.ram ? ram - o.ram : disk - (o.disk ?? 0), tileBytes);
     }
     throw e;
   }

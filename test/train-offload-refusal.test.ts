@@ -1,0 +1,71 @@
+// An offloaded training plan refused under --ram and --disk names the limit that is short, by the
+// amount that is short (src/train/offload/plan.ts). Before, when the default tiles were short of RAM
+// and every smaller tile (which fit the RAM) was short of disk, it named the RAM limit with the
+// default tiles' shortfall: --ram 40MiB --disk 100MiB was "RAM limit 40.0 MiB is too small by
+// 5.5 MiB", though --ram 40MiB ran without --disk and --ram 46MiB was still refused.
+import { describe, expect, it } from 'vitest';
+import { readPreset } from '../src/models/registry.js';
+import { LimitRefusal, type OffloadPlanInput, planOffload } from '../src/train/offload/plan.js';
+import { formatSize } from '../src/tensor/tiers/size.js';
+
+const MiB = 2 ** 20;
+// The reviewer's run: Llama-test with one layer (a 32000-row f32 embedding and head), fp32,
+// --batch-size 2 --seq-len 64.
+const { arch, config } = readPreset('llama-test', 1);
+const base: Omit<OffloadPlanInput, 'ram'> = { config, names: arch.names(config, () => true), precision: 'fp32', maxTokens: 128, disk: 100 * MiB,
+  checkpointActivations: true };
+
+function refused(o: OffloadPlanInput): LimitRefusal {
+  try {
+    planOffload(o);
+  } catch (e) {
+    if (e instanceof LimitRefusal) return e;
+    throw e;
+  }
+  throw new Error(`planned under ${JSON.stringify({ ram: o.ram, disk: o.disk })}`);
+}
+
+const fits = (o: OffloadPlanInput) => expect(() => planOffload(o)).not.toThrow();
+
+describe('a training plan refused under --ram and --disk', () => {
+  it('names the disk limit, by its shortfall at the tiles the RAM fits, and the RAM limit that would fit it', () => {
+    for (const ram of [40 * MiB, 46 * MiB]) {
+      const e = refused({ ...base, ram });
+      expect(e.tier).toBe('disk');
+      expect(e.message).toMatch(new RegExp(`^disk limit 100\\.0 MiB is too small by ${formatSize(e.short)} for training 1 layers with 128 tokens per micro-batch: ` +
+        `needs ${formatSize(100 * MiB + e.short)} \\(.*\\), with weights in tiles of ${formatSize(e.tileBytes)} \\(with larger ones the RAM limit ${formatSize(ram)} is short\\)\\. ` +
+        'Raise the disk limit by that, or the RAM limit to ([\\d.]+) MiB \\(which keeps enough of the states in RAM\\)\\.$'));
+      // Each claim holds: the RAM limit fits those tiles; the disk limit raised by the shortfall
+      // fits (a byte less does not); the RAM limit named fits the disk limit as it is.
+      fits({ ...base, ram, disk: undefined, tileSize: e.tileBytes });
+      fits({ ...base, ram, disk: 100 * MiB + e.short });
+      expect(refused({ ...base, ram, disk: 100 * MiB + e.short - 1 }).tier).toBe('disk');
+      const enough = Number(/RAM limit to ([\d.]+) MiB/.exec(e.message)![1]) * MiB;
+      expect(enough).toBeGreaterThan(ram);
+      fits({ ...base, ram: enough });
+    }
+  });
+
+  it('gives the least disk shortfall of the tiles tried, not the first', () => {
+    // At 60 MiB every tile fits the RAM; the default ones leave the least of it for the states.
+    const e = refused({ ...base, ram: 60 * MiB });
+    expect(e.message).toMatch(/^disk limit 100\.0 MiB is too small by [\d.]+ MiB .*\)\. Raise the disk limit by that, or the RAM limit to [\d.]+ MiB/);
+    fits({ ...base, ram: 60 * MiB, disk: 100 * MiB + e.short });
+    expect(refused({ ...base, ram: 60 * MiB, disk: 100 * MiB + e.short - 1 }).tier).toBe('disk');
+  });
+
+  it('names the RAM limit where no tile fits it, with or without a disk limit', () => {
+    for (const disk of [100 * MiB, undefined]) {
+      const e = refused({ ...base, ram: 30 * MiB, disk });
+      expect(e.tier).toBe('ram');
+      expect(e.message).toMatch(new RegExp(`^RAM limit 30\\.0 MiB is too small by ${formatSize(e.short)} for training 1 layers .*Keep fewer states in RAM \\(--ram-percent\\)`));
+      expect(e.message).not.toMatch(/disk limit/);
+    }
+  });
+
+  it('with given shares, names only the disk limit (more RAM would not move the states)', () => {
+    const none = { param: 0, grad: 0, master: 0, m: 0, v: 0, act: 0 };
+    const e = refused({ ...base, ram: 60 * MiB, shares: none });
+    expect(e.message).toMatch(/^disk limit 100\.0 MiB is too small by .*\. Raise the disk limit by that\.$/);
+  });
+});
