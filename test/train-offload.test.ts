@@ -13,7 +13,7 @@ import { loadProfile } from '../src/policy/profile.js';
 import { DirectFile } from '../src/tensor/disk/io.js';
 import { type TrainerOptions, openTrainer } from '../src/train/index.js';
 import { cli, cliPeak } from './helpers/cli.js';
-import { readJsonl, tmpDir } from './helpers/fixtures.js';
+import { addTokenizer, readJsonl, tmpDir } from './helpers/fixtures.js';
 import { rng } from './helpers/random.js';
 import { readAll } from './helpers/train.js';
 
@@ -178,10 +178,30 @@ describe('tierlm train --ram --disk-dir', () => {
       '--batch-size', '1', '--seq-len', '512', '--threads', '2', '--ram', `${ram}MiB`, '--disk-dir', tmpDir('offload-much-data-disk')]);
     const refused = run(80);
     expect(refused.code).toBe(1);
-    expect(refused.stderr).toMatch(/RAM limit 80\.0 MiB is too small by .*training data \(tokenized\) 37\.\d MiB.*or train on less data per run/);
+    expect(refused.stderr).toMatch(/RAM limit 80\.0 MiB is too small by .*training data \(tokenized\) and tokenizer 37\.\d MiB.*or train on less data per run/);
     const ok = run(140);
     expect(ok.code, ok.stderr).toBe(0);
     expect(ok.peakRssBytes).toBeLessThanOrEqual(140 * MiB + RUNTIME_OVERHEAD_BYTES);
+  });
+
+  // So is the tokenizer the data was read with: Llama 2's adds ~44 MiB (tokenizerRamBytes), which
+  // the plan left out: this run under --ram 40MiB peaked at 194 MiB, over the limit + 128 MiB.
+  // Counted, 40 MiB is refused up front, and 96 MiB runs within the limit.
+  it('counts the model\'s tokenizer against --ram', () => {
+    const m = model('llama-test', 1, { vocab_size: 32000 });
+    addTokenizer(m);
+    const r = rng(4);
+    const words = 'alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu'.split(' ');
+    const file = path.join(tmpDir('offload-text'), 'data.jsonl');
+    fs.writeFileSync(file, Array.from({ length: 40 }, () => JSON.stringify({ text: Array.from({ length: 30 }, () => words[Math.floor(r() * words.length)]).join(' ') })).join('\n') + '\n');
+    const run = (ram: number) => cliPeak(['train', '--model', m, '--data', file, '--out', tmpDir('offload-text-out'), '--max-steps', '2', '--batch-size', '2',
+      '--seq-len', '64', '--threads', '2', '--ram', `${ram}MiB`, '--disk-dir', tmpDir('offload-text-disk')]);
+    const refused = run(40);
+    expect(refused.code, `peak ${refused.peakRssBytes / MiB} MiB`).toBe(1);
+    expect(refused.stderr).toMatch(/RAM limit 40\.0 MiB is too small by .* 44\.\d MiB/);
+    const ok = run(96);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(ok.peakRssBytes).toBeLessThanOrEqual(96 * MiB + RUNTIME_OVERHEAD_BYTES);
   });
 
   // The LM head makes its logits a chunk of rows at a time (at most 64 MB): the plan charged a row

@@ -6,11 +6,12 @@ import { describe, expect, it } from 'vitest';
 import { initModel } from '../src/models/init.js';
 import { readConfig } from '../src/models/registry.js';
 import { TensorStore } from '../src/formats/safetensors.js';
+import { tokenizerRamBytes } from '../src/formats/tokenizer.js';
 import { loadProfile } from '../src/policy/profile.js';
 import { planTraining } from '../src/train/offload/search.js';
 import { openTrainer } from '../src/train/index.js';
 import { cli } from './helpers/cli.js';
-import { tmpDir } from './helpers/fixtures.js';
+import { addTokenizer, tmpDir } from './helpers/fixtures.js';
 import { rng } from './helpers/random.js';
 
 const MiB = 2 ** 20;
@@ -48,6 +49,17 @@ describe('tierlm plan --train', () => {
     const tiled = cli(['plan', '--train', '--config', 'opt-test', '--layers', '2', '--ram', '48MiB', '--seq-len', '64', '--batch-size', '4', '--tile-size', '64KiB']);
     expect(tiled.stdout).toMatch(/weights in tiles of 64\.0 KiB/);
     expect(cli(['plan', '--config', 'opt-test', '--prompt-len', '8', '--gen-len', '4', '--tile-size', '1MiB']).stderr).toMatch(/--tile-size plan training: add --train/);
+  });
+
+  it('counts the tokenizer a training run holds in RAM', () => {
+    const dir = tmpDir('plan-tokenizer');
+    initModel({ config: 'llama-test', out: dir, layers: 1, seed: 2 });
+    addTokenizer(dir);
+    const r = cli(['plan', '--train', '--model', dir, '--ram', '256MiB', '--seq-len', '32', '--batch-size', '2', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const held = (JSON.parse(r.stdout) as { memory: { what: string; ram: number }[] }).memory.find((i) => i.what === 'training data (tokenized) and tokenizer');
+    expect(held?.ram).toBe(tokenizerRamBytes(dir));
+    expect(held!.ram).toBeGreaterThan(0);
   });
 
   it('--ranks N plans one rank: its share of each state, the whole model\'s compute', () => {

@@ -2,6 +2,7 @@
 // micro-batch and gradient accumulation, each state's placement, sub-group size, prefetch depth
 // and tiles, with the predicted step time and what bounds it.
 import { readConfig, readPreset } from '../models/registry.js';
+import { tokenizerRamBytes } from '../formats/tokenizer.js';
 import type { ModelConfig } from '../models/config.js';
 import type { NameTable } from '../models/architecture.js';
 import { TensorStore } from '../formats/safetensors.js';
@@ -44,7 +45,9 @@ export function trainPlan(o: TrainPlanFlags, profile: HardwareProfile): { plan: 
   const { config, names } = shape(o);
   const seqLen = Math.min(o.seqLen ?? 512, config.maxPositions), batchSize = o.batchSize ?? 4;
   const plan = planTraining({ config, names, precision: o.precision ?? 'fp32', seqLen, batchSize, ram: o.ram, disk: o.disk, profile, checkpointActivations: true,
-    ranks: o.ranks, tileSize: o.tileSize });
+    ranks: o.ranks, tileSize: o.tileSize,
+    // (a training run holds the model's tokenizer in RAM while it reads its data, as it counts it)
+    heldBytes: o.model ? tokenizerRamBytes(o.model) : 0 });
   return { plan, config, seqLen, batchSize };
 }
 

@@ -7,6 +7,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
+import { TextDecoder } from 'node:util';
 import type { GenerationRequest } from '../engine/requests.js';
 import { RULES, type RuleName, checkValue } from '../util/options.js';
 import { UserError } from '../util/errors.js';
@@ -37,19 +38,37 @@ export async function openPrompts(file: string): Promise<PromptSource> {
 
 /** The lines of a text file, streamed: split at "\n" (a "\r" before it dropped) and nowhere else.
  *  (readline also ends a line at a lone "\r", which JSON allows as whitespace inside one: a
- *  valid request became two invalid ones.) A last line without "\n" is yielded too, and a
- *  byte order mark at the start of the file is dropped. */
+ *  valid request became two invalid ones.) A last line without "\n" is yielded too, a byte order
+ *  mark at the start of the file is dropped, and a line that is not valid UTF-8 is yielded as
+ *  unreadable (see unreadableLine). */
 export async function* fileLines(file: string): AsyncGenerator<string> {
-  yield* splitLines(fs.createReadStream(file, { encoding: 'utf8' }) as AsyncIterable<string>);
+  yield* splitLines(fs.createReadStream(file) as AsyncIterable<Buffer>);
 }
 
-/** The lines of decoded text arriving in chunks, as fileLines splits them. Each chunk is searched
- *  for "\n" once, and a line's pieces are joined once when it ends: searching the pending line
- *  again with every 64 KiB chunk made a 64 MB line take 19 s. */
-export async function* splitLines(chunks: AsyncIterable<string>): AsyncGenerator<string> {
-  let pending: string[] = [];
+/** Starts the line yielded in place of one that is not valid UTF-8, before the reason. A lone
+ *  surrogate: strictly decoded text never holds one, and JSON.parse refuses it, so a reader that
+ *  does not ask unreadableLine still fails the line, as one that is not JSON. */
+const UNREADABLE = '\uDC00';
+
+/** Why a line from fileLines or openPrompts could not be read ("not valid UTF-8 (...)"), or null
+ *  for a line that was read. (Decoding replaced bad bytes with U+FFFD: a request or training line
+ *  with broken text was run or trained on without a word.) */
+export function unreadableLine(text: string): string | null {
+  return text.startsWith(UNREADABLE) ? text.slice(UNREADABLE.length) : null;
+}
+
+/** The lines of a byte stream, as fileLines gives them. Bytes are split at 0x0A, which is never
+ *  part of a multi-byte character, so a character cut by a chunk's end is whole in its line; each
+ *  line is decoded once, when it ends. Each chunk is searched for 0x0A once, and a line's pieces
+ *  are joined once: searching the pending line again with every 64 KiB chunk made a 64 MB line
+ *  take 19 s. */
+export async function* splitLines(chunks: AsyncIterable<Buffer> | Iterable<Buffer>): AsyncGenerator<string> {
+  // (ignoreBOM: a BOM is dropped from the file's first line only, below, not from every line)
+  const decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+  let pending: Buffer[] = [];
   let first = true;
-  const line = (text: string) => {
+  const line = (bytes: Buffer) => {
+    let text = decodeLine(decoder, bytes);
     if (first) {
       first = false;
       // (Windows editors save UTF-8 with a BOM; JSON.parse refused line 1 for it)
@@ -59,15 +78,44 @@ export async function* splitLines(chunks: AsyncIterable<string>): AsyncGenerator
   };
   for await (const chunk of chunks) {
     let start = 0;
-    for (let nl = chunk.indexOf('\n'); nl >= 0; nl = chunk.indexOf('\n', start)) {
-      const piece = chunk.slice(start, nl);
-      yield line(pending.length > 0 ? pending.join('') + piece : piece);
+    for (let nl = chunk.indexOf(10); nl >= 0; nl = chunk.indexOf(10, start)) {
+      const piece = chunk.subarray(start, nl);
+      yield line(pending.length > 0 ? Buffer.concat([...pending, piece]) : piece);
       pending = [];
       start = nl + 1;
     }
-    if (start < chunk.length) pending.push(chunk.slice(start));
+    if (start < chunk.length) pending.push(chunk.subarray(start));
   }
-  if (pending.length > 0) yield line(pending.join(''));
+  if (pending.length > 0) yield line(Buffer.concat(pending));
+}
+
+/** A line's text, or the unreadable mark with where its first bad byte is. */
+function decodeLine(decoder: TextDecoder, bytes: Buffer): string {
+  try {
+    return decoder.decode(bytes);
+  } catch {
+    return `${UNREADABLE}not valid UTF-8 (byte offset ${firstBadSequence(bytes)} of the line)`;
+  }
+}
+
+/** Where the first byte sequence of `b` that is not well-formed UTF-8 starts (the Unicode
+ *  standard's table 3-7, as the strict decoder checks), or -1 if there is none. */
+export function firstBadSequence(b: Uint8Array): number {
+  for (let i = 0; i < b.length;) {
+    const c = b[i]!;
+    const n = c < 0x80 ? 0 : c < 0xc2 ? -1 : c < 0xe0 ? 1 : c < 0xf0 ? 2 : c < 0xf5 ? 3 : -1;
+    if (n < 0) return i;
+    // The second byte's range is narrower after E0 and F0 (no overlong forms), ED (no
+    // surrogates) and F4 (nothing past U+10FFFF).
+    const lo = c === 0xe0 ? 0xa0 : c === 0xf0 ? 0x90 : 0x80;
+    const hi = c === 0xed ? 0x9f : c === 0xf4 ? 0x8f : 0xbf;
+    for (let k = 1; k <= n; k++) {
+      const d = b[i + k];
+      if (d === undefined || d < (k === 1 ? lo : 0x80) || d > (k === 1 ? hi : 0xbf)) return i;
+    }
+    i += n + 1;
+  }
+  return -1;
 }
 
 /** Calls `each` with every line of `file` that ends in a newline (decoded, without it) and its
@@ -100,9 +148,9 @@ export function eachLineSync(file: string, each: (line: string, n: number) => vo
 async function bufferedSource(name: string, input: NodeJS.ReadableStream): Promise<PromptSource> {
   const chunks: Buffer[] = [];
   for await (const chunk of input) chunks.push(typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
-  const text = Buffer.concat(chunks).toString('utf8');
-  // (a byte order mark, as fileLines drops it)
-  const all = (text.startsWith('\uFEFF') ? text.slice(1) : text).split(/\r?\n/);
+  // (split and decoded as fileLines does it: a byte order mark dropped, a bad line unreadable)
+  const all: string[] = [];
+  for await (const line of splitLines([Buffer.concat(chunks)])) all.push(line);
   return { name, lines: async function* () { yield* all; } };
 }
 
@@ -158,6 +206,8 @@ function lineLimits(o: Record<string, unknown>, request: GenerationRequest): str
 }
 
 function parseLine(text: string, line: number, file: string): InputLine {
+  const unreadable = unreadableLine(text);
+  if (unreadable !== null) return { line, id: `line-${line}`, error: `${file}:${line}: ${unreadable}` };
   let v: unknown;
   try {
     v = JSON.parse(text);

@@ -4,7 +4,7 @@
 // for a line without a usable one, its line number), so a rerun recognises the lines it answered.
 import { createHash, randomBytes } from 'node:crypto';
 import type { ApiError } from './errors.js';
-import type { RecordKind } from '../formats/jsonl.js';
+import { type RecordKind, unreadableLine } from '../formats/jsonl.js';
 import { ENDPOINTS, type Endpoint } from './validate.js';
 
 export type BatchLine =
@@ -29,6 +29,8 @@ const lineKey = (line: number, customId?: string) => `line:${line}${customId ===
 export function parseBatchLine(text: string, line: number, seen: Set<string>, endpoint?: Endpoint): BatchLine {
   const bad = (customId: string | null, code: string, message: string, key = lineKey(line)): BatchLine =>
     ({ line, id: lineId(key), customId, error: { code, message: `line ${line}: ${message}` } });
+  const unreadable = unreadableLine(text);
+  if (unreadable !== null) return bad(null, 'invalid_json', unreadable);
   let v: unknown;
   try {
     v = JSON.parse(text);

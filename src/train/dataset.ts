@@ -6,7 +6,7 @@
 
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
-import { fileLines } from '../formats/jsonl.js';
+import { fileLines, unreadableLine } from '../formats/jsonl.js';
 import { TextTokenizer } from '../formats/tokenizer.js';
 import { readConfig } from '../models/registry.js';
 import { UserError } from '../util/errors.js';
@@ -57,7 +57,9 @@ export async function readDataset(file: string, o: DataOptions): Promise<Dataset
     // Editors on some systems start UTF-8 files with a byte-order mark.
     const text = n === 1 ? raw.replace(/^\uFEFF/, '') : raw;
     if (text.trim() === '') continue;
-    const item = parseDataLine(text, o);
+    // (a line that is not valid UTF-8 is skipped as a bad line, not trained on with U+FFFD in it)
+    const unreadable = unreadableLine(text);
+    const item = unreadable !== null ? { kind: 'error' as const, error: unreadable } : parseDataLine(text, o);
     if (item.kind === 'error') skipped.push({ line: n, message: `${file}:${n}: ${item.error}` });
     else if (item.kind === 'document') packer.push(item.ids, n);
     else sequences.push(sequenceOf(item.ids, item.labels, n));

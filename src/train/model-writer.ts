@@ -2,15 +2,19 @@
 // tools) load directly: the source model's config.json and tokenizer files, and model.safetensors
 // with the source's tensor names and shapes in the model's own dtype (config.json's torch_dtype),
 // rounded from the fp32 master weights to nearest even. A tied head is stored once, as the source
-// stores it. The caller makes the directory appear atomically (checkpoint.ts).
+// stores it. Source tensors the trainer does not train (an old Llama's rotary inv_freq buffer, the
+// lm_head.weight some tied models also store, which loaders ignore) are copied unchanged, in their
+// own dtype, so the output loads wherever the source did. The caller makes the directory appear
+// atomically (checkpoint.ts).
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { TensorStore } from '../formats/safetensors.js';
+import { type TensorInfo, TensorStore } from '../formats/safetensors.js';
 import { readConfig } from '../models/registry.js';
-import { type FloatDType, narrowInto } from '../tensor/dtype.js';
+import { DTYPE_BYTES, type FloatDType, narrowInto } from '../tensor/dtype.js';
 import { ModelFileError } from '../util/errors.js';
 import { fsyncPath } from '../util/atomic.js';
+import { paramList } from './params.js';
 import { type TensorProducer, writeTensorFile } from './tensor-file.js';
 import { type F32Source, f32Chunk } from './training-state.js';
 
@@ -47,41 +51,77 @@ export function modelDtype(sourceDir: string): FloatDType {
 /** Writes config, tokenizer files and model.safetensors into `dir` (which exists), each fsynced. */
 export async function writeModelFiles(dir: string, sourceDir: string, weights: Map<string, Weight>): Promise<void> {
   const dtype = modelDtype(sourceDir);
-  const entries = modelEntries(sourceDir, weights).map(({ name, weight }): TensorProducer => ({
-    name, dtype, shape: weight.shape, fill: (dst, offset) => narrow(dtype, weight.data, offset, dst),
-  }));
-  for (const f of MODEL_SIDE_FILES) {
-    const src = path.join(sourceDir, f);
-    if (!fs.existsSync(src)) continue;
-    fs.copyFileSync(src, path.join(dir, f));
-    fsyncPath(path.join(dir, f));
+  const source = new SourceBytes();
+  try {
+    const entries = modelEntries(sourceDir, weights).map(({ name, weight, info }): TensorProducer => weight
+      ? { name, dtype, shape: weight.shape, fill: (dst, offset) => narrow(dtype, weight.data, offset, dst) }
+      : { name, dtype: info.dtype, shape: info.shape, fill: (dst, offset) => source.read(info, offset, dst) });
+    for (const f of MODEL_SIDE_FILES) {
+      const src = path.join(sourceDir, f);
+      if (!fs.existsSync(src)) continue;
+      fs.copyFileSync(src, path.join(dir, f));
+      fsyncPath(path.join(dir, f));
+    }
+    await writeTensorFile(path.join(dir, 'model.safetensors'), entries, { format: 'pt' });
+  } finally {
+    source.close();
   }
-  await writeTensorFile(path.join(dir, 'model.safetensors'), entries, { format: 'pt' });
 }
 
-/** The weights in the source's order under the source's names, after checking that they are
- *  exactly the source's tensors (a tied head's alias is dropped: the source does not store it). */
-function modelEntries(sourceDir: string, weights: Map<string, Weight>): { name: string; weight: Weight }[] {
+/** The source's tensors in its order under its names, each with its trained weight, or without
+ *  one to be copied unchanged (a tensor the trainer does not train). Checks that the trained
+ *  weights are the trained tensors of the source, with its shapes (a tied head's alias is
+ *  dropped: the source does not store it). */
+function modelEntries(sourceDir: string, weights: Map<string, Weight>): { name: string; weight?: Weight; info: TensorInfo & { file: string } }[] {
   const { arch, config } = readConfig(sourceDir);
   const store = TensorStore.open(sourceDir);
   try {
-    const head = arch.names(config, (n) => store.has(n)).global.lm_head;
+    const names = arch.names(config, (n) => store.has(n));
+    const trained = new Set(paramList(config, names).map((p) => p.name));
     for (const name of weights.keys()) {
-      if (store.has(name) || (name === 'lm_head.weight' && head !== 'lm_head')) continue;
+      if (store.has(name) || (name === 'lm_head.weight' && names.global.lm_head !== 'lm_head')) continue;
       throw new ModelFileError(store.fileName(name), 'the trained weights have a tensor the source model does not', name);
     }
     return store.names().map((name) => {
       const weight = weights.get(name);
       const info = store.info(name);
-      if (!weight) throw new ModelFileError(info.file, 'the trained weights lack this tensor of the source model', name);
+      if (!weight) {
+        if (trained.has(name)) throw new ModelFileError(info.file, 'the trained weights lack this tensor of the source model', name);
+        return { name, info };
+      }
       const size = info.shape.reduce((a, b) => a * b, 1);
       if (weight.shape.join() !== info.shape.join() || weight.data.length !== size) {
         throw new ModelFileError(info.file, `trained weight has shape [${weight.shape.join(', ')}] (${weight.data.length} values), the source [${info.shape.join(', ')}]`, name);
       }
-      return { name, weight };
+      return { name, weight, info };
     });
   } finally {
     store.close();
+  }
+}
+
+/** Reads the bytes of source tensors copied into a save, keeping each file open for the save. */
+class SourceBytes {
+  private readonly fds = new Map<string, number>();
+
+  /** Fills dst with the tensor's bytes from element `offset` on. */
+  read(info: TensorInfo & { file: string }, offset: number, dst: Uint8Array): void {
+    let fd = this.fds.get(info.file);
+    if (fd === undefined) {
+      fd = fs.openSync(info.file, 'r');
+      this.fds.set(info.file, fd);
+    }
+    const at = info.offset + offset * DTYPE_BYTES[info.dtype];
+    for (let done = 0; done < dst.byteLength;) {
+      const n = fs.readSync(fd, dst, done, dst.byteLength - done, at + done);
+      if (n === 0) throw new ModelFileError(info.file, 'file ends before the tensor\'s data does (changed while training?)', info.name);
+      done += n;
+    }
+  }
+
+  close(): void {
+    for (const fd of this.fds.values()) fs.closeSync(fd);
+    this.fds.clear();
   }
 }
 

@@ -30,7 +30,9 @@ import { type Json, STATE_DIR, type TrainingState } from './training-state.js';
 import type { OffloadOptions } from './offload/open.js';
 import type { OffloadStepStats } from './offload/stats.js';
 import { type Comm, worldComm } from '../dist/comm.js';
-import { rankEnv, threadsPerRank } from '../dist/env.js';
+import { type RankEnv, rankEnv, threadsPerRank } from '../dist/env.js';
+import { FileLock } from '../tensor/disk/lock.js';
+import { tokenizerRamBytes } from '../formats/tokenizer.js';
 import { loadPartitioned, savePartitioned } from './partition/checkpoint.js';
 import { nameStyle, optionName } from '../util/names.js';
 
@@ -70,10 +72,18 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
   const env = rankEnv();
   const comm = worldComm(env);
   checkOut(o.out, o.model);
-  fitSeqLen(o, options.seqLen === undefined);
-  const ctx = dataContextFor(o.model, o.seqLen);
-  const data = await readDataset(o.data, ctx);
-  const evalData = o.evalData !== undefined ? await readDataset(o.evalData, ctx) : null;
+  const unlock = lockOut(o.out, comm);
+  try {
+    yield* trainLocked(o, options.seqLen === undefined, env, comm);
+  } finally {
+    unlock();
+  }
+}
+
+/** The run, once it holds OUT. */
+async function* trainLocked(o: ResolvedOptions, seqLenByDefault: boolean, env: RankEnv, comm: Comm): AsyncGenerator<TrainStepMetrics, void, undefined> {
+  fitSeqLen(o, seqLenByDefault);
+  const { data, evalData } = await readData(o);
   const globalBatch = o.batchSize * comm.size;
   const totalSteps = o.maxSteps ?? Math.ceil(((o.epochs ?? 1) * Math.ceil(data.sequences.length / globalBatch)) / o.gradAccum);
   const math = mathOptions(o, totalSteps, sha256(fs.readFileSync(path.join(o.model, 'config.json'))));
@@ -88,7 +98,7 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
     throw new UserError(`${optionName('out')} ${o.out} already holds a training run (${path.basename(existing)}); pass ${optionName('resume')} to continue it, or choose another ${optionName('out')}`);
   }
   if (existing && o.resume) {
-    checkResume(existing, math, comm.size);
+    checkResume(existing, math, comm.size, data);
     // A save or prune killed midway left a temporary copy (a whole checkpoint's size); a run
     // with nothing left to train makes no save that would clear it.
     if (comm.rank === 0) removeTemporaries(o.out);
@@ -97,7 +107,7 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
     precision: o.precision, lr: o.lr, lrSchedule: o.lrSchedule, warmupSteps: o.warmupSteps, totalSteps, weightDecay: o.weightDecay,
     maxGradNorm: o.maxGradNorm, checkpointActivations: o.checkpointActivations,
     threads: o.threads ?? (env.localSize > 1 ? threadsPerRank(env.localSize) : undefined), comm,
-    offload: offloadOptions(o, datasetBytes(data) + (evalData ? datasetBytes(evalData) : 0)),
+    offload: offloadOptions(o, heldBytes(o, data, evalData)),
   });
   let failed = false;
   try {
@@ -110,6 +120,88 @@ export async function* train(options: TrainRunOptions): AsyncGenerator<TrainStep
   } finally {
     // (also when the caller stops iterating early)
     if (!failed) await trainer.close();
+  }
+}
+
+/** The training data and the eval data, tokenized. The tokenizer is dropped once they are read:
+ *  nothing later needs it (chat templates are applied while reading). */
+async function readData(o: ResolvedOptions): Promise<{ data: Dataset; evalData: Dataset | null }> {
+  const ctx = dataContextFor(o.model, o.seqLen);
+  const data = await readDataset(o.data, ctx);
+  const evalData = o.evalData !== undefined ? await readDataset(o.evalData, ctx) : null;
+  return { data, evalData };
+}
+
+/** RAM the run holds besides the trainer's buffers for as long as it trains, which an offloaded
+ *  run's plan counts against --ram: the tokenized data, and the tokenizer that read it (dropped,
+ *  but V8 keeps the heap its parse grew: ~44 MiB for Llama 2's, which took a run under --ram 40MiB
+ *  to 197 MiB; generation counts it the same way). */
+function heldBytes(o: ResolvedOptions, data: Dataset, evalData: Dataset | null): number {
+  return datasetBytes(data) + (evalData ? datasetBytes(evalData) : 0) + tokenizerRamBytes(o.model);
+}
+
+/** One run at a time trains into OUT: two runs on one OUT cleared each other's save in progress
+ *  as a leftover, pruned each other's checkpoints, or both saved every step (checkpoint-21 beside
+ *  checkpoint-21-1). Rank 0 holds `OUT.lock` (an flock: the kernel drops it when the run dies, so
+ *  a killed run's is taken over) with its pid in it for the refusal to name; every rank gets the
+ *  answer, so none waits in a collective for a rank that stopped. Returns the release, which
+ *  deletes the file, as generation does with its output's lock. */
+function lockOut(out: string, comm: Comm): () => void {
+  const file = path.join(path.dirname(out), `${path.basename(out)}.lock`);
+  // Rank 0's answer, for every rank: [0] 0 = taken, 1 = held by another run ([1] its pid, 0 if
+  // unknown), 2 = rank 0 could not lock.
+  const answer = new Int32Array(2);
+  let lock: FileLock | null = null, error: unknown = null;
+  if (comm.rank === 0) {
+    try {
+      const r = takeLock(out, file);
+      if (r instanceof FileLock) lock = r;
+      else answer.set([1, r.holder]);
+    } catch (e) {
+      error = e;
+      answer[0] = 2;
+    }
+  }
+  comm.broadcast(answer, 0).wait();
+  if (error) throw error;
+  if (answer[0] === 2) throw new UserError(`${optionName('out')} ${out}: rank 0 cannot lock ${file}`);
+  if (answer[0] === 1) {
+    throw new UserError(`${optionName('out')} ${out}: another training run${answer[1] ? ` (pid ${answer[1]})` : ''} is writing it (it holds ${file}); ` +
+      `wait for it to end, or choose another ${optionName('out')}`);
+  }
+  return () => {
+    if (!lock) return;
+    fs.rmSync(file, { force: true });
+    lock.release();
+  };
+}
+
+/** Takes `file`'s lock and writes this process's pid in it, or returns the pid its holder wrote
+ *  (0 when it has not yet). */
+function takeLock(out: string, file: string): FileLock | { holder: number } {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    let lock: FileLock | null;
+    try {
+      lock = FileLock.tryAcquire(file);
+    } catch (e) {
+      throw new UserError(`${optionName('out')} ${out}: cannot create its lock file ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+    if (!lock) return { holder: lockHolder(file) };
+    if (lock.isCurrent()) {
+      fs.writeFileSync(file, `${process.pid}\n`);
+      return lock;
+    }
+    lock.release(); // the file a finishing run just deleted: take the new one
+  }
+  throw new UserError(`${optionName('out')} ${out}: cannot hold its lock file ${file}: other runs keep replacing it`);
+}
+
+function lockHolder(file: string): number {
+  try {
+    const pid = fs.readFileSync(file, 'utf8').trim();
+    return /^\d+$/.test(pid) ? Number(pid) : 0;
+  } catch {
+    return 0;
   }
 }
 
@@ -206,9 +298,11 @@ function checkRanksAgree(comm: Comm, data: Dataset, evalData: Dataset | null, ma
     `differ${differ.length > 1 ? '' : 's'} from rank 0 (${counts}); give every rank the same ${optionName('data')}, ${optionName('evalData')} and options`);
 }
 
-/** Checks that the run's options match those of the checkpoint `dir` it resumes (before any
- *  weight is read, so that another model is named as such, not by a missing tensor). */
-function checkResume(dir: string, math: Record<string, string | number>, ranks: number): void {
+/** Checks that the run's options and data match those of the checkpoint `dir` it resumes (before
+ *  any weight is read, so that another model is named as such, not by a missing tensor, and
+ *  before the trainer opens: an offloaded one fills its states on disk first, minutes for
+ *  OPT-1.3B). */
+function checkResume(dir: string, math: Record<string, string | number>, ranks: number, data: Dataset): void {
   // Each rank's slices of the state only fit the same number of ranks.
   const savedRanks = savedOptions(dir)?.ranks ?? 1;
   if (savedRanks !== ranks) {
@@ -221,6 +315,12 @@ function checkResume(dir: string, math: Record<string, string | number>, ranks: 
       throw new UserError(`${dir}: cannot resume: ${shownKey(k)} is ${JSON.stringify(v)}, the run being resumed used ${JSON.stringify(saved[k] ?? null)}; ` +
         `resume with the same value, or start a new run in another ${optionName('out')}`);
     }
+  }
+  // (Batcher.restore checks it again, for callers that resume without this check.)
+  const fingerprint = (savedState(dir)?.data_position as { fingerprint?: Json } | undefined)?.fingerprint;
+  if (typeof fingerprint === 'string' && fingerprint !== data.fingerprint) {
+    throw new UserError(`${data.file}: the data differs from the run being resumed (${dir}; file, tokenizer or sequence length changed); its sequences would not continue ` +
+      `where that run stopped; resume with the same ${optionName('data')}, or start a new run in another ${optionName('out')}`);
   }
 }
 
@@ -244,15 +344,21 @@ async function restore(trainer: Trainer, dir: string, comm: Comm): Promise<Omit<
   return { ...state, dir };
 }
 
-/** The options a checkpoint was saved with, or null when its state.json cannot be read (then
- *  loadCheckpoint reports what is wrong with it). */
-function savedOptions(dir: string): Record<string, Json> | null {
+/** A checkpoint's state.json, or null when it cannot be read (then loadCheckpoint reports what
+ *  is wrong with it). */
+function savedState(dir: string): Record<string, Json> | null {
   try {
-    const j = JSON.parse(fs.readFileSync(path.join(dir, STATE_DIR, 'state.json'), 'utf8')) as { options?: Record<string, Json> };
-    return j.options ?? {};
+    const j = JSON.parse(fs.readFileSync(path.join(dir, STATE_DIR, 'state.json'), 'utf8')) as Json;
+    return typeof j === 'object' && j !== null && !Array.isArray(j) ? j : null;
   } catch {
     return null;
   }
+}
+
+/** The options a checkpoint was saved with, or null when its state.json cannot be read. */
+function savedOptions(dir: string): Record<string, Json> | null {
+  const j = savedState(dir);
+  return j && ((j.options ?? {}) as Record<string, Json>);
 }
 
 function savedMathOptions(dir: string): Record<string, Json> | null {

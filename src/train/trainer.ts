@@ -27,7 +27,8 @@ import { openRankOffload } from './partition/open.js';
 import { MasterSpill } from './partition/checkpoint.js';
 import type { Comm } from '../dist/comm.js';
 import { type LrSchedule, checkSchedule, learningRate } from './schedule.js';
-import { type Offloaded, type OffloadOptions, openOffload, restoreOffload } from './offload/open.js';
+import { type Offloaded, type OffloadOptions, checkModelTensors, openOffload, restoreOffload } from './offload/open.js';
+import { modelDtype } from './model-writer.js';
 import type { OffloadStore } from './offload/store.js';
 import type { OffloadStepStats } from './offload/stats.js';
 import { type OffloadCost, predictOffloadStep } from './offload/cost.js';
@@ -356,6 +357,12 @@ export async function openTrainer(dir: string, options: TrainerOptions = {}): Pr
   const tensors = TensorStore.open(dir);
   try {
     const names = arch.names(config, (n) => tensors.has(n));
+    // What saves need of the source, checked before any state is filled or step taken (a run
+    // refused at its first save lost every step): each trained tensor present with the shape
+    // config.json gives it (a save writes it under that name; every other tensor is copied
+    // unchanged), and the dtype saves write in.
+    checkModelTensors(config, names, tensors);
+    modelDtype(dir);
     const mode = precision === 'bf16' ? options.computeMode ?? 'bf16' : 'fp32';
     if (mode !== 'fp32' && mode !== 'bf16') throw new RangeError(`computeMode must be 'fp32' or 'bf16', got ${String(mode)}`);
     const comm = options.comm;

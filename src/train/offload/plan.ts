@@ -194,7 +194,7 @@ export function stepActivationBytes(c: ModelConfig, t: number, checkpointActivat
 export function placeStates(o: OffloadPlanInput, probe: Layout, items: MemoryItem[],
   p: { subGroupSize: number; optimizerSets: number; maxDepth: number; tileBytes: number; tiled: Set<string>; actTotal: number; actInRam?: boolean }): OffloadPlan {
   const c = o.config, t = o.maxTokens, { subGroupSize, optimizerSets, maxDepth, tileBytes, tiled } = p;
-  if (o.heldBytes) items = [{ what: 'training data (tokenized)', ram: o.heldBytes, disk: 0 }, ...items];
+  if (o.heldBytes) items = [{ what: 'training data (tokenized) and tokenizer', ram: o.heldBytes, disk: 0 }, ...items];
   let left = o.ram - items.reduce((n, i) => n + i.ram, 0);
   const shares = { param: 0, grad: 0, master: 0, m: 0, v: 0, act: 0 } as Shares;
   const totals: Record<string, number> = Object.fromEntries(probe.kinds.map((k) => [k, probe.params.reduce((n, q) => n + q.size * kindBytes(k), 0)]));
@@ -223,7 +223,7 @@ export function placeStates(o: OffloadPlanInput, probe: Layout, items: MemoryIte
   } catch (e) {
     // checkLimits' advice is generation's; training's levers are these.
     if (e instanceof UserError) {
-      const data = (o.heldBytes ?? 0) > o.ram / 4 ? ', or train on less data per run (the tokenized --data stays in RAM)' : '';
+      const data = (o.heldBytes ?? 0) > o.ram / 4 ? ', or train on less data per run (the tokenized --data and the tokenizer stay in RAM)' : '';
       const ram = items.reduce((n, i) => n + i.ram, 0), disk = items.reduce((n, i) => n + i.disk, 0);
       throw new LimitRefusal(e.message.replace(/ Put more of .*$/, ' Keep fewer states in RAM (--ram-percent), compute weights in smaller tiles (--tile-size), ' +
         `or use a smaller --batch-size, --seq-len or --sub-group-size${data}.`), ram > o.ram ? 'ram' : 'disk', ram > o.ram ? ram - o.ram : disk - (o.disk ?? 0), tileBytes);

@@ -36,6 +36,8 @@ export interface TrainPlanInput {
   microBatch?: number;
   /** Data-parallel ranks (default 1): with more, the plan is one rank's (src/train/partition/plan.ts). */
   ranks?: number;
+  /** Bytes the run holds in RAM besides the plan's buffers (the tokenized data, the tokenizer). */
+  heldBytes?: number;
 }
 
 export interface TrainPlan {
@@ -72,7 +74,7 @@ function planTrainingWith(o: TrainPlanInput, retile: boolean): TrainPlan {
     let plan: OffloadPlan;
     try {
       const input = { config: o.config, names: o.names, precision: o.precision, maxTokens: tokens, ram: o.ram, disk: o.disk, shares: o.shares,
-        subGroupSize: o.subGroupSize, tileSize: o.tileSize, checkpointActivations: o.checkpointActivations, retile };
+        subGroupSize: o.subGroupSize, tileSize: o.tileSize, checkpointActivations: o.checkpointActivations, retile, heldBytes: o.heldBytes };
       plan = ranks > 1 ? planRank({ ...input, ranks }) : planOffload(input);
     } catch (e) {
       if (!(e instanceof UserError)) throw e;
