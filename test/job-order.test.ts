@@ -85,9 +85,24 @@ describe('an id taken by a malformed line', () => {
     expect(x.map((r) => [r.id, r.error === undefined])).toEqual([['x', true], ['x', false]]);
     const alone = await collect([{ id: 'x', promptTokenIds: [7, 9] }]);
     expect(x[0]!.token_ids).toEqual(alone);
-    // and the job is done: a third run skips every line
+    // A third run runs nothing again; line 3 is still a duplicate, reported as any bad line is
+    // on every run.
     const again = await job(dir, 'fixed.jsonl', [req('x'), req('y'), req('x', { prompt_token_ids: [7, 8, 9] })], out);
-    expect([again.summary.succeeded, again.summary.failed, again.summary.skipped]).toEqual([0, 0, 3]);
+    expect([again.summary.succeeded, again.summary.failed, again.summary.skipped]).toEqual([0, 1, 2]);
+    expect(again.rows.at(-1)!.error).toBe(`${path.join(dir, 'fixed.jsonl')}:3: duplicate id "x"`);
+  });
+
+  // Results are written as requests finish, and a duplicate's error line waits for the lines
+  // before it: a run killed after writing "a" while "head" still ran had written no error for
+  // line 3, and the rerun skipped it as done, exit 0.
+  it('a rerun after a kill still refuses the duplicate of an id already done', async () => {
+    const dir = tmpDir('job-dup-killed');
+    const out = path.join(dir, 'out.jsonl');
+    // what the killed run left: a's result only
+    fs.writeFileSync(out, JSON.stringify({ id: 'a', prompt_tokens: 2, token_ids: [5], text: '', finish_reason: 'length' }) + '\n');
+    const rerun = await job(dir, 'in.jsonl', [req('head'), req('a'), req('a', { prompt_token_ids: [7, 8] })], out);
+    expect([rerun.summary.succeeded, rerun.summary.failed, rerun.summary.skipped]).toEqual([1, 1, 1]);
+    expect(rerun.rows.slice(1).map((r) => [r.id, r.error ?? 'result'])).toEqual([['head', 'result'], ['a', `${path.join(dir, 'in.jsonl')}:3: duplicate id "a"`]]);
   });
 
   it("a batch line's custom_id is taken likewise (a malformed first line's)", () => {

@@ -1,8 +1,10 @@
 // Chat logprobs give each token its own bytes (OpenAI's `bytes`): a token holding part of a
 // multi-byte character shows it as `\xNN` in its string, and the bytes of a sample's tokens add
 // up to its text's — for byte-level BPE (GPT-2, Llama 3, Qwen2) and SentencePiece byte fallback.
+import fs from 'node:fs';
+import path from 'node:path';
 import { describe, expect, it, vi } from 'vitest';
-import { TextTokenizer } from '../src/formats/tokenizer.js';
+import { TextTokenizer, unboundedSpelling } from '../src/formats/tokenizer.js';
 import { type ServedModel, escapeBytes, prepare, responseBody } from '../src/openai/translate.js';
 import { BEGIN, END, writeByteLevelTokenizer } from './helpers/byte-level-tokenizer.js';
 import { tmpDir } from './helpers/fixtures.js';
@@ -89,6 +91,32 @@ describe('a prompt surely past the context is refused before it is encoded', () 
       for (const text of texts) expect(t.minTokens(text), JSON.stringify(text.slice(0, 20))).toBeLessThanOrEqual(t.encode(text, false).length);
       expect(t.minTokens('x'.repeat(1 << 20))).toBeGreaterThan(1000);
     }
+  });
+
+  // A token that can stand for text of any length (a fused unknown token without byte fallback:
+  // 60000 newlines were one <unk>, and a 4-token prompt was refused as "at least 600"), or text a
+  // normalizer or pre-tokenizer deletes, leaves no bound: minTokens is 0 there.
+  it('knows no bound where one token may stand for any text, or text may vanish', () => {
+    const dir = tmpDir('tokenizer-no-fallback');
+    const json = JSON.parse(fs.readFileSync(path.join(tokenizerModelDir(), 'tokenizer.json'), 'utf8'));
+    expect(unboundedSpelling(json)).toBeNull();
+    json.model.byte_fallback = false;
+    json.decoder.decoders = json.decoder.decoders.filter((d: { type: string }) => d.type !== 'ByteFallback');
+    fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(json));
+    const t = TextTokenizer.load(dir)!;
+    for (const text of ['Hello' + '\n'.repeat(60000) + 'world', '\u{20000}'.repeat(14000)]) {
+      expect(t.encode(text, false).length).toBeLessThan(10);
+      expect(t.minTokens(text)).toBe(0);
+    }
+    expect(unboundedSpelling(json)).toMatch(/without byte fallback/);
+    expect(unboundedSpelling({ model: { type: 'WordPiece', unk_token: '[UNK]' } })).toMatch(/WordPiece/);
+    expect(unboundedSpelling({ model: { type: 'BPE' }, normalizer: { type: 'Sequence', normalizers: [{ type: 'NFC' }, { type: 'Strip', left: true, right: true }] } })).toMatch(/normalizer/);
+    expect(unboundedSpelling({ model: { type: 'BPE' }, normalizer: { type: 'Replace', pattern: { String: '\t' }, content: '' } })).toMatch(/normalizer/);
+    expect(unboundedSpelling({ model: { type: 'BPE' }, pre_tokenizer: { type: 'BertPreTokenizer' } })).toMatch(/pre-tokenizer/);
+    expect(unboundedSpelling({ model: { type: 'BPE' }, pre_tokenizer: { type: 'Split', pattern: { String: ' ' }, behavior: 'Removed' } })).toMatch(/pre-tokenizer/);
+    // Llama 3 / Qwen2's layout keeps every character
+    expect(unboundedSpelling({ model: { type: 'BPE', unk_token: null }, normalizer: { type: 'NFC' },
+      pre_tokenizer: { type: 'Sequence', pretokenizers: [{ type: 'Split', pattern: { Regex: '\\s+' }, behavior: 'Isolated' }, { type: 'ByteLevel' }] } })).toBeNull();
   });
 
   it('the server refuses it naming the context, without encoding it', () => {

@@ -57,6 +57,9 @@ export async function runJob(model: LanguageModel, writer: ResultWriter, o: JobO
     for await (const item of readRequests(source)) {
       const id = 'request' in item ? item.request.id : item.id;
       if (writer.done.has(id) && !seen.has(id)) {
+        // (taken, so that a later line with the id is refused as a duplicate again: a run killed
+        // after writing a result, while a duplicate's error line still waited, had none of it)
+        seen.add(id);
         summary.skipped++;
         continue;
       }

@@ -169,6 +169,31 @@ const UNICODE_TO_BYTE: ReadonlyMap<string, number> = (() => {
   return map;
 })();
 
+/** Why one token of this tokenizer.json may stand for text of any length, or text may vanish
+ *  before the model sees it, so that no byte count bounds the tokens from below (minTokens); null
+ *  when neither can happen. An unknown-token fallback without byte fallback fuses any run of
+ *  unknown characters into one token (BPE, Unigram) or a whole word (WordPiece, WordLevel); some
+ *  normalizers and pre-tokenizers delete characters (control characters, accents, whitespace). */
+export function unboundedSpelling(json: Record<string, unknown>): string | null {
+  const model = (json.model ?? {}) as Record<string, unknown>;
+  if (model.type === 'WordPiece' || model.type === 'WordLevel') return `a ${String(model.type)} model maps a whole unknown word to one token`;
+  const unk = model.unk_token ?? model.unk_id;
+  if (unk !== undefined && unk !== null && model.byte_fallback !== true) return 'unknown characters fall back to one unknown token, without byte fallback';
+  const keeps = (d: unknown, safe: (o: Record<string, unknown>) => boolean, list: string): boolean => {
+    if (d === null || d === undefined) return true;
+    const o = d as Record<string, unknown>;
+    if (o.type === 'Sequence') return Array.isArray(o[list]) && (o[list] as unknown[]).every((x) => keeps(x, safe, list));
+    return safe(o);
+  };
+  const safeNormalizer = (o: Record<string, unknown>) => ['NFC', 'NFD', 'NFKC', 'NFKD', 'Lowercase', 'Prepend'].includes(o.type as string) ||
+    (o.type === 'Replace' && typeof o.content === 'string' && o.content !== '');
+  if (!keeps(json.normalizer, safeNormalizer, 'normalizers')) return 'its normalizer may delete characters';
+  const safePre = (o: Record<string, unknown>) => ['ByteLevel', 'Metaspace', 'Digits', 'Punctuation', 'UnicodeScripts'].includes(o.type as string) ||
+    (o.type === 'Split' && o.behavior !== 'Removed');
+  if (!keeps(json.pre_tokenizer, safePre, 'pretokenizers')) return 'its pre-tokenizer may delete characters';
+  return null;
+}
+
 export class TextTokenizer {
   private readonly template: Template | null = null;
   private readonly templateFile: string | null;
@@ -186,6 +211,8 @@ export class TextTokenizer {
     private readonly config: Record<string, unknown>,
     private readonly file: string,
     decoder: unknown,
+    /** unboundedSpelling's reason, or null: minTokens then knows no bound. */
+    private readonly unbounded: string | null = null,
   ) {
     this.spelling = tokenSpelling(decoder);
     const source = chatTemplateSource(path.dirname(file), config);
@@ -206,7 +233,7 @@ export class TextTokenizer {
     const json = readJsonObject(file);
     const config = fs.existsSync(configFile) ? readJsonObject(configFile) : {};
     try {
-      return new TextTokenizer(new Tokenizer(json, config), config, file, json.decoder);
+      return new TextTokenizer(new Tokenizer(json, config), config, file, json.decoder, unboundedSpelling(json));
     } catch (e) {
       if (e instanceof ModelFileError) throw e;
       throw new ModelFileError(file, `cannot build the tokenizer: ${(e as Error).message}`);
@@ -253,6 +280,8 @@ export class TextTokenizer {
    *  one byte). A prompt that far past the context is refused at once: encoding a 4 MiB prompt
    *  took 8 s on the server's one thread and ~1 GB of memory beyond its --ram. */
   minTokens(text: string): number {
+    // (a fused unknown token can stand for 60000 characters: no bound then, see unboundedSpelling)
+    if (this.unbounded !== null) return 0;
     this.longestToken ??= this.mostTokenBytes();
     return this.longestToken > 0 ? Math.floor(Buffer.byteLength(text, 'utf8') / (4 * this.longestToken)) : 0;
   }
