@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { readPreset } from '../src/models/registry.js';
 import { LimitRefusal, type OffloadPlanInput, planOffload } from '../src/train/offload/plan.js';
 import { formatSize } from '../src/tensor/tiers/size.js';
+import { planRank } from '../src/train/partition/plan.js';
 
 const MiB = 2 ** 20;
 // The reviewer's run: Llama-test with one layer (a 32000-row f32 embedding and head), fp32,
@@ -60,7 +61,19 @@ describe('a training plan refused under --ram and --disk', () => {
       expect(e.tier).toBe('ram');
       expect(e.message).toMatch(new RegExp(`^RAM limit 30\\.0 MiB is too small by ${formatSize(e.short)} for training 1 layers .*Keep fewer states in RAM \\(--ram-percent\\)`));
       expect(e.message).not.toMatch(/disk limit/);
+      expect(e.message).toMatch(/--tile-size/);
     }
+  });
+
+  it('under ranks, which compute weights untiled, does not advise --tile-size', () => {
+    let message = '';
+    try {
+      planRank({ ...base, ram: 3 * MiB, disk: undefined, ranks: 2 });
+    } catch (e) {
+      message = (e as Error).message;
+    }
+    expect(message).toMatch(/^RAM limit 3\.0 MiB is too small by .*Keep fewer states in RAM \(--ram-percent\), or use a smaller --batch-size/);
+    expect(message).not.toMatch(/--tile-size/);
   });
 
   it('with given shares, names only the disk limit (more RAM would not move the states)', () => {

@@ -51,6 +51,8 @@ describe.skipIf(!haveMpi && !ci)('tierlm train --ram under mpirun', () => {
     const r = mpirun(2, [...two, '--out', off, '--ram', '64MiB', '--disk-dir', disk, ...shares]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/model states: .* in RAM, .* on disk/);
+    // (it said "no saved hardware profile" whether or not one was saved)
+    expect(r.stderr).toMatch(/no predicted step time under ranks \(`tierlm plan --train --ranks N` predicts one rank's\)/);
     expectIdentical(off, inRam);
     // Rank 0's transfers of each step, as one process reports its own.
     for (const l of readJsonl<{ disk_read_bytes?: number; disk_written_bytes?: number }>(path.join(off, 'metrics.jsonl'))) {

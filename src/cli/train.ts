@@ -82,7 +82,7 @@ async function runTrain(o: Omit<TrainRunOptions, 'onStart'>, report: boolean): P
             (info.offload.tiledWeights > 0 ? `; ${info.offload.tiledWeights} weights computed in tiles of ${formatSize(info.offload.tileBytes)}` : ''));
           const p = info.predicted;
           err(p ? `predicted step ${p.seconds.toFixed(2)} s, bound by ${p.bound} (compute ${p.computeSeconds.toFixed(2)} s, forward/backward disk ${p.passIoSeconds.toFixed(2)} s, optimizer ${p.optimizerSeconds.toFixed(2)} s, ${p.optimizerHiddenSeconds.toFixed(2)} s of it under the next forward)`
-            : 'no saved hardware profile (`tierlm profile`): no predicted step time');
+            : info.unpredicted ?? 'no predicted step time');
         }
         if (report) progress = new StepProgress(info.startStep);
       },

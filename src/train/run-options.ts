@@ -78,6 +78,9 @@ export interface TrainRunInfo {
   offload?: { ramBytes: number; diskBytes: number; subGroupSize: number; tiledWeights: number; tileBytes: number };
   /** Offloaded runs with a saved hardware profile: the cost model's step time and what bounds it. */
   predicted?: { seconds: number; bound: string; computeSeconds: number; passIoSeconds: number; optimizerSeconds: number; optimizerHiddenSeconds: number };
+  /** Offloaded runs without `predicted`: why not (no saved profile; or ranks, whose step
+   *  `tierlm plan --train --ranks N` predicts). */
+  unpredicted?: string;
 }
 
 type Optional = 'maxSteps' | 'epochs' | 'evalData' | 'threads' | 'onStart' | 'ram' | 'diskDir' | 'disk' | 'subGroupSize' | 'ramPercent' | 'tileSize';

@@ -228,7 +228,7 @@ async function* runSteps(trainer: Trainer, o: ResolvedOptions, data: Dataset, ev
     skipped: [...data.skipped, ...(evalData?.skipped ?? [])].map((s) => s.message),
     parameters: trainer.parameterCount(),
     ...(trainer.offloadPlacement() ? { offload: trainer.offloadPlacement()! } : {}),
-    ...predicted(trainer, o),
+    ...predicted(trainer, o, comm.size),
   });
   const metrics = lead ? MetricsWriter.open(o.out, startStep) : null;
   try {
@@ -404,9 +404,13 @@ async function evaluate(trainer: Trainer, data: Dataset, batchSize: number): Pro
 /** The trainer's offload options from the run's (none without a RAM limit). */
 /** An offloaded run's predicted step time from the saved hardware profile (none when there is no
  *  saved profile: training does not stop to measure one). */
-function predicted(trainer: Trainer, o: ResolvedOptions): { predicted?: TrainRunInfo['predicted'] } {
-  const profile = trainer.offloads ? loadProfile(defaultProfilePath()) : null;
-  const p = profile && trainer.predictStep(profile, o.batchSize * o.seqLen, o.gradAccum, o.seqLen);
+function predicted(trainer: Trainer, o: ResolvedOptions, ranks: number): Pick<TrainRunInfo, 'predicted' | 'unpredicted'> {
+  // (a ranked store's states are partitioned, not offloaded: the cost model of one rank is plan's)
+  if (ranks > 1 && o.ram !== undefined) return { unpredicted: 'no predicted step time under ranks (`tierlm plan --train --ranks N` predicts one rank\'s)' };
+  if (!trainer.offloads) return {};
+  const profile = loadProfile(defaultProfilePath());
+  if (!profile) return { unpredicted: 'no saved hardware profile (`tierlm profile`): no predicted step time' };
+  const p = trainer.predictStep(profile, o.batchSize * o.seqLen, o.gradAccum, o.seqLen);
   return p ? { predicted: { seconds: p.seconds, bound: p.bound, computeSeconds: p.computeSeconds, passIoSeconds: p.passIoSeconds, optimizerSeconds: p.optimizerSeconds,
     optimizerHiddenSeconds: p.optimizerHiddenSeconds } } : {};
 }

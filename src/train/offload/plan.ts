@@ -225,7 +225,9 @@ export function placeStates(o: OffloadPlanInput, probe: Layout, items: MemoryIte
     if (e instanceof UserError) {
       const data = (o.heldBytes ?? 0) > o.ram / 4 ? ', or train on less data per run (the tokenized --data and the tokenizer stay in RAM)' : '';
       const ram = items.reduce((n, i) => n + i.ram, 0), disk = items.reduce((n, i) => n + i.disk, 0);
-      throw new LimitRefusal(e.message.replace(/ Put more of .*$/, ' Keep fewer states in RAM (--ram-percent), compute weights in smaller tiles (--tile-size), ' +
+      // (no tiles under ranks, which plan with tiling off: --tile-size would change nothing there)
+      const tiles = tileBytes === 0 ? '' : 'compute weights in smaller tiles (--tile-size), ';
+      throw new LimitRefusal(e.message.replace(/ Put more of .*$/, ` Keep fewer states in RAM (--ram-percent), ${tiles}` +
         `or use a smaller --batch-size, --seq-len or --sub-group-size${data}.`), ram > o.ram ? 'ram' : 'disk', ram > o.ram ? ram - o.ram : disk - (o.disk ?? 0), tileBytes);
     }
     throw e;
