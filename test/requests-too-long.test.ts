@@ -75,6 +75,12 @@ describe('scanPrompts', () => {
     expect(scan).toEqual({ count: 6, pending: 5, longest: 10 });
   });
 
+  it('plans without the lines a rerun skips as done', async () => {
+    const lines = [{ id: 'long', prompt_token_ids: Array.from({ length: 40 }, () => 5) }, { id: 'b', prompt_token_ids: [5, 6, 7] }];
+    expect(await scanPrompts(source(lines), new Set(), limits)).toEqual({ count: 2, pending: 2, longest: 40 });
+    expect(await scanPrompts(source(lines), new Set(['long']), limits)).toEqual({ count: 2, pending: 1, longest: 3 });
+  });
+
   it('counts a long line that might fit at the positions less one', async () => {
     // 300 characters: about 102 tokens by the estimate, at least 37 by minTokens, so it may fit
     const scan = await scanPrompts(source([

@@ -228,7 +228,9 @@ export async function scanPrompts(source: PromptSource, done: ReadonlySet<string
     count++;
     if (!('request' in item)) continue;
     const r = item.request;
-    if (!done.has(r.id)) pending++;
+    // (a line a rerun skips is not planned for: a long one done already shrank the batch)
+    if (done.has(r.id)) continue;
+    pending++;
     longest = Math.max(longest, Math.min(cap, promptEstimate(r, cap, limits)));
   }
   return { count, longest, pending };
