@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { type GenerationResult, type SamplingParams, loadModel } from '../src/index.js';
-import { GREEDY, Rng, TokenHistory, applyPenalties, argmax, candidates, sample, sortedIndices } from '../src/engine/sampling.js';
+import { GREEDY, Rng, TokenHistory, applyPenalties, argmax, candidates, sample, sortedIndices, topKIndices } from '../src/engine/sampling.js';
 import { cli } from './helpers/cli.js';
 import { type Prompt, fixturePrompts, readJsonl, fixturesDir, tmpDir } from './helpers/fixtures.js';
 import { rng } from './helpers/random.js';
@@ -23,7 +23,8 @@ function reference(logits: number[], p: SamplingParams, prompt: number[], genera
   const e = l.map((x) => Math.exp((x - max) / p.temperature));
   const z = e.reduce((a, b) => a + b, 0);
   let order = e.map((v, i) => ({ i, p: v / z })).sort((a, b) => b.p - a.p);
-  if (p.topK > 0) order = order.slice(0, p.topK);
+  // Hugging Face's TopKLogitsWarper: every token at least as likely as the k-th (ties kept).
+  if (p.topK > 0 && p.topK < order.length) order = order.filter((x) => x.p >= order[p.topK - 1]!.p);
   if (p.topP < 1) {
     // The smallest prefix whose mass reaches top_p (of the mass left after top-k).
     const mass = order.reduce((a, b) => a + b.p, 0);
@@ -111,7 +112,7 @@ describe('sampling against the reference', () => {
     for (const [seed, n] of [[1, 1], [2, 7], [3, 1001], [4, 32003]] as const) {
       const r = rng(seed);
       // Few distinct values, so ties are common; both signs, ±0 and ±Infinity among them.
-      const pool = [-Infinity, -3.5, -1e-30, 0, 1e-30, 2.25, 7, 1e30, Infinity];
+      const pool = [-Infinity, -3.5, -1e-30, -0, 0, 1e-30, 2.25, 7, 1e30, Infinity];
       const row = Float32Array.from({ length: n }, () => (r() < 0.5 ? pool[Math.floor(r() * pool.length)]! : (r() - 0.5) * 20));
       const want = Array.from({ length: n }, (_, i) => i).sort((a, b) => row[b]! - row[a]! || a - b);
       expect(sortedIndices(row), `n = ${n}`).toEqual(want);
@@ -205,21 +206,115 @@ describe('n samples and penalties in the engine', () => {
 });
 
 describe('seeds', () => {
-  it('every bit of a safe-integer seed counts (2^32 + 7 repeated seed 7); below 2^32 the streams are what they were', () => {
-    const draws = (seed: number) => { const r = new Rng(seed, 'req'); return [r.next(), r.next(), r.next()]; };
-    expect(draws(2 ** 32 + 7)).not.toEqual(draws(7));
-    expect(draws(2 ** 52 + 7)).not.toEqual(draws(2 ** 32 + 7));
-    expect(draws(Number.MAX_SAFE_INTEGER)).not.toEqual(draws(2 ** 32 - 1));
-    // SplitMix32 from the 32-bit seed, as before (the fixtures' sampled references depend on it)
-    let h = (7 ^ 0x9e3779b9) >>> 0;
-    for (const ch of 'req') h = Math.imul(h ^ ch.charCodeAt(0), 0x01000193);
-    const r = new Rng(7, 'req');
-    let state = h >>> 0;
-    state = (state + 0x9e3779b9) >>> 0;
-    let z = state;
-    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
-    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
-    z ^= z >>> 16;
-    expect(r.next()).toBe((z >>> 0) / 2 ** 32);
+  const draws = (seed: number, id: string) => {
+    const r = new Rng(seed, id);
+    return [r.next(), r.next(), r.next(), r.next()];
+  };
+
+  it('every (seed, stream) pair gets its own generator: seed k with id "k" repeated seed 0 with id "0"', () => {
+    const ids = [...Array.from({ length: 64 }, (_, i) => String(i)), ...'abcdefghijklmnopqrstuvwxyz'];
+    const seen = new Map<string, string>();
+    for (let seed = 0; seed < 64; seed++) {
+      for (const id of ids) {
+        const key = draws(seed, id).join(' ');
+        expect(seen.get(key), `seed ${seed}, id ${JSON.stringify(id)}`).toBeUndefined();
+        seen.set(key, `seed ${seed}, id ${JSON.stringify(id)}`);
+      }
+    }
+    expect(seen.size).toBe(64 * 90);
+  });
+
+  it('every bit of a safe-integer seed counts; the same (seed, id) draws the same numbers', () => {
+    expect(draws(2 ** 32, 'a')).not.toEqual(draws(2 ** 33 + 3, 'a'));
+    expect(draws(2 ** 32 + 7, 'req')).not.toEqual(draws(7, 'req'));
+    expect(draws(2 ** 52 + 7, 'req')).not.toEqual(draws(2 ** 32 + 7, 'req'));
+    expect(draws(Number.MAX_SAFE_INTEGER, 'req')).not.toEqual(draws(2 ** 32 - 1, 'req'));
+    for (const [seed, id] of [[0, ''], [7, 'req'], [2 ** 40 + 5, 'x\u00001']] as const) expect(draws(seed, id)).toEqual(draws(seed, id));
+    // Uniform in [0, 1): the mean of many draws is near 1/2.
+    const r = new Rng(11, 'mean');
+    let sum = 0;
+    for (let i = 0; i < 10000; i++) sum += r.next();
+    expect(Math.abs(sum / 10000 - 0.5)).toBeLessThan(0.02);
+  });
+});
+
+describe('non-finite logits', () => {
+  const modes: [string, Partial<SamplingParams>][] = [
+    ['greedy', {}], ['temperature 1', { temperature: 1 }], ['top_k', { temperature: 1, topK: 2 }],
+    ['top_k near the vocabulary', { temperature: 1, topK: 99 }], ['min_p', { temperature: 1, minP: 0.1 }],
+    ['top_p', { temperature: 1, topP: 0.9 }], ['top_k, top_p and min_p', { temperature: 0.7, topK: 3, topP: 0.8, minP: 0.05 }],
+  ];
+
+  it('a NaN or +inf logit is the token chosen, in every mode, so Sequence.next refuses the request', () => {
+    for (const n of [6, 100, 4096]) {
+      for (const bad of [NaN, Infinity]) {
+        for (const at of [0, 2, n - 1]) {
+          const row = Float32Array.from({ length: n }, (_, i) => 5 - (i % 7));
+          row[at] = bad;
+          for (const [name, p] of modes) {
+            for (let seed = 0; seed < 5; seed++) {
+              const token = sample(row, { ...GREEDY, ...p, seed }, new Rng(seed, 'nan'));
+              expect(Number.isFinite(row[token]!), `${name}: ${bad} at ${at} of ${n}, seed ${seed}: chose ${token}`).toBe(false);
+            }
+          }
+        }
+      }
+    }
+  });
+
+  it('-inf logits are masked tokens: never chosen while a finite one is left', () => {
+    const row = Float32Array.from([-Infinity, 4, 3, -Infinity, 1, -Infinity]);
+    for (const [name, p] of modes) {
+      for (let seed = 0; seed < 20; seed++) expect(Number.isFinite(row[sample(row, { ...GREEDY, ...p }, new Rng(seed, 'm'))]!), name).toBe(true);
+    }
+  });
+
+  it('topKIndices ranks NaN first, as torch.topk does', () => {
+    expect(topKIndices(Float32Array.from([1, NaN, Infinity, 3]), 2)).toEqual([1, 2]);
+    expect(topKIndices(Float32Array.from({ length: 300 }, (_, i) => (i === 250 ? NaN : i)), 100)[0]).toBe(250);
+  });
+});
+
+describe('top-k', () => {
+  /** A stable comparator sort, NaN first (torch.topk's order), then the first k. */
+  const referenceTopK = (row: Float32Array, k: number) => Array.from({ length: row.length }, (_, i) => i)
+    .sort((a, b) => Number(Number.isNaN(row[b]!)) - Number(Number.isNaN(row[a]!)) || row[b]! - row[a]! || a - b).slice(0, k);
+
+  it('keeps every token tied with the k-th logit (Hugging Face\'s TopKLogitsWarper)', () => {
+    const { idx, probs } = candidates(Float32Array.from([0, 1, 2, 1, -1]), { ...GREEDY, temperature: 1, topK: 2 });
+    expect(idx).toEqual([2, 1, 3]);
+    expect(probs[1]).toBe(probs[2]);
+    // No tie at the boundary: exactly k.
+    expect(candidates(Float32Array.from([0, 1, 2, 1.5, -1]), { ...GREEDY, temperature: 1, topK: 2 }).idx).toEqual([2, 3]);
+  });
+
+  it('any k, up to the vocabulary size, selects what a full sort does: ties, ±0, ±inf, NaN', () => {
+    for (const [seed, n] of [[1, 7], [2, 300], [3, 5000]] as const) {
+      const r = rng(seed);
+      const pool = [-Infinity, -3.5, -0, 0, 2.25, 7, Infinity];
+      const row = Float32Array.from({ length: n }, () => (r() < 0.5 ? pool[Math.floor(r() * pool.length)]! : Math.round((r() - 0.5) * 40) / 4));
+      if (seed === 2) row[123] = NaN;
+      for (const k of [1, 2, 5, 63, 64, 65, 66, 200, n - 2, n - 1, n]) {
+        if (k < 1 || k > n) continue;
+        expect(topKIndices(row, k), `n ${n} k ${k}`).toEqual(referenceTopK(row, k));
+      }
+    }
+  });
+
+  it('a top_k near the vocabulary size gives the reference distribution', () => {
+    for (let seed = 1; seed <= 6; seed++) {
+      const r = rng(seed);
+      const vocab = 2000;
+      // Logits on a grid of quarters: many ties, at the boundary too.
+      const logits = Array.from({ length: vocab }, () => Math.round((r() * 2 - 1) * 24) / 4);
+      for (const topK of [vocab - 1, vocab - 37, 1500, 100, 65]) {
+        const p: SamplingParams = { ...GREEDY, temperature: [0.7, 1, 1.5][seed % 3]!, topK, topP: [1, 0.9][seed % 2]!, seed };
+        const want = reference(logits, p, [], []);
+        const { idx, probs } = candidates(Float32Array.from(logits), p);
+        const total = probs.reduce((a, b) => a + b, 0);
+        expect(new Set(idx), `case ${seed} top_k ${topK}`).toEqual(new Set(want.keys()));
+        idx.forEach((t, i) => expect(Math.abs(probs[i]! / total - want.get(t)!), `case ${seed} token ${t}`).toBeLessThan(1e-5));
+      }
+    }
   });
 });

@@ -135,18 +135,26 @@ async function closingAfter(model: LanguageModel, body: () => Promise<void>): Pr
   await model.close();
 }
 
+/** The request of --prompt, named `id`: "prompt", or the next free "prompt-N" in a results file
+ *  that has it (one line per id). Its random stream is "prompt"'s whatever the id, so a rerun
+ *  into the same file with the same --seed gives the same text. */
+export function onePromptRequest(o: { chat?: boolean; system?: string; prompt?: string }, id: string): GenerationRequest {
+  const req: GenerationRequest = o.chat
+    ? { id, messages: [...(o.system !== undefined ? [{ role: 'system', content: o.system }] : []), { role: 'user', content: o.prompt! }] }
+    : { id, prompt: o.prompt! };
+  req.seedKey = 'prompt';
+  return req;
+}
+
 /** One prompt: its text streams to standard output token by token (unless the result itself goes
  *  there with --out -); --out also gets the result line, --logprobs its log-probabilities. */
 async function runOnePrompt(model: LanguageModel, writer: ResultWriter | null, o: GenerateFlags): Promise<void> {
   if (!model.tokenizer) {
     throw new UserError(`--prompt needs the model's tokenizer.json, which ${o.model} does not have: give token ids in a --prompts file ("prompt_token_ids")`);
   }
-  // "prompt", or the next free "prompt-N" in a results file that has it: one line per id
   let id = 'prompt';
   for (let k = 2; writer?.done.has(id); k++) id = `prompt-${k}`;
-  const req: GenerationRequest = o.chat
-    ? { id, messages: [...(o.system !== undefined ? [{ role: 'system', content: o.system }] : []), { role: 'user', content: o.prompt! }] }
-    : { id, prompt: o.prompt! };
+  const req = onePromptRequest(o, id);
   const stream = o.out !== '-' && o.n === 1 ? new TextStream() : null;
   for await (const r of model.generate([req], { ...params(o), onToken: stream ? (_id, _token, _index, text) => stream.push(text) : undefined })) {
     if ('error' in r) throw new UserError(r.error);

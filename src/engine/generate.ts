@@ -238,6 +238,7 @@ export class Generator {
       if (req.n !== undefined) check('n', req.n);
       if (req.maxNewTokens !== undefined) check('maxNewTokens', req.maxNewTokens);
       if (req.untilContext !== undefined && typeof req.untilContext !== 'boolean') throw new Error(`"${names === 'api' ? 'untilContext' : 'until_context'}" must be true or false`);
+      if (req.seedKey !== undefined && typeof req.seedKey !== 'string') throw new Error(`"seedKey" must be a string, not ${JSON.stringify(req.seedKey)}`);
     } catch (e) {
       return fail((e as Error).message);
     }

@@ -30,9 +30,12 @@ export interface GenerationRequest {
   logprobs?: boolean;
   /** The k most likely tokens (0–20) at each generated position, with their log-probabilities. */
   topLogprobs?: number;
+  /** Picks the sample's random stream with `sampling.seed` (default the id): requests that give
+   *  the same key and seed draw the same tokens whatever their ids, and keys that differ, differ. */
+  seedKey?: string;
 }
 
-export const REQUEST_KEYS = ['id', 'prompt', 'promptTokenIds', 'messages', 'sampling', 'n', 'maxNewTokens', 'untilContext', 'stop', 'stopTokenIds', 'logprobs', 'topLogprobs'] as const;
+export const REQUEST_KEYS = ['id', 'prompt', 'promptTokenIds', 'messages', 'sampling', 'n', 'maxNewTokens', 'untilContext', 'stop', 'stopTokenIds', 'logprobs', 'topLogprobs', 'seedKey'] as const;
 
 /** A token and its log-probability. */
 export interface TokenLogprob {

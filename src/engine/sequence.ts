@@ -59,8 +59,11 @@ export class Sequence {
     private readonly tokenizer: TextTokenizer | null,
     private readonly hook?: TokenHook,
   ) {
-    // Sample 0 keeps the request's own stream, so n = 1 draws what it always drew.
-    this.rng = new Rng(sampling.seed, index === 0 ? req.id : `${req.id}\0${index}`);
+    // Sample 0 keeps the request's own stream, so n = 1 draws what it always drew. The stream is
+    // the seedKey's when given: a caller whose ids change between runs (the CLI's "prompt-2") or
+    // name a list's place (the API's prompt index) keeps a prompt's tokens with its seed.
+    const key = req.seedKey ?? req.id;
+    this.rng = new Rng(sampling.seed, index === 0 ? key : `${key}\0${index}`);
     this.history = new TokenHistory(ids);
     if (tokenizer) [this.context, this.contextText] = detokenizeContext(tokenizer, ids);
     this.read = this.context.length;

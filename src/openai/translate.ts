@@ -2,9 +2,10 @@
 // (/v1/completions and /v1/chat/completions, whole or as stream chunks). Knows nothing of HTTP.
 //
 // A body becomes one engine request per prompt (a completions `prompt` may be a list), each with
-// its `n` samples. Engine requests are named by their prompt's index, so a body's answer does not
+// its `n` samples. Engine requests are named by their prompt's index, and a body's answer does not
 // depend on when or beside what it runs: each sample's generator is seeded by `seed` (0 when not
-// given: equal requests get equal answers), the request name and the sample index.
+// given: equal requests get equal answers) and the sample index, the same for every prompt of a
+// list (seedKey), so a prompt's text does not depend on its place in the list either.
 
 import { isUtf8 } from 'node:buffer';
 import type { GenerationRequest, GenerationResult, SampleResult } from '../engine/requests.js';
@@ -73,8 +74,10 @@ export function prepare(endpoint: Endpoint, body: Body, model: ServedModel): Pre
         `(${ids.length} in the ${chat ? 'messages' : `prompt${prompts.length > 1 ? ` [${i}]` : ''}`}, ${maxTokens} in the completion)`,
         chat && body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens', 'context_length_exceeded');
     }
+    // Every prompt of a list has the first's stream (as vLLM seeds them): a prompt gives the same
+    // text with a seed alone or at any place in a list; its samples still differ by index.
     const r: Prepared['requests'][number] = {
-      id: String(i), promptTokenIds: ids, n,
+      id: String(i), seedKey: '0', promptTokenIds: ids, n,
       sampling: { temperature: 1, ...sampling },
     };
     // Chat's default is the rest of the context: as many positions as the server can give it.
