@@ -208,7 +208,9 @@ describe.each(TOKENIZERS)('Scheduler with a tokenizer ($kind)', ({ kind, firstBy
     const prompt = 'Hello there, my name is';
     const ids = t.encode(prompt);
     let spaced = 0;
-    for (let seed = 0; seed < 6; seed++) {
+    // Six seeds at least, and (SentencePiece) on until one sample starts with a space: which seeds
+    // do depends on the generator, not on what the test checks.
+    for (let seed = 0; seed < 64 && (seed < 6 || (kind === 'SentencePiece' && spaced === 0)); seed++) {
       const pieces: string[] = [];
       const out = [];
       for await (const r of model.generate([{ id: 'a', prompt }], { maxNewTokens: 5, stopAtEos: false, sampling: { temperature: 1, seed }, onToken: (_id, _t, _i, text) => pieces.push(text) })) out.push(r);
