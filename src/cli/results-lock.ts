@@ -3,7 +3,7 @@
 // ids the file has answered until they end. Two runs on one file each read the same finished ids
 // and both wrote every result (every id twice).
 import fs from 'node:fs';
-import { FileLock } from '../tensor/disk/lock.js';
+import { lockRunFile } from '../tensor/disk/lock.js';
 import { UserError } from '../util/errors.js';
 
 /** Takes FILE's lock, or refuses naming the flag; returns its release (which deletes the lock file). */
@@ -11,22 +11,10 @@ export function lockResults(flag: string, file: string): () => void {
   const stat = file === '-' ? null : fs.statSync(file, { throwIfNoEntry: false });
   if (file === '-' || (stat && !stat.isFile())) return () => {}; // standard output, a pipe, a device
   const lockFile = `${file}.lock`;
-  for (let attempt = 0; attempt < 3; attempt++) {
-    let lock: FileLock | null;
-    try {
-      lock = FileLock.tryAcquire(lockFile);
-    } catch (e) {
-      throw new UserError(`${flag} ${file}: cannot create its lock file ${lockFile} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
-    }
-    if (!lock) throw new UserError(`${flag} ${file}: another run is writing it (it holds ${lockFile}); wait for it to end, or write to another file`);
-    if (!lock.isCurrent()) {
-      lock.release(); // the file a finishing run just deleted: take the new one
-      continue;
-    }
-    return () => {
-      fs.rmSync(lockFile, { force: true });
-      lock.release();
-    };
-  }
-  throw new UserError(`${flag} ${file}: cannot hold its lock file ${lockFile}: other runs keep replacing it`);
+  const lock = lockRunFile(lockFile, `${flag} ${file}`);
+  if (!lock) throw new UserError(`${flag} ${file}: another run is writing it (it holds ${lockFile}); wait for it to end, or write to another file`);
+  return () => {
+    fs.rmSync(lockFile, { force: true });
+    lock.release();
+  };
 }

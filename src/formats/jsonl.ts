@@ -376,7 +376,6 @@ function resultRecord(line: string): { id: string; ok: boolean } | null {
   return null;
 }
 
-
 function parses(text: string): boolean {
   try {
     JSON.parse(text);

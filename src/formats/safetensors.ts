@@ -76,6 +76,13 @@ export class SafetensorsFile {
     readFully(this.file, this.fd, dst, t.offset + start * rowBytes, name);
   }
 
+  /** Reads dst.byteLength bytes of a tensor's data from byte `start` of it into `dst`. */
+  readBytesInto(name: string, start: number, dst: Uint8Array): void {
+    const t = this.info(name);
+    if (start < 0 || start + dst.byteLength > t.byteLength) throw new RangeError(`readBytesInto: bytes [${start}, ${start + dst.byteLength}) of ${t.byteLength}`);
+    readFully(this.file, this.fd, dst, t.offset + start, name);
+  }
+
   private readInto(t: TensorInfo, dst: Uint8Array): void {
     readFully(this.file, this.fd, dst, t.offset, t.name);
   }
@@ -229,6 +236,10 @@ export class TensorStore {
 
   readRowsInto(name: string, start: number, end: number, dst: Uint8Array): void {
     this.fileOf(name).readRowsInto(name, start, end, dst);
+  }
+
+  readBytesInto(name: string, start: number, dst: Uint8Array): void {
+    this.fileOf(name).readBytesInto(name, start, dst);
   }
 
   /** The file to blame in an error about `name`. */

@@ -281,8 +281,7 @@ export class TextTokenizer {
    *  took 8 s on the server's one thread and ~1 GB of memory beyond its --ram. */
   minTokens(text: string): number {
     // (a fused unknown token can stand for 60000 characters: no bound then, see unboundedSpelling)
-    if (this.unbounded !== null) return 0;
-    this.longestToken ??= this.mostTokenBytes();
+    this.longestToken ??= this.unbounded !== null ? 0 : this.mostTokenBytes();
     return this.longestToken > 0 ? Math.floor(Buffer.byteLength(text, 'utf8') / (4 * this.longestToken)) : 0;
   }
 

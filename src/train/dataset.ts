@@ -52,10 +52,9 @@ export async function readDataset(file: string, o: DataOptions): Promise<Dataset
   const skipped: SkippedLine[] = [];
   const packer = new Packer(o.seqLen, (s) => sequences.push(s));
   let n = 0;
-  for await (const raw of lines(file)) {
+  // (fileLines drops the byte-order mark some editors start UTF-8 files with)
+  for await (const text of lines(file)) {
     n++;
-    // Editors on some systems start UTF-8 files with a byte-order mark.
-    const text = n === 1 ? raw.replace(/^\uFEFF/, '') : raw;
     if (text.trim() === '') continue;
     // (a line that is not valid UTF-8 is skipped as a bad line, not trained on with U+FFFD in it)
     const unreadable = unreadableLine(text);

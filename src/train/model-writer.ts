@@ -51,11 +51,12 @@ export function modelDtype(sourceDir: string): FloatDType {
 /** Writes config, tokenizer files and model.safetensors into `dir` (which exists), each fsynced. */
 export async function writeModelFiles(dir: string, sourceDir: string, weights: Map<string, Weight>): Promise<void> {
   const dtype = modelDtype(sourceDir);
-  const source = new SourceBytes();
+  // (open for the save: the tensors it does not train are read from it as they are written)
+  const store = TensorStore.open(sourceDir);
   try {
-    const entries = modelEntries(sourceDir, weights).map(({ name, weight, info }): TensorProducer => weight
+    const entries = modelEntries(sourceDir, store, weights).map(({ name, weight, info }): TensorProducer => weight
       ? { name, dtype, shape: weight.shape, fill: (dst, offset) => narrow(dtype, weight.data, offset, dst) }
-      : { name, dtype: info.dtype, shape: info.shape, fill: (dst, offset) => source.read(info, offset, dst) });
+      : { name, dtype: info.dtype, shape: info.shape, fill: (dst, offset) => store.readBytesInto(name, offset * DTYPE_BYTES[info.dtype], dst) });
     for (const f of MODEL_SIDE_FILES) {
       const src = path.join(sourceDir, f);
       if (!fs.existsSync(src)) continue;
@@ -64,7 +65,7 @@ export async function writeModelFiles(dir: string, sourceDir: string, weights: M
     }
     await writeTensorFile(path.join(dir, 'model.safetensors'), entries, { format: 'pt' });
   } finally {
-    source.close();
+    store.close();
   }
 }
 
@@ -72,57 +73,27 @@ export async function writeModelFiles(dir: string, sourceDir: string, weights: M
  *  one to be copied unchanged (a tensor the trainer does not train). Checks that the trained
  *  weights are the trained tensors of the source, with its shapes (a tied head's alias is
  *  dropped: the source does not store it). */
-function modelEntries(sourceDir: string, weights: Map<string, Weight>): { name: string; weight?: Weight; info: TensorInfo & { file: string } }[] {
+function modelEntries(sourceDir: string, store: TensorStore, weights: Map<string, Weight>): { name: string; weight?: Weight; info: TensorInfo & { file: string } }[] {
   const { arch, config } = readConfig(sourceDir);
-  const store = TensorStore.open(sourceDir);
-  try {
-    const names = arch.names(config, (n) => store.has(n));
-    const trained = new Set(paramList(config, names).map((p) => p.name));
-    for (const name of weights.keys()) {
-      if (store.has(name) || (name === 'lm_head.weight' && names.global.lm_head !== 'lm_head')) continue;
-      throw new ModelFileError(store.fileName(name), 'the trained weights have a tensor the source model does not', name);
-    }
-    return store.names().map((name) => {
-      const weight = weights.get(name);
-      const info = store.info(name);
-      if (!weight) {
-        if (trained.has(name)) throw new ModelFileError(info.file, 'the trained weights lack this tensor of the source model', name);
-        return { name, info };
-      }
-      const size = info.shape.reduce((a, b) => a * b, 1);
-      if (weight.shape.join() !== info.shape.join() || weight.data.length !== size) {
-        throw new ModelFileError(info.file, `trained weight has shape [${weight.shape.join(', ')}] (${weight.data.length} values), the source [${info.shape.join(', ')}]`, name);
-      }
-      return { name, weight, info };
-    });
-  } finally {
-    store.close();
+  const names = arch.names(config, (n) => store.has(n));
+  const trained = new Set(paramList(config, names).map((p) => p.name));
+  for (const name of weights.keys()) {
+    if (store.has(name) || (name === 'lm_head.weight' && names.global.lm_head !== 'lm_head')) continue;
+    throw new ModelFileError(store.fileName(name), 'the trained weights have a tensor the source model does not', name);
   }
-}
-
-/** Reads the bytes of source tensors copied into a save, keeping each file open for the save. */
-class SourceBytes {
-  private readonly fds = new Map<string, number>();
-
-  /** Fills dst with the tensor's bytes from element `offset` on. */
-  read(info: TensorInfo & { file: string }, offset: number, dst: Uint8Array): void {
-    let fd = this.fds.get(info.file);
-    if (fd === undefined) {
-      fd = fs.openSync(info.file, 'r');
-      this.fds.set(info.file, fd);
+  return store.names().map((name) => {
+    const weight = weights.get(name);
+    const info = store.info(name);
+    if (!weight) {
+      if (trained.has(name)) throw new ModelFileError(info.file, 'the trained weights lack this tensor of the source model', name);
+      return { name, info };
     }
-    const at = info.offset + offset * DTYPE_BYTES[info.dtype];
-    for (let done = 0; done < dst.byteLength;) {
-      const n = fs.readSync(fd, dst, done, dst.byteLength - done, at + done);
-      if (n === 0) throw new ModelFileError(info.file, 'file ends before the tensor\'s data does (changed while training?)', info.name);
-      done += n;
+    const size = info.shape.reduce((a, b) => a * b, 1);
+    if (weight.shape.join() !== info.shape.join() || weight.data.length !== size) {
+      throw new ModelFileError(info.file, `trained weight has shape [${weight.shape.join(', ')}] (${weight.data.length} values), the source [${info.shape.join(', ')}]`, name);
     }
-  }
-
-  close(): void {
-    for (const fd of this.fds.values()) fs.closeSync(fd);
-    this.fds.clear();
-  }
+    return { name, weight, info };
+  });
 }
 
 /** Converts src[offset ..] into dst's bytes, rounding to nearest even. */

@@ -31,7 +31,7 @@ import type { OffloadOptions } from './offload/open.js';
 import type { OffloadStepStats } from './offload/stats.js';
 import { type Comm, worldComm } from '../dist/comm.js';
 import { type RankEnv, rankEnv, threadsPerRank } from '../dist/env.js';
-import { FileLock } from '../tensor/disk/lock.js';
+import { FileLock, lockRunFile } from '../tensor/disk/lock.js';
 import { tokenizerRamBytes } from '../formats/tokenizer.js';
 import { loadPartitioned, savePartitioned } from './partition/checkpoint.js';
 import { nameStyle, optionName } from '../util/names.js';
@@ -179,21 +179,10 @@ function lockOut(out: string, comm: Comm): () => void {
 /** Takes `file`'s lock and writes this process's pid in it, or returns the pid its holder wrote
  *  (0 when it has not yet). */
 function takeLock(out: string, file: string): FileLock | { holder: number } {
-  for (let attempt = 0; attempt < 3; attempt++) {
-    let lock: FileLock | null;
-    try {
-      lock = FileLock.tryAcquire(file);
-    } catch (e) {
-      throw new UserError(`${optionName('out')} ${out}: cannot create its lock file ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
-    }
-    if (!lock) return { holder: lockHolder(file) };
-    if (lock.isCurrent()) {
-      fs.writeFileSync(file, `${process.pid}\n`);
-      return lock;
-    }
-    lock.release(); // the file a finishing run just deleted: take the new one
-  }
-  throw new UserError(`${optionName('out')} ${out}: cannot hold its lock file ${file}: other runs keep replacing it`);
+  const lock = lockRunFile(file, `${optionName('out')} ${out}`);
+  if (!lock) return { holder: lockHolder(file) };
+  fs.writeFileSync(file, `${process.pid}\n`);
+  return lock;
 }
 
 function lockHolder(file: string): number {

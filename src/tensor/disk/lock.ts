@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { nativeFn } from '../../backend/cpu/addon.js';
+import { UserError } from '../../util/errors.js';
 
 const tryLock = (path: string): number | null => nativeFn<(p: string) => number | null>('fileLockTry')(path);
 const releaseLock = (fd: number): void => nativeFn<(fd: number) => void>('fileLockRelease')(fd);
@@ -66,4 +67,22 @@ export class FileLock {
     this.fd = null;
     releaseLock(fd);
   }
+}
+
+/** The lock on `file`, a lock file a run deletes when it ends (a results file's, a training
+ *  output's), or null when another process holds it. A lock taken on the file a finishing holder
+ *  just deleted guards nothing: it is dropped and taken again on the new file. `what` names what
+ *  the lock guards in the errors. */
+export function lockRunFile(file: string, what: string): FileLock | null {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    let lock: FileLock | null;
+    try {
+      lock = FileLock.tryAcquire(file);
+    } catch (e) {
+      throw new UserError(`${what}: cannot create its lock file ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+    if (!lock || lock.isCurrent()) return lock;
+    lock.release();
+  }
+  throw new UserError(`${what}: cannot hold its lock file ${file}: other runs keep replacing it`);
 }
