@@ -7,7 +7,7 @@
 import * as attention from './attention.js';
 import { spawnSync } from 'node:child_process';
 import { cpuBackend, getThreads, isaInfo, setThreads } from '../src/backend/index.js';
-import { gemmBf16Dot } from '../src/backend/cpu/gemm.js';
+import { gemmBf16Kernel } from '../src/backend/cpu/gemm.js';
 import { type ComputeMode, type QuantFormat, isQuantFormat, quantCodeBytes, quantParamsLength } from '../src/backend/kernels.js';
 import type { FloatDType } from '../src/tensor/dtype.js';
 import { randomF32, randomFloat, rng } from '../test/helpers/random.js';
@@ -89,7 +89,7 @@ function openblas(threads: number): Map<number, number> | string {
 
 // ---- GEMM -------------------------------------------------------------------------------------
 
-const CASES: { dtype: FloatDType | QuantFormat; compute: ComputeMode; dot?: boolean }[] = [
+const CASES: { dtype: FloatDType | QuantFormat; compute: ComputeMode }[] = [
   { dtype: 'f32', compute: 'fp32' },
   { dtype: 'f16', compute: 'fp32' },
   { dtype: 'bf16', compute: 'fp32' },
@@ -105,9 +105,12 @@ async function benchGemm(): Promise<void> {
   const cpu = cpuBackend();
   const isa = isaInfo();
   const hasDot = isa.active === 'avx512bf16';
-  const cases = hasDot ? [...CASES, { dtype: 'bf16' as FloatDType, compute: 'bf16' as ComputeMode, dot: true }] : CASES;
+  // bf16 mode's other kernels where the CPU has them: vdpbf16ps, and AMX tiles
+  const cases: { dtype: FloatDType | QuantFormat; compute: ComputeMode; kernel?: 'dot' | 'amx' }[] = [...CASES,
+    ...(hasDot ? [{ dtype: 'bf16' as FloatDType, compute: 'bf16' as ComputeMode, kernel: 'dot' as const }] : []),
+    ...(hasDot && isa.amx ? [{ dtype: 'bf16' as FloatDType, compute: 'bf16' as ComputeMode, kernel: 'amx' as const }] : [])];
   const rate = new Map<string, number>();  // `${dtype}/${compute}/${threads}/${m}` -> GFLOP/s
-  const startDot = gemmBf16Dot();
+  const startKernel = gemmBf16Kernel();
   log(`GEMM y[M,${N}] = x[M,${K}] · W[${N},${K}]ᵀ   isa ${isa.active}, ${isa.hardwareThreads} hardware threads`);
   for (const threads of THREADS) {
     setThreads(threads);
@@ -116,7 +119,7 @@ async function benchGemm(): Promise<void> {
     log(`\nthreads ${threads}`);
     log('dtype compute       M   GFLOP/s   GB/s(W)   vs OpenBLAS');
     for (const c of cases) {
-      gemmBf16Dot(c.dot ?? false);
+      gemmBf16Kernel(c.kernel ?? 'fma');
       const w = isQuantFormat(c.dtype)
         ? cpu.packWeight(randomF32([N, K], 1), c.compute, 'w', { quantize: c.dtype })
         : cpu.packWeight(randomFloat(c.dtype, [N, K], 1), c.compute);
@@ -125,7 +128,7 @@ async function benchGemm(): Promise<void> {
         const y = cpu.matmul(x, w);
         const s = await timeBest(() => cpu.matmul(x, w, null, y));
         const gflops = (2 * m * K * N) / s / 1e9;
-        const row: Row = { op: 'gemm', dtype: c.dtype, compute: c.dot ? 'bf16-dot' : c.compute, M: m, K, N, threads, gflops: +gflops.toFixed(1) };
+        const row: Row = { op: 'gemm', dtype: c.dtype, compute: c.kernel ? `bf16-${c.kernel}` : c.compute, M: m, K, N, threads, gflops: +gflops.toFixed(1) };
         rate.set(`${c.dtype}/${row.compute}/${threads}/${m}`, gflops);
         if (m === 1) row.gbps = +(w.data.byteLength / s / 1e9).toFixed(1);
         let vs = '';
@@ -141,7 +144,7 @@ async function benchGemm(): Promise<void> {
     }
     // q4 against the best bf16-weight rate of this run, per M.
     for (const m of MS) {
-      const bf16 = Math.max(...['fp32', 'bf16', 'bf16-dot'].map((cm) => rate.get(`bf16/${cm}/${threads}/${m}`) ?? 0));
+      const bf16 = Math.max(...['fp32', 'bf16', 'bf16-dot', 'bf16-amx'].map((cm) => rate.get(`bf16/${cm}/${threads}/${m}`) ?? 0));
       for (const cm of ['fp32', 'bf16']) {
         const q4 = rate.get(`q4/${cm}/${threads}/${m}`);
         if (!q4 || !bf16) continue;
@@ -158,7 +161,7 @@ async function benchGemm(): Promise<void> {
       }
     }
   }
-  gemmBf16Dot(startDot);
+  gemmBf16Kernel(startKernel);
 }
 
 // ---- decode attention -------------------------------------------------------------------------

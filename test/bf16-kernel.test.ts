@@ -8,15 +8,18 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { isaInfo, loadModel } from '../src/index.js';
 import { fasterBf16Kernel, keptBf16Kernel, machineKey, selectBf16Kernel } from '../src/backend/cpu/bf16-kernel.js';
-import { gemmBf16Dot } from '../src/backend/cpu/gemm.js';
+import { gemmBf16Dot, gemmBf16Kernel } from '../src/backend/cpu/gemm.js';
 import { fixturesDir, tmpDir } from './helpers/fixtures.js';
 import { measureProfile, saveProfile } from '../src/policy/profile.js';
 
 const shape = { rows: 64, n: 4096, k: 4096 };
 const saved = process.env.TIERLM_BF16_DOT;
+const savedKernel = process.env.TIERLM_BF16_KERNEL;
 afterEach(() => {
   if (saved === undefined) delete process.env.TIERLM_BF16_DOT;
   else process.env.TIERLM_BF16_DOT = saved;
+  if (savedKernel === undefined) delete process.env.TIERLM_BF16_KERNEL;
+  else process.env.TIERLM_BF16_KERNEL = savedKernel;
 });
 
 describe('the bf16 GEMM kernel', () => {
@@ -60,8 +63,10 @@ describe('the bf16 GEMM kernel', () => {
     fs.writeFileSync(file, JSON.stringify({ 'Other CPU | avx2': { bf16: 'dot' } }));
     const again = keptBf16Kernel(shape, file);
     expect(JSON.parse(fs.readFileSync(file, 'utf8'))).toMatchObject({ 'Other CPU | avx2': { bf16: 'dot' }, [machineKey()]: { bf16: again } });
-    // A damaged file, or an entry of no known kernel, is measured over.
-    for (const bad of ['{"trunc', '[1,2]', JSON.stringify({ [machineKey()]: { bf16: 'amx' } })]) {
+    // A damaged file, an entry of no known kernel, or 'amx' where this process cannot run AMX
+    // (another kernel version on the same CPU), is measured over.
+    const bads = ['{"trunc', '[1,2]', JSON.stringify({ [machineKey()]: { bf16: 'vnni' } }), ...(isaInfo().amx ? [] : [JSON.stringify({ [machineKey()]: { bf16: 'amx' } })])];
+    for (const bad of bads) {
       fs.writeFileSync(file, bad);
       const k = keptBf16Kernel(shape, file);
       expect(JSON.parse(fs.readFileSync(file, 'utf8'))[machineKey()].bf16).toBe(k);
@@ -78,6 +83,31 @@ describe('the bf16 GEMM kernel', () => {
     expect(fasterBf16Kernel({ dot: 10, fma: 10 })).toBe('fma');
     expect(fasterBf16Kernel({ dot: 20, fma: 10 })).toBe('fma');
     expect(fasterBf16Kernel({ dot: Infinity, fma: 0 })).toBe('fma');
+    // AMX, where timed: under the margin of FMA's time and under vdpbf16ps's
+    expect(fasterBf16Kernel({ dot: 5, fma: 10, amx: 2 })).toBe('amx');
+    expect(fasterBf16Kernel({ dot: 5, fma: 10, amx: 6 })).toBe('dot');
+    expect(fasterBf16Kernel({ dot: 20, fma: 10, amx: 8 })).toBe('amx');
+    expect(fasterBf16Kernel({ dot: 20, fma: 10, amx: 9.5 })).toBe('fma');
+    expect(fasterBf16Kernel({ dot: Infinity, fma: 10, amx: Infinity })).toBe('fma');
+  });
+
+  it('TIERLM_BF16_KERNEL names one (over TIERLM_BF16_DOT); a bad name, or amx where it cannot run, is refused', () => {
+    process.env.TIERLM_BF16_DOT = '1';
+    process.env.TIERLM_BF16_KERNEL = 'fma';
+    expect(selectBf16Kernel(shape)).toBe('fma');
+    expect(gemmBf16Kernel()).toBe('fma');
+    process.env.TIERLM_BF16_KERNEL = 'dot';
+    expect(selectBf16Kernel(shape)).toBe('dot');
+    expect(gemmBf16Kernel()).toBe('dot');
+    process.env.TIERLM_BF16_KERNEL = 'vnni';
+    expect(() => selectBf16Kernel(shape)).toThrow(/TIERLM_BF16_KERNEL must be one of fma, dot, amx, got "vnni"/);
+    process.env.TIERLM_BF16_KERNEL = 'amx';
+    if (isaInfo().amx) expect(selectBf16Kernel(shape)).toBe('amx');
+    else expect(() => selectBf16Kernel(shape)).toThrow(/TIERLM_BF16_KERNEL=amx: this CPU or OS does not let the process run AMX-BF16 tiles/);
+    // A saved choice still wins; a saved 'amx' where AMX cannot run computes as vdpbf16ps, which
+    // rounds as AMX does, and says so.
+    expect(selectBf16Kernel(shape, 'amx')).toBe(isaInfo().amx ? 'amx' : 'dot');
+    expect(gemmBf16Kernel()).toBe(isaInfo().amx ? 'amx' : 'dot');
   });
 
   it('a bf16 model load selects it; fp32 leaves the setting alone', async () => {

@@ -5,7 +5,7 @@ import type { ComputeMode } from '../src/backend/kernels.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { cpu, expectClose, expectSameValues, randomF32, randomFloat, ref, specialValues } from './helpers/harness.js';
 import { ISAS, atEveryIsa, restoreSettingsAfterAll } from './helpers/isa.js';
-import { gemmBf16Dot } from '../src/backend/cpu/gemm.js';
+import { gemmBf16Dot, gemmBf16Kernel } from '../src/backend/cpu/gemm.js';
 
 restoreSettingsAfterAll();
 const C = cpu(), R = ref();
@@ -47,6 +47,12 @@ describe('linear layer gradients', () => {
           gemmBf16Dot(true);
           check('avx512bf16 + vdpbf16ps');
           gemmBf16Dot(was);
+        }
+        if (mode === 'bf16') {  // the AMX kernel packs dYᵀ as bf16 rows (emulated where the CPU has no AMX)
+          const was = gemmBf16Kernel();
+          gemmBf16Kernel('amx-emulated');
+          check('amx (emulated)');
+          gemmBf16Kernel(was);
         }
       }
     });

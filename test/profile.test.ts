@@ -65,7 +65,7 @@ describe('measureProfile', () => {
     const p = await measureProfile({ quick: true, diskDir: dir, sizes: 'tiny' });
     expect(gemmBf16Dot()).toBe(before);
     const file = path.join(dir, 'kernel.json');
-    for (const k of ['dot', 'fma'] as const) {
+    for (const k of ['dot', 'fma', 'amx'] as const) {
       saveProfile({ ...p, kernels: { bf16: k } }, file);
       expect(loadProfile(file)!.kernels).toEqual({ bf16: k });
       expect(savedBf16Kernel(file)).toBe(k);
@@ -76,7 +76,7 @@ describe('measureProfile', () => {
     saveProfile(old, file);
     expect(savedBf16Kernel(file)).toBeNull();
     expect(savedBf16Kernel(path.join(dir, 'missing.json'))).toBeNull();
-    fs.writeFileSync(file, profileJson({ ...p, kernels: { bf16: 'amx' as 'dot' } }));
+    fs.writeFileSync(file, profileJson({ ...p, kernels: { bf16: 'vnni' as 'dot' } }));
     expect(() => loadProfile(file)).toThrow(/kernels\.bf16/);
     expect(savedBf16Kernel(file)).toBeNull();
   });

@@ -54,12 +54,27 @@ void gather_rows(const uint8_t* w, Fmt fmt, int64_t n, int64_t k, const int32_t*
 void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, Fmt fmt, int64_t n, const float* bias, float* y,
             Mode mode, const Epilogue& ep = Epilogue());
 
-// bf16 compute mode on a CPU with AVX512_BF16: multiply with vdpbf16ps (true) or widen the bf16
-// weights to fp32 and use FMA on bf16-rounded x (false, the default). On the Emerald Rapids
-// machine this was tuned on, vdpbf16ps zmm sustains ~83 GFLOP/s per core against ~170 for FMA,
-// so widening is twice as fast; both paths give bf16 products accumulated in fp32.
-// TIERLM_BF16_DOT=1 in the environment turns vdpbf16ps on.
+// bf16 compute mode's GEMM kernel on bf16 weights. Fma: widen the bf16 weights to fp32 and use
+// FMA on bf16-rounded x (the default). Dot: AVX512_BF16 vdpbf16ps on bf16 pairs of x and W. Amx:
+// AMX-BF16 tiles (tdpbf16ps: 16 rows × 16 columns × 32 k steps an instruction) on the same pairs.
+// Which is fastest depends on the CPU (on an Emerald Rapids Xeon vdpbf16ps zmm sustained ~83
+// GFLOP/s per core against ~170 for FMA; on Zen 4 it is twice the FMA rate, and Zen 4 has no
+// AMX), so `tierlm profile` times them and the engine sets its choice. Each kernel rounds its own
+// way, but within one kernel a row's result never depends on the other rows (batched ==
+// unbatched). A kernel the active CPU cannot run falls back: Amx to Dot to Fma.
+// AmxEmulated runs the Amx kernel's blocking and addressing with each tile instruction emulated
+// in scalar code as the architecture defines it, on any CPU: tests check the kernel's logic with
+// it on machines without AMX; it is far too slow for anything else.
+// TIERLM_BF16_KERNEL=fma|dot|amx (or the older TIERLM_BF16_DOT=0|1) at start-up sets it.
+enum class Bf16Kernel : int { Fma = 0, Dot = 1, Amx = 2, AmxEmulated = 3 };
+Bf16Kernel bf16_kernel();
+// Sets it; false (and nothing changes) where the CPU or the OS does not allow Amx.
+bool set_bf16_kernel(Bf16Kernel k);
+const char* bf16_kernel_name(Bf16Kernel k);
+bool parse_bf16_kernel(const char* name, Bf16Kernel* out);
+// The older switch: bf16_kernel() == Dot; set_bf16_dot(b) sets Dot or Fma.
 bool bf16_dot();
+void set_bf16_dot(bool on);
 
 // Scalar IEEE half conversions with round to nearest even (overflow to infinity, NaN to a quiet
 // NaN), shared by the baseline GEMM and quantization code. Defined in gemm_generic.cpp.
@@ -106,6 +121,7 @@ enum class XPack : int {
   F32 = 0,       // [k][rows] float
   Bf16F32 = 1,   // [k][rows] float, each rounded to bf16 (bf16 mode emulated)
   Bf16Pair = 2,  // [k/2][rows] uint32: bf16(x[k]) | bf16(x[k+1]) << 16
+  Bf16Rows = 3,  // [rows][ks] bf16, row-major (AMX tiles load 16 rows of it at a stride)
 };
 
 enum : int { kFirst = 1, kLast = 2 };
@@ -130,6 +146,10 @@ struct Kernel {
   int one_pass_rows = 0;  // a product of up to this many rows (> max_rows) takes one block of them
   int kc = 256;      // k block (even)
   XPack xpack = XPack::F32;
+  // Called by each thread before its first and after its last tile of a product (AMX: load the
+  // tile configuration, release the tiles); null for kernels that need neither.
+  void (*enter)() = nullptr;
+  void (*leave)() = nullptr;
 };
 
 // XPack::Bf16Pair of `rows` rows of x (row i at x + i*ldx, k floats; ks = k rounded up to even):
@@ -141,6 +161,14 @@ void pack_bf16_pairs_avx512(const float* x, int64_t ldx, int64_t k, int64_t ks, 
 // Fill *out and return true when the instruction set has a kernel for this combination.
 bool kernel_avx512(Fmt fmt, bool bf16_pairs, Kernel* out);  // bf16_pairs: vdpbf16ps (fmt == Bf16)
 bool kernel_avx2(Fmt fmt, Kernel* out);
+// AMX-BF16 on bf16 weights and XPack::Bf16Rows x: tiles of up to kAmxRows rows × 32 columns over the
+// whole of k. The packed x of a product must be readable for kAmxRows - 1 rows past its last row
+// (a tile loads 16 rows; the rows past a block's end only feed outputs that are never stored).
+// False where this build's compiler has no AMX intrinsics.
+constexpr int kAmxRows = 32;
+bool kernel_amx(Kernel* out);
+// The same kernel with the tile instructions emulated (Bf16Kernel::AmxEmulated), for tests.
+void kernel_amx_emulated(Kernel* out);
 void kernel_scalar(Fmt fmt, Kernel* out);
 
 }  // namespace gemm

@@ -149,13 +149,21 @@ thread_local Scratch tls_widen;   // a worker's panel group widened to f32 (wide
 // Bytes of weight k slices a row block sweeps while its packed x stays in L1 (half of L2).
 constexpr int64_t kGroupBytes = 1 << 20;
 
-std::atomic<int> g_bf16_dot{-1};  // -1: not decided yet
+std::atomic<int> g_bf16_kernel{-1};  // -1: not decided yet (the environment's, else Fma)
 
 Kernel select_kernel(Fmt fmt, Mode mode) {
   Kernel k;
   Isa isa = active_isa();
   bool bf16 = mode == Mode::Bf16;
-  bool dot = bf16 && isa >= Isa::Avx512Bf16 && fmt == Fmt::Bf16 && bf16_dot();
+  Bf16Kernel bk = bf16 && fmt == Fmt::Bf16 ? bf16_kernel() : Bf16Kernel::Fma;
+  if (bk == Bf16Kernel::AmxEmulated) {
+    kernel_amx_emulated(&k);
+    return k;
+  }
+  // AMX's code is built with the AVX-512 kernels: it runs only where they may (a lowered ISA
+  // lowers it too); where it cannot, vdpbf16ps, the nearest in rounding, takes its place.
+  if (bk == Bf16Kernel::Amx && isa >= Isa::Avx512Bf16 && amx_usable() && kernel_amx(&k)) return k;
+  bool dot = (bk == Bf16Kernel::Dot || bk == Bf16Kernel::Amx) && isa >= Isa::Avx512Bf16;
   if (isa >= Isa::Avx512 && kernel_avx512(fmt, dot, &k)) {
   } else if (isa >= Isa::Avx2 && kernel_avx2(fmt, &k)) {
   } else {
@@ -179,6 +187,15 @@ struct XSrc {
 // Packs rows [r0, r0+rows) of x, k steps [0, ks) (zero beyond k), for the kernel's x layout.
 void pack_x_block(const XSrc& x, int64_t ks, int64_t r0, int rows, XPack xp, void* dst) {
   const int64_t k = x.k;
+  if (xp == XPack::Bf16Rows) {  // [rows][ks] bf16: each row's k steps side by side (AMX)
+    uint16_t* d = static_cast<uint16_t*>(dst);
+    for (int i = 0; i < rows; i++) {
+      uint16_t* di = d + i * ks;
+      for (int64_t kk = 0; kk < k; kk++) di[kk] = f32_to_bf16(x.at(r0 + i, kk));
+      for (int64_t kk = k; kk < ks; kk++) di[kk] = 0;
+    }
+    return;
+  }
   if (xp == XPack::Bf16Pair && x.transposed) {
     // The weight gradient's dYᵀ: the block's rows are contiguous for each k step, so walk k
     // outside and the rows inside (the row-outside order below read one cache line per element,
@@ -216,17 +233,50 @@ void pack_x_block(const XSrc& x, int64_t ks, int64_t r0, int rows, XPack xp, voi
 
 }  // namespace
 
-bool bf16_dot() {
-  int v = g_bf16_dot.load(std::memory_order_relaxed);
-  if (v < 0) {
-    const char* env = std::getenv("TIERLM_BF16_DOT");
-    v = env && env[0] == '1' ? 1 : 0;
-    g_bf16_dot.store(v, std::memory_order_relaxed);
+const char* bf16_kernel_name(Bf16Kernel k) {
+  switch (k) {
+    case Bf16Kernel::Fma: return "fma";
+    case Bf16Kernel::Dot: return "dot";
+    case Bf16Kernel::Amx: return "amx";
+    case Bf16Kernel::AmxEmulated: return "amx-emulated";
   }
-  return v != 0;
+  return "fma";
 }
 
-void set_bf16_dot(bool on) { g_bf16_dot.store(on ? 1 : 0, std::memory_order_relaxed); }
+bool parse_bf16_kernel(const char* name, Bf16Kernel* out) {
+  for (int i = 0; i <= 3; i++) {
+    if (std::strcmp(name, bf16_kernel_name(static_cast<Bf16Kernel>(i))) == 0) {
+      *out = static_cast<Bf16Kernel>(i);
+      return true;
+    }
+  }
+  return false;
+}
+
+Bf16Kernel bf16_kernel() {
+  int v = g_bf16_kernel.load(std::memory_order_relaxed);
+  if (v < 0) {
+    // TIERLM_BF16_KERNEL names one (amx where the CPU allows it); else the older TIERLM_BF16_DOT=1.
+    const char* env = std::getenv("TIERLM_BF16_KERNEL");
+    const char* dot = std::getenv("TIERLM_BF16_DOT");
+    Bf16Kernel k = dot && dot[0] == '1' ? Bf16Kernel::Dot : Bf16Kernel::Fma;
+    Bf16Kernel named;
+    if (env && parse_bf16_kernel(env, &named) && (named != Bf16Kernel::Amx || amx_usable())) k = named;
+    v = static_cast<int>(k);
+    g_bf16_kernel.store(v, std::memory_order_relaxed);
+  }
+  return static_cast<Bf16Kernel>(v);
+}
+
+bool set_bf16_kernel(Bf16Kernel k) {
+  if (k == Bf16Kernel::Amx && !amx_usable()) return false;
+  g_bf16_kernel.store(static_cast<int>(k), std::memory_order_relaxed);
+  return true;
+}
+
+bool bf16_dot() { return bf16_kernel() == Bf16Kernel::Dot; }
+
+void set_bf16_dot(bool on) { set_bf16_kernel(on ? Bf16Kernel::Dot : Bf16Kernel::Fma); }
 
 namespace {
 std::atomic<int> g_widen{-1};  // -1: not set (the active ISA's default) nor read from the environment yet
@@ -387,7 +437,8 @@ void run_gemm(const XSrc& xs, const uint8_t* w, Fmt fmt, int64_t n, const float*
   const Kernel kern = select_kernel(fmt, mode);
   const int64_t ks = stored_k(fmt, k), np = panels(n), pb = panel_bytes(fmt, k);
   const int es = elem_bytes(fmt);
-  const int xes = kern.xpack == XPack::Bf16Pair ? 2 : 4;  // bytes of packed x per (row, k step)
+  const bool bf16_x = kern.xpack == XPack::Bf16Pair || kern.xpack == XPack::Bf16Rows;
+  const int xes = bf16_x ? 2 : 4;  // bytes of packed x per (row, k step)
 
   // Row blocks of near-equal size, at most max_rows each, or one of up to one_pass_rows rows.
   const int64_t block_rows = m <= kern.one_pass_rows ? kern.one_pass_rows : kern.max_rows;
@@ -395,8 +446,10 @@ void run_gemm(const XSrc& xs, const uint8_t* w, Fmt fmt, int64_t n, const float*
   const int64_t base_rows = m / nblocks, extra = m % nblocks;  // first `extra` blocks get one more row
   auto block_start = [&](int64_t b) { return b * base_rows + (b < extra ? b : extra); };
 
-  // Pack x once (all rows, all of k) on the calling thread's scratch, in parallel.
-  uint8_t* xpack = static_cast<uint8_t*>(tls_xpack.get(static_cast<size_t>(m * ks * xes) + 64));
+  // Pack x once (all rows, all of k) on the calling thread's scratch, in parallel. (AMX tiles
+  // load 16 rows at a time: up to 15 rows past the last block are read, and never stored.)
+  const int64_t past = kern.xpack == XPack::Bf16Rows ? 15 * ks * xes : 0;
+  uint8_t* xpack = static_cast<uint8_t*>(tls_xpack.get(static_cast<size_t>(m * ks * xes + past) + 64));
   ThreadPool& pool = ThreadPool::instance();
   pool.parallel_for(nblocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; b++) {
@@ -410,7 +463,7 @@ void run_gemm(const XSrc& xs, const uint8_t* w, Fmt fmt, int64_t n, const float*
   // bf16 / f16 panels widened once per group for the f32 kernel (widen_panels), where a thread
   // sweeps enough row blocks over each group; not for vdpbf16ps, which takes bf16 as it is.
   const int widen_bit = fmt == Fmt::Bf16 ? kOnePassBf16 : fmt == Fmt::F16 ? kOnePassF16 : 0;
-  const bool can_widen = (widen_panels() & widen_bit) && kern.xpack != XPack::Bf16Pair && active_isa() >= Isa::Avx2;
+  const bool can_widen = (widen_panels() & widen_bit) && !bf16_x && active_isa() >= Isa::Avx2;
   const Kernel kern32 = can_widen ? select_kernel(Fmt::F32, mode) : kern;
   pool.run([&](int t, int nt) {
     int64_t p0 = 0, p1 = np, b0 = 0, b1 = nblocks;
@@ -422,6 +475,7 @@ void run_gemm(const XSrc& xs, const uint8_t* w, Fmt fmt, int64_t n, const float*
       b1 = nblocks * (t + 1) / nt;
     }
     if (p0 >= p1 || b0 >= b1) return;
+    if (kern.enter) kern.enter();
     // Goto-style blocking: for each k block, a group of panels whose k slices fit in L2 is
     // swept by every row block; the row block's packed x (rows x kc) stays in L1 meanwhile.
     const bool wide = can_widen && b1 - b0 >= kWidenBlocks;
@@ -440,6 +494,7 @@ void run_gemm(const XSrc& xs, const uint8_t* w, Fmt fmt, int64_t n, const float*
         for (int64_t b = b0; b < b1; b++) {
           const int64_t r0 = block_start(b);
           const int rows = static_cast<int>(block_start(b + 1) - r0);
+          // (XPack::Bf16Rows: k0 is 0, its kernel takes the whole of k in one block)
           const uint8_t* xp = xpack + r0 * ks * xes + k0 * rows * xes;
           for (int64_t p = g0; p < g1; p++) {
             const uint8_t* wp = wide ? reinterpret_cast<const uint8_t*>(widened + (p - g0) * wide_panel)
@@ -462,6 +517,7 @@ void run_gemm(const XSrc& xs, const uint8_t* w, Fmt fmt, int64_t n, const float*
         }
       }
     }
+    if (kern.leave) kern.leave();
   });
 }
 

@@ -55,7 +55,11 @@ Napi::Value GetIsa(const Napi::CallbackInfo& info) {
   feats.Set("avx512dq", f.avx512dq);
   feats.Set("avx512bf16", f.avx512bf16);
   feats.Set("avx512vnni", f.avx512vnni);
+  feats.Set("amxTile", f.amx_tile);
+  feats.Set("amxBf16", f.amx_bf16);
   o.Set("features", feats);
+  // AMX is not an ISA level (bf16 mode's GEMM kernels, gemmBf16Kernel): whether it may run here.
+  o.Set("amx", amx_usable());
   o.Set("hardwareThreads", hardware_threads());
   return o;
 }

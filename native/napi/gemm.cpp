@@ -215,6 +215,24 @@ Napi::Value Dequantize(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// gemmBf16Kernel(name?): returns bf16 mode's GEMM kernel on bf16 weights ('fma', 'dot', 'amx',
+// 'amx-emulated'; kernels/gemm.h Bf16Kernel); a name sets it ('amx' only where AMX is usable).
+Napi::Value Bf16KernelFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() > 0 && !info[0].IsUndefined()) {
+    if (!info[0].IsString()) throw Napi::TypeError::New(env, "gemmBf16Kernel: the kernel must be a string");
+    const std::string name = info[0].As<Napi::String>();
+    gemm::Bf16Kernel k;
+    if (!gemm::parse_bf16_kernel(name.c_str(), &k)) {
+      throw Napi::RangeError::New(env, "gemmBf16Kernel: unknown kernel '" + name + "' (fma, dot, amx, amx-emulated)");
+    }
+    if (!gemm::set_bf16_kernel(k)) {
+      throw Napi::RangeError::New(env, "gemmBf16Kernel: 'amx' needs AMX-BF16 tiles that this CPU and OS let the process use");
+    }
+  }
+  return Napi::String::New(env, gemm::bf16_kernel_name(gemm::bf16_kernel()));
+}
+
 // gemmBf16Dot(on?): returns whether bf16 mode uses vdpbf16ps; a boolean argument sets it.
 Napi::Value Bf16Dot(const Napi::CallbackInfo& info) {
   if (info.Length() > 0 && info[0].IsBoolean()) gemm::set_bf16_dot(info[0].As<Napi::Boolean>().Value());
@@ -263,6 +281,7 @@ void register_gemm(Napi::Env env, Napi::Object exports) {
   exports.Set("gemmMatmul", Napi::Function::New(env, Matmul));
   exports.Set("gemmGatherRows", Napi::Function::New(env, GatherRows));
   exports.Set("gemmBf16Dot", Napi::Function::New(env, Bf16Dot));
+  exports.Set("gemmBf16Kernel", Napi::Function::New(env, Bf16KernelFn));
   exports.Set("gemmOnePassRows", Napi::Function::New(env, OnePassRows));
   exports.Set("gemmIdlePrefetch", Napi::Function::New(env, IdlePrefetch));
   exports.Set("gemmWidenPanels", Napi::Function::New(env, WidenPanels));

@@ -1,7 +1,7 @@
 // `tierlm profile`: measures this machine once and saves it for every later command.
 import os from 'node:os';
 import type { Command } from 'commander';
-import { type HardwareProfile, checkProfileFile, defaultProfilePath, hugePageStatus, measureProfile, profileJson, saveProfile } from '../policy/profile.js';
+import { BF16_KERNEL_LABELS, type HardwareProfile, checkProfileFile, defaultProfilePath, hugePageStatus, measureProfile, profileJson, saveProfile } from '../policy/profile.js';
 import { formatSize } from '../tensor/tiers/size.js';
 import { rule } from './parse.js';
 import { diskDir, outputFile } from './paths.js';
@@ -46,7 +46,7 @@ const g = (x: number) => (x / 1e9).toFixed(x >= 1e11 ? 0 : x >= 1e10 ? 1 : 2);
 export function formatProfile(p: HardwareProfile): string {
   const m = p.machine;
   const out: string[] = [];
-  out.push(`machine  ${m.cpuModel}, ${m.cores} cores, ${formatSize(m.ramBytes)} RAM, isa ${m.isa.active}, ${m.threads} compute threads`);
+  out.push(`machine  ${m.cpuModel}, ${m.cores} cores, ${formatSize(m.ramBytes)} RAM, isa ${m.isa.active}${m.isa.features.amxBf16 ? ' (AMX-BF16)' : ''}, ${m.threads} compute threads`);
   out.push(`         node ${m.node} ${m.platform}/${m.arch}, measured ${p.createdAt}${p.quick ? ' (--quick)' : ''}${p.sizes === 'tiny' ? ' (tiny sizes)' : ''}`);
   out.push('');
   out.push(`GEMM GFLOP/s, y[M,${p.gemm.n}] = x[M,${p.gemm.k}] · Wᵀ`);
@@ -54,7 +54,7 @@ export function formatProfile(p: HardwareProfile): string {
   for (const r of p.gemm.rows) out.push(`${r.format.padEnd(7)} ${r.mode.padEnd(4)} ${r.flopsPerSecond.map((v) => g(v).padStart(8)).join('')}`);
   if (p.kernels) {
     const rows = p.kernels.onePassRows, widen = p.kernels.widenPanels;
-    out.push(`kernels  bf16 mode: ${p.kernels.bf16 === 'dot' ? 'vdpbf16ps' : 'widening + FMA'}` +
+    out.push(`kernels  bf16 mode: ${BF16_KERNEL_LABELS[p.kernels.bf16]}` +
       (rows ? `; 15-16-row products in one row block: ${rows.length ? rows.join(', ') : 'none'}` : '') +
       (widen ? `; weight panels widened once for many rows: ${widen.length ? widen.join(', ') : 'none'}` : ''));
   }

@@ -21,8 +21,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { randomFillSync } from 'node:crypto';
 import { type PackedWeight, cpuBackend, getThreads, hugePageStatus, isaInfo, readMemoryPass, releaseFreedMemory, setThreads } from '../backend/index.js';
-import { type Bf16Kernel, fasterBf16Kernel } from '../backend/cpu/bf16-kernel.js';
-import { type GemmKernelKind, GEMM_KERNEL_KINDS, GEMM_WIDEN_BLOCKS, gemmBf16Dot, gemmOnePassRows, gemmWidenPanels } from '../backend/cpu/gemm.js';
+import { AMX_AGREEMENT, type Bf16Kernel, fasterBf16Kernel, normalisedDifference } from '../backend/cpu/bf16-kernel.js';
+import { type GemmKernelKind, GEMM_KERNEL_KINDS, GEMM_WIDEN_BLOCKS, gemmBf16Kernel, gemmOnePassRows, gemmWidenPanels } from '../backend/cpu/gemm.js';
 import type { CacheDType, ComputeMode, WeightFormat } from '../backend/kernels.js';
 import { type FloatDType, fromFloat32 } from '../tensor/dtype.js';
 import { Tensor } from '../tensor/tensor.js';
@@ -36,6 +36,9 @@ import { camelKeys, snakeKeys, toSnake } from '../util/json-case.js';
 import { checkKeys } from '../util/names.js';
 import { checkApiValue } from '../util/options.js';
 import { statOrNull } from '../util/stat.js';
+
+/** How `tierlm profile` names each bf16 GEMM kernel. */
+export const BF16_KERNEL_LABELS: Readonly<Record<Bf16Kernel, string>> = { fma: 'widening + FMA', dot: 'vdpbf16ps', amx: 'AMX tiles' };
 
 /** What the profile says about the page size packed weights get (`tierlm profile` prints it). */
 export { hugePageStatus };
@@ -105,7 +108,8 @@ export interface HardwareProfile {
   };
   gemm: GemmTable;
   /** Kernel variants chosen by timing them here (absent in older profiles). bf16: the bf16-mode
-   *  GEMM kernel, 'dot' (vdpbf16ps) or 'fma' (widening + FMA), timed on the GEMM shapes above; the
+   *  GEMM kernel, 'fma' (widening + FMA), 'dot' (vdpbf16ps) or 'amx' (AMX-BF16 tiles, where the CPU
+   *  has them and their results matched vdpbf16ps's), timed on the GEMM shapes above; the
    *  bf16/bf16 GEMM row holds the chosen kernel's rates, so the cost model plans with them. */
   kernels?: {
     bf16: Bf16Kernel;
@@ -322,19 +326,45 @@ function widenFaster(kind: GemmKernelKind, copies: PackedWeight[], rows: number,
   return settingFaster(gemmWidenPanels, kind, copies, rows, k, 2, minSeconds);
 }
 
+/** Whether AMX runs here and its results on a product match vdpbf16ps's (AMX_AGREEMENT): a tile
+ *  path that some CPU or OS gets wrong must never be chosen for its speed. Leaves the bf16 kernel
+ *  setting as it found it. */
+function amxAgrees(log: (m: string) => void): boolean {
+  if (!isaInfo().amx) return false;
+  const cpu = cpuBackend();
+  const before = gemmBf16Kernel();
+  try {
+    const [m, k, n] = [67, 1000, 97];  // several row blocks and panels, a k tail
+    const w = cpu.packWeight(floatTensor('bf16', [n, k], 0.05), 'bf16', 'profile');
+    const x = floatTensor('f32', [m, k], 1) as Tensor<'f32'>;
+    gemmBf16Kernel('dot');
+    const dot = cpu.matmul(x, w, null).data;
+    gemmBf16Kernel('amx');
+    const d = normalisedDifference(cpu.matmul(x, w, null).data, dot);
+    if (d <= AMX_AGREEMENT) return true;
+    log(`gemm bf16: AMX results differ from vdpbf16ps's (normalised difference ${d}): AMX not used`);
+    return false;
+  } finally {
+    gemmBf16Kernel(before);
+  }
+}
+
 function measureGemm(s: SizeSpec, log: (m: string) => void): { table: GemmTable; bf16: Bf16Kernel; onePassRows?: GemmKernelKind[]; widenPanels?: GemmKernelKind[] } {
   const cpu = cpuBackend();
   const { k, n, ms } = s;
   const rows: GemmRow[] = [];
   const xMax = floatTensor('f32', [ms[ms.length - 1]!, k], 1) as Tensor<'f32'>;
-  // bf16 mode has two GEMM kernels where the CPU has AVX512_BF16: both are timed, the faster
-  // (geometric mean over the M points; vdpbf16ps by a clear margin) is kept. The process's own
+  // bf16 mode has two GEMM kernels where the CPU has AVX512_BF16, three where it also has AMX:
+  // each is timed, the fastest (geometric mean over the M points; vdpbf16ps and AMX by a clear
+  // margin over FMA) is kept. AMX only after its results matched vdpbf16ps's. The process's own
   // setting is restored afterwards.
-  const before = gemmBf16Dot();
-  const cases = GEMM_CASES.flatMap((c): { format: WeightFormat; mode: ComputeMode; dot: boolean | null }[] => (c.format === 'bf16' && c.mode === 'bf16'
-    ? (isaInfo().active === 'avx512bf16' ? [{ ...c, dot: false }, { ...c, dot: true }] : [{ ...c, dot: false }])
-    : [{ ...c, dot: null }]));
+  const before = gemmBf16Kernel();
+  const bf16Kernels: Bf16Kernel[] = isaInfo().active !== 'avx512bf16' ? ['fma'] : amxAgrees(log) ? ['fma', 'dot', 'amx'] : ['fma', 'dot'];
+  const cases = GEMM_CASES.flatMap((c): { format: WeightFormat; mode: ComputeMode; kernel: Bf16Kernel | null }[] => (c.format === 'bf16' && c.mode === 'bf16'
+    ? bf16Kernels.map((kernel) => ({ ...c, kernel }))
+    : [{ ...c, kernel: null }]));
   let bf16: Bf16Kernel = 'fma';
+  let fmaTime: number | undefined;  // the FMA kernel's mean time, once a faster one replaced its row
   // Only AVX-512 tiles take 15-16 rows in one block: elsewhere there is nothing to choose. The
   // process's own setting is restored afterwards, as the bf16 kernel's is.
   const onePassBefore = gemmOnePassRows();
@@ -346,7 +376,7 @@ function measureGemm(s: SizeSpec, log: (m: string) => void): { table: GemmTable;
   const widenDecided = isaInfo().active !== 'scalar' ? new Map<GemmKernelKind, boolean>() : null;
   const widenChosen = () => GEMM_KERNEL_KINDS.filter((g) => widenDecided?.get(g) ?? widenBefore.includes(g));
   for (const c of cases) {
-    if (c.dot !== null) gemmBf16Dot(c.dot);
+    if (c.kernel !== null) gemmBf16Kernel(c.kernel);
     const quant = c.format === 'q4' || c.format === 'q8';
     const src = floatTensor(quant ? 'f32' : (c.format as FloatDType), [n, k], 0.05);
     const w = cpu.packWeight(src, c.mode, 'profile', quant ? { quantize: c.format as 'q4' | 'q8' } : undefined);
@@ -358,7 +388,8 @@ function measureGemm(s: SizeSpec, log: (m: string) => void): { table: GemmTable;
       return cpu.packedWeight(w.format, w.mode, n, k, data, 'profile');
     };
     const copies = [w, ...Array.from({ length: Math.ceil(s.gemmStreamBytes / w.data.byteLength) - 1 }, copy)];
-    const kind: GemmKernelKind | null = c.format === 'f32' || c.format === 'f16' ? c.format : c.format === 'bf16' ? (c.dot ? 'bf16-dot' : 'bf16') : null;
+    const kind: GemmKernelKind | null = c.format === 'f32' || c.format === 'f16' ? c.format
+      : c.format === 'bf16' && c.kernel !== 'amx' ? (c.kernel === 'dot' ? 'bf16-dot' : 'bf16') : null;
     if (onePassDecided && kind && !onePassDecided.has(kind)) {
       // Decided before the rates below are timed, so that the table holds the chosen layout's.
       const { ratio, faster } = onePassFaster(kind, copies, k, s.minSeconds);
@@ -382,23 +413,27 @@ function measureGemm(s: SizeSpec, log: (m: string) => void): { table: GemmTable;
       const sec = timeBest(() => cpu.matmul(x, copies[next++ % copies.length]!, null, y), s.minSeconds);
       flops.push((2 * m * k * n) / sec);
     }
-    const label = c.dot === null ? '' : c.dot ? ' (vdpbf16ps)' : ' (widening + FMA)';
-    const prev = c.dot === true ? rows.findIndex((r) => r.format === 'bf16' && r.mode === 'bf16') : -1;
+    const label = c.kernel === null ? '' : ` (${BF16_KERNEL_LABELS[c.kernel]})`;
+    const prev = c.kernel === 'dot' || c.kernel === 'amx' ? rows.findIndex((r) => r.format === 'bf16' && r.mode === 'bf16') : -1;
     if (prev >= 0) {
-      // The same rule as a run's own measurement (fasterBf16Kernel: vdpbf16ps only when clearly
-      // faster), on the geometric means' times.
+      // The same rule as a run's own measurement (fasterBf16Kernel: vdpbf16ps or AMX only when
+      // clearly faster than FMA), on the geometric means' times.
       const meanTime = (f: number[]) => Math.exp(-f.reduce((a, x) => a + Math.log(x), 0) / f.length);
-      if (fasterBf16Kernel({ dot: meanTime(flops), fma: meanTime(rows[prev]!.flopsPerSecond) }) === 'dot') {
+      const t = meanTime(flops), held = meanTime(rows[prev]!.flopsPerSecond);
+      fmaTime ??= held;
+      const pick: Bf16Kernel = c.kernel === 'dot' ? fasterBf16Kernel({ fma: fmaTime, dot: t })
+        : fasterBf16Kernel({ fma: fmaTime, dot: (bf16 as Bf16Kernel) === 'dot' ? held : Infinity, amx: t });
+      if (pick === c.kernel) {
         rows[prev] = { format: c.format, mode: c.mode, flopsPerSecond: flops };
-        bf16 = 'dot';
+        bf16 = pick;
       }
     } else rows.push({ format: c.format, mode: c.mode, flopsPerSecond: flops });
     copies.length = 0;
     collect();
     log(`gemm ${c.format}/${c.mode}${label}: ${flops.map((f, i) => `M=${ms[i]} ${(f / 1e9).toFixed(1)}`).join(', ')} GFLOP/s`);
   }
-  gemmBf16Dot(before);
-  log(`bf16 kernel: ${bf16 === 'dot' ? 'vdpbf16ps' : 'widening + FMA'}`);
+  gemmBf16Kernel(before);
+  log(`bf16 kernel: ${BF16_KERNEL_LABELS[bf16]}`);
   const onePassRows = onePassDecided ? onePassChosen() : undefined;
   gemmOnePassRows(onePassBefore);
   const widenPanels = widenDecided ? widenChosen().filter((g) => g === 'f16' || g === 'bf16') : undefined;
@@ -716,7 +751,7 @@ function validateProfile(v: unknown, file: string): asserts v is HardwareProfile
 
   if (p.kernels !== undefined) {
     const kn = obj(p.kernels, 'kernels');
-    oneOf(kn.bf16, 'kernels.bf16', ['dot', 'fma']);
+    oneOf(kn.bf16, 'kernels.bf16', ['fma', 'dot', 'amx']);
     if (kn.onePassRows !== undefined) {
       if (!Array.isArray(kn.onePassRows)) bad('kernels.one_pass_rows', `a list of kernels (${GEMM_KERNEL_KINDS.join(', ')})`);
       (kn.onePassRows as unknown[]).forEach((k, i) => oneOf(k, `kernels.one_pass_rows[${i}]`, GEMM_KERNEL_KINDS));

@@ -16,7 +16,7 @@ import path from 'node:path';
 import { positionsNote } from '../models/config.js';
 import { readConfig } from '../models/registry.js';
 import { UserError } from '../util/errors.js';
-import { type Bf16Kernel, selectBf16Kernel } from '../backend/cpu/bf16-kernel.js';
+import { type Bf16Kernel, isBf16Kernel, selectBf16Kernel } from '../backend/cpu/bf16-kernel.js';
 import { Batcher, evalBatches } from './batcher.js';
 import { LATEST, latestCheckpoint, loadCheckpoint, removeTemporaries, saveCheckpoint } from './checkpoint.js';
 import { type Dataset, dataContextFor, datasetBytes, readDataset } from './dataset.js';
@@ -201,14 +201,15 @@ async function* runSteps(trainer: Trainer, o: ResolvedOptions, data: Dataset, ev
   const resumed = o.resume && existing ? await restore(trainer, existing, comm) : null;
   const kernelShape = { rows: o.batchSize * o.seqLen, n: trainer.config.ffn, k: trainer.config.hidden };
   // Rank 0 chooses (a resume's saved kernel, else the machine's) and every rank computes with
-  // its choice: the two kernels round differently. The others neither measure nor keep one.
+  // its choice: the kernels round differently. The others neither measure nor keep one.
   let bf16Kernel = o.precision === 'bf16' && lead
     ? selectBf16Kernel(kernelShape, existing && o.resume ? checkpointBf16Kernel(existing) : null, savedBf16Kernel())
     : null;
   if (o.precision === 'bf16' && comm.size > 1) {
-    const dot = Int32Array.of(bf16Kernel === 'dot' ? 1 : 0);
-    comm.broadcast(dot, 0).wait();
-    bf16Kernel = selectBf16Kernel(kernelShape, dot[0] ? 'dot' : 'fma');
+    const kernels: Bf16Kernel[] = ['fma', 'dot', 'amx'];
+    const chosen = Int32Array.of(Math.max(0, kernels.indexOf(bf16Kernel ?? 'fma')));
+    comm.broadcast(chosen, 0).wait();
+    bf16Kernel = selectBf16Kernel(kernelShape, kernels[chosen[0]!] ?? 'fma');
   }
   const batcher = new Batcher(data, { batchSize: globalBatch, seed: o.seed }, resumed?.dataPosition);
   const startStep = resumed?.step ?? 0;
@@ -357,7 +358,7 @@ function savedMathOptions(dir: string): Record<string, Json> | null {
 
 function checkpointBf16Kernel(dir: string): Bf16Kernel | null {
   const k = savedOptions(dir)?.bf16_kernel;
-  return k === 'dot' || k === 'fma' ? k : null;
+  return isBf16Kernel(k) ? k : null;
 }
 
 async function save(trainer: Trainer, o: ResolvedOptions, options: { [key: string]: Json }, step: number, batcher: Batcher, comm: Comm): Promise<string> {

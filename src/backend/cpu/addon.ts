@@ -9,6 +9,9 @@ export interface IsaInfo {
   detected: string;
   features: Record<string, boolean>;
   hardwareThreads: number;
+  /** Whether AMX-BF16 tiles may run here: the CPU has them and the OS granted this process their
+   *  state. Not an ISA level: one of bf16 mode's GEMM kernels (gemmBf16Kernel). */
+  amx: boolean;
 }
 
 /** Raw exports of the addon; every call goes through a validated wrapper in this folder. */

@@ -9,18 +9,27 @@
 // measurement on a machine is kept in a small cache file that every later process reads, and the
 // vdpbf16ps kernel is taken only when clearly faster (its rounding of activations to bf16 costs
 // accuracy; a tie goes to the FMA kernel). A resumed training run passes the kernel its checkpoint
-// saved and `tierlm profile` saves one; TIERLM_BF16_DOT=0|1 decides instead.
+// saved and `tierlm profile` saves one; TIERLM_BF16_KERNEL=fma|dot|amx (or the older
+// TIERLM_BF16_DOT=0|1) decides instead. AMX is taken only after its results on a product matched
+// vdpbf16ps's (the two round alike), so a faulty tile path on some CPU or OS costs speed, not
+// results.
 
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { cpuBackend, isaInfo } from '../index.js';
-import { gemmBf16Dot } from './gemm.js';
+import { gemmBf16Kernel } from './gemm.js';
 import { fromFloat32 } from '../../tensor/dtype.js';
 import { Tensor } from '../../tensor/tensor.js';
 import { writeFileDurable } from '../../util/atomic.js';
 
-export type Bf16Kernel = 'dot' | 'fma';
+export type Bf16Kernel = 'fma' | 'dot' | 'amx';
+const BF16_KERNELS: readonly Bf16Kernel[] = ['fma', 'dot', 'amx'];
+
+/** Whether `k` names a bf16 kernel (a value read from a file or the environment). */
+export function isBf16Kernel(k: unknown): k is Bf16Kernel {
+  return typeof k === 'string' && (BF16_KERNELS as readonly string[]).includes(k);
+}
 
 /** A layer's GEMM shape: rows × k inputs → n outputs. */
 export interface GemmShape {
@@ -37,13 +46,28 @@ let measured: Bf16Kernel | null = null;
 
 /** Sets the bf16 GEMM kernel and returns it: `saved` (a checkpoint's) when given, else the
  *  environment's, else `profile` (the machine's saved profile's), else this machine's kept
- *  measurement (measured on `shape` and kept when there is none yet; once per process). */
+ *  measurement (measured on `shape` and kept when there is none yet; once per process). A saved
+ *  'amx' where this process cannot run AMX becomes 'dot', which rounds as AMX does. */
 export function selectBf16Kernel(shape: GemmShape, saved: Bf16Kernel | null = null, profile: Bf16Kernel | null = null): Bf16Kernel {
+  const choice: Bf16Kernel = saved ?? forcedBf16Kernel() ?? profile ?? (measured ??= keptBf16Kernel(shape, kernelCachePath()));
+  const runs = choice === 'amx' && !isaInfo().amx ? 'dot' : choice;
+  gemmBf16Kernel(runs);
+  return runs;
+}
+
+/** The kernel the environment names: TIERLM_BF16_KERNEL=fma|dot|amx, else TIERLM_BF16_DOT=1|0;
+ *  null when neither is set. */
+export function forcedBf16Kernel(): Bf16Kernel | null {
+  const named = process.env.TIERLM_BF16_KERNEL;
+  if (named !== undefined && named !== '') {
+    if (!isBf16Kernel(named)) throw new RangeError(`TIERLM_BF16_KERNEL must be one of ${BF16_KERNELS.join(', ')}, got ${JSON.stringify(named)}`);
+    if (named === 'amx' && !isaInfo().amx) {
+      throw new RangeError('TIERLM_BF16_KERNEL=amx: this CPU or OS does not let the process run AMX-BF16 tiles (isaInfo().amx is false)');
+    }
+    return named;
+  }
   const env = process.env.TIERLM_BF16_DOT;
-  const forced = env === '0' || env === '1' ? (env === '1' ? 'dot' : 'fma') : null;
-  const choice: Bf16Kernel = saved ?? forced ?? profile ?? (measured ??= keptBf16Kernel(shape, kernelCachePath()));
-  gemmBf16Dot(choice === 'dot');
-  return choice;
+  return env === '0' || env === '1' ? (env === '1' ? 'dot' : 'fma') : null;
 }
 
 /** Where measured kernel choices are kept: TIERLM_KERNEL_CACHE, else ~/.cache/tierlm/kernels.json. */
@@ -70,10 +94,17 @@ export function keptBf16Kernel(shape: GemmShape, file: string): Bf16Kernel {
   }
   const key = machineKey();
   const k = kept[key]?.bf16;
-  if (k === 'dot' || k === 'fma') return k;
+  // (a kept 'amx' where AMX is not usable now, e.g. an older kernel: measured anew)
+  if (isBf16Kernel(k) && (k !== 'amx' || isaInfo().amx)) return k;
   const t = timeKernels(shape);
   const choice = fasterBf16Kernel(t);
-  kept[key] = { bf16: choice, ...(Number.isFinite(t.dot) ? { dot_ms: t.dot, fma_ms: t.fma } : {}), measured: new Date().toISOString() };
+  kept[key] = {
+    bf16: choice,
+    ...(Number.isFinite(t.dot) ? { dot_ms: t.dot, fma_ms: t.fma } : {}),
+    ...(t.amx !== undefined ? { amx_ms: t.amx } : {}),
+    ...(t.amxMismatch !== undefined ? { amx_mismatch: t.amxMismatch } : {}),
+    measured: new Date().toISOString(),
+  };
   try {
     fs.mkdirSync(path.dirname(file), { recursive: true });
     writeFileDurable(file, JSON.stringify(kept, null, 2) + '\n');
@@ -83,13 +114,35 @@ export function keptBf16Kernel(shape: GemmShape, file: string): Bf16Kernel {
   return choice;
 }
 
-/** vdpbf16ps when its time is under DOT_MARGIN of the FMA kernel's, else the FMA kernel. */
-export function fasterBf16Kernel(ms: { dot: number; fma: number }): Bf16Kernel {
-  return ms.dot < DOT_MARGIN * ms.fma ? 'dot' : 'fma';
+/** The fastest kernel, where vdpbf16ps or AMX (both round x to bf16) must take under DOT_MARGIN
+ *  of the FMA kernel's time to be chosen over it; AMX (absent: not timed) also under vdpbf16ps's. */
+export function fasterBf16Kernel(ms: { dot: number; fma: number; amx?: number }): Bf16Kernel {
+  let best: Bf16Kernel = 'fma', t = ms.fma;
+  if (ms.dot < DOT_MARGIN * ms.fma) [best, t] = ['dot', ms.dot];
+  if (ms.amx !== undefined && ms.amx < DOT_MARGIN * ms.fma && ms.amx < t) best = 'amx';
+  return best;
 }
 
-/** Best of several calls of each kernel, in ms (vdpbf16ps: Infinity where the CPU lacks it). */
-function timeKernels(shape: GemmShape): { dot: number; fma: number } {
+/** How far apart AMX's results may lie from vdpbf16ps's (normalised error: the two take the same
+ *  bf16 products and differ only in the order and rounding of their sums). */
+export const AMX_AGREEMENT = 1e-3;
+
+/** The largest difference between `a` and `b` over the largest magnitude of `b` (NaN when either
+ *  holds a NaN). */
+export function normalisedDifference(a: Float32Array, b: Float32Array): number {
+  let diff = 0, scale = 0;
+  for (let i = 0; i < b.length; i++) {
+    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
+    scale = Math.max(scale, Math.abs(b[i]!));
+    if (Number.isNaN(a[i]!) || Number.isNaN(b[i]!)) return NaN;
+  }
+  return diff / (scale || 1);
+}
+
+/** Best of several calls of each kernel, in ms (vdpbf16ps: Infinity where the CPU lacks it; AMX:
+ *  absent where it cannot run, Infinity where its results did not match vdpbf16ps's, with the
+ *  difference in amxMismatch). */
+function timeKernels(shape: GemmShape): { dot: number; fma: number; amx?: number; amxMismatch?: number } {
   if (isaInfo().active !== 'avx512bf16') return { dot: Infinity, fma: 0 };
   const b = cpuBackend();
   // Capped (at most 4 MiB of weights): the rates are the CPU's, and a run under a tight --ram
@@ -99,8 +152,9 @@ function timeKernels(shape: GemmShape): { dot: number; fma: number } {
   const w = b.packWeight(new Tensor('bf16', [n, k], fromFloat32('bf16', Float32Array.from({ length: n * k }, (_, i) => ((i * 7919) % 2003) / 2003 - 0.5))), 'bf16');
   const x = new Tensor('f32', [m, k], Float32Array.from({ length: m * k }, (_, i) => ((i * 104729) % 1009) / 1009 - 0.5));
   const out = Tensor.zeros('f32', [m, n]);
-  const time = (dot: boolean) => {
-    gemmBf16Dot(dot);
+  const before = gemmBf16Kernel();
+  const time = (kernel: Bf16Kernel) => {
+    gemmBf16Kernel(kernel);
     b.matmul(x, w, null, out);
     let best = Infinity;
     for (let i = 0; i < 3; i++) {
@@ -110,7 +164,25 @@ function timeKernels(shape: GemmShape): { dot: number; fma: number } {
     }
     return best;
   };
-  // Interleaved, so that a burst of load on a shared machine hits both.
-  const [fma1, dot1, fma2, dot2] = [time(false), time(true), time(false), time(true)];
-  return { dot: Math.min(dot1, dot2), fma: Math.min(fma1, fma2) };
+  try {
+    let amxMismatch: number | undefined;
+    if (isaInfo().amx) {
+      gemmBf16Kernel('dot');
+      const dotY = b.matmul(x, w, null).data;
+      gemmBf16Kernel('amx');
+      const d = normalisedDifference(b.matmul(x, w, null).data, dotY);
+      if (!(d <= AMX_AGREEMENT)) amxMismatch = d;
+    }
+    const withAmx = isaInfo().amx && amxMismatch === undefined;
+    // Interleaved, so that a burst of load on a shared machine hits each.
+    const [fma1, dot1, amx1, fma2, dot2, amx2] = [time('fma'), time('dot'), withAmx ? time('amx') : Infinity,
+      time('fma'), time('dot'), withAmx ? time('amx') : Infinity];
+    return {
+      dot: Math.min(dot1, dot2), fma: Math.min(fma1, fma2),
+      ...(isaInfo().amx ? { amx: Math.min(amx1, amx2) } : {}),
+      ...(amxMismatch !== undefined ? { amxMismatch } : {}),
+    };
+  } finally {
+    gemmBf16Kernel(before);
+  }
 }

@@ -62,6 +62,17 @@ export const gemmKernels: Partial<Kernels> = {
   },
 };
 
+/** bf16 compute mode's GEMM kernel on bf16 weights: 'fma' (the weights widened for fp32 FMA on
+ *  bf16-rounded x), 'dot' (AVX512_BF16 vdpbf16ps on bf16 pairs), 'amx' (AMX-BF16 tiles on the same
+ *  pairs; only where `isaInfo().amx`), or 'amx-emulated' (the AMX kernel with each tile instruction
+ *  emulated in scalar code, on any CPU: for tests only, far too slow for work). A kernel the active
+ *  instruction set cannot run falls back: amx to dot to fma. Pass a name to change it (throws for
+ *  'amx' where AMX is not usable); returns the setting. */
+export type Bf16GemmKernel = 'fma' | 'dot' | 'amx' | 'amx-emulated';
+export function gemmBf16Kernel(kernel?: Bf16GemmKernel): Bf16GemmKernel {
+  return nativeFn<(k?: string) => Bf16GemmKernel>('gemmBf16Kernel')(kernel);
+}
+
 /** Whether bf16 compute mode multiplies with AVX512_BF16 vdpbf16ps (when the active ISA has it)
  *  rather than widening bf16 weights for fp32 FMA (the default: faster where vdpbf16ps has half
  *  the FMA throughput). Pass a boolean to change it; returns the setting. */
