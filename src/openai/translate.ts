@@ -205,15 +205,32 @@ function promptContext(model: ServedModel, prompt: readonly number[]): number[] 
   return model.tokenizer ? detokenizeContext(model.tokenizer, prompt)[0] : [];
 }
 
+/**
+ * Where a stop sequence cut a sample's text short of its tokens (its tokenIds keep every token
+ * generated, the one carrying the stop sequence too), the tokens the returned text covers: those
+ * starting before the cut, the last one's share cut there (`cut(i, keep)` its first `keep`
+ * units). `lengths` are the tokens' lengths, `textLength` the text's, in the same units. The
+ * tokens then add up to exactly the text. Null when nothing is cut.
+ */
+function coveredTokens<T>(lengths: readonly number[], textLength: number, all: readonly T[], cut: (i: number, keep: number) => T): T[] | null {
+  if (lengths.reduce((a, b) => a + b, 0) <= textLength) return null;
+  const kept: T[] = [];
+  for (let i = 0, at = 0; i < lengths.length && at < textLength; at += lengths[i]!, i++) {
+    kept.push(at + lengths[i]! > textLength ? cut(i, textLength - at) : all[i]!);
+  }
+  return kept;
+}
+
 function completionLogprobs(model: ServedModel, s: SampleResult, top: number, prompt: readonly number[]) {
   const context = promptContext(model, prompt);
-  const tokens = s.tokenIds.map((_, i) => tokenPiece(model, s.tokenIds, i, undefined, context));
+  const pieces = s.tokenIds.map((_, i) => tokenPiece(model, s.tokenIds, i, undefined, context));
+  const tokens = s.text === undefined ? pieces : coveredTokens(pieces.map((t) => t.length), s.text.length, pieces, (i, keep) => pieces[i]!.slice(0, keep)) ?? pieces;
   const offsets: number[] = [];
   tokens.reduce((at, t) => (offsets.push(at), at + t.length), 0);
   return {
     tokens,
-    token_logprobs: s.logprobs ?? [],
-    top_logprobs: top > 0 ? (s.topLogprobs ?? []).map((list, i) => Object.fromEntries(list.map((x) => [tokenPiece(model, s.tokenIds, i, x.token, context), x.logprob]))) : null,
+    token_logprobs: (s.logprobs ?? []).slice(0, tokens.length),
+    top_logprobs: top > 0 ? (s.topLogprobs ?? []).slice(0, tokens.length).map((list, i) => Object.fromEntries(list.map((x) => [tokenPiece(model, s.tokenIds, i, x.token, context), x.logprob]))) : null,
     text_offset: offsets,
   };
 }
@@ -228,10 +245,16 @@ function chatLogprobs(model: ServedModel, s: SampleResult, prompt: readonly numb
     const text = tokenPiece(model, s.tokenIds, i, token, context);
     return { token: text, logprob, bytes: [...Buffer.from(text, 'utf8')] };
   };
-  return {
-    content: s.tokenIds.map((_, i) => ({ ...entry(i, undefined, s.logprobs?.[i] ?? 0), top_logprobs: (s.topLogprobs?.[i] ?? []).map((x) => entry(i, x.token, x.logprob)) })),
-    refusal: null,
+  const all = s.tokenIds.map((_, i) => ({ ...entry(i, undefined, s.logprobs?.[i] ?? 0), top_logprobs: (s.topLogprobs?.[i] ?? []).map((x) => entry(i, x.token, x.logprob)) }));
+  // Cut in bytes: the token straddling a stop sequence keeps the bytes before it (its logprob and
+  // alternatives as they were), shown as `\xNN` where they end inside a character.
+  const cut = (i: number, keep: number) => {
+    const bytes = all[i]!.bytes.slice(0, keep);
+    const b = Buffer.from(bytes);
+    return { ...all[i]!, token: isUtf8(b) ? b.toString('utf8') : escapeBytes(b), bytes };
   };
+  const content = s.text === undefined ? all : coveredTokens(all.map((e) => e.bytes.length), Buffer.byteLength(s.text, 'utf8'), all, cut) ?? all;
+  return { content, refusal: null };
 }
 
 /** The whole response body of a finished request. */

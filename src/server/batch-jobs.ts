@@ -79,6 +79,9 @@ export class BatchJobs {
     try {
       // Lines answered before a restart count as they were.
       const before = { completed: out.done.size, failed: errors.done.size };
+      // Shown (and saved) at once, not only when the first new line is answered.
+      b.batch.request_counts.completed = before.completed;
+      b.batch.request_counts.failed = before.failed;
       if (b.batch.status === 'validating') {
         b.batch.status = 'in_progress';
         b.batch.in_progress_at = now();
