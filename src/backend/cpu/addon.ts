@@ -3,6 +3,7 @@
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
+import { checkKernelEnv } from './env.js';
 
 export interface IsaInfo {
   active: string;
@@ -34,11 +35,18 @@ export function addon(): Addon {
   if (loaded) return loaded;
   const here = path.dirname(fileURLToPath(import.meta.url));
   const file = path.resolve(here, '../../../build/Release/tierlm.node');
+  let a: Addon;
   try {
-    loaded = createRequire(import.meta.url)(file) as Addon;
+    a = createRequire(import.meta.url)(file) as Addon;
   } catch (e) {
     throw new Error(`tierlm: cannot load the native addon at ${file} (run \`npm install\` to build it): ${(e as Error).message}`);
   }
+  // Before any kernel reads its variable (each reads it once, on first use, and cannot report a bad
+  // value); on a bad one `loaded` stays unset, so every later call refuses too.
+  const isa = a.getIsa();
+  const warnings = checkKernelEnv(process.env, isa.detected, isa.hardwareThreads, isa.amx);
+  loaded = a;
+  for (const w of warnings) process.emitWarning(w);
   return loaded;
 }
 
