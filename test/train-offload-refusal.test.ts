@@ -14,7 +14,7 @@ const MiB = 2 ** 20;
 // --batch-size 2 --seq-len 64.
 const { arch, config } = readPreset('llama-test', 1);
 const base: Omit<OffloadPlanInput, 'ram'> = { config, names: arch.names(config, () => true), precision: 'fp32', maxTokens: 128, disk: 100 * MiB,
-  checkpointActivations: true };
+  checkpointActivations: true, optionNames: 'flags' };
 
 function refused(o: OffloadPlanInput): LimitRefusal {
   try {

@@ -113,6 +113,11 @@ export class Trainer {
   private readonly offloaded: Offloaded | null;
   private readonly store: TrainSource | OffloadStore;
   private readonly ranked: PartitionedStore | null;
+  /** Set by the first close(): every later call is refused, and a second close() waits for it. */
+  private closing: Promise<void> | null = null;
+  /** The steps, evaluations and saves under way: close() waits for them before it closes the
+   *  store (it closed the buffers and removed the files under a running step). */
+  private readonly running = new Set<Promise<unknown>>();
 
   constructor(
     readonly config: ModelConfig,
@@ -148,7 +153,27 @@ export class Trainer {
    *  fetches it; whatever reads the states as a whole (saveParams, stateSources, a checkpoint)
    *  waits for all of it. Rethrows the update's error (an I/O failure). Immediate in RAM. */
   async sync(): Promise<void> {
+    this.checkOpen('sync');
     await this.offloaded?.optimizer.settle();
+  }
+
+  /** After close() the buffers are gone and an offloaded run's files removed (and in RAM a call
+   *  would seem to work on a trainer its owner has let go): refused by name. */
+  private checkOpen(method: string): void {
+    if (this.closing) throw new UserError(`${method}() was called after close(): open the trainer again`);
+  }
+
+  /** Runs `work` as `method`, refused after close(), and counted as under way until it settles. */
+  private async track<T>(method: string, work: () => Promise<T>): Promise<T> {
+    this.checkOpen(method);
+    // Registered before the first await: a close() right after the call waits for it.
+    const p = work();
+    this.running.add(p);
+    try {
+      return await p;
+    } finally {
+      this.running.delete(p);
+    }
   }
 
   /** Whether the last step's update is still running in the background (offloaded runs). */
@@ -158,7 +183,11 @@ export class Trainer {
 
   /** One optimizer step over `batch`: one micro-batch (a list of sequences), or several (a list
    *  of lists) whose gradients are accumulated. */
-  async step(batch: readonly TrainSequence[] | readonly (readonly TrainSequence[])[]): Promise<StepMetrics> {
+  step(batch: readonly TrainSequence[] | readonly (readonly TrainSequence[])[]): Promise<StepMetrics> {
+    return this.track('step', () => this.takeStep(batch));
+  }
+
+  private async takeStep(batch: readonly TrainSequence[] | readonly (readonly TrainSequence[])[]): Promise<StepMetrics> {
     const t0 = performance.now();
     const c = this.config;
     if (!Array.isArray(batch) || batch.length === 0) throw new TypeError('step: batch must be a non-empty array of sequences, or of micro-batches');
@@ -225,7 +254,11 @@ export class Trainer {
   }
 
   /** Mean cross-entropy of the sequences under the current weights (no update). */
-  async evaluate(seqs: readonly TrainSequence[]): Promise<{ loss: number; targets: number }> {
+  evaluate(seqs: readonly TrainSequence[]): Promise<{ loss: number; targets: number }> {
+    return this.track('evaluate', () => this.lossOf(seqs));
+  }
+
+  private async lossOf(seqs: readonly TrainSequence[]): Promise<{ loss: number; targets: number }> {
     const m = packMicroBatch(seqs, this.config.vocabSize, this.config.maxPositions);
     this.checkTokens([m]);
     const { loss, count } = await this.model.loss(m);
@@ -245,6 +278,7 @@ export class Trainer {
   /** Every parameter's model states (Hugging Face name, shape, param, grad, master, m, v), in a
    *  fixed order; a tied head appears once, as the embedding. Under ranks: this rank's slices. */
   parameters(): readonly ParamState[] {
+    this.checkOpen('parameters');
     if (this.offloaded) {
       throw new UserError('parameters(): this trainer offloads its states to disk; read them with stateSources(), saveParams() or a checkpoint');
     }
@@ -253,14 +287,21 @@ export class Trainer {
 
   /** Number of trainable values. */
   parameterCount(): number {
+    this.checkOpen('parameterCount');
     if (this.ranked) return this.ranked.parameterCount;
     if (this.offloaded) return this.offloaded.store.layout.params.reduce((n, p) => n + p.size, 0);
-    return this.stateSources().reduce((n, s) => n + s.size, 0);
+    return this.sources().reduce((n, s) => n + s.size, 0);
   }
 
   /** Every parameter's name, shape, and master weight and moments as sources a writer pulls
    *  from (in RAM, or read chunk by chunk from the disk tier), in the parameters' order. */
   stateSources(): { name: string; shape: number[]; size: number; master: F32Source; m: F32Source; v: F32Source }[] {
+    this.checkOpen('stateSources');
+    return this.sources();
+  }
+
+  /** stateSources() for the trainer's own use (a save under way when close() was called goes on). */
+  private sources(): { name: string; shape: number[]; size: number; master: F32Source; m: F32Source; v: F32Source }[] {
     if (!this.offloaded) {
       return (this.store as TrainSource).states.map((p) => ({ name: p.name, shape: [...p.shape], size: p.master.size, master: p.master.data, m: p.m.data, v: p.v.data }));
     }
@@ -270,8 +311,12 @@ export class Trainer {
   }
 
   /** Loads a checkpoint's training-state directory (checked by readTrainingState) into the states. */
-  async restoreStates(stateDir: string, state: TrainingState): Promise<void> {
-    await this.sync();
+  restoreStates(stateDir: string, state: TrainingState): Promise<void> {
+    return this.track('restoreStates', () => this.restore(stateDir, state));
+  }
+
+  private async restore(stateDir: string, state: TrainingState): Promise<void> {
+    await this.offloaded?.optimizer.settle();
     if (!this.offloaded) {
       for (const p of (this.store as TrainSource).states) {
         const s = state.tensors.get(p.name)!;
@@ -292,6 +337,7 @@ export class Trainer {
   /** An offloaded run's predicted step time for micro-batches of `tokens` tokens, from a
    *  hardware profile (./offload/cost.ts); null in RAM. */
   predictStep(profile: HardwareProfile, tokens: number, gradAccum = 1, seqLen?: number): OffloadCost | null {
+    this.checkOpen('predictStep');
     const off = this.offloaded;
     if (!off) return null;
     const act = off.plan.shares.act < 1 ? this.config.layers * alignUp(4 * off.maxTokens * this.config.hidden) : 0;
@@ -301,6 +347,7 @@ export class Trainer {
 
   /** An offloaded run's model states in RAM and on disk (bytes), and its sub-group size; null in RAM. */
   offloadPlacement(): { ramBytes: number; diskBytes: number; subGroupSize: number; tiledWeights: number; tileBytes: number } | null {
+    this.checkOpen('offloadPlacement');
     // Under ranks: this rank's slices.
     const off = this.offloaded ?? this.ranked?.disk;
     if (!off) return null;
@@ -312,8 +359,18 @@ export class Trainer {
     };
   }
 
-  /** Removes an offloaded run's state files, once its transfers are done (a no-op in RAM). */
-  async close(): Promise<void> {
+  /** Ends the trainer: waits for a step, evaluation or save under way, then for an offloaded run's
+   *  transfers, and removes its state files. Every later call throws; a second close() waits for
+   *  the first and does nothing more. */
+  close(): Promise<void> {
+    this.closing ??= this.shutdown();
+    return this.closing;
+  }
+
+  private async shutdown(): Promise<void> {
+    // What is under way reports its own result or error to its caller; close only waits for it
+    // (its buffers are still leased and its files in use until it ends).
+    await Promise.allSettled([...this.running]);
     // A failed update was reported by the step or sync() that met it; close only waits for it.
     await this.offloaded?.optimizer.settle().catch(() => {});
     await this.offloaded?.store.close();
@@ -323,17 +380,21 @@ export class Trainer {
   /** Writes the current weights (the fp32 masters, rounded to `dtype`) to a safetensors file under
    *  their Hugging Face names. Under ranks every rank calls it (the masters are gathered) and rank 0
    *  writes. Offloaded, it first waits for the last step's update (sync()). */
-  async saveParams(file: string, dtype: 'f32' | 'bf16' | 'f16' = 'f32'): Promise<void> {
+  saveParams(file: string, dtype: 'f32' | 'bf16' | 'f16' = 'f32'): Promise<void> {
+    return this.track('saveParams', () => this.writeParams(file, dtype));
+  }
+
+  private async writeParams(file: string, dtype: 'f32' | 'bf16' | 'f16'): Promise<void> {
     if (dtype !== 'f32' && dtype !== 'bf16' && dtype !== 'f16') throw new RangeError(`saveParams: dtype must be 'f32', 'bf16' or 'f16', got ${JSON.stringify(dtype)}`);
     // In RAM nothing is pending and the file is written before this returns.
-    if (this.offloaded?.optimizer.busy) await this.sync();
+    if (this.offloaded?.optimizer.busy) await this.offloaded.optimizer.settle();
     const masters = new Map<string, { shape: readonly number[]; data: F32Source }>();
     const lead = !this.ranked || this.ranked.layout.rank === 0;
     // Offloaded ranks: rank 0 spills the gathered masters to its disk tier (./partition/checkpoint.ts).
     const spill = lead && this.ranked?.disk ? new MasterSpill(path.join(this.ranked.disk.states.dir, 'masters-params.bin')) : null;
     try {
       if (this.ranked) this.ranked.gatherMasters((name, shape, data) => lead && masters.set(name, { shape, data: spill ? spill.put(data) : data }));
-      else for (const s of this.stateSources()) masters.set(s.name, { shape: s.shape, data: s.master });
+      else for (const s of this.sources()) masters.set(s.name, { shape: s.shape, data: s.master });
       if (!lead) return;
       writeSafetensors(file, [...masters].map(([name, m]) => ({ name, dtype, shape: [...m.shape] })), (e, dst, offset) => {
         const n = dst.byteLength / (dtype === 'f32' ? 4 : 2);

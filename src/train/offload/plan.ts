@@ -12,6 +12,7 @@ import type { NameTable } from '../../models/architecture.js';
 import type { Precision } from '../../optim/state.js';
 import { alignUp } from '../../tensor/disk/io.js';
 import { UserError } from '../../util/errors.js';
+import { type NameStyle, nameStyle } from '../../util/names.js';
 import { formatSize } from '../../tensor/tiers/size.js';
 import { TENSOR_FILE_RAM_BYTES } from '../tensor-file.js';
 import { layerActivationBytes } from './cost.js';
@@ -38,6 +39,9 @@ export interface OffloadPlanInput {
   heldBytes?: number;
   /** Try smaller tiles where the default ones do not fit (default true; see planOffload). */
   retile?: boolean;
+  /** How a refusal names the options that would fit it: openTrainer's and train()'s ('api'), or
+   *  `tierlm train`'s flags (default: as the process names options, src/util/names.ts). */
+  optionNames?: NameStyle;
 }
 
 export interface OffloadPlan {
@@ -223,17 +227,31 @@ export function placeStates(o: OffloadPlanInput, probe: Layout, items: MemoryIte
   } catch (e) {
     // checkLimits' advice is generation's; training's levers are these.
     if (e instanceof UserError) {
-      const data = (o.heldBytes ?? 0) > o.ram / 4 ? ', or train on less data per run (the tokenized --data and the tokenizer stay in RAM)' : '';
       const ram = items.reduce((n, i) => n + i.ram, 0), disk = items.reduce((n, i) => n + i.disk, 0);
-      // (no tiles under ranks, which plan with tiling off: --tile-size would change nothing there)
-      const tiles = tileBytes === 0 ? '' : 'compute weights in smaller tiles (--tile-size), ';
-      throw new LimitRefusal(e.message.replace(/ Put more of .*$/, ` Keep fewer states in RAM (--ram-percent), ${tiles}` +
-        `or use a smaller --batch-size, --seq-len or --sub-group-size${data}.`), ram > o.ram ? 'ram' : 'disk', ram > o.ram ? ram - o.ram : disk - (o.disk ?? 0), tileBytes);
+      throw new LimitRefusal(e.message.replace(/ Put more of .*$/, ` ${levers(o, tileBytes)}.`), ram > o.ram ? 'ram' : 'disk',
+        ram > o.ram ? ram - o.ram : disk - (o.disk ?? 0), tileBytes);
     }
     throw e;
   }
-  if (!Number.isSafeInteger(subGroupSize) || subGroupSize < 1) throw new UserError(`--sub-group-size must be a positive integer, got ${subGroupSize}`);
+  if (!Number.isSafeInteger(subGroupSize) || subGroupSize < 1) {
+    throw new UserError(`${(o.optionNames ?? nameStyle()) === 'api' ? 'offload.subGroupSize' : '--sub-group-size'} must be a positive integer, got ${subGroupSize}`);
+  }
   return { shares, subGroupSize, optimizerSets, maxDepth, tileBytes, tiled, layout, items };
+}
+
+/** What would fit a refused plan, named as the caller passes it: an API caller has no flags
+ *  (openTrainer's offload options, and train()'s where they differ), the CLI has nothing else. */
+function levers(o: OffloadPlanInput, tileBytes: number): string {
+  const api = (o.optionNames ?? nameStyle()) === 'api';
+  const held = (o.heldBytes ?? 0) > o.ram / 4;
+  // (no tiles under ranks, which plan with tiling off: a tile size would change nothing there)
+  if (api) {
+    return `Keep fewer states in RAM (offload.shares, or train()'s ramPercent), ${tileBytes === 0 ? '' : 'compute weights in smaller tiles (offload.tileSize), '}` +
+      'or use smaller micro-batches (offload.maxTokens, or train()\'s batchSize and seqLen) or optimizer sub-groups (offload.subGroupSize)' +
+      (held ? ', or hold less RAM while training (offload.heldBytes: train() counts its tokenized data and the tokenizer)' : '');
+  }
+  return `Keep fewer states in RAM (--ram-percent), ${tileBytes === 0 ? '' : 'compute weights in smaller tiles (--tile-size), '}` +
+    `or use a smaller --batch-size, --seq-len or --sub-group-size${held ? ', or train on less data per run (the tokenized --data and the tokenizer stay in RAM)' : ''}`;
 }
 
 const KIND_NAMES: Record<StateKind, string> = {
