@@ -149,13 +149,15 @@ export class Generator {
     // (in finish order a finished request leaves the queue at the next hand-over, so the cap
     // binds only on a run of refused requests, which that hand-over yields)
     const cap = backlogCap(target);
-    const input = Symbol.asyncIterator in requests ? requests[Symbol.asyncIterator]() : (requests as Iterable<GenerationRequest>)[Symbol.iterator]();
+    const input = new RequestInput(Symbol.asyncIterator in requests ? requests[Symbol.asyncIterator]() : (requests as Iterable<GenerationRequest>)[Symbol.iterator]());
     let more = true;
     try {
       for (;;) {
-        // Read ahead so that every slot a sequence leaves is taken again at the next step.
+        // Read ahead so that every slot a sequence leaves is taken again at the next step (with
+        // work to step, only what the input has ready: see nextRequest).
         while (more && engine.queued + engine.running < target && queue.length < cap) {
-          const next = await input.next();
+          const next = await nextRequest(input, engine);
+          if (next === null) break;
           if (next.done) {
             more = false;
             break;
@@ -271,6 +273,65 @@ export class Generator {
     return { req, promptTokens: ids.length, samples };
   }
 
+}
+
+/** How long generate() waits for its input's next requests before it opens a block for the ones it
+ *  has (see nextRequest): a file's next chunk, read from the page cache, comes in well under it. */
+const BLOCK_FILL_WAIT_MS = 5;
+
+/** The input's next request (or its end), or null when it has none ready and the engine has
+ *  work to step meanwhile. An async input may wait for anything (a socket, or an earlier result:
+ *  an agent loop yields its next request once the last one's result came), so it is waited for
+ *  only when the engine has nothing to step, parked: a scheduler or close() that waits for the
+ *  runner meanwhile takes it (the block is given up). With sequences waiting and none running,
+ *  the block opened next is shaped for the waiting ones, so the input gets BLOCK_FILL_WAIT_MS to
+ *  fill it; with sequences running, one turn of the event loop (what it has at hand). */
+async function nextRequest(input: RequestInput, engine: ContinuousEngine): Promise<IteratorResult<GenerationRequest> | null> {
+  if (engine.busy) return input.poll(engine.running > 0 ? 0 : BLOCK_FILL_WAIT_MS);
+  await engine.park();
+  try {
+    return await input.next();
+  } finally {
+    engine.unpark();
+  }
+}
+
+/** generate()'s requests, read without blocking: one next() of the input is in flight at a
+ *  time, and a poll that finds it unsettled leaves it pending for the next call. */
+class RequestInput {
+  private pending: Promise<IteratorResult<GenerationRequest>> | null = null;
+
+  constructor(private readonly it: Iterator<GenerationRequest> | AsyncIterator<GenerationRequest>) {}
+
+  /** The next item, however long the input takes. */
+  async next(): Promise<IteratorResult<GenerationRequest>> {
+    const r = this.pending ?? this.it.next();
+    this.pending = null;
+    return r;
+  }
+
+  /** The next item if the input has it within `ms` (0: within one turn of the event loop, which
+   *  an async generator over items at hand takes), else null, the read left pending. A plain
+   *  iterable's item is at hand. An input that throws rejects here. */
+  async poll(ms: number): Promise<IteratorResult<GenerationRequest> | null> {
+    const r = this.pending ?? this.it.next();
+    if (typeof (r as { then?: unknown }).then !== 'function') return r as IteratorResult<GenerationRequest>;
+    const pending = (this.pending = Promise.resolve(r));
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let immediate: ReturnType<typeof setImmediate> | undefined;
+    const late = new Promise<null>((resolve) => {
+      if (ms > 0) timer = setTimeout(resolve, ms, null);
+      else immediate = setImmediate(resolve, null);
+    });
+    try {
+      const got = await Promise.race([pending, late]);
+      if (got !== null) this.pending = null;
+      return got;
+    } finally {
+      clearTimeout(timer);
+      clearImmediate(immediate);
+    }
+  }
 }
 
 /** A finished request's result, or its error (its own, or its first refused sample's). */
