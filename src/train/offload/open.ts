@@ -11,6 +11,7 @@ import type { ModelConfig } from '../../models/config.js';
 import { SpillFiles } from '../../schedule/spill-files.js';
 import type { Precision } from '../../optim/state.js';
 import { ModelFileError, UserError } from '../../util/errors.js';
+import { optionName } from '../../util/names.js';
 import { paramList } from '../params.js';
 import { OPTIMIZER_FILE, PARTS } from '../training-state.js';
 import { fillStates, widenRows } from './init.js';
@@ -48,7 +49,7 @@ export interface Offloaded {
 
 export async function openOffload(config: ModelConfig, names: NameTable, backend: Backend, precision: Precision, mode: ComputeMode,
   tensors: TensorStore, o: OffloadOptions, checkpointActivations: boolean): Promise<Offloaded> {
-  if (!fs.existsSync(o.diskDir) || !fs.statSync(o.diskDir).isDirectory()) throw new UserError(`--disk-dir ${o.diskDir} is not a directory`);
+  if (!fs.existsSync(o.diskDir) || !fs.statSync(o.diskDir).isDirectory()) throw new UserError(`${optionName('trainDiskDir')} ${o.diskDir} is not a directory`);
   const maxTokens = o.maxTokens ?? config.maxPositions;
   const plan = planOffload({ config, names, precision, maxTokens, ram: o.ram, disk: o.disk, shares: o.shares, subGroupSize: o.subGroupSize,
     tileSize: o.tileSize, checkpointActivations, heldBytes: o.heldBytes });
