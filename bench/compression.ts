@@ -22,7 +22,9 @@ const variants: [string, Partial<Policy>][] = [
 async function tokens(dir: string, policy: Partial<Policy>, requests: { id: string; promptTokenIds: number[] }[], maxNewTokens: number) {
   const m = await loadModel(dir, { policy });
   const out = new Map<string, { t: number[]; lp: number[] }>();
-  for await (const r of m.generate(requests, { maxNewTokens, logprobs: true, stopAtEos: false, batchSize: 8, cacheDtype: 'f32' })) {
+  // An f32 cache, except where the variant stores it 4-bit (asking for f32 there is refused).
+  const cacheDtype = policy.compressCache ? 'q4' : 'f32';
+  for await (const r of m.generate(requests, { maxNewTokens, logprobs: true, stopAtEos: false, batchSize: 8, cacheDtype })) {
     if ('error' in r) throw new Error(r.error);
     out.set(r.id, { t: r.tokenIds, lp: r.logprobs! });
   }

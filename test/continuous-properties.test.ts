@@ -53,7 +53,8 @@ function makeCase(r: Rand, index: number): Case {
   const params: GenerateOptions = {
     maxNewTokens: pick(r, [1, 3, 8, 200]),
     stopAtEos: r() < 0.5,
-    cacheDtype: pick(r, ['f32', 'f16'] as const),
+    // (drawn either way, so that the cases after it stay the same; a compressed cache takes none)
+    cacheDtype: ((d) => (policy.compressCache ? undefined : d))(pick(r, ['f32', 'f16'] as const)),
     prefillChunk: pick(r, [1, 3, 7, 64]),
   };
   const stops = frequent[model]!;

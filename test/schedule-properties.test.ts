@@ -54,7 +54,8 @@ function makeCase(r: Rand, index: number): Case {
     maxNewTokens,
     stopTokenIds: r() < 0.4 ? [pick(r, stops), pick(r, stops)] : [],
     stopAtEos: r() < 0.5,
-    cacheDtype: pick(r, ['f32', 'f16'] as const),
+    // (drawn either way, so that the cases after it stay the same; a compressed cache takes none)
+    cacheDtype: ((d) => (policy.compressCache ? undefined : d))(pick(r, ['f32', 'f16'] as const)),
     logprobs: true,
     sampling: r() < 0.3 ? { temperature: 0.8, topK: 0, topP: 1, seed: int(r, 0, 1000) } : { temperature: 0, topK: 0, topP: 1, seed: 0 },
   };

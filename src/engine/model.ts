@@ -118,8 +118,10 @@ export class LanguageModel {
       }
       // How a decode step at batch 15-16 blocks its rows (one block or two) and whether prefill
       // widens bf16/f16 panel groups once (speed only, the same results), as `tierlm profile`
-      // measured it here; without a profile, the defaults.
-      if (backend.kernels === cpuBackend().kernels) applySavedGemmBlocking();
+      // measured it here; without a profile, the defaults. A profile that exists but is not used
+      // (not readable, or measured on another CPU) is said once, here (the bf16 choice above read
+      // the same file), on stderr by default: nothing else would say that its choices were passed over.
+      if (backend.kernels === cpuBackend().kernels) applySavedGemmBlocking(undefined, options.log ?? ((m) => process.stderr.write(`tierlm: ${m}\n`)));
       const limits: Limits = { ram: options.ramBytes, disk: options.diskBytes, device: options.deviceBytes };
       const sizes = model.loader.sizes();
       const weightSizes: WeightSizes = {
@@ -196,10 +198,15 @@ export class LanguageModel {
 
   /** Full params of a call: the policy's block shape and cache type unless the call sets them. */
   private resolve(params: GenerateOptions): GenerateParams {
-    // compress_cache stores the KV cache 4-bit whatever the call asks for.
+    // compress_cache stores the KV cache 4-bit: a call asking for f32 or f16 contradicts it (it
+    // was overridden silently, so a run meant to compare against an f32 cache compared q4 with q4).
     const cache = this.policy.compressCache ? { cacheDtype: 'q4' as const } : {};
     const given = givenOnly(params);
     if (given.cacheDtype === 'auto') delete given.cacheDtype;
+    if (this.policy.compressCache && (given.cacheDtype === 'f32' || given.cacheDtype === 'f16')) {
+      throw new RangeError(`cacheDtype "${given.cacheDtype}" contradicts the model's policy.compressCache (a 4-bit KV cache): ` +
+        'leave cacheDtype out (or give "q4"), or load the model without compressCache');
+    }
     return resolveParams({ batchSize: this.policy.gpuBatchSize, numGpuBatches: this.policy.numGpuBatches, cacheDtype: cacheDtypeOf(this.policy), ...given, ...cache });
   }
 

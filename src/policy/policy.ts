@@ -125,6 +125,10 @@ export function validatePolicy(p: Policy, where = 'policy', names: PolicyNames =
   if (typeof p.attnSparsity !== 'number' || !RULES.attnSparsity.ok(p.attnSparsity)) bad(`${n('attnSparsity')} must be ${RULES.attnSparsity.want}, got ${show(p.attnSparsity)}`);
   if (p.schedule !== 'zigzag' && p.schedule !== 'row') bad(`${n('schedule')} must be "zigzag" or "row", got ${show(p.schedule)}`);
   if (p.cacheDtype !== 'auto' && p.cacheDtype !== 'f32' && p.cacheDtype !== 'f16') bad(`${n('cacheDtype')} must be "auto", "f32" or "f16", got ${show(p.cacheDtype)}`);
+  // compress_cache stores the cache 4-bit: an f32 or f16 cache beside it was overridden silently.
+  if (p.compressCache && p.cacheDtype !== 'auto') {
+    bad(`${n('cacheDtype')} ${show(p.cacheDtype)} contradicts ${n('compressCache')} (a 4-bit cache): give one of them (${n('cacheDtype')} "auto" goes with it)`);
+  }
   if (p.precision !== 'fp32' && p.precision !== 'bf16') bad(`${n('precision')} must be "fp32" or "bf16", got ${show(p.precision)}`);
   return p;
 }

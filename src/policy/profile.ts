@@ -970,32 +970,48 @@ export function memcpyRate(profile: HardwareProfile): number {
   return profile.memory.copyBytesPerSecond;
 }
 
-/** The kernel choices of a saved profile of this machine (`tierlm profile`), or null: no profile,
- *  one without them, one measured on another CPU or instruction set, or a file that cannot be read
- *  (loading a model never fails on the profile; the defaults or the quick measurement run then). */
-function savedKernels(file: string): HardwareProfile['kernels'] | null {
+/** The kernel choices of a saved profile of this machine (`tierlm profile`), or null: no profile
+ *  or one without them (nothing to say), one measured on another CPU or instruction set, or a file
+ *  that cannot be read; for these two `unused` says why, one line for the load's log (loading a
+ *  model never fails on the profile; the defaults or the quick measurement run then, and a run
+ *  whose profile was silently passed over ran slower with no word why). */
+function savedKernels(file: string): { kernels: HardwareProfile['kernels'] | null; unused: string | null } {
   let p: HardwareProfile | null;
   try {
     p = loadProfile(file);
-  } catch {
-    return null;
+  } catch (e) {
+    // (ProfileFileError's message names the file and the field, and says how to measure again)
+    return { kernels: null, unused: `${(e as Error).message}; its kernel choices are not used` };
   }
-  if (!p?.kernels || p.machine.cpuModel !== (os.cpus()[0]?.model.trim() || 'unknown') || p.machine.isa.active !== isaInfo().active) return null;
-  return p.kernels;
+  if (!p?.kernels) return { kernels: null, unused: null };
+  const [cpu, isa] = [os.cpus()[0]?.model.trim() || 'unknown', isaInfo().active];
+  if (p.machine.cpuModel !== cpu || p.machine.isa.active !== isa) {
+    return {
+      kernels: null,
+      unused: `hardware profile ${file}: kernel choices not used (measured on ${p.machine.cpuModel}, isa ${p.machine.isa.active}; ` +
+        `this process: ${cpu}, ${isa}); run \`tierlm profile\` here to measure them`,
+    };
+  }
+  return { kernels: p.kernels, unused: null };
 }
 
-/** The bf16 GEMM kernel a saved profile of this machine chose, or null (savedKernels). */
-export function savedBf16Kernel(file = defaultProfilePath()): Bf16Kernel | null {
-  return savedKernels(file)?.bf16 ?? null;
+/** The bf16 GEMM kernel a saved profile of this machine chose, or null (savedKernels); why a
+ *  profile's choice is not used goes to `log`. */
+export function savedBf16Kernel(file = defaultProfilePath(), log?: (msg: string) => void): Bf16Kernel | null {
+  const { kernels, unused } = savedKernels(file);
+  if (unused) log?.(unused);
+  return kernels?.bf16 ?? null;
 }
 
 /** Applies the GEMM blocking a saved profile of this machine chose, reading it once: which kernels'
  *  15-16-row products take one row block (gemmOnePassRows) and whose panel groups are widened
  *  once (gemmWidenPanels), each unless its environment variable (TIERLM_GEMM_ONE_PASS,
  *  TIERLM_GEMM_WIDEN) decides instead; each field: the kernels set, or null when the setting stays.
- *  Results do not depend on either, only speed. */
-export function applySavedGemmBlocking(file = defaultProfilePath()): { onePassRows: GemmKernelKind[] | null; widenPanels: GemmKernelKind[] | null } {
-  const kn = savedKernels(file);
+ *  Results do not depend on either, only speed. Why a profile's choices are not used goes to `log`. */
+export function applySavedGemmBlocking(file = defaultProfilePath(), log?: (msg: string) => void):
+  { onePassRows: GemmKernelKind[] | null; widenPanels: GemmKernelKind[] | null } {
+  const { kernels: kn, unused } = savedKernels(file);
+  if (unused) log?.(unused);
   return {
     onePassRows: process.env.TIERLM_GEMM_ONE_PASS === undefined && kn?.onePassRows ? gemmOnePassRows(kn.onePassRows) : null,
     widenPanels: process.env.TIERLM_GEMM_WIDEN === undefined && kn?.widenPanels ? gemmWidenPanels(kn.widenPanels) : null,

@@ -1,11 +1,13 @@
 // Work that needs far more memory than a run's --ram allows, or leaves memory behind, done in a
 // child Node.js process: its pages are never part of the run's RSS and all of them go back to the
 // OS when it exits. The parent passes JSON in and gets JSON back; the child's stderr lines are
-// its progress, passed to the parent's log.
-import { spawn } from 'node:child_process';
+// its progress, passed to the parent's log. The child lives no longer than the parent: an orphaned
+// profile measurement ran on for its whole length at ~460 MiB (a parent ended by EPIPE on `| head`).
+import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import { UserError } from './errors.js';
 import { peakRssBytes } from './peak-rss.js';
 
@@ -24,7 +26,22 @@ export async function runInChild<T>(fromUrl: string, entry: string, input: unkno
   const file = path.join(path.dirname(here), `${entry}${ext}`);
   // From the TypeScript sources (tests, tsx) the child needs the same loader; from dist/ it does not.
   const loader = ext === '.ts' ? ['--import', pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href] : [];
-  const child = spawn(process.execPath, [...loader, ...nodeFlags, file], { stdio: ['pipe', 'pipe', 'pipe'] });
+  // (this process's pid: the child ends itself once its parent is another, childMain)
+  const child = spawn(process.execPath, [...loader, ...nodeFlags, file, String(process.pid)], { stdio: ['pipe', 'pipe', 'pipe'] });
+  // A parent that exits (process.exit, an uncaught EPIPE on a closed stderr) takes the child along
+  // at once; one killed outright runs no handler, and the child notices by itself.
+  const killChild = () => void child.kill();
+  process.on('exit', killChild);
+  try {
+    return await childResult<T>(child, entry, input, log);
+  } finally {
+    process.off('exit', killChild);
+  }
+}
+
+/** Sends the input to a spawned child and reads its report (runInChild). */
+async function childResult<T>(child: ChildProcessWithoutNullStreams, entry: string, input: unknown, log: (line: string) => void):
+  Promise<{ value: T; peakRssBytes: number }> {
   // Through stdin, not argv: one argument is limited to 128 KiB.
   child.stdin.end(JSON.stringify(input));
   let out = '';
@@ -51,8 +68,11 @@ export async function runInChild<T>(fromUrl: string, entry: string, input: unkno
   return { value: report.ok, peakRssBytes: report.peakRssBytes };
 }
 
-/** The body of a child's entry module: reads the input, runs `main`, prints the report. */
+/** The body of a child's entry module: reads the input, runs `main`, prints the report; ends the
+ *  process once its parent (the pid runInChild passes as the first argument) is gone. */
 export async function childMain<I, T>(main: (input: I) => Promise<T>): Promise<void> {
+  const parent = Number(process.argv[2]);
+  if (Number.isSafeInteger(parent) && parent > 0) exitWithParent(parent);
   let report: ChildReport<T>;
   try {
     let text = '';
@@ -64,4 +84,17 @@ export async function childMain<I, T>(main: (input: I) => Promise<T>): Promise<v
     process.exitCode = 1;
   }
   process.stdout.write(JSON.stringify(report) + '\n');
+}
+
+/** Kills this process once its parent pid is no longer `parent` (the parent died and it was
+ *  reparented), checked every 250 ms on a thread of its own: the main thread may compute for
+ *  seconds without returning to its event loop (the profile's GEMM timing ran 13 s so), where
+ *  neither a 'disconnect' nor a closed pipe would be seen. The thread holds no reference that keeps
+ *  the process alive, and costs ~10 MiB. */
+function exitWithParent(parent: number): void {
+  // (a parent already gone before this ran: ppid differs at the first check)
+  new Worker(`
+    const { workerData: parent } = require('node:worker_threads');
+    setInterval(() => { if (process.ppid !== parent) process.kill(process.pid, 'SIGKILL'); }, 250);
+  `, { eval: true, workerData: parent, execArgv: [] }).unref();
 }
