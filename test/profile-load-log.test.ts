@@ -91,4 +91,15 @@ describe('a saved profile whose kernel choices are not used is said at load', ()
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toMatch(new RegExp(`tierlm: hardware profile ${file}: is not valid JSON: .*its kernel choices are not used\\n`));
   });
+
+  it('a bf16 training run says it too', () => {
+    const file = path.join(dir, 'trunc.json');
+    fs.writeFileSync(file, fixture.slice(0, 600));
+    const data = path.join(dir, 'train.jsonl');
+    fs.writeFileSync(data, '{"token_ids": [1, 5, 9, 20, 30, 40, 50, 60]}\n{"token_ids": [1, 7, 8, 9, 10, 11, 12]}\n');
+    const r = cli(['train', '--model', path.join(fixturesDir, 'llama-tiny'), '--data', data, '--out', path.join(dir, 'trained'),
+      '--precision', 'bf16', '--max-steps', '1', '--batch-size', '1', '--seq-len', '16'], { TIERLM_PROFILE: file });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(new RegExp(`tierlm: hardware profile ${file}: is not valid JSON: .*its kernel choices are not used\\n`));
+  });
 });

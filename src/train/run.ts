@@ -203,7 +203,9 @@ async function* runSteps(trainer: Trainer, o: ResolvedOptions, data: Dataset, ev
   // Rank 0 chooses (a resume's saved kernel, else the machine's) and every rank computes with
   // its choice: the kernels round differently. The others neither measure nor keep one.
   let bf16Kernel = o.precision === 'bf16' && lead
-    ? selectBf16Kernel(kernelShape, existing && o.resume ? checkpointBf16Kernel(existing) : null, savedBf16Kernel())
+    ? selectBf16Kernel(kernelShape, existing && o.resume ? checkpointBf16Kernel(existing) : null,
+      // (a profile whose kernel choice goes unused says why, as a model load does)
+      savedBf16Kernel(undefined, (m) => process.stderr.write(`tierlm: ${m}\n`)))
     : null;
   if (o.precision === 'bf16' && comm.size > 1) {
     const kernels: Bf16Kernel[] = ['fma', 'dot', 'amx'];
