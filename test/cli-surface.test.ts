@@ -142,10 +142,11 @@ describe('units, bounds and conflicting flags', () => {
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('--ram: "4" has no unit; write 4GiB, 4MiB or 4B (bytes)');
     // less than a byte is refused by the flag (it failed in the planner's process as an internal error)
-    for (const [flag, v] of [['--ram', '0B'], ['--disk', '0.5B']]) {
+    // (each saying what leaving that flag out gives)
+    for (const [flag, v, omitted] of [['--ram', '0B', 'for no limit'], ['--disk', '0.5B', 'to take the free space in --disk-dir']]) {
       const z = cli(['plan', '--config', 'opt-125m', '--prompt-len', '8', '--gen-len', '4', '--disk-dir', tmpDir('zero'), flag!, v!]);
       expect(z.code).toBe(1);
-      expect(z.stderr).toContain(`${flag}: "${v}" is less than one byte (leave ${flag} out for no limit)`);
+      expect(z.stderr).toContain(`${flag}: "${v}" is less than one byte (leave ${flag} out ${omitted})`);
     }
     // beyond 2^53 bytes: refused by the flag, naming it (it was an internal error of the planner
     // naming limits.ram)

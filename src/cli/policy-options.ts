@@ -3,9 +3,10 @@
 // FlexGen's policy fields, or a policy file. Each flag is defined once here, with one default.
 import fs from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 import { type Command, InvalidArgumentError } from 'commander';
 import { DEFAULT_POLICY, type Policy, type PolicyCacheDType, applyPercent, policyFromJson, validatePolicy } from '../policy/policy.js';
-import { parseSize } from '../tensor/tiers/size.js';
+import { formatSize, parseSize } from '../tensor/tiers/size.js';
 import { UserError } from '../util/errors.js';
 import type { LoadOptions } from '../engine/model.js';
 import { planPolicy, planPolicyInChild } from '../engine/plan.js';
@@ -14,6 +15,7 @@ import { blockShapes } from '../policy/search.js';
 import { oneOf, rule } from './parse.js';
 import { diskDir, inputFile } from './paths.js';
 import { readConfig } from '../models/registry.js';
+import { weightsFolder } from '../schedule/disk-tier.js';
 
 /** What the planner needs to know about the job. */
 export interface Workload {
@@ -51,16 +53,26 @@ export interface PolicyFlags extends LimitFlags {
   threads?: number;
 }
 
+/** What leaving out a size flag defined outside this file means, for its error (each flag may say its own). */
+const OMITTED: Record<string, string> = {
+  '--body-limit': 'for the default, 4 MiB',
+  '--tile-size': 'to plan it from --ram',
+};
+
+/** What leaving out --disk gives (checkPlanningPaths; train's flags too). */
+export const DISK_OMITTED = 'to take the free space in --disk-dir';
+
 /** A size flag's value, at least one byte: 0B (or 0.5B) is no limit a run can keep, and it failed
- *  later as the API's option, or as an internal error in the planner's process. */
-export const sizeOption = (name: string) => (v: string) => {
+ *  later as the API's option, or as an internal error in the planner's process. `omitted` says
+ *  what leaving the flag out gives ("for no limit" unless the flag has another default). */
+export const sizeOption = (name: string, omitted = OMITTED[name] ?? 'for no limit') => (v: string) => {
   let bytes: number;
   try {
     bytes = parseSize(v, name);
   } catch (e) {
     throw new InvalidArgumentError((e as Error).message);
   }
-  if (bytes < 1) throw new InvalidArgumentError(`${name}: "${v}" is less than one byte (leave ${name} out for no limit)`);
+  if (bytes < 1) throw new InvalidArgumentError(`${name}: "${v}" is less than one byte (leave ${name} out ${omitted})`);
   return bytes;
 };
 
@@ -77,7 +89,7 @@ export function addPlanningOptions(cmd: Command): Command {
     .option('--ram <size>', 'RAM limit, a hard limit on the run; a size needs a unit (16GiB, 512MiB)', sizeOption('--ram'))
     .option('--device-mem <size>', 'compute-device memory, with a unit (on a CPU-only machine it is part of RAM)', sizeOption('--device-mem'))
     .option('--disk-dir <dir>', 'directory of the disk tier (must exist and be writable)')
-    .option('--disk <size>', 'disk tier capacity, with a unit', sizeOption('--disk'))
+    .option('--disk <size>', 'disk tier capacity, with a unit (default: the free space in --disk-dir)', sizeOption('--disk', DISK_OMITTED))
     .option('--gpu-batch-size <n>', 'sequences per batch (fixes the block shape; the planner places the data)', rule('gpuBatchSize'))
     .option('--num-gpu-batches <n>', 'batches sharing each weight load', rule('numGpuBatches'))
     .option('--precision <p>', 'fp32 (default: exact, reproduces float64 references) or bf16 (faster, small drift)', oneOf('--precision', ['fp32', 'bf16'] as const))
@@ -99,13 +111,79 @@ export function addPolicyOptions(cmd: Command): Command {
     .option('--threads <n>', 'compute threads (default: every core)', rule('threads'));
 }
 
-/** Path flags checked before any work (a model loads or a profile is measured). */
-export function checkPlanningPaths(o: PolicyFlags): void {
+/** Path flags checked before any work (a model loads or a profile is measured). With --disk-dir
+ *  and no --disk, the disk limit becomes the directory's free space (diskLimitFromFreeSpace), said
+ *  on stderr: a plan without it put more on disk than the file system held, and the run died of
+ *  ENOSPC midway. `model` and `train` are the command's own flags where it has them. */
+export function checkPlanningPaths(o: PolicyFlags & { model?: string; train?: boolean }): void {
   if (o.diskDir !== undefined) diskDir(o.diskDir);
   if (o.profile !== undefined) inputFile('--profile', o.profile, ' (measure one with `tierlm profile --out FILE`, or leave --profile out to use the saved one)');
   if (o.policy !== undefined && o.policy !== 'auto') inputFile('--policy', o.policy);
   if (o.threads !== undefined && o.threads > os.availableParallelism()) {
     process.stderr.write(`tierlm: warning: --threads ${o.threads} is more than this machine's ${os.availableParallelism()} cores; compute slows down when threads outnumber cores\n`);
+  }
+  if (o.diskDir !== undefined && o.disk === undefined) {
+    // (a training plan's states are new files; only generation reuses packed weights)
+    const reused = o.model !== undefined && !o.train ? reusedWeights(o.diskDir, o.model, weightsMode(o)) : null;
+    const limit = diskLimitFromFreeSpace(o.diskDir, freeBytes(o.diskDir), reused);
+    process.stderr.write(`tierlm: ${limit.note}\n`);
+    o.disk = limit.bytes;
+  }
+}
+
+/** Bytes of `dir`'s file system that an unprivileged writer may still use (statfs: bavail × bsize). */
+export function freeBytes(dir: string): number {
+  const s = fs.statfsSync(dir);
+  return Math.min(Number.MAX_SAFE_INTEGER, s.bavail * s.bsize);
+}
+
+/** Packed weights already in a disk directory that a run reuses instead of converting again. */
+export interface ReusedWeights {
+  dir: string;
+  bytes: number;
+}
+
+/** The disk limit of a run given --disk-dir `dir` but no --disk: its `free` bytes, plus the packed
+ *  weights there the run reuses (their bytes are counted as the run's, but are written already),
+ *  shared by `ranks` runs of one job on this machine (mpirun: each writes under the same `dir`).
+ *  At least one byte: the planner takes no limit of 0, and a run can keep none. */
+export function diskLimitFromFreeSpace(dir: string, free: number, reused: ReusedWeights | null, ranks = 1): { bytes: number; note: string } {
+  const share = Math.floor(free / ranks);
+  const bytes = Math.max(1, Math.min(Number.MAX_SAFE_INTEGER, share + (reused?.bytes ?? 0)));
+  const of = ranks > 1 ? `, ${formatSize(share)} for each of ${ranks} ranks on this machine` : '';
+  const plus = reused ? `, plus the ${formatSize(reused.bytes)} of packed weights in ${reused.dir} that this run reuses` : '';
+  return { bytes, note: `no --disk given: the disk limit is the free space in ${dir}, ${formatSize(free)}${of}${plus} (--disk SIZE sets another)` };
+}
+
+/** The packed-weights folder's mode for the policy the flags describe (as src/engine/model.ts names it). */
+function weightsMode(o: PolicyFlags): string {
+  try {
+    const p = policyFromFlags(o);
+    return p.precision + (p.compressWeight ? '-q4' : '');
+  } catch {
+    return ''; // a bad policy is refused when it is read; nothing is reused
+  }
+}
+
+/**
+ * The packed weights of `model` in `mode` in the disk directory that a run reuses: a complete
+ * folder (its manifest written) whose source files are unchanged since (their size and mtime, as
+ * the manifest's key records them), else null (the run converts, and needs the space). The folder
+ * is the one DiskTier.weightsDir uses (weightsFolder).
+ */
+export function reusedWeights(dir: string, model: string, mode: string): ReusedWeights | null {
+  try {
+    const folder = weightsFolder(dir, model, mode);
+    const manifest = JSON.parse(fs.readFileSync(path.join(folder, 'weights.json'), 'utf8')) as { key: string };
+    const { stamp } = JSON.parse(manifest.key) as { stamp: string[] };
+    const unchanged = stamp.length > 0 && stamp.every((s) => {
+      const m = /^(.*):(\d+):([^:]+)$/.exec(s);
+      const st = m ? fs.statSync(m[1]!) : null;
+      return st !== null && st.size === Number(m![2]) && st.mtimeMs === Number(m![3]);
+    });
+    return unchanged ? { dir: folder, bytes: fs.statSync(path.join(folder, 'weights.bin')).size } : null;
+  } catch {
+    return null; // no folder, or one not complete: the run converts
   }
 }
 

@@ -8,9 +8,10 @@ import { train } from '../train/run.js';
 import { TRAIN_DEFAULTS as D, type TrainRunOptions } from '../train/run-options.js';
 import { int, oneOf, rule } from './parse.js';
 import { diskDir } from './paths.js';
-import { sizeOption } from './policy-options.js';
+import { DISK_OMITTED, diskLimitFromFreeSpace, freeBytes, sizeOption } from './policy-options.js';
 import { StepProgress } from './progress.js';
 import { worldComm } from '../dist/comm.js';
+import { rankEnv } from '../dist/env.js';
 import { abortOnError } from './abort.js';
 
 export function addTrainCommand(program: Command): void {
@@ -41,18 +42,28 @@ export function addTrainCommand(program: Command): void {
     .option('--no-checkpoint-activations', 'keep every layer\'s activations instead of recomputing them in backward (faster, more memory)')
     .option('--ram <size>', 'RAM limit, a hard limit: the model states go on RAM and disk under it (needs --disk-dir; a size needs a unit: 4GiB)', sizeOption('--ram'))
     .option('--disk-dir <dir>', 'directory of the disk tier for the offloaded states (must exist and be writable)')
-    .option('--disk <size>', 'disk tier capacity, with a unit', sizeOption('--disk'))
+    .option('--disk <size>', 'disk tier capacity, with a unit (default: the free space in --disk-dir)', sizeOption('--disk', DISK_OMITTED))
     .option('--sub-group-size <n>', 'parameters per optimizer sub-group streamed disk → RAM → update → disk (default: planned from --ram)', int('--sub-group-size', 1))
-    .option('--tile-size <size>', 'weight tile, with a unit: linear weights larger (the LM head and embedding too) are computed in tiles read in turn (default: planned from --ram)', sizeOption('--tile-size'))
+    .option('--tile-size <size>', 'weight tile, with a unit: linear weights larger (the LM head and embedding too) are computed in tiles read in turn (default: planned from --ram)', sizeOption('--tile-size', 'to plan it from --ram'))
     .option('--ram-percent <n...>', 'six percents kept in RAM: bf16 parameters, gradients, master weights, momentum, variance, activation checkpoints (default: planned from --ram)')
     .action(async (o: Omit<TrainRunOptions, 'onStart' | 'ramPercent'> & { ramPercent?: string[] }) => {
       if (o.diskDir !== undefined) diskDir(o.diskDir);
       // Under mpirun (src/dist): an error on one rank ends every rank, and the last rank to finish
       // leaves MPI; rank 0 alone reports progress.
       const comm = worldComm();
-      await abortOnError(comm, () => runTrain({ ...o, ramPercent: o.ramPercent?.map((x) => percent(x)) }, comm.rank === 0));
+      await abortOnError(comm, () => runTrain({ ...o, disk: diskLimit(o, comm.rank === 0), ramPercent: o.ramPercent?.map((x) => percent(x)) }, comm.rank === 0));
       comm.finalize();
     });
+}
+
+/** --disk, or without it (an offloaded run: --ram and --disk-dir) the free space in --disk-dir,
+ *  shared by the job's ranks on this machine, said once: a run planned without it wrote states
+ *  until the disk was full (ENOSPC) instead of being refused up front. */
+function diskLimit(o: { ram?: number; diskDir?: string; disk?: number }, report: boolean): number | undefined {
+  if (o.disk !== undefined || o.ram === undefined || o.diskDir === undefined) return o.disk;
+  const limit = diskLimitFromFreeSpace(o.diskDir, freeBytes(o.diskDir), null, rankEnv().localSize);
+  if (report) process.stderr.write(`${limit.note}\n`);
+  return limit.bytes;
 }
 
 function percent(x: string): number {

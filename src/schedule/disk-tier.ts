@@ -48,8 +48,7 @@ export class DiskTier {
 
   /** Where one model's packed weights live (one folder per model and compute mode). */
   weightsDir(modelDir: string, mode: string): string {
-    const key = createHash('sha256').update(`${fs.realpathSync(modelDir)}\0${mode}`).digest('hex').slice(0, 16);
-    const d = path.join(this.dir, `weights-${path.basename(modelDir)}-${mode}-${key}`);
+    const d = weightsFolder(this.dir, modelDir, mode);
     fs.mkdirSync(d, { recursive: true });
     return d;
   }
@@ -66,4 +65,11 @@ export class DiskTier {
       }
     }
   }
+}
+
+/** The folder in disk directory `dir` that holds `modelDir`'s packed weights in `mode` (named by
+ *  the model's real path, so two models of one name do not share it). */
+export function weightsFolder(dir: string, modelDir: string, mode: string): string {
+  const key = createHash('sha256').update(`${fs.realpathSync(modelDir)}\0${mode}`).digest('hex').slice(0, 16);
+  return path.join(dir, `weights-${path.basename(modelDir)}-${mode}-${key}`);
 }

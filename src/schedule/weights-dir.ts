@@ -38,17 +38,56 @@ export function removeDeadConversions(dir: string): void {
   }
 }
 
-/** Runs `fn` holding the folder's conversion lock, waiting (and saying so once) while another run holds it. */
+/** Runs `fn` holding the folder's conversion lock, waiting (and saying so once) while another run
+ *  holds it. When `fn` fails and leaves the folder holding nothing but the lock (a first conversion
+ *  that failed: ENOSPC, a read error), the folder goes too, not to be mistaken for packed weights. */
 export async function withWeightsLock<T>(dir: string, log: (msg: string) => void, fn: () => Promise<T>): Promise<T> {
-  const lockFile = path.join(dir, LOCK);
-  const lock = await FileLock.acquire(lockFile, {
-    // The holder may only be checking the manifest, but a wait long enough to notice is a conversion.
-    onWait: () => log(`waiting for another run that holds ${lockFile} (converting or opening these packed weights)`),
-  });
+  const lock = await lockFolder(dir, log);
   try {
     return await fn();
+  } catch (e) {
+    removeIfOnlyLock(dir);
+    throw e;
   } finally {
     lock.release();
+  }
+}
+
+/** The folder's conversion lock. A run that removed the folder (removeIfOnlyLock) leaves a waiting
+ *  run no folder, or its lock on the deleted file, which guards nothing: the folder is made again
+ *  and the lock taken on the new file. */
+async function lockFolder(dir: string, log: (msg: string) => void): Promise<FileLock> {
+  const lockFile = path.join(dir, LOCK);
+  let said = false;
+  for (;;) {
+    let lock: FileLock;
+    try {
+      lock = await FileLock.acquire(lockFile, {
+        // The holder may only be checking the manifest, but a wait long enough to notice is a conversion.
+        onWait: () => {
+          if (!said) log(`waiting for another run that holds ${lockFile} (converting or opening these packed weights)`);
+          said = true;
+        },
+      });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      fs.mkdirSync(dir, { recursive: true });
+      continue;
+    }
+    if (lock.isCurrent()) return lock;
+    lock.release();
+  }
+}
+
+/** Removes the folder `dir` if it holds only its lock file (called holding the lock). A run that
+ *  made a file there meanwhile keeps the folder (rmdir fails); the first error is the one to report. */
+function removeIfOnlyLock(dir: string): void {
+  try {
+    if (fs.readdirSync(dir).some((n) => n !== LOCK)) return;
+    fs.rmSync(path.join(dir, LOCK), { force: true });
+    fs.rmdirSync(dir);
+  } catch {
+    // kept: another run's files, or not ours to remove
   }
 }
 
