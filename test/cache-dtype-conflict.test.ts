@@ -61,4 +61,20 @@ describe('cacheDtype f32/f16 together with compressCache', () => {
     expect(r.stderr).toBe('tierlm: --cache-dtype "f32" contradicts --compress-cache (a 4-bit cache): give one of them (--cache-dtype "auto" goes with it)\n');
     expect(fs.existsSync(path.join(dir, 'out.jsonl'))).toBe(false);
   });
+
+  it("--compress-cache over a policy file's cache dtype takes its place; plan refuses the flags together", () => {
+    const dir = tmpDir('cache-conflict-file');
+    const prompts = path.join(dir, 'prompts.jsonl');
+    fs.writeFileSync(prompts, '{"id": "a", "prompt_token_ids": [2, 100, 200]}\n');
+    // (`plan --json` writes an explicit cache_dtype the user never typed)
+    const policy = path.join(dir, 'policy.json');
+    fs.writeFileSync(policy, JSON.stringify({ policy: { w_gpu_percent: 0, w_cpu_percent: 100, cache_gpu_percent: 0, cache_cpu_percent: 100, act_gpu_percent: 0, act_cpu_percent: 100, cache_dtype: 'f16' } }));
+    const r = cli(['generate', '--model', opt, '--prompts', prompts, '--out', path.join(dir, 'out.jsonl'), '--max-new-tokens', '2',
+      '--policy', policy, '--compress-cache']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/q4 cache/);
+    const p = cli(['plan', '--model', opt, '--prompt-len', '8', '--gen-len', '4', '--cache-dtype', 'f32', '--compress-cache']);
+    expect(p.code).toBe(1);
+    expect(p.stderr).toBe('tierlm: --cache-dtype f32 contradicts --compress-cache (a 4-bit cache): give one of them\n');
+  });
 });

@@ -9,7 +9,7 @@ export function addDemoCommand(program: Command): void {
     .command('demo')
     .description('make a model larger than a RAM limit, profile, plan and generate under the limit, and report')
     .option('--dir <dir>', 'where the demo keeps its model and disk tier (default ~/.cache/tierlm/demo)')
-    .option('--ram <size>', 'the RAM limit to run under, with a unit (default 320MiB)', sizeOption('--ram'))
+    .option('--ram <size>', 'the RAM limit to run under, with a unit (default 320MiB)', sizeOption('--ram', 'for the default, 320 MiB'))
     .option('--prompt-len <n>', 'prompt tokens (default 32)', int('--prompt-len', 1))
     .option('--gen-len <n>', 'new tokens (default 16)', int('--gen-len', 1))
     .option('--config <name>', 'model shape (default opt-demo-1b)')

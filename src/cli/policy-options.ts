@@ -194,6 +194,10 @@ export function profileFor(o: LimitFlags): Promise<HardwareProfile> {
 
 /** The planner's request fields the flags give. */
 export function planFields(o: LimitFlags) {
+  // (as validatePolicy refuses it for a run: a 4-bit cache has no other dtype)
+  if (o.compressCache && o.cacheDtype !== undefined && o.cacheDtype !== 'auto') {
+    throw new UserError(`--cache-dtype ${o.cacheDtype} contradicts --compress-cache (a 4-bit cache): give one of them`);
+  }
   return {
     precision: o.precision, cacheDtype: o.compressCache ? 'q4' as const : o.cacheDtype === 'auto' ? undefined : o.cacheDtype,
     compressWeight: o.compressWeight === true, attnSparsity: o.attnSparsity,
@@ -228,7 +232,9 @@ export function policyFromFlags(o: PolicyFlags, planned?: Policy): Policy {
   if (o.sepLayer !== undefined) p.sepLayer = o.sepLayer;
   if (o.cpuCacheCompute) p.cpuCacheCompute = true;
   if (o.compressWeight) p.compressWeight = true;
-  if (o.compressCache) p.compressCache = true;
+  // --compress-cache replaces a policy file's cache dtype (`plan --json` writes one), which the
+  // user did not type; a --cache-dtype beside it is theirs, and validatePolicy refuses the pair.
+  if (o.compressCache) [p.compressCache, p.cacheDtype] = [true, 'auto'];
   if (o.cacheDtype !== undefined) p.cacheDtype = o.cacheDtype;
   if (o.precision !== undefined) p.precision = o.precision;
   if (o.attnSparsity !== undefined) p.attnSparsity = o.attnSparsity;
