@@ -1,7 +1,7 @@
 // `tierlm generate`: a JSONL batch job (--prompts IN --out OUT), or one prompt streamed (--prompt).
 // `-` is standard input or output; a reader that closes the output early ends the job quietly.
 import type { Command } from 'commander';
-import { type LanguageModel, loadModel } from '../engine/model.js';
+import { LanguageModel, type LongestRequest } from '../engine/model.js';
 import { type JobSummary, jobIdBytes, runJob, toRecord } from '../engine/job.js';
 import type { GenerateOptions } from '../engine/generate.js';
 import type { GenerationRequest } from '../engine/requests.js';
@@ -105,12 +105,15 @@ async function runGenerate(o: GenerateFlags): Promise<void> {
     modelDir('--model', o.model);
     checkPlanningPaths(o);
     const source = o.prompts !== undefined ? await openPrompts(o.prompts) : null;
-    const scan = source ? await scanPrompts(source, writer?.done ?? new Set(), scanLimits(o.model))
+    const longest = new Longest(o.maxNewTokens);
+    const limits = scanLimits(o.model);
+    const scan = source ? await scanPrompts(source, writer?.done ?? new Set(), limits, (r) => longest.see(r, limits.maxPositions))
       : { count: 1, pending: 1, longest: Math.ceil((o.prompt!.length + (o.system?.length ?? 0)) / 3) + (o.chat ? 16 : 2) };
     const work = { source: { model: o.model }, promptLen: Math.max(1, scan.longest), genLen: o.maxNewTokens, heldBytes: jobIdBytes(writer?.done.size ?? 0, scan.count) };
-    // (the requests left to run: a block shape given by hand that holds none of them is refused
-    // before the model loads, not after)
-    const model = await loadModel(o.model, { ...await loadOptions(o, fitWorkload(o.model, work)), requests: scan.pending || undefined });
+    // (the requests left to run, and the longest of them: a block shape given by hand, or by a
+    // policy file, that holds none of them, or not the longest, is refused before the model loads)
+    const model = await LanguageModel.load(o.model, { ...await loadOptions(o, fitWorkload(o.model, work)), requests: scan.pending || undefined },
+      source ? longest.request ?? undefined : { id: 'prompt', promptTokens: 1, newTokens: o.maxNewTokens });
     await closingAfter(model, async () => {
       if (source) await runBatchJob(model, writer!, o, source, scan.count);
       else await runOnePrompt(model, writer, o);
@@ -121,6 +124,23 @@ async function runGenerate(o: GenerateFlags): Promise<void> {
     } finally {
       unlock();
     }
+  }
+}
+
+/** The longest request of a job, as far as the scan knows it before it runs: a token-id prompt's
+ *  tokens, a text one's as one (its tokens are not known before it is encoded, and the planner's
+ *  estimate may be too many: a policy that holds the job would be refused), with --max-new-tokens
+ *  as the planner takes it (a line asking for more is an odd one, run in a block of fewer rows). */
+class Longest {
+  request: LongestRequest | null = null;
+
+  constructor(private readonly maxNewTokens: number) {}
+
+  see(r: GenerationRequest, maxPositions: number): void {
+    const ids = Array.isArray(r.promptTokenIds) ? r.promptTokenIds.length : 1;
+    // (a prompt past the positions fails before it runs)
+    if (ids >= maxPositions || ids <= (this.request?.promptTokens ?? 0)) return;
+    this.request = { id: r.id, promptTokens: ids, newTokens: this.maxNewTokens };
   }
 }
 
@@ -199,12 +219,23 @@ async function runBatchJob(model: LanguageModel, writer: ResultWriter, o: Genera
   const out = o.out === '-' ? 'standard output' : o.out;
   process.stderr.write(`${out}: ${succeeded} results, ${failed} failed${skipped ? `, ${skipped} already done` : ''}; ` +
     `${stats.generatedTokens} tokens in ${secs.toFixed(1)} s (${secs > 0 ? (stats.generatedTokens / secs).toFixed(1) : '0'} tok/s), ` +
-    `gpu batch ${model.policy.gpuBatchSize} × ${model.policy.numGpuBatches} batches, ${cacheDtypeOf(model.policy)} cache, ${model.policy.precision}\n`);
+    `${shapesRun(model)}, ${cacheDtypeOf(model.policy)} cache, ${model.policy.precision}\n`);
   // Failed requests have their error lines in the output and are tried again by a rerun.
   if (failed > 0) {
     process.stderr.write(`tierlm: ${failed} request${failed > 1 ? 's' : ''} failed (error lines in ${out}${writer.stream ? '' : '; a rerun tries them again'})\n`);
     process.exitCode = 2;
   }
+}
+
+/** The block shapes the job ran, for its summary: "gpu batch R × B batches" when one shape ran
+ *  (the policy's when none did), else each with its blocks, and how many had fewer rows than
+ *  their call's shape. It printed the policy's shape while every block ran one batch of fewer rows. */
+export function shapesRun(model: Pick<LanguageModel, 'policy' | 'blocksRun'>): string {
+  const { shapes, smaller } = model.blocksRun;
+  if (shapes.length === 0) return `gpu batch ${model.policy.gpuBatchSize} × ${model.policy.numGpuBatches} batches`;
+  if (shapes.length === 1 && smaller === 0) return `gpu batch ${shapes[0]!.rows} × ${shapes[0]!.batches} batches`;
+  const each = [...shapes].sort((a, b) => b.rows * b.batches - a.rows * a.batches).map((x) => `${x.rows} × ${x.batches} (${x.blocks} block${x.blocks > 1 ? 's' : ''})`);
+  return `gpu batch × batches ${each.join(', ')}${smaller > 0 ? `; ${smaller} of fewer rows, for requests the full block did not hold within the limits` : ''}`;
 }
 
 /** The model's positions, and the least tokens a text encodes to (for lines that cannot fit). */
@@ -226,8 +257,10 @@ function scanLimits(dir: string): ScanLimits {
 /** One pass over the input: its request lines (for progress) and an estimate of the longest
  *  prompt in tokens (token ids counted, text at about 3 characters a token, for planning), at
  *  most the model's positions less one. A line that cannot fit the positions is left out of the
- *  estimate: it fails before it runs, and planned for it shrank every batch of the job. */
-export async function scanPrompts(source: PromptSource, done: ReadonlySet<string>, limits: ScanLimits): Promise<{ count: number; longest: number; pending: number }> {
+ *  estimate: it fails before it runs, and planned for it shrank every batch of the job. `seen`
+ *  is given each request left to run. */
+export async function scanPrompts(source: PromptSource, done: ReadonlySet<string>, limits: ScanLimits,
+  seen?: (r: GenerationRequest) => void): Promise<{ count: number; longest: number; pending: number }> {
   const cap = limits.maxPositions - 1;
   let longest = 1;
   let count = 0;
@@ -239,6 +272,7 @@ export async function scanPrompts(source: PromptSource, done: ReadonlySet<string
     // (a line a rerun skips is not planned for: a long one done already shrank the batch)
     if (done.has(r.id)) continue;
     pending++;
+    seen?.(r);
     longest = Math.max(longest, Math.min(cap, promptEstimate(r, cap, limits)));
   }
   return { count, longest, pending };

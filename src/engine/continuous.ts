@@ -26,13 +26,31 @@ import { type Segment, segmentStep } from '../models/transformer.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { UserError } from '../util/errors.js';
 
-/** Serialises the blocks of the engines that share one runner: one block is open at a time. */
+/** A block an engine opened, as its RunnerLock hears of it. */
+export interface OpenedBlock {
+  rows: number;
+  batches: number;
+  /** Set when the block has fewer slots than the call's shape because its first request did not
+   *  fit a block of that shape within the memory limits: the request, and that shape. */
+  smaller: { id: string; positions: number; shape: string } | null;
+}
+
+/** Serialises the blocks of the engines that share one runner: one block is open at a time. It
+ *  also hears of each block opened (`onOpen`): it is the one object a model shares with every
+ *  engine its calls make, so the model can say which shapes ran. */
 export class RunnerLock {
   private tail: Promise<void> = Promise.resolve();
   /** Holders and waiters. */
   private count = 0;
   /** The holder's callback for a waiter's arrival. */
   private contended: (() => void) | null = null;
+
+  constructor(private readonly onOpen?: (b: OpenedBlock) => void) {}
+
+  /** An engine opened a block (while holding the lock). */
+  opened(b: OpenedBlock): void {
+    this.onOpen?.(b);
+  }
 
   /** Resolves, once every earlier holder has released, to this holder's release. While it holds
    *  the lock, `onContended` is called whenever another caller starts waiting for it. */
@@ -108,6 +126,8 @@ interface Open {
   capacity: number;
   /** Tokens one batch may hold in a step: its decode rows', and prompt chunks in what is left. */
   maxTokens: number;
+  /** For a block of fewer rows: the sequence it was opened for (the call's shape did not hold it). */
+  oddOne: Admission | null;
 }
 
 /** How the error of a request refused for the memory limits begins (servers answer it as a
@@ -307,6 +327,9 @@ export class ContinuousEngine {
   private admit(): boolean {
     const o = this.open!;
     while (this.waiting.length > 0) {
+      // A block of fewer rows takes others only while the sequence it was opened for runs; then
+      // it drains, and the next opens in the call's shape (the rest of a job ran in it, slower).
+      if (o.oddOne?.seq.done) return false;
       const a = this.waiting[0]!;
       if (!this.fits(a.seq, o)) {
         // One no block could hold is answered now, not when the running rows have finished (and
@@ -398,7 +421,7 @@ export class ContinuousEngine {
 
   /** A block for the waiting sequences within the memory limits. When none fits them, one in
    *  the same shape with room for the first alone, then (a generate() call's, when its shape
-   *  fits the limits at all) one of fewer rows for it, down to a row alone; when none fits, the
+   *  fits the limits at all) one of fewer rows for it, down to a row alone (for the odd sequence); when none fits, the
    *  first sequence is too large for the limits: it is refused
    *  (its request answered with the reason) and the next one tried, so that one request too large
    *  for the limits never fails the others. A shape that fits no sequence at all is the limits'
@@ -421,6 +444,11 @@ export class ContinuousEngine {
       // (a sequence that fit a block of fewer rows was refused for the rows the queue behind it
       // asked for: which requests ran depended on where they stood in the file)
       const rows = this.fewerRows();
+      // Fewer rows are for the odd request too long for the call's shape. (A shape that holds
+      // none of a job's requests makes every block smaller and the job far slower: the CLI refuses
+      // such a policy before loading where it knows the requests' lengths, and every call says
+      // how many blocks ran smaller. Planned shapes rest on estimated lengths, so running slower
+      // here, and saying so, beats refusing a job that the limits do hold.)
       if (rows !== null) return await this.openBlock(true, rows);
       this.refuseFirst(this.whyTooLarge() ?? 'no block within the memory limits holds it');
     }
@@ -510,11 +538,21 @@ export class ContinuousEngine {
     }
   }
 
+  /** What a block of fewer rows is for: the first waiting sequence, which the call's shape (as
+   *  the waiting ones fill it) does not hold within the limits. */
+  private smaller(): NonNullable<OpenedBlock['smaller']> {
+    const { rows, batches } = this.blockShape(true);
+    const seq = this.waiting[0]!.seq;
+    return { id: seq.req.id, positions: this.need(seq), shape: `${rows} × ${batches}` };
+  }
+
   /** A block (see blockShape), checked against the memory limits (a UserError when it does not fit). */
   private async openBlock(firstOnly: boolean, maxRows?: number): Promise<Open> {
     const p = this.p;
     const { rows, batches, maxTokens, shape, capacity: needed } = this.blockShape(firstOnly, maxRows);
     this.s.checkBlock(shape(needed));
+    const smaller = maxRows === undefined ? null : this.smaller();
+    const oddOne = maxRows === undefined ? null : this.waiting[0]!;
     // A server's block leaves room for longer requests to come: SERVER_POSITIONS per row, or as
     // many as the memory limits allow. A request that does not fit waits until the block empties,
     // and everything behind it with it (for seconds: the running rows finish first), so a block
@@ -541,7 +579,8 @@ export class ContinuousEngine {
       const block = this.s.runner.open({ rows, batches, capacity, maxTokens, cacheDtype: p.cacheDtype });
       this.slots = Array.from({ length: batches }, () => new Array<Slot | null>(rows).fill(null));
       this.promptsLast = [];
-      return { block, release, rows, batches, capacity, maxTokens };
+      this.s.lock.opened({ rows, batches, smaller });
+      return { block, release, rows, batches, capacity, maxTokens, oddOne };
     } catch (e) {
       release();
       throw e;

@@ -18,7 +18,7 @@ import { type BlockShape, type Limits, type MemoryItem, type WeightSizes, blockI
 import { DiskTier } from '../schedule/disk-tier.js';
 import { type GenerateOptions, type GenerateParams, type GenerateStats, Generator, cacheBytesPerElement, resolveParams } from './generate.js';
 import { Scheduler } from './scheduler.js';
-import { RunnerLock } from './continuous.js';
+import { type OpenedBlock, RunnerLock } from './continuous.js';
 import type { GenerationRequest, GenerationResult, RequestError, RequestNames } from './requests.js';
 
 /** Share of this machine's memory a block may take when no RAM limit is set (as planning assumes). */
@@ -42,7 +42,8 @@ export interface LoadOptions {
   ramBytes?: number;
   /** Compute-device memory. On a CPU-only machine the device is RAM: device shares count against ramBytes. */
   deviceBytes?: number;
-  /** Where to say what loading waits for (another run converting the weights in the disk directory). Default: stderr. */
+  /** Where to say what loading waits for (another run converting the weights in the disk directory),
+   *  and a generate() call that ran blocks of fewer rows than its shape. Default: stderr. */
   log?: (msg: string) => void;
   /** Requests the run will have (a batch job's lines), when known: the smallest block it can open
    *  (that many rows at most, one position) is checked against the limits before anything loads,
@@ -51,6 +52,21 @@ export interface LoadOptions {
   /** RAM the caller holds beside the model while it runs (a job's request ids), in bytes: counted
    *  against ramBytes with the model's own items. */
   heldBytes?: number;
+}
+
+/** The longest request a run will have, as far as is known before it runs (its prompt's tokens
+ *  counted; a text prompt's, not known, as one): the policy's block must hold it. @internal the CLI's. */
+export interface LongestRequest {
+  id: string;
+  promptTokens: number;
+  newTokens: number;
+}
+
+/** Blocks a model's calls have opened: how many of each shape, and of fewer rows than their call's
+ *  shape (for a request that shape did not hold within the memory limits). */
+export interface BlocksRun {
+  shapes: { rows: number; batches: number; blocks: number }[];
+  smaller: number;
 }
 
 export const LOAD_KEYS = ['precision', 'backend', 'threads', 'policy', 'diskDir', 'diskBytes', 'ramBytes', 'deviceBytes', 'log', 'requests', 'heldBytes'] as const;
@@ -63,8 +79,14 @@ export function loadOptionsOf(o: LoadOptions): LoadOptions {
 export class LanguageModel {
   private closed = false;
   private sched: Scheduler | null = null;
-  /** One block open on the runner at a time (the scheduler's, or a generate() call's). */
-  private readonly lock = new RunnerLock();
+  /** One block open on the runner at a time (the scheduler's, or a generate() call's); it hears
+   *  of each block opened. */
+  private readonly lock = new RunnerLock((b) => this.noteBlock(b));
+  /** Blocks opened, by "rows × batches". */
+  private readonly shapesRun = new Map<string, { rows: number; batches: number; blocks: number }>();
+  /** Blocks of fewer rows than their call's shape, and the last one's reason. */
+  private smallerRun = 0;
+  private lastSmaller: OpenedBlock['smaller'] = null;
 
   private constructor(
     readonly config: ModelConfig,
@@ -79,9 +101,11 @@ export class LanguageModel {
     private readonly disk: DiskTier | null,
     private readonly weightMemory: MemoryItem[],
     readonly limits: Limits,
+    private readonly log: (msg: string) => void,
   ) {}
 
-  static async load(dir: string, options: LoadOptions = {}): Promise<LanguageModel> {
+  /** `longest`: the run's longest request, when known (the CLI's jobs): see checkSmallestBlock. */
+  static async load(dir: string, options: LoadOptions = {}, longest?: LongestRequest): Promise<LanguageModel> {
     checkKeys(options, LOAD_KEYS, 'loadModel() options');
     const given = options.precision;
     if (given !== undefined && given !== 'fp32' && given !== 'bf16') throw new RangeError(`precision must be "fp32" or "bf16", got ${JSON.stringify(given)}`);
@@ -121,7 +145,8 @@ export class LanguageModel {
       // measured it here; without a profile, the defaults. A profile that exists but is not used
       // (not readable, or measured on another CPU) is said once, here (the bf16 choice above read
       // the same file), on stderr by default: nothing else would say that its choices were passed over.
-      if (backend.kernels === cpuBackend().kernels) applySavedGemmBlocking(undefined, options.log ?? ((m) => process.stderr.write(`tierlm: ${m}\n`)));
+      const log = options.log ?? ((m: string) => process.stderr.write(`tierlm: ${m}\n`));
+      if (backend.kernels === cpuBackend().kernels) applySavedGemmBlocking(undefined, log);
       const limits: Limits = { ram: options.ramBytes, disk: options.diskBytes, device: options.deviceBytes };
       const sizes = model.loader.sizes();
       const weightSizes: WeightSizes = {
@@ -135,18 +160,17 @@ export class LanguageModel {
       };
       const wItems = weightItems(weightSizes, policy, shares(policy, 'weights').disk > 0);
       checkLimits(wItems, limits, `the weights of ${dir}`);
-      if (options.requests !== undefined) checkSmallestBlock(c, policy, wItems, limits, options.requests);
+      if (options.requests !== undefined || longest) checkSmallestBlock(c, policy, wItems, limits, options.requests ?? 1, longest);
       const needsDisk = shares(policy, 'weights').disk > 0 || shares(policy, 'cache').disk > 0 || shares(policy, 'activations').disk > 0;
       const disk = needsDisk ? await DiskTier.open(options.diskDir, options.diskBytes) : null;
       try {
         const wShares = shares(policy, 'weights');
         const layers = wShares.disk > 0
-          ? await WeightStore.open(model.loader, c, backend, precision, wShares, disk!.weightsDir(dir, precision + (policy.compressWeight ? '-q4' : '')), model.sourceFiles,
-            options.log ?? ((m) => process.stderr.write(`tierlm: ${m}\n`)))
+          ? await WeightStore.open(model.loader, c, backend, precision, wShares, disk!.weightsDir(dir, precision + (policy.compressWeight ? '-q4' : '')), model.sourceFiles, log)
           : new ResidentLayers(model.loader, c);
         const transformer = new Transformer(c, backend, model.loader.globals(), policy.attnSparsity);
         const runner = new BlockRunner(transformer, layers, policy, { cache: disk?.cacheFile ?? null, act: disk?.actFile ?? null });
-        return new LanguageModel(c, transformer, layers, runner, policy, model.eosTokenIds, TextTokenizer.load(dir), precision, disk, wItems, limits);
+        return new LanguageModel(c, transformer, layers, runner, policy, model.eosTokenIds, TextTokenizer.load(dir), precision, disk, wItems, limits, log);
       } catch (e) {
         await disk?.close(); // a load that fails leaves no spill files or run lock behind
         throw e;
@@ -159,6 +183,20 @@ export class LanguageModel {
   /** Bytes placed on each tier and moved so far. */
   get placement() {
     return { weights: this.layers.stats, weightStagingBytes: this.runner.weightStagingBytes, keptCacheBytes: this.runner.keptCacheBytes, io: this.runner.io };
+  }
+
+  /** The blocks this model's calls have opened so far (the shapes that ran, which are the
+   *  policy's only while its block holds the requests within the memory limits). */
+  get blocksRun(): BlocksRun {
+    return { shapes: [...this.shapesRun.values()].map((x) => ({ ...x })), smaller: this.smallerRun };
+  }
+
+  private noteBlock(b: OpenedBlock): void {
+    const key = `${b.rows} × ${b.batches}`;
+    const seen = this.shapesRun.get(key);
+    if (seen) seen.blocks++;
+    else this.shapesRun.set(key, { rows: b.rows, batches: b.batches, blocks: 1 });
+    if (b.smaller) [this.smallerRun, this.lastSmaller] = [this.smallerRun + 1, b.smaller];
   }
 
   /** Results in input order, each as soon as it and those before it have finished (`order: 'finish'`:
@@ -176,13 +214,27 @@ export class LanguageModel {
     if (this.closed) throw new Error('generate() was called after close(): load the model again');
     const p = this.resolve(params);
     const g = this.generator();
+    const before = this.smallerRun;
+    const ended = () => this.saySmaller(this.smallerRun - before);
     return (async function* () {
       try {
         yield* g.generate(requests, p, names);
       } finally {
         if (stats) Object.assign(stats, g.stats);
+        ended();
       }
     })();
+  }
+
+  /** Says once, at the end of a call, that `n` of its blocks had fewer rows than its shape (the
+   *  run was that much slower, and nothing else said why). */
+  private saySmaller(n: number): void {
+    const why = this.lastSmaller;
+    if (n <= 0 || !why) return;
+    const [them, they] = n > 1 ? ['requests', 'they'] : ['a request', 'it'];
+    this.log(`${n} block${n > 1 ? 's' : ''} ran with fewer rows than ${why.shape} (gpu batch size × batches), for ${them} that a block of ` +
+      `that shape does not hold within the memory limits (the last, "${why.id}", needs ${why.positions} positions): ${they} ran slower; ` +
+      `a smaller shape, or limits that hold ${n > 1 ? 'them' : 'it'}, run ${n > 1 ? 'them' : 'it'} at full width`);
   }
 
   /** The continuous-batching scheduler of this model, created on the first call (a second call
@@ -244,17 +296,29 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   return LanguageModel.load(dir, options);
 }
 
-/** The smallest block a run of `requests` requests opens (the policy's shape, no more rows than
- *  requests, one position: what it refuses to go below), within the limits, or a UserError as
- *  that block's own check gives it. A shape given by hand that fits no block was refused only
- *  after the weights had loaded (and been converted for the disk tier). */
-function checkSmallestBlock(c: ModelConfig, policy: Policy, wItems: MemoryItem[], limits: Limits, requests: number): void {
+/** The smallest block a run of `requests` requests opens in the policy's shape (no more rows than
+ *  requests; room for the longest request alone, its positions and its prompt at once, when known,
+ *  else one position), within the limits, or a UserError as that block's own check gives it. A
+ *  shape given by hand that fits no block was refused only after the weights had loaded (and
+ *  been converted for the disk tier); one that held no request of a job (a policy file planned
+ *  for another limit) ran every request in blocks of fewer rows, ~10× slower, and said nothing. */
+function checkSmallestBlock(c: ModelConfig, policy: Policy, wItems: MemoryItem[], limits: Limits, requests: number, longest?: LongestRequest): void {
   const rows = Math.max(1, Math.min(policy.gpuBatchSize, requests));
   const batches = Math.max(1, Math.min(policy.numGpuBatches, Math.ceil(requests / rows)));
-  checkBlockLimits(c, policy, wItems, limits, { rows, batches, capacity: 1, maxTokens: rows, cacheBytesPerElement: cacheBytesPerElement(cacheDtypeOf(policy), c.headDim) });
+  const prompt = longest ? Math.max(1, Math.min(longest.promptTokens, c.maxPositions - 1)) : 0;
+  const positions = longest ? Math.min(c.maxPositions, prompt + longest.newTokens) : 1;
+  const shape = { rows, batches, capacity: positions, maxTokens: Math.max(rows, prompt), cacheBytesPerElement: cacheBytesPerElement(cacheDtypeOf(policy), c.headDim) };
+  const holding = longest ? `, the smallest the policy allows for this job, holding its longest request "${longest.id}" ` +
+    `(${positions} positions: a prompt of ${prompt} tokens and up to ${positions - prompt} new ones)` : '';
+  checkLimits([...wItems, ...blockItems(c, policy, shape)], limits, `${blockName(shape)}${holding}`);
+}
+
+/** How a block is named in messages: its shape as plan prints it. */
+function blockName(shape: BlockShape): string {
+  return `a block of ${shape.rows} × ${shape.batches} (gpu batch size × batches)`;
 }
 
 /** The weights' items and a block of `shape` within the limits, or a UserError naming the block. */
 function checkBlockLimits(c: ModelConfig, policy: Policy, wItems: MemoryItem[], limits: Limits, shape: BlockShape): void {
-  checkLimits([...wItems, ...blockItems(c, policy, shape)], limits, `a block of ${shape.rows} × ${shape.batches} (gpu batch size × batches)`);
+  checkLimits([...wItems, ...blockItems(c, policy, shape)], limits, blockName(shape));
 }
