@@ -610,3 +610,35 @@ describe('the Batch API', () => {
     expect(await third.exited).toBe(0);
   });
 });
+
+describe('an empty API key', () => {
+  it('an empty $TIERLM_API_KEY is no key: SDK requests (which send one) are served; an empty --api-key is refused', async () => {
+    // (it made a server that took only requests without an Authorization header: every OpenAI
+    // SDK sends one, so each of their calls got 401 "Incorrect API key")
+    const saved = process.env.TIERLM_API_KEY;
+    process.env.TIERLM_API_KEY = '';
+    let s: Awaited<ReturnType<typeof startServe>> | undefined;
+    try {
+      s = await startServe(['--model', modelDir, '--served-model-name', 'tiny', '--data-dir', path.join(dir, 'empty-key'), '--gpu-batch-size', '2', '--num-gpu-batches', '1']);
+    } finally {
+      if (saved === undefined) delete process.env.TIERLM_API_KEY;
+      else process.env.TIERLM_API_KEY = saved;
+    }
+    try {
+      const sdk = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: 'sk-dummy', maxRetries: 0 });
+      expect((await sdk.models.list()).data.map((m) => m.id)).toEqual(['tiny']);
+      expect((await fetch(`${s.url}/v1/models`)).status).toBe(200);
+    } finally {
+      s.child.kill('SIGTERM');
+    }
+    expect(await s.exited).toBe(0);
+
+    const typed = cli(['serve', '--model', modelDir, '--data-dir', path.join(dir, 'empty-flag'), '--api-key', '']);
+    expect(typed.code).toBe(1);
+    expect(typed.stderr).toMatch(/--api-key is empty: give the key requests must send, or leave --api-key out/);
+    // (and an embedding's empty key)
+    await expect(buildServer({
+      engine: engineFor(model, 'tiny'), dataDir: path.join(dir, 'empty-api'), apiKey: '', maxQueue: 8, bodyLimit: 1 << 20, fileLimit: 1 << 20, batchConcurrency: 8,
+    })).rejects.toThrow(/apiKey is empty/);
+  });
+});

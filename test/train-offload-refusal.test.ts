@@ -82,3 +82,23 @@ describe('a training plan refused under --ram and --disk', () => {
     expect(e.message).toMatch(/^disk limit 100\.0 MiB is too small by .*\. Raise the disk limit by that\.$/);
   });
 });
+
+describe('an offloaded plan under ranks', () => {
+  it("holds rank 0's spill of the whole model's fp32 masters at a checkpoint in the disk limit", () => {
+    // (the reviewer's run: rank 0's directory reached 158.6 MiB under --disk 110MiB, the extra being
+    // the gathered masters of every rank, 4 bytes a parameter of the whole model)
+    const params = config.vocabSize * config.hidden * 2 + config.layers * (4 * config.hidden * config.hidden + 3 * config.hidden * config.ffn);
+    const plan = planRank({ ...base, ram: 512 * MiB, disk: undefined, ranks: 2 });
+    const spill = plan.items.find((i) => /gathered fp32 masters, spilled/.test(i.what));
+    expect(spill?.disk).toBeGreaterThanOrEqual(4 * params * 0.98);
+    // A disk limit that holds the states but not the spill is refused, naming the spill.
+    const states = plan.items.reduce((n, i) => n + i.disk, 0) - spill!.disk;
+    let message = '';
+    try {
+      planRank({ ...base, ram: 512 * MiB, disk: states + spill!.disk / 2, ranks: 2 });
+    } catch (e) {
+      message = (e as Error).message;
+    }
+    expect(message).toMatch(/^disk limit .* too small by .*gathered fp32 masters, spilled/);
+  });
+});

@@ -3,12 +3,13 @@
 // skips every custom_id already answered in --output or --errors, so a stopped job resumes.
 import type { Command } from 'commander';
 import { loadModel } from '../engine/model.js';
+import { SERVER_PREFILL_CHUNK } from '../engine/generate.js';
 import { jobIdBytes } from '../engine/job.js';
 import { openPrompts, ResultWriter } from '../formats/jsonl.js';
 import { UserError } from '../util/errors.js';
 import { servedName } from './model-name.js';
 import { modelDir, outputFile } from './paths.js';
-import { type PolicyFlags, addPolicyOptions, checkPlanningPaths, fitWorkload, loadOptions } from './policy-options.js';
+import { type PolicyFlags, type Workload, addPolicyOptions, checkPlanningPaths, fitWorkload, loadOptions } from './policy-options.js';
 import { Progress } from './progress.js';
 import { lockResults } from './results-lock.js';
 
@@ -54,8 +55,7 @@ async function runBatchCommand(o: BatchFlags): Promise<void> {
     checkPlanningPaths(o);
     const source = await openPrompts(o.input);
     const scan = await scanBatch(source.lines(), (id) => out!.done.has(id) || errors?.done.has(id) === true);
-    const work = fitWorkload(o.model, { source: { model: o.model }, promptLen: scan.longest, genLen: scan.maxTokens,
-      heldBytes: jobIdBytes(out.done.size + (errors?.done.size ?? 0), scan.lines) });
+    const work = serverWorkload(o.model, jobIdBytes(out.done.size + (errors?.done.size ?? 0), scan.lines));
     // (the lines left to run: a block shape given by hand that holds none of them is refused
     // before the model loads, not after)
     const model = await loadModel(o.model, { ...await loadOptions(o, work), requests: scan.pending || undefined });
@@ -86,11 +86,26 @@ async function runBatchCommand(o: BatchFlags): Promise<void> {
   }
 }
 
-/** Request lines, those not answered yet (`answered` says which ids are), the longest prompt
- *  (text at about 3 characters a token) and the largest max_tokens, for planning the block. */
-async function scanBatch(lines: AsyncIterable<string>, answered: (id: string) => boolean): Promise<{ lines: number; pending: number; longest: number; maxTokens: number }> {
+/** serve.ts's planned prompt and answer lengths (kept equal to them: see serverWorkload). */
+const SERVE_PROMPT_LEN = 512;
+const SERVE_GEN_LEN = 128;
+
+/** The workload `tierlm serve` plans for (src/cli/serve.ts: prompts of up to 512 tokens, answers
+ *  of up to 128, prefill in chunks of SERVER_PREFILL_CHUNK), with the job's ids held beside it.
+ *  Planned for the file's largest line instead, one line too big for --ram refused the whole
+ *  file, and a line without max_tokens ran to another context than the server's (the default
+ *  length is what the block's shape leaves, src/engine/continuous.ts contextUnderLimits): the
+ *  same shape as the server's gives the same answers, and a line the block cannot hold gets its
+ *  own error line (context_length_exceeded) from the engine while the rest run. */
+function serverWorkload(model: string, heldBytes: number): Workload {
+  return { ...fitWorkload(model, { source: { model }, promptLen: SERVE_PROMPT_LEN, genLen: SERVE_GEN_LEN }), prefillChunk: SERVER_PREFILL_CHUNK, heldBytes };
+}
+
+/** Request lines, and those not answered yet (`answered` says which ids are): the ids the job
+ *  holds, and the requests the smallest block must hold (LoadOptions.requests). */
+async function scanBatch(lines: AsyncIterable<string>, answered: (id: string) => boolean): Promise<{ lines: number; pending: number }> {
   const { parseBatchLine } = await import('../openai/batch-lines.js');
-  const s = { lines: 0, pending: 0, longest: 1, maxTokens: 16 };
+  const s = { lines: 0, pending: 0 };
   const seen = new Set<string>();
   let n = 0;
   for await (const text of lines) {
@@ -99,16 +114,6 @@ async function scanBatch(lines: AsyncIterable<string>, answered: (id: string) =>
     s.lines++;
     const line = parseBatchLine(text, n, seen);
     if (!('error' in line) && !answered(line.id)) s.pending++;
-    try {
-      const body = (JSON.parse(text) as { body?: Record<string, unknown> }).body ?? {};
-      const prompt = body.prompt ?? body.messages;
-      const len = Array.isArray(prompt) && typeof prompt[0] === 'number' ? prompt.length : Math.ceil(JSON.stringify(prompt ?? '').length / 3) + 16;
-      s.longest = Math.max(s.longest, len);
-      const max = body.max_completion_tokens ?? body.max_tokens;
-      if (typeof max === 'number') s.maxTokens = Math.max(s.maxTokens, max);
-    } catch {
-      // A bad line gets its error line when the job runs.
-    }
   }
   return s;
 }

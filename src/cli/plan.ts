@@ -40,7 +40,7 @@ export function addPlanCommand(program: Command): void {
     .option('--json', 'print the policy as `--policy FILE` reads it, with the predictions beside it');
   addPlanningOptions(cmd).action(async (o: PlanFlags) => {
     checkModelSource(o);
-    checkPlanningPaths(o);
+    checkPlanningPaths(o, true);
     if (o.train) {
       const r = trainPlan(o, await profileFor(o));
       process.stdout.write(o.json ? JSON.stringify(trainPlanJson(r)) + '\n' : trainPlanReport(r));

@@ -112,10 +112,11 @@ export function addPolicyOptions(cmd: Command): Command {
 }
 
 /** Path flags checked before any work (a model loads or a profile is measured). With --disk-dir
- *  and no --disk, the disk limit becomes the directory's free space (diskLimitFromFreeSpace), said
- *  on stderr: a plan without it put more on disk than the file system held, and the run died of
- *  ENOSPC midway. `model` and `train` are the command's own flags where it has them. */
-export function checkPlanningPaths(o: PolicyFlags & { model?: string; train?: boolean }): void {
+ *  and no --disk, the disk limit becomes the directory's free space (diskLimitFromFreeSpace): a
+ *  plan without it put more on disk than the file system held, and the run died of ENOSPC midway.
+ *  `tierlm plan` says so on stderr (`sayDiskLimit`); a run's own output stays as it was. `model`
+ *  and `train` are the command's own flags where it has them. */
+export function checkPlanningPaths(o: PolicyFlags & { model?: string; train?: boolean }, sayDiskLimit = false): void {
   if (o.diskDir !== undefined) diskDir(o.diskDir);
   if (o.profile !== undefined) inputFile('--profile', o.profile, ' (measure one with `tierlm profile --out FILE`, or leave --profile out to use the saved one)');
   if (o.policy !== undefined && o.policy !== 'auto') inputFile('--policy', o.policy);
@@ -126,7 +127,7 @@ export function checkPlanningPaths(o: PolicyFlags & { model?: string; train?: bo
     // (a training plan's states are new files; only generation reuses packed weights)
     const reused = o.model !== undefined && !o.train ? reusedWeights(o.diskDir, o.model, weightsMode(o)) : null;
     const limit = diskLimitFromFreeSpace(o.diskDir, freeBytes(o.diskDir), reused);
-    process.stderr.write(`tierlm: ${limit.note}\n`);
+    if (sayDiskLimit) process.stderr.write(`tierlm: ${limit.note}\n`);
     o.disk = limit.bytes;
   }
 }

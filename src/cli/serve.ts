@@ -28,6 +28,17 @@ interface ServeFlags extends PolicyFlags {
 /** Batch API uploads: OpenAI's own limit for a batch input file. */
 const FILE_LIMIT = 200 * 1024 * 1024;
 
+/** JSON bodies in flight (received, parsed, or behind a request running) are held to this many
+ *  --body-limit's bytes in all, beyond which new ones get 429: --max-queue bodies of up to
+ *  --body-limit each (1 GiB by default) were held beside a model planned without them. Two, so
+ *  that one body at the limit leaves room for the others. */
+const BODY_BUDGET_LIMITS = 2;
+
+/** RAM a body's bytes take while it is in flight, per byte: the bytes as received, the string
+ *  decoded from them and the values parsed from it. (The joined copy of the bytes, garbage as soon
+ *  as they are decoded, is the runtime's allowance's.) */
+const BODY_RAM_PER_BYTE = 3;
+
 export function addServeCommand(program: Command): void {
   const cmd = program
     .command('serve')
@@ -35,17 +46,18 @@ export function addServeCommand(program: Command): void {
     .requiredOption('--model <dir>', 'Hugging Face model directory')
     .option('--host <host>', 'address to listen on (only this machine by default)', '127.0.0.1')
     .option('--port <port>', 'TCP port (0 = any free one)', int('--port'), 8000)
-    .option('--api-key <key>', 'every request but /health and /metrics must send "Authorization: Bearer KEY" (default: $TIERLM_API_KEY; none when unset)')
+    .option('--api-key <key>', 'every request but /health and /metrics must send "Authorization: Bearer KEY" (default: $TIERLM_API_KEY; none when unset or empty)')
     .option('--data-dir <dir>', 'where uploaded files and batch jobs are kept (default: ~/.cache/tierlm/serve)')
     .option('--served-model-name <name>', 'the name bodies give as "model" (default: the model directory\'s name)')
     .option('--max-queue <n>', 'interactive requests in flight beyond which new ones get 429 with Retry-After', int('--max-queue', 1), 256)
     // (the default shown as a size: shown as 4194304, it was a value the flag refuses)
-    .addOption(new Option('--body-limit <size>', 'largest JSON request body, with a unit (413 beyond)').argParser(sizeOption('--body-limit')).default(4 * 1024 * 1024, '4MiB'));
+    .addOption(new Option('--body-limit <size>', 'largest JSON request body, with a unit (413 beyond); bodies in flight are held to twice it in all (429 beyond), counted in --ram').argParser(sizeOption('--body-limit')).default(4 * 1024 * 1024, '4MiB'));
   addPolicyOptions(cmd).action(async (o: ServeFlags) => runServe(o));
 }
 
 async function runServe(o: ServeFlags): Promise<void> {
   if (o.port > 65535) throw new UserError(`--port must be at most 65535, got ${o.port}`);
+  const apiKey = apiKeyOf(o.apiKey, process.env.TIERLM_API_KEY);
   modelDir('--model', o.model);
   checkPlanningPaths(o);
   const dataDir = path.resolve(o.dataDir ?? path.join(os.homedir(), '.cache', 'tierlm', 'serve'));
@@ -54,7 +66,12 @@ async function runServe(o: ServeFlags): Promise<void> {
   // chunk plus a batch's rows, not a batch of whole prompts.
   // The data directory first: one another server keeps is refused before the model loads.
   const store = new Store(dataDir);
-  const work = { ...fitWorkload(o.model, { source: { model: o.model }, promptLen: 512, genLen: 128 }), prefillChunk: SERVER_PREFILL_CHUNK };
+  // The request bodies the server may hold at once count against --ram with the model's items.
+  const bodyBudget = BODY_BUDGET_LIMITS * o.bodyLimit;
+  const work = {
+    ...fitWorkload(o.model, { source: { model: o.model }, promptLen: 512, genLen: 128 }), prefillChunk: SERVER_PREFILL_CHUNK,
+    heldBytes: BODY_RAM_PER_BYTE * bodyBudget,
+  };
   const model = await loadModel(o.model, await loadOptions(o, work));
   const name = servedName(o);
   // Fastify, Ajv and the OpenAI schemas load only for this command: every other command's
@@ -62,8 +79,8 @@ async function runServe(o: ServeFlags): Promise<void> {
   const { buildServer } = await import('../server/app.js');
   const { batchConcurrency, engineFor } = await import('../openai/complete.js');
   const server = await buildServer({
-    engine: engineFor(model, name), dataDir: store, apiKey: o.apiKey ?? process.env.TIERLM_API_KEY, maxQueue: o.maxQueue,
-    bodyLimit: o.bodyLimit, fileLimit: FILE_LIMIT, batchConcurrency: batchConcurrency(model),
+    engine: engineFor(model, name), dataDir: store, apiKey, maxQueue: o.maxQueue,
+    bodyLimit: o.bodyLimit, bodyBudget, fileLimit: FILE_LIMIT, batchConcurrency: batchConcurrency(model),
   });
   const address = await server.app.listen({ host: o.host, port: o.port });
   server.jobs.resume();
@@ -84,4 +101,14 @@ async function runServe(o: ServeFlags): Promise<void> {
   await model.scheduler().drain();
   await model.close();
   process.stderr.write('tierlm: stopped\n');
+}
+
+/** The key requests must send: --api-key, else $TIERLM_API_KEY. An empty variable is unset (a
+ *  `TIERLM_API_KEY=` left in an environment made a server that took only requests without a key,
+ *  and every OpenAI SDK sends one); an empty --api-key, typed, is refused rather than guessed at. */
+export function apiKeyOf(flag: string | undefined, env: string | undefined): string | undefined {
+  if (flag === '') {
+    throw new UserError('--api-key is empty: give the key requests must send, or leave --api-key out (and $TIERLM_API_KEY unset) for a server without one');
+  }
+  return flag ?? (env === '' ? undefined : env);
 }

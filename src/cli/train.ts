@@ -51,19 +51,17 @@ export function addTrainCommand(program: Command): void {
       // Under mpirun (src/dist): an error on one rank ends every rank, and the last rank to finish
       // leaves MPI; rank 0 alone reports progress.
       const comm = worldComm();
-      await abortOnError(comm, () => runTrain({ ...o, disk: diskLimit(o, comm.rank === 0), ramPercent: o.ramPercent?.map((x) => percent(x)) }, comm.rank === 0));
+      await abortOnError(comm, () => runTrain({ ...o, disk: diskLimit(o), ramPercent: o.ramPercent?.map((x) => percent(x)) }, comm.rank === 0));
       comm.finalize();
     });
 }
 
 /** --disk, or without it (an offloaded run: --ram and --disk-dir) the free space in --disk-dir,
- *  shared by the job's ranks on this machine, said once: a run planned without it wrote states
- *  until the disk was full (ENOSPC) instead of being refused up front. */
-function diskLimit(o: { ram?: number; diskDir?: string; disk?: number }, report: boolean): number | undefined {
+ *  shared by the job's ranks on this machine: a run planned without it wrote states until the
+ *  disk was full (ENOSPC) instead of being refused up front. (`tierlm plan --train` says it.) */
+function diskLimit(o: { ram?: number; diskDir?: string; disk?: number }): number | undefined {
   if (o.disk !== undefined || o.ram === undefined || o.diskDir === undefined) return o.disk;
-  const limit = diskLimitFromFreeSpace(o.diskDir, freeBytes(o.diskDir), null, rankEnv().localSize);
-  if (report) process.stderr.write(`${limit.note}\n`);
-  return limit.bytes;
+  return diskLimitFromFreeSpace(o.diskDir, freeBytes(o.diskDir), null, rankEnv().localSize).bytes;
 }
 
 function percent(x: string): number {

@@ -314,6 +314,21 @@ export class ContinuousEngine {
   /** contextUnderLimits by the block's tokens per step (the limits never change). */
   private readonly contexts = new Map<number, number>();
 
+  /** A server's (the full shape's): the most positions a row of its block can have within the
+   *  memory limits; a request needing more is refused (refuseFirst). 0 when no block fits, null
+   *  for a generate() call's engine (its blocks take the shape their sequences need). The API
+   *  refuses a prompt surely longer before encoding it (src/openai/translate.ts). */
+  positionsUnderLimits(): number | null {
+    const p = this.p;
+    if (!p.fullShape) return null;
+    this.serverPositions ??= largestFitting(0, this.s.maxPositions, (c) => this.withinLimits({
+      rows: p.batchSize, batches: p.numGpuBatches, capacity: c, cacheBytesPerElement: this.s.cacheBytesPerElement, maxTokens: p.prefillChunk + p.batchSize,
+    }));
+    return this.serverPositions;
+  }
+
+  private serverPositions: number | undefined;
+
   private firstChunk(seq: Sequence): number {
     return Math.min(seq.ids.length, this.p.prefillChunk);
   }

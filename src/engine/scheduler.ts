@@ -137,6 +137,12 @@ export class Scheduler {
     };
   }
 
+  /** The most positions (prompt and new tokens) a request may take within the memory limits:
+   *  one that needs more is refused. 0 when no block fits them. */
+  get positionsUnderLimits(): number {
+    return this.engine.positionsUnderLimits() ?? 0;
+  }
+
   /** Steps run so far (for tests that count steps rather than time). @internal */
   get steps(): number {
     return this.engine.steps;

@@ -8,7 +8,7 @@ import type { GenerationResult, RequestError } from '../engine/requests.js';
 import { TOO_LARGE_FOR_LIMITS } from '../engine/continuous.js';
 import { positionsNote } from '../models/config.js';
 import { ApiError, invalid } from './errors.js';
-import { ChunkStream, type Prepared, type ServedModel, prepare, responseBody } from './translate.js';
+import { ChunkStream, type Prepared, type ServedModel, limitsParam, prepare, responseBody } from './translate.js';
 import { type Endpoint, checkBody } from './validate.js';
 
 export interface Engine {
@@ -58,26 +58,31 @@ export async function complete(engine: Engine, endpoint: Endpoint, body: unknown
     if (!('error' in r)) stream?.finish(i, r, engine.model);
     return r;
   }));
-  const failed = answers.find((r): r is RequestError => 'error' in r);
-  if (failed) throw requestFailure(failed, o.signal);
+  const failed = answers.findIndex((r) => 'error' in r);
+  if (failed >= 0) throw requestFailure(answers[failed] as RequestError, o.signal, limitsParam(p, failed, engine.model));
   const results = answers as GenerationResult[];
   if (stream && p.includeUsage) stream.usage(results);
   return responseBody(p, results, id, created, engine.model);
 }
 
-function requestFailure(r: RequestError, signal?: AbortSignal): Error {
+/** `param`: the field a refusal for the memory limits blames (limitsParam). */
+function requestFailure(r: RequestError, signal: AbortSignal | undefined, param: string): Error {
   if (r.error === 'cancelled' || signal?.aborted) return new Cancelled('cancelled');
   if (/shutting down/.test(r.error)) return new ApiError(503, 'the server is shutting down', 'server_error', null, 'shutting_down');
   // The positions it asks for (prompt + max_tokens) need more cache than the memory limits allow.
-  if (r.error.startsWith(TOO_LARGE_FOR_LIMITS)) return new ApiError(400, r.error, 'invalid_request_error', 'max_tokens', 'context_length_exceeded');
+  if (r.error.startsWith(TOO_LARGE_FOR_LIMITS)) return new ApiError(400, r.error, 'invalid_request_error', param, 'context_length_exceeded');
   return invalid(r.error);
 }
 
 /** A loaded model as the OpenAI endpoints serve it, named `name` (what bodies give as `model`). */
 export function engineFor(model: LanguageModel, name: string): Engine {
+  const scheduler = model.scheduler();
   return {
-    scheduler: model.scheduler(),
-    model: { id: name, maxPositions: model.config.maxPositions, positionsNote: positionsNote(model.config), vocabSize: model.config.vocabSize, tokenizer: model.tokenizer, created: Math.floor(Date.now() / 1000) },
+    scheduler,
+    model: {
+      id: name, maxPositions: model.config.maxPositions, positionsNote: positionsNote(model.config), vocabSize: model.config.vocabSize, tokenizer: model.tokenizer,
+      positionsUnderLimits: () => scheduler.positionsUnderLimits, created: Math.floor(Date.now() / 1000),
+    },
   };
 }
 

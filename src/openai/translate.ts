@@ -23,6 +23,10 @@ export interface ServedModel {
   positionsNote?: string;
   vocabSize: number;
   tokenizer: TextTokenizer | null;
+  /** The most positions a request may take within the server's memory limits (fewer than
+   *  maxPositions where its block holds fewer; 0 when unknown): a prompt surely longer is refused
+   *  before it is encoded, and a refusal for the limits names the field at fault. */
+  positionsUnderLimits?: () => number;
   /** Unix seconds, for /v1/models. */
   created: number;
 }
@@ -39,6 +43,9 @@ export interface Prepared {
   stream: boolean;
   includeUsage: boolean;
   stop: string[];
+  /** The field that set the new tokens' limit ('max_completion_tokens' or 'max_tokens'), or null
+   *  when none did (the endpoint's default): a request too long for the limits blames it. */
+  maxParam: 'max_tokens' | 'max_completion_tokens' | null;
 }
 
 type Body = Record<string, unknown>;
@@ -89,7 +96,8 @@ export function prepare(endpoint: Endpoint, body: Body, model: ServedModel): Pre
     return r;
   });
   const streamOptions = body.stream_options as { include_usage?: boolean } | null | undefined;
-  return { endpoint, model: model.id, requests, n, logprobs, stream: body.stream === true, includeUsage: streamOptions?.include_usage === true, stop };
+  const maxParam = maxTokens == null ? null : chat && body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens';
+  return { endpoint, model: model.id, requests, n, logprobs, stream: body.stream === true, includeUsage: streamOptions?.include_usage === true, stop, maxParam };
 }
 
 function completionPrompts(prompt: unknown, model: ServedModel): number[][] {
@@ -129,13 +137,28 @@ function chatPrompt(messages: Body[], model: ServedModel): number[] {
   return model.tokenizer.encode(text, false);
 }
 
-/** Refuses a text that is surely longer than the context before it is encoded (minTokens). */
+/** Refuses a text that is surely longer than the context before it is encoded (minTokens): the
+ *  model's, or the fewer positions the server's memory limits hold (a 3.5 MB prompt to a model of
+ *  131072 positions under --ram was encoded whole, 40 s and 1.9 GB, to be refused after). */
 function refuseFarTooLong(text: string, model: ServedModel, what: string, param: string): void {
   const least = model.tokenizer!.minTokens(text);
-  if (least >= model.maxPositions) {
-    throw invalid(`This model's maximum context length is ${model.maxPositions} tokens${model.positionsNote ?? ''}; ${what} ` +
-      `(${text.length} characters) ${what === 'the messages' ? 'are' : 'is'} at least ${least} tokens`, param, 'context_length_exceeded');
+  const limits = model.positionsUnderLimits?.() ?? 0;
+  // (a prompt of `least` tokens needs least + 1 positions; 0: no bound known, the engine answers)
+  const bound = limits > 0 && limits < model.maxPositions ? limits : model.maxPositions;
+  if (least >= bound) {
+    const context = bound < model.maxPositions ? `The server's memory limits hold at most ${bound} positions a request (the model's context is ${model.maxPositions} tokens)`
+      : `This model's maximum context length is ${model.maxPositions} tokens${model.positionsNote ?? ''}`;
+    throw invalid(`${context}; ${what} (${text.length} characters) ${what === 'the messages' ? 'are' : 'is'} at least ${least} tokens`, param, 'context_length_exceeded');
   }
+}
+
+/** The field a request refused for the memory limits blames: the prompt when it alone needs more
+ *  positions than they hold (or no limit on new tokens was given), else the field that set that limit. */
+export function limitsParam(p: Prepared, prompt: number, model: ServedModel): string {
+  const promptParam = p.endpoint === '/v1/chat/completions' ? 'messages' : 'prompt';
+  const limits = model.positionsUnderLimits?.() ?? 0;
+  if (p.maxParam === null || (limits > 0 && p.requests[prompt]!.promptTokenIds.length >= limits)) return promptParam;
+  return p.maxParam;
 }
 
 /** Each choice's place in the response: prompt i's sample j is choice i·n + j (OpenAI's order). */
@@ -237,15 +260,17 @@ function completionLogprobs(model: ServedModel, s: SampleResult, top: number, pr
 
 function chatLogprobs(model: ServedModel, s: SampleResult, prompt: readonly number[]) {
   const context = promptContext(model, prompt);
+  const pieces = s.tokenIds.map((_, i) => tokenPiece(model, s.tokenIds, i, undefined, context));
+  const raw = ownBytes(model, s.tokenIds, pieces);
   const entry = (i: number, token: number | undefined, logprob: number) => {
     // A token holding part of a multi-byte character has its own bytes (OpenAI's), shown as
     // `\xNN` in its string; the bytes of a sample's tokens add up to its text's.
-    const raw = model.tokenizer?.tokenBytes(token ?? s.tokenIds[i]!);
-    if (raw && !isUtf8(raw)) return { token: escapeBytes(raw), logprob, bytes: [...raw] };
-    const text = tokenPiece(model, s.tokenIds, i, token, context);
-    return { token: text, logprob, bytes: [...Buffer.from(text, 'utf8')] };
+    const piece = () => Buffer.from(token === undefined ? pieces[i]! : tokenPiece(model, s.tokenIds, i, token, context), 'utf8');
+    const bytes = !raw ? piece() : token === undefined ? raw[i]! : model.tokenizer!.tokenBytes(token) ?? piece();
+    return { token: isUtf8(bytes) ? bytes.toString('utf8') : escapeBytes(bytes), logprob, bytes: [...bytes] };
   };
   const all = s.tokenIds.map((_, i) => ({ ...entry(i, undefined, s.logprobs?.[i] ?? 0), top_logprobs: (s.topLogprobs?.[i] ?? []).map((x) => entry(i, x.token, x.logprob)) }));
+  if (s.text === undefined || s.text.length >= pieces.join('').length) return { content: all, refusal: null };
   // Cut in bytes: the token straddling a stop sequence keeps the bytes before it (its logprob and
   // alternatives as they were), shown as `\xNN` where they end inside a character.
   const cut = (i: number, keep: number) => {
@@ -253,8 +278,36 @@ function chatLogprobs(model: ServedModel, s: SampleResult, prompt: readonly numb
     const b = Buffer.from(bytes);
     return { ...all[i]!, token: isUtf8(b) ? b.toString('utf8') : escapeBytes(b), bytes };
   };
-  const content = s.text === undefined ? all : coveredTokens(all.map((e) => e.bytes.length), Buffer.byteLength(s.text, 'utf8'), all, cut) ?? all;
-  return { content, refusal: null };
+  const kept = raw ? keptBytes(Buffer.concat(raw), s.text) : Buffer.byteLength(s.text, 'utf8');
+  return { content: coveredTokens(all.map((e) => e.bytes.length), kept, all, cut) ?? all, refusal: null };
+}
+
+/**
+ * Each token's bytes from its vocabulary entry (tokenBytes; none for a special token, which
+ * decoding skips), when together they decode to the sample's text; else null (the entries then
+ * take their pieces' bytes). Not the pieces' bytes alone: a lone invalid byte is U+FFFD in the
+ * text, in the piece of the token after it (tokenPiece), and was counted twice, as its byte and as
+ * the U+FFFD's three.
+ */
+function ownBytes(model: ServedModel, ids: readonly number[], pieces: readonly string[]): Buffer[] | null {
+  const t = model.tokenizer;
+  if (!t) return null;
+  const raw = ids.map((id, i) => t.tokenBytes(id) ?? (pieces[i] === '' ? Buffer.alloc(0) : null));
+  if (raw.some((b) => b === null)) return null;
+  return Buffer.concat(raw as Buffer[]).toString('utf8') === pieces.join('') ? (raw as Buffer[]) : null;
+}
+
+/** How many of `bytes` make `text`, a start of what they decode to (UTF-8, as Buffer decodes):
+ *  neither the bytes of a character past it nor those of one left unfinished where it ends. */
+function keptBytes(bytes: Buffer, text: string): number {
+  // A byte at a time, the decoder gives a character when it ends (or is found invalid, maybe with
+  // the next): the bytes up to text.length characters, less at most a character's begun after them.
+  const d = new TextDecoder();
+  let out = 0;
+  let at = 0;
+  while (at < bytes.length && out < text.length) out += d.decode(bytes.subarray(at, ++at), { stream: true }).length;
+  for (let m = at; m >= Math.max(0, at - 4); m--) if (bytes.subarray(0, m).toString('utf8') === text) return m;
+  return at;
 }
 
 /** The whole response body of a finished request. */

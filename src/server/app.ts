@@ -1,10 +1,12 @@
 // The OpenAI-compatible HTTP server (Fastify): every body validated by its JSON schema, every error
-// in OpenAI's format, the API key (if any) checked in constant time, a body-size limit, and a
-// bound on interactive requests in flight (429 with Retry-After beyond it).
+// in OpenAI's format, the API key (if any) checked in constant time, a body-size limit, a budget
+// for the bytes of the bodies in flight, and a bound on interactive requests in flight (429 with
+// Retry-After beyond either).
 import { createHash, timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import multipart from '@fastify/multipart';
 import { ApiError } from '../openai/errors.js';
+import { formatSize } from '../tensor/tiers/size.js';
 import type { Engine } from '../openai/complete.js';
 import { AJV_OPTIONS } from '../openai/schemas.js';
 import { validationError } from '../openai/validate.js';
@@ -25,6 +27,9 @@ export interface ServerOptions {
   maxQueue: number;
   /** Largest JSON body, in bytes (413 beyond). */
   bodyLimit: number;
+  /** Bytes of the JSON bodies in flight (being received, parsed, or behind a request running),
+   *  beyond which new ones get 429: at least bodyLimit. Absent: no budget. */
+  bodyBudget?: number;
   /** Largest uploaded file, in bytes (413 beyond). */
   fileLimit: number;
   /** Lines each batch job keeps submitted. */
@@ -37,6 +42,8 @@ export interface Server {
   metrics: Metrics;
   /** Interactive requests in flight. */
   readonly inFlight: { count: number };
+  /** Bytes of the bodies in flight, as counted against bodyBudget. */
+  readonly bodies: { bytes: number };
   /** Counts a request whose client went away (499), once. */
   clientGone(req: object): void;
   /** Stops taking requests, writes the batch lines in flight, and leaves the data directory. */
@@ -44,6 +51,11 @@ export interface Server {
 }
 
 export async function buildServer(o: ServerOptions): Promise<Server> {
+  // (an empty key let in only requests without one: every OpenAI SDK sends one, so none passed)
+  if (o.apiKey === '') throw new RangeError('apiKey is empty: give the key requests must send, or leave apiKey out for a server without one');
+  if (o.bodyBudget !== undefined && !(o.bodyBudget >= o.bodyLimit)) {
+    throw new RangeError(`bodyBudget (${o.bodyBudget}) must be at least bodyLimit (${o.bodyLimit}): a body within the limit would never be taken`);
+  }
   // (return503OnClosing off: a request arriving while the server closes gets OpenAI's error shape
   // from the hook below, not Fastify's own 503 body)
   const app = Fastify({ bodyLimit: o.bodyLimit, ajv: { customOptions: AJV_OPTIONS }, logger: false, forceCloseConnections: 'idle', return503OnClosing: false });
@@ -52,7 +64,7 @@ export async function buildServer(o: ServerOptions): Promise<Server> {
   const metrics = new Metrics(o.engine.scheduler);
   const gone = new WeakSet<object>();
   const server: Server = {
-    app, jobs, metrics, inFlight: { count: 0 },
+    app, jobs, metrics, inFlight: { count: 0 }, bodies: { bytes: 0 },
     clientGone: (req) => {
       if (gone.has(req)) return;
       gone.add(req);
@@ -105,6 +117,7 @@ export async function buildServer(o: ServerOptions): Promise<Server> {
       throw new ApiError(401, 'Incorrect API key provided (send it as "Authorization: Bearer KEY")', 'authentication_error', null, 'invalid_api_key');
     }
   });
+  if (o.bodyBudget !== undefined) holdBodiesTo(app, o.bodyBudget, o.bodyLimit, server.bodies);
   // A client gone before its answer counts once as 499 (nginx's "client closed request"): by the
   // route that saw its request cancelled (Fastify calls no hook for it), else by onRequestAbort.
   app.addHook('onRequestAbort', async (req) => server.clientGone(req.raw));
@@ -126,6 +139,30 @@ export async function buildServer(o: ServerOptions): Promise<Server> {
   addBatchRoutes(app, store, jobs, o);
   app.addHook('onClose', async () => metrics.close());
   return server;
+}
+
+/** Counts each request body against the budget from before it is read until its response is
+ *  sent or its client goes away; a body that would take `bodies` past the budget is answered 429
+ *  unread. Uploads (multipart) are not counted: they go to disk as they come. */
+function holdBodiesTo(app: FastifyInstance, budget: number, bodyLimit: number, bodies: { bytes: number }): void {
+  app.addHook('preParsing', async (req, reply, payload) => {
+    const length = Number(req.headers['content-length']);
+    const chunked = req.headers['transfer-encoding'] !== undefined;
+    // No body; one over the limit, which Fastify answers 413 (a 429 would have it sent again);
+    // or an upload.
+    if (!(length > 0) && !chunked) return payload;
+    if (length > bodyLimit || req.headers['content-type']?.startsWith('multipart/')) return payload;
+    // (a chunked body's length is known only once it is read: the most it may be)
+    const bytes = length > 0 ? length : bodyLimit;
+    if (bodies.bytes + bytes > budget) {
+      throw new ApiError(429, `request bodies in flight (${formatSize(bodies.bytes)}) and this one (${formatSize(bytes)}) would exceed the server's ` +
+        `budget for them (${formatSize(budget)}; tierlm serve: twice --body-limit); retry later`, 'rate_limit_error', null, 'rate_limit_exceeded');
+    }
+    bodies.bytes += bytes;
+    // (the response's 'close' comes once, when it is sent or when the client goes away)
+    reply.raw.once('close', () => (bodies.bytes -= bytes));
+    return payload;
+  });
 }
 
 /** Routes anyone may call when the server has a key: liveness and Prometheus' scrape. */

@@ -21,6 +21,9 @@ export function addCompletionRoutes(app: FastifyInstance, o: ServerOptions, serv
 
 async function handle(endpoint: Endpoint, req: FastifyRequest, reply: FastifyReply, o: ServerOptions, server: Server): Promise<unknown> {
   const p = check(o.engine, endpoint, req.body, true);
+  // The body is not needed once prepared: let it be collected while the request runs (a long
+  // field the request does not use, `user` say, was held until the answer was sent).
+  req.body = undefined;
   if (server.inFlight.count >= o.maxQueue) {
     throw new ApiError(429, `too many requests in flight (${o.maxQueue}, --max-queue); retry later`, 'rate_limit_error', null, 'rate_limit_exceeded');
   }
@@ -36,7 +39,7 @@ async function handle(endpoint: Endpoint, req: FastifyRequest, reply: FastifyRep
       // them (from here, the body parsed and checked), without the network or the client.
       const received = performance.now();
       let firstAt = NaN;
-      const body = await complete(o.engine, endpoint, req.body, { priority: 'interactive', signal: abort.signal, prepared: p, onFirstToken: () => (firstAt = performance.now()) });
+      const body = await complete(o.engine, endpoint, null, { priority: 'interactive', signal: abort.signal, prepared: p, onFirstToken: () => (firstAt = performance.now()) });
       const ms = (t: number) => (t - received).toFixed(1);
       reply.header('server-timing', `ttft;dur=${ms(firstAt)};desc="time to first token", total;dur=${ms(performance.now())}`);
       return body;
@@ -56,7 +59,7 @@ async function handle(endpoint: Endpoint, req: FastifyRequest, reply: FastifyRep
       if (!raw.destroyed) raw.write(`data: ${JSON.stringify(data)}\n\n`);
     };
     try {
-      await complete(o.engine, endpoint, req.body, { priority: 'interactive', signal: abort.signal, prepared: p, onChunk: send });
+      await complete(o.engine, endpoint, null, { priority: 'interactive', signal: abort.signal, prepared: p, onChunk: send });
       start();
       if (!raw.destroyed) raw.write('data: [DONE]\n\n');
     } catch (e) {

@@ -46,6 +46,10 @@ export function planRank(o: OffloadPlanInput & { ranks: number }): OffloadPlan {
       ram: stepActivationBytes(c, t, o.checkpointActivations), disk: 0 },
     // Saving gathers each group's masters whole (rank 0 writes them).
     { what: 'checkpoint save and resume', ram: TENSOR_FILE_RAM_BYTES + TENSOR_FILE_RAM_BYTES / 4 + 4 * Math.max(whole(0), layerMax), disk: 0 },
+    // ...and, offloaded, spills the whole model's fp32 masters to its disk directory while it
+    // writes them (checkpoint.ts MasterSpill; saveParams alike): 4 bytes a parameter of the whole
+    // model, not of a rank's share. (The same plan on every rank: only rank 0 writes it.)
+    { what: 'checkpoint save: the gathered fp32 masters, spilled', ram: 0, disk: 4 * total * N },
   ];
   return placeStates(o, probe, items, { subGroupSize, optimizerSets: 3, maxDepth: 1, tileBytes: 0, tiled: new Set(), actInRam: true,
     actTotal: o.checkpointActivations ? (c.layers + 1) * 4 * t * c.hidden : 0 });
