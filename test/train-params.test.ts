@@ -127,7 +127,7 @@ describe('ParamSource: parameters and gradients only between fetch and release',
         const plain = open(dir), wrapped = open(dir);
         const source = new PoisoningSource(wrapped);
         const batch = packMicroBatch(fixtureBatch().map((s) => ({ ...s, tokenIds: s.tokenIds.map((id) => id % plain.config.vocabSize) })),
-          plain.config.vocabSize, plain.config.maxPositions);
+          plain.config);
         const a = await new TrainModel(plain, b, checkpoint).lossAndGrad(batch, 1 / batch.count);
         const w = await new TrainModel(source, b, checkpoint).lossAndGrad(batch, 1 / batch.count);
         expect(w).toEqual(a);

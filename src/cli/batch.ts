@@ -3,15 +3,15 @@
 // skips every custom_id already answered in --output or --errors, so a stopped job resumes.
 import type { Command } from 'commander';
 import { loadModel } from '../engine/model.js';
-import { SERVER_PREFILL_CHUNK } from '../engine/generate.js';
 import { jobIdBytes } from '../engine/job.js';
 import { openPrompts, ResultWriter } from '../formats/jsonl.js';
 import { UserError } from '../util/errors.js';
 import { servedName } from './model-name.js';
 import { modelDir, outputFile } from './paths.js';
-import { type PolicyFlags, type Workload, addPolicyOptions, checkPlanningPaths, fitWorkload, loadOptions } from './policy-options.js';
+import { type PolicyFlags, addPolicyOptions, checkPlanningPaths, loadOptions } from './policy-options.js';
 import { Progress } from './progress.js';
 import { lockResults } from './results-lock.js';
+import { serverWorkload } from './serve.js';
 
 interface BatchFlags extends PolicyFlags {
   model: string;
@@ -55,6 +55,7 @@ async function runBatchCommand(o: BatchFlags): Promise<void> {
     checkPlanningPaths(o);
     const source = await openPrompts(o.input);
     const scan = await scanBatch(source.lines(), (id) => out!.done.has(id) || errors?.done.has(id) === true);
+    // The block is planned as `tierlm serve` plans it (serverWorkload), so answers are the server's.
     const work = serverWorkload(o.model, jobIdBytes(out.done.size + (errors?.done.size ?? 0), scan.lines));
     // (the lines left to run: a block shape given by hand that holds none of them is refused
     // before the model loads, not after)
@@ -84,21 +85,6 @@ async function runBatchCommand(o: BatchFlags): Promise<void> {
       unlockOut();
     }
   }
-}
-
-/** serve.ts's planned prompt and answer lengths (kept equal to them: see serverWorkload). */
-const SERVE_PROMPT_LEN = 512;
-const SERVE_GEN_LEN = 128;
-
-/** The workload `tierlm serve` plans for (src/cli/serve.ts: prompts of up to 512 tokens, answers
- *  of up to 128, prefill in chunks of SERVER_PREFILL_CHUNK), with the job's ids held beside it.
- *  Planned for the file's largest line instead, one line too big for --ram refused the whole
- *  file, and a line without max_tokens ran to another context than the server's (the default
- *  length is what the block's shape leaves, src/engine/continuous.ts contextUnderLimits): the
- *  same shape as the server's gives the same answers, and a line the block cannot hold gets its
- *  own error line (context_length_exceeded) from the engine while the rest run. */
-function serverWorkload(model: string, heldBytes: number): Workload {
-  return { ...fitWorkload(model, { source: { model }, promptLen: SERVE_PROMPT_LEN, genLen: SERVE_GEN_LEN }), prefillChunk: SERVER_PREFILL_CHUNK, heldBytes };
 }
 
 /** Request lines, and those not answered yet (`answered` says which ids are): the ids the job

@@ -3,7 +3,6 @@
 // FlexGen's policy fields, or a policy file. Each flag is defined once here, with one default.
 import fs from 'node:fs';
 import os from 'node:os';
-import path from 'node:path';
 import { type Command, InvalidArgumentError } from 'commander';
 import { DEFAULT_POLICY, type Policy, type PolicyCacheDType, applyPercent, policyFromJson, validatePolicy } from '../policy/policy.js';
 import { formatSize, parseSize } from '../tensor/tiers/size.js';
@@ -16,6 +15,7 @@ import { oneOf, rule } from './parse.js';
 import { diskDir, inputFile } from './paths.js';
 import { readConfig } from '../models/registry.js';
 import { weightsFolder } from '../schedule/disk-tier.js';
+import { reusablePackedBytes } from '../schedule/weight-store.js';
 
 /** What the planner needs to know about the job. */
 export interface Workload {
@@ -167,24 +167,17 @@ function weightsMode(o: PolicyFlags): string {
 }
 
 /**
- * The packed weights of `model` in `mode` in the disk directory that a run reuses: a complete
- * folder (its manifest written) whose source files are unchanged since (their size and mtime, as
- * the manifest's key records them), else null (the run converts, and needs the space). The folder
- * is the one DiskTier.weightsDir uses (weightsFolder).
+ * The packed weights of `model` in `mode` in the disk directory that a run reuses
+ * (reusablePackedBytes), else null (the run converts, and needs the space). The folder is the one
+ * DiskTier.weightsDir uses (weightsFolder).
  */
 export function reusedWeights(dir: string, model: string, mode: string): ReusedWeights | null {
   try {
     const folder = weightsFolder(dir, model, mode);
-    const manifest = JSON.parse(fs.readFileSync(path.join(folder, 'weights.json'), 'utf8')) as { key: string };
-    const { stamp } = JSON.parse(manifest.key) as { stamp: string[] };
-    const unchanged = stamp.length > 0 && stamp.every((s) => {
-      const m = /^(.*):(\d+):([^:]+)$/.exec(s);
-      const st = m ? fs.statSync(m[1]!) : null;
-      return st !== null && st.size === Number(m![2]) && st.mtimeMs === Number(m![3]);
-    });
-    return unchanged ? { dir: folder, bytes: fs.statSync(path.join(folder, 'weights.bin')).size } : null;
+    const bytes = reusablePackedBytes(folder);
+    return bytes === null ? null : { dir: folder, bytes };
   } catch {
-    return null; // no folder, or one not complete: the run converts
+    return null; // a model directory that cannot be resolved: refused when it is read
   }
 }
 

@@ -12,7 +12,7 @@ import { UserError } from '../util/errors.js';
 import { servedName } from './model-name.js';
 import { int } from './parse.js';
 import { modelDir } from './paths.js';
-import { type PolicyFlags, addPolicyOptions, checkPlanningPaths, fitWorkload, loadOptions, sizeOption } from './policy-options.js';
+import { type PolicyFlags, type Workload, addPolicyOptions, checkPlanningPaths, fitWorkload, loadOptions, sizeOption } from './policy-options.js';
 
 interface ServeFlags extends PolicyFlags {
   model: string;
@@ -68,10 +68,7 @@ async function runServe(o: ServeFlags): Promise<void> {
   const store = new Store(dataDir);
   // The request bodies the server may hold at once count against --ram with the model's items.
   const bodyBudget = BODY_BUDGET_LIMITS * o.bodyLimit;
-  const work = {
-    ...fitWorkload(o.model, { source: { model: o.model }, promptLen: 512, genLen: 128 }), prefillChunk: SERVER_PREFILL_CHUNK,
-    heldBytes: BODY_RAM_PER_BYTE * bodyBudget,
-  };
+  const work = serverWorkload(o.model, BODY_RAM_PER_BYTE * bodyBudget);
   const model = await loadModel(o.model, await loadOptions(o, work));
   const name = servedName(o);
   // Fastify, Ajv and the OpenAI schemas load only for this command: every other command's
@@ -101,6 +98,17 @@ async function runServe(o: ServeFlags): Promise<void> {
   await model.scheduler().drain();
   await model.close();
   process.stderr.write('tierlm: stopped\n');
+}
+
+/** The workload a server plans for: prompts of up to 512 tokens, answers of up to 128, prefill in
+ *  chunks of SERVER_PREFILL_CHUNK, with `heldBytes` held beside the model. `tierlm batch` plans the
+ *  same: planned for a file's largest line instead, one line too big for --ram refused the whole
+ *  file, and a line without max_tokens ran to another context than the server's (the default
+ *  length is what the block's shape leaves, src/engine/continuous.ts contextUnderLimits); with the
+ *  server's shape the answers are the server's, and a line the block cannot hold gets its own
+ *  error line (context_length_exceeded) from the engine while the rest run. */
+export function serverWorkload(model: string, heldBytes: number): Workload {
+  return { ...fitWorkload(model, { source: { model }, promptLen: 512, genLen: 128 }), prefillChunk: SERVER_PREFILL_CHUNK, heldBytes };
 }
 
 /** The key requests must send: --api-key, else $TIERLM_API_KEY. An empty variable is unset (a

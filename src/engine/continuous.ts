@@ -303,12 +303,19 @@ export class ContinuousEngine {
     const maxTokens = p.fullShape ? p.prefillChunk + p.batchSize : Math.max(this.firstChunk(seq), p.batchSize);
     const known = this.contexts.get(maxTokens);
     if (known !== undefined) return known;
-    const shape = (capacity: number): BlockShape => ({
-      rows: p.batchSize, batches: p.numGpuBatches, capacity, cacheBytesPerElement: this.s.cacheBytesPerElement, maxTokens,
-    });
-    const context = largestFitting(0, this.s.maxPositions, (c) => this.withinLimits(shape(c), true));
+    const context = this.largestCapacity(maxTokens, true);
     this.contexts.set(maxTokens, context);
     return context;
+  }
+
+  /** The most positions (up to the model's) a row of a block of the call's shape, taking
+   *  `maxTokens` a step, can have within the memory limits (`machine`: and within most of the
+   *  machine's memory); 0 when none fits. */
+  private largestCapacity(maxTokens: number, machine: boolean): number {
+    const p = this.p;
+    return largestFitting(0, this.s.maxPositions, (capacity) => this.withinLimits({
+      rows: p.batchSize, batches: p.numGpuBatches, capacity, cacheBytesPerElement: this.s.cacheBytesPerElement, maxTokens,
+    }, machine));
   }
 
   /** contextUnderLimits by the block's tokens per step (the limits never change). */
@@ -321,9 +328,7 @@ export class ContinuousEngine {
   positionsUnderLimits(): number | null {
     const p = this.p;
     if (!p.fullShape) return null;
-    this.serverPositions ??= largestFitting(0, this.s.maxPositions, (c) => this.withinLimits({
-      rows: p.batchSize, batches: p.numGpuBatches, capacity: c, cacheBytesPerElement: this.s.cacheBytesPerElement, maxTokens: p.prefillChunk + p.batchSize,
-    }));
+    this.serverPositions ??= this.largestCapacity(p.prefillChunk + p.batchSize, false);
     return this.serverPositions;
   }
 

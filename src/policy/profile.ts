@@ -21,7 +21,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { randomFillSync } from 'node:crypto';
 import { type PackedWeight, cpuBackend, getThreads, hugePageStatus, isaInfo, readMemoryPass, releaseFreedMemory, setThreads } from '../backend/index.js';
-import { AMX_AGREEMENT, type Bf16Kernel, fasterBf16Kernel, normalisedDifference } from '../backend/cpu/bf16-kernel.js';
+import { type Bf16Kernel, amxDisagreement, fasterBf16Kernel } from '../backend/cpu/bf16-kernel.js';
 import { type GemmKernelKind, GEMM_KERNEL_KINDS, GEMM_WIDEN_BLOCKS, gemmBf16Kernel, gemmOnePassRows, gemmWidenPanels } from '../backend/cpu/gemm.js';
 import type { CacheDType, ComputeMode, WeightFormat } from '../backend/kernels.js';
 import { type FloatDType, fromFloat32 } from '../tensor/dtype.js';
@@ -326,27 +326,15 @@ function widenFaster(kind: GemmKernelKind, copies: PackedWeight[], rows: number,
   return settingFaster(gemmWidenPanels, kind, copies, rows, k, 2, minSeconds);
 }
 
-/** Whether AMX runs here and its results on a product match vdpbf16ps's (AMX_AGREEMENT): a tile
- *  path that some CPU or OS gets wrong must never be chosen for its speed. Leaves the bf16 kernel
- *  setting as it found it. */
+/** Whether AMX runs here and its results on a product match vdpbf16ps's (amxDisagreement), said
+ *  in the log where they do not. */
 function amxAgrees(log: (m: string) => void): boolean {
   if (!isaInfo().amx) return false;
-  const cpu = cpuBackend();
-  const before = gemmBf16Kernel();
-  try {
-    const [m, k, n] = [67, 1000, 97];  // several row blocks and panels, a k tail
-    const w = cpu.packWeight(floatTensor('bf16', [n, k], 0.05), 'bf16', 'profile');
-    const x = floatTensor('f32', [m, k], 1) as Tensor<'f32'>;
-    gemmBf16Kernel('dot');
-    const dot = cpu.matmul(x, w, null).data;
-    gemmBf16Kernel('amx');
-    const d = normalisedDifference(cpu.matmul(x, w, null).data, dot);
-    if (d <= AMX_AGREEMENT) return true;
-    log(`gemm bf16: AMX results differ from vdpbf16ps's (normalised difference ${d}): AMX not used`);
-    return false;
-  } finally {
-    gemmBf16Kernel(before);
-  }
+  const [m, k, n] = [67, 1000, 97];  // several row blocks and panels, a k tail
+  const w = cpuBackend().packWeight(floatTensor('bf16', [n, k], 0.05), 'bf16', 'profile');
+  const d = amxDisagreement(floatTensor('f32', [m, k], 1) as Tensor<'f32'>, w);
+  if (d !== null) log(`gemm bf16: AMX results differ from vdpbf16ps's (normalised difference ${d}): AMX not used`);
+  return d === null;
 }
 
 function measureGemm(s: SizeSpec, log: (m: string) => void): { table: GemmTable; bf16: Bf16Kernel; onePassRows?: GemmKernelKind[]; widenPanels?: GemmKernelKind[] } {

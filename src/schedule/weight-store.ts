@@ -332,6 +332,25 @@ function manifestKey(sourceFiles: string[], mode: ComputeMode, backend: string):
   return JSON.stringify({ v: 1, backend, mode, stamp });
 }
 
+/** The bytes of the packed weights in `dir` (a WeightStore's folder) when its manifest is written
+ *  and every source file it was packed from is unchanged since (the size and mtime its key records:
+ *  a run then reuses them instead of converting), else null. */
+export function reusablePackedBytes(dir: string): number | null {
+  const manifest = readManifest(path.join(dir, 'weights.json'));
+  if (!manifest) return null;
+  try {
+    const { stamp } = JSON.parse(manifest.key) as { stamp: string[] };
+    const unchanged = stamp.length > 0 && stamp.every((s) => {
+      const m = /^(.*):(\d+):([^:]+)$/.exec(s);  // manifestKey's `${path}:${size}:${mtimeMs}`
+      const st = m ? fs.statSync(m[1]!) : null;
+      return st !== null && st.size === Number(m![2]) && st.mtimeMs === Number(m![3]);
+    });
+    return unchanged ? fs.statSync(path.join(dir, 'weights.bin')).size : null;
+  } catch {
+    return null;  // a source file gone, or no packed file: the run converts
+  }
+}
+
 function readManifest(file: string): Manifest | null {
   try {
     return JSON.parse(fs.readFileSync(file, 'utf8')) as Manifest;

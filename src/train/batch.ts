@@ -6,6 +6,7 @@
 // sequence's last token has no target. Without labels the targets are the next tokens.
 
 import { IGNORE_INDEX } from '../backend/kernels-train.js';
+import { type ModelConfig, positionsNote } from '../models/config.js';
 import { UserError } from '../util/errors.js';
 
 /** One training sequence. */
@@ -25,15 +26,16 @@ export interface MicroBatch {
   count: number;
 }
 
-/** `positionsNote`: where the positions limit comes from, when not max_position_embeddings
- *  (config.ts positionsNote: a sliding window), appended to the over-long sequence's error. */
-export function packMicroBatch(seqs: readonly TrainSequence[], vocab: number, maxPositions: number, positionsNote = ''): MicroBatch {
+/** Packs `seqs` for model `c` (an over-long sequence's error says where the positions limit comes
+ *  from when not max_position_embeddings: config.ts positionsNote, a sliding window). */
+export function packMicroBatch(seqs: readonly TrainSequence[], c: ModelConfig): MicroBatch {
+  const [vocab, maxPositions] = [c.vocabSize, c.maxPositions];
   if (seqs.length === 0) throw new UserError('a micro-batch needs at least one sequence');
   const seqStarts = new Int32Array(seqs.length + 1);
   seqs.forEach((s, i) => {
     const n = s.tokenIds.length;
     if (n === 0) throw new UserError(`sequence ${i} is empty`);
-    if (n > maxPositions) throw new UserError(`sequence ${i} has ${n} tokens, more than the model's ${maxPositions} positions${positionsNote}`);
+    if (n > maxPositions) throw new UserError(`sequence ${i} has ${n} tokens, more than the model's ${maxPositions} positions${positionsNote(c)}`);
     if (s.labels && s.labels.length !== n) throw new UserError(`sequence ${i}: labels has ${s.labels.length} entries, token_ids ${n}`);
     for (let p = 0; p < n; p++) {
       const id = s.tokenIds[p]!;

@@ -13,7 +13,7 @@ import path from 'node:path';
 import { type Backend, type ComputeMode, cpuBackend, setThreads } from '../backend/index.js';
 import { TensorStore } from '../formats/safetensors.js';
 import { writeSafetensors } from '../formats/safetensors-writer.js';
-import { type ModelConfig, positionsNote } from '../models/config.js';
+import type { ModelConfig } from '../models/config.js';
 import { readConfig } from '../models/registry.js';
 import { AdamW } from '../optim/adamw.js';
 import type { ParamState, Precision } from '../optim/state.js';
@@ -193,7 +193,7 @@ export class Trainer {
     if (!Array.isArray(batch) || batch.length === 0) throw new TypeError('step: batch must be a non-empty array of sequences, or of micro-batches');
     const micro = batch.length > 0 && Array.isArray(batch[0]) ? (batch as TrainSequence[][]) : [batch as TrainSequence[]];
     // Under ranks each micro-batch is this rank's share of a global one, and a share may be empty.
-    const packed = micro.map((m) => (this.ranked && m.length === 0 ? null : packMicroBatch(m, c.vocabSize, c.maxPositions, positionsNote(c))));
+    const packed = micro.map((m) => (this.ranked && m.length === 0 ? null : packMicroBatch(m, c)));
     const [targets, tokens] = this.sum([packed.reduce((n, m) => n + (m?.count ?? 0), 0), packed.reduce((n, m) => n + (m?.ids.length ?? 0), 0)]) as [number, number];
     if (targets === 0) throw new UserError('the step has no target to learn (every label is -100)');
     this.checkTokens(packed.filter((m) => m !== null));
@@ -259,7 +259,7 @@ export class Trainer {
   }
 
   private async lossOf(seqs: readonly TrainSequence[]): Promise<{ loss: number; targets: number }> {
-    const m = packMicroBatch(seqs, this.config.vocabSize, this.config.maxPositions, positionsNote(this.config));
+    const m = packMicroBatch(seqs, this.config);
     this.checkTokens([m]);
     const { loss, count } = await this.model.loss(m);
     return { loss: count > 0 ? loss / count : NaN, targets: count };

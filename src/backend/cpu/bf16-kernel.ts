@@ -17,7 +17,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { cpuBackend, isaInfo } from '../index.js';
+import { type PackedWeight, cpuBackend, isaInfo } from '../index.js';
 import { gemmBf16Kernel } from './gemm.js';
 import { fromFloat32 } from '../../tensor/dtype.js';
 import { Tensor } from '../../tensor/tensor.js';
@@ -125,11 +125,28 @@ export function fasterBf16Kernel(ms: { dot: number; fma: number; amx?: number })
 
 /** How far apart AMX's results may lie from vdpbf16ps's (normalised error: the two take the same
  *  bf16 products and differ only in the order and rounding of their sums). */
-export const AMX_AGREEMENT = 1e-3;
+const AMX_AGREEMENT = 1e-3;
+
+/** Where AMX runs (isaInfo().amx): AMX's normalised difference from vdpbf16ps on x · wᵀ (bf16
+ *  weights), or null where it is within AMX_AGREEMENT. A tile path that some CPU or OS gets wrong
+ *  must never be chosen for its speed. Leaves the bf16 kernel setting as it found it. */
+export function amxDisagreement(x: Tensor<'f32'>, w: PackedWeight): number | null {
+  const b = cpuBackend();
+  const before = gemmBf16Kernel();
+  try {
+    gemmBf16Kernel('dot');
+    const dot = b.matmul(x, w, null).data;
+    gemmBf16Kernel('amx');
+    const d = normalisedDifference(b.matmul(x, w, null).data, dot);
+    return d <= AMX_AGREEMENT ? null : d;
+  } finally {
+    gemmBf16Kernel(before);
+  }
+}
 
 /** The largest difference between `a` and `b` over the largest magnitude of `b` (NaN when either
  *  holds a NaN). */
-export function normalisedDifference(a: Float32Array, b: Float32Array): number {
+function normalisedDifference(a: Float32Array, b: Float32Array): number {
   let diff = 0, scale = 0;
   for (let i = 0; i < b.length; i++) {
     diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
@@ -165,14 +182,7 @@ function timeKernels(shape: GemmShape): { dot: number; fma: number; amx?: number
     return best;
   };
   try {
-    let amxMismatch: number | undefined;
-    if (isaInfo().amx) {
-      gemmBf16Kernel('dot');
-      const dotY = b.matmul(x, w, null).data;
-      gemmBf16Kernel('amx');
-      const d = normalisedDifference(b.matmul(x, w, null).data, dotY);
-      if (!(d <= AMX_AGREEMENT)) amxMismatch = d;
-    }
+    const amxMismatch = isaInfo().amx ? amxDisagreement(x, w) ?? undefined : undefined;
     const withAmx = isaInfo().amx && amxMismatch === undefined;
     // Interleaved, so that a burst of load on a shared machine hits each.
     const [fma1, dot1, amx1, fma2, dot2, amx2] = [time('fma'), time('dot'), withAmx ? time('amx') : Infinity,
