@@ -4,7 +4,7 @@
 // plan predicts.
 import { describe, expect, it } from 'vitest';
 import { initModel } from '../src/models/init.js';
-import { readConfig } from '../src/models/registry.js';
+import { readConfig, readPreset } from '../src/models/registry.js';
 import { TensorStore } from '../src/formats/safetensors.js';
 import { tokenizerRamBytes } from '../src/formats/tokenizer.js';
 import { loadProfile } from '../src/policy/profile.js';
@@ -48,7 +48,7 @@ describe('tierlm plan --train', () => {
     // --tile-size, as train takes it (plan had no such flag)
     const tiled = cli(['plan', '--train', '--config', 'opt-test', '--layers', '2', '--ram', '48MiB', '--seq-len', '64', '--batch-size', '4', '--tile-size', '64KiB']);
     expect(tiled.stdout).toMatch(/weights in tiles of 64\.0 KiB/);
-    expect(cli(['plan', '--config', 'opt-test', '--prompt-len', '8', '--gen-len', '4', '--tile-size', '1MiB']).stderr).toMatch(/--tile-size plan training: add --train/);
+    expect(cli(['plan', '--config', 'opt-test', '--prompt-len', '8', '--gen-len', '4', '--tile-size', '1MiB']).stderr).toMatch(/--tile-size and --sub-group-size plan training: add --train/);
   });
 
   it('counts the tokenizer a training run holds in RAM', () => {
@@ -78,6 +78,40 @@ describe('tierlm plan --train', () => {
     expect(two.predicted.compute.gemm).toBe(one.predicted.compute.gemm);
     expect(two.memory.some((i) => i.what.startsWith('gathered parameters'))).toBe(true);
     expect(cli(['plan', '--config', 'opt-test', '--ranks', '2']).stderr).toMatch(/--train/);
+  });
+
+  it('plans smaller optimizer sub-groups where the default ones do not fit, and reports what each state placed', () => {
+    // One rank of two, 16 layers, 64 MiB: the default sub-groups (three sets, a 16th of the limit)
+    // left the plan 2.3 MiB short, and it was refused; with smaller ones it fits.
+    const args = ['plan', '--train', '--config', 'opt-test', '--layers', '16', '--ram', '64MiB', '--seq-len', '64', '--ranks', '2'];
+    const r = cli([...args, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const p = JSON.parse(r.stdout) as { sub_group_size: number; memory: { what: string; ram: number; disk: number }[] };
+    const defaultSize = Math.floor((64 * MiB) / 16 / (3 * 16));
+    expect(p.sub_group_size).toBeLessThan(defaultSize);
+    expect(p.sub_group_size).toBeGreaterThanOrEqual(2048);
+    // A size the user gives is kept, and refused where it does not fit.
+    const given = cli([...args, '--sub-group-size', String(defaultSize)]);
+    expect(given.code).toBe(1);
+    expect(given.stderr).toMatch(/RAM limit 64\.0 MiB is too small/);
+    expect(cli([...args.filter((a) => a !== '--train'), '--sub-group-size', '4096']).stderr).toMatch(/add --train/);
+    // Each state's percent is what the layout put in RAM (a rank's slice is one tensor: a share
+    // of 3% placed nothing and was printed as 3%).
+    const states = p.memory.filter((i) => /% in RAM\)$/.test(i.what));
+    expect(states.length).toBeGreaterThanOrEqual(5);
+    for (const i of states) expect(Number(/\((\d+)% in RAM\)$/.exec(i.what)![1])).toBe(Math.round((100 * i.ram) / Math.max(1, i.ram + i.disk)));
+    // One process alike: two sequences a micro-batch at 48 MiB were refused with the default sub-groups.
+    const config = readPreset('opt-test', 4);
+    const plan = planTraining({ config: config.config, names: config.arch.names(config.config, () => false), precision: 'fp32', seqLen: 64, batchSize: 4,
+      microBatch: 2, ram: 48 * MiB, profile: loadProfile(process.env.TIERLM_PROFILE!)!, checkpointActivations: true });
+    expect(plan.plan.subGroupSize).toBeLessThan(48 * MiB / 48 / 16);
+    expect(plan.plan.items.reduce((n, i) => n + i.ram, 0)).toBeLessThanOrEqual(48 * MiB);
+  });
+
+  it('--ranks N with --disk-dir and no --disk: each rank plans with its share of the free space', () => {
+    const r = cli(['plan', '--train', '--config', 'opt-test', '--layers', '2', '--ram', '256MiB', '--seq-len', '64', '--ranks', '2', '--disk-dir', tmpDir('plan-ranks-disk')]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/for each of 2 ranks on this machine/);
   });
 
   it('splits the batch into micro-batches when the whole one does not fit, and the run moves the bytes it predicts', async () => {

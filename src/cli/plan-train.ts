@@ -20,6 +20,7 @@ export interface TrainPlanFlags {
   batchSize?: number;
   ranks?: number;
   tileSize?: number;
+  subGroupSize?: number;
   ram?: number;
   disk?: number;
   json?: boolean;
@@ -45,7 +46,7 @@ export function trainPlan(o: TrainPlanFlags, profile: HardwareProfile): { plan: 
   const { config, names } = shape(o);
   const seqLen = Math.min(o.seqLen ?? 512, config.maxPositions), batchSize = o.batchSize ?? 4;
   const plan = planTraining({ config, names, precision: o.precision ?? 'fp32', seqLen, batchSize, ram: o.ram, disk: o.disk, profile, checkpointActivations: true,
-    ranks: o.ranks, tileSize: o.tileSize,
+    ranks: o.ranks, tileSize: o.tileSize, subGroupSize: o.subGroupSize,
     // (a training run holds the model's tokenizer in RAM while it reads its data, as it counts it)
     heldBytes: o.model ? tokenizerRamBytes(o.model) : 0 });
   return { plan, config, seqLen, batchSize };

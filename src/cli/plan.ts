@@ -19,6 +19,7 @@ interface PlanFlags extends LimitFlags {
   train?: boolean;
   seqLen?: number;
   tileSize?: number;
+  subGroupSize?: number;
   batchSize?: number;
   ranks?: number;
 }
@@ -37,6 +38,7 @@ export function addPlanCommand(program: Command): void {
     .option('--batch-size <n>', 'with --train: sequences per optimizer step (default 4)', int('--batch-size', 1))
     .option('--ranks <n>', 'with --train: plan one rank of mpirun -np N (its share of the states; --ram and --batch-size per rank)', int('--ranks', 1))
     .option('--tile-size <size>', 'with --train: weight tile, with a unit, as `tierlm train --tile-size` (default: planned from --ram)', sizeOption('--tile-size'))
+    .option('--sub-group-size <n>', 'with --train: parameters per optimizer sub-group, as `tierlm train --sub-group-size` (default: planned from --ram)', int('--sub-group-size', 1))
     .option('--json', 'print the policy as `--policy FILE` reads it, with the predictions beside it');
   addPlanningOptions(cmd).action(async (o: PlanFlags) => {
     checkModelSource(o);
@@ -46,8 +48,8 @@ export function addPlanCommand(program: Command): void {
       process.stdout.write(o.json ? JSON.stringify(trainPlanJson(r)) + '\n' : trainPlanReport(r));
       return;
     }
-    if (o.seqLen !== undefined || o.batchSize !== undefined || o.ranks !== undefined || o.tileSize !== undefined) {
-      throw new UserError('--seq-len, --batch-size, --ranks and --tile-size plan training: add --train');
+    if (o.seqLen !== undefined || o.batchSize !== undefined || o.ranks !== undefined || o.tileSize !== undefined || o.subGroupSize !== undefined) {
+      throw new UserError('--seq-len, --batch-size, --ranks, --tile-size and --sub-group-size plan training: add --train');
     }
     if (o.promptLen === undefined || o.genLen === undefined) throw new UserError('plan needs --prompt-len and --gen-len (or --train)');
     const promptLen = o.promptLen, genLen = o.genLen;

@@ -116,7 +116,7 @@ export function addPolicyOptions(cmd: Command): Command {
  *  plan without it put more on disk than the file system held, and the run died of ENOSPC midway.
  *  `tierlm plan` says so on stderr (`sayDiskLimit`); a run's own output stays as it was. `model`
  *  and `train` are the command's own flags where it has them. */
-export function checkPlanningPaths(o: PolicyFlags & { model?: string; train?: boolean }, sayDiskLimit = false): void {
+export function checkPlanningPaths(o: PolicyFlags & { model?: string; train?: boolean; ranks?: number }, sayDiskLimit = false): void {
   if (o.diskDir !== undefined) diskDir(o.diskDir);
   if (o.profile !== undefined) inputFile('--profile', o.profile, ' (measure one with `tierlm profile --out FILE`, or leave --profile out to use the saved one)');
   if (o.policy !== undefined && o.policy !== 'auto') inputFile('--policy', o.policy);
@@ -126,7 +126,8 @@ export function checkPlanningPaths(o: PolicyFlags & { model?: string; train?: bo
   if (o.diskDir !== undefined && o.disk === undefined) {
     // (a training plan's states are new files; only generation reuses packed weights)
     const reused = o.model !== undefined && !o.train ? reusedWeights(o.diskDir, o.model, weightsMode(o)) : null;
-    const limit = diskLimitFromFreeSpace(o.diskDir, freeBytes(o.diskDir), reused);
+    // (`plan --train --ranks N` plans one of N ranks on this machine, as `train` under mpirun does)
+    const limit = diskLimitFromFreeSpace(o.diskDir, freeBytes(o.diskDir), reused, o.train ? (o.ranks ?? 1) : 1);
     if (sayDiskLimit) process.stderr.write(`tierlm: ${limit.note}\n`);
     o.disk = limit.bytes;
   }

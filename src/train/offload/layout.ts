@@ -22,6 +22,10 @@ import { paramList } from '../params.js';
 export type StateKind = 'param' | 'grad' | 'master' | 'm' | 'v';
 export const STATE_KINDS: readonly StateKind[] = ['param', 'grad', 'master', 'm', 'v'];
 
+/** The kinds a run at this precision keeps (fp32 has no separate compute copy), and their bytes per parameter. */
+export const stateKinds = (precision: Precision): StateKind[] => STATE_KINDS.filter((k) => k !== 'param' || precision === 'bf16');
+export const stateBytesPerParam = (precision: Precision): number => stateKinds(precision).reduce((n, k) => n + kindBytes(k), 0);
+
 /** Share of each kind kept in RAM (0 = all on disk, 1 = all in RAM); 'act' is the activation
  *  checkpoints (the layer inputs kept for the backward's recompute). */
 export type Shares = Record<StateKind | 'act', number>;
@@ -65,7 +69,7 @@ export class Layout {
     // Within a unit the tiled weights come last, so the fetched ones are one range.
     this.fetched = this.units.map((u) => u.filter((i) => !tiled.has(this.params[i]!.name)));
     this.order = this.units.flatMap((u, j) => [...this.fetched[j]!, ...u.filter((i) => tiled.has(this.params[i]!.name))]);
-    this.kinds = STATE_KINDS.filter((k) => k !== 'param' || precision === 'bf16');
+    this.kinds = stateKinds(precision);
     this.offsets = {} as Record<StateKind, number[]>;
     this.fileBytes = {} as Record<StateKind, number>;
     for (const k of STATE_KINDS) {

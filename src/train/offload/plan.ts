@@ -7,7 +7,7 @@
 
 import type { ModelConfig } from '../../models/config.js';
 import { type MemoryItem, checkLimits } from '../../policy/memory.js';
-import { Layout, type Shares, type StateKind, kindBytes } from './layout.js';
+import { Layout, type Shares, type StateKind, kindBytes, stateBytesPerParam } from './layout.js';
 import type { NameTable } from '../../models/architecture.js';
 import type { Precision } from '../../optim/state.js';
 import { alignUp } from '../../tensor/disk/io.js';
@@ -65,11 +65,35 @@ const ORDER: (StateKind | 'act')[] = ['param', 'master', 'grad', 'm', 'v', 'act'
  *  tiled; when that does not fit, smaller tiles are tried (down to 64 KiB) before refusing — a
  *  larger limit tiled fewer weights, held them whole, and was refused where a smaller one ran. */
 export function planOffload(o: OffloadPlanInput): OffloadPlan {
-  if (o.retile === false) return planOffloadOnce(o);
-  const tried = planOrRefusals(o);
-  if (Array.isArray(tried)) throw refusal(o, tried);
-  return tried;
+  const perElem = stateBytesPerParam(o.precision);
+  // A set of sub-group buffers is a 48th of the limit by default (planOffloadOnce).
+  return withSubGroups(o, Math.floor(o.ram / 48 / perElem), (subGroupSize) => {
+    const p = { ...o, subGroupSize };
+    if (o.retile === false) return planOffloadOnce(p);
+    const tried = planOrRefusals(p);
+    // (the RAM limit a refusal names is searched with each limit's own default sub-groups)
+    if (Array.isArray(tried)) throw refusal(o, tried);
+    return tried;
+  });
 }
+
+/** Plans with the default optimizer sub-groups and, where the caller set none and the RAM limit is
+ *  short, with smaller ones (a quarter each time, down to 2048 elements): smaller sub-groups move
+ *  the optimizer's states in more, shorter reads, which costs less than refusing a run that fits.
+ *  A refusal at the smallest is the one reported (its shortfall is what the run truly lacks). */
+export function withSubGroups(o: OffloadPlanInput, defaultSize: number, plan: (subGroupSize: number) => OffloadPlan): OffloadPlan {
+  if (o.subGroupSize !== undefined) return plan(o.subGroupSize);
+  for (let size = Math.max(MIN_SUB_GROUP, defaultSize); ; size = Math.max(MIN_SUB_GROUP, Math.floor(size / 4))) {
+    try {
+      return plan(size);
+    } catch (e) {
+      if (!(e instanceof LimitRefusal) || e.tier !== 'ram' || size === MIN_SUB_GROUP) throw e;
+    }
+  }
+}
+
+/** The smallest sub-group the planners choose (a piece of 2048 elements: ./optimizer.ts). */
+const MIN_SUB_GROUP = 2048;
 
 /** A plan over a limit: which limit, by how much, and at which tile size (planOffload compares
  *  the refusals of its attempts). */
@@ -158,7 +182,7 @@ function planOffloadOnce(o: OffloadPlanInput): OffloadPlan {
   // only between units, so what it moves under one unit's compute is what its sets − 2
   // sub-groups read ahead hold (./cost.ts). They coexist with the forward's buffers (both are
   // items below).
-  const subGroupSize = o.subGroupSize ?? Math.max(2048, Math.floor(o.ram / 48 / perElem));
+  const subGroupSize = o.subGroupSize ?? Math.max(MIN_SUB_GROUP, Math.floor(o.ram / 48 / perElem));
   const setBytes = Math.max(2048, Math.min(subGroupSize, probe.params.reduce((n, p) => n + p.size, 0))) * perElem + probe.kinds.length * 4096;
   // Packed weights: each held unit's weights packed (and packed transposed) in f32 at most.
   const packs = 2 * 4 * (Math.max(0, ...unitElems.slice(0, L)) + unitElems[L]!);
@@ -219,7 +243,9 @@ export function placeStates(o: OffloadPlanInput, probe: Layout, items: MemoryIte
   const layout = new Layout(c, probe.params, o.precision, shares, tiled);
   for (const k of probe.kinds) {
     const b = layout.bytes(k);
-    items.push({ what: `${KIND_NAMES[k]} (${Math.round(100 * shares[k])}% in RAM)`, ram: b.ram, disk: b.disk });
+    // What the layout placed (it keeps whole tensors: under ranks a slice is one, so a share of 0.93
+    // can place nothing), not the share asked for.
+    items.push({ what: `${KIND_NAMES[k]} (${Math.round((100 * b.ram) / Math.max(1, b.ram + b.disk))}% in RAM)`, ram: b.ram, disk: b.disk });
   }
   items.push({ what: `activation checkpoints (${Math.round(100 * shares.act)}% in RAM)`, ram: shares.act >= 1 ? totals.act! : 0, disk: shares.act >= 1 ? 0 : totals.act! });
   try {

@@ -7,8 +7,8 @@
 
 import type { MemoryItem } from '../../policy/memory.js';
 import { alignUp } from '../../tensor/disk/io.js';
-import { Layout, type StateKind, type UnitTensor, kindBytes } from '../offload/layout.js';
-import { type OffloadPlan, type OffloadPlanInput, placeStates, stepActivationBytes } from '../offload/plan.js';
+import { Layout, type StateKind, type UnitTensor, kindBytes, stateBytesPerParam } from '../offload/layout.js';
+import { type OffloadPlan, type OffloadPlanInput, placeStates, stepActivationBytes, withSubGroups } from '../offload/plan.js';
 import { TENSOR_FILE_RAM_BYTES } from '../tensor-file.js';
 import { type Layout as Partition, partitionLayout } from './layout.js';
 
@@ -21,6 +21,12 @@ export function sliceTensors(p: Partition): UnitTensor[] {
 }
 
 export function planRank(o: OffloadPlanInput & { ranks: number }): OffloadPlan {
+  const perElem = stateBytesPerParam(o.precision);
+  // Three sets of sub-group buffers take a 16th of the limit by default.
+  return withSubGroups(o, Math.floor(o.ram / 16 / (3 * perElem)), (subGroupSize) => planRankOnce({ ...o, subGroupSize }));
+}
+
+function planRankOnce(o: OffloadPlanInput & { ranks: number; subGroupSize: number }): OffloadPlan {
   const c = o.config, t = o.maxTokens, N = o.ranks;
   const part = partitionLayout(c, o.names, N, 0);
   const none = { param: 0, grad: 0, master: 0, m: 0, v: 0, act: 0 };
@@ -33,7 +39,7 @@ export function planRank(o: OffloadPlanInput & { ranks: number }): OffloadPlan {
   const kb = kindBytes(computeKind);
   const perElem = probe.kinds.reduce((n, k) => n + kindBytes(k), 0);
   const total = part.groups.reduce((n, g) => n + g.slice, 0);
-  const subGroupSize = o.subGroupSize ?? Math.max(2048, Math.floor(o.ram / 16 / (3 * perElem)));
+  const subGroupSize = o.subGroupSize;
   const subGroupBytes = 3 * (Math.max(2048, Math.min(subGroupSize, total)) * perElem + probe.kinds.length * 4096);
   const items: MemoryItem[] = [
     { what: 'gathered parameters (two layers, the globals)', ram: kb * (2 * layerMax + whole(0)), disk: 0 },
