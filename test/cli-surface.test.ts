@@ -59,6 +59,17 @@ describe('paths are refused before any work', () => {
     expect(fs.existsSync(missing)).toBe(false);
   });
 
+  it('under mpirun a failure before the ranks connect names its rank, as later ones do', () => {
+    const args = ['train', '--model', 'm', '--data', 'd', '--out', path.join(dir, 'out'), '--batch-size', '0'];
+    const r = cli(args, { OMPI_COMM_WORLD_SIZE: '2', OMPI_COMM_WORLD_RANK: '1' });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^tierlm: rank 1 of 2: option '--batch-size <n>' argument '0' is invalid/);
+    // (MPI itself, absent here, refuses the launcher's rank 1 of 2 after the flags: named once)
+    const late = cli(['train', '--model', 'm', '--data', 'd', '--out', path.join(dir, 'out')], { OMPI_COMM_WORLD_SIZE: '2', OMPI_COMM_WORLD_RANK: '1' });
+    expect(late.stderr).toMatch(/^tierlm: rank 1 of 2: [^r]/);
+    expect(cli(args).stderr).toMatch(/^tierlm: option '--batch-size/);
+  });
+
   it('--disk-dir is checked the same way by plan, generate, bench and profile', () => {
     const nowhere = '/no/such/dir';
     const runs = [

@@ -2,6 +2,7 @@
 import { Command } from 'commander';
 import { UserError } from '../util/errors.js';
 import { useFlagNames } from '../util/names.js';
+import { rankEnv } from '../dist/env.js';
 import { addGenerateCommand } from './generate.js';
 import { addInitCommand } from './init.js';
 import { addBenchCommand } from './bench.js';
@@ -18,7 +19,7 @@ export function buildProgram(): Command {
   program.name('tierlm').description('Run and train language models larger than memory').version('0.1.0');
   // Commander's own refusals (a bad flag value, an unknown option) end as every failure does:
   // `tierlm: message` (its "error: " prefix replaced); subcommands inherit this.
-  program.configureOutput({ outputError: (text, write) => write(text.replace(/^error: /, 'tierlm: ')) });
+  program.configureOutput({ outputError: (text, write) => write(text.replace(/^error: /, `tierlm: ${rankPrefix('')}`)) });
   addGenerateCommand(program);
   addInitCommand(program);
   addBenchCommand(program);
@@ -41,6 +42,18 @@ export async function main(argv: string[]): Promise<void> {
   }
 }
 
+/** Under mpirun every rank prints its own failure: one raised before the ranks connect (a bad
+ *  flag, a missing file) says which rank it comes from too, as those after do (./abort.ts). */
+function rankPrefix(message: string): string {
+  let r: { rank: number; size: number };
+  try {
+    r = rankEnv();
+  } catch {
+    return '';
+  }
+  return r.size > 1 && !message.startsWith(`rank ${r.rank} of ${r.size}: `) ? `rank ${r.rank} of ${r.size}: ` : '';
+}
+
 /** Every failure ends as `tierlm: message` and exit code 1. Problems with the user's input and
  *  the system's (a full disk, an I/O error naming its file) are the message alone; anything else
  *  is a bug, whose stack TIERLM_DEBUG=1 prints. */
@@ -49,7 +62,7 @@ export function reportFailure(e: unknown): void {
   // The reader of standard output went away (`| head`): what it wanted it has; end quietly.
   if ((err as NodeJS.ErrnoException).code === 'EPIPE') return;
   const known = err instanceof UserError || err instanceof RangeError || err instanceof TypeError || 'code' in err;
-  process.stderr.write(`tierlm: ${err.message}${known ? '' : ' (internal error)'}\n`);
+  process.stderr.write(`tierlm: ${rankPrefix(err.message)}${err.message}${known ? '' : ' (internal error)'}\n`);
   if (!known || process.env.TIERLM_DEBUG) process.stderr.write(`${process.env.TIERLM_DEBUG ? err.stack : 'run with TIERLM_DEBUG=1 for details'}\n`);
   process.exitCode = 1;
 }
