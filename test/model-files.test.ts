@@ -201,7 +201,7 @@ describe('bad model files', () => {
     expect((await loadError(dir)).message).toMatch(/config\.json: field "rope_theta" \(0\) must be a number > 0/);
   });
 
-  it("sliding windows and rope_theta as transformers reads each family's config; a window's limit is named; OPT without affine norms is refused by name", async () => {
+  it("sliding windows, rope_theta and key/value heads as transformers reads each family's config; a window's limit is named; OPT without affine norms is refused by name", async () => {
     const parsed = (fixture: string, change: Record<string, unknown>, drop: string[] = []) => {
       const dir = tmpDir('window');
       const cfg = { ...JSON.parse(fs.readFileSync(path.join(fixturesDir, fixture, 'config.json'), 'utf8')), ...change };
@@ -225,6 +225,14 @@ describe('bad model files', () => {
     expect(parsed('qwen2-tiny', { sliding_window: 8, use_sliding_window: true, max_window_layers: 1 }).maxPositions).toBe(8);
     expect(parsed('qwen2-tiny', { sliding_window: 8, use_sliding_window: true }, ['max_window_layers']).maxPositions).toBe(256);
     expect(positionsNote(parsed('qwen2-tiny', {}))).toBe('');
+    // Key/value heads without num_key_value_heads: transformers' defaults (Mistral 8, Qwen2 32;
+    // Llama as many as the attention heads, as null means in each); one they cannot divide is named
+    expect(parsed('mistral-tiny', { num_attention_heads: 16, hidden_size: 256 }, ['num_key_value_heads', 'head_dim']).kvHeads).toBe(8);
+    expect(parsed('mistral-tiny', { num_key_value_heads: null, num_attention_heads: 16, hidden_size: 256 }, ['head_dim']).kvHeads).toBe(16);
+    expect(parsed('qwen2-tiny', { num_attention_heads: 32, hidden_size: 256 }, ['num_key_value_heads', 'head_dim']).kvHeads).toBe(32);
+    expect(parsed('llama-tiny', { num_attention_heads: 16, hidden_size: 256 }, ['num_key_value_heads', 'head_dim']).kvHeads).toBe(16);
+    expect(() => parsed('qwen2-tiny', { num_attention_heads: 4, hidden_size: 256 }, ['num_key_value_heads', 'head_dim']))
+      .toThrow(/config\.json: field "num_key_value_heads" is absent, which means 32 key\/value heads for qwen2 \(as in transformers\), and num_attention_heads \(4\) is not a multiple of that/);
     // Qwen2's rope_theta default is 10000 (it was 1e6 here: a config without it gave other tokens)
     expect(parsed('qwen2-tiny', {}, ['rope_theta']).positions).toMatchObject({ theta: 10000 });
     expect(parsed('qwen2-tiny', {}).positions).toMatchObject({ theta: 1e6 });

@@ -13,6 +13,9 @@ export interface LlamaFamilyDefaults {
   /** q/k/v projections carry biases regardless of config (Qwen2). */
   qkvBias?: boolean;
   tied: boolean;
+  /** Key/value heads when config.json lacks num_key_value_heads (transformers' default: Mistral
+   *  8, Qwen2 32); null in it means as many as the attention heads, as does Llama's default. */
+  kvHeads?: number;
   /** The attention window config.json sets, read the family's way (null: full attention; Llama
    *  has none). */
   window?: (r: ConfigReader, layers: number) => number | null;
@@ -42,7 +45,7 @@ export function parseLlamaFamily(r: ConfigReader, d: LlamaFamilyDefaults): Model
     hidden,
     layers,
     heads,
-    kvHeads: r.positiveInt('num_key_value_heads', heads),
+    kvHeads: kvHeads(r, heads, d),
     headDim,
     ffn: r.positiveInt('intermediate_size'),
     maxPositions: Math.min(positions, window),
@@ -62,6 +65,15 @@ export function parseLlamaFamily(r: ConfigReader, d: LlamaFamilyDefaults): Model
     bosTokenId: r.has('bos_token_id') ? r.int('bos_token_id') : null,
     eosTokenIds: r.ids('eos_token_id'),
   });
+}
+
+function kvHeads(r: ConfigReader, heads: number, d: LlamaFamilyDefaults): number {
+  if (r.given('num_key_value_heads') || d.kvHeads === undefined) return r.positiveInt('num_key_value_heads', heads);
+  if (heads % d.kvHeads !== 0) {
+    throw r.error('num_key_value_heads', `is absent, which means ${d.kvHeads} key/value heads for ${d.modelType} (as in transformers), and num_attention_heads (${heads}) ` +
+      'is not a multiple of that: write num_key_value_heads (null for as many as the attention heads)');
+  }
+  return d.kvHeads;
 }
 
 export function llamaFamilyNames(c: ModelConfig, _has: (name: string) => boolean): NameTable {

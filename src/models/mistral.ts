@@ -8,6 +8,6 @@ import { llamaFamilyNames, parseLlamaFamily, slidingWindow } from './llama.js';
 
 export const mistral: Architecture = {
   modelTypes: ['mistral'],
-  parseConfig: (r) => parseLlamaFamily(r, { modelType: 'mistral', ropeTheta: 10000, tied: false, window: slidingWindow }),
+  parseConfig: (r) => parseLlamaFamily(r, { modelType: 'mistral', ropeTheta: 10000, kvHeads: 8, tied: false, window: slidingWindow }),
   names: llamaFamilyNames,
 };

@@ -9,7 +9,7 @@ import { llamaFamilyNames, parseLlamaFamily, slidingWindow } from './llama.js';
 
 export const qwen2: Architecture = {
   modelTypes: ['qwen2'],
-  parseConfig: (r) => parseLlamaFamily(r, { modelType: 'qwen2', ropeTheta: 10000, qkvBias: true, tied: false, window: qwen2Window }),
+  parseConfig: (r) => parseLlamaFamily(r, { modelType: 'qwen2', ropeTheta: 10000, kvHeads: 32, qkvBias: true, tied: false, window: qwen2Window }),
   names: llamaFamilyNames,
 };
 
