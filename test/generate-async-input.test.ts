@@ -146,6 +146,65 @@ describe('generate() with an async input', () => {
     }
     expect(await all(model.generate([reqs.b], params))).toEqual([alone.get('b')]);
   });
+
+  it("a consumer that stops early ends the input with its return(), as for-await does: the input's finally runs", async () => {
+    // Items at hand (sync and async generators), and a next() still pending when the consumer
+    // stops: its finally runs once that read settles. Before, none of them ran.
+    const ended: string[] = [];
+    function* sync(): Generator<GenerationRequest> {
+      try {
+        yield reqs.a;
+        yield reqs.b;
+      } finally {
+        ended.push('sync');
+      }
+    }
+    async function* later(): AsyncGenerator<GenerationRequest> {
+      try {
+        yield reqs.a;
+        yield reqs.b;
+      } finally {
+        ended.push('async');
+      }
+    }
+    const more = signal();
+    async function* pending(): AsyncGenerator<GenerationRequest> {
+      try {
+        yield reqs.a;
+        await more.wait;
+        yield reqs.b;
+      } finally {
+        ended.push('pending');
+      }
+    }
+    for (const input of [sync(), later(), pending()]) {
+      for await (const r of model.generate(input, params)) {
+        expect(r).toEqual(alone.get('a'));
+        break;
+      }
+    }
+    more.fire();
+    await new Promise((r) => setTimeout(r, 20));
+    expect(ended).toEqual(['sync', 'async', 'pending']);
+    // An input that ended (done, or threw) is not ended again; a read that rejects after the
+    // consumer stopped is nobody's error (no unhandled rejection).
+    let returned = 0;
+    const done = { [Symbol.iterator]: () => ({ next: () => ({ done: true as const, value: undefined }), return: () => (returned++, { done: true as const, value: undefined }) }) };
+    expect(await all(model.generate(done, params))).toEqual([]);
+    expect(returned).toBe(0);
+    const fail = signal();
+    async function* failsLater(): AsyncGenerator<GenerationRequest> {
+      yield reqs.a;
+      await fail.wait;
+      throw new Error('after the consumer stopped');
+    }
+    for await (const r of model.generate(failsLater(), params)) {
+      expect(r.id).toBe('a');
+      break;
+    }
+    fail.fire();
+    await new Promise((r) => setTimeout(r, 20));
+  });
 });
 
 describe('close() while generate() waits for its input', () => {

@@ -173,6 +173,8 @@ export class Generator {
         if (!ran && !more) break;
       }
     } finally {
+      // (as for-await does when its body stops early: the input's own finally blocks run)
+      input.close();
       await engine.close();
       for (const k of ['prefillSeconds', 'decodeSeconds', 'promptTokens', 'generatedTokens'] as const) this.stats[k] += engine.stats[k];
     }
@@ -300,12 +302,14 @@ async function nextRequest(input: RequestInput, engine: ContinuousEngine): Promi
  *  time, and a poll that finds it unsettled leaves it pending for the next call. */
 class RequestInput {
   private pending: Promise<IteratorResult<GenerationRequest>> | null = null;
+  /** The input said done, or threw: it has nothing to release. */
+  private ended = false;
 
   constructor(private readonly it: Iterator<GenerationRequest> | AsyncIterator<GenerationRequest>) {}
 
   /** The next item, however long the input takes. */
   async next(): Promise<IteratorResult<GenerationRequest>> {
-    const r = this.pending ?? this.it.next();
+    const r = this.pending ?? this.read();
     this.pending = null;
     return r;
   }
@@ -314,7 +318,7 @@ class RequestInput {
    *  an async generator over items at hand takes), else null, the read left pending. A plain
    *  iterable's item is at hand. An input that throws rejects here. */
   async poll(ms: number): Promise<IteratorResult<GenerationRequest> | null> {
-    const r = this.pending ?? this.it.next();
+    const r = this.pending ?? this.read();
     if (typeof (r as { then?: unknown }).then !== 'function') return r as IteratorResult<GenerationRequest>;
     const pending = (this.pending = Promise.resolve(r));
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -331,6 +335,43 @@ class RequestInput {
       clearTimeout(timer);
       clearImmediate(immediate);
     }
+  }
+
+  /** Ends an input that still has items (generate() stopped early: its consumer broke out, or
+   *  a step failed) with its return(), as for-await does, so that a generator's finally blocks
+   *  (a file it reads, a socket) run. Not awaited: with a next() pending an async generator runs
+   *  it once that settles, which may be never (an input waiting on a client). A pending read
+   *  that rejects later is nobody's error any more. */
+  close(): void {
+    this.pending?.catch(() => undefined);
+    if (this.ended || typeof this.it.return !== 'function') return;
+    this.ended = true;
+    try {
+      const r = this.it.return() as unknown;
+      if (r && typeof (r as { then?: unknown }).then === 'function') (r as Promise<unknown>).catch(() => undefined);
+    } catch {
+      // (the input's own cleanup failing is not the caller's error)
+    }
+  }
+
+  /** One next() of the input, noting its end. */
+  private read(): IteratorResult<GenerationRequest> | Promise<IteratorResult<GenerationRequest>> {
+    const done = (x: IteratorResult<GenerationRequest>) => {
+      if (x.done) this.ended = true;
+      return x;
+    };
+    let r: IteratorResult<GenerationRequest> | Promise<IteratorResult<GenerationRequest>>;
+    try {
+      r = this.it.next();
+    } catch (e) {
+      this.ended = true;
+      throw e;
+    }
+    if (typeof (r as { then?: unknown }).then !== 'function') return done(r as IteratorResult<GenerationRequest>);
+    return (r as Promise<IteratorResult<GenerationRequest>>).then(done, (e: unknown) => {
+      this.ended = true;
+      throw e;
+    });
   }
 }
 
