@@ -128,6 +128,17 @@ describe('tierlm train reports', () => {
     expect(flag.code).toBe(1);
     expect(flag.stderr).toMatch(/--lr-schedule must be one of constant, linear, cosine, got "step"/);
 
+    // --profile: a file that does not exist is refused; a given one predicts an offloaded run's
+    // step where no profile is saved (it was read from the saved place only)
+    const noProfile = cli(['train', '--model', model, '--data', batchFile, '--out', path.join(dir, 'o6'), '--profile', path.join(dir, 'none.json')]);
+    expect(noProfile.stderr).toMatch(/^tierlm: --profile .*none\.json: does not exist/);
+    const offload = ['train', '--model', model, '--data', batchFile, '--max-steps', '1', '--ram', '256MiB', '--disk-dir', tmpDir('train-cli-disk')];
+    const unsaved = { TIERLM_PROFILE: path.join(dir, 'unsaved.json') };
+    expect(cli([...offload, '--out', path.join(dir, 'o7')], unsaved).stderr).toMatch(/no saved hardware profile/);
+    const given = cli([...offload, '--out', path.join(dir, 'o8'), '--profile', process.env.TIERLM_PROFILE!], unsaved);
+    expect(given.code, given.stderr).toBe(0);
+    expect(given.stderr).toMatch(/predicted step [\d.]+ s, bound by/);
+
     // An --out whose files the published model would replace (the model itself, or another model
     // directory), or under a directory that does not exist: refused, nothing written or created.
     const copy = path.join(dir, 'model-copy');

@@ -45,6 +45,7 @@ export function addTrainCommand(program: Command): void {
     .option('--disk <size>', 'disk tier capacity, with a unit (default: the free space in --disk-dir)', sizeOption('--disk', DISK_OMITTED))
     .option('--sub-group-size <n>', 'parameters per optimizer sub-group streamed disk → RAM → update → disk (default: planned from --ram)', int('--sub-group-size', 1))
     .option('--tile-size <size>', 'weight tile, with a unit: linear weights larger (the LM head and embedding too) are computed in tiles read in turn (default: planned from --ram)', sizeOption('--tile-size', 'to plan it from --ram'))
+    .option('--profile <file>', 'hardware profile (as `tierlm profile --out FILE` writes it): its bf16 kernel, and an offloaded run\'s predicted step time (default: the saved one)')
     .option('--ram-percent <n...>', 'six percents kept in RAM: bf16 parameters, gradients, master weights, momentum, variance, activation checkpoints (default: planned from --ram)')
     .action(async (o: Omit<TrainRunOptions, 'onStart' | 'ramPercent'> & { ramPercent?: string[] }) => {
       if (o.diskDir !== undefined) diskDir(o.diskDir);

@@ -2,6 +2,7 @@
 // defaults, their checks, and which of them a resumed run must share with the run it continues.
 // The CLI's flags are these names in kebab-case; every default lives here, once.
 
+import fs from 'node:fs';
 import { checkApiValue } from '../util/options.js';
 import { nameStyle, optionName } from '../util/names.js';
 import type { Precision } from '../optim/state.js';
@@ -59,6 +60,10 @@ export interface TrainRunOptions {
   /** Percent of each state kept in RAM, six numbers: bf16 parameters, gradients, master weights,
    *  momentum, variance, activation checkpoints (default: planned from ram). */
   ramPercent?: number[];
+  /** Hardware profile file (as `tierlm profile --out FILE` writes it): the bf16 kernel it chose
+   *  and, offloaded, the predicted step time (default: the saved profile, $TIERLM_PROFILE or
+   *  ~/.cache/tierlm/hardware.json; training never stops to measure one). */
+  profile?: string;
   /** Called once the data is read and the run's plan is known, before the first step. */
   onStart?: (info: TrainRunInfo) => void;
 }
@@ -83,7 +88,7 @@ export interface TrainRunInfo {
   unpredicted?: string;
 }
 
-type Optional = 'maxSteps' | 'epochs' | 'evalData' | 'threads' | 'onStart' | 'ram' | 'diskDir' | 'disk' | 'subGroupSize' | 'ramPercent' | 'tileSize';
+type Optional = 'maxSteps' | 'epochs' | 'evalData' | 'threads' | 'onStart' | 'ram' | 'diskDir' | 'disk' | 'subGroupSize' | 'ramPercent' | 'tileSize' | 'profile';
 export type ResolvedOptions = Required<Omit<TrainRunOptions, Optional>> & Pick<TrainRunOptions, Optional>;
 
 export const TRAIN_DEFAULTS = {
@@ -105,7 +110,7 @@ export const TRAIN_DEFAULTS = {
 };
 
 const KEYS = new Set(['model', 'data', 'out', 'maxSteps', 'epochs', 'evalData', 'threads', 'onStart', 'ram', 'diskDir', 'disk', 'subGroupSize',
-  'ramPercent', 'tileSize', ...Object.keys(TRAIN_DEFAULTS)]);
+  'ramPercent', 'tileSize', 'profile', ...Object.keys(TRAIN_DEFAULTS)]);
 
 const OFFLOAD_ONLY = [
   ['tileSize', 'tiles are how an offloaded run fits a large weight'],
@@ -167,6 +172,11 @@ export function resolveOptions(o: TrainRunOptions): ResolvedOptions {
   // (0, the default, is what the CLI passes when the flag is not given.)
   if (r.evalEvery > 0 && r.evalData === undefined) throw new RangeError(`${name('evalEvery')} needs ${optionName('evalData')} (the data it evaluates)`);
   if (r.onStart !== undefined && typeof r.onStart !== 'function') throw new TypeError('onStart must be a function');
+  if (r.profile !== undefined) {
+    if (typeof r.profile !== 'string' || r.profile === '') throw new TypeError(`${optionName('profile')} must be a path (a non-empty string)`);
+    // (a profile named by the caller must exist; the saved one may not, and then nothing is predicted)
+    if (!fs.existsSync(r.profile)) throw new RangeError(`${optionName('profile')} ${r.profile}: does not exist (measure one with \`tierlm profile --out FILE\`, or leave it out to use the saved one)`);
+  }
   if (r.maxSteps !== undefined && r.epochs !== undefined) throw new RangeError(`give ${optionName('maxSteps')} or ${optionName('epochs')}, not both`);
   return r;
 }

@@ -205,7 +205,7 @@ async function* runSteps(trainer: Trainer, o: ResolvedOptions, data: Dataset, ev
   let bf16Kernel = o.precision === 'bf16' && lead
     ? selectBf16Kernel(kernelShape, existing && o.resume ? checkpointBf16Kernel(existing) : null,
       // (a profile whose kernel choice goes unused says why, as a model load does)
-      savedBf16Kernel(undefined, (m) => process.stderr.write(`tierlm: ${m}\n`)))
+      savedBf16Kernel(o.profile, (m) => process.stderr.write(`tierlm: ${m}\n`)))
     : null;
   if (o.precision === 'bf16' && comm.size > 1) {
     const kernels: Bf16Kernel[] = ['fma', 'dot', 'amx'];
@@ -393,20 +393,20 @@ async function evaluate(trainer: Trainer, data: Dataset, batchSize: number): Pro
   return sum / count;
 }
 
-/** The trainer's offload options from the run's (none without a RAM limit). */
-/** An offloaded run's predicted step time from the saved hardware profile (none when there is no
+/** An offloaded run's predicted step time from the hardware profile (none when there is no
  *  saved profile: training does not stop to measure one). */
 function predicted(trainer: Trainer, o: ResolvedOptions, ranks: number): Pick<TrainRunInfo, 'predicted' | 'unpredicted'> {
   // (a ranked store's states are partitioned, not offloaded: the cost model of one rank is plan's)
   if (ranks > 1 && o.ram !== undefined) return { unpredicted: 'no predicted step time under ranks (`tierlm plan --train --ranks N` predicts one rank\'s)' };
   if (!trainer.offloads) return {};
-  const profile = loadProfile(defaultProfilePath());
+  const profile = loadProfile(o.profile ?? defaultProfilePath());
   if (!profile) return { unpredicted: 'no saved hardware profile (`tierlm profile`): no predicted step time' };
   const p = trainer.predictStep(profile, o.batchSize * o.seqLen, o.gradAccum, o.seqLen);
   return p ? { predicted: { seconds: p.seconds, bound: p.bound, computeSeconds: p.computeSeconds, passIoSeconds: p.passIoSeconds, optimizerSeconds: p.optimizerSeconds,
     optimizerHiddenSeconds: p.optimizerHiddenSeconds } } : {};
 }
 
+/** The trainer's offload options from the run's (none without a RAM limit). */
 function offloadOptions(o: ResolvedOptions, heldBytes: number): OffloadOptions | undefined {
   if (o.ram === undefined || o.diskDir === undefined) return undefined;
   const p = o.ramPercent;

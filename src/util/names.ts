@@ -39,6 +39,7 @@ const NAMES = {
   model: ['model', '--model'],
   seqLen: ['seqLen', '--seq-len'],
   resume: ['resume: true', '--resume'],
+  profile: ['profile', '--profile'],
 } as const;
 
 export function optionName(key: keyof typeof NAMES): string {
