@@ -26,7 +26,7 @@ describe('kernel environment variables', () => {
     ['TIERLM_ATTN_PREFETCH', ['0', '8192', '1000000000'], ['-1', 'abc', '1000000001', ''], 'an integer of bytes in [0, 1000000000]'],
     ['TIERLM_GEMM_ONE_PASS', ['0', '9', '15', ''], ['abc', '99', '16', '-1'], 'an integer mask in [0, 15]'],
     ['TIERLM_GEMM_WIDEN', ['0', '2', '4', '6'], ['abc', '-1', '1', '15', ''], 'one of 0, 2, 4, 6 (bits: 2 f16, 4 bf16)'],
-    ['TIERLM_BF16_KERNEL', ['fma', 'dot', 'amx-emulated', ''], ['vnni', 'FMA'], 'one of fma, dot, amx, amx-emulated'],
+    ['TIERLM_BF16_KERNEL', ['fma', 'dot', ''], ['vnni', 'FMA', 'amx-emulated'], 'one of fma, dot, amx'],
     ['TIERLM_BF16_DOT', ['0', '1', ''], ['yes', '2', 'true'], 'one of 0, 1'],
     ['TIERLM_HUGE_PAGES', ['0', '1', ''], ['abc', 'off'], 'one of 0, 1'],
     ['TIERLM_MPI_PIECE_BYTES', ['1', '4096', ''], ['0', '-1', 'abc'], 'an integer of bytes in [1, 9007199254740991]'],

@@ -37,7 +37,9 @@ const RULES: Record<string, Rule> = {
   TIERLM_GEMM_ONE_PASS: integer(0, 15, 'mask ', true), // gemmOnePassRows'
   // Only bits 2 (f16) and 4 (bf16) mean anything; native drops the others silently.
   TIERLM_GEMM_WIDEN: { ...oneOf(['0', '2', '4', '6'], false), accepts: 'one of 0, 2, 4, 6 (bits: 2 f16, 4 bf16)' },
-  TIERLM_BF16_KERNEL: oneOf(['fma', 'dot', 'amx', 'amx-emulated']),
+  // (the tile code's emulation, 'amx-emulated', is the addon's gemmBf16Kernel() alone: a test aid
+  // too slow to run a model with, which runs would save and compare as a kernel of their own)
+  TIERLM_BF16_KERNEL: oneOf(['fma', 'dot', 'amx']),
   TIERLM_BF16_DOT: oneOf(['0', '1']),
   TIERLM_HUGE_PAGES: oneOf(['0', '1']),
   TIERLM_MPI_PIECE_BYTES: integer(1, Number.MAX_SAFE_INTEGER, 'of bytes ', true), // 0 would be the default
@@ -58,7 +60,7 @@ export function checkKernelEnv(env: Readonly<Record<string, string | undefined>>
   }
   checkIsaLevel(env.TIERLM_ISA, detectedIsa);
   if (env.TIERLM_BF16_KERNEL === 'amx' && !amx) {
-    throw new RangeError('TIERLM_BF16_KERNEL="amx": this CPU or OS does not let the process run AMX-BF16 tiles (isaInfo().amx is false); accepted here: fma, dot, amx-emulated');
+    throw new RangeError('TIERLM_BF16_KERNEL="amx": this CPU or OS does not let the process run AMX-BF16 tiles (isaInfo().amx is false); accepted here: fma, dot');
   }
   const threads = Number(env.TIERLM_THREADS || 0);
   if (threads > hardwareThreads) {
