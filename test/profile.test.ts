@@ -153,6 +153,11 @@ describe('measureProfile', () => {
       process.env.TIERLM_GEMM_ONE_PASS = '15';
       expect(applySavedOnePassRows(file)).toBeNull();
       expect(gemmOnePassRows()).toEqual([]);
+      // ...but empty is unset, as native reads it (the profile's choice was skipped)
+      process.env.TIERLM_GEMM_ONE_PASS = '';
+      saveProfile({ ...profile, kernels: { bf16: 'fma', onePassRows: ['f16'] } }, file);
+      expect(applySavedOnePassRows(file)).toEqual(['f16']);
+      saveProfile({ ...profile, kernels: { bf16: 'fma', onePassRows: [] } }, file);
       delete process.env.TIERLM_GEMM_ONE_PASS;
       gemmOnePassRows(start);
       for (const p of [{ ...profile, kernels: { bf16: 'fma' as const } }, { ...profile, machine: { ...profile.machine, cpuModel: 'another CPU' }, kernels: { bf16: 'fma' as const, onePassRows: [] } }]) {

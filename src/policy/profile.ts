@@ -1001,7 +1001,8 @@ export function applySavedGemmBlocking(file = defaultProfilePath(), log?: (msg: 
   const { kernels: kn, unused } = savedKernels(file);
   if (unused) log?.(unused);
   return {
-    onePassRows: process.env.TIERLM_GEMM_ONE_PASS === undefined && kn?.onePassRows ? gemmOnePassRows(kn.onePassRows) : null,
+    // (an empty TIERLM_GEMM_ONE_PASS is unset, as native reads it; an empty TIERLM_GEMM_WIDEN is refused at load)
+    onePassRows: !process.env.TIERLM_GEMM_ONE_PASS && kn?.onePassRows ? gemmOnePassRows(kn.onePassRows) : null,
     widenPanels: process.env.TIERLM_GEMM_WIDEN === undefined && kn?.widenPanels ? gemmWidenPanels(kn.widenPanels) : null,
   };
 }
