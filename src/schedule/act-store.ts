@@ -46,6 +46,7 @@ export class ActStore {
       this.stats.ramBytes += ramRows * hidden * 4;
       this.stats.diskBytes += (maxTokens - ramRows) * hidden * 4;
     }
+    if (offset > 0) file!.reserve(offset);
   }
 
   needsStagingAny(): boolean {

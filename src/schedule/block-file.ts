@@ -9,16 +9,26 @@ export interface BlockFile {
   write(src: Uint8Array, offset: number, options?: TransferOptions): Promise<void>;
   sync(): Promise<void>;
   close(): Promise<void>;
+  /** Reserves the file's first `bytes` bytes on disk (growing what an earlier call reserved), so
+   *  that the writes a block plans cannot meet a full disk midway: a disk that is short fails here,
+   *  before the block's work, naming the file. */
+  reserve(bytes: number): void;
 }
 
 export async function openBlockFile(path: string, mode: 'r' | 'rw' | 'w'): Promise<BlockFile> {
   const f = DirectFile.open(path, mode);
+  let reserved = 0;
   return {
     path,
     read: (dst, offset, options) => f.read(dst, offset, options),
     write: (src, offset, options) => f.write(src, offset, options),
     sync: () => f.sync(),
     close: async () => f.close(),
+    reserve: (bytes) => {
+      if (bytes <= reserved) return;
+      f.allocate(bytes);
+      reserved = bytes;
+    },
   };
 }
 
