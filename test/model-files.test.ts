@@ -115,6 +115,53 @@ describe('bad model files', () => {
     expect(e.message).toMatch(/missing tensor/);
   });
 
+  it('tensors of other dtypes (an int64 buffer, a mask) load when unused, are copied by a save, and are refused by name when needed', async () => {
+    // Appended after the data: an I64 position_ids buffer [1, 130] and a BOOL mask [4]. Before,
+    // either refused the whole model (unsupported dtype "I64"), as transformers does not.
+    const extra = Buffer.alloc(130 * 8 + 4);
+    for (let i = 0; i < 130; i++) extra.writeBigInt64LE(BigInt(i), i * 8);
+    extra.set([1, 0, 1, 1], 130 * 8);
+    const dir = brokenCopy((h, d) => {
+      h['model.decoder.position_ids'] = { dtype: 'I64', shape: [1, 130], data_offsets: [d.length, d.length + 130 * 8] };
+      h['model.decoder.mask'] = { dtype: 'BOOL', shape: [4], data_offsets: [d.length + 130 * 8, d.length + 130 * 8 + 4] };
+      return { header: h, data: Buffer.concat([d, extra]) };
+    });
+    const reference = fs.readFileSync(path.join(opt, 'reference.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { id: string; token_ids: number[] })[0]!;
+    const model = await loadModel(dir);
+    try {
+      const out = [];
+      for await (const r of model.generate([{ id: reference.id, promptTokenIds: JSON.parse(fs.readFileSync(path.join(fixturesDir, 'prompts.jsonl'), 'utf8').split('\n')[0]!).prompt_token_ids }],
+        { maxNewTokens: reference.token_ids.length, stopAtEos: false })) out.push(r);
+      expect((out[0] as { tokenIds: number[] }).tokenIds).toEqual(reference.token_ids);
+    } finally {
+      await model.close();
+    }
+    // A fine-tune's save copies them byte for byte, under their dtype.
+    const out = path.join(tmpDir('other-dtypes-train'), 'out');
+    const data = path.join(tmpDir('other-dtypes-data'), 'd.jsonl');
+    fs.writeFileSync(data, JSON.stringify({ token_ids: Array.from({ length: 16 }, (_, i) => 3 + i) }) + '\n');
+    const r = cli(['train', '--model', dir, '--data', data, '--out', out, '--seq-len', '16', '--batch-size', '1', '--max-steps', '1', '--threads', '1']);
+    expect(r.code, r.stderr).toBe(0);
+    const saved = SafetensorsFile.open(path.join(out, 'model.safetensors'));
+    try {
+      expect(saved.stored('model.decoder.position_ids')).toMatchObject({ dtype: 'I64', shape: [1, 130] });
+      const copy = Buffer.alloc(130 * 8 + 4);
+      saved.readBytesInto('model.decoder.position_ids', 0, copy.subarray(0, 130 * 8));
+      saved.readBytesInto('model.decoder.mask', 0, copy.subarray(130 * 8));
+      expect(copy.equals(extra)).toBe(true);
+    } finally {
+      saved.close();
+    }
+    // A needed tensor of such a dtype is refused naming the file, the tensor and the dtype; a
+    // dtype safetensors does not define still refuses the file.
+    const name = 'model.decoder.layers.1.fc1.weight';
+    const int = await loadError(brokenCopy((h) => ((h[name].dtype = 'I16'), { header: h })));
+    expect(int).toBeInstanceOf(ModelFileError);
+    expect(int.message).toMatch(new RegExp(`model\\.safetensors \\(tensor '${name.replace(/\./g, '\\.')}'\\): dtype "I16" is not one the engine computes with \\(F32, F16, BF16\\)`));
+    const unknown = await loadError(brokenCopy((h) => ((h[name].dtype = 'Q9'), { header: h })));
+    expect(unknown.message).toMatch(/unsupported dtype "Q9" \(supported: F32, F16, BF16; others are kept aside: F64, I64/);
+  });
+
   it('a shape that disagrees with config.json', async () => {
     const dir = brokenCopy((h) => ({ header: h }));
     const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));

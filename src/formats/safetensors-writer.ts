@@ -10,7 +10,13 @@ export interface TensorEntry {
   name: string;
   dtype: FloatDType;
   shape: number[];
+  /** A tensor copied as it is stored, of a dtype the engine does not compute with: written under
+   *  this dtype name, with this many bytes an element (its fill's offsets are then in bytes). */
+  stored?: { dtype: string; elementBytes: number };
 }
+
+/** Bytes an element of `e` takes in the file. */
+const elementBytes = (e: TensorEntry): number => e.stored?.elementBytes ?? DTYPE_BYTES[e.dtype];
 
 const ST_DTYPE: Record<FloatDType, string> = { f32: 'F32', f16: 'F16', bf16: 'BF16' };
 const CHUNK_BYTES = 8 << 20;
@@ -21,8 +27,8 @@ export function safetensorsHeader(entries: TensorEntry[], metadata: Record<strin
   const header: Record<string, unknown> = { __metadata__: metadata };
   let offset = 0;
   for (const e of entries) {
-    const bytes = e.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[e.dtype];
-    header[e.name] = { dtype: ST_DTYPE[e.dtype], shape: e.shape, data_offsets: [offset, offset + bytes] };
+    const bytes = e.shape.reduce((a, b) => a * b, 1) * elementBytes(e);
+    header[e.name] = { dtype: e.stored?.dtype ?? ST_DTYPE[e.dtype], shape: e.shape, data_offsets: [offset, offset + bytes] };
     offset += bytes;
   }
   let json = JSON.stringify(header);
@@ -54,7 +60,7 @@ export function* dataPieces<E extends TensorEntry>(entries: E[], fill: (entry: E
   chunkBytes = CHUNK_BYTES): Generator<Uint8Array> {
   const chunk = new Uint8Array(chunkBytes);
   for (const e of entries) {
-    const elem = DTYPE_BYTES[e.dtype];
+    const elem = elementBytes(e);
     const total = e.shape.reduce((a, b) => a * b, 1);
     const perChunk = Math.floor(chunkBytes / elem);
     for (let done = 0; done < total; done += perChunk) {

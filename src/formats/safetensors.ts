@@ -11,6 +11,12 @@ import { ModelFileError } from '../util/errors.js';
 import { readJsonObject } from '../util/json-file.js';
 
 const DTYPES: Record<string, FloatDType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
+/** Every other dtype safetensors defines, by its element size. A tensor of one (an int64
+ *  `position_ids` buffer, a boolean mask) is checked like the rest and kept aside: a model that
+ *  does not compute with it loads, as transformers loads it; one it needs is refused by name. */
+const OTHER_DTYPE_BYTES: Record<string, number> = {
+  F64: 8, I64: 8, U64: 8, I32: 4, U32: 4, I16: 2, U16: 2, I8: 1, U8: 1, BOOL: 1, F8_E4M3: 1, F8_E5M2: 1,
+};
 /** Larger headers are refused before allocating them (real ones are a few MB at most). */
 const MAX_HEADER_BYTES = 100 * 1024 * 1024;
 
@@ -23,12 +29,23 @@ export interface TensorInfo {
   byteLength: number;
 }
 
+/** A tensor of a dtype the engine does not compute with: its bytes can be copied, not read as numbers. */
+export interface OtherTensor {
+  name: string;
+  /** As the file names it (I64, BOOL, ...). */
+  dtype: string;
+  shape: number[];
+  offset: number;
+  byteLength: number;
+}
+
 export class SafetensorsFile {
   private constructor(
     readonly file: string,
     private readonly fd: number,
     readonly tensors: Map<string, TensorInfo>,
     readonly metadata: Record<string, string>,
+    readonly others: Map<string, OtherTensor> = new Map(),
   ) {}
 
   static open(file: string): SafetensorsFile {
@@ -41,8 +58,8 @@ export class SafetensorsFile {
     try {
       // A directory opens for reading on Linux; reading it then fails with a bare EISDIR.
       if (!fs.fstatSync(fd).isFile()) throw new ModelFileError(file, 'not a regular file (a directory?)');
-      const { tensors, metadata } = readHeader(file, fd);
-      return new SafetensorsFile(file, fd, tensors, metadata);
+      const { tensors, others, metadata } = readHeader(file, fd);
+      return new SafetensorsFile(file, fd, tensors, metadata, others);
     } catch (e) {
       fs.closeSync(fd);
       throw e;
@@ -50,13 +67,24 @@ export class SafetensorsFile {
   }
 
   has(name: string): boolean {
-    return this.tensors.has(name);
+    return this.tensors.has(name) || this.others.has(name);
   }
 
   info(name: string): TensorInfo {
     const t = this.tensors.get(name);
-    if (!t) throw new ModelFileError(this.file, 'tensor not found', name);
-    return t;
+    if (t) return t;
+    const o = this.others.get(name);
+    if (o) throw new ModelFileError(this.file, `dtype "${o.dtype}" is not one the engine computes with (F32, F16, BF16)`, name);
+    throw new ModelFileError(this.file, 'tensor not found', name);
+  }
+
+  /** A tensor of either kind, as stored: its dtype as the file names it, shape and bytes. */
+  stored(name: string): OtherTensor {
+    const t = this.tensors.get(name);
+    if (t) return { name, dtype: Object.keys(DTYPES).find((k) => DTYPES[k] === t.dtype)!, shape: t.shape, offset: t.offset, byteLength: t.byteLength };
+    const o = this.others.get(name);
+    if (!o) throw new ModelFileError(this.file, 'tensor not found', name);
+    return o;
   }
 
   /** Reads one tensor into a new buffer of its own dtype. */
@@ -76,9 +104,9 @@ export class SafetensorsFile {
     readFully(this.file, this.fd, dst, t.offset + start * rowBytes, name);
   }
 
-  /** Reads dst.byteLength bytes of a tensor's data from byte `start` of it into `dst`. */
+  /** Reads dst.byteLength bytes of a tensor's data (of any dtype) from byte `start` of it into `dst`. */
   readBytesInto(name: string, start: number, dst: Uint8Array): void {
-    const t = this.info(name);
+    const t = this.stored(name);
     if (start < 0 || start + dst.byteLength > t.byteLength) throw new RangeError(`readBytesInto: bytes [${start}, ${start + dst.byteLength}) of ${t.byteLength}`);
     readFully(this.file, this.fd, dst, t.offset + start, name);
   }
@@ -101,7 +129,7 @@ function readFully(file: string, fd: number, dst: Uint8Array, position: number, 
   }
 }
 
-function readHeader(file: string, fd: number): { tensors: Map<string, TensorInfo>; metadata: Record<string, string> } {
+function readHeader(file: string, fd: number): { tensors: Map<string, TensorInfo>; others: Map<string, OtherTensor>; metadata: Record<string, string> } {
   const size = fs.fstatSync(fd).size;
   if (size < 8) throw new ModelFileError(file, `file is ${size} bytes, too short to be safetensors (truncated?)`);
   const lenBuf = Buffer.alloc(8);
@@ -125,23 +153,28 @@ function readHeader(file: string, fd: number): { tensors: Map<string, TensorInfo
   const dataStart = 8 + headerLen;
   const dataSize = size - dataStart;
   const tensors = new Map<string, TensorInfo>();
+  const others = new Map<string, OtherTensor>();
   let metadata: Record<string, string> = {};
   for (const [name, raw] of Object.entries(header as Record<string, unknown>)) {
     if (name === '__metadata__') {
       metadata = (raw ?? {}) as Record<string, string>;
       continue;
     }
-    tensors.set(name, parseEntry(file, name, raw, dataStart, dataSize));
+    const e = parseEntry(file, name, raw, dataStart, dataSize);
+    const dtype = DTYPES[e.dtype];
+    if (dtype) tensors.set(name, { name, dtype, shape: e.shape, offset: e.offset, byteLength: e.byteLength });
+    else others.set(name, e);
   }
-  checkOverlaps(file, tensors, dataStart);
-  return { tensors, metadata };
+  checkOverlaps(file, [...tensors.values(), ...others.values()], dataStart);
+  return { tensors, others, metadata };
 }
 
-function parseEntry(file: string, name: string, raw: unknown, dataStart: number, dataSize: number): TensorInfo {
+function parseEntry(file: string, name: string, raw: unknown, dataStart: number, dataSize: number): OtherTensor {
   const e = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
   if (typeof e !== 'object' || e === null) throw new ModelFileError(file, 'header entry is not an object', name);
-  const dtype = typeof e.dtype === 'string' ? DTYPES[e.dtype] : undefined;
-  if (!dtype) throw new ModelFileError(file, `unsupported dtype ${JSON.stringify(e.dtype)} (supported: F32, F16, BF16)`, name);
+  const dtype = typeof e.dtype === 'string' && (DTYPES[e.dtype] !== undefined || OTHER_DTYPE_BYTES[e.dtype] !== undefined) ? e.dtype : undefined;
+  if (!dtype) throw new ModelFileError(file, `unsupported dtype ${JSON.stringify(e.dtype)} (supported: F32, F16, BF16; others are kept aside: ${Object.keys(OTHER_DTYPE_BYTES).join(', ')})`, name);
+  const elementBytes = DTYPES[dtype] ? DTYPE_BYTES[DTYPES[dtype]] : OTHER_DTYPE_BYTES[dtype]!;
   const shape = e.shape;
   if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
     throw new ModelFileError(file, `invalid shape ${JSON.stringify(shape)}`, name);
@@ -155,14 +188,14 @@ function parseEntry(file: string, name: string, raw: unknown, dataStart: number,
     throw new ModelFileError(file, `data_offsets [${begin}, ${end}] overrun the file's ${dataSize} data bytes (truncated?)`, name);
   }
   const elements = (shape as number[]).reduce((a, b) => a * b, 1);
-  if ((end - begin) !== elements * DTYPE_BYTES[dtype]) {
-    throw new ModelFileError(file, `data_offsets span ${end - begin} bytes, but shape [${shape.join(', ')}] of ${e.dtype} needs ${elements * DTYPE_BYTES[dtype]}`, name);
+  if ((end - begin) !== elements * elementBytes) {
+    throw new ModelFileError(file, `data_offsets span ${end - begin} bytes, but shape [${shape.join(', ')}] of ${dtype} needs ${elements * elementBytes}`, name);
   }
   return { name, dtype, shape: shape as number[], offset: dataStart + begin, byteLength: end - begin };
 }
 
-function checkOverlaps(file: string, tensors: Map<string, TensorInfo>, dataStart: number): void {
-  const sorted = [...tensors.values()].filter((t) => t.byteLength > 0).sort((a, b) => a.offset - b.offset);
+function checkOverlaps(file: string, tensors: { name: string; offset: number; byteLength: number }[], dataStart: number): void {
+  const sorted = tensors.filter((t) => t.byteLength > 0).sort((a, b) => a.offset - b.offset);
   for (let i = 1; i < sorted.length; i++) {
     const prev = sorted[i - 1]!;
     const cur = sorted[i]!;
@@ -188,7 +221,7 @@ export class TensorStore {
       throw new ModelFileError(dir, 'no model.safetensors or model.safetensors.index.json in the model directory');
     }
     const f = SafetensorsFile.open(single);
-    return new TensorStore(dir, [f], new Map([...f.tensors.keys()].map((k) => [k, f])));
+    return new TensorStore(dir, [f], new Map([...f.tensors.keys(), ...f.others.keys()].map((k) => [k, f])));
   }
 
   private static openSharded(dir: string, index: string): TensorStore {
@@ -228,6 +261,12 @@ export class TensorStore {
   info(name: string): TensorInfo & { file: string } {
     const f = this.fileOf(name);
     return { ...f.info(name), file: f.file };
+  }
+
+  /** A tensor of any dtype as stored (see SafetensorsFile.stored). */
+  stored(name: string): OtherTensor & { file: string } {
+    const f = this.fileOf(name);
+    return { ...f.stored(name), file: f.file };
   }
 
   read(name: string): Tensor {

@@ -9,9 +9,9 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { type TensorInfo, TensorStore } from '../formats/safetensors.js';
+import { type OtherTensor, TensorStore } from '../formats/safetensors.js';
 import { readConfig } from '../models/registry.js';
-import { DTYPE_BYTES, type FloatDType, narrowInto } from '../tensor/dtype.js';
+import { DTYPE_BYTES, type FloatDType, isFloatDType, narrowInto } from '../tensor/dtype.js';
 import { ModelFileError } from '../util/errors.js';
 import { fsyncPath } from '../util/atomic.js';
 import { paramList } from './params.js';
@@ -41,7 +41,8 @@ export function modelDtype(sourceDir: string): FloatDType {
   }
   const store = TensorStore.open(sourceDir);
   try {
-    const first = store.names()[0];
+    // (the first tensor the engine computes with: an int64 buffer says nothing of the weights)
+    const first = store.names().find((n) => isFloatDType(store.stored(n).dtype.toLowerCase()));
     return first ? store.info(first).dtype : 'f32';
   } finally {
     store.close();
@@ -54,9 +55,14 @@ export async function writeModelFiles(dir: string, sourceDir: string, weights: M
   // (open for the save: the tensors it does not train are read from it as they are written)
   const store = TensorStore.open(sourceDir);
   try {
-    const entries = modelEntries(sourceDir, store, weights).map(({ name, weight, info }): TensorProducer => weight
-      ? { name, dtype, shape: weight.shape, fill: (dst, offset) => narrow(dtype, weight.data, offset, dst) }
-      : { name, dtype: info.dtype, shape: info.shape, fill: (dst, offset) => store.readBytesInto(name, offset * DTYPE_BYTES[info.dtype], dst) });
+    const entries = modelEntries(sourceDir, store, weights).map(({ name, weight, info }): TensorProducer => {
+      if (weight) return { name, dtype, shape: weight.shape, fill: (dst, offset) => narrow(dtype, weight.data, offset, dst) };
+      // (copied byte for byte, whatever its dtype: an int64 buffer too)
+      const elem = info.byteLength / Math.max(1, info.shape.reduce((a, b) => a * b, 1));
+      const float = isFloatDType(info.dtype.toLowerCase()) ? (info.dtype.toLowerCase() as FloatDType) : null;
+      return { name, dtype: float ?? 'f32', shape: info.shape, ...(float ? {} : { stored: { dtype: info.dtype, elementBytes: elem } }),
+        fill: (dst, offset) => store.readBytesInto(name, offset * (float ? DTYPE_BYTES[float] : elem), dst) };
+    });
     for (const f of MODEL_SIDE_FILES) {
       const src = path.join(sourceDir, f);
       if (!fs.existsSync(src)) continue;
@@ -73,7 +79,7 @@ export async function writeModelFiles(dir: string, sourceDir: string, weights: M
  *  one to be copied unchanged (a tensor the trainer does not train). Checks that the trained
  *  weights are the trained tensors of the source, with its shapes (a tied head's alias is
  *  dropped: the source does not store it). */
-function modelEntries(sourceDir: string, store: TensorStore, weights: Map<string, Weight>): { name: string; weight?: Weight; info: TensorInfo & { file: string } }[] {
+function modelEntries(sourceDir: string, store: TensorStore, weights: Map<string, Weight>): { name: string; weight?: Weight; info: OtherTensor & { file: string } }[] {
   const { arch, config } = readConfig(sourceDir);
   const names = arch.names(config, (n) => store.has(n));
   const trained = new Set(paramList(config, names).map((p) => p.name));
@@ -83,7 +89,7 @@ function modelEntries(sourceDir: string, store: TensorStore, weights: Map<string
   }
   return store.names().map((name) => {
     const weight = weights.get(name);
-    const info = store.info(name);
+    const info = store.stored(name);
     if (!weight) {
       if (trained.has(name)) throw new ModelFileError(info.file, 'the trained weights lack this tensor of the source model', name);
       return { name, info };
