@@ -127,10 +127,13 @@ async function runGenerate(o: GenerateFlags): Promise<void> {
   }
 }
 
-/** The longest request of a job, as far as the scan knows it before it runs: a token-id prompt's
- *  tokens, a text one's as one (its tokens are not known before it is encoded, and the planner's
- *  estimate may be too many: a policy that holds the job would be refused), with --max-new-tokens
- *  as the planner takes it (a line asking for more is an odd one, run in a block of fewer rows). */
+/** The longest request of a job, as far as the scan knows it before it runs: the one with the
+ *  most positions, its prompt and its new tokens. A token-id prompt's tokens count, a text one's as
+ *  one (its tokens are not known before it is encoded, and the planner's estimate may be too many:
+ *  a policy that holds the job would be refused). Its new tokens are its line's max_new_tokens, at
+ *  most --max-new-tokens: a line asking for fewer was refused for the flag's (a job of short
+ *  answers that the policy held), and one asking for more is an odd one, run in a block of fewer
+ *  rows. A line without max_new_tokens (or generating until the context ends) takes the flag's. */
 class Longest {
   request: LongestRequest | null = null;
 
@@ -139,8 +142,19 @@ class Longest {
   see(r: GenerationRequest, maxPositions: number): void {
     const ids = Array.isArray(r.promptTokenIds) ? r.promptTokenIds.length : 1;
     // (a prompt past the positions fails before it runs)
-    if (ids >= maxPositions || ids <= (this.request?.promptTokens ?? 0)) return;
-    this.request = { id: r.id, promptTokens: ids, newTokens: this.maxNewTokens };
+    if (ids >= maxPositions) return;
+    const newTokens = Math.min(r.maxNewTokens ?? this.maxNewTokens, this.maxNewTokens);
+    const positions = Math.min(maxPositions, ids + newTokens);
+    if (this.request && !this.longer(positions, ids, maxPositions)) return;
+    this.request = { id: r.id, promptTokens: ids, newTokens };
+  }
+
+  /** Whether a request of `positions` holds more than the longest so far (on a tie, a longer
+   *  prompt: its prefill needs more at once). */
+  private longer(positions: number, ids: number, maxPositions: number): boolean {
+    const { promptTokens, newTokens } = this.request!;
+    const known = Math.min(maxPositions, promptTokens + newTokens);
+    return positions > known || (positions === known && ids > promptTokens);
   }
 }
 

@@ -227,9 +227,11 @@ export function policyFromFlags(o: PolicyFlags, planned?: Policy): Policy {
   if (o.sepLayer !== undefined) p.sepLayer = o.sepLayer;
   if (o.cpuCacheCompute) p.cpuCacheCompute = true;
   if (o.compressWeight) p.compressWeight = true;
-  // --compress-cache replaces a policy file's cache dtype (`plan --json` writes one), which the
-  // user did not type; a --cache-dtype beside it is theirs, and validatePolicy refuses the pair.
+  // --compress-cache replaces a policy file's cache dtype (`plan --json` writes one), and
+  // --cache-dtype alone its compress_cache, which the user did not type (it was refused naming
+  // --compress-cache); both typed are theirs, and validatePolicy refuses the pair.
   if (o.compressCache) [p.compressCache, p.cacheDtype] = [true, 'auto'];
+  else if (o.cacheDtype !== undefined) p.compressCache = false;
   if (o.cacheDtype !== undefined) p.cacheDtype = o.cacheDtype;
   if (o.precision !== undefined) p.precision = o.precision;
   if (o.attnSparsity !== undefined) p.attnSparsity = o.attnSparsity;
