@@ -2,9 +2,12 @@
 // then removes an offloaded run's files (it rejected with "BufferPool.dispose: 1 buffers are still
 // leased", left the state files and the lock behind, and the trainer went on training); every call
 // after close() is refused by name (step() failed inside the disposed pool, stateSources() gave
-// readers of deleted files, and in RAM step, evaluate and saveParams went on as if open). And an
-// offloaded plan refused under the RAM limit names openTrainer's options to an API caller, the
-// flags to the CLI (src/train/offload/plan.ts; it gave API callers --ram-percent and --batch-size).
+// readers of deleted files, and in RAM step, evaluate and saveParams went on as if open). Calls
+// made without awaiting run one after another in call order, with the results of awaiting each
+// (a step and an evaluation ran at once: wrong losses in RAM, and offloaded, close() met a buffer
+// still leased and left the files). And an offloaded plan refused under the RAM limit names
+// openTrainer's options to an API caller, the flags to the CLI (src/train/offload/plan.ts; it gave
+// API callers --ram-percent and --batch-size).
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -65,6 +68,35 @@ describe('Trainer.close()', () => {
     expect(fs.statSync(out).size).toBeGreaterThan(0);
     expect(files(diskDir)).toEqual([]);
   });
+
+  // Overlapping calls run one after another in call order (they ran at once: an offloaded step and
+  // evaluation shared the buffer pool, and close() met a buffer still leased and left the files).
+  for (const mode of ['in RAM', 'offloaded'] as const) {
+    it(`${mode}: steps, evaluations, a failing step, sync and saveParams not awaited, then close(), give the awaited results`, async () => {
+      const dirs = [tmpDir('trainer-order'), tmpDir('trainer-order')];
+      const outDir = tmpDir('trainer-order-out');
+      const outs = [path.join(outDir, 'awaited.safetensors'), path.join(outDir, 'overlapped.safetensors')];
+      const options = (d: string): TrainerOptions => (mode === 'in RAM' ? { threads: 1 } : offloaded(d));
+      const other = batch.map((s) => ({ tokenIds: s.tokenIds.slice(0, 30).reverse() }));
+      // A failed call in the middle reports to its caller and the ones after it still run.
+      const calls = (t: Trainer, out: string) => [() => t.step(batch), () => t.evaluate(other), () => t.step([]), () => t.step(other), () => t.sync(),
+        () => t.evaluate(batch), () => t.saveParams(out)];
+      // Timings and transfer statistics differ from run to run; every value computed must not.
+      const values = (r: PromiseSettledResult<unknown>) => (r.status === 'rejected' ? (r.reason as Error).message
+        : r.value && typeof r.value === 'object' && 'step' in r.value ? { ...r.value, seconds: 0, offload: undefined } : r.value);
+      const awaited = await openTrainer(MODEL, options(dirs[0]!));
+      const expected: unknown[] = [];
+      for (const call of calls(awaited, outs[0]!)) expected.push(values((await Promise.allSettled([call()]))[0]!));
+      await awaited.close();
+      expect(expected[2]).toMatch(/^step: batch must be a non-empty array/);
+      const t = await openTrainer(MODEL, options(dirs[1]!));
+      const settled = Promise.allSettled(calls(t, outs[1]!).map((call) => call()));
+      await expect(t.close()).resolves.toBeUndefined();
+      expect((await settled).map(values)).toEqual(expected);
+      expect(fs.readFileSync(outs[1]!).equals(fs.readFileSync(outs[0]!))).toBe(true);
+      expect(files(dirs[1]!)).toEqual([]);
+    });
+  }
 
   for (const mode of ['in RAM', 'offloaded'] as const) {
     it(`${mode}: every method after close() is refused by name`, async () => {

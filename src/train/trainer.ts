@@ -115,9 +115,11 @@ export class Trainer {
   private readonly ranked: PartitionedStore | null;
   /** Set by the first close(): every later call is refused, and a second close() waits for it. */
   private closing: Promise<void> | null = null;
-  /** The steps, evaluations and saves under way: close() waits for them before it closes the
-   *  store (it closed the buffers and removed the files under a running step). */
-  private readonly running = new Set<Promise<unknown>>();
+  /** The last public call's settlement (never rejects): each step, evaluation, save, restore or
+   *  sync starts when the call before it has settled, so calls made without awaiting run in call
+   *  order with the results of awaiting each (run at once, they shared the offloaded buffers and
+   *  read weights mid-update). close() waits for it before it closes the store. */
+  private queue: Promise<unknown> = Promise.resolve();
 
   constructor(
     readonly config: ModelConfig,
@@ -151,10 +153,13 @@ export class Trainer {
   /** Waits until the last step's update is done. An offloaded run updates in the background,
    *  overlapping the next step's (or evaluation's) forward, which waits for each layer as it
    *  fetches it; whatever reads the states as a whole (saveParams, stateSources, a checkpoint)
-   *  waits for all of it. Rethrows the update's error (an I/O failure). Immediate in RAM. */
-  async sync(): Promise<void> {
-    this.checkOpen('sync');
-    await this.offloaded?.optimizer.settle();
+   *  waits for all of it. Rethrows the update's error (an I/O failure). In RAM it only waits for
+   *  the calls made before it. */
+  sync(): Promise<void> {
+    // Queued: a sync() right after step() waits for that step's update too.
+    return this.track('sync', async () => {
+      await this.offloaded?.optimizer.settle();
+    });
   }
 
   /** After close() the buffers are gone and an offloaded run's files removed (and in RAM a call
@@ -163,17 +168,14 @@ export class Trainer {
     if (this.closing) throw new UserError(`${method}() was called after close(): open the trainer again`);
   }
 
-  /** Runs `work` as `method`, refused after close(), and counted as under way until it settles. */
+  /** Runs `work` as `method` once every call before it has settled; refused after close(). */
   private async track<T>(method: string, work: () => Promise<T>): Promise<T> {
     this.checkOpen(method);
-    // Registered before the first await: a close() right after the call waits for it.
-    const p = work();
-    this.running.add(p);
-    try {
-      return await p;
-    } finally {
-      this.running.delete(p);
-    }
+    // Queued before the first await: a close() right after the call waits for it. A failed call
+    // reports to its own caller and does not stop the ones after it.
+    const p = this.queue.then(work);
+    this.queue = p.catch(() => {});
+    return p;
   }
 
   /** Whether the last step's update is still running in the background (offloaded runs). */
@@ -359,8 +361,8 @@ export class Trainer {
     };
   }
 
-  /** Ends the trainer: waits for a step, evaluation or save under way, then for an offloaded run's
-   *  transfers, and removes its state files. Every later call throws; a second close() waits for
+  /** Ends the trainer: waits for every step, evaluation or save under way or queued, then for an
+   *  offloaded run's transfers, and removes its state files. Every later call throws; a second close() waits for
    *  the first and does nothing more. */
   close(): Promise<void> {
     this.closing ??= this.shutdown();
@@ -368,9 +370,10 @@ export class Trainer {
   }
 
   private async shutdown(): Promise<void> {
-    // What is under way reports its own result or error to its caller; close only waits for it
-    // (its buffers are still leased and its files in use until it ends).
-    await Promise.allSettled([...this.running]);
+    // What is under way or queued reports its own result or error to its caller; close only waits
+    // for it (its buffers are still leased and its files in use until it ends). No call joins the
+    // queue after this: closing is set.
+    await this.queue;
     // A failed update was reported by the step or sync() that met it; close only waits for it.
     await this.offloaded?.optimizer.settle().catch(() => {});
     await this.offloaded?.store.close();
