@@ -1,8 +1,9 @@
 // The server's budget for request bodies in flight: bodies are counted from before they are read
-// until their answer is sent, a body past the budget gets 429 with Retry-After (unread), and the
-// budget comes back when requests end or their clients go away. (--max-queue bodies of up to
-// --body-limit each were held at once, none of it within --ram: 100 bodies of 3.5 MB took a
-// server at --ram 100MiB to 660 MiB.)
+// (one sent chunked: as its bytes arrive) until their answer is sent, a body past the budget gets
+// 429 with Retry-After (unread), and the budget comes back when requests end or their clients go
+// away. (--max-queue bodies of up to --body-limit each were held at once, none of it within --ram:
+// 100 bodies of 3.5 MB took a server at --ram 100MiB to 660 MiB. A chunked body was then counted
+// as --body-limit for the life of its answer: only two were taken at once, whatever their size.)
 import http from 'node:http';
 import path from 'node:path';
 import OpenAI, { toFile } from 'openai';
@@ -60,6 +61,21 @@ function holdUpload(body: string, chunked = false) {
   } };
 }
 
+/** A chunked request sent as it is given (never ended), and its answer as soon as one comes. */
+function sendChunked(first: string) {
+  const req = http.request(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' } });
+  const answer = new Promise<{ status: number; retryAfter?: string; body: string }>((resolve, reject) => {
+    req.on('response', (res) => {
+      let body = '';
+      res.on('data', (d: Buffer) => (body += d.toString()));
+      res.on('end', () => resolve({ status: res.statusCode!, retryAfter: res.headers['retry-after'] as string | undefined, body }));
+    });
+    req.on('error', reject);
+  });
+  req.write(first);
+  return { send: (more: string) => req.write(more), answer };
+}
+
 async function bodiesReach(bytes: number): Promise<void> {
   for (let i = 0; i < 500 && server.bodies.bytes !== bytes; i++) await new Promise((r) => setTimeout(r, 10));
   expect(server.bodies.bytes).toBe(bytes);
@@ -97,16 +113,46 @@ describe('the budget for request bodies in flight', () => {
     await bodiesReach(0);
   });
 
-  it('counts a chunked body as --body-limit until it ends, and gives back what a client gone held', async () => {
-    const chunked = holdUpload(bodyOf(1000), true);
-    await bodiesReach(LIMIT);
+  it('counts a chunked body by the bytes received, and gives back what a client gone held', async () => {
+    // (each was counted as --body-limit for the life of its answer: only two were taken at once)
+    const body = bodyOf(1000);
+    const small = Array.from({ length: 4 }, () => holdUpload(body, true));
+    const sent = 4 * (Buffer.byteLength(body) - 1); // (all but their last bytes)
+    await bodiesReach(sent);
     const big = bodyOf(LIMIT - 100);
     const held = holdUpload(big);
-    await bodiesReach(LIMIT + Buffer.byteLength(big));
-    expect((await post(bodyOf(1000))).status).toBe(429);
+    await bodiesReach(sent + Buffer.byteLength(big));
     held.abort();
-    await bodiesReach(LIMIT);
-    expect(await chunked.finish()).toBe(200);
+    await bodiesReach(sent);
+    expect(await Promise.all(small.map((h) => h.finish()))).toEqual([200, 200, 200, 200]);
+    await bodiesReach(0);
+  });
+
+  it('429s a chunked body once its bytes would pass it, and 413s one past --body-limit', async () => {
+    const big = bodyOf(50_000);
+    const size = Buffer.byteLength(big);
+    const first = holdUpload(big);
+    const second = holdUpload(big);
+    await bodiesReach(2 * size);
+
+    // within the budget so far: counted as it comes; then past it: 429, and what it held is given back
+    const body = bodyOf(40_000);
+    const third = sendChunked(body.slice(0, 20_000));
+    await bodiesReach(2 * size + 20_000);
+    third.send(body.slice(20_000, -1));
+    const refused = await third.answer;
+    expect([refused.status, refused.retryAfter]).toEqual([429, '1']);
+    const e = JSON.parse(refused.body).error;
+    expect(e).toMatchObject({ type: 'rate_limit_error', code: 'rate_limit_exceeded' });
+    expect(e.message).toMatch(/^request bodies in flight \(97\.7 KiB\) and this one \(\d+\.\d KiB so far, sent chunked\) would exceed the server's budget for them \(128\.0 KiB; tierlm serve: twice --body-limit\); retry later$/);
+    await bodiesReach(2 * size);
+
+    expect(await Promise.all([first.finish(), second.finish()])).toEqual([200, 200]);
+    await bodiesReach(0);
+    // past --body-limit, the budget free: 413 as before (a retry cannot help it)
+    const huge = sendChunked(bodyOf(LIMIT + 10));
+    const tooLarge = await huge.answer;
+    expect([tooLarge.status, JSON.parse(tooLarge.body).error.code]).toEqual([413, 'request_too_large']);
     await bodiesReach(0);
   });
 

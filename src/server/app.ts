@@ -3,6 +3,8 @@
 // for the bytes of the bodies in flight, and a bound on interactive requests in flight (429 with
 // Retry-After beyond either).
 import { createHash, timingSafeEqual } from 'node:crypto';
+import type { ServerResponse } from 'node:http';
+import { type Readable, Transform } from 'node:stream';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import multipart from '@fastify/multipart';
 import { ApiError } from '../openai/errors.js';
@@ -141,9 +143,10 @@ export async function buildServer(o: ServerOptions): Promise<Server> {
   return server;
 }
 
-/** Counts each request body against the budget from before it is read until its response is
- *  sent or its client goes away; a body that would take `bodies` past the budget is answered 429
- *  unread. Uploads (multipart) are not counted: they go to disk as they come. */
+/** Counts each request body against the budget from before it is read (one sent chunked: as its
+ *  bytes arrive) until its response is sent or its client goes away; a body that would take
+ *  `bodies` past the budget is answered 429 unread (one sent chunked: once it would). Uploads
+ *  (multipart) are not counted: they go to disk as they come. */
 function holdBodiesTo(app: FastifyInstance, budget: number, bodyLimit: number, bodies: { bytes: number }): void {
   app.addHook('preParsing', async (req, reply, payload) => {
     const length = Number(req.headers['content-length']);
@@ -152,17 +155,59 @@ function holdBodiesTo(app: FastifyInstance, budget: number, bodyLimit: number, b
     // or an upload.
     if (!(length > 0) && !chunked) return payload;
     if (length > bodyLimit || req.headers['content-type']?.startsWith('multipart/')) return payload;
-    // (a chunked body's length is known only once it is read: the most it may be)
-    const bytes = length > 0 ? length : bodyLimit;
-    if (bodies.bytes + bytes > budget) {
-      throw new ApiError(429, `request bodies in flight (${formatSize(bodies.bytes)}) and this one (${formatSize(bytes)}) would exceed the server's ` +
-        `budget for them (${formatSize(budget)}; tierlm serve: twice --body-limit); retry later`, 'rate_limit_error', null, 'rate_limit_exceeded');
-    }
-    bodies.bytes += bytes;
+    // (a chunked body's length is known only once it is read: counted as it comes, rather than
+    // as the most it may be, which let only two chunked requests in flight whatever their size)
+    if (!(length > 0)) return countedAsReceived(payload, reply.raw, budget, bodyLimit, bodies);
+    if (bodies.bytes + length > budget) throw overBudget(bodies.bytes, length, budget, '');
+    bodies.bytes += length;
     // (the response's 'close' comes once, when it is sent or when the client goes away)
-    reply.raw.once('close', () => (bodies.bytes -= bytes));
+    reply.raw.once('close', () => (bodies.bytes -= length));
     return payload;
   });
+}
+
+/** `payload` (a body sent chunked) passed on as it comes, each chunk counted against the budget
+ *  before it is: the first that would pass it ends the body with 429 (the rest is read and
+ *  dropped). Its bytes are held until `res` closes, as a body with a Content-Length. */
+function countedAsReceived(payload: Readable, res: ServerResponse, budget: number, bodyLimit: number, bodies: { bytes: number }): Readable {
+  let held = 0;
+  let closed = false;
+  res.once('close', () => {
+    closed = true;
+    bodies.bytes -= held;
+  });
+  const counted = Object.assign(new Transform({
+    transform(chunk: Buffer, _encoding, next) {
+      counted.receivedEncodedLength += chunk.length;
+      if (closed) return next(null, chunk);
+      // Past --body-limit: passed on uncounted, for Fastify's 413 (a 429 would have it sent again).
+      if (held + chunk.length > bodyLimit) {
+        dropRest();
+        return next(null, chunk);
+      }
+      if (bodies.bytes + chunk.length > budget) {
+        dropRest();
+        return next(overBudget(bodies.bytes - held, held + chunk.length, budget, ' so far, sent chunked'));
+      }
+      held += chunk.length;
+      bodies.bytes += chunk.length;
+      next(null, chunk);
+    },
+  }), { receivedEncodedLength: 0 });
+  // The rest of a refused body is read and dropped, not left unread: the answer closes the
+  // connection, and bytes still unread there would reset it (the client could lose the answer).
+  const dropRest = () => {
+    payload.unpipe(counted);
+    payload.resume();
+  };
+  // (pipe() passes on no error: a client gone in the middle of its body ends the parse as before)
+  payload.on('error', (e) => counted.destroy(e));
+  return payload.pipe(counted);
+}
+
+function overBudget(inFlight: number, bytes: number, budget: number, which: string): ApiError {
+  return new ApiError(429, `request bodies in flight (${formatSize(inFlight)}) and this one (${formatSize(bytes)}${which}) would exceed the server's ` +
+    `budget for them (${formatSize(budget)}; tierlm serve: twice --body-limit); retry later`, 'rate_limit_error', null, 'rate_limit_exceeded');
 }
 
 /** Routes anyone may call when the server has a key: liveness and Prometheus' scrape. */
