@@ -3,7 +3,8 @@
 //   1. sweep: sequences that finished or were cancelled leave their slots (no compute on them);
 //   2. admit: waiting sequences (interactive before batch, in arrival order) take free slots,
 //      until one does not fit the block (then nothing after it is admitted, so it is not starved:
-//      once the block empties it is reopened in a shape that fits);
+//      once the block empties it is reopened in a shape that fits); an interactive one finding
+//      the block full takes a batch sequence's slot (that one waits and is computed again);
 //   3. build one step per batch: a decode token for every row past its prompt, and prompt
 //      chunks within the batch's prefill budget (oldest first), so prefill never stalls decode;
 //      when weights stream, in one mixed step (one load serves both), else taking turns (see plan);
@@ -363,6 +364,7 @@ export class ContinuousEngine {
         const used = rows.filter(Boolean).length;
         if (used < rows.length && used < fewest) [best, fewest] = [k, used];
       });
+      if (best < 0) best = this.preemptFor(a);
       if (best < 0) return true;
       this.waiting.shift();
       // A sample that runs until the context ends stops where the limits' context does (the
@@ -374,6 +376,33 @@ export class ContinuousEngine {
     }
     return true;
   }
+
+  /** An interactive sequence waiting for a full block takes a batch sequence's slot: that one
+   *  goes back to wait first among the batch ones, and is computed again from its tokens when it
+   *  has a slot again (as a given-up block's are: the same results). Without it an interactive
+   *  request waited for a whole batch line to finish (a 3-token completion took 48 s beside a
+   *  batch job). The batch sequence with the fewest tokens in its cache goes, the cheapest to
+   *  compute again. The freed slot's batch, or -1 when there is none to take. */
+  private preemptFor(a: Admission): number {
+    if (a.priority !== 0) return -1;
+    let victim: { k: number; r: number; fed: number } | null = null;
+    this.slots.forEach((rows, k) => rows.forEach((x, r) => {
+      if (x && x.a.priority > 0 && !x.a.seq.done && (!victim || x.fed < victim.fed)) victim = { k, r, fed: x.fed };
+    }));
+    if (!victim) return -1;
+    const { k, r } = victim;
+    const x = this.slots[k]![r]!;
+    this.slots[k]![r] = null;
+    this.open?.block.release(k, r);
+    this.replayed.add(x.a);
+    this.preempted++;
+    const at = this.waiting.findIndex((w) => w.priority >= x.a.priority);
+    this.waiting.splice(at < 0 ? this.waiting.length : at, 0, x.a);
+    return k;
+  }
+
+  /** Batch sequences that gave their slot to an interactive one (see preemptFor). */
+  preempted = 0;
 
   /** Segments of batch k's step, by row: a decode token for every row past its prompt, and
    *  prompt chunks in the tokens left (at most prefillChunk), oldest prompt first. A row computed
