@@ -28,7 +28,8 @@ export function openModel(dir: string, backend: Backend, mode: ComputeMode, comp
   const { arch, config } = readConfig(dir);
   const store = TensorStore.open(dir);
   const loader = new WeightLoader(store, config, arch.names(config, (n) => store.has(n)), backend, mode, compressWeight);
-  const sourceFiles = [...new Set(store.names().map((n) => store.fileName(n)))];
+  // (config.json too: it decides which tensors are packed, and how)
+  const sourceFiles = [...new Set([...store.names().map((n) => store.fileName(n)), fs.realpathSync(path.join(dir, 'config.json'))])];
   return { dir, config, eosTokenIds: eosIds(dir, config), loader, sourceFiles, close: () => store.close() };
 }
 

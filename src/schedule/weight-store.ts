@@ -10,7 +10,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import type { AnyWeight, Backend, ComputeMode, PackedWeight } from '../backend/index.js';
+import { type AnyWeight, type Backend, type ComputeMode, type PackedWeight, weightFormatFor } from '../backend/index.js';
 import type { Shares } from '../policy/policy.js';
 import type { LayerSlot } from '../models/architecture.js';
 import type { ModelConfig } from '../models/config.js';
@@ -151,7 +151,8 @@ export class WeightStore implements LayerSource {
    * Packs the model's layer weights into `dir/weights.bin` (once: a manifest records what was
    * packed from which files, and a rerun with the same model and mode reuses it), then reads
    * each layer's resident share into RAM. Runs sharing `dir` convert one at a time (src/schedule/weights-dir.ts);
-   * `log` says when this one waits.
+   * `log` says when this one waits, and why packed weights whose source files are unchanged are
+   * converted again (a tensor list config.json no longer gives, a weights.bin damaged since).
    */
   static async open(loader: WeightLoader, config: ModelConfig, backend: Backend, mode: ComputeMode, shares: Shares, dir: string,
     sourceFiles: string[], log: (msg: string) => void = () => {}): Promise<WeightStore> {
@@ -162,10 +163,10 @@ export class WeightStore implements LayerSource {
     const manifestFile = path.join(dir, 'weights.json');
     const wanted = manifestKey(sourceFiles, mode, backend.name);
     const { manifest, bf } = await withWeightsLock(dir, log, async () => {
-      let manifest = readManifest(manifestFile);
-      if (!manifest || manifest.key !== wanted) {
-        manifest = await publishConverted(file, manifestFile, async (partial) => ({ ...(await convert(loader, entries, partial)), key: wanted }));
-      }
+      const kept = readManifest(manifestFile);
+      const manifest = kept && kept.key === wanted && reusable(kept, manifestFile, () => expectedTensors(loader, entries, backend, mode), file, log)
+        ? kept
+        : await publishConverted(file, manifestFile, async (partial) => ({ ...(await convert(loader, entries, partial)), key: wanted }));
       // Opened under the lock: a run converting later renames a new file in, and this one keeps the old.
       return { manifest, bf: await openBlockFile(file, 'r') };
     });
@@ -325,29 +326,94 @@ interface Manifest {
 }
 
 function manifestKey(sourceFiles: string[], mode: ComputeMode, backend: string): string {
-  const stamp = sourceFiles.map((f) => {
-    const st = fs.statSync(f);
-    return `${fs.realpathSync(f)}:${st.size}:${st.mtimeMs}`;
-  });
-  return JSON.stringify({ v: 1, backend, mode, stamp });
+  return JSON.stringify({ v: 2, backend, mode, sources: sourceFiles.map(sourceStamp) });
 }
 
-/** The bytes of the packed weights in `dir` (a WeightStore's folder) when its manifest is written
- *  and every source file it was packed from is unchanged since (the size and mtime its key records:
- *  a run then reuses them instead of converting), else null. */
+/**
+ * What tells a source file's contents apart without reading them: its real path, size, mtime,
+ * ctime, device and inode. Size and mtime alone are not enough: rsync -a, cp -p and tar x give a
+ * changed file its old mtime (and a renamed-in copy keeps the name). ctime cannot be set back by
+ * utime; it also moves on chmod, chown or a new link, which costs a conversion, never wrong weights.
+ */
+function sourceStamp(file: string): { file: string; id: string } {
+  const st = fs.statSync(file, { bigint: true });
+  return { file: fs.realpathSync(file), id: `${st.size}:${st.mtimeNs}:${st.ctimeNs}:${st.dev}:${st.ino}` };
+}
+
+/** Whether a manifest whose key matches can be used as it is: its tensor list is the one this run
+ *  packs, and weights.bin holds every tensor it lists. Else says why (the run converts again). */
+function reusable(manifest: Manifest, manifestFile: string, expected: () => TensorMeta[], file: string, log: (msg: string) => void): boolean {
+  const problem = tensorListProblem(manifestFile, manifest.tensors, expected()) ?? packedFileProblem(file, manifest.tensors);
+  if (problem) log(`${problem}: converting the weights again`);
+  return problem === null;
+}
+
+/** The tensors `convert` would write for `entries`, in order (from the files' headers alone). The
+ *  format is one the mode or 4-bit compression gives, and the bytes are what loader.sizes() plans. */
+function expectedTensors(loader: WeightLoader, entries: { j: number; name: string }[], backend: Backend, mode: ComputeMode): TensorMeta[] {
+  const sizes = loader.sizes().layers;
+  const seen = new Map<number, number>();
+  let offset = 0;
+  return entries.map((e) => {
+    const i = seen.get(e.j) ?? 0;
+    seen.set(e.j, i + 1);
+    const info = loader.tensorInfo(`${e.name}.weight`)!;
+    const [n, k] = info.shape as [number, number];
+    const bytes = sizes[e.j]![i]!.bytes;
+    const plain = weightFormatFor(info.dtype, mode);
+    const format = backend.packedByteLength(plain, n, k) === bytes ? plain : 'q4';
+    const meta = { name: e.name, format, n, k, bytes, offset };
+    offset += alignUp(bytes);
+    return meta;
+  });
+}
+
+/** How a manifest's tensor list differs from the one a run needs (config.json changed since the
+ *  conversion: more layers, other names or shapes), or null. Never indexed past what it lists. */
+function tensorListProblem(manifestFile: string, tensors: unknown, expected: TensorMeta[]): string | null {
+  if (!Array.isArray(tensors)) return `${manifestFile} has no tensor list`;
+  if (tensors.length !== expected.length) return `${manifestFile} lists ${tensors.length} packed tensors, this model has ${expected.length}`;
+  const fields = ['name', 'format', 'n', 'k', 'bytes', 'offset'] as const;
+  for (let i = 0; i < expected.length; i++) {
+    const got = tensors[i] as Partial<TensorMeta> | null;
+    const want = expected[i]!;
+    const field = fields.find((f) => got?.[f] !== want[f]);
+    if (field) return `${manifestFile}: tensor ${i} (${String(got?.name)}) has ${field} ${String(got?.[field])}, this model's ${want.name} needs ${want[field]}`;
+  }
+  return null;
+}
+
+/** Why `file` cannot hold the tensors its manifest lists (gone, not a file, or shorter than the end
+ *  of the last one: truncated or damaged since), or null. */
+function packedFileProblem(file: string, tensors: TensorMeta[]): string | null {
+  const end = tensors.reduce((n, t) => Math.max(n, t.offset + alignUp(t.bytes)), 0);
+  if (!Number.isSafeInteger(end)) return `${file}: its manifest lists a tensor without a byte range`;
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(file);
+  } catch (e) {
+    return `${file} cannot be read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`;
+  }
+  if (!st.isFile()) return `${file} is not a regular file`;
+  if (st.size < end) return `${file} is ${st.size} bytes, shorter than the ${end} its manifest lists`;
+  return null;
+}
+
+/** The bytes of the packed weights in `dir` (a WeightStore's folder) when a run would reuse them:
+ *  its manifest is written, every source file it was packed from is unchanged since (sourceStamp),
+ *  and weights.bin holds every tensor listed; else null. (Whether the tensor list is the one the
+ *  model's config.json gives needs the model: a run checks that too.) */
 export function reusablePackedBytes(dir: string): number | null {
   const manifest = readManifest(path.join(dir, 'weights.json'));
   if (!manifest) return null;
   try {
-    const { stamp } = JSON.parse(manifest.key) as { stamp: string[] };
-    const unchanged = stamp.length > 0 && stamp.every((s) => {
-      const m = /^(.*):(\d+):([^:]+)$/.exec(s);  // manifestKey's `${path}:${size}:${mtimeMs}`
-      const st = m ? fs.statSync(m[1]!) : null;
-      return st !== null && st.size === Number(m![2]) && st.mtimeMs === Number(m![3]);
-    });
-    return unchanged ? fs.statSync(path.join(dir, 'weights.bin')).size : null;
+    const { backend, mode, sources } = JSON.parse(manifest.key) as { backend: string; mode: ComputeMode; sources: { file: string }[] };
+    if (sources.length === 0 || manifestKey(sources.map((s) => s.file), mode, backend) !== manifest.key) return null;
+    const file = path.join(dir, 'weights.bin');
+    if (!Array.isArray(manifest.tensors) || packedFileProblem(file, manifest.tensors) !== null) return null;
+    return fs.statSync(file).size;
   } catch {
-    return null;  // a source file gone, or no packed file: the run converts
+    return null;  // an older key, a source file gone, or no packed file: the run converts
   }
 }
 
