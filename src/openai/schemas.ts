@@ -21,7 +21,7 @@ const sampling = {
   repetition_penalty: nullable({ type: 'number', exclusiveMinimum: 0 }),
   stream: nullable({ type: 'boolean' }),
   stream_options: nullable({ type: 'object', properties: { include_usage: { type: 'boolean' } }, additionalProperties: false }),
-  user: { type: 'string' },
+  user: nullable({ type: 'string' }),
   logit_bias: nullable({ type: 'object', maxProperties: 0 }),
 } as const;
 

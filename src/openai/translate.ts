@@ -244,18 +244,54 @@ function coveredTokens<T>(lengths: readonly number[], textLength: number, all: r
   return kept;
 }
 
+/**
+ * How completions' logprobs name token `alt` (or the sample's own) at place i: `bytes:\xNN…` for
+ * a token whose bytes are not whole UTF-8 characters (OpenAI's form for byte tokens), else its
+ * piece. By their pieces, byte-fallback tokens were all "" where they end inside a character, and
+ * the alternatives of such a place overwrote each other in top_logprobs (one entry of 2, not the
+ * chosen token's logprob).
+ */
+function completionToken(model: ServedModel, ids: readonly number[], i: number, alt: number | undefined, context: readonly number[]): string {
+  const bytes = model.tokenizer?.tokenBytes(alt ?? ids[i]!);
+  if (bytes && !isUtf8(bytes)) return `bytes:${escapeBytes(bytes)}`;
+  return tokenPiece(model, ids, i, alt, context);
+}
+
 function completionLogprobs(model: ServedModel, s: SampleResult, top: number, prompt: readonly number[]) {
   const context = promptContext(model, prompt);
   const pieces = s.tokenIds.map((_, i) => tokenPiece(model, s.tokenIds, i, undefined, context));
-  const tokens = s.text === undefined ? pieces : coveredTokens(pieces.map((t) => t.length), s.text.length, pieces, (i, keep) => pieces[i]!.slice(0, keep)) ?? pieces;
+  const names = s.tokenIds.map((_, i) => completionToken(model, s.tokenIds, i, undefined, context));
+  // The text's tokens and offsets by their pieces, which add up to the text; each named as in
+  // top_logprobs, but for one a stop sequence cut, named by the part of its piece kept.
+  const lengths = pieces.map((t) => t.length);
+  const tokens = s.text === undefined ? names : coveredTokens(lengths, s.text.length, names, (i, keep) => pieces[i]!.slice(0, keep)) ?? names;
   const offsets: number[] = [];
-  tokens.reduce((at, t) => (offsets.push(at), at + t.length), 0);
+  lengths.slice(0, tokens.length).reduce((at, n) => (offsets.push(at), at + n), 0);
   return {
     tokens,
     token_logprobs: (s.logprobs ?? []).slice(0, tokens.length),
-    top_logprobs: top > 0 ? (s.topLogprobs ?? []).slice(0, tokens.length).map((list, i) => Object.fromEntries(list.map((x) => [tokenPiece(model, s.tokenIds, i, x.token, context), x.logprob]))) : null,
+    top_logprobs: top > 0 ? (s.topLogprobs ?? []).slice(0, tokens.length).map((list, i) => topEntries(list, s, i, names[i]!, (x) => completionToken(model, s.tokenIds, i, x, context))) : null,
     text_offset: offsets,
   };
+}
+
+/**
+ * Place i's alternatives as completions' map of token to logprob. Two tokens named alike (their
+ * pieces equal in context) keep the likelier's logprob, and the sampled token's name (`chosen`, as
+ * in `tokens`, whole where a stop sequence cut it there: the map lists the model's tokens) has its
+ * own: the map never says another logprob for the token the text holds.
+ */
+function topEntries(list: readonly { token: number; logprob: number }[], s: SampleResult, i: number, chosen: string, name: (token: number) => string): Record<string, number> {
+  // (a Map: a token named "__proto__" is a key like any other)
+  const map = new Map<string, number>();
+  for (const x of list) {
+    const key = x.token === s.tokenIds[i] ? chosen : name(x.token);
+    const had = map.get(key);
+    if (had === undefined || x.logprob > had) map.set(key, x.logprob);
+  }
+  const own = list.find((x) => x.token === s.tokenIds[i]);
+  if (own) map.set(chosen, own.logprob);
+  return Object.fromEntries(map);
 }
 
 function chatLogprobs(model: ServedModel, s: SampleResult, prompt: readonly number[]) {

@@ -26,10 +26,12 @@ export function validationError(errors: readonly ErrorObject[]): ApiError {
   if (errors.length === 0) return invalid('invalid request body');
   // A value matching none of a field's forms yields an error per form, then the anyOf error for the
   // field itself: a field with several forms is said by what it must be; a nullable one by the
-  // error of its one non-null form (the first listed).
+  // error of its one non-null form (the first listed); a value of one form's type with an item at
+  // fault (a content part) by that item's error.
   const outer = errors.find((x) => x.keyword === 'anyOf' && !errors.some((y) => y.keyword === 'anyOf' && y.instancePath.length < x.instancePath.length));
-  const named = outer && FIELD_FORMS[lastName(outer.instancePath)] ? outer : undefined;
-  const e = named ?? errors[0]!;
+  const inner = outer && onlyFormInside(errors, outer);
+  const named = outer && !inner && FIELD_FORMS[lastName(outer.instancePath)] ? outer : undefined;
+  const e = inner || (named ?? errors[0]!);
   const parts = e.instancePath.split('/').slice(1).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
   const field = parts.reduce((s, p) => (/^\d+$/.test(p) ? `${s}[${p}]` : s ? `${s}.${p}` : p), '');
   if (e.keyword === 'additionalProperty' || e.keyword === 'additionalProperties') {
@@ -44,6 +46,19 @@ export function validationError(errors: readonly ErrorObject[]): ApiError {
   }
   const what = named ? `must be ${FIELD_FORMS[lastName(e.instancePath)]}` : e.keyword === 'enum' ? `must be one of ${(e.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(', ')}` : e.message ?? 'is invalid';
   return invalid(`Invalid value for '${field || 'body'}': ${what}${e.keyword === 'const' ? ` (${JSON.stringify((e.params as { allowedValue: unknown }).allowedValue)})` : ''}.`, field || null, 'invalid_value');
+}
+
+/**
+ * The first error inside the value of a field `outer` (an anyOf) where all such errors come from
+ * one of its forms: the value has that form's type (an array, where the others are a string),
+ * so the error names the item at fault (`messages[0].content[1].text`, not the whole content).
+ * Undefined where no form's errors are inside the value, or several forms' are (a `prompt` array
+ * may be strings or token ids: which item is wrong depends on which was meant).
+ */
+function onlyFormInside(errors: readonly ErrorObject[], outer: ErrorObject): ErrorObject | undefined {
+  const inside = errors.filter((x) => x.instancePath.startsWith(`${outer.instancePath}/`) && x.schemaPath.startsWith(`${outer.schemaPath}/`));
+  const forms = new Set(inside.map((x) => x.schemaPath.slice(outer.schemaPath.length + 1).split('/')[0]));
+  return forms.size === 1 ? inside[0] : undefined;
 }
 
 function lastName(instancePath: string): string {

@@ -215,7 +215,8 @@ const PUBLIC_ROUTES = new Set(['/health', '/metrics']);
 
 /** The key compared in constant time: both sides hashed first, so neither length nor content leaks. */
 function keyMatches(header: string | undefined, key: string): boolean {
-  const given = /^Bearer (.+)$/.exec(header ?? '')?.[1] ?? '';
+  // (the scheme's name is case-insensitive, RFC 7235: `bearer KEY` is the same key)
+  const given = /^Bearer (.+)$/i.exec(header ?? '')?.[1] ?? '';
   const digest = (s: string) => createHash('sha256').update(s).digest();
   return timingSafeEqual(digest(given), digest(key));
 }

@@ -104,15 +104,18 @@ export function addBatchRoutes(app: FastifyInstance, store: Store, jobs: BatchJo
     if (!input) throw notFound(`No such File object: ${req.body.input_file_id}`, 'input_file_id');
     if (input.purpose !== 'batch') throw invalid(`file ${input.id} has purpose "${input.purpose}", not "batch"`, 'input_file_id');
     const created = now();
+    const total = countLines(store.contentPath(input.id)!);
     const batch: BatchObject = {
       id: newBatchId(), object: 'batch', endpoint: req.body.endpoint, errors: null, input_file_id: input.id, completion_window: '24h',
       status: 'validating', output_file_id: null, error_file_id: null, created_at: created, in_progress_at: null, expires_at: created + 24 * 3600,
       finalizing_at: null, completed_at: null, failed_at: null, expired_at: null, cancelling_at: null, cancelled_at: null,
-      request_counts: { total: countLines(store.contentPath(input.id)!), completed: 0, failed: 0 }, metadata: req.body.metadata ?? null,
+      request_counts: { total, completed: 0, failed: 0 }, metadata: req.body.metadata ?? null,
     };
     const stored = { batch, outputId: newFileId(), errorId: newFileId() };
+    // As OpenAI: a file without requests fails validation, not a batch 'completed' with nothing done.
+    if (total === 0) failEmpty(batch, created);
     store.putBatch(stored);
-    jobs.start(stored);
+    if (total > 0) jobs.start(stored);
     return batch;
   });
 
@@ -127,6 +130,15 @@ export function addBatchRoutes(app: FastifyInstance, store: Store, jobs: BatchJo
     if (b.batch.status !== 'cancelling') jobs.cancel(b);
     return b.batch;
   });
+}
+
+/** A batch whose input file has no request lines: failed at validation, with OpenAI's error list. */
+function failEmpty(batch: BatchObject, at: number): void {
+  batch.status = 'failed';
+  batch.failed_at = at;
+  batch.errors = { object: 'list', data: [{
+    code: 'empty_file', message: `The input file ${batch.input_file_id} has no requests (every line is blank); a batch needs at least one`, param: null, line: null,
+  }] };
 }
 
 /** Batch states in which its files are read or written. */
