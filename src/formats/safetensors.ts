@@ -216,8 +216,10 @@ export class TensorStore {
   static open(dir: string): TensorStore {
     const single = path.join(dir, 'model.safetensors');
     const index = path.join(dir, 'model.safetensors.index.json');
-    if (fs.existsSync(index)) return TensorStore.openSharded(dir, index);
+    // The single file first where both are present, as transformers looks for them (a directory
+    // that kept a stale index beside a newer model.safetensors loads the file transformers loads).
     if (!fs.existsSync(single)) {
+      if (fs.existsSync(index)) return TensorStore.openSharded(dir, index);
       throw new ModelFileError(dir, 'no model.safetensors or model.safetensors.index.json in the model directory');
     }
     const f = SafetensorsFile.open(single);

@@ -194,6 +194,34 @@ export function unboundedSpelling(json: Record<string, unknown>): string | null 
   return null;
 }
 
+/** The special-token settings of a tokenizer (transformers' SPECIAL_TOKENS_ATTRIBUTES). */
+const SPECIAL_TOKEN_KEYS = ['bos_token', 'eos_token', 'unk_token', 'sep_token', 'pad_token', 'cls_token', 'mask_token', 'additional_special_tokens'];
+
+/** A special token's text: a string, or an AddedToken object's content; '' for none. */
+function tokenText(v: unknown): string {
+  const content = typeof v === 'string' ? v : (v as { content?: unknown } | null | undefined)?.content;
+  return typeof content === 'string' ? content : '';
+}
+
+/** tokenizer_config.json with special_tokens_map.json merged in as transformers merges it: only
+ *  for a legacy config (one without added_tokens_decoder, written before transformers 4.34), whose
+ *  special tokens are often in the map alone, and then the map's entries replace the config's
+ *  (additional_special_tokens are added to the config's). A newer config holds them all itself. */
+function withSpecialTokensMap(dir: string, config: Record<string, unknown>): Record<string, unknown> {
+  const file = path.join(dir, 'special_tokens_map.json');
+  if ('added_tokens_decoder' in config || !fs.existsSync(file)) return config;
+  const merged = { ...config };
+  for (const [key, value] of Object.entries(readJsonObject(file))) {
+    if (key !== 'additional_special_tokens' || !Array.isArray(value)) {
+      merged[key] = value;
+      continue;
+    }
+    const own = Array.isArray(config[key]) ? (config[key] as unknown[]).map(tokenText) : [];
+    merged[key] = [...own, ...value.map(tokenText).filter((t) => !own.includes(t))];
+  }
+  return merged;
+}
+
 export class TextTokenizer {
   private readonly template: Template | null = null;
   private readonly templateFile: string | null;
@@ -231,7 +259,7 @@ export class TextTokenizer {
     if (!fs.existsSync(file)) return null;
     const configFile = path.join(dir, 'tokenizer_config.json');
     const json = readJsonObject(file);
-    const config = fs.existsSync(configFile) ? readJsonObject(configFile) : {};
+    const config = withSpecialTokensMap(dir, fs.existsSync(configFile) ? readJsonObject(configFile) : {});
     try {
       return new TextTokenizer(new Tokenizer(json, config), config, file, json.decoder, unboundedSpelling(json));
     } catch (e) {
@@ -343,8 +371,21 @@ export class TextTokenizer {
   }
 
   private specialToken(name: string): string {
-    const v = this.config[name];
-    return typeof v === 'string' ? v : (v as { content?: string } | undefined)?.content ?? '';
+    return tokenText(this.config[name]);
+  }
+
+  /** What transformers passes a chat template besides the conversation: tools and documents as
+   *  None when not given (so `tools is not none` is false, not true as for an undefined name), and
+   *  its special_tokens_map, the special tokens that are set, as text. BOS and EOS are always
+   *  given ('' when unset, as before), so that `bos_token + ...` renders rather than fails. */
+  private templateContext(): Record<string, unknown> {
+    const context: Record<string, unknown> = { tools: null, documents: null, bos_token: '', eos_token: '' };
+    for (const key of SPECIAL_TOKEN_KEYS) {
+      const v = this.config[key];
+      const text = Array.isArray(v) ? v.map(tokenText).filter((t) => t !== '') : tokenText(v);
+      if (text.length > 0) context[key] = text;
+    }
+    return context;
   }
 
   /** Renders a conversation with the model's chat template: ready for the assistant's turn
@@ -354,10 +395,9 @@ export class TextTokenizer {
     if (!this.template) throw new UserError(`${this.file}: the model has no chat_template, so "messages" cannot be used`);
     try {
       return this.template.render({
+        ...this.templateContext(),
         messages,
         add_generation_prompt: addGenerationPrompt,
-        bos_token: this.specialToken('bos_token'),
-        eos_token: this.specialToken('eos_token'),
         ...STRIP_HELPERS,
       });
     } catch (e) {

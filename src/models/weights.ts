@@ -126,10 +126,26 @@ export class WeightLoader {
       const raw = new Tensor(info.dtype, [r1 - r0, k], viewAs(info.dtype, this.chunk.buf, 0, (r1 - r0) * k));
       const offset = kernels.packedByteLength(format, r0, k);
       const end = kernels.packedByteLength(format, r1, k);
-      this.backend.packWeight(raw, this.mode, name, { ...opts, into: dst(offset, end - offset) });
+      this.packChunk(raw, name, r0, { ...opts, into: dst(offset, end - offset) });
       yield end;
     }
     return { format, n, k, bytes: kernels.packedByteLength(format, n, k) };
+  }
+
+  /** Packs rows r0.. of weight `name` (one chunk of packChunks). The kernels refuse a value 4-bit
+   *  packing cannot hold by its index in the chunk: named here by file, tensor, row and column. */
+  private packChunk(raw: Tensor, name: string, r0: number, opts: { quantize?: 'q4'; into: Uint8Array }): void {
+    try {
+      this.backend.packWeight(raw, this.mode, name, opts);
+    } catch (e) {
+      const bad = e instanceof RangeError ? /^element (\d+) \((.*?)\) cannot be quantized: (.*)$/s.exec(e.message) : null;
+      if (!bad) throw e;
+      const i = Number(bad[1]), k = raw.shape[1]!;
+      // (the native kernels print 1.7e38 as 39 digits)
+      const value = Number.isNaN(Number(bad[2])) ? bad[2] : String(Number(bad[2]));
+      throw new ModelFileError(this.store.fileName(name),
+        `row ${r0 + Math.floor(i / k)}, column ${i % k}: ${value} cannot be quantized to 4 bits (--compress-weight): ${bad[3]}`, name);
+    }
   }
 
   /** A GEMM weight packed into a buffer of its own, through packChunks. */
