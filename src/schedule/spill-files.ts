@@ -144,10 +144,11 @@ const atExit = new Set<string>();
 const SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 let watching = false;
 
-/** Deletes `file` if the process exits or is stopped by SIGINT / SIGTERM / SIGHUP before the
- *  returned function is called (which forgets it): a temporary outside a run's tag (a weights
- *  conversion's partial file, up to the packed model's size, stayed when a conversion was
- *  interrupted). A SIGKILLed run's is cleared by the next run's removeStale. */
+/** Deletes `file` (a directory with what it holds) if the process exits or is stopped by SIGINT /
+ *  SIGTERM / SIGHUP before the returned function is called (which forgets it): a temporary outside
+ *  a run's tag (a weights conversion's partial file, up to the packed model's size, stayed when a
+ *  conversion was interrupted; a training checkpoint's save in progress). A SIGKILLed run's is
+ *  cleared by the next run's removeStale. */
 export function removeAtExit(file: string): () => void {
   atExit.add(file);
   watchExit();
@@ -159,7 +160,7 @@ export function removeAtExit(file: string): () => void {
 
 function removeAll(): void {
   for (const f of [...live]) f.remove();
-  for (const f of [...atExit]) fs.rmSync(f, { force: true });
+  for (const f of [...atExit]) fs.rmSync(f, { recursive: true, force: true });
   atExit.clear();
 }
 

@@ -27,19 +27,22 @@ export interface MicroBatch {
 }
 
 /** Packs `seqs` for model `c` (an over-long sequence's error says where the positions limit comes
- *  from when not max_position_embeddings: config.ts positionsNote, a sliding window). */
-export function packMicroBatch(seqs: readonly TrainSequence[], c: ModelConfig): MicroBatch {
+ *  from when not max_position_embeddings: config.ts positionsNote, a sliding window). `index`, the
+ *  micro-batch's place in a step of several, is named in errors: "sequence 0" alone did not say
+ *  which micro-batch held the bad one. */
+export function packMicroBatch(seqs: readonly TrainSequence[], c: ModelConfig, index?: number): MicroBatch {
   const [vocab, maxPositions] = [c.vocabSize, c.maxPositions];
-  if (seqs.length === 0) throw new UserError('a micro-batch needs at least one sequence');
+  const where = index === undefined ? '' : `micro-batch ${index}, `;
+  if (seqs.length === 0) throw new UserError(`${index === undefined ? '' : `micro-batch ${index} is empty: `}a micro-batch needs at least one sequence`);
   const seqStarts = new Int32Array(seqs.length + 1);
   seqs.forEach((s, i) => {
     const n = s.tokenIds.length;
-    if (n === 0) throw new UserError(`sequence ${i} is empty`);
-    if (n > maxPositions) throw new UserError(`sequence ${i} has ${n} tokens, more than the model's ${maxPositions} positions${positionsNote(c)}`);
-    if (s.labels && s.labels.length !== n) throw new UserError(`sequence ${i}: labels has ${s.labels.length} entries, token_ids ${n}`);
+    if (n === 0) throw new UserError(`${where}sequence ${i} is empty`);
+    if (n > maxPositions) throw new UserError(`${where}sequence ${i} has ${n} tokens, more than the model's ${maxPositions} positions${positionsNote(c)}`);
+    if (s.labels && s.labels.length !== n) throw new UserError(`${where}sequence ${i}: labels has ${s.labels.length} entries, token_ids ${n}`);
     for (let p = 0; p < n; p++) {
       const id = s.tokenIds[p]!;
-      if (!Number.isInteger(id) || id < 0 || id >= vocab) throw new UserError(`sequence ${i}: token ${p} = ${id} is outside the vocabulary of ${vocab}`);
+      if (!Number.isInteger(id) || id < 0 || id >= vocab) throw new UserError(`${where}sequence ${i}: token ${p} = ${id} is outside the vocabulary of ${vocab}`);
     }
     seqStarts[i + 1] = seqStarts[i]! + n;
   });
@@ -54,7 +57,7 @@ export function packMicroBatch(seqs: readonly TrainSequence[], c: ModelConfig): 
       positions[o + p] = p;
       const target = p + 1 < n ? labels[p + 1]! : IGNORE_INDEX;
       if (target !== IGNORE_INDEX && !(Number.isInteger(target) && target >= 0 && target < vocab)) {
-        throw new UserError(`sequence ${i}: label ${p + 1} = ${target} is neither ${IGNORE_INDEX} nor a token id below ${vocab}`);
+        throw new UserError(`${where}sequence ${i}: label ${p + 1} = ${target} is neither ${IGNORE_INDEX} nor a token id below ${vocab}`);
       }
       targets[o + p] = target;
       if (target !== IGNORE_INDEX) count++;

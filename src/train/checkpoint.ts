@@ -14,6 +14,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { UserError } from '../util/errors.js';
 import { fsyncPath } from '../util/atomic.js';
+import { removeAtExit } from '../schedule/spill-files.js';
 import { type Weight, writeModelFiles } from './model-writer.js';
 import { type F32Source, STATE_DIR, type StateAlloc, type TrainingState, readTrainingState, writeTrainingState } from './training-state.js';
 
@@ -52,20 +53,37 @@ export function startSave(outDir: string, step: number): { name: string; tmp: st
   const name = freeName(outDir, step);
   const tmp = path.join(outDir, `.${name}.tmp-${process.pid}`);
   fs.mkdirSync(path.join(tmp, STATE_DIR), { recursive: true });
+  // A whole checkpoint's size: a SIGTERM or Ctrl-C during the save left it in OUT until a resume
+  // into the same OUT. Removed at exit or on a signal until commitSave renames it into place.
+  saving.set(tmp, removeAtExit(tmp));
   return { name, tmp };
+}
+
+/** The temporary directories of saves in progress, each with the function that forgets it. */
+const saving = new Map<string, () => void>();
+
+/** Removes a save's temporary directory (a failed save), and forgets it. */
+function discardSave(tmp: string): void {
+  fs.rmSync(tmp, { recursive: true, force: true });
+  forgetSave(tmp);
+}
+
+function forgetSave(tmp: string): void {
+  saving.get(tmp)?.();
+  saving.delete(tmp);
 }
 
 /** Writes the model files and the training state into `tmp`, fsynced (removing tmp on failure). */
 export async function writeCheckpointFiles(tmp: string, modelDir: string, weights: Map<string, Weight>, state: TrainingState<F32Source>): Promise<void> {
   try {
     await writeModelFiles(tmp, modelDir, weights);
-    await pauseForTest('model');
+    await pauseForTest('model', state.step);
     await writeTrainingState(path.join(tmp, STATE_DIR), state);
     fsyncPath(path.join(tmp, STATE_DIR));
     fsyncPath(tmp);
-    await pauseForTest('rename');
+    await pauseForTest('rename', state.step);
   } catch (e) {
-    fs.rmSync(tmp, { recursive: true, force: true });
+    discardSave(tmp);
     throw e;
   }
 }
@@ -74,6 +92,7 @@ export async function writeCheckpointFiles(tmp: string, modelDir: string, weight
 export function commitSave(outDir: string, name: string, tmp: string, keep: number): string {
   const final = path.join(outDir, name);
   fs.renameSync(tmp, final);
+  forgetSave(tmp); // (now the checkpoint: an exit must not remove it)
   fsyncPath(outDir);
   const link = path.join(outDir, `.${LATEST}.tmp-${process.pid}`);
   fs.rmSync(link, { force: true });
@@ -144,9 +163,12 @@ function prune(outDir: string, current: string, keep: number): void {
   }
 }
 
-/** Crash tests stop a save here (TIERLM_TEST_CHECKPOINT_PAUSE=model|rename) and kill the process. */
-async function pauseForTest(stage: string): Promise<void> {
-  if (process.env.TIERLM_TEST_CHECKPOINT_PAUSE !== stage) return;
+/** Crash tests stop a save here (TIERLM_TEST_CHECKPOINT_PAUSE=model|rename: every save, or
+ *  model@STEP|rename@STEP: that step's, so that checkpoints before it are complete) and kill the
+ *  process. */
+async function pauseForTest(stage: string, step: number): Promise<void> {
+  const pause = process.env.TIERLM_TEST_CHECKPOINT_PAUSE;
+  if (pause !== stage && pause !== `${stage}@${step}`) return;
   process.stdout.write(`checkpoint save paused at ${stage}\n`);
   await new Promise(() => setInterval(() => {}, 1 << 30));
 }

@@ -32,6 +32,7 @@ import type { OffloadStepStats } from './offload/stats.js';
 import { type Comm, worldComm } from '../dist/comm.js';
 import { type RankEnv, rankEnv, threadsPerRank } from '../dist/env.js';
 import { FileLock, lockRunFile } from '../tensor/disk/lock.js';
+import { removeAtExit } from '../schedule/spill-files.js';
 import { tokenizerRamBytes } from '../formats/tokenizer.js';
 import { loadPartitioned, savePartitioned } from './partition/checkpoint.js';
 import { nameStyle, optionName } from '../util/names.js';
@@ -98,7 +99,7 @@ async function* trainLocked(o: ResolvedOptions, seqLenByDefault: boolean, env: R
     throw new UserError(`${optionName('out')} ${o.out} already holds a training run (${path.basename(existing)}); pass ${optionName('resume')} to continue it, or choose another ${optionName('out')}`);
   }
   if (existing && o.resume) {
-    checkResume(existing, math, comm.size, data);
+    checkResume(existing, math, comm.size, data, evalData);
     // A save or prune killed midway left a temporary copy (a whole checkpoint's size); a run
     // with nothing left to train makes no save that would clear it.
     if (comm.rank === 0) removeTemporaries(o.out);
@@ -169,9 +170,12 @@ function lockOut(out: string, comm: Comm): () => void {
     throw new UserError(`${optionName('out')} ${out}: another training run${answer[1] ? ` (pid ${answer[1]})` : ''} is writing it (it holds ${file}); ` +
       `wait for it to end, or choose another ${optionName('out')}`);
   }
+  // A run ended by SIGTERM or Ctrl-C never reaches train()'s finally: the file went at exit only.
+  const forget = lock ? removeAtExit(file) : () => {};
   return () => {
     if (!lock) return;
     fs.rmSync(file, { force: true });
+    forget();
     lock.release();
   };
 }
@@ -248,7 +252,8 @@ async function* runSteps(trainer: Trainer, o: ResolvedOptions, data: Dataset, ev
       }
       metrics?.write(out);
       if ((o.saveEvery > 0 && step % o.saveEvery === 0) || step === totalSteps) {
-        out.checkpoint = await save(trainer, o, { math, bf16_kernel: bf16Kernel, ranks: comm.size }, step, batcher, comm);
+        const options = { math, bf16_kernel: bf16Kernel, ranks: comm.size, eval_data: evalRecord(evalData) };
+        out.checkpoint = await save(trainer, o, options, step, batcher, comm);
         saved = step;
       }
       yield out;
@@ -294,7 +299,7 @@ function checkRanksAgree(comm: Comm, data: Dataset, evalData: Dataset | null, ma
  *  any weight is read, so that another model is named as such, not by a missing tensor, and
  *  before the trainer opens: an offloaded one fills its states on disk first, minutes for
  *  OPT-1.3B). */
-function checkResume(dir: string, math: Record<string, string | number>, ranks: number, data: Dataset): void {
+function checkResume(dir: string, math: Record<string, string | number>, ranks: number, data: Dataset, evalData: Dataset | null): void {
   // Each rank's slices of the state only fit the same number of ranks.
   const savedRanks = savedOptions(dir)?.ranks ?? 1;
   if (savedRanks !== ranks) {
@@ -314,6 +319,28 @@ function checkResume(dir: string, math: Record<string, string | number>, ranks: 
     throw new UserError(`${data.file}: the data differs from the run being resumed (${dir}; file, tokenizer or sequence length changed); its sequences would not continue ` +
       `where that run stopped; resume with the same ${optionName('data')}, or start a new run in another ${optionName('out')}`);
   }
+  checkEvalData(dir, evalData);
+}
+
+/** The eval data must be the one the run evaluated before, or metrics.jsonl would mix the losses
+ *  of two sets. Compared by fingerprint, as the data is (a copy elsewhere is the same data); a
+ *  checkpoint saved before the eval data was recorded has no `eval_data`: accepted. */
+function checkEvalData(dir: string, evalData: Dataset | null): void {
+  const options = savedOptions(dir);
+  if (!options || !('eval_data' in options)) return;
+  const saved = options.eval_data as { file?: Json; fingerprint?: Json } | null;
+  if ((saved?.fingerprint ?? null) === (evalData?.fingerprint ?? null)) return;
+  const flag = optionName('evalData');
+  const was = saved ? `evaluated on ${flag} ${String(saved.file)}` : `had no ${flag}`;
+  const change = !evalData ? `this one has no ${flag}; metrics.jsonl would evaluate only part of the run`
+    : saved ? `${evalData.file} differs from it (file, tokenizer or sequence length changed); metrics.jsonl would mix the losses of two eval sets`
+      : `this one has ${flag} ${evalData.file}; metrics.jsonl would evaluate only part of the run`;
+  throw new UserError(`${dir}: cannot resume: the run being resumed ${was}, ${change}; resume with the same ${flag}, or start a new run in another ${optionName('out')}`);
+}
+
+/** What a checkpoint records of the eval data, for a resume to compare (checkEvalData). */
+function evalRecord(evalData: Dataset | null): Json {
+  return evalData && { file: evalData.file, fingerprint: evalData.fingerprint };
 }
 
 /** A saved option's name as this caller spells it: checkpoints store the flags (`--seq-len`), which

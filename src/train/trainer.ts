@@ -195,7 +195,8 @@ export class Trainer {
     if (!Array.isArray(batch) || batch.length === 0) throw new TypeError('step: batch must be a non-empty array of sequences, or of micro-batches');
     const micro = batch.length > 0 && Array.isArray(batch[0]) ? (batch as TrainSequence[][]) : [batch as TrainSequence[]];
     // Under ranks each micro-batch is this rank's share of a global one, and a share may be empty.
-    const packed = micro.map((m) => (this.ranked && m.length === 0 ? null : packMicroBatch(m, c)));
+    // (errors name the micro-batch when there are several)
+    const packed = micro.map((m, i) => (this.ranked && m.length === 0 ? null : packMicroBatch(m, c, micro.length > 1 ? i : undefined)));
     const [targets, tokens] = this.sum([packed.reduce((n, m) => n + (m?.count ?? 0), 0), packed.reduce((n, m) => n + (m?.ids.length ?? 0), 0)]) as [number, number];
     if (targets === 0) throw new UserError('the step has no target to learn (every label is -100)');
     this.checkTokens(packed.filter((m) => m !== null));
