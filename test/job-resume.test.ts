@@ -2,12 +2,13 @@
 // Only a torn last line is repaired, blank lines are skipped, any other bad line stops the job
 // with the file untouched, error lines are tried again, and outputs that are not results files
 // are refused before the model loads.
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { FileLock } from '../src/tensor/disk/lock.js';
 import { cli } from './helpers/cli.js';
-import { type Reference, readJsonl, fixturesDir, tmpDir } from './helpers/fixtures.js';
+import { type Reference, readJsonl, fixturesDir, repoRoot, tmpDir } from './helpers/fixtures.js';
 
 const opt = path.join(fixturesDir, 'opt-tiny');
 const prompts = path.join(fixturesDir, 'prompts.jsonl');
@@ -118,6 +119,25 @@ describe('resuming a batch job', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(readJsonl<{ id: string }>(out).map((l) => l.id)).toEqual(reference.map((x) => x.id));
     expect(fs.readdirSync(dir)).toEqual(['out.jsonl']);
+  });
+
+  it('a run stopped by SIGTERM leaves no FILE.lock, and keeps its finished lines', async () => {
+    const dir = tmpDir('sigterm-lock');
+    const out = path.join(dir, 'out.jsonl');
+    const input = path.join(dir, 'in.jsonl');
+    fs.writeFileSync(input, Array.from({ length: 3000 }, (_, i) => JSON.stringify({ id: `r${i}`, prompt_token_ids: [5, 6, 7], max_new_tokens: 100 })).join('\n') + '\n');
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'src/cli/run.ts'), 'generate', '--model', opt, '--prompts', input, '--out', out,
+      '--ignore-eos', '--threads', '1'], { cwd: repoRoot, stdio: 'ignore' });
+    const ended = new Promise<NodeJS.Signals | null>((resolve) => child.on('exit', (_code, signal) => resolve(signal)));
+    // once results are being written, and the lock file is there
+    for (let i = 0; i < 600 && !(fs.existsSync(out) && fs.statSync(out).size > 0); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(fs.existsSync(`${out}.lock`)).toBe(true);
+    child.kill('SIGTERM');
+    expect(await ended).toBe('SIGTERM');
+    expect(fs.readdirSync(dir).sort()).toEqual(['in.jsonl', 'out.jsonl']);
+    const kept = readJsonl<{ id: string }>(out);
+    expect(kept.length).toBeGreaterThan(0);
+    expect(kept.length).toBeLessThan(3000);
   });
 
   it('tries error lines again (the newest line per id wins) and exits non-zero while any request fails', () => {

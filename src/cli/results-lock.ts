@@ -4,6 +4,7 @@
 // and both wrote every result (every id twice).
 import fs from 'node:fs';
 import { lockRunFile } from '../tensor/disk/lock.js';
+import { removeAtExit } from '../schedule/spill-files.js';
 import { UserError } from '../util/errors.js';
 
 /** Takes FILE's lock, or refuses naming the flag; returns its release (which deletes the lock file). */
@@ -13,8 +14,11 @@ export function lockResults(flag: string, file: string): () => void {
   const lockFile = `${file}.lock`;
   const lock = lockRunFile(lockFile, `${flag} ${file}`);
   if (!lock) throw new UserError(`${flag} ${file}: another run is writing it (it holds ${lockFile}); wait for it to end, or write to another file`);
+  // (a run ended by SIGTERM or Ctrl-C never reaches its release: the file went at exit only)
+  const forget = removeAtExit(lockFile);
   return () => {
     fs.rmSync(lockFile, { force: true });
+    forget();
     lock.release();
   };
 }
