@@ -60,7 +60,7 @@ describe('options are checked by name', () => {
     expect(r.batch).toBe(2);
     await expect(api.ensureProfile({ quick: 'yes' } as never)).rejects.toThrow(new TypeError('ensureProfile(): quick must be true or false, got "yes"'));
     await expect(api.ensureProfile({ disk_dir: '/tmp' } as never)).rejects.toThrow(/^ensureProfile\(\) options: unknown option "disk_dir"/);
-    await expect(api.ensureProfile({ threads: 0 })).rejects.toThrow(/threads must be an integer >= 1, got 0/);
+    await expect(api.ensureProfile({ threads: 0 })).rejects.toThrow(/threads must be an integer in \[1, 1024\], got 0/);
   });
 
   it('unknown keys throw a TypeError naming them, in every options object', async () => {

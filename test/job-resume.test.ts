@@ -95,7 +95,7 @@ describe('resuming a batch job', () => {
     expect(fs.readFileSync(notes, 'utf8')).toBe('# notes\n\nsome text\n');
     const p = cli(['generate', '--model', opt, '--prompts', dir, '--out', path.join(dir, 'o.jsonl')]);
     expect(p.code).toBe(1);
-    expect(p.stderr).toContain(`tierlm: ${dir}: is a directory`);
+    expect(p.stderr).toContain(`tierlm: --prompts ${dir}: is a directory, not a JSONL file`);
     expect(p.stderr).not.toMatch(/\n\s+at /);
   });
 

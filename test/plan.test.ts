@@ -58,10 +58,10 @@ describe('policy search', () => {
 
   it('limits that cannot be met name the tier and the shortfall', async () => {
     await expect(planPolicy({ config: 'opt-6.7b', promptLen: 64, genLen: 32, limits: { ram: 8 * GiB }, disk: false, profile }))
-      .rejects.toThrow(/does not fit in the RAM limit 8\.00 GiB and no disk tier was given: add diskDir .*, or raise ramBytes by about/);
+      .rejects.toThrow(/does not fit in the RAM limit 8\.00 GiB and no disk tier was given: pass disk: true .*, or raise limits\.ram by about/);
     // Where a disk tier would not be enough, it is not offered alone (it was, and then failed).
     const both = await planPolicy({ config: 'opt-30b', promptLen: 64, genLen: 32, limits: { ram: 512 * 2 ** 20 }, disk: false, profile }).catch((e: Error) => e);
-    expect((both as Error).message).toMatch(/^the model does not fit in the RAM limit 512\.0 MiB: raise ramBytes by about [\d.]+ GiB \(a disk tier alone would not do: .* need [\d.]+ (MiB|GiB); with diskDir, raise it by about [\d.]+ (MiB|GiB)\)$/);
+    expect((both as Error).message).toMatch(/^the model does not fit in the RAM limit 512\.0 MiB: raise limits\.ram by about [\d.]+ GiB \(a disk tier alone would not do: .* need [\d.]+ (MiB|GiB); with disk: true, raise it by about [\d.]+ (MiB|GiB)\)$/);
     const withDisk = await planPolicy({ config: 'opt-30b', promptLen: 64, genLen: 32, limits: { ram: 512 * 2 ** 20 }, disk: true, profile }).catch((e: Error) => e);
     expect((withDisk as Error).message).toMatch(/RAM limit 512\.0 MiB is too small/);
     await expect(planPolicy({ config: 'opt-30b', promptLen: 64, genLen: 32, limits: { ram: 512 * 2 ** 20 }, disk: true, profile }))
@@ -151,7 +151,7 @@ describe('tierlm plan', () => {
   });
 
   it('prints the policy, predictions and memory per tier', () => {
-    const r = cli(['plan', '--config', 'opt-6.7b', '--prompt-len', '64', '--gen-len', '32', '--ram', '8GiB', '--disk-dir', tmpDir('p')]);
+    const r = cli(['plan', '--config', 'opt-6.7b', '--prompt-len', '64', '--gen-len', '32', '--ram', '8GiB', '--disk-dir', tmpDir('p'), '--disk', '64GiB']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/policy {3}gpu batch \d+ × \d+ batches/);
     expect(r.stdout).toMatch(/predicted prefill [\d.]+ tok\/s \((disk|compute)-bound\), decode [\d.]+ tok\/s \((disk|compute)-bound\), total [\d.]+ tok\/s/);

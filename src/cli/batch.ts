@@ -53,7 +53,7 @@ async function runBatchCommand(o: BatchFlags): Promise<void> {
     errors = o.errors !== undefined ? new ResultWriter(o.errors, batchRecord) : null;
     modelDir('--model', o.model);
     checkPlanningPaths(o);
-    const source = await openPrompts(o.input);
+    const source = await openPrompts(o.input, '--input');
     const scan = await scanBatch(source.lines(), (id) => out!.done.has(id) || errors?.done.has(id) === true);
     // The block is planned as `tierlm serve` plans it (serverWorkload), so answers are the server's.
     const work = serverWorkload(o.model, jobIdBytes(out.done.size + (errors?.done.size ?? 0), scan.lines));

@@ -104,7 +104,7 @@ async function runGenerate(o: GenerateFlags): Promise<void> {
     writer = o.out !== undefined ? new ResultWriter(o.out) : null;
     modelDir('--model', o.model);
     checkPlanningPaths(o);
-    const source = o.prompts !== undefined ? await openPrompts(o.prompts) : null;
+    const source = o.prompts !== undefined ? await openPrompts(o.prompts, '--prompts') : null;
     const longest = new Longest(o.maxNewTokens);
     const limits = scanLimits(o.model);
     const scan = source ? await scanPrompts(source, writer?.done ?? new Set(), limits, (r) => longest.see(r, limits.maxPositions))
@@ -113,7 +113,7 @@ async function runGenerate(o: GenerateFlags): Promise<void> {
     // (the requests left to run, and the longest of them: a block shape given by hand, or by a
     // policy file, that holds none of them, or not the longest, is refused before the model loads)
     const model = await LanguageModel.load(o.model, { ...await loadOptions(o, fitWorkload(o.model, work)), requests: scan.pending || undefined },
-      source ? longest.request ?? undefined : { id: 'prompt', promptTokens: 1, newTokens: o.maxNewTokens });
+      source ? longest.request ?? undefined : { id: 'prompt', promptTokens: 1, promptAtLeast: true, newTokens: o.maxNewTokens });
     await closingAfter(model, async () => {
       if (source) await runBatchJob(model, writer!, o, source, scan.count);
       else await runOnePrompt(model, writer, o);
@@ -146,7 +146,7 @@ class Longest {
     const newTokens = Math.min(r.maxNewTokens ?? this.maxNewTokens, this.maxNewTokens);
     const positions = Math.min(maxPositions, ids + newTokens);
     if (this.request && !this.longer(positions, ids, maxPositions)) return;
-    this.request = { id: r.id, promptTokens: ids, newTokens };
+    this.request = { id: r.id, promptTokens: ids, newTokens, promptAtLeast: !Array.isArray(r.promptTokenIds) };
   }
 
   /** Whether a request of `positions` holds more than the longest so far (on a tie, a longer

@@ -17,8 +17,13 @@ export function oneOf<T extends string>(name: string, values: readonly T[]) {
   };
 }
 
+/** Comma-separated integers >= 0. An empty item is refused, not dropped: "1,,2" (a lost id) and
+ *  "" (an unset variable) were taken silently as fewer ids, or none. */
 export function intList(name: string) {
-  return (v: string): number[] => v.split(',').filter((s) => s.trim() !== '').map((s) => int(name)(s.trim()));
+  return (v: string): number[] => v.split(',').map((s, i) => {
+    if (s.trim() === '') throw new InvalidArgumentError(`${name} must be comma-separated integers >= 0, got "${v}" (item ${i + 1} is empty)`);
+    return int(name)(s.trim());
+  });
 }
 
 /** A numeric option checked by the engine's own rule for it (src/engine/options.ts), so the CLI

@@ -3,7 +3,7 @@
 // and tiles, with the predicted step time and what bounds it.
 import { readConfig, readPreset } from '../models/registry.js';
 import { tokenizerRamBytes } from '../formats/tokenizer.js';
-import type { ModelConfig } from '../models/config.js';
+import { type ModelConfig, positionsNote } from '../models/config.js';
 import type { NameTable } from '../models/architecture.js';
 import { TensorStore } from '../formats/safetensors.js';
 import type { HardwareProfile } from '../policy/profile.js';
@@ -41,10 +41,18 @@ function shape(o: TrainPlanFlags): { config: ModelConfig; names: NameTable } {
   return { config, names: arch.names(config, () => false) };
 }
 
+/** As `tierlm train` takes it: the default shrinks to the model's positions, a given --seq-len
+ *  must fit them (a plan for fewer tokens than the run asks for would be planned for another run). */
+function fitSeqLen(given: number | undefined, config: ModelConfig): number {
+  if (given === undefined) return Math.min(512, config.maxPositions);
+  if (given > config.maxPositions) throw new UserError(`--seq-len ${given} is longer than the model's ${config.maxPositions} positions${positionsNote(config)}`);
+  return given;
+}
+
 export function trainPlan(o: TrainPlanFlags, profile: HardwareProfile): { plan: TrainPlan; config: ModelConfig; seqLen: number; batchSize: number } {
   if (o.ram === undefined) throw new UserError('plan --train needs --ram: the plan places the model states under a RAM limit');
   const { config, names } = shape(o);
-  const seqLen = Math.min(o.seqLen ?? 512, config.maxPositions), batchSize = o.batchSize ?? 4;
+  const seqLen = fitSeqLen(o.seqLen, config), batchSize = o.batchSize ?? 4;
   const plan = planTraining({ config, names, precision: o.precision ?? 'fp32', seqLen, batchSize, ram: o.ram, disk: o.disk, profile, checkpointActivations: true,
     ranks: o.ranks, tileSize: o.tileSize, subGroupSize: o.subGroupSize,
     // (a training run holds the model's tokenizer in RAM while it reads its data, as it counts it)

@@ -1,6 +1,8 @@
 // `tierlm serve`: the OpenAI-compatible HTTP server (src/server) over one loaded model. SIGTERM or
 // Ctrl-C stops accepting connections, lets the requests in flight finish, stops each batch job
 // after its lines in flight are written (a restart goes on with it), then exits.
+import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { type Command, Option } from 'commander';
@@ -11,7 +13,7 @@ import { Store } from '../server/store.js';
 import { UserError } from '../util/errors.js';
 import { servedName } from './model-name.js';
 import { int } from './parse.js';
-import { modelDir } from './paths.js';
+import { modelDir, newDir } from './paths.js';
 import { type PolicyFlags, type Workload, addPolicyOptions, checkPlanningPaths, fitWorkload, loadOptions, sizeOption } from './policy-options.js';
 
 interface ServeFlags extends PolicyFlags {
@@ -60,12 +62,15 @@ async function runServe(o: ServeFlags): Promise<void> {
   const apiKey = apiKeyOf(o.apiKey, process.env.TIERLM_API_KEY);
   modelDir('--model', o.model);
   checkPlanningPaths(o);
-  const dataDir = path.resolve(o.dataDir ?? path.join(os.homedir(), '.cache', 'tierlm', 'serve'));
+  const dataDir = dataDirOf(o.dataDir);
   // Planned for prompts of up to 512 tokens and answers of up to 128 (within the model's positions),
   // run as the scheduler runs them: in chunks beside the decode rows, so a step's workspace is a
   // chunk plus a batch's rows, not a batch of whole prompts.
   // The data directory first: one another server keeps is refused before the model loads.
   const store = new Store(dataDir);
+  // The address too: a host that does not resolve (or a port in use) was refused only after the
+  // model had loaded, in the resolver's words.
+  await checkAddress(o.host, o.port);
   // The request bodies the server may hold at once count against --ram with the model's items.
   const bodyBudget = BODY_BUDGET_LIMITS * o.bodyLimit;
   const work = serverWorkload(o.model, BODY_RAM_PER_BYTE * bodyBudget);
@@ -79,7 +84,9 @@ async function runServe(o: ServeFlags): Promise<void> {
     engine: engineFor(model, name), dataDir: store, apiKey, maxQueue: o.maxQueue,
     bodyLimit: o.bodyLimit, bodyBudget, fileLimit: FILE_LIMIT, batchConcurrency: batchConcurrency(model),
   });
-  const address = await server.app.listen({ host: o.host, port: o.port });
+  const address = await server.app.listen({ host: o.host, port: o.port }).catch((e: unknown) => {
+    throw addressError(o.host, o.port, e);
+  });
   server.jobs.resume();
   process.stderr.write(`tierlm: serving ${name} at ${address} (files and batches in ${dataDir}; ` +
     `gpu batch ${model.policy.gpuBatchSize} × ${model.policy.numGpuBatches} batches)\n`);
@@ -98,6 +105,46 @@ async function runServe(o: ServeFlags): Promise<void> {
   await model.scheduler().drain();
   await model.close();
   process.stderr.write('tierlm: stopped\n');
+}
+
+/** --data-dir as given: a directory, or a new one in a directory that exists (a typo in a parent
+ *  made a whole new tree with an empty store, and the batch jobs the user meant to resume seemed
+ *  gone; a file gave the raw ENOTDIR of a mkdir). Only the default, under ~/.cache, is made with
+ *  its parents. */
+function dataDirOf(given: string | undefined): string {
+  if (given === undefined) return path.join(os.homedir(), '.cache', 'tierlm', 'serve');
+  newDir('--data-dir', given, true);
+  if (fs.existsSync(given)) {
+    try {
+      fs.accessSync(given, fs.constants.W_OK);
+    } catch {
+      throw new UserError(`--data-dir ${given}: is not writable`);
+    }
+  }
+  return path.resolve(given);
+}
+
+/** Binds HOST:PORT once and lets it go, so that an address the server cannot listen on is refused
+ *  before the model loads (the port is free again at once: Node listens with SO_REUSEADDR). */
+async function checkAddress(host: string, port: number): Promise<void> {
+  const probe = net.createServer();
+  await new Promise<void>((resolve, reject) => {
+    probe.once('error', (e) => reject(addressError(host, port, e)));
+    probe.listen({ host, port }, () => probe.close(() => resolve()));
+  });
+}
+
+/** A listen error naming the flags, with what its code means. */
+function addressError(host: string, port: number, e: unknown): Error {
+  const code = (e as NodeJS.ErrnoException).code ?? '';
+  const why: Record<string, string> = {
+    ENOTFOUND: 'no such host (it does not resolve)',
+    EAI_AGAIN: 'the host does not resolve',
+    EADDRNOTAVAIL: 'not an address of this machine',
+    EADDRINUSE: 'the port is in use',
+    EACCES: 'not allowed (ports below 1024 need privileges)',
+  };
+  return new UserError(`--host ${host} --port ${port}: ${why[code] ? `${why[code]} (${(e as Error).message})` : (e as Error).message}`);
 }
 
 /** The workload a server plans for: prompts of up to 512 tokens, answers of up to 128, prefill in

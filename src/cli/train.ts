@@ -38,7 +38,7 @@ export function addTrainCommand(program: Command): void {
     .option('--resume', 'continue the run in OUT from its latest checkpoint (from the start if it has none)')
     .option('--eval-data <file>', 'evaluation data (JSONL, same shapes): loss and perplexity')
     .option('--eval-every <n>', 'evaluate every n steps (0 = after the last step only)', int('--eval-every', 0), D.evalEvery)
-    .option('--threads <n>', 'compute threads (default: all cores)', int('--threads', 1))
+    .option('--threads <n>', 'compute threads (default: all cores)', rule('threads'))
     .option('--no-checkpoint-activations', 'keep every layer\'s activations instead of recomputing them in backward (faster, more memory)')
     .option('--ram <size>', 'RAM limit, a hard limit: the model states go on RAM and disk under it (needs --disk-dir; a size needs a unit: 4GiB)', sizeOption('--ram'))
     .option('--disk-dir <dir>', 'directory of the disk tier for the offloaded states (must exist and be writable)')

@@ -6,9 +6,13 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { initModel } from '../models/init.js';
+import { presetNames } from '../models/presets.js';
 import { RUNTIME_OVERHEAD_BYTES } from '../policy/memory.js';
 import { ensureProfile } from '../policy/profile.js';
 import { formatSize } from '../tensor/tiers/size.js';
+import { UserError } from '../util/errors.js';
+import { nameStyle } from '../util/names.js';
+import { statOrNull } from '../util/stat.js';
 import { type BenchResult, runBench } from './bench.js';
 import { type PlanResult, planPolicyInChild } from './plan.js';
 
@@ -35,6 +39,7 @@ export const DEMO_CONFIG = 'opt-demo-1b';
 export async function runDemo(o: DemoOptions): Promise<DemoResult> {
   const root = o.dir ?? path.join(os.homedir(), '.cache', 'tierlm', 'demo');
   const config = o.config ?? DEMO_CONFIG;
+  checkDemoOptions(o.dir, config);
   const model = path.join(root, config);
   const disk = path.join(root, 'disk');
   fs.mkdirSync(disk, { recursive: true });
@@ -57,6 +62,23 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
   o.log(`generating ${p.gpuBatchSize * p.numGpuBatches} sequences: ${promptLen}-token prompts, ${genLen} new tokens each ...`);
   const run = await runBench({ model, promptLen, genLen, policy: p, diskDir: disk, ramBytes: ram });
   return { modelBytes, ramBytes: ram, plan, run };
+}
+
+/** The shape and a given directory, checked before anything is printed or made: a --config of
+ *  no shape was refused only after "making a nosuch model" and after DIR/disk was made, and a
+ *  --dir that is a file gave the raw ENOTDIR of a mkdir. A given directory is made only in a
+ *  directory that exists (as `tierlm init --out`); the default, under ~/.cache, with its parents. */
+function checkDemoOptions(dir: string | undefined, config: string): void {
+  const flags = nameStyle() === 'flags';
+  if (!presetNames().includes(config)) {
+    throw new UserError(`${flags ? '--config' : 'config'} ${config}: unknown shape (known: ${presetNames().join(', ')})`);
+  }
+  if (dir === undefined) return;
+  const name = flags ? '--dir' : 'dir';
+  const s = statOrNull(dir);
+  if (s && !s.isDirectory()) throw new UserError(`${name} ${dir}: is a file, not a directory`);
+  const parent = path.dirname(path.resolve(dir));
+  if (!s && !statOrNull(parent)?.isDirectory()) throw new UserError(`${name} ${dir}: its parent ${parent} does not exist`);
 }
 
 export function demoReport(d: DemoResult): string {

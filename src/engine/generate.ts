@@ -246,7 +246,7 @@ export class Generator {
     } catch (e) {
       return fail((e as Error).message);
     }
-    const bad = checkRequestLimits(req, this.s.tokenizer !== null, names);
+    const bad = checkRequestLimits(req, this.s.tokenizer !== null, names, this.s.config.vocabSize);
     if (bad) return fail(bad);
     const max = this.s.config.maxPositions;
     // (a text surely past the positions is refused before it is encoded: a 3 MB prompt took
@@ -409,7 +409,7 @@ function whenAborted(signal: AbortSignal, cancel: () => void): () => void {
 }
 
 /** What is wrong with a request's own limits (stop, stopTokenIds, logprobs, topLogprobs), or null. */
-export function checkRequestLimits(req: GenerationRequest, hasTokenizer: boolean, names: RequestNames = 'api'): string | null {
+export function checkRequestLimits(req: GenerationRequest, hasTokenizer: boolean, names: RequestNames = 'api', vocabSize = Infinity): string | null {
   const [stopTokenIds, topLogprobs] = names === 'api' ? ['stopTokenIds', 'topLogprobs'] : ['stop_token_ids', 'top_logprobs'];
   if (req.stop !== undefined) {
     if (!Array.isArray(req.stop) || req.stop.length > 4 || !req.stop.every((s) => typeof s === 'string' && s.length > 0)) {
@@ -420,6 +420,8 @@ export function checkRequestLimits(req: GenerationRequest, hasTokenizer: boolean
   if (req.stopTokenIds !== undefined && !(Array.isArray(req.stopTokenIds) && req.stopTokenIds.every((t) => Number.isSafeInteger(t) && t >= 0))) {
     return `"${stopTokenIds}" must be an array of non-negative integers`;
   }
+  const outside = req.stopTokenIds?.find((t) => t >= vocabSize);
+  if (outside !== undefined) return `"${stopTokenIds}": ${outside} is outside the model's vocabulary of ${vocabSize} tokens`;
   if (req.logprobs !== undefined && typeof req.logprobs !== 'boolean') return '"logprobs" must be true or false';
   if (req.topLogprobs !== undefined && !(Number.isSafeInteger(req.topLogprobs) && req.topLogprobs >= 0 && req.topLogprobs <= 20)) {
     return `"${topLogprobs}" must be an integer in [0, 20]`;

@@ -8,7 +8,7 @@ import type { ModelConfig } from '../models/config.js';
 import { openModel } from '../models/load.js';
 import { Transformer } from '../models/transformer.js';
 import { type Policy, cacheDtypeOf, policyFromOptions, shares } from '../policy/policy.js';
-import { checkKeys } from '../util/names.js';
+import { checkKeys, optionName } from '../util/names.js';
 import { checkApiValue, givenOnly } from '../util/options.js';
 import { BlockRunner } from '../schedule/runner.js';
 import { selectBf16Kernel } from '../backend/cpu/bf16-kernel.js';
@@ -60,6 +60,8 @@ export interface LongestRequest {
   id: string;
   promptTokens: number;
   newTokens: number;
+  /** promptTokens is only a lower bound (a text prompt, not yet encoded). */
+  promptAtLeast?: boolean;
 }
 
 /** Blocks a model's calls have opened: how many of each shape, and of fewer rows than their call's
@@ -259,7 +261,11 @@ export class LanguageModel {
       throw new RangeError(`cacheDtype "${given.cacheDtype}" contradicts the model's policy.compressCache (a 4-bit KV cache): ` +
         'leave cacheDtype out (or give "q4"), or load the model without compressCache');
     }
-    return resolveParams({ batchSize: this.policy.gpuBatchSize, numGpuBatches: this.policy.numGpuBatches, cacheDtype: cacheDtypeOf(this.policy), ...given, ...cache });
+    const p = resolveParams({ batchSize: this.policy.gpuBatchSize, numGpuBatches: this.policy.numGpuBatches, cacheDtype: cacheDtypeOf(this.policy), ...given, ...cache });
+    // (an id past the vocabulary is never sampled: it stopped nothing, silently)
+    const outside = p.stopTokenIds.find((t) => t >= this.config.vocabSize);
+    if (outside !== undefined) throw new RangeError(`${optionName('stopTokenIds')}: ${outside} is outside the model's vocabulary of ${this.config.vocabSize} tokens`);
+    return p;
   }
 
   private generator(): Generator {
@@ -309,8 +315,14 @@ function checkSmallestBlock(c: ModelConfig, policy: Policy, wItems: MemoryItem[]
   const positions = longest ? Math.min(c.maxPositions, prompt + longest.newTokens) : 1;
   const shape = { rows, batches, capacity: positions, maxTokens: Math.max(rows, prompt), cacheBytesPerElement: cacheBytesPerElement(cacheDtypeOf(policy), c.headDim) };
   const holding = longest ? `, the smallest the policy allows for this job, holding its longest request "${longest.id}" ` +
-    `(${positions} positions: a prompt of ${prompt} tokens and up to ${positions - prompt} new ones)` : '';
+    `(${positions} positions: a prompt of ${promptSize(prompt, longest.promptAtLeast === true)} and up to ${positions - prompt} new ones)` : '';
   checkLimits([...wItems, ...blockItems(c, policy, shape)], limits, `${blockName(shape)}${holding}`);
+}
+
+/** A prompt's length in a message: a text prompt's, not known before it is encoded, as the lower
+ *  bound it is ("a prompt of 1 tokens" for a prompt of many words). */
+function promptSize(tokens: number, atLeast: boolean): string {
+  return `${atLeast ? 'at least ' : ''}${tokens} token${tokens === 1 ? '' : 's'}`;
 }
 
 /** How a block is named in messages: its shape as plan prints it. */

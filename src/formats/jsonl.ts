@@ -22,17 +22,21 @@ export interface PromptSource {
   lines(): AsyncIterable<string>;
 }
 
-/** Opens a prompts file, or standard input for `-`; refuses a directory or an unreadable file. */
-export async function openPrompts(file: string): Promise<PromptSource> {
+/** Opens a prompts file, or standard input for `-`; refuses a missing, directory or unreadable one,
+ *  naming it by `option`: the caller's flag (--prompts, --input) or API option. */
+export async function openPrompts(file: string, option = 'prompts'): Promise<PromptSource> {
   if (file === '-') return bufferedSource('standard input', process.stdin);
+  // (named as the caller's flag or option, as --model and --policy are: "nofile.jsonl: cannot read
+  // prompts (ENOENT)" named neither `tierlm batch --input` nor what was wrong)
   const stat = statOrNull(file);
-  if (stat?.isDirectory()) throw new UserError(`${file}: is a directory (prompts need a JSONL file)`);
+  if (!stat) throw new UserError(`${option} ${file}: does not exist`);
+  if (stat.isDirectory()) throw new UserError(`${option} ${file}: is a directory, not a JSONL file`);
   try {
     fs.accessSync(file, fs.constants.R_OK);
   } catch (e) {
-    throw new UserError(`${file}: cannot read prompts (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    throw new UserError(`${option} ${file}: cannot be read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
-  if (!stat!.isFile()) return bufferedSource(file, fs.createReadStream(file));
+  if (!stat.isFile()) return bufferedSource(file, fs.createReadStream(file));
   return { name: file, lines: () => fileLines(file) };
 }
 

@@ -12,7 +12,7 @@ import highsModule, { type LegacyHighs } from 'highs';
 import type { ModelConfig } from '../models/config.js';
 import { formatSize } from '../tensor/tiers/size.js';
 import { UserError } from '../util/errors.js';
-import { optionName } from '../util/names.js';
+import { nameStyle, optionName } from '../util/names.js';
 import { type LayerCosts, type LinearTime, type PartBytes, type Placement, type Prediction, type Rates, type UnitCost, type Workload, layerCosts, predict } from './cost-model.js';
 import { type Limits, type MemoryItem, blockItems, weightItems } from './memory.js';
 import { DEFAULT_POLICY, type Policy } from './policy.js';
@@ -140,6 +140,12 @@ function lp(costs: LayerCosts, w: Workload, layers: number, ram: { W: number; C:
   return lines.join('\n');
 }
 
+// The options the refusals name, as the caller gave them: the CLI's flags, or planPolicy()'s own
+// (the only API that plans: it said "raise ramBytes", an option of loadModel's, not planPolicy's).
+const ramOption = () => (nameStyle() === 'flags' ? optionName('ramBytes') : 'limits.ram');
+const diskOption = () => (nameStyle() === 'flags' ? optionName('diskDir') : 'disk: true');
+const addDisk = () => (nameStyle() === 'flags' ? `add ${diskOption()}` : `pass ${diskOption()}`);
+
 /** The best policy for a workload under the limits, with its predicted throughput and memory. */
 export async function searchPolicy(input: SearchInput): Promise<Plan> {
   const highs = await loadHighs();
@@ -196,15 +202,15 @@ export async function searchPolicy(input: SearchInput): Promise<Plan> {
   if (!best) {
     const W = input.layerBytes.reduce((a, b) => a + b, 0);
     if (input.limits.disk === 0) {
-      const raise = `raise ${optionName('ramBytes')} by about ${formatSize(smallestRam / share - ramLimit)}`;
+      const raise = `raise ${ramOption()} by about ${formatSize(smallestRam / share - ramLimit)}`;
       // A disk tier is advice only when the rest, with everything it can hold on it, fits.
       if (smallestWithDisk <= ramCap) {
         throw new UserError(`the model does not fit in the RAM limit ${formatSize(ramLimit)} and no disk tier was given: ` +
-          `add ${optionName('diskDir')} (with at least ${formatSize(W)} free for its packed weights), or ${raise}`);
+          `${addDisk()} (with at least ${formatSize(W)} free for its packed weights), or ${raise}`);
       }
       throw new UserError(`the model does not fit in the RAM limit ${formatSize(ramLimit)}: ${raise} (a disk tier alone would not do: ` +
         `with the weights, cache and activations on it, the embeddings, LM head, staging buffers and workspace still need ${formatSize(smallestWithDisk)}; ` +
-        `with ${optionName('diskDir')}, raise it by about ${formatSize(smallestWithDisk / share - ramLimit)})`);
+        `with ${diskOption()}, raise it by about ${formatSize(smallestWithDisk / share - ramLimit)})`);
     }
     if (smallestRam > ramCap) {
       // (it said "one sequence per batch" for a shape the user fixed, and named a need below the

@@ -84,8 +84,7 @@ export class Store {
   constructor(readonly dir: string) {
     this.filesDir = path.join(dir, 'files');
     this.batchesDir = path.join(dir, 'batches');
-    fs.mkdirSync(this.filesDir, { recursive: true });
-    fs.mkdirSync(this.batchesDir, { recursive: true });
+    for (const d of [this.filesDir, this.batchesDir]) makeDir(d, dir);
     this.lock = lockDataDir(dir);
   }
 
@@ -142,6 +141,18 @@ export class Store {
     return fs.readdirSync(this.batchesDir).filter((f) => BATCH_ID.test(f.replace(/\.json$/, '')) && f.endsWith('.json'))
       .map((f) => readJson<StoredBatch>(path.join(this.batchesDir, f))!).filter(Boolean)
       .sort((a, b) => b.batch.created_at - a.batch.created_at || (a.batch.id < b.batch.id ? 1 : -1));
+  }
+}
+
+/** Makes `sub` of the data directory `dir` (with `dir` and its parents), or says what `dir` is
+ *  (a file gave a raw "ENOTDIR: not a directory, mkdir 'README.md/files'"). */
+function makeDir(sub: string, dir: string): void {
+  try {
+    fs.mkdirSync(sub, { recursive: true });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const what = code === 'ENOTDIR' ? 'it, or a directory above it, is a file' : `cannot make ${path.basename(sub)}/ in it (${code ?? (e as Error).message})`;
+    throw new UserError(`data directory ${dir}: ${what}`);
   }
 }
 

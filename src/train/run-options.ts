@@ -147,7 +147,7 @@ export function resolveOptions(o: TrainRunOptions): ResolvedOptions {
   int('saveEvery', 0);
   int('keepCheckpoints', 1);
   int('evalEvery', 0);
-  int('threads', 1);
+  if (r.threads !== undefined) checkApiValue('threads', r.threads);
   int('ram', 1);
   int('disk', 1);
   int('subGroupSize', 1);

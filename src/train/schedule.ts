@@ -32,6 +32,6 @@ export function checkSchedule(o: ScheduleOptions): void {
   if (!(Number.isFinite(o.lr) && o.lr >= 0)) throw new RangeError(`lr must be a finite number >= 0, got ${o.lr}`);
   if (!Number.isInteger(o.warmupSteps) || o.warmupSteps < 0) throw new RangeError(`warmupSteps must be an integer >= 0, got ${o.warmupSteps}`);
   if (o.schedule !== 'constant' && !(Number.isInteger(o.totalSteps) && o.totalSteps > 0)) {
-    throw new RangeError(`the ${o.schedule} schedule needs totalSteps, a positive integer (got ${o.totalSteps})`);
+    throw new RangeError(`the ${o.schedule} schedule needs totalSteps, a positive integer (${o.totalSteps === 0 ? 'none was given' : `got ${o.totalSteps}`})`);
   }
 }

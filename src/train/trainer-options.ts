@@ -32,7 +32,7 @@ export function checkTrainerOptions(o: unknown): asserts o is TrainerOptions {
     throw new RangeError(`betas must be two numbers in [0, 1), got ${JSON.stringify(t.betas)}`);
   }
   if (t.checkpointActivations !== undefined && typeof t.checkpointActivations !== 'boolean') throw new TypeError(`checkpointActivations must be true or false, got ${JSON.stringify(t.checkpointActivations)}`);
-  if (t.threads !== undefined && !positiveInt(t.threads)) throw new RangeError(`threads must be an integer >= 1, got ${String(t.threads)}`);
+  if (t.threads !== undefined) checkApiValue('threads', t.threads);
   if (t.offload !== undefined) checkOffload(t.offload);
 }
 

@@ -40,6 +40,7 @@ const NAMES = {
   seqLen: ['seqLen', '--seq-len'],
   resume: ['resume: true', '--resume'],
   profile: ['profile', '--profile'],
+  stopTokenIds: ['stopTokenIds', '--stop-token-ids'],
 } as const;
 
 export function optionName(key: keyof typeof NAMES): string {

@@ -14,6 +14,9 @@ export interface Rule {
 /** Samples a request may ask for at most. */
 export const MAX_SAMPLES = 128;
 
+/** Compute threads the native thread pool takes at most (native/napi). */
+export const MAX_THREADS = 1024;
+
 const int = (min: number) => (v: number) => Number.isSafeInteger(v) && v >= min;
 const finite = (lo: number, hi: number) => (v: number) => Number.isFinite(v) && v >= lo && v <= hi;
 
@@ -33,7 +36,8 @@ export const RULES = {
   attnSparsity: { api: 'policy.attnSparsity', flag: '--attn-sparsity', ok: (v) => v > 0 && v <= 1, want: 'a number in (0, 1]' },
   batchSize: { api: 'batchSize', flag: '--batch-size', ok: int(1), want: 'an integer >= 1' },
   numGpuBatches: { api: 'numGpuBatches', flag: '--num-gpu-batches', ok: int(1), want: 'an integer >= 1' },
-  threads: { api: 'threads', flag: '--threads', ok: int(1), want: 'an integer >= 1' },
+  // (the addon's own bound: past it the addon refused with a message naming neither the flag nor the value as written)
+  threads: { api: 'threads', flag: '--threads', ok: (v) => int(1)(v) && v <= MAX_THREADS, want: `an integer in [1, ${MAX_THREADS}]` },
   lr: { api: 'lr', flag: '--lr', ok: finite(0, Infinity), want: 'a finite number >= 0' },
   weightDecay: { api: 'weightDecay', flag: '--weight-decay', ok: finite(0, Infinity), want: 'a finite number >= 0' },
   maxGradNorm: { api: 'maxGradNorm', flag: '--max-grad-norm', ok: finite(0, Infinity), want: 'a finite number >= 0 (0 = no clipping)' },
