@@ -55,6 +55,31 @@ describe('an interactive request beside a full block of batch work', () => {
     for (const [k, req] of [...batch, interactive].entries()) expect(got[k]).toEqual(await alone(model, req));
   });
 
+  it('a batch request evicted once keeps its next slot: a steady stream of interactive ones does not starve it', async () => {
+    // Two interactive requests always in flight in a block of two rows. Evicted at every
+    // admission, the batch request never finished while the stream lasted (12930 interactive
+    // answers in 5 s, and the batch one after them).
+    const s = model.scheduler(params);
+    const req: GenerationRequest = { id: 'b', promptTokenIds: [3, 1, 4, 1, 5, 9, 2, 6], maxNewTokens: 10 };
+    let done = false;
+    let answered = 0;
+    let started!: () => void;
+    const running = new Promise<void>((r) => (started = r));
+    const batch = s.submit(req, { priority: 'batch', onToken: () => started() }).then((r) => ((done = true), r));
+    // (from its first token on: a batch request still waiting is admitted in a lull, by design)
+    await running;
+    const loop = async (k: number) => {
+      for (let i = 0; !done && answered < 2000; i++) {
+        await s.submit({ id: `i${k}-${i}`, promptTokenIds: [7, 8, 9, 10], maxNewTokens: 1 });
+        answered++;
+      }
+    };
+    await Promise.all([loop(0), loop(1)]);
+    expect(done).toBe(true);
+    expect(answered).toBeLessThan(2000);
+    expect(await batch).toEqual(await alone(model, req));
+  });
+
   it('batch requests among themselves, and interactive ones among themselves, preempt nothing', async () => {
     const s = model.scheduler(params);
     const order: string[] = [];

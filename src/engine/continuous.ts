@@ -4,7 +4,8 @@
 //   2. admit: waiting sequences (interactive before batch, in arrival order) take free slots,
 //      until one does not fit the block (then nothing after it is admitted, so it is not starved:
 //      once the block empties it is reopened in a shape that fits); an interactive one finding
-//      the block full takes a batch sequence's slot (that one waits and is computed again);
+//      the block full takes a batch sequence's slot (that one, once at most, waits first in line
+//      and is computed again);
 //   3. build one step per batch: a decode token for every row past its prompt, and prompt
 //      chunks within the batch's prefill budget (oldest first), so prefill never stalls decode;
 //      when weights stream, in one mixed step (one load serves both), else taking turns (see plan);
@@ -160,7 +161,8 @@ export class ContinuousEngine {
 
   add(a: Admission): void {
     let at = this.waiting.length;
-    while (at > 0 && this.waiting[at - 1]!.priority > a.priority) at--;
+    // (not ahead of a sequence that gave its slot up: it takes the next one, see preemptFor)
+    while (at > 0 && this.waiting[at - 1]!.priority > a.priority && !this.gaveUp.has(this.waiting[at - 1]!)) at--;
     this.waiting.splice(at, 0, a);
   }
 
@@ -364,30 +366,42 @@ export class ContinuousEngine {
         const used = rows.filter(Boolean).length;
         if (used < rows.length && used < fewest) [best, fewest] = [k, used];
       });
-      if (best < 0) best = this.preemptFor(a);
-      if (best < 0) return true;
-      this.waiting.shift();
+      let next = a;
+      if (best < 0) {
+        // The block is full: the first interactive sequence waiting may take a batch one's slot.
+        const at = this.waiting.findIndex((w) => w.priority === 0);
+        if (at < 0 || !this.fits(this.waiting[at]!.seq, o)) return true;
+        [next] = this.waiting.splice(at, 1) as [Admission];
+        best = this.preemptFor();
+        if (best < 0) {
+          this.waiting.splice(at, 0, next);
+          return true;
+        }
+      } else {
+        this.waiting.shift();
+      }
       // A sample that runs until the context ends stops where the limits' context does (the
       // same whatever block it lands in).
-      if (a.seq.limits.untilContext) a.seq.limits.maxPositions = this.need(a.seq);
+      if (next.seq.limits.untilContext) next.seq.limits.maxPositions = this.need(next.seq);
       const rows = this.slots[best]!;
-      rows[rows.indexOf(null)] = { a, fed: 0, order: this.admitted++ };
-      if (!this.replayed.has(a)) this.stats.promptTokens += a.seq.ids.length;
+      rows[rows.indexOf(null)] = { a: next, fed: 0, order: this.admitted++ };
+      if (!this.replayed.has(next)) this.stats.promptTokens += next.seq.ids.length;
     }
     return true;
   }
 
-  /** An interactive sequence waiting for a full block takes a batch sequence's slot: that one
-   *  goes back to wait first among the batch ones, and is computed again from its tokens when it
-   *  has a slot again (as a given-up block's are: the same results). Without it an interactive
-   *  request waited for a whole batch line to finish (a 3-token completion took 48 s beside a
-   *  batch job). The batch sequence with the fewest tokens in its cache goes, the cheapest to
+  /** For an interactive sequence waiting for a full block: a batch sequence's slot, freed. That
+   *  one waits first in line (ahead of interactive ones too) and is computed again from its tokens
+   *  when it has a slot again (as a given-up block's are: the same results). Without it an
+   *  interactive request waited for a whole batch line to finish (a 3-token completion took 48 s
+   *  beside a batch job). A sequence gives its slot up once at most, and takes the next that
+   *  frees: a steady stream of interactive requests evicted it again and again, and it never
+   *  finished. The batch sequence with the fewest tokens in its cache goes, the cheapest to
    *  compute again. The freed slot's batch, or -1 when there is none to take. */
-  private preemptFor(a: Admission): number {
-    if (a.priority !== 0) return -1;
+  private preemptFor(): number {
     let victim: { k: number; r: number; fed: number } | null = null;
     this.slots.forEach((rows, k) => rows.forEach((x, r) => {
-      if (x && x.a.priority > 0 && !x.a.seq.done && (!victim || x.fed < victim.fed)) victim = { k, r, fed: x.fed };
+      if (x && x.a.priority > 0 && !x.a.seq.done && !this.gaveUp.has(x.a) && (!victim || x.fed < victim.fed)) victim = { k, r, fed: x.fed };
     }));
     if (!victim) return -1;
     const { k, r } = victim;
@@ -395,11 +409,14 @@ export class ContinuousEngine {
     this.slots[k]![r] = null;
     this.open?.block.release(k, r);
     this.replayed.add(x.a);
+    this.gaveUp.add(x.a);
     this.preempted++;
-    const at = this.waiting.findIndex((w) => w.priority >= x.a.priority);
-    this.waiting.splice(at < 0 ? this.waiting.length : at, 0, x.a);
+    this.waiting.unshift(x.a);
     return k;
   }
+
+  /** Batch sequences that gave their slot up to an interactive one (never asked twice). */
+  private readonly gaveUp = new WeakSet<Admission>();
 
   /** Batch sequences that gave their slot to an interactive one (see preemptFor). */
   preempted = 0;
