@@ -9,6 +9,8 @@ import { TensorStore } from '../formats/safetensors.js';
 import type { HardwareProfile } from '../policy/profile.js';
 import { formatSize } from '../tensor/tiers/size.js';
 import { type TrainPlan, planTraining } from '../train/offload/search.js';
+import type { OffloadPlan } from '../train/offload/plan.js';
+import type { Shares } from '../train/offload/layout.js';
 import { UserError } from '../util/errors.js';
 
 export interface TrainPlanFlags {
@@ -65,7 +67,8 @@ export function trainPlanJson(r: ReturnType<typeof trainPlan>): Record<string, u
   return {
     micro_batch: p.microBatch, grad_accum: p.gradAccum, seq_len: r.seqLen, sub_group_size: p.plan.subGroupSize, prefetch_depth: p.prefetchDepth,
     max_prefetch_depth: p.plan.maxDepth, tile_bytes: p.plan.tileBytes, tiled_weights: [...p.plan.tiled],
-    ram_percent: Object.fromEntries(Object.entries(p.plan.shares).map(([k, v]) => [k, Math.round(1000 * v) / 10])),
+    // (what the layout placed, as the memory items say: it keeps whole tensors, up to the share)
+    ram_percent: Object.fromEntries(Object.keys(p.plan.shares).map((k) => [k, Math.round(1000 * placedShare(p.plan, k as keyof Shares)) / 10])),
     predicted: {
       step_seconds: p.cost.seconds, tokens_per_second: (r.batchSize * r.seqLen) / p.cost.seconds, bound: p.cost.bound,
       compute_seconds: p.cost.computeSeconds, compute: p.cost.compute, pass_io_seconds: p.cost.passIoSeconds, optimizer_seconds: p.cost.optimizerSeconds,
@@ -74,6 +77,13 @@ export function trainPlanJson(r: ReturnType<typeof trainPlan>): Record<string, u
     },
     memory: p.plan.items.map((i) => ({ what: i.what, ram: i.ram, disk: i.disk })),
   };
+}
+
+/** The share of a state the plan's layout keeps in RAM (activation checkpoints: all or none). */
+function placedShare(plan: OffloadPlan, k: keyof Shares): number {
+  if (k === 'act') return plan.shares.act;
+  const b = plan.layout.bytes(k);
+  return b.ram / Math.max(1, b.ram + b.disk);
 }
 
 export function trainPlanReport(r: ReturnType<typeof trainPlan>): string {

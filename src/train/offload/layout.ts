@@ -26,6 +26,13 @@ export const STATE_KINDS: readonly StateKind[] = ['param', 'grad', 'master', 'm'
 export const stateKinds = (precision: Precision): StateKind[] => STATE_KINDS.filter((k) => k !== 'param' || precision === 'bf16');
 export const stateBytesPerParam = (precision: Precision): number => stateKinds(precision).reduce((n, k) => n + kindBytes(k), 0);
 
+/** Pieces of a parameter the optimizer streams start at multiples of this many elements: 4096-byte
+ *  aligned in f32 and bf16 alike, so that each piece's disk range is one aligned transfer. */
+export const PIECE_ALIGN = 2048;
+
+/** The sub-group size the optimizer runs with for `n` asked: a multiple of PIECE_ALIGN, at least one. */
+export const roundSubGroup = (n: number): number => Math.max(PIECE_ALIGN, Math.floor(n / PIECE_ALIGN) * PIECE_ALIGN);
+
 /** Share of each kind kept in RAM (0 = all on disk, 1 = all in RAM); 'act' is the activation
  *  checkpoints (the layer inputs kept for the backward's recompute). */
 export type Shares = Record<StateKind | 'act', number>;

@@ -21,16 +21,13 @@ import type { AdamW, StepResult } from '../../optim/adamw.js';
 import type { AdamWHyper } from '../../backend/kernels-train.js';
 import { alignUp, alignedBytes } from '../../tensor/disk/io.js';
 import { Tensor } from '../../tensor/tensor.js';
-import { type StateKind, kindBytes } from './layout.js';
+import { PIECE_ALIGN, type StateKind, kindBytes, roundSubGroup } from './layout.js';
 import type { OffloadStore } from './store.js';
 
 /** What the step reads: an offloaded run's store, or a rank's slices (src/train/partition/offload.ts). */
 export type StepStates = Pick<OffloadStore, 'layout' | 'states' | 'precision' | 'sumSquares'>;
 
 const READ: StateKind[] = ['grad', 'master', 'm', 'v'];
-/** Pieces of a parameter start at multiples of this many elements: 4096-byte aligned in f32 and
- *  bf16 alike, so that each piece's disk range is one aligned transfer. */
-const PIECE_ALIGN = 2048;
 
 /** Elements [e0, e1) of parameter `index`: AdamW is elementwise, so a parameter larger than a
  *  sub-group is updated piece by piece with the same results. */
@@ -54,7 +51,7 @@ export class StreamingAdamW {
 
   constructor(private readonly store: StepStates, private readonly backend: Backend, subGroupSize: number, readonly sets = 3) {
     if (!Number.isInteger(sets) || sets < 3) throw new RangeError(`optimizer buffer sets must be an integer >= 3, got ${sets}`);
-    this.subGroupSize = Math.max(PIECE_ALIGN, Math.floor(subGroupSize / PIECE_ALIGN) * PIECE_ALIGN);
+    this.subGroupSize = roundSubGroup(subGroupSize);
     // n counts a group's elements as their f32 bytes padded to blocks take, so that a group's
     // buffer is about subGroupSize elements of each kind however small its parameters are.
     const S = this.subGroupSize;

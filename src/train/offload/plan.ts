@@ -7,7 +7,7 @@
 
 import type { ModelConfig } from '../../models/config.js';
 import { type MemoryItem, checkLimits } from '../../policy/memory.js';
-import { Layout, type Shares, type StateKind, kindBytes, stateBytesPerParam } from './layout.js';
+import { Layout, PIECE_ALIGN, type Shares, type StateKind, kindBytes, roundSubGroup, stateBytesPerParam } from './layout.js';
 import type { NameTable } from '../../models/architecture.js';
 import type { Precision } from '../../optim/state.js';
 import { alignUp } from '../../tensor/disk/io.js';
@@ -67,9 +67,11 @@ const ORDER: (StateKind | 'act')[] = ['param', 'master', 'grad', 'm', 'v', 'act'
 export function planOffload(o: OffloadPlanInput): OffloadPlan {
   const perElem = stateBytesPerParam(o.precision);
   // A set of sub-group buffers is a 48th of the limit by default (planOffloadOnce).
+  // (without retiling, as planTraining's first pass plans, the default sub-groups alone: the
+  // trainer's own plan, which tries smaller tiles before smaller sub-groups, is then the same)
+  if (o.retile === false) return planOffloadOnce({ ...o, subGroupSize: o.subGroupSize ?? roundSubGroup(Math.floor(o.ram / 48 / perElem)) });
   return withSubGroups(o, Math.floor(o.ram / 48 / perElem), (subGroupSize) => {
     const p = { ...o, subGroupSize };
-    if (o.retile === false) return planOffloadOnce(p);
     const tried = planOrRefusals(p);
     // (the RAM limit a refusal names is searched with each limit's own default sub-groups)
     if (Array.isArray(tried)) throw refusal(o, tried);
@@ -82,8 +84,11 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
  *  the optimizer's states in more, shorter reads, which costs less than refusing a run that fits.
  *  A refusal at the smallest is the one reported (its shortfall is what the run truly lacks). */
 export function withSubGroups(o: OffloadPlanInput, defaultSize: number, plan: (subGroupSize: number) => OffloadPlan): OffloadPlan {
-  if (o.subGroupSize !== undefined) return plan(o.subGroupSize);
-  for (let size = Math.max(MIN_SUB_GROUP, defaultSize); ; size = Math.max(MIN_SUB_GROUP, Math.floor(size / 4))) {
+  // (planned as the optimizer runs it: a multiple of 2048 elements, ./optimizer.ts; a bad size
+  // given is left for placeStates to refuse by name)
+  const given = o.subGroupSize;
+  if (given !== undefined) return plan(Number.isSafeInteger(given) && given >= 1 ? roundSubGroup(given) : given);
+  for (let size = roundSubGroup(defaultSize); ; size = roundSubGroup(size / 4)) {
     try {
       return plan(size);
     } catch (e) {
@@ -92,8 +97,8 @@ export function withSubGroups(o: OffloadPlanInput, defaultSize: number, plan: (s
   }
 }
 
-/** The smallest sub-group the planners choose (a piece of 2048 elements: ./optimizer.ts). */
-const MIN_SUB_GROUP = 2048;
+/** The smallest sub-group the planners choose (one piece: ./optimizer.ts). */
+const MIN_SUB_GROUP = PIECE_ALIGN;
 
 /** A plan over a limit: which limit, by how much, and at which tile size (planOffload compares
  *  the refusals of its attempts). */
@@ -182,7 +187,7 @@ function planOffloadOnce(o: OffloadPlanInput): OffloadPlan {
   // only between units, so what it moves under one unit's compute is what its sets − 2
   // sub-groups read ahead hold (./cost.ts). They coexist with the forward's buffers (both are
   // items below).
-  const subGroupSize = o.subGroupSize ?? Math.max(MIN_SUB_GROUP, Math.floor(o.ram / 48 / perElem));
+  const subGroupSize = o.subGroupSize ?? roundSubGroup(Math.floor(o.ram / 48 / perElem));
   const setBytes = Math.max(2048, Math.min(subGroupSize, probe.params.reduce((n, p) => n + p.size, 0))) * perElem + probe.kinds.length * 4096;
   // Packed weights: each held unit's weights packed (and packed transposed) in f32 at most.
   const packs = 2 * 4 * (Math.max(0, ...unitElems.slice(0, L)) + unitElems[L]!);
