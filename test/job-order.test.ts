@@ -53,7 +53,7 @@ describe('a batch job writes results as they finish', () => {
     const lines = [req('a'), req('b'), '{"id": "bad-json", ', req('bad-token', { prompt_token_ids: [1, 99999] }), '{"prompt_token_ids": [3]}',
       req('a'), req('c'), req('d'), req('e')];
     const { summary, rows } = await job(dir, 'in.jsonl', lines, path.join(dir, 'out.jsonl'));
-    expect(rows.map((r) => r.id)).toEqual(['a', 'b', 'line-3', 'bad-token', 'line-5', 'a', 'c', 'd', 'e']);
+    expect(rows.map((r) => r.id)).toEqual(['a', 'b', 'line-3', 'bad-token', 'line-5', 'line-6', 'c', 'd', 'e']);
     expect(rows[3]!.error).toMatch(/in\.jsonl:4: prompt_token_ids\[1\] = 99999/);
     expect(rows[5]!.error).toBe(`${path.join(dir, 'in.jsonl')}:6: duplicate id "a"`);
     expect([summary.succeeded, summary.failed]).toEqual([5, 4]);
@@ -74,7 +74,7 @@ describe('an id taken by a malformed line', () => {
     const dir = tmpDir('job-dup');
     const out = path.join(dir, 'out.jsonl');
     const first = await job(dir, 'in.jsonl', [req('x', { temperature: -1 }), req('y'), req('x', { prompt_token_ids: [7, 8, 9] })], out);
-    expect(first.rows.map((r) => [r.id, r.error === undefined])).toEqual([['x', false], ['y', true], ['x', false]]);
+    expect(first.rows.map((r) => [r.id, r.error === undefined])).toEqual([['x', false], ['y', true], ['line-3', false]]);
     expect(first.rows[0]!.error).toMatch(/in\.jsonl:1: temperature must be a number >= 0/);
     expect(first.rows[2]!.error).toBe(`${path.join(dir, 'in.jsonl')}:3: duplicate id "x"`);
     expect([first.summary.succeeded, first.summary.failed, first.summary.skipped]).toEqual([1, 2, 0]);
@@ -82,7 +82,7 @@ describe('an id taken by a malformed line', () => {
     const fixed = await job(dir, 'fixed.jsonl', [req('x'), req('y'), req('x', { prompt_token_ids: [7, 8, 9] })], out);
     expect([fixed.summary.succeeded, fixed.summary.failed, fixed.summary.skipped]).toEqual([1, 1, 1]);
     const x = fixed.rows.slice(3);
-    expect(x.map((r) => [r.id, r.error === undefined])).toEqual([['x', true], ['x', false]]);
+    expect(x.map((r) => [r.id, r.error === undefined])).toEqual([['x', true], ['line-3', false]]);
     const alone = await collect([{ id: 'x', promptTokenIds: [7, 9] }]);
     expect(x[0]!.token_ids).toEqual(alone);
     // A third run runs nothing again; line 3 is still a duplicate, reported as any bad line is
@@ -102,7 +102,11 @@ describe('an id taken by a malformed line', () => {
     fs.writeFileSync(out, JSON.stringify({ id: 'a', prompt_tokens: 2, token_ids: [5], text: '', finish_reason: 'length' }) + '\n');
     const rerun = await job(dir, 'in.jsonl', [req('head'), req('a'), req('a', { prompt_token_ids: [7, 8] })], out);
     expect([rerun.summary.succeeded, rerun.summary.failed, rerun.summary.skipped]).toEqual([1, 1, 1]);
-    expect(rerun.rows.slice(1).map((r) => [r.id, r.error ?? 'result'])).toEqual([['head', 'result'], ['a', `${path.join(dir, 'in.jsonl')}:3: duplicate id "a"`]]);
+    expect(rerun.rows.slice(1).map((r) => [r.id, r.error ?? 'result'])).toEqual([['head', 'result'], ['line-3', `${path.join(dir, 'in.jsonl')}:3: duplicate id "a"`]]);
+    // The duplicate's error is under its line's name: "a"'s newest line is still its result, so
+    // a further rerun computes nothing again (it computed "a" again on every run).
+    const third = await job(dir, 'in.jsonl', [req('head'), req('a'), req('a', { prompt_token_ids: [7, 8] })], out);
+    expect([third.summary.succeeded, third.summary.failed, third.summary.skipped]).toEqual([0, 1, 2]);
   });
 
   it("a batch line's custom_id is taken likewise (a malformed first line's)", () => {

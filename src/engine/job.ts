@@ -69,7 +69,11 @@ export async function runJob(model: LanguageModel, writer: ResultWriter, o: JobO
         // the reader made up, line-N, belongs to no line of the input.)
         if (id !== `line-${item.line}`) seen.add(id);
         hold(item.line, { id, error: item.error });
-      } else if (seen.has(id)) hold(item.line, { id, error: `${source.name}:${item.line}: duplicate id "${id}"` });
+      } else if (seen.has(id)) {
+        // Under the line's own name, not the id: as the newest line for the id, the error hid the
+        // first line's result, so the id read as failed and was computed again on every rerun.
+        hold(item.line, { id: `line-${item.line}`, error: `${source.name}:${item.line}: duplicate id "${id}"` });
+      }
       else {
         seen.add(id);
         running.set(id, item.line);
