@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { intList, rule } from '../src/cli/parse.js';
+import { decimal, int, intList, rule } from '../src/cli/parse.js';
 import { trainPlan } from '../src/cli/plan-train.js';
 import { runDemo } from '../src/engine/demo.js';
 import { loadModel } from '../src/engine/model.js';
@@ -141,6 +141,20 @@ describe("the pre-load refusal of a block for a job's longest request", () => {
     const r = cli(['generate', '--model', llama, '--prompts', prompts, '--out', path.join(dir, 'out.jsonl'), '--policy', policy, '--ram', '700KiB', '--max-new-tokens', '4']);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('holding its longest request "r0" (5 positions: a prompt of at least 1 token and up to 4 new ones)');
+  });
+});
+
+describe('numbers on the command line', () => {
+  it('are read as decimals only: 0x64, 0b1 and an empty value are refused (Number() took them as 100, 1 and 0)', () => {
+    expect(decimal('12')).toBe(12);
+    expect(decimal(' -0.5 ')).toBe(-0.5);
+    expect(decimal('1e-3')).toBe(1e-3);
+    for (const v of ['0x64', '0b1', '0o7', '', ' ', 'Infinity', '1_000']) expect(decimal(v)).toBeNaN();
+    expect(() => int('--seed')('')).toThrow('--seed must be an integer >= 0, got ""');
+    expect(() => rule('threads')('0x2')).toThrow('--threads must be an integer in [1, 1024], got "0x2"');
+    const r = cli(['generate', '--model', opt, '--prompt', 'x', '--percent', '0', '0x64', '0', '100', '0', '100']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/--percent takes six numbers/);
   });
 });
 

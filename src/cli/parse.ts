@@ -2,9 +2,15 @@
 import { InvalidArgumentError } from 'commander';
 import { type RuleName, checkValue } from '../util/options.js';
 
+/** A number as written in decimal (`12`, `-0.5`, `1e-3`); NaN for anything else: Number() also
+ *  reads "0x64" as 100, "0b1" as 1 and "" as 0, which flags then took silently. */
+export function decimal(v: string): number {
+  return /^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$/.test(v) ? Number(v) : NaN;
+}
+
 export function int(name: string, min = 0) {
   return (v: string): number => {
-    const n = Number(v);
+    const n = decimal(v);
     if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}, got "${v}"`);
     return n;
   };
@@ -30,7 +36,7 @@ export function intList(name: string) {
  *  and the API accept exactly the same values. */
 export function rule(name: RuleName) {
   return (v: string): number => {
-    const n = v.trim() === '' ? NaN : Number(v);
+    const n = decimal(v);
     const bad = checkValue(name, n, 'flag');
     if (bad) throw new InvalidArgumentError(bad.replace(/got "[^"]*"$/, `got "${v}"`));
     return n;

@@ -11,7 +11,7 @@ import type { LoadOptions } from '../engine/model.js';
 import { planPolicy, planPolicyInChild } from '../engine/plan.js';
 import { ensureProfile, type HardwareProfile } from '../policy/profile.js';
 import { blockShapes } from '../policy/search.js';
-import { oneOf, rule } from './parse.js';
+import { decimal, oneOf, rule } from './parse.js';
 import { diskDir, inputFile } from './paths.js';
 import { readConfig } from '../models/registry.js';
 import { weightsFolder } from '../schedule/disk-tier.js';
@@ -220,7 +220,7 @@ function readPolicyFile(file: string): Policy {
 /** The policy the flags describe: defaults (or a planned policy), then --policy FILE, then individual flags. */
 export function policyFromFlags(o: PolicyFlags, planned?: Policy): Policy {
   let p: Policy = o.policy && o.policy !== 'auto' ? readPolicyFile(o.policy) : { ...(planned ?? DEFAULT_POLICY) };
-  if (o.percent) p = applyPercent(p, o.percent.map(Number));
+  if (o.percent) p = applyPercent(p, o.percent.map(decimal));
   if (o.gpuBatchSize !== undefined) p.gpuBatchSize = o.gpuBatchSize;
   if (o.numGpuBatches !== undefined) p.numGpuBatches = o.numGpuBatches;
   if (o.overlap !== undefined) p.overlap = o.overlap;

@@ -6,7 +6,7 @@ import { UserError } from '../util/errors.js';
 import { formatSize } from '../tensor/tiers/size.js';
 import { train } from '../train/run.js';
 import { TRAIN_DEFAULTS as D, type TrainRunOptions } from '../train/run-options.js';
-import { int, oneOf, rule } from './parse.js';
+import { decimal, int, oneOf, rule } from './parse.js';
 import { diskDir } from './paths.js';
 import { DISK_OMITTED, diskLimitFromFreeSpace, freeBytes, sizeOption } from './policy-options.js';
 import { StepProgress } from './progress.js';
@@ -66,7 +66,7 @@ function diskLimit(o: { ram?: number; diskDir?: string; disk?: number }): number
 }
 
 function percent(x: string): number {
-  const v = Number(x);
+  const v = decimal(x);
   if (x.trim() === '' || !Number.isFinite(v) || v < 0 || v > 100) throw new UserError(`--ram-percent takes six numbers in [0, 100], got "${x}"`);
   return v;
 }
