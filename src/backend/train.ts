@@ -6,12 +6,18 @@
 
 import { Tensor } from '../tensor/tensor.js';
 import type { Backend, PackedWeight } from './backend.js';
-import { TiledGrad, type TiledWeight } from './tiled.js';
+import { TiledGrad, TiledWeight } from './tiled.js';
 import { checkPair, checkQkv, checkRope, checkSeqStarts, expectF32, expectFinite, expectI32, expectRank, expectShape, fail, outOr, rowsCols } from './check.js';
 import type { ComputeMode, Kernels } from './kernels.js';
 import { type AdamWHyper, IGNORE_INDEX } from './kernels-train.js';
 
 type F32 = Tensor<'f32'>;
+
+/** Values of dlogits one GEMM of the LM head's input gradient takes at once, when the head comes in
+ *  tiles (lmHeadLoss): the native GEMM packs its whole left operand into a per-thread scratch that
+ *  keeps its largest size, and a whole chunk of dlogits (chunkRows × vocab: 62.5 MiB at 512 tokens
+ *  and 32000 rows) made that scratch a second, uncounted copy of the logits. */
+export const HEAD_PACK_VALUES = 1 << 20;
 
 /** A gradient or optimizer input: f32, or bf16 (16-bit words). */
 type GradTensor = Tensor<'f32'> | Tensor<'bf16'>;
@@ -31,6 +37,17 @@ export class TrainOps {
     return this.backend.kernels;
   }
 
+  /** A tile's gathered operand (dy's columns, a tile's embedding rows), in one buffer reused tile
+   *  after tile and grown as needed: a fresh array per tile left a micro-batch's tokens × vocab
+   *  floats of garbage behind the LM head (62.5 MiB at 512 tokens, 32000 rows), which the
+   *  collector let pile up past the RAM limit. Its contents are written before each use. */
+  private tileScratch(elems: number): Float32Array {
+    if (this.scratch.length < elems) this.scratch = new Float32Array(elems);
+    return this.scratch.subarray(0, elems);
+  }
+
+  private scratch = new Float32Array(0);
+
   // ---- linear -------------------------------------------------------------------------------
 
   /** dw[n,k] += dyᵀ · x for y = x · Wᵀ: dy [.., n] and x [.., k] over the same rows. The input
@@ -42,7 +59,7 @@ export class TrainOps {
       const [m, n] = rowsCols(dy);
       if (n !== dw.n) fail('linearGradWeight', `dy has ${n} columns, the tiled dw ${dw.n} rows`);
       for (const { r0, r1, dw: tile } of dw.tiles()) {
-        const cols = new Tensor('f32', [m, r1 - r0], new Float32Array(m * (r1 - r0)));
+        const cols = new Tensor('f32', [m, r1 - r0], this.tileScratch(m * (r1 - r0)));
         for (let i = 0; i < m; i++) cols.data.set(dy.data.subarray(i * n + r0, i * n + r1), i * (r1 - r0));
         this.linearGradWeight(cols, x, tile, mode);
       }
@@ -160,7 +177,7 @@ export class TrainOps {
         const mine: number[] = [];
         for (let i = 0; i < ids.size; i++) if (ids.data[i]! >= r0 && ids.data[i]! < r1) mine.push(i);
         if (mine.length === 0) continue;
-        const sub = new Tensor('f32', [mine.length, dim], new Float32Array(mine.length * dim));
+        const sub = new Tensor('f32', [mine.length, dim], this.tileScratch(mine.length * dim));
         mine.forEach((i, j) => sub.data.set(dy.data.subarray(i * dim, (i + 1) * dim), j * dim));
         this.embeddingBackward(sub, new Tensor('i32', [mine.length], Int32Array.from(mine, (i) => ids.data[i]! - r0)), dw);
       }
@@ -252,10 +269,30 @@ export class TrainOps {
       const part = this.kernels.softmaxCrossEntropy(lg.data, r1 - r0, vocab, labels.data.subarray(r0, r1), scale);
       loss += part.loss;
       count += part.count;
-      this.backend.matmul(lg, headT, null, dHidden.rows(r0, r1) as F32);
+      this.headInputGrad(lg, headT, dHidden.rows(r0, r1) as F32);
       this.linearGradWeight(lg, h, dWeight, args.mode ?? (head as { mode?: ComputeMode }).mode ?? 'fp32');
     }
     return { loss, count };
+  }
+
+  /** dHidden = dlogits · W. A tiled head's Wᵀ goes tile by tile (each read once), each tile over
+   *  HEAD_PACK_VALUES of dlogits at a time (rows are independent: the same sums as one product). */
+  private headInputGrad(dlogits: F32, headT: PackedWeight | TiledWeight, dHidden: F32): void {
+    if (!(headT instanceof TiledWeight)) {
+      this.backend.matmul(dlogits, headT, null, dHidden);
+      return;
+    }
+    const [rows, vocab] = dlogits.shape as [number, number], width = headT.n;
+    const step = Math.max(1, Math.floor(HEAD_PACK_VALUES / vocab));
+    let col = 0;
+    for (const p of headT.parts()) {
+      for (let a = 0; a < rows; a += step) {
+        const b = Math.min(rows, a + step);
+        const part = this.backend.matmul(dlogits.rows(a, b) as F32, p, null, new Tensor('f32', [b - a, p.n], this.tileScratch((b - a) * p.n)));
+        for (let i = 0; i < b - a; i++) dHidden.data.set(part.data.subarray(i * p.n, (i + 1) * p.n), (a + i) * width + col);
+      }
+      col += p.n;
+    }
   }
 
   // ---- attention ----------------------------------------------------------------------------
