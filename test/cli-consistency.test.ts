@@ -63,6 +63,11 @@ describe('serve --data-dir, --host, --port', () => {
     expect(missing.code).toBe(1);
     expect(missing.stderr).toContain(`tierlm: --data-dir ${typo}: its parent ${path.dirname(typo)} does not exist`);
     expect(fs.existsSync(path.join(dir, 'typo'))).toBe(false);
+    // an empty value (an unset variable's) is refused: it was the working directory, written into
+    const empty = serve('--port', '0', '--data-dir', '');
+    expect(empty.code).toBe(1);
+    expect(empty.stderr).toContain('tierlm: --data-dir "": give a directory');
+    expect(fs.existsSync(path.join(repoRoot, 'server.lock'))).toBe(false);
   });
 
   it('the store names a data directory that is a file (the API\'s buildServer)', () => {

@@ -94,6 +94,10 @@ describe('tierlm plan --train', () => {
     expect(p.sub_group_size % 2048).toBe(0);
     const odd = JSON.parse(cli([...args, '--json', '--sub-group-size', '5000']).stdout) as { sub_group_size: number };
     expect(odd.sub_group_size).toBe(4096);
+    // one process too (its first, untiled pass took the size as given: 5000 printed, 4096 ran)
+    const single = JSON.parse(cli(['plan', '--train', '--config', 'opt-test', '--layers', '2', '--ram', '64MiB', '--seq-len', '64', '--json', '--sub-group-size', '5000']).stdout) as
+      { sub_group_size: number };
+    expect(single.sub_group_size).toBe(4096);
     // A size the user gives is kept, and refused where it does not fit.
     const given = cli([...args, '--sub-group-size', String(defaultSize)]);
     expect(given.code).toBe(1);

@@ -52,6 +52,8 @@ export function outputFile(flag: string, file: string): void {
 
 /** A directory to create and fill: absent (in a parent that exists), or empty unless `force`. */
 export function newDir(flag: string, dir: string, force: boolean): void {
+  // (an empty value, an unset variable's, resolved to the working directory and was written into)
+  if (dir.trim() === '') throw new UserError(`${flag} "": give a directory`);
   const s = statOrNull(dir);
   if (s && !s.isDirectory()) refuse(flag, dir, 'is a file, not a directory');
   if (s && !force && fs.readdirSync(dir).length > 0) refuse(flag, dir, 'is not empty (add --force to write into it)');

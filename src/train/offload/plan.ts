@@ -69,7 +69,7 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
   // A set of sub-group buffers is a 48th of the limit by default (planOffloadOnce).
   // (without retiling, as planTraining's first pass plans, the default sub-groups alone: the
   // trainer's own plan, which tries smaller tiles before smaller sub-groups, is then the same)
-  if (o.retile === false) return planOffloadOnce({ ...o, subGroupSize: o.subGroupSize ?? roundSubGroup(Math.floor(o.ram / 48 / perElem)) });
+  if (o.retile === false) return planOffloadOnce({ ...o, subGroupSize: plannedSubGroup(o.subGroupSize) ?? roundSubGroup(Math.floor(o.ram / 48 / perElem)) });
   return withSubGroups(o, Math.floor(o.ram / 48 / perElem), (subGroupSize) => {
     const p = { ...o, subGroupSize };
     const tried = planOrRefusals(p);
@@ -86,8 +86,8 @@ export function planOffload(o: OffloadPlanInput): OffloadPlan {
 export function withSubGroups(o: OffloadPlanInput, defaultSize: number, plan: (subGroupSize: number) => OffloadPlan): OffloadPlan {
   // (planned as the optimizer runs it: a multiple of 2048 elements, ./optimizer.ts; a bad size
   // given is left for placeStates to refuse by name)
-  const given = o.subGroupSize;
-  if (given !== undefined) return plan(Number.isSafeInteger(given) && given >= 1 ? roundSubGroup(given) : given);
+  const given = plannedSubGroup(o.subGroupSize);
+  if (given !== undefined) return plan(given);
   for (let size = roundSubGroup(defaultSize); ; size = roundSubGroup(size / 4)) {
     try {
       return plan(size);
@@ -96,6 +96,10 @@ export function withSubGroups(o: OffloadPlanInput, defaultSize: number, plan: (s
     }
   }
 }
+
+/** A sub-group size given, as the optimizer runs it (a bad one is left for placeStates to refuse by name). */
+const plannedSubGroup = (given: number | undefined): number | undefined =>
+  given !== undefined && Number.isSafeInteger(given) && given >= 1 ? roundSubGroup(given) : given;
 
 /** The smallest sub-group the planners choose (one piece: ./optimizer.ts). */
 const MIN_SUB_GROUP = PIECE_ALIGN;
