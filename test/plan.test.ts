@@ -9,7 +9,8 @@ import { type UnitCost, ioTime, layerCosts, predict } from '../src/policy/cost-m
 import type { ModelConfig } from '../src/models/config.js';
 import { loadProfile } from '../src/policy/profile.js';
 import { DEFAULT_POLICY, policyFromJson } from '../src/policy/policy.js';
-import { blockItems } from '../src/policy/memory.js';
+import { blockItems, packedFileBytes } from '../src/policy/memory.js';
+import { ActStore } from '../src/schedule/act-store.js';
 import { readPreset } from '../src/models/registry.js';
 import { cacheBytesPerElement } from '../src/engine/generate.js';
 import { CacheStore } from '../src/schedule/cache-store.js';
@@ -192,5 +193,26 @@ describe('memory of a block', () => {
     } finally {
       await file.close();
     }
+  });
+
+  it('counts activations on disk as the store reserves them (each batch 4096-aligned) and the packed file as written', async () => {
+    // (8 one-token batches on disk were counted as 2 KiB and reserved 32 KiB; llama-tiny's packed
+    // file was counted without its per-matrix alignment and took 14% more than --disk)
+    const file = await openBlockFile(path.join(tmpDir('act-records'), 'act.bin'), 'w');
+    const reserved: number[] = [];
+    const counting = { ...file, reserve: (b: number) => (reserved.push(b), file.reserve(b)) };
+    try {
+      const config = readPreset('opt-test').config;
+      for (const [batches, maxTokens, actCpuPercent] of [[8, 1, 0], [3, 17, 0], [4, 9, 50], [2, 5, 100]] as const) {
+        const policy = { ...DEFAULT_POLICY, actGpuPercent: 0, actCpuPercent };
+        const shape = { rows: 1, batches, capacity: 33, maxTokens, cacheBytesPerElement: 4 };
+        const item = blockItems(config, policy, shape).find((i) => i.what === 'activations')!;
+        new ActStore(config.hidden, batches, maxTokens, { device: 0, ram: actCpuPercent / 100, disk: 1 - actCpuPercent / 100 }, counting);
+        expect(item.disk, `${batches} × ${maxTokens}, ${actCpuPercent}%`).toBe(reserved.at(-1));
+      }
+    } finally {
+      await file.close();
+    }
+    expect(packedFileBytes([[{ bytes: 1 }, { bytes: 4096 }], [{ bytes: 4097 }]])).toBe(4096 + 4096 + 8192 + 4096);
   });
 });

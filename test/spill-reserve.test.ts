@@ -49,6 +49,28 @@ describe('spill files', () => {
     expect(fs.readFileSync(out, 'utf8').trim().split('\n')).toHaveLength(5);
   });
 
+  it('give back what a larger block reserved: the two files together never hold more than one block needs', async () => {
+    // Block A: a 1-token prompt and 120 new tokens (a large cache, one activation row); block B: a
+    // 100-token prompt and one new token (a smaller cache, 100 activation rows). The cache file kept
+    // A's reservation and the activation file B's: together more than either block needs.
+    const disk = tmpDir('spill-reserve-shrink');
+    const sizes = () => Object.fromEntries(fs.readdirSync(disk).filter(spill).map((f) => [f.replace(/-.*/, ''), fs.statSync(path.join(disk, f)).size]));
+    const model = await loadModel(opt, { policy: { ...policy, gpuBatchSize: 1 }, diskDir: disk });
+    const after: Record<string, number>[] = [];
+    try {
+      const reqs = [{ id: 'A', promptTokenIds: [100], maxNewTokens: 120 }, { id: 'B', promptTokenIds: Array.from({ length: 100 }, (_, i) => 3 + i), maxNewTokens: 1 }];
+      for (const r of reqs) {
+        for await (const x of model.generate([r], params)) expect('error' in x).toBe(false);
+        after.push(sizes());
+      }
+    } finally {
+      await model.close();
+    }
+    const [a, b] = after as [Record<string, number>, Record<string, number>];
+    expect(b.activations!).toBeGreaterThan(a.activations!);
+    expect(b.cache!).toBeLessThan(a.cache!);
+  });
+
   it('a disk without room for a block fails as it opens, naming the file, before any of its writes', async () => {
     const writes: string[] = [];
     vi.spyOn(DirectFile.prototype, 'allocate').mockImplementation(function (this: DirectFile, bytes: number): boolean {

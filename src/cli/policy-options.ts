@@ -16,6 +16,8 @@ import { diskDir, inputFile } from './paths.js';
 import { readConfig } from '../models/registry.js';
 import { weightsFolder } from '../schedule/disk-tier.js';
 import { reusablePackedBytes } from '../schedule/weight-store.js';
+import { removeStale } from '../schedule/spill-files.js';
+import { removeDeadConversions } from '../schedule/weights-dir.js';
 
 /** What the planner needs to know about the job. */
 export interface Workload {
@@ -124,6 +126,10 @@ export function checkPlanningPaths(o: PolicyFlags & { model?: string; train?: bo
     process.stderr.write(`tierlm: warning: --threads ${o.threads} is more than this machine's ${os.availableParallelism()} cores; compute slows down when threads outnumber cores\n`);
   }
   if (o.diskDir !== undefined && o.disk === undefined) {
+    // What killed runs left there is removed first: their spill files hold their whole blocks'
+    // reservations, and the free space measured beside them refused every rerun.
+    removeStale(o.diskDir);
+    removeDeadConversions(o.diskDir);
     // (a training plan's states are new files; only generation reuses packed weights)
     const reused = o.model !== undefined && !o.train ? reusedWeights(o.diskDir, o.model, weightsMode(o)) : null;
     // (`plan --train --ranks N` plans one of N ranks on this machine, as `train` under mpirun does)

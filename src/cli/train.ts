@@ -13,6 +13,7 @@ import { StepProgress } from './progress.js';
 import { worldComm } from '../dist/comm.js';
 import { rankEnv } from '../dist/env.js';
 import { abortOnError } from './abort.js';
+import { removeStale } from '../schedule/spill-files.js';
 
 export function addTrainCommand(program: Command): void {
   program
@@ -62,6 +63,8 @@ export function addTrainCommand(program: Command): void {
  *  disk was full (ENOSPC) instead of being refused up front. (`tierlm plan --train` says it.) */
 function diskLimit(o: { ram?: number; diskDir?: string; disk?: number }): number | undefined {
   if (o.disk !== undefined || o.ram === undefined || o.diskDir === undefined) return o.disk;
+  // (killed runs' state files go first: the free space beside them refused every rerun)
+  removeStale(o.diskDir);
   return diskLimitFromFreeSpace(o.diskDir, freeBytes(o.diskDir), null, rankEnv().localSize).bytes;
 }
 

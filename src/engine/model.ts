@@ -14,7 +14,7 @@ import { BlockRunner } from '../schedule/runner.js';
 import { selectBf16Kernel } from '../backend/cpu/bf16-kernel.js';
 import { applySavedGemmBlocking, savedBf16Kernel } from '../policy/profile.js';
 import { type LayerSource, ResidentLayers, WeightStore, planSlotBytes } from '../schedule/weight-store.js';
-import { type BlockShape, type Limits, type MemoryItem, type WeightSizes, blockItems, checkLimits, weightItems } from '../policy/memory.js';
+import { type BlockShape, type Limits, type MemoryItem, type WeightSizes, blockItems, checkLimits, packedFileBytes, weightItems } from '../policy/memory.js';
 import { DiskTier } from '../schedule/disk-tier.js';
 import { type GenerateOptions, type GenerateParams, type GenerateStats, Generator, cacheBytesPerElement, resolveParams } from './generate.js';
 import { Scheduler } from './scheduler.js';
@@ -153,6 +153,7 @@ export class LanguageModel {
       const sizes = model.loader.sizes();
       const weightSizes: WeightSizes = {
         layerBytes: sizes.layers.map((l) => l.reduce((n, m) => n + m.bytes, 0)),
+        fileBytes: packedFileBytes(sizes.layers),
         slotBytes: planSlotBytes(sizes.layers, shares(policy, 'weights'), policy.sepLayer ? 'attn' : 'all'),
         globalBytes: sizes.globalBytes,
         chunkBytes: sizes.chunkBytes,

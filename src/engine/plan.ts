@@ -10,7 +10,7 @@ import { readPreset } from '../models/registry.js';
 import { type ModelSizes, sizesFromConfig } from '../models/weights.js';
 import { type PartBytes, type Prediction, type Rates, type Workload, layerCosts, predict } from '../policy/cost-model.js';
 import { DEFAULT_POLICY, type Policy, cacheDtypeFor, cacheDtypeOf, shares } from '../policy/policy.js';
-import type { Limits } from '../policy/memory.js';
+import { type Limits, packedFileBytes } from '../policy/memory.js';
 import { type HardwareProfile, attentionDecodeRate, attentionPrefillRate, diskReadRate, diskWriteRate, gemmRate } from '../policy/profile.js';
 import { type Plan, searchPolicy } from '../policy/search.js';
 import { UserError } from '../util/errors.js';
@@ -152,7 +152,7 @@ export async function planPolicy(r: PlanRequest): Promise<PlanResult> {
   };
   const t0 = performance.now();
   const plan = await searchPolicy({
-    config, layerBytes, partBytes: partBytes(sizes.layers), unitBytes, globalBytes: sizes.globalBytes,
+    config, layerBytes, fileBytes: packedFileBytes(sizes.layers), partBytes: partBytes(sizes.layers), unitBytes, globalBytes: sizes.globalBytes,
     chunkBytes: sizes.chunkBytes, packedChunkBytes: sizes.packedChunkBytes,
     tokenizerBytes: r.model ? tokenizerRamBytes(r.model) : 0, heldBytes: r.heldBytes, promptLen: r.promptLen, genLen: r.genLen, prefillChunk: r.prefillChunk,
     cacheElem: cacheBytesPerElement(cacheDtype, config.headDim), attnSparsity: r.attnSparsity, limits, rates: ratesFrom(r.profile, dtype, mode, cacheDtype, r.compressWeight), shapes: r.shapes, ramShare: PLAN_RAM_SHARE,

@@ -9,6 +9,7 @@ import { type Policy, shares } from './policy.js';
 import { formatSize } from '../tensor/tiers/size.js';
 import { UserError } from '../util/errors.js';
 import { optionName } from '../util/names.js';
+import { alignUp, splitRows } from '../schedule/placement.js';
 
 /** Memory of the Node.js runtime, the addon and the engine's own code, which a RAM limit does
  *  not cover: peak RSS stays within the limit plus this. Measured at about 55 MiB (peak RSS of a
@@ -27,6 +28,8 @@ export interface MemoryItem {
 export interface WeightSizes {
   /** Packed bytes of every layer's GEMM weights, per layer. */
   layerBytes: number[];
+  /** Bytes the disk tier's packed-weights files take (packedFileBytes; default the sum of layerBytes). */
+  fileBytes?: number;
   /** Largest single staging load (one unit's non-resident weights). */
   slotBytes: number;
   /** Embeddings, LM head, norms and biases: always in RAM. */
@@ -57,7 +60,7 @@ export function weightItems(w: WeightSizes, p: Policy, onDisk: boolean): MemoryI
   const total = w.layerBytes.reduce((a, b) => a + b, 0);
   const resident = Math.round(total * (s.device + s.ram));
   return [
-    { what: 'layer weights (resident share)', ram: resident, disk: onDisk ? total : 0, device: Math.round(total * s.device) },
+    { what: 'layer weights (resident share)', ram: resident, disk: onDisk ? (w.fileBytes ?? total) : 0, device: Math.round(total * s.device) },
     { what: 'weight staging (two slots)', ram: onDisk ? 2 * w.slotBytes : 0, disk: 0 },
     { what: 'embeddings, LM head, norms', ram: w.globalBytes, disk: 0 },
     // Loading's buffers are garbage once the model is loaded, but native memory is freed only when
@@ -66,6 +69,15 @@ export function weightItems(w: WeightSizes, p: Policy, onDisk: boolean): MemoryI
     ...(w.heldBytes ? [{ what: 'the job\'s request ids', ram: w.heldBytes, disk: 0 }] : []),
     { what: onDisk ? 'weight loading (read chunk, conversion staging)' : 'weight loading (read chunk)', ram: w.chunkBytes + (onDisk ? conversionStagingBytes(w.packedChunkBytes) : 0), disk: 0 },
   ];
+}
+
+/** The packed-weights file of the disk tier (src/schedule/weight-store.ts): each matrix at a
+ *  4096-byte boundary (O_DIRECT), and its manifest beside it. Counted unaligned, llama-tiny's took
+ *  14% more than --disk. */
+export function packedFileBytes(layers: readonly (readonly { bytes: number }[])[]): number {
+  const matrices = layers.reduce((n, l) => n + l.length, 0);
+  // (the manifest: ~120 bytes a matrix, its name and place; 256 allowed)
+  return layers.reduce((n, l) => n + l.reduce((m, x) => m + alignUp(x.bytes), 0), 0) + alignUp(Math.max(1, 256 * matrices));
 }
 
 /** The disk tier's conversion staging: a packed chunk after the < 4096-byte tail of the previous
@@ -95,6 +107,15 @@ export function blockItems(c: ModelConfig, p: Policy, b: BlockShape): MemoryItem
   const cacheStaging = cs.disk > 0 ? 3 * (b.rows * (layerRowBytes + b.capacity * record)) : 0;
   const actTotal = b.batches * b.maxTokens * c.hidden * 4;
   const as = shares(p, 'activations');
+  // On disk, each batch's rows past the RAM share, each batch's range 4096-aligned (act-store.ts):
+  // counted unaligned, 8 one-token batches reserved 16× a --disk that was said to hold them.
+  const actRows = splitRows(b.batches * b.maxTokens, as);
+  let actRamLeft = actRows.device + actRows.ram, actDisk = 0;
+  for (let k = 0; k < b.batches; k++) {
+    const r = Math.min(b.maxTokens, actRamLeft);
+    actRamLeft -= r;
+    actDisk += alignUp((b.maxTokens - r) * c.hidden * 4);
+  }
   const actStaging = as.disk > 0 ? 3 * 2 * b.maxTokens * c.hidden * 4 : 0;
   const t = b.maxTokens;
   const q = c.heads * c.headDim;
@@ -108,7 +129,7 @@ export function blockItems(c: ModelConfig, p: Policy, b: BlockShape): MemoryItem
   return [
     { what: 'KV cache', ram: cacheRam, disk: cacheDisk, device: Math.round(cacheTotal * cs.device) },
     { what: 'KV cache staging', ram: cacheStaging, disk: 0 },
-    { what: 'activations', ram: Math.round(actTotal * (as.device + as.ram)), disk: Math.round(actTotal * as.disk), device: Math.round(actTotal * as.device) },
+    { what: 'activations', ram: Math.round(actTotal * (as.device + as.ram)), disk: actDisk, device: Math.round(actTotal * as.device) },
     { what: 'activation staging', ram: actStaging, disk: 0 },
     { what: 'compute workspace', ram: workspace, disk: 0 },
     { what: 'GEMM input packing', ram: gemmPacking, disk: 0 },

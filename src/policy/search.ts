@@ -27,6 +27,8 @@ export interface SearchInput {
   unitBytes: { sep: number; whole: number };
   /** Embeddings, LM head, norms: always in RAM. */
   globalBytes: number;
+  /** The disk tier's packed-weights file (WeightSizes.fileBytes). */
+  fileBytes?: number;
   /** Loading's read chunk and conversion's packed chunk (WeightSizes). */
   chunkBytes: number;
   packedChunkBytes: number;
@@ -94,7 +96,7 @@ function ramModel(input: SearchInput, gbs: number, ngb: number, sepLayer: boolea
   const probe = (p: Partial<Policy>) => {
     const policy = { ...DEFAULT_POLICY, gpuBatchSize: gbs, numGpuBatches: ngb, sepLayer, ...p };
     return [
-      ...weightItems({ layerBytes: input.layerBytes, slotBytes: sepLayer ? input.unitBytes.sep : input.unitBytes.whole, globalBytes: input.globalBytes,
+      ...weightItems({ layerBytes: input.layerBytes, fileBytes: input.fileBytes, slotBytes: sepLayer ? input.unitBytes.sep : input.unitBytes.whole, globalBytes: input.globalBytes,
         chunkBytes: input.chunkBytes, packedChunkBytes: input.packedChunkBytes,
         tokenizerBytes: input.tokenizerBytes, heldBytes: input.heldBytes }, policy, v.w),
       ...blockItems(c, policy, { rows: gbs, batches: ngb, maxTokens: stepTokens(input, gbs), capacity: input.promptLen + input.genLen, cacheBytesPerElement: input.cacheElem }),

@@ -46,7 +46,7 @@ export class ActStore {
       this.stats.ramBytes += ramRows * hidden * 4;
       this.stats.diskBytes += (maxTokens - ramRows) * hidden * 4;
     }
-    if (offset > 0) file!.reserve(offset);
+    file?.reserve(offset);
   }
 
   needsStagingAny(): boolean {

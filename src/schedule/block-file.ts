@@ -9,9 +9,10 @@ export interface BlockFile {
   write(src: Uint8Array, offset: number, options?: TransferOptions): Promise<void>;
   sync(): Promise<void>;
   close(): Promise<void>;
-  /** Reserves the file's first `bytes` bytes on disk (growing what an earlier call reserved), so
-   *  that the writes a block plans cannot meet a full disk midway: a disk that is short fails here,
-   *  before the block's work, naming the file. */
+  /** Reserves the file's first `bytes` bytes on disk, so that the writes a block plans cannot meet
+   *  a full disk midway (a disk that is short fails here, before the block's work, naming the
+   *  file), and gives back what an earlier, larger block reserved past them: the cache and the
+   *  activation files each kept their largest block's, and together passed --disk. */
   reserve(bytes: number): void;
 }
 
@@ -25,8 +26,9 @@ export async function openBlockFile(path: string, mode: 'r' | 'rw' | 'w'): Promi
     sync: () => f.sync(),
     close: async () => f.close(),
     reserve: (bytes) => {
-      if (bytes <= reserved) return;
-      f.allocate(bytes);
+      if (bytes === reserved) return;
+      if (bytes < reserved) f.truncate(bytes);
+      else f.allocate(bytes);
       reserved = bytes;
     },
   };

@@ -87,7 +87,7 @@ export class CacheStore {
       this.stats.ramBytes += 2 * ramRows * capacity * this.headBytes;
       this.stats.diskBytes += diskRows * capacity * this.recordBytes;
     }
-    if (fileOffset > 0) file!.reserve(fileOffset);
+    file?.reserve(fileOffset);
   }
 
   /** Hands the RAM tensors of every block to `buffers`, for the next block, once this one is done. */

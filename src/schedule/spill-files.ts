@@ -98,8 +98,10 @@ function removeTag(dir: string, tag: string): void {
   fs.rmSync(path.join(dir, lockName(tag)), { force: true });
 }
 
-/** Deletes the spill files and locks of runs that are gone (their lock can be taken). */
-function removeStale(dir: string): void {
+/** Deletes the spill files and locks of runs in `dir` that are gone (killed: their lock can be
+ *  taken). Called before the free space there is measured too: a killed run's files reserve their
+ *  whole block's space, and every rerun planned against what was left was refused. */
+export function removeStale(dir: string): void {
   const tags = new Set<string>();
   for (const name of fs.readdirSync(dir)) {
     const m = TAGGED.exec(name);
