@@ -1,0 +1,140 @@
+// A server batch job that the engine fails midway (ENOSPC reserving a cache file, or another error)
+// was marked 'failed' with output_file_id null: the lines it had answered were in the data dir but
+// no request returned them, and a restart did not go on with a job the disk had failed.
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type LanguageModel, loadModel } from '../src/engine/model.js';
+import { type Engine, engineFor } from '../src/openai/complete.js';
+import { type Server, buildServer } from '../src/server/app.js';
+import type { BatchObject } from '../src/server/store.js';
+import { tmpDir } from './helpers/fixtures.js';
+import { tinyChatModel } from './helpers/serve.js';
+
+let dir: string;
+let model: LanguageModel;
+
+beforeAll(async () => {
+  dir = tmpDir('server-batch-enospc');
+  model = await loadModel(tinyChatModel(dir), { policy: { gpuBatchSize: 2, numGpuBatches: 1 } });
+});
+
+afterAll(async () => {
+  await model?.close();
+});
+
+const LINES = 8;
+
+/** Line 0 has an invalid body (it fails without reaching the engine); the others are completions. */
+const input = () => Array.from({ length: LINES }, (_, i) => JSON.stringify({
+  custom_id: `r${i}`, method: 'POST', url: '/v1/completions',
+  body: i === 0 ? { model: 'tiny', prompt: 'x', top_p: 3 } : { model: 'tiny', prompt: `line ${i} says`, max_tokens: 4, temperature: 0 },
+})).join('\n') + '\n';
+
+/** The engine, whose `fail`th request (from 1) fails as the engine does, with `error`. */
+function failingEngine(fail: number, error: Error): Engine {
+  const engine = engineFor(model, 'tiny');
+  const real = engine.scheduler;
+  let n = 0;
+  const submit: typeof real.submit = (...a) => (++n === fail ? Promise.reject(error) : real.submit(...a));
+  const scheduler = new Proxy(real, {
+    get: (t, k) => {
+      if (k === 'submit') return submit;
+      const v = Reflect.get(t, k) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+    },
+  });
+  return { ...engine, scheduler };
+}
+
+const enospc = () => Object.assign(new Error('ENOSPC (No space left on device) preallocating 24739840 bytes for /disk/cache-1.bin'), { code: 'ENOSPC' });
+
+// (one line at a time: the 5th request is line 5, after lines 1-4 were answered)
+const server = (data: string, engine: Engine) => buildServer({ engine, dataDir: data, maxQueue: 8, bodyLimit: 1 << 20, fileLimit: 1 << 20, batchConcurrency: 1 });
+
+async function createBatch(s: Server): Promise<string> {
+  const boundary = 'b0undary';
+  const payload = `--${boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n` +
+    `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="in.jsonl"\r\nContent-Type: application/jsonl\r\n\r\n${input()}\r\n--${boundary}--\r\n`;
+  const file = (await s.app.inject({ method: 'POST', url: '/v1/files', headers: { 'content-type': `multipart/form-data; boundary=${boundary}` }, payload })).json() as { id: string };
+  const created = await s.app.inject({ method: 'POST', url: '/v1/batches', payload: { input_file_id: file.id, endpoint: '/v1/completions', completion_window: '24h' } });
+  return (created.json() as BatchObject).id;
+}
+
+async function ended(s: Server, id: string): Promise<BatchObject> {
+  for (;;) {
+    const b = (await s.app.inject({ method: 'GET', url: `/v1/batches/${id}` })).json() as BatchObject;
+    if (['completed', 'failed', 'cancelled'].includes(b.status)) return b;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+async function content(s: Server, id: string | null): Promise<string[]> {
+  expect(id).not.toBeNull();
+  const body = (await s.app.inject({ method: 'GET', url: `/v1/files/${id}/content` })).body;
+  return body.split('\n').filter(Boolean).map((l) => (JSON.parse(l) as { custom_id: string }).custom_id);
+}
+
+describe('a server batch the engine fails', () => {
+  it('publishes the lines it answered, reports the disk error, and goes on after a restart', async () => {
+    const data = path.join(dir, 'enospc');
+    const first = await server(data, failingEngine(5, enospc()));
+    let id: string;
+    try {
+      id = await createBatch(first);
+      const b = await ended(first, id);
+      expect(b.status).toBe('failed');
+      expect(b.request_counts).toEqual({ total: LINES, completed: 4, failed: 1 });
+      expect(await content(first, b.output_file_id)).toEqual(['r1', 'r2', 'r3', 'r4']);
+      expect(await content(first, b.error_file_id)).toEqual(['r0']);
+      expect(b.errors!.data[0]!.code).toBe('insufficient_storage');
+      expect(b.errors!.data[0]!.message).toMatch(/^ENOSPC .*preallocating 24739840 bytes for \/disk\/cache-1\.bin .*when it restarts/);
+      const listed = (await first.app.inject({ method: 'GET', url: '/v1/files?purpose=batch_output' })).json() as { data: { id: string }[] };
+      expect(listed.data.map((f) => f.id).sort()).toEqual([b.output_file_id, b.error_file_id].sort());
+    } finally {
+      await first.close();
+    }
+
+    const second = await server(data, engineFor(model, 'tiny'));
+    try {
+      second.jobs.resume();
+      const b = await ended(second, id);
+      expect(b.status).toBe('completed');
+      expect(b.errors).toBeNull();
+      expect(b.failed_at).toBeNull();
+      expect(b.request_counts).toEqual({ total: LINES, completed: LINES - 1, failed: 1 });
+      // (the lines answered before the failure are not run again)
+      expect(await content(second, b.output_file_id)).toEqual(['r1', 'r2', 'r3', 'r4', 'r5', 'r6', 'r7']);
+      expect(await content(second, b.error_file_id)).toEqual(['r0']);
+      const file = (await second.app.inject({ method: 'GET', url: `/v1/files/${b.output_file_id}` })).json() as { bytes: number };
+      expect(file.bytes).toBe(fs.statSync(path.join(data, 'files', `${b.output_file_id}.jsonl`)).size);
+    } finally {
+      await second.close();
+    }
+  });
+
+  it('publishes the lines it answered when another error fails it, and leaves it failed after a restart', async () => {
+    const data = path.join(dir, 'other');
+    const first = await server(data, failingEngine(3, new Error('engine exploded')));
+    let id: string;
+    try {
+      id = await createBatch(first);
+      const b = await ended(first, id);
+      expect(b.status).toBe('failed');
+      expect(b.errors!.data).toEqual([{ code: 'engine_error', message: 'engine exploded', param: null, line: null }]);
+      expect(await content(first, b.output_file_id)).toEqual(['r1', 'r2']);
+      expect(await content(first, b.error_file_id)).toEqual(['r0']);
+    } finally {
+      await first.close();
+    }
+    const second = await server(data, engineFor(model, 'tiny'));
+    try {
+      second.jobs.resume();
+      const b = second.jobs.get(id)!.batch;
+      expect(b.status).toBe('failed');
+      expect(b.request_counts.completed).toBe(2);
+    } finally {
+      await second.close();
+    }
+  });
+});
