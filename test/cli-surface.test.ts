@@ -88,6 +88,20 @@ describe('paths are refused before any work', () => {
     expect(fs.existsSync(path.join(dir, 'hw.json'))).toBe(false);
   });
 
+  it.skipIf(!fs.existsSync('/dev/shm') || fs.statfsSync('/dev/shm').type !== 0x01021994)('--disk-dir in memory (tmpfs) under --ram is warned about: it takes RAM --ram does not count', () => {
+    const shm = fs.mkdtempSync('/dev/shm/tierlm-test-');
+    try {
+      const r = cli(['plan', '--config', 'opt-125m', '--prompt-len', '8', '--gen-len', '4', '--ram', '2GiB', '--disk-dir', shm, '--disk', '1GiB']);
+      expect(r.stderr).toContain(`tierlm: warning: --disk-dir ${shm} is in memory (tmpfs or ramfs): what the disk tier keeps there takes RAM outside --ram`);
+      // (a directory on disk is not: where the test's own temporary directory is on disk too)
+      if (fs.statfsSync(dir).type !== 0x01021994) {
+        expect(cli(['plan', '--config', 'opt-125m', '--prompt-len', '8', '--gen-len', '4', '--ram', '2GiB', '--disk-dir', dir, '--disk', '1GiB']).stderr).not.toContain('is in memory');
+      }
+    } finally {
+      fs.rmSync(shm, { recursive: true, force: true });
+    }
+  });
+
   it('files where directories are expected and the reverse; missing parents are never created', () => {
     const file = path.join(dir, 'f.txt');
     fs.writeFileSync(file, 'x');

@@ -24,14 +24,23 @@ export function modelDir(flag: string, dir: string): void {
 }
 
 /** The disk tier's directory: it must exist and be writable (every command checks it this way). */
-export function diskDir(dir: string): void {
+/** `ram`: the run's RAM limit, which a disk tier in memory would pass unseen (said when given). */
+export function diskDir(dir: string, ram?: number): void {
   existingDir('--disk-dir', dir);
   try {
     fs.accessSync(dir, fs.constants.W_OK);
   } catch {
     refuse('--disk-dir', dir, 'is not writable');
   }
+  // A disk tier in memory holds its files in RAM that --ram does not count (the spill files
+  // reserve a whole block's cache: 192 MiB of a 56 MiB run's on one tmpfs).
+  if (ram !== undefined && IN_MEMORY.has(fs.statfsSync(dir).type)) {
+    process.stderr.write(`tierlm: warning: --disk-dir ${dir} is in memory (tmpfs or ramfs): what the disk tier keeps there takes RAM outside --ram\n`);
+  }
 }
+
+/** statfs types of file systems kept in memory: tmpfs, ramfs. */
+const IN_MEMORY = new Set([0x01021994, 0x858458f6]);
 
 /** A file to read: it exists and is not a directory. */
 export function inputFile(flag: string, file: string, hint = ''): void {

@@ -119,7 +119,7 @@ export function addPolicyOptions(cmd: Command): Command {
  *  `tierlm plan` says so on stderr (`sayDiskLimit`); a run's own output stays as it was. `model`
  *  and `train` are the command's own flags where it has them. */
 export function checkPlanningPaths(o: PolicyFlags & { model?: string; train?: boolean; ranks?: number }, sayDiskLimit = false): void {
-  if (o.diskDir !== undefined) diskDir(o.diskDir);
+  if (o.diskDir !== undefined) diskDir(o.diskDir, o.ram);
   if (o.profile !== undefined) inputFile('--profile', o.profile, ' (measure one with `tierlm profile --out FILE`, or leave --profile out to use the saved one)');
   if (o.policy !== undefined && o.policy !== 'auto') inputFile('--policy', o.policy);
   if (o.threads !== undefined && o.threads > os.availableParallelism()) {

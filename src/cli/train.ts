@@ -49,7 +49,7 @@ export function addTrainCommand(program: Command): void {
     .option('--profile <file>', 'hardware profile (as `tierlm profile --out FILE` writes it): its bf16 kernel, and an offloaded run\'s predicted step time (default: the saved one)')
     .option('--ram-percent <n...>', 'six percents kept in RAM: bf16 parameters, gradients, master weights, momentum, variance, activation checkpoints (default: planned from --ram)')
     .action(async (o: Omit<TrainRunOptions, 'onStart' | 'ramPercent'> & { ramPercent?: string[] }) => {
-      if (o.diskDir !== undefined) diskDir(o.diskDir);
+      if (o.diskDir !== undefined) diskDir(o.diskDir, o.ram);
       // Under mpirun (src/dist): an error on one rank ends every rank, and the last rank to finish
       // leaves MPI; rank 0 alone reports progress.
       const comm = worldComm();
