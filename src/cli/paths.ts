@@ -23,8 +23,8 @@ export function modelDir(flag: string, dir: string): void {
   if (!statOrNull(path.join(dir, 'config.json'))?.isFile()) refuse(flag, dir, 'has no config.json (not a Hugging Face model directory)');
 }
 
-/** The disk tier's directory: it must exist and be writable (every command checks it this way). */
-/** `ram`: the run's RAM limit, which a disk tier in memory would pass unseen (said when given). */
+/** The disk tier's directory: it must exist and be writable (every command checks it this way).
+ *  `ram`: the run's RAM limit, which a disk tier in memory would pass unseen (said when given). */
 export function diskDir(dir: string, ram?: number): void {
   existingDir('--disk-dir', dir);
   try {

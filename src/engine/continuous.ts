@@ -410,16 +410,12 @@ export class ContinuousEngine {
     this.open?.block.release(k, r);
     this.replayed.add(x.a);
     this.gaveUp.add(x.a);
-    this.preempted++;
     this.waiting.unshift(x.a);
     return k;
   }
 
   /** Batch sequences that gave their slot up to an interactive one (never asked twice). */
   private readonly gaveUp = new WeakSet<Admission>();
-
-  /** Batch sequences that gave their slot to an interactive one (see preemptFor). */
-  preempted = 0;
 
   /** Segments of batch k's step, by row: a decode token for every row past its prompt, and
    *  prompt chunks in the tokens left (at most prefillChunk), oldest prompt first. A row computed

@@ -420,13 +420,20 @@ export function checkRequestLimits(req: GenerationRequest, hasTokenizer: boolean
   if (req.stopTokenIds !== undefined && !(Array.isArray(req.stopTokenIds) && req.stopTokenIds.every((t) => Number.isSafeInteger(t) && t >= 0))) {
     return `"${stopTokenIds}" must be an array of non-negative integers`;
   }
-  const outside = req.stopTokenIds?.find((t) => t >= vocabSize);
-  if (outside !== undefined) return `"${stopTokenIds}": ${outside} is outside the model's vocabulary of ${vocabSize} tokens`;
+  const outside = req.stopTokenIds && stopIdsOutside(req.stopTokenIds, vocabSize, `"${stopTokenIds}"`);
+  if (outside) return outside;
   if (req.logprobs !== undefined && typeof req.logprobs !== 'boolean') return '"logprobs" must be true or false';
   if (req.topLogprobs !== undefined && !(Number.isSafeInteger(req.topLogprobs) && req.topLogprobs >= 0 && req.topLogprobs <= 20)) {
     return `"${topLogprobs}" must be an integer in [0, 20]`;
   }
   return null;
+}
+
+/** What is wrong with stop token ids past the vocabulary (never sampled: they stopped nothing,
+ *  silently), named `name`, or null. */
+export function stopIdsOutside(ids: readonly number[], vocabSize: number, name: string): string | null {
+  const outside = ids.find((t) => t >= vocabSize);
+  return outside === undefined ? null : `${name}: ${outside} is outside the model's vocabulary of ${vocabSize} tokens`;
 }
 
 function checkParams(p: GenerateParams): void {

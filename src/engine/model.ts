@@ -16,7 +16,7 @@ import { applySavedGemmBlocking, savedBf16Kernel } from '../policy/profile.js';
 import { type LayerSource, ResidentLayers, WeightStore, planSlotBytes } from '../schedule/weight-store.js';
 import { type BlockShape, type Limits, type MemoryItem, type WeightSizes, blockItems, checkLimits, packedFileBytes, weightItems } from '../policy/memory.js';
 import { DiskTier } from '../schedule/disk-tier.js';
-import { type GenerateOptions, type GenerateParams, type GenerateStats, Generator, cacheBytesPerElement, resolveParams } from './generate.js';
+import { type GenerateOptions, type GenerateParams, type GenerateStats, Generator, cacheBytesPerElement, resolveParams, stopIdsOutside } from './generate.js';
 import { Scheduler } from './scheduler.js';
 import { type OpenedBlock, RunnerLock } from './continuous.js';
 import type { GenerationRequest, GenerationResult, RequestError, RequestNames } from './requests.js';
@@ -263,9 +263,8 @@ export class LanguageModel {
         'leave cacheDtype out (or give "q4"), or load the model without compressCache');
     }
     const p = resolveParams({ batchSize: this.policy.gpuBatchSize, numGpuBatches: this.policy.numGpuBatches, cacheDtype: cacheDtypeOf(this.policy), ...given, ...cache });
-    // (an id past the vocabulary is never sampled: it stopped nothing, silently)
-    const outside = p.stopTokenIds.find((t) => t >= this.config.vocabSize);
-    if (outside !== undefined) throw new RangeError(`${optionName('stopTokenIds')}: ${outside} is outside the model's vocabulary of ${this.config.vocabSize} tokens`);
+    const outside = stopIdsOutside(p.stopTokenIds, this.config.vocabSize, optionName('stopTokenIds'));
+    if (outside) throw new RangeError(outside);
     return p;
   }
 

@@ -11,6 +11,11 @@ import { ModelFileError } from '../util/errors.js';
 import { readJsonObject } from '../util/json-file.js';
 
 const DTYPES: Record<string, FloatDType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
+/** The dtype the engine computes with for a dtype as a file names it (F32, F16, BF16), or null. */
+export function floatDType(stored: string): FloatDType | null {
+  return DTYPES[stored] ?? null;
+}
+
 /** Every other dtype safetensors defines, by its element size. A tensor of one (an int64
  *  `position_ids` buffer, a boolean mask) is checked like the rest and kept aside: a model that
  *  does not compute with it loads, as transformers loads it; one it needs is refused by name. */

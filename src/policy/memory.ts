@@ -9,7 +9,7 @@ import { type Policy, shares } from './policy.js';
 import { formatSize } from '../tensor/tiers/size.js';
 import { UserError } from '../util/errors.js';
 import { optionName } from '../util/names.js';
-import { alignUp, splitRows } from '../schedule/placement.js';
+import { alignUp, blockRamRows } from '../schedule/placement.js';
 
 /** Memory of the Node.js runtime, the addon and the engine's own code, which a RAM limit does
  *  not cover: peak RSS stays within the limit plus this. Measured at about 55 MiB (peak RSS of a
@@ -109,13 +109,7 @@ export function blockItems(c: ModelConfig, p: Policy, b: BlockShape): MemoryItem
   const as = shares(p, 'activations');
   // On disk, each batch's rows past the RAM share, each batch's range 4096-aligned (act-store.ts):
   // counted unaligned, 8 one-token batches reserved 16× a --disk that was said to hold them.
-  const actRows = splitRows(b.batches * b.maxTokens, as);
-  let actRamLeft = actRows.device + actRows.ram, actDisk = 0;
-  for (let k = 0; k < b.batches; k++) {
-    const r = Math.min(b.maxTokens, actRamLeft);
-    actRamLeft -= r;
-    actDisk += alignUp((b.maxTokens - r) * c.hidden * 4);
-  }
+  const actDisk = blockRamRows(b.batches, b.maxTokens, as).reduce((n, r) => n + alignUp((b.maxTokens - r) * c.hidden * 4), 0);
   const actStaging = as.disk > 0 ? 3 * 2 * b.maxTokens * c.hidden * 4 : 0;
   const t = b.maxTokens;
   const q = c.heads * c.headDim;

@@ -6,7 +6,7 @@
 import type { Shares } from '../policy/policy.js';
 import { Tensor } from '../tensor/tensor.js';
 import { type BlockFile, alignedBytes } from './block-file.js';
-import { alignUp, splitRows } from './placement.js';
+import { alignUp, blockRamRows } from './placement.js';
 
 interface Batch {
   ramRows: number;
@@ -34,12 +34,8 @@ export class ActStore {
     private readonly file: BlockFile | null,
   ) {
     this.tokens = new Array(numBatches).fill(0);
-    const split = splitRows(numBatches * maxTokens, shares);
-    let ramLeft = split.device + split.ram;
     let offset = 0;
-    for (let k = 0; k < numBatches; k++) {
-      const ramRows = Math.min(maxTokens, ramLeft);
-      ramLeft -= ramRows;
+    for (const ramRows of blockRamRows(numBatches, maxTokens, shares)) {
       if (ramRows < maxTokens && !file) throw new Error('activations placed on disk, but no disk tier was given');
       this.batches.push({ ramRows, ram: ramRows > 0 ? new Float32Array(ramRows * hidden) : null, fileOffset: offset });
       offset += alignUp((maxTokens - ramRows) * hidden * 4);

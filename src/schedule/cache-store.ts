@@ -17,7 +17,7 @@ import { Tensor } from '../tensor/tensor.js';
 import type { BlockFile } from './block-file.js';
 import { CacheBuffers, type CacheTensorDType } from './cache-buffers.js';
 import { alignedBytes } from './block-file.js';
-import { alignUp, splitRows } from './placement.js';
+import { alignUp, blockRamRows } from './placement.js';
 import { settleAll } from './transfers.js';
 
 interface Block {
@@ -64,17 +64,10 @@ export class CacheStore {
     this.headBytes = config.kvHeads * this.rowLength * this.elem;
     this.recordBytes = alignUp(2 * this.headBytes);
     this.lengths = Array.from({ length: numBatches }, () => new Int32Array(rows));
-    const total = config.layers * numBatches * rows;
-    const split = splitRows(total, shares);
-    let ramLeft = split.device + split.ram;
     let fileOffset = 0;
     const blockShape = (r: number) => [r, config.kvHeads, capacity, this.rowLength];
     const tensorDtype = cacheTensorDType(dtype);
-    const ramRowsOf = Array.from({ length: config.layers * numBatches }, () => {
-      const r = Math.min(rows, ramLeft);
-      ramLeft -= r;
-      return r;
-    });
+    const ramRowsOf = blockRamRows(config.layers * numBatches, rows, shares);
     const size = (r: number) => blockShape(r).reduce((a, b) => a * b, 1);
     buffers.dropUnless(ramRowsOf.filter((r) => r > 0).flatMap((r) => [{ dtype: tensorDtype, size: size(r) }, { dtype: tensorDtype, size: size(r) }]));
     for (const ramRows of ramRowsOf) {

@@ -45,6 +45,19 @@ export function splitRows(rows: number, shares: Shares): { device: number; ram: 
   return { device, ram, disk: rows - device - ram };
 }
 
+/** RAM rows (device included) of each of `blocks` blocks of `rows` rows under `shares`: the rows
+ *  splitRows keeps in RAM, to the first blocks first (the cache and activation stores place them
+ *  so, and the memory plan counts them so). */
+export function blockRamRows(blocks: number, rows: number, shares: Shares): number[] {
+  const split = splitRows(blocks * rows, shares);
+  let left = split.device + split.ram;
+  return Array.from({ length: blocks }, () => {
+    const r = Math.min(rows, left);
+    left -= r;
+    return r;
+  });
+}
+
 export const IO_ALIGN = 4096;
 
 export function alignUp(n: number, a = IO_ALIGN): number {

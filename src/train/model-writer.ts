@@ -9,9 +9,9 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { type OtherTensor, TensorStore } from '../formats/safetensors.js';
+import { type OtherTensor, TensorStore, floatDType } from '../formats/safetensors.js';
 import { readConfig } from '../models/registry.js';
-import { DTYPE_BYTES, type FloatDType, isFloatDType, narrowInto } from '../tensor/dtype.js';
+import { type FloatDType, narrowInto } from '../tensor/dtype.js';
 import { ModelFileError } from '../util/errors.js';
 import { fsyncPath } from '../util/atomic.js';
 import { paramList } from './params.js';
@@ -42,7 +42,7 @@ export function modelDtype(sourceDir: string): FloatDType {
   const store = TensorStore.open(sourceDir);
   try {
     // (the first tensor the engine computes with: an int64 buffer says nothing of the weights)
-    const first = store.names().find((n) => isFloatDType(store.stored(n).dtype.toLowerCase()));
+    const first = store.names().find((n) => floatDType(store.stored(n).dtype) !== null);
     return first ? store.info(first).dtype : 'f32';
   } finally {
     store.close();
@@ -59,9 +59,9 @@ export async function writeModelFiles(dir: string, sourceDir: string, weights: M
       if (weight) return { name, dtype, shape: weight.shape, fill: (dst, offset) => narrow(dtype, weight.data, offset, dst) };
       // (copied byte for byte, whatever its dtype: an int64 buffer too)
       const elem = info.byteLength / Math.max(1, info.shape.reduce((a, b) => a * b, 1));
-      const float = isFloatDType(info.dtype.toLowerCase()) ? (info.dtype.toLowerCase() as FloatDType) : null;
+      const float = floatDType(info.dtype);
       return { name, dtype: float ?? 'f32', shape: info.shape, ...(float ? {} : { stored: { dtype: info.dtype, elementBytes: elem } }),
-        fill: (dst, offset) => store.readBytesInto(name, offset * (float ? DTYPE_BYTES[float] : elem), dst) };
+        fill: (dst, offset) => store.readBytesInto(name, offset * elem, dst) };
     });
     for (const f of MODEL_SIDE_FILES) {
       const src = path.join(sourceDir, f);

@@ -65,12 +65,10 @@ const ORDER: (StateKind | 'act')[] = ['param', 'master', 'grad', 'm', 'v', 'act'
  *  tiled; when that does not fit, smaller tiles are tried (down to 64 KiB) before refusing — a
  *  larger limit tiled fewer weights, held them whole, and was refused where a smaller one ran. */
 export function planOffload(o: OffloadPlanInput): OffloadPlan {
-  const perElem = stateBytesPerParam(o.precision);
-  // A set of sub-group buffers is a 48th of the limit by default (planOffloadOnce).
   // (without retiling, as planTraining's first pass plans, the default sub-groups alone: the
   // trainer's own plan, which tries smaller tiles before smaller sub-groups, is then the same)
-  if (o.retile === false) return planOffloadOnce({ ...o, subGroupSize: plannedSubGroup(o.subGroupSize) ?? roundSubGroup(Math.floor(o.ram / 48 / perElem)) });
-  return withSubGroups(o, Math.floor(o.ram / 48 / perElem), (subGroupSize) => {
+  if (o.retile === false) return planOffloadOnce({ ...o, subGroupSize: plannedSubGroup(o.subGroupSize) ?? roundSubGroup(defaultSubGroup(o)) });
+  return withSubGroups(o, defaultSubGroup(o), (subGroupSize) => {
     const p = { ...o, subGroupSize };
     const tried = planOrRefusals(p);
     // (the RAM limit a refusal names is searched with each limit's own default sub-groups)
@@ -100,6 +98,9 @@ export function withSubGroups(o: OffloadPlanInput, defaultSize: number, plan: (s
 /** A sub-group size given, as the optimizer runs it (a bad one is left for placeStates to refuse by name). */
 const plannedSubGroup = (given: number | undefined): number | undefined =>
   given !== undefined && Number.isSafeInteger(given) && given >= 1 ? roundSubGroup(given) : given;
+
+/** Elements of the default sub-group: a set of its buffers is a 48th of the limit. */
+const defaultSubGroup = (o: OffloadPlanInput): number => Math.floor(o.ram / 48 / stateBytesPerParam(o.precision));
 
 /** The smallest sub-group the planners choose (one piece: ./optimizer.ts). */
 const MIN_SUB_GROUP = PIECE_ALIGN;
@@ -183,7 +184,7 @@ function planOffloadOnce(o: OffloadPlanInput): OffloadPlan {
   const unitElems = probe.fetched.map((u) => u.reduce((n, i) => n + probe.params[i]!.size, 0));
   const unitBytes = (u: number, k: StateKind) => probe.fetched[u]!.reduce((n, i) => n + alignUp(probe.params[i]!.size * kindBytes(k)), 0);
   const layerMax = (k: StateKind) => Math.max(0, ...Array.from({ length: L }, (_, u) => unitBytes(u, k)));
-  const perElem = probe.kinds.reduce((n, k) => n + kindBytes(k), 0);
+  const perElem = stateBytesPerParam(o.precision);
   // Sub-groups: a set of buffers is a 48th of the limit (pieces of 2048 elements at least;
   // ./optimizer.ts); each kind's buffer may take a block of alignment more. Three sets at least;
   // more (up to an eighth of the limit, eight sets, and a quarter of what the other working
@@ -191,7 +192,7 @@ function planOffloadOnce(o: OffloadPlanInput): OffloadPlan {
   // only between units, so what it moves under one unit's compute is what its sets − 2
   // sub-groups read ahead hold (./cost.ts). They coexist with the forward's buffers (both are
   // items below).
-  const subGroupSize = o.subGroupSize ?? roundSubGroup(Math.floor(o.ram / 48 / perElem));
+  const subGroupSize = o.subGroupSize ?? roundSubGroup(defaultSubGroup(o));
   const setBytes = Math.max(2048, Math.min(subGroupSize, probe.params.reduce((n, p) => n + p.size, 0))) * perElem + probe.kinds.length * 4096;
   // Packed weights: each held unit's weights packed (and packed transposed) in f32 at most.
   const packs = 2 * 4 * (Math.max(0, ...unitElems.slice(0, L)) + unitElems[L]!);

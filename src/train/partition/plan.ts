@@ -37,7 +37,7 @@ function planRankOnce(o: OffloadPlanInput & { ranks: number; subGroupSize: numbe
   const sliceMax = Math.max(0, ...part.groups.map((g) => g.slice));
   const layerSlice = Math.max(0, ...part.groups.slice(1).map((g) => g.slice));
   const kb = kindBytes(computeKind);
-  const perElem = probe.kinds.reduce((n, k) => n + kindBytes(k), 0);
+  const perElem = stateBytesPerParam(o.precision);
   const total = part.groups.reduce((n, g) => n + g.slice, 0);
   const subGroupSize = o.subGroupSize;
   const subGroupBytes = 3 * (Math.max(2048, Math.min(subGroupSize, total)) * perElem + probe.kinds.length * 4096);
