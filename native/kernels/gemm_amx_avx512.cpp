@@ -27,14 +27,20 @@ namespace tierlm {
 namespace gemm {
 namespace {
 
-const amx::TileConfig kConfig = amx::tile_config();
+// Built on first use, not at namespace scope: this file is compiled for AVX-512, and GCC vectorises
+// a dynamic initializer with zmm stores that would run when the addon is opened, before any CPU
+// dispatch, and kill the process (SIGILL) on CPUs without AVX-512.
+const amx::TileConfig& config() {
+  static const amx::TileConfig c = amx::tile_config();
+  return c;
+}
 
 // Tile state is per thread: each thread configures its tiles for a product and releases them
 // after, so that a thread between products carries no 8 KiB of tile state through context
 // switches and signal frames.
 void enter() {
   AMX_FENCE();
-  _tile_loadconfig(&kConfig);
+  _tile_loadconfig(&config());
 }
 
 void leave() { _tile_release(); }
