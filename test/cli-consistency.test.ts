@@ -159,7 +159,8 @@ describe('numbers on the command line', () => {
     expect(() => rule('threads')('0x2')).toThrow('--threads must be an integer in [1, 1024], got "0x2"');
     const r = cli(['generate', '--model', opt, '--prompt', 'x', '--percent', '0', '0x64', '0', '100', '0', '100']);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/--percent takes six numbers/);
+    // quoting what was typed (it printed "got 0 NaN 0 100 0 100")
+    expect(r.stderr).toContain('--percent takes six numbers (WG WC CG CC HG HC), got "0x64" in "0" "0x64" "0" "100" "0" "100"');
   });
 });
 
@@ -222,5 +223,21 @@ describe('the docs', () => {
     expect(api).not.toMatch(/`benchJson\(result\)` is the\s+line/);
     expect(api.replace(/\s+/g, ' ')).toContain('`benchJson(result)` returns the object `tierlm bench --json` prints as one line');
     expect(api).toMatch(/runs\/ must exist\)\nfor await \(const m of train\(\{ model: 'models\/opt-125m', data: 'train\.jsonl', out: 'runs\/a'/);
+  });
+});
+
+describe('a refusal of --ram names what the command holds beside the model', () => {
+  // serve's request-body budget was called "the job's request ids": nothing told the user that a
+  // smaller --body-limit needs less
+  it('serve: the request bodies in flight', () => {
+    const r = cli(['serve', '--model', opt, '--ram', '20MiB', '--disk-dir', tmpDir('serve-held'), '--port', '0', '--threads', '1']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/and the request bodies in flight, 2 × --body-limit at 3 bytes of RAM a byte \(24\.0 MiB\) need/);
+    expect(r.stderr).not.toContain('request ids');
+  });
+  it('the API: heldWhat, or what heldBytes is', async () => {
+    const plan = (heldWhat?: string) => planPolicy({ model: opt, promptLen: 8, genLen: 8, limits: { ram: 4 * 1024 * 1024 }, disk: true, profile, heldBytes: 64 * 1024 * 1024, heldWhat });
+    await expect(plan()).rejects.toThrow(/and RAM held beside the model \(heldBytes\) \(64\.0 MiB\) need/);
+    await expect(plan('my queue')).rejects.toThrow(/and my queue \(64\.0 MiB\) need/);
   });
 });

@@ -109,6 +109,24 @@ describe('an id taken by a malformed line', () => {
     expect([third.summary.succeeded, third.summary.failed, third.summary.skipped]).toEqual([0, 1, 2]);
   });
 
+  // A duplicate's error line is named line-N; with a request whose own id is "line-2" in the input,
+  // the error written after that request's result was its id's newest line: it read as failed.
+  it("a duplicate's error line never takes the name of a request in the input", async () => {
+    const dir = tmpDir('job-dup-line-name');
+    const out = path.join(dir, 'out.jsonl');
+    const lines = [req('a'), req('a', { prompt_token_ids: [7, 8] }), req('line-2'), req('line-5'), '{"id": "bad-json", '];
+    const first = await job(dir, 'in.jsonl', lines, out);
+    expect([first.summary.succeeded, first.summary.failed]).toEqual([3, 2]);
+    const newest = (rows: Row[]) => new Map(rows.map((r) => [r.id, r]));
+    for (const id of ['a', 'line-2', 'line-5']) expect(newest(first.rows).get(id)!.token_ids, id).toHaveLength(1);
+    expect(newest(first.rows).get('line-2-2')!.error).toBe(`${path.join(dir, 'in.jsonl')}:2: duplicate id "a"`);
+    expect(newest(first.rows).get('line-5-2')!.error).toMatch(/in\.jsonl:5: not valid JSON/);
+    // A rerun computes nothing and every request's newest line is still its result.
+    const again = await job(dir, 'in.jsonl', lines, out);
+    expect([again.summary.succeeded, again.summary.skipped]).toEqual([0, 3]);
+    for (const id of ['a', 'line-2', 'line-5']) expect(newest(again.rows).get(id)!.token_ids, id).toHaveLength(1);
+  });
+
   it("a batch line's custom_id is taken likewise (a malformed first line's)", () => {
     const seen = new Set<string>();
     const bad = parseBatchLine(JSON.stringify({ custom_id: 'x', method: 'GET', url: '/v1/completions', body: {} }), 1, seen);

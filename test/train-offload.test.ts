@@ -168,6 +168,20 @@ describe('tierlm train --ram --disk-dir', () => {
     expect(r.peakRssBytes).toBeLessThanOrEqual(ram + RUNTIME_OVERHEAD_BYTES);
   });
 
+  // A size given is run as a multiple of 2048 (each piece one aligned disk transfer): the run said
+  // "sub-groups of 2048" for --sub-group-size 3001 without saying why.
+  it('says when it rounds --sub-group-size', () => {
+    const m = model('opt-test', 2);
+    const run = (size: string) => cli(args(m, data(), tmpDir('offload-subgroup-out'), 1, ['--ram', '64MiB', '--disk-dir', tmpDir('offload-subgroup-disk'), '--sub-group-size', size]));
+    const odd = run('3001');
+    expect(odd.code, odd.stderr).toBe(0);
+    expect(odd.stderr).toContain('optimizer sub-groups of 2048 parameters (--sub-group-size 3001 rounded to a multiple of 2048)');
+    const even = run('4096');
+    expect(even.code, even.stderr).toBe(0);
+    expect(even.stderr).toContain('optimizer sub-groups of 4096 parameters');
+    expect(even.stderr).not.toContain('rounded');
+  });
+
   // The tokenized data stays in RAM for the whole run: 16000 sequences of 500 tokens, 37 MiB, with
   // a model whose buffers need ~81 MiB. The limit counts it (a 58 MB file ran to 294 MiB under
   // --ram 80MiB): refused under 80 MiB naming it (~75 MiB without it), and within the limit under 140 MiB.

@@ -3,7 +3,7 @@
 // skips every custom_id already answered in --output or --errors, so a stopped job resumes.
 import type { Command } from 'commander';
 import { loadModel } from '../engine/model.js';
-import { jobIdBytes } from '../engine/job.js';
+import { JOB_IDS, jobIdBytes } from '../engine/job.js';
 import { openPrompts, ResultWriter } from '../formats/jsonl.js';
 import { UserError } from '../util/errors.js';
 import { servedName } from './model-name.js';
@@ -56,7 +56,7 @@ async function runBatchCommand(o: BatchFlags): Promise<void> {
     const source = await openPrompts(o.input, '--input');
     const scan = await scanBatch(source.lines(), (id) => out!.done.has(id) || errors?.done.has(id) === true);
     // The block is planned as `tierlm serve` plans it (serverWorkload), so answers are the server's.
-    const work = serverWorkload(o.model, jobIdBytes(out.done.size + (errors?.done.size ?? 0), scan.lines));
+    const work = serverWorkload(o.model, jobIdBytes(out.done.size + (errors?.done.size ?? 0), scan.lines), JOB_IDS);
     // (the lines left to run: a block shape given by hand that holds none of them is refused
     // before the model loads, not after)
     const model = await loadModel(o.model, { ...await loadOptions(o, work), requests: scan.pending || undefined });

@@ -2,7 +2,7 @@
 // `-` is standard input or output; a reader that closes the output early ends the job quietly.
 import type { Command } from 'commander';
 import { LanguageModel, type LongestRequest } from '../engine/model.js';
-import { type JobSummary, jobIdBytes, runJob, toRecord } from '../engine/job.js';
+import { JOB_IDS, type JobSummary, jobIdBytes, runJob, toRecord } from '../engine/job.js';
 import type { GenerateOptions } from '../engine/generate.js';
 import type { GenerationRequest } from '../engine/requests.js';
 import { type PromptSource, openPrompts, readRequests, ResultWriter } from '../formats/jsonl.js';
@@ -109,7 +109,7 @@ async function runGenerate(o: GenerateFlags): Promise<void> {
     const limits = scanLimits(o.model);
     const scan = source ? await scanPrompts(source, writer?.done ?? new Set(), limits, (r) => longest.see(r, limits.maxPositions))
       : { count: 1, pending: 1, longest: Math.ceil((o.prompt!.length + (o.system?.length ?? 0)) / 3) + (o.chat ? 16 : 2) };
-    const work = { source: { model: o.model }, promptLen: Math.max(1, scan.longest), genLen: o.maxNewTokens, heldBytes: jobIdBytes(writer?.done.size ?? 0, scan.count) };
+    const work = { source: { model: o.model }, promptLen: Math.max(1, scan.longest), genLen: o.maxNewTokens, heldBytes: jobIdBytes(writer?.done.size ?? 0, scan.count), heldWhat: JOB_IDS };
     // (the requests left to run, and the longest of them: a block shape given by hand, or by a
     // policy file, that holds none of them, or not the longest, is refused before the model loads)
     const model = await LanguageModel.load(o.model, { ...await loadOptions(o, fitWorkload(o.model, work)), requests: scan.pending || undefined },

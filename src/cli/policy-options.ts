@@ -26,8 +26,9 @@ export interface Workload {
   genLen: number;
   /** Prompt tokens per batch and step (a server's chunked prefill); absent: prompts at once. */
   prefillChunk?: number;
-  /** RAM the command holds beside the model (a job's request ids: jobIdBytes). */
+  /** RAM the command holds beside the model (a job's request ids: jobIdBytes), and what it is. */
   heldBytes?: number;
+  heldWhat?: string;
 }
 
 export interface LimitFlags {
@@ -226,7 +227,12 @@ function readPolicyFile(file: string): Policy {
 /** The policy the flags describe: defaults (or a planned policy), then --policy FILE, then individual flags. */
 export function policyFromFlags(o: PolicyFlags, planned?: Policy): Policy {
   let p: Policy = o.policy && o.policy !== 'auto' ? readPolicyFile(o.policy) : { ...(planned ?? DEFAULT_POLICY) };
-  if (o.percent) p = applyPercent(p, o.percent.map(decimal));
+  if (o.percent) {
+    // Checked here, where the typed items are: past this point "0x64" or "" is only NaN.
+    const bad = o.percent.find((x) => !Number.isFinite(decimal(x)));
+    if (bad !== undefined) throw new UserError(`--percent takes six numbers (WG WC CG CC HG HC), got "${bad}" in ${o.percent.map((x) => JSON.stringify(x)).join(' ')}`);
+    p = applyPercent(p, o.percent.map(decimal));
+  }
   if (o.gpuBatchSize !== undefined) p.gpuBatchSize = o.gpuBatchSize;
   if (o.numGpuBatches !== undefined) p.numGpuBatches = o.numGpuBatches;
   if (o.overlap !== undefined) p.overlap = o.overlap;
@@ -252,7 +258,7 @@ export async function loadOptions(o: PolicyFlags, work: Workload): Promise<LoadO
   if (wantsAutoPolicy(o)) {
     // Under a RAM limit the solver runs in a child process, so that none of its memory stays here.
     const plan = await (o.ram !== undefined ? planPolicyInChild : planPolicy)({
-      ...work.source, promptLen: work.promptLen, genLen: work.genLen, prefillChunk: work.prefillChunk, heldBytes: work.heldBytes, profile: await profileFor(o), ...planFields(o),
+      ...work.source, promptLen: work.promptLen, genLen: work.genLen, prefillChunk: work.prefillChunk, heldBytes: work.heldBytes, heldWhat: work.heldWhat, profile: await profileFor(o), ...planFields(o),
     });
     planned = plan.policy;
   }
@@ -265,6 +271,7 @@ export async function loadOptions(o: PolicyFlags, work: Workload): Promise<LoadO
     ramBytes: o.ram,
     deviceBytes: o.deviceMem,
     heldBytes: work.heldBytes,
+    heldWhat: work.heldWhat,
   };
 }
 

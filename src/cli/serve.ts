@@ -73,7 +73,7 @@ async function runServe(o: ServeFlags): Promise<void> {
   await checkAddress(o.host, o.port);
   // The request bodies the server may hold at once count against --ram with the model's items.
   const bodyBudget = BODY_BUDGET_LIMITS * o.bodyLimit;
-  const work = serverWorkload(o.model, BODY_RAM_PER_BYTE * bodyBudget);
+  const work = serverWorkload(o.model, BODY_RAM_PER_BYTE * bodyBudget, `the request bodies in flight, ${BODY_BUDGET_LIMITS} × --body-limit at ${BODY_RAM_PER_BYTE} bytes of RAM a byte`);
   const model = await loadModel(o.model, await loadOptions(o, work));
   const name = servedName(o);
   // Fastify, Ajv and the OpenAI schemas load only for this command: every other command's
@@ -154,8 +154,8 @@ function addressError(host: string, port: number, e: unknown): Error {
  *  length is what the block's shape leaves, src/engine/continuous.ts contextUnderLimits); with the
  *  server's shape the answers are the server's, and a line the block cannot hold gets its own
  *  error line (context_length_exceeded) from the engine while the rest run. */
-export function serverWorkload(model: string, heldBytes: number): Workload {
-  return { ...fitWorkload(model, { source: { model }, promptLen: 512, genLen: 128 }), prefillChunk: SERVER_PREFILL_CHUNK, heldBytes };
+export function serverWorkload(model: string, heldBytes: number, heldWhat: string): Workload {
+  return { ...fitWorkload(model, { source: { model }, promptLen: 512, genLen: 128 }), prefillChunk: SERVER_PREFILL_CHUNK, heldBytes, heldWhat };
 }
 
 /** The key requests must send: --api-key, else $TIERLM_API_KEY. An empty variable is unset (a

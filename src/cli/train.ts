@@ -14,6 +14,7 @@ import { worldComm } from '../dist/comm.js';
 import { rankEnv } from '../dist/env.js';
 import { abortOnError } from './abort.js';
 import { removeStale } from '../schedule/spill-files.js';
+import { PIECE_ALIGN } from '../train/offload/layout.js';
 
 export function addTrainCommand(program: Command): void {
   program
@@ -92,6 +93,8 @@ async function runTrain(o: Omit<TrainRunOptions, 'onStart'>, report: boolean): P
         err(`training ${(info.parameters / 1e6).toFixed(1)}M parameters on ${info.sequences} sequences (${info.tokens} tokens): ${from}${steps}`);
         if (info.offload) {
           err(`model states: ${formatSize(info.offload.ramBytes)} in RAM, ${formatSize(info.offload.diskBytes)} on disk; optimizer sub-groups of ${info.offload.subGroupSize} parameters` +
+            // (a size given is run as a multiple of 2048: say so where it differs)
+            (o.subGroupSize !== undefined && o.subGroupSize !== info.offload.subGroupSize ? ` (--sub-group-size ${o.subGroupSize} rounded to a multiple of ${PIECE_ALIGN})` : '') +
             (info.offload.tiledWeights > 0 ? `; ${info.offload.tiledWeights} weights computed in tiles of ${formatSize(info.offload.tileBytes)}` : ''));
           const p = info.predicted;
           err(p ? `predicted step ${p.seconds.toFixed(2)} s, bound by ${p.bound} (compute ${p.computeSeconds.toFixed(2)} s, forward/backward disk ${p.passIoSeconds.toFixed(2)} s, optimizer ${p.optimizerSeconds.toFixed(2)} s, ${p.optimizerHiddenSeconds.toFixed(2)} s of it under the next forward)`

@@ -30,6 +30,9 @@ export interface JobOptions {
  *  every input line's (to refuse duplicates). Measured at 125 bytes an id resident (400,000 ids
  *  of 11 characters: 50 MiB on a rerun's peak RSS; V8 heap 59–82 bytes for 11–40 characters, and
  *  the heap's slack); 160 leaves room for longer ids. */
+/** What jobIdBytes is, as a refusal of the limits names it. */
+export const JOB_IDS = "the job's request ids";
+
 export function jobIdBytes(finished: number, lines: number): number {
   return 160 * (finished + lines);
 }
@@ -50,7 +53,7 @@ export async function runJob(model: LanguageModel, writer: ResultWriter, o: JobO
   // waits until every request before it has been written, so that a job whose requests finish
   // in input order writes its lines in input order. `held` is those error lines, by line.
   const running = new Map<string, number>();
-  const held: { line: number; refused: RequestError }[] = [];
+  const held: { line: number; refused: RequestError; madeUp: boolean }[] = [];
   let tokens = 0;
   // Requests that are already done, malformed or duplicated never reach the model.
   async function* requests(): AsyncGenerator<GenerationRequest> {
@@ -67,12 +70,13 @@ export async function runJob(model: LanguageModel, writer: ResultWriter, o: JobO
         // A malformed line's own id is taken too, so that a later line with it is refused as a
         // duplicate: it would answer for this line, whose fix a rerun would then skip. (An id
         // the reader made up, line-N, belongs to no line of the input.)
-        if (id !== `line-${item.line}`) seen.add(id);
-        hold(item.line, { id, error: item.error });
+        const madeUp = id === `line-${item.line}`;
+        if (!madeUp) seen.add(id);
+        hold(item.line, { id, error: item.error }, madeUp);
       } else if (seen.has(id)) {
         // Under the line's own name, not the id: as the newest line for the id, the error hid the
         // first line's result, so the id read as failed and was computed again on every rerun.
-        hold(item.line, { id: `line-${item.line}`, error: `${source.name}:${item.line}: duplicate id "${id}"` });
+        hold(item.line, { id: `line-${item.line}`, error: `${source.name}:${item.line}: duplicate id "${id}"` }, true);
       }
       else {
         seen.add(id);
@@ -81,16 +85,28 @@ export async function runJob(model: LanguageModel, writer: ResultWriter, o: JobO
       }
     }
   }
-  const hold = (line: number, refused: RequestError) => {
+  const hold = (line: number, refused: RequestError, madeUp = false) => {
     let at = held.length;
     while (at > 0 && held[at - 1]!.line > line) at--;
-    held.splice(at, 0, { line, refused });
+    held.splice(at, 0, { line, refused, madeUp });
     writeHeld();
   };
   // Writes the held error lines that no running request comes before (all of them at the end).
   const writeHeld = (all = false) => {
     const first = all ? Infinity : running.values().next().value ?? Infinity;
-    while (held.length > 0 && (held[0]!.line < first || held.length > HELD_REFUSALS)) write(held.shift()!.refused);
+    while (held.length > 0 && (held[0]!.line < first || held.length > HELD_REFUSALS)) {
+      const { line, refused, madeUp } = held.shift()!;
+      write(madeUp ? { ...refused, id: freeLineName(line) } : refused);
+    }
+  };
+  // A line with no id of its own (unreadable, or repeating an id) is reported as line-N; where the
+  // input has a request with that very id (read so far, or answered by an earlier run), as
+  // line-N-2, line-N-3, ...: the error line must never be the newest line of a real request's id,
+  // which would then read as failed. A request with the id further on writes its result after.
+  const freeLineName = (line: number) => {
+    let name = `line-${line}`;
+    for (let k = 2; seen.has(name) || writer.done.has(name); k++) name = `line-${line}-${k}`;
+    return name;
   };
   const write = (r: GenerationResult | RequestError) => {
     if ('error' in r) {

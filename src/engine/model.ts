@@ -52,6 +52,8 @@ export interface LoadOptions {
   /** RAM the caller holds beside the model while it runs (a job's request ids), in bytes: counted
    *  against ramBytes with the model's own items. */
   heldBytes?: number;
+  /** What heldBytes is, as a refusal names it (default: "RAM held beside the model (heldBytes)"). */
+  heldWhat?: string;
 }
 
 /** The longest request a run will have, as far as is known before it runs (its prompt's tokens
@@ -71,7 +73,7 @@ export interface BlocksRun {
   smaller: number;
 }
 
-export const LOAD_KEYS = ['precision', 'backend', 'threads', 'policy', 'diskDir', 'diskBytes', 'ramBytes', 'deviceBytes', 'log', 'requests', 'heldBytes'] as const;
+export const LOAD_KEYS = ['precision', 'backend', 'threads', 'policy', 'diskDir', 'diskBytes', 'ramBytes', 'deviceBytes', 'log', 'requests', 'heldBytes', 'heldWhat'] as const;
 
 /** The LoadOptions fields of a larger options object (a benchmark's, say). */
 export function loadOptionsOf(o: LoadOptions): LoadOptions {
@@ -121,6 +123,7 @@ export class LanguageModel {
     if (options.heldBytes !== undefined && !(Number.isSafeInteger(options.heldBytes) && options.heldBytes >= 0)) {
       throw new RangeError(`heldBytes must be an integer >= 0, got ${JSON.stringify(options.heldBytes)}`);
     }
+    if (options.heldWhat !== undefined && typeof options.heldWhat !== 'string') throw new TypeError(`heldWhat must be a string, got ${typeof options.heldWhat}`);
     for (const k of ['diskBytes', 'ramBytes', 'deviceBytes'] as const) {
       const v = options[k];
       if (v !== undefined && !(Number.isSafeInteger(v) && v >= 0)) throw new RangeError(`${k} must be a whole number of bytes, got ${JSON.stringify(v)}`);
@@ -160,6 +163,7 @@ export class LanguageModel {
         packedChunkBytes: sizes.packedChunkBytes,
         tokenizerBytes: tokenizerRamBytes(dir),
         heldBytes: options.heldBytes,
+        heldWhat: options.heldWhat,
       };
       const wItems = weightItems(weightSizes, policy, shares(policy, 'weights').disk > 0);
       checkLimits(wItems, limits, `the weights of ${dir}`);

@@ -43,6 +43,8 @@ export interface PlanRequest {
   attnSparsity?: number;
   /** RAM the caller holds beside the model while it runs (a job's request ids), in bytes. */
   heldBytes?: number;
+  /** What heldBytes is, as a refusal names it (default: "RAM held beside the model (heldBytes)"). */
+  heldWhat?: string;
 }
 
 export interface PlanResult extends Plan {
@@ -103,7 +105,7 @@ function partBytes(layers: { part: 'attn' | 'mlp'; bytes: number }[][]): PartByt
 const PLAN_RAM_SHARE = 0.95;
 
 const PLAN_KEYS = ['model', 'config', 'layers', 'promptLen', 'genLen', 'prefillChunk', 'precision', 'cacheDtype', 'limits', 'disk', 'profile', 'shapes',
-  'compressWeight', 'attnSparsity', 'heldBytes'] as const;
+  'compressWeight', 'attnSparsity', 'heldBytes', 'heldWhat'] as const;
 
 /** A PlanRequest checked by name and value (limits: { ramBytes } planned with no limit at all). */
 function checkPlanRequest(r: unknown): asserts r is PlanRequest {
@@ -120,6 +122,7 @@ function checkPlanRequest(r: unknown): asserts r is PlanRequest {
   count('layers', 1, true);
   count('prefillChunk', 1, true);
   count('heldBytes', 0, true);
+  if (q.heldWhat !== undefined && typeof q.heldWhat !== 'string') throw new TypeError(`planPolicy(): heldWhat must be a string, got ${typeof q.heldWhat}`);
   if (typeof q.limits !== 'object' || q.limits === null) throw new TypeError('planPolicy(): limits must be an object ({ ram?, disk?, device? } in bytes)');
   checkKeys(q.limits, ['ram', 'disk', 'device'], 'planPolicy(): limits');
   for (const [k, v] of Object.entries(q.limits)) {
@@ -154,7 +157,7 @@ export async function planPolicy(r: PlanRequest): Promise<PlanResult> {
   const plan = await searchPolicy({
     config, layerBytes, fileBytes: packedFileBytes(sizes.layers), partBytes: partBytes(sizes.layers), unitBytes, globalBytes: sizes.globalBytes,
     chunkBytes: sizes.chunkBytes, packedChunkBytes: sizes.packedChunkBytes,
-    tokenizerBytes: r.model ? tokenizerRamBytes(r.model) : 0, heldBytes: r.heldBytes, promptLen: r.promptLen, genLen: r.genLen, prefillChunk: r.prefillChunk,
+    tokenizerBytes: r.model ? tokenizerRamBytes(r.model) : 0, heldBytes: r.heldBytes, heldWhat: r.heldWhat, promptLen: r.promptLen, genLen: r.genLen, prefillChunk: r.prefillChunk,
     cacheElem: cacheBytesPerElement(cacheDtype, config.headDim), attnSparsity: r.attnSparsity, limits, rates: ratesFrom(r.profile, dtype, mode, cacheDtype, r.compressWeight), shapes: r.shapes, ramShare: PLAN_RAM_SHARE,
   });
   // The policy carries everything that changes memory or speed, so running it runs this plan.

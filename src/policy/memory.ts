@@ -43,6 +43,8 @@ export interface WeightSizes {
   tokenizerBytes: number;
   /** RAM the caller holds beside the model while it runs (a job's request ids). */
   heldBytes?: number;
+  /** What heldBytes is, as a refusal names it (a job's request ids, a server's request bodies). */
+  heldWhat?: string;
 }
 
 export interface BlockShape {
@@ -55,6 +57,9 @@ export interface BlockShape {
   cacheBytesPerElement: number;
 }
 
+/** heldBytes' name where the caller gives none. */
+export const HELD_WHAT = 'RAM held beside the model (heldBytes)';
+
 export function weightItems(w: WeightSizes, p: Policy, onDisk: boolean): MemoryItem[] {
   const s = shares(p, 'weights');
   const total = w.layerBytes.reduce((a, b) => a + b, 0);
@@ -66,7 +71,7 @@ export function weightItems(w: WeightSizes, p: Policy, onDisk: boolean): MemoryI
     // Loading's buffers are garbage once the model is loaded, but native memory is freed only when
     // the collector finalizes it, which can be after the run's own buffers exist: so they count.
     { what: 'tokenizer', ram: w.tokenizerBytes, disk: 0 },
-    ...(w.heldBytes ? [{ what: 'the job\'s request ids', ram: w.heldBytes, disk: 0 }] : []),
+    ...(w.heldBytes ? [{ what: w.heldWhat ?? HELD_WHAT, ram: w.heldBytes, disk: 0 }] : []),
     { what: onDisk ? 'weight loading (read chunk, conversion staging)' : 'weight loading (read chunk)', ram: w.chunkBytes + (onDisk ? conversionStagingBytes(w.packedChunkBytes) : 0), disk: 0 },
   ];
 }

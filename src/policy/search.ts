@@ -14,7 +14,7 @@ import { formatSize } from '../tensor/tiers/size.js';
 import { UserError } from '../util/errors.js';
 import { nameStyle, optionName } from '../util/names.js';
 import { type LayerCosts, type LinearTime, type PartBytes, type Placement, type Prediction, type Rates, type UnitCost, type Workload, layerCosts, predict } from './cost-model.js';
-import { type Limits, type MemoryItem, blockItems, weightItems } from './memory.js';
+import { HELD_WHAT, type Limits, type MemoryItem, blockItems, weightItems } from './memory.js';
 import { DEFAULT_POLICY, type Policy } from './policy.js';
 
 export interface SearchInput {
@@ -34,8 +34,9 @@ export interface SearchInput {
   packedChunkBytes: number;
   /** The loaded tokenizer. */
   tokenizerBytes: number;
-  /** RAM the caller holds beside the model (WeightSizes.heldBytes). */
+  /** RAM the caller holds beside the model, and what it is (WeightSizes.heldBytes, heldWhat). */
   heldBytes?: number;
+  heldWhat?: string;
   promptLen: number;
   genLen: number;
   /** Prompt tokens a batch runs per step beside its decode rows when prompts go in chunks (a
@@ -98,7 +99,7 @@ function ramModel(input: SearchInput, gbs: number, ngb: number, sepLayer: boolea
     return [
       ...weightItems({ layerBytes: input.layerBytes, fileBytes: input.fileBytes, slotBytes: sepLayer ? input.unitBytes.sep : input.unitBytes.whole, globalBytes: input.globalBytes,
         chunkBytes: input.chunkBytes, packedChunkBytes: input.packedChunkBytes,
-        tokenizerBytes: input.tokenizerBytes, heldBytes: input.heldBytes }, policy, v.w),
+        tokenizerBytes: input.tokenizerBytes, heldBytes: input.heldBytes, heldWhat: input.heldWhat }, policy, v.w),
       ...blockItems(c, policy, { rows: gbs, batches: ngb, maxTokens: stepTokens(input, gbs), capacity: input.promptLen + input.genLen, cacheBytesPerElement: input.cacheElem }),
     ];
   };
@@ -220,7 +221,7 @@ export async function searchPolicy(input: SearchInput): Promise<Plan> {
       const shape = input.shapes ? `in the smallest block allowed (${smallestShape}: gpu batch size × batches)` : 'and one sequence per batch';
       const reserve = share < 1 ? ` with the ${Math.round((1 - share) * 100)}% of the limit the plan keeps in reserve (${formatSize(smallestRam)} without)` : '';
       throw new UserError(`RAM limit ${formatSize(ramLimit)} is too small by ${formatSize(smallestRam / share - ramLimit)}: even with the weights, cache and activations on disk ${shape}, ` +
-        `the embeddings, LM head, staging buffers and workspace${input.heldBytes ? `, and the job's request ids (${formatSize(input.heldBytes)})` : ''} need ${formatSize(smallestRam / share)}${reserve}`);
+        `the embeddings, LM head, staging buffers and workspace${input.heldBytes ? `, and ${input.heldWhat ?? HELD_WHAT} (${formatSize(input.heldBytes)})` : ''} need ${formatSize(smallestRam / share)}${reserve}`);
     }
     throw new UserError(`disk limit ${formatSize(input.limits.disk ?? 0)} is too small by ${formatSize(W - (input.limits.disk ?? 0))}: ` +
       `the model does not fit in RAM, and its packed weights (${formatSize(W)}) must fit on the disk tier`);
