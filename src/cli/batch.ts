@@ -10,7 +10,7 @@ import { servedName } from './model-name.js';
 import { modelDir, outputFile } from './paths.js';
 import { type PolicyFlags, addPolicyOptions, checkPlanningPaths, loadOptions } from './policy-options.js';
 import { Progress } from './progress.js';
-import { lockResults } from './results-lock.js';
+import { lockResults, sameResultsFile } from './results-lock.js';
 import { serverWorkload } from './serve.js';
 
 interface BatchFlags extends PolicyFlags {
@@ -41,7 +41,9 @@ async function runBatchCommand(o: BatchFlags): Promise<void> {
   outputFile('--output', o.output);
   if (o.errors !== undefined) outputFile('--errors', o.errors);
   if (o.output === '-' || o.errors === '-') throw new UserError('--output and --errors must be files (a batch job resumes from them)');
-  if (o.errors !== undefined && o.errors === o.output) throw new UserError('--errors must be another file than --output');
+  // (by what the names name: `DIR/./f`, a symbolic link or a hard link to --output is the same file,
+  // which the second lock would refuse as "another run is writing it")
+  if (o.errors !== undefined && sameResultsFile(o.errors, o.output)) throw new UserError('--errors must be another file than --output');
   // Both files are locked and read (a torn last line repaired) before the model loads.
   const unlockOut = lockResults('--output', o.output);
   let unlockErrors = () => {};

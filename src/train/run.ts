@@ -31,7 +31,7 @@ import type { OffloadOptions } from './offload/open.js';
 import type { OffloadStepStats } from './offload/stats.js';
 import { type Comm, worldComm } from '../dist/comm.js';
 import { type RankEnv, rankEnv, threadsPerRank } from '../dist/env.js';
-import { FileLock, lockRunFile } from '../tensor/disk/lock.js';
+import { FileLock, lockRunFile, lockTarget } from '../tensor/disk/lock.js';
 import { removeAtExit } from '../schedule/spill-files.js';
 import { tokenizerRamBytes } from '../formats/tokenizer.js';
 import { loadPartitioned, savePartitioned } from './partition/checkpoint.js';
@@ -148,7 +148,8 @@ function heldBytes(o: ResolvedOptions, data: Dataset, evalData: Dataset | null):
  *  answer, so none waits in a collective for a rank that stopped. Returns the release, which
  *  deletes the file, as generation does with its output's lock. */
 function lockOut(out: string, comm: Comm): () => void {
-  const file = path.join(path.dirname(out), `${path.basename(out)}.lock`);
+  // Named after what OUT names: a run through a link to OUT takes the same lock.
+  const file = `${lockTarget(out)}.lock`;
   // Rank 0's answer, for every rank: [0] 0 = taken, 1 = held by another run ([1] its pid, 0 if
   // unknown), 2 = rank 0 could not lock.
   const answer = new Int32Array(2);

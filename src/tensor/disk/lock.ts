@@ -2,6 +2,7 @@
 // by an open descriptor, so the kernel drops it when its holder exits or is killed: a lock that can
 // be taken proves its last holder is gone, which a pid in a file name cannot (pids are reused).
 import fs from 'node:fs';
+import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { nativeFn } from '../../backend/cpu/addon.js';
 import { UserError } from '../../util/errors.js';
@@ -66,6 +67,42 @@ export class FileLock {
     const fd = this.fd;
     this.fd = null;
     releaseLock(fd);
+  }
+}
+
+/** The path whose `.lock` guards `target` (a results file, a training output): `target` as typed,
+ *  or, when its last component is a symbolic link, what the link names (followed to the end).
+ *  Two runs must collide on one lock file whatever name each gave: a lock named after the link
+ *  let a run through `alias -> out` write beside a run on `out` (every result twice; a training
+ *  run deleting the other's checkpoint in progress). Symbolic links higher up need nothing: the
+ *  kernel resolves `DIR/NAME.lock` through them to the one directory, so the common case keeps
+ *  the documented name. Hard links to a results file are caught by locking the file itself
+ *  (src/cli/results-lock.ts). */
+export function lockTarget(target: string): string {
+  // `run/` names `run` (and `alias/` would follow the link in lstat, hiding it)
+  let p = target.length > 1 ? target.replace(/\/+$/, '') || '/' : target;
+  const typed = p;
+  for (let hops = 0; hops < 40; hops++) {
+    let link: string;
+    try {
+      if (!fs.lstatSync(p).isSymbolicLink()) break;
+      link = fs.readlinkSync(p);
+    } catch {
+      break; // nothing there (yet), or unreadable: the run's own checks name it
+    }
+    // Joined as a string, not path.resolve: a `..` is the kernel's to resolve, through links.
+    p = path.isAbsolute(link) ? link : `${path.dirname(p)}/${link}`;
+  }
+  if (p === typed) return typed;
+  // Shown in refusals and left for a later run to find: the clean name of what was followed to.
+  try {
+    return fs.realpathSync(p);
+  } catch {
+    try {
+      return path.join(fs.realpathSync(path.dirname(p)), path.basename(p));
+    } catch {
+      return p;
+    }
   }
 }
 
