@@ -3,7 +3,7 @@
 // no request returned them, and a restart did not go on with a job the disk had failed.
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { type LanguageModel, loadModel } from '../src/engine/model.js';
 import { type Engine, engineFor } from '../src/openai/complete.js';
 import { type Server, buildServer } from '../src/server/app.js';
@@ -133,6 +133,73 @@ describe('a server batch the engine fails', () => {
       const b = second.jobs.get(id)!.batch;
       expect(b.status).toBe('failed');
       expect(b.request_counts.completed).toBe(2);
+    } finally {
+      await second.close();
+    }
+  });
+
+  it('publishes the whole lines it answered when the data directory fills up, and goes on after a restart', async () => {
+    // (a 48 KiB tmpfs as --data-dir: 46 lines answered, output_file_id null, as there was no room
+    // for the file object, and the output file ended in a torn line)
+    const data = path.join(dir, 'full');
+    const first = await server(data, engineFor(model, 'tiny'));
+    const root = fs.realpathSync(data);
+    const real = fs.writeSync;
+    let full = false;
+    let answers = 0;
+    // The disk fills up in the middle of the 4th answer's line: that write stores half of it, and
+    // from then on every write into the data directory that needs a new byte fails (overwriting
+    // bytes a file has does not).
+    const spy = vi.spyOn(fs, 'writeSync').mockImplementation(((fd: number, buf: string | Uint8Array, ...rest: unknown[]) => {
+      let where = '';
+      try {
+        where = fs.readlinkSync(`/proc/self/fd/${fd}`);
+      } catch { /* not a file */ }
+      if (where.startsWith(root)) {
+        const bytes = typeof buf === 'string' ? Buffer.from(buf) : Buffer.from(buf.buffer, buf.byteOffset + ((rest[0] as number) ?? 0), (rest[1] as number) ?? buf.byteLength);
+        const position = typeof buf === 'string' ? rest[0] : rest[2];
+        if (!full && bytes.includes('"status_code":200') && ++answers === 4) {
+          full = true;
+          return real(fd, bytes.subarray(0, bytes.length >> 1));
+        }
+        const size = fs.fstatSync(fd).size;
+        if (full && (typeof position === 'number' ? position : size) + bytes.length > size) {
+          throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', errno: -28 });
+        }
+      }
+      return (real as (...a: unknown[]) => number)(fd, buf, ...rest);
+    }) as never);
+    let id: string;
+    try {
+      id = await createBatch(first);
+      const b = await ended(first, id);
+      expect(full).toBe(true);
+      expect(b.status).toBe('failed');
+      expect(b.request_counts).toEqual({ total: LINES, completed: 3, failed: 1 });
+      // (published: not 'output_not_published' for want of room for the file object)
+      expect(b.output_file_id).not.toBeNull();
+      expect(b.errors!.data.map((e) => e.code)).toEqual(['insufficient_storage']);
+      // every line downloaded is whole: the torn one is cut
+      const body = (await first.app.inject({ method: 'GET', url: `/v1/files/${b.output_file_id}/content` })).body;
+      expect(body.endsWith('\n')).toBe(true);
+      expect(await content(first, b.output_file_id)).toEqual(['r1', 'r2', 'r3']);
+      expect(await content(first, b.error_file_id)).toEqual(['r0']);
+      const file = (await first.app.inject({ method: 'GET', url: `/v1/files/${b.output_file_id}` })).json() as { bytes: number };
+      expect(file.bytes).toBe(Buffer.byteLength(body));
+    } finally {
+      spy.mockRestore();
+      await first.close();
+    }
+
+    // space freed: the job goes on from the three lines
+    const second = await server(data, engineFor(model, 'tiny'));
+    try {
+      second.jobs.resume();
+      const b = await ended(second, id);
+      expect(b.status).toBe('completed');
+      expect(b.request_counts).toEqual({ total: LINES, completed: LINES - 1, failed: 1 });
+      expect(await content(second, b.output_file_id)).toEqual(['r1', 'r2', 'r3', 'r4', 'r5', 'r6', 'r7']);
+      expect(await content(second, b.error_file_id)).toEqual(['r0']);
     } finally {
       await second.close();
     }

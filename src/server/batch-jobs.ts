@@ -3,24 +3,28 @@
 // its output and error files as they come. The batch object is saved at each change of status and
 // at most once a second for its counts; a job running when the server stopped is started again
 // when it starts, and skips the lines already answered. A job that fails still publishes the lines
-// it answered (as OpenAI does for a failed batch with partial results); one failed by the disk
-// (full, over quota, an I/O error) is started again, as a stopped one, when the server restarts.
+// it answered (as OpenAI does for a failed batch with partial results), whole lines only, even on
+// a full disk (its files' objects are reserved when it starts); one failed by the disk (full, over
+// quota, an I/O error) is started again, as a stopped one, when the server restarts.
 import fs from 'node:fs';
 import { ResultWriter, fileLines } from '../formats/jsonl.js';
 import { batchRecord } from '../openai/batch-lines.js';
 import { runBatch } from '../openai/batch-run.js';
 import type { Engine } from '../openai/complete.js';
 import type { Endpoint } from '../openai/validate.js';
-import { type StoredBatch, type Store, now } from './store.js';
+import { writeFully } from '../util/write-fully.js';
+import { DISK_FAILED, type StoredBatch, type Store, now } from './store.js';
 
 const SAVE_EVERY_MS = 1000;
 
 /** Error codes of a disk that failed, not of the batch: freed or fixed, a rerun can go on. */
 const DISK_ERRORS = ['ENOSPC', 'EDQUOT', 'EIO', 'EROFS'];
-/** The batch error code of a job failed by the disk (resumed at the next start). */
-const DISK_FAILED = 'insufficient_storage';
 
-const diskFailed = (b: StoredBatch) => b.batch.status === 'failed' && b.batch.errors?.data[0]?.code === DISK_FAILED;
+/** A job's output and error writers, once it has opened them (a failed job publishes by them). */
+interface Writers {
+  out?: ResultWriter;
+  errors?: ResultWriter;
+}
 
 interface Running {
   /** The live object (the one the job updates). */
@@ -41,15 +45,17 @@ export class BatchJobs {
    *  every job the disk failed (its input still there): it goes on from the lines it answered. */
   resume(): void {
     for (const b of this.store.listBatches()) {
-      if (diskFailed(b) && this.store.getFile(b.batch.input_file_id)) reopen(b);
-      if (['validating', 'in_progress', 'finalizing', 'cancelling'].includes(b.batch.status)) this.start(b);
+      if (!this.store.resumes(b)) continue;
+      if (b.batch.status === 'failed') reopen(b);
+      this.start(b);
     }
   }
 
   start(b: StoredBatch): void {
     const cancel = new AbortController();
     if (b.batch.status === 'cancelling') cancel.abort();
-    const done = this.run(b, cancel.signal).catch((e) => this.fail(b, e as Error))
+    const writers: Writers = {};
+    const done = this.run(b, cancel.signal, writers).catch((e) => this.fail(b, e as Error, writers))
       .finally(() => this.running.delete(b.batch.id));
     this.running.set(b.batch.id, { b, cancel, done });
   }
@@ -74,12 +80,12 @@ export class BatchJobs {
   }
 
   /** Marks a job failed by `e`, publishing the lines it answered. */
-  private fail(b: StoredBatch, e: Error): void {
+  private fail(b: StoredBatch, e: Error, writers: Writers): void {
     const disk = DISK_ERRORS.includes((e as NodeJS.ErrnoException).code ?? '');
     b.batch.status = 'failed';
     b.batch.failed_at = now();
     // (the answered lines were in the data dir, but with no output_file_id no request returned them)
-    const published = this.tryPublish(b);
+    const published = this.tryPublish(b, writers);
     const message = disk ? `${e.message} (the disk failed, not the batch: the lines answered are in its output and error files; ` +
       'free space or fix the disk, and the server goes on with the other lines when it restarts)' : e.message;
     const data = [{ code: disk ? DISK_FAILED : 'engine_error', message, param: null, line: null }];
@@ -96,27 +102,38 @@ export class BatchJobs {
   }
 
   /** publish(), for a failed job: null, or why its files could not be published (a full data dir). */
-  private tryPublish(b: StoredBatch): Error | null {
+  private tryPublish(b: StoredBatch, writers: Writers): Error | null {
     try {
-      this.publish(b);
+      this.publish(b, writers);
       return null;
     } catch (e) {
       return e as Error;
     }
   }
 
-  /** Gives the output and error files their file objects, each when it has lines. */
-  private publish(b: StoredBatch): void {
-    const has = (id: string, n: number) => n > 0 && fs.existsSync(this.store.contentPath(id)!);
-    if (has(b.outputId, b.batch.request_counts.completed)) b.batch.output_file_id = this.store.putFile(b.outputId, `${b.batch.id}_output.jsonl`, 'batch_output').id;
-    if (has(b.errorId, b.batch.request_counts.failed)) b.batch.error_file_id = this.store.putFile(b.errorId, `${b.batch.id}_error.jsonl`, 'batch_output').id;
+  /** Gives the output and error files their file objects, each when it has lines (whole ones: a
+   *  line torn by the write that failed the job is cut), and drops the reservation of one without. */
+  private publish(b: StoredBatch, writers: Writers): void {
+    const file = (id: string, count: 'completed' | 'failed', writer: ResultWriter | undefined, name: string): string | null => {
+      const content = this.store.contentPath(id)!;
+      if (fs.existsSync(content)) b.batch.request_counts[count] += endAtLine(content, (line) => writer?.done.has(line) === true);
+      if ((fs.statSync(content, { throwIfNoEntry: false })?.size ?? 0) > 0) return this.store.putFile(id, `${b.batch.id}_${name}.jsonl`, 'batch_output').id;
+      this.store.deleteFile(id);
+      return null;
+    };
+    b.batch.output_file_id = file(b.outputId, 'completed', writers.out, 'output');
+    b.batch.error_file_id = file(b.errorId, 'failed', writers.errors, 'error');
   }
 
-  private async run(b: StoredBatch, signal: AbortSignal): Promise<void> {
+  private async run(b: StoredBatch, signal: AbortSignal, writers: Writers): Promise<void> {
     const input = this.store.contentPath(b.batch.input_file_id)!;
-    const out = new ResultWriter(this.store.contentPath(b.outputId)!, batchRecord);
-    const errors = new ResultWriter(this.store.contentPath(b.errorId)!, batchRecord);
+    const out = writers.out = new ResultWriter(this.store.contentPath(b.outputId)!, batchRecord);
+    const errors = writers.errors = new ResultWriter(this.store.contentPath(b.errorId)!, batchRecord);
     try {
+      // Before any line is written (the writers have read the files, created nothing): publishing
+      // then needs no new room, the disk may be full by then.
+      this.store.reserveFile(b.outputId);
+      this.store.reserveFile(b.errorId);
       // Lines answered before a restart count as they were.
       const before = { completed: out.done.size, failed: errors.done.size };
       // Shown (and saved) at once, not only when the first new line is answered.
@@ -147,7 +164,7 @@ export class BatchJobs {
       }
       b.batch.status = 'finalizing';
       b.batch.finalizing_at = now();
-      this.publish(b);
+      this.publish(b, writers);
       if (signal.aborted) {
         b.batch.status = 'cancelled';
         b.batch.cancelled_at = now();
@@ -171,4 +188,51 @@ function reopen(b: StoredBatch): void {
   b.batch.errors = null;
   b.batch.output_file_id = null;
   b.batch.error_file_id = null;
+}
+
+/**
+ * Makes a job's output or error file end with a whole line, so that no client downloads a torn
+ * one: what follows the last newline (a write that failed on a full disk, not counted) is cut. A
+ * line whole but for its newline is an answer (a resumed job reads it as one): it gets its newline,
+ * or is cut where even that byte has no room. Returns the change to the file's count of lines,
+ * `counted` saying whether a line's id was counted (read by the job's writer, or written by it).
+ */
+function endAtLine(file: string, counted: (id: string) => boolean): number {
+  const fd = fs.openSync(file, 'r+');
+  try {
+    const size = fs.fstatSync(fd).size;
+    const start = lastLineStart(fd, size);
+    if (start === size) return 0;
+    const tail = Buffer.alloc(size - start);
+    fs.readSync(fd, tail, 0, tail.length, start);
+    const rec = batchRecord(tail.toString('utf8'));
+    if (rec) {
+      try {
+        writeFully(fd, '\n', file, size);
+        fs.fsyncSync(fd);
+        return counted(rec.id) ? 0 : 1;
+      } catch {
+        // (no room for the newline: cut the line, as a torn one)
+      }
+    }
+    fs.ftruncateSync(fd, start);
+    fs.fsyncSync(fd);
+    return rec && counted(rec.id) ? -1 : 0;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** The offset after the last newline of a file of `size` bytes (0 when it has none), read back
+ *  from its end a chunk at a time: an output file can be large, its torn part is at most a line. */
+function lastLineStart(fd: number, size: number): number {
+  const buf = Buffer.allocUnsafe(1 << 16);
+  for (let end = size; end > 0;) {
+    const from = Math.max(0, end - buf.length);
+    const n = fs.readSync(fd, buf, 0, end - from, from);
+    const nl = buf.subarray(0, n).lastIndexOf(10);
+    if (nl >= 0) return from + nl + 1;
+    end = from;
+  }
+  return 0;
 }
