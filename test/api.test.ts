@@ -64,7 +64,7 @@ describe('options are checked by name', () => {
   });
 
   it('unknown keys throw a TypeError naming them, in every options object', async () => {
-    await expect(loadModel(opt, { ram: 1 } as never)).rejects.toThrow(new TypeError('loadModel() options: unknown option "ram" (known: precision, backend, threads, policy, diskDir, diskBytes, ramBytes, deviceBytes, log, requests, heldBytes)'));
+    await expect(loadModel(opt, { ram: 1 } as never)).rejects.toThrow(new TypeError('loadModel() options: unknown option "ram" (known: precision, backend, threads, policy, diskDir, diskBytes, ramBytes, deviceBytes, log, requests, heldBytes, heldWhat)'));
     await expect(loadModel(opt, { policy: { gpu_batch_size: 2 } as never })).rejects.toThrow(/policy: unknown option "gpu_batch_size"/);
     // (a backend the engine does not have ran on the CPU without a word)
     await expect(loadModel(opt, { backend: 'gpu' as never })).rejects.toThrow(new TypeError(`backend must be 'cpu', 'reference' or a Backend, got "gpu"`));

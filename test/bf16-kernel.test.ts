@@ -6,13 +6,15 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { isaInfo, loadModel } from '../src/index.js';
+import { type Isa, isaInfo, loadModel, setIsa } from '../src/index.js';
 import { fasterBf16Kernel, keptBf16Kernel, machineKey, selectBf16Kernel } from '../src/backend/cpu/bf16-kernel.js';
 import { gemmBf16Dot, gemmBf16Kernel } from '../src/backend/cpu/gemm.js';
 import { fixturesDir, tmpDir } from './helpers/fixtures.js';
 import { measureProfile, saveProfile } from '../src/policy/profile.js';
 
 const shape = { rows: 64, n: 4096, k: 4096 };
+/** Whether vdpbf16ps runs here (AVX512_BF16 at the active level): elsewhere 'dot' runs as 'fma'. */
+const dotRuns = () => isaInfo().active === 'avx512bf16';
 const saved = process.env.TIERLM_BF16_DOT;
 const savedKernel = process.env.TIERLM_BF16_KERNEL;
 afterEach(() => {
@@ -31,12 +33,14 @@ describe('the bf16 GEMM kernel', () => {
     for (let i = 0; i < 3; i++) expect(selectBf16Kernel({ rows: 1, n: 64, k: 64 })).toBe(first);
     expect(gemmBf16Dot()).toBe(first === 'dot');
     process.env.TIERLM_BF16_DOT = '1';
-    expect(selectBf16Kernel(shape)).toBe('dot');
-    expect(gemmBf16Dot()).toBe(true);
+    if (dotRuns()) {
+      expect(selectBf16Kernel(shape)).toBe('dot');
+      expect(gemmBf16Dot()).toBe(true);
+    } else expect(() => selectBf16Kernel(shape)).toThrow(/TIERLM_BF16_DOT=1: vdpbf16ps needs AVX512_BF16/);
     process.env.TIERLM_BF16_DOT = '0';
     expect(selectBf16Kernel(shape)).toBe('fma');
-    expect(selectBf16Kernel(shape, 'dot')).toBe('dot');
-    expect(gemmBf16Dot()).toBe(true);
+    expect(selectBf16Kernel(shape, 'dot', null, { log: () => {} })).toBe(dotRuns() ? 'dot' : 'fma');
+    expect(gemmBf16Dot()).toBe(dotRuns());
   });
 
   it('the first measurement on a machine is kept, and later processes take it without measuring', () => {
@@ -97,27 +101,59 @@ describe('the bf16 GEMM kernel', () => {
     expect(selectBf16Kernel(shape)).toBe('fma');
     expect(gemmBf16Kernel()).toBe('fma');
     process.env.TIERLM_BF16_KERNEL = 'dot';
-    expect(selectBf16Kernel(shape)).toBe('dot');
-    expect(gemmBf16Kernel()).toBe('dot');
+    if (dotRuns()) {
+      expect(selectBf16Kernel(shape)).toBe('dot');
+      expect(gemmBf16Kernel()).toBe('dot');
+    } else expect(() => selectBf16Kernel(shape)).toThrow(/TIERLM_BF16_KERNEL=dot: vdpbf16ps needs AVX512_BF16 and this process runs at/);
     process.env.TIERLM_BF16_KERNEL = 'vnni';
     expect(() => selectBf16Kernel(shape)).toThrow(/TIERLM_BF16_KERNEL must be one of fma, dot, amx, got "vnni"/);
     process.env.TIERLM_BF16_KERNEL = 'amx';
     if (isaInfo().amx) expect(selectBf16Kernel(shape)).toBe('amx');
     else expect(() => selectBf16Kernel(shape)).toThrow(/TIERLM_BF16_KERNEL=amx: this CPU or OS does not let the process run AMX-BF16 tiles/);
     // A saved choice still wins; a saved 'amx' where AMX cannot run computes as vdpbf16ps, which
-    // rounds as AMX does, and says so.
-    expect(selectBf16Kernel(shape, 'amx')).toBe(isaInfo().amx ? 'amx' : 'dot');
-    expect(gemmBf16Kernel()).toBe(isaInfo().amx ? 'amx' : 'dot');
+    // rounds as AMX does (or, without AVX512_BF16, as FMA), and says so.
+    const runs = isaInfo().amx ? 'amx' : dotRuns() ? 'dot' : 'fma';
+    expect(selectBf16Kernel(shape, 'amx', null, { log: () => {} })).toBe(runs);
+    expect(gemmBf16Kernel()).toBe(runs);
+  });
+
+  it('a saved, profiled or checkpointed kernel that cannot run here is replaced by the one that runs, with a note; the environment\'s is refused', () => {
+    // (a CPU without AVX512_BF16 as this process sees it: the highest level below it that this one has)
+    const detected = isaInfo().detected as Isa;
+    const below: Isa = detected === 'avx512bf16' ? 'avx512' : detected;
+    delete process.env.TIERLM_BF16_DOT;
+    delete process.env.TIERLM_BF16_KERNEL;
+    const notes: string[] = [];
+    const log = (m: string) => void notes.push(m);
+    expect(setIsa(below)).toBe(true);
+    try {
+      expect(selectBf16Kernel(shape, 'dot', null, { savedFrom: 'checkpoint /c/training-state/state.json (options.bf16_kernel)', log })).toBe('fma');
+      expect(gemmBf16Kernel()).toBe('fma');
+      expect(notes).toEqual([`checkpoint /c/training-state/state.json (options.bf16_kernel) names bf16 kernel 'dot', which cannot run here (vdpbf16ps needs AVX512_BF16 and this process runs at ${below}, isaInfo().active); running 'fma' instead, which rounds differently, so results will not match bit for bit those computed with it`]);
+      expect(selectBf16Kernel(shape, 'amx', null, { log })).toBe('fma');
+      expect(notes[1]).toMatch(/^the saved choice names bf16 kernel 'amx', which cannot run here \(.*\); running 'fma' instead, which rounds differently/);
+      expect(selectBf16Kernel(shape, null, 'dot', { log })).toBe('fma');
+      expect(notes[2]).toMatch(/^the hardware profile \(kernels\.bf16\) names bf16 kernel 'dot', which cannot run here/);
+      expect(selectBf16Kernel(shape, 'fma', 'dot', { log })).toBe('fma');
+      expect(notes.length, 'a kernel that runs says nothing').toBe(3);
+      process.env.TIERLM_BF16_KERNEL = 'dot';
+      expect(() => selectBf16Kernel(shape, null, null, { log })).toThrow(RangeError);
+      delete process.env.TIERLM_BF16_KERNEL;
+      process.env.TIERLM_BF16_DOT = '1';
+      expect(() => selectBf16Kernel(shape, null, null, { log })).toThrow(/TIERLM_BF16_DOT=1: vdpbf16ps needs AVX512_BF16/);
+    } finally {
+      setIsa(detected);
+    }
   });
 
   it('a bf16 model load selects it; fp32 leaves the setting alone', async () => {
     const dir = path.join(fixturesDir, 'llama-tiny');
     process.env.TIERLM_BF16_DOT = '0';
-    gemmBf16Dot(true);
+    gemmBf16Kernel('amx-emulated'); // (a setting any CPU takes, and no load chooses)
     await (await loadModel(dir, { precision: 'fp32' })).close();
-    expect(gemmBf16Dot()).toBe(true);
+    expect(gemmBf16Kernel()).toBe('amx-emulated');
     await (await loadModel(dir, { precision: 'bf16' })).close();
-    expect(gemmBf16Dot()).toBe(false);
+    expect(gemmBf16Kernel()).toBe('fma');
   });
 
   it("a bf16 model load takes the saved profile's choice, unless the environment forces one", async () => {
@@ -131,9 +167,10 @@ describe('the bf16 GEMM kernel', () => {
       delete process.env.TIERLM_BF16_DOT;
       for (const k of ['dot', 'fma'] as const) {
         saveProfile({ ...p, kernels: { bf16: k } }, file);
-        gemmBf16Dot(k !== 'dot');
+        gemmBf16Kernel(k === 'dot' ? 'fma' : 'amx-emulated');
+        // (a profile's 'dot' where vdpbf16ps cannot run: FMA, with a note)
         await (await loadModel(dir, { precision: 'bf16' })).close();
-        expect(gemmBf16Dot()).toBe(k === 'dot');
+        expect(gemmBf16Kernel()).toBe(k === 'dot' && dotRuns() ? 'dot' : 'fma');
       }
       process.env.TIERLM_BF16_DOT = '0';
       saveProfile({ ...p, kernels: { bf16: 'dot' } }, file);

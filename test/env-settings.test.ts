@@ -26,8 +26,9 @@ describe('kernel environment variables', () => {
     ['TIERLM_ATTN_PREFETCH', ['0', '8192', '1000000000'], ['-1', 'abc', '1000000001', ''], 'an integer of bytes in [0, 1000000000]'],
     ['TIERLM_GEMM_ONE_PASS', ['0', '9', '15', ''], ['abc', '99', '16', '-1'], 'an integer mask in [0, 15]'],
     ['TIERLM_GEMM_WIDEN', ['0', '2', '4', '6'], ['abc', '-1', '1', '15', ''], 'one of 0, 2, 4, 6 (bits: 2 f16, 4 bf16)'],
-    ['TIERLM_BF16_KERNEL', ['fma', 'dot', ''], ['vnni', 'FMA', 'amx-emulated'], 'one of fma, dot, amx'],
-    ['TIERLM_BF16_DOT', ['0', '1', ''], ['yes', '2', 'true'], 'one of 0, 1'],
+    // (dot, and TIERLM_BF16_DOT=1, only where vdpbf16ps runs: the next tests)
+    ['TIERLM_BF16_KERNEL', ['fma', ''], ['vnni', 'FMA', 'amx-emulated'], 'one of fma, dot, amx'],
+    ['TIERLM_BF16_DOT', ['0', ''], ['yes', '2', 'true'], 'one of 0, 1'],
     ['TIERLM_HUGE_PAGES', ['0', '1', ''], ['abc', 'off'], 'one of 0, 1'],
     ['TIERLM_MPI_PIECE_BYTES', ['1', '4096', ''], ['0', '-1', 'abc'], 'an integer of bytes in [1, 9007199254740991]'],
   ];
@@ -48,6 +49,24 @@ describe('kernel environment variables', () => {
   it('refuses amx where AMX cannot run', () => {
     expect(() => check({ TIERLM_BF16_KERNEL: 'amx' })).toThrow(/TIERLM_BF16_KERNEL="amx": this CPU or OS does not let the process run AMX-BF16 tiles/);
     expect(check({ TIERLM_BF16_KERNEL: 'amx' }, 'avx512bf16', 8, true)).toEqual([]);
+  });
+
+  it('refuses dot (vdpbf16ps) below AVX512_BF16, which native would run as the FMA kernel while reporting dot', () => {
+    expect(() => check({ TIERLM_BF16_KERNEL: 'dot' }, 'avx2')).toThrow(RangeError);
+    expect(() => check({ TIERLM_BF16_KERNEL: 'dot' }, 'avx2')).toThrow(/^TIERLM_BF16_KERNEL="dot": vdpbf16ps needs AVX512_BF16 and this CPU's level is avx2 \(isaInfo\(\).active\); accepted here: fma$/);
+    expect(() => check({ TIERLM_BF16_KERNEL: 'dot' })).toThrow(/this CPU's level is avx512 /);
+    expect(() => check({ TIERLM_BF16_DOT: '1' }, 'avx2')).toThrow(/^TIERLM_BF16_DOT="1": vdpbf16ps needs AVX512_BF16 and this CPU's level is avx2 .*; accepted here: 0$/);
+    // a level lowered by TIERLM_ISA runs FMA too (amx as well)
+    expect(() => check({ TIERLM_ISA: 'avx512', TIERLM_BF16_KERNEL: 'dot' }, 'avx512bf16')).toThrow(/TIERLM_ISA="avx512" runs below avx512bf16/);
+    expect(() => check({ TIERLM_ISA: 'avx2', TIERLM_BF16_KERNEL: 'amx' }, 'avx512bf16', 8, true)).toThrow(/^TIERLM_BF16_KERNEL="amx": AMX needs AVX512_BF16 and TIERLM_ISA="avx2" runs below/);
+    expect(check({ TIERLM_BF16_KERNEL: 'dot' }, 'avx512bf16')).toEqual([]);
+    expect(check({ TIERLM_BF16_DOT: '1' }, 'avx512bf16')).toEqual([]);
+    expect(check({ TIERLM_ISA: 'avx512bf16', TIERLM_BF16_KERNEL: 'dot' }, 'avx512bf16')).toEqual([]);
+    // TIERLM_BF16_KERNEL decides over TIERLM_BF16_DOT (native ignores the latter then)
+    expect(check({ TIERLM_BF16_KERNEL: 'fma', TIERLM_BF16_DOT: '1' }, 'avx2')).toEqual([]);
+    // without AMX, what is accepted depends on the level
+    expect(() => check({ TIERLM_BF16_KERNEL: 'amx' }, 'avx2')).toThrow(/isaInfo\(\).amx is false\); accepted here: fma$/);
+    expect(() => check({ TIERLM_BF16_KERNEL: 'amx' }, 'avx512bf16')).toThrow(/accepted here: fma, dot$/);
   });
 
   it('warns, once, for more threads than the hardware has', () => {

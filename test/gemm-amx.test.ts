@@ -7,7 +7,7 @@
 // emulation (for a run on a machine that should have it).
 import { afterAll, describe, expect, it } from 'vitest';
 import { type Isa, cpuBackend, getThreads, isaInfo, referenceBackend, setIsa, setThreads } from '../src/backend/index.js';
-import { type Bf16GemmKernel, gemmBf16Kernel } from '../src/backend/cpu/gemm.js';
+import { type Bf16GemmKernel, gemmBf16Dot, gemmBf16Kernel } from '../src/backend/cpu/gemm.js';
 import type { LinearEpilogue, PackedWeight } from '../src/backend/index.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { expectClose, randomF32, randomFloat } from './helpers/harness.js';
@@ -219,16 +219,25 @@ describe('the AMX kernel (bf16 weights, bf16 mode)', () => {
     gemmBf16Kernel(startKernel);
   });
 
-  it('the setting takes kernel names; unknown ones, and amx where it cannot run, are refused', () => {
+  it('the setting takes kernel names; unknown ones, and dot or amx where they cannot run, are refused', () => {
     expect(gemmBf16Kernel('amx-emulated')).toBe('amx-emulated');
     expect(gemmBf16Kernel()).toBe('amx-emulated');
-    expect(gemmBf16Kernel('dot')).toBe('dot');
+    // (dot where the CPU lacks AVX512_BF16 would read back 'dot' while the FMA kernel computed)
+    const dot = info.features.avx512bf16;
+    if (dot) expect(gemmBf16Kernel('dot')).toBe('dot');
+    else {
+      expect(() => gemmBf16Kernel('dot')).toThrow(/'dot' \(vdpbf16ps\) needs AVX512_BF16, which this CPU lacks/);
+      expect(gemmBf16Kernel()).toBe('amx-emulated');
+      expect(gemmBf16Dot(true), 'the older switch: left as it was, and says so').toBe(false);
+      expect(gemmBf16Kernel()).toBe('amx-emulated');
+    }
+    const now = gemmBf16Kernel();
     expect(() => gemmBf16Kernel('vnni' as Bf16GemmKernel)).toThrow(/unknown kernel 'vnni' \(fma, dot, amx, amx-emulated\)/);
-    expect(gemmBf16Kernel()).toBe('dot');
+    expect(gemmBf16Kernel()).toBe(now);
     if (info.amx) expect(gemmBf16Kernel('amx')).toBe('amx');
     else {
       expect(() => gemmBf16Kernel('amx')).toThrow(/'amx' needs AMX-BF16 tiles/);
-      expect(gemmBf16Kernel()).toBe('dot');
+      expect(gemmBf16Kernel()).toBe(now);
     }
     gemmBf16Kernel(startKernel);
   });

@@ -177,6 +177,47 @@ for (const isa of ISAS) {
   }
 }
 
+describe.runIf(ISAS.includes('avx2'))('GELU at avx2', () => {
+  // (the AVX2 kernel computes in float, through erfc and e^x polynomials, where the scalar loop
+  // takes float64 erf/tanh per element, about 30x slower: some rounding must differ, which is how
+  // this tells, without timing, that avx2 runs its own kernel and not the scalar loop)
+  it('runs its vector kernel, not the scalar loop: within the tolerances of the reference, not its values', () => {
+    const x = randomF32([4099], seed++, 6);
+    for (const approximate of [false, true]) {
+      setIsa('scalar');
+      const scalar = Array.from(cpu().gelu(x, approximate).data);
+      setIsa('avx2');
+      const avx2 = cpu().gelu(x, approximate).data;
+      setIsa(detected);
+      expectClose(avx2, ref().gelu(x, approximate).data, approximate ? 1e-6 : 5e-6, `gelu${approximate ? ' tanh' : ''}`);
+      expect(avx2.some((v, i) => v !== scalar[i]), `avx2 gelu${approximate ? ' tanh' : ''} gave the scalar loop's values`).toBe(true);
+    }
+  });
+
+  it('every tail length (masked loads and stores) and special value, nothing written past the end', () => {
+    const k = cpuKernels;
+    setIsa('avx2');
+    try {
+      for (let n = 1; n <= 41; n++) {
+        const x = randomF32([n], seed++, 6);
+        const sv = specialValues(n + 3).subarray(3); // a different special value in each lane over n
+        for (let i = 0; i < n; i += 3) x.data[i] = sv[i]!;
+        for (const approximate of [false, true]) {
+          const buf = new Float32Array(n + 9).fill(-7);
+          k.gelu(x.data, buf.subarray(0, n), approximate);
+          expectSameValues(buf.subarray(0, n), ref().gelu(x, approximate).data, approximate ? 1e-6 : 5e-6, `gelu n=${n}${approximate ? ' tanh' : ''}`, x.data);
+          expect(Array.from(buf.subarray(n)), `n=${n}: written past the end`).toEqual(Array(9).fill(-7));
+          const inPlace = Float32Array.from(x.data);
+          k.gelu(inPlace, inPlace, approximate);
+          expect(Array.from(inPlace), `n=${n} in place`).toEqual(Array.from(buf.subarray(0, n)));
+        }
+      }
+    } finally {
+      setIsa(detected);
+    }
+  });
+});
+
 describe('bad inputs', () => {
   it('the backend rejects wrong shapes and dtypes', () => {
     const x = randomF32([2, 8], 1);

@@ -37,7 +37,7 @@ async function run(reqs: GenerationRequest[]): Promise<number[][][]> {
 
 /** A completions body's samples, per prompt, as the server runs them (translate, then submit). */
 async function completions(body: Record<string, unknown>): Promise<number[][][]> {
-  const p = check(engine, '/v1/completions', { model: 'tiny', max_tokens: 8, ...body });
+  const p = await check(engine, '/v1/completions', { model: 'tiny', max_tokens: 8, ...body });
   const results = await Promise.all(p.requests.map((r) => engine.scheduler.submit(r)));
   return results.map((r) => {
     if ('error' in r) throw new Error(r.error);

@@ -68,19 +68,24 @@ void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, Fmt fmt, int
 // TIERLM_BF16_KERNEL=fma|dot|amx (or the older TIERLM_BF16_DOT=0|1) at start-up sets it.
 enum class Bf16Kernel : int { Fma = 0, Dot = 1, Amx = 2, AmxEmulated = 3 };
 Bf16Kernel bf16_kernel();
-// Sets it; false (and nothing changes) where the CPU or the OS does not allow Amx.
+// Whether this CPU (and OS) can run k at all: Amx where amx_usable(), Dot where the CPU has
+// AVX512_BF16 (a lowered active ISA still falls back, as above, but that is a test setting).
+bool bf16_kernel_runs_here(Bf16Kernel k);
+// Sets it; false (and nothing changes) for a kernel that cannot run here (bf16_kernel_runs_here),
+// so that the setting never names a kernel while another one computes.
 bool set_bf16_kernel(Bf16Kernel k);
 const char* bf16_kernel_name(Bf16Kernel k);
 bool parse_bf16_kernel(const char* name, Bf16Kernel* out);
-// The older switch: bf16_kernel() == Dot; set_bf16_dot(b) sets Dot or Fma.
+// The older switch: bf16_kernel() == Dot; set_bf16_dot(b) sets Dot or Fma (Dot only where it can
+// run: set_bf16_kernel; returns whether it was set).
 bool bf16_dot();
-void set_bf16_dot(bool on);
+bool set_bf16_dot(bool on);
 
 // Scalar IEEE half conversions with round to nearest even (overflow to infinity, NaN to a quiet
 // NaN), shared by the baseline GEMM and quantization code. Defined in gemm_generic.cpp.
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
-void set_bf16_dot(bool on);
+bool set_bf16_dot(bool on);
 
 // Which kernels run a product of max_rows+1 .. one_pass_rows rows as one row block (reading each
 // weight panel once while it computes) rather than as blocks of at most max_rows: a mask of

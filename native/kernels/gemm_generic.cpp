@@ -253,15 +253,23 @@ bool parse_bf16_kernel(const char* name, Bf16Kernel* out) {
   return false;
 }
 
+bool bf16_kernel_runs_here(Bf16Kernel k) {
+  if (k == Bf16Kernel::Amx) return amx_usable();
+  if (k == Bf16Kernel::Dot) return detected_isa() >= Isa::Avx512Bf16;
+  return true;
+}
+
 Bf16Kernel bf16_kernel() {
   int v = g_bf16_kernel.load(std::memory_order_relaxed);
   if (v < 0) {
-    // TIERLM_BF16_KERNEL names one (amx where the CPU allows it); else the older TIERLM_BF16_DOT=1.
+    // TIERLM_BF16_KERNEL names one; else the older TIERLM_BF16_DOT=1. Only one this CPU can run:
+    // a setting of one it cannot would read back as that kernel while select_kernel ran FMA (the
+    // addon's loader refuses such values first, src/backend/cpu/env.ts).
     const char* env = std::getenv("TIERLM_BF16_KERNEL");
     const char* dot = std::getenv("TIERLM_BF16_DOT");
-    Bf16Kernel k = dot && dot[0] == '1' ? Bf16Kernel::Dot : Bf16Kernel::Fma;
+    Bf16Kernel k = dot && dot[0] == '1' && bf16_kernel_runs_here(Bf16Kernel::Dot) ? Bf16Kernel::Dot : Bf16Kernel::Fma;
     Bf16Kernel named;
-    if (env && parse_bf16_kernel(env, &named) && (named != Bf16Kernel::Amx || amx_usable())) k = named;
+    if (env && parse_bf16_kernel(env, &named) && bf16_kernel_runs_here(named)) k = named;
     v = static_cast<int>(k);
     g_bf16_kernel.store(v, std::memory_order_relaxed);
   }
@@ -269,14 +277,14 @@ Bf16Kernel bf16_kernel() {
 }
 
 bool set_bf16_kernel(Bf16Kernel k) {
-  if (k == Bf16Kernel::Amx && !amx_usable()) return false;
+  if (!bf16_kernel_runs_here(k)) return false;
   g_bf16_kernel.store(static_cast<int>(k), std::memory_order_relaxed);
   return true;
 }
 
 bool bf16_dot() { return bf16_kernel() == Bf16Kernel::Dot; }
 
-void set_bf16_dot(bool on) { set_bf16_kernel(on ? Bf16Kernel::Dot : Bf16Kernel::Fma); }
+bool set_bf16_dot(bool on) { return set_bf16_kernel(on ? Bf16Kernel::Dot : Bf16Kernel::Fma); }
 
 namespace {
 std::atomic<int> g_widen{-1};  // -1: not set (the active ISA's default) nor read from the environment yet

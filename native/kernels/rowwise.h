@@ -59,6 +59,7 @@ void rms_norm_row(const float* x, int64_t cols, const float* gamma, float eps, f
 void softmax_row(const float* x, int64_t cols, float* out);
 void log_softmax_row(const float* x, int64_t cols, float* out);
 void silu_mul(const float* gate, const float* up, int64_t n, float* out);
+void gelu(const float* x, int64_t n, float* out, bool approximate);
 void narrow_f16(const float* src, int64_t n, uint16_t* out);
 void widen_f16(const uint16_t* src, int64_t n, float* out);
 }  // namespace isa2

@@ -1,4 +1,4 @@
-// Row-wise ops, AVX2 + FMA + F16C versions of the hot ones (norms, softmax, SwiGLU) and the half
+// Row-wise ops, AVX2 + FMA + F16C versions of the hot ones (norms, softmax, SwiGLU, GELU) and the half
 // conversions. Compiled with AVX2 flags: static helpers and intrinsics only, no STL.
 #include <immintrin.h>
 #include <math.h>
@@ -29,6 +29,65 @@ inline __m256 exp256(__m256 x) {
   __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, _mm256_set1_epi32(127)), 23));
   __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, _mm256_set1_epi32(127)), 23));
   return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+}
+
+// e^x as isa512's exp512 gives it: down through the subnormals to exactly 0 (clamped at -104, where
+// e^x rounds to 0 in float), not stopped at exp256's -87.33 (e^x ~ 1.2e-38). GELU's erfc needs the
+// 0: it tells +inf and huge inputs apart from the rest. (2^n split in two factors, each a normal
+// float for n in [-150, 128]; the second product rounds once into the subnormals.)
+inline __m256 exp256_to_zero(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-104.f)), _mm256_set1_ps(88.7f));
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500E-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507E-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073E-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894E-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  __m256i ni = _mm256_cvtps_epi32(n);
+  __m256i n1 = _mm256_srai_epi32(ni, 1);
+  __m256i n2 = _mm256_sub_epi32(ni, n1);
+  __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, _mm256_set1_epi32(127)), 23));
+  __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, _mm256_set1_epi32(127)), 23));
+  return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+}
+
+// Eight GELUs, isa512::gelu's arithmetic (see there) lane for lane.
+inline __m256 gelu8(__m256 v, bool approximate) {
+  const __m256 one = _mm256_set1_ps(1.f), half = _mm256_set1_ps(0.5f);
+  if (approximate) {
+    // 0.5 v (1 + tanh u) = v / (1 + e^(-2u)); e^(-2u) is +inf past 88.7 (exp256 clamps there),
+    // so a large negative v gives -0 and -inf NaN, as in float arithmetic.
+    __m256 v3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
+    __m256 u = _mm256_mul_ps(_mm256_set1_ps(0.7978845608028654f), _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), v3, v));
+    __m256 a = _mm256_mul_ps(u, _mm256_set1_ps(-2.f));
+    __m256 e = _mm256_blendv_ps(exp256(a), _mm256_set1_ps(INFINITY), _mm256_cmp_ps(a, _mm256_set1_ps(88.7f), _CMP_GT_OQ));
+    return _mm256_div_ps(v, _mm256_add_ps(one, e));
+  }
+  // 0.5 v (1 + erf z) through erfc(|z|) (Numerical Recipes' erfcc, relative error < 1.2e-7), so that
+  // the small values on the negative side keep their relative accuracy.
+  __m256 z = _mm256_andnot_ps(_mm256_set1_ps(-0.f), _mm256_mul_ps(v, _mm256_set1_ps(0.7071067811865476f)));
+  __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(half, z, one));
+  __m256 p = _mm256_set1_ps(0.17087277f);
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.82215223f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.48851587f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.13520398f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.27886807f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.18628806f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.09678418f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.37409196f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.00002368f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.26551223f));
+  __m256 ec = _mm256_mul_ps(t, exp256_to_zero(_mm256_fnmadd_ps(z, z, p)));
+  __m256 hv = _mm256_mul_ps(half, v);
+  // v itself where erfc underflowed to 0 (+inf gives +inf rather than inf - inf·0); the negative
+  // side (by the sign bit, which blendv reads: -0 gives -0) is ½v·erfc.
+  __m256 pos = _mm256_blendv_ps(_mm256_fnmadd_ps(hv, ec, v), v, _mm256_cmp_ps(ec, _mm256_setzero_ps(), _CMP_EQ_OQ));
+  return _mm256_blendv_ps(pos, _mm256_mul_ps(hv, ec), v);
 }
 
 inline double hsum_pd(__m256d v) {
@@ -177,6 +236,15 @@ void silu_mul(const float* gate, const float* up, int64_t n, float* out) {
   for (; i < n; i++) {
     float g = gate[i];
     out[i] = g / (1.f + (-g > 88.7f ? INFINITY : exp1(-g))) * up[i];
+  }
+}
+
+void gelu(const float* x, int64_t n, float* out, bool approximate) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, gelu8(_mm256_loadu_ps(x + i), approximate));
+  if (i < n) {  // the tail through masked loads and stores (0 in the lanes past n, never stored)
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - i)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    _mm256_maskstore_ps(out + i, m, gelu8(_mm256_maskload_ps(x + i, m), approximate));
   }
 }
 

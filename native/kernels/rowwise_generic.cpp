@@ -207,6 +207,7 @@ void relu_span(const float* x, int64_t n, float* out) {
 
 void gelu_span(const float* x, int64_t n, float* out, bool approximate) {
   if (use512()) return isa512::gelu(x, n, out, approximate);
+  if (use2()) return isa2::gelu(x, n, out, approximate);
   for (int64_t i = 0; i < n; i++) {
     double v = x[i];
     if (approximate) {

@@ -216,7 +216,8 @@ Napi::Value Dequantize(const Napi::CallbackInfo& info) {
 }
 
 // gemmBf16Kernel(name?): returns bf16 mode's GEMM kernel on bf16 weights ('fma', 'dot', 'amx',
-// 'amx-emulated'; kernels/gemm.h Bf16Kernel); a name sets it ('amx' only where AMX is usable).
+// 'amx-emulated'; kernels/gemm.h Bf16Kernel); a name sets it ('amx' only where AMX is usable,
+// 'dot' only where the CPU has AVX512_BF16: elsewhere it would read back while FMA computed).
 Napi::Value Bf16KernelFn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() > 0 && !info[0].IsUndefined()) {
@@ -227,13 +228,16 @@ Napi::Value Bf16KernelFn(const Napi::CallbackInfo& info) {
       throw Napi::RangeError::New(env, "gemmBf16Kernel: unknown kernel '" + name + "' (fma, dot, amx, amx-emulated)");
     }
     if (!gemm::set_bf16_kernel(k)) {
-      throw Napi::RangeError::New(env, "gemmBf16Kernel: 'amx' needs AMX-BF16 tiles that this CPU and OS let the process use");
+      throw Napi::RangeError::New(env, k == gemm::Bf16Kernel::Dot
+        ? "gemmBf16Kernel: 'dot' (vdpbf16ps) needs AVX512_BF16, which this CPU lacks (isaInfo().features.avx512bf16); accepted here: fma, amx-emulated"
+        : "gemmBf16Kernel: 'amx' needs AMX-BF16 tiles that this CPU and OS let the process use");
     }
   }
   return Napi::String::New(env, gemm::bf16_kernel_name(gemm::bf16_kernel()));
 }
 
-// gemmBf16Dot(on?): returns whether bf16 mode uses vdpbf16ps; a boolean argument sets it.
+// gemmBf16Dot(on?): returns whether bf16 mode uses vdpbf16ps; a boolean argument sets it (true
+// only where the CPU has AVX512_BF16: elsewhere the setting stays, and the false returned says so).
 Napi::Value Bf16Dot(const Napi::CallbackInfo& info) {
   if (info.Length() > 0 && info[0].IsBoolean()) gemm::set_bf16_dot(info[0].As<Napi::Boolean>().Value());
   return Napi::Boolean::New(info.Env(), gemm::bf16_dot());

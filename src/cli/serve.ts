@@ -51,7 +51,7 @@ export function addServeCommand(program: Command): void {
     .option('--api-key <key>', 'every request but /health and /metrics must send "Authorization: Bearer KEY" (default: $TIERLM_API_KEY; none when unset or empty)')
     .option('--data-dir <dir>', 'where uploaded files and batch jobs are kept (default: ~/.cache/tierlm/serve)')
     .option('--served-model-name <name>', 'the name bodies give as "model" (default: the model directory\'s name)')
-    .option('--max-queue <n>', 'interactive requests in flight beyond which new ones get 429 with Retry-After', int('--max-queue', 1), 256)
+    .option('--max-queue <n>', 'sequences of interactive requests in flight (a request counts its prompts × n) beyond which new requests get 429 with Retry-After', int('--max-queue', 1), 256)
     // (the default shown as a size: shown as 4194304, it was a value the flag refuses)
     .addOption(new Option('--body-limit <size>', 'largest JSON request body, with a unit (413 beyond); bodies in flight are held to twice it in all (429 beyond), counted in --ram').argParser(sizeOption('--body-limit')).default(4 * 1024 * 1024, '4MiB'));
   addPolicyOptions(cmd).action(async (o: ServeFlags) => runServe(o));

@@ -13,6 +13,7 @@ import type { BlockRunner } from '../schedule/runner.js';
 import type { BlockShape } from '../policy/memory.js';
 import { ContinuousEngine, type RunnerLock } from './continuous.js';
 import { checkKeys } from '../util/names.js';
+import { illFormedField } from '../util/text.js';
 import { type RuleName, checkApiValue, checkValue, givenOnly } from '../util/options.js';
 import { type GenerationRequest, type GenerationResult, type RequestError, type RequestNames, REQUEST_KEYS, promptIds } from './requests.js';
 import { GREEDY, type SamplingParams } from './sampling.js';
@@ -25,7 +26,8 @@ export interface GenerateParams {
   n: number;
   /** Extra token ids that end a sequence, beside the model's EOS. */
   stopTokenIds: number[];
-  /** Whether EOS ends a sequence (on by default). */
+  /** Whether EOS ends a sequence (on by default): the model's eos_token_id (generation_config.json,
+   *  else config.json) and the tokenizer's eos_token (LanguageModel.eosTokenIds). */
   stopAtEos: boolean;
   logprobs: boolean;
   /** KV cache element type (default: the policy's cacheDtype). */
@@ -416,6 +418,9 @@ export function checkRequestLimits(req: GenerationRequest, hasTokenizer: boolean
       return '"stop" must be an array of at most 4 non-empty strings';
     }
     if (req.stop.length > 0 && !hasTokenizer) return 'the model has no tokenizer.json, so "stop" strings cannot be used';
+    // (a stop of a lone surrogate, "\udfe7", cut a surrogate pair: the text ended in half of one)
+    const ill = illFormedField(req.stop, 'stop');
+    if (ill) return `"${ill.field}" ${ill.why}`;
   }
   if (req.stopTokenIds !== undefined && !(Array.isArray(req.stopTokenIds) && req.stopTokenIds.every((t) => Number.isSafeInteger(t) && t >= 0))) {
     return `"${stopTokenIds}" must be an array of non-negative integers`;

@@ -99,6 +99,8 @@ export class LanguageModel {
     readonly layers: LayerSource,
     private readonly runner: BlockRunner,
     readonly policy: Policy,
+    /** Token ids EOS stops at (stopAtEos): generation_config.json's (else config.json's) and the
+     *  tokenizer's eos_token (withTokenizerEos). */
     readonly eosTokenIds: number[],
     readonly tokenizer: TextTokenizer | null,
     readonly precision: ComputeMode,
@@ -177,7 +179,8 @@ export class LanguageModel {
           : new ResidentLayers(model.loader, c);
         const transformer = new Transformer(c, backend, model.loader.globals(), policy.attnSparsity);
         const runner = new BlockRunner(transformer, layers, policy, { cache: disk?.cacheFile ?? null, act: disk?.actFile ?? null });
-        return new LanguageModel(c, transformer, layers, runner, policy, model.eosTokenIds, TextTokenizer.load(dir), precision, disk, wItems, limits, log);
+        const tokenizer = TextTokenizer.load(dir);
+        return new LanguageModel(c, transformer, layers, runner, policy, withTokenizerEos(model.eosTokenIds, tokenizer), tokenizer, precision, disk, wItems, limits, log);
       } catch (e) {
         await disk?.close(); // a load that fails leaves no spill files or run lock behind
         throw e;
@@ -304,6 +307,15 @@ export class LanguageModel {
 /** Loads a Hugging Face model directory (config.json, safetensors, tokenizer files). */
 export async function loadModel(dir: string, options: LoadOptions = {}): Promise<LanguageModel> {
   return LanguageModel.load(dir, options);
+}
+
+/** `ids` (generation_config.json's eos_token_id, else config.json's) with the tokenizer's
+ *  eos_token where it differs, as vLLM stops at both: training appends the tokenizer's EOS to
+ *  each document (src/train/dataset.ts), so a model fine-tuned here learns to end with that token,
+ *  and a config naming another one (or none) left its generations running past their end. */
+export function withTokenizerEos(ids: readonly number[], tokenizer: TextTokenizer | null): number[] {
+  const eos = tokenizer?.eosTokenId ?? null;
+  return eos === null || ids.includes(eos) ? [...ids] : [...ids, eos];
 }
 
 /** The smallest block a run of `requests` requests opens in the policy's shape (no more rows than

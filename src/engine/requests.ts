@@ -2,6 +2,7 @@
 
 import { type ChatMessage, ChatTemplateError, type TextTokenizer } from '../formats/tokenizer.js';
 import type { SamplingParams } from './sampling.js';
+import { illFormedField, illFormedText } from '../util/text.js';
 
 export interface GenerationRequest {
   id: string;
@@ -98,6 +99,9 @@ export function promptIds(req: GenerationRequest, tokenizer: TextTokenizer | nul
     if (bad >= 0) return `${ids_}[${bad}] = ${JSON.stringify(ids[bad])} is not a token id in [0, ${vocabSize})`;
   } else if (req.prompt !== undefined) {
     if (typeof req.prompt !== 'string') return '"prompt" must be a string';
+    // (encoded, a lone surrogate ran as U+FFFD without a word)
+    const ill = illFormedText(req.prompt);
+    if (ill) return `"prompt" ${ill}`;
     if (!tokenizer) return `the model has no tokenizer.json: give "${ids_}" instead of "prompt"`;
     const far = farTooLong(req.prompt, 'prompt', tokenizer, positions);
     if (far) return far;
@@ -108,6 +112,8 @@ export function promptIds(req: GenerationRequest, tokenizer: TextTokenizer | nul
     if (!Array.isArray(msgs) || !msgs.every((m) => m && typeof m.role === 'string' && typeof m.content === 'string')) {
       return '"messages" must be an array of {"role", "content"} strings';
     }
+    const ill = illFormedField(msgs, 'messages');
+    if (ill) return `"${ill.field}" ${ill.why}`;
     if (!tokenizer.hasChatTemplate) return 'the model has no chat template, so "messages" cannot be used';
     let text: string;
     try {

@@ -151,17 +151,22 @@ export class Sequence {
   /** Text not yet given to the hook that cannot be the start of a stop sequence (all of it once
    *  the sample has finished). */
   private releasable(): string {
-    let end = this.text.length;
+    // The longest end of the unreleased text that begins some stop sequence, each stop measured
+    // against all of that text (as ChunkStream.heldBack): bounding a later stop by what an
+    // earlier one left released "z" of "…zC" for stops ["C#", "zCl"], and "zCl" then cut the
+    // text before the "z" already given to the hook.
+    let hold = 0;
     if (!this.done) {
       for (const s of this.limits.stop) {
-        for (let n = Math.min(s.length - 1, end - this.emitted); n > 0; n--) {
+        for (let n = Math.min(s.length - 1, this.text.length - this.emitted); n > hold; n--) {
           if (this.text.endsWith(s.slice(0, n))) {
-            end = Math.min(end, this.text.length - n);
+            hold = n;
             break;
           }
         }
       }
     }
+    const end = this.text.length - hold;
     const piece = this.text.slice(this.emitted, end);
     this.emitted = Math.max(this.emitted, end);
     return piece;
@@ -191,13 +196,53 @@ export class Sequence {
 /** Prompt tokens decoded ahead of a sample's (vLLM uses 5; 4 covers a SentencePiece word start). */
 const DETOKENIZE_CONTEXT = 4;
 
-/** The prompt's last tokens a sample's text is decoded after, and their text; none when they end
- *  inside a character (the sample's first token would be decoded into it). The OpenAI layer's
- *  logprob tokens use the same context, so that they add up to the text. */
+/** The prompt's last tokens a sample's text is decoded after, and their text. Tokens that begin
+ *  inside a character (the rest of one that started before the window: the last 4 tokens of
+ *  "I love 🦙 it" are 3 of the llama's 4 bytes and "▁it") are left out, the window then starting
+ *  at a whole character; none when the window ends inside a character (the sample's first token
+ *  would be decoded into it). Dropping the whole window whenever its text held U+FFFD (a character
+ *  cut at its start, or a U+FFFD the prompt holds) lost the first token's leading space:
+ *  "▁Something" alone decodes to "Something". The OpenAI layer's logprob tokens use the same
+ *  context, so that they add up to the text. */
 export function detokenizeContext(t: TextTokenizer, prompt: readonly number[]): [number[], string] {
-  const context = prompt.slice(-DETOKENIZE_CONTEXT);
-  const text = decode(t, context);
-  return text.includes('\ufffd') ? [[], ''] : [context, text];
+  let context = prompt.slice(-DETOKENIZE_CONTEXT);
+  // Each token's bytes (a special token's none: decoding skips it), or null where the vocabulary's
+  // spelling is not known here; then the text alone tells, U+FFFD standing for a cut character.
+  const bytes = context.map((id) => t.tokenBytes(id) ?? (decode(t, [id]) === '' ? Buffer.alloc(0) : null));
+  if (bytes.every((b) => b !== null)) {
+    const from = (k: number) => Buffer.concat(bytes.slice(k) as Buffer[]);
+    let k = 0;
+    while (k < context.length && isContinuation(from(k)[0])) k++;
+    context = context.slice(k);
+    if (endsInsideCharacter(from(k))) return [[], ''];
+  } else {
+    while (context.length > 0 && decode(t, context).startsWith('\ufffd')) context = context.slice(1);
+    if (decode(t, context).endsWith('\ufffd')) return [[], ''];
+  }
+  return context.length === 0 ? [[], ''] : [context, decode(t, context)];
+}
+
+/** Whether `b` is a UTF-8 continuation byte (10xxxxxx): one that never begins a character. */
+function isContinuation(b: number | undefined): boolean {
+  return b !== undefined && b >= 0x80 && b < 0xc0;
+}
+
+/** Whether `b` ends with the start of a multi-byte character that more bytes could complete (the
+ *  Unicode standard's table 3-7: a lead byte C2-F4 and fewer than its continuation bytes, each in
+ *  range). A tail no byte can complete already decodes to U+FFFD, whatever follows. */
+function endsInsideCharacter(b: Uint8Array): boolean {
+  for (let k = 1; k <= Math.min(3, b.length); k++) {
+    const c = b[b.length - k]!;
+    if (isContinuation(c)) continue;
+    const need = c >= 0xc2 && c < 0xe0 ? 1 : c >= 0xe0 && c < 0xf0 ? 2 : c >= 0xf0 && c < 0xf5 ? 3 : 0;
+    if (need < k) return false;
+    // The second byte's range is narrower after E0, ED, F0 and F4 (as firstBadSequence).
+    const second = b[b.length - k + 1];
+    const lo = c === 0xe0 ? 0xa0 : c === 0xf0 ? 0x90 : 0x80;
+    const hi = c === 0xed ? 0x9f : c === 0xf4 ? 0x8f : 0xbf;
+    return second === undefined || (second >= lo && second <= hi);
+  }
+  return false;
 }
 
 /** The tokenizer's decode, which refuses an empty list. */

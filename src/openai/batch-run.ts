@@ -7,6 +7,7 @@ import type { ResultWriter } from '../formats/jsonl.js';
 import { ApiError } from './errors.js';
 import { type BatchLine, apiErrorLine, lineErrorLine, parseBatchLine, responseLine } from './batch-lines.js';
 import { Cancelled, type Engine, complete } from './complete.js';
+import { sequencesOf } from './translate.js';
 import type { Endpoint } from './validate.js';
 
 export interface BatchCounts {
@@ -32,7 +33,8 @@ export interface BatchRunOptions {
   errors: ResultWriter | null;
   /** The one url lines may name (a server batch's endpoint); either endpoint when absent. */
   endpoint?: Endpoint;
-  /** Lines submitted at once: enough to keep the running block full. */
+  /** Sequences (each line's prompts × n) submitted at once: enough to keep the running block
+   *  full. A line is started while fewer are in flight, so one larger than this still runs. */
   concurrency: number;
   /** Graceful stop: no new line starts; lines in flight finish and are written. */
   stop?: AbortSignal;
@@ -47,6 +49,9 @@ export async function runBatch(engine: Engine, o: BatchRunOptions): Promise<Batc
   const counts: BatchCounts = { total: 0, completed: 0, failed: 0, skipped: 0, skippedFailed: 0, tokens: 0 };
   const answered = (id: string) => o.out.done.has(id) || errors.done.has(id);
   const inFlight = new Set<Promise<void>>();
+  // Counted in sequences, not lines: a line's answers are held until it is written, and a line may
+  // list up to MAX_PROMPTS prompts (as many as MAX_SEQUENCES with n).
+  let sequences = 0;
   let fatal: unknown = null;
   const stopped = () => fatal !== null || o.stop?.aborted === true || o.signal?.aborted === true;
 
@@ -86,9 +91,14 @@ export async function runBatch(engine: Engine, o: BatchRunOptions): Promise<Batc
       write(errors, lineErrorLine(l), false);
       continue;
     }
-    while (inFlight.size >= o.concurrency) await Promise.race(inFlight);
+    const count = Math.min(sequencesOf(l.endpoint, l.body), o.concurrency);
+    while (inFlight.size > 0 && sequences + count > o.concurrency) await Promise.race(inFlight);
     if (stopped()) continue;
-    const p: Promise<void> = run(l).finally(() => inFlight.delete(p));
+    sequences += count;
+    const p: Promise<void> = run(l).finally(() => {
+      inFlight.delete(p);
+      sequences -= count;
+    });
     inFlight.add(p);
   }
   await Promise.all(inFlight);

@@ -8,13 +8,19 @@ import type { GenerationResult, RequestError } from '../engine/requests.js';
 import { TOO_LARGE_FOR_LIMITS } from '../engine/continuous.js';
 import { positionsNote } from '../models/config.js';
 import { ApiError, invalid } from './errors.js';
-import { ChunkStream, type Prepared, type ServedModel, limitsParam, prepare, responseBody } from './translate.js';
-import { type Endpoint, checkBody } from './validate.js';
+import { ChunkStream, type Prepared, type ServedModel, limitsParam, prepareAsync, responseBody } from './translate.js';
+import { type Endpoint, checkBody, checkText } from './validate.js';
 
 export interface Engine {
   scheduler: Scheduler;
   model: ServedModel;
+  /** Sequences (prompts × n) one body keeps submitted to the scheduler at once, at least its n
+   *  (default DEFAULT_WINDOW): the rest of a prompt list is submitted as those finish. */
+  window?: number;
 }
+
+/** Engine.window where none is given. */
+const DEFAULT_WINDOW = 64;
 
 export interface CompleteOptions {
   priority: 'interactive' | 'batch';
@@ -32,22 +38,25 @@ export class Cancelled extends Error {}
 
 export const newId = (prefix: string) => `${prefix}-${randomBytes(12).toString('hex')}`;
 
-/** Checks a body (schema and model) without running it: a 400/404 ApiError, or what to submit. */
-export function check(engine: Engine, endpoint: Endpoint, body: unknown, validated = false): Prepared {
+/** Checks a body (schema and model) without running it: a 400/404 ApiError, or what to submit.
+ *  Text prompts are encoded giving the event loop turns (prepareAsync). */
+export async function check(engine: Engine, endpoint: Endpoint, body: unknown, validated = false): Promise<Prepared> {
   if (!validated) checkBody(endpoint, body);
-  return prepare(endpoint, body as Record<string, unknown>, engine.model);
+  // (after the schema, which the server's routes check themselves: text with a lone surrogate)
+  checkText(body);
+  return prepareAsync(endpoint, body as Record<string, unknown>, engine.model);
 }
 
 /** Runs a body; resolves with the response body (for a stream, after the last chunk was sent).
  *  Throws ApiError for a bad body, Cancelled when aborted, anything else when the engine fails. */
 export async function complete(engine: Engine, endpoint: Endpoint, body: unknown, o: CompleteOptions): Promise<Record<string, unknown>> {
-  const p = o.prepared ?? check(engine, endpoint, body);
+  const p = o.prepared ?? await check(engine, endpoint, body);
   const id = newId(endpoint === '/v1/chat/completions' ? 'chatcmpl' : 'cmpl');
   const created = Math.floor(Date.now() / 1000);
   const stream = p.stream && o.onChunk ? new ChunkStream(p, id, created, o.onChunk) : null;
   let first = o.onFirstToken;
-  const answers = await Promise.all(p.requests.map(async (req, i) => {
-    const r = await engine.scheduler.submit(req, {
+  const submit = async (i: number) => {
+    const r = await engine.scheduler.submit(p.requests[i]!, {
       priority: o.priority, signal: o.signal,
       onToken: stream || first ? (sample, _token, text) => {
         first?.();
@@ -57,12 +66,36 @@ export async function complete(engine: Engine, endpoint: Endpoint, body: unknown
     });
     if (!('error' in r)) stream?.finish(i, r, engine.model);
     return r;
-  }));
-  const failed = answers.findIndex((r) => 'error' in r);
+  };
+  const answers = await windowed(p.requests.length, Math.max(1, Math.floor((engine.window ?? DEFAULT_WINDOW) / p.n)), submit);
+  const failed = answers.findIndex((r) => r !== undefined && 'error' in r);
   if (failed >= 0) throw requestFailure(answers[failed] as RequestError, o.signal, limitsParam(p, failed, engine.model));
   const results = answers as GenerationResult[];
   if (stream && p.includeUsage) stream.usage(results);
   return responseBody(p, results, id, created, engine.model);
+}
+
+/**
+ * run(0 … count-1), at most `most` at once, each started in order as one before it ends: a list's
+ * prompts were all submitted at once, and the scheduler made every sample's sequence then (a
+ * body of 60,000 prompts × n 8 queued 480,000 of them, 800 MB), ahead of every request that came
+ * after it. None starts after one fails (an answer with an error; the first in order is what the
+ * body fails with, and those before it all run): its place, and those after, stay undefined.
+ */
+async function windowed(count: number, most: number, run: (i: number) => Promise<GenerationResult | RequestError>): Promise<(GenerationResult | RequestError | undefined)[]> {
+  const answers: (GenerationResult | RequestError | undefined)[] = new Array(count);
+  let next = 0;
+  let failed = false;
+  const worker = async () => {
+    while (next < count && !failed) {
+      const i = next++;
+      const r = await run(i);
+      answers[i] = r;
+      if ('error' in r) failed = true;
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(most, count) }, worker));
+  return answers;
 }
 
 /** `param`: the field a refusal for the memory limits blames (limitsParam). */
@@ -78,7 +111,7 @@ function requestFailure(r: RequestError, signal: AbortSignal | undefined, param:
 export function engineFor(model: LanguageModel, name: string): Engine {
   const scheduler = model.scheduler();
   return {
-    scheduler,
+    scheduler, window: batchConcurrency(model),
     model: {
       id: name, maxPositions: model.config.maxPositions, positionsNote: positionsNote(model.config), vocabSize: model.config.vocabSize, tokenizer: model.tokenizer,
       positionsUnderLimits: () => scheduler.positionsUnderLimits, created: Math.floor(Date.now() / 1000),
@@ -86,8 +119,8 @@ export function engineFor(model: LanguageModel, name: string): Engine {
   };
 }
 
-/** Lines submitted at once by a batch job: twice what one block holds, so the next block's
- *  requests are waiting when one finishes. */
+/** Sequences (prompts × n) submitted at once by a batch job, and by one body (Engine.window):
+ *  twice what one block holds, so the next block's requests are waiting when one finishes. */
 export function batchConcurrency(model: LanguageModel): number {
   return Math.max(8, 2 * model.policy.gpuBatchSize * model.policy.numGpuBatches);
 }

@@ -27,6 +27,13 @@ const sampling = {
 
 const tokenIds = { type: 'array', items: { type: 'integer', minimum: 0 }, minItems: 1 } as const;
 
+/** Prompts one completions body may list (OpenAI's limit for a `prompt` list). A 475 KB body of
+ *  60,000 short prompts was 480,000 sequences with n 8: minutes of work counted as one request. */
+export const MAX_PROMPTS = 2048;
+
+/** Completions (prompts × n) one body may ask for: a body's answers are held until it is answered. */
+export const MAX_SEQUENCES = 2048;
+
 export const completionBodySchema = {
   type: 'object',
   required: ['model', 'prompt'],
@@ -36,9 +43,9 @@ export const completionBodySchema = {
     prompt: {
       anyOf: [
         { type: 'string' },
-        { type: 'array', items: { type: 'string' }, minItems: 1 },
+        { type: 'array', items: { type: 'string' }, minItems: 1, maxItems: MAX_PROMPTS },
         tokenIds,
-        { type: 'array', items: tokenIds, minItems: 1 },
+        { type: 'array', items: tokenIds, minItems: 1, maxItems: MAX_PROMPTS },
       ],
     },
     logprobs: nullable({ type: 'integer', minimum: 0, maximum: 5 }),
@@ -65,7 +72,9 @@ export const chatBodySchema = {
         additionalProperties: false,
         properties: {
           role: { enum: ['system', 'developer', 'user', 'assistant'] },
-          content: { anyOf: [{ type: 'string' }, { type: 'array', items: textPart }] },
+          // (null is OpenAI's for an assistant message whose turn was tool calls, and SDKs echo it
+          // back in the history; translate.ts refuses it on the other roles, as OpenAI does)
+          content: { anyOf: [{ type: 'string' }, { type: 'array', items: textPart }, { type: 'null' }] },
           name: { type: 'string' },
         },
       },
@@ -80,7 +89,7 @@ export const chatBodySchema = {
 export const FIELD_FORMS: Record<string, string> = {
   prompt: 'a string, an array of strings, an array of token ids or an array of token-id arrays',
   stop: 'a non-empty string or an array of at most 4 non-empty strings',
-  content: 'a string or an array of {"type": "text", "text"} parts',
+  content: 'a string or an array of {"type": "text", "text"} parts (or null, on an assistant message)',
 };
 
 /** Ajv's options, the same for the server's routes and for `tierlm batch`: values are never

@@ -12,6 +12,7 @@ import type { GenerationRequest, GenerationResult, SampleResult } from '../engin
 import { detokenizeContext } from '../engine/sequence.js';
 import { type ChatMessage, ChatTemplateError, type TextTokenizer } from '../formats/tokenizer.js';
 import { invalid, notFound } from './errors.js';
+import { MAX_SEQUENCES } from './schemas.js';
 import type { Endpoint } from './validate.js';
 
 /** The model a server or batch job answers for. */
@@ -54,13 +55,71 @@ type Body = Record<string, unknown>;
 const COMPLETION_MAX_TOKENS = 16;
 
 /** Turns a body that passed its schema into engine requests; throws ApiError for what the schema
- *  cannot see (an unknown model, a token id past the vocabulary, a prompt longer than the context). */
+ *  cannot see (an unknown model, a token id past the vocabulary, a prompt longer than the context,
+ *  more than MAX_SEQUENCES prompts × n). */
 export function prepare(endpoint: Endpoint, body: Body, model: ServedModel): Prepared {
+  const steps = preparing(endpoint, body, model);
+  for (;;) {
+    const r = steps.next();
+    if (r.done) return r.value;
+  }
+}
+
+/** prepare(), giving the event loop a turn every YIELD_MS of work: a list of up to MAX_PROMPTS
+ *  text prompts in a 4 MiB body takes seconds to encode (15 s for 3.6 MB of text with the Llama 2
+ *  tokenizer), and the server answered nothing else meanwhile (its decode steps stalled too). */
+export async function prepareAsync(endpoint: Endpoint, body: Body, model: ServedModel): Promise<Prepared> {
+  const steps = preparing(endpoint, body, model);
+  let since = performance.now();
+  for (;;) {
+    const r = steps.next();
+    if (r.done) return r.value;
+    if (performance.now() - since >= YIELD_MS) {
+      await new Promise((resolve) => setImmediate(resolve));
+      since = performance.now();
+    }
+  }
+}
+
+/** Work prepareAsync does between two turns of the event loop. */
+const YIELD_MS = 10;
+
+/** The completions a body asks for (its prompts × n), read as leniently as a body not yet checked
+ *  needs (a value of the wrong type counts as one): what it holds of --max-queue or of a batch's
+ *  lines in flight. */
+export function sequencesOf(endpoint: Endpoint, body: unknown): number {
+  const b = (typeof body === 'object' && body !== null ? body : {}) as Body;
+  const n = Number.isSafeInteger(b.n) && (b.n as number) > 0 ? (b.n as number) : 1;
+  return promptCount(endpoint, b) * n;
+}
+
+/** Prompts of a body: a completions `prompt` list's length (a string or one token-id list: 1). */
+function promptCount(endpoint: Endpoint, b: Body): number {
+  if (endpoint === '/v1/chat/completions' || !Array.isArray(b.prompt)) return 1;
+  return typeof b.prompt[0] === 'number' ? 1 : Math.max(1, b.prompt.length);
+}
+
+/** Refuses a body that asks for more than `most` completions (prompts × n), before any is encoded;
+ *  `limit` says what the limit is (`one request may ask for at most 2048`). The prompt list is
+ *  blamed when there is one (it is what to split), else n. */
+export function refuseSequencesPast(endpoint: Endpoint, body: Body, most: number, limit: string): void {
+  const count = sequencesOf(endpoint, body);
+  if (count <= most) return;
+  const prompts = promptCount(endpoint, body);
+  const n = count / prompts;
+  throw invalid(`This request asks for ${count} completions (${prompts} prompt${prompts > 1 ? 's' : ''} × n ${n}); ${limit}: ` +
+    `${prompts > 1 ? 'send fewer prompts in each request' : 'ask for a smaller n'}`, prompts > 1 ? 'prompt' : 'n');
+}
+
+function* preparing(endpoint: Endpoint, body: Body, model: ServedModel): Generator<void, Prepared> {
   if (body.model !== model.id) throw notFound(`The model '${String(body.model)}' does not exist (this server has '${model.id}')`, 'model', 'model_not_found');
   const chat = endpoint === '/v1/chat/completions';
   const n = (body.n as number | null) ?? 1;
   if (!chat && body.best_of != null && body.best_of !== n) throw invalid('best_of must equal n (tierlm returns every sample)', 'best_of');
-  const prompts = chat ? [chatPrompt(body.messages as Body[], model)] : completionPrompts(body.prompt, model);
+  // (a body's answers are held until it is answered, and a batch line's count against its job's
+  // lines in flight: a bound on them is a bound on the RAM they take)
+  refuseSequencesPast(endpoint, body, MAX_SEQUENCES, `one request may ask for at most ${MAX_SEQUENCES}`);
+  const prompts = chat ? [chatPrompt(body.messages as Body[], model)] : yield* completionPrompts(body.prompt, model);
   const stop = body.stop == null ? [] : typeof body.stop === 'string' ? [body.stop] : (body.stop as string[]);
   const logprobs = chat ? (body.logprobs ? (body.top_logprobs as number | null) ?? 0 : null) : (body.logprobs as number | null) ?? null;
   if (chat && body.top_logprobs != null && !body.logprobs) throw invalid('top_logprobs needs logprobs: true', 'top_logprobs');
@@ -100,32 +159,46 @@ export function prepare(endpoint: Endpoint, body: Body, model: ServedModel): Pre
   return { endpoint, model: model.id, requests, n, logprobs, stream: body.stream === true, includeUsage: streamOptions?.include_usage === true, stop, maxParam };
 }
 
-function completionPrompts(prompt: unknown, model: ServedModel): number[][] {
+/** A completions body's prompts as token ids; yields after each text prompt it encodes. */
+function* completionPrompts(prompt: unknown, model: ServedModel): Generator<void, number[][]> {
   const list: (string | number[])[] = typeof prompt === 'string' ? [prompt]
     : typeof (prompt as unknown[])[0] === 'number' ? [prompt as number[]] : (prompt as (string | number[])[]);
-  return list.map((p, i) => {
+  const out: number[][] = [];
+  for (const [i, p] of list.entries()) {
     const where = list.length > 1 ? `prompt[${i}]` : 'prompt';
     if (typeof p !== 'string') {
       const bad = p.findIndex((t) => t >= model.vocabSize);
       if (bad >= 0) throw invalid(`${where}[${bad}] = ${p[bad]} is not a token id in [0, ${model.vocabSize})`, 'prompt');
-      return p;
+      out.push(p);
+      continue;
     }
     if (!model.tokenizer) throw invalid('the model has no tokenizer.json: give the prompt as token ids', 'prompt');
     refuseFarTooLong(p, model, where, 'prompt');
     const ids = model.tokenizer.encode(p);
     if (ids.length === 0) throw invalid(`${where} is empty`, 'prompt');
-    return ids;
-  });
+    out.push(ids);
+    yield;
+  }
+  return out;
 }
 
 function chatPrompt(messages: Body[], model: ServedModel): number[] {
   if (!model.tokenizer?.hasChatTemplate) throw invalid('the model has no chat template (chat_template.jinja or tokenizer_config.json), so chat completions cannot be used', 'messages');
-  const msgs: ChatMessage[] = messages.map((m) => ({
-    // Templates know system, user and assistant; OpenAI's newer 'developer' is a system message.
-    role: m.role === 'developer' ? 'system' : (m.role as string),
-    content: typeof m.content === 'string' ? m.content : (m.content as { text: string }[]).map((p) => p.text).join(''),
-    ...(typeof m.name === 'string' ? { name: m.name } : {}),
-  }));
+  const msgs: ChatMessage[] = messages.map((m, i) => {
+    // As OpenAI: content may be null on an assistant message only (a turn of tool calls, echoed
+    // back in the history by SDKs). The template sees "" there, as vLLM gives it: its templates
+    // test or trim content as a string, and an assistant turn without text is an empty one.
+    if (m.content === null && m.role !== 'assistant') {
+      throw invalid(`Invalid value for 'messages[${i}].content': must be a string or an array of {"type": "text", "text"} parts ` +
+        `(null only on an assistant message, not a ${String(m.role)} one).`, `messages[${i}].content`, 'invalid_value');
+    }
+    return {
+      // Templates know system, user and assistant; OpenAI's newer 'developer' is a system message.
+      role: m.role === 'developer' ? 'system' : (m.role as string),
+      content: m.content === null ? '' : typeof m.content === 'string' ? m.content : (m.content as { text: string }[]).map((p) => p.text).join(''),
+      ...(typeof m.name === 'string' ? { name: m.name } : {}),
+    };
+  });
   let text: string;
   try {
     text = model.tokenizer.applyChatTemplate(msgs);

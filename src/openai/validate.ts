@@ -3,6 +3,7 @@
 import { Ajv, type ErrorObject } from 'ajv';
 import { AJV_OPTIONS, FIELD_FORMS, chatBodySchema, completionBodySchema } from './schemas.js';
 import { ApiError, invalid } from './errors.js';
+import { illFormedField } from '../util/text.js';
 
 export type Endpoint = '/v1/completions' | '/v1/chat/completions';
 export const ENDPOINTS: readonly Endpoint[] = ['/v1/completions', '/v1/chat/completions'];
@@ -21,6 +22,14 @@ export function checkBody(endpoint: Endpoint, body: unknown): void {
   if (!v(body)) throw validationError(v.errors ?? []);
 }
 
+/** Throws a 400 ApiError naming the field (`prompt`, `messages[0].content`, `stop[1]`) when a
+ *  string of `body` is not well-formed text (a lone surrogate from a "\ud83d" escape): it ran as
+ *  U+FFFD, and a stop sequence of one cut a surrogate pair in the text it ended. */
+export function checkText(body: unknown): void {
+  const bad = illFormedField(body);
+  if (bad) throw invalid(`Invalid value for '${bad.field || 'body'}': ${bad.why}.`, bad.field || null, 'invalid_value');
+}
+
 /** One error for Ajv's list: the outermost failing field, said in OpenAI's words (`messages[0].role`). */
 export function validationError(errors: readonly ErrorObject[]): ApiError {
   if (errors.length === 0) return invalid('invalid request body');
@@ -32,8 +41,9 @@ export function validationError(errors: readonly ErrorObject[]): ApiError {
   const inner = outer && onlyFormInside(errors, outer);
   const named = outer && !inner && FIELD_FORMS[lastName(outer.instancePath)] ? outer : undefined;
   const e = inner || (named ?? errors[0]!);
-  const parts = e.instancePath.split('/').slice(1).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
-  const field = parts.reduce((s, p) => (/^\d+$/.test(p) ? `${s}[${p}]` : s ? `${s}.${p}` : p), '');
+  const fieldOf = (instancePath: string) => instancePath.split('/').slice(1).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'))
+    .reduce((s, p) => (/^\d+$/.test(p) ? `${s}[${p}]` : s ? `${s}.${p}` : p), '');
+  const field = fieldOf(e.instancePath);
   if (e.keyword === 'additionalProperty' || e.keyword === 'additionalProperties') {
     const extra = (e.params as { additionalProperty: string }).additionalProperty;
     const name = field ? `${field}.${extra}` : extra;
@@ -43,6 +53,15 @@ export function validationError(errors: readonly ErrorObject[]): ApiError {
     const missing = (e.params as { missingProperty: string }).missingProperty;
     const name = field ? `${field}.${missing}` : missing;
     return invalid(`Missing required parameter: '${name}'.`, name, 'missing_required_parameter');
+  }
+  // A list of a field's form but too long (a `prompt` of 3000 prompts): said as such, not as a
+  // value of none of its forms (nor by an item of another form, a token id's, at fault).
+  const tooLong = outer && FIELD_FORMS[lastName(outer.instancePath)] && errors.find((x) => x.keyword === 'maxItems' && x.instancePath === outer.instancePath);
+  if (tooLong) {
+    const limit = (tooLong.params as { limit: number }).limit;
+    const name = fieldOf(tooLong.instancePath);
+    return invalid(`Invalid value for '${name}': ${name === 'prompt' ? `lists more than ${limit} prompts` : `has more than ${limit} items`}; ` +
+      `at most ${limit} may be sent in one request.`, name, 'invalid_value');
   }
   const what = named ? `must be ${FIELD_FORMS[lastName(e.instancePath)]}` : e.keyword === 'enum' ? `must be one of ${(e.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(', ')}` : e.message ?? 'is invalid';
   return invalid(`Invalid value for '${field || 'body'}': ${what}${e.keyword === 'const' ? ` (${JSON.stringify((e.params as { allowedValue: unknown }).allowedValue)})` : ''}.`, field || null, 'invalid_value');

@@ -1,13 +1,15 @@
 // The OpenAI-compatible HTTP server (Fastify): every body validated by its JSON schema, every error
 // in OpenAI's format, the API key (if any) checked in constant time, a body-size limit, a budget
-// for the bytes of the bodies in flight, and a bound on interactive requests in flight (429 with
-// Retry-After beyond either).
+// for the bytes of the bodies in flight, and a bound on the sequences of the interactive requests
+// in flight (429 with Retry-After beyond either).
+import { isUtf8 } from 'node:buffer';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { type Readable, Transform } from 'node:stream';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import multipart from '@fastify/multipart';
 import { ApiError } from '../openai/errors.js';
+import { firstBadSequence } from '../formats/jsonl.js';
 import { formatSize } from '../tensor/tiers/size.js';
 import type { Engine } from '../openai/complete.js';
 import { AJV_OPTIONS } from '../openai/schemas.js';
@@ -25,7 +27,8 @@ export interface ServerOptions {
   dataDir: string | Store;
   /** Every request but /health and /metrics must carry `Authorization: Bearer <apiKey>` (none when absent). */
   apiKey?: string;
-  /** Interactive requests in flight (waiting or running) beyond which new ones get 429. */
+  /** Sequences of interactive requests in flight (waiting or running; a request counts its
+   *  prompts × n) beyond which new requests get 429; one that alone asks for more gets 400. */
   maxQueue: number;
   /** Largest JSON body, in bytes (413 beyond). */
   bodyLimit: number;
@@ -42,7 +45,7 @@ export interface Server {
   app: FastifyInstance;
   jobs: BatchJobs;
   metrics: Metrics;
-  /** Interactive requests in flight. */
+  /** Sequences (prompts × n) of the interactive requests in flight. */
   readonly inFlight: { count: number };
   /** Bytes of the bodies in flight, as counted against bodyBudget. */
   readonly bodies: { bytes: number };
@@ -83,12 +86,17 @@ export async function buildServer(o: ServerOptions): Promise<Server> {
   // text/plain parser, which let a JSON body sent as text/plain through as a string ("'body' must
   // be object") where the content type was at fault.
   app.removeContentTypeParser(['application/json', 'text/plain']);
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
+  // Read as bytes: decoded by Fastify, bytes that are not UTF-8 became U+FFFD, and a prompt of
+  // \xff\xfe ran as two of them (JSON text is UTF-8, RFC 8259; a JSONL line's are refused too).
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_req, bytes, done) => {
     try {
-      if ((body as string).trim() === '') throw new SyntaxError('the body is empty');
+      // (isUtf8 is native; the offset, for the message, is looked for only in a body that has one)
+      if (!isUtf8(bytes as Buffer)) throw new SyntaxError(`it is not valid UTF-8 (byte offset ${firstBadSequence(bytes as Buffer)} of the body)`);
+      const body = (bytes as Buffer).toString('utf8');
+      if (body.trim() === '') throw new SyntaxError('the body is empty');
       // (a "__proto__" key would set the prototype of an object that later code copies with
       // Object.assign or spreads: refused, as Fastify's parser does)
-      done(null, JSON.parse(body as string, (key, value: unknown) => {
+      done(null, JSON.parse(body, (key, value: unknown) => {
         if (key === '__proto__') throw new SyntaxError('the key "__proto__" is not allowed');
         return value;
       }));

@@ -3,6 +3,8 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { ApiError, notFound } from '../openai/errors.js';
 import { Cancelled, check, complete } from '../openai/complete.js';
+import { MAX_SEQUENCES } from '../openai/schemas.js';
+import { refuseSequencesPast, sequencesOf } from '../openai/translate.js';
 import { type Endpoint, bodySchemas } from '../openai/validate.js';
 import type { Server, ServerOptions } from './app.js';
 
@@ -20,20 +22,28 @@ export function addCompletionRoutes(app: FastifyInstance, o: ServerOptions, serv
 }
 
 async function handle(endpoint: Endpoint, req: FastifyRequest, reply: FastifyReply, o: ServerOptions, server: Server): Promise<unknown> {
-  const p = check(o.engine, endpoint, req.body, true);
-  // The body is not needed once prepared: let it be collected while the request runs (a long
-  // field the request does not use, `user` say, was held until the answer was sent).
-  req.body = undefined;
-  if (server.inFlight.count >= o.maxQueue) {
-    throw new ApiError(429, `too many requests in flight (${o.maxQueue}, --max-queue); retry later`, 'rate_limit_error', null, 'rate_limit_exceeded');
+  // --max-queue counts sequences (each body's prompts × n), before any prompt is encoded: one
+  // small body of 60,000 prompts × n 8 counted as one request, and queued 480,000 sequences.
+  const body = req.body as Record<string, unknown>;
+  refuseSequencesPast(endpoint, body, MAX_SEQUENCES, `one request may ask for at most ${MAX_SEQUENCES}`);
+  refuseSequencesPast(endpoint, body, o.maxQueue, `this server runs at most ${o.maxQueue} at once (--max-queue)`);
+  const sequences = sequencesOf(endpoint, body);
+  if (server.inFlight.count + sequences > o.maxQueue) {
+    throw new ApiError(429, `too many sequences in flight (${server.inFlight.count} of ${o.maxQueue}, --max-queue; this request's prompts × n: ` +
+      `${sequences}); retry later`, 'rate_limit_error', null, 'rate_limit_exceeded');
   }
   // The response's 'close' comes when it is sent or when the client goes away; only the second aborts.
   const abort = new AbortController();
   reply.raw.on('close', () => {
     if (!reply.raw.writableFinished) abort.abort();
   });
-  server.inFlight.count++;
+  // Held from here: the prompts being encoded count too.
+  server.inFlight.count += sequences;
   try {
+    const p = await check(o.engine, endpoint, body, true);
+    // The body is not needed once prepared: let it be collected while the request runs (a long
+    // field the request does not use, `user` say, was held until the answer was sent).
+    req.body = undefined;
     if (!p.stream) {
       // W3C Server-Timing: the request's time to its first token and in all, as the engine saw
       // them (from here, the body parsed and checked), without the network or the client.
@@ -78,6 +88,6 @@ async function handle(endpoint: Endpoint, req: FastifyRequest, reply: FastifyRep
     }
     throw e;
   } finally {
-    server.inFlight.count--;
+    server.inFlight.count -= sequences;
   }
 }

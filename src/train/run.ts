@@ -207,16 +207,19 @@ async function* runSteps(trainer: Trainer, o: ResolvedOptions, data: Dataset, ev
   const kernelShape = { rows: o.batchSize * o.seqLen, n: trainer.config.ffn, k: trainer.config.hidden };
   // Rank 0 chooses (a resume's saved kernel, else the machine's) and every rank computes with
   // its choice: the kernels round differently. The others neither measure nor keep one.
+  // A saved kernel this machine cannot run is replaced by the nearest that can, with a note (the
+  // run goes on, not bit for bit as it would have there), and the next checkpoint records it.
   let bf16Kernel = o.precision === 'bf16' && lead
     ? selectBf16Kernel(kernelShape, existing && o.resume ? checkpointBf16Kernel(existing) : null,
       // (a profile whose kernel choice goes unused says why, as a model load does)
-      savedBf16Kernel(o.profile, (m) => process.stderr.write(`tierlm: ${m}\n`)))
+      savedBf16Kernel(o.profile, (m) => process.stderr.write(`tierlm: ${m}\n`)),
+      { savedFrom: existing ? `checkpoint ${path.join(existing, STATE_DIR, 'state.json')} (options.bf16_kernel)` : undefined })
     : null;
   if (o.precision === 'bf16' && comm.size > 1) {
     const kernels: Bf16Kernel[] = ['fma', 'dot', 'amx'];
     const chosen = Int32Array.of(Math.max(0, kernels.indexOf(bf16Kernel ?? 'fma')));
     comm.broadcast(chosen, 0).wait();
-    bf16Kernel = selectBf16Kernel(kernelShape, kernels[chosen[0]!] ?? 'fma');
+    bf16Kernel = selectBf16Kernel(kernelShape, kernels[chosen[0]!] ?? 'fma', null, { savedFrom: "rank 0's choice" });
   }
   const batcher = new Batcher(data, { batchSize: globalBatch, seed: o.seed }, resumed?.dataPosition);
   const startStep = resumed?.step ?? 0;

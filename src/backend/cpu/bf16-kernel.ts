@@ -44,30 +44,65 @@ export const DOT_MARGIN = 0.9;
 
 let measured: Bf16Kernel | null = null;
 
-/** Sets the bf16 GEMM kernel and returns it: `saved` (a checkpoint's) when given, else the
- *  environment's, else `profile` (the machine's saved profile's), else this machine's kept
- *  measurement (measured on `shape` and kept when there is none yet; once per process). A saved
- *  'amx' where this process cannot run AMX becomes 'dot', which rounds as AMX does. */
-export function selectBf16Kernel(shape: GemmShape, saved: Bf16Kernel | null = null, profile: Bf16Kernel | null = null): Bf16Kernel {
+/** Where selectBf16Kernel's `saved` choice came from, for the note when it cannot run here, and
+ *  where the note goes (default: stderr). */
+export interface Bf16KernelSource {
+  savedFrom?: string;
+  log?: (msg: string) => void;
+}
+
+/** Sets the bf16 GEMM kernel and returns the one that runs: `saved` (a checkpoint's) when given,
+ *  else the environment's, else `profile` (the machine's saved profile's), else this machine's
+ *  kept measurement (measured on `shape` and kept when there is none yet; once per process). A
+ *  saved, profiled or kept kernel this process cannot run (runnableBf16Kernel) is replaced by the
+ *  nearest that can, with a note to `log`: 'amx' by 'dot', which rounds as AMX does, and 'dot' by
+ *  'fma', which does not (a resumed run continues, but not bit for bit as on the machine that
+ *  saved it). The return value is what a checkpoint must record. */
+export function selectBf16Kernel(shape: GemmShape, saved: Bf16Kernel | null = null, profile: Bf16Kernel | null = null,
+  source: Bf16KernelSource = {}): Bf16Kernel {
   const choice: Bf16Kernel = saved ?? forcedBf16Kernel() ?? profile ?? (measured ??= keptBf16Kernel(shape, kernelCachePath()));
-  const runs = choice === 'amx' && !isaInfo().amx ? 'dot' : choice;
+  const runs = runnableBf16Kernel(choice);
+  if (runs !== choice) {  // (never the environment's: forcedBf16Kernel refuses one that cannot run)
+    const from = saved ? source.savedFrom ?? 'the saved choice' : profile ? 'the hardware profile (kernels.bf16)' : `the kernel cache ${kernelCachePath()}`;
+    const rounding = runs === 'dot' ? 'which rounds as AMX does' : 'which rounds differently, so results will not match bit for bit those computed with it';
+    (source.log ?? ((m: string) => process.stderr.write(`tierlm: ${m}\n`)))(
+      `${from} names bf16 kernel '${choice}', which cannot run here (${whyNot(choice)}); running '${runs}' instead, ${rounding}`);
+  }
   gemmBf16Kernel(runs);
   return runs;
 }
 
+/** `k`, or the nearest kernel this process can run where it cannot: AMX needs its tiles
+ *  (isaInfo().amx) and, as vdpbf16ps, AVX512_BF16 at the active ISA level; without them native
+ *  would run the FMA kernel while the setting still named `k`. */
+export function runnableBf16Kernel(k: Bf16Kernel): Bf16Kernel {
+  const dotRuns = isaInfo().active === 'avx512bf16';
+  if (k === 'amx' && !(isaInfo().amx && dotRuns)) k = 'dot';
+  return k === 'dot' && !dotRuns ? 'fma' : k;
+}
+
+function whyNot(k: Bf16Kernel): string {
+  if (k === 'amx' && !isaInfo().amx) return 'this CPU or OS does not let the process run AMX-BF16 tiles, isaInfo().amx is false';
+  return `${k === 'dot' ? 'vdpbf16ps' : 'AMX'} needs AVX512_BF16 and this process runs at ${isaInfo().active}, isaInfo().active`;
+}
+
 /** The kernel the environment names: TIERLM_BF16_KERNEL=fma|dot|amx, else TIERLM_BF16_DOT=1|0;
- *  null when neither is set. */
+ *  null when neither is set. A kernel this process cannot run is refused (as the addon's loader
+ *  refuses it, env.ts), not run as another. */
 export function forcedBf16Kernel(): Bf16Kernel | null {
   const named = process.env.TIERLM_BF16_KERNEL;
   if (named !== undefined && named !== '') {
     if (!isBf16Kernel(named)) throw new RangeError(`TIERLM_BF16_KERNEL must be one of ${BF16_KERNELS.join(', ')}, got ${JSON.stringify(named)}`);
-    if (named === 'amx' && !isaInfo().amx) {
-      throw new RangeError('TIERLM_BF16_KERNEL=amx: this CPU or OS does not let the process run AMX-BF16 tiles (isaInfo().amx is false)');
-    }
+    if (runnableBf16Kernel(named) !== named) throw new RangeError(`TIERLM_BF16_KERNEL=${named}: ${whyNot(named)}; accepted here: ${acceptedHere()}`);
     return named;
   }
   const env = process.env.TIERLM_BF16_DOT;
+  if (env === '1' && runnableBf16Kernel('dot') !== 'dot') throw new RangeError(`TIERLM_BF16_DOT=1: ${whyNot('dot')}; accepted here: 0`);
   return env === '0' || env === '1' ? (env === '1' ? 'dot' : 'fma') : null;
+}
+
+function acceptedHere(): string {
+  return BF16_KERNELS.filter((k) => runnableBf16Kernel(k) === k).join(', ');
 }
 
 /** Where measured kernel choices are kept: TIERLM_KERNEL_CACHE, else ~/.cache/tierlm/kernels.json. */

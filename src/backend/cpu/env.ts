@@ -59,14 +59,33 @@ export function checkKernelEnv(env: Readonly<Record<string, string | undefined>>
     if (!rule.ok(value)) throw new RangeError(`${name}=${JSON.stringify(value)}: must be ${rule.accepts}`);
   }
   checkIsaLevel(env.TIERLM_ISA, detectedIsa);
-  if (env.TIERLM_BF16_KERNEL === 'amx' && !amx) {
-    throw new RangeError('TIERLM_BF16_KERNEL="amx": this CPU or OS does not let the process run AMX-BF16 tiles (isaInfo().amx is false); accepted here: fma, dot');
-  }
+  checkBf16Kernel(env, detectedIsa, amx);
   const threads = Number(env.TIERLM_THREADS || 0);
   if (threads > hardwareThreads) {
     return [`TIERLM_THREADS=${threads} is more than this machine's ${hardwareThreads} hardware threads; compute slows down when threads outnumber them`];
   }
   return [];
+}
+
+/** A bf16 kernel the process cannot run: native's GEMM would run the FMA kernel (vdpbf16ps and AMX
+ *  need AVX512_BF16 at the level the process runs at, AMX also tiles the OS grants) while the
+ *  setting, and a training checkpoint, said otherwise. */
+function checkBf16Kernel(env: Readonly<Record<string, string | undefined>>, detectedIsa: string, amx: boolean): void {
+  const level = env.TIERLM_ISA || detectedIsa;
+  const dotRuns = level === 'avx512bf16';
+  const where = env.TIERLM_ISA && env.TIERLM_ISA !== detectedIsa ? `TIERLM_ISA=${JSON.stringify(env.TIERLM_ISA)} runs below avx512bf16` : `this CPU's level is ${detectedIsa}`;
+  const accepted = dotRuns ? 'fma, dot' : 'fma';
+  const named = env.TIERLM_BF16_KERNEL;
+  if (named === 'amx' && !amx) {
+    throw new RangeError(`TIERLM_BF16_KERNEL="amx": this CPU or OS does not let the process run AMX-BF16 tiles (isaInfo().amx is false); accepted here: ${accepted}`);
+  }
+  if ((named === 'amx' || named === 'dot') && !dotRuns) {
+    throw new RangeError(`TIERLM_BF16_KERNEL=${JSON.stringify(named)}: ${named === 'dot' ? 'vdpbf16ps' : 'AMX'} needs AVX512_BF16 and ${where} (isaInfo().active); accepted here: fma`);
+  }
+  // (TIERLM_BF16_KERNEL, when set, decides over it: native ignores TIERLM_BF16_DOT then)
+  if (!named && env.TIERLM_BF16_DOT === '1' && !dotRuns) {
+    throw new RangeError(`TIERLM_BF16_DOT="1": vdpbf16ps needs AVX512_BF16 and ${where} (isaInfo().active); accepted here: 0`);
+  }
 }
 
 /** Native drops a level above the CPU's and runs the detected one instead. */

@@ -67,7 +67,8 @@ export const gemmKernels: Partial<Kernels> = {
  *  pairs; only where `isaInfo().amx`), or 'amx-emulated' (the AMX kernel with each tile instruction
  *  emulated in scalar code, on any CPU: for tests only, far too slow for work). A kernel the active
  *  instruction set cannot run falls back: amx to dot to fma. Pass a name to change it (throws for
- *  'amx' where AMX is not usable); returns the setting. */
+ *  'amx' where AMX is not usable and for 'dot' where the CPU lacks AVX512_BF16, rather than name a
+ *  kernel that does not compute); returns the setting. */
 export type Bf16GemmKernel = 'fma' | 'dot' | 'amx' | 'amx-emulated';
 export function gemmBf16Kernel(kernel?: Bf16GemmKernel): Bf16GemmKernel {
   return nativeFn<(k?: string) => Bf16GemmKernel>('gemmBf16Kernel')(kernel);
@@ -75,7 +76,8 @@ export function gemmBf16Kernel(kernel?: Bf16GemmKernel): Bf16GemmKernel {
 
 /** Whether bf16 compute mode multiplies with AVX512_BF16 vdpbf16ps (when the active ISA has it)
  *  rather than widening bf16 weights for fp32 FMA (the default: faster where vdpbf16ps has half
- *  the FMA throughput). Pass a boolean to change it; returns the setting. */
+ *  the FMA throughput). Pass a boolean to change it; returns the setting (true is not taken where
+ *  the CPU lacks AVX512_BF16: the setting stays, and false says so). */
 export function gemmBf16Dot(on?: boolean): boolean {
   return nativeFn<(on?: boolean) => boolean>('gemmBf16Dot')(on);
 }

@@ -1,0 +1,45 @@
+// Well-formed text: a string a request gives (a prompt, a message, a stop sequence) must be one
+// UTF-8 can carry. JSON's "\ud83d" escape makes a lone surrogate, which no character is: the
+// tokenizer encoded it as U+FFFD and ran it without a word, and a stop "\udfe7" cut a surrogate
+// pair, the text then ending in half of one. The server, the Batch API lines, the JSONL prompts of
+// `tierlm generate` and the library's requests all refuse such text through here.
+
+/** A surrogate without its other half: a high one not followed by a low one, or a low one not
+ *  after a high one (no `u` flag: the pattern sees UTF-16 code units). */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+/** Why `text` is not well-formed Unicode ("holds a lone surrogate U+D83D at character 5, ..."),
+ *  or null when it is. (String.prototype.isWellFormed says only whether; this says where.) */
+export function illFormedText(text: string): string | null {
+  const m = LONE_SURROGATE.exec(text);
+  if (!m) return null;
+  const unit = m[0].charCodeAt(0).toString(16).toUpperCase();
+  return `holds a lone surrogate U+${unit} at character ${m.index} (an unpaired "\\u${unit.toLowerCase()}" escape): ` +
+    'it is no character, and UTF-8 cannot carry it';
+}
+
+/** The first string in `value` (a parsed JSON body or line, walked in order) that is not
+ *  well-formed, named as a field path (`messages[0].content`, `stop[1]`; `name` for the value
+ *  itself), with why; or null when every string is. Keys are not checked. */
+export function illFormedField(value: unknown, name = ''): { field: string; why: string } | null {
+  if (typeof value === 'string') {
+    const why = illFormedText(value);
+    return why === null ? null : { field: name, why };
+  }
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      // (token-id lists are long: a number is passed over without a call)
+      if (typeof value[i] !== 'string' && (typeof value[i] !== 'object' || value[i] === null)) continue;
+      const bad = illFormedField(value[i], `${name}[${i}]`);
+      if (bad) return bad;
+    }
+    return null;
+  }
+  if (typeof value === 'object' && value !== null) {
+    for (const [key, v] of Object.entries(value)) {
+      const bad = illFormedField(v, name === '' ? key : `${name}.${key}`);
+      if (bad) return bad;
+    }
+  }
+  return null;
+}
