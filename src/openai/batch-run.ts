@@ -69,8 +69,15 @@ export async function runBatch(engine: Engine, o: BatchRunOptions): Promise<Batc
       write(o.out, responseLine(l.id, l.customId, 200, body), true);
     } catch (e) {
       // The line is named in the message, as a bad line's own error is.
-      if (e instanceof ApiError) write(errors, apiErrorLine(l.id, l.customId, new ApiError(e.status, `line ${l.line}: ${e.message}`, e.type, e.param, e.code)), false);
-      else if (!(e instanceof Cancelled)) fatal ??= e;
+      if (e instanceof ApiError) {
+        // A failed write of the error line (ENOSPC) is the job's failure: escaping from here it
+        // rejected with nobody waiting on it yet, and the unhandled rejection ended the server.
+        try {
+          write(errors, apiErrorLine(l.id, l.customId, new ApiError(e.status, `line ${l.line}: ${e.message}`, e.type, e.param, e.code)), false);
+        } catch (w) {
+          fatal ??= w;
+        }
+      } else if (!(e instanceof Cancelled)) fatal ??= e;
     }
   };
 
