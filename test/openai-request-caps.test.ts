@@ -174,6 +174,36 @@ describe('a batch job', () => {
   });
 });
 
+describe('a batch job whose error line cannot be written', () => {
+  // The write inside a running line's catch threw ENOSPC out of a promise nobody awaited yet (the
+  // loop was reading the next line): an unhandled rejection, which ends the server's process.
+  it('fails the job with the write error; nothing rejects unhandled', async () => {
+    const g = gatedEngine();
+    g.release();
+    const line = (i: number, body: Record<string, unknown>) => JSON.stringify({ custom_id: `c${i}`, method: 'POST', url: '/v1/completions', body: { model: 'tiny', prompt: [1, 100], ...body } });
+    const full = Object.assign(new Error('writing failed: ENOSPC'), { code: 'ENOSPC' });
+    const writer = { done: new Set<string>(), failedBefore: new Set<string>(), write: () => { throw full; }, sync: () => {} } as unknown as ResultWriter;
+    const unhandled: unknown[] = [];
+    const onUnhandled = (e: unknown) => unhandled.push(e);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const running = runBatch(g.engine, {
+        lines: async function* () {
+          yield line(0, { max_tokens: 1, temperature: -1 });
+          // the next line comes later: the first line's failure happens while the loop waits here
+          await new Promise((r) => setTimeout(r, 100));
+          yield line(1, { max_tokens: 1 });
+        }, out: writer, errors: null, concurrency: 4,
+      });
+      await expect(running).rejects.toBe(full);
+      await new Promise((r) => setTimeout(r, 50));
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+});
+
 describe('chat content null', () => {
   it('takes null on an assistant message (as OpenAI), rendered as "", and refuses it on the others', async () => {
     const g = gatedEngine();
