@@ -241,8 +241,9 @@ function wide(): WideCases {
   if (wideCases) return wideCases;
   const w: WideCases = { prefill: [], decode: [] };
   let s = 5000;
-  // [hq, hkv, d]: groups of 8, 6, 4 and 1 query heads, feature counts with and without tails
-  for (const [hq, hkv, d] of [[16, 2, 32], [12, 2, 20], [4, 1, 16], [3, 3, 33]] as const) {
+  // [hq, hkv, d]: groups of 8, 6, 5, 4 and 1 query heads, feature counts with and without tails
+  // (whole 8- and 16-lane vectors, and fewer features than one AVX2 vector)
+  for (const [hq, hkv, d] of [[16, 2, 32], [12, 2, 20], [10, 2, 8], [4, 1, 16], [3, 3, 33], [7, 7, 5]] as const) {
     const starts = [0, 100, 101, 230];
     const t = starts[starts.length - 1]!;
     const q = randomF32([t, hq, d], s++, 2), k = randomF32([t, hkv, d], s++, 2), v = randomF32([t, hkv, d], s++);

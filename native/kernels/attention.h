@@ -91,6 +91,12 @@ namespace isa2 {
 void attn_core(const float* q, int64_t g, int64_t d, const void* k, const void* v, bool f16, int64_t stride, int64_t n,
                float* scratch, float* m, float* l, float* acc);
 void q4_dequant(const uint8_t* rec, int64_t d, int64_t n, float* out, int64_t ld);
+// The tiled prefill block, as isa512's (attention_prefill_avx2.cpp).
+int64_t attn_prefill_rows();
+int64_t attn_prefill_scratch_floats(int64_t d);
+void attn_prefill_block(const float* q, int64_t q_tok_stride, int64_t ntok, int64_t g, int64_t d, const float* k,
+                        const float* v, int64_t stride, int64_t r0, float scale, float* scratch, float* out,
+                        int64_t out_tok_stride);
 }
 namespace generic {
 void attn_core(const float* q, int64_t g, int64_t d, const void* k, const void* v, bool f16, int64_t stride, int64_t n,

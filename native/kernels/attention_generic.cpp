@@ -117,6 +117,21 @@ Q4DequantFn q4_fn() {
   return generic::q4_dequant;
 }
 
+// The tiled prefill kernel of the active ISA (none for the scalar level, which runs the core per token).
+struct PrefillTiles {
+  int64_t (*rows)();
+  int64_t (*scratch_floats)(int64_t d);
+  void (*block)(const float* q, int64_t q_tok_stride, int64_t ntok, int64_t g, int64_t d, const float* k,
+                const float* v, int64_t stride, int64_t r0, float scale, float* scratch, float* out,
+                int64_t out_tok_stride);
+};
+const PrefillTiles* prefill_tiles() {
+  static const PrefillTiles t512{isa512::attn_prefill_rows, isa512::attn_prefill_scratch_floats, isa512::attn_prefill_block};
+  static const PrefillTiles t2{isa2::attn_prefill_rows, isa2::attn_prefill_scratch_floats, isa2::attn_prefill_block};
+  const Isa isa = active_isa();
+  return isa >= Isa::Avx512 ? &t512 : isa == Isa::Avx2 ? &t2 : nullptr;
+}
+
 AttnScoresFn scores_fn() {
   return active_isa() >= Isa::Avx512 ? isa512::attn_scores : generic::attn_scores;
 }
@@ -489,10 +504,11 @@ void attn_prefill(const float* q, const float* k, const float* v, int64_t t, int
                   const int32_t* seq_starts, int64_t nseq_plus1, float scale, float* out) {
   if (t <= 0 || hq <= 0 || d <= 0) return;
   const int64_t g = hq / hkv;
-  if (active_isa() >= Isa::Avx512 && g <= isa512::attn_prefill_rows()) {
+  const PrefillTiles* tiles = prefill_tiles();
+  if (tiles && g <= tiles->rows()) {
     // Tiled: blocks of tokens (all heads of a group) of each sequence, counted from the sequence's
     // start, so a sequence's result does not depend on the rest of the batch.
-    const int64_t R = isa512::attn_prefill_rows() / g;
+    const int64_t R = tiles->rows() / g;
     struct Item {
       int64_t start, r0, ntok, kh;
     };
@@ -504,16 +520,16 @@ void attn_prefill(const float* q, const float* k, const float* v, int64_t t, int
     }
     // Most keys first, so the dynamic hand-out balances.
     std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.r0 + a.ntok > b.r0 + b.ntok; });
-    const int64_t scratch_floats = isa512::attn_prefill_scratch_floats(d);
+    const int64_t scratch_floats = tiles->scratch_floats(d);
     int nthreads = ThreadPool::instance().size();
     float* scratch = grow(tl_scratch, scratch_floats * nthreads);
     const Item* list = items.data();
     run_items((int64_t)items.size(), [&](int64_t idx, int thread) {
       const Item& it = list[idx];
       const int64_t tok = it.start + it.r0;
-      isa512::attn_prefill_block(q + (tok * hq + it.kh * g) * d, hq * d, it.ntok, g, d, k + (it.start * hkv + it.kh) * d,
-                                 v + (it.start * hkv + it.kh) * d, hkv * d, it.r0, scale,
-                                 scratch + (size_t)thread * scratch_floats, out + (tok * hq + it.kh * g) * d, hq * d);
+      tiles->block(q + (tok * hq + it.kh * g) * d, hq * d, it.ntok, g, d, k + (it.start * hkv + it.kh) * d,
+                   v + (it.start * hkv + it.kh) * d, hkv * d, it.r0, scale, scratch + (size_t)thread * scratch_floats,
+                   out + (tok * hq + it.kh * g) * d, hq * d);
     });
     return;
   }
