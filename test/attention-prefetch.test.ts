@@ -3,7 +3,7 @@
 // result equals the one with the prefetch off bit for bit, f32/f16/q4 caches, odd sizes, GQA, rows
 // shorter and longer than a block (64) and than a split (256), 1 and 2 threads.
 import { afterAll, describe, expect, it } from 'vitest';
-import { getThreads, setThreads, type CacheDType } from '../src/backend/index.js';
+import { getThreads, isaInfo, setIsa, setThreads, type CacheDType, type Isa } from '../src/backend/index.js';
 import { attnPrefetch as prefetch } from '../src/backend/cpu/attention.js';
 import { q4RecordBytes } from '../src/backend/kernels.js';
 import { Tensor } from '../src/tensor/tensor.js';
@@ -11,9 +11,14 @@ import { cpu, expectClose, randomF32, ref } from './helpers/harness.js';
 
 const startBytes = prefetch();
 const startThreads = getThreads();
+// Every SIMD decode core prefetches (AVX-512 and AVX2); the scalar level has no prefetch to test.
+const ALL: Isa[] = ['avx2', 'avx512', 'avx512bf16'];
+const detected = isaInfo().detected as Isa;
+const ISAS = ALL.slice(0, ALL.indexOf(detected) + 1);
 afterAll(() => {
   prefetch(startBytes);
   setThreads(startThreads);
+  setIsa(detected);
 });
 
 let seed = 7100;
@@ -31,7 +36,8 @@ function filledCaches(dtype: CacheDType, b: number, hkv: number, cap: number, d:
 }
 
 describe('attnPrefetch', () => {
-  it('leaves decode results bit for bit unchanged (f32/f16/q4, odd sizes, GQA, 1 and 2 threads)', () => {
+  it.each(ISAS)('leaves decode results bit for bit unchanged (f32/f16/q4, odd sizes, GQA, 1 and 2 threads): %s', (isa) => {
+    expect(setIsa(isa)).toBe(true);
     for (const dtype of ['f32', 'f16', 'q4'] as CacheDType[]) {
       for (const [hq, hkv, d, b, cap] of [[6, 2, 17, 3, 301], [4, 4, 40, 2, 130], [8, 1, 33, 1, 70], [2, 2, 128, 2, 90]] as const) {
         const [kc, vc] = filledCaches(dtype, b, hkv, cap, d);
@@ -45,7 +51,7 @@ describe('attnPrefetch', () => {
             for (const bytes of [1, 100, 700, 2048, 9000, 100000]) {
               prefetch(bytes);
               const got = cpu().attentionDecode(q, kc, vc, Tensor.i32(lens), 1 / Math.sqrt(d)).data;
-              expect(got, `${dtype} ${hq}/${hkv}/${d} lens ${lens} ${threads} threads ${bytes} B`).toEqual(want);
+              expect(got, `${isa} ${dtype} ${hq}/${hkv}/${d} lens ${lens} ${threads} threads ${bytes} B`).toEqual(want);
             }
           }
         }

@@ -28,6 +28,7 @@ inline float hsum(__m256 v) {
 }
 
 #include "kernels/exp_avx2.h"
+#include "kernels/attention_prefetch.h"
 
 template <bool F16>
 void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, int64_t stride, int64_t n,
@@ -41,6 +42,11 @@ void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, in
   }
   for (int64_t i = 0; i < g * d; i++) acc[i] = 0.f;
   const int64_t d8 = d & ~(int64_t)7;
+  // The in-stream prefetch, as the AVX-512 core's (attention_prefetch.h).
+  const int64_t rb = stride * (F16 ? 2 : 4);
+  const int64_t pf_bytes = attn_prefetch_bytes();
+  PfStream stream(static_cast<const char*>(k), static_cast<const char*>(v), rb, n, (pf_bytes + rb - 1) / rb);
+  PfStream* ps = pf_bytes > 0 && stride == d ? &stream : nullptr;
   for (int64_t p0 = 0; p0 < n; p0 += B) {
     const int64_t nb = n - p0 < B ? n - p0 : B;
     const int64_t npairs = nb * g;
@@ -61,6 +67,7 @@ void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, in
           ph[u] = ph[0];
         }
       }
+      if (ps) ps->reach(p0, false, pj[np - 1]);
       const float* qp[4];
       int64_t ko[4];
       for (int u = 0; u < 4; u++) {
@@ -119,6 +126,8 @@ void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, in
         __m256 x0 = _mm256_mul_ps(_mm256_loadu_ps(ah + c), al), x1 = _mm256_mul_ps(_mm256_loadu_ps(ah + c + 8), al);
         __m256 x2 = _mm256_mul_ps(_mm256_loadu_ps(ah + c + 16), al), x3 = _mm256_mul_ps(_mm256_loadu_ps(ah + c + 24), al);
         for (int64_t j = 0; j < nb; j++) {
+          // (every fourth row: the bookkeeping per row was a large share of a short row's work)
+          if (ps && h == 0 && c == 0 && ((j & 3) == 3 || j == nb - 1)) ps->reach(p0, true, j);
           __m256 w = _mm256_set1_ps(sh[j]);
           int64_t o = j * stride + c;
           x0 = _mm256_fmadd_ps(w, load8<F16>(vb, o), x0);
