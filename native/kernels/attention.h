@@ -58,10 +58,10 @@ typedef void (*AttnScoresFn)(const float* q, int64_t g, int64_t d, const void* k
 constexpr int64_t kAttnBlock = 64;
 // Decode's in-stream prefetch distance in bytes (0: off, the next-block prefetch only). The core
 // reads an item's keys and values row after row (each block's keys, then its values); a cache the
-// weight stream evicted comes from RAM at the rate of the misses in flight, so the AVX-512 core
-// prefetches the row this many bytes further along that order as it reads each row, into L2
+// weight stream evicted comes from RAM at the rate of the misses in flight, so the SIMD cores
+// prefetch the row this many bytes further along that order as they read each row, into L2
 // (prefetcht2; into L1 it was slower at every distance on the f32 cache). Results do not depend
-// on it. attnPrefetch(bytes?) / TIERLM_ATTN_PREFETCH set it.
+// on it. attnPrefetch(bytes?) / TIERLM_ATTN_PREFETCH set it (AVX-512 and AVX2; the scalar core does not prefetch).
 // 8192: the best of 4, 8, 12 and 16 KiB with the L2 hint (docs/benchmarks.md, issue #14).
 constexpr int64_t kAttnPrefetchDefault = 8192;
 int64_t attn_prefetch_bytes();
