@@ -56,14 +56,15 @@ void load_t(const float* x, int64_t heads, int64_t head, int64_t d, int64_t j0, 
 // in order of r.
 template <int V>
 inline void gemv_block(const float* __restrict x, int64_t nx, const float* __restrict rows, int64_t stride, float* __restrict y) {
-  v16 t[V];
-  for (int b = 0; b < V; b++) t[b] = load16(y + 16 * b);
+  constexpr int N = V * 16 / kVecLanes;
+  vf t[N];
+  for (int b = 0; b < N; b++) t[b] = loadv(y + kVecLanes * b);
   for (int64_t r = 0; r < nx; r++) {
     const float a = x[r];
     const float* row = rows + r * stride;
-    for (int b = 0; b < V; b++) t[b] += a * load16(row + 16 * b);
+    for (int b = 0; b < N; b++) t[b] += a * loadv(row + kVecLanes * b);
   }
-  for (int b = 0; b < V; b++) store16(y + 16 * b, t[b]);
+  for (int b = 0; b < N; b++) storev(y + kVecLanes * b, t[b]);
 }
 
 inline void gemv_t(const float* x, int64_t nx, const float* rows, int64_t stride, int64_t ncols, float* y) {

@@ -5,7 +5,7 @@
 // FP exceptions are never unmasked in these files: saying so lets selects (clamps, rounding,
 // ReLU) become vector blends. It changes no result.
 #pragma GCC optimize("no-trapping-math")
-// v16 values never cross a call boundary (everything here is inlined, internal): no ABI to note.
+// vf values never cross a call boundary (everything here is inlined, internal): no ABI to note.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace {
@@ -37,17 +37,25 @@ inline float exp_approx(float x) {
 // branch, and the loop unvectorised.)
 inline float exp_or_zero(float x) { return exp_approx(x) * static_cast<float>(x >= -87.0f); }
 
-// 16 floats as one value: GCC's vector extension lowers it to one zmm, two ymm or four xmm
-// registers, whichever the file's instruction set has.
-typedef float v16 __attribute__((vector_size(64)));
+// The widest float vector of the file's instruction set, one register. (A 64-byte vector type was
+// lowered on AVX2 through the stack, each scalar·vector splat 16 scalar stores: the training
+// attention's sums ran 15× slower than on AVX-512.)
+#if defined(__AVX512F__)
+constexpr int kVecLanes = 16;
+#elif defined(__AVX__)
+constexpr int kVecLanes = 8;
+#else
+constexpr int kVecLanes = 4;
+#endif
+typedef float vf __attribute__((vector_size(kVecLanes * 4)));
 
-inline v16 load16(const float* p) {
-  v16 v;
+inline vf loadv(const float* p) {
+  vf v;
   __builtin_memcpy(&v, p, sizeof v);
   return v;
 }
 
-inline void store16(float* p, v16 v) { __builtin_memcpy(p, &v, sizeof v); }
+inline void storev(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
 
 // erf(x) by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7), given e = exp(-x²).
 inline float erf_with_exp(float x, float e) {
