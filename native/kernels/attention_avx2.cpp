@@ -3,6 +3,8 @@
 #include <math.h>
 #include <string.h>
 
+#include <type_traits>
+
 #include "kernels/attention.h"
 
 namespace tierlm {
@@ -30,6 +32,106 @@ inline float hsum(__m256 v) {
 #include "kernels/exp_avx2.h"
 #include "kernels/attention_prefetch.h"
 
+// Lane i of the result = the sum of the lanes of a[i]. Every input goes through the same tree, so a
+// sum does not depend on the slot it was computed in (a row's result is the same batched or alone).
+inline __m256 reduce8(const __m256* a) {
+  const __m256 x0 = _mm256_hadd_ps(a[0], a[1]), x1 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 x2 = _mm256_hadd_ps(a[4], a[5]), x3 = _mm256_hadd_ps(a[6], a[7]);
+  const __m256 y0 = _mm256_hadd_ps(x0, x1), y1 = _mm256_hadd_ps(x2, x3);
+  // y0: a[0..3]'s sums of lanes 0-3, then of lanes 4-7; y1 the same for a[4..7]
+  return _mm256_add_ps(_mm256_permute2f128_ps(y0, y1, 0x20), _mm256_permute2f128_ps(y0, y1, 0x31));
+}
+
+// Scores of heads [h0, h0+H) against positions [0, nb): s[h*B + j]. 8/H positions per pass, each
+// key vector loaded once for the H heads; a d tail (d % 8) is added after the tree, in order.
+template <bool F16, int H>
+void scores(const float* q, int64_t d, const void* k, int64_t stride, int64_t nb, int64_t h0, float* s, PfStream* ps,
+            int64_t p0) {
+  constexpr int P = 8 / H;
+  const int64_t B = kAttnBlock;
+  const int64_t d8 = d & ~(int64_t)7;
+  const float* qh = q + h0 * d;
+  for (int64_t j0 = 0; j0 < nb; j0 += P) {
+    int64_t ko[P];
+#pragma GCC unroll 8
+    for (int p = 0; p < P; p++) ko[p] = (j0 + p < nb ? j0 + p : nb - 1) * stride;
+    if (ps) ps->reach(p0, false, j0 + P - 1 < nb ? j0 + P - 1 : nb - 1);
+    __m256 a[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < d8; c += 8) {
+#pragma GCC unroll 8
+      for (int p = 0; p < P; p++) {
+        const __m256 kv = load8<F16>(k, ko[p] + c);
+#pragma GCC unroll 8
+        for (int h = 0; h < H; h++) a[p * H + h] = _mm256_fmadd_ps(_mm256_loadu_ps(qh + h * d + c), kv, a[p * H + h]);
+      }
+    }
+    alignas(32) float t[8];
+    _mm256_store_ps(t, reduce8(a));
+    const int np = nb - j0 < P ? (int)(nb - j0) : P;
+    for (int p = 0; p < np; p++)
+      for (int h = 0; h < H; h++) {
+        float r = t[p * H + h];
+        for (int64_t c = d8; c < d; c++) r += qh[h * d + c] * load1<F16>(k, ko[p] + c);
+        s[(h0 + h) * B + j0 + p] = r;
+      }
+  }
+}
+
+// acc[h*d + c] = acc·alpha[h] + Σ_j s[h*B + j]·v_j[c] for heads [h0, h0+H): NV vectors of features
+// at a time while they fill, then one, then a scalar tail; each loaded value vector serves the H heads.
+template <bool F16, int H, int NV>
+void accum(const float* s, const float* alpha, int64_t d, const void* v, int64_t stride, int64_t nb, int64_t h0,
+           float* acc, PfStream* ps, int64_t p0) {
+  const int64_t B = kAttnBlock;
+  const float* sh = s + h0 * B;
+  int64_t c = 0;
+  bool first = true;
+  auto chunk = [&](auto nv_tag) {
+    constexpr int N = decltype(nv_tag)::value;
+    __m256 x[H][N];
+#pragma GCC unroll 8
+    for (int h = 0; h < H; h++) {
+      const __m256 al = _mm256_set1_ps(alpha[h0 + h]);
+#pragma GCC unroll 8
+      for (int u = 0; u < N; u++) x[h][u] = _mm256_mul_ps(_mm256_loadu_ps(acc + (h0 + h) * d + c + 8 * u), al);
+    }
+    for (int64_t j = 0; j < nb; j++) {
+      // (every fourth row: the bookkeeping per row was a large share of a short row's work)
+      if (ps && first && ((j & 3) == 3 || j == nb - 1)) ps->reach(p0, true, j);
+      __m256 vv[N];
+#pragma GCC unroll 8
+      for (int u = 0; u < N; u++) vv[u] = load8<F16>(v, j * stride + c + 8 * u);
+#pragma GCC unroll 8
+      for (int h = 0; h < H; h++) {
+        const __m256 w = _mm256_broadcast_ss(sh + h * B + j);
+#pragma GCC unroll 8
+        for (int u = 0; u < N; u++) x[h][u] = _mm256_fmadd_ps(w, vv[u], x[h][u]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int h = 0; h < H; h++)
+#pragma GCC unroll 8
+      for (int u = 0; u < N; u++) _mm256_storeu_ps(acc + (h0 + h) * d + c + 8 * u, x[h][u]);
+    c += 8 * N;
+    first = false;
+  };
+  while (c + 8 * NV <= d) chunk(std::integral_constant<int, NV>());
+  while (c + 8 <= d) chunk(std::integral_constant<int, 1>());
+  for (; c < d; c++) {
+    for (int h = 0; h < H; h++) {
+      float x = acc[(h0 + h) * d + c] * alpha[h0 + h];
+      for (int64_t j = 0; j < nb; j++) x += sh[h * B + j] * load1<F16>(v, j * stride + c);
+      acc[(h0 + h) * d + c] = x;
+    }
+  }
+}
+
+inline int pow2_heads(int64_t n) { return n >= 8 ? 8 : n >= 4 ? 4 : n >= 2 ? 2 : 1; }
+
+// The AVX-512 core's structure (attention_avx512.cpp) with 8-lane vectors: scores of 8 (position,
+// head) pairs reduced together, the value sum a (heads × features) register tile.
 template <bool F16>
 void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, int64_t stride, int64_t n,
           float* scratch, float* m, float* l, float* acc) {
@@ -41,7 +143,6 @@ void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, in
     l[h] = 0.f;
   }
   for (int64_t i = 0; i < g * d; i++) acc[i] = 0.f;
-  const int64_t d8 = d & ~(int64_t)7;
   // The in-stream prefetch, as the AVX-512 core's (attention_prefetch.h).
   const int64_t rb = stride * (F16 ? 2 : 4);
   const int64_t pf_bytes = attn_prefetch_bytes();
@@ -49,44 +150,22 @@ void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, in
   PfStream* ps = pf_bytes > 0 && stride == d ? &stream : nullptr;
   for (int64_t p0 = 0; p0 < n; p0 += B) {
     const int64_t nb = n - p0 < B ? n - p0 : B;
-    const int64_t npairs = nb * g;
-    int64_t cj = 0, ch = 0;  // (position, head) of pair pr, stepped without divisions
-    for (int64_t pr = 0; pr < npairs; pr += 4) {
-      const int np = npairs - pr < 4 ? (int)(npairs - pr) : 4;
-      int64_t pj[4], ph[4];
-      for (int u = 0; u < 4; u++) {
-        if (u < np) {
-          pj[u] = cj;
-          ph[u] = ch;
-          if (++ch == g) {
-            ch = 0;
-            cj++;
-          }
-        } else {
-          pj[u] = pj[0];
-          ph[u] = ph[0];
-        }
+    const void* kb = F16 ? (const void*)(static_cast<const uint16_t*>(k) + p0 * stride)
+                         : (const void*)(static_cast<const float*>(k) + p0 * stride);
+    const void* vb = F16 ? (const void*)(static_cast<const uint16_t*>(v) + p0 * stride)
+                         : (const void*)(static_cast<const float*>(v) + p0 * stride);
+    for (int64_t h0 = 0; h0 < g;) {
+      const int H = pow2_heads(g - h0);
+      PfStream* pf = h0 == 0 ? ps : nullptr;
+      switch (H) {
+        case 8: scores<F16, 8>(q, d, kb, stride, nb, h0, s, pf, p0); break;
+        case 4: scores<F16, 4>(q, d, kb, stride, nb, h0, s, pf, p0); break;
+        case 2: scores<F16, 2>(q, d, kb, stride, nb, h0, s, pf, p0); break;
+        default: scores<F16, 1>(q, d, kb, stride, nb, h0, s, pf, p0); break;
       }
-      if (ps) ps->reach(p0, false, pj[np - 1]);
-      const float* qp[4];
-      int64_t ko[4];
-      for (int u = 0; u < 4; u++) {
-        qp[u] = q + ph[u] * d;
-        ko[u] = (p0 + pj[u]) * stride;
-      }
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-      for (int64_t c = 0; c < d8; c += 8) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp[0] + c), load8<F16>(k, ko[0] + c), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qp[1] + c), load8<F16>(k, ko[1] + c), a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(qp[2] + c), load8<F16>(k, ko[2] + c), a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(qp[3] + c), load8<F16>(k, ko[3] + c), a3);
-      }
-      float r[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
-      for (int u = 0; u < np; u++) {
-        for (int64_t c = d8; c < d; c++) r[u] += qp[u][c] * load1<F16>(k, ko[u] + c);
-        s[ph[u] * B + pj[u]] = r[u];
-      }
+      h0 += H;
     }
+    // Online softmax per head; s becomes the weights.
     for (int64_t h = 0; h < g; h++) {
       float* sh = s + h * B;
       float bm = -INFINITY;
@@ -115,40 +194,18 @@ void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, in
       l[h] = bad ? NAN : l[h] * al + tot;
       m[h] = mnew;
     }
-    const void* vb = F16 ? (const void*)(static_cast<const uint16_t*>(v) + p0 * stride)
-                         : (const void*)(static_cast<const float*>(v) + p0 * stride);
-    for (int64_t h = 0; h < g; h++) {
-      float* ah = acc + h * d;
-      const float* sh = s + h * B;
-      __m256 al = _mm256_set1_ps(alpha[h]);
-      int64_t c = 0;
-      for (; c + 32 <= d; c += 32) {
-        __m256 x0 = _mm256_mul_ps(_mm256_loadu_ps(ah + c), al), x1 = _mm256_mul_ps(_mm256_loadu_ps(ah + c + 8), al);
-        __m256 x2 = _mm256_mul_ps(_mm256_loadu_ps(ah + c + 16), al), x3 = _mm256_mul_ps(_mm256_loadu_ps(ah + c + 24), al);
-        for (int64_t j = 0; j < nb; j++) {
-          // (every fourth row: the bookkeeping per row was a large share of a short row's work)
-          if (ps && h == 0 && c == 0 && ((j & 3) == 3 || j == nb - 1)) ps->reach(p0, true, j);
-          __m256 w = _mm256_set1_ps(sh[j]);
-          int64_t o = j * stride + c;
-          x0 = _mm256_fmadd_ps(w, load8<F16>(vb, o), x0);
-          x1 = _mm256_fmadd_ps(w, load8<F16>(vb, o + 8), x1);
-          x2 = _mm256_fmadd_ps(w, load8<F16>(vb, o + 16), x2);
-          x3 = _mm256_fmadd_ps(w, load8<F16>(vb, o + 24), x3);
-        }
-        _mm256_storeu_ps(ah + c, x0);
-        _mm256_storeu_ps(ah + c + 8, x1);
-        _mm256_storeu_ps(ah + c + 16, x2);
-        _mm256_storeu_ps(ah + c + 24, x3);
-      }
-      for (; c + 8 <= d; c += 8) {
-        __m256 x0 = _mm256_mul_ps(_mm256_loadu_ps(ah + c), al);
-        for (int64_t j = 0; j < nb; j++) x0 = _mm256_fmadd_ps(_mm256_set1_ps(sh[j]), load8<F16>(vb, j * stride + c), x0);
-        _mm256_storeu_ps(ah + c, x0);
-      }
-      for (; c < d; c++) {
-        float x = ah[c] * alpha[h];
-        for (int64_t j = 0; j < nb; j++) x += sh[j] * load1<F16>(vb, j * stride + c);
-        ah[c] = x;
+    for (int64_t h0 = 0; h0 < g;) {
+      const int64_t r = g - h0;
+      PfStream* pf = h0 == 0 ? ps : nullptr;
+      if (r >= 4) {
+        accum<F16, 4, 2>(s, alpha, d, vb, stride, nb, h0, acc, pf, p0);
+        h0 += 4;
+      } else if (r >= 2) {
+        accum<F16, 2, 4>(s, alpha, d, vb, stride, nb, h0, acc, pf, p0);
+        h0 += 2;
+      } else {
+        accum<F16, 1, 4>(s, alpha, d, vb, stride, nb, h0, acc, pf, p0);
+        h0 += 1;
       }
     }
   }
