@@ -15,6 +15,7 @@ const shapes: [string, number, number, number, number, number, number][] = [
   ['opt-1.3b b32 len70', 32, 32, 32, 64, 70, 80],
   ['llama3-8b b8 len1024 (GQA 32/8)', 8, 32, 8, 128, 1024, 1040],
   ['llama-7b b4 len1024', 4, 32, 32, 128, 1024, 1040],
+  ['llama-3.2-1b b8 len1040 (GQA 32/8, d 64)', 8, 32, 8, 64, 1040, 1041],
 ];
 const med = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1]!;
 for (const dtype of opt('--dtypes', 'f16,f32').split(',') as ('f16' | 'f32')[]) {
