@@ -3,23 +3,18 @@
 // result equals the one with the prefetch off bit for bit, f32/f16/q4 caches, odd sizes, GQA, rows
 // shorter and longer than a block (64) and than a split (256), 1 and 2 threads.
 import { afterAll, describe, expect, it } from 'vitest';
-import { getThreads, isaInfo, setIsa, setThreads, type CacheDType, type Isa } from '../src/backend/index.js';
+import { setIsa, setThreads, type CacheDType } from '../src/backend/index.js';
 import { attnPrefetch as prefetch } from '../src/backend/cpu/attention.js';
 import { q4RecordBytes } from '../src/backend/kernels.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { cpu, expectClose, randomF32, ref } from './helpers/harness.js';
+import { ISAS, restoreSettingsAfterAll } from './helpers/isa.js';
 
 const startBytes = prefetch();
-const startThreads = getThreads();
+restoreSettingsAfterAll();
+afterAll(() => prefetch(startBytes));
 // Every SIMD decode core prefetches (AVX-512 and AVX2); the scalar level has no prefetch to test.
-const ALL: Isa[] = ['avx2', 'avx512', 'avx512bf16'];
-const detected = isaInfo().detected as Isa;
-const ISAS = ALL.slice(0, ALL.indexOf(detected) + 1);
-afterAll(() => {
-  prefetch(startBytes);
-  setThreads(startThreads);
-  setIsa(detected);
-});
+const SIMD = ISAS.filter((isa) => isa !== 'scalar');
 
 let seed = 7100;
 
@@ -36,7 +31,7 @@ function filledCaches(dtype: CacheDType, b: number, hkv: number, cap: number, d:
 }
 
 describe('attnPrefetch', () => {
-  it.each(ISAS)('leaves decode results bit for bit unchanged (f32/f16/q4, odd sizes, GQA, 1 and 2 threads): %s', (isa) => {
+  it.each(SIMD)('leaves decode results bit for bit unchanged (f32/f16/q4, odd sizes, GQA, 1 and 2 threads): %s', (isa) => {
     expect(setIsa(isa)).toBe(true);
     for (const dtype of ['f32', 'f16', 'q4'] as CacheDType[]) {
       for (const [hq, hkv, d, b, cap] of [[6, 2, 17, 3, 301], [4, 4, 40, 2, 130], [8, 1, 33, 1, 70], [2, 2, 128, 2, 90]] as const) {

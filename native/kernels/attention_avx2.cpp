@@ -87,7 +87,6 @@ void accum(const float* s, const float* alpha, int64_t d, const void* v, int64_t
   const int64_t B = kAttnBlock;
   const float* sh = s + h0 * B;
   int64_t c = 0;
-  bool first = true;
   auto chunk = [&](auto nv_tag) {
     constexpr int N = decltype(nv_tag)::value;
     __m256 x[H][N];
@@ -99,7 +98,7 @@ void accum(const float* s, const float* alpha, int64_t d, const void* v, int64_t
     }
     for (int64_t j = 0; j < nb; j++) {
       // (every fourth row: the bookkeeping per row was a large share of a short row's work)
-      if (ps && first && ((j & 3) == 3 || j == nb - 1)) ps->reach(p0, true, j);
+      if (ps && c == 0 && ((j & 3) == 3 || j == nb - 1)) ps->reach(p0, true, j);
       __m256 vv[N];
 #pragma GCC unroll 8
       for (int u = 0; u < N; u++) vv[u] = load8<F16>(v, j * stride + c + 8 * u);
@@ -115,7 +114,6 @@ void accum(const float* s, const float* alpha, int64_t d, const void* v, int64_t
 #pragma GCC unroll 8
       for (int u = 0; u < N; u++) _mm256_storeu_ps(acc + (h0 + h) * d + c + 8 * u, x[h][u]);
     c += 8 * N;
-    first = false;
   };
   while (c + 8 * NV <= d) chunk(std::integral_constant<int, NV>());
   while (c + 8 <= d) chunk(std::integral_constant<int, 1>());
