@@ -1,6 +1,10 @@
-// Quantized-weight GEMM pieces for AVX2 (quant.h): the group dequantizer of the fp32 path.
+// Quantized-weight GEMM pieces for AVX2 (quant.h): the group dequantizer of the fp32 path, and the
+// int8 tile of the fast (bf16-mode) path for q4 weights on CPUs without AVX512-VNNI.
 #include <immintrin.h>
 
+#include <cstring>
+
+#include "kernels/gemm.h"
 #include "kernels/quant.h"
 
 namespace tierlm {
@@ -45,9 +49,125 @@ void dequant(const uint8_t* blocks, int bits, int ng, float* tile) {
   }
 }
 
+// ---- int8 tile (q4): vpdpbusd from vpmaddubsw and vpmaddwd ------------------------------------
+//
+// AVX2 has no u8 × s8 → s32 dot product. vpmaddubsw multiplies u8 by s8 and adds adjacent pairs
+// into s16, saturating; a q4 code (0..15) times |x| <= 127, twice, is at most 3810, so eight such
+// pairs added in s16 (30480) still fit: eight k quads (four octets, both nibbles) accumulate in
+// s16, then one vpmaddwd by ones makes them s32. The integer sums are exact, so a group's dot
+// products equal vpdpbusd's, and the same f32 operations follow as in the AVX512-VNNI tile: the
+// result is that tile's bit for bit. (q8 codes reach 255 and would saturate; split into nibbles
+// they took 2-3× q4's time a row, slower than the fp32 path from 4 rows up, so q8 stays there.)
+template <int R>
+void dot8_tile(const int32_t* xq, const float* sx, const float* xsum, const uint8_t* blocks, int ng, float* y,
+               int64_t ldy, int ncols, int flags, const float* bias) {
+  // The f32 sums of the R × 32 outputs stay in L1 between groups: the integer sums take the registers.
+  alignas(32) float f[R][kNR];
+  for (int i = 0; i < R; i++)
+    for (int c = 0; c < kNR; c++) f[i][c] = (flags & gemm::kFirst) || c >= ncols ? 0.0f : y[i * ldy + c];
+  const int64_t gb = group_block_bytes(4);
+  const __m256i nib = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+  for (int g = 0; g < ng; g++) {
+    const uint8_t* blk = blocks + g * gb;
+    const uint16_t* sp = reinterpret_cast<const uint16_t*>(blk + code_bytes_per_group(4));
+    for (int j = 0; j < 4; j++) {  // 8 columns at a time
+      __m256i a[R];
+#pragma GCC unroll 8
+      for (int i = 0; i < R; i++) a[i] = _mm256_setzero_si256();
+      for (int h = 0; h < 2; h++) {
+        __m256i t[R];
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++) t[i] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int o = 4 * h; o < 4 * h + 4; o++) {
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + o * 128 + 32 * j));
+          const __m256i lo = _mm256_and_si256(v, nib), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+#pragma GCC unroll 8
+          for (int i = 0; i < R; i++) {
+            t[i] = _mm256_add_epi16(t[i], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(xq[2 * o * R + i])));
+            t[i] = _mm256_add_epi16(t[i], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xq[(2 * o + 1) * R + i])));
+          }
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++) a[i] = _mm256_add_epi32(a[i], _mm256_madd_epi16(t[i], ones));
+      }
+      const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + 8 * j)));
+      const __m256 m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + 32 + 8 * j)));
+#pragma GCC unroll 8
+      for (int i = 0; i < R; i++) {
+        // As the VNNI tile: dot · (step · sx), then min · (sx · Σ int8 x).
+        const __m256 sc = _mm256_set1_ps(sx[g * R + i]), sm = _mm256_set1_ps(xsum[g * R + i]);
+        __m256 acc = _mm256_load_ps(f[i] + 8 * j);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a[i]), _mm256_mul_ps(s, sc), acc);
+        _mm256_store_ps(f[i] + 8 * j, _mm256_fmadd_ps(m, sm, acc));
+      }
+    }
+    xq += (kQGroup / 4) * R;
+  }
+  for (int i = 0; i < R; i++)
+    for (int c = 0; c < ncols; c++) y[i * ldy + c] = (flags & gemm::kLast) && bias ? f[i][c] + bias[c] : f[i][c];
+}
+
+// (bits is always 4: quant::matmul sends q8 to the fp32 path on AVX2.)
+void dot8(int rows, const int32_t* xq, const float* sx, const float* xsum, const uint8_t* blocks, int /*bits*/, int ng,
+          float* y, int64_t ldy, int ncols, int flags, const float* bias) {
+  switch (rows) {
+    case 1: return dot8_tile<1>(xq, sx, xsum, blocks, ng, y, ldy, ncols, flags, bias);
+    case 2: return dot8_tile<2>(xq, sx, xsum, blocks, ng, y, ldy, ncols, flags, bias);
+    case 3: return dot8_tile<3>(xq, sx, xsum, blocks, ng, y, ldy, ncols, flags, bias);
+    case 4: return dot8_tile<4>(xq, sx, xsum, blocks, ng, y, ldy, ncols, flags, bias);
+    default: break;
+  }
+}
+
+static_assert(kDot8Rows == 4, "dot8() handles up to 4 rows");
+
+// As the AVX-512 xquant (quant.h): the same int8 values, scales and sums.
+void xquant(const float* xr, int64_t k, int rows, int i, int32_t* dq, float* ds, float* dsum) {
+  const int64_t ng = groups(k, kQGroup), q16 = kQGroup / 4;
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+  for (int64_t g = 0; g < ng; g++) {
+    const int64_t k0 = g * kQGroup, len = k - k0 < kQGroup ? k - k0 : kQGroup;
+    alignas(32) float v[kQGroup];
+    std::memcpy(v, xr + k0, static_cast<size_t>(len) * 4);
+    for (int64_t c = len; c < kQGroup; c++) v[c] = 0.0f;
+    __m256 mx = _mm256_setzero_ps();
+#pragma GCC unroll 8
+    for (int c = 0; c < kQGroup / 8; c++) mx = _mm256_max_ps(_mm256_and_ps(_mm256_load_ps(v + 8 * c), absmask), mx);
+    alignas(32) float m8[8];
+    _mm256_store_ps(m8, mx);
+    float amax = 0.0f;
+    for (int c = 0; c < 8; c++) amax = m8[c] > amax ? m8[c] : amax;
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const __m256 vinv = _mm256_set1_ps(inv);
+    __m256i isum = _mm256_setzero_si256();
+    alignas(32) int32_t qi[kQGroup];
+#pragma GCC unroll 8
+    for (int c = 0; c < kQGroup / 8; c++) {
+      __m256 q = _mm256_round_ps(_mm256_mul_ps(_mm256_load_ps(v + 8 * c), vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      q = _mm256_min_ps(_mm256_max_ps(q, lo), hi);
+      const __m256i n = _mm256_cvtps_epi32(q);
+      isum = _mm256_add_epi32(isum, n);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(qi + 8 * c), n);
+    }
+    alignas(32) int32_t s8[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(s8), isum);
+    int sum = 0;
+    for (int c = 0; c < 8; c++) sum += s8[c];
+    alignas(4) int8_t b[kQGroup];
+    for (int c = 0; c < kQGroup; c++) b[c] = static_cast<int8_t>(qi[c]);
+    ds[g * rows + i] = amax / 127.0f;
+    dsum[g * rows + i] = static_cast<float>(sum) * (amax / 127.0f);
+    for (int q = 0; q < q16; q++) std::memcpy(dq + (g * q16 + q) * rows + i, b + 4 * q, 4);
+  }
+}
+
 }  // namespace
 
 DequantFn dequant_avx2() { return dequant; }
+VnniFn dot8_avx2() { return dot8; }
+XQuantFn xquant_avx2() { return xquant; }
 
 }  // namespace quant
 }  // namespace tierlm

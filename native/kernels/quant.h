@@ -30,12 +30,15 @@
 //     time into a small per-thread tile) and each output is one f32 FMA chain over k in order,
 //     so batched == unbatched bit for bit and the result matches a float64 GEMM over the
 //     dequantized weights to ~1e-6.
-//   bf16 mode ("fast"): with AVX512_VNNI (ISA level avx512bf16), each x row is quantized to
-//     int8 per group of 64 (scale = max|x| / 127, round to nearest), the group's dot products run
-//     as u8 × s8 -> int32 with vpdpbusd, and y += step * sx * dot + min * sx * sum(qx) per group
-//     in f32: exactly the int8-rounded x times the dequantized weights, up to f32 rounding. The
-//     int8 rounding of x costs ~5e-3 normalised error on random data (about what bf16 weights
-//     give). Without VNNI (or below ISA level avx512bf16) bf16 mode computes as fp32 mode. Rows stay independent: batched == unbatched bit for bit in both modes.
+//   bf16 mode ("fast"): q4 from ISA level avx2 up, q8 at level avx512bf16 with AVX512_VNNI, each
+//     x row is quantized to int8 per group of 64
+//     (scale = max|x| / 127, round to nearest); the group's dot products run as u8 × s8 -> int32
+//     (AVX512_VNNI's vpdpbusd at level avx512bf16; AVX2's vpmaddubsw + vpmaddwd below it: the same
+//     integers), and y += step * sx * dot + min * sx * sum(qx) per group in f32: exactly the
+//     int8-rounded x times the dequantized weights, up to f32 rounding, the same bits at every
+//     level. The int8 rounding of x costs ~5e-3 normalised error on random data (about what bf16
+//     weights give). Otherwise bf16 mode computes as fp32 mode. Rows stay independent:
+//     batched == unbatched bit for bit in both modes.
 #pragma once
 
 #include <cstddef>
@@ -97,6 +100,12 @@ constexpr int kVnniRows = 6;
 // batch-1 GEMV at k = 4096; the values are the same (nearbyint's default mode rounds to even).
 using XQuantFn = void (*)(const float* xr, int64_t k, int rows, int i, int32_t* dq, float* ds, float* dsum);
 XQuantFn xquant_avx512();
+// The same tile (q4 only) and quantizer on AVX2 (vpmaddubsw + vpmaddwd for vpdpbusd; results equal
+// the VNNI tile's bit for bit), up to kDot8Rows rows: the integer sums of a row take two registers
+// per 8 columns, and sixteen registers hold four rows.
+constexpr int kDot8Rows = 4;
+VnniFn dot8_avx2();
+XQuantFn xquant_avx2();
 
 // fp32 path for m <= kSmallRows: rows x[rows][k] (row-major) times panels [p0, p1) over all of k,
 // dequantizing in registers; the same per-output FMA chains as the tile path (bit-identical).

@@ -234,11 +234,11 @@ void matmul_fp32(const float* x, int64_t m, int64_t k, const uint8_t* w, int bit
   });
 }
 
-void matmul_vnni(VnniFn fn, XQuantFn xquant, const float* x, int64_t m, int64_t k, const uint8_t* w, int bits, int64_t n,
-                 const float* bias, float* y, const Epilogue& ep) {
+void matmul_vnni(VnniFn fn, XQuantFn xquant, int max_rows, const float* x, int64_t m, int64_t k, const uint8_t* w,
+                 int bits, int64_t n, const float* bias, float* y, const Epilogue& ep) {
   const int64_t np = (n + kNR - 1) / kNR, pb = panel_bytes(bits, k), gb = group_block_bytes(bits);
   const int64_t ng = groups(k, kQGroup), q16 = kQGroup / 4;
-  const Blocks blocks(m, kVnniRows);
+  const Blocks blocks(m, max_rows);
   // Per row block starting at r0: xq at r0*ng*16 int32, sx / xsum at r0*ng floats.
   const size_t xq_bytes = static_cast<size_t>(m * ng * q16 * 4), s_bytes = static_cast<size_t>(m * ng * 4);
   uint8_t* scratch = static_cast<uint8_t*>(tls_x.get(xq_bytes + 2 * s_bytes + 192));
@@ -259,7 +259,7 @@ void matmul_vnni(VnniFn fn, XQuantFn xquant, const float* x, int64_t m, int64_t 
   // k blocks of kVnniGroups groups keep a slice of panels in L2 for the next row block (4096: a
   // layer's whole k, so a tile stores y once rather than reloading it from beyond the caches each
   // block; 512 took 1.1–1.5× the time at 16 rows, as kKBlock in gemm.h says of the float GEMM). With one
-  // row block (decode, m <= 6) nothing is reused: each panel is read whole, so a thread's panels
+  // row block (decode, m <= max_rows) nothing is reused: each panel is read whole, so a thread's panels
   // are one contiguous stream (the hardware prefetchers' best case; a decode step at batch 1 is
   // bound by this read).
   const int64_t vg = blocks.n == 1 ? ng : kVnniGroups;
@@ -449,8 +449,10 @@ void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, int bits, in
   // make meaningless (the outputs came out finite): such an x takes the float path, whose sums
   // carry them as the reference's do, and so does one too large for the int8 path's partial sums.
   // The check reads x once, ~1% of a GEMV's time.
-  if (fast && active_isa() >= Isa::Avx512Bf16 && cpu_features().avx512vnni && all_moderate(x, m * k)) {
-    matmul_vnni(vnni_avx512(), xquant_avx512(), x, m, k, w, bits, n, bias, y, ep);
+  const bool vnni = active_isa() >= Isa::Avx512Bf16 && cpu_features().avx512vnni;
+  if (fast && (vnni || (bits == 4 && active_isa() >= Isa::Avx2)) && all_moderate(x, m * k)) {
+    if (vnni) matmul_vnni(vnni_avx512(), xquant_avx512(), kVnniRows, x, m, k, w, bits, n, bias, y, ep);
+    else matmul_vnni(dot8_avx2(), xquant_avx2(), kDot8Rows, x, m, k, w, bits, n, bias, y, ep);
     return;
   }
   matmul_fp32(x, m, k, w, bits, n, bias, y, ep);

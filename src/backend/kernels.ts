@@ -14,7 +14,7 @@ export type ComputeMode = 'fp32' | 'bf16';
  *  group, each with an f16 step and min (0.5625 / 1.0625 bytes per weight). Matmul over them in
  *  fp32 mode dequantizes exactly (q·step + min in f32) and is accurate to ~1e-6 against a
  *  float64 GEMM over the dequantized weights; bf16 mode is the fast path (int8 activations per
- *  group with AVX512-VNNI where the CPU has it: ~5e-3 normalised error). */
+ *  group with AVX512-VNNI, and for q4 on AVX2 without it: ~5e-3 normalised error). */
 export type WeightFormat = 'f32' | 'f16' | 'bf16' | 'q4' | 'q8';
 export type QuantFormat = 'q4' | 'q8';
 export type QuantBits = 4 | 8;
