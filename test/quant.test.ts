@@ -276,6 +276,26 @@ describe('q4 / q8 matmul matches a float64 GEMM over the dequantized weights', (
     }
   });
 
+  // The AVX2 tile builds vpdpbusd's integer sums from vpmaddubsw and vpmaddwd and then takes the
+  // VNNI tile's f32 steps, so q4 in bf16 mode gives one result at every SIMD level the CPU has.
+  const INT8_LEVELS = ISAS.filter((isa) => isa !== 'scalar');
+  it.skipIf(INT8_LEVELS.length < 2)(`q4 bf16 mode: the same bits at every SIMD level (${INT8_LEVELS.join(', ')})`, () => {
+    for (const [m, k, n] of [[1, 4200, 70], [9, 300, 45], [6, 64, 33]] as const) {
+      const x = randomF32([m, k], seed++);
+      const w = cpu.packWeight(randomF32([n, k], seed++), 'bf16', 'w', { quantize: 'q4' });
+      const bias = randomF32([n], seed++);
+      const outs = INT8_LEVELS.map((isa) => {
+        setIsa(isa);
+        return cpu.matmul(x, w, bias).data;
+      });
+      setIsa(startIsa);
+      for (let l = 1; l < outs.length; l++) {
+        const same = outs[l]!.every((v, j) => Object.is(v, outs[0]![j]));
+        expect(same, `${INT8_LEVELS[l]} vs ${INT8_LEVELS[0]} m=${m} k=${k} n=${n}`).toBe(true);
+      }
+    }
+  });
+
   it('fp32 mode equals the f32 GEMM over the gathered (dequantized) rows bit for bit', () => {
     const [m, k, n] = [9, 300, 45];
     const x = randomF32([m, k], seed++);
