@@ -219,6 +219,8 @@ describe('packed q4 / q8 weights', () => {
 const SHAPES: [number, number, number][] = [
   [1, 1, 1], [2, 3, 17], [3, 65, 31], [7, 100, 33], [13, 257, 65], [17, 129, 100], [6, 64, 32], [65, 200, 40],
   [5, 1100, 33], [129, 70, 3], [1, 1300, 70], [4, 777, 97], [9, 4200, 40],
+  // 1-2 rows (the fp32 path's register path) with a group's last quad short, after whole ones
+  [1, 199, 33], [2, 1027, 45],
 ];
 
 describe('q4 / q8 matmul matches a float64 GEMM over the dequantized weights', () => {
@@ -318,7 +320,7 @@ describe('q4 / q8: batched rows equal unbatched rows bit for bit', () => {
   for (const format of FORMATS) {
     for (const mode of MODES) {
       it(`${format}, ${mode} mode`, () => {
-        for (const [m, k, n] of [[37, 300, 70], [15, 4300, 33]] as const) {
+        for (const [m, k, n] of [[37, 300, 70], [15, 4300, 33], [17, 1027, 45]] as const) {
           const x = randomF32([m, k], seed++);
           const w = cpu.packWeight(randomF32([n, k], seed++), mode, 'w', { quantize: format });
           const bias = randomF32([n], seed++);

@@ -113,6 +113,7 @@ using SmallFn = void (*)(int rows, const float* x, int64_t k, const uint8_t* w, 
                          int64_t n, const float* bias, float* y);
 constexpr int kSmallRows = 2;
 SmallFn small_avx512();
+SmallFn small_avx2();
 VnniFn vnni_avx512();
 
 }  // namespace quant

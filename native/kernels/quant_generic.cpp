@@ -172,8 +172,8 @@ DequantFn dequant_fn() {
 
 void matmul_fp32(const float* x, int64_t m, int64_t k, const uint8_t* w, int bits, int64_t n, const float* bias,
                  float* y, const Epilogue& ep) {
-  if (m <= kSmallRows && active_isa() >= Isa::Avx512) {
-    const SmallFn fn = small_avx512();
+  if (m <= kSmallRows && active_isa() >= Isa::Avx2) {
+    const SmallFn fn = active_isa() >= Isa::Avx512 ? small_avx512() : small_avx2();
     const int64_t np = (n + kNR - 1) / kNR;
     // Chunks of 4 panels (the kernel's width) split between the threads.
     ThreadPool::instance().run([&](int t, int nt) {
