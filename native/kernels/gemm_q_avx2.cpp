@@ -218,14 +218,18 @@ void xquant(const float* xr, int64_t k, int rows, int i, int32_t* dq, float* ds,
 // batch-1 GEMV of 4-bit weights in fp32 mode (the default precision) ran at 5-8 GB/s of weights.
 
 // One k quad (four k steps; nb < 4 of them in a group's last, partial quad) of a panel's 32 columns.
-template <int R, int BITS, bool FULL>
-inline void small_quad(const uint8_t* c, bool high, const float* xk, int64_t k, const float* sp, const float* mp,
+template <int R, int BITS, bool FULL, bool HIGH>
+inline void small_quad(const uint8_t* c, const float* xk, int64_t k, const float* sp, const float* mp,
                        __m256 (&acc)[R][4], int nb) {
+  // The steps and mins are read from L1 each quad: the compiler, seeing them unchanged, held all
+  // eight in registers and moved the sums to the stack instead. (An empty asm that "changes" the
+  // pointers; nothing is emitted.)
+  asm("" : "+r"(sp), "+r"(mp));
   const __m256i nib = _mm256_set1_epi8(0x0f), ff = _mm256_set1_epi32(0xff);
 #pragma GCC unroll 4
   for (int j = 0; j < 4; j++) {
     __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 32 * j));
-    if (BITS == 4) v = _mm256_and_si256(high ? _mm256_srli_epi16(v, 4) : v, nib);
+    if (BITS == 4) v = _mm256_and_si256(HIGH ? _mm256_srli_epi16(v, 4) : v, nib);
     const __m256 s = _mm256_load_ps(sp + 8 * j), m = _mm256_load_ps(mp + 8 * j);
 #pragma GCC unroll 4
     for (int b = 0; b < 4; b++) {
@@ -236,6 +240,15 @@ inline void small_quad(const uint8_t* c, bool high, const float* xk, int64_t k, 
       for (int i = 0; i < R; i++) acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(xk[i * k + b]), wv, acc[i][j]);
     }
   }
+}
+
+// A group's short last quad, out of line: inlined, its checks kept the sums on the stack throughout.
+template <int R, int BITS>
+__attribute__((noinline)) void small_tail(const uint8_t* blk, int q, const float* xk, int64_t k, const float* sp,
+                                          const float* mp, __m256 (&acc)[R][4], int nb) {
+  const uint8_t* c = blk + (BITS == 8 ? q : q >> 1) * 128;
+  if (BITS == 4 && (q & 1)) small_quad<R, BITS, false, true>(c, xk, k, sp, mp, acc, nb);
+  else small_quad<R, BITS, false, false>(c, xk, k, sp, mp, acc, nb);
 }
 
 template <int R, int BITS>
@@ -256,18 +269,30 @@ void small_panel(const float* x, int64_t k, const uint8_t* w, int64_t n, int64_t
     }
     const int64_t k0 = g * kQGroup;
     const int len = static_cast<int>(k - k0 < kQGroup ? k - k0 : kQGroup);
+    // Whole quads (q4: an octet's low nibbles, then its high ones, so that the choice is made at
+    // compile time: a branch in the loop split it and the sums went to the stack), then a short one.
     int q = 0;
-    for (; 4 * q + 4 <= len; q++)
-      small_quad<R, BITS, true>(blk + (BITS == 8 ? q : q >> 1) * 128, BITS == 4 && (q & 1), x + k0 + 4 * q, k, prm[0], prm[1],
-                                acc, 4);
+    if (BITS == 4) {
+      for (; 4 * q + 8 <= len; q += 2) {
+        small_quad<R, 4, true, false>(blk + (q >> 1) * 128, x + k0 + 4 * q, k, prm[0], prm[1], acc, 4);
+        small_quad<R, 4, true, true>(blk + (q >> 1) * 128, x + k0 + 4 * q + 4, k, prm[0], prm[1], acc, 4);
+      }
+      if (4 * q + 4 <= len) small_quad<R, 4, true, false>(blk + (q >> 1) * 128, x + k0 + 4 * q, k, prm[0], prm[1], acc, 4), q++;
+    } else {
+      for (; 4 * q + 4 <= len; q++) small_quad<R, 8, true, false>(blk + q * 128, x + k0 + 4 * q, k, prm[0], prm[1], acc, 4);
+    }
     if (4 * q < len) {
-      // A short last quad on a copy of the sums: on the sums themselves, its checks kept them in
-      // memory for the whole loop above.
+      // (On a copy: the sums' address passed out kept them on the stack in the loop above.)
       __m256 part[R][4];
-      std::memcpy(part, acc, sizeof(part));
-      small_quad<R, BITS, false>(blk + (BITS == 8 ? q : q >> 1) * 128, BITS == 4 && (q & 1), x + k0 + 4 * q, k, prm[0],
-                                 prm[1], part, len - 4 * q);
-      std::memcpy(acc, part, sizeof(part));
+#pragma GCC unroll 2
+      for (int i = 0; i < R; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) part[i][j] = acc[i][j];
+      small_tail<R, BITS>(blk, q, x + k0 + 4 * q, k, prm[0], prm[1], part, len - 4 * q);
+#pragma GCC unroll 2
+      for (int i = 0; i < R; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) acc[i][j] = part[i][j];
     }
   }
   const int64_t col = p * kNR;
