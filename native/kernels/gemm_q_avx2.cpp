@@ -11,6 +11,14 @@ namespace tierlm {
 namespace quant {
 namespace {
 
+// Column vector j's steps and mins (8 columns, f32) of a group block whose parameters are at sp.
+inline __m256 steps(const uint16_t* sp, int j) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + 8 * j)));
+}
+inline __m256 mins(const uint16_t* sp, int j) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + 32 + 8 * j)));
+}
+
 // Four k steps (bytes 0..3 of each 32-bit lane) of 8 columns.
 inline void deq4(__m256i v, __m256 s, __m256 m, float* t) {
   const __m256i ff = _mm256_set1_epi32(0xff);
@@ -28,8 +36,8 @@ void dequant(const uint8_t* blocks, int bits, int ng, float* tile) {
     const uint16_t* sp = reinterpret_cast<const uint16_t*>(block + cb);
     __m256 s[4], m[4];
     for (int j = 0; j < 4; j++) {
-      s[j] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + 8 * j)));
-      m[j] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + 32 + 8 * j)));
+      s[j] = steps(sp, j);
+      m[j] = mins(sp, j);
     }
     float* t = tile + static_cast<int64_t>(g) * kQGroup * kNR;
     if (bits == 8) {
@@ -58,13 +66,28 @@ void dequant(const uint8_t* blocks, int bits, int ng, float* tile) {
 // products equal vpdpbusd's, and the same f32 operations follow as in the AVX512-VNNI tile: the
 // result is that tile's bit for bit. (q8 codes reach 255 and would saturate; split into nibbles
 // they took 2-3× q4's time a row, slower than the fp32 path from 4 rows up, so q8 stays there.)
+// A group's int32 dot products of 8 columns into their f32 sums f[0..8), as the VNNI tile does:
+// dot · (step · sx), then min · (sx · Σ int8 x). (Both tiles below; the order of these steps is
+// what makes the result the VNNI tile's bit for bit.)
+inline void add_group(__m256i a, __m256 s, __m256 m, float sx, float xsum, float* f) {
+  const __m256 acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), _mm256_mul_ps(s, _mm256_set1_ps(sx)), _mm256_load_ps(f));
+  _mm256_store_ps(f, _mm256_fmadd_ps(m, _mm256_set1_ps(xsum), acc));
+}
+
+// A row's f32 sums: from y (zero on the first k block, and past ncols), and back, the bias added last.
+inline void load_row(float* f, const float* y, int ncols, int flags) {
+  for (int c = 0; c < kNR; c++) f[c] = (flags & gemm::kFirst) || c >= ncols ? 0.0f : y[c];
+}
+inline void store_row(const float* f, float* y, int ncols, int flags, const float* bias) {
+  for (int c = 0; c < ncols; c++) y[c] = (flags & gemm::kLast) && bias ? f[c] + bias[c] : f[c];
+}
+
 template <int R>
 void dot8_tile(const int32_t* xq, const float* sx, const float* xsum, const uint8_t* blocks, int ng, float* y,
                int64_t ldy, int ncols, int flags, const float* bias) {
   // The f32 sums of the R × 32 outputs stay in L1 between groups: the integer sums take the registers.
   alignas(32) float f[R][kNR];
-  for (int i = 0; i < R; i++)
-    for (int c = 0; c < kNR; c++) f[i][c] = (flags & gemm::kFirst) || c >= ncols ? 0.0f : y[i * ldy + c];
+  for (int i = 0; i < R; i++) load_row(f[i], y + i * ldy, ncols, flags);
   const int64_t gb = group_block_bytes(4);
   const __m256i nib = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
   for (int g = 0; g < ng; g++) {
@@ -91,21 +114,13 @@ void dot8_tile(const int32_t* xq, const float* sx, const float* xsum, const uint
 #pragma GCC unroll 8
         for (int i = 0; i < R; i++) a[i] = _mm256_add_epi32(a[i], _mm256_madd_epi16(t[i], ones));
       }
-      const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + 8 * j)));
-      const __m256 m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + 32 + 8 * j)));
+      const __m256 s = steps(sp, j), m = mins(sp, j);
 #pragma GCC unroll 8
-      for (int i = 0; i < R; i++) {
-        // As the VNNI tile: dot · (step · sx), then min · (sx · Σ int8 x).
-        const __m256 sc = _mm256_set1_ps(sx[g * R + i]), sm = _mm256_set1_ps(xsum[g * R + i]);
-        __m256 acc = _mm256_load_ps(f[i] + 8 * j);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a[i]), _mm256_mul_ps(s, sc), acc);
-        _mm256_store_ps(f[i] + 8 * j, _mm256_fmadd_ps(m, sm, acc));
-      }
+      for (int i = 0; i < R; i++) add_group(a[i], s, m, sx[g * R + i], xsum[g * R + i], f[i] + 8 * j);
     }
     xq += (kQGroup / 4) * R;
   }
-  for (int i = 0; i < R; i++)
-    for (int c = 0; c < ncols; c++) y[i * ldy + c] = (flags & gemm::kLast) && bias ? f[i][c] + bias[c] : f[i][c];
+  for (int i = 0; i < R; i++) store_row(f[i], y + i * ldy, ncols, flags, bias);
 }
 
 // One row (a decode step at batch 1, bound by the weights' read): the group's octets in order, all
@@ -115,7 +130,7 @@ void dot8_tile(const int32_t* xq, const float* sx, const float* xsum, const uint
 void dot8_row(const int32_t* xq, const float* sx, const float* xsum, const uint8_t* blocks, int ng, float* y,
               int ncols, int flags, const float* bias) {
   alignas(32) float f[kNR];
-  for (int c = 0; c < kNR; c++) f[c] = (flags & gemm::kFirst) || c >= ncols ? 0.0f : y[c];
+  load_row(f, y, ncols, flags);
   const int64_t gb = group_block_bytes(4);
   const __m256i nib = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
   for (int g = 0; g < ng; g++) {
@@ -142,18 +157,11 @@ void dot8_row(const int32_t* xq, const float* sx, const float* xsum, const uint8
 #pragma GCC unroll 4
       for (int j = 0; j < 4; j++) a[j] = _mm256_add_epi32(a[j], _mm256_madd_epi16(t[j], ones));
     }
-    const __m256 sc = _mm256_set1_ps(sx[g]), sm = _mm256_set1_ps(xsum[g]);
 #pragma GCC unroll 4
-    for (int j = 0; j < 4; j++) {
-      const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + 8 * j)));
-      const __m256 m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + 32 + 8 * j)));
-      __m256 acc = _mm256_load_ps(f + 8 * j);
-      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a[j]), _mm256_mul_ps(s, sc), acc);
-      _mm256_store_ps(f + 8 * j, _mm256_fmadd_ps(m, sm, acc));
-    }
+    for (int j = 0; j < 4; j++) add_group(a[j], steps(sp, j), mins(sp, j), sx[g], xsum[g], f + 8 * j);
     xq += kQGroup / 4;
   }
-  for (int c = 0; c < ncols; c++) y[c] = (flags & gemm::kLast) && bias ? f[c] + bias[c] : f[c];
+  store_row(f, y, ncols, flags, bias);
 }
 
 // (bits is always 4: quant::matmul sends q8 to the fp32 path on AVX2.)
@@ -264,8 +272,8 @@ void small_panel(const float* x, int64_t k, const uint8_t* w, int64_t n, int64_t
     const uint8_t* blk = w + p * pb + g * gb;
     const uint16_t* sp = reinterpret_cast<const uint16_t*>(blk + code_bytes_per_group(BITS));
     for (int j = 0; j < 4; j++) {
-      _mm256_store_ps(prm[0] + 8 * j, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + 8 * j))));
-      _mm256_store_ps(prm[1] + 8 * j, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + 32 + 8 * j))));
+      _mm256_store_ps(prm[0] + 8 * j, steps(sp, j));
+      _mm256_store_ps(prm[1] + 8 * j, mins(sp, j));
     }
     const int64_t k0 = g * kQGroup;
     const int len = static_cast<int>(k - k0 < kQGroup ? k - k0 : kQGroup);

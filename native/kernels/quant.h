@@ -31,8 +31,8 @@
 //     so batched == unbatched bit for bit and the result matches a float64 GEMM over the
 //     dequantized weights to ~1e-6.
 //   bf16 mode ("fast"): q4 from ISA level avx2 up, q8 at level avx512bf16 with AVX512_VNNI, each
-//     x row is quantized to int8 per group of 64
-//     (scale = max|x| / 127, round to nearest); the group's dot products run as u8 × s8 -> int32
+//     x row is quantized to int8 per group of 64 (scale = max|x| / 127, round to nearest); the
+//     group's dot products run as u8 × s8 -> int32
 //     (AVX512_VNNI's vpdpbusd at level avx512bf16; AVX2's vpmaddubsw + vpmaddwd below it: the same
 //     integers), and y += step * sx * dot + min * sx * sum(qx) per group in f32: exactly the
 //     int8-rounded x times the dequantized weights, up to f32 rounding, the same bits at every

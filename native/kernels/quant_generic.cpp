@@ -175,7 +175,7 @@ void matmul_fp32(const float* x, int64_t m, int64_t k, const uint8_t* w, int bit
   if (m <= kSmallRows && active_isa() >= Isa::Avx2) {
     const SmallFn fn = active_isa() >= Isa::Avx512 ? small_avx512() : small_avx2();
     const int64_t np = (n + kNR - 1) / kNR;
-    // Chunks of 4 panels (the kernel's width) split between the threads.
+    // Chunks of 4 panels (the AVX-512 kernel's width; AVX2's takes one at a time) split between the threads.
     ThreadPool::instance().run([&](int t, int nt) {
       const int64_t chunks = (np + 3) / 4;
       const int64_t c0 = chunks * t / nt, c1 = chunks * (t + 1) / nt;
