@@ -155,9 +155,10 @@ for (const isa of ISAS) {
             expect(alone.data).toEqual(rowsOf(sp, i, i + 1).data);
           }
         }
-        // f32 and f16 caches too
+        // f32 and f16 caches too (groups of 3, 1 and 10 query heads: the SIMD score kernels take
+        // heads 8, 4, 2 or 1 at a time)
         for (const dtype of ['f32', 'f16'] as CacheDType[]) {
-          for (const [hq, hkv, d] of [[6, 2, 64], [3, 3, 17]] as const) {
+          for (const [hq, hkv, d] of [[6, 2, 64], [3, 3, 17], [20, 2, 40]] as const) {
             const lens = [1, 2, 140, 300];
             const b = lens.length, cap = 300;
             const q = randomF32([b, hq, d], seed++, 2);

@@ -91,6 +91,9 @@ namespace isa2 {
 void attn_core(const float* q, int64_t g, int64_t d, const void* k, const void* v, bool f16, int64_t stride, int64_t n,
                float* scratch, float* m, float* l, float* acc);
 void q4_dequant(const uint8_t* rec, int64_t d, int64_t n, float* out, int64_t ld);
+// Sparse decode's scores, as isa512's (the decode core's score kernel, 8-lane).
+void attn_scores(const float* q, int64_t g, int64_t d, const void* k, bool f16, int64_t stride, int64_t n, float* s,
+                 int64_t lds, float* scratch);
 // The tiled prefill block, as isa512's (attention_prefill_avx2.cpp).
 int64_t attn_prefill_rows();
 int64_t attn_prefill_scratch_floats(int64_t d);

@@ -128,6 +128,18 @@ void accum(const float* s, const float* alpha, int64_t d, const void* v, int64_t
 
 inline int pow2_heads(int64_t n) { return n >= 8 ? 8 : n >= 4 ? 4 : n >= 2 ? 2 : 1; }
 
+// scores() for H (pow2_heads) heads.
+template <bool F16>
+void scores_heads(int H, const float* q, int64_t d, const void* k, int64_t stride, int64_t nb, int64_t h0, float* s,
+                  PfStream* ps, int64_t p0) {
+  switch (H) {
+    case 8: scores<F16, 8>(q, d, k, stride, nb, h0, s, ps, p0); break;
+    case 4: scores<F16, 4>(q, d, k, stride, nb, h0, s, ps, p0); break;
+    case 2: scores<F16, 2>(q, d, k, stride, nb, h0, s, ps, p0); break;
+    default: scores<F16, 1>(q, d, k, stride, nb, h0, s, ps, p0); break;
+  }
+}
+
 // The AVX-512 core's structure (attention_avx512.cpp) with 8-lane vectors: scores of 8 (position,
 // head) pairs reduced together, the value sum a (heads × features) register tile.
 template <bool F16>
@@ -154,13 +166,7 @@ void core(const float* q, int64_t g, int64_t d, const void* k, const void* v, in
                          : (const void*)(static_cast<const float*>(v) + p0 * stride);
     for (int64_t h0 = 0; h0 < g;) {
       const int H = pow2_heads(g - h0);
-      PfStream* pf = h0 == 0 ? ps : nullptr;
-      switch (H) {
-        case 8: scores<F16, 8>(q, d, kb, stride, nb, h0, s, pf, p0); break;
-        case 4: scores<F16, 4>(q, d, kb, stride, nb, h0, s, pf, p0); break;
-        case 2: scores<F16, 2>(q, d, kb, stride, nb, h0, s, pf, p0); break;
-        default: scores<F16, 1>(q, d, kb, stride, nb, h0, s, pf, p0); break;
-      }
+      scores_heads<F16>(H, q, d, kb, stride, nb, h0, s, h0 == 0 ? ps : nullptr, p0);
       h0 += H;
     }
     // Online softmax per head; s becomes the weights.
@@ -247,6 +253,29 @@ void q4_dequant(const uint8_t* rec, int64_t d, int64_t n, float* out, int64_t ld
       const int code = (p[c >> 1] >> ((c & 1) * 4)) & 15;
       o[c] = (float)code * step + mn;
     }
+  }
+}
+
+void attn_scores(const float* q, int64_t g, int64_t d, const void* k, bool f16, int64_t stride, int64_t n, float* s,
+                 int64_t lds, float* scratch) {
+  const int64_t B = kAttnBlock;
+  const int64_t es = f16 ? 2 : 4;
+  // The keys read as one stream (the decode core's in-stream prefetch, keys only), when contiguous.
+  const int64_t rb = stride * es, pf_bytes = attn_prefetch_bytes();
+  PfStream stream(static_cast<const char*>(k), nullptr, rb, n, (pf_bytes + rb - 1) / rb);
+  PfStream* ps = pf_bytes > 0 && stride == d ? &stream : nullptr;
+  for (int64_t p0 = 0; p0 < n; p0 += B) {
+    const int64_t nb = n - p0 < B ? n - p0 : B;
+    const void* kb = static_cast<const char*>(k) + p0 * stride * es;
+    for (int64_t h0 = 0; h0 < g;) {
+      const int H = pow2_heads(g - h0);
+      PfStream* pf = h0 == 0 ? ps : nullptr;
+      if (f16) scores_heads<true>(H, q, d, kb, stride, nb, h0, scratch, pf, p0);
+      else scores_heads<false>(H, q, d, kb, stride, nb, h0, scratch, pf, p0);
+      h0 += H;
+    }
+    for (int64_t h = 0; h < g; h++)
+      for (int64_t j = 0; j < nb; j++) s[h * lds + p0 + j] = scratch[h * B + j];
   }
 }
 

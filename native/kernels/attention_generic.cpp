@@ -133,7 +133,8 @@ const PrefillTiles* prefill_tiles() {
 }
 
 AttnScoresFn scores_fn() {
-  return active_isa() >= Isa::Avx512 ? isa512::attn_scores : generic::attn_scores;
+  const Isa isa = active_isa();
+  return isa >= Isa::Avx512 ? isa512::attn_scores : isa == Isa::Avx2 ? isa2::attn_scores : generic::attn_scores;
 }
 
 // Calls fn(item, thread) for every item in [0, n), handed out dynamically over the pool, `chunk`
@@ -262,14 +263,15 @@ void decode_sparse(const float* q, const void* k_cache, const void* v_cache, int
     const int64_t base = ((rows ? rows[bi] : bi) * hkv + kh) * cap;
     const char* kb = static_cast<const char*>(k_cache) + base * rbytes;
     const char* vb = static_cast<const char*>(v_cache) + base * rbytes;
-    for (int64_t p0 = 0; p0 < len; p0 += kAttnBlock) {
-      const int64_t nb = std::min(kAttnBlock, len - p0);
-      if (q4) {
+    if (q4) {
+      for (int64_t p0 = 0; p0 < len; p0 += kAttnBlock) {
+        const int64_t nb = std::min(kAttnBlock, len - p0);
         dq(reinterpret_cast<const uint8_t*>(kb) + p0 * rbytes, d, nb, tile, d);
         scores(qs, g, d, tile, false, d, nb, sc + p0, len, scr);
-      } else {
-        scores(qs, g, d, kb + p0 * rbytes, f16, d, nb, sc + p0, len, scr);
       }
+    } else {
+      // (one call over the row: the score kernel reads the keys as one prefetched stream)
+      scores(qs, g, d, kb, f16, d, len, sc, len, scr);
     }
     const int64_t older = len - 1;
     int64_t keep = (int64_t)std::ceil(sparsity * (double)older);
@@ -316,8 +318,21 @@ void decode_sparse(const float* q, const void* k_cache, const void* v_cache, int
     // Values: each row kept by some head read once, in position order, added into the heads that
     // keep it (so every head sums its kept rows in position order).
     for (int64_t i = 0; i < g * d; i++) acc[i] = 0.f;
-    for (int64_t p = 0; p < len; p++) {
-      if (!used[p]) continue;
+    // The kept rows are scattered: each is prefetched a few rows ahead (a row read on demand waits
+    // for memory, line after line).
+    int64_t nused = 0;
+    for (int64_t p = 0; p < len; p++)
+      if (used[p]) ix[nused++] = (int32_t)p;
+    constexpr int64_t kAhead = 4;
+    auto prefetch_row = [&](int64_t p) {
+      const char* r = vb + p * rbytes;
+      for (int64_t o = 0; o < rbytes; o += 64) __builtin_prefetch(r + o);
+      __builtin_prefetch(r + rbytes - 1);
+    };
+    for (int64_t i = 0; i < std::min(kAhead, nused); i++) prefetch_row(ix[i]);
+    for (int64_t i = 0; i < nused; i++) {
+      if (i + kAhead < nused) prefetch_row(ix[i + kAhead]);
+      const int64_t p = ix[i];
       const float* vr;
       if (q4) {
         dq(reinterpret_cast<const uint8_t*>(vb) + p * rbytes, d, 1, rowbuf, d);

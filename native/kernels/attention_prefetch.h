@@ -6,7 +6,7 @@
 // The rows one core call reads, in the order it reads them (each block's keys, then the block's
 // values), for the in-stream prefetch. reach(p0, vphase, j), called as row j of block p0's keys (or
 // values) is read, prefetches every row up to `ahead` rows further along that the earlier calls did
-// not (so a row is prefetched once, none skipped). The order is a chain of contiguous segments (a
+// not (so a row is prefetched once, none skipped). With v null the stream is the n key rows alone. The order is a chain of contiguous segments (a
 // block's keys, its values, the next block's keys, ...) walked by a cursor, one prefetch a line:
 // the row-at-a-time walk it replaces cost more than the item's arithmetic on OPT's 128-byte rows.
 struct PfStream {
@@ -19,6 +19,17 @@ struct PfStream {
   PfStream(const char* k_, const char* v_, int64_t rb_, int64_t n_, int64_t ahead_)
       : k(k_), v(v_), rb(rb_), n(n_), ahead(ahead_), seg_nb(n_ < kAttnBlock ? n_ : kAttnBlock) {}
   inline void reach(int64_t p0, bool vphase, int64_t j) {
+    if (!v) {
+      // Keys only (sparse decode's scores pass): one contiguous run of n rows.
+      int64_t to = p0 + j + 1 + ahead;
+      if (to > n) to = n;
+      if (next >= to) return;
+      const uintptr_t a0 = reinterpret_cast<uintptr_t>(k + next * rb) & ~uintptr_t(63);
+      const uintptr_t a1 = reinterpret_cast<uintptr_t>(k + to * rb);
+      for (uintptr_t a = a0; a < a1; a += 64) _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T2);
+      next = to;
+      return;
+    }
     const int64_t nb = n - p0 < kAttnBlock ? n - p0 : kAttnBlock;
     int64_t to = 2 * p0 + (vphase ? nb : 0) + j + 1 + ahead;
     if (to > 2 * n) to = 2 * n;
