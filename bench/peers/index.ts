@@ -4,7 +4,11 @@
 // everything in RAM; prefill, decode and total tokens/s (FlexGen's metric). Run by hand, never in CI:
 //
 //   node --import tsx bench/peers/index.ts [--cases opt32,llama16,llama1,llama16q4,llama1q4]
-//       [--llama-cpp /tmp/llcpp] [--no-torch] [--threads 2] [--repeat N] [--pairs N] [--json]
+//       [--llama-cpp /tmp/llcpp] [--no-torch] [--torch-dtype bf16|fp32] [--threads 2] [--repeat N]
+//       [--pairs N] [--json]
+//
+// --torch-dtype fp32: PyTorch in fp32 rather than bf16 (the issue's peer); on a CPU without
+// AVX512-BF16 PyTorch 1.13's bf16 matmuls take a scalar loop, and fp32 is what its users run there.
 //
 // --repeat N: tierlm and llama.cpp keep the best of N measured runs on the loaded model (by total
 // time), against short bursts of other load on a shared machine.
@@ -38,6 +42,8 @@ const llamaCppDir = opt('--llama-cpp', '');
 const threads = Number(opt('--threads', String(getThreads())));
 const repeat = Number(opt('--repeat', '1'));
 const [PROMPT, NEW] = [64, 16];
+const torchDtype = opt('--torch-dtype', 'bf16');
+if (torchDtype !== 'bf16' && torchDtype !== 'fp32') throw new Error(`--torch-dtype: bf16 or fp32, got ${torchDtype}`);
 
 interface Case { name: string; label: string; model: 'opt' | 'llama'; batch: number; q4: boolean }
 const CASES: Case[] = [
@@ -99,7 +105,7 @@ interface PeerSession { run(): Promise<{ pre: number; dec: number }>; close(): P
 /** torch_gen.py --serve: the model made once, a run per request. */
 async function openTorch(c: Case): Promise<PeerSession> {
   const child = spawn('/usr/bin/python3', [path.join(import.meta.dirname, 'torch_gen.py'), ...TORCH_SHAPE[c.model], '--batch', String(c.batch), '--prompt', String(PROMPT),
-    '--new', String(NEW), '--threads', String(threads), '--serve'], { stdio: ['pipe', 'pipe', 'inherit'] });
+    '--new', String(NEW), '--threads', String(threads), '--dtype', torchDtype, '--serve'], { stdio: ['pipe', 'pipe', 'inherit'] });
   const lines = readline.createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
   const next = async () => {
     const l = await lines.next();
@@ -150,18 +156,18 @@ async function runPairs(c: Case, pairs: number, peerName: string): Promise<void>
   await peer.close();
   const med = (xs: number[]) => [...xs].sort((x, y) => x - y)[xs.length >> 1]!;
   const out = {
-    case: c.name, peer: peerName, pairs, at: new Date().toISOString(),
+    case: c.name, peer: peerName === 'pytorch' ? `pytorch ${torchDtype}` : peerName, pairs, at: new Date().toISOString(),
     tierlmDecode: med(got.map((g) => g.ours.decodeTokS)), peerDecode: med(got.map((g) => g.peer.decodeTokS)),
     decodeRatio: med(got.map((g) => g.ours.decodeTokS / g.peer.decodeTokS)), totalRatio: med(got.map((g) => g.ours.totalTokS / g.peer.totalTokS)),
     decodeRatios: got.map((g) => +(g.ours.decodeTokS / g.peer.decodeTokS).toFixed(3)),
   };
   if (json) console.log(JSON.stringify(out));
-  else console.log(`${c.label} vs ${peerName}, ${pairs} pairs (${out.at}): decode tierlm ${out.tierlmDecode.toFixed(1)}, ${peerName} ${out.peerDecode.toFixed(1)} tok/s (medians); ` +
+  else console.log(`${c.label} vs ${out.peer}, ${pairs} pairs (${out.at}): decode tierlm ${out.tierlmDecode.toFixed(1)}, ${out.peer} ${out.peerDecode.toFixed(1)} tok/s (medians); ` +
     `median paired ratio decode ${out.decodeRatio.toFixed(3)}, total ${out.totalRatio.toFixed(3)} (decode pairs: ${out.decodeRatios.join(' ')})`);
 }
 
 function runTorch(c: Case): PeerRow | null {
-  const r = spawnSync('/usr/bin/python3', [path.join(import.meta.dirname, 'torch_gen.py'), ...TORCH_SHAPE[c.model], '--batch', String(c.batch), '--prompt', String(PROMPT), '--new', String(NEW), '--threads', String(threads)], { encoding: 'utf8' });
+  const r = spawnSync('/usr/bin/python3', [path.join(import.meta.dirname, 'torch_gen.py'), ...TORCH_SHAPE[c.model], '--batch', String(c.batch), '--prompt', String(PROMPT), '--new', String(NEW), '--threads', String(threads), '--dtype', torchDtype], { encoding: 'utf8' });
   if (r.status !== 0) {
     process.stderr.write(`pytorch failed: ${r.stderr.slice(-500)}\n`);
     return null;
@@ -207,7 +213,7 @@ for (const name of cases) {
 if (!json) {
   const f = (r: PeerRow | undefined) => (r ? `${r.totalTokS.toFixed(1)} (prefill ${r.prefillTokS.toFixed(0)}, decode ${r.decodeTokS.toFixed(1)})` : '–');
   console.log(`\n${os.cpus()[0]?.model} · ${threads} threads · prompt ${PROMPT} · ${NEW} new tokens · ${new Date().toISOString()}`);
-  console.log('| shape, batch | tierlm | PyTorch eager bf16 | llama.cpp |');
+  console.log(`| shape, batch | tierlm | PyTorch eager ${torchDtype} | llama.cpp |`);
   console.log('|---|---|---|---|');
   for (const c of CASES.filter((x) => cases.includes(x.name))) {
     const by = (e: string) => rows.find((r) => r.case === c.name && r.engine === e);

@@ -3,10 +3,10 @@
 (run by hand with Debian's python3-torch; never part of CI). Prints one JSON line.
 
     /usr/bin/python3 bench/peers/torch_gen.py --arch llama --hidden 4096 --layers 4 --heads 32 \
-        --ffn 11008 --vocab 32000 --batch 16 [--prompt 64] [--new 16] [--threads 2] [--serve]
+        --ffn 11008 --vocab 32000 --batch 16 [--prompt 64] [--new 16] [--threads 2] [--serve] [--dtype fp32]
 
 The models are written out in plain torch (what eager PyTorch inference on a CPU does): bf16
-weights and activations, a KV cache, greedy argmax. Prefill computes the LM head for the last
+(--dtype fp32: fp32) weights and activations, a KV cache, greedy argmax. Prefill computes the LM head for the last
 position only (Hugging Face computes it for all; this favours PyTorch). The first new token comes
 from prefill, the other new-1 from decode steps, as in tierlm's GenerateStats.
 """
@@ -24,11 +24,14 @@ for name, dflt in [('hidden', 2048), ('layers', 24), ('heads', 32), ('ffn', 8192
                    ('batch', 1), ('prompt', 64), ('new', 16), ('threads', 2)]:
     p.add_argument('--' + name, type=int, default=dflt)
 p.add_argument('--arch', choices=['opt', 'llama'], default='opt')
+# fp32: on a CPU without AVX512-BF16 PyTorch 1.13's bf16 matmuls take a scalar loop (~1.4 GFLOP/s on
+# 2 Zen 3 cores, where its fp32 ones through OpenBLAS run ~135), so fp32 is what a PyTorch user there runs.
+p.add_argument('--dtype', choices=['bf16', 'fp32'], default='bf16')
 p.add_argument('--serve', action='store_true', help='a run per line of stdin (bench/peers --pairs)')
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(1)
-dt = torch.bfloat16
+dt = torch.bfloat16 if a.dtype == 'bf16' else torch.float32
 H, D = a.hidden, a.hidden // a.heads
 
 
@@ -131,7 +134,7 @@ if a.serve:
         print(json.dumps({'pre': pre, 'dec': dec}), flush=True)
     sys.exit(0)
 pre, dec = run(a.batch, a.new)
-print(json.dumps({'engine': 'pytorch', 'torch': torch.__version__, 'batch': b,
+print(json.dumps({'engine': 'pytorch', 'torch': torch.__version__, 'dtype': a.dtype, 'batch': b,
                   'prefillTokS': round(b * a.prompt / pre, 1),
                   'decodeTokS': round(b * (a.new - 1) / dec, 1) if a.new > 1 else None,
                   'totalTokS': round(b * a.new / (pre + dec), 1)}))
