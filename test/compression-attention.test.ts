@@ -89,7 +89,7 @@ describe('q4 cache records', () => {
 });
 
 // [hq, hkv, d]: GQA and MHA
-const HEADS: [number, number, number][] = [[6, 2, 64], [4, 4, 128], [6, 3, 40], [2, 2, 17], [8, 1, 128]];
+const HEADS: [number, number, number][] = [[6, 2, 64], [4, 4, 128], [6, 3, 40], [2, 2, 17], [8, 1, 128], [4, 2, 100], [2, 1, 135]];
 
 // Cases built once (reference results are slow).
 interface Case { name: string; q: Tensor<'f32'>; kc: Tensor; vc: Tensor; ln: Tensor<'i32'>; scale: number; want: Float32Array; wantSparse: Float32Array }

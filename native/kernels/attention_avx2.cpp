@@ -227,6 +227,25 @@ void q4_dequant(const uint8_t* rec, int64_t d, int64_t n, float* out, int64_t ld
     __m256 vs = _mm256_setzero_ps(), vm = _mm256_setzero_ps();
     float step = 0.f, mn = 0.f;
     int64_t c = 0;
+    // Whole groups 32 features a load (16 bytes of codes: the nibbles split and interleaved back in
+    // order once for 32 rather than for each 8); the same fma per element as below.
+    for (; c + kQ4Group <= d; c += kQ4Group) {
+      uint16_t sm[2];
+      memcpy(sm, pr + (c / kQ4Group) * 4, 4);
+      vs = _mm256_set1_ps(_cvtsh_ss(sm[0]));
+      vm = _mm256_set1_ps(_cvtsh_ss(sm[1]));
+#pragma GCC unroll 2
+      for (int half = 0; half < 2; half++) {
+        const __m128i b = _mm_loadu_si128((const __m128i*)(p + c / 2 + 16 * half));
+        const __m128i lo = _mm_and_si128(b, m0f), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m0f);
+        const __m128i x0 = _mm_unpacklo_epi8(lo, hi), x1 = _mm_unpackhi_epi8(lo, hi);
+        float* oc = o + c + 32 * half;
+        _mm256_storeu_ps(oc, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(x0)), vs, vm));
+        _mm256_storeu_ps(oc + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(x0, 8))), vs, vm));
+        _mm256_storeu_ps(oc + 16, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(x1)), vs, vm));
+        _mm256_storeu_ps(oc + 24, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(x1, 8))), vs, vm));
+      }
+    }
     for (; c < dfull; c += 8) {
       if ((c & (kQ4Group - 1)) == 0) {
         uint16_t sm[2];
