@@ -6,9 +6,10 @@
 // The rows one core call reads, in the order it reads them (each block's keys, then the block's
 // values), for the in-stream prefetch. reach(p0, vphase, j), called as row j of block p0's keys (or
 // values) is read, prefetches every row up to `ahead` rows further along that the earlier calls did
-// not (so a row is prefetched once, none skipped). With v null the stream is the n key rows alone. The order is a chain of contiguous segments (a
+// not (so a row is prefetched once, none skipped). The order is a chain of contiguous segments (a
 // block's keys, its values, the next block's keys, ...) walked by a cursor, one prefetch a line:
 // the row-at-a-time walk it replaces cost more than the item's arithmetic on OPT's 128-byte rows.
+// With v null the stream is the n key rows alone (sparse decode's score pass).
 struct PfStream {
   const char* k;
   const char* v;
