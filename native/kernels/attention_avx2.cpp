@@ -224,16 +224,13 @@ void q4_dequant(const uint8_t* rec, int64_t d, int64_t n, float* out, int64_t ld
     const uint8_t* p = rec + r * rb;
     const uint8_t* pr = p + cb;
     float* o = out + r * ld;
-    __m256 vs = _mm256_setzero_ps(), vm = _mm256_setzero_ps();
-    float step = 0.f, mn = 0.f;
     int64_t c = 0;
     // Whole groups 32 features a load (16 bytes of codes: the nibbles split and interleaved back in
-    // order once for 32 rather than for each 8); the same fma per element as below.
+    // order once for 32 rather than for each 8); the same fma per element as the last group's.
     for (; c + kQ4Group <= d; c += kQ4Group) {
       uint16_t sm[2];
       memcpy(sm, pr + (c / kQ4Group) * 4, 4);
-      vs = _mm256_set1_ps(_cvtsh_ss(sm[0]));
-      vm = _mm256_set1_ps(_cvtsh_ss(sm[1]));
+      const __m256 vs = _mm256_set1_ps(_cvtsh_ss(sm[0])), vm = _mm256_set1_ps(_cvtsh_ss(sm[1]));
 #pragma GCC unroll 2
       for (int half = 0; half < 2; half++) {
         const __m128i b = _mm_loadu_si128((const __m128i*)(p + c / 2 + 16 * half));
@@ -246,15 +243,13 @@ void q4_dequant(const uint8_t* rec, int64_t d, int64_t n, float* out, int64_t ld
         _mm256_storeu_ps(oc + 24, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(x1, 8))), vs, vm));
       }
     }
+    if (c == d) continue;
+    // The last group, shorter than kQ4Group: 8 features at a time, then one at a time.
+    uint16_t sm[2];
+    memcpy(sm, pr + (c / kQ4Group) * 4, 4);
+    const float step = _cvtsh_ss(sm[0]), mn = _cvtsh_ss(sm[1]);
+    const __m256 vs = _mm256_set1_ps(step), vm = _mm256_set1_ps(mn);
     for (; c < dfull; c += 8) {
-      if ((c & (kQ4Group - 1)) == 0) {
-        uint16_t sm[2];
-        memcpy(sm, pr + (c / kQ4Group) * 4, 4);
-        step = _cvtsh_ss(sm[0]);
-        mn = _cvtsh_ss(sm[1]);
-        vs = _mm256_set1_ps(step);
-        vm = _mm256_set1_ps(mn);
-      }
       int32_t w;
       memcpy(&w, p + c / 2, 4);
       __m128i b = _mm_cvtsi32_si128(w);
@@ -263,12 +258,6 @@ void q4_dequant(const uint8_t* rec, int64_t d, int64_t n, float* out, int64_t ld
       _mm256_storeu_ps(o + c, _mm256_fmadd_ps(qf, vs, vm));  // q·step is exact: one rounding
     }
     for (; c < d; c++) {
-      if ((c & (kQ4Group - 1)) == 0 || c == dfull) {
-        uint16_t sm[2];
-        memcpy(sm, pr + (c / kQ4Group) * 4, 4);
-        step = _cvtsh_ss(sm[0]);
-        mn = _cvtsh_ss(sm[1]);
-      }
       const int code = (p[c >> 1] >> ((c & 1) * 4)) & 15;
       o[c] = (float)code * step + mn;
     }
