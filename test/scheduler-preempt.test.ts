@@ -80,6 +80,56 @@ describe('an interactive request beside a full block of batch work', () => {
     expect(await batch).toEqual(await alone(model, req));
   });
 
+  it('batch requests not yet started get slots under a steady stream of interactive ones, one for every block of them', async () => {
+    // The stream starts first: both rows interactive, the batch lines waiting. Without a bound on
+    // how many interactive requests pass a batch one, none started while the stream lasted.
+    const s = model.scheduler(params);
+    const reqs: GenerationRequest[] = [
+      { id: 'b1', promptTokenIds: [3, 1, 4, 1, 5], maxNewTokens: 6 },
+      { id: 'b2', promptTokenIds: [2, 7, 1, 8], maxNewTokens: 5, sampling: { temperature: 0.8, seed: 11 } },
+      { id: 'b3', promptTokenIds: [6], maxNewTokens: 4 },
+    ];
+    let answered = 0;
+    let finished = 0;
+    const answeredAt: number[] = [];
+    let streaming!: () => void;
+    const flowing = new Promise<void>((r) => (streaming = r));
+    const loop = async (k: number) => {
+      for (let i = 0; finished < reqs.length && answered < 3000; i++) {
+        await s.submit({ id: `i${k}-${i}`, promptTokenIds: [7, 8, 9, 10], maxNewTokens: 2 });
+        if (++answered === 10) streaming();
+      }
+    };
+    const stream = Promise.all([loop(0), loop(1)]);
+    await flowing;
+    const batch = reqs.map((req) => s.submit(req, { priority: 'batch' }).then((r) => (finished++, answeredAt.push(answered), r)));
+    const got = await Promise.all(batch);
+    await stream;
+    // A block has two rows: each batch line lets at most two interactive ones pass it, then runs
+    // beside the stream (its tokens take a few steps; the interactive ones answered meanwhile).
+    expect(answered).toBeLessThan(3000);
+    expect(Math.max(...answeredAt)).toBeLessThan(10 + 3 * 2 + 3 * 12);
+    for (const [k, req] of reqs.entries()) expect(got[k]).toEqual(await alone(model, req));
+  });
+
+  it('interactive requests pass a waiting batch job two at a time (a block\'s rows), not all of it', async () => {
+    // Both rows busy; a batch job of three lines waits, then six interactive requests arrive.
+    // Strictly by priority the six went first; aging every batch line they passed let the whole
+    // job go ahead of the fifth and sixth.
+    const s = model.scheduler(params);
+    const first: string[] = [];
+    const mark = (id: string) => () => {
+      if (!first.includes(id)) first.push(id);
+    };
+    const go = (id: string, tokens: number, priority: 'batch' | 'interactive' = 'interactive') =>
+      s.submit({ id, promptTokenIds: [4, 6], maxNewTokens: tokens }, { priority, onToken: mark(id) });
+    const all = [go('hold', 3), go('hold2', 30)];
+    for (const id of ['b1', 'b2', 'b3']) all.push(go(id, 2, 'batch'));
+    for (const id of ['i1', 'i2', 'i3', 'i4', 'i5', 'i6']) all.push(go(id, 2));
+    await Promise.all(all);
+    expect(first.filter((id) => id !== 'hold' && id !== 'hold2')).toEqual(['i1', 'i2', 'b1', 'i3', 'i4', 'b2', 'i5', 'i6', 'b3']);
+  });
+
   it('batch requests among themselves, and interactive ones among themselves, preempt nothing', async () => {
     const s = model.scheduler(params);
     const order: string[] = [];

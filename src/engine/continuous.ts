@@ -159,11 +159,34 @@ export class ContinuousEngine {
 
   constructor(private readonly s: EngineSetup, private readonly p: EngineParams) {}
 
+  /** Interactive sequences go ahead of the batch ones waiting, but not ahead of one that gave its
+   *  slot up (it takes the next one, see preemptFor), nor of one that has let a block's rows of
+   *  them pass already: under a steady interactive load a batch line not yet started otherwise
+   *  waited for a lull that never came. Only the first batch sequence passed counts a pass, so
+   *  under such a load one batch sequence is admitted for every block's rows of interactive ones
+   *  (counting every one passed aged a whole batch job at once, and the interactive ones then
+   *  waited behind all of it). */
   add(a: Admission): void {
     let at = this.waiting.length;
-    // (not ahead of a sequence that gave its slot up: it takes the next one, see preemptFor)
-    while (at > 0 && this.waiting[at - 1]!.priority > a.priority && !this.gaveUp.has(this.waiting[at - 1]!)) at--;
+    while (at > 0) {
+      const w = this.waiting[at - 1]!;
+      if (w.priority <= a.priority || this.gaveUp.has(w) || this.passedEnough(w)) break;
+      at--;
+    }
+    if (at < this.waiting.length) {
+      const first = this.waiting[at]!;
+      this.passes.set(first, (this.passes.get(first) ?? 0) + 1);
+    }
     this.waiting.splice(at, 0, a);
+  }
+
+  /** For a batch sequence waiting: how many interactive ones went ahead of it (see add). */
+  private readonly passes = new WeakMap<Admission, number>();
+
+  /** Whether a batch sequence has let a block's rows of interactive ones pass: none passes it
+   *  again, nor takes its slot when it runs (see preemptFor). */
+  private passedEnough(a: Admission): boolean {
+    return (this.passes.get(a) ?? 0) >= this.p.batchSize * this.p.numGpuBatches;
   }
 
   get queued(): number {
@@ -397,11 +420,13 @@ export class ContinuousEngine {
    *  beside a batch job). A sequence gives its slot up once at most, and takes the next that
    *  frees: a steady stream of interactive requests evicted it again and again, and it never
    *  finished. The batch sequence with the fewest tokens in its cache goes, the cheapest to
-   *  compute again. The freed slot's batch, or -1 when there is none to take. */
+   *  compute again. One that has let a block's rows of interactive ones pass it in line keeps its
+   *  slot (else one more passed it, and it was admitted only to leave in the same step). The freed
+   *  slot's batch, or -1 when there is none to take. */
   private preemptFor(): number {
     let victim: { k: number; r: number; fed: number } | null = null;
     this.slots.forEach((rows, k) => rows.forEach((x, r) => {
-      if (x && x.a.priority > 0 && !x.a.seq.done && !this.gaveUp.has(x.a) && (!victim || x.fed < victim.fed)) victim = { k, r, fed: x.fed };
+      if (x && x.a.priority > 0 && !x.a.seq.done && !this.gaveUp.has(x.a) && !this.passedEnough(x.a) && (!victim || x.fed < victim.fed)) victim = { k, r, fed: x.fed };
     }));
     if (!victim) return -1;
     const { k, r } = victim;
