@@ -50,7 +50,8 @@ function failingEngine(fail: number, error: Error): Engine {
 const enospc = () => Object.assign(new Error('ENOSPC (No space left on device) preallocating 24739840 bytes for /disk/cache-1.bin'), { code: 'ENOSPC' });
 
 // (one line at a time: the 5th request is line 5, after lines 1-4 were answered)
-const server = (data: string, engine: Engine) => buildServer({ engine, dataDir: data, maxQueue: 8, bodyLimit: 1 << 20, fileLimit: 1 << 20, batchConcurrency: 1 });
+const server = (data: string, engine: Engine, batchRetryMs?: number) =>
+  buildServer({ engine, dataDir: data, maxQueue: 8, bodyLimit: 1 << 20, fileLimit: 1 << 20, batchConcurrency: 1, batchRetryMs });
 
 async function createBatch(s: Server): Promise<string> {
   const boundary = 'b0undary';
@@ -108,6 +109,79 @@ describe('a server batch the engine fails', () => {
       expect(await content(second, b.error_file_id)).toEqual(['r0']);
       const file = (await second.app.inject({ method: 'GET', url: `/v1/files/${b.output_file_id}` })).json() as { bytes: number };
       expect(file.bytes).toBe(fs.statSync(path.join(data, 'files', `${b.output_file_id}.jsonl`)).size);
+    } finally {
+      await second.close();
+    }
+  });
+
+  it('is tried again while the server runs: failed while the disk fails it (each wait twice the last), then it goes on', async () => {
+    // (it stayed failed until a restart, however long the server ran after the disk was freed)
+    const data = path.join(dir, 'retry');
+    const engine = engineFor(model, 'tiny');
+    const real = engine.scheduler;
+    let full = false;
+    let requests = 0;
+    const submit: typeof real.submit = (...a) => (++requests === 3 && (full = true), full ? Promise.reject(enospc()) : real.submit(...a));
+    const scheduler = new Proxy(real, {
+      get: (t, k) => (k === 'submit' ? submit : (Reflect.get(t, k) as (...a: unknown[]) => unknown)?.bind?.(t) ?? Reflect.get(t, k)),
+    });
+    const s = await server(data, { ...engine, scheduler }, 40);
+    try {
+      const id = await createBatch(s);
+      const messages: string[] = [];
+      const failedAt: number[] = [];
+      // Three tries fail (the first and two more, 40 and 80 ms later); then the disk is freed.
+      const deadline = performance.now() + 20_000;
+      for (;;) {
+        if (performance.now() > deadline) throw new Error(`not completed in 20 s (failures seen: ${messages.length})`);
+        const b = (await s.app.inject({ method: 'GET', url: `/v1/batches/${id}` })).json() as BatchObject;
+        if (b.status === 'failed' && !messages.includes(b.errors!.data[0]!.message)) {
+          messages.push(b.errors!.data[0]!.message);
+          failedAt.push(performance.now());
+          expect(await content(s, b.output_file_id)).toEqual(['r1', 'r2']);
+          if (messages.length === 3) full = false;
+        }
+        if (b.status === 'completed') break;
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      expect(messages.map((m) => /in (\d+ ms), or when it restarts/.exec(m)?.[1])).toEqual(['40 ms', '80 ms', '160 ms']);
+      expect(failedAt[2]! - failedAt[1]!).toBeGreaterThanOrEqual(40 + 35);
+      const b = (await s.app.inject({ method: 'GET', url: `/v1/batches/${id}` })).json() as BatchObject;
+      expect(b.errors).toBeNull();
+      expect(b.failed_at).toBeNull();
+      expect(b.request_counts).toEqual({ total: LINES, completed: LINES - 1, failed: 1 });
+      // (each line answered once: the tries go on from the lines answered)
+      expect(await content(s, b.output_file_id)).toEqual(['r1', 'r2', 'r3', 'r4', 'r5', 'r6', 'r7']);
+      expect(await content(s, b.error_file_id)).toEqual(['r0']);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('a job the disk failed, waiting to be tried again, can be cancelled: it is not tried again, nor after a restart', async () => {
+    const data = path.join(dir, 'cancel-retry');
+    const first = await server(data, failingEngine(5, enospc()), 60_000);
+    let id: string;
+    try {
+      id = await createBatch(first);
+      expect((await ended(first, id)).status).toBe('failed');
+      const cancelled = await first.app.inject({ method: 'POST', url: `/v1/batches/${id}/cancel` });
+      expect(cancelled.statusCode).toBe(200);
+      const b = cancelled.json() as BatchObject;
+      expect(b.status).toBe('cancelled');
+      expect(b.cancelled_at).not.toBeNull();
+      expect(await content(first, b.output_file_id)).toEqual(['r1', 'r2', 'r3', 'r4']);
+      // (a cancelled job is not cancelled again)
+      expect((await first.app.inject({ method: 'POST', url: `/v1/batches/${id}/cancel` })).statusCode).toBe(400);
+    } finally {
+      await first.close();
+    }
+    const second = await server(data, engineFor(model, 'tiny'), 10);
+    try {
+      second.jobs.resume();
+      await new Promise((r) => setTimeout(r, 50));
+      expect(second.jobs.get(id)!.batch.status).toBe('cancelled');
+      expect(second.jobs.get(id)!.batch.request_counts.completed).toBe(4);
     } finally {
       await second.close();
     }

@@ -39,6 +39,9 @@ export interface ServerOptions {
   fileLimit: number;
   /** Lines each batch job keeps submitted. */
   batchConcurrency: number;
+  /** Milliseconds before a batch job the disk failed is tried again (doubling at each failure in
+   *  a row, to 16 times this); 30 s when absent. */
+  batchRetryMs?: number;
 }
 
 export interface Server {
@@ -65,7 +68,7 @@ export async function buildServer(o: ServerOptions): Promise<Server> {
   // from the hook below, not Fastify's own 503 body)
   const app = Fastify({ bodyLimit: o.bodyLimit, ajv: { customOptions: AJV_OPTIONS }, logger: false, forceCloseConnections: 'idle', return503OnClosing: false });
   const store = o.dataDir instanceof Store ? o.dataDir : new Store(o.dataDir);
-  const jobs = new BatchJobs(store, o.engine, o.batchConcurrency);
+  const jobs = new BatchJobs(store, o.engine, o.batchConcurrency, o.batchRetryMs);
   const metrics = new Metrics(o.engine.scheduler);
   const gone = new WeakSet<object>();
   const server: Server = {

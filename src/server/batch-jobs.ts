@@ -5,7 +5,8 @@
 // when it starts, and skips the lines already answered. A job that fails still publishes the lines
 // it answered (as OpenAI does for a failed batch with partial results), whole lines only, even on
 // a full disk (its files' objects are reserved when it starts); one failed by the disk (full, over
-// quota, an I/O error) is started again, as a stopped one, when the server restarts.
+// quota, an I/O error) is started again, as a stopped one, after a while (30 s, doubling while the
+// disk keeps failing it, to 8 min) and when the server restarts; cancelled meanwhile, it is not.
 import fs from 'node:fs';
 import { ResultWriter, fileLines } from '../formats/jsonl.js';
 import { batchRecord } from '../openai/batch-lines.js';
@@ -16,6 +17,9 @@ import { writeFully } from '../util/write-fully.js';
 import { DISK_FAILED, type StoredBatch, type Store, now } from './store.js';
 
 const SAVE_EVERY_MS = 1000;
+
+/** A disk-failed job's next try waits at most this many times the first wait. */
+const RETRY_BACKOFF_MAX = 16;
 
 /** Error codes of a disk that failed, not of the batch: freed or fixed, a rerun can go on. */
 const DISK_ERRORS = ['ENOSPC', 'EDQUOT', 'EIO', 'EROFS'];
@@ -38,8 +42,11 @@ export class BatchJobs {
   private readonly stop = new AbortController();
   /** Jobs that failed where their state could not be saved (their live object, for this run). */
   private readonly unsaved = new Map<string, StoredBatch>();
+  /** Jobs the disk failed, waiting to be tried again: the timer, and the failures in a row. */
+  private readonly retries = new Map<string, { timer: NodeJS.Timeout | null; failures: number }>();
 
-  constructor(private readonly store: Store, private readonly engine: Engine, private readonly concurrency: number) {}
+  constructor(private readonly store: Store, private readonly engine: Engine, private readonly concurrency: number,
+    private readonly retryMs = 30_000) {}
 
   /** Starts again every job that was running (or being cancelled) when the server stopped, and
    *  every job the disk failed (its input still there): it goes on from the lines it answered. */
@@ -55,7 +62,7 @@ export class BatchJobs {
     const cancel = new AbortController();
     if (b.batch.status === 'cancelling') cancel.abort();
     const writers: Writers = {};
-    const done = this.run(b, cancel.signal, writers).catch((e) => this.fail(b, e as Error, writers))
+    const done = this.run(b, cancel.signal, writers).then(() => void this.retries.delete(b.batch.id), (e) => this.fail(b, e as Error, writers))
       .finally(() => this.running.delete(b.batch.id));
     this.running.set(b.batch.id, { b, cancel, done });
   }
@@ -65,18 +72,59 @@ export class BatchJobs {
     return this.running.get(id)?.b ?? this.unsaved.get(id) ?? this.store.getBatch(id);
   }
 
-  /** Asks a job to stop; its status is 'cancelling' until the lines in flight are aborted. */
+  /** Asks a job to stop; its status is 'cancelling' until the lines in flight are aborted. A job
+   *  the disk failed, waiting to be tried again, is cancelled at once (its answered lines stay
+   *  published). */
   cancel(b: StoredBatch): void {
+    const waiting = this.retries.get(b.batch.id);
+    if (b.batch.status === 'failed' && waiting?.timer) {
+      clearTimeout(waiting.timer);
+      this.retries.delete(b.batch.id);
+      b.batch.status = 'cancelled';
+      b.batch.cancelling_at = b.batch.cancelled_at = now();
+      this.unsaved.delete(b.batch.id);
+      this.store.putBatch(b);
+      return;
+    }
     b.batch.status = 'cancelling';
     b.batch.cancelling_at = now();
     this.store.putBatch(b);
     this.running.get(b.batch.id)?.cancel.abort();
   }
 
+  /** Whether a job the disk failed is waiting to be tried again (it can be cancelled). */
+  retrying(id: string): boolean {
+    return this.retries.get(id)?.timer != null;
+  }
+
   /** Shutdown: no job starts another line; resolves when the lines in flight are written. */
   async close(): Promise<void> {
     this.stop.abort();
+    for (const r of this.retries.values()) if (r.timer) clearTimeout(r.timer);
+    this.retries.clear();
     await Promise.all([...this.running.values()].map((r) => r.done));
+  }
+
+  /** Tries a job the disk failed again after a while: the disk may have been freed or fixed, and
+   *  waiting for a restart left it failed for as long as the server ran. */
+  private retryLater(b: StoredBatch): void {
+    if (this.stop.signal.aborted) return;
+    const r = this.retries.get(b.batch.id) ?? { timer: null, failures: 0 };
+    r.failures++;
+    const wait = this.retryMs * Math.min(RETRY_BACKOFF_MAX, 2 ** (r.failures - 1));
+    r.timer = setTimeout(() => {
+      r.timer = null;
+      // (its input deleted meanwhile, or cancelled: not tried again)
+      if (this.stop.signal.aborted || !this.store.resumes(b)) {
+        this.retries.delete(b.batch.id);
+        return;
+      }
+      reopen(b);
+      this.unsaved.delete(b.batch.id);
+      this.start(b);
+    }, wait);
+    r.timer.unref();
+    this.retries.set(b.batch.id, r);
   }
 
   /** Marks a job failed by `e`, publishing the lines it answered. */
@@ -87,7 +135,7 @@ export class BatchJobs {
     // (the answered lines were in the data dir, but with no output_file_id no request returned them)
     const published = this.tryPublish(b, writers);
     const message = disk ? `${e.message} (the disk failed, not the batch: the lines answered are in its output and error files; ` +
-      'free space or fix the disk, and the server goes on with the other lines when it restarts)' : e.message;
+      `free space or fix the disk: the server goes on with the other lines in ${inWords(this.nextRetryMs(b))}, or when it restarts)` : e.message;
     const data = [{ code: disk ? DISK_FAILED : 'engine_error', message, param: null, line: null }];
     if (published) data.push({ code: 'output_not_published', message: `the answered lines could not be published: ${published.message}`, param: null, line: null });
     b.batch.errors = { object: 'list', data };
@@ -99,6 +147,13 @@ export class BatchJobs {
       this.unsaved.set(b.batch.id, b);
       process.stderr.write(`tierlm serve: batch ${b.batch.id} failed (${e.message}) and its state cannot be saved: ${(saving as Error).message}\n`);
     }
+    if (disk) this.retryLater(b);
+    else this.retries.delete(b.batch.id);
+  }
+
+  /** How long the next try of a job the disk failed waits (see retryLater). */
+  private nextRetryMs(b: StoredBatch): number {
+    return this.retryMs * Math.min(RETRY_BACKOFF_MAX, 2 ** (this.retries.get(b.batch.id)?.failures ?? 0));
   }
 
   /** publish(), for a failed job: null, or why its files could not be published (a full data dir). */
@@ -178,6 +233,10 @@ export class BatchJobs {
       errors.close();
     }
   }
+}
+
+function inWords(ms: number): string {
+  return ms < 1000 ? `${ms} ms` : `${Math.round(ms / 1000)} s`;
 }
 
 /** A job the disk failed, made running again (or cancelling, if it was): its files are published

@@ -126,7 +126,7 @@ export function addBatchRoutes(app: FastifyInstance, store: Store, jobs: BatchJo
 
   app.post<{ Params: { id: string } }>('/v1/batches/:id/cancel', async (req) => {
     const b = batchOrThrow(req.params.id);
-    if (!['validating', 'in_progress', 'cancelling'].includes(b.batch.status)) throw invalid(`Cannot cancel a batch with status '${b.batch.status}'.`, null, 'batch_not_cancellable');
+    if (!['validating', 'in_progress', 'cancelling'].includes(b.batch.status) && !jobs.retrying(b.batch.id)) throw invalid(`Cannot cancel a batch with status '${b.batch.status}'.`, null, 'batch_not_cancellable');
     if (b.batch.status !== 'cancelling') jobs.cancel(b);
     return b.batch;
   });
