@@ -232,7 +232,7 @@ describe('a refusal of --ram names what the command holds beside the model', () 
   it('serve: the request bodies in flight', () => {
     const r = cli(['serve', '--model', opt, '--ram', '20MiB', '--disk-dir', tmpDir('serve-held'), '--port', '0', '--threads', '1']);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/and the request bodies in flight, 2 × --body-limit at 3 bytes of RAM a byte \(24\.0 MiB\) need/);
+    expect(r.stderr).toMatch(/and the request bodies in flight, 2 × --body-limit at 6 bytes of RAM a byte \(48\.0 MiB\) need/);
     expect(r.stderr).not.toContain('request ids');
   });
   it('the API: heldWhat, or what heldBytes is', async () => {
