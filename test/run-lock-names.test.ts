@@ -78,6 +78,29 @@ describe('one run at a time per results file, whatever its name', () => {
     expect(new Set(ids).size).toBe(ids.length);
   });
 
+  it('a results file a run makes is locked from its start: a hard link made to it then is refused; a run that fails leaves none', async () => {
+    // (the file was made by the first result, unlocked: a run through a hard link made after that
+    // wrote beside the first)
+    const dir = tmpDir('lock-names-late-link');
+    const out = path.join(dir, 'out.jsonl');
+    const input = path.join(dir, 'in.jsonl');
+    fs.writeFileSync(input, Array.from({ length: 3000 }, (_, i) => JSON.stringify({ id: `r${i}`, prompt_token_ids: [5, 6, 7], max_new_tokens: 100 })).join('\n') + '\n');
+    const failed = cli(['generate', '--model', opt, '--prompts', path.join(dir, 'missing.jsonl'), '--out', out]);
+    expect(failed.code).toBe(1);
+    expect(fs.readdirSync(dir)).toEqual(['in.jsonl']);
+    const first = start(['generate', '--model', opt, '--prompts', input, '--out', out, '--ignore-eos', '--threads', '1']);
+    try {
+      await waitFor(first, null, () => fs.existsSync(out));
+      first.kill('SIGSTOP');
+      fs.linkSync(out, path.join(dir, 'hard.jsonl'));
+      const hard = cli(['generate', '--model', opt, '--prompts', input, '--out', path.join(dir, 'hard.jsonl'), '--ignore-eos']);
+      expect(hard.code).toBe(1);
+      expect(hard.stderr).toContain(`tierlm: --out ${path.join(dir, 'hard.jsonl')}: another run is writing it (under another name: it holds a lock on the file itself)`);
+    } finally {
+      await stop(first, 'SIGKILL');
+    }
+  });
+
   it('tierlm batch: --errors naming --output another way is refused as the same file, not as another run', () => {
     const dir = tmpDir('lock-names-batch');
     const same = path.join(dir, 'same.jsonl');

@@ -9,12 +9,14 @@ import { removeAtExit } from '../schedule/spill-files.js';
 import { UserError } from '../util/errors.js';
 
 /** Takes FILE's lock, or refuses naming the flag; returns its release (which deletes the lock file).
- *  The lock file is named after what FILE names (lockTarget: a symbolic link is followed), and a
- *  results file that exists is locked itself as well, so that a run through another hard link to
- *  it is refused too (its `.lock` has another name). */
+ *  The lock file is named after what FILE names (lockTarget: a symbolic link is followed), and the
+ *  results file is locked itself as well, so that a run through another hard link to it is refused
+ *  too (its `.lock` has another name). A results file not there yet is created (empty) to be
+ *  locked: made later by the first result, a hard link to it made then let a second run write it
+ *  beside the first. The release deletes it again if it is still empty. */
 export function lockResults(flag: string, file: string): () => void {
-  const stat = file === '-' ? null : fs.statSync(file, { throwIfNoEntry: false });
-  if (file === '-' || (stat && !stat.isFile())) return () => {}; // standard output, a pipe, a device
+  const before = file === '-' ? null : fs.statSync(file, { throwIfNoEntry: false });
+  if (file === '-' || (before && !before.isFile())) return () => {}; // standard output, a pipe, a device
   const lockFile = `${lockTarget(file)}.lock`;
   const lock = lockRunFile(lockFile, `${flag} ${file}`);
   if (!lock) throw new UserError(`${flag} ${file}: another run is writing it (it holds ${lockFile}); wait for it to end, or write to another file`);
@@ -25,6 +27,9 @@ export function lockResults(flag: string, file: string): () => void {
     forget();
     lock.release();
   };
+  // (made once the run's lock is held: a run refused leaves nothing)
+  const created = !before && createEmpty(file);
+  const stat = before ?? fs.statSync(file, { throwIfNoEntry: false });
   let own: FileLock | null = null;
   try {
     own = stat ? lockItself(flag, file) : null;
@@ -33,9 +38,21 @@ export function lockResults(flag: string, file: string): () => void {
     throw e;
   }
   return () => {
+    if (created && own && fs.statSync(file, { throwIfNoEntry: false })?.size === 0) fs.rmSync(file, { force: true });
     own?.release();
     release();
   };
+}
+
+/** Creates FILE empty if nothing is there (a dangling symbolic link, a missing directory or a
+ *  read-only one: left to the results writer, which names what is wrong); whether it did. */
+function createEmpty(file: string): boolean {
+  try {
+    fs.closeSync(fs.openSync(file, 'wx'));
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** The flock on the results file itself (it exists), which every name of it shares; the file is
