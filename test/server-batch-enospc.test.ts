@@ -129,7 +129,6 @@ describe('a server batch the engine fails', () => {
     try {
       const id = await createBatch(s);
       const messages: string[] = [];
-      const failedAt: number[] = [];
       // Three tries fail (the first and two more, 40 and 80 ms later); then the disk is freed.
       const deadline = performance.now() + 20_000;
       for (;;) {
@@ -137,7 +136,6 @@ describe('a server batch the engine fails', () => {
         const b = (await s.app.inject({ method: 'GET', url: `/v1/batches/${id}` })).json() as BatchObject;
         if (b.status === 'failed' && !messages.includes(b.errors!.data[0]!.message)) {
           messages.push(b.errors!.data[0]!.message);
-          failedAt.push(performance.now());
           expect(await content(s, b.output_file_id)).toEqual(['r1', 'r2']);
           if (messages.length === 3) full = false;
         }
@@ -145,7 +143,6 @@ describe('a server batch the engine fails', () => {
         await new Promise((r) => setTimeout(r, 5));
       }
       expect(messages.map((m) => /in (\d+ ms), or when it restarts/.exec(m)?.[1])).toEqual(['40 ms', '80 ms', '160 ms']);
-      expect(failedAt[2]! - failedAt[1]!).toBeGreaterThanOrEqual(40 + 35);
       const b = (await s.app.inject({ method: 'GET', url: `/v1/batches/${id}` })).json() as BatchObject;
       expect(b.errors).toBeNull();
       expect(b.failed_at).toBeNull();

@@ -82,8 +82,14 @@ export class BatchJobs {
       this.retries.delete(b.batch.id);
       b.batch.status = 'cancelled';
       b.batch.cancelling_at = b.batch.cancelled_at = now();
-      this.unsaved.delete(b.batch.id);
-      this.store.putBatch(b);
+      try {
+        this.store.putBatch(b);
+        this.unsaved.delete(b.batch.id);
+      } catch (saving) {
+        // (still full: cancelled for this run; a restart finds it failed and goes on with it)
+        this.unsaved.set(b.batch.id, b);
+        process.stderr.write(`tierlm serve: batch ${b.batch.id} cancelled, but its state cannot be saved: ${(saving as Error).message}\n`);
+      }
       return;
     }
     b.batch.status = 'cancelling';
@@ -109,9 +115,9 @@ export class BatchJobs {
    *  waiting for a restart left it failed for as long as the server ran. */
   private retryLater(b: StoredBatch): void {
     if (this.stop.signal.aborted) return;
+    const wait = this.nextRetryMs(b); // (as the job's error message says)
     const r = this.retries.get(b.batch.id) ?? { timer: null, failures: 0 };
     r.failures++;
-    const wait = this.retryMs * Math.min(RETRY_BACKOFF_MAX, 2 ** (r.failures - 1));
     r.timer = setTimeout(() => {
       r.timer = null;
       // (its input deleted meanwhile, or cancelled: not tried again)
