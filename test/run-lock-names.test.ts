@@ -101,6 +101,21 @@ describe('one run at a time per results file, whatever its name', () => {
     }
   });
 
+  it('a run stopped by SIGTERM before its first result leaves no empty results file (nor its lock)', async () => {
+    const dir = tmpDir('lock-names-empty');
+    const out = path.join(dir, 'out.jsonl');
+    // (prompts from a pipe that sends none: the run waits, its file made and locked)
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'src/cli/run.ts'), 'generate', '--model', opt, '--prompts', '-', '--out', out],
+      { cwd: repoRoot, stdio: ['pipe', 'ignore', 'ignore'] });
+    try {
+      for (let i = 0; i < 600 && !fs.existsSync(out); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(fs.readdirSync(dir).sort()).toEqual(['out.jsonl', 'out.jsonl.lock']);
+    } finally {
+      await stop(child, 'SIGTERM');
+    }
+    expect(fs.readdirSync(dir)).toEqual([]);
+  });
+
   it('tierlm batch: --errors naming --output another way is refused as the same file, not as another run', () => {
     const dir = tmpDir('lock-names-batch');
     const same = path.join(dir, 'same.jsonl');

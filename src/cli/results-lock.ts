@@ -13,7 +13,7 @@ import { UserError } from '../util/errors.js';
  *  results file is locked itself as well, so that a run through another hard link to it is refused
  *  too (its `.lock` has another name). A results file not there yet is created (empty) to be
  *  locked: made later by the first result, a hard link to it made then let a second run write it
- *  beside the first. The release deletes it again if it is still empty. */
+ *  beside the first. The release (or the run's exit) deletes it again if it is still empty. */
 export function lockResults(flag: string, file: string): () => void {
   const before = file === '-' ? null : fs.statSync(file, { throwIfNoEntry: false });
   if (file === '-' || (before && !before.isFile())) return () => {}; // standard output, a pipe, a device
@@ -29,16 +29,21 @@ export function lockResults(flag: string, file: string): () => void {
   };
   // (made once the run's lock is held: a run refused leaves nothing)
   const created = !before && createEmpty(file);
+  const empty = () => fs.statSync(file, { throwIfNoEntry: false })?.size === 0;
+  // (a run stopped by SIGTERM or Ctrl-C before its first result leaves no empty file either)
+  const forgetEmpty = created ? removeAtExit(file, empty) : () => {};
   const stat = before ?? fs.statSync(file, { throwIfNoEntry: false });
   let own: FileLock | null = null;
   try {
     own = stat ? lockItself(flag, file) : null;
   } catch (e) {
+    forgetEmpty();
     release();
     throw e;
   }
   return () => {
-    if (created && own && fs.statSync(file, { throwIfNoEntry: false })?.size === 0) fs.rmSync(file, { force: true });
+    forgetEmpty();
+    if (created && own && empty()) fs.rmSync(file, { force: true });
     own?.release();
     release();
   };

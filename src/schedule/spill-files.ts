@@ -141,18 +141,19 @@ function pidAlive(pid: number): boolean {
 // ---- removal at exit ---------------------------------------------------------------------------
 
 const live = new Set<SpillFiles>();
-/** Other temporaries of this process (a weights conversion's partial file), removed the same way. */
-const atExit = new Set<string>();
+/** Other temporaries of this process (a weights conversion's partial file), removed the same way
+ *  (each when its condition, if it has one, holds then). */
+const atExit = new Map<string, (() => boolean) | undefined>();
 const SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 let watching = false;
 
 /** Deletes `file` (a directory with what it holds) if the process exits or is stopped by SIGINT /
  *  SIGTERM / SIGHUP before the returned function is called (which forgets it): a temporary outside
  *  a run's tag (a weights conversion's partial file, up to the packed model's size, stayed when a
- *  conversion was interrupted; a training checkpoint's save in progress). A SIGKILLed run's is
- *  cleared by the next run's removeStale. */
-export function removeAtExit(file: string): () => void {
-  atExit.add(file);
+ *  conversion was interrupted; a training checkpoint's save in progress), and only if `onlyIf`
+ *  (when given) says so then. A SIGKILLed run's is cleared by the next run's removeStale. */
+export function removeAtExit(file: string, onlyIf?: () => boolean): () => void {
+  atExit.set(file, onlyIf);
   watchExit();
   return () => {
     atExit.delete(file);
@@ -162,7 +163,13 @@ export function removeAtExit(file: string): () => void {
 
 function removeAll(): void {
   for (const f of [...live]) f.remove();
-  for (const f of [...atExit]) fs.rmSync(f, { recursive: true, force: true });
+  for (const [f, onlyIf] of [...atExit]) {
+    try {
+      if (!onlyIf || onlyIf()) fs.rmSync(f, { recursive: true, force: true });
+    } catch {
+      // (exiting: what cannot be checked or removed stays)
+    }
+  }
   atExit.clear();
 }
 
