@@ -143,3 +143,33 @@ describe('an interactive request beside a full block of batch work', () => {
     }
   });
 });
+
+describe('a batch job waiting beside a burst of interactive requests, in blocks of other shapes', () => {
+  // One row frees again and again (the others held by long interactive requests): a batch line
+  // lets a block's rows of interactive ones pass it, then takes the row, whatever the shape.
+  it.each([
+    { gpuBatchSize: 1, numGpuBatches: 1 },
+    { gpuBatchSize: 3, numGpuBatches: 1 },
+    { gpuBatchSize: 2, numGpuBatches: 2 },
+    { gpuBatchSize: 1, numGpuBatches: 3 },
+  ])('$gpuBatchSize × $numGpuBatches', async ({ gpuBatchSize, numGpuBatches }) => {
+    const model = await loadModel(opt, { policy: { gpuBatchSize, numGpuBatches } });
+    try {
+      const rows = gpuBatchSize * numGpuBatches;
+      const s = model.scheduler(params);
+      const first: string[] = [];
+      const go = (id: string, tokens: number, priority: 'batch' | 'interactive' = 'interactive') =>
+        s.submit({ id, promptTokenIds: [4, 6], maxNewTokens: tokens }, { priority, onToken: () => first.includes(id) || first.push(id) });
+      const all = [go('hold', 3)];
+      for (let r = 1; r < rows; r++) all.push(go(`long${r}`, 60));
+      for (const id of ['b1', 'b2', 'b3']) all.push(go(id, 2, 'batch'));
+      const burst = Array.from({ length: 3 * rows }, (_, i) => `i${i + 1}`);
+      for (const id of burst) all.push(go(id, 2));
+      await Promise.all(all);
+      const expected = [0, 1, 2].flatMap((k) => [...burst.slice(k * rows, (k + 1) * rows), `b${k + 1}`]);
+      expect(first.filter((id) => id[0] === 'i' || id[0] === 'b')).toEqual(expected);
+    } finally {
+      await model.close();
+    }
+  });
+});
