@@ -82,14 +82,8 @@ export class BatchJobs {
       this.retries.delete(b.batch.id);
       b.batch.status = 'cancelled';
       b.batch.cancelling_at = b.batch.cancelled_at = now();
-      try {
-        this.store.putBatch(b);
-        this.unsaved.delete(b.batch.id);
-      } catch (saving) {
-        // (still full: cancelled for this run; a restart finds it failed and goes on with it)
-        this.unsaved.set(b.batch.id, b);
-        process.stderr.write(`tierlm serve: batch ${b.batch.id} cancelled, but its state cannot be saved: ${(saving as Error).message}\n`);
-      }
+      // (unsaved: cancelled for this run; a restart finds it failed and goes on with it)
+      this.saveOrHold(b, 'cancelled');
       return;
     }
     b.batch.status = 'cancelling';
@@ -145,16 +139,22 @@ export class BatchJobs {
     const data = [{ code: disk ? DISK_FAILED : 'engine_error', message, param: null, line: null }];
     if (published) data.push({ code: 'output_not_published', message: `the answered lines could not be published: ${published.message}`, param: null, line: null });
     b.batch.errors = { object: 'list', data };
-    try {
-      this.store.putBatch(b);
-    } catch (saving) {
-      // The data dir is full or read-only (what failed the job, likely): the server goes on,
-      // reporting the job failed; saved, it is resumed at the next start.
-      this.unsaved.set(b.batch.id, b);
-      process.stderr.write(`tierlm serve: batch ${b.batch.id} failed (${e.message}) and its state cannot be saved: ${(saving as Error).message}\n`);
-    }
+    // (unsaved: the server goes on reporting the job failed; saved, it is resumed at the next start)
+    this.saveOrHold(b, `failed (${e.message})`);
     if (disk) this.retryLater(b);
     else this.retries.delete(b.batch.id);
+  }
+
+  /** Saves a job's state; where the data dir cannot take it (full or read-only: likely what failed
+   *  the job), the live object stands for this run, and stderr says so. */
+  private saveOrHold(b: StoredBatch, what: string): void {
+    try {
+      this.store.putBatch(b);
+      this.unsaved.delete(b.batch.id);
+    } catch (saving) {
+      this.unsaved.set(b.batch.id, b);
+      process.stderr.write(`tierlm serve: batch ${b.batch.id} ${what}, and its state cannot be saved: ${(saving as Error).message}\n`);
+    }
   }
 
   /** How long the next try of a job the disk failed waits (see retryLater). */
