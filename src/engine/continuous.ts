@@ -170,7 +170,7 @@ export class ContinuousEngine {
     let at = this.waiting.length;
     while (at > 0) {
       const w = this.waiting[at - 1]!;
-      if (w.priority <= a.priority || this.gaveUp.has(w) || this.passedEnough(w)) break;
+      if (w.priority <= a.priority || this.holdsItsPlace(w)) break;
       at--;
     }
     if (at < this.waiting.length) {
@@ -183,10 +183,10 @@ export class ContinuousEngine {
   /** For a batch sequence waiting: how many interactive ones went ahead of it (see add). */
   private readonly passes = new WeakMap<Admission, number>();
 
-  /** Whether a batch sequence has let a block's rows of interactive ones pass: none passes it
-   *  again, nor takes its slot when it runs (see preemptFor). */
-  private passedEnough(a: Admission): boolean {
-    return (this.passes.get(a) ?? 0) >= this.p.batchSize * this.p.numGpuBatches;
+  /** Whether no interactive sequence may pass this batch one in line, nor take its slot (see
+   *  preemptFor): it gave its slot up once, or has let a block's rows of them pass already. */
+  private holdsItsPlace(a: Admission): boolean {
+    return this.gaveUp.has(a) || (this.passes.get(a) ?? 0) >= this.p.batchSize * this.p.numGpuBatches;
   }
 
   get queued(): number {
@@ -426,7 +426,7 @@ export class ContinuousEngine {
   private preemptFor(): number {
     let victim: { k: number; r: number; fed: number } | null = null;
     this.slots.forEach((rows, k) => rows.forEach((x, r) => {
-      if (x && x.a.priority > 0 && !x.a.seq.done && !this.gaveUp.has(x.a) && !this.passedEnough(x.a) && (!victim || x.fed < victim.fed)) victim = { k, r, fed: x.fed };
+      if (x && x.a.priority > 0 && !x.a.seq.done && !this.holdsItsPlace(x.a) && (!victim || x.fed < victim.fed)) victim = { k, r, fed: x.fed };
     }));
     if (!victim) return -1;
     const { k, r } = victim;
