@@ -43,7 +43,7 @@ export function lockResults(flag: string, file: string): () => void {
   }
   return () => {
     forgetEmpty();
-    if (created && own && empty()) fs.rmSync(file, { force: true });
+    if (created && empty()) fs.rmSync(file, { force: true });
     own?.release();
     release();
   };
