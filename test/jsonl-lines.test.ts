@@ -215,7 +215,7 @@ describe('a line that is not valid UTF-8', () => {
       { line: 2, message: `${file}:2: not valid UTF-8 (byte offset 12 of the line)` },
       { line: 3, message: `${file}:3: not valid UTF-8 (byte offset 14 of the line)` },
     ]);
-    expect(d.sequences.map((s) => s.line).sort()).toEqual([1, 4]);
+    expect([...d.sequences].map((s) => s.line).sort()).toEqual([1, 4]);
   });
 
   it('is told from any line that decodes: every kind of bad sequence, where it starts', async () => {

@@ -27,13 +27,13 @@ describe('token_ids lines', () => {
   it('are taken exactly as given, labels in the Hugging Face convention, with counts', async () => {
     const d = await readDataset(batchFile, idsOnly);
     const raw = fs.readFileSync(batchFile, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
-    expect(d.sequences.map((s) => s.ids.length)).toEqual([12, 7, 20, 16]);
-    d.sequences.forEach((s, i) => {
+    expect([...d.sequences].map((s) => s.ids.length)).toEqual([12, 7, 20, 16]);
+    [...d.sequences].forEach((s, i) => {
       expect(ids(s)).toEqual(raw[i].token_ids);
       expect(labels(s)).toEqual(raw[i].labels ?? raw[i].token_ids);
       expect(s.line).toBe(i + 1);
     });
-    expect(labels(d.sequences[2]!).slice(0, 8)).toEqual(Array(8).fill(IGNORE_INDEX));
+    expect(labels(d.sequences.at(2)!).slice(0, 8)).toEqual(Array(8).fill(IGNORE_INDEX));
     // Targets: every position after the first, less line 3's 7 ignored ones after its first.
     expect(d.counts).toEqual({ sequences: 4, tokens: 55, targets: 11 + 6 + 12 + 15 });
     expect(d.skipped).toEqual([]);
@@ -54,13 +54,16 @@ describe('token_ids lines', () => {
       { token_ids: [1, 2], text: 'both' },
       '',
       { token_ids: [7, 8, 9], labels: [-100, -100, 9], id: 'extra fields are ignored' },
+      { token_ids: [7] },
+      '{"token_ids": [1e400, 2]}',
+      '{"token_ids": [1, 2], "labels": [-100, -1e400]}',
     ]);
     // A byte-order mark before the first line is not part of its JSON.
     fs.writeFileSync(file, '\uFEFF' + fs.readFileSync(file, 'utf8'));
     const d = await readDataset(file, idsOnly);
-    expect(d.sequences.map((s) => s.line)).toEqual([1, 13]);
+    expect([...d.sequences].map((s) => s.line)).toEqual([1, 13]);
     const byLine = Object.fromEntries(d.skipped.map((s) => [s.line, s.message]));
-    expect(Object.keys(byLine).map(Number)).toEqual([2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    expect(Object.keys(byLine).map(Number)).toEqual([2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 14, 15, 16]);
     for (const [line, message] of Object.entries(byLine)) expect(message.startsWith(`${file}:${line}: `)).toBe(true);
     expect(byLine[2]).toMatch(/not valid JSON/);
     expect(byLine[3]).toMatch(/expected a JSON object/);
@@ -72,7 +75,11 @@ describe('token_ids lines', () => {
     expect(byLine[9]).toMatch(/65 tokens, longer than the sequence length 64/);
     expect(byLine[10]).toMatch(/no targets/);
     expect(byLine[11]).toMatch(/mixes the fields of "text" and "token_ids"/);
-    expect(labels(d.sequences[1]!)).toEqual([-100, -100, 9]);
+    expect(byLine[14]).toMatch(/:14: 1 token: a sequence needs at least 2/);
+    // (a number JavaScript reads as Infinity: JSON.stringify would print null)
+    expect(byLine[15]).toMatch(/"token_ids"\[0\] = Infinity is not a token id/);
+    expect(byLine[16]).toMatch(/"labels"\[1\] = -Infinity is neither a token id nor -100/);
+    expect(labels(d.sequences.at(1)!)).toEqual([-100, -100, 9]);
   });
 
   it('a file with no usable line fails with a UserError listing why, before any compute', async () => {
@@ -101,13 +108,13 @@ describe('text, prompt/completion and chat lines (with a tokenizer)', () => {
     const docs = ['The quick brown fox jumps over the lazy dog.', 'Hello world', 'A third document, somewhat longer than the second one is.'];
     const d = await readDataset(writeLines(docs.map((text) => ({ text }))), ctx(8));
     const stream = docs.flatMap((t) => [...tok.encode(t), 2]);
-    expect(d.sequences.flatMap(ids)).toEqual(stream);
-    const lengths = d.sequences.map((s) => s.ids.length);
+    expect([...d.sequences].flatMap(ids)).toEqual(stream);
+    const lengths = [...d.sequences].map((s) => s.ids.length);
     expect(lengths.slice(0, -1).every((n) => n === 8)).toBe(true);
     expect(lengths.at(-1)).toBe(stream.length - 8 * (lengths.length - 1));
     for (const s of d.sequences) expect(labels(s)).toEqual(ids(s));
     // Each chunk is attributed to the line its first token came from.
-    expect(d.sequences[0]!.line).toBe(1);
+    expect(d.sequences.at(0)!.line).toBe(1);
     expect(d.sequences.at(-1)!.line).toBe(3);
     expect(d.counts.targets).toBe(stream.length - d.sequences.length);
   });
@@ -119,7 +126,7 @@ describe('text, prompt/completion and chat lines (with a tokenizer)', () => {
       { prompt: 3, completion: 'a' },
     ]), ctx(32));
     expect(d.sequences).toHaveLength(1);
-    const s = d.sequences[0]!;
+    const s = d.sequences.at(0)!;
     const whole = tok.encode('Question: what is two plus two? Answer: four');
     expect(ids(s)).toEqual([...whole, 2]);
     const prompt = tok.encode('Question: what is two plus two? Answer:');
@@ -145,7 +152,7 @@ describe('text, prompt/completion and chat lines (with a tokenizer)', () => {
       { messages: [{ role: 'user', content: 'only a question' }] },
       { messages: [{ role: 'user', content: 5 }] },
     ]), ctx(128));
-    const s = d.sequences[0]!;
+    const s = d.sequences.at(0)!;
     expect(ids(s)).toEqual(tok.encode(tok.applyChatTemplate(messages, false), false));
     // The kept positions form two runs: each assistant's content and its end-of-turn newline.
     const runs: number[][] = [];

@@ -230,6 +230,23 @@ describe('tierlm train --ram --disk-dir', () => {
     expect(run.peakRssBytes).toBeLessThanOrEqual(256 * MiB + RUNTIME_OVERHEAD_BYTES);
   });
 
+  // 300,000 short sequences with labels of their own: the plan counted an object and two arrays a
+  // sequence at 700 bytes where Node 20 held ~1000 (400,000 went 37 MiB past the limit); now they
+  // are a few large arrays, counted whole. A run at the RAM its own refusal names stays within it.
+  it('holds many short sequences within the limit the plan names for them', () => {
+    const m = model('opt-test', 1);
+    const file = path.join(tmpDir('offload-many'), 'data.jsonl');
+    fs.writeFileSync(file, Array.from({ length: 300000 }, (_, i) => `{"token_ids":[${1 + (i % 200)},2,3,4],"labels":[-100,2,3,4]}`).join('\n') + '\n');
+    const base = ['train', '--model', m, '--data', file, '--seq-len', '32', '--batch-size', '2', '--max-steps', '1', '--threads', '1',
+      '--disk-dir', tmpDir('offload-many-disk')];
+    const refused = cli([...base, '--out', tmpDir('offload-many-refused'), '--ram', '1MiB']);
+    const need = Math.ceil(Number(/needs ([\d.]+) MiB \(training data \(tokenized\)/.exec(refused.stderr)?.[1]));
+    expect(need, refused.stderr).toBeGreaterThan(16);
+    const run = cliPeak([...base, '--out', tmpDir('offload-many-out'), '--ram', `${need}MiB`]);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.peakRssBytes).toBeLessThanOrEqual(need * MiB + RUNTIME_OVERHEAD_BYTES);
+  });
+
   // Without --tile-size, weights over an eighth of the limit are tiled; where that plan does not
   // fit, smaller tiles are tried. It was refused: Llama-test's 32000-row head and embedding (16 MB
   // each in f32) under 100 MiB were held whole, while 56 MiB (which tiles them) trained.

@@ -58,7 +58,7 @@ export class Batcher {
   next(): MicroBatch {
     const n = this.dataset.sequences.length;
     const end = Math.min(n, this.index + this.o.batchSize);
-    const sequences = Array.from(this.order.subarray(this.index, end), (i) => this.dataset.sequences[i]!);
+    const sequences = Array.from(this.order.subarray(this.index, end), (i) => this.dataset.sequences.at(i)!);
     const { tokens, targets } = countSequences(sequences);
     const batch = { sequences, epoch: this.epoch, index: this.index, tokens, targets };
     this.index = end;

@@ -88,13 +88,13 @@ function tokenIds(o: Record<string, unknown>): LineItem {
   const ids = o.token_ids;
   if (!Array.isArray(ids) || ids.length === 0) return fail('"token_ids" must be a non-empty array of token ids');
   const badId = ids.findIndex((x) => !Number.isSafeInteger(x) || x < 0);
-  if (badId >= 0) return fail(`"token_ids"[${badId}] = ${JSON.stringify(ids[badId])} is not a token id (a non-negative integer)`);
+  if (badId >= 0) return fail(`"token_ids"[${badId}] = ${shown(ids[badId])} is not a token id (a non-negative integer)`);
   if (o.labels === undefined || o.labels === null) return { kind: 'sequence', ids, labels: ids.slice() };
   const labels = o.labels;
   if (!Array.isArray(labels)) return fail('"labels" must be an array');
   if (labels.length !== ids.length) return fail(`"labels" has ${labels.length} entries, "token_ids" ${ids.length}; they must have the same length`);
   const badLabel = labels.findIndex((x) => !Number.isSafeInteger(x) || (x < 0 && x !== IGNORE_INDEX));
-  if (badLabel >= 0) return fail(`"labels"[${badLabel}] = ${JSON.stringify(labels[badLabel])} is neither a token id nor ${IGNORE_INDEX}`);
+  if (badLabel >= 0) return fail(`"labels"[${badLabel}] = ${shown(labels[badLabel])} is neither a token id nor ${IGNORE_INDEX}`);
   return { kind: 'sequence', ids, labels };
 }
 
@@ -110,6 +110,7 @@ function checkItem(item: Exclude<LineItem, { kind: 'error' }>, ctx: LineContext,
   const badLabel = item.labels.findIndex((id) => id >= ctx.vocabSize);
   if (badLabel >= 0) return fail(`"labels"[${badLabel}] = ${item.labels[badLabel]} is outside the model's vocabulary of ${ctx.vocabSize}`);
   if (item.ids.length > ctx.seqLen) return fail(`${item.ids.length} tokens, longer than the sequence length ${ctx.seqLen} (such lines are never cut)`);
+  if (item.ids.length < 2) return fail('1 token: a sequence needs at least 2 (a target is the token after another)');
   if (!item.labels.some((l, t) => t > 0 && l !== IGNORE_INDEX)) return fail('no targets: every label after the first position is -100');
   return item;
 }
@@ -117,6 +118,12 @@ function checkItem(item: Exclude<LineItem, { kind: 'error' }>, ctx: LineContext,
 function tokenizerFor(ctx: LineContext, what: string): TextTokenizer {
   if (!ctx.tokenizer) throw new Error(`${what} lines need the model's tokenizer.json, which it does not have (use "token_ids")`);
   return ctx.tokenizer;
+}
+
+/** A JSON value as the message shows it: a number as JavaScript reads it (1e400 is Infinity,
+ *  which JSON.stringify would print as null). */
+function shown(v: unknown): string {
+  return typeof v === 'number' ? String(v) : JSON.stringify(v);
 }
 
 function fail(error: string): LineItem {

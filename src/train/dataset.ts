@@ -28,7 +28,7 @@ export interface SkippedLine {
 
 export interface Dataset {
   file: string;
-  sequences: Sequence[];
+  sequences: SequenceList;
   skipped: SkippedLine[];
   counts: DataCounts;
   /** sha256 of every sequence's ids and labels, in order. */
@@ -48,9 +48,9 @@ export function dataContextFor(modelDir: string, seqLen: number): DataOptions {
 
 /** Reads `file`; throws a UserError when it cannot be read or has no usable line. */
 export async function readDataset(file: string, o: DataOptions): Promise<Dataset> {
-  const sequences: Sequence[] = [];
+  const sequences = new SequenceList(o.seqLen);
   const skipped: SkippedLine[] = [];
-  const packer = new Packer(o.seqLen, (s) => sequences.push(s));
+  const packer = new Packer(o.seqLen, (ids, line) => sequences.push(ids, ids, line));
   let n = 0;
   // (fileLines drops the byte-order mark some editors start UTF-8 files with)
   for await (const text of lines(file)) {
@@ -61,7 +61,7 @@ export async function readDataset(file: string, o: DataOptions): Promise<Dataset
     const item = unreadable !== null ? { kind: 'error' as const, error: unreadable } : parseDataLine(text, o);
     if (item.kind === 'error') skipped.push({ line: n, message: `${file}:${n}: ${item.error}` });
     else if (item.kind === 'document') packer.push(item.ids, n);
-    else sequences.push(sequenceOf(item.ids, item.labels, n));
+    else sequences.push(item.ids, item.labels, n);
   }
   packer.finish();
   if (sequences.length === 0) {
@@ -70,22 +70,75 @@ export async function readDataset(file: string, o: DataOptions): Promise<Dataset
   return { file, sequences, skipped, counts: countSequences(sequences), fingerprint: fingerprint(sequences) };
 }
 
-/** A sequence whose labels share the ids' array when they are the same tokens (most lines: half
- *  the memory a dataset holds for the whole run). */
-function sequenceOf(ids: number[], labels: number[], line: number): Sequence {
-  const i = Int32Array.from(ids);
-  return { ids: i, labels: labels.every((l, t) => l === ids[t]) ? i : Int32Array.from(labels), line };
-}
+/**
+ * A dataset's sequences in a few large arrays: their tokens (with the labels after the ids where
+ * they differ) in pools of at least 2^18, and five numbers a sequence (pool, offset, length,
+ * whether its labels differ, line) in one array grown by half; a sequence is made as it is asked
+ * for, its ids and labels views of its pool. An object and one or two Int32Arrays a sequence
+ * took ~580 bytes of RAM a short sequence beside its tokens, ~1000 with labels of its own (Node
+ * 20), more than the 450/700 the plan counted: 400,000 lines of 4 tokens went 37 MiB past --ram.
+ */
+export class SequenceList {
+  private readonly pools: Int32Array[] = [];
+  private used = 0;
+  private meta = new Int32Array(5 * 1024);
+  private count = 0;
+  private readonly poolTokens: number;
 
-/** JavaScript's own cost of a sequence beside its arrays' data (its object, an array's header
- *  and backing store), measured on Node 20 over 200000 sequences of 4 tokens: RSS per sequence
- *  453 bytes with one array, 687 with two. */
-const SEQUENCE_BYTES = 450;
-const ARRAY_BYTES = 250;
+  constructor(seqLen: number) {
+    this.poolTokens = Math.max(1 << 18, 2 * seqLen);
+  }
+
+  get length(): number {
+    return this.count;
+  }
+
+  /** Adds a sequence (labels equal to ids element for element are stored once). */
+  push(ids: ArrayLike<number>, labels: ArrayLike<number>, line: number): void {
+    let same = labels === ids;
+    if (!same) {
+      same = true;
+      for (let t = 0; t < ids.length && same; t++) same = labels[t] === ids[t];
+    }
+    const need = ids.length * (same ? 1 : 2);
+    let pool = this.pools[this.pools.length - 1];
+    if (!pool || this.used + need > pool.length) {
+      this.pools.push((pool = new Int32Array(this.poolTokens)));
+      this.used = 0;
+    }
+    pool.set(ids, this.used);
+    if (!same) pool.set(labels, this.used + ids.length);
+    if (5 * (this.count + 1) > this.meta.length) {
+      const grown = new Int32Array(Math.ceil(this.meta.length * 1.5 / 5) * 5);
+      grown.set(this.meta);
+      this.meta = grown;
+    }
+    this.meta.set([this.pools.length - 1, this.used, ids.length, same ? 0 : 1, line], 5 * this.count++);
+    this.used += need;
+  }
+
+  /** Sequence i (from the end when negative, as Array.prototype.at). */
+  at(i: number): Sequence | undefined {
+    if (i < 0) i += this.count;
+    if (!(i >= 0 && i < this.count)) return undefined;
+    const [p, at, len, own, line] = this.meta.subarray(5 * i, 5 * i + 5);
+    const ids = this.pools[p!]!.subarray(at!, at! + len!);
+    return { ids, labels: own ? this.pools[p!]!.subarray(at! + len!, at! + 2 * len!) : ids, line: line! };
+  }
+
+  *[Symbol.iterator](): IterableIterator<Sequence> {
+    for (let i = 0; i < this.count; i++) yield this.at(i)!;
+  }
+
+  /** RAM the list holds: its arrays, whole. */
+  get bytes(): number {
+    return this.pools.reduce((n, p) => n + p.byteLength, this.meta.byteLength);
+  }
+}
 
 /** RAM a dataset holds while it trains (a run's --ram counts it). */
 export function datasetBytes(d: Dataset): number {
-  return d.sequences.reduce((n, s) => n + SEQUENCE_BYTES + s.ids.byteLength + (s.labels === s.ids ? 0 : ARRAY_BYTES + s.labels.byteLength), 0);
+  return d.sequences.bytes;
 }
 
 /** The first `max` skipped lines' messages, one per indented line, and how many more there are. */
@@ -95,14 +148,16 @@ export function skippedSummary(skipped: SkippedLine[], max = 5): string {
   return shown.join('\n');
 }
 
-export function countSequences(sequences: Sequence[]): DataCounts {
+export function countSequences(sequences: Iterable<Sequence>): DataCounts {
+  let n = 0;
   let tokens = 0;
   let targets = 0;
   for (const s of sequences) {
+    n++;
     tokens += s.ids.length;
     targets += countTargets(s.labels);
   }
-  return { sequences: sequences.length, tokens, targets };
+  return { sequences: n, tokens, targets };
 }
 
 /**
@@ -116,7 +171,7 @@ class Packer {
 
   constructor(
     private readonly seqLen: number,
-    private readonly emit: (s: Sequence) => void,
+    private readonly emit: (ids: number[], line: number) => void,
   ) {}
 
   push(ids: number[], line: number): void {
@@ -137,14 +192,13 @@ class Packer {
   }
 
   private flush(): void {
-    // Labels are the ids themselves: one array (sequences are never written to).
-    const ids = Int32Array.from(this.pending);
-    this.emit({ ids, labels: ids, line: this.line });
+    // (labels are the ids themselves)
+    this.emit(this.pending, this.line);
     this.pending = [];
   }
 }
 
-function fingerprint(sequences: Sequence[]): string {
+function fingerprint(sequences: Iterable<Sequence>): string {
   const h = createHash('sha256');
   const len = new Int32Array(1);
   for (const s of sequences) {
