@@ -207,6 +207,19 @@ describe('errors, in OpenAI\'s format', () => {
     const purpose = await client.files.create({ file: await toFile(Buffer.from('{}\n'), 'x.jsonl'), purpose: 'fine-tune' }).catch((e) => e);
     expect(purpose).toBeInstanceOf(OpenAI.BadRequestError);
     expect(purpose.error.param).toBe('purpose');
+    // Bodies that are not the multipart/form-data their header says (they were answered 500)
+    const boundary = 'xyz';
+    for (const [type, body, why] of [
+      ['multipart/form-data', 'abc', /Boundary not found/],
+      [`multipart/form-data; boundary=${boundary}`, 'garbage', /Unexpected end of/],
+      [`multipart/form-data; boundary=${boundary}`, `--${boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--${boundary}\r\n` +
+        'Content-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\nabc', /Unexpected end of|terminated early/],
+    ] as const) {
+      const r = await server.app.inject({ method: 'POST', url: '/v1/files', headers: { authorization: `Bearer ${KEY}`, 'content-type': type }, payload: body });
+      expect(r.statusCode, r.body).toBe(400);
+      expect(r.json().error).toMatchObject({ type: 'invalid_request_error', code: 'invalid_multipart' });
+      expect(r.json().error.message).toMatch(why);
+    }
     expect(fs.readdirSync(path.join(dir, 'data', 'files'))).toEqual([]);
   });
 
@@ -287,7 +300,8 @@ describe('errors, in OpenAI\'s format', () => {
     expect(proto.statusCode).toBe(400);
     expect(proto.json().error.message).toBe('The request body is not valid JSON: the key "__proto__" is not allowed');
     const empty = await post('', 'application/json');
-    expect(empty.json().error.message).toBe('The request body is not valid JSON: the body is empty');
+    expect(empty.statusCode).toBe(400);
+    expect(empty.json().error).toMatchObject({ code: 'invalid_json', message: 'The request body is empty: POST /v1/completions takes a JSON object.' });
     // a JSON body still works, with a charset too
     expect((await post(body, 'application/json; charset=utf-8')).statusCode).toBe(200);
   });
@@ -517,7 +531,10 @@ describe('the Batch API', () => {
     const firstTwo = await fetch(`${url}/v1/files?limit=2&order=asc`, { headers: { authorization: `Bearer ${KEY}` } }).then((x) => x.json());
     expect(firstTwo).toMatchObject({ object: 'list', has_more: true });
     expect(firstTwo.data).toHaveLength(2);
-    expect(await client.files.delete(file.id)).toEqual({ id: file.id, object: 'file', deleted: true });
+    // (with application/json and no body, as the Python SDK sends it)
+    const deleted = await server.app.inject({ method: 'DELETE', url: `/v1/files/${file.id}`, headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' } });
+    expect(deleted.statusCode, deleted.body).toBe(200);
+    expect(deleted.json()).toEqual({ id: file.id, object: 'file', deleted: true });
     await expect(client.files.retrieve(file.id)).rejects.toBeInstanceOf(OpenAI.NotFoundError);
     await expect(client.files.delete(file.id)).rejects.toBeInstanceOf(OpenAI.NotFoundError);
     expect((await client.files.list()).data.map((f) => f.id)).not.toContain(file.id);
@@ -559,7 +576,11 @@ describe('the Batch API', () => {
     const inUse = await client.files.delete(file.id).catch((e) => e);
     expect(inUse).toBeInstanceOf(OpenAI.BadRequestError);
     expect(inUse.error).toMatchObject({ code: 'file_in_use', param: 'file_id' });
-    const cancelling = await client.batches.cancel(created.id);
+    // As OpenAI's Python SDK sends it: application/json with no body (refused as invalid JSON).
+    const sent = await server.app.inject({ method: 'POST', url: `/v1/batches/${created.id}/cancel`,
+      headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json', 'content-length': '0' } });
+    expect(sent.statusCode, sent.body).toBe(200);
+    const cancelling = sent.json();
     expect(['cancelling', 'cancelled']).toContain(cancelling.status);
     const b = await waitFor(() => client.batches.retrieve(created.id), finished);
     expect(b.status).toBe('cancelled');

@@ -43,8 +43,8 @@ const bodyOf = (bytes: number) => JSON.stringify({ model: 'tiny', prompt: 'Hello
 const post = (body: string) => fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
 
 /** A request whose body is sent up to its last byte and held there, until finish() or abort(). */
-function holdUpload(body: string, chunked = false) {
-  const req = http.request(`${url}/v1/completions`, {
+function holdUpload(body: string, chunked = false, base = url) {
+  const req = http.request(`${base}/v1/completions`, {
     method: 'POST', headers: { 'content-type': 'application/json', ...(chunked ? {} : { 'content-length': Buffer.byteLength(body) }) },
   });
   const answered = new Promise<number>((resolve, reject) => {
@@ -55,7 +55,7 @@ function holdUpload(body: string, chunked = false) {
     req.on('error', reject);
   });
   req.write(body.slice(0, -1));
-  return { finish: () => (req.end(body.slice(-1)), answered), abort: () => {
+  return { answered, finish: () => (req.end(body.slice(-1)), answered), abort: () => {
     answered.catch(() => {}); // (the socket hangs up: what abort means)
     req.destroy();
   } };
@@ -76,9 +76,9 @@ function sendChunked(first: string) {
   return { send: (more: string) => req.write(more), answer };
 }
 
-async function bodiesReach(bytes: number): Promise<void> {
-  for (let i = 0; i < 500 && server.bodies.bytes !== bytes; i++) await new Promise((r) => setTimeout(r, 10));
-  expect(server.bodies.bytes).toBe(bytes);
+async function bodiesReach(bytes: number, s = server): Promise<void> {
+  for (let i = 0; i < 500 && s.bodies.bytes !== bytes; i++) await new Promise((r) => setTimeout(r, 10));
+  expect(s.bodies.bytes).toBe(bytes);
 }
 
 describe('the budget for request bodies in flight', () => {
@@ -154,6 +154,30 @@ describe('the budget for request bodies in flight', () => {
     const tooLarge = await huge.answer;
     expect([tooLarge.status, JSON.parse(tooLarge.body).error.code]).toEqual([413, 'request_too_large']);
     await bodiesReach(0);
+  });
+
+  it('gives back what clients that stall midway held once their time to send is up (408)', async () => {
+    // (nothing ended such a request: two stalled uploads got every other request 429 for good)
+    const s = await buildServer({
+      engine: engineFor(model, 'tiny'), dataDir: path.join(dir, 'data-stall'), maxQueue: 64,
+      bodyLimit: LIMIT, bodyBudget: BUDGET, fileLimit: 1 << 20, batchConcurrency: 8, requestTimeoutMs: 400,
+    });
+    try {
+      const at = await s.app.listen({ host: '127.0.0.1', port: 0 });
+      const big = bodyOf(50_000);
+      const stalled = [holdUpload(big, false, at), holdUpload(big, false, at)];
+      await bodiesReach(2 * Buffer.byteLength(big), s);
+      const postTo = () => fetch(`${at}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: big });
+      expect((await postTo()).status).toBe(429);
+      const t0 = Date.now();
+      expect(await Promise.all(stalled.map((h) => h.answered))).toEqual([408, 408]);
+      // (Node takes the larger of its headers' timeout, 60 s, and the request's: set both)
+      expect(Date.now() - t0).toBeLessThan(10_000);
+      await bodiesReach(0, s);
+      expect((await postTo()).status).toBe(200);
+    } finally {
+      await s.close();
+    }
   });
 
   it('is at least --body-limit', async () => {

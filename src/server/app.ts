@@ -42,6 +42,12 @@ export interface ServerOptions {
   /** Milliseconds before a batch job the disk failed is tried again (doubling at each failure in
    *  a row, to 16 times this); 30 s when absent. */
   batchRetryMs?: number;
+  /** Milliseconds a client has to send its whole request, headers and body, before the server
+   *  answers 408 and closes the connection (the bytes its body held in the budget come back);
+   *  300 s when absent (Node's own default, which Fastify turns off; a 200 MB upload at 0.7
+   *  MB/s). Without it a client that stalled midway held its body's budget for good: two stalled
+   *  4 MiB bodies got every other request 429. */
+  requestTimeoutMs?: number;
 }
 
 export interface Server {
@@ -66,7 +72,14 @@ export async function buildServer(o: ServerOptions): Promise<Server> {
   }
   // (return503OnClosing off: a request arriving while the server closes gets OpenAI's error shape
   // from the hook below, not Fastify's own 503 body)
-  const app = Fastify({ bodyLimit: o.bodyLimit, ajv: { customOptions: AJV_OPTIONS }, logger: false, forceCloseConnections: 'idle', return503OnClosing: false });
+  const requestTimeout = o.requestTimeoutMs ?? 300_000;
+  const app = Fastify({
+    bodyLimit: o.bodyLimit, ajv: { customOptions: AJV_OPTIONS }, logger: false, forceCloseConnections: 'idle', return503OnClosing: false,
+    // (Node checks the time requests take every connectionsCheckingInterval, 30 s by default,
+    // and takes the larger of the headers' and the request's timeouts for the request's)
+    requestTimeout,
+    http: { headersTimeout: Math.min(60_000, requestTimeout), connectionsCheckingInterval: Math.max(10, Math.min(30_000, Math.floor(requestTimeout / 4))) },
+  });
   const store = o.dataDir instanceof Store ? o.dataDir : new Store(o.dataDir);
   const jobs = new BatchJobs(store, o.engine, o.batchConcurrency, o.batchRetryMs);
   const metrics = new Metrics(o.engine.scheduler);
@@ -96,7 +109,10 @@ export async function buildServer(o: ServerOptions): Promise<Server> {
       // (isUtf8 is native; the offset, for the message, is looked for only in a body that has one)
       if (!isUtf8(bytes as Buffer)) throw new SyntaxError(`it is not valid UTF-8 (byte offset ${firstBadSequence(bytes as Buffer)} of the body)`);
       const body = (bytes as Buffer).toString('utf8');
-      if (body.trim() === '') throw new SyntaxError('the body is empty');
+      // An empty body is no body: OpenAI's Python SDK sends its bodyless POSTs and DELETEs (a
+      // batch's cancel, a file's delete) as application/json with none, which were refused; a
+      // route that needs one says so as for a request without a content type.
+      if (body.trim() === '') return done(null, undefined);
       // (a "__proto__" key would set the prototype of an object that later code copies with
       // Object.assign or spreads: refused, as Fastify's parser does)
       done(null, JSON.parse(body, (key, value: unknown) => {
@@ -131,6 +147,12 @@ export async function buildServer(o: ServerOptions): Promise<Server> {
     }
   });
   if (o.bodyBudget !== undefined) holdBodiesTo(app, o.bodyBudget, o.bodyLimit, server.bodies);
+  // (an empty body parses as none: see the JSON parser above)
+  app.addHook('preValidation', async (req) => {
+    if (req.body === undefined && req.routeOptions.schema?.body) {
+      throw new ApiError(400, `The request body is empty: ${req.method} ${req.routeOptions.url} takes a JSON object.`, 'invalid_request_error', null, 'invalid_json');
+    }
+  });
   // A client gone before its answer counts once as 499 (nginx's "client closed request"): by the
   // route that saw its request cancelled (Fastify calls no hook for it), else by onRequestAbort.
   app.addHook('onRequestAbort', async (req) => server.clientGone(req.raw));

@@ -37,6 +37,13 @@ const listFilesSchema = {
   },
 } as const;
 
+/** The multipart parser's (busboy's) errors for a body that is not multipart/form-data as its
+ *  header says ("Multipart: Boundary not found", "Unexpected end of form"): plain Errors, with
+ *  neither a system error's code (a full disk's ENOSPC) nor an HTTP status. They were answered 500. */
+function malformedBody(e: unknown): boolean {
+  return e instanceof Error && e.constructor === Error && (e as { code?: unknown }).code === undefined && (e as { statusCode?: unknown }).statusCode === undefined;
+}
+
 export function addBatchRoutes(app: FastifyInstance, store: Store, jobs: BatchJobs, o: ServerOptions): void {
   const fileOrThrow = (id: string) => store.getFile(id) ?? (() => { throw notFound(`No such File object: ${id}`, 'file_id'); })();
   const batchOrThrow = (id: string) => jobs.get(id) ?? (() => { throw notFound(`No such Batch object: ${id}`, 'batch_id'); })();
@@ -70,6 +77,7 @@ export function addBatchRoutes(app: FastifyInstance, store: Store, jobs: BatchJo
     } catch (e) {
       fs.rmSync(tmp, { force: true });
       if ((e as { code?: string }).code === 'FST_REQ_FILE_TOO_LARGE') throw new ApiError(413, `the file is larger than ${o.fileLimit} bytes`, 'invalid_request_error', 'file', 'file_too_large');
+      if (malformedBody(e)) throw invalid(`The multipart/form-data body is malformed: ${(e as Error).message}`, null, 'invalid_multipart');
       throw e;
     }
   });
