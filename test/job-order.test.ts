@@ -127,6 +127,49 @@ describe('an id taken by a malformed line', () => {
     for (const id of ['a', 'line-2', 'line-5']) expect(newest(again.rows).get(id)!.token_ids, id).toHaveLength(1);
   });
 
+  // A malformed later line repeating an id was written under that id: the id's newest line, so
+  // its first line's result read as failed and every rerun added another error under it.
+  it('a malformed later line with a taken id is a duplicate too', async () => {
+    const dir = tmpDir('job-dup-malformed');
+    const out = path.join(dir, 'out.jsonl');
+    const lines = [req('x'), req('x', { temperature: 'hot' })];
+    const first = await job(dir, 'in.jsonl', lines, out);
+    expect(first.rows.map((r) => [r.id, r.error ?? 'result'])).toEqual([['x', 'result'], ['line-2', `${path.join(dir, 'in.jsonl')}:2: duplicate id "x"`]]);
+    const again = await job(dir, 'in.jsonl', lines, out);
+    expect([again.summary.succeeded, again.summary.failed, again.summary.skipped]).toEqual([0, 1, 1]);
+    expect(new Map(again.rows.map((r) => [r.id, r])).get('x')!.token_ids).toHaveLength(1);
+  });
+
+  // A line whose own id is "line-N", N its line number, is a request of the input, not an id the
+  // reader made up: malformed, it takes its id like any other (a later line with the id ran as
+  // "line-2", and the rerun with line 2 fixed skipped it as done).
+  it('takes an id of the form line-N on its own line N', async () => {
+    const dir = tmpDir('job-dup-own-line');
+    const out = path.join(dir, 'out.jsonl');
+    const first = await job(dir, 'in.jsonl', [req('a'), req('line-2', { temperature: 'hot' }), req('b'), req('line-2', { prompt_token_ids: [7, 8, 9] })], out);
+    const rows = first.rows.map((r) => [r.id, r.error === undefined]);
+    expect(rows).toContainEqual(['line-2', false]);
+    expect(rows).toContainEqual(['line-4', false]);
+    expect(first.rows.find((r) => r.id === 'line-4')!.error).toBe(`${path.join(dir, 'in.jsonl')}:4: duplicate id "line-2"`);
+    expect(first.summary.succeeded).toBe(2);
+    const fixed = await job(dir, 'in.jsonl', [req('a'), req('line-2'), req('b'), req('line-2', { prompt_token_ids: [7, 8, 9] })], out);
+    expect([fixed.summary.succeeded, fixed.summary.failed, fixed.summary.skipped]).toEqual([1, 1, 2]);
+    const alone = await collect([{ id: 'line-2', promptTokenIds: [7, 9] }]);
+    expect(new Map(fixed.rows.map((r) => [r.id, r])).get('line-2')!.token_ids).toEqual(alone);
+  });
+
+  // Numbers past 2^53 lose digits as JavaScript reads them: two such ids were one, under a third.
+  it('refuses a numeric id that is not an exact integer, naming the line', async () => {
+    const dir = tmpDir('job-numeric-id');
+    const out = path.join(dir, 'out.jsonl');
+    const lines = ['{"id":12345678901234567890,"prompt_token_ids":[7,9]}', '{"id":12345678901234567891,"prompt_token_ids":[7,9]}',
+      '{"id":1.5,"prompt_token_ids":[7,9]}', '{"id":42,"prompt_token_ids":[7,9]}'];
+    const first = await job(dir, 'in.jsonl', lines, out);
+    expect(first.rows.map((r) => [r.id, r.error === undefined])).toEqual([['line-1', false], ['line-2', false], ['line-3', false], ['42', true]]);
+    expect(first.rows[1]!.error).toMatch(/in\.jsonl:2: "id" 12345678901234567000 is not an integer JSON numbers hold exactly .*send it as a string/);
+    expect(first.rows[2]!.error).toMatch(/in\.jsonl:3: "id" 1\.5 is not an integer/);
+  });
+
   it("a batch line's custom_id is taken likewise (a malformed first line's)", () => {
     const seen = new Set<string>();
     const bad = parseBatchLine(JSON.stringify({ custom_id: 'x', method: 'GET', url: '/v1/completions', body: {} }), 1, seen);

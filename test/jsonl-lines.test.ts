@@ -173,7 +173,7 @@ describe('a line that is not valid UTF-8', () => {
     Buffer.from('{"id": "c", "prompt": "\uFFFD"}\n'),
   ]);
   const good = [{ line: 1, request: { id: 'a', prompt: 'café' } }, { line: 3, request: { id: 'c', prompt: '\uFFFD' } }];
-  const bad = (file: string) => ({ line: 2, id: 'line-2', error: `${file}:2: not valid UTF-8 (byte offset 26 of the line)` });
+  const bad = (file: string) => ({ line: 2, id: 'line-2', madeUpId: true, error: `${file}:2: not valid UTF-8 (byte offset 26 of the line)` });
 
   it('is an error item naming file and line in generate\'s requests; the other lines are read', async () => {
     const file = path.join(tmpDir('jsonl-utf8'), 'in.jsonl');

@@ -66,19 +66,21 @@ export async function runJob(model: LanguageModel, writer: ResultWriter, o: JobO
         summary.skipped++;
         continue;
       }
-      if ('error' in item) {
+      if ('error' in item && (item.madeUpId || !seen.has(id))) {
         // A malformed line's own id is taken too, so that a later line with it is refused as a
         // duplicate: it would answer for this line, whose fix a rerun would then skip. (An id
-        // the reader made up, line-N, belongs to no line of the input.)
-        const madeUp = id === `line-${item.line}`;
-        if (!madeUp) seen.add(id);
-        hold(item.line, { id, error: item.error }, madeUp);
+        // the reader made up, line-N, belongs to no line of the input; a real id of that form,
+        // a line's own number, is one of the input's: it was let through twice.)
+        if (!item.madeUpId) seen.add(id);
+        hold(item.line, { id, error: item.error }, item.madeUpId === true);
       } else if (seen.has(id)) {
+        // (a malformed line too: under the id, its error was the id's newest line and hid the
+        // first line's result, every rerun adding another)
         // Under the line's own name, not the id: as the newest line for the id, the error hid the
         // first line's result, so the id read as failed and was computed again on every rerun.
         hold(item.line, { id: `line-${item.line}`, error: `${source.name}:${item.line}: duplicate id "${id}"` }, true);
       }
-      else {
+      else if ('request' in item) {
         seen.add(id);
         running.set(id, item.line);
         yield item.request;

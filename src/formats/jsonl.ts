@@ -14,7 +14,9 @@ import { UserError } from '../util/errors.js';
 import { writeFully } from '../util/write-fully.js';
 import { statOrNull } from '../util/stat.js';
 
-export type InputLine = { line: number; request: GenerationRequest } | { line: number; id: string; error: string };
+/** A request, or a line that cannot be one: its error, under its own id, or under `line-N` where
+ *  it has none the reader can use (madeUpId). */
+export type InputLine = { line: number; request: GenerationRequest } | { line: number; id: string; error: string; madeUpId?: true };
 
 /** Where prompts come from: a file read again on each pass, or a stream read once into memory. */
 export interface PromptSource {
@@ -211,17 +213,22 @@ function lineLimits(o: Record<string, unknown>, request: GenerationRequest): str
 
 function parseLine(text: string, line: number, file: string): InputLine {
   const unreadable = unreadableLine(text);
-  if (unreadable !== null) return { line, id: `line-${line}`, error: `${file}:${line}: ${unreadable}` };
+  if (unreadable !== null) return { line, id: `line-${line}`, madeUpId: true, error: `${file}:${line}: ${unreadable}` };
   let v: unknown;
   try {
     v = JSON.parse(text);
   } catch (e) {
-    return { line, id: `line-${line}`, error: `${file}:${line}: not valid JSON (${(e as Error).message})` };
+    return { line, id: `line-${line}`, madeUpId: true, error: `${file}:${line}: not valid JSON (${(e as Error).message})` };
   }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) return { line, id: `line-${line}`, error: `${file}:${line}: expected a JSON object` };
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return { line, id: `line-${line}`, madeUpId: true, error: `${file}:${line}: expected a JSON object` };
   const o = v as Record<string, unknown>;
+  // (a number only where it is exactly the integer written: 12345678901234567891 reads as
+  // 12345678901234567000, and two such ids were one)
+  if (typeof o.id === 'number' && !Number.isSafeInteger(o.id)) {
+    return { line, id: `line-${line}`, madeUpId: true, error: `${file}:${line}: "id" ${String(o.id)} is not an integer JSON numbers hold exactly (|id| < 2^53): send it as a string` };
+  }
   const id = typeof o.id === 'string' && o.id.length > 0 ? o.id : typeof o.id === 'number' ? String(o.id) : null;
-  if (id === null) return { line, id: `line-${line}`, error: `${file}:${line}: missing "id" (a non-empty string)` };
+  if (id === null) return { line, id: `line-${line}`, madeUpId: true, error: `${file}:${line}: missing "id" (a non-empty string)` };
   const fail = (error: string): InputLine => ({ line, id, error: `${file}:${line}: ${error}` });
   const unknown = Object.keys(o).filter((k) => !LINE_KEYS.includes(k));
   if (unknown.length > 0) return fail(`unknown field${unknown.length > 1 ? 's' : ''} ${unknown.map((k) => `"${k}"`).join(', ')} (known: ${LINE_KEYS.join(', ')})`);
