@@ -177,6 +177,18 @@ describe('an id taken by a malformed line', () => {
     const dup = parseBatchLine(JSON.stringify({ custom_id: 'x', method: 'POST', url: '/v1/completions', body: { prompt: 'a' } }), 3, seen);
     expect('error' in dup && dup.error.code).toBe('duplicate_custom_id');
   });
+
+  // A line's id hashes its custom_id's UTF-8, where a lone surrogate is U+FFFD: "a\ud800" and
+  // "a\ufffd" had one id, and a rerun after a kill took the unanswered one for answered.
+  it("refuses a custom_id that is not well-formed text, under its line's id", () => {
+    const line = (customId: string) => `{"custom_id":"${customId}","method":"POST","url":"/v1/completions","body":{"prompt":"a"}}`;
+    const seen = new Set<string>();
+    const lone = parseBatchLine(line('a\\ud800'), 1, seen);
+    const replaced = parseBatchLine(line('a\\ufffd'), 2, seen);
+    expect('error' in lone && lone.error).toMatchObject({ code: 'invalid_custom_id', message: expect.stringMatching(/^line 1: "custom_id" holds a lone surrogate U\+D800/) });
+    expect('error' in replaced).toBe(false);
+    expect(lone.id).not.toBe(replaced.id);
+  });
 });
 
 async function collect(requests: { id: string; promptTokenIds: number[] }[]): Promise<number[]> {

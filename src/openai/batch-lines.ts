@@ -6,6 +6,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import type { ApiError } from './errors.js';
 import { type RecordKind, unreadableLine } from '../formats/jsonl.js';
 import { ENDPOINTS, type Endpoint } from './validate.js';
+import { illFormedText } from '../util/text.js';
 
 export type BatchLine =
   | { line: number; id: string; customId: string; endpoint: Endpoint; body: unknown }
@@ -40,6 +41,10 @@ export function parseBatchLine(text: string, line: number, seen: Set<string>, en
   if (typeof v !== 'object' || v === null || Array.isArray(v)) return bad(null, 'invalid_request', 'expected a JSON object');
   const o = v as Record<string, unknown>;
   if (typeof o.custom_id !== 'string' || o.custom_id === '') return bad(null, 'missing_custom_id', 'missing "custom_id" (a non-empty string)');
+  // (its id is a hash of its UTF-8 bytes, where a lone surrogate is U+FFFD: "a\ud800" and
+  // "a\ufffd" were one line to a rerun, which took the unanswered one for answered)
+  const illFormed = illFormedText(o.custom_id);
+  if (illFormed !== null) return bad(null, 'invalid_custom_id', `"custom_id" ${illFormed}`);
   const customId = o.custom_id;
   if (seen.has(customId)) return bad(customId, 'duplicate_custom_id', `duplicate custom_id "${customId}" (an earlier line has it)`, lineKey(line, customId));
   seen.add(customId);
