@@ -53,7 +53,7 @@ describe('a byte order mark at the start of a file', () => {
     expect(parseBatchLine(line!, 1, new Set())).toMatchObject({ line: 1, customId: 'one', endpoint: '/v1/completions', body });
   });
 
-  it('is dropped from line 1 of a pipe (read whole), too', async () => {
+  it('is dropped from line 1 of a pipe (read once), too', async () => {
     const dir = tmpDir('jsonl-bom-fifo');
     const fifo = path.join(dir, 'in.fifo');
     const src = path.join(dir, 'in.jsonl');
@@ -183,7 +183,7 @@ describe('a line that is not valid UTF-8', () => {
     expect(out).toEqual([good[0], bad(file), good[1]]);
   });
 
-  it('is an error item from a pipe (read whole), too', async () => {
+  it('is an error item from a pipe (read once), too', async () => {
     const { fifo, written } = await fifoWith(tmpDir('jsonl-utf8-fifo'), requests);
     const out = [];
     for await (const x of readRequests(await openPrompts(fifo))) out.push(x);

@@ -12,7 +12,7 @@ export interface CliResult {
 
 /** `built`: run the compiled CLI (bin/tierlm.js on dist/, rebuilt by the suite's global setup), as
  *  users run it — for measuring its memory, which tsx's loader would inflate by ~50 MiB. */
-export function cli(args: string[], env: Record<string, string> = {}, nodeFlags: string[] = [], built = false): CliResult {
+export function cli(args: string[], env: Record<string, string> = {}, nodeFlags: string[] = [], built = false, input?: Buffer): CliResult {
   const entry = built ? ['bin/tierlm.js'] : ['--import', 'tsx', 'src/cli/run.ts'];
   const script = entry.pop()!;
   const r = spawnSync(process.execPath, [...entry, ...nodeFlags, path.join(repoRoot, script), ...args], {
@@ -20,14 +20,15 @@ export function cli(args: string[], env: Record<string, string> = {}, nodeFlags:
     encoding: 'utf8',
     env: { ...process.env, ...env },
     timeout: 300_000,
+    ...(input ? { input, maxBuffer: 256 << 20 } : {}),
   });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
 /** cli() measuring the run's peak RSS from outside the engine: VmHWM of the CLI's process at exit
  *  (child processes it starts are not part of it). */
-export function cliPeak(args: string[], env: Record<string, string> = {}): CliResult & { peakRssBytes: number } {
-  const r = cli(args, env, ['--import', pathToFileURL(path.join(repoRoot, 'test/helpers/report-peak.mjs')).href], true);
+export function cliPeak(args: string[], env: Record<string, string> = {}, input?: Buffer): CliResult & { peakRssBytes: number } {
+  const r = cli(args, env, ['--import', pathToFileURL(path.join(repoRoot, 'test/helpers/report-peak.mjs')).href], true, input);
   const m = /\ntest-peak-rss-bytes (\d+)\n$/.exec(r.stderr);
   if (!m) throw new Error(`no peak RSS reported: ${r.stderr}`);
   return { ...r, stderr: r.stderr.slice(0, m.index), peakRssBytes: Number(m[1]) };
