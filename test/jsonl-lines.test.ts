@@ -117,6 +117,23 @@ describe('splitting lines across chunks', () => {
     }
   });
 
+  // A line past the reader's limit is never held whole: its bytes are dropped as they come, and
+  // it is read as an unreadable line saying its size (a 22 MB prompt was parsed whole first, and
+  // took a --ram 80MiB run to 287 MB before its "does not fit" error).
+  it('a line longer than the limit is an unreadable line of its size, however its chunks fall', async () => {
+    const limit = { bytes: 10, why: 'more than ten' };
+    const text = 'short\n0123456789\n01234567890\nok\n' + 'y'.repeat(25) + '\nlast\n' + 'z'.repeat(11);
+    const want = ['short', '0123456789', '\uDC0011 bytes, more than ten', 'ok', '\uDC0025 bytes, more than ten', 'last', '\uDC0011 bytes, more than ten'];
+    for (const size of [1, 2, 3, 7, 11, 64]) {
+      const parts = Array.from({ length: Math.ceil(text.length / size) }, (_, i) => text.slice(i * size, (i + 1) * size));
+      const lines = await collect(splitLines(chunked(parts), limit));
+      expect(lines, String(size)).toEqual(want);
+      expect(lines.map((l) => unreadableLine(l))).toEqual([null, null, '11 bytes, more than ten', null, '25 bytes, more than ten', null, '11 bytes, more than ten']);
+    }
+    // without a limit, as before
+    expect(await collect(splitLines(chunked([text])))).toEqual(expected(text));
+  });
+
   it('searches each character of a file once: a 4 MB line is not searched again with each 64 KiB chunk', async () => {
     const file = path.join(tmpDir('jsonl-lines'), 'oneline.txt');
     const size = 4_000_000;

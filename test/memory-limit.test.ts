@@ -6,7 +6,7 @@ import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { RUNTIME_OVERHEAD_BYTES } from '../src/policy/memory.js';
 import { cli, cliPeak } from './helpers/cli.js';
-import { fixturesDir, repoRoot, tmpDir } from './helpers/fixtures.js';
+import { fixturesDir, readJsonl, repoRoot, tmpDir } from './helpers/fixtures.js';
 
 const MiB = 2 ** 20;
 let modelCache: string;
@@ -133,6 +133,21 @@ describe('--ram is a hard limit', () => {
     expect(r.code, r.stderr).toBe(2);
     expect(r.stderr).toMatch(/0 results, 200000 failed/);
     expect(r.peakRssBytes).toBeLessThanOrEqual(120 * MiB + RUNTIME_OVERHEAD_BYTES);
+  });
+
+  it('drops a request line longer than the model can need as it reads it, within the limit', () => {
+    // (parsed whole first, a 48 MB list of token ids took a --ram 80MiB run to 456 MB before its
+    // "does not fit" error)
+    const dir = tmpDir('long-line');
+    const prompts = path.join(dir, 'in.jsonl');
+    fs.writeFileSync(prompts, `{"id":"long","prompt_token_ids":[${'5,'.repeat(12_000_000)}5]}\n{"id":"ok","prompt_token_ids":[5,6,7]}\n`);
+    const r = cliPeak(['generate', '--model', path.join(fixturesDir, 'opt-tiny'), '--prompts', prompts, '--out', path.join(dir, 'out.jsonl'),
+      '--ram', '80MiB', '--max-new-tokens', '1', '--threads', '1']);
+    expect(r.code, r.stderr).toBe(2);
+    const rows = readJsonl<{ id: string; error?: string }>(path.join(dir, 'out.jsonl'));
+    expect(rows.map((x) => [x.id, x.error === undefined])).toEqual([['line-1', false], ['ok', true]]);
+    expect(rows[0]!.error).toMatch(/in\.jsonl:1: 24000036 bytes, more than a request to this model can need \(64 bytes a position of its \d+, and 1 MiB for the other fields\)/);
+    expect(r.peakRssBytes).toBeLessThanOrEqual(80 * MiB + RUNTIME_OVERHEAD_BYTES);
   });
 
   // glibc raises its mmap threshold to the size of each large block freed, after which a block's

@@ -247,6 +247,20 @@ describe('tierlm train --ram --disk-dir', () => {
     expect(run.peakRssBytes).toBeLessThanOrEqual(need * MiB + RUNTIME_OVERHEAD_BYTES);
   });
 
+  // A line of 4,000,000 ids (16 MB), skipped as longer than --seq-len once parsed, took a --ram
+  // 24MiB run to 197 MB: a line past what the limit leaves for reading one is skipped unread.
+  it('skips a data line too long to read within the limit, unread, and trains on the rest within it', () => {
+    const m = model('opt-test', 1);
+    const file = path.join(tmpDir('offload-long-line'), 'data.jsonl');
+    const ids = Array.from({ length: 4_000_000 }, (_, i) => 100 + (i % 100)).join(',');
+    fs.writeFileSync(file, `{"token_ids":[1,2,3,4,5]}\n{"token_ids":[${ids}]}\n{"token_ids":[5,6,7,8]}\n`);
+    const run = cliPeak(['train', '--model', m, '--data', file, '--out', tmpDir('offload-long-line-out'), '--seq-len', '32', '--batch-size', '2',
+      '--max-steps', '2', '--threads', '1', '--ram', '24MiB', '--disk-dir', tmpDir('offload-long-line-disk')]);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stderr).toMatch(/skipped .*data\.jsonl:2: 16000015 bytes, more than a line may be under --ram 24\.0 MiB \(reading one takes about 16 bytes of RAM a byte: at most 1\.5 MiB\)/);
+    expect(run.peakRssBytes).toBeLessThanOrEqual(24 * MiB + RUNTIME_OVERHEAD_BYTES);
+  });
+
   // Without --tile-size, weights over an eighth of the limit are tiled; where that plan does not
   // fit, smaller tiles are tried. It was refused: Llama-test's 32000-row head and embedding (16 MB
   // each in f32) under 100 MiB were held whole, while 56 MiB (which tiles them) trained.

@@ -1,10 +1,11 @@
 // `tierlm batch`: an OpenAI Batch API input file run offline. Output lines are what OpenAI's
 // Batch API writes (src/openai/batch-run.ts, the same code the server's batch jobs run); a rerun
 // skips every custom_id already answered in --output or --errors, so a stopped job resumes.
+import { readConfig } from '../models/registry.js';
 import type { Command } from 'commander';
 import { loadModel } from '../engine/model.js';
 import { JOB_IDS, jobIdBytes } from '../engine/job.js';
-import { openPrompts, ResultWriter } from '../formats/jsonl.js';
+import { openPrompts, requestLineLimit, ResultWriter } from '../formats/jsonl.js';
 import { UserError } from '../util/errors.js';
 import { servedName } from './model-name.js';
 import { modelDir, outputFile } from './paths.js';
@@ -55,7 +56,7 @@ async function runBatchCommand(o: BatchFlags): Promise<void> {
     errors = o.errors !== undefined ? new ResultWriter(o.errors, batchRecord) : null;
     modelDir('--model', o.model);
     checkPlanningPaths(o);
-    const source = await openPrompts(o.input, '--input');
+    const source = await openPrompts(o.input, '--input', requestLineLimit(readConfig(o.model).config.maxPositions));
     const scan = await scanBatch(source.lines(), (id) => out!.done.has(id) || errors?.done.has(id) === true);
     // The block is planned as `tierlm serve` plans it (serverWorkload), so answers are the server's.
     const work = serverWorkload(o.model, jobIdBytes(out.done.size + (errors?.done.size ?? 0), scan.lines), JOB_IDS);

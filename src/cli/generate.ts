@@ -5,7 +5,7 @@ import { LanguageModel, type LongestRequest } from '../engine/model.js';
 import { JOB_IDS, type JobSummary, jobIdBytes, runJob, toRecord } from '../engine/job.js';
 import type { GenerateOptions } from '../engine/generate.js';
 import type { GenerationRequest } from '../engine/requests.js';
-import { type PromptSource, openPrompts, readRequests, ResultWriter } from '../formats/jsonl.js';
+import { type PromptSource, openPrompts, readRequests, requestLineLimit, ResultWriter } from '../formats/jsonl.js';
 import { TextTokenizer } from '../formats/tokenizer.js';
 import { readConfig } from '../models/registry.js';
 import { writeFully } from '../util/write-fully.js';
@@ -104,9 +104,9 @@ async function runGenerate(o: GenerateFlags): Promise<void> {
     writer = o.out !== undefined ? new ResultWriter(o.out) : null;
     modelDir('--model', o.model);
     checkPlanningPaths(o);
-    const source = o.prompts !== undefined ? await openPrompts(o.prompts, '--prompts') : null;
-    const longest = new Longest(o.maxNewTokens);
     const limits = scanLimits(o.model);
+    const source = o.prompts !== undefined ? await openPrompts(o.prompts, '--prompts', requestLineLimit(limits.maxPositions)) : null;
+    const longest = new Longest(o.maxNewTokens);
     const scan = source ? await scanPrompts(source, writer?.done ?? new Set(), limits, (r) => longest.see(r, limits.maxPositions))
       : { count: 1, pending: 1, longest: Math.ceil((o.prompt!.length + (o.system?.length ?? 0)) / 3) + (o.chat ? 16 : 2) };
     const work = { source: { model: o.model }, promptLen: Math.max(1, scan.longest), genLen: o.maxNewTokens, heldBytes: jobIdBytes(writer?.done.size ?? 0, scan.count), heldWhat: JOB_IDS };

@@ -3,7 +3,7 @@
 // The output is the job's record: ids with a result are skipped on a rerun, ids with only an
 // error line are tried again, so a stopped or failed job resumes where it stopped.
 
-import { type PromptSource, openPrompts, readRequests, type ResultWriter } from '../formats/jsonl.js';
+import { type PromptSource, openPrompts, readRequests, requestLineLimit, type ResultWriter } from '../formats/jsonl.js';
 import { type GenerateOptions, type GenerateStats, emptyStats } from './generate.js';
 import type { LanguageModel } from './model.js';
 import type { GenerationRequest, GenerationResult, RequestError, SampleResult } from './requests.js';
@@ -45,7 +45,7 @@ export const HELD_REFUSALS = 1024;
  *  of the run itself (I/O, memory); what was written until then stays. */
 export async function runJob(model: LanguageModel, writer: ResultWriter, o: JobOptions): Promise<JobSummary> {
   const summary: JobSummary = { succeeded: 0, failed: 0, skipped: 0, stats: emptyStats() };
-  const source = typeof o.prompts === 'string' ? await openPrompts(o.prompts) : o.prompts;
+  const source = typeof o.prompts === 'string' ? await openPrompts(o.prompts, 'prompts', requestLineLimit(model.config.maxPositions)) : o.prompts;
   const seen = new Set<string>();
   // Requests sent to the model and not yet answered, id → line, in input order (ids are unique:
   // duplicates never reach the model). Results are written as they come, in the order the

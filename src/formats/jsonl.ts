@@ -19,16 +19,36 @@ import { statOrNull } from '../util/stat.js';
  *  it has none the reader can use (madeUpId). */
 export type InputLine = { line: number; request: GenerationRequest } | { line: number; id: string; error: string; madeUpId?: true };
 
-/** Where prompts come from: a file read again on each pass, or a stream read once into memory. */
+/** Where prompts come from: a file read again on each pass, or a stream read once into a file. */
 export interface PromptSource {
   name: string;
   lines(): AsyncIterable<string>;
 }
 
+/** The longest line a reader takes, and why (for the message): a longer one is yielded as
+ *  unreadable (see unreadableLine) without its bytes ever being held whole. */
+export interface LineLimit {
+  bytes: number;
+  why: string;
+}
+
+/** Bytes of a request line per position of the model it runs on: a prompt's token ids or text
+ *  (a CJK character escaped as \uXXXX is 6 bytes, a token one or two of them), with room. */
+const LINE_BYTES_PER_POSITION = 64;
+
+/** The longest request line a model of `maxPositions` positions can need: a longer one cannot
+ *  fit it, and was parsed whole first (a 22 MB prompt took a `--ram 80MiB` run to 287 MB, a 48 MB
+ *  list of token ids to 456 MB, before its "does not fit" error). */
+export function requestLineLimit(maxPositions: number): LineLimit {
+  const bytes = LINE_BYTES_PER_POSITION * maxPositions + (1 << 20);
+  return { bytes, why: `more than a request to this model can need (${LINE_BYTES_PER_POSITION} bytes a position of its ${maxPositions}, and 1 MiB for the other fields)` };
+}
+
 /** Opens a prompts file, or standard input for `-`; refuses a missing, directory or unreadable one,
- *  naming it by `option`: the caller's flag (--prompts, --input) or API option. */
-export async function openPrompts(file: string, option = 'prompts'): Promise<PromptSource> {
-  if (file === '-') return bufferedSource('standard input', process.stdin);
+ *  naming it by `option`: the caller's flag (--prompts, --input) or API option. Lines past
+ *  `limit` are read as unreadable lines. */
+export async function openPrompts(file: string, option = 'prompts', limit?: LineLimit): Promise<PromptSource> {
+  if (file === '-') return bufferedSource('standard input', process.stdin, limit);
   // (named as the caller's flag or option, as --model and --policy are: "nofile.jsonl: cannot read
   // prompts (ENOENT)" named neither `tierlm batch --input` nor what was wrong)
   const stat = statOrNull(file);
@@ -39,8 +59,8 @@ export async function openPrompts(file: string, option = 'prompts'): Promise<Pro
   } catch (e) {
     throw new UserError(`${option} ${file}: cannot be read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
-  if (!stat.isFile()) return bufferedSource(file, fs.createReadStream(file));
-  return { name: file, lines: () => fileLines(file) };
+  if (!stat.isFile()) return bufferedSource(file, fs.createReadStream(file), limit);
+  return { name: file, lines: () => fileLines(file, limit) };
 }
 
 /** The lines of a text file, streamed: split at "\n" (a "\r" before it dropped) and nowhere else.
@@ -48,8 +68,8 @@ export async function openPrompts(file: string, option = 'prompts'): Promise<Pro
  *  valid request became two invalid ones.) A last line without "\n" is yielded too, a byte order
  *  mark at the start of the file is dropped, and a line that is not valid UTF-8 is yielded as
  *  unreadable (see unreadableLine). */
-export async function* fileLines(file: string): AsyncGenerator<string> {
-  yield* splitLines(fs.createReadStream(file) as AsyncIterable<Buffer>);
+export async function* fileLines(file: string, limit?: LineLimit): AsyncGenerator<string> {
+  yield* splitLines(fs.createReadStream(file) as AsyncIterable<Buffer>, limit);
 }
 
 /** Starts the line yielded in place of one that is not valid UTF-8, before the reason. A lone
@@ -69,10 +89,15 @@ export function unreadableLine(text: string): string | null {
  *  line is decoded once, when it ends. Each chunk is searched for 0x0A once, and a line's pieces
  *  are joined once: searching the pending line again with every 64 KiB chunk made a 64 MB line
  *  take 19 s. */
-export async function* splitLines(chunks: AsyncIterable<Buffer> | Iterable<Buffer>): AsyncGenerator<string> {
+export async function* splitLines(chunks: AsyncIterable<Buffer> | Iterable<Buffer>, limit?: LineLimit): AsyncGenerator<string> {
   // (ignoreBOM: a BOM is dropped from the file's first line only, below, not from every line)
   const decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
   let pending: Buffer[] = [];
+  let pendingBytes = 0;
+  // Bytes of a line past the limit so far (-1: none), dropped as they come.
+  let over = -1;
+  const maxBytes = limit?.bytes ?? Infinity;
+  const tooLong = (bytes: number) => `${UNREADABLE}${bytes} bytes, ${limit!.why}`;
   let first = true;
   const line = (bytes: Buffer) => {
     let text = decodeLine(decoder, bytes);
@@ -87,13 +112,28 @@ export async function* splitLines(chunks: AsyncIterable<Buffer> | Iterable<Buffe
     let start = 0;
     for (let nl = chunk.indexOf(10); nl >= 0; nl = chunk.indexOf(10, start)) {
       const piece = chunk.subarray(start, nl);
-      yield line(pending.length > 0 ? Buffer.concat([...pending, piece]) : piece);
+      if (over >= 0 || pendingBytes + piece.length > maxBytes) yield tooLong(Math.max(over, pendingBytes) + piece.length);
+      else yield line(pending.length > 0 ? Buffer.concat([...pending, piece]) : piece);
       pending = [];
+      pendingBytes = 0;
+      over = -1;
       start = nl + 1;
     }
-    if (start < chunk.length) pending.push(chunk.subarray(start));
+    if (start < chunk.length) {
+      const rest = chunk.subarray(start);
+      if (over >= 0) over += rest.length;
+      else if (pendingBytes + rest.length > maxBytes) {
+        over = pendingBytes + rest.length;
+        pending = [];
+        pendingBytes = 0;
+      } else {
+        pending.push(rest);
+        pendingBytes += rest.length;
+      }
+    }
   }
-  if (pending.length > 0) yield line(Buffer.concat(pending));
+  if (over >= 0) yield tooLong(over);
+  else if (pending.length > 0) yield line(Buffer.concat(pending));
 }
 
 /** A line's text, or the unreadable mark with where its first bad byte is. */
@@ -156,7 +196,7 @@ export function eachLineSync(file: string, each: (line: string, n: number) => vo
  *  are then read as a file's, on each pass: held in memory it took 359 MB of a `--ram 120MiB` run
  *  for a 63 MB input (the chunks, their copy joined, and every line's string), where the same
  *  file given by name peaked at 151 MB. */
-async function bufferedSource(name: string, input: NodeJS.ReadableStream): Promise<PromptSource> {
+async function bufferedSource(name: string, input: NodeJS.ReadableStream, limit?: LineLimit): Promise<PromptSource> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tierlm-input-'));
   const fd = fs.openSync(path.join(dir, 'input.jsonl'), 'w+');
   // (unlinked while open: nothing is left behind, whatever ends the run)
@@ -174,7 +214,7 @@ async function bufferedSource(name: string, input: NodeJS.ReadableStream): Promi
   }
   // (split and decoded as fileLines does it: a byte order mark dropped, a bad line unreadable;
   // each pass reads from the start, by position, with the file kept open)
-  return { name, lines: () => splitLines(fs.createReadStream('', { fd, start: 0, autoClose: false }) as AsyncIterable<Buffer>) };
+  return { name, lines: () => splitLines(fs.createReadStream('', { fd, start: 0, autoClose: false }) as AsyncIterable<Buffer>, limit) };
 }
 
 /** Parses request lines; a malformed line becomes an error item instead of stopping the job. */

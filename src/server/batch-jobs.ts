@@ -8,7 +8,7 @@
 // quota, an I/O error) is started again, as a stopped one, after a while (30 s, doubling while the
 // disk keeps failing it, to 8 min) and when the server restarts; cancelled meanwhile, it is not.
 import fs from 'node:fs';
-import { ResultWriter, fileLines } from '../formats/jsonl.js';
+import { ResultWriter, fileLines, requestLineLimit } from '../formats/jsonl.js';
 import { batchRecord } from '../openai/batch-lines.js';
 import { runBatch } from '../openai/batch-run.js';
 import type { Engine } from '../openai/complete.js';
@@ -207,7 +207,7 @@ export class BatchJobs {
       this.store.putBatch(b);
       let saved = performance.now();
       const counts = await runBatch(this.engine, {
-        lines: () => fileLines(input),
+        lines: () => fileLines(input, requestLineLimit(this.engine.model.maxPositions)),
         out, errors, endpoint: b.batch.endpoint as Endpoint, concurrency: this.concurrency, signal, stop: this.stop.signal,
         onProgress: (c) => {
           b.batch.request_counts.completed = before.completed + c.completed;

@@ -6,7 +6,8 @@
 
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
-import { fileLines, unreadableLine } from '../formats/jsonl.js';
+import { type LineLimit, fileLines, unreadableLine } from '../formats/jsonl.js';
+import { formatSize } from '../tensor/tiers/size.js';
 import { TextTokenizer } from '../formats/tokenizer.js';
 import { readConfig } from '../models/registry.js';
 import { UserError } from '../util/errors.js';
@@ -46,14 +47,28 @@ export function dataContextFor(modelDir: string, seqLen: number): DataOptions {
   return { vocabSize: config.vocabSize, eosTokenId: tokenizer?.eosTokenId ?? config.eosTokenIds[0] ?? null, tokenizer, seqLen };
 }
 
-/** Reads `file`; throws a UserError when it cannot be read or has no usable line. */
-export async function readDataset(file: string, o: DataOptions): Promise<Dataset> {
+/** RAM reading a line takes, a byte of it: its bytes, its string, its parsed values (a token id
+ *  of two bytes an 8-byte number) or a text's tokens while they are encoded, and its sequence. */
+const LINE_RAM_PER_BYTE = 16;
+
+/** The longest data line a run under a RAM limit of `ram` bytes reads: a longer one is skipped
+ *  without being held whole (a 16 MB line of 4,000,000 ids, skipped as longer than --seq-len after
+ *  it was parsed, took a --ram 24MiB run to 197 MB). */
+export function dataLineLimit(ram: number): LineLimit {
+  const bytes = Math.floor(ram / LINE_RAM_PER_BYTE);
+  return { bytes, why: `more than a line may be under --ram ${formatSize(ram)} (reading one takes about ${LINE_RAM_PER_BYTE} bytes of RAM a byte: at most ` +
+    `${formatSize(bytes)}); split it into shorter lines, or raise --ram` };
+}
+
+/** Reads `file`; throws a UserError when it cannot be read or has no usable line. Lines past
+ *  `limit` are skipped as bad lines. */
+export async function readDataset(file: string, o: DataOptions, limit?: LineLimit): Promise<Dataset> {
   const sequences = new SequenceList(o.seqLen);
   const skipped: SkippedLine[] = [];
   const packer = new Packer(o.seqLen, (ids, line) => sequences.push(ids, ids, line));
   let n = 0;
   // (fileLines drops the byte-order mark some editors start UTF-8 files with)
-  for await (const text of lines(file)) {
+  for await (const text of lines(file, limit)) {
     n++;
     if (text.trim() === '') continue;
     // (a line that is not valid UTF-8 is skipped as a bad line, not trained on with U+FFFD in it)
@@ -210,7 +225,7 @@ function fingerprint(sequences: Iterable<Sequence>): string {
   return h.digest('hex');
 }
 
-async function* lines(file: string): AsyncGenerator<string> {
+async function* lines(file: string, limit?: LineLimit): AsyncGenerator<string> {
   let stat: fs.Stats;
   try {
     stat = fs.statSync(file);
@@ -219,5 +234,5 @@ async function* lines(file: string): AsyncGenerator<string> {
     throw new UserError(`${file}: cannot read the data file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
   if (stat.isDirectory()) throw new UserError(`${file}: is a directory (data needs a JSONL file)`);
-  yield* fileLines(file);
+  yield* fileLines(file, limit);
 }

@@ -19,7 +19,7 @@ import { UserError } from '../util/errors.js';
 import { type Bf16Kernel, isBf16Kernel, selectBf16Kernel } from '../backend/cpu/bf16-kernel.js';
 import { Batcher, evalBatches } from './batcher.js';
 import { LATEST, latestCheckpoint, loadCheckpoint, removeTemporaries, saveCheckpoint } from './checkpoint.js';
-import { type Dataset, dataContextFor, datasetBytes, readDataset } from './dataset.js';
+import { type Dataset, dataContextFor, dataLineLimit, datasetBytes, readDataset } from './dataset.js';
 import { MetricsWriter } from './metrics.js';
 import { publishModel } from './publish.js';
 import { type ResolvedOptions, type TrainRunInfo, type TrainRunOptions, mathOptions, resolveOptions } from './run-options.js';
@@ -128,8 +128,9 @@ async function* trainLocked(o: ResolvedOptions, seqLenByDefault: boolean, env: R
  *  nothing later needs it (chat templates are applied while reading). */
 async function readData(o: ResolvedOptions): Promise<{ data: Dataset; evalData: Dataset | null }> {
   const ctx = dataContextFor(o.model, o.seqLen);
-  const data = await readDataset(o.data, ctx);
-  const evalData = o.evalData !== undefined ? await readDataset(o.evalData, ctx) : null;
+  const limit = o.ram !== undefined ? dataLineLimit(o.ram) : undefined;
+  const data = await readDataset(o.data, ctx, limit);
+  const evalData = o.evalData !== undefined ? await readDataset(o.evalData, ctx, limit) : null;
   return { data, evalData };
 }
 
