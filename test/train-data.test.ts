@@ -119,6 +119,22 @@ describe('text, prompt/completion and chat lines (with a tokenizer)', () => {
     expect(d.counts.targets).toBe(stream.length - d.sequences.length);
   });
 
+  // (trained on as U+FFFD without a word, where bytes that are not UTF-8 skip the line)
+  it('skips text holding a lone surrogate, naming the field', async () => {
+    const d = await readDataset(writeLines([
+      '{"text": "fine"}',
+      '{"text": "half a pair \\ud83d here"}',
+      '{"prompt": "q", "completion": "\\udfe7"}',
+      '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x\\ud800"}]}',
+    ]), ctx(32));
+    expect(d.sequences).toHaveLength(1);
+    expect(d.skipped.map((x) => x.message.replace(/^.*?:(\d+): /, '$1: '))).toEqual([
+      '2: "text" holds a lone surrogate U+D83D at character 12 (an unpaired "\\ud83d" escape): it is no character, and UTF-8 cannot carry it',
+      '3: "completion" holds a lone surrogate U+DFE7 at character 0 (an unpaired "\\udfe7" escape): it is no character, and UTF-8 cannot carry it',
+      '4: "messages[1].content" holds a lone surrogate U+D800 at character 1 (an unpaired "\\ud800" escape): it is no character, and UTF-8 cannot carry it',
+    ]);
+  });
+
   it('prompt/completion: loss on the completion and EOS only; too long is an error for the line', async () => {
     const d = await readDataset(writeLines([
       { prompt: 'Question: what is two plus two? Answer:', completion: ' four' },

@@ -21,8 +21,9 @@ import { type F32Source, STATE_DIR, type StateAlloc, type TrainingState, readTra
 export const LATEST = 'latest';
 const NAME = /^checkpoint-(\d+)(?:-(\d+))?$/;
 // What a save, a prune or a publish killed midway leaves in OUT: a checkpoint's directory, the
-// `latest` link (made beside it, then renamed over it) or a model file's link, named .NAME.tmp-PID.
-const TEMP = /^\.(?:checkpoint-.*|latest|[^/]+\.(?:json|safetensors|model|txt|jinja))\.tmp-\d+$/;
+// `latest` link (made beside it, then renamed over it) or a model file's link, named .NAME.tmp-PID;
+// and metrics.jsonl.tmp-PID, the rewrite of metrics.jsonl a resume makes (writeFileDurable).
+const TEMP = /^(?:\.(?:checkpoint-.*|latest|[^/]+\.(?:json|safetensors|model|txt|jinja))|metrics\.jsonl)\.tmp-\d+$/;
 
 export interface SaveOptions {
   /** Checkpoints kept after a save, the new one included (default 1). */

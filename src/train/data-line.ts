@@ -8,6 +8,7 @@
 
 import type { TextTokenizer } from '../formats/tokenizer.js';
 import { chatSequence, parseMessages } from './chat-labels.js';
+import { illFormedField } from '../util/text.js';
 import { type DataVocab, IGNORE_INDEX, commonPrefix } from './sequence.js';
 
 export type LineItem =
@@ -41,7 +42,13 @@ export function parseDataLine(text: string, ctx: LineContext): LineItem {
   if (present.length === 0) return fail('expected "text", "prompt" and "completion", "messages", or "token_ids"');
   if (present.length > 1) return fail(`mixes the fields of ${present.map(([n]) => `"${n}"`).join(' and ')} lines; use one shape per line`);
   try {
-    const shape = present[0]![0];
+    const [shape, keys] = present[0]!;
+    // (a lone surrogate, from a "\ud83d" escape, is no character: the tokenizer trained on it as
+    // U+FFFD without a word, where bytes that are not UTF-8 skip the line)
+    for (const key of shape === 'token_ids' ? [] : keys) {
+      const bad = illFormedField(o[key], key);
+      if (bad) return fail(`"${bad.field}" ${bad.why}`);
+    }
     const item = parseShape(shape, o, ctx);
     return item.kind === 'error' ? item : checkItem(item, ctx, shape === 'token_ids');
   } catch (e) {
