@@ -82,6 +82,16 @@ describe('token_ids lines', () => {
     expect(labels(d.sequences.at(1)!)).toEqual([-100, -100, 9]);
   });
 
+  // (each was printed, and every message held in RAM outside the plan: 100,000 bad lines flooded stderr)
+  it('keeps the messages of the first 100 lines skipped, and counts them all', async () => {
+    const d = await readDataset(writeLines([...Array.from({ length: 150 }, () => '{"token_ids": []}'), { token_ids: [1, 2, 3] }]), idsOnly);
+    expect(d.sequences).toHaveLength(1);
+    expect([d.skipped.length, d.skippedLines]).toEqual([100, 150]);
+    expect(d.skipped.at(-1)!.line).toBe(100);
+    const none = writeLines(Array.from({ length: 150 }, () => '{"token_ids": []}'));
+    await expect(readDataset(none, idsOnly)).rejects.toThrow(/no usable line; all 150 were skipped:\n( {2}.*\n){5} {2}\(145 more\)$/);
+  });
+
   it('a file with no usable line fails with a UserError listing why, before any compute', async () => {
     const file = writeLines(['{"token_ids": [1, 999]}', 'nope']);
     await expect(readDataset(file, idsOnly)).rejects.toThrow(/no usable line; all 2 were skipped:\n .*data\.jsonl:1: .*vocabulary of 512\n .*data\.jsonl:2: not valid JSON/);

@@ -4,6 +4,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { UserError } from '../util/errors.js';
 import { formatSize } from '../tensor/tiers/size.js';
+import { SKIPPED_KEPT } from '../train/dataset.js';
 import { train } from '../train/run.js';
 import { TRAIN_DEFAULTS as D, type TrainRunOptions } from '../train/run-options.js';
 import { decimal, int, oneOf, rule } from './parse.js';
@@ -87,6 +88,7 @@ async function runTrain(o: Omit<TrainRunOptions, 'onStart'>, report: boolean): P
       resume: o.resume === true,
       onStart: (info) => {
         for (const s of info.skipped) err(`skipped ${s}`);
+        if (info.skippedLines > info.skipped.length) err(`skipped ${info.skippedLines - info.skipped.length} more lines (the first ${SKIPPED_KEPT} of each file are shown)`);
         const from = info.resumedFrom ? `resuming from ${info.resumedFrom}, ` : '';
         // (a run resumed from its last step has none left: it republishes the model)
         const steps = info.startStep < info.totalSteps ? `steps ${info.startStep + 1}..${info.totalSteps}` : `no steps left (all ${info.totalSteps} done)`;

@@ -30,7 +30,10 @@ export interface SkippedLine {
 export interface Dataset {
   file: string;
   sequences: SequenceList;
+  /** The first SKIPPED_KEPT lines skipped. */
   skipped: SkippedLine[];
+  /** Every line skipped. */
+  skippedLines: number;
   counts: DataCounts;
   /** sha256 of every sequence's ids and labels, in order. */
   fingerprint: string;
@@ -65,6 +68,7 @@ export function dataLineLimit(ram: number): LineLimit {
 export async function readDataset(file: string, o: DataOptions, limit?: LineLimit): Promise<Dataset> {
   const sequences = new SequenceList(o.seqLen);
   const skipped: SkippedLine[] = [];
+  let skippedLines = 0;
   const packer = new Packer(o.seqLen, (ids, line) => sequences.push(ids, ids, line));
   let n = 0;
   // (fileLines drops the byte-order mark some editors start UTF-8 files with)
@@ -74,15 +78,17 @@ export async function readDataset(file: string, o: DataOptions, limit?: LineLimi
     // (a line that is not valid UTF-8 is skipped as a bad line, not trained on with U+FFFD in it)
     const unreadable = unreadableLine(text);
     const item = unreadable !== null ? { kind: 'error' as const, error: unreadable } : parseDataLine(text, o);
-    if (item.kind === 'error') skipped.push({ line: n, message: `${file}:${n}: ${item.error}` });
+    if (item.kind === 'error') {
+      if (skippedLines++ < SKIPPED_KEPT) skipped.push({ line: n, message: `${file}:${n}: ${item.error}` });
+    }
     else if (item.kind === 'document') packer.push(item.ids, n);
     else sequences.push(item.ids, item.labels, n);
   }
   packer.finish();
   if (sequences.length === 0) {
-    throw new UserError(skipped.length === 0 ? `${file}: no data lines` : `${file}: no usable line; all ${skipped.length} were skipped:\n${skippedSummary(skipped)}`);
+    throw new UserError(skippedLines === 0 ? `${file}: no data lines` : `${file}: no usable line; all ${skippedLines} were skipped:\n${skippedSummary(skipped, skippedLines)}`);
   }
-  return { file, sequences, skipped, counts: countSequences(sequences), fingerprint: fingerprint(sequences) };
+  return { file, sequences, skipped, skippedLines, counts: countSequences(sequences), fingerprint: fingerprint(sequences) };
 }
 
 /**
@@ -156,10 +162,14 @@ export function datasetBytes(d: Dataset): number {
   return d.sequences.bytes;
 }
 
+/** Skipped lines whose messages a dataset keeps (the rest are counted): a file of 100,000 bad
+ *  lines printed each, and held every message in RAM outside the plan. */
+export const SKIPPED_KEPT = 100;
+
 /** The first `max` skipped lines' messages, one per indented line, and how many more there are. */
-export function skippedSummary(skipped: SkippedLine[], max = 5): string {
+export function skippedSummary(skipped: SkippedLine[], total = skipped.length, max = 5): string {
   const shown = skipped.slice(0, max).map((s) => `  ${s.message}`);
-  if (skipped.length > max) shown.push(`  (${skipped.length - max} more)`);
+  if (total > max) shown.push(`  (${total - max} more)`);
   return shown.join('\n');
 }
 

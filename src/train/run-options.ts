@@ -76,8 +76,11 @@ export interface TrainRunInfo {
   resumedFrom: string | null;
   sequences: number;
   tokens: number;
-  /** "FILE:LINE: reason" of every data line skipped (training and eval data). */
+  /** "FILE:LINE: reason" of the data lines skipped (training and eval data), the first
+   *  SKIPPED_KEPT of each file. */
   skipped: string[];
+  /** Data lines skipped in all, training and eval data. */
+  skippedLines: number;
   parameters: number;
   /** Offloaded runs: the training state's bytes in RAM and on disk, and the sub-group size. */
   offload?: { ramBytes: number; diskBytes: number; subGroupSize: number; tiledWeights: number; tileBytes: number };

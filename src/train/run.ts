@@ -226,7 +226,7 @@ async function* runSteps(trainer: Trainer, o: ResolvedOptions, data: Dataset, ev
   const startStep = resumed?.step ?? 0;
   o.onStart?.({
     startStep, totalSteps, resumedFrom: resumed?.dir ?? null, sequences: data.counts.sequences, tokens: data.counts.tokens,
-    skipped: [...data.skipped, ...(evalData?.skipped ?? [])].map((s) => s.message),
+    skipped: [...data.skipped, ...(evalData?.skipped ?? [])].map((s) => s.message), skippedLines: data.skippedLines + (evalData?.skippedLines ?? 0),
     parameters: trainer.parameterCount(),
     ...(trainer.offloadPlacement() ? { offload: trainer.offloadPlacement()! } : {}),
     ...predicted(trainer, o, comm.size),
