@@ -74,6 +74,11 @@ describe('tierlm train reports', () => {
     for (const l of lines.filter((x) => x.eval_loss !== undefined)) expect(l.eval_perplexity).toBeCloseTo(Math.exp(l.eval_loss!), 6);
     // save-every 0: one checkpoint, at the end.
     expect(fs.readdirSync(out).filter((f) => f.startsWith('checkpoint-'))).toEqual(['checkpoint-4']);
+    // Resumed asking fewer steps than were done (a constant schedule allows it): it said "all 2 done".
+    const fewer = cli(['train', '--model', model, '--data', data, '--out', out, '--max-steps', '2', '--batch-size', '2', '--eval-data', batchFile,
+      '--eval-every', '2', '--save-every', '0', '--threads', '1', '--resume']);
+    expect(fewer.code, fewer.stderr).toBe(0);
+    expect(fewer.stderr).toMatch(/resuming from .*checkpoint-4, no steps left \(4 done, past the 2 asked\)/);
   });
 
   it('text and prompt/completion lines, epochs with grad-accum and a linear schedule; `tierlm generate --model OUT` runs the result', () => {

@@ -91,7 +91,10 @@ async function runTrain(o: Omit<TrainRunOptions, 'onStart'>, report: boolean): P
         if (info.skippedLines > info.skipped.length) err(`skipped ${info.skippedLines - info.skipped.length} more lines (the first ${SKIPPED_KEPT} of each file are shown)`);
         const from = info.resumedFrom ? `resuming from ${info.resumedFrom}, ` : '';
         // (a run resumed from its last step has none left: it republishes the model)
-        const steps = info.startStep < info.totalSteps ? `steps ${info.startStep + 1}..${info.totalSteps}` : `no steps left (all ${info.totalSteps} done)`;
+        const steps = info.startStep < info.totalSteps ? `steps ${info.startStep + 1}..${info.totalSteps}`
+          : info.startStep === info.totalSteps ? `no steps left (all ${info.totalSteps} done)`
+          // (a resume asking fewer steps than its checkpoint has: "all 4 done" after 6)
+          : `no steps left (${info.startStep} done, past the ${info.totalSteps} asked)`;
         err(`training ${(info.parameters / 1e6).toFixed(1)}M parameters on ${info.sequences} sequences (${info.tokens} tokens): ${from}${steps}`);
         if (info.offload) {
           err(`model states: ${formatSize(info.offload.ramBytes)} in RAM, ${formatSize(info.offload.diskBytes)} on disk; optimizer sub-groups of ${info.offload.subGroupSize} parameters` +
