@@ -182,20 +182,20 @@ describe('tierlm train --ram --disk-dir', () => {
     expect(even.stderr).not.toContain('rounded');
   });
 
-  // The tokenized data stays in RAM for the whole run: 16000 sequences of 500 tokens, 37 MiB, with
-  // a model whose buffers need ~81 MiB. The limit counts it (a 58 MB file ran to 294 MiB under
-  // --ram 80MiB): refused under 80 MiB naming it (~75 MiB without it), and within the limit under 140 MiB.
+  // The tokenized data stays in RAM for the whole run: 16000 sequences of 500 tokens, 31 MiB, with
+  // a model whose buffers need ~48 MiB. The limit counts it (a 58 MB file ran to 294 MiB under
+  // --ram 80MiB): refused under 70 MiB naming it, and within the limit under 80 MiB.
   it('counts the tokenized data against --ram', () => {
     const m = model('opt-test', 2);
     const file = tokenData('offload-much-data', 16000, 500, 1000, 7);
     const run = (ram: number) => cliPeak(['train', '--model', m, '--data', file, '--out', tmpDir('offload-much-data-out'), '--max-steps', '1',
       '--batch-size', '1', '--seq-len', '512', '--threads', '2', '--ram', `${ram}MiB`, '--disk-dir', tmpDir('offload-much-data-disk')]);
-    const refused = run(80);
+    const refused = run(70);
     expect(refused.code).toBe(1);
-    expect(refused.stderr).toMatch(/RAM limit 80\.0 MiB is too small by .*training data \(tokenized\) and tokenizer 37\.\d MiB.*or train on less data per run/);
-    const ok = run(140);
+    expect(refused.stderr).toMatch(/RAM limit 70\.0 MiB is too small by .*training data \(tokenized\) and tokenizer 31\.\d MiB.*or train on less data per run/);
+    const ok = run(80);
     expect(ok.code, ok.stderr).toBe(0);
-    expect(ok.peakRssBytes).toBeLessThanOrEqual(140 * MiB + RUNTIME_OVERHEAD_BYTES);
+    expect(ok.peakRssBytes).toBeLessThanOrEqual(80 * MiB + RUNTIME_OVERHEAD_BYTES);
   });
 
   // So is the tokenizer the data was read with: Llama 2's adds ~44 MiB (tokenizerRamBytes), which

@@ -93,7 +93,7 @@ export async function readDataset(file: string, o: DataOptions, limit?: LineLimi
 
 /**
  * A dataset's sequences in a few large arrays: their tokens (with the labels after the ids where
- * they differ) in pools of at least 2^18, and five numbers a sequence (pool, offset, length,
+ * they differ) in pools of up to 2^18, and five numbers a sequence (pool, offset, length,
  * whether its labels differ, line) in one array grown by half; a sequence is made as it is asked
  * for, its ids and labels views of its pool. An object and one or two Int32Arrays a sequence
  * took ~580 bytes of RAM a short sequence beside its tokens, ~1000 with labels of its own (Node
@@ -104,10 +104,14 @@ export class SequenceList {
   private used = 0;
   private meta = new Int32Array(5 * 1024);
   private count = 0;
-  private readonly poolTokens: number;
+  /** Tokens of the next pool: from 4096 (or two sequences) doubling to 2^18, so that a small
+   *  dataset holds little more than its tokens. */
+  private poolTokens: number;
+  private readonly maxPoolTokens: number;
 
   constructor(seqLen: number) {
-    this.poolTokens = Math.max(1 << 18, 2 * seqLen);
+    this.poolTokens = Math.max(1 << 12, 2 * seqLen);
+    this.maxPoolTokens = Math.max(1 << 18, 2 * seqLen);
   }
 
   get length(): number {
@@ -125,6 +129,7 @@ export class SequenceList {
     let pool = this.pools[this.pools.length - 1];
     if (!pool || this.used + need > pool.length) {
       this.pools.push((pool = new Int32Array(this.poolTokens)));
+      this.poolTokens = Math.min(this.maxPoolTokens, 2 * this.poolTokens);
       this.used = 0;
     }
     pool.set(ids, this.used);
