@@ -4,6 +4,7 @@
 // directory), and `tierlm batch` giving the same answers as the server's batch for the same file.
 import http from 'node:http';
 import fs from 'node:fs';
+import { gzipSync } from 'node:zlib';
 import path from 'node:path';
 import OpenAI, { toFile } from 'openai';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -302,6 +303,11 @@ describe('errors, in OpenAI\'s format', () => {
     const empty = await post('', 'application/json');
     expect(empty.statusCode).toBe(400);
     expect(empty.json().error).toMatchObject({ code: 'invalid_json', message: 'The request body is empty: POST /v1/completions takes a JSON object.' });
+    // a compressed body is refused as such (it was parsed as it came: "not valid UTF-8")
+    const gz = await server.app.inject({ method: 'POST', url: '/v1/completions', payload: gzipSync(body),
+      headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json', 'content-encoding': 'gzip' } });
+    expect(gz.statusCode).toBe(415);
+    expect(gz.json().error).toMatchObject({ code: 'unsupported_media_type', message: "Unsupported Content-Encoding 'gzip': send the body uncompressed" });
     // a JSON body still works, with a charset too
     expect((await post(body, 'application/json; charset=utf-8')).statusCode).toBe(200);
   });

@@ -138,6 +138,11 @@ export async function buildServer(o: ServerOptions): Promise<Server> {
   });
   app.addHook('onClose', async () => clearInterval(closeIdle));
   app.addHook('onRequest', async (req, reply) => {
+    // (a gzip body was parsed as it came: "not valid UTF-8 (byte offset 1 of the body)")
+    const encoding = req.headers['content-encoding']?.trim().toLowerCase();
+    if (encoding && encoding !== 'identity') {
+      throw new ApiError(415, `Unsupported Content-Encoding '${encoding}': send the body uncompressed`, 'invalid_request_error', null, 'unsupported_media_type');
+    }
     if (closing) {
       reply.header('connection', 'close');
       throw new ApiError(503, 'the server is shutting down; retry on another instance or after it restarts', 'server_error', null, 'server_shutting_down');
