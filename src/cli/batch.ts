@@ -1,11 +1,11 @@
 // `tierlm batch`: an OpenAI Batch API input file run offline. Output lines are what OpenAI's
 // Batch API writes (src/openai/batch-run.ts, the same code the server's batch jobs run); a rerun
 // skips every custom_id already answered in --output or --errors, so a stopped job resumes.
-import { readConfig } from '../models/registry.js';
 import type { Command } from 'commander';
 import { loadModel } from '../engine/model.js';
 import { JOB_IDS, jobIdBytes } from '../engine/job.js';
 import { openPrompts, requestLineLimit, ResultWriter } from '../formats/jsonl.js';
+import { readConfig } from '../models/registry.js';
 import { UserError } from '../util/errors.js';
 import { servedName } from './model-name.js';
 import { modelDir, outputFile } from './paths.js';

@@ -74,10 +74,9 @@ export async function runJob(model: LanguageModel, writer: ResultWriter, o: JobO
         if (!item.madeUpId) seen.add(id);
         hold(item.line, { id, error: item.error }, item.madeUpId === true);
       } else if (seen.has(id)) {
-        // (a malformed line too: under the id, its error was the id's newest line and hid the
-        // first line's result, every rerun adding another)
-        // Under the line's own name, not the id: as the newest line for the id, the error hid the
-        // first line's result, so the id read as failed and was computed again on every rerun.
+        // Under the line's own name, not the id (a malformed line's too): as the newest line for
+        // the id, the error hid the first line's result, so the id read as failed and was
+        // computed again (or its error written again) on every rerun.
         hold(item.line, { id: `line-${item.line}`, error: `${source.name}:${item.line}: duplicate id "${id}"` }, true);
       }
       else if ('request' in item) {

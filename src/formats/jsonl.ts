@@ -93,9 +93,9 @@ export async function* splitLines(chunks: AsyncIterable<Buffer> | Iterable<Buffe
   // (ignoreBOM: a BOM is dropped from the file's first line only, below, not from every line)
   const decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
   let pending: Buffer[] = [];
+  // The line's bytes so far; once past the limit, they are dropped as they come (pending empty).
   let pendingBytes = 0;
-  // Bytes of a line past the limit so far (-1: none), dropped as they come.
-  let over = -1;
+  let dropping = false;
   const maxBytes = limit?.bytes ?? Infinity;
   const tooLong = (bytes: number) => `${UNREADABLE}${bytes} bytes, ${limit!.why}`;
   let first = true;
@@ -112,27 +112,23 @@ export async function* splitLines(chunks: AsyncIterable<Buffer> | Iterable<Buffe
     let start = 0;
     for (let nl = chunk.indexOf(10); nl >= 0; nl = chunk.indexOf(10, start)) {
       const piece = chunk.subarray(start, nl);
-      if (over >= 0 || pendingBytes + piece.length > maxBytes) yield tooLong(Math.max(over, pendingBytes) + piece.length);
+      const bytes = pendingBytes + piece.length;
+      if (dropping || bytes > maxBytes) yield tooLong(bytes);
       else yield line(pending.length > 0 ? Buffer.concat([...pending, piece]) : piece);
       pending = [];
       pendingBytes = 0;
-      over = -1;
+      dropping = false;
       start = nl + 1;
     }
     if (start < chunk.length) {
-      const rest = chunk.subarray(start);
-      if (over >= 0) over += rest.length;
-      else if (pendingBytes + rest.length > maxBytes) {
-        over = pendingBytes + rest.length;
+      pendingBytes += chunk.length - start;
+      if (pendingBytes > maxBytes) {
+        dropping = true;
         pending = [];
-        pendingBytes = 0;
-      } else {
-        pending.push(rest);
-        pendingBytes += rest.length;
-      }
+      } else pending.push(chunk.subarray(start));
     }
   }
-  if (over >= 0) yield tooLong(over);
+  if (dropping) yield tooLong(pendingBytes);
   else if (pending.length > 0) yield line(Buffer.concat(pending));
 }
 
