@@ -365,6 +365,44 @@ describe('the offloaded step cost model', () => {
   });
 });
 
+describe('the offloaded step cost model, with weights in tiles', () => {
+  // Tiles move synchronously, in the middle of their compute: W per pass (twice a layer's, once
+  // per chunk of logits rows the head's), Wᵀ from the transposed copy the step's first pass
+  // writes, dW read and written per pass, Σ g² read at release, the embedding's rows gathered.
+  // The measured bytes, per kind, equal the prediction, with some tiled states in RAM (half) or
+  // none, a tied head (OPT) and a separate one (Llama), and a head of two chunks (40000 rows).
+  it.each([
+    { config: 'opt-test' as const, precision: 'fp32' as const, layers: 2, shares: none, vocab: 300, length: 12, tile: 48 << 10, tiled: 13 },
+    { config: 'llama-test' as const, precision: 'bf16' as const, layers: 2, shares: half, vocab: 512, length: 12, tile: 48 << 10, tiled: 8 },
+    { config: 'opt-test' as const, precision: 'bf16' as const, layers: 1, shares: none, vocab: 40000, length: 220, tile: 64 << 10, tiled: 7 },
+  ])('$config $precision, vocabulary $vocab: the bytes it moves are the ones predicted', async ({ config, precision, layers, shares, vocab, length, tile, tiled }) => {
+    const dir = model(config, layers, { vocab_size: vocab });
+    const r = rng(4);
+    const steps = Array.from({ length: 2 }, () => Array.from({ length: 2 }, () => Array.from({ length: 2 }, () => ({
+      tokenIds: Array.from({ length }, () => Math.floor(r() * vocab)) }))));
+    const maxTokens = 2 * length;
+    const t = await openTrainer(dir, { lr: 1e-3, threads: 1, precision, offload: { ram: 256 * MiB, diskDir: tmpDir('offload-tile-cost'), shares, maxTokens, tileSize: tile } });
+    try {
+      expect(t.offloadPlacement()!.tiledWeights).toBe(tiled);
+      await t.step(steps[0]!);
+      const last = await t.step(steps[1]!);
+      const p = t.predictStep(loadProfile(process.env.TIERLM_PROFILE!)!, maxTokens, 2)!;
+      const sum = (x: Record<string, number>) => Object.values(x).reduce((a, b) => a + b, 0);
+      expect(p.bytes.tileRead).toBeGreaterThan(0);
+      // The transposed copy: written once a step, read by each micro-batch's backward (the head's
+      // once per chunk).
+      const copied = last.offload!.written.weightT ?? 0;
+      if (shares === none) expect(copied).toBeGreaterThan(0);
+      expect(last.offload!.read.weightT ?? 0).toBeGreaterThanOrEqual(2 * copied);
+      expect(sum(last.offload!.written)).toBe(p.bytes.passWritten + p.bytes.optimizerWritten);
+      expect(sum(last.offload!.read)).toBe(p.bytes.passRead + p.bytes.optimizerRead);
+      expect(p.seconds).toBeCloseTo(Math.max(p.computeSeconds, p.passIoSeconds) + p.tileIoSeconds + p.optimizerSeconds - p.optimizerHiddenSeconds, 12);
+    } finally {
+      await t.close();
+    }
+  });
+});
+
 describe('I/O faults in an offloaded step', () => {
   afterEach(() => vi.restoreAllMocks());
   const faults = [

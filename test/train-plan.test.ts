@@ -35,7 +35,7 @@ describe('tierlm plan --train', () => {
     expect(p.prefetch_depth).toBeGreaterThanOrEqual(1);
     expect(p.prefetch_depth).toBeLessThanOrEqual(p.max_prefetch_depth);
     const q = p.predicted;
-    expect(q.step_seconds).toBeCloseTo(Math.max(q.compute_seconds, q.pass_io_seconds) + q.optimizer_seconds - q.optimizer_hidden_seconds, 12);
+    expect(q.step_seconds).toBeCloseTo(Math.max(q.compute_seconds, q.pass_io_seconds) + q.tile_io_seconds + q.optimizer_seconds - q.optimizer_hidden_seconds, 12);
     expect(q.compute.gemm + q.compute.attention + q.compute.elementwise + q.compute.packing).toBeCloseTo(q.compute_seconds, 12);
     expect(q.compute.attention).toBeGreaterThan(0);
     expect(['compute', 'disk (forward/backward)', 'disk (optimizer)']).toContain(q.bound);

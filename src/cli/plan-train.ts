@@ -71,9 +71,10 @@ export function trainPlanJson(r: ReturnType<typeof trainPlan>): Record<string, u
     ram_percent: Object.fromEntries(Object.keys(p.plan.shares).map((k) => [k, Math.round(1000 * placedShare(p.plan, k as keyof Shares)) / 10])),
     predicted: {
       step_seconds: p.cost.seconds, tokens_per_second: (r.batchSize * r.seqLen) / p.cost.seconds, bound: p.cost.bound,
-      compute_seconds: p.cost.computeSeconds, compute: p.cost.compute, pass_io_seconds: p.cost.passIoSeconds, optimizer_seconds: p.cost.optimizerSeconds,
+      compute_seconds: p.cost.computeSeconds, compute: p.cost.compute, pass_io_seconds: p.cost.passIoSeconds, tile_io_seconds: p.cost.tileIoSeconds, optimizer_seconds: p.cost.optimizerSeconds,
       optimizer_hidden_seconds: p.cost.optimizerHiddenSeconds, optimizer_sets: p.plan.optimizerSets,
-      bytes: { pass_read: p.cost.bytes.passRead, pass_written: p.cost.bytes.passWritten, optimizer_read: p.cost.bytes.optimizerRead, optimizer_written: p.cost.bytes.optimizerWritten },
+      bytes: { pass_read: p.cost.bytes.passRead, pass_written: p.cost.bytes.passWritten, optimizer_read: p.cost.bytes.optimizerRead, optimizer_written: p.cost.bytes.optimizerWritten,
+        tile_read: p.cost.bytes.tileRead, tile_written: p.cost.bytes.tileWritten },
     },
     memory: p.plan.items.map((i) => ({ what: i.what, ram: i.ram, disk: i.disk })),
   };
@@ -96,7 +97,7 @@ export function trainPlanReport(r: ReturnType<typeof trainPlan>): string {
       (p.plan.tiled.size > 0 ? `; ${p.plan.tiled.size} weights in tiles of ${formatSize(p.plan.tileBytes)}` : ''),
     `predicted step ${f(p.cost.seconds)} s, ${f((r.batchSize * r.seqLen) / p.cost.seconds)} tokens/s, bound by ${p.cost.bound}: ` +
       `compute ${f(p.cost.computeSeconds)} s (GEMM ${f(k.gemm)}, attention ${f(k.attention)}, elementwise ${f(k.elementwise)}, packing ${f(k.packing)}), ` +
-      `forward/backward disk ${f(p.cost.passIoSeconds)} s, optimizer ${f(p.cost.optimizerSeconds)} s (${f(p.cost.optimizerHiddenSeconds)} s of it under the next forward)`,
+      `forward/backward disk ${f(p.cost.passIoSeconds)} s, ${p.cost.tileIoSeconds > 0 ? `weight tiles' disk ${f(p.cost.tileIoSeconds)} s, ` : ''}optimizer ${f(p.cost.optimizerSeconds)} s (${f(p.cost.optimizerHiddenSeconds)} s of it under the next forward)`,
     'memory',
   ];
   for (const i of p.plan.items.filter((x) => x.ram > 0 || x.disk > 0)) {

@@ -102,7 +102,7 @@ async function runTrain(o: Omit<TrainRunOptions, 'onStart'>, report: boolean): P
             (o.subGroupSize !== undefined && o.subGroupSize !== info.offload.subGroupSize ? ` (--sub-group-size ${o.subGroupSize} rounded to a multiple of ${PIECE_ALIGN})` : '') +
             (info.offload.tiledWeights > 0 ? `; ${info.offload.tiledWeights} weights computed in tiles of ${formatSize(info.offload.tileBytes)}` : ''));
           const p = info.predicted;
-          err(p ? `predicted step ${p.seconds.toFixed(2)} s, bound by ${p.bound} (compute ${p.computeSeconds.toFixed(2)} s, forward/backward disk ${p.passIoSeconds.toFixed(2)} s, optimizer ${p.optimizerSeconds.toFixed(2)} s, ${p.optimizerHiddenSeconds.toFixed(2)} s of it under the next forward)`
+          err(p ? `predicted step ${p.seconds.toFixed(2)} s, bound by ${p.bound} (compute ${p.computeSeconds.toFixed(2)} s, forward/backward disk ${p.passIoSeconds.toFixed(2)} s, ${p.tileIoSeconds > 0 ? `weight tiles' disk ${p.tileIoSeconds.toFixed(2)} s, ` : ''}optimizer ${p.optimizerSeconds.toFixed(2)} s, ${p.optimizerHiddenSeconds.toFixed(2)} s of it under the next forward)`
             : info.unpredicted ?? 'no predicted step time');
         }
         if (report) progress = new StepProgress(info.startStep);

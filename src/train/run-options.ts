@@ -85,7 +85,7 @@ export interface TrainRunInfo {
   /** Offloaded runs: the training state's bytes in RAM and on disk, and the sub-group size. */
   offload?: { ramBytes: number; diskBytes: number; subGroupSize: number; tiledWeights: number; tileBytes: number };
   /** Offloaded runs with a saved hardware profile: the cost model's step time and what bounds it. */
-  predicted?: { seconds: number; bound: string; computeSeconds: number; passIoSeconds: number; optimizerSeconds: number; optimizerHiddenSeconds: number };
+  predicted?: { seconds: number; bound: string; computeSeconds: number; passIoSeconds: number; tileIoSeconds: number; optimizerSeconds: number; optimizerHiddenSeconds: number };
   /** Offloaded runs without `predicted`: why not (no saved profile; or ranks, whose step
    *  `tierlm plan --train --ranks N` predicts). */
   unpredicted?: string;

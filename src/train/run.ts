@@ -434,8 +434,8 @@ function predicted(trainer: Trainer, o: ResolvedOptions, ranks: number): Pick<Tr
   const profile = loadProfile(o.profile ?? defaultProfilePath());
   if (!profile) return { unpredicted: 'no saved hardware profile (`tierlm profile`): no predicted step time' };
   const p = trainer.predictStep(profile, o.batchSize * o.seqLen, o.gradAccum, o.seqLen);
-  return p ? { predicted: { seconds: p.seconds, bound: p.bound, computeSeconds: p.computeSeconds, passIoSeconds: p.passIoSeconds, optimizerSeconds: p.optimizerSeconds,
-    optimizerHiddenSeconds: p.optimizerHiddenSeconds } } : {};
+  return p ? { predicted: { seconds: p.seconds, bound: p.bound, computeSeconds: p.computeSeconds, passIoSeconds: p.passIoSeconds, tileIoSeconds: p.tileIoSeconds,
+    optimizerSeconds: p.optimizerSeconds, optimizerHiddenSeconds: p.optimizerHiddenSeconds } } : {};
 }
 
 /** The trainer's offload options from the run's (none without a RAM limit). */

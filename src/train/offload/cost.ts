@@ -14,9 +14,11 @@
 // activations and residuals, which stream the layer's per-token activations (the bytes
 // ./plan.ts reserves for one layer's tape) three times (forward, recompute, backward) at the copy
 // rate.
-// A step takes max(compute, forward/backward I/O) + max(AdamW, optimizer I/O) − what of the
-// optimizer hides under the next step's forward, and is bound by the largest part; a phase's I/O
-// is its reads or its writes, whichever take longer (they overlap).
+// A step takes max(compute, forward/backward I/O) + tile I/O + max(AdamW, optimizer I/O) − what
+// of the optimizer hides under the next step's forward, and is bound by the largest part; a
+// phase's I/O is its reads or its writes, whichever take longer (they overlap). A weight computed
+// in tiles (./tiles.ts) is read tile by tile in the middle of its compute, which waits for it, so
+// its traffic adds to the step (tileTraffic).
 // The update of step t runs in the background of step t+1's first forward (./optimizer.ts): the
 // forward of unit u waits only for u's sub-groups. The JavaScript thread runs the update's
 // bookkeeping only between units (a unit's compute is one synchronous call), so under one unit's
@@ -27,6 +29,7 @@
 import type { HardwareProfile } from '../../policy/profile.js';
 import { attentionPrefillRate, diskReadRate, diskWriteRate, gemmRate, memcpyRate } from '../../policy/profile.js';
 import type { ModelConfig } from '../../models/config.js';
+import { headChunkRows } from '../head-chunk.js';
 import { type Layout, type StateKind, kindBytes } from './layout.js';
 
 export interface OffloadCostInput {
@@ -55,13 +58,16 @@ export interface OffloadCost {
   compute: { gemm: number; attention: number; elementwise: number; packing: number };
   /** Disk time of the forward and backward (hidden under compute when shorter). */
   passIoSeconds: number;
+  /** Disk time of the weights computed in tiles (not hidden: the compute waits for each tile). */
+  tileIoSeconds: number;
   /** The optimizer step: AdamW's pass or its disk traffic, whichever is longer (they overlap). */
   optimizerSeconds: number;
   /** The part of optimizerSeconds hidden under the next step's forward. */
   optimizerHiddenSeconds: number;
   /** The forward of one micro-batch (the window the previous update overlaps). */
   forwardSeconds: number;
-  bytes: { passRead: number; passWritten: number; optimizerRead: number; optimizerWritten: number };
+  /** passRead and passWritten include tileRead and tileWritten. */
+  bytes: { passRead: number; passWritten: number; optimizerRead: number; optimizerWritten: number; tileRead: number; tileWritten: number };
   /** What the step time is made of, largest first: 'compute', 'disk (forward/backward)', 'disk (optimizer)'. */
   bound: string;
 }
@@ -74,11 +80,14 @@ export function predictOffloadStep(o: OffloadCostInput): OffloadCost {
   // Bytes as the transfers move them: each parameter's range padded to the 4096-byte blocks.
   const disk = (kind: StateKind) => layout.fileBytes[kind];
   const L = layout.units.length - 1;
+  // What the passes fetch with the units (the tiled weights move in tiles instead).
   const unitDisk = (kind: StateKind, u: number) => {
-    const r = layout.range(kind, layout.units[u]!);
+    const r = layout.range(kind, layout.fetched[u]!);
     return r ? r.end - r.start : 0;
   };
+  const fetched = (kind: StateKind) => layout.units.reduce((n, _, u) => n + unitDisk(kind, u), 0);
   const globals = unitDisk(computeKind, L);
+  const tiles = tileTraffic(layout, computeKind, tokens, k);
   const format = computeKind === 'param' ? 'bf16' : 'f32';
   const mem = memcpyRate(profile);
   const packSeconds = (k * 3 * params * (kindBytes(computeKind) + 4)) / mem;
@@ -89,8 +98,9 @@ export function predictOffloadStep(o: OffloadCostInput): OffloadCost {
   const computeSeconds = gemmSeconds + attentionSeconds + elementwiseSeconds + packSeconds;
   const adamSeconds = (updated * 30) / mem;
   // The globals (embeddings, head) are fetched once per pass and held through it; layers twice.
-  const passRead = k * (2 * (disk(computeKind) - globals) + globals) + (k - 1) * disk('grad') + k * o.actDiskBytes;
-  const passWritten = k * disk('grad') + k * o.actDiskBytes;
+  const unitsRead = k * (2 * (fetched(computeKind) - globals) + globals) + (k - 1) * fetched('grad') + k * o.actDiskBytes;
+  const unitsWritten = k * fetched('grad') + k * o.actDiskBytes;
+  const passRead = unitsRead + tiles.read, passWritten = unitsWritten + tiles.written;
   const optimizerRead = disk('grad') + disk('master') + disk('m') + disk('v');
   const optimizerWritten = disk('master') + disk('m') + disk('v') + (computeKind === 'param' ? disk('param') : 0);
   const r = diskReadRate(profile), w = diskWriteRate(profile);
@@ -98,7 +108,8 @@ export function predictOffloadStep(o: OffloadCostInput): OffloadCost {
   // sub-group i+1 while it writes i−1), and the disk serves both directions at once: the
   // OPT-1.3B run moved 21 GB in and 18 GB out in 14 s, where one after the other at the
   // profile's rates takes 24 s (docs/benchmarks.md). So each phase takes its slower direction.
-  const passIoSeconds = Math.max(passRead / r, passWritten / w);
+  const passIoSeconds = Math.max(unitsRead / r, unitsWritten / w);
+  const tileIoSeconds = tiles.read / r + tiles.written / w;
   const optimizerSeconds = Math.max(adamSeconds, optimizerRead / r, optimizerWritten / w);
   // Forward: a quarter of the GEMMs and attention (forward, recompute, backward twice), a third of
   // the elementwise work and packing, of one micro-batch.
@@ -112,13 +123,46 @@ export function predictOffloadStep(o: OffloadCostInput): OffloadCost {
     optimizerHiddenSeconds = Math.min(optimizerSeconds, units * Math.min(forwardSeconds / units, inFlight));
   }
   const exposed = optimizerSeconds - optimizerHiddenSeconds;
-  const parts: [string, number][] = [['compute', computeSeconds], ['disk (forward/backward)', passIoSeconds], ['disk (optimizer)', exposed]];
+  const parts: [string, number][] = [['compute', computeSeconds], ['disk (forward/backward)', passIoSeconds], ['disk (weight tiles)', tileIoSeconds], ['disk (optimizer)', exposed]];
   const bound = parts.sort((a, b) => b[1] - a[1]).map(([n]) => n)[0]!;
   return {
-    seconds: Math.max(computeSeconds, passIoSeconds) + exposed, computeSeconds, passIoSeconds, optimizerSeconds, optimizerHiddenSeconds, forwardSeconds,
+    seconds: Math.max(computeSeconds, passIoSeconds) + tileIoSeconds + exposed, computeSeconds, passIoSeconds, tileIoSeconds, optimizerSeconds, optimizerHiddenSeconds, forwardSeconds,
     compute: { gemm: gemmSeconds, attention: attentionSeconds, elementwise: elementwiseSeconds, packing: packSeconds },
-    bytes: { passRead, passWritten, optimizerRead, optimizerWritten }, bound,
+    bytes: { passRead, passWritten, optimizerRead, optimizerWritten, tileRead: tiles.read, tileWritten: tiles.written }, bound,
   };
+}
+
+/** Bytes a step of `k` micro-batches of `tokens` moves for the weights computed in tiles
+ *  (./tiles.ts), from their files (what is in RAM moves nothing). Per micro-batch, with W the
+ *  compute copy's bytes and G the gradient's:
+ *  - a layer's linear: W read by the forward and by the backward's recompute, and Wᵀ read from the
+ *    transposed copy (written once a step, by the step's first pass over W); another global linear
+ *    (project_in/out): W once and Wᵀ once;
+ *  - the LM head: W and Wᵀ once per chunk of logits rows (../head-chunk.ts), and one pass over dG
+ *    per chunk;
+ *  - the token embedding: its rows gathered, one per token, and one pass over dG;
+ *  - a pass over dG reads G (but the step's first on an untouched gradient, which starts at zero)
+ *    and writes it; the gradient's Σ g² reads G once more at the unit's release. */
+export function tileTraffic(layout: Layout, computeKind: StateKind, tokens: number, k: number): { read: number; written: number } {
+  const c = layout.config;
+  const chunks = Math.ceil(tokens / headChunkRows(tokens, c.vocabSize));
+  let read = 0, written = 0;
+  for (const p of layout.params) {
+    if (!layout.isTiled(p.index)) continue;
+    const w = layout.onDisk(computeKind, p.index) ? p.size * kindBytes(computeKind) : 0;
+    const g = layout.onDisk('grad', p.index) ? p.size * 4 : 0;
+    const head = p.use === 'head' || p.use === 'tied', embed = p.use === 'embed' || p.use === 'tied';
+    // Passes over W (forward) and Wᵀ a micro-batch, and over dW.
+    const wPasses = p.use === 'layer' ? 2 : head ? chunks : embed ? 0 : 1;
+    const tPasses = head ? chunks : embed ? 0 : 1;
+    const gPasses = (head ? chunks : embed ? 0 : 1) + (embed ? 1 : 0);
+    read += k * (wPasses + tPasses) * w;
+    if (tPasses > 0) written += w;
+    if (embed && w > 0) read += k * tokens * p.shape[1]! * kindBytes(computeKind);
+    read += (k * gPasses - 1) * g + k * g;
+    written += k * gPasses * g;
+  }
+  return { read, written };
 }
 
 /** Bytes of one layer's activations and their gradients per token (f32): what its norms,

@@ -44,7 +44,14 @@ export interface ParamInfo {
   size: number;
   /** Unit: layer index, or L for the globals. */
   unit: number;
+  /** How a training pass uses it, for the traffic of a tiled one (./cost.ts). */
+  use: TensorUse;
 }
+
+/** 'layer': a layer's tensor (its linears run twice a pass: forward and recompute); 'global': the
+ *  globals' others (project_in/out: once); 'head': the LM head (once per chunk of logits rows);
+ *  'embed': the token embedding (rows gathered); 'tied': both of the last two. */
+export type TensorUse = 'layer' | 'global' | 'head' | 'embed' | 'tied';
 
 export class Layout {
   readonly params: ParamInfo[] = [];
@@ -68,8 +75,9 @@ export class Layout {
     readonly tiled: ReadonlySet<string> = new Set()) {
     this.units = Array.from({ length: config.layers + 1 }, () => []);
     const list: readonly UnitTensor[] = Array.isArray(names) ? (names as readonly UnitTensor[]) : modelTensors(config, names as NameTable);
-    for (const { name, shape, unit } of list) {
-      const p = { index: this.params.length, name, shape: [...shape], size: shape.reduce((a, b) => a * b, 1), unit };
+    for (const { name, shape, unit, use } of list) {
+      const p = { index: this.params.length, name, shape: [...shape], size: shape.reduce((a, b) => a * b, 1), unit,
+        use: use ?? (unit < config.layers ? 'layer' : 'global') };
       this.params.push(p);
       this.units[unit]!.push(p.index);
     }
@@ -138,6 +146,8 @@ export interface UnitTensor {
   name: string;
   shape: readonly number[];
   unit: number;
+  /** Default: 'layer' in a layer's unit, else 'global'. */
+  use?: TensorUse;
 }
 
 /** The model's tensors in paramList's order, each with its unit (layer j, or L for the globals). */
@@ -146,7 +156,9 @@ function modelTensors(config: ModelConfig, names: NameTable): UnitTensor[] {
   for (let j = 0; j < config.layers; j++) {
     for (const t of Object.values(names.layer)) if (t) for (const part of ['weight', 'bias']) layerOf.set(`${t.replace('{L}', String(j))}.${part}`, j);
   }
-  return paramList(config, names).map(({ name, slot, part }) => ({ name, shape: expectedShape(config, slot as LayerSlot, part), unit: layerOf.get(name) ?? config.layers }));
+  const g = names.global, head = `${g.lm_head}.weight`, embed = `${g.embed}.weight`;
+  const use = (name: string): TensorUse | undefined => name === head ? (head === embed ? 'tied' : 'head') : name === embed ? 'embed' : undefined;
+  return paramList(config, names).map(({ name, slot, part }) => ({ name, shape: expectedShape(config, slot as LayerSlot, part), unit: layerOf.get(name) ?? config.layers, use: use(name) }));
 }
 
 export function kindBytes(k: StateKind): number {

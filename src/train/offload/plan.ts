@@ -258,6 +258,10 @@ export function placeStates(o: OffloadPlanInput, probe: Layout, items: MemoryIte
     items.push({ what: `${KIND_NAMES[k]} (${Math.round((100 * b.ram) / Math.max(1, b.ram + b.disk))}% in RAM)`, ram: b.ram, disk: b.disk });
   }
   items.push({ what: `activation checkpoints (${Math.round(100 * shares.act)}% in RAM)`, ram: shares.act >= 1 ? totals.act! : 0, disk: shares.act >= 1 ? 0 : totals.act! });
+  // A tiled weight read from disk also gets a transposed copy there, for its input gradient (./tiles.ts).
+  const computeKind: StateKind = o.precision === 'bf16' ? 'param' : 'master';
+  const transposed = layout.params.reduce((n, q) => n + (layout.isTiled(q.index) && layout.onDisk(computeKind, q.index) ? alignUp(q.size * kindBytes(computeKind)) : 0), 0);
+  if (transposed > 0) items.push({ what: 'transposed copies of the tiled weights', ram: 0, disk: transposed });
   try {
     checkLimits(items, { ram: o.ram, disk: o.disk }, `training ${c.layers} layers with ${t} tokens per micro-batch`);
   } catch (e) {

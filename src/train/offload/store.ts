@@ -75,6 +75,9 @@ export class OffloadStore implements ParamSource, ParamLookup {
    *  follows it, so its pass reads nothing of the next ahead). */
   lastMicroBatch = true;
   private phase: Phase = 'forward';
+  /** In a training pass (its backward follows), not an evaluation: a tiled weight's first pass
+   *  writes its transposed copy (./tiles.ts). */
+  private training = false;
   private readonly tiles: TileIo;
   private readonly acts: ActivationSpill | null;
   /** The optimizer step still updating in the background (./optimizer.ts): a unit's fetch waits
@@ -100,7 +103,7 @@ export class OffloadStore implements ParamSource, ParamLookup {
       new BufferPool({ bufferBytes: globals(this.computeKind), count: 2 })];
     this.gradPools = [new BufferPool({ bufferBytes: maxLayer('grad'), count: 2 }), new BufferPool({ bufferBytes: globals('grad'), count: 1 })];
     this.zero = Array.from({ length: L + 1 }, () => true);
-    this.tiles = new TileIo(states, backend, mode, options.tileBytes);
+    this.tiles = new TileIo(states, backend, mode, options.tileBytes, this.computeKind, () => this.phase);
     this.sumSquares = new Float64Array(layout.params.length);
     this.prefetch = new Prefetcher(options.maxDepth, (u) => this.tryRead(u), (l) => l.lease && this.pool(l.unit, false).release(l.lease));
     this.acts = options.actOnDisk ? new ActivationSpill(states, config.hidden, options.maxTokens, L) : null;
@@ -182,6 +185,7 @@ export class OffloadStore implements ParamSource, ParamLookup {
   }
 
   async prepareGlobals(backward: boolean): Promise<void> {
+    this.training = backward;
     this.prefetch.beginPass(backward ? 'train' : 'eval', backward && this.lastMicroBatch);
     await this.prepare(this.config.layers, backward);
   }
@@ -250,7 +254,7 @@ export class OffloadStore implements ParamSource, ParamLookup {
     const i = this.index(name);
     if (this.layout.isTiled(i)) {
       return {
-        w: this.tiles.weight(this.computeKind, i, base), wT: backward ? this.tiles.weightT(this.computeKind, i, base) : null,
+        w: this.tiles.weight(this.computeKind, i, base, this.training), wT: backward ? this.tiles.weightT(this.computeKind, i, base) : null,
         b: this.has(`${base}.bias`) ? this.vector(`${base}.bias`) : null,
       };
     }

@@ -4,6 +4,17 @@
 // lives (a view of its RAM tensor, or the kind's file, synchronously: a tile is needed in the middle
 // of the layer's compute) into one reused buffer, and dW's tiles written back as each is done.
 // Every output element is the same sum as without tiles, so the results are equal bit for bit.
+//
+// A column tile of W on disk is spread over all of W's rows: gathered from W itself, every tile
+// read the whole weight (24 times OPT-125m's head a backward). So the first pass over W that a
+// backward makes after the parameters change (a layer's recompute, the head's first chunk) also
+// writes W's columns, tile by tile, to a transposed copy (weightT.bin beside the state files);
+// the input gradient's tiles are then one contiguous read each, W read once more in all. The
+// copy is valid until the next step (zeroGrad: the optimizer changes W between steps, never
+// within one).
+//
+// The bytes moved are counted with the store's transfers (States.io, as synchronous transfers
+// the compute waited for): the step cost model predicts them (./cost.ts, tileTraffic).
 
 import fs from 'node:fs';
 import { type Backend, type PackedWeight, weightFormatFor } from '../../backend/backend.js';
@@ -16,26 +27,59 @@ import type { TableRows } from '../params.js';
 import { type StateKind, kindBytes } from './layout.js';
 import type { States } from './states.js';
 import { writeFully } from '../../util/write-fully.js';
+import { alignUp } from '../../tensor/disk/io.js';
+import type { Phase } from './stats.js';
 
 /** Elements native sumSquares sums per partial (kChunk in native/kernels/optim_generic.cpp). */
 const SUM_CHUNK = 1 << 16;
 
 /** Bytes of whole rows read at once for a tile of a weight's columns (TileIo.readColumns; at
- *  least one row): a small fixed buffer, beside the tile itself. */
+ *  least one row), and of a piece written to a transposed copy: a small fixed buffer, beside the
+ *  tile itself. */
 const ROW_BLOCK_BYTES = 256 << 10;
 
+/** The transposed copies' file in the state directory, and the name its bytes are counted under. */
+export const WEIGHT_T_FILE = 'weightT.bin';
+export const WEIGHT_T_KIND = 'weightT';
+
 export class TileIo {
-  private readonly fds = new Map<StateKind, number>();
+  private readonly fds = new Map<string, number>();
   private raw = new Uint8Array(0);
   private readonly packs = new Map<string, Uint8Array>();
+  /** Per tiled parameter whose compute copy is on disk: the byte offset of its transposed copy. */
+  private readonly tOffsets = new Map<number, number>();
+  /** The step the transposed copy of a parameter was written in (see zeroGrad). */
+  private readonly tWritten = new Map<number, number>();
+  private step = 0;
 
   constructor(private readonly states: States, private readonly backend: Backend, private readonly mode: ComputeMode,
     /** Bytes of W (in the compute kind) per tile. */
-    readonly tileBytes: number) {}
+    readonly tileBytes: number,
+    /** The kind compute reads ('param', or 'master' in fp32). */
+    private readonly computeKind: StateKind,
+    /** The phase transfers are counted under (the store's). */
+    private readonly phase: () => Phase) {
+    const layout = states.layout;
+    let at = 0;
+    for (const p of layout.params) {
+      if (!layout.isTiled(p.index) || !layout.onDisk(computeKind, p.index)) continue;
+      this.tOffsets.set(p.index, at);
+      at += alignUp(p.size * kindBytes(computeKind));
+    }
+    if (at > 0) {
+      const fd = fs.openSync(this.path(WEIGHT_T_KIND), 'w+');
+      this.fds.set(WEIGHT_T_KIND, fd);
+      fs.ftruncateSync(fd, at);
+    }
+  }
 
-  private fd(kind: StateKind): number {
+  private path(kind: string): string {
+    return kind === WEIGHT_T_KIND ? `${this.states.dir}/${WEIGHT_T_FILE}` : this.states.path(kind as StateKind);
+  }
+
+  private fd(kind: string): number {
     let fd = this.fds.get(kind);
-    if (fd === undefined) this.fds.set(kind, (fd = fs.openSync(this.states.path(kind), 'r+')));
+    if (fd === undefined) this.fds.set(kind, (fd = fs.openSync(this.path(kind), 'r+')));
     return fd;
   }
 
@@ -46,12 +90,17 @@ export class TileIo {
       dst.set(new Uint8Array(r.data.buffer, r.data.byteOffset + at, dst.byteLength));
       return;
     }
-    const base = this.states.layout.offsets[kind][index]!;
+    this.readFile(kind, this.states.layout.offsets[kind][index]! + at, dst, index);
+  }
+
+  private readFile(kind: string, at: number, dst: Uint8Array, index: number): void {
+    const t0 = performance.now();
     for (let done = 0; done < dst.byteLength;) {
-      const n = fs.readSync(this.fd(kind), dst, done, dst.byteLength - done, base + at + done);
-      if (n === 0) throw new Error(`${this.states.path(kind)}: ends inside parameter ${this.states.layout.params[index]!.name}`);
+      const n = fs.readSync(this.fd(kind), dst, done, dst.byteLength - done, at + done);
+      if (n === 0) throw new Error(`${this.path(kind)}: ends inside parameter ${this.states.layout.params[index]!.name}`);
       done += n;
     }
+    this.states.io.counted(this.phase(), kind, 'read', dst.byteLength, t0, performance.now());
   }
 
   write(kind: StateKind, index: number, at: number, src: Uint8Array): void {
@@ -60,8 +109,13 @@ export class TileIo {
       new Uint8Array(r.data.buffer, r.data.byteOffset + at, src.byteLength).set(src);
       return;
     }
-    const base = this.states.layout.offsets[kind][index]!;
-    writeFully(this.fd(kind), src, this.states.path(kind), base + at);
+    this.writeFile(kind, this.states.layout.offsets[kind][index]! + at, src);
+  }
+
+  private writeFile(kind: string, at: number, src: Uint8Array): void {
+    const t0 = performance.now();
+    writeFully(this.fd(kind), src, this.path(kind), at);
+    this.states.io.counted(this.phase(), kind, 'write', src.byteLength, t0, performance.now());
   }
 
   private buffer(bytes: number): Uint8Array {
@@ -82,35 +136,67 @@ export class TileIo {
     return pack(into);
   }
 
-  /** W [n, k] of parameter `index` (compute kind `kind`) for y = x·Wᵀ, in row tiles. */
-  weight(kind: StateKind, index: number, name: string): TiledWeight {
+  /** Columns of W [n, k] per tile of Wᵀ: a multiple of the GEMM's row block. */
+  private colTile(n: number, k: number, eb: number, dtype: 'f32' | 'bf16'): number {
+    return this.tileRows(k, n, eb, this.backend.packedRowBlock(this.format(dtype)) ?? 1);
+  }
+
+  /** W [n, k] of parameter `index` (compute kind `kind`) for y = x·Wᵀ, in row tiles. `backward`:
+   *  the pass goes on to the input gradient, so (once a step) W's columns go to its transposed copy
+   *  as each row tile passes. */
+  weight(kind: StateKind, index: number, name: string, backward = false): TiledWeight {
     const [n, k] = this.states.layout.params[index]!.shape as [number, number];
     const eb = kindBytes(kind), dtype = kind === 'param' ? 'bf16' : 'f32';
     const rows = this.tileRows(n, k, eb, this.backend.packedRowBlock(this.format(dtype)) ?? 1);
     const self = this;
     return new TiledWeight(this.backend.name, n, k, function* () {
+      const copy = backward && self.tOffsets.has(index) && self.tWritten.get(index) !== self.step;
       for (let r0 = 0; r0 < n; r0 += rows) {
         const r1 = Math.min(n, r0 + rows);
         const bytes = self.buffer((r1 - r0) * k * eb);
         self.read(kind, index, r0 * k * eb, bytes);
+        if (copy) self.writeColumns(index, [n, k], r0, r1, eb, self.colTile(n, k, eb, dtype), bytes);
         const t = new Tensor(dtype, [r1 - r0, k], dtype === 'bf16' ? new Uint16Array(bytes.buffer, bytes.byteOffset, (r1 - r0) * k) : new Float32Array(bytes.buffer, bytes.byteOffset, (r1 - r0) * k));
         const f = self.format(dtype);
         yield self.pack('w', self.backend.packedByteLength(f, r1 - r0, k), (into) => self.backend.packWeight(t, self.mode, name, { into }));
       }
+      // Only a whole pass makes the copy whole (a pass left midway by an error does not).
+      if (copy) self.tWritten.set(index, self.step);
     }, name);
   }
 
-  /** Wᵀ for dx = dy·W, in tiles of W's columns (rows of Wᵀ), each gathered from W's rows. */
+  /** Rows [r0, r1) of W (`rows`, [r1 − r0, k]) into its transposed copy: the copy holds W's
+   *  column tiles one after another, tile [c0, c1) as [n, c1 − c0] row-major, so these rows of
+   *  each tile are contiguous, written in pieces of ROW_BLOCK_BYTES at most (through the buffer
+   *  readColumns uses: the two never run at once). */
+  private writeColumns(index: number, [n, k]: [number, number], r0: number, r1: number, eb: number, cols: number, rows: Uint8Array): void {
+    const base = this.tOffsets.get(index)!;
+    for (let c0 = 0; c0 < k; c0 += cols) {
+      const w = Math.min(k, c0 + cols) - c0, run = w * eb;
+      const per = Math.max(1, Math.floor(ROW_BLOCK_BYTES / run));
+      for (let a = r0; a < r1; a += per) {
+        const h = Math.min(r1, a + per) - a;
+        const out = this.rowBuffer(h * run);
+        copyStrided(out, rows, { run, counts: [h, 1], dstOffset: 0, dstStrides: [run, 0], srcOffset: (a - r0) * k * eb + c0 * eb, srcStrides: [k * eb, 0] });
+        this.writeFile(WEIGHT_T_KIND, base + (c0 * n + a * w) * eb, out);
+      }
+    }
+  }
+
+  /** Wᵀ for dx = dy·W, in tiles of W's columns (rows of Wᵀ): from the transposed copy when this
+   *  step's is whole, else gathered from W's rows. */
   weightT(kind: StateKind, index: number, name: string): TiledWeight {
     const [n, k] = this.states.layout.params[index]!.shape as [number, number];
     const eb = kindBytes(kind), dtype = kind === 'param' ? 'bf16' : 'f32';
-    const cols = this.tileRows(k, n, eb, this.backend.packedRowBlock(this.format(dtype)) ?? 1);
+    const cols = this.colTile(n, k, eb, dtype);
     const self = this;
     return new TiledWeight(this.backend.name, k, n, function* () {
+      const copied = self.tWritten.get(index) === self.step;
       for (let c0 = 0; c0 < k; c0 += cols) {
         const c1 = Math.min(k, c0 + cols), w = c1 - c0;
         const bytes = self.buffer(n * w * eb);
-        self.readColumns(kind, index, [n, k], c0, c1, eb, bytes);
+        if (copied) self.readFile(WEIGHT_T_KIND, self.tOffsets.get(index)! + c0 * n * eb, bytes, index);
+        else self.readColumns(kind, index, [n, k], c0, c1, eb, bytes);
         const t = new Tensor(dtype, [n, w], dtype === 'bf16' ? new Uint16Array(bytes.buffer, bytes.byteOffset, n * w) : new Float32Array(bytes.buffer, bytes.byteOffset, n * w));
         const f = self.format(dtype);
         yield self.pack('wT', self.backend.packedByteLength(f, w, n), (into) => self.backend.packWeightT(t, self.mode, name, { into }));
@@ -131,16 +217,20 @@ export class TileIo {
     const r = this.states.residentTensor(kind, index);
     if (r) return copy(new Uint8Array(r.data.buffer, r.data.byteOffset, n * rowBytes), n, 0);
     const rows = Math.max(1, Math.floor(ROW_BLOCK_BYTES / rowBytes));
-    if (this.rowBlock.byteLength < rows * rowBytes) this.rowBlock = new Uint8Array(rows * rowBytes);
     for (let r0 = 0; r0 < n; r0 += rows) {
       const r1 = Math.min(n, r0 + rows);
-      const block = this.rowBlock.subarray(0, (r1 - r0) * rowBytes);
+      const block = this.rowBuffer((r1 - r0) * rowBytes);
       this.read(kind, index, r0 * rowBytes, block);
       copy(block, r1 - r0, r0);
     }
   }
 
   private rowBlock = new Uint8Array(0);
+
+  private rowBuffer(bytes: number): Uint8Array {
+    if (this.rowBlock.byteLength < bytes) this.rowBlock = new Uint8Array(bytes);
+    return this.rowBlock.subarray(0, bytes);
+  }
 
   /** dW [n, k] of parameter `index` in row tiles: zeros when `zero` (the step's first micro-batch)
    *  and the tile was not written since zeroGrad(), else read; written back after each. A tied
@@ -167,9 +257,11 @@ export class TileIo {
   /** Gradient tiles written since the step began (see grad()). */
   private readonly written = new Set<string>();
 
-  /** Before a step's first micro-batch. */
+  /** Before a step's first micro-batch: the optimizer has changed W since the transposed copies
+   *  were written. */
   zeroGrad(): void {
     this.written.clear();
+    this.step++;
   }
 
   /** An embedding table [n, k] of parameter `index` (compute kind `kind`) read row by row: each
