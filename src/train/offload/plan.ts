@@ -37,8 +37,6 @@ export interface OffloadPlanInput {
   /** RAM the caller holds besides the trainer's buffers for as long as it trains (a run's
    *  tokenized data): counted against the limit like them. */
   heldBytes?: number;
-  /** Try smaller tiles where the default ones do not fit (default true; see planOffload). */
-  retile?: boolean;
   /** How a refusal names the options that would fit it: openTrainer's and train()'s ('api'), or
    *  `tierlm train`'s flags (default: as the process names options, src/util/names.ts). */
   optionNames?: NameStyle;
@@ -65,9 +63,6 @@ const ORDER: (StateKind | 'act')[] = ['param', 'master', 'grad', 'm', 'v', 'act'
  *  tiled; when that does not fit, smaller tiles are tried (down to 64 KiB) before refusing — a
  *  larger limit tiled fewer weights, held them whole, and was refused where a smaller one ran. */
 export function planOffload(o: OffloadPlanInput): OffloadPlan {
-  // (without retiling, as planTraining's first pass plans, the default sub-groups alone: the
-  // trainer's own plan, which tries smaller tiles before smaller sub-groups, is then the same)
-  if (o.retile === false) return planOffloadOnce({ ...o, subGroupSize: plannedSubGroup(o.subGroupSize) ?? roundSubGroup(defaultSubGroup(o)) });
   return withSubGroups(o, defaultSubGroup(o), (subGroupSize) => {
     const p = { ...o, subGroupSize };
     const tried = planOrRefusals(p);
