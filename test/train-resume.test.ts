@@ -96,6 +96,11 @@ describe.each(['fp32', 'bf16'])('tierlm train --resume after SIGKILL (%s)', (pre
     ['killed between saves (--save-every 4)', ['--save-every', '4'], (k) => (out) => metricLines(out) >= [5, 6, 7, 9, 10, 11][k - 2]!, {}],
     // The first save stopped before its directory is renamed into place: nothing saved yet.
     ['killed inside a save', ['--save-every', '4'], () => () => false, { TIERLM_TEST_CHECKPOINT_PAUSE: 'rename' }, 'checkpoint save paused'],
+    // A save killed once its checkpoint is in place, before the link follows it: the resume
+    // takes it (it took the link's, redid 4 steps and saved checkpoint-8-1 beside checkpoint-8).
+    ['killed before a save\'s link', ['--save-every', '4', '--keep-checkpoints', '2'], () => () => false, { TIERLM_TEST_CHECKPOINT_PAUSE: 'link@8' }, 'checkpoint save paused'],
+    // The last save killed before its prune: the resume prunes (an extra checkpoint stayed for good).
+    ['killed before the last save\'s prune', ['--save-every', '4', '--keep-checkpoints', '2'], () => () => false, { TIERLM_TEST_CHECKPOINT_PAUSE: `prune@${STEPS}` }, 'checkpoint save paused'],
   ];
   for (const [name, extra, when, env, printed] of cases) {
     it(`${name}, then resumed: the same losses and final weights, byte for byte`, async () => {
@@ -104,9 +109,15 @@ describe.each(['fp32', 'bf16'])('tierlm train --resume after SIGKILL (%s)', (pre
       const signal = await runAndKill(args(data, out, precision, extra), when(k), out, { ...env, ...kernel }, printed);
       expect(signal, `the run was not killed (k = ${k})`).toBe('SIGKILL');
       const done = metricLines(out);
-      expect(done, `killed after ${done} steps (k = ${k})`).toBeLessThan(STEPS);
+      // (the last save's prune comes after the last step's metrics)
+      expect(done, `killed after ${done} steps (k = ${k})`).toBeLessThan(env.TIERLM_TEST_CHECKPOINT_PAUSE === `prune@${STEPS}` ? STEPS + 1 : STEPS);
+      const left = fs.readdirSync(out).filter((n) => /^checkpoint-\d+$/.test(n)).sort((a, b) => Number(a.slice(11)) - Number(b.slice(11))).at(-1);
       const r = cli(args(data, out, precision, [...extra, '--resume']), printed ? kernel : {});
       expect(r.code, r.stderr).toBe(0);
+      // from the newest checkpoint, and no more of them than kept (one by default)
+      if (left) expect(r.stderr).toContain(`resuming from ${path.join(out, left)},`);
+      const keep = extra.includes('--keep-checkpoints') ? Number(extra[extra.indexOf('--keep-checkpoints') + 1]) : 1;
+      expect(fs.readdirSync(out).filter((n) => n.startsWith('checkpoint-')).length).toBeLessThanOrEqual(keep);
       expect(losses(out), `killed after ${done} steps (k = ${k}); ${r.stderr}`).toEqual(reference);
       expect(fs.readFileSync(path.join(out, 'model.safetensors')).equals(fs.readFileSync(path.join(whole, 'model.safetensors')))).toBe(true);
       // Resuming a finished run trains nothing and changes nothing, and leaves nothing behind:
@@ -147,6 +158,32 @@ describe('resuming with other options', () => {
     fs.appendFileSync(data, '{"token_ids": [1, 2, 3]}\n');
     const changed = cli([...base, '--resume']);
     expect(changed.stderr).toMatch(/data\.jsonl: the data differs from the run being resumed/);
+  });
+});
+
+describe('resuming with more epochs', () => {
+  // 10 sequences, micro-batches of 2, 2 a step: an epoch is 5 micro-batches, its last step short
+  // (batches never run past the last epoch). A resume with --epochs 2 took 5 steps in all, as an
+  // uninterrupted --epochs 2 run does (its steps span the boundary), and left epoch 2's last
+  // micro-batch unread: 267 of 304 tokens, without a word.
+  it('reads every micro-batch of the new epochs', () => {
+    const dir = tmpDir('train-epochs');
+    const data = path.join(dir, 'data.jsonl');
+    writeData(data);
+    const run = (out: string, epochs: number, extra: string[] = []) => cli(['train', '--model', model, '--data', data, '--out', out, '--epochs', String(epochs),
+      '--batch-size', '2', '--grad-accum', '2', '--seq-len', '32', '--threads', '1', ...extra]);
+    const tokens = (out: string) => losses(out).reduce((n, l) => n + l.tokens, 0);
+    const whole = path.join(dir, 'whole');
+    expect(run(whole, 2).code).toBe(0);
+    const out = path.join(dir, 'out');
+    expect(run(out, 1).code).toBe(0);
+    expect(losses(out).length).toBe(3);
+    const r = run(out, 2, ['--resume']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/steps 4\.\.6/);
+    expect(tokens(out)).toBe(tokens(whole));
+    // and a resume of the finished run, its --epochs unchanged, has nothing left
+    expect(run(out, 2, ['--resume']).stderr).toMatch(/no steps left \(all 6 done\)/);
   });
 });
 

@@ -7,8 +7,10 @@
 // directory fsynced, then the directory is renamed into place and the link replaced by renaming a
 // new link over it. A checkpoint directory therefore exists only once complete, and a crash at any
 // moment (SIGKILL, power cut) leaves the previous checkpoint and the link to it intact; older
-// checkpoints are removed only after the new one is linked. If the link was never made (a crash
-// between the two renames), the newest checkpoint directory is the latest.
+// checkpoints are removed only after the new one is linked. The newest checkpoint directory is
+// the latest, whatever the link says: a crash between the two renames leaves the link on the one
+// before (a resume from it redid the steps since, and saved their checkpoint a second time), and a
+// crash before the prune leaves more checkpoints than kept; a resume sets both right (settle).
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -95,25 +97,41 @@ export function commitSave(outDir: string, name: string, tmp: string, keep: numb
   fs.renameSync(tmp, final);
   forgetSave(tmp); // (now the checkpoint: an exit must not remove it)
   fsyncPath(outDir);
-  const link = path.join(outDir, `.${LATEST}.tmp-${process.pid}`);
-  fs.rmSync(link, { force: true });
-  fs.symlinkSync(name, link);
-  fs.renameSync(link, path.join(outDir, LATEST));
-  fsyncPath(outDir);
+  pauseForTestSync('link', name);
+  link(outDir, name);
+  pauseForTestSync('prune', name);
   prune(outDir, name, keep);
   return final;
 }
 
-/** The directory of OUT's latest checkpoint, or null when it has none. */
-export function latestCheckpoint(outDir: string): string | null {
+/** Points OUT/latest at checkpoint `name`: a new link renamed over the old one. */
+function link(outDir: string, name: string): void {
+  const tmp = path.join(outDir, `.${LATEST}.tmp-${process.pid}`);
+  fs.rmSync(tmp, { force: true });
+  fs.symlinkSync(name, tmp);
+  fs.renameSync(tmp, path.join(outDir, LATEST));
+  fsyncPath(outDir);
+}
+
+/** Finishes what a save killed after its rename left undone (before a resume): OUT/latest linked
+ *  to the newest checkpoint, and no more than `keep` checkpoints. */
+export function settleCheckpoints(outDir: string, keep: number): void {
+  const newest = latestCheckpoint(outDir);
+  if (!newest) return;
+  const name = path.basename(newest);
   let target: string | null = null;
   try {
     target = fs.readlinkSync(path.join(outDir, LATEST));
   } catch {
-    // No link yet: fall back on the newest directory.
+    // no link yet
   }
-  if (target !== null && NAME.test(target) && fs.existsSync(path.join(outDir, target, STATE_DIR))) return path.join(outDir, target);
-  const newest = checkpoints(outDir).at(-1);
+  if (target !== name) link(outDir, name);
+  prune(outDir, name, keepCount({ keep }));
+}
+
+/** The directory of OUT's latest checkpoint (its newest), or null when it has none. */
+export function latestCheckpoint(outDir: string): string | null {
+  const newest = checkpoints(outDir).filter((c) => fs.existsSync(path.join(outDir, c.name, STATE_DIR))).at(-1);
   return newest ? path.join(outDir, newest.name) : null;
 }
 
@@ -164,12 +182,20 @@ function prune(outDir: string, current: string, keep: number): void {
   }
 }
 
-/** Crash tests stop a save here (TIERLM_TEST_CHECKPOINT_PAUSE=model|rename: every save, or
- *  model@STEP|rename@STEP: that step's, so that checkpoints before it are complete) and kill the
- *  process. */
+/** Crash tests stop a save here (TIERLM_TEST_CHECKPOINT_PAUSE=model|rename|link|prune: every
+ *  save, or model@STEP and so on: that step's, so that checkpoints before it are complete) and
+ *  kill the process. */
 async function pauseForTest(stage: string, step: number): Promise<void> {
   const pause = process.env.TIERLM_TEST_CHECKPOINT_PAUSE;
   if (pause !== stage && pause !== `${stage}@${step}`) return;
   process.stdout.write(`checkpoint save paused at ${stage}\n`);
   await new Promise(() => setInterval(() => {}, 1 << 30));
+}
+
+/** pauseForTest where the save cannot wait (commitSave is synchronous): the thread blocks. */
+function pauseForTestSync(stage: string, name: string): void {
+  const pause = process.env.TIERLM_TEST_CHECKPOINT_PAUSE;
+  if (!pause || (pause !== stage && pause !== `${stage}@${NAME.exec(name)?.[1]}`)) return;
+  fs.writeSync(1, `checkpoint save paused at ${stage}\n`);
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
 }

@@ -18,7 +18,7 @@ import { readConfig } from '../models/registry.js';
 import { UserError } from '../util/errors.js';
 import { type Bf16Kernel, isBf16Kernel, selectBf16Kernel } from '../backend/cpu/bf16-kernel.js';
 import { Batcher, evalBatches } from './batcher.js';
-import { LATEST, latestCheckpoint, loadCheckpoint, removeTemporaries, saveCheckpoint } from './checkpoint.js';
+import { LATEST, latestCheckpoint, loadCheckpoint, removeTemporaries, saveCheckpoint, settleCheckpoints } from './checkpoint.js';
 import { type Dataset, dataContextFor, dataLineLimit, datasetBytes, readDataset } from './dataset.js';
 import { MetricsWriter } from './metrics.js';
 import { publishModel } from './publish.js';
@@ -86,10 +86,10 @@ async function* trainLocked(o: ResolvedOptions, seqLenByDefault: boolean, env: R
   fitSeqLen(o, seqLenByDefault);
   const { data, evalData } = await readData(o);
   const globalBatch = o.batchSize * comm.size;
-  const totalSteps = o.maxSteps ?? Math.ceil(((o.epochs ?? 1) * Math.ceil(data.sequences.length / globalBatch)) / o.gradAccum);
+  const existing = latestCheckpoint(o.out);
+  const totalSteps = stepsOf(o, data.sequences.length, globalBatch, o.resume && existing ? savedState(existing) : null);
   const math = mathOptions(o, totalSteps, sha256(fs.readFileSync(path.join(o.model, 'config.json'))));
   checkRanksAgree(comm, data, evalData, math);
-  const existing = latestCheckpoint(o.out);
   if (!existing && holdsModel(o.out)) {
     // The trained model is published into OUT: over a model directory's own files (the model
     // being trained, say) it would replace them.
@@ -100,9 +100,13 @@ async function* trainLocked(o: ResolvedOptions, seqLenByDefault: boolean, env: R
   }
   if (existing && o.resume) {
     checkResume(existing, math, comm.size, data, evalData);
-    // A save or prune killed midway left a temporary copy (a whole checkpoint's size); a run
-    // with nothing left to train makes no save that would clear it.
-    if (comm.rank === 0) removeTemporaries(o.out);
+    // A save or prune killed midway left a temporary copy (a whole checkpoint's size), one killed
+    // after its rename the link or the prune undone; a run with nothing left to train makes no
+    // save that would set them right.
+    if (comm.rank === 0) {
+      removeTemporaries(o.out);
+      settleCheckpoints(o.out, o.keepCheckpoints);
+    }
   }
   const trainer = await openTrainer(o.model, {
     precision: o.precision, lr: o.lr, lrSchedule: o.lrSchedule, warmupSteps: o.warmupSteps, totalSteps, weightDecay: o.weightDecay,
@@ -122,6 +126,23 @@ async function* trainLocked(o: ResolvedOptions, seqLenByDefault: boolean, env: R
     // (also when the caller stops iterating early)
     if (!failed) await trainer.close();
   }
+}
+
+/** The run's steps: --max-steps, or in epoch mode the micro-batches of --epochs over --grad-accum.
+ *  A resume counts the micro-batches its epochs have left from the checkpoint's data position:
+ *  batches never run past the last epoch, so a finished run's last step may have been short, and
+ *  a resume raising --epochs took as many steps as an uninterrupted run (whose steps span the epoch
+ *  boundary) and left the new epochs' last batches unread. */
+function stepsOf(o: ResolvedOptions, sequences: number, globalBatch: number, saved: Record<string, Json> | null): number {
+  if (o.maxSteps !== undefined) return o.maxSteps;
+  const perEpoch = Math.ceil(sequences / globalBatch), all = (o.epochs ?? 1) * perEpoch;
+  const p = saved?.data_position as { epoch?: Json; index?: Json } | undefined;
+  // (a position that does not fit the data is the data's error, reported by the resume's checks)
+  if (!p || !Number.isSafeInteger(saved!.step) || !Number.isSafeInteger(p.epoch) || !Number.isSafeInteger(p.index) || (p.index as number) > sequences) {
+    return Math.ceil(all / o.gradAccum);
+  }
+  const read = (p.epoch as number) * perEpoch + Math.ceil((p.index as number) / globalBatch);
+  return (saved!.step as number) + Math.ceil(Math.max(0, all - read) / o.gradAccum);
 }
 
 /** The training data and the eval data, tokenized. The tokenizer is dropped once they are read:
