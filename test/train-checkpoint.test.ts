@@ -4,7 +4,7 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { SafetensorsFile } from '../src/formats/safetensors.js';
 import { loadModel } from '../src/index.js';
 import { f32ToBf16, f32ToF16 } from '../src/tensor/dtype.js';
@@ -236,6 +236,27 @@ describe('saves are atomic', () => {
     await saveCheckpoint(out, src, stateFromModel(src, 2));
     expect(fs.readdirSync(out).sort()).toEqual(['checkpoint-2', LATEST]);
     expectSameState((await loadCheckpoint(out)).state, stateFromModel(src, 2));
+  });
+
+  // A disk full as a save starts: its directory made, the one inside it refused. The empty
+  // directory stayed until the next run cleared it.
+  it('a save that cannot make its directories leaves none', async () => {
+    const src = path.join(fixturesDir, 'qwen2-tiny');
+    const out = tmpDir('enospc');
+    const real = fs.mkdirSync;
+    const spy = vi.spyOn(fs, 'mkdirSync').mockImplementation(((p: fs.PathLike, o?: fs.MakeDirectoryOptions) => {
+      if (String(p).endsWith(STATE_DIR)) {
+        real(path.dirname(String(p)));
+        throw Object.assign(new Error(`ENOSPC: no space left on device, mkdir '${String(p)}'`), { code: 'ENOSPC' });
+      }
+      return real(p, o);
+    }) as typeof fs.mkdirSync);
+    try {
+      await expect(saveCheckpoint(out, src, stateFromModel(src, 1))).rejects.toThrow(/ENOSPC/);
+    } finally {
+      spy.mockRestore();
+    }
+    expect(fs.readdirSync(out)).toEqual([]);
   });
 
   it('keeps the newest `keep` checkpoints; a resaved step gets a new name; without the link the newest is latest', async () => {

@@ -55,7 +55,13 @@ export function startSave(outDir: string, step: number): { name: string; tmp: st
   removeTemporaries(outDir);
   const name = freeName(outDir, step);
   const tmp = path.join(outDir, `.${name}.tmp-${process.pid}`);
-  fs.mkdirSync(path.join(tmp, STATE_DIR), { recursive: true });
+  try {
+    fs.mkdirSync(path.join(tmp, STATE_DIR), { recursive: true });
+  } catch (e) {
+    // (a full disk can fail the inner directory once the outer one is made)
+    fs.rmSync(tmp, { recursive: true, force: true });
+    throw e;
+  }
   // A whole checkpoint's size: a SIGTERM or Ctrl-C during the save left it in OUT until a resume
   // into the same OUT. Removed at exit or on a signal until commitSave renames it into place.
   saving.set(tmp, removeAtExit(tmp));
