@@ -110,14 +110,37 @@ describe('--ram is a hard limit', () => {
     expect(fs.statSync(out).size).toBeGreaterThan(120 * MiB);
     const run = (ram: string) => cliPeak(['generate', '--model', path.join(fixturesDir, 'opt-tiny'), '--prompts', path.join(fixturesDir, 'prompts.jsonl'),
       '--out', out, '--ram', ram, '--disk-dir', dir, '--max-new-tokens', '2']);
-    // The 400,000 finished ids it keeps to skip them count against the limit (160 bytes each: 61 MiB)
+    // The 400,000 finished ids it keeps to skip them count against the limit (120 bytes each and
+    // their 5-10 characters: 49.5 MiB)
     const small = run('16MiB');
     expect(small.code).toBe(1);
-    expect(small.stderr).toMatch(/RAM limit 16\.0 MiB is too small by .*, and the job's request ids \(61\.0 MiB\) need/);
+    expect(small.stderr).toMatch(/RAM limit 16\.0 MiB is too small by .*, and the job's request ids \(49\.5 MiB\) need/);
     const r = run('80MiB');
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/5 results, 0 failed/);
     expect(r.peakRssBytes).toBeLessThanOrEqual(80 * MiB + RUNTIME_OVERHEAD_BYTES);
+  });
+
+  // Ids were counted at 160 bytes each whatever their length: 100,000 ids of 1 KB (a URL each), all
+  // but 10 answered, took a --ram 64MiB rerun to 307 MiB. They count by their length now.
+  it('counts long request ids by their length', () => {
+    const dir = tmpDir('long-ids');
+    const n = 60_000, id = (i: number) => `https://example.com/${'d'.repeat(1000)}/${i}`;
+    const prompts = path.join(dir, 'in.jsonl'), out = path.join(dir, 'out.jsonl');
+    fs.writeFileSync(prompts, Array.from({ length: n }, (_, i) => JSON.stringify({ id: id(i), prompt_token_ids: [5, 6, 7] })).join('\n') + '\n');
+    fs.writeFileSync(out, Array.from({ length: n - 10 }, (_, i) => JSON.stringify({ id: id(i), prompt_tokens: 3, token_ids: [1], finish_reason: 'length' })).join('\n') + '\n');
+    const run = (ram: string) => cliPeak(['generate', '--model', path.join(fixturesDir, 'opt-tiny'), '--prompts', prompts, '--out', out, '--ram', ram,
+      '--disk-dir', dir, '--max-new-tokens', '1', '--threads', '1']);
+    const small = run('48MiB');
+    expect(small.code).toBe(1);
+    const held = /the job's request ids \(([\d.]+) MiB\) need/.exec(small.stderr);
+    expect(held, small.stderr).not.toBeNull();
+    // 120 bytes an id and its ~1030 characters, twice (the answered ones and the input's)
+    expect(Number(held![1])).toBeGreaterThan((2 * n - 10) * 1030 / MiB);
+    const r = run('160MiB');
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/10 results, 0 failed/);
+    expect(r.peakRssBytes).toBeLessThanOrEqual(160 * MiB + RUNTIME_OVERHEAD_BYTES);
   });
 
   it('reads standard input through a temporary file, within the limit', () => {

@@ -72,13 +72,14 @@ describe('scanPrompts', () => {
       { id: 'b', prompt_token_ids: [5, 6, 7, 8, 9, 10, 11, 12, 13, 14] },
       'not json',
     ]), new Set(), limits);
-    expect(scan).toEqual({ count: 6, pending: 5, longest: 10 });
+    // (idBytes: the ids' text, the made-up line-6 of the line that is not JSON included)
+    expect(scan).toEqual({ count: 6, pending: 5, longest: 10, idBytes: 18 });
   });
 
   it('plans without the lines a rerun skips as done', async () => {
     const lines = [{ id: 'long', prompt_token_ids: Array.from({ length: 40 }, () => 5) }, { id: 'b', prompt_token_ids: [5, 6, 7] }];
-    expect(await scanPrompts(source(lines), new Set(), limits)).toEqual({ count: 2, pending: 2, longest: 40 });
-    expect(await scanPrompts(source(lines), new Set(['long']), limits)).toEqual({ count: 2, pending: 1, longest: 3 });
+    expect(await scanPrompts(source(lines), new Set(), limits)).toEqual({ count: 2, pending: 2, longest: 40, idBytes: 5 });
+    expect(await scanPrompts(source(lines), new Set(['long']), limits)).toEqual({ count: 2, pending: 1, longest: 3, idBytes: 5 });
   });
 
   it('counts a long line that might fit at the positions less one', async () => {
@@ -87,7 +88,7 @@ describe('scanPrompts', () => {
       { id: 'a', prompt: 'z'.repeat(300) },
       { id: 'ids', prompt_token_ids: Array.from({ length: 63 }, () => 5) },
     ]), new Set(['a']), limits);
-    expect(scan).toEqual({ count: 2, pending: 1, longest: 63 });
+    expect(scan).toEqual({ count: 2, pending: 1, longest: 63, idBytes: 4 });
     // a tokenizer that cannot bound its tokens (minTokens 0) refuses nothing here
     const unknown = await scanPrompts(source([{ id: 'big', prompt: 'x'.repeat(3000) }]), new Set(), { maxPositions: 64, minTokens: () => 0 });
     expect(unknown.longest).toBe(63);

@@ -30,7 +30,8 @@ const fits = (o: OffloadPlanInput) => expect(() => planOffload(o)).not.toThrow()
 
 describe('a training plan refused under --ram and --disk', () => {
   it('names the disk limit, by its shortfall at the tiles the RAM fits, and the RAM limit that would fit it', () => {
-    for (const ram of [40 * MiB, 46 * MiB]) {
+    // (44 and 48 MiB since the tile buffers count a tile of Wᵀ whole: 32 columns × 32000 rows)
+    for (const ram of [44 * MiB, 48 * MiB]) {
       const e = refused({ ...base, ram });
       expect(e.tier).toBe('disk');
       expect(e.message).toMatch(new RegExp(`^disk limit 100\\.0 MiB is too small by ${formatSize(e.short)} for training 1 layers with 128 tokens per micro-batch: ` +

@@ -3,7 +3,7 @@
 // skips every custom_id already answered in --output or --errors, so a stopped job resumes.
 import type { Command } from 'commander';
 import { loadModel } from '../engine/model.js';
-import { JOB_IDS, jobIdBytes } from '../engine/job.js';
+import { JOB_IDS, idBytes, idsBytes, jobIdBytes } from '../engine/job.js';
 import { openPrompts, requestLineLimit, ResultWriter } from '../formats/jsonl.js';
 import { readConfig } from '../models/registry.js';
 import { UserError } from '../util/errors.js';
@@ -59,7 +59,8 @@ async function runBatchCommand(o: BatchFlags): Promise<void> {
     const source = await openPrompts(o.input, '--input', requestLineLimit(readConfig(o.model).config.maxPositions));
     const scan = await scanBatch(source.lines(), (id) => out!.done.has(id) || errors?.done.has(id) === true);
     // The block is planned as `tierlm serve` plans it (serverWorkload), so answers are the server's.
-    const work = serverWorkload(o.model, jobIdBytes(out.done.size + (errors?.done.size ?? 0), scan.lines), JOB_IDS);
+    const done = out.done.size + (errors?.done.size ?? 0), doneBytes = idsBytes(out.done) + idsBytes(errors?.done ?? []);
+    const work = serverWorkload(o.model, jobIdBytes(done + scan.lines, doneBytes + scan.idBytes), JOB_IDS);
     // (the lines left to run: a block shape given by hand that holds none of them is refused
     // before the model loads, not after)
     const model = await loadModel(o.model, { ...await loadOptions(o, work), requests: scan.pending || undefined });
@@ -92,9 +93,9 @@ async function runBatchCommand(o: BatchFlags): Promise<void> {
 
 /** Request lines, and those not answered yet (`answered` says which ids are): the ids the job
  *  holds, and the requests the smallest block must hold (LoadOptions.requests). */
-async function scanBatch(lines: AsyncIterable<string>, answered: (id: string) => boolean): Promise<{ lines: number; pending: number }> {
+async function scanBatch(lines: AsyncIterable<string>, answered: (id: string) => boolean): Promise<{ lines: number; pending: number; idBytes: number }> {
   const { parseBatchLine } = await import('../openai/batch-lines.js');
-  const s = { lines: 0, pending: 0 };
+  const s = { lines: 0, pending: 0, idBytes: 0 };
   const seen = new Set<string>();
   let n = 0;
   for await (const text of lines) {
@@ -102,6 +103,8 @@ async function scanBatch(lines: AsyncIterable<string>, answered: (id: string) =>
     if (text.trim() === '') continue;
     s.lines++;
     const line = parseBatchLine(text, n, seen);
+    // (the run holds each line's id and its custom_id, for duplicates)
+    s.idBytes += idBytes(line.id) + (line.customId === null ? 0 : idBytes(line.customId));
     if (!('error' in line) && !answered(line.id)) s.pending++;
   }
   return s;

@@ -2,7 +2,7 @@
 // `-` is standard input or output; a reader that closes the output early ends the job quietly.
 import type { Command } from 'commander';
 import { LanguageModel, type LongestRequest } from '../engine/model.js';
-import { JOB_IDS, type JobSummary, jobIdBytes, runJob, toRecord } from '../engine/job.js';
+import { JOB_IDS, type JobSummary, idBytes, idsBytes, jobIdBytes, runJob, toRecord } from '../engine/job.js';
 import type { GenerateOptions } from '../engine/generate.js';
 import type { GenerationRequest } from '../engine/requests.js';
 import { type PromptSource, openPrompts, readRequests, requestLineLimit, ResultWriter } from '../formats/jsonl.js';
@@ -108,8 +108,8 @@ async function runGenerate(o: GenerateFlags): Promise<void> {
     const source = o.prompts !== undefined ? await openPrompts(o.prompts, '--prompts', requestLineLimit(limits.maxPositions)) : null;
     const longest = new Longest(o.maxNewTokens);
     const scan = source ? await scanPrompts(source, writer?.done ?? new Set(), limits, (r) => longest.see(r, limits.maxPositions))
-      : { count: 1, pending: 1, longest: Math.ceil((o.prompt!.length + (o.system?.length ?? 0)) / 3) + (o.chat ? 16 : 2) };
-    const work = { source: { model: o.model }, promptLen: Math.max(1, scan.longest), genLen: o.maxNewTokens, heldBytes: jobIdBytes(writer?.done.size ?? 0, scan.count), heldWhat: JOB_IDS };
+      : { count: 1, pending: 1, longest: Math.ceil((o.prompt!.length + (o.system?.length ?? 0)) / 3) + (o.chat ? 16 : 2), idBytes: 0 };
+    const work = { source: { model: o.model }, promptLen: Math.max(1, scan.longest), genLen: o.maxNewTokens, heldBytes: jobIdBytes((writer?.done.size ?? 0) + scan.count, idsBytes(writer?.done ?? []) + scan.idBytes), heldWhat: JOB_IDS };
     // (the requests left to run, and the longest of them: a block shape given by hand, or by a
     // policy file, that holds none of them, or not the longest, is refused before the model loads)
     const model = await LanguageModel.load(o.model, { ...await loadOptions(o, fitWorkload(o.model, work)), requests: scan.pending || undefined },
@@ -274,13 +274,15 @@ function scanLimits(dir: string): ScanLimits {
  *  estimate: it fails before it runs, and planned for it shrank every batch of the job. `seen`
  *  is given each request left to run. */
 export async function scanPrompts(source: PromptSource, done: ReadonlySet<string>, limits: ScanLimits,
-  seen?: (r: GenerationRequest) => void): Promise<{ count: number; longest: number; pending: number }> {
+  seen?: (r: GenerationRequest) => void): Promise<{ count: number; longest: number; pending: number; idBytes: number }> {
   const cap = limits.maxPositions - 1;
   let longest = 1;
   let count = 0;
   let pending = 0;
+  let ids = 0;
   for await (const item of readRequests(source)) {
     count++;
+    ids += idBytes('request' in item ? item.request.id : item.id);
     if (!('request' in item)) continue;
     const r = item.request;
     // (a line a rerun skips is not planned for: a long one done already shrank the batch)
@@ -289,7 +291,7 @@ export async function scanPrompts(source: PromptSource, done: ReadonlySet<string
     seen?.(r);
     longest = Math.max(longest, Math.min(cap, promptEstimate(r, cap, limits)));
   }
-  return { count, longest, pending };
+  return { count, longest, pending, idBytes: ids };
 }
 
 /** A request's prompt length in tokens, estimated; 0 for one that surely does not fit. */

@@ -26,15 +26,29 @@ export interface JobOptions {
   onProgress?: (done: number, tokens: number) => void;
 }
 
-/** RAM a job holds for its request ids: the finished ones read from its output (to skip them) and
- *  every input line's (to refuse duplicates). Measured at 125 bytes an id resident (400,000 ids
- *  of 11 characters: 50 MiB on a rerun's peak RSS; V8 heap 59–82 bytes for 11–40 characters, and
- *  the heap's slack); 160 leaves room for longer ids. */
 /** What jobIdBytes is, as a refusal of the limits names it. */
 export const JOB_IDS = "the job's request ids";
 
-export function jobIdBytes(finished: number, lines: number): number {
-  return 160 * (finished + lines);
+/** RAM a job holds for `ids` request ids of `chars` bytes of text in all (idBytes): the finished
+ *  ones read from its output (to skip them) and every input line's (to refuse duplicates).
+ *  Measured at 125 bytes an 11-character id resident (400,000 of them: 50 MiB on a rerun's peak
+ *  RSS; V8 heap 59–82 bytes for 11–40 characters, and the heap's slack): 120 an id and its text.
+ *  (A flat 160 an id let 100,000 ids of 1 KB, a URL each, take a --ram 64MiB rerun to 307 MiB.) */
+export function jobIdBytes(ids: number, chars: number): number {
+  return 120 * ids + chars;
+}
+
+/** Bytes of an id's text as V8 holds it: one a character, two where one is past U+00FF. */
+export function idBytes(id: string): number {
+  for (let i = 0; i < id.length; i++) if (id.charCodeAt(i) > 0xff) return 2 * id.length;
+  return id.length;
+}
+
+/** Σ idBytes of the ids. */
+export function idsBytes(ids: Iterable<string>): number {
+  let n = 0;
+  for (const id of ids) n += idBytes(id);
+  return n;
 }
 
 /** Error lines held back to keep their place after the requests before them (see runJob). Past

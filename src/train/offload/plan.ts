@@ -17,6 +17,7 @@ import { formatSize } from '../../tensor/tiers/size.js';
 import { TENSOR_FILE_RAM_BYTES } from '../tensor-file.js';
 import { layerActivationBytes } from './cost.js';
 import { headChunkRows } from '../head-chunk.js';
+import { tileBufferBytes } from './tiles.js';
 
 export interface OffloadPlanInput {
   config: ModelConfig;
@@ -201,8 +202,10 @@ function planOffloadOnce(o: OffloadPlanInput): OffloadPlan {
       ram: stepActivationBytes(c, t, o.checkpointActivations), disk: 0 },
     // Chunk buffers, staging and the f32 chunk of a state read from disk.
     { what: 'checkpoint save and resume', ram: TENSOR_FILE_RAM_BYTES + TENSOR_FILE_RAM_BYTES / 4, disk: 0 },
-    // A raw tile, its two packings (W, Wᵀ) and a gradient tile, in f32 at most, and dy's columns.
-    { what: 'weight tiles', ram: tiled.size > 0 ? 4 * tileBytes * (4 / kindBytes(computeKind)) + 4 * t * Math.max(c.ffn, c.hidden) : 0, disk: 0 },
+    // The tile buffers (./tiles.ts: a tile of Wᵀ holds 32 of W's columns at least, n × 32, over the
+    // tile size for a large n) and dy's columns.
+    { what: 'weight tiles', ram: tiled.size > 0 ? tileBufferBytes(probe.params.filter((p) => tiled.has(p.name)).map((p) => p.shape), kindBytes(computeKind), tileBytes) +
+      4 * t * Math.max(c.ffn, c.hidden) : 0, disk: 0 },
     { what: 'activation checkpoint staging', ram: o.checkpointActivations ? 2 * alignUp(4 * t * c.hidden) : 0, disk: 0 },
   ];
   let maxDepth = 1;

@@ -42,6 +42,32 @@ const ROW_BLOCK_BYTES = 256 << 10;
 export const WEIGHT_T_FILE = 'weightT.bin';
 export const WEIGHT_T_KIND = 'weightT';
 
+/** Rows per tile of a [rows, cols] matrix of `elemBytes`: a multiple of the GEMM's row block, so
+ *  at least one block (a tile of Wᵀ is n × 32 of a weight [n, k] however small tileBytes is). */
+export function tileRows(rows: number, cols: number, elemBytes: number, block: number, tileBytes: number): number {
+  const fit = Math.max(1, Math.floor(tileBytes / (cols * elemBytes)));
+  return Math.min(rows, Math.max(block, Math.floor(fit / block) * block));
+}
+
+/** The CPU GEMM's packed row block (src/backend/cpu/gemm.ts), which the planners assume. */
+export const PLANNED_ROW_BLOCK = 32;
+
+/** RAM a TileIo holds for weights of these shapes [n, k] (compute elements of `eb` bytes): the raw
+ *  tile buffer (a row tile of W, a column tile, or a gradient tile, in turn), the two packings
+ *  (W's row tile and Wᵀ's, f32 at most) and the row block buffer. */
+export function tileBufferBytes(shapes: readonly (readonly number[])[], eb: number, tileBytes: number, block = PLANNED_ROW_BLOCK): number {
+  let raw = 0, packW = 0, packT = 0, rowBlock = ROW_BLOCK_BYTES;
+  for (const [n, k] of shapes as [number, number][]) {
+    const rows = tileRows(n, k, eb, block, tileBytes), cols = tileRows(k, n, eb, block, tileBytes), gradRows = tileRows(n, k, 4, 1, tileBytes);
+    raw = Math.max(raw, rows * k * eb, n * cols * eb, gradRows * k * 4);
+    packW = Math.max(packW, rows * k * 4);
+    packT = Math.max(packT, cols * n * 4);
+    rowBlock = Math.max(rowBlock, k * eb);
+  }
+  // (Σ g² reads the gradient through the raw buffer in chunks of SUM_CHUNK)
+  return Math.max(raw, SUM_CHUNK * 4) + packW + packT + rowBlock;
+}
+
 export class TileIo {
   private readonly fds = new Map<string, number>();
   private raw = new Uint8Array(0);
@@ -123,10 +149,8 @@ export class TileIo {
     return this.raw.subarray(0, bytes);
   }
 
-  /** Rows per tile of a [rows, cols] matrix of `elemBytes`: a multiple of the GEMM's row block. */
   private tileRows(rows: number, cols: number, elemBytes: number, block: number): number {
-    const fit = Math.max(1, Math.floor(this.tileBytes / (cols * elemBytes)));
-    return Math.min(rows, Math.max(block, Math.floor(fit / block) * block));
+    return tileRows(rows, cols, elemBytes, block, this.tileBytes);
   }
 
   /** Packs into a buffer kept per key, grown when a tile needs more. */
