@@ -189,7 +189,10 @@ describe('n samples and penalties in the engine', () => {
       id: x.id, prompt_token_ids: x.prompt_token_ids, n: 2, temperature: 1.2, top_k: 40, min_p: 0.02, seed: 11,
       repetition_penalty: 1.2, presence_penalty: 0.3, frequency_penalty: 0.2,
     }));
-    lines.push('{"id": "bad-top-p", "prompt_token_ids": [5], "top_p": 0}', '{"id": "unknown", "prompt_token_ids": [5], "max_tokens": 3}');
+    lines.push('{"id": "bad-top-p", "prompt_token_ids": [5], "top_p": 0}', '{"id": "unknown", "prompt_token_ids": [5], "max_tokens": 3}',
+      // what a message echoes of the line is cut (600 error lines echoing 400,000-character keys
+      // took a run under --ram 48MiB to 356 MiB)
+      JSON.stringify({ id: 'huge-key', prompt_token_ids: [5], ['k'.repeat(50_000)]: 1 }), JSON.stringify({ id: 'huge-stop', prompt_token_ids: [5], stop: Array(5000).fill('s') }));
     const input = path.join(dir, 'in.jsonl');
     fs.writeFileSync(input, lines.join('\n') + '\n');
     const jsonOut = path.join(dir, 'json.jsonl');
@@ -202,6 +205,11 @@ describe('n samples and penalties in the engine', () => {
     expect(rows.filter((x) => !x.error)).toEqual(want);
     expect(rows.find((x) => x.id === 'bad-top-p')!.error).toMatch(/top_p must be a number in \(0, 1\], got 0/);
     expect(rows.find((x) => x.id === 'unknown')!.error).toMatch(/unknown field "max_tokens"/);
+    for (const id of ['huge-key', 'huge-stop']) {
+      const error = rows.find((x) => x.id === id)!.error as string;
+      expect(error).toMatch(/… \(\d+ characters\)/);
+      expect(error.length).toBeLessThan(500);
+    }
   });
 });
 

@@ -21,6 +21,7 @@ import type { ContinuousEngine } from './continuous.js';
 import type { GenerateParams, Generator } from './generate.js';
 import type { Sequence, TokenHook } from './sequence.js';
 import type { GenerationRequest, GenerationResult, RequestError } from './requests.js';
+import { excerpt } from '../util/text.js';
 
 export interface RequestOptions {
   /** 'interactive' requests are admitted before 'batch' ones (default 'interactive'). */
@@ -182,7 +183,7 @@ const REQUEST_OPTION_KEYS = ['priority', 'signal', 'onToken'] as const;
 function checkOptions(o: RequestOptions): string | null {
   if (typeof o !== 'object' || o === null) return 'request options must be an object';
   const unknown = Object.keys(o).filter((k) => !(REQUEST_OPTION_KEYS as readonly string[]).includes(k));
-  if (unknown.length > 0) return `request options: unknown option ${unknown.map((k) => `"${k}"`).join(', ')} (known: ${REQUEST_OPTION_KEYS.join(', ')})`;
+  if (unknown.length > 0) return `request options: unknown option ${unknown.map((k) => excerpt(k)).join(', ')} (known: ${REQUEST_OPTION_KEYS.join(', ')})`;
   if (o.priority !== undefined && o.priority !== 'interactive' && o.priority !== 'batch') return 'priority must be "interactive" or "batch"';
   if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) return 'signal must be an AbortSignal';
   if (o.onToken !== undefined && typeof o.onToken !== 'function') return 'onToken must be a function';

@@ -14,6 +14,7 @@ import { RULES, type RuleName, checkValue } from '../util/options.js';
 import { UserError } from '../util/errors.js';
 import { writeFully } from '../util/write-fully.js';
 import { statOrNull } from '../util/stat.js';
+import { excerpt } from '../util/text.js';
 
 /** A request, or a line that cannot be one: its error, under its own id, or under `line-N` where
  *  it has none the reader can use (madeUpId). */
@@ -241,24 +242,24 @@ function lineLimits(o: Record<string, unknown>, request: GenerationRequest): str
   if (o.stop !== undefined) {
     const stop = typeof o.stop === 'string' ? [o.stop] : o.stop;
     if (!Array.isArray(stop) || stop.length > 4 || !stop.every((x) => typeof x === 'string' && x.length > 0)) {
-      return `stop must be a non-empty string or an array of at most 4 of them, got ${JSON.stringify(o.stop)}`;
+      return `stop must be a non-empty string or an array of at most 4 of them, got ${excerpt(o.stop)}`;
     }
     request.stop = stop as string[];
   }
   if (o.stop_token_ids !== undefined) {
     const ids = o.stop_token_ids;
     if (!Array.isArray(ids) || !ids.every((t) => Number.isSafeInteger(t) && (t as number) >= 0)) {
-      return `stop_token_ids must be an array of non-negative integers, got ${JSON.stringify(ids)}`;
+      return `stop_token_ids must be an array of non-negative integers, got ${excerpt(ids)}`;
     }
     request.stopTokenIds = ids as number[];
   }
   if (o.logprobs !== undefined) {
-    if (typeof o.logprobs !== 'boolean') return `logprobs must be true or false, got ${JSON.stringify(o.logprobs)}`;
+    if (typeof o.logprobs !== 'boolean') return `logprobs must be true or false, got ${excerpt(o.logprobs)}`;
     request.logprobs = o.logprobs;
   }
   if (o.top_logprobs !== undefined) {
     const k = o.top_logprobs;
-    if (!(Number.isSafeInteger(k) && (k as number) >= 0 && (k as number) <= 20)) return `top_logprobs must be an integer in [0, 20], got ${JSON.stringify(k)}`;
+    if (!(Number.isSafeInteger(k) && (k as number) >= 0 && (k as number) <= 20)) return `top_logprobs must be an integer in [0, 20], got ${excerpt(k)}`;
     request.topLogprobs = k as number;
   }
   return null;
@@ -284,7 +285,7 @@ function parseLine(text: string, line: number, file: string): InputLine {
   if (id === null) return { line, id: `line-${line}`, madeUpId: true, error: `${file}:${line}: missing "id" (a non-empty string)` };
   const fail = (error: string): InputLine => ({ line, id, error: `${file}:${line}: ${error}` });
   const unknown = Object.keys(o).filter((k) => !LINE_KEYS.includes(k));
-  if (unknown.length > 0) return fail(`unknown field${unknown.length > 1 ? 's' : ''} ${unknown.map((k) => `"${k}"`).join(', ')} (known: ${LINE_KEYS.join(', ')})`);
+  if (unknown.length > 0) return fail(`unknown field${unknown.length > 1 ? 's' : ''} ${unknown.map((k) => excerpt(k)).join(', ')} (known: ${LINE_KEYS.join(', ')})`);
   const request: GenerationRequest = {
     id,
     prompt: o.prompt as string | undefined,

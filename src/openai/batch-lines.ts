@@ -6,7 +6,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import type { ApiError } from './errors.js';
 import { type RecordKind, unreadableLine } from '../formats/jsonl.js';
 import { ENDPOINTS, type Endpoint } from './validate.js';
-import { illFormedText } from '../util/text.js';
+import { excerpt, illFormedText } from '../util/text.js';
 
 export type BatchLine =
   | { line: number; id: string; customId: string; endpoint: Endpoint; body: unknown }
@@ -49,11 +49,11 @@ export function parseBatchLine(text: string, line: number, seen: Set<string>, en
   if (seen.has(customId)) return bad(customId, 'duplicate_custom_id', `duplicate custom_id "${customId}" (an earlier line has it)`, lineKey(line, customId));
   seen.add(customId);
   const unknown = Object.keys(o).filter((k) => !['custom_id', 'method', 'url', 'body'].includes(k));
-  if (unknown.length > 0) return bad(customId, 'invalid_request', `unknown field ${unknown.map((k) => `"${k}"`).join(', ')} (known: custom_id, method, url, body)`, customKey(customId));
-  if (o.method !== 'POST') return bad(customId, 'invalid_method', `"method" must be "POST", got ${JSON.stringify(o.method)}`, customKey(customId));
+  if (unknown.length > 0) return bad(customId, 'invalid_request', `unknown field ${unknown.map((k) => excerpt(k)).join(', ')} (known: custom_id, method, url, body)`, customKey(customId));
+  if (o.method !== 'POST') return bad(customId, 'invalid_method', `"method" must be "POST", got ${excerpt(o.method)}`, customKey(customId));
   const allowed = endpoint ? [endpoint] : ENDPOINTS;
   if (!allowed.includes(o.url as Endpoint)) {
-    return bad(customId, 'invalid_url', `"url" must be ${allowed.map((u) => `"${u}"`).join(' or ')}${endpoint ? ' (the batch\'s endpoint)' : ''}, got ${JSON.stringify(o.url)}`, customKey(customId));
+    return bad(customId, 'invalid_url', `"url" must be ${allowed.map((u) => `"${u}"`).join(' or ')}${endpoint ? ' (the batch\'s endpoint)' : ''}, got ${excerpt(o.url)}`, customKey(customId));
   }
   if (typeof o.body !== 'object' || o.body === null || Array.isArray(o.body)) return bad(customId, 'invalid_body', '"body" must be a JSON object', customKey(customId));
   return { line, id: lineId(customKey(customId)), customId, endpoint: o.url as Endpoint, body: o.body };

@@ -8,7 +8,7 @@
 
 import type { TextTokenizer } from '../formats/tokenizer.js';
 import { chatSequence, parseMessages } from './chat-labels.js';
-import { illFormedField } from '../util/text.js';
+import { excerpt, illFormedField } from '../util/text.js';
 import { type DataVocab, IGNORE_INDEX, commonPrefix } from './sequence.js';
 
 export type LineItem =
@@ -127,11 +127,8 @@ function tokenizerFor(ctx: LineContext, what: string): TextTokenizer {
   return ctx.tokenizer;
 }
 
-/** A JSON value as the message shows it: a number as JavaScript reads it (1e400 is Infinity,
- *  which JSON.stringify would print as null). */
-function shown(v: unknown): string {
-  return typeof v === 'number' ? String(v) : JSON.stringify(v);
-}
+/** A JSON value as the message shows it (excerpt: a number as JavaScript reads it, the rest cut). */
+const shown = excerpt;
 
 function fail(error: string): LineItem {
   return { kind: 'error', error };

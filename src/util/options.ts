@@ -1,6 +1,8 @@
 // One validator per option, shared by the API, the CLI's flags, policy files and the JSONL request
 // fields, so every surface accepts the same values and says what it wants in the user's own name.
 
+import { excerpt } from './text.js';
+
 export interface Rule {
   /** The API's name: a GenerateParams key, `sampling.<key>` or a LoadOptions key. */
   api: string;
@@ -51,8 +53,7 @@ export function checkValue(rule: RuleName, v: unknown, style: 'api' | 'flag' | '
   if (typeof v === 'number' && r.ok(v)) return null;
   const name = style === 'api' ? r.api : style === 'flag' ? r.flag : r.json ?? r.api;
   // (NaN and Infinity shown as themselves, not as JSON's null; a string quoted, so "32" is not 32)
-  const shown = typeof v === 'number' && !Number.isFinite(v) ? String(v) : JSON.stringify(v) ?? String(v);
-  return `${name} must be ${r.want}, got ${style === 'flag' ? `"${String(v)}"` : shown}`;
+  return `${name} must be ${r.want}, got ${style === 'flag' ? `"${String(v)}"` : excerpt(v)}`;
 }
 
 /** Throws a RangeError (or a TypeError for a value that is not a number) naming the API option. */
