@@ -85,6 +85,15 @@ describe('the disk limit from free space', () => {
     expect(given.code, given.stderr).toBe(0);
     expect(given.stderr).not.toContain('free space');
   });
+
+  // A run says nothing of the limit up front, and its refusal named a "disk limit 1 B" on a full
+  // file system (/proc has no free space) that no flag had set, under the RAM item's label.
+  it('a run refused by it says where the limit came from', () => {
+    const r = cli(['generate', '--model', opt, '--prompts', path.join(fixturesDir, 'prompts.jsonl'), '--out', path.join(tmpDir('free-space-out'), 'o.jsonl'),
+      '--percent', '0', '0', '0', '0', '0', '0', '--disk-dir', '/proc'], env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^tierlm: disk limit 1 B is too small by [0-9.]+ KiB for .*layer weights \(packed on disk\) [0-9.]+ KiB.*\) \(no --disk given: the disk limit is the free space in \/proc, 0 B \(--disk SIZE sets another\)\)$/m);
+  });
 });
 
 describe('a size flag below one byte', () => {

@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { readPreset } from '../src/models/registry.js';
 import { LimitRefusal, type OffloadPlanInput, planOffload } from '../src/train/offload/plan.js';
 import { formatSize } from '../src/tensor/tiers/size.js';
+import { alignUp } from '../src/tensor/disk/io.js';
 import { planRank } from '../src/train/partition/plan.js';
 
 const MiB = 2 ** 20;
@@ -27,6 +28,28 @@ function refused(o: OffloadPlanInput): LimitRefusal {
 }
 
 const fits = (o: OffloadPlanInput) => expect(() => planOffload(o)).not.toThrow();
+
+describe('the levers a RAM refusal names', () => {
+  // It named --ram-percent with every state on disk already, and never --ram itself.
+  it('the RAM limit first, and fewer states in RAM only where some are', () => {
+    const none = refused({ ...base, ram: 30 * MiB, disk: undefined });
+    expect(none.message).toMatch(/\. Raise --ram, compute weights in smaller tiles \(--tile-size\), or use/);
+    const all = refused({ ...base, ram: 60 * MiB, disk: undefined, shares: { param: 1, grad: 1, master: 1, m: 1, v: 1, act: 1 } });
+    expect(all.message).toMatch(/\. Raise --ram, keep fewer states in RAM \(--ram-percent\), compute weights/);
+  });
+});
+
+describe('the disk a tiled plan counts', () => {
+  // A tiled weight read from disk gets a transposed copy for its input gradient; an untied
+  // embedding has none (its rows are gathered, never multiplied): its 15.6 MiB were counted and
+  // reserved, never written, and a --disk the run fits was refused.
+  it('a transposed copy for the head, none for an untied embedding', () => {
+    const plan = planOffload({ ...base, ram: 48 * MiB, disk: undefined, shares: { param: 0, grad: 0, master: 0, m: 0, v: 0, act: 0 } });
+    expect(plan.tiled.has('model.embed_tokens.weight') && plan.tiled.has('lm_head.weight')).toBe(true);
+    const copies = plan.layout.params.filter((p) => plan.tiled.has(p.name) && p.name !== 'model.embed_tokens.weight');
+    expect(plan.items.find((i) => i.what === 'transposed copies of the tiled weights')!.disk).toBe(copies.reduce((n, p) => n + alignUp(p.size * 4), 0));
+  });
+});
 
 describe('a training plan refused under --ram and --disk', () => {
   it('names the disk limit, by its shortfall at the tiles the RAM fits, and the RAM limit that would fit it', () => {
@@ -60,7 +83,7 @@ describe('a training plan refused under --ram and --disk', () => {
     for (const disk of [100 * MiB, undefined]) {
       const e = refused({ ...base, ram: 30 * MiB, disk });
       expect(e.tier).toBe('ram');
-      expect(e.message).toMatch(new RegExp(`^RAM limit 30\\.0 MiB is too small by ${formatSize(e.short)} for training 1 layers .*Keep fewer states in RAM \\(--ram-percent\\)`));
+      expect(e.message).toMatch(new RegExp(`^RAM limit 30\\.0 MiB is too small by ${formatSize(e.short)} for training 1 layers .*Raise --ram, `));
       expect(e.message).not.toMatch(/disk limit/);
       expect(e.message).toMatch(/--tile-size/);
     }
@@ -73,7 +96,7 @@ describe('a training plan refused under --ram and --disk', () => {
     } catch (e) {
       message = (e as Error).message;
     }
-    expect(message).toMatch(/^RAM limit 3\.0 MiB is too small by .*Keep fewer states in RAM \(--ram-percent\), or use a smaller --batch-size/);
+    expect(message).toMatch(/^RAM limit 3\.0 MiB is too small by .*Raise --ram, or use a smaller --batch-size/);
     expect(message).not.toMatch(/--tile-size/);
   });
 

@@ -130,7 +130,7 @@ describe('an offloaded plan refused under the RAM limit', () => {
     for (const [offload, held] of [[{ ram: MiB, diskDir }, false], [{ ram: 4 * MiB, diskDir, heldBytes: 3 * MiB }, true]] as const) {
       const e = await refusal(openTrainer(MODEL, { offload }));
       expect(e).toBeInstanceOf(UserError);
-      expect(e.message).toMatch(/^RAM limit [\d.]+ MiB is too small by .*\. Keep fewer states in RAM \(offload\.shares, or train\(\)'s ramPercent\), compute weights in smaller tiles \(offload\.tileSize\), or use smaller micro-batches \(offload\.maxTokens, or train\(\)'s batchSize and seqLen\) or optimizer sub-groups \(offload\.subGroupSize\)/);
+      expect(e.message).toMatch(/^RAM limit [\d.]+ MiB is too small by .*\. Raise the RAM limit \(offload\.ram\), compute weights in smaller tiles \(offload\.tileSize\), or use smaller micro-batches \(offload\.maxTokens, or train\(\)'s batchSize and seqLen\) or optimizer sub-groups \(offload\.subGroupSize\)/);
       expect(e.message.includes('offload.heldBytes')).toBe(held);
       expect(e.message).not.toMatch(/--/);
     }
@@ -148,11 +148,11 @@ describe('an offloaded plan refused under the RAM limit', () => {
       }
       throw new Error('planned');
     };
-    expect(message('api')).toMatch(/Keep fewer states in RAM \(offload\.shares, or train\(\)'s ramPercent\), or use smaller micro-batches/);
-    expect(message('flags')).toMatch(/Keep fewer states in RAM \(--ram-percent\), or use a smaller --batch-size/);
+    expect(message('api')).toMatch(/Raise the RAM limit \(offload\.ram\), or use smaller micro-batches/);
+    expect(message('flags')).toMatch(/Raise --ram, or use a smaller --batch-size/);
     expect(message('api')).not.toMatch(/tileSize|--/);
     // A direct caller gets the process's style: this one names options as the API does.
-    expect(() => planOffload({ ...o, ram: MiB })).toThrow(/\(offload\.shares/);
+    expect(() => planOffload({ ...o, ram: MiB })).toThrow(/\(offload\.ram\)/);
   });
 
   it('names the flags to `tierlm train`', () => {
@@ -161,7 +161,7 @@ describe('an offloaded plan refused under the RAM limit', () => {
     fs.writeFileSync(data, batch.map((s) => JSON.stringify({ token_ids: s.tokenIds })).join('\n') + '\n');
     const r = cli(['train', '--model', MODEL, '--data', data, '--out', path.join(dir, 'out'), '--ram', '1MiB', '--disk-dir', dir, '--seq-len', '40', '--batch-size', '2']);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/^tierlm: RAM limit 1\.0 MiB is too small by .*\. Keep fewer states in RAM \(--ram-percent\), compute weights in smaller tiles \(--tile-size\), or use a smaller --batch-size, --seq-len or --sub-group-size\.\n$/);
+    expect(r.stderr).toMatch(/^tierlm: RAM limit 1\.0 MiB is too small by .*\. Raise --ram, compute weights in smaller tiles \(--tile-size\), or use a smaller --batch-size, --seq-len or --sub-group-size\.\n$/);
     expect(r.stderr).not.toMatch(/offload\./);
   });
 });

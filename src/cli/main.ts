@@ -3,6 +3,7 @@ import { Command } from 'commander';
 import { UserError } from '../util/errors.js';
 import { useFlagNames } from '../util/names.js';
 import { rankEnv } from '../dist/env.js';
+import { withDiskLimitNote } from './policy-options.js';
 import { addGenerateCommand } from './generate.js';
 import { addInitCommand } from './init.js';
 import { addBenchCommand } from './bench.js';
@@ -62,7 +63,8 @@ export function reportFailure(e: unknown): void {
   // The reader of standard output went away (`| head`): what it wanted it has; end quietly.
   if ((err as NodeJS.ErrnoException).code === 'EPIPE') return;
   const known = err instanceof UserError || err instanceof RangeError || err instanceof TypeError || 'code' in err;
-  process.stderr.write(`tierlm: ${rankPrefix(err.message)}${err.message}${known ? '' : ' (internal error)'}\n`);
+  const message = withDiskLimitNote(err.message);
+  process.stderr.write(`tierlm: ${rankPrefix(message)}${message}${known ? '' : ' (internal error)'}\n`);
   if (!known || process.env.TIERLM_DEBUG) process.stderr.write(`${process.env.TIERLM_DEBUG ? err.stack : 'run with TIERLM_DEBUG=1 for details'}\n`);
   process.exitCode = 1;
 }

@@ -136,8 +136,20 @@ export function checkPlanningPaths(o: PolicyFlags & { model?: string; train?: bo
     // (`plan --train --ranks N` plans one of N ranks on this machine, as `train` under mpirun does)
     const limit = diskLimitFromFreeSpace(o.diskDir, freeBytes(o.diskDir), reused, o.train ? (o.ranks ?? 1) : 1);
     if (sayDiskLimit) process.stderr.write(`tierlm: ${limit.note}\n`);
+    else diskLimitNote = limit.note;
     o.disk = limit.bytes;
   }
+}
+
+/** Where the disk limit of this process's run came from when no --disk was given (a run does not
+ *  say it up front, as `tierlm plan` does): a refusal of it says so (withDiskLimitNote). */
+let diskLimitNote: string | null = null;
+
+/** A refusal naming the disk limit, told where that limit came from when the user gave none (it
+ *  read "disk limit 2.0 MiB is too small", or "disk limit 1 B" on a full disk, of a --disk never
+ *  given). */
+export function withDiskLimitNote(message: string): string {
+  return diskLimitNote !== null && /^disk limit .* is too small/.test(message) ? `${message} (${diskLimitNote})` : message;
 }
 
 /** Bytes of `dir`'s file system that an unprivileged writer may still use (statfs: bavail × bsize). */

@@ -65,7 +65,8 @@ export function weightItems(w: WeightSizes, p: Policy, onDisk: boolean): MemoryI
   const total = w.layerBytes.reduce((a, b) => a + b, 0);
   const resident = Math.round(total * (s.device + s.ram));
   return [
-    { what: 'layer weights (resident share)', ram: resident, disk: onDisk ? (w.fileBytes ?? total) : 0, device: Math.round(total * s.device) },
+    { what: 'layer weights (resident share)', ram: resident, disk: 0, device: Math.round(total * s.device) },
+    { what: 'layer weights (packed on disk)', ram: 0, disk: onDisk ? (w.fileBytes ?? total) : 0 },
     { what: 'weight staging (two slots)', ram: onDisk ? 2 * w.slotBytes : 0, disk: 0 },
     { what: 'embeddings, LM head, norms', ram: w.globalBytes, disk: 0 },
     // Loading's buffers are garbage once the model is loaded, but native memory is freed only when

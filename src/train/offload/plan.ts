@@ -258,7 +258,8 @@ export function placeStates(o: OffloadPlanInput, probe: Layout, items: MemoryIte
   items.push({ what: `activation checkpoints (${Math.round(100 * shares.act)}% in RAM)`, ram: shares.act >= 1 ? totals.act! : 0, disk: shares.act >= 1 ? 0 : totals.act! });
   // A tiled weight read from disk also gets a transposed copy there, for its input gradient (./tiles.ts).
   const computeKind: StateKind = o.precision === 'bf16' ? 'param' : 'master';
-  const transposed = layout.params.reduce((n, q) => n + (layout.isTiled(q.index) && layout.onDisk(computeKind, q.index) ? alignUp(q.size * kindBytes(computeKind)) : 0), 0);
+  // (not an untied embedding's: its rows are gathered, never multiplied)
+  const transposed = layout.params.reduce((n, q) => n + (layout.isTiled(q.index) && layout.onDisk(computeKind, q.index) && q.use !== 'embed' ? alignUp(q.size * kindBytes(computeKind)) : 0), 0);
   if (transposed > 0) items.push({ what: 'transposed copies of the tiled weights', ram: 0, disk: transposed });
   try {
     checkLimits(items, { ram: o.ram, disk: o.disk }, `training ${c.layers} layers with ${t} tokens per micro-batch`);
@@ -266,7 +267,8 @@ export function placeStates(o: OffloadPlanInput, probe: Layout, items: MemoryIte
     // checkLimits' advice is generation's; training's levers are these.
     if (e instanceof UserError) {
       const ram = items.reduce((n, i) => n + i.ram, 0), disk = items.reduce((n, i) => n + i.disk, 0);
-      throw new LimitRefusal(e.message.replace(/ Put more of .*$/, ` ${levers(o, tileBytes)}.`), ram > o.ram ? 'ram' : 'disk',
+      const statesInRam = layout.kinds.some((k) => layout.bytes(k).ram > 0);
+      throw new LimitRefusal(e.message.replace(/ Put more of .*$/, ` ${levers(o, tileBytes, statesInRam)}.`), ram > o.ram ? 'ram' : 'disk',
         ram > o.ram ? ram - o.ram : disk - (o.disk ?? 0), tileBytes);
     }
     throw e;
@@ -278,17 +280,19 @@ export function placeStates(o: OffloadPlanInput, probe: Layout, items: MemoryIte
 }
 
 /** What would fit a refused plan, named as the caller passes it: an API caller has no flags
- *  (openTrainer's offload options, and train()'s where they differ), the CLI has nothing else. */
-function levers(o: OffloadPlanInput, tileBytes: number): string {
+ *  (openTrainer's offload options, and train()'s where they differ), the CLI has nothing else.
+ *  The RAM limit itself first (it was never named); fewer states in RAM only where some are. */
+function levers(o: OffloadPlanInput, tileBytes: number, statesInRam: boolean): string {
   const api = (o.optionNames ?? nameStyle()) === 'api';
   const held = (o.heldBytes ?? 0) > o.ram / 4;
   // (no tiles under ranks, which plan with tiling off: a tile size would change nothing there)
   if (api) {
-    return `Keep fewer states in RAM (offload.shares, or train()'s ramPercent), ${tileBytes === 0 ? '' : 'compute weights in smaller tiles (offload.tileSize), '}` +
+    return `Raise the RAM limit (offload.ram), ${statesInRam ? 'keep fewer states in RAM (offload.shares, or train()\'s ramPercent), ' : ''}` +
+      `${tileBytes === 0 ? '' : 'compute weights in smaller tiles (offload.tileSize), '}` +
       'or use smaller micro-batches (offload.maxTokens, or train()\'s batchSize and seqLen) or optimizer sub-groups (offload.subGroupSize)' +
       (held ? ', or hold less RAM while training (offload.heldBytes: train() counts its tokenized data and the tokenizer)' : '');
   }
-  return `Keep fewer states in RAM (--ram-percent), ${tileBytes === 0 ? '' : 'compute weights in smaller tiles (--tile-size), '}` +
+  return `Raise --ram, ${statesInRam ? 'keep fewer states in RAM (--ram-percent), ' : ''}${tileBytes === 0 ? '' : 'compute weights in smaller tiles (--tile-size), '}` +
     `or use a smaller --batch-size, --seq-len or --sub-group-size${held ? ', or train on less data per run (the tokenized --data and the tokenizer stay in RAM)' : ''}`;
 }
 

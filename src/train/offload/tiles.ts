@@ -88,7 +88,8 @@ export class TileIo {
     const layout = states.layout;
     let at = 0;
     for (const p of layout.params) {
-      if (!layout.isTiled(p.index) || !layout.onDisk(computeKind, p.index)) continue;
+      // (an untied embedding has no input gradient: rows gathered, never multiplied)
+      if (!layout.isTiled(p.index) || !layout.onDisk(computeKind, p.index) || p.use === 'embed') continue;
       this.tOffsets.set(p.index, at);
       at += alignUp(p.size * kindBytes(computeKind));
     }
