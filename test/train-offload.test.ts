@@ -409,9 +409,9 @@ describe('the I/O counter', () => {
   it('keeps nothing per synchronous transfer', async () => {
     const { IoCounter } = await import('../src/train/offload/stats.js');
     const io = new IoCounter();
-    const before = process.memoryUsage().heapUsed;
     for (let i = 0; i < 1_000_000; i++) io.counted('backward', 'grad', 'read', 4096, 2 * i, 2 * i + 1);
-    expect(process.memoryUsage().heapUsed - before).toBeLessThan(16 * MiB);
+    // (what it holds, as JSON: a million intervals were ~15 MB of it)
+    expect(JSON.stringify(io).length).toBeLessThan(10_000);
     const s = io.take({ prefetchDepth: 1, traces: 0 });
     expect(s.read.grad).toBe(4096 * 1_000_000);
     expect(s.phases.backward.ioSeconds).toBeCloseTo(1000, 6);

@@ -32,10 +32,12 @@ export const JOB_IDS = "the job's request ids";
 /** RAM a job holds for `ids` request ids of `chars` bytes of text in all (idBytes): the finished
  *  ones read from its output (to skip them) and every input line's (to refuse duplicates).
  *  Measured at 125 bytes an 11-character id resident (400,000 of them: 50 MiB on a rerun's peak
- *  RSS; V8 heap 59–82 bytes for 11–40 characters, and the heap's slack): 120 an id and its text.
- *  (A flat 160 an id let 100,000 ids of 1 KB, a URL each, take a --ram 64MiB rerun to 307 MiB.) */
+ *  RSS; V8 heap 59–82 bytes for 11–40 characters, and the heap's slack): 120 an id; and twice its
+ *  text, as Node 24 holds it (60,000 ids of 1 KB answered and read again: 215 MB peak on Node 20,
+ *  401 MB on Node 24, 327 with its heap capped at 200 MB). (A flat 160 an id let 100,000 ids of
+ *  1 KB, a URL each, take a --ram 64MiB rerun to 307 MiB.) */
 export function jobIdBytes(ids: number, chars: number): number {
-  return 120 * ids + chars;
+  return 120 * ids + 2 * chars;
 }
 
 /** Bytes of an id's text as V8 holds it: one a character, two where one is past U+00FF. */
