@@ -192,16 +192,19 @@ function prune(outDir: string, current: string, keep: number): void {
  *  save, or model@STEP and so on: that step's, so that checkpoints before it are complete) and
  *  kill the process. */
 async function pauseForTest(stage: string, step: number): Promise<void> {
-  const pause = process.env.TIERLM_TEST_CHECKPOINT_PAUSE;
-  if (pause !== stage && pause !== `${stage}@${step}`) return;
+  if (!pausesAt(stage, step)) return;
   process.stdout.write(`checkpoint save paused at ${stage}\n`);
   await new Promise(() => setInterval(() => {}, 1 << 30));
 }
 
+function pausesAt(stage: string, step: number): boolean {
+  const pause = process.env.TIERLM_TEST_CHECKPOINT_PAUSE;
+  return pause === stage || pause === `${stage}@${step}`;
+}
+
 /** pauseForTest where the save cannot wait (commitSave is synchronous): the thread blocks. */
 function pauseForTestSync(stage: string, name: string): void {
-  const pause = process.env.TIERLM_TEST_CHECKPOINT_PAUSE;
-  if (!pause || (pause !== stage && pause !== `${stage}@${NAME.exec(name)?.[1]}`)) return;
+  if (!pausesAt(stage, Number(NAME.exec(name)![1]))) return;
   fs.writeSync(1, `checkpoint save paused at ${stage}\n`);
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
 }

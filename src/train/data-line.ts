@@ -95,13 +95,13 @@ function tokenIds(o: Record<string, unknown>): LineItem {
   const ids = o.token_ids;
   if (!Array.isArray(ids) || ids.length === 0) return fail('"token_ids" must be a non-empty array of token ids');
   const badId = ids.findIndex((x) => !Number.isSafeInteger(x) || x < 0);
-  if (badId >= 0) return fail(`"token_ids"[${badId}] = ${shown(ids[badId])} is not a token id (a non-negative integer)`);
+  if (badId >= 0) return fail(`"token_ids"[${badId}] = ${excerpt(ids[badId])} is not a token id (a non-negative integer)`);
   if (o.labels === undefined || o.labels === null) return { kind: 'sequence', ids, labels: ids.slice() };
   const labels = o.labels;
   if (!Array.isArray(labels)) return fail('"labels" must be an array');
   if (labels.length !== ids.length) return fail(`"labels" has ${labels.length} entries, "token_ids" ${ids.length}; they must have the same length`);
   const badLabel = labels.findIndex((x) => !Number.isSafeInteger(x) || (x < 0 && x !== IGNORE_INDEX));
-  if (badLabel >= 0) return fail(`"labels"[${badLabel}] = ${shown(labels[badLabel])} is neither a token id nor ${IGNORE_INDEX}`);
+  if (badLabel >= 0) return fail(`"labels"[${badLabel}] = ${excerpt(labels[badLabel])} is neither a token id nor ${IGNORE_INDEX}`);
   return { kind: 'sequence', ids, labels };
 }
 
@@ -126,9 +126,6 @@ function tokenizerFor(ctx: LineContext, what: string): TextTokenizer {
   if (!ctx.tokenizer) throw new Error(`${what} lines need the model's tokenizer.json, which it does not have (use "token_ids")`);
   return ctx.tokenizer;
 }
-
-/** A JSON value as the message shows it (excerpt: a number as JavaScript reads it, the rest cut). */
-const shown = excerpt;
 
 function fail(error: string): LineItem {
   return { kind: 'error', error };

@@ -68,7 +68,7 @@ export interface OffloadCost {
   forwardSeconds: number;
   /** passRead and passWritten include tileRead and tileWritten. */
   bytes: { passRead: number; passWritten: number; optimizerRead: number; optimizerWritten: number; tileRead: number; tileWritten: number };
-  /** What the step time is made of, largest first: 'compute', 'disk (forward/backward)', 'disk (optimizer)'. */
+  /** What the step time is made of, largest first: 'compute', 'disk (forward/backward)', 'disk (weight tiles)', 'disk (optimizer)'. */
   bound: string;
 }
 
@@ -76,7 +76,7 @@ export function predictOffloadStep(o: OffloadCostInput): OffloadCost {
   const { layout, tokens, gradAccum: k, profile } = o;
   const params = o.computeParams ?? layout.params.reduce((n, p) => n + p.size, 0);
   const updated = layout.params.reduce((n, p) => n + p.size, 0);
-  const computeKind: StateKind = layout.kinds.includes('param') ? 'param' : 'master';
+  const computeKind = layout.computeKind;
   // Bytes as the transfers move them: each parameter's range padded to the 4096-byte blocks.
   const disk = (kind: StateKind) => layout.fileBytes[kind];
   const L = layout.units.length - 1;

@@ -64,6 +64,8 @@ export class Layout {
   /** Per kind: the file's length in bytes. */
   readonly fileBytes: Record<StateKind, number>;
   readonly kinds: StateKind[];
+  /** The kind compute reads: the bf16 copy, or in fp32 precision the master itself. */
+  readonly computeKind: StateKind;
 
   /** Per unit, the parameters fetched with it (all but the tiled ones). */
   readonly fetched: number[][];
@@ -85,6 +87,7 @@ export class Layout {
     this.fetched = this.units.map((u) => u.filter((i) => !tiled.has(this.params[i]!.name)));
     this.order = this.units.flatMap((u, j) => [...this.fetched[j]!, ...u.filter((i) => tiled.has(this.params[i]!.name))]);
     this.kinds = stateKinds(precision);
+    this.computeKind = precision === 'bf16' ? 'param' : 'master';
     this.offsets = {} as Record<StateKind, number[]>;
     this.fileBytes = {} as Record<StateKind, number>;
     for (const k of STATE_KINDS) {
@@ -114,6 +117,13 @@ export class Layout {
 
   onDisk(kind: StateKind, index: number): boolean {
     return this.offsets[kind][index]! >= 0;
+  }
+
+  /** Whether a tiled weight gets a transposed copy on disk for its input gradient (./tiles.ts): one
+   *  whose compute copy is on disk, but an untied embedding (its rows are gathered, never
+   *  multiplied). */
+  hasTransposedCopy(index: number): boolean {
+    return this.isTiled(index) && this.onDisk(this.computeKind, index) && this.params[index]!.use !== 'embed';
   }
 
   /** The file range [start, end) holding the disk-resident `kind` of the given consecutive

@@ -257,9 +257,7 @@ export function placeStates(o: OffloadPlanInput, probe: Layout, items: MemoryIte
   }
   items.push({ what: `activation checkpoints (${Math.round(100 * shares.act)}% in RAM)`, ram: shares.act >= 1 ? totals.act! : 0, disk: shares.act >= 1 ? 0 : totals.act! });
   // A tiled weight read from disk also gets a transposed copy there, for its input gradient (./tiles.ts).
-  const computeKind: StateKind = o.precision === 'bf16' ? 'param' : 'master';
-  // (not an untied embedding's: its rows are gathered, never multiplied)
-  const transposed = layout.params.reduce((n, q) => n + (layout.isTiled(q.index) && layout.onDisk(computeKind, q.index) && q.use !== 'embed' ? alignUp(q.size * kindBytes(computeKind)) : 0), 0);
+  const transposed = layout.params.reduce((n, q) => n + (layout.hasTransposedCopy(q.index) ? alignUp(q.size * kindBytes(layout.computeKind)) : 0), 0);
   if (transposed > 0) items.push({ what: 'transposed copies of the tiled weights', ram: 0, disk: transposed });
   try {
     checkLimits(items, { ram: o.ram, disk: o.disk }, `training ${c.layers} layers with ${t} tokens per micro-batch`);

@@ -80,7 +80,7 @@ export function planTraining(o: TrainPlanInput): TrainPlan {
       // Under ranks the update does not overlap the next forward (trainer.ts): no hidden part.
       optimizer: ranks > 1 ? undefined : { subGroupSize: plan.subGroupSize, sets: plan.optimizerSets } });
     // A layer's read against a layer's compute (forward: a third of the pass's compute).
-    const layerRead = plan.layout.fileBytes[plan.layout.kinds.includes('param') ? 'param' : 'master'] / Math.max(1, o.config.layers) / diskReadRate(o.profile);
+    const layerRead = plan.layout.fileBytes[plan.layout.computeKind] / Math.max(1, o.config.layers) / diskReadRate(o.profile);
     const layerCompute = cost.computeSeconds / gradAccum / 3 / Math.max(1, o.config.layers);
     const prefetchDepth = Math.max(1, Math.min(plan.maxDepth, Math.ceil(layerRead / Math.max(layerCompute, 1e-12))));
     if (!best || cost.seconds < best.cost.seconds) best = { microBatch: micro, gradAccum, prefetchDepth, plan, cost, actDiskBytes };

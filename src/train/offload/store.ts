@@ -103,7 +103,7 @@ export class OffloadStore implements ParamSource, ParamLookup {
       new BufferPool({ bufferBytes: globals(this.computeKind), count: 2 })];
     this.gradPools = [new BufferPool({ bufferBytes: maxLayer('grad'), count: 2 }), new BufferPool({ bufferBytes: globals('grad'), count: 1 })];
     this.zero = Array.from({ length: L + 1 }, () => true);
-    this.tiles = new TileIo(states, backend, mode, options.tileBytes, this.computeKind, () => this.phase);
+    this.tiles = new TileIo(states, backend, mode, options.tileBytes, () => this.phase);
     this.sumSquares = new Float64Array(layout.params.length);
     this.prefetch = new Prefetcher(options.maxDepth, (u) => this.tryRead(u), (l) => l.lease && this.pool(l.unit, false).release(l.lease));
     this.acts = options.actOnDisk ? new ActivationSpill(states, config.hidden, options.maxTokens, L) : null;

@@ -81,17 +81,14 @@ export class TileIo {
   constructor(private readonly states: States, private readonly backend: Backend, private readonly mode: ComputeMode,
     /** Bytes of W (in the compute kind) per tile. */
     readonly tileBytes: number,
-    /** The kind compute reads ('param', or 'master' in fp32). */
-    private readonly computeKind: StateKind,
     /** The phase transfers are counted under (the store's). */
     private readonly phase: () => Phase) {
     const layout = states.layout;
     let at = 0;
     for (const p of layout.params) {
-      // (an untied embedding has no input gradient: rows gathered, never multiplied)
-      if (!layout.isTiled(p.index) || !layout.onDisk(computeKind, p.index) || p.use === 'embed') continue;
+      if (!layout.hasTransposedCopy(p.index)) continue;
       this.tOffsets.set(p.index, at);
-      at += alignUp(p.size * kindBytes(computeKind));
+      at += alignUp(p.size * kindBytes(layout.computeKind));
     }
     if (at > 0) {
       const fd = fs.openSync(this.path(WEIGHT_T_KIND), 'w+');
