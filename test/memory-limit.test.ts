@@ -121,6 +121,28 @@ describe('--ram is a hard limit', () => {
     expect(r.peakRssBytes).toBeLessThanOrEqual(80 * MiB + RUNTIME_OVERHEAD_BYTES);
   });
 
+  // An error line echoes at most 100 characters of the value at fault, but a slice that long was a
+  // view of the whole value in V8: 600 error lines held behind a long request (a result line
+  // waits for the requests before it), each naming a 400,000-character unknown field, kept 240 MB
+  // and took a --ram 48MiB run to 360 MB.
+  it('error lines held behind a request keep no more of their line than the excerpt they echo', () => {
+    const dir = tmpDir('long-keys');
+    const prompts = path.join(dir, 'in.jsonl');
+    const fd = fs.openSync(prompts, 'w');
+    // (a text prompt to a model without a tokenizer: its error comes from the engine, and the
+    // lines after it wait for it)
+    fs.writeSync(fd, JSON.stringify({ id: 'first', prompt: 'Hello' }) + '\n');
+    for (let i = 0; i < 400; i++) fs.writeSync(fd, JSON.stringify({ id: `e${i}`, prompt_token_ids: [5], [`${'k'.repeat(400_000)}${i}`]: 1 }) + '\n');
+    fs.closeSync(fd);
+    const r = cliPeak(['generate', '--model', path.join(fixturesDir, 'opt-tiny'), '--prompts', prompts, '--out', path.join(dir, 'out.jsonl'), '--ram', '48MiB',
+      '--disk-dir', dir, '--threads', '1']);
+    expect(r.code, r.stderr).toBe(2);
+    const lines = readJsonl<{ id: string; error?: string }>(path.join(dir, 'out.jsonl'));
+    expect(lines).toHaveLength(401);
+    expect(lines.find((l) => l.id === 'e7')!.error).toMatch(/unknown field "k{99}… \(400003 characters\)/);
+    expect(r.peakRssBytes).toBeLessThanOrEqual(48 * MiB + RUNTIME_OVERHEAD_BYTES);
+  });
+
   // Ids were counted at 160 bytes each whatever their length: 100,000 ids of 1 KB (a URL each), all
   // but 10 answered, took a --ram 64MiB rerun to 307 MiB. They count by their length now.
   it('counts long request ids by their length', () => {
