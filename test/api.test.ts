@@ -83,7 +83,7 @@ describe('options are checked by name', () => {
         { id: 'd', promptTokenIds: [3], untilContext: 'yes' } as never, { id: 'e', promptTokenIds: [3, 4, 5], untilContext: true },
       ], { maxNewTokens: 2, stopAtEos: false })) results.push(r);
       expect(results.map((r) => ('error' in r ? r.error : 'ok'))).toEqual([
-        'ok', 'promptTokenIds[1] = 99999 is not a token id in [0, 512)', 'request "c": unknown option "max_tokens" (known: id, prompt, promptTokenIds, messages, sampling, n, maxNewTokens, untilContext, stop, stopTokenIds, logprobs, topLogprobs, seedKey)',
+        'ok', 'promptTokenIds[1] = 99999 is not a token id in [0, 512)', 'request "c": unknown option "max_tokens" (known: id, prompt, promptTokenIds, messages, sampling, n, maxNewTokens, untilContext, stop, stopTokenIds, logprobs, topLogprobs, promptLogprobs, seedKey)',
         '"untilContext" must be true or false', 'ok',
       ]);
       // untilContext: to the model's last position (no limits here), over the call's maxNewTokens

@@ -26,8 +26,9 @@ describe('an interactive request beside a full block of batch work', () => {
   it('takes a batch slot at once; the batch lines are computed again and give what they give alone', async () => {
     const s = model.scheduler(params);
     const batch: GenerationRequest[] = [
-      { id: 'b1', promptTokenIds: [5, 9, 13, 2], maxNewTokens: 40 },
-      { id: 'b2', promptTokenIds: [7, 3], maxNewTokens: 40, sampling: { temperature: 0.9, seed: 4 } },
+      // (prompt log-probabilities too: a row computed again scores nothing twice)
+      { id: 'b1', promptTokenIds: [5, 9, 13, 2], maxNewTokens: 40, promptLogprobs: 2 },
+      { id: 'b2', promptTokenIds: [7, 3], maxNewTokens: 40, sampling: { temperature: 0.9, seed: 4 }, promptLogprobs: 0 },
     ];
     const interactive: GenerationRequest = { id: 'i', promptTokenIds: [11, 12], maxNewTokens: 3, sampling: { temperature: 0.7, seed: 2 } };
     const finished: string[] = [];

@@ -24,7 +24,7 @@ import type { BlockRunner } from '../schedule/runner.js';
 import type { RunningBlock } from '../schedule/running-block.js';
 import type { CacheDType } from '../backend/index.js';
 import type { Backend } from '../backend/index.js';
-import { type Segment, segmentStep } from '../models/transformer.js';
+import { type Segment, type Step, segmentStep } from '../models/transformer.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { UserError } from '../util/errors.js';
 
@@ -254,7 +254,7 @@ export class ContinuousEngine {
     if (!this.open) return false;
     const o = this.open;
     const plan = this.slots.map((rows, k) => this.plan(rows, o.maxTokens, k));
-    const steps = plan.map((segs) => (segs.length > 0 ? segmentStep(segs.map((g) => g.seg)) : null));
+    const steps = plan.map((segs) => (segs.length > 0 ? scoring(segmentStep(segs.map((g) => g.seg)), segs) : null));
     let [prompt, decode] = [0, 0];
     for (const g of plan.flat()) {
       if (g.prompt) prompt += g.seg.ids.length;
@@ -684,4 +684,20 @@ function largestFitting(lo: number, hi: number, fits: (n: number) => boolean): n
     else hi = mid - 1;
   }
   return lo;
+}
+
+/** `step` with the prompt tokens its segments' samples score (Sequence.scoredIn), if any. */
+function scoring(step: Step, segs: { seg: Segment; slot: Slot }[]): Step {
+  const tokens: number[] = [];
+  const owners: { seq: Sequence; p: number }[] = [];
+  segs.forEach((g, s) => {
+    const seq = g.slot.a.seq;
+    const [from, to] = seq.scoredIn(g.seg.start, g.seg.ids.length);
+    for (let p = from; p < to; p++) {
+      tokens.push(step.seqStarts[s]! + p - g.seg.start);
+      owners.push({ seq, p });
+    }
+  });
+  if (tokens.length === 0) return step;
+  return { ...step, score: { tokens: Int32Array.from(tokens), sink: (at, row) => owners[at]!.seq.scorePrompt(owners[at]!.p, row) } };
 }

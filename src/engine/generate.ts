@@ -17,7 +17,7 @@ import { illFormedField } from '../util/text.js';
 import { type RuleName, checkApiValue, checkValue, givenOnly } from '../util/options.js';
 import { type GenerationRequest, type GenerationResult, type RequestError, type RequestNames, REQUEST_KEYS, promptIds } from './requests.js';
 import { GREEDY, type SamplingParams } from './sampling.js';
-import { Sequence, type SequenceLimits, type TokenHook } from './sequence.js';
+import { Sequence, type SequenceLimits, type TokenHook, requestResult } from './sequence.js';
 
 export interface GenerateParams {
   maxNewTokens: number;
@@ -263,6 +263,7 @@ export class Generator {
       stop: req.stop ?? [],
       logprobs: req.logprobs ?? p.logprobs,
       topLogprobs: req.topLogprobs ?? 0,
+      promptLogprobs: req.promptLogprobs ?? null,
       maxPositions: max,
     };
     const callHook = p.onToken;
@@ -382,8 +383,7 @@ function outcome(item: Queued): GenerationResult | RequestError {
   if ('error' in item) return item;
   const refused = item.samples.find((s) => s.error !== null);
   if (refused) return { id: item.req.id, error: refused.error! };
-  const samples = item.samples.map((s) => s.result());
-  return { id: item.req.id, promptTokens: item.promptTokens, ...samples[0]!, ...(samples.length > 1 ? { samples } : {}) };
+  return requestResult(item.req.id, item.promptTokens, item.samples);
 }
 
 /** The requests' cancels by the signal they share, and its one listener. */
@@ -430,6 +430,9 @@ export function checkRequestLimits(req: GenerationRequest, hasTokenizer: boolean
   if (req.logprobs !== undefined && typeof req.logprobs !== 'boolean') return '"logprobs" must be true or false';
   if (req.topLogprobs !== undefined && !(Number.isSafeInteger(req.topLogprobs) && req.topLogprobs >= 0 && req.topLogprobs <= 20)) {
     return `"${topLogprobs}" must be an integer in [0, 20]`;
+  }
+  if (req.promptLogprobs !== undefined && !(Number.isSafeInteger(req.promptLogprobs) && req.promptLogprobs >= 0 && req.promptLogprobs <= 20)) {
+    return `"${names === 'api' ? 'promptLogprobs' : 'prompt_logprobs'}" must be an integer in [0, 20]`;
   }
   return null;
 }

@@ -159,8 +159,11 @@ export async function runJob(model: LanguageModel, writer: ResultWriter, o: JobO
 /** A result as its JSONL line: snake_case fields, id first (a torn line is recognised by it).
  *  With n > 1 the line holds every sample, in order, under "samples". */
 export function toRecord(r: GenerationResult): { id: string; prompt_tokens: number; [field: string]: unknown } {
-  if (r.samples) return { id: r.id, prompt_tokens: r.promptTokens, samples: r.samples.map(sampleRecord) };
-  return { id: r.id, prompt_tokens: r.promptTokens, ...sampleRecord(r) };
+  const prompt: Record<string, unknown> = {};
+  if (r.promptLogprobs) prompt.prompt_logprobs = r.promptLogprobs;
+  if (r.promptTopLogprobs) prompt.prompt_top_logprobs = r.promptTopLogprobs;
+  if (r.samples) return { id: r.id, prompt_tokens: r.promptTokens, ...prompt, samples: r.samples.map(sampleRecord) };
+  return { id: r.id, prompt_tokens: r.promptTokens, ...prompt, ...sampleRecord(r) };
 }
 
 function sampleRecord(s: SampleResult): Record<string, unknown> {

@@ -31,12 +31,16 @@ export interface GenerationRequest {
   logprobs?: boolean;
   /** The k most likely tokens (0–20) at each generated position, with their log-probabilities. */
   topLogprobs?: number;
+  /** Each prompt token's log-probability given the tokens before it (the first's is null), with
+   *  this many (0–20) most likely alternatives at each place: scoring a text, as evaluation
+   *  suites do (OpenAI completions' `echo` with `logprobs`). */
+  promptLogprobs?: number;
   /** Picks the sample's random stream with `sampling.seed` (default the id): requests that give
    *  the same key and seed draw the same tokens whatever their ids, and keys that differ, differ. */
   seedKey?: string;
 }
 
-export const REQUEST_KEYS = ['id', 'prompt', 'promptTokenIds', 'messages', 'sampling', 'n', 'maxNewTokens', 'untilContext', 'stop', 'stopTokenIds', 'logprobs', 'topLogprobs', 'seedKey'] as const;
+export const REQUEST_KEYS = ['id', 'prompt', 'promptTokenIds', 'messages', 'sampling', 'n', 'maxNewTokens', 'untilContext', 'stop', 'stopTokenIds', 'logprobs', 'topLogprobs', 'promptLogprobs', 'seedKey'] as const;
 
 /** A token and its log-probability. */
 export interface TokenLogprob {
@@ -65,6 +69,10 @@ export interface GenerationResult extends SampleResult {
   /** The prompt's length in tokens (for usage accounting). */
   promptTokens: number;
   samples?: SampleResult[];
+  /** With promptLogprobs: each prompt token's log-probability (null for the first). */
+  promptLogprobs?: (number | null)[];
+  /** With promptLogprobs > 0: the most likely tokens at each prompt place (null for the first). */
+  promptTopLogprobs?: (TokenLogprob[] | null)[];
 }
 
 export interface RequestError {

@@ -19,7 +19,7 @@
 
 import type { ContinuousEngine } from './continuous.js';
 import type { GenerateParams, Generator } from './generate.js';
-import type { Sequence, TokenHook } from './sequence.js';
+import { type Sequence, type TokenHook, requestResult } from './sequence.js';
 import type { GenerationRequest, GenerationResult, RequestError } from './requests.js';
 import { excerpt } from '../util/text.js';
 
@@ -112,8 +112,7 @@ export class Scheduler {
         if (options.signal?.aborted) return resolve({ id, error: 'cancelled' });
         const refused = item.samples.find((x) => x.error !== null);
         if (refused) return resolve({ id, error: refused.error! });
-        const samples = item.samples.map((x) => x.result());
-        resolve({ id: item.req.id, promptTokens: item.promptTokens, ...samples[0]!, ...(samples.length > 1 ? { samples } : {}) });
+        resolve(requestResult(item.req.id, item.promptTokens, item.samples));
       };
       const priority = (options.priority ?? 'interactive') === 'interactive' ? 0 : 1;
       const fail = (e: unknown) => {

@@ -5,7 +5,7 @@
 
 import type { TextTokenizer } from '../formats/tokenizer.js';
 import type { Tensor } from '../tensor/tensor.js';
-import type { FinishReason, GenerationRequest, SampleResult, TokenLogprob } from './requests.js';
+import type { FinishReason, GenerationRequest, GenerationResult, SampleResult, TokenLogprob } from './requests.js';
 import { Rng, type SamplingParams, TokenHistory, sample, topKIndices } from './sampling.js';
 
 /** A sample's limits, resolved from its request over the call's params. */
@@ -20,6 +20,9 @@ export interface SequenceLimits {
   stop: string[];
   logprobs: boolean;
   topLogprobs: number;
+  /** Each prompt token's log-probability given the tokens before it, with this many most likely
+   *  alternatives (0: the token's own only); null when not asked for. */
+  promptLogprobs: number | null;
   /** Cache positions the sample may fill (the model's positions, or fewer: see untilContext). */
   maxPositions: number;
 }
@@ -31,6 +34,10 @@ export class Sequence {
   readonly tokens: number[] = [];
   readonly logprobs: number[] = [];
   readonly top: TokenLogprob[][] = [];
+  /** Per prompt token (promptLogprobs asked): its log-probability, null for the first (nothing
+   *  predicts it); filled in order as the prompt's chunks run. */
+  readonly promptLogprobs: (number | null)[] = [null];
+  readonly promptTop: (TokenLogprob[] | null)[] = [null];
   finish: FinishReason | null = null;
   /** Why the sample could not run (its request then answers with this error), or null. */
   error: string | null = null;
@@ -98,6 +105,39 @@ export class Sequence {
       this.hook(this.index, token, piece);
     }
     return this.finish !== null;
+  }
+
+  /** Prompt positions whose logits the next step should score for this sample, among those it
+   *  feeds from `start` on (`count` tokens): the ones before the prompt's last token (its logits
+   *  are the first sample's) not scored yet (a row computed again feeds its prompt again).
+   *  Sample 0 alone scores: every sample of a request has the same prompt. */
+  scoredIn(start: number, count: number): [from: number, to: number] {
+    if (this.limits.promptLogprobs === null || this.index > 0) return [0, 0];
+    const from = Math.max(start, this.promptLogprobs.length - 1);
+    return [from, Math.max(from, Math.min(start + count, this.ids.length - 1))];
+  }
+
+  /** Takes the logits at prompt position `p` (< the prompt's last): the log-probability of the
+   *  prompt's token p + 1, and its most likely alternatives. The log-sum-exp runs in float64 over
+   *  the row (as logSoftmax, up to rounding). A non-finite result fails the request, as a chosen
+   *  token's would. */
+  scorePrompt(p: number, row: Float32Array): void {
+    if (p + 1 !== this.promptLogprobs.length || this.done) return;
+    let max = -Infinity;
+    for (let i = 0; i < row.length; i++) if (row[i]! > max) max = row[i]!;
+    let sum = 0;
+    for (let i = 0; i < row.length; i++) sum += Math.exp(row[i]! - max);
+    const lse = max + Math.log(sum);
+    const target = this.ids[p + 1]!;
+    const lp = row[target]! - lse;
+    if (!Number.isFinite(lp)) {
+      this.refuse(`the model's logits are not finite (log-probability ${lp} for prompt token ${p + 1}): ` +
+        'its weights or activations hold NaN or infinity (a broken model file, or a model that diverged)');
+      return;
+    }
+    this.promptLogprobs.push(lp);
+    const k = this.limits.promptLogprobs!;
+    if (k > 0) this.promptTop.push(topKIndices(row, k).map((t) => ({ token: t, logprob: row[t]! - lse })));
   }
 
   /** Ends the sample before its limits (an aborted request). */
@@ -191,6 +231,19 @@ export class Sequence {
     }
     return best;
   }
+}
+
+/** A finished request's result from its samples: the first sample's fields, every sample's with
+ *  n > 1, and the prompt's log-probabilities where asked for (sample 0 scored them). */
+export function requestResult(id: string, promptTokens: number, seqs: readonly Sequence[]): GenerationResult {
+  const samples = seqs.map((s) => s.result());
+  const res: GenerationResult = { id, promptTokens, ...samples[0]!, ...(samples.length > 1 ? { samples } : {}) };
+  const first = seqs[0]!;
+  if (first.limits.promptLogprobs !== null) {
+    res.promptLogprobs = first.promptLogprobs;
+    if (first.limits.promptLogprobs > 0) res.promptTopLogprobs = first.promptTop;
+  }
+  return res;
 }
 
 /** Prompt tokens decoded ahead of a sample's (vLLM uses 5; 4 covers a SentencePiece word start). */

@@ -228,8 +228,9 @@ export async function* readRequests(source: PromptSource | string): AsyncGenerat
 /** A request line's sampling fields (snake_case, as OpenAI's and vLLM's requests name them). */
 const SAMPLING_FIELDS = (['temperature', 'topK', 'topP', 'minP', 'seed', 'repetitionPenalty', 'presencePenalty', 'frequencyPenalty'] as const)
   .map((k) => [k, RULES[k].json] as const);
-/** A line's own limits, as the API's request fields (stop, stopTokenIds, logprobs, topLogprobs). */
-const LIMIT_FIELDS = ['max_new_tokens', 'stop', 'stop_token_ids', 'logprobs', 'top_logprobs'];
+/** A line's own limits, as the API's request fields (stop, stopTokenIds, logprobs, topLogprobs,
+ *  promptLogprobs). */
+const LIMIT_FIELDS = ['max_new_tokens', 'stop', 'stop_token_ids', 'logprobs', 'top_logprobs', 'prompt_logprobs'];
 const LINE_KEYS = ['id', 'prompt', 'prompt_token_ids', 'messages', 'n', ...SAMPLING_FIELDS.map(([, j]) => j), ...LIMIT_FIELDS];
 
 /** Moves a line's limit fields into the request; what is wrong with one, naming it, or null. */
@@ -261,6 +262,11 @@ function lineLimits(o: Record<string, unknown>, request: GenerationRequest): str
     const k = o.top_logprobs;
     if (!(Number.isSafeInteger(k) && (k as number) >= 0 && (k as number) <= 20)) return `top_logprobs must be an integer in [0, 20], got ${excerpt(k)}`;
     request.topLogprobs = k as number;
+  }
+  if (o.prompt_logprobs !== undefined) {
+    const k = o.prompt_logprobs;
+    if (!(Number.isSafeInteger(k) && (k as number) >= 0 && (k as number) <= 20)) return `prompt_logprobs must be an integer in [0, 20], got ${excerpt(k)}`;
+    request.promptLogprobs = k as number;
   }
   return null;
 }

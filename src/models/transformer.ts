@@ -29,6 +29,16 @@ export interface Step {
   seqStarts: Int32Array;
   /** The cache row of each sequence, ascending. */
   rows: Int32Array;
+  /** Tokens whose next-token logits a caller wants besides each sequence's last (a prompt's
+   *  log-probabilities): the head runs over them in chunks after the last layer. */
+  score?: StepScore;
+}
+
+/** Prompt scoring in a step: the tokens (indices into the step's, ascending) and what takes each
+ *  one's logits row, `at` its place in `tokens` (the row is reused after the call returns). */
+export interface StepScore {
+  tokens: Int32Array;
+  sink: (at: number, logits: Float32Array) => void;
 }
 
 /** One layer's key/value cache for the rows of a batch: [rows, kvHeads, capacity, headDim]. */
@@ -140,6 +150,26 @@ export class Transformer {
       last.data.set(x.data.subarray(row * hsz, (row + 1) * hsz), s * hsz);
     }
     return last;
+  }
+
+  /** The logits of the step's scored tokens (step.score), `chunk` rows at a time through `out`
+   *  [≥ chunk, vocab]: each chunk's rows go to the sink before the next is computed, so scoring
+   *  a long prompt holds no more than one chunk of logits. */
+  scoreTokens(x: F32, step: Step, out: F32, chunk: number): void {
+    const score = step.score;
+    if (!score || score.tokens.length === 0) return;
+    const hsz = this.config.hidden;
+    const vocab = this.config.vocabSize;
+    for (let a = 0; a < score.tokens.length; a += chunk) {
+      const n = Math.min(chunk, score.tokens.length - a);
+      const rows = this.ws.get('scored', [n, hsz]);
+      for (let i = 0; i < n; i++) {
+        const t = score.tokens[a + i]!;
+        rows.data.set(x.data.subarray(t * hsz, (t + 1) * hsz), i * hsz);
+      }
+      const logits = this.head(rows, out.rows(0, n));
+      for (let i = 0; i < n; i++) score.sink(a + i, logits.data.subarray(i * vocab, (i + 1) * vocab));
+    }
   }
 
   /** Final norm, projection and LM head over rows of hidden states → logits [rows, vocab]. */

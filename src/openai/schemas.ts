@@ -48,8 +48,10 @@ export const completionBodySchema = {
         { type: 'array', items: tokenIds, minItems: 1, maxItems: MAX_PROMPTS },
       ],
     },
+    // (0 with echo: the prompt scored, nothing generated, as evaluation suites ask)
+    max_tokens: nullable({ type: 'integer', minimum: 0 }),
     logprobs: nullable({ type: 'integer', minimum: 0, maximum: 5 }),
-    echo: nullable({ const: false }),
+    echo: nullable({ type: 'boolean' }),
     best_of: nullable({ type: 'integer', minimum: 1, maximum: 8 }),
     suffix: { type: 'null' },
   },

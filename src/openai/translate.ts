@@ -47,6 +47,12 @@ export interface Prepared {
   /** The field that set the new tokens' limit ('max_completion_tokens' or 'max_tokens'), or null
    *  when none did (the endpoint's default): a request too long for the limits blames it. */
   maxParam: 'max_tokens' | 'max_completion_tokens' | null;
+  /** Completions' `echo`: each prompt's text, which its choices' text starts with (and with
+   *  logprobs, each prompt token's log-probability before the completion's); null without. */
+  echo: string[] | null;
+  /** max_tokens 0 (with echo): the engine's one new token (its prompt's last logits give it at
+   *  no cost) is left out of the answer. */
+  zero: boolean;
 }
 
 type Body = Record<string, unknown>;
@@ -125,6 +131,8 @@ function* preparing(endpoint: Endpoint, body: Body, model: ServedModel): Generat
   if (chat && body.top_logprobs != null && !body.logprobs) throw invalid('top_logprobs needs logprobs: true', 'top_logprobs');
   if (body.stream_options != null && body.stream !== true) throw invalid('stream_options is only allowed when stream is true', 'stream_options');
   const maxTokens = (chat ? (body.max_completion_tokens ?? body.max_tokens) : body.max_tokens) as number | null | undefined;
+  const echo = !chat && body.echo === true;
+  if (maxTokens === 0 && !echo) throw invalid('max_tokens 0 asks for no new tokens, which answers nothing without echo: true (the prompt, scored with logprobs)', 'max_tokens');
   const sampling = Object.fromEntries(([
     ['temperature', body.temperature], ['topP', body.top_p], ['seed', body.seed], ['topK', body.top_k], ['minP', body.min_p],
     ['repetitionPenalty', body.repetition_penalty], ['presencePenalty', body.presence_penalty], ['frequencyPenalty', body.frequency_penalty],
@@ -147,16 +155,27 @@ function* preparing(endpoint: Endpoint, body: Body, model: ServedModel): Generat
       sampling: { temperature: 1, ...sampling },
     };
     // Chat's default is the rest of the context: as many positions as the server can give it.
-    if (maxTokens != null) r.maxNewTokens = maxTokens;
+    if (maxTokens != null) r.maxNewTokens = Math.max(1, maxTokens);
     else if (chat) r.untilContext = true;
     else r.maxNewTokens = COMPLETION_MAX_TOKENS;
     if (stop.length > 0) r.stop = stop;
     if (logprobs !== null) Object.assign(r, { logprobs: true, topLogprobs: logprobs });
+    if (echo && logprobs !== null) r.promptLogprobs = logprobs;
     return r;
   });
+  const echoed = echo ? prompts.map((ids, i) => promptText(body.prompt, i, ids, model)) : null;
   const streamOptions = body.stream_options as { include_usage?: boolean } | null | undefined;
   const maxParam = maxTokens == null ? null : chat && body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens';
-  return { endpoint, model: model.id, requests, n, logprobs, stream: body.stream === true, includeUsage: streamOptions?.include_usage === true, stop, maxParam };
+  return { endpoint, model: model.id, requests, n, logprobs, stream: body.stream === true, includeUsage: streamOptions?.include_usage === true, stop, maxParam,
+    echo: echoed, zero: maxTokens === 0 };
+}
+
+/** The text `echo` repeats of prompt i: the body's own text, or its token ids decoded (as vLLM
+ *  does; "" where the model has no tokenizer). */
+function promptText(prompt: unknown, i: number, ids: readonly number[], model: ServedModel): string {
+  if (typeof prompt === 'string') return prompt;
+  if (Array.isArray(prompt) && typeof prompt[i] === 'string') return prompt[i] as string;
+  return model.tokenizer ? model.tokenizer.decode([...ids]) : '';
 }
 
 /** A completions body's prompts as token ids; yields after each text prompt it encodes. */
@@ -237,11 +256,14 @@ export function limitsParam(p: Prepared, prompt: number, model: ServedModel): st
 /** Each choice's place in the response: prompt i's sample j is choice i·n + j (OpenAI's order). */
 const choiceIndex = (p: Prepared, prompt: number, sample: number) => prompt * p.n + sample;
 
-const samplesOf = (r: GenerationResult): SampleResult[] => r.samples ?? [r];
+/** A result's samples as the answer shows them: with max_tokens 0, none of the token the engine
+ *  generated. */
+const samplesOf = (p: Prepared, r: GenerationResult): SampleResult[] =>
+  (r.samples ?? [r]).map((s) => (p.zero ? { tokenIds: [], ...(s.text !== undefined ? { text: '' } : {}), logprobs: [], topLogprobs: [], finishReason: 'length' } : s));
 
 export function usage(p: Prepared, results: GenerationResult[]) {
   const prompt = p.requests.reduce((s, r) => s + r.promptTokenIds.length, 0);
-  const completion = results.reduce((s, r) => s + samplesOf(r).reduce((t, x) => t + x.tokenIds.length, 0), 0);
+  const completion = results.reduce((s, r) => s + samplesOf(p, r).reduce((t, x) => t + x.tokenIds.length, 0), 0);
   return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
 }
 
@@ -330,6 +352,39 @@ function completionToken(model: ServedModel, ids: readonly number[], i: number, 
   return tokenPiece(model, ids, i, alt, context);
 }
 
+/** Completions' logprobs of a choice: with echo, the prompt's tokens first (the first with null
+ *  for its logprob and alternatives, as OpenAI), then the completion's, whose offsets follow the
+ *  prompt's text. */
+function choiceLogprobs(model: ServedModel, p: Prepared, i: number, r: GenerationResult, s: SampleResult) {
+  const ids = p.requests[i]!.promptTokenIds;
+  const gen = completionLogprobs(model, s, p.logprobs!, ids);
+  if (!p.echo) return gen;
+  const prompt = promptLogprobs(model, ids, r, p.logprobs!);
+  const shift = p.echo[i]!.length;
+  return {
+    tokens: [...prompt.tokens, ...gen.tokens],
+    token_logprobs: [...prompt.token_logprobs, ...gen.token_logprobs],
+    top_logprobs: prompt.top_logprobs && gen.top_logprobs ? [...prompt.top_logprobs, ...gen.top_logprobs] : null,
+    text_offset: [...prompt.text_offset, ...gen.text_offset.map((o) => o + shift)],
+  };
+}
+
+/** The prompt's part of echoed logprobs: each token named as completions name them, in the
+ *  context of the prompt's tokens before it, at the offset its piece starts. */
+function promptLogprobs(model: ServedModel, ids: readonly number[], r: GenerationResult, top: number) {
+  const names = ids.map((_, i) => completionToken(model, ids, i, undefined, []));
+  const offsets: number[] = [];
+  ids.reduce((at, _, i) => (offsets.push(at), at + tokenPiece(model, ids, i, undefined, []).length), 0);
+  const lps = r.promptLogprobs ?? [];
+  const tops = r.promptTopLogprobs ?? [];
+  return {
+    tokens: names,
+    token_logprobs: ids.map((_, i) => lps[i] ?? null),
+    top_logprobs: top > 0 ? ids.map((_, i) => (tops[i] ? topEntries(tops[i]!, ids[i]!, names[i]!, (x) => completionToken(model, ids, i, x, [])) : null)) : null,
+    text_offset: offsets,
+  };
+}
+
 function completionLogprobs(model: ServedModel, s: SampleResult, top: number, prompt: readonly number[]) {
   const context = promptContext(model, prompt);
   const pieces = s.tokenIds.map((_, i) => tokenPiece(model, s.tokenIds, i, undefined, context));
@@ -343,26 +398,26 @@ function completionLogprobs(model: ServedModel, s: SampleResult, top: number, pr
   return {
     tokens,
     token_logprobs: (s.logprobs ?? []).slice(0, tokens.length),
-    top_logprobs: top > 0 ? (s.topLogprobs ?? []).slice(0, tokens.length).map((list, i) => topEntries(list, s, i, names[i]!, (x) => completionToken(model, s.tokenIds, i, x, context))) : null,
+    top_logprobs: top > 0 ? (s.topLogprobs ?? []).slice(0, tokens.length).map((list, i) => topEntries(list, s.tokenIds[i]!, names[i]!, (x) => completionToken(model, s.tokenIds, i, x, context))) : null,
     text_offset: offsets,
   };
 }
 
 /**
- * Place i's alternatives as completions' map of token to logprob. Two tokens named alike (their
- * pieces equal in context) keep the likelier's logprob, and the sampled token's name (`chosen`, as
+ * A place's alternatives as completions' map of token to logprob. Two tokens named alike (their
+ * pieces equal in context) keep the likelier's logprob, and the place's own token's name (`chosen`, as
  * in `tokens`, whole where a stop sequence cut it there: the map lists the model's tokens) has its
  * own: the map never says another logprob for the token the text holds.
  */
-function topEntries(list: readonly { token: number; logprob: number }[], s: SampleResult, i: number, chosen: string, name: (token: number) => string): Record<string, number> {
+function topEntries(list: readonly { token: number; logprob: number }[], token: number, chosen: string, name: (token: number) => string): Record<string, number> {
   // (a Map: a token named "__proto__" is a key like any other)
   const map = new Map<string, number>();
   for (const x of list) {
-    const key = x.token === s.tokenIds[i] ? chosen : name(x.token);
+    const key = x.token === token ? chosen : name(x.token);
     const had = map.get(key);
     if (had === undefined || x.logprob > had) map.set(key, x.logprob);
   }
-  const own = list.find((x) => x.token === s.tokenIds[i]);
+  const own = list.find((x) => x.token === token);
   if (own) map.set(chosen, own.logprob);
   return Object.fromEntries(map);
 }
@@ -422,12 +477,12 @@ function keptBytes(bytes: Buffer, text: string): number {
 /** The whole response body of a finished request. */
 export function responseBody(p: Prepared, results: GenerationResult[], id: string, created: number, model: ServedModel): Record<string, unknown> {
   const chat = p.endpoint === '/v1/chat/completions';
-  const choices = results.flatMap((r, i) => samplesOf(r).map((s, j) => {
+  const choices = results.flatMap((r, i) => samplesOf(p, r).map((s, j) => {
     const index = choiceIndex(p, i, j);
     if (chat) {
       return { index, message: { role: 'assistant', content: s.text ?? '', refusal: null }, logprobs: p.logprobs !== null ? chatLogprobs(model, s, p.requests[i]!.promptTokenIds) : null, finish_reason: s.finishReason };
     }
-    return { index, text: s.text ?? '', logprobs: p.logprobs !== null ? completionLogprobs(model, s, p.logprobs, p.requests[i]!.promptTokenIds) : null, finish_reason: s.finishReason };
+    return { index, text: (p.echo?.[i] ?? '') + (s.text ?? ''), logprobs: p.logprobs !== null ? choiceLogprobs(model, p, i, r, s) : null, finish_reason: s.finishReason };
   }));
   return { id, object: chat ? 'chat.completion' : 'text_completion', created, model: p.model, choices, usage: usage(p, results), system_fingerprint: null };
 }
@@ -463,15 +518,17 @@ export class ChunkStream {
     } else this.chunk({ index, text, logprobs, finish_reason: finish });
   }
 
-  /** The engine's onToken: `text` is what the token adds to the sample's decoded text. */
+  /** The engine's onToken: `text` is what the token adds to the sample's decoded text (sent after
+   *  the prompt's with echo; never with max_tokens 0, whose token is not part of the answer). */
   token(prompt: number, sample: number, text: string): void {
+    if (this.p.zero) return;
     const index = choiceIndex(this.p, prompt, sample);
     const all = (this.seen.get(index) ?? '') + text;
     this.seen.set(index, all);
     const sent = this.sent.get(index) ?? '';
-    const safe = all.length - this.heldBack(all);
     if (this.p.stop.some((s) => all.includes(s))) return;
-    if (safe > sent.length) this.delta(index, all.slice(sent.length, safe), null);
+    const safe = (this.p.echo?.[prompt] ?? '') + all.slice(0, all.length - this.heldBack(all));
+    if (safe.length > sent.length) this.delta(index, safe.slice(sent.length), null);
   }
 
   /** Characters at the end of `text` that could be the start of a stop sequence. */
@@ -490,9 +547,9 @@ export class ChunkStream {
 
   /** A prompt's result: each sample's unsent text, its logprobs and its finish reason. */
   finish(prompt: number, r: GenerationResult, model: ServedModel): void {
-    samplesOf(r).forEach((s, j) => {
+    samplesOf(this.p, r).forEach((s, j) => {
       const index = choiceIndex(this.p, prompt, j);
-      const text = s.text ?? '';
+      const text = (this.p.echo?.[prompt] ?? '') + (s.text ?? '');
       const sent = this.sent.get(index) ?? '';
       // Sent text is a prefix of the final text (stop sequences are held back above, and text is
       // decoded without the non-incremental cleanup). Were it not, what follows the common part
@@ -500,7 +557,7 @@ export class ChunkStream {
       const rest = text.slice(commonLength(sent, text));
       const chat = this.p.endpoint === '/v1/chat/completions';
       const ids = this.p.requests[prompt]!.promptTokenIds;
-      const logprobs = this.p.logprobs === null ? null : chat ? chatLogprobs(model, s, ids) : completionLogprobs(model, s, this.p.logprobs, ids);
+      const logprobs = this.p.logprobs === null ? null : chat ? chatLogprobs(model, s, ids) : choiceLogprobs(model, this.p, prompt, r, s);
       this.delta(index, rest, s.finishReason, logprobs);
     });
   }

@@ -255,8 +255,12 @@ export class BlockRunner {
     if (u === this.units.length - 1) {
       // One logits buffer per batch, reused every step: a fresh one per step (13 MB at 64 rows of a
       // 50k vocabulary) left hundreds of MB of garbage that pushed a 6 GiB run 0.3 GiB over its limit.
+      // Scored prompt tokens go through it first, a batch's rows at a time (the logits the plan
+      // counts for the batch), before the rows that sample.
+      const need = step.score ? Math.max(rows, this.policy.gpuBatchSize) : rows;
       let out = this.logitsOut[k];
-      if (!out || out.shape[0]! < rows) out = this.logitsOut[k] = Tensor.zeros('f32', [rows, t.config.vocabSize]);
+      if (!out || out.shape[0]! < need) out = this.logitsOut[k] = Tensor.zeros('f32', [need, t.config.vocabSize]);
+      if (step.score) t.scoreTokens(x, step, out, need);
       const view = out.rows(0, rows);
       t.head(t.lastTokens(x, step), view);
       // A new view each step: sinks may cache what they derive from a logits object by identity.
