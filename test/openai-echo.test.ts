@@ -3,11 +3,12 @@
 // (lm-evaluation-harness's local-completions, OpenAI's legacy evals) score a continuation: a
 // prompt and its continuation sent with echo, the continuation's tokens' logprobs summed. So the
 // scores must be the ones the model gives those tokens when it generates them.
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type LanguageModel, loadModel } from '../src/engine/model.js';
 import { type Engine, complete, engineFor } from '../src/openai/complete.js';
 import { ApiError } from '../src/openai/errors.js';
-import { tmpDir } from './helpers/fixtures.js';
+import { fixturesDir, tmpDir } from './helpers/fixtures.js';
 import { tinyChatModel } from './helpers/serve.js';
 
 let model: LanguageModel;
@@ -134,9 +135,37 @@ describe('completions with echo', () => {
     expect(zero.join('')).toBe('Once upon');
   });
 
+  it('a text that does not survive encoding ("<s>" is the BOS token): the echoed text is what the tokens join to, offsets inside it', async () => {
+    const body = await run({ prompt: 'a <s> b', max_tokens: 2, logprobs: 1, echo: true });
+    const c = body.choices[0]!;
+    const lp = c.logprobs!;
+    expect(lp.tokens.join('')).toBe(c.text);
+    lp.text_offset.forEach((o, i) => expect(c.text.slice(o).startsWith(lp.tokens[i]!), `token ${i}`).toBe(true));
+    for (let i = 1; i < lp.text_offset.length; i++) expect(lp.text_offset[i]).toBeGreaterThanOrEqual(lp.text_offset[i - 1]!);
+  });
+
+  it('a model without a tokenizer: text_offset keeps counting through the completion', async () => {
+    const opt = await loadModel(path.join(fixturesDir, 'opt-tiny'), { policy: { gpuBatchSize: 2, numGpuBatches: 1 } });
+    try {
+      const b = (await complete(engineFor(opt, 'opt'), '/v1/completions', { model: 'opt', prompt: [5, 9, 13, 2], max_tokens: 2, logprobs: 1, echo: true, temperature: 0 },
+        { priority: 'interactive' })) as Body;
+      const lp = b.choices[0]!.logprobs!;
+      // (the prompt's 4 tokens and at least one new one)
+      expect(lp.tokens.length).toBeGreaterThan(4);
+      expect(lp.tokens[0]).toBe('token_id:5');
+      for (let i = 1; i < lp.tokens.length; i++) expect(lp.text_offset[i]).toBe(lp.text_offset[i - 1]! + lp.tokens[i - 1]!.length);
+    } finally {
+      await opt.close();
+    }
+  });
+
   it('refuses max_tokens 0 without echo, and on chat', async () => {
     expect(await refusal({ prompt: 'Hi', max_tokens: 0 })).toMatchObject({ param: 'max_tokens', message: expect.stringContaining('echo') });
     await expect(complete(engine, '/v1/chat/completions', { model: 'tiny', messages: [{ role: 'user', content: 'Hi' }], max_tokens: 0 }, { priority: 'interactive' }))
       .rejects.toThrow(/max_tokens/);
+    // a prompt filling the context: scoring it still computes one position past it
+    const max = model.config.maxPositions;
+    expect(await refusal({ prompt: Array.from({ length: max }, (_, i) => 5 + (i % 50)), max_tokens: 0, echo: true, logprobs: 1 }))
+      .toMatchObject({ param: 'prompt', message: expect.stringContaining(`scoring it takes one position more (at most ${max - 1} tokens)`) });
   });
 });

@@ -34,10 +34,14 @@ export class Sequence {
   readonly tokens: number[] = [];
   readonly logprobs: number[] = [];
   readonly top: TokenLogprob[][] = [];
-  /** Per prompt token (promptLogprobs asked): its log-probability, null for the first (nothing
-   *  predicts it); filled in order as the prompt's chunks run. */
-  readonly promptLogprobs: (number | null)[] = [null];
-  readonly promptTop: (TokenLogprob[] | null)[] = [null];
+  /** Prompt scores (promptLogprobs asked), filled in order as the prompt's chunks run: the
+   *  log-probability of each prompt token from 1 on, and its k alternatives' tokens and
+   *  log-probabilities. Typed arrays made at the first score: a row holds 8 + 12k bytes a prompt
+   *  token, not k objects (an 8000-token prompt at k = 20 held ~10 MB as objects, and four rows of
+   *  them took a `--ram 200MiB` run 42 MB past its limit). */
+  private scores: { lp: Float64Array; topTokens: Int32Array; topLp: Float64Array } | null = null;
+  /** Prompt tokens with a log-probability so far, the first (null) counted. */
+  private scored = 1;
   finish: FinishReason | null = null;
   /** Why the sample could not run (its request then answers with this error), or null. */
   error: string | null = null;
@@ -113,7 +117,7 @@ export class Sequence {
    *  Sample 0 alone scores: every sample of a request has the same prompt. */
   scoredIn(start: number, count: number): [from: number, to: number] {
     if (this.limits.promptLogprobs === null || this.index > 0) return [0, 0];
-    const from = Math.max(start, this.promptLogprobs.length - 1);
+    const from = Math.max(start, this.scored - 1);
     return [from, Math.max(from, Math.min(start + count, this.ids.length - 1))];
   }
 
@@ -122,7 +126,7 @@ export class Sequence {
    *  the row (as logSoftmax, up to rounding). A non-finite result fails the request, as a chosen
    *  token's would. */
   scorePrompt(p: number, row: Float32Array): void {
-    if (p + 1 !== this.promptLogprobs.length || this.done) return;
+    if (p + 1 !== this.scored || this.done) return;
     let max = -Infinity;
     for (let i = 0; i < row.length; i++) if (row[i]! > max) max = row[i]!;
     let sum = 0;
@@ -135,9 +139,30 @@ export class Sequence {
         'its weights or activations hold NaN or infinity (a broken model file, or a model that diverged)');
       return;
     }
-    this.promptLogprobs.push(lp);
     const k = this.limits.promptLogprobs!;
-    if (k > 0) this.promptTop.push(topKIndices(row, k).map((t) => ({ token: t, logprob: row[t]! - lse })));
+    const n = this.ids.length;
+    const sc = (this.scores ??= { lp: new Float64Array(n), topTokens: new Int32Array(n * k), topLp: new Float64Array(n * k) });
+    sc.lp[p + 1] = lp;
+    if (k > 0) {
+      topKIndices(row, k).forEach((t, j) => {
+        sc.topTokens[(p + 1) * k + j] = t;
+        sc.topLp[(p + 1) * k + j] = row[t]! - lse;
+      });
+    }
+    this.scored++;
+  }
+
+  /** The prompt's scores as results give them: a log-probability per prompt token (null for the
+   *  first) and, with k > 0, each token's k alternatives, most likely first. */
+  promptScores(): { logprobs: (number | null)[]; top?: (TokenLogprob[] | null)[] } {
+    const k = this.limits.promptLogprobs ?? 0;
+    const sc = this.scores;
+    const logprobs: (number | null)[] = [null];
+    for (let i = 1; i < this.scored; i++) logprobs.push(sc!.lp[i]!);
+    if (k === 0) return { logprobs };
+    const top: (TokenLogprob[] | null)[] = [null];
+    for (let i = 1; i < this.scored; i++) top.push(Array.from({ length: k }, (_, j) => ({ token: sc!.topTokens[i * k + j]!, logprob: sc!.topLp[i * k + j]! })));
+    return { logprobs, top };
   }
 
   /** Ends the sample before its limits (an aborted request). */
@@ -240,8 +265,9 @@ export function requestResult(id: string, promptTokens: number, seqs: readonly S
   const res: GenerationResult = { id, promptTokens, ...samples[0]!, ...(samples.length > 1 ? { samples } : {}) };
   const first = seqs[0]!;
   if (first.limits.promptLogprobs !== null) {
-    res.promptLogprobs = first.promptLogprobs;
-    if (first.limits.promptLogprobs > 0) res.promptTopLogprobs = first.promptTop;
+    const { logprobs, top } = first.promptScores();
+    res.promptLogprobs = logprobs;
+    if (top) res.promptTopLogprobs = top;
   }
   return res;
 }

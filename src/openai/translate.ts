@@ -50,6 +50,11 @@ export interface Prepared {
   /** Completions' `echo`: each prompt's text, which its choices' text starts with (and with
    *  logprobs, each prompt token's log-probability before the completion's); null without. */
   echo: string[] | null;
+  /** With echo and logprobs: each prompt's tokens' pieces in context (tokenPiece), made once per
+   *  prompt; the echoed text is then their concatenation, so that the tokens join to it and the
+   *  offsets point into it even where a text does not survive encoding ("<s>" typed in a prompt
+   *  is the BOS token, whose piece is ""). */
+  echoPieces: string[][] | null;
   /** max_tokens 0 (with echo): the engine's one new token (its prompt's last logits give it at
    *  no cost) is left out of the answer. */
   zero: boolean;
@@ -140,7 +145,8 @@ function* preparing(endpoint: Endpoint, body: Body, model: ServedModel): Generat
   const requests = prompts.map((ids, i) => {
     if (ids.length >= model.maxPositions) {
       throw invalid(`This model's maximum context length is ${model.maxPositions} tokens${model.positionsNote ?? ''}; the ${chat ? 'messages' : `prompt${prompts.length > 1 ? ` [${i}]` : ''}`} ` +
-        `${chat ? 'are' : 'is'} ${ids.length} tokens, leaving none to generate`, chat ? 'messages' : 'prompt', 'context_length_exceeded');
+        `${chat ? 'are' : 'is'} ${ids.length} tokens, ${maxTokens === 0 ? 'and scoring it takes one position more (at most ' + (model.maxPositions - 1) + ' tokens)' : 'leaving none to generate'}`,
+      chat ? 'messages' : 'prompt', 'context_length_exceeded');
     }
     // As OpenAI and vLLM: an explicit max_tokens past the context is refused, not cut short.
     if (maxTokens != null && ids.length + maxTokens > model.maxPositions) {
@@ -163,11 +169,20 @@ function* preparing(endpoint: Endpoint, body: Body, model: ServedModel): Generat
     if (echo && logprobs !== null) r.promptLogprobs = logprobs;
     return r;
   });
-  const echoed = echo ? prompts.map((ids, i) => promptText(body.prompt, i, ids, model)) : null;
+  let echoed: string[] | null = null;
+  let echoPieces: string[][] | null = null;
+  if (echo && logprobs !== null) {
+    echoPieces = [];
+    for (const ids of prompts) {
+      echoPieces.push(ids.map((_, j) => tokenPiece(model, ids, j)));
+      yield;
+    }
+    echoed = model.tokenizer ? echoPieces.map((p) => p.join('')) : prompts.map(() => '');
+  } else if (echo) echoed = prompts.map((ids, i) => promptText(body.prompt, i, ids, model));
   const streamOptions = body.stream_options as { include_usage?: boolean } | null | undefined;
   const maxParam = maxTokens == null ? null : chat && body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens';
   return { endpoint, model: model.id, requests, n, logprobs, stream: body.stream === true, includeUsage: streamOptions?.include_usage === true, stop, maxParam,
-    echo: echoed, zero: maxTokens === 0 };
+    echo: echoed, echoPieces, zero: maxTokens === 0 };
 }
 
 /** The text `echo` repeats of prompt i: the body's own text, or its token ids decoded (as vLLM
@@ -358,9 +373,12 @@ function completionToken(model: ServedModel, ids: readonly number[], i: number, 
 function choiceLogprobs(model: ServedModel, p: Prepared, i: number, r: GenerationResult, s: SampleResult) {
   const ids = p.requests[i]!.promptTokenIds;
   const gen = completionLogprobs(model, s, p.logprobs!, ids);
-  if (!p.echo) return gen;
-  const prompt = promptLogprobs(model, ids, r, p.logprobs!);
-  const shift = p.echo[i]!.length;
+  if (!p.echoPieces) return gen;
+  const pieces = p.echoPieces[i]!;
+  const prompt = promptLogprobs(model, ids, pieces, r, p.logprobs!);
+  // (after the prompt's pieces, which are its echoed text; without a tokenizer the text is "" and
+  // the pieces are `token_id:N` names, as the completion's offsets count them)
+  const shift = pieces.reduce((n, x) => n + x.length, 0);
   return {
     tokens: [...prompt.tokens, ...gen.tokens],
     token_logprobs: [...prompt.token_logprobs, ...gen.token_logprobs],
@@ -371,10 +389,10 @@ function choiceLogprobs(model: ServedModel, p: Prepared, i: number, r: Generatio
 
 /** The prompt's part of echoed logprobs: each token named as completions name them, in the
  *  context of the prompt's tokens before it, at the offset its piece starts. */
-function promptLogprobs(model: ServedModel, ids: readonly number[], r: GenerationResult, top: number) {
+function promptLogprobs(model: ServedModel, ids: readonly number[], pieces: readonly string[], r: GenerationResult, top: number) {
   const names = ids.map((_, i) => completionToken(model, ids, i, undefined, []));
   const offsets: number[] = [];
-  ids.reduce((at, _, i) => (offsets.push(at), at + tokenPiece(model, ids, i, undefined, []).length), 0);
+  pieces.reduce((at, x) => (offsets.push(at), at + x.length), 0);
   const lps = r.promptLogprobs ?? [];
   const tops = r.promptTopLogprobs ?? [];
   return {
