@@ -13,6 +13,11 @@ import { addProfileCommand } from './profile.js';
 import { addTrainCommand } from './train.js';
 import { addBatchCommand } from './batch.js';
 import { addServeCommand } from './serve.js';
+import { RUNTIME_OVERHEAD_BYTES } from '../policy/memory.js';
+import { setRssCeiling } from '../util/memory-guard.js';
+
+/** What the ceiling under --ram leaves of the runtime's allowance (see buildProgram). */
+const MEMORY_GUARD_MARGIN = 40 * 2 ** 20;
 
 /** Every command and its flags (docs/cli.md lists the same ones; test/docs.test.ts checks). */
 export function buildProgram(): Command {
@@ -30,6 +35,13 @@ export function buildProgram(): Command {
   addTrainCommand(program);
   addBatchCommand(program);
   addServeCommand(program);
+  // Under --ram, garbage is collected before it takes the process past the limit (memory-guard.ts):
+  // the ceiling leaves MEMORY_GUARD_MARGIN of the runtime's allowance for what is allocated
+  // between two checks (a line, a result, a step).
+  program.hook('preAction', (_program, action) => {
+    const ram = (action.opts() as { ram?: unknown }).ram;
+    if (typeof ram === 'number') setRssCeiling(ram + RUNTIME_OVERHEAD_BYTES - MEMORY_GUARD_MARGIN);
+  });
   return program;
 }
 

@@ -27,6 +27,7 @@ import type { Backend } from '../backend/index.js';
 import { type Segment, type Step, segmentStep } from '../models/transformer.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { UserError } from '../util/errors.js';
+import { relieve } from '../util/memory-guard.js';
 
 /** A block an engine opened, as its RunnerLock hears of it. */
 export interface OpenedBlock {
@@ -237,6 +238,7 @@ export class ContinuousEngine {
 
   /** Runs one step; false when there was nothing to run (the block is then closed). */
   async step(): Promise<boolean> {
+    relieve();
     if (this.givingUp) await this.givingUp;
     this.sweep();
     if (!this.busy) {

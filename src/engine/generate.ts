@@ -13,7 +13,7 @@ import type { BlockRunner } from '../schedule/runner.js';
 import type { BlockShape } from '../policy/memory.js';
 import { ContinuousEngine, type RunnerLock } from './continuous.js';
 import { checkKeys } from '../util/names.js';
-import { illFormedField } from '../util/text.js';
+import { excerpt, illFormedField } from '../util/text.js';
 import { type RuleName, checkApiValue, checkValue, givenOnly } from '../util/options.js';
 import { type GenerationRequest, type GenerationResult, type RequestError, type RequestNames, REQUEST_KEYS, promptIds } from './requests.js';
 import { GREEDY, type SamplingParams } from './sampling.js';
@@ -244,7 +244,7 @@ export class Generator {
       if (req.n !== undefined) check('n', req.n);
       if (req.maxNewTokens !== undefined) check('maxNewTokens', req.maxNewTokens);
       if (req.untilContext !== undefined && typeof req.untilContext !== 'boolean') throw new Error(`"${names === 'api' ? 'untilContext' : 'until_context'}" must be true or false`);
-      if (req.seedKey !== undefined && typeof req.seedKey !== 'string') throw new Error(`"seedKey" must be a string, not ${JSON.stringify(req.seedKey)}`);
+      if (req.seedKey !== undefined && typeof req.seedKey !== 'string') throw new Error(`"seedKey" must be a string, not ${excerpt(req.seedKey)}`);
     } catch (e) {
       return fail((e as Error).message);
     }

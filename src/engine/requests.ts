@@ -2,7 +2,7 @@
 
 import { type ChatMessage, ChatTemplateError, type TextTokenizer } from '../formats/tokenizer.js';
 import type { SamplingParams } from './sampling.js';
-import { illFormedField, illFormedText } from '../util/text.js';
+import { excerpt, illFormedField, illFormedText } from '../util/text.js';
 
 export interface GenerationRequest {
   id: string;
@@ -104,7 +104,9 @@ export function promptIds(req: GenerationRequest, tokenizer: TextTokenizer | nul
     ids = req.promptTokenIds;
     if (!Array.isArray(ids)) return `"${ids_}" must be an array of token ids`;
     const bad = ids.findIndex((t) => !Number.isSafeInteger(t) || t < 0 || t >= vocabSize);
-    if (bad >= 0) return `${ids_}[${bad}] = ${JSON.stringify(ids[bad])} is not a token id in [0, ${vocabSize})`;
+    // (the value excerpted: a 1 MB string quoted whole was held by each refusal waiting in the
+    // queue and in a job's held error lines, 629 MiB against a 176 MiB limit)
+    if (bad >= 0) return `${ids_}[${bad}] = ${excerpt(ids[bad])} is not a token id in [0, ${vocabSize})`;
   } else if (req.prompt !== undefined) {
     if (typeof req.prompt !== 'string') return '"prompt" must be a string';
     // (encoded, a lone surrogate ran as U+FFFD without a word)

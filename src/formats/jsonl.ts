@@ -15,6 +15,7 @@ import { UserError } from '../util/errors.js';
 import { writeFully } from '../util/write-fully.js';
 import { statOrNull } from '../util/stat.js';
 import { excerpt } from '../util/text.js';
+import { relieve } from '../util/memory-guard.js';
 
 /** A request, or a line that cannot be one: its error, under its own id, or under `line-N` where
  *  it has none the reader can use (madeUpId). */
@@ -114,6 +115,7 @@ export async function* splitLines(chunks: AsyncIterable<Buffer> | Iterable<Buffe
     for (let nl = chunk.indexOf(10); nl >= 0; nl = chunk.indexOf(10, start)) {
       const piece = chunk.subarray(start, nl);
       const bytes = pendingBytes + piece.length;
+      relieve(bytes);
       if (dropping || bytes > maxBytes) yield tooLong(bytes);
       else yield line(pending.length > 0 ? Buffer.concat([...pending, piece]) : piece);
       pending = [];
@@ -176,6 +178,7 @@ export function eachLineSync(file: string, each: (line: string, n: number) => vo
       let start = 0;
       for (let nl = buf.indexOf(10, 0); nl >= 0 && nl < got; nl = buf.indexOf(10, start)) {
         const piece = buf.subarray(start, nl);
+        relieve();
         each((pending.length > 0 ? Buffer.concat([...pending, piece]) : piece).toString('utf8'), ++lines);
         pending = [];
         start = nl + 1;
@@ -416,6 +419,7 @@ export class ResultWriter {
 
   /** Appends a line; `ok` says whether it counts as done (by default: it is not an error line). */
   write(record: { id: string; error?: unknown }, ok = record.error === undefined): void {
+    relieve();
     writeFully(this.open(), JSON.stringify(record) + '\n', this.file === '-' ? 'standard output' : this.file);
     this.note({ id: record.id, ok });
   }

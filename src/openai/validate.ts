@@ -3,7 +3,7 @@
 import { Ajv, type ErrorObject } from 'ajv';
 import { AJV_OPTIONS, FIELD_FORMS, chatBodySchema, completionBodySchema } from './schemas.js';
 import { ApiError, invalid } from './errors.js';
-import { illFormedField } from '../util/text.js';
+import { illFormedField, shortName } from '../util/text.js';
 
 export type Endpoint = '/v1/completions' | '/v1/chat/completions';
 export const ENDPOINTS: readonly Endpoint[] = ['/v1/completions', '/v1/chat/completions'];
@@ -46,7 +46,8 @@ export function validationError(errors: readonly ErrorObject[]): ApiError {
   const field = fieldOf(e.instancePath);
   if (e.keyword === 'additionalProperty' || e.keyword === 'additionalProperties') {
     const extra = (e.params as { additionalProperty: string }).additionalProperty;
-    const name = field ? `${field}.${extra}` : extra;
+    // (cut: a line naming a 1 MB key whole kept it in each error line a batch holds)
+    const name = shortName(field ? `${field}.${extra}` : extra);
     return invalid(`Unrecognized request argument supplied: ${name} (not supported by tierlm)`, name, 'unsupported_parameter');
   }
   if (e.keyword === 'required') {
