@@ -14,7 +14,7 @@ import type { BlockShape } from '../policy/memory.js';
 import { ContinuousEngine, type RunnerLock } from './continuous.js';
 import { checkKeys } from '../util/names.js';
 import { excerpt, illFormedField } from '../util/text.js';
-import { type RuleName, checkApiValue, checkValue, givenOnly } from '../util/options.js';
+import { MAX_TOP_LOGPROBS, type RuleName, checkApiValue, checkValue, givenOnly, isTopCount } from '../util/options.js';
 import { type GenerationRequest, type GenerationResult, type RequestError, type RequestNames, REQUEST_KEYS, promptIds } from './requests.js';
 import { GREEDY, type SamplingParams } from './sampling.js';
 import { Sequence, type SequenceLimits, type TokenHook, requestResult } from './sequence.js';
@@ -428,11 +428,9 @@ export function checkRequestLimits(req: GenerationRequest, hasTokenizer: boolean
   const outside = req.stopTokenIds && stopIdsOutside(req.stopTokenIds, vocabSize, `"${stopTokenIds}"`);
   if (outside) return outside;
   if (req.logprobs !== undefined && typeof req.logprobs !== 'boolean') return '"logprobs" must be true or false';
-  if (req.topLogprobs !== undefined && !(Number.isSafeInteger(req.topLogprobs) && req.topLogprobs >= 0 && req.topLogprobs <= 20)) {
-    return `"${topLogprobs}" must be an integer in [0, 20]`;
-  }
-  if (req.promptLogprobs !== undefined && !(Number.isSafeInteger(req.promptLogprobs) && req.promptLogprobs >= 0 && req.promptLogprobs <= 20)) {
-    return `"${names === 'api' ? 'promptLogprobs' : 'prompt_logprobs'}" must be an integer in [0, 20]`;
+  if (req.topLogprobs !== undefined && !isTopCount(req.topLogprobs)) return `"${topLogprobs}" must be an integer in [0, ${MAX_TOP_LOGPROBS}]`;
+  if (req.promptLogprobs !== undefined && !isTopCount(req.promptLogprobs)) {
+    return `"${names === 'api' ? 'promptLogprobs' : 'prompt_logprobs'}" must be an integer in [0, ${MAX_TOP_LOGPROBS}]`;
   }
   return null;
 }

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { TextDecoder } from 'node:util';
 import type { GenerationRequest } from '../engine/requests.js';
-import { RULES, type RuleName, checkValue } from '../util/options.js';
+import { MAX_TOP_LOGPROBS, RULES, type RuleName, checkValue, isTopCount } from '../util/options.js';
 import { UserError } from '../util/errors.js';
 import { writeFully } from '../util/write-fully.js';
 import { statOrNull } from '../util/stat.js';
@@ -178,7 +178,7 @@ export function eachLineSync(file: string, each: (line: string, n: number) => vo
       let start = 0;
       for (let nl = buf.indexOf(10, 0); nl >= 0 && nl < got; nl = buf.indexOf(10, start)) {
         const piece = buf.subarray(start, nl);
-        relieve();
+        relieve(piece.length + pending.reduce((n, b) => n + b.length, 0));
         each((pending.length > 0 ? Buffer.concat([...pending, piece]) : piece).toString('utf8'), ++lines);
         pending = [];
         start = nl + 1;
@@ -263,13 +263,13 @@ function lineLimits(o: Record<string, unknown>, request: GenerationRequest): str
   }
   if (o.top_logprobs !== undefined) {
     const k = o.top_logprobs;
-    if (!(Number.isSafeInteger(k) && (k as number) >= 0 && (k as number) <= 20)) return `top_logprobs must be an integer in [0, 20], got ${excerpt(k)}`;
-    request.topLogprobs = k as number;
+    if (!isTopCount(k)) return `top_logprobs must be an integer in [0, ${MAX_TOP_LOGPROBS}], got ${excerpt(k)}`;
+    request.topLogprobs = k;
   }
   if (o.prompt_logprobs !== undefined) {
     const k = o.prompt_logprobs;
-    if (!(Number.isSafeInteger(k) && (k as number) >= 0 && (k as number) <= 20)) return `prompt_logprobs must be an integer in [0, 20], got ${excerpt(k)}`;
-    request.promptLogprobs = k as number;
+    if (!isTopCount(k)) return `prompt_logprobs must be an integer in [0, ${MAX_TOP_LOGPROBS}], got ${excerpt(k)}`;
+    request.promptLogprobs = k;
   }
   return null;
 }

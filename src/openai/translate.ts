@@ -362,9 +362,14 @@ function coveredTokens<T>(lengths: readonly number[], textLength: number, all: r
  * chosen token's logprob).
  */
 function completionToken(model: ServedModel, ids: readonly number[], i: number, alt: number | undefined, context: readonly number[]): string {
-  const bytes = model.tokenizer?.tokenBytes(alt ?? ids[i]!);
-  if (bytes && !isUtf8(bytes)) return `bytes:${escapeBytes(bytes)}`;
-  return tokenPiece(model, ids, i, alt, context);
+  return byteName(model, alt ?? ids[i]!) ?? tokenPiece(model, ids, i, alt, context);
+}
+
+/** completionToken's `bytes:\xNN…` name of a token that holds no whole UTF-8 character, or null
+ *  (then its piece names it: where the piece is known, it is not decoded again). */
+function byteName(model: ServedModel, token: number): string | null {
+  const bytes = model.tokenizer?.tokenBytes(token);
+  return bytes && !isUtf8(bytes) ? `bytes:${escapeBytes(bytes)}` : null;
 }
 
 /** Completions' logprobs of a choice: with echo, the prompt's tokens first (the first with null
@@ -390,7 +395,7 @@ function choiceLogprobs(model: ServedModel, p: Prepared, i: number, r: Generatio
 /** The prompt's part of echoed logprobs: each token named as completions name them, in the
  *  context of the prompt's tokens before it, at the offset its piece starts. */
 function promptLogprobs(model: ServedModel, ids: readonly number[], pieces: readonly string[], r: GenerationResult, top: number) {
-  const names = ids.map((_, i) => completionToken(model, ids, i, undefined, []));
+  const names = ids.map((id, i) => byteName(model, id) ?? pieces[i]!);
   const offsets: number[] = [];
   pieces.reduce((at, x) => (offsets.push(at), at + x.length), 0);
   const lps = r.promptLogprobs ?? [];
@@ -406,7 +411,7 @@ function promptLogprobs(model: ServedModel, ids: readonly number[], pieces: read
 function completionLogprobs(model: ServedModel, s: SampleResult, top: number, prompt: readonly number[]) {
   const context = promptContext(model, prompt);
   const pieces = s.tokenIds.map((_, i) => tokenPiece(model, s.tokenIds, i, undefined, context));
-  const names = s.tokenIds.map((_, i) => completionToken(model, s.tokenIds, i, undefined, context));
+  const names = s.tokenIds.map((id, i) => byteName(model, id) ?? pieces[i]!);
   // The text's tokens and offsets by their pieces, which add up to the text; each named as in
   // top_logprobs, but for one a stop sequence cut, named by the part of its piece kept.
   const lengths = pieces.map((t) => t.length);

@@ -19,6 +19,14 @@ export const MAX_SAMPLES = 128;
 /** Compute threads the native thread pool takes at most (native/napi). */
 export const MAX_THREADS = 1024;
 
+/** Alternatives a request may ask for at each place (OpenAI's top_logprobs bound). */
+export const MAX_TOP_LOGPROBS = 20;
+
+/** Whether `v` is a count of alternatives a place may list: an integer in [0, MAX_TOP_LOGPROBS]. */
+export function isTopCount(v: unknown): v is number {
+  return Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) <= MAX_TOP_LOGPROBS;
+}
+
 const int = (min: number) => (v: number) => Number.isSafeInteger(v) && v >= min;
 const finite = (lo: number, hi: number) => (v: number) => Number.isFinite(v) && v >= lo && v <= hi;
 

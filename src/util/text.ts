@@ -56,7 +56,7 @@ export const EXCERPT_CHARS = 100;
  *  EXCERPT_CHARS with what was cut said, in a string of its own (detached). */
 export function excerpt(value: unknown): string {
   const s = typeof value === 'number' ? String(value) : JSON.stringify(value) ?? String(value);
-  return s.length <= EXCERPT_CHARS ? s : detached(`${s.slice(0, EXCERPT_CHARS)}… (${s.length} characters)`);
+  return shortName(s);
 }
 
 /** A name (a key, a field path) as a message gives it: at most EXCERPT_CHARS characters, cut
