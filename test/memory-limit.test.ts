@@ -19,7 +19,7 @@ describe('--ram is a hard limit', () => {
   it('runs a model 3× larger than the limit within it, with every tier in use', () => {
     const disk = tmpDir('disk');
     const ram = 64 * MiB;
-    const r = cli(['bench', '--config', 'opt-offload-test', '--model-cache', modelCache, '--prompt-len', '32', '--gen-len', '4',
+    const r = cliPeak(['bench', '--config', 'opt-offload-test', '--model-cache', modelCache, '--prompt-len', '32', '--gen-len', '4',
       '--gpu-batch-size', '4', '--num-gpu-batches', '2', '--percent', '0', '5', '0', '20', '0', '100', '--cache-dtype', 'f16', '--ram', '64MiB', '--disk-dir', disk, '--json']);
     expect(r.code, r.stderr).toBe(0);
     const res = JSON.parse(r.stdout.trim());
@@ -29,6 +29,7 @@ describe('--ram is a hard limit', () => {
     expect(res.bytes.weights_read).toBeGreaterThan(0);
     expect(res.bytes.cache_written).toBeGreaterThan(0);
     expect(res.peak_rss_bytes).toBeLessThanOrEqual(ram + RUNTIME_OVERHEAD_BYTES);
+    expect(r.peakRssBytes).toBeLessThanOrEqual(ram + RUNTIME_OVERHEAD_BYTES);
   });
 
   // Peak RSS (the kernel's high-water mark of the whole CLI process: planning, model creation,
@@ -36,21 +37,24 @@ describe('--ram is a hard limit', () => {
   // the paths whose buffers the plan must count: a planned placement with an f16 cache, an f32
   // cache, and cache and activations on disk. opt-125m (250 MB of f16 weights) under 200 MiB,
   // with a small block (4 × 2 sequences, 16-token prompts, 2 new tokens) so that each run takes a
-  // few seconds on 2 cores; the first run also packs the weights for the disk tier. The CLI runs
-  // under tsx here, which adds about 35 MiB of its own to what a user's compiled CLI peaks at.
+  // few seconds on 2 cores; the first run also packs the weights for the disk tier. These runs are
+  // of the compiled CLI, as users run it, its peak read by the engine and from outside (cliPeak):
+  // under tsx the loader adds 15-40 MiB of its own, more while it compiles files with a cold cache
+  // (the 3× run above peaked at 155-178 MiB under tsx on Node 24, twice 198.6 in CI; 139 compiled).
   it.each([
     { name: 'planned placement, f16 cache', flags: [], spills: [] },
     { name: 'f32 cache in RAM and on disk', flags: ['--percent', '0', '30', '0', '50', '0', '100', '--cache-dtype', 'f32'], spills: ['cache_written'] },
     { name: 'cache and activations on disk', flags: ['--percent', '0', '30', '0', '50', '0', '0'], spills: ['cache_written', 'act_written'] },
   ])('opt-125m under --ram 200MiB: $name, peak RSS within limit + overhead', ({ flags, spills }) => {
     const ram = 200 * MiB;
-    const r = cli(['bench', '--config', 'opt-125m', '--model-cache', modelCache, '--prompt-len', '16', '--gen-len', '2',
+    const r = cliPeak(['bench', '--config', 'opt-125m', '--model-cache', modelCache, '--prompt-len', '16', '--gen-len', '2',
       '--gpu-batch-size', '4', '--num-gpu-batches', '2', '--ram', '200MiB', '--disk-dir', tmpDir('disk125m'), '--json', ...flags]);
     expect(r.code, r.stderr).toBe(0);
     const res = JSON.parse(r.stdout.trim());
     expect(res.placement.weights_disk).toBeGreaterThan(0);
     for (const s of spills) expect(res.bytes[s], s).toBeGreaterThan(0);
     expect(res.peak_rss_bytes).toBeLessThanOrEqual(ram + RUNTIME_OVERHEAD_BYTES);
+    expect(r.peakRssBytes).toBeLessThanOrEqual(ram + RUNTIME_OVERHEAD_BYTES);
   });
 
   // A user's first run: no saved hardware profile, so one is measured (tiny sizes here, to keep
