@@ -57,6 +57,33 @@ describe('--ram is a hard limit', () => {
     expect(r.peakRssBytes).toBeLessThanOrEqual(ram + RUNTIME_OVERHEAD_BYTES);
   });
 
+  // A request's results grow outside the plan's buffers: 128 samples of 200 tokens with 20
+  // alternatives a token (a 20 MB line) peaked at 190 MiB here under --ram 16MiB, the alternatives
+  // held as objects from the first token on and the line made as one string (and a Buffer of it).
+  // Now they are typed while the request runs, become objects a token at a time as the line is
+  // written, and the line is written in pieces: 107 MiB.
+  it('a request of 128 samples with 20 alternatives a token stays within --ram', () => {
+    const dir = tmpDir('top-rss');
+    const input = path.join(dir, 'in.jsonl');
+    fs.writeFileSync(input, JSON.stringify({ id: 'big-n', prompt_token_ids: [5, 6, 7], n: 128, temperature: 1, seed: 1, logprobs: true, top_logprobs: 20, max_new_tokens: 200 }) + '\n');
+    const out = path.join(dir, 'out.jsonl');
+    const r = cliPeak(['generate', '--model', path.join(fixturesDir, 'llama-tiny'), '--prompts', input, '--out', out, '--ignore-eos', '--ram', '16MiB',
+      '--disk-dir', dir, '--percent', '0', '100', '0', '100', '0', '100', '--gpu-batch-size', '8']);
+    expect(r.code, r.stderr).toBe(0);
+    const [line] = readJsonl<{ samples: { logprobs: number[]; top_logprobs: { token: number; logprob: number }[][] }[] }>(out);
+    expect(line!.samples).toHaveLength(128);
+    for (const s of line!.samples) {
+      expect(s.top_logprobs).toHaveLength(200);
+      s.top_logprobs.forEach((top, i) => {
+        expect(top).toHaveLength(20);
+        // the most likely first, and at least as likely as the token sampled
+        expect(top[0]!.logprob).toBeGreaterThanOrEqual(top[19]!.logprob);
+        expect(top[0]!.logprob).toBeGreaterThanOrEqual(s.logprobs[i]!);
+      });
+    }
+    expect(r.peakRssBytes).toBeLessThanOrEqual(16 * MiB + RUNTIME_OVERHEAD_BYTES);
+  });
+
   // A user's first run: no saved hardware profile, so one is measured (tiny sizes here, to keep
   // the test short; a quick profile takes 10 s and peaks near 480 MiB) in a child process, and
   // the placement is planned in another; neither counts in the run's own peak, which is measured

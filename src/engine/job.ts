@@ -7,6 +7,7 @@ import { type PromptSource, openPrompts, readRequests, requestLineLimit, type Re
 import { type GenerateOptions, type GenerateStats, emptyStats } from './generate.js';
 import type { LanguageModel } from './model.js';
 import type { GenerationRequest, GenerationResult, RequestError, SampleResult } from './requests.js';
+import { compactTop, topAt } from './sequence.js';
 
 export interface JobSummary {
   /** Results written by this run. */
@@ -170,7 +171,11 @@ function sampleRecord(s: SampleResult): Record<string, unknown> {
   const rec: Record<string, unknown> = { token_ids: s.tokenIds };
   if (s.text !== undefined) rec.text = s.text;
   if (s.logprobs) rec.logprobs = s.logprobs;
-  if (s.topLogprobs) rec.top_logprobs = s.topLogprobs;
+  // A token's alternatives become objects only as its text is written (JSON.stringify and the
+  // result writer's pieces both call toJSON), so a line of thousands of them is never all objects.
+  const top = compactTop(s);
+  if (top) rec.top_logprobs = Array.from({ length: top.count }, (_, i) => ({ toJSON: () => topAt(top, i) }));
+  else if (s.topLogprobs) rec.top_logprobs = s.topLogprobs;
   rec.finish_reason = s.finishReason;
   return rec;
 }

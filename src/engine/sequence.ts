@@ -33,7 +33,12 @@ export type TokenHook = (sample: number, token: number, text: string) => void;
 export class Sequence {
   readonly tokens: number[] = [];
   readonly logprobs: number[] = [];
-  readonly top: TokenLogprob[][] = [];
+  /** Per generated token, its k (limits.topLogprobs) most likely tokens and their log-probabilities,
+   *  k a token, most likely first: typed, since as objects n = 128 samples of 200 tokens with 20
+   *  alternatives held ~50 MB outside the plan until the request ended. Objects are made at the
+   *  end, for the result. */
+  private topIds = new Int32Array(0);
+  private topLp = new Float32Array(0);
   /** Prompt scores (promptLogprobs asked), filled in order as the prompt's chunks run: the
    *  log-probability of each prompt token from 1 on, and its k alternatives' tokens and
    *  log-probabilities. Typed arrays made at the first score: a row holds 8 + 12k bytes a prompt
@@ -99,7 +104,7 @@ export class Sequence {
     if (l.logprobs || l.topLogprobs > 0) {
       const lp = logp().data.subarray(at * vocab, (at + 1) * vocab);
       if (l.logprobs) this.logprobs.push(lp[token]!);
-      if (l.topLogprobs > 0) this.top.push(topKIndices(lp, l.topLogprobs).map((t) => ({ token: t, logprob: lp[t]! })));
+      if (l.topLogprobs > 0) this.keepTop(topKIndices(lp, l.topLogprobs), lp);
     }
     if (l.stopIds.has(token)) this.finish = 'stop';
     else if (this.tokens.length >= l.maxNewTokens || this.ids.length + this.tokens.length >= l.maxPositions) this.finish = 'length';
@@ -109,6 +114,25 @@ export class Sequence {
       this.hook(this.index, token, piece);
     }
     return this.finish !== null;
+  }
+
+  /** Stores the alternatives of the token just sampled (the tokens' count includes it). */
+  private keepTop(ids: readonly number[], lp: Float32Array): void {
+    const k = this.limits.topLogprobs;
+    const at = (this.tokens.length - 1) * k;
+    if (at + k > this.topIds.length) {
+      const grown = Math.max(at + k, 2 * this.topIds.length, 16 * k);
+      const ids2 = new Int32Array(grown);
+      const lp2 = new Float32Array(grown);
+      ids2.set(this.topIds);
+      lp2.set(this.topLp);
+      this.topIds = ids2;
+      this.topLp = lp2;
+    }
+    for (let j = 0; j < k; j++) {
+      this.topIds[at + j] = ids[j]!;
+      this.topLp[at + j] = lp[ids[j]!]!;
+    }
   }
 
   /** Prompt positions whose logits the next step should score for this sample, among those it
@@ -189,7 +213,7 @@ export class Sequence {
       res.text = cut >= 0 ? text.slice(0, cut) : text;
     }
     if (this.limits.logprobs) res.logprobs = this.logprobs;
-    if (this.limits.topLogprobs > 0) res.topLogprobs = this.top;
+    if (this.limits.topLogprobs > 0) lazyTop(res, { k: this.limits.topLogprobs, count: this.tokens.length, ids: this.topIds, lp: this.topLp });
     return res;
   }
 
@@ -262,7 +286,12 @@ export class Sequence {
  *  n > 1, and the prompt's log-probabilities where asked for (sample 0 scored them). */
 export function requestResult(id: string, promptTokens: number, seqs: readonly Sequence[]): GenerationResult {
   const samples = seqs.map((s) => s.result());
-  const res: GenerationResult = { id, promptTokens, ...samples[0]!, ...(samples.length > 1 ? { samples } : {}) };
+  // The first sample's fields as they are (a spread would make its lazy topLogprobs).
+  const res = { id, promptTokens } as GenerationResult;
+  Object.defineProperties(res, Object.getOwnPropertyDescriptors(samples[0]!));
+  const top = compactTop(samples[0]!);
+  if (top) compactTops.set(res, top);
+  if (samples.length > 1) res.samples = samples;
   const first = seqs[0]!;
   if (first.limits.promptLogprobs !== null) {
     const { logprobs, top } = first.promptScores();
@@ -270,6 +299,42 @@ export function requestResult(id: string, promptTokens: number, seqs: readonly S
     if (top) res.promptTopLogprobs = top;
   }
   return res;
+}
+
+/** A sample's alternatives as stored while it ran: `count` tokens of k each. */
+export interface CompactTop {
+  k: number;
+  count: number;
+  ids: Int32Array;
+  lp: Float32Array;
+}
+
+const compactTops = new WeakMap<object, CompactTop>();
+
+/** The stored alternatives behind a result's (or sample's) topLogprobs, for a writer that turns
+ *  them into text a token at a time (job.ts) without making every object at once. */
+export function compactTop(s: SampleResult): CompactTop | undefined {
+  return compactTops.get(s);
+}
+
+/** Token i's alternatives as objects. */
+export function topAt(c: CompactTop, i: number): TokenLogprob[] {
+  return Array.from({ length: c.k }, (_, j) => ({ token: c.ids[i * c.k + j]!, logprob: c.lp[i * c.k + j]! }));
+}
+
+/** topLogprobs made on first use (then kept): the objects of 128 samples × 200 tokens × 20
+ *  alternatives took ~85 MiB beside the 4 MB stored, and a results file needs none of them. */
+function lazyTop(res: SampleResult, c: CompactTop): void {
+  let made: TokenLogprob[][] | undefined;
+  Object.defineProperty(res, 'topLogprobs', {
+    enumerable: true,
+    configurable: true,
+    get: () => (made ??= Array.from({ length: c.count }, (_, i) => topAt(c, i))),
+    set: (v: TokenLogprob[][]) => {
+      made = v;
+    },
+  });
+  compactTops.set(res, c);
 }
 
 /** Prompt tokens decoded ahead of a sample's (vLLM uses 5; 4 covers a SentencePiece word start). */

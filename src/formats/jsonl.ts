@@ -16,6 +16,7 @@ import { writeFully } from '../util/write-fully.js';
 import { statOrNull } from '../util/stat.js';
 import { excerpt } from '../util/text.js';
 import { relieve } from '../util/memory-guard.js';
+import { stringifyInPieces } from './json-pieces.js';
 
 /** A request, or a line that cannot be one: its error, under its own id, or under `line-N` where
  *  it has none the reader can use (madeUpId). */
@@ -420,7 +421,16 @@ export class ResultWriter {
   /** Appends a line; `ok` says whether it counts as done (by default: it is not an error line). */
   write(record: { id: string; error?: unknown }, ok = record.error === undefined): void {
     relieve();
-    writeFully(this.open(), JSON.stringify(record) + '\n', this.file === '-' ? 'standard output' : this.file);
+    // In pieces (a line may be tens of MB), each written as the next is made; the last one with
+    // the newline, so a line of one piece is one write, as before.
+    const fd = this.open();
+    const name = this.file === '-' ? 'standard output' : this.file;
+    let pending = '';
+    stringifyInPieces(record, (piece) => {
+      if (pending) writeFully(fd, pending, name);
+      pending = piece;
+    });
+    writeFully(fd, pending + '\n', name);
     this.note({ id: record.id, ok });
   }
 
