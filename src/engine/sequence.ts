@@ -185,7 +185,7 @@ export class Sequence {
     for (let i = 1; i < this.scored; i++) logprobs.push(sc!.lp[i]!);
     if (k === 0) return { logprobs };
     const top: (TokenLogprob[] | null)[] = [null];
-    for (let i = 1; i < this.scored; i++) top.push(Array.from({ length: k }, (_, j) => ({ token: sc!.topTokens[i * k + j]!, logprob: sc!.topLp[i * k + j]! })));
+    for (let i = 1; i < this.scored; i++) top.push(alternativesAt(sc!.topTokens, sc!.topLp, k, i));
     return { logprobs, top };
   }
 
@@ -319,7 +319,12 @@ export function compactTop(s: SampleResult): CompactTop | undefined {
 
 /** Token i's alternatives as objects. */
 export function topAt(c: CompactTop, i: number): TokenLogprob[] {
-  return Array.from({ length: c.k }, (_, j) => ({ token: c.ids[i * c.k + j]!, logprob: c.lp[i * c.k + j]! }));
+  return alternativesAt(c.ids, c.lp, c.k, i);
+}
+
+/** Place i's k alternatives, stored k a place in `ids` and `lp`, as objects. */
+function alternativesAt(ids: Int32Array, lp: Float32Array | Float64Array, k: number, i: number): TokenLogprob[] {
+  return Array.from({ length: k }, (_, j) => ({ token: ids[i * k + j]!, logprob: lp[i * k + j]! }));
 }
 
 /** topLogprobs made on first use (then kept): the objects of 128 samples × 200 tokens × 20

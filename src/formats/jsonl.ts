@@ -329,9 +329,6 @@ export interface RecordKind {
  * torn last line (a crash in the middle of a write: no trailing newline) is the only thing
  * repaired, and any other line that is not a result stops the job with the file left as it was.
  */
-/** Characters a result line is written in at a time (see ResultWriter.write). */
-const LINE_PIECE_CHARS = 64 * 1024;
-
 export class ResultWriter {
   /** Ids with a result line: a rerun skips them (ids with only error lines are tried again). */
   readonly done = new Set<string>();
@@ -425,10 +422,7 @@ export class ResultWriter {
   write(record: { id: string; error?: unknown }, ok = record.error === undefined): void {
     relieve();
     // In pieces (a line may be tens of MB), each written as the next is made; the last one with
-    // the newline, so a line of one piece is one write, as before. Pieces of 64 KiB stay below
-    // V8's large-object size (128 KiB), so they and their Buffers die young: pieces of 1 MiB
-    // lived in the large-object space until a full collection (Node 24: 148 MiB against 144 for
-    // the 22.7 MB line of memory-limit's test, 132-135 with a collection after each piece).
+    // the newline, so a line of one piece is one write, as before.
     const fd = this.open();
     const name = this.file === '-' ? 'standard output' : this.file;
     let pending = '';
@@ -439,7 +433,7 @@ export class ResultWriter {
         relieve();
       }
       pending = piece;
-    }, LINE_PIECE_CHARS);
+    });
     writeFully(fd, pending + '\n', name);
     this.note({ id: record.id, ok });
   }
