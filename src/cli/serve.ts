@@ -25,6 +25,7 @@ interface ServeFlags extends PolicyFlags {
   servedModelName?: string;
   maxQueue: number;
   bodyLimit: number;
+  streamHeartbeat: number;
 }
 
 /** Batch API uploads: OpenAI's own limit for a batch input file. */
@@ -55,6 +56,7 @@ export function addServeCommand(program: Command): void {
     .option('--data-dir <dir>', 'where uploaded files and batch jobs are kept (default: ~/.cache/tierlm/serve)')
     .option('--served-model-name <name>', 'the name bodies give as "model" (default: the model directory\'s name)')
     .option('--max-queue <n>', 'sequences of interactive requests in flight (a request counts its prompts × n) beyond which new requests get 429 with Retry-After', int('--max-queue', 1), 256)
+    .option('--stream-heartbeat <seconds>', 'a streamed response silent this long (queued, say) sends its headers, if not sent yet, and a keep-alive comment, so that clients and proxies wait; a refusal after that is an error event in the 200 stream (0: never, headers wait for the first token)', int('--stream-heartbeat'), 15)
     // (the default shown as a size: shown as 4194304, it was a value the flag refuses)
     .addOption(new Option('--body-limit <size>', 'largest JSON request body, with a unit (413 beyond); bodies in flight are held to twice it in all (429 beyond), counted in --ram').argParser(sizeOption('--body-limit')).default(4 * 1024 * 1024, '4MiB'));
   addPolicyOptions(cmd).action(async (o: ServeFlags) => runServe(o));
@@ -86,6 +88,7 @@ async function runServe(o: ServeFlags): Promise<void> {
   const server = await buildServer({
     engine: engineFor(model, name), dataDir: store, apiKey, maxQueue: o.maxQueue,
     bodyLimit: o.bodyLimit, bodyBudget, fileLimit: FILE_LIMIT, batchConcurrency: batchConcurrency(model),
+    streamHeartbeatMs: o.streamHeartbeat * 1000,
   });
   const address = await server.app.listen({ host: o.host, port: o.port }).catch((e: unknown) => {
     throw addressError(o.host, o.port, e);

@@ -48,6 +48,13 @@ export interface ServerOptions {
    *  MB/s). Without it a client that stalled midway held its body's budget for good: two stalled
    *  4 MiB bodies got every other request 429. */
   requestTimeoutMs?: number;
+  /** Milliseconds a streamed response may stay silent: after that long without a chunk it sends
+   *  an SSE comment (`: keep-alive`), which clients ignore, and its headers first if none were
+   *  sent yet. A stream's headers otherwise wait for its first chunk, so that a request refused
+   *  before it gets its status; behind a long queue that was minutes, and clients gave up
+   *  (Node's fetch waits 300 s for headers, proxies often 60 s for any byte). 15 s when absent;
+   *  0 turns it off. */
+  streamHeartbeatMs?: number;
 }
 
 export interface Server {

@@ -8,6 +8,9 @@ import { refuseSequencesPast, sequencesOf } from '../openai/translate.js';
 import { type Endpoint, bodySchemas } from '../openai/validate.js';
 import type { Server, ServerOptions } from './app.js';
 
+/** ServerOptions.streamHeartbeatMs's default. */
+export const STREAM_HEARTBEAT_MS = 15_000;
+
 export function addCompletionRoutes(app: FastifyInstance, o: ServerOptions, server: Server): void {
   const m = o.engine.model;
   const modelObject = { id: m.id, object: 'model', created: m.created, owned_by: 'tierlm' };
@@ -56,6 +59,9 @@ async function handle(endpoint: Endpoint, req: FastifyRequest, reply: FastifyRep
     }
     // The stream's headers go with its first chunk: a request refused before it (too large for the
     // memory limits, say) is answered with its status, as when not streamed, not a 200 stream.
+    // Unless it waits longer than the heartbeat: then the headers go, and a comment after every
+    // heartbeat's silence, so that clients and proxies do not give up on a queued request; a
+    // refusal after that is an error event in the stream.
     const raw = reply.raw;
     let open = false;
     const start = () => {
@@ -64,8 +70,16 @@ async function handle(endpoint: Endpoint, req: FastifyRequest, reply: FastifyRep
       reply.hijack();
       raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
     };
+    const heartbeatMs = o.streamHeartbeatMs ?? STREAM_HEARTBEAT_MS;
+    const heartbeat = heartbeatMs > 0 ? setTimeout(function beat() {
+      if (raw.destroyed) return;
+      start();
+      raw.write(': keep-alive\n\n');
+      heartbeat!.refresh();
+    }, heartbeatMs) : null;
     const send = (data: unknown) => {
       start();
+      heartbeat?.refresh();
       if (!raw.destroyed) raw.write(`data: ${JSON.stringify(data)}\n\n`);
     };
     try {
@@ -78,6 +92,8 @@ async function handle(endpoint: Endpoint, req: FastifyRequest, reply: FastifyRep
       if (e instanceof Cancelled) server.clientGone(req.raw);
       else send(e instanceof ApiError ? e.body : new ApiError(500, `internal error: ${(e as Error).message}`, 'server_error').body);
       if (!raw.destroyed) raw.write('data: [DONE]\n\n');
+    } finally {
+      if (heartbeat) clearTimeout(heartbeat);
     }
     raw.end();
     return reply;
