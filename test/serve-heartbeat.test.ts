@@ -65,16 +65,15 @@ function events(s: Streamed): unknown[] {
     .map((e) => (e.startsWith(':') ? 'comment' : e === 'data: [DONE]' ? '[DONE]' : JSON.parse(e.replace(/^data: /, ''))));
 }
 
-/** A streamed request that keeps the one-row engine busy: resolves once it runs (its first token
- *  came), with when it ended. */
+/** A streamed request that keeps the one-row engine busy: resolves once the engine has it (its
+ *  first byte came: a token, or a heartbeat's comment, sent once the request was submitted), with
+ *  when it ended. */
 function busy(url: string, model: string, prompt: unknown, maxTokens: number): Promise<{ done: Promise<number> }> {
   return new Promise((running, reject) => {
     const req = http.request(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' } }, (res) => {
       const done = new Promise<number>((ended) => res.on('end', () => ended(performance.now())));
-      res.setEncoding('utf8');
-      res.on('data', (text: string) => {
-        if (text.includes('data: ')) running({ done });
-      });
+      res.once('data', () => running({ done }));
+      res.resume();
     });
     req.on('error', reject);
     req.end(JSON.stringify({ model, prompt, max_tokens: maxTokens, temperature: 0, stream: true }));
@@ -126,15 +125,22 @@ describe('a streamed response waiting behind others', () => {
     expect(events(queued)).not.toContain('comment');
   });
 
-  it('a request refused on arrival keeps its status: the heartbeat starts once it is accepted', async () => {
-    // (a refusal that comes later, at the queue's front or as the server shuts down, is an error
-    // event in the 200 stream when a heartbeat has sent the headers)
+  it('a request too large for the memory limits is refused on arrival with its status, whatever runs ahead of it', async () => {
+    // (the engine refuses one only at the queue's front: behind a request waiting for the running
+    // one, once that had finished, long after a heartbeat had opened the stream)
     const long = await loadModel(longContextModel(), { ramBytes: 64 * 2 ** 20, policy: { gpuBatchSize: 1, numGpuBatches: 1 } });
     try {
       const url = await serve(long, 'long', 1);
+      const first = await busy(url, 'long', [5, 6, 7], 4000);
+      const second = await busy(url, 'long', [5, 6, 7], 10);
       const refused = await stream(url, { model: 'long', prompt: [5, 6, 7], max_tokens: 100_000, stream: true });
+      expect(refused.endAt).toBeLessThan(await first.done);
+      await second.done;
       expect(refused.status).toBe(400);
-      expect(JSON.parse(refused.pieces.map((p) => p.text).join('')).error).toMatchObject({ code: 'context_length_exceeded', param: 'max_tokens' });
+      const { error } = JSON.parse(refused.pieces.map((p) => p.text).join(''));
+      expect(error).toMatchObject({ code: 'context_length_exceeded', param: 'max_tokens' });
+      // in the engine's words
+      expect(error.message).toMatch(/^the request needs 100003 positions \(a prompt of 3 tokens and up to 100000 new ones\), and a block with that many does not fit the memory limits: RAM limit 64\.0 MiB is too small by/);
       const fine = await stream(url, { model: 'long', prompt: [5, 6, 7], max_tokens: 3, stream: true });
       expect(fine.status).toBe(200);
       expect(events(fine).at(-1)).toBe('[DONE]');

@@ -137,6 +137,10 @@ interface Open {
  *  context length exceeded). */
 export const TOO_LARGE_FOR_LIMITS = 'the request needs';
 
+const tooLargeForLimits = (need: number, prompt: number, why: string) =>
+  `${TOO_LARGE_FOR_LIMITS} ${need} positions (a prompt of ${prompt} tokens and up to ${need - prompt} new ones), ` +
+  `and a block with that many does not fit the memory limits: ${why}`;
+
 /** Positions per row a server's block holds at least, memory permitting. */
 const SERVER_POSITIONS = 1024;
 
@@ -579,9 +583,28 @@ export class ContinuousEngine {
   private refuseFirst(why: string): void {
     const a = this.waiting.shift()!;
     const seq = a.seq;
-    seq.refuse(`${TOO_LARGE_FOR_LIMITS} ${this.need(seq)} positions (a prompt of ${seq.ids.length} tokens and up to ` +
-      `${this.need(seq) - seq.ids.length} new ones), and a block with that many does not fit the memory limits: ${why}`);
+    seq.refuse(tooLargeForLimits(this.need(seq), seq.ids.length, why));
     a.done(seq);
+  }
+
+  /** A server's (the full shape's) refusal, in refuseFirst's words, of a sequence of `prompt`
+   *  tokens that needs `positions` positions, when no block of its shape holds that many within
+   *  the memory limits; null when one does, and for a generate() call's engine. The API refuses
+   *  such a request on arrival: the engine answers one only at the queue's front, and while a
+   *  block runs under a tight --ram only once that block has drained (a stream had long since
+   *  opened, and a client waited minutes for a 400). */
+  refusalFor(prompt: number, positions: number): string | null {
+    const p = this.p;
+    const need = Math.min(positions, this.s.maxPositions);
+    const most = this.positionsUnderLimits();
+    if (!most || need <= most) return null;
+    try {
+      this.s.checkBlock({ rows: p.batchSize, batches: p.numGpuBatches, capacity: need, cacheBytesPerElement: this.s.cacheBytesPerElement, maxTokens: p.prefillChunk + p.batchSize });
+      return null;
+    } catch (e) {
+      if (!(e instanceof UserError)) throw e;
+      return tooLargeForLimits(need, prompt, e.message);
+    }
   }
 
   /** Refuses the first waiting sequence when no block the call could open would hold it within

@@ -143,6 +143,13 @@ export class Scheduler {
     return this.engine.positionsUnderLimits() ?? 0;
   }
 
+  /** Why a request of `prompt` tokens needing `positions` positions would be refused for the
+   *  memory limits (the words of its error), or null when a block holds it: see
+   *  ContinuousEngine.refusalFor. */
+  refusalFor(prompt: number, positions: number): string | null {
+    return this.engine.refusalFor(prompt, positions);
+  }
+
   /** Steps run so far (for tests that count steps rather than time). @internal */
   get steps(): number {
     return this.engine.steps;

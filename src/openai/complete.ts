@@ -114,7 +114,8 @@ export function engineFor(model: LanguageModel, name: string): Engine {
     scheduler, window: batchConcurrency(model),
     model: {
       id: name, maxPositions: model.config.maxPositions, positionsNote: positionsNote(model.config), vocabSize: model.config.vocabSize, tokenizer: model.tokenizer,
-      positionsUnderLimits: () => scheduler.positionsUnderLimits, created: Math.floor(Date.now() / 1000),
+      positionsUnderLimits: () => scheduler.positionsUnderLimits,
+      refusalFor: (prompt, newTokens) => scheduler.refusalFor(prompt, prompt + (newTokens ?? 1)), created: Math.floor(Date.now() / 1000),
     },
   };
 }

@@ -28,6 +28,9 @@ export interface ServedModel {
    *  maxPositions where its block holds fewer; 0 when unknown): a prompt surely longer is refused
    *  before it is encoded, and a refusal for the limits names the field at fault. */
   positionsUnderLimits?: () => number;
+  /** Why a request of `prompt` tokens and up to `newTokens` new ones (null: until the context
+   *  ends) is too large for the server's memory limits, in the engine's words; null when it fits. */
+  refusalFor?: (prompt: number, newTokens: number | null) => string | null;
   /** Unix seconds, for /v1/models. */
   created: number;
 }
@@ -164,6 +167,10 @@ function* preparing(endpoint: Endpoint, body: Body, model: ServedModel): Generat
     if (maxTokens != null) r.maxNewTokens = Math.max(1, maxTokens);
     else if (chat) r.untilContext = true;
     else r.maxNewTokens = COMPLETION_MAX_TOKENS;
+    // Too large for the memory limits: refused now, not once it reaches the queue's front (every
+    // request ahead of it admitted first; a stream's heartbeat had opened it long before).
+    const refusal = model.refusalFor?.(ids.length, r.untilContext ? null : r.maxNewTokens!);
+    if (refusal) throw invalid(refusal, limitsParamOf(endpoint, maxParamOf(chat, body), ids.length, model), 'context_length_exceeded');
     if (stop.length > 0) r.stop = stop;
     if (logprobs !== null) Object.assign(r, { logprobs: true, topLogprobs: logprobs });
     if (echo && logprobs !== null) r.promptLogprobs = logprobs;
@@ -180,7 +187,7 @@ function* preparing(endpoint: Endpoint, body: Body, model: ServedModel): Generat
     echoed = model.tokenizer ? echoPieces.map((p) => p.join('')) : prompts.map(() => '');
   } else if (echo) echoed = prompts.map((ids, i) => promptText(body.prompt, i, ids, model));
   const streamOptions = body.stream_options as { include_usage?: boolean } | null | undefined;
-  const maxParam = maxTokens == null ? null : chat && body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens';
+  const maxParam = maxParamOf(chat, body);
   return { endpoint, model: model.id, requests, n, logprobs, stream: body.stream === true, includeUsage: streamOptions?.include_usage === true, stop, maxParam,
     echo: echoed, echoPieces, zero: maxTokens === 0 };
 }
@@ -262,10 +269,20 @@ function refuseFarTooLong(text: string, model: ServedModel, what: string, param:
 /** The field a request refused for the memory limits blames: the prompt when it alone needs more
  *  positions than they hold (or no limit on new tokens was given), else the field that set that limit. */
 export function limitsParam(p: Prepared, prompt: number, model: ServedModel): string {
-  const promptParam = p.endpoint === '/v1/chat/completions' ? 'messages' : 'prompt';
+  return limitsParamOf(p.endpoint, p.maxParam, p.requests[prompt]!.promptTokenIds.length, model);
+}
+
+function limitsParamOf(endpoint: Endpoint, maxParam: Prepared['maxParam'], promptTokens: number, model: ServedModel): string {
+  const promptParam = endpoint === '/v1/chat/completions' ? 'messages' : 'prompt';
   const limits = model.positionsUnderLimits?.() ?? 0;
-  if (p.maxParam === null || (limits > 0 && p.requests[prompt]!.promptTokenIds.length >= limits)) return promptParam;
-  return p.maxParam;
+  if (maxParam === null || (limits > 0 && promptTokens >= limits)) return promptParam;
+  return maxParam;
+}
+
+/** The field that set a body's limit on new tokens (Prepared.maxParam). */
+function maxParamOf(chat: boolean, body: Body): Prepared['maxParam'] {
+  const given = chat ? body.max_completion_tokens ?? body.max_tokens : body.max_tokens;
+  return given == null ? null : chat && body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens';
 }
 
 /** Each choice's place in the response: prompt i's sample j is choice i·n + j (OpenAI's order). */
