@@ -590,9 +590,9 @@ export class ContinuousEngine {
   /** A server's (the full shape's) refusal, in refuseFirst's words, of a sequence of `prompt`
    *  tokens that needs `positions` positions, when no block of its shape holds that many within
    *  the memory limits; null when one does, and for a generate() call's engine. The API refuses
-   *  such a request on arrival: the engine answers one only at the queue's front, and while a
-   *  block runs under a tight --ram only once that block has drained (a stream had long since
-   *  opened, and a client waited minutes for a 400). */
+   *  such a request on arrival: the engine answers one only at the queue's front, once every
+   *  request ahead of it was admitted (minutes behind a long queue, by when a stream's heartbeat
+   *  had opened it with a 200). */
   refusalFor(prompt: number, positions: number): string | null {
     const p = this.p;
     const need = Math.min(positions, this.s.maxPositions);
