@@ -70,6 +70,16 @@ describe('serve --data-dir, --host, --port', () => {
     expect(fs.existsSync(path.join(repoRoot, 'server.lock'))).toBe(false);
   });
 
+  it('refuses a --stream-heartbeat past what a timer keeps (it fired every 1 ms), as the API refuses streamHeartbeatMs', async () => {
+    const long = serve('--port', '0', '--stream-heartbeat', '2147484');
+    expect(long.code).toBe(1);
+    expect(long.stderr).toContain('tierlm: --stream-heartbeat must be at most 2147483 seconds (0 turns it off), got 2147484');
+    const { buildServer } = await import('../src/server/app.js');
+    for (const bad of [2 ** 31, Infinity, -1, 1.5, NaN]) {
+      await expect(buildServer({ streamHeartbeatMs: bad } as never)).rejects.toThrow(`streamHeartbeatMs must be an integer from 0 (off) to 2147483647, got ${bad}`);
+    }
+  });
+
   it('the store names a data directory that is a file (the API\'s buildServer)', () => {
     expect(() => new Store(readme)).toThrow(`data directory ${readme}: it, or a directory above it, is a file`);
   });

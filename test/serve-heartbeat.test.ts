@@ -30,7 +30,7 @@ afterAll(async () => {
 async function serve(m: LanguageModel, name: string, streamHeartbeatMs: number): Promise<string> {
   const s = await buildServer({
     engine: engineFor(m, name), dataDir: path.join(dir, `data-${servers.length}`), maxQueue: 8,
-    bodyLimit: 1 << 20, fileLimit: 1 << 20, batchConcurrency: 8, streamHeartbeatMs,
+    bodyLimit: 8 << 20, fileLimit: 1 << 20, batchConcurrency: 8, streamHeartbeatMs,
   });
   servers.push(s);
   return s.app.listen({ host: '127.0.0.1', port: 0 });
@@ -131,7 +131,7 @@ describe('a streamed response waiting behind others', () => {
     const long = await loadModel(longContextModel(), { ramBytes: 64 * 2 ** 20, policy: { gpuBatchSize: 1, numGpuBatches: 1 } });
     try {
       const url = await serve(long, 'long', 1);
-      const first = await busy(url, 'long', [5, 6, 7], 4000);
+      const first = await busy(url, 'long', [5, 6, 7], 1500);
       const second = await busy(url, 'long', [5, 6, 7], 10);
       const refused = await stream(url, { model: 'long', prompt: [5, 6, 7], max_tokens: 100_000, stream: true });
       expect(refused.endAt).toBeLessThan(await first.done);
@@ -141,6 +141,11 @@ describe('a streamed response waiting behind others', () => {
       expect(error).toMatchObject({ code: 'context_length_exceeded', param: 'max_tokens' });
       // in the engine's words
       expect(error.message).toMatch(/^the request needs 100003 positions \(a prompt of 3 tokens and up to 100000 new ones\), and a block with that many does not fit the memory limits: RAM limit 64\.0 MiB is too small by/);
+      // A list names the prompt; a later prompt past the model's context is named first, as before.
+      const list = await stream(url, { model: 'long', prompt: [[5, 6, 7], [5]], max_tokens: 100_000 });
+      expect(JSON.parse(list.pieces.map((p) => p.text).join('')).error.message).toMatch(/^prompt \[0\]: the request needs 100003 positions/);
+      const past = await stream(url, { model: 'long', prompt: [[5, 6, 7], Array(1_000_000).fill(5)], max_tokens: 100_000 });
+      expect(JSON.parse(past.pieces.map((p) => p.text).join('')).error).toMatchObject({ param: 'prompt', message: expect.stringMatching(/^This model's maximum context length is 1000000 tokens; the prompt \[1\] is 1000000 tokens/) });
       const fine = await stream(url, { model: 'long', prompt: [5, 6, 7], max_tokens: 3, stream: true });
       expect(fine.status).toBe(200);
       expect(events(fine).at(-1)).toBe('[DONE]');

@@ -11,6 +11,7 @@ import { SERVER_PREFILL_CHUNK } from '../engine/generate.js';
 import { policyToJson } from '../policy/policy.js';
 import { Store } from '../server/store.js';
 import { UserError } from '../util/errors.js';
+import { MAX_TIMER_MS } from '../util/timers.js';
 import { servedName } from './model-name.js';
 import { int } from './parse.js';
 import { modelDir, newDir } from './paths.js';
@@ -64,6 +65,7 @@ export function addServeCommand(program: Command): void {
 
 async function runServe(o: ServeFlags): Promise<void> {
   if (o.port > 65535) throw new UserError(`--port must be at most 65535, got ${o.port}`);
+  if (o.streamHeartbeat * 1000 > MAX_TIMER_MS) throw new UserError(`--stream-heartbeat must be at most ${Math.floor(MAX_TIMER_MS / 1000)} seconds (0 turns it off), got ${o.streamHeartbeat}`);
   const apiKey = apiKeyOf(o.apiKey, process.env.TIERLM_API_KEY);
   modelDir('--model', o.model);
   checkPlanningPaths(o);

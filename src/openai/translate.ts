@@ -167,15 +167,21 @@ function* preparing(endpoint: Endpoint, body: Body, model: ServedModel): Generat
     if (maxTokens != null) r.maxNewTokens = Math.max(1, maxTokens);
     else if (chat) r.untilContext = true;
     else r.maxNewTokens = COMPLETION_MAX_TOKENS;
-    // Too large for the memory limits: refused now, not once it reaches the queue's front (every
-    // request ahead of it admitted first; a stream's heartbeat had opened it long before).
-    const refusal = model.refusalFor?.(ids.length, r.untilContext ? null : r.maxNewTokens!);
-    if (refusal) throw invalid(refusal, limitsParamOf(endpoint, maxParamOf(chat, body), ids.length, model), 'context_length_exceeded');
     if (stop.length > 0) r.stop = stop;
     if (logprobs !== null) Object.assign(r, { logprobs: true, topLogprobs: logprobs });
     if (echo && logprobs !== null) r.promptLogprobs = logprobs;
     return r;
   });
+  // Too large for the memory limits: refused now, not once it reaches the queue's front (every
+  // request ahead of it admitted first; a stream's heartbeat had opened it long before). After
+  // every prompt's check against the context, which a later prompt of a list may fail first.
+  for (const [i, r] of requests.entries()) {
+    const refusal = model.refusalFor?.(r.promptTokenIds.length, r.untilContext ? null : r.maxNewTokens!);
+    if (refusal) {
+      const which = requests.length > 1 ? `prompt [${i}]: ` : '';
+      throw invalid(which + refusal, limitsParamOf(endpoint, maxParamOf(chat, body), r.promptTokenIds.length, model), 'context_length_exceeded');
+    }
+  }
   let echoed: string[] | null = null;
   let echoPieces: string[][] | null = null;
   if (echo && logprobs !== null) {

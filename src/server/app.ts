@@ -11,6 +11,7 @@ import multipart from '@fastify/multipart';
 import { ApiError } from '../openai/errors.js';
 import { firstBadSequence } from '../formats/jsonl.js';
 import { formatSize } from '../tensor/tiers/size.js';
+import { MAX_TIMER_MS } from '../util/timers.js';
 import type { Engine } from '../openai/complete.js';
 import { AJV_OPTIONS } from '../openai/schemas.js';
 import { validationError } from '../openai/validate.js';
@@ -76,6 +77,11 @@ export async function buildServer(o: ServerOptions): Promise<Server> {
   if (o.apiKey === '') throw new RangeError('apiKey is empty: give the key requests must send, or leave apiKey out for a server without one');
   if (o.bodyBudget !== undefined && !(o.bodyBudget >= o.bodyLimit)) {
     throw new RangeError(`bodyBudget (${o.bodyBudget}) must be at least bodyLimit (${o.bodyLimit}): a body within the limit would never be taken`);
+  }
+  // (a timer's delay past 2^31 - 1 ms is taken as 1 ms: every stream would open at once)
+  const beat = o.streamHeartbeatMs;
+  if (beat !== undefined && !(Number.isInteger(beat) && beat >= 0 && beat <= MAX_TIMER_MS)) {
+    throw new RangeError(`streamHeartbeatMs must be an integer from 0 (off) to ${MAX_TIMER_MS}, got ${beat}`);
   }
   // (return503OnClosing off: a request arriving while the server closes gets OpenAI's error shape
   // from the hook below, not Fastify's own 503 body)
