@@ -27,9 +27,9 @@ afterAll(async () => {
   await model?.close();
 });
 
-async function serve(m: LanguageModel, name: string, streamHeartbeatMs: number): Promise<string> {
+async function serve(m: LanguageModel, name: string, streamHeartbeatMs: number, engine = engineFor(m, name)): Promise<string> {
   const s = await buildServer({
-    engine: engineFor(m, name), dataDir: path.join(dir, `data-${servers.length}`), maxQueue: 8,
+    engine, dataDir: path.join(dir, `data-${servers.length}`), maxQueue: 8,
     bodyLimit: 8 << 20, fileLimit: 1 << 20, batchConcurrency: 8, streamHeartbeatMs,
   });
   servers.push(s);
@@ -123,6 +123,25 @@ describe('a streamed response waiting behind others', () => {
     const firstDone = await first.done;
     expect(queued.headersAt).toBeGreaterThan(firstDone);
     expect(events(queued)).not.toContain('comment');
+  });
+
+  it('an error after a heartbeat opened the stream is an error event before [DONE], counted in /metrics', async () => {
+    const engine = engineFor(model, 'tiny');
+    // an engine that answers late with an error (as a shutting-down scheduler answers a request)
+    const scheduler = Object.create(engine.scheduler) as typeof engine.scheduler;
+    scheduler.submit = async (req) => {
+      await new Promise((r) => setTimeout(r, 100));
+      return { id: String(req.id ?? ''), error: 'shutting down' };
+    };
+    const url = await serve(model, 'tiny', 20, { ...engine, scheduler });
+    const late = await stream(url, { model: 'tiny', prompt: 'x', max_tokens: 3, stream: true });
+    expect(late.status).toBe(200);
+    const got = events(late);
+    expect(got[0]).toBe('comment');
+    expect(got.filter((e) => e !== 'comment')).toEqual([{ error: expect.objectContaining({ code: 'shutting_down' }) }, '[DONE]']);
+    const metrics = await (await fetch(`${url}/metrics`)).text();
+    expect(metrics).toMatch(/^tierlm_stream_errors_total\{code="503"\} 1$/m);
+    expect(metrics).toMatch(/^tierlm_http_responses_total\{code="200"\} 1$/m);
   });
 
   it('a request too large for the memory limits is refused on arrival with its status, whatever runs ahead of it', async () => {

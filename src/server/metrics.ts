@@ -1,6 +1,6 @@
 // Prometheus text exposition (format 0.0.4) of the scheduler's state: queue depth, running
 // sequences, token totals, generation tokens/s over the last 10 s, time to first token (recent
-// quantiles), and HTTP requests by status.
+// quantiles), HTTP requests by status, and errors told inside streams.
 import type { Scheduler } from '../engine/scheduler.js';
 
 const WINDOW_MS = 10_000;
@@ -9,6 +9,7 @@ export class Metrics {
   private readonly samples: { at: number; tokens: number }[] = [];
   private readonly timer: NodeJS.Timeout;
   private readonly statuses = new Map<number, number>();
+  private readonly streamErrors = new Map<number, number>();
 
   constructor(private readonly scheduler: Scheduler) {
     // Sampled once a second, so the rate covers the last window whenever it is scraped.
@@ -24,6 +25,12 @@ export class Metrics {
 
   countResponse(status: number): void {
     this.statuses.set(status, (this.statuses.get(status) ?? 0) + 1);
+  }
+
+  /** An error told as an event in a stream already answered 200 (its headers had gone with a
+   *  token or a heartbeat), by the status it would otherwise have had: the responses count it as 200. */
+  countStreamError(status: number): void {
+    this.streamErrors.set(status, (this.streamErrors.get(status) ?? 0) + 1);
   }
 
   close(): void {
@@ -51,6 +58,9 @@ export class Metrics {
       '# HELP tierlm_http_responses_total HTTP responses sent, by status code.',
       '# TYPE tierlm_http_responses_total counter',
       ...[...this.statuses].sort(([a], [b]) => a - b).map(([code, n]) => `tierlm_http_responses_total{code="${code}"} ${n}`),
+      '# HELP tierlm_stream_errors_total Errors told as events in streams already answered 200 (counted there as 200), by the status they would have had.',
+      '# TYPE tierlm_stream_errors_total counter',
+      ...[...this.streamErrors].sort(([a], [b]) => a - b).map(([code, n]) => `tierlm_stream_errors_total{code="${code}"} ${n}`),
     ];
     return lines.join('\n') + '\n';
   }

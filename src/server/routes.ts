@@ -90,7 +90,11 @@ async function handle(endpoint: Endpoint, req: FastifyRequest, reply: FastifyRep
       if (!open) throw e;
       // Headers are sent: an error can only be told as an event, before the stream's end.
       if (e instanceof Cancelled) server.clientGone(req.raw);
-      else send(e instanceof ApiError ? e.body : new ApiError(500, `internal error: ${(e as Error).message}`, 'server_error').body);
+      else {
+        const error = e instanceof ApiError ? e : new ApiError(500, `internal error: ${(e as Error).message}`, 'server_error');
+        server.metrics.countStreamError(error.status);
+        send(error.body);
+      }
       if (!raw.destroyed) raw.write('data: [DONE]\n\n');
     } finally {
       if (heartbeat) clearTimeout(heartbeat);
