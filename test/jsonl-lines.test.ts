@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { fileLines, firstBadSequence, openPrompts, readRequests, splitLines, unreadableLine } from '../src/formats/jsonl.js';
+import { MAX_LINE_CONTAINERS, containersPast, fileLines, firstBadSequence, openPrompts, readRequests, splitLines, unreadableLine } from '../src/formats/jsonl.js';
 import { parseBatchLine } from '../src/openai/batch-lines.js';
 import { dataContextFor, readDataset } from '../src/train/dataset.js';
 import { tmpDir } from './helpers/fixtures.js';
@@ -132,6 +132,30 @@ describe('splitting lines across chunks', () => {
     }
     // without a limit, as before
     expect(await collect(splitLines(chunked([text])))).toEqual(expected(text));
+  });
+
+  // A line within the byte limit may still parse into far more than its bytes: `{}` is 3 bytes and
+  // an object of ~60 bytes of RAM (a 4 MiB training line of them took `--ram 64MiB` 15 MiB past its limit).
+  it('a line of more objects and arrays than MAX_LINE_CONTAINERS is unreadable, counted outside strings', async () => {
+    const many = '{"token_ids": [5], "x": [' + '{},'.repeat(MAX_LINE_CONTAINERS) + '{}]}';
+    const arrays = '[' + '[],'.repeat(MAX_LINE_CONTAINERS) + '[]]';
+    const inText = JSON.stringify({ text: '{['.repeat(MAX_LINE_CONTAINERS) + '\\"{' });  // brackets and escapes in a string
+    const justUnder = '[' + '{},'.repeat(MAX_LINE_CONTAINERS - 3) + '{}]';  // the outer [ and MAX - 2 objects: MAX - 1
+    const limit = { bytes: 1 << 24, why: 'x' };
+    for (const size of [4096, 1 << 20]) {
+      const text = [many, arrays, inText, justUnder].join('\n');
+      const parts = Array.from({ length: Math.ceil(text.length / size) }, (_, i) => text.slice(i * size, (i + 1) * size));
+      const got = (await collect(splitLines(chunked(parts), limit))).map((l) => unreadableLine(l) ?? l);
+      expect(got[0]).toBe(`${many.length} bytes holding more than ${MAX_LINE_CONTAINERS} objects and arrays, more than a line may hold ` +
+        '(each takes tens of bytes of RAM when parsed); split it into shorter lines');
+      expect(got[1]).toMatch(/^\d+ bytes holding more than 65536 objects and arrays/);
+      expect(got.slice(2)).toEqual([inText, justUnder]);
+    }
+    // without a limit (no RAM promise), read as they are
+    expect(await collect(splitLines(chunked([many])))).toEqual([many]);
+    expect(containersPast(Buffer.from('{"a": "[{\\"}", "b": [[1], {}]}'), 4)).toBe(false);
+    expect(containersPast(Buffer.from('{"a": "[{\\"}", "b": [[1], {}]}'), 3)).toBe(true);
+    expect(containersPast(Buffer.from('"\\"[[[["'), 0)).toBe(false);
   });
 
   it('searches each character of a file once: a 4 MB line is not searched again with each 64 KiB chunk', async () => {

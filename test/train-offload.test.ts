@@ -198,6 +198,21 @@ describe('tierlm train --ram --disk-dir', () => {
     expect(ok.peakRssBytes).toBeLessThanOrEqual(80 * MiB + RUNTIME_OVERHEAD_BYTES);
   });
 
+  // A data line within the byte limit (a sixteenth of --ram) that parses into far more than its
+  // bytes: 1.4 million empty objects in a field the trainer ignores (4 MiB; `{}` is 3 bytes and
+  // ~60 of RAM) took this run to 207 MiB against 192 (a reviewer's find). It is skipped unparsed.
+  it('skips a line of more objects and arrays than a line may hold, unparsed, within --ram', () => {
+    const m = model('opt-test', 2);
+    const file = tokenData('offload-objects', 40, 100, 1000, 9);
+    const junk = '{"token_ids": [5, 6, 7], "x": [' + '{},'.repeat(1_390_000) + '{}]}';
+    fs.writeFileSync(file, junk + '\n' + fs.readFileSync(file, 'utf8'));
+    const run = cliPeak(['train', '--model', m, '--data', file, '--out', tmpDir('offload-objects-out'), '--max-steps', '2', '--batch-size', '1',
+      '--seq-len', '128', '--threads', '1', '--ram', '64MiB', '--disk-dir', tmpDir('offload-objects-disk')]);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stderr).toContain(`${file}:1: ${junk.length} bytes holding more than 65536 objects and arrays`);
+    expect(run.peakRssBytes).toBeLessThanOrEqual(64 * MiB + RUNTIME_OVERHEAD_BYTES);
+  });
+
   // So is the tokenizer the data was read with: Llama 2's adds ~44 MiB (tokenizerRamBytes), which
   // the plan left out: this run under --ram 40MiB peaked at 194 MiB, over the limit + 128 MiB.
   // Counted, 40 MiB is refused up front, and 96 MiB runs within the limit.

@@ -35,6 +35,14 @@ export interface LineLimit {
   why: string;
 }
 
+/** The most objects and arrays (`{` and `[` outside strings) a line read under a LineLimit may
+ *  hold: a limit on bytes alone counts a byte as a token id's or a text's, but `{}` is 3 bytes
+ *  that parse into an object of ~60 bytes of RAM, and a 4 MiB training line of them, under the
+ *  byte limit of `--ram 64MiB`, took the run 15 MiB past its limit (79 MiB more than without it).
+ *  A request or training example needs a handful (its messages, its id lists); this many cost
+ *  ~4 MB at most. */
+export const MAX_LINE_CONTAINERS = 65536;
+
 /** Bytes of a request line per position of the model it runs on: a prompt's token ids or text
  *  (a CJK character escaped as \uXXXX is 6 bytes, a token one or two of them), with room. */
 const LINE_BYTES_PER_POSITION = 64;
@@ -101,6 +109,8 @@ export async function* splitLines(chunks: AsyncIterable<Buffer> | Iterable<Buffe
   let dropping = false;
   const maxBytes = limit?.bytes ?? Infinity;
   const tooLong = (bytes: number) => `${UNREADABLE}${bytes} bytes, ${limit!.why}`;
+  const tooDeep = (bytes: number) => `${UNREADABLE}${bytes} bytes holding more than ${MAX_LINE_CONTAINERS} objects and arrays, ` +
+    'more than a line may hold (each takes tens of bytes of RAM when parsed); split it into shorter lines';
   let first = true;
   const line = (bytes: Buffer) => {
     let text = decodeLine(decoder, bytes);
@@ -118,7 +128,10 @@ export async function* splitLines(chunks: AsyncIterable<Buffer> | Iterable<Buffe
       const bytes = pendingBytes + piece.length;
       relieve(bytes);
       if (dropping || bytes > maxBytes) yield tooLong(bytes);
-      else yield line(pending.length > 0 ? Buffer.concat([...pending, piece]) : piece);
+      else {
+        const whole = pending.length > 0 ? Buffer.concat([...pending, piece]) : piece;
+        yield limit && bytes > MAX_LINE_CONTAINERS && containersPast(whole, MAX_LINE_CONTAINERS) ? tooDeep(bytes) : line(whole);
+      }
       pending = [];
       pendingBytes = 0;
       dropping = false;
@@ -133,7 +146,27 @@ export async function* splitLines(chunks: AsyncIterable<Buffer> | Iterable<Buffe
     }
   }
   if (dropping) yield tooLong(pendingBytes);
-  else if (pending.length > 0) yield line(Buffer.concat(pending));
+  else if (pending.length > 0) {
+    const whole = Buffer.concat(pending);
+    yield limit && whole.length > MAX_LINE_CONTAINERS && containersPast(whole, MAX_LINE_CONTAINERS) ? tooDeep(whole.length) : line(whole);
+  }
+}
+
+/** Whether the JSON text `b` opens more than `most` objects and arrays (`{` and `[` outside
+ *  strings; a backslash in a string escapes the next byte). Counted on the bytes, before the line
+ *  is decoded or parsed. */
+export function containersPast(b: Uint8Array, most: number): boolean {
+  let n = 0;
+  let inString = false;
+  for (let i = 0; i < b.length; i++) {
+    const c = b[i]!;
+    if (inString) {
+      if (c === 0x5c) i++;
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if ((c === 0x7b || c === 0x5b) && ++n > most) return true;
+  }
+  return false;
 }
 
 /** A line's text, or the unreadable mark with where its first bad byte is. */
