@@ -42,6 +42,29 @@ const bodyOf = (bytes: number) => JSON.stringify({ model: 'tiny', prompt: 'Hello
 
 const post = (body: string) => fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
 
+describe('a body of more objects and arrays than a request may hold', () => {
+  // The budget counts 6 bytes of RAM a byte; `{}` is 3 bytes and ~60 parsed: such a body is
+  // refused before it is parsed, as a JSONL line of them is skipped.
+  it('is refused unparsed with 400 invalid_json; one of many prompts (lists of ids) is not', async () => {
+    const big = await buildServer({
+      engine: engineFor(model, 'tiny'), dataDir: path.join(dir, 'data-objects'), maxQueue: 64,
+      bodyLimit: 1 << 20, bodyBudget: 2 << 20, fileLimit: 1 << 20, batchConcurrency: 8,
+    });
+    try {
+      const at = await big.app.listen({ host: '127.0.0.1', port: 0 });
+      const send = (body: string) => fetch(`${at}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+      const junk = JSON.stringify({ model: 'tiny', prompt: 'Hello', max_tokens: 2 }).slice(0, -1) + ', "user": [' + '{},'.repeat(70_000) + '{}]}';
+      const r = await send(junk);
+      expect(r.status).toBe(400);
+      expect((await r.json()).error).toMatchObject({ code: 'invalid_json', message: 'The request body is not valid JSON: it holds more than 65536 objects and arrays, more than a request may (each takes tens of bytes of RAM when parsed)' });
+      const lists = await send(JSON.stringify({ model: 'tiny', prompt: Array.from({ length: 64 }, () => [1, 450]), max_tokens: 1 }));
+      expect(lists.status).toBe(200);
+    } finally {
+      await big.close();
+    }
+  });
+});
+
 /** A request whose body is sent up to its last byte and held there, until finish() or abort(). */
 function holdUpload(body: string, chunked = false, base = url) {
   const req = http.request(`${base}/v1/completions`, {

@@ -9,7 +9,7 @@ import { type Readable, Transform } from 'node:stream';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import multipart from '@fastify/multipart';
 import { ApiError } from '../openai/errors.js';
-import { firstBadSequence } from '../formats/jsonl.js';
+import { MAX_LINE_CONTAINERS, containersPast, firstBadSequence } from '../formats/jsonl.js';
 import { formatSize } from '../tensor/tiers/size.js';
 import { MAX_TIMER_MS } from '../util/timers.js';
 import type { Engine } from '../openai/complete.js';
@@ -121,6 +121,11 @@ export async function buildServer(o: ServerOptions): Promise<Server> {
     try {
       // (isUtf8 is native; the offset, for the message, is looked for only in a body that has one)
       if (!isUtf8(bytes as Buffer)) throw new SyntaxError(`it is not valid UTF-8 (byte offset ${firstBadSequence(bytes as Buffer)} of the body)`);
+      // (the body budget counts 6 bytes of RAM a byte; `{}` is 3 bytes and ~60 parsed: a 4 MiB
+      // body of them, as JSONL lines are, is refused before it is parsed)
+      if (containersPast(bytes as Buffer, MAX_LINE_CONTAINERS)) {
+        throw new SyntaxError(`it holds more than ${MAX_LINE_CONTAINERS} objects and arrays, more than a request may (each takes tens of bytes of RAM when parsed)`);
+      }
       const body = (bytes as Buffer).toString('utf8');
       // An empty body is no body: OpenAI's Python SDK sends its bodyless POSTs and DELETEs (a
       // batch's cancel, a file's delete) as application/json with none, which were refused; a
