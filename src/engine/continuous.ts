@@ -563,9 +563,15 @@ export class ContinuousEngine {
   /** Why no block holds the first waiting sequence (the limits' words for the smallest that
    *  could: the call's shape for a server, a row alone otherwise), or null when one does. */
   private whyTooLarge(): string | null {
+    return this.whyNotHeld(this.need(this.waiting[0]!.seq));
+  }
+
+  /** Why no block holds a sequence of `need` positions (the limits' words for the smallest that
+   *  could: the call's shape for a server, a row alone otherwise), or null when one does. */
+  private whyNotHeld(need: number): string | null {
     const { shape } = this.blockShape(true, this.p.fullShape ? undefined : 1);
     try {
-      this.s.checkBlock(shape(this.need(this.waiting[0]!.seq)));
+      this.s.checkBlock(shape(need));
       return null;
     } catch (e) {
       if (!(e instanceof UserError)) throw e;
@@ -594,17 +600,11 @@ export class ContinuousEngine {
    *  request ahead of it was admitted (minutes behind a long queue, by when a stream's heartbeat
    *  had opened it with a 200). */
   refusalFor(prompt: number, positions: number): string | null {
-    const p = this.p;
     const need = Math.min(positions, this.s.maxPositions);
-    const most = this.positionsUnderLimits();
+    const most = this.positionsUnderLimits();  // (null but for a server's full shape)
     if (!most || need <= most) return null;
-    try {
-      this.s.checkBlock({ rows: p.batchSize, batches: p.numGpuBatches, capacity: need, cacheBytesPerElement: this.s.cacheBytesPerElement, maxTokens: p.prefillChunk + p.batchSize });
-      return null;
-    } catch (e) {
-      if (!(e instanceof UserError)) throw e;
-      return tooLargeForLimits(need, prompt, e.message);
-    }
+    const why = this.whyNotHeld(need);
+    return why === null ? null : tooLargeForLimits(need, prompt, why);
   }
 
   /** Refuses the first waiting sequence when no block the call could open would hold it within

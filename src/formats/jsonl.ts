@@ -121,6 +121,8 @@ export async function* splitLines(chunks: AsyncIterable<Buffer> | Iterable<Buffe
     }
     return text.endsWith('\r') ? text.slice(0, -1) : text;
   };
+  // A line within the byte limit, unless it holds too many objects and arrays.
+  const read = (bytes: Buffer) => (limit && containersPast(bytes, MAX_LINE_CONTAINERS) ? tooDeep(bytes.length) : line(bytes));
   for await (const chunk of chunks) {
     let start = 0;
     for (let nl = chunk.indexOf(10); nl >= 0; nl = chunk.indexOf(10, start)) {
@@ -128,10 +130,7 @@ export async function* splitLines(chunks: AsyncIterable<Buffer> | Iterable<Buffe
       const bytes = pendingBytes + piece.length;
       relieve(bytes);
       if (dropping || bytes > maxBytes) yield tooLong(bytes);
-      else {
-        const whole = pending.length > 0 ? Buffer.concat([...pending, piece]) : piece;
-        yield limit && bytes > MAX_LINE_CONTAINERS && containersPast(whole, MAX_LINE_CONTAINERS) ? tooDeep(bytes) : line(whole);
-      }
+      else yield read(pending.length > 0 ? Buffer.concat([...pending, piece]) : piece);
       pending = [];
       pendingBytes = 0;
       dropping = false;
@@ -146,16 +145,14 @@ export async function* splitLines(chunks: AsyncIterable<Buffer> | Iterable<Buffe
     }
   }
   if (dropping) yield tooLong(pendingBytes);
-  else if (pending.length > 0) {
-    const whole = Buffer.concat(pending);
-    yield limit && whole.length > MAX_LINE_CONTAINERS && containersPast(whole, MAX_LINE_CONTAINERS) ? tooDeep(whole.length) : line(whole);
-  }
+  else if (pending.length > 0) yield read(Buffer.concat(pending));
 }
 
 /** Whether the JSON text `b` opens more than `most` objects and arrays (`{` and `[` outside
  *  strings; a backslash in a string escapes the next byte). Counted on the bytes, before the line
  *  is decoded or parsed. */
 export function containersPast(b: Uint8Array, most: number): boolean {
+  if (b.length <= most) return false;  // (each takes a byte at least: most lines are not scanned)
   let n = 0;
   let inString = false;
   for (let i = 0; i < b.length; i++) {

@@ -172,6 +172,7 @@ function* preparing(endpoint: Endpoint, body: Body, model: ServedModel): Generat
     if (echo && logprobs !== null) r.promptLogprobs = logprobs;
     return r;
   });
+  const maxParam = maxTokens == null ? null : chat && body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens';
   // Too large for the memory limits: refused now, not once it reaches the queue's front (every
   // request ahead of it admitted first; a stream's heartbeat had opened it long before). After
   // every prompt's check against the context, which a later prompt of a list may fail first.
@@ -179,7 +180,7 @@ function* preparing(endpoint: Endpoint, body: Body, model: ServedModel): Generat
     const refusal = model.refusalFor?.(r.promptTokenIds.length, r.untilContext ? null : r.maxNewTokens!);
     if (refusal) {
       const which = requests.length > 1 ? `prompt [${i}]: ` : '';
-      throw invalid(which + refusal, limitsParamOf(endpoint, maxParamOf(chat, body), r.promptTokenIds.length, model), 'context_length_exceeded');
+      throw invalid(which + refusal, limitsParamOf(endpoint, maxParam, r.promptTokenIds.length, model), 'context_length_exceeded');
     }
   }
   let echoed: string[] | null = null;
@@ -193,7 +194,6 @@ function* preparing(endpoint: Endpoint, body: Body, model: ServedModel): Generat
     echoed = model.tokenizer ? echoPieces.map((p) => p.join('')) : prompts.map(() => '');
   } else if (echo) echoed = prompts.map((ids, i) => promptText(body.prompt, i, ids, model));
   const streamOptions = body.stream_options as { include_usage?: boolean } | null | undefined;
-  const maxParam = maxParamOf(chat, body);
   return { endpoint, model: model.id, requests, n, logprobs, stream: body.stream === true, includeUsage: streamOptions?.include_usage === true, stop, maxParam,
     echo: echoed, echoPieces, zero: maxTokens === 0 };
 }
@@ -283,12 +283,6 @@ function limitsParamOf(endpoint: Endpoint, maxParam: Prepared['maxParam'], promp
   const limits = model.positionsUnderLimits?.() ?? 0;
   if (maxParam === null || (limits > 0 && promptTokens >= limits)) return promptParam;
   return maxParam;
-}
-
-/** The field that set a body's limit on new tokens (Prepared.maxParam). */
-function maxParamOf(chat: boolean, body: Body): Prepared['maxParam'] {
-  const given = chat ? body.max_completion_tokens ?? body.max_tokens : body.max_tokens;
-  return given == null ? null : chat && body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens';
 }
 
 /** Each choice's place in the response: prompt i's sample j is choice i·n + j (OpenAI's order). */
